@@ -1,0 +1,65 @@
+/**
+ * Every expected failure in bbackup is one of these plain, readonly objects: a stable `code`
+ * (documented in docs/errors.md), a `message` that states the problem in the user's terms, a
+ * `hint` that says what to do, and `details` for context (path, argv, exit code, stderr tail).
+ * They serialise to JSON as they are and compare with `toEqual` in tests.
+ */
+export type ErrorCode =
+  | 'INVALID_LOCATION'
+  | 'INVALID_NAME'
+  | 'INVALID_POLICY'
+  | 'RETENTION_WOULD_DELETE_ALL'
+  | 'INVALID_OPTIONS'
+  | 'LOCK_HELD'
+  | 'LOCK_FAILED'
+  | 'JOURNAL_CORRUPT'
+  | 'IO_FAILED'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'COMMAND_FAILED'
+  | 'TOOL_MISSING'
+  | 'TIMED_OUT'
+  | 'CANCELLED'
+  | 'DISK_FULL'
+  | 'TRANSFER_INCOMPLETE'
+  | 'SOURCE_UNAVAILABLE'
+  | 'TARGET_UNAVAILABLE'
+  | 'SNAPSHOT_NOT_FOUND'
+  | 'VERIFY_FAILED'
+  | 'UNSUPPORTED'
+
+/** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
+export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>
+
+export interface BbError<C extends ErrorCode = ErrorCode> {
+  readonly code: C
+  readonly message: string
+  readonly hint: string
+  readonly details?: ErrorDetails
+}
+
+/**
+ * Builds a {@link BbError}.
+ * @example
+ * bbError('NOT_FOUND', 'source /srv/data does not exist', 'check the path, or create it')
+ */
+export const bbError = <C extends ErrorCode>(
+  code: C,
+  message: string,
+  hint: string,
+  details?: ErrorDetails,
+): BbError<C> => (details === undefined ? { code, message, hint } : { code, message, hint, details })
+
+/** The longest stderr tail an error keeps, in characters. */
+export const STDERR_TAIL_CHARS = 4000
+
+/** The last {@link STDERR_TAIL_CHARS} characters of a process's stderr, trimmed. */
+export const stderrTail = (stderr: string): string => stderr.slice(-STDERR_TAIL_CHARS).trim()
+
+/**
+ * Thrown (never returned) when an invariant breaks: a bug in bbackup, not a failure of the
+ * user's system. The CLI prints it as "internal error, please report".
+ */
+export class InternalError extends Error {
+  override readonly name = 'InternalError'
+}

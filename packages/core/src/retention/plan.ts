@@ -1,0 +1,104 @@
+import { err, ok, type Result } from 'neverthrow'
+import { bbError, type BbError } from '../errors.js'
+import { compareSnapshots } from '../names/snapshot-name.js'
+import { scheduleBtrbk } from './btrbk-schedule.js'
+import { normalizePolicy, type PolicyError, type RetentionPolicy } from './policy.js'
+import { scheduleRotate } from './rotate-schedule.js'
+import { isValidTimeZone, wallClockReader } from './wall-clock.js'
+
+/** What retention needs to know of a snapshot. */
+export interface RetentionSnapshot {
+  readonly name: string
+  /** an invalid Date marks a time that could not be read: such a snapshot is always kept */
+  readonly time: Date
+  /** false for names with a date only (btrbk `short`): btrbk then ignores `hourOfDay` */
+  readonly hasTime?: boolean
+  /** the collision suffix, to order snapshots taken in the same second */
+  readonly sequence?: number
+}
+
+/** A snapshot that no policy may delete, and why (the next incremental's parent, a journalled transfer). */
+export interface Protection {
+  readonly name: string
+  readonly reason: string
+}
+
+export interface RetentionOptions {
+  /** the reference time for btrbk's spelling (rotate-backups counts from the newest snapshot) */
+  readonly now: Date
+  /** IANA zone whose wall clock defines days and weeks; the host's zone when omitted */
+  readonly timeZone?: string
+  readonly protect?: readonly Protection[]
+}
+
+export interface RetentionDecision {
+  readonly name: string
+  readonly keep: boolean
+  /** why it is kept (every rule that keeps it), or why it goes */
+  readonly reasons: readonly string[]
+}
+
+export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL'>
+
+/**
+ * Decides, for every snapshot, whether the policy keeps it, with the reasons. Whatever the policy
+ * says, these are kept: the newest snapshot, snapshots dated in the future, snapshots whose time
+ * could not be read, and every `protect`ed name. A policy that keeps none of the snapshots is an
+ * error rather than a deletion of everything but the protected ones.
+ * @example
+ * planRetention(
+ *   [{ name: 'a', time: new Date('2026-01-01') }, { name: 'b', time: new Date('2026-01-02') }],
+ *   { keepLast: 1 },
+ *   { now: new Date('2026-01-03') },
+ * ) // ok([{ name: 'a', keep: false, ... }, { name: 'b', keep: true, ... }])
+ */
+export const planRetention = (
+  snapshots: readonly RetentionSnapshot[],
+  policy: RetentionPolicy,
+  options: RetentionOptions,
+): Result<RetentionDecision[], RetentionError> => {
+  if (options.timeZone !== undefined && !isValidTimeZone(options.timeZone)) {
+    return err(bbError('INVALID_POLICY', `unknown time zone ${JSON.stringify(options.timeZone)}`, 'use an IANA zone name such as UTC or Europe/Berlin'))
+  }
+  return normalizePolicy(policy).andThen((normalized) => {
+    const wall = wallClockReader(options.timeZone)
+    const valid = snapshots
+      .map((s, index) => ({ ...s, index }))
+      .filter((s) => !Number.isNaN(s.time.getTime()))
+      .sort(compareSnapshots)
+    const entries = valid.map((s) => ({ index: s.index, wall: wall(s.time), hasTime: s.hasTime ?? true }))
+
+    let kept: Map<number, string[]>
+    if (normalized.spelling === 'btrbk') kept = scheduleBtrbk(entries, normalized, wall(options.now))
+    else if (normalized.spelling === 'rotate') kept = scheduleRotate(entries, normalized)
+    else kept = new Map(valid.slice(-normalized.keepLast).map((s, i, all) => [s.index, [`keepLast: ${all.length - i} of ${normalized.keepLast} newest`]]))
+
+    if (valid.length > 0 && kept.size === 0) {
+      return err(bbError(
+        'RETENTION_WOULD_DELETE_ALL',
+        `the retention policy keeps none of the ${valid.length} snapshots (the newest is ${valid[valid.length - 1]?.name ?? ''})`,
+        'nothing was deleted; widen the policy (e.g. a larger count or preserveMin) so that it keeps at least one snapshot',
+        { snapshots: valid.length },
+      ))
+    }
+
+    const protections = new Map<number, string[]>()
+    const protect = (index: number, reason: string): void => {
+      protections.set(index, [...(protections.get(index) ?? []), reason])
+    }
+    const newest = valid[valid.length - 1]
+    if (newest !== undefined) protect(newest.index, 'protected: the newest snapshot')
+    const nowMs = options.now.getTime()
+    for (const s of valid) if (s.time.getTime() > nowMs) protect(s.index, 'protected: dated in the future')
+    const protectedNames = new Map<string, string[]>()
+    for (const p of options.protect ?? []) protectedNames.set(p.name, [...(protectedNames.get(p.name) ?? []), `protected: ${p.reason}`])
+
+    return ok(snapshots.map((s, index): RetentionDecision => {
+      if (Number.isNaN(s.time.getTime())) return { name: s.name, keep: true, reasons: ['protected: its time could not be read'] }
+      const reasons = [...(kept.get(index) ?? []), ...(protections.get(index) ?? []), ...(protectedNames.get(s.name) ?? [])]
+      return reasons.length > 0
+        ? { name: s.name, keep: true, reasons }
+        : { name: s.name, keep: false, reasons: [`not kept by the ${normalized.spelling} policy`] }
+    }))
+  })
+}

@@ -1,0 +1,80 @@
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { bbError, planRetention, type RetentionPolicy } from '../src/index.js'
+
+const BASE = Date.UTC(2024, 0, 1)
+const snapshotsArb = fc.uniqueArray(fc.integer({ min: 0, max: 400 * 24 }), { minLength: 1, maxLength: 60 }).map((hours) =>
+  hours.map((h) => ({ name: `s${String(h).padStart(5, '0')}`, time: new Date(BASE + h * 3_600_000) })),
+)
+const policyArb: fc.Arbitrary<RetentionPolicy> = fc.oneof(
+  fc.record({ keepLast: fc.integer({ min: 1, max: 10 }) }),
+  fc.record({
+    preserveMin: fc.constantFrom('no', 'latest', '1d', '2h'),
+    preserve: fc.constantFrom('no', '24h', '7d 4w', '1m', '*y', '3h 2d 1w 1m 1y'),
+  }),
+  fc.record({ hourly: fc.integer({ min: 0, max: 5 }), daily: fc.integer({ min: 1, max: 5 }), weekly: fc.constantFrom(0, 2, 'always' as const) }),
+)
+
+describe('protections that no retention policy overrides', () => {
+  it('keeps the newest snapshot, every protected name and never deletes everything', () => {
+    fc.assert(
+      fc.property(snapshotsArb, policyArb, fc.nat(), (snapshots, policy, pick) => {
+        fc.pre(!('preserve' in policy && policy.preserve === 'no' && policy.preserveMin === 'no')) // keeps nothing: INVALID_POLICY
+        const protectedName = snapshots[pick % snapshots.length]!.name
+        const now = new Date(BASE + 401 * 24 * 3_600_000)
+        const r = planRetention(snapshots, policy, { now, timeZone: 'UTC', protect: [{ name: protectedName, reason: 'parent of the next incremental' }] })
+        if (r.isErr()) {
+          // the only refusal a valid policy may give, and it deletes nothing
+          expect(r.error.code).toBe('RETENTION_WOULD_DELETE_ALL')
+          return
+        }
+        const decisions = r.value
+        expect(decisions.map((d) => d.name)).toEqual(snapshots.map((s) => s.name))
+        const newest = [...snapshots].sort((a, b) => a.time.getTime() - b.time.getTime()).at(-1)!
+        expect(decisions.find((d) => d.name === newest.name)?.keep).toBe(true)
+        const guarded = decisions.find((d) => d.name === protectedName)!
+        expect(guarded.keep).toBe(true)
+        expect(guarded.reasons).toContain('protected: parent of the next incremental')
+        expect(decisions.some((d) => d.keep)).toBe(true)
+      }),
+      { numRuns: 500 },
+    )
+  })
+
+  it('keeps snapshots whose time could not be read and snapshots dated in the future', () => {
+    const r = planRetention(
+      [
+        { name: 'garbage', time: new Date(Number.NaN) },
+        { name: 'old', time: new Date('2024-01-01T00:00:00Z') },
+        { name: 'mid', time: new Date('2024-06-01T00:00:00Z') },
+        { name: 'future', time: new Date('2031-01-01T00:00:00Z') },
+      ],
+      { keepLast: 1 },
+      { now: new Date('2025-01-01T00:00:00Z') },
+    )
+    expect(r._unsafeUnwrap()).toEqual([
+      { name: 'garbage', keep: true, reasons: ['protected: its time could not be read'] },
+      { name: 'old', keep: false, reasons: ['not kept by the count policy'] },
+      { name: 'mid', keep: false, reasons: ['not kept by the count policy'] },
+      { name: 'future', keep: true, reasons: ['keepLast: 1 of 1 newest', 'protected: the newest snapshot', 'protected: dated in the future'] },
+    ])
+  })
+
+  it('refuses a policy that keeps none of the snapshots instead of deleting them', () => {
+    const r = planRetention([{ name: 'a', time: new Date('2020-01-01T00:00:00Z') }], { preserveMin: 'no', preserve: '1h' }, { now: new Date('2024-01-01T00:00:00Z'), timeZone: 'UTC' })
+    expect(r.isErr() && r.error.code).toBe('RETENTION_WOULD_DELETE_ALL')
+  })
+
+  it('refuses empty, mixed and malformed policies with a hint', () => {
+    const bad = (policy: object) => planRetention([], policy as RetentionPolicy, { now: new Date() })
+    expect(bad({})._unsafeUnwrapErr().code).toBe('INVALID_POLICY')
+    expect(bad({ keepLast: 3, daily: 2 })._unsafeUnwrapErr().message).toMatch(/mixes spellings/)
+    expect(bad({ keepLast: 0 })._unsafeUnwrapErr()).toEqual(
+      bbError('INVALID_POLICY', 'keepLast 0 is not a whole number of at least 1', 'keep at least one snapshot: keepLast: 1 or more'),
+    )
+    expect(bad({ preserve: '7x' })._unsafeUnwrapErr().message).toBe('preserve token "7x" is not <N>{h,d,w,m,y} or *{h,d,w,m,y}')
+    expect(bad({ daily: 0, weekly: 0 })._unsafeUnwrapErr().message).toBe('every rotate-backups count is 0: the policy keeps nothing')
+    expect(bad({ keepLats: 3 })._unsafeUnwrapErr().message).toBe('unknown retention key "keepLats"')
+    expect(planRetention([], { keepLast: 1 }, { now: new Date(), timeZone: 'Mars/Base' })._unsafeUnwrapErr().code).toBe('INVALID_POLICY')
+  })
+})
