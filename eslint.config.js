@@ -22,7 +22,7 @@ export default tseslint.config(
   },
   {
     files: ['packages/*/src/**/*.ts'],
-    ignores: ['packages/cli/src/**'],
+    ignores: ['packages/cli/src/**', 'packages/testkit/src/**'],
     rules: { 'no-console': 'error' },
   },
 )

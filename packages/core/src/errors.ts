@@ -27,6 +27,8 @@ export type ErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'VERIFY_FAILED'
   | 'UNSUPPORTED'
+  | 'STRAY_SNAPSHOT'
+  | 'JOB_NOT_FOUND'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

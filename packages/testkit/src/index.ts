@@ -1,1 +1,6 @@
-export {}
+export { makeTempDir } from './temp-dir.js'
+export type { TempDir } from './temp-dir.js'
+export { requireTools } from './require-tools.js'
+export { mountLoopFilesystem } from './loop-filesystem.js'
+export type { LoopFilesystem } from './loop-filesystem.js'
+export { writeTree, treeManifest } from './tree.js'

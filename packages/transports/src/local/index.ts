@@ -1,1 +1,1 @@
-export {}
+export { localTransport } from './local-transport.js'

@@ -1,0 +1,96 @@
+import type { ResultAsync } from 'neverthrow'
+import type { BbError } from '../errors.js'
+import type { JournalEntry } from '../journal/journal.js'
+import type { Transport } from '../transport/transport.js'
+import type { BackupEvent } from '../engine/events.js'
+
+export type DriverName = 'rsync' | 'btrfs' | 'block'
+
+/** A backup or a source snapshot as a driver sees it at one place. */
+export interface SnapshotInfo {
+  readonly name: string
+  /** from the name; undefined when the name has no time bbackup can read (never touched) */
+  readonly time: Date | undefined
+  /** false for an unfinished copy (`<name>.partial`): never a parent, never counted by retention */
+  readonly complete: boolean
+  /** how its transfer ended: `warnings` (rsync 24: files vanished), `errors` (rsync 23, accepted) */
+  readonly health: 'ok' | 'warnings' | 'errors'
+  readonly path: string
+}
+
+/** What one transfer did; `commands` are the exact commands it ran, or would run in a dry run. */
+export interface TransferOutcome {
+  readonly snapshot: string
+  readonly mode: 'full' | 'incremental'
+  readonly parent?: string
+  readonly bytes: number
+  readonly files: number
+  readonly warnings: readonly string[]
+  readonly commands: readonly (readonly string[])[]
+}
+
+export interface TransferInput {
+  readonly source: Transport
+  readonly target: Transport
+  /** the name the new backup gets at the target */
+  readonly snapshot: string
+  /** the complete backup at the target to share unchanged data with */
+  readonly parent: SnapshotInfo | undefined
+  /** an unfinished copy at the target that this transfer may continue (rsync resumes into it) */
+  readonly resume: JournalEntry | undefined
+  readonly dryRun: boolean
+  readonly signal: AbortSignal | undefined
+  readonly onEvent: (event: BackupEvent) => void
+}
+
+export interface RestoreInput {
+  readonly from: Transport
+  readonly snapshot: SnapshotInfo
+  /** a path inside the backup, '' for all of it */
+  readonly subpath: string
+  readonly to: Transport
+  readonly dryRun: boolean
+  readonly signal: AbortSignal | undefined
+}
+
+export interface VerifyInput {
+  readonly source: Transport
+  readonly target: Transport
+  readonly snapshot: SnapshotInfo
+  readonly signal: AbortSignal | undefined
+}
+
+export interface VerifyOutcome {
+  readonly snapshot: string
+  /** paths whose content or metadata differ from the source (bounded) */
+  readonly differences: readonly string[]
+  readonly differenceCount: number
+}
+
+export type DriverError = BbError
+
+/**
+ * One snapshot technology. The engine calls these in the order of DESIGN.md's run; a driver never
+ * knows which transport it runs over.
+ */
+export interface Driver {
+  readonly name: DriverName
+  /** btrfs and block snapshot the source first; rsync copies the live source */
+  readonly snapshotsSource: boolean
+  /** Tools present, right filesystem, versions; fails with a hint that says what to install or fix. */
+  probe(input: { readonly source: Transport; readonly targets: readonly Transport[]; readonly signal: AbortSignal | undefined }): ResultAsync<void, DriverError>
+  /** Takes a read-only snapshot of the source named `name` (drivers with `snapshotsSource` only). */
+  createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
+  /** Backups (or source snapshots) at a place, oldest first, including unfinished ones. */
+  listSnapshots(input: { readonly at: Transport; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
+  transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>
+  /**
+   * What the journal says was left unfinished at a target: the driver removes it, or keeps it to
+   * be resumed (`'resume'`). It must never remove anything it did not create.
+   */
+  recover(input: { readonly target: Transport; readonly entry: JournalEntry; readonly dryRun: boolean }): ResultAsync<'removed' | 'resume' | 'gone', DriverError>
+  /** Deletes complete snapshots; returns the commands it ran (or would run). */
+  deleteSnapshots(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<readonly (readonly string[])[], DriverError>
+  restore(input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, DriverError>
+  verify(input: VerifyInput): ResultAsync<VerifyOutcome, DriverError>
+}

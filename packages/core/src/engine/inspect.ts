@@ -1,0 +1,129 @@
+import { err, ok, ResultAsync, type Result } from 'neverthrow'
+import type { SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
+import { bbError, type BbError } from '../errors.js'
+import { readJournal, type JournalEntry } from '../journal/journal.js'
+import { formatLocation } from '../location/location.js'
+import type { LockStatus, Transport } from '../transport/transport.js'
+import { journalPath, lockPath, ownSnapshots, type Job } from './job.js'
+
+export interface SnapshotList {
+  readonly at: string
+  readonly side: 'source' | 'target'
+  readonly snapshots: readonly SnapshotInfo[]
+}
+
+const places = (job: Job): [Transport, 'source' | 'target'][] => [
+  ...(job.driver.snapshotsSource ? [[job.source, 'source'] as [Transport, 'source']] : []),
+  ...job.targets.map((t): [Transport, 'target'] => [t, 'target']),
+]
+
+/**
+ * The snapshots at the source (for drivers that keep some there) and at each target, unfinished
+ * ones included.
+ * @example
+ * list(job).map((lists) => lists.map((l) => `${l.at}: ${l.snapshots.length}`))
+ */
+export const list = (job: Job, options: { readonly signal?: AbortSignal } = {}): ResultAsync<SnapshotList[], BbError> =>
+  new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
+    const out: SnapshotList[] = []
+    for (const [at, side] of places(job)) {
+      const r = await job.driver.listSnapshots({ at, signal: options.signal })
+      if (r.isErr()) return err(r.error)
+      out.push({ at: formatLocation(at.location), side, snapshots: r.value })
+    }
+    return ok(out)
+  })())
+
+export interface TargetStatus {
+  readonly at: string
+  readonly reachable: boolean
+  readonly error?: BbError
+  readonly backups: number
+  readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
+  readonly unfinished: readonly string[]
+}
+
+export interface JobStatus {
+  readonly source: string
+  readonly driver: string
+  readonly targets: readonly TargetStatus[]
+  readonly pending: readonly JournalEntry[]
+  readonly lock: LockStatus | undefined
+}
+
+/**
+ * Per target: how many backups, the newest and its age, unfinished copies; the journal's pending
+ * transfers and who holds the job's lock. An unreachable target is reported, not an error.
+ */
+export const status = (job: Job, options: { readonly signal?: AbortSignal; readonly now?: () => Date } = {}): ResultAsync<JobStatus, BbError> =>
+  new ResultAsync((async (): Promise<Result<JobStatus, BbError>> => {
+    const now = (options.now ?? (() => new Date()))().getTime()
+    const targets: TargetStatus[] = []
+    for (const target of job.targets) {
+      const at = formatLocation(target.location)
+      const r = await job.driver.listSnapshots({ at: target, signal: options.signal })
+      if (r.isErr()) {
+        targets.push({ at, reachable: false, error: r.error, backups: 0, unfinished: [] })
+        continue
+      }
+      const own = ownSnapshots(job, r.value)
+      const latest = own.at(-1)
+      targets.push({
+        at,
+        reachable: true,
+        backups: own.length,
+        ...(latest?.time === undefined ? {} : {
+          latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: Math.round((now - latest.time.getTime()) / 1000), health: latest.health },
+        }),
+        unfinished: r.value.filter((s) => !s.complete).map((s) => s.name),
+      })
+    }
+    const journal = await readJournal(job.state.transport, journalPath(job))
+    if (journal.isErr()) return err(journal.error)
+    const lock = await job.state.transport.inspectLock(lockPath(job))
+    if (lock.isErr()) return err(lock.error)
+    return ok({ source: formatLocation(job.source.location), driver: job.driver.name, targets, pending: journal.value.entries, lock: lock.value })
+  })())
+
+/** Finds a complete backup by name at a target; `latest` (or no name) is the newest. */
+export const findSnapshot = (job: Job, at: Transport, name: string | undefined, signal?: AbortSignal): ResultAsync<SnapshotInfo, BbError> =>
+  job.driver.listSnapshots({ at, signal }).andThen((all) => {
+    const own = all.filter((s) => s.complete)
+    const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
+    if (found !== undefined) return ok(found)
+    const names = ownSnapshots(job, own).map((s) => s.name)
+    return err(bbError(
+      'SNAPSHOT_NOT_FOUND',
+      name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete backup` : `no complete backup named ${name} at ${formatLocation(at.location)}`,
+      names.length === 0 ? 'run a backup first' : `bbackup list shows them; the newest is ${names.at(-1) ?? ''}`,
+      { at: formatLocation(at.location), ...(name === undefined ? {} : { snapshot: name }) },
+    ))
+  })
+
+/**
+ * Copies a backup (all of it, or one path inside it) to `to`. Refuses to write into anything
+ * that is not empty: restore never overwrites.
+ * @example
+ * restore(job, { from: job.targets[0], snapshot: 'latest', to: localTransport('/srv/restored') })
+ */
+export const restore = (
+  job: Job,
+  options: { readonly from: Transport; readonly snapshot?: string; readonly subpath?: string; readonly to: Transport; readonly dryRun?: boolean; readonly signal?: AbortSignal },
+): ResultAsync<{ readonly snapshot: string; readonly commands: readonly (readonly string[])[] }, BbError> =>
+  findSnapshot(job, options.from, options.snapshot, options.signal).andThen((snapshot) =>
+    job.driver
+      .restore({ from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal })
+      .map((r) => ({ snapshot: snapshot.name, commands: r.commands })),
+  )
+
+/**
+ * Compares a backup (the newest by default) with the source as it is now, by checksum. Changes made
+ * to the source since the backup show up as differences.
+ */
+export const verify = (job: Job, options: { readonly at?: Transport; readonly snapshot?: string; readonly signal?: AbortSignal } = {}): ResultAsync<VerifyOutcome, BbError> => {
+  const at = options.at ?? job.targets[0]
+  if (at === undefined) return new ResultAsync(Promise.resolve(err(bbError('INVALID_OPTIONS', 'the job has no target to verify', 'name a target'))))
+  return findSnapshot(job, at, options.snapshot, options.signal).andThen((snapshot) =>
+    job.driver.verify({ source: job.source, target: at, snapshot, signal: options.signal }),
+  )
+}

@@ -1,0 +1,67 @@
+import { createHash } from 'node:crypto'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import type { Driver, SnapshotInfo } from '../driver/driver.js'
+import { formatLocation } from '../location/location.js'
+import { parseSnapshotName } from '../names/snapshot-name.js'
+import type { RetentionPolicy } from '../retention/policy.js'
+import type { Transport } from '../transport/transport.js'
+import type { BackupEvent } from './events.js'
+
+/** Retention for each side; a side without a policy is never pruned. */
+export interface RetentionSettings {
+  readonly target?: RetentionPolicy
+  readonly source?: RetentionPolicy
+  /** IANA zone whose days and weeks the policies count in; the host's zone when omitted */
+  readonly timeZone?: string
+}
+
+/** A backup job: one source, its targets, and where the job keeps its lock and journal. */
+export interface Job {
+  readonly driver: Driver
+  readonly source: Transport
+  readonly targets: readonly Transport[]
+  /** where the lock file and the journal live (see {@link defaultStateDir}) */
+  readonly state: { readonly transport: Transport; readonly directory: string }
+  /** put before the timestamp of every name this job writes; only names with it are this job's */
+  readonly prefix?: string
+  readonly retention?: RetentionSettings
+}
+
+export interface RunOptions {
+  readonly dryRun?: boolean
+  readonly signal?: AbortSignal
+  readonly onEvent?: (event: BackupEvent) => void
+  /** wait this long for a lock held by another run instead of failing with LOCK_HELD */
+  readonly waitSeconds?: number
+  /** the clock; tests pass a fixed one */
+  readonly now?: () => Date
+}
+
+/**
+ * A stable name for a job, from its source and targets: the source's last path part and a short
+ * hash, so two jobs never share a lock by accident.
+ * @example
+ * jobId(source, [target]) // 'home-3f9a1c2b'
+ */
+export const jobId = (source: Transport, targets: readonly Transport[]): string => {
+  const key = [source, ...targets].map((t) => formatLocation(t.location)).join('\n')
+  const base = (source.location.path.split('/').filter(Boolean).at(-1) ?? 'root').replace(/[^A-Za-z0-9._-]/g, '_')
+  return `${base}-${createHash('sha256').update(key).digest('hex').slice(0, 8)}`
+}
+
+/**
+ * Where a job keeps its lock and journal on this host: `/var/lib/bbackup/jobs/<id>` for root,
+ * `$XDG_STATE_HOME/bbackup/jobs/<id>` (default `~/.local/state/...`) for anyone else.
+ */
+export const defaultStateDir = (id: string, env: Readonly<Record<string, string | undefined>> = process.env): string => {
+  if (process.getuid?.() === 0) return join('/var/lib/bbackup/jobs', id)
+  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local/state'), 'bbackup/jobs', id)
+}
+
+export const lockPath = (job: Job): string => join(job.state.directory, 'lock')
+export const journalPath = (job: Job): string => join(job.state.directory, 'journal.json')
+
+/** The complete snapshots of this job (its prefix, a readable time), oldest first. */
+export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
+  snapshots.filter((s) => s.complete && s.time !== undefined && (parseSnapshotName(s.name)?.prefix ?? '') === (job.prefix ?? ''))

@@ -1,0 +1,92 @@
+import { err, ok, ResultAsync, type Result } from 'neverthrow'
+import type { SnapshotInfo } from '../driver/driver.js'
+import type { BbError } from '../errors.js'
+import { readJournal } from '../journal/journal.js'
+import { formatLocation } from '../location/location.js'
+import { parseSnapshotName } from '../names/snapshot-name.js'
+import { planRetention, type Protection, type RetentionDecision } from '../retention/plan.js'
+import type { RetentionPolicy } from '../retention/policy.js'
+import type { Transport } from '../transport/transport.js'
+import { journalPath, lockPath, ownSnapshots, type Job, type RunOptions } from './job.js'
+
+export interface PruneResult {
+  /** the target (or source), as its location prints */
+  readonly at: string
+  readonly decisions: readonly RetentionDecision[]
+  readonly deleted: readonly string[]
+  readonly commands: readonly (readonly string[])[]
+}
+
+/**
+ * Applies a policy at one place. Kept whatever the policy says: the newest snapshot, the newest
+ * healthy one (the next run's parent), everything the journal holds and its parents.
+ */
+export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
+  const where = formatLocation(at.location)
+  const listed = await job.driver.listSnapshots({ at, signal: options.signal })
+  if (listed.isErr()) return err(listed.error)
+  const journal = await readJournal(job.state.transport, journalPath(job))
+  if (journal.isErr()) return err(journal.error)
+  const own = ownSnapshots(job, listed.value)
+  const protect: Protection[] = []
+  for (const entry of journal.value.entries) {
+    protect.push({ name: entry.snapshot, reason: `a pending transfer to ${entry.target} needs it` })
+    if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
+  }
+  const newestHealthy = own.filter((s) => s.health !== 'errors').at(-1)
+  if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest healthy backup (the next run links against it)' })
+  const plan = planRetention(
+    own.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0 })),
+    policy,
+    { now: (options.now ?? (() => new Date()))(), protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
+  )
+  if (plan.isErr()) return err(plan.error)
+  const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))
+  const deleted = await job.driver.deleteSnapshots({ at, snapshots: doomed, dryRun: options.dryRun ?? false, signal: options.signal })
+  if (deleted.isErr()) return err(deleted.error)
+  for (const s of doomed) {
+    options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [] })
+  }
+  return ok({ at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), commands: deleted.value })
+}
+
+/**
+ * Applies the job's retention to each target (and the source, where the driver keeps snapshots
+ * there), under the job's lock. A side without a policy is left alone.
+ * @example
+ * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
+ */
+export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> =>
+  new ResultAsync(withJobLock(job, options, async () => {
+    const results: PruneResult[] = []
+    const places: [Transport, RetentionPolicy | undefined][] = [
+      ...job.targets.map((t): [Transport, RetentionPolicy | undefined] => [t, job.retention?.target]),
+      ...(job.driver.snapshotsSource ? [[job.source, job.retention?.source] as [Transport, RetentionPolicy | undefined]] : []),
+    ]
+    for (const [at, policy] of places) {
+      if (policy === undefined) continue
+      const r = await pruneAt(job, at, policy, options)
+      if (r.isErr()) return err(r.error)
+      results.push(r.value)
+    }
+    return ok(results)
+  }))
+
+/** Runs `body` holding the job's lock (none in a dry run: it changes nothing), and always releases it. */
+export const withJobLock = async <T>(job: Job, options: RunOptions, body: () => Promise<Result<T, BbError>>): Promise<Result<T, BbError>> => {
+  if (options.dryRun === true) return body()
+  const made = await job.state.transport.mkdir(job.state.directory, { recursive: true })
+  if (made.isErr()) return err(made.error)
+  const lock = await job.state.transport.lock(lockPath(job), {
+    command: `bbackup ${job.driver.name} ${formatLocation(job.source.location)}`,
+    ...(options.waitSeconds === undefined ? {} : { waitSeconds: options.waitSeconds }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+  })
+  if (lock.isErr()) return err(lock.error)
+  if (lock.value.tookOver !== undefined) options.onEvent?.({ type: 'lock-taken-over', path: lock.value.path, reason: lock.value.tookOver.reason })
+  try {
+    return await body()
+  } finally {
+    await lock.value.release()
+  }
+}

@@ -1,0 +1,97 @@
+import type { ResultAsync } from 'neverthrow'
+import type { BbError } from '../errors.js'
+import type { Location } from '../location/location.js'
+
+/** How a command ended. A non-zero exit is a value here, not an error: drivers classify it. */
+export interface CommandResult {
+  readonly argv: readonly string[]
+  readonly exitCode: number
+  /** the stdout of the command, unless a line handler consumed it */
+  readonly stdout: string
+  /** the last few KiB of stderr */
+  readonly stderr: string
+}
+
+export interface ExecOptions {
+  readonly signal?: AbortSignal
+  readonly cwd?: string
+  readonly env?: Readonly<Record<string, string>>
+  /** receives stdout line by line (`\r` or `\n` ends a line); stdout is then not kept */
+  readonly onStdoutLine?: (line: string) => void
+}
+
+export interface EntryStat {
+  readonly kind: 'file' | 'directory' | 'symlink' | 'other'
+  readonly size: number
+  readonly mtime: Date
+  readonly device: number
+  readonly inode: number
+}
+
+export interface DirEntry {
+  readonly name: string
+  readonly kind: EntryStat['kind']
+}
+
+/** What a running job wrote into its lock file: enough to tell a live holder from a dead one. */
+export interface LockInfo {
+  readonly pid: number
+  readonly host: string
+  /** /proc/sys/kernel/random/boot_id: a lock from an earlier boot is stale */
+  readonly bootId: string
+  /** /proc/<pid>/stat field 22 (clock ticks after boot): tells a reused pid from the holder */
+  readonly pidStartTime: number
+  readonly startedAt: string
+  readonly command: string
+}
+
+/** A lock held by this process; release it exactly once. */
+export interface LockHandle {
+  readonly path: string
+  readonly info: LockInfo
+  /** set when a stale lock was taken over: what it held, and why it was judged stale */
+  readonly tookOver?: { readonly previous: LockInfo; readonly reason: string }
+  release(): ResultAsync<void, TransportError>
+}
+
+export type TransportError = BbError<'IO_FAILED' | 'NOT_FOUND' | 'COMMAND_FAILED' | 'TOOL_MISSING' | 'CANCELLED' | 'DISK_FULL'>
+export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
+
+/**
+ * Runs commands at a location and handles its small files. Commands are argv arrays, never shell
+ * strings; bulk data never passes through JavaScript. Paths are paths at the location.
+ */
+export interface Transport {
+  readonly location: Location
+  /** Runs argv to the end; resolves with its exit code, fails only when it cannot be started or is cancelled. */
+  exec(argv: readonly string[], options?: ExecOptions): ResultAsync<CommandResult, TransportError>
+  /** The file's text, or undefined when it does not exist. */
+  readFile(path: string): ResultAsync<string | undefined, TransportError>
+  /** Writes a small file so that a crash leaves the old content or the new, never a torn one. */
+  writeFileAtomic(path: string, data: string): ResultAsync<void, TransportError>
+  /** undefined when nothing is at the path; symlinks are not followed. */
+  stat(path: string): ResultAsync<EntryStat | undefined, TransportError>
+  list(directory: string): ResultAsync<DirEntry[], TransportError>
+  mkdir(path: string, options?: { readonly recursive?: boolean }): ResultAsync<void, TransportError>
+  /** rename(2), then fsync of the directory that holds the new name */
+  rename(from: string, to: string): ResultAsync<void, TransportError>
+  /** points `path` at `target`, replacing an existing link atomically */
+  symlink(target: string, path: string): ResultAsync<void, TransportError>
+  readlink(path: string): ResultAsync<string | undefined, TransportError>
+  /** removes a file, or a directory tree with `recursive` */
+  remove(path: string, options?: { readonly recursive?: boolean }): ResultAsync<void, TransportError>
+  /** Takes an exclusive lock file; a stale one (dead or reused pid, earlier boot) is taken over. */
+  lock(path: string, options: { readonly command: string; readonly waitSeconds?: number; readonly signal?: AbortSignal }): ResultAsync<LockHandle, LockError>
+  /** The lock file's content, if any, and whether its holder is alive. */
+  inspectLock(path: string): ResultAsync<LockStatus | undefined, TransportError>
+  /** How rsync names a path here: a plain path for local, `host:path` plus `-e` options for ssh. */
+  rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[] }
+}
+
+export interface LockStatus {
+  readonly path: string
+  readonly info: LockInfo | undefined
+  readonly verdict: LockVerdict
+}
+
+export type LockVerdict = { readonly stale: false; readonly reason: string } | { readonly stale: true; readonly reason: string }

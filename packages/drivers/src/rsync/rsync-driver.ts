@@ -1,0 +1,293 @@
+import { posix } from 'node:path'
+import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import {
+  bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type RestoreInput, type SnapshotInfo,
+  type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
+} from '@bb/core'
+import { classifyRsyncExit } from './exit-codes.js'
+
+export interface RsyncDriverOptions {
+  /** rsync `--exclude` patterns */
+  readonly excludes?: readonly string[]
+  /** files of exclude patterns (`--exclude-from`) */
+  readonly excludeFrom?: readonly string[]
+  /** stay on the source's filesystem (`--one-file-system`); default true, false = `--multi-fs` */
+  readonly oneFileSystem?: boolean
+  /** also copy hard links, ACLs, xattrs and numeric ids (`-HAX --numeric-ids`); default: when running as root */
+  readonly preserveAll?: boolean
+  /** keep a backup that rsync ended with exit 23 (some files failed) as complete, marked `errors` */
+  readonly acceptPartial?: boolean
+  /** flush the target filesystem (`sync -f`) before a backup is published; default true */
+  readonly syncBeforePublish?: boolean
+  /** more rsync options, passed before the paths */
+  readonly extraArgs?: readonly string[]
+}
+
+/** The per-backup record beside the backups, written before the backup is published. */
+interface BackupRecord {
+  readonly health: SnapshotInfo['health']
+  readonly rsyncExit: number
+  readonly finishedAt: string
+  readonly bytes: number
+  readonly files: number
+  readonly warnings: readonly string[]
+}
+
+const META = '.bbackup'
+const PARTIAL = '.partial'
+const join = posix.join
+
+const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
+
+/**
+ * rsync + hard links: each backup is a full tree in `<target>/<name>`, and files unchanged since
+ * the previous backup are hard links to it (`--link-dest`). A backup is copied into
+ * `<name>.partial` and renamed when rsync has finished, so a directory without the suffix is
+ * always complete; `latest` points at the newest.
+ * @example
+ * import { rsyncDriver } from '@bb/drivers/rsync'
+ * const driver = rsyncDriver({ excludes: ['.cache/'] })
+ */
+export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
+  const preserveAll = options.preserveAll ?? process.getuid?.() === 0
+  const copyFlags = (): string[] => [
+    '-a',
+    ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []),
+    ...(options.oneFileSystem === false ? [] : ['--one-file-system']),
+    ...(options.excludes ?? []).map((p) => `--exclude=${p}`),
+    ...(options.excludeFrom ?? []).map((p) => `--exclude-from=${p}`),
+  ]
+
+  const probe: Driver['probe'] = ({ source, targets, signal }) =>
+    source.exec(['rsync', '--version'], signal === undefined ? {} : { signal }).andThen((r) =>
+      r.exitCode === 0 ? ok(undefined) : err(bbError('TOOL_MISSING', 'rsync --version failed', 'install rsync: apt-get install rsync', { stderr: r.stderr })),
+    )
+      .andThen(() => source.stat(source.location.path))
+      .andThen((s) => {
+        if (s?.kind === 'directory') return ok(undefined)
+        return err(bbError('SOURCE_UNAVAILABLE', s === undefined ? `the source ${source.location.path} does not exist` : `the source ${source.location.path} is not a directory`,
+          s === undefined ? 'check the path (is the filesystem mounted?)' : 'the rsync driver backs up directories; give the directory that holds the file', { path: source.location.path }))
+      })
+      .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(t))))
+      .map(() => undefined)
+
+  /** The target directory must exist, or its parent must (then it is created): a missing parent often means an unmounted disk. */
+  const probeTarget = (target: Transport): ResultAsync<void, BbError> => {
+    const dir = target.location.path
+    return target.stat(dir).andThen((s): ResultAsync<void, BbError> => {
+      if (s?.kind === 'directory') return okAsync(undefined)
+      if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory to keep the backups in', { path: dir }))
+      return target.stat(posix.dirname(dir)).andThen((parent) =>
+        parent?.kind === 'directory'
+          ? target.mkdir(dir)
+          : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
+    })
+  }
+
+  const listSnapshots: Driver['listSnapshots'] = ({ at }) => {
+    const dir = at.location.path
+    return at.list(dir)
+      .mapErr((e) => (e.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path, or run a backup to create it', { path: dir }) : e))
+      .andThen((entries) => {
+        const backups = entries.filter((e) => e.kind === 'directory').map((e) => {
+          const complete = !e.name.endsWith(PARTIAL)
+          const name = complete ? e.name : e.name.slice(0, -PARTIAL.length)
+          return { name, complete, dirName: e.name, parsed: parseSnapshotName(name) }
+        }).filter((b) => b.parsed !== undefined)
+        return ResultAsync.combine(backups.map((b) =>
+          (b.complete ? at.readFile(recordPath(dir, b.name)) : okAsync(undefined)).map((text): SnapshotInfo => ({
+            name: b.complete ? b.name : b.dirName,
+            time: b.parsed?.time,
+            complete: b.complete,
+            // an adopted backup (no record) is taken as healthy, as the tool that made it did
+            health: text === undefined ? 'ok' : ((JSON.parse(text) as BackupRecord).health ?? 'ok'),
+            path: join(dir, b.dirName),
+          })),
+        ))
+      })
+      .map((list) => list.sort((a, b) => compareSnapshots(
+        { name: a.name, time: a.time ?? new Date(0), sequence: parseSnapshotName(a.name.replace(/\.partial$/, ''))?.sequence ?? 0 },
+        { name: b.name, time: b.time ?? new Date(0), sequence: parseSnapshotName(b.name.replace(/\.partial$/, ''))?.sequence ?? 0 },
+      )))
+  }
+
+  const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
+    new ResultAsync(runTransfer(input))
+
+  const runTransfer = async (input: TransferInput): Promise<Result<TransferOutcome, BbError>> => {
+    const { source, target, snapshot, parent, resume, dryRun, signal } = input
+    const dir = target.location.path
+    const partial = join(dir, `${snapshot}${PARTIAL}`)
+    const final = join(dir, snapshot)
+    const where = target.location.path
+    if (!dryRun) {
+      // continue into what the last run left, under the new name; else start a new one
+      const resumeFrom = resume?.partialPath
+      const prepared = resumeFrom !== undefined && resumeFrom !== partial && (await target.stat(resumeFrom)).unwrapOr(undefined)?.kind === 'directory'
+        ? await target.rename(resumeFrom, partial)
+        : await target.mkdir(partial)
+      if (prepared.isErr()) return err(prepared.error)
+    }
+    const src = source.rsyncEndpoint(`${source.location.path.replace(/\/+$/, '')}/`)
+    const dst = target.rsyncEndpoint(`${partial}/`)
+    const argv = [
+      'rsync', ...copyFlags(), '--delete', '--no-human-readable', '--stats', '--info=progress2',
+      ...(dryRun ? ['--dry-run'] : []),
+      ...(parent === undefined ? [] : [`--link-dest=${parent.path}`]),
+      ...(options.extraArgs ?? []),
+      ...src.options, ...dst.options,
+      src.spec, dst.spec,
+    ]
+    let lastProgress = 0
+    const statsLines: string[] = []
+    const ran = await source.exec(argv, {
+      ...(signal === undefined ? {} : { signal }),
+      onStdoutLine: (line) => {
+        if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
+        const m = /^\s*(\d+)\s+(\d+)%\s+(\S+)\s+(\d+:\d{2}:\d{2})/.exec(line)
+        if (m === null || Date.now() - lastProgress < 250) return
+        lastProgress = Date.now()
+        input.onEvent({ type: 'transfer-progress', target: where, snapshot, bytes: Number(m[1]), percent: Number(m[2]), rate: m[3] ?? '', eta: m[4] ?? '' })
+      },
+    })
+    if (ran.isErr()) return err(ran.error)
+    const stats = parseStats(statsLines.join('\n'))
+    const outcome = classifyRsyncExit(ran.value.exitCode, ran.value.stderr)
+    const context = { argv, exitCode: ran.value.exitCode, stderr: ran.value.stderr, partial }
+    const warnings: string[] = []
+    let health: SnapshotInfo['health'] = 'ok'
+    switch (outcome.kind) {
+      case 'ok':
+        break
+      case 'vanished':
+        health = 'warnings'
+        warnings.push('some source files vanished while they were copied (rsync exit 24); the backup is complete without them')
+        break
+      case 'partial':
+        if (options.acceptPartial !== true) {
+          return err(bbError('TRANSFER_INCOMPLETE', `rsync could not copy some files to ${where} (exit 23: partial transfer); the backup was not published`,
+            'fix what stderr names (often permissions), then run again: it continues where this stopped; or pass --accept-partial to keep such a backup marked with errors', context))
+        }
+        health = 'errors'
+        warnings.push('rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors')
+        break
+      case 'disk-full':
+        return err(bbError('DISK_FULL', `the target ${where} ran out of space`, 'free space there (or prune old backups), then run again: it continues where this stopped', context))
+      case 'failed':
+        return err(bbError('COMMAND_FAILED', `rsync failed with exit ${ran.value.exitCode} (${outcome.meaning})`, 'see the end of stderr below; the unfinished copy is resumed by the next run', context))
+    }
+    const commands: string[][] = [argv]
+    if (!dryRun) {
+      const published = await publish(target, { dir, partial, final, snapshot, record: { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings } }, commands, signal)
+      if (published.isErr()) return err(published.error)
+    }
+    return ok({
+      snapshot, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.name }),
+      bytes: stats.bytes, files: stats.files, warnings, commands,
+    })
+  }
+
+  /** flush, record, rename `<name>.partial` to `<name>` (the commit point), point `latest` at it */
+  const publish = async (
+    target: Transport,
+    p: { dir: string; partial: string; final: string; snapshot: string; record: BackupRecord },
+    commands: string[][],
+    signal: AbortSignal | undefined,
+  ): Promise<Result<void, BbError>> => {
+    if (options.syncBeforePublish !== false) {
+      const syncArgv = ['sync', '-f', p.partial]
+      commands.push(syncArgv)
+      const synced = await target.exec(syncArgv, signal === undefined ? {} : { signal })
+      if (synced.isErr()) return err(synced.error)
+      if (synced.value.exitCode !== 0) return err(bbError('IO_FAILED', `could not flush ${p.dir} to disk`, 'check the target filesystem (dmesg) and run again', { stderr: synced.value.stderr }))
+    }
+    return target.mkdir(join(p.dir, META))
+      .andThen(() => target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`))
+      .andThen(() => target.rename(p.partial, p.final))
+      .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
+  }
+
+  const recover: Driver['recover'] = ({ target, entry }) => {
+    const dir = target.location.path
+    // only ever a `.partial` directly in this target: anything else is not ours to touch
+    if (posix.dirname(entry.partialPath) !== dir || !entry.partialPath.endsWith(PARTIAL)) return okAsync('gone' as const)
+    return target.stat(entry.partialPath).map((s) => (s?.kind === 'directory' ? 'resume' as const : 'gone' as const))
+  }
+
+  const deleteSnapshots: Driver['deleteSnapshots'] = ({ at, snapshots, dryRun, signal }) => {
+    const dir = at.location.path
+    const trash = join(dir, META, 'trash')
+    const commands: string[][] = []
+    const run = async (): Promise<Result<string[][], BbError>> => {
+      if (snapshots.length === 0) return ok(commands)
+      if (!dryRun) {
+        const made = await at.mkdir(join(dir, META)).andThen(() => at.mkdir(trash))
+        if (made.isErr()) return err(made.error)
+      }
+      for (const s of snapshots) {
+        if (!s.complete || posix.dirname(s.path) !== dir) return err(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete backup in ${dir}`, 'this is a bug in bbackup; please report it'))
+        // moved out of the backups first, so that a crash mid-delete never leaves a half tree that looks complete
+        const doomed = join(trash, s.name)
+        const argv = ['rm', '-rf', '--one-file-system', '--', doomed]
+        commands.push(argv)
+        if (dryRun) continue
+        const r = await at.rename(s.path, doomed)
+          .andThen(() => at.exec(argv, signal === undefined ? {} : { signal }))
+          .andThen((res) => (res.exitCode === 0 ? ok(undefined) : err(bbError('COMMAND_FAILED', `could not remove ${doomed}`, 'remove it by hand; it is no longer a backup', { stderr: res.stderr }))))
+          .andThen(() => at.remove(recordPath(dir, s.name)))
+        if (r.isErr()) return err(r.error)
+      }
+      return ok(commands)
+    }
+    return new ResultAsync(run())
+  }
+
+  const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
+    new ResultAsync((async (): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
+      if (input.subpath.split('/').includes('..')) {
+        return err(bbError('INVALID_OPTIONS', `the path ${input.subpath} leaves the backup`, 'name a path inside the backup, without ..'))
+      }
+      const sub = posix.normalize(`/${input.subpath}`).slice(1).replace(/\/+$/, '')
+      const dest = input.to.location.path
+      const from = sub === '' ? input.snapshot.path : join(input.snapshot.path, sub)
+      // a whole backup fills dest; one path lands as dest/<its name>
+      const landing = sub === '' ? dest : join(dest, posix.basename(sub))
+      const found = await input.from.stat(from)
+      if (found.isErr()) return err(found.error)
+      if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'look inside the backup (bbackup list shows where it is) and give a path relative to its top', { path: from }))
+      const there = await input.to.stat(landing)
+      if (there.isErr()) return err(there.error)
+      const occupied = there.value === undefined ? false : sub !== '' || there.value.kind !== 'directory' || (await input.to.list(landing)).unwrapOr(['?']).length > 0
+      if (occupied) {
+        return err(bbError('ALREADY_EXISTS', `${landing} already exists${sub === '' ? ' and is not empty' : ''}; restore never overwrites`, 'restore into a new or empty directory, then move what you need', { path: landing }))
+      }
+      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []),
+        input.from.rsyncEndpoint(sub === '' ? `${from}/` : from).spec, input.to.rsyncEndpoint(`${dest}/`).spec]
+      if (input.dryRun) return ok({ commands: [argv] })
+      const made = await input.to.mkdir(dest, { recursive: true })
+      if (made.isErr()) return err(made.error)
+      const ran = await input.to.exec(argv, input.signal === undefined ? {} : { signal: input.signal })
+      if (ran.isErr()) return err(ran.error)
+      if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
+      return ok({ commands: [argv] })
+    })())
+
+  const verify = (input: VerifyInput): ResultAsync<VerifyOutcome, BbError> => {
+    const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n',
+      input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`).spec, input.target.rsyncEndpoint(`${input.snapshot.path}/`).spec]
+    return input.source.exec(argv, input.signal === undefined ? {} : { signal: input.signal }).andThen((r) => {
+      if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
+      const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
+      return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })
+    })
+  }
+
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, transfer, recover, deleteSnapshots, restore, verify }
+}
+
+/** `--stats --no-human-readable`: files and bytes actually transferred. */
+const parseStats = (text: string): { bytes: number; files: number } => ({
+  bytes: Number(/Total transferred file size: (\d+)/.exec(text)?.[1] ?? 0),
+  files: Number(/Number of regular files transferred: (\d+)/.exec(text)?.[1] ?? 0),
+})
+

@@ -1,0 +1,42 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { Job, RetentionSettings } from '@bb/core'
+import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
+import { localTransport } from '@bb/transports/local'
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+
+/** A job over local paths with the rsync driver, its state kept in `state`. */
+export const rsyncJob = (p: { source: string; targets: readonly string[]; state: string; retention?: RetentionSettings; driver?: RsyncDriverOptions }): Job => ({
+  driver: rsyncDriver(p.driver ?? {}),
+  source: localTransport(p.source),
+  targets: p.targets.map((t) => localTransport(t)),
+  state: { transport: localTransport(p.state), directory: p.state },
+  ...(p.retention === undefined ? {} : { retention: p.retention }),
+})
+
+/** Runs a TypeScript file of this package in a child Node, resolving our packages to source. */
+export const spawnTs = (file: string, args: readonly string[]): ChildProcess =>
+  spawn(process.execPath, ['--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test', file), ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+
+/** Resolves with the exit code (or signal) of a child, collecting its output. */
+export const finished = (child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> =>
+  new Promise((resolve) => {
+    let stdout = ''
+    let stderr = ''
+    child.stdout?.on('data', (d: Buffer) => { stdout += d.toString() })
+    child.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
+  })
+
+export const waitFor = async (condition: () => Promise<boolean>, timeoutMs: number): Promise<void> => {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}

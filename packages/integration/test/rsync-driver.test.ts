@@ -1,0 +1,211 @@
+import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport } from '@bb/core'
+import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type TempDir } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
+import { finished, rsyncJob, spawnTs, waitFor } from './helpers.js'
+
+const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+const at = (iso: string) => () => new Date(iso)
+const backupsIn = async (dir: string) => (await readdir(dir)).filter((n) => /^\d{4}-/.test(n)).sort()
+
+describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () => {
+  let tmp: TempDir
+  let source: string
+  let target: string
+  let state: string
+  beforeEach(async () => {
+    tmp = await makeTempDir('rsync')
+    source = join(tmp.path, 'source')
+    target = join(tmp.path, 'target')
+    state = join(tmp.path, 'state')
+    await writeTree(source, { 'a.txt': 'alpha\n', 'dir/b.txt': 'bravo\n', 'dir/deep/c.bin': Buffer.alloc(100_000, 7) })
+  })
+  afterEach(() => tmp.cleanup())
+
+  it('makes a full backup, then an incremental one that hard-links unchanged files', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    const first: BackupReport = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.failed).toBe(0)
+    expect(first.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T100000Z', mode: 'full', files: 3 })
+    await writeFile(join(source, 'a.txt'), 'alpha changed\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T110000Z', mode: 'incremental', parent: '2026-11-23T100000Z', files: 1 })
+
+    const [one, two] = ['2026-11-23T100000Z', '2026-11-23T110000Z'].map((n) => join(target, n)) as [string, string]
+    expect((await stat(join(one, 'dir/deep/c.bin'))).ino).toBe((await stat(join(two, 'dir/deep/c.bin'))).ino)
+    expect((await stat(join(one, 'a.txt'))).ino).not.toBe((await stat(join(two, 'a.txt'))).ino)
+    expect(await readFile(join(one, 'a.txt'), 'utf8')).toBe('alpha\n')
+    expect(await treeManifest(two)).toEqual(await treeManifest(source))
+    expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T110000Z')
+    expect(second.targets[0]?.commands[0]).not.toContain('--inplace')
+  })
+
+  it('keeps the previous backup unchanged when the source file is rewritten in place (scenario 10)', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const before = await treeManifest(join(target, '2026-11-23T100000Z'))
+    // same size, same mtime: only content and mode differ
+    const file = join(source, 'dir/b.txt')
+    const { mtime } = await stat(file)
+    await writeFile(file, 'BRAVO\n')
+    await chmod(file, 0o600)
+    const { utimes } = await import('node:fs/promises')
+    await utimes(file, mtime, mtime)
+    ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(await treeManifest(join(target, '2026-11-23T100000Z'))).toEqual(before)
+    expect((await lstat(join(target, '2026-11-23T110000Z/dir/b.txt'))).mode & 0o777).toBe(0o600)
+  })
+
+  it('resumes into the partial copy after the backup process is killed (scenario 7)', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    await writeTree(source, Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`big/f${String(i).padStart(2, '0')}`, Buffer.alloc(400_000, i)])))
+
+    const child = spawnTs('fixtures/run-backup.ts', [source, target, state, '2000'])
+    const done = finished(child)
+    await waitFor(async () => (await readdir(target)).some((n) => n.endsWith('.partial')) && (await readdir(join(target, (await readdir(target)).find((n) => n.endsWith('.partial'))!))).includes('big'), 20_000)
+    await new Promise((r) => setTimeout(r, 700))
+    child.kill('SIGKILL')
+    expect((await done).signal).toBe('SIGKILL')
+    // rsync itself may outlive its parent for a moment
+    await new Promise((r) => setTimeout(r, 300))
+
+    const partial = (await readdir(target)).find((n) => n.endsWith('.partial'))
+    expect(partial).toBeDefined()
+    expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T100000Z')
+    const listed = ok(await list(job))[0]!.snapshots
+    expect(listed.filter((s) => s.complete).map((s) => s.name)).toEqual(['2026-11-23T100000Z'])
+    expect(ok(await status(job)).pending).toHaveLength(1)
+
+    const events: BackupEvent[] = []
+    const resumed = ok(await backup(job, { now: at('2026-11-23T12:00:00Z'), onEvent: (e) => events.push(e) }))
+    expect(events).toContainEqual({ type: 'recovered', target, snapshot: partial!.replace(/\.partial$/, ''), action: 'resume' })
+    expect(resumed.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T120000Z', mode: 'incremental', parent: '2026-11-23T100000Z' })
+    expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z', '2026-11-23T120000Z'])
+    expect(await treeManifest(join(target, '2026-11-23T120000Z'))).toEqual(await treeManifest(source))
+    expect(ok(await status(job)).pending).toEqual([])
+  })
+
+  it('marks vanished files as a warning, and refuses an exit-23 backup unless accepted (scenario 9)', async () => {
+    await symlink('/nonexistent/target', join(source, 'dangling'))
+    const strict = rsyncJob({ source, targets: [target], state, driver: { extraArgs: ['--copy-links'] } })
+    const refused = ok(await backup(strict, { now: at('2026-11-23T10:00:00Z') }))
+    expect(refused.failed).toBe(1)
+    expect(refused.targets[0]?.error).toMatchObject({ code: 'TRANSFER_INCOMPLETE', details: { exitCode: 23 } })
+    expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z.partial'])
+
+    const accepting = rsyncJob({ source, targets: [target], state, driver: { extraArgs: ['--copy-links'], acceptPartial: true } })
+    const accepted = ok(await backup(accepting, { now: at('2026-11-23T11:00:00Z') }))
+    expect(accepted.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T110000Z' })
+    expect(ok(await list(accepting))[0]!.snapshots).toEqual([expect.objectContaining({ name: '2026-11-23T110000Z', complete: true, health: 'errors' })])
+
+    // exit 24: a file deleted after rsync listed it and before it was copied
+    await rm(join(source, 'dangling'))
+    await writeTree(source, Object.fromEntries(Array.from({ length: 10 }, (_, i) => [`v/f${i}`, Buffer.alloc(300_000, i)])))
+    const slow = rsyncJob({ source, targets: [target], state, driver: { extraArgs: ['--bwlimit=1500'] } })
+    const running = backup(slow, { now: at('2026-11-23T12:00:00Z') })
+    await waitFor(async () => (await readdir(target)).includes('2026-11-23T120000Z.partial'), 10_000)
+    await new Promise((r) => setTimeout(r, 500))
+    await rm(join(source, 'v/f9'))
+    const vanished = ok(await running)
+    expect(vanished.targets[0]).toMatchObject({ ok: true, warnings: [expect.stringContaining('exit 24')] })
+    expect(ok(await list(slow))[0]!.snapshots.at(-1)).toMatchObject({ name: '2026-11-23T120000Z', health: 'warnings' })
+  })
+
+  it('prunes by policy, never the newest healthy backup, and a dry run deletes nothing', async () => {
+    const job = rsyncJob({ source, targets: [target], state, retention: { target: { keepLast: 2 } } })
+    for (const hour of ['10', '11', '12']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`), prune: false }))
+    const planned = ok(await prune(job, { dryRun: true, now: at('2026-11-23T13:00:00Z') }))
+    expect(planned[0]?.deleted).toEqual(['2026-11-23T100000Z'])
+    expect(planned[0]?.commands).toEqual([['rm', '-rf', '--one-file-system', '--', join(target, '.bbackup/trash/2026-11-23T100000Z')]])
+    expect(await backupsIn(target)).toHaveLength(3)
+    const events: BackupEvent[] = []
+    ok(await backup(job, { now: at('2026-11-23T13:00:00Z'), onEvent: (e) => events.push(e) }))
+    expect(await backupsIn(target)).toEqual(['2026-11-23T120000Z', '2026-11-23T130000Z'])
+    expect(events.filter((e) => e.type === 'pruned').map((e) => e.type === 'pruned' && e.snapshot)).toEqual(['2026-11-23T100000Z', '2026-11-23T110000Z'])
+    expect(await readdir(join(target, '.bbackup/trash'))).toEqual([])
+  })
+
+  it('restores a whole backup or one path, and never overwrites', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const into = join(tmp.path, 'restored')
+    const whole = ok(await restore(job, { from: job.targets[0]!, to: localTransport(into) }))
+    expect(whole.snapshot).toBe('2026-11-23T100000Z')
+    expect(await treeManifest(into)).toEqual(await treeManifest(source))
+    expect((await restore(job, { from: job.targets[0]!, to: localTransport(into) }))._unsafeUnwrapErr()).toMatchObject({ code: 'ALREADY_EXISTS' })
+    const one = join(tmp.path, 'one')
+    ok(await restore(job, { from: job.targets[0]!, snapshot: '2026-11-23T100000Z', subpath: 'dir/deep', to: localTransport(one) }))
+    expect(await readdir(one)).toEqual(['deep'])
+    expect((await restore(job, { from: job.targets[0]!, subpath: '../etc', to: localTransport(join(tmp.path, 'x')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS' })
+    expect((await restore(job, { from: job.targets[0]!, snapshot: 'nope', to: localTransport(join(tmp.path, 'y')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' })
+  })
+
+  it('verifies a backup against the source by checksum', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(ok(await verify(job))).toEqual({ snapshot: '2026-11-23T100000Z', differences: [], differenceCount: 0 })
+    const file = join(target, '2026-11-23T100000Z/dir/b.txt')
+    const { mtime } = await stat(file)
+    await writeFile(file, 'brav0\n') // same size, same time: only a checksum sees it
+    const { utimes } = await import('node:fs/promises')
+    await utimes(file, mtime, mtime)
+    expect(ok(await verify(job))).toMatchObject({ differenceCount: 1, differences: [expect.stringMatching(/dir\/b\.txt$/)] })
+  })
+
+  it('changes nothing in a dry run and returns the rsync command it would run', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    const r = ok(await backup(job, { dryRun: true, now: at('2026-11-23T10:00:00Z') }))
+    expect(r.targets[0]?.commands[0]).toEqual(expect.arrayContaining(['rsync', '--dry-run', `${source}/`, `${target}/2026-11-23T100000Z.partial/`]))
+    expect(await readdir(target)).toEqual([])
+    await expect(stat(state)).rejects.toThrow()
+  })
+
+  it('reports a missing source and a target whose parent is missing, and goes on with the other target', async () => {
+    const missing = rsyncJob({ source: join(tmp.path, 'nope'), targets: [target], state })
+    expect((await backup(missing))._unsafeUnwrapErr()).toMatchObject({ code: 'SOURCE_UNAVAILABLE' })
+    const unmounted = join(tmp.path, 'mnt/usb/backups')
+    const job = rsyncJob({ source, targets: [unmounted, target], state })
+    const r = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(r.failed).toBe(1)
+    expect(r.targets.map((t) => [t.target, t.ok, t.error?.code])).toEqual([[unmounted, false, 'TARGET_UNAVAILABLE'], [target, true, undefined]])
+    await expect(stat(join(tmp.path, 'mnt'))).rejects.toThrow()
+  })
+})
+
+describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'mount'], { root: true }))('rsync driver on a full disk (scenario 8)', () => {
+  it('fails with DISK_FULL, leaves the last complete backup untouched, and completes once space is freed', async () => {
+    const fs = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 32 })
+    const tmp = await makeTempDir('enospc')
+    try {
+      const source = join(tmp.path, 'source')
+      const target = join(fs.mountPoint, 'backups')
+      await mkdir(target)
+      await writeTree(source, { small: Buffer.alloc(2_000_000, 1) })
+      const job = rsyncJob({ source, targets: [target], state: join(tmp.path, 'state') })
+      ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+      const first = join(target, '2026-11-23T100000Z/small')
+      const links = (await stat(first)).nlink
+
+      await writeTree(source, { big: Buffer.alloc(50_000_000, 2) })
+      const full = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+      expect(full.targets[0]?.error).toMatchObject({ code: 'DISK_FULL' })
+      expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T100000Z')
+      expect((await stat(first)).nlink).toBe(links + 1) // the partial links to it; nothing was deleted
+      expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z', '2026-11-23T110000Z.partial'])
+
+      await rm(join(source, 'big'))
+      const after = ok(await backup(job, { now: at('2026-11-23T12:00:00Z') }))
+      expect(after.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: '2026-11-23T100000Z' })
+      expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z', '2026-11-23T120000Z'])
+    } finally {
+      await tmp.cleanup()
+      await fs.cleanup()
+    }
+  })
+})

@@ -1,0 +1,50 @@
+import { execFileSync } from 'node:child_process'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { makeTempDir } from './temp-dir.js'
+
+export interface LoopFilesystem {
+  /** where the filesystem is mounted */
+  readonly mountPoint: string
+  /** unmounts, detaches the loop device and removes the image; safe to call twice */
+  cleanup(): Promise<void>
+}
+
+const run = (file: string, args: readonly string[]): string => execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+
+/**
+ * A real filesystem of `sizeMiB` in an image file, loop-mounted (root only). A failure half way
+ * undoes what was done; `cleanup` undoes the rest even after a failed test.
+ */
+export const mountLoopFilesystem = async (options: { readonly type: 'ext4' | 'btrfs'; readonly sizeMiB: number }): Promise<LoopFilesystem> => {
+  const dir = await makeTempDir(`loop-${options.type}`)
+  const image = join(dir.path, 'fs.img')
+  const mountPoint = join(dir.path, 'mnt')
+  let mounted = false
+  const cleanup = async (): Promise<void> => {
+    if (mounted) {
+      // mount -o loop attached the device with autoclear: unmounting detaches it
+      try {
+        run('umount', [mountPoint])
+      } catch {
+        run('umount', ['-l', mountPoint])
+      }
+      mounted = false
+    }
+    await dir.cleanup()
+  }
+  try {
+    await writeFile(image, '')
+    run('truncate', ['-s', `${options.sizeMiB}M`, image])
+    if (options.type === 'ext4') run('mkfs.ext4', ['-q', '-F', '-m', '0', image])
+    else run('mkfs.btrfs', ['-q', '-f', image])
+    await mkdir(mountPoint)
+    run('mount', ['-o', 'loop', image, mountPoint])
+    mounted = true
+  } catch (e) {
+    await cleanup()
+    throw e
+  }
+  return { mountPoint, cleanup }
+}
+
