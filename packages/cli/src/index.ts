@@ -1,1 +1,7 @@
-export {}
+export { main } from './main.js'
+export type { Io } from './render.js'
+export { EXIT } from './exit-codes.js'
+export { loadConfig, DEFAULT_CONFIG } from './config.js'
+export type { Config, JobSpec } from './config.js'
+export { parseRetentionSpec } from './retention-spec.js'
+export { expandArgFiles } from './arg-files.js'

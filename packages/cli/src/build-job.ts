@@ -1,0 +1,64 @@
+import { stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { bbError, defaultStateDir, jobId, parseLocation, type BbError, type Job, type Transport } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
+import type { DriverChoice, JobSpec } from './config.js'
+
+/** What a source is, to pick a driver when none is named (DESIGN.md: detected from the source). */
+const detectDriver = async (source: string): Promise<Result<DriverChoice, BbError>> => {
+  let s
+  try {
+    s = await stat(source)
+  } catch {
+    return err(bbError('SOURCE_UNAVAILABLE', `the source ${source} does not exist`, 'check the path (is the filesystem mounted?)', { path: source }))
+  }
+  if (s.isBlockDevice() || s.isFile()) return ok('block')
+  // a btrfs subvolume's root directory has inode 256
+  if (s.isDirectory() && s.ino === 256) return ok('btrfs')
+  return ok('rsync')
+}
+
+const unavailable = (driver: DriverChoice): BbError =>
+  bbError('UNSUPPORTED', `the ${driver} driver is not available in this version of bbackup`,
+    driver === 'btrfs' ? 'pass --driver rsync to back the subvolume up as plain files' : 'back up a directory with the rsync driver instead')
+
+/**
+ * Turns a job spec into an engine Job. Drivers and transports are imported here, when a command
+ * runs, so that `bbackup --help` loads none of them.
+ */
+export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string }): Promise<Result<Job, BbError>> => {
+  const source = parseLocation(spec.source, { cwd: options.cwd })
+  if (source.isErr()) return err(source.error)
+  const targets = []
+  for (const t of spec.targets) {
+    const parsed = parseLocation(t, { cwd: options.cwd })
+    if (parsed.isErr()) return err(parsed.error)
+    targets.push(parsed.value)
+  }
+  for (const location of [source.value, ...targets]) {
+    if (location.kind !== 'local') {
+      return err(bbError('UNSUPPORTED', `${location.kind === 'ssh' ? 'ssh' : 'rsync daemon'} locations are not available in this version of bbackup`, 'run bbackup on the machine that has the disk, with local paths'))
+    }
+  }
+  const driverName = spec.driver ?? (await detectDriver(source.value.path)).unwrapOr('rsync' as const)
+  if (driverName !== 'rsync') return err(unavailable(driverName))
+  const [{ rsyncDriver }, { localTransport }] = await Promise.all([import('@bb/drivers/rsync'), import('@bb/transports/local')])
+  const sourceTransport: Transport = localTransport(source.value.path)
+  const targetTransports = targets.map((t) => localTransport(t.path))
+  const id = spec.name ?? jobId(sourceTransport, targetTransports)
+  const stateDirectory = spec.stateDir ?? (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
+  return ok({
+    driver: rsyncDriver({
+      excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,
+    }),
+    source: sourceTransport,
+    targets: targetTransports,
+    state: { transport: localTransport(stateDirectory), directory: stateDirectory },
+    ...(spec.prefix === undefined ? {} : { prefix: spec.prefix }),
+    retention: {
+      ...(spec.keepBackups === undefined ? {} : { target: spec.keepBackups }),
+      ...(spec.keepSnapshots === undefined ? {} : { source: spec.keepSnapshots }),
+      ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }),
+    },
+  })
+}

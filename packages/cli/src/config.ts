@@ -1,0 +1,152 @@
+import { readFileSync } from 'node:fs'
+import { bbError, normalizePolicy, type BbError, type RetentionPolicy } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
+import { parse, TomlError } from 'smol-toml'
+import { parseRetentionSpec } from './retention-spec.js'
+
+export const DEFAULT_CONFIG = '/etc/bbackup/config.toml'
+
+export type DriverChoice = 'rsync' | 'btrfs' | 'block'
+
+/** A job as the CLI runs it, from the command line or one `[jobs.NAME]` table. */
+export interface JobSpec {
+  readonly name?: string
+  readonly source: string
+  readonly targets: readonly string[]
+  readonly driver?: DriverChoice
+  readonly prefix?: string
+  readonly stateDir?: string
+  readonly exclude: readonly string[]
+  readonly excludeFrom: readonly string[]
+  readonly oneFileSystem: boolean
+  readonly acceptPartial: boolean
+  readonly rsyncOptions: readonly string[]
+  readonly keepBackups?: RetentionPolicy
+  readonly keepSnapshots?: RetentionPolicy
+  readonly timeZone?: string
+}
+
+export interface Config {
+  readonly path: string
+  readonly stateDir?: string
+  readonly jobs: readonly JobSpec[]
+}
+
+/** The snake_case keys of a retention table and the policy keys they map to, one to one. */
+const RETENTION_KEYS: Readonly<Record<string, string>> = {
+  preserve_min: 'preserveMin', preserve: 'preserve', day_of_week: 'dayOfWeek', hour_of_day: 'hourOfDay',
+  minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
+  keep_last: 'keepLast',
+}
+const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone']
+const HINT = 'see docs/configuration.md for every key'
+
+/** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
+const lineOf = (text: string, section: string, key: string): number | undefined => {
+  let current = ''
+  const keyPattern = new RegExp(`^\\s*"?${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"?\\s*=`)
+  for (const [i, line] of text.split('\n').entries()) {
+    const header = /^\s*\[\s*([^\]]+?)\s*\]/.exec(line)
+    if (header !== null) {
+      current = header[1] ?? ''
+      if (current === section && key === '') return i + 1
+    } else if (current === section && key !== '' && keyPattern.test(line)) return i + 1
+  }
+  return undefined
+}
+
+/**
+ * Reads a TOML config of named jobs. Every mistake names the file, the line and the key.
+ * @example
+ * loadConfig('/etc/bbackup/config.toml').map((c) => c.jobs.map((j) => j.name))
+ */
+export const loadConfig = (path: string): Result<Config, BbError> => {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return err(bbError('INVALID_OPTIONS', code === 'ENOENT' ? `the config file ${path} does not exist` : `cannot read the config file ${path}: ${(e as Error).message}`,
+      code === 'ENOENT' ? `create it (see docs/configuration.md), or give a source and target on the command line` : 'check its permissions', { path }))
+  }
+  let data: Record<string, unknown>
+  try {
+    data = parse(text) as Record<string, unknown>
+  } catch (e) {
+    if (e instanceof TomlError) {
+      return err(bbError('INVALID_OPTIONS', `${path}:${e.line}:${e.column}: ${e.message.split('\n')[0] ?? 'not valid TOML'}`, 'fix the TOML syntax at that place', { path, line: e.line }))
+    }
+    throw e
+  }
+  const problem = (section: string, key: string, message: string, hint = HINT): Result<never, BbError> => {
+    const line = lineOf(text, section, key.split('.')[0] ?? key)
+    const where = `${path}${line === undefined ? '' : `:${line}`}`
+    return err(bbError('INVALID_OPTIONS', `${where}: ${section === '' ? '' : `[${section}] `}${key}: ${message}`, hint, { path, key, ...(line === undefined ? {} : { line }) }))
+  }
+  for (const key of Object.keys(data)) {
+    if (key !== 'jobs' && key !== 'state_dir') return problem('', key, 'unknown key', 'the top level has state_dir and [jobs.NAME] tables')
+  }
+  if (data.state_dir !== undefined && typeof data.state_dir !== 'string') return problem('', 'state_dir', 'must be a path (a string)')
+  const jobsTable = data.jobs ?? {}
+  if (typeof jobsTable !== 'object' || Array.isArray(jobsTable)) return problem('', 'jobs', 'must be tables [jobs.NAME]')
+  const jobs: JobSpec[] = []
+  for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
+    const section = `jobs.${name}`
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
+    const job = raw as Record<string, unknown>
+    for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, 'unknown key', `a job has ${JOB_KEYS.join(', ')}`)
+    if (typeof job.source !== 'string') return problem(section, job.source === undefined ? '' : 'source', 'source is missing or not a string', 'give the directory (or subvolume) to back up: source = "/home"')
+    const targets = typeof job.targets === 'string' ? [job.targets] : job.targets
+    if (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string')) {
+      return problem(section, job.targets === undefined ? '' : 'targets', 'targets is missing or not a list of locations', 'targets = ["/mnt/backup/home"]')
+    }
+    const strings = (key: string): Result<string[], BbError> => {
+      const v = job[key] ?? []
+      return Array.isArray(v) && v.every((x) => typeof x === 'string') ? ok(v as string[]) : problem(section, key, 'must be a list of strings')
+    }
+    const bool = (key: string, fallback: boolean): Result<boolean, BbError> => {
+      const v = job[key] ?? fallback
+      return typeof v === 'boolean' ? ok(v) : problem(section, key, 'must be true or false')
+    }
+    const optionalString = (key: string): Result<string | undefined, BbError> => {
+      const v = job[key]
+      return v === undefined || typeof v === 'string' ? ok(v) : problem(section, key, 'must be a string')
+    }
+    const retention = (key: string): Result<RetentionPolicy | undefined, BbError> => {
+      const v = job[key]
+      if (v === undefined) return ok(undefined)
+      if (typeof v === 'string' || typeof v === 'number') {
+        return parseRetentionSpec(String(v)).orElse((e) => problem(section, key, e.message, e.hint))
+      }
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) return problem(section, key, 'must be a string such as "24h 7d 4w" or a table')
+      const policy: Record<string, unknown> = {}
+      for (const [k, value] of Object.entries(v)) {
+        const mapped = RETENTION_KEYS[k]
+        if (mapped === undefined) return problem(section, key, `unknown retention key ${k}`, `use ${Object.keys(RETENTION_KEYS).join(', ')}`)
+        policy[mapped] = value
+      }
+      return normalizePolicy(policy as RetentionPolicy).map(() => policy as RetentionPolicy).orElse((e) => problem(section, key, e.message, e.hint))
+    }
+    const driver = job.driver
+    if (driver !== undefined && driver !== 'rsync' && driver !== 'btrfs' && driver !== 'block') return problem(section, 'driver', `${JSON.stringify(driver)} is not rsync, btrfs or block`)
+    const fields = {
+      exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
+      oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false),
+      prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
+      keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
+    }
+    for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
+    const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
+    const prefix = v(fields.prefix), stateDir = v(fields.stateDir), timeZone = v(fields.timeZone)
+    const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots)
+    jobs.push({
+      name, source: job.source, targets: targets as string[],
+      ...(driver === undefined ? {} : { driver }),
+      exclude: v(fields.exclude), excludeFrom: v(fields.excludeFrom), rsyncOptions: v(fields.rsyncOptions),
+      oneFileSystem: v(fields.oneFileSystem), acceptPartial: v(fields.acceptPartial),
+      ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
+      ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
+    })
+  }
+  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs })
+}

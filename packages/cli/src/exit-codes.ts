@@ -1,0 +1,18 @@
+import type { BbError } from '@bb/core'
+
+/** bbackup's exit codes (DESIGN.md "The CLI"). */
+export const EXIT = { ok: 0, error: 1, usage: 2, lockHeld: 3, internal: 70, someTargetsFailed: 10 } as const
+
+export const exitCodeOf = (error: BbError): number => {
+  switch (error.code) {
+    case 'LOCK_HELD':
+      return EXIT.lockHeld
+    case 'INVALID_LOCATION':
+    case 'INVALID_POLICY':
+    case 'INVALID_OPTIONS':
+    case 'JOB_NOT_FOUND':
+      return EXIT.usage
+    default:
+      return EXIT.error
+  }
+}

@@ -1,0 +1,332 @@
+import { readFileSync } from 'node:fs'
+import { Command, CommanderError, Option } from 'commander'
+import { backup, bbError, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
+import { buildJob } from './build-job.js'
+import { expandArgFiles } from './arg-files.js'
+import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec } from './config.js'
+import { EXIT, exitCodeOf } from './exit-codes.js'
+import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { parseRetentionSpec } from './retention-spec.js'
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+
+interface CommonOptions {
+  config?: string
+  job?: string[]
+  driver?: DriverChoice
+  dryRun?: boolean
+  json?: boolean
+  verbose?: number
+  quiet?: boolean
+  wait?: string | boolean
+  stateDir?: string
+  prefix?: string
+  keepBackups?: string
+  keepSnapshots?: string
+  numBackups?: string
+  exclude?: string[]
+  excludeFrom?: string[]
+  multiFs?: boolean
+  acceptPartial?: boolean
+  rsyncOption?: string[]
+  timeZone?: string
+}
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
+
+/** Options every job command takes: where the job comes from and how it behaves. */
+const jobOptions = (command: Command): Command =>
+  command
+    .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
+    .option('-j, --job <name>', 'run only this job of the config (repeatable)', collect)
+    .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
+    .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root)")
+    .option('-p, --prefix <prefix>', 'put before the timestamp of each backup name')
+    .option('--keep-backups <policy>', "retention at the targets: '10', '24h 7d 4w 12m *y' (btrbk) or 'daily=7 weekly=4' (rotate-backups)")
+    .option('--num-backups <n>', "btrfs-backup's spelling of --keep-backups N")
+    .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
+    .option('--exclude <pattern>', 'rsync exclude pattern (repeatable)', collect)
+    .option('--exclude-from <file>', 'file of exclude patterns (repeatable)', collect)
+    .option('--multi-fs', 'cross filesystem boundaries (default: stay on the source filesystem)')
+    .option('--accept-partial', 'keep a backup that rsync ended with exit 23 (some files failed), marked with errors')
+    .option('--rsync-option <option>', 'pass an option to rsync (repeatable), e.g. --rsync-option=--bwlimit=10000', collect)
+    .option('--json', 'print the result as JSON')
+    .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
+    .option('-q, --quiet', 'print only errors and warnings')
+
+const EXAMPLES: Readonly<Record<string, string>> = {
+  run: `
+Examples:
+  bbackup run /home /mnt/backup/home              back up /home, hard-linking unchanged files
+  bbackup run /srv /mnt/a /mnt/b --keep-backups '7d 4w 12m'
+  bbackup run -c /etc/bbackup/config.toml         every job of the config
+  bbackup run -n /home /mnt/backup/home           show what would be done`,
+  list: `
+Examples:
+  bbackup list /home /mnt/backup/home
+  bbackup list -c /etc/bbackup/config.toml --json`,
+  status: `
+Examples:
+  bbackup status /home /mnt/backup/home
+  bbackup status -j home --json`,
+  prune: `
+Examples:
+  bbackup prune /home /mnt/backup/home --keep-backups 10 -n     show what would be deleted and why
+  bbackup prune -j home`,
+  restore: `
+Examples:
+  bbackup restore /mnt/backup/home latest /tmp/home-restored
+  bbackup restore /mnt/backup/home 2026-11-23T001500Z /tmp/r --path alice/thesis.tex`,
+  verify: `
+Examples:
+  bbackup verify /home /mnt/backup/home                 compare the newest backup with /home by checksum
+  bbackup verify /home /mnt/backup/home --snapshot 2026-11-23T001500Z`,
+}
+
+type Outcome = { readonly code: number }
+
+/**
+ * Runs the bbackup command line: `argv` without the node and script names. Returns the exit
+ * code; prints through `io` only.
+ * @example
+ * const code = await main(['list', '/home', '/mnt/backup/home'], { stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s), isTTY: false, cwd: process.cwd() })
+ */
+export const main = async (argv: readonly string[], io: Io): Promise<number> => {
+  const expanded = expandArgFiles(argv, io.cwd)
+  if (expanded.isErr()) {
+    io.stderr(renderError(expanded.error, false))
+    return EXIT.usage
+  }
+  let outcome: Outcome = { code: EXIT.ok }
+  const program = new Command('bbackup')
+    .description('Backups with btrfs snapshots, rsync hard links or block images: snapshot, transfer, prune.')
+    .version(VERSION, '-V, --version')
+    .exitOverride()
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .showHelpAfterError('(bbackup <command> --help shows the options)')
+
+  const fail = (error: BbError, options: CommonOptions): Outcome => {
+    if (options.json === true) io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
+    else io.stderr(renderError(error, (options.verbose ?? 0) > 0))
+    return { code: exitCodeOf(error) }
+  }
+
+  /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<{ jobs: Job[] } | { error: BbError }> => {
+    const keepBackups = options.keepBackups ?? options.numBackups
+    const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
+    if (retention?.isErr() === true) return { error: retention.error }
+    const keepSnapshots = options.keepSnapshots === undefined ? undefined : parseRetentionSpec(options.keepSnapshots)
+    if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
+    const overrides = {
+      ...(options.driver === undefined ? {} : { driver: options.driver }),
+      ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
+      ...(options.stateDir === undefined ? {} : { stateDir: options.stateDir }),
+      ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
+      ...(retention === undefined ? {} : { keepBackups: retention._unsafeUnwrap() }),
+      ...(keepSnapshots === undefined ? {} : { keepSnapshots: keepSnapshots._unsafeUnwrap() }),
+      ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
+      ...(options.multiFs === true ? { oneFileSystem: false } : {}),
+    }
+    let specs: JobSpec[]
+    let configStateDir: string | undefined
+    if (source !== undefined) {
+      if (targets.length === 0) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
+      specs = [{
+        source, targets, exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
+        rsyncOptions: options.rsyncOption ?? [], ...overrides,
+      }]
+    } else {
+      const config = loadConfig(options.config ?? DEFAULT_CONFIG)
+      if (config.isErr()) {
+        return { error: options.config === undefined && config.error.details?.path === DEFAULT_CONFIG
+          ? bbError('INVALID_OPTIONS', `no source given, and there is no config at ${DEFAULT_CONFIG}`, 'give SOURCE TARGET on the command line, or a config with -c FILE')
+          : config.error }
+      }
+      configStateDir = config.value.stateDir
+      const wanted = options.job ?? []
+      const unknown = wanted.filter((name) => !config.value.jobs.some((j) => j.name === name))
+      if (unknown.length > 0) {
+        return { error: bbError('JOB_NOT_FOUND', `no job named ${unknown.join(', ')} in ${config.value.path}`, `its jobs are: ${config.value.jobs.map((j) => j.name).join(', ') || 'none'}`) }
+      }
+      specs = config.value.jobs.filter((j) => wanted.length === 0 || wanted.includes(j.name ?? '')).map((j) => ({
+        ...j, ...overrides,
+        exclude: [...j.exclude, ...(options.exclude ?? [])], excludeFrom: [...j.excludeFrom, ...(options.excludeFrom ?? [])], rsyncOptions: [...j.rsyncOptions, ...(options.rsyncOption ?? [])],
+      }))
+      if (specs.length === 0) return { error: bbError('INVALID_OPTIONS', `${config.value.path} has no jobs`, 'add a [jobs.NAME] table with source and targets') }
+    }
+    const jobs: Job[] = []
+    for (const spec of specs) {
+      const built = await buildJob(spec, { cwd: io.cwd, ...(configStateDir === undefined ? {} : { configStateDir }) })
+      if (built.isErr()) return { error: built.error }
+      jobs.push(built.value)
+    }
+    return { jobs }
+  }
+
+  const waitSeconds = (options: CommonOptions): number | undefined =>
+    options.wait === undefined || options.wait === false ? undefined : options.wait === true ? 24 * 3600 : Number(options.wait)
+
+  /** Runs the engine's backup for each job, rendering events and the report. */
+  const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
+    const resolved = await resolveJobs(source, targets, options)
+    if ('error' in resolved) return fail(resolved.error, options)
+    const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
+    const controller = new AbortController()
+    const onSignal = (): void => controller.abort()
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    let code: number = EXIT.ok
+    const reports = []
+    try {
+      for (const job of resolved.jobs) {
+        if (stages.snapshot === true && !job.driver.snapshotsSource) {
+          code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
+          continue
+        }
+        const w = waitSeconds(options)
+        const r = await backup(job, {
+          ...stages,
+          dryRun: options.dryRun === true,
+          signal: controller.signal,
+          onEvent: options.json === true ? () => undefined : eventRenderer(io, verbosity),
+          ...(w === undefined ? {} : { waitSeconds: w }),
+        })
+        if (r.isErr()) {
+          code = Math.max(code, fail(r.error, options).code)
+          continue
+        }
+        reports.push(r.value)
+        if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity))
+        if (r.value.failed > 0) code = Math.max(code, EXIT.someTargetsFailed)
+      }
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+    if (options.json === true) io.stdout(`${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`)
+    return { code }
+  }
+
+  const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
+    jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
+      .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
+      .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
+      .addHelpText('after', EXAMPLES[name] ?? '')
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        outcome = await runJobs(source, targets, options, stages)
+      })
+  }
+  jobCommand('run', 'the main job: snapshot, transfer to every target, prune', {})
+  jobCommand('snapshot', 'take a source snapshot only (btrfs and block drivers)', { snapshot: true, transfer: false, prune: false })
+  jobCommand('transfer', 'send what the targets lack, without a new snapshot or pruning', { snapshot: false, prune: false })
+
+  jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
+    .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
+    .addHelpText('after', EXAMPLES.prune ?? '')
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      for (const job of resolved.jobs) {
+        if (job.retention?.target === undefined && job.retention?.source === undefined) {
+          outcome = fail(bbError('INVALID_OPTIONS', 'no retention policy: nothing to prune by', "give --keep-backups (e.g. '10' or '7d 4w 12m'), or keep_backups in the config"), options)
+          return
+        }
+        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventRenderer(io, options.verbose ?? 0) })
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
+      }
+    })
+
+  jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
+    .addHelpText('after', EXAMPLES.list ?? '')
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      const all = []
+      for (const job of resolved.jobs) {
+        const r = await list(job)
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        all.push(...r.value)
+      }
+      io.stdout(options.json === true ? `${JSON.stringify(all, null, 2)}\n` : renderList(all))
+    })
+
+  jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock').argument('[source]').argument('[targets...]'))
+    .addHelpText('after', EXAMPLES.status ?? '')
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      const all = []
+      for (const job of resolved.jobs) {
+        const r = await status(job)
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        all.push(r.value)
+        if (r.value.targets.some((t) => !t.reachable)) outcome = { code: EXIT.someTargetsFailed }
+      }
+      io.stdout(options.json === true ? `${JSON.stringify(all.length === 1 ? all[0] : all, null, 2)}\n` : all.map(renderStatus).join(''))
+    })
+
+  jobOptions(program.command('verify').description('compare a backup with the source by checksum').argument('[source]').argument('[targets...]'))
+    .option('--snapshot <name>', 'the backup to verify (default: the newest)')
+    .addHelpText('after', EXAMPLES.verify ?? '')
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string }) => {
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      for (const job of resolved.jobs) {
+        for (const at of job.targets) {
+          const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
+          if (r.isErr()) return void (outcome = fail(r.error, options))
+          if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
+          else io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'same as the source' : `${r.value.differenceCount} differences from the source`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+          if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
+        }
+      }
+    })
+
+  program.command('restore')
+    .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
+    .argument('<target>', 'where the backups are')
+    .argument('<snapshot>', "the backup's name, or latest")
+    .argument('<destination>', 'a directory that does not exist or is empty')
+    .option('--path <path>', 'restore only this path inside the backup')
+    .option('-n, --dry-run', 'print the command, change nothing')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', EXAMPLES.restore ?? '')
+    .action(async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string }) => {
+      const resolved = await resolveJobs(destination, [target], { ...options, driver: 'rsync' })
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      const job = resolved.jobs[0] as Job
+      const r = await restore(job, { from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }), dryRun: options.dryRun === true })
+      if (r.isErr()) return void (outcome = fail(r.error, options))
+      io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
+    })
+
+  jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      const all = []
+      for (const job of resolved.jobs) {
+        const r = await job.state.transport.inspectLock(`${job.state.directory}/lock`)
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        all.push({ job: job.state.directory, lock: r.value ?? null })
+      }
+      io.stdout(options.json === true ? `${JSON.stringify(all, null, 2)}\n` : all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
+    })
+
+  try {
+    await program.parseAsync(expanded.value, { from: 'user' })
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.ok
+      return EXIT.usage
+    }
+    if (e instanceof InternalError || e instanceof Error) {
+      io.stderr(`bbackup: internal error, please report it (bbackup ${VERSION}): ${e.stack ?? e.message}\n`)
+      return EXIT.internal
+    }
+    throw e
+  }
+  return outcome.code
+}

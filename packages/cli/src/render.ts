@@ -1,0 +1,124 @@
+import type { BackupEvent, BackupReport, BbError, JobStatus, PruneResult, SnapshotList } from '@bb/core'
+
+export interface Io {
+  readonly stdout: (text: string) => void
+  readonly stderr: (text: string) => void
+  /** stderr is a terminal: progress is drawn in place */
+  readonly isTTY: boolean
+  readonly cwd: string
+}
+
+export const formatBytes = (n: number): string => {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let v = n
+  let i = 0
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024
+    i++
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
+}
+
+export const formatAge = (seconds: number): string => {
+  if (seconds < 90) return `${seconds} s`
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`
+  if (seconds < 129_600) return `${Math.round(seconds / 3600)} h`
+  return `${Math.round(seconds / 86400)} d`
+}
+
+export const renderError = (error: BbError, verbose: boolean): string => {
+  const lines = [`bbackup: error: ${error.message}`, `  hint: ${error.hint}`]
+  const stderr = error.details?.stderr
+  if (typeof stderr === 'string' && stderr !== '') lines.push(`  stderr (end): ${stderr.split('\n').slice(-8).join('\n                ')}`)
+  const argv = error.details?.argv
+  if (verbose && Array.isArray(argv)) lines.push(`  command: ${argv.join(' ')}`)
+  lines.push(`  (${error.code})`)
+  return `${lines.join('\n')}\n`
+}
+
+/** Event lines for a terminal (progress redrawn in place) or a log (one line per step). */
+export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) => void) => {
+  let progressShown = false
+  const line = (text: string): void => {
+    if (progressShown) io.stderr('\r\x1b[K')
+    progressShown = false
+    io.stderr(`${text}\n`)
+  }
+  return (event) => {
+    if (verbosity < 0 && event.type !== 'warning') return
+    switch (event.type) {
+      case 'transfer-progress':
+        if (!io.isTTY) return
+        io.stderr(`\r\x1b[K  ${event.percent ?? 0}%  ${formatBytes(event.bytes)}  ${event.rate ?? ''}  ETA ${event.eta ?? '?'}`)
+        progressShown = true
+        return
+      case 'transfer-started':
+        line(`→ ${event.target}: ${event.snapshot} (${event.mode}${event.parent === undefined ? '' : ` from ${event.parent}`})`)
+        return
+      case 'transfer-finished':
+        line(`✓ ${event.target}: ${event.snapshot}, ${formatBytes(event.bytes)} in ${(event.durationMs / 1000).toFixed(1)} s`)
+        return
+      case 'transfer-failed':
+        line(`✗ ${event.target}: ${event.error.message}`)
+        return
+      case 'pruned':
+        if (verbosity > 0) line(`  pruned ${event.at}/${event.snapshot}: ${event.reasons.join('; ')}`)
+        return
+      case 'recovered':
+        line(`  ${event.target}: ${event.action === 'resume' ? 'continuing' : event.action === 'removed' ? 'removed' : 'forgot'} the unfinished ${event.snapshot}`)
+        return
+      case 'lock-taken-over':
+        line(`warning: took over a stale lock ${event.path}: ${event.reason}`)
+        return
+      case 'snapshot-created':
+        line(`  snapshot ${event.snapshot}`)
+        return
+      case 'warning':
+        line(`warning: ${event.message}`)
+        return
+    }
+  }
+}
+
+export const renderReport = (report: BackupReport, verbosity: number): string => {
+  const out = [`${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
+  for (const t of report.targets) {
+    if (!t.ok) {
+      out.push(`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`)
+      continue
+    }
+    const how = t.mode === 'incremental' ? `incremental from ${t.parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
+    out.push(`  ${t.target}: ${t.snapshot ?? ''} ${how}; ${t.files} ${t.files === 1 ? 'file' : 'files'}, ${formatBytes(t.bytes)} copied`)
+    for (const w of t.warnings) out.push(`    warning: ${w}`)
+    if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
+    if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${c.join(' ')}`)
+  }
+  return `${out.join('\n')}\n`
+}
+
+export const renderList = (lists: readonly SnapshotList[]): string =>
+  lists.map((l) => [
+    `${l.at} (${l.side}): ${l.snapshots.filter((s) => s.complete).length} backups`,
+    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}`),
+  ].join('\n')).join('\n') + '\n'
+
+export const renderStatus = (s: JobStatus): string => {
+  const out = [`${s.source} (${s.driver})`]
+  for (const t of s.targets) {
+    if (!t.reachable) {
+      out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)
+      continue
+    }
+    out.push(`  ${t.at}: ${t.backups} backups${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
+  }
+  for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
+  out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
+  return `${out.join('\n')}\n`
+}
+
+export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): string =>
+  results.map((r) => [
+    `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} of ${r.decisions.length}`,
+    ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
+  ].join('\n')).join('\n') + '\n'

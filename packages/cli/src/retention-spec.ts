@@ -1,0 +1,33 @@
+import { bbError, normalizePolicy, type BbError, type RetentionPolicy, type RotatePolicy } from '@bb/core'
+import { err, type Result } from 'neverthrow'
+
+const HINT = "write a count ('10'), btrbk's matrix ('24h 7d 4w 12m *y', optionally 'min=2d' first) or rotate-backups' ('hourly=24 daily=7 weekly=4 monthly=always')"
+
+/**
+ * Reads the one-line spellings of `--keep-backups` / `--keep-snapshots`:
+ * - `10`: the newest 10 (btrfs-backup's `--num-backups`);
+ * - `24h 7d 4w 12m *y`, with an optional `min=2d` (btrbk's `preserve` and `preserve_min`; without
+ *   `min=` nothing is kept by age alone: preserve_min no);
+ * - `hourly=24 daily=7 weekly=4 monthly=always`, with optional `relaxed` and `prefer-recent`.
+ */
+export const parseRetentionSpec = (spec: string): Result<RetentionPolicy, BbError> => {
+  const text = spec.trim()
+  let policy: RetentionPolicy
+  if (/^\d+$/.test(text)) policy = { keepLast: Number(text) }
+  else if (/\b(minutely|hourly|daily|weekly|monthly|yearly)=/.test(text)) {
+    const rotate: Record<string, unknown> = {}
+    for (const word of text.split(/\s+/)) {
+      const m = /^(minutely|hourly|daily|weekly|monthly|yearly)=(\d+|always)$/.exec(word)
+      if (m !== null) rotate[m[1] as string] = m[2] === 'always' ? 'always' : Number(m[2])
+      else if (word === 'relaxed') rotate.strict = false
+      else if (word === 'prefer-recent') rotate.prefer = 'newest'
+      else return err(bbError('INVALID_POLICY', `retention ${JSON.stringify(spec)}: ${JSON.stringify(word)} is not <frequency>=<N|always>, relaxed or prefer-recent`, HINT))
+    }
+    policy = rotate as RotatePolicy
+  } else {
+    const words = text.split(/\s+/)
+    const min = words[0]?.startsWith('min=') === true ? (words.shift() ?? '').slice(4) : 'no'
+    policy = { preserveMin: min, preserve: words.join(' ') || 'no' }
+  }
+  return normalizePolicy(policy).map(() => policy).mapErr((e) => ({ ...e, message: `retention ${JSON.stringify(spec)}: ${e.message}`, hint: HINT }))
+}

@@ -1,0 +1,102 @@
+import { mkdir, readdir, readlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
+
+const runCli = async (argv: string[], cwd: string) => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
+  return { code, stdout, stderr }
+}
+
+describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
+  let tmp: TempDir
+  let state: string
+  beforeEach(async () => {
+    tmp = await makeTempDir('cli')
+    state = join(tmp.path, 'state')
+    await writeTree(join(tmp.path, 'src'), { 'a.txt': 'a\n', 'b/c.txt': 'c\n' })
+  })
+  afterEach(() => tmp.cleanup())
+
+  it('runs, lists and reports status as text and as JSON', async () => {
+    const first = await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)
+    expect(first).toMatchObject({ code: 0, stderr: expect.stringContaining('(full)') })
+    expect(first.stdout).toMatch(/dst: \d{4}-\d\d-\d\dT\d{6}Z full; 2 files, 4 B copied/)
+    await writeFile(join(tmp.path, 'src/a.txt'), 'changed\n')
+    const second = await runCli(['run', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)
+    expect(second.code).toBe(0)
+    const report = JSON.parse(second.stdout) as { targets: { mode: string; files: number }[] }
+    expect(report.targets[0]).toMatchObject({ mode: 'incremental', files: 1 })
+    const listed = JSON.parse((await runCli(['list', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { snapshots: { complete: boolean }[] }[]
+    expect(listed[0]?.snapshots.filter((s) => s.complete)).toHaveLength(2)
+    const st = await runCli(['status', 'src', 'dst', '--state-dir', state], tmp.path)
+    expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {2}lock: free/) })
+  })
+
+  it('runs the named jobs of a TOML config with its retention', async () => {
+    const config = join(tmp.path, 'config.toml')
+    await writeFile(config, `state_dir = "${state}"\n\n[jobs.docs]\nsource = "${tmp.path}/src"\ntargets = ["${tmp.path}/dst"]\nkeep_backups = { keep_last = 1 }\nexclude = ["b/"]\n`)
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', '-c', config, '-j', 'docs', '-q'], tmp.path)).code).toBe(0)
+    const backups = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}/.test(n))
+    expect(backups).toHaveLength(1)
+    expect(await readdir(join(tmp.path, 'dst', backups[0]!))).toEqual(['a.txt'])
+    expect(await readdir(join(state, 'jobs'))).toEqual(['docs'])
+    expect(await runCli(['run', '-c', config, '-j', 'nope'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no job named nope') })
+  })
+
+  it('names the file, line and key of a config mistake and exits 2', async () => {
+    const config = join(tmp.path, 'bad.toml')
+    await writeFile(config, '[jobs.home]\nsource = "/home"\ntargets = ["/mnt/b"]\nkeep_backups = { preserve = "7q" }\n')
+    const r = await runCli(['run', '-c', config], tmp.path)
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain(`${config}:4: [jobs.home] keep_backups: preserve token "7q" is not`)
+    await writeFile(config, '[jobs.home]\nsource = "/home"\ntargetz = ["/mnt/b"]\n')
+    expect((await runCli(['run', '-c', config], tmp.path)).stderr).toContain(`${config}:3: [jobs.home] targetz: unknown key`)
+    await writeFile(config, '[jobs.home\nsource = 1\n')
+    expect((await runCli(['run', '-c', config], tmp.path)).stderr).toContain(`${config}:1:`)
+  })
+
+  it('reads btrfs-backup style @file arguments, with comments and includes', async () => {
+    await mkdir(join(tmp.path, 'args'))
+    await writeFile(join(tmp.path, 'args/common'), '# shared options\n--state-dir "' + state + '"\n')
+    await writeFile(join(tmp.path, 'args/job'), '@common\nsrc  # the source\ndst\n')
+    const r = await runCli(['run', '@args/job'], tmp.path)
+    expect(r.code).toBe(0)
+    expect(await readlink(join(tmp.path, 'dst/latest'))).toMatch(/^\d{4}-/)
+  })
+
+  it('exits 3 when another run holds the job lock, and 10 when a target failed', async () => {
+    const lock = (await localTransport(state).mkdir(state, { recursive: true }).andThen(() => localTransport(state).lock(join(state, 'lock'), { command: 'other run' })))._unsafeUnwrap()
+    const held = await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)
+    expect(held).toMatchObject({ code: 3, stderr: expect.stringContaining('another run of this job is in progress') })
+    await lock.release()
+    const partly = await runCli(['run', 'src', 'dst', 'missing/deeper', '--state-dir', state], tmp.path)
+    expect(partly.code).toBe(10)
+    expect(partly.stdout).toContain('missing/deeper: FAILED: the target')
+  })
+
+  it('restores a backup and refuses to overwrite', async () => {
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    expect(await runCli(['restore', 'dst', 'latest', 'out'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('restored') })
+    expect(await readdir(join(tmp.path, 'out'))).toEqual(['a.txt', 'b'])
+    expect(await runCli(['restore', 'dst', 'latest', 'out'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('restore never overwrites') })
+  })
+
+  it('shows a prune plan with reasons in a dry run', async () => {
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const r = await runCli(['prune', 'src', 'dst', '--state-dir', state, '--keep-backups', '1', '-n'], tmp.path)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(/would delete 1 of 2\n {2}delete \S+ {2}not kept by the count policy\n {2}keep {3}\S+ {2}keepLast: 1 of 1 newest; protected: the newest snapshot/)
+  })
+
+  it('answers usage errors with exit 2 and a hint', async () => {
+    expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given') })
+    expect((await runCli(['run', '--bogus'], tmp.path)).code).toBe(2)
+    expect(await runCli(['run', 'src', 'nas:2222/x'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('ssh://nas:2222/path') })
+    expect(await runCli(['--version'], tmp.path)).toMatchObject({ code: 0, stdout: '0.0.0\n' })
+  })
+})
