@@ -6,7 +6,6 @@
  */
 export type ErrorCode =
   | 'INVALID_LOCATION'
-  | 'INVALID_NAME'
   | 'INVALID_POLICY'
   | 'RETENTION_WOULD_DELETE_ALL'
   | 'INVALID_OPTIONS'
@@ -18,16 +17,13 @@ export type ErrorCode =
   | 'ALREADY_EXISTS'
   | 'COMMAND_FAILED'
   | 'TOOL_MISSING'
-  | 'TIMED_OUT'
   | 'CANCELLED'
   | 'DISK_FULL'
   | 'TRANSFER_INCOMPLETE'
   | 'SOURCE_UNAVAILABLE'
   | 'TARGET_UNAVAILABLE'
   | 'SNAPSHOT_NOT_FOUND'
-  | 'VERIFY_FAILED'
   | 'UNSUPPORTED'
-  | 'STRAY_SNAPSHOT'
   | 'JOB_NOT_FOUND'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
