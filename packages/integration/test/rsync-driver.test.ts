@@ -91,6 +91,24 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(ok(await status(job)).pending).toEqual([])
   })
 
+  it('cancels cleanly on an abort signal (SIGINT): lock released, journal true, and the next run resumes', async () => {
+    const job = rsyncJob({ source, targets: [target], state, driver: { extraArgs: ['--bwlimit=1000'] } })
+    await writeTree(source, Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`big/f${i}`, Buffer.alloc(300_000, i)])))
+    const controller = new AbortController()
+    const running = backup(job, { now: at('2026-11-23T10:00:00Z'), signal: controller.signal })
+    await waitFor(async () => (await readdir(target).catch(() => [])).includes('2026-11-23T100000Z.partial'), 10_000)
+    await new Promise((r) => setTimeout(r, 300))
+    controller.abort()
+    expect((await running)._unsafeUnwrapErr()).toMatchObject({ code: 'CANCELLED' })
+    const after = ok(await status(job))
+    expect(after.lock).toBeUndefined()
+    expect(after.pending.map((p) => p.snapshot)).toEqual(['2026-11-23T100000Z'])
+    expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z.partial'])
+    const resumed = ok(await backup(rsyncJob({ source, targets: [target], state }), { now: at('2026-11-23T11:00:00Z') }))
+    expect(resumed.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T110000Z', recovered: [{ snapshot: '2026-11-23T100000Z', action: 'resume' }] })
+    expect(await treeManifest(join(target, '2026-11-23T110000Z'))).toEqual(await treeManifest(source))
+  })
+
   it('marks vanished files as a warning, and refuses an exit-23 backup unless accepted (scenario 9)', async () => {
     await symlink('/nonexistent/target', join(source, 'dangling'))
     const strict = rsyncJob({ source, targets: [target], state, driver: { extraArgs: ['--copy-links'] } })

@@ -1,0 +1,129 @@
+#!/usr/bin/env node
+// `pnpm bench`: bbackup against the plain tools, measured in the same run on the same data, printed
+// as ratios (bbackup time / plain tool time). Not a test: nothing here passes or fails.
+//
+//   BENCH_FILES (20000)  BENCH_MB (1500)  BENCH_REPEAT (3)  BENCH_DIR (bench/.work)
+import { execFileSync, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const FILES = Number(process.env.BENCH_FILES ?? 20_000)
+const MB = Number(process.env.BENCH_MB ?? 1500)
+const REPEAT = Number(process.env.BENCH_REPEAT ?? 3)
+const work = process.env.BENCH_DIR ?? join(root, 'bench/.work')
+const cli = join(root, 'packages/cli/bin/bbackup.js')
+const asRoot = process.getuid?.() === 0
+
+const has = (tool) => spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0
+const run = (file, args, options = {}) => {
+  const r = spawnSync(file, args, { stdio: ['ignore', 'ignore', 'pipe'], ...options })
+  if (r.status !== 0) throw new Error(`${file} ${args.join(' ')} exited ${r.status}: ${r.stderr?.toString().slice(-500)}`)
+}
+const seconds = (fn) => {
+  // start with nothing dirty in the page cache: sync -f (syncfs) would otherwise pay for the runs before it
+  spawnSync('sync')
+  const start = process.hrtime.bigint()
+  fn()
+  return Number(process.hrtime.bigint() - start) / 1e9
+}
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const rows = []
+const report = (what, ours, theirs, peer) => {
+  rows.push({ what, bbackup: ours, peer, theirs, ratio: ours / theirs })
+  console.log(`  ${what}: bbackup ${ours.toFixed(3)} s, ${peer} ${theirs.toFixed(3)} s, ratio ${(ours / theirs).toFixed(3)}`)
+}
+
+if (!has('rsync')) {
+  console.error('bench: rsync is not installed: apt-get install rsync')
+  process.exit(1)
+}
+
+// --- the data: FILES files, MB in all, in directories of 200 ---------------------------------
+rmSync(work, { recursive: true, force: true })
+const source = join(work, 'source')
+const perFile = Math.max(1, Math.floor((MB * 1024 * 1024) / FILES))
+console.log(`bench: generating ${FILES} files, ${MB} MB in ${source}`)
+const block = randomBytes(Math.min(perFile * 4, 64 * 1024 * 1024))
+for (let i = 0; i < FILES; i++) {
+  const dir = join(source, `d${Math.floor(i / 200)}`)
+  if (i % 200 === 0) mkdirSync(dir, { recursive: true })
+  const size = Math.max(1, Math.floor(perFile * (0.5 + ((i * 7919) % 100) / 100)))
+  const offset = (i * 4099) % Math.max(1, block.length - size)
+  writeFileSync(join(dir, `f${i}`), block.subarray(offset, offset + size))
+}
+const changeOnePercent = (round) => {
+  for (let i = round; i < FILES; i += 100) writeFileSync(join(source, `d${Math.floor(i / 200)}`, `f${i}`), `changed in round ${round}\n`)
+}
+// the same rsync flags bbackup uses, so the comparison is of the work around rsync
+const flags = ['-a', ...(asRoot ? ['-H', '-A', '-X', '--numeric-ids'] : []), '--one-file-system', '--delete']
+run('tar', ['-cf', '/dev/null', '-C', source, '.']) // warm the page cache for everyone alike
+
+// --- rsync driver: full and 1% incremental -------------------------------------------------
+console.log('\nrsync driver (ratio goal <= 1.05)')
+const full = { ours: [], plain: [], plainSync: [] }
+const incr = { ours: [], plain: [], plainSync: [] }
+for (let r = 0; r < REPEAT; r++) {
+  const dir = join(work, `round${r}`)
+  mkdirSync(dir)
+  const plain = join(dir, 'plain')
+  mkdirSync(plain)
+  const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
+  full.plain.push(seconds(() => run('rsync', [...flags, `${source}/`, join(plain, 'a/')])))
+  full.plainSync.push(seconds(() => { run('rsync', [...flags, `${source}/`, join(plain, 'a2/')]); run('sync', ['-f', plain]) }))
+  full.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+  changeOnePercent(r + 1)
+  incr.plain.push(seconds(() => run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b/')])))
+  incr.plainSync.push(seconds(() => { run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b2/')]); run('sync', ['-f', plain]) }))
+  spawnSync('sleep', ['1']) // a new name needs a new second
+  incr.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+  rmSync(dir, { recursive: true, force: true })
+}
+report('full backup vs rsync -a', median(full.ours), median(full.plain), 'rsync')
+report('full backup vs rsync -a + sync -f', median(full.ours), median(full.plainSync), 'rsync+sync')
+report('1% incremental vs rsync --link-dest', median(incr.ours), median(incr.plain), 'rsync --link-dest')
+report('1% incremental vs rsync --link-dest + sync -f', median(incr.ours), median(incr.plainSync), 'rsync --link-dest+sync')
+
+if (has('rsnapshot')) {
+  const dir = join(work, 'rsnapshot')
+  mkdirSync(dir)
+  const conf = join(dir, 'rsnapshot.conf')
+  // rsnapshot's config is TAB-separated
+  writeFileSync(conf, [
+    'config_version\t1.2', `snapshot_root\t${dir}/root/`, 'cmd_rsync\t/usr/bin/rsync', 'link_dest\t1', 'retain\talpha\t10',
+    `lockfile\t${dir}/rsnapshot.pid`, `backup\t${source}/\tlocalhost/`, '',
+  ].join('\n'))
+  const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
+  const rsnapFull = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
+  const oursFull = seconds(() => run(process.execPath, [cli, ...ours]))
+  changeOnePercent(99)
+  const rsnapIncr = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
+  spawnSync('sleep', ['1'])
+  const oursIncr = seconds(() => run(process.execPath, [cli, ...ours]))
+  console.log('\nrsnapshot (Debian package), same data, link_dest 1')
+  report('full backup vs rsnapshot', oursFull, rsnapFull, 'rsnapshot')
+  report('1% incremental vs rsnapshot', oursIncr, rsnapIncr, 'rsnapshot')
+} else {
+  console.log('\nrsnapshot: not installed, skipped (apt-get install rsnapshot)')
+}
+
+// --- start-up ---------------------------------------------------------------------------------
+console.log('\nstart-up (goal <= 2)')
+const times = (args) => Array.from({ length: 15 }, () => seconds(() => execFileSync(process.execPath, args)))
+report('bbackup --version vs node -e 0', median(times([cli, '--version'])), median(times(['-e', '0'])), 'node -e 0')
+
+// --- retention ----------------------------------------------------------------------------------
+console.log('\nplanRetention on 100,000 snapshots (goal < 1 s)')
+const { planRetention } = await import(join(root, 'packages/core/dist/index.js'))
+const snapshots = Array.from({ length: 100_000 }, (_, i) => ({ name: `s${i}`, time: new Date(Date.UTC(2015, 0, 1) + i * 3_600_000) }))
+const now = new Date(Date.UTC(2015, 0, 1) + 100_001 * 3_600_000)
+for (const [label, policy] of [['btrbk 24h 7d 4w 12m *y', { preserveMin: '2d', preserve: '24h 7d 4w 12m *y' }], ['rotate-backups', { hourly: 24, daily: 7, weekly: 4, monthly: 12, yearly: 'always' }], ['keepLast', { keepLast: 50 }]]) {
+  const t = seconds(() => planRetention(snapshots, policy, { now, timeZone: 'UTC' }))
+  rows.push({ what: `planRetention ${label}`, bbackup: t })
+  console.log(`  ${label}: ${t.toFixed(3)} s`)
+}
+
+rmSync(work, { recursive: true, force: true })
+console.log(`\n${JSON.stringify({ files: FILES, mb: MB, repeat: REPEAT, rows })}`)
