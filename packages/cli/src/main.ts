@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { Command, CommanderError, Option } from 'commander'
 import { backup, bbError, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
+import type { ResultAsync } from 'neverthrow'
 import { buildJob } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec } from './config.js'
@@ -208,6 +209,26 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { code }
   }
 
+  /**
+   * A command that asks each job one question: resolves the jobs, collects the answers, and prints
+   * them as JSON or text; the first error ends it.
+   */
+  const eachJob = async <T>(
+    source: string | undefined, targets: string[], options: CommonOptions,
+    ask: (job: Job) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
+  ): Promise<T[] | undefined> => {
+    const resolved = await resolveJobs(source, targets, options)
+    if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+    const answers: T[] = []
+    for (const job of resolved.jobs) {
+      const r = await ask(job)
+      if (r.isErr()) return void (outcome = fail(r.error, options))
+      answers.push(r.value)
+    }
+    io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : print(answers))
+    return answers
+  }
+
   const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
     jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
@@ -241,30 +262,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
     .addHelpText('after', EXAMPLES.list ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      const all = []
-      for (const job of resolved.jobs) {
-        const r = await list(job)
-        if (r.isErr()) return void (outcome = fail(r.error, options))
-        all.push(...r.value)
-      }
-      io.stdout(options.json === true ? `${JSON.stringify(all, null, 2)}\n` : renderList(all))
+      await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
     })
 
   jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock').argument('[source]').argument('[targets...]'))
     .addHelpText('after', EXAMPLES.status ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      const all = []
-      for (const job of resolved.jobs) {
-        const r = await status(job)
-        if (r.isErr()) return void (outcome = fail(r.error, options))
-        all.push(r.value)
-        if (r.value.targets.some((t) => !t.reachable)) outcome = { code: EXIT.someTargetsFailed }
-      }
-      io.stdout(options.json === true ? `${JSON.stringify(all.length === 1 ? all[0] : all, null, 2)}\n` : all.map(renderStatus).join(''))
+      const answers = await eachJob(source, targets, options, (job) => status(job), (all) => all.map(renderStatus).join(''))
+      if (answers?.some((s) => s.targets.some((t) => !t.reachable)) === true) outcome = { code: EXIT.someTargetsFailed }
     })
 
   jobOptions(program.command('verify').description('compare a backup with the source by checksum').argument('[source]').argument('[targets...]'))
@@ -304,15 +309,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      const all = []
-      for (const job of resolved.jobs) {
-        const r = await job.state.transport.inspectLock(`${job.state.directory}/lock`)
-        if (r.isErr()) return void (outcome = fail(r.error, options))
-        all.push({ job: job.state.directory, lock: r.value ?? null })
-      }
-      io.stdout(options.json === true ? `${JSON.stringify(all, null, 2)}\n` : all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
+      await eachJob(source, targets, options,
+        (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
+        (all) => all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
     })
 
   try {

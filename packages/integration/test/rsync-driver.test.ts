@@ -96,7 +96,7 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     await writeTree(source, Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`big/f${i}`, Buffer.alloc(300_000, i)])))
     const controller = new AbortController()
     const running = backup(job, { now: at('2026-11-23T10:00:00Z'), signal: controller.signal })
-    await waitFor(async () => (await readdir(target).catch(() => [])).includes('2026-11-23T100000Z.partial'), 10_000)
+    await waitFor(async () => (await readdir(target).catch((): string[] => [])).includes('2026-11-23T100000Z.partial'), 10_000)
     await new Promise((r) => setTimeout(r, 300))
     controller.abort()
     expect((await running)._unsafeUnwrapErr()).toMatchObject({ code: 'CANCELLED' })

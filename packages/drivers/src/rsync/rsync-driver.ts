@@ -99,8 +99,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
             name: b.complete ? b.name : b.dirName,
             time: b.parsed?.time,
             complete: b.complete,
-            // an adopted backup (no record) is taken as healthy, as the tool that made it did
-            health: text === undefined ? 'ok' : ((JSON.parse(text) as BackupRecord).health ?? 'ok'),
+            health: healthOf(text),
             path: join(dir, b.dirName),
           })),
         ))
@@ -283,6 +282,20 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   }
 
   return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, transfer, recover, deleteSnapshots, restore, verify }
+}
+
+/**
+ * A backup's health from its record. An adopted backup (no record) is taken as healthy, as the tool
+ * that made it did; an unreadable record says nothing against a backup that was published.
+ */
+const healthOf = (record: string | undefined): SnapshotInfo['health'] => {
+  if (record === undefined) return 'ok'
+  try {
+    const health = (JSON.parse(record) as Partial<BackupRecord>).health
+    return health === 'warnings' || health === 'errors' ? health : 'ok'
+  } catch {
+    return 'ok'
+  }
 }
 
 /** `--stats --no-human-readable`: files and bytes actually transferred. */
