@@ -62,6 +62,17 @@ Examples:
   bbackup run /srv /mnt/a /mnt/b --keep-backups '7d 4w 12m'
   bbackup run -c /etc/bbackup/config.toml         every job of the config
   bbackup run -n /home /mnt/backup/home           show what would be done`,
+  snapshot: `
+Examples:
+  bbackup snapshot /home /mnt/backup/home     (btrfs and block drivers; rsync copies the live source)`,
+  transfer: `
+Examples:
+  bbackup transfer /home /mnt/backup/home     send what the target lacks, no pruning
+  bbackup transfer -j home --wait             queue behind a run that is still going`,
+  locks: `
+Examples:
+  bbackup locks -c /etc/bbackup/config.toml   who holds the lock of each job, and whether it is stale
+  bbackup locks /home /mnt/backup/home --json`,
   list: `
 Examples:
   bbackup list /home /mnt/backup/home
@@ -308,6 +319,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     })
 
   jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
+    .addHelpText('after', EXAMPLES.locks ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
       await eachJob(source, targets, options,
         (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
