@@ -4,18 +4,16 @@ import { bbError, defaultStateDir, jobId, parseLocation, type BbError, type Job,
 import { err, ok, type Result } from 'neverthrow'
 import type { DriverChoice, JobSpec } from './config.js'
 
-/** What a source is, to pick a driver when none is named (DESIGN.md: detected from the source). */
-const detectDriver = async (source: string): Promise<Result<DriverChoice, BbError>> => {
-  let s
-  try {
-    s = await stat(source)
-  } catch {
-    return err(bbError('SOURCE_UNAVAILABLE', `the source ${source} does not exist`, 'check the path (is the filesystem mounted?)', { path: source }))
-  }
-  if (s.isBlockDevice() || s.isFile()) return ok('block')
+/**
+ * What a source is, to pick a driver when none is named (DESIGN.md: detected from the source).
+ * A source that cannot be read is left to the rsync driver's probe, which says what is wrong.
+ */
+const detectDriver = async (source: string): Promise<DriverChoice> => {
+  const s = await stat(source).catch(() => undefined)
+  if (s?.isBlockDevice() === true || s?.isFile() === true) return 'block'
   // a btrfs subvolume's root directory has inode 256
-  if (s.isDirectory() && s.ino === 256) return ok('btrfs')
-  return ok('rsync')
+  if (s?.isDirectory() === true && s.ino === 256) return 'btrfs'
+  return 'rsync'
 }
 
 const unavailable = (driver: DriverChoice): BbError =>
@@ -40,7 +38,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       return err(bbError('UNSUPPORTED', `${location.kind === 'ssh' ? 'ssh' : 'rsync daemon'} locations are not available in this version of bbackup`, 'run bbackup on the machine that has the disk, with local paths'))
     }
   }
-  const driverName = spec.driver ?? (await detectDriver(source.value.path)).unwrapOr('rsync' as const)
+  const driverName = spec.driver ?? (await detectDriver(source.value.path))
   if (driverName !== 'rsync') return err(unavailable(driverName))
   const [{ rsyncDriver }, { localTransport }] = await Promise.all([import('@bb/drivers/rsync'), import('@bb/transports/local')])
   const sourceTransport: Transport = localTransport(source.value.path)

@@ -12,10 +12,10 @@ describe('snapshot names', () => {
     }))
   })
 
-  it('adds a collision suffix, also past a leftover partial', () => {
+  it('adds a collision suffix past every name in use, unfinished copies included', () => {
     const time = new Date('2026-11-23T00:15:00Z')
     expect(uniqueSnapshotName({ time, existing: [] })).toBe('2026-11-23T001500Z')
-    expect(uniqueSnapshotName({ time, existing: ['2026-11-23T001500Z', '2026-11-23T001500Z_1.partial'] })).toBe('2026-11-23T001500Z_2')
+    expect(uniqueSnapshotName({ time, existing: ['2026-11-23T001500Z', '2026-11-23T001500Z_1'] })).toBe('2026-11-23T001500Z_2')
     expect(parseSnapshotName('2026-11-23T001500Z_2')?.sequence).toBe(2)
   })
 

@@ -80,6 +80,7 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T100000Z')
     const listed = ok(await list(job))[0]!.snapshots
     expect(listed.filter((s) => s.complete).map((s) => s.name)).toEqual(['2026-11-23T100000Z'])
+    expect(listed.filter((s) => !s.complete)).toEqual([{ name: partial!.replace(/\.partial$/, ''), time: expect.any(Date), complete: false, health: 'ok', path: join(target, partial!) }])
     expect(ok(await status(job)).pending).toHaveLength(1)
 
     const events: BackupEvent[] = []

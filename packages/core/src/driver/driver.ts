@@ -8,6 +8,7 @@ export type DriverName = 'rsync' | 'btrfs' | 'block'
 
 /** A backup or a source snapshot as a driver sees it at one place. */
 export interface SnapshotInfo {
+  /** the snapshot's name, also while it is unfinished (`path` says where its copy is) */
   readonly name: string
   /** from the name; undefined when the name has no time bbackup can read (never touched) */
   readonly time: Date | undefined
@@ -83,6 +84,8 @@ export interface Driver {
   createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
   /** Backups (or source snapshots) at a place, oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
+  /** Where a transfer of `snapshot` to `target` leaves its copy until it is complete (journalled before it starts). */
+  partialPath(input: { readonly target: Transport; readonly snapshot: string }): string
   transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>
   /**
    * What the journal says was left unfinished at a target: the driver removes it, or keeps it to

@@ -87,7 +87,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     return { target, where, snapshots: listed.value }
   }))
 
-  const existing = states.flatMap((s) => ('snapshots' in s ? (s.snapshots ?? []).map((x) => x.name.replace(/\.partial$/, '')) : []))
+  const existing = states.flatMap((s) => ('snapshots' in s ? (s.snapshots ?? []).map((x) => x.name) : []))
   const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing })
 
   let sourceSnapshot: SnapshotInfo | undefined
@@ -174,7 +174,7 @@ const backupToTarget = async (
     target: where,
     snapshot: name,
     ...(parent === undefined ? {} : { parent: parent.name }),
-    partialPath: `${target.location.path}/${name}.partial`,
+    partialPath: job.driver.partialPath({ target, snapshot: name }),
     startedAt: new Date().toISOString(),
   }
   if (!dryRun) {

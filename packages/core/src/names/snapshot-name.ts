@@ -36,14 +36,14 @@ export const formatSnapshotName = (options: { readonly prefix?: string; readonly
 }
 
 /**
- * A name for a new snapshot that collides with none of `existing`: the plain name, else the
- * first free `_N` suffix.
+ * A name for a new snapshot that collides with none of `existing` (pass the names of unfinished
+ * copies too): the plain name, else the first free `_N` suffix.
  */
 export const uniqueSnapshotName = (options: { readonly prefix?: string; readonly time: Date; readonly existing: Iterable<string> }): string => {
   const taken = new Set(options.existing)
   for (let sequence = 0; ; sequence++) {
     const name = formatSnapshotName({ ...options, sequence })
-    if (!taken.has(name) && !taken.has(`${name}.partial`)) return name
+    if (!taken.has(name)) return name
   }
 }
 

@@ -95,20 +95,16 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
           return { name, complete, dirName: e.name, parsed: parseSnapshotName(name) }
         }).filter((b) => b.parsed !== undefined)
         return ResultAsync.combine(backups.map((b) =>
-          (b.complete ? at.readFile(recordPath(dir, b.name)) : okAsync(undefined)).map((text): SnapshotInfo => ({
-            name: b.complete ? b.name : b.dirName,
-            time: b.parsed?.time,
-            complete: b.complete,
-            health: healthOf(text),
-            path: join(dir, b.dirName),
+          (b.complete ? at.readFile(recordPath(dir, b.name)) : okAsync(undefined)).map((text) => ({
+            info: { name: b.name, time: b.parsed?.time, complete: b.complete, health: healthOf(text), path: join(dir, b.dirName) } satisfies SnapshotInfo,
+            order: { name: b.dirName, time: b.parsed?.time ?? new Date(0), sequence: b.parsed?.sequence ?? 0 },
           })),
         ))
       })
-      .map((list) => list.sort((a, b) => compareSnapshots(
-        { name: a.name, time: a.time ?? new Date(0), sequence: parseSnapshotName(a.name.replace(/\.partial$/, ''))?.sequence ?? 0 },
-        { name: b.name, time: b.time ?? new Date(0), sequence: parseSnapshotName(b.name.replace(/\.partial$/, ''))?.sequence ?? 0 },
-      )))
+      .map((list) => list.sort((a, b) => compareSnapshots(a.order, b.order)).map((s) => s.info))
   }
+
+  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, `${snapshot}${PARTIAL}`)
 
   const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
     new ResultAsync(runTransfer(input))
@@ -116,7 +112,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   const runTransfer = async (input: TransferInput): Promise<Result<TransferOutcome, BbError>> => {
     const { source, target, snapshot, parent, resume, dryRun, signal } = input
     const dir = target.location.path
-    const partial = join(dir, `${snapshot}${PARTIAL}`)
+    const partial = partialPath({ target, snapshot })
     const final = join(dir, snapshot)
     const where = target.location.path
     if (!dryRun) {
@@ -281,7 +277,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, transfer, recover, deleteSnapshots, restore, verify }
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
 }
 
 /**
