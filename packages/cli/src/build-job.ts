@@ -1,6 +1,6 @@
-import { stat } from 'node:fs/promises'
-import { join } from 'node:path'
-import { bbError, defaultStateDir, jobId, parseLocation, type BbError, type Job, type Transport } from '@bb/core'
+import { readdir, stat } from 'node:fs/promises'
+import { basename, join } from 'node:path'
+import { bbError, defaultStateDir, jobId, parseLocation, parseSnapshotName, type BbError, type Job, type Transport } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import type { DriverChoice, JobSpec } from './config.js'
 
@@ -16,9 +16,22 @@ const detectDriver = async (source: string): Promise<DriverChoice> => {
   return 'rsync'
 }
 
+/**
+ * Which driver made the backups in a target directory, for restore: rsync keeps its records in
+ * `.bbackup/`; btrfs backups are subvolumes (inode 256).
+ */
+export const detectBackupDriver = async (target: string): Promise<DriverChoice> => {
+  if ((await stat(join(target, '.bbackup')).catch(() => undefined))?.isDirectory() === true) return 'rsync'
+  const entries = await readdir(target, { withFileTypes: true }).catch(() => [])
+  for (const e of entries) {
+    if (!e.isDirectory() || parseSnapshotName(e.name) === undefined) continue
+    if ((await stat(join(target, e.name)).catch(() => undefined))?.ino === 256) return 'btrfs'
+  }
+  return 'rsync'
+}
+
 const unavailable = (driver: DriverChoice): BbError =>
-  bbError('UNSUPPORTED', `the ${driver} driver is not available in this version of bbackup`,
-    driver === 'btrfs' ? 'pass --driver rsync to back the subvolume up as plain files' : 'back up a directory with the rsync driver instead')
+  bbError('UNSUPPORTED', `the ${driver} driver is not available in this version of bbackup`, 'back up a directory with the rsync driver instead')
 
 /**
  * Turns a job spec into an engine Job. Drivers and transports are imported here, when a command
@@ -39,20 +52,32 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     }
   }
   const driverName = spec.driver ?? (await detectDriver(source.value.path))
-  if (driverName !== 'rsync') return err(unavailable(driverName))
-  const [{ rsyncDriver }, { localTransport }] = await Promise.all([import('@bb/drivers/rsync'), import('@bb/transports/local')])
+  if (driverName === 'block') return err(unavailable(driverName))
+  const [{ localTransport }, driver] = await Promise.all([
+    import('@bb/transports/local'),
+    driverName === 'btrfs'
+      ? import('@bb/drivers/btrfs').then(({ btrfsDriver }) => btrfsDriver({
+        ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
+        ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
+        ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
+      }))
+      : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({
+        excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,
+      })),
+  ])
   const sourceTransport: Transport = localTransport(source.value.path)
   const targetTransports = targets.map((t) => localTransport(t.path))
-  const id = spec.name ?? jobId(sourceTransport, targetTransports)
+  // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets
+  const id = spec.name ?? jobId(sourceTransport, driverName === 'btrfs' ? [] : targetTransports)
   const stateDirectory = spec.stateDir ?? (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
+  // several sources can share a target: btrfs names say whose they are (btrbk does the same)
+  const prefix = spec.prefix ?? (driverName === 'btrfs' ? `${basename(source.value.path) || 'root'}.` : undefined)
   return ok({
-    driver: rsyncDriver({
-      excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,
-    }),
+    driver,
     source: sourceTransport,
     targets: targetTransports,
     state: { transport: localTransport(stateDirectory), directory: stateDirectory },
-    ...(spec.prefix === undefined ? {} : { prefix: spec.prefix }),
+    ...(prefix === undefined ? {} : { prefix }),
     retention: {
       ...(spec.keepBackups === undefined ? {} : { target: spec.keepBackups }),
       ...(spec.keepSnapshots === undefined ? {} : { source: spec.keepSnapshots }),

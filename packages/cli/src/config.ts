@@ -24,6 +24,10 @@ export interface JobSpec {
   readonly keepBackups?: RetentionPolicy
   readonly keepSnapshots?: RetentionPolicy
   readonly timeZone?: string
+  /** btrfs: where the source snapshots go */
+  readonly snapshotFolder?: string
+  readonly sendProtocol?: 'auto' | 1 | 2
+  readonly compressedData?: boolean
 }
 
 export interface Config {
@@ -38,7 +42,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone']
+const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -129,16 +133,19 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     }
     const driver = job.driver
     if (driver !== undefined && driver !== 'rsync' && driver !== 'btrfs' && driver !== 'block') return problem(section, 'driver', `${JSON.stringify(driver)} is not rsync, btrfs or block`)
+    const sendProtocol = job.send_protocol
+    if (sendProtocol !== undefined && sendProtocol !== 'auto' && sendProtocol !== 1 && sendProtocol !== 2) return problem(section, 'send_protocol', `${JSON.stringify(sendProtocol)} is not "auto", 1 or 2`)
     const fields = {
       exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
       oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false),
       prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
+      snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
     const prefix = v(fields.prefix), stateDir = v(fields.stateDir), timeZone = v(fields.timeZone)
-    const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots)
+    const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots), snapshotFolder = v(fields.snapshotFolder)
     jobs.push({
       name, source: job.source, targets: targets as string[],
       ...(driver === undefined ? {} : { driver }),
@@ -146,6 +153,8 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       oneFileSystem: v(fields.oneFileSystem), acceptPartial: v(fields.acceptPartial),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
+      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
+      ...(v(fields.compressedData) ? {} : { compressedData: false }),
     })
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs })

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs'
+import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { backup, bbError, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
 import type { ResultAsync } from 'neverthrow'
-import { buildJob } from './build-job.js'
+import { buildJob, detectBackupDriver } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
@@ -31,6 +32,11 @@ interface CommonOptions {
   acceptPartial?: boolean
   rsyncOption?: string[]
   timeZone?: string
+  snapshotFolder?: string
+  snapshotPrefix?: string
+  numSnapshots?: string
+  sendProtocol?: string
+  compressedData?: boolean
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
@@ -42,9 +48,15 @@ const jobOptions = (command: Command): Command =>
     .option('-j, --job <name>', 'run only this job of the config (repeatable)', collect)
     .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
     .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root)")
-    .option('-p, --prefix <prefix>', 'put before the timestamp of each backup name')
+    .option('-p, --prefix <prefix>', 'put before the timestamp of each snapshot name (btrfs default: the source\'s name and a dot)')
+    .option('--snapshot-prefix <prefix>', "btrfs-backup's spelling of --prefix")
     .option('--keep-backups <policy>', "retention at the targets: '10', '24h 7d 4w 12m *y' (btrbk) or 'daily=7 weekly=4' (rotate-backups)")
     .option('--num-backups <n>', "btrfs-backup's spelling of --keep-backups N")
+    .option('--keep-snapshots <policy>', 'retention of the source snapshots (btrfs), in the same spellings')
+    .option('-N, --num-snapshots <n>', "btrfs-backup's spelling of --keep-snapshots N")
+    .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
+    .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
+    .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
     .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
     .option('--exclude <pattern>', 'rsync exclude pattern (repeatable)', collect)
     .option('--exclude-from <file>', 'file of exclude patterns (repeatable)', collect)
@@ -128,17 +140,22 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
-    const keepSnapshots = options.keepSnapshots === undefined ? undefined : parseRetentionSpec(options.keepSnapshots)
+    const prefix = options.prefix ?? options.snapshotPrefix
+    const keepSnapshotsSpec = options.keepSnapshots ?? options.numSnapshots
+    const keepSnapshots = keepSnapshotsSpec === undefined ? undefined : parseRetentionSpec(keepSnapshotsSpec)
     if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
     const overrides = {
       ...(options.driver === undefined ? {} : { driver: options.driver }),
-      ...(options.prefix === undefined ? {} : { prefix: options.prefix }),
+      ...(prefix === undefined ? {} : { prefix }),
       ...(options.stateDir === undefined ? {} : { stateDir: options.stateDir }),
       ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
       ...(retention === undefined ? {} : { keepBackups: retention._unsafeUnwrap() }),
       ...(keepSnapshots === undefined ? {} : { keepSnapshots: keepSnapshots._unsafeUnwrap() }),
       ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
       ...(options.multiFs === true ? { oneFileSystem: false } : {}),
+      ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
+      ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
+      ...(options.compressedData === false ? { compressedData: false } : {}),
     }
     let specs: JobSpec[]
     let configStateDir: string | undefined
@@ -306,14 +323,21 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .argument('<snapshot>', "the backup's name, or latest")
     .argument('<destination>', 'a directory that does not exist or is empty')
     .option('--path <path>', 'restore only this path inside the backup')
+    .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
+    .option('-p, --prefix <prefix>', 'with latest: the newest backup of the source whose names start with this')
+    .addOption(new Option('--driver <driver>', 'the driver that made the backups; detected from the target when omitted').choices(['rsync', 'btrfs']))
     .option('-n, --dry-run', 'print the command, change nothing')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', EXAMPLES.restore ?? '')
-    .action(async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string }) => {
-      const resolved = await resolveJobs(destination, [target], { ...options, driver: 'rsync' })
+    .action(async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string; writable?: boolean }) => {
+      const driver = options.driver ?? (await detectBackupDriver(resolvePath(io.cwd, target)))
+      const resolved = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '' })
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))
       const job = resolved.jobs[0] as Job
-      const r = await restore(job, { from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }), dryRun: options.dryRun === true })
+      const r = await restore(job, {
+        from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
+        dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined,
+      })
       if (r.isErr()) return void (outcome = fail(r.error, options))
       io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
     })

@@ -87,8 +87,15 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
       out.push(`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`)
       continue
     }
-    const how = t.mode === 'incremental' ? `incremental from ${t.parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
-    out.push(`  ${t.target}: ${t.snapshot ?? ''} ${how}; ${t.files} ${t.files === 1 ? 'file' : 'files'}, ${formatBytes(t.bytes)} copied`)
+    const how = (mode: string | undefined, parent: string | undefined): string =>
+      mode === 'incremental' ? `incremental from ${parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
+    const files = report.driver === 'rsync' ? `${t.files} ${t.files === 1 ? 'file' : 'files'}, ` : ''
+    if (t.sent.length === 0 && report.driver !== 'rsync') out.push(`  ${t.target}: nothing sent`)
+    else if (t.sent.length <= 1) out.push(`  ${t.target}: ${t.snapshot ?? ''} ${how(t.mode, t.parent)}; ${files}${formatBytes(t.bytes)} ${report.driver === 'rsync' ? 'copied' : 'sent'}`)
+    else {
+      out.push(`  ${t.target}: ${t.sent.length} snapshots sent, ${formatBytes(t.bytes)}`)
+      for (const x of t.sent) out.push(`    ${x.snapshot} ${how(x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
+    }
     for (const w of t.warnings) out.push(`    warning: ${w}`)
     if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${c.join(' ')}`)

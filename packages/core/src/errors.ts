@@ -25,6 +25,11 @@ export type ErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'UNSUPPORTED'
   | 'JOB_NOT_FOUND'
+  | 'SOURCE_NOT_SUBVOLUME'
+  | 'TARGET_NOT_BTRFS'
+  | 'STRAY_SUBVOLUME'
+  | 'PERMISSION_DENIED'
+  | 'TOOL_TOO_OLD'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

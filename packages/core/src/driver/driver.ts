@@ -17,6 +17,21 @@ export interface SnapshotInfo {
   /** how its transfer ended: `warnings` (rsync 24: files vanished), `errors` (rsync 23, accepted) */
   readonly health: 'ok' | 'warnings' | 'errors'
   readonly path: string
+  /** btrfs: who the snapshot is (uuid), what it is a copy of (received uuid) and whether it is read-only */
+  readonly identity?: SnapshotIdentity
+}
+
+/**
+ * A snapshot's identity where the technology has one. Two snapshots are the same backup when one
+ * was received from the other, or both from the same snapshot ({@link sameSnapshot}).
+ */
+export interface SnapshotIdentity {
+  readonly uuid: string
+  /** the uuid of the snapshot this one was received from; undefined for a snapshot taken here */
+  readonly receivedUuid?: string
+  /** the uuid of the subvolume this one is a snapshot of */
+  readonly parentUuid?: string
+  readonly readOnly: boolean
 }
 
 /** What one transfer did; `commands` are the exact commands it ran, or would run in a dry run. */
@@ -37,6 +52,10 @@ export interface TransferInput {
   readonly snapshot: string
   /** the complete backup at the target to share unchanged data with */
   readonly parent: SnapshotInfo | undefined
+  /** drivers that snapshot the source: the source snapshot to send */
+  readonly sourceSnapshot?: SnapshotInfo
+  /** drivers that snapshot the source: the snapshot at the source the transfer is incremental against */
+  readonly sourceParent?: SnapshotInfo
   /** an unfinished copy at the target that this transfer may continue (rsync resumes into it) */
   readonly resume: JournalEntry | undefined
   readonly dryRun: boolean
@@ -50,6 +69,8 @@ export interface RestoreInput {
   /** a path inside the backup, '' for all of it */
   readonly subpath: string
   readonly to: Transport
+  /** btrfs: also make a writable snapshot of the restored backup, ready to be swapped in */
+  readonly writable?: boolean
   readonly dryRun: boolean
   readonly signal: AbortSignal | undefined
 }
@@ -66,9 +87,17 @@ export interface VerifyOutcome {
   /** paths whose content or metadata differ from the source (bounded) */
   readonly differences: readonly string[]
   readonly differenceCount: number
+  /** what was checked besides the content, or could not be */
+  readonly notes?: readonly string[]
 }
 
 export type DriverError = BbError
+
+/**
+ * What became of an unfinished transfer: its leftovers were `removed`, it is kept to `resume`,
+ * nothing of it is left (`gone`), or it had in fact finished (`complete`).
+ */
+export type RecoverAction = 'removed' | 'resume' | 'gone' | 'complete'
 
 /**
  * One snapshot technology. The engine calls these in the order of DESIGN.md's run; a driver never
@@ -82,8 +111,8 @@ export interface Driver {
   probe(input: { readonly source: Transport; readonly targets: readonly Transport[]; readonly signal: AbortSignal | undefined }): ResultAsync<void, DriverError>
   /** Takes a read-only snapshot of the source named `name` (drivers with `snapshotsSource` only). */
   createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
-  /** Backups (or source snapshots) at a place, oldest first, including unfinished ones. */
-  listSnapshots(input: { readonly at: Transport; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
+  /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
+  listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
   /** Where a transfer of `snapshot` to `target` leaves its copy until it is complete (journalled before it starts). */
   partialPath(input: { readonly target: Transport; readonly snapshot: string }): string
   transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>
@@ -91,7 +120,7 @@ export interface Driver {
    * What the journal says was left unfinished at a target: the driver removes it, or keeps it to
    * be resumed (`'resume'`). It must never remove anything it did not create.
    */
-  recover(input: { readonly target: Transport; readonly entry: JournalEntry; readonly dryRun: boolean }): ResultAsync<'removed' | 'resume' | 'gone', DriverError>
+  recover(input: { readonly target: Transport; readonly entry: JournalEntry; readonly dryRun: boolean }): ResultAsync<RecoverAction, DriverError>
   /** Deletes complete snapshots; returns the commands it ran (or would run). */
   deleteSnapshots(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<readonly (readonly string[])[], DriverError>
   restore(input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, DriverError>

@@ -1,17 +1,31 @@
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
-import type { SnapshotInfo, TransferOutcome } from '../driver/driver.js'
+import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
 import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
 import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
-import { journalPath, ownSnapshots, type Job, type RunOptions } from './job.js'
+import { pinSnapshot } from '../journal/pins.js'
+import { journalPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { planSends } from './plan-sends.js'
 import { pruneAt, withJobLock } from './prune.js'
+
+/** One snapshot sent to a target. */
+export interface SentSnapshot {
+  readonly snapshot: string
+  readonly mode: 'full' | 'incremental'
+  readonly parent?: string
+  readonly bytes: number
+  readonly durationMs: number
+}
 
 /** What happened at one target. */
 export interface TargetReport {
   readonly target: string
   readonly ok: boolean
+  /** every snapshot sent in this run, oldest first (a target that missed runs gets several) */
+  readonly sent: readonly SentSnapshot[]
+  /** the newest snapshot sent (or that failed) */
   readonly snapshot?: string
   readonly mode?: 'full' | 'incremental'
   /** the backup it was incremental against */
@@ -23,7 +37,7 @@ export interface TargetReport {
   readonly durationMs: number
   readonly warnings: readonly string[]
   /** what the journal said was left unfinished here, and what became of it */
-  readonly recovered: readonly { readonly snapshot: string; readonly action: 'removed' | 'resume' | 'gone' }[]
+  readonly recovered: readonly { readonly snapshot: string; readonly action: RecoverAction }[]
   readonly pruned: readonly string[]
   readonly error?: BbError
   /** the exact commands run (or, in a dry run, that would run) */
@@ -53,7 +67,7 @@ export interface BackupOptions extends RunOptions {
 }
 
 const failedTarget = (target: string, startedMs: number, error: BbError, partial: Partial<TargetReport> = {}): TargetReport => ({
-  target, ok: false, bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
+  target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
 
 /**
@@ -81,13 +95,21 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const states = await Promise.all(job.targets.map(async (target) => {
     const where = formatLocation(target.location)
     const reachable = await job.driver.probe({ source: job.source, targets: [target], signal: options.signal })
-    if (reachable.isErr()) return { target, where, error: reachable.error }
+    if (reachable.isErr()) return { target, where, error: reachable.error, snapshots: [] }
     const listed = await job.driver.listSnapshots({ at: target, signal: options.signal })
-    if (listed.isErr()) return { target, where, error: listed.error }
-    return { target, where, snapshots: listed.value }
+    if (listed.isErr()) return { target, where, error: listed.error, snapshots: [] }
+    return { target, where, error: undefined, snapshots: listed.value }
   }))
 
-  const existing = states.flatMap((s) => ('snapshots' in s ? (s.snapshots ?? []).map((x) => x.name) : []))
+  // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
+  let sourceSnapshots: SnapshotInfo[] = []
+  if (job.driver.snapshotsSource) {
+    const listed = await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal })
+    if (listed.isErr()) return err(listed.error)
+    sourceSnapshots = ownSnapshots(job, listed.value)
+  }
+
+  const existing = [...sourceSnapshots, ...states.flatMap((s) => s.snapshots ?? [])].map((x) => x.name)
   const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing })
 
   let sourceSnapshot: SnapshotInfo | undefined
@@ -96,19 +118,23 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     const created = await job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal })
     if (created.isErr()) return err(created.error)
     sourceSnapshot = created.value
+    sourceSnapshots = [...sourceSnapshots, created.value]
     emit({ type: 'snapshot-created', snapshot: name })
   }
 
   const reports: TargetReport[] = []
   for (const state of states) {
     const targetStarted = Date.now()
-    if ('error' in state && state.error !== undefined) {
+    if (state.error !== undefined) {
       emit({ type: 'transfer-failed', target: state.where, snapshot: name, error: state.error })
       reports.push(failedTarget(state.where, targetStarted, state.error))
       continue
     }
     if (options.transfer === false) continue
-    const report = await backupToTarget(job, options, state.target, state.snapshots ?? [], journal.value.entries.filter((e) => e.target === state.where), sourceSnapshot?.name ?? name)
+    const pending = journal.value.entries.filter((e) => e.target === state.where)
+    const report = job.driver.snapshotsSource
+      ? await sendSnapshots(job, options, state.target, state.snapshots, pending, sourceSnapshots)
+      : await backupToTarget(job, options, state.target, state.snapshots, pending, name)
     reports.push(report)
     if (options.signal?.aborted === true) break
   }
@@ -118,7 +144,8 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
 
   let sourcePruned: string[] = []
   const sourcePolicy = job.retention?.source
-  if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false && reports.every((r) => r.ok)) {
+  // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
+  if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false) {
     const pruned = await pruneAt(job, job.source, sourcePolicy, options)
     if (pruned.isErr()) emit({ type: 'warning', message: `source snapshots were not pruned: ${pruned.error.message}` })
     else sourcePruned = [...pruned.value.deleted]
@@ -151,20 +178,9 @@ const backupToTarget = async (
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
 
-  // 3. What an earlier run left unfinished here: the driver removes it or resumes it.
-  const recovered: { snapshot: string; action: 'removed' | 'resume' | 'gone' }[] = []
-  let resume: JournalEntry | undefined
-  for (const entry of pending) {
-    const r = await job.driver.recover({ target, entry, dryRun })
-    if (r.isErr()) return failedTarget(where, started, r.error, { recovered })
-    recovered.push({ snapshot: entry.snapshot, action: r.value })
-    emit({ type: 'recovered', target: where, snapshot: entry.snapshot, action: r.value })
-    if (r.value === 'resume') resume = entry
-    else if (!dryRun) {
-      const cleared = await removeJournalEntry(job.state.transport, path, entry)
-      if (cleared.isErr()) return failedTarget(where, started, cleared.error, { recovered })
-    }
-  }
+  const recovery = await recoverTarget(job, options, target, pending)
+  if (recovery.error !== undefined) return failedTarget(where, started, recovery.error, { recovered: recovery.recovered })
+  const { recovered, resume } = recovery
 
   // 5. The parent: the newest complete backup here that did not end with errors.
   const own = ownSnapshots(job, snapshots)
@@ -218,12 +234,156 @@ const backupToTarget = async (
   return {
     target: where,
     ok: true,
+    sent: [{ snapshot: outcome.snapshot, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - started }],
     snapshot: outcome.snapshot,
     mode: outcome.mode,
     ...(outcome.parent === undefined ? {} : { parent: outcome.parent }),
     ...(fullBecause === undefined ? {} : { fullBecause }),
     bytes: outcome.bytes,
     files: outcome.files,
+    durationMs: Date.now() - started,
+    warnings,
+    recovered,
+    pruned,
+    commands,
+  }
+}
+
+interface Recovery {
+  readonly recovered: { snapshot: string; action: RecoverAction }[]
+  readonly resume: JournalEntry | undefined
+  readonly error?: BbError
+}
+
+/** 3. What an earlier run left unfinished at a target: the driver removes it, resumes it, or finds it complete. */
+const recoverTarget = async (job: Job, options: BackupOptions, target: Transport, pending: readonly JournalEntry[]): Promise<Recovery> => {
+  const where = formatLocation(target.location)
+  const dryRun = options.dryRun ?? false
+  const recovered: { snapshot: string; action: RecoverAction }[] = []
+  let resume: JournalEntry | undefined
+  for (const entry of pending) {
+    const r = await job.driver.recover({ target, entry, dryRun })
+    if (r.isErr()) return { recovered, resume, error: r.error }
+    recovered.push({ snapshot: entry.snapshot, action: r.value })
+    options.onEvent?.({ type: 'recovered', target: where, snapshot: entry.snapshot, action: r.value })
+    if (r.value === 'resume') resume = entry
+    else if (!dryRun) {
+      const cleared = await removeJournalEntry(job.state.transport, journalPath(job), entry)
+      if (cleared.isErr()) return { recovered, resume, error: cleared.error }
+    }
+  }
+  return { recovered, resume }
+}
+
+/**
+ * 5. for drivers that snapshot the source (btrfs): sends every snapshot the target lacks, oldest
+ * first, each incremental against the one before ({@link planSends}), each journalled. The first
+ * failure stops the sends to this target; what was sent stays, and is pinned.
+ */
+const sendSnapshots = async (
+  job: Job,
+  options: BackupOptions,
+  target: Transport,
+  snapshots: readonly SnapshotInfo[],
+  pending: readonly JournalEntry[],
+  sourceSnapshots: readonly SnapshotInfo[],
+): Promise<TargetReport> => {
+  const started = Date.now()
+  const where = formatLocation(target.location)
+  const dryRun = options.dryRun ?? false
+  const emit = options.onEvent ?? (() => undefined)
+  const path = journalPath(job)
+
+  const recovery = await recoverTarget(job, options, target, pending)
+  if (recovery.error !== undefined) return failedTarget(where, started, recovery.error, { recovered: recovery.recovered })
+  const { recovered } = recovery
+  let held = snapshots
+  if (recovered.length > 0) {
+    // the recovery removed leftovers or found a finished copy: plan from what is there now
+    const relisted = await job.driver.listSnapshots({ at: target, signal: options.signal })
+    if (relisted.isErr()) return failedTarget(where, started, relisted.error, { recovered })
+    held = relisted.value
+  }
+
+  const plan = planSends(sourceSnapshots, ownSnapshots(job, held))
+  const sent: SentSnapshot[] = []
+  const warnings: string[] = []
+  let commands: (readonly string[])[] = []
+  let bytes = 0
+  let files = 0
+  if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
+    const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, plan.newestCommon.source.name)
+    if (pinned.isErr()) return failedTarget(where, started, pinned.error, { recovered })
+  }
+  for (const [i, send] of plan.sends.entries()) {
+    const sendStarted = Date.now()
+    const name = send.snapshot.name
+    const mode = send.parent === undefined ? 'full' : 'incremental'
+    const parentName = send.parent?.name
+    const soFar = { recovered, sent: [...sent], bytes, files, commands, warnings, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) } as const
+    const entry: JournalEntry = {
+      target: where,
+      snapshot: name,
+      ...(parentName === undefined ? {} : { parent: parentName }),
+      partialPath: job.driver.partialPath({ target, snapshot: name }),
+      startedAt: new Date().toISOString(),
+    }
+    if (!dryRun) {
+      const noted = await addJournalEntry(job.state.transport, path, entry)
+      if (noted.isErr()) return failedTarget(where, started, noted.error, soFar)
+    }
+    emit({ type: 'transfer-started', target: where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
+    const transferred = await job.driver.transfer({
+      source: job.source,
+      target,
+      snapshot: name,
+      parent: i === 0 ? send.parentAtTarget : undefined,
+      sourceSnapshot: send.snapshot,
+      ...(send.parent === undefined ? {} : { sourceParent: send.parent }),
+      resume: undefined,
+      dryRun,
+      signal: options.signal,
+      onEvent: emit,
+    })
+    if (transferred.isErr()) {
+      emit({ type: 'transfer-failed', target: where, snapshot: name, error: transferred.error })
+      return failedTarget(where, started, transferred.error, soFar)
+    }
+    const outcome = transferred.value
+    if (!dryRun) {
+      const cleared = await removeJournalEntry(job.state.transport, path, entry)
+      if (cleared.isErr()) return failedTarget(where, started, cleared.error, soFar)
+      const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, name)
+      if (pinned.isErr()) return failedTarget(where, started, pinned.error, soFar)
+    }
+    emit({ type: 'transfer-finished', target: where, snapshot: name, bytes: outcome.bytes, durationMs: Date.now() - sendStarted })
+    sent.push({ snapshot: name, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - sendStarted })
+    bytes += outcome.bytes
+    files += outcome.files
+    warnings.push(...outcome.warnings)
+    commands = [...commands, ...outcome.commands]
+  }
+
+  let pruned: readonly string[] = []
+  const policy = job.retention?.target
+  if (policy !== undefined && options.prune !== false && sent.length > 0) {
+    const r = await pruneAt(job, target, policy, options)
+    if (r.isErr()) warnings.push(`not pruned: ${r.error.message}`)
+    else {
+      pruned = r.value.deleted
+      commands = [...commands, ...r.value.commands]
+    }
+  }
+  const last = sent.at(-1)
+  if (plan.sends.length === 0) warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
+  return {
+    target: where,
+    ok: true,
+    sent,
+    ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
+    ...(plan.fullBecause === undefined ? {} : { fullBecause: plan.fullBecause }),
+    bytes,
+    files,
     durationMs: Date.now() - started,
     warnings,
     recovered,

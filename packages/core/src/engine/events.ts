@@ -1,9 +1,10 @@
+import type { RecoverAction } from '../driver/driver.js'
 import type { BbError } from '../errors.js'
 
 /** Progress of a run, through the one `onEvent` callback. The CLI renders these; a library user logs them. */
 export type BackupEvent =
   | { readonly type: 'lock-taken-over'; readonly path: string; readonly reason: string }
-  | { readonly type: 'recovered'; readonly target: string; readonly snapshot: string; readonly action: 'removed' | 'resume' | 'gone' }
+  | { readonly type: 'recovered'; readonly target: string; readonly snapshot: string; readonly action: RecoverAction }
   | { readonly type: 'snapshot-created'; readonly snapshot: string }
   | { readonly type: 'transfer-started'; readonly target: string; readonly snapshot: string; readonly mode: 'full' | 'incremental'; readonly parent?: string }
   | { readonly type: 'transfer-progress'; readonly target: string; readonly snapshot: string; readonly bytes: number; readonly percent?: number; readonly rate?: string; readonly eta?: string }

@@ -3,6 +3,7 @@ import type { SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
+import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
 import { journalPath, lockPath, ownSnapshots, type Job } from './job.js'
 
@@ -27,7 +28,7 @@ export const list = (job: Job, options: { readonly signal?: AbortSignal } = {}):
   new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
     const out: SnapshotList[] = []
     for (const [at, side] of places(job)) {
-      const r = await job.driver.listSnapshots({ at, signal: options.signal })
+      const r = await job.driver.listSnapshots({ at, side, signal: options.signal })
       if (r.isErr()) return err(r.error)
       out.push({ at: formatLocation(at.location), side, snapshots: r.value })
     }
@@ -85,10 +86,22 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     return ok({ source: formatLocation(job.source.location), driver: job.driver.name, targets, pending: journal.value.entries, lock: lock.value })
   })())
 
-/** Finds a complete backup by name at a target; `latest` (or no name) is the newest. */
-export const findSnapshot = (job: Job, at: Transport, name: string | undefined, signal?: AbortSignal): ResultAsync<SnapshotInfo, BbError> =>
+/**
+ * Finds a complete backup by name at a target; `latest` (or no name) is the job's newest. With
+ * `anyPrefix`, `latest` is the newest of any source, as long as the target holds one source's backups only.
+ */
+export const findSnapshot = (job: Job, at: Transport, name: string | undefined, signal?: AbortSignal, anyPrefix = false): ResultAsync<SnapshotInfo, BbError> =>
   job.driver.listSnapshots({ at, signal }).andThen((all) => {
     const own = all.filter((s) => s.complete)
+    if (anyPrefix && (name === undefined || name === 'latest')) {
+      const prefixes = new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))
+      if (prefixes.size > 1) {
+        return err(bbError('INVALID_OPTIONS', `${formatLocation(at.location)} holds the backups of several sources (${[...prefixes].map((p) => `${p}…`).join(', ')}): latest is ambiguous`,
+          'name the backup, or give the prefix of the source with -p', { at: formatLocation(at.location) }))
+      }
+      const newest = own.filter((s) => s.time !== undefined).at(-1)
+      if (newest !== undefined) return ok(newest)
+    }
     const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
     if (found !== undefined) return ok(found)
     const names = ownSnapshots(job, own).map((s) => s.name)
@@ -108,11 +121,20 @@ export const findSnapshot = (job: Job, at: Transport, name: string | undefined, 
  */
 export const restore = (
   job: Job,
-  options: { readonly from: Transport; readonly snapshot?: string; readonly subpath?: string; readonly to: Transport; readonly dryRun?: boolean; readonly signal?: AbortSignal },
+  options: {
+    readonly from: Transport; readonly snapshot?: string; readonly subpath?: string; readonly to: Transport; readonly dryRun?: boolean; readonly signal?: AbortSignal
+    /** btrfs: also a writable snapshot of the restored backup */
+    readonly writable?: boolean
+    /** `latest` means the newest backup whatever its prefix (refused when the target holds several sources' backups) */
+    readonly anyPrefix?: boolean
+  },
 ): ResultAsync<{ readonly snapshot: string; readonly commands: readonly (readonly string[])[] }, BbError> =>
-  findSnapshot(job, options.from, options.snapshot, options.signal).andThen((snapshot) =>
+  findSnapshot(job, options.from, options.snapshot, options.signal, options.anyPrefix ?? false).andThen((snapshot) =>
     job.driver
-      .restore({ from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal })
+      .restore({
+        from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal,
+        ...(options.writable === true ? { writable: true } : {}),
+      })
       .map((r) => ({ snapshot: snapshot.name, commands: r.commands })),
   )
 

@@ -61,6 +61,7 @@ export const defaultStateDir = (id: string, env: Readonly<Record<string, string 
 
 export const lockPath = (job: Job): string => join(job.state.directory, 'lock')
 export const journalPath = (job: Job): string => join(job.state.directory, 'journal.json')
+export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.json')
 
 /** The complete snapshots of this job (its prefix, a readable time), oldest first. */
 export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>

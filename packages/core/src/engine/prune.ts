@@ -7,7 +7,9 @@ import { parseSnapshotName } from '../names/snapshot-name.js'
 import { planRetention, type Protection, type RetentionDecision } from '../retention/plan.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
-import { journalPath, lockPath, ownSnapshots, type Job, type RunOptions } from './job.js'
+import { readPins } from '../journal/pins.js'
+import { journalPath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { planSends } from './plan-sends.js'
 
 export interface PruneResult {
   /** the target (or source), as its location prints */
@@ -23,7 +25,7 @@ export interface PruneResult {
  */
 export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
   const where = formatLocation(at.location)
-  const listed = await job.driver.listSnapshots({ at, signal: options.signal })
+  const listed = await job.driver.listSnapshots({ at, side: at === job.source ? 'source' : 'target', signal: options.signal })
   if (listed.isErr()) return err(listed.error)
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
@@ -34,7 +36,22 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
   }
   const newestHealthy = own.filter((s) => s.health !== 'errors').at(-1)
-  if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest healthy backup (the next run links against it)' })
+  if (at === job.source) {
+    if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest snapshot' })
+    // the parent of each target's next incremental, also of targets that are offline now
+    const pins = await readPins(job.state.transport, pinsPath(job))
+    if (pins.isErr()) return err(pins.error)
+    for (const [target, name] of Object.entries(pins.value.pins)) protect.push({ name, reason: `the newest snapshot ${target} holds (its next incremental's parent)` })
+  } else {
+    if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest healthy backup (the next run links against it)' })
+    if (job.driver.snapshotsSource) {
+      // the copy of the newest snapshot the source still has: the next incremental's parent
+      const source = await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal })
+      if (source.isErr()) return err(source.error)
+      const common = planSends(ownSnapshots(job, source.value), own).newestCommon
+      if (common !== undefined) protect.push({ name: common.target.name, reason: `the copy of ${common.source.name}, the newest snapshot the source also holds (the next incremental's parent)` })
+    }
+  }
   const plan = planRetention(
     own.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0 })),
     policy,

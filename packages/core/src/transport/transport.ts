@@ -1,4 +1,5 @@
 import type { ResultAsync } from 'neverthrow'
+import type { Readable } from 'node:stream'
 import type { BbError } from '../errors.js'
 import type { Location } from '../location/location.js'
 
@@ -18,6 +19,32 @@ export interface ExecOptions {
   readonly env?: Readonly<Record<string, string>>
   /** receives stdout line by line (`\r` or `\n` ends a line); stdout is then not kept */
   readonly onStdoutLine?: (line: string) => void
+}
+
+/**
+ * A command that runs while others read its output: `btrfs send` feeding `btrfs receive`. Its
+ * stdout is an OS pipe that another command takes as its stdin, so the bytes never pass through
+ * JavaScript.
+ */
+export interface RunningCommand {
+  readonly argv: readonly string[]
+  /** the pid of the process on this host (for a remote command: the ssh client's) */
+  readonly pid: number | undefined
+  /** the read end of its stdout, when started with `stdout: 'pipe'`; hand it to one other command */
+  readonly stdout: Readable | undefined
+  /** how it ended; the non-zero exit is a value, as with `exec` */
+  readonly done: ResultAsync<CommandResult, TransportError>
+  /** bytes it has written so far (from /proc/<pid>/io), where this host can tell */
+  bytesWritten(): Promise<number | undefined>
+  kill(signal?: NodeJS.Signals): void
+}
+
+export interface SpawnOptions {
+  readonly signal?: AbortSignal
+  /** the stdout of another command (see {@link RunningCommand.stdout}); nothing when omitted */
+  readonly stdin?: Readable
+  /** `'pipe'` to connect its stdout to another command; discarded otherwise */
+  readonly stdout?: 'pipe' | 'ignore'
 }
 
 export interface EntryStat {
@@ -65,6 +92,8 @@ export interface Transport {
   readonly location: Location
   /** Runs argv to the end; resolves with its exit code, fails only when it cannot be started or is cancelled. */
   exec(argv: readonly string[], options?: ExecOptions): ResultAsync<CommandResult, TransportError>
+  /** Starts argv with its stdin and stdout as pipes to connect to other commands (see {@link RunningCommand}). */
+  spawn(argv: readonly string[], options?: SpawnOptions): RunningCommand
   /** The file's text, or undefined when it does not exist. */
   readFile(path: string): ResultAsync<string | undefined, TransportError>
   /** Writes a small file so that a crash leaves the old content or the new, never a torn one. */

@@ -1,5 +1,5 @@
 import type { LocalLocation, Transport } from '@bb/core'
-import { execCommand } from './exec.js'
+import { execCommand, spawnCommand } from './exec.js'
 import { list, mkdir, readFile, readlink, remove, rename, stat, symlink, writeFileAtomic } from './files.js'
 import { acquireLock, inspectLock } from './lock-file.js'
 
@@ -15,6 +15,7 @@ export const localTransport = (path: string): Transport => {
   return {
     location,
     exec: execCommand,
+    spawn: spawnCommand,
     readFile,
     writeFileAtomic,
     stat,

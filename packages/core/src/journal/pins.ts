@@ -1,0 +1,38 @@
+import { errAsync, okAsync, type ResultAsync } from 'neverthrow'
+import { bbError } from '../errors.js'
+import type { Transport } from '../transport/transport.js'
+import type { JournalError } from './journal.js'
+
+/**
+ * Per target, the newest source snapshot it is known to hold: the parent of its next incremental.
+ * Kept beside the journal so that the source can be pruned while a target is offline without
+ * losing that parent (btrbk prunes nothing then; see reference/btrfs.md §4 #3).
+ */
+export interface Pins {
+  readonly version: 1
+  /** target (as `formatLocation` prints it) → snapshot name */
+  readonly pins: Readonly<Record<string, string>>
+}
+
+const EMPTY: Pins = { version: 1, pins: {} }
+
+/** Reads the pins; a missing file is none, a damaged one an error (it protects parents). */
+export const readPins = (transport: Transport, path: string): ResultAsync<Pins, JournalError> =>
+  transport.readFile(path).andThen((text): ResultAsync<Pins, JournalError> => {
+    if (text === undefined) return okAsync(EMPTY)
+    try {
+      const value = JSON.parse(text) as Pins
+      if (value.version === 1 && typeof value.pins === 'object' && value.pins !== null) return okAsync(value)
+    } catch {
+      // reported below
+    }
+    return errAsync(bbError('JOURNAL_CORRUPT', `the pin file ${path} is not a bbackup pin file`, 'move it aside and run again: the next run pins each reachable target anew', { path }))
+  })
+
+/** Records that `target` holds `snapshot` (unchanged pins are not rewritten). */
+export const pinSnapshot = (transport: Transport, path: string, target: string, snapshot: string): ResultAsync<Pins, JournalError> =>
+  readPins(transport, path).andThen((p) => {
+    if (p.pins[target] === snapshot) return okAsync(p)
+    const next: Pins = { version: 1, pins: { ...p.pins, [target]: snapshot } }
+    return transport.writeFileAtomic(path, `${JSON.stringify(next, null, 2)}\n`).map(() => next)
+  })

@@ -1,0 +1,412 @@
+import { posix } from 'node:path'
+import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import {
+  bbError, compareSnapshots, InternalError, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
+  type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
+} from '@bb/core'
+import { btrfsFailure, isGarbled, isReceived, showSubvolume, type Subvolume } from './subvolume.js'
+import { sendReceive } from './pipeline.js'
+
+const join = posix.join
+
+export interface BtrfsDriverOptions {
+  /** where the source's snapshots live: absolute, or relative to the source subvolume (default `.snapshots`) */
+  readonly snapshotFolder?: string
+  /**
+   * the send stream version: `'auto'` (default) uses 2 when the sending kernel and btrfs-progs on
+   * both ends support it, else 1
+   */
+  readonly sendProtocol?: 'auto' | 1 | 2
+  /** send compressed extents as they are (`--compressed-data`); default: whenever protocol 2 is used */
+  readonly compressedData?: boolean
+}
+
+/** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
+const MIN_PROGS = [5, 0] as const
+/** btrfs-progs that can send and receive stream version 2 */
+const PROTO2_PROGS = [6, 0] as const
+
+const atLeast = (v: readonly [number, number], min: readonly [number, number]): boolean => v[0] > min[0] || (v[0] === min[0] && v[1] >= min[1])
+
+const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
+
+/**
+ * btrfs snapshots with send/receive: the source subvolume is snapshotted read-only into its
+ * snapshot folder, and each snapshot is sent to the targets, incrementally against the newest
+ * snapshot both sides hold. A backup is identified by its received uuid, never by its name; a
+ * receive that died midway (writable, no received uuid) is removed only when the journal says this
+ * job was receiving it.
+ * @example
+ * import { btrfsDriver } from '@bb/drivers/btrfs'
+ * const driver = btrfsDriver({ snapshotFolder: '/home/.snapshots' })
+ */
+export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
+  const folderOf = (source: Transport): string => posix.resolve(source.location.path, options.snapshotFolder ?? '.snapshots')
+  const versions = new WeakMap<Transport, ResultAsync<readonly [number, number], BbError>>()
+
+  /** btrfs-progs at a place, once per transport */
+  const progsVersion = (at: Transport, signal: AbortSignal | undefined): ResultAsync<readonly [number, number], BbError> => {
+    const known = versions.get(at)
+    if (known !== undefined) return known
+    const found: ResultAsync<readonly [number, number], BbError> = at.exec(['btrfs', '--version'], signalOpt(signal)).andThen((r): Result<readonly [number, number], BbError> => {
+      const m = /v(\d+)\.(\d+)/.exec(r.stdout)
+      if (r.exitCode !== 0 || m === null) return err(bbError('TOOL_MISSING', 'btrfs --version failed', 'install btrfs-progs: apt-get install btrfs-progs', { stderr: r.stderr }))
+      const v: readonly [number, number] = [Number(m[1]), Number(m[2])]
+      if (!atLeast(v, MIN_PROGS)) {
+        return err(bbError('TOOL_TOO_OLD', `btrfs-progs ${v.join('.')} is too old (bbackup needs ${MIN_PROGS.join('.')} or newer)`, 'upgrade btrfs-progs (Debian 11 and later ship a new enough one)', { version: v.join('.') }))
+      }
+      return ok(v)
+    })
+    // a failure is not cached: the next call asks again
+    const settled = found.orElse((e) => {
+      versions.delete(at)
+      return err(e)
+    })
+    versions.set(at, settled)
+    return settled
+  }
+
+  const probe: Driver['probe'] = ({ source, targets, signal }) => {
+    if (targets.length === 0) return progsVersion(source, signal).andThen(() => probeSource(source, signal))
+    return ResultAsync.combine(targets.map((t) => progsVersion(t, signal).andThen(() => probeTarget(t)))).map(() => undefined)
+  }
+
+  const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
+    const path = source.location.path
+    return showSubvolume(source, path, signal).andThen((s): Result<void, BbError> => {
+      if (typeof s !== 'string') return ok(undefined)
+      if (s === 'missing') return err(bbError('SOURCE_UNAVAILABLE', `the source ${path} does not exist`, 'check the path (is the filesystem mounted?)', { path }))
+      if (s === 'not-btrfs') {
+        return err(bbError('SOURCE_NOT_SUBVOLUME', `the source ${path} is not on a btrfs filesystem`, 'back it up with the rsync driver (--driver rsync), or move the data onto btrfs', { path }))
+      }
+      return err(bbError('SOURCE_NOT_SUBVOLUME', `the source ${path} is a directory, not a btrfs subvolume: it cannot be snapshotted`,
+        `convert it: btrfs subvolume create ${path}.new && cp -a --reflink=always ${path}/. ${path}.new/ && mv ${path} ${path}.old && mv ${path}.new ${path}; or back it up with --driver rsync`, { path }))
+    })
+  }
+
+  /** The target directory must exist on btrfs, or its parent must (then it is created): a missing parent often means an unmounted disk. */
+  const probeTarget = (target: Transport): ResultAsync<void, BbError> => {
+    const dir = target.location.path
+    return target.stat(dir).andThen((s): ResultAsync<void, BbError> => {
+      if (s?.kind === 'directory') return okAsync(undefined)
+      if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory on a btrfs filesystem to receive the backups in', { path: dir }))
+      return target.stat(posix.dirname(dir)).andThen((parent) =>
+        parent?.kind === 'directory'
+          ? target.mkdir(dir)
+          : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
+    }).andThen(() => target.exec(['stat', '-f', '-c', '%T', dir])).andThen((r) => {
+      const type = r.stdout.trim()
+      if (r.exitCode === 0 && type === 'btrfs') return ok(undefined)
+      return err(bbError('TARGET_NOT_BTRFS', `the target ${dir} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: btrfs receive needs one`,
+        'give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir }))
+    })
+  }
+
+  const listSnapshots: Driver['listSnapshots'] = ({ at, side, signal }) => {
+    const onSource = side === 'source'
+    const dir = onSource ? folderOf(at) : at.location.path
+    return at.list(dir)
+      .orElse((e) => {
+        if (e.code !== 'NOT_FOUND') return err(e)
+        // no snapshot folder yet: no snapshots; a missing target is a problem to report
+        return onSource ? ok([]) : err(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path (is the disk mounted?)', { path: dir }))
+      })
+      .andThen((entries) => {
+        // only names bbackup (or a tool it adopts) writes: anything else in the folder is never looked at, nor touched
+        const named = entries.filter((e) => e.kind === 'directory').map((e) => ({ name: e.name, parsed: parseSnapshotName(e.name) })).filter((e) => e.parsed !== undefined)
+        return inBatches(named, 8, (e) => showSubvolume(at, join(dir, e.name), signal).map((s) => ({ ...e, subvolume: typeof s === 'string' ? undefined : s })))
+      })
+      .map((found) => found
+        .filter((f): f is typeof f & { subvolume: Subvolume } => f.subvolume !== undefined)
+        .sort((a, b) => compareSnapshots(
+          { name: a.name, time: a.parsed?.time ?? new Date(0), sequence: a.parsed?.sequence ?? 0 },
+          { name: b.name, time: b.parsed?.time ?? new Date(0), sequence: b.parsed?.sequence ?? 0 },
+        ))
+        .map((f): SnapshotInfo => ({
+          name: f.name,
+          time: f.parsed?.time,
+          // at the source a snapshot is complete once read-only; at a target once received whole
+          complete: onSource ? f.subvolume.readOnly : isReceived(f.subvolume),
+          health: 'ok',
+          path: join(dir, f.name),
+          identity: identityOf(f.subvolume),
+        })))
+  }
+
+  const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, dryRun, signal }) => {
+    const folder = folderOf(source)
+    const path = join(folder, name)
+    const argv = ['btrfs', 'subvolume', 'snapshot', '-r', source.location.path, path]
+    const planned: SnapshotInfo = { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path }
+    if (dryRun) return okAsync(planned)
+    return source.mkdir(folder, { recursive: true })
+      .andThen(() => source.exec(argv, signalOpt(signal)))
+      .andThen((r) => {
+        if (r.exitCode === 0) return ok(undefined)
+        if (/cross-device/i.test(r.stderr)) {
+          return err(bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the same btrfs filesystem as ${source.location.path}`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder)', { argv, stderr: r.stderr }))
+        }
+        return err(btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr))
+      })
+      .andThen(() => showSubvolume(source, path, signal))
+      .andThen((s) => (typeof s === 'string'
+        ? err(bbError('COMMAND_FAILED', `the snapshot ${path} is not there after btrfs subvolume snapshot`, 'check the source filesystem (dmesg)', { path }))
+        : ok({ ...planned, identity: identityOf(s) })))
+  }
+
+  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, snapshot)
+
+  /** `--proto` and `--compressed-data` both ends can take (snbk's rule: the lowest of kernel and both btrfs-progs). */
+  const sendFlags = async (source: Transport, target: Transport, signal: AbortSignal | undefined): Promise<Result<string[], BbError>> => {
+    const wanted = options.sendProtocol ?? 'auto'
+    let proto = wanted === 'auto' ? 2 : wanted
+    if (proto === 2) {
+      const [sv, tv] = await Promise.all([progsVersion(source, signal), progsVersion(target, signal)])
+      if (sv.isErr()) return err(sv.error)
+      if (tv.isErr()) return err(tv.error)
+      const kernel = (await source.readFile('/sys/fs/btrfs/features/send_stream_version')).unwrapOr(undefined)
+      const supported = atLeast(sv.value, PROTO2_PROGS) && atLeast(tv.value, PROTO2_PROGS) && Number(kernel ?? '1') >= 2
+      if (!supported) {
+        if (wanted === 2) {
+          return err(bbError('UNSUPPORTED', 'send protocol 2 was asked for, but the sending kernel or btrfs-progs on one end does not have it',
+            'use protocol 1 (the default picks the best both ends support), or upgrade: Linux 6.0 and btrfs-progs 6.0 on both ends'))
+        }
+        proto = 1
+      }
+    }
+    if (proto === 1) return ok(wanted === 'auto' ? [] : ['--proto', '1'])
+    return ok(['--proto', '2', ...(options.compressedData === false ? [] : ['--compressed-data'])])
+  }
+
+  const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> => new ResultAsync(runTransfer(input))
+
+  const runTransfer = async (input: TransferInput): Promise<Result<TransferOutcome, BbError>> => {
+    const { source, target, snapshot, sourceParent: parent, dryRun, signal } = input
+    const sent = input.sourceSnapshot
+    if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
+    const dir = target.location.path
+    const path = join(dir, snapshot)
+    const flags = await sendFlags(source, target, signal)
+    if (flags.isErr()) return err(flags.error)
+    const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
+    const receiveArgv = ['btrfs', 'receive', dir]
+    const commands: string[][] = [[...sendArgv(parent), '|', ...receiveArgv]]
+    const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: string[]): TransferOutcome => ({
+      snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings, commands,
+    })
+    if (dryRun) return ok(outcome(parent === undefined ? 'full' : 'incremental', 0, []))
+
+    // never receive over something: a stray subvolume with the planned name is refused, and kept
+    const there = await showSubvolume(target, path, signal)
+    if (there.isErr()) return err(there.error)
+    if (there.value !== 'missing') {
+      return err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+        `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
+    }
+
+    let first = await sendReceive({ source, target, sendArgv: sendArgv(parent), receiveArgv, signal, onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+    const warnings: string[] = []
+    let mode: 'full' | 'incremental' = parent === undefined ? 'full' : 'incremental'
+    if (first.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(first.error.details?.stderr ?? ''))) {
+      // the target lost the parent between listing and receiving, or an old kernel's stream was refused: one full send instead
+      const cleaned = await removeGarbled(target, path, signal, [])
+      if (cleaned.isErr()) return err(cleaned.error)
+      warnings.push(`the incremental send against ${parent.name} was refused by the target (${first.error.message}); sent in full instead`)
+      commands.push([...sendArgv(undefined), '|', ...receiveArgv])
+      mode = 'full'
+      first = await sendReceive({ source, target, sendArgv: sendArgv(undefined), receiveArgv, signal, onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+    }
+    if (first.isErr()) {
+      // what this call created and could not finish goes at once (the journal would remove it next run otherwise)
+      const cleaned = await removeGarbled(target, path, undefined, [])
+      if (cleaned.isErr()) return err(bbError(first.error.code, first.error.message, `${first.error.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, first.error.details))
+      return err(first.error)
+    }
+    // complete only when read-only with the received uuid of what was sent (btrbk checks the same)
+    const received = await showSubvolume(target, path, signal)
+    if (received.isErr()) return err(received.error)
+    const copy = received.value
+    const asInfo = (s: Subvolume): SnapshotInfo => ({ name: snapshot, time: undefined, complete: true, health: 'ok', path, identity: identityOf(s) })
+    if (typeof copy === 'string' || !isReceived(copy) || !sameSnapshot(sent, asInfo(copy)) || (mode === 'incremental' && copy.parentUuid === undefined)) {
+      if (typeof copy !== 'string' && isGarbled(copy)) await removeGarbled(target, path, undefined, [])
+      return err(bbError('TRANSFER_INCOMPLETE', `btrfs receive ended without error, but ${path} is not a complete copy of ${sent.path}`,
+        'run again (the copy is sent anew); if it repeats, check the kernel log (dmesg) of the target', { path }))
+    }
+    // committed before the journal forgets it: after a crash the target has it, or nothing
+    const synced = await target.exec(['btrfs', 'filesystem', 'sync', dir], signalOpt(signal))
+    if (synced.isErr()) return err(synced.error)
+    if (synced.value.exitCode !== 0) return err(btrfsFailure(`btrfs filesystem sync ${dir}`, synced.value.argv, synced.value.exitCode, synced.value.stderr))
+    return ok(outcome(mode, first.value.bytes, warnings))
+  }
+
+  /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
+  const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined, commands: string[][]): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
+    const s = await showSubvolume(at, path, signal)
+    if (s.isErr()) return err(s.error)
+    if (typeof s.value === 'string') return ok('gone')
+    if (!isGarbled(s.value)) return ok('kept')
+    const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', path]
+    commands.push(argv)
+    const r = await at.exec(argv, signalOpt(signal))
+    if (r.isErr()) return err(r.error)
+    if (r.value.exitCode !== 0) return err(btrfsFailure(`deleting the unfinished ${path}`, argv, r.value.exitCode, r.value.stderr))
+    // reference/reliability.md §1.9: the freed space shows only after the transaction is committed
+    await at.exec(['btrfs', 'filesystem', 'sync', posix.dirname(path)], signalOpt(signal))
+    return ok('removed')
+  }
+
+  const recover: Driver['recover'] = ({ target, entry, dryRun }) => {
+    const dir = target.location.path
+    // only ever a subvolume directly in this target: anything else is not ours to touch
+    if (posix.dirname(entry.partialPath) !== dir) return okAsync('gone' as const)
+    return showSubvolume(target, entry.partialPath).andThen((s): ResultAsync<'removed' | 'gone' | 'complete', BbError> => {
+      if (typeof s === 'string') return okAsync('gone')
+      if (isReceived(s)) return okAsync('complete')
+      if (!isGarbled(s)) {
+        return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is where a transfer was left unfinished, but it is not an unfinished receive (${s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'})`,
+          `bbackup never deletes what it cannot prove it created: look at it (btrfs subvolume show ${entry.partialPath}), move it away or delete it yourself, then run again`, { path: entry.partialPath }))
+      }
+      if (dryRun) return okAsync('removed')
+      return new ResultAsync(removeGarbled(target, entry.partialPath, undefined, [])).map((r) => (r === 'removed' ? 'removed' as const : 'gone' as const))
+    })
+  }
+
+  const deleteSnapshots: Driver['deleteSnapshots'] = ({ at, snapshots, dryRun, signal }) => {
+    if (snapshots.length === 0) return okAsync([])
+    for (const s of snapshots) {
+      if (!s.complete || s.identity?.readOnly !== true) {
+        return errAsync(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete read-only snapshot`, 'this is a bug in bbackup; please report it'))
+      }
+    }
+    // one command, one commit at the end (btrbk batches the same way)
+    const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', ...snapshots.map((s) => s.path)]
+    if (dryRun) return okAsync([argv])
+    return at.exec(argv, signalOpt(signal)).andThen((r) =>
+      r.exitCode === 0 ? ok([argv]) : err(btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)))
+  }
+
+  const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
+    new ResultAsync(runRestore(input))
+
+  const runRestore = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
+    const { from, to, snapshot, signal } = input
+    const dest = to.location.path
+    if (input.subpath !== '') return restorePath(input)
+    const landing = join(dest, snapshot.name)
+    const writable = `${landing}.writable`
+    const receiveArgv = ['btrfs', 'receive', dest]
+    const sendArgv = ['btrfs', 'send', '-q', snapshot.path]
+    const commands: string[][] = [[...sendArgv, '|', ...receiveArgv], ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
+    for (const p of [landing, ...(input.writable === true ? [writable] : [])]) {
+      const there = await to.stat(p)
+      if (there.isErr()) return err(there.error)
+      if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
+    }
+    if (input.dryRun) return ok({ commands })
+    const made = await to.mkdir(dest, { recursive: true })
+    if (made.isErr()) return err(made.error)
+    const probed = await probeTarget(to)
+    if (probed.isErr()) return err(probed.error)
+    const ran = await sendReceive({ source: from, target: to, sendArgv, receiveArgv, signal, onBytes: () => undefined })
+    if (ran.isErr()) {
+      await removeGarbled(to, landing, undefined, [])
+      return err(ran.error)
+    }
+    if (input.writable === true) {
+      // a snapshot of the received copy, never `property set ro false` (that would keep a stale received uuid)
+      const argv = ['btrfs', 'subvolume', 'snapshot', landing, writable]
+      const r = await to.exec(argv, signalOpt(signal))
+      if (r.isErr()) return err(r.error)
+      if (r.value.exitCode !== 0) return err(btrfsFailure(`making ${writable}`, argv, r.value.exitCode, r.value.stderr))
+    }
+    return ok({ commands })
+  }
+
+  /** One path out of a backup: copied with reflinks where both are on the same filesystem. */
+  const restorePath = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
+    if (input.from.location.kind !== 'local' || input.to.location.kind !== 'local') {
+      return err(bbError('UNSUPPORTED', 'restoring one path of a btrfs backup works between local paths only', 'restore the whole backup (no --path), or run bbackup on the machine that has the backup'))
+    }
+    if (input.subpath.split('/').includes('..')) return err(bbError('INVALID_OPTIONS', `the path ${input.subpath} leaves the backup`, 'name a path inside the backup, without ..'))
+    const sub = posix.normalize(`/${input.subpath}`).slice(1).replace(/\/+$/, '')
+    const from = join(input.snapshot.path, sub)
+    const landing = join(input.to.location.path, posix.basename(sub))
+    const found = await input.from.stat(from)
+    if (found.isErr()) return err(found.error)
+    if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'give a path relative to the top of the backup', { path: from }))
+    const there = await input.to.stat(landing)
+    if (there.isErr()) return err(there.error)
+    if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${landing} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: landing }))
+    const argv = ['cp', '-a', '--reflink=auto', '--', from, landing]
+    if (input.dryRun) return ok({ commands: [argv] })
+    const made = await input.to.mkdir(input.to.location.path, { recursive: true })
+    if (made.isErr()) return err(made.error)
+    const r = await input.to.exec(argv, signalOpt(input.signal))
+    if (r.isErr()) return err(r.error)
+    if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `cp failed to restore ${sub} (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+    return ok({ commands: [argv] })
+  }
+
+  /**
+   * A backup is checked as btrbk checks a receive (read-only, received uuid of its source
+   * snapshot), then its content is compared by checksum with that source snapshot while it exists.
+   */
+  const verify = (input: VerifyInput): ResultAsync<VerifyOutcome, BbError> => new ResultAsync((async (): Promise<Result<VerifyOutcome, BbError>> => {
+    const { snapshot, signal } = input
+    const differences: string[] = []
+    const notes: string[] = []
+    const copy = await showSubvolume(input.target, snapshot.path, signal)
+    if (copy.isErr()) return err(copy.error)
+    if (typeof copy.value === 'string' || !isReceived(copy.value)) differences.push(`${snapshot.path}: not a complete received subvolume (read-only with a received uuid)`)
+    const original = join(folderOf(input.source), snapshot.name)
+    const src = await showSubvolume(input.source, original, signal)
+    if (src.isErr()) return err(src.error)
+    if (typeof src.value === 'string') {
+      notes.push(`the source snapshot ${original} no longer exists: the content was not compared`)
+    } else {
+      if (typeof copy.value !== 'string' && copy.value.receivedUuid !== src.value.uuid && copy.value.receivedUuid !== src.value.receivedUuid) {
+        differences.push(`${snapshot.path}: received from ${copy.value.receivedUuid ?? 'nothing'}, not from ${original} (${src.value.uuid})`)
+      }
+      if (input.source.location.kind === 'local' && input.target.location.kind === 'local') {
+        const argv = ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', `${original}/`, `${snapshot.path}/`]
+        const r = await input.source.exec(argv, signalOpt(signal))
+        if (r.isErr() && r.error.code === 'TOOL_MISSING') notes.push('rsync is not installed: the content was not compared (apt-get install rsync)')
+        else if (r.isErr()) return err(r.error)
+        else if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+        else {
+          for (const line of r.value.stdout.split('\n').filter((l) => l.trim() !== '')) {
+            // a nested subvolume is not part of a snapshot: it shows there as an empty stub directory (inode 2) that send leaves out
+            const created = /^cd\+{9} (.*?)\/?$/.exec(line)
+            if (created?.[1] !== undefined && (await input.source.stat(join(original, created[1]))).unwrapOr(undefined)?.inode === 2) continue
+            differences.push(line)
+          }
+          notes.push(`content compared by checksum with ${original}`)
+        }
+      } else notes.push('the content is compared only when source and target are on this host')
+    }
+    return ok({ snapshot: snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
+  })())
+
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
+}
+
+const identityOf = (s: Subvolume): SnapshotIdentity => ({
+  uuid: s.uuid,
+  ...(s.receivedUuid === undefined ? {} : { receivedUuid: s.receivedUuid }),
+  ...(s.parentUuid === undefined ? {} : { parentUuid: s.parentUuid }),
+  readOnly: s.readOnly,
+})
+
+/** Runs `f` over `items`, at most `width` at a time, keeping their order; the first error wins. */
+const inBatches = <T, U>(items: readonly T[], width: number, f: (item: T) => ResultAsync<U, BbError>): ResultAsync<U[], BbError> =>
+  new ResultAsync((async (): Promise<Result<U[], BbError>> => {
+    const out: U[] = []
+    for (let i = 0; i < items.length; i += width) {
+      const batch = await ResultAsync.combine(items.slice(i, i + width).map(f))
+      if (batch.isErr()) return err(batch.error)
+      out.push(...batch.value)
+    }
+    return ok(out)
+  })())
+
+
