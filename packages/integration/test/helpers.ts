@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Job, RetentionSettings } from '@bb/core'
+import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 
@@ -16,11 +17,23 @@ export const rsyncJob = (p: { source: string; targets: readonly string[]; state:
   ...(p.retention === undefined ? {} : { retention: p.retention }),
 })
 
+/** A job over local paths with the btrfs driver (snapshots in `<source>/.snapshots`, prefix `home.`). */
+export const btrfsJob = (p: { source: string; targets: readonly string[]; state: string; retention?: RetentionSettings; driver?: BtrfsDriverOptions; prefix?: string }): Job => ({
+  driver: btrfsDriver(p.driver ?? {}),
+  source: localTransport(p.source),
+  targets: p.targets.map((t) => localTransport(t)),
+  state: { transport: localTransport(p.state), directory: p.state },
+  prefix: p.prefix ?? 'home.',
+  ...(p.retention === undefined ? {} : { retention: p.retention }),
+})
+
 /** Runs a TypeScript file of this package in a child Node, resolving our packages to source. */
-export const spawnTs = (file: string, args: readonly string[]): ChildProcess =>
+export const spawnTs = (file: string, args: readonly string[], options: { readonly detached?: boolean } = {}): ChildProcess =>
   spawn(process.execPath, ['--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test', file), ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    // its own process group: a test can kill it with every command it started (a power cut, an OOM kill of the cgroup)
+    detached: options.detached ?? false,
   })
 
 /** Resolves with the exit code (or signal) of a child, collecting its output. */

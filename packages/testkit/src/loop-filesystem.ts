@@ -12,6 +12,15 @@ export interface LoopFilesystem {
 
 const run = (file: string, args: readonly string[]): string => execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
 
+const isMounted = (path: string): boolean => {
+  try {
+    run('mountpoint', ['-q', path])
+    return true
+  } catch {
+    return false
+  }
+}
+
 /**
  * A real filesystem of `sizeMiB` in an image file, loop-mounted (root only). A failure half way
  * undoes what was done; `cleanup` undoes the rest even after a failed test.
@@ -27,7 +36,8 @@ export const mountLoopFilesystem = async (options: { readonly type: 'ext4' | 'bt
       try {
         run('umount', [mountPoint])
       } catch {
-        run('umount', ['-l', mountPoint])
+        // a test may have unmounted it already (an unplugged disk); else it is busy
+        if (isMounted(mountPoint)) run('umount', ['-l', mountPoint])
       }
       mounted = false
     }

@@ -66,6 +66,9 @@ export interface BackupOptions extends RunOptions {
   readonly snapshot?: boolean
 }
 
+/** Transfers that fail with these wrote nothing at the target. */
+const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS'])
+
 const failedTarget = (target: string, startedMs: number, error: BbError, partial: Partial<TargetReport> = {}): TargetReport => ({
   target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
@@ -347,6 +350,11 @@ const sendSnapshots = async (
     })
     if (transferred.isErr()) {
       emit({ type: 'transfer-failed', target: where, snapshot: name, error: transferred.error })
+      if (!dryRun && REFUSED_BEFORE_WRITING.has(transferred.error.code)) {
+        // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
+        const cleared = await removeJournalEntry(job.state.transport, path, entry)
+        if (cleared.isErr()) return failedTarget(where, started, cleared.error, soFar)
+      }
       return failedTarget(where, started, transferred.error, soFar)
     }
     const outcome = transferred.value

@@ -84,21 +84,25 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     })
   }
 
-  /** The target directory must exist on btrfs, or its parent must (then it is created): a missing parent often means an unmounted disk. */
+  /**
+   * The target directory must be on btrfs. A missing one is created only when its parent is on
+   * btrfs: a parent on another filesystem is most often the mount point of a disk that is not mounted.
+   */
   const probeTarget = (target: Transport): ResultAsync<void, BbError> => {
     const dir = target.location.path
+    const fsType = (path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
+    const notBtrfs = (type: string, path: string): BbError => bbError('TARGET_NOT_BTRFS', `the target ${path} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: btrfs receive needs one`,
+      'is the backup disk mounted? Give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir })
     return target.stat(dir).andThen((s): ResultAsync<void, BbError> => {
-      if (s?.kind === 'directory') return okAsync(undefined)
+      if (s?.kind === 'directory') return fsType(dir).andThen((type) => (type === 'btrfs' ? okAsync(undefined) : errAsync(notBtrfs(type, dir))))
       if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory on a btrfs filesystem to receive the backups in', { path: dir }))
-      return target.stat(posix.dirname(dir)).andThen((parent) =>
-        parent?.kind === 'directory'
-          ? target.mkdir(dir)
-          : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
-    }).andThen(() => target.exec(['stat', '-f', '-c', '%T', dir])).andThen((r) => {
-      const type = r.stdout.trim()
-      if (r.exitCode === 0 && type === 'btrfs') return ok(undefined)
-      return err(bbError('TARGET_NOT_BTRFS', `the target ${dir} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: btrfs receive needs one`,
-        'give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir }))
+      const parent = posix.dirname(dir)
+      return target.stat(parent).andThen((p): ResultAsync<void, BbError> => {
+        if (p?.kind !== 'directory') {
+          return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
+        }
+        return fsType(parent).andThen((type) => (type === 'btrfs' ? target.mkdir(dir) : errAsync(notBtrfs(type, parent))))
+      })
     })
   }
 

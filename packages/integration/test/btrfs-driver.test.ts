@@ -1,0 +1,283 @@
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { backup, list, prune, readJournal, restore, type BackupReport, type BbError, type Job } from '@bb/core'
+import { parseSubvolumeShow, type Subvolume } from '@bb/drivers/btrfs'
+import { mountLoopFilesystem, requireTools, treeManifest, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
+import { btrfsJob, finished, spawnTs, waitFor } from './helpers.js'
+
+const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+const at = (iso: string) => () => new Date(iso)
+const btrfs = (...args: string[]): string => execFileSync('btrfs', args, { encoding: 'utf8' })
+const show = (path: string): Subvolume => {
+  const s = parseSubvolumeShow(btrfs('subvolume', 'show', path))
+  if (s === undefined) throw new Error(`${path} is not a subvolume`)
+  return s
+}
+const exists = async (path: string): Promise<boolean> => (await stat(path).catch(() => undefined)) !== undefined
+const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('home.')).sort()
+/** the data of a tree, without the snapshot folder (nested subvolumes are not part of a snapshot) */
+const content = async (dir: string): Promise<Record<string, string>> =>
+  Object.fromEntries(Object.entries(await treeManifest(dir)).filter(([k]) => !k.startsWith('.snapshots')))
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: true }))('btrfs driver against real btrfs', () => {
+  let fs: LoopFilesystem
+  let source: string
+  let targetA: string
+  let state: string
+  const extra: LoopFilesystem[] = []
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    source = join(fs.mountPoint, 'home')
+    targetA = join(fs.mountPoint, 'backup-a')
+    state = join(fs.mountPoint, 'state')
+    btrfs('subvolume', 'create', source)
+    await writeTree(source, { 'alice/a.txt': 'alpha\n', 'alice/deep/b.bin': randomBytes(300_000), 'bob/c.txt': 'charlie\n' })
+  })
+  afterEach(async () => {
+    for (const f of extra.splice(0)) await f.cleanup()
+    await fs.cleanup()
+  })
+
+  it('sends in full, then incrementally; the received chain is valid and equals the source', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    const first: BackupReport = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T100000Z', mode: 'full' })
+    await writeFile(join(source, 'alice/a.txt'), 'alpha changed\n')
+    await rm(join(source, 'bob'), { recursive: true })
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T110000Z', mode: 'incremental', parent: 'home.2026-11-23T100000Z' })
+    expect(second.targets[0]?.bytes).toBeGreaterThan(0)
+    expect(second.targets[0]?.bytes).toBeLessThan(100_000) // the 300 kB file was not sent again
+
+    for (const name of ['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z']) {
+      const snap = show(join(source, '.snapshots', name))
+      const copy = show(join(targetA, name))
+      expect(snap.readOnly).toBe(true)
+      expect(copy.readOnly).toBe(true)
+      expect(copy.receivedUuid).toBe(snap.uuid)
+      expect(await content(join(targetA, name))).toEqual(await content(join(source, '.snapshots', name)))
+    }
+    // the incremental was received as a snapshot of the first backup
+    expect(show(join(targetA, 'home.2026-11-23T110000Z')).parentUuid).toBe(show(join(targetA, 'home.2026-11-23T100000Z')).uuid)
+    expect(await content(join(targetA, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
+    expect(await readFile(join(targetA, 'home.2026-11-23T100000Z/alice/a.txt'), 'utf8')).toBe('alpha\n')
+    expect((await readJournal(localTransport(state), join(state, 'journal.json')))._unsafeUnwrap().entries).toEqual([])
+  })
+
+  it('a target that was offline catches up incrementally, oldest first; the other is not held back', async () => {
+    const b = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    extra.push(b)
+    const targetB = join(b.mountPoint, 'backups')
+    const job = btrfsJob({ source, targets: [targetA, targetB], state })
+    const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.failed).toBe(0)
+
+    execFileSync('umount', [b.mountPoint]) // the disk is unplugged
+    await writeFile(join(source, 'alice/a.txt'), 'second\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.failed).toBe(1)
+    expect(second.targets.find((t) => t.target === targetA)).toMatchObject({ ok: true, mode: 'incremental' })
+    expect(second.targets.find((t) => t.target === targetB)?.error?.code).toBe('TARGET_NOT_BTRFS')
+    expect(await exists(targetB)).toBe(false) // nothing was created on the empty mount point
+
+    // plugged in again: both missed snapshots go there, each incremental against the one before
+    execFileSync('mount', ['-o', 'loop', join(b.mountPoint, '../fs.img'), b.mountPoint])
+    await writeFile(join(source, 'alice/a.txt'), 'third\n')
+    const third = ok(await backup(job, { now: at('2026-11-23T12:00:00Z') }))
+    expect(third.failed).toBe(0)
+    const atB = third.targets.find((t) => t.target === targetB)
+    expect(atB?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([
+      ['home.2026-11-23T110000Z', 'incremental', 'home.2026-11-23T100000Z'],
+      ['home.2026-11-23T120000Z', 'incremental', 'home.2026-11-23T110000Z'],
+    ])
+    expect(third.targets.find((t) => t.target === targetA)?.sent.map((s) => s.snapshot)).toEqual(['home.2026-11-23T120000Z'])
+    expect(await names(targetB)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+    expect(await readFile(join(targetB, 'home.2026-11-23T110000Z/alice/a.txt'), 'utf8')).toBe('second\n')
+  })
+
+  it('after kill -9 mid-send: no stale lock blocks, the unfinished receive is removed and sent again from the same parent (scenario 2)', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const parent = show(join(targetA, 'home.2026-11-23T100000Z'))
+    await writeFile(join(source, 'big.bin'), randomBytes(160 * 1024 * 1024))
+
+    const child = spawnTs('fixtures/run-btrfs-backup.ts', [source, targetA, state, '2026-11-23T11:00:00Z'], { detached: true })
+    const done = finished(child)
+    const partial = join(targetA, 'home.2026-11-23T110000Z')
+    await waitFor(() => exists(partial), 30_000)
+    // bbackup, btrfs send and btrfs receive at once, as a power cut would
+    process.kill(-child.pid!, 'SIGKILL')
+    expect((await done).signal).toBe('SIGKILL')
+    await waitFor(async () => { try { execFileSync('pgrep', ['-f', `btrfs receive ${targetA}`]); return false } catch { return true } }, 10_000)
+
+    const garbled = show(partial)
+    expect(garbled.readOnly).toBe(false)
+    expect(garbled.receivedUuid).toBeUndefined()
+    const pending = (await readJournal(localTransport(state), join(state, 'journal.json')))._unsafeUnwrap().entries
+    expect(pending.map((e) => [e.snapshot, e.parent])).toEqual([['home.2026-11-23T110000Z', 'home.2026-11-23T100000Z']])
+
+    // no new snapshot: the killed run's snapshot is the one the target lacks
+    const events: string[] = []
+    const again = ok(await backup(job, { now: at('2026-11-23T11:30:00Z'), snapshot: false, onEvent: (e) => { if (e.type === 'recovered' || e.type === 'lock-taken-over') events.push(e.type) } }))
+    expect(events).toEqual(['lock-taken-over', 'recovered'])
+    expect(again.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T110000Z', mode: 'incremental', parent: 'home.2026-11-23T100000Z', recovered: [{ snapshot: 'home.2026-11-23T110000Z', action: 'removed' }] })
+    const copy = show(partial)
+    expect(copy.readOnly).toBe(true)
+    expect(copy.receivedUuid).toBe(show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid)
+    expect(copy.parentUuid).toBe(parent.uuid)
+    expect(show(join(targetA, 'home.2026-11-23T100000Z')).uuid).toBe(parent.uuid) // the complete backup was never touched
+  }, 90_000)
+
+  it('a full 128 MiB target: DISK_FULL, the unfinished receive is gone with its space, older backups intact; it succeeds once the data fits (scenario 3)', async () => {
+    const small = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 128 })
+    extra.push(small)
+    const target = join(small.mountPoint, 'backups')
+    const job = btrfsJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const before = await content(join(target, 'home.2026-11-23T100000Z'))
+    const free = (): number => Number(execFileSync('df', ['--output=avail', '-B1', small.mountPoint], { encoding: 'utf8' }).split('\n')[1])
+    const freeBefore = free()
+
+    await writeFile(join(source, 'big.bin'), randomBytes(140 * 1024 * 1024))
+    const full = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(full.targets[0]?.ok).toBe(false)
+    expect((full.targets[0]?.error as BbError).code).toBe('DISK_FULL')
+    expect(await names(target)).toEqual(['home.2026-11-23T100000Z'])
+    expect(await content(join(target, 'home.2026-11-23T100000Z'))).toEqual(before)
+    expect(Math.abs(free() - freeBefore) / freeBefore).toBeLessThan(0.05)
+    // the source snapshot it could not send is kept: it is the parent the journal still names, or the next to send
+    expect(await names(join(source, '.snapshots'))).toContain('home.2026-11-23T110000Z')
+
+    // a bigger disk: grow the image, then the filesystem
+    const device = execFileSync('findmnt', ['-n', '-o', 'SOURCE', small.mountPoint], { encoding: 'utf8' }).trim()
+    execFileSync('truncate', ['-s', '400M', join(small.mountPoint, '../fs.img')])
+    execFileSync('losetup', ['-c', device])
+    btrfs('filesystem', 'resize', 'max', small.mountPoint)
+    const after = ok(await backup(job, { now: at('2026-11-23T12:00:00Z') }))
+    expect(after.failed).toBe(0)
+    expect(after.targets[0]?.sent.map((s) => [s.snapshot, s.mode])).toEqual([['home.2026-11-23T110000Z', 'incremental'], ['home.2026-11-23T120000Z', 'incremental']])
+    expect(await content(join(target, 'home.2026-11-23T120000Z'))).toEqual(await content(source))
+  }, 90_000)
+
+  it('refuses a complete stray subvolume with the planned name and deletes nothing (scenario 4)', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    // a snapshot is taken but not sent; then something else appears at the target under its name
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z'), transfer: false }))
+    await mkdir(targetA, { recursive: true })
+    const stray = join(targetA, 'home.2026-11-23T100000Z')
+    btrfs('subvolume', 'create', stray)
+    await writeFile(join(stray, 'precious.txt'), 'not ours\n')
+    btrfs('property', 'set', stray, 'ro', 'true')
+    const r = ok(await backup(job, { now: at('2026-11-23T10:30:00Z'), snapshot: false }))
+    expect(r.targets[0]?.ok).toBe(false)
+    expect(r.targets[0]?.error?.code).toBe('STRAY_SUBVOLUME')
+    expect(await readFile(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
+    // a writable one (it looks like an unfinished receive) that the journal knows nothing of is not ours either
+    btrfs('property', 'set', stray, 'ro', 'false')
+    const r2 = ok(await backup(job, { now: at('2026-11-23T10:40:00Z'), snapshot: false }))
+    expect(r2.targets[0]?.error?.code).toBe('STRAY_SUBVOLUME')
+    expect(r2.targets[0]?.error?.message).toMatch(/unfinished receive bbackup has no record of/)
+    expect(await readFile(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
+    // a new snapshot never takes a name that is in use at a target
+    const r3 = ok(await backup(job, { now: at('2026-11-23T10:00:00Z'), transfer: false }))
+    expect(r3.snapshot).toBe('home.2026-11-23T100000Z_1')
+  })
+
+  it('when the newest common snapshot is deleted at the target or at the source, the next older pair is the parent (scenario 5)', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    for (const hour of [10, 11, 12]) {
+      await writeFile(join(source, 'alice/a.txt'), `hour ${hour}\n`)
+      ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    }
+    btrfs('subvolume', 'delete', join(targetA, 'home.2026-11-23T120000Z'))
+    const r = ok(await backup(job, { now: at('2026-11-23T13:00:00Z') }))
+    expect(r.targets[0]?.sent.map((s) => [s.snapshot, s.parent])).toEqual([
+      ['home.2026-11-23T120000Z', 'home.2026-11-23T110000Z'],
+      ['home.2026-11-23T130000Z', 'home.2026-11-23T120000Z'],
+    ])
+    btrfs('subvolume', 'delete', join(source, '.snapshots/home.2026-11-23T130000Z'))
+    const r2 = ok(await backup(job, { now: at('2026-11-23T14:00:00Z') }))
+    expect(r2.targets[0]?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([['home.2026-11-23T140000Z', 'incremental', 'home.2026-11-23T120000Z']])
+    expect(await content(join(targetA, 'home.2026-11-23T140000Z'))).toEqual(await content(source))
+  })
+
+  it('a cancel mid-send (SIGINT) stops cleanly: nothing unfinished is left, the lock is free, the next run sends it', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    await writeFile(join(source, 'big.bin'), randomBytes(160 * 1024 * 1024))
+    const controller = new AbortController()
+    const partial = join(targetA, 'home.2026-11-23T110000Z')
+    const running = backup(job, { now: at('2026-11-23T11:00:00Z'), signal: controller.signal })
+    await waitFor(() => exists(partial), 30_000)
+    controller.abort()
+    const r = await running
+    expect(r.isErr() && r.error.code).toBe('CANCELLED')
+    expect(await exists(partial)).toBe(false)
+    expect(await exists(join(state, 'lock'))).toBe(false)
+    const next = ok(await backup(job, { now: at('2026-11-23T11:30:00Z'), snapshot: false }))
+    expect(next.targets[0]?.sent.map((s) => [s.snapshot, s.mode])).toEqual([['home.2026-11-23T110000Z', 'incremental']])
+  }, 90_000)
+
+  it('retention: btrbk windows on real snapshots; the parent of an offline target is pinned at the source', async () => {
+    const b = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    extra.push(b)
+    const targetB = join(b.mountPoint, 'backups')
+    const retention = { source: { keepLast: 1 }, target: { preserveMin: 'no', preserve: '3h' }, timeZone: 'UTC' } as const
+    const job: Job = btrfsJob({ source, targets: [targetA, targetB], state, retention })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    execFileSync('umount', [b.mountPoint])
+    for (const hour of [11, 12, 13, 14]) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    // the source keeps its newest and the one targetB holds (10:00), whatever keepLast says
+    expect(await names(join(source, '.snapshots'))).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T140000Z'])
+    // btrbk "3h" at 14:00: the first snapshot of each hour up to 3 hours back (delta <= 3) stays; 10:00 goes
+    expect(await names(targetA)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z', 'home.2026-11-23T130000Z', 'home.2026-11-23T140000Z'])
+
+    execFileSync('mount', ['-o', 'loop', join(b.mountPoint, '../fs.img'), b.mountPoint])
+    const back = ok(await backup(job, { now: at('2026-11-23T15:00:00Z') }))
+    expect(back.targets.find((t) => t.target === targetB)?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([
+      ['home.2026-11-23T140000Z', 'incremental', 'home.2026-11-23T100000Z'],
+      ['home.2026-11-23T150000Z', 'incremental', 'home.2026-11-23T140000Z'],
+    ])
+    // once targetB has caught up, its old parent is no longer pinned
+    expect(await names(join(source, '.snapshots'))).toEqual(['home.2026-11-23T150000Z'])
+    const pruned = ok(await prune(job, { dryRun: true, now: at('2026-11-23T15:00:00Z') }))
+    expect(pruned.flatMap((p) => p.deleted)).toEqual([])
+    const lists = ok(await list(job))
+    expect(lists.map((l) => l.side)).toEqual(['source', 'target', 'target'])
+  }, 60_000)
+
+  it('restores a backup as a new read-only snapshot, and a writable one to swap in; never over an existing one', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const into = localTransport(join(fs.mountPoint, 'restored'))
+    const r = ok(await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: into, writable: true }))
+    expect(r.snapshot).toBe('home.2026-11-23T100000Z')
+    const restored = join(fs.mountPoint, 'restored/home.2026-11-23T100000Z')
+    expect(show(restored).readOnly).toBe(true)
+    const writable = show(`${restored}.writable`)
+    expect(writable.readOnly).toBe(false)
+    expect(writable.receivedUuid).toBeUndefined()
+    expect(await content(`${restored}.writable`)).toEqual(await content(source))
+    const again = await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: into })
+    expect(again.isErr() && again.error.code).toBe('ALREADY_EXISTS')
+  })
+
+  it('probes with errors that name the fix: a plain directory as source, a target not on btrfs', async () => {
+    const plain = join(fs.mountPoint, 'plain')
+    await mkdir(plain)
+    const r = await backup(btrfsJob({ source: plain, targets: [targetA], state }))
+    expect(r.isErr() && r.error.code).toBe('SOURCE_NOT_SUBVOLUME')
+    expect(r.isErr() && r.error.hint).toMatch(/btrfs subvolume create/)
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 32 })
+    extra.push(ext4)
+    const r2 = ok(await backup(btrfsJob({ source, targets: [join(ext4.mountPoint, 'backups')], state }), { now: at('2026-11-23T10:00:00Z') }))
+    expect(r2.targets[0]?.error?.code).toBe('TARGET_NOT_BTRFS')
+  })
+})
