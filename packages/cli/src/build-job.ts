@@ -1,6 +1,6 @@
 import { readdir, stat } from 'node:fs/promises'
-import { basename, join } from 'node:path'
-import { bbError, defaultStateDir, jobId, parseLocation, parseSnapshotName, type BbError, type Job, type Transport } from '@bb/core'
+import { basename, join, resolve } from 'node:path'
+import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Transport } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import type { DriverChoice, JobSpec } from './config.js'
 
@@ -69,7 +69,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   const targetTransports = targets.map((t) => localTransport(t.path))
   // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets
   const id = spec.name ?? jobId(sourceTransport, driverName === 'btrfs' ? [] : targetTransports)
-  const stateDirectory = spec.stateDir ?? (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
+  const stateDirectory = spec.stateDir !== undefined ? resolve(options.cwd, spec.stateDir) : (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
   // several sources can share a target: btrfs names say whose they are (btrbk does the same)
   const prefix = spec.prefix ?? (driverName === 'btrfs' ? `${basename(source.value.path) || 'root'}.` : undefined)
   return ok({
@@ -84,4 +84,25 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }),
     },
   })
+}
+
+/**
+ * btrfs-backup's `--locked-dests`: the job's targets plus every target the journal has a pending
+ * transfer to, so that each is retried.
+ */
+export const withJournalledTargets = async (job: Job): Promise<Result<Job, BbError>> => {
+  const journal = await readJournal(job.state.transport, join(job.state.directory, 'journal.json'))
+  if (journal.isErr()) return err(journal.error)
+  const known = new Set(job.targets.map((t) => formatLocation(t.location)))
+  const { localTransport } = await import('@bb/transports/local')
+  const added: Transport[] = []
+  for (const entry of journal.value.entries) {
+    if (known.has(entry.target)) continue
+    const location = parseLocation(entry.target, { cwd: '/' })
+    if (location.isErr()) return err(location.error)
+    if (location.value.kind !== 'local') return err(bbError('UNSUPPORTED', `the journal names ${entry.target}, which is not a local path`, 'give it on the command line when remote targets are available'))
+    known.add(entry.target)
+    added.push(localTransport(location.value.path))
+  }
+  return ok({ ...job, targets: [...job.targets, ...added] })
 }

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
-import { backup, bbError, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
 import type { ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver } from './build-job.js'
+import { buildJob, detectBackupDriver, withJournalledTargets } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
@@ -37,6 +37,10 @@ interface CommonOptions {
   numSnapshots?: string
   sendProtocol?: string
   compressedData?: boolean
+  snapshot?: boolean
+  transfer?: boolean
+  lockedDests?: boolean
+  removeLocks?: boolean
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
@@ -160,7 +164,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let specs: JobSpec[]
     let configStateDir: string | undefined
     if (source !== undefined) {
-      if (targets.length === 0) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
+      if (targets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
       specs = [{
         source, targets, exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
@@ -207,15 +211,34 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     process.once('SIGTERM', onSignal)
     let code: number = EXIT.ok
     const reports = []
+    // run's --no-snapshot / --no-transfer (btrfs-backup's flags) narrow its stages
+    const wanted = { ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}) }
     try {
-      for (const job of resolved.jobs) {
+      for (const listed of resolved.jobs) {
+        let job = listed
+        if (options.removeLocks === true) {
+          const forgotten = await forgetPending(job, { targets: job.targets.map((t) => formatLocation(t.location)), dryRun: options.dryRun === true })
+          if (forgotten.isErr()) {
+            code = Math.max(code, fail(forgotten.error, options).code)
+            continue
+          }
+          for (const e of forgotten.value) if (verbosity >= 0 && options.json !== true) io.stderr(`forgot the pending transfer of ${e.snapshot} to ${e.target}\n`)
+        }
+        if (options.lockedDests === true) {
+          const widened = await withJournalledTargets(job)
+          if (widened.isErr()) {
+            code = Math.max(code, fail(widened.error, options).code)
+            continue
+          }
+          job = widened.value
+        }
         if (stages.snapshot === true && !job.driver.snapshotsSource) {
           code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
           continue
         }
         const w = waitSeconds(options)
         const r = await backup(job, {
-          ...stages,
+          ...wanted,
           dryRun: options.dryRun === true,
           signal: controller.signal,
           onEvent: options.json === true ? () => undefined : eventRenderer(io, verbosity),
@@ -258,9 +281,17 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
-    jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
+    const command = jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
       .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
+      .option('--locked-dests', 'also retry every target the journal has an unfinished transfer to (btrfs-backup)')
+      .option('--remove-locks', 'forget the unfinished transfers to the given targets first, leaving the targets as they are (btrfs-backup); only when nothing unfinished is left there')
+    if (name === 'run') {
+      command
+        .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
+        .option('--no-transfer', 'send nothing: snapshot and prune only')
+    }
+    command
       .addHelpText('after', EXAMPLES[name] ?? '')
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         outcome = await runJobs(source, targets, options, stages)

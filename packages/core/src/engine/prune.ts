@@ -1,7 +1,7 @@
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import type { SnapshotInfo } from '../driver/driver.js'
 import type { BbError } from '../errors.js'
-import { readJournal } from '../journal/journal.js'
+import { readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import { planRetention, type Protection, type RetentionDecision } from '../retention/plan.js'
@@ -107,3 +107,23 @@ export const withJobLock = async <T>(job: Job, options: RunOptions, body: () => 
     await lock.value.release()
   }
 }
+
+/**
+ * Forgets the pending transfers to `targets` (all of them when omitted) without touching the
+ * targets: btrfs-backup's `--remove-locks`. Only for when you know no unfinished copy is left
+ * there; the snapshots they protected can then be pruned.
+ * @example
+ * forgetPending(job, { targets: ['/mnt/backup'] }).map((forgotten) => forgotten.length)
+ */
+export const forgetPending = (job: Job, options: RunOptions & { readonly targets?: readonly string[] } = {}): ResultAsync<JournalEntry[], BbError> =>
+  new ResultAsync(withJobLock(job, options, async () => {
+    const journal = await readJournal(job.state.transport, journalPath(job))
+    if (journal.isErr()) return err(journal.error)
+    const doomed = journal.value.entries.filter((e) => options.targets === undefined || options.targets.includes(e.target))
+    if (options.dryRun === true) return ok(doomed)
+    for (const entry of doomed) {
+      const r = await removeJournalEntry(job.state.transport, journalPath(job), entry)
+      if (r.isErr()) return err(r.error)
+    }
+    return ok(doomed)
+  }))
