@@ -102,6 +102,26 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await readFile(join(targetB, 'home.2026-11-23T110000Z/alice/a.txt'), 'utf8')).toBe('second\n')
   })
 
+  it('targets that share the parent get one send feeding both; a target that fills up fails alone', async () => {
+    const small = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 128 })
+    extra.push(small)
+    const targetS = join(small.mountPoint, 'backups')
+    const job = btrfsJob({ source, targets: [targetA, targetS], state })
+    const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.failed).toBe(0)
+    // the first (full) send went to both from one btrfs send
+    for (const t of first.targets) expect(t.commands[0]?.filter((w) => w === 'send')).toHaveLength(1)
+    expect(first.targets[0]?.commands[0]).toContain('tee')
+    expect(first.targets[0]?.commands).toEqual(first.targets[1]?.commands)
+
+    await writeFile(join(source, 'big.bin'), randomBytes(140 * 1024 * 1024))
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.targets.map((t) => [t.target, t.ok, t.error?.code])).toEqual([[targetA, true, undefined], [targetS, false, 'DISK_FULL']])
+    expect(show(join(targetA, 'home.2026-11-23T110000Z')).receivedUuid).toBe(show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid)
+    expect(await exists(join(targetS, 'home.2026-11-23T110000Z'))).toBe(false)
+    expect(await content(join(targetA, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
+  }, 60_000)
+
   it('after kill -9 mid-send: no stale lock blocks, the unfinished receive is removed and sent again from the same parent (scenario 2)', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
@@ -148,7 +168,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     await writeFile(join(source, 'big.bin'), randomBytes(140 * 1024 * 1024))
     const full = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
     expect(full.targets[0]?.ok).toBe(false)
-    expect((full.targets[0]?.error as BbError).code).toBe('DISK_FULL')
+    expect((full.targets[0]?.error as BbError).code, JSON.stringify(full.targets[0]?.error)).toBe('DISK_FULL')
     expect(await names(target)).toEqual(['home.2026-11-23T100000Z'])
     expect(await content(join(target, 'home.2026-11-23T100000Z'))).toEqual(before)
     expect(Math.abs(free() - freeBefore) / freeBefore).toBeLessThan(0.05)

@@ -1,4 +1,4 @@
-import type { ResultAsync } from 'neverthrow'
+import type { Result, ResultAsync } from 'neverthrow'
 import type { BbError } from '../errors.js'
 import type { JournalEntry } from '../journal/journal.js'
 import type { Transport } from '../transport/transport.js'
@@ -63,6 +63,11 @@ export interface TransferInput {
   readonly onEvent: (event: BackupEvent) => void
 }
 
+/** One snapshot to several targets that all hold its parent: the source is read once. */
+export interface SharedTransferInput extends Omit<TransferInput, 'target' | 'parent' | 'resume'> {
+  readonly targets: readonly { readonly target: Transport; readonly parent: SnapshotInfo | undefined }[]
+}
+
 export interface RestoreInput {
   readonly from: Transport
   readonly snapshot: SnapshotInfo
@@ -116,6 +121,8 @@ export interface Driver {
   /** Where a transfer of `snapshot` to `target` leaves its copy until it is complete (journalled before it starts). */
   partialPath(input: { readonly target: Transport; readonly snapshot: string }): string
   transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>
+  /** Optional: one stream to several targets at once (btrfs: one `btrfs send` feeds them all); one result per target, in order. */
+  transferShared?(input: SharedTransferInput): Promise<readonly Result<TransferOutcome, DriverError>[]>
   /**
    * What the journal says was left unfinished at a target: the driver removes it, or keeps it to
    * be resumed (`'resume'`). It must never remove anything it did not create.

@@ -7,7 +7,7 @@ import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
 import { journalPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
-import { planSends } from './plan-sends.js'
+import { planSends, type PlannedSend } from './plan-sends.js'
 import { pruneAt, withJobLock } from './prune.js'
 
 /** One snapshot sent to a target. */
@@ -127,20 +127,21 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
 
   const reports: TargetReport[] = []
   for (const state of states) {
-    const targetStarted = Date.now()
-    if (state.error !== undefined) {
-      emit({ type: 'transfer-failed', target: state.where, snapshot: name, error: state.error })
-      reports.push(failedTarget(state.where, targetStarted, state.error))
-      continue
-    }
-    if (options.transfer === false) continue
-    const pending = journal.value.entries.filter((e) => e.target === state.where)
-    const report = job.driver.snapshotsSource
-      ? await sendSnapshots(job, options, state.target, state.snapshots, pending, sourceSnapshots)
-      : await backupToTarget(job, options, state.target, state.snapshots, pending, name)
-    reports.push(report)
-    if (options.signal?.aborted === true) break
+    if (state.error === undefined) continue
+    emit({ type: 'transfer-failed', target: state.where, snapshot: name, error: state.error })
+    reports.push(failedTarget(state.where, Date.now(), state.error))
   }
+  const reachable = states.filter((s) => s.error === undefined)
+  if (options.transfer !== false && job.driver.snapshotsSource) {
+    reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
+  } else if (options.transfer !== false) {
+    for (const state of reachable) {
+      reports.push(await backupToTarget(job, options, state.target, state.snapshots, journal.value.entries.filter((e) => e.target === state.where), name))
+      if (options.signal?.aborted === true) break
+    }
+  }
+  // in the order the targets were given
+  reports.sort((a, b) => states.findIndex((s) => s.where === a.target) - states.findIndex((s) => s.where === b.target))
   if (options.signal?.aborted === true) {
     return err(bbError('CANCELLED', 'the backup was cancelled', 'run it again: an unfinished copy is resumed or removed by the next run', { snapshot: name }))
   }
@@ -278,124 +279,176 @@ const recoverTarget = async (job: Job, options: BackupOptions, target: Transport
   return { recovered, resume }
 }
 
+/** One target's part in a run of a driver that snapshots its source. */
+interface Lane {
+  readonly target: Transport
+  readonly where: string
+  readonly started: number
+  readonly recovered: { snapshot: string; action: RecoverAction }[]
+  readonly sends: readonly PlannedSend[]
+  readonly fullBecause: string | undefined
+  next: number
+  readonly sent: SentSnapshot[]
+  readonly warnings: string[]
+  commands: (readonly string[])[]
+  bytes: number
+  files: number
+  error?: BbError
+  /** the snapshot that failed, for the report */
+  failedAt?: PlannedSend
+}
+
 /**
- * 5. for drivers that snapshot the source (btrfs): sends every snapshot the target lacks, oldest
- * first, each incremental against the one before ({@link planSends}), each journalled. The first
- * failure stops the sends to this target; what was sent stays, and is pinned.
+ * 5. for drivers that snapshot the source (btrfs): sends every snapshot each target lacks, oldest
+ * first, each incremental against the one before ({@link planSends}), each journalled. Targets
+ * whose next send is the same snapshot from the same parent get it from one stream when the
+ * driver can ({@link Driver.transferShared}): the source is read once. The first failure stops
+ * the sends to that target only; what was sent stays, and is pinned.
  */
 const sendSnapshots = async (
   job: Job,
   options: BackupOptions,
-  target: Transport,
-  snapshots: readonly SnapshotInfo[],
-  pending: readonly JournalEntry[],
+  reachable: readonly { readonly target: Transport; readonly where: string; readonly snapshots: readonly SnapshotInfo[] }[],
+  journal: readonly JournalEntry[],
   sourceSnapshots: readonly SnapshotInfo[],
-): Promise<TargetReport> => {
-  const started = Date.now()
-  const where = formatLocation(target.location)
+): Promise<TargetReport[]> => {
   const dryRun = options.dryRun ?? false
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
 
-  const recovery = await recoverTarget(job, options, target, pending)
-  if (recovery.error !== undefined) return failedTarget(where, started, recovery.error, { recovered: recovery.recovered })
-  const { recovered } = recovery
-  let held = snapshots
-  if (recovered.length > 0) {
-    // the recovery removed leftovers or found a finished copy: plan from what is there now
-    const relisted = await job.driver.listSnapshots({ at: target, signal: options.signal })
-    if (relisted.isErr()) return failedTarget(where, started, relisted.error, { recovered })
-    held = relisted.value
-  }
-
-  const plan = planSends(sourceSnapshots, ownSnapshots(job, held))
-  const sent: SentSnapshot[] = []
-  const warnings: string[] = []
-  let commands: (readonly string[])[] = []
-  let bytes = 0
-  let files = 0
-  if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
-    const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, plan.newestCommon.source.name)
-    if (pinned.isErr()) return failedTarget(where, started, pinned.error, { recovered })
-  }
-  for (const [i, send] of plan.sends.entries()) {
-    const sendStarted = Date.now()
-    const name = send.snapshot.name
-    const mode = send.parent === undefined ? 'full' : 'incremental'
-    const parentName = send.parent?.name
-    const soFar = { recovered, sent: [...sent], bytes, files, commands, warnings, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) } as const
-    const entry: JournalEntry = {
-      target: where,
-      snapshot: name,
-      ...(parentName === undefined ? {} : { parent: parentName }),
-      partialPath: job.driver.partialPath({ target, snapshot: name }),
-      startedAt: new Date().toISOString(),
+  // 3. recovery, then what each target lacks
+  const lanes: Lane[] = []
+  for (const { target, where, snapshots } of reachable) {
+    const started = Date.now()
+    const recovery = await recoverTarget(job, options, target, journal.filter((e) => e.target === where))
+    const lane: Lane = { target, where, started, recovered: recovery.recovered, sends: [], fullBecause: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0 }
+    lanes.push(lane)
+    if (recovery.error !== undefined) {
+      lane.error = recovery.error
+      continue
     }
-    if (!dryRun) {
-      const noted = await addJournalEntry(job.state.transport, path, entry)
-      if (noted.isErr()) return failedTarget(where, started, noted.error, soFar)
-    }
-    emit({ type: 'transfer-started', target: where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
-    const transferred = await job.driver.transfer({
-      source: job.source,
-      target,
-      snapshot: name,
-      parent: i === 0 ? send.parentAtTarget : undefined,
-      sourceSnapshot: send.snapshot,
-      ...(send.parent === undefined ? {} : { sourceParent: send.parent }),
-      resume: undefined,
-      dryRun,
-      signal: options.signal,
-      onEvent: emit,
-    })
-    if (transferred.isErr()) {
-      emit({ type: 'transfer-failed', target: where, snapshot: name, error: transferred.error })
-      if (!dryRun && REFUSED_BEFORE_WRITING.has(transferred.error.code)) {
-        // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
-        const cleared = await removeJournalEntry(job.state.transport, path, entry)
-        if (cleared.isErr()) return failedTarget(where, started, cleared.error, soFar)
+    let held = snapshots
+    if (recovery.recovered.length > 0) {
+      // the recovery removed leftovers or found a finished copy: plan from what is there now
+      const relisted = await job.driver.listSnapshots({ at: target, signal: options.signal })
+      if (relisted.isErr()) {
+        lane.error = relisted.error
+        continue
       }
-      return failedTarget(where, started, transferred.error, soFar)
+      held = relisted.value
     }
-    const outcome = transferred.value
-    if (!dryRun) {
-      const cleared = await removeJournalEntry(job.state.transport, path, entry)
-      if (cleared.isErr()) return failedTarget(where, started, cleared.error, soFar)
-      const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, name)
-      if (pinned.isErr()) return failedTarget(where, started, pinned.error, soFar)
+    const plan = planSends(sourceSnapshots, ownSnapshots(job, held))
+    Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
+    if (plan.sends.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
+    if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
+      const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, plan.newestCommon.source.name)
+      if (pinned.isErr()) lane.error = pinned.error
     }
-    emit({ type: 'transfer-finished', target: where, snapshot: name, bytes: outcome.bytes, durationMs: Date.now() - sendStarted })
-    sent.push({ snapshot: name, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - sendStarted })
-    bytes += outcome.bytes
-    files += outcome.files
-    warnings.push(...outcome.warnings)
-    commands = [...commands, ...outcome.commands]
   }
 
-  let pruned: readonly string[] = []
-  const policy = job.retention?.target
-  if (policy !== undefined && options.prune !== false && sent.length > 0) {
-    const r = await pruneAt(job, target, policy, options)
-    if (r.isErr()) warnings.push(`not pruned: ${r.error.message}`)
-    else {
-      pruned = r.value.deleted
-      commands = [...commands, ...r.value.commands]
+  // the sends, in rounds: each round is one snapshot from one parent, to every target whose next send it is
+  for (;;) {
+    if (options.signal?.aborted === true) break
+    const active = lanes.filter((l) => l.error === undefined && l.next < l.sends.length)
+    const head = active[0]?.sends[active[0].next]
+    if (head === undefined) break
+    const group = active.filter((l) => {
+      const s = l.sends[l.next]
+      return s?.snapshot.name === head.snapshot.name && s.parent?.name === head.parent?.name
+    })
+    const name = head.snapshot.name
+    const mode = head.parent === undefined ? 'full' : 'incremental'
+    const parentName = head.parent?.name
+    const entries = new Map<Lane, JournalEntry>()
+    for (const lane of group) {
+      const entry: JournalEntry = {
+        target: lane.where, snapshot: name, ...(parentName === undefined ? {} : { parent: parentName }),
+        partialPath: job.driver.partialPath({ target: lane.target, snapshot: name }), startedAt: new Date().toISOString(),
+      }
+      if (!dryRun) {
+        const noted = await addJournalEntry(job.state.transport, path, entry)
+        if (noted.isErr()) {
+          Object.assign(lane, { error: noted.error, failedAt: head })
+          continue
+        }
+      }
+      entries.set(lane, entry)
+      emit({ type: 'transfer-started', target: lane.where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
+    }
+    const going = [...entries.keys()]
+    const roundStarted = Date.now()
+    const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit }
+    const results: readonly Result<TransferOutcome, BbError>[] = going.length > 1 && job.driver.transferShared !== undefined
+      ? await job.driver.transferShared({ ...common, targets: going.map((l) => ({ target: l.target, parent: l.sends[l.next]?.parentAtTarget })) })
+      : await Promise.all(going.map((l) => job.driver.transfer({ ...common, target: l.target, parent: l.sends[l.next]?.parentAtTarget, resume: undefined })))
+    for (const [i, lane] of going.entries()) {
+      const result = results[i]
+      const entry = entries.get(lane) as JournalEntry
+      if (result === undefined || result.isErr()) {
+        const error = result?.error ?? bbError('COMMAND_FAILED', 'the driver gave no result', 'this is a bug in bbackup; please report it')
+        emit({ type: 'transfer-failed', target: lane.where, snapshot: name, error })
+        Object.assign(lane, { error, failedAt: head })
+        if (!dryRun && REFUSED_BEFORE_WRITING.has(error.code)) {
+          // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
+          const cleared = await removeJournalEntry(job.state.transport, path, entry)
+          if (cleared.isErr()) lane.warnings.push(`the journal still names ${name}: ${cleared.error.message}`)
+        }
+        continue
+      }
+      const outcome = result.value
+      if (!dryRun) {
+        const cleared = await removeJournalEntry(job.state.transport, path, entry)
+          .andThen(() => pinSnapshot(job.state.transport, pinsPath(job), lane.where, name))
+        if (cleared.isErr()) {
+          Object.assign(lane, { error: cleared.error, failedAt: head })
+          continue
+        }
+      }
+      emit({ type: 'transfer-finished', target: lane.where, snapshot: name, bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
+      lane.sent.push({ snapshot: name, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
+      lane.bytes += outcome.bytes
+      lane.files += outcome.files
+      lane.warnings.push(...outcome.warnings)
+      lane.commands = [...lane.commands, ...outcome.commands]
+      lane.next++
     }
   }
-  const last = sent.at(-1)
-  if (plan.sends.length === 0) warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
-  return {
-    target: where,
-    ok: true,
-    sent,
-    ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
-    ...(plan.fullBecause === undefined ? {} : { fullBecause: plan.fullBecause }),
-    bytes,
-    files,
-    durationMs: Date.now() - started,
-    warnings,
-    recovered,
-    pruned,
-    commands,
+
+  // 6. retention where this run added a backup, then the reports
+  const reports: TargetReport[] = []
+  for (const lane of lanes) {
+    const last = lane.sent.at(-1)
+    const common = {
+      recovered: lane.recovered, sent: lane.sent, bytes: lane.bytes, files: lane.files, warnings: lane.warnings,
+      ...(lane.fullBecause === undefined ? {} : { fullBecause: lane.fullBecause }),
+    }
+    if (lane.error !== undefined) {
+      const at = lane.failedAt
+      reports.push(failedTarget(lane.where, lane.started, lane.error, {
+        ...common, commands: lane.commands,
+        ...(at === undefined ? {} : { snapshot: at.snapshot.name, mode: at.parent === undefined ? 'full' : 'incremental', ...(at.parent === undefined ? {} : { parent: at.parent.name }) }),
+      }))
+      continue
+    }
+    let pruned: readonly string[] = []
+    const policy = job.retention?.target
+    if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
+      const r = await pruneAt(job, lane.target, policy, options)
+      if (r.isErr()) lane.warnings.push(`not pruned: ${r.error.message}`)
+      else {
+        pruned = r.value.deleted
+        lane.commands = [...lane.commands, ...r.value.commands]
+      }
+    }
+    reports.push({
+      target: lane.where,
+      ok: true,
+      ...common,
+      ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
+      durationMs: Date.now() - lane.started,
+      pruned,
+      commands: lane.commands,
+    })
   }
+  return reports
 }

@@ -1,5 +1,5 @@
 import type { ResultAsync } from 'neverthrow'
-import type { Readable } from 'node:stream'
+import type { Readable, Writable } from 'node:stream'
 import type { BbError } from '../errors.js'
 import type { Location } from '../location/location.js'
 
@@ -32,6 +32,8 @@ export interface RunningCommand {
   readonly pid: number | undefined
   /** the read end of its stdout, when started with `stdout: 'pipe'`; hand it to one other command */
   readonly stdout: Readable | undefined
+  /** the write end of its stdin, when started with `stdin: 'pipe'`; hand it to one other command */
+  readonly stdin: Writable | undefined
   /** how it ended; the non-zero exit is a value, as with `exec` */
   readonly done: ResultAsync<CommandResult, TransportError>
   /** bytes it has written so far (from /proc/<pid>/io), where this host can tell */
@@ -41,8 +43,8 @@ export interface RunningCommand {
 
 export interface SpawnOptions {
   readonly signal?: AbortSignal
-  /** the stdout of another command (see {@link RunningCommand.stdout}); nothing when omitted */
-  readonly stdin?: Readable
+  /** the stdout of another command (see {@link RunningCommand.stdout}), or `'pipe'` for another to write into; nothing when omitted */
+  readonly stdin?: Readable | 'pipe'
   /** `'pipe'` to connect its stdout to another command; discarded otherwise */
   readonly stdout?: 'pipe' | 'ignore'
 }

@@ -2,7 +2,7 @@ import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
   bbError, compareSnapshots, InternalError, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
-  type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
+  type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, showSubvolume, type Subvolume } from './subvolume.js'
 import { sendReceive } from './pipeline.js'
@@ -161,15 +161,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, snapshot)
 
   /** `--proto` and `--compressed-data` both ends can take (snbk's rule: the lowest of kernel and both btrfs-progs). */
-  const sendFlags = async (source: Transport, target: Transport, signal: AbortSignal | undefined): Promise<Result<string[], BbError>> => {
+  const sendFlags = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<Result<string[], BbError>> => {
     const wanted = options.sendProtocol ?? 'auto'
     let proto = wanted === 'auto' ? 2 : wanted
     if (proto === 2) {
-      const [sv, tv] = await Promise.all([progsVersion(source, signal), progsVersion(target, signal)])
-      if (sv.isErr()) return err(sv.error)
-      if (tv.isErr()) return err(tv.error)
+      const versions = await Promise.all([source, ...targets].map((t) => progsVersion(t, signal)))
+      const failedProbe = versions.find((v) => v.isErr())
+      if (failedProbe !== undefined && failedProbe.isErr()) return err(failedProbe.error)
       const kernel = (await source.readFile('/sys/fs/btrfs/features/send_stream_version')).unwrapOr(undefined)
-      const supported = atLeast(sv.value, PROTO2_PROGS) && atLeast(tv.value, PROTO2_PROGS) && Number(kernel ?? '1') >= 2
+      const supported = versions.every((v) => v.isOk() && atLeast(v.value, PROTO2_PROGS)) && Number(kernel ?? '1') >= 2
       if (!supported) {
         if (wanted === 2) {
           return err(bbError('UNSUPPORTED', 'send protocol 2 was asked for, but the sending kernel or btrfs-progs on one end does not have it',
@@ -182,49 +182,86 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok(['--proto', '2', ...(options.compressedData === false ? [] : ['--compressed-data'])])
   }
 
-  const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> => new ResultAsync(runTransfer(input))
+  const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
+    new ResultAsync(runShared({ ...input, targets: [{ target: input.target, parent: input.parent }] }).then((r) => r[0] ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it'))))
 
-  const runTransfer = async (input: TransferInput): Promise<Result<TransferOutcome, BbError>> => {
-    const { source, target, snapshot, sourceParent: parent, dryRun, signal } = input
+  const transferShared: NonNullable<Driver['transferShared']> = (input) => runShared(input)
+
+  /**
+   * Sends one snapshot to every target of `input.targets` with one `btrfs send` (they share its
+   * parent), then checks each copy and commits it. One result per target, in order.
+   */
+  const runShared = async (input: SharedTransferInput): Promise<Result<TransferOutcome, BbError>[]> => {
+    const { source, snapshot, sourceParent: parent, dryRun, signal } = input
     const sent = input.sourceSnapshot
     if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
-    const dir = target.location.path
-    const path = join(dir, snapshot)
-    const flags = await sendFlags(source, target, signal)
-    if (flags.isErr()) return err(flags.error)
+    const targets = input.targets.map((t) => t.target)
+    const flags = await sendFlags(source, targets, signal)
+    if (flags.isErr()) return targets.map(() => err(flags.error))
     const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
-    const receiveArgv = ['btrfs', 'receive', dir]
-    const commands: string[][] = [[...sendArgv(parent), '|', ...receiveArgv]]
-    const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: string[]): TransferOutcome => ({
+    const receiveArgv = (t: Transport): string[] => ['btrfs', 'receive', t.location.path]
+    const pipeline = (p: SnapshotInfo | undefined, to: readonly Transport[]): string[] =>
+      to.length === 1 ? [...sendArgv(p), '|', ...receiveArgv(to[0] as Transport)] : [...sendArgv(p), '|', 'tee', '-p', ...to.slice(1).map((t) => `>(btrfs receive -f FIFO ${t.location.path})`), '|', ...receiveArgv(to[0] as Transport)]
+    const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: string[], commands: string[][]): TransferOutcome => ({
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings, commands,
     })
-    if (dryRun) return ok(outcome(parent === undefined ? 'full' : 'incremental', 0, []))
+    if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [], [pipeline(parent, targets)])))
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept
-    const there = await showSubvolume(target, path, signal)
-    if (there.isErr()) return err(there.error)
-    if (there.value !== 'missing') {
-      return err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
-        `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
+    const results: (Result<TransferOutcome, BbError> | undefined)[] = targets.map(() => undefined)
+    for (const [i, target] of targets.entries()) {
+      const path = join(target.location.path, snapshot)
+      const there = await showSubvolume(target, path, signal)
+      if (there.isErr()) results[i] = err(there.error)
+      else if (there.value !== 'missing') {
+        results[i] = err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+          `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
+      }
     }
+    const going = targets.filter((_, i) => results[i] === undefined)
+    const received = going.length === 0 ? [] : await sendReceive({
+      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal,
+      onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
+    })
+    const shared = going.length === 0 ? [] : [pipeline(parent, going)]
+    for (const [j, target] of going.entries()) {
+      const i = targets.indexOf(target)
+      results[i] = await finish(input, target, received[j] ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it')), { sendArgv, pipeline, commands: [...shared] })
+    }
+    return results.map((r) => r ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it')))
+  }
 
-    let first = await sendReceive({ source, target, sendArgv: sendArgv(parent), receiveArgv, signal, onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+  /** After the stream: falls back to one full send when the target refused the parent, cleans up a failure, checks and commits a success. */
+  const finish = async (
+    input: SharedTransferInput,
+    target: Transport,
+    first: Result<{ readonly bytes: number }, BbError>,
+    how: { sendArgv: (p: SnapshotInfo | undefined) => string[]; pipeline: (p: SnapshotInfo | undefined, to: readonly Transport[]) => string[]; commands: string[][] },
+  ): Promise<Result<TransferOutcome, BbError>> => {
+    const { snapshot, sourceParent: parent, signal } = input
+    const sent = input.sourceSnapshot as SnapshotInfo
+    const dir = target.location.path
+    const path = join(dir, snapshot)
     const warnings: string[] = []
     let mode: 'full' | 'incremental' = parent === undefined ? 'full' : 'incremental'
-    if (first.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(first.error.details?.stderr ?? ''))) {
+    let result = first
+    if (result.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(result.error.details?.stderr ?? ''))) {
       // the target lost the parent between listing and receiving, or an old kernel's stream was refused: one full send instead
       const cleaned = await removeGarbled(target, path, signal, [])
       if (cleaned.isErr()) return err(cleaned.error)
-      warnings.push(`the incremental send against ${parent.name} was refused by the target (${first.error.message}); sent in full instead`)
-      commands.push([...sendArgv(undefined), '|', ...receiveArgv])
+      warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
+      how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
-      first = await sendReceive({ source, target, sendArgv: sendArgv(undefined), receiveArgv, signal, onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal,
+        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+      result = again[0] ?? result
     }
-    if (first.isErr()) {
+    if (result.isErr()) {
       // what this call created and could not finish goes at once (the journal would remove it next run otherwise)
+      const failure = result.error
       const cleaned = await removeGarbled(target, path, undefined, [])
-      if (cleaned.isErr()) return err(bbError(first.error.code, first.error.message, `${first.error.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, first.error.details))
-      return err(first.error)
+      if (cleaned.isErr()) return err(bbError(failure.code, failure.message, `${failure.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, failure.details))
+      return err(failure)
     }
     // complete only when read-only with the received uuid of what was sent (btrbk checks the same)
     const received = await showSubvolume(target, path, signal)
@@ -240,7 +277,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const synced = await target.exec(['btrfs', 'filesystem', 'sync', dir], signalOpt(signal))
     if (synced.isErr()) return err(synced.error)
     if (synced.value.exitCode !== 0) return err(btrfsFailure(`btrfs filesystem sync ${dir}`, synced.value.argv, synced.value.exitCode, synced.value.stderr))
-    return ok(outcome(mode, first.value.bytes, warnings))
+    return ok({ snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes: result.value.bytes, files: 0, warnings, commands: how.commands })
   }
 
   /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
@@ -311,10 +348,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (made.isErr()) return err(made.error)
     const probed = await probeTarget(to)
     if (probed.isErr()) return err(probed.error)
-    const ran = await sendReceive({ source: from, target: to, sendArgv, receiveArgv, signal, onBytes: () => undefined })
-    if (ran.isErr()) {
+    const [ran] = await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, onBytes: () => undefined })
+    if (ran === undefined || ran.isErr()) {
       await removeGarbled(to, landing, undefined, [])
-      return err(ran.error)
+      return err(ran?.error ?? bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it'))
     }
     if (input.writable === true) {
       // a snapshot of the received copy, never `property set ro false` (that would keep a stale received uuid)
@@ -391,7 +428,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok({ snapshot: snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
   })())
 
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify }
 }
 
 const identityOf = (s: Subvolume): SnapshotIdentity => ({

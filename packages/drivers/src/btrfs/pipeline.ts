@@ -1,12 +1,18 @@
+import { execFileSync, spawn } from 'node:child_process'
+import { constants, openSync } from 'node:fs'
+import { Socket } from 'node:net'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
-import { bbError, type BbError, type CommandResult, type Transport } from '@bb/core'
+import { bbError, stderrTail, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
   readonly source: Transport
-  readonly target: Transport
   readonly sendArgv: readonly string[]
-  readonly receiveArgv: readonly string[]
+  /** one receiver per target; with several, the one stream feeds them all */
+  readonly receivers: readonly { readonly target: Transport; readonly receiveArgv: readonly string[] }[]
   readonly signal: AbortSignal | undefined
   /** bytes sent so far, about twice a second */
   readonly onBytes: (bytes: number) => void
@@ -15,15 +21,68 @@ export interface SendReceiveInput {
 const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
   r.isErr() ? /SIGPIPE/.test(r.error.message) : /Broken pipe|-32/.test(r.value.stderr)
 
+const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
+
 /**
- * `btrfs send … | btrfs receive …` with the stream in an OS pipe from one process to the other
- * (it never passes through JavaScript). The sender's byte count comes from /proc for progress.
- * When both fail, the error is the receiver's if the sender only saw the pipe break.
+ * Copies the sender's stdout to every receiver in one process: the first gets tee's stdout, the
+ * others read named pipes (`btrfs receive -f FIFO`), because Node's pipes to children are sockets
+ * that tee cannot open by /dev/fd path. With `tee -p` a receiver that fails closes its pipe and
+ * the others go on; if one fails before it opens its FIFO, the FIFO is drained here so tee never
+ * waits for it. The bytes pass from kernel pipe to kernel pipe.
  */
-export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ readonly bytes: number }, BbError>> => {
+const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined): Promise<Result<CommandResult, BbError>> => {
+  const argv = ['tee', '-p', ...fifos]
+  const child = spawn('tee', argv.slice(1), { stdio: [from.stdout ?? 'ignore', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
+  from.stdout?.destroy()
+  first.stdin?.destroy()
+  let stderr = ''
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    stderr = (stderr + chunk).slice(-8000)
+  })
+  const exited = new Promise<Result<CommandResult, BbError>>((resolve) => {
+    child.once('error', () => undefined)
+    child.once('close', (code, sig) => {
+      resolve(code === null
+        ? err(bbError('COMMAND_FAILED', `tee was killed by ${sig ?? 'a signal'}`, 'run again', { argv }))
+        : ok({ argv, exitCode: code, stdout: '', stderr: stderrTail(stderr) }))
+    })
+  })
+  for (const [i, receiver] of others.entries()) {
+    void receiver.done.then(() => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      // a reader that never came (or went): take its place so tee is never stuck on it
+      try {
+        const fd = openSync(fifos[i] as string, constants.O_RDONLY | constants.O_NONBLOCK)
+        new Socket({ fd, readable: true, writable: false }).on('error', () => undefined).resume()
+      } catch {
+        // gone already: tee has finished
+      }
+    })
+  }
+  return exited
+}
+
+/**
+ * `btrfs send … | btrfs receive …` with the stream in OS pipes from process to process (it never
+ * passes through JavaScript); with several receivers, one send feeds them all, so the source is
+ * read once. The sender's byte count comes from /proc for progress. Each receiver gets its own
+ * result; when the sender only saw its pipe break, the receiver's error is the one reported.
+ */
+export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ readonly bytes: number }, BbError>[]> => {
   const options = input.signal === undefined ? {} : { signal: input.signal }
+  const single = input.receivers.length === 1
+  const fifoDir = single ? undefined : await mkdtemp(join(tmpdir(), 'bbackup-fanout-'))
+  const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
+  for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: 'pipe' })
-  const receive = input.target.spawn(input.receiveArgv, { ...options, ...(send.stdout === undefined ? {} : { stdin: send.stdout }) })
+  const receives = input.receivers.map((r, i) => {
+    if (single) return r.target.spawn(r.receiveArgv, { ...options, ...(send.stdout === undefined ? {} : { stdin: send.stdout }) })
+    if (i === 0) return r.target.spawn(r.receiveArgv, { ...options, stdin: 'pipe' })
+    const [btrfs, receive, ...rest] = r.receiveArgv
+    return r.target.spawn([btrfs ?? 'btrfs', receive ?? 'receive', '-f', fifos[i - 1] as string, ...rest], options)
+  })
+  const [firstReceive] = receives
+  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal)
   let bytes = 0
   const timer = setInterval(() => {
     void send.bytesWritten().then((n) => {
@@ -33,21 +92,23 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
       }
     })
   }, 500)
-  const [sent, received] = await Promise.all([send.done, receive.done])
+  const [sent, tee, ...received] = await Promise.all([send.done, teeDone, ...receives.map((r) => r.done)])
   clearInterval(timer)
+  if (fifoDir !== undefined) await rm(fifoDir, { recursive: true, force: true })
   bytes = Math.max(bytes, (await send.bytesWritten()) ?? 0)
-  if (input.signal?.aborted === true) {
-    return err(bbError('CANCELLED', 'the transfer was cancelled', 'run again: the unfinished copy is removed and sent anew', { argv: [...input.sendArgv] }))
-  }
-  const sendFailed = sent.isErr() || sent.value.exitCode !== 0
-  const receiveFailed = received.isErr() || received.value.exitCode !== 0
-  if (sendFailed && !(receiveFailed && brokenPipe(sent))) {
-    if (sent.isErr()) return err(sent.error)
-    return err(btrfsFailure(`btrfs send ${input.sendArgv.at(-1) ?? ''}`, input.sendArgv, sent.value.exitCode, sent.value.stderr))
-  }
-  if (receiveFailed) {
-    if (received.isErr()) return err(received.error)
-    return err(btrfsFailure(`btrfs receive into ${input.receiveArgv.at(-1) ?? ''}`, input.receiveArgv, received.value.exitCode, received.value.stderr))
-  }
-  return ok({ bytes })
+  return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
+    const receiveArgv = input.receivers[i]?.receiveArgv ?? []
+    if (input.signal?.aborted === true) {
+      return err(bbError('CANCELLED', 'the transfer was cancelled', 'run again: the unfinished copy is removed and sent anew', { argv: [...input.sendArgv] }))
+    }
+    const allReceiversFailed = received.every(failed)
+    if (failed(sent) && !(allReceiversFailed && brokenPipe(sent))) {
+      if (sent.isErr()) return err(sent.error)
+      return err(btrfsFailure(`btrfs send ${input.sendArgv.at(-1) ?? ''}`, input.sendArgv, sent.value.exitCode, sent.value.stderr))
+    }
+    if (got.isErr()) return err(got.error)
+    if (got.value.exitCode !== 0) return err(btrfsFailure(`btrfs receive into ${receiveArgv.at(-1) ?? ''}`, receiveArgv, got.value.exitCode, got.value.stderr))
+    if (tee !== undefined && tee.isErr()) return err(tee.error)
+    return ok({ bytes })
+  })
 }

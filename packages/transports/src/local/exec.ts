@@ -76,12 +76,12 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
   const [file, ...args] = argv
   if (file === undefined) {
     return {
-      argv, pid: undefined, stdout: undefined, bytesWritten: async () => undefined, kill: () => undefined,
+      argv, pid: undefined, stdout: undefined, stdin: undefined, bytesWritten: async () => undefined, kill: () => undefined,
       done: errAsync(bbError('COMMAND_FAILED', 'an empty command was given', 'this is a bug in bbackup; please report it')),
     }
   }
   const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', options.stdout === 'pipe' ? 'pipe' : 'ignore', 'pipe'] })
-  options.stdin?.destroy()
+  if (typeof options.stdin === 'object') options.stdin.destroy()
   let stderr = ''
   child.stderr?.setEncoding('utf8')
   child.stderr?.on('data', (chunk: string) => {
@@ -127,6 +127,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
     argv,
     pid: child.pid,
     stdout: child.stdout ?? undefined,
+    stdin: child.stdin ?? undefined,
     done,
     bytesWritten: async () => (finalBytes !== undefined || child.exitCode !== null || child.signalCode !== null ? finalBytes : readWchar(child.pid)),
     kill: (signal: NodeJS.Signals = 'SIGTERM') => {
