@@ -109,6 +109,82 @@ if (has('rsnapshot')) {
   console.log('\nrsnapshot: not installed, skipped (apt-get install rsnapshot)')
 }
 
+// --- btrfs driver (root, btrfs-progs): full send, incremental vs btrbk, two targets ------------
+const btrfsReady = asRoot && has('btrfs') && has('mkfs.btrfs')
+if (!btrfsReady) {
+  console.log('\nbtrfs driver: skipped (needs root and btrfs-progs: apt-get install btrfs-progs)')
+} else {
+  const image = join(work, 'btrfs.img')
+  const mnt = join(work, 'btrfs')
+  mkdirSync(mnt)
+  run('truncate', ['-s', `${Math.max(1024, MB * 5 + 1024)}M`, image])
+  run('mkfs.btrfs', ['-q', '-f', image])
+  run('mount', ['-o', 'loop', image, mnt])
+  try {
+    const src = join(mnt, 'src')
+    const sh = (script) => run('sh', ['-c', script])
+    const btrfsCmd = (...args) => run('btrfs', args)
+    btrfsCmd('subvolume', 'create', src)
+    run('cp', ['-a', `${source}/.`, `${src}/`])
+    const commit = () => btrfsCmd('filesystem', 'sync', mnt)
+    commit()
+    const ours = (targets, extra = []) => run(process.execPath, [cli, 'run', src, ...targets, '--state-dir', join(work, 'btrfs-state'), '-q', ...extra])
+    const clear = (...paths) => {
+      for (const p of paths) sh(`for s in "${p}"/*; do [ -d "$s" ] && btrfs subvolume delete -c "$s" >/dev/null; done; rm -rf "${p}"`)
+      rmSync(join(work, 'btrfs-state'), { recursive: true, force: true })
+      sh(`for s in "${src}"/.snapshots/*; do [ -d "$s" ] && btrfs subvolume delete -c "$s" >/dev/null; done; true`)
+      commit()
+    }
+    console.log('\nbtrfs driver, on loop-mounted btrfs (goals: full <= 1.05, incremental vs btrbk <= 1.0, two targets <= 1.15)')
+    // full: snapshot -r + send | receive by hand, against bbackup run
+    const hand = join(mnt, 'hand')
+    const handSnaps = join(mnt, 'hand-snaps')
+    mkdirSync(hand)
+    mkdirSync(handSnaps)
+    const byHand = seconds(() => { btrfsCmd('subvolume', 'snapshot', '-r', src, join(handSnaps, 'h1')); sh(`btrfs send -q ${handSnaps}/h1 | btrfs receive ${hand}`) })
+    const byHandSync = seconds(() => { btrfsCmd('subvolume', 'snapshot', '-r', src, join(handSnaps, 'h2')); sh(`btrfs send -q ${handSnaps}/h2 | btrfs receive ${hand}`); commit() })
+    clear(hand, handSnaps)
+    const oursFull = seconds(() => ours([join(mnt, 'one')]))
+    report('full send vs snapshot -r + send | receive', oursFull, byHand, 'by hand')
+    report('full send vs snapshot -r + send | receive + filesystem sync', oursFull, byHandSync, 'by hand+sync')
+    clear(join(mnt, 'one'))
+    // two targets that share the parent: one send feeds both
+    const oursTwo = seconds(() => ours([join(mnt, 'two-a'), join(mnt, 'two-b')]))
+    clear(join(mnt, 'two-a'), join(mnt, 'two-b'))
+    // without the shared stream: the source read twice, one send per target
+    const twoSends = seconds(() => { ours([join(mnt, 'two-a')]); ours([join(mnt, 'two-b')], ['--no-snapshot']) })
+    clear(join(mnt, 'two-a'), join(mnt, 'two-b'))
+    report('full send to two targets vs to one (all on one disk: the writes double)', oursTwo, oursFull, 'one target')
+    report('full send to two targets vs two sends one after the other', oursTwo, twoSends, 'two sends')
+
+    if (has('btrbk')) {
+      // the same job for btrbk and for bbackup: snapshot, send incrementally, keep everything
+      const conf = join(work, 'btrbk.conf')
+      mkdirSync(join(mnt, 'btrbk-snaps'))
+      mkdirSync(join(mnt, 'btrbk-target'))
+      writeFileSync(conf, ['timestamp_format long-iso', 'snapshot_preserve_min all', 'target_preserve_min all', `volume ${mnt}`, '  snapshot_dir btrbk-snaps', '  subvolume src', `    target ${join(mnt, 'btrbk-target')}`, ''].join('\n'))
+      const btrbk = () => run('btrbk', ['-c', conf, '-q', 'run'])
+      btrbk()
+      ours([join(mnt, 'inc')])
+      changeOnePercent(50)
+      commit()
+      spawnSync('sleep', ['1'])
+      const theirsIncr = seconds(btrbk)
+      const oursIncr = seconds(() => ours([join(mnt, 'inc')]))
+      spawnSync('sleep', ['1'])
+      const theirsIdle = seconds(btrbk)
+      const oursIdle = seconds(() => ours([join(mnt, 'inc')]))
+      console.log('\nbtrbk (Debian package), same subvolume, incremental after a 1% change')
+      report('1% incremental run vs btrbk run', oursIncr, theirsIncr, 'btrbk')
+      report('run with nothing changed (fixed overhead) vs btrbk run', oursIdle, theirsIdle, 'btrbk')
+    } else {
+      console.log('\nbtrbk: not installed, skipped (apt-get install btrbk)')
+    }
+  } finally {
+    spawnSync('umount', [mnt])
+  }
+}
+
 // --- start-up ---------------------------------------------------------------------------------
 console.log('\nstart-up (goal <= 2)')
 const times = (args) => Array.from({ length: 15 }, () => seconds(() => execFileSync(process.execPath, args)))

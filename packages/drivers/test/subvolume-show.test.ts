@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest'
+import { parseSubvolumeShow } from '../src/btrfs/index.js'
+
+// `btrfs subvolume show` of btrfs-progs 6.2, as printed on this project's test machine
+const RECEIVED = `tgt/a
+\tName: \t\t\ta
+\tUUID: \t\t\ta486d3e5-8b35-8f46-b8dc-c117ea767636
+\tParent UUID: \t\t-
+\tReceived UUID: \t\t049b1390-dbdc-ff4c-b6da-9487eb017f38
+\tCreation time: \t\t2026-11-23 19:33:19 +0000
+\tSubvolume ID: \t\t258
+\tGeneration: \t\t8
+\tGen at creation: \t8
+\tParent ID: \t\t5
+\tTop level ID: \t\t5
+\tFlags: \t\t\treadonly
+\tSend transid: \t\t7
+\tSend time: \t\t2026-11-23 19:33:19 +0000
+\tReceive transid: \t8
+\tReceive time: \t\t2026-11-23 19:33:19 +0000
+\tSnapshot(s):
+`
+
+describe('parseSubvolumeShow', () => {
+  it('reads identity, read-only flag and generation of a received subvolume', () => {
+    expect(parseSubvolumeShow(RECEIVED)).toEqual({
+      name: 'a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', receivedUuid: '049b1390-dbdc-ff4c-b6da-9487eb017f38', readOnly: true, generation: 8,
+    })
+  })
+  it('reads an unfinished receive: writable, no received uuid, a parent', () => {
+    const garbled = RECEIVED.replace('readonly', '-').replace(/Received UUID: \t\t\S+/, 'Received UUID: \t\t-').replace('Parent UUID: \t\t-', 'Parent UUID: \t\t1111')
+    expect(parseSubvolumeShow(garbled)).toEqual({ name: 'a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', parentUuid: '1111', readOnly: false, generation: 8 })
+  })
+  it('does not take "Parent UUID" or "Received UUID" for the UUID, and gives up without one', () => {
+    expect(parseSubvolumeShow(RECEIVED.replace(/\tUUID: .*\n/, ''))).toBeUndefined()
+    expect(parseSubvolumeShow('')).toBeUndefined()
+  })
+})
