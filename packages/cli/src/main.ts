@@ -74,13 +74,16 @@ const jobOptions = (command: Command): Command =>
 const EXAMPLES: Readonly<Record<string, string>> = {
   run: `
 Examples:
-  bbackup run /home /mnt/backup/home              back up /home, hard-linking unchanged files
+  bbackup run /home /mnt/backup/home              back up /home: a btrfs subvolume is snapshotted and sent,
+                                                  a plain directory is copied with hard links to the last backup
+  bbackup run /home /mnt/a --keep-snapshots 3     btrfs: keep three source snapshots (and what a target still needs)
+  bbackup run /home --locked-dests --no-snapshot  btrfs: retry the targets of unfinished transfers
   bbackup run /srv /mnt/a /mnt/b --keep-backups '7d 4w 12m'
   bbackup run -c /etc/bbackup/config.toml         every job of the config
   bbackup run -n /home /mnt/backup/home           show what would be done`,
   snapshot: `
 Examples:
-  bbackup snapshot /home /mnt/backup/home     (btrfs and block drivers; rsync copies the live source)`,
+  bbackup snapshot /home /mnt/backup/home     a read-only snapshot in /home/.snapshots, nothing sent (btrfs)`,
   transfer: `
 Examples:
   bbackup transfer /home /mnt/backup/home     send what the target lacks, no pruning
