@@ -196,6 +196,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sent = input.sourceSnapshot
     if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
     const targets = input.targets.map((t) => t.target)
+    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local')) {
+      // the stream is fanned out into named pipes on this host: a remote target gets a send of its own
+      return (await Promise.all(input.targets.map((t) => runShared({ ...input, targets: [t] })))).flat()
+    }
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
     const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
@@ -247,7 +251,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     let result = first
     if (result.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(result.error.details?.stderr ?? ''))) {
       // the target lost the parent between listing and receiving, or an old kernel's stream was refused: one full send instead
-      const cleaned = await removeGarbled(target, path, signal, [])
+      const cleaned = await removeGarbled(target, path, signal)
       if (cleaned.isErr()) return err(cleaned.error)
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
       how.commands.push(how.pipeline(undefined, [target]))
@@ -259,7 +263,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (result.isErr()) {
       // what this call created and could not finish goes at once (the journal would remove it next run otherwise)
       const failure = result.error
-      const cleaned = await removeGarbled(target, path, undefined, [])
+      const cleaned = await removeGarbled(target, path, undefined)
       if (cleaned.isErr()) return err(bbError(failure.code, failure.message, `${failure.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, failure.details))
       return err(failure)
     }
@@ -269,7 +273,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const copy = received.value
     const asInfo = (s: Subvolume): SnapshotInfo => ({ name: snapshot, time: undefined, complete: true, health: 'ok', path, identity: identityOf(s) })
     if (typeof copy === 'string' || !isReceived(copy) || !sameSnapshot(sent, asInfo(copy)) || (mode === 'incremental' && copy.parentUuid === undefined)) {
-      if (typeof copy !== 'string' && isGarbled(copy)) await removeGarbled(target, path, undefined, [])
+      if (typeof copy !== 'string' && isGarbled(copy)) await removeGarbled(target, path, undefined)
       return err(bbError('TRANSFER_INCOMPLETE', `btrfs receive ended without error, but ${path} is not a complete copy of ${sent.path}`,
         'run again (the copy is sent anew); if it repeats, check the kernel log (dmesg) of the target', { path }))
     }
@@ -281,13 +285,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
-  const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined, commands: string[][]): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
+  const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
     const s = await showSubvolume(at, path, signal)
     if (s.isErr()) return err(s.error)
     if (typeof s.value === 'string') return ok('gone')
     if (!isGarbled(s.value)) return ok('kept')
     const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', path]
-    commands.push(argv)
     const r = await at.exec(argv, signalOpt(signal))
     if (r.isErr()) return err(r.error)
     if (r.value.exitCode !== 0) return err(btrfsFailure(`deleting the unfinished ${path}`, argv, r.value.exitCode, r.value.stderr))
@@ -308,7 +311,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           `bbackup never deletes what it cannot prove it created: look at it (btrfs subvolume show ${entry.partialPath}), move it away or delete it yourself, then run again`, { path: entry.partialPath }))
       }
       if (dryRun) return okAsync('removed')
-      return new ResultAsync(removeGarbled(target, entry.partialPath, undefined, [])).map((r) => (r === 'removed' ? 'removed' as const : 'gone' as const))
+      return new ResultAsync(removeGarbled(target, entry.partialPath, undefined)).map((r) => (r === 'removed' ? 'removed' as const : 'gone' as const))
     })
   }
 
@@ -350,7 +353,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (probed.isErr()) return err(probed.error)
     const [ran] = await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, onBytes: () => undefined })
     if (ran === undefined || ran.isErr()) {
-      await removeGarbled(to, landing, undefined, [])
+      await removeGarbled(to, landing, undefined)
       return err(ran?.error ?? bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it'))
     }
     if (input.writable === true) {
