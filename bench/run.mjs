@@ -141,10 +141,23 @@ if (!btrfsReady) {
     const handSnaps = join(mnt, 'hand-snaps')
     mkdirSync(hand)
     mkdirSync(handSnaps)
-    const byHand = seconds(() => { btrfsCmd('subvolume', 'snapshot', '-r', src, join(handSnaps, 'h1')); sh(`btrfs send -q ${handSnaps}/h1 | btrfs receive ${hand}`) })
-    const byHandSync = seconds(() => { btrfsCmd('subvolume', 'snapshot', '-r', src, join(handSnaps, 'h2')); sh(`btrfs send -q ${handSnaps}/h2 | btrfs receive ${hand}`); commit() })
+    const handRun = (name, flush) => seconds(() => {
+      btrfsCmd('subvolume', 'snapshot', '-r', src, join(handSnaps, name))
+      sh(`btrfs send -q ${handSnaps}/${name} | btrfs receive ${hand}`)
+      if (flush) commit()
+    })
+    // by hand before and after bbackup, each time into an empty target: the order favours no one
+    const handBefore = handRun('h1', false)
+    const handSyncBefore = handRun('h2', true)
     clear(hand, handSnaps)
+    mkdirSync(hand)
+    mkdirSync(handSnaps)
     const oursFull = seconds(() => ours([join(mnt, 'one')]))
+    clear(join(mnt, 'one'))
+    const byHand = (handBefore + handRun('h1', false)) / 2
+    const byHandSync = (handSyncBefore + handRun('h2', true)) / 2
+    clear(hand, handSnaps)
+    ours([join(mnt, 'one')])
     report('full send vs snapshot -r + send | receive', oursFull, byHand, 'by hand')
     report('full send vs snapshot -r + send | receive + filesystem sync', oursFull, byHandSync, 'by hand+sync')
     clear(join(mnt, 'one'))
