@@ -18,8 +18,12 @@ export interface SendReceiveInput {
   readonly onBytes: (bytes: number) => void
 }
 
+/**
+ * The sender stopped because its reader went away. Node connects children through socket pairs,
+ * so a dead reader shows as ECONNRESET ("Connection reset by peer") as often as as EPIPE.
+ */
 const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
-  r.isErr() ? /SIGPIPE/.test(r.error.message) : /Broken pipe|-32/.test(r.value.stderr)
+  r.isErr() ? /SIGPIPE/.test(r.error.message) : /Broken pipe|Connection reset by peer|\b-32\b|\b-104\b/.test(r.value.stderr)
 
 const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
 
