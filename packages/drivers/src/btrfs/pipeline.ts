@@ -22,7 +22,7 @@ export interface SendReceiveInput {
  * The sender stopped because its reader went away. Node connects children through socket pairs,
  * so a dead reader shows as ECONNRESET ("Connection reset by peer") as often as as EPIPE.
  */
-const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
+export const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
   r.isErr() ? /SIGPIPE/.test(r.error.message) : /Broken pipe|Connection reset by peer|\b-32\b|\b-104\b/.test(r.value.stderr)
 
 const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
