@@ -5,6 +5,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, showSubvolume, type Subvolume } from './subvolume.js'
+import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive } from './pipeline.js'
 
 const join = posix.join
@@ -371,8 +372,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (input.from.location.kind !== 'local' || input.to.location.kind !== 'local') {
       return err(bbError('UNSUPPORTED', 'restoring one path of a btrfs backup works between local paths only', 'restore the whole backup (no --path), or run bbackup on the machine that has the backup'))
     }
-    if (input.subpath.split('/').includes('..')) return err(bbError('INVALID_OPTIONS', `the path ${input.subpath} leaves the backup`, 'name a path inside the backup, without ..'))
-    const sub = posix.normalize(`/${input.subpath}`).slice(1).replace(/\/+$/, '')
+    const inside = backupSubpath(input.subpath)
+    if (inside.isErr()) return err(inside.error)
+    const sub = inside.value
     const from = join(input.snapshot.path, sub)
     const landing = join(input.to.location.path, posix.basename(sub))
     const found = await input.from.stat(from)

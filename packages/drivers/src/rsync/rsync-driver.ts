@@ -4,6 +4,7 @@ import {
   bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
+import { backupSubpath } from '../backup-subpath.js'
 import { classifyRsyncExit } from './exit-codes.js'
 
 export interface RsyncDriverOptions {
@@ -239,10 +240,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
     new ResultAsync((async (): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
-      if (input.subpath.split('/').includes('..')) {
-        return err(bbError('INVALID_OPTIONS', `the path ${input.subpath} leaves the backup`, 'name a path inside the backup, without ..'))
-      }
-      const sub = posix.normalize(`/${input.subpath}`).slice(1).replace(/\/+$/, '')
+      const inside = backupSubpath(input.subpath)
+      if (inside.isErr()) return err(inside.error)
+      const sub = inside.value
       const dest = input.to.location.path
       const from = sub === '' ? input.snapshot.path : join(input.snapshot.path, sub)
       // a whole backup fills dest; one path lands as dest/<its name>
