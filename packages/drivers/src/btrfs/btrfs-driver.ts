@@ -184,7 +184,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
-    new ResultAsync(runShared({ ...input, targets: [{ target: input.target, parent: input.parent }] }).then((r) => r[0] ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it'))))
+    new ResultAsync(runShared({ ...input, targets: [{ target: input.target, parent: input.parent }] }).then((r) => present(r[0], 'the result of a transfer')))
 
   const transferShared: NonNullable<Driver['transferShared']> = (input) => runShared(input)
 
@@ -231,9 +231,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
     for (const [j, target] of going.entries()) {
       const i = targets.indexOf(target)
-      results[i] = await finish(input, target, received[j] ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it')), { sendArgv, pipeline, commands: [...shared] })
+      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared] })
     }
-    return results.map((r) => r ?? err(bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it')))
+    return results.map((r) => present(r, 'the result of a transfer'))
   }
 
   /** After the stream: falls back to one full send when the target refused the parent, cleans up a failure, checks and commits a success. */
@@ -352,10 +352,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (made.isErr()) return err(made.error)
     const probed = await probeTarget(to)
     if (probed.isErr()) return err(probed.error)
-    const [ran] = await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, onBytes: () => undefined })
-    if (ran === undefined || ran.isErr()) {
+    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, onBytes: () => undefined }))[0], 'the result of a receive')
+    if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)
-      return err(ran?.error ?? bbError('COMMAND_FAILED', 'no result', 'this is a bug in bbackup; please report it'))
+      return err(ran.error)
     }
     if (input.writable === true) {
       // a snapshot of the received copy, never `property set ro false` (that would keep a stale received uuid)
@@ -434,6 +434,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   })())
 
   return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify }
+}
+
+/** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */
+const present = <T>(value: T | undefined, what: string): T => {
+  if (value === undefined) throw new InternalError(`${what} is missing`)
+  return value
 }
 
 const identityOf = (s: Subvolume): SnapshotIdentity => ({
