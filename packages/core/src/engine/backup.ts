@@ -112,7 +112,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     sourceSnapshots = ownSnapshots(job, listed.value)
   }
 
-  const existing = [...sourceSnapshots, ...states.flatMap((s) => s.snapshots ?? [])].map((x) => x.name)
+  const existing = [...sourceSnapshots, ...states.flatMap((s) => s.snapshots)].map((x) => x.name)
   const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing })
 
   let sourceSnapshot: SnapshotInfo | undefined
@@ -384,8 +384,9 @@ const sendSnapshots = async (
     for (const [i, lane] of going.entries()) {
       const result = results[i]
       const entry = entries.get(lane) as JournalEntry
-      if (result === undefined || result.isErr()) {
-        const error = result?.error ?? bbError('COMMAND_FAILED', 'the driver gave no result', 'this is a bug in bbackup; please report it')
+      if (result === undefined) throw new InternalError(`driver ${job.driver.name} gave ${results.length} results for ${going.length} targets`)
+      if (result.isErr()) {
+        const error = result.error
         emit({ type: 'transfer-failed', target: lane.where, snapshot: name, error })
         Object.assign(lane, { error, failedAt: head })
         if (!dryRun && REFUSED_BEFORE_WRITING.has(error.code)) {
