@@ -30,6 +30,10 @@ export type ErrorCode =
   | 'STRAY_SUBVOLUME'
   | 'PERMISSION_DENIED'
   | 'TOOL_TOO_OLD'
+  | 'HOSTKEY_UNKNOWN'
+  | 'HOSTKEY_CHANGED'
+  | 'AUTH_FAILED'
+  | 'NETWORK_FAILED'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

@@ -19,6 +19,8 @@ export interface ExecOptions {
   readonly env?: Readonly<Record<string, string>>
   /** receives stdout line by line (`\r` or `\n` ends a line); stdout is then not kept */
   readonly onStdoutLine?: (line: string) => void
+  /** written to the command's stdin (small: a file's content), which is closed after it */
+  readonly input?: string
 }
 
 /**
@@ -83,7 +85,11 @@ export interface LockHandle {
   release(): ResultAsync<void, TransportError>
 }
 
-export type TransportError = BbError<'IO_FAILED' | 'NOT_FOUND' | 'COMMAND_FAILED' | 'TOOL_MISSING' | 'CANCELLED' | 'DISK_FULL'>
+export type TransportError = BbError<
+  'IO_FAILED' | 'NOT_FOUND' | 'COMMAND_FAILED' | 'TOOL_MISSING' | 'CANCELLED' | 'DISK_FULL' | 'INVALID_OPTIONS'
+  // reaching another host: the first three are never retried, NETWORK_FAILED is (with backoff)
+  | 'HOSTKEY_UNKNOWN' | 'HOSTKEY_CHANGED' | 'AUTH_FAILED' | 'NETWORK_FAILED'
+>
 export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
 
 /**

@@ -22,7 +22,7 @@ export const execCommand = (argv: readonly string[], options: ExecOptions = {}):
     const child = execa(file, args, {
       reject: false,
       buffer: false,
-      stdin: 'ignore',
+      ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
       forceKillAfterDelay: 5000,
       ...(options.signal === undefined ? {} : { cancelSignal: options.signal }),
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),

@@ -1,0 +1,168 @@
+import { existsSync } from 'node:fs'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseLocation, type SshLocation, type Transport } from '@bb/core'
+import { makeTempDir, requireTools, startSshd, type Sshd, type TempDir } from '@bb/testkit'
+import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
+
+/** names a careless remote command line would turn into shell syntax or options */
+const HOSTILE = [
+  'with space', "it's", 'say "hi"', '$HOME', '`id`', '$(touch MARKER)', "'; touch MARKER; '", 'line\nbreak', '-rf', '--help', 'tab\there', 'back\\slash', '*', 'é ü',
+]
+
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the ssh transport against a real sshd on 127.0.0.1', () => {
+  let sshd: Sshd
+  let dir: TempDir
+  let session: SshSession
+  let remote: Transport
+
+  const location = (path: string): SshLocation => parseLocation(`ssh://root@127.0.0.1:${sshd.port}${path}`)._unsafeUnwrap() as SshLocation
+  const options = () => ({ identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+
+  beforeAll(async () => {
+    sshd = await startSshd()
+    dir = await makeTempDir('ssh-transport')
+    session = openSshSession()
+    remote = sshTransport(location(dir.path), session, options())
+  })
+  afterAll(async () => {
+    await session?.close()
+    await sshd?.stop()
+    await dir?.cleanup()
+  })
+
+  it('runs argv on the host with every argument intact, hostile ones included', async () => {
+    const r = (await remote.exec(['printf', '%s\\0', ...HOSTILE]))._unsafeUnwrap()
+    expect(r.exitCode).toBe(0)
+    expect(r.stdout.split('\0').slice(0, -1)).toEqual(HOSTILE)
+  })
+
+  it('moves files with hostile names and never runs what is in them', async () => {
+    const base = join(dir.path, 'files')
+    expect((await remote.mkdir(base))._unsafeUnwrap()).toBeUndefined()
+    for (const name of HOSTILE) {
+      const path = join(base, name)
+      ;(await remote.writeFileAtomic(path, `content of ${name}\n`))._unsafeUnwrap()
+      expect(await readFile(path, 'utf8')).toBe(`content of ${name}\n`)
+      expect((await remote.readFile(path))._unsafeUnwrap()).toBe(`content of ${name}\n`)
+      const s = (await remote.stat(path))._unsafeUnwrap()
+      expect(s?.kind).toBe('file')
+      expect(s?.size).toBe(Buffer.byteLength(`content of ${name}\n`))
+    }
+    expect((await remote.list(base))._unsafeUnwrap().map((e) => e.name).sort()).toEqual([...HOSTILE].sort())
+    expect((await readdir(base)).sort()).toEqual([...HOSTILE].sort())
+    // the benign half worked (above); the hostile half did nothing
+    expect(existsSync(join(base, 'MARKER'))).toBe(false)
+    expect(existsSync(join(process.env.HOME ?? '/root', 'MARKER'))).toBe(false)
+    expect(existsSync('/MARKER')).toBe(false)
+  })
+
+  it('renames, links, removes and reports what is not there', async () => {
+    const base = join(dir.path, 'ops')
+    ;(await remote.mkdir(join(base, 'a', 'b'), { recursive: true }))._unsafeUnwrap()
+    await writeFile(join(base, 'a', 'f'), 'x')
+    ;(await remote.rename(join(base, 'a', 'f'), join(base, 'a', 'g h')))._unsafeUnwrap()
+    expect(await readdir(join(base, 'a'))).toEqual(['b', 'g h'])
+    ;(await remote.symlink('g h', join(base, 'a', 'latest')))._unsafeUnwrap()
+    expect((await remote.readlink(join(base, 'a', 'latest')))._unsafeUnwrap()).toBe('g h')
+    expect((await remote.stat(join(base, 'a', 'latest')))._unsafeUnwrap()?.kind).toBe('symlink')
+    expect((await remote.stat(join(base, 'a', 'b')))._unsafeUnwrap()?.kind).toBe('directory')
+    expect((await remote.stat(join(base, 'nothing')))._unsafeUnwrap()).toBeUndefined()
+    expect((await remote.readFile(join(base, 'nothing')))._unsafeUnwrap()).toBeUndefined()
+    expect((await remote.readlink(join(base, 'a', 'g h')))._unsafeUnwrap()).toBeUndefined()
+    expect((await remote.list(join(base, 'nothing')))._unsafeUnwrapErr().code).toBe('NOT_FOUND')
+    expect((await remote.mkdir(join(base, 'no', 'parent')))._unsafeUnwrapErr().code).toBe('NOT_FOUND')
+    ;(await remote.remove(join(base, 'a'), { recursive: true }))._unsafeUnwrap()
+    expect(await readdir(base)).toEqual([])
+  })
+
+  it('says which tool is missing on the host', async () => {
+    const e = (await remote.exec(['bbackup-no-such-tool', '--version']))._unsafeUnwrapErr()
+    expect(e.code).toBe('TOOL_MISSING')
+    expect(e.message).toBe(`bbackup-no-such-tool is not installed on root@127.0.0.1:${sshd.port} (or not on the PATH of its non-interactive shell)`)
+  })
+
+  it('streams a command\'s output into another command over the connection', async () => {
+    const big = join(dir.path, 'big')
+    await writeFile(big, Buffer.alloc(3 * 1024 * 1024, 7))
+    const sender = remote.spawn(['cat', '--', big], { stdout: 'pipe' })
+    const receiver = remote.spawn(['sh', '-c', 'cat > "$1"', 'sh', `${big}.copy`], { stdin: sender.stdout as NonNullable<typeof sender.stdout> })
+    expect((await sender.done)._unsafeUnwrap().exitCode).toBe(0)
+    expect((await receiver.done)._unsafeUnwrap().exitCode).toBe(0)
+    expect((await readFile(`${big}.copy`)).equals(await readFile(big))).toBe(true)
+  })
+
+  it('used one ssh connection for all of it', async () => {
+    expect(session.connectionsOpened).toBe(1)
+    expect(await sshd.logins()).toBe(1)
+  })
+
+  it('closes its connection, leaving no session behind on the server', async () => {
+    const own = openSshSession()
+    const t = sshTransport(location(dir.path), own, options())
+    ;(await t.exec(['true']))._unsafeUnwrap()
+    const before = sshd.sessionPids().length
+    expect(before).toBeGreaterThan(0)
+    await own.close()
+    const deadline = Date.now() + 5000
+    while (sshd.sessionPids().length >= before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+    expect(sshd.sessionPids().length).toBeLessThan(before)
+  })
+
+  it('refuses an unknown host key, naming the fix, without retrying', async () => {
+    const own = openSshSession()
+    const empty = join(dir.path, 'empty_known_hosts')
+    await writeFile(empty, '')
+    try {
+      const before = await sshd.logins()
+      const e = (await sshTransport(location(dir.path), own, { identityFile: sshd.identityFile, knownHostsFile: empty }).exec(['true']))._unsafeUnwrapErr()
+      expect(e.code).toBe('HOSTKEY_UNKNOWN')
+      expect(e.message).toBe(`the host key of root@127.0.0.1:${sshd.port} is not known: bbackup does not trust new hosts by itself`)
+      expect(e.hint).toContain(`ssh-keyscan -p ${sshd.port} 127.0.0.1 >> ~/.ssh/known_hosts`)
+      expect(await sshd.logins()).toBe(before)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('refuses a login it has no key for', async () => {
+    const own = openSshSession()
+    const other = join(dir.path, 'other_key')
+    await mkdir(dir.path, { recursive: true })
+    const { execFileSync } = await import('node:child_process')
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other])
+    try {
+      const e = (await sshTransport(location(dir.path), own, { identityFile: other, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()
+      expect(e.code).toBe('AUTH_FAILED')
+      expect(e.message).toMatch(/^ssh could not log in to root@127\.0\.0\.1:\d+: .*Permission denied \(publickey\)/)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('reports a host that does not answer as a network failure', async () => {
+    const own = openSshSession()
+    try {
+      const closed = parseLocation('ssh://root@127.0.0.1:1/x')._unsafeUnwrap() as SshLocation
+      const e = (await sshTransport(closed, own, options()).exec(['true']))._unsafeUnwrapErr()
+      expect(e.code).toBe('NETWORK_FAILED')
+      expect(e.message).toMatch(/^the connection to root@127\.0\.0\.1:1 failed: .*Connection refused/)
+    } finally {
+      await own.close()
+    }
+  })
+
+  // last: it changes the server's key for good
+  it('refuses a changed host key, naming the fix (reliability scenario 22)', async () => {
+    await sshd.rotateHostKey()
+    const own = openSshSession()
+    try {
+      const e = (await sshTransport(location(dir.path), own, options()).exec(['true']))._unsafeUnwrapErr()
+      expect(e.code).toBe('HOSTKEY_CHANGED')
+      expect(e.hint).toContain(`ssh-keygen -R '[127.0.0.1]:${sshd.port}'`)
+    } finally {
+      await own.close()
+    }
+  })
+})

@@ -1,0 +1,155 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
+import { createServer, connect } from 'node:net'
+import { join } from 'node:path'
+import { makeTempDir } from './temp-dir.js'
+
+/** A real OpenSSH server on 127.0.0.1, with its own host key and a client key that may log in. */
+export interface Sshd {
+  readonly host: '127.0.0.1'
+  readonly port: number
+  /** the private key that logs in (as the user running the tests) */
+  readonly identityFile: string
+  /** a known_hosts file that trusts this server's host key */
+  readonly knownHostsFile: string
+  /** a directory of the fixture for the test's own files */
+  readonly directory: string
+  /** replaces authorized_keys: one line per entry, `%KEY%` standing for the client's public key */
+  setAuthorizedKeys(lines: readonly string[]): Promise<void>
+  /** gives the server a new host key and restarts it: the known_hosts entry is now wrong */
+  rotateHostKey(): Promise<void>
+  /** how many logins the server has accepted so far */
+  logins(): Promise<number>
+  /** pids of the sshd processes serving connections now (children of the listener) */
+  sessionPids(): number[]
+  /** stops the server and every connection it serves; safe to call twice */
+  stop(): Promise<void>
+}
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))))
+    })
+  })
+
+const accepting = (port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+
+/** pids whose parent is `pid`, from /proc */
+const childrenOf = (pid: number): number[] => {
+  const found: number[] = []
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      if (ppid === pid) found.push(Number(entry))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found
+}
+
+const descendantsOf = (pid: number): number[] => childrenOf(pid).flatMap((c) => [c, ...descendantsOf(c)])
+
+/**
+ * Starts `sshd -D` on a free port of 127.0.0.1 with generated host and client keys (ed25519),
+ * password logins off and its log in the fixture's directory. Needs root (sshd's privilege
+ * separation) and openssh-server. `stop` ends the listener and the sessions it started, by pid.
+ */
+export const startSshd = async (): Promise<Sshd> => {
+  const dir = await makeTempDir('sshd')
+  const hostKey = join(dir.path, 'host_ed25519')
+  const clientKey = join(dir.path, 'client_ed25519')
+  const knownHosts = join(dir.path, 'known_hosts')
+  const authorizedKeys = join(dir.path, 'authorized_keys')
+  const config = join(dir.path, 'sshd_config')
+  const log = join(dir.path, 'sshd.log')
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const keygen = (file: string): void => {
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'bbackup-test', '-f', file], { stdio: 'ignore' })
+  }
+  const trustHostKey = async (): Promise<void> => {
+    const pub = (await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')
+    await writeFile(knownHosts, `[127.0.0.1]:${port} ${pub}\n`)
+  }
+  const start = async (): Promise<void> => {
+    child = spawn('/usr/sbin/sshd', ['-D', '-f', config, '-E', log], { stdio: 'ignore' })
+    const deadline = Date.now() + 10_000
+    while (!(await accepting(port))) {
+      if (child.exitCode !== null) throw new Error(`sshd exited with ${child.exitCode}: ${await readFile(log, 'utf8').catch(() => '')}`)
+      if (Date.now() > deadline) throw new Error('sshd did not accept connections within 10 s')
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  const stopListener = async (): Promise<void> => {
+    const listener = child
+    child = undefined
+    if (listener?.pid === undefined || listener.exitCode !== null) return
+    for (const pid of descendantsOf(listener.pid)) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    const gone = new Promise<void>((resolve) => listener.once('exit', () => resolve()))
+    listener.kill('SIGTERM')
+    await gone
+  }
+  const stop = async (): Promise<void> => {
+    await stopListener()
+    await dir.cleanup()
+  }
+  try {
+    keygen(hostKey)
+    keygen(clientKey)
+    await writeFile(authorizedKeys, await readFile(`${clientKey}.pub`, 'utf8'))
+    await trustHostKey()
+    await writeFile(config, [
+      `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${hostKey}`, `PidFile ${join(dir.path, 'sshd.pid')}`,
+      `AuthorizedKeysFile ${authorizedKeys}`, 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes',
+      'PermitRootLogin prohibit-password', 'StrictModes no', 'UsePAM no', 'LogLevel VERBOSE', 'MaxSessions 64', 'MaxStartups 64',
+      'PrintMotd no', 'Subsystem sftp internal-sftp', '',
+    ].join('\n'))
+    mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
+    await start()
+  } catch (e) {
+    await stop()
+    throw e
+  }
+  return {
+    host: '127.0.0.1',
+    port,
+    identityFile: clientKey,
+    knownHostsFile: knownHosts,
+    directory: dir.path,
+    setAuthorizedKeys: async (lines) => {
+      const key = (await readFile(`${clientKey}.pub`, 'utf8')).trim()
+      await writeFile(authorizedKeys, lines.map((l) => `${l.replaceAll('%KEY%', key)}\n`).join(''))
+    },
+    rotateHostKey: async () => {
+      await stopListener()
+      execFileSync('rm', ['-f', hostKey, `${hostKey}.pub`])
+      keygen(hostKey)
+      await start()
+    },
+    logins: async () => ((await readFile(log, 'utf8').catch(() => '')).match(/Accepted publickey/g) ?? []).length,
+    sessionPids: () => (child?.pid === undefined ? [] : descendantsOf(child.pid)),
+    stop,
+  }
+}

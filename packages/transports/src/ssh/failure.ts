@@ -1,0 +1,47 @@
+import { bbError, type CommandResult, type TransportError } from '@bb/core'
+
+/** Where a command ran, for messages: `backup@nas` or `nas:2222`. */
+export interface Endpoint {
+  /** as the user wrote it: `[user@]host[:port]` */
+  readonly display: string
+  readonly host: string
+  readonly port?: number
+}
+
+const knownHostsName = (e: Endpoint): string => (e.port === undefined || e.port === 22 ? e.host : `[${e.host}]:${e.port}`)
+
+/**
+ * What went wrong when ssh itself failed (exit 255 with one of its own messages), or undefined
+ * when the failure was the remote command's. Host key and authentication failures are never
+ * retried; network failures are (`NETWORK_FAILED`).
+ */
+export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | 'argv'>, endpoint: Endpoint): TransportError | undefined => {
+  if (result.exitCode !== 255) return undefined
+  const stderr = result.stderr
+  const details = { host: endpoint.display, argv: [...result.argv], stderr }
+  if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/.test(stderr)) {
+    return bbError('HOSTKEY_CHANGED', `the host key of ${endpoint.display} has CHANGED since it was trusted: refusing to connect (this can be an attack)`,
+      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen -R '${knownHostsName(endpoint)}' && ssh-keyscan ${endpoint.port === undefined ? '' : `-p ${endpoint.port} `}${endpoint.host} >> ~/.ssh/known_hosts`, details)
+  }
+  if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
+    return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,
+      `check its fingerprint, then trust it once: ssh-keyscan ${endpoint.port === undefined ? '' : `-p ${endpoint.port} `}${endpoint.host} >> ~/.ssh/known_hosts (or connect once with ssh and answer yes)`, details)
+  }
+  if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {
+    return bbError('AUTH_FAILED', `ssh could not log in to ${endpoint.display}: ${firstSshLine(stderr)}`,
+      'bbackup logs in without prompts (BatchMode): give a key with --ssh-identity (or in ~/.ssh/config) whose public half is in the remote authorized_keys', details)
+  }
+  if (/Could not resolve hostname/.test(stderr)) {
+    return bbError('NETWORK_FAILED', `cannot resolve the host name of ${endpoint.display}`, 'check the name (and ~/.ssh/config), and the DNS of this host', details)
+  }
+  if (/Connection refused|Connection timed out|timed out|No route to host|Network is unreachable|Connection reset|Connection closed|closed by remote host|Broken pipe|not responding|kex_exchange_identification|mux_client|Control socket|master .* died|lost connection|Connection to .* closed/i.test(stderr)) {
+    return bbError('NETWORK_FAILED', `the connection to ${endpoint.display} failed: ${firstSshLine(stderr)}`, 'check that the host is up and reachable; the run retries this with backoff, and the next run picks up where it stopped', details)
+  }
+  return undefined
+}
+
+/** The line of ssh's stderr that says what happened (not its banner or the remote's output). */
+const firstSshLine = (stderr: string): string => {
+  const lines = stderr.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('@@@') && !l.startsWith('Warning: Permanently'))
+  return lines.find((l) => /^(ssh|kex_|Connection|Timeout|Permission|Load key|client_loop|mux_)/.test(l)) ?? lines.at(-1) ?? 'ssh exited with 255'
+}

@@ -1,0 +1,240 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { err, ok, type Result } from 'neverthrow'
+import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
+import { execCommand } from '../local/exec.js'
+import { sshFailure, type Endpoint } from './failure.js'
+
+/** How bbackup reaches one host over ssh; every field has a safe default. */
+export interface SshOptions {
+  /** the ssh client to run (default `ssh`) */
+  readonly program?: string
+  /** a private key to log in with (sets IdentitiesOnly) */
+  readonly identityFile?: string
+  /** a known_hosts file for this host instead of the user's */
+  readonly knownHostsFile?: string
+  /** more ssh_config options, `Key=Value` as with `ssh -o`; they take precedence over bbackup's defaults */
+  readonly options?: readonly string[]
+  /** run the remote commands with `sudo -n` (for btrfs as a user that is not root) */
+  readonly sudo?: boolean
+  /** seconds between keepalives inside the connection (default 15); `ServerAliveCountMax` misses end it (default 4) */
+  readonly serverAliveInterval?: number
+  readonly serverAliveCountMax?: number
+  /** seconds to wait for the TCP connection (default 15) */
+  readonly connectTimeout?: number
+}
+
+/** One host as bbackup reaches it: its generated ssh_config and the multiplexed master connection. */
+export interface SshConnection {
+  readonly endpoint: Endpoint
+  readonly options: SshOptions
+  /** the ssh argv that runs `remote` (already one shell-quoted string) on the host, through the master */
+  command(remote: string): string[]
+  /** rsync's `-e` value and the host part of its `host:path` */
+  readonly rsyncShell: string
+  readonly rsyncHost: string
+  /** opens the master connection if it is not open; the error says why it could not be */
+  ready(signal?: AbortSignal): Promise<Result<void, TransportError>>
+}
+
+/**
+ * The ssh connections of one run: one multiplexed master per host (OpenSSH ControlMaster) with
+ * its socket in a private directory, all closed by {@link SshSession.close}, and also when the
+ * process exits.
+ */
+export interface SshSession {
+  connection(location: SshLocation, options?: SshOptions): SshConnection
+  /** how many master connections this session has opened (the benchmark counts them) */
+  readonly connectionsOpened: number
+  close(): Promise<void>
+}
+
+const CONFIG_VALUE = /^[^\n\r"]*$/
+
+/** Writes `Key value` lines for ssh_config; values are double-quoted, which ssh_config supports. */
+const configLine = (key: string, value: string | number): string => `  ${key} "${value}"`
+
+const optionLines = (extra: readonly string[]): Result<string[], TransportError> => {
+  const lines: string[] = []
+  for (const option of extra) {
+    const m = /^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(.*)$/.exec(option)
+    if (m === null || !CONFIG_VALUE.test(m[2] ?? '')) {
+      return err(bbError('INVALID_OPTIONS', `the ssh option ${JSON.stringify(option)} is not Key=Value on one line`, 'write it as with ssh -o, e.g. --ssh-option ConnectTimeout=30'))
+    }
+    lines.push(`  ${m[1] ?? ''} ${m[2] ?? ''}`)
+  }
+  return ok(lines)
+}
+
+/**
+ * The ssh_config of one connection. First value wins in ssh_config, so the user's `-o` options come
+ * first, then bbackup's fail-closed defaults, then the user's and the system's own config files
+ * (host aliases, ProxyJump, ... keep working).
+ */
+const configText = (location: SshLocation, options: SshOptions, controlPath: string, extra: readonly string[]): Result<string, TransportError> => {
+  for (const [what, value] of [['ssh program', options.program], ['identity file', options.identityFile], ['known_hosts file', options.knownHostsFile], ['control path', controlPath]] as const) {
+    if (value !== undefined && !CONFIG_VALUE.test(value)) return err(bbError('INVALID_OPTIONS', `the ${what} ${JSON.stringify(value)} contains a quote or a line break`, 'use a path without " or line breaks'))
+  }
+  return ok([
+    'Host *',
+    ...extra,
+    ...(location.user === undefined ? [] : [configLine('User', location.user)]),
+    ...(location.port === undefined ? [] : [configLine('Port', location.port)]),
+    ...(options.identityFile === undefined ? [] : [configLine('IdentityFile', options.identityFile), '  IdentitiesOnly yes']),
+    ...(options.knownHostsFile === undefined ? [] : [configLine('UserKnownHostsFile', options.knownHostsFile), '  GlobalKnownHostsFile /dev/null']),
+    '  BatchMode yes',
+    '  StrictHostKeyChecking yes',
+    '  UpdateHostKeys no',
+    `  ConnectTimeout ${options.connectTimeout ?? 15}`,
+    `  ServerAliveInterval ${options.serverAliveInterval ?? 15}`,
+    `  ServerAliveCountMax ${options.serverAliveCountMax ?? 4}`,
+    configLine('ControlPath', controlPath),
+    '  ControlMaster no',
+    '  ControlPersist no',
+    '  LogLevel ERROR',
+    'Include ~/.ssh/config',
+    'Include /etc/ssh/ssh_config',
+    '',
+  ].join('\n'))
+}
+
+const hostArg = (host: string): string => (host.includes(':') ? `[${host}]` : host)
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * Opens an ssh session for one run.
+ * @example
+ * const session = openSshSession()
+ * try { ... sshTransport(location, session) ... } finally { await session.close() }
+ */
+export const openSshSession = (): SshSession => {
+  let directory: string | undefined
+  const connections = new Map<string, SshConnection>()
+  const masters = new Set<ChildProcess>()
+  let opened = 0
+  let closed = false
+
+  // last resort: a process that exits without close() still stops its masters and removes its sockets
+  const onExit = (): void => {
+    for (const m of masters) m.kill('SIGTERM')
+    if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
+  }
+  process.once('exit', onExit)
+
+  const privateDirectory = (): string => {
+    // mkdtemp creates it 0700: the control sockets in it are reachable by this user only
+    directory ??= mkdtempSync(join(tmpdir(), 'bbackup-ssh-'))
+    return directory
+  }
+
+  const connection = (location: SshLocation, options: SshOptions = {}): SshConnection => {
+    const key = JSON.stringify([location.user, location.host, location.port, options])
+    const existing = connections.get(key)
+    if (existing !== undefined) return existing
+    const index = connections.size
+    const dir = privateDirectory()
+    const configPath = join(dir, `${index}.conf`)
+    const controlPath = join(dir, `${index}.sock`)
+    const program = options.program ?? 'ssh'
+    const endpoint: Endpoint = {
+      display: `${location.user === undefined ? '' : `${location.user}@`}${location.host}${location.port === undefined ? '' : `:${location.port}`}`,
+      host: location.host,
+      ...(location.port === undefined ? {} : { port: location.port }),
+    }
+    const written = optionLines(options.options ?? []).andThen((extra) => configText(location, options, controlPath, extra))
+    if (written.isOk()) writeFileSync(configPath, written.value, { mode: 0o600 })
+    const base = [program, '-F', configPath]
+    let master: ChildProcess | undefined
+    let opening: Promise<Result<void, TransportError>> | undefined
+
+    const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
+      if (written.isErr()) return err(written.error)
+      if (closed) return err(bbError('CANCELLED', 'the ssh session was closed', 'this is a bug in bbackup; please report it'))
+      const child = spawn(program, [...base, '-N', '-o', 'ControlMaster=yes', '--', hostArg(location.host)].slice(1), { stdio: ['ignore', 'ignore', 'pipe'] })
+      let stderr = ''
+      child.stderr?.setEncoding('utf8')
+      child.stderr?.on('data', (chunk: string) => {
+        stderr = (stderr + chunk).slice(-8000)
+      })
+      let exited: { code: number | null; error?: NodeJS.ErrnoException } | undefined
+      child.once('error', (e: NodeJS.ErrnoException) => {
+        exited = { code: null, error: e }
+      })
+      child.once('close', (code) => {
+        exited ??= { code }
+        masters.delete(child)
+        if (master === child) {
+          master = undefined
+          opening = undefined
+        }
+      })
+      masters.add(child)
+      opened++
+      const deadline = Date.now() + ((options.connectTimeout ?? 15) * 2 + 10) * 1000
+      for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
+        await sleep(wait)
+        if (exited !== undefined) {
+          if (exited.error?.code === 'ENOENT') return err(bbError('TOOL_MISSING', `${program} is not installed (or not on PATH)`, 'install it: apt-get install openssh-client'))
+          const argv = [...base, '-N', '--', location.host]
+          return err(sshFailure({ exitCode: 255, stderr: stderrTail(stderr), argv }, endpoint)
+            ?? bbError('NETWORK_FAILED', `could not connect to ${endpoint.display}: ${stderrTail(stderr) || `ssh exited with ${exited.code ?? 'a signal'}`}`, 'check the host, the port and your ssh config', { argv, stderr: stderrTail(stderr) }))
+        }
+        if (signal?.aborted === true || Date.now() > deadline) {
+          child.kill('SIGTERM')
+          return err(signal?.aborted === true
+            ? bbError('CANCELLED', `cancelled while connecting to ${endpoint.display}`, 'run again when ready')
+            : bbError('NETWORK_FAILED', `connecting to ${endpoint.display} did not finish in time`, 'check that the host is up and reachable'))
+        }
+        const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
+        if (check.isOk() && check.value.exitCode === 0) break
+      }
+      master = child
+      return ok(undefined)
+    }
+
+    const made: SshConnection = {
+      endpoint,
+      options,
+      command: (remote) => [...base, '--', hostArg(location.host), remote],
+      // rsync splits -e itself (not a shell) and honours double quotes: the paths hold none (checked above)
+      rsyncShell: `"${program}" -F "${configPath}"`,
+      rsyncHost: hostArg(location.host),
+      ready: (signal) => {
+        if (master !== undefined && master.exitCode === null && master.signalCode === null) return Promise.resolve(ok(undefined))
+        opening ??= open(signal).then((r) => {
+          if (r.isErr()) opening = undefined
+          return r
+        })
+        return opening
+      },
+    }
+    connections.set(key, made)
+    return made
+  }
+
+  return {
+    connection,
+    get connectionsOpened() {
+      return opened
+    },
+    close: async () => {
+      closed = true
+      process.off('exit', onExit)
+      await Promise.all([...masters].map(async (m) => {
+        const gone = new Promise<void>((resolve) => {
+          if (m.exitCode !== null || m.signalCode !== null) resolve()
+          else m.once('close', () => resolve())
+        })
+        m.kill('SIGTERM')
+        const timer = setTimeout(() => m.kill('SIGKILL'), 3000)
+        await gone
+        clearTimeout(timer)
+      }))
+      if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
+      directory = undefined
+    },
+  }
+}

@@ -1,0 +1,128 @@
+import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import {
+  bbError, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
+} from '@bb/core'
+import { execCommand, spawnCommand } from '../local/exec.js'
+import { sshFailure } from './failure.js'
+import { remoteCommand } from './quote.js'
+import type { SshOptions, SshSession } from './session.js'
+
+/** The exit code the remote file scripts use for "nothing is there". */
+const ABSENT = 3
+
+/**
+ * Small POSIX sh programs for the file operations, run as `sh -c PROGRAM sh ARG...`: the arguments
+ * arrive as "$1", "$2", quoted once by remoteCommand, and are never part of the program text.
+ * They need only POSIX sh and GNU coreutils/findutils (stat -c, find -printf, sync FILE, mv -T).
+ */
+const SCRIPTS = {
+  read: `[ -e "$1" ] || exit ${ABSENT}; exec cat -- "$1"`,
+  // temp file beside the target, fsync, rename, fsync of the directory
+  write: 'd=${1%/*}; [ -n "$d" ] || d=/; t="$d/.${1##*/}.tmp-$$"; if cat > "$t" && sync -- "$t" && mv -fT -- "$t" "$1" && sync -- "$d"; then exit 0; fi; s=$?; rm -f -- "$t"; exit $s',
+  stat: `[ -e "$1" ] || [ -h "$1" ] || exit ${ABSENT}; exec stat -c '%F/%s/%Y/%d/%i' -- "$1"`,
+  list: `[ -d "$1" ] || exit ${ABSENT}; exec find "$1" -mindepth 1 -maxdepth 1 -printf '%y/%f\\0'`,
+  mkdir: '[ -d "$1" ] || mkdir -- "$1"',
+  mkdirp: 'exec mkdir -p -- "$1"',
+  rename: 'd=${2%/*}; [ -n "$d" ] || d=/; mv -fT -- "$1" "$2" && sync -- "$d"',
+  symlink: 'd=${2%/*}; [ -n "$d" ] || d=/; t="$d/.${2##*/}.tmp-$$"; ln -s -- "$1" "$t" && mv -fT -- "$t" "$2" && sync -- "$d"',
+  readlink: `[ -h "$1" ] || exit ${ABSENT}; exec readlink -- "$1"`,
+  remove: 'exec rm -f -- "$1"',
+  removeTree: 'exec rm -rf -- "$1"',
+} as const
+
+const KINDS: Readonly<Record<string, EntryStat['kind']>> = { 'regular file': 'file', 'regular empty file': 'file', directory: 'directory', 'symbolic link': 'symlink' }
+const FIND_KINDS: Readonly<Record<string, EntryStat['kind']>> = { f: 'file', d: 'directory', l: 'symlink' }
+
+/**
+ * The transport for a path on another host, over ssh. Commands run through the connection's
+ * multiplexed master; every argument is quoted once, by {@link remoteCommand}. Locks and job state
+ * stay on the host that runs bbackup, so `lock` here is refused.
+ * @example
+ * const session = openSshSession()
+ * const target = sshTransport(parseLocation('backup@nas:/srv/backups')._unsafeUnwrap() as SshLocation, session, { identityFile: '/root/.ssh/backup' })
+ */
+export const sshTransport = (location: SshLocation, session: SshSession, options: SshOptions = {}): Transport => {
+  const connection = session.connection(location, options)
+  const sudo = options.sudo === true ? ['sudo', '-n', '--'] : []
+
+  /** ssh's own failures become typed errors; a missing remote command (sh's 127) is TOOL_MISSING */
+  const classify = (result: CommandResult, argv: readonly string[]): Result<CommandResult, TransportError> => {
+    const failure = sshFailure(result, connection.endpoint)
+    if (failure !== undefined) return err(failure)
+    if (result.exitCode === 127 && /not found|No such file/.test(result.stderr)) {
+      const tool = argv[0] ?? 'the command'
+      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${connection.endpoint.display} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : ''}`, { host: connection.endpoint.display, argv: [...argv], stderr: result.stderr }))
+    }
+    if (sudo.length > 0 && result.exitCode === 1 && /^sudo: /m.test(result.stderr)) {
+      return err(bbError('AUTH_FAILED', `sudo on ${connection.endpoint.display} refused to run ${argv[0] ?? 'the command'} without a password`, 'allow it in sudoers with NOPASSWD for the commands bbackup runs (see docs/transports/ssh.md)', { host: connection.endpoint.display, stderr: result.stderr }))
+    }
+    return ok({ ...result, argv })
+  }
+
+  const exec = (argv: readonly string[], execOptions: ExecOptions = {}): ResultAsync<CommandResult, TransportError> => {
+    if (execOptions.cwd !== undefined || execOptions.env !== undefined) {
+      return errAsync(bbError('INVALID_OPTIONS', 'cwd and env are not passed to commands on another host', 'this is a bug in bbackup; please report it'))
+    }
+    const remote = remoteCommand([...sudo, ...argv])
+    if (remote.isErr()) return errAsync(remote.error)
+    return ResultAsync.fromSafePromise(connection.ready(execOptions.signal))
+      .andThen((ready) => ready)
+      .andThen(() => execCommand(connection.command(remote.value), execOptions))
+      .andThen((result) => classify(result, argv))
+  }
+
+  const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
+    const remote = remoteCommand([...sudo, ...argv])
+    // a remote command with a NUL byte cannot run: start nothing, report why
+    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), spawnOptions)
+    return {
+      ...running,
+      argv,
+      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => classify(result, argv)),
+    }
+  }
+
+  /** runs one of the file scripts; exit {@link ABSENT} is "nothing there", other failures become IO errors */
+  const script = (name: keyof typeof SCRIPTS, args: readonly string[], what: string, input?: string): ResultAsync<CommandResult, TransportError> =>
+    exec(['sh', '-c', SCRIPTS[name], 'sh', ...args], input === undefined ? {} : { input }).andThen((r) => {
+      if (r.exitCode === 0 || r.exitCode === ABSENT) return ok(r)
+      const details = { host: connection.endpoint.display, path: args[0], stderr: r.stderr }
+      if (/No space left|Disk quota exceeded/.test(r.stderr)) return err(bbError('DISK_FULL', `no space left on ${connection.endpoint.display} to ${what} ${args[0] ?? ''}`, 'free space on that filesystem (or prune old backups) and run again', details))
+      if (/No such file or directory/.test(r.stderr)) return err(bbError('NOT_FOUND', `cannot ${what} ${args[0] ?? ''} on ${connection.endpoint.display}: it does not exist`, 'check the path, or create its parent directory', details))
+      if (/Permission denied|Operation not permitted|Read-only file system/.test(r.stderr)) return err(bbError('IO_FAILED', `cannot ${what} ${args[0] ?? ''} on ${connection.endpoint.display}: permission denied`, 'log in as a user that may write there (or use --ssh-sudo), or fix its permissions', details))
+      return err(bbError('IO_FAILED', `cannot ${what} ${args[0] ?? ''} on ${connection.endpoint.display}: ${r.stderr || `exit ${r.exitCode}`}`, 'check the remote filesystem and run again', details))
+    })
+
+  const notFound = (path: string): TransportError =>
+    bbError('NOT_FOUND', `cannot list ${path} on ${connection.endpoint.display}: it does not exist`, 'check the path, or create it', { host: connection.endpoint.display, path })
+
+  return {
+    location,
+    exec,
+    spawn,
+    readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
+    writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),
+    stat: (path) => script('stat', [path], 'stat').map((r): EntryStat | undefined => {
+      if (r.exitCode === ABSENT) return undefined
+      // %F may contain '/' only in no kind GNU stat prints; the numbers are the last four fields
+      const fields = r.stdout.trim().split('/')
+      const [size, mtime, device, inode] = fields.slice(-4).map(Number)
+      return { kind: KINDS[fields.slice(0, -4).join('/')] ?? 'other', size: size ?? 0, mtime: new Date((mtime ?? 0) * 1000), device: device ?? 0, inode: inode ?? 0 }
+    }),
+    list: (directory) => script('list', [directory], 'list').andThen((r): Result<DirEntry[], TransportError> => (r.exitCode === ABSENT
+      ? err(notFound(directory))
+      : ok(r.stdout.split('\0').filter((e) => e !== '').map((e) => ({ name: e.slice(2), kind: FIND_KINDS[e[0] ?? ''] ?? 'other' }))))),
+    mkdir: (path, o = {}) => script(o.recursive === true ? 'mkdirp' : 'mkdir', [path], 'create').map(() => undefined),
+    rename: (from, to) => script('rename', [from, to], 'rename').map(() => undefined),
+    symlink: (target, path) => script('symlink', [target, path], 'link').map(() => undefined),
+    readlink: (path) => script('readlink', [path], 'read link').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout.replace(/\n$/, ''))),
+    remove: (path, o = {}) => script(o.recursive === true ? 'removeTree' : 'remove', [path], 'remove').map(() => undefined),
+    lock: (path): ResultAsync<never, LockError> =>
+      errAsync(bbError('LOCK_FAILED', `bbackup keeps its locks on the host it runs on, not on ${connection.endpoint.display} (${path})`, 'give the job a local --state-dir')),
+    inspectLock: () => okAsync(undefined),
+    rsyncEndpoint: (path) => ({
+      spec: `${connection.rsyncHost}:${path}`,
+      options: ['-e', connection.rsyncShell, ...(sudo.length > 0 ? ['--rsync-path=sudo -n rsync'] : [])],
+    }),
+  }
+}
