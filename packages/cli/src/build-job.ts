@@ -1,18 +1,44 @@
-import { readdir, stat } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
-import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Transport } from '@bb/core'
+import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Location, type Transport } from '@bb/core'
+import type { SshSession } from '@bb/transports/ssh'
 import { err, ok, type Result } from 'neverthrow'
-import type { DriverChoice, JobSpec } from './config.js'
+import type { DriverChoice, JobSpec, SshSpec } from './config.js'
+
+/** Opens what remote locations need, once per CLI run; `main` closes it at the end. */
+export interface Connections {
+  ssh(): Promise<SshSession>
+}
+
+/**
+ * The transport for a location: this host, or another over ssh (one connection per host per run).
+ * Remote paths must be absolute: a path relative to the remote home is easy to get wrong.
+ */
+export const transportFor = async (location: Location, ssh: SshSpec | undefined, connections: Connections): Promise<Result<Transport, BbError>> => {
+  switch (location.kind) {
+    case 'local':
+      return ok((await import('@bb/transports/local')).localTransport(location.path))
+    case 'ssh': {
+      if (!location.path.startsWith('/')) {
+        return err(bbError('INVALID_LOCATION', `the remote path ${JSON.stringify(location.path)} of ${formatLocation(location)} is relative`, `write it as an absolute path: ${location.user === undefined ? '' : `${location.user}@`}${location.host}:/${location.path.replace(/^\.\//, '')} or ssh://host/abs/path`))
+      }
+      const { sshTransport } = await import('@bb/transports/ssh')
+      return ok(sshTransport(location, await connections.ssh(), ssh ?? {}))
+    }
+    case 'rsyncd':
+      return err(bbError('UNSUPPORTED', 'rsync daemon locations are not available in this version of bbackup', 'reach the host over ssh (host:/path), or run bbackup there'))
+  }
+}
 
 /**
  * What a source is, to pick a driver when none is named (DESIGN.md: detected from the source).
  * A source that cannot be read is left to the rsync driver's probe, which says what is wrong.
  */
-const detectDriver = async (source: string): Promise<DriverChoice> => {
-  const s = await stat(source).catch(() => undefined)
-  if (s?.isBlockDevice() === true || s?.isFile() === true) return 'block'
+const detectDriver = async (source: Transport): Promise<DriverChoice> => {
+  const s = (await source.stat(source.location.path)).unwrapOr(undefined)
+  // a file or a device: an image to back up as blocks
+  if (s?.kind === 'file' || s?.kind === 'other') return 'block'
   // a btrfs subvolume's root directory has inode 256
-  if (s?.isDirectory() === true && s.ino === 256) return 'btrfs'
+  if (s?.kind === 'directory' && s.inode === 256) return 'btrfs'
   return 'rsync'
 }
 
@@ -20,12 +46,12 @@ const detectDriver = async (source: string): Promise<DriverChoice> => {
  * Which driver made the backups in a target directory, for restore: rsync keeps its records in
  * `.bbackup/`; btrfs backups are subvolumes (inode 256).
  */
-export const detectBackupDriver = async (target: string): Promise<DriverChoice> => {
-  if ((await stat(join(target, '.bbackup')).catch(() => undefined))?.isDirectory() === true) return 'rsync'
-  const entries = await readdir(target, { withFileTypes: true }).catch(() => [])
-  for (const e of entries) {
-    if (!e.isDirectory() || parseSnapshotName(e.name) === undefined) continue
-    if ((await stat(join(target, e.name)).catch(() => undefined))?.ino === 256) return 'btrfs'
+export const detectBackupDriver = async (target: Transport): Promise<DriverChoice> => {
+  const dir = target.location.path
+  if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return 'rsync'
+  for (const e of (await target.list(dir)).unwrapOr([])) {
+    if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
+    if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return 'btrfs'
   }
   return 'rsync'
 }
@@ -37,21 +63,20 @@ const unavailable = (driver: DriverChoice): BbError =>
  * Turns a job spec into an engine Job. Drivers and transports are imported here, when a command
  * runs, so that `bbackup --help` loads none of them.
  */
-export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string }): Promise<Result<Job, BbError>> => {
+export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string; readonly connections: Connections }): Promise<Result<Job, BbError>> => {
   const source = parseLocation(spec.source, { cwd: options.cwd })
   if (source.isErr()) return err(source.error)
-  const targets = []
+  const sourceTransport = await transportFor(source.value, spec.ssh, options.connections)
+  if (sourceTransport.isErr()) return err(sourceTransport.error)
+  const targetTransports: Transport[] = []
   for (const t of spec.targets) {
     const parsed = parseLocation(t, { cwd: options.cwd })
     if (parsed.isErr()) return err(parsed.error)
-    targets.push(parsed.value)
+    const made = await transportFor(parsed.value, spec.ssh, options.connections)
+    if (made.isErr()) return err(made.error)
+    targetTransports.push(made.value)
   }
-  for (const location of [source.value, ...targets]) {
-    if (location.kind !== 'local') {
-      return err(bbError('UNSUPPORTED', `${location.kind === 'ssh' ? 'ssh' : 'rsync daemon'} locations are not available in this version of bbackup`, 'run bbackup on the machine that has the disk, with local paths'))
-    }
-  }
-  const driverName = spec.driver ?? (await detectDriver(source.value.path))
+  const driverName = spec.driver ?? (await detectDriver(sourceTransport.value))
   if (driverName === 'block') return err(unavailable(driverName))
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
@@ -65,16 +90,14 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,
       })),
   ])
-  const sourceTransport: Transport = localTransport(source.value.path)
-  const targetTransports = targets.map((t) => localTransport(t.path))
   // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets
-  const id = spec.name ?? jobId(sourceTransport, driverName === 'btrfs' ? [] : targetTransports)
+  const id = spec.name ?? jobId(sourceTransport.value, driverName === 'btrfs' ? [] : targetTransports)
   const stateDirectory = spec.stateDir !== undefined ? resolve(options.cwd, spec.stateDir) : (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
   // several sources can share a target: btrfs names say whose they are (btrbk does the same)
-  const prefix = spec.prefix ?? (driverName === 'btrfs' ? `${basename(source.value.path) || 'root'}.` : undefined)
+  const prefix = spec.prefix ?? (driverName === 'btrfs' ? `${basename(sourceTransport.value.location.path) || 'root'}.` : undefined)
   return ok({
     driver,
-    source: sourceTransport,
+    source: sourceTransport.value,
     targets: targetTransports,
     state: { transport: localTransport(stateDirectory), directory: stateDirectory },
     ...(prefix === undefined ? {} : { prefix }),
@@ -90,19 +113,19 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
  * btrfs-backup's `--locked-dests`: the job's targets plus every target the journal has a pending
  * transfer to, so that each is retried.
  */
-export const withJournalledTargets = async (job: Job): Promise<Result<Job, BbError>> => {
+export const withJournalledTargets = async (job: Job, ssh: SshSpec | undefined, connections: Connections): Promise<Result<Job, BbError>> => {
   const journal = await readJournal(job.state.transport, join(job.state.directory, 'journal.json'))
   if (journal.isErr()) return err(journal.error)
   const known = new Set(job.targets.map((t) => formatLocation(t.location)))
-  const { localTransport } = await import('@bb/transports/local')
   const added: Transport[] = []
   for (const entry of journal.value.entries) {
     if (known.has(entry.target)) continue
     const location = parseLocation(entry.target, { cwd: '/' })
     if (location.isErr()) return err(location.error)
-    if (location.value.kind !== 'local') return err(bbError('UNSUPPORTED', `the journal names ${entry.target}, which is not a local path`, 'give it on the command line when remote targets are available'))
+    const made = await transportFor(location.value, ssh, connections)
+    if (made.isErr()) return err(made.error)
     known.add(entry.target)
-    added.push(localTransport(location.value.path))
+    added.push(made.value)
   }
   return ok({ ...job, targets: [...job.targets, ...added] })
 }

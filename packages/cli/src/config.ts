@@ -28,6 +28,17 @@ export interface JobSpec {
   readonly snapshotFolder?: string
   readonly sendProtocol?: 'auto' | 1 | 2
   readonly compressedData?: boolean
+  /** how remote (ssh) locations are reached */
+  readonly ssh?: SshSpec
+}
+
+/** ssh settings of a job: `ssh_identity`, `ssh_known_hosts`, `ssh_options`, `ssh_program`, `ssh_sudo`. */
+export interface SshSpec {
+  readonly identityFile?: string
+  readonly knownHostsFile?: string
+  readonly options?: readonly string[]
+  readonly program?: string
+  readonly sudo?: boolean
 }
 
 export interface Config {
@@ -42,7 +53,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data']
+const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -141,11 +152,18 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
+      sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
+      sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
     const prefix = v(fields.prefix), stateDir = v(fields.stateDir), timeZone = v(fields.timeZone)
     const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots), snapshotFolder = v(fields.snapshotFolder)
+    const sshIdentity = v(fields.sshIdentity), sshKnownHosts = v(fields.sshKnownHosts), sshOptions = v(fields.sshOptions), sshProgram = v(fields.sshProgram)
+    const ssh: SshSpec = {
+      ...(sshIdentity === undefined ? {} : { identityFile: sshIdentity }), ...(sshKnownHosts === undefined ? {} : { knownHostsFile: sshKnownHosts }),
+      ...(sshOptions.length === 0 ? {} : { options: sshOptions }), ...(sshProgram === undefined ? {} : { program: sshProgram }), ...(v(fields.sshSudo) ? { sudo: true } : {}),
+    }
     jobs.push({
       name, source: job.source, targets: targets as string[],
       ...(driver === undefined ? {} : { driver }),
@@ -155,6 +173,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
       ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
+      ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
     })
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs })

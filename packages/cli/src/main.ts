@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
-import type { ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, withJournalledTargets } from './build-job.js'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
+import type { SshSession } from '@bb/transports/ssh'
+import { ResultAsync } from 'neverthrow'
+import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
-import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec } from './config.js'
+import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -41,13 +42,35 @@ interface CommonOptions {
   transfer?: boolean
   lockedDests?: boolean
   removeLocks?: boolean
+  sshIdentity?: string
+  sshKnownHosts?: string
+  sshOption?: string[]
+  sshProgram?: string
+  sshSudo?: boolean
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
+/** How remote locations are reached (docs/transports/ssh.md). */
+const sshOptions = (command: Command): Command =>
+  command
+    .option('--ssh-identity <file>', 'ssh: the private key to log in to remote locations with')
+    .option('--ssh-known-hosts <file>', 'ssh: trust only the host keys in this file (default: ~/.ssh/known_hosts)')
+    .option('--ssh-option <Key=Value>', 'ssh: an ssh_config option, as with ssh -o (repeatable)', collect)
+    .option('--ssh-program <program>', 'ssh: the ssh client to run (default ssh)')
+    .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
+
+const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
+  ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
+  ...(options.sshKnownHosts === undefined ? {} : { knownHostsFile: resolvePath(cwd, options.sshKnownHosts) }),
+  ...(options.sshOption === undefined ? {} : { options: options.sshOption }),
+  ...(options.sshProgram === undefined ? {} : { program: options.sshProgram }),
+  ...(options.sshSudo === true ? { sudo: true } : {}),
+})
+
 /** Options every job command takes: where the job comes from and how it behaves. */
 const jobOptions = (command: Command): Command =>
-  command
+  sshOptions(command)
     .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
     .option('-j, --job <name>', 'run only this job of the config (repeatable)', collect)
     .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
@@ -129,6 +152,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return EXIT.usage
   }
   let outcome: Outcome = { code: EXIT.ok }
+  // remote locations share one ssh session per run: one connection per host, closed when main returns
+  let session: Promise<SshSession> | undefined
+  const connections: Connections = {
+    ssh: () => (session ??= import('@bb/transports/ssh').then(({ openSshSession }) => openSshSession())),
+  }
   const program = new Command('bbackup')
     .description('Backups with btrfs snapshots, rsync hard links or block images: snapshot, transfer, prune.')
     .version(VERSION, '-V, --version')
@@ -143,7 +171,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<{ jobs: Job[] } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<{ jobs: Job[]; sshOf: Map<Job, SshSpec | undefined> } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -164,6 +192,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
     }
+    const cliSsh = sshSpecOf(options, io.cwd)
+    // the command line's ssh settings go over the config's, key by key
+    const withSsh = (spec: JobSpec): JobSpec => (Object.keys(cliSsh).length === 0 ? spec : { ...spec, ssh: { ...spec.ssh, ...cliSsh } })
     let specs: JobSpec[]
     let configStateDir: string | undefined
     if (source !== undefined) {
@@ -192,12 +223,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (specs.length === 0) return { error: bbError('INVALID_OPTIONS', `${config.value.path} has no jobs`, 'add a [jobs.NAME] table with source and targets') }
     }
     const jobs: Job[] = []
-    for (const spec of specs) {
-      const built = await buildJob(spec, { cwd: io.cwd, ...(configStateDir === undefined ? {} : { configStateDir }) })
+    const sshOf = new Map<Job, SshSpec | undefined>()
+    for (const spec of specs.map(withSsh)) {
+      const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
       if (built.isErr()) return { error: built.error }
       jobs.push(built.value)
+      sshOf.set(built.value, spec.ssh)
     }
-    return { jobs }
+    return { jobs, sshOf }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
@@ -228,7 +261,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           for (const e of forgotten.value) if (verbosity >= 0 && options.json !== true) io.stderr(`forgot the pending transfer of ${e.snapshot} to ${e.target}\n`)
         }
         if (options.lockedDests === true) {
-          const widened = await withJournalledTargets(job)
+          const widened = await withJournalledTargets(job, resolved.sshOf.get(listed), connections)
           if (widened.isErr()) {
             code = Math.max(code, fail(widened.error, options).code)
             continue
@@ -351,7 +384,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
     })
 
-  program.command('restore')
+  sshOptions(program.command('restore'))
     .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
     .argument('<target>', 'where the backups are')
     .argument('<snapshot>', "the backup's name, or latest")
@@ -364,7 +397,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--json', 'print the result as JSON')
     .addHelpText('after', EXAMPLES.restore ?? '')
     .action(async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string; writable?: boolean }) => {
-      const driver = options.driver ?? (await detectBackupDriver(resolvePath(io.cwd, target)))
+      let driver = options.driver
+      if (driver === undefined) {
+        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, sshSpecOf(options, io.cwd), connections)))
+        const at = await where
+        if (at.isErr()) return void (outcome = fail(at.error, options))
+        driver = await detectBackupDriver(at.value)
+      }
       const resolved = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '' })
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))
       const job = resolved.jobs[0] as Job
@@ -396,6 +435,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       return EXIT.internal
     }
     throw e
+  } finally {
+    await (await session)?.close()
   }
   return outcome.code
 }

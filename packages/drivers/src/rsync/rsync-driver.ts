@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
   bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
@@ -41,6 +41,16 @@ const join = posix.join
 const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
 
 /**
+ * Where rsync runs: on the side that is this host, naming the other side as `host:path` (its
+ * `rsyncEndpoint`). rsync cannot copy between two other hosts, so that is refused.
+ */
+const rsyncHost = (a: Transport, b: Transport): Result<Transport, BbError> => {
+  if (a.location.kind === 'local') return ok(a)
+  if (b.location.kind === 'local') return ok(b)
+  return err(bbError('UNSUPPORTED', 'rsync cannot copy between two other hosts through this one', 'run bbackup on the source host or on the target host, so that one side is local'))
+}
+
+/**
  * rsync + hard links: each backup is a full tree in `<target>/<name>`, and files unchanged since
  * the previous backup are hard links to it (`--link-dest`). A backup is copied into
  * `<name>.partial` and renamed when rsync has finished, so a directory without the suffix is
@@ -59,10 +69,14 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     ...(options.excludeFrom ?? []).map((p) => `--exclude-from=${p}`),
   ]
 
+  /** rsync must be installed at both ends: on this host and on the other, which rsync starts over ssh */
+  const hasRsync = (at: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
+    at.exec(['rsync', '--version'], signal === undefined ? {} : { signal }).andThen((r) =>
+      r.exitCode === 0 ? ok(undefined) : err(bbError('TOOL_MISSING', 'rsync --version failed', 'install rsync: apt-get install rsync', { stderr: r.stderr })))
+
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
-    source.exec(['rsync', '--version'], signal === undefined ? {} : { signal }).andThen((r) =>
-      r.exitCode === 0 ? ok(undefined) : err(bbError('TOOL_MISSING', 'rsync --version failed', 'install rsync: apt-get install rsync', { stderr: r.stderr })),
-    )
+    Result.combine(targets.map((t) => rsyncHost(source, t))).asyncAndThen(() => hasRsync(source, signal))
+      .andThen(() => ResultAsync.combine(targets.filter((t) => t.location.kind !== 'local' || source.location.kind !== 'local').map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
       .andThen((s) => {
         if (s?.kind === 'directory') return ok(undefined)
@@ -116,6 +130,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const partial = partialPath({ target, snapshot })
     const final = join(dir, snapshot)
     const where = target.location.path
+    const runner = rsyncHost(source, target)
+    if (runner.isErr()) return err(runner.error)
     if (!dryRun) {
       // continue into what the last run left, under the new name; else start a new one
       const resumeFrom = resume?.partialPath
@@ -136,7 +152,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     ]
     let lastProgress = 0
     const statsLines: string[] = []
-    const ran = await source.exec(argv, {
+    const ran = await runner.value.exec(argv, {
       ...(signal === undefined ? {} : { signal }),
       onStdoutLine: (line) => {
         if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
@@ -256,21 +272,27 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (occupied) {
         return err(bbError('ALREADY_EXISTS', `${landing} already exists${sub === '' ? ' and is not empty' : ''}; restore never overwrites`, 'restore into a new or empty directory, then move what you need', { path: landing }))
       }
-      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []),
-        input.from.rsyncEndpoint(sub === '' ? `${from}/` : from).spec, input.to.rsyncEndpoint(`${dest}/`).spec]
+      const runner = rsyncHost(input.from, input.to)
+      if (runner.isErr()) return err(runner.error)
+      const src = input.from.rsyncEndpoint(sub === '' ? `${from}/` : from)
+      const dst = input.to.rsyncEndpoint(`${dest}/`)
+      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...src.options, ...dst.options, src.spec, dst.spec]
       if (input.dryRun) return ok({ commands: [argv] })
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
-      const ran = await input.to.exec(argv, input.signal === undefined ? {} : { signal: input.signal })
+      const ran = await runner.value.exec(argv, input.signal === undefined ? {} : { signal: input.signal })
       if (ran.isErr()) return err(ran.error)
       if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
       return ok({ commands: [argv] })
     })())
 
   const verify = (input: VerifyInput): ResultAsync<VerifyOutcome, BbError> => {
-    const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n',
-      input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`).spec, input.target.rsyncEndpoint(`${input.snapshot.path}/`).spec]
-    return input.source.exec(argv, input.signal === undefined ? {} : { signal: input.signal }).andThen((r) => {
+    const runner = rsyncHost(input.source, input.target)
+    if (runner.isErr()) return errAsync(runner.error)
+    const src = input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`)
+    const dst = input.target.rsyncEndpoint(`${input.snapshot.path}/`)
+    const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
+    return runner.value.exec(argv, input.signal === undefined ? {} : { signal: input.signal }).andThen((r) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
       return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })
