@@ -96,6 +96,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
       out.push(`  ${t.target}: ${t.sent.length} snapshots sent, ${formatBytes(t.bytes)}`)
       for (const x of t.sent) out.push(`    ${x.snapshot} ${how(x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
     }
+    if (t.route === 'relay') out.push('    relayed: streamed from the source host through this one')
     for (const w of t.warnings) out.push(`    warning: ${w}`)
     if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${c.join(' ')}`)

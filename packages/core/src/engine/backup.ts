@@ -2,7 +2,7 @@ import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
 import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
-import { formatLocation } from '../location/location.js'
+import { formatLocation, parseLocation, type Location } from '../location/location.js'
 import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
@@ -23,6 +23,11 @@ export interface SentSnapshot {
 export interface TargetReport {
   readonly target: string
   readonly ok: boolean
+  /**
+   * how the data travelled: `local` on this host, `push` to another host, `pull` from one, or
+   * `relay` from one host to another, streamed through this one
+   */
+  readonly route: Route
   /** every snapshot sent in this run, oldest first (a target that missed runs gets several) */
   readonly sent: readonly SentSnapshot[]
   /** the newest snapshot sent (or that failed) */
@@ -69,8 +74,16 @@ export interface BackupOptions extends RunOptions {
 /** Transfers that fail with these wrote nothing at the target. */
 const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS'])
 
+export type Route = 'local' | 'push' | 'pull' | 'relay'
+
+const routeOf = (source: Location, target: string): Route => {
+  const remoteTarget = parseLocation(target).map((l) => l.kind !== 'local').unwrapOr(false)
+  if (source.kind === 'local') return remoteTarget ? 'push' : 'local'
+  return remoteTarget ? 'relay' : 'pull'
+}
+
 const failedTarget = (target: string, startedMs: number, error: BbError, partial: Partial<TargetReport> = {}): TargetReport => ({
-  target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
+  target, ok: false, route: 'local', sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
 
 /**
@@ -162,7 +175,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     snapshot: sourceSnapshot?.name ?? name,
     startedAt: now.toISOString(),
     durationMs: Date.now() - started,
-    targets: reports,
+    targets: reports.map((r) => ({ ...r, route: routeOf(job.source.location, r.target) })),
     failed: reports.filter((r) => !r.ok).length,
     sourcePruned,
   })
@@ -238,6 +251,7 @@ const backupToTarget = async (
   return {
     target: where,
     ok: true,
+    route: 'local',
     sent: [{ snapshot: outcome.snapshot, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - started }],
     snapshot: outcome.snapshot,
     mode: outcome.mode,
@@ -444,6 +458,7 @@ const sendSnapshots = async (
     reports.push({
       target: lane.where,
       ok: true,
+      route: 'local',
       ...common,
       ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
       durationMs: Date.now() - lane.started,

@@ -1,0 +1,147 @@
+import { execFileSync } from 'node:child_process'
+import { readdir, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+
+const runCli = async (argv: string[], cwd: string) => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
+  return { code, stdout, stderr }
+}
+
+/** `btrfs subvolume show` of a path, as key → value */
+const show = (path: string): Record<string, string> => Object.fromEntries(execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })
+  .split('\n').map((l) => /^\s*([A-Za-z ]+):\s*(.*)$/.exec(l)).filter((m) => m !== null).map((m) => [m[1]?.trim() ?? '', m[2]?.trim() ?? '']))
+
+/** a tree's manifest without the source's snapshot folder (nested subvolumes are empty stubs in a snapshot, and send leaves them out) */
+const contentOf = async (path: string): Promise<Record<string, string>> =>
+  Object.fromEntries(Object.entries(await treeManifest(path)).filter(([k]) => !k.startsWith('.snapshots/')))
+
+const snapshotsIn = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
+
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs'], { root: true }))('backups over ssh to a real sshd on 127.0.0.1', () => {
+  let sshd: Sshd
+  let fs: LoopFilesystem
+  let dir: string
+  let ssh: string[]
+  const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
+
+  beforeAll(async () => {
+    sshd = await startSshd()
+    ssh = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+  })
+  afterAll(async () => {
+    await sshd?.stop()
+  })
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    dir = fs.mountPoint
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
+    await writeTree(join(dir, 'home'), { 'a.txt': 'a\n', 'docs/b.txt': 'b\n', 'big.bin': Buffer.alloc(2 * 1024 * 1024, 3) })
+  })
+  afterEach(async () => {
+    await fs?.cleanup()
+  })
+
+  /** runs the CLI and checks that it opened exactly one ssh connection and left none open */
+  const runOverSsh = async (argv: string[]) => {
+    const before = await sshd.logins()
+    const r = await runCli([...argv, ...ssh], dir)
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(await sshd.logins() - before).toBe(1)
+    expect(sshd.sessionPids()).toEqual([])
+    return r
+  }
+
+  it('btrfs push: full, then incremental, received and read-only on the remote side', async () => {
+    await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--json'])
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', route: 'push' }] })
+    const sent = await snapshotsIn(join(dir, 'backup'))
+    expect(sent).toEqual(await snapshotsIn(join(dir, 'home/.snapshots')))
+    const [first, newest] = sent.map((n) => show(join(dir, 'backup', n)))
+    expect(newest?.['Received UUID']).toBe(show(join(dir, 'home/.snapshots', sent[1] ?? ''))['UUID'])
+    expect(newest?.['Parent UUID']).toBe(first?.['UUID'])
+    expect(newest?.['Flags']).toBe('readonly')
+    expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+  })
+
+  it('btrfs pull: a remote subvolume backed up here, full then incremental', async () => {
+    await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '-q'])
+    await writeFile(join(dir, 'home/docs/b.txt'), 'changed\n')
+    const second = await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '--json'])
+    expect(JSON.parse(second.stdout)).toMatchObject({ driver: 'btrfs', targets: [{ ok: true, mode: 'incremental', route: 'pull' }] })
+    const sent = await snapshotsIn(join(dir, 'pulled'))
+    expect(sent).toHaveLength(2)
+    expect(show(join(dir, 'pulled', sent[1] ?? ''))['Received UUID']).toBe(show(join(dir, 'home/.snapshots', sent[1] ?? ''))['UUID'])
+    expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+  })
+
+  it('btrfs remote to remote: streamed through this host, and the report says so', async () => {
+    await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state', '-q'])
+    await writeFile(join(dir, 'home/a.txt'), 'again\n')
+    const second = await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state'])
+    expect(second.stdout).toMatch(/incremental from home\.[\s\S]*relayed: streamed from the source host through this one/)
+    const sent = await snapshotsIn(join(dir, 'relayed'))
+    expect(sent).toHaveLength(2)
+    expect(show(join(dir, 'relayed', sent[1] ?? ''))['Parent UUID']).toBe(show(join(dir, 'relayed', sent[0] ?? ''))['UUID'])
+  })
+
+  it('rsync push and pull: hard links to the previous backup are made on the far side', async () => {
+    const src = join(dir, 'plain')
+    await writeTree(src, { 'keep.txt': 'same\n', 'change.txt': 'one\n' })
+    for (const [source, target] of [[src, remote(join(dir, 'rpush'))], [remote(src), join(dir, 'rpull')]] as const) {
+      await runOverSsh(['run', source, target, '--state-dir', join('state', target.replace(/\W/g, '_')), '-q'])
+      await writeFile(join(src, 'change.txt'), `${Date.now()}\n`)
+      await new Promise((r) => setTimeout(r, 1100)) // a new second: a new backup name
+      const second = await runOverSsh(['run', source, target, '--state-dir', join('state', target.replace(/\W/g, '_')), '--json'])
+      expect(JSON.parse(second.stdout)).toMatchObject({ driver: 'rsync', targets: [{ ok: true, mode: 'incremental', route: source === src ? 'push' : 'pull' }] })
+      const where = target.startsWith('ssh://') ? join(dir, 'rpush') : join(dir, 'rpull')
+      const backups = (await readdir(where)).filter((n) => /^\d{4}-/.test(n)).sort()
+      expect(backups).toHaveLength(2)
+      const [a, b] = await Promise.all(backups.map((n) => stat(join(where, n, 'keep.txt'))))
+      expect(a?.ino).toBe(b?.ino)
+      const [c, d] = await Promise.all(backups.map((n) => stat(join(where, n, 'change.txt'))))
+      expect(c?.ino).not.toBe(d?.ino)
+    }
+  })
+
+  it('refuses rsync from one remote host to another, and a relative remote path, naming the fix', async () => {
+    const src = join(dir, 'plain')
+    await writeTree(src, { 'f.txt': 'x\n' })
+    const relay = await runCli(['run', remote(src), remote(join(dir, 'x')), '--state-dir', 'state', ...ssh], dir)
+    expect(relay.code).not.toBe(0)
+    expect(relay.stdout + relay.stderr).toMatch(/rsync cannot copy between two other hosts through this one[\s\S]*run bbackup on the source host or on the target host/)
+    const relative = await runCli(['run', src, `root@127.0.0.1:backups`, '--state-dir', 'state', ...ssh], dir)
+    expect(relative.code).not.toBe(0)
+    expect(relative.stderr).toMatch(/the remote path "backups" of root@127.0.0.1:backups is relative[\s\S]*root@127.0.0.1:\/backups/)
+    expect(sshd.sessionPids()).toEqual([])
+  })
+})
+
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('ssh failures on the command line', () => {
+  let sshd: Sshd
+  let tmp: TempDir
+  beforeAll(async () => {
+    sshd = await startSshd()
+    tmp = await makeTempDir('ssh-cli')
+  })
+  afterAll(async () => {
+    await sshd?.stop()
+    await tmp?.cleanup()
+  })
+
+  it('an unknown host key stops the run before anything is sent, with the command that trusts it', async () => {
+    const empty = join(tmp.path, 'known_hosts')
+    await writeFile(empty, '')
+    await writeTree(join(tmp.path, 'src'), { 'f.txt': 'x\n' })
+    const r = await runCli(['run', join(tmp.path, 'src'), `ssh://root@127.0.0.1:${sshd.port}${tmp.path}/dst`, '--state-dir', 'state', '--ssh-identity', sshd.identityFile, '--ssh-known-hosts', empty], tmp.path)
+    expect(r.code).not.toBe(0)
+    expect(r.stdout).toMatch(/host key of root@127\.0\.0\.1:\d+ is not known[\s\S]*hint: check its fingerprint, then trust it once: ssh-keyscan -p \d+ 127\.0\.0\.1/)
+    expect(await readdir(tmp.path)).not.toContain('dst')
+  })
+})
