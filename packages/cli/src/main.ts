@@ -47,6 +47,7 @@ interface CommonOptions {
   sshOption?: string[]
   sshProgram?: string
   sshSudo?: boolean
+  retries?: string
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
@@ -273,7 +274,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           continue
         }
         const w = waitSeconds(options)
+        const retries = options.retries === undefined ? undefined : Number(options.retries)
+        if (retries !== undefined && (!Number.isInteger(retries) || retries < 0)) {
+          code = Math.max(code, fail(bbError('INVALID_OPTIONS', `--retries ${options.retries} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options).code)
+          break
+        }
         const r = await backup(job, {
+          ...(retries === undefined ? {} : { retry: { attempts: retries } }),
           ...wanted,
           dryRun: options.dryRun === true,
           signal: controller.signal,
@@ -321,6 +328,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
       .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
       .option('--locked-dests', 'also retry every target the journal has an unfinished transfer to (btrfs-backup)')
+      .option('--retries <n>', 'try a target that failed on the network (or stalled) again up to n times in this run, with growing pauses (default 3)')
       .option('--remove-locks', 'forget the unfinished transfers to the given targets first, leaving the targets as they are (btrfs-backup); only when nothing unfinished is left there')
     if (name === 'run') {
       command

@@ -61,6 +61,9 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
       case 'transfer-failed':
         line(`✗ ${event.target}: ${event.error.message}`)
         return
+      case 'retrying':
+        line(`  ${event.target}: trying again in ${Math.ceil(event.delayMs / 1000)} s (retry ${event.attempt} of ${event.of})`)
+        return
       case 'pruned':
         if (verbosity > 0) line(`  pruned ${event.at}/${event.snapshot}: ${event.reasons.join('; ')}`)
         return
@@ -96,6 +99,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
       out.push(`  ${t.target}: ${t.sent.length} snapshots sent, ${formatBytes(t.bytes)}`)
       for (const x of t.sent) out.push(`    ${x.snapshot} ${how(x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
     }
+    if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
     if (t.route === 'relay') out.push('    relayed: streamed from the source host through this one')
     for (const w of t.warnings) out.push(`    warning: ${w}`)
     if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)

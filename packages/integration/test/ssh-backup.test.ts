@@ -2,7 +2,12 @@ import { execFileSync } from 'node:child_process'
 import { readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { readFileSync } from 'node:fs'
+import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
 import { main } from '@bb/cli'
+import { btrfsDriver } from '@bb/drivers/btrfs'
+import { localTransport } from '@bb/transports/local'
+import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
 const runCli = async (argv: string[], cwd: string) => {
@@ -143,5 +148,84 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('ssh
     expect(r.code).not.toBe(0)
     expect(r.stdout).toMatch(/host key of root@127\.0\.0\.1:\d+ is not known[\s\S]*hint: check its fingerprint, then trust it once: ssh-keyscan -p \d+ 127\.0\.0\.1/)
     expect(await readdir(tmp.path)).not.toContain('dst')
+  })
+})
+
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs'], { root: true }))('ssh transfers that break half way', () => {
+  let sshd: Sshd
+  let fs: LoopFilesystem
+  let dir: string
+  let session: SshSession
+  beforeEach(async () => {
+    sshd = await startSshd()
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 2048 })
+    dir = fs.mountPoint
+    session = openSshSession()
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
+    await writeTree(join(dir, 'home'), { 'a.txt': 'a\n' })
+  })
+  afterEach(async () => {
+    await session?.close()
+    await sshd?.stop()
+    await fs?.cleanup()
+  })
+
+  const job = (): Job => {
+    const location = parseLocation(`ssh://root@127.0.0.1:${sshd.port}${join(dir, 'backup')}`)._unsafeUnwrap() as SshLocation
+    return {
+      driver: btrfsDriver(),
+      source: localTransport(join(dir, 'home')),
+      targets: [sshTransport(location, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })],
+      state: { transport: localTransport(join(dir, 'state')), directory: join(dir, 'state') },
+      prefix: 'home.',
+    }
+  }
+
+  /** the second (incremental) run's receive exists at the target: the moment to break things */
+  const whenReceiving = async (name: () => Promise<string | undefined>): Promise<void> => {
+    const deadline = Date.now() + 20_000
+    while (Date.now() < deadline) {
+      if ((await name()) !== undefined) return
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    throw new Error('the receive never started')
+  }
+
+  it('a connection cut mid-send is retried in the same run: the partial receive is removed and the send repeated from the same parent', async () => {
+    expect((await backup(job(), { retry: { initialDelayMs: 100 } }))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, 'backup'))
+    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const events: string[] = []
+    const running = backup(job(), { retry: { initialDelayMs: 100 }, onEvent: (e) => { if (e.type === 'retrying' || e.type === 'recovered') events.push(e.type) } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    // the server side of the connection dies, as when a router drops it
+    for (const pid of sshd.sessionPids()) process.kill(pid, 'SIGKILL')
+    const report = (await running)._unsafeUnwrap()
+    expect(report.targets[0]).toMatchObject({ ok: true, attempts: 2, mode: 'incremental', parent: first })
+    expect(events).toEqual(['retrying', 'recovered'])
+    const sent = await snapshotsIn(join(dir, 'backup'))
+    expect(sent).toHaveLength(2)
+    expect(show(join(dir, 'backup', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
+    expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+  })
+
+  it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
+    expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, 'backup'))
+    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const running = backup(job(), { retry: { attempts: 0 } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    const receivers = sshd.sessionPids().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive'))
+    expect(receivers).toHaveLength(1)
+    process.kill(receivers[0] as number, 'SIGKILL')
+    const failed = (await running)._unsafeUnwrap()
+    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs receive on root@127\.0\.0\.1:\d+ ended without an exit status: it was killed by a signal/) } })
+    // the failed run removed the half-received copy it made (it was writable, without a received uuid)
+    expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first])
+    const next = (await backup(job(), { snapshot: false }))._unsafeUnwrap()
+    const again = failed.targets[0]?.snapshot ?? ''
+    expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first, snapshot: again })
+    expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first, again])
+    expect(show(join(dir, 'backup', again))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
   })
 })

@@ -40,6 +40,8 @@ export interface TargetReport {
   readonly bytes: number
   readonly files: number
   readonly durationMs: number
+  /** how many times the transfer was tried, when a network failure made it try again */
+  readonly attempts?: number
   readonly warnings: readonly string[]
   /** what the journal said was left unfinished here, and what became of it */
   readonly recovered: readonly { readonly snapshot: string; readonly action: RecoverAction }[]
@@ -73,6 +75,32 @@ export interface BackupOptions extends RunOptions {
 
 /** Transfers that fail with these wrote nothing at the target. */
 const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS'])
+
+/** failures worth another try in the same run: the network, a stream that stopped moving */
+const TRANSIENT: ReadonlySet<string> = new Set(['NETWORK_FAILED', 'STALLED'])
+
+const retriesOf = (options: RunOptions): number => options.retry?.attempts ?? 3
+
+/** exponential (x3) with equal jitter: between half and all of min(max, initial * 3^(n-1)) */
+const retryDelay = (options: RunOptions, attempt: number): number => {
+  const cap = Math.min(options.retry?.maxDelayMs ?? 60_000, (options.retry?.initialDelayMs ?? 5_000) * 3 ** (attempt - 1))
+  return Math.round(cap / 2 + Math.random() * (cap / 2))
+}
+
+/** read through a call, so that TypeScript does not narrow it between two awaits */
+const cancelled = (options: RunOptions): boolean => options.signal?.aborted === true
+
+const pause = (ms: number, signal: AbortSignal | undefined): Promise<void> =>
+  new Promise((resolve) => {
+    if (signal?.aborted === true) return resolve()
+    const done = (): void => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
+  })
 
 export type Route = 'local' | 'push' | 'pull' | 'relay'
 
@@ -149,7 +177,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
   } else if (options.transfer !== false) {
     for (const state of reachable) {
-      reports.push(await backupToTarget(job, options, state.target, state.snapshots, journal.value.entries.filter((e) => e.target === state.where), name))
+      reports.push(await backupWithRetries(job, options, state, journal.value.entries.filter((e) => e.target === state.where), name))
       if (options.signal?.aborted === true) break
     }
   }
@@ -179,6 +207,34 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     failed: reports.filter((r) => !r.ok).length,
     sourcePruned,
   })
+}
+
+/**
+ * {@link backupToTarget}, tried again after a pause when the network failed: the journal entry the
+ * failed try left makes the driver resume its unfinished copy (rsync continues its `.partial`).
+ */
+const backupWithRetries = async (
+  job: Job,
+  options: BackupOptions,
+  state: { readonly target: Transport; readonly where: string; readonly snapshots: readonly SnapshotInfo[] },
+  pending: readonly JournalEntry[],
+  name: string,
+): Promise<TargetReport> => {
+  let report = await backupToTarget(job, options, state.target, state.snapshots, pending, name)
+  for (let attempt = 1; !report.ok && report.error !== undefined && TRANSIENT.has(report.error.code) && attempt <= retriesOf(options); attempt++) {
+    if (options.dryRun === true || options.signal?.aborted === true) break
+    const delayMs = retryDelay(options, attempt)
+    options.onEvent?.({ type: 'retrying', target: state.where, attempt, of: retriesOf(options), delayMs, error: report.error })
+    await pause(delayMs, options.signal)
+    if (cancelled(options)) break
+    const journal = await readJournal(job.state.transport, journalPath(job))
+    const listed = journal.isErr() ? err(journal.error) : await job.driver.listSnapshots({ at: state.target, signal: options.signal })
+    report = journal.isErr() || listed.isErr()
+      ? failedTarget(state.where, Date.now(), journal.isErr() ? journal.error : (listed as Result<never, BbError>)._unsafeUnwrapErr())
+      : await backupToTarget(job, options, state.target, listed.value, journal.value.entries.filter((e) => e.target === state.where), name)
+    report = { ...report, attempts: attempt + 1 }
+  }
+  return report
 }
 
 const backupToTarget = async (
@@ -310,6 +366,8 @@ interface Lane {
   error?: BbError
   /** the snapshot that failed, for the report */
   failedAt?: PlannedSend
+  /** 1 + the retries so far */
+  attempts: number
 }
 
 /**
@@ -330,102 +388,121 @@ const sendSnapshots = async (
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
 
-  // 3. recovery, then what each target lacks
-  const lanes: Lane[] = []
-  for (const { target, where, snapshots } of reachable) {
-    const started = Date.now()
-    const recovery = await recoverTarget(job, options, target, journal.filter((e) => e.target === where))
-    const lane: Lane = { target, where, started, recovered: recovery.recovered, sends: [], fullBecause: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0 }
-    lanes.push(lane)
+  // 3. recovery, then what each target lacks; again before a retry, which first removes the unfinished receive
+  const prepare = async (lane: Lane, pending: readonly JournalEntry[], snapshots: readonly SnapshotInfo[] | undefined): Promise<void> => {
+    Object.assign(lane, { sends: [], next: 0, fullBecause: undefined, error: undefined, failedAt: undefined })
+    const recovery = await recoverTarget(job, options, lane.target, pending)
+    lane.recovered.push(...recovery.recovered)
     if (recovery.error !== undefined) {
       lane.error = recovery.error
-      continue
+      return
     }
     let held = snapshots
-    if (recovery.recovered.length > 0) {
+    if (held === undefined || recovery.recovered.length > 0) {
       // the recovery removed leftovers or found a finished copy: plan from what is there now
-      const relisted = await job.driver.listSnapshots({ at: target, signal: options.signal })
+      const relisted = await job.driver.listSnapshots({ at: lane.target, signal: options.signal })
       if (relisted.isErr()) {
         lane.error = relisted.error
-        continue
+        return
       }
       held = relisted.value
     }
     const plan = planSends(sourceSnapshots, ownSnapshots(job, held))
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
-    if (plan.sends.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
+    if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
-      const pinned = await pinSnapshot(job.state.transport, pinsPath(job), where, plan.newestCommon.source.name)
+      const pinned = await pinSnapshot(job.state.transport, pinsPath(job), lane.where, plan.newestCommon.source.name)
       if (pinned.isErr()) lane.error = pinned.error
     }
   }
+  const lanes: Lane[] = []
+  for (const { target, where, snapshots } of reachable) {
+    const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }
+    lanes.push(lane)
+    await prepare(lane, journal.filter((e) => e.target === where), snapshots)
+  }
 
-  // the sends, in rounds: each round is one snapshot from one parent, to every target whose next send it is
+  // the sends, in rounds: each round is one snapshot from one parent, to every target whose next send it is;
+  // targets that failed on the network are tried again after a pause, as long as the retry policy allows
   for (;;) {
-    if (options.signal?.aborted === true) break
-    const active = lanes.filter((l) => l.error === undefined && l.next < l.sends.length)
-    const head = active[0]?.sends[active[0].next]
-    if (head === undefined) break
-    const group = active.filter((l) => {
-      const s = l.sends[l.next]
-      return s?.snapshot.name === head.snapshot.name && s.parent?.name === head.parent?.name
-    })
-    const name = head.snapshot.name
-    const mode = head.parent === undefined ? 'full' : 'incremental'
-    const parentName = head.parent?.name
-    const entries = new Map<Lane, JournalEntry>()
-    for (const lane of group) {
-      const entry: JournalEntry = {
-        target: lane.where, snapshot: name, ...(parentName === undefined ? {} : { parent: parentName }),
-        partialPath: job.driver.partialPath({ target: lane.target, snapshot: name }), startedAt: new Date().toISOString(),
+    for (;;) {
+      if (options.signal?.aborted === true) break
+      const active = lanes.filter((l) => l.error === undefined && l.next < l.sends.length)
+      const head = active[0]?.sends[active[0].next]
+      if (head === undefined) break
+      const group = active.filter((l) => {
+        const s = l.sends[l.next]
+        return s?.snapshot.name === head.snapshot.name && s.parent?.name === head.parent?.name
+      })
+      const name = head.snapshot.name
+      const mode = head.parent === undefined ? 'full' : 'incremental'
+      const parentName = head.parent?.name
+      const entries = new Map<Lane, JournalEntry>()
+      for (const lane of group) {
+        const entry: JournalEntry = {
+          target: lane.where, snapshot: name, ...(parentName === undefined ? {} : { parent: parentName }),
+          partialPath: job.driver.partialPath({ target: lane.target, snapshot: name }), startedAt: new Date().toISOString(),
+        }
+        if (!dryRun) {
+          const noted = await addJournalEntry(job.state.transport, path, entry)
+          if (noted.isErr()) {
+            Object.assign(lane, { error: noted.error, failedAt: head })
+            continue
+          }
+        }
+        entries.set(lane, entry)
+        emit({ type: 'transfer-started', target: lane.where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
       }
-      if (!dryRun) {
-        const noted = await addJournalEntry(job.state.transport, path, entry)
-        if (noted.isErr()) {
-          Object.assign(lane, { error: noted.error, failedAt: head })
+      const going = [...entries.keys()]
+      const roundStarted = Date.now()
+      const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit }
+      const results: readonly Result<TransferOutcome, BbError>[] = going.length > 1 && job.driver.transferShared !== undefined
+        ? await job.driver.transferShared({ ...common, targets: going.map((l) => ({ target: l.target, parent: l.sends[l.next]?.parentAtTarget })) })
+        : await Promise.all(going.map((l) => job.driver.transfer({ ...common, target: l.target, parent: l.sends[l.next]?.parentAtTarget, resume: undefined })))
+      for (const [i, lane] of going.entries()) {
+        const result = results[i]
+        const entry = entries.get(lane) as JournalEntry
+        if (result === undefined) throw new InternalError(`driver ${job.driver.name} gave ${results.length} results for ${going.length} targets`)
+        if (result.isErr()) {
+          const error = result.error
+          emit({ type: 'transfer-failed', target: lane.where, snapshot: name, error })
+          Object.assign(lane, { error, failedAt: head })
+          if (!dryRun && REFUSED_BEFORE_WRITING.has(error.code)) {
+            // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
+            const cleared = await removeJournalEntry(job.state.transport, path, entry)
+            if (cleared.isErr()) lane.warnings.push(`the journal still names ${name}: ${cleared.error.message}`)
+          }
           continue
         }
-      }
-      entries.set(lane, entry)
-      emit({ type: 'transfer-started', target: lane.where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
-    }
-    const going = [...entries.keys()]
-    const roundStarted = Date.now()
-    const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit }
-    const results: readonly Result<TransferOutcome, BbError>[] = going.length > 1 && job.driver.transferShared !== undefined
-      ? await job.driver.transferShared({ ...common, targets: going.map((l) => ({ target: l.target, parent: l.sends[l.next]?.parentAtTarget })) })
-      : await Promise.all(going.map((l) => job.driver.transfer({ ...common, target: l.target, parent: l.sends[l.next]?.parentAtTarget, resume: undefined })))
-    for (const [i, lane] of going.entries()) {
-      const result = results[i]
-      const entry = entries.get(lane) as JournalEntry
-      if (result === undefined) throw new InternalError(`driver ${job.driver.name} gave ${results.length} results for ${going.length} targets`)
-      if (result.isErr()) {
-        const error = result.error
-        emit({ type: 'transfer-failed', target: lane.where, snapshot: name, error })
-        Object.assign(lane, { error, failedAt: head })
-        if (!dryRun && REFUSED_BEFORE_WRITING.has(error.code)) {
-          // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
+        const outcome = result.value
+        if (!dryRun) {
           const cleared = await removeJournalEntry(job.state.transport, path, entry)
-          if (cleared.isErr()) lane.warnings.push(`the journal still names ${name}: ${cleared.error.message}`)
+            .andThen(() => pinSnapshot(job.state.transport, pinsPath(job), lane.where, name))
+          if (cleared.isErr()) {
+            Object.assign(lane, { error: cleared.error, failedAt: head })
+            continue
+          }
         }
-        continue
+        emit({ type: 'transfer-finished', target: lane.where, snapshot: name, bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
+        lane.sent.push({ snapshot: name, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
+        lane.bytes += outcome.bytes
+        lane.files += outcome.files
+        lane.warnings.push(...outcome.warnings)
+        lane.commands = [...lane.commands, ...outcome.commands]
+        lane.next++
       }
-      const outcome = result.value
-      if (!dryRun) {
-        const cleared = await removeJournalEntry(job.state.transport, path, entry)
-          .andThen(() => pinSnapshot(job.state.transport, pinsPath(job), lane.where, name))
-        if (cleared.isErr()) {
-          Object.assign(lane, { error: cleared.error, failedAt: head })
-          continue
-        }
-      }
-      emit({ type: 'transfer-finished', target: lane.where, snapshot: name, bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
-      lane.sent.push({ snapshot: name, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - roundStarted })
-      lane.bytes += outcome.bytes
-      lane.files += outcome.files
-      lane.warnings.push(...outcome.warnings)
-      lane.commands = [...lane.commands, ...outcome.commands]
-      lane.next++
+    }
+    const again = lanes.filter((l) => l.error !== undefined && TRANSIENT.has(l.error.code) && l.attempts <= retriesOf(options))
+    if (again.length === 0 || options.signal?.aborted === true || dryRun) break
+    const delayMs = retryDelay(options, Math.max(...again.map((l) => l.attempts)))
+    for (const lane of again) emit({ type: 'retrying', target: lane.where, attempt: lane.attempts, of: retriesOf(options), delayMs, error: lane.error as BbError })
+    await pause(delayMs, options.signal)
+    if (cancelled(options)) break
+    const pending = await readJournal(job.state.transport, path)
+    for (const lane of again) {
+      lane.attempts++
+      if (pending.isErr()) lane.error = pending.error
+      else await prepare(lane, pending.value.entries.filter((e) => e.target === lane.where), undefined)
     }
   }
 
@@ -435,6 +512,7 @@ const sendSnapshots = async (
     const last = lane.sent.at(-1)
     const common = {
       recovered: lane.recovered, sent: lane.sent, bytes: lane.bytes, files: lane.files, warnings: lane.warnings,
+      ...(lane.attempts > 1 ? { attempts: lane.attempts } : {}),
       ...(lane.fullBecause === undefined ? {} : { fullBecause: lane.fullBecause }),
     }
     if (lane.error !== undefined) {

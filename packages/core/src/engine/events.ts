@@ -10,5 +10,7 @@ export type BackupEvent =
   | { readonly type: 'transfer-progress'; readonly target: string; readonly snapshot: string; readonly bytes: number; readonly percent?: number; readonly rate?: string; readonly eta?: string }
   | { readonly type: 'transfer-finished'; readonly target: string; readonly snapshot: string; readonly bytes: number; readonly durationMs: number }
   | { readonly type: 'transfer-failed'; readonly target: string; readonly snapshot: string; readonly error: BbError }
+  /** a transient failure (network, stall): the target is tried again after `delayMs`; `attempt` of `of` retries */
+  | { readonly type: 'retrying'; readonly target: string; readonly attempt: number; readonly of: number; readonly delayMs: number; readonly error: BbError }
   | { readonly type: 'pruned'; readonly at: string; readonly snapshot: string; readonly reasons: readonly string[] }
   | { readonly type: 'warning'; readonly message: string }

@@ -36,6 +36,18 @@ export interface RunOptions {
   readonly waitSeconds?: number
   /** the clock; tests pass a fixed one */
   readonly now?: () => Date
+  /** how a target that failed on the network (NETWORK_FAILED, STALLED) is tried again in the same run */
+  readonly retry?: RetryPolicy
+}
+
+/** Retries with exponential backoff (x3, jittered); host key, auth, disk-full and other failures are never retried. */
+export interface RetryPolicy {
+  /** retries after the first try (default 3; 0 = none) */
+  readonly attempts?: number
+  /** the first pause (default 5000 ms) */
+  readonly initialDelayMs?: number
+  /** the longest pause (default 60000 ms) */
+  readonly maxDelayMs?: number
 }
 
 /**

@@ -37,6 +37,11 @@ export interface SshConnection {
   readonly rsyncHost: string
   /** opens the master connection if it is not open; the error says why it could not be */
   ready(signal?: AbortSignal): Promise<Result<void, TransportError>>
+  /**
+   * Whether the master connection has ended, or ends within `waitMs`: tells a connection that died
+   * under a command (ssh exits 255 and says nothing) from a remote command that ended oddly.
+   */
+  lost(waitMs: number): Promise<boolean>
 }
 
 /**
@@ -148,6 +153,7 @@ export const openSshSession = (): SshSession => {
     if (written.isOk()) writeFileSync(configPath, written.value, { mode: 0o600 })
     const base = [program, '-F', configPath]
     let master: ChildProcess | undefined
+    let lastMaster: ChildProcess | undefined
     let opening: Promise<Result<void, TransportError>> | undefined
 
     const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
@@ -192,6 +198,7 @@ export const openSshSession = (): SshSession => {
         if (check.isOk() && check.value.exitCode === 0) break
       }
       master = child
+      lastMaster = child
       return ok(undefined)
     }
 
@@ -202,6 +209,18 @@ export const openSshSession = (): SshSession => {
       // rsync splits -e itself (not a shell) and honours double quotes: the paths hold none (checked above)
       rsyncShell: `"${program}" -F "${configPath}"`,
       rsyncHost: hostArg(location.host),
+      lost: async (waitMs) => {
+        const m = lastMaster
+        if (m === undefined) return false
+        if (m.exitCode !== null || m.signalCode !== null) return true
+        return new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), waitMs)
+          m.once('close', () => {
+            clearTimeout(timer)
+            resolve(true)
+          })
+        })
+      },
       ready: (signal) => {
         if (master !== undefined && master.exitCode === null && master.signalCode === null) return Promise.resolve(ok(undefined))
         opening ??= open(signal).then((r) => {

@@ -46,15 +46,23 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
   const sudo = options.sudo === true ? ['sudo', '-n', '--'] : []
 
   /** ssh's own failures become typed errors; a missing remote command (sh's 127) is TOOL_MISSING */
-  const classify = (result: CommandResult, argv: readonly string[]): Result<CommandResult, TransportError> => {
+  const classify = async (result: CommandResult, argv: readonly string[]): Promise<Result<CommandResult, TransportError>> => {
+    const host = connection.endpoint.display
     const failure = sshFailure(result, connection.endpoint)
     if (failure !== undefined) return err(failure)
+    if (result.exitCode === 255 && result.stderr === '') {
+      // ssh says nothing both when the connection died under the command and when the remote command was killed
+      if (await connection.lost(1000)) {
+        return err(bbError('NETWORK_FAILED', `the connection to ${host} was lost while ${argv.slice(0, 2).join(' ')} ran`, 'check that the host is up and reachable; the run retries this with backoff, and the next run picks up where it stopped', { host, argv: [...argv] }))
+      }
+      return err(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} ended without an exit status: it was killed by a signal (or exited 255)`, 'see whether something on that host (the OOM killer, an admin) stopped it, then run again', { host, argv: [...argv] }))
+    }
     if (result.exitCode === 127 && /not found|No such file/.test(result.stderr)) {
       const tool = argv[0] ?? 'the command'
-      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${connection.endpoint.display} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : ''}`, { host: connection.endpoint.display, argv: [...argv], stderr: result.stderr }))
+      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${host} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : ''}`, { host, argv: [...argv], stderr: result.stderr }))
     }
     if (sudo.length > 0 && result.exitCode === 1 && /^sudo: /m.test(result.stderr)) {
-      return err(bbError('AUTH_FAILED', `sudo on ${connection.endpoint.display} refused to run ${argv[0] ?? 'the command'} without a password`, 'allow it in sudoers with NOPASSWD for the commands bbackup runs (see docs/transports/ssh.md)', { host: connection.endpoint.display, stderr: result.stderr }))
+      return err(bbError('AUTH_FAILED', `sudo on ${host} refused to run ${argv[0] ?? 'the command'} without a password`, 'allow it in sudoers with NOPASSWD for the commands bbackup runs (see docs/transports/ssh.md)', { host, stderr: result.stderr }))
     }
     return ok({ ...result, argv })
   }
@@ -68,7 +76,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return ResultAsync.fromSafePromise(connection.ready(execOptions.signal))
       .andThen((ready) => ready)
       .andThen(() => execCommand(connection.command(remote.value), execOptions))
-      .andThen((result) => classify(result, argv))
+      .andThen((result) => new ResultAsync(classify(result, argv)))
   }
 
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
@@ -78,7 +86,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return {
       ...running,
       argv,
-      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => classify(result, argv)),
+      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(classify(result, argv))),
     }
   }
 
