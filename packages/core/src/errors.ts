@@ -34,6 +34,7 @@ export type ErrorCode =
   | 'HOSTKEY_CHANGED'
   | 'AUTH_FAILED'
   | 'NETWORK_FAILED'
+  | 'STALLED'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

@@ -2,10 +2,11 @@ import { execFileSync } from 'node:child_process'
 import { readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
 import { main } from '@bb/cli'
-import { btrfsDriver } from '@bb/drivers/btrfs'
+import { waitFor } from './helpers.js'
+import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
@@ -170,10 +171,10 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     await fs?.cleanup()
   })
 
-  const job = (): Job => {
+  const job = (driver: BtrfsDriverOptions = {}): Job => {
     const location = parseLocation(`ssh://root@127.0.0.1:${sshd.port}${join(dir, 'backup')}`)._unsafeUnwrap() as SshLocation
     return {
-      driver: btrfsDriver(),
+      driver: btrfsDriver(driver),
       source: localTransport(join(dir, 'home')),
       targets: [sshTransport(location, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })],
       state: { transport: localTransport(join(dir, 'state')), directory: join(dir, 'state') },
@@ -227,5 +228,27 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first, snapshot: again })
     expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first, again])
     expect(show(join(dir, 'backup', again))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
+  })
+  it('a remote receive that stops (SIGSTOP) is killed by the no-progress watchdog, there too, and the send is tried again (scenario 24)', async () => {
+    expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, 'backup'))
+    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const events: string[] = []
+    const running = backup(job({ stallTimeoutSeconds: 2 }), { retry: { initialDelayMs: 100 }, onEvent: (e) => { if (e.type === 'retrying') events.push(e.error.code) } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    const receivers = sshd.sessionPids().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive'))
+    expect(receivers).toHaveLength(1)
+    const stopped = receivers[0] as number
+    process.kill(stopped, 'SIGSTOP')
+    const report = (await running)._unsafeUnwrap()
+    expect(events).toEqual(['STALLED'])
+    expect(report.targets[0]).toMatchObject({ ok: true, attempts: 2, mode: 'incremental', parent: first })
+    // the stopped receiver was killed on the server by its pid, not left behind
+    expect(existsSync(`/proc/${stopped}`)).toBe(false)
+    await session.close()
+    await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+    const sent = await snapshotsIn(join(dir, 'backup'))
+    expect(sent).toHaveLength(2)
+    expect(show(join(dir, 'backup', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
   })
 })

@@ -20,6 +20,8 @@ export interface BtrfsDriverOptions {
   readonly sendProtocol?: 'auto' | 1 | 2
   /** send compressed extents as they are (`--compressed-data`); default: whenever protocol 2 is used */
   readonly compressedData?: boolean
+  /** stop a transfer whose stream has not moved for this long (STALLED, retried); default 600 */
+  readonly stallTimeoutSeconds?: number
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -44,6 +46,7 @@ const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } =>
 export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const folderOf = (source: Transport): string => posix.resolve(source.location.path, options.snapshotFolder ?? '.snapshots')
   const versions = new WeakMap<Transport, ResultAsync<readonly [number, number], BbError>>()
+  const stallMs = (options.stallTimeoutSeconds ?? 600) * 1000
 
   /** btrfs-progs at a place, once per transport */
   const progsVersion = (at: Transport, signal: AbortSignal | undefined): ResultAsync<readonly [number, number], BbError> => {
@@ -225,7 +228,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
-      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal,
+      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal, stallMs,
       onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
     })
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
@@ -257,7 +260,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
       how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
-      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal,
+      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal, stallMs,
         onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
       result = again[0] ?? result
     }
@@ -352,7 +355,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (made.isErr()) return err(made.error)
     const probed = await probeTarget(to)
     if (probed.isErr()) return err(probed.error)
-    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, onBytes: () => undefined }))[0], 'the result of a receive')
+    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, stallMs, onBytes: () => undefined }))[0], 'the result of a receive')
     if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)
       return err(ran.error)

@@ -16,6 +16,8 @@ export interface SendReceiveInput {
   readonly signal: AbortSignal | undefined
   /** bytes sent so far, about twice a second */
   readonly onBytes: (bytes: number) => void
+  /** no byte sent for this long: every process of the pipeline is killed and the transfer is STALLED */
+  readonly stallMs?: number
 }
 
 /**
@@ -88,20 +90,31 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const [firstReceive] = receives
   const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal)
   let bytes = 0
+  let movedAt = Date.now()
+  let stalled = false
   const timer = setInterval(() => {
     void send.bytesWritten().then((n) => {
       if (n !== undefined && n > bytes) {
         bytes = n
+        movedAt = Date.now()
         input.onBytes(n)
+      } else if (n !== undefined && input.stallMs !== undefined && !stalled && Date.now() - movedAt > input.stallMs) {
+        // a receiver that stopped (SIGSTOP, a hung disk, a peer that stopped reading) holds the pipe full for ever
+        stalled = true
+        for (const p of [send, ...receives]) p.kill('SIGKILL')
       }
     })
-  }, 500)
+  }, Math.min(500, input.stallMs ?? 500))
   const [sent, tee, ...received] = await Promise.all([send.done, teeDone, ...receives.map((r) => r.done)])
   clearInterval(timer)
   if (fifoDir !== undefined) await rm(fifoDir, { recursive: true, force: true })
   bytes = Math.max(bytes, (await send.bytesWritten()) ?? 0)
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
     const receiveArgv = input.receivers[i]?.receiveArgv ?? []
+    if (stalled) {
+      return err(bbError('STALLED', `the stream stopped moving: no byte was sent for ${Math.round((input.stallMs ?? 0) / 1000)} s, so the transfer was stopped`,
+        'see whether the receiving side hangs (its disk, its load, the network); the run retries this, and the next run starts it again', { argv: [...input.sendArgv], bytes }))
+    }
     if (input.signal?.aborted === true) {
       return err(bbError('CANCELLED', 'the transfer was cancelled', 'run again: the unfinished copy is removed and sent anew', { argv: [...input.sendArgv] }))
     }

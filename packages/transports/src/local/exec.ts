@@ -72,7 +72,7 @@ export const execCommand = (argv: readonly string[], options: ExecOptions = {}):
  * receive` without a shell and without copying through JavaScript). The parent's copy of a pipe it
  * hands on is closed at once, so that a reader that dies gives its writer SIGPIPE.
  */
-export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}): RunningCommand => {
+export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}, hooks: { readonly onStderr?: (chunk: string) => void } = {}): RunningCommand => {
   const [file, ...args] = argv
   if (file === undefined) {
     return {
@@ -86,6 +86,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
   child.stderr?.setEncoding('utf8')
   child.stderr?.on('data', (chunk: string) => {
     stderr = (stderr + chunk).slice(-2 * STDERR_TAIL_CHARS)
+    hooks.onStderr?.(chunk)
   })
   // stderr ends when the process exits, before it is reaped: the last moment its counters can be read
   let finalBytes: number | undefined

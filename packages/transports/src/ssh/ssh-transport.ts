@@ -7,6 +7,9 @@ import { sshFailure } from './failure.js'
 import { remoteCommand } from './quote.js'
 import type { SshOptions, SshSession } from './session.js'
 
+/** How a spawned remote command reports its pid, on the first line of its stderr. */
+const PID_TAG = 'bbackup-remote-pid:'
+
 /** The exit code the remote file scripts use for "nothing is there". */
 const ABSENT = 3
 
@@ -79,14 +82,37 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       .andThen((result) => new ResultAsync(classify(result, argv)))
   }
 
+  /**
+   * A long-running remote command (a send or a receive) first says its pid on stderr, so that
+   * `kill` can stop it on the host too: a receiver that is stopped (SIGSTOP, a hung disk) does not
+   * notice that its connection closed, and would stay behind.
+   */
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
-    const remote = remoteCommand([...sudo, ...argv])
+    const remote = remoteCommand([...sudo, 'sh', '-c', `echo "${PID_TAG}$$" >&2; exec "$@"`, 'sh', ...argv])
+    let remotePid: string | undefined
+    let seen = ''
     // a remote command with a NUL byte cannot run: start nothing, report why
-    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), spawnOptions)
+    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), spawnOptions, {
+      onStderr: (chunk) => {
+        if (remotePid !== undefined || seen.length > 200) return
+        seen += chunk
+        remotePid = new RegExp(`^${PID_TAG}(\\d+)\n`).exec(seen)?.[1]
+      },
+    })
+    const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(new RegExp(`^${PID_TAG}\\d+\n?`), '') })
     return {
       ...running,
       argv,
-      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(classify(result, argv))),
+      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(classify(withoutPid(result), argv))),
+      kill: (signal: NodeJS.Signals = 'SIGTERM') => {
+        running.kill(signal)
+        if (remotePid === undefined) return
+        // by the pid it reported; KILL also ends a stopped process, TERM would wait for it to be continued
+        void exec(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', remotePid], {}).then(
+          () => undefined,
+          () => undefined,
+        )
+      },
     }
   }
 
