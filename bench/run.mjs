@@ -54,8 +54,8 @@ for (let i = 0; i < FILES; i++) {
   const offset = (i * 4099) % Math.max(1, block.length - size)
   writeFileSync(join(dir, `f${i}`), block.subarray(offset, offset + size))
 }
-const changeOnePercent = (round) => {
-  for (let i = round; i < FILES; i += 100) writeFileSync(join(source, `d${Math.floor(i / 200)}`, `f${i}`), `changed in round ${round}\n`)
+const changeOnePercent = (round, tree = source) => {
+  for (let i = round; i < FILES; i += 100) writeFileSync(join(tree, `d${Math.floor(i / 200)}`, `f${i}`), `changed in round ${round}\n`)
 }
 // the same rsync flags bbackup uses, so the comparison is of the work around rsync
 const flags = ['-a', ...(asRoot ? ['-H', '-A', '-X', '--numeric-ids'] : []), '--one-file-system', '--delete']
@@ -179,7 +179,7 @@ if (!btrfsReady) {
       const btrbk = () => run('btrbk', ['-c', conf, '-q', 'run'])
       btrbk()
       ours([join(mnt, 'inc')])
-      changeOnePercent(50)
+      changeOnePercent(50, src)
       commit()
       spawnSync('sleep', ['1'])
       const theirsIncr = seconds(btrbk)
@@ -192,6 +192,45 @@ if (!btrfsReady) {
       report('run with nothing changed (fixed overhead) vs btrbk run', oursIdle, theirsIdle, 'btrbk')
     } else {
       console.log('\nbtrbk: not installed, skipped (apt-get install btrbk)')
+    }
+
+    // over ssh to 127.0.0.1: bbackup run against send -p | ssh host btrfs receive by hand, and the logins it takes
+    if (has('sshd') && has('ssh')) {
+      const { startSshd } = await import(join(root, 'packages/testkit/dist/index.js'))
+      const sshd = await startSshd()
+      try {
+        const sshArgs = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+        const remote = `ssh://root@127.0.0.1:${sshd.port}${join(mnt, 'over-ssh')}`
+        const sshHand = `ssh -p ${sshd.port} -i ${sshd.identityFile} -o UserKnownHostsFile=${sshd.knownHostsFile} -o BatchMode=yes root@127.0.0.1`
+        const viaSsh = () => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', ...sshArgs])
+        mkdirSync(join(mnt, 'ssh-hand'))
+        mkdirSync(join(mnt, 'ssh-hand-snaps'))
+        viaSsh()
+        btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', 'p'))
+        sh(`btrfs send -q ${mnt}/ssh-hand-snaps/p | ${sshHand} btrfs receive ${mnt}/ssh-hand`)
+        const oursSsh = []
+        const handSsh = []
+        const logins = []
+        for (let i = 0; i < REPEAT; i++) {
+          changeOnePercent(60 + i, src)
+          commit()
+          spawnSync('sleep', ['1'])
+          const before = await sshd.logins()
+          oursSsh.push(seconds(viaSsh))
+          logins.push((await sshd.logins()) - before)
+          const [prev, next] = [i === 0 ? 'p' : `h${i - 1}`, `h${i}`]
+          handSsh.push(seconds(() => {
+            btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', next))
+            sh(`btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next} | ${sshHand} btrfs receive ${mnt}/ssh-hand`)
+          }))
+        }
+        console.log(`\nbtrfs over ssh to 127.0.0.1 (goal <= 1.05; ssh logins per run: ${logins.join(', ')}, goal 1)`)
+        report('1% incremental run over ssh vs send -p | ssh host btrfs receive', median(oursSsh), median(handSsh), 'by hand')
+      } finally {
+        await sshd.stop()
+      }
+    } else {
+      console.log('\nbtrfs over ssh: skipped (apt-get install openssh-server openssh-client)')
     }
   } finally {
     spawnSync('umount', [mnt])
