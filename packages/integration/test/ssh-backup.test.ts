@@ -166,8 +166,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     await writeTree(join(dir, 'home'), { 'a.txt': 'a\n' })
   })
   afterEach(async () => {
-    await session?.close()
-    await sshd?.stop()
+    // each step even when one before it failed: no server, mount or connection outlives the test
+    await Promise.allSettled([session?.close()])
+    await Promise.allSettled([sshd?.stop()])
     await fs?.cleanup()
   })
 
