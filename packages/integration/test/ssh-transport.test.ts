@@ -1,5 +1,6 @@
+import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
+import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseLocation, type SshLocation, type Transport } from '@bb/core'
@@ -129,8 +130,6 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
   it('refuses a login it has no key for', async () => {
     const own = openSshSession()
     const other = join(dir.path, 'other_key')
-    await mkdir(dir.path, { recursive: true })
-    const { execFileSync } = await import('node:child_process')
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other])
     try {
       const e = (await sshTransport(location(dir.path), own, { identityFile: other, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()

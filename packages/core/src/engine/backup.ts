@@ -110,8 +110,11 @@ const routeOf = (source: Location, target: string): Route => {
   return remoteTarget ? 'relay' : 'pull'
 }
 
-const failedTarget = (target: string, startedMs: number, error: BbError, partial: Partial<TargetReport> = {}): TargetReport => ({
-  target, ok: false, route: 'local', sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
+/** what a target's part of the run produced; its {@link Route} is derived from the locations at the end */
+type TargetResult = Omit<TargetReport, 'route'>
+
+const failedTarget = (target: string, startedMs: number, error: BbError, partial: Partial<TargetResult> = {}): TargetResult => ({
+  target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
 
 /**
@@ -166,7 +169,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     emit({ type: 'snapshot-created', snapshot: name })
   }
 
-  const reports: TargetReport[] = []
+  const reports: TargetResult[] = []
   for (const state of states) {
     if (state.error === undefined) continue
     emit({ type: 'transfer-failed', target: state.where, snapshot: name, error: state.error })
@@ -219,7 +222,7 @@ const backupWithRetries = async (
   state: { readonly target: Transport; readonly where: string; readonly snapshots: readonly SnapshotInfo[] },
   pending: readonly JournalEntry[],
   name: string,
-): Promise<TargetReport> => {
+): Promise<TargetResult> => {
   let report = await backupToTarget(job, options, state.target, state.snapshots, pending, name)
   for (let attempt = 1; !report.ok && report.error !== undefined && TRANSIENT.has(report.error.code) && attempt <= retriesOf(options); attempt++) {
     if (options.dryRun === true || options.signal?.aborted === true) break
@@ -228,10 +231,10 @@ const backupWithRetries = async (
     await pause(delayMs, options.signal)
     if (cancelled(options)) break
     const journal = await readJournal(job.state.transport, journalPath(job))
-    const listed = journal.isErr() ? err(journal.error) : await job.driver.listSnapshots({ at: state.target, signal: options.signal })
-    report = journal.isErr() || listed.isErr()
-      ? failedTarget(state.where, Date.now(), journal.isErr() ? journal.error : (listed as Result<never, BbError>)._unsafeUnwrapErr())
-      : await backupToTarget(job, options, state.target, listed.value, journal.value.entries.filter((e) => e.target === state.where), name)
+    const listed = await job.driver.listSnapshots({ at: state.target, signal: options.signal })
+    if (journal.isErr()) report = failedTarget(state.where, Date.now(), journal.error)
+    else if (listed.isErr()) report = failedTarget(state.where, Date.now(), listed.error)
+    else report = await backupToTarget(job, options, state.target, listed.value, journal.value.entries.filter((e) => e.target === state.where), name)
     report = { ...report, attempts: attempt + 1 }
   }
   return report
@@ -244,7 +247,7 @@ const backupToTarget = async (
   snapshots: readonly SnapshotInfo[],
   pending: readonly JournalEntry[],
   name: string,
-): Promise<TargetReport> => {
+): Promise<TargetResult> => {
   const started = Date.now()
   const where = formatLocation(target.location)
   const dryRun = options.dryRun ?? false
@@ -307,7 +310,6 @@ const backupToTarget = async (
   return {
     target: where,
     ok: true,
-    route: 'local',
     sent: [{ snapshot: outcome.snapshot, mode: outcome.mode, ...(outcome.parent === undefined ? {} : { parent: outcome.parent }), bytes: outcome.bytes, durationMs: Date.now() - started }],
     snapshot: outcome.snapshot,
     mode: outcome.mode,
@@ -383,7 +385,7 @@ const sendSnapshots = async (
   reachable: readonly { readonly target: Transport; readonly where: string; readonly snapshots: readonly SnapshotInfo[] }[],
   journal: readonly JournalEntry[],
   sourceSnapshots: readonly SnapshotInfo[],
-): Promise<TargetReport[]> => {
+): Promise<TargetResult[]> => {
   const dryRun = options.dryRun ?? false
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
@@ -507,7 +509,7 @@ const sendSnapshots = async (
   }
 
   // 6. retention where this run added a backup, then the reports
-  const reports: TargetReport[] = []
+  const reports: TargetResult[] = []
   for (const lane of lanes) {
     const last = lane.sent.at(-1)
     const common = {
@@ -536,7 +538,6 @@ const sendSnapshots = async (
     reports.push({
       target: lane.where,
       ok: true,
-      route: 'local',
       ...common,
       ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
       durationMs: Date.now() - lane.started,

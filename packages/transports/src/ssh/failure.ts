@@ -8,6 +8,8 @@ export interface Endpoint {
   readonly port?: number
 }
 
+const keyscan = (e: Endpoint): string => `ssh-keyscan ${e.port === undefined ? '' : `-p ${e.port} `}${e.host} >> ~/.ssh/known_hosts`
+
 const knownHostsName = (e: Endpoint): string => (e.port === undefined || e.port === 22 ? e.host : `[${e.host}]:${e.port}`)
 
 /**
@@ -21,11 +23,11 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   const details = { host: endpoint.display, argv: [...result.argv], stderr }
   if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/.test(stderr)) {
     return bbError('HOSTKEY_CHANGED', `the host key of ${endpoint.display} has CHANGED since it was trusted: refusing to connect (this can be an attack)`,
-      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen -R '${knownHostsName(endpoint)}' && ssh-keyscan ${endpoint.port === undefined ? '' : `-p ${endpoint.port} `}${endpoint.host} >> ~/.ssh/known_hosts`, details)
+      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen -R '${knownHostsName(endpoint)}' && ${keyscan(endpoint)}`, details)
   }
   if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
     return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,
-      `check its fingerprint, then trust it once: ssh-keyscan ${endpoint.port === undefined ? '' : `-p ${endpoint.port} `}${endpoint.host} >> ~/.ssh/known_hosts (or connect once with ssh and answer yes)`, details)
+      `check its fingerprint, then trust it once: ${keyscan(endpoint)} (or connect once with ssh and answer yes)`, details)
   }
   if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {
     return bbError('AUTH_FAILED', `ssh could not log in to ${endpoint.display}: ${firstSshLine(stderr)}`,

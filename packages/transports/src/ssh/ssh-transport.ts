@@ -9,6 +9,10 @@ import type { SshOptions, SshSession } from './session.js'
 
 /** How a spawned remote command reports its pid, on the first line of its stderr. */
 const PID_TAG = 'bbackup-remote-pid:'
+/** a whole first line (a chunk can end inside the number) */
+const PID_LINE = /^bbackup-remote-pid:(\d+)\n/
+/** in the stderr tail of a finished command, which is trimmed */
+const PID_PREFIX = /^bbackup-remote-pid:\d+\n?/
 
 /** The exit code the remote file scripts use for "nothing is there". */
 const ABSENT = 3
@@ -96,10 +100,10 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       onStderr: (chunk) => {
         if (remotePid !== undefined || seen.length > 200) return
         seen += chunk
-        remotePid = new RegExp(`^${PID_TAG}(\\d+)\n`).exec(seen)?.[1]
+        remotePid = PID_LINE.exec(seen)?.[1]
       },
     })
-    const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(new RegExp(`^${PID_TAG}\\d+\n?`), '') })
+    const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(PID_PREFIX, '') })
     return {
       ...running,
       argv,
