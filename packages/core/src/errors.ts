@@ -35,6 +35,10 @@ export type ErrorCode =
   | 'AUTH_FAILED'
   | 'NETWORK_FAILED'
   | 'STALLED'
+  | 'NO_CONSISTENT_SNAPSHOT'
+  | 'TARGET_NO_REFLINK'
+  | 'REVISION_DISTRUSTED'
+  | 'CORRUPT_DATA'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>
@@ -70,4 +74,23 @@ export const stderrTail = (stderr: string): string => stderr.slice(-STDERR_TAIL_
  */
 export class InternalError extends Error {
   override readonly name = 'InternalError'
+}
+
+/** Turns a Node fs error into an error that names the operation, the path and the fix. */
+export const ioError = (operation: string, path: string) => (cause: unknown): BbError<'DISK_FULL' | 'NOT_FOUND' | 'IO_FAILED'> => {
+  const e = cause as NodeJS.ErrnoException
+  const details = { path, errno: e.code ?? 'unknown' }
+  switch (e.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return bbError('DISK_FULL', `no space left to ${operation} ${path}`, 'free space on that filesystem (or prune old backups) and run again', details)
+    case 'ENOENT':
+      return bbError('NOT_FOUND', `cannot ${operation} ${path}: it does not exist`, 'check the path, or create its parent directory', details)
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return bbError('IO_FAILED', `cannot ${operation} ${path}: permission denied${e.code === 'EROFS' ? ' (read-only filesystem)' : ''}`, 'run as a user that may write there, or fix its permissions', details)
+    default:
+      return bbError('IO_FAILED', `cannot ${operation} ${path}: ${e.message}`, 'check the filesystem and run again', details)
+  }
 }

@@ -2,26 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { ResultAsync } from 'neverthrow'
-import { bbError, type DirEntry, type EntryStat, type TransportError } from '@bb/core'
-
-/** Turns a Node fs error into a TransportError that names the path and the fix. */
-export const ioError = (operation: string, path: string) => (cause: unknown): TransportError => {
-  const e = cause as NodeJS.ErrnoException
-  const details = { path, errno: e.code ?? 'unknown' }
-  switch (e.code) {
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return bbError('DISK_FULL', `no space left to ${operation} ${path}`, 'free space on that filesystem (or prune old backups) and run again', details)
-    case 'ENOENT':
-      return bbError('NOT_FOUND', `cannot ${operation} ${path}: it does not exist`, 'check the path, or create its parent directory', details)
-    case 'EACCES':
-    case 'EPERM':
-    case 'EROFS':
-      return bbError('IO_FAILED', `cannot ${operation} ${path}: permission denied${e.code === 'EROFS' ? ' (read-only filesystem)' : ''}`, 'run as a user that may write there, or fix its permissions', details)
-    default:
-      return bbError('IO_FAILED', `cannot ${operation} ${path}: ${e.message}`, 'check the filesystem and run again', details)
-  }
-}
+import { ioError, type DirEntry, type EntryStat, type TransportError } from '@bb/core'
 
 const wrap = <T>(operation: string, path: string, body: () => Promise<T>): ResultAsync<T, TransportError> =>
   ResultAsync.fromPromise(body(), ioError(operation, path))

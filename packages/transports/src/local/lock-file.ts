@@ -1,8 +1,8 @@
 import { promises as fs, readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
-import { bbError, judgeLock, parseLockInfo, type LockContext, type LockError, type LockHandle, type LockInfo, type LockStatus, type TransportError } from '@bb/core'
-import { ioError, writeTempBeside } from './files.js'
+import { bbError, ioError, judgeLock, parseLockInfo, type LockContext, type LockError, type LockHandle, type LockInfo, type LockStatus, type TransportError } from '@bb/core'
+import { writeTempBeside } from './files.js'
 
 const readText = async (path: string): Promise<string | undefined> => {
   try {
