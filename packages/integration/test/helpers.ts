@@ -28,9 +28,10 @@ export const btrfsJob = (p: { source: string; targets: readonly string[]; state:
 })
 
 /** Runs a TypeScript file of this package in a child Node, resolving our packages to source. */
-export const spawnTs = (file: string, args: readonly string[], options: { readonly detached?: boolean } = {}): ChildProcess =>
+export const spawnTs = (file: string, args: readonly string[], options: { readonly detached?: boolean; readonly env?: Readonly<Record<string, string>> } = {}): ChildProcess =>
   spawn(process.execPath, ['--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test', file), ...args], {
     cwd: ROOT,
+    env: { ...process.env, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
     // its own process group: a test can kill it with every command it started (a power cut, an OOM kill of the cgroup)
     detached: options.detached ?? false,

@@ -1,0 +1,227 @@
+import { randomUUID } from 'node:crypto'
+import { promises as fs } from 'node:fs'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import type { ResultAsync } from 'neverthrow'
+import { bbError, stderrTail, type BbError, type Transport } from '@bb/core'
+import { chunkCount, scanChunks } from './chunk-scan.js'
+import { dataChunks } from './data-map.js'
+import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
+import { localDirectory, withVolumeLock } from './locked.js'
+import { DEFAULT_SCHEDULE, dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
+import { freezeSource, removeStaleCopies } from './source.js'
+import { asResult, fsStep, must, stop } from './stop.js'
+import {
+  LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
+} from './volume.js'
+
+export interface BlockBackupOptions {
+  /** the backup directory (a local transport) */
+  readonly at: Transport
+  /** back up even when no tag of the schedule is due */
+  readonly force?: boolean
+  /** more tags for the revision: `manual:NAME` tags never expire */
+  readonly tags?: readonly string[]
+  /** read the live source without freezing it (a warning in the report) */
+  readonly noSnapshot?: boolean
+  readonly now?: () => Date
+  readonly signal?: AbortSignal
+  /** hashing threads (default: the cores, at most 8) */
+  readonly threads?: number
+  /** wait this long for another run on the volume to finish (default: fail at once with LOCK_HELD) */
+  readonly waitSeconds?: number
+  readonly onProgress?: (progress: { readonly bytes: number; readonly total: number }) => void
+}
+
+export interface ExpiredRevisions {
+  readonly removed: readonly string[]
+  /** revisions that lost their last tag but were kept, and why */
+  readonly kept: readonly { readonly uuid: string; readonly why: string }[]
+}
+
+export type BlockBackupReport =
+  | { readonly skipped: true; readonly dir: string; readonly nextDue: string; readonly removedIncomplete: readonly string[] }
+  | {
+    readonly skipped: false
+    readonly dir: string
+    readonly revision: Revision
+    readonly removedIncomplete: readonly string[]
+    readonly expired: ExpiredRevisions
+    readonly nextDue: string
+  }
+
+/** Test hook for reliability scenario 13: `BBACKUP_TEST_CRASH_AT=block-half-written` kills the run halfway through writing a revision. */
+const crashPoint = (point: string): void => {
+  if (process.env.BBACKUP_TEST_CRASH_AT === point) process.kill(process.pid, 'SIGKILL')
+}
+
+/** Whole ranges of bytes, coalesced. */
+const addRange = (ranges: [number, number][], offset: number, length: number): void => {
+  const last = ranges.at(-1)
+  if (last !== undefined && last[0] + last[1] === offset) last[1] += length
+  else ranges.push([offset, length])
+}
+
+const isZeroDigest = (hashes: Buffer, index: number): boolean => {
+  for (let i = index * DIGEST_BYTES; i < (index + 1) * DIGEST_BYTES; i++) if (hashes[i] !== 0) return false
+  return true
+}
+
+/** The newest revision a new one can be a reflink copy of: complete, not distrusted, same chunk size, hashes intact. */
+const chooseParent = async (dir: string, revisions: readonly Revision[], config: VolumeConfig): Promise<{ revision: Revision; hashes: Buffer } | undefined> => {
+  for (const r of [...revisions].reverse()) {
+    if (r.trust === 'distrusted' || r.chunkSize !== config.chunkSize) continue
+    const hashes = await readHashes(dir, r)
+    const image = await fs.stat(paths(dir, r.uuid).image).catch(() => undefined)
+    if (hashes !== undefined && image !== undefined) return { revision: r, hashes }
+  }
+  return undefined
+}
+
+/** Removes revisions (metadata first: a crash in between leaves an incomplete revision, removed next time). */
+export const removeRevisions = async (dir: string, uuids: readonly string[]): Promise<void> => {
+  for (const uuid of uuids) {
+    const p = paths(dir, uuid)
+    for (const file of [p.rev, p.image, p.hashes]) await fsStep('remove', file, fs.rm(file, { force: true }))
+  }
+}
+
+/** Applies the schedule's expiry; never removes the newest complete revision or the newest verified one. */
+export const expireRevisions = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], now: Date): Promise<ExpiredRevisions> => {
+  const protect = new Map<string, string>()
+  const newestVerified = [...revisions].reverse().find((r) => r.trust === 'verified')
+  if (newestVerified !== undefined) protect.set(newestVerified.uuid, 'the newest verified revision')
+  const newest = revisions.at(-1)
+  if (newest !== undefined) protect.set(newest.uuid, 'the newest revision')
+  const plan = planExpiry(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, protect)
+  for (const r of revisions) {
+    const tags = plan.retag.get(r.uuid)
+    if (tags !== undefined && !plan.remove.includes(r.uuid)) await writeRevision(at, dir, { ...r, tags })
+  }
+  await removeRevisions(dir, plan.remove)
+  return { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })) }
+}
+
+/** Removes what killed runs left: images being written, revision parts without metadata. */
+export const removeIncomplete = async (dir: string, names: readonly string[]): Promise<void> => {
+  for (const name of names) await fsStep('remove', join(dir, name), fs.rm(join(dir, name), { force: true }))
+}
+
+const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, now: Date): Promise<Revision> => {
+  const started = performance.now()
+  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal })
+  const uuid = randomUUID()
+  const target = paths(dir, uuid)
+  const pool = openHashPool(options.threads)
+  let done = false
+  try {
+    const parent = await chooseParent(dir, revisions, config)
+    if (parent === undefined) {
+      await fsStep('create', target.partial, fs.writeFile(target.partial, '', { flag: 'wx' }))
+    } else {
+      const copy = await must(at.exec(['cp', '--reflink=always', '--', paths(dir, parent.revision.uuid).image, target.partial], options.signal === undefined ? {} : { signal: options.signal }))
+      if (copy.exitCode !== 0) {
+        return stop(bbError('TARGET_NO_REFLINK', `cannot make a reflink copy of the previous revision in ${dir}: ${stderrTail(copy.stderr) || `cp exit ${copy.exitCode}`}`,
+          'keep the backup directory on btrfs or XFS (reflinks), with free space', { path: dir, stderr: stderrTail(copy.stderr) }))
+      }
+    }
+    const chunks = chunkCount(frozen.size, config.chunkSize)
+    const parentChunks = parent === undefined ? 0 : parent.hashes.length / DIGEST_BYTES
+    const hashes = Buffer.alloc(chunks * DIGEST_BYTES)
+    const punch: [number, number][] = []
+    let bytesWritten = 0
+    let chunksWritten = 0
+    let progress = 0
+    const handle = await fsStep('open', target.partial, fs.open(target.partial, 'r+'))
+    let counts
+    try {
+      await fsStep('resize', target.partial, handle.truncate(frozen.size))
+      const dataMap = await dataChunks(at, frozen.path, frozen.size, config.chunkSize)
+      counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize: config.chunkSize, pool, signal: options.signal, dataMap }, {
+        zero: (index, length) => {
+          if (index < parentChunks && parent !== undefined && !isZeroDigest(parent.hashes, index)) addRange(punch, index * config.chunkSize, length)
+          options.onProgress?.({ bytes: (progress += length), total: frozen.size })
+        },
+        data: async (index, chunk, digest) => {
+          digest.copy(hashes, index * DIGEST_BYTES)
+          const same = parent !== undefined && index < parentChunks && parent.hashes.compare(digest, 0, DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES) === 0
+          if (!same) {
+            await fsStep('write', target.partial, handle.write(chunk, 0, chunk.length, index * config.chunkSize))
+            bytesWritten += chunk.length
+            chunksWritten++
+            if (chunksWritten >= chunks / 2) crashPoint('block-half-written')
+          }
+          options.onProgress?.({ bytes: (progress += chunk.length), total: frozen.size })
+        },
+      })
+      // chunks that held data in the parent and are zero now become holes again
+      for (const [offset, length] of punch) {
+        const r = await must(at.exec(['fallocate', '--punch-hole', '--keep-size', '--offset', String(offset), '--length', String(length), target.partial]))
+        if (r.exitCode !== 0) {
+          for (let o = offset; o < offset + length; o += config.chunkSize) {
+            const n = Math.min(config.chunkSize, offset + length - o)
+            await fsStep('write', target.partial, handle.write(Buffer.alloc(n), 0, n, o))
+          }
+        }
+      }
+      await fsStep('flush', target.partial, handle.sync())
+    } finally {
+      await handle.close()
+    }
+    await fsStep('protect', target.partial, fs.chmod(target.partial, 0o440))
+    await must(at.rename(target.partial, target.image))
+    await writeBinaryAtomic(target.hashes, hashes)
+    const revision: Revision = {
+      format: 1, uuid, parent: parent?.revision.uuid ?? null, timestamp: now.toISOString(), size: frozen.size, chunkSize: config.chunkSize, hash: 'sha256',
+      hashesDigest: sha256(hashes), tags: [...tags], trust: 'trusted', consistency: frozen.consistency,
+      stats: {
+        durationSeconds: Math.round(performance.now() - started) / 1000, bytesRead: counts.bytesRead, bytesSkipped: counts.bytesSkipped, bytesWritten, chunks, chunksWritten,
+        zeroChunks: counts.zeroChunks, chunksPunched: punch.reduce((n, [, length]) => n + Math.ceil(length / config.chunkSize), 0),
+        hashSeconds: Math.round(pool.busySeconds() * 1000) / 1000, threads: pool.threads,
+      },
+      warnings: frozen.warnings,
+    }
+    await writeRevision(at, dir, revision)
+    done = true
+    await must(at.symlink(`${uuid}.img`, join(dir, LATEST_LINK)))
+    return revision
+  } finally {
+    await pool.close()
+    await frozen.release()
+    if (!done) await removeIncomplete(dir, [`${uuid}.img.partial`, `${uuid}.img`, `${uuid}.hashes`])
+  }
+}
+
+/**
+ * Backs up a block volume when its schedule says a revision is due (or with `force`): freezes the
+ * source, reads it once, hashes its chunks on all cores and writes only the chunks that differ
+ * from the parent revision into a reflink copy of it; then expires revisions by the schedule.
+ * @example
+ * const r = await backupVolume({ at: localTransport('/srv/backy/vm1') })
+ * if (r.isOk() && !r.value.skipped) console.log(r.value.revision.stats.bytesWritten)
+ */
+export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBackupReport, BbError> =>
+  asResult(async () => {
+    const dir = localDirectory(options.at)
+    const config = await readVolumeConfig(options.at, dir)
+    const unknown = (options.tags ?? []).filter((t) => !t.startsWith(MANUAL_PREFIX) && !(t in config.schedule))
+    if (unknown.length > 0) {
+      return stop(bbError('INVALID_OPTIONS', `the tag ${unknown.join(', ')} is not in the volume's schedule`, `use a schedule tag (${Object.keys(config.schedule).join(', ')}) or a manual tag that never expires, e.g. manual:before-upgrade`))
+    }
+    return withVolumeLock(options.at, 'backup', options, async () => {
+      const now = (options.now ?? (() => new Date()))()
+      const { revisions, incomplete } = await readVolume(options.at, dir)
+      await removeIncomplete(dir, incomplete)
+      const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config))]
+      const due = dueTags(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, config.spreadSeconds)
+      if (due.length === 0 && options.force !== true) {
+        return { skipped: true as const, dir, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), removedIncomplete }
+      }
+      // a forced run between slots still carries the schedule's shortest tag, so that it expires like the others
+      const shortest = Object.entries(config.schedule).sort(([, a], [, b]) => a.intervalSeconds - b.intervalSeconds)[0]?.[0] ?? Object.keys(DEFAULT_SCHEDULE)[0] ?? 'daily'
+      const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
+      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, now)
+      const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now)
+      return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
+    })
+  })

@@ -1,0 +1,88 @@
+import { randomBytes, randomUUID } from 'node:crypto'
+import { promises as fs } from 'node:fs'
+import { dirname, isAbsolute, join } from 'node:path'
+import type { ResultAsync } from 'neverthrow'
+import { bbError, stderrTail, type BbError, type Transport } from '@bb/core'
+import { localDirectory } from './locked.js'
+import { DEFAULT_SCHEDULE, spreadOf, type Schedule } from './schedule.js'
+import { inspectSource } from './source.js'
+import { asResult, fsStep, must, stop } from './stop.js'
+import { VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
+
+export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+const MIN_CHUNK = 64 * 1024
+const MAX_CHUNK = 64 * 1024 * 1024
+
+export interface InitVolumeOptions {
+  /** the backup directory (local): new, or empty */
+  readonly at: Transport
+  /** the image file or block device to back up, absolute */
+  readonly source: string
+  readonly chunkSize?: number
+  readonly schedule?: Schedule
+  /** 'none': never freeze the source (read it live; each revision carries a warning) */
+  readonly snapshot?: SnapshotMode
+}
+
+/** `4M`, `512K`, `1048576`: bytes. */
+export const parseSize = (text: string): number | undefined => {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(text.trim())
+  if (m === null) return undefined
+  const unit = (m[2] ?? '').charAt(0).toUpperCase()
+  return Number(m[1]) * ({ K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[unit] ?? 1)
+}
+
+/** Whether `cp --reflink=always` works in a directory, tried with two small files of our own. */
+const reflinks = async (at: Transport, directory: string): Promise<{ ok: true } | { ok: false; stderr: string }> => {
+  const probe = join(directory, `.bbackup-reflink-probe-${randomBytes(4).toString('hex')}`)
+  await fsStep('write', probe, fs.writeFile(probe, randomBytes(4096), { flag: 'wx' }))
+  try {
+    const r = await must(at.exec(['cp', '--reflink=always', '--', probe, `${probe}.copy`]))
+    return r.exitCode === 0 ? { ok: true } : { ok: false, stderr: stderrTail(r.stderr) }
+  } finally {
+    await fs.rm(probe, { force: true })
+    await fs.rm(`${probe}.copy`, { force: true })
+  }
+}
+
+/**
+ * Creates a backup directory for one volume (backy's `init`): checks that the directory can hold
+ * reflink copies and that the source can be frozen, then writes `volume.json`.
+ * @example
+ * await initVolume({ at: localTransport('/srv/backy/vm1'), source: '/var/lib/libvirt/images/vm1.img' })
+ */
+export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig, BbError> =>
+  asResult(async () => {
+    const dir = localDirectory(options.at)
+    const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
+    if (!Number.isInteger(chunkSize) || chunkSize % 4096 !== 0 || chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK) {
+      return stop(bbError('INVALID_OPTIONS', `a chunk size of ${chunkSize} bytes is not usable`, 'give a multiple of 4K from 64K to 64M, e.g. --chunk-size 4M (the default)'))
+    }
+    if (!isAbsolute(options.source)) return stop(bbError('INVALID_OPTIONS', `the source ${options.source} is not an absolute path`, 'give the full path of the image file or device'))
+    const source = await inspectSource(options.source)
+    const snapshot = options.snapshot ?? 'auto'
+    await must(options.at.mkdir(dir, { recursive: true }))
+    const present = (await must(options.at.list(dir))).map((e) => e.name).filter((n) => n !== 'lost+found')
+    if (present.includes(VOLUME_FILE)) return stop(bbError('ALREADY_EXISTS', `${dir} already holds a volume`, `back it up with bbackup backup -b ${dir}, or choose a new directory`, { path: dir }))
+    if (present.length > 0) return stop(bbError('ALREADY_EXISTS', `${dir} is not empty (${present.slice(0, 3).join(', ')}${present.length > 3 ? ', …' : ''})`, 'give a new or empty directory: bbackup init never writes among files it did not make', { path: dir }))
+    const target = await reflinks(options.at, dir)
+    if (!target.ok) {
+      return stop(bbError('TARGET_NO_REFLINK', `${dir} cannot hold revisions: its filesystem makes no reflink copies (${target.stderr})`, 'put the backup directory on btrfs or XFS (mkfs.xfs has reflink=1 by default)', { path: dir }))
+    }
+    if (snapshot === 'auto') {
+      if (source.kind === 'device') {
+        return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${options.source} cannot be frozen for backups: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
+          'give --no-snapshot if nothing writes to it while it is backed up, or back up an image file on btrfs or XFS', { path: options.source }))
+      }
+      const frozen = await reflinks(options.at, dirname(options.source))
+      if (!frozen.ok) {
+        return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${options.source} cannot be frozen for backups: its filesystem makes no reflink copies (${frozen.stderr})`,
+          'keep VM images on btrfs or XFS, or give --no-snapshot to read the file live (stop the VM while it is backed up)', { path: options.source }))
+      }
+    }
+    const id = randomUUID()
+    const schedule = options.schedule ?? DEFAULT_SCHEDULE
+    const config: VolumeConfig = { format: 1, id, source: options.source, chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot }
+    await must(options.at.writeFileAtomic(join(dir, VOLUME_FILE), volumeConfigText(config)))
+    return config
+  })

@@ -1,0 +1,54 @@
+import type { ResultAsync } from 'neverthrow'
+import type { BbError, Transport } from '@bb/core'
+import { localDirectory } from './locked.js'
+import { dueTags, formatSchedule, nextDue } from './schedule.js'
+import { asResult } from './stop.js'
+import { readVolume, readVolumeConfig, type Revision } from './volume.js'
+
+export interface VolumeStatus {
+  readonly dir: string
+  readonly source: string
+  readonly chunkSize: number
+  readonly schedule: string
+  /** complete revisions, oldest first */
+  readonly revisions: readonly Revision[]
+  /** files of unfinished revisions (removed by the next backup) */
+  readonly incomplete: readonly string[]
+  readonly summary: {
+    readonly revisions: number
+    readonly newest: string | undefined
+    readonly oldest: string | undefined
+    /** bytes written by all kept revisions: what the volume's backups cost on disk, about */
+    readonly bytesWritten: number
+    readonly verified: number
+    readonly distrusted: number
+    /** the tags a backup now would carry (empty: nothing due) */
+    readonly dueNow: readonly string[]
+    readonly nextDue: string
+  }
+}
+
+/**
+ * The revisions of a volume with their timestamp, size, duration, tags and trust, and a summary.
+ * Reads only; takes no lock.
+ */
+export const volumeStatus = (options: { readonly at: Transport; readonly now?: () => Date }): ResultAsync<VolumeStatus, BbError> =>
+  asResult(async () => {
+    const dir = localDirectory(options.at)
+    const config = await readVolumeConfig(options.at, dir)
+    const { revisions, incomplete } = await readVolume(options.at, dir)
+    const now = (options.now ?? (() => new Date()))()
+    return {
+      dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete,
+      summary: {
+        revisions: revisions.length,
+        newest: revisions.at(-1)?.timestamp,
+        oldest: revisions[0]?.timestamp,
+        bytesWritten: revisions.reduce((n, r) => n + r.stats.bytesWritten, 0),
+        verified: revisions.filter((r) => r.trust === 'verified').length,
+        distrusted: revisions.filter((r) => r.trust === 'distrusted').length,
+        dueNow: dueTags(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, config.spreadSeconds),
+        nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
+      },
+    }
+  })

@@ -1,0 +1,235 @@
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { chmod, open, readdir, readlink, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { backupVolume, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
+import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
+import { finished, spawnTs } from './helpers.js'
+
+const MiB = 1024 * 1024
+const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+const written = (r: BlockBackupReport): Revision => {
+  if (r.skipped) throw new Error('expected a revision, the backup was skipped')
+  return r.revision
+}
+const sameBytes = (a: string, b: string): boolean => {
+  try {
+    execFileSync('cmp', ['--silent', a, b])
+    return true
+  } catch {
+    return false
+  }
+}
+/** bytes only this file holds on btrfs (not shared with a reflink copy) */
+const exclusiveBytes = (path: string): number => {
+  execFileSync('sync')
+  const line = execFileSync('btrfs', ['filesystem', 'du', '--raw', path], { encoding: 'utf8' }).trim().split('\n').at(-1) ?? ''
+  return Number(line.trim().split(/\s+/)[1])
+}
+const allocatedBytes = async (path: string): Promise<number> => (await stat(path)).blocks * 512
+/** writes `data` at `offset` of a file, in place */
+const patch = async (path: string, offset: number, data: Buffer): Promise<void> => {
+  const h = await open(path, 'r+')
+  try {
+    await h.write(data, 0, data.length, offset)
+  } finally {
+    await h.close()
+  }
+}
+const at = (iso: string) => () => new Date(iso)
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp'], { root: true }))('block-image driver against a real btrfs target', () => {
+  let fs: LoopFilesystem
+  let image: string
+  let dir: string
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 1024 })
+    image = join(fs.mountPoint, 'images/vm1.img')
+    dir = join(fs.mountPoint, 'backy/vm1')
+    execFileSync('mkdir', ['-p', join(fs.mountPoint, 'images')])
+    // 96 MiB: 64 MiB of data, then 32 MiB never written (a hole)
+    const h = await open(image, 'w')
+    for (let i = 0; i < 16; i++) await h.write(randomBytes(4 * MiB), 0, 4 * MiB, i * 4 * MiB)
+    await h.truncate(96 * MiB)
+    await h.close()
+  })
+  afterEach(async () => {
+    await fs.cleanup()
+  })
+
+  it('backs up in full, then only the chunks scattered 4 KiB writes touched; each revision is byte-identical to the source', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    expect(first).toMatchObject({ parent: null, size: 96 * MiB, trust: 'trusted', consistency: 'reflink', tags: ['daily', 'weekly', 'monthly'] })
+    expect(first.stats).toMatchObject({ chunks: 24, chunksWritten: 16, zeroChunks: 8, bytesWritten: 64 * MiB })
+    expect(sameBytes(join(dir, `${first.uuid}.img`), image)).toBe(true)
+    // the never-written tail stays a hole in the revision
+    expect(await allocatedBytes(join(dir, `${first.uuid}.img`))).toBeLessThanOrEqual(65 * MiB)
+
+    // five 4 KiB writes in five different chunks
+    for (const chunk of [0, 3, 7, 12, 15]) await patch(image, chunk * 4 * MiB + 123 * 4096, randomBytes(4096))
+    const second = written(ok(await backupVolume({ at: volume, now: at('2026-11-24T10:00:00Z') })))
+    expect(second.parent).toBe(first.uuid)
+    expect(second.tags).toContain('daily') // and weekly when a weekly slot (the volume's random spread) fell in between
+    expect(second.stats).toMatchObject({ chunksWritten: 5, bytesWritten: 5 * 4 * MiB })
+    expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(true)
+    expect(sameBytes(join(dir, `${first.uuid}.img`), image)).toBe(false)
+    // the second revision costs the changed chunks on disk, not the image
+    const exclusive = exclusiveBytes(join(dir, `${second.uuid}.img`))
+    expect(exclusive).toBeGreaterThanOrEqual(5 * 4 * MiB - 64 * 1024)
+    expect(exclusive).toBeLessThanOrEqual(6 * 4 * MiB)
+    expect(await readlink(join(dir, 'latest'))).toBe(`${second.uuid}.img`)
+
+    // restore (checking every chunk on the way) gives the source's bytes, sparse
+    const restored = join(fs.mountPoint, 'restored.img')
+    ok(await restoreRevision({ at: volume, revision: 'latest', destination: restored }))
+    expect(sameBytes(restored, image)).toBe(true)
+    expect(await allocatedBytes(restored)).toBeLessThanOrEqual(65 * MiB)
+    // and it never overwrites a file
+    expect(await restoreRevision({ at: volume, revision: 'latest', destination: restored })).toMatchObject({ error: { code: 'ALREADY_EXISTS' } })
+  })
+
+  it('chunks that became zero become holes again; a chunk that became data again is written', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, chunkSize: 1 * MiB }))
+    written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    await patch(image, 8 * MiB, Buffer.alloc(8 * MiB)) // 8 chunks of data zeroed
+    await patch(image, 80 * MiB, randomBytes(MiB)) // one chunk of the hole gets data
+    const second = written(ok(await backupVolume({ at: volume, now: at('2026-11-24T10:00:00Z') })))
+    expect(second.stats).toMatchObject({ chunksWritten: 1, chunksPunched: 8, bytesWritten: MiB })
+    expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(true)
+    expect(await allocatedBytes(join(dir, `${second.uuid}.img`))).toBeLessThanOrEqual(58 * MiB)
+  })
+
+  it('backs up only when a tag of the schedule is due, unless forced', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const again = ok(await backupVolume({ at: volume, now: at('2026-11-23T10:05:00Z') }))
+    expect(again).toMatchObject({ skipped: true })
+    const forced = written(ok(await backupVolume({ at: volume, force: true, tags: ['manual:before-upgrade'], now: at('2026-11-23T10:06:00Z') })))
+    expect(forced.tags).toEqual(['daily', 'manual:before-upgrade'])
+    expect(await backupVolume({ at: volume, tags: ['hourly'] })).toMatchObject({ error: { code: 'INVALID_OPTIONS' } })
+    const status = ok(await volumeStatus({ at: volume, now: at('2026-11-23T10:07:00Z') }))
+    expect(status.summary).toMatchObject({ revisions: 2, dueNow: [], distrusted: 0 })
+  })
+
+  it('scenario 13: a run killed while writing leaves no revision; the next run removes its leftovers and builds from the last good one', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, chunkSize: 1 * MiB }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    await patch(image, 0, randomBytes(64 * MiB))
+    const killed = await finished(spawnTs('fixtures/block-backup.ts', [dir], { env: { BBACKUP_TEST_CRASH_AT: 'block-half-written' } }))
+    expect(killed.signal).toBe('SIGKILL')
+    // nothing of it counts: no metadata, latest untouched, its image still partial
+    const left = await readdir(dir)
+    expect(left.filter((n) => n.endsWith('.rev'))).toEqual([`${first.uuid}.rev`])
+    expect(left.filter((n) => n.endsWith('.img.partial'))).toHaveLength(1)
+    expect(await readlink(join(dir, 'latest'))).toBe(`${first.uuid}.img`)
+    expect(ok(await volumeStatus({ at: volume })).incomplete).toHaveLength(1)
+    // the point-in-time copy of the source it made is still beside the source
+    expect((await readdir(join(fs.mountPoint, 'images'))).length).toBe(2)
+
+    const next = ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T11:00:00Z') }))
+    expect(next.removedIncomplete).toHaveLength(2)
+    expect(written(next)).toMatchObject({ parent: first.uuid })
+    expect(await readdir(join(fs.mountPoint, 'images'))).toEqual(['vm1.img'])
+    expect((await readdir(dir)).filter((n) => n.includes('partial'))).toEqual([])
+    expect(sameBytes(join(dir, `${written(next).uuid}.img`), image)).toBe(true)
+    const verified = ok(await verifyVolume({ at: volume }))
+    expect(verified.ok).toBe(true)
+    expect(verified.checks.map((c) => c.trust)).toEqual(['verified', 'verified'])
+  })
+  it('scenario 14: a flipped byte in a stored revision is found by verify, which distrusts it; restore refuses it; the next backup rewrites the chunk', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    const second = written(ok(await backupVolume({ at: volume, now: at('2026-11-24T10:00:00Z') })))
+    // bit rot in chunk 9 of the newest revision (revisions are read-only files: the disk does not care)
+    const stored = join(dir, `${second.uuid}.img`)
+    await chmod(stored, 0o640)
+    const offset = 9 * 4 * MiB + 777
+    const h = await open(stored, 'r+')
+    const byte = Buffer.alloc(1)
+    await h.read(byte, 0, 1, offset)
+    await h.write(Buffer.from([byte[0]! ^ 0x01]), 0, 1, offset)
+    await h.close()
+
+    const report = ok(await verifyVolume({ at: volume }))
+    expect(report.ok).toBe(false)
+    expect(report.checks).toEqual([
+      expect.objectContaining({ uuid: first.uuid, badChunks: 0, trust: 'verified' }),
+      expect.objectContaining({ uuid: second.uuid, badChunks: 1, badOffsets: [9 * 4 * MiB], trust: 'distrusted' }),
+    ])
+    const status = ok(await volumeStatus({ at: volume }))
+    expect(status.revisions.map((r) => r.trust)).toEqual(['verified', 'distrusted'])
+    expect(status.revisions[1]?.verification?.badOffsets).toEqual([9 * 4 * MiB])
+
+    const refused = await restoreRevision({ at: volume, revision: second.uuid.slice(0, 8), destination: join(fs.mountPoint, 'r.img') })
+    expect(refused).toMatchObject({ error: { code: 'REVISION_DISTRUSTED', message: expect.stringContaining(String(9 * 4 * MiB)) as unknown } })
+    expect(await readdir(fs.mountPoint)).not.toContain('r.img')
+
+    // the next backup is not built on the damaged revision: it comes from the verified one and carries the good chunk
+    const third = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-24T11:00:00Z') })))
+    expect(third.parent).toBe(first.uuid)
+    expect(third.stats.chunksWritten).toBe(1)
+    expect(sameBytes(join(dir, `${third.uuid}.img`), image)).toBe(true)
+    // the other revisions are unaffected
+    expect(ok(await verifyVolume({ at: volume, revisions: [first.uuid, 'latest'] })).ok).toBe(true)
+  })
+
+  it('scenario 25: verify in subsets 1/4 .. 4/4 checks every chunk exactly once, then counts as a whole verify', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, chunkSize: 1 * MiB }))
+    const rev = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    let chunks = 0
+    let bytes = 0
+    for (let k = 1; k <= 4; k++) {
+      const r = ok(await verifyVolume({ at: volume, subset: { index: k, of: 4 } }))
+      expect(r.checks).toHaveLength(1)
+      chunks += r.checks[0]?.chunksChecked ?? 0
+      bytes += r.checks[0]?.bytesChecked ?? 0
+      expect(r.checks[0]?.trust).toBe(k < 4 ? 'trusted' : 'verified')
+    }
+    expect(chunks).toBe(rev.stats.chunks)
+    expect(bytes).toBe(rev.size)
+    expect(await verifyVolume({ at: volume, subset: { index: 5, of: 4 } })).toMatchObject({ error: { code: 'INVALID_OPTIONS' } })
+  })
+
+  it('backs up a sparse 10 GiB image holding 100 MiB of data into 100 MiB on disk', async () => {
+    const sparse = join(fs.mountPoint, 'images/big.img')
+    const h = await open(sparse, 'w')
+    for (let i = 0; i < 25; i++) await h.write(randomBytes(4 * MiB), 0, 4 * MiB, i * 400 * MiB)
+    await h.truncate(10 * 1024 * MiB)
+    await h.close()
+    const volume = localTransport(join(fs.mountPoint, 'backy/big'))
+    ok(await initVolume({ at: volume, source: sparse }))
+    const rev = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    // the holes were known from the filesystem and not read
+    expect(rev.stats).toMatchObject({ chunks: 2560, chunksWritten: 25, zeroChunks: 2535, bytesRead: 100 * MiB, bytesWritten: 100 * MiB })
+    // exactly the 25 data chunks are allocated and hold the source's bytes: the rest are holes (zeros),
+    // checked without reading 10 GiB of holes twice through cmp
+    const stored = join(fs.mountPoint, `backy/big/${rev.uuid}.img`)
+    expect(await allocatedBytes(stored)).toBe(100 * MiB)
+    expect((await stat(stored)).size).toBe(10 * 1024 * MiB)
+    const [a, b] = [await open(stored, 'r'), await open(sparse, 'r')]
+    try {
+      for (let i = 0; i < 25; i++) {
+        const [x, y] = [Buffer.alloc(4 * MiB), Buffer.alloc(4 * MiB)]
+        await a.read(x, 0, 4 * MiB, i * 400 * MiB)
+        await b.read(y, 0, 4 * MiB, i * 400 * MiB)
+        expect(x.equals(y)).toBe(true)
+      }
+    } finally {
+      await a.close()
+      await b.close()
+    }
+  })
+})
