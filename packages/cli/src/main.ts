@@ -6,6 +6,7 @@ import type { SshSession } from '@bb/transports/ssh'
 import { ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
+import { blockBackup, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
@@ -122,6 +123,7 @@ Examples:
   bbackup list -c /etc/bbackup/config.toml --json`,
   status: `
 Examples:
+  bbackup status -b /srv/backy/vm1 --json
   bbackup status /home /mnt/backup/home
   bbackup status -j home --json`,
   prune: `
@@ -130,10 +132,21 @@ Examples:
   bbackup prune -j home`,
   restore: `
 Examples:
+  bbackup restore -b /srv/backy/vm1 latest /var/lib/libvirt/images/vm1-restored.img
   bbackup restore /mnt/backup/home latest /tmp/home-restored
   bbackup restore /mnt/backup/home 2026-11-23T001500Z /tmp/r --path alice/thesis.tex`,
+  init: `
+Examples:
+  bbackup init -b /srv/backy/vm1 /var/lib/libvirt/images/vm1.img
+  bbackup init -b /srv/backy/db /dev/vg0/db --no-snapshot --schedule 'daily=1d:14,weekly=1w:8'`,
+  backup: `
+Examples:
+  bbackup backup -b /srv/backy/vm1                     from cron, every hour: a revision when one is due
+  bbackup backup -b /srv/backy/vm1 -f -t manual:pre-upgrade`,
   verify: `
 Examples:
+  bbackup verify -b /srv/backy/vm1                      check every chunk of every revision
+  bbackup verify -b /srv/backy/vm1 --subset 2/7         one seventh of the chunks (a weekly cycle)
   bbackup verify /home /mnt/backup/home                 compare the newest backup with /home by checksum
   bbackup verify /home /mnt/backup/home --snapshot 2026-11-23T001500Z`,
 }
@@ -368,17 +381,22 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
     })
 
-  jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock').argument('[source]').argument('[targets...]'))
+  jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock; with -b, the revisions of a block volume').argument('[source]').argument('[targets...]'))
+    .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume')
     .addHelpText('after', EXAMPLES.status ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
+      if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
       const answers = await eachJob(source, targets, options, (job) => status(job), (all) => all.map(renderStatus).join(''))
       if (answers?.some((s) => s.targets.some((t) => !t.reachable)) === true) outcome = { code: EXIT.someTargetsFailed }
     })
 
-  jobOptions(program.command('verify').description('compare a backup with the source by checksum').argument('[source]').argument('[targets...]'))
+  jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions'))
     .option('--snapshot <name>', 'the backup to verify (default: the newest)')
+    .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume; the arguments are revisions (uuid, 0 = newest, latest, a tag, all)')
+    .option('--subset <k/n>', 'block: check only every n-th chunk, starting at the k-th; n runs with k = 1..n check everything once')
     .addHelpText('after', EXAMPLES.verify ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string }) => {
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string; backupDir?: string; subset?: string }) => {
+      if (options.backupDir !== undefined) return void (outcome = { code: await blockVerify(io, options.backupDir, [...(source === undefined ? [] : [source]), ...targets], options) })
       const resolved = await resolveJobs(source, targets, options)
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))
       for (const job of resolved.jobs) {
@@ -394,9 +412,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   sshOptions(program.command('restore'))
     .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
-    .argument('<target>', 'where the backups are')
-    .argument('<snapshot>', "the backup's name, or latest")
-    .argument('<destination>', 'a directory that does not exist or is empty')
+    .argument('[target]', 'where the backups are (with -b: the revision)')
+    .argument('[snapshot]', "the backup's name, or latest (with -b: the destination)")
+    .argument('[destination]', 'a directory that does not exist or is empty')
+    .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force)')
+    .option('--force', 'block: write over a block device; restore a distrusted revision')
     .option('--path <path>', 'restore only this path inside the backup')
     .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
     .option('-p, --prefix <prefix>', 'with latest: the newest backup of the source whose names start with this')
@@ -404,7 +424,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('-n, --dry-run', 'print the command, change nothing')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', EXAMPLES.restore ?? '')
-    .action(async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string; writable?: boolean }) => {
+    .action(async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }) => {
+      if (options.backupDir !== undefined) {
+        if (target === undefined || snapshot === undefined || destination !== undefined) {
+          return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
+        }
+        return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options) })
+      }
+      if (target === undefined || snapshot === undefined || destination === undefined) {
+        return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
+      }
       let driver = options.driver
       if (driver === undefined) {
         const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, sshSpecOf(options, io.cwd), connections)))
@@ -421,6 +450,34 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       })
       if (r.isErr()) return void (outcome = fail(r.error, options))
       io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
+    })
+
+  program.command('init')
+    .description("block: create the backup directory of a volume (backy's init)")
+    .requiredOption('-b, --backup-dir <dir>', 'a new or empty directory on btrfs or XFS')
+    .argument('<source>', 'the image file or block device to back up')
+    .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
+    .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
+    .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', EXAMPLES.init ?? '')
+    .action(async (source: string, options: { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; json?: boolean }) => {
+      outcome = { code: await blockInit(io, options.backupDir, source, options) }
+    })
+
+  program.command('backup')
+    .description('block: make a revision of the volume when its schedule says one is due (silent when not)')
+    .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
+    .option('-f, --force', 'back up even when nothing is due')
+    .option('-t, --tag <tag>', 'add a tag: a schedule tag, or manual:NAME, which never expires (repeatable)', collect)
+    .option('--no-snapshot', 'read the source live, without freezing it (a warning in the report)')
+    .option('--wait [seconds]', 'wait for another run on the volume to finish instead of failing with exit 3')
+    .option('--json', 'print the result as JSON')
+    .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
+    .option('-q, --quiet', 'print only errors and warnings')
+    .addHelpText('after', EXAMPLES.backup ?? '')
+    .action(async (options: { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
+      outcome = { code: await blockBackup(io, options.backupDir, options) }
     })
 
   jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))

@@ -130,6 +130,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     const hashes = Buffer.alloc(chunks * DIGEST_BYTES)
     const punch: [number, number][] = []
     let bytesWritten = 0
+    let bytesHashed = 0
     let chunksWritten = 0
     let progress = 0
     const handle = await fsStep('open', target.partial, fs.open(target.partial, 'r+'))
@@ -144,6 +145,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         },
         data: async (index, chunk, digest) => {
           digest.copy(hashes, index * DIGEST_BYTES)
+          bytesHashed += chunk.length
           const same = parent !== undefined && index < parentChunks && parent.hashes.compare(digest, 0, DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES) === 0
           if (!same) {
             await fsStep('write', target.partial, handle.write(chunk, 0, chunk.length, index * config.chunkSize))
@@ -175,7 +177,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
       format: 1, uuid, parent: parent?.revision.uuid ?? null, timestamp: now.toISOString(), size: frozen.size, chunkSize: config.chunkSize, hash: 'sha256',
       hashesDigest: sha256(hashes), tags: [...tags], trust: 'trusted', consistency: frozen.consistency,
       stats: {
-        durationSeconds: Math.round(performance.now() - started) / 1000, bytesRead: counts.bytesRead, bytesSkipped: counts.bytesSkipped, bytesWritten, chunks, chunksWritten,
+        durationSeconds: Math.round(performance.now() - started) / 1000, bytesRead: counts.bytesRead, bytesSkipped: counts.bytesSkipped, bytesWritten, bytesHashed, chunks, chunksWritten,
         zeroChunks: counts.zeroChunks, chunksPunched: punch.reduce((n, [, length]) => n + Math.ceil(length / config.chunkSize), 0),
         hashSeconds: Math.round(pool.busySeconds() * 1000) / 1000, threads: pool.threads,
       },

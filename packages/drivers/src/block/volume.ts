@@ -49,6 +49,8 @@ export interface RevisionStats {
   /** holes of the source, known from the filesystem, not read */
   readonly bytesSkipped: number
   readonly bytesWritten: number
+  /** bytes of the chunks with data, which were hashed */
+  readonly bytesHashed: number
   readonly chunks: number
   readonly chunksWritten: number
   readonly zeroChunks: number

@@ -1,0 +1,153 @@
+import { resolve as resolvePath } from 'node:path'
+import { bbError, type BbError } from '@bb/core'
+import type { BlockBackupReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
+import { localTransport } from '@bb/transports/local'
+import { EXIT, exitCodeOf } from './exit-codes.js'
+import { formatBytes, renderError, type Io } from './render.js'
+
+/** backy's spelling for block volumes: `init -b`, `backup -b`, `status -b`, `verify -b`, `restore -b` (docs/drivers/block.md). */
+export interface BlockCliOptions {
+  readonly json?: boolean
+  readonly verbose?: number
+  readonly quiet?: boolean
+}
+
+const block = () => import('@bb/drivers/block')
+
+const fail = (io: Io, error: BbError, options: BlockCliOptions): number => {
+  if (options.json === true) io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
+  else io.stderr(renderError(error, (options.verbose ?? 0) > 0))
+  return exitCodeOf(error)
+}
+
+const print = (io: Io, options: BlockCliOptions, value: unknown, text: () => string): void => {
+  io.stdout(options.json === true ? `${JSON.stringify(value, null, 2)}\n` : text())
+}
+
+const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
+const short = (uuid: string): string => uuid.slice(0, 8)
+
+export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean }): Promise<number> => {
+  const { initVolume, parseSchedule, parseSize } = await block()
+  const chunkSize = options.chunkSize === undefined ? undefined : parseSize(options.chunkSize)
+  if (chunkSize === undefined && options.chunkSize !== undefined) {
+    return fail(io, bbError('INVALID_OPTIONS', `--chunk-size ${options.chunkSize} is not a size`, 'give bytes with K, M or G, e.g. --chunk-size 4M'), options)
+  }
+  const schedule = options.schedule === undefined ? undefined : parseSchedule(options.schedule)
+  if (schedule?.isErr() === true) return fail(io, schedule.error, options)
+  const r = await initVolume({
+    at: localTransport(resolvePath(io.cwd, dir)), source: resolvePath(io.cwd, source),
+    ...(chunkSize === undefined ? {} : { chunkSize }), ...(schedule === undefined ? {} : { schedule: schedule._unsafeUnwrap() }),
+    ...(options.snapshot === false ? { snapshot: 'none' as const } : {}),
+  })
+  if (r.isErr()) return fail(io, r.error, options)
+  const { formatSchedule } = await block()
+  print(io, options, r.value, () => `initialised ${resolvePath(io.cwd, dir)} for ${r.value.source}: chunks of ${formatBytes(r.value.chunkSize)}, schedule ${formatSchedule(r.value.schedule)}\n`)
+  return EXIT.ok
+}
+
+const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, verbosity: number): string => {
+  const { revision: r } = report
+  const s = r.stats
+  const rate = s.hashSeconds > 0 ? `, hashing at ${formatBytes(s.bytesHashed / s.hashSeconds)}/s per thread (${s.threads} threads)` : ''
+  const lines = [
+    `revision ${r.uuid} (${r.tags.join(', ')}): ${r.parent === null ? 'full' : `from ${short(r.parent)}`}, ${formatBytes(r.size)}; `
+    + `${formatBytes(s.bytesWritten)} written in ${s.chunksWritten} of ${s.chunks} chunks, ${formatBytes(s.bytesRead)} read, in ${s.durationSeconds.toFixed(1)} s`,
+  ]
+  if (verbosity > 0) lines.push(`  ${s.zeroChunks} zero chunks, ${s.chunksPunched} made holes again, ${formatBytes(s.bytesSkipped)} of holes not read${rate}`)
+  for (const w of r.warnings) lines.push(`warning: ${w}`)
+  if (report.removedIncomplete.length > 0) lines.push(`  removed what an unfinished run left: ${report.removedIncomplete.join(', ')}`)
+  for (const uuid of report.expired.removed) lines.push(`  expired ${uuid}`)
+  if (verbosity > 0) for (const k of report.expired.kept) lines.push(`  kept ${k.uuid} without tags: ${k.why}`)
+  return `${lines.join('\n')}\n`
+}
+
+export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }): Promise<number> => {
+  const { backupVolume } = await block()
+  const controller = new AbortController()
+  const onSignal = (): void => controller.abort()
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  let shown = -1
+  try {
+    const r = await backupVolume({
+      at: localTransport(resolvePath(io.cwd, dir)), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
+      ...(io.isTTY && options.json !== true && options.quiet !== true ? {
+        onProgress: ({ bytes, total }: { bytes: number; total: number }) => {
+          const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100)
+          if (percent !== shown) io.stderr(`\r\x1b[K  ${(shown = percent)}%  ${formatBytes(bytes)} of ${formatBytes(total)}`)
+        },
+      } : {}),
+    })
+    if (shown >= 0) io.stderr('\r\x1b[K')
+    if (r.isErr()) return fail(io, r.error, options)
+    // not due: silent, exit 0 (a cron job runs it often; the schedule decides)
+    if (r.value.skipped) {
+      if (options.json === true) print(io, options, r.value, () => '')
+      else if ((options.verbose ?? 0) > 0) io.stdout(`nothing due; next backup due ${utc(r.value.nextDue)} UTC\n`)
+      return EXIT.ok
+    }
+    const report = r.value
+    if (options.quiet !== true || options.json === true) print(io, options, report, () => renderBackup(report, options.verbose ?? 0))
+    return EXIT.ok
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
+
+const renderStatus = (s: VolumeStatus): string => {
+  const rows = s.revisions.map((r: Revision) => [
+    r.uuid, utc(r.timestamp), formatBytes(r.size), formatBytes(r.stats.bytesWritten), `${r.stats.durationSeconds.toFixed(1)} s`, r.trust, r.tags.join(','),
+  ])
+  const header = ['UUID', 'TIME (UTC)', 'SIZE', 'WRITTEN', 'DURATION', 'TRUST', 'TAGS']
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]?.length ?? 0)))
+  const line = (cells: readonly string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd()
+  const m = s.summary
+  return [
+    `${s.dir}: ${s.source}, chunks of ${formatBytes(s.chunkSize)}, schedule ${s.schedule}`,
+    ...(rows.length === 0 ? ['  no revisions yet'] : [line(header), ...rows.map(line)].map((l) => `  ${l}`)),
+    ...(s.incomplete.length > 0 ? [`  unfinished (removed by the next backup): ${s.incomplete.join(', ')}`] : []),
+    `${m.revisions} revisions, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
+    + `${m.dueNow.length > 0 ? `due now (${m.dueNow.join(', ')})` : `next due ${utc(m.nextDue)} UTC`}`,
+  ].join('\n') + '\n'
+}
+
+export const blockStatus = async (io: Io, dir: string, options: BlockCliOptions): Promise<number> => {
+  const { volumeStatus } = await block()
+  const r = await volumeStatus({ at: localTransport(resolvePath(io.cwd, dir)) })
+  if (r.isErr()) return fail(io, r.error, options)
+  print(io, options, r.value, () => renderStatus(r.value))
+  return r.value.summary.distrusted > 0 ? EXIT.error : EXIT.ok
+}
+
+const parseSubset = (text: string): { index: number; of: number } | undefined => {
+  const m = /^(\d+)\/(\d+)$/.exec(text)
+  return m === null ? undefined : { index: Number(m[1]), of: Number(m[2]) }
+}
+
+const renderVerify = (report: BlockVerifyReport): string =>
+  report.checks.map((c) => {
+    const what = `${c.uuid} (${c.subset === '1/1' ? 'all chunks' : `subset ${c.subset}`}, ${formatBytes(c.bytesChecked)})`
+    if (c.badChunks === 0 && c.problems.length === 0) return `${what}: ok, ${c.trust}\n`
+    return `${what}: DAMAGED, now distrusted\n${c.problems.map((p) => `  ${p}\n`).join('')}${c.badOffsets.map((o) => `  bad chunk at byte ${o}\n`).join('')}${c.badChunks > c.badOffsets.length ? `  … ${c.badChunks} bad chunks in all\n` : ''}`
+  }).join('')
+
+export const blockVerify = async (io: Io, dir: string, specs: readonly string[], options: BlockCliOptions & { subset?: string }): Promise<number> => {
+  const { verifyVolume } = await block()
+  const subset = options.subset === undefined ? undefined : parseSubset(options.subset)
+  if (options.subset !== undefined && subset === undefined) return fail(io, bbError('INVALID_OPTIONS', `--subset ${options.subset} is not k/n`, 'give e.g. --subset 1/4, then 2/4, 3/4 and 4/4 in later runs'), options)
+  const r = await verifyVolume({ at: localTransport(resolvePath(io.cwd, dir)), ...(specs.length === 0 ? {} : { revisions: specs }), ...(subset === undefined ? {} : { subset }) })
+  if (r.isErr()) return fail(io, r.error, options)
+  print(io, options, r.value, () => renderVerify(r.value))
+  return r.value.ok ? EXIT.ok : EXIT.error
+}
+
+export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }): Promise<number> => {
+  const { restoreRevision } = await block()
+  const r = await restoreRevision({ at: localTransport(resolvePath(io.cwd, dir)), revision, destination: resolvePath(io.cwd, destination), force: options.force === true })
+  if (r.isErr()) return fail(io, r.error, options)
+  print(io, options, r.value, () => `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`)
+  return EXIT.ok
+}

@@ -1,0 +1,98 @@
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { open, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
+
+const MiB = 1024 * 1024
+const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
+  return { code, stdout, stderr }
+}
+const cmp = (a: string, b: string): boolean => {
+  try {
+    execFileSync('cmp', ['--silent', a, b])
+    return true
+  } catch {
+    return false
+  }
+}
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.ext4'], { root: true }))('bbackup init/backup/status/verify/restore -b (block volumes)', () => {
+  let fs: LoopFilesystem
+  let dir: string
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    dir = fs.mountPoint
+    const h = await open(join(dir, 'vm.img'), 'w')
+    await h.write(randomBytes(12 * MiB), 0, 12 * MiB, 0)
+    await h.truncate(32 * MiB)
+    await h.close()
+  })
+  afterEach(async () => {
+    await fs.cleanup()
+  })
+
+  it('runs the backy-style cycle from the command line', async () => {
+    const init = await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M'], dir)
+    expect(init).toMatchObject({ code: 0, stdout: expect.stringContaining('chunks of 1.0 MiB, schedule daily=1d:7,weekly=1w:4,monthly=30d:3') as unknown })
+    const first = await runCli(['backup', '-b', 'backy/vm'], dir)
+    expect(first.code).toBe(0)
+    expect(first.stdout).toMatch(/^revision [0-9a-f-]{36} \(daily, weekly, monthly\): full, 32\.0 MiB; 12\.0 MiB written in 12 of 32 chunks/)
+    // nothing due: silent, exit 0 (cron runs it often)
+    expect(await runCli(['backup', '-b', 'backy/vm'], dir)).toEqual({ code: 0, stdout: '', stderr: '' })
+    const forced = await runCli(['backup', '-b', 'backy/vm', '-f', '-t', 'manual:pre-upgrade', '--json'], dir)
+    expect(JSON.parse(forced.stdout)).toMatchObject({ skipped: false, revision: { tags: ['daily', 'manual:pre-upgrade'], stats: { chunksWritten: 0 } } })
+
+    const status = await runCli(['status', '-b', 'backy/vm'], dir)
+    expect(status.code).toBe(0)
+    expect(status.stdout).toContain('UUID')
+    expect(status.stdout).toContain('manual:pre-upgrade')
+    expect(status.stdout).toMatch(/2 revisions, 0 verified, 0 distrusted; 12\.0 MiB written in all/)
+    const json = JSON.parse((await runCli(['status', '-b', 'backy/vm', '--json'], dir)).stdout) as { revisions: { uuid: string }[] }
+    expect(json.revisions).toHaveLength(2)
+
+    const verify = await runCli(['verify', '-b', 'backy/vm', 'latest', '--subset', '1/2'], dir)
+    expect(verify).toMatchObject({ code: 0, stdout: expect.stringContaining('subset 1/2') as unknown })
+    const restore = await runCli(['restore', '-b', 'backy/vm', '0', 'restored.img'], dir)
+    expect(restore.code).toBe(0)
+    expect(cmp(join(dir, 'restored.img'), join(dir, 'vm.img'))).toBe(true)
+    expect(await runCli(['restore', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('restore -b takes a revision and a destination') as unknown })
+  })
+
+  it('refuses bad input with the fix, and changes nothing', async () => {
+    expect(await runCli(['backup', '-b', 'nowhere'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('bbackup init -b') as unknown })
+    expect(await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '3000'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('multiple of 4K') as unknown })
+    expect(await runCli(['init', '-b', 'backy/vm', 'vm.img', '--schedule', 'daily'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('NAME=INTERVAL:KEEP') as unknown })
+    expect(await runCli(['init', '-b', 'backy/vm', 'missing.img'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') as unknown })
+    expect(await readdir(dir)).not.toContain('backy')
+    // a directory with other files in it is not taken over
+    execFileSync('mkdir', ['-p', join(dir, 'used')])
+    execFileSync('touch', [join(dir, 'used/notes.txt')])
+    expect(await runCli(['init', '-b', 'used', 'vm.img'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('is not empty') as unknown })
+    expect(await readdir(join(dir, 'used'))).toEqual(['notes.txt'])
+  })
+
+  it('refuses a backup directory without reflinks, and a source that cannot be frozen unless --no-snapshot', async () => {
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 64 })
+    try {
+      const onExt4 = await runCli(['init', '-b', join(ext4.mountPoint, 'vm'), join(dir, 'vm.img')], dir)
+      expect(onExt4).toMatchObject({ code: 1, stderr: expect.stringContaining('(TARGET_NO_REFLINK)') as unknown })
+      execFileSync('cp', [join(dir, 'vm.img'), join(ext4.mountPoint, 'ext4.img')])
+      const live = await runCli(['init', '-b', 'backy/e', join(ext4.mountPoint, 'ext4.img')], dir)
+      expect(live).toMatchObject({ code: 1, stderr: expect.stringContaining('--no-snapshot') as unknown })
+      expect(live.stderr).toContain('(NO_CONSISTENT_SNAPSHOT)')
+      expect((await runCli(['init', '-b', 'backy/e', join(ext4.mountPoint, 'ext4.img'), '--no-snapshot'], dir)).code).toBe(0)
+      const backup = await runCli(['backup', '-b', 'backy/e'], dir)
+      expect(backup.code).toBe(0)
+      expect(backup.stdout).toContain('warning: ')
+      expect(backup.stdout).toContain('read live, without a snapshot')
+    } finally {
+      await ext4.cleanup()
+    }
+  })
+})
