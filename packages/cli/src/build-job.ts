@@ -56,8 +56,9 @@ export const detectBackupDriver = async (target: Transport): Promise<DriverChoic
   return 'rsync'
 }
 
-const unavailable = (driver: DriverChoice): BbError =>
-  bbError('UNSUPPORTED', `the ${driver} driver is not available in this version of bbackup`, 'back up a directory with the rsync driver instead')
+const blockVolumeOnly = (source: string): BbError =>
+  bbError('UNSUPPORTED', `${source} is an image file or device: it is backed up as a block volume, with its own backup directory, not by run/snapshot/transfer`,
+    `create the volume once with bbackup init -b DIR ${source}, then run bbackup backup -b DIR (docs/drivers/block.md)`)
 
 /**
  * Turns a job spec into an engine Job. Drivers and transports are imported here, when a command
@@ -77,7 +78,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     targetTransports.push(made.value)
   }
   const driverName = spec.driver ?? (await detectDriver(sourceTransport.value))
-  if (driverName === 'block') return err(unavailable(driverName))
+  if (driverName === 'block') return err(blockVolumeOnly(spec.source))
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
     driverName === 'btrfs'
