@@ -3,9 +3,10 @@
 // as ratios (bbackup time / plain tool time). Not a test: nothing here passes or fails.
 //
 //   BENCH_FILES (20000)  BENCH_MB (1500)  BENCH_REPEAT (3)  BENCH_DIR (bench/.work)
+//   BENCH_BLOCK_GB (4): the image of the block driver's rounds;  BENCH_ONLY=block: those rounds alone
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -39,6 +40,85 @@ const report = (what, ours, theirs, peer) => {
 if (!has('rsync')) {
   console.error('bench: rsync is not installed: apt-get install rsync')
   process.exit(1)
+}
+
+/**
+ * The block driver: a GB-sized image of random data on a loop-mounted btrfs, every run from a cold
+ * page cache. A full backup against cp of the image, an incremental after 1% of the chunks changed
+ * against cat of the image (the read-bound limit), the hashing throughput per thread, peak memory.
+ */
+async function blockBench() {
+  if (!asRoot || !has('mkfs.btrfs')) {
+    console.log('\nblock driver: skipped (needs root and btrfs-progs: apt-get install btrfs-progs)')
+    return
+  }
+  const GB = Number(process.env.BENCH_BLOCK_GB ?? 4)
+  const fsImage = join(work, 'block-fs.img')
+  const mnt = join(work, 'block')
+  mkdirSync(mnt, { recursive: true })
+  run('truncate', ['-s', `${GB * 3 + 2}G`, fsImage])
+  run('mkfs.btrfs', ['-q', '-f', fsImage])
+  run('mount', ['-o', 'loop', fsImage, mnt])
+  try {
+    const vm = join(mnt, 'vm.img')
+    const piece = randomBytes(64 * 1024 * 1024)
+    const fd = openSync(vm, 'w')
+    for (let i = 0; i < GB * 16; i++) {
+      piece.writeUInt32LE(i, 0) // no two chunks alike
+      writeSync(fd, piece)
+    }
+    closeSync(fd)
+    const cold = (fn) => {
+      spawnSync('sync')
+      writeFileSync('/proc/sys/vm/drop_caches', '3')
+      return seconds(fn)
+    }
+    // the CLI, reporting its peak memory (resident set, worker threads included) on stderr
+    const ours = (args) => {
+      const r = spawnSync(process.execPath, ['-e', "process.on('exit', () => process.stderr.write(`maxrss ${process.resourceUsage().maxRSS}\\n`)); import(process.env.BBACKUP_CLI)", 'bbackup', ...args], {
+        env: { ...process.env, BBACKUP_CLI: cli }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024,
+      })
+      if (r.status !== 0) throw new Error(`bbackup ${args.join(' ')} exited ${r.status}: ${r.stderr.slice(-500)}`)
+      return { report: JSON.parse(r.stdout), maxRssKiB: Number(/maxrss (\d+)/.exec(r.stderr)?.[1]) }
+    }
+    const dir = join(mnt, 'backy')
+    run(process.execPath, [cli, 'init', '-b', dir, vm])
+    let full
+    const oursFull = cold(() => { full = ours(['backup', '-b', dir, '-f', '--json']) })
+    const cp = cold(() => run('sh', ['-c', `cp --reflink=never "${vm}" "${mnt}/copy.img" && sync -f "${mnt}/copy.img"`]))
+    rmSync(join(mnt, 'copy.img'))
+    // REPEAT rounds: 1% of the chunks get a 4 KiB write each, then a backup; cat as often
+    const chunks = GB * 256
+    let incr
+    const oursIncr = []
+    const cat = []
+    for (let round = 0; round < REPEAT; round++) {
+      const h = openSync(vm, 'r+')
+      for (let i = 0; i < Math.max(1, Math.round(chunks / 100)); i++) writeSync(h, randomBytes(4096), 0, 4096, Math.floor(Math.random() * chunks) * 4 * 1024 * 1024 + 8192)
+      closeSync(h)
+      oursIncr.push(cold(() => { incr = ours(['backup', '-b', dir, '-f', '--json']) }))
+      cat.push(cold(() => run('sh', ['-c', `cat "${vm}" > /dev/null`])))
+    }
+    const s = full.report.revision.stats
+    console.log(`\nblock driver, ${GB} GiB image on loop-mounted btrfs, cold cache (goals: full vs cp <= 1.2, incremental vs cat <= 1.25, memory < 256 MiB)`)
+    report('full backup vs cp --reflink=never + sync', oursFull, cp, 'cp')
+    report(`incremental, 1% of chunks changed, vs cat image > /dev/null (medians of ${REPEAT})`, median(oursIncr), median(cat), 'cat')
+    console.log(`  hashing: ${(s.bytesHashed / s.hashSeconds / 1024 / 1024).toFixed(0)} MiB/s per thread, ${s.threads} threads; incremental wrote ${incr.report.revision.stats.chunksWritten} chunks`)
+    console.log(`  peak memory: full ${(full.maxRssKiB / 1024).toFixed(0)} MiB, incremental ${(incr.maxRssKiB / 1024).toFixed(0)} MiB`)
+    rows.push({ what: 'block peak memory MiB', bbackup: full.maxRssKiB / 1024 })
+  } finally {
+    spawnSync('umount', [mnt])
+    rmSync(fsImage, { force: true })
+  }
+}
+
+if (process.env.BENCH_ONLY === 'block') {
+  rmSync(work, { recursive: true, force: true })
+  mkdirSync(work, { recursive: true })
+  await blockBench()
+  rmSync(work, { recursive: true, force: true })
+  console.log(`\n${JSON.stringify({ rows })}`)
+  process.exit(0)
 }
 
 // --- the data: FILES files, MB in all, in directories of 200 ---------------------------------
@@ -236,6 +316,8 @@ if (!btrfsReady) {
     spawnSync('umount', [mnt])
   }
 }
+
+await blockBench()
 
 // --- start-up ---------------------------------------------------------------------------------
 console.log('\nstart-up (goal <= 2)')

@@ -55,11 +55,15 @@ const crashPoint = (point: string): void => {
   if (process.env.BBACKUP_TEST_CRASH_AT === point) process.kill(process.pid, 'SIGKILL')
 }
 
-/** Whole ranges of bytes, coalesced. */
-const addRange = (ranges: [number, number][], offset: number, length: number): void => {
-  const last = ranges.at(-1)
-  if (last !== undefined && last[0] + last[1] === offset) last[1] += length
-  else ranges.push([offset, length])
+/** Byte ranges (any order) sorted and coalesced. */
+const coalesce = (ranges: readonly (readonly [number, number])[]): [number, number][] => {
+  const out: [number, number][] = []
+  for (const [offset, length] of [...ranges].sort((a, b) => a[0] - b[0])) {
+    const last = out.at(-1)
+    if (last !== undefined && last[0] + last[1] === offset) last[1] += length
+    else out.push([offset, length])
+  }
+  return out
 }
 
 const isZeroDigest = (hashes: Buffer, index: number): boolean => {
@@ -140,7 +144,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
       const dataMap = await dataChunks(at, frozen.path, frozen.size, config.chunkSize)
       counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize: config.chunkSize, pool, signal: options.signal, dataMap }, {
         zero: (index, length) => {
-          if (index < parentChunks && parent !== undefined && !isZeroDigest(parent.hashes, index)) addRange(punch, index * config.chunkSize, length)
+          if (index < parentChunks && parent !== undefined && !isZeroDigest(parent.hashes, index)) punch.push([index * config.chunkSize, length])
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
         },
         data: async (index, chunk, digest) => {
@@ -157,7 +161,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         },
       })
       // chunks that held data in the parent and are zero now become holes again
-      for (const [offset, length] of punch) {
+      for (const [offset, length] of coalesce(punch)) {
         const r = await must(at.exec(['fallocate', '--punch-hole', '--keep-size', '--offset', String(offset), '--length', String(length), target.partial]))
         if (r.exitCode !== 0) {
           for (let o = offset; o < offset + length; o += config.chunkSize) {

@@ -33,6 +33,9 @@ export interface ScanCounts {
   readonly bytesSkipped: number
 }
 
+/** reads in flight at once */
+const READERS = 4
+
 export const chunkCount = (size: number, chunkSize: number): number => Math.ceil(size / chunkSize)
 
 const readFully = async (handle: FileHandle, path: string, buffer: Buffer, length: number, offset: number): Promise<void> => {
@@ -45,14 +48,15 @@ const readFully = async (handle: FileHandle, path: string, buffer: Buffer, lengt
 }
 
 /**
- * Reads a file or block device once, front to back, in fixed chunks: zero chunks go to
- * `handlers.zero` at once, the others are hashed on the pool's threads while the next chunks are
- * read. At most two chunks per thread (plus two) are in memory.
+ * Reads a file or block device once, front to back, in fixed chunks (a few reads in flight):
+ * zero chunks go to `handlers.zero` at once, the others are hashed on the pool's threads while the
+ * next chunks are read. Handlers are called in no particular order. At most two chunks per thread
+ * plus one per read in flight are in memory.
  */
 export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
   const { chunkSize, pool, size, path } = options
   const zeros = Buffer.alloc(chunkSize)
-  const free = Array.from({ length: pool.threads * 2 + 2 }, () => chunkBuffer(chunkSize))
+  const free = Array.from({ length: pool.threads * 2 + READERS }, () => chunkBuffer(chunkSize))
   const waiting: ((b: Buffer) => void)[] = []
   const acquire = async (): Promise<Buffer> => free.pop() ?? new Promise((resolve) => waiting.push(resolve))
   const release = (b: Buffer): void => {
@@ -67,11 +71,15 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
   let zeroChunks = 0
   let bytesSkipped = 0
   const handle = await fsStep('open', path, open(path, 'r'))
-  try {
-    for (let index = 0; index < chunkCount(size, chunkSize); index++) {
-      if (failure !== undefined) break
+  const total = chunkCount(size, chunkSize)
+  let next = 0
+  // several reads in flight: the device sees a queue, not one request at a time
+  const reader = async (): Promise<void> => {
+    while (failure === undefined) {
       if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
-      if (options.select !== undefined && !options.select(index)) continue
+      while (next < total && options.select !== undefined && !options.select(next)) next++
+      if (next >= total) return
+      const index = next++
       const offset = index * chunkSize
       const length = Math.min(chunkSize, size - offset)
       if (options.dataMap?.[index] === 0) {
@@ -82,7 +90,12 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
         continue
       }
       const buffer = await acquire()
-      await readFully(handle, path, buffer, length, offset)
+      try {
+        await readFully(handle, path, buffer, length, offset)
+      } catch (error) {
+        release(buffer)
+        throw error
+      }
       bytesRead += length
       chunksRead++
       if (buffer.subarray(0, length).equals(zeros.subarray(0, length))) {
@@ -111,6 +124,10 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
       inflight.add(work)
       void work.finally(() => inflight.delete(work))
     }
+  }
+  try {
+    const readers = await Promise.allSettled(Array.from({ length: READERS }, reader))
+    for (const r of readers) if (r.status === 'rejected') failure ??= { error: r.reason }
     await Promise.all(inflight)
     if (failure !== undefined) throw failure.error
   } finally {
