@@ -62,7 +62,8 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
   return `${lines.join('\n')}\n`
 }
 
-export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }): Promise<number> => {
+/** Backs up one volume and prints the report; with `collect`, a JSON report goes there instead (bbackup run --json prints one document). */
+export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, collect?: (report: BlockBackupReport) => void): Promise<number> => {
   const { backupVolume } = await block()
   const controller = new AbortController()
   const onSignal = (): void => controller.abort()
@@ -81,7 +82,15 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
       } : {}),
     })
     if (shown >= 0) io.stderr('\r\x1b[K')
-    if (r.isErr()) return fail(io, r.error, options)
+    if (r.isErr()) {
+      if (collect === undefined || options.json !== true) return fail(io, r.error, options)
+      io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
+      return exitCodeOf(r.error)
+    }
+    if (collect !== undefined && options.json === true) {
+      collect(r.value)
+      return EXIT.ok
+    }
     // not due: silent, exit 0 (a cron job runs it often; the schedule decides)
     if (r.value.skipped) {
       if (options.json === true) print(io, options, r.value, () => '')
@@ -95,6 +104,16 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
   }
+}
+
+/** A dry run of a block volume's backup: whether one is due now, and with which tags. */
+export const blockDue = async (io: Io, dir: string, options: BlockCliOptions): Promise<number> => {
+  const { volumeStatus } = await block()
+  const r = await volumeStatus({ at: localTransport(resolvePath(io.cwd, dir)) })
+  if (r.isErr()) return fail(io, r.error, options)
+  const { dueNow, nextDue } = r.value.summary
+  io.stderr(`${r.value.dir}: ${dueNow.length > 0 ? `would back up ${r.value.source} now (${dueNow.join(', ')})` : `nothing due until ${utc(nextDue)} UTC`}\n`)
+  return EXIT.ok
 }
 
 const renderStatus = (s: VolumeStatus): string => {

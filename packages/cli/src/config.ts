@@ -41,10 +41,17 @@ export interface SshSpec {
   readonly sudo?: boolean
 }
 
+/** A block volume in the config: `driver = "block"` and `backup_dir`; source and schedule are in its volume.json. */
+export interface BlockJobSpec {
+  readonly name: string
+  readonly backupDir: string
+}
+
 export interface Config {
   readonly path: string
   readonly stateDir?: string
   readonly jobs: readonly JobSpec[]
+  readonly blockJobs: readonly BlockJobSpec[]
 }
 
 /** The snake_case keys of a retention table and the policy keys they map to, one to one. */
@@ -53,7 +60,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -105,10 +112,19 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
   const jobsTable = data.jobs ?? {}
   if (typeof jobsTable !== 'object' || Array.isArray(jobsTable)) return problem('', 'jobs', 'must be tables [jobs.NAME]')
   const jobs: JobSpec[] = []
+  const blockJobs: BlockJobSpec[] = []
   for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
     const section = `jobs.${name}`
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
     const job = raw as Record<string, unknown>
+    if (job.driver === 'block') {
+      const other = Object.keys(job).find((k) => k !== 'driver' && k !== 'backup_dir')
+      if (other !== undefined) return problem(section, other, 'a block job has driver and backup_dir only', 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
+      if (typeof job.backup_dir !== 'string') return problem(section, job.backup_dir === undefined ? '' : 'backup_dir', 'backup_dir is missing or not a path', 'backup_dir = "/srv/backy/vm1", a directory made by bbackup init -b')
+      blockJobs.push({ name, backupDir: job.backup_dir })
+      continue
+    }
+    if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
     for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, 'unknown key', `a job has ${JOB_KEYS.join(', ')}`)
     if (typeof job.source !== 'string') return problem(section, job.source === undefined ? '' : 'source', 'source is missing or not a string', 'give the directory (or subvolume) to back up: source = "/home"')
     const targets = typeof job.targets === 'string' ? [job.targets] : job.targets
@@ -176,5 +192,5 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
     })
   }
-  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs })
+  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs, blockJobs })
 }

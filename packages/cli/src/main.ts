@@ -6,8 +6,8 @@ import type { SshSession } from '@bb/transports/ssh'
 import { ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
-import { blockBackup, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, loadConfig, type DriverChoice, type JobSpec, type SshSpec } from './config.js'
+import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
+import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -185,7 +185,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<{ jobs: Job[]; sshOf: Map<Job, SshSpec | undefined> } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; sshOf: Map<Job, SshSpec | undefined>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -210,6 +210,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     // the command line's ssh settings go over the config's, key by key
     const withSsh = (spec: JobSpec): JobSpec => (Object.keys(cliSsh).length === 0 ? spec : { ...spec, ssh: { ...spec.ssh, ...cliSsh } })
     let specs: JobSpec[]
+    let blockJobs: BlockJobSpec[] = []
     let configStateDir: string | undefined
     if (source !== undefined) {
       if (targets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
@@ -218,7 +219,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
       }]
     } else {
-      const config = loadConfig(options.config ?? DEFAULT_CONFIG)
+      const config = loadConfig(options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config))
       if (config.isErr()) {
         return { error: options.config === undefined && config.error.details?.path === DEFAULT_CONFIG
           ? bbError('INVALID_OPTIONS', `no source given, and there is no config at ${DEFAULT_CONFIG}`, 'give SOURCE TARGET on the command line, or a config with -c FILE')
@@ -226,15 +227,22 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
       configStateDir = config.value.stateDir
       const wanted = options.job ?? []
-      const unknown = wanted.filter((name) => !config.value.jobs.some((j) => j.name === name))
+      const allNames = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
+      const unknown = wanted.filter((name) => !allNames.includes(name))
       if (unknown.length > 0) {
-        return { error: bbError('JOB_NOT_FOUND', `no job named ${unknown.join(', ')} in ${config.value.path}`, `its jobs are: ${config.value.jobs.map((j) => j.name).join(', ') || 'none'}`) }
+        return { error: bbError('JOB_NOT_FOUND', `no job named ${unknown.join(', ')} in ${config.value.path}`, `its jobs are: ${allNames.join(', ') || 'none'}`) }
+      }
+      blockJobs = config.value.blockJobs.filter((j) => wanted.length === 0 || wanted.includes(j.name))
+      if (!withBlock && blockJobs.length > 0 && wanted.length > 0) {
+        return { error: bbError('UNSUPPORTED', `${blockJobs.map((j) => j.name).join(', ')}: block volumes are not read by this command`, `use bbackup status -b ${blockJobs[0]?.backupDir ?? 'DIR'} (and verify -b, restore -b)`) }
       }
       specs = config.value.jobs.filter((j) => wanted.length === 0 || wanted.includes(j.name ?? '')).map((j) => ({
         ...j, ...overrides,
         exclude: [...j.exclude, ...(options.exclude ?? [])], excludeFrom: [...j.excludeFrom, ...(options.excludeFrom ?? [])], rsyncOptions: [...j.rsyncOptions, ...(options.rsyncOption ?? [])],
       }))
-      if (specs.length === 0) return { error: bbError('INVALID_OPTIONS', `${config.value.path} has no jobs`, 'add a [jobs.NAME] table with source and targets') }
+      if (specs.length === 0 && !(withBlock && blockJobs.length > 0)) {
+        return { error: bbError('INVALID_OPTIONS', `${config.value.path} has no jobs${blockJobs.length > 0 ? ' this command acts on (only block volumes: bbackup status -b DIR reads those)' : ''}`, 'add a [jobs.NAME] table with source and targets') }
+      }
     }
     const jobs: Job[] = []
     const sshOf = new Map<Job, SshSpec | undefined>()
@@ -244,7 +252,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       jobs.push(built.value)
       sshOf.set(built.value, spec.ssh)
     }
-    return { jobs, sshOf }
+    return { jobs, sshOf, blockJobs: withBlock ? blockJobs : [] }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
@@ -252,7 +260,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   /** Runs the engine's backup for each job, rendering events and the report. */
   const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
-    const resolved = await resolveJobs(source, targets, options)
+    // bbackup run also backs up the config's block volumes, each when its schedule says so
+    const runsBlock = stages.snapshot === undefined && stages.transfer === undefined && stages.prune === undefined
+    const resolved = await resolveJobs(source, targets, options, runsBlock)
     if ('error' in resolved) return fail(resolved.error, options)
     const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
     const controller = new AbortController()
@@ -307,6 +317,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         reports.push(r.value)
         if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity))
         if (r.value.failed > 0) code = Math.max(code, EXIT.someTargetsFailed)
+      }
+      for (const volume of resolved.blockJobs) {
+        code = Math.max(code, options.dryRun === true
+          ? await blockDue(io, volume.backupDir, options)
+          : await blockBackup(io, volume.backupDir, options, (report) => reports.push({ job: volume.name, ...report })))
       }
     } finally {
       process.off('SIGINT', onSignal)

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { open, readdir } from 'node:fs/promises'
+import { open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { main } from '@bb/cli'
@@ -94,5 +94,21 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     } finally {
       await ext4.cleanup()
     }
+  })
+  it('bbackup run backs up the block volumes of the config when they are due, next to its other jobs', async () => {
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'bbackup.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\n')
+    const dry = await runCli(['run', '-c', 'bbackup.toml', '-n'], dir)
+    expect(dry).toMatchObject({ code: 0, stderr: expect.stringContaining('would back up') as unknown })
+    expect(await readdir(join(dir, 'backy/vm'))).toEqual(['volume.json'])
+    const first = await runCli(['run', '-c', 'bbackup.toml', '--json'], dir)
+    expect(first.code).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ job: 'vm', skipped: false, revision: { parent: null, stats: { chunksWritten: 3 } } })
+    const second = await runCli(['run', '-c', 'bbackup.toml', '-j', 'vm', '--json'], dir)
+    expect(JSON.parse(second.stdout)).toMatchObject({ job: 'vm', skipped: true })
+    // a block job takes driver and backup_dir only: the rest is in its volume.json
+    await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\ntargets = ["/x"]\n')
+    expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('a block job has driver and backup_dir only') as unknown })
+    expect(await runCli(['list', '-c', 'bbackup.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('status -b') as unknown })
   })
 })
