@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { finished, spawnTs } from './helpers.js'
+import { finished, sameBytes, spawnTs } from './helpers.js'
 
 const MiB = 1024 * 1024
 const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
@@ -16,14 +16,6 @@ const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unk
 const written = (r: BlockBackupReport): Revision => {
   if (r.skipped) throw new Error('expected a revision, the backup was skipped')
   return r.revision
-}
-const sameBytes = (a: string, b: string): boolean => {
-  try {
-    execFileSync('cmp', ['--silent', a, b])
-    return true
-  } catch {
-    return false
-  }
 }
 /** bytes only this file holds on btrfs (not shared with a reflink copy) */
 const exclusiveBytes = (path: string): number => {

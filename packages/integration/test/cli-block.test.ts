@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { main } from '@bb/cli'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
+import { sameBytes } from './helpers.js'
 
 const MiB = 1024 * 1024
 const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> => {
@@ -12,14 +13,6 @@ const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdo
   let stderr = ''
   const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
   return { code, stdout, stderr }
-}
-const cmp = (a: string, b: string): boolean => {
-  try {
-    execFileSync('cmp', ['--silent', a, b])
-    return true
-  } catch {
-    return false
-  }
 }
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.ext4'], { root: true }))('bbackup init/backup/status/verify/restore -b (block volumes)', () => {
@@ -60,7 +53,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(verify).toMatchObject({ code: 0, stdout: expect.stringContaining('subset 1/2') as unknown })
     const restore = await runCli(['restore', '-b', 'backy/vm', '0', 'restored.img'], dir)
     expect(restore.code).toBe(0)
-    expect(cmp(join(dir, 'restored.img'), join(dir, 'vm.img'))).toBe(true)
+    expect(sameBytes(join(dir, 'restored.img'), join(dir, 'vm.img'))).toBe(true)
     expect(await runCli(['restore', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('restore -b takes a revision and a destination') as unknown })
   })
 

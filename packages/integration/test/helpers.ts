@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Job, RetentionSettings } from '@bb/core'
@@ -52,5 +52,15 @@ export const waitFor = async (condition: () => Promise<boolean>, timeoutMs: numb
   while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`)
     await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/** Whether two files hold the same bytes (cmp). */
+export const sameBytes = (a: string, b: string): boolean => {
+  try {
+    execFileSync('cmp', ['--silent', a, b])
+    return true
+  } catch {
+    return false
   }
 }
