@@ -8,11 +8,11 @@ import { chunkCount, scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
-import { DEFAULT_SCHEDULE, dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
+import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
 import { freezeSource, removeStaleCopies } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
 import {
-  LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
+  LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
 } from './volume.js'
 
 export interface BlockBackupOptions {
@@ -66,11 +66,6 @@ const coalesce = (ranges: readonly (readonly [number, number])[]): [number, numb
   return out
 }
 
-const isZeroDigest = (hashes: Buffer, index: number): boolean => {
-  for (let i = index * DIGEST_BYTES; i < (index + 1) * DIGEST_BYTES; i++) if (hashes[i] !== 0) return false
-  return true
-}
-
 /** The newest revision a new one can be a reflink copy of: complete, not distrusted, same chunk size, hashes intact. */
 const chooseParent = async (dir: string, revisions: readonly Revision[], config: VolumeConfig): Promise<{ revision: Revision; hashes: Buffer } | undefined> => {
   for (const r of [...revisions].reverse()) {
@@ -97,7 +92,7 @@ export const expireRevisions = async (at: Transport, dir: string, config: Volume
   if (newestVerified !== undefined) protect.set(newestVerified.uuid, 'the newest verified revision')
   const newest = revisions.at(-1)
   if (newest !== undefined) protect.set(newest.uuid, 'the newest revision')
-  const plan = planExpiry(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, protect)
+  const plan = planExpiry(config.schedule, scheduled(revisions), now, protect)
   for (const r of revisions) {
     const tags = plan.retag.get(r.uuid)
     if (tags !== undefined && !plan.remove.includes(r.uuid)) await writeRevision(at, dir, { ...r, tags })
@@ -144,13 +139,13 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
       const dataMap = await dataChunks(at, frozen.path, frozen.size, config.chunkSize)
       counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize: config.chunkSize, pool, signal: options.signal, dataMap }, {
         zero: (index, length) => {
-          if (index < parentChunks && parent !== undefined && !isZeroDigest(parent.hashes, index)) punch.push([index * config.chunkSize, length])
+          if (index < parentChunks && parent !== undefined && !recordedZero(parent.hashes, index)) punch.push([index * config.chunkSize, length])
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
         },
         data: async (index, chunk, digest) => {
           digest.copy(hashes, index * DIGEST_BYTES)
           bytesHashed += chunk.length
-          const same = parent !== undefined && index < parentChunks && parent.hashes.compare(digest, 0, DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES) === 0
+          const same = parent !== undefined && index < parentChunks && recordedDigest(parent.hashes, index, digest)
           if (!same) {
             await fsStep('write', target.partial, handle.write(chunk, 0, chunk.length, index * config.chunkSize))
             bytesWritten += chunk.length
@@ -219,12 +214,12 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const { revisions, incomplete } = await readVolume(options.at, dir)
       await removeIncomplete(dir, incomplete)
       const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config))]
-      const due = dueTags(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, config.spreadSeconds)
+      const due = dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds)
       if (due.length === 0 && options.force !== true) {
         return { skipped: true as const, dir, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), removedIncomplete }
       }
       // a forced run between slots still carries the schedule's shortest tag, so that it expires like the others
-      const shortest = Object.entries(config.schedule).sort(([, a], [, b]) => a.intervalSeconds - b.intervalSeconds)[0]?.[0] ?? Object.keys(DEFAULT_SCHEDULE)[0] ?? 'daily'
+      const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
       const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, now)
       const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now)

@@ -3,11 +3,11 @@ import type { ResultAsync } from 'neverthrow'
 import { bbError, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
-import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
+import { openHashPool } from './hash-pool.js'
 import { localDirectory } from './locked.js'
 import { inspectSource } from './source.js'
 import { asResult, fsStep, stop } from './stop.js'
-import { paths, readHashes, readVolume, readVolumeConfig, selectRevisions } from './volume.js'
+import { paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
 
 export interface BlockRestoreOptions {
   readonly at: Transport
@@ -72,14 +72,14 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
       const dataMap = await dataChunks(options.at, image, revision.size, revision.chunkSize)
       await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap }, {
         zero: async (i, length) => {
-          if (!hashes.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).every((b) => b === 0) && options.force !== true) stop(damaged(i))
+          if (!recordedZero(hashes, i) && options.force !== true) stop(damaged(i))
           if (device) {
             await fsStep('write', options.destination, handle.write(zeros, 0, length, i * revision.chunkSize))
             bytesWritten += length
           }
         },
         data: async (i, chunk, digest) => {
-          if (hashes.compare(digest, 0, DIGEST_BYTES, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) !== 0 && options.force !== true) stop(damaged(i))
+          if (!recordedDigest(hashes, i, digest) && options.force !== true) stop(damaged(i))
           await fsStep('write', options.destination, handle.write(chunk, 0, chunk.length, i * revision.chunkSize))
           bytesWritten += chunk.length
         },

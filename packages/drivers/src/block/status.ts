@@ -3,7 +3,7 @@ import type { BbError, Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
 import { asResult } from './stop.js'
-import { readVolume, readVolumeConfig, type Revision } from './volume.js'
+import { readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
 export interface VolumeStatus {
   readonly dir: string
@@ -47,7 +47,7 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
         bytesWritten: revisions.reduce((n, r) => n + r.stats.bytesWritten, 0),
         verified: revisions.filter((r) => r.trust === 'verified').length,
         distrusted: revisions.filter((r) => r.trust === 'distrusted').length,
-        dueNow: dueTags(config.schedule, revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags })), now, config.spreadSeconds),
+        dueNow: dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds),
         nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
       },
     }

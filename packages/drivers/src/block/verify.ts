@@ -3,10 +3,10 @@ import type { ResultAsync } from 'neverthrow'
 import { bbError, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
-import { DIGEST_BYTES, openHashPool, type HashPool } from './hash-pool.js'
+import { openHashPool, type HashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { asResult, stop } from './stop.js'
-import { paths, readHashes, readVolume, readVolumeConfig, selectRevisions, writeRevision, type Revision, type Trust } from './volume.js'
+import { paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions, writeRevision, type Revision, type Trust } from './volume.js'
 
 export interface BlockVerifyOptions {
   readonly at: Transport
@@ -64,15 +64,14 @@ const checkRevision = async (at: Transport, dir: string, revision: Revision, opt
   if (hashes === undefined || stats === undefined || stats.size !== revision.size) {
     return { uuid: revision.uuid, subset: `${index}/${of}`, chunksChecked: 0, bytesChecked: 0, badOffsets, badChunks, problems }
   }
-  const recordedZero = (i: number): boolean => hashes.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES).every((b) => b === 0)
   // holes in the image are zeros on any disk: only chunks with data can rot
   const dataMap = await dataChunks(at, image, revision.size, revision.chunkSize)
   const counts = await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, select: (i) => i % of === index - 1, dataMap }, {
     zero: (i) => {
-      if (!recordedZero(i)) bad(i * revision.chunkSize)
+      if (!recordedZero(hashes, i)) bad(i * revision.chunkSize)
     },
     data: (i, _chunk, digest) => {
-      if (hashes.compare(digest, 0, DIGEST_BYTES, i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES) !== 0) bad(i * revision.chunkSize)
+      if (!recordedDigest(hashes, i, digest)) bad(i * revision.chunkSize)
     },
   })
   badOffsets.sort((a, b) => a - b)
@@ -108,11 +107,11 @@ export const verifyVolume = (options: BlockVerifyOptions): ResultAsync<BlockVeri
           const label = `${subset.index}/${subset.of}`
           const passed = damaged ? [] : [...new Set([...(revision.verification?.subsets ?? []).filter((s) => s.endsWith(`/${subset.of}`)), label])]
           const whole = passed.includes('1/1') || parseSubsets(passed, subset.of).size === subset.of
-          const trust: Trust = damaged ? 'distrusted' : whole ? 'verified' : revision.trust === 'verified' ? 'verified' : revision.trust
+          const trust: Trust = damaged ? 'distrusted' : whole ? 'verified' : revision.trust
           const checkedAt = (options.now ?? (() => new Date()))().toISOString()
           await writeRevision(options.at, dir, {
             ...revision, trust,
-            verification: { checkedAt, subsets: whole && !damaged ? ['1/1'] : passed, ...(damaged ? { badOffsets: check.badOffsets } : {}) },
+            verification: { checkedAt, subsets: whole ? ['1/1'] : passed, ...(damaged ? { badOffsets: check.badOffsets } : {}) },
           })
           checks.push({ ...check, trust })
         }

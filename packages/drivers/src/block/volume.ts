@@ -2,7 +2,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
 import { bbError, type Transport } from '@bb/core'
-import { formatSchedule, parseSchedule, type Schedule } from './schedule.js'
+import { DIGEST_BYTES } from './hash-pool.js'
+import { formatSchedule, parseSchedule, type Schedule, type ScheduledRevision } from './schedule.js'
 import { fsStep, must, stop } from './stop.js'
 
 /**
@@ -184,6 +185,20 @@ export const readHashes = async (dir: string, revision: Revision): Promise<Buffe
   const data = await fs.readFile(paths(dir, revision.uuid).hashes).catch(() => undefined)
   return data !== undefined && sha256(data) === revision.hashesDigest ? data : undefined
 }
+
+/** Whether a revision recorded chunk `index` as all zeros (its hash slot is 32 zero bytes). */
+export const recordedZero = (hashes: Buffer, index: number): boolean => {
+  for (let i = index * DIGEST_BYTES; i < (index + 1) * DIGEST_BYTES; i++) if (hashes[i] !== 0) return false
+  return true
+}
+
+/** Whether `digest` is the hash a revision recorded for chunk `index`. */
+export const recordedDigest = (hashes: Buffer, index: number, digest: Buffer): boolean =>
+  hashes.compare(digest, 0, DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES) === 0
+
+/** Revisions as the schedule sees them. */
+export const scheduled = (revisions: readonly Revision[]): ScheduledRevision[] =>
+  revisions.map((r) => ({ uuid: r.uuid, timestamp: new Date(r.timestamp), tags: r.tags }))
 
 const newestFirst = (revisions: readonly Revision[]): Revision[] => [...revisions].reverse()
 
