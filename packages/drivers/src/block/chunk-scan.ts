@@ -74,7 +74,7 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
   const total = chunkCount(size, chunkSize)
   let next = 0
   // several reads in flight: the device sees a queue, not one request at a time
-  const reader = async (): Promise<void> => {
+  const read = async (): Promise<void> => {
     while (failure === undefined) {
       if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
       while (next < total && options.select !== undefined && !options.select(next)) next++
@@ -125,9 +125,12 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
       void work.finally(() => inflight.delete(work))
     }
   }
+  // the first failure of any reader stops the others at their next chunk
+  const reader = async (): Promise<void> => read().catch((error: unknown) => {
+    failure ??= { error }
+  })
   try {
-    const readers = await Promise.allSettled(Array.from({ length: READERS }, reader))
-    for (const r of readers) if (r.status === 'rejected') failure ??= { error: r.reason }
+    await Promise.all(Array.from({ length: READERS }, reader))
     await Promise.all(inflight)
     if (failure !== undefined) throw failure.error
   } finally {
