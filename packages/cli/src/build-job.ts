@@ -2,18 +2,26 @@ import { basename, join, resolve } from 'node:path'
 import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Location, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, ok, type Result } from 'neverthrow'
-import type { DriverChoice, JobSpec, SshSpec } from './config.js'
+import type { DriverChoice, JobSpec, RsyncdSpec, SshSpec } from './config.js'
 
 /** Opens what remote locations need, once per CLI run; `main` closes it at the end. */
 export interface Connections {
   ssh(): Promise<SshSession>
 }
 
+/** How a job reaches other hosts: its ssh settings, and its rsync daemon settings. */
+export interface RemoteSpec {
+  readonly ssh?: SshSpec | undefined
+  readonly rsyncd?: RsyncdSpec | undefined
+}
+
 /**
- * The transport for a location: this host, or another over ssh (one connection per host per run).
+ * The transport for a location: this host, another over ssh (one connection per host per run), or
+ * an rsync daemon's module (directly, or through a port forwarded over ssh with `tunnel`).
  * Remote paths must be absolute: a path relative to the remote home is easy to get wrong.
  */
-export const transportFor = async (location: Location, ssh: SshSpec | undefined, connections: Connections): Promise<Result<Transport, BbError>> => {
+export const transportFor = async (location: Location, remote: RemoteSpec, connections: Connections): Promise<Result<Transport, BbError>> => {
+  const ssh = remote.ssh
   switch (location.kind) {
     case 'local':
       return ok((await import('@bb/transports/local')).localTransport(location.path))
@@ -24,8 +32,22 @@ export const transportFor = async (location: Location, ssh: SshSpec | undefined,
       const { sshTransport } = await import('@bb/transports/ssh')
       return ok(sshTransport(location, await connections.ssh(), ssh ?? {}))
     }
-    case 'rsyncd':
-      return err(bbError('UNSUPPORTED', 'rsync daemon locations are not available in this version of bbackup', 'reach the host over ssh (host:/path), or run bbackup there'))
+    case 'rsyncd': {
+      const { rsyncdTransport } = await import('@bb/transports/rsyncd')
+      const passwordFile = remote.rsyncd?.passwordFile
+      const options = passwordFile === undefined ? {} : { passwordFile }
+      const tunnel = remote.rsyncd?.tunnel
+      if (tunnel === undefined) return ok(rsyncdTransport(location, options))
+      const through = parseLocation(`ssh://${tunnel}/`)
+      if (through.isErr() || through.value.kind !== 'ssh') {
+        return err(bbError('INVALID_OPTIONS', `the tunnel ${JSON.stringify(tunnel)} is not [user@]host[:port]`, 'name the ssh host that can reach the daemon, e.g. --tunnel backup@nas or --tunnel nas:2222'))
+      }
+      // the daemon as the tunnel's host sees it: itself (its loopback) when they are the same host
+      const daemonHost = location.host === through.value.host ? 'localhost' : location.host
+      const forwarded = await (await connections.ssh()).connection(through.value, ssh ?? {}).forward(daemonHost, location.port ?? 873)
+      if (forwarded.isErr()) return err(forwarded.error)
+      return ok(rsyncdTransport(location, { ...options, connectTo: forwarded.value }))
+    }
   }
 }
 
@@ -67,13 +89,13 @@ const blockVolumeOnly = (source: string): BbError =>
 export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string; readonly connections: Connections }): Promise<Result<Job, BbError>> => {
   const source = parseLocation(spec.source, { cwd: options.cwd })
   if (source.isErr()) return err(source.error)
-  const sourceTransport = await transportFor(source.value, spec.ssh, options.connections)
+  const sourceTransport = await transportFor(source.value, spec, options.connections)
   if (sourceTransport.isErr()) return err(sourceTransport.error)
   const targetTransports: Transport[] = []
   for (const t of spec.targets) {
     const parsed = parseLocation(t, { cwd: options.cwd })
     if (parsed.isErr()) return err(parsed.error)
-    const made = await transportFor(parsed.value, spec.ssh, options.connections)
+    const made = await transportFor(parsed.value, spec, options.connections)
     if (made.isErr()) return err(made.error)
     targetTransports.push(made.value)
   }
@@ -114,7 +136,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
  * btrfs-backup's `--locked-dests`: the job's targets plus every target the journal has a pending
  * transfer to, so that each is retried.
  */
-export const withJournalledTargets = async (job: Job, ssh: SshSpec | undefined, connections: Connections): Promise<Result<Job, BbError>> => {
+export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connections: Connections): Promise<Result<Job, BbError>> => {
   const journal = await readJournal(job.state.transport, join(job.state.directory, 'journal.json'))
   if (journal.isErr()) return err(journal.error)
   const known = new Set(job.targets.map((t) => formatLocation(t.location)))
@@ -123,7 +145,7 @@ export const withJournalledTargets = async (job: Job, ssh: SshSpec | undefined, 
     if (known.has(entry.target)) continue
     const location = parseLocation(entry.target, { cwd: '/' })
     if (location.isErr()) return err(location.error)
-    const made = await transportFor(location.value, ssh, connections)
+    const made = await transportFor(location.value, remote, connections)
     if (made.isErr()) return err(made.error)
     known.add(entry.target)
     added.push(made.value)

@@ -4,10 +4,10 @@ import { Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
+import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections, type RemoteSpec } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type SshSpec } from './config.js'
+import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -48,6 +48,8 @@ interface CommonOptions {
   sshOption?: string[]
   sshProgram?: string
   sshSudo?: boolean
+  passwordFile?: string
+  tunnel?: string
   retries?: string
 }
 
@@ -61,6 +63,8 @@ const sshOptions = (command: Command): Command =>
     .option('--ssh-option <Key=Value>', 'ssh: an ssh_config option, as with ssh -o (repeatable)', collect)
     .option('--ssh-program <program>', 'ssh: the ssh client to run (default ssh)')
     .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
+    .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
+    .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
 
 const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
@@ -68,6 +72,11 @@ const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshOption === undefined ? {} : { options: options.sshOption }),
   ...(options.sshProgram === undefined ? {} : { program: options.sshProgram }),
   ...(options.sshSudo === true ? { sudo: true } : {}),
+})
+
+const rsyncdSpecOf = (options: CommonOptions, cwd: string): RsyncdSpec => ({
+  ...(options.passwordFile === undefined ? {} : { passwordFile: resolvePath(cwd, options.passwordFile) }),
+  ...(options.tunnel === undefined ? {} : { tunnel: options.tunnel }),
 })
 
 /** Options every job command takes: where the job comes from and how it behaves. */
@@ -185,7 +194,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; sshOf: Map<Job, SshSpec | undefined>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; remoteOf: Map<Job, RemoteSpec>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -207,8 +216,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.compressedData === false ? { compressedData: false } : {}),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
-    // the command line's ssh settings go over the config's, key by key
-    const withSsh = (spec: JobSpec): JobSpec => (Object.keys(cliSsh).length === 0 ? spec : { ...spec, ssh: { ...spec.ssh, ...cliSsh } })
+    const cliRsyncd = rsyncdSpecOf(options, io.cwd)
+    // the command line's ssh and daemon settings go over the config's, key by key
+    const withSsh = (spec: JobSpec): JobSpec => ({
+      ...spec,
+      ...(Object.keys(cliSsh).length === 0 ? {} : { ssh: { ...spec.ssh, ...cliSsh } }),
+      ...(Object.keys(cliRsyncd).length === 0 ? {} : { rsyncd: { ...spec.rsyncd, ...cliRsyncd } }),
+    })
     let specs: JobSpec[]
     let blockJobs: BlockJobSpec[] = []
     let configStateDir: string | undefined
@@ -245,14 +259,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
     }
     const jobs: Job[] = []
-    const sshOf = new Map<Job, SshSpec | undefined>()
+    const remoteOf = new Map<Job, RemoteSpec>()
     for (const spec of specs.map(withSsh)) {
       const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
       if (built.isErr()) return { error: built.error }
       jobs.push(built.value)
-      sshOf.set(built.value, spec.ssh)
+      remoteOf.set(built.value, spec)
     }
-    return { jobs, sshOf, blockJobs: withBlock ? blockJobs : [] }
+    return { jobs, remoteOf, blockJobs: withBlock ? blockJobs : [] }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
@@ -285,7 +299,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           for (const e of forgotten.value) if (verbosity >= 0 && options.json !== true) io.stderr(`forgot the pending transfer of ${e.snapshot} to ${e.target}\n`)
         }
         if (options.lockedDests === true) {
-          const widened = await withJournalledTargets(job, resolved.sshOf.get(listed), connections)
+          const widened = await withJournalledTargets(job, resolved.remoteOf.get(listed) ?? {}, connections)
           if (widened.isErr()) {
             code = Math.max(code, fail(widened.error, options).code)
             continue
@@ -451,7 +465,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
       let driver = options.driver
       if (driver === undefined) {
-        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, sshSpecOf(options, io.cwd), connections)))
+        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
         const at = await where
         if (at.isErr()) return void (outcome = fail(at.error, options))
         driver = await detectBackupDriver(at.value)

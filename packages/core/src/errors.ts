@@ -39,6 +39,7 @@ export type ErrorCode =
   | 'TARGET_NO_REFLINK'
   | 'REVISION_DISTRUSTED'
   | 'CORRUPT_DATA'
+  | 'INSECURE_SECRETS'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

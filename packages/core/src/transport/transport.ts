@@ -89,6 +89,8 @@ export type TransportError = BbError<
   'IO_FAILED' | 'NOT_FOUND' | 'COMMAND_FAILED' | 'TOOL_MISSING' | 'CANCELLED' | 'DISK_FULL' | 'INVALID_OPTIONS'
   // reaching another host: the first three are never retried, NETWORK_FAILED is (with backoff)
   | 'HOSTKEY_UNKNOWN' | 'HOSTKEY_CHANGED' | 'AUTH_FAILED' | 'NETWORK_FAILED'
+  // an rsync daemon module: a password file others can read; an operation a module cannot do
+  | 'INSECURE_SECRETS' | 'UNSUPPORTED'
 >
 export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
 
@@ -98,6 +100,12 @@ export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
  */
 export interface Transport {
   readonly location: Location
+  /**
+   * Set when the location runs no commands and cannot rename (an rsync daemon module): files get
+   * there only through rsync, so `exec`, `spawn` and `rename` fail with UNSUPPORTED, and a driver
+   * marks unfinished work with files instead of renaming it into place.
+   */
+  readonly filesOnly?: boolean
   /** Runs argv to the end; resolves with its exit code, fails only when it cannot be started or is cancelled. */
   exec(argv: readonly string[], options?: ExecOptions): ResultAsync<CommandResult, TransportError>
   /** Starts argv with its stdin and stdout as pipes to connect to other commands (see {@link RunningCommand}). */
@@ -121,8 +129,11 @@ export interface Transport {
   lock(path: string, options: { readonly command: string; readonly waitSeconds?: number; readonly signal?: AbortSignal }): ResultAsync<LockHandle, LockError>
   /** The lock file's content, if any, and whether its holder is alive. */
   inspectLock(path: string): ResultAsync<LockStatus | undefined, TransportError>
-  /** How rsync names a path here: a plain path for local, `host:path` plus `-e` options for ssh. */
-  rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[] }
+  /**
+   * How rsync names a path here: a plain path for local, `host:path` plus `-e` options for ssh,
+   * `rsync://host/module/path` plus `--password-file` for a daemon; `env` goes to the rsync process.
+   */
+  rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[]; readonly env?: Readonly<Record<string, string>> }
 }
 
 export interface LockStatus {

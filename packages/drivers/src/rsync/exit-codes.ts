@@ -30,15 +30,25 @@ export type RsyncOutcome =
   | { readonly kind: 'vanished' }
   | { readonly kind: 'partial' }
   | { readonly kind: 'disk-full' }
+  | { readonly kind: 'refused'; readonly meaning: string }
+  | { readonly kind: 'network'; readonly meaning: string }
   | { readonly kind: 'failed'; readonly meaning: string }
 
 /** ENOSPC shows as exit 11 or 23 (or 12 when the receiver dies of it); its text is what tells. */
 const ENOSPC = /No space left on device|Disk quota exceeded/
+
+/** a daemon turned the client away: retrying does not help (reference/rsync.md §4: 1-5 are fatal) */
+const REFUSED = /@ERROR: (auth failed|Unknown module|access denied)|ERROR: module is read only|password file must/
+/** the connection could not be made, or was lost or timed out: a retry may succeed */
+const CONNECTION_LOST: ReadonlySet<number> = new Set([5, 10, 12, 30, 35])
 
 export const classifyRsyncExit = (exitCode: number, stderr: string): RsyncOutcome => {
   if (exitCode === 0) return { kind: 'ok' }
   if (ENOSPC.test(stderr)) return { kind: 'disk-full' }
   if (exitCode === 24) return { kind: 'vanished' }
   if (exitCode === 23) return { kind: 'partial' }
-  return { kind: 'failed', meaning: RSYNC_EXIT_MEANINGS[exitCode] ?? `exit code ${exitCode}` }
+  const meaning = RSYNC_EXIT_MEANINGS[exitCode] ?? `exit code ${exitCode}`
+  if (REFUSED.test(stderr)) return { kind: 'refused', meaning: REFUSED.exec(stderr)?.[0]?.replace(/^@?ERROR: /, '') ?? meaning }
+  if (CONNECTION_LOST.has(exitCode)) return { kind: 'network', meaning }
+  return { kind: 'failed', meaning }
 }

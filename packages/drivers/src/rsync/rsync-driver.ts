@@ -1,3 +1,4 @@
+import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
@@ -39,6 +40,14 @@ const PARTIAL = '.partial'
 const join = posix.join
 
 const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
+/**
+ * Where a location cannot rename (an rsync daemon module), a backup is copied under its final name
+ * and this marker, written before the first byte and removed after the record, says it is not
+ * complete yet (rsync-time-backup's `backup.inprogress`, one per backup).
+ */
+const markerPath = (dir: string, name: string): string => join(dir, META, `${name}${PARTIAL}`)
+/** whether `path` names an entry directly inside `dir` ('' is a module's root) */
+const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
 
 /**
  * Where rsync runs: on the side that is this host, naming the other side as `host:path` (its
@@ -76,7 +85,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
     Result.combine(targets.map((t) => rsyncHost(source, t))).asyncAndThen(() => hasRsync(source, signal))
-      .andThen(() => ResultAsync.combine(targets.filter((t) => t.location.kind !== 'local' || source.location.kind !== 'local').map((t) => hasRsync(t, signal))))
+      .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
       .andThen((s) => {
         if (s?.kind === 'directory') return ok(undefined)
@@ -101,12 +110,17 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const listSnapshots: Driver['listSnapshots'] = ({ at }) => {
     const dir = at.location.path
+    const unfinished = (): ResultAsync<ReadonlySet<string>, BbError> => (at.filesOnly === true
+      ? at.list(join(dir, META)).orElse((e) => (e.code === 'NOT_FOUND' ? ok([]) : err(e)))
+        .map((entries) => new Set(entries.filter((e) => e.kind === 'file' && e.name.endsWith(PARTIAL)).map((e) => e.name.slice(0, -PARTIAL.length))))
+      : okAsync(new Set<string>()))
     return at.list(dir)
       .mapErr((e) => (e.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path, or run a backup to create it', { path: dir }) : e))
-      .andThen((entries) => {
+      .andThen((entries) => unfinished().map((marked) => ({ entries, marked })))
+      .andThen(({ entries, marked }) => {
         const backups = entries.filter((e) => e.kind === 'directory').map((e) => {
-          const complete = !e.name.endsWith(PARTIAL)
-          const name = complete ? e.name : e.name.slice(0, -PARTIAL.length)
+          const complete = !e.name.endsWith(PARTIAL) && !marked.has(e.name)
+          const name = e.name.endsWith(PARTIAL) ? e.name.slice(0, -PARTIAL.length) : e.name
           return { name, complete, dirName: e.name, parsed: parseSnapshotName(name) }
         }).filter((b) => b.parsed !== undefined)
         return ResultAsync.combine(backups.map((b) =>
@@ -119,7 +133,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .map((list) => list.sort((a, b) => compareSnapshots(a.order, b.order)).map((s) => s.info))
   }
 
-  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, `${snapshot}${PARTIAL}`)
+  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, target.filesOnly === true ? snapshot : `${snapshot}${PARTIAL}`)
 
   const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
     new ResultAsync(runTransfer(input))
@@ -132,28 +146,41 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const where = target.location.path
     const runner = rsyncHost(source, target)
     if (runner.isErr()) return err(runner.error)
+    const filesOnly = target.filesOnly === true
+    // what the last run left unfinished under another name: continued into (renamed), or where it cannot be renamed, linked from
+    const resumeFrom = resume?.partialPath !== undefined && resume.partialPath !== partial && directlyIn(resume.partialPath, dir)
+      && (await target.stat(resume.partialPath)).unwrapOr(undefined)?.kind === 'directory' ? resume.partialPath : undefined
     if (!dryRun) {
-      // continue into what the last run left, under the new name; else start a new one
-      const resumeFrom = resume?.partialPath
-      const prepared = resumeFrom !== undefined && resumeFrom !== partial && (await target.stat(resumeFrom)).unwrapOr(undefined)?.kind === 'directory'
-        ? await target.rename(resumeFrom, partial)
-        : await target.mkdir(partial)
+      const prepared = filesOnly
+        ? await target.mkdir(join(dir, META))
+          .andThen(() => target.writeFileAtomic(markerPath(dir, snapshot), `${JSON.stringify({ startedAt: new Date().toISOString(), host: hostname() })}\n`))
+          .andThen(() => target.mkdir(partial))
+        : resumeFrom !== undefined ? await target.rename(resumeFrom, partial) : await target.mkdir(partial)
       if (prepared.isErr()) return err(prepared.error)
     }
     const src = source.rsyncEndpoint(`${source.location.path.replace(/\/+$/, '')}/`)
     const dst = target.rsyncEndpoint(`${partial}/`)
+    // relative to the destination directory: a daemon module resolves paths inside itself
+    const linkDests = [
+      ...(parent === undefined ? [] : [filesOnly ? `../${posix.basename(parent.path)}` : parent.path]),
+      ...(filesOnly && resumeFrom !== undefined ? [`../${posix.basename(resumeFrom)}`] : []),
+    ]
     const argv = [
       'rsync', ...copyFlags(), '--delete', '--no-human-readable', '--stats', '--info=progress2',
       ...(dryRun ? ['--dry-run'] : []),
-      ...(parent === undefined ? [] : [`--link-dest=${parent.path}`]),
+      ...linkDests.map((d) => `--link-dest=${d}`),
+      // a daemon module cannot run sync(1): the receiver flushes each file it writes
+      ...(filesOnly && options.syncBeforePublish !== false ? ['--fsync'] : []),
       ...(options.extraArgs ?? []),
       ...src.options, ...dst.options,
       src.spec, dst.spec,
     ]
     let lastProgress = 0
     const statsLines: string[] = []
+    const env = { ...src.env, ...dst.env }
     const ran = await runner.value.exec(argv, {
       ...(signal === undefined ? {} : { signal }),
+      ...(Object.keys(env).length === 0 ? {} : { env }),
       onStdoutLine: (line) => {
         if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
         const m = /^\s*(\d+)\s+(\d+)%\s+(\S+)\s+(\d+:\d{2}:\d{2})/.exec(line)
@@ -185,12 +212,19 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         break
       case 'disk-full':
         return err(bbError('DISK_FULL', `the target ${where} ran out of space`, 'free space there (or prune old backups), then run again: it continues where this stopped', context))
+      case 'refused':
+        return err(bbError('AUTH_FAILED', `the rsync daemon at ${where} refused the transfer (${outcome.meaning})`, 'check the user, the password file and the module\'s "auth users", "hosts allow" and "read only" in rsyncd.conf', context))
+      case 'network':
+        return err(bbError('NETWORK_FAILED', `rsync lost its connection to ${where} (exit ${ran.value.exitCode}: ${outcome.meaning})`, 'check that the host (and its rsync daemon) is up; the run retries with backoff, and the unfinished copy is resumed', context))
       case 'failed':
         return err(bbError('COMMAND_FAILED', `rsync failed with exit ${ran.value.exitCode} (${outcome.meaning})`, 'see the end of stderr below; the unfinished copy is resumed by the next run', context))
     }
     const commands: string[][] = [argv]
     if (!dryRun) {
-      const published = await publish(target, { dir, partial, final, snapshot, record: { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings } }, commands, signal)
+      const record = { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings }
+      const published = filesOnly
+        ? await publishMarked(target, { dir, snapshot, record, resumedFrom: resumeFrom })
+        : await publish(target, { dir, partial, final, snapshot, record }, commands, signal)
       if (published.isErr()) return err(published.error)
     }
     return ok({
@@ -219,11 +253,30 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
   }
 
+  /**
+   * record, then the marker removed (the commit point), `latest`; then what an earlier run left,
+   * which this backup linked from, is removed with its marker
+   */
+  const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
+    target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`)
+      .andThen(() => target.remove(markerPath(p.dir, p.snapshot)))
+      .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
+      .andThen(() => {
+        const old = p.resumedFrom
+        if (old === undefined) return okAsync(undefined)
+        return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old))))
+      })
+
   const recover: Driver['recover'] = ({ target, entry }) => {
     const dir = target.location.path
-    // only ever a `.partial` directly in this target: anything else is not ours to touch
-    if (posix.dirname(entry.partialPath) !== dir || !entry.partialPath.endsWith(PARTIAL)) return okAsync('gone' as const)
-    return target.stat(entry.partialPath).map((s) => (s?.kind === 'directory' ? 'resume' as const : 'gone' as const))
+    if (!directlyIn(entry.partialPath, dir)) return okAsync('gone' as const)
+    const isDirectory = (): ResultAsync<'resume' | 'gone', BbError> => target.stat(entry.partialPath).map((s) => (s?.kind === 'directory' ? 'resume' as const : 'gone' as const))
+    // only ever what this driver marked unfinished, directly in this target: anything else is not ours to touch
+    if (target.filesOnly === true) {
+      return target.stat(markerPath(dir, posix.basename(entry.partialPath))).andThen((marker) => (marker === undefined ? okAsync('gone' as const) : isDirectory()))
+    }
+    if (!entry.partialPath.endsWith(PARTIAL)) return okAsync('gone' as const)
+    return isDirectory()
   }
 
   const deleteSnapshots: Driver['deleteSnapshots'] = ({ at, snapshots, dryRun, signal }) => {
@@ -232,12 +285,17 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const commands: string[][] = []
     const run = async (): Promise<Result<string[][], BbError>> => {
       if (snapshots.length === 0) return ok(commands)
-      if (!dryRun) {
+      if (!dryRun && at.filesOnly !== true) {
         const made = await at.mkdir(join(dir, META)).andThen(() => at.mkdir(trash))
         if (made.isErr()) return err(made.error)
       }
       for (const s of snapshots) {
-        if (!s.complete || posix.dirname(s.path) !== dir) return err(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete backup in ${dir}`, 'this is a bug in bbackup; please report it'))
+        if (!s.complete || !directlyIn(s.path, dir)) return err(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete backup in ${dir}`, 'this is a bug in bbackup; please report it'))
+        if (at.filesOnly === true) {
+          const r = await deleteMarked(at, dir, s, commands, dryRun)
+          if (r.isErr()) return err(r.error)
+          continue
+        }
         // moved out of the backups first, so that a crash mid-delete never leaves a half tree that looks complete
         const doomed = join(trash, s.name)
         const argv = ['rm', '-rf', '--one-file-system', '--', doomed]
@@ -252,6 +310,20 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       return ok(commands)
     }
     return new ResultAsync(run())
+  }
+
+  /**
+   * Where nothing can be renamed out of the way, the backup is marked unfinished first, so that a
+   * deletion cut short leaves a tree that is never taken for a complete backup.
+   */
+  const deleteMarked = (at: Transport, dir: string, s: SnapshotInfo, commands: string[][], dryRun: boolean): ResultAsync<void, BbError> => {
+    const endpoint = at.rsyncEndpoint(`${dir}/`)
+    commands.push(['rsync', '-r', '--delete', `--include=/${s.name}`, `--include=/${s.name}/**`, '--exclude=*', '<empty directory>/', endpoint.spec])
+    if (dryRun) return okAsync(undefined)
+    return at.writeFileAtomic(markerPath(dir, s.name), `${JSON.stringify({ deleting: new Date().toISOString() })}\n`)
+      .andThen(() => at.remove(s.path, { recursive: true }))
+      .andThen(() => at.remove(recordPath(dir, s.name)))
+      .andThen(() => at.remove(markerPath(dir, s.name)))
   }
 
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
@@ -280,7 +352,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (input.dryRun) return ok({ commands: [argv] })
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
-      const ran = await runner.value.exec(argv, input.signal === undefined ? {} : { signal: input.signal })
+      const env = { ...src.env, ...dst.env }
+      const ran = await runner.value.exec(argv, { ...(input.signal === undefined ? {} : { signal: input.signal }), ...(Object.keys(env).length === 0 ? {} : { env }) })
       if (ran.isErr()) return err(ran.error)
       if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
       return ok({ commands: [argv] })
@@ -292,7 +365,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const src = input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`)
     const dst = input.target.rsyncEndpoint(`${input.snapshot.path}/`)
     const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
-    return runner.value.exec(argv, input.signal === undefined ? {} : { signal: input.signal }).andThen((r) => {
+    const env = { ...src.env, ...dst.env }
+    return runner.value.exec(argv, { ...(input.signal === undefined ? {} : { signal: input.signal }), ...(Object.keys(env).length === 0 ? {} : { env }) }).andThen((r) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
       return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
@@ -42,6 +43,12 @@ export interface SshConnection {
    * under a command (ssh exits 255 and says nothing) from a remote command that ended oddly.
    */
   lost(waitMs: number): Promise<boolean>
+  /**
+   * A local port forwarded through the master connection to `host:port` as the remote host sees
+   * it (`ssh -O forward -L`): an rsync daemon reached through a tunnel. It lasts as long as the
+   * connection, so the session's `close` tears it down.
+   */
+  forward(host: string, port: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>
 }
 
 /**
@@ -106,6 +113,17 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
 }
 
 const hostArg = (host: string): string => (host.includes(':') ? `[${host}]` : host)
+
+/** a port on 127.0.0.1 that nothing listens on now (another process may still take it before us) */
+const freeLocalPort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))))
+    })
+  })
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -202,7 +220,35 @@ export const openSshSession = (): SshSession => {
       return ok(undefined)
     }
 
+    const forwards = new Map<string, Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>>()
+    const forward = async (toHost: string, toPort: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>> => {
+      const ready = await made.ready(signal)
+      if (ready.isErr()) return err(ready.error)
+      let last = ''
+      // the port is chosen here and bound by ssh: another process can take it in between, so try a few
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const port = await freeLocalPort()
+        const spec = `127.0.0.1:${port}:${hostArg(toHost)}:${toPort}`
+        const ran = await execCommand([...base, '-O', 'forward', '-L', spec, '--', hostArg(location.host)], signal === undefined ? {} : { signal })
+        if (ran.isErr()) return err(ran.error)
+        if (ran.value.exitCode === 0) return ok({ host: '127.0.0.1', port })
+        last = ran.value.stderr
+      }
+      return err(bbError('NETWORK_FAILED', `could not forward a local port through ${endpoint.display} to ${toHost}:${toPort}`, 'check that the ssh server allows port forwarding (AllowTcpForwarding) for this user', { host: endpoint.display, stderr: last }))
+    }
+
     const made: SshConnection = {
+      forward: (toHost, toPort, signal) => {
+        const key = `${toHost}:${toPort}`
+        const existing = forwards.get(key)
+        if (existing !== undefined) return existing
+        const opened = forward(toHost, toPort, signal).then((r) => {
+          if (r.isErr()) forwards.delete(key)
+          return r
+        })
+        forwards.set(key, opened)
+        return opened
+      },
       endpoint,
       options,
       command: (remote) => [...base, '--', hostArg(location.host), remote],

@@ -1,0 +1,212 @@
+import { chmod, chown, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { backup, list, parseLocation, prune, restore, type BackupEvent, type Job, type RsyncDaemonLocation } from '@bb/core'
+import { rsyncDriver } from '@bb/drivers/rsync'
+import { localTransport } from '@bb/transports/local'
+import { rsyncdTransport, type RsyncdOptions } from '@bb/transports/rsyncd'
+import { makeTempDir, requireTools, startRsyncd, treeManifest, writeTree, type Rsyncd, type TempDir } from '@bb/testkit'
+import { waitFor } from './helpers.js'
+
+const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+const at = (iso: string) => () => new Date(iso)
+const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
+
+describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real rsync --daemon on 127.0.0.1', () => {
+  let daemon: Rsyncd
+  let tmp: TempDir
+  const location = (path: string): RsyncDaemonLocation => parseLocation(daemon.url(path))._unsafeUnwrap() as RsyncDaemonLocation
+  const module = (path: string, options: RsyncdOptions = { passwordFile: daemon.passwordFile }) => rsyncdTransport(location(path), options)
+
+  beforeAll(async () => {
+    daemon = await startRsyncd()
+  })
+  afterAll(async () => {
+    await daemon?.stop()
+  })
+  beforeEach(async () => {
+    tmp = await makeTempDir('rsyncd-test')
+  })
+  afterEach(async () => {
+    await tmp?.cleanup()
+  })
+
+  it('lists, stats, reads, writes, links and removes files in the module through rsync alone', async () => {
+    const m = module('')
+    await writeTree(join(daemon.modulePath, 'ops'), { 'a.txt': 'alpha\n', 'sub/deep/b.txt': 'bravo\n', 'with space': 'x' })
+    expect(ok(await m.list('ops')).sort((a, b) => a.name.localeCompare(b.name))).toEqual([
+      { name: 'a.txt', kind: 'file' }, { name: 'sub', kind: 'directory' }, { name: 'with space', kind: 'file' },
+    ])
+    expect(ok(await m.stat('ops/a.txt'))).toMatchObject({ kind: 'file', size: 6 })
+    expect(ok(await m.stat('ops/sub'))).toMatchObject({ kind: 'directory' })
+    expect(ok(await m.stat(''))).toMatchObject({ kind: 'directory' })
+    expect(ok(await m.stat('ops/missing'))).toBeUndefined()
+    expect(ok(await m.readFile('ops/a.txt'))).toBe('alpha\n')
+    expect(ok(await m.readFile('ops/missing.json'))).toBeUndefined()
+    expect((await m.list('ops/missing'))._unsafeUnwrapErr()).toMatchObject({ code: 'NOT_FOUND' })
+
+    ok(await m.writeFileAtomic('ops/record.json', '{"ok":true}\n'))
+    expect(await readFile(join(daemon.modulePath, 'ops/record.json'), 'utf8')).toBe('{"ok":true}\n')
+    ok(await m.mkdir('ops/new'))
+    ok(await m.mkdir('ops/x/y/z', { recursive: true }))
+    expect((await stat(join(daemon.modulePath, 'ops/x/y/z'))).isDirectory()).toBe(true)
+    ok(await m.symlink('sub', 'ops/latest'))
+    expect(ok(await m.readlink('ops/latest'))).toBe('sub')
+
+    // one name goes, with everything under it; its neighbours stay
+    ok(await m.remove('ops/sub', { recursive: true }))
+    ok(await m.remove('ops/a.txt'))
+    expect((await readdir(join(daemon.modulePath, 'ops'))).sort()).toEqual(['latest', 'new', 'record.json', 'with space', 'x'])
+    ok(await m.remove('ops/not-there'))
+
+    expect(m.filesOnly).toBe(true)
+    expect((await m.exec(['true']))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
+    expect((await m.rename('ops/new', 'ops/old'))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
+  })
+
+  it('refuses an unsafe password file before connecting, and a wrong password without retrying (scenario 11)', async () => {
+    const logBefore = (await daemon.log()).length
+    const file = join(tmp.path, 'pw')
+    await writeFile(file, `${daemon.password}\n`, { mode: 0o600 })
+
+    await chmod(file, 0o644)
+    const readable = (await module('', { passwordFile: file }).list(''))._unsafeUnwrapErr()
+    expect(readable).toMatchObject({ code: 'INSECURE_SECRETS', message: `the password file ${file} may be read or written by group or others (mode 0644)` })
+    expect(readable.hint).toContain('chmod 600')
+
+    await chmod(file, 0o600)
+    const link = join(tmp.path, 'pw-link')
+    await symlink(file, link)
+    expect((await module('', { passwordFile: link }).list(''))._unsafeUnwrapErr()).toMatchObject({ code: 'INSECURE_SECRETS', message: expect.stringContaining('is a symlink') })
+
+    await chown(file, 65534, 65534)
+    expect((await module('', { passwordFile: file }).list(''))._unsafeUnwrapErr()).toMatchObject({ code: 'INSECURE_SECRETS', message: expect.stringContaining('belongs to uid 65534') })
+    // none of these reached the daemon
+    expect((await daemon.log()).slice(logBefore)).not.toMatch(/connect from/)
+
+    const wrong = join(tmp.path, 'wrong')
+    await writeFile(wrong, 'not-the-password\n', { mode: 0o600 })
+    const refused = (await module('', { passwordFile: wrong }).list(''))._unsafeUnwrapErr()
+    expect(refused).toMatchObject({ code: 'AUTH_FAILED', message: `the rsync daemon at 127.0.0.1:${daemon.port} refused the login to module backups` })
+
+    // no password at all: rsync would ask on the terminal; it fails instead
+    const saved = process.env.RSYNC_PASSWORD
+    delete process.env.RSYNC_PASSWORD
+    try {
+      expect((await module('', {}).list(''))._unsafeUnwrapErr()).toMatchObject({ code: 'AUTH_FAILED' })
+    } finally {
+      if (saved !== undefined) process.env.RSYNC_PASSWORD = saved
+    }
+
+    // the right file works, and the password is in no argv and no error
+    const good = module('')
+    expect(ok(await good.stat(''))).toMatchObject({ kind: 'directory' })
+    const endpoint = good.rsyncEndpoint('x/')
+    expect(JSON.stringify([endpoint, readable, refused])).not.toContain(daemon.password)
+    expect(endpoint.options).toContain(`--password-file=${daemon.passwordFile}`)
+  })
+
+  const daemonJob = (target: string, state: string, source: string): Job => ({
+    driver: rsyncDriver({}),
+    source: localTransport(source),
+    targets: [module(target)],
+    state: { transport: localTransport(state), directory: state },
+  })
+
+  it('backs up into the module: full, then incremental with hard links made by the daemon, listed, pruned and restored through it', async () => {
+    const source = join(tmp.path, 'source')
+    await writeTree(source, { 'a.txt': 'alpha\n', 'dir/b.txt': 'bravo\n', 'dir/big.bin': Buffer.alloc(300_000, 5) })
+    const job = daemonJob('laptop', join(tmp.path, 'state'), source)
+    const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T100000Z', mode: 'full', files: 3 })
+    await writeFile(join(source, 'a.txt'), 'alpha changed\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T110000Z', mode: 'incremental', parent: '2026-11-23T100000Z', files: 1 })
+    expect(second.targets[0]?.commands[0]).toContain('--link-dest=../2026-11-23T100000Z')
+
+    const dir = join(daemon.modulePath, 'laptop')
+    expect(await backupsIn(dir)).toEqual(['2026-11-23T100000Z', '2026-11-23T110000Z'])
+    const [one, two] = ['2026-11-23T100000Z', '2026-11-23T110000Z'].map((n) => join(dir, n)) as [string, string]
+    expect((await stat(join(one, 'dir/big.bin'))).ino).toBe((await stat(join(two, 'dir/big.bin'))).ino)
+    expect((await stat(join(one, 'a.txt'))).ino).not.toBe((await stat(join(two, 'a.txt'))).ino)
+    expect(await treeManifest(two)).toEqual(await treeManifest(source))
+    // records written, no marker of an unfinished backup left
+    expect((await readdir(join(dir, '.bbackup'))).sort()).toEqual(['2026-11-23T100000Z.json', '2026-11-23T110000Z.json'])
+    expect(await readlink(join(dir, 'latest'))).toMatch(/2026-11-23T110000Z$/)
+
+    const listed = ok(await list(job))
+    expect(listed[0]?.snapshots.map((s) => [s.name, s.complete])).toEqual([['2026-11-23T100000Z', true], ['2026-11-23T110000Z', true]])
+
+    const restored = join(tmp.path, 'restored')
+    ok(await restore(job, { from: job.targets[0] ?? job.source, snapshot: '2026-11-23T100000Z', to: localTransport(restored) }))
+    expect(await readFile(join(restored, 'a.txt'), 'utf8')).toBe('alpha\n')
+
+    const pruned = ok(await prune({ ...job, retention: { target: { keepLast: 1 } } }))
+    expect(pruned.flatMap((p) => p.deleted)).toEqual(['2026-11-23T100000Z'])
+    expect(await backupsIn(dir)).toEqual(['2026-11-23T110000Z'])
+    expect(await readdir(join(dir, '.bbackup'))).toEqual(['2026-11-23T110000Z.json'])
+    expect(await treeManifest(two)).toEqual(await treeManifest(source))
+  })
+
+  it('finishes the run when the daemon is killed mid-transfer and comes back (scenario 12)', async () => {
+    const source = join(tmp.path, 'source')
+    // many files: the transfer runs long enough to be cut
+    const files: Record<string, Buffer> = {}
+    for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
+    await writeTree(source, files)
+    const job = daemonJob('cut', join(tmp.path, 'state'), source)
+    const events: BackupEvent[] = []
+    let cut = false
+    const run = backup(job, {
+      now: at('2026-11-23T12:00:00Z'),
+      retry: { attempts: 3, initialDelayMs: 1500, maxDelayMs: 3000 },
+      onEvent: (e) => {
+        events.push(e)
+      },
+    })
+    // kill while files are arriving, then bring the daemon back before the retry
+    await waitFor(async () => (await readdir(join(daemon.modulePath, 'cut/2026-11-23T120000Z/f')).catch(() => [])).length > 20, 20_000)
+    await daemon.kill()
+    cut = true
+    await new Promise((r) => setTimeout(r, 500))
+    await daemon.start()
+    const report = ok(await run)
+    expect(cut).toBe(true)
+    expect(events.some((e) => e.type === 'retrying' && e.error.code === 'NETWORK_FAILED')).toBe(true)
+    expect(report.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T120000Z' })
+    const dir = join(daemon.modulePath, 'cut')
+    expect(await treeManifest(join(dir, '2026-11-23T120000Z'))).toEqual(await treeManifest(source))
+    expect(await readdir(join(dir, '.bbackup'))).toEqual(['2026-11-23T120000Z.json'])
+  }, 60_000)
+
+  it('resumes what a failed run left: the next backup links from it and removes it, and it never counts as a backup', async () => {
+    const source = join(tmp.path, 'source')
+    const files: Record<string, Buffer> = {}
+    for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
+    await writeTree(source, files)
+    const job = daemonJob('resume', join(tmp.path, 'state'), source)
+    const run = backup(job, { now: at('2026-11-23T13:00:00Z'), retry: { attempts: 0 } })
+    await waitFor(async () => (await readdir(join(daemon.modulePath, 'resume/2026-11-23T130000Z/f')).catch(() => [])).length > 20, 20_000)
+    await daemon.kill()
+    const failed = ok(await run)
+    await daemon.start()
+    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'NETWORK_FAILED' } })
+    const dir = join(daemon.modulePath, 'resume')
+    expect(await readdir(join(dir, '.bbackup'))).toEqual(['2026-11-23T130000Z.partial'])
+    expect(ok(await list(job))[0]?.snapshots.map((s) => [s.name, s.complete])).toEqual([['2026-11-23T130000Z', false]])
+    const copied = (await readdir(join(dir, '2026-11-23T130000Z/f'))).filter((n) => !n.startsWith('.'))
+    const someInode = (await stat(join(dir, '2026-11-23T130000Z/f', copied[0] ?? ''))).ino
+
+    const next = ok(await backup(job, { now: at('2026-11-23T14:00:00Z') }))
+    expect(next.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T140000Z', mode: 'full' })
+    expect(next.targets[0]?.commands[0]).toContain('--link-dest=../2026-11-23T130000Z')
+    // what the cut run had copied was linked, not sent again; then the unfinished copy went
+    expect((await stat(join(dir, '2026-11-23T140000Z/f', copied[0] ?? ''))).ino).toBe(someInode)
+    expect(await backupsIn(dir)).toEqual(['2026-11-23T140000Z'])
+    expect(await readdir(join(dir, '.bbackup'))).toEqual(['2026-11-23T140000Z.json'])
+    expect(await treeManifest(join(dir, '2026-11-23T140000Z'))).toEqual(await treeManifest(source))
+  }, 60_000)
+})

@@ -1,0 +1,5 @@
+export { rsyncdTransport } from './rsyncd-transport.js'
+export type { RsyncdOptions } from './rsyncd-transport.js'
+export { checkPasswordFile } from './secrets.js'
+export { parseListOnly } from './list-only.js'
+export type { ListedEntry } from './list-only.js'

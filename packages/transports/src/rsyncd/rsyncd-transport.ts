@@ -1,0 +1,197 @@
+import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, posix } from 'node:path'
+import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import {
+  bbError, ioError, type CommandResult, type DirEntry, type EntryStat, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
+} from '@bb/core'
+import { execCommand } from '../local/exec.js'
+import { daemonFailure } from './failure.js'
+import { parseListOnly, type ListedEntry } from './list-only.js'
+import { checkPasswordFile } from './secrets.js'
+
+export interface RsyncdOptions {
+  /** a file that holds the module's password (rsync's `--password-file`); checked before every connection. Without it, `RSYNC_PASSWORD` from the environment is used */
+  readonly passwordFile?: string
+  /** seconds to wait for the daemon to answer (`--contimeout`); default 30 */
+  readonly connectTimeoutSeconds?: number
+  /** seconds without any data before rsync gives up (`--timeout`); default 300 */
+  readonly ioTimeoutSeconds?: number
+  /** where to connect instead of the location's host and port: the local end of an ssh tunnel */
+  readonly connectTo?: { readonly host: string; readonly port: number }
+  /** rsync connections this transport opens at once for its file operations (a module's "max connections"); default 4 */
+  readonly maxConnections?: number
+}
+
+/** a path inside the module, as rsync wants it: no leading slash, '' for the module's root */
+const modulePath = (path: string): Result<string, TransportError> => {
+  const normal = posix.normalize(`/${path}`).replace(/^\/+/, '').replace(/\/+$/, '')
+  if (normal.split('/').includes('..')) return err(bbError('INVALID_OPTIONS', `the path ${path} leaves the module`, 'give a path inside the module'))
+  return ok(normal)
+}
+
+/** rsync filter patterns treat * ? [ and \ as wildcards; a name is matched as it is */
+const literal = (name: string): string => name.replace(/[*?[\\]/g, '\\$&')
+
+const unsupported = (what: string, where: string): TransportError =>
+  bbError('UNSUPPORTED', `an rsync daemon module (${where}) runs no commands, so it cannot ${what}`, 'this is a bug in bbackup (a driver asked a daemon module to run a command); please report it')
+
+/**
+ * The transport for a module of an rsync daemon (`rsync://[user@]host[:port]/module/path` or
+ * `host::module/path`). A daemon runs no commands: every file operation is an rsync run from this
+ * host (`--list-only` to list and stat, a copy to read or write a small file, a filtered
+ * `--delete` to remove), so `exec`, `spawn` and `rename` are refused and the transport says
+ * `filesOnly`. Every run gets `--contimeout` and `--timeout`; the password never reaches argv.
+ * @example
+ * import { rsyncdTransport } from '@bb/transports/rsyncd'
+ * const target = rsyncdTransport(parseLocation('backup@nas::backups/laptop')._unsafeUnwrap() as RsyncDaemonLocation, { passwordFile: '/etc/bbackup/nas.secret' })
+ */
+export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOptions = {}): Transport => {
+  const host = options.connectTo?.host ?? location.host
+  const port = options.connectTo?.port ?? location.port
+  const hostText = host.includes(':') ? `[${host}]` : host
+  const base = `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostText}${port === undefined ? '' : `:${port}`}/${location.module}`
+  const display = `${location.host}${location.port === undefined ? '' : `:${location.port}`}`
+  const where = `${display}::${location.module}`
+  const url = (path: string): string => (path === '' ? `${base}/` : `${base}/${path}`)
+  const connectionOptions = [
+    '--no-motd',
+    `--contimeout=${options.connectTimeoutSeconds ?? 30}`,
+    `--timeout=${options.ioTimeoutSeconds ?? 300}`,
+    ...(options.passwordFile === undefined ? [] : [`--password-file=${options.passwordFile}`]),
+  ]
+  // rsync asks for a password on the terminal when it has none: an empty one fails instead of hanging
+  const env: Readonly<Record<string, string>> = options.passwordFile === undefined && process.env.RSYNC_PASSWORD === undefined ? { RSYNC_PASSWORD: '' } : {}
+
+  // the password file is checked once, before the first connection
+  let secrets: Promise<Result<void, TransportError>> | undefined
+  const checkSecrets = (): ResultAsync<void, TransportError> => {
+    const file = options.passwordFile
+    if (file === undefined) return okAsync(undefined)
+    const checked = secrets ?? (async (): Promise<Result<void, TransportError>> => checkPasswordFile(file))()
+    secrets = checked
+    return new ResultAsync(checked)
+  }
+
+  // a few rsync connections at a time: a daemon turns away more than its "max connections"
+  const limit = Math.max(1, options.maxConnections ?? 4)
+  let running = 0
+  const waiting: (() => void)[] = []
+  const slot = async <T>(work: () => Promise<T>): Promise<T> => {
+    if (running >= limit) await new Promise<void>((resolve) => waiting.push(resolve))
+    running += 1
+    try {
+      return await work()
+    } finally {
+      running -= 1
+      waiting.shift()?.()
+    }
+  }
+
+  /** runs one rsync against the daemon; the daemon's own failures become typed errors */
+  const rsync = (args: readonly string[]): ResultAsync<CommandResult, TransportError> =>
+    checkSecrets().andThen(() => new ResultAsync(slot(async () => {
+      const ran = await execCommand(['rsync', ...connectionOptions, ...args], { env })
+      if (ran.isErr()) return ran
+      const failure = daemonFailure(ran.value, display, location.module)
+      return failure === undefined ? ran : err(failure)
+    })))
+
+  /** exit 23 with "No such file" is rsync's answer for a path that is not there */
+  const absent = (r: CommandResult): boolean => r.exitCode === 23 && /No such file or directory \(2\)/.test(r.stderr)
+
+  const failed = (what: string, path: string, r: CommandResult): TransportError => {
+    const details = { host: display, path, exitCode: r.exitCode, stderr: r.stderr }
+    if (/Permission denied|Operation not permitted|Read-only file system/.test(r.stderr)) {
+      return bbError('IO_FAILED', `cannot ${what} ${path} in module ${location.module} at ${display}: permission denied`, 'let the daemon write there: "uid"/"gid" of the module in rsyncd.conf and the ownership of its path', details)
+    }
+    if (absent(r)) return bbError('NOT_FOUND', `cannot ${what} ${path} in module ${location.module} at ${display}: it does not exist`, 'check the path, or create its parent directory', details)
+    return bbError('IO_FAILED', `cannot ${what} ${path} in module ${location.module} at ${display}: rsync exit ${r.exitCode}`, 'see the end of stderr', details)
+  }
+
+  /** a temporary directory on this host for the duration of `work`, removed afterwards */
+  const withTemp = <T>(work: (dir: string) => ResultAsync<T, TransportError>): ResultAsync<T, TransportError> =>
+    ResultAsync.fromPromise(mkdtemp(join(tmpdir(), 'bbackup-rsyncd-')), ioError('create a temporary directory in', tmpdir()))
+      .andThen((dir) => new ResultAsync((async (): Promise<Result<T, TransportError>> => {
+        const result = await work(dir)
+        await rm(dir, { recursive: true, force: true })
+        return result
+      })()))
+
+  const listOnly = (path: string, self: boolean): ResultAsync<ListedEntry[] | undefined, TransportError> =>
+    modulePath(path).asyncAndThen((p) => rsync(['--list-only', '--no-human-readable', '-l', ...(self ? ['-d', url(p).replace(/\/$/, '/.')] : [`${url(p).replace(/\/$/, '')}/`])]))
+      .andThen((r) => (r.exitCode === 0 ? ok(parseListOnly(r.stdout)) : absent(r) ? ok(undefined) : err(failed(self ? 'stat' : 'list', path, r))))
+
+  const stat = (path: string): ResultAsync<EntryStat | undefined, TransportError> =>
+    listOnly(path, true).map((entries) => {
+      const entry = entries?.[0]
+      return entry === undefined ? undefined : { kind: entry.kind, size: entry.size, mtime: entry.mtime, device: 0, inode: 0 }
+    })
+
+  const list = (directory: string): ResultAsync<DirEntry[], TransportError> =>
+    listOnly(directory, false).andThen((entries) => (entries === undefined
+      ? err(bbError('NOT_FOUND', `cannot list ${directory} in module ${location.module} at ${display}: it does not exist`, 'check the path, or create it', { host: display, path: directory }))
+      : ok(entries.filter((e) => e.name !== '.').map((e) => ({ name: e.name, kind: e.kind })))))
+
+  const readFileAt = (path: string): ResultAsync<string | undefined, TransportError> =>
+    modulePath(path).asyncAndThen((p) => withTemp((dir) => rsync([url(p), join(dir, 'file')]).andThen((r) => {
+      if (absent(r)) return okAsync(undefined)
+      if (r.exitCode !== 0) return errAsync(failed('read', path, r))
+      return ResultAsync.fromPromise(readFile(join(dir, 'file'), 'utf8'), ioError('read', join(dir, 'file')))
+    })))
+
+  // rsync writes into a temporary name beside the file and renames it: a reader sees old or new
+  const writeFileAtomic = (path: string, data: string): ResultAsync<void, TransportError> =>
+    modulePath(path).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise(writeFile(join(dir, 'file'), data, { mode: 0o600 }), ioError('write', join(dir, 'file')))
+      .andThen(() => rsync(['--fsync', join(dir, 'file'), url(p)]))
+      .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', path, r))))))
+
+  const mkdir = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
+    modulePath(path).asyncAndThen((p) => withTemp((dir) => rsync(['-d', ...(o.recursive === true ? ['--mkpath'] : []), `${dir}/`, `${url(p)}/`])
+      .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('create', path, r))))))
+
+  const symlinkAt = (target: string, path: string): ResultAsync<void, TransportError> =>
+    modulePath(path).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise(symlink(target, join(dir, 'link')), ioError('create a link in', dir))
+      .andThen(() => rsync(['-l', join(dir, 'link'), url(p)]))
+      .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('link', path, r))))))
+
+  const readlink = (path: string): ResultAsync<string | undefined, TransportError> =>
+    listOnly(path, true).map((entries) => entries?.[0]?.linkTarget)
+
+  /** deletes one name of its directory: an empty directory synced with --delete, every other name excluded (so protected) */
+  const remove = (path: string): ResultAsync<void, TransportError> =>
+    modulePath(path).asyncAndThen((p) => {
+      if (p === '') return errAsync(bbError('INVALID_OPTIONS', `refusing to remove the whole module ${location.module}`, 'this is a bug in bbackup; please report it'))
+      const parent = posix.dirname(p) === '.' ? '' : posix.dirname(p)
+      return withTemp((dir) => rsync(['-r', '--delete', `--include=/${literal(posix.basename(p))}`, `--include=/${literal(posix.basename(p))}/**`, '--exclude=*', `${dir}/`, `${url(parent).replace(/\/$/, '')}/`])
+        .andThen((r) => (r.exitCode === 0 || absent(r) ? ok(undefined) : err(failed('remove', path, r)))))
+    })
+
+  const spawn = (argv: readonly string[]): RunningCommand => ({
+    argv, pid: undefined, stdout: undefined, stdin: undefined, bytesWritten: async () => undefined, kill: () => undefined,
+    done: errAsync(unsupported(`run ${argv[0] ?? 'a command'}`, where)),
+  })
+
+  return {
+    location,
+    filesOnly: true,
+    exec: (argv) => errAsync(unsupported(`run ${argv[0] ?? 'a command'}`, where)),
+    spawn,
+    readFile: readFileAt,
+    writeFileAtomic,
+    stat,
+    list,
+    mkdir,
+    rename: () => errAsync(unsupported('rename', where)),
+    symlink: symlinkAt,
+    readlink,
+    remove,
+    lock: (path): ResultAsync<never, LockError> =>
+      errAsync(bbError('LOCK_FAILED', `bbackup keeps its locks on the host it runs on, not in the daemon module ${where} (${path})`, 'give the job a local --state-dir')),
+    inspectLock: () => okAsync(undefined),
+    rsyncEndpoint: (path) => {
+      const p = modulePath(path).unwrapOr(path)
+      return { spec: url(p) + (path.endsWith('/') && p !== '' ? '/' : ''), options: connectionOptions, env }
+    },
+  }
+}
