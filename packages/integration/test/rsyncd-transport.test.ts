@@ -109,8 +109,8 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect(endpoint.options).toContain(`--password-file=${daemon.passwordFile}`)
   })
 
-  const daemonJob = (target: string, state: string, source: string): Job => ({
-    driver: rsyncDriver({}),
+  const daemonJob = (target: string, state: string, source: string, extraArgs: readonly string[] = []): Job => ({
+    driver: rsyncDriver({ extraArgs }),
     source: localTransport(source),
     targets: [module(target)],
     state: { transport: localTransport(state), directory: state },
@@ -157,7 +157,8 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     const files: Record<string, Buffer> = {}
     for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
     await writeTree(source, files)
-    const job = daemonJob('cut', join(tmp.path, 'state'), source)
+    // slowed down, so that the kill lands mid-transfer
+    const job = daemonJob('cut', join(tmp.path, 'state'), source, ['--bwlimit=8m'])
     const events: BackupEvent[] = []
     let cut = false
     const run = backup(job, {
@@ -187,7 +188,7 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     const files: Record<string, Buffer> = {}
     for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
     await writeTree(source, files)
-    const job = daemonJob('resume', join(tmp.path, 'state'), source)
+    const job = daemonJob('resume', join(tmp.path, 'state'), source, ['--bwlimit=8m'])
     const run = backup(job, { now: at('2026-11-23T13:00:00Z'), retry: { attempts: 0 } })
     await waitFor(async () => (await readdir(join(daemon.modulePath, 'resume/2026-11-23T130000Z/f')).catch(() => [])).length > 20, 20_000)
     await daemon.kill()

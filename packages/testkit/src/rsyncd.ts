@@ -88,7 +88,7 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
     const uid = process.getuid?.() ?? 0
     const gid = process.getgid?.() ?? 0
     await writeFile(config, [
-      `log file = ${logFile}`, 'use chroot = no', `uid = ${uid}`, `gid = ${gid}`, 'max connections = 16', `lock file = ${join(dir.path, 'rsyncd.lock')}`,
+      `log file = ${logFile}`, 'socket options = TCP_NODELAY', 'reverse lookup = no', 'use chroot = no', `uid = ${uid}`, `gid = ${gid}`, 'max connections = 16', `lock file = ${join(dir.path, 'rsyncd.lock')}`,
       '[backups]', `path = ${modulePath}`, 'read only = no', 'auth users = backup', `secrets file = ${secrets}`, 'strict modes = yes',
       ...(options.moduleLines ?? []), '',
     ].join('\n'))
