@@ -1,0 +1,90 @@
+import { chmod, readdir, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { makeTempDir, requireTools, startRsyncd, startSshd, treeManifest, writeTree, type Rsyncd, type Sshd, type TempDir } from '@bb/testkit'
+import { waitFor } from './helpers.js'
+
+const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
+  return { code, stdout, stderr }
+}
+const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
+
+describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true }))('bbackup with an rsync daemon target (and through an ssh tunnel)', () => {
+  let daemon: Rsyncd
+  let sshd: Sshd
+  let tmp: TempDir
+  beforeAll(async () => {
+    daemon = await startRsyncd()
+    sshd = await startSshd()
+  })
+  afterAll(async () => {
+    await daemon?.stop()
+    await sshd?.stop()
+  })
+  beforeEach(async () => {
+    tmp = await makeTempDir('cli-rsyncd')
+    await writeTree(join(tmp.path, 'home'), { 'a.txt': 'alpha\n', 'docs/b.txt': 'bravo\n' })
+  })
+  afterEach(async () => {
+    await tmp?.cleanup()
+  })
+
+  it('runs, lists and restores with rsync://user@host:port/module/path and --password-file', async () => {
+    const target = daemon.url('cli')
+    const args = ['--password-file', daemon.passwordFile, '--state-dir', 'state']
+    const first = await runCli(['run', 'home', target, ...args, '--json'], tmp.path)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    await writeFile(join(tmp.path, 'home/a.txt'), 'changed\n')
+    const second = await runCli(['run', 'home', target, ...args, '--json'], tmp.path)
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    const made = await backupsIn(join(daemon.modulePath, 'cli'))
+    expect(made).toHaveLength(2)
+    const [one, two] = made.map((n) => join(daemon.modulePath, 'cli', n)) as [string, string]
+    expect((await stat(join(one, 'docs/b.txt'))).ino).toBe((await stat(join(two, 'docs/b.txt'))).ino)
+
+    const listed = await runCli(['list', 'home', target, ...args, '--json'], tmp.path)
+    expect(listed.code, listed.stderr).toBe(0)
+    expect(JSON.parse(listed.stdout)).toMatchObject([{ side: 'target', snapshots: [{ name: made[0], complete: true }, { name: made[1], complete: true }] }])
+    const restored = await runCli(['restore', target, 'latest', 'restored', '--password-file', daemon.passwordFile], tmp.path)
+    expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+    expect(await treeManifest(join(tmp.path, 'restored'))).toEqual(await treeManifest(join(tmp.path, 'home')))
+  })
+
+  it('refuses a password file others can read, with the fix, and writes nothing (the target failed: exit 10)', async () => {
+    const file = join(tmp.path, 'pw')
+    await writeFile(file, `${daemon.password}\n`)
+    await chmod(file, 0o644)
+    const r = await runCli(['run', 'home', daemon.url('refused'), '--password-file', 'pw', '--state-dir', 'state'], tmp.path)
+    expect(r.code).toBe(10)
+    expect(r.stderr).toContain(`the password file ${file} may be read or written by group or others (mode 0644)`)
+    expect(r.stdout).toContain('hint: chown 0')
+    expect(r.stdout).toContain('chmod 600')
+    expect(r.stderr + r.stdout).not.toContain(daemon.password)
+    expect(await readdir(daemon.modulePath)).not.toContain('refused')
+  })
+
+  it('reaches the daemon through --tunnel (a port forwarded over ssh), from the config, and closes it afterwards', async () => {
+    await writeFile(join(tmp.path, 'bbackup.toml'), [
+      '[jobs.home]', 'source = "home"', `targets = ["${daemon.url('tunnelled')}"]`, 'state_dir = "state"',
+      `password_file = "${daemon.passwordFile}"`, `tunnel = "root@127.0.0.1:${sshd.port}"`,
+      `ssh_identity = "${sshd.identityFile}"`, `ssh_known_hosts = "${sshd.knownHostsFile}"`, '',
+    ].join('\n'))
+    const before = await sshd.logins()
+    const r = await runCli(['run', '-c', 'bbackup.toml', '--json', '-v'], tmp.path)
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    const text = JSON.stringify(JSON.parse(r.stdout))
+    // rsync went to the local end of the tunnel, not to the daemon's own port
+    const ports = [...text.matchAll(/rsync:\/\/backup@127\.0\.0\.1:(\d+)\/backups\/tunnelled\/\d{4}-/g)].map((m) => Number(m[1]))
+    expect(ports).toHaveLength(1)
+    expect(ports[0]).not.toBe(daemon.port)
+    expect(await sshd.logins() - before).toBe(1)
+    expect(await backupsIn(join(daemon.modulePath, 'tunnelled'))).toHaveLength(1)
+    // the tunnel ended with the run
+    await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+  })
+})
