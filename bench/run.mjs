@@ -4,7 +4,8 @@
 //
 //   BENCH_FILES (20000)  BENCH_MB (1500)  BENCH_REPEAT (3)  BENCH_DIR (bench/.work)
 //   BENCH_BLOCK_GB (4): the image of the block driver's rounds;  BENCH_ONLY=block: those rounds alone
-import { execFileSync, spawnSync } from 'node:child_process'
+//   BENCH_ONLY=rsyncd: the rsync daemon rounds alone
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -141,6 +142,13 @@ const changeOnePercent = (round, tree = source) => {
 const flags = ['-a', ...(asRoot ? ['-H', '-A', '-X', '--numeric-ids'] : []), '--one-file-system', '--delete']
 run('tar', ['-cf', '/dev/null', '-C', source, '.']) // warm the page cache for everyone alike
 
+if (process.env.BENCH_ONLY === 'rsyncd') {
+  rsyncdBench()
+  rmSync(work, { recursive: true, force: true })
+  console.log(`\n${JSON.stringify({ files: FILES, mb: MB, repeat: REPEAT, rows })}`)
+  process.exit(0)
+}
+
 // --- rsync driver: full and 1% incremental -------------------------------------------------
 console.log('\nrsync driver (ratio goal <= 1.05)')
 const full = { ours: [], plain: [], plainSync: [] }
@@ -188,6 +196,50 @@ if (has('rsnapshot')) {
 } else {
   console.log('\nrsnapshot: not installed, skipped (apt-get install rsnapshot)')
 }
+
+// --- rsync daemon: a module on 127.0.0.1, the daemon making the hard links ---------------------
+function rsyncdBench() {
+  const dir = join(work, 'rsyncd')
+  const module = join(dir, 'module')
+  mkdirSync(module, { recursive: true })
+  const port = 20_000 + (process.pid % 20_000)
+  writeFileSync(join(dir, 'secrets'), 'backup:bench\n', { mode: 0o600 })
+  writeFileSync(join(dir, 'password'), 'bench\n', { mode: 0o600 })
+  writeFileSync(join(dir, 'rsyncd.conf'), [
+    'socket options = TCP_NODELAY', 'reverse lookup = no', 'use chroot = no', `uid = ${process.getuid?.() ?? 0}`, `gid = ${process.getgid?.() ?? 0}`,
+    `log file = ${join(dir, 'rsyncd.log')}`, '[backups]', `path = ${module}`, 'read only = no', 'auth users = backup', `secrets file = ${join(dir, 'secrets')}`, '',
+  ].join('\n'))
+  const daemon = spawn('rsync', ['--daemon', '--no-detach', `--config=${join(dir, 'rsyncd.conf')}`, `--port=${port}`, '--address=127.0.0.1'], { stdio: 'ignore' })
+  try {
+    for (let i = 0; i < 100 && spawnSync('rsync', ['--list-only', `rsync://127.0.0.1:${port}/`], { stdio: 'ignore' }).status !== 0; i++) spawnSync('sleep', ['0.05'])
+    const url = (path) => `rsync://backup@127.0.0.1:${port}/backups/${path}`
+    // what bbackup gives every daemon connection, so the comparison is of the work around rsync
+    const connection = ['--contimeout=30', '--timeout=300', '--sockopts=TCP_NODELAY', `--password-file=${join(dir, 'password')}`]
+    const ours = (r) => ['run', source, url(`bbackup${r}`), '--password-file', join(dir, 'password'), '--state-dir', join(dir, `state${r}`), '-q']
+    const daemonFull = { ours: [], plain: [], plainSync: [] }
+    const daemonIncr = { ours: [], plain: [], plainSync: [] }
+    for (let r = 0; r < REPEAT; r++) {
+      daemonFull.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a/`)])))
+      // bbackup has the daemon flush what it writes (--fsync): against rsync followed by a flush of the module's filesystem
+      daemonFull.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a2/`)]); run('sync', ['-f', module]) }))
+      daemonFull.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)])))
+      changeOnePercent(50 + r)
+      daemonIncr.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b/`)])))
+      daemonIncr.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b2/`)]); run('sync', ['-f', module]) }))
+      spawnSync('sleep', ['1'])
+      daemonIncr.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)])))
+    }
+    console.log('\nrsync daemon module on 127.0.0.1 (ratio goal <= 1.05 for the incremental)')
+    report('full backup to a module vs rsync -a', median(daemonFull.ours), median(daemonFull.plain), 'rsync to the module')
+    report('full backup to a module vs rsync -a + sync -f on the server', median(daemonFull.ours), median(daemonFull.plainSync), 'rsync+sync')
+    report('1% incremental to a module vs rsync --link-dest', median(daemonIncr.ours), median(daemonIncr.plain), 'rsync --link-dest to the module')
+    report('1% incremental to a module vs rsync --link-dest + sync -f on the server', median(daemonIncr.ours), median(daemonIncr.plainSync), 'rsync --link-dest+sync')
+  } finally {
+    daemon.kill('SIGTERM')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+rsyncdBench()
 
 // --- btrfs driver (root, btrfs-progs): full send, incremental vs btrbk, two targets ------------
 const btrfsReady = asRoot && has('btrfs') && has('mkfs.btrfs')

@@ -78,10 +78,19 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     ...(options.excludeFrom ?? []).map((p) => `--exclude-from=${p}`),
   ]
 
-  /** rsync must be installed at both ends: on this host and on the other, which rsync starts over ssh */
-  const hasRsync = (at: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
-    at.exec(['rsync', '--version'], signal === undefined ? {} : { signal }).andThen((r) =>
-      r.exitCode === 0 ? ok(undefined) : err(bbError('TOOL_MISSING', 'rsync --version failed', 'install rsync: apt-get install rsync', { stderr: r.stderr })))
+  /** rsync must be installed at both ends: on this host and on the other, which rsync starts over ssh; asked once per place */
+  const rsyncFound = new WeakMap<Transport, Promise<Result<void, BbError>>>()
+  const hasRsync = (at: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
+    const asked = rsyncFound.get(at) ?? (async (): Promise<Result<void, BbError>> => {
+      const r = await at.exec(['rsync', '--version'], signal === undefined ? {} : { signal }).andThen((ran) =>
+        ran.exitCode === 0 ? ok(undefined) : err(bbError('TOOL_MISSING', 'rsync --version failed', 'install rsync: apt-get install rsync', { stderr: ran.stderr })))
+      // only a success is remembered: a failure is asked again next time
+      if (r.isErr()) rsyncFound.delete(at)
+      return r
+    })()
+    rsyncFound.set(at, asked)
+    return new ResultAsync(asked)
+  }
 
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
     Result.combine(targets.map((t) => rsyncHost(source, t))).asyncAndThen(() => hasRsync(source, signal))
@@ -151,10 +160,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const resumeFrom = resume?.partialPath !== undefined && resume.partialPath !== partial && directlyIn(resume.partialPath, dir)
       && (await target.stat(resume.partialPath)).unwrapOr(undefined)?.kind === 'directory' ? resume.partialPath : undefined
     if (!dryRun) {
+      // where nothing can be renamed, rsync itself creates the backup's directory, after the marker
       const prepared = filesOnly
         ? await target.mkdir(join(dir, META))
           .andThen(() => target.writeFileAtomic(markerPath(dir, snapshot), `${JSON.stringify({ startedAt: new Date().toISOString(), host: hostname() })}\n`))
-          .andThen(() => target.mkdir(partial))
         : resumeFrom !== undefined ? await target.rename(resumeFrom, partial) : await target.mkdir(partial)
       if (prepared.isErr()) return err(prepared.error)
     }
