@@ -106,6 +106,11 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 const EXAMPLES: Readonly<Record<string, string>> = {
+  doctor: `
+Examples:
+  bbackup doctor rsyncd                                    an rsyncd.conf module "backups" in /srv/backups for user bbackup
+  bbackup doctor rsyncd --module laptops --path /tank/laptops --hosts-allow 192.168.1.0/24
+`,
   run: `
 Examples:
   bbackup run /home /mnt/backup/home              back up /home: a btrfs subvolume is snapshotted and sent,
@@ -507,6 +512,25 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .addHelpText('after', EXAMPLES.backup ?? '')
     .action(async (options: { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
       outcome = { code: await blockBackup(io, options.backupDir, options) }
+    })
+
+  program.command('doctor')
+    .description('check a setup; so far: print an rsyncd.conf module that bbackup can back up into')
+    .argument('<what>', 'rsyncd')
+    .option('--module <name>', 'rsyncd: the module\'s name', 'backups')
+    .option('--path <dir>', 'rsyncd: the module\'s directory on the server', '/srv/backups')
+    .option('--user <name>', 'rsyncd: the user of "auth users" (and the daemon\'s uid for the module)', 'bbackup')
+    .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
+    .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
+    .addHelpText('after', EXAMPLES.doctor ?? '')
+    .action(async (what: string, options: { module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
+      if (what !== 'rsyncd') {
+        return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor ${what} is not there yet`, 'bbackup doctor rsyncd prints a working rsync daemon module; the other checks are to come'), {}))
+      }
+      const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
+      const text = rsyncdModuleText({ module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow })
+      if (text.isErr()) return void (outcome = fail(text.error, {}))
+      io.stdout(text.value)
     })
 
   jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))

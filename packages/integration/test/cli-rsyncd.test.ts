@@ -1,4 +1,4 @@
-import { chmod, readdir, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { main } from '@bb/cli'
@@ -66,6 +66,33 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     expect(r.stdout).toContain('chmod 600')
     expect(r.stderr + r.stdout).not.toContain(daemon.password)
     expect(await readdir(daemon.modulePath)).not.toContain('refused')
+  })
+
+  it('doctor rsyncd prints a module that a real daemon serves and bbackup backs up into', async () => {
+    const modulePath = join(tmp.path, 'module')
+    await mkdir(modulePath)
+    const secrets = join(tmp.path, 'rsyncd.secrets')
+    const printed = await runCli(['doctor', 'rsyncd', '--module', 'fromdoctor', '--path', modulePath, '--user', 'root', '--secrets-file', secrets], tmp.path)
+    expect(printed.code, printed.stderr).toBe(0)
+    expect(printed.stdout).toContain('[fromdoctor]')
+    await writeFile(secrets, 'root:doctor-password\n', { mode: 0o600 })
+    await writeFile(join(tmp.path, 'pw'), 'doctor-password\n', { mode: 0o600 })
+    const served = await startRsyncd({ configText: printed.stdout })
+    try {
+      const target = `rsync://root@127.0.0.1:${served.port}/fromdoctor/laptop`
+      for (const round of [1, 2]) {
+        const r = await runCli(['run', 'home', target, '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
+        expect(r.code, r.stdout + r.stderr).toBe(0)
+        expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: true, mode: round === 1 ? 'full' : 'incremental' }] })
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+      }
+      const made = await backupsIn(join(modulePath, 'laptop'))
+      expect(made).toHaveLength(2)
+      const [one, two] = made.map((n) => join(modulePath, 'laptop', n)) as [string, string]
+      expect((await stat(join(one, 'a.txt'))).ino).toBe((await stat(join(two, 'a.txt'))).ino)
+    } finally {
+      await served.stop()
+    }
   })
 
   it('reaches the daemon through --tunnel (a port forwarded over ssh), from the config, and closes it afterwards', async () => {

@@ -35,12 +35,12 @@ export interface Rsyncd {
  * Starts `rsync --daemon --no-detach` on a free port of 127.0.0.1 with a generated rsyncd.conf:
  * module `backups`, writable, `auth users = backup` with a secrets file (strict modes), running
  * as the user of the tests (`uid`/`gid` 0 when root). Extra module lines (`refuse options = ...`)
- * can be given. `stop` ends the listener and the transfers it started, by pid.
+ * can be given, or `configText` in place of the module (the fixture keeps its port, log and pid). `stop` ends the listener and the transfers it started, by pid.
  * @example
  * const daemon = await startRsyncd()
  * try { ... daemon.url('host1') ... } finally { await daemon.stop() }
  */
-export const startRsyncd = async (options: { readonly moduleLines?: readonly string[] } = {}): Promise<Rsyncd> => {
+export const startRsyncd = async (options: { readonly moduleLines?: readonly string[]; readonly configText?: string } = {}): Promise<Rsyncd> => {
   const dir = await makeTempDir('rsyncd')
   const modulePath = join(dir.path, 'module')
   const config = join(dir.path, 'rsyncd.conf')
@@ -89,8 +89,10 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
     const gid = process.getgid?.() ?? 0
     await writeFile(config, [
       `log file = ${logFile}`, 'socket options = TCP_NODELAY', 'reverse lookup = no', 'use chroot = no', `uid = ${uid}`, `gid = ${gid}`, 'max connections = 16', `lock file = ${join(dir.path, 'rsyncd.lock')}`,
-      '[backups]', `path = ${modulePath}`, 'read only = no', 'auth users = backup', `secrets file = ${secrets}`, 'strict modes = yes',
-      ...(options.moduleLines ?? []), '',
+      ...(options.configText === undefined
+        ? ['[backups]', `path = ${modulePath}`, 'read only = no', 'auth users = backup', `secrets file = ${secrets}`, 'strict modes = yes', ...(options.moduleLines ?? [])]
+        : [options.configText]),
+      '',
     ].join('\n'))
     await start()
   } catch (e) {
