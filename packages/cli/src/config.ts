@@ -32,6 +32,8 @@ export interface JobSpec {
   readonly ssh?: SshSpec
   /** how rsync daemon locations are reached */
   readonly rsyncd?: RsyncdSpec
+  /** a mount point of /etc/fstab to mount for the run; the targets lie inside it */
+  readonly mount?: string
 }
 
 /** rsync daemon settings of a job: `password_file`, `tunnel` (docs/transports/rsyncd.md). */
@@ -70,7 +72,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -180,7 +182,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
       sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
       sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false),
-      passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'),
+      passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
@@ -191,7 +193,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(sshIdentity === undefined ? {} : { identityFile: sshIdentity }), ...(sshKnownHosts === undefined ? {} : { knownHostsFile: sshKnownHosts }),
       ...(sshOptions.length === 0 ? {} : { options: sshOptions }), ...(sshProgram === undefined ? {} : { program: sshProgram }), ...(v(fields.sshSudo) ? { sudo: true } : {}),
     }
-    const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel)
+    const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount)
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
     jobs.push({
       name, source: job.source, targets: targets as string[],
@@ -204,6 +206,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
+      ...(mount === undefined ? {} : { mount }),
     })
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs, blockJobs })

@@ -3,8 +3,8 @@ import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
-import { ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections, type RemoteSpec } from './build-job.js'
+import { okAsync, ResultAsync } from 'neverthrow'
+import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -50,6 +50,7 @@ interface CommonOptions {
   sshSudo?: boolean
   passwordFile?: string
   tunnel?: string
+  mount?: string
   retries?: string
 }
 
@@ -65,6 +66,7 @@ const sshOptions = (command: Command): Command =>
     .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
+    .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
 
 const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
@@ -199,7 +201,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; remoteOf: Map<Job, RemoteSpec>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -219,6 +221,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
+      ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
     const cliRsyncd = rsyncdSpecOf(options, io.cwd)
@@ -264,18 +267,43 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
     }
     const jobs: Job[] = []
-    const remoteOf = new Map<Job, RemoteSpec>()
+    const specOf = new Map<Job, JobSpec>()
     for (const spec of specs.map(withSsh)) {
       const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
       if (built.isErr()) return { error: built.error }
       jobs.push(built.value)
-      remoteOf.set(built.value, spec)
+      specOf.set(built.value, spec)
     }
-    return { jobs, remoteOf, blockJobs: withBlock ? blockJobs : [] }
+    return { jobs, specOf, blockJobs: withBlock ? blockJobs : [] }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
     options.wait === undefined || options.wait === false ? undefined : options.wait === true ? 24 * 3600 : Number(options.wait)
+
+  /**
+   * `--mount DIR`: the job's local targets must lie inside DIR, which is mounted from /etc/fstab for
+   * the run and unmounted after, if this run mounted it. A disk that is not plugged in ends the job
+   * with one line and exit 0 under cron (no terminal), as rsync-system-backup does; on a terminal
+   * it is an error.
+   */
+  const mountFor = async (job: Job, mountPoint: string | undefined, options: CommonOptions, signal: AbortSignal): Promise<{ release: () => ResultAsync<void, BbError> } | Outcome> => {
+    const nothing = { release: () => okAsync(undefined) }
+    if (mountPoint === undefined) return nothing
+    const { insideMountPoint, mountBackupDisk } = await import('@bb/transports/local')
+    for (const t of job.targets) {
+      if (t.location.kind !== 'local') continue
+      const inside = insideMountPoint(mountPoint, t.location.path)
+      if (inside.isErr()) return fail(inside.error, options)
+    }
+    if (options.dryRun === true) return nothing
+    const disk = await mountBackupDisk(mountPoint, { signal })
+    if (disk.isOk()) return disk.value
+    if (disk.error.details?.diskMissing === true && !io.isTTY) {
+      io.stderr(`bbackup: ${disk.error.message}; nothing backed up\n`)
+      return { code: EXIT.ok }
+    }
+    return fail(disk.error, options)
+  }
 
   /** Runs the engine's backup for each job, rendering events and the report. */
   const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
@@ -304,7 +332,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           for (const e of forgotten.value) if (verbosity >= 0 && options.json !== true) io.stderr(`forgot the pending transfer of ${e.snapshot} to ${e.target}\n`)
         }
         if (options.lockedDests === true) {
-          const widened = await withJournalledTargets(job, resolved.remoteOf.get(listed) ?? {}, connections)
+          const widened = await withJournalledTargets(job, resolved.specOf.get(listed) ?? {}, connections)
           if (widened.isErr()) {
             code = Math.max(code, fail(widened.error, options).code)
             continue
@@ -321,6 +349,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           code = Math.max(code, fail(bbError('INVALID_OPTIONS', `--retries ${options.retries} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options).code)
           break
         }
+        const disk = await mountFor(job, resolved.specOf.get(listed)?.mount, options, controller.signal)
+        if ('code' in disk) {
+          code = Math.max(code, disk.code)
+          continue
+        }
         const r = await backup(job, {
           ...(retries === undefined ? {} : { retry: { attempts: retries } }),
           ...wanted,
@@ -328,7 +361,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           signal: controller.signal,
           onEvent: options.json === true ? () => undefined : eventRenderer(io, verbosity),
           ...(w === undefined ? {} : { waitSeconds: w }),
-        })
+        }).andThen((report) => disk.release().map(() => report))
         if (r.isErr()) {
           code = Math.max(code, fail(r.error, options).code)
           continue

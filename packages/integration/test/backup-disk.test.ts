@@ -1,0 +1,103 @@
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdir, readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { finished, ROOT } from './helpers.js'
+
+/**
+ * Runs the CLI in a private mount namespace whose /etc/fstab is `fstab` (bind-mounted over it), so
+ * the test's fstab entries and mounts never reach the machine's. `before` runs first in that
+ * namespace; the shell prints STILL-MOUNTED if `mountPoint` is mounted when the CLI has exited.
+ */
+const runInNamespace = async (p: { fstab: string; mountPoint: string; args: readonly string[]; tty?: boolean; before?: string }) => {
+  const script = `mount --bind "$1" /etc/fstab || exit 97; ${p.before ?? ''}
+shift 2; "$@"; code=$?; if findmnt -n --mountpoint "$MP" >/dev/null; then echo STILL-MOUNTED; umount "$MP"; fi; exit $code`
+  const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', p.fstab, p.mountPoint,
+    process.execPath, '--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test/fixtures/cli.ts'), ...p.args], {
+    // tsx resolves from the repository; every path the test gives is absolute
+    cwd: ROOT,
+    env: { ...process.env, MP: p.mountPoint, ...(p.tty === true ? { BB_TEST_TTY: '1' } : {}) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  return finished(child)
+}
+
+describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount', 'losetup'], { root: true }))('--mount: the backup disk from /etc/fstab, mounted for the run (rsync-system-backup --mount)', () => {
+  let tmp: TempDir
+  let image: string
+  let mnt: string
+  let fstab: string
+  beforeEach(async () => {
+    tmp = await makeTempDir('backup-disk')
+    image = join(tmp.path, 'usb.img')
+    mnt = join(tmp.path, 'usb')
+    fstab = join(tmp.path, 'fstab')
+    await mkdir(mnt)
+    execFileSync('truncate', ['-s', '64M', image])
+    execFileSync('mkfs.ext4', ['-q', '-F', image])
+    await writeTree(join(tmp.path, 'home'), { 'a.txt': 'alpha\n', 'docs/b.txt': 'bravo\n' })
+  })
+  afterEach(async () => {
+    // a loop device left by a failed test is detached, then the files go
+    for (const line of execFileSync('losetup', ['-j', image], { encoding: 'utf8' }).split('\n')) {
+      const dev = line.split(':')[0]
+      if (dev !== undefined && dev !== '') execFileSync('losetup', ['-d', dev])
+    }
+    await tmp?.cleanup()
+  })
+
+  const backupsOnImage = (): string[] => {
+    const look = join(tmp.path, 'look')
+    execFileSync('mkdir', ['-p', look])
+    execFileSync('mount', ['-o', 'loop,ro', image, look])
+    try {
+      return execFileSync('ls', [join(look, 'backups')], { encoding: 'utf8' }).split('\n').filter((n) => /^\d{4}-/.test(n))
+    } finally {
+      execFileSync('umount', [look])
+    }
+  }
+
+  it('mounts the disk, backs up onto it, and unmounts it; the mount point itself stays empty', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const r = await runInNamespace({ fstab, mountPoint: mnt, args: ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(r.stdout).not.toContain('STILL-MOUNTED')
+    expect(execFileSync('losetup', ['-j', image], { encoding: 'utf8' }).trim()).toBe('')
+    expect(await readdir(mnt)).toEqual([])
+    expect(backupsOnImage()).toHaveLength(1)
+  })
+
+  it('leaves a disk mounted that was mounted before the run', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const r = await runInNamespace({ fstab, mountPoint: mnt, before: `mount "${mnt}" || exit 98;`, args: ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(r.stdout).toContain('STILL-MOUNTED')
+    expect(backupsOnImage()).toHaveLength(1)
+  })
+
+  it('a disk that is not plugged in: one line and exit 0 under cron, an error on a terminal; nothing written', async () => {
+    await writeFile(fstab, `UUID=0bad0bad-0000-4000-8000-000000000000 ${mnt} ext4 noauto,nofail 0 0\n`)
+    const args = ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')]
+    const cron = await runInNamespace({ fstab, mountPoint: mnt, args })
+    expect(cron.code, cron.stdout + cron.stderr).toBe(0)
+    expect(cron.stderr).toBe(`bbackup: the backup disk for ${mnt} (UUID=0bad0bad-0000-4000-8000-000000000000) is not connected; nothing backed up\n`)
+    const terminal = await runInNamespace({ fstab, mountPoint: mnt, args, tty: true })
+    expect(terminal.code).toBe(1)
+    expect(terminal.stderr).toContain('is not connected')
+    expect(terminal.stderr).toContain('plug it in')
+    expect(await readdir(mnt)).toEqual([])
+  })
+
+  it('refuses a target outside the mount point, and a mount point fstab does not know (exit 2)', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const outside = await runInNamespace({ fstab, mountPoint: mnt, args: ['run', join(tmp.path, 'home'), join(tmp.path, 'elsewhere'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
+    expect(outside.code).toBe(2)
+    expect(outside.stderr).toContain(`the target ${join(tmp.path, 'elsewhere')} is not inside the mount point ${mnt}`)
+    await writeFile(fstab, '\n')
+    const unknown = await runInNamespace({ fstab, mountPoint: mnt, args: ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toContain(`${mnt} is not in /etc/fstab`)
+    expect(await readdir(tmp.path)).not.toContain('elsewhere')
+  })
+})
