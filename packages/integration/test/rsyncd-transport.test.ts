@@ -151,12 +151,17 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect(await treeManifest(two)).toEqual(await treeManifest(source))
   })
 
-  it('finishes the run when the daemon is killed mid-transfer and comes back (scenario 12)', async () => {
+  /** 400 files of 64 KiB: with --bwlimit, a transfer that runs long enough to be cut */
+  const manyFiles = async (): Promise<string> => {
     const source = join(tmp.path, 'source')
-    // many files: the transfer runs long enough to be cut
     const files: Record<string, Buffer> = {}
     for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
     await writeTree(source, files)
+    return source
+  }
+
+  it('finishes the run when the daemon is killed mid-transfer and comes back (scenario 12)', async () => {
+    const source = await manyFiles()
     // slowed down, so that the kill lands mid-transfer
     const job = daemonJob('cut', join(tmp.path, 'state'), source, ['--bwlimit=8m'])
     const events: BackupEvent[] = []
@@ -184,10 +189,7 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
   }, 60_000)
 
   it('resumes what a failed run left: the next backup links from it and removes it, and it never counts as a backup', async () => {
-    const source = join(tmp.path, 'source')
-    const files: Record<string, Buffer> = {}
-    for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
-    await writeTree(source, files)
+    const source = await manyFiles()
     const job = daemonJob('resume', join(tmp.path, 'state'), source, ['--bwlimit=8m'])
     const run = backup(job, { now: at('2026-11-23T13:00:00Z'), retry: { attempts: 0 } })
     await waitFor(async () => (await readdir(join(daemon.modulePath, 'resume/2026-11-23T130000Z/f')).catch(() => [])).length > 20, 20_000)

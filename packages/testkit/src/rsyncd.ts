@@ -1,7 +1,7 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { accepting, descendantsOf, freePort } from './processes.js'
+import { descendantsOf, freePort, startServer, stopServer } from './processes.js'
 import { makeTempDir } from './temp-dir.js'
 
 /** A real `rsync --daemon` on 127.0.0.1 with one writable module that needs a password. */
@@ -52,29 +52,12 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
   let child: ChildProcess | undefined
 
   const start = async (): Promise<void> => {
-    const started = spawn('rsync', ['--daemon', '--no-detach', `--config=${config}`, `--port=${port}`, '--address=127.0.0.1'], { stdio: 'ignore' })
-    child = started
-    const deadline = Date.now() + 10_000
-    while (!(await accepting(port))) {
-      if (started.exitCode !== null) throw new Error(`rsync --daemon exited with ${started.exitCode}: ${await readFile(logFile, 'utf8').catch(() => '')}`)
-      if (Date.now() > deadline) throw new Error('rsync --daemon did not accept connections within 10 s')
-      await new Promise((r) => setTimeout(r, 20))
-    }
+    child = await startServer(['rsync', '--daemon', '--no-detach', `--config=${config}`, `--port=${port}`, '--address=127.0.0.1'], port, logFile)
   }
   const kill = async (): Promise<void> => {
     const listener = child
     child = undefined
-    if (listener?.pid === undefined || listener.exitCode !== null) return
-    for (const pid of descendantsOf(listener.pid)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    const gone = new Promise<void>((resolve) => listener.once('exit', () => resolve()))
-    listener.kill('SIGKILL')
-    await gone
+    await stopServer(listener, 'SIGKILL')
   }
   const stop = async (): Promise<void> => {
     await kill()

@@ -1,8 +1,8 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { accepting, descendantsOf, freePort } from './processes.js'
+import { descendantsOf, freePort, startServer, stopServer } from './processes.js'
 import { makeTempDir } from './temp-dir.js'
 
 /** A real OpenSSH server on 127.0.0.1, with its own host key and a client key that may log in. */
@@ -51,28 +51,12 @@ export const startSshd = async (): Promise<Sshd> => {
     await writeFile(knownHosts, `[127.0.0.1]:${port} ${pub}\n`)
   }
   const start = async (): Promise<void> => {
-    child = spawn('/usr/sbin/sshd', ['-D', '-f', config, '-E', log], { stdio: 'ignore' })
-    const deadline = Date.now() + 10_000
-    while (!(await accepting(port))) {
-      if (child.exitCode !== null) throw new Error(`sshd exited with ${child.exitCode}: ${await readFile(log, 'utf8').catch(() => '')}`)
-      if (Date.now() > deadline) throw new Error('sshd did not accept connections within 10 s')
-      await new Promise((r) => setTimeout(r, 20))
-    }
+    child = await startServer(['/usr/sbin/sshd', '-D', '-f', config, '-E', log], port, log)
   }
   const stopListener = async (): Promise<void> => {
     const listener = child
     child = undefined
-    if (listener?.pid === undefined || listener.exitCode !== null) return
-    for (const pid of descendantsOf(listener.pid)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    const gone = new Promise<void>((resolve) => listener.once('exit', () => resolve()))
-    listener.kill('SIGTERM')
-    await gone
+    await stopServer(listener, 'SIGTERM')
   }
   const stop = async (): Promise<void> => {
     await stopListener()
