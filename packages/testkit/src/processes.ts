@@ -44,36 +44,48 @@ const childrenOf = (pid: number): number[] => {
 /** every process below `pid` (children, their children, ...), from /proc */
 export const descendantsOf = (pid: number): number[] => childrenOf(pid).flatMap((c) => [c, ...descendantsOf(c)])
 
-/**
- * Starts a server (argv) and waits until it accepts on 127.0.0.1:port; throws with the end of its
- * log when it exits first or takes more than 10 s.
- */
-export const startServer = async (argv: readonly string[], port: number, logFile: string): Promise<ChildProcess> => {
-  const [file = '', ...args] = argv
-  const child = spawn(file, args, { stdio: 'ignore' })
-  const deadline = Date.now() + 10_000
-  while (!(await accepting(port))) {
-    if (child.exitCode !== null) throw new Error(`${file} exited with ${child.exitCode}: ${(await readFile(logFile, 'utf8').catch(() => '')).slice(-2000)}`)
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL')
-      throw new Error(`${file} did not accept connections within 10 s`)
-    }
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  return child
+/** A server process on 127.0.0.1 that a fixture starts, restarts and stops, by pid. */
+export interface ServerProcess {
+  /** starts it and waits until it accepts on the port; throws with the end of its log when it exits first or takes more than 10 s */
+  start(): Promise<void>
+  /** stops what it forked with SIGKILL, itself with the signal given at creation, and waits for it; safe to call twice */
+  stop(): Promise<void>
+  /** pids of the processes serving connections now (below the listener) */
+  sessionPids(): number[]
 }
 
-/** Stops a server started by {@link startServer}: what it forked with SIGKILL, itself with `signal`; waits for it to exit. */
-export const stopServer = async (server: ChildProcess | undefined, signal: NodeJS.Signals): Promise<void> => {
-  if (server?.pid === undefined || server.exitCode !== null || server.signalCode !== null) return
-  for (const pid of descendantsOf(server.pid)) {
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {
-      // already gone
-    }
+export const serverProcess = (argv: readonly string[], port: number, logFile: string, stopSignal: NodeJS.Signals): ServerProcess => {
+  const [file = '', ...args] = argv
+  let child: ChildProcess | undefined
+  return {
+    start: async () => {
+      const started = spawn(file, args, { stdio: 'ignore' })
+      child = started
+      const deadline = Date.now() + 10_000
+      while (!(await accepting(port))) {
+        if (started.exitCode !== null) throw new Error(`${file} exited with ${started.exitCode}: ${(await readFile(logFile, 'utf8').catch(() => '')).slice(-2000)}`)
+        if (Date.now() > deadline) {
+          started.kill('SIGKILL')
+          throw new Error(`${file} did not accept connections within 10 s`)
+        }
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    },
+    stop: async () => {
+      const server = child
+      child = undefined
+      if (server?.pid === undefined || server.exitCode !== null || server.signalCode !== null) return
+      for (const pid of descendantsOf(server.pid)) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // already gone
+        }
+      }
+      const gone = new Promise<void>((resolve) => server.once('exit', () => resolve()))
+      server.kill(stopSignal)
+      await gone
+    },
+    sessionPids: () => (child?.pid === undefined ? [] : descendantsOf(child.pid)),
   }
-  const gone = new Promise<void>((resolve) => server.once('exit', () => resolve()))
-  server.kill(signal)
-  await gone
 }

@@ -1,7 +1,6 @@
-import type { ChildProcess } from 'node:child_process'
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { descendantsOf, freePort, startServer, stopServer } from './processes.js'
+import { freePort, serverProcess } from './processes.js'
 import { makeTempDir } from './temp-dir.js'
 
 /** A real `rsync --daemon` on 127.0.0.1 with one writable module that needs a password. */
@@ -49,18 +48,9 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
   const logFile = join(dir.path, 'rsyncd.log')
   const password = `pw-${process.pid}-${Date.now().toString(36)}`
   const port = await freePort()
-  let child: ChildProcess | undefined
-
-  const start = async (): Promise<void> => {
-    child = await startServer(['rsync', '--daemon', '--no-detach', `--config=${config}`, `--port=${port}`, '--address=127.0.0.1'], port, logFile)
-  }
-  const kill = async (): Promise<void> => {
-    const listener = child
-    child = undefined
-    await stopServer(listener, 'SIGKILL')
-  }
+  const server = serverProcess(['rsync', '--daemon', '--no-detach', `--config=${config}`, `--port=${port}`, '--address=127.0.0.1'], port, logFile, 'SIGKILL')
   const stop = async (): Promise<void> => {
-    await kill()
+    await server.stop()
     await dir.cleanup()
   }
   try {
@@ -77,7 +67,7 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
         : [options.configText]),
       '',
     ].join('\n'))
-    await start()
+    await server.start()
   } catch (e) {
     await stop()
     throw e
@@ -92,9 +82,9 @@ export const startRsyncd = async (options: { readonly moduleLines?: readonly str
     password,
     directory: dir.path,
     url: (path = '') => `rsync://backup@127.0.0.1:${port}/backups${path === '' ? '' : `/${path}`}`,
-    kill,
-    start,
-    sessionPids: () => (child?.pid === undefined ? [] : descendantsOf(child.pid)),
+    kill: server.stop,
+    start: server.start,
+    sessionPids: server.sessionPids,
     log: () => readFile(logFile, 'utf8').catch(() => ''),
     stop,
   }

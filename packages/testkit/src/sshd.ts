@@ -1,8 +1,8 @@
-import { execFileSync, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { descendantsOf, freePort, startServer, stopServer } from './processes.js'
+import { freePort, serverProcess } from './processes.js'
 import { makeTempDir } from './temp-dir.js'
 
 /** A real OpenSSH server on 127.0.0.1, with its own host key and a client key that may log in. */
@@ -42,7 +42,6 @@ export const startSshd = async (): Promise<Sshd> => {
   const config = join(dir.path, 'sshd_config')
   const log = join(dir.path, 'sshd.log')
   const port = await freePort()
-  let child: ChildProcess | undefined
   const keygen = (file: string): void => {
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'bbackup-test', '-f', file], { stdio: 'ignore' })
   }
@@ -50,16 +49,9 @@ export const startSshd = async (): Promise<Sshd> => {
     const pub = (await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')
     await writeFile(knownHosts, `[127.0.0.1]:${port} ${pub}\n`)
   }
-  const start = async (): Promise<void> => {
-    child = await startServer(['/usr/sbin/sshd', '-D', '-f', config, '-E', log], port, log)
-  }
-  const stopListener = async (): Promise<void> => {
-    const listener = child
-    child = undefined
-    await stopServer(listener, 'SIGTERM')
-  }
+  const server = serverProcess(['/usr/sbin/sshd', '-D', '-f', config, '-E', log], port, log, 'SIGTERM')
   const stop = async (): Promise<void> => {
-    await stopListener()
+    await server.stop()
     await dir.cleanup()
   }
   try {
@@ -74,7 +66,7 @@ export const startSshd = async (): Promise<Sshd> => {
       'PrintMotd no', 'Subsystem sftp internal-sftp', '',
     ].join('\n'))
     mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
-    await start()
+    await server.start()
   } catch (e) {
     await stop()
     throw e
@@ -90,13 +82,13 @@ export const startSshd = async (): Promise<Sshd> => {
       await writeFile(authorizedKeys, lines.map((l) => `${l.replaceAll('%KEY%', key)}\n`).join(''))
     },
     rotateHostKey: async () => {
-      await stopListener()
+      await server.stop()
       execFileSync('rm', ['-f', hostKey, `${hostKey}.pub`])
       keygen(hostKey)
-      await start()
+      await server.start()
     },
     logins: async () => ((await readFile(log, 'utf8').catch(() => '')).match(/Accepted publickey/g) ?? []).length,
-    sessionPids: () => (child?.pid === undefined ? [] : descendantsOf(child.pid)),
+    sessionPids: server.sessionPids,
     stop,
   }
 }
