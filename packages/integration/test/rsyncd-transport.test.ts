@@ -56,7 +56,9 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     ok(await m.symlink('sub', 'ops/latest'))
     expect(ok(await m.readlink('ops/latest'))).toBe('sub')
 
-    // one name goes, with everything under it; its neighbours stay
+    // a tree is removed only when asked for; then one name goes, with everything under it; its neighbours stay
+    expect((await m.remove('ops/sub'))._unsafeUnwrapErr()).toMatchObject({ code: 'IO_FAILED', message: expect.stringContaining('not empty') })
+    expect((await stat(join(daemon.modulePath, 'ops/sub/deep/b.txt'))).isFile()).toBe(true)
     ok(await m.remove('ops/sub', { recursive: true }))
     ok(await m.remove('ops/a.txt'))
     expect((await readdir(join(daemon.modulePath, 'ops'))).sort()).toEqual(['latest', 'new', 'record.json', 'with space', 'x'])

@@ -160,13 +160,24 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
   const readlink = (path: string): ResultAsync<string | undefined, TransportError> =>
     listOnly(path, true).map((entries) => entries?.[0]?.linkTarget)
 
-  /** deletes one name of its directory: an empty directory synced with --delete, every other name excluded (so protected) */
-  const remove = (path: string): ResultAsync<void, TransportError> =>
+  /**
+   * deletes one name of its directory: an empty directory synced with --delete, every other name
+   * excluded (so protected). Without `recursive` only that name is matched, and rsync keeps a
+   * directory that is not empty (it says so on stdout, and exits 0), which is an error here.
+   */
+  const remove = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
     modulePath(path).asyncAndThen((p) => {
       if (p === '') return errAsync(bbError('INVALID_OPTIONS', `refusing to remove the whole module ${location.module}`, 'this is a bug in bbackup; please report it'))
       const parent = posix.dirname(p) === '.' ? '' : posix.dirname(p)
-      return withTemp((dir) => rsync(['-r', '--delete', `--include=/${literal(posix.basename(p))}`, `--include=/${literal(posix.basename(p))}/**`, '--exclude=*', `${dir}/`, `${url(parent).replace(/\/$/, '')}/`])
-        .andThen((r) => (r.exitCode === 0 || absent(r) ? ok(undefined) : err(failed('remove', path, r)))))
+      const name = literal(posix.basename(p))
+      const filters = o.recursive === true ? ['-r', `--include=/${name}`, `--include=/${name}/**`] : ['-d', `--include=/${name}`]
+      return withTemp((dir) => rsync([...filters, '--delete', '--exclude=*', `${dir}/`, `${url(parent).replace(/\/$/, '')}/`])
+        .andThen((r) => {
+          if (/cannot delete non-empty directory/.test(r.stdout)) {
+            return err(bbError('IO_FAILED', `cannot remove ${path} in module ${location.module} at ${display}: it is a directory that is not empty`, 'this is a bug in bbackup (it removes trees only when it means to); please report it', { host: display, path }))
+          }
+          return r.exitCode === 0 || absent(r) ? ok(undefined) : err(failed('remove', path, r))
+        }))
     })
 
   const spawn = (argv: readonly string[]): RunningCommand => ({
