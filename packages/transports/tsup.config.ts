@@ -1,3 +1,3 @@
 import { definePackage } from '../../tsup.shared.ts'
 
-export default definePackage({'local/index':'src/local/index.ts','ssh/index':'src/ssh/index.ts','rsyncd/index':'src/rsyncd/index.ts'})
+export default definePackage({'local/index':'src/local/index.ts','ssh/index':'src/ssh/index.ts','ssh/filter/index':'src/ssh/filter/index.ts','rsyncd/index':'src/rsyncd/index.ts'})

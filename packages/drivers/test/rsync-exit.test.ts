@@ -11,6 +11,7 @@ describe('classifyRsyncExit (reference/rsync.md §4)', () => {
     expect(classifyRsyncExit(5, '@ERROR: auth failed on module backups')).toEqual({ kind: 'refused', meaning: 'auth failed' })
     expect(classifyRsyncExit(5, "@ERROR: Unknown module 'nope'")).toEqual({ kind: 'refused', meaning: 'Unknown module' })
     expect(classifyRsyncExit(1, 'ERROR: password file must not be other-accessible')).toEqual({ kind: 'refused', meaning: 'password file must' })
+    expect(classifyRsyncExit(12, 'bbackup-remote: refused: the rsync option --log-file, which bbackup-remote does not allow\nrsync: connection unexpectedly closed (0 bytes received so far) [sender]')).toEqual({ kind: 'refused', meaning: 'bbackup-remote: refused: the rsync option --log-file, which bbackup-remote does not allow' })
   })
 
   it('keeps the backup-level outcomes: ok, vanished, partial, disk full, other failures', () => {

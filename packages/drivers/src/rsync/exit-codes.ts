@@ -37,8 +37,8 @@ export type RsyncOutcome =
 /** ENOSPC shows as exit 11 or 23 (or 12 when the receiver dies of it); its text is what tells. */
 const ENOSPC = /No space left on device|Disk quota exceeded/
 
-/** a daemon turned the client away: retrying does not help (reference/rsync.md §4: 1-5 are fatal) */
-const REFUSED = /@ERROR: (auth failed|Unknown module|access denied)|ERROR: module is read only|password file must/
+/** a daemon (or an ssh key's forced command) turned the client away: retrying does not help (reference/rsync.md §4: 1-5 are fatal) */
+const REFUSED = /@ERROR: (auth failed|Unknown module|access denied)|ERROR: module is read only|password file must|bbackup-remote: refused: .*/
 /** the connection could not be made, or was lost or timed out: a retry may succeed */
 const CONNECTION_LOST: ReadonlySet<number> = new Set([5, 10, 12, 30, 35])
 

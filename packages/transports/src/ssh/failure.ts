@@ -1,4 +1,5 @@
 import { bbError, type CommandResult, type TransportError } from '@bb/core'
+import { REFUSED_TAG } from './remote-protocol.js'
 
 /** Where a command ran, for messages: `backup@nas` or `nas:2222`. */
 export interface Endpoint {
@@ -28,6 +29,11 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
     return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,
       `check its fingerprint, then trust it once: ${keyscan(endpoint)} (or connect once with ssh and answer yes)`, details)
+  }
+  const refused = stderr.split('\n').find((l) => l.startsWith(REFUSED_TAG))
+  if (refused !== undefined) {
+    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${result.argv.slice(0, 3).join(' ')}: ${refused.slice(REFUSED_TAG.length).trim()}`,
+      'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...), or use a key that has it; see docs/transports/ssh.md', details)
   }
   if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {
     return bbError('AUTH_FAILED', `ssh could not log in to ${endpoint.display}: ${firstSshLine(stderr)}`,

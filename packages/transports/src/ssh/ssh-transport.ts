@@ -5,37 +5,13 @@ import {
 import { execCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand } from './quote.js'
+import { ABSENT, PID_TAG, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
 
-/** How a spawned remote command reports its pid, on the first line of its stderr. */
-const PID_TAG = 'bbackup-remote-pid:'
 /** a whole first line (a chunk can end inside the number) */
-const PID_LINE = /^bbackup-remote-pid:(\d+)\n/
+const PID_LINE = new RegExp(`^${PID_TAG}(\\d+)\\n`)
 /** in the stderr tail of a finished command, which is trimmed */
-const PID_PREFIX = /^bbackup-remote-pid:\d+\n?/
-
-/** The exit code the remote file scripts use for "nothing is there". */
-const ABSENT = 3
-
-/**
- * Small POSIX sh programs for the file operations, run as `sh -c PROGRAM sh ARG...`: the arguments
- * arrive as "$1", "$2", quoted once by remoteCommand, and are never part of the program text.
- * They need only POSIX sh and GNU coreutils/findutils (stat -c, find -printf, sync FILE, mv -T).
- */
-const SCRIPTS = {
-  read: `[ -e "$1" ] || exit ${ABSENT}; exec cat -- "$1"`,
-  // temp file beside the target, fsync, rename, fsync of the directory
-  write: 'd=${1%/*}; [ -n "$d" ] || d=/; t="$d/.${1##*/}.tmp-$$"; if cat > "$t" && sync -- "$t" && mv -fT -- "$t" "$1" && sync -- "$d"; then exit 0; fi; s=$?; rm -f -- "$t"; exit $s',
-  stat: `[ -e "$1" ] || [ -h "$1" ] || exit ${ABSENT}; exec stat -c '%F/%s/%Y/%d/%i' -- "$1"`,
-  list: `[ -d "$1" ] || exit ${ABSENT}; exec find "$1" -mindepth 1 -maxdepth 1 -printf '%y/%f\\0'`,
-  mkdir: '[ -d "$1" ] || mkdir -- "$1"',
-  mkdirp: 'exec mkdir -p -- "$1"',
-  rename: 'd=${2%/*}; [ -n "$d" ] || d=/; mv -fT -- "$1" "$2" && sync -- "$d"',
-  symlink: 'd=${2%/*}; [ -n "$d" ] || d=/; t="$d/.${2##*/}.tmp-$$"; ln -s -- "$1" "$t" && mv -fT -- "$t" "$2" && sync -- "$d"',
-  readlink: `[ -h "$1" ] || exit ${ABSENT}; exec readlink -- "$1"`,
-  remove: 'exec rm -f -- "$1"',
-  removeTree: 'exec rm -rf -- "$1"',
-} as const
+const PID_PREFIX = new RegExp(`^${PID_TAG}\\d+\\n?`)
 
 const KINDS: Readonly<Record<string, EntryStat['kind']>> = { 'regular file': 'file', 'regular empty file': 'file', directory: 'directory', 'symbolic link': 'symlink' }
 const FIND_KINDS: Readonly<Record<string, EntryStat['kind']>> = { f: 'file', d: 'directory', l: 'symlink' }
@@ -92,7 +68,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * notice that its connection closed, and would stay behind.
    */
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
-    const remote = remoteCommand([...sudo, 'sh', '-c', `echo "${PID_TAG}$$" >&2; exec "$@"`, 'sh', ...argv])
+    const remote = remoteCommand([...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...argv])
     let remotePid: string | undefined
     let seen = ''
     // a remote command with a NUL byte cannot run: start nothing, report why
@@ -121,7 +97,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
   }
 
   /** runs one of the file scripts; exit {@link ABSENT} is "nothing there", other failures become IO errors */
-  const script = (name: keyof typeof SCRIPTS, args: readonly string[], what: string, input?: string): ResultAsync<CommandResult, TransportError> =>
+  const script = (name: ScriptName, args: readonly string[], what: string, input?: string): ResultAsync<CommandResult, TransportError> =>
     exec(['sh', '-c', SCRIPTS[name], 'sh', ...args], input === undefined ? {} : { input }).andThen((r) => {
       if (r.exitCode === 0 || r.exitCode === ABSENT) return ok(r)
       const details = { host: connection.endpoint.display, path: args[0], stderr: r.stderr }

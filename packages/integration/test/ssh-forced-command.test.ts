@@ -1,0 +1,189 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { parseLocation, type SshLocation } from '@bb/core'
+import { openSshSession, sshTransport } from '@bb/transports/ssh'
+import { waitFor } from './helpers.js'
+import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+
+const ROOT = resolve(import.meta.dirname, '../../..')
+
+const runCli = async (argv: string[], cwd: string) => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
+  return { code, stdout, stderr }
+}
+
+const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
+
+/**
+ * Scenario 21 of reference/reliability.md §4 and the ssh transport's least-privilege mode: the
+ * key's authorized_keys line runs bbackup-remote (the bin's source, through tsx) as its forced
+ * command with `restrict`, on a real sshd.
+ */
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs'], { root: true }))('bbackup-remote as the forced command of a real sshd', () => {
+  let sshd: Sshd
+  let bin: TempDir
+  let fs: LoopFilesystem
+  let dir: string
+  let log: string
+  let ssh: string[]
+
+  /** authorized_keys: the client key may only run bbackup-remote with these options */
+  const forceCommand = async (options: string): Promise<void> => {
+    // the filter is started by the name the ancestry check of `kill` looks for
+    const command = `cd ${ROOT} && exec ${process.execPath} --conditions=@bb/source --import tsx ${join(bin.path, 'bbackup-remote.ts')} ${options} --log ${log}`
+    await sshd.setAuthorizedKeys([`command="${command}",restrict %KEY%`])
+  }
+  /** one raw request through ssh, as a hostile client would send it */
+  const request = (command: string) => spawnSync('ssh', ['-p', String(sshd.port), '-i', sshd.identityFile, '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '--', 'root@127.0.0.1', command], { encoding: 'utf8', timeout: 30_000 })
+  const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
+
+  beforeAll(async () => {
+    sshd = await startSshd()
+    bin = await makeTempDir('bbackup-remote-bin')
+    await symlink(join(ROOT, 'packages/cli/src/remote-cli.ts'), join(bin.path, 'bbackup-remote.ts'))
+    ssh = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+  })
+  afterAll(async () => {
+    await sshd?.stop()
+    await bin?.cleanup()
+  })
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    dir = fs.mountPoint
+    log = join(dir, 'filter.log')
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
+    await mkdir(join(dir, 'backup'))
+    await writeTree(join(dir, 'home'), { 'a.txt': 'a\n', 'docs/b.txt': 'b\n', 'big.bin': Buffer.alloc(1024 * 1024, 3) })
+  })
+  afterEach(async () => {
+    await fs?.cleanup()
+  })
+
+  it('a receive key takes btrfs backups, full then incremental, and cannot prune them', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const job = ['home', remote(join(dir, 'backup')), '--state-dir', 'state', ...ssh]
+    const first = await runCli(['run', ...job, '-q'], dir)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = await runCli(['run', ...job, '--json'], dir)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    const backups = await names(join(dir, 'backup'))
+    expect(backups).toHaveLength(2)
+    expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","btrfs","receive",/)
+
+    const pruned = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
+    expect(pruned.code).not.toBe(0)
+    expect(pruned.stdout + pruned.stderr).toMatch(/forced command .* refused .*needs the delete role/)
+    expect(await names(join(dir, 'backup'))).toEqual(backups)
+
+    // the same key with the delete role prunes, and keeps the newest
+    await forceCommand(`--role receive,delete --restrict-path ${join(dir, 'backup')}`)
+    const allowed = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
+    expect(allowed.code, allowed.stdout + allowed.stderr).toBe(0)
+    expect(await names(join(dir, 'backup'))).toEqual(backups.slice(1))
+  })
+
+  it('a receive key takes rsync backups with hard links to the previous one on the far side', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const job = ['--driver', 'rsync', join(dir, 'home'), remote(join(dir, 'backup')), '--state-dir', 'state', ...ssh]
+    expect((await runCli(['run', ...job, '-q'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = await runCli(['run', ...job, '-q'], dir)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    const [older, newer] = (await readdir(join(dir, 'backup'))).filter((n) => /^\d{4}-/.test(n)).sort()
+    expect((await stat(join(dir, 'backup', newer ?? '', 'big.bin'))).ino).toBe((await stat(join(dir, 'backup', older ?? '', 'big.bin'))).ino)
+    expect(await readFile(join(dir, 'backup', newer ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
+    expect(await readFile(log, 'utf8')).toMatch(/ receive \["rsync","--server","-[^"]*","--delete",.*"--link-dest",/)
+  })
+
+  it('lets the client stop a receive it started (a stalled one too), and no other process', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const session = openSshSession()
+    try {
+      const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+      const running = target.spawn(['btrfs', 'receive', join(dir, 'backup')], { stdin: 'pipe' })
+      const cmdline = (pid: number): string => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+        } catch {
+          return '' // gone between the listing and the read
+        }
+      }
+      const receiver = async (): Promise<number | undefined> => sshd.sessionPids().find((pid) => cmdline(pid).startsWith('btrfs\0receive'))
+      await waitFor(async () => (await receiver()) !== undefined, 10_000)
+      const pid = (await receiver()) as number
+      process.kill(pid, 'SIGSTOP')
+      // the pid line travels on ssh's stderr ahead of anything else
+      await new Promise((r) => setTimeout(r, 500))
+      running.kill('SIGKILL')
+      await running.done
+      await waitFor(async () => !existsSync(`/proc/${pid}`), 10_000)
+      expect(await readFile(log, 'utf8')).toMatch(new RegExp(` list \\["kill","-s","KILL","--","${pid}"\\]`))
+    } finally {
+      await session.close()
+    }
+    const other = request(`kill -s KILL -- ${process.pid}`)
+    expect(other.status).toBe(255)
+    expect(other.stderr).toMatch(/signalling process \d+, which bbackup-remote did not start/)
+  })
+
+  it('refuses hostile requests with exit 255 and a logged reason, and never runs them (scenario 21)', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const marker = join(dir, 'pwned')
+    await mkdir(join(dir, 'backup/outside-link-parent'))
+    await symlink('/etc', join(dir, 'backup/escape'))
+    const hostile = [
+      `touch ${marker}`,
+      `btrfs receive ${join(dir, 'backup')}; touch ${marker}`,
+      `btrfs receive $(touch ${marker})`,
+      `btrfs receive \`touch ${marker}\``,
+      `btrfs receive ${join(dir, 'backup')} | touch ${marker}`,
+      `btrfs receive ${join(dir, 'backup')} && touch ${marker}`,
+      `btrfs receive ${join(dir, 'backup')}\ntouch ${marker}`,
+      `sh -c 'touch ${marker}'`,
+      `sh -c 'echo "bbackup-remote-pid:$$" >&2; exec "$@"' sh touch ${marker}`,
+      `btrfs receive ${join(dir, 'backup/../pwned')}`,
+      `btrfs receive ${join(dir, 'backup/escape')}`,
+      `rsync --server -logDtpre.iLsfxCIvu --log-file=${marker} . ${join(dir, 'backup')}/`,
+      `rsync --server -s -logDtpre.iLsfxCIvu . ${join(dir, 'backup')}/`,
+      `btrfs send -q ${join(dir, 'backup')}`,
+      `sudo -n -- touch ${marker}`,
+      `kill -s KILL -- 1`,
+      `sh -c 'exec rm -rf -- "$1"' sh ${join(dir, 'backup')}`,
+    ]
+    for (const command of hostile) {
+      const r = request(command)
+      expect({ command, status: r.status }).toEqual({ command, status: 255 })
+      expect(r.stderr).toMatch(/^bbackup-remote: refused: /m)
+    }
+    expect(existsSync(marker)).toBe(false)
+    expect(existsSync(join(dir, 'backup'))).toBe(true)
+    const lines = (await readFile(log, 'utf8')).trim().split('\n')
+    expect(lines.filter((l) => / refused /.test(l))).toHaveLength(hostile.length)
+    expect(lines.find((l) => l.includes('escape'))).toMatch(/leads outside .* \(to "\/etc"\)/)
+    // and what bbackup sends still works through the same key
+    const benign = request('btrfs --version')
+    expect(benign.status).toBe(0)
+    expect(benign.stdout).toMatch(/^btrfs-progs v/)
+  })
+
+  it('lets a receive key delete an unfinished receive, never a finished backup', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'backup/home.unfinished')])
+    execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'backup/home.readonly')])
+    const finished = request(`btrfs subvolume delete --commit-after ${join(dir, 'backup/home.readonly')}`)
+    expect(finished.status).toBe(255)
+    expect(finished.stderr).toMatch(/a receive key deletes only its own unfinished receives/)
+    expect(existsSync(join(dir, 'backup/home.readonly'))).toBe(true)
+    const unfinished = request(`btrfs subvolume delete --commit-after ${join(dir, 'backup/home.unfinished')}`)
+    expect(unfinished.status, unfinished.stderr).toBe(0)
+    expect(existsSync(join(dir, 'backup/home.unfinished'))).toBe(false)
+  })
+})

@@ -1,0 +1,33 @@
+import { err, ok, type Result } from 'neverthrow'
+import { checkRequest } from './checks.js'
+import { decide, type FilterPolicy, type Role } from './policy.js'
+import { splitCommand } from './words.js'
+
+export { splitCommand } from './words.js'
+export { decide, ROLES } from './policy.js'
+export type { Check, Decision, FilterPolicy, Role } from './policy.js'
+export { checkRequest } from './checks.js'
+export { REFUSED_EXIT, REFUSED_TAG } from '../remote-protocol.js'
+
+/** a request the filter lets through: run `argv` as it is, with no shell */
+export interface AllowedRequest {
+  readonly argv: readonly string[]
+  readonly role: Role
+}
+
+/**
+ * The whole decision of the forced command `bbackup-remote` on one `SSH_ORIGINAL_COMMAND`:
+ * split it without a shell, match it against what bbackup sends and the key's roles, and check
+ * its paths and processes on this host. An error is the reason for the refusal.
+ * @example
+ * const r = await filterRequest(process.env.SSH_ORIGINAL_COMMAND, { roles: new Set(['receive']), roots: ['/srv/backups'], sudo: false })
+ */
+export const filterRequest = async (command: string | undefined, policy: FilterPolicy): Promise<Result<AllowedRequest, string>> => {
+  if (command === undefined) return err('no SSH_ORIGINAL_COMMAND: bbackup-remote runs as the forced command of an authorized_keys line, from sshd')
+  const argv = splitCommand(command)
+  if (argv.isErr()) return err(argv.error)
+  const decision = decide(argv.value, policy)
+  if (!decision.allowed) return err(decision.reason)
+  const problem = await checkRequest(decision.checks, policy, decision.argv[0] === 'sudo')
+  return problem === undefined ? ok({ argv: decision.argv, role: decision.role }) : err(problem)
+}

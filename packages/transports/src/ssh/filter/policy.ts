@@ -1,0 +1,185 @@
+import { posix } from 'node:path'
+import { SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
+import { parseRsyncServer } from './rsync-server.js'
+
+/**
+ * What a key may do: `list` looks (read, stat, list, show, versions) and comes with every role;
+ * `receive` writes new backups (btrfs receive, rsync into a directory, files); `send` reads
+ * backups out and takes snapshots of sources; `delete` deletes snapshots and backups.
+ */
+export type Role = 'send' | 'receive' | 'delete' | 'list'
+export const ROLES: readonly Role[] = ['send', 'receive', 'delete', 'list']
+
+export interface FilterPolicy {
+  readonly roles: ReadonlySet<Role>
+  /** absolute directories (real paths) that every path of a request must be inside */
+  readonly roots: readonly string[]
+  /** accept the `sudo -n --` prefix that `--ssh-sudo` adds, and keep it */
+  readonly sudo: boolean
+}
+
+/** what must still hold on the host before the command runs (checked by {@link checkRequest}) */
+export type Check =
+  /** exists or not, the path resolves (symlinks and all) inside one of the roots */
+  | { readonly kind: 'inside'; readonly path: string }
+  /** a btrfs subvolume that is an unfinished receive: writable and without a received uuid */
+  | { readonly kind: 'unfinished-receive'; readonly path: string }
+  /** a process that a bbackup-remote started (a send or a receive to stop) */
+  | { readonly kind: 'started-here'; readonly pid: number }
+
+export type Decision =
+  | { readonly allowed: true; readonly argv: readonly string[]; readonly role: Role; readonly checks: readonly Check[] }
+  | { readonly allowed: false; readonly reason: string }
+
+const SCRIPT_ROLES: Readonly<Record<ScriptName, Role>> = {
+  read: 'list', stat: 'list', list: 'list', readlink: 'list',
+  write: 'receive', mkdir: 'receive', mkdirp: 'receive', rename: 'receive', symlink: 'receive',
+  remove: 'delete', removeTree: 'delete',
+}
+const SCRIPT_BY_TEXT: ReadonlyMap<string, ScriptName> = new Map(Object.entries(SCRIPTS).map(([name, text]) => [text, name as ScriptName]))
+/** how many arguments each script takes, all of them paths except symlink's target */
+const SCRIPT_ARGS: Readonly<Record<ScriptName, number>> = {
+  read: 1, stat: 1, list: 1, readlink: 1, write: 1, mkdir: 1, mkdirp: 1, rename: 2, symlink: 2, remove: 1, removeTree: 1,
+}
+
+/**
+ * A recognised command: the role it needs (or `also` another), the checks, and for a delete of
+ * subvolumes, that a receive key may still do it when each one is an unfinished receive.
+ */
+type Match = { readonly role: Role; readonly checks: readonly Check[]; readonly also?: Role; readonly unfinished?: readonly string[] } | string
+
+const inside = (...paths: readonly string[]): Check[] => paths.map((path) => ({ kind: 'inside', path }))
+const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i])
+
+/** a path as bbackup sends it: absolute, with no `.` or `..` component and no NUL */
+const badPath = (path: string): string | undefined => {
+  if (!path.startsWith('/')) return `the relative path ${JSON.stringify(path)} (bbackup sends absolute paths)`
+  if (path.split('/').some((c) => c === '..' || c === '.')) return `the path ${JSON.stringify(path)}, which has a . or .. component`
+  return undefined
+}
+
+/** the btrfs commands the driver sends, by their fixed words; the rest are paths */
+const btrfs = (args: readonly string[]): Match | undefined => {
+  const [sub, verb] = args
+  if (same(args, ['--version'])) return { role: 'list', checks: [] }
+  if (sub === 'subvolume' && verb === 'show' && args.length === 3) return { role: 'list', checks: inside(args[2] as string) }
+  if (sub === 'filesystem' && verb === 'sync' && args.length === 3) return { role: 'receive', also: 'delete', checks: inside(args[2] as string) }
+  if (sub === 'subvolume' && verb === 'snapshot') {
+    if (args[2] === '-r' && args.length === 5) return { role: 'send', checks: inside(args[3] as string, args[4] as string) }
+    // a writable copy of a received backup, for a restore
+    if (args.length === 4 && !(args[2] as string).startsWith('-')) return { role: 'receive', checks: inside(args[2] as string, args[3] as string) }
+  }
+  if (sub === 'subvolume' && verb === 'delete' && args[2] === '--commit-after' && args.length > 3) {
+    const paths = args.slice(3)
+    return { role: 'delete', checks: inside(...paths), unfinished: paths }
+  }
+  if (sub === 'receive' && args.length === 2) return { role: 'receive', checks: inside(verb as string) }
+  if (sub === 'send') {
+    // btrfs send -q [--proto N] [--compressed-data] [-p PARENT] [-c CLONE]... SNAPSHOT
+    const paths: string[] = []
+    let i = 1
+    if (args[i] !== '-q') return undefined
+    for (i = 2; i < args.length - 1; i++) {
+      const a = args[i] as string
+      if (a === '--proto' && /^[12]$/.test(args[i + 1] ?? '')) i++
+      else if (a === '--compressed-data') continue
+      else if ((a === '-p' || a === '-c') && args[i + 1] !== undefined) paths.push(args[++i] as string)
+      else return `the btrfs send option ${JSON.stringify(a)}, which bbackup-remote does not allow`
+    }
+    if (i !== args.length - 1) return 'btrfs send without a snapshot'
+    return { role: 'send', checks: inside(...paths, args[i] as string) }
+  }
+  return undefined
+}
+
+const match = (argv: readonly string[], spawned: boolean): Match | undefined => {
+  const [program, ...args] = argv
+  if (spawned) {
+    // only the long-running transfers are started through the pid wrapper
+    if (program === 'btrfs' && (args[0] === 'send' || args[0] === 'receive')) return btrfs(args)
+    return undefined
+  }
+  switch (program) {
+    case 'true':
+      return { role: 'list', checks: [] }
+    case 'btrfs':
+      return btrfs(args)
+    case 'rsync': {
+      if (same(args, ['--version'])) return { role: 'list', checks: [] }
+      const request = parseRsyncServer(args)
+      if (typeof request === 'string') return request
+      const checks = inside(...request.paths, ...request.optionPaths)
+      if (request.sender) return request.deletes ? { role: 'delete', checks } : { role: 'send', checks }
+      // a receive may clean up inside an unfinished copy (`NAME.partial`), never in a published backup
+      const intoPartial = request.paths.length === 1 && /\.partial\/?$/.test(request.paths[0] as string)
+      return request.deletes && !intoPartial ? { role: 'delete', checks } : { role: 'receive', checks }
+    }
+    case 'stat':
+      return args.length === 4 && same(args.slice(0, 3), ['-f', '-c', '%T']) ? { role: 'list', checks: inside(args[3] as string) } : undefined
+    case 'sync':
+      return args.length === 2 && args[0] === '-f' ? { role: 'receive', checks: inside(args[1] as string) } : undefined
+    case 'rm':
+      return args.length === 4 && same(args.slice(0, 3), ['-rf', '--one-file-system', '--']) ? { role: 'delete', checks: inside(args[3] as string) } : undefined
+    case 'cp':
+      // a restore's copy out of a backup
+      return args.length === 5 && same(args.slice(0, 3), ['-a', '--reflink=auto', '--']) ? { role: 'receive', checks: inside(args[3] as string, args[4] as string) } : undefined
+    case 'kill': {
+      const pid = args[3] ?? ''
+      return args.length === 4 && args[0] === '-s' && /^(TERM|INT|KILL)$/.test(args[1] ?? '') && args[2] === '--' && /^[1-9]\d{0,9}$/.test(pid)
+        ? { role: 'list', checks: [{ kind: 'started-here', pid: Number(pid) }] }
+        : undefined
+    }
+    case 'sh': {
+      const name = args[0] === '-c' && args[2] === 'sh' ? SCRIPT_BY_TEXT.get(args[1] ?? '') : undefined
+      if (name === undefined) return undefined
+      const operands = args.slice(3)
+      if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
+      // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
+      return { role: SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
+    }
+    default:
+      return undefined
+  }
+}
+
+/** a request in a refusal: a script by its name and operands, a command by its first words */
+const label = (argv: readonly string[]): string => {
+  const name = argv[0] === 'sh' && argv[1] === '-c' ? SCRIPT_BY_TEXT.get(argv[2] ?? '') : undefined
+  return JSON.stringify(name === undefined ? argv.slice(0, 3).join(' ') : [name, ...argv.slice(4)].join(' '))
+}
+
+/**
+ * Whether a request (an argv from {@link splitCommand}) may run under this policy, and what must
+ * still be checked on the host first. A pure function of the request: the table of commands is
+ * exactly what bbackup's btrfs and rsync drivers send, with every path absolute.
+ * @example
+ * decide(['btrfs', 'receive', '/srv/backups/home'], { roles: new Set(['receive']), roots: ['/srv/backups'], sudo: false })
+ * // { allowed: true, role: 'receive', argv: [...], checks: [{ kind: 'inside', path: '/srv/backups/home' }] }
+ */
+export const decide = (request: readonly string[], policy: FilterPolicy): Decision => {
+  let argv = request
+  const sudo = same(argv.slice(0, 3), ['sudo', '-n', '--']) ? argv.slice(0, 3) : same(argv.slice(0, 2), ['sudo', '-n']) ? argv.slice(0, 2) : []
+  if (sudo.length > 0) {
+    if (!policy.sudo) return { allowed: false, reason: 'sudo, which this key may not use (add --sudo to the forced command)' }
+    argv = argv.slice(sudo.length)
+  }
+  const spawned = argv[0] === 'sh' && argv[1] === '-c' && argv[2] === SPAWN_WRAPPER && argv[3] === 'sh'
+  const m = match(spawned ? argv.slice(4) : argv, spawned)
+  if (m === undefined) return { allowed: false, reason: `the command ${label(argv)}, which is not one that bbackup sends` }
+  if (typeof m === 'string') return { allowed: false, reason: m }
+  let checks = m.checks
+  if (!policy.roles.has(m.role) && m.role !== 'list' && !(m.also !== undefined && policy.roles.has(m.also))) {
+    // a receive key cleans up after its own interrupted receive, and deletes nothing else
+    if (m.unfinished !== undefined && policy.roles.has('receive')) checks = [...checks, ...m.unfinished.map((path): Check => ({ kind: 'unfinished-receive', path }))]
+    else return { allowed: false, reason: `${label(spawned ? argv.slice(4) : argv)}, which needs the ${m.role} role (this key has ${[...policy.roles].join(', ')})` }
+  }
+  for (const c of checks) {
+    if (c.kind !== 'inside') continue
+    const bad = badPath(c.path)
+    if (bad !== undefined) return { allowed: false, reason: bad }
+    if (!policy.roots.some((root) => posix.normalize(c.path) === root || posix.normalize(c.path).startsWith(root === '/' ? '/' : `${root}/`))) {
+      return { allowed: false, reason: `the path ${JSON.stringify(c.path)}, which is outside ${policy.roots.join(', ')}` }
+    }
+  }
+  return { allowed: true, argv: request, role: m.role, checks }
+}

@@ -1,0 +1,40 @@
+/**
+ * What the ssh transport asks of a remote host, in one module without imports, so that the
+ * forced-command filter (`bbackup-remote`) recognises exactly the programs the transport sends.
+ */
+
+/** The exit code the remote file scripts use for "nothing is there". */
+export const ABSENT = 3
+
+/** How a spawned remote command reports its pid, on the first line of its stderr. */
+export const PID_TAG = 'bbackup-remote-pid:'
+
+/** run as `sh -c SPAWN_WRAPPER sh ARGV...`: says the pid, then becomes the command (same pid) */
+export const SPAWN_WRAPPER = `echo "${PID_TAG}$$" >&2; exec "$@"`
+
+/**
+ * Small POSIX sh programs for the file operations, run as `sh -c PROGRAM sh ARG...`: the arguments
+ * arrive as "$1", "$2", quoted once by remoteCommand, and are never part of the program text.
+ * They need only POSIX sh and GNU coreutils/findutils (stat -c, find -printf, sync FILE, mv -T).
+ */
+export const SCRIPTS = {
+  read: `[ -e "$1" ] || exit ${ABSENT}; exec cat -- "$1"`,
+  // temp file beside the target, fsync, rename, fsync of the directory
+  write: 'd=${1%/*}; [ -n "$d" ] || d=/; t="$d/.${1##*/}.tmp-$$"; if cat > "$t" && sync -- "$t" && mv -fT -- "$t" "$1" && sync -- "$d"; then exit 0; fi; s=$?; rm -f -- "$t"; exit $s',
+  stat: `[ -e "$1" ] || [ -h "$1" ] || exit ${ABSENT}; exec stat -c '%F/%s/%Y/%d/%i' -- "$1"`,
+  list: `[ -d "$1" ] || exit ${ABSENT}; exec find "$1" -mindepth 1 -maxdepth 1 -printf '%y/%f\\0'`,
+  mkdir: '[ -d "$1" ] || mkdir -- "$1"',
+  mkdirp: 'exec mkdir -p -- "$1"',
+  rename: 'd=${2%/*}; [ -n "$d" ] || d=/; mv -fT -- "$1" "$2" && sync -- "$d"',
+  symlink: 'd=${2%/*}; [ -n "$d" ] || d=/; t="$d/.${2##*/}.tmp-$$"; ln -s -- "$1" "$t" && mv -fT -- "$t" "$2" && sync -- "$d"',
+  readlink: `[ -h "$1" ] || exit ${ABSENT}; exec readlink -- "$1"`,
+  remove: 'exec rm -f -- "$1"',
+  removeTree: 'exec rm -rf -- "$1"',
+} as const
+
+export type ScriptName = keyof typeof SCRIPTS
+
+/** the exit status with which the filter refuses a request (as ssh_filter_btrbk.sh) */
+export const REFUSED_EXIT = 255
+/** the first words of the filter's refusal on stderr */
+export const REFUSED_TAG = 'bbackup-remote: refused:'

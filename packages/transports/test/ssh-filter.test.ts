@@ -1,0 +1,144 @@
+import { execFileSync } from 'node:child_process'
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { decide, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
+import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
+import { remoteCommand } from '../src/ssh/quote.js'
+import { SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+
+const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
+const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
+
+/** what sh makes of a command line put after `printf '%s\0'`: the words it would run */
+const shWords = (line: string): string[] => execFileSync('sh', ['-c', `printf '%s\\0' ${line}`], { encoding: 'utf8' }).split('\0').slice(0, -1)
+
+const policy = (roles: readonly Role[], extra: Partial<FilterPolicy> = {}): FilterPolicy => ({ roles: new Set(roles), roots: ['/srv/backups'], sudo: false, ...extra })
+const script = (name: keyof typeof SCRIPTS, ...args: string[]): string[] => ['sh', '-c', SCRIPTS[name], 'sh', ...args]
+const reason = (argv: readonly string[], p: FilterPolicy): string => {
+  const d = decide(argv, p)
+  return d.allowed ? 'allowed' : d.reason
+}
+
+describe('splitting SSH_ORIGINAL_COMMAND without a shell', () => {
+  it('gives back exactly the argv that remoteCommand quoted, for any argument', () => {
+    fc.assert(fc.property(fc.array(fc.oneof(hostile, anyText), { minLength: 1, maxLength: 5 }), (args) => {
+      expect(splitCommand(remoteCommand(['cmd', ...args])._unsafeUnwrap())._unsafeUnwrap()).toEqual(['cmd', ...args])
+    }), { numRuns: 500 })
+  })
+
+  it('reads rsync\'s backslash escaping of remote paths', () => {
+    expect(splitCommand('rsync --server -logDtpre.iLsfxCIvu . /srv/backups/x\\ y\\$z\\\'.partial/')._unsafeUnwrap())
+      .toEqual(['rsync', '--server', '-logDtpre.iLsfxCIvu', '.', "/srv/backups/x y$z'.partial/"])
+  })
+
+  it('never accepts a line that sh would read differently', () => {
+    fc.assert(fc.property(fc.array(fc.oneof(hostile, fc.constantFrom("'a b'", '\\ ', '\\$', 'x', ' ')), { minLength: 1, maxLength: 6 }).map((p) => p.join('')), (line) => {
+      const split = splitCommand(line)
+      if (split.isOk()) expect(shWords(line)).toEqual(split.value)
+    }), { numRuns: 400 })
+  })
+
+  it.each([
+    ['btrfs receive /srv/backups; touch /tmp/pwned', '";"'],
+    ['btrfs receive $(touch /tmp/pwned)', '"$"'],
+    ['btrfs receive `touch /tmp/pwned`', '"`"'],
+    ['btrfs receive /srv | sh', '"|"'],
+    ['btrfs receive /srv && sh', '"&"'],
+    ['cat > /etc/passwd', '">"'],
+    ['btrfs receive "/srv/backups"', '"\\""'],
+    ['rm -rf /srv/backups/*', '"*"'],
+    ['btrfs receive ~/x', 'starts with ~'],
+    ["btrfs receive '/srv/backups", 'unterminated'],
+    ['btrfs receive /srv\n touch /tmp/pwned', '"\\n"'],
+    ['', 'empty'],
+  ])('refuses %j', (line, why) => {
+    expect(splitCommand(line)._unsafeUnwrapErr()).toContain(why)
+  })
+})
+
+describe('what each role may run', () => {
+  it('lets a receive key receive, write and look, inside its directory only', () => {
+    const p = policy(['receive'])
+    expect(decide(['btrfs', 'receive', '/srv/backups/home'], p)).toEqual({ allowed: true, argv: ['btrfs', 'receive', '/srv/backups/home'], role: 'receive', checks: [{ kind: 'inside', path: '/srv/backups/home' }] })
+    expect(reason(['sh', '-c', SPAWN_WRAPPER, 'sh', 'btrfs', 'receive', '/srv/backups/home'], p)).toBe('allowed')
+    expect(reason(script('write', '/srv/backups/home/.bbackup/x'), p)).toBe('allowed')
+    expect(reason(script('list', '/srv/backups'), p)).toBe('allowed')
+    expect(reason(['btrfs', 'receive', '/etc'], p)).toContain('outside /srv/backups')
+    expect(reason(['btrfs', 'receive', '/srv/backupsX'], p)).toContain('outside /srv/backups')
+    expect(reason(['btrfs', 'receive', '/srv/backups/../../etc'], p)).toContain('.. component')
+    expect(reason(['btrfs', 'receive', 'srv/backups'], p)).toContain('relative path')
+  })
+
+  it('does not let a receive key delete, send or take snapshots', () => {
+    const p = policy(['receive'])
+    expect(reason(script('removeTree', '/srv/backups/home'), p)).toContain('needs the delete role')
+    expect(reason(['rm', '-rf', '--one-file-system', '--', '/srv/backups/home.1'], p)).toContain('needs the delete role')
+    expect(reason(['btrfs', 'send', '-q', '/srv/backups/home.1'], p)).toContain('needs the send role')
+    expect(reason(['btrfs', 'subvolume', 'snapshot', '-r', '/srv/backups/a', '/srv/backups/b'], p)).toContain('needs the send role')
+    // rsync --delete only inside an unfinished copy
+    expect(reason(['rsync', '--server', '-logDtpre.iLsfxCIvu', '--delete', '.', '/srv/backups/home.2026.partial/'], p)).toBe('allowed')
+    expect(reason(['rsync', '--server', '-logDtpre.iLsfxCIvu', '--delete', '.', '/srv/backups/home.2026/'], p)).toContain('needs the delete role')
+  })
+
+  it('lets a receive key delete a subvolume only after checking that it is an unfinished receive', () => {
+    const d = decide(['btrfs', 'subvolume', 'delete', '--commit-after', '/srv/backups/home.1'], policy(['receive']))
+    expect(d).toMatchObject({ allowed: true, checks: [{ kind: 'inside', path: '/srv/backups/home.1' }, { kind: 'unfinished-receive', path: '/srv/backups/home.1' }] })
+    expect(decide(['btrfs', 'subvolume', 'delete', '--commit-after', '/srv/backups/home.1'], policy(['delete']))).toMatchObject({ allowed: true, checks: [{ kind: 'inside' }] })
+    expect(reason(['btrfs', 'subvolume', 'delete', '--commit-after', '/srv/backups/home.1'], policy(['send']))).toContain('needs the delete role')
+  })
+
+  it('lets a send key send with parents inside its directories, and a list key only look', () => {
+    expect(reason(['btrfs', 'send', '-q', '--proto', '2', '--compressed-data', '-p', '/srv/backups/a', '/srv/backups/b'], policy(['send']))).toBe('allowed')
+    expect(reason(['btrfs', 'send', '-q', '-p', '/etc/a', '/srv/backups/b'], policy(['send']))).toContain('outside')
+    expect(reason(['btrfs', 'send', '-q', '-f', '/srv/backups/out', '/srv/backups/b'], policy(['send']))).toContain('does not allow')
+    expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['send']))).toBe('allowed')
+    expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['list']))).toContain('needs the send role')
+    expect(reason(['btrfs', 'subvolume', 'show', '/srv/backups/a'], policy(['list']))).toBe('allowed')
+    expect(reason(script('write', '/srv/backups/x'), policy(['list']))).toContain('needs the receive role')
+  })
+
+  it('refuses what bbackup never sends, and sudo unless the key allows it', () => {
+    const p = policy(['send', 'receive', 'delete'])
+    expect(reason(['sh', '-c', 'touch /tmp/pwned'], p)).toContain('not one that bbackup sends')
+    expect(reason(['sh', '-c', SPAWN_WRAPPER, 'sh', 'sh', '-c', 'touch /tmp/pwned'], p)).toContain('not one that bbackup sends')
+    expect(reason(['bash', '-i'], p)).toContain('not one that bbackup sends')
+    expect(reason(['btrfs', 'property', 'set', '/srv/backups/a', 'ro', 'false'], p)).toContain('not one that bbackup sends')
+    expect(reason(['kill', '-s', 'KILL', '--', '-1'], p)).toContain('not one that bbackup sends')
+    expect(reason(script('read', '/srv/backups/a', '/etc/shadow'), p)).toContain('2 arguments')
+    expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], p)).toContain('--sudo')
+    expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], { ...p, sudo: true })).toBe('allowed')
+    expect(reason(['sudo', '-n', 'rsync', '--server', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/a.partial/'], { ...p, sudo: true })).toBe('allowed')
+  })
+
+  it('never lets a generated request out of the directory or past the table', () => {
+    const p = policy(['receive', 'send', 'delete'])
+    fc.assert(fc.property(fc.constantFrom('btrfs receive', 'btrfs send -q', 'rsync --server .', 'stat -f -c %T', 'sync -f'), fc.array(fc.oneof(hostile, fc.constantFrom('/srv/backups/', '/srv/backups/a', '/etc', '--log-file=/tmp/x', '-L')), { minLength: 1, maxLength: 3 }), (prefix, args) => {
+      const d = decide([...prefix.split(' '), ...args], p)
+      if (!d.allowed) return
+      for (const c of d.checks) if (c.kind === 'inside') expect(c.path === '/srv/backups' || c.path.startsWith('/srv/backups/')).toBe(true)
+      expect(args.every((a) => !a.includes('..'))).toBe(true)
+    }), { numRuns: 500 })
+  })
+})
+
+describe('rsync --server requests', () => {
+  it('reads what an rsync client sends, with the link-dest resolved against the destination', () => {
+    expect(parseRsyncServer(['--server', '-lHogDtpAXre.iLsfxCIvu', '--delete', '--stats', '--numeric-ids', '--fsync', '--link-dest', '../home.1', '.', '/srv/backups/home.2.partial/']))
+      .toEqual({ sender: false, paths: ['/srv/backups/home.2.partial/'], optionPaths: ['/srv/backups/home.1'], deletes: true })
+  })
+
+  it.each([
+    [['--server', '-s', '.', '/srv/backups/a'], '"-s"'],
+    [['--server', '-logDtprLe.iLsfxCIvu', '.', '/srv/backups/a'], 'does not allow'],
+    [['--server', '--log-file=/tmp/x', '.', '/srv/backups/a'], '--log-file'],
+    [['--server', '--files-from', '/etc/shadow', '.', '/srv/backups/a'], '--files-from'],
+    [['--server', '--daemon', '.', '/srv/backups/a'], '--daemon'],
+    [['--server', '-logDtpre.iLsfxCIvu', '--sender', '.', '/srv/backups/a'], '--sender anywhere'],
+    [['--server', '-logDtpre.iLsfxCIvu', '/srv/backups/a'], '"/srv/backups/a", which bbackup-remote does not allow'],
+    [['--server', '-logDtpre.iLsfxCIvu', '--numeric-ids'], '"." argument'],
+    [['--server', '-logDtpre.iLsfxCIvu', '.'], 'without a path'],
+    [['-logDtpre.iLsfxCIvu', '.', '/srv/backups/a'], 'without --server'],
+  ])('refuses %j', (args, why) => {
+    expect(parseRsyncServer(args)).toEqual(expect.stringContaining(why))
+  })
+})
