@@ -5,6 +5,7 @@ import { backup, bbError, forgetPending, formatLocation, InternalError, list, pa
 import type { SshSession } from '@bb/transports/ssh'
 import { okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
+import type { DoctorRole } from './doctor-ssh.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -110,6 +111,8 @@ const jobOptions = (command: Command): Command =>
 const EXAMPLES: Readonly<Record<string, string>> = {
   doctor: `
 Examples:
+  bbackup doctor backup@nas:/srv/backups                   can this host back up there over ssh? and the authorized_keys line
+  bbackup doctor ssh://root@web1/home --role send --driver btrfs    a source to pull from
   bbackup doctor rsyncd                                    an rsyncd.conf module "backups" in /srv/backups for user bbackup
   bbackup doctor rsyncd --module laptops --path /tank/laptops --hosts-allow 192.168.1.0/24
 `,
@@ -547,23 +550,47 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       outcome = { code: await blockBackup(io, options.backupDir, options) }
     })
 
-  program.command('doctor')
-    .description('check a setup; so far: print an rsyncd.conf module that bbackup can back up into')
-    .argument('<what>', 'rsyncd')
+  sshOptions(program.command('doctor'))
+    .description('check a setup: an ssh location (connection, tools, directory, the authorized_keys line), or print an rsyncd.conf module')
+    .argument('<what>', 'ssh://[user@]host[:port]/path or [user@]host:/path, or rsyncd')
+    .option('--role <roles>', 'ssh: what the key is for, comma-separated: receive (a target), send (a source), delete, list', 'receive')
+    .option('--driver <driver>', 'ssh: check for this driver only (btrfs or rsync)')
     .option('--module <name>', 'rsyncd: the module\'s name', 'backups')
     .option('--path <dir>', 'rsyncd: the module\'s directory on the server', '/srv/backups')
     .option('--user <name>', 'rsyncd: the user of "auth users" (and the daemon\'s uid for the module)', 'bbackup')
     .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
     .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
     .addHelpText('after', EXAMPLES.doctor ?? '')
-    .action(async (what: string, options: { module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
-      if (what !== 'rsyncd') {
-        return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor ${what} is not there yet`, 'bbackup doctor rsyncd prints a working rsync daemon module; the other checks are to come'), {}))
+    .action(async (what: string, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
+      if (what === 'rsyncd') {
+        const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
+        const text = rsyncdModuleText({ module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow })
+        if (text.isErr()) return void (outcome = fail(text.error, {}))
+        return void io.stdout(text.value)
       }
-      const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
-      const text = rsyncdModuleText({ module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow })
-      if (text.isErr()) return void (outcome = fail(text.error, {}))
-      io.stdout(text.value)
+      const location = parseLocation(what, { cwd: io.cwd })
+      if (location.isErr() || location.value.kind !== 'ssh') {
+        return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks an ssh location or prints an rsyncd module; ${JSON.stringify(what)} is neither`, 'give ssh://[user@]host/path (or [user@]host:/path), or rsyncd'), {}))
+      }
+      const roles = options.role.split(',')
+      const badRole = roles.find((r) => !['receive', 'send', 'delete', 'list'].includes(r))
+      if (badRole !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `unknown role ${JSON.stringify(badRole)}`, 'give --role receive, send, delete or list (comma-separated)'), {}))
+      if (options.driver !== undefined && options.driver !== 'btrfs' && options.driver !== 'rsync') {
+        return void (outcome = fail(bbError('INVALID_OPTIONS', `bbackup doctor checks the btrfs and rsync drivers over ssh, not ${JSON.stringify(options.driver)}`, 'give --driver btrfs or --driver rsync (or leave it out)'), {}))
+      }
+      const ssh = sshSpecOf(options, io.cwd)
+      const transport = await transportFor(location.value, { ssh }, connections)
+      if (transport.isErr()) return void (outcome = fail(transport.error, {}))
+      const { authorizedKeysLine, doctorSsh, renderFindings } = await import('./doctor-ssh.js')
+      const input = {
+        location: location.value, transport: transport.value, roles: roles as DoctorRole[], sudo: ssh.sudo === true,
+        ...(options.driver === undefined ? {} : { driver: options.driver as 'btrfs' | 'rsync' }),
+        ...(ssh.identityFile === undefined ? {} : { identityFile: ssh.identityFile }),
+      }
+      const findings = await doctorSsh(input)
+      io.stdout(renderFindings(findings, await authorizedKeysLine(input), input.sudo))
+      // a key that may still run anything is advice, not a failure
+      outcome = { code: findings.some((f) => !f.ok && f.what !== 'restricted') ? EXIT.error : EXIT.ok }
     })
 
   jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))

@@ -35,10 +35,12 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
 
   /** authorized_keys: the client key may only run bbackup-remote with these options */
   const forceCommand = async (options: string): Promise<void> => {
-    // the filter is started by the name the ancestry check of `kill` looks for
-    const command = `cd ${ROOT} && exec ${process.execPath} --conditions=@bb/source --import tsx ${join(bin.path, 'bbackup-remote.ts')} ${options} --log ${log}`
-    await sshd.setAuthorizedKeys([`command="${command}",restrict %KEY%`])
+    await sshd.setAuthorizedKeys([`command="bbackup-remote ${options} --log ${log}",restrict %KEY%`].map(runFromSource))
   }
+  /** an authorized_keys line for `bbackup-remote` as installed, made to run the filter's source */
+  const runFromSource = (line: string): string =>
+    // the filter is started by the name that the ancestry check of `kill` looks for
+    line.replace('command="bbackup-remote ', `command="cd ${ROOT} && exec ${process.execPath} --conditions=@bb/source --import tsx ${join(bin.path, 'bbackup-remote.ts')} `)
   /** one raw request through ssh, as a hostile client would send it */
   const request = (command: string) => spawnSync('ssh', ['-p', String(sshd.port), '-i', sshd.identityFile, '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '--', 'root@127.0.0.1', command], { encoding: 'utf8', timeout: 30_000 })
   const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
@@ -62,7 +64,39 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     await writeTree(join(dir, 'home'), { 'a.txt': 'a\n', 'docs/b.txt': 'b\n', 'big.bin': Buffer.alloc(1024 * 1024, 3) })
   })
   afterEach(async () => {
+    await sshd.setAuthorizedKeys(['%KEY%'])
     await fs?.cleanup()
+  })
+
+  it('doctor checks the location, prints the authorized_keys line, and the key works with that line', async () => {
+    const target = remote(join(dir, 'backup'))
+    const open = await runCli(['doctor', target, '--driver', 'btrfs', ...ssh], dir)
+    expect(open.code, open.stdout + open.stderr).toBe(0)
+    expect(open.stdout).toMatch(/^ok +connection: logged in to root@127\.0\.0\.1:\d+ without a prompt$/m)
+    expect(open.stdout).toMatch(/^ok +btrfs: btrfs-progs v/m)
+    expect(open.stdout).toMatch(/^ok +filesystem: .* is on btrfs$/m)
+    expect(open.stdout).toMatch(/^ok +writable: wrote and removed a file/m)
+    expect(open.stdout).toMatch(/^PROBLEM restricted: this key may run any command/m)
+    const pub = (await readFile(`${sshd.identityFile}.pub`, 'utf8')).trim()
+    const line = open.stdout.split('\n').find((l) => l.startsWith('command='))
+    expect(line).toBe(`command="bbackup-remote --role receive --restrict-path ${join(dir, 'backup')} --log /var/log/bbackup-remote.log",restrict ${pub}`)
+
+    await sshd.setAuthorizedKeys([runFromSource((line ?? '').replace('/var/log/bbackup-remote.log', log))])
+    const held = await runCli(['doctor', target, '--driver', 'btrfs', ...ssh], dir)
+    expect(held.code, held.stdout).toBe(0)
+    expect(held.stdout).toMatch(/^ok +restricted: this key already runs bbackup-remote as its forced command$/m)
+    expect(held.stdout).toMatch(/^ok +writable: wrote .*\/\.bbackup\/doctor-.* \(left there: the key may not delete\)$/m)
+    const run = await runCli(['run', 'home', target, '--state-dir', 'state', '-q', ...ssh], dir)
+    expect(run.code, run.stdout + run.stderr).toBe(0)
+
+    // a location that is not btrfs, a missing directory: named, with the fix, exit 1
+    await sshd.setAuthorizedKeys(['%KEY%'])
+    const missing = await runCli(['doctor', remote(join(dir, 'nowhere')), '--driver', 'btrfs', ...ssh], dir)
+    expect(missing.code).toBe(1)
+    expect(missing.stdout).toMatch(/^PROBLEM directory: .*nowhere does not exist\n +fix: create it there: mkdir -p /m)
+    const notBtrfs = await runCli(['doctor', remote('/tmp'), '--driver', 'btrfs', ...ssh], dir)
+    expect(notBtrfs.code).toBe(1)
+    expect(notBtrfs.stdout).toMatch(/^PROBLEM filesystem: \/tmp is on \S+, not btrfs/m)
   })
 
   it('a receive key takes btrfs backups, full then incremental, and cannot prune them', async () => {

@@ -1,0 +1,110 @@
+import { readFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { posix } from 'node:path'
+import type { BbError, SshLocation, Transport } from '@bb/core'
+
+export type DoctorRole = 'receive' | 'send' | 'delete' | 'list'
+
+export interface DoctorSshInput {
+  readonly location: SshLocation
+  readonly transport: Transport
+  /** what the key is for: receive (a push target, default), send (a pull source) */
+  readonly roles: readonly DoctorRole[]
+  /** the backups go with this driver; both tools are checked when not given */
+  readonly driver?: 'btrfs' | 'rsync'
+  /** the key that logs in, whose public half goes into authorized_keys */
+  readonly identityFile?: string
+  readonly sudo: boolean
+}
+
+export interface Finding {
+  readonly ok: boolean
+  readonly what: string
+  readonly detail: string
+  /** for a problem: how to fix it */
+  readonly fix?: string
+}
+
+const found = (what: string, detail: string): Finding => ({ ok: true, what, detail })
+const problem = (what: string, detail: string, fix: string): Finding => ({ ok: false, what, detail, fix })
+const fromError = (what: string, e: BbError): Finding => problem(what, e.message, e.hint)
+
+/** the first line of `--version` output, or the error that says why there is none */
+const version = async (t: Transport, tool: 'btrfs' | 'rsync'): Promise<Finding> => {
+  const r = await t.exec([tool, '--version'])
+  if (r.isErr()) return fromError(tool, r.error)
+  if (r.value.exitCode !== 0) return problem(tool, `${tool} --version failed: ${r.value.stderr.trim() || `exit ${r.value.exitCode}`}`, `install ${tool === 'btrfs' ? 'btrfs-progs' : 'rsync'} there`)
+  return found(tool, r.value.stdout.split('\n')[0]?.trim() ?? '')
+}
+
+/**
+ * What `bbackup doctor ssh://host/path` checks, in order, each with the fix for a problem: the
+ * connection (host key, login), the tools the driver needs on the other side, the directory
+ * (there, a directory, btrfs for the btrfs driver, writable for a target), and whether the key
+ * is already held to bbackup-remote. Stops at the first problem that makes the rest meaningless.
+ */
+export const doctorSsh = async (input: DoctorSshInput): Promise<Finding[]> => {
+  const t = input.transport
+  const path = input.location.path
+  const findings: Finding[] = []
+  const login = await t.stat(path)
+  if (login.isErr() && login.error.code !== 'NOT_FOUND' && login.error.code !== 'IO_FAILED') return [fromError('connection', login.error)]
+  findings.push(found('connection', `logged in to ${input.location.user === undefined ? '' : `${input.location.user}@`}${input.location.host}${input.location.port === undefined ? '' : `:${input.location.port}`} without a prompt`))
+
+  for (const tool of input.driver === undefined ? (['btrfs', 'rsync'] as const) : [input.driver]) {
+    const f = await version(t, tool)
+    // without a driver named, one of the two tools is enough
+    findings.push(f.ok || input.driver !== undefined ? f : { ...f, ok: true, detail: `${f.detail} (needed only for the ${tool} driver)` })
+  }
+
+  const entry = login.unwrapOr(undefined)
+  if (entry === undefined) {
+    findings.push(problem('directory', `${path} does not exist`, input.roles.includes('receive') ? `create it there: mkdir -p ${path}` : 'check the path'))
+  } else if (entry.kind !== 'directory') {
+    findings.push(problem('directory', `${path} is a ${entry.kind}, not a directory`, 'give the directory of the backups (or of the source)'))
+  } else {
+    findings.push(found('directory', `${path} is a directory`))
+    if (input.driver === 'btrfs') {
+      const fs = await t.exec(['stat', '-f', '-c', '%T', path])
+      const type = fs.map((r) => r.stdout.trim()).unwrapOr('')
+      findings.push(type === 'btrfs' ? found('filesystem', `${path} is on btrfs`) : problem('filesystem', `${path} is on ${type || 'an unknown filesystem'}, not btrfs`, 'btrfs receive needs a btrfs filesystem: put the backups on one, or use --driver rsync'))
+    }
+    if (input.roles.includes('receive')) {
+      // a file of bbackup's own, in the place where the rsync driver keeps its records
+      const probe = posix.join(path, '.bbackup', `doctor-${hostname()}`)
+      const wrote = await t.mkdir(posix.dirname(probe), { recursive: true }).andThen(() => t.writeFileAtomic(probe, `${new Date().toISOString()}\n`))
+      if (wrote.isErr()) findings.push(fromError('writable', wrote.error))
+      else {
+        const removed = await t.remove(probe)
+        findings.push(found('writable', removed.isOk() ? `wrote and removed a file in ${path}/.bbackup` : `wrote ${probe} (left there: the key may not delete)`))
+      }
+    }
+  }
+
+  const filter = await t.exec(['sh', '-c', 'command -v bbackup-remote || true'])
+  findings.push(filter.isErr() && filter.error.code === 'AUTH_FAILED' && /forced command/.test(filter.error.message)
+    ? found('restricted', 'this key already runs bbackup-remote as its forced command')
+    : problem('restricted', `this key may run any command on ${input.location.host}${filter.isOk() && filter.value.stdout.trim() !== '' ? ` (bbackup-remote is installed there: ${filter.value.stdout.trim()})` : ''}`,
+      'hold it to what bbackup needs: install bbackup there (npm install -g @bb/cli, which has bbackup-remote) and use the authorized_keys line below'))
+  return findings
+}
+
+/** the authorized_keys line that holds the key to bbackup-remote, with its public half when it can be read */
+export const authorizedKeysLine = async (input: Pick<DoctorSshInput, 'location' | 'roles' | 'identityFile' | 'sudo'>): Promise<string> => {
+  const pub = input.identityFile === undefined ? undefined : await readFile(`${input.identityFile}.pub`, 'utf8').then((s) => s.trim(), () => undefined)
+  const options = [`--role ${input.roles.join(',')}`, `--restrict-path ${input.location.path}`, ...(input.sudo ? ['--sudo'] : []), '--log /var/log/bbackup-remote.log']
+  return `command="bbackup-remote ${options.join(' ')}",restrict ${pub ?? 'ssh-ed25519 AAAA...(the public half of the key bbackup logs in with)'}`
+}
+
+export const renderFindings = (findings: readonly Finding[], line: string, sudo: boolean): string => [
+  ...findings.map((f) => `${f.ok ? 'ok     ' : 'PROBLEM'} ${f.what}: ${f.detail}${f.fix === undefined ? '' : `\n        fix: ${f.fix}`}`),
+  '',
+  '# the authorized_keys line on the other host (~/.ssh/authorized_keys of the user bbackup logs in as):',
+  line,
+  ...(sudo ? [
+    '# and, for --ssh-sudo, in /etc/sudoers.d/bbackup (visudo -f): the commands bbackup runs as root there',
+    '#   USER ALL=(root) NOPASSWD: /usr/bin/btrfs, /usr/bin/rsync, /bin/sh, /usr/bin/kill',
+    '# (sh runs bbackup\'s fixed file scripts; with the forced command above, the key cannot run anything else)',
+  ] : []),
+  '',
+].join('\n')
