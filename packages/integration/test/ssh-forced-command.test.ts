@@ -168,6 +168,19 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(other.stderr).toMatch(/signalling process \d+, which bbackup-remote did not start/)
   })
 
+  it('a send key lets this host pull btrfs backups of the remote subvolume, full then incremental', async () => {
+    await forceCommand(`--role send --restrict-path ${join(dir, 'home')}`)
+    const job = [remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', ...ssh]
+    const first = await runCli(['run', ...job, '-q'], dir)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = await runCli(['run', ...job, '--json'], dir)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', route: 'pull' }] })
+    expect(await names(join(dir, 'pulled'))).toEqual(await names(join(dir, 'home/.snapshots')))
+    expect(await readFile(log, 'utf8')).toMatch(/ send \["btrfs","subvolume","snapshot","-r",/)
+  })
+
   it('refuses hostile requests with exit 255 and a logged reason, and never runs them (scenario 21)', async () => {
     await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
     const marker = join(dir, 'pwned')

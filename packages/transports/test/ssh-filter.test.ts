@@ -94,6 +94,8 @@ describe('what each role may run', () => {
     expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['send']))).toBe('allowed')
     expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['list']))).toContain('needs the send role')
     expect(reason(['btrfs', 'subvolume', 'show', '/srv/backups/a'], policy(['list']))).toBe('allowed')
+    expect(reason(script('mkdirp', '/srv/backups/.snapshots'), policy(['send']))).toBe('allowed')
+    expect(reason(script('mkdirp', '/srv/backups/.snapshots'), policy(['list']))).toContain('needs the receive role')
     expect(reason(script('write', '/srv/backups/x'), policy(['list']))).toContain('needs the receive role')
   })
 

@@ -32,7 +32,7 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   }
   const refused = stderr.split('\n').find((l) => l.startsWith(REFUSED_TAG))
   if (refused !== undefined) {
-    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${result.argv.slice(0, 3).join(' ')}: ${refused.slice(REFUSED_TAG.length).trim()}`,
+    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${refused.slice(REFUSED_TAG.length).trim()}`,
       'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...), or use a key that has it; see docs/transports/ssh.md', details)
   }
   if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {

@@ -135,7 +135,9 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       const operands = args.slice(3)
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
-      return { role: SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
+      const checks = inside(...(name === 'symlink' ? operands.slice(1) : operands))
+      // a source's snapshot folder is made on the first run
+      return name === 'mkdir' || name === 'mkdirp' ? { role: 'receive', also: 'send', checks } : { role: SCRIPT_ROLES[name], checks }
     }
     default:
       return undefined
