@@ -5,4 +5,5 @@ process.exitCode = await main(process.argv.slice(2), {
   stderr: (text) => void process.stderr.write(text),
   isTTY: process.stderr.isTTY,
   cwd: process.cwd(),
+  self: [process.execPath, process.argv[1] ?? 'bbackup'],
 })

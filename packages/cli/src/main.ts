@@ -3,7 +3,7 @@ import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
-import { okAsync, ResultAsync } from 'neverthrow'
+import { err, okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import type { DoctorRole } from './doctor-ssh.js'
 import { expandArgFiles } from './arg-files.js'
@@ -109,6 +109,14 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 const EXAMPLES: Readonly<Record<string, string>> = {
+  schedule: `
+Examples:
+  bbackup schedule home --on-calendar hourly        /etc/systemd/system/bbackup-home.{service,timer}
+  bbackup schedule home --on-calendar '*-*-* 02:30' --randomized-delay 900 --print
+  bbackup schedule home --user                      ~/.config/systemd/user, for a user without root
+  bbackup schedule --list
+  bbackup schedule home --remove
+`,
   doctor: `
 Examples:
   bbackup doctor backup@nas:/srv/backups                   can this host back up there over ssh? and the authorized_keys line
@@ -548,6 +556,36 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .addHelpText('after', EXAMPLES.backup ?? '')
     .action(async (options: { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
       outcome = { code: await blockBackup(io, options.backupDir, options) }
+    })
+
+  program.command('schedule')
+    .description('write (or print) a systemd .service and .timer that run a configured job; --list, --remove')
+    .argument('[job]', 'the name of a job in the config')
+    .option('-c, --config <file>', `the config the timer's run reads (default ${DEFAULT_CONFIG})`)
+    .option('--on-calendar <when>', 'when to run: a systemd OnCalendar expression (hourly, daily, "*-*-* 02:30")', 'daily')
+    .option('--randomized-delay <seconds>', 'start up to this many seconds later (RandomizedDelaySec), so that many hosts do not start at once')
+    .option('--user', 'units of your own user (systemctl --user), for a setup without root')
+    .option('--unit-dir <dir>', 'where the units go (default /etc/systemd/system, or ~/.config/systemd/user with --user)')
+    .option('--print', 'print the units instead of writing them')
+    .option('--list', 'list the timers bbackup wrote')
+    .option('--remove', 'remove the units of the job (only files bbackup wrote)')
+    .addHelpText('after', EXAMPLES.schedule ?? '')
+    .action(async (job: string | undefined, options: { config?: string; onCalendar: string; randomizedDelay?: string; user?: boolean; unitDir?: string; print?: boolean; list?: boolean; remove?: boolean }) => {
+      const { defaultUnitDir } = await import('./schedule.js')
+      const { listSchedules, removeSchedule, scheduleJob } = await import('./schedule-command.js')
+      const user = options.user === true
+      const unitDir = options.unitDir === undefined ? defaultUnitDir(user, process.env) : resolvePath(io.cwd, options.unitDir)
+      const done = options.list === true
+        ? await listSchedules(io, { unitDir })
+        : job === undefined
+          ? err(bbError('INVALID_OPTIONS', 'no job named', 'give the name of a job in the config: bbackup schedule JOB --on-calendar hourly (or --list)'))
+          : options.remove === true
+            ? await removeSchedule(io, job, { unitDir, user })
+            : await scheduleJob(io, job, {
+              config: resolvePath(io.cwd, options.config ?? DEFAULT_CONFIG), onCalendar: options.onCalendar, user, unitDir, print: options.print === true,
+              ...(options.randomizedDelay === undefined ? {} : { randomizedDelay: options.randomizedDelay }),
+            })
+      if (done.isErr()) outcome = fail(done.error, {})
     })
 
   sshOptions(program.command('doctor'))

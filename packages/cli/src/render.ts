@@ -6,6 +6,8 @@ export interface Io {
   /** stderr is a terminal: progress is drawn in place */
   readonly isTTY: boolean
   readonly cwd: string
+  /** the argv that runs this bbackup (node and its bin), for units that run it later; default: this process's */
+  readonly self?: readonly string[]
 }
 
 export const formatBytes = (n: number): string => {

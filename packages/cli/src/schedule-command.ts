@@ -1,0 +1,101 @@
+import { readdir, readFile, readlink, rename, unlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { bbError, type BbError } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
+import { loadConfig } from './config.js'
+import type { Io } from './render.js'
+import { calendarOf, checkCalendar, enableCommands, serviceUnit, timerUnit, UNIT_MARK, unitStem, type ScheduleCommandOptions } from './schedule.js'
+
+const readIfThere = (path: string): Promise<string | undefined> => readFile(path, 'utf8').catch(() => undefined)
+
+/** a unit file bbackup may replace or remove: absent, or written by it */
+const ours = async (path: string): Promise<Result<boolean, BbError>> => {
+  const text = await readIfThere(path)
+  if (text === undefined) return ok(false)
+  return text.startsWith(UNIT_MARK) ? ok(true) : err(bbError('INVALID_OPTIONS', `${path} exists and was not written by bbackup schedule: it is left as it is`, 'move it away (or choose another job name) and run again', { path }))
+}
+
+const writeAtomic = async (path: string, text: string): Promise<void> => {
+  const temp = `${path}.tmp-${process.pid}`
+  await writeFile(temp, text, { mode: 0o644 })
+  await rename(temp, path)
+}
+
+/** `bbackup schedule JOB`: the .service and .timer of a configured job, written or printed */
+export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions): Promise<Result<void, BbError>> => {
+  const config = loadConfig(o.config)
+  if (config.isErr()) return err(config.error)
+  const names = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
+  if (!names.includes(job)) {
+    return err(bbError('JOB_NOT_FOUND', `there is no job ${JSON.stringify(job)} in ${o.config}`, names.length === 0 ? 'add it to the config first (docs/configuration.md)' : `the jobs there: ${names.join(', ')}`, { job }))
+  }
+  const stem = unitStem(job)
+  if (stem.isErr()) return err(stem.error)
+  const calendar = await checkCalendar(o.onCalendar)
+  if (calendar.isErr()) return err(calendar.error)
+  let delay: number | undefined
+  if (o.randomizedDelay !== undefined) {
+    delay = Number(o.randomizedDelay)
+    if (!Number.isInteger(delay) || delay < 0) return err(bbError('INVALID_OPTIONS', `--randomized-delay ${o.randomizedDelay} is not a whole number of seconds`, 'give seconds, e.g. --randomized-delay 900'))
+  }
+  const spec = { job, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, user: o.user, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
+  const files: [string, string][] = [[join(o.unitDir, `${stem.value}.service`), serviceUnit(spec)], [join(o.unitDir, `${stem.value}.timer`), timerUnit(spec)]]
+  if (o.print) {
+    io.stdout(files.map(([path, text]) => `# ${path}\n${text}`).join('\n'))
+    return ok(undefined)
+  }
+  for (const [path] of files) {
+    const mine = await ours(path)
+    if (mine.isErr()) return err(mine.error)
+  }
+  try {
+    for (const [path, text] of files) await writeAtomic(path, text)
+  } catch (e) {
+    return err(bbError('IO_FAILED', `cannot write the units into ${o.unitDir}: ${(e as Error).message}`, o.user ? `create it: mkdir -p ${o.unitDir}` : 'run as root, or give --user for units of your own user', { path: o.unitDir }))
+  }
+  io.stdout([
+    ...files.map(([path]) => `wrote ${path}`),
+    `job ${job} runs ${calendar.value}${delay === undefined ? '' : ` (up to ${delay} s later)`}; a run missed while the host was off starts when it is up`,
+    'to start the timer:',
+    ...enableCommands(stem.value, o.user).map((c) => `  ${c}`),
+    '',
+  ].join('\n'))
+  return ok(undefined)
+}
+
+/** `bbackup schedule --list`: the timers bbackup wrote in the unit directory */
+export const listSchedules = async (io: Io, o: Pick<ScheduleCommandOptions, 'unitDir'>): Promise<Result<void, BbError>> => {
+  const entries = await readdir(o.unitDir).catch(() => [] as string[])
+  const lines: string[] = []
+  for (const name of entries.filter((n) => /^bbackup-.*\.timer$/.test(n)).sort()) {
+    const text = await readIfThere(join(o.unitDir, name))
+    if (text?.startsWith(UNIT_MARK) !== true) continue
+    lines.push(`${name.slice('bbackup-'.length, -'.timer'.length)}\t${calendarOf(text) ?? '?'}\t${join(o.unitDir, name)}`)
+  }
+  io.stdout(lines.length === 0 ? `no bbackup timers in ${o.unitDir}\n` : `${lines.join('\n')}\n`)
+  return ok(undefined)
+}
+
+/** `bbackup schedule --remove JOB`: its two units and the timer's enablement link, if bbackup wrote them */
+export const removeSchedule = async (io: Io, job: string, o: Pick<ScheduleCommandOptions, 'unitDir' | 'user'>): Promise<Result<void, BbError>> => {
+  const stem = unitStem(job)
+  if (stem.isErr()) return err(stem.error)
+  const paths = [join(o.unitDir, `${stem.value}.timer`), join(o.unitDir, `${stem.value}.service`)]
+  let found = false
+  for (const path of paths) {
+    const mine = await ours(path)
+    if (mine.isErr()) return err(mine.error)
+    found ||= mine.value
+  }
+  if (!found) return err(bbError('JOB_NOT_FOUND', `there is no bbackup timer for job ${JSON.stringify(job)} in ${o.unitDir}`, 'bbackup schedule --list shows the ones there'))
+  // what `systemctl disable` removes: the link in timers.target.wants, when it points at our timer
+  const wants = join(o.unitDir, 'timers.target.wants', `${stem.value}.timer`)
+  const link = await readlink(wants).catch(() => undefined)
+  const removed: string[] = []
+  for (const path of [...(link === paths[0] ? [wants] : []), ...paths]) {
+    if ((await unlink(path).then(() => true, () => false))) removed.push(path)
+  }
+  const systemctl = o.user ? 'systemctl --user' : 'systemctl'
+  io.stdout([...removed.map((p) => `removed ${p}`), `then: ${systemctl} stop ${stem.value}.timer; ${systemctl} daemon-reload`, ''].join('\n'))
+  return ok(undefined)
+}

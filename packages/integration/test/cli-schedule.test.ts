@@ -1,0 +1,101 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { main } from '@bb/cli'
+import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+
+const ROOT = resolve(import.meta.dirname, '../../..')
+/** how the units run this bbackup: its source, through tsx (the tests run before the build) */
+const SELF = [process.execPath, '--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test/fixtures/cli.ts')]
+
+const runCli = async (argv: string[], cwd: string) => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd, self: SELF })
+  return { code, stdout, stderr }
+}
+
+/** ExecStart's words as systemd splits them (double quotes with backslash escapes; %% and $$ for % and $) */
+const execStartOf = (unit: string): string[] => {
+  const line = /^ExecStart=(.*)$/m.exec(unit)?.[1] ?? ''
+  return [...line.matchAll(/"((?:[^"\\]|\\.)*)"|(\S+)/g)].map((m) => (m[1] === undefined ? m[2] ?? '' : m[1].replace(/\\(.)/g, '$1')).replaceAll('%%', '%').replaceAll('$$', '$'))
+}
+
+describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: systemd units for a configured job', () => {
+  let tmp: TempDir
+  let units: string
+  let config: string
+
+  beforeEach(async () => {
+    tmp = await makeTempDir('schedule')
+    units = join(tmp.path, 'units')
+    await mkdir(units)
+    await writeTree(join(tmp.path, 'src'), { 'a.txt': 'a\n', 'd/b.txt': 'b\n' })
+    config = join(tmp.path, 'config 100%.toml')
+    await writeFile(config, `state_dir = "${join(tmp.path, 'state')}"\n\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\ndriver = "rsync"\n`)
+  })
+  afterEach(async () => {
+    await tmp?.cleanup()
+  })
+
+  it('writes a service and a timer that systemd-analyze verify accepts, and the service runs the job', async () => {
+    const r = await runCli(['schedule', 'home', '-c', config, '--on-calendar', 'hourly', '--randomized-delay', '600', '--unit-dir', units], tmp.path)
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toContain(`wrote ${join(units, 'bbackup-home.service')}\nwrote ${join(units, 'bbackup-home.timer')}\njob home runs *-*-* *:00:00 (up to 600 s later)`)
+    expect(r.stdout).toContain('  systemctl enable --now bbackup-home.timer')
+    const verify = spawnSync('systemd-analyze', ['verify', join(units, 'bbackup-home.service'), join(units, 'bbackup-home.timer')], { encoding: 'utf8', cwd: units })
+    expect({ status: verify.status, stderr: verify.stderr }).toEqual({ status: 0, stderr: '' })
+
+    const service = await readFile(join(units, 'bbackup-home.service'), 'utf8')
+    expect(service).toMatch(/^Type=oneshot$/m)
+    expect(service).toMatch(/^Nice=10$/m)
+    expect(service).toMatch(/^IOSchedulingClass=idle$/m)
+    expect(service).toMatch(/^SuccessExitStatus=3$/m)
+    const timer = await readFile(join(units, 'bbackup-home.timer'), 'utf8')
+    expect(timer).toMatch(/^OnCalendar=hourly$/m)
+    expect(timer).toMatch(/^Persistent=true$/m)
+    expect(timer).toMatch(/^RandomizedDelaySec=600$/m)
+    expect(timer).toMatch(/^WantedBy=timers.target$/m)
+
+    // no systemd as init here: run what the timer would start, word for word
+    const argv = execStartOf(service)
+    expect(argv.slice(-5)).toEqual(['run', '-c', config, '-j', 'home'])
+    execFileSync(argv[0] ?? '', argv.slice(1), { cwd: ROOT, stdio: 'pipe' })
+    const backups = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))
+    expect(backups).toHaveLength(1)
+    expect(await readFile(join(tmp.path, 'dst', backups[0] ?? '', 'd/b.txt'), 'utf8')).toBe('b\n')
+  })
+
+  it('lists and removes only the units it wrote, and refuses bad input without writing', async () => {
+    expect((await runCli(['schedule', 'home', '-c', config, '--unit-dir', units], tmp.path)).code).toBe(0)
+    await mkdir(join(units, 'timers.target.wants'))
+    await symlink(join(units, 'bbackup-home.timer'), join(units, 'timers.target.wants/bbackup-home.timer'))
+    await writeFile(join(units, 'bbackup-other.timer'), '[Timer]\nOnCalendar=daily\n')
+    const listed = await runCli(['schedule', '--list', '--unit-dir', units], tmp.path)
+    expect(listed.stdout).toBe(`home\tdaily\t${join(units, 'bbackup-home.timer')}\n`)
+
+    const printed = await runCli(['schedule', 'home', '-c', config, '--on-calendar', 'Mon..Fri 22:00', '--print', '--unit-dir', join(tmp.path, 'nowhere')], tmp.path)
+    expect(printed.code).toBe(0)
+    expect(printed.stdout).toContain(`# ${join(tmp.path, 'nowhere', 'bbackup-home.timer')}\n# Written by bbackup schedule.`)
+    expect(printed.stdout).toMatch(/^OnCalendar=Mon\.\.Fri 22:00$/m)
+    expect(existsSync(join(tmp.path, 'nowhere'))).toBe(false)
+
+    const bad = await runCli(['schedule', 'home', '-c', config, '--on-calendar', 'every tuesday-ish', '--unit-dir', units], tmp.path)
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/systemd does not read --on-calendar "every tuesday-ish" as a time/)
+    const unknown = await runCli(['schedule', 'nope', '-c', config, '--unit-dir', units], tmp.path)
+    expect(unknown.code).toBe(2)
+    expect(unknown.stderr).toMatch(/there is no job "nope" in .*\n  hint: the jobs there: home/)
+    const foreign = await runCli(['schedule', 'other', '-c', config, '--remove', '--unit-dir', units], tmp.path)
+    expect(foreign.code).not.toBe(0)
+    expect(foreign.stderr).toMatch(/bbackup-other.timer exists and was not written by bbackup schedule/)
+    expect(existsSync(join(units, 'bbackup-other.timer'))).toBe(true)
+
+    const removed = await runCli(['schedule', 'home', '--remove', '--unit-dir', units], tmp.path)
+    expect(removed.code, removed.stderr).toBe(0)
+    expect((await readdir(units)).sort()).toEqual(['bbackup-other.timer', 'timers.target.wants'])
+    expect(await readdir(join(units, 'timers.target.wants'))).toEqual([])
+  })
+})
