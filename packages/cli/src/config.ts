@@ -62,6 +62,8 @@ export interface BlockJobSpec {
 export interface Config {
   readonly path: string
   readonly stateDir?: string
+  /** where `bbackup run` writes Prometheus metrics after every run (node_exporter's textfile collector) */
+  readonly metricsFile?: string
   readonly jobs: readonly JobSpec[]
   readonly blockJobs: readonly BlockJobSpec[]
 }
@@ -118,9 +120,10 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     return err(bbError('INVALID_OPTIONS', `${where}: ${section === '' ? '' : `[${section}] `}${key}: ${message}`, hint, { path, key, ...(line === undefined ? {} : { line }) }))
   }
   for (const key of Object.keys(data)) {
-    if (key !== 'jobs' && key !== 'state_dir') return problem('', key, 'unknown key', 'the top level has state_dir and [jobs.NAME] tables')
+    if (key !== 'jobs' && key !== 'state_dir' && key !== 'metrics_file') return problem('', key, 'unknown key', 'the top level has state_dir, metrics_file and [jobs.NAME] tables')
   }
   if (data.state_dir !== undefined && typeof data.state_dir !== 'string') return problem('', 'state_dir', 'must be a path (a string)')
+  if (data.metrics_file !== undefined && (typeof data.metrics_file !== 'string' || !data.metrics_file.startsWith('/'))) return problem('', 'metrics_file', 'must be an absolute path (a string)')
   const jobsTable = data.jobs ?? {}
   if (typeof jobsTable !== 'object' || Array.isArray(jobsTable)) return problem('', 'jobs', 'must be tables [jobs.NAME]')
   const jobs: JobSpec[] = []
@@ -209,5 +212,5 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(mount === undefined ? {} : { mount }),
     })
   }
-  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), jobs, blockJobs })
+  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}), jobs, blockJobs })
 }

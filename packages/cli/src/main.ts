@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job, type JobRun } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
@@ -12,6 +12,7 @@ import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type 
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
+import { writeMetrics } from './metrics-file.js'
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
@@ -25,6 +26,7 @@ interface CommonOptions {
   quiet?: boolean
   wait?: string | boolean
   stateDir?: string
+  metricsFile?: string
   prefix?: string
   keepBackups?: string
   keepSnapshots?: string
@@ -212,7 +214,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[] } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[]; metricsFile?: string } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -245,6 +247,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let specs: JobSpec[]
     let blockJobs: BlockJobSpec[] = []
     let configStateDir: string | undefined
+    let metricsFile = options.metricsFile === undefined ? undefined : resolvePath(io.cwd, options.metricsFile)
     if (source !== undefined) {
       if (targets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
       specs = [{
@@ -259,6 +262,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           : config.error }
       }
       configStateDir = config.value.stateDir
+      metricsFile ??= config.value.metricsFile
       const wanted = options.job ?? []
       const allNames = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
       const unknown = wanted.filter((name) => !allNames.includes(name))
@@ -285,7 +289,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       jobs.push(built.value)
       specOf.set(built.value, spec)
     }
-    return { jobs, specOf, blockJobs: withBlock ? blockJobs : [] }
+    return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }) }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
@@ -329,6 +333,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     process.once('SIGTERM', onSignal)
     let code: number = EXIT.ok
     const reports = []
+    const runs: JobRun[] = []
     // run's --no-snapshot / --no-transfer (btrfs-backup's flags) narrow its stages
     const wanted = { ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}) }
     try {
@@ -373,6 +378,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           onEvent: options.json === true ? () => undefined : eventRenderer(io, verbosity),
           ...(w === undefined ? {} : { waitSeconds: w }),
         }).andThen((report) => disk.release().map(() => report))
+        const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
+        runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
         if (r.isErr()) {
           code = Math.max(code, fail(r.error, options).code)
           continue
@@ -391,6 +398,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       process.off('SIGTERM', onSignal)
     }
     if (options.json === true) io.stdout(`${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`)
+    if (resolved.metricsFile !== undefined && options.dryRun !== true && runs.length > 0) {
+      const written = await writeMetrics(resolved.metricsFile, runs)
+      if (written.isErr()) code = Math.max(code, fail(written.error, options).code)
+    }
     return { code }
   }
 
@@ -421,6 +432,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--locked-dests', 'also retry every target the journal has an unfinished transfer to (btrfs-backup)')
       .option('--retries <n>', 'try a target that failed on the network (or stalled) again up to n times in this run, with growing pauses (default 3)')
       .option('--remove-locks', 'forget the unfinished transfers to the given targets first, leaving the targets as they are (btrfs-backup); only when nothing unfinished is left there')
+      .option('--metrics-file <file>', 'after the run, write Prometheus metrics there for node_exporter\'s textfile collector (config: metrics_file)')
     if (name === 'run') {
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')

@@ -28,4 +28,6 @@ export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } f
 export { forgetPending, prune } from './engine/prune.js'
 export type { PruneResult } from './engine/prune.js'
 export { findSnapshot, list, restore, status, verify } from './engine/inspect.js'
+export { prometheusMetrics } from './report/prometheus.js'
+export type { JobRun } from './report/prometheus.js'
 export type { JobStatus, SnapshotList, TargetStatus } from './engine/inspect.js'

@@ -87,7 +87,7 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
     expect(bad.stderr).toMatch(/systemd does not read --on-calendar "every tuesday-ish" as a time/)
     const unknown = await runCli(['schedule', 'nope', '-c', config, '--unit-dir', units], tmp.path)
     expect(unknown.code).toBe(2)
-    expect(unknown.stderr).toMatch(/there is no job "nope" in .*\n  hint: the jobs there: home/)
+    expect(unknown.stderr).toMatch(/there is no job "nope" in .*\n {2}hint: the jobs there: home/)
     const foreign = await runCli(['schedule', 'other', '-c', config, '--remove', '--unit-dir', units], tmp.path)
     expect(foreign.code).not.toBe(0)
     expect(foreign.stderr).toMatch(/bbackup-other.timer exists and was not written by bbackup schedule/)

@@ -1,4 +1,5 @@
-import { mkdir, readdir, readlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
+import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { main } from '@bb/cli'
@@ -35,6 +36,29 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(listed[0]?.snapshots.filter((s) => s.complete)).toHaveLength(2)
     const st = await runCli(['status', 'src', 'dst', '--state-dir', state], tmp.path)
     expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {2}lock: free/) })
+  })
+
+  it('writes Prometheus metrics after each run: from --metrics-file, or metrics_file in the config', async () => {
+    const metrics = join(tmp.path, 'bbackup.prom')
+    const r = await runCli(['run', 'src', 'dst', '--state-dir', state, '-q', '--metrics-file', metrics], tmp.path)
+    expect(r.code).toBe(0)
+    const families = parsePrometheus(await readFile(metrics, 'utf8'))
+    const sample = (name: string) => families.find((f) => f.name === name)?.metrics
+    expect(sample('bbackup_run_success')).toEqual([{ labels: { job: join(tmp.path, 'src') }, value: '1' }])
+    expect(sample('bbackup_target_success')).toEqual([{ labels: { job: join(tmp.path, 'src'), target: join(tmp.path, 'dst') }, value: '1' }])
+    expect(Number(sample('bbackup_sent_bytes')?.[0]?.value)).toBe(4)
+
+    // a job of the config, a failing target: the file says so, and keeps the other job's samples
+    await writeFile(join(tmp.path, 'config.toml'), `metrics_file = "${metrics}"\nstate_dir = "${state}"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'nowhere/is/this')}"]\n`)
+    await writeFile(join(tmp.path, 'nowhere'), 'a file where a directory should be')
+    const failed = await runCli(['run', '-c', 'config.toml', '-q'], tmp.path)
+    expect(failed.code).toBe(10)
+    const after = parsePrometheus(await readFile(metrics, 'utf8'))
+    expect(after.find((f) => f.name === 'bbackup_run_success')?.metrics).toEqual([
+      { labels: { job: join(tmp.path, 'src') }, value: '1' },
+      { labels: { job: 'home' }, value: '0' },
+    ])
+    expect((await readdir(tmp.path)).filter((n) => n.includes('.tmp'))).toEqual([])
   })
 
   it('runs the named jobs of a TOML config with its retention', async () => {
