@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { bbError, normalizePolicy, type BbError, type RetentionPolicy } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { parse, TomlError } from 'smol-toml'
+import { parseDuration } from './duration.js'
 import { parseRetentionSpec } from './retention-spec.js'
 
 export const DEFAULT_CONFIG = '/etc/bbackup/config.toml'
@@ -11,6 +12,9 @@ export type DriverChoice = 'rsync' | 'btrfs' | 'block'
 /** A job as the CLI runs it, from the command line or one `[jobs.NAME]` table. */
 export interface JobSpec {
   readonly name?: string
+  /** `status --check`: the newest backup's age that makes the job a warning, critical ("26h", "2d") */
+  readonly warnAge?: string
+  readonly criticalAge?: string
   readonly source: string
   readonly targets: readonly string[]
   readonly driver?: DriverChoice
@@ -74,7 +78,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -186,6 +190,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
       sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
+      warnAge: optionalString('warn_age'), criticalAge: optionalString('critical_age'),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
@@ -197,6 +202,10 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(sshOptions.length === 0 ? {} : { options: sshOptions }), ...(sshProgram === undefined ? {} : { program: sshProgram }), ...(v(fields.sshSudo) ? { sudo: true } : {}),
     }
     const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount)
+    const warnAge = v(fields.warnAge), criticalAge = v(fields.criticalAge)
+    for (const [key, value] of [['warn_age', warnAge], ['critical_age', criticalAge]] as const) {
+      if (value !== undefined && parseDuration(value) === undefined) return problem(section, key, `${JSON.stringify(value)} is not a duration`, 'write a number and a unit: "90m", "26h", "2d", "1w"')
+    }
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
     jobs.push({
       name, source: job.source, targets: targets as string[],
@@ -210,6 +219,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),
+      ...(warnAge === undefined ? {} : { warnAge }), ...(criticalAge === undefined ? {} : { criticalAge }),
     })
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}), jobs, blockJobs })

@@ -473,9 +473,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock; with -b, the revisions of a block volume').argument('[source]').argument('[targets...]'))
     .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume')
+    .option('--check', 'a health check for monitoring: a verdict per job, exit 0 ok, 1 warning, 2 critical, 3 unknown (Nagios)')
+    .option('--warn-age <age>', 'with --check: the newest backup older than this is a warning (default 26h; config: warn_age)')
+    .option('--critical-age <age>', 'with --check: older than this is critical (default 50h; config: critical_age)')
     .addHelpText('after', EXAMPLES.status ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string }) => {
       if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
+      if (options.check === true) {
+        const { checkHealth } = await import('./health-check.js')
+        return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options), options) })
+      }
       const answers = await eachJob(source, targets, options, (job) => status(job), (all) => all.map(renderStatus).join(''))
       if (answers?.some((s) => s.targets.some((t) => !t.reachable)) === true) outcome = { code: EXIT.someTargetsFailed }
     })

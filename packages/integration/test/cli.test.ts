@@ -61,6 +61,28 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await readdir(tmp.path)).filter((n) => n.includes('.tmp'))).toEqual([])
   })
 
+  it('status --check gives a Nagios verdict per job with thresholds from the config', async () => {
+    await writeFile(join(tmp.path, 'config.toml'), `state_dir = "${state}"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
+    expect((await runCli(['run', '-c', 'config.toml', '-q'], tmp.path)).code).toBe(0)
+    const fresh = await runCli(['status', '-c', 'config.toml', '--check'], tmp.path)
+    expect(fresh).toMatchObject({ code: 0, stdout: 'BBACKUP OK - 1 job backed up in time\nhome: ok\n' })
+
+    // the same backup, judged with an age it is already past; then a target with no backup at all
+    await new Promise((r) => setTimeout(r, 1100))
+    const old = await runCli(['status', '-c', 'config.toml', '--check', '--warn-age', '0m', '--critical-age', '1h'], tmp.path)
+    expect(old.code).toBe(1)
+    expect(old.stdout).toMatch(/^BBACKUP WARNING - home: .*dst: the newest backup is 0 min old \(warning after 0 min\)\n/)
+    await writeFile(join(tmp.path, 'config.toml'), `state_dir = "${state}"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}", "${join(tmp.path, 'dst2')}"]\nwarn_age = "2d"\n`)
+    const missing = await runCli(['status', '-c', 'config.toml', '--check', '--json'], tmp.path)
+    expect(missing.code).toBe(2)
+    expect(JSON.parse(missing.stdout)).toEqual({ verdict: 'critical', jobs: [{ job: 'home', verdict: 'critical', reasons: [`${join(tmp.path, 'dst2')} has no backup: the target ${join(tmp.path, 'dst2')} does not exist`] }] })
+
+    await writeFile(join(tmp.path, 'config.toml'), `[jobs.home]\nsource = "src"\ntargets = ["dst"]\nwarn_age = "soon"\n`)
+    const unknown = await runCli(['status', '-c', 'config.toml', '--check'], tmp.path)
+    expect(unknown.code).toBe(3)
+    expect(unknown.stdout).toMatch(/^BBACKUP UNKNOWN - .*config.toml:4: \[jobs.home\] warn_age: "soon" is not a duration/)
+  })
+
   it('runs the named jobs of a TOML config with its retention', async () => {
     const config = join(tmp.path, 'config.toml')
     await writeFile(config, `state_dir = "${state}"\n\n[jobs.docs]\nsource = "${tmp.path}/src"\ntargets = ["${tmp.path}/dst"]\nkeep_backups = { keep_last = 1 }\nexclude = ["b/"]\n`)

@@ -1,0 +1,52 @@
+import { DEFAULT_THRESHOLDS, healthOf, NAGIOS_EXIT, status, type BbError, type Job, type JobHealth, type JobStatus, type Verdict } from '@bb/core'
+import type { JobSpec } from './config.js'
+import { parseDuration } from './duration.js'
+import type { Io } from './render.js'
+
+/** Nagios' "unknown": the check itself could not run */
+const UNKNOWN = 3
+
+type Resolved = { readonly jobs: readonly Job[]; readonly specOf: ReadonlyMap<Job, JobSpec> } | { readonly error: BbError }
+
+const worst = (verdicts: readonly Verdict[]): Verdict => (verdicts.includes('critical') ? 'critical' : verdicts.includes('warning') ? 'warning' : 'ok')
+
+/**
+ * `bbackup status --check`: one Nagios-style summary line, then a line per job with its verdict
+ * and reasons; the exit code is the worst verdict (0 ok, 1 warning, 2 critical), or 3 when the
+ * check could not be made (no config, a bad threshold).
+ */
+export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean }): Promise<number> => {
+  const unknown = (message: string): number => {
+    io.stdout(`BBACKUP UNKNOWN - ${message}\n`)
+    return UNKNOWN
+  }
+  if ('error' in resolved) return unknown(`${resolved.error.message} (${resolved.error.hint})`)
+  const results: { job: string; status: JobStatus; health: JobHealth }[] = []
+  for (const job of resolved.jobs) {
+    const spec = resolved.specOf.get(job)
+    const warnText = options.warnAge ?? spec?.warnAge
+    const criticalText = options.criticalAge ?? spec?.criticalAge
+    const warn = warnText === undefined ? DEFAULT_THRESHOLDS.warnAgeSeconds : parseDuration(warnText)
+    const critical = criticalText === undefined ? DEFAULT_THRESHOLDS.criticalAgeSeconds : parseDuration(criticalText)
+    if (warn === undefined || critical === undefined) return unknown(`${JSON.stringify(warn === undefined ? warnText : criticalText)} is not an age: write "90m", "26h", "2d" or "1w"`)
+    const s = await status(job)
+    const name = spec?.name ?? job.source.location.path
+    if (s.isErr()) return unknown(`${name}: ${s.error.message}`)
+    results.push({ job: name, status: s.value, health: healthOf(s.value, { warnAgeSeconds: warn, criticalAgeSeconds: Math.max(critical, warn) }) })
+  }
+  const verdict = worst(results.map((r) => r.health.verdict))
+  if (options.json === true) {
+    io.stdout(`${JSON.stringify({ verdict, jobs: results.map((r) => ({ job: r.job, verdict: r.health.verdict, reasons: r.health.reasons })) }, null, 2)}\n`)
+    return NAGIOS_EXIT[verdict]
+  }
+  const bad = results.filter((r) => r.health.verdict !== 'ok')
+  const summary = bad.length === 0
+    ? `${results.length} job${results.length === 1 ? '' : 's'} backed up in time`
+    : bad.map((r) => `${r.job}: ${r.health.reasons[0] ?? r.health.verdict}`).join('; ')
+  io.stdout([
+    `BBACKUP ${verdict.toUpperCase()} - ${summary}`,
+    ...results.map((r) => `${r.job}: ${r.health.verdict}${r.health.reasons.map((x) => `\n  ${x}`).join('')}`),
+    '',
+  ].join('\n'))
+  return NAGIOS_EXIT[verdict]
+}

@@ -1,0 +1,47 @@
+import { describe, expect, it } from 'vitest'
+import { bbError, DEFAULT_THRESHOLDS, healthOf, type JobStatus } from '../src/index.js'
+
+const H = 3600
+type Target = JobStatus['targets'][number]
+const target = (at: string, ageSeconds: number | undefined, extra: Partial<Target> = {}): Target => ({
+  at, reachable: true, backups: ageSeconds === undefined ? 0 : 3, unfinished: [],
+  ...(ageSeconds === undefined ? {} : { latest: { name: 'b', time: '2026-11-23T00:00:00Z', ageSeconds, health: 'ok' as const } }), ...extra,
+})
+const job = (targets: Target[], extra: Partial<JobStatus> = {}): JobStatus => ({ source: '/home', driver: 'rsync', targets, pending: [], lock: undefined, ...extra })
+const pending = [{ target: '/mnt/b', snapshot: 's1', partialPath: '/mnt/b/s1.partial', startedAt: '2026-11-23T00:00:00Z' }] as JobStatus['pending']
+
+describe('the health verdict of a job', () => {
+  it('is ok while every target has a backup younger than the warning age', () => {
+    expect(healthOf(job([target('/mnt/a', 1 * H), target('/mnt/b', 25 * H)]))).toEqual({ verdict: 'ok', reasons: [] })
+  })
+
+  it('is a warning past the warning age and critical past the critical age, per target, the worst winning', () => {
+    expect(healthOf(job([target('/mnt/a', 1 * H), target('/mnt/b', 27 * H)]))).toEqual({ verdict: 'warning', reasons: ['/mnt/b: the newest backup is 27 h old (warning after 26 h)'] })
+    expect(healthOf(job([target('/mnt/a', 30 * H), target('/mnt/b', 51 * H)]))).toEqual({
+      verdict: 'critical', reasons: ['/mnt/a: the newest backup is 30 h old (warning after 26 h)', '/mnt/b: the newest backup is 2 d old (critical after 2 d)'],
+    })
+    expect(healthOf(job([target('/mnt/a', 2 * H)]), { warnAgeSeconds: 30 * 60, criticalAgeSeconds: 90 * 60 }).verdict).toBe('critical')
+  })
+
+  it('is critical for a target without a backup, a warning for one that cannot be reached', () => {
+    expect(healthOf(job([target('/mnt/a', 1 * H), target('/mnt/new', undefined)]))).toEqual({ verdict: 'critical', reasons: ['/mnt/new has no backup'] })
+    const offline = target('nas:/b', undefined, { reachable: false, error: bbError('NETWORK_FAILED', 'connection refused', 'check') })
+    expect(healthOf(job([target('/mnt/a', 1 * H), offline]))).toEqual({ verdict: 'warning', reasons: ['nas:/b cannot be reached: connection refused'] })
+    const absent = target('/mnt/c', undefined, { reachable: false, error: bbError('NOT_FOUND', 'cannot list /mnt/c: it does not exist', 'check') })
+    expect(healthOf(job([absent]))).toEqual({ verdict: 'critical', reasons: ['/mnt/c has no backup: cannot list /mnt/c: it does not exist'] })
+  })
+
+  it('warns of a newest backup with errors, an outstanding transfer when no run is going, and a stale lock', () => {
+    const withErrors = target('/mnt/a', 1 * H)
+    expect(healthOf(job([{ ...withErrors, latest: { ...withErrors.latest!, health: 'errors' } }])).verdict).toBe('warning')
+    expect(healthOf(job([target('/mnt/a', 1 * H)], { pending })).reasons).toEqual(['the transfer of s1 to /mnt/b is outstanding (the next run retries it)'])
+    const held = { path: '/state/lock', info: undefined, verdict: { stale: false as const, reason: 'held by pid 4242' } }
+    expect(healthOf(job([target('/mnt/a', 1 * H)], { pending, lock: held }))).toEqual({ verdict: 'ok', reasons: [] })
+    const stale = { path: '/state/lock', info: undefined, verdict: { stale: true as const, reason: 'pid 4242 is not running' } }
+    expect(healthOf(job([target('/mnt/a', 1 * H)], { lock: stale }))).toEqual({ verdict: 'warning', reasons: ['a stale lock: pid 4242 is not running'] })
+  })
+
+  it('defaults to 26 h and 50 h', () => {
+    expect(DEFAULT_THRESHOLDS).toEqual({ warnAgeSeconds: 26 * H, criticalAgeSeconds: 50 * H })
+  })
+})
