@@ -3,17 +3,10 @@ import { randomBytes } from 'node:crypto'
 import { open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { main } from '@bb/cli'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
-import { sameBytes } from './helpers.js'
+import { runCli, sameBytes } from './helpers.js'
 
 const MiB = 1024 * 1024
-const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.ext4'], { root: true }))('bbackup init/backup/status/verify/restore -b (block volumes)', () => {
   let fs: LoopFilesystem

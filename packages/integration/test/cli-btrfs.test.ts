@@ -3,16 +3,9 @@ import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
-import { main } from '@bb/cli'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-
-const runCli = async (argv: string[], cwd: string) => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
+import { runCli } from './helpers.js'
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('bbackup command line with btrfs', () => {
   let fs: LoopFilesystem

@@ -1,16 +1,9 @@
 import { chmod, mkdir, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { main } from '@bb/cli'
 import { makeTempDir, requireTools, startRsyncd, startSshd, treeManifest, writeTree, type Rsyncd, type Sshd, type TempDir } from '@bb/testkit'
-import { waitFor } from './helpers.js'
+import { runCli, waitFor } from './helpers.js'
 
-const runCli = async (argv: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
 const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
 
 describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true }))('bbackup with an rsync daemon target (and through an ssh tunnel)', () => {

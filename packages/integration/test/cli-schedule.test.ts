@@ -1,21 +1,15 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { main } from '@bb/cli'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { ROOT, runCli as runAsCron } from './helpers.js'
 
-const ROOT = resolve(import.meta.dirname, '../../..')
 /** how the units run this bbackup: its source, through tsx (the tests run before the build) */
 const SELF = [process.execPath, '--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test/fixtures/cli.ts')]
 
-const runCli = async (argv: string[], cwd: string) => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd, self: SELF })
-  return { code, stdout, stderr }
-}
+const runCli = (argv: string[], cwd: string) => runAsCron(argv, cwd, { self: SELF })
 
 /** ExecStart's words as systemd splits them (double quotes with backslash escapes; %% and $$ for % and $) */
 const execStartOf = (unit: string): string[] => {

@@ -2,16 +2,9 @@ import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { main } from '@bb/cli'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-
-const runCli = async (argv: string[], cwd: string) => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
+import { runCli } from './helpers.js'
 
 describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   let tmp: TempDir

@@ -1,12 +1,21 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+
+/** Runs the bbackup CLI in this process, as cron would (no terminal), with what it printed. */
+export const runCli = async (argv: string[], cwd: string, io: Partial<Io> = {}): Promise<{ code: number; stdout: string; stderr: string }> => {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd, ...io })
+  return { code, stdout, stderr }
+}
 
 /** A job over local paths with the rsync driver, its state kept in `state`. */
 export const rsyncJob = (p: { source: string; targets: readonly string[]; state: string; retention?: RetentionSettings; driver?: RsyncDriverOptions }): Job => ({

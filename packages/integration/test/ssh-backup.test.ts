@@ -4,19 +4,11 @@ import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { existsSync, readFileSync } from 'node:fs'
 import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
-import { main } from '@bb/cli'
-import { waitFor } from './helpers.js'
+import { runCli, waitFor } from './helpers.js'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
-
-const runCli = async (argv: string[], cwd: string) => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
 
 /** `btrfs subvolume show` of a path, as key → value */
 const show = (path: string): Record<string, string> => Object.fromEntries(execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })

@@ -1,22 +1,12 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { main } from '@bb/cli'
 import { parseLocation, type SshLocation } from '@bb/core'
 import { openSshSession, sshTransport } from '@bb/transports/ssh'
-import { waitFor } from './helpers.js'
+import { ROOT, runCli, waitFor } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
-
-const ROOT = resolve(import.meta.dirname, '../../..')
-
-const runCli = async (argv: string[], cwd: string) => {
-  let stdout = ''
-  let stderr = ''
-  const code = await main(argv, { stdout: (s) => { stdout += s }, stderr: (s) => { stderr += s }, isTTY: false, cwd })
-  return { code, stdout, stderr }
-}
 
 const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
 
