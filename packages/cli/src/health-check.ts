@@ -1,4 +1,4 @@
-import { DEFAULT_THRESHOLDS, healthOf, NAGIOS_EXIT, status, type BbError, type Job, type JobHealth, type JobStatus, type Verdict } from '@bb/core'
+import { DEFAULT_THRESHOLDS, formatLocation, healthOf, NAGIOS_EXIT, status, type BbError, type Job, type JobHealth, type JobStatus, type Verdict } from '@bb/core'
 import type { JobSpec } from './config.js'
 import { parseDuration } from './duration.js'
 import type { Io } from './render.js'
@@ -30,7 +30,7 @@ export const checkHealth = async (io: Io, resolved: Resolved, options: { readonl
     const critical = criticalText === undefined ? DEFAULT_THRESHOLDS.criticalAgeSeconds : parseDuration(criticalText)
     if (warn === undefined || critical === undefined) return unknown(`${JSON.stringify(warn === undefined ? warnText : criticalText)} is not an age: write "90m", "26h", "2d" or "1w"`)
     const s = await status(job)
-    const name = spec?.name ?? job.source.location.path
+    const name = spec?.name ?? formatLocation(job.source.location)
     if (s.isErr()) return unknown(`${name}: ${s.error.message}`)
     results.push({ job: name, status: s.value, health: healthOf(s.value, { warnAgeSeconds: warn, criticalAgeSeconds: Math.max(critical, warn) }) })
   }
