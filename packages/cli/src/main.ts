@@ -14,7 +14,11 @@ import { eventRenderer, renderError, renderList, renderPrune, renderReport, rend
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 
-const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+/** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
+declare const BBACKUP_BUNDLED_VERSION: string | undefined
+const VERSION = typeof BBACKUP_BUNDLED_VERSION === 'string'
+  ? BBACKUP_BUNDLED_VERSION
+  : (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 interface CommonOptions {
   config?: string

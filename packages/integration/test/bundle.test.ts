@@ -1,0 +1,48 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { ROOT } from './helpers.js'
+
+/**
+ * The one-file install (issue 7): scripts/bundle.mjs makes bbackup.mjs and bbackup-remote.mjs,
+ * which must run with nothing beside them: no node_modules, no package.json.
+ */
+describe.runIf(requireTools(['rsync']))('the single-file bundle', () => {
+  let tmp: TempDir
+  let bin: string
+  const bbackup = (args: string[]) => spawnSync(process.execPath, [join(bin, 'bbackup.mjs'), ...args], { cwd: tmp.path, encoding: 'utf8', timeout: 60_000 })
+
+  beforeAll(async () => {
+    tmp = await makeTempDir('bundle')
+    execFileSync(process.execPath, [join(ROOT, 'scripts/bundle.mjs'), join(tmp.path, 'built')], { stdio: 'pipe' })
+    // a directory of its own, far from the repository's node_modules
+    bin = join(tmp.path, 'bin')
+    execFileSync('mkdir', ['-p', bin])
+    for (const name of ['bbackup.mjs', 'bbackup-remote.mjs']) await copyFile(join(tmp.path, 'built', name), join(bin, name))
+  }, 60_000)
+  afterAll(async () => {
+    await tmp?.cleanup()
+  })
+
+  it('runs a backup, lists it and reports its status with only Node', async () => {
+    expect(await readdir(bin)).toEqual(['bbackup-remote.mjs', 'bbackup.mjs'])
+    const version = JSON.parse(await readFile(join(ROOT, 'packages/cli/package.json'), 'utf8')) as { version: string }
+    expect(bbackup(['--version']).stdout.trim()).toBe(version.version)
+    await writeTree(join(tmp.path, 'src'), { 'a.txt': 'a\n', 'd/b.txt': 'b\n' })
+    const run = bbackup(['run', 'src', 'dst', '--state-dir', 'state'])
+    expect(run.status, run.stderr).toBe(0)
+    await writeFile(join(tmp.path, 'src/a.txt'), 'changed\n')
+    expect(bbackup(['run', 'src', 'dst', '--state-dir', 'state', '-q']).status).toBe(0)
+    const listed = bbackup(['list', 'src', 'dst', '--state-dir', 'state', '--json'])
+    expect((JSON.parse(listed.stdout) as { snapshots: unknown[] }[])[0]?.snapshots).toHaveLength(2)
+    expect(bbackup(['status', 'src', 'dst', '--state-dir', 'state', '--check']).stdout).toMatch(/^BBACKUP OK/)
+  })
+
+  it('has bbackup-remote, which refuses and allows as the forced command does', () => {
+    const remote = (command: string) => spawnSync(process.execPath, [join(bin, 'bbackup-remote.mjs'), '--role', 'list', '--restrict-path', tmp.path], { encoding: 'utf8', env: { ...process.env, SSH_ORIGINAL_COMMAND: command } })
+    expect(remote('rsync --version')).toMatchObject({ status: 0, stdout: expect.stringMatching(/^rsync +version/) })
+    expect(remote(`sh -c 'touch ${join(tmp.path, 'pwned')}'`)).toMatchObject({ status: 255, stderr: expect.stringMatching(/^bbackup-remote: refused: /) })
+  })
+})
