@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
-import { Command, CommanderError, Option } from 'commander'
+import { Argument, Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job, type JobRun } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, okAsync, ResultAsync } from 'neverthrow'
@@ -115,6 +115,12 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 const EXAMPLES: Readonly<Record<string, string>> = {
+  completion: `
+Examples:
+  bbackup completion bash > /etc/bash_completion.d/bbackup
+  bbackup completion zsh > "\${fpath[1]}/_bbackup"
+  bbackup completion fish > ~/.config/fish/completions/bbackup.fish
+`,
   schedule: `
 Examples:
   bbackup schedule home --on-calendar hourly        /etc/systemd/system/bbackup-home.{service,timer}
@@ -660,6 +666,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       await eachJob(source, targets, options,
         (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
         (all) => all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
+    })
+
+  program.command('completion')
+    .description('print the shell completion script (bash, zsh or fish), made from these commands and options')
+    .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
+    .addHelpText('after', EXAMPLES.completion ?? '')
+    .action(async (shell: 'bash' | 'zsh' | 'fish') => {
+      const { completionScript } = await import('./completion.js')
+      io.stdout(completionScript(shell, program))
     })
 
   try {
