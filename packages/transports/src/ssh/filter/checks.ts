@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process'
 import { readFile, realpath } from 'node:fs/promises'
 import { posix } from 'node:path'
-import type { Check, FilterPolicy } from './policy.js'
+import { insideRoots, type Check, type FilterPolicy } from './policy.js'
 
 /** the real path of `path`, resolving the part that exists (a path to be created is still confined) */
 const resolveExisting = async (path: string): Promise<string> => {
@@ -17,8 +17,6 @@ const resolveExisting = async (path: string): Promise<string> => {
     }
   }
 }
-
-const insideRoots = (path: string, roots: readonly string[]): boolean => roots.some((root) => path === root || path.startsWith(root === '/' ? '/' : `${root}/`))
 
 const parentOf = async (pid: number): Promise<number | undefined> => {
   try {

@@ -31,10 +31,11 @@ export type Decision =
   | { readonly allowed: true; readonly argv: readonly string[]; readonly role: Role; readonly checks: readonly Check[] }
   | { readonly allowed: false; readonly reason: string }
 
-const SCRIPT_ROLES: Readonly<Record<ScriptName, Role>> = {
-  read: 'list', stat: 'list', list: 'list', readlink: 'list',
-  write: 'receive', mkdir: 'receive', mkdirp: 'receive', rename: 'receive', symlink: 'receive',
-  remove: 'delete', removeTree: 'delete',
+/** the role each file script needs; a source's snapshot folder is made (mkdir) on a pull's first run */
+const SCRIPT_ROLES: Readonly<Record<ScriptName, { readonly role: Role; readonly also?: Role }>> = {
+  read: { role: 'list' }, stat: { role: 'list' }, list: { role: 'list' }, readlink: { role: 'list' },
+  write: { role: 'receive' }, mkdir: { role: 'receive', also: 'send' }, mkdirp: { role: 'receive', also: 'send' }, rename: { role: 'receive' }, symlink: { role: 'receive' },
+  remove: { role: 'delete' }, removeTree: { role: 'delete' },
 }
 const SCRIPT_BY_TEXT: ReadonlyMap<string, ScriptName> = new Map(Object.entries(SCRIPTS).map(([name, text]) => [text, name as ScriptName]))
 /** how many arguments each script takes, all of them paths except symlink's target */
@@ -50,6 +51,9 @@ type Match = { readonly role: Role; readonly checks: readonly Check[]; readonly 
 
 const inside = (...paths: readonly string[]): Check[] => paths.map((path) => ({ kind: 'inside', path }))
 const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i])
+
+/** whether a normalized absolute path is one of the roots or below one */
+export const insideRoots = (path: string, roots: readonly string[]): boolean => roots.some((root) => path === root || path.startsWith(root === '/' ? '/' : `${root}/`))
 
 /** a path as bbackup sends it: absolute, with no `.` or `..` component and no NUL */
 const badPath = (path: string): string | undefined => {
@@ -135,9 +139,7 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       const operands = args.slice(3)
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
-      const checks = inside(...(name === 'symlink' ? operands.slice(1) : operands))
-      // a source's snapshot folder is made on the first run
-      return name === 'mkdir' || name === 'mkdirp' ? { role: 'receive', also: 'send', checks } : { role: SCRIPT_ROLES[name], checks }
+      return { ...SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
     }
     default:
       return undefined
@@ -179,7 +181,7 @@ export const decide = (request: readonly string[], policy: FilterPolicy): Decisi
     if (c.kind !== 'inside') continue
     const bad = badPath(c.path)
     if (bad !== undefined) return { allowed: false, reason: bad }
-    if (!policy.roots.some((root) => posix.normalize(c.path) === root || posix.normalize(c.path).startsWith(root === '/' ? '/' : `${root}/`))) {
+    if (!insideRoots(posix.normalize(c.path), policy.roots)) {
       return { allowed: false, reason: `the path ${JSON.stringify(c.path)}, which is outside ${policy.roots.join(', ')}` }
     }
   }
