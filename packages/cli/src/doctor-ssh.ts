@@ -2,14 +2,13 @@ import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import type { BbError, SshLocation, Transport } from '@bb/core'
-
-export type DoctorRole = 'receive' | 'send' | 'delete' | 'list'
+import type { Role } from '@bb/transports/ssh-filter'
 
 export interface DoctorSshInput {
   readonly location: SshLocation
   readonly transport: Transport
   /** what the key is for: receive (a push target, default), send (a pull source) */
-  readonly roles: readonly DoctorRole[]
+  readonly roles: readonly Role[]
   /** the backups go with this driver; both tools are checked when not given */
   readonly driver?: 'btrfs' | 'rsync'
   /** the key that logs in, whose public half goes into authorized_keys */
@@ -103,7 +102,7 @@ export const renderFindings = (findings: readonly Finding[], line: string, sudo:
   line,
   ...(sudo ? [
     '# and, for --ssh-sudo, in /etc/sudoers.d/bbackup (visudo -f): the commands bbackup runs as root there',
-    '#   USER ALL=(root) NOPASSWD: /usr/bin/btrfs, /usr/bin/rsync, /bin/sh, /usr/bin/kill',
+    '#   USER ALL=(root) NOPASSWD: /usr/bin/btrfs, /usr/bin/rsync, /usr/bin/sync, /usr/bin/kill, /bin/sh',
     '# (sh runs bbackup\'s fixed file scripts; with the forced command above, the key cannot run anything else)',
   ] : []),
   '',

@@ -3,9 +3,9 @@ import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job, type JobRun } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
+import type { Role } from '@bb/transports/ssh-filter'
 import { err, okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
-import type { DoctorRole } from './doctor-ssh.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -640,7 +640,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks an ssh location or prints an rsyncd module; ${JSON.stringify(what)} is neither`, 'give ssh://[user@]host/path (or [user@]host:/path), or rsyncd'), {}))
       }
       const roles = options.role.split(',')
-      const badRole = roles.find((r) => !['receive', 'send', 'delete', 'list'].includes(r))
+      const { ROLES } = await import('@bb/transports/ssh-filter')
+      const badRole = roles.find((r) => !(ROLES as readonly string[]).includes(r))
       if (badRole !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `unknown role ${JSON.stringify(badRole)}`, 'give --role receive, send, delete or list (comma-separated)'), {}))
       if (options.driver !== undefined && options.driver !== 'btrfs' && options.driver !== 'rsync') {
         return void (outcome = fail(bbError('INVALID_OPTIONS', `bbackup doctor checks the btrfs and rsync drivers over ssh, not ${JSON.stringify(options.driver)}`, 'give --driver btrfs or --driver rsync (or leave it out)'), {}))
@@ -650,7 +651,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (transport.isErr()) return void (outcome = fail(transport.error, {}))
       const { authorizedKeysLine, doctorSsh, renderFindings } = await import('./doctor-ssh.js')
       const input = {
-        location: location.value, transport: transport.value, roles: roles as DoctorRole[], sudo: ssh.sudo === true,
+        location: location.value, transport: transport.value, roles: roles as Role[], sudo: ssh.sudo === true,
         ...(options.driver === undefined ? {} : { driver: options.driver as 'btrfs' | 'rsync' }),
         ...(ssh.identityFile === undefined ? {} : { identityFile: ssh.identityFile }),
       }

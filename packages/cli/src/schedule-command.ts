@@ -38,7 +38,7 @@ export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions
     delay = Number(o.randomizedDelay)
     if (!Number.isInteger(delay) || delay < 0) return err(bbError('INVALID_OPTIONS', `--randomized-delay ${o.randomizedDelay} is not a whole number of seconds`, 'give seconds, e.g. --randomized-delay 900'))
   }
-  const spec = { job, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, user: o.user, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
+  const spec = { job, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
   const files: [string, string][] = [[join(o.unitDir, `${stem.value}.service`), serviceUnit(spec)], [join(o.unitDir, `${stem.value}.timer`), timerUnit(spec)]]
   if (o.print) {
     io.stdout(files.map(([path, text]) => `# ${path}\n${text}`).join('\n'))

@@ -15,8 +15,6 @@ export interface ScheduleSpec {
   readonly onCalendar: string
   /** spread the start over this many seconds (RandomizedDelaySec), so a fleet does not start at once */
   readonly randomizedDelaySeconds?: number
-  /** a --user unit (no root): the service runs as the user who has the config */
-  readonly user: boolean
 }
 
 const NAME = /^[A-Za-z0-9_.-]+$/
