@@ -7,8 +7,7 @@ interface CommandSpec {
   readonly options: readonly { readonly short?: string; readonly long?: string; readonly description: string; readonly takesValue: boolean; readonly choices?: readonly string[] }[]
 }
 
-export const SHELLS = ['bash', 'zsh', 'fish'] as const
-export type Shell = (typeof SHELLS)[number]
+export type Shell = 'bash' | 'zsh' | 'fish'
 
 const specOf = (program: Command): CommandSpec[] => program.commands.map((c) => ({
   name: c.name(),

@@ -4,6 +4,7 @@ import { Argument, Command, CommanderError, Option } from 'commander'
 import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job, type JobRun } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
+import type { Shell } from './completion.js'
 import { err, okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
@@ -673,7 +674,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .description('print the shell completion script (bash, zsh or fish), made from these commands and options')
     .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
     .addHelpText('after', EXAMPLES.completion ?? '')
-    .action(async (shell: 'bash' | 'zsh' | 'fish') => {
+    .action(async (shell: Shell) => {
       const { completionScript } = await import('./completion.js')
       io.stdout(completionScript(shell, program))
     })
