@@ -41,6 +41,51 @@ describe('protections that no retention policy overrides', () => {
     )
   })
 
+  it('keeps, all the way down, what a kept snapshot needs (raw incremental chains), and only that', () => {
+    const chained = snapshotsArb.chain((snapshots) => {
+      const sorted = [...snapshots].sort((a, b) => a.time.getTime() - b.time.getTime())
+      // each snapshot may need one older snapshot (its stream's parent)
+      return fc.tuple(...sorted.map((_, i) => fc.option(fc.integer({ min: 0, max: Math.max(0, i - 1) }), { nil: undefined })))
+        .map((parents) => sorted.map((s, i) => ({ ...s, ...(i > 0 && parents[i] !== undefined ? { needs: sorted[parents[i] as number]!.name } : {}) })))
+    })
+    fc.assert(
+      fc.property(chained, policyArb, (snapshots, policy) => {
+        fc.pre(!('preserve' in policy && policy.preserve === 'no' && policy.preserveMin === 'no'))
+        const now = new Date(BASE + 401 * 24 * 3_600_000)
+        const withChains = planRetention(snapshots, policy, { now, timeZone: 'UTC' })
+        const without = planRetention(snapshots.map(({ needs: _, ...s }) => s), policy, { now, timeZone: 'UTC' })
+        if (withChains.isErr() || without.isErr()) return
+        const keep = new Map(withChains.value.map((d) => [d.name, d.keep]))
+        for (const s of snapshots) if (keep.get(s.name) === true && s.needs !== undefined) expect(keep.get(s.needs)).toBe(true)
+        // nothing is deleted that the policy alone kept; what is added is needed by a kept one
+        for (const [i, d] of without.value.entries()) {
+          const chainDecision = withChains.value[i]!
+          if (d.keep) expect(chainDecision.keep).toBe(true)
+          else if (chainDecision.keep) expect(chainDecision.reasons.every((r) => /needs it/.test(r))).toBe(true)
+        }
+      }),
+      { numRuns: 300 },
+    )
+    const r = planRetention(
+      [
+        { name: 'full', time: new Date('2024-01-01T00:00:00Z') },
+        { name: 'inc1', time: new Date('2024-01-02T00:00:00Z'), needs: 'full' },
+        { name: 'inc2', time: new Date('2024-01-03T00:00:00Z'), needs: 'inc1' },
+        { name: 'full2', time: new Date('2024-01-04T00:00:00Z') },
+        { name: 'inc3', time: new Date('2024-01-05T00:00:00Z'), needs: 'full2' },
+      ],
+      { keepLast: 1 },
+      { now: new Date('2024-01-06T00:00:00Z') },
+    )
+    expect(r._unsafeUnwrap().map((d) => [d.name, d.keep, d.reasons])).toEqual([
+      ['full', false, ['not kept by the count policy']],
+      ['inc1', false, ['not kept by the count policy']],
+      ['inc2', false, ['not kept by the count policy']],
+      ['full2', true, ['protected: inc3 needs it (incremental against it)']],
+      ['inc3', true, ['keepLast: 1 of 1 newest', 'protected: the newest snapshot']],
+    ])
+  })
+
   it('keeps snapshots whose time could not be read and snapshots dated in the future', () => {
     const r = planRetention(
       [

@@ -19,6 +19,11 @@ export interface SnapshotInfo {
   readonly path: string
   /** btrfs: who the snapshot is (uuid), what it is a copy of (received uuid) and whether it is read-only */
   readonly identity?: SnapshotIdentity
+  /**
+   * the name of the backup at the same place this one cannot be restored without (a raw
+   * incremental stream needs its parent's stream): retention keeps it whenever it keeps this one
+   */
+  readonly dependsOn?: string
 }
 
 /**

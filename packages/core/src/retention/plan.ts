@@ -15,6 +15,11 @@ export interface RetentionSnapshot {
   readonly hasTime?: boolean
   /** the collision suffix, to order snapshots taken in the same second */
   readonly sequence?: number
+  /**
+   * the snapshot this one cannot be restored without (a raw incremental stream's parent): kept
+   * whenever this one is, whatever the policy says
+   */
+  readonly needs?: string
 }
 
 /** A snapshot that no policy may delete, and why (the next incremental's parent, a journalled transfer). */
@@ -43,7 +48,8 @@ export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL'>
 /**
  * Decides, for every snapshot, whether the policy keeps it, with the reasons. Whatever the policy
  * says, these are kept: the newest snapshot, snapshots dated in the future, snapshots whose time
- * could not be read, and every `protect`ed name. A policy that keeps none of the snapshots is an
+ * could not be read, every `protect`ed name, and what a kept snapshot `needs` (all the way down
+ * its chain). A policy that keeps none of the snapshots is an
  * error rather than a deletion of everything but the protected ones.
  * @example
  * planRetention(
@@ -93,12 +99,30 @@ export const planRetention = (
     const protectedNames = new Map<string, string[]>()
     for (const p of options.protect ?? []) protectedNames.set(p.name, [...(protectedNames.get(p.name) ?? []), `protected: ${p.reason}`])
 
-    return ok(snapshots.map((s, index): RetentionDecision => {
+    const decisions = snapshots.map((s, index): RetentionDecision => {
       if (Number.isNaN(s.time.getTime())) return { name: s.name, keep: true, reasons: ['protected: its time could not be read'] }
       const reasons = [...(kept.get(index) ?? []), ...(protections.get(index) ?? []), ...(protectedNames.get(s.name) ?? [])]
       return reasons.length > 0
         ? { name: s.name, keep: true, reasons }
         : { name: s.name, keep: false, reasons: [`not kept by the ${normalized.spelling} policy`] }
-    }))
+    })
+    return ok(keepWhatKeptOnesNeed(snapshots, decisions))
   })
+}
+
+/** Follows `needs` from every kept snapshot down its chain: what a kept one needs is kept too. */
+const keepWhatKeptOnesNeed = (snapshots: readonly RetentionSnapshot[], decisions: RetentionDecision[]): RetentionDecision[] => {
+  const indexOf = new Map(snapshots.map((s, i) => [s.name, i]))
+  const work = decisions.flatMap((d, i) => (d.keep ? [i] : []))
+  for (let i = work.pop(); i !== undefined; i = work.pop()) {
+    const dependent = snapshots[i]
+    const needed = dependent?.needs === undefined ? undefined : indexOf.get(dependent.needs)
+    const decision = needed === undefined ? undefined : decisions[needed]
+    if (dependent === undefined || needed === undefined || decision === undefined) continue
+    const reason = `protected: ${dependent.name} needs it (incremental against it)`
+    if (decision.reasons.includes(reason)) continue
+    decisions[needed] = { name: decision.name, keep: true, reasons: [...(decision.keep ? decision.reasons : []), reason] }
+    if (!decision.keep) work.push(needed)
+  }
+  return decisions
 }
