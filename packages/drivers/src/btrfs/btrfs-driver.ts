@@ -1,12 +1,13 @@
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, InternalError, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, showSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive } from './pipeline.js'
+import { rawStore, type RawTargetOptions } from './raw.js'
 
 const join = posix.join
 
@@ -22,6 +23,8 @@ export interface BtrfsDriverOptions {
   readonly compressedData?: boolean
   /** stop a transfer whose stream has not moved for this long (STALLED, retried); default 600 */
   readonly stallTimeoutSeconds?: number
+  /** targets that keep the send streams as files instead of receiving them (btrbk's `target raw`) */
+  readonly raw?: RawTargetOptions
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -47,6 +50,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const folderOf = (source: Transport): string => posix.resolve(source.location.path, options.snapshotFolder ?? '.snapshots')
   const versions = new WeakMap<Transport, ResultAsync<readonly [number, number], BbError>>()
   const stallMs = (options.stallTimeoutSeconds ?? 600) * 1000
+  const rawLocations = new Set((options.raw?.targets ?? []).map((t) => parseLocation(t, { cwd: '/' }).map(formatLocation).unwrapOr(t)))
+  /** a target configured to keep stream files */
+  const isRaw = (t: Transport): boolean => rawLocations.has(formatLocation(t.location))
+  const raw = rawStore({
+    options: options.raw ?? { targets: [] },
+    stallMs,
+    sendFlags: (source, signal) => sendFlags(source, [], signal),
+    removeGarbled: (at, path) => removeGarbled(at, path, undefined),
+  })
 
   /** btrfs-progs at a place, once per transport */
   const progsVersion = (at: Transport, signal: AbortSignal | undefined): ResultAsync<readonly [number, number], BbError> => {
@@ -72,7 +84,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) => {
     if (targets.length === 0) return progsVersion(source, signal).andThen(() => probeSource(source, signal))
-    return ResultAsync.combine(targets.map((t) => progsVersion(t, signal).andThen(() => probeTarget(t)))).map(() => undefined)
+    return ResultAsync.combine(targets.map((t) => (isRaw(t) ? new ResultAsync(raw.probe(t, signal)) : progsVersion(t, signal).andThen(() => probeTarget(t))))).map(() => undefined)
   }
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
@@ -112,6 +124,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const listSnapshots: Driver['listSnapshots'] = ({ at, side, signal }) => {
     const onSource = side === 'source'
+    if (!onSource && isRaw(at)) return new ResultAsync(raw.list(at))
     const dir = onSource ? folderOf(at) : at.location.path
     return at.list(dir)
       .orElse((e) => {
@@ -162,7 +175,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         : ok({ ...planned, identity: identityOf(s) })))
   }
 
-  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, snapshot)
+  const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
 
   /** `--proto` and `--compressed-data` both ends can take (snbk's rule: the lowest of kernel and both btrfs-progs). */
   const sendFlags = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<Result<string[], BbError>> => {
@@ -200,9 +213,17 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sent = input.sourceSnapshot
     if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
     const targets = input.targets.map((t) => t.target)
-    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local')) {
-      // the stream is fanned out into named pipes on this host: a remote target gets a send of its own
+    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local' || isRaw(t))) {
+      // the stream is fanned out into named pipes on this host to btrfs receive: a remote or raw target gets a send of its own
       return (await Promise.all(input.targets.map((t) => runShared({ ...input, targets: [t] })))).flat()
+    }
+    const [only] = input.targets
+    if (only !== undefined && isRaw(only.target)) {
+      const target = only.target
+      return [await raw.transfer({
+        source, target, snapshot, sent, parent, targetParent: only.parent, dryRun, signal,
+        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: target.location.path, snapshot, bytes }),
+      })]
     }
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
@@ -304,6 +325,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   const recover: Driver['recover'] = ({ target, entry, dryRun }) => {
+    if (isRaw(target)) return new ResultAsync(raw.recover(target, entry.partialPath, dryRun))
     const dir = target.location.path
     // only ever a subvolume directly in this target: anything else is not ours to touch
     if (posix.dirname(entry.partialPath) !== dir) return okAsync('gone' as const)
@@ -321,6 +343,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const deleteSnapshots: Driver['deleteSnapshots'] = ({ at, snapshots, dryRun, signal }) => {
     if (snapshots.length === 0) return okAsync([])
+    if (isRaw(at)) return new ResultAsync(raw.deleteStreams(at, snapshots, dryRun, signal))
     for (const s of snapshots) {
       if (!s.complete || s.identity?.readOnly !== true) {
         return errAsync(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete read-only snapshot`, 'this is a bug in bbackup; please report it'))
@@ -339,6 +362,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const runRestore = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
     const { from, to, snapshot, signal } = input
     const dest = to.location.path
+    if (isRaw(from)) return raw.restore(input, (landing) => ['btrfs', 'subvolume', 'snapshot', landing, `${landing}.writable`])
     if (input.subpath !== '') return restorePath(input)
     const landing = join(dest, snapshot.name)
     const writable = `${landing}.writable`
@@ -402,6 +426,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    */
   const verify = (input: VerifyInput): ResultAsync<VerifyOutcome, BbError> => new ResultAsync((async (): Promise<Result<VerifyOutcome, BbError>> => {
     const { snapshot, signal } = input
+    if (isRaw(input.target)) return raw.verify(input)
     const differences: string[] = []
     const notes: string[] = []
     const copy = await showSubvolume(input.target, snapshot.path, signal)

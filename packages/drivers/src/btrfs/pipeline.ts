@@ -12,7 +12,9 @@ export interface SendReceiveInput {
   readonly source: Transport
   readonly sendArgv: readonly string[]
   /** one receiver per target; with several, the one stream feeds them all */
-  readonly receivers: readonly { readonly target: Transport; readonly receiveArgv: readonly string[] }[]
+  readonly receivers: readonly { readonly target: Transport; readonly receiveArgv: readonly string[]; /** names it in errors (default: btrfs receive into …) */ readonly what?: string }[]
+  /** names the sender in errors (default: btrfs send …) */
+  readonly sendWhat?: string
   readonly signal: AbortSignal | undefined
   /** bytes sent so far, about twice a second */
   readonly onBytes: (bytes: number) => void
@@ -110,7 +112,8 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   if (fifoDir !== undefined) await rm(fifoDir, { recursive: true, force: true })
   bytes = Math.max(bytes, (await send.bytesWritten()) ?? 0)
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
-    const receiveArgv = input.receivers[i]?.receiveArgv ?? []
+    const receiver = input.receivers[i]
+    const receiveArgv = receiver?.receiveArgv ?? []
     if (stalled) {
       return err(bbError('STALLED', `the stream stopped moving: no byte was sent for ${Math.round((input.stallMs ?? 0) / 1000)} s, so the transfer was stopped`,
         'see whether the receiving side hangs (its disk, its load, the network); the run retries this, and the next run starts it again', { argv: [...input.sendArgv], bytes }))
@@ -121,10 +124,10 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     const allReceiversFailed = received.every(failed)
     if (failed(sent) && !(allReceiversFailed && brokenPipe(sent))) {
       if (sent.isErr()) return err(sent.error)
-      return err(btrfsFailure(`btrfs send ${input.sendArgv.at(-1) ?? ''}`, input.sendArgv, sent.value.exitCode, sent.value.stderr))
+      return err(btrfsFailure(input.sendWhat ?? `btrfs send ${input.sendArgv.at(-1) ?? ''}`, input.sendArgv, sent.value.exitCode, sent.value.stderr))
     }
     if (got.isErr()) return err(got.error)
-    if (got.value.exitCode !== 0) return err(btrfsFailure(`btrfs receive into ${receiveArgv.at(-1) ?? ''}`, receiveArgv, got.value.exitCode, got.value.stderr))
+    if (got.value.exitCode !== 0) return err(btrfsFailure(receiver?.what ?? `btrfs receive into ${receiveArgv.at(-1) ?? ''}`, receiveArgv, got.value.exitCode, got.value.stderr))
     if (tee !== undefined && tee.isErr()) return err(tee.error)
     return ok({ bytes })
   })

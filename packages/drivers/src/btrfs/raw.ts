@@ -1,0 +1,396 @@
+import { posix } from 'node:path'
+import { err, ok, type Result } from 'neverthrow'
+import {
+  bbError, compareSnapshots, parseSnapshotName, type BbError, type RecoverAction, type RestoreInput, type SnapshotInfo, type Transport, type TransferOutcome,
+  type VerifyOutcome,
+} from '@bb/core'
+import { sendReceive } from './pipeline.js'
+
+const join = posix.join
+
+/** How a raw target stores its stream files. */
+export interface RawTargetOptions {
+  /** the targets (as their locations print, e.g. `/mnt/usb/raw` or `ssh://nas/srv/raw`) that get stream files instead of `btrfs receive` */
+  readonly targets: readonly string[]
+  /** `zstd` compresses each stream file (`<name>.btrfs.zst`; zstd needed where the files are); default `none` */
+  readonly compress?: 'zstd' | 'none'
+  /**
+   * start a new chain with a full stream after this many incrementals: without it a chain grows
+   * for ever, and retention can delete nothing a kept stream needs
+   */
+  readonly fullEvery?: number
+}
+
+/** The sidecar of a stream file, `<file>.info`, written last: a stream file without it is unfinished. */
+export interface RawInfo {
+  readonly format: 'bbackup-raw/1'
+  /** the snapshot's name; `btrfs receive` of the stream creates a subvolume of this name */
+  readonly snapshot: string
+  /** the stream file's name, beside the sidecar */
+  readonly file: string
+  readonly compress: 'zstd' | 'none'
+  /** the stream's subvolume uuid: the received uuid a `btrfs receive` of it gets */
+  readonly uuid: string
+  /** an incremental stream: the snapshot (and its stream uuid) it must be received on top of */
+  readonly parent?: string
+  readonly parentUuid?: string
+  /** 0 for a full stream, else how many incrementals lead back to it */
+  readonly chain: number
+  /** bytes of the stream, and of the file (compressed) */
+  readonly streamBytes: number
+  readonly size: number
+  readonly sha256: string
+  readonly createdAt: string
+  readonly sendFlags: readonly string[]
+}
+
+/** What the raw store needs from the btrfs driver around it. */
+export interface RawDeps {
+  readonly options: RawTargetOptions
+  readonly stallMs: number
+  /** `--proto`/`--compressed-data` the source can send (the stream is received later, elsewhere) */
+  readonly sendFlags: (source: Transport, signal: AbortSignal | undefined) => Promise<Result<string[], BbError>>
+  /** deletes an unfinished receive at a path (the restore's cleanup) */
+  readonly removeGarbled: (at: Transport, path: string) => Promise<Result<unknown, BbError>>
+}
+
+const STREAM = /^(.+)\.btrfs(\.zst)?$/
+const PART = /^(.+)\.btrfs(\.zst)?\.part$/
+
+const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
+
+/** The stream's uuid as `btrfs receive` records it: a snapshot that was itself received keeps its received uuid. */
+const streamUuid = (s: SnapshotInfo | undefined): string | undefined => s?.identity?.receivedUuid ?? s?.identity?.uuid
+
+const parseInfo = (text: string | undefined, file: string): RawInfo | undefined => {
+  if (text === undefined) return undefined
+  try {
+    const info = JSON.parse(text) as Partial<RawInfo>
+    if (info.format !== 'bbackup-raw/1' || info.file !== file || typeof info.uuid !== 'string' || typeof info.sha256 !== 'string' || typeof info.size !== 'number') return undefined
+    return info as RawInfo
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Raw targets: each snapshot's send stream is kept as a file (`<name>.btrfs[.zst]`) with a JSON
+ * sidecar (`.info`: uuids, parent, size, sha256) written last, as btrbk's `target raw`. Any
+ * filesystem will do, and the target host needs no btrfs. An incremental stream needs its
+ * parent's to be restored: listings say so (`dependsOn`), so retention keeps whole chains.
+ */
+export const rawStore = (deps: RawDeps) => {
+  const compress = deps.options.compress ?? 'none'
+  const suffix = compress === 'zstd' ? '.btrfs.zst' : '.btrfs'
+  const fileOf = (name: string): string => `${name}${suffix}`
+
+  /** commands that write a file with mode 0600: stream files hold all of the source's data */
+  const privately = (argv: readonly string[]): string[] => ['sh', '-c', 'umask 077 && exec "$@"', 'sh', ...argv]
+  const writerArgv = (path: string): string[] => (compress === 'zstd' ? ['zstd', '-q', '-T0', '-o', path] : ['dd', `of=${path}`, 'bs=1M', 'status=none'])
+  const readerArgv = (info: RawInfo, path: string): string[] => (info.compress === 'zstd' ? ['zstd', '-dcq', '--', path] : ['cat', '--', path])
+
+  const probe = async (target: Transport, signal: AbortSignal | undefined): Promise<Result<void, BbError>> => {
+    const dir = target.location.path
+    const s = await target.stat(dir)
+    if (s.isErr()) return err(s.error)
+    if (s.value === undefined) {
+      const parent = await target.stat(posix.dirname(dir))
+      if (parent.isErr()) return err(parent.error)
+      if (parent.value?.kind !== 'directory') {
+        return err(bbError('TARGET_UNAVAILABLE', `the raw target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
+      }
+      const made = await target.mkdir(dir)
+      if (made.isErr()) return err(made.error)
+      // stream files hold all of the source's data: the directory bbackup makes is its owner's only
+      const closed = await target.exec(['chmod', '700', dir], signalOpt(signal))
+      if (closed.isErr()) return err(closed.error)
+    } else if (s.value.kind !== 'directory') {
+      return err(bbError('TARGET_UNAVAILABLE', `the raw target ${dir} is not a directory`, 'give a directory to keep the stream files in', { path: dir }))
+    }
+    if (compress === 'zstd') {
+      const z = await target.exec(['zstd', '--version'], signalOpt(signal))
+      if (z.isErr() && z.error.code !== 'TOOL_MISSING') return err(z.error)
+      if (z.isErr() || z.value.exitCode !== 0) {
+        return err(bbError('TOOL_MISSING', `zstd is not installed where the raw target ${dir} is`, 'install it there (apt-get install zstd), or store the streams uncompressed (raw compress none)', { path: dir }))
+      }
+    }
+    return ok(undefined)
+  }
+
+  const readInfo = async (at: Transport, dir: string, file: string): Promise<Result<RawInfo | undefined, BbError>> =>
+    (await at.readFile(join(dir, `${file}.info`))).map((text) => parseInfo(text, file))
+
+  /** The stream files bbackup can read the names of, oldest first; unfinished ones (`.part`, or no sidecar) too. */
+  const list = async (at: Transport): Promise<Result<SnapshotInfo[], BbError>> => {
+    const dir = at.location.path
+    const entries = await at.list(dir)
+    if (entries.isErr()) {
+      return err(entries.error.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the raw target ${dir} does not exist`, 'check the path (is the disk mounted?)', { path: dir }) : entries.error)
+    }
+    const found: (SnapshotInfo & { readonly sequence: number })[] = []
+    for (const e of entries.value) {
+      if (e.kind !== 'file') continue
+      const part = PART.exec(e.name)
+      const stream = part === null ? STREAM.exec(e.name) : null
+      const name = (part ?? stream)?.[1]
+      const parsed = name === undefined ? undefined : parseSnapshotName(name)
+      if (name === undefined || parsed === undefined) continue
+      const base = { name, time: parsed.time, health: 'ok' as const, path: join(dir, e.name), sequence: parsed.sequence }
+      if (part !== null) {
+        found.push({ ...base, complete: false })
+        continue
+      }
+      const info = await readInfo(at, dir, e.name)
+      if (info.isErr()) return err(info.error)
+      if (info.value === undefined) {
+        found.push({ ...base, complete: false })
+        continue
+      }
+      found.push({
+        ...base,
+        complete: true,
+        identity: { uuid: `raw-${info.value.uuid}`, receivedUuid: info.value.uuid, readOnly: true },
+        ...(info.value.parent === undefined ? {} : { dependsOn: info.value.parent }),
+      })
+    }
+    return ok(found.sort((a, b) => compareSnapshots({ name: a.name, time: a.time ?? new Date(0), sequence: a.sequence }, { name: b.name, time: b.time ?? new Date(0), sequence: b.sequence }))
+      .map(({ sequence: _, ...s }) => s))
+  }
+
+  const partialPath = (target: Transport, snapshot: string): string => join(target.location.path, `${fileOf(snapshot)}.part`)
+
+  /**
+   * `btrfs send | [zstd] > NAME.btrfs[.zst].part`, then the file is synced, hashed, renamed into
+   * place and its sidecar written last. With `fullEvery`, a chain that long gets a full stream.
+   */
+  const transfer = async (input: {
+    readonly source: Transport; readonly target: Transport; readonly snapshot: string; readonly sent: SnapshotInfo
+    readonly parent: SnapshotInfo | undefined; readonly targetParent: SnapshotInfo | undefined
+    readonly dryRun: boolean; readonly signal: AbortSignal | undefined; readonly onBytes: (bytes: number) => void
+  }): Promise<Result<TransferOutcome, BbError>> => {
+    const { source, target, snapshot, sent, signal } = input
+    const dir = target.location.path
+    const file = fileOf(snapshot)
+    const final = join(dir, file)
+    const part = `${final}.part`
+    const warnings: string[] = []
+    let parent = input.parent
+    let chain = 0
+    if (parent !== undefined && input.targetParent !== undefined) {
+      const parentInfo = await readInfo(target, dir, posix.basename(input.targetParent.path))
+      if (parentInfo.isErr()) return err(parentInfo.error)
+      chain = (parentInfo.value?.chain ?? 0) + 1
+      const every = deps.options.fullEvery
+      if (every !== undefined && chain > every) {
+        warnings.push(`a new chain starts with a full stream: ${input.targetParent.name} is the ${chain - 1}th incremental (full every ${every})`)
+        parent = undefined
+        chain = 0
+      }
+    }
+    const flags = await deps.sendFlags(source, signal)
+    if (flags.isErr()) return err(flags.error)
+    const sendArgv = ['btrfs', 'send', '-q', ...flags.value, ...(parent === undefined ? [] : ['-p', parent.path]), sent.path]
+    const writer = privately(writerArgv(part))
+    const commands: string[][] = [[...sendArgv, '|', ...writer], ['sync', '--', part], ['sha256sum', '--', part], ['mv', part, final], ['write', `${final}.info`]]
+    const mode = parent === undefined ? 'full' as const : 'incremental' as const
+    const outcome = (bytes: number): TransferOutcome => ({ snapshot, mode, ...(parent === undefined ? {} : { parent: parent.name }), bytes, files: 0, warnings, commands })
+    if (input.dryRun) return ok(outcome(0))
+    for (const p of [final, `${final}.info`, part]) {
+      const there = await target.stat(p)
+      if (there.isErr()) return err(there.error)
+      if (there.value !== undefined) {
+        return err(bbError('ALREADY_EXISTS', `${p} already exists at the raw target and is not a backup this run can use`,
+          `bbackup never deletes what it did not create: look at it, move it away or delete it yourself, then run again`, { path: p }))
+      }
+    }
+    const uuid = streamUuid(sent)
+    if (uuid === undefined) return err(bbError('COMMAND_FAILED', `the snapshot ${sent.path} has no uuid bbackup could read`, 'run again; if it repeats, check btrfs subvolume show on it', { path: sent.path }))
+    const [written] = await sendReceive({ source, sendArgv, receivers: [{ target, receiveArgv: writer, what: `writing ${part}` }], signal, stallMs: deps.stallMs, onBytes: input.onBytes })
+    const finished = written === undefined ? err(bbError('COMMAND_FAILED', `writing ${part} gave no result`, 'run again')) : written
+    const done = finished.isErr() ? err(finished.error) : await commit(target, part, final, finished.value.bytes, signal)
+    if (done.isErr()) {
+      // what this transfer created and could not finish goes at once (else the journal removes it next run)
+      await target.remove(part)
+      return err(done.error)
+    }
+    const parentUuid = streamUuid(parent)
+    const info: RawInfo = {
+      format: 'bbackup-raw/1', snapshot, file, compress, uuid,
+      ...(parent === undefined ? {} : { parent: parent.name, ...(parentUuid === undefined ? {} : { parentUuid }) }),
+      chain, streamBytes: done.value.streamBytes, size: done.value.size, sha256: done.value.sha256, createdAt: new Date().toISOString(), sendFlags: flags.value,
+    }
+    const wrote = await target.writeFileAtomic(`${final}.info`, `${JSON.stringify(info, null, 2)}\n`)
+    if (wrote.isErr()) return err(wrote.error)
+    return ok(outcome(done.value.streamBytes))
+  }
+
+  /** The written file to disk, its size and sha256, then renamed into place. */
+  const commit = async (target: Transport, part: string, final: string, streamBytes: number, signal: AbortSignal | undefined) => {
+    const synced = await target.exec(['sync', '--', part], signalOpt(signal))
+    if (synced.isErr()) return err(synced.error)
+    if (synced.value.exitCode !== 0) return err(bbError('IO_FAILED', `could not sync ${part} to disk (exit ${synced.value.exitCode})`, 'check the target disk (dmesg)', { stderr: synced.value.stderr }))
+    const hashed = await sha256(target, part, signal)
+    if (hashed.isErr()) return err(hashed.error)
+    const size = await target.stat(part)
+    if (size.isErr()) return err(size.error)
+    const renamed = await target.rename(part, final)
+    if (renamed.isErr()) return err(renamed.error)
+    return ok({ streamBytes, size: size.value?.size ?? 0, sha256: hashed.value })
+  }
+
+  const sha256 = async (at: Transport, path: string, signal: AbortSignal | undefined): Promise<Result<string, BbError>> => {
+    const argv = ['sha256sum', '--', path]
+    const r = await at.exec(argv, signalOpt(signal))
+    if (r.isErr()) return err(r.error)
+    const m = /^([0-9a-f]{64})\s/.exec(r.value.stdout)
+    if (r.value.exitCode !== 0 || m?.[1] === undefined) return err(bbError('IO_FAILED', `could not read ${path} to hash it (exit ${r.value.exitCode})`, 'check the target disk (dmesg)', { argv, stderr: r.value.stderr }))
+    return ok(m[1])
+  }
+
+  /** What the journal says was being written: the `.part` file, or a renamed stream whose sidecar never came. Only those. */
+  const recover = async (target: Transport, partial: string, dryRun: boolean): Promise<Result<RecoverAction, BbError>> => {
+    const dir = target.location.path
+    if (posix.dirname(partial) !== dir || !PART.test(posix.basename(partial))) return ok('gone')
+    const final = partial.slice(0, -'.part'.length)
+    const left = await target.stat(partial)
+    if (left.isErr()) return err(left.error)
+    if (left.value?.kind === 'file') return dryRun ? ok('removed') : (await target.remove(partial)).map(() => 'removed' as const)
+    const stream = await target.stat(final)
+    if (stream.isErr()) return err(stream.error)
+    if (stream.value === undefined) return ok('gone')
+    const info = await readInfo(target, dir, posix.basename(final))
+    if (info.isErr()) return err(info.error)
+    if (info.value !== undefined) return ok('complete')
+    // renamed into place, but the run ended before its sidecar: unfinished, and this job's
+    return dryRun ? ok('removed') : (await target.remove(final)).map(() => 'removed' as const)
+  }
+
+  const deleteStreams = async (at: Transport, snapshots: readonly SnapshotInfo[], dryRun: boolean, signal: AbortSignal | undefined): Promise<Result<readonly (readonly string[])[], BbError>> => {
+    if (snapshots.length === 0) return ok([])
+    for (const s of snapshots) {
+      if (!s.complete || !STREAM.test(posix.basename(s.path))) return err(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete stream file`, 'this is a bug in bbackup; please report it'))
+    }
+    // the stream before its sidecar: a crash in between leaves a sidecar without a stream, which lists as nothing
+    const argv = ['rm', '-f', '--', ...snapshots.flatMap((s) => [s.path, `${s.path}.info`])]
+    if (dryRun) return ok([argv])
+    const r = await at.exec(argv, signalOpt(signal))
+    if (r.isErr()) return err(r.error)
+    if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `deleting stream files failed (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+    return ok([argv])
+  }
+
+  /** The sidecars from `snapshot` back to the full stream it builds on, full first. */
+  const chainOf = async (at: Transport, snapshot: SnapshotInfo): Promise<Result<RawInfo[], BbError>> => {
+    const dir = at.location.path
+    const listed = await list(at)
+    if (listed.isErr()) return err(listed.error)
+    const chain: RawInfo[] = []
+    for (let s: SnapshotInfo | undefined = snapshot; s !== undefined;) {
+      const info = await readInfo(at, dir, posix.basename(s.path))
+      if (info.isErr()) return err(info.error)
+      if (info.value === undefined) return err(bbError('NOT_FOUND', `${s.path} has no readable sidecar (${posix.basename(s.path)}.info): it is unfinished or damaged`, 'restore another backup'))
+      chain.unshift(info.value)
+      const parentName = info.value.parent
+      if (parentName === undefined) break
+      s = listed.value.find((l) => l.name === parentName && l.complete)
+      if (s === undefined) {
+        return err(bbError('NOT_FOUND', `${snapshot.name} is incremental on ${parentName}, whose stream file is missing at ${dir}`, 'the chain is broken: restore an older backup whose chain is whole (bbackup verify names them)', { path: dir }))
+      }
+      if (chain.length > 100_000) return err(bbError('COMMAND_FAILED', `the chain of ${snapshot.name} loops`, 'the sidecars are damaged; restore another backup'))
+    }
+    return ok(chain)
+  }
+
+  /**
+   * Receives the chain up to the backup into the destination, full first, then deletes the
+   * intermediate subvolumes it made: only the backup is left (and its `.writable` snapshot).
+   */
+  const restore = async (input: RestoreInput, writableArgv: (landing: string) => string[]): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
+    const { from, to, snapshot, signal } = input
+    if (input.subpath !== '') return err(bbError('UNSUPPORTED', 'restoring one path works from received backups, not from stream files', 'restore the whole backup (no --path), then copy the path out of it'))
+    const dest = to.location.path
+    const chain = await chainOf(from, snapshot)
+    if (chain.isErr()) return err(chain.error)
+    const receiveArgv = ['btrfs', 'receive', dest]
+    const landing = join(dest, snapshot.name)
+    const intermediates = chain.value.slice(0, -1).map((i) => join(dest, i.snapshot))
+    const commands: string[][] = [
+      ...chain.value.map((i) => [...readerArgv(i, join(from.location.path, i.file)), '|', ...receiveArgv]),
+      ...(intermediates.length === 0 ? [] : [['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]]),
+      ...(input.writable === true ? [writableArgv(landing)] : []),
+    ]
+    for (const p of [landing, ...intermediates, ...(input.writable === true ? [`${landing}.writable`] : [])]) {
+      const there = await to.stat(p)
+      if (there.isErr()) return err(there.error)
+      if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
+    }
+    if (input.dryRun) return ok({ commands })
+    const made = await to.mkdir(dest, { recursive: true })
+    if (made.isErr()) return err(made.error)
+    const received: string[] = []
+    const undo = async (): Promise<void> => {
+      for (const p of received.reverse()) await deps.removeGarbled(to, p)
+    }
+    for (const info of chain.value) {
+      const path = join(from.location.path, info.file)
+      const reader = readerArgv(info, path)
+      const [r] = await sendReceive({ source: from, sendArgv: reader, sendWhat: `reading ${path}`, receivers: [{ target: to, receiveArgv }], signal, stallMs: deps.stallMs, onBytes: () => undefined })
+      const here = join(dest, info.snapshot)
+      if (r === undefined || r.isErr()) {
+        await deps.removeGarbled(to, here)
+        await undo()
+        return err(r?.error ?? bbError('COMMAND_FAILED', `receiving ${path} gave no result`, 'run again'))
+      }
+      received.push(here)
+    }
+    if (intermediates.length > 0) {
+      const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]
+      const r = await to.exec(argv, signalOpt(signal))
+      if (r.isErr()) return err(r.error)
+      if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `deleting the intermediate subvolumes of the chain failed (exit ${r.value.exitCode})`, `delete them yourself: ${argv.join(' ')}`, { argv, stderr: r.value.stderr }))
+    }
+    if (input.writable === true) {
+      const argv = writableArgv(landing)
+      const r = await to.exec(argv, signalOpt(signal))
+      if (r.isErr()) return err(r.error)
+      if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `making ${landing}.writable failed (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+    }
+    return ok({ commands })
+  }
+
+  /**
+   * A stream file is checked without a btrfs target: its size and sha256 against the sidecar, the
+   * stream's own checksums (`btrfs receive --dump` reads every command and checks its crc32c, on
+   * the source host), and that the chain it needs is whole.
+   */
+  const verify = async (input: { readonly target: Transport; readonly source: Transport; readonly snapshot: SnapshotInfo; readonly signal: AbortSignal | undefined }): Promise<Result<VerifyOutcome, BbError>> => {
+    const { target, snapshot, signal } = input
+    const dir = target.location.path
+    const differences: string[] = []
+    const file = posix.basename(snapshot.path)
+    const info = await readInfo(target, dir, file)
+    if (info.isErr()) return err(info.error)
+    if (info.value === undefined) return ok({ snapshot: snapshot.name, differences: [`${snapshot.path}: no readable sidecar: unfinished or damaged`], differenceCount: 1 })
+    const size = await target.stat(snapshot.path)
+    if (size.isErr()) return err(size.error)
+    if (size.value?.size !== info.value.size) differences.push(`${snapshot.path}: ${size.value?.size ?? 0} bytes, the sidecar says ${info.value.size}`)
+    const hashed = await sha256(target, snapshot.path, signal)
+    if (hashed.isErr()) return err(hashed.error)
+    if (hashed.value !== info.value.sha256) differences.push(`${snapshot.path}: sha256 ${hashed.value}, the sidecar says ${info.value.sha256}`)
+    const [dumped] = await sendReceive({
+      source: target, sendArgv: readerArgv(info.value, snapshot.path), sendWhat: `reading ${snapshot.path}`,
+      receivers: [{ target: input.source, receiveArgv: ['btrfs', 'receive', '--dump'], what: `checking the stream of ${snapshot.path}` }], signal, stallMs: deps.stallMs, onBytes: () => undefined,
+    })
+    if (dumped === undefined || dumped.isErr()) {
+      const stderr = String(dumped?.error.details?.stderr ?? dumped?.error.message ?? '')
+      const said = stderr.split('\n').map((l) => l.replace(/^ERROR:\s*/, '').trim()).filter((l) => l !== '').join('; ')
+      differences.push(`${snapshot.path}: the stream does not read back whole (${said === '' ? 'btrfs receive --dump failed' : said})`)
+    }
+    const chain = await chainOf(target, snapshot)
+    if (chain.isErr()) differences.push(`${snapshot.path}: ${chain.error.message}`)
+    const notes = ['checked: size and sha256 against the sidecar, the stream\'s own checksums (btrfs receive --dump), the chain of parents; the content is not compared with the source']
+    return ok({ snapshot: snapshot.name, differences, differenceCount: differences.length, notes })
+  }
+
+  return { probe, list, partialPath, transfer, recover, deleteStreams, restore, verify }
+}

@@ -1,0 +1,176 @@
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { backup, list, prune, readJournal, restore, verify, type Job } from '@bb/core'
+import { parseSubvolumeShow, type RawInfo, type RawTargetOptions, type Subvolume } from '@bb/drivers/btrfs'
+import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
+import { btrfsJob, finished, spawnTs, waitFor } from './helpers.js'
+
+const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+const at = (iso: string) => () => new Date(iso)
+const btrfs = (...args: string[]): string => execFileSync('btrfs', args, { encoding: 'utf8' })
+const show = (path: string): Subvolume => {
+  const s = parseSubvolumeShow(btrfs('subvolume', 'show', path))
+  if (s === undefined) throw new Error(`${path} is not a subvolume`)
+  return s
+}
+const exists = async (path: string): Promise<boolean> => (await stat(path).catch(() => undefined)) !== undefined
+const files = async (dir: string): Promise<string[]> => (await readdir(dir)).sort()
+const info = async (path: string): Promise<RawInfo> => JSON.parse(await readFile(`${path}.info`, 'utf8')) as RawInfo
+const content = async (dir: string): Promise<Record<string, string>> =>
+  Object.fromEntries(Object.entries(await treeManifest(dir)).filter(([k]) => !k.startsWith('.snapshots')))
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'], { root: true }))('btrfs raw targets: send streams kept as files', () => {
+  let fs: LoopFilesystem
+  let outside: TempDir
+  let source: string
+  let raw: string
+  let state: string
+  const job = (options: Omit<RawTargetOptions, 'targets'> = {}, retention?: Job['retention']): Job =>
+    btrfsJob({ source, targets: [raw], state, driver: { raw: { targets: [raw], ...options } }, ...(retention === undefined ? {} : { retention }) })
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    // the streams go to a filesystem that is not btrfs: a raw target needs none
+    outside = await makeTempDir('raw')
+    source = join(fs.mountPoint, 'home')
+    raw = join(outside.path, 'streams')
+    state = join(fs.mountPoint, 'state')
+    btrfs('subvolume', 'create', source)
+    await writeTree(source, { 'alice/a.txt': 'alpha\n', 'alice/deep/b.bin': randomBytes(300_000), 'bob/c.txt': 'charlie\n' })
+  })
+  afterEach(async () => {
+    await outside.cleanup()
+    await fs.cleanup()
+  })
+
+  it('writes a full, then incremental zstd streams with sidecars (mode 0600, sha256), on a filesystem that is not btrfs; restores the newest through its chain', async () => {
+    const j = job({ compress: 'zstd' })
+    const first = ok(await backup(j, { now: at('2026-11-23T10:00:00Z') }))
+    expect(first.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T100000Z', mode: 'full' })
+    await writeFile(join(source, 'alice/a.txt'), 'alpha changed\n')
+    const second = ok(await backup(j, { now: at('2026-11-23T11:00:00Z') }))
+    expect(second.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T110000Z', mode: 'incremental', parent: 'home.2026-11-23T100000Z' })
+    expect(second.targets[0]?.bytes).toBeLessThan(100_000) // the 300 kB file was not sent again
+    await rm(join(source, 'bob'), { recursive: true })
+    ok(await backup(j, { now: at('2026-11-23T12:00:00Z') }))
+
+    expect(await files(raw)).toEqual([
+      'home.2026-11-23T100000Z.btrfs.zst', 'home.2026-11-23T100000Z.btrfs.zst.info',
+      'home.2026-11-23T110000Z.btrfs.zst', 'home.2026-11-23T110000Z.btrfs.zst.info',
+      'home.2026-11-23T120000Z.btrfs.zst', 'home.2026-11-23T120000Z.btrfs.zst.info',
+    ])
+    const full = join(raw, 'home.2026-11-23T100000Z.btrfs.zst')
+    const third = join(raw, 'home.2026-11-23T120000Z.btrfs.zst')
+    expect((await stat(full)).mode & 0o777).toBe(0o600)
+    expect((await stat(raw)).mode & 0o777).toBe(0o700)
+    const fullInfo = await info(full)
+    expect(fullInfo).toMatchObject({ format: 'bbackup-raw/1', snapshot: 'home.2026-11-23T100000Z', compress: 'zstd', chain: 0, uuid: show(join(source, '.snapshots/home.2026-11-23T100000Z')).uuid })
+    expect(fullInfo.parent).toBeUndefined()
+    expect(fullInfo.sha256).toBe(execFileSync('sha256sum', [full], { encoding: 'utf8' }).slice(0, 64))
+    expect(fullInfo.size).toBe((await stat(full)).size)
+    expect(await info(third)).toMatchObject({ parent: 'home.2026-11-23T110000Z', parentUuid: show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid, chain: 2 })
+    // the stream itself says what it is
+    const dump = execFileSync('sh', ['-c', `zstd -dcq '${third}' | btrfs receive --dump | head -1`], { encoding: 'utf8' })
+    expect(dump).toMatch(new RegExp(`^snapshot\\s+\\./home\\.2026-11-23T120000Z\\s+uuid=${show(join(source, '.snapshots/home.2026-11-23T120000Z')).uuid}`))
+
+    const listed = ok(await list(j))
+    expect(listed[0]?.snapshots.map((s) => [s.name, s.complete])).toEqual([
+      ['home.2026-11-23T100000Z', true], ['home.2026-11-23T110000Z', true], ['home.2026-11-23T120000Z', true],
+    ])
+
+    const into = join(fs.mountPoint, 'restored')
+    const restored = ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into), writable: true }))
+    expect(restored.snapshot).toBe('home.2026-11-23T120000Z')
+    // the chain was received full first; only the backup (and its writable snapshot) is left
+    expect(await files(into)).toEqual(['home.2026-11-23T120000Z', 'home.2026-11-23T120000Z.writable'])
+    const back = show(join(into, 'home.2026-11-23T120000Z'))
+    expect(back.readOnly).toBe(true)
+    expect(back.receivedUuid).toBe(show(join(source, '.snapshots/home.2026-11-23T120000Z')).uuid)
+    expect(await content(join(into, 'home.2026-11-23T120000Z'))).toEqual(await content(join(source, '.snapshots/home.2026-11-23T120000Z')))
+    expect(show(join(into, 'home.2026-11-23T120000Z.writable')).readOnly).toBe(false)
+    // restore never overwrites
+    const again = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into) })
+    expect(again.isErr() && again.error.code).toBe('ALREADY_EXISTS')
+  }, 90_000)
+
+  it('starts a new chain after fullEvery incrementals; retention keeps every stream a kept one needs, and deletes whole old chains', async () => {
+    const j = job({ fullEvery: 2 }, { target: { keepLast: 1 } })
+    const modes: string[] = []
+    for (const hour of ['10', '11', '12', '13', '14']) {
+      await writeFile(join(source, 'alice/a.txt'), `at ${hour}\n`)
+      const r = ok(await backup(j, { now: at(`2026-11-23T${hour}:00:00Z`), prune: false }))
+      modes.push(r.targets[0]?.mode ?? 'failed')
+    }
+    expect(modes).toEqual(['full', 'incremental', 'incremental', 'full', 'incremental'])
+    expect((await info(join(raw, 'home.2026-11-23T130000Z.btrfs'))).chain).toBe(0)
+
+    const pruned = ok(await prune(j))
+    const target = pruned.find((p) => p.at === raw)
+    expect(target?.deleted).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+    expect(target?.decisions.find((d) => d.name === 'home.2026-11-23T130000Z')?.reasons).toContain('protected: home.2026-11-23T140000Z needs it (incremental against it)')
+    expect(await files(raw)).toEqual([
+      'home.2026-11-23T130000Z.btrfs', 'home.2026-11-23T130000Z.btrfs.info', 'home.2026-11-23T140000Z.btrfs', 'home.2026-11-23T140000Z.btrfs.info',
+    ])
+    // what is left still restores
+    const into = join(fs.mountPoint, 'restored')
+    ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into) }))
+    expect(await readFile(join(into, 'home.2026-11-23T140000Z/alice/a.txt'), 'utf8')).toBe('at 14\n')
+  }, 90_000)
+
+  it('verify finds a damaged stream (sha256 and the stream\'s own checksums) and a broken chain', async () => {
+    const j = job()
+    ok(await backup(j, { now: at('2026-11-23T10:00:00Z') }))
+    await writeFile(join(source, 'alice/a.txt'), 'changed\n')
+    ok(await backup(j, { now: at('2026-11-23T11:00:00Z') }))
+    const good = ok(await verify(j, { at: localTransport(raw) }))
+    expect(good).toMatchObject({ snapshot: 'home.2026-11-23T110000Z', differenceCount: 0 })
+
+    const full = join(raw, 'home.2026-11-23T100000Z.btrfs')
+    execFileSync('dd', ['of=' + full, 'bs=1', 'seek=300', 'count=1', 'conv=notrunc', 'status=none'], { input: Buffer.from('X') })
+    const bad = ok(await verify(j, { at: localTransport(raw), snapshot: 'home.2026-11-23T100000Z' }))
+    expect(bad.differences.join('\n')).toMatch(/sha256 [0-9a-f]{64}, the sidecar says/)
+    expect(bad.differences.join('\n')).toMatch(/does not read back whole.*crc32 mismatch/)
+
+    await rm(full)
+    const broken = ok(await verify(j, { at: localTransport(raw) }))
+    expect(broken.differences.join('\n')).toMatch(/incremental on home\.2026-11-23T100000Z, whose stream file is missing/)
+    const r = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'restored')) })
+    expect(r.isErr() && r.error.code).toBe('NOT_FOUND')
+  }, 60_000)
+
+  it('after kill -9 mid-write the .part file is removed and the stream written again; a file it did not write is never touched', async () => {
+    ok(await backup(job(), { now: at('2026-11-23T10:00:00Z') }))
+    await writeFile(join(source, 'big.bin'), randomBytes(160 * 1024 * 1024))
+    const child = spawnTs('fixtures/run-btrfs-backup.ts', [source, raw, state, '2026-11-23T11:00:00Z', 'raw'], { detached: true })
+    const done = finished(child)
+    const part = join(raw, 'home.2026-11-23T110000Z.btrfs.part')
+    await waitFor(async () => ((await stat(part).catch(() => undefined))?.size ?? 0) > 1024 * 1024, 30_000)
+    process.kill(-child.pid!, 'SIGKILL')
+    expect((await done).signal).toBe('SIGKILL')
+    const pending = (await readJournal(localTransport(state), join(state, 'journal.json')))._unsafeUnwrap().entries
+    expect(pending.map((e) => [e.snapshot, e.partialPath])).toEqual([['home.2026-11-23T110000Z', part]])
+
+    const again = ok(await backup(job(), { now: at('2026-11-23T11:30:00Z'), snapshot: false }))
+    expect(again.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T110000Z', mode: 'incremental', recovered: [{ snapshot: 'home.2026-11-23T110000Z', action: 'removed' }] })
+    expect(await exists(part)).toBe(false)
+    expect(ok(await verify(job(), { at: localTransport(raw) })).differenceCount).toBe(0)
+
+    // a stream file nobody journalled, with the name the next one would get: never touched, the new one gets another name
+    const stray = join(raw, 'home.2026-11-23T120000Z.btrfs')
+    await writeFile(stray, 'not ours\n')
+    const beside = ok(await backup(job(), { now: at('2026-11-23T12:00:00Z') }))
+    expect(beside.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T120000Z_1', mode: 'incremental' })
+    expect(await readFile(stray, 'utf8')).toBe('not ours\n')
+    // keepLast 1 keeps the whole chain the newest stream needs, and does not see the stray
+    const pruned = ok(await prune(job({}, { target: { keepLast: 1 } })))[0]
+    expect(pruned?.deleted).toEqual([])
+    expect(pruned?.decisions.map((d) => d.name)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z_1'])
+    expect(await readFile(stray, 'utf8')).toBe('not ours\n')
+  }, 90_000)
+})
