@@ -66,16 +66,18 @@ const detectDriver = async (source: Transport): Promise<DriverChoice> => {
 
 /**
  * Which driver made the backups in a target directory, for restore: rsync keeps its records in
- * `.bbackup/`; btrfs backups are subvolumes (inode 256).
+ * `.bbackup/`; btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target).
  */
-export const detectBackupDriver = async (target: Transport): Promise<DriverChoice> => {
+export const detectBackupDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean }> => {
   const dir = target.location.path
-  if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return 'rsync'
-  for (const e of (await target.list(dir)).unwrapOr([])) {
+  if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return { driver: 'rsync', raw: false }
+  const entries = (await target.list(dir)).unwrapOr([])
+  if (entries.some((e) => e.kind === 'file' && /\.btrfs(\.zst)?\.info$/.test(e.name))) return { driver: 'btrfs', raw: true }
+  for (const e of entries) {
     if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
-    if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return 'btrfs'
+    if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return { driver: 'btrfs', raw: false }
   }
-  return 'rsync'
+  return { driver: 'rsync', raw: false }
 }
 
 const blockVolumeOnly = (source: string): BbError =>
@@ -92,15 +94,21 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   const sourceTransport = await transportFor(source.value, spec, options.connections)
   if (sourceTransport.isErr()) return err(sourceTransport.error)
   const targetTransports: Transport[] = []
-  for (const t of spec.targets) {
+  const rawTargets: string[] = []
+  for (const [i, t] of [...spec.targets, ...(spec.rawTargets ?? [])].entries()) {
     const parsed = parseLocation(t, { cwd: options.cwd })
     if (parsed.isErr()) return err(parsed.error)
     const made = await transportFor(parsed.value, spec, options.connections)
     if (made.isErr()) return err(made.error)
     targetTransports.push(made.value)
+    if (i >= spec.targets.length) rawTargets.push(formatLocation(parsed.value))
   }
   const driverName = spec.driver ?? (await detectDriver(sourceTransport.value))
   if (driverName === 'block') return err(blockVolumeOnly(spec.source))
+  if (rawTargets.length > 0 && driverName !== 'btrfs') {
+    return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
+      'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
+  }
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
     driverName === 'btrfs'
@@ -108,6 +116,9 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
+        ...(rawTargets.length === 0 ? {} : {
+          raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) },
+        }),
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,

@@ -32,6 +32,11 @@ export interface JobSpec {
   readonly snapshotFolder?: string
   readonly sendProtocol?: 'auto' | 1 | 2
   readonly compressedData?: boolean
+  /** btrfs: targets that keep the send streams as files (besides `targets`) */
+  readonly rawTargets?: readonly string[]
+  readonly rawCompress?: 'zstd' | 'none'
+  /** btrfs raw targets: a full stream after this many incrementals */
+  readonly rawFullEvery?: number
   /** how remote (ssh) locations are reached */
   readonly ssh?: SshSpec
   /** how rsync daemon locations are reached */
@@ -78,7 +83,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -146,9 +151,17 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
     for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, 'unknown key', `a job has ${JOB_KEYS.join(', ')}`)
     if (typeof job.source !== 'string') return problem(section, job.source === undefined ? '' : 'source', 'source is missing or not a string', 'give the directory (or subvolume) to back up: source = "/home"')
-    const targets = typeof job.targets === 'string' ? [job.targets] : job.targets
-    if (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string')) {
+    const targets = typeof job.targets === 'string' ? [job.targets] : (job.targets ?? [])
+    const rawTargets = typeof job.raw_targets === 'string' ? [job.raw_targets] : (job.raw_targets ?? [])
+    if (!Array.isArray(rawTargets) || !rawTargets.every((t) => typeof t === 'string')) return problem(section, 'raw_targets', 'must be a list of locations', 'raw_targets = ["/mnt/usb/streams"]')
+    if (!Array.isArray(targets) || (targets.length === 0 && rawTargets.length === 0) || !targets.every((t) => typeof t === 'string')) {
       return problem(section, job.targets === undefined ? '' : 'targets', 'targets is missing or not a list of locations', 'targets = ["/mnt/backup/home"]')
+    }
+    const rawCompress = job.raw_compress
+    if (rawCompress !== undefined && rawCompress !== 'zstd' && rawCompress !== 'none') return problem(section, 'raw_compress', `${JSON.stringify(rawCompress)} is not "zstd" or "none"`)
+    const rawFullEvery = job.raw_full_every
+    if (rawFullEvery !== undefined && !(typeof rawFullEvery === 'number' && Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
+      return problem(section, 'raw_full_every', `${JSON.stringify(rawFullEvery)} is not a whole number of at least 1`, 'raw_full_every = 7: a full stream after 7 incrementals')
     }
     const strings = (key: string): Result<string[], BbError> => {
       const v = job[key] ?? []
@@ -216,6 +229,8 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
       ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
+      ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
+      ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),

@@ -47,6 +47,9 @@ interface CommonOptions {
   numSnapshots?: string
   sendProtocol?: string
   compressedData?: boolean
+  rawTarget?: string[]
+  rawCompress?: string
+  rawFullEvery?: string
   snapshot?: boolean
   transfer?: boolean
   lockedDests?: boolean
@@ -105,6 +108,9 @@ const jobOptions = (command: Command): Command =>
     .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
     .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
     .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
+    .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
+    .addOption(new Option('--raw-compress <method>', 'btrfs raw targets: compress the stream files (config: raw_compress)').choices(['zstd', 'none']))
+    .option('--raw-full-every <n>', 'btrfs raw targets: a full stream after n incrementals, so that old chains can be pruned (config: raw_full_every)')
     .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
     .option('--exclude <pattern>', 'rsync exclude pattern (repeatable)', collect)
     .option('--exclude-from <file>', 'file of exclude patterns (repeatable)', collect)
@@ -233,6 +239,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const keepSnapshotsSpec = options.keepSnapshots ?? options.numSnapshots
     const keepSnapshots = keepSnapshotsSpec === undefined ? undefined : parseRetentionSpec(keepSnapshotsSpec)
     if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
+    const rawFullEvery = options.rawFullEvery === undefined ? undefined : Number(options.rawFullEvery)
+    if (rawFullEvery !== undefined && !(Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
+      return { error: bbError('INVALID_OPTIONS', `--raw-full-every ${options.rawFullEvery ?? ''} is not a whole number of at least 1`, 'e.g. --raw-full-every 7: a full stream after 7 incrementals') }
+    }
     const overrides = {
       ...(options.driver === undefined ? {} : { driver: options.driver }),
       ...(prefix === undefined ? {} : { prefix }),
@@ -245,6 +255,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
+      ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),
+      ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
@@ -260,9 +272,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let configStateDir: string | undefined
     let metricsFile = options.metricsFile === undefined ? undefined : resolvePath(io.cwd, options.metricsFile)
     if (source !== undefined) {
-      if (targets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
+      const rawTargets = options.rawTarget ?? []
+      if (targets.length === 0 && rawTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
       specs = [{
-        source, targets, exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
+        source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
       }]
     } else {
@@ -542,14 +555,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (target === undefined || snapshot === undefined || destination === undefined) {
         return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
       }
-      let driver = options.driver
-      if (driver === undefined) {
-        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
-        const at = await where
-        if (at.isErr()) return void (outcome = fail(at.error, options))
-        driver = await detectBackupDriver(at.value)
-      }
-      const resolved = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '' })
+      const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
+      const at = await where
+      if (at.isErr()) return void (outcome = fail(at.error, options))
+      const detected = await detectBackupDriver(at.value)
+      const driver = options.driver ?? detected.driver
+      // stream files are read through their chain, not copied as they are
+      const raw = driver === 'btrfs' && detected.raw
+      const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))
       const job = resolved.jobs[0] as Job
       const r = await restore(job, {

@@ -70,4 +70,44 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(r.code).toBe(1)
     expect(r.stderr).toMatch(/not on a btrfs filesystem[\s\S]*--driver rsync[\s\S]*SOURCE_NOT_SUBVOLUME/)
   })
+
+  it('--raw-target keeps zstd stream files beside a received target; list, verify and restore read them (restore detects them)', async () => {
+    const run = await runCli(['run', 'home', 'backup', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state', '--json'], dir)
+    expect(run.code, run.stderr).toBe(0)
+    expect(JSON.parse(run.stdout).targets.map((t: { target: string; ok: boolean; mode: string }) => [t.target, t.ok, t.mode])).toEqual([
+      [join(dir, 'backup'), true, 'full'], [join(dir, 'streams'), true, 'full'],
+    ])
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    expect((await runCli(['run', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const files = (await readdir(join(dir, 'streams'))).sort()
+    expect(files).toHaveLength(4)
+    expect(files.every((f) => /^home\.\d{4}-\d\d-\d\dT\d{6}Z(_\d+)?\.btrfs\.zst(\.info)?$/.test(f))).toBe(true)
+    const listed = await runCli(['list', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state'], dir)
+    expect(listed.stdout).toMatch(/streams \(target\): 2 backups/)
+    const verified = await runCli(['verify', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state'], dir)
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0)
+    const restored = await runCli(['restore', 'streams', 'latest', 'restored'], dir)
+    expect(restored.code, restored.stderr).toBe(0)
+    const [name] = await readdir(join(dir, 'restored'))
+    expect(execFileSync('cat', [join(dir, 'restored', name!, 'a.txt')], { encoding: 'utf8' })).toBe('changed\n')
+    // raw targets hold btrfs streams: an rsync job cannot have one
+    const wrong = await runCli(['run', '--driver', 'rsync', 'home', 'backup2', '--raw-target', 'streams2', '--state-dir', 'state2'], dir)
+    expect(wrong).toMatchObject({ code: 2, stderr: expect.stringMatching(/raw targets .* keep btrfs send streams/) })
+  })
+
+  it('a config job may have raw_targets only; raw_full_every = 1 makes every stream full; a bad value names the key', async () => {
+    const config = join(dir, 'bbackup.toml')
+    await writeFile(config, `state_dir = "${join(dir, 'state')}"\n[jobs.home]\nsource = "${join(dir, 'home')}"\nraw_targets = ["${join(dir, 'streams')}"]\nraw_full_every = 1\n`)
+    for (let i = 0; i < 2; i++) {
+      const r = await runCli(['run', '-c', config, '--json'], dir)
+      expect(r.code, r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout).targets).toMatchObject([{ ok: true, mode: i === 0 ? 'full' : 'incremental' }])
+      await writeFile(join(dir, 'home/a.txt'), `run ${i}\n`)
+    }
+    const r = await runCli(['run', '-c', config, '--json'], dir)
+    // the third stream would be the second incremental in the chain: a new full one instead
+    expect(JSON.parse(r.stdout).targets).toMatchObject([{ ok: true, mode: 'full', warnings: [expect.stringMatching(/a new chain starts with a full stream/)] }])
+    await writeFile(config, `[jobs.home]\nsource = "/home"\nraw_targets = ["/x"]\nraw_full_every = 0\n`)
+    expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:4: [jobs.home] raw_full_every: 0 is not a whole number of at least 1`) })
+  })
 })
