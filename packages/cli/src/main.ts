@@ -525,7 +525,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
           if (r.isErr()) return void (outcome = fail(r.error, options))
           if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
-          else io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'same as the source' : `${r.value.differenceCount} differences from the source`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+          else {
+            io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} problems`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+            // what was checked, and what could not be
+            io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
+          }
           if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
         }
       }

@@ -69,6 +69,23 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
+  it('btrfs push to a raw target: zstd stream files and sidecars on the remote side, restored from there', async () => {
+    const streams = remote(join(dir, 'streams'))
+    await runOverSsh(['run', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state', '-q'])
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = await runOverSsh(['run', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state', '--json'])
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', route: 'push' }] })
+    const files = (await readdir(join(dir, 'streams'))).sort()
+    expect(files.filter((f) => f.endsWith('.btrfs.zst'))).toHaveLength(2)
+    expect(files.filter((f) => f.endsWith('.btrfs.zst.info'))).toHaveLength(2)
+    expect((await stat(join(dir, 'streams', files[0] ?? ''))).mode & 0o777).toBe(0o600)
+    const verified = await runOverSsh(['verify', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state'])
+    expect(verified.stdout).toMatch(/: no problem found\n  note: checked: size and sha256 against the sidecar/)
+    await runOverSsh(['restore', streams, 'latest', join(dir, 'restored')])
+    const [name] = await readdir(join(dir, 'restored'))
+    expect(readFileSync(join(dir, 'restored', name ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
+  })
+
   it('btrfs pull: a remote subvolume backed up here, full then incremental', async () => {
     await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '-q'])
     await writeFile(join(dir, 'home/docs/b.txt'), 'changed\n')
