@@ -7,8 +7,8 @@ import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
 import { runCli, waitFor } from './helpers.js'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
-import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
-import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+import { openSshSession, sshTransport, type SshOptions, type SshSession } from '@bb/transports/ssh'
+import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, startTcpProxy, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
 /** `btrfs subvolume show` of a path, as key → value */
 const show = (path: string): Record<string, string> => Object.fromEntries(execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })
@@ -80,7 +80,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(files.filter((f) => f.endsWith('.btrfs.zst.info'))).toHaveLength(2)
     expect((await stat(join(dir, 'streams', files[0] ?? ''))).mode & 0o777).toBe(0o600)
     const verified = await runOverSsh(['verify', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state'])
-    expect(verified.stdout).toMatch(/: no problem found\n  note: checked: size and sha256 against the sidecar/)
+    expect(verified.stdout).toMatch(/: no problem found\n {2}note: checked: size and sha256 against the sidecar/)
     await runOverSsh(['restore', streams, 'latest', join(dir, 'restored')])
     const [name] = await readdir(join(dir, 'restored'))
     expect(readFileSync(join(dir, 'restored', name ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
@@ -182,12 +182,17 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     await fs?.cleanup()
   })
 
-  const job = (driver: BtrfsDriverOptions = {}): Job => {
-    const location = parseLocation(`ssh://root@127.0.0.1:${sshd.port}${join(dir, 'backup')}`)._unsafeUnwrap() as SshLocation
+  /** a push to the test's sshd; `via` reaches it through another port (a proxy), `ssh` adds transport options */
+  const job = (driver: BtrfsDriverOptions = {}, via?: { readonly port: number; readonly ssh: SshOptions }): Job => {
+    const location = parseLocation(`ssh://root@127.0.0.1:${via?.port ?? sshd.port}${join(dir, 'backup')}`)._unsafeUnwrap() as SshLocation
     return {
       driver: btrfsDriver(driver),
       source: localTransport(join(dir, 'home')),
-      targets: [sshTransport(location, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })],
+      targets: [sshTransport(location, session, {
+        identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile,
+        // through a proxy the server is still the one known_hosts names
+        ...(via === undefined ? {} : { ...via.ssh, options: [`HostKeyAlias=[127.0.0.1]:${sshd.port}`, ...(via.ssh.options ?? [])] }),
+      })],
       state: { transport: localTransport(join(dir, 'state')), directory: join(dir, 'state') },
       prefix: 'home.',
     }
@@ -220,6 +225,42 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     expect(show(join(dir, 'backup', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
     expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
+
+  it('a silent partition (no packet passes, nothing is reset) is detected within the keepalive bound, and the send is retried once it heals (scenario 6)', async () => {
+    const proxy = await startTcpProxy(sshd.port)
+    try {
+      const via = { port: proxy.port, ssh: { serverAliveInterval: 1, serverAliveCountMax: 2 } }
+      expect((await backup(job({}, via)))._unsafeUnwrap().failed).toBe(0)
+      const [first] = await snapshotsIn(join(dir, 'backup'))
+      execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+      let droppedAt = 0
+      const detected: { code: string; afterMs: number }[] = []
+      const running = backup(job({}, via), {
+        retry: { initialDelayMs: 1000 },
+        onEvent: (e) => {
+          if (e.type !== 'retrying') return
+          detected.push({ code: e.error.code, afterMs: Date.now() - droppedAt })
+          proxy.heal() // before the retry's pause is over
+        },
+      })
+      await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+      droppedAt = Date.now()
+      proxy.drop()
+      const report = (await running)._unsafeUnwrap()
+      expect(detected.map((d) => d.code)).toEqual(['NETWORK_FAILED'])
+      // ServerAliveInterval 1 × ServerAliveCountMax 2, plus the time to notice the end of the connection
+      expect(detected[0]?.afterMs).toBeLessThan(8000)
+      expect(report.targets[0]).toMatchObject({ ok: true, attempts: 2, mode: 'incremental', parent: first })
+      const sent = await snapshotsIn(join(dir, 'backup'))
+      expect(sent).toHaveLength(2)
+      expect(show(join(dir, 'backup', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
+      expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+      // the receive cut off by the partition did not outlive it on the server
+      await waitFor(async () => sshd.sessionPids().every((pid) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')), 10_000)
+    } finally {
+      await proxy.stop()
+    }
+  }, 120_000)
 
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
     expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)

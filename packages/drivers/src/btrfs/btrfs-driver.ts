@@ -286,6 +286,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       result = again[0] ?? result
     }
     if (result.isErr()) {
+      // the host is out of reach: a cleanup now would only wait for the connect timeout; the journal has the copy, and the retry's recovery removes it
+      if (result.error.code === 'NETWORK_FAILED') return err(result.error)
       // what this call created and could not finish goes at once (the journal would remove it next run otherwise)
       const failure = result.error
       const cleaned = await removeGarbled(target, path, undefined)

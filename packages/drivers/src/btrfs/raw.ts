@@ -209,8 +209,9 @@ export const rawStore = (deps: RawDeps) => {
     const finished = written === undefined ? err(bbError('COMMAND_FAILED', `writing ${part} gave no result`, 'run again')) : written
     const done = finished.isErr() ? err(finished.error) : await commit(target, part, final, finished.value.bytes, signal)
     if (done.isErr()) {
-      // what this transfer created and could not finish goes at once (else the journal removes it next run)
-      await target.remove(part)
+      // what this transfer created and could not finish goes at once (else the journal removes it next run),
+      // unless the host is out of reach: then the retry's recovery does it
+      if (done.error.code !== 'NETWORK_FAILED') await target.remove(part)
       return err(done.error)
     }
     const parentUuid = streamUuid(parent)
