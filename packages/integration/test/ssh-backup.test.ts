@@ -262,6 +262,33 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     }
   }, 120_000)
 
+  it('a host out of reach when the run starts is tried again with backoff, and backed up once it answers; one that stays away is a failed target', async () => {
+    const proxy = await startTcpProxy(sshd.port)
+    try {
+      const via = { port: proxy.port, ssh: { connectTimeout: 1, serverAliveInterval: 1, serverAliveCountMax: 2 } }
+      proxy.drop()
+      const events: { attempt: number; code: string }[] = []
+      const report = (await backup(job({}, via), {
+        retry: { initialDelayMs: 200 },
+        onEvent: (e) => {
+          if (e.type !== 'retrying') return
+          events.push({ attempt: e.attempt, code: e.error.code })
+          if (e.attempt === 2) proxy.heal()
+        },
+      }))._unsafeUnwrap()
+      expect(events).toEqual([{ attempt: 1, code: 'NETWORK_FAILED' }, { attempt: 2, code: 'NETWORK_FAILED' }])
+      expect(report.targets[0]).toMatchObject({ ok: true, mode: 'full', warnings: [expect.stringMatching(/^reached on attempt 3/)] })
+      expect(await snapshotsIn(join(dir, 'backup'))).toHaveLength(1)
+
+      proxy.drop()
+      const away = (await backup(job({}, via), { retry: { attempts: 1, initialDelayMs: 100 } }))._unsafeUnwrap()
+      expect(away.targets[0]).toMatchObject({ ok: false, attempts: 2, error: { code: 'NETWORK_FAILED' } })
+      expect(away.failed).toBe(1)
+    } finally {
+      await proxy.stop()
+    }
+  }, 60_000)
+
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
     expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
     const [first] = await snapshotsIn(join(dir, 'backup'))

@@ -138,14 +138,24 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
 
-  // Which targets can be reached, and what each holds.
-  const states = await Promise.all(job.targets.map(async (target) => {
-    const where = formatLocation(target.location)
+  // Which targets can be reached, and what each holds; one that is out of reach on the network is tried again, with the transfers' backoff
+  const reach = async (target: Transport, where: string) => {
     const reachable = await job.driver.probe({ source: job.source, targets: [target], signal: options.signal })
     if (reachable.isErr()) return { target, where, error: reachable.error, snapshots: [] }
     const listed = await job.driver.listSnapshots({ at: target, signal: options.signal })
     if (listed.isErr()) return { target, where, error: listed.error, snapshots: [] }
     return { target, where, error: undefined, snapshots: listed.value }
+  }
+  const states = await Promise.all(job.targets.map(async (target) => {
+    const where = formatLocation(target.location)
+    for (let attempt = 1; ; attempt++) {
+      const state = await reach(target, where)
+      const last = state.error === undefined || !TRANSIENT.has(state.error.code) || attempt > retriesOf(options) || dryRun || cancelled(options)
+      if (last) return { ...state, attempts: attempt }
+      const delayMs = retryDelay(options, attempt)
+      emit({ type: 'retrying', target: where, attempt, of: retriesOf(options), delayMs, error: state.error as BbError })
+      await pause(delayMs, options.signal)
+    }
   }))
 
   // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
@@ -173,7 +183,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   for (const state of states) {
     if (state.error === undefined) continue
     emit({ type: 'transfer-failed', target: state.where, snapshot: name, error: state.error })
-    reports.push(failedTarget(state.where, Date.now(), state.error))
+    reports.push(failedTarget(state.where, Date.now(), state.error, state.attempts > 1 ? { attempts: state.attempts } : {}))
   }
   const reachable = states.filter((s) => s.error === undefined)
   if (options.transfer !== false && job.driver.snapshotsSource) {
@@ -186,6 +196,10 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   }
   // in the order the targets were given
   reports.sort((a, b) => states.findIndex((s) => s.where === a.target) - states.findIndex((s) => s.where === b.target))
+  for (const [i, report] of reports.entries()) {
+    const tries = states.find((s) => s.where === report.target && s.error === undefined)?.attempts ?? 1
+    if (tries > 1) reports[i] = { ...report, warnings: [`reached on attempt ${tries}: the first tries failed on the network`, ...report.warnings] }
+  }
   if (options.signal?.aborted === true) {
     return err(bbError('CANCELLED', 'the backup was cancelled', 'run it again: an unfinished copy is resumed or removed by the next run', { snapshot: name }))
   }
