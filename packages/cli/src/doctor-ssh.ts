@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { posix } from 'node:path'
-import type { BbError, SshLocation, Transport } from '@bb/core'
+import type { BbError, Finding, SshLocation, Transport } from '@bb/core'
 import type { Role } from '@bb/transports/ssh-filter'
 
 export interface DoctorSshInput {
@@ -16,13 +16,7 @@ export interface DoctorSshInput {
   readonly sudo: boolean
 }
 
-export interface Finding {
-  readonly ok: boolean
-  readonly what: string
-  readonly detail: string
-  /** for a problem: how to fix it */
-  readonly fix?: string
-}
+export type { Finding }
 
 const found = (what: string, detail: string): Finding => ({ ok: true, what, detail })
 const problem = (what: string, detail: string, fix: string): Finding => ({ ok: false, what, detail, fix })
@@ -95,8 +89,12 @@ export const authorizedKeysLine = async (input: Pick<DoctorSshInput, 'location' 
   return `command="bbackup-remote ${options.join(' ')}",restrict ${pub ?? 'ssh-ed25519 AAAA...(the public half of the key bbackup logs in with)'}`
 }
 
+/** One line per finding, the fix under each problem. */
+export const findingLines = (findings: readonly Finding[]): string[] =>
+  findings.map((f) => `${f.ok ? 'ok     ' : 'PROBLEM'} ${f.what}: ${f.detail}${f.fix === undefined ? '' : `\n        fix: ${f.fix}`}`)
+
 export const renderFindings = (findings: readonly Finding[], line: string, sudo: boolean): string => [
-  ...findings.map((f) => `${f.ok ? 'ok     ' : 'PROBLEM'} ${f.what}: ${f.detail}${f.fix === undefined ? '' : `\n        fix: ${f.fix}`}`),
+  ...findingLines(findings),
   '',
   '# the authorized_keys line on the other host (~/.ssh/authorized_keys of the user bbackup logs in as):',
   line,

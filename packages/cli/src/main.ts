@@ -636,8 +636,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     })
 
   sshOptions(program.command('doctor'))
-    .description('check a setup: an ssh location (connection, tools, directory, the authorized_keys line), or print an rsyncd.conf module')
-    .argument('<what>', 'ssh://[user@]host[:port]/path or [user@]host:/path, or rsyncd')
+    .description('check a setup: every configured job (tools, filesystems, permissions, reachability, free space), an ssh location (and its authorized_keys line), or print an rsyncd.conf module')
+    .argument('[what]', 'nothing: the jobs of the config; ssh://[user@]host[:port]/path or [user@]host:/path; or rsyncd')
+    .option('-c, --config <file>', `without WHAT: the config whose jobs are checked (default ${DEFAULT_CONFIG})`)
+    .option('-j, --job <name>', 'without WHAT: check only this job (repeatable)', collect)
     .option('--role <roles>', 'ssh: what the key is for, comma-separated: receive (a target), send (a source), delete, list', 'receive')
     .option('--driver <driver>', 'ssh: check for this driver only (btrfs or rsync)')
     .option('--module <name>', 'rsyncd: the module\'s name', 'backups')
@@ -646,7 +648,23 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
     .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
     .addHelpText('after', EXAMPLES.doctor ?? '')
-    .action(async (what: string, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
+    .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
+      if (what === undefined) {
+        const { driver: _, ...jobOptions } = options
+        const resolved = await resolveJobs(undefined, [], jobOptions, true)
+        if ('error' in resolved) return void (outcome = fail(resolved.error, {}))
+        const { checkJob } = await import('@bb/core')
+        const { findingLines } = await import('./doctor-ssh.js')
+        let problems = 0
+        for (const job of resolved.jobs) {
+          const findings = await checkJob(job)
+          problems += findings.filter((f) => !f.ok).length
+          io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...findingLines(findings).map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
+        }
+        for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)
+        io.stdout(problems === 0 ? 'no problem found\n' : `${problems} problem${problems === 1 ? '' : 's'} found\n`)
+        return void (outcome = { code: problems === 0 ? EXIT.ok : EXIT.error })
+      }
       if (what === 'rsyncd') {
         const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
         const text = rsyncdModuleText({ module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow })

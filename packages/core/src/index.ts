@@ -28,6 +28,8 @@ export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } f
 export { forgetPending, prune } from './engine/prune.js'
 export type { PruneResult } from './engine/prune.js'
 export { findSnapshot, list, restore, status, verify } from './engine/inspect.js'
+export { checkJob, LOW_SPACE_SHARE } from './engine/doctor.js'
+export type { Finding } from './engine/doctor.js'
 export { prometheusMetrics } from './report/prometheus.js'
 export type { JobRun } from './report/prometheus.js'
 export { DEFAULT_THRESHOLDS, healthOf, NAGIOS_EXIT } from './report/health.js'

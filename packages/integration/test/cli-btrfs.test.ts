@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
@@ -109,5 +109,32 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(JSON.parse(r.stdout).targets).toMatchObject([{ ok: true, mode: 'full', warnings: [expect.stringMatching(/a new chain starts with a full stream/)] }])
     await writeFile(config, `[jobs.home]\nsource = "/home"\nraw_targets = ["/x"]\nraw_full_every = 0\n`)
     expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:4: [jobs.home] raw_full_every: 0 is not a whole number of at least 1`) })
+  })
+
+  it('doctor checks every configured job: source, state, each target and its free space, with the fix for each problem (exit 1)', async () => {
+    const config = join(dir, 'bbackup.toml')
+    await mkdir(join(dir, 'plain'))
+    await writeFile(config, [
+      `state_dir = "${join(dir, 'state')}"`,
+      '[jobs.home]', `source = "${join(dir, 'home')}"`, `targets = ["${join(dir, 'backup')}"]`,
+      '[jobs.broken]', `source = "${join(dir, 'plain')}"`, 'driver = "btrfs"', `targets = ["${join(dir, 'nodisk/backup')}"]`,
+      '',
+    ].join('\n'))
+    const healthy = await runCli(['doctor', '-c', config, '-j', 'home'], dir)
+    expect(healthy.code, healthy.stdout + healthy.stderr).toBe(0)
+    expect(healthy.stdout).toMatch(/^job home:\n {2}ok {5} source .*home: ready for the btrfs driver\n {2}ok {5} state .*: no unfinished transfer; not locked\n {2}ok {5} target .*backup: ready; [\d.]+ GiB free of [\d.]+ GiB\n/)
+    expect(healthy.stdout).toMatch(/no problem found\n$/)
+
+    const all = await runCli(['doctor', '-c', config], dir)
+    expect(all.code).toBe(1)
+    expect(all.stdout).toMatch(/job broken:\n {2}PROBLEM source .*plain: .*is a directory, not a btrfs subvolume.*\(SOURCE_NOT_SUBVOLUME\)\n {10}fix: convert it/)
+    expect(all.stdout).toMatch(/PROBLEM target .*nodisk\/backup: .*does not exist, nor does its parent \(TARGET_UNAVAILABLE\)\n {10}fix: mount the backup disk/)
+    expect(all.stdout).toMatch(/2 problems found\n$/)
+
+    // a target filesystem that is nearly full
+    const free = Number(execFileSync('df', ['--output=avail', '-B1', dir], { encoding: 'utf8' }).split('\n')[1])
+    execFileSync('fallocate', ['-l', String(Math.max(0, free - 4 * 1024 * 1024)), join(dir, 'filler')])
+    const full = await runCli(['doctor', '-c', config, '-j', 'home'], dir)
+    expect(full).toMatchObject({ code: 1, stdout: expect.stringMatching(/PROBLEM target .*backup: only [\d.]+ GiB free of [\d.]+ GiB\n {10}fix: make room: prune old backups/) })
   })
 })
