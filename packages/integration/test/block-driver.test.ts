@@ -6,13 +6,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { finished, sameBytes, spawnTs } from './helpers.js'
+import { at, finished, ok, sameBytes, spawnTs } from './helpers.js'
 
 const MiB = 1024 * 1024
-const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
-  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
-  return r._unsafeUnwrap()
-}
 const written = (r: BlockBackupReport): Revision => {
   if (r.skipped) throw new Error('expected a revision, the backup was skipped')
   return r.revision
@@ -33,7 +29,6 @@ const patch = async (path: string, offset: number, data: Buffer): Promise<void> 
     await h.close()
   }
 }
-const at = (iso: string) => () => new Date(iso)
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp'], { root: true }))('block-image driver against a real btrfs target', () => {
   let fs: LoopFilesystem

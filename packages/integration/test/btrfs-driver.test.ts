@@ -1,30 +1,14 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, prune, readJournal, restore, type BackupReport, type BbError, type Job } from '@bb/core'
-import { parseSubvolumeShow, type Subvolume } from '@bb/drivers/btrfs'
-import { mountLoopFilesystem, requireTools, treeManifest, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { btrfsJob, finished, spawnTs, waitFor } from './helpers.js'
+import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
 
-const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
-  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
-  return r._unsafeUnwrap()
-}
-const at = (iso: string) => () => new Date(iso)
-const btrfs = (...args: string[]): string => execFileSync('btrfs', args, { encoding: 'utf8' })
-const show = (path: string): Subvolume => {
-  const s = parseSubvolumeShow(btrfs('subvolume', 'show', path))
-  if (s === undefined) throw new Error(`${path} is not a subvolume`)
-  return s
-}
-const exists = async (path: string): Promise<boolean> => (await stat(path).catch(() => undefined)) !== undefined
 const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('home.')).sort()
-/** the data of a tree, without the snapshot folder (nested subvolumes are not part of a snapshot) */
-const content = async (dir: string): Promise<Record<string, string>> =>
-  Object.fromEntries(Object.entries(await treeManifest(dir)).filter(([k]) => !k.startsWith('.snapshots')))
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: true }))('btrfs driver against real btrfs', () => {
   let fs: LoopFilesystem

@@ -4,27 +4,13 @@ import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, prune, readJournal, restore, verify, type Job } from '@bb/core'
-import { parseSubvolumeShow, type RawInfo, type RawTargetOptions, type Subvolume } from '@bb/drivers/btrfs'
-import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
+import type { RawInfo, RawTargetOptions } from '@bb/drivers/btrfs'
+import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { btrfsJob, finished, spawnTs, waitFor } from './helpers.js'
+import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
 
-const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
-  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
-  return r._unsafeUnwrap()
-}
-const at = (iso: string) => () => new Date(iso)
-const btrfs = (...args: string[]): string => execFileSync('btrfs', args, { encoding: 'utf8' })
-const show = (path: string): Subvolume => {
-  const s = parseSubvolumeShow(btrfs('subvolume', 'show', path))
-  if (s === undefined) throw new Error(`${path} is not a subvolume`)
-  return s
-}
-const exists = async (path: string): Promise<boolean> => (await stat(path).catch(() => undefined)) !== undefined
 const files = async (dir: string): Promise<string[]> => (await readdir(dir)).sort()
 const info = async (path: string): Promise<RawInfo> => JSON.parse(await readFile(`${path}.info`, 'utf8')) as RawInfo
-const content = async (dir: string): Promise<Record<string, string>> =>
-  Object.fromEntries(Object.entries(await treeManifest(dir)).filter(([k]) => !k.startsWith('.snapshots')))
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'], { root: true }))('btrfs raw targets: send streams kept as files', () => {
   let fs: LoopFilesystem

@@ -3,11 +3,37 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
-import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
+import { stat } from 'node:fs/promises'
+import { treeManifest } from '@bb/testkit'
+import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
+
+/** The value of an Ok result; an Err fails the test with the error in the message. */
+export const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
+  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
+  return r._unsafeUnwrap()
+}
+
+/** A fixed clock for a run's `now` option. */
+export const at = (iso: string) => (): Date => new Date(iso)
+
+export const exists = async (path: string): Promise<boolean> => (await stat(path).catch(() => undefined)) !== undefined
+
+export const btrfs = (...args: string[]): string => execFileSync('btrfs', args, { encoding: 'utf8' })
+
+/** `btrfs subvolume show` of a path, parsed; a path that is not a subvolume fails the test. */
+export const show = (path: string): Subvolume => {
+  const s = parseSubvolumeShow(btrfs('subvolume', 'show', path))
+  if (s === undefined) throw new Error(`${path} is not a subvolume`)
+  return s
+}
+
+/** The data of a tree, without the snapshot folder (nested subvolumes are not part of a snapshot). */
+export const content = async (dir: string): Promise<Record<string, string>> =>
+  Object.fromEntries(Object.entries(await treeManifest(dir)).filter(([k]) => !k.startsWith('.snapshots')))
 
 /** Runs the bbackup CLI in this process, as cron would (no terminal), with what it printed. */
 export const runCli = async (argv: string[], cwd: string, io: Partial<Io> = {}): Promise<{ code: number; stdout: string; stderr: string }> => {

@@ -4,13 +4,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport } from '@bb/core'
 import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { finished, rsyncJob, spawnTs, waitFor } from './helpers.js'
+import { at, finished, ok, rsyncJob, spawnTs, waitFor } from './helpers.js'
 
-const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
-  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
-  return r._unsafeUnwrap()
-}
-const at = (iso: string) => () => new Date(iso)
 const backupsIn = async (dir: string) => (await readdir(dir)).filter((n) => /^\d{4}-/.test(n)).sort()
 
 describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () => {

@@ -6,13 +6,8 @@ import { rsyncDriver } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 import { rsyncdTransport, type RsyncdOptions } from '@bb/transports/rsyncd'
 import { makeTempDir, requireTools, startRsyncd, treeManifest, writeTree, type Rsyncd, type TempDir } from '@bb/testkit'
-import { waitFor } from './helpers.js'
+import { at, ok, waitFor } from './helpers.js'
 
-const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
-  if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
-  return r._unsafeUnwrap()
-}
-const at = (iso: string) => () => new Date(iso)
 const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
 
 describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real rsync --daemon on 127.0.0.1', () => {

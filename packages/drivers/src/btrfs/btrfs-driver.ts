@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, showSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive } from './pipeline.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
@@ -371,11 +371,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const receiveArgv = ['btrfs', 'receive', dest]
     const sendArgv = ['btrfs', 'send', '-q', snapshot.path]
     const commands: string[][] = [[...sendArgv, '|', ...receiveArgv], ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
-    for (const p of [landing, ...(input.writable === true ? [writable] : [])]) {
-      const there = await to.stat(p)
-      if (there.isErr()) return err(there.error)
-      if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
-    }
+    const free = await refuseExisting(to, [landing, ...(input.writable === true ? [writable] : [])])
+    if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
     const made = await to.mkdir(dest, { recursive: true })
     if (made.isErr()) return err(made.error)
@@ -409,9 +406,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const found = await input.from.stat(from)
     if (found.isErr()) return err(found.error)
     if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'give a path relative to the top of the backup', { path: from }))
-    const there = await input.to.stat(landing)
-    if (there.isErr()) return err(there.error)
-    if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${landing} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: landing }))
+    const free = await refuseExisting(input.to, [landing])
+    if (free.isErr()) return err(free.error)
     const argv = ['cp', '-a', '--reflink=auto', '--', from, landing]
     if (input.dryRun) return ok({ commands: [argv] })
     const made = await input.to.mkdir(input.to.location.path, { recursive: true })

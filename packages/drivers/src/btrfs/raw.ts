@@ -5,6 +5,7 @@ import {
   type VerifyOutcome,
 } from '@bb/core'
 import { sendReceive } from './pipeline.js'
+import { refuseExisting } from './subvolume.js'
 
 const join = posix.join
 
@@ -320,11 +321,8 @@ export const rawStore = (deps: RawDeps) => {
       ...(intermediates.length === 0 ? [] : [['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]]),
       ...(input.writable === true ? [writableArgv(landing)] : []),
     ]
-    for (const p of [landing, ...intermediates, ...(input.writable === true ? [`${landing}.writable`] : [])]) {
-      const there = await to.stat(p)
-      if (there.isErr()) return err(there.error)
-      if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
-    }
+    const free = await refuseExisting(to, [landing, ...intermediates, ...(input.writable === true ? [`${landing}.writable`] : [])])
+    if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
     const made = await to.mkdir(dest, { recursive: true })
     if (made.isErr()) return err(made.error)

@@ -1,4 +1,4 @@
-import { err, ok, type ResultAsync } from 'neverthrow'
+import { err, ok, type Result, type ResultAsync } from 'neverthrow'
 import { bbError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
 
 /** What `btrfs subvolume show` says about one subvolume. */
@@ -73,3 +73,13 @@ export const isGarbled = (s: Subvolume): boolean => !s.readOnly && s.receivedUui
 
 /** A complete received backup: read-only with a received uuid. */
 export const isReceived = (s: Subvolume): boolean => s.readOnly && s.receivedUuid !== undefined
+
+/** Restore never overwrites: the first of `paths` that exists at `to` is an ALREADY_EXISTS error. */
+export const refuseExisting = async (to: Transport, paths: readonly string[]): Promise<Result<void, BbError>> => {
+  for (const p of paths) {
+    const there = await to.stat(p)
+    if (there.isErr()) return err(there.error)
+    if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
+  }
+  return ok(undefined)
+}
