@@ -109,6 +109,22 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     expect(await readFile(join(into, 'home.2026-11-23T140000Z/alice/a.txt'), 'utf8')).toBe('at 14\n')
   }, 90_000)
 
+  it('several snapshots the raw target lacks are sent in one run, oldest first, each on the one before, and fullEvery counts them', async () => {
+    ok(await backup(job(), { now: at('2026-11-23T10:00:00Z') }))
+    for (const hour of ['11', '12']) {
+      await writeFile(join(source, 'alice/a.txt'), `at ${hour}\n`)
+      ok(await backup(job(), { now: at(`2026-11-23T${hour}:00:00Z`), transfer: false }))
+    }
+    const r = ok(await backup(job({ fullEvery: 1 }), { now: at('2026-11-23T13:00:00Z') }))
+    expect(r.targets[0]?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([
+      ['home.2026-11-23T110000Z', 'incremental', 'home.2026-11-23T100000Z'],
+      ['home.2026-11-23T120000Z', 'full', undefined],
+      ['home.2026-11-23T130000Z', 'incremental', 'home.2026-11-23T120000Z'],
+    ])
+    expect((await info(join(raw, 'home.2026-11-23T110000Z.btrfs'))).chain).toBe(1)
+    expect((await info(join(raw, 'home.2026-11-23T130000Z.btrfs'))).chain).toBe(1)
+  }, 60_000)
+
   it('verify finds a damaged stream (sha256 and the stream\'s own checksums) and a broken chain', async () => {
     const j = job()
     ok(await backup(j, { now: at('2026-11-23T10:00:00Z') }))

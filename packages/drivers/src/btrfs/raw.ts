@@ -177,13 +177,14 @@ export const rawStore = (deps: RawDeps) => {
     const warnings: string[] = []
     let parent = input.parent
     let chain = 0
-    if (parent !== undefined && input.targetParent !== undefined) {
-      const parentInfo = await readInfo(target, dir, posix.basename(input.targetParent.path))
+    if (parent !== undefined) {
+      // the parent's stream is there from an earlier run (targetParent), or was written earlier in this one, with this run's suffix
+      const parentInfo = await readInfo(target, dir, input.targetParent === undefined ? fileOf(parent.name) : posix.basename(input.targetParent.path))
       if (parentInfo.isErr()) return err(parentInfo.error)
       chain = (parentInfo.value?.chain ?? 0) + 1
       const every = deps.options.fullEvery
       if (every !== undefined && chain > every) {
-        warnings.push(`a new chain starts with a full stream: ${input.targetParent.name} is the ${chain - 1}th incremental (full every ${every})`)
+        warnings.push(`a new chain starts with a full stream: ${parent.name} is the ${chain - 1}th incremental (full every ${every})`)
         parent = undefined
         chain = 0
       }
