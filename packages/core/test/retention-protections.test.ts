@@ -46,17 +46,17 @@ describe('protections that no retention policy overrides', () => {
       const sorted = [...snapshots].sort((a, b) => a.time.getTime() - b.time.getTime())
       // each snapshot may need one older snapshot (its stream's parent)
       return fc.tuple(...sorted.map((_, i) => fc.option(fc.integer({ min: 0, max: Math.max(0, i - 1) }), { nil: undefined })))
-        .map((parents) => sorted.map((s, i) => ({ ...s, ...(i > 0 && parents[i] !== undefined ? { needs: sorted[parents[i] as number]!.name } : {}) })))
+        .map((parents) => sorted.map((s, i) => ({ ...s, ...(i > 0 && parents[i] !== undefined ? { dependsOn: sorted[parents[i] as number]!.name } : {}) })))
     })
     fc.assert(
       fc.property(chained, policyArb, (snapshots, policy) => {
         fc.pre(!('preserve' in policy && policy.preserve === 'no' && policy.preserveMin === 'no'))
         const now = new Date(BASE + 401 * 24 * 3_600_000)
         const withChains = planRetention(snapshots, policy, { now, timeZone: 'UTC' })
-        const without = planRetention(snapshots.map(({ needs: _, ...s }) => s), policy, { now, timeZone: 'UTC' })
+        const without = planRetention(snapshots.map(({ dependsOn: _, ...s }) => s), policy, { now, timeZone: 'UTC' })
         if (withChains.isErr() || without.isErr()) return
         const keep = new Map(withChains.value.map((d) => [d.name, d.keep]))
-        for (const s of snapshots) if (keep.get(s.name) === true && s.needs !== undefined) expect(keep.get(s.needs)).toBe(true)
+        for (const s of snapshots) if (keep.get(s.name) === true && s.dependsOn !== undefined) expect(keep.get(s.dependsOn)).toBe(true)
         // nothing is deleted that the policy alone kept; what is added is needed by a kept one
         for (const [i, d] of without.value.entries()) {
           const chainDecision = withChains.value[i]!
@@ -69,10 +69,10 @@ describe('protections that no retention policy overrides', () => {
     const r = planRetention(
       [
         { name: 'full', time: new Date('2024-01-01T00:00:00Z') },
-        { name: 'inc1', time: new Date('2024-01-02T00:00:00Z'), needs: 'full' },
-        { name: 'inc2', time: new Date('2024-01-03T00:00:00Z'), needs: 'inc1' },
+        { name: 'inc1', time: new Date('2024-01-02T00:00:00Z'), dependsOn: 'full' },
+        { name: 'inc2', time: new Date('2024-01-03T00:00:00Z'), dependsOn: 'inc1' },
         { name: 'full2', time: new Date('2024-01-04T00:00:00Z') },
-        { name: 'inc3', time: new Date('2024-01-05T00:00:00Z'), needs: 'full2' },
+        { name: 'inc3', time: new Date('2024-01-05T00:00:00Z'), dependsOn: 'full2' },
       ],
       { keepLast: 1 },
       { now: new Date('2024-01-06T00:00:00Z') },

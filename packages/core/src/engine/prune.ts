@@ -53,7 +53,7 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
     }
   }
   const plan = planRetention(
-    own.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0, ...(s.dependsOn === undefined ? {} : { needs: s.dependsOn }) })),
+    own.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0, ...(s.dependsOn === undefined ? {} : { dependsOn: s.dependsOn }) })),
     policy,
     { now: (options.now ?? (() => new Date()))(), protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
   )

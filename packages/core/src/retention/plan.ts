@@ -19,7 +19,7 @@ export interface RetentionSnapshot {
    * the snapshot this one cannot be restored without (a raw incremental stream's parent): kept
    * whenever this one is, whatever the policy says
    */
-  readonly needs?: string
+  readonly dependsOn?: string
 }
 
 /** A snapshot that no policy may delete, and why (the next incremental's parent, a journalled transfer). */
@@ -48,7 +48,7 @@ export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL'>
 /**
  * Decides, for every snapshot, whether the policy keeps it, with the reasons. Whatever the policy
  * says, these are kept: the newest snapshot, snapshots dated in the future, snapshots whose time
- * could not be read, every `protect`ed name, and what a kept snapshot `needs` (all the way down
+ * could not be read, every `protect`ed name, and what a kept snapshot `dependsOn` (all the way down
  * its chain). A policy that keeps none of the snapshots is an
  * error rather than a deletion of everything but the protected ones.
  * @example
@@ -110,13 +110,13 @@ export const planRetention = (
   })
 }
 
-/** Follows `needs` from every kept snapshot down its chain: what a kept one needs is kept too. */
+/** Follows `dependsOn` from every kept snapshot down its chain: what a kept one needs is kept too. */
 const keepWhatKeptOnesNeed = (snapshots: readonly RetentionSnapshot[], decisions: RetentionDecision[]): RetentionDecision[] => {
   const indexOf = new Map(snapshots.map((s, i) => [s.name, i]))
   const work = decisions.flatMap((d, i) => (d.keep ? [i] : []))
   for (let i = work.pop(); i !== undefined; i = work.pop()) {
     const dependent = snapshots[i]
-    const needed = dependent?.needs === undefined ? undefined : indexOf.get(dependent.needs)
+    const needed = dependent?.dependsOn === undefined ? undefined : indexOf.get(dependent.dependsOn)
     const decision = needed === undefined ? undefined : decisions[needed]
     if (dependent === undefined || needed === undefined || decision === undefined) continue
     const reason = `protected: ${dependent.name} needs it (incremental against it)`
