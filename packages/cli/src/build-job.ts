@@ -109,6 +109,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
   }
+  const way = { ...(spec.streamCompress === undefined ? {} : { streamCompress: spec.streamCompress }), ...(spec.rateLimit === undefined ? {} : { rateLimit: spec.rateLimit }) }
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
     driverName === 'btrfs'
@@ -116,12 +117,13 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
+        ...way,
         ...(rawTargets.length === 0 ? {} : {
           raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) },
         }),
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({
-        excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions,
+        excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
       })),
   ])
   // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { bbError, normalizePolicy, type BbError, type RetentionPolicy } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { parse, TomlError } from 'smol-toml'
-import { parseDuration } from './duration.js'
+import { parseDuration, parseRate } from './duration.js'
 import { parseRetentionSpec } from './retention-spec.js'
 
 export const DEFAULT_CONFIG = '/etc/bbackup/config.toml'
@@ -37,6 +37,10 @@ export interface JobSpec {
   readonly rawCompress?: 'zstd' | 'none'
   /** btrfs raw targets: a full stream after this many incrementals */
   readonly rawFullEvery?: number
+  /** `zstd`: compress what goes to or from another host (btrfs streams; rsync's --compress) */
+  readonly streamCompress?: 'zstd' | 'none'
+  /** bytes a second at most, on the way to each target */
+  readonly rateLimit?: number
   /** how remote (ssh) locations are reached */
   readonly ssh?: SshSpec
   /** how rsync daemon locations are reached */
@@ -83,7 +87,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'stream_compress', 'rate_limit', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -163,6 +167,13 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     if (rawFullEvery !== undefined && !(typeof rawFullEvery === 'number' && Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
       return problem(section, 'raw_full_every', `${JSON.stringify(rawFullEvery)} is not a whole number of at least 1`, 'raw_full_every = 7: a full stream after 7 incrementals')
     }
+    const streamCompress = job.stream_compress
+    if (streamCompress !== undefined && streamCompress !== 'zstd' && streamCompress !== 'none') return problem(section, 'stream_compress', `${JSON.stringify(streamCompress)} is not "zstd" or "none"`)
+    const rateText = job.rate_limit
+    const rateLimit = typeof rateText === 'string' || typeof rateText === 'number' ? parseRate(String(rateText)) : undefined
+    if (rateText !== undefined && rateLimit === undefined) {
+      return problem(section, 'rate_limit', `${JSON.stringify(rateText)} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: rate_limit = "10m"')
+    }
     const strings = (key: string): Result<string[], BbError> => {
       const v = job[key] ?? []
       return Array.isArray(v) && v.every((x) => typeof x === 'string') ? ok(v as string[]) : problem(section, key, 'must be a list of strings')
@@ -231,6 +242,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
       ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
+      ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),

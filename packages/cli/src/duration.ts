@@ -5,3 +5,14 @@ export const parseDuration = (text: string): number | undefined => {
   const unit: Readonly<Record<string, number>> = { m: 60, min: 60, h: 3600, d: 86400, w: 7 * 86400 }
   return Number(m[1]) * (unit[m[2] ?? ''] ?? 0)
 }
+
+/**
+ * A rate in bytes a second as btrbk's `rate_limit` writes it: a number with an optional k, m, g or t
+ * (powers of 1024, either case): `500k`, `10M`, `1.5m`; undefined when it is not one, or below 1 B/s
+ */
+export const parseRate = (text: string): number | undefined => {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)$/i.exec(text.trim())
+  if (m === null) return undefined
+  const rate = Math.round(Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] ?? '').toLowerCase() || ' '))
+  return rate >= 1 ? rate : undefined
+}

@@ -14,6 +14,7 @@ import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
+import { parseRate } from './duration.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
 declare const BBACKUP_BUNDLED_VERSION: string | undefined
@@ -50,6 +51,8 @@ interface CommonOptions {
   rawTarget?: string[]
   rawCompress?: string
   rawFullEvery?: string
+  streamCompress?: string
+  rateLimit?: string
   snapshot?: boolean
   transfer?: boolean
   lockedDests?: boolean
@@ -111,6 +114,8 @@ const jobOptions = (command: Command): Command =>
     .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
     .addOption(new Option('--raw-compress <method>', 'btrfs raw targets: compress the stream files (config: raw_compress)').choices(['zstd', 'none']))
     .option('--raw-full-every <n>', 'btrfs raw targets: a full stream after n incrementals, so that old chains can be pruned (config: raw_full_every)')
+    .addOption(new Option('--stream-compress <method>', 'compress what goes to or from another host: btrfs streams with zstd on both ends, rsync with --compress (config: stream_compress)').choices(['zstd', 'none']))
+    .option('--rate-limit <rate>', 'at most this many bytes a second to each target, with k, m, g for KiB, MiB, GiB: 10m (config: rate_limit)')
     .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
     .option('--exclude <pattern>', 'rsync exclude pattern (repeatable)', collect)
     .option('--exclude-from <file>', 'file of exclude patterns (repeatable)', collect)
@@ -239,6 +244,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const keepSnapshotsSpec = options.keepSnapshots ?? options.numSnapshots
     const keepSnapshots = keepSnapshotsSpec === undefined ? undefined : parseRetentionSpec(keepSnapshotsSpec)
     if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
+    const rateLimit = options.rateLimit === undefined ? undefined : parseRate(options.rateLimit)
+    if (options.rateLimit !== undefined && rateLimit === undefined) {
+      return { error: bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m') }
+    }
     const rawFullEvery = options.rawFullEvery === undefined ? undefined : Number(options.rawFullEvery)
     if (rawFullEvery !== undefined && !(Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
       return { error: bbError('INVALID_OPTIONS', `--raw-full-every ${options.rawFullEvery ?? ''} is not a whole number of at least 1`, 'e.g. --raw-full-every 7: a full stream after 7 incrementals') }
@@ -256,6 +265,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
       ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),
+      ...(options.streamCompress === undefined ? {} : { streamCompress: options.streamCompress as 'zstd' | 'none' }),
+      ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
     }

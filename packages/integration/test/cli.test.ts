@@ -87,6 +87,22 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['run', '-c', config, '-j', 'nope'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no job named nope') })
   })
 
+  it('rate_limit and stream_compress reach rsync as --bwlimit and (only for another host) --compress; a bad rate names the key', async () => {
+    const config = join(tmp.path, 'config.toml')
+    await writeFile(config, `state_dir = "${state}"\n\n[jobs.docs]\nsource = "${tmp.path}/src"\ntargets = ["${tmp.path}/dst"]\nrate_limit = "512k"\nstream_compress = "zstd"\n`)
+    const r = await runCli(['run', '-c', config, '--json'], tmp.path)
+    expect(r.code, r.stderr).toBe(0)
+    const [argv] = (JSON.parse(r.stdout) as { targets: { commands: string[][] }[] }).targets[0]?.commands ?? []
+    expect(argv).toContain('--bwlimit=512')
+    // both ends are on this host: nothing to compress
+    expect(argv).not.toContain('--compress')
+    const cli = await runCli(['run', 'src', 'dst', '--state-dir', state, '--rate-limit', '2m', '--json'], tmp.path)
+    expect((JSON.parse(cli.stdout) as { targets: { commands: string[][] }[] }).targets[0]?.commands[0]).toContain('--bwlimit=2048')
+    await writeFile(config, `[jobs.docs]\nsource = "/src"\ntargets = ["/dst"]\nrate_limit = "fast"\n`)
+    expect(await runCli(['run', '-c', config], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:4: [jobs.docs] rate_limit: "fast" is not a rate`) })
+    expect(await runCli(['run', 'src', 'dst', '--rate-limit', '10 MB/s'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--rate-limit 10 MB/s is not a rate') })
+  })
+
   it('names the file, line and key of a config mistake and exits 2', async () => {
     const config = join(tmp.path, 'bad.toml')
     await writeFile(config, '[jobs.home]\nsource = "/home"\ntargets = ["/mnt/b"]\nkeep_backups = { preserve = "7q" }\n')

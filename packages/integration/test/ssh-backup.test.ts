@@ -107,6 +107,50 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(show(join(dir, 'relayed', sent[1] ?? ''))['Parent UUID']).toBe(show(join(dir, 'relayed', sent[0] ?? ''))['UUID'])
   })
 
+  it('--stream-compress zstd: a push and a pull cross the wire compressed (zstd on both hosts) and arrive whole', async () => {
+    // 8 MiB of one byte: most of the stream, and almost nothing once zstd has it
+    await writeTree(join(dir, 'home'), { 'same.bin': Buffer.alloc(8 * 1024 * 1024, 7) })
+    const proxy = await startTcpProxy(sshd.port)
+    try {
+      const via = (path: string): string => `ssh://root@127.0.0.1:${proxy.port}${path}`
+      const alias = ['--ssh-option', `HostKeyAlias=[127.0.0.1]:${sshd.port}`]
+      const wire = async (argv: string[]): Promise<{ up: number; down: number; report: { targets: { commands: string[][]; warnings: string[] }[] } }> => {
+        const before = proxy.passed()
+        const r = await runOverSsh([...argv, ...alias, '--json'])
+        const after = proxy.passed()
+        return { up: after.up - before.up, down: after.down - before.down, report: JSON.parse(r.stdout) }
+      }
+      const plain = await wire(['run', 'home', via(join(dir, 'plain')), '--state-dir', 'state-plain'])
+      expect(plain.up).toBeGreaterThan(10 * 1024 * 1024)
+      const pushed = await wire(['run', 'home', via(join(dir, 'pushed')), '--state-dir', 'state-push', '--stream-compress', 'zstd'])
+      expect(pushed.up).toBeLessThan(plain.up / 8)
+      expect(pushed.report.targets[0]?.commands[0]?.join(' ')).toMatch(/^btrfs send .* \| zstd -cq -T0 \| zstd -dcq \| btrfs receive /)
+      expect(pushed.report.targets[0]?.warnings).toEqual([])
+      const [name] = await snapshotsIn(join(dir, 'pushed'))
+      expect(await contentOf(join(dir, 'pushed', name ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', name ?? '')))
+      expect(show(join(dir, 'pushed', name ?? ''))['Flags']).toBe('readonly')
+
+      const pulled = await wire(['run', via(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state-pull', '--stream-compress', 'zstd'])
+      expect(pulled.down).toBeLessThan(plain.up / 8)
+      const [pulledName] = await snapshotsIn(join(dir, 'pulled'))
+      expect(await contentOf(join(dir, 'pulled', pulledName ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', pulledName ?? '')))
+    } finally {
+      await proxy.stop()
+    }
+  })
+
+  it('--rate-limit: the stream takes at least as long as the limit allows, and arrives whole', async () => {
+    execFileSync('sh', ['-c', `head -c 6M /dev/urandom > "${join(dir, 'home/random.bin')}"`])
+    const started = performance.now()
+    const r = await runOverSsh(['run', 'home', remote(join(dir, 'limited')), '--state-dir', 'state', '--rate-limit', '2m', '--json'])
+    const seconds = (performance.now() - started) / 1000
+    // 8 MiB and more of stream at 2 MiB/s; without the limit this takes well under a second here
+    expect(seconds).toBeGreaterThan(3.5)
+    expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    const [name] = await snapshotsIn(join(dir, 'limited'))
+    expect(await contentOf(join(dir, 'limited', name ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', name ?? '')))
+  })
+
   it('rsync push and pull: hard links to the previous backup are made on the far side', async () => {
     const src = join(dir, 'plain')
     await writeTree(src, { 'keep.txt': 'same\n', 'change.txt': 'one\n' })

@@ -114,9 +114,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await names(join(dir, 'backup'))).toEqual(backups.slice(1))
   })
 
-  it('a receive key takes rsync backups with hard links to the previous one on the far side', async () => {
+  it('a receive key takes rsync backups (compressed on the wire) with hard links to the previous one on the far side', async () => {
     await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
-    const job = ['--driver', 'rsync', join(dir, 'home'), remote(join(dir, 'backup')), '--state-dir', 'state', ...ssh]
+    const job = ['--driver', 'rsync', join(dir, 'home'), remote(join(dir, 'backup')), '--state-dir', 'state', '--stream-compress', 'zstd', ...ssh]
     expect((await runCli(['run', ...job, '-q'], dir)).code).toBe(0)
     await writeFile(join(dir, 'home/a.txt'), 'changed\n')
     const second = await runCli(['run', ...job, '-q'], dir)
@@ -124,7 +124,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const [older, newer] = (await readdir(join(dir, 'backup'))).filter((n) => /^\d{4}-/.test(n)).sort()
     expect((await stat(join(dir, 'backup', newer ?? '', 'big.bin'))).ino).toBe((await stat(join(dir, 'backup', older ?? '', 'big.bin'))).ino)
     expect(await readFile(join(dir, 'backup', newer ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
-    expect(await readFile(log, 'utf8')).toMatch(/ receive \["rsync","--server","-[^"]*","--delete",.*"--link-dest",/)
+    expect(await readFile(log, 'utf8')).toMatch(/ receive \["rsync","--server","-[^"]*z[^"]*","--delete",.*"--link-dest",/)
   })
 
   it('lets the client stop a receive it started (a stalled one too), and no other process', async () => {
@@ -156,6 +156,48 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const other = request(`kill -s KILL -- ${process.pid}`)
     expect(other.status).toBe(255)
     expect(other.stderr).toMatch(/signalling process \d+, which bbackup-remote did not start/)
+  })
+
+  it('the zstd stream filters pass the forced command: a compressed push to a receive key, a compressed pull from a send key', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const pushed = await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--stream-compress', 'zstd', '--json', ...ssh], dir)
+    expect(pushed.code, pushed.stdout + pushed.stderr).toBe(0)
+    expect(JSON.parse(pushed.stdout)).toMatchObject({ targets: [{ ok: true, warnings: [] }] })
+    expect(await names(join(dir, 'backup'))).toHaveLength(1)
+    expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","sh","sh","-c","zstd -dcq \| .*","sh","btrfs","receive",/)
+
+    await forceCommand(`--role send --restrict-path ${join(dir, 'home')}`)
+    const pulled = await runCli(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state-pull', '--stream-compress', 'zstd', '--json', ...ssh], dir)
+    expect(pulled.code, pulled.stdout + pulled.stderr).toBe(0)
+    expect(JSON.parse(pulled.stdout)).toMatchObject({ targets: [{ ok: true, warnings: [] }] })
+    expect(await names(join(dir, 'pulled'))).toHaveLength(1)
+    expect(await readFile(join(dir, 'pulled', (await names(join(dir, 'pulled')))[0] ?? '', 'big.bin'))).toEqual(Buffer.alloc(1024 * 1024, 3))
+  })
+
+  it('stops the btrfs receive behind a zstd filter by its own pid, not the shell around it', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const session = openSshSession()
+    try {
+      const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+      const running = target.spawn(['btrfs', 'receive', join(dir, 'backup')], { stdin: 'pipe', decompressStdin: 'zstd' })
+      const receiver = (): number | undefined => sshd.sessionPids().find((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')
+        } catch {
+          return false
+        }
+      })
+      await waitFor(async () => receiver() !== undefined, 10_000)
+      const pid = receiver() as number
+      process.kill(pid, 'SIGSTOP')
+      await new Promise((r) => setTimeout(r, 500))
+      running.kill('SIGKILL')
+      await running.done
+      await waitFor(async () => !existsSync(`/proc/${pid}`), 10_000)
+      expect(await readFile(log, 'utf8')).toMatch(new RegExp(` list \\["kill","-s","KILL","--","${pid}"\\]`))
+    } finally {
+      await session.close()
+    }
   })
 
   it('a send key lets this host pull btrfs backups of the remote subvolume, full then incremental', async () => {

@@ -10,6 +10,8 @@ export interface TcpProxy {
   drop(): void
   /** The link is back: new connections pass again; the ones that lived through the silence are closed (their streams lost bytes). */
   heal(): void
+  /** bytes passed on so far, from the clients to the server and back */
+  passed(): { readonly up: number; readonly down: number }
   stop(): Promise<void>
 }
 
@@ -21,6 +23,7 @@ export interface TcpProxy {
  */
 export const startTcpProxy = async (toPort: number): Promise<TcpProxy> => {
   let dropped = false
+  const passed = { up: 0, down: 0 }
   const pairs = new Set<readonly [Socket, Socket]>()
   const server = createServer((client) => {
     const upstream = connect(toPort, '127.0.0.1')
@@ -31,9 +34,11 @@ export const startTcpProxy = async (toPort: number): Promise<TcpProxy> => {
       client.destroy()
       upstream.destroy()
     }
-    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+    for (const [from, to, way] of [[client, upstream, 'up'], [upstream, client, 'down']] as const) {
       from.on('data', (chunk: Buffer) => {
-        if (!dropped) to.write(chunk)
+        if (dropped) return
+        passed[way] += chunk.length
+        to.write(chunk)
       })
       from.on('error', end)
       // a close is passed on only while the link is up: behind a dead link the other side never hears of it
@@ -61,6 +66,7 @@ export const startTcpProxy = async (toPort: number): Promise<TcpProxy> => {
       }
       pairs.clear()
     },
+    passed: () => ({ ...passed }),
     stop: async () => {
       for (const [a, b] of pairs) {
         a.destroy()

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { decide, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
 import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
 import { remoteCommand } from '../src/ssh/quote.js'
-import { SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { FILTERS, SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
 
 const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
 const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
@@ -110,6 +110,23 @@ describe('what each role may run', () => {
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], p)).toContain('--sudo')
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], { ...p, sudo: true })).toBe('allowed')
     expect(reason(['sudo', '-n', 'rsync', '--server', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/a.partial/'], { ...p, sudo: true })).toBe('allowed')
+  })
+
+  it('lets the zstd stream filters run around a transfer the key may start, and around nothing else', () => {
+    const spawned = (...argv: string[]): string[] => ['sh', '-c', SPAWN_WRAPPER, 'sh', ...argv]
+    const unzstd = ['sh', '-c', FILTERS.decompressStdin, 'sh']
+    const zstd = ['sh', '-c', FILTERS.compressStdout, 'sh']
+    expect(reason(spawned(...unzstd, 'btrfs', 'receive', '/srv/backups/home'), policy(['receive']))).toBe('allowed')
+    expect(reason(spawned(...zstd, 'btrfs', 'send', '-q', '-p', '/srv/backups/a', '/srv/backups/b'), policy(['send']))).toBe('allowed')
+    expect(reason(spawned(...unzstd, 'btrfs', 'receive', '/etc'), policy(['receive']))).toContain('outside /srv/backups')
+    expect(reason(spawned(...zstd, 'btrfs', 'send', '-q', '/srv/backups/b'), policy(['receive']))).toContain('needs the send role')
+    expect(reason(spawned(...unzstd, 'sh', '-c', 'touch /tmp/pwned'), policy(['receive', 'send', 'delete']))).toContain('not one that bbackup sends')
+    expect(reason(spawned(...unzstd, 'rm', '-rf', '--one-file-system', '--', '/srv/backups/a'), policy(['receive', 'send', 'delete']))).toContain('not one that bbackup sends')
+    // only through the pid wrapper, and only the texts bbackup sends
+    expect(reason([...unzstd, 'btrfs', 'receive', '/srv/backups/home'], policy(['receive']))).toContain('not one that bbackup sends')
+    expect(reason(spawned('sh', '-c', `${FILTERS.decompressStdin} `, 'sh', 'btrfs', 'receive', '/srv/backups/home'), policy(['receive']))).toContain('not one that bbackup sends')
+    expect(reason(['zstd', '--version'], policy(['list']))).toBe('allowed')
+    expect(reason(['zstd', '-d', '-o', '/srv/backups/x'], policy(['receive']))).toContain('not one that bbackup sends')
   })
 
   it('never lets a generated request out of the directory or past the table', () => {

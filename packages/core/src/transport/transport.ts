@@ -49,6 +49,13 @@ export interface SpawnOptions {
   readonly stdin?: Readable | 'pipe'
   /** `'pipe'` to connect its stdout to another command; discarded otherwise */
   readonly stdout?: 'pipe' | 'ignore'
+  /**
+   * a stream over a slow link: `zstd` compresses the command's stdout on its own host before it
+   * leaves (the command's exit status stays the one reported; `bytesWritten` counts it uncompressed)
+   */
+  readonly compressStdout?: 'zstd'
+  /** the other end of {@link compressStdout}: stdin is decompressed on the command's host before it reads it */
+  readonly decompressStdin?: 'zstd'
 }
 
 export interface EntryStat {

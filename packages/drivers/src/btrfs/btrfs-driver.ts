@@ -6,7 +6,7 @@ import {
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
-import { sendReceive } from './pipeline.js'
+import { sendReceive, type StreamWay } from './pipeline.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 
 const join = posix.join
@@ -25,6 +25,19 @@ export interface BtrfsDriverOptions {
   readonly stallTimeoutSeconds?: number
   /** targets that keep the send streams as files instead of receiving them (btrbk's `target raw`) */
   readonly raw?: RawTargetOptions
+  /**
+   * `zstd`: a stream that goes from one host to another is compressed on the sending host and
+   * decompressed on the receiving one, when zstd is on both (else it goes as it is, with a warning);
+   * default `none`
+   */
+  readonly streamCompress?: 'zstd' | 'none'
+  /** at most this many bytes a second on the way (after compression); default: no limit */
+  readonly rateLimit?: number
+}
+
+/** How one stream travels: {@link BtrfsDriverOptions.streamCompress} and the rate limit as they apply to its two ends, and why a stream to be compressed was not. */
+interface StreamPlan extends StreamWay {
+  readonly warnings: readonly string[]
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -53,9 +66,36 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const rawLocations = new Set((options.raw?.targets ?? []).map((t) => parseLocation(t, { cwd: '/' }).map(formatLocation).unwrapOr(t)))
   /** a target configured to keep stream files */
   const isRaw = (t: Transport): boolean => rawLocations.has(formatLocation(t.location))
+  const zstdAt = new WeakMap<Transport, Promise<boolean>>()
+  const hasZstd = (at: Transport, signal: AbortSignal | undefined): Promise<boolean> => {
+    const known = zstdAt.get(at)
+    if (known !== undefined) return known
+    const found = at.exec(['zstd', '--version'], signalOpt(signal)).match((r) => r.exitCode === 0, () => false)
+    zstdAt.set(at, found)
+    return found
+  }
+  /**
+   * Compressed when asked for, when the stream leaves a host (a remote source or target; never
+   * from this host to itself) and zstd is on both ends; at the rate limit when there is one.
+   */
+  const planStream = async (from: Transport, to: Transport, signal: AbortSignal | undefined): Promise<StreamPlan> => {
+    const limit = options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }
+    if (options.streamCompress !== 'zstd' || (from.location.kind === 'local' && to.location.kind === 'local')) return { ...limit, warnings: [] }
+    const missing: string[] = []
+    for (const at of [from, to]) if (!(await hasZstd(at, signal))) missing.push(formatLocation(at.location))
+    if (missing.length > 0) {
+      return { ...limit, warnings: [`the stream went uncompressed: zstd is not installed where ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} (apt-get install zstd there)`] }
+    }
+    return { ...limit, compress: 'zstd', warnings: [] }
+  }
+  /** a pipeline as the report shows it, with the stream's zstd on both sides */
+  const shown = (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay): string[] =>
+    way.compress === undefined ? [...sendArgv, '|', ...receiveArgv] : [...sendArgv, '|', 'zstd', '-cq', '-T0', '|', 'zstd', '-dcq', '|', ...receiveArgv]
   const raw = rawStore({
     options: options.raw ?? { targets: [] },
     stallMs,
+    planStream,
+    shown,
     sendFlags: (source, signal) => sendFlags(source, [], signal),
     removeGarbled: (at, path) => removeGarbled(at, path, undefined),
   })
@@ -229,12 +269,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (flags.isErr()) return targets.map(() => err(flags.error))
     const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
     const receiveArgv = (t: Transport): string[] => ['btrfs', 'receive', t.location.path]
+    // one target: its own way (compressed, limited); several share a stream on this host, at the limit alone
+    const [one] = targets
+    const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : { ...(options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }), warnings: [] }
     const pipeline = (p: SnapshotInfo | undefined, to: readonly Transport[]): string[] =>
-      to.length === 1 ? [...sendArgv(p), '|', ...receiveArgv(to[0] as Transport)] : [...sendArgv(p), '|', 'tee', '-p', ...to.slice(1).map((t) => `>(btrfs receive -f FIFO ${t.location.path})`), '|', ...receiveArgv(to[0] as Transport)]
-    const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: string[], commands: string[][]): TransferOutcome => ({
-      snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings, commands,
+      to.length === 1 ? shown(sendArgv(p), receiveArgv(to[0] as Transport), way) : [...sendArgv(p), '|', 'tee', '-p', ...to.slice(1).map((t) => `>(btrfs receive -f FIFO ${t.location.path})`), '|', ...receiveArgv(to[0] as Transport)]
+    const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
+      snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
-    if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [], [pipeline(parent, targets)])))
+    if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, way.warnings, [pipeline(parent, targets)])))
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept
     const results: (Result<TransferOutcome, BbError> | undefined)[] = targets.map(() => undefined)
@@ -249,13 +292,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
-      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal, stallMs,
+      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal, stallMs, way,
       onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
     })
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
     for (const [j, target] of going.entries()) {
       const i = targets.indexOf(target)
-      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared] })
+      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way })
     }
     return results.map((r) => present(r, 'the result of a transfer'))
   }
@@ -265,13 +308,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     input: SharedTransferInput,
     target: Transport,
     first: Result<{ readonly bytes: number }, BbError>,
-    how: { sendArgv: (p: SnapshotInfo | undefined) => string[]; pipeline: (p: SnapshotInfo | undefined, to: readonly Transport[]) => string[]; commands: string[][] },
+    how: { sendArgv: (p: SnapshotInfo | undefined) => string[]; pipeline: (p: SnapshotInfo | undefined, to: readonly Transport[]) => string[]; commands: string[][]; way: StreamPlan },
   ): Promise<Result<TransferOutcome, BbError>> => {
     const { snapshot, sourceParent: parent, signal } = input
     const sent = input.sourceSnapshot as SnapshotInfo
     const dir = target.location.path
     const path = join(dir, snapshot)
-    const warnings: string[] = []
+    const warnings: string[] = [...how.way.warnings]
     let mode: 'full' | 'incremental' = parent === undefined ? 'full' : 'incremental'
     let result = first
     if (result.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(result.error.details?.stderr ?? ''))) {
@@ -281,7 +324,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
       how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
-      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal, stallMs,
+      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal, stallMs, way: how.way,
         onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
       result = again[0] ?? result
     }
@@ -370,7 +413,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const writable = `${landing}.writable`
     const receiveArgv = ['btrfs', 'receive', dest]
     const sendArgv = ['btrfs', 'send', '-q', snapshot.path]
-    const commands: string[][] = [[...sendArgv, '|', ...receiveArgv], ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
+    const way = await planStream(from, to, signal)
+    const commands: string[][] = [shown(sendArgv, receiveArgv, way), ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
     const free = await refuseExisting(to, [landing, ...(input.writable === true ? [writable] : [])])
     if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
@@ -378,7 +422,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (made.isErr()) return err(made.error)
     const probed = await probeTarget(to)
     if (probed.isErr()) return err(probed.error)
-    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, stallMs, onBytes: () => undefined }))[0], 'the result of a receive')
+    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, stallMs, way, onBytes: () => undefined }))[0], 'the result of a receive')
     if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)
       return err(ran.error)

@@ -1,11 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { constants, openSync } from 'node:fs'
 import { Socket } from 'node:net'
+import { pipeline, Transform, type Readable, type Writable } from 'node:stream'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
-import { bbError, stderrTail, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
+import { bbError, InternalError, stderrTail, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
@@ -20,6 +21,54 @@ export interface SendReceiveInput {
   readonly onBytes: (bytes: number) => void
   /** no byte sent for this long: every process of the pipeline is killed and the transfer is STALLED */
   readonly stallMs?: number
+  /** compressed and rate-limited, or as it is (default) */
+  readonly way?: StreamWay
+}
+
+/** How a stream travels between its two hosts. */
+export interface StreamWay {
+  /** zstd-compress the stream on the sender's host and decompress it on the receiver's (one receiver only) */
+  readonly compress?: 'zstd'
+  /** at most this many bytes a second leave the sender (after compression): the stream then passes through this process */
+  readonly rateLimit?: number
+}
+
+/**
+ * Lets bytes through at `bytesPerSecond` at most, in pieces of a twentieth of a second (1 KiB at
+ * least), so that a low limit is smooth rather than bursts of a pipe's 64 KiB.
+ */
+export const rateLimited = (bytesPerSecond: number): Transform => {
+  const piece = Math.max(1024, Math.floor(bytesPerSecond / 20))
+  let next = 0
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      let offset = 0
+      const step = (): void => {
+        if (offset >= chunk.length) {
+          callback()
+          return
+        }
+        const part = chunk.subarray(offset, offset + piece)
+        offset += part.length
+        const now = Date.now()
+        const at = Math.max(now, next)
+        next = at + (part.length * 1000) / bytesPerSecond
+        const go = (): void => {
+          this.push(part)
+          step()
+        }
+        if (at > now) setTimeout(go, at - now)
+        else go()
+      }
+      step()
+    },
+  })
+}
+
+/** through the rate limit into a command's stdin; a broken end ends the other (the commands' results tell why) */
+const throughLimit = (from: Readable | undefined, limit: Transform, to: Writable | undefined): void => {
+  if (from === undefined || to === undefined) return
+  pipeline(from, limit, to, () => undefined)
 }
 
 /**
@@ -38,10 +87,11 @@ const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.va
  * the others go on; if one fails before it opens its FIFO, the FIFO is drained here so tee never
  * waits for it. The bytes pass from kernel pipe to kernel pipe.
  */
-const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined): Promise<Result<CommandResult, BbError>> => {
+const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined, limit: Transform | undefined): Promise<Result<CommandResult, BbError>> => {
   const argv = ['tee', '-p', ...fifos]
-  const child = spawn('tee', argv.slice(1), { stdio: [from.stdout ?? 'ignore', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
-  from.stdout?.destroy()
+  const child = spawn('tee', argv.slice(1), { stdio: [limit === undefined ? from.stdout ?? 'ignore' : 'pipe', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
+  if (limit === undefined) from.stdout?.destroy()
+  else throughLimit(from.stdout, limit, child.stdin ?? undefined)
   first.stdin?.destroy()
   let stderr = ''
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
@@ -79,18 +129,26 @@ const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly str
 export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ readonly bytes: number }, BbError>[]> => {
   const options = input.signal === undefined ? {} : { signal: input.signal }
   const single = input.receivers.length === 1
+  const compress = input.way?.compress
+  if (compress !== undefined && !single) throw new InternalError('sendReceive: a compressed stream has one receiver (the fan-out is for targets on this host)')
+  const limit = input.way?.rateLimit === undefined ? undefined : rateLimited(input.way.rateLimit)
   const fifoDir = single ? undefined : await mkdtemp(join(tmpdir(), 'bbackup-fanout-'))
   const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
   for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
-  const send = input.source.spawn(input.sendArgv, { ...options, stdout: 'pipe' })
+  const send = input.source.spawn(input.sendArgv, { ...options, stdout: 'pipe', ...(compress === undefined ? {} : { compressStdout: compress }) })
   const receives = input.receivers.map((r, i) => {
-    if (single) return r.target.spawn(r.receiveArgv, { ...options, ...(send.stdout === undefined ? {} : { stdin: send.stdout }) })
+    if (single) {
+      const stdin = limit !== undefined ? 'pipe' as const : send.stdout
+      const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...(compress === undefined ? {} : { decompressStdin: compress }) })
+      if (limit !== undefined) throughLimit(send.stdout, limit, receiver.stdin)
+      return receiver
+    }
     if (i === 0) return r.target.spawn(r.receiveArgv, { ...options, stdin: 'pipe' })
     const [btrfs, receive, ...rest] = r.receiveArgv
     return r.target.spawn([btrfs ?? 'btrfs', receive ?? 'receive', '-f', fifos[i - 1] as string, ...rest], options)
   })
   const [firstReceive] = receives
-  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal)
+  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal, limit)
   let bytes = 0
   let movedAt = Date.now()
   let stalled = false

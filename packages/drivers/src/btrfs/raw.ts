@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, parseSnapshotName, type BbError, type RecoverAction, type RestoreInput, type SnapshotInfo, type Transport, type TransferOutcome,
   type VerifyOutcome,
 } from '@bb/core'
-import { sendReceive } from './pipeline.js'
+import { sendReceive, type StreamWay } from './pipeline.js'
 import { refuseExisting } from './subvolume.js'
 
 const join = posix.join
@@ -53,6 +53,10 @@ export interface RawDeps {
   readonly sendFlags: (source: Transport, signal: AbortSignal | undefined) => Promise<Result<string[], BbError>>
   /** deletes an unfinished receive at a path (the restore's cleanup) */
   readonly removeGarbled: (at: Transport, path: string) => Promise<Result<unknown, BbError>>
+  /** how a stream goes from one host to the other (compressed, rate-limited), with the warnings of its plan */
+  readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamWay & { readonly warnings: readonly string[] }>
+  /** a pipeline as the report shows it */
+  readonly shown: (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay) => string[]
 }
 
 const STREAM = /^(.+)\.btrfs(\.zst)?$/
@@ -193,7 +197,9 @@ export const rawStore = (deps: RawDeps) => {
     if (flags.isErr()) return err(flags.error)
     const sendArgv = ['btrfs', 'send', '-q', ...flags.value, ...(parent === undefined ? [] : ['-p', parent.path]), sent.path]
     const writer = privately(writerArgv(part))
-    const commands: string[][] = [[...sendArgv, '|', ...writer], ['sync', '--', part], ['sha256sum', '--', part], ['mv', part, final], ['write', `${final}.info`]]
+    const way = await deps.planStream(source, target, signal)
+    warnings.push(...way.warnings)
+    const commands: string[][] = [deps.shown(sendArgv, writer, way), ['sync', '--', part], ['sha256sum', '--', part], ['mv', part, final], ['write', `${final}.info`]]
     const mode = parent === undefined ? 'full' as const : 'incremental' as const
     const outcome = (bytes: number): TransferOutcome => ({ snapshot, mode, ...(parent === undefined ? {} : { parent: parent.name }), bytes, files: 0, warnings, commands })
     if (input.dryRun) return ok(outcome(0))
@@ -207,7 +213,7 @@ export const rawStore = (deps: RawDeps) => {
     }
     const uuid = streamUuid(sent)
     if (uuid === undefined) return err(bbError('COMMAND_FAILED', `the snapshot ${sent.path} has no uuid bbackup could read`, 'run again; if it repeats, check btrfs subvolume show on it', { path: sent.path }))
-    const [written] = await sendReceive({ source, sendArgv, receivers: [{ target, receiveArgv: writer, what: `writing ${part}` }], signal, stallMs: deps.stallMs, onBytes: input.onBytes })
+    const [written] = await sendReceive({ source, sendArgv, receivers: [{ target, receiveArgv: writer, what: `writing ${part}` }], signal, stallMs: deps.stallMs, way, onBytes: input.onBytes })
     const finished = written === undefined ? err(bbError('COMMAND_FAILED', `writing ${part} gave no result`, 'run again')) : written
     const done = finished.isErr() ? err(finished.error) : await commit(target, part, final, finished.value.bytes, signal)
     if (done.isErr()) {
@@ -317,8 +323,9 @@ export const rawStore = (deps: RawDeps) => {
     const receiveArgv = ['btrfs', 'receive', dest]
     const landing = join(dest, snapshot.name)
     const intermediates = chain.value.slice(0, -1).map((i) => join(dest, i.snapshot))
+    const way = await deps.planStream(from, to, signal)
     const commands: string[][] = [
-      ...chain.value.map((i) => [...readerArgv(i, join(from.location.path, i.file)), '|', ...receiveArgv]),
+      ...chain.value.map((i) => deps.shown(readerArgv(i, join(from.location.path, i.file)), receiveArgv, way)),
       ...(intermediates.length === 0 ? [] : [['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]]),
       ...(input.writable === true ? [writableArgv(landing)] : []),
     ]
@@ -334,7 +341,7 @@ export const rawStore = (deps: RawDeps) => {
     for (const info of chain.value) {
       const path = join(from.location.path, info.file)
       const reader = readerArgv(info, path)
-      const [r] = await sendReceive({ source: from, sendArgv: reader, sendWhat: `reading ${path}`, receivers: [{ target: to, receiveArgv }], signal, stallMs: deps.stallMs, onBytes: () => undefined })
+      const [r] = await sendReceive({ source: from, sendArgv: reader, sendWhat: `reading ${path}`, receivers: [{ target: to, receiveArgv }], signal, stallMs: deps.stallMs, way, onBytes: () => undefined })
       const here = join(dest, info.snapshot)
       if (r === undefined || r.isErr()) {
         await deps.removeGarbled(to, here)
@@ -379,7 +386,8 @@ export const rawStore = (deps: RawDeps) => {
     if (hashed.value !== info.value.sha256) differences.push(`${snapshot.path}: sha256 ${hashed.value}, the sidecar says ${info.value.sha256}`)
     const [dumped] = await sendReceive({
       source: target, sendArgv: readerArgv(info.value, snapshot.path), sendWhat: `reading ${snapshot.path}`,
-      receivers: [{ target: input.source, receiveArgv: ['btrfs', 'receive', '--dump'], what: `checking the stream of ${snapshot.path}` }], signal, stallMs: deps.stallMs, onBytes: () => undefined,
+      receivers: [{ target: input.source, receiveArgv: ['btrfs', 'receive', '--dump'], what: `checking the stream of ${snapshot.path}` }], signal, stallMs: deps.stallMs,
+      way: await deps.planStream(target, input.source, signal), onBytes: () => undefined,
     })
     if (dumped === undefined || dumped.isErr()) {
       const stderr = String(dumped?.error.details?.stderr ?? dumped?.error.message ?? '')

@@ -23,6 +23,13 @@ export interface RsyncDriverOptions {
   readonly syncBeforePublish?: boolean
   /** more rsync options, passed before the paths */
   readonly extraArgs?: readonly string[]
+  /**
+   * `zstd`: rsync compresses what it sends to or from another host (`--compress`, which picks zstd
+   * when both rsyncs have it, else the best they share); default `none`
+   */
+  readonly streamCompress?: 'zstd' | 'none'
+  /** at most this many bytes a second (`--bwlimit`, in whole KiB, at least 1) */
+  readonly rateLimit?: number
 }
 
 /** The per-backup record beside the backups, written before the backup is published. */
@@ -180,6 +187,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       ...linkDests.map((d) => `--link-dest=${d}`),
       // a daemon module cannot run sync(1): the receiver flushes each file it writes
       ...(filesOnly && options.syncBeforePublish !== false ? ['--fsync'] : []),
+      // rsync compresses nothing between two paths of this host
+      ...(options.streamCompress === 'zstd' && (source.location.kind !== 'local' || target.location.kind !== 'local') ? ['--compress'] : []),
+      ...(options.rateLimit === undefined ? [] : [`--bwlimit=${Math.max(1, Math.round(options.rateLimit / 1024))}`]),
       ...(options.extraArgs ?? []),
       ...src.options, ...dst.options,
       src.spec, dst.spec,

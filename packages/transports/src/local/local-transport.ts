@@ -1,7 +1,8 @@
 import type { LocalLocation, Transport } from '@bb/core'
-import { execCommand, spawnCommand } from './exec.js'
+import { execCommand } from './exec.js'
 import { list, mkdir, readFile, readlink, remove, rename, stat, symlink, writeFileAtomic } from './files.js'
 import { acquireLock, inspectLock } from './lock-file.js'
+import { spawnWithFilters } from './zstd.js'
 
 /**
  * The transport for paths on this host.
@@ -15,7 +16,7 @@ export const localTransport = (path: string): Transport => {
   return {
     location,
     exec: execCommand,
-    spawn: spawnCommand,
+    spawn: spawnWithFilters,
     readFile,
     writeFileAtomic,
     stat,

@@ -34,6 +34,20 @@ export const SCRIPTS = {
 
 export type ScriptName = keyof typeof SCRIPTS
 
+/**
+ * The stream filters of a spawned command (`compressStdout`, `decompressStdin`), run as
+ * `sh -c FILTER sh ARGV...` inside {@link SPAWN_WRAPPER}; ARGV is itself a command the wrapper
+ * could run. Each says the pid of ARGV's process on a later line, which replaces the wrapper's,
+ * so that a kill stops the command and not the shell around it. POSIX sh has no pipefail: the
+ * compressing one carries both exit statuses out through fd 3 and exits with the first failure.
+ */
+export const FILTERS = {
+  compressStdout: `exec 4>&1; s=$( { { "$@" 3>&- 4>&- & p=$!; echo "${PID_TAG}$p" >&2; wait "$p"; echo "$?" >&3; } | { zstd -cq -T0 3>&- >&4 4>&- || echo "$?" >&3; }; } 3>&1 ); for c in $s; do [ "$c" -eq 0 ] || exit "$c"; done`,
+  decompressStdin: `zstd -dcq | { sh -c 'echo "${PID_TAG}$PPID" >&2'; exec "$@"; }`,
+} as const
+
+export type FilterName = keyof typeof FILTERS
+
 /** the exit status with which the filter refuses a request (as ssh_filter_btrbk.sh) */
 export const REFUSED_EXIT = 255
 /** the first words of the filter's refusal on stderr */

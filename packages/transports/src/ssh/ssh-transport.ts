@@ -5,13 +5,13 @@ import {
 import { execCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand } from './quote.js'
-import { ABSENT, PID_TAG, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
+import { ABSENT, FILTERS, PID_TAG, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
 
-/** a whole first line (a chunk can end inside the number) */
-const PID_LINE = new RegExp(`^${PID_TAG}(\\d+)\\n`)
+/** whole lines only (a chunk can end inside the number); a stream filter says a second pid after the wrapper's */
+const PID_LINES = new RegExp(`^${PID_TAG}(\\d+)\\n`, 'gm')
 /** in the stderr tail of a finished command, which is trimmed */
-const PID_PREFIX = new RegExp(`^${PID_TAG}\\d+\\n?`)
+const PID_PREFIX = new RegExp(`^${PID_TAG}\\d+(\\n|$)`, 'gm')
 
 const KINDS: Readonly<Record<string, EntryStat['kind']>> = { 'regular file': 'file', 'regular empty file': 'file', directory: 'directory', 'symbolic link': 'symlink' }
 const FIND_KINDS: Readonly<Record<string, EntryStat['kind']>> = { f: 'file', d: 'directory', l: 'symlink' }
@@ -41,8 +41,9 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       return err(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} ended without an exit status: it was killed by a signal (or exited 255)`, 'see whether something on that host (the OOM killer, an admin) stopped it, then run again', { host, argv: [...argv] }))
     }
     if (result.exitCode === 127 && /not found|No such file/.test(result.stderr)) {
-      const tool = argv[0] ?? 'the command'
-      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${host} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : ''}`, { host, argv: [...argv], stderr: result.stderr }))
+      // sh names what it could not find: a stream filter's zstd, or the command itself
+      const tool = /: (zstd): not found/.exec(result.stderr)?.[1] ?? argv[0] ?? 'the command'
+      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${host} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : tool === 'zstd' ? ' (apt-get install zstd)' : ''}`, { host, argv: [...argv], stderr: result.stderr }))
     }
     if (sudo.length > 0 && result.exitCode === 1 && /^sudo: /m.test(result.stderr)) {
       return err(bbError('AUTH_FAILED', `sudo on ${host} refused to run ${argv[0] ?? 'the command'} without a password`, 'allow it in sudoers with NOPASSWD for the commands bbackup runs (see docs/transports/ssh.md)', { host, stderr: result.stderr }))
@@ -68,15 +69,22 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * notice that its connection closed, and would stay behind.
    */
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
-    const remote = remoteCommand([...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...argv])
+    const { compressStdout, decompressStdin, ...plain } = spawnOptions
+    // the stream filters run on that host, around the command: the filter scripts of the remote protocol
+    const filtered = [
+      ...(decompressStdin === 'zstd' ? ['sh', '-c', FILTERS.decompressStdin, 'sh'] : []),
+      ...(compressStdout === 'zstd' ? ['sh', '-c', FILTERS.compressStdout, 'sh'] : []),
+      ...argv,
+    ]
+    const remote = remoteCommand([...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...filtered])
     let remotePid: string | undefined
     let seen = ''
     // a remote command with a NUL byte cannot run: start nothing, report why
-    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), spawnOptions, {
+    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), plain, {
       onStderr: (chunk) => {
-        if (remotePid !== undefined || seen.length > 200) return
+        if (seen.length > 400) return
         seen += chunk
-        remotePid = PID_LINE.exec(seen)?.[1]
+        for (const m of seen.matchAll(PID_LINES)) remotePid = m[1]
       },
     })
     const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(PID_PREFIX, '') })

@@ -69,8 +69,8 @@ export const checkRequest = async (checks: readonly Check[], policy: FilterPolic
       case 'started-here': {
         let pid: number | undefined = check.pid
         let found = false
-        // the transfer, its sudo, the filter: a few generations at most
-        for (let depth = 0; depth < 4 && pid !== undefined && !found; depth++) {
+        // the transfer, the shells of a stream filter, its sudo, the filter: a few generations at most
+        for (let depth = 0; depth < 6 && pid !== undefined && !found; depth++) {
           pid = await parentOf(pid)
           found = pid !== undefined && (await isFilter(pid))
         }

@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
+import { FILTERS, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
 import { parseRsyncServer } from './rsync-server.js'
 
 /**
@@ -38,6 +38,7 @@ const SCRIPT_ROLES: Readonly<Record<ScriptName, { readonly role: Role; readonly 
   remove: { role: 'delete' }, removeTree: { role: 'delete' },
 }
 const SCRIPT_BY_TEXT: ReadonlyMap<string, ScriptName> = new Map(Object.entries(SCRIPTS).map(([name, text]) => [text, name as ScriptName]))
+const FILTER_TEXTS: ReadonlySet<string> = new Set(Object.values(FILTERS))
 /** how many arguments each script takes, all of them paths except symlink's target */
 const SCRIPT_ARGS: Readonly<Record<ScriptName, number>> = {
   read: 1, stat: 1, list: 1, readlink: 1, write: 1, mkdir: 1, mkdirp: 1, rename: 2, symlink: 2, remove: 1, removeTree: 1,
@@ -99,6 +100,8 @@ const btrfs = (args: readonly string[]): Match | undefined => {
 const match = (argv: readonly string[], spawned: boolean): Match | undefined => {
   const [program, ...args] = argv
   if (spawned) {
+    // a stream filter (zstd around the command) runs what a spawn may run
+    if (program === 'sh' && args[0] === '-c' && FILTER_TEXTS.has(args[1] ?? '') && args[2] === 'sh') return match(args.slice(3), true)
     // only the long-running transfers are started through the pid wrapper
     if (program === 'btrfs' && (args[0] === 'send' || args[0] === 'receive')) return btrfs(args)
     return undefined
@@ -118,6 +121,8 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       const intoPartial = request.paths.length === 1 && /\.partial\/?$/.test(request.paths[0] as string)
       return request.deletes && !intoPartial ? { role: 'delete', checks } : { role: 'receive', checks }
     }
+    case 'zstd':
+      return same(args, ['--version']) ? { role: 'list', checks: [] } : undefined
     case 'stat':
       return args.length === 4 && same(args.slice(0, 3), ['-f', '-c', '%T']) ? { role: 'list', checks: inside(args[3] as string) } : undefined
     case 'sync':
