@@ -20,7 +20,7 @@ const contentOf = async (path: string): Promise<Record<string, string>> =>
 
 const snapshotsIn = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
 
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs'], { root: true }))('backups over ssh to a real sshd on 127.0.0.1', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs', 'zstd'], { root: true }))('backups over ssh to a real sshd on 127.0.0.1', () => {
   let sshd: Sshd
   let fs: LoopFilesystem
   let dir: string

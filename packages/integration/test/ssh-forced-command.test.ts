@@ -15,7 +15,7 @@ const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await
  * key's authorized_keys line runs bbackup-remote (the bin's source, through tsx) as its forced
  * command with `restrict`, on a real sshd.
  */
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs'], { root: true }))('bbackup-remote as the forced command of a real sshd', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs', 'zstd'], { root: true }))('bbackup-remote as the forced command of a real sshd', () => {
   let sshd: Sshd
   let bin: TempDir
   let fs: LoopFilesystem
