@@ -3,7 +3,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['**/dist/**', '**/node_modules/**', '.tools/**', 'bench/.work/**', '.demo/**'] },
+  { ignores: ['**/dist/**', '**/node_modules/**', '.tools/**', 'bench/.work/**', '.demo/**', 'bundle/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
