@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { basename, join, resolve } from 'node:path'
 import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Location, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
@@ -109,6 +110,16 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
   }
+  const pipeCommands = spec.pipeTargets ?? []
+  if (pipeCommands.length > 0 && driverName !== 'btrfs') {
+    return err(bbError('INVALID_OPTIONS', `pipe targets get btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
+      'pipe targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
+  }
+  // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets
+  const id = spec.name ?? jobId(sourceTransport.value, driverName === 'btrfs' ? [] : targetTransports)
+  const stateDirectory = spec.stateDir !== undefined ? resolve(options.cwd, spec.stateDir) : (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
+  // a pipe target's ledger (what its command took) is the job's, in its state directory, one per command
+  const pipes = pipeCommands.map((command) => ({ ledger: join(stateDirectory, 'pipes', createHash('sha256').update(command).digest('hex').slice(0, 12)), command }))
   const way = { ...(spec.streamCompress === undefined ? {} : { streamCompress: spec.streamCompress }), ...(spec.rateLimit === undefined ? {} : { rateLimit: spec.rateLimit }) }
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
@@ -118,6 +129,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
         ...way,
+        ...(pipes.length === 0 ? {} : { pipe: { targets: pipes, ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) } }),
         ...(rawTargets.length === 0 ? {} : {
           raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) },
         }),
@@ -126,15 +138,12 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
       })),
   ])
-  // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets
-  const id = spec.name ?? jobId(sourceTransport.value, driverName === 'btrfs' ? [] : targetTransports)
-  const stateDirectory = spec.stateDir !== undefined ? resolve(options.cwd, spec.stateDir) : (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
   // several sources can share a target: btrfs names say whose they are (btrbk does the same)
   const prefix = spec.prefix ?? (driverName === 'btrfs' ? `${basename(sourceTransport.value.location.path) || 'root'}.` : undefined)
   return ok({
     driver,
     source: sourceTransport.value,
-    targets: targetTransports,
+    targets: [...targetTransports, ...pipes.map((p) => localTransport(p.ledger))],
     state: { transport: localTransport(stateDirectory), directory: stateDirectory },
     ...(prefix === undefined ? {} : { prefix }),
     retention: {

@@ -35,6 +35,8 @@ export interface JobSpec {
   /** btrfs: targets that keep the send streams as files (besides `targets`) */
   readonly rawTargets?: readonly string[]
   readonly rawCompress?: 'zstd' | 'none'
+  /** btrfs: commands that each get the send streams on stdin (`sh -c`), with a ledger in the state directory */
+  readonly pipeTargets?: readonly string[]
   /** btrfs raw targets: a full stream after this many incrementals */
   readonly rawFullEvery?: number
   /** `zstd`: compress what goes to or from another host (btrfs streams; rsync's --compress) */
@@ -87,7 +89,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'stream_compress', 'rate_limit', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -158,7 +160,11 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     const targets = typeof job.targets === 'string' ? [job.targets] : (job.targets ?? [])
     const rawTargets = typeof job.raw_targets === 'string' ? [job.raw_targets] : (job.raw_targets ?? [])
     if (!Array.isArray(rawTargets) || !rawTargets.every((t) => typeof t === 'string')) return problem(section, 'raw_targets', 'must be a list of locations', 'raw_targets = ["/mnt/usb/streams"]')
-    if (!Array.isArray(targets) || (targets.length === 0 && rawTargets.length === 0) || !targets.every((t) => typeof t === 'string')) {
+    const pipeTargets = typeof job.pipe_targets === 'string' ? [job.pipe_targets] : (job.pipe_targets ?? [])
+    if (!Array.isArray(pipeTargets) || !pipeTargets.every((t) => typeof t === 'string' && t.trim() !== '')) {
+      return problem(section, 'pipe_targets', 'must be a list of commands', 'pipe_targets = ["zstd | ssh vault \'cat > streams/$BBACKUP_FILE.zst\'"]')
+    }
+    if (!Array.isArray(targets) || (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0) || !targets.every((t) => typeof t === 'string')) {
       return problem(section, job.targets === undefined ? '' : 'targets', 'targets is missing or not a list of locations', 'targets = ["/mnt/backup/home"]')
     }
     const rawCompress = job.raw_compress
@@ -241,6 +247,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
+      ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),
       ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),

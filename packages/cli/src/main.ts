@@ -49,6 +49,7 @@ interface CommonOptions {
   sendProtocol?: string
   compressedData?: boolean
   rawTarget?: string[]
+  pipeTarget?: string[]
   rawCompress?: string
   rawFullEvery?: string
   streamCompress?: string
@@ -112,8 +113,9 @@ const jobOptions = (command: Command): Command =>
     .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
     .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
     .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
+    .option('--pipe-target <command>', 'btrfs: a command (sh -c, on this host) that gets each send stream on stdin, BBACKUP_FILE and more in its environment (repeatable; config: pipe_targets)', collect)
     .addOption(new Option('--raw-compress <method>', 'btrfs raw targets: compress the stream files (config: raw_compress)').choices(['zstd', 'none']))
-    .option('--raw-full-every <n>', 'btrfs raw targets: a full stream after n incrementals, so that old chains can be pruned (config: raw_full_every)')
+    .option('--raw-full-every <n>', 'btrfs raw and pipe targets: a full stream after n incrementals, so that old chains can be pruned (config: raw_full_every)')
     .addOption(new Option('--stream-compress <method>', 'compress what goes to or from another host: btrfs streams with zstd on both ends, rsync with --compress (config: stream_compress)').choices(['zstd', 'none']))
     .option('--rate-limit <rate>', 'at most this many bytes a second to each target, with k, m, g for KiB, MiB, GiB: 10m (config: rate_limit)')
     .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
@@ -284,9 +286,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let metricsFile = options.metricsFile === undefined ? undefined : resolvePath(io.cwd, options.metricsFile)
     if (source !== undefined) {
       const rawTargets = options.rawTarget ?? []
-      if (targets.length === 0 && rawTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
+      const pipeTargets = options.pipeTarget ?? []
+      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
       specs = [{
-        source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
+        source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), ...(pipeTargets.length === 0 ? {} : { pipeTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
       }]
     } else {

@@ -10,6 +10,9 @@ export interface Io {
   readonly self?: readonly string[]
 }
 
+/** `1 backup`, `2 backups` */
+const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`
+
 export const formatBytes = (n: number): string => {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
   let v = n
@@ -112,7 +115,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
 
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.map((l) => [
-    `${l.at} (${l.side}): ${l.snapshots.filter((s) => s.complete).length} backups`,
+    `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, 'backup')}`,
     ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}`),
   ].join('\n')).join('\n') + '\n'
 
@@ -123,7 +126,7 @@ export const renderStatus = (s: JobStatus): string => {
       out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)
       continue
     }
-    out.push(`  ${t.at}: ${t.backups} backups${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    out.push(`  ${t.at}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -95,6 +96,44 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(wrong).toMatchObject({ code: 2, stderr: expect.stringMatching(/raw targets .* keep btrfs send streams/) })
   })
 
+  it('--pipe-target: each stream to a command with its facts in the environment, incrementals on what the command took; restorable by hand, full first', async () => {
+    const out = join(dir, 'piped')
+    await mkdir(out)
+    // fails while the marker exists, without reading its stdin: the sender sees a broken pipe
+    const command = `[ ! -e ${out}/fail ] && cat > "${out}/$BBACKUP_FILE" && echo "$BBACKUP_MODE $BBACKUP_PARENT $BBACKUP_CHAIN" >> ${out}/log`
+    const job = ['home', '--pipe-target', command, '--state-dir', 'state']
+    expect((await runCli(['run', ...job, '-q'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    await writeFile(join(out, 'fail'), '')
+    const failed = await runCli(['run', ...job, '--json'], dir)
+    expect(failed.code).toBe(10)
+    expect(JSON.parse(failed.stdout).targets).toMatchObject([{ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^the pipe command \(.*\) failed \(exit 1\)$/) } }])
+    execFileSync('rm', [join(out, 'fail')])
+    const second = await runCli(['run', ...job, '--no-snapshot', '--json'], dir)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    const [first, newer] = (await readdir(join(dir, 'home/.snapshots'))).sort()
+    expect(JSON.parse(second.stdout).targets).toMatchObject([{ ok: true, mode: 'incremental', parent: first, snapshot: newer }])
+    expect(readFileSync(join(out, 'log'), 'utf8')).toBe(`full  0\nincremental ${first} 1\n`)
+    const listed = await runCli(['list', ...job], dir)
+    expect(listed.stdout).toMatch(/\(target\): 2 backups/)
+    // what the command stored is a real chain of send streams: received full first, the newest has the change
+    await mkdir(join(dir, 'restored'))
+    for (const name of [first, newer]) execFileSync('btrfs', ['receive', '-f', join(out, `${name}.btrfs`), join(dir, 'restored')])
+    expect(readFileSync(join(dir, 'restored', newer ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
+    const restore = await runCli(['verify', ...job], dir)
+    expect(restore.code).not.toBe(0)
+    expect(restore.stdout + restore.stderr).toMatch(/cannot verify a pipe target .*: the streams are wherever that command put them/)
+    // the newest is incremental on the first: a prune keeps the chain whole
+    expect((await runCli(['prune', ...job, '--keep-backups', '1', '-q'], dir)).code).toBe(0)
+    expect((await runCli(['list', ...job], dir)).stdout).toMatch(/\(target\): 2 backups/)
+    // a new chain (full every 1), then the prune forgets the old chain's ledger entries, and leaves the command's files alone
+    const third = await runCli(['run', ...job, '--raw-full-every', '1', '--json'], dir)
+    expect(JSON.parse(third.stdout).targets).toMatchObject([{ ok: true, mode: 'full' }])
+    expect((await runCli(['prune', ...job, '--keep-backups', '1', '-q'], dir)).code).toBe(0)
+    expect((await runCli(['list', ...job], dir)).stdout).toMatch(/\(target\): 1 backup\b/)
+    expect((await readdir(out)).filter((f) => f.endsWith('.btrfs'))).toHaveLength(3)
+  })
+
   it('a config job may have raw_targets only; raw_full_every = 1 makes every stream full; a bad value names the key', async () => {
     const config = join(dir, 'bbackup.toml')
     await writeFile(config, `state_dir = "${join(dir, 'state')}"\n[jobs.home]\nsource = "${join(dir, 'home')}"\nraw_targets = ["${join(dir, 'streams')}"]\nraw_full_every = 1\n`)
@@ -109,6 +148,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(JSON.parse(r.stdout).targets).toMatchObject([{ ok: true, mode: 'full', warnings: [expect.stringMatching(/a new chain starts with a full stream/)] }])
     await writeFile(config, `[jobs.home]\nsource = "/home"\nraw_targets = ["/x"]\nraw_full_every = 0\n`)
     expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:4: [jobs.home] raw_full_every: 0 is not a whole number of at least 1`) })
+    await writeFile(config, `[jobs.home]\nsource = "/home"\npipe_targets = [""]\n`)
+    expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:3: [jobs.home] pipe_targets: must be a list of commands`) })
+    await mkdir(join(dir, 'plain'))
+    expect(await runCli(['run', 'plain', '--pipe-target', 'cat >/dev/null', '--state-dir', 'state'], dir)).toMatchObject({ code: 2, stderr: expect.stringMatching(/pipe targets get btrfs send streams, but plain is backed up by the rsync driver/) })
   })
 
   it('doctor checks every configured job: source, state, each target and its free space, with the fix for each problem (exit 1)', async () => {

@@ -7,6 +7,7 @@ import {
 import { btrfsFailure, isGarbled, isReceived, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive, type StreamWay } from './pipeline.js'
+import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 
 const join = posix.join
@@ -25,6 +26,8 @@ export interface BtrfsDriverOptions {
   readonly stallTimeoutSeconds?: number
   /** targets that keep the send streams as files instead of receiving them (btrbk's `target raw`) */
   readonly raw?: RawTargetOptions
+  /** targets whose streams go to a command of yours, with a ledger of what it took (btrfs-backup's `shell://`) */
+  readonly pipe?: PipeTargetOptions
   /**
    * `zstd`: a stream that goes from one host to another is compressed on the sending host and
    * decompressed on the receiving one, when zstd is on both (else it goes as it is, with a warning);
@@ -66,6 +69,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const rawLocations = new Set((options.raw?.targets ?? []).map((t) => parseLocation(t, { cwd: '/' }).map(formatLocation).unwrapOr(t)))
   /** a target configured to keep stream files */
   const isRaw = (t: Transport): boolean => rawLocations.has(formatLocation(t.location))
+  /** a pipe target: its location is its ledger on this host */
+  const isPipe = (t: Transport): boolean => t.location.kind === 'local' && (options.pipe?.targets ?? []).some((p) => p.ledger === t.location.path)
   const zstdAt = new WeakMap<Transport, Promise<boolean>>()
   const hasZstd = (at: Transport, signal: AbortSignal | undefined): Promise<boolean> => {
     const known = zstdAt.get(at)
@@ -91,6 +96,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   /** a pipeline as the report shows it, with the stream's zstd on both sides */
   const shown = (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay): string[] =>
     way.compress === undefined ? [...sendArgv, '|', ...receiveArgv] : [...sendArgv, '|', 'zstd', '-cq', '-T0', '|', 'zstd', '-dcq', '|', ...receiveArgv]
+  const pipe = pipeStore({
+    options: options.pipe ?? { targets: [] },
+    stallMs,
+    sendFlags: (source, signal) => sendFlags(source, [], signal),
+    planStream: (from, to, signal) => planStream(from, to, signal),
+  })
   const raw = rawStore({
     options: options.raw ?? { targets: [] },
     stallMs,
@@ -124,7 +135,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) => {
     if (targets.length === 0) return progsVersion(source, signal).andThen(() => probeSource(source, signal))
-    return ResultAsync.combine(targets.map((t) => (isRaw(t) ? new ResultAsync(raw.probe(t, signal)) : progsVersion(t, signal).andThen(() => probeTarget(t))))).map(() => undefined)
+    return ResultAsync.combine(targets.map((t) => (isPipe(t) ? new ResultAsync(pipe.probe(t)) : isRaw(t) ? new ResultAsync(raw.probe(t, signal)) : progsVersion(t, signal).andThen(() => probeTarget(t))))).map(() => undefined)
   }
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
@@ -164,6 +175,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const listSnapshots: Driver['listSnapshots'] = ({ at, side, signal }) => {
     const onSource = side === 'source'
+    if (!onSource && isPipe(at)) return new ResultAsync(pipe.list(at))
     if (!onSource && isRaw(at)) return new ResultAsync(raw.list(at))
     const dir = onSource ? folderOf(at) : at.location.path
     return at.list(dir)
@@ -253,11 +265,18 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sent = input.sourceSnapshot
     if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
     const targets = input.targets.map((t) => t.target)
-    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local' || isRaw(t))) {
-      // the stream is fanned out into named pipes on this host to btrfs receive: a remote or raw target gets a send of its own
+    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local' || isRaw(t) || isPipe(t))) {
+      // the stream is fanned out into named pipes on this host to btrfs receive: a remote, raw or pipe target gets a send of its own
       return (await Promise.all(input.targets.map((t) => runShared({ ...input, targets: [t] })))).flat()
     }
     const [only] = input.targets
+    if (only !== undefined && isPipe(only.target)) {
+      const target = only.target
+      return [await pipe.transfer({
+        source, target, snapshot, sent, parent, dryRun, signal,
+        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: target.location.path, snapshot, bytes }),
+      })]
+    }
     if (only !== undefined && isRaw(only.target)) {
       const target = only.target
       return [await raw.transfer({
@@ -370,6 +389,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   const recover: Driver['recover'] = ({ target, entry, dryRun }) => {
+    if (isPipe(target)) return new ResultAsync(pipe.recover())
     if (isRaw(target)) return new ResultAsync(raw.recover(target, entry.partialPath, dryRun))
     const dir = target.location.path
     // only ever a subvolume directly in this target: anything else is not ours to touch
@@ -388,6 +408,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const deleteSnapshots: Driver['deleteSnapshots'] = ({ at, snapshots, dryRun, signal }) => {
     if (snapshots.length === 0) return okAsync([])
+    if (isPipe(at)) return new ResultAsync(pipe.forget(at, snapshots, dryRun, signal))
     if (isRaw(at)) return new ResultAsync(raw.deleteStreams(at, snapshots, dryRun, signal))
     for (const s of snapshots) {
       if (!s.complete || s.identity?.readOnly !== true) {
@@ -407,6 +428,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const runRestore = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
     const { from, to, snapshot, signal } = input
     const dest = to.location.path
+    if (isPipe(from)) return err(pipe.unreadable('restore from', from))
     if (isRaw(from)) return raw.restore(input, (landing) => ['btrfs', 'subvolume', 'snapshot', landing, `${landing}.writable`])
     if (input.subpath !== '') return restorePath(input)
     const landing = join(dest, snapshot.name)
@@ -468,6 +490,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    */
   const verify = (input: VerifyInput): ResultAsync<VerifyOutcome, BbError> => new ResultAsync((async (): Promise<Result<VerifyOutcome, BbError>> => {
     const { snapshot, signal } = input
+    if (isPipe(input.target)) return err(pipe.unreadable('verify', input.target))
     if (isRaw(input.target)) return raw.verify(input)
     const differences: string[] = []
     const notes: string[] = []

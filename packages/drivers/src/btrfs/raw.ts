@@ -65,7 +65,7 @@ const PART = /^(.+)\.btrfs(\.zst)?\.part$/
 const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
 
 /** The stream's uuid as `btrfs receive` records it: a snapshot that was itself received keeps its received uuid. */
-const streamUuid = (s: SnapshotInfo | undefined): string | undefined => s?.identity?.receivedUuid ?? s?.identity?.uuid
+export const streamUuid = (s: SnapshotInfo | undefined): string | undefined => s?.identity?.receivedUuid ?? s?.identity?.uuid
 
 const parseInfo = (text: string | undefined, file: string): RawInfo | undefined => {
   if (text === undefined) return undefined
