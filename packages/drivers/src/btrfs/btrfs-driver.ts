@@ -100,7 +100,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     options: options.pipe ?? { targets: [] },
     stallMs,
     sendFlags: (source, signal) => sendFlags(source, [], signal),
-    planStream: (from, to, signal) => planStream(from, to, signal),
+    planStream,
+    shown,
   })
   const raw = rawStore({
     options: options.raw ?? { targets: [] },

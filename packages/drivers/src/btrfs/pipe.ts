@@ -40,6 +40,7 @@ export interface PipeDeps {
   readonly stallMs: number
   readonly sendFlags: (source: Transport, signal: AbortSignal | undefined) => Promise<Result<string[], BbError>>
   readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamWay & { readonly warnings: readonly string[] }>
+  readonly shown: (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay) => string[]
 }
 
 const ENTRY = /^(.+)\.json$/
@@ -135,7 +136,7 @@ export const pipeStore = (deps: PipeDeps) => {
     const way = await deps.planStream(source, target, signal)
     warnings.push(...way.warnings)
     const mode = parent === undefined ? 'full' as const : 'incremental' as const
-    const commands = [[...sendArgv, '|', ...commandArgv], ['write', join(target.location.path, `${snapshot}.json`)]]
+    const commands = [deps.shown(sendArgv, commandArgv, way), ['write', join(target.location.path, `${snapshot}.json`)]]
     const outcome = (bytes: number): TransferOutcome => ({ snapshot, mode, ...(parent === undefined ? {} : { parent: parent.name }), bytes, files: 0, warnings, commands })
     if (input.dryRun) return ok(outcome(0))
     const [piped] = await sendReceive({ source, sendArgv, receivers: [{ target, receiveArgv: commandArgv, what: `the pipe command (${command})` }], signal, stallMs: deps.stallMs, way, onBytes: input.onBytes })
