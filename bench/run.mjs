@@ -358,6 +358,23 @@ if (!btrfsReady) {
         }
         console.log(`\nbtrfs over ssh to 127.0.0.1 (goal <= 1.05; ssh logins per run: ${logins.join(', ')}, goal 1)`)
         report('1% incremental run over ssh vs send -p | ssh host btrfs receive', median(oursSsh), median(handSsh), 'by hand')
+        if (has('zstd')) {
+          // --stream-compress zstd against the same pipeline by hand, zstd on both sides (the data is random: this is the cost of the filters)
+          const oursZstd = []
+          const handZstd = []
+          for (let i = 0; i < REPEAT; i++) {
+            changeOnePercent(70 + i, src)
+            commit()
+            spawnSync('sleep', ['1'])
+            oursZstd.push(seconds(() => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', '--stream-compress', 'zstd', ...sshArgs])))
+            const [prev, next] = [`h${REPEAT - 1 + i}`, `h${REPEAT + i}`]
+            handZstd.push(seconds(() => {
+              btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', next))
+              sh(`btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next} | zstd -cq -T0 | ${sshHand} 'zstd -dcq | btrfs receive ${mnt}/ssh-hand'`)
+            }))
+          }
+          report('1% incremental over ssh, --stream-compress zstd vs send -p | zstd | ssh host zstd -d | btrfs receive', median(oursZstd), median(handZstd), 'by hand with zstd')
+        }
       } finally {
         await sshd.stop()
       }

@@ -136,7 +136,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) => {
     if (targets.length === 0) return progsVersion(source, signal).andThen(() => probeSource(source, signal))
-    return ResultAsync.combine(targets.map((t) => (isPipe(t) ? new ResultAsync(pipe.probe(t)) : isRaw(t) ? new ResultAsync(raw.probe(t, signal)) : progsVersion(t, signal).andThen(() => probeTarget(t))))).map(() => undefined)
+    const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
+      if (isPipe(t)) return new ResultAsync(pipe.probe(t))
+      if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
+      // at the same time, each a round trip on a remote host; a version error comes first
+      return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
+    }
+    return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
   }
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
@@ -161,8 +167,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const fsType = (path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
     const notBtrfs = (type: string, path: string): BbError => bbError('TARGET_NOT_BTRFS', `the target ${path} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: btrfs receive needs one`,
       'is the backup disk mounted? Give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir })
-    return target.stat(dir).andThen((s): ResultAsync<void, BbError> => {
-      if (s?.kind === 'directory') return fsType(dir).andThen((type) => (type === 'btrfs' ? okAsync(undefined) : errAsync(notBtrfs(type, dir))))
+    // the filesystem is asked with the stat, not after it: one round trip less on a remote host
+    return ResultAsync.combine([target.stat(dir), fsType(dir)] as const).andThen(([s, type]): ResultAsync<void, BbError> => {
+      if (s?.kind === 'directory') return type === 'btrfs' ? okAsync(undefined) : errAsync(notBtrfs(type, dir))
       if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory on a btrfs filesystem to receive the backups in', { path: dir }))
       const parent = posix.dirname(dir)
       return target.stat(parent).andThen((p): ResultAsync<void, BbError> => {
@@ -357,8 +364,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (cleaned.isErr()) return err(bbError(failure.code, failure.message, `${failure.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, failure.details))
       return err(failure)
     }
-    // complete only when read-only with the received uuid of what was sent (btrbk checks the same)
-    const received = await showSubvolume(target, path, signal)
+    // complete only when read-only with the received uuid of what was sent (btrbk checks the same);
+    // committed before the journal forgets it, so that after a crash the target has it, or nothing.
+    // Both at once: on a remote host each is a round trip, and a commit of an incomplete copy harms nothing
+    const [received, synced] = await Promise.all([showSubvolume(target, path, signal), target.exec(['btrfs', 'filesystem', 'sync', dir], signalOpt(signal))])
     if (received.isErr()) return err(received.error)
     const copy = received.value
     const asInfo = (s: Subvolume): SnapshotInfo => ({ name: snapshot, time: undefined, complete: true, health: 'ok', path, identity: identityOf(s) })
@@ -367,8 +376,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       return err(bbError('TRANSFER_INCOMPLETE', `btrfs receive ended without error, but ${path} is not a complete copy of ${sent.path}`,
         'run again (the copy is sent anew); if it repeats, check the kernel log (dmesg) of the target', { path }))
     }
-    // committed before the journal forgets it: after a crash the target has it, or nothing
-    const synced = await target.exec(['btrfs', 'filesystem', 'sync', dir], signalOpt(signal))
     if (synced.isErr()) return err(synced.error)
     if (synced.value.exitCode !== 0) return err(btrfsFailure(`btrfs filesystem sync ${dir}`, synced.value.argv, synced.value.exitCode, synced.value.stderr))
     return ok({ snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes: result.value.bytes, files: 0, warnings, commands: how.commands })
