@@ -3,8 +3,8 @@ import type { CommandResult, RunningCommand, SpawnOptions, TransportError } from
 import { spawnCommand } from './exec.js'
 
 /** how the stream filters run: all cores to compress (a link is slower than zstd), quiet */
-export const ZSTD_COMPRESS = ['zstd', '-cq', '-T0'] as const
-export const ZSTD_DECOMPRESS = ['zstd', '-dcq'] as const
+const ZSTD_COMPRESS = ['zstd', '-cq', '-T0'] as const
+const ZSTD_DECOMPRESS = ['zstd', '-dcq'] as const
 
 /**
  * The command and its zstd as one {@link RunningCommand}: the command's pid, byte count and exit
