@@ -2,7 +2,7 @@ import { posix } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, compareSnapshots, parseSnapshotName, type BbError, type RecoverAction, type SnapshotInfo, type TransferOutcome, type Transport } from '@bb/core'
 import { sendReceive, type StreamWay } from './pipeline.js'
-import { streamUuid } from './raw.js'
+import { chainStep, streamUuid } from './raw.js'
 
 const join = posix.join
 
@@ -106,20 +106,9 @@ export const pipeStore = (deps: PipeDeps) => {
   }): Promise<Result<TransferOutcome, BbError>> => {
     const { source, target, snapshot, sent, signal } = input
     const command = commandOf(target)
-    const warnings: string[] = []
-    let parent = input.parent
-    let chain = 0
-    if (parent !== undefined) {
-      const parentEntry = await readEntry(target, parent.name)
-      if (parentEntry.isErr()) return err(parentEntry.error)
-      chain = (parentEntry.value?.chain ?? 0) + 1
-      const every = deps.options.fullEvery
-      if (every !== undefined && chain > every) {
-        warnings.push(`a new chain starts with a full stream: ${parent.name} is the ${chain - 1}th incremental (full every ${every})`)
-        parent = undefined
-        chain = 0
-      }
-    }
+    const parentEntry = input.parent === undefined ? ok(undefined) : await readEntry(target, input.parent.name)
+    if (parentEntry.isErr()) return err(parentEntry.error)
+    const { parent, chain, warnings } = chainStep(input.parent, parentEntry.value?.chain, deps.options.fullEvery)
     const uuid = streamUuid(sent)
     if (uuid === undefined) return err(bbError('COMMAND_FAILED', `the snapshot ${sent.path} has no uuid bbackup could read`, 'run again; if it repeats, check btrfs subvolume show on it', { path: sent.path }))
     const parentUuid = streamUuid(parent)

@@ -64,6 +64,19 @@ const PART = /^(.+)\.btrfs(\.zst)?\.part$/
 
 const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
 
+/**
+ * Where a stream goes in its chain: incremental on `parent` (itself at `parentChain`), or full, to
+ * start a new chain, once `fullEvery` incrementals lead back to a full one.
+ */
+export const chainStep = (parent: SnapshotInfo | undefined, parentChain: number | undefined, fullEvery: number | undefined): { parent: SnapshotInfo | undefined; chain: number; warnings: string[] } => {
+  if (parent === undefined) return { parent: undefined, chain: 0, warnings: [] }
+  const chain = (parentChain ?? 0) + 1
+  if (fullEvery !== undefined && chain > fullEvery) {
+    return { parent: undefined, chain: 0, warnings: [`a new chain starts with a full stream: ${parent.name} is the ${chain - 1}th incremental (full every ${fullEvery})`] }
+  }
+  return { parent, chain, warnings: [] }
+}
+
 /** The stream's uuid as `btrfs receive` records it: a snapshot that was itself received keeps its received uuid. */
 export const streamUuid = (s: SnapshotInfo | undefined): string | undefined => s?.identity?.receivedUuid ?? s?.identity?.uuid
 
@@ -178,21 +191,10 @@ export const rawStore = (deps: RawDeps) => {
     const file = fileOf(snapshot)
     const final = join(dir, file)
     const part = `${final}.part`
-    const warnings: string[] = []
-    let parent = input.parent
-    let chain = 0
-    if (parent !== undefined) {
-      // the parent's stream is there from an earlier run (targetParent), or was written earlier in this one, with this run's suffix
-      const parentInfo = await readInfo(target, dir, input.targetParent === undefined ? fileOf(parent.name) : posix.basename(input.targetParent.path))
-      if (parentInfo.isErr()) return err(parentInfo.error)
-      chain = (parentInfo.value?.chain ?? 0) + 1
-      const every = deps.options.fullEvery
-      if (every !== undefined && chain > every) {
-        warnings.push(`a new chain starts with a full stream: ${parent.name} is the ${chain - 1}th incremental (full every ${every})`)
-        parent = undefined
-        chain = 0
-      }
-    }
+    // the parent's stream is there from an earlier run (targetParent), or was written earlier in this one, with this run's suffix
+    const parentInfo = input.parent === undefined ? ok(undefined) : await readInfo(target, dir, input.targetParent === undefined ? fileOf(input.parent.name) : posix.basename(input.targetParent.path))
+    if (parentInfo.isErr()) return err(parentInfo.error)
+    const { parent, chain, warnings } = chainStep(input.parent, parentInfo.value?.chain, deps.options.fullEvery)
     const flags = await deps.sendFlags(source, signal)
     if (flags.isErr()) return err(flags.error)
     const sendArgv = ['btrfs', 'send', '-q', ...flags.value, ...(parent === undefined ? [] : ['-p', parent.path]), sent.path]
