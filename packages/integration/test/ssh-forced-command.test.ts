@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { parseLocation, type SshLocation } from '@bb/core'
+import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
 import { openSshSession, sshTransport } from '@bb/transports/ssh'
 import { ROOT, runCli, waitFor } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
@@ -127,12 +127,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await readFile(log, 'utf8')).toMatch(/ receive \["rsync","--server","-[^"]*z[^"]*","--delete",.*"--link-dest",/)
   })
 
-  it('lets the client stop a receive it started (a stalled one too), and no other process', async () => {
-    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+  /**
+   * Starts a receive through the forced command, stops it (SIGSTOP) on the server, then kills it
+   * from the client: the process is gone, killed by bbackup-remote with its own pid.
+   */
+  const stopStalledReceive = async (options: SpawnOptions): Promise<void> => {
     const session = openSshSession()
     try {
       const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
-      const running = target.spawn(['btrfs', 'receive', join(dir, 'backup')], { stdin: 'pipe' })
+      const running = target.spawn(['btrfs', 'receive', join(dir, 'backup')], options)
       const cmdline = (pid: number): string => {
         try {
           return readFileSync(`/proc/${pid}/cmdline`, 'utf8')
@@ -140,9 +143,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
           return '' // gone between the listing and the read
         }
       }
-      const receiver = async (): Promise<number | undefined> => sshd.sessionPids().find((pid) => cmdline(pid).startsWith('btrfs\0receive'))
-      await waitFor(async () => (await receiver()) !== undefined, 10_000)
-      const pid = (await receiver()) as number
+      const receiver = (): number | undefined => sshd.sessionPids().find((pid) => cmdline(pid).startsWith('btrfs\0receive'))
+      await waitFor(async () => receiver() !== undefined, 10_000)
+      const pid = receiver() as number
       process.kill(pid, 'SIGSTOP')
       // the pid line travels on ssh's stderr ahead of anything else
       await new Promise((r) => setTimeout(r, 500))
@@ -153,6 +156,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     } finally {
       await session.close()
     }
+  }
+
+  it('lets the client stop a receive it started (a stalled one too), and no other process', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    await stopStalledReceive({ stdin: 'pipe' })
     const other = request(`kill -s KILL -- ${process.pid}`)
     expect(other.status).toBe(255)
     expect(other.stderr).toMatch(/signalling process \d+, which bbackup-remote did not start/)
@@ -176,28 +184,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
 
   it('stops the btrfs receive behind a zstd filter by its own pid, not the shell around it', async () => {
     await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
-    const session = openSshSession()
-    try {
-      const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
-      const running = target.spawn(['btrfs', 'receive', join(dir, 'backup')], { stdin: 'pipe', decompressStdin: 'zstd' })
-      const receiver = (): number | undefined => sshd.sessionPids().find((pid) => {
-        try {
-          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')
-        } catch {
-          return false
-        }
-      })
-      await waitFor(async () => receiver() !== undefined, 10_000)
-      const pid = receiver() as number
-      process.kill(pid, 'SIGSTOP')
-      await new Promise((r) => setTimeout(r, 500))
-      running.kill('SIGKILL')
-      await running.done
-      await waitFor(async () => !existsSync(`/proc/${pid}`), 10_000)
-      expect(await readFile(log, 'utf8')).toMatch(new RegExp(` list \\["kill","-s","KILL","--","${pid}"\\]`))
-    } finally {
-      await session.close()
-    }
+    await stopStalledReceive({ stdin: 'pipe', decompressStdin: 'zstd' })
   })
 
   it('a send key lets this host pull btrfs backups of the remote subvolume, full then incremental', async () => {
