@@ -334,46 +334,40 @@ if (!btrfsReady) {
         const sshArgs = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
         const remote = `ssh://root@127.0.0.1:${sshd.port}${join(mnt, 'over-ssh')}`
         const sshHand = `ssh -p ${sshd.port} -i ${sshd.identityFile} -o UserKnownHostsFile=${sshd.knownHostsFile} -o BatchMode=yes root@127.0.0.1`
-        const viaSsh = () => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', ...sshArgs])
+        const viaSsh = (extra = []) => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', ...extra, ...sshArgs])
         mkdirSync(join(mnt, 'ssh-hand'))
         mkdirSync(join(mnt, 'ssh-hand-snaps'))
         viaSsh()
-        btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', 'p'))
-        sh(`btrfs send -q ${mnt}/ssh-hand-snaps/p | ${sshHand} btrfs receive ${mnt}/ssh-hand`)
-        const oursSsh = []
-        const handSsh = []
-        const logins = []
-        for (let i = 0; i < REPEAT; i++) {
-          changeOnePercent(60 + i, src)
-          commit()
-          spawnSync('sleep', ['1'])
-          const before = await sshd.logins()
-          oursSsh.push(seconds(viaSsh))
-          logins.push((await sshd.logins()) - before)
-          const [prev, next] = [i === 0 ? 'p' : `h${i - 1}`, `h${i}`]
-          handSsh.push(seconds(() => {
-            btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', next))
-            sh(`btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next} | ${sshHand} btrfs receive ${mnt}/ssh-hand`)
-          }))
-        }
-        console.log(`\nbtrfs over ssh to 127.0.0.1 (goal <= 1.05; ssh logins per run: ${logins.join(', ')}, goal 1)`)
-        report('1% incremental run over ssh vs send -p | ssh host btrfs receive', median(oursSsh), median(handSsh), 'by hand')
-        if (has('zstd')) {
-          // --stream-compress zstd against the same pipeline by hand, zstd on both sides (the data is random: this is the cost of the filters)
-          const oursZstd = []
-          const handZstd = []
+        btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', 'h0'))
+        sh(`btrfs send -q ${mnt}/ssh-hand-snaps/h0 | ${sshHand} btrfs receive ${mnt}/ssh-hand`)
+        let handSnapshots = 1
+        /** REPEAT rounds of a 1% change: bbackup with `extra`, then by hand with `pipe` between send and ssh (`receive` on the far side) */
+        const rounds = async (seed, extra, pipe, receive) => {
+          const ours = []
+          const hand = []
+          const logins = []
           for (let i = 0; i < REPEAT; i++) {
-            changeOnePercent(70 + i, src)
+            changeOnePercent(seed + i, src)
             commit()
             spawnSync('sleep', ['1'])
-            oursZstd.push(seconds(() => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', '--stream-compress', 'zstd', ...sshArgs])))
-            const [prev, next] = [`h${REPEAT - 1 + i}`, `h${REPEAT + i}`]
-            handZstd.push(seconds(() => {
+            const before = await sshd.logins()
+            ours.push(seconds(() => viaSsh(extra)))
+            logins.push((await sshd.logins()) - before)
+            const [prev, next] = [`h${handSnapshots - 1}`, `h${handSnapshots++}`]
+            hand.push(seconds(() => {
               btrfsCmd('subvolume', 'snapshot', '-r', src, join(mnt, 'ssh-hand-snaps', next))
-              sh(`btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next} | zstd -cq -T0 | ${sshHand} 'zstd -dcq | btrfs receive ${mnt}/ssh-hand'`)
+              sh(`btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next} | ${pipe}${sshHand} ${receive}`)
             }))
           }
-          report('1% incremental over ssh, --stream-compress zstd vs send -p | zstd | ssh host zstd -d | btrfs receive', median(oursZstd), median(handZstd), 'by hand with zstd')
+          return { ours: median(ours), hand: median(hand), logins }
+        }
+        const plain = await rounds(60, [], '', `btrfs receive ${mnt}/ssh-hand`)
+        console.log(`\nbtrfs over ssh to 127.0.0.1 (goal <= 1.05; ssh logins per run: ${plain.logins.join(', ')}, goal 1)`)
+        report('1% incremental run over ssh vs send -p | ssh host btrfs receive', plain.ours, plain.hand, 'by hand')
+        if (has('zstd')) {
+          // --stream-compress zstd against the same pipeline by hand, zstd on both sides (the data is random: this is the cost of the filters)
+          const zstd = await rounds(70, ['--stream-compress', 'zstd'], 'zstd -cq -T0 | ', `'zstd -dcq | btrfs receive ${mnt}/ssh-hand'`)
+          report('1% incremental over ssh, --stream-compress zstd vs send -p | zstd | ssh host zstd -d | btrfs receive', zstd.ours, zstd.hand, 'by hand with zstd')
         }
       } finally {
         await sshd.stop()
