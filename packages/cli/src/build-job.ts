@@ -120,6 +120,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   const stateDirectory = spec.stateDir !== undefined ? resolve(options.cwd, spec.stateDir) : (options.configStateDir === undefined ? defaultStateDir(id) : join(options.configStateDir, 'jobs', id))
   // a pipe target's ledger (what its command took) is the job's, in its state directory, one per command
   const pipes = pipeCommands.map((command) => ({ ledger: join(stateDirectory, 'pipes', createHash('sha256').update(command).digest('hex').slice(0, 12)), command }))
+  const fullEvery = spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }
   const way = { ...(spec.streamCompress === undefined ? {} : { streamCompress: spec.streamCompress }), ...(spec.rateLimit === undefined ? {} : { rateLimit: spec.rateLimit }) }
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
@@ -129,9 +130,9 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
         ...way,
-        ...(pipes.length === 0 ? {} : { pipe: { targets: pipes, ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) } }),
+        ...(pipes.length === 0 ? {} : { pipe: { targets: pipes, ...fullEvery } }),
         ...(rawTargets.length === 0 ? {} : {
-          raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...(spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }) },
+          raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...fullEvery },
         }),
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({

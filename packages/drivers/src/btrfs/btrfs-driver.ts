@@ -83,15 +83,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * Compressed when asked for, when the stream leaves a host (a remote source or target; never
    * from this host to itself) and zstd is on both ends; at the rate limit when there is one.
    */
+  const limited: StreamPlan = { ...(options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }), warnings: [] }
   const planStream = async (from: Transport, to: Transport, signal: AbortSignal | undefined): Promise<StreamPlan> => {
-    const limit = options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }
-    if (options.streamCompress !== 'zstd' || (from.location.kind === 'local' && to.location.kind === 'local')) return { ...limit, warnings: [] }
+    if (options.streamCompress !== 'zstd' || (from.location.kind === 'local' && to.location.kind === 'local')) return limited
     const missing: string[] = []
     for (const at of [from, to]) if (!(await hasZstd(at, signal))) missing.push(formatLocation(at.location))
     if (missing.length > 0) {
-      return { ...limit, warnings: [`the stream went uncompressed: zstd is not installed where ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} (apt-get install zstd there)`] }
+      return { ...limited, warnings: [`the stream went uncompressed: zstd is not installed where ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} (apt-get install zstd there)`] }
     }
-    return { ...limit, compress: 'zstd', warnings: [] }
+    return { ...limited, compress: 'zstd' }
   }
   /** a pipeline as the report shows it, with the stream's zstd on both sides */
   const shown = (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay): string[] =>
@@ -298,7 +298,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const receiveArgv = (t: Transport): string[] => ['btrfs', 'receive', t.location.path]
     // one target: its own way (compressed, limited); several share a stream on this host, at the limit alone
     const [one] = targets
-    const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : { ...(options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }), warnings: [] }
+    const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : limited
     const pipeline = (p: SnapshotInfo | undefined, to: readonly Transport[]): string[] =>
       to.length === 1 ? shown(sendArgv(p), receiveArgv(to[0] as Transport), way) : [...sendArgv(p), '|', 'tee', '-p', ...to.slice(1).map((t) => `>(btrfs receive -f FIFO ${t.location.path})`), '|', ...receiveArgv(to[0] as Transport)]
     const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
