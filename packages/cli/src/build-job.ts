@@ -10,11 +10,16 @@ export interface Connections {
   ssh(): Promise<SshSession>
 }
 
-/** How a job reaches other hosts: its ssh settings, and its rsync daemon settings. */
+/** How a job reaches its locations: btrfs through sudo on this host, its ssh settings, and its rsync daemon settings. */
 export interface RemoteSpec {
+  /** local locations run btrfs through `sudo -n` */
+  readonly sudo?: boolean | undefined
   readonly ssh?: SshSpec | undefined
   readonly rsyncd?: RsyncdSpec | undefined
 }
+
+/** what runs through sudo on this host with `sudo`: btrfs (the rest, file operations included, runs as the user) */
+export const SUDO_PROGRAMS = ['btrfs'] as const
 
 /**
  * The transport for a location: this host, another over ssh (one connection per host per run), or
@@ -25,7 +30,7 @@ export const transportFor = async (location: Location, remote: RemoteSpec, conne
   const ssh = remote.ssh
   switch (location.kind) {
     case 'local':
-      return ok((await import('@bb/transports/local')).localTransport(location.path))
+      return ok((await import('@bb/transports/local')).localTransport(location.path, remote.sudo === true ? { sudo: SUDO_PROGRAMS } : {}))
     case 'ssh': {
       if (!location.path.startsWith('/')) {
         return err(bbError('INVALID_LOCATION', `the remote path ${JSON.stringify(location.path)} of ${formatLocation(location)} is relative`, `write it as an absolute path: ${location.user === undefined ? '' : `${location.user}@`}${location.host}:/${location.path.replace(/^\.\//, '')} or ssh://host/abs/path`))

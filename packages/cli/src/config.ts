@@ -43,6 +43,8 @@ export interface JobSpec {
   readonly streamCompress?: 'zstd' | 'none'
   /** bytes a second at most, on the way to each target */
   readonly rateLimit?: number
+  /** btrfs on this host through `sudo -n`, for a user that is not root (`sudo`) */
+  readonly sudo?: boolean
   /** how remote (ssh) locations are reached */
   readonly ssh?: SshSpec
   /** how rsync daemon locations are reached */
@@ -89,7 +91,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -218,7 +220,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
       sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
-      sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false),
+      sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false), sudo: bool('sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
       warnAge: optionalString('warn_age'), criticalAge: optionalString('critical_age'),
     }
@@ -250,6 +252,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),
       ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }),
+      ...(v(fields.sudo) ? { sudo: true } : {}),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),

@@ -6,7 +6,7 @@ import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
 import { err, okAsync, ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, transportFor, withJournalledTargets, type Connections } from './build-job.js'
+import { buildJob, detectBackupDriver, SUDO_PROGRAMS, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -63,6 +63,7 @@ interface CommonOptions {
   sshOption?: string[]
   sshProgram?: string
   sshSudo?: boolean
+  sudo?: boolean
   passwordFile?: string
   tunnel?: string
   mount?: string
@@ -79,6 +80,7 @@ const sshOptions = (command: Command): Command =>
     .option('--ssh-option <Key=Value>', 'ssh: an ssh_config option, as with ssh -o (repeatable)', collect)
     .option('--ssh-program <program>', 'ssh: the ssh client to run (default ssh)')
     .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
+    .option('--sudo', 'run btrfs on this host through sudo -n, as a user that is not root (config: sudo; bbackup doctor prints the sudoers line)')
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
     .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
@@ -271,6 +273,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
+      ...(options.sudo === true ? { sudo: true } : {}),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
     const cliRsyncd = rsyncdSpecOf(options, io.cwd)
@@ -573,7 +576,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (target === undefined || snapshot === undefined || destination === undefined) {
         return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
       }
-      const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
+      const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
       const at = await where
       if (at.isErr()) return void (outcome = fail(at.error, options))
       const detected = await detectBackupDriver(at.value)
@@ -670,10 +673,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const { checkJob } = await import('@bb/core')
         const { findingLines } = await import('./doctor-ssh.js')
         let problems = 0
+        const { sudoersLine } = await import('@bb/transports/local')
         for (const job of resolved.jobs) {
           const findings = await checkJob(job)
           problems += findings.filter((f) => !f.ok).length
-          io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...findingLines(findings).map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
+          // the rule that --sudo needs, whether or not it is in place yet
+          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: btrfs runs as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine(SUDO_PROGRAMS)}`] : []
+          io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
         }
         for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)
         io.stdout(problems === 0 ? 'no problem found\n' : `${problems} problem${problems === 1 ? '' : 's'} found\n`)

@@ -65,10 +65,21 @@ export const rateLimited = (bytesPerSecond: number): Transform => {
   })
 }
 
-/** through the rate limit into a command's stdin; a broken end ends the other (the commands' results tell why) */
-const throughLimit = (from: Readable | undefined, limit: Transform, to: Writable | undefined): void => {
+/** Counts what passes, for a sender whose own count this host cannot read (one run as root through sudo). */
+const counting = (): Transform & { bytes: number } => {
+  const counter = Object.assign(new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      counter.bytes += chunk.length
+      callback(null, chunk)
+    },
+  }), { bytes: 0 })
+  return counter
+}
+
+/** through the rate limit and the counter into a command's stdin; a broken end ends the other (the commands' results tell why) */
+const throughJs = (from: Readable | undefined, through: readonly Transform[], to: Writable | undefined): void => {
   if (from === undefined || to === undefined) return
-  pipeline(from, limit, to, () => undefined)
+  pipeline([from, ...through, to], () => undefined)
 }
 
 /**
@@ -87,11 +98,11 @@ const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.va
  * the others go on; if one fails before it opens its FIFO, the FIFO is drained here so tee never
  * waits for it. The bytes pass from kernel pipe to kernel pipe.
  */
-const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined, limit: Transform | undefined): Promise<Result<CommandResult, BbError>> => {
+const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined, through: readonly Transform[]): Promise<Result<CommandResult, BbError>> => {
   const argv = ['tee', '-p', ...fifos]
-  const child = spawn('tee', argv.slice(1), { stdio: [limit === undefined ? from.stdout ?? 'ignore' : 'pipe', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
-  if (limit === undefined) from.stdout?.destroy()
-  else throughLimit(from.stdout, limit, child.stdin ?? undefined)
+  const child = spawn('tee', argv.slice(1), { stdio: [through.length === 0 ? from.stdout ?? 'ignore' : 'pipe', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
+  if (through.length === 0) from.stdout?.destroy()
+  else throughJs(from.stdout, through, child.stdin ?? undefined)
   first.stdin?.destroy()
   let stderr = ''
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
@@ -136,11 +147,15 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
   for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: 'pipe', ...(compress === undefined ? {} : { compressStdout: compress }) })
+  // a sender this host cannot count from /proc (sudo's, which runs as root) is counted on its way through here
+  const counter = send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
+  const through = [limit, counter].filter((t) => t !== undefined)
+  const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? send.bytesWritten() : counter.bytes)
   const receives = input.receivers.map((r, i) => {
     if (single) {
-      const stdin = limit !== undefined ? 'pipe' as const : send.stdout
+      const stdin = through.length > 0 ? 'pipe' as const : send.stdout
       const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...(compress === undefined ? {} : { decompressStdin: compress }) })
-      if (limit !== undefined) throughLimit(send.stdout, limit, receiver.stdin)
+      if (through.length > 0) throughJs(send.stdout, through, receiver.stdin)
       return receiver
     }
     if (i === 0) return r.target.spawn(r.receiveArgv, { ...options, stdin: 'pipe' })
@@ -148,12 +163,12 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     return r.target.spawn([btrfs ?? 'btrfs', receive ?? 'receive', '-f', fifos[i - 1] as string, ...rest], options)
   })
   const [firstReceive] = receives
-  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal, limit)
+  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal, through)
   let bytes = 0
   let movedAt = Date.now()
   let stalled = false
   const timer = setInterval(() => {
-    void send.bytesWritten().then((n) => {
+    void sentBytes().then((n) => {
       if (n !== undefined && n > bytes) {
         bytes = n
         movedAt = Date.now()
@@ -168,7 +183,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const [sent, tee, ...received] = await Promise.all([send.done, teeDone, ...receives.map((r) => r.done)])
   clearInterval(timer)
   if (fifoDir !== undefined) await rm(fifoDir, { recursive: true, force: true })
-  bytes = Math.max(bytes, (await send.bytesWritten()) ?? 0)
+  bytes = Math.max(bytes, (await sentBytes()) ?? 0)
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
     const receiver = input.receivers[i]
     const receiveArgv = receiver?.receiveArgv ?? []

@@ -38,7 +38,7 @@ export type NoSubvolume = 'missing' | 'not-a-subvolume' | 'not-btrfs'
 
 /** The hint for running btrfs commands without root. */
 export const NOT_ROOT_HINT =
-  'btrfs needs root for this: run bbackup as root, or through sudo with a rule for /usr/bin/btrfs (docs/drivers/btrfs.md, "Running without root")'
+  'btrfs needs root for this: run bbackup as root, or as this user with --sudo (config: sudo = true) and a sudoers rule for btrfs, whose exact line a run with --sudo and bbackup doctor print (docs/drivers/btrfs.md, "Running without root")'
 
 /** Classifies a failed btrfs command from its stderr into the error a user can act on. */
 export const btrfsFailure = (what: string, argv: readonly string[], exitCode: number, stderr: string): BbError => {

@@ -5,7 +5,7 @@ import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, stderrTail, STDERR_TAIL_CHARS, type CommandResult, type ExecOptions, type RunningCommand, type SpawnOptions, type TransportError } from '@bb/core'
 
 /** Debian packages that carry the commands bbackup runs, for the hint of TOOL_MISSING. */
-const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd' }
+const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd', sudo: 'sudo' }
 
 /** The most stdout kept when no line handler reads it; more than that is a bug in the caller. */
 const STDOUT_LIMIT = 16 * 1024 * 1024
