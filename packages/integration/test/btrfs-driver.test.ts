@@ -273,6 +273,42 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(again.isErr() && again.error.code).toBe('ALREADY_EXISTS')
   })
 
+  it('lists a folder with two btrfs subvolume list, not a show per snapshot, through a subvol= mount; what it cannot settle is shown', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    for (const hour of ['10', '11', '12']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    // beside the backups: an unfinished receive (writable, no received uuid) and a plain directory with a backup's name
+    btrfs('subvolume', 'create', join(targetA, 'home.2026-11-23T130000Z'))
+    await mkdir(join(targetA, 'home.2026-11-23T140000Z'))
+    // the same filesystem mounted once more at its subvolume vol, as subvol= does
+    btrfs('subvolume', 'create', join(fs.mountPoint, 'vol'))
+    for (const name of ['home.2026-11-23T150000Z', 'home.2026-11-23T160000Z']) btrfs('subvolume', 'snapshot', '-r', join(targetA, 'home.2026-11-23T100000Z'), join(fs.mountPoint, 'vol', name))
+    const again = join(fs.mountPoint, '..', 'again')
+    await mkdir(again)
+    execFileSync('mount', ['-o', `loop,subvol=vol`, execFileSync('findmnt', ['-n', '-o', 'SOURCE', fs.mountPoint], { encoding: 'utf8' }).trim(), again])
+    try {
+      for (const [dir, expected] of [[targetA, ['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z', 'home.2026-11-23T130000Z']], [again, ['home.2026-11-23T150000Z', 'home.2026-11-23T160000Z']]] as const) {
+        const shows: string[] = []
+        const plain = localTransport(dir)
+        const watched = { ...plain, exec: (argv: readonly string[], o?: Parameters<typeof plain.exec>[1]) => {
+          if (argv[1] === 'subvolume' && argv[2] === 'show') shows.push(argv[3] ?? '')
+          return plain.exec(argv, o)
+        } }
+        const listed = ok(await job.driver.listSnapshots({ at: watched, side: 'target', signal: undefined }))
+        expect(listed.map((s) => s.name)).toEqual(expected)
+        for (const snapshot of listed) {
+          // the same identity as root's own btrfs subvolume show says
+          const s = show(join(dir, snapshot.name))
+          expect(snapshot.identity).toEqual({ uuid: s.uuid, readOnly: s.readOnly, ...(s.receivedUuid === undefined ? {} : { receivedUuid: s.receivedUuid }), ...(s.parentUuid === undefined ? {} : { parentUuid: s.parentUuid }) })
+          expect(snapshot.complete).toBe(s.readOnly && s.receivedUuid !== undefined)
+        }
+        // only the plain directory was left to show (it is in no list)
+        expect(shows).toEqual(dir === targetA ? [join(targetA, 'home.2026-11-23T140000Z')] : [])
+      }
+    } finally {
+      execFileSync('umount', [again])
+    }
+  })
+
   it('probes with errors that name the fix: a plain directory as source, a target not on btrfs', async () => {
     const plain = join(fs.mountPoint, 'plain')
     await mkdir(plain)

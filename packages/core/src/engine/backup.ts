@@ -1,4 +1,5 @@
-import { err, ok, ResultAsync, type Result } from 'neverthrow'
+import { getMaxListeners, setMaxListeners } from 'node:events'
+import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
 import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
@@ -125,8 +126,11 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
  * const report = await backup(job, { onEvent: console.log })
  * if (report.isOk() && report.value.failed === 0) console.log('all targets are up to date')
  */
-export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<BackupReport, BbError> =>
-  new ResultAsync(withJobLock(job, options, () => runBackup(job, options)))
+export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<BackupReport, BbError> => {
+  // every command of a run listens to the signal, dozens at once while the source and targets are listed: not a leak
+  if (options.signal !== undefined) setMaxListeners(Math.max(getMaxListeners(options.signal), 100), options.signal)
+  return new ResultAsync(withJobLock(job, options, () => runBackup(job, options)))
+}
 
 const runBackup = async (job: Job, options: BackupOptions): Promise<Result<BackupReport, BbError>> => {
   const started = Date.now()
@@ -146,7 +150,8 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     if (listed.isErr()) return { target, where, error: listed.error, snapshots: [] }
     return { target, where, error: undefined, snapshots: listed.value }
   }
-  const states = await Promise.all(job.targets.map(async (target) => {
+  // the targets and the source's snapshots are read at the same time: each is a round trip or a few commands
+  const targetStates = Promise.all(job.targets.map(async (target) => {
     const where = formatLocation(target.location)
     for (let attempt = 1; ; attempt++) {
       const state = await reach(target, where)
@@ -159,12 +164,10 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   }))
 
   // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
-  let sourceSnapshots: SnapshotInfo[] = []
-  if (job.driver.snapshotsSource) {
-    const listed = await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal })
-    if (listed.isErr()) return err(listed.error)
-    sourceSnapshots = ownSnapshots(job, listed.value)
-  }
+  const sourceListed = job.driver.snapshotsSource ? job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : okAsync([])
+  const [states, listed] = await Promise.all([targetStates, sourceListed])
+  if (listed.isErr()) return err(listed.error)
+  let sourceSnapshots: SnapshotInfo[] = ownSnapshots(job, listed.value)
 
   const existing = [...sourceSnapshots, ...states.flatMap((s) => s.snapshots)].map((x) => x.name)
   const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing })

@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -64,7 +64,9 @@ const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } =>
  */
 export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const folderOf = (source: Transport): string => posix.resolve(source.location.path, options.snapshotFolder ?? '.snapshots')
-  const versions = new WeakMap<Transport, ResultAsync<readonly [number, number], BbError>>()
+  /** btrfs-progs by host: a source and a target on one host ask once */
+  const versions = new Map<string, ResultAsync<readonly [number, number], BbError>>()
+  const hostOf = (t: Transport): string => formatLocation({ ...t.location, path: '/' })
   const stallMs = (options.stallTimeoutSeconds ?? 600) * 1000
   const rawLocations = new Set((options.raw?.targets ?? []).map((t) => parseLocation(t, { cwd: '/' }).map(formatLocation).unwrapOr(t)))
   /** a target configured to keep stream files */
@@ -112,9 +114,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     removeGarbled: (at, path) => removeGarbled(at, path, undefined),
   })
 
-  /** btrfs-progs at a place, once per transport */
+  /** btrfs-progs at a place, once per host */
   const progsVersion = (at: Transport, signal: AbortSignal | undefined): ResultAsync<readonly [number, number], BbError> => {
-    const known = versions.get(at)
+    const host = hostOf(at)
+    const known = versions.get(host)
     if (known !== undefined) return known
     const found: ResultAsync<readonly [number, number], BbError> = at.exec(['btrfs', '--version'], signalOpt(signal)).andThen((r): Result<readonly [number, number], BbError> => {
       const m = /v(\d+)\.(\d+)/.exec(r.stdout)
@@ -127,10 +130,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     })
     // a failure is not cached: the next call asks again
     const settled = found.orElse((e) => {
-      versions.delete(at)
+      versions.delete(host)
       return err(e)
     })
-    versions.set(at, settled)
+    versions.set(host, settled)
     return settled
   }
 
@@ -195,7 +198,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       .andThen((entries) => {
         // only names bbackup (or a tool it adopts) writes: anything else in the folder is never looked at, nor touched
         const named = entries.filter((e) => e.kind === 'directory').map((e) => ({ name: e.name, parsed: parseSnapshotName(e.name) })).filter((e) => e.parsed !== undefined)
-        return inBatches(named, 8, (e) => showSubvolume(at, join(dir, e.name), signal).map((s) => ({ ...e, subvolume: typeof s === 'string' ? undefined : s })))
+        return readSubvolumes(at, dir, named.map((e) => e.name), signal).map((found) => named.map((e) => ({ ...e, subvolume: found.get(e.name) })))
       })
       .map((found) => found
         .filter((f): f is typeof f & { subvolume: Subvolume } => f.subvolume !== undefined)
@@ -307,16 +310,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, way.warnings, [pipeline(parent, targets)])))
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept
-    const results: (Result<TransferOutcome, BbError> | undefined)[] = targets.map(() => undefined)
-    for (const [i, target] of targets.entries()) {
+    // a stat first (no process on this host), btrfs only for what is there; the targets at the same time
+    const results: (Result<TransferOutcome, BbError> | undefined)[] = await Promise.all(targets.map(async (target) => {
       const path = join(target.location.path, snapshot)
-      const there = await showSubvolume(target, path, signal)
-      if (there.isErr()) results[i] = err(there.error)
-      else if (there.value !== 'missing') {
-        results[i] = err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
-          `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
-      }
-    }
+      const there = await target.stat(path).andThen((s) => (s === undefined ? okAsync('missing' as const) : showSubvolume(target, path, signal)))
+      if (there.isErr()) return err(there.error)
+      if (there.value === 'missing') return undefined
+      return err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+        `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
+    }))
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
       source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal, stallMs, way,
@@ -549,17 +551,3 @@ const identityOf = (s: Subvolume): SnapshotIdentity => ({
   ...(s.parentUuid === undefined ? {} : { parentUuid: s.parentUuid }),
   readOnly: s.readOnly,
 })
-
-/** Runs `f` over `items`, at most `width` at a time, keeping their order; the first error wins. */
-const inBatches = <T, U>(items: readonly T[], width: number, f: (item: T) => ResultAsync<U, BbError>): ResultAsync<U[], BbError> =>
-  new ResultAsync((async (): Promise<Result<U[], BbError>> => {
-    const out: U[] = []
-    for (let i = 0; i < items.length; i += width) {
-      const batch = await ResultAsync.combine(items.slice(i, i + width).map(f))
-      if (batch.isErr()) return err(batch.error)
-      out.push(...batch.value)
-    }
-    return ok(out)
-  })())
-
-

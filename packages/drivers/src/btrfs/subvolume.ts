@@ -1,4 +1,5 @@
-import { err, ok, type Result, type ResultAsync } from 'neverthrow'
+import { posix } from 'node:path'
+import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
 
 /** What `btrfs subvolume show` says about one subvolume. */
@@ -83,3 +84,92 @@ export const refuseExisting = async (to: Transport, paths: readonly string[]): P
   }
   return ok(undefined)
 }
+
+/** One line of `btrfs subvolume list -o -u -q -R`: `path` is from the filesystem's top level. */
+interface ListedSubvolume extends Omit<Subvolume, 'name' | 'readOnly'> {
+  readonly id: number
+  readonly path: string
+}
+
+const LIST_LINE = /^ID (\d+) gen (\d+) (?:cgen \d+ )?top level \d+ parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.+)$/
+
+/**
+ * Parses `btrfs subvolume list -o -u -q -R` (btrfs-progs 5.x and 6.x); `-` means unset.
+ * @example
+ * parseSubvolumeList('ID 258 gen 9 top level 5 parent_uuid - received_uuid 1cf5… uuid 5c51… path backup/home.2026-01-01T000000Z\n')
+ */
+export const parseSubvolumeList = (text: string): ListedSubvolume[] => text.split('\n').flatMap((line) => {
+  const m = LIST_LINE.exec(line)
+  if (m === null) return []
+  const set = (v: string | undefined): string | undefined => (v === undefined || v === '-' ? undefined : v)
+  const [, id, gen, parentUuid, receivedUuid, uuid, path] = m
+  return [{
+    id: Number(id), generation: Number(gen), uuid: uuid ?? '', path: path ?? '',
+    ...(set(receivedUuid) === undefined ? {} : { receivedUuid: receivedUuid as string }), ...(set(parentUuid) === undefined ? {} : { parentUuid: parentUuid as string }),
+  }]
+})
+
+/** `\040` and the other octal escapes of /proc/self/mountinfo */
+const unescapeMountinfo = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+
+/**
+ * Where `dir` is inside its btrfs filesystem, from the top level (as `btrfs subvolume list` prints
+ * paths): the deepest btrfs mount above it, its root (`/@data` for `subvol=@data`) and the rest of
+ * the way down. Undefined when no btrfs mount holds it.
+ * @example
+ * pathInFilesystem('44 27 0:39 /@data /mnt rw - btrfs /dev/sdb rw\n', '/mnt/backups') // '@data/backups'
+ */
+export const pathInFilesystem = (mountinfo: string, dir: string): string | undefined => {
+  let best: { readonly mountPoint: string; readonly root: string } | undefined
+  for (const line of mountinfo.split('\n')) {
+    const [fields, rest] = line.split(' - ')
+    const parts = fields?.split(' ') ?? []
+    if (rest?.split(' ')[0] !== 'btrfs' || parts.length < 5) continue
+    const root = unescapeMountinfo(parts[3] ?? '')
+    const mountPoint = unescapeMountinfo(parts[4] ?? '')
+    const inside = dir === mountPoint || dir.startsWith(mountPoint === '/' ? '/' : `${mountPoint}/`)
+    // the deepest mount point wins; of two at one place, the later one (mounted over the other)
+    if (inside && (best === undefined || mountPoint.length >= best.mountPoint.length)) best = { mountPoint, root }
+  }
+  if (best === undefined) return undefined
+  return posix.join(best.root, posix.relative(best.mountPoint, dir)).replace(/^\/+/, '').replace(/^\.$/, '')
+}
+
+/**
+ * The subvolumes among `names` in `dir`. On this host, two `btrfs subvolume list` (btrbk's way: a
+ * fixed number of commands however many snapshots there are) matched by their exact path from the
+ * top level; anything they do not settle, and every name elsewhere, by `btrfs subvolume show`
+ * each (8 at a time). Over ssh the list is not used: it names every subvolume beside `dir` on that
+ * filesystem, which a key restricted to one directory should not learn.
+ */
+export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
+  new ResultAsync((async (): Promise<Result<ReadonlyMap<string, Subvolume | undefined>, BbError>> => {
+    const found = new Map<string, Subvolume | undefined>()
+    if (at.location.kind === 'local' && names.length > 1) {
+      const opts = signal === undefined ? {} : { signal }
+      const [all, readOnly, mountinfo] = await Promise.all([
+        at.exec(['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], opts),
+        at.exec(['btrfs', 'subvolume', 'list', '-o', '-r', dir], opts),
+        at.readFile('/proc/self/mountinfo'),
+      ])
+      const prefix = mountinfo.isOk() && mountinfo.value !== undefined ? pathInFilesystem(mountinfo.value, dir) : undefined
+      // any doubt (an old btrfs-progs, no permission, a path through a symlink) leaves it to show
+      if (prefix !== undefined && all.isOk() && all.value.exitCode === 0 && readOnly.isOk() && readOnly.value.exitCode === 0) {
+        const ro = new Set(readOnly.value.stdout.split('\n').map((l) => /^ID (\d+) /.exec(l)?.[1]).filter((id) => id !== undefined).map(Number))
+        const byPath = new Map(parseSubvolumeList(all.value.stdout).map((s) => [s.path, s]))
+        for (const name of names) {
+          const s = byPath.get(prefix === '' ? name : `${prefix}/${name}`)
+          if (s === undefined) continue
+          const { id, path: _, ...identity } = s
+          found.set(name, { ...identity, name, readOnly: ro.has(id) })
+        }
+      }
+    }
+    const rest = names.filter((n) => !found.has(n))
+    for (let i = 0; i < rest.length; i += 8) {
+      const batch = await ResultAsync.combine(rest.slice(i, i + 8).map((name) => showSubvolume(at, posix.join(dir, name), signal).map((s) => [name, typeof s === 'string' ? undefined : s] as const)))
+      if (batch.isErr()) return err(batch.error)
+      for (const [name, s] of batch.value) found.set(name, s)
+    }
+    return ok(found)
+  })())

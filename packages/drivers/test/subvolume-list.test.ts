@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest'
+import { parseSubvolumeList, pathInFilesystem } from '../src/btrfs/subvolume.js'
+
+// `btrfs subvolume list -o -u -q -R` of btrfs-progs 6.2, as printed on this project's test machine
+const LIST = [
+  'ID 257 gen 8 top level 5 parent_uuid 69f0249d-d0d7-7a46-8455-e288e424c8c9 received_uuid -                                    uuid 1cf54ab0-4593-784d-914d-4c1978994b57 path btrbk-snaps/src.20261124T004343+0000',
+  'ID 260 gen 22 top level 5 parent_uuid -                                    received_uuid b0367afd-0089-ee45-b34e-c3c163f87c7c uuid 3baf0dca-fb7c-4146-8310-8846afaf0d30 path inc/src.2026-11-24T004344Z',
+  'ID 368 gen 284 top level 367 parent_uuid - received_uuid - uuid ee72a18b-fe4f-2f46-ba18-8cea05c0fadf path @data/my backups/home.2026-01-01T000000Z',
+  '',
+].join('\n')
+
+describe('parseSubvolumeList', () => {
+  it('reads id, generation, the three uuids (- is unset) and the path from the top level, spaces and all', () => {
+    expect(parseSubvolumeList(LIST)).toEqual([
+      { id: 257, generation: 8, uuid: '1cf54ab0-4593-784d-914d-4c1978994b57', parentUuid: '69f0249d-d0d7-7a46-8455-e288e424c8c9', path: 'btrbk-snaps/src.20261124T004343+0000' },
+      { id: 260, generation: 22, uuid: '3baf0dca-fb7c-4146-8310-8846afaf0d30', receivedUuid: 'b0367afd-0089-ee45-b34e-c3c163f87c7c', path: 'inc/src.2026-11-24T004344Z' },
+      { id: 368, generation: 284, uuid: 'ee72a18b-fe4f-2f46-ba18-8cea05c0fadf', path: '@data/my backups/home.2026-01-01T000000Z' },
+    ])
+  })
+  it('skips what is not a line of it (a warning, the -r form without uuids)', () => {
+    expect(parseSubvolumeList('WARNING: something\nID 368 gen 284 top level 367 path @data/x\n')).toEqual([])
+  })
+})
+
+describe('pathInFilesystem', () => {
+  const MOUNTINFO = [
+    '22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw',
+    '43 22 0:39 / /mnt rw,relatime shared:2 - btrfs /dev/loop0 rw,subvolid=5,subvol=/',
+    '44 22 0:39 /@data /srv/data rw,relatime shared:3 - btrfs /dev/loop0 rw,subvolid=367,subvol=/@data',
+    '45 22 0:40 / /media/usb\\040disk rw - btrfs /dev/sdb1 rw',
+    '46 43 0:41 / /mnt/inner rw - btrfs /dev/sdc rw',
+  ].join('\n')
+  it('is the way from the top level: the mount root, then the path below the mount point', () => {
+    expect(pathInFilesystem(MOUNTINFO, '/mnt/backups/home')).toBe('backups/home')
+    expect(pathInFilesystem(MOUNTINFO, '/mnt')).toBe('')
+    expect(pathInFilesystem(MOUNTINFO, '/srv/data/backups')).toBe('@data/backups')
+    expect(pathInFilesystem(MOUNTINFO, '/srv/data')).toBe('@data')
+  })
+  it('takes the deepest btrfs mount, and reads the escapes of mountinfo', () => {
+    expect(pathInFilesystem(MOUNTINFO, '/mnt/inner/b')).toBe('b')
+    expect(pathInFilesystem(MOUNTINFO, '/media/usb disk/b')).toBe('b')
+    // a name that only starts like a mount point is not inside it
+    expect(pathInFilesystem(MOUNTINFO, '/mntx/b')).toBeUndefined()
+  })
+  it('is undefined where no btrfs is mounted', () => {
+    expect(pathInFilesystem(MOUNTINFO, '/home/x')).toBeUndefined()
+  })
+})
