@@ -138,11 +138,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   const probe: Driver['probe'] = ({ source, targets, signal }) => {
-    if (targets.length === 0) return progsVersion(source, signal).andThen(() => probeSource(source, signal))
+    // at the same time, each a command (a round trip on a remote host); a version error comes first
+    if (targets.length === 0) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).map(() => undefined)
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
-      // at the same time, each a round trip on a remote host; a version error comes first
       return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
