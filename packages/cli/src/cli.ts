@@ -1,5 +1,12 @@
 import { main } from './main.js'
 
+// a reader that went away (`bbackup list | head`) is not an error, and must not stop a backup half way: the rest of the output is dropped
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e
+  })
+}
+
 process.exitCode = await main(process.argv.slice(2), {
   stdout: (text) => void process.stdout.write(text),
   stderr: (text) => void process.stderr.write(text),

@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process'
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { runCli } from './helpers.js'
+import { ROOT, runCli } from './helpers.js'
 
 describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   let tmp: TempDir
@@ -29,6 +30,18 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(listed[0]?.snapshots.filter((s) => s.complete)).toHaveLength(2)
     const st = await runCli(['status', 'src', 'dst', '--state-dir', state], tmp.path)
     expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {2}lock: free/) })
+  })
+
+  it('a reader that goes away (| head) ends nothing with an EPIPE error: the run completes and exits 0', async () => {
+    const child = spawn(process.execPath, ['--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/cli/src/cli.ts'), 'run', join(tmp.path, 'src'), join(tmp.path, 'dst'), '--state-dir', state, '-v'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+    // head -c 0: close the read end before anything is printed
+    child.stdout.destroy()
+    let stderr = ''
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    const code = await new Promise((resolve) => child.once('close', resolve))
+    expect(stderr).not.toMatch(/EPIPE|Unhandled/)
+    expect(code).toBe(0)
+    expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
   })
 
   it('writes Prometheus metrics after each run: from --metrics-file, or metrics_file in the config', async () => {
