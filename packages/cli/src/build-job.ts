@@ -162,21 +162,30 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
 
 /**
  * btrfs-backup's `--locked-dests`: the job's targets plus every target the journal has a pending
- * transfer to, so that each is retried.
+ * transfer to, so that each is retried. Only an ordinary target can be added so: a raw or pipe
+ * target's pending transfer (its unfinished copy is not where the driver puts one at an ordinary
+ * target) needs the target given as such (`--raw-target`, `--pipe-target`), and is left out with
+ * a warning.
  */
-export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connections: Connections): Promise<Result<Job, BbError>> => {
+export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connections: Connections): Promise<Result<{ readonly job: Job; readonly skipped: readonly string[] }, BbError>> => {
   const journal = await readJournal(job.state.transport, join(job.state.directory, 'journal.json'))
   if (journal.isErr()) return err(journal.error)
   const known = new Set(job.targets.map((t) => formatLocation(t.location)))
   const added: Transport[] = []
+  const skipped: string[] = []
   for (const entry of journal.value.entries) {
     if (known.has(entry.target)) continue
+    known.add(entry.target)
     const location = parseLocation(entry.target, { cwd: '/' })
     if (location.isErr()) return err(location.error)
     const made = await transportFor(location.value, remote, connections)
     if (made.isErr()) return err(made.error)
-    known.add(entry.target)
+    // where the driver would put its unfinished copy at an ordinary target of that location
+    if (entry.partialPath !== job.driver.partialPath({ target: made.value, snapshot: entry.snapshot })) {
+      skipped.push(`the pending transfer of ${entry.snapshot} to ${entry.target} is to a raw or pipe target: retry it by naming that target (--raw-target ${entry.target}, or the pipe command with --pipe-target)`)
+      continue
+    }
     added.push(made.value)
   }
-  return ok({ ...job, targets: [...job.targets, ...added] })
+  return ok({ job: { ...job, targets: [...job.targets, ...added] }, skipped })
 }

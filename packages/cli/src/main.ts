@@ -394,7 +394,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
             code = Math.max(code, fail(widened.error, options).code)
             continue
           }
-          job = widened.value
+          job = widened.value.job
+          for (const why of widened.value.skipped) if (verbosity >= 0 && options.json !== true) io.stderr(`warning: ${why}\n`)
         }
         if (stages.snapshot === true && !job.driver.snapshotsSource) {
           code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
