@@ -39,6 +39,22 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     expect(r.stdout.split('\0').slice(0, -1)).toEqual(HOSTILE)
   })
 
+  it('runs several commands in one round trip (execEach), each with its exit code and output, hostile arguments intact', async () => {
+    await remote.exec(['true'])
+    const before = await sshd.logins()
+    // (the output of each is text: a NUL byte would be lost)
+    const argvs = [['printf', '%s\\037', ...HOSTILE], ['sh', '-c', 'echo to-stderr >&2; exit 7'], ['true'], ['printf', '%s|', ...Array.from({ length: 11 }, (_, i) => String(i + 1))]]
+    const results = (await remote.execEach?.(argvs))?._unsafeUnwrap()
+    expect(results?.map((r) => r.exitCode)).toEqual([0, 7, 0, 0])
+    expect(results?.[0]?.output.split('\x1f').slice(0, -1)).toEqual(HOSTILE)
+    expect(results?.[1]?.output).toBe('to-stderr')
+    expect(results?.[3]?.output).toBe('1|2|3|4|5|6|7|8|9|10|11|')
+    // a remote command runs in the login's home: nothing there was made by a word
+    expect(existsSync(join(process.env.HOME ?? '/root', 'MARKER'))).toBe(false)
+    // through the connection that is already open: no login
+    expect(await sshd.logins()).toBe(before)
+  })
+
   it('moves files with hostile names and never runs what is in them', async () => {
     const base = join(dir.path, 'files')
     expect((await remote.mkdir(base))._unsafeUnwrap()).toBeUndefined()

@@ -129,6 +129,23 @@ describe('what each role may run', () => {
     expect(reason(['zstd', '-d', '-o', '/srv/backups/x'], policy(['receive']))).toContain('not one that bbackup sends')
   })
 
+  it('runs an each script of commands that only look, every path inside, and nothing else in one', () => {
+    const show = (path: string): string[] => ['4', 'btrfs', 'subvolume', 'show', path]
+    const p = policy(['receive'])
+    const d = decide(script('each', ...show('/srv/backups/a'), ...show('/srv/backups/b c'), '2', 'btrfs', '--version'), p)
+    expect(d).toMatchObject({ allowed: true, role: 'list', checks: [{ kind: 'inside', path: '/srv/backups/a' }, { kind: 'inside', path: '/srv/backups/b c' }] })
+    expect(reason(script('each', ...show('/srv/backups/a'), ...show('/etc')), p)).toContain('outside /srv/backups')
+    // a command that changes something is not run inside it, whatever the key's roles
+    expect(reason(script('each', ...show('/srv/backups/a'), '2', 'btrfs', 'receive', '/srv/backups/x'), policy(['receive', 'send', 'delete']))).toContain('inside an each script, which runs only commands that look')
+    expect(reason(script('each', '5', ...script('read', '/srv/backups/a')), p)).toContain('inside an each script')
+    expect(reason(script('each', '3', 'touch', '/tmp/pwned', 'x'), p)).toContain('inside an each script')
+    // counts that do not match the words, or none at all
+    expect(reason(script('each', '5', 'btrfs', 'subvolume', 'show', '/srv/backups/a'), p)).toContain('counts do not match')
+    expect(reason(script('each', '0'), p)).toContain('counts do not match')
+    expect(reason(script('each', 'x', 'true'), p)).toContain('counts do not match')
+    expect(reason(script('each'), p)).toContain('empty each script')
+  })
+
   it('never lets a generated request out of the directory or past the table', () => {
     const p = policy(['receive', 'send', 'delete'])
     fc.assert(fc.property(fc.constantFrom('btrfs receive', 'btrfs send -q', 'rsync --server .', 'stat -f -c %T', 'sync -f'), fc.array(fc.oneof(hostile, fc.constantFrom('/srv/backups/', '/srv/backups/a', '/etc', '--log-file=/tmp/x', '-L')), { minLength: 1, maxLength: 3 }), (prefix, args) => {

@@ -23,6 +23,13 @@ export interface ExecOptions {
   readonly input?: string
 }
 
+/** One command of {@link Transport.execEach}: its exit code, and what it printed on stdout and stderr, together. */
+export interface CombinedResult {
+  readonly argv: readonly string[]
+  readonly exitCode: number
+  readonly output: string
+}
+
 /**
  * A command that runs while others read its output: `btrfs send` feeding `btrfs receive`. Its
  * stdout is an OS pipe that another command takes as its stdin, so the bytes never pass through
@@ -115,6 +122,13 @@ export interface Transport {
   readonly filesOnly?: boolean
   /** Runs argv to the end; resolves with its exit code, fails only when it cannot be started or is cancelled. */
   exec(argv: readonly string[], options?: ExecOptions): ResultAsync<CommandResult, TransportError>
+  /**
+   * Runs several short commands, one after the other, in one go: one round trip on a remote host
+   * instead of one each. Each result has the command's exit code and its stdout and stderr
+   * together (`output`, text: without NUL bytes and trailing newlines). Optional: where it is
+   * missing, run them with `exec`.
+   */
+  execEach?(argvs: readonly (readonly string[])[], options?: ExecOptions): ResultAsync<CombinedResult[], TransportError>
   /** Starts argv with its stdin and stdout as pipes to connect to other commands (see {@link RunningCommand}). */
   spawn(argv: readonly string[], options?: SpawnOptions): RunningCommand
   /** The file's text, or undefined when it does not exist. */

@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { err, ok, ResultAsync, type Result } from 'neverthrow'
+import { err, ok, Result, ResultAsync } from 'neverthrow'
 import { bbError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
 
 /** What `btrfs subvolume show` says about one subvolume. */
@@ -53,20 +53,24 @@ export const btrfsFailure = (what: string, argv: readonly string[], exitCode: nu
  * `btrfs subvolume show PATH`: the subvolume, or why there is none. Any other failure (permission,
  * the tool) is an error.
  */
-export const showSubvolume = (at: Transport, path: string, signal?: AbortSignal): ResultAsync<Subvolume | NoSubvolume, BbError> => {
-  const argv = ['btrfs', 'subvolume', 'show', path]
-  return at.exec(argv, signal === undefined ? {} : { signal }).andThen((r) => {
-    if (r.exitCode === 0) {
-      const parsed = parseSubvolumeShow(r.stdout)
-      return parsed === undefined
-        ? err(bbError('COMMAND_FAILED', `could not read the output of btrfs subvolume show ${path}`, 'check that btrfs-progs is 5.0 or newer (btrfs --version)', { argv, stdout: r.stdout.slice(0, 2000) }))
-        : ok(parsed)
-    }
-    if (/No such file or directory/.test(r.stderr)) return ok('missing' as const)
-    if (/Not a Btrfs subvolume/i.test(r.stderr)) return ok('not-a-subvolume' as const)
-    if (/Not a Btrfs filesystem/i.test(r.stderr)) return ok('not-btrfs' as const)
-    return err(btrfsFailure(`btrfs subvolume show ${path}`, argv, r.exitCode, r.stderr))
-  })
+export const showSubvolume = (at: Transport, path: string, signal?: AbortSignal): ResultAsync<Subvolume | NoSubvolume, BbError> =>
+  at.exec(showArgv(path), signal === undefined ? {} : { signal }).andThen((r) => readShow(path, r.exitCode, r.stdout, r.stderr))
+
+const showArgv = (path: string): string[] => ['btrfs', 'subvolume', 'show', path]
+
+/** What a `btrfs subvolume show` that ended so says (stdout and stderr may be one text). */
+const readShow = (path: string, exitCode: number, stdout: string, stderr: string): Result<Subvolume | NoSubvolume, BbError> => {
+  const argv = showArgv(path)
+  if (exitCode === 0) {
+    const parsed = parseSubvolumeShow(stdout)
+    return parsed === undefined
+      ? err(bbError('COMMAND_FAILED', `could not read the output of btrfs subvolume show ${path}`, 'check that btrfs-progs is 5.0 or newer (btrfs --version)', { argv, stdout: stdout.slice(0, 2000) }))
+      : ok(parsed)
+  }
+  if (/No such file or directory/.test(stderr)) return ok('missing' as const)
+  if (/Not a Btrfs subvolume/i.test(stderr)) return ok('not-a-subvolume' as const)
+  if (/Not a Btrfs filesystem/i.test(stderr)) return ok('not-btrfs' as const)
+  return err(btrfsFailure(`btrfs subvolume show ${path}`, argv, exitCode, stderr))
 }
 
 /** A receive that died midway: writable, no received uuid (btrbk's "garbled"; reference/btrfs.md §3.1). */
@@ -138,9 +142,10 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
 /**
  * The subvolumes among `names` in `dir`. On this host, two `btrfs subvolume list` (btrbk's way: a
  * fixed number of commands however many snapshots there are) matched by their exact path from the
- * top level; anything they do not settle, and every name elsewhere, by `btrfs subvolume show`
- * each (8 at a time). Over ssh the list is not used: it names every subvolume beside `dir` on that
- * filesystem, which a key restricted to one directory should not learn.
+ * top level; anything they do not settle by `btrfs subvolume show` each. On another host the list
+ * is not used (it names every subvolume beside `dir` on that filesystem, which a key restricted to
+ * one directory should not learn): the shows go 64 to a round trip where the transport can
+ * (`execEach`), else 8 at a time.
  */
 export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
   new ResultAsync((async (): Promise<Result<ReadonlyMap<string, Subvolume | undefined>, BbError>> => {
@@ -166,10 +171,17 @@ export const readSubvolumes = (at: Transport, dir: string, names: readonly strin
       }
     }
     const rest = names.filter((n) => !found.has(n))
-    for (let i = 0; i < rest.length; i += 8) {
-      const batch = await ResultAsync.combine(rest.slice(i, i + 8).map((name) => showSubvolume(at, posix.join(dir, name), signal).map((s) => [name, typeof s === 'string' ? undefined : s] as const)))
-      if (batch.isErr()) return err(batch.error)
-      for (const [name, s] of batch.value) found.set(name, s)
+    const opts = signal === undefined ? {} : { signal }
+    // where the transport runs many commands in one round trip (ssh), 64 shows a trip; else 8 at a time
+    const width = at.execEach !== undefined && rest.length > 1 ? 64 : 8
+    for (let i = 0; i < rest.length; i += width) {
+      const part = rest.slice(i, i + width)
+      const shown = at.execEach !== undefined && part.length > 1
+        ? await at.execEach(part.map((name) => showArgv(posix.join(dir, name))), opts)
+          .andThen((results) => Result.combine(results.map((r, j) => readShow(posix.join(dir, part[j] ?? ''), r.exitCode, r.output, r.output))))
+        : await ResultAsync.combine(part.map((name) => showSubvolume(at, posix.join(dir, name), signal)))
+      if (shown.isErr()) return err(shown.error)
+      for (const [j, s] of shown.value.entries()) found.set(part[j] ?? '', typeof s === 'string' ? undefined : s)
     }
     return ok(found)
   })())

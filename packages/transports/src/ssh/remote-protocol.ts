@@ -30,7 +30,16 @@ export const SCRIPTS = {
   readlink: `[ -h "$1" ] || exit ${ABSENT}; exec readlink -- "$1"`,
   remove: 'exec rm -f -- "$1"',
   removeTree: 'exec rm -rf -- "$1"',
+  /**
+   * several commands in one round trip: the arguments are COUNT WORD... for each; each runs with
+   * its words as "${i}" references (eval sees only those, never a word), and prints its exit
+   * status, its stdout and stderr together, and a line of RECORD_END
+   */
+  each: 'while [ "$#" -gt 0 ]; do n=$1; shift; c=; i=1; while [ "$i" -le "$n" ]; do c="$c \\"\\${$i}\\""; i=$((i + 1)); done; o=$(eval "$c" 2>&1); s=$?; printf "%s\\n%s\\n\\036\\n" "$s" "$o"; shift "$n"; done',
 } as const
+
+/** ends each command's record in the output of the `each` script */
+export const RECORD_END = '\n\u001e\n'
 
 export type ScriptName = keyof typeof SCRIPTS
 

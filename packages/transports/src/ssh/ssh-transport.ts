@@ -1,11 +1,11 @@
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
+  bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
 } from '@bb/core'
 import { execCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand } from './quote.js'
-import { ABSENT, FILTERS, PID_TAG, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
+import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
 
 /** whole lines only (a chunk can end inside the number); a stream filter says a second pid after the wrapper's */
@@ -118,9 +118,25 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
   const notFound = (path: string): TransportError =>
     bbError('NOT_FOUND', `cannot list ${path} on ${connection.endpoint.display}: it does not exist`, 'check the path, or create it', { host: connection.endpoint.display, path })
 
+  /** the `each` script: the commands one after the other in one round trip, each with its exit status and output */
+  const execEach = (argvs: readonly (readonly string[])[], execOptions: ExecOptions = {}): ResultAsync<CombinedResult[], TransportError> => {
+    if (argvs.length === 0) return okAsync([])
+    return exec(['sh', '-c', SCRIPTS.each, 'sh', ...argvs.flatMap((a) => [String(a.length), ...a])], execOptions).andThen((r): Result<CombinedResult[], TransportError> => {
+      const records = r.stdout.split(RECORD_END).slice(0, -1)
+      if (r.exitCode !== 0 || records.length !== argvs.length) {
+        return err(bbError('IO_FAILED', `${argvs.length} commands in one go on ${connection.endpoint.display} gave ${records.length} results (exit ${r.exitCode})`, 'check that the host has a POSIX sh; run again', { host: connection.endpoint.display, stderr: r.stderr }))
+      }
+      return ok(records.map((record, i) => {
+        const nl = record.indexOf('\n')
+        return { argv: argvs[i] ?? [], exitCode: Number(record.slice(0, nl)), output: record.slice(nl + 1) }
+      }))
+    })
+  }
+
   return {
     location,
     exec,
+    execEach,
     spawn,
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
     writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),

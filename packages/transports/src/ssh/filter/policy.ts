@@ -35,13 +35,31 @@ export type Decision =
 const SCRIPT_ROLES: Readonly<Record<ScriptName, { readonly role: Role; readonly also?: Role }>> = {
   read: { role: 'list' }, stat: { role: 'list' }, list: { role: 'list' }, readlink: { role: 'list' },
   write: { role: 'receive' }, mkdir: { role: 'receive', also: 'send' }, mkdirp: { role: 'receive', also: 'send' }, rename: { role: 'receive' }, symlink: { role: 'receive' },
-  remove: { role: 'delete' }, removeTree: { role: 'delete' },
+  remove: { role: 'delete' }, removeTree: { role: 'delete' }, each: { role: 'list' },
 }
 const SCRIPT_BY_TEXT: ReadonlyMap<string, ScriptName> = new Map(Object.entries(SCRIPTS).map(([name, text]) => [text, name as ScriptName]))
 const FILTER_TEXTS: ReadonlySet<string> = new Set(Object.values(FILTERS))
 /** how many arguments each script takes, all of them paths except symlink's target */
 const SCRIPT_ARGS: Readonly<Record<ScriptName, number>> = {
-  read: 1, stat: 1, list: 1, readlink: 1, write: 1, mkdir: 1, mkdirp: 1, rename: 2, symlink: 2, remove: 1, removeTree: 1,
+  read: 1, stat: 1, list: 1, readlink: 1, write: 1, mkdir: 1, mkdirp: 1, rename: 2, symlink: 2, remove: 1, removeTree: 1, each: 0,
+}
+
+/**
+ * The commands of an `each` script (COUNT WORD... for each): every one must be a command that only
+ * looks (the list role), as the driver sends them to read many subvolumes in one round trip.
+ */
+const each = (operands: readonly string[]): Match => {
+  const checks: Check[] = []
+  for (let j = 0; j < operands.length;) {
+    const n = /^[1-9]\d{0,3}$/.test(operands[j] ?? '') ? Number(operands[j]) : 0
+    if (n === 0 || j + 1 + n > operands.length) return 'an each script whose counts do not match its words'
+    const inner = operands.slice(j + 1, j + 1 + n)
+    const m = match(inner, false)
+    if (m === undefined || typeof m === 'string' || m.role !== 'list' || inner[0] === 'sh') return `${label(inner)} inside an each script, which runs only commands that look`
+    checks.push(...m.checks)
+    j += 1 + n
+  }
+  return checks.length === 0 && operands.length === 0 ? 'an empty each script' : { role: 'list', checks }
 }
 
 /**
@@ -142,6 +160,7 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       const name = args[0] === '-c' && args[2] === 'sh' ? SCRIPT_BY_TEXT.get(args[1] ?? '') : undefined
       if (name === undefined) return undefined
       const operands = args.slice(3)
+      if (name === 'each') return each(operands)
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
       return { ...SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
