@@ -150,8 +150,8 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
 export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
   new ResultAsync((async (): Promise<Result<ReadonlyMap<string, Subvolume | undefined>, BbError>> => {
     const found = new Map<string, Subvolume | undefined>()
+    const opts = signal === undefined ? {} : { signal }
     if (at.location.kind === 'local' && names.length > 1) {
-      const opts = signal === undefined ? {} : { signal }
       const [all, readOnly, mountinfo] = await Promise.all([
         at.exec(['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], opts),
         at.exec(['btrfs', 'subvolume', 'list', '-o', '-r', dir], opts),
@@ -171,7 +171,6 @@ export const readSubvolumes = (at: Transport, dir: string, names: readonly strin
       }
     }
     const rest = names.filter((n) => !found.has(n))
-    const opts = signal === undefined ? {} : { signal }
     // where the transport runs many commands in one round trip (ssh), 64 shows a trip; else 8 at a time
     const width = at.execEach !== undefined && rest.length > 1 ? 64 : 8
     for (let i = 0; i < rest.length; i += width) {

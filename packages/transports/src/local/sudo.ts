@@ -63,7 +63,7 @@ export const sudoWrap = (programs: readonly string[]): SudoWrap => {
     classify: (argv, result) => {
       if (!wraps(argv) || result.exitCode !== 1 || !/^sudo: /m.test(result.stderr)) return ok({ ...result, argv })
       const program = pathOf(argv[0] ?? '')
-      const line = `${userName()} ALL=(root) NOPASSWD: ${program}`
+      const line = sudoersLine([program])
       const details = { argv: [...argv], stderr: result.stderr }
       if (/password is required|may not run sudo|not allowed to execute|not in the sudoers/.test(result.stderr)) {
         return err(bbError('AUTH_FAILED', `sudo refused to run ${program} as root without a password`,
