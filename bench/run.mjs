@@ -4,7 +4,7 @@
 //
 //   BENCH_FILES (20000)  BENCH_MB (1500)  BENCH_REPEAT (3)  BENCH_DIR (bench/.work)
 //   BENCH_BLOCK_GB (4): the image of the block driver's rounds;  BENCH_ONLY=block: those rounds alone
-//   BENCH_ONLY=rsyncd: the rsync daemon rounds alone
+//   BENCH_ONLY=rsyncd: the rsync daemon rounds alone;  BENCH_ONLY=btrfs: the btrfs driver's rounds alone
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
@@ -150,51 +150,53 @@ if (process.env.BENCH_ONLY === 'rsyncd') {
 }
 
 // --- rsync driver: full and 1% incremental -------------------------------------------------
-console.log('\nrsync driver (ratio goal <= 1.05)')
-const full = { ours: [], plain: [], plainSync: [] }
-const incr = { ours: [], plain: [], plainSync: [] }
-for (let r = 0; r < REPEAT; r++) {
-  const dir = join(work, `round${r}`)
-  mkdirSync(dir)
-  const plain = join(dir, 'plain')
-  mkdirSync(plain)
-  const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
-  full.plain.push(seconds(() => run('rsync', [...flags, `${source}/`, join(plain, 'a/')])))
-  full.plainSync.push(seconds(() => { run('rsync', [...flags, `${source}/`, join(plain, 'a2/')]); run('sync', ['-f', plain]) }))
-  full.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
-  changeOnePercent(r + 1)
-  incr.plain.push(seconds(() => run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b/')])))
-  incr.plainSync.push(seconds(() => { run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b2/')]); run('sync', ['-f', plain]) }))
-  spawnSync('sleep', ['1']) // a new name needs a new second
-  incr.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
-  rmSync(dir, { recursive: true, force: true })
-}
-report('full backup vs rsync -a', median(full.ours), median(full.plain), 'rsync')
-report('full backup vs rsync -a + sync -f', median(full.ours), median(full.plainSync), 'rsync+sync')
-report('1% incremental vs rsync --link-dest', median(incr.ours), median(incr.plain), 'rsync --link-dest')
-report('1% incremental vs rsync --link-dest + sync -f', median(incr.ours), median(incr.plainSync), 'rsync --link-dest+sync')
+if (process.env.BENCH_ONLY !== 'btrfs') {
+  console.log('\nrsync driver (ratio goal <= 1.05)')
+  const full = { ours: [], plain: [], plainSync: [] }
+  const incr = { ours: [], plain: [], plainSync: [] }
+  for (let r = 0; r < REPEAT; r++) {
+    const dir = join(work, `round${r}`)
+    mkdirSync(dir)
+    const plain = join(dir, 'plain')
+    mkdirSync(plain)
+    const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
+    full.plain.push(seconds(() => run('rsync', [...flags, `${source}/`, join(plain, 'a/')])))
+    full.plainSync.push(seconds(() => { run('rsync', [...flags, `${source}/`, join(plain, 'a2/')]); run('sync', ['-f', plain]) }))
+    full.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+    changeOnePercent(r + 1)
+    incr.plain.push(seconds(() => run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b/')])))
+    incr.plainSync.push(seconds(() => { run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b2/')]); run('sync', ['-f', plain]) }))
+    spawnSync('sleep', ['1']) // a new name needs a new second
+    incr.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+    rmSync(dir, { recursive: true, force: true })
+  }
+  report('full backup vs rsync -a', median(full.ours), median(full.plain), 'rsync')
+  report('full backup vs rsync -a + sync -f', median(full.ours), median(full.plainSync), 'rsync+sync')
+  report('1% incremental vs rsync --link-dest', median(incr.ours), median(incr.plain), 'rsync --link-dest')
+  report('1% incremental vs rsync --link-dest + sync -f', median(incr.ours), median(incr.plainSync), 'rsync --link-dest+sync')
 
-if (has('rsnapshot')) {
-  const dir = join(work, 'rsnapshot')
-  mkdirSync(dir)
-  const conf = join(dir, 'rsnapshot.conf')
-  // rsnapshot's config is TAB-separated
-  writeFileSync(conf, [
-    'config_version\t1.2', `snapshot_root\t${dir}/root/`, 'cmd_rsync\t/usr/bin/rsync', 'link_dest\t1', 'retain\talpha\t10',
-    `lockfile\t${dir}/rsnapshot.pid`, `backup\t${source}/\tlocalhost/`, '',
-  ].join('\n'))
-  const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
-  const rsnapFull = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
-  const oursFull = seconds(() => run(process.execPath, [cli, ...ours]))
-  changeOnePercent(99)
-  const rsnapIncr = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
-  spawnSync('sleep', ['1'])
-  const oursIncr = seconds(() => run(process.execPath, [cli, ...ours]))
-  console.log('\nrsnapshot (Debian package), same data, link_dest 1')
-  report('full backup vs rsnapshot', oursFull, rsnapFull, 'rsnapshot')
-  report('1% incremental vs rsnapshot', oursIncr, rsnapIncr, 'rsnapshot')
-} else {
-  console.log('\nrsnapshot: not installed, skipped (apt-get install rsnapshot)')
+  if (has('rsnapshot')) {
+    const dir = join(work, 'rsnapshot')
+    mkdirSync(dir)
+    const conf = join(dir, 'rsnapshot.conf')
+    // rsnapshot's config is TAB-separated
+    writeFileSync(conf, [
+      'config_version\t1.2', `snapshot_root\t${dir}/root/`, 'cmd_rsync\t/usr/bin/rsync', 'link_dest\t1', 'retain\talpha\t10',
+      `lockfile\t${dir}/rsnapshot.pid`, `backup\t${source}/\tlocalhost/`, '',
+    ].join('\n'))
+    const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
+    const rsnapFull = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
+    const oursFull = seconds(() => run(process.execPath, [cli, ...ours]))
+    changeOnePercent(99)
+    const rsnapIncr = seconds(() => run('rsnapshot', ['-c', conf, 'alpha']))
+    spawnSync('sleep', ['1'])
+    const oursIncr = seconds(() => run(process.execPath, [cli, ...ours]))
+    console.log('\nrsnapshot (Debian package), same data, link_dest 1')
+    report('full backup vs rsnapshot', oursFull, rsnapFull, 'rsnapshot')
+    report('1% incremental vs rsnapshot', oursIncr, rsnapIncr, 'rsnapshot')
+  } else {
+    console.log('\nrsnapshot: not installed, skipped (apt-get install rsnapshot)')
+  }
 }
 
 // --- rsync daemon: a module on 127.0.0.1, the daemon making the hard links ---------------------
@@ -239,7 +241,7 @@ function rsyncdBench() {
     rmSync(dir, { recursive: true, force: true })
   }
 }
-rsyncdBench()
+if (process.env.BENCH_ONLY !== 'btrfs') rsyncdBench()
 
 // --- btrfs driver (root, btrfs-progs): full send, incremental vs btrbk, two targets ------------
 const btrfsReady = asRoot && has('btrfs') && has('mkfs.btrfs')
@@ -311,17 +313,27 @@ if (!btrfsReady) {
       const btrbk = () => run('btrbk', ['-c', conf, '-q', 'run'])
       btrbk()
       ours([join(mnt, 'inc')])
-      changeOnePercent(50, src)
-      commit()
-      spawnSync('sleep', ['1'])
-      const theirsIncr = seconds(btrbk)
-      const oursIncr = seconds(() => ours([join(mnt, 'inc')]))
-      spawnSync('sleep', ['1'])
-      const theirsIdle = seconds(btrbk)
-      const oursIdle = seconds(() => ours([join(mnt, 'inc')]))
-      console.log('\nbtrbk (Debian package), same subvolume, incremental after a 1% change')
-      report('1% incremental run vs btrbk run', oursIncr, theirsIncr, 'btrbk')
-      report('run with nothing changed (fixed overhead) vs btrbk run', oursIdle, theirsIdle, 'btrbk')
+      // REPEAT rounds of a 1% change, each tool in turn first; bbackup flushes the target filesystem before it records a backup, btrbk does not
+      const rounds = { ours: [], theirs: [], theirsSync: [], oursIdle: [], theirsIdle: [] }
+      for (let r = 0; r < REPEAT; r++) {
+        const both = [['theirs', btrbk], ['ours', () => ours([join(mnt, 'inc')])]]
+        if (r % 2) both.reverse()
+        changeOnePercent(50 + r, src)
+        commit()
+        spawnSync('sleep', ['1'])
+        for (const [who, fn] of both) rounds[who].push(seconds(fn))
+        changeOnePercent(60 + r, src)
+        commit()
+        spawnSync('sleep', ['1'])
+        rounds.theirsSync.push(seconds(() => { btrbk(); commit() }))
+        ours([join(mnt, 'inc')])
+        spawnSync('sleep', ['1'])
+        for (const [who, fn] of both) rounds[`${who}Idle`].push(seconds(fn))
+      }
+      console.log(`\nbtrbk (Debian package), same subvolume, incremental after a 1% change (medians of ${REPEAT})`)
+      report('1% incremental run vs btrbk run', median(rounds.ours), median(rounds.theirs), 'btrbk')
+      report('1% incremental run vs btrbk run + filesystem sync', median(rounds.ours), median(rounds.theirsSync), 'btrbk+sync')
+      report('run with nothing changed (fixed overhead) vs btrbk run', median(rounds.oursIdle), median(rounds.theirsIdle), 'btrbk')
     } else {
       console.log('\nbtrbk: not installed, skipped (apt-get install btrbk)')
     }
@@ -380,6 +392,11 @@ if (!btrfsReady) {
   }
 }
 
+if (process.env.BENCH_ONLY === 'btrfs') {
+  rmSync(work, { recursive: true, force: true })
+  console.log(`\n${JSON.stringify({ files: FILES, mb: MB, repeat: REPEAT, rows })}`)
+  process.exit(0)
+}
 await blockBench()
 
 // --- start-up ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import { definePackage } from '../../tsup.shared.ts'
 
-// cli.ts is what the bin runs; index.ts is the importable main() for tests and embedding
-export default definePackage({ index: 'src/index.ts', cli: 'src/cli.ts', 'remote-cli': 'src/remote-cli.ts' })
+// index.ts is the importable main() for tests and embedding; the bins (src/cli.ts, src/remote-cli.ts)
+// are bundled with their dependencies into dist/bin/ by scripts/bundle.mjs --bin, run after tsup
+export default definePackage({ index: 'src/index.ts' })

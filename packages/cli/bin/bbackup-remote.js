@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/remote-cli.js"
+import "../dist/bin/bbackup-remote.js"
