@@ -137,26 +137,30 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const now = (options.now ?? (() => new Date()))()
   const dryRun = options.dryRun ?? false
   const emit = options.onEvent ?? (() => undefined)
-  const probed = await job.driver.probe({ source: job.source, targets: [], signal: options.signal })
-  if (probed.isErr()) return err(probed.error)
-  const journal = await readJournal(job.state.transport, journalPath(job))
-  if (journal.isErr()) return err(journal.error)
+  // Everything read before the snapshot is read at the same time: the source's probe, the journal,
+  // each target's probe and listing, the source's snapshots (each a command, or a round trip on a
+  // remote host). A source that fails its probe is reported first; no target is tried again before it passed.
+  const sourceProbed = job.driver.probe({ source: job.source, targets: [], signal: options.signal })
+  const journalRead = readJournal(job.state.transport, journalPath(job))
 
   // Which targets can be reached, and what each holds; one that is out of reach on the network is tried again, with the transfers' backoff
   const reach = async (target: Transport, where: string) => {
-    const reachable = await job.driver.probe({ source: job.source, targets: [target], signal: options.signal })
+    const [reachable, listedFirst] = await Promise.all([
+      job.driver.probe({ source: job.source, targets: [target], signal: options.signal }),
+      job.driver.listSnapshots({ at: target, signal: options.signal }),
+    ])
     if (reachable.isErr()) return { target, where, error: reachable.error, snapshots: [] }
-    const listed = await job.driver.listSnapshots({ at: target, signal: options.signal })
+    // the probe may have made the target's directory (a first run) while it was listed: then once more
+    const listed = listedFirst.isOk() ? listedFirst : await job.driver.listSnapshots({ at: target, signal: options.signal })
     if (listed.isErr()) return { target, where, error: listed.error, snapshots: [] }
     return { target, where, error: undefined, snapshots: listed.value }
   }
-  // the targets and the source's snapshots are read at the same time: each is a round trip or a few commands
   const targetStates = Promise.all(job.targets.map(async (target) => {
     const where = formatLocation(target.location)
     for (let attempt = 1; ; attempt++) {
       const state = await reach(target, where)
       const last = state.error === undefined || !TRANSIENT.has(state.error.code) || attempt > retriesOf(options) || dryRun || cancelled(options)
-      if (last) return { ...state, attempts: attempt }
+      if (last || (await sourceProbed).isErr()) return { ...state, attempts: attempt }
       const delayMs = retryDelay(options, attempt)
       emit({ type: 'retrying', target: where, attempt, of: retriesOf(options), delayMs, error: state.error as BbError })
       await pause(delayMs, options.signal)
@@ -165,7 +169,9 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
 
   // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
   const sourceListed = job.driver.snapshotsSource ? job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : okAsync([])
-  const [states, listed] = await Promise.all([targetStates, sourceListed])
+  const [probed, journal, states, listed] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed])
+  if (probed.isErr()) return err(probed.error)
+  if (journal.isErr()) return err(journal.error)
   if (listed.isErr()) return err(listed.error)
   let sourceSnapshots: SnapshotInfo[] = ownSnapshots(job, listed.value)
 
