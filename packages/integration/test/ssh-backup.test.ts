@@ -69,6 +69,29 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
+  it('btrfs push: a stray subvolume with the planned name on the remote side is refused and kept, writable or read-only (scenario 4)', async () => {
+    // a snapshot taken, not sent; then something not ours appears at the target under its name
+    expect((await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-transfer', '-q', ...ssh], dir)).code).toBe(0)
+    const [name] = await snapshotsIn(join(dir, 'home/.snapshots'))
+    const stray = join(dir, 'backup', name ?? '')
+    execFileSync('btrfs', ['subvolume', 'create', stray])
+    await writeFile(join(stray, 'precious.txt'), 'not ours\n')
+    // writable without a received uuid: what an unfinished receive looks like, and what a cleanup would delete
+    for (const readOnly of ['false', 'true']) {
+      execFileSync('btrfs', ['property', 'set', stray, 'ro', readOnly])
+      const r = await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-snapshot', '--json', ...ssh], dir)
+      expect(r.code, r.stderr).toBe(10)
+      expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { code: 'STRAY_SUBVOLUME' } }] })
+      expect(readFileSync(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
+      expect(show(stray)['UUID']).toBeDefined()
+    }
+    // nothing journalled for it: a later run does not take the writable one for an unfinished receive of ours
+    execFileSync('btrfs', ['property', 'set', stray, 'ro', 'false'])
+    const again = await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-snapshot', '--json', ...ssh], dir)
+    expect(JSON.parse(again.stdout)).toMatchObject({ targets: [{ ok: false, error: { code: 'STRAY_SUBVOLUME' } }] })
+    expect(readFileSync(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
+  })
+
   it('btrfs push to a raw target: zstd stream files and sidecars on the remote side, restored from there', async () => {
     const streams = remote(join(dir, 'streams'))
     await runOverSsh(['run', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state', '-q'])

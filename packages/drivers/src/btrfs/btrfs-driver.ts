@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -45,6 +45,12 @@ interface StreamPlan extends StreamWay {
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
 const MIN_PROGS = [5, 0] as const
+/**
+ * btrfs receive could not make the subvolume (`ERROR: creating subvolume NAME failed: …`, or
+ * `creating snapshot PARENT -> NAME failed: …`): it created nothing. btrfs-progs is not
+ * translated; only the reason after the colon follows the locale.
+ */
+const RECEIVE_CREATE_FAILED = /ERROR: creating (subvolume|snapshot) .* failed:/
 /** btrfs-progs that can send and receive stream version 2 */
 const PROTO2_PROGS = [6, 0] as const
 
@@ -309,15 +315,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     })
     if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, way.warnings, [pipeline(parent, targets)])))
 
-    // never receive over something: a stray subvolume with the planned name is refused, and kept
-    // a stat first (no process on this host), btrfs only for what is there; the targets at the same time
+    // never receive over something: a stray subvolume with the planned name is refused, and kept.
+    // On this host a stat first (no process), btrfs only for what is there. On a remote host that
+    // would be a round trip: btrfs receive refuses a name that exists without creating anything, and
+    // that refusal is read from its error (finish), so nothing there is ever taken for our own copy.
     const results: (Result<TransferOutcome, BbError> | undefined)[] = await Promise.all(targets.map(async (target) => {
+      if (target.location.kind !== 'local') return undefined
       const path = join(target.location.path, snapshot)
-      const there = await target.stat(path).andThen((s) => (s === undefined ? okAsync('missing' as const) : showSubvolume(target, path, signal)))
+      const there = await whatIsAt(target, path, signal)
       if (there.isErr()) return err(there.error)
-      if (there.value === 'missing') return undefined
-      return err(bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there.value === 'string' ? '' : isGarbled(there.value) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
-        `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path }))
+      return there.value === 'missing' ? undefined : err(strayError(path, there.value))
     }))
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
@@ -346,10 +353,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const warnings: string[] = [...how.way.warnings]
     let mode: 'full' | 'incremental' = parent === undefined ? 'full' : 'incremental'
     let result = first
-    if (result.isErr() && parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(String(result.error.details?.stderr ?? ''))) {
+    const stderr = result.isErr() ? String(result.error.details?.stderr ?? '') : ''
+    const parentRefused = parent !== undefined && /cannot find parent subvolume|parent determination failed/i.test(stderr)
+    if (result.isErr() && (parentRefused || RECEIVE_CREATE_FAILED.test(stderr))) {
+      // btrfs receive stopped before it made the subvolume: whatever is at the path is not ours, and is kept
+      const there = await whatIsAt(target, path, signal)
+      if (there.isErr()) return err(there.error)
+      if (there.value !== 'missing') return err(strayError(path, there.value))
+    }
+    if (result.isErr() && parentRefused && parent !== undefined) {
       // the target lost the parent between listing and receiving, or an old kernel's stream was refused: one full send instead
-      const cleaned = await removeGarbled(target, path, signal)
-      if (cleaned.isErr()) return err(cleaned.error)
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
       how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
@@ -382,6 +395,14 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (synced.value.exitCode !== 0) return err(btrfsFailure(`btrfs filesystem sync ${dir}`, synced.value.argv, synced.value.exitCode, synced.value.stderr))
     return ok({ snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes: result.value.bytes, files: 0, warnings, commands: how.commands })
   }
+
+  /** What is at a target's `path`: nothing, or what `btrfs subvolume show` says of it. */
+  const whatIsAt = (target: Transport, path: string, signal: AbortSignal | undefined): ResultAsync<'missing' | Subvolume | NoSubvolume, BbError> =>
+    target.stat(path).andThen((s) => (s === undefined ? okAsync('missing' as const) : showSubvolume(target, path, signal)))
+
+  const strayError = (path: string, there: Subvolume | NoSubvolume): BbError =>
+    bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there === 'string' ? '' : isGarbled(there) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+      `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path })
 
   /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
   const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -177,6 +177,8 @@ export const openSshSession = (): SshSession => {
     const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
       if (written.isErr()) return err(written.error)
       if (closed) return err(bbError('CANCELLED', 'the ssh session was closed', 'this is a bug in bbackup; please report it'))
+      // the socket a master that died without cleaning up left in our private directory: the new one binds the same path
+      rmSync(controlPath, { force: true })
       const child = spawn(program, [...base, '-N', '-o', 'ControlMaster=yes', '--', hostArg(location.host)].slice(1), { stdio: ['ignore', 'ignore', 'pipe'] })
       let stderr = ''
       child.stderr?.setEncoding('utf8')
@@ -198,7 +200,8 @@ export const openSshSession = (): SshSession => {
       masters.add(child)
       opened++
       const deadline = Date.now() + ((options.connectTimeout ?? 15) * 2 + 10) * 1000
-      for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
+      // the master makes its socket once logged in: looked for every 5 ms (no process), then confirmed with -O check
+      for (let wait = 5; ; wait = existsSync(controlPath) ? Math.min(wait * 2, 200) : 5) {
         await sleep(wait)
         if (exited !== undefined) {
           if (exited.error?.code === 'ENOENT') return err(bbError('TOOL_MISSING', `${program} is not installed (or not on PATH)`, 'install it: apt-get install openssh-client'))
@@ -212,6 +215,7 @@ export const openSshSession = (): SshSession => {
             ? bbError('CANCELLED', `cancelled while connecting to ${endpoint.display}`, 'run again when ready')
             : bbError('NETWORK_FAILED', `connecting to ${endpoint.display} did not finish in time`, 'check that the host is up and reachable'))
         }
+        if (!existsSync(controlPath)) continue
         const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
         if (check.isOk() && check.value.exitCode === 0) break
       }
