@@ -92,6 +92,22 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(readFileSync(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
   })
 
+  it('btrfs push: a remote target that is not on btrfs, not a directory, or not there gets the errors a local one gets', async () => {
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 64 })
+    try {
+      await writeFile(join(dir, 'a-file'), 'x\n')
+      const cases = [[ext4.mountPoint, 'TARGET_NOT_BTRFS'], [join(dir, 'a-file'), 'TARGET_UNAVAILABLE'], [join(dir, 'no/such'), 'TARGET_UNAVAILABLE']] as const
+      for (const [path, code] of cases) {
+        const r = await runCli(['run', 'home', remote(path), '--state-dir', 'state', '--json', ...ssh], dir)
+        expect(r.code, r.stderr).toBe(10)
+        expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { code } }] })
+      }
+      expect(existsSync(join(dir, 'no'))).toBe(false)
+    } finally {
+      await ext4.cleanup()
+    }
+  })
+
   it('btrfs push to a raw target: zstd stream files and sidecars on the remote side, restored from there', async () => {
     const streams = remote(join(dir, 'streams'))
     await runOverSsh(['run', 'home', '--raw-target', streams, '--raw-compress', 'zstd', '--state-dir', 'state', '-q'])

@@ -63,6 +63,9 @@ describe('what each role may run', () => {
     expect(reason(['sh', '-c', SPAWN_WRAPPER, 'sh', 'btrfs', 'receive', '/srv/backups/home'], p)).toBe('allowed')
     expect(reason(script('write', '/srv/backups/home/.bbackup/x'), p)).toBe('allowed')
     expect(reason(script('list', '/srv/backups'), p)).toBe('allowed')
+    expect(reason(['stat', '-c', '%F', '--', '/srv/backups/home'], p)).toBe('allowed')
+    expect(reason(['stat', '-c', '%F', '--', '/etc/shadow'], p)).toContain('outside /srv/backups')
+    expect(reason(['stat', '-c', '%n%F', '--', '/srv/backups/home'], p)).toContain('not one that bbackup sends')
     expect(reason(['btrfs', 'receive', '/etc'], p)).toContain('outside /srv/backups')
     expect(reason(['btrfs', 'receive', '/srv/backupsX'], p)).toContain('outside /srv/backups')
     expect(reason(['btrfs', 'receive', '/srv/backups/../../etc'], p)).toContain('.. component')
@@ -129,14 +132,20 @@ describe('what each role may run', () => {
     expect(reason(['zstd', '-d', '-o', '/srv/backups/x'], policy(['receive']))).toContain('not one that bbackup sends')
   })
 
-  it('runs an each script of commands that only look, every path inside, and nothing else in one', () => {
+  it('runs an each script of commands that only look (and a commit), every path inside, and nothing else in one', () => {
     const show = (path: string): string[] => ['4', 'btrfs', 'subvolume', 'show', path]
     const p = policy(['receive'])
     const d = decide(script('each', ...show('/srv/backups/a'), ...show('/srv/backups/b c'), '2', 'btrfs', '--version'), p)
     expect(d).toMatchObject({ allowed: true, role: 'list', checks: [{ kind: 'inside', path: '/srv/backups/a' }, { kind: 'inside', path: '/srv/backups/b c' }] })
     expect(reason(script('each', ...show('/srv/backups/a'), ...show('/etc')), p)).toContain('outside /srv/backups')
     // a command that changes something is not run inside it, whatever the key's roles
-    expect(reason(script('each', ...show('/srv/backups/a'), '2', 'btrfs', 'receive', '/srv/backups/x'), policy(['receive', 'send', 'delete']))).toContain('inside an each script, which runs only commands that look')
+    expect(reason(script('each', ...show('/srv/backups/a'), '2', 'btrfs', 'receive', '/srv/backups/x'), policy(['receive', 'send', 'delete']))).toContain('inside an each script, which runs only commands that look, and a commit')
+    expect(reason(script('each', '4', 'btrfs', 'subvolume', 'delete', '--commit-after', '/srv/backups/x'), policy(['receive', 'send', 'delete']))).toContain('inside an each script')
+    // a receive's check and commit in one trip: the script needs what the commit needs
+    const commit = script('each', ...show('/srv/backups/a'), '4', 'btrfs', 'filesystem', 'sync', '/srv/backups')
+    expect(decide(commit, p)).toMatchObject({ allowed: true, role: 'receive' })
+    expect(reason(commit, policy(['list']))).toContain('needs the receive role')
+    expect(reason(script('each', '4', 'btrfs', 'filesystem', 'sync', '/etc'), p)).toContain('outside /srv/backups')
     expect(reason(script('each', '5', ...script('read', '/srv/backups/a')), p)).toContain('inside an each script')
     expect(reason(script('each', '3', 'touch', '/tmp/pwned', 'x'), p)).toContain('inside an each script')
     // counts that do not match the words, or none at all
@@ -148,7 +157,7 @@ describe('what each role may run', () => {
 
   it('never lets a generated request out of the directory or past the table', () => {
     const p = policy(['receive', 'send', 'delete'])
-    fc.assert(fc.property(fc.constantFrom('btrfs receive', 'btrfs send -q', 'rsync --server .', 'stat -f -c %T', 'sync -f'), fc.array(fc.oneof(hostile, fc.constantFrom('/srv/backups/', '/srv/backups/a', '/etc', '--log-file=/tmp/x', '-L')), { minLength: 1, maxLength: 3 }), (prefix, args) => {
+    fc.assert(fc.property(fc.constantFrom('btrfs receive', 'btrfs send -q', 'rsync --server .', 'stat -f -c %T', 'stat -c %F --', 'sync -f'), fc.array(fc.oneof(hostile, fc.constantFrom('/srv/backups/', '/srv/backups/a', '/etc', '--log-file=/tmp/x', '-L')), { minLength: 1, maxLength: 3 }), (prefix, args) => {
       const d = decide([...prefix.split(' '), ...args], p)
       if (!d.allowed) return
       for (const c of d.checks) if (c.kind === 'inside') expect(c.path === '/srv/backups' || c.path.startsWith('/srv/backups/')).toBe(true)

@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showAndCommit, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -120,22 +120,27 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     removeGarbled: (at, path) => removeGarbled(at, path, undefined),
   })
 
-  /** btrfs-progs at a place, once per host */
-  const progsVersion = (at: Transport, signal: AbortSignal | undefined): ResultAsync<readonly [number, number], BbError> => {
+  /** what `btrfs --version` said: the version, or why it will not do */
+  const readVersion = (exitCode: number, output: string): Result<readonly [number, number], BbError> => {
+    const m = /v(\d+)\.(\d+)/.exec(output)
+    if (exitCode !== 0 || m === null) return err(bbError('TOOL_MISSING', 'btrfs --version failed', 'install btrfs-progs: apt-get install btrfs-progs', { stderr: output }))
+    const v: readonly [number, number] = [Number(m[1]), Number(m[2])]
+    if (!atLeast(v, MIN_PROGS)) {
+      return err(bbError('TOOL_TOO_OLD', `btrfs-progs ${v.join('.')} is too old (bbackup needs ${MIN_PROGS.join('.')} or newer)`, 'upgrade btrfs-progs (Debian 11 and later ship a new enough one)', { version: v.join('.') }))
+    }
+    return ok(v)
+  }
+
+  /** btrfs-progs at a place, once per host (`found`: an answer already read, from a probe's batch) */
+  const progsVersion = (at: Transport, signal: AbortSignal | undefined, found?: Result<readonly [number, number], BbError>): ResultAsync<readonly [number, number], BbError> => {
     const host = hostOf(at)
     const known = versions.get(host)
     if (known !== undefined) return known
-    const found: ResultAsync<readonly [number, number], BbError> = at.exec(['btrfs', '--version'], signalOpt(signal)).andThen((r): Result<readonly [number, number], BbError> => {
-      const m = /v(\d+)\.(\d+)/.exec(r.stdout)
-      if (r.exitCode !== 0 || m === null) return err(bbError('TOOL_MISSING', 'btrfs --version failed', 'install btrfs-progs: apt-get install btrfs-progs', { stderr: r.stderr }))
-      const v: readonly [number, number] = [Number(m[1]), Number(m[2])]
-      if (!atLeast(v, MIN_PROGS)) {
-        return err(bbError('TOOL_TOO_OLD', `btrfs-progs ${v.join('.')} is too old (bbackup needs ${MIN_PROGS.join('.')} or newer)`, 'upgrade btrfs-progs (Debian 11 and later ship a new enough one)', { version: v.join('.') }))
-      }
-      return ok(v)
-    })
+    const asked: ResultAsync<readonly [number, number], BbError> = found !== undefined
+      ? (found.isOk() ? okAsync(found.value) : errAsync(found.error))
+      : at.exec(['btrfs', '--version'], signalOpt(signal)).andThen((r) => readVersion(r.exitCode, `${r.stdout}${r.exitCode === 0 ? '' : r.stderr}`))
     // a failure is not cached: the next call asks again
-    const settled = found.orElse((e) => {
+    const settled = asked.orElse((e) => {
       versions.delete(host)
       return err(e)
     })
@@ -149,7 +154,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
-      return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
+      // on another host the version and the target's directory in one round trip
+      return t.location.kind === 'local' ? ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const) : probeRemoteTarget(t, signal)
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
   }
@@ -171,22 +177,39 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * The target directory must be on btrfs. A missing one is created only when its parent is on
    * btrfs: a parent on another filesystem is most often the mount point of a disk that is not mounted.
    */
-  const probeTarget = (target: Transport): ResultAsync<void, BbError> => {
-    const dir = target.location.path
-    const fsType = (path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
-    const notBtrfs = (type: string, path: string): BbError => bbError('TARGET_NOT_BTRFS', `the target ${path} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: btrfs receive needs one`,
-      'is the backup disk mounted? Give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir })
+  const probeTarget = (target: Transport): ResultAsync<void, BbError> =>
     // the filesystem is asked with the stat, not after it: one round trip less on a remote host
-    return ResultAsync.combine([target.stat(dir), fsType(dir)] as const).andThen(([s, type]): ResultAsync<void, BbError> => {
-      if (s?.kind === 'directory') return type === 'btrfs' ? okAsync(undefined) : errAsync(notBtrfs(type, dir))
-      if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory on a btrfs filesystem to receive the backups in', { path: dir }))
-      const parent = posix.dirname(dir)
-      return target.stat(parent).andThen((p): ResultAsync<void, BbError> => {
-        if (p?.kind !== 'directory') {
-          return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
-        }
-        return fsType(parent).andThen((type) => (type === 'btrfs' ? target.mkdir(dir) : errAsync(notBtrfs(type, parent))))
+    ResultAsync.combine([target.stat(target.location.path), fsType(target, target.location.path)] as const)
+      .andThen(([s, type]) => targetFound(target, s === undefined ? 'missing' : s.kind === 'directory' ? 'directory' : 'other', type))
+
+  /** `btrfs --version`, the filesystem and the kind of the target's directory, in one round trip */
+  const probeRemoteTarget = (target: Transport, signal: AbortSignal | undefined): ResultAsync<unknown, BbError> => {
+    const dir = target.location.path
+    const asked = target.execEach?.([['btrfs', '--version'], ['stat', '-f', '-c', '%T', dir], ['stat', '-c', '%F', '--', dir]], signalOpt(signal))
+    if (asked === undefined) return ResultAsync.combine([progsVersion(target, signal), probeTarget(target)] as const)
+    return asked
+      .andThen(([version, fs, kind]) => {
+        if (version === undefined || fs === undefined || kind === undefined) throw new InternalError('execEach gave fewer results than commands')
+        return progsVersion(target, signal, readVersion(version.exitCode, version.output))
+          .andThen(() => targetFound(target, kind.exitCode !== 0 ? 'missing' : kind.output.trim() === 'directory' ? 'directory' : 'other', fs.exitCode === 0 ? fs.output.trim() : ''))
       })
+  }
+
+  const fsType = (target: Transport, path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
+
+  /** the target's directory: there on btrfs, or made where its parent is on btrfs */
+  const targetFound = (target: Transport, kind: 'directory' | 'other' | 'missing', type: string): ResultAsync<void, BbError> => {
+    const dir = target.location.path
+    const notBtrfs = (found: string, path: string): BbError => bbError('TARGET_NOT_BTRFS', `the target ${path} is not on a btrfs filesystem${found === '' ? '' : ` (it is ${found})`}: btrfs receive needs one`,
+      'is the backup disk mounted? Give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir })
+    if (kind === 'directory') return type === 'btrfs' ? okAsync(undefined) : errAsync(notBtrfs(type, dir))
+    if (kind === 'other') return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory on a btrfs filesystem to receive the backups in', { path: dir }))
+    const parent = posix.dirname(dir)
+    return target.stat(parent).andThen((p): ResultAsync<void, BbError> => {
+      if (p?.kind !== 'directory') {
+        return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
+      }
+      return fsType(target, parent).andThen((found) => (found === 'btrfs' ? target.mkdir(dir) : errAsync(notBtrfs(found, parent))))
     })
   }
 
@@ -380,9 +403,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       return err(failure)
     }
     // complete only when read-only with the received uuid of what was sent (btrbk checks the same);
-    // committed before the journal forgets it, so that after a crash the target has it, or nothing.
-    // Both at once: on a remote host each is a round trip, and a commit of an incomplete copy harms nothing
-    const [received, synced] = await Promise.all([showSubvolume(target, path, signal), target.exec(['btrfs', 'filesystem', 'sync', dir], signalOpt(signal))])
+    // committed before the journal forgets it, so that after a crash the target has it, or nothing
+    const [received, synced] = await showAndCommit(target, path, dir, signal)
     if (received.isErr()) return err(received.error)
     const copy = received.value
     const asInfo = (s: Subvolume): SnapshotInfo => ({ name: snapshot, time: undefined, complete: true, health: 'ok', path, identity: identityOf(s) })

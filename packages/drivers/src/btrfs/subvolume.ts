@@ -1,6 +1,6 @@
 import { posix } from 'node:path'
 import { err, ok, Result, ResultAsync } from 'neverthrow'
-import { bbError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
+import { bbError, InternalError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
 
 /** What `btrfs subvolume show` says about one subvolume. */
 export interface Subvolume extends SnapshotIdentity {
@@ -75,6 +75,24 @@ const readShow = (path: string, exitCode: number, stdout: string, stderr: string
 
 /** A receive that died midway: writable, no received uuid (btrbk's "garbled"; reference/btrfs.md §3.1). */
 export const isGarbled = (s: Subvolume): boolean => !s.readOnly && s.receivedUuid === undefined
+
+/**
+ * After a receive: what is at `path` (`btrfs subvolume show`), and `btrfs filesystem sync` of
+ * `dir`, which commits it. On a host with {@link Transport.execEach} (ssh) both in one round trip;
+ * here both at once. A commit of an incomplete copy harms nothing.
+ */
+export const showAndCommit = async (at: Transport, path: string, dir: string, signal?: AbortSignal): Promise<readonly [Result<Subvolume | NoSubvolume, BbError>, Result<{ readonly argv: readonly string[]; readonly exitCode: number; readonly stderr: string }, BbError>]> => {
+  const syncArgv = ['btrfs', 'filesystem', 'sync', dir]
+  const opts = signal === undefined ? {} : { signal }
+  if (at.execEach !== undefined && at.location.kind !== 'local') {
+    const both = await at.execEach([showArgv(path), syncArgv], opts)
+    if (both.isErr()) return [err(both.error), err(both.error)]
+    const [shown, synced] = both.value
+    if (shown === undefined || synced === undefined) throw new InternalError('execEach gave fewer results than commands')
+    return [readShow(path, shown.exitCode, shown.output, shown.output), ok({ argv: syncArgv, exitCode: synced.exitCode, stderr: synced.output })]
+  }
+  return Promise.all([showSubvolume(at, path, signal), at.exec(syncArgv, opts)] as const)
+}
 
 /** A complete received backup: read-only with a received uuid. */
 export const isReceived = (s: Subvolume): boolean => s.readOnly && s.receivedUuid !== undefined

@@ -50,16 +50,23 @@ const SCRIPT_ARGS: Readonly<Record<ScriptName, number>> = {
  */
 const each = (operands: readonly string[]): Match => {
   const checks: Check[] = []
+  // commands that look, and a commit (a receive's check and commit in one trip): the script needs the commit's role
+  let acting: { readonly role: Role; readonly also?: Role } | undefined
   for (let j = 0; j < operands.length;) {
     const n = /^[1-9]\d{0,3}$/.test(operands[j] ?? '') ? Number(operands[j]) : 0
     if (n === 0 || j + 1 + n > operands.length) return 'an each script whose counts do not match its words'
     const inner = operands.slice(j + 1, j + 1 + n)
     const m = match(inner, false)
-    if (m === undefined || typeof m === 'string' || m.role !== 'list' || inner[0] === 'sh') return `${label(inner)} inside an each script, which runs only commands that look`
+    const commit = same(inner.slice(0, 3), ['btrfs', 'filesystem', 'sync']) || same(inner.slice(0, 2), ['sync', '-f'])
+    if (m === undefined || typeof m === 'string' || inner[0] === 'sh' || (m.role !== 'list' && !commit)) return `${label(inner)} inside an each script, which runs only commands that look, and a commit`
+    if (m.role !== 'list') {
+      if (acting !== undefined && (acting.role !== m.role || acting.also !== m.also)) return `${label(inner)} inside an each script that already needs the ${acting.role} role`
+      acting = { role: m.role, ...(m.also === undefined ? {} : { also: m.also }) }
+    }
     checks.push(...m.checks)
     j += 1 + n
   }
-  return checks.length === 0 && operands.length === 0 ? 'an empty each script' : { role: 'list', checks }
+  return checks.length === 0 && operands.length === 0 ? 'an empty each script' : { role: 'list', ...acting, checks }
 }
 
 /**
@@ -142,7 +149,8 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     case 'zstd':
       return same(args, ['--version']) ? { role: 'list', checks: [] } : undefined
     case 'stat':
-      return args.length === 4 && same(args.slice(0, 3), ['-f', '-c', '%T']) ? { role: 'list', checks: inside(args[3] as string) } : undefined
+      // the filesystem's type, or what kind of file a path is
+      return args.length === 4 && (same(args.slice(0, 3), ['-f', '-c', '%T']) || same(args.slice(0, 3), ['-c', '%F', '--'])) ? { role: 'list', checks: inside(args[3] as string) } : undefined
     case 'sync':
       return args.length === 2 && args[0] === '-f' ? { role: 'receive', checks: inside(args[1] as string) } : undefined
     case 'rm':
