@@ -92,7 +92,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(readFileSync(join(stray, 'precious.txt'), 'utf8')).toBe('not ours\n')
   })
 
-  it('btrfs push: a remote target that is not on btrfs, not a directory, or not there gets the errors a local one gets', async () => {
+  it('a remote target that is not on btrfs, not a directory, or not there, and a remote source that is not a subvolume, get the errors local ones get', async () => {
     const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 64 })
     try {
       await writeFile(join(dir, 'a-file'), 'x\n')
@@ -103,6 +103,13 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
         expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { code } }] })
       }
       expect(existsSync(join(dir, 'no'))).toBe(false)
+      // and a remote source (a pull) that is not a subvolume, or not there
+      await writeTree(join(dir, 'plain'), { 'x.txt': 'x\n' })
+      for (const [path, code] of [[join(dir, 'plain'), 'SOURCE_NOT_SUBVOLUME'], [join(dir, 'gone'), 'SOURCE_UNAVAILABLE']] as const) {
+        const r = await runCli(['run', remote(path), join(dir, 'pulled'), '--driver', 'btrfs', '--state-dir', 'state', ...ssh], dir)
+        expect(r.code).not.toBe(0)
+        expect(r.stderr).toContain(code)
+      }
     } finally {
       await ext4.cleanup()
     }

@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showAndCommit, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -150,7 +150,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) => {
     // at the same time, each a command (a round trip on a remote host); a version error comes first
-    if (targets.length === 0) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).map(() => undefined)
+    if (targets.length === 0) {
+      const show = showInBatch(source.location.path)
+      // on another host both in one round trip
+      const batch = source.location.kind === 'local' ? undefined : source.execEach?.([['btrfs', '--version'], show.argv], signalOpt(signal))
+      if (batch === undefined) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).map(() => undefined)
+      return batch.andThen(([version, shown]) => {
+        if (version === undefined || shown === undefined) throw new InternalError('execEach gave fewer results than commands')
+        return progsVersion(source, signal, readVersion(version.exitCode, version.output)).andThen(() => sourceFound(source.location.path, show.read(shown)))
+      }).map(() => undefined)
+    }
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
@@ -160,9 +169,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
   }
 
-  const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
-    const path = source.location.path
-    return showSubvolume(source, path, signal).andThen((s): Result<void, BbError> => {
+  const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
+    showSubvolume(source, source.location.path, signal).andThen((s) => sourceFound(source.location.path, ok(s)))
+
+  /** the source must be a subvolume: what `btrfs subvolume show` said of it */
+  const sourceFound = (path: string, shown: Result<Subvolume | NoSubvolume, BbError>): Result<void, BbError> =>
+    shown.andThen((s): Result<void, BbError> => {
       if (typeof s !== 'string') return ok(undefined)
       if (s === 'missing') return err(bbError('SOURCE_UNAVAILABLE', `the source ${path} does not exist`, 'check the path (is the filesystem mounted?)', { path }))
       if (s === 'not-btrfs') {
@@ -171,7 +183,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       return err(bbError('SOURCE_NOT_SUBVOLUME', `the source ${path} is a directory, not a btrfs subvolume: it cannot be snapshotted`,
         `convert it: btrfs subvolume create ${path}.new && cp -a --reflink=always ${path}/. ${path}.new/ && mv ${path} ${path}.old && mv ${path}.new ${path}; or back it up with --driver rsync`, { path }))
     })
-  }
 
   /**
    * The target directory must be on btrfs. A missing one is created only when its parent is on

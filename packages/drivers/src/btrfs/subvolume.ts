@@ -58,6 +58,10 @@ export const showSubvolume = (at: Transport, path: string, signal?: AbortSignal)
 
 const showArgv = (path: string): string[] => ['btrfs', 'subvolume', 'show', path]
 
+/** `btrfs subvolume show PATH` as one command of an {@link Transport.execEach} batch. */
+export const showInBatch = (path: string): { readonly argv: string[]; readonly read: (r: { readonly exitCode: number; readonly output: string }) => Result<Subvolume | NoSubvolume, BbError> } =>
+  ({ argv: showArgv(path), read: (r) => readShow(path, r.exitCode, r.output, r.output) })
+
 /** What a `btrfs subvolume show` that ended so says (stdout and stderr may be one text). */
 const readShow = (path: string, exitCode: number, stdout: string, stderr: string): Result<Subvolume | NoSubvolume, BbError> => {
   const argv = showArgv(path)
@@ -85,11 +89,12 @@ export const showAndCommit = async (at: Transport, path: string, dir: string, si
   const syncArgv = ['btrfs', 'filesystem', 'sync', dir]
   const opts = signal === undefined ? {} : { signal }
   if (at.execEach !== undefined && at.location.kind !== 'local') {
-    const both = await at.execEach([showArgv(path), syncArgv], opts)
+    const show = showInBatch(path)
+    const both = await at.execEach([show.argv, syncArgv], opts)
     if (both.isErr()) return [err(both.error), err(both.error)]
     const [shown, synced] = both.value
     if (shown === undefined || synced === undefined) throw new InternalError('execEach gave fewer results than commands')
-    return [readShow(path, shown.exitCode, shown.output, shown.output), ok({ argv: syncArgv, exitCode: synced.exitCode, stderr: synced.output })]
+    return [show.read(shown), ok({ argv: syncArgv, exitCode: synced.exitCode, stderr: synced.output })]
   }
   return Promise.all([showSubvolume(at, path, signal), at.exec(syncArgv, opts)] as const)
 }
@@ -195,7 +200,7 @@ export const readSubvolumes = (at: Transport, dir: string, names: readonly strin
       const part = rest.slice(i, i + width)
       const shown = at.execEach !== undefined && part.length > 1
         ? await at.execEach(part.map((name) => showArgv(posix.join(dir, name))), opts)
-          .andThen((results) => Result.combine(results.map((r, j) => readShow(posix.join(dir, part[j] ?? ''), r.exitCode, r.output, r.output))))
+          .andThen((results) => Result.combine(results.map((r, j) => showInBatch(posix.join(dir, part[j] ?? '')).read(r))))
         : await ResultAsync.combine(part.map((name) => showSubvolume(at, posix.join(dir, name), signal)))
       if (shown.isErr()) return err(shown.error)
       for (const [j, s] of shown.value.entries()) found.set(part[j] ?? '', typeof s === 'string' ? undefined : s)
