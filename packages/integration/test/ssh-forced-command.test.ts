@@ -116,6 +116,41 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await names(join(dir, 'backup'))).toEqual(backups.slice(1))
   })
 
+  it('a receive key stores btrfs streams in a raw target (mode 0600), a delete key prunes them, a send key restores from them', async () => {
+    const streams = join(dir, 'backup/streams')
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    // full, incremental, full: the first chain is not the newest's, and a prune may delete it
+    const job = ['home', '--raw-target', remote(streams), '--raw-compress', 'zstd', '--raw-full-every', '1', '--state-dir', 'state', ...ssh]
+    for (const mode of ['full', 'incremental', 'full']) {
+      await writeFile(join(dir, 'home/a.txt'), `${mode}\n`)
+      const r = await runCli(['run', ...job, '--json'], dir)
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: true, mode }] })
+    }
+    const files = (await readdir(streams)).sort()
+    expect(files.filter((f) => f.endsWith('.btrfs.zst'))).toHaveLength(3)
+    expect(files.filter((f) => f.endsWith('.btrfs.zst.info'))).toHaveLength(3)
+    expect((await stat(join(streams, files[0] ?? ''))).mode & 0o777).toBe(0o600)
+    expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","sh","-c","umask 077 && exec \\"\$@\\"","sh","zstd","-q","-T0","-o","[^"]+\.btrfs\.zst\.part"\]/)
+
+    // pruning needs the delete role
+    const refused = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
+    expect(refused.code).not.toBe(0)
+    expect(refused.stdout + refused.stderr).toMatch(/needs the delete role/)
+    expect((await readdir(streams)).sort()).toEqual(files)
+    await forceCommand(`--role receive,delete --restrict-path ${join(dir, 'backup')}`)
+    const pruned = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
+    expect(pruned.code, pruned.stdout + pruned.stderr).toBe(0)
+    expect((await readdir(streams)).sort()).toEqual(files.slice(4))
+
+    // a send key reads the streams back out for a restore
+    await forceCommand(`--role send --restrict-path ${join(dir, 'backup')}`)
+    const restored = await runCli(['restore', remote(streams), 'latest', join(dir, 'restored'), ...ssh], dir)
+    expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+    const [name] = await readdir(join(dir, 'restored'))
+    expect(readFileSync(join(dir, 'restored', name ?? '', 'a.txt'), 'utf8')).toBe('full\n')
+  })
+
   it('a receive key takes rsync backups (compressed on the wire) with hard links to the previous one on the far side', async () => {
     await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
     const job = ['--driver', 'rsync', join(dir, 'home'), remote(join(dir, 'backup')), '--state-dir', 'state', '--stream-compress', 'zstd', ...ssh]

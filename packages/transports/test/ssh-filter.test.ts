@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { decide, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
 import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
 import { remoteCommand } from '../src/ssh/quote.js'
-import { FILTERS, SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { FILTERS, PRIVATE_WRITER, SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
 
 const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
 const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
@@ -130,6 +130,30 @@ describe('what each role may run', () => {
     expect(reason(spawned('sh', '-c', `${FILTERS.decompressStdin} `, 'sh', 'btrfs', 'receive', '/srv/backups/home'), policy(['receive']))).toContain('not one that bbackup sends')
     expect(reason(['zstd', '--version'], policy(['list']))).toBe('allowed')
     expect(reason(['zstd', '-d', '-o', '/srv/backups/x'], policy(['receive']))).toContain('not one that bbackup sends')
+  })
+
+  it('lets a receive key write a raw target\'s streams into new .part files (mode 0600), a delete key prune them, a send key read them', () => {
+    const spawned = (...argv: string[]): string[] => ['sh', '-c', SPAWN_WRAPPER, 'sh', ...argv]
+    const privately = (...argv: string[]): string[] => spawned('sh', '-c', PRIVATE_WRITER, 'sh', ...argv)
+    const receive = policy(['receive'])
+    expect(reason(privately('zstd', '-q', '-T0', '-o', '/srv/backups/s/home.1.btrfs.zst.part'), receive)).toBe('allowed')
+    expect(reason(privately('dd', 'of=/srv/backups/s/home.1.btrfs.part', 'bs=1M', 'status=none'), receive)).toBe('allowed')
+    expect(reason(privately('dd', 'of=/srv/backups/s/home.1.btrfs', 'bs=1M', 'status=none'), receive)).toContain('new .part file')
+    expect(reason(privately('dd', 'of=/etc/x.btrfs.part', 'bs=1M', 'status=none'), receive)).toContain('outside /srv/backups')
+    expect(reason(privately('dd', 'of=/srv/backups/x.btrfs.part', 'bs=1M', 'status=none', 'if=/etc/shadow'), receive)).toContain('not one that bbackup sends')
+    expect(reason(privately('sh', '-c', 'id'), receive)).toContain('not one that bbackup sends')
+    for (const argv of [['sync', '--', '/srv/backups/s/a.btrfs.part'], ['sha256sum', '--', '/srv/backups/s/a.btrfs.part'], ['chmod', '700', '/srv/backups/s'], script('remove', '/srv/backups/s/a.btrfs.zst.part')]) {
+      expect(reason(argv, receive)).toBe('allowed')
+    }
+    expect(reason(['chmod', '777', '/srv/backups/s'], receive)).toContain('not one that bbackup sends')
+    expect(reason(script('remove', '/srv/backups/s/a.btrfs.zst'), receive)).toContain('needs the delete role')
+    const prune = ['rm', '-f', '--', '/srv/backups/s/a.btrfs.zst', '/srv/backups/s/a.btrfs.zst.info']
+    expect(reason(prune, receive)).toContain('needs the delete role')
+    expect(reason(prune, policy(['delete']))).toBe('allowed')
+    expect(reason(['rm', '-f', '--', '/srv/backups/s/a.btrfs.zst', '/srv/backups/s/other'], policy(['delete']))).toContain('not one that bbackup sends')
+    expect(reason(spawned('zstd', '-dcq', '--', '/srv/backups/s/a.btrfs.zst'), policy(['send']))).toBe('allowed')
+    expect(reason(spawned('cat', '--', '/srv/backups/s/a.btrfs'), receive)).toContain('needs the send role')
+    expect(reason(spawned('cat', '--', '/etc/shadow'), policy(['send']))).toContain('outside /srv/backups')
   })
 
   it('runs an each script of commands that only look (and a commit), every path inside, and nothing else in one', () => {

@@ -102,7 +102,7 @@ export const rawStore = (deps: RawDeps) => {
   const suffix = compress === 'zstd' ? '.btrfs.zst' : '.btrfs'
   const fileOf = (name: string): string => `${name}${suffix}`
 
-  /** commands that write a file with mode 0600: stream files hold all of the source's data */
+  /** commands that write a file with mode 0600: stream files hold all of the source's data (bbackup-remote knows this text) */
   const privately = (argv: readonly string[]): string[] => ['sh', '-c', 'umask 077 && exec "$@"', 'sh', ...argv]
   const writerArgv = (path: string): string[] => (compress === 'zstd' ? ['zstd', '-q', '-T0', '-o', path] : ['dd', `of=${path}`, 'bs=1M', 'status=none'])
   const readerArgv = (info: RawInfo, path: string): string[] => (info.compress === 'zstd' ? ['zstd', '-dcq', '--', path] : ['cat', '--', path])

@@ -13,6 +13,13 @@ export const PID_TAG = 'bbackup-remote-pid:'
 export const SPAWN_WRAPPER = `echo "${PID_TAG}$$" >&2; exec "$@"`
 
 /**
+ * Run as `sh -c PRIVATE_WRITER sh ARGV...` inside {@link SPAWN_WRAPPER}: ARGV writes a file only its
+ * owner may read (the btrfs driver's raw target keeps the source's data in its stream files).
+ * The same text as the raw target's in @bb/drivers (which does not depend on this package).
+ */
+export const PRIVATE_WRITER = 'umask 077 && exec "$@"'
+
+/**
  * Small POSIX sh programs for the file operations, run as `sh -c PROGRAM sh ARG...`: the arguments
  * arrive as "$1", "$2", quoted once by remoteCommand, and are never part of the program text.
  * They need only POSIX sh and GNU coreutils/findutils (stat -c, find -printf, sync FILE, mv -T).

@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { FILTERS, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
+import { FILTERS, PRIVATE_WRITER, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
 import { parseRsyncServer } from './rsync-server.js'
 
 /**
@@ -69,6 +69,19 @@ const each = (operands: readonly string[]): Match => {
   return checks.length === 0 && operands.length === 0 ? 'an empty each script' : { role: 'list', ...acting, checks }
 }
 
+/** a raw target's files: streams and their sidecars */
+const RAW_FILE = /\.btrfs(\.zst)?(\.info)?$/
+
+/** what writes a raw target's stream: `zstd -q -T0 -o PATH` or `dd of=PATH bs=1M status=none`, into a `.part` file */
+const rawWriter = (argv: readonly string[]): Match | undefined => {
+  const [program, ...args] = argv
+  const path = program === 'zstd' && args.length === 4 && same(args.slice(0, 3), ['-q', '-T0', '-o']) ? args[3]
+    : program === 'dd' && args.length === 3 && args[0]?.startsWith('of=') === true && same(args.slice(1), ['bs=1M', 'status=none']) ? args[0].slice(3)
+      : undefined
+  if (path === undefined) return undefined
+  return /\.btrfs(\.zst)?\.part$/.test(path) ? { role: 'receive', checks: inside(path) } : 'a raw stream written anywhere but a new .part file'
+}
+
 /**
  * A recognised command: the role it needs (or `also` another), the checks, and for a delete of
  * subvolumes, that a receive key may still do it when each one is an unfinished receive.
@@ -129,6 +142,11 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     if (program === 'sh' && args[0] === '-c' && FILTER_TEXTS.has(args[1] ?? '') && args[2] === 'sh') return match(args.slice(3), true)
     // only the long-running transfers are started through the pid wrapper
     if (program === 'btrfs' && (args[0] === 'send' || args[0] === 'receive')) return btrfs(args)
+    // a raw target's stream file: written (mode 0600) into a new `.part` file, read out for a restore
+    if (program === 'sh' && args[0] === '-c' && args[1] === PRIVATE_WRITER && args[2] === 'sh') return rawWriter(args.slice(3))
+    if ((program === 'zstd' && same(args.slice(0, 2), ['-dcq', '--']) && args.length === 3) || (program === 'cat' && args[0] === '--' && args.length === 2)) {
+      return { role: 'send', checks: inside(args[args.length - 1] as string) }
+    }
     return undefined
   }
   switch (program) {
@@ -152,9 +170,17 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       // the filesystem's type, or what kind of file a path is
       return args.length === 4 && (same(args.slice(0, 3), ['-f', '-c', '%T']) || same(args.slice(0, 3), ['-c', '%F', '--'])) ? { role: 'list', checks: inside(args[3] as string) } : undefined
     case 'sync':
-      return args.length === 2 && args[0] === '-f' ? { role: 'receive', checks: inside(args[1] as string) } : undefined
+      // a filesystem's (rsync), or a raw target's stream file
+      return args.length === 2 && (args[0] === '-f' || args[0] === '--') ? { role: 'receive', checks: inside(args[1] as string) } : undefined
+    case 'sha256sum':
+      return args.length === 2 && args[0] === '--' ? { role: 'list', checks: inside(args[1] as string) } : undefined
+    case 'chmod':
+      // a raw target's directory that bbackup made: its owner's only
+      return args.length === 2 && args[0] === '700' ? { role: 'receive', checks: inside(args[1] as string) } : undefined
     case 'rm':
-      return args.length === 4 && same(args.slice(0, 3), ['-rf', '--one-file-system', '--']) ? { role: 'delete', checks: inside(args[3] as string) } : undefined
+      if (args.length === 4 && same(args.slice(0, 3), ['-rf', '--one-file-system', '--'])) return { role: 'delete', checks: inside(args[3] as string) }
+      // a raw target's pruned streams and their sidecars
+      return args.length > 2 && same(args.slice(0, 2), ['-f', '--']) && args.slice(2).every((a) => RAW_FILE.test(a)) ? { role: 'delete', checks: inside(...args.slice(2)) } : undefined
     case 'cp':
       // a restore's copy out of a backup
       return args.length === 5 && same(args.slice(0, 3), ['-a', '--reflink=auto', '--']) ? { role: 'receive', checks: inside(args[3] as string, args[4] as string) } : undefined
@@ -170,6 +196,8 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       const operands = args.slice(3)
       if (name === 'each') return each(operands)
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
+      // a receive key removes the raw stream it could not finish (its `.part` file)
+      if (name === 'remove' && /\.btrfs(\.zst)?\.part$/.test(operands[0] ?? '')) return { role: 'delete', also: 'receive', checks: inside(...operands) }
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
       return { ...SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
     }
