@@ -71,6 +71,8 @@ const each = (operands: readonly string[]): Match => {
 
 /** a raw target's files: streams and their sidecars */
 const RAW_FILE = /\.btrfs(\.zst)?(\.info)?$/
+/** a raw target's stream while it is written */
+const RAW_PART = /\.btrfs(\.zst)?\.part$/
 
 /** what writes a raw target's stream: `zstd -q -T0 -o PATH` or `dd of=PATH bs=1M status=none`, into a `.part` file */
 const rawWriter = (argv: readonly string[]): Match | undefined => {
@@ -79,7 +81,7 @@ const rawWriter = (argv: readonly string[]): Match | undefined => {
     : program === 'dd' && args.length === 3 && args[0]?.startsWith('of=') === true && same(args.slice(1), ['bs=1M', 'status=none']) ? args[0].slice(3)
       : undefined
   if (path === undefined) return undefined
-  return /\.btrfs(\.zst)?\.part$/.test(path) ? { role: 'receive', checks: inside(path) } : 'a raw stream written anywhere but a new .part file'
+  return RAW_PART.test(path) ? { role: 'receive', checks: inside(path) } : 'a raw stream written anywhere but a new .part file'
 }
 
 /**
@@ -197,7 +199,7 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       if (name === 'each') return each(operands)
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
       // a receive key removes the raw stream it could not finish (its `.part` file)
-      if (name === 'remove' && /\.btrfs(\.zst)?\.part$/.test(operands[0] ?? '')) return { role: 'delete', also: 'receive', checks: inside(...operands) }
+      if (name === 'remove' && RAW_PART.test(operands[0] ?? '')) return { role: 'delete', also: 'receive', checks: inside(...operands) }
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
       return { ...SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
     }
