@@ -212,16 +212,19 @@ export const selectRevisions = (spec: string, revisions: readonly Revision[]): R
   if (newest.length === 0) return stop(bbError('SNAPSHOT_NOT_FOUND', 'the volume has no complete revisions yet', 'make one with bbackup backup -b DIR --force'))
   if (spec === 'all') return newest
   if (spec === 'latest' || spec === 'last') return newest.slice(0, 1)
-  if (/^\d+$/.test(spec)) {
-    const r = newest[Number(spec)]
-    return r === undefined ? stop(bbError('SNAPSHOT_NOT_FOUND', `there is no revision ${spec}: the volume has ${newest.length} (0 is the newest)`, `give a number from 0 to ${newest.length - 1}`, { value: spec })) : [r]
-  }
+  const number = /^\d+$/.test(spec)
+  // a number is the N-th newest when there is one; a longer one may be the start of a uuid (which can be all digits)
+  const nth = number ? newest[Number(spec)] : undefined
+  if (nth !== undefined) return [nth]
   const tagged = newest.filter((r) => r.tags.includes(spec))
   if (tagged.length > 0) return tagged
   const matching = newest.filter((r) => r.uuid.startsWith(spec.toLowerCase()))
   if (matching.length === 1) return matching
   if (matching.length > 1) {
     return stop(bbError('SNAPSHOT_NOT_FOUND', `'${spec}' starts ${matching.length} revisions: ${matching.map((r) => r.uuid).join(', ')}`, 'give more of the uuid', { value: spec }))
+  }
+  if (number) {
+    return stop(bbError('SNAPSHOT_NOT_FOUND', `there is no revision ${spec}: the volume has ${newest.length} (0 is the newest), and no uuid starts with it`, `give a number from 0 to ${newest.length - 1}, or more of the uuid`, { value: spec }))
   }
   return stop(bbError('SNAPSHOT_NOT_FOUND', `no revision matches '${spec}'`, `name a revision by ${forms}; bbackup status -b DIR lists them`, { value: spec }))
 }
