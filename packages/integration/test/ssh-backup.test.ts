@@ -58,8 +58,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   it('btrfs push: full, then incremental, received and read-only on the remote side', async () => {
     await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
     await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const sessions = await sshd.sessions()
     const second = await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--json'])
     expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', route: 'push' }] })
+    // the master's command server runs the probe, the listing and the commit; the receive has its own session
+    expect(await sshd.sessions() - sessions).toBe(2)
     const sent = await snapshotsIn(join(dir, 'backup'))
     expect(sent).toEqual(await snapshotsIn(join(dir, 'home/.snapshots')))
     const [first, newest] = sent.map((n) => show(join(dir, 'backup', n)))

@@ -21,6 +21,8 @@ export interface Sshd {
   rotateHostKey(): Promise<void>
   /** how many logins the server has accepted so far */
   logins(): Promise<number>
+  /** how many sessions (commands) the server has started so far, over all logins */
+  sessions(): Promise<number>
   /** pids of the sshd processes serving connections now (children of the listener) */
   sessionPids(): number[]
   /** stops the server and every connection it serves; safe to call twice */
@@ -88,6 +90,7 @@ export const startSshd = async (): Promise<Sshd> => {
       await server.start()
     },
     logins: async () => ((await readFile(log, 'utf8').catch(() => '')).match(/Accepted publickey/g) ?? []).length,
+    sessions: async () => ((await readFile(log, 'utf8').catch(() => '')).match(/Starting session:/g) ?? []).length,
     sessionPids: server.sessionPids,
     stop,
   }

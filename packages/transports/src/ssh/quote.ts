@@ -27,3 +27,14 @@ export const remoteCommand = (argv: readonly string[]): Result<string, BbError<'
   }
   return ok(argv.map(shQuote).join(' '))
 }
+
+/**
+ * One request line for the command server (remote-protocol's `SERVE`): the command as
+ * {@link remoteCommand} quotes it, with each newline (which shQuote only ever leaves inside single
+ * quotes) written as `'"$n"'`: the quote closes, the server's `$n` (a newline) is expanded inside
+ * double quotes, the quote opens again. The server's `eval` then sees the same words.
+ * @example
+ * serveLine(['stat', 'a\nb']) // ok("stat 'a'\"$n\"'b'")
+ */
+export const serveLine = (argv: readonly string[]): Result<string, BbError<'INVALID_OPTIONS'>> =>
+  remoteCommand(argv).map((command) => command.replaceAll('\n', `'"$n"'`))

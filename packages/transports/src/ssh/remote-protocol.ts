@@ -45,6 +45,22 @@ export const SCRIPTS = {
   each: 'while [ "$#" -gt 0 ]; do n=$1; shift; c=; i=1; while [ "$i" -le "$n" ]; do c="$c \\"\\${$i}\\""; i=$((i + 1)); done; o=$(eval "$c" 2>&1); s=$?; printf "%s\\n%s\\n\\036\\n" "$s" "$o"; shift "$n"; done',
 } as const
 
+/** the first line the command server prints once it is ready (anything a login script printed before it is skipped) */
+export const SERVE_BANNER = 'bbackup-serve:1'
+
+/**
+ * The command server: run as the master connection's own command (`sh -c SERVE sh`), it runs the
+ * commands that come on its stdin one after the other, so that each costs a line on an open
+ * channel instead of a new session and a login shell. A request is one line: a command quoted by
+ * `remoteCommand` in which each newline (only ever inside single quotes) is written `'"$n"'`
+ * (see `serveLine`); `eval` sees exactly what the login shell would see from ssh. The command's
+ * stdin is /dev/null, its stdout and stderr go to files in a private temporary directory; the
+ * answer is a line `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory
+ * when its stdin ends (the connection closes).
+ */
+export const SERVE = `n='
+'; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; echo "${SERVE_BANNER}"; while IFS= read -r l; do { eval "$l"; } </dev/null >"$d/o" 2>"$d/e"; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; done`
+
 /** ends each command's record in the output of the `each` script */
 export const RECORD_END = '\n\u001e\n'
 

@@ -7,6 +7,9 @@ import { err, ok, type Result } from 'neverthrow'
 import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
 import { execCommand } from '../local/exec.js'
 import { sshFailure, type Endpoint } from './failure.js'
+import { remoteCommand } from './quote.js'
+import { SERVE } from './remote-protocol.js'
+import { commandServer, type CommandServer, type ServedResult } from './serve.js'
 
 /** How bbackup reaches one host over ssh; every field has a safe default. */
 export interface SshOptions {
@@ -43,6 +46,12 @@ export interface SshConnection {
    * under a command (ssh exits 255 and says nothing) from a remote command that ended oddly.
    */
   lost(waitMs: number): Promise<boolean>
+  /**
+   * Runs one request line (from `serveLine`) on the master's command server, after `ready`.
+   * Undefined when there is none (the host refused it, e.g. a forced command, or it ended): run
+   * the command by its own session then.
+   */
+  serve(line: string, signal?: AbortSignal): Promise<ServedResult> | undefined
   /**
    * A local port forwarded through the master connection to `host:port` as the remote host sees
    * it (`ssh -O forward -L`): an rsync daemon reached through a tunnel. It lasts as long as the
@@ -127,6 +136,11 @@ const freeLocalPort = (): Promise<number> =>
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** the master's own command: the command server, quoted once like every remote command */
+const SERVE_COMMAND = remoteCommand(['sh', '-c', SERVE, 'sh'])._unsafeUnwrap()
+/** how long a login may take to start the server before its commands go by their own sessions */
+const SERVE_START_MS = 20_000
+
 /**
  * Opens an ssh session for one run.
  * @example
@@ -173,13 +187,21 @@ export const openSshSession = (): SshSession => {
     let master: ChildProcess | undefined
     let lastMaster: ChildProcess | undefined
     let opening: Promise<Result<void, TransportError>> | undefined
+    let server: CommandServer | undefined
+    /** the host ended the server before it started (a forced command that does not know it): masters run no command */
+    let serveRefused = false
 
     const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
       if (written.isErr()) return err(written.error)
       if (closed) return err(bbError('CANCELLED', 'the ssh session was closed', 'this is a bug in bbackup; please report it'))
       // the socket a master that died without cleaning up left in our private directory: the new one binds the same path
       rmSync(controlPath, { force: true })
-      const child = spawn(program, [...base, '-N', '-o', 'ControlMaster=yes', '--', hostArg(location.host)].slice(1), { stdio: ['ignore', 'ignore', 'pipe'] })
+      // the master's own session is the command server, which runs the short commands of the run on that one login
+      const serving = !serveRefused
+      const child = spawn(program, [...base, ...(serving ? [] : ['-N']), '-o', 'ControlMaster=yes', '--', hostArg(location.host), ...(serving ? [SERVE_COMMAND] : [])].slice(1), {
+        stdio: [serving ? 'pipe' : 'ignore', serving ? 'pipe' : 'ignore', 'pipe'],
+      })
+      const served = serving && child.stdin !== null && child.stdout !== null ? commandServer(child.stdin, child.stdout, SERVE_START_MS) : undefined
       let stderr = ''
       child.stderr?.setEncoding('utf8')
       child.stderr?.on('data', (chunk: string) => {
@@ -195,6 +217,7 @@ export const openSshSession = (): SshSession => {
         if (master === child) {
           master = undefined
           opening = undefined
+          server = undefined
         }
       })
       masters.add(child)
@@ -219,8 +242,24 @@ export const openSshSession = (): SshSession => {
         const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
         if (check.isOk() && check.value.exitCode === 0) break
       }
+      if (served !== undefined && !(await served.started) && !served.alive) {
+        // logged in, and the host ended the server before it started (a forced command refused it): the
+        // master ends with its session, and the next one runs none (commands by their own sessions)
+        const ended = exited !== undefined || await new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), 5000)
+          child.once('close', () => {
+            clearTimeout(timer)
+            resolve(true)
+          })
+        })
+        if (ended) {
+          serveRefused = true
+          return open(signal)
+        }
+      }
       master = child
       lastMaster = child
+      server = served?.alive === true ? served : undefined
       return ok(undefined)
     }
 
@@ -255,6 +294,7 @@ export const openSshSession = (): SshSession => {
       },
       endpoint,
       options,
+      serve: (line, signal) => (server?.alive === true ? server.run(line, signal) : undefined),
       command: (remote) => [...base, '--', hostArg(location.host), remote],
       // rsync splits -e itself (not a shell) and honours double quotes: the paths hold none (checked above)
       rsyncShell: `"${program}" -F "${configPath}"`,

@@ -4,7 +4,7 @@ import {
 } from '@bb/core'
 import { execCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
-import { remoteCommand } from './quote.js'
+import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
 
@@ -51,7 +51,8 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return ok({ ...result, argv })
   }
 
-  const exec = (argv: readonly string[], execOptions: ExecOptions = {}): ResultAsync<CommandResult, TransportError> => {
+  /** `viaServer` false: by its own session even when the server could take it (a kill must not wait behind a long command) */
+  const run = (argv: readonly string[], execOptions: ExecOptions, viaServer: boolean): ResultAsync<CommandResult, TransportError> => {
     if (execOptions.cwd !== undefined || execOptions.env !== undefined) {
       return errAsync(bbError('INVALID_OPTIONS', 'cwd and env are not passed to commands on another host', 'this is a bug in bbackup; please report it'))
     }
@@ -59,9 +60,19 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     if (remote.isErr()) return errAsync(remote.error)
     return ResultAsync.fromSafePromise(connection.ready(execOptions.signal))
       .andThen((ready) => ready)
-      .andThen(() => execCommand(connection.command(remote.value), execOptions))
+      .andThen(() => {
+        // a short command with no input and no line reader goes to the master's command server, when it has one
+        const served = viaServer && execOptions.input === undefined && execOptions.onStdoutLine === undefined ? serveLine([...sudo, ...argv]).map((line) => connection.serve(line, execOptions.signal)) : undefined
+        if (served === undefined || served.isErr() || served.value === undefined) return execCommand(connection.command(remote.value), execOptions)
+        return ResultAsync.fromSafePromise(served.value).andThen((r): Result<CommandResult, TransportError> => {
+          if (r.kind === 'cancelled') return err(bbError('CANCELLED', `${argv[0] ?? 'a command'} on ${connection.endpoint.display} was cancelled`, 'run again when ready; unfinished work is resumed or cleaned up by the next run', { argv: [...argv] }))
+          // the server went away under it: as a session that ends without a status (classify asks whether the connection was lost)
+          return ok(r.kind === 'lost' ? { argv, exitCode: 255, stdout: '', stderr: '' } : { argv, exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr })
+        })
+      })
       .andThen((result) => new ResultAsync(classify(result, argv)))
   }
+  const exec = (argv: readonly string[], execOptions: ExecOptions = {}): ResultAsync<CommandResult, TransportError> => run(argv, execOptions, true)
 
   /**
    * A long-running remote command (a send or a receive) first says its pid on stderr, so that
@@ -96,7 +107,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         running.kill(signal)
         if (remotePid === undefined) return
         // by the pid it reported; KILL also ends a stopped process, TERM would wait for it to be continued
-        void exec(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', remotePid], {}).then(
+        void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', remotePid], {}, false).then(
           () => undefined,
           () => undefined,
         )
