@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { appendFile, realpath, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
-import { filterRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
+import { filterRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
 
 const USAGE = `usage (as the forced command of an authorized_keys line):
   command="bbackup-remote --role ROLE[,ROLE] --restrict-path DIR [--restrict-path DIR] [--sudo] [--log FILE]",restrict ssh-ed25519 AAAA...
@@ -9,6 +9,9 @@ roles: receive (write new backups), send (read backups, snapshot sources), delet
 
 export interface RemoteIo {
   readonly stderr: (text: string) => void
+  /** sshd's pipes, for the command server (the master connection's own command) */
+  readonly stdin?: AsyncIterable<Buffer>
+  readonly stdout?: (bytes: string | Buffer) => void
   /** the request from sshd, and the client's address */
   readonly env: Readonly<Record<string, string | undefined>>
 }
@@ -65,6 +68,7 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
   const options = await policyFrom(argv)
   if (typeof options === 'string') return refuse(io, `the forced command is misconfigured: ${options}`)
   const command = io.env.SSH_ORIGINAL_COMMAND
+  if (isServeRequest(command) && io.stdin !== undefined && io.stdout !== undefined) return serve(options, io.stdin, io.stdout, io)
   const request = await filterRequest(command, options.policy)
   if (request.isErr()) {
     await logLine(options.log, io.env, `refused ${JSON.stringify(command ?? '')}: ${request.error}`)
@@ -83,6 +87,58 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
     })
     child.once('exit', (code, signal) => resolve(code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)))
   })
+}
+
+/**
+ * The command server of bbackup's remote protocol, as bbackup-remote: the master connection asks
+ * for `sh -c SERVE sh`, and gets this instead, which answers the same way. Each request line is
+ * filtered as a request of its own (split without a shell, matched, checked, logged) and run as
+ * an argv with stdin at /dev/null; a refused one is answered with exit 255 and the reason.
+ */
+const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: AsyncIterable<Buffer>, stdout: (bytes: string | Buffer) => void, io: RemoteIo): Promise<number> => {
+  stdout(`${SERVE_BANNER}\n`)
+  let running: ReturnType<typeof spawn> | undefined
+  const stop = (signal: NodeJS.Signals): void => {
+    running?.kill(signal)
+    process.exit(128 + (SIGNAL_NUMBERS[signal] ?? 0))
+  }
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, stop)
+  const answer = (status: number, out: Buffer, error: Buffer): void => {
+    stdout(`${status} ${out.length} ${error.length}\n`)
+    stdout(Buffer.concat([out, error]))
+  }
+  let pending = Buffer.alloc(0)
+  for await (const chunk of stdin) {
+    pending = Buffer.concat([pending, chunk])
+    for (let nl = pending.indexOf(10); nl >= 0; nl = pending.indexOf(10)) {
+      const line = pending.subarray(0, nl).toString('utf8')
+      pending = pending.subarray(nl + 1)
+      const request = await filterRequest(line, options.policy, { serveLine: true })
+      if (request.isErr()) {
+        await logLine(options.log, io.env, `refused ${JSON.stringify(line)}: ${request.error}`)
+        answer(REFUSED_EXIT, Buffer.alloc(0), Buffer.from(`${REFUSED_TAG} ${request.error}\n`))
+        continue
+      }
+      await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(request.value.argv)}`)
+      const [file, ...args] = request.value.argv as [string, ...string[]]
+      const out: Buffer[] = []
+      const error: Buffer[] = []
+      const status = await new Promise<number>((resolve) => {
+        const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+        running = child
+        child.stdout.on('data', (b: Buffer) => out.push(b))
+        child.stderr.on('data', (b: Buffer) => error.push(b))
+        child.once('error', (e) => {
+          error.push(Buffer.from(`bbackup-remote: cannot run ${file}: ${e.message}\n`))
+          resolve(127)
+        })
+        child.once('close', (code, signal) => resolve(code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)))
+      })
+      running = undefined
+      answer(status, Buffer.concat(out), Buffer.concat(error))
+    }
+  }
+  return 0
 }
 
 const SIGNAL_NUMBERS: Readonly<Partial<Record<NodeJS.Signals, number>>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 }

@@ -4,7 +4,8 @@ import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/prom
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
-import { openSshSession, sshTransport } from '@bb/transports/ssh'
+import { openSshSession, remoteCommand, sshTransport } from '@bb/transports/ssh'
+import { SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
 import { ROOT, runCli, waitFor } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
@@ -32,7 +33,19 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     // the filter is started by the name that the ancestry check of `kill` looks for
     line.replace('command="bbackup-remote ', `command="cd ${ROOT} && exec ${process.execPath} --conditions=@bb/source --import tsx ${join(bin.path, 'bbackup-remote.ts')} `)
   /** one raw request through ssh, as a hostile client would send it */
-  const request = (command: string) => spawnSync('ssh', ['-p', String(sshd.port), '-i', sshd.identityFile, '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '--', 'root@127.0.0.1', command], { encoding: 'utf8', timeout: 30_000 })
+  const request = (command: string, input = '') => spawnSync('ssh', ['-p', String(sshd.port), '-i', sshd.identityFile, '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '--', 'root@127.0.0.1', command], { encoding: 'utf8', input, timeout: 30_000 })
+  /** the command server's answers after its banner: `STATUS OUT ERR` lines, each followed by that many bytes (ASCII here) */
+  const serverAnswers = (out: string) => {
+    const answers: { status: number; stdout: string; stderr: string }[] = []
+    let rest = out.slice(out.indexOf(`${SERVE_BANNER}\n`) + SERVE_BANNER.length + 1)
+    while (rest !== '') {
+      const nl = rest.indexOf('\n')
+      const [status, o, e] = rest.slice(0, nl).split(' ').map(Number) as [number, number, number]
+      answers.push({ status, stdout: rest.slice(nl + 1, nl + 1 + o), stderr: rest.slice(nl + 1 + o, nl + 1 + o + e) })
+      rest = rest.slice(nl + 1 + o + e)
+    }
+    return answers
+  }
   const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
 
   beforeAll(async () => {
@@ -95,9 +108,12 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const first = await runCli(['run', ...job, '-q'], dir)
     expect(first.code, first.stdout + first.stderr).toBe(0)
     await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const [logins, sessions] = [await sshd.logins(), await sshd.sessions()]
     const second = await runCli(['run', ...job, '--json'], dir)
     expect(second.code, second.stdout + second.stderr).toBe(0)
     expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    // bbackup-remote serves the master's short commands itself, each filtered: one login, two sessions (it and the receive)
+    expect([await sshd.logins() - logins, await sshd.sessions() - sessions]).toEqual([1, 2])
     const backups = await names(join(dir, 'backup'))
     expect(backups).toHaveLength(2)
     expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","btrfs","receive",/)
@@ -275,6 +291,20 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const benign = request('btrfs --version')
     expect(benign.status).toBe(0)
     expect(benign.stdout).toMatch(/^btrfs-progs v/)
+
+    // the same lines sent to the command server (the master's own command) are refused one by one, and the server goes on
+    // (a line break ends a request: the hostile line with one is two requests here, its second one is `touch`, the first)
+    const requests = [...hostile.filter((h) => !h.includes('\n')), 'btrfs --version']
+    const served = request(remoteCommand(['sh', '-c', SERVE, 'sh'])._unsafeUnwrap(), `${requests.join('\n')}\n`)
+    expect(served.status).toBe(0)
+    const answers = serverAnswers(served.stdout)
+    expect(answers).toHaveLength(requests.length)
+    for (const [i, a] of answers.slice(0, -1).entries()) {
+      expect({ line: requests[i], status: a.status }).toEqual({ line: requests[i], status: 255 })
+      expect(a.stderr).toMatch(/^bbackup-remote: refused: /)
+    }
+    expect(answers.at(-1)).toMatchObject({ status: 0, stdout: expect.stringMatching(/^btrfs-progs v/) as unknown })
+    expect(existsSync(marker)).toBe(false)
   })
 
   it('lets a receive key delete an unfinished receive, never a finished backup', async () => {

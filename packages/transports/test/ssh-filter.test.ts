@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { decide, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
+import { decide, isServeRequest, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
 import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
-import { remoteCommand } from '../src/ssh/quote.js'
-import { FILTERS, PRIVATE_WRITER, SCRIPTS, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { remoteCommand, serveLine } from '../src/ssh/quote.js'
+import { FILTERS, PRIVATE_WRITER, SCRIPTS, SERVE, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
 
 const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
 const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
@@ -24,6 +24,17 @@ describe('splitting SSH_ORIGINAL_COMMAND without a shell', () => {
     fc.assert(fc.property(fc.array(fc.oneof(hostile, anyText), { minLength: 1, maxLength: 5 }), (args) => {
       expect(splitCommand(remoteCommand(['cmd', ...args])._unsafeUnwrap())._unsafeUnwrap()).toEqual(['cmd', ...args])
     }), { numRuns: 500 })
+  })
+
+  it('gives back the argv of a command server request line (newlines as "$n"), for any argument; not elsewhere', () => {
+    fc.assert(fc.property(fc.array(fc.oneof(hostile, anyText), { minLength: 1, maxLength: 5 }), (args) => {
+      expect(splitCommand(serveLine(['cmd', ...args])._unsafeUnwrap(), { serveLine: true })._unsafeUnwrap()).toEqual(['cmd', ...args])
+    }), { numRuns: 500 })
+    // a "$n" inside quotes is text, and outside a request line it is refused
+    expect(splitCommand(remoteCommand(['cmd', '\'"$n"\''])._unsafeUnwrap(), { serveLine: true })._unsafeUnwrap()).toEqual(['cmd', '\'"$n"\''])
+    expect(splitCommand(serveLine(['cmd', 'a\nb'])._unsafeUnwrap())._unsafeUnwrapErr()).toBe('the shell character "\\"" outside quotes')
+    expect(isServeRequest(remoteCommand(['sh', '-c', SERVE, 'sh'])._unsafeUnwrap())).toBe(true)
+    expect(isServeRequest(remoteCommand(['sh', '-c', SERVE, 'sh', 'x'])._unsafeUnwrap())).toBe(false)
   })
 
   it('reads rsync\'s backslash escaping of remote paths', () => {

@@ -2,12 +2,13 @@ import { err, ok, type Result } from 'neverthrow'
 import { checkRequest } from './checks.js'
 import { decide, type FilterPolicy, type Role } from './policy.js'
 import { splitCommand } from './words.js'
+import { SERVE } from '../remote-protocol.js'
 
 export { splitCommand } from './words.js'
 export { decide, ROLES } from './policy.js'
 export type { Check, Decision, FilterPolicy, Role } from './policy.js'
 export { checkRequest } from './checks.js'
-export { REFUSED_EXIT, REFUSED_TAG } from '../remote-protocol.js'
+export { REFUSED_EXIT, REFUSED_TAG, SERVE, SERVE_BANNER } from '../remote-protocol.js'
 
 /** a request the filter lets through: run `argv` as it is, with no shell */
 export interface AllowedRequest {
@@ -22,12 +23,22 @@ export interface AllowedRequest {
  * @example
  * const r = await filterRequest(process.env.SSH_ORIGINAL_COMMAND, { roles: new Set(['receive']), roots: ['/srv/backups'], sudo: false })
  */
-export const filterRequest = async (command: string | undefined, policy: FilterPolicy): Promise<Result<AllowedRequest, string>> => {
+export const filterRequest = async (command: string | undefined, policy: FilterPolicy, options: { readonly serveLine?: boolean } = {}): Promise<Result<AllowedRequest, string>> => {
   if (command === undefined) return err('no SSH_ORIGINAL_COMMAND: bbackup-remote runs as the forced command of an authorized_keys line, from sshd')
-  const argv = splitCommand(command)
+  const argv = splitCommand(command, options)
   if (argv.isErr()) return err(argv.error)
   const decision = decide(argv.value, policy)
   if (!decision.allowed) return err(decision.reason)
   const problem = await checkRequest(decision.checks, policy, decision.argv[0] === 'sudo')
   return problem === undefined ? ok({ argv: decision.argv, role: decision.role }) : err(problem)
+}
+
+/**
+ * Whether `SSH_ORIGINAL_COMMAND` starts the command server (remote-protocol's `SERVE`, the master
+ * connection's own command): bbackup-remote then serves the request lines itself, each one
+ * filtered as a request of its own (`filterRequest` with `serveLine`).
+ */
+export const isServeRequest = (command: string | undefined): boolean => {
+  const argv = command === undefined ? undefined : splitCommand(command)
+  return argv !== undefined && argv.isOk() && argv.value.length === 4 && argv.value[0] === 'sh' && argv.value[1] === '-c' && argv.value[2] === SERVE && argv.value[3] === 'sh'
 }

@@ -8,16 +8,21 @@ import { err, ok, type Result } from 'neverthrow'
 const SPECIAL = /^[\s'"\\$`;&|<>(){}*?[\]!#]$/u
 const bare = (c: string): boolean => !SPECIAL.test(c) && (c.codePointAt(0) ?? 0) > 0x1f && c !== '\u007f'
 
+/** how the command server's request lines write a newline, outside quotes: the server's `$n` */
+const NEWLINE = '"$n"'
+
 /**
  * Splits the command line that sshd hands a forced command (`SSH_ORIGINAL_COMMAND`) into its argv,
  * for the one grammar bbackup's clients write: words separated by spaces, each made of bare
  * characters, `'single-quoted'` runs ({@link shQuote}) and backslash escapes (rsync's `-e`
  * escaping). Nothing is expanded or evaluated; anything else a shell would interpret (a `$`, a
- * `;`, a pipe, a glob, a leading `~`, an unterminated quote) is refused, with the reason.
+ * `;`, a pipe, a glob, a leading `~`, an unterminated quote) is refused, with the reason. With
+ * `serveLine`, also `"$n"` outside quotes, which a request line of the command server has for a
+ * newline (quote.ts's serveLine).
  * @example
  * splitCommand("sh -c 'exec cat -- \"$1\"' sh /srv/a\\ b") // ok(['sh', '-c', 'exec cat -- "$1"', 'sh', '/srv/a b'])
  */
-export const splitCommand = (command: string): Result<string[], string> => {
+export const splitCommand = (command: string, options: { readonly serveLine?: boolean } = {}): Result<string[], string> => {
   const words: string[] = []
   let word: string | undefined
   for (let i = 0; i < command.length; i++) {
@@ -39,6 +44,12 @@ export const splitCommand = (command: string): Result<string[], string> => {
       if (next === undefined || next === '\n') return err('a backslash at the end of a line')
       word = (word ?? '') + next
       i++
+      continue
+    }
+    if (options.serveLine === true && command.startsWith(NEWLINE, i)) {
+      // a request line of the command server: a newline of a word, between two single-quoted runs (serveLine)
+      word = `${word ?? ''}\n`
+      i += NEWLINE.length - 1
       continue
     }
     if (c === '~' && word === undefined) return err('a word that starts with ~ (the shell would expand it)')
