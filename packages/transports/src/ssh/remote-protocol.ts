@@ -56,10 +56,10 @@ export const SERVE_BANNER = 'bbackup-serve:1'
  * (see `serveLine`); `eval` sees exactly what the login shell would see from ssh. The command's
  * stdin is /dev/null, its stdout and stderr go to files in a private temporary directory; the
  * answer is a line `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory
- * when its stdin ends (the connection closes).
+ * when its stdin ends (the connection closes). The program has no line break of its own (a csh
+ * login shell could not pass one through its quotes): `$n` is made by printf.
  */
-export const SERVE = `n='
-'; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; echo "${SERVE_BANNER}"; while IFS= read -r l; do { eval "$l"; } </dev/null >"$d/o" 2>"$d/e"; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; done`
+export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; echo "${SERVE_BANNER}"; while IFS= read -r l; do { eval "$l"; } </dev/null >"$d/o" 2>"$d/e"; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; done`
 
 /** ends each command's record in the output of the `each` script */
 export const RECORD_END = '\n\u001e\n'
