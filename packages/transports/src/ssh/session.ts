@@ -242,7 +242,8 @@ export const openSshSession = (): SshSession => {
         const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
         if (check.isOk() && check.value.exitCode === 0) break
       }
-      if (served !== undefined && !(await served.started) && !served.alive) {
+      const started = served !== undefined && (await served.started)
+      if (served !== undefined && !started && !served.alive) {
         // logged in, and the host ended the server before it started (a forced command refused it): the
         // master ends with its session, and the next one runs none (commands by their own sessions)
         const ended = exited !== undefined || await new Promise<boolean>((resolve) => {
@@ -259,7 +260,8 @@ export const openSshSession = (): SshSession => {
       }
       master = child
       lastMaster = child
-      server = served?.alive === true ? served : undefined
+      // a server that has not started in time (a login script that hangs) is not waited for: commands get sessions
+      server = started && served.alive ? served : undefined
       return ok(undefined)
     }
 
