@@ -188,6 +188,29 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     }
   })
 
+  it('--stream-compress zstd to a host without zstd: the stream goes uncompressed, the backup is whole, and the report says why', async () => {
+    // the key's environment= option gives the remote side a PATH with every command but zstd
+    const bin = await makeTempDir('bbackup-no-zstd')
+    try {
+      for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
+        for (const name of existsSync(d) ? await readdir(d) : []) {
+          if (!/zstd/.test(name) && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
+        }
+      }
+      await sshd.setAuthorizedKeys([`environment="PATH=${bin.path}" %KEY%`])
+      const r = await runOverSsh(['run', 'home', remote(join(dir, 'pushed')), '--state-dir', 'state', '--stream-compress', 'zstd', '--json'])
+      const target = JSON.parse(r.stdout).targets[0]
+      expect(target).toMatchObject({ ok: true, mode: 'full' })
+      expect(target.warnings).toEqual([`the stream went uncompressed: zstd is not installed where ${remote(join(dir, 'pushed'))} is (apt-get install zstd there)`])
+      expect(target.commands[0].join(' ')).toMatch(/^btrfs send .* \| btrfs receive /)
+      const [name] = await snapshotsIn(join(dir, 'pushed'))
+      expect(await contentOf(join(dir, 'pushed', name ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', name ?? '')))
+    } finally {
+      await sshd.setAuthorizedKeys(['%KEY%'])
+      await bin.cleanup()
+    }
+  })
+
   it('--rate-limit: the stream takes at least as long as the limit allows, and arrives whole', async () => {
     execFileSync('sh', ['-c', `head -c 6M /dev/urandom > "${join(dir, 'home/random.bin')}"`])
     const started = performance.now()

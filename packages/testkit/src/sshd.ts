@@ -65,7 +65,8 @@ export const startSshd = async (): Promise<Sshd> => {
       `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${hostKey}`, `PidFile ${join(dir.path, 'sshd.pid')}`,
       `AuthorizedKeysFile ${authorizedKeys}`, 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes',
       'PermitRootLogin prohibit-password', 'StrictModes no', 'UsePAM no', 'LogLevel VERBOSE', 'MaxSessions 64', 'MaxStartups 64',
-      'PrintMotd no', 'Subsystem sftp internal-sftp', '',
+      // a key's environment="PATH=..." option can take a tool away from the remote side (a host without zstd)
+      'PrintMotd no', 'Subsystem sftp internal-sftp', 'PermitUserEnvironment PATH', '',
     ].join('\n'))
     mkdirSync('/run/sshd', { recursive: true, mode: 0o755 })
     await server.start()
