@@ -31,12 +31,18 @@ export const formatAge = (seconds: number): string => {
   return `${Math.round(seconds / 86400)} d`
 }
 
-export const renderError = (error: BbError, verbose: boolean): string => {
-  const lines = [`bbackup: error: ${error.message}`, `  hint: ${error.hint}`]
+/** what an error's details add under its hint: the end of the command's stderr, and (verbose) the command */
+const detailLines = (error: BbError, verbose: boolean, indent: string): string[] => {
+  const lines: string[] = []
   const stderr = error.details?.stderr
-  if (typeof stderr === 'string' && stderr !== '') lines.push(`  stderr (end): ${stderr.split('\n').slice(-8).join('\n                ')}`)
+  if (typeof stderr === 'string' && stderr !== '') lines.push(`${indent}stderr (end): ${stderr.split('\n').slice(-8).join(`\n${indent}              `)}`)
   const argv = error.details?.argv
-  if (verbose && Array.isArray(argv)) lines.push(`  command: ${argv.join(' ')}`)
+  if (verbose && Array.isArray(argv)) lines.push(`${indent}command: ${argv.join(' ')}`)
+  return lines
+}
+
+export const renderError = (error: BbError, verbose: boolean): string => {
+  const lines = [`bbackup: error: ${error.message}`, `  hint: ${error.hint}`, ...detailLines(error, verbose, '  ')]
   lines.push(`  (${error.code})`)
   return `${lines.join('\n')}\n`
 }
@@ -92,7 +98,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
   const out = [`${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
   for (const t of report.targets) {
     if (!t.ok) {
-      out.push(`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`)
+      out.push(`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`, ...(t.error === undefined ? [] : detailLines(t.error, verbosity > 0, '    ')))
       continue
     }
     const how = (mode: string | undefined, parent: string | undefined): string =>

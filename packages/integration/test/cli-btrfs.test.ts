@@ -75,6 +75,21 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(JSON.parse(status.stdout).pending.map((e: { target: string }) => e.target)).toEqual([join(dir, 'streams')])
   })
 
+  it('a target on a read-only mount: the run fails naming it, with the hint and the end of stderr; nothing is left there', async () => {
+    await mkdir(join(dir, 'ro-target'))
+    await mkdir(join(dir, 'ro'))
+    execFileSync('mount', ['--bind', join(dir, 'ro-target'), join(dir, 'ro')])
+    try {
+      execFileSync('mount', ['-o', 'remount,bind,ro', join(dir, 'ro')])
+      const r = await runCli(['run', 'home', 'ro', '--state-dir', 'state', '-v'], dir)
+      expect(r.code).toBe(10)
+      expect(r.stdout + r.stderr).toMatch(/FAILED: btrfs receive into \S+ro: the filesystem is mounted read-only\n {4}hint: mount it read-write .*\n {4}stderr \(end\): .*\n.*Read-only file system\n {4}command: btrfs receive /)
+      expect(await readdir(join(dir, 'ro-target'))).toEqual([])
+    } finally {
+      execFileSync('umount', [join(dir, 'ro')])
+    }
+  })
+
   it('refuses a plain directory as a btrfs source with the fix in the hint (exit 1)', async () => {
     const r = await runCli(['run', '--driver', 'btrfs', '/tmp', join(dir, 'backup'), '--state-dir', 'state'], dir)
     expect(r.code).toBe(1)

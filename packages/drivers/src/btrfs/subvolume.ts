@@ -45,8 +45,10 @@ export const NOT_ROOT_HINT =
 export const btrfsFailure = (what: string, argv: readonly string[], exitCode: number, stderr: string): BbError => {
   const context = { argv: [...argv], exitCode, stderr }
   if (/Operation not permitted|Permission denied/.test(stderr)) return bbError('PERMISSION_DENIED', `${what}: permission denied`, NOT_ROOT_HINT, context)
+  if (/Read-only file system/.test(stderr)) return bbError('IO_FAILED', `${what}: the filesystem is mounted read-only`, 'mount it read-write (mount -o remount,rw on its mount point), then run again', context)
   if (/No space left on device/.test(stderr)) return bbError('DISK_FULL', `${what}: no space left on the target`, 'free space there (delete old backups: bbackup prune), then run again: the unfinished copy is removed and sent again', context)
-  return bbError('COMMAND_FAILED', `${what} failed (exit ${exitCode})`, 'see the end of stderr below', context)
+  const hint = stderr.trim() === '' ? 'it said nothing on stderr: run it by hand to see why (-v prints the command)' : 'see the end of stderr below'
+  return bbError('COMMAND_FAILED', `${what} failed (exit ${exitCode})`, hint, context)
 }
 
 /**
