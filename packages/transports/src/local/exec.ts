@@ -7,6 +7,9 @@ import { bbError, stderrTail, STDERR_TAIL_CHARS, type CommandResult, type ExecOp
 /** Debian packages that carry the commands bbackup runs, for the hint of TOOL_MISSING. */
 const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd', sudo: 'sudo' }
 
+/** The hint of a command that was cancelled, here or on another host. */
+export const CANCELLED_HINT = 'run again when ready; unfinished work is resumed or cleaned up by the next run'
+
 /** The most stdout kept when no line handler reads it; more than that is a bug in the caller. */
 const STDOUT_LIMIT = 16 * 1024 * 1024
 
@@ -50,7 +53,7 @@ export const execCommand = (argv: readonly string[], options: ExecOptions = {}):
     if (pending !== '') options.onStdoutLine?.(pending)
     const context = { argv: [...argv], stderr: stderrTail(stderr) }
     if (result.isCanceled || options.signal?.aborted === true) {
-      return err(bbError('CANCELLED', `${file} was cancelled`, 'run again when ready; unfinished work is resumed or cleaned up by the next run', context))
+      return err(bbError('CANCELLED', `${file} was cancelled`, CANCELLED_HINT, context))
     }
     if (result.exitCode === undefined) {
       const code = (result.cause as NodeJS.ErrnoException | undefined)?.code
@@ -111,7 +114,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
       if (killTimer !== undefined) clearTimeout(killTimer)
       const context = { argv: [...argv], stderr: stderrTail(stderr) }
       if (options.signal?.aborted === true) {
-        resolve(err(bbError('CANCELLED', `${file} was cancelled`, 'run again when ready; unfinished work is resumed or cleaned up by the next run', context)))
+        resolve(err(bbError('CANCELLED', `${file} was cancelled`, CANCELLED_HINT, context)))
       } else if (startError?.code === 'ENOENT') {
         const pkg = PACKAGES[file]
         resolve(err(bbError('TOOL_MISSING', `${file} is not installed (or not on PATH)`, pkg === undefined ? `install ${file}` : `install it: apt-get install ${pkg}`, context)))

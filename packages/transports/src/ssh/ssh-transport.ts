@@ -2,7 +2,7 @@ import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
 } from '@bb/core'
-import { execCommand, spawnCommand } from '../local/exec.js'
+import { CANCELLED_HINT, execCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
@@ -65,7 +65,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         const served = viaServer && execOptions.input === undefined && execOptions.onStdoutLine === undefined ? serveLine([...sudo, ...argv]).map((line) => connection.serve(line, execOptions.signal)) : undefined
         if (served === undefined || served.isErr() || served.value === undefined) return execCommand(connection.command(remote.value), execOptions)
         return ResultAsync.fromSafePromise(served.value).andThen((r): Result<CommandResult, TransportError> => {
-          if (r.kind === 'cancelled') return err(bbError('CANCELLED', `${argv[0] ?? 'a command'} on ${connection.endpoint.display} was cancelled`, 'run again when ready; unfinished work is resumed or cleaned up by the next run', { argv: [...argv] }))
+          if (r.kind === 'cancelled') return err(bbError('CANCELLED', `${argv[0] ?? 'a command'} on ${connection.endpoint.display} was cancelled`, CANCELLED_HINT, { argv: [...argv] }))
           // the server went away under it: as a session that ends without a status (classify asks whether the connection was lost)
           return ok(r.kind === 'lost' ? { argv, exitCode: 255, stdout: '', stderr: '' } : { argv, exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr })
         })
