@@ -85,7 +85,7 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
       io.stderr(`bbackup-remote: cannot run ${file}: ${e.message}\n`)
       resolve(127)
     })
-    child.once('exit', (code, signal) => resolve(code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)))
+    child.once('exit', (code, signal) => resolve(exitStatus(code, signal)))
   })
 }
 
@@ -100,7 +100,7 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
   let running: ReturnType<typeof spawn> | undefined
   const stop = (signal: NodeJS.Signals): void => {
     running?.kill(signal)
-    process.exit(128 + (SIGNAL_NUMBERS[signal] ?? 0))
+    process.exit(exitStatus(null, signal))
   }
   for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, stop)
   const answer = (status: number, out: Buffer, error: Buffer): void => {
@@ -132,7 +132,7 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
           error.push(Buffer.from(`bbackup-remote: cannot run ${file}: ${e.message}\n`))
           resolve(127)
         })
-        child.once('close', (code, signal) => resolve(code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)))
+        child.once('close', (code, signal) => resolve(exitStatus(code, signal)))
       })
       running = undefined
       answer(status, Buffer.concat(out), Buffer.concat(error))
@@ -142,3 +142,5 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
 }
 
 const SIGNAL_NUMBERS: Readonly<Partial<Record<NodeJS.Signals, number>>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 }
+/** a command's exit status as a shell reports it: its code, or 128 + the number of the signal that ended it */
+const exitStatus = (code: number | null, signal: NodeJS.Signals | null): number => code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)
