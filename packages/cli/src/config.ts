@@ -81,6 +81,8 @@ export interface Config {
   readonly stateDir?: string
   /** where `bbackup run` writes Prometheus metrics after every run (node_exporter's textfile collector) */
   readonly metricsFile?: string
+  /** where run and prune append btrbk's transaction log: a line per snapshot created, sent, deleted */
+  readonly transactionLog?: string
   readonly jobs: readonly JobSpec[]
   readonly blockJobs: readonly BlockJobSpec[]
 }
@@ -137,10 +139,12 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     return err(bbError('INVALID_OPTIONS', `${where}: ${section === '' ? '' : `[${section}] `}${key}: ${message}`, hint, { path, key, ...(line === undefined ? {} : { line }) }))
   }
   for (const key of Object.keys(data)) {
-    if (key !== 'jobs' && key !== 'state_dir' && key !== 'metrics_file') return problem('', key, 'unknown key', 'the top level has state_dir, metrics_file and [jobs.NAME] tables')
+    if (!['jobs', 'state_dir', 'metrics_file', 'transaction_log'].includes(key)) return problem('', key, 'unknown key', 'the top level has state_dir, metrics_file, transaction_log and [jobs.NAME] tables')
   }
   if (data.state_dir !== undefined && typeof data.state_dir !== 'string') return problem('', 'state_dir', 'must be a path (a string)')
-  if (data.metrics_file !== undefined && (typeof data.metrics_file !== 'string' || !data.metrics_file.startsWith('/'))) return problem('', 'metrics_file', 'must be an absolute path (a string)')
+  for (const key of ['metrics_file', 'transaction_log']) {
+    if (data[key] !== undefined && (typeof data[key] !== 'string' || !data[key].startsWith('/'))) return problem('', key, 'must be an absolute path (a string)')
+  }
   const jobsTable = data.jobs ?? {}
   if (typeof jobsTable !== 'object' || Array.isArray(jobsTable)) return problem('', 'jobs', 'must be tables [jobs.NAME]')
   const jobs: JobSpec[] = []
@@ -259,5 +263,6 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(warnAge === undefined ? {} : { warnAge }), ...(criticalAge === undefined ? {} : { criticalAge }),
     })
   }
-  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}), jobs, blockJobs })
+  return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}),
+    ...(typeof data.transaction_log === 'string' ? { transactionLog: data.transaction_log } : {}), jobs, blockJobs })
 }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BbError, type Job, type JobRun } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -11,9 +11,10 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
+import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import { parseRate } from './duration.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -33,6 +34,8 @@ interface CommonOptions {
   wait?: string | boolean
   stateDir?: string
   metricsFile?: string
+  transactionLog?: string
+  logJson?: boolean
   prefix?: string
   keepBackups?: string
   keepSnapshots?: string
@@ -240,7 +243,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
-  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[]; metricsFile?: string } | { error: BbError }> => {
+  const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[]; metricsFile?: string; transactionLog?: string } | { error: BbError }> => {
     const keepBackups = options.keepBackups ?? options.numBackups
     const retention = keepBackups === undefined ? undefined : parseRetentionSpec(keepBackups)
     if (retention?.isErr() === true) return { error: retention.error }
@@ -287,6 +290,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let blockJobs: BlockJobSpec[] = []
     let configStateDir: string | undefined
     let metricsFile = options.metricsFile === undefined ? undefined : resolvePath(io.cwd, options.metricsFile)
+    let transactionLog = options.transactionLog === undefined ? undefined : resolvePath(io.cwd, options.transactionLog)
     if (source !== undefined) {
       const rawTargets = options.rawTarget ?? []
       const pipeTargets = options.pipeTarget ?? []
@@ -304,6 +308,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
       configStateDir = config.value.stateDir
       metricsFile ??= config.value.metricsFile
+      transactionLog ??= config.value.transactionLog
       const wanted = options.job ?? []
       const allNames = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
       const unknown = wanted.filter((name) => !allNames.includes(name))
@@ -330,7 +335,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       jobs.push(built.value)
       specOf.set(built.value, spec)
     }
-    return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }) }
+    return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }
 
   const waitSeconds = (options: CommonOptions): number | undefined =>
@@ -361,12 +366,35 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return fail(disk.error, options)
   }
 
+  /** The transaction log of a run or prune that changes things (none in a dry run, as btrbk). */
+  const openLog = (path: string | undefined, options: CommonOptions): { log: TransactionLog | undefined } | { error: BbError } => {
+    if (path === undefined || options.dryRun === true) return { log: undefined }
+    const opened = openTransactionLog(path, VERSION)
+    return opened.isErr() ? { error: opened.error } : { log: opened.value }
+  }
+
+  /**
+   * Where a job's events go: drawn for people (not with --json), as JSON lines on stderr with
+   * --log-json, and into the transaction log.
+   */
+  const eventsOf = (options: CommonOptions, verbosity: number, log: TransactionLog | undefined, job: Job): ((event: BackupEvent) => void) => {
+    const shown = options.logJson === true ? jsonEventLogger(io) : options.json === true ? undefined : eventRenderer(io, verbosity)
+    const logged = log?.forJob(formatLocation(job.source.location), job.driver.name)
+    return (event) => {
+      shown?.(event)
+      logged?.(event)
+    }
+  }
+
   /** Runs the engine's backup for each job, rendering events and the report. */
   const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
     // bbackup run also backs up the config's block volumes, each when its schedule says so
     const runsBlock = stages.snapshot === undefined && stages.transfer === undefined && stages.prune === undefined
     const resolved = await resolveJobs(source, targets, options, runsBlock)
     if ('error' in resolved) return fail(resolved.error, options)
+    const opened = openLog(resolved.transactionLog, options)
+    if ('error' in opened) return fail(opened.error, options)
+    const { log } = opened
     const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
     const controller = new AbortController()
     const onSignal = (): void => controller.abort()
@@ -417,12 +445,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           ...wanted,
           dryRun: options.dryRun === true,
           signal: controller.signal,
-          onEvent: options.json === true ? () => undefined : eventRenderer(io, verbosity),
+          onEvent: eventsOf(options, verbosity, log, job),
           ...(w === undefined ? {} : { waitSeconds: w }),
         }).andThen((report) => disk.release().map(() => report))
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
         if (r.isErr()) {
+          log?.jobFailed(formatLocation(job.source.location), r.error)
           code = Math.max(code, fail(r.error, options).code)
           continue
         }
@@ -438,6 +467,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     } finally {
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
+      log?.finish(code === EXIT.ok ? 'success' : 'partial', code === EXIT.ok ? undefined : 'at least one job or target failed')
     }
     if (options.json === true) io.stdout(`${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`)
     if (resolved.metricsFile !== undefined && options.dryRun !== true && runs.length > 0) {
@@ -475,6 +505,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--retries <n>', 'try a target that failed on the network (or stalled) again up to n times in this run, with growing pauses (default 3)')
       .option('--remove-locks', 'forget the unfinished transfers to the given targets first, leaving the targets as they are (btrfs-backup); only when nothing unfinished is left there')
       .option('--metrics-file <file>', 'after the run, write Prometheus metrics there for node_exporter\'s textfile collector (config: metrics_file)')
+      .option('--transaction-log <file>', "append a line per snapshot created, sent and deleted, in btrbk's transaction log format (config: transaction_log)")
+      .option('--log-json', 'print the progress events as JSON lines on stderr, for log collectors')
     if (name === 'run') {
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
@@ -492,6 +524,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
     .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
+    .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
+    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
     .addHelpText('after', EXAMPLES.prune ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
       const resolved = await resolveJobs(source, targets, options)
@@ -501,9 +535,21 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           outcome = fail(bbError('INVALID_OPTIONS', 'no retention policy: nothing to prune by', "give --keep-backups (e.g. '10' or '7d 4w 12m'), or keep_backups in the config"), options)
           return
         }
-        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventRenderer(io, options.verbose ?? 0) })
-        if (r.isErr()) return void (outcome = fail(r.error, options))
-        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
+      }
+      const opened = openLog(resolved.transactionLog, options)
+      if ('error' in opened) return void (outcome = fail(opened.error, options))
+      const { log } = opened
+      try {
+        for (const job of resolved.jobs) {
+          const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, job) })
+          if (r.isErr()) {
+            log?.jobFailed(formatLocation(job.source.location), r.error)
+            return void (outcome = fail(r.error, options))
+          }
+          io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
+        }
+      } finally {
+        log?.finish(outcome.code === EXIT.ok ? 'success' : 'ERROR')
       }
     })
 

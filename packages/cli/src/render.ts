@@ -47,6 +47,10 @@ export const renderError = (error: BbError, verbose: boolean): string => {
   return `${lines.join('\n')}\n`
 }
 
+/** `--log-json`: each event as one line of JSON on stderr, with the time it happened. */
+export const jsonEventLogger = (io: Io, now: () => Date = () => new Date()): ((event: BackupEvent) => void) =>
+  (event) => io.stderr(`${JSON.stringify({ time: now().toISOString(), ...event })}\n`)
+
 /** Event lines for a terminal (progress redrawn in place) or a log (one line per step). */
 export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) => void) => {
   let progressShown = false

@@ -75,6 +75,58 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(JSON.parse(status.stdout).pending.map((e: { target: string }) => e.target)).toEqual([join(dir, 'streams')])
   })
 
+  it("--transaction-log appends btrbk's columns per snapshot, send and delete (ERROR and partial for a failed target); --log-json prints events as JSON lines; a dry run logs nothing", async () => {
+    const log = join(dir, 'bbackup.tlog')
+    const line = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (\S+) (\S+) (\S+) (\S+) (\S+)(?: # (.*))?$/
+    const rows = (): string[][] => readFileSync(log, 'utf8').trimEnd().split('\n').map((l) => {
+      const m = line.exec(l)
+      if (m === null) throw new Error(`not a transaction log line: ${l}`)
+      return m.slice(1).map((x) => x ?? '')
+    })
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q', '--transaction-log', 'bbackup.tlog'], dir)).code).toBe(0)
+    const [first] = await readdir(join(dir, 'home/.snapshots'))
+    expect(rows().map((r) => r.slice(0, 5))).toEqual([
+      ['startup', expect.stringMatching(/^v\d/), '-', '-', '-'],
+      ['snapshot', 'success', join(dir, 'home/.snapshots', first!), join(dir, 'home'), '-'],
+      ['send-receive', 'starting', join(dir, 'backup', first!), join(dir, 'home/.snapshots', first!), '-'],
+      ['send-receive', 'success', join(dir, 'backup', first!), join(dir, 'home/.snapshots', first!), '-'],
+      ['finished', 'success', '-', '-', '-'],
+    ])
+
+    // a dry run writes nothing to the log
+    const before = readFileSync(log, 'utf8')
+    expect((await runCli(['run', '-n', 'home', 'backup', '--state-dir', 'state', '-q', '--transaction-log', 'bbackup.tlog'], dir)).code).toBe(0)
+    expect(readFileSync(log, 'utf8')).toBe(before)
+
+    // from the config; the second target is a file: its send is refused, the run is partial; --log-json on stderr
+    await writeFile(join(dir, 'nowhere'), 'a file where a directory should be')
+    await writeFile(join(dir, 'config.toml'), `transaction_log = "${log}"\nstate_dir = "${join(dir, 'state')}"\n[jobs.home]\nsource = "${join(dir, 'home')}"\ntargets = ["${join(dir, 'backup')}", "${join(dir, 'nowhere/deeper')}"]\nkeep_backups = "1"\nkeep_snapshots = "1"\n`)
+    const second = await runCli(['run', '-c', 'config.toml', '--log-json'], dir)
+    expect(second.code).toBe(10)
+    const events = second.stderr.trimEnd().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { time: string; type: string; mode?: string })
+    expect(events.map((e) => e.type)).toEqual(expect.arrayContaining(['snapshot-created', 'transfer-started', 'transfer-finished', 'transfer-failed', 'pruned']))
+    expect(events.every((e) => !Number.isNaN(Date.parse(e.time)))).toBe(true)
+    expect(events.find((e) => e.type === 'transfer-started')?.mode).toBe('incremental')
+    const snapshots = await readdir(join(dir, 'home/.snapshots'))
+    expect(snapshots).toHaveLength(1)
+    const newest = snapshots[0]!
+    const later = rows().slice(5)
+    expect(later.map((r) => r.slice(0, 5))).toEqual(expect.arrayContaining([
+      ['snapshot', 'success', join(dir, 'home/.snapshots', newest), join(dir, 'home'), '-'],
+      ['send-receive', 'success', join(dir, 'backup', newest), join(dir, 'home/.snapshots', newest), join(dir, 'home/.snapshots', first!)],
+      ['send-receive', 'ERROR', join(dir, 'nowhere/deeper', newest), '-', '-'].map((x, i) => (i === 3 ? expect.any(String) : x)),
+      ['delete', 'success', join(dir, 'backup', first!), '-', '-'],
+      ['delete', 'success', join(dir, 'home/.snapshots', first!), '-', '-'],
+    ]))
+    expect(later.at(-1)?.slice(0, 2)).toEqual(['finished', 'partial'])
+    expect(later.find((r) => r[1] === 'ERROR')?.[5]).toMatch(/^[A-Z_]+: .*nowhere\/deeper/)
+
+    // a log that cannot be opened stops the run before it changes anything
+    const unwritable = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--transaction-log', 'no/such/dir/log'], dir)
+    expect(unwritable).toMatchObject({ code: 1, stderr: expect.stringMatching(/cannot open the transaction log .*no\/such\/dir\/log: ENOENT[\s\S]*hint: check that its directory exists/) })
+    expect(await readdir(join(dir, 'home/.snapshots'))).toEqual(snapshots)
+  })
+
   it('a target on a read-only mount: the run fails naming it, with the hint and the end of stderr; nothing is left there', async () => {
     await mkdir(join(dir, 'ro-target'))
     await mkdir(join(dir, 'ro'))

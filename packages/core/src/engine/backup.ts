@@ -185,7 +185,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     if (created.isErr()) return err(created.error)
     sourceSnapshot = created.value
     sourceSnapshots = [...sourceSnapshots, created.value]
-    emit({ type: 'snapshot-created', snapshot: name })
+    emit({ type: 'snapshot-created', snapshot: name, at: formatLocation({ ...job.source.location, path: created.value.path }) })
   }
 
   const reports: TargetResult[] = []
@@ -302,7 +302,7 @@ const backupToTarget = async (
     }
   }
   const mode = parent === undefined ? 'full' : 'incremental'
-  emit({ type: 'transfer-started', target: where, snapshot: name, mode, ...(parent === undefined ? {} : { parent: parent.name }) })
+  emit({ type: 'transfer-started', target: where, snapshot: name, mode, ...(parent === undefined ? {} : { parent: parent.name }), from: formatLocation(job.source.location) })
   const transferred: Result<TransferOutcome, BbError> = await job.driver.transfer({
     source: job.source, target, snapshot: name, parent, resume, dryRun, signal: options.signal, onEvent: emit,
   })
@@ -476,7 +476,11 @@ const sendSnapshots = async (
           }
         }
         entries.set(lane, entry)
-        emit({ type: 'transfer-started', target: lane.where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }) })
+        emit({
+          type: 'transfer-started', target: lane.where, snapshot: name, mode, ...(parentName === undefined ? {} : { parent: parentName }),
+          from: formatLocation({ ...job.source.location, path: head.snapshot.path }),
+          ...(head.parent === undefined ? {} : { parentFrom: formatLocation({ ...job.source.location, path: head.parent.path }) }),
+        })
       }
       const going = [...entries.keys()]
       const roundStarted = Date.now()

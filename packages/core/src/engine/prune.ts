@@ -62,7 +62,7 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
   const deleted = await job.driver.deleteSnapshots({ at, snapshots: doomed, dryRun: options.dryRun ?? false, signal: options.signal })
   if (deleted.isErr()) return err(deleted.error)
   for (const s of doomed) {
-    options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [] })
+    options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [], path: formatLocation({ ...at.location, path: s.path }) })
   }
   return ok({ at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), commands: deleted.value })
 }
