@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -15,6 +15,7 @@ import { eventRenderer, jsonEventLogger, renderError, renderList, renderPrune, r
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
+import type { JobTimer } from './schedule-command.js'
 import { parseRate } from './duration.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -565,14 +566,31 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--warn-age <age>', 'with --check: the newest backup older than this is a warning (default 26h; config: warn_age)')
     .option('--critical-age <age>', 'with --check: older than this is critical (default 50h; config: critical_age)')
     .addHelpText('after', EXAMPLES.status ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string }) => {
+    .option('--unit-dir <dir>', "where the jobs' timers are (default /etc/systemd/system, or ~/.config/systemd/user when not root)")
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
       if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
       if (options.check === true) {
         const { checkHealth } = await import('./health-check.js')
         return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options), options) })
       }
-      const answers = await eachJob(source, targets, options, (job) => status(job), (all) => all.map(renderStatus).join(''))
-      if (answers?.some((s) => s.targets.some((t) => !t.reachable)) === true) outcome = { code: EXIT.someTargetsFailed }
+      const resolved = await resolveJobs(source, targets, options)
+      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+      // a job of the config: also its timer, where `bbackup schedule` wrote it
+      const { defaultUnitDir } = await import('./schedule.js')
+      const { timerOf } = await import('./schedule-command.js')
+      const unitDir = options.unitDir === undefined ? defaultUnitDir(process.getuid?.() !== 0, process.env) : resolvePath(io.cwd, options.unitDir)
+      const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
+      const texts: string[] = []
+      for (const job of resolved.jobs) {
+        const s = await status(job)
+        if (s.isErr()) return void (outcome = fail(s.error, options))
+        const name = resolved.specOf.get(job)?.name
+        const timer = name === undefined ? undefined : await timerOf(name, unitDir)
+        answers.push({ ...s.value, ...(name === undefined ? {} : { schedule: timer ?? null }) })
+        texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
+      }
+      io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
+      if (answers.some((s) => s.targets.some((t) => !t.reachable))) outcome = { code: EXIT.someTargetsFailed }
     })
 
   jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions'))

@@ -1,4 +1,5 @@
 import type { BackupEvent, BackupReport, BbError, JobStatus, PruneResult, SnapshotList } from '@bb/core'
+import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
   readonly stdout: (text: string) => void
@@ -129,8 +130,13 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
     ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}`),
   ].join('\n')).join('\n') + '\n'
 
-export const renderStatus = (s: JobStatus): string => {
-  const out = [`${s.source} (${s.driver})`]
+/**
+ * A job's status for people. A job of the config also says when it runs next: `scheduled` is its
+ * name and the timer `bbackup schedule` wrote for it (undefined: none).
+ */
+export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; readonly timer: JobTimer | undefined }, now: Date = new Date()): string => {
+  const out = [`${scheduled === undefined ? '' : `${scheduled.job}: `}${s.source} (${s.driver})`]
+  if (scheduled !== undefined) out.push(`  ${scheduleLine(scheduled.job, scheduled.timer, now)}`)
   for (const t of s.targets) {
     if (!t.reachable) {
       out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)
@@ -138,10 +144,22 @@ export const renderStatus = (s: JobStatus): string => {
     }
     out.push(`  ${t.at}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
+    const missing = t.missing ?? []
+    if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${missing.length <= 3 ? missing.join(', ') : `${missing[0] ?? ''} … ${missing.at(-1) ?? ''}`}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
+    if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.round((t.space.used / t.space.size) * 100)}% used)`)
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
   out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
   return `${out.join('\n')}\n`
+}
+
+const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): string => {
+  if (timer === undefined) return `next run: not scheduled (bbackup schedule ${job} --on-calendar daily writes a timer)`
+  const unit = timer.path.slice(timer.path.lastIndexOf('/') + 1)
+  if (!timer.enabled) return `next run: ${unit} (${timer.onCalendar}) is not enabled: systemctl enable --now ${unit}`
+  if (timer.next === undefined) return `next run: ${timer.onCalendar}, by ${unit}`
+  const seconds = Math.max(0, Math.round((Date.parse(timer.next) - now.getTime()) / 1000))
+  return `next run: ${timer.next.replace('T', ' ').replace(/:\d\dZ$/, ' UTC')} (in ${formatAge(seconds)}), by ${unit}`
 }
 
 export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): string =>

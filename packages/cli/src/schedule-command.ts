@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process'
 import { readdir, readFile, readlink, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { bbError, type BbError } from '@bb/core'
@@ -98,4 +99,36 @@ export const removeSchedule = async (io: Io, job: string, o: Pick<ScheduleComman
   const systemctl = o.user ? 'systemctl --user' : 'systemctl'
   io.stdout([...removed.map((p) => `removed ${p}`), `then: ${systemctl} stop ${stem.value}.timer; ${systemctl} daemon-reload`, ''].join('\n'))
   return ok(undefined)
+}
+
+/** A job's timer as `bbackup schedule` wrote it, for `bbackup status`. */
+export interface JobTimer {
+  /** the timer unit's file */
+  readonly path: string
+  readonly onCalendar: string
+  /** linked into timers.target.wants, as `systemctl enable` does */
+  readonly enabled: boolean
+  /** the next time the calendar expression elapses (ISO, UTC), as `systemd-analyze calendar` reckons it; undefined without systemd's tools */
+  readonly next?: string
+}
+
+/** `systemd-analyze calendar`'s next elapse of an expression, in UTC */
+const nextElapse = (expression: string): Promise<string | undefined> => new Promise((resolve) => {
+  execFile('systemd-analyze', ['calendar', '--iterations=1', '--', expression], { timeout: 10_000, env: { ...process.env, TZ: 'UTC', LC_ALL: 'C' } }, (error, stdout) => {
+    const m = error === null ? /Next elapse: \S+ (\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d) UTC/.exec(stdout) : null
+    resolve(m === null ? undefined : `${m[1] ?? ''}T${m[2] ?? ''}Z`)
+  })
+})
+
+/** The timer `bbackup schedule` wrote for a job in `unitDir`, or undefined when there is none. */
+export const timerOf = async (job: string, unitDir: string): Promise<JobTimer | undefined> => {
+  const stem = unitStem(job)
+  if (stem.isErr()) return undefined
+  const path = join(unitDir, `${stem.value}.timer`)
+  const text = await readIfThere(path)
+  const onCalendar = text?.startsWith(UNIT_MARK) === true ? calendarOf(text) : undefined
+  if (onCalendar === undefined) return undefined
+  const enabled = (await readlink(join(unitDir, 'timers.target.wants', `${stem.value}.timer`)).catch(() => undefined)) !== undefined
+  const next = await nextElapse(onCalendar)
+  return { path, onCalendar, enabled, ...(next === undefined ? {} : { next }) }
 }

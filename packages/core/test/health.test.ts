@@ -31,6 +31,14 @@ describe('the health verdict of a job', () => {
     expect(healthOf(job([absent]))).toEqual({ verdict: 'critical', reasons: ['/mnt/c has no backup: cannot list /mnt/c: it does not exist'] })
   })
 
+  it('warns of a target with less than 5% of its filesystem free, naming how much is left', () => {
+    const G = 1024 ** 3
+    expect(healthOf(job([target('/mnt/a', 1 * H, { space: { size: 100 * G, used: 96 * G, free: 4 * G } })]))).toEqual({
+      verdict: 'warning', reasons: ['/mnt/a: only 4% of its filesystem is free (4.0 GiB of 100 GiB)'],
+    })
+    expect(healthOf(job([target('/mnt/a', 1 * H, { space: { size: 100 * G, used: 95 * G, free: 5 * G } })])).verdict).toBe('ok')
+  })
+
   it('warns of a newest backup with errors, an outstanding transfer when no run is going, and a stale lock', () => {
     const withErrors = target('/mnt/a', 1 * H)
     expect(healthOf(job([{ ...withErrors, latest: { ...withErrors.latest!, health: 'errors' } }])).verdict).toBe('warning')

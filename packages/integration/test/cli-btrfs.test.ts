@@ -32,6 +32,15 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     const dry = await runCli(['run', '-n', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(dry.stdout).toMatch(/\$ btrfs send -q .*-p .*\| btrfs receive /)
     expect((await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.'))).toHaveLength(2)
+
+    // snapshots taken without a transfer: status names what the target lacks, which the next transfer sends
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--no-transfer', '-q'], dir)).code).toBe(0)
+    const untransferred = (await readdir(join(dir, 'home/.snapshots'))).sort().slice(-2)
+    const lacking = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(lacking.stdout).toContain(`    missing: 2 source snapshots (${untransferred.join(', ')}): the next run sends them\n`)
+    expect((await runCli(['transfer', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const caughtUp = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { missing: string[]; backups: number }[] }
+    expect(caughtUp.targets[0]).toMatchObject({ missing: [], backups: 4 })
   })
 
   it("takes btrfs-backup's flags: --no-transfer, then --no-snapshot; -N keeps N source snapshots", async () => {

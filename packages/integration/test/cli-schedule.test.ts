@@ -62,6 +62,29 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
     expect(await readFile(join(tmp.path, 'dst', backups[0] ?? '', 'd/b.txt'), 'utf8')).toBe('b\n')
   })
 
+  it('status says when a configured job runs next: not scheduled, a timer not enabled, or the next elapse of an enabled one', async () => {
+    const status = async (): Promise<string> => (await runCli(['status', '-c', config, '--unit-dir', units], tmp.path)).stdout
+    expect(await status()).toMatch(/^home: .*src \(rsync\)\n {2}next run: not scheduled \(bbackup schedule home --on-calendar daily writes a timer\)\n/)
+    expect((await runCli(['schedule', 'home', '-c', config, '--on-calendar', 'hourly', '--unit-dir', units], tmp.path)).code).toBe(0)
+    expect(await status()).toContain('  next run: bbackup-home.timer (hourly) is not enabled: systemctl enable --now bbackup-home.timer\n')
+    // what systemctl enable does
+    await mkdir(join(units, 'timers.target.wants'))
+    await symlink(join(units, 'bbackup-home.timer'), join(units, 'timers.target.wants', 'bbackup-home.timer'))
+    // the next full hour, taken before and after the command: an hour may turn while it runs
+    const nextHour = (): string => {
+      const hour = new Date()
+      hour.setUTCHours(hour.getUTCHours() + 1, 0, 0, 0)
+      return hour.toISOString().replace('.000Z', 'Z')
+    }
+    const before = nextHour()
+    const text = await status()
+    const json = JSON.parse((await runCli(['status', '-c', config, '--unit-dir', units, '--json'], tmp.path)).stdout) as { schedule: { next: string } }
+    const hours = [before, nextHour()]
+    expect(hours.map((h) => `  next run: ${h.slice(0, 16).replace('T', ' ')} UTC (in `).some((line) => text.includes(line)), text).toBe(true)
+    expect(hours).toContain(json.schedule.next)
+    expect(json.schedule).toEqual({ path: join(units, 'bbackup-home.timer'), onCalendar: 'hourly', enabled: true, next: json.schedule.next })
+  })
+
   it('lists and removes only the units it wrote, and refuses bad input without writing', async () => {
     expect((await runCli(['schedule', 'home', '-c', config, '--unit-dir', units], tmp.path)).code).toBe(0)
     await mkdir(join(units, 'timers.target.wants'))

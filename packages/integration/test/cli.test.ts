@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
@@ -29,7 +29,12 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const listed = JSON.parse((await runCli(['list', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { snapshots: { complete: boolean }[] }[]
     expect(listed[0]?.snapshots.filter((s) => s.complete)).toHaveLength(2)
     const st = await runCli(['status', 'src', 'dst', '--state-dir', state], tmp.path)
-    expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {2}lock: free/) })
+    expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {4}space: [\d.]+ \w+ free of [\d.]+ \w+ \(\d+% used\)\n {2}lock: free/) })
+    // the filesystem of the target, as df says it
+    const df = execFileSync('df', ['-Pk', join(tmp.path, 'dst')], { encoding: 'utf8' }).trim().split('\n').at(-1)?.split(/\s+/) ?? []
+    const space = (JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { targets: { space: { size: number; free: number } }[] }).targets[0]?.space
+    expect(space?.size).toBe(Number(df[1]) * 1024)
+    expect(Math.abs((space?.free ?? 0) - Number(df[3]) * 1024)).toBeLessThan(64 * 1024 * 1024)
   })
 
   it('a reader that goes away (| head) ends nothing with an EPIPE error: the run completes and exits 0', async () => {

@@ -1,8 +1,8 @@
 import type { BbError } from '../errors.js'
 import { readJournal } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
-import type { Transport } from '../transport/transport.js'
 import { journalPath, lockPath, type Job } from './job.js'
+import { gib, LOW_SPACE_SHARE, spaceAt } from './space.js'
 
 /** One check of a setup: what was looked at, what was found, and for a problem how to fix it. */
 export interface Finding {
@@ -13,26 +13,10 @@ export interface Finding {
   readonly fix?: string
 }
 
-/** A target with less free space than this share of its filesystem is a problem. */
-export const LOW_SPACE_SHARE = 0.05
-
 const found = (what: string, detail: string): Finding => ({ ok: true, what, detail })
 const problem = (what: string, detail: string, fix: string): Finding => ({ ok: false, what, detail, fix })
 const fromError = (what: string, e: BbError): Finding => problem(what, `${e.message} (${e.code})`, e.hint)
 
-const GIB = 1024 ** 3
-const gib = (bytes: number): string => `${(bytes / GIB).toFixed(bytes < 10 * GIB ? 1 : 0)} GiB`
-
-/** `df -Pk` of a path where it is: free and total bytes, or undefined where no command runs (a daemon module) or df fails. */
-const space = async (at: Transport, signal: AbortSignal | undefined): Promise<{ free: number; size: number } | undefined> => {
-  if (at.filesOnly === true) return undefined
-  const r = await at.exec(['df', '-Pk', '--', at.location.path], signal === undefined ? {} : { signal })
-  if (r.isErr() || r.value.exitCode !== 0) return undefined
-  const fields = r.value.stdout.trim().split('\n').at(-1)?.split(/\s+/) ?? []
-  const size = Number(fields[1]) * 1024
-  const free = Number(fields[3]) * 1024
-  return Number.isFinite(size) && Number.isFinite(free) && size > 0 ? { free, size } : undefined
-}
 
 /**
  * Checks every prerequisite of a job without running it: the source as its driver needs it (the
@@ -73,7 +57,7 @@ export const checkJob = async (job: Job, options: { readonly signal?: AbortSigna
       findings.push(fromError(where, reachable.error))
       continue
     }
-    const room = await space(target, signal)
+    const room = await spaceAt(target, signal)
     if (room === undefined) findings.push(found(where, 'ready (free space unknown there)'))
     else if (room.free < room.size * LOW_SPACE_SHARE) {
       findings.push(problem(where, `only ${gib(room.free)} free of ${gib(room.size)}`, 'make room: prune old backups (bbackup prune, with a tighter --keep-backups), or move the backups to a bigger disk'))

@@ -6,6 +6,8 @@ import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
 import { journalPath, lockPath, ownSnapshots, type Job } from './job.js'
+import { planSends } from './plan-sends.js'
+import { spaceAt, type Space } from './space.js'
 
 export interface SnapshotList {
   readonly at: string
@@ -42,6 +44,13 @@ export interface TargetStatus {
   readonly backups: number
   readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
   readonly unfinished: readonly string[]
+  /**
+   * drivers that keep snapshots at the source (btrfs): the source snapshots this target lacks, oldest
+   * first, which the next run sends there (by identity, as a run plans them)
+   */
+  readonly missing?: readonly string[]
+  /** the filesystem the target is on (df); undefined where it cannot be asked (a daemon module) */
+  readonly space?: Space
 }
 
 export interface JobStatus {
@@ -53,12 +62,15 @@ export interface JobStatus {
 }
 
 /**
- * Per target: how many backups, the newest and its age, unfinished copies; the journal's pending
- * transfers and who holds the job's lock. An unreachable target is reported, not an error.
+ * Per target: how many backups, the newest and its age, unfinished copies, the source snapshots it
+ * lacks, the space on its filesystem; the journal's pending transfers and who holds the job's lock.
+ * An unreachable target is reported, not an error; so is a source whose snapshots cannot be listed.
  */
 export const status = (job: Job, options: { readonly signal?: AbortSignal; readonly now?: () => Date } = {}): ResultAsync<JobStatus, BbError> =>
   new ResultAsync((async (): Promise<Result<JobStatus, BbError>> => {
     const now = (options.now ?? (() => new Date()))().getTime()
+    const source = job.driver.snapshotsSource ? await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : undefined
+    const sourceOwn = source?.isOk() === true ? ownSnapshots(job, source.value) : undefined
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -69,6 +81,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
       }
       const own = ownSnapshots(job, r.value)
       const latest = own.at(-1)
+      const space = await spaceAt(target, options.signal)
       targets.push({
         at,
         reachable: true,
@@ -77,6 +90,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: Math.round((now - latest.time.getTime()) / 1000), health: latest.health },
         }),
         unfinished: r.value.filter((s) => !s.complete).map((s) => s.name),
+        ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own).sends.map((s) => s.snapshot.name) }),
+        ...(space === undefined ? {} : { space }),
       })
     }
     const journal = await readJournal(job.state.transport, journalPath(job))

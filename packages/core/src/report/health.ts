@@ -1,4 +1,5 @@
 import type { JobStatus } from '../engine/inspect.js'
+import { gib, LOW_SPACE_SHARE } from '../engine/space.js'
 
 export type Verdict = 'ok' | 'warning' | 'critical'
 
@@ -24,7 +25,8 @@ const age = (seconds: number): string => (seconds >= 2 * 86400 ? `${Math.floor(s
 /**
  * A job's verdict from its {@link JobStatus}, as a monitoring check reads it: per target, no
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
- * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, an outstanding
+ * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a target with
+ * less than {@link LOW_SPACE_SHARE} of its filesystem free, an outstanding
  * transfer while no run holds the lock, or a stale lock is a warning. The job has the worst.
  * @example
  * healthOf(await status(job).unwrapOr(...), DEFAULT_THRESHOLDS) // { verdict: 'ok', reasons: [] }
@@ -40,6 +42,9 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
       if (t.latest.ageSeconds > thresholds.criticalAgeSeconds) found.push({ verdict: 'critical', reason: `${t.at}: the newest backup is ${age(t.latest.ageSeconds)} old (critical after ${age(thresholds.criticalAgeSeconds)})` })
       else if (t.latest.ageSeconds > thresholds.warnAgeSeconds) found.push({ verdict: 'warning', reason: `${t.at}: the newest backup is ${age(t.latest.ageSeconds)} old (warning after ${age(thresholds.warnAgeSeconds)})` })
       if (t.latest.health === 'errors') found.push({ verdict: 'warning', reason: `${t.at}: the newest backup has errors (some files were not copied)` })
+    }
+    if (t.space !== undefined && t.space.free < t.space.size * LOW_SPACE_SHARE) {
+      found.push({ verdict: 'warning', reason: `${t.at}: only ${Math.floor((t.space.free / t.space.size) * 100)}% of its filesystem is free (${gib(t.space.free)} of ${gib(t.space.size)})` })
     }
   }
   const running = s.lock !== undefined && !s.lock.verdict.stale
