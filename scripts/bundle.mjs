@@ -4,8 +4,10 @@
 //   node scripts/bundle.mjs [OUTDIR]   the one-file install (default bundle/): one ES module per
 //                                      command, runnable with the system's Node (>= 20)
 //   node scripts/bundle.mjs --bin      @bb/cli's own bins (its build runs this): packages/cli/dist/bin/,
-//                                      the two commands sharing chunks, each subcommand's code loaded when used
-import { chmodSync, readFileSync, rmSync } from 'node:fs'
+//                                      the two commands sharing chunks, each subcommand's code loaded when used,
+//                                      and the manual page bbackup(1) from them, packages/cli/dist/man/bbackup.1
+import { execFileSync } from 'node:child_process'
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
@@ -34,6 +36,11 @@ if (bin) {
   rmSync(out, { recursive: true, force: true })
   await build({ ...options, entryPoints, outdir: out, splitting: true, chunkNames: 'chunks/[name]-[hash]' })
   console.log(out)
+  // the manual page, from the same command definitions as --help (`bbackup man`)
+  const man = join(root, 'packages/cli/dist/man')
+  mkdirSync(man, { recursive: true })
+  writeFileSync(join(man, 'bbackup.1'), execFileSync(process.execPath, [join(out, 'bbackup.js'), 'man']))
+  console.log(join(man, 'bbackup.1'))
 } else {
   for (const [name, entry] of Object.entries(entryPoints)) {
     const outfile = join(out, `${name}.mjs`)

@@ -4,7 +4,7 @@
 // installed bin, bbackup-remote as sshd would start it, and `import { backup } from '@bb/core'`
 // from a plain Node script. Run by `npm test` after the build; exits non-zero on any failure.
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -43,7 +43,10 @@ try {
   writeFileSync(join(app, 'sdk.mjs'), "import { backup, prometheusMetrics } from '@bb/core'\nimport { rsyncDriver } from '@bb/drivers/rsync'\nimport { localTransport } from '@bb/transports/local'\nconsole.log(typeof backup, typeof prometheusMetrics, typeof rsyncDriver, typeof localTransport)\n")
   const types = run(process.execPath, ['sdk.mjs'], { cwd: app }).trim()
   if (types !== 'function function function function') throw new Error(`smoke: the SDK's exports are ${types}`)
-  console.log('smoke: the packed packages install in an empty directory; bbackup ran a backup, bbackup-remote and the SDK work')
+  // the manual page of npm's man field, as packed
+  const man = readFileSync(join(app, 'node_modules/@bb/cli/dist/man/bbackup.1'), 'utf8')
+  if (!man.startsWith('.TH BBACKUP 1 ')) throw new Error(`smoke: the packed bbackup.1 is not a manual page: ${man.slice(0, 80)}`)
+  console.log('smoke: the packed packages install in an empty directory; bbackup ran a backup, bbackup-remote, the SDK and the manual page work')
 } finally {
   rmSync(work, { recursive: true, force: true })
 }

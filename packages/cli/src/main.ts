@@ -799,6 +799,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       io.stdout(completionScript(shell, program))
     })
 
+  program.command('man')
+    .description('print the manual page bbackup(1), made from these commands and options: bbackup man | man -l -')
+    .action(async () => {
+      const { manPage } = await import('./man-page.js')
+      // SOURCE_DATE_EPOCH: a reproducible build's date
+      const epoch = Number(process.env.SOURCE_DATE_EPOCH)
+      const date = (Number.isFinite(epoch) && process.env.SOURCE_DATE_EPOCH !== '' ? new Date(epoch * 1000) : new Date()).toISOString().slice(0, 10)
+      io.stdout(manPage(program, { version: VERSION, examples: EXAMPLES, date }))
+    })
+
   try {
     await program.parseAsync(expanded.value, { from: 'user' })
   } catch (e) {
