@@ -3,18 +3,24 @@
 // files instead of hundreds of modules (it starts in about two thirds of the time).
 //   node scripts/bundle.mjs [OUTDIR]   the one-file install (default bundle/): one ES module per
 //                                      command, runnable with the system's Node (>= 20)
+//   node scripts/bundle.mjs --sea [OUTDIR]  a Node single executable application of each command
+//                                      (default bundle/): bbackup and bbackup-remote, binaries for hosts
+//                                      without Node, made from the Node that runs this (same version, same
+//                                      architecture; about 100 MB each)
 //   node scripts/bundle.mjs --bin      @bb/cli's own bins (its build runs this): packages/cli/dist/bin/,
 //                                      the two commands sharing chunks, each subcommand's code loaded when used,
 //                                      and the manual page bbackup(1) from them, packages/cli/dist/man/bbackup.1
 import { execFileSync } from 'node:child_process'
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const bin = process.argv[2] === '--bin'
-const out = bin ? join(root, 'packages/cli/dist/bin') : resolve(process.argv[2] ?? join(root, 'bundle'))
+const sea = process.argv[2] === '--sea'
+const out = bin ? join(root, 'packages/cli/dist/bin') : resolve((sea ? process.argv[3] : process.argv[2]) ?? join(root, 'bundle'))
 const version = JSON.parse(readFileSync(join(root, 'packages/cli/package.json'), 'utf8')).version
 const entryPoints = { bbackup: join(root, 'packages/cli/src/cli.ts'), 'bbackup-remote': join(root, 'packages/cli/src/remote-cli.ts') }
 
@@ -41,6 +47,33 @@ if (bin) {
   mkdirSync(man, { recursive: true })
   writeFileSync(join(man, 'bbackup.1'), execFileSync(process.execPath, [join(out, 'bbackup.js'), 'man']))
   console.log(join(man, 'bbackup.1'))
+} else if (sea) {
+  // a single executable application runs one CommonJS script, with only Node's own modules to require
+  const { inject } = await import('postject')
+  mkdirSync(out, { recursive: true })
+  const work = mkdtempSync(join(tmpdir(), 'bbackup-sea-'))
+  try {
+    for (const [name, entry] of Object.entries(entryPoints)) {
+      const script = join(work, `${name}.cjs`)
+      const blob = join(work, `${name}.blob`)
+      await build({
+        ...options, entryPoints: [entry], outfile: script, format: 'cjs', banner: {}, define: { ...options.define, BBACKUP_SEA: 'true' },
+        // the one import.meta (main.ts reading package.json) is on the path BBACKUP_BUNDLED_VERSION closes
+        logOverride: { 'empty-import-meta': 'silent' },
+      })
+      writeFileSync(join(work, `${name}.json`), JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true }))
+      execFileSync(process.execPath, ['--experimental-sea-config', join(work, `${name}.json`)], { stdio: 'pipe' })
+      const outfile = join(out, name)
+      rmSync(outfile, { force: true })
+      copyFileSync(process.execPath, outfile)
+      chmodSync(outfile, 0o755)
+      // the fuse is Node's: it tells the binary that it carries a script (nodejs.org/api/single-executable-applications.html)
+      await inject(outfile, 'NODE_SEA_BLOB', readFileSync(blob), { sentinelFuse: 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2' })
+      console.log(outfile)
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
 } else {
   for (const [name, entry] of Object.entries(entryPoints)) {
     const outfile = join(out, `${name}.mjs`)

@@ -46,3 +46,44 @@ describe.runIf(requireTools(['rsync']))('the single-file bundle', () => {
     expect(remote(`sh -c 'touch ${join(tmp.path, 'pwned')}'`)).toMatchObject({ status: 255, stderr: expect.stringMatching(/^bbackup-remote: refused: /) })
   })
 })
+
+/**
+ * The single executable application (issue 7): scripts/bundle.mjs --sea makes bbackup and
+ * bbackup-remote binaries that carry Node, for hosts without it.
+ */
+describe.runIf(requireTools(['rsync']))('the single executable application', () => {
+  let tmp: TempDir
+  let bin: string
+  const run = (name: string, args: string[], env: Record<string, string> = {}) =>
+    // nothing of this Node's environment: no NODE_OPTIONS, no conditions, no loader
+    spawnSync(join(bin, name), args, { cwd: tmp.path, encoding: 'utf8', timeout: 60_000, env: { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: tmp.path, ...env } })
+
+  beforeAll(async () => {
+    tmp = await makeTempDir('sea')
+    bin = join(tmp.path, 'bin')
+    execFileSync(process.execPath, [join(ROOT, 'scripts/bundle.mjs'), '--sea', bin], { stdio: 'pipe' })
+  }, 120_000)
+  afterAll(async () => {
+    await tmp?.cleanup()
+  })
+
+  it('is one binary that backs up, lists and checks; a timer it writes runs the binary itself', async () => {
+    expect((await readdir(bin)).sort()).toEqual(['bbackup', 'bbackup-remote'])
+    const version = JSON.parse(await readFile(join(ROOT, 'packages/cli/package.json'), 'utf8')) as { version: string }
+    expect(run('bbackup', ['--version']).stdout.trim()).toBe(version.version)
+    await writeTree(join(tmp.path, 'src'), { 'a.txt': 'a\n', 'd/b.txt': 'b\n' })
+    const first = run('bbackup', ['run', 'src', 'dst', '--state-dir', 'state'])
+    expect(first.status, first.stderr).toBe(0)
+    const listed = run('bbackup', ['list', 'src', 'dst', '--state-dir', 'state', '--json'])
+    expect((JSON.parse(listed.stdout) as { snapshots: unknown[] }[])[0]?.snapshots).toHaveLength(1)
+    expect(run('bbackup', ['status', 'src', 'dst', '--state-dir', 'state', '--check']).stdout).toMatch(/^BBACKUP OK/)
+    await writeFile(join(tmp.path, 'config.toml'), `[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
+    const units = run('bbackup', ['schedule', 'home', '-c', join(tmp.path, 'config.toml'), '--print'])
+    expect(units.stdout).toMatch(new RegExp(`^ExecStart=${join(bin, 'bbackup')} run -c `, 'm'))
+  })
+
+  it('has bbackup-remote, which refuses and allows as the forced command does', () => {
+    expect(run('bbackup-remote', ['--role', 'list', '--restrict-path', tmp.path], { SSH_ORIGINAL_COMMAND: 'rsync --version' })).toMatchObject({ status: 0, stdout: expect.stringMatching(/^rsync +version/) })
+    expect(run('bbackup-remote', ['--role', 'list', '--restrict-path', tmp.path], { SSH_ORIGINAL_COMMAND: `sh -c 'touch ${join(tmp.path, 'pwned')}'` })).toMatchObject({ status: 255, stderr: expect.stringMatching(/^bbackup-remote: refused: /) })
+  })
+})
