@@ -74,6 +74,9 @@ export interface SshSpec {
 export interface BlockJobSpec {
   readonly name: string
   readonly backupDir: string
+  /** status --check: the newest revision may be this old before the volume is a warning, and critical */
+  readonly warnAge?: string
+  readonly criticalAge?: string
 }
 
 export interface Config {
@@ -147,6 +150,17 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
   }
   const jobsTable = data.jobs ?? {}
   if (typeof jobsTable !== 'object' || Array.isArray(jobsTable)) return problem('', 'jobs', 'must be tables [jobs.NAME]')
+  /** a job's warn_age and critical_age, each a duration when given */
+  const checkAges = (section: string, job: Record<string, unknown>): Result<{ warnAge?: string; criticalAge?: string }, BbError> => {
+    const ages: { warnAge?: string; criticalAge?: string } = {}
+    for (const [key, field] of [['warn_age', 'warnAge'], ['critical_age', 'criticalAge']] as const) {
+      const value = job[key]
+      if (value === undefined) continue
+      if (typeof value !== 'string' || parseDuration(value) === undefined) return problem(section, key, `${JSON.stringify(value)} is not a duration`, 'write a number and a unit: "90m", "26h", "2d", "1w"')
+      ages[field] = value
+    }
+    return ok(ages)
+  }
   const jobs: JobSpec[] = []
   const blockJobs: BlockJobSpec[] = []
   for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
@@ -154,10 +168,12 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
     const job = raw as Record<string, unknown>
     if (job.driver === 'block') {
-      const other = Object.keys(job).find((k) => k !== 'driver' && k !== 'backup_dir')
-      if (other !== undefined) return problem(section, other, 'a block job has driver and backup_dir only', 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
+      const other = Object.keys(job).find((k) => !['driver', 'backup_dir', 'warn_age', 'critical_age'].includes(k))
+      if (other !== undefined) return problem(section, other, 'a block job has driver, backup_dir, warn_age and critical_age only', 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
       if (typeof job.backup_dir !== 'string') return problem(section, job.backup_dir === undefined ? '' : 'backup_dir', 'backup_dir is missing or not a path', 'backup_dir = "/srv/backy/vm1", a directory made by bbackup init -b')
-      blockJobs.push({ name, backupDir: job.backup_dir })
+      const ages = checkAges(section, job)
+      if (ages.isErr()) return err(ages.error)
+      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value })
       continue
     }
     if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
@@ -226,7 +242,6 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
       sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false), sudo: bool('sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
-      warnAge: optionalString('warn_age'), criticalAge: optionalString('critical_age'),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
@@ -238,10 +253,9 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(sshOptions.length === 0 ? {} : { options: sshOptions }), ...(sshProgram === undefined ? {} : { program: sshProgram }), ...(v(fields.sshSudo) ? { sudo: true } : {}),
     }
     const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount)
-    const warnAge = v(fields.warnAge), criticalAge = v(fields.criticalAge)
-    for (const [key, value] of [['warn_age', warnAge], ['critical_age', criticalAge]] as const) {
-      if (value !== undefined && parseDuration(value) === undefined) return problem(section, key, `${JSON.stringify(value)} is not a duration`, 'write a number and a unit: "90m", "26h", "2d", "1w"')
-    }
+    const ages = checkAges(section, job)
+    if (ages.isErr()) return err(ages.error)
+    const { warnAge, criticalAge } = ages.value
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
     jobs.push({
       name, source: job.source, targets: targets as string[],

@@ -1,38 +1,66 @@
-import { DEFAULT_THRESHOLDS, formatLocation, healthOf, NAGIOS_EXIT, status, type BbError, type Job, type JobHealth, type JobStatus, type Verdict } from '@bb/core'
-import type { JobSpec } from './config.js'
+import { resolve as resolvePath } from 'node:path'
+import { DEFAULT_THRESHOLDS, formatLocation, healthOf, NAGIOS_EXIT, status, volumeHealthOf, type BbError, type HealthThresholds, type Job, type JobHealth, type Verdict } from '@bb/core'
+import { localTransport } from '@bb/transports/local'
+import type { BlockJobSpec, JobSpec } from './config.js'
 import { parseDuration } from './duration.js'
 import type { Io } from './render.js'
 
 /** Nagios' "unknown": the check itself could not run */
 const UNKNOWN = 3
 
-type Resolved = { readonly jobs: readonly Job[]; readonly specOf: ReadonlyMap<Job, JobSpec> } | { readonly error: BbError }
+type Resolved = { readonly jobs: readonly Job[]; readonly specOf: ReadonlyMap<Job, JobSpec>; readonly blockJobs: readonly BlockJobSpec[] } | { readonly error: BbError }
 
 const worst = (verdicts: readonly Verdict[]): Verdict => (verdicts.includes('critical') ? 'critical' : verdicts.includes('warning') ? 'warning' : 'ok')
 
 /**
- * `bbackup status --check`: one Nagios-style summary line, then a line per job with its verdict
- * and reasons; the exit code is the worst verdict (0 ok, 1 warning, 2 critical), or 3 when the
+ * `bbackup status --check`: one Nagios-style summary line, then a line per job (block volumes of
+ * the config included) with its verdict and reasons; the exit code is the worst verdict (0 ok, 1 warning, 2 critical), or 3 when the
  * check could not be made (no config, a bad threshold).
  */
-export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean }): Promise<number> => {
+export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean; readonly cwd: string }): Promise<number> => {
   const unknown = (message: string): number => {
     io.stdout(`BBACKUP UNKNOWN - ${message}\n`)
     return UNKNOWN
   }
   if ('error' in resolved) return unknown(`${resolved.error.message} (${resolved.error.hint})`)
-  const results: { job: string; status: JobStatus; health: JobHealth }[] = []
-  for (const job of resolved.jobs) {
-    const spec = resolved.specOf.get(job)
+  /** the thresholds of a job: the command line's, else its config's, else the defaults */
+  const thresholdsOf = (spec: { readonly warnAge?: string; readonly criticalAge?: string } | undefined): HealthThresholds | string => {
     const warnText = options.warnAge ?? spec?.warnAge
     const criticalText = options.criticalAge ?? spec?.criticalAge
     const warn = warnText === undefined ? DEFAULT_THRESHOLDS.warnAgeSeconds : parseDuration(warnText)
     const critical = criticalText === undefined ? DEFAULT_THRESHOLDS.criticalAgeSeconds : parseDuration(criticalText)
-    if (warn === undefined || critical === undefined) return unknown(`${JSON.stringify(warn === undefined ? warnText : criticalText)} is not an age: write "90m", "26h", "2d" or "1w"`)
+    if (warn === undefined || critical === undefined) return `${JSON.stringify(warn === undefined ? warnText : criticalText)} is not an age: write "90m", "26h", "2d" or "1w"`
+    return { warnAgeSeconds: warn, criticalAgeSeconds: Math.max(critical, warn) }
+  }
+  const results: { job: string; health: JobHealth }[] = []
+  for (const job of resolved.jobs) {
+    const spec = resolved.specOf.get(job)
+    const thresholds = thresholdsOf(spec)
+    if (typeof thresholds === 'string') return unknown(thresholds)
     const s = await status(job)
     const name = spec?.name ?? formatLocation(job.source.location)
     if (s.isErr()) return unknown(`${name}: ${s.error.message}`)
-    results.push({ job: name, status: s.value, health: healthOf(s.value, { warnAgeSeconds: warn, criticalAgeSeconds: Math.max(critical, warn) }) })
+    results.push({ job: name, health: healthOf(s.value, thresholds) })
+  }
+  // the config's block volumes: the age of the newest revision, and damage a verify found
+  if (resolved.blockJobs.length > 0) {
+    const { volumeStatus } = await import('@bb/drivers/block')
+    for (const volume of resolved.blockJobs) {
+      const thresholds = thresholdsOf(volume)
+      if (typeof thresholds === 'string') return unknown(thresholds)
+      const dir = resolvePath(options.cwd, volume.backupDir)
+      const s = await volumeStatus({ at: localTransport(dir) })
+      if (s.isErr()) {
+        // a volume that cannot be read has no revision to restore from
+        results.push({ job: volume.name, health: { verdict: 'critical', reasons: [`${dir}: ${s.error.message}`] } })
+        continue
+      }
+      const newest = s.value.summary.newest
+      results.push({
+        job: volume.name,
+        health: volumeHealthOf({ at: dir, newestAgeSeconds: newest === undefined ? undefined : Math.round((Date.now() - Date.parse(newest)) / 1000), distrusted: s.value.summary.distrusted }, thresholds),
+      })
+    }
   }
   const verdict = worst(results.map((r) => r.health.verdict))
   if (options.json === true) {

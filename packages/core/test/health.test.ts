@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { bbError, DEFAULT_THRESHOLDS, healthOf, type JobStatus } from '../src/index.js'
+import { bbError, DEFAULT_THRESHOLDS, healthOf, volumeHealthOf, type JobStatus } from '../src/index.js'
 
 const H = 3600
 type Target = JobStatus['targets'][number]
@@ -51,5 +51,14 @@ describe('the health verdict of a job', () => {
 
   it('defaults to 26 h and 50 h', () => {
     expect(DEFAULT_THRESHOLDS).toEqual({ warnAgeSeconds: 26 * H, criticalAgeSeconds: 50 * H })
+  })
+
+  it('judges a block volume by its newest revision and its distrusted ones, with the same thresholds', () => {
+    expect(volumeHealthOf({ at: '/srv/backy/vm', newestAgeSeconds: 1 * H, distrusted: 0 })).toEqual({ verdict: 'ok', reasons: [] })
+    expect(volumeHealthOf({ at: '/srv/backy/vm', newestAgeSeconds: undefined, distrusted: 0 })).toEqual({ verdict: 'critical', reasons: ['/srv/backy/vm has no revision'] })
+    expect(volumeHealthOf({ at: '/v', newestAgeSeconds: 27 * H, distrusted: 2 })).toEqual({
+      verdict: 'warning', reasons: ['/v: the newest revision is 27 h old (warning after 26 h)', '/v: 2 revisions are distrusted (a verify found damage; the next backup is built from the newest good revision)'],
+    })
+    expect(volumeHealthOf({ at: '/v', newestAgeSeconds: 3 * H, distrusted: 0 }, { warnAgeSeconds: H, criticalAgeSeconds: 2 * H }).verdict).toBe('critical')
   })
 })

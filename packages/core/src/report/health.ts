@@ -22,6 +22,19 @@ const RANK: Readonly<Record<Verdict, number>> = { ok: 0, warning: 1, critical: 2
 
 const age = (seconds: number): string => (seconds >= 2 * 86400 ? `${Math.floor(seconds / 86400)} d` : seconds >= 2 * 3600 ? `${Math.floor(seconds / 3600)} h` : `${Math.floor(seconds / 60)} min`)
 
+type Finding = { verdict: Verdict; reason: string }
+
+/** the newest backup's age against the thresholds: a critical or warning finding, or none */
+const ageFindings = (at: string, noun: string, ageSeconds: number, thresholds: HealthThresholds): Finding[] =>
+  ageSeconds > thresholds.criticalAgeSeconds ? [{ verdict: 'critical', reason: `${at}: the newest ${noun} is ${age(ageSeconds)} old (critical after ${age(thresholds.criticalAgeSeconds)})` }]
+    : ageSeconds > thresholds.warnAgeSeconds ? [{ verdict: 'warning', reason: `${at}: the newest ${noun} is ${age(ageSeconds)} old (warning after ${age(thresholds.warnAgeSeconds)})` }]
+      : []
+
+const verdictOf = (found: readonly Finding[]): JobHealth => ({
+  verdict: found.reduce<Verdict>((worst, f) => (RANK[f.verdict] > RANK[worst] ? f.verdict : worst), 'ok'),
+  reasons: found.map((f) => f.reason),
+})
+
 /**
  * A job's verdict from its {@link JobStatus}, as a monitoring check reads it: per target, no
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
@@ -32,15 +45,14 @@ const age = (seconds: number): string => (seconds >= 2 * 86400 ? `${Math.floor(s
  * healthOf(await status(job).unwrapOr(...), DEFAULT_THRESHOLDS) // { verdict: 'ok', reasons: [] }
  */
 export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth => {
-  const found: { verdict: Verdict; reason: string }[] = []
+  const found: Finding[] = []
   for (const t of s.targets) {
     // a target directory that is not there (yet) holds no backup; a host that cannot be reached may be off for a while
     if (!t.reachable && (t.error?.code === 'NOT_FOUND' || t.error?.code === 'TARGET_UNAVAILABLE')) found.push({ verdict: 'critical', reason: `${t.at} has no backup: ${t.error.message}` })
     else if (!t.reachable) found.push({ verdict: 'warning', reason: `${t.at} cannot be reached${t.error === undefined ? '' : `: ${t.error.message}`}` })
     else if (t.latest === undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup` })
     else {
-      if (t.latest.ageSeconds > thresholds.criticalAgeSeconds) found.push({ verdict: 'critical', reason: `${t.at}: the newest backup is ${age(t.latest.ageSeconds)} old (critical after ${age(thresholds.criticalAgeSeconds)})` })
-      else if (t.latest.ageSeconds > thresholds.warnAgeSeconds) found.push({ verdict: 'warning', reason: `${t.at}: the newest backup is ${age(t.latest.ageSeconds)} old (warning after ${age(thresholds.warnAgeSeconds)})` })
+      found.push(...ageFindings(t.at, 'backup', t.latest.ageSeconds, thresholds))
       if (t.latest.health === 'errors') found.push({ verdict: 'warning', reason: `${t.at}: the newest backup has errors (some files were not copied)` })
     }
     if (t.space !== undefined && t.space.free < t.space.size * LOW_SPACE_SHARE) {
@@ -50,9 +62,21 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
   const running = s.lock !== undefined && !s.lock.verdict.stale
   if (!running) for (const p of s.pending) found.push({ verdict: 'warning', reason: `the transfer of ${p.snapshot} to ${p.target} is outstanding (the next run retries it)` })
   if (s.lock?.verdict.stale === true) found.push({ verdict: 'warning', reason: `a stale lock: ${s.lock.verdict.reason}` })
-  const verdict = found.reduce<Verdict>((worst, f) => (RANK[f.verdict] > RANK[worst] ? f.verdict : worst), 'ok')
-  return { verdict, reasons: found.map((f) => f.reason) }
+  return verdictOf(found)
 }
+
+/**
+ * The verdict of a block volume (docs/drivers/block.md) by the same rules: no revision, or the
+ * newest older than `criticalAgeSeconds`, is critical; older than `warnAgeSeconds`, or a revision
+ * a verify found damaged (distrusted), is a warning.
+ * @example
+ * volumeHealthOf({ at: '/srv/backy/vm1', newestAgeSeconds: 3600, distrusted: 0 }) // { verdict: 'ok', reasons: [] }
+ */
+export const volumeHealthOf = (v: { readonly at: string; readonly newestAgeSeconds: number | undefined; readonly distrusted: number }, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth =>
+  verdictOf([
+    ...(v.newestAgeSeconds === undefined ? [{ verdict: 'critical' as const, reason: `${v.at} has no revision` }] : ageFindings(v.at, 'revision', v.newestAgeSeconds, thresholds)),
+    ...(v.distrusted === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.distrusted} revision${v.distrusted === 1 ? ' is' : 's are'} distrusted (a verify found damage; the next backup is built from the newest good revision)` }]),
+  ])
 
 /** Nagios' exit codes for a verdict: 0 ok, 1 warning, 2 critical (3, unknown, is for a check that could not run) */
 export const NAGIOS_EXIT: Readonly<Record<Verdict, number>> = { ok: 0, warning: 1, critical: 2 }
