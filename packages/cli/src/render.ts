@@ -146,7 +146,8 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
     const missing = t.missing ?? []
     if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${missing.length <= 3 ? missing.join(', ') : `${missing[0] ?? ''} … ${missing.at(-1) ?? ''}`}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
-    if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.round((t.space.used / t.space.size) * 100)}% used)`)
+    // used as df's Use% counts it: of what is used and what is free to users (space reserved for root left out)
+    if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.ceil((t.space.used * 100) / Math.max(1, t.space.used + t.space.free))}% used)`)
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
   out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)

@@ -35,6 +35,9 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const space = (JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { targets: { space: { size: number; free: number } }[] }).targets[0]?.space
     expect(space?.size).toBe(Number(df[1]) * 1024)
     expect(Math.abs((space?.free ?? 0) - Number(df[3]) * 1024)).toBeLessThan(64 * 1024 * 1024)
+    // the share used, as df's Use% (give or take a point: the disk may change between the two)
+    const shown = Number(/\((\d+)% used\)/.exec(st.stdout)?.[1])
+    expect(Math.abs(shown - Number(df[4]?.replace('%', '')))).toBeLessThanOrEqual(1)
   })
 
   it('a reader that goes away (| head) ends nothing with an EPIPE error: the run completes and exits 0', async () => {
