@@ -61,17 +61,17 @@ export const openTransactionLog = (path: string, version: string, now: () => Dat
     forJob: (source, driver) => {
       const transferType = driver === 'btrfs' ? 'send-receive' : 'transfer'
       // what a transfer reads, from its start, for the line that ends it
-      const reading = new Map<string, { from?: string; parentFrom?: string }>()
+      const reading = new Map<string, { from: string; parentFrom?: string }>()
       const key = (target: string, snapshot: string): string => `${target}\0${snapshot}`
       const into = (target: string, snapshot: string): string => `${target.replace(/\/+$/, '')}/${snapshot}`
       return (event) => {
         switch (event.type) {
           case 'snapshot-created':
-            write('snapshot', 'success', event.at ?? event.snapshot, source)
+            write('snapshot', 'success', event.at, source)
             return
           case 'transfer-started':
-            reading.set(key(event.target, event.snapshot), { ...(event.from === undefined ? {} : { from: event.from }), ...(event.parentFrom === undefined ? {} : { parentFrom: event.parentFrom }) })
-            write(transferType, 'starting', into(event.target, event.snapshot), event.from ?? source, event.parentFrom, event.mode === 'full' ? 'full' : `incremental from ${event.parent ?? '?'}`)
+            reading.set(key(event.target, event.snapshot), { from: event.from, ...(event.parentFrom === undefined ? {} : { parentFrom: event.parentFrom }) })
+            write(transferType, 'starting', into(event.target, event.snapshot), event.from, event.parentFrom, event.mode === 'full' ? 'full' : `incremental from ${event.parent ?? '?'}`)
             return
           case 'transfer-finished': {
             const r = reading.get(key(event.target, event.snapshot))
@@ -84,7 +84,7 @@ export const openTransactionLog = (path: string, version: string, now: () => Dat
             return
           }
           case 'pruned':
-            write('delete', 'success', event.path ?? into(event.at, event.snapshot), undefined, undefined, event.reasons.join('; '))
+            write('delete', 'success', event.path, undefined, undefined, event.reasons.join('; '))
             return
           case 'recovered':
             if (event.action === 'removed') write('delete_garbled', 'success', into(event.target, event.snapshot), undefined, undefined, 'the partial copy of an interrupted transfer')
