@@ -17,7 +17,7 @@ const worst = (verdicts: readonly Verdict[]): Verdict => (verdicts.includes('cri
  * the config included) with its verdict and reasons; the exit code is the worst verdict (0 ok, 1 warning, 2 critical), or 3 when the
  * check could not be made (no config, a bad threshold).
  */
-export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean; readonly cwd: string }): Promise<number> => {
+export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean }): Promise<number> => {
   const unknown = (message: string): number => {
     io.stdout(`BBACKUP UNKNOWN - ${message}\n`)
     return UNKNOWN
@@ -48,7 +48,7 @@ export const checkHealth = async (io: Io, resolved: Resolved, options: { readonl
     for (const volume of resolved.blockJobs) {
       const thresholds = thresholdsOf(volume)
       if (typeof thresholds === 'string') return unknown(thresholds)
-      const dir = resolvePath(options.cwd, volume.backupDir)
+      const dir = resolvePath(io.cwd, volume.backupDir)
       const s = await volumeStatus({ at: localTransport(dir) })
       if (s.isErr()) {
         // a volume that cannot be read has no revision to restore from

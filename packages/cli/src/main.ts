@@ -571,7 +571,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
       if (options.check === true) {
         const { checkHealth } = await import('./health-check.js')
-        return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options, true), { ...options, cwd: io.cwd }) })
+        return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options, true), options) })
       }
       const resolved = await resolveJobs(source, targets, options)
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))

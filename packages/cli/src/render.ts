@@ -1,3 +1,4 @@
+import { basename } from 'node:path'
 import type { BackupEvent, BackupReport, BbError, JobStatus, PruneResult, SnapshotList } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
@@ -156,7 +157,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
 
 const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): string => {
   if (timer === undefined) return `next run: not scheduled (bbackup schedule ${job} --on-calendar daily writes a timer)`
-  const unit = timer.path.slice(timer.path.lastIndexOf('/') + 1)
+  const unit = basename(timer.path)
   if (!timer.enabled) return `next run: ${unit} (${timer.onCalendar}) is not enabled: systemctl enable --now ${unit}`
   if (timer.next === undefined) return `next run: ${timer.onCalendar}, by ${unit}`
   const seconds = Math.max(0, Math.round((Date.parse(timer.next) - now.getTime()) / 1000))
