@@ -1,7 +1,9 @@
 import { resolve as resolvePath } from 'node:path'
-import { bbError, type BbError } from '@bb/core'
+import { bbError, formatLocation, parseLocation, type BbError, type Location, type Transport } from '@bb/core'
 import type { BlockBackupReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
+import { transportFor, type Connections } from './build-job.js'
+import type { SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { formatBytes, renderError, type Io } from './render.js'
 
@@ -12,7 +14,20 @@ export interface BlockCliOptions {
   readonly quiet?: boolean
 }
 
+/** How a source on another host is reached: the run's ssh session and the ssh settings. */
+export interface BlockRemote {
+  readonly connections: Connections
+  readonly ssh: SshSpec
+}
+
 const block = () => import('@bb/drivers/block')
+
+/** The transport of a source on another host (over ssh); none for a path on this host. */
+const sourceHostFor = async (where: Location, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
+  if (where.kind === 'local') return {}
+  const t = await transportFor(where, { ssh: remote.ssh }, remote.connections)
+  return t.isErr() ? { error: t.error } : { host: t.value }
+}
 
 const fail = (io: Io, error: BbError, options: BlockCliOptions): number => {
   if (options.json === true) io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
@@ -27,8 +42,12 @@ const print = (io: Io, options: BlockCliOptions, value: unknown, text: () => str
 const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
 const short = (uuid: string): string => uuid.slice(0, 8)
 
-export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean }): Promise<number> => {
+export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean }, remote: BlockRemote): Promise<number> => {
   const { initVolume, parseSchedule, parseSize } = await block()
+  const where = parseLocation(source, { cwd: io.cwd })
+  if (where.isErr()) return fail(io, where.error, options)
+  const host = await sourceHostFor(where.value, remote)
+  if ('error' in host) return fail(io, host.error, options)
   const chunkSize = options.chunkSize === undefined ? undefined : parseSize(options.chunkSize)
   if (chunkSize === undefined && options.chunkSize !== undefined) {
     return fail(io, bbError('INVALID_OPTIONS', `--chunk-size ${options.chunkSize} is not a size`, 'give bytes with K, M or G, e.g. --chunk-size 4M'), options)
@@ -36,7 +55,7 @@ export const blockInit = async (io: Io, dir: string, source: string, options: Bl
   const schedule = options.schedule === undefined ? undefined : parseSchedule(options.schedule)
   if (schedule?.isErr() === true) return fail(io, schedule.error, options)
   const r = await initVolume({
-    at: localTransport(resolvePath(io.cwd, dir)), source: resolvePath(io.cwd, source),
+    at: localTransport(resolvePath(io.cwd, dir)), source: formatLocation(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
     ...(chunkSize === undefined ? {} : { chunkSize }), ...(schedule === undefined ? {} : { schedule: schedule._unsafeUnwrap() }),
     ...(options.snapshot === false ? { snapshot: 'none' as const } : {}),
   })
@@ -63,8 +82,13 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
 }
 
 /** Backs up one volume and prints the report; with `collect`, a JSON report goes there instead (bbackup run --json prints one document). */
-export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, collect?: (report: BlockBackupReport) => void): Promise<number> => {
-  const { backupVolume } = await block()
+export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, remote: BlockRemote, collect?: (report: BlockBackupReport) => void): Promise<number> => {
+  const { backupVolume, volumeSource } = await block()
+  const at = localTransport(resolvePath(io.cwd, dir))
+  const where = await volumeSource(at)
+  if (where.isErr()) return fail(io, where.error, options)
+  const host = await sourceHostFor(where.value, remote)
+  if ('error' in host) return fail(io, host.error, options)
   const controller = new AbortController()
   const onSignal = (): void => controller.abort()
   process.once('SIGINT', onSignal)
@@ -72,7 +96,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
   let shown = -1
   try {
     const r = await backupVolume({
-      at: localTransport(resolvePath(io.cwd, dir)), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      at, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
       ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
         onProgress: ({ bytes, total }: { bytes: number; total: number }) => {

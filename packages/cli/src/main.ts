@@ -76,13 +76,17 @@ interface CommonOptions {
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
-/** How remote locations are reached (docs/transports/ssh.md). */
-const sshOptions = (command: Command): Command =>
+/** How an ssh host is reached (docs/transports/ssh.md). */
+const sshClientOptions = (command: Command): Command =>
   command
     .option('--ssh-identity <file>', 'ssh: the private key to log in to remote locations with')
     .option('--ssh-known-hosts <file>', 'ssh: trust only the host keys in this file (default: ~/.ssh/known_hosts)')
     .option('--ssh-option <Key=Value>', 'ssh: an ssh_config option, as with ssh -o (repeatable)', collect)
     .option('--ssh-program <program>', 'ssh: the ssh client to run (default ssh)')
+
+/** How remote locations are reached (docs/transports/ssh.md). */
+const sshOptions = (command: Command): Command =>
+  sshClientOptions(command)
     .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
     .option('--sudo', 'run btrfs on this host through sudo -n, as a user that is not root (config: sudo; bbackup doctor prints the sudoers line)')
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
@@ -463,7 +467,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       for (const volume of resolved.blockJobs) {
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
-          : await blockBackup(io, volume.backupDir, options, (report) => reports.push({ job: volume.name, ...report })))
+          : await blockBackup(io, volume.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }, (report) => reports.push({ job: volume.name, ...report })))
       }
     } finally {
       process.off('SIGINT', onSignal)
@@ -659,20 +663,20 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
     })
 
-  program.command('init')
+  sshClientOptions(program.command('init'))
     .description("block: create the backup directory of a volume (backy's init)")
     .requiredOption('-b, --backup-dir <dir>', 'a new or empty directory on btrfs or XFS')
-    .argument('<source>', 'the image file or block device to back up')
+    .argument('<source>', 'the image file or block device to back up: a path, or [user@]host:/path on a host reached over ssh')
     .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
     .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
     .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', EXAMPLES.init ?? '')
-    .action(async (source: string, options: { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; json?: boolean }) => {
-      outcome = { code: await blockInit(io, options.backupDir, source, options) }
+    .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; json?: boolean }) => {
+      outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
     })
 
-  program.command('backup')
+  sshClientOptions(program.command('backup'))
     .description('block: make a revision of the volume when its schedule says one is due (silent when not)')
     .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
     .option('-f, --force', 'back up even when nothing is due')
@@ -683,8 +687,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
     .option('-q, --quiet', 'print only errors and warnings')
     .addHelpText('after', EXAMPLES.backup ?? '')
-    .action(async (options: { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
-      outcome = { code: await blockBackup(io, options.backupDir, options) }
+    .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
+      outcome = { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
     })
 
   program.command('schedule')

@@ -3,13 +3,13 @@ import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, stderrTail, type BbError, type Transport } from '@bb/core'
-import { chunkCount, scanChunks } from './chunk-scan.js'
+import { bbError, formatLocation, InternalError, stderrTail, type BbError, type Transport } from '@bb/core'
+import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
-import { freezeSource, removeStaleCopies } from './source.js'
+import { freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
 import {
   LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
@@ -18,6 +18,12 @@ import {
 export interface BlockBackupOptions {
   /** the backup directory (a local transport) */
   readonly at: Transport
+  /**
+   * For a source on another host (`source` in volume.json is `ssh://host/path` or `host:/path`):
+   * the transport that reaches it, located at the source (an ssh transport). The image is frozen
+   * there and streamed here once, with `head -c`; nothing of bbackup runs on that host.
+   */
+  readonly sourceHost?: Transport
   /** back up even when no tag of the schedule is due */
   readonly force?: boolean
   /** more tags for the revision: `manual:NAME` tags never expire */
@@ -106,9 +112,37 @@ export const removeIncomplete = async (dir: string, names: readonly string[]): P
   for (const name of names) await fsStep('remove', join(dir, name), fs.rm(join(dir, name), { force: true }))
 }
 
+/**
+ * Reads the frozen source once: on this host in place (holes skipped), on another host as the
+ * stream of `head -c SIZE` over the transport.
+ */
+const readSource = async (at: Transport, frozen: FrozenSource, chunkSize: number, pool: ReturnType<typeof openHashPool>, signal: AbortSignal | undefined, handlers: ScanHandlers): Promise<ScanCounts> => {
+  const { remote } = frozen
+  if (remote === undefined) {
+    const dataMap = await dataChunks(at, frozen.path, frozen.size, chunkSize)
+    return scanChunks({ path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap }, handlers)
+  }
+  const reading = remote.spawn(['head', '-c', String(frozen.size), '--', frozen.path], { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
+  const what = formatLocation({ ...remote.location, path: frozen.path })
+  if (reading.stdout === undefined) throw new InternalError('spawn with stdout: pipe gave no stdout')
+  let counts: ScanCounts
+  try {
+    counts = await scanStream({ stream: reading.stdout, what, size: frozen.size, chunkSize, pool, signal }, handlers)
+  } catch (error) {
+    reading.kill()
+    await reading.done
+    throw error
+  }
+  const ended = await must(reading.done)
+  if (ended.exitCode !== 0) {
+    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${what} failed: ${stderrTail(ended.stderr) || `head exit ${ended.exitCode}`}`, 'check that the ssh user may read it, and run again', { path: what, stderr: stderrTail(ended.stderr) }))
+  }
+  return counts
+}
+
 const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, now: Date): Promise<Revision> => {
   const started = performance.now()
-  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal })
+  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal, remote: options.sourceHost })
   const uuid = randomUUID()
   const target = paths(dir, uuid)
   const pool = openHashPool(options.threads)
@@ -136,8 +170,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     let counts
     try {
       await fsStep('resize', target.partial, handle.truncate(frozen.size))
-      const dataMap = await dataChunks(at, frozen.path, frozen.size, config.chunkSize)
-      counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize: config.chunkSize, pool, signal: options.signal, dataMap }, {
+      counts = await readSource(at, frozen, config.chunkSize, pool, options.signal, {
         zero: (index, length) => {
           if (index < parentChunks && parent !== undefined && !recordedZero(parent.hashes, index)) punch.push([index * config.chunkSize, length])
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -205,6 +238,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
+    const remote = await sourceHostOf(config, options.sourceHost)
     const unknown = (options.tags ?? []).filter((t) => !t.startsWith(MANUAL_PREFIX) && !(t in config.schedule))
     if (unknown.length > 0) {
       return stop(bbError('INVALID_OPTIONS', `the tag ${unknown.join(', ')} is not in the volume's schedule`, `use a schedule tag (${Object.keys(config.schedule).join(', ')}) or a manual tag that never expires, e.g. manual:before-upgrade`))
@@ -213,7 +247,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const now = (options.now ?? (() => new Date()))()
       const { revisions, incomplete } = await readVolume(options.at, dir)
       await removeIncomplete(dir, incomplete)
-      const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config))]
+      const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config, remote))]
       const due = dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds)
       if (due.length === 0 && options.force !== true) {
         return { skipped: true as const, dir, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), removedIncomplete }
@@ -221,7 +255,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       // a forced run between slots still carries the schedule's shortest tag, so that it expires like the others
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
-      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, now)
+      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, { ...options, ...(remote === undefined ? {} : { sourceHost: remote }) }, now)
       const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now)
       return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
     })

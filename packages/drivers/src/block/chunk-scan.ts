@@ -1,4 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises'
+import type { Readable } from 'node:stream'
 import { bbError } from '@bb/core'
 import { chunkBuffer, type HashPool } from './hash-pool.js'
 import { fsStep, stop } from './stop.js'
@@ -48,64 +49,49 @@ const readFully = async (handle: FileHandle, path: string, buffer: Buffer, lengt
 }
 
 /**
- * Reads a file or block device once, front to back, in fixed chunks (a few reads in flight):
- * zero chunks go to `handlers.zero` at once, the others are hashed on the pool's threads while the
- * next chunks are read. Handlers are called in no particular order. At most two chunks per thread
- * plus one per read in flight are in memory.
+ * What the readers share: a fixed set of chunk buffers, zero detection, hashing on the pool's
+ * threads while reading goes on, and the first failure. At most two chunks per thread plus one per
+ * reader are in memory.
  */
-export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
-  const { chunkSize, pool, size, path } = options
+const chunkDispatcher = (chunkSize: number, pool: HashPool, readers: number, handlers: ScanHandlers) => {
   const zeros = Buffer.alloc(chunkSize)
-  const free = Array.from({ length: pool.threads * 2 + READERS }, () => chunkBuffer(chunkSize))
+  const free = Array.from({ length: pool.threads * 2 + readers }, () => chunkBuffer(chunkSize))
   const waiting: ((b: Buffer) => void)[] = []
-  const acquire = async (): Promise<Buffer> => free.pop() ?? new Promise((resolve) => waiting.push(resolve))
   const release = (b: Buffer): void => {
     const next = waiting.shift()
     if (next === undefined) free.push(b)
     else next(b)
   }
-  let failure: { error: unknown } | undefined
   const inflight = new Set<Promise<void>>()
-  let bytesRead = 0
-  let chunksRead = 0
-  let zeroChunks = 0
-  let bytesSkipped = 0
-  const handle = await fsStep('open', path, open(path, 'r'))
-  const total = chunkCount(size, chunkSize)
-  let next = 0
-  // several reads in flight: the device sees a queue, not one request at a time
-  const read = async (): Promise<void> => {
-    while (failure === undefined) {
-      if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
-      while (next < total && options.select !== undefined && !options.select(next)) next++
-      if (next >= total) return
-      const index = next++
-      const offset = index * chunkSize
-      const length = Math.min(chunkSize, size - offset)
-      if (options.dataMap?.[index] === 0) {
-        chunksRead++
-        zeroChunks++
-        bytesSkipped += length
-        await handlers.zero(index, length)
-        continue
-      }
-      const buffer = await acquire()
-      try {
-        await readFully(handle, path, buffer, length, offset)
-      } catch (error) {
-        release(buffer)
-        throw error
-      }
-      bytesRead += length
-      chunksRead++
+  const counts = { bytesRead: 0, chunksRead: 0, zeroChunks: 0, bytesSkipped: 0 }
+  let failure: { error: unknown } | undefined
+  return {
+    counts,
+    failed: (): boolean => failure !== undefined,
+    fail: (error: unknown): void => {
+      failure ??= { error }
+    },
+    acquire: async (): Promise<Buffer> => free.pop() ?? new Promise((resolve) => waiting.push(resolve)),
+    release,
+    /** a hole known without reading it */
+    hole: async (index: number, length: number): Promise<void> => {
+      counts.chunksRead++
+      counts.zeroChunks++
+      counts.bytesSkipped += length
+      await handlers.zero(index, length)
+    },
+    /** a chunk read into `buffer` (acquired here): zero, or hashed and handed on; the buffer comes back */
+    read: async (index: number, buffer: Buffer, length: number): Promise<void> => {
+      counts.bytesRead += length
+      counts.chunksRead++
       if (buffer.subarray(0, length).equals(zeros.subarray(0, length))) {
-        zeroChunks++
+        counts.zeroChunks++
         try {
           await handlers.zero(index, length)
         } finally {
           release(buffer)
         }
-        continue
+        return
       }
       const work = pool.hash(buffer, length)
         .then(async ({ digest, buffer: back }) => {
@@ -123,19 +109,102 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
         })
       inflight.add(work)
       void work.finally(() => inflight.delete(work))
+    },
+    /** waits for the chunks being hashed; throws the first failure */
+    finish: async (): Promise<void> => {
+      await Promise.all(inflight)
+      if (failure !== undefined) throw failure.error
+    },
+    settle: async (): Promise<void> => {
+      await Promise.allSettled(inflight)
+    },
+  }
+}
+
+/**
+ * Reads a file or block device once, front to back, in fixed chunks (a few reads in flight):
+ * zero chunks go to `handlers.zero` at once, the others are hashed on the pool's threads while the
+ * next chunks are read. Handlers are called in no particular order.
+ */
+export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
+  const { chunkSize, pool, size, path } = options
+  const chunks = chunkDispatcher(chunkSize, pool, READERS, handlers)
+  const handle = await fsStep('open', path, open(path, 'r'))
+  const total = chunkCount(size, chunkSize)
+  let next = 0
+  // several reads in flight: the device sees a queue, not one request at a time
+  const read = async (): Promise<void> => {
+    while (!chunks.failed()) {
+      if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
+      while (next < total && options.select !== undefined && !options.select(next)) next++
+      if (next >= total) return
+      const index = next++
+      const offset = index * chunkSize
+      const length = Math.min(chunkSize, size - offset)
+      if (options.dataMap?.[index] === 0) {
+        await chunks.hole(index, length)
+        continue
+      }
+      const buffer = await chunks.acquire()
+      try {
+        await readFully(handle, path, buffer, length, offset)
+      } catch (error) {
+        chunks.release(buffer)
+        throw error
+      }
+      await chunks.read(index, buffer, length)
     }
   }
-  // the first failure of any reader stops the others at their next chunk
-  const reader = async (): Promise<void> => read().catch((error: unknown) => {
-    failure ??= { error }
-  })
   try {
-    await Promise.all(Array.from({ length: READERS }, reader))
-    await Promise.all(inflight)
-    if (failure !== undefined) throw failure.error
+    // the first failure of any reader stops the others at their next chunk
+    await Promise.all(Array.from({ length: READERS }, async () => read().catch(chunks.fail)))
+    await chunks.finish()
   } finally {
-    await Promise.allSettled(inflight)
+    await chunks.settle()
     await handle.close()
   }
-  return { bytesRead, chunksRead, zeroChunks, bytesSkipped }
+  return { ...chunks.counts }
+}
+
+/**
+ * Like {@link scanChunks}, for a source that can only be read front to back: a stream of exactly
+ * `size` bytes (the output of `head -c SIZE` on another host). `what` names it in errors; a stream
+ * that ends early is an error, and reading waits while all buffers are being hashed.
+ */
+export const scanStream = async (options: { readonly stream: Readable; readonly what: string; readonly size: number; readonly chunkSize: number; readonly pool: HashPool; readonly signal: AbortSignal | undefined }, handlers: ScanHandlers): Promise<ScanCounts> => {
+  const { chunkSize, pool, size, stream } = options
+  const chunks = chunkDispatcher(chunkSize, pool, 1, handlers)
+  const total = chunkCount(size, chunkSize)
+  let index = 0
+  let filled = 0
+  let buffer = total > 0 ? await chunks.acquire() : undefined
+  try {
+    for await (const piece of stream as AsyncIterable<Buffer>) {
+      if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
+      if (chunks.failed()) break
+      let at = 0
+      while (at < piece.length && buffer !== undefined) {
+        const length = Math.min(chunkSize, size - index * chunkSize)
+        const n = Math.min(length - filled, piece.length - at)
+        piece.copy(buffer, filled, at, at + n)
+        filled += n
+        at += n
+        if (filled < length) continue
+        await chunks.read(index++, buffer, length)
+        filled = 0
+        buffer = index < total ? await chunks.acquire() : undefined
+      }
+    }
+    await chunks.finish()
+    if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
+    if (index < total) {
+      stop(bbError('SOURCE_UNAVAILABLE', `${options.what} ended at ${index * chunkSize + filled} bytes, before its size of ${size}: it shrank while it was read, or the connection broke`,
+        'make sure nothing truncates it during the backup (or use a snapshot), and run again', { path: options.what }))
+    }
+  } finally {
+    if (buffer !== undefined) chunks.release(buffer)
+    stream.destroy()
+    await chunks.settle()
+  }
+  return { ...chunks.counts }
 }

@@ -1,11 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { promises as fs } from 'node:fs'
-import { dirname, isAbsolute, join } from 'node:path'
+import { dirname, join } from 'node:path'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, stderrTail, type BbError, type Transport } from '@bb/core'
+import { bbError, formatLocation, stderrTail, type BbError, type Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { DEFAULT_SCHEDULE, spreadOf, type Schedule } from './schedule.js'
-import { inspectSource } from './source.js'
+import { freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
 import { VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
 
@@ -16,8 +16,10 @@ const MAX_CHUNK = 64 * 1024 * 1024
 export interface InitVolumeOptions {
   /** the backup directory (local): new, or empty */
   readonly at: Transport
-  /** the image file or block device to back up, absolute */
+  /** the image file or block device to back up: an absolute path, or `ssh://host/path` / `host:/path` on another host */
   readonly source: string
+  /** for a source on another host: the transport that reaches it, located at the source (an ssh transport) */
+  readonly sourceHost?: Transport
   readonly chunkSize?: number
   readonly schedule?: Schedule
   /** 'none': never freeze the source (read it live; each revision carries a warning) */
@@ -58,9 +60,13 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
     if (!Number.isInteger(chunkSize) || chunkSize % 4096 !== 0 || chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK) {
       return stop(bbError('INVALID_OPTIONS', `a chunk size of ${chunkSize} bytes is not usable`, 'give a multiple of 4K from 64K to 64M, e.g. --chunk-size 4M (the default)'))
     }
-    if (!isAbsolute(options.source)) return stop(bbError('INVALID_OPTIONS', `the source ${options.source} is not an absolute path`, 'give the full path of the image file or device'))
-    const source = await inspectSource(options.source)
+    const where = await must(sourceLocation(options.source))
+    const id = randomUUID()
+    const schedule = options.schedule ?? DEFAULT_SCHEDULE
     const snapshot = options.snapshot ?? 'auto'
+    const config: VolumeConfig = { format: 1, id, source: formatLocation(where), chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot }
+    const remote = await sourceHostOf(config, options.sourceHost)
+    const source = remote === undefined ? await inspectSource(where.path) : await inspectRemoteSource(remote, where.path)
     await must(options.at.mkdir(dir, { recursive: true }))
     const present = (await must(options.at.list(dir))).map((e) => e.name).filter((n) => n !== 'lost+found')
     if (present.includes(VOLUME_FILE)) return stop(bbError('ALREADY_EXISTS', `${dir} already holds a volume`, `back it up with bbackup backup -b ${dir}, or choose a new directory`, { path: dir }))
@@ -69,7 +75,10 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
     if (!target.ok) {
       return stop(bbError('TARGET_NO_REFLINK', `${dir} cannot hold revisions: its filesystem makes no reflink copies (${target.stderr})`, 'put the backup directory on btrfs or XFS (mkfs.xfs has reflink=1 by default)', { path: dir }))
     }
-    if (snapshot === 'auto') {
+    if (snapshot === 'auto' && remote !== undefined && source.kind === 'file') {
+      // on another host the check is the freeze a backup makes: a reflink copy beside the image, removed at once
+      await (await freezeSource(options.at, config, { noSnapshot: false, signal: undefined, remote })).release()
+    } else if (snapshot === 'auto') {
       if (source.kind === 'device') {
         return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${options.source} cannot be frozen for backups: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
           'give --no-snapshot if nothing writes to it while it is backed up, or back up an image file on btrfs or XFS', { path: options.source }))
@@ -80,9 +89,6 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
           'keep VM images on btrfs or XFS, or give --no-snapshot to read the file live (stop the VM while it is backed up)', { path: options.source }))
       }
     }
-    const id = randomUUID()
-    const schedule = options.schedule ?? DEFAULT_SCHEDULE
-    const config: VolumeConfig = { format: 1, id, source: options.source, chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot }
     await must(options.at.writeFileAtomic(join(dir, VOLUME_FILE), volumeConfigText(config)))
     return config
   })

@@ -1,14 +1,31 @@
 import { randomUUID } from 'node:crypto'
 import { promises as fs, type Stats } from 'node:fs'
-import { basename, dirname, join } from 'node:path'
-import { bbError, stderrTail, type Transport } from '@bb/core'
+import { basename, dirname, join, posix } from 'node:path'
+import { bbError, formatLocation, parseLocation, stderrTail, type BbError, type Location, type Transport } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
 import { fsStep, must, stop } from './stop.js'
 import type { Consistency, VolumeConfig } from './volume.js'
 
+/**
+ * Where a volume's source is: an absolute path on this host, or an image or device on another host
+ * reached over ssh (`ssh://[user@]host[:port]/path`, `[user@]host:/path`), read as a stream.
+ */
+export const sourceLocation = (source: string): Result<Location, BbError> => {
+  const where = parseLocation(source)
+  if (where.isErr()) return err(where.error)
+  if (where.value.kind === 'rsyncd') return err(bbError('INVALID_LOCATION', `the source ${source} is an rsync daemon module: a block source is a path here or on an ssh host`, 'give /path/to/image here, or ssh://host/path/to/image'))
+  if (!where.value.path.startsWith('/')) {
+    return err(bbError('INVALID_OPTIONS', `the source ${source} is not an absolute path`, where.value.kind === 'local' ? 'give the full path of the image file or device' : 'write the remote path in full: host:/var/lib/libvirt/images/vm1.img'))
+  }
+  return ok(where.value)
+}
+
 /** The source as it is read for one revision: a frozen copy where one could be made. */
 export interface FrozenSource {
-  /** what to read */
+  /** what to read: a path on this host, or on `remote` */
   readonly path: string
+  /** the host the path is on, when it is not this one: read as a stream */
+  readonly remote?: Transport
   readonly size: number
   readonly consistency: Consistency
   readonly warnings: readonly string[]
@@ -37,46 +54,102 @@ export const inspectSource = async (path: string): Promise<{ readonly kind: 'fil
   return stop(bbError('INVALID_OPTIONS', `the source ${path} is neither an image file nor a block device`, 'give the image file or the device of the volume to back up', { path }))
 }
 
+/** What kind of source a path on another host is, and its size (`stat -L`, and `blockdev` for a device). */
+export const inspectRemoteSource = async (at: Transport, path: string): Promise<{ readonly kind: 'file' | 'device'; readonly size: number }> => {
+  const where = formatLocation({ ...at.location, path })
+  const r = await must(at.exec(['stat', '-L', '-c', '%F:%s', '--', path]))
+  if (r.exitCode !== 0) {
+    return stop(bbError('SOURCE_UNAVAILABLE', /No such file/i.test(r.stderr) ? `the source ${where} does not exist` : `cannot look at the source ${where}: ${stderrTail(r.stderr) || `stat exit ${r.exitCode}`}`,
+      'check the path on that host, and that the ssh user may read it', { path: where, stderr: stderrTail(r.stderr) }))
+  }
+  const [type = '', bytes = ''] = r.stdout.trim().split(':')
+  if (type.startsWith('regular')) return { kind: 'file', size: Number(bytes) }
+  if (type !== 'block special file') return stop(bbError('INVALID_OPTIONS', `the source ${where} is neither an image file nor a block device (it is a ${type})`, 'give the image file or the device of the volume to back up', { path: where }))
+  const size = await must(at.exec(['blockdev', '--getsize64', path]))
+  if (size.exitCode !== 0 || !/^\d+$/.test(size.stdout.trim())) {
+    return stop(bbError('SOURCE_UNAVAILABLE', `cannot read the size of the device ${where}: ${stderrTail(size.stderr) || `blockdev exit ${size.exitCode}`}`, 'the ssh user must be able to read the device (root, or the disk group)', { path: where }))
+  }
+  return { kind: 'device', size: Number(size.stdout.trim()) }
+}
+
+/** The copies of this volume's pattern among `names`, which nothing else makes. */
+const staleCopies = (names: readonly string[], prefix: string): string[] =>
+  names.filter((n) => n.startsWith(prefix) && /^[0-9a-f-]{36}$/.test(n.slice(prefix.length)))
+
 /**
  * Removes the point-in-time copies an earlier run of this volume left beside its source (it was
- * killed): only names of this volume's pattern, which nothing else makes.
+ * killed): only names of this volume's pattern, which nothing else makes. `remote`: the source's
+ * host, when it is another.
  */
-export const removeStaleCopies = async (config: VolumeConfig): Promise<string[]> => {
+export const removeStaleCopies = async (config: VolumeConfig, remote?: Transport): Promise<string[]> => {
   const prefix = copyPrefix(config)
+  if (remote !== undefined) {
+    const dir = posix.dirname(remote.location.path)
+    const listed = await remote.list(dir)
+    const stale = staleCopies(listed.isOk() ? listed.value.map((e) => e.name) : [], prefix)
+    for (const name of stale) await must(remote.remove(posix.join(dir, name)))
+    return stale
+  }
   const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
-  const stale = names.filter((n) => n.startsWith(prefix) && /^[0-9a-f-]{36}$/.test(n.slice(prefix.length)))
+  const stale = staleCopies(names, prefix)
   for (const name of stale) await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
   return stale
 }
 
 /**
  * Freezes the source for reading: an image file is reflinked to a private point-in-time copy
- * beside it (btrfs, XFS); with `snapshot: 'none'` the live source is read, with a warning. A
- * source that cannot be frozen is refused.
+ * beside it (btrfs, XFS), on its own host; with `snapshot: 'none'` the live source is read, with a
+ * warning. A source that cannot be frozen is refused. `at` runs commands on this host; `remote`
+ * is the source's host when it is another (its location is the source).
  */
-export const freezeSource = async (at: Transport, config: VolumeConfig, options: { readonly noSnapshot: boolean; readonly signal: AbortSignal | undefined }): Promise<FrozenSource> => {
-  const source = config.source
-  const { kind, size } = await inspectSource(source)
+export const freezeSource = async (at: Transport, config: VolumeConfig, options: { readonly noSnapshot: boolean; readonly signal: AbortSignal | undefined; readonly remote?: Transport | undefined }): Promise<FrozenSource> => {
+  const { remote } = options
+  const source = remote === undefined ? config.source : remote.location.path
+  const { kind, size } = remote === undefined ? await inspectSource(source) : await inspectRemoteSource(remote, source)
+  const on = remote === undefined ? {} : { remote }
   if (options.noSnapshot || config.snapshot === 'none') {
-    return { path: source, size, consistency: 'none', warnings: [`${source} was read live, without a snapshot: a VM writing to it meanwhile can leave the revision inconsistent`], release: async () => undefined }
+    return { path: source, ...on, size, consistency: 'none', warnings: [`${config.source} was read live, without a snapshot: a VM writing to it meanwhile can leave the revision inconsistent`], release: async () => undefined }
   }
   if (kind === 'device') {
     return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${source} cannot be frozen for the backup: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
       'stop or freeze what writes to it and give --no-snapshot, or back up an image file on btrfs or XFS', { path: source }))
   }
-  const copy = join(dirname(source), `${copyPrefix(config)}${randomUUID()}`)
+  const copy = posix.join(posix.dirname(source), `${copyPrefix(config)}${randomUUID()}`)
   let made = false
   const release = async (): Promise<void> => {
-    if (made) await fs.rm(copy, { force: true })
+    if (made) {
+      if (remote === undefined) await fs.rm(copy, { force: true })
+      // a connection that broke leaves the copy to the next run's removeStaleCopies, and the error that broke it to the report
+      else await remote.remove(copy)
+    }
     made = false
   }
-  const r = await must(at.exec(['cp', '--reflink=always', '--', source, copy], options.signal === undefined ? {} : { signal: options.signal }))
-  made = r.exitCode === 0 || (await fs.stat(copy).catch(() => undefined)) !== undefined
+  const r = await must((remote ?? at).exec(['cp', '--reflink=always', '--', source, copy], options.signal === undefined ? {} : { signal: options.signal }))
+  made = r.exitCode === 0 || (remote === undefined ? (await fs.stat(copy).catch(() => undefined)) !== undefined : (await remote.stat(copy)).unwrapOr(undefined) !== undefined)
   if (r.exitCode !== 0) {
     await release()
-    return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${source} cannot be frozen for the backup: its filesystem makes no reflink copies (${stderrTail(r.stderr) || `cp exit ${r.exitCode}`})`,
-      'keep VM images on btrfs or XFS, or stop the VM and give --no-snapshot to read the file live', { path: source, stderr: stderrTail(r.stderr) }))
+    return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${config.source} cannot be frozen for the backup: its filesystem makes no reflink copies (${stderrTail(r.stderr) || `cp exit ${r.exitCode}`})`,
+      'keep VM images on btrfs or XFS, or stop the VM and give --no-snapshot to read the file live', { path: config.source, stderr: stderrTail(r.stderr) }))
   }
-  const frozen = await fsStep('stat', copy, fs.stat(copy))
-  return { path: copy, size: frozen.size, consistency: 'reflink', warnings: [], release }
+  const frozen = remote === undefined ? await fsStep('stat', copy, fs.stat(copy)) : await inspectRemoteSource(remote, copy)
+  return { path: copy, ...on, size: frozen.size, consistency: 'reflink', warnings: [], release }
+}
+
+/**
+ * The transport of the source's host when it is another: the one given, which must be there. A
+ * local source needs none (one given is refused: it would be read from the wrong place).
+ */
+export const sourceHostOf = async (config: VolumeConfig, given: Transport | undefined): Promise<Transport | undefined> => {
+  const where = await must(sourceLocation(config.source))
+  if (where.kind === 'local') {
+    if (given !== undefined && given.location.kind !== 'local') {
+      return stop(bbError('INVALID_OPTIONS', `the volume's source ${config.source} is on this host, but a transport to ${formatLocation(given.location)} was given`, 'back it up without a source transport'))
+    }
+    return undefined
+  }
+  if (given === undefined || given.location.kind !== 'ssh' || given.location.host !== where.host || given.location.path !== where.path) {
+    return stop(bbError('INVALID_OPTIONS', `the volume's source ${config.source} is on another host: the backup needs a transport that reaches it`,
+      `pass sourceHost: sshTransport(<the location of ${config.source}>, session) (the bbackup command makes it from volume.json)`))
+  }
+  return given
 }

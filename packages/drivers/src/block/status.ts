@@ -1,8 +1,9 @@
 import type { ResultAsync } from 'neverthrow'
-import type { BbError, Transport } from '@bb/core'
+import type { BbError, Location, Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
-import { asResult } from './stop.js'
+import { sourceLocation } from './source.js'
+import { asResult, must } from './stop.js'
 import { readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
 export interface VolumeStatus {
@@ -52,3 +53,10 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
       },
     }
   })
+
+/**
+ * Where the volume's source is (volume.json): a path on this host, or a location on another host
+ * for which a backup needs a transport (`sourceHost`).
+ */
+export const volumeSource = (at: Transport): ResultAsync<Location, BbError> =>
+  asResult(async () => must(sourceLocation((await readVolumeConfig(at, localDirectory(at))).source)))

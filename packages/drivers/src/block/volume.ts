@@ -30,7 +30,7 @@ export interface VolumeConfig {
   readonly format: 1
   /** the volume's identity; also seeds its schedule spread */
   readonly id: string
-  /** an image file or a block device, absolute */
+  /** an image file or a block device: an absolute path here, or `host:/path` / `ssh://host/path` on another host */
   readonly source: string
   readonly chunkSize: number
   readonly schedule: Schedule

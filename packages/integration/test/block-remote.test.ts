@@ -1,0 +1,105 @@
+import { randomBytes } from 'node:crypto'
+import { existsSync, readFileSync } from 'node:fs'
+import { open, readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { backupVolume } from '@bb/drivers/block'
+import { localTransport } from '@bb/transports/local'
+import { mountLoopFilesystem, requireTools, startSshd, type LoopFilesystem, type Sshd } from '@bb/testkit'
+import { runCli, sameBytes, waitFor } from './helpers.js'
+
+const MiB = 1024 * 1024
+
+// backy's model: the backup server reads the VM host. Here the "VM host" is a real sshd on 127.0.0.1
+// whose filesystem is the same loop-mounted btrfs; the image is frozen there and streamed here.
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat'], { root: true }))('block volumes with the source on another host (ssh)', () => {
+  let sshd: Sshd
+  let fs: LoopFilesystem
+  let dir: string
+  let ssh: string[]
+  const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
+
+  beforeAll(async () => {
+    sshd = await startSshd()
+    ssh = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+  })
+  afterAll(async () => {
+    await sshd?.stop()
+  })
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    dir = fs.mountPoint
+    await writeFile(join(dir, 'placeholder'), '')
+    const h = await open(join(dir, 'vm.img'), 'w')
+    await h.write(randomBytes(10 * MiB), 0, 10 * MiB, 0)
+    await h.write(randomBytes(3 * MiB), 0, 3 * MiB, 20 * MiB)
+    await h.truncate(32 * MiB)
+    await h.close()
+  })
+  afterEach(async () => {
+    await fs?.cleanup()
+  })
+
+  /** the CLI over one ssh login, with no session left open after it */
+  const overSsh = async (argv: string[]) => {
+    const before = await sshd.logins()
+    const r = await runCli([...argv, ...ssh], dir)
+    expect(await sshd.logins() - before).toBe(1)
+    await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+    return r
+  }
+  const copiesBesideSource = async (): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('.vm.img.bbackup-'))
+
+  it('freezes the image on its host, streams it once, and writes only the changed chunks; each revision equals the source', async () => {
+    const init = await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img')), '--chunk-size', '1M'])
+    expect(init.code, init.stderr).toBe(0)
+    expect(JSON.parse(readFileSync(join(dir, 'backy/vm/volume.json'), 'utf8'))).toMatchObject({ source: remote(join(dir, 'vm.img')), snapshot: 'auto' })
+
+    const first = await overSsh(['backup', '-b', 'backy/vm', '--json'])
+    expect(first.code, first.stderr).toBe(0)
+    const full = JSON.parse(first.stdout) as { revision: { uuid: string; consistency: string; stats: { chunksWritten: number; bytesRead: number } } }
+    expect(full.revision).toMatchObject({ consistency: 'reflink', stats: { chunksWritten: 13, bytesRead: 32 * MiB } })
+    expect(sameBytes(join(dir, 'backy/vm', `${full.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
+    expect(await copiesBesideSource()).toEqual([])
+
+    // scattered 4 KiB writes into three chunks, one of them a hole until now
+    const h = await open(join(dir, 'vm.img'), 'r+')
+    for (const offset of [1 * MiB + 4096, 1 * MiB + 500 * 1024, 7 * MiB, 28 * MiB]) await h.write(randomBytes(4096), 0, 4096, offset)
+    await h.close()
+    const second = await overSsh(['backup', '-b', 'backy/vm', '-f', '--json'])
+    expect(second.code, second.stderr).toBe(0)
+    const incr = JSON.parse(second.stdout) as { revision: { uuid: string; parent: string; stats: { chunksWritten: number } } }
+    expect(incr.revision).toMatchObject({ parent: full.revision.uuid, stats: { chunksWritten: 3 } })
+    expect(sameBytes(join(dir, 'backy/vm', `${incr.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
+    expect(await copiesBesideSource()).toEqual([])
+  })
+
+  it('reads the live image with --no-snapshot (a warning), and removes copies a killed run left beside it', async () => {
+    expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img'))])).code).toBe(0)
+    const { id } = JSON.parse(readFileSync(join(dir, 'backy/vm/volume.json'), 'utf8')) as { id: string }
+    const leftover = `.vm.img.bbackup-${id.slice(0, 8)}-00000000-0000-4000-8000-000000000000`
+    await writeFile(join(dir, leftover), 'a copy a killed run left')
+    const notOurs = '.vm.img.bbackup-other'
+    await writeFile(join(dir, notOurs), 'not of this volume')
+    const live = await overSsh(['backup', '-b', 'backy/vm', '--no-snapshot'])
+    expect(live.code, live.stderr).toBe(0)
+    expect(live.stdout).toContain('read live, without a snapshot')
+    expect(live.stdout).toContain(`removed what an unfinished run left: ${leftover}`)
+    expect(existsSync(join(dir, leftover))).toBe(false)
+    expect(readFileSync(join(dir, notOurs), 'utf8')).toBe('not of this volume')
+  })
+
+  it('refuses what it cannot read, with the fix, and creates nothing', async () => {
+    const missing = await runCli(['init', '-b', 'backy/vm', remote(join(dir, 'missing.img')), ...ssh], dir)
+    expect(missing).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') as unknown })
+    const relative = await runCli(['init', '-b', 'backy/vm', `root@127.0.0.1:vm.img`, ...ssh], dir)
+    expect(relative.code).not.toBe(0)
+    expect(relative.stderr).toContain('absolute')
+    expect(existsSync(join(dir, 'backy'))).toBe(false)
+    // a library caller must hand over the way to the source's host
+    expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img'))])).code).toBe(0)
+    const r = await backupVolume({ at: localTransport(join(dir, 'backy/vm')), force: true })
+    expect(r._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS', hint: expect.stringContaining('sourceHost') as unknown })
+    expect((await readdir(join(dir, 'backy/vm'))).filter((n) => n.endsWith('.img'))).toEqual([])
+  })
+})
