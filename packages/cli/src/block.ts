@@ -42,7 +42,7 @@ const print = (io: Io, options: BlockCliOptions, value: unknown, text: () => str
 const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
 const short = (uuid: string): string => uuid.slice(0, 8)
 
-export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean }, remote: BlockRemote): Promise<number> => {
+export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string }, remote: BlockRemote): Promise<number> => {
   const { initVolume, parseSchedule, parseSize } = await block()
   const where = parseLocation(source, { cwd: io.cwd })
   if (where.isErr()) return fail(io, where.error, options)
@@ -57,7 +57,7 @@ export const blockInit = async (io: Io, dir: string, source: string, options: Bl
   const r = await initVolume({
     at: localTransport(resolvePath(io.cwd, dir)), source: formatLocation(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
     ...(chunkSize === undefined ? {} : { chunkSize }), ...(schedule === undefined ? {} : { schedule: schedule._unsafeUnwrap() }),
-    ...(options.snapshot === false ? { snapshot: 'none' as const } : {}),
+    ...(options.snapshot === false ? { snapshot: 'none' as const } : {}), ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
   })
   if (r.isErr()) return fail(io, r.error, options)
   const { formatSchedule } = await block()
@@ -73,6 +73,7 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
     `revision ${r.uuid} (${r.tags.join(', ')}): ${r.parent === null ? 'full' : `from ${short(r.parent)}`}, ${formatBytes(r.size)}; `
     + `${formatBytes(s.bytesWritten)} written in ${s.chunksWritten} of ${s.chunks} chunks, ${formatBytes(s.bytesRead)} read, in ${s.durationSeconds.toFixed(1)} s`,
   ]
+  if (s.bytesTransferred !== undefined) lines.push(`  ${formatBytes(s.bytesTransferred)} crossed the network${s.scannedOn === undefined ? ' (the image streamed, hashed here)' : ` (hashed on ${s.scannedOn}: only changed chunks)`}`)
   if (verbosity > 0) lines.push(`  ${s.zeroChunks} zero chunks, ${s.chunksPunched} made holes again, ${formatBytes(s.bytesSkipped)} of holes not read${rate}`)
   for (const w of r.warnings) lines.push(`warning: ${w}`)
   if (report.removedIncomplete.length > 0) lines.push(`  removed what an unfinished run left: ${report.removedIncomplete.join(', ')}`)

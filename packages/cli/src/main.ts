@@ -670,9 +670,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
     .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
     .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')
+    .option('--remote-helper <program>', "a source on another host: its bbackup-remote, which hashes there so that only changed chunks cross (default: bbackup-remote when found; 'none' streams the image)")
     .option('--json', 'print the result as JSON')
     .addHelpText('after', EXAMPLES.init ?? '')
-    .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; json?: boolean }) => {
+    .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string; json?: boolean }) => {
       outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
     })
 

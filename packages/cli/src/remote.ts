@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { appendFile, realpath, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
+import { localTransport } from '@bb/transports/local'
 import { filterRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
 
 const USAGE = `usage (as the forced command of an authorized_keys line):
@@ -12,6 +13,8 @@ export interface RemoteIo {
   /** sshd's pipes, for the command server (the master connection's own command) */
   readonly stdin?: AsyncIterable<Buffer>
   readonly stdout?: (bytes: string | Buffer) => void
+  /** stdout for bulk bytes: resolves when more may be written */
+  readonly writeOut?: (bytes: Buffer) => Promise<void>
   /** the request from sshd, and the client's address */
   readonly env: Readonly<Record<string, string | undefined>>
 }
@@ -65,6 +68,7 @@ const logLine = async (file: string | undefined, env: RemoteIo['env'], text: str
  * exit 255 and a line that names the reason. Resolves to the exit status.
  */
 export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise<number> => {
+  if (argv[0] === 'block-scan') return blockScan(argv.slice(1), io)
   const options = await policyFrom(argv)
   if (typeof options === 'string') return refuse(io, `the forced command is misconfigured: ${options}`)
   const command = io.env.SSH_ORIGINAL_COMMAND
@@ -144,3 +148,46 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
 const SIGNAL_NUMBERS: Readonly<Partial<Record<NodeJS.Signals, number>>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 }
 /** a command's exit status as a shell reports it: its code, or 128 + the number of the signal that ended it */
 const exitStatus = (code: number | null, signal: NodeJS.Signals | null): number => code ?? 128 + (signal === null ? 0 : SIGNAL_NUMBERS[signal] ?? 0)
+
+const BLOCK_SCAN_USAGE = 'usage: bbackup-remote block-scan --chunk-size BYTES --size BYTES -- IMAGE (the parent\'s hashes on stdin), or block-scan --protocol'
+
+/**
+ * `bbackup-remote block-scan`: the block driver's chunk scan on the host of a source, run by the
+ * backup host over ssh (not as a forced command). Reads IMAGE, hashes its chunks on this host's
+ * cores, and writes only the chunks whose hash differs from the parent's on stdin
+ * (docs/drivers/block.md; the records are in @bb/drivers/block's remote-scan).
+ */
+const blockScan = async (argv: readonly string[], io: RemoteIo): Promise<number> => {
+  const { BLOCK_SCAN_PROTOCOL, openHashPool, serveBlockScan } = await import('@bb/drivers/block')
+  let parsed
+  try {
+    parsed = parseArgs({ args: [...argv], options: { 'chunk-size': { type: 'string' }, size: { type: 'string' }, protocol: { type: 'boolean' } }, allowPositionals: true, strict: true })
+  } catch (e) {
+    io.stderr(`bbackup-remote: ${(e as Error).message}\n${BLOCK_SCAN_USAGE}\n`)
+    return 2
+  }
+  if (parsed.values.protocol === true) {
+    io.stdout?.(`${BLOCK_SCAN_PROTOCOL}\n`)
+    return 0
+  }
+  const chunkSize = Number(parsed.values['chunk-size'])
+  const size = Number(parsed.values.size)
+  const [path, ...more] = parsed.positionals
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || !Number.isSafeInteger(size) || size < 0 || path === undefined || !path.startsWith('/') || more.length > 0 || io.stdin === undefined || io.writeOut === undefined) {
+    io.stderr(`bbackup-remote: ${BLOCK_SCAN_USAGE}\n`)
+    return 2
+  }
+  const given: Buffer[] = []
+  for await (const b of io.stdin) given.push(b)
+  const parentHashes = Buffer.concat(given)
+  const pool = openHashPool()
+  try {
+    await serveBlockScan({ at: localTransport(path), path, size, chunkSize, parentHashes, pool, write: io.writeOut })
+    return 0
+  } catch (e) {
+    io.stderr(`bbackup-remote: block-scan of ${path}: ${(e as Error).message}\n`)
+    return 1
+  } finally {
+    await pool.close()
+  }
+}

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
-import { open, readdir, writeFile } from 'node:fs/promises'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmod, open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
-import { mountLoopFilesystem, requireTools, startSshd, type LoopFilesystem, type Sshd } from '@bb/testkit'
-import { runCli, sameBytes, waitFor } from './helpers.js'
+import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+import { ROOT, runCli, sameBytes, waitFor } from './helpers.js'
 
 const MiB = 1024 * 1024
 
@@ -17,14 +17,22 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
   let fs: LoopFilesystem
   let dir: string
   let ssh: string[]
+  let bin: TempDir
+  /** bbackup-remote as installed on the source's host: here its source, run through tsx */
+  let helper: string
   const remote = (path: string): string => `ssh://root@127.0.0.1:${sshd.port}${path}`
 
   beforeAll(async () => {
     sshd = await startSshd()
     ssh = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+    bin = await makeTempDir('bbackup-remote-bin')
+    helper = join(bin.path, 'bbackup-remote')
+    await writeFile(helper, `#!/bin/sh\ncd ${ROOT} && exec ${process.execPath} --conditions=@bb/source --import tsx ${join(ROOT, 'packages/cli/src/remote-cli.ts')} "$@"\n`)
+    await chmod(helper, 0o755)
   })
   afterAll(async () => {
     await sshd?.stop()
+    await bin?.cleanup()
   })
   beforeEach(async () => {
     fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
@@ -56,7 +64,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(JSON.parse(readFileSync(join(dir, 'backy/vm/volume.json'), 'utf8'))).toMatchObject({ source: remote(join(dir, 'vm.img')), snapshot: 'auto' })
 
     const first = await overSsh(['backup', '-b', 'backy/vm', '--json'])
-    expect(first.code, first.stderr).toBe(0)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
     const full = JSON.parse(first.stdout) as { revision: { uuid: string; consistency: string; stats: { chunksWritten: number; bytesRead: number } } }
     expect(full.revision).toMatchObject({ consistency: 'reflink', stats: { chunksWritten: 13, bytesRead: 32 * MiB } })
     expect(sameBytes(join(dir, 'backy/vm', `${full.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
@@ -67,10 +75,44 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     for (const offset of [1 * MiB + 4096, 1 * MiB + 500 * 1024, 7 * MiB, 28 * MiB]) await h.write(randomBytes(4096), 0, 4096, offset)
     await h.close()
     const second = await overSsh(['backup', '-b', 'backy/vm', '-f', '--json'])
-    expect(second.code, second.stderr).toBe(0)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
     const incr = JSON.parse(second.stdout) as { revision: { uuid: string; parent: string; stats: { chunksWritten: number } } }
     expect(incr.revision).toMatchObject({ parent: full.revision.uuid, stats: { chunksWritten: 3 } })
     expect(sameBytes(join(dir, 'backy/vm', `${incr.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
+    expect(await copiesBesideSource()).toEqual([])
+  })
+
+  it("with bbackup-remote on the source's host, hashes there: only changed chunks cross the network", async () => {
+    expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img')), '--chunk-size', '1M', '--remote-helper', helper])).code).toBe(0)
+    type Stats = { chunksWritten: number; bytesTransferred: number; scannedOn?: string; bytesRead: number }
+    const first = await overSsh(['backup', '-b', 'backy/vm', '--json'])
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    const full = JSON.parse(first.stdout) as { revision: { uuid: string; stats: Stats } }
+    // 13 chunks of data cross (and a few bytes a chunk of records); the 19 empty ones are a record each
+    expect(full.revision.stats).toMatchObject({ chunksWritten: 13, scannedOn: '127.0.0.1' })
+    expect(full.revision.stats.bytesTransferred).toBeGreaterThan(13 * MiB)
+    expect(full.revision.stats.bytesTransferred).toBeLessThan(13 * MiB + 4096)
+    expect(sameBytes(join(dir, 'backy/vm', `${full.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
+
+    const h = await open(join(dir, 'vm.img'), 'r+')
+    for (const offset of [2 * MiB, 9 * MiB + 1234, 30 * MiB]) await h.write(randomBytes(4096), 0, 4096, offset)
+    // a chunk of data that becomes zeros: a hole again
+    await h.write(Buffer.alloc(MiB), 0, MiB, 5 * MiB)
+    await h.close()
+    const second = await overSsh(['backup', '-b', 'backy/vm', '-f'])
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(second.stdout).toMatch(/3\.0 MiB written in 3 of 32 chunks/)
+    expect(second.stdout).toMatch(/3\.0 MiB crossed the network \(hashed on 127\.0\.0\.1: only changed chunks\)/)
+    const latest = join(dir, 'backy/vm', 'latest')
+    expect(sameBytes(latest, join(dir, 'vm.img'))).toBe(true)
+    expect(await copiesBesideSource()).toEqual([])
+
+    // a helper named in volume.json must answer: no quiet fall back to streaming
+    const config = join(dir, 'backy/vm/volume.json')
+    writeFileSync(config, readFileSync(config, 'utf8').replace(helper, '/nonexistent/bbackup-remote'))
+    const broken = await overSsh(['backup', '-b', 'backy/vm', '-f'])
+    expect(broken.code).toBe(1)
+    expect(broken.stderr).toContain('remote helper /nonexistent/bbackup-remote does not answer')
     expect(await copiesBesideSource()).toEqual([])
   })
 

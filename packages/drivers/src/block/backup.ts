@@ -1,10 +1,11 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
 import { bbError, formatLocation, InternalError, stderrTail, type BbError, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
+import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
@@ -113,21 +114,61 @@ export const removeIncomplete = async (dir: string, names: readonly string[]): P
 }
 
 /**
- * Reads the frozen source once: on this host in place (holes skipped), on another host as the
- * stream of `head -c SIZE` over the transport.
+ * The chunk scan program on the source's host, when it is there and speaks our protocol: the
+ * volume's `remoteHelper` (which must work), else `bbackup-remote` if found; undefined to stream.
  */
-const readSource = async (at: Transport, frozen: FrozenSource, chunkSize: number, pool: ReturnType<typeof openHashPool>, signal: AbortSignal | undefined, handlers: ScanHandlers): Promise<ScanCounts> => {
+const remoteHelperOf = async (remote: Transport, config: VolumeConfig, signal: AbortSignal | undefined): Promise<string | undefined> => {
+  if (config.remoteHelper === 'none') return undefined
+  const program = config.remoteHelper ?? 'bbackup-remote'
+  const asked = await remote.exec([program, 'block-scan', '--protocol'], signal === undefined ? {} : { signal })
+  if (asked.isOk() && asked.value.exitCode === 0 && asked.value.stdout.trim() === BLOCK_SCAN_PROTOCOL) return program
+  if (asked.isErr() && asked.error.code === 'CANCELLED') return stop(asked.error)
+  if (config.remoteHelper === undefined) return undefined
+  const said = asked.isErr() ? asked.error.message : stderrTail(asked.value.stderr) || asked.value.stdout.trim() || `exit ${asked.value.exitCode}`
+  return stop(bbError('TOOL_MISSING', `the volume's remote helper ${program} does not answer on ${formatLocation(remote.location)} (${said})`,
+    `install bbackup there (the same version as here) or fix remoteHelper in volume.json; "none" streams the image instead`, { path: formatLocation(remote.location) }))
+}
+
+/** What a read of the source hands on; `unchanged` only from a scan on the source's host, which compares with the parent itself. */
+type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number): Promise<void> | void }
+
+/**
+ * Reads the frozen source once: on this host in place (holes skipped); on another host by the
+ * chunk scan there (`bbackup-remote block-scan`: only changed chunks cross), else as the stream of
+ * `head -c SIZE`.
+ */
+const readSource = async (input: { readonly at: Transport; readonly frozen: FrozenSource; readonly config: VolumeConfig; readonly parentHashes: Buffer | undefined; readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined }, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly scannedOn?: string }> => {
+  const { frozen, pool, signal } = input
+  const { chunkSize } = input.config
   const { remote } = frozen
   if (remote === undefined) {
-    const dataMap = await dataChunks(at, frozen.path, frozen.size, chunkSize)
+    const dataMap = await dataChunks(input.at, frozen.path, frozen.size, chunkSize)
     return scanChunks({ path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap }, handlers)
   }
-  const reading = remote.spawn(['head', '-c', String(frozen.size), '--', frozen.path], { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
   const what = formatLocation({ ...remote.location, path: frozen.path })
+  const helper = await remoteHelperOf(remote, input.config, signal)
+  const argv = helper === undefined
+    ? ['head', '-c', String(frozen.size), '--', frozen.path]
+    : [helper, 'block-scan', '--chunk-size', String(chunkSize), '--size', String(frozen.size), '--', frozen.path]
+  const reading = remote.spawn(argv, { stdout: 'pipe', ...(helper === undefined ? {} : { stdin: 'pipe' as const }), ...(signal === undefined ? {} : { signal }) })
   if (reading.stdout === undefined) throw new InternalError('spawn with stdout: pipe gave no stdout')
-  let counts: ScanCounts
+  // the parent's hashes tell the scan there what is here already
+  reading.stdin?.on('error', () => undefined)
+  reading.stdin?.end(input.parentHashes ?? Buffer.alloc(0))
+  let counts: ScanCounts & { readonly bytesTransferred?: number }
   try {
-    counts = await scanStream({ stream: reading.stdout, what, size: frozen.size, chunkSize, pool, signal }, handlers)
+    counts = helper === undefined
+      ? { ...(await scanStream({ stream: reading.stdout, what, size: frozen.size, chunkSize, pool, signal }, handlers)), bytesTransferred: frozen.size }
+      : await readBlockScan({ stream: reading.stdout, what, size: frozen.size, chunkSize }, {
+        ...handlers,
+        data: async (index, chunk, digest) => {
+          // the bytes crossed a network: they must be the ones hashed there
+          if (!createHash('sha256').update(chunk).digest().equals(digest)) {
+            stop(bbError('SOURCE_UNAVAILABLE', `chunk ${index} of ${what} arrived with another hash than it left with`, 'run the backup again; if it repeats, check the network and the memory of both hosts', { path: what }))
+          }
+          await handlers.data(index, chunk, digest)
+        },
+      })
   } catch (error) {
     reading.kill()
     await reading.done
@@ -135,9 +176,9 @@ const readSource = async (at: Transport, frozen: FrozenSource, chunkSize: number
   }
   const ended = await must(reading.done)
   if (ended.exitCode !== 0) {
-    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${what} failed: ${stderrTail(ended.stderr) || `head exit ${ended.exitCode}`}`, 'check that the ssh user may read it, and run again', { path: what, stderr: stderrTail(ended.stderr) }))
+    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${what} failed: ${stderrTail(ended.stderr) || `${argv[0] ?? ''} exit ${ended.exitCode}`}`, 'check that the ssh user may read it, and run again', { path: what, stderr: stderrTail(ended.stderr) }))
   }
-  return counts
+  return { ...counts, ...(helper === undefined ? {} : { scannedOn: remote.location.kind === 'ssh' ? remote.location.host : 'the source host' }) }
 }
 
 const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, now: Date): Promise<Revision> => {
@@ -170,7 +211,11 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     let counts
     try {
       await fsStep('resize', target.partial, handle.truncate(frozen.size))
-      counts = await readSource(at, frozen, config.chunkSize, pool, options.signal, {
+      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, pool, signal: options.signal }, {
+        unchanged: (index, length) => {
+          parent?.hashes.copy(hashes, index * DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
+          options.onProgress?.({ bytes: (progress += length), total: frozen.size })
+        },
         zero: (index, length) => {
           if (index < parentChunks && parent !== undefined && !recordedZero(parent.hashes, index)) punch.push([index * config.chunkSize, length])
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -212,6 +257,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         durationSeconds: Math.round(performance.now() - started) / 1000, bytesRead: counts.bytesRead, bytesSkipped: counts.bytesSkipped, bytesWritten, bytesHashed, chunks, chunksWritten,
         zeroChunks: counts.zeroChunks, chunksPunched: punch.reduce((n, [, length]) => n + Math.ceil(length / config.chunkSize), 0),
         hashSeconds: Math.round(pool.busySeconds() * 1000) / 1000, threads: pool.threads,
+        ...(counts.bytesTransferred === undefined ? {} : { bytesTransferred: counts.bytesTransferred }), ...(counts.scannedOn === undefined ? {} : { scannedOn: counts.scannedOn }),
       },
       warnings: frozen.warnings,
     }

@@ -24,6 +24,8 @@ export interface InitVolumeOptions {
   readonly schedule?: Schedule
   /** 'none': never freeze the source (read it live; each revision carries a warning) */
   readonly snapshot?: SnapshotMode
+  /** a source on another host: the program there that scans it, or 'none' to stream (see {@link VolumeConfig.remoteHelper}) */
+  readonly remoteHelper?: string
 }
 
 /** `4M`, `512K`, `1048576`: bytes. */
@@ -64,7 +66,10 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
     const id = randomUUID()
     const schedule = options.schedule ?? DEFAULT_SCHEDULE
     const snapshot = options.snapshot ?? 'auto'
-    const config: VolumeConfig = { format: 1, id, source: formatLocation(where), chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot }
+    if (options.remoteHelper !== undefined && where.kind === 'local') return stop(bbError('INVALID_OPTIONS', 'a remote helper is for a source on another host', `leave out the remote helper for ${options.source}`))
+    const config: VolumeConfig = {
+      format: 1, id, source: formatLocation(where), chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot, ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
+    }
     const remote = await sourceHostOf(config, options.sourceHost)
     const source = remote === undefined ? await inspectSource(where.path) : await inspectRemoteSource(remote, where.path)
     await must(options.at.mkdir(dir, { recursive: true }))

@@ -38,6 +38,11 @@ export interface VolumeConfig {
   readonly spreadSeconds: number
   /** 'none': read the live source, never freeze it */
   readonly snapshot: SnapshotMode
+  /**
+   * a source on another host: the program there that scans it (`bbackup-remote`, which must then
+   * answer), or 'none' to stream the image; unset: `bbackup-remote` when found, else stream
+   */
+  readonly remoteHelper?: string
 }
 
 export type Trust = 'trusted' | 'distrusted' | 'verified'
@@ -60,6 +65,10 @@ export interface RevisionStats {
   /** seconds the hashing threads were busy, summed */
   readonly hashSeconds: number
   readonly threads: number
+  /** a source on another host: the bytes that crossed the network to here */
+  readonly bytesTransferred?: number
+  /** the host that read and hashed the source, when its bbackup-remote did (only changed chunks crossed) */
+  readonly scannedOn?: string
 }
 
 export interface Verification {
@@ -113,7 +122,10 @@ export const readVolumeConfig = async (at: Transport, dir: string): Promise<Volu
   if (raw.format !== 1 || typeof raw.id !== 'string' || typeof raw.source !== 'string' || typeof raw.chunkSize !== 'number' || typeof raw.spreadSeconds !== 'number' || schedule.isErr()) {
     return stop(bbError('IO_FAILED', `${file} is not a volume file bbackup can read`, 'check its fields against docs/drivers/block.md', { path: file }))
   }
-  return { format: 1, id: raw.id, source: raw.source, chunkSize: raw.chunkSize, schedule: schedule.value, spreadSeconds: raw.spreadSeconds, snapshot: raw.snapshot === 'none' ? 'none' : 'auto' }
+  return {
+    format: 1, id: raw.id, source: raw.source, chunkSize: raw.chunkSize, schedule: schedule.value, spreadSeconds: raw.spreadSeconds, snapshot: raw.snapshot === 'none' ? 'none' : 'auto',
+    ...(typeof raw.remoteHelper === 'string' && raw.remoteHelper !== '' ? { remoteHelper: raw.remoteHelper } : {}),
+  }
 }
 
 export const volumeConfigText = (config: VolumeConfig): string =>
