@@ -74,6 +74,8 @@ export interface SshSpec {
 export interface BlockJobSpec {
   readonly name: string
   readonly backupDir: string
+  /** how a source on another host is reached */
+  readonly ssh?: SshSpec
   /** status --check: the newest revision may be this old before the volume is a warning, and critical */
   readonly warnAge?: string
   readonly criticalAge?: string
@@ -97,6 +99,8 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   keep_last: 'keepLast',
 }
 const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+/** what a block job may set: the rest of a volume is in its volume.json */
+const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -161,6 +165,19 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     }
     return ok(ages)
   }
+  /** a job's ssh settings: ssh_identity, ssh_known_hosts, ssh_options, ssh_program, and ssh_sudo where `sudo` may be given */
+  const sshOf = (section: string, job: Record<string, unknown>): Result<SshSpec, BbError> => {
+    const text = (key: string): string | undefined => (typeof job[key] === 'string' ? job[key] : undefined)
+    for (const key of ['ssh_identity', 'ssh_known_hosts', 'ssh_program']) if (job[key] !== undefined && text(key) === undefined) return problem(section, key, 'must be a string')
+    const options = job.ssh_options ?? []
+    if (!Array.isArray(options) || !options.every((x) => typeof x === 'string')) return problem(section, 'ssh_options', 'must be a list of strings')
+    if (job.ssh_sudo !== undefined && typeof job.ssh_sudo !== 'boolean') return problem(section, 'ssh_sudo', 'must be true or false')
+    const identityFile = text('ssh_identity'), knownHostsFile = text('ssh_known_hosts'), program = text('ssh_program')
+    return ok({
+      ...(identityFile === undefined ? {} : { identityFile }), ...(knownHostsFile === undefined ? {} : { knownHostsFile }),
+      ...(options.length === 0 ? {} : { options: options as string[] }), ...(program === undefined ? {} : { program }), ...(job.ssh_sudo === true ? { sudo: true } : {}),
+    })
+  }
   const jobs: JobSpec[] = []
   const blockJobs: BlockJobSpec[] = []
   for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
@@ -168,12 +185,14 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
     const job = raw as Record<string, unknown>
     if (job.driver === 'block') {
-      const other = Object.keys(job).find((k) => !['driver', 'backup_dir', 'warn_age', 'critical_age'].includes(k))
-      if (other !== undefined) return problem(section, other, 'a block job has driver, backup_dir, warn_age and critical_age only', 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
+      const other = Object.keys(job).find((k) => !BLOCK_JOB_KEYS.includes(k))
+      if (other !== undefined) return problem(section, other, `a block job has ${BLOCK_JOB_KEYS.join(', ')} only`, 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
       if (typeof job.backup_dir !== 'string') return problem(section, job.backup_dir === undefined ? '' : 'backup_dir', 'backup_dir is missing or not a path', 'backup_dir = "/srv/backy/vm1", a directory made by bbackup init -b')
       const ages = checkAges(section, job)
       if (ages.isErr()) return err(ages.error)
-      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value })
+      const ssh = sshOf(section, job)
+      if (ssh.isErr()) return err(ssh.error)
+      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }) })
       continue
     }
     if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
@@ -239,19 +258,14 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
-      sshIdentity: optionalString('ssh_identity'), sshKnownHosts: optionalString('ssh_known_hosts'), sshOptions: strings('ssh_options'),
-      sshProgram: optionalString('ssh_program'), sshSudo: bool('ssh_sudo', false), sudo: bool('sudo', false),
+      ssh: sshOf(section, job), sudo: bool('sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
     const prefix = v(fields.prefix), stateDir = v(fields.stateDir), timeZone = v(fields.timeZone)
     const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots), snapshotFolder = v(fields.snapshotFolder)
-    const sshIdentity = v(fields.sshIdentity), sshKnownHosts = v(fields.sshKnownHosts), sshOptions = v(fields.sshOptions), sshProgram = v(fields.sshProgram)
-    const ssh: SshSpec = {
-      ...(sshIdentity === undefined ? {} : { identityFile: sshIdentity }), ...(sshKnownHosts === undefined ? {} : { knownHostsFile: sshKnownHosts }),
-      ...(sshOptions.length === 0 ? {} : { options: sshOptions }), ...(sshProgram === undefined ? {} : { program: sshProgram }), ...(v(fields.sshSudo) ? { sudo: true } : {}),
-    }
+    const ssh = v(fields.ssh)
     const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount)
     const ages = checkAges(section, job)
     if (ages.isErr()) return err(ages.error)

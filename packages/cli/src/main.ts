@@ -467,7 +467,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       for (const volume of resolved.blockJobs) {
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
-          : await blockBackup(io, volume.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }, (report) => reports.push({ job: volume.name, ...report })))
+          // the command line's ssh settings go over the config's, key by key, as for the other jobs
+          : await blockBackup(io, volume.backupDir, options, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, (report) => reports.push({ job: volume.name, ...report })))
       }
     } finally {
       process.off('SIGINT', onSignal)

@@ -107,6 +107,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(sameBytes(latest, join(dir, 'vm.img'))).toBe(true)
     expect(await copiesBesideSource()).toEqual([])
 
+    // a job of the config, with its own ssh settings, as a timer runs it
+    await writeFile(join(dir, 'bbackup.toml'), `[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\nssh_identity = "${sshd.identityFile}"\nssh_known_hosts = "${sshd.knownHostsFile}"\n`)
+    const logins = await sshd.logins()
+    const fromConfig = await runCli(['run', '-c', 'bbackup.toml', '--json'], dir)
+    expect(fromConfig.code, fromConfig.stdout + fromConfig.stderr).toBe(0)
+    // one revision a day is due and there is one of today: nothing to do, but the source was looked at
+    expect(JSON.parse(fromConfig.stdout)).toMatchObject({ job: 'vm', skipped: true })
+    expect(await sshd.logins() - logins).toBe(1)
+
     // a helper named in volume.json must answer: no quiet fall back to streaming
     const config = join(dir, 'backy/vm/volume.json')
     writeFileSync(config, readFileSync(config, 'utf8').replace(helper, '/nonexistent/bbackup-remote'))
