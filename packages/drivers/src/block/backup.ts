@@ -22,7 +22,8 @@ export interface BlockBackupOptions {
   /**
    * For a source on another host (`source` in volume.json is `ssh://host/path` or `host:/path`):
    * the transport that reaches it, located at the source (an ssh transport). The image is frozen
-   * there and streamed here once, with `head -c`; nothing of bbackup runs on that host.
+   * there, then scanned there by `bbackup-remote block-scan` (only changed chunks cross) or, without
+   * it, streamed here once with `head -c`.
    */
   readonly sourceHost?: Transport
   /** back up even when no tag of the schedule is due */
@@ -181,9 +182,10 @@ const readSource = async (input: { readonly at: Transport; readonly frozen: Froz
   return { ...counts, ...(helper === undefined ? {} : { scannedOn: remote.location.kind === 'ssh' ? remote.location.host : 'the source host' }) }
 }
 
-const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, now: Date): Promise<Revision> => {
+/** `remote`: the source's host when it is another (checked by {@link sourceHostOf}), else undefined */
+const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, remote: Transport | undefined, now: Date): Promise<Revision> => {
   const started = performance.now()
-  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal, remote: options.sourceHost })
+  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal, remote })
   const uuid = randomUUID()
   const target = paths(dir, uuid)
   const pool = openHashPool(options.threads)
@@ -301,7 +303,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       // a forced run between slots still carries the schedule's shortest tag, so that it expires like the others
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
-      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, { ...options, ...(remote === undefined ? {} : { sourceHost: remote }) }, now)
+      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now)
       const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now)
       return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
     })

@@ -1,10 +1,9 @@
-import { bbError } from '@bb/core'
 import type { Readable } from 'node:stream'
+import { bbError, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, type ScanCounts } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, type HashPool } from './hash-pool.js'
 import { stop } from './stop.js'
-import type { Transport } from '@bb/core'
 
 /**
  * The chunk scan on the source's host (`bbackup-remote block-scan`): it reads the image there,
