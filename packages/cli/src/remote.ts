@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { appendFile, realpath, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { localTransport } from '@bb/transports/local'
-import { filterRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
+import { filterRequest, isAheadRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
 
 const USAGE = `usage (as the forced command of an authorized_keys line):
   command="bbackup-remote --role ROLE[,ROLE] --restrict-path DIR [--restrict-path DIR] [--sudo] [--log FILE]",restrict ssh-ed25519 AAAA...
@@ -13,6 +13,8 @@ export interface RemoteIo {
   /** sshd's pipes, for the command server (the master connection's own command) */
   readonly stdin?: AsyncIterable<Buffer>
   readonly stdout?: (bytes: string | Buffer) => void
+  /** one line of stdin (without its newline), read a byte at a time so that the rest stays for a command; undefined at its end */
+  readonly readLine?: () => string | undefined
   /** stdout for bulk bytes: resolves when more may be written */
   readonly writeOut?: (bytes: Buffer) => Promise<void>
   /** the request from sshd, and the client's address */
@@ -73,9 +75,13 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
   if (typeof options === 'string') return refuse(io, `the forced command is misconfigured: ${options}`)
   const command = io.env.SSH_ORIGINAL_COMMAND
   if (isServeRequest(command) && io.stdin !== undefined && io.stdout !== undefined) return serve(options, io.stdin, io.stdout, io)
-  const request = await filterRequest(command, options.policy)
+  // a session opened ahead: its request is the first line of stdin, the rest is the command's
+  const ahead = isAheadRequest(command) && io.readLine !== undefined
+  const line = ahead ? io.readLine?.() : command
+  if (ahead && line === undefined) return 0
+  const request = await filterRequest(line, options.policy, ahead ? { serveLine: true } : {})
   if (request.isErr()) {
-    await logLine(options.log, io.env, `refused ${JSON.stringify(command ?? '')}: ${request.error}`)
+    await logLine(options.log, io.env, `refused ${JSON.stringify(line ?? '')}: ${request.error}`)
     return refuse(io, request.error)
   }
   await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(request.value.argv)}`)

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
 import { openSshSession, remoteCommand, sshTransport } from '@bb/transports/ssh'
-import { SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
+import { AHEAD, SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
 import { ROOT, runCli, waitFor } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
@@ -304,6 +304,19 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
       expect(a.stderr).toMatch(/^bbackup-remote: refused: /)
     }
     expect(answers.at(-1)).toMatchObject({ status: 0, stdout: expect.stringMatching(/^btrfs-progs v/) as unknown })
+    expect(existsSync(marker)).toBe(false)
+
+    // a session opened ahead: its first line of stdin is filtered as a request of its own, the rest is never read as one
+    const ahead = remoteCommand(['sh', '-c', AHEAD, 'sh'])._unsafeUnwrap()
+    for (const line of [hostile[0], hostile[1], hostile[7], hostile[9]]) {
+      const r = request(ahead, `${line}\ntouch ${marker}\n`)
+      expect({ line, status: r.status }).toEqual({ line, status: 255 })
+      expect(r.stderr).toMatch(/^bbackup-remote: refused: /m)
+    }
+    const allowed = request(ahead, `btrfs --version\ntouch ${marker}\n`)
+    expect(allowed.status).toBe(0)
+    expect(allowed.stdout).toMatch(/^btrfs-progs v/)
+    expect(request(ahead, '').status).toBe(0)
     expect(existsSync(marker)).toBe(false)
   })
 

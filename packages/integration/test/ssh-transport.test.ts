@@ -1,16 +1,28 @@
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseLocation, type SshLocation, type Transport } from '@bb/core'
 import { makeTempDir, requireTools, startSshd, type Sshd, type TempDir } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
 
 /** names a careless remote command line would turn into shell syntax or options */
 const HOSTILE = [
   'with space', "it's", 'say "hi"', '$HOME', '`id`', '$(touch MARKER)', "'; touch MARKER; '", 'line\nbreak', '-rf', '--help', 'tab\there', 'back\\slash', '*', 'é ü',
 ]
+
+/** the processes of this host: pid, parent pid, command line */
+const processes = (): { readonly pid: number; readonly ppid: number; readonly cmdline: string }[] => readdirSync('/proc').filter((e) => /^\d+$/.test(e)).flatMap((e) => {
+  try {
+    const stat = readFileSync(`/proc/${e}/stat`, 'utf8')
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+    return [{ pid: Number(e), ppid, cmdline: readFileSync(`/proc/${e}/cmdline`, 'utf8').replaceAll('\0', ' ') }]
+  } catch {
+    return []
+  }
+})
 
 describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the ssh transport against a real sshd on 127.0.0.1', () => {
   let sshd: Sshd
@@ -20,6 +32,21 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
 
   const location = (path: string): SshLocation => parseLocation(`ssh://root@127.0.0.1:${sshd.port}${path}`)._unsafeUnwrap() as SshLocation
   const options = () => ({ identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+
+  /** the sessions opened ahead that wait for their command on the host (under this sshd), once there are `count` of them (or 10 s passed) */
+  const aheadOnHost = async (count: number): Promise<number[]> => {
+    const waiting = (): number[] => {
+      const all = processes()
+      const served = new Set(sshd.sessionPids())
+      const underServer = (p: { readonly ppid: number }): boolean => {
+        for (let at: number | undefined = p.ppid; at !== undefined && at > 1; at = all.find((q) => q.pid === at)?.ppid) if (served.has(at)) return true
+        return false
+      }
+      return all.filter((p) => p.cmdline.includes('read -r l || exit 0') && underServer(p)).map((p) => p.pid)
+    }
+    for (const deadline = Date.now() + 10_000; waiting().length !== count && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 50))
+    return waiting()
+  }
 
   beforeAll(async () => {
     sshd = await startSshd()
@@ -125,6 +152,47 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     const deadline = Date.now() + 5000
     while (sshd.sessionPids().length >= before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
     expect(sshd.sessionPids().length).toBeLessThan(before)
+  })
+
+  it('runs a spawn in the session opened ahead (prepareSpawn), the stream written straight into it, a hostile name intact', async () => {
+    const own = openSshSession()
+    try {
+      const t = sshTransport(location(dir.path), own, options())
+      t.prepareSpawn?.()
+      ;(await t.exec(['true']))._unsafeUnwrap()
+      // logged in: the session ahead is already an ssh client of this process, waiting on the host
+      const clients = processes().filter((p) => p.ppid === process.pid && p.cmdline.startsWith('ssh ')).map((p) => p.pid)
+      expect((await aheadOnHost(1)).length).toBe(1)
+      const sessionsBefore = await sshd.sessions()
+      const big = join(dir.path, 'ahead-source')
+      await writeFile(big, Buffer.alloc(2 * 1024 * 1024 + 3, 5))
+      const name = join(dir.path, 'line\nbreak $(touch MARKER) \'q\'')
+      const receiver = t.spawn(['sh', '-c', 'cat > "$1"', 'sh', name], { stdin: 'pipe' })
+      expect(clients).toContain(receiver.pid)
+      const sender = localTransport(dir.path).spawn(['cat', '--', big], { stdout: receiver.stdin ?? 'ignore' })
+      expect((await sender.done)._unsafeUnwrap().exitCode).toBe(0)
+      expect((await receiver.done)._unsafeUnwrap().exitCode).toBe(0)
+      expect((await readFile(name)).equals(await readFile(big))).toBe(true)
+      expect(existsSync(join(process.env.HOME ?? '/root', 'MARKER'))).toBe(false)
+      // no session was started for it
+      expect(await sshd.sessions()).toBe(sessionsBefore)
+      // the next spawn has no session ahead: it starts its own
+      const second = t.spawn(['true'])
+      expect(clients).not.toContain(second.pid)
+      expect((await second.done)._unsafeUnwrap().exitCode).toBe(0)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('ends a session opened ahead that nothing took, leaving nothing running on the host', async () => {
+    const own = openSshSession()
+    const t = sshTransport(location(dir.path), own, options())
+    t.prepareSpawn?.()
+    ;(await t.exec(['true']))._unsafeUnwrap()
+    expect((await aheadOnHost(1)).length).toBe(1)
+    await own.close()
+    expect(await aheadOnHost(0)).toEqual([])
   })
 
   it('refuses an unknown host key, naming the fix, without retrying', async () => {

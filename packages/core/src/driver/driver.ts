@@ -118,7 +118,13 @@ export interface Driver {
   /** btrfs and block snapshot the source first; rsync copies the live source */
   readonly snapshotsSource: boolean
   /** Tools present, right filesystem, versions; fails with a hint that says what to install or fix. */
-  probe(input: { readonly source: Transport; readonly targets: readonly Transport[]; readonly signal: AbortSignal | undefined }): ResultAsync<void, DriverError>
+  probe(input: {
+    readonly source: Transport
+    readonly targets: readonly Transport[]
+    readonly signal: AbortSignal | undefined
+    /** a backup that will transfer follows (not a dry run, not a doctor's check): the driver may get its targets ready (`Transport.prepareSpawn`) */
+    readonly transferFollows?: boolean
+  }): ResultAsync<void, DriverError>
   /** Takes a read-only snapshot of the source named `name` (drivers with `snapshotsSource` only). */
   createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */

@@ -146,7 +146,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   // Which targets can be reached, and what each holds; one that is out of reach on the network is tried again, with the transfers' backoff
   const reach = async (target: Transport, where: string) => {
     const [reachable, listedFirst] = await Promise.all([
-      job.driver.probe({ source: job.source, targets: [target], signal: options.signal }),
+      job.driver.probe({ source: job.source, targets: [target], signal: options.signal, transferFollows: options.transfer !== false && options.dryRun !== true }),
       job.driver.listSnapshots({ at: target, signal: options.signal }),
     ])
     if (reachable.isErr()) return { target, where, error: reachable.error, snapshots: [] }

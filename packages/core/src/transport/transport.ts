@@ -54,8 +54,11 @@ export interface SpawnOptions {
   readonly signal?: AbortSignal
   /** the stdout of another command (see {@link RunningCommand.stdout}), or `'pipe'` for another to write into; nothing when omitted */
   readonly stdin?: Readable | 'pipe'
-  /** `'pipe'` to connect its stdout to another command; discarded otherwise */
-  readonly stdout?: 'pipe' | 'ignore'
+  /**
+   * `'pipe'` to connect its stdout to a command started after it; the stdin of a command started
+   * before it (see {@link RunningCommand.stdin}), which it then writes into directly; discarded otherwise
+   */
+  readonly stdout?: 'pipe' | 'ignore' | Writable
   /**
    * a stream over a slow link: `zstd` compresses the command's stdout on its own host before it
    * leaves (the command's exit status stays the one reported; `bytesWritten` counts it uncompressed)
@@ -131,6 +134,12 @@ export interface Transport {
   execEach?(argvs: readonly (readonly string[])[], options?: ExecOptions): ResultAsync<CombinedResult[], TransportError>
   /** Starts argv with its stdin and stdout as pipes to connect to other commands (see {@link RunningCommand}). */
   spawn(argv: readonly string[], options?: SpawnOptions): RunningCommand
+  /**
+   * Says that a spawn will follow soon whose stdin is a pipe and whose stdout is discarded (a
+   * receive): a transport to another host opens that session now, so that the login there runs
+   * while other work goes on, and the spawn takes it. Optional; a session nobody takes ends with the run.
+   */
+  prepareSpawn?(): void
   /** The file's text, or undefined when it does not exist. */
   readFile(path: string): ResultAsync<string | undefined, TransportError>
   /** Writes a small file so that a crash leaves the old content or the new, never a torn one. */

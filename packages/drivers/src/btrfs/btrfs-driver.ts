@@ -148,7 +148,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return settled
   }
 
-  const probe: Driver['probe'] = ({ source, targets, signal }) => {
+  const probe: Driver['probe'] = ({ source, targets, signal, transferFollows }) => {
     // at the same time, each a command (a round trip on a remote host); a version error comes first
     if (targets.length === 0) {
       const show = showInBatch(source.location.path)
@@ -163,8 +163,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
+      if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
+      // the receive's session opens now: its login on that host runs while the run lists and snapshots
+      if (transferFollows === true) t.prepareSpawn?.()
       // on another host the version and the target's directory in one round trip
-      return t.location.kind === 'local' ? ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const) : probeRemoteTarget(t, signal)
+      return probeRemoteTarget(t, signal)
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
   }

@@ -146,12 +146,21 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const fifoDir = single ? undefined : await mkdtemp(join(tmpdir(), 'bbackup-fanout-'))
   const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
   for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
-  const send = input.source.spawn(input.sendArgv, { ...options, stdout: 'pipe', ...(compress === undefined ? {} : { compressStdout: compress }) })
+  const compressing = compress === undefined ? {} : { compressStdout: compress }
+  const [only] = input.receivers
+  // One receiver, nothing in between, a sender whose bytes /proc tells (root's, or an ssh client's):
+  // the receiver starts first and the sender writes straight into its stdin, so that a receiver on
+  // another host can be the session opened ahead (Transport.prepareSpawn), its login already done.
+  const receiverFirst = single && only !== undefined && limit === undefined && (process.getuid?.() === 0 || input.source.location.kind !== 'local')
+  const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...(compress === undefined ? {} : { decompressStdin: compress }) }) : undefined
+  const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing })
+  // a receiver that could not start has no stdin: the sender's pipe breaks at once
+  if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
   // a sender this host cannot count from /proc (sudo's, which runs as root) is counted on its way through here
-  const counter = send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
+  const counter = firstReceiver === undefined && send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
   const through = [limit, counter].filter((t) => t !== undefined)
   const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? send.bytesWritten() : counter.bytes)
-  const receives = input.receivers.map((r, i) => {
+  const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r, i) => {
     if (single) {
       const stdin = through.length > 0 ? 'pipe' as const : send.stdout
       const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...(compress === undefined ? {} : { decompressStdin: compress }) })

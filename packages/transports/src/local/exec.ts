@@ -125,9 +125,19 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
       done: errAsync(bbError('COMMAND_FAILED', 'an empty command was given', 'this is a bug in bbackup; please report it')),
     }
   }
-  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', options.stdout === 'pipe' ? 'pipe' : 'ignore', 'pipe'] })
+  const stdout = options.stdout === 'pipe' ? 'pipe' : options.stdout === 'ignore' || options.stdout === undefined ? 'ignore' : options.stdout
+  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe'] })
   if (typeof options.stdin === 'object') options.stdin.destroy()
-  let stderr = ''
+  if (typeof options.stdout === 'object') options.stdout.destroy()
+  return runningCommand(child, argv, options, hooks)
+}
+
+/**
+ * A started child as a {@link RunningCommand}: its stderr tail, its cancel, its outcome. `earlier`
+ * is what it wrote on stderr before it was handed over (a session opened ahead of its command).
+ */
+export const runningCommand = (child: ChildProcess, argv: readonly string[], options: SpawnOptions, hooks: { readonly onStderr?: (chunk: string) => void } = {}, earlier = ''): RunningCommand => {
+  let stderr = earlier.slice(-2 * STDERR_TAIL_CHARS)
   child.stderr?.setEncoding('utf8')
   child.stderr?.on('data', (chunk: string) => {
     stderr = (stderr + chunk).slice(-2 * STDERR_TAIL_CHARS)

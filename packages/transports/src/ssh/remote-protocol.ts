@@ -61,6 +61,14 @@ export const SERVE_BANNER = 'bbackup-serve:1'
  */
 export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; echo "${SERVE_BANNER}"; while IFS= read -r l; do { eval "$l"; } </dev/null >"$d/o" 2>"$d/e"; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; done`
 
+/**
+ * A session opened ahead of its command, so that its login runs while other work goes on: run as
+ * `sh -c AHEAD sh`, it reads one request line as the command server does (`serveLine`) and becomes
+ * that command, whose stdin is the rest of its own. sh's `read` takes a pipe's bytes one at a
+ * time, so nothing after the line is consumed. At the end of its stdin without a line it exits 0.
+ */
+export const AHEAD = `n=$(printf '\\n_'); n=\${n%_}; IFS= read -r l || exit 0; eval "exec $l"`
+
 /** ends each command's record in the output of the `each` script */
 export const RECORD_END = '\n\u001e\n'
 

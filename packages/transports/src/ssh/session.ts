@@ -8,7 +8,7 @@ import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/
 import { execCommand } from '../local/exec.js'
 import { sshFailure, type Endpoint } from './failure.js'
 import { remoteCommand } from './quote.js'
-import { SERVE } from './remote-protocol.js'
+import { AHEAD, SERVE } from './remote-protocol.js'
 import { commandServer, type CommandServer, type ServedResult } from './serve.js'
 
 /** How bbackup reaches one host over ssh; every field has a safe default. */
@@ -58,6 +58,16 @@ export interface SshConnection {
    * connection, so the session's `close` tears it down.
    */
   forward(host: string, port: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>
+  /**
+   * Opens a session ahead of its command (remote-protocol's `AHEAD`) once the master is up with
+   * its command server (not on a host that refused it: a forced command would refuse this too).
+   */
+  openAhead(): void
+  /**
+   * The session opened ahead, if it still waits for its command line, with what it wrote on stderr
+   * so far; its stdout is discarded. The taker writes the line first, then its stdin is the command's.
+   */
+  takeAhead(): { readonly child: ChildProcess; readonly stderr: string } | undefined
 }
 
 /**
@@ -138,6 +148,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** the master's own command: the command server, quoted once like every remote command */
 const SERVE_COMMAND = remoteCommand(['sh', '-c', SERVE, 'sh'])._unsafeUnwrap()
+/** the command of a session opened ahead */
+const AHEAD_COMMAND = remoteCommand(['sh', '-c', AHEAD, 'sh'])._unsafeUnwrap()
 /** how long a login may take to start the server before its commands go by their own sessions */
 const SERVE_START_MS = 20_000
 
@@ -151,12 +163,14 @@ export const openSshSession = (): SshSession => {
   let directory: string | undefined
   const connections = new Map<string, SshConnection>()
   const masters = new Set<ChildProcess>()
+  /** sessions opened ahead that nobody took yet: stopped with the masters */
+  const waiting = new Set<ChildProcess>()
   let opened = 0
   let closed = false
 
   // last resort: a process that exits without close() still stops its masters and removes its sockets
   const onExit = (): void => {
-    for (const m of masters) m.kill('SIGTERM')
+    for (const m of [...masters, ...waiting]) m.kill('SIGTERM')
     if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
   }
   process.once('exit', onExit)
@@ -190,6 +204,40 @@ export const openSshSession = (): SshSession => {
     let server: CommandServer | undefined
     /** the host ended the server before it started (a forced command that does not know it): masters run no command */
     let serveRefused = false
+    let ahead: { readonly child: ChildProcess; stderr: string; readonly stop: () => void } | undefined
+    /** the master being opened or open */
+    let current: ChildProcess | undefined
+    /** it is logged in (its socket answers), whether or not its command server has started yet */
+    let loggedIn = false
+    let aheadWanted = false
+
+    /** starts the session ahead when one is wanted, through a master that runs the command server (or is about to) */
+    const startAhead = (): void => {
+      if (!aheadWanted || closed || serveRefused || !loggedIn || written.isErr()) return
+      aheadWanted = false
+      const child = spawn(program, [...base, '--', hostArg(location.host), AHEAD_COMMAND].slice(1), { stdio: ['pipe', 'ignore', 'pipe'] })
+      child.once('error', () => undefined)
+      child.stdin?.on('error', () => undefined)
+      const entry = {
+        child,
+        stderr: '',
+        stop: () => {
+          child.stderr?.off('data', collect)
+          waiting.delete(child)
+        },
+      }
+      const collect = (chunk: string): void => {
+        entry.stderr = (entry.stderr + chunk).slice(-8000)
+      }
+      child.stderr?.setEncoding('utf8')
+      child.stderr?.on('data', collect)
+      child.once('close', () => {
+        waiting.delete(child)
+        if (ahead === entry) ahead = undefined
+      })
+      waiting.add(child)
+      ahead = entry
+    }
 
     const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
       if (written.isErr()) return err(written.error)
@@ -214,6 +262,7 @@ export const openSshSession = (): SshSession => {
       child.once('close', (code) => {
         exited ??= { code }
         masters.delete(child)
+        if (current === child) loggedIn = false
         if (master === child) {
           master = undefined
           opening = undefined
@@ -221,6 +270,8 @@ export const openSshSession = (): SshSession => {
         }
       })
       masters.add(child)
+      current = child
+      loggedIn = false
       opened++
       const deadline = Date.now() + ((options.connectTimeout ?? 15) * 2 + 10) * 1000
       // the master makes its socket once logged in: looked for every 5 ms (no process), then confirmed with -O check
@@ -242,6 +293,9 @@ export const openSshSession = (): SshSession => {
         const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
         if (check.isOk() && check.value.exitCode === 0) break
       }
+      // logged in: a session wanted ahead opens now, its login beside the server's
+      loggedIn = true
+      startAhead()
       const started = served !== undefined && (await served.started)
       if (served !== undefined && !started && !served.alive) {
         // logged in, and the host ended the server before it started (a forced command refused it): the
@@ -255,6 +309,9 @@ export const openSshSession = (): SshSession => {
         })
         if (ended) {
           serveRefused = true
+          // a host that refuses the server refuses the session ahead as well
+          ahead?.child.kill('SIGTERM')
+          ahead = undefined
           return open(signal)
         }
       }
@@ -297,6 +354,21 @@ export const openSshSession = (): SshSession => {
       endpoint,
       options,
       serve: (line, signal) => (server?.alive === true ? server.run(line, signal) : undefined),
+      openAhead: () => {
+        if (ahead !== undefined) return
+        aheadWanted = true
+        // with the master up, now; else when it is (a failure to connect is reported to whoever waits for ready)
+        if (loggedIn) startAhead()
+        else void made.ready().then(() => undefined, () => undefined)
+      },
+      takeAhead: () => {
+        const taken = ahead
+        ahead = undefined
+        if (taken === undefined) return undefined
+        taken.stop()
+        if (taken.child.exitCode !== null || taken.child.signalCode !== null || taken.child.stdin === null) return undefined
+        return { child: taken.child, stderr: taken.stderr }
+      },
       command: (remote) => [...base, '--', hostArg(location.host), remote],
       // rsync splits -e itself (not a shell) and honours double quotes: the paths hold none (checked above)
       rsyncShell: `"${program}" -F "${configPath}"`,
@@ -334,7 +406,7 @@ export const openSshSession = (): SshSession => {
     close: async () => {
       closed = true
       process.off('exit', onExit)
-      await Promise.all([...masters].map(async (m) => {
+      await Promise.all([...masters, ...waiting].map(async (m) => {
         const gone = new Promise<void>((resolve) => {
           if (m.exitCode !== null || m.signalCode !== null) resolve()
           else m.once('close', () => resolve())

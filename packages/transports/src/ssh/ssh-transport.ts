@@ -2,7 +2,7 @@ import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
 } from '@bb/core'
-import { CANCELLED_HINT, execCommand, spawnCommand } from '../local/exec.js'
+import { CANCELLED_HINT, execCommand, runningCommand, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
@@ -87,17 +87,19 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       ...(compressStdout === 'zstd' ? ['sh', '-c', FILTERS.compressStdout, 'sh'] : []),
       ...argv,
     ]
-    const remote = remoteCommand([...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...filtered])
+    const wrapped = [...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...filtered]
+    const remote = remoteCommand(wrapped)
     let remotePid: string | undefined
     let seen = ''
-    // a remote command with a NUL byte cannot run: start nothing, report why
-    const running = spawnCommand(remote.isErr() ? [] : connection.command(remote.value), plain, {
-      onStderr: (chunk) => {
+    const hooks = {
+      onStderr: (chunk: string) => {
         if (seen.length > 400) return
         seen += chunk
         for (const m of seen.matchAll(PID_LINES)) remotePid = m[1]
       },
-    })
+    }
+    // a remote command with a NUL byte cannot run: start nothing, report why
+    const running = (remote.isOk() && inAhead(wrapped, remote.value, plain, hooks)) || spawnCommand(remote.isErr() ? [] : connection.command(remote.value), plain, hooks)
     const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(PID_PREFIX, '') })
     return {
       ...running,
@@ -113,6 +115,26 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         )
       },
     }
+  }
+
+  /**
+   * The command in the session opened ahead (`prepareSpawn`), when there is one and the command
+   * fits it: stdin a pipe or nothing, stdout discarded. Its line goes first into the session's
+   * stdin, and only when it reached the pipe at once is the session used: the stdin may be handed
+   * to another process next, whose bytes must come after the line.
+   */
+  const inAhead = (wrapped: readonly string[], remote: string, spawnOptions: Omit<SpawnOptions, 'compressStdout' | 'decompressStdin'>, hooks: { readonly onStderr: (chunk: string) => void }): RunningCommand | undefined => {
+    if ((spawnOptions.stdin !== undefined && spawnOptions.stdin !== 'pipe') || (spawnOptions.stdout !== undefined && spawnOptions.stdout !== 'ignore')) return undefined
+    const line = serveLine(wrapped)
+    const taken = line.isOk() ? connection.takeAhead() : undefined
+    if (taken === undefined || taken.child.stdin === null || line.isErr()) return undefined
+    taken.child.stdin.write(`${line.value}\n`)
+    if (taken.child.stdin.writableLength !== 0) {
+      taken.child.kill('SIGTERM')
+      return undefined
+    }
+    if (spawnOptions.stdin === undefined) taken.child.stdin.end()
+    return runningCommand(taken.child, connection.command(remote), spawnOptions, hooks, taken.stderr)
   }
 
   /** runs one of the file scripts; exit {@link ABSENT} is "nothing there", other failures become IO errors */
@@ -149,6 +171,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     exec,
     execEach,
     spawn,
+    prepareSpawn: () => connection.openAhead(),
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
     writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),
     stat: (path) => script('stat', [path], 'stat').map((r): EntryStat | undefined => {

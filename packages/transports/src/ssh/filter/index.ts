@@ -2,13 +2,13 @@ import { err, ok, type Result } from 'neverthrow'
 import { checkRequest } from './checks.js'
 import { decide, type FilterPolicy, type Role } from './policy.js'
 import { splitCommand } from './words.js'
-import { SERVE } from '../remote-protocol.js'
+import { AHEAD, SERVE } from '../remote-protocol.js'
 
 export { splitCommand } from './words.js'
 export { decide, ROLES } from './policy.js'
 export type { Check, Decision, FilterPolicy, Role } from './policy.js'
 export { checkRequest } from './checks.js'
-export { REFUSED_EXIT, REFUSED_TAG, SERVE, SERVE_BANNER } from '../remote-protocol.js'
+export { AHEAD, REFUSED_EXIT, REFUSED_TAG, SERVE, SERVE_BANNER } from '../remote-protocol.js'
 
 /** a request the filter lets through: run `argv` as it is, with no shell */
 export interface AllowedRequest {
@@ -38,7 +38,17 @@ export const filterRequest = async (command: string | undefined, policy: FilterP
  * connection's own command): bbackup-remote then serves the request lines itself, each one
  * filtered as a request of its own (`filterRequest` with `serveLine`).
  */
-export const isServeRequest = (command: string | undefined): boolean => {
+export const isServeRequest = (command: string | undefined): boolean => isProgram(command, SERVE)
+
+/**
+ * Whether `SSH_ORIGINAL_COMMAND` is a session opened ahead of its command (remote-protocol's
+ * `AHEAD`): bbackup-remote then reads the one request line from stdin itself, filters it as a
+ * request of its own (`filterRequest` with `serveLine`), and runs it with the rest of stdin.
+ */
+export const isAheadRequest = (command: string | undefined): boolean => isProgram(command, AHEAD)
+
+/** `sh -c PROGRAM sh`, exactly */
+const isProgram = (command: string | undefined, program: string): boolean => {
   const argv = command === undefined ? undefined : splitCommand(command)
-  return argv !== undefined && argv.isOk() && argv.value.length === 4 && argv.value[0] === 'sh' && argv.value[1] === '-c' && argv.value[2] === SERVE && argv.value[3] === 'sh'
+  return argv !== undefined && argv.isOk() && argv.value.length === 4 && argv.value[0] === 'sh' && argv.value[1] === '-c' && argv.value[2] === program && argv.value[3] === 'sh'
 }
