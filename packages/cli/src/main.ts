@@ -17,6 +17,7 @@ import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import type { JobTimer } from './schedule-command.js'
 import { parseRate } from './duration.js'
+import { lowerPriority, parsePriority } from './priority.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
 declare const BBACKUP_BUNDLED_VERSION: string | undefined
@@ -26,6 +27,8 @@ const VERSION = typeof BBACKUP_BUNDLED_VERSION === 'string'
 
 interface CommonOptions {
   config?: string
+  ionice?: string
+  nice?: string
   job?: string[]
   driver?: DriverChoice
   dryRun?: boolean
@@ -107,6 +110,12 @@ const rsyncdSpecOf = (options: CommonOptions, cwd: string): RsyncdSpec => ({
 })
 
 /** Options every job command takes: where the job comes from and how it behaves. */
+/** `-i/--ionice` and `--nice` (rsync-system-backup's): the whole run, and all it starts, at a lower priority */
+const priorityOptions = (command: Command): Command =>
+  command
+    .option('-i, --ionice <class>', 'run at this I/O scheduling class (idle, best-effort, realtime), with everything it starts')
+    .option('--nice <n>', 'run this much nicer (1-19, as nice -n), with everything it starts')
+
 const jobOptions = (command: Command): Command =>
   sshOptions(command)
     .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
@@ -245,6 +254,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (options.json === true) io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
     else io.stderr(renderError(error, (options.verbose ?? 0) > 0))
     return { code: exitCodeOf(error) }
+  }
+
+  /** `--ionice` and `--nice`, applied to this process before the command does anything; an error when they cannot be */
+  const withPriority = async (options: CommonOptions): Promise<Outcome | undefined> => {
+    const priority = parsePriority(options)
+    if (priority.isErr()) return fail(priority.error, options)
+    const lowered = await lowerPriority(priority.value)
+    return lowered.isErr() ? fail(lowered.error, options) : undefined
   }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
@@ -513,6 +530,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--metrics-file <file>', 'after the run, write Prometheus metrics there for node_exporter\'s textfile collector (config: metrics_file)')
       .option('--transaction-log <file>', "append a line per snapshot created, sent and deleted, in btrbk's transaction log format (config: transaction_log)")
       .option('--log-json', 'print the progress events as JSON lines on stderr, for log collectors')
+    priorityOptions(command)
     if (name === 'run') {
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
@@ -521,19 +539,21 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     command
       .addHelpText('after', EXAMPLES[name] ?? '')
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-        outcome = await runJobs(source, targets, options, stages)
+        outcome = (await withPriority(options)) ?? await runJobs(source, targets, options, stages)
       })
   }
   jobCommand('run', 'the main job: snapshot, transfer to every target, prune', {})
   jobCommand('snapshot', 'take a source snapshot only (btrfs and block drivers)', { snapshot: true, transfer: false, prune: false })
   jobCommand('transfer', 'send what the targets lack, without a new snapshot or pruning', { snapshot: false, prune: false })
 
-  jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
+  priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
     .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
     .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
-    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
+    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors'))
     .addHelpText('after', EXAMPLES.prune ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const lowered = await withPriority(options)
+      if (lowered !== undefined) return void (outcome = lowered)
       const resolved = await resolveJobs(source, targets, options)
       if ('error' in resolved) return void (outcome = fail(resolved.error, options))
       for (const job of resolved.jobs) {
@@ -678,7 +698,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
     })
 
-  sshClientOptions(program.command('backup'))
+  const backupCommand = sshClientOptions(program.command('backup'))
     .description('block: make a revision of the volume when its schedule says one is due (silent when not)')
     .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
     .option('-f, --force', 'back up even when nothing is due')
@@ -688,9 +708,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
     .option('-q, --quiet', 'print only errors and warnings')
+  priorityOptions(backupCommand)
     .addHelpText('after', EXAMPLES.backup ?? '')
     .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
-      outcome = { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+      outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
     })
 
   program.command('schedule')

@@ -1,12 +1,12 @@
-import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { runCli } from './helpers.js'
+import { ROOT, runCli } from './helpers.js'
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('bbackup command line with btrfs', () => {
   let fs: LoopFilesystem
@@ -237,6 +237,27 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:3: [jobs.home] pipe_targets: must be a list of commands`) })
     await mkdir(join(dir, 'plain'))
     expect(await runCli(['run', 'plain', '--pipe-target', 'cat >/dev/null', '--state-dir', 'state'], dir)).toMatchObject({ code: 2, stderr: expect.stringMatching(/pipe targets get btrfs send streams, but plain is backed up by the rsync driver/) })
+  })
+
+  it('-i/--ionice and --nice: the run and every command it starts at that priority; bad values refused before anything runs', async () => {
+    // in a Node of its own: the priority of the process that runs the job is what changes
+    const bbackup = (...args: string[]) => spawnSync(process.execPath, ['--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/cli/src/cli.ts'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 })
+    const seen = join(dir, 'seen')
+    // the pipe target is a command the run starts: it says its own I/O class and niceness
+    const command = `ionice -p $$ > ${seen}; cut -d' ' -f19 /proc/$$/stat >> ${seen}; cat >/dev/null`
+    const before = spawnSync('sh', ['-c', `ionice -p $$; cut -d' ' -f19 /proc/$$/stat`], { encoding: 'utf8' }).stdout
+    expect(before).not.toMatch(/^idle/)
+    const ran = bbackup('run', join(dir, 'home'), '--pipe-target', command, '--state-dir', join(dir, 'state'), '--ionice', 'idle', '--nice', '7')
+    expect({ status: ran.status, stderr: ran.status === 0 ? '' : ran.stderr }).toEqual({ status: 0, stderr: '' })
+    const [ioClass, niceness] = readFileSync(seen, 'utf8').trim().split('\n')
+    expect(ioClass).toBe('idle')
+    expect(Number(niceness)).toBe(Math.min(19, Number(before.trim().split('\n')[1]) + 7))
+    for (const [args, message] of [[['--ionice', 'sometimes'], /--ionice sometimes is not an I\/O scheduling class/], [['--nice', '0'], /--nice 0 is not an adjustment from 1 to 19/], [['--nice', 'x'], /--nice x is not/]] as const) {
+      const refused = bbackup('run', join(dir, 'home'), '--pipe-target', 'cat >/dev/null', '--state-dir', join(dir, 'state2'), ...args)
+      expect(refused.status).toBe(2)
+      expect(refused.stderr).toMatch(message)
+      expect(existsSync(join(dir, 'state2'))).toBe(false)
+    }
   })
 
   it('doctor checks every configured job: source, state, each target and its free space, with the fix for each problem (exit 1)', async () => {
