@@ -59,8 +59,9 @@ export interface SshConnection {
    */
   forward(host: string, port: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>
   /**
-   * Opens a session ahead of its command (remote-protocol's `AHEAD`) once the master is up with
-   * its command server (not on a host that refused it: a forced command would refuse this too).
+   * Opens a session ahead of its command (remote-protocol's `AHEAD`) as soon as the master has
+   * logged in, beside the command server's start; ended again on a host that refuses the server (a
+   * forced command other than bbackup-remote would refuse this too).
    */
   openAhead(): void
   /**
@@ -366,7 +367,7 @@ export const openSshSession = (): SshSession => {
         ahead = undefined
         if (taken === undefined) return undefined
         taken.stop()
-        if (taken.child.exitCode !== null || taken.child.signalCode !== null || taken.child.stdin === null) return undefined
+        if (taken.child.pid === undefined || taken.child.exitCode !== null || taken.child.signalCode !== null || taken.child.stdin === null) return undefined
         return { child: taken.child, stderr: taken.stderr }
       },
       command: (remote) => [...base, '--', hostArg(location.host), remote],
