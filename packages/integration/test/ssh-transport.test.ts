@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseLocation, type SshLocation, type Transport } from '@bb/core'
-import { makeTempDir, requireTools, startSshd, type Sshd, type TempDir } from '@bb/testkit'
+import { childrenOf, makeTempDir, requireTools, startSshd, type Sshd, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshSession } from '@bb/transports/ssh'
 
@@ -13,16 +13,14 @@ const HOSTILE = [
   'with space', "it's", 'say "hi"', '$HOME', '`id`', '$(touch MARKER)', "'; touch MARKER; '", 'line\nbreak', '-rf', '--help', 'tab\there', 'back\\slash', '*', 'é ü',
 ]
 
-/** the processes of this host: pid, parent pid, command line */
-const processes = (): { readonly pid: number; readonly ppid: number; readonly cmdline: string }[] => readdirSync('/proc').filter((e) => /^\d+$/.test(e)).flatMap((e) => {
+/** a process's command line, its words joined by spaces ('' once it is gone) */
+const cmdline = (pid: number): string => {
   try {
-    const stat = readFileSync(`/proc/${e}/stat`, 'utf8')
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-    return [{ pid: Number(e), ppid, cmdline: readFileSync(`/proc/${e}/cmdline`, 'utf8').replaceAll('\0', ' ') }]
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ')
   } catch {
-    return []
+    return ''
   }
-})
+}
 
 describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the ssh transport against a real sshd on 127.0.0.1', () => {
   let sshd: Sshd
@@ -35,15 +33,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
 
   /** the sessions opened ahead that wait for their command on the host (under this sshd), once there are `count` of them (or 10 s passed) */
   const aheadOnHost = async (count: number): Promise<number[]> => {
-    const waiting = (): number[] => {
-      const all = processes()
-      const served = new Set(sshd.sessionPids())
-      const underServer = (p: { readonly ppid: number }): boolean => {
-        for (let at: number | undefined = p.ppid; at !== undefined && at > 1; at = all.find((q) => q.pid === at)?.ppid) if (served.has(at)) return true
-        return false
-      }
-      return all.filter((p) => p.cmdline.includes('read -r l || exit 0') && underServer(p)).map((p) => p.pid)
-    }
+    const waiting = (): number[] => sshd.sessionPids().filter((pid) => cmdline(pid).includes('read -r l || exit 0'))
     for (const deadline = Date.now() + 10_000; waiting().length !== count && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 50))
     return waiting()
   }
@@ -161,7 +151,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
       t.prepareSpawn?.()
       ;(await t.exec(['true']))._unsafeUnwrap()
       // logged in: the session ahead is already an ssh client of this process, waiting on the host
-      const clients = processes().filter((p) => p.ppid === process.pid && p.cmdline.startsWith('ssh ')).map((p) => p.pid)
+      const clients = childrenOf(process.pid).filter((pid) => cmdline(pid).startsWith('ssh '))
       expect((await aheadOnHost(1)).length).toBe(1)
       const sessionsBefore = await sshd.sessions()
       const big = join(dir.path, 'ahead-source')

@@ -26,7 +26,7 @@ export const accepting = (port: number): Promise<boolean> =>
   })
 
 /** pids whose parent is `pid`, from /proc */
-const childrenOf = (pid: number): number[] => {
+export const childrenOf = (pid: number): number[] => {
   const found: number[] = []
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue

@@ -23,7 +23,7 @@ export interface Sshd {
   logins(): Promise<number>
   /** how many sessions (commands) the server has started so far, over all logins */
   sessions(): Promise<number>
-  /** pids of the sshd processes serving connections now (children of the listener) */
+  /** pids of every process below the listener now: the sshd processes serving connections and what their sessions run */
   sessionPids(): number[]
   /** stops the server and every connection it serves; safe to call twice */
   stop(): Promise<void>
