@@ -6,7 +6,7 @@ import {
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
-import { sendReceive, type StreamWay } from './pipeline.js'
+import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 
@@ -164,8 +164,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
       if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
-      // the receive's session opens now: its login on that host runs while the run lists and snapshots
-      if (transferFollows === true) t.prepareSpawn?.()
+      // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
+      if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.()
       // on another host the version and the target's directory in one round trip
       return probeRemoteTarget(t, signal)
     }

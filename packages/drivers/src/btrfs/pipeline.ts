@@ -132,6 +132,15 @@ const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly str
 }
 
 /**
+ * Whether a stream from `source` to one receiver starts the receiver first: with nothing in
+ * between (no rate limit) and a sender whose bytes /proc tells (root's, or an ssh client's). The
+ * sender then writes straight into the receiver's stdin, so that a receiver on another host can be
+ * the session opened ahead (Transport.prepareSpawn), its login already done.
+ */
+export const receiverStartsFirst = (source: Transport, rateLimit: number | undefined): boolean =>
+  rateLimit === undefined && (process.getuid?.() === 0 || source.location.kind !== 'local')
+
+/**
  * `btrfs send … | btrfs receive …` with the stream in OS pipes from process to process (it never
  * passes through JavaScript); with several receivers, one send feeds them all, so the source is
  * read once. The sender's byte count comes from /proc for progress. Each receiver gets its own
@@ -147,12 +156,10 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
   for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
   const compressing = compress === undefined ? {} : { compressStdout: compress }
+  const decompressing = compress === undefined ? {} : { decompressStdin: compress }
   const [only] = input.receivers
-  // One receiver, nothing in between, a sender whose bytes /proc tells (root's, or an ssh client's):
-  // the receiver starts first and the sender writes straight into its stdin, so that a receiver on
-  // another host can be the session opened ahead (Transport.prepareSpawn), its login already done.
-  const receiverFirst = single && only !== undefined && limit === undefined && (process.getuid?.() === 0 || input.source.location.kind !== 'local')
-  const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...(compress === undefined ? {} : { decompressStdin: compress }) }) : undefined
+  const receiverFirst = single && only !== undefined && receiverStartsFirst(input.source, input.way?.rateLimit)
+  const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing }) : undefined
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
@@ -163,7 +170,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r, i) => {
     if (single) {
       const stdin = through.length > 0 ? 'pipe' as const : send.stdout
-      const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...(compress === undefined ? {} : { decompressStdin: compress }) })
+      const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...decompressing })
       if (through.length > 0) throughJs(send.stdout, through, receiver.stdin)
       return receiver
     }
