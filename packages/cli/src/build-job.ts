@@ -115,6 +115,15 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
   }
+  if (spec.serverPublishes === true && driverName !== 'rsync') {
+    return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, but ${spec.source} is backed up by the ${driverName} driver`,
+      'drop -b: the btrfs driver publishes and rotates its backups itself'))
+  }
+  const notDaemon = spec.serverPublishes === true ? targetTransports.find((t) => t.filesOnly !== true) : undefined
+  if (notDaemon !== undefined) {
+    return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, and ${formatLocation(notDaemon.location)} is not an rsync daemon module`,
+      'drop -b: bbackup publishes and rotates there itself; -b is for a daemon module whose post-xfer exec runs bbackup snapshot (bbackup doctor rsyncd --server-side)'))
+  }
   const pipeCommands = spec.pipeTargets ?? []
   if (pipeCommands.length > 0 && driverName !== 'btrfs') {
     return err(bbError('INVALID_OPTIONS', `pipe targets get btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
@@ -142,6 +151,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
+        ...(spec.serverPublishes === true ? { serverPublishes: true } : {}),
       })),
   ])
   // several sources can share a target: btrfs names say whose they are (btrbk does the same)

@@ -24,6 +24,8 @@ export interface JobSpec {
   readonly excludeFrom: readonly string[]
   readonly oneFileSystem: boolean
   readonly acceptPartial: boolean
+  /** rsync to a daemon: transfer only, the module's post-xfer exec publishes and rotates (`run -b`) */
+  readonly serverPublishes?: boolean
   readonly rsyncOptions: readonly string[]
   readonly keepBackups?: RetentionPolicy
   readonly keepSnapshots?: RetentionPolicy

@@ -32,6 +32,8 @@ interface CommonOptions {
   job?: string[]
   driver?: DriverChoice
   dryRun?: boolean
+  /** run -b: the backup stage alone, for a daemon module whose post-xfer exec publishes */
+  backup?: boolean
   json?: boolean
   verbose?: number
   quiet?: boolean
@@ -289,6 +291,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(retention === undefined ? {} : { keepBackups: retention._unsafeUnwrap() }),
       ...(keepSnapshots === undefined ? {} : { keepSnapshots: keepSnapshots._unsafeUnwrap() }),
       ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
+      ...(options.backup === true ? { serverPublishes: true } : {}),
       ...(options.multiFs === true ? { oneFileSystem: false } : {}),
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
@@ -426,7 +429,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const reports = []
     const runs: JobRun[] = []
     // run's --no-snapshot / --no-transfer (btrfs-backup's flags) narrow its stages
-    const wanted = { ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}) }
+    const wanted = {
+      ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}),
+      // -b: the daemon's post-xfer exec rotates
+      ...(options.backup === true ? { prune: false } : {}),
+    }
     try {
       for (const listed of resolved.jobs) {
         let job = listed
@@ -479,6 +486,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         reports.push(r.value)
         if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity))
+        if (options.backup === true && options.json !== true && verbosity >= 0 && options.dryRun !== true) {
+          io.stdout('(-b: each backup stays unfinished until the daemon\'s post-xfer exec publishes it; nothing was rotated here)\n')
+        }
         if (r.value.failed > 0) code = Math.max(code, EXIT.someTargetsFailed)
       }
       for (const volume of resolved.blockJobs) {
@@ -520,6 +530,32 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return answers
   }
 
+  /**
+   * `snapshot` and `prune` run by an rsync daemon as a module's pre-xfer / post-xfer exec (with no
+   * config, job or targets; a source, if any, is the directory of the backups): the server-side
+   * mode. undefined when not run so.
+   */
+  const asRsyncdHook = async (command: 'snapshot' | 'prune', source: string | undefined, targets: string[], options: CommonOptions): Promise<Outcome | undefined> => {
+    if (process.env.RSYNC_MODULE_PATH === undefined || targets.length > 0 || options.config !== undefined || options.job !== undefined) return undefined
+    const { rsyncdHookEnv, runRsyncdHook } = await import('./rsyncd-hook.js')
+    const hook = rsyncdHookEnv()
+    if (hook === undefined) return undefined
+    const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
+    if (retention?.isErr() === true) return fail(retention.error, options)
+    const r = await runRsyncdHook(command, hook, {
+      ...(source === undefined ? {} : { location: resolvePath(io.cwd, source) }),
+      ...(options.stateDir === undefined ? {} : { stateDir: resolvePath(io.cwd, options.stateDir) }),
+      ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
+      ...(retention === undefined ? {} : { retention: retention._unsafeUnwrap() }),
+      ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
+    })
+    for (const line of r.lines) io.stderr(`bbackup ${command} (${hook.phase} exec): ${line}\n`)
+    if (r.error === undefined) return { code: EXIT.ok }
+    // a failing pre-xfer exec's stdout is what the client is shown
+    if (hook.phase === 'pre-xfer') io.stdout(`bbackup ${command} (pre-xfer exec): ${r.error.message}\n`)
+    return fail({ ...r.error, message: `${command} (${hook.phase} exec): ${r.error.message}` }, options)
+  }
+
   const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
     const command = jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
@@ -535,10 +571,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
         .option('--no-transfer', 'send nothing: snapshot and prune only')
+        .option('-b, --backup', "rsync to a daemon module: the backup stage alone (rsync-system-backup's -b); the module's post-xfer exec publishes and rotates (bbackup doctor rsyncd --server-side)")
     }
     command
       .addHelpText('after', EXAMPLES[name] ?? '')
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        if (name === 'snapshot') {
+          const hooked = await asRsyncdHook('snapshot', source, targets, options)
+          if (hooked !== undefined) return void (outcome = hooked)
+        }
         outcome = (await withPriority(options)) ?? await runJobs(source, targets, options, stages)
       })
   }
@@ -552,6 +593,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors'))
     .addHelpText('after', EXAMPLES.prune ?? '')
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      const hooked = await asRsyncdHook('prune', source, targets, options)
+      if (hooked !== undefined) return void (outcome = hooked)
       const lowered = await withPriority(options)
       if (lowered !== undefined) return void (outcome = lowered)
       const resolved = await resolveJobs(source, targets, options)
@@ -756,8 +799,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--user <name>', 'rsyncd: the user of "auth users" (and the daemon\'s uid for the module)', 'bbackup')
     .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
     .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
+    .option('--server-side', "rsyncd: the server publishes and rotates (rsync-system-backup's server-side mode): pre-xfer and post-xfer exec lines, for clients that run bbackup run -b")
+    .option('--program <path>', 'rsyncd --server-side: where bbackup is on the server', '/usr/local/bin/bbackup')
+    .option('--keep-backups <policy>', "rsyncd --server-side: the rotation of the post-xfer exec (default: rsync-system-backup's 'hourly=24 daily=7 weekly=4 monthly=always')")
     .addHelpText('after', EXAMPLES.doctor ?? '')
-    .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string }) => {
+    .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string; serverSide?: boolean; program: string }) => {
       if (what === undefined) {
         const { driver: _, ...jobOptions } = options
         const resolved = await resolveJobs(undefined, [], jobOptions, true)
@@ -779,7 +825,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
       if (what === 'rsyncd') {
         const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
-        const text = rsyncdModuleText({ module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow })
+        const text = rsyncdModuleText({
+          module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow,
+          ...(options.serverSide === true ? { serverSide: { program: options.program, ...(options.keepBackups === undefined ? {} : { keepBackups: options.keepBackups }) } } : {}),
+        })
         if (text.isErr()) return void (outcome = fail(text.error, {}))
         return void io.stdout(text.value)
       }

@@ -30,29 +30,37 @@ export interface RsyncDriverOptions {
   readonly streamCompress?: 'zstd' | 'none'
   /** at most this many bytes a second (`--bwlimit`, in whole KiB, at least 1) */
   readonly rateLimit?: number
+  /**
+   * the transfer only (rsync-system-backup's `--backup` stage): an rsync daemon target's
+   * `post-xfer exec` publishes the backup ({@link publishReceived}); other targets are refused
+   */
+  readonly serverPublishes?: boolean
 }
 
 /** The per-backup record beside the backups, written before the backup is published. */
-interface BackupRecord {
+export interface BackupRecord {
   readonly health: SnapshotInfo['health']
   readonly rsyncExit: number
   readonly finishedAt: string
-  readonly bytes: number
-  readonly files: number
+  /** what rsync transferred (its --stats); not known where a daemon's post-xfer exec published it */
+  readonly bytes?: number
+  readonly files?: number
   readonly warnings: readonly string[]
+  /** 'post-xfer exec': the daemon's hook published it, from the daemon's exit status */
+  readonly publishedBy?: string
 }
 
-const META = '.bbackup'
-const PARTIAL = '.partial'
+export const META = '.bbackup'
+export const PARTIAL = '.partial'
 const join = posix.join
 
-const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
+export const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
 /**
  * Where a location cannot rename (an rsync daemon module), a backup is copied under its final name
  * and this marker, written before the first byte and removed after the record, says it is not
  * complete yet (rsync-time-backup's `backup.inprogress`, one per backup).
  */
-const markerPath = (dir: string, name: string): string => join(dir, META, `${name}${PARTIAL}`)
+export const markerPath = (dir: string, name: string): string => join(dir, META, `${name}${PARTIAL}`)
 /** whether `path` names an entry directly inside `dir` ('' is a module's root) */
 const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
 
@@ -100,7 +108,11 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   }
 
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
-    Result.combine(targets.map((t) => rsyncHost(source, t))).asyncAndThen(() => hasRsync(source, signal))
+    Result.combine(targets.map((t) => rsyncHost(source, t))).andThen(() => {
+      const local = options.serverPublishes === true ? targets.find((t) => t.filesOnly !== true) : undefined
+      return local === undefined ? ok(undefined) : err(bbError('INVALID_OPTIONS', `the backup stage alone (-b) leaves publishing to an rsync daemon's post-xfer exec, and ${local.location.path} is not an rsync daemon module`,
+        'drop -b: bbackup publishes and rotates there itself; -b is for a daemon module whose post-xfer exec runs bbackup snapshot (bbackup doctor rsyncd --server-side)'))
+    }).asyncAndThen(() => hasRsync(source, signal))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
       .andThen((s) => {
@@ -126,10 +138,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const listSnapshots: Driver['listSnapshots'] = ({ at }) => {
     const dir = at.location.path
-    const unfinished = (): ResultAsync<ReadonlySet<string>, BbError> => (at.filesOnly === true
-      ? at.list(join(dir, META)).orElse((e) => (e.code === 'NOT_FOUND' ? ok([]) : err(e)))
+    // marked unfinished: also where a daemon wrote it and this host reads it (a post-xfer exec's prune)
+    const unfinished = (): ResultAsync<ReadonlySet<string>, BbError> =>
+      at.list(join(dir, META)).orElse((e) => (e.code === 'NOT_FOUND' ? ok([]) : err(e)))
         .map((entries) => new Set(entries.filter((e) => e.kind === 'file' && e.name.endsWith(PARTIAL)).map((e) => e.name.slice(0, -PARTIAL.length))))
-      : okAsync(new Set<string>()))
     return at.list(dir)
       .mapErr((e) => (e.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path, or run a backup to create it', { path: dir }) : e))
       .andThen((entries) => unfinished().map((marked) => ({ entries, marked })))
@@ -241,7 +253,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         return err(bbError('COMMAND_FAILED', `rsync failed with exit ${ran.value.exitCode} (${outcome.meaning})`, 'see the end of stderr below; the unfinished copy is resumed by the next run', context))
     }
     const commands: string[][] = [argv]
-    if (!dryRun) {
+    if (!dryRun && !(filesOnly && options.serverPublishes === true)) {
       const record = { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings }
       const published = filesOnly
         ? await publishMarked(target, { dir, snapshot, record, resumedFrom: resumeFrom })
@@ -273,20 +285,6 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .andThen(() => target.rename(p.partial, p.final))
       .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
   }
-
-  /**
-   * record, then the marker removed (the commit point), `latest`; then what an earlier run left,
-   * which this backup linked from, is removed with its marker
-   */
-  const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
-    target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`)
-      .andThen(() => target.remove(markerPath(p.dir, p.snapshot)))
-      .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
-      .andThen(() => {
-        const old = p.resumedFrom
-        if (old === undefined) return okAsync(undefined)
-        return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old))))
-      })
 
   const recover: Driver['recover'] = ({ target, entry }) => {
     const dir = target.location.path
@@ -396,6 +394,20 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
 }
+
+/**
+ * record, then the marker removed (the commit point), `latest`; then what an earlier run left,
+ * which this backup linked from, is removed with its marker
+ */
+export const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
+  target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`)
+    .andThen(() => target.remove(markerPath(p.dir, p.snapshot)))
+    .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
+    .andThen(() => {
+      const old = p.resumedFrom
+      if (old === undefined) return okAsync(undefined)
+      return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old))))
+    })
 
 /**
  * A backup's health from its record. An adopted backup (no record) is taken as healthy, as the tool
