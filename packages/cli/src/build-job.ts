@@ -119,6 +119,9 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, but ${spec.source} is backed up by the ${driverName} driver`,
       'drop -b: the btrfs driver publishes and rotates its backups itself'))
   }
+  if (spec.systemExcludes === true && driverName !== 'rsync') {
+    return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
+  }
   const notDaemon = spec.serverPublishes === true ? targetTransports.find((t) => t.filesOnly !== true) : undefined
   if (notDaemon !== undefined) {
     return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, and ${formatLocation(notDaemon.location)} is not an rsync daemon module`,
@@ -149,7 +152,8 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
           raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...fullEvery },
         }),
       }))
-      : import('@bb/drivers/rsync').then(({ rsyncDriver }) => rsyncDriver({
+      : import('@bb/drivers/rsync').then(({ rsyncDriver, SYSTEM_EXCLUDES }) => rsyncDriver({
+        ...(spec.systemExcludes === true ? { absoluteExcludes: SYSTEM_EXCLUDES } : {}),
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
         ...(spec.serverPublishes === true ? { serverPublishes: true } : {}),
       })),

@@ -24,6 +24,8 @@ export interface JobSpec {
   readonly excludeFrom: readonly string[]
   readonly oneFileSystem: boolean
   readonly acceptPartial: boolean
+  /** leave out what rsync-system-backup leaves out of a system backup (/dev, /proc, caches…), wherever the source is */
+  readonly systemExcludes?: boolean
   /** rsync to a daemon: transfer only, the module's post-xfer exec publishes and rotates (`run -b`) */
   readonly serverPublishes?: boolean
   readonly rsyncOptions: readonly string[]
@@ -100,7 +102,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 /** what a block job may set: the rest of a volume is in its volume.json */
 const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
 const HINT = 'see docs/configuration.md for every key'
@@ -256,7 +258,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     if (sendProtocol !== undefined && sendProtocol !== 'auto' && sendProtocol !== 1 && sendProtocol !== 2) return problem(section, 'send_protocol', `${JSON.stringify(sendProtocol)} is not "auto", 1 or 2`)
     const fields = {
       exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
-      oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false),
+      oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false), systemExcludes: bool('system_excludes', false),
       prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
@@ -278,6 +280,7 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(driver === undefined ? {} : { driver }),
       exclude: v(fields.exclude), excludeFrom: v(fields.excludeFrom), rsyncOptions: v(fields.rsyncOptions),
       oneFileSystem: v(fields.oneFileSystem), acceptPartial: v(fields.acceptPartial),
+      ...(v(fields.systemExcludes) ? { systemExcludes: true } : {}),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
       ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),

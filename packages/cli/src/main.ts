@@ -34,6 +34,7 @@ interface CommonOptions {
   dryRun?: boolean
   /** run -b: the backup stage alone, for a daemon module whose post-xfer exec publishes */
   backup?: boolean
+  systemExcludes?: boolean
   json?: boolean
   verbose?: number
   quiet?: boolean
@@ -143,13 +144,24 @@ const jobOptions = (command: Command): Command =>
     .option('--exclude <pattern>', 'rsync exclude pattern (repeatable)', collect)
     .option('--exclude-from <file>', 'file of exclude patterns (repeatable)', collect)
     .option('--multi-fs', 'cross filesystem boundaries (default: stay on the source filesystem)')
+    .option('--system-excludes', "leave out what rsync-system-backup leaves out of a system: /dev /proc /sys /run /tmp /mnt /media /var/cache /var/tmp /home/*/.cache (config: system_excludes)")
     .option('--accept-partial', 'keep a backup that rsync ended with exit 23 (some files failed), marked with errors')
     .option('--rsync-option <option>', 'pass an option to rsync (repeatable), e.g. --rsync-option=--bwlimit=10000', collect)
     .option('--json', 'print the result as JSON')
     .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
     .option('-q, --quiet', 'print only errors and warnings')
 
+/** rsync-system-backup's rotation: the default retention of system-backup */
+const SYSTEM_BACKUP_POLICY = 'hourly=24 daily=7 weekly=4 monthly=always'
+
 const EXAMPLES: Readonly<Record<string, string>> = {
+  'system-backup': `
+Examples:
+  bbackup system-backup /mnt/usb/backups/laptop --mount /mnt/usb       / to a USB disk, mounted for the run
+  bbackup system-backup rsync://bbackup@nas/backups/laptop --password-file /etc/bbackup/nas.secret
+  bbackup system-backup -b nas::backups/laptop --password-file F       copy only: the module's post-xfer exec publishes
+  bbackup system-backup -r /mnt/usb/backups/laptop                     rotate only
+  bbackup system-backup /srv /mnt/usb/srv -x '*.log' --multi-fs`,
   completion: `
 Examples:
   bbackup completion bash > /etc/bash_completion.d/bbackup
@@ -292,6 +304,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(keepSnapshots === undefined ? {} : { keepSnapshots: keepSnapshots._unsafeUnwrap() }),
       ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
       ...(options.backup === true ? { serverPublishes: true } : {}),
+      ...(options.systemExcludes === true ? { systemExcludes: true } : {}),
       ...(options.multiFs === true ? { oneFileSystem: false } : {}),
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
@@ -431,8 +444,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     // run's --no-snapshot / --no-transfer (btrfs-backup's flags) narrow its stages
     const wanted = {
       ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}),
-      // -b: the daemon's post-xfer exec rotates
-      ...(options.backup === true ? { prune: false } : {}),
+      // -b: the daemon's post-xfer exec rotates (unless system-backup's -r asks for it here)
+      ...(options.backup === true && stages.prune === undefined ? { prune: false } : {}),
     }
     try {
       for (const listed of resolved.jobs) {
@@ -556,6 +569,34 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return fail({ ...r.error, message: `${command} (${hook.phase} exec): ${r.error.message}` }, options)
   }
 
+  const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<Outcome> => {
+    const resolved = await resolveJobs(source, targets, options)
+    if ('error' in resolved) return fail(resolved.error, options)
+    for (const job of resolved.jobs) {
+      if (job.retention?.target === undefined && job.retention?.source === undefined) {
+        return fail(bbError('INVALID_OPTIONS', 'no retention policy: nothing to prune by', "give --keep-backups (e.g. '10' or '7d 4w 12m'), or keep_backups in the config"), options)
+      }
+    }
+    const opened = openLog(resolved.transactionLog, options)
+    if ('error' in opened) return fail(opened.error, options)
+    const { log } = opened
+    let code: number = EXIT.ok
+    try {
+      for (const job of resolved.jobs) {
+        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, job) })
+        if (r.isErr()) {
+          log?.jobFailed(formatLocation(job.source.location), r.error)
+          code = fail(r.error, options).code
+          return { code }
+        }
+        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
+      }
+      return { code }
+    } finally {
+      log?.finish(code === EXIT.ok ? 'success' : 'ERROR')
+    }
+  }
+
   const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
     const command = jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
@@ -587,6 +628,35 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   jobCommand('snapshot', 'take a source snapshot only (btrfs and block drivers)', { snapshot: true, transfer: false, prune: false })
   jobCommand('transfer', 'send what the targets lack, without a new snapshot or pruning', { snapshot: false, prune: false })
 
+  // rsync-system-backup's command line, on the rsync driver
+  priorityOptions(jobOptions(program.command('system-backup')
+    .description("rsync-system-backup's command: back up SOURCE (default /) to DEST without /dev, /proc, caches and the like; the stages -b, -s, -r alone or together (none: all three)")
+    .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where')))
+    .option('-b, --backup', 'the backup stage: copy the source (alone: to a daemon module whose post-xfer exec publishes)')
+    .option('-s, --snapshot', 'the snapshot stage: publish the copy as a backup (with -b)')
+    .option('-r, --rotate', "the rotate stage: retention (--keep-backups, default 'hourly=24 daily=7 weekly=4 monthly=always')")
+    .option('-x <pattern>', "rsync-system-backup's spelling of --exclude (repeatable)", collect)
+    .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
+    .option('--force', 'run on a system that is not Linux (the built-in excludes are Linux\'s)')
+    .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
+    .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
+    .addHelpText('after', EXAMPLES['system-backup'] ?? '')
+    .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean }) => {
+      const { systemBackupPlan } = await import('./system-backup.js')
+      const plan = systemBackupPlan(paths, { ...options, platform: process.platform })
+      if (plan.isErr()) return void (outcome = fail(plan.error, options))
+      const { source, destination, stages } = plan.value
+      const lowered = await withPriority(options)
+      if (lowered !== undefined) return void (outcome = lowered)
+      const withDefaults: CommonOptions = {
+        ...options, driver: options.driver ?? 'rsync', systemExcludes: true, exclude: [...(options.exclude ?? []), ...(options.x ?? [])],
+        keepBackups: options.keepBackups ?? options.numBackups ?? SYSTEM_BACKUP_POLICY, backup: stages.serverPublishes,
+      }
+      outcome = stages.transfer
+        ? await runJobs(source, [destination], withDefaults, { prune: stages.rotate })
+        : await runPrune(source, [destination], withDefaults)
+    })
+
   priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
     .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
     .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
@@ -595,31 +665,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
       const hooked = await asRsyncdHook('prune', source, targets, options)
       if (hooked !== undefined) return void (outcome = hooked)
-      const lowered = await withPriority(options)
-      if (lowered !== undefined) return void (outcome = lowered)
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      for (const job of resolved.jobs) {
-        if (job.retention?.target === undefined && job.retention?.source === undefined) {
-          outcome = fail(bbError('INVALID_OPTIONS', 'no retention policy: nothing to prune by', "give --keep-backups (e.g. '10' or '7d 4w 12m'), or keep_backups in the config"), options)
-          return
-        }
-      }
-      const opened = openLog(resolved.transactionLog, options)
-      if ('error' in opened) return void (outcome = fail(opened.error, options))
-      const { log } = opened
-      try {
-        for (const job of resolved.jobs) {
-          const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, job) })
-          if (r.isErr()) {
-            log?.jobFailed(formatLocation(job.source.location), r.error)
-            return void (outcome = fail(r.error, options))
-          }
-          io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
-        }
-      } finally {
-        log?.finish(outcome.code === EXIT.ok ? 'success' : 'ERROR')
-      }
+      outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
     })
 
   jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))

@@ -16,7 +16,7 @@ describe.runIf(requireTools(['groff']))('bbackup man', () => {
     const { text, warnings } = format(page.stdout)
     expect(warnings).toBe('')
     const help = (await runCli(['--help'], process.cwd())).stdout
-    const commands = [...help.matchAll(/^ {2}([a-z]+) /gm)].map((m) => m[1] ?? '').filter((c) => c !== 'help')
+    const commands = [...help.matchAll(/^ {2}([a-z-]+) /gm)].map((m) => m[1] ?? '').filter((c) => c !== 'help')
     expect(commands).toEqual(expect.arrayContaining(['run', 'restore', 'status', 'schedule', 'man']))
     for (const command of commands) {
       expect(text).toMatch(new RegExp(`^ {3}${command}\\n {7}bbackup ${command} \\[options\\]`, 'm'))

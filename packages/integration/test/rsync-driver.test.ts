@@ -22,6 +22,15 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
   })
   afterEach(() => tmp.cleanup())
 
+  it('leaves out absolute excludes (rsync-system-backup\'s -/ filters) wherever they are, and nothing else', async () => {
+    await writeTree(source, { 'var/cache/apt/x.deb': 'deb\n', 'var/lib/keep.txt': 'keep\n', 'home/u/.cache/thumbs/t': 't\n', 'home/u/notes.txt': 'n\n' })
+    const job = rsyncJob({ source, targets: [target], state, driver: { absoluteExcludes: [`${source}/var/cache/`, `${source}/home/*/.cache/`] } })
+    const r = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(r.targets[0]?.commands[0]).toContain(`--filter=-/ ${source}/var/cache/`)
+    const copy = Object.keys(await treeManifest(join(target, '2026-11-23T100000Z'))).sort()
+    expect(copy).toEqual(['a.txt', 'dir', 'dir/b.txt', 'dir/deep', 'dir/deep/c.bin', 'home', 'home/u', 'home/u/notes.txt', 'var', 'var/lib', 'var/lib/keep.txt'])
+  })
+
   it('makes a full backup, then an incremental one that hard-links unchanged files', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     const first: BackupReport = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

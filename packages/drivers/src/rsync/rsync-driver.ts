@@ -13,6 +13,11 @@ export interface RsyncDriverOptions {
   readonly excludes?: readonly string[]
   /** files of exclude patterns (`--exclude-from`) */
   readonly excludeFrom?: readonly string[]
+  /**
+   * paths excluded wherever the source is, matched against the absolute path (`--filter='-/ P'`):
+   * {@link SYSTEM_EXCLUDES} for a system backup
+   */
+  readonly absoluteExcludes?: readonly string[]
   /** stay on the source's filesystem (`--one-file-system`); default true, false = `--multi-fs` */
   readonly oneFileSystem?: boolean
   /** also copy hard links, ACLs, xattrs and numeric ids (`-HAX --numeric-ids`); default: when running as root */
@@ -49,6 +54,12 @@ export interface BackupRecord {
   /** 'post-xfer exec': the daemon's hook published it, from the daemon's exit status */
   readonly publishedBy?: string
 }
+
+/**
+ * What a backup of a whole system leaves out, as rsync-system-backup does: pseudo and temporary
+ * filesystems, mount points of other disks, caches (absolute paths, for `absoluteExcludes`).
+ */
+export const SYSTEM_EXCLUDES: readonly string[] = ['/dev/', '/proc/', '/sys/', '/run/', '/tmp/', '/mnt/', '/media/', '/var/cache/', '/var/tmp/', '/home/*/.cache/']
 
 export const META = '.bbackup'
 export const PARTIAL = '.partial'
@@ -89,6 +100,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     '-a',
     ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []),
     ...(options.oneFileSystem === false ? [] : ['--one-file-system']),
+    ...(options.absoluteExcludes ?? []).map((p) => `--filter=-/ ${p}`),
     ...(options.excludes ?? []).map((p) => `--exclude=${p}`),
     ...(options.excludeFrom ?? []).map((p) => `--exclude-from=${p}`),
   ]

@@ -1,0 +1,47 @@
+import { readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { exists, runCli } from './helpers.js'
+
+const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
+
+describe.runIf(requireTools(['rsync']))("bbackup system-backup (rsync-system-backup's command line)", () => {
+  let tmp: TempDir
+  beforeEach(async () => {
+    tmp = await makeTempDir('cli-system-backup')
+    await writeTree(join(tmp.path, 'src'), { 'etc/hosts': '127.0.0.1 localhost\n', 'var/log/syslog.log': 'log\n', 'home/u/notes.txt': 'n\n' })
+  })
+  afterEach(() => tmp?.cleanup())
+
+  it('copies with the system excludes, one filesystem and -x; rotates by rsync-system-backup\'s policy; -r alone rotates only', async () => {
+    const first = await runCli(['system-backup', 'src', 'dst', '-x', '*.log', '--state-dir', 'state', '--json'], tmp.path)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    const report = JSON.parse(first.stdout) as { targets: { ok: boolean; mode: string; commands: string[][] }[] }
+    expect(report.targets[0]).toMatchObject({ ok: true, mode: 'full' })
+    const argv = report.targets[0]?.commands[0] ?? []
+    for (const path of ['/dev/', '/proc/', '/sys/', '/run/', '/tmp/', '/mnt/', '/media/', '/var/cache/', '/var/tmp/', '/home/*/.cache/']) expect(argv).toContain(`--filter=-/ ${path}`)
+    expect(argv).toContain('--one-file-system')
+    expect(argv).toContain('--exclude=*.log')
+    const [one] = await backupsIn(join(tmp.path, 'dst'))
+    expect(await readFile(join(tmp.path, 'dst', one ?? '', 'home/u/notes.txt'), 'utf8')).toBe('n\n')
+    expect(await exists(join(tmp.path, 'dst', one ?? '', 'var/log/syslog.log'))).toBe(false)
+
+    // the rotation it applied: rsync-system-backup's, by default
+    const rotated = await runCli(['system-backup', '-r', 'src', 'dst', '--state-dir', 'state', '--json'], tmp.path)
+    expect(rotated.code, rotated.stderr).toBe(0)
+    const decisions = (JSON.parse(rotated.stdout) as { decisions: { name: string; keep: boolean; reasons: string[] }[] }[])[0]?.decisions ?? []
+    expect(decisions).toEqual([expect.objectContaining({ name: one, keep: true, reasons: expect.arrayContaining([expect.stringMatching(/hourly/)]) })])
+    expect(await backupsIn(join(tmp.path, 'dst'))).toEqual([one])
+  })
+
+  it('refuses -s without -b and -b to a plain directory, writing nothing', async () => {
+    const s = await runCli(['system-backup', '-s', 'src', 'dst', '--state-dir', 'state'], tmp.path)
+    expect(s.code).toBe(2)
+    expect(s.stderr).toContain('-s (the snapshot stage) without -b')
+    const b = await runCli(['system-backup', '-b', 'src', 'dst', '--state-dir', 'state'], tmp.path)
+    expect(b.code).toBe(2)
+    expect(b.stderr).toContain('is not an rsync daemon module')
+    expect(await exists(join(tmp.path, 'dst'))).toBe(false)
+  })
+})
