@@ -151,9 +151,6 @@ const jobOptions = (command: Command): Command =>
     .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
     .option('-q, --quiet', 'print only errors and warnings')
 
-/** rsync-system-backup's rotation: the default retention of system-backup */
-const SYSTEM_BACKUP_POLICY = 'hourly=24 daily=7 weekly=4 monthly=always'
-
 const EXAMPLES: Readonly<Record<string, string>> = {
   'system-backup': `
 Examples:
@@ -642,7 +639,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
     .addHelpText('after', EXAMPLES['system-backup'] ?? '')
     .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean }) => {
-      const { systemBackupPlan } = await import('./system-backup.js')
+      const { systemBackupPlan, SYSTEM_BACKUP_POLICY } = await import('./system-backup.js')
       const plan = systemBackupPlan(paths, { ...options, platform: process.platform })
       if (plan.isErr()) return void (outcome = fail(plan.error, options))
       const { source, destination, stages } = plan.value

@@ -6,9 +6,9 @@ import { publishReceived, rsyncDriver } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 import { readRsyncdHookEnv, readTicket, ticketOf, writeTicket, type RsyncdHookEnv } from '@bb/transports/rsyncd'
 import { err, ok, type Result } from 'neverthrow'
+import { parseRetentionSpec } from './retention-spec.js'
+import { SYSTEM_BACKUP_POLICY } from './system-backup.js'
 
-/** rsync-system-backup's rotation, the default of `bbackup prune` as a post-xfer exec */
-export const SYSTEM_BACKUP_RETENTION: RetentionPolicy = { hourly: 24, daily: 7, weekly: 4, monthly: 'always' }
 
 export interface HookOptions {
   /** only backups uploaded directly into this directory (default: wherever in the module the upload went) */
@@ -90,7 +90,7 @@ export const runRsyncdHook = async (command: 'snapshot' | 'prune', hook: RsyncdH
     targets: [at],
     state: { transport: localTransport(base), directory: posix.join(base, 'jobs', id) },
     ...(prefix === '' ? {} : { prefix }),
-    retention: { target: options.retention ?? SYSTEM_BACKUP_RETENTION, ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }) },
+    retention: { target: options.retention ?? parseRetentionSpec(SYSTEM_BACKUP_POLICY)._unsafeUnwrap(), ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }) },
   }
   const pruned = await prune(job, { waitSeconds: 600 })
   if (pruned.isErr()) return { lines: [], error: pruned.error }

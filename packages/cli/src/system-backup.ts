@@ -1,6 +1,9 @@
 import { bbError, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 
+/** rsync-system-backup's rotation: the default retention of system-backup and of prune as a post-xfer exec */
+export const SYSTEM_BACKUP_POLICY = 'hourly=24 daily=7 weekly=4 monthly=always'
+
 export interface SystemBackupPlan {
   readonly source: string
   readonly destination: string
