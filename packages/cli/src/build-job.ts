@@ -122,10 +122,10 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   if (spec.systemExcludes === true && driverName !== 'rsync') {
     return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
   }
-  const notDaemon = spec.serverPublishes === true ? targetTransports.find((t) => t.filesOnly !== true) : undefined
-  if (notDaemon !== undefined) {
-    return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, and ${formatLocation(notDaemon.location)} is not an rsync daemon module`,
-      'drop -b: bbackup publishes and rotates there itself; -b is for a daemon module whose post-xfer exec runs bbackup snapshot (bbackup doctor rsyncd --server-side)'))
+  // before anything runs (the driver's probe would fail the target, exit 10)
+  if (spec.serverPublishes === true) {
+    const publishing = (await import('@bb/drivers/rsync')).serverCanPublish(targetTransports)
+    if (publishing.isErr()) return err(publishing.error)
   }
   const pipeCommands = spec.pipeTargets ?? []
   if (pipeCommands.length > 0 && driverName !== 'btrfs') {

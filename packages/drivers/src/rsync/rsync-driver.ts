@@ -120,11 +120,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   }
 
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
-    Result.combine(targets.map((t) => rsyncHost(source, t))).andThen(() => {
-      const local = options.serverPublishes === true ? targets.find((t) => t.filesOnly !== true) : undefined
-      return local === undefined ? ok(undefined) : err(bbError('INVALID_OPTIONS', `the backup stage alone (-b) leaves publishing to an rsync daemon's post-xfer exec, and ${local.location.path} is not an rsync daemon module`,
-        'drop -b: bbackup publishes and rotates there itself; -b is for a daemon module whose post-xfer exec runs bbackup snapshot (bbackup doctor rsyncd --server-side)'))
-    }).asyncAndThen(() => hasRsync(source, signal))
+    Result.combine(targets.map((t) => rsyncHost(source, t))).andThen(() => (options.serverPublishes === true ? serverCanPublish(targets) : ok(undefined)))
+      .asyncAndThen(() => hasRsync(source, signal))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
       .andThen((s) => {
@@ -405,6 +402,16 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   }
 
   return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
+}
+
+/**
+ * `serverPublishes` needs targets whose server publishes: rsync daemon modules (`filesOnly`),
+ * whose post-xfer exec runs `bbackup snapshot`; anything else would keep unfinished copies forever.
+ */
+export const serverCanPublish = (targets: readonly Transport[]): Result<void, BbError> => {
+  const other = targets.find((t) => t.filesOnly !== true)
+  return other === undefined ? ok(undefined) : err(bbError('INVALID_OPTIONS', `the backup stage alone (-b) leaves publishing to an rsync daemon's post-xfer exec, and ${other.location.path} is not an rsync daemon module`,
+    'drop -b: bbackup publishes and rotates there itself; -b is for a daemon module whose post-xfer exec runs bbackup snapshot (bbackup doctor rsyncd --server-side)'))
 }
 
 /**
