@@ -547,8 +547,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    */
   const asRsyncdHook = async (command: 'snapshot' | 'prune', source: string | undefined, targets: string[], options: CommonOptions): Promise<Outcome | undefined> => {
     if (process.env.RSYNC_MODULE_PATH === undefined || targets.length > 0 || options.config !== undefined || options.job !== undefined) return undefined
-    const { rsyncdHookEnv, runRsyncdHook } = await import('./rsyncd-hook.js')
-    const hook = rsyncdHookEnv()
+    const [{ runRsyncdHook }, { readRsyncdHookEnv }] = await Promise.all([import('./rsyncd-hook.js'), import('@bb/transports/rsyncd')])
+    const hook = readRsyncdHookEnv(process.env)
     if (hook === undefined) return undefined
     const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
     if (retention?.isErr() === true) return fail(retention.error, options)

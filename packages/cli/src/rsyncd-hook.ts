@@ -4,7 +4,7 @@ import { posix } from 'node:path'
 import { bbError, jobId, parseSnapshotName, prune, type BbError, type Job, type RetentionPolicy } from '@bb/core'
 import { publishReceived, rsyncDriver } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
-import { readRsyncdHookEnv, readTicket, ticketOf, writeTicket, type RsyncdHookEnv } from '@bb/transports/rsyncd'
+import { readTicket, ticketOf, writeTicket, type RsyncdHookEnv } from '@bb/transports/rsyncd'
 import { err, ok, type Result } from 'neverthrow'
 import { parseRetentionSpec } from './retention-spec.js'
 import { SYSTEM_BACKUP_POLICY } from './system-backup.js'
@@ -25,9 +25,6 @@ export interface HookResult {
   readonly lines: readonly string[]
   readonly error?: BbError
 }
-
-/** the environment of an rsync daemon's pre-xfer or post-xfer exec, when this process runs as one */
-export const rsyncdHookEnv = (env: Readonly<Record<string, string | undefined>> = process.env): RsyncdHookEnv | undefined => readRsyncdHookEnv(env)
 
 const stateBase = (options: HookOptions): string =>
   options.stateDir ?? (process.getuid?.() === 0 ? '/var/lib/bbackup/rsyncd' : posix.join(process.env.XDG_STATE_HOME ?? posix.join(homedir(), '.local/state'), 'bbackup/rsyncd'))

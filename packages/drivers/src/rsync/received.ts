@@ -2,7 +2,7 @@ import { posix } from 'node:path'
 import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { parseSnapshotName, type BbError, type SnapshotInfo, type Transport } from '@bb/core'
 import { RSYNC_EXIT_MEANINGS } from './exit-codes.js'
-import { markerPath, META, PARTIAL, publishMarked, type BackupRecord } from './rsync-driver.js'
+import { ACCEPTED_PARTIAL_WARNING, markerPath, META, PARTIAL, publishMarked, VANISHED_WARNING, type BackupRecord } from './rsync-driver.js'
 
 const join = posix.join
 
@@ -47,10 +47,10 @@ export const publishReceived = (input: ReceivedInput): ResultAsync<ReceivedOutco
     let health: SnapshotInfo['health'] = 'ok'
     if (status === 24) {
       health = 'warnings'
-      warnings.push('some source files vanished while they were copied (rsync exit 24); the backup is complete without them')
+      warnings.push(VANISHED_WARNING)
     } else if (status === 23 && input.acceptPartial === true) {
       health = 'errors'
-      warnings.push('rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors')
+      warnings.push(ACCEPTED_PARTIAL_WARNING)
     } else if (status !== 0) {
       const reason = status < 0 ? 'the transfer did not end properly (exit status -1)'
         : `the transfer ended with exit ${status} (${RSYNC_EXIT_MEANINGS[status] ?? 'an rsync error'})${status === 23 ? '; --accept-partial publishes such a backup marked with errors' : ''}`

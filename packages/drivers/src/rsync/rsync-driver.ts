@@ -61,6 +61,10 @@ export interface BackupRecord {
  */
 export const SYSTEM_EXCLUDES: readonly string[] = ['/dev/', '/proc/', '/sys/', '/run/', '/tmp/', '/mnt/', '/media/', '/var/cache/', '/var/tmp/', '/home/*/.cache/']
 
+/** what a backup's record says of an rsync exit 24, and of an exit 23 kept by --accept-partial */
+export const VANISHED_WARNING = 'some source files vanished while they were copied (rsync exit 24); the backup is complete without them'
+export const ACCEPTED_PARTIAL_WARNING = 'rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors'
+
 export const META = '.bbackup'
 export const PARTIAL = '.partial'
 const join = posix.join
@@ -240,7 +244,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         break
       case 'vanished':
         health = 'warnings'
-        warnings.push('some source files vanished while they were copied (rsync exit 24); the backup is complete without them')
+        warnings.push(VANISHED_WARNING)
         break
       case 'partial':
         if (options.acceptPartial !== true) {
@@ -248,7 +252,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
             'fix what stderr names (often permissions), then run again: it continues where this stopped; or pass --accept-partial to keep such a backup marked with errors', context))
         }
         health = 'errors'
-        warnings.push('rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors')
+        warnings.push(ACCEPTED_PARTIAL_WARNING)
         break
       case 'disk-full':
         return err(bbError('DISK_FULL', `the target ${where} ran out of space`, 'free space there (or prune old backups), then run again: it continues where this stopped', context))
