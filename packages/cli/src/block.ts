@@ -1,5 +1,5 @@
 import { resolve as resolvePath } from 'node:path'
-import { bbError, formatLocation, parseLocation, type BbError, type Location, type Transport } from '@bb/core'
+import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
 import type { BlockBackupReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { transportFor, type Connections } from './build-job.js'
@@ -82,14 +82,50 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
   return `${lines.join('\n')}\n`
 }
 
-/** Backs up one volume and prints the report; with `collect`, a JSON report goes there instead (bbackup run --json prints one document). */
-export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, remote: BlockRemote, collect?: (report: BlockBackupReport) => void): Promise<number> => {
+/**
+ * A revision as the engine reports a run, for what every job feeds: the metrics file. The volume
+ * is the job's one target; its revision, the one snapshot sent; expired revisions, the pruned.
+ */
+export const blockRunReport = (source: Location, report: Extract<BlockBackupReport, { skipped: false }>): BackupReport => {
+  const { revision: r } = report
+  const mode = r.parent === null ? 'full' as const : 'incremental' as const
+  const parent = r.parent === null ? {} : { parent: r.parent }
+  const durationMs = Math.round(r.stats.durationSeconds * 1000)
+  return {
+    source: formatLocation(source), driver: 'block', dryRun: false, snapshot: r.uuid, startedAt: r.timestamp, durationMs, failed: 0, sourcePruned: [],
+    targets: [{
+      target: report.dir, ok: true, route: source.kind === 'local' ? 'local' : 'pull', sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
+      snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, files: 0, durationMs, warnings: r.warnings,
+      recovered: report.removedIncomplete.map((name) => ({ snapshot: name, action: 'removed' as const })), pruned: report.expired.removed, kept: report.revisions, commands: [],
+    }],
+  }
+}
+
+/** What `bbackup run` does with a volume beside printing it: its events (logs), and its outcome as a job's (metrics); none when nothing was due. */
+export interface BlockRunHooks {
+  /** with --json, the report goes here instead (bbackup run --json prints one document) */
+  readonly collect?: (report: BlockBackupReport) => void
+  /** where the volume's events go, given its source as it prints */
+  readonly eventsFor?: (source: string) => (event: BackupEvent) => void
+  /** `source`: the volume's, as it prints (undefined when its volume.json could not be read) */
+  readonly ran?: (source: string | undefined, outcome: JobRun['outcome']) => void
+}
+
+/** Backs up one volume and prints the report. */
+export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, remote: BlockRemote, hooks: BlockRunHooks = {}): Promise<number> => {
   const { backupVolume, volumeSource } = await block()
   const at = localTransport(resolvePath(io.cwd, dir))
   const where = await volumeSource(at)
-  if (where.isErr()) return fail(io, where.error, options)
+  if (where.isErr()) {
+    hooks.ran?.(undefined, { error: where.error })
+    return fail(io, where.error, options)
+  }
+  const source = formatLocation(where.value)
   const host = await sourceHostFor(where.value, remote)
-  if ('error' in host) return fail(io, host.error, options)
+  if ('error' in host) {
+    hooks.ran?.(source, { error: host.error })
+    return fail(io, host.error, options)
+  }
   const controller = new AbortController()
   const onSignal = (): void => controller.abort()
   process.once('SIGINT', onSignal)
@@ -98,6 +134,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
   try {
     const r = await backupVolume({
       at, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
       ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
         onProgress: ({ bytes, total }: { bytes: number; total: number }) => {
@@ -108,12 +145,14 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     })
     if (shown >= 0) io.stderr('\r\x1b[K')
     if (r.isErr()) {
-      if (collect === undefined || options.json !== true) return fail(io, r.error, options)
+      hooks.ran?.(source, { error: r.error })
+      if (hooks.collect === undefined || options.json !== true) return fail(io, r.error, options)
       io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
       return exitCodeOf(r.error)
     }
-    if (collect !== undefined && options.json === true) {
-      collect(r.value)
+    if (!r.value.skipped) hooks.ran?.(source, { report: blockRunReport(where.value, r.value) })
+    if (hooks.collect !== undefined && options.json === true) {
+      hooks.collect(r.value)
       return EXIT.ok
     }
     // not due: silent, exit 0 (a cron job runs it often; the schedule decides)

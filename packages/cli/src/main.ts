@@ -412,9 +412,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    * Where a job's events go: drawn for people (not with --json), as JSON lines on stderr with
    * --log-json, and into the transaction log.
    */
-  const eventsOf = (options: CommonOptions, verbosity: number, log: TransactionLog | undefined, job: Job): ((event: BackupEvent) => void) => {
+  const eventsOf = (options: CommonOptions, verbosity: number, log: TransactionLog | undefined, source: string, driver: string): ((event: BackupEvent) => void) => {
     const shown = options.logJson === true ? jsonEventLogger(io) : options.json === true ? undefined : eventRenderer(io, verbosity)
-    const logged = log?.forJob(formatLocation(job.source.location), job.driver.name)
+    const logged = log?.forJob(source, driver)
     return (event) => {
       shown?.(event)
       logged?.(event)
@@ -484,7 +484,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           ...wanted,
           dryRun: options.dryRun === true,
           signal: controller.signal,
-          onEvent: eventsOf(options, verbosity, log, job),
+          onEvent: eventsOf(options, verbosity, log, formatLocation(job.source.location), job.driver.name),
           ...(w === undefined ? {} : { waitSeconds: w }),
         }).andThen((report) => disk.release().map(() => report))
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
@@ -505,7 +505,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
           // the command line's ssh settings go over the config's, key by key, as for the other jobs
-          : await blockBackup(io, volume.backupDir, options, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, (report) => reports.push({ job: volume.name, ...report })))
+          : await blockBackup(io, volume.backupDir, options, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, {
+            collect: (report) => reports.push({ job: volume.name, ...report }),
+            eventsFor: (from) => eventsOf(options, verbosity, log, from, 'block'),
+            ran: (from, outcome) => {
+              runs.push({ job: volume.name, finishedAt: new Date(), outcome })
+              if ('error' in outcome) log?.jobFailed(from ?? resolvePath(io.cwd, volume.backupDir), outcome.error)
+            },
+          }))
       }
     } finally {
       process.off('SIGINT', onSignal)
@@ -580,7 +587,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let code: number = EXIT.ok
     try {
       for (const job of resolved.jobs) {
-        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, job) })
+        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
           code = fail(r.error, options).code

@@ -16,7 +16,7 @@ const read = (text: string): Record<string, Record<string, string | number>[] | 
 
 describe('Prometheus metrics after a run', () => {
   it('has per job and per target gauges that a text-format parser reads back', () => {
-    const runs: JobRun[] = [{ job: 'home', finishedAt: at('2026-11-23T10:00:12.500Z'), outcome: { report: report([target('/mnt/a', true), target('nas:/b "x"', false)]) } }]
+    const runs: JobRun[] = [{ job: 'home', finishedAt: at('2026-11-23T10:00:12.500Z'), outcome: { report: report([target('/mnt/a', true, { kept: 7 }), target('nas:/b "x"', false)]) } }]
     const text = prometheusMetrics(runs)
     const families = parsePrometheus(text)
     expect(families.every((f) => f.type === 'GAUGE' && f.help !== '')).toBe(true)
@@ -28,6 +28,8 @@ describe('Prometheus metrics after a run', () => {
     expect(m.bbackup_target_success).toEqual([{ job: 'home', target: '/mnt/a', value: 1 }, { job: 'home', target: 'nas:/b "x"', value: 0 }])
     expect(m.bbackup_sent_bytes).toEqual([{ job: 'home', target: '/mnt/a', value: 2048 }, { job: 'home', target: 'nas:/b "x"', value: 0 }])
     expect(m.bbackup_pruned_snapshots?.[0]).toEqual({ job: 'home', target: '/mnt/a', value: 1 })
+    // kept: only where the prune stage ran
+    expect(m.bbackup_kept_snapshots).toEqual([{ job: 'home', target: '/mnt/a', value: 7 }])
     // only the target that succeeded has a last success
     expect(m.bbackup_last_success_timestamp_seconds).toEqual([{ job: 'home', target: '/mnt/a', value: Date.parse('2026-11-23T10:00:12.500Z') / 1000 }])
   })

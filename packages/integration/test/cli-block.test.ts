@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { open, readdir, writeFile } from 'node:fs/promises'
+import { open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import parsePrometheus from 'parse-prometheus-text-format'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { runCli, sameBytes } from './helpers.js'
@@ -98,6 +99,51 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\nssh_options = "Port=2222"\n')
     expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('ssh_options') as unknown })
     expect(await runCli(['list', '-c', 'bbackup.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('status -b') as unknown })
+  })
+
+  it('bbackup run puts its block volumes in the metrics file, the transaction log and --log-json, as its other jobs', async () => {
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M', '--schedule', 'often=2s:1'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'bbackup.toml'), `metrics_file = "${dir}/bbackup.prom"\ntransaction_log = "${dir}/bbackup.log"\n[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\n`)
+    const events = (stderr: string): Record<string, unknown>[] => stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>)
+    const first = await runCli(['run', '-c', 'bbackup.toml', '--log-json'], dir)
+    expect(first.code).toBe(0)
+    const [started, finished] = events(first.stderr)
+    const vol = join(dir, 'backy/vm')
+    expect(started).toMatchObject({ type: 'transfer-started', target: vol, mode: 'full', from: join(dir, 'vm.img') })
+    const uuid = started?.snapshot as string
+    expect(finished).toMatchObject({ type: 'transfer-finished', target: vol, snapshot: uuid, bytes: 12 * MiB })
+    // the next slot of the 2 s tag: a new revision, the first one's tag expires
+    await new Promise((resolve) => setTimeout(resolve, 2500))
+    const second = await runCli(['run', '-c', 'bbackup.toml', '--log-json'], dir)
+    expect(second.code).toBe(0)
+    const later = events(second.stderr)
+    expect(later[0]).toMatchObject({ type: 'transfer-started', mode: 'incremental', parent: uuid })
+    expect(later).toContainEqual(expect.objectContaining({ type: 'pruned', at: vol, snapshot: uuid, path: join(vol, uuid) }))
+    expect(await readdir(vol)).not.toContain(`${uuid}.img`)
+
+    const log = (await readFile(join(dir, 'bbackup.log'), 'utf8')).split('\n').map((l) => l.split(' ').slice(1).join(' '))
+    expect(log).toContain(`transfer starting ${vol}/${uuid} ${join(dir, 'vm.img')} - # full`)
+    expect(log).toContainEqual(expect.stringMatching(new RegExp(`^transfer success ${vol}/${uuid} ${join(dir, 'vm.img')} - # 12.0 MiB in `)))
+    expect(log).toContainEqual(expect.stringMatching(new RegExp(`^transfer starting ${vol}/\\S+ ${join(dir, 'vm.img')} - # incremental from ${uuid}$`)))
+    expect(log).toContainEqual(expect.stringMatching(new RegExp(`^delete success ${vol}/${uuid} - - # its tags expired \\(often\\)$`)))
+
+    const metrics = Object.fromEntries(parsePrometheus(await readFile(join(dir, 'bbackup.prom'), 'utf8')).map((f) => [f.name, f.metrics]))
+    const one = (name: string): unknown => metrics[name]?.map((m) => ({ ...m.labels, value: Number(m.value) }))
+    expect(one('bbackup_run_success')).toEqual([{ job: 'vm', value: 1 }])
+    expect(one('bbackup_sent_snapshots')).toEqual([{ job: 'vm', target: vol, value: 1 }])
+    expect(one('bbackup_sent_bytes')).toEqual([{ job: 'vm', target: vol, value: 0 }])
+    expect(one('bbackup_pruned_snapshots')).toEqual([{ job: 'vm', target: vol, value: 1 }])
+    expect(one('bbackup_kept_snapshots')).toEqual([{ job: 'vm', target: vol, value: 1 }])
+    expect(one('bbackup_last_success_timestamp_seconds')).toEqual([{ job: 'vm', target: vol, value: expect.any(Number) as unknown }])
+
+    // a volume that cannot be backed up: a failed run in the metrics and the log, its last success kept
+    await writeFile(join(dir, 'backy/vm/volume.json'), '{')
+    const broken = await runCli(['run', '-c', 'bbackup.toml'], dir)
+    expect(broken.code).not.toBe(0)
+    const after = Object.fromEntries(parsePrometheus(await readFile(join(dir, 'bbackup.prom'), 'utf8')).map((f) => [f.name, f.metrics]))
+    expect(after.bbackup_run_success?.map((m) => Number(m.value))).toEqual([0])
+    expect(after.bbackup_last_success_timestamp_seconds).toEqual(metrics.bbackup_last_success_timestamp_seconds)
+    expect(await readFile(join(dir, 'bbackup.log'), 'utf8')).toMatch(new RegExp(`job ERROR - ${vol} - # `))
   })
 
   it('status --check judges the block volumes of the config: the newest revision\'s age, a volume without revisions, damage a verify found', async () => {

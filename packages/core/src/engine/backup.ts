@@ -47,6 +47,8 @@ export interface TargetReport {
   /** what the journal said was left unfinished here, and what became of it */
   readonly recovered: readonly { readonly snapshot: string; readonly action: RecoverAction }[]
   readonly pruned: readonly string[]
+  /** the job's backups at the target after the prune stage (absent when it did not run) */
+  readonly kept?: number
   readonly error?: BbError
   /** the exact commands run (or, in a dry run, that would run) */
   readonly commands: readonly (readonly string[])[]
@@ -319,6 +321,7 @@ const backupToTarget = async (
 
   // 6. Retention, only where this run added a backup: a failing target keeps its history.
   let pruned: readonly string[] = []
+  let kept: number | undefined
   const warnings = [...outcome.warnings]
   let commands = [...outcome.commands]
   const policy = job.retention?.target
@@ -327,6 +330,7 @@ const backupToTarget = async (
     if (r.isErr()) warnings.push(`not pruned: ${r.error.message}`)
     else {
       pruned = r.value.deleted
+      kept = r.value.kept
       commands = [...commands, ...r.value.commands]
     }
   }
@@ -344,6 +348,7 @@ const backupToTarget = async (
     warnings,
     recovered,
     pruned,
+    ...(kept === undefined ? {} : { kept }),
     commands,
   }
 }
@@ -553,12 +558,14 @@ const sendSnapshots = async (
       continue
     }
     let pruned: readonly string[] = []
+    let kept: number | undefined
     const policy = job.retention?.target
     if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
       const r = await pruneAt(job, lane.target, policy, options)
       if (r.isErr()) lane.warnings.push(`not pruned: ${r.error.message}`)
       else {
         pruned = r.value.deleted
+        kept = r.value.kept
         lane.commands = [...lane.commands, ...r.value.commands]
       }
     }
@@ -569,6 +576,7 @@ const sendSnapshots = async (
       ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
       durationMs: Date.now() - lane.started,
       pruned,
+      ...(kept === undefined ? {} : { kept }),
       commands: lane.commands,
     })
   }

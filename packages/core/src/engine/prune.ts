@@ -16,6 +16,8 @@ export interface PruneResult {
   readonly at: string
   readonly decisions: readonly RetentionDecision[]
   readonly deleted: readonly string[]
+  /** the job's snapshots left there: those the policy and the protections keep */
+  readonly kept: number
   readonly commands: readonly (readonly string[])[]
 }
 
@@ -64,7 +66,7 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
   for (const s of doomed) {
     options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [], path: formatLocation({ ...at.location, path: s.path }) })
   }
-  return ok({ at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), commands: deleted.value })
+  return ok({ at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value })
 }
 
 /**

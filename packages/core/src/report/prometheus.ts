@@ -26,6 +26,7 @@ const HELP: Readonly<Record<string, string>> = {
   bbackup_sent_files: 'files transferred to this target in the last run (rsync)',
   bbackup_sent_snapshots: 'snapshots sent to this target in the last run',
   bbackup_pruned_snapshots: 'backups deleted at this target by retention in the last run',
+  bbackup_kept_snapshots: 'backups of the job at this target after retention in the last run',
   bbackup_source_pruned_snapshots: 'source snapshots deleted by retention in the last run',
 }
 
@@ -75,6 +76,7 @@ const samplesOf = (run: JobRun, previous: readonly Sample[]): Sample[] => {
       { name: 'bbackup_sent_files', labels, value: t.files },
       { name: 'bbackup_sent_snapshots', labels, value: t.sent.length },
       { name: 'bbackup_pruned_snapshots', labels, value: t.pruned.length },
+      ...(t.kept === undefined ? [] : [{ name: 'bbackup_kept_snapshots', labels, value: t.kept }]),
     )
     const before = previous.find((s) => s.name === 'bbackup_last_success_timestamp_seconds' && s.labels.job === job && s.labels.target === t.target)
     if (t.ok) samples.push({ name: 'bbackup_last_success_timestamp_seconds', labels, value: end })

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, formatLocation, InternalError, stderrTail, type BbError, type Transport } from '@bb/core'
+import { bbError, formatLocation, InternalError, stderrTail, type BackupEvent, type BbError, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { dataChunks } from './data-map.js'
@@ -11,7 +11,7 @@ import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
 import { freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
-import { asResult, fsStep, must, stop } from './stop.js'
+import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import {
   LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
 } from './volume.js'
@@ -39,6 +39,12 @@ export interface BlockBackupOptions {
   /** wait this long for another run on the volume to finish (default: fail at once with LOCK_HELD) */
   readonly waitSeconds?: number
   readonly onProgress?: (progress: { readonly bytes: number; readonly total: number }) => void
+  /**
+   * The engine's events, for logs: `transfer-started` / `-finished` / `-failed` for the revision
+   * (target: the backup directory, snapshot: its uuid, bytes: what was written), `pruned` for each
+   * expired revision (path: the directory and its uuid, the name of its .img, .hashes and .rev), `recovered` for what an unfinished run left and was removed.
+   */
+  readonly onEvent?: (event: BackupEvent) => void
 }
 
 export interface ExpiredRevisions {
@@ -55,6 +61,8 @@ export type BlockBackupReport =
     readonly revision: Revision
     readonly removedIncomplete: readonly string[]
     readonly expired: ExpiredRevisions
+    /** the revisions the volume holds after expiry, the new one included */
+    readonly revisions: number
     readonly nextDue: string
   }
 
@@ -190,8 +198,13 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
   const target = paths(dir, uuid)
   const pool = openHashPool(options.threads)
   let done = false
+  let announced = false
   try {
     const parent = await chooseParent(dir, revisions, config)
+    options.onEvent?.({
+      type: 'transfer-started', target: dir, snapshot: uuid, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.revision.uuid }), from: config.source,
+    })
+    announced = true
     if (parent === undefined) {
       await fsStep('create', target.partial, fs.writeFile(target.partial, '', { flag: 'wx' }))
     } else {
@@ -266,7 +279,11 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     await writeRevision(at, dir, revision)
     done = true
     await must(at.symlink(`${uuid}.img`, join(dir, LATEST_LINK)))
+    options.onEvent?.({ type: 'transfer-finished', target: dir, snapshot: uuid, bytes: bytesWritten, durationMs: Math.round(performance.now() - started) })
     return revision
+  } catch (e) {
+    if (announced && e instanceof Stop) options.onEvent?.({ type: 'transfer-failed', target: dir, snapshot: uuid, error: e.error })
+    throw e
   } finally {
     await pool.close()
     await frozen.release()
@@ -296,6 +313,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const { revisions, incomplete } = await readVolume(options.at, dir)
       await removeIncomplete(dir, incomplete)
       const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config, remote))]
+      for (const name of removedIncomplete) options.onEvent?.({ type: 'recovered', target: dir, snapshot: name, action: 'removed' })
       const due = dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds)
       if (due.length === 0 && options.force !== true) {
         return { skipped: true as const, dir, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), removedIncomplete }
@@ -304,7 +322,14 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
       const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now)
-      const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now)
-      return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
+      const all = [...revisions, revision]
+      const expired = await expireRevisions(options.at, dir, config, all, now)
+      for (const uuid of expired.removed) {
+        const was = all.find((r) => r.uuid === uuid)
+        options.onEvent?.({ type: 'pruned', at: dir, snapshot: uuid, reasons: [`its tags expired (${was?.tags.join(', ') ?? ''})`], path: join(dir, uuid) })
+      }
+      return {
+        skipped: false as const, dir, revision, removedIncomplete, expired, revisions: all.length - expired.removed.length, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
+      }
     })
   })
