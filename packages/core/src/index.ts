@@ -9,7 +9,7 @@ export type { Protection, RetentionDecision, RetentionError, RetentionOptions, R
 export { normalizePolicy, parsePreserveMatrix, WEEKDAYS } from './retention/policy.js'
 export type { BtrbkPolicy, CountPolicy, PolicyError, RetentionPolicy, RotateCount, RotatePolicy, Weekday } from './retention/policy.js'
 export type {
-  CombinedResult, CommandResult, DirEntry, EntryStat, ExecOptions, LockError, LockHandle, LockInfo, LockStatus, LockVerdict, RunningCommand, SpawnOptions, Transport, TransportError,
+  CombinedResult, CommandResult, DirEntry, EntryStat, ExecOptions, FileChanges, LockError, LockHandle, LockInfo, LockStatus, LockVerdict, RunningCommand, SpawnOptions, Transport, TransportError,
 } from './transport/transport.js'
 export { judgeLock, parseLockInfo } from './lock/judge-lock.js'
 export type { LockContext } from './lock/judge-lock.js'

@@ -64,6 +64,33 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect((await m.rename('ops/new', 'ops/old'))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
   })
 
+  it('reads the small files of a directory and writes and removes several, each in one connection', async () => {
+    const m = module('')
+    await writeTree(join(daemon.modulePath, 'batch'), {
+      '.meta/a.json': '{"a":1}\n', '.meta/b.partial': 'b\n', '.meta/c.txt': 'not asked for', '.meta/trash/d.json': 'in a subdirectory', 'keep.json': 'a level up',
+    })
+    const connections = async (): Promise<number> => ((await daemon.log()).match(/connect from/g) ?? []).length
+    let before = await connections()
+    const files = ok(await m.readFiles!('batch/.meta', ['.json', '.partial']))
+    expect(Object.fromEntries(files)).toEqual({ 'a.json': '{"a":1}\n', 'b.partial': 'b\n' })
+    expect(await connections()).toBe(before + 1)
+    expect(ok(await m.readFiles!('batch/missing', ['.json'])).size).toBe(0)
+
+    before = await connections()
+    ok(await m.changeFiles!('batch', { write: [{ path: '.meta/e.json', data: '{"e":1}\n' }, { path: 'new dir/[x]*.json', data: 'odd name\n' }], remove: ['.meta/b.partial', '.meta/not-there'] }))
+    expect(await connections()).toBe(before + 1)
+    expect((await readdir(join(daemon.modulePath, 'batch/.meta'))).sort()).toEqual(['a.json', 'c.txt', 'e.json', 'trash'])
+    expect(await readFile(join(daemon.modulePath, 'batch/.meta/e.json'), 'utf8')).toBe('{"e":1}\n')
+    expect(await readFile(join(daemon.modulePath, 'batch/new dir/[x]*.json'), 'utf8')).toBe('odd name\n')
+    // neighbours stay: the other files of the directory, its subdirectories, the level above
+    expect(await readFile(join(daemon.modulePath, 'batch/.meta/trash/d.json'), 'utf8')).toBe('in a subdirectory')
+    expect((await readdir(join(daemon.modulePath, 'batch'))).sort()).toEqual(['.meta', 'keep.json', 'new dir'])
+    ok(await m.changeFiles!('batch', { remove: ['.meta/e.json', '.meta/a.json'] }))
+    expect((await readdir(join(daemon.modulePath, 'batch/.meta'))).sort()).toEqual(['c.txt', 'trash'])
+    expect((await m.changeFiles!('batch', { write: [{ path: '../out.json', data: 'x' }] }))._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS' })
+    expect(await readdir(daemon.modulePath)).not.toContain('out.json')
+  })
+
   it('refuses an unsafe password file before connecting, and a wrong password without retrying (scenario 11)', async () => {
     const logBefore = (await daemon.log()).length
     const file = join(tmp.path, 'pw')

@@ -112,6 +112,17 @@ export type TransportError = BbError<
 export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
 
 /**
+ * Small files written and removed together ({@link Transport.changeFiles}), at paths relative to
+ * the directory. For a transport where each request is a connection of its own (an rsync daemon
+ * module, ~15 ms each), a backup's bookkeeping would otherwise cost more than a small backup.
+ */
+export interface FileChanges {
+  readonly write?: readonly { readonly path: string; readonly data: string }[]
+  /** files only: a directory that is not empty stays */
+  readonly remove?: readonly string[]
+}
+
+/**
  * Runs commands at a location and handles its small files. Commands are argv arrays, never shell
  * strings; bulk data never passes through JavaScript. Paths are paths at the location.
  */
@@ -144,6 +155,18 @@ export interface Transport {
   readFile(path: string): ResultAsync<string | undefined, TransportError>
   /** Writes a small file so that a crash leaves the old content or the new, never a torn one. */
   writeFileAtomic(path: string, data: string): ResultAsync<void, TransportError>
+  /**
+   * The files directly in `directory` whose names end in one of `suffixes`, with their text, in one
+   * round trip (small files: records, markers); empty when the directory is not there. Optional:
+   * where it is missing, `list` and `readFile` each (see {@link FileChanges} for why).
+   */
+  readFiles?(directory: string, suffixes: readonly string[]): ResultAsync<ReadonlyMap<string, string>, TransportError>
+  /**
+   * Several small changes under `directory` in one round trip: every write (atomic and flushed, its
+   * missing directories inside `directory` made), and only then every removal. Optional: where
+   * it is missing, `mkdir`, `writeFileAtomic` and `remove` each.
+   */
+  changeFiles?(directory: string, changes: FileChanges): ResultAsync<void, TransportError>
   /** undefined when nothing is at the path; symlinks are not followed. */
   stat(path: string): ResultAsync<EntryStat | undefined, TransportError>
   list(directory: string): ResultAsync<DirEntry[], TransportError>

@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
@@ -69,13 +69,16 @@ export const META = '.bbackup'
 export const PARTIAL = '.partial'
 const join = posix.join
 
-export const recordPath = (dir: string, name: string): string => join(dir, META, `${name}.json`)
+/** a backup's record and its unfinished-marker, relative to the directory of the backups */
+const recordFile = (name: string): string => join(META, `${name}.json`)
+const markerFile = (name: string): string => join(META, `${name}${PARTIAL}`)
+export const recordPath = (dir: string, name: string): string => join(dir, recordFile(name))
 /**
  * Where a location cannot rename (an rsync daemon module), a backup is copied under its final name
  * and this marker, written before the first byte and removed after the record, says it is not
  * complete yet (rsync-time-backup's `backup.inprogress`, one per backup).
  */
-export const markerPath = (dir: string, name: string): string => join(dir, META, `${name}${PARTIAL}`)
+export const markerPath = (dir: string, name: string): string => join(dir, markerFile(name))
 /** whether `path` names an entry directly inside `dir` ('' is a module's root) */
 const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
 
@@ -151,21 +154,28 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const listSnapshots: Driver['listSnapshots'] = ({ at }) => {
     const dir = at.location.path
-    // marked unfinished: also where a daemon wrote it and this host reads it (a post-xfer exec's prune)
-    const unfinished = (): ResultAsync<ReadonlySet<string>, BbError> =>
-      at.list(join(dir, META)).orElse((e) => (e.code === 'NOT_FOUND' ? ok([]) : err(e)))
-        .map((entries) => new Set(entries.filter((e) => e.kind === 'file' && e.name.endsWith(PARTIAL)).map((e) => e.name.slice(0, -PARTIAL.length))))
-    return at.list(dir)
-      .mapErr((e) => (e.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path, or run a backup to create it', { path: dir }) : e))
-      .andThen((entries) => unfinished().map((marked) => ({ entries, marked })))
-      .andThen(({ entries, marked }) => {
+    // marked unfinished: also where a daemon wrote it and this host reads it (a post-xfer exec's prune);
+    // where the transport reads a directory's small files at once, the records come with the markers
+    const meta = (): ResultAsync<{ marked: ReadonlySet<string>; records?: ReadonlyMap<string, string> }, BbError> => {
+      const unfinished = (names: readonly string[]): ReadonlySet<string> => new Set(names.filter((n) => n.endsWith(PARTIAL)).map((n) => n.slice(0, -PARTIAL.length)))
+      if (at.readFiles !== undefined) return at.readFiles(join(dir, META), ['.json', PARTIAL]).map((files) => ({ marked: unfinished([...files.keys()]), records: files }))
+      return at.list(join(dir, META)).orElse((e) => (e.code === 'NOT_FOUND' ? ok([]) : err(e)))
+        .map((entries) => ({ marked: unfinished(entries.filter((e) => e.kind === 'file').map((e) => e.name)) }))
+    }
+    const recordOf = (name: string, records: ReadonlyMap<string, string> | undefined): ResultAsync<string | undefined, BbError> =>
+      (records === undefined ? at.readFile(recordPath(dir, name)) : okAsync(records.get(posix.basename(recordFile(name)))))
+    return ResultAsync.combine([
+      at.list(dir).mapErr((e) => (e.code === 'NOT_FOUND' ? bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path, or run a backup to create it', { path: dir }) : e)),
+      meta(),
+    ] as const)
+      .andThen(([entries, { marked, records }]) => {
         const backups = entries.filter((e) => e.kind === 'directory').map((e) => {
           const complete = !e.name.endsWith(PARTIAL) && !marked.has(e.name)
           const name = e.name.endsWith(PARTIAL) ? e.name.slice(0, -PARTIAL.length) : e.name
           return { name, complete, dirName: e.name, parsed: parseSnapshotName(name) }
         }).filter((b) => b.parsed !== undefined)
         return ResultAsync.combine(backups.map((b) =>
-          (b.complete ? at.readFile(recordPath(dir, b.name)) : okAsync(undefined)).map((text) => ({
+          (b.complete ? recordOf(b.name, records) : okAsync(undefined)).map((text) => ({
             info: { name: b.name, time: b.parsed?.time, complete: b.complete, health: healthOf(text), path: join(dir, b.dirName) } satisfies SnapshotInfo,
             order: { name: b.dirName, time: b.parsed?.time ?? new Date(0), sequence: b.parsed?.sequence ?? 0 },
           })),
@@ -194,8 +204,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     if (!dryRun) {
       // where nothing can be renamed, rsync itself creates the backup's directory, after the marker
       const prepared = filesOnly
-        ? await target.mkdir(join(dir, META))
-          .andThen(() => target.writeFileAtomic(markerPath(dir, snapshot), `${JSON.stringify({ startedAt: new Date().toISOString(), host: hostname() })}\n`))
+        ? await changeFiles(target, dir, { write: [{ path: markerFile(snapshot), data: `${JSON.stringify({ startedAt: new Date().toISOString(), host: hostname() })}\n` }] })
         : resumeFrom !== undefined ? await target.rename(resumeFrom, partial) : await target.mkdir(partial)
       if (prepared.isErr()) return err(prepared.error)
     }
@@ -352,10 +361,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const endpoint = at.rsyncEndpoint(`${dir}/`)
     commands.push(['rsync', '-r', '--delete', `--include=/${s.name}`, `--include=/${s.name}/**`, '--exclude=*', '<empty directory>/', endpoint.spec])
     if (dryRun) return okAsync(undefined)
-    return at.writeFileAtomic(markerPath(dir, s.name), `${JSON.stringify({ deleting: new Date().toISOString() })}\n`)
+    return changeFiles(at, dir, { write: [{ path: markerFile(s.name), data: `${JSON.stringify({ deleting: new Date().toISOString() })}\n` }] })
       .andThen(() => at.remove(s.path, { recursive: true }))
-      .andThen(() => at.remove(recordPath(dir, s.name)))
-      .andThen(() => at.remove(markerPath(dir, s.name)))
+      .andThen(() => changeFiles(at, dir, { remove: [recordFile(s.name), markerFile(s.name)] }))
   }
 
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
@@ -423,14 +431,25 @@ export const serverCanPublish = (targets: readonly Transport[]): Result<void, Bb
  * which this backup linked from, is removed with its marker
  */
 export const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
-  target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`)
-    .andThen(() => target.remove(markerPath(p.dir, p.snapshot)))
+  changeFiles(target, p.dir, { write: [{ path: recordFile(p.snapshot), data: `${JSON.stringify(p.record, null, 2)}\n` }], remove: [markerFile(p.snapshot)] })
     .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
     .andThen(() => {
       const old = p.resumedFrom
       if (old === undefined) return okAsync(undefined)
       return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old))))
     })
+
+/**
+ * Small files written, then others removed, under `dir`: in one round trip where the transport
+ * can ({@link Transport.changeFiles}: a daemon module), else one operation at a time in that order.
+ */
+const changeFiles = (at: Transport, dir: string, changes: FileChanges): ResultAsync<void, BbError> => {
+  if (at.changeFiles !== undefined) return at.changeFiles(dir, changes)
+  const writes = (changes.write ?? []).map((w) => (): ResultAsync<void, BbError> =>
+    (posix.dirname(w.path) === '.' ? okAsync(undefined) : at.mkdir(join(dir, posix.dirname(w.path)), { recursive: true })).andThen(() => at.writeFileAtomic(join(dir, w.path), w.data)))
+  const removes = (changes.remove ?? []).map((path) => (): ResultAsync<void, BbError> => at.remove(join(dir, path)))
+  return [...writes, ...removes].reduce((done, step) => done.andThen(step), okAsync<void, BbError>(undefined))
+}
 
 /**
  * A backup's health from its record. An adopted backup (no record) is taken as healthy, as the tool

@@ -1,9 +1,9 @@
-import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir as mkdirLocal, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, ioError, type CommandResult, type DirEntry, type EntryStat, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
+  bbError, ioError, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
 } from '@bb/core'
 import { execCommand } from '../local/exec.js'
 import { daemonFailure } from './failure.js'
@@ -148,6 +148,39 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       .andThen(() => rsync(['--fsync', join(dir, 'file'), url(p)]))
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', path, r))))))
 
+  /** one rsync of the directory's matching files into a local one, then read there */
+  const readFiles = (directory: string, suffixes: readonly string[]): ResultAsync<ReadonlyMap<string, string>, TransportError> =>
+    modulePath(directory).asyncAndThen((p) => withTemp((dir) => rsync(['-d', ...suffixes.map((s) => `--include=*${literal(s)}`), '--exclude=*', `${url(p).replace(/\/$/, '')}/`, `${dir}/`])
+      .andThen((r) => {
+        if (absent(r)) return okAsync(new Map<string, string>())
+        if (r.exitCode !== 0) return errAsync(failed('read', directory, r))
+        return ResultAsync.fromPromise((async () => {
+          const files = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isFile() && suffixes.some((s) => e.name.endsWith(s)))
+          return new Map(await Promise.all(files.map(async (e) => [e.name, await readFile(join(dir, e.name), 'utf8')] as const)))
+        })(), ioError('read', dir))
+      })))
+
+  /**
+   * A local tree of the files to write (and the directories of the files to remove), copied with
+   * -r: filters let only those names through, so nothing else there is touched; --delete-after
+   * removes the named files once every write is in place (--fsync: flushed).
+   */
+  const changeFiles = (directory: string, changes: FileChanges): ResultAsync<void, TransportError> => {
+    const writes = changes.write ?? []
+    const removes = changes.remove ?? []
+    const relative = [...writes.map((w) => w.path), ...removes].map((path) => posix.normalize(path))
+    const bad = relative.find((path) => path.startsWith('/') || path === '.' || path.split('/').includes('..'))
+    if (bad !== undefined) return errAsync(bbError('INVALID_OPTIONS', `${bad} is not a path inside ${directory}`, 'this is a bug in bbackup; please report it'))
+    const dirs = new Set(relative.flatMap((path) => path.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))))
+    const filters = [...[...dirs].sort().map((d) => `--include=/${literal(d)}/`), ...relative.map((path) => `--include=/${literal(path)}`), '--exclude=*']
+    return modulePath(directory).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise((async () => {
+      for (const d of dirs) await mkdirLocal(join(dir, d), { recursive: true })
+      for (const w of writes) await writeFile(join(dir, posix.normalize(w.path)), w.data, { mode: 0o600 })
+    })(), ioError('write', dir))
+      .andThen(() => rsync(['-r', '--fsync', ...(removes.length > 0 ? ['--delete-after'] : []), ...filters, `${dir}/`, `${url(p).replace(/\/$/, '')}/`]))
+      .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', directory, r))))))
+  }
+
   const mkdir = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
     modulePath(path).asyncAndThen((p) => withTemp((dir) => rsync(['-d', ...(o.recursive === true ? ['--mkpath'] : []), `${dir}/`, `${url(p)}/`])
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('create', path, r))))))
@@ -192,6 +225,8 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     spawn,
     readFile: readFileAt,
     writeFileAtomic,
+    readFiles,
+    changeFiles,
     stat,
     list,
     mkdir,
