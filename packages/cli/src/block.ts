@@ -1,6 +1,6 @@
 import { resolve as resolvePath } from 'node:path'
 import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
-import type { BlockBackupReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
+import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { transportFor, type Connections } from './build-job.js'
 import type { SshSpec } from './config.js'
@@ -225,6 +225,34 @@ export const blockVerify = async (io: Io, dir: string, specs: readonly string[],
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderVerify(r.value))
   return r.value.ok ? EXIT.ok : EXIT.error
+}
+
+const renderExpire = (report: BlockExpireReport, verbosity: number): string => {
+  const lines = report.removed.map((uuid) => `${report.dryRun ? 'would expire' : 'expired'} ${uuid}`)
+  if (verbosity > 0) for (const k of report.kept) lines.push(`kept ${k.uuid} without tags: ${k.why}`)
+  lines.push(`${report.dir}: ${report.revisions} revision${report.revisions === 1 ? '' : 's'} ${report.dryRun ? 'would be ' : ''}left`)
+  return `${lines.join('\n')}\n`
+}
+
+/** `prune -b`: the schedule's expiry now, without a backup. */
+export const blockPrune = async (io: Io, dir: string, options: BlockCliOptions & { dryRun?: boolean; wait?: string | boolean }): Promise<number> => {
+  const { expireVolume } = await block()
+  const r = await expireVolume({
+    at: localTransport(resolvePath(io.cwd, dir)), dryRun: options.dryRun === true,
+    ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
+  })
+  if (r.isErr()) return fail(io, r.error, options)
+  print(io, options, r.value, () => renderExpire(r.value, options.verbose ?? 0))
+  return EXIT.ok
+}
+
+/** `distrust -b DIR REV...` */
+export const blockDistrust = async (io: Io, dir: string, specs: readonly string[], options: BlockCliOptions): Promise<number> => {
+  const { distrustRevisions } = await block()
+  const r = await distrustRevisions({ at: localTransport(resolvePath(io.cwd, dir)), revisions: specs })
+  if (r.isErr()) return fail(io, r.error, options)
+  print(io, options, r.value, () => `${r.value.distrusted.map((uuid) => `distrusted ${uuid}`).join('\n')}\n`)
+  return EXIT.ok
 }
 
 export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }): Promise<number> => {

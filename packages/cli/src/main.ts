@@ -8,7 +8,7 @@ import type { Shell } from './completion.js'
 import { err, okAsync, ResultAsync } from 'neverthrow'
 import { buildJob, detectBackupDriver, SUDO_PROGRAMS, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
-import { blockBackup, blockDue, blockInit, blockRestore, blockStatus, blockVerify } from './block.js'
+import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
@@ -212,7 +212,12 @@ Examples:
   prune: `
 Examples:
   bbackup prune /home /mnt/backup/home --keep-backups 10 -n     show what would be deleted and why
-  bbackup prune -j home`,
+  bbackup prune -j home
+  bbackup prune -b /srv/backy/vm1 -n      block: the schedule's expiry now (after a change of schedule)`,
+  distrust: `
+Examples:
+  bbackup distrust -b /srv/backy/vm1 latest      the next backup does not build on it
+  bbackup verify -b /srv/backy/vm1 latest        a clean check of every chunk trusts it again`,
   restore: `
 Examples:
   bbackup restore -b /srv/backy/vm1 latest /var/lib/libvirt/images/vm1-restored.img
@@ -664,9 +669,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
     .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
     .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
-    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors'))
+    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
+    .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup"))
     .addHelpText('after', EXAMPLES.prune ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
+      if (options.backupDir !== undefined) {
+        if (source !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `prune -b takes no source or targets (${source})`, 'give the backup directory alone: bbackup prune -b DIR'), options))
+        return void (outcome = { code: await blockPrune(io, options.backupDir, options) })
+      }
       const hooked = await asRsyncdHook('prune', source, targets, options)
       if (hooked !== undefined) return void (outcome = hooked)
       outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
@@ -789,6 +799,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .addHelpText('after', EXAMPLES.init ?? '')
     .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string; json?: boolean }) => {
       outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+    })
+
+  program.command('distrust')
+    .description('block: mark revisions distrusted: never a parent again, refused by restore without --force, until a clean verify')
+    .argument('<revisions...>', 'a uuid (or a unique start of one), 0 for the newest, latest, a tag, or all')
+    .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', EXAMPLES.distrust ?? '')
+    .action(async (revisions: string[], options: { backupDir: string; json?: boolean }) => {
+      outcome = { code: await blockDistrust(io, options.backupDir, revisions, options) }
     })
 
   const backupCommand = sshClientOptions(program.command('backup'))

@@ -146,6 +146,34 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(await readFile(join(dir, 'bbackup.log'), 'utf8')).toMatch(new RegExp(`job ERROR - ${vol} - # `))
   })
 
+  it('prune -b expires by a changed schedule at once; distrust -b keeps a revision from being a parent until a clean verify', async () => {
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M', '--schedule', 'often=1h:5'], dir)).code).toBe(0)
+    for (let i = 0; i < 3; i++) expect((await runCli(['backup', '-b', 'backy/vm', '--force'], dir)).code).toBe(0)
+    const revisions = async (): Promise<{ uuid: string; trust: string; tags: string[]; parent: string | null }[]> =>
+      (JSON.parse((await runCli(['status', '-b', 'backy/vm', '--json'], dir)).stdout) as { revisions: { uuid: string; trust: string; tags: string[]; parent: string | null }[] }).revisions
+    const [first, second, third] = (await revisions()).map((r) => r.uuid)
+    // a new schedule without the tag: every revision loses it; all but the newest go
+    const file = join(dir, 'backy/vm/volume.json')
+    await writeFile(file, JSON.stringify({ ...JSON.parse(await readFile(file, 'utf8')) as object, schedule: 'daily=1d:7' }))
+    const dry = await runCli(['prune', '-b', 'backy/vm', '-n'], dir)
+    expect(dry).toMatchObject({ code: 0, stdout: `would expire ${first}\nwould expire ${second}\n${join(dir, 'backy/vm')}: 1 revision would be left\n` })
+    expect(await revisions()).toHaveLength(3)
+    const pruned = await runCli(['prune', '-b', 'backy/vm', '-v'], dir)
+    expect(pruned).toMatchObject({ code: 0, stdout: expect.stringContaining(`expired ${first}\nexpired ${second}\nkept ${third} without tags: the newest revision\n`) as unknown })
+    expect((await revisions()).map((r) => r.uuid)).toEqual([third])
+    expect((await readdir(join(dir, 'backy/vm'))).filter((f) => f.startsWith(first ?? '?') || f.startsWith(second ?? '?'))).toEqual([])
+    expect(await runCli(['prune', '-b', 'backy/vm', '/elsewhere'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('prune -b takes no source') as unknown })
+
+    expect(await runCli(['distrust', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 0, stdout: `distrusted ${third}\n` })
+    expect((await revisions())[0]?.trust).toBe('distrusted')
+    // no trusted parent left: the next revision is written whole
+    const next = JSON.parse((await runCli(['backup', '-b', 'backy/vm', '--force', '--json'], dir)).stdout) as { revision: { parent: string | null; stats: { chunksWritten: number } } }
+    expect(next.revision).toMatchObject({ parent: null, stats: { chunksWritten: 12 } })
+    expect(await runCli(['verify', '-b', 'backy/vm', third ?? '?'], dir)).toMatchObject({ code: 0, stdout: expect.stringContaining('ok, verified') as unknown })
+    expect((await revisions()).find((r) => r.uuid === third)?.trust).toBe('verified')
+    expect(await runCli(['distrust', '-b', 'backy/vm', 'nosuchtag'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining("no revision matches 'nosuchtag'") as unknown })
+  })
+
   it('status --check judges the block volumes of the config: the newest revision\'s age, a volume without revisions, damage a verify found', async () => {
     expect((await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M'], dir)).code).toBe(0)
     await writeFile(join(dir, 'bbackup.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\nwarn_age = "2h"\n')

@@ -101,20 +101,33 @@ export const removeRevisions = async (dir: string, uuids: readonly string[]): Pr
   }
 }
 
-/** Applies the schedule's expiry; never removes the newest complete revision or the newest verified one. */
-export const expireRevisions = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], now: Date): Promise<ExpiredRevisions> => {
+/**
+ * Applies the schedule's expiry (with `dryRun`, only says what it would do); never removes the
+ * newest complete revision or the newest verified one. Each removal is a `pruned` event (path:
+ * the directory and the uuid, the name of its .img, .hashes and .rev).
+ */
+export const expireRevisions = async (
+  at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], now: Date,
+  options: { readonly dryRun?: boolean; readonly onEvent?: ((event: BackupEvent) => void) | undefined } = {},
+): Promise<ExpiredRevisions> => {
   const protect = new Map<string, string>()
   const newestVerified = [...revisions].reverse().find((r) => r.trust === 'verified')
   if (newestVerified !== undefined) protect.set(newestVerified.uuid, 'the newest verified revision')
   const newest = revisions.at(-1)
   if (newest !== undefined) protect.set(newest.uuid, 'the newest revision')
   const plan = planExpiry(config.schedule, scheduled(revisions), now, protect)
+  const expired = { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })) }
+  if (options.dryRun === true) return expired
   for (const r of revisions) {
     const tags = plan.retag.get(r.uuid)
     if (tags !== undefined && !plan.remove.includes(r.uuid)) await writeRevision(at, dir, { ...r, tags })
   }
   await removeRevisions(dir, plan.remove)
-  return { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })) }
+  for (const uuid of plan.remove) {
+    const was = revisions.find((r) => r.uuid === uuid)
+    options.onEvent?.({ type: 'pruned', at: dir, snapshot: uuid, reasons: [`its tags expired (${was?.tags.join(', ') ?? ''})`], path: join(dir, uuid) })
+  }
+  return expired
 }
 
 /** Removes what killed runs left: images being written, revision parts without metadata. */
@@ -323,11 +336,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
       const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now)
       const all = [...revisions, revision]
-      const expired = await expireRevisions(options.at, dir, config, all, now)
-      for (const uuid of expired.removed) {
-        const was = all.find((r) => r.uuid === uuid)
-        options.onEvent?.({ type: 'pruned', at: dir, snapshot: uuid, reasons: [`its tags expired (${was?.tags.join(', ') ?? ''})`], path: join(dir, uuid) })
-      }
+      const expired = await expireRevisions(options.at, dir, config, all, now, { onEvent: options.onEvent })
       return {
         skipped: false as const, dir, revision, removedIncomplete, expired, revisions: all.length - expired.removed.length, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
       }

@@ -3,6 +3,8 @@ export type { BlockBackupOptions, BlockBackupReport, ExpiredRevisions } from './
 export { DEFAULT_CHUNK_SIZE, initVolume, parseSize } from './init.js'
 export { openHashPool } from './hash-pool.js'
 export type { InitVolumeOptions } from './init.js'
+export { distrustRevisions, expireVolume } from './manage.js'
+export type { BlockDistrustReport, BlockExpireReport } from './manage.js'
 export { restoreRevision } from './restore.js'
 export type { BlockRestoreOptions, BlockRestoreReport } from './restore.js'
 export { DEFAULT_SCHEDULE, dueTags, formatSchedule, nextDue, parseDuration, parseSchedule, planExpiry } from './schedule.js'
