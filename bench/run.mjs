@@ -7,7 +7,7 @@
 //   BENCH_ONLY=rsyncd: the rsync daemon rounds alone;  BENCH_ONLY=btrfs: the btrfs driver's rounds alone
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -303,6 +303,31 @@ if (!btrfsReady) {
     clear(join(mnt, 'two-a'), join(mnt, 'two-b'))
     report('full send to two targets vs to one (all on one disk: the writes double)', oursTwo, oursFull, 'one target')
     report('full send to two targets vs two sends one after the other', oursTwo, twoSends, 'two sends')
+    // the same on two disks of their own (loop images in RAM): what one disk cannot show, whether one send feeds both at the pace of one
+    if (existsSync('/dev/shm')) {
+      const shm = mkdtempSync('/dev/shm/bbackup-bench-')
+      const disks = []
+      try {
+        for (const n of ['ram-a', 'ram-b']) {
+          const img = join(shm, `${n}.img`)
+          const m = join(work, n)
+          mkdirSync(m)
+          run('truncate', ['-s', `${MB * 2 + 512}M`, img])
+          run('mkfs.btrfs', ['-q', '-f', img])
+          run('mount', ['-o', 'loop', img, m])
+          disks.push(m)
+        }
+        const [a, b] = disks.map((m) => join(m, 'backups'))
+        const oneRam = seconds(() => ours([a]))
+        clear(a)
+        const twoRam = seconds(() => ours([a, b]))
+        clear(a, b)
+        report('full send to two targets on two RAM-backed disks vs to one of them', twoRam, oneRam, 'one target')
+      } finally {
+        for (const m of disks) spawnSync('umount', [m])
+        rmSync(shm, { recursive: true, force: true })
+      }
+    }
 
     if (has('btrbk')) {
       // the same job for btrbk and for bbackup: snapshot, send incrementally, keep everything
