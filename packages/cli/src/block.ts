@@ -4,6 +4,7 @@ import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision,
 import { localTransport } from '@bb/transports/local'
 import { transportFor, type Connections } from './build-job.js'
 import type { SshSpec } from './config.js'
+import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { formatBytes, renderError, type Io } from './render.js'
 
@@ -37,6 +38,11 @@ const fail = (io: Io, error: BbError, options: BlockCliOptions): number => {
 
 const print = (io: Io, options: BlockCliOptions, value: unknown, text: () => string): void => {
   io.stdout(options.json === true ? `${JSON.stringify(value, null, 2)}\n` : text())
+}
+
+const waitOption = (wait: string | boolean | undefined): { waitSeconds?: number } => {
+  const seconds = waitSecondsOf(wait)
+  return seconds === undefined ? {} : { waitSeconds: seconds }
 }
 
 const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
@@ -135,7 +141,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     const r = await backupVolume({
       at, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
-      ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
+      ...waitOption(options.wait),
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
         onProgress: ({ bytes, total }: { bytes: number; total: number }) => {
           const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100)
@@ -239,7 +245,7 @@ export const blockPrune = async (io: Io, dir: string, options: BlockCliOptions &
   const { expireVolume } = await block()
   const r = await expireVolume({
     at: localTransport(resolvePath(io.cwd, dir)), dryRun: options.dryRun === true,
-    ...(options.wait === undefined || options.wait === false ? {} : { waitSeconds: options.wait === true ? 24 * 3600 : Number(options.wait) }),
+    ...waitOption(options.wait),
   })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderExpire(r.value, options.verbose ?? 0))

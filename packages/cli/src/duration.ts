@@ -16,3 +16,7 @@ export const parseRate = (text: string): number | undefined => {
   const rate = Math.round(Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] ?? '').toLowerCase() || ' '))
   return rate >= 1 ? rate : undefined
 }
+
+/** `--wait [seconds]`: a day when given without seconds; undefined when not given */
+export const waitSecondsOf = (wait: string | boolean | undefined): number | undefined =>
+  wait === undefined || wait === false ? undefined : wait === true ? 24 * 3600 : Number(wait)

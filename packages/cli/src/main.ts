@@ -16,7 +16,7 @@ import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import type { JobTimer } from './schedule-command.js'
-import { parseRate } from './duration.js'
+import { parseRate, waitSecondsOf } from './duration.js'
 import { lowerPriority, parsePriority } from './priority.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -378,8 +378,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }
 
-  const waitSeconds = (options: CommonOptions): number | undefined =>
-    options.wait === undefined || options.wait === false ? undefined : options.wait === true ? 24 * 3600 : Number(options.wait)
+  const waitSeconds = (options: CommonOptions): number | undefined => waitSecondsOf(options.wait)
 
   /**
    * `--mount DIR`: the job's local targets must lie inside DIR, which is mounted from /etc/fstab for
