@@ -102,7 +102,7 @@ export const blockRunReport = (source: Location, report: Extract<BlockBackupRepo
     targets: [{
       target: report.dir, ok: true, route: source.kind === 'local' ? 'local' : 'pull', sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
       snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, files: 0, durationMs, warnings: r.warnings,
-      recovered: report.removedIncomplete.map((name) => ({ snapshot: name, action: 'removed' as const })), pruned: report.expired.removed, kept: report.revisions, commands: [],
+      recovered: report.removedIncomplete.map((name) => ({ snapshot: name, action: 'removed' as const })), pruned: report.expired.removed, kept: report.expired.left, commands: [],
     }],
   }
 }
@@ -236,7 +236,7 @@ export const blockVerify = async (io: Io, dir: string, specs: readonly string[],
 const renderExpire = (report: BlockExpireReport, verbosity: number): string => {
   const lines = report.removed.map((uuid) => `${report.dryRun ? 'would expire' : 'expired'} ${uuid}`)
   if (verbosity > 0) for (const k of report.kept) lines.push(`kept ${k.uuid} without tags: ${k.why}`)
-  lines.push(`${report.dir}: ${report.revisions} revision${report.revisions === 1 ? '' : 's'} ${report.dryRun ? 'would be ' : ''}left`)
+  lines.push(`${report.dir}: ${report.left} revision${report.left === 1 ? '' : 's'} ${report.dryRun ? 'would be ' : ''}left`)
   return `${lines.join('\n')}\n`
 }
 

@@ -51,6 +51,8 @@ export interface ExpiredRevisions {
   readonly removed: readonly string[]
   /** revisions that lost their last tag but were kept, and why */
   readonly kept: readonly { readonly uuid: string; readonly why: string }[]
+  /** how many revisions are left (with a dry run: would be left) */
+  readonly left: number
 }
 
 export type BlockBackupReport =
@@ -61,8 +63,6 @@ export type BlockBackupReport =
     readonly revision: Revision
     readonly removedIncomplete: readonly string[]
     readonly expired: ExpiredRevisions
-    /** the revisions the volume holds after expiry, the new one included */
-    readonly revisions: number
     readonly nextDue: string
   }
 
@@ -116,7 +116,7 @@ export const expireRevisions = async (
   const newest = revisions.at(-1)
   if (newest !== undefined) protect.set(newest.uuid, 'the newest revision')
   const plan = planExpiry(config.schedule, scheduled(revisions), now, protect)
-  const expired = { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })) }
+  const expired = { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })), left: revisions.length - plan.remove.length }
   if (options.dryRun === true) return expired
   for (const r of revisions) {
     const tags = plan.retag.get(r.uuid)
@@ -335,10 +335,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
       const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now)
-      const all = [...revisions, revision]
-      const expired = await expireRevisions(options.at, dir, config, all, now, { onEvent: options.onEvent })
-      return {
-        skipped: false as const, dir, revision, removedIncomplete, expired, revisions: all.length - expired.removed.length, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
-      }
+      const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now, { onEvent: options.onEvent })
+      return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
     })
   })

@@ -16,8 +16,6 @@ interface VolumeOperation {
 export interface BlockExpireReport extends ExpiredRevisions {
   readonly dir: string
   readonly dryRun: boolean
-  /** the revisions left (with `dryRun`: that would be left) */
-  readonly revisions: number
 }
 
 /**
@@ -36,7 +34,7 @@ export const expireVolume = (options: VolumeOperation & { readonly dryRun?: bool
       const { revisions } = await readVolume(options.at, dir)
       const now = (options.now ?? (() => new Date()))()
       const expired = await expireRevisions(options.at, dir, config, revisions, now, { dryRun: options.dryRun === true, onEvent: options.onEvent })
-      return { dir, dryRun: options.dryRun === true, ...expired, revisions: revisions.length - expired.removed.length }
+      return { dir, dryRun: options.dryRun === true, ...expired }
     }
     // a dry run changes nothing: it does not wait for a running backup
     return options.dryRun === true ? body() : withVolumeLock(options.at, 'prune', options, body)
