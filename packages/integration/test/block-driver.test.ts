@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmod, open, readdir, readlink, stat } from 'node:fs/promises'
+import { chmod, open, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
@@ -99,6 +99,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
   it('backs up only when a tag of the schedule is due, unless forced', async () => {
     const volume = localTransport(dir)
     ok(await initVolume({ at: volume, source: image }))
+    // no spread: every slot at 00:00 UTC, none between the runs below (a random one would put one there now and then)
+    const config = join(dir, 'volume.json')
+    await writeFile(config, JSON.stringify({ ...JSON.parse(await readFile(config, 'utf8')) as object, spreadSeconds: 0 }))
     written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
     const again = ok(await backupVolume({ at: volume, now: at('2026-11-23T10:05:00Z') }))
     expect(again).toMatchObject({ skipped: true })
