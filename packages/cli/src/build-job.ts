@@ -12,25 +12,31 @@ export interface Connections {
 
 /** How a job reaches its locations: btrfs through sudo on this host, its ssh settings, and its rsync daemon settings. */
 export interface RemoteSpec {
-  /** local locations run btrfs through `sudo -n` */
+  /** local locations run the driver's commands as root through `sudo -n` ({@link sudoPrograms}) */
   readonly sudo?: boolean | undefined
   readonly ssh?: SshSpec | undefined
   readonly rsyncd?: RsyncdSpec | undefined
 }
 
-/** what runs through sudo on this host with `sudo`: btrfs (the rest, file operations included, runs as the user) */
-export const SUDO_PROGRAMS = ['btrfs'] as const
+/**
+ * What runs as root through `sudo -n` on this host with `sudo`, by driver. btrfs: btrfs alone (the
+ * file operations run as the user). rsync: rsync, which then reads every file and keeps owners, and
+ * rm and mv, which remove and move the root-owned trees it made (a move and a removal go through
+ * sudo only when the user may not make them). The rest runs as the user, who owns the target
+ * directory.
+ */
+export const sudoPrograms = (driver: DriverChoice): readonly string[] => (driver === 'rsync' ? ['rsync', 'rm', 'mv'] : ['btrfs'])
 
 /**
  * The transport for a location: this host, another over ssh (one connection per host per run), or
  * an rsync daemon's module (directly, or through a port forwarded over ssh with `tunnel`).
  * Remote paths must be absolute: a path relative to the remote home is easy to get wrong.
  */
-export const transportFor = async (location: Location, remote: RemoteSpec, connections: Connections): Promise<Result<Transport, BbError>> => {
+export const transportFor = async (location: Location, remote: RemoteSpec, connections: Connections, driver: DriverChoice = 'btrfs'): Promise<Result<Transport, BbError>> => {
   const ssh = remote.ssh
   switch (location.kind) {
     case 'local':
-      return ok((await import('@bb/transports/local')).localTransport(location.path, remote.sudo === true ? { sudo: SUDO_PROGRAMS } : {}))
+      return ok((await import('@bb/transports/local')).localTransport(location.path, remote.sudo === true ? { sudo: sudoPrograms(driver) } : {}))
     case 'ssh': {
       if (!location.path.startsWith('/')) {
         return err(bbError('INVALID_LOCATION', `the remote path ${JSON.stringify(location.path)} of ${formatLocation(location)} is relative`, `write it as an absolute path: ${location.user === undefined ? '' : `${location.user}@`}${location.host}:/${location.path.replace(/^\.\//, '')} or ssh://host/abs/path`))
@@ -97,19 +103,22 @@ const blockVolumeOnly = (source: string): BbError =>
 export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string; readonly connections: Connections }): Promise<Result<Job, BbError>> => {
   const source = parseLocation(spec.source, { cwd: options.cwd })
   if (source.isErr()) return err(source.error)
-  const sourceTransport = await transportFor(source.value, spec, options.connections)
+  const seen = await transportFor(source.value, spec, options.connections, spec.driver)
+  if (seen.isErr()) return err(seen.error)
+  const driverName = spec.driver ?? (await detectDriver(seen.value))
+  // with sudo, a local source runs the commands of the driver it turned out to need
+  const sourceTransport = spec.driver === undefined && spec.sudo === true && source.value.kind === 'local' ? await transportFor(source.value, spec, options.connections, driverName) : seen
   if (sourceTransport.isErr()) return err(sourceTransport.error)
   const targetTransports: Transport[] = []
   const rawTargets: string[] = []
   for (const [i, t] of [...spec.targets, ...(spec.rawTargets ?? [])].entries()) {
     const parsed = parseLocation(t, { cwd: options.cwd })
     if (parsed.isErr()) return err(parsed.error)
-    const made = await transportFor(parsed.value, spec, options.connections)
+    const made = await transportFor(parsed.value, spec, options.connections, driverName)
     if (made.isErr()) return err(made.error)
     targetTransports.push(made.value)
     if (i >= spec.targets.length) rawTargets.push(formatLocation(parsed.value))
   }
-  const driverName = spec.driver ?? (await detectDriver(sourceTransport.value))
   if (driverName === 'block') return err(blockVolumeOnly(spec.source))
   if (rawTargets.length > 0 && driverName !== 'btrfs') {
     return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
@@ -155,6 +164,8 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       : import('@bb/drivers/rsync').then(({ rsyncDriver, SYSTEM_EXCLUDES }) => rsyncDriver({
         ...(spec.systemExcludes === true ? { absoluteExcludes: SYSTEM_EXCLUDES } : {}),
         excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
+        // rsync through sudo is root: it keeps owners, hard links, ACLs and xattrs as it would for root
+        ...(spec.sudo === true ? { preserveAll: true } : {}),
         ...(spec.serverPublishes === true ? { serverPublishes: true } : {}),
       })),
   ])
@@ -192,7 +203,7 @@ export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connec
     known.add(entry.target)
     const location = parseLocation(entry.target, { cwd: '/' })
     if (location.isErr()) return err(location.error)
-    const made = await transportFor(location.value, remote, connections)
+    const made = await transportFor(location.value, remote, connections, job.driver.name === 'rsync' ? 'rsync' : 'btrfs')
     if (made.isErr()) return err(made.error)
     // where the driver would put its unfinished copy at an ordinary target of that location
     if (entry.partialPath !== job.driver.partialPath({ target: made.value, snapshot: entry.snapshot })) {

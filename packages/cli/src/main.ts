@@ -6,12 +6,12 @@ import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
 import { err, okAsync, ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, SUDO_PROGRAMS, transportFor, withJournalledTargets, type Connections } from './build-job.js'
+import { buildJob, detectBackupDriver, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderError, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -94,7 +94,7 @@ const sshClientOptions = (command: Command): Command =>
 const sshOptions = (command: Command): Command =>
   sshClientOptions(command)
     .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
-    .option('--sudo', 'run btrfs on this host through sudo -n, as a user that is not root (config: sudo; bbackup doctor prints the sudoers line)')
+    .option('--sudo', 'as a user that is not root, run the driver\'s commands on this host through sudo -n: btrfs; for rsync: rsync, rm, mv (config: sudo; bbackup doctor prints the sudoers line)')
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
     .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
@@ -316,7 +316,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
-      ...(options.sudo === true ? { sudo: true } : {}),
+      ...(options.sudo === undefined ? {} : { sudo: options.sudo }),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
     const cliRsyncd = rsyncdSpecOf(options, io.cwd)
@@ -500,6 +500,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         reports.push(r.value)
         if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity))
+        // -q prints only errors and warnings: a failed target is one
+        else if (options.json !== true) io.stderr(renderFailures(r.value))
         if (options.backup === true && options.json !== true && verbosity >= 0 && options.dryRun !== true) {
           io.stdout('(-b: each backup stays unfinished until the daemon\'s post-xfer exec publishes it; nothing was rotated here)\n')
         }
@@ -646,6 +648,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('-x <pattern>', "rsync-system-backup's spelling of --exclude (repeatable)", collect)
     .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
     .option('--force', 'run on a system that is not Linux (the built-in excludes are Linux\'s)')
+    .option('-u, --no-sudo', 'as a user that is not root, run rsync as that user (by default it runs through sudo -n, as rsync-system-backup does)')
     .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
     .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
     .addHelpText('after', EXAMPLES['system-backup'] ?? '')
@@ -659,6 +662,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       const withDefaults: CommonOptions = {
         ...options, driver: options.driver ?? 'rsync', systemExcludes: true, exclude: [...(options.exclude ?? []), ...(options.x ?? [])],
         keepBackups: options.keepBackups ?? options.numBackups ?? SYSTEM_BACKUP_POLICY, backup: stages.serverPublishes,
+        // a system is read as root: a user that is not gets rsync through sudo unless -u
+        sudo: options.sudo ?? process.getuid?.() !== 0,
       }
       outcome = stages.transfer
         ? await runJobs(source, [destination], withDefaults, { prune: stages.rotate })
@@ -885,7 +890,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           const findings = await checkJob(job)
           problems += findings.filter((f) => !f.ok).length
           // the rule that --sudo needs, whether or not it is in place yet
-          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: btrfs runs as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine(SUDO_PROGRAMS)}`] : []
+          const programs = sudoPrograms(job.driver.name === 'rsync' ? 'rsync' : 'btrfs')
+          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${programs.join(', ')} run${programs.length === 1 ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine(programs)}`] : []
           io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
         }
         for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)

@@ -100,11 +100,20 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
   }
 }
 
+const failedLines = (t: BackupReport['targets'][number], verbosity: number): string[] =>
+  [`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`, ...(t.error === undefined ? [] : detailLines(t.error, verbosity > 0, '    '))]
+
+/** The failed targets of a run alone, with their hints (what `-q` still prints, on stderr); empty when none failed. */
+export const renderFailures = (report: BackupReport): string => {
+  const failed = report.targets.filter((t) => !t.ok)
+  return failed.length === 0 ? '' : `${[`${report.source}: ${failed.length} of ${report.targets.length} target${report.targets.length === 1 ? '' : 's'} failed`, ...failed.flatMap((t) => failedLines(t, 0))].join('\n')}\n`
+}
+
 export const renderReport = (report: BackupReport, verbosity: number): string => {
   const out = [`${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
   for (const t of report.targets) {
     if (!t.ok) {
-      out.push(`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`, ...(t.error === undefined ? [] : detailLines(t.error, verbosity > 0, '    ')))
+      out.push(...failedLines(t, verbosity))
       continue
     }
     const how = (mode: string | undefined, parent: string | undefined): string =>

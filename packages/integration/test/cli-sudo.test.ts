@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
@@ -120,5 +120,106 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'sudo', 'setpriv', 
     } finally {
       if (child !== undefined && alive(child)) process.kill(child, 'SIGKILL')
     }
+  })
+})
+
+/**
+ * The rsync driver as a user that is not root (issue 3, "rsync driver under --sudo"; issue 5,
+ * rsync-system-backup's sudo by default and `-u/--no-sudo`): rsync reads and keeps what only root
+ * may, and the root-owned trees it made are moved and removed through sudo as well.
+ */
+describe.runIf(requireTools(['rsync', 'sudo', 'setpriv', 'visudo'], { root: true }))('the rsync driver through sudo, as a user that is not root', () => {
+  let base: TempDir
+  let home: TempDir
+  const sudoers = `/etc/sudoers.d/bbackup-test-rsync-${process.pid}`
+  const path = (...p: string[]): string => join(base.path, ...p)
+  /** the complete backups in a target directory, oldest first */
+  const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => !n.startsWith('.') && n !== 'latest' && !n.endsWith('.partial')).sort()
+  const rule = (): string => `nobody ALL=(root) NOPASSWD: ${['rsync', 'rm', 'mv'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
+  beforeEach(async () => {
+    base = await makeTempDir('rsync-sudo')
+    await chmod(base.path, 0o755)
+    // a source of root's with what only root may read
+    await writeTree(path('src'), { 'pub.txt': 'public\n', 'big.bin': 'b'.repeat(200_000), 'secret/key': 'root only\n' })
+    await chmod(path('src/secret'), 0o700)
+    await chmod(path('src/secret/key'), 0o600)
+    // the target directories are the user's, as the docs say
+    for (const d of ['backup', 'system', 'as-user']) {
+      await mkdir(path(d))
+      await chown(path(d), NOBODY, NOGROUP)
+    }
+    home = await makeTempDir('rsync-sudo-home')
+    await chmod(home.path, 0o755)
+    await chown(home.path, NOBODY, NOGROUP)
+  })
+  afterEach(async () => {
+    await rm(sudoers, { force: true })
+    await base.cleanup()
+    await home.cleanup()
+  })
+
+  it('run --sudo: the sudoers line for rsync, rm and mv; then what only root reads is backed up with its owner, linked to the last backup, and pruned', async () => {
+    const args = ['run', path('src'), path('backup'), '--driver', 'rsync', '--state-dir', join(home.path, 'state'), '--sudo']
+    const refused = await asNobody([...args, '-q'], home.path)
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain('AUTH_FAILED')
+    expect(/add the line "([^"]+)"/.exec(refused.stderr)?.[1]).toBe(rule())
+    expect(await backupsIn(path('backup'))).toEqual([])
+
+    await writeFile(sudoers, `${rule()}\n`, { mode: 0o440 })
+    execFileSync('visudo', ['-c', '-q', '-f', sudoers])
+    const first = await asNobody([...args, '--json'], home.path)
+    expect(first.code, first.stderr).toBe(0)
+    const [one] = await backupsIn(path('backup'))
+    expect(readFileSync(path('backup', one ?? '', 'secret/key'), 'utf8')).toBe('root only\n')
+    const key = await stat(path('backup', one ?? '', 'secret/key'))
+    expect([key.uid, key.mode & 0o777]).toEqual([0, 0o600])
+
+    await writeFile(path('src/pub.txt'), 'changed\n')
+    await new Promise((r) => setTimeout(r, 1100))
+    const second = await asNobody([...args, '--json'], home.path)
+    expect(second.code, second.stderr).toBe(0)
+    const [older, newer] = await backupsIn(path('backup'))
+    expect(newer).toBeDefined()
+    // unchanged files are hard links into the last backup, as root made them
+    expect((await stat(path('backup', newer ?? '', 'big.bin'))).ino).toBe((await stat(path('backup', older ?? '', 'big.bin'))).ino)
+    expect(readFileSync(path('backup', newer ?? '', 'pub.txt'), 'utf8')).toBe('changed\n')
+
+    // the older tree is root's: the user may neither move it to the trash nor empty it, sudo does both
+    const pruned = await asNobody(['prune', path('src'), path('backup'), '--driver', 'rsync', '--state-dir', join(home.path, 'state'), '--sudo', '--keep-backups', '1'], home.path)
+    expect(pruned.code, pruned.stderr).toBe(0)
+    expect(await backupsIn(path('backup'))).toEqual([newer])
+    expect(await readdir(path('backup/.bbackup/trash'))).toEqual([])
+    // the doctor prints the same rule for the job
+    const config = join(home.path, 'config.toml')
+    await writeFile(config, ['[jobs.src]', `source = "${path('src')}"`, `targets = ["${path('backup')}"]`, 'driver = "rsync"', `state_dir = "${join(home.path, 'state')}"`, 'sudo = true', ''].join('\n'))
+    const doctor = await asNobody(['doctor', '-c', config], home.path)
+    expect(doctor.stdout).toContain(`rsync, rm, mv run as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n    ${rule()}`)
+  })
+
+  it('system-backup: as a user that is not root rsync runs through sudo unless -u, which copies as the user', async () => {
+    const noRule = await asNobody(['system-backup', path('src'), path('system'), '--state-dir', join(home.path, 'state1'), '-q'], home.path)
+    expect(noRule.code).toBe(1)
+    expect(noRule.stderr).toContain('AUTH_FAILED')
+
+    await writeFile(sudoers, `${rule()}\n`, { mode: 0o440 })
+    execFileSync('visudo', ['-c', '-q', '-f', sudoers])
+    const withSudo = await asNobody(['system-backup', path('src'), path('system'), '--state-dir', join(home.path, 'state1'), '-q'], home.path)
+    expect(withSudo.code, withSudo.stderr).toBe(0)
+    const [made] = await backupsIn(path('system'))
+    expect((await stat(path('system', made ?? '', 'secret/key'))).uid).toBe(0)
+
+    // -u: rsync as nobody, who cannot read the secret: the copy is incomplete and not published
+    const asUser = await asNobody(['system-backup', '-u', path('src'), path('as-user'), '--state-dir', join(home.path, 'state2'), '-q'], home.path)
+    expect(asUser.code).not.toBe(0)
+    // -q still says why
+    expect(asUser.stderr).toMatch(/FAILED: rsync could not copy some files[\s\S]*hint: [\s\S]*Permission denied/)
+    expect(await backupsIn(path('as-user'))).toEqual([])
+    // what nobody may read is copied, owned by nobody: no sudo was involved
+    await rm(path('src/secret'), { recursive: true })
+    const readable = await asNobody(['system-backup', '-u', path('src'), path('as-user'), '--state-dir', join(home.path, 'state2'), '-q'], home.path)
+    expect(readable.code, readable.stderr).toBe(0)
+    const [copied] = await backupsIn(path('as-user'))
+    expect((await stat(path('as-user', copied ?? '', 'pub.txt'))).uid).toBe(NOBODY)
   })
 })

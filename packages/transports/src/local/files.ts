@@ -95,6 +95,9 @@ export const mkdir = (path: string, options: { readonly recursive?: boolean } = 
     }
   })
 
+/** fsync of a directory, after a change to its entries made by another process (`mv` under sudo) */
+export const syncDirectory = (directory: string): ResultAsync<void, TransportError> => wrap('sync', directory, () => fsyncDirectory(directory))
+
 export const rename = (from: string, to: string): ResultAsync<void, TransportError> =>
   wrap('rename', from, async () => {
     await fs.rename(from, to)

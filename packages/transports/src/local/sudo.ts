@@ -63,7 +63,8 @@ export const sudoWrap = (programs: readonly string[]): SudoWrap => {
     classify: (argv, result) => {
       if (!wraps(argv) || result.exitCode !== 1 || !/^sudo: /m.test(result.stderr)) return ok({ ...result, argv })
       const program = pathOf(argv[0] ?? '')
-      const line = sudoersLine([program])
+      // the whole rule the transport needs, not this program's part of it
+      const line = sudoersLine(programs)
       const details = { argv: [...argv], stderr: result.stderr }
       if (/password is required|may not run sudo|not allowed to execute|not in the sudoers/.test(result.stderr)) {
         return err(bbError('AUTH_FAILED', `sudo refused to run ${program} as root without a password`,
