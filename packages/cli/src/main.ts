@@ -380,6 +380,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   const waitSeconds = (options: CommonOptions): number | undefined => waitSecondsOf(options.wait)
 
+  /** a --mount disk was not plugged in, and the run ended at once with exit 0 (under cron) */
+  let diskMissing = false
+
   /**
    * `--mount DIR`: the job's local targets must lie inside DIR, which is mounted from /etc/fstab for
    * the run and unmounted after, if this run mounted it. A disk that is not plugged in ends the job
@@ -399,6 +402,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const disk = await mountBackupDisk(mountPoint, { signal })
     if (disk.isOk()) return disk.value
     if (disk.error.details?.diskMissing === true && !io.isTTY) {
+      diskMissing = true
       io.stderr(`bbackup: ${disk.error.message}; nothing backed up\n`)
       return { code: EXIT.ok }
     }
@@ -649,10 +653,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
     .option('--force', 'run on a system that is not Linux (the built-in excludes are Linux\'s)')
     .option('-u, --no-sudo', 'as a user that is not root, run rsync as that user (by default it runs through sudo -n, as rsync-system-backup does)')
+    .option('--disable-notifications', 'no desktop notifications (by default each desktop session on this host is told when the backup starts and ends, through notify-send)')
     .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
     .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
     .addHelpText('after', EXAMPLES['system-backup'] ?? '')
-    .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean }) => {
+    .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean; disableNotifications?: boolean }) => {
       const { systemBackupPlan, SYSTEM_BACKUP_POLICY } = await import('./system-backup.js')
       const plan = systemBackupPlan(paths, { ...options, platform: process.platform })
       if (plan.isErr()) return void (outcome = fail(plan.error, options))
@@ -665,9 +670,23 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         // a system is read as root: a user that is not gets rsync through sudo unless -u
         sudo: options.sudo ?? process.getuid?.() !== 0,
       }
+      // rsync-system-backup's desktop notifications: best effort, never in a dry run
+      const notifying = options.disableNotifications !== true && options.dryRun !== true
+      const { notifyDesktops } = await import('./notify.js')
+      const what = `${source} to ${destination}`
+      const started = Date.now()
+      if (notifying) await notifyDesktops('System backups', `Starting backup of ${what}`, 'normal')
       outcome = stages.transfer
         ? await runJobs(source, [destination], withDefaults, { prune: stages.rotate })
         : await runPrune(source, [destination], withDefaults)
+      const took = `${((Date.now() - started) / 1000).toFixed(1)} s`
+      if (notifying) {
+        await (diskMissing
+          ? notifyDesktops('System backups', `Nothing backed up: the backup disk of ${destination} is not there`, 'normal')
+          : outcome.code === EXIT.ok
+            ? notifyDesktops('System backups', `Finished backup of ${what} in ${took}.`, 'normal')
+            : notifyDesktops('System backups', `Backup of ${what} failed after ${took} (exit ${outcome.code})! Review the system logs for details.`, 'critical'))
+      }
     })
 
   priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
