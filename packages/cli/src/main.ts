@@ -499,7 +499,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
-          code = Math.max(code, fail(r.error, options).code)
+          // --json prints one document: a job that could not run is an entry of it
+          if (options.json === true) {
+            reports.push({ job: name, error: r.error })
+            code = Math.max(code, exitCodeOf(r.error))
+          } else code = Math.max(code, fail(r.error, options).code)
           continue
         }
         reports.push(r.value)

@@ -61,6 +61,33 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     expect(await readdir(daemon.modulePath)).not.toContain('refused')
   })
 
+  it("backs up a module as the source (rsnapshot's rsync://host/module/ sources): full, then incremental with hard links here; a missing path and a wrong password refused", async () => {
+    await writeTree(join(daemon.modulePath, 'client'), { 'etc/hosts': '127.0.0.1 localhost\n', 'big.bin': 'b'.repeat(100_000) })
+    const args = ['--password-file', daemon.passwordFile, '--state-dir', 'state', '--json']
+    const first = await runCli(['run', daemon.url('client'), 'pulled', ...args], tmp.path)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    await writeFile(join(daemon.modulePath, 'client/etc/hosts'), 'changed\n')
+    const second = await runCli(['run', daemon.url('client'), 'pulled', ...args], tmp.path)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    const made = (await backupsIn(join(tmp.path, 'pulled'))).map((n) => join(tmp.path, 'pulled', n))
+    expect(made).toHaveLength(2)
+    const [one, two] = made as [string, string]
+    expect((await stat(join(one, 'big.bin'))).ino).toBe((await stat(join(two, 'big.bin'))).ino)
+    expect(await treeManifest(two)).toEqual(await treeManifest(join(daemon.modulePath, 'client')))
+
+    const missing = await runCli(['run', daemon.url('not-there'), 'pulled', ...args], tmp.path)
+    expect(missing.code).toBe(1)
+    // one JSON document, the job's error in it, naming the whole location
+    expect(JSON.parse(missing.stdout)).toMatchObject({ error: { code: 'SOURCE_UNAVAILABLE', message: `the source ${daemon.url('not-there')} does not exist` } })
+    await writeFile(join(tmp.path, 'wrong'), 'not the password\n', { mode: 0o600 })
+    const refused = await runCli(['run', daemon.url('client'), 'pulled', '--password-file', 'wrong', '--state-dir', 'state', '--json'], tmp.path)
+    expect(refused.code).toBe(1)
+    expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: 'AUTH_FAILED' } })
+    expect(await backupsIn(join(tmp.path, 'pulled'))).toHaveLength(2)
+  })
+
   it('doctor rsyncd prints a module that a real daemon serves and bbackup backs up into', async () => {
     const modulePath = join(tmp.path, 'module')
     await mkdir(modulePath)

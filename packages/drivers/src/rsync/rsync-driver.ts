@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
@@ -128,12 +128,15 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal }) =>
     Result.combine(targets.map((t) => rsyncHost(source, t))).andThen(() => (options.serverPublishes === true ? serverCanPublish(targets) : ok(undefined)))
-      .asyncAndThen(() => hasRsync(source, signal))
+      // a daemon module runs no commands: its rsync is the daemon
+      .asyncAndThen(() => (source.filesOnly === true ? okAsync(undefined) : hasRsync(source, signal)))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
       .andThen((s) => {
         if (s?.kind === 'directory') return ok(undefined)
-        return err(bbError('SOURCE_UNAVAILABLE', s === undefined ? `the source ${source.location.path} does not exist` : `the source ${source.location.path} is not a directory`,
+        // on this host its path, elsewhere the whole location (a daemon module's path is the module's)
+        const named = source.location.kind === 'local' ? source.location.path : formatLocation(source.location)
+        return err(bbError('SOURCE_UNAVAILABLE', s === undefined ? `the source ${named} does not exist` : `the source ${named} is not a directory`,
           s === undefined ? 'check the path (is the filesystem mounted?)' : 'the rsync driver backs up directories; give the directory that holds the file', { path: source.location.path }))
       })
       .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(t))))
