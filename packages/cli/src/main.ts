@@ -399,7 +399,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (inside.isErr()) return fail(inside.error, options)
     }
     if (options.dryRun === true) return nothing
-    const disk = await mountBackupDisk(mountPoint, { signal })
+    // a user that is not root mounts through sudo when the job runs its commands so
+    const disk = await mountBackupDisk(mountPoint, { signal, ...(options.sudo === true && process.getuid?.() !== 0 ? { sudo: true } : {}) })
     if (disk.isOk()) return disk.value
     if (disk.error.details?.diskMissing === true && !io.isTTY) {
       diskMissing = true

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdir, readdir, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
@@ -10,18 +10,23 @@ import { finished, ROOT } from './helpers.js'
  * the test's fstab entries and mounts never reach the machine's. `before` runs first in that
  * namespace; the shell prints STILL-MOUNTED if `mountPoint` is mounted when the CLI has exited.
  */
-const runInNamespace = async (p: { fstab: string; mountPoint: string; args: readonly string[]; tty?: boolean; before?: string }) => {
+const runInNamespace = async (p: { fstab: string; mountPoint: string; args: readonly string[]; tty?: boolean; before?: string; nobody?: { readonly home: string } }) => {
   const script = `mount --bind "$1" /etc/fstab || exit 97; ${p.before ?? ''}
 shift 2; "$@"; code=$?; if findmnt -n --mountpoint "$MP" >/dev/null; then echo STILL-MOUNTED; umount "$MP"; fi; exit $code`
-  const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', p.fstab, p.mountPoint,
+  // as the user nobody (no groups), for the CLI alone: the namespace's set-up is root's
+  const user = p.nobody === undefined ? [] : ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOGROUP}`, '--clear-groups', '--']
+  const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', p.fstab, p.mountPoint, ...user,
     process.execPath, '--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/integration/test/fixtures/cli.ts'), ...p.args], {
     // tsx resolves from the repository; every path the test gives is absolute
     cwd: ROOT,
-    env: { ...process.env, MP: p.mountPoint, ...(p.tty === true ? { BB_TEST_TTY: '1' } : {}) },
+    env: { ...process.env, MP: p.mountPoint, ...(p.tty === true ? { BB_TEST_TTY: '1' } : {}), ...(p.nobody === undefined ? {} : { HOME: p.nobody.home, TMPDIR: p.nobody.home }) },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   return finished(child)
 }
+
+const NOBODY = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
+const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim())
 
 describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount', 'losetup'], { root: true }))('--mount: the backup disk from /etc/fstab, mounted for the run (rsync-system-backup --mount)', () => {
   let tmp: TempDir
@@ -66,6 +71,41 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     expect(execFileSync('losetup', ['-j', image], { encoding: 'utf8' }).trim()).toBe('')
     expect(await readdir(mnt)).toEqual([])
     expect(backupsOnImage()).toHaveLength(1)
+  })
+
+  it.runIf(requireTools(['sudo', 'visudo', 'setpriv'], { root: true }))('system-backup as a user that is not root mounts and unmounts through sudo, and copies through it', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const home = join(tmp.path, 'nobody')
+    await mkdir(home)
+    await chown(home, NOBODY, NOGROUP)
+    await chmod(tmp.path, 0o755)
+    // the disk's backup directory is the user's, made once by root
+    const once = join(tmp.path, 'once')
+    await mkdir(once)
+    execFileSync('mount', ['-o', 'loop', image, once])
+    try {
+      await mkdir(join(once, 'backups'))
+      await chown(join(once, 'backups'), NOBODY, NOGROUP)
+    } finally {
+      execFileSync('umount', [once])
+    }
+    const args = ['system-backup', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(home, 'state'), '--disable-notifications']
+    const sudoers = `/etc/sudoers.d/bbackup-test-mount-${process.pid}`
+    try {
+      const refused = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
+      expect(refused.code).toBe(1)
+      const mountPath = execFileSync('sh', ['-c', 'command -v mount'], { encoding: 'utf8' }).trim()
+      expect(refused.stderr).toContain(`nobody ALL=(root) NOPASSWD: ${mountPath}, ${execFileSync('sh', ['-c', 'command -v umount'], { encoding: 'utf8' }).trim()}`)
+      const rule = `nobody ALL=(root) NOPASSWD: ${['rsync', 'rm', 'mv', 'mount', 'umount'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
+      await writeFile(sudoers, `${rule}\n`, { mode: 0o440 })
+      execFileSync('visudo', ['-c', '-q', '-f', sudoers])
+      const r = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      expect(r.stdout).not.toContain('STILL-MOUNTED')
+      expect(backupsOnImage()).toHaveLength(1)
+    } finally {
+      await rm(sudoers, { force: true })
+    }
   })
 
   it('leaves a disk mounted that was mounted before the run', async () => {

@@ -3,6 +3,7 @@ import { isAbsolute, relative, resolve } from 'node:path'
 import { bbError, type BbError, type TransportError } from '@bb/core'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { execCommand } from './exec.js'
+import { sudoExec, sudoWrap } from './sudo.js'
 
 /** A backup disk mounted for a run; `release` unmounts it only when this run mounted it. */
 export interface MountedDisk {
@@ -28,18 +29,21 @@ const devicePresent = (source: string): boolean => {
  * Mounts the backup disk at `mountPoint` from /etc/fstab for the length of a run, as
  * rsync-system-backup's `--mount` does: nothing when it is mounted already, and `release` unmounts
  * only what this call mounted. A disk that is not plugged in is `TARGET_UNAVAILABLE` with
- * `details.diskMissing` (the CLI exits 0 quietly for it under cron).
+ * `details.diskMissing` (the CLI exits 0 quietly for it under cron). With `sudo`, mount and umount
+ * run through `sudo -n` (for a user that is not root; sudo's refusal is AUTH_FAILED with the rule).
  * @example
  * const disk = await mountBackupDisk('/mnt/usb')
  * if (disk.isOk()) { ...; await disk.value.release() }
  */
-export const mountBackupDisk = (mountPoint: string, options: { readonly signal?: AbortSignal } = {}): ResultAsync<MountedDisk, BackupDiskError> =>
+export const mountBackupDisk = (mountPoint: string, options: { readonly signal?: AbortSignal; readonly sudo?: boolean } = {}): ResultAsync<MountedDisk, BackupDiskError> =>
   new ResultAsync((async (): Promise<Result<MountedDisk, BackupDiskError>> => {
     const signal = options.signal === undefined ? {} : { signal: options.signal }
+    // as a user that is not root: mount and umount through sudo -n (rsync-system-backup's sudo mount)
+    const asRoot = options.sudo === true ? sudoExec(sudoWrap(['mount', 'umount']), execCommand) : execCommand
     const dir = resolve(mountPoint)
     const mounted = await execCommand(['findmnt', '-n', '--mountpoint', dir], signal)
     if (mounted.isErr()) return err(mounted.error)
-    const unmount = (): ResultAsync<void, BbError> => execCommand(['umount', dir]).andThen((r) => (r.exitCode === 0
+    const unmount = (): ResultAsync<void, BbError> => asRoot(['umount', dir]).andThen((r) => (r.exitCode === 0
       ? ok(undefined)
       : err(bbError('COMMAND_FAILED', `could not unmount ${dir}: ${r.stderr || `exit ${r.exitCode}`}`, 'see what still uses it (fuser -vm) and unmount it by hand', { stderr: r.stderr }))))
     if (mounted.value.exitCode === 0) return ok({ mountPoint: dir, mountedHere: false, release: () => ResultAsync.fromSafePromise(Promise.resolve(undefined)) })
@@ -52,7 +56,7 @@ export const mountBackupDisk = (mountPoint: string, options: { readonly signal?:
     if (!devicePresent(source)) {
       return err(bbError('TARGET_UNAVAILABLE', `the backup disk for ${dir} (${source}) is not connected`, 'plug it in (and unlock it) and run again; under cron this is not an error', { path: dir, source, diskMissing: true }))
     }
-    const made = await execCommand(['mount', dir], signal)
+    const made = await asRoot(['mount', dir], signal)
     if (made.isErr()) return err(made.error)
     if (made.value.exitCode !== 0) {
       return err(bbError('COMMAND_FAILED', `could not mount ${dir} (${source}): ${made.value.stderr || `exit ${made.value.exitCode}`}`, 'check the fstab line and the disk (dmesg), and that you are root', { stderr: made.value.stderr }))
