@@ -25,14 +25,15 @@ export interface RemoteSpec {
  * sudo only when the user may not make them). The rest runs as the user, who owns the target
  * directory.
  */
-export const sudoPrograms = (driver: DriverChoice): readonly string[] => (driver === 'rsync' ? ['rsync', 'rm', 'mv'] : ['btrfs'])
+export const sudoPrograms = (driver: string | undefined): readonly string[] => (driver === 'rsync' ? ['rsync', 'rm', 'mv'] : ['btrfs'])
 
 /**
  * The transport for a location: this host, another over ssh (one connection per host per run), or
  * an rsync daemon's module (directly, or through a port forwarded over ssh with `tunnel`).
- * Remote paths must be absolute: a path relative to the remote home is easy to get wrong.
+ * Remote paths must be absolute: a path relative to the remote home is easy to get wrong. With
+ * `sudo`, a local one runs the commands of `driver` through sudo ({@link sudoPrograms}).
  */
-export const transportFor = async (location: Location, remote: RemoteSpec, connections: Connections, driver: DriverChoice = 'btrfs'): Promise<Result<Transport, BbError>> => {
+export const transportFor = async (location: Location, remote: RemoteSpec, connections: Connections, driver?: string): Promise<Result<Transport, BbError>> => {
   const ssh = remote.ssh
   switch (location.kind) {
     case 'local':
@@ -203,7 +204,7 @@ export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connec
     known.add(entry.target)
     const location = parseLocation(entry.target, { cwd: '/' })
     if (location.isErr()) return err(location.error)
-    const made = await transportFor(location.value, remote, connections, job.driver.name === 'rsync' ? 'rsync' : 'btrfs')
+    const made = await transportFor(location.value, remote, connections, job.driver.name)
     if (made.isErr()) return err(made.error)
     // where the driver would put its unfinished copy at an ordinary target of that location
     if (entry.partialPath !== job.driver.partialPath({ target: made.value, snapshot: entry.snapshot })) {

@@ -914,7 +914,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           const findings = await checkJob(job)
           problems += findings.filter((f) => !f.ok).length
           // the rule that --sudo needs, whether or not it is in place yet
-          const programs = sudoPrograms(job.driver.name === 'rsync' ? 'rsync' : 'btrfs')
+          const programs = sudoPrograms(job.driver.name)
           const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${programs.join(', ')} run${programs.length === 1 ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine(programs)}`] : []
           io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
         }

@@ -3,7 +3,7 @@ import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
-import { finished, ROOT } from './helpers.js'
+import { finished, NOBODY, nobodySudoRule, NOGROUP, ROOT } from './helpers.js'
 
 /**
  * Runs the CLI in a private mount namespace whose /etc/fstab is `fstab` (bind-mounted over it), so
@@ -25,8 +25,6 @@ shift 2; "$@"; code=$?; if findmnt -n --mountpoint "$MP" >/dev/null; then echo S
   return finished(child)
 }
 
-const NOBODY = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
-const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim())
 
 describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount', 'losetup'], { root: true }))('--mount: the backup disk from /etc/fstab, mounted for the run (rsync-system-backup --mount)', () => {
   let tmp: TempDir
@@ -94,10 +92,8 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     try {
       const refused = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
       expect(refused.code).toBe(1)
-      const mountPath = execFileSync('sh', ['-c', 'command -v mount'], { encoding: 'utf8' }).trim()
-      expect(refused.stderr).toContain(`nobody ALL=(root) NOPASSWD: ${mountPath}, ${execFileSync('sh', ['-c', 'command -v umount'], { encoding: 'utf8' }).trim()}`)
-      const rule = `nobody ALL=(root) NOPASSWD: ${['rsync', 'rm', 'mv', 'mount', 'umount'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
-      await writeFile(sudoers, `${rule}\n`, { mode: 0o440 })
+      expect(refused.stderr).toContain(nobodySudoRule(['mount', 'umount']))
+      await writeFile(sudoers, `${nobodySudoRule(['rsync', 'rm', 'mv', 'mount', 'umount'])}\n`, { mode: 0o440 })
       execFileSync('visudo', ['-c', '-q', '-f', sudoers])
       const r = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
       expect(r.code, r.stdout + r.stderr).toBe(0)

@@ -1,12 +1,9 @@
-import { execFileSync } from 'node:child_process'
 import { chmod } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, startDesktopSession, writeTree, type DesktopSession, type TempDir } from '@bb/testkit'
-import { runCli } from './helpers.js'
+import { NOBODY, NOGROUP, runCli } from './helpers.js'
 
-const NOBODY = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
-const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim())
 
 /**
  * rsync-system-backup's desktop notifications (issue 5): a real session bus and notification server

@@ -5,10 +5,8 @@ import { dirname, join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { content, finished, ROOT, show } from './helpers.js'
+import { content, finished, NOBODY, nobodySudoRule, NOGROUP, ROOT, show } from './helpers.js'
 
-const NOBODY = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
-const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim())
 
 /** The bbackup CLI from source, as the user nobody (no capabilities, no groups), as cron would run it. */
 const asNobody = (args: readonly string[], home: string): Promise<{ code: number | null; stdout: string; stderr: string }> => finished(spawn('setpriv', [
@@ -135,7 +133,7 @@ describe.runIf(requireTools(['rsync', 'sudo', 'setpriv', 'visudo'], { root: true
   const path = (...p: string[]): string => join(base.path, ...p)
   /** the complete backups in a target directory, oldest first */
   const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => !n.startsWith('.') && n !== 'latest' && !n.endsWith('.partial')).sort()
-  const rule = (): string => `nobody ALL=(root) NOPASSWD: ${['rsync', 'rm', 'mv'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
+  const rule = (): string => nobodySudoRule(['rsync', 'rm', 'mv'])
   beforeEach(async () => {
     base = await makeTempDir('rsync-sudo')
     await chmod(base.path, 0o755)

@@ -99,3 +99,11 @@ export const sameBytes = (a: string, b: string): boolean => {
     return false
   }
 }
+
+/** The user nobody and its group, for the tests that run bbackup as a user that is not root. */
+export const NOBODY = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
+export const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).trim())
+
+/** The sudoers line that lets nobody run `programs` as root, with their paths on this PATH (as bbackup prints it). */
+export const nobodySudoRule = (programs: readonly string[]): string =>
+  `nobody ALL=(root) NOPASSWD: ${programs.map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
