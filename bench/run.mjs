@@ -7,7 +7,8 @@
 //   BENCH_ONLY=rsyncd: the rsync daemon rounds alone;  BENCH_ONLY=btrfs: the btrfs driver's rounds alone
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -30,6 +31,17 @@ const seconds = (fn) => {
   const start = process.hrtime.bigint()
   fn()
   return Number(process.hrtime.bigint() - start) / 1e9
+}
+/** how busy the CPUs were while `fn` ran (0..1, all cores), from /proc/stat: whether a run was CPU-bound */
+const busy = (fn) => {
+  const ticks = () => {
+    const [, ...n] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).map(Number)
+    return { idle: n[3] + n[4], all: n.slice(0, 8).reduce((a, b) => a + b, 0) }
+  }
+  const before = ticks()
+  const value = fn()
+  const after = ticks()
+  return { value, busy: 1 - (after.idle - before.idle) / (after.all - before.all) }
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const rows = []
@@ -318,11 +330,13 @@ if (!btrfsReady) {
           disks.push(m)
         }
         const [a, b] = disks.map((m) => join(m, 'backups'))
-        const oneRam = seconds(() => ours([a]))
+        const oneRam = busy(() => seconds(() => ours([a])))
         clear(a)
-        const twoRam = seconds(() => ours([a, b]))
+        const twoRam = busy(() => seconds(() => ours([a, b])))
         clear(a, b)
-        report('full send to two targets on two RAM-backed disks vs to one of them', twoRam, oneRam, 'one target')
+        report('full send to two targets on two RAM-backed disks vs to one of them', twoRam.value, oneRam.value, 'one target')
+        // each receive (and each loop device) costs as much CPU as the send: where the CPUs are all busy, the time is theirs, not the source's
+        console.log(`    CPUs busy: ${Math.round(twoRam.busy * 100)}% of ${availableParallelism()} with two targets, ${Math.round(oneRam.busy * 100)}% with one`)
       } finally {
         for (const m of disks) spawnSync('umount', [m])
         rmSync(shm, { recursive: true, force: true })

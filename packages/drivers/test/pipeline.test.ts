@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
+import { PassThrough, Writable } from 'node:stream'
 import { err, ok } from 'neverthrow'
 import { describe, expect, it } from 'vitest'
 import { bbError } from '@bb/core'
-import { brokenPipe, rateLimited } from '../src/btrfs/pipeline.js'
+import { brokenPipe, fanOut, rateLimited } from '../src/btrfs/pipeline.js'
 
 const exited = (exitCode: number, stderr: string) => ok({ argv: ['btrfs', 'send'], exitCode, stdout: '', stderr })
 
@@ -41,5 +42,81 @@ describe('rateLimited: the rate limit of a stream that passes through this proce
   it('does not slow a stream that stays under the limit', async () => {
     const { seconds } = await through(randomBytes(64 * 1024), 1024 ** 3, 16 * 1024)
     expect(seconds).toBeLessThan(0.5)
+  })
+})
+
+describe('fanOut: one stream to several receivers, each at its own pace', () => {
+  /** a receiver that keeps what it gets; `hold` makes it stop taking anything until released */
+  const receiver = () => {
+    const parts: Buffer[] = []
+    let held: (() => void) | undefined
+    let holding = false
+    const w = new Writable({
+      highWaterMark: 16 * 1024,
+      write(chunk: Buffer, _encoding, callback) {
+        parts.push(chunk)
+        if (holding) held = callback
+        else callback()
+      },
+    })
+    return {
+      w,
+      got: () => Buffer.concat(parts),
+      hold: () => { holding = true },
+      release: () => { holding = false; const go = held; held = undefined; go?.() },
+    }
+  }
+  const ended = (w: Writable) => new Promise<void>((resolve) => w.once('finish', resolve))
+  const chunks = (bytes: Buffer, size: number): Buffer[] => Array.from({ length: Math.ceil(bytes.length / size) }, (_, i) => bytes.subarray(i * size, (i + 1) * size))
+
+  it('gives every receiver every byte in order', async () => {
+    const bytes = randomBytes(1024 * 1024)
+    const from = new PassThrough()
+    const [a, b, c] = [receiver(), receiver(), receiver()]
+    fanOut(from, [a.w, b.w, c.w], 256 * 1024)
+    for (const part of chunks(bytes, 10_000)) from.write(part)
+    from.end()
+    await Promise.all([ended(a.w), ended(b.w), ended(c.w)])
+    for (const r of [a, b, c]) expect(r.got().equals(bytes)).toBe(true)
+  })
+
+  it('lets a fast receiver run up to the lag ahead of a stopped one, then stops reading the sender until the slow one catches up', async () => {
+    const lag = 256 * 1024
+    const from = new PassThrough()
+    const [fast, slow] = [receiver(), receiver()]
+    slow.hold()
+    fanOut(from, [fast.w, slow.w], lag)
+    const bytes = randomBytes(1024 * 1024)
+    // all of it offered at once: what the fan-out does not read stays with the sender
+    for (const part of chunks(bytes, 4096)) from.write(part)
+    from.end()
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    // the stopped one holds its first chunk; the fast one got about the lag, not everything offered
+    expect(fast.got().length).toBeGreaterThanOrEqual(lag)
+    expect(fast.got().length).toBeLessThan(lag + 64 * 1024)
+    slow.release()
+    await Promise.all([ended(fast.w), ended(slow.w)])
+    expect(fast.got().equals(bytes)).toBe(true)
+    expect(slow.got().equals(bytes)).toBe(true)
+  })
+
+  it('drops a receiver that fails, the others go on; with none left the sender is destroyed', async () => {
+    const from = new PassThrough()
+    const [a, b] = [receiver(), receiver()]
+    fanOut(from, [a.w, b.w], 256 * 1024)
+    const bytes = randomBytes(256 * 1024)
+    from.write(bytes.subarray(0, 1000))
+    b.w.destroy(new Error('EPIPE'))
+    from.write(bytes.subarray(1000))
+    from.end()
+    await ended(a.w)
+    expect(a.got().equals(bytes)).toBe(true)
+
+    const lone = new PassThrough()
+    const c = receiver()
+    fanOut(lone, [c.w])
+    c.w.destroy(new Error('EPIPE'))
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(lone.destroyed).toBe(true)
   })
 })

@@ -346,7 +346,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const [one] = targets
     const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : limited
     const pipeline = (p: SnapshotInfo | undefined, to: readonly Transport[]): string[] =>
-      to.length === 1 ? shown(sendArgv(p), receiveArgv(to[0] as Transport), way) : [...sendArgv(p), '|', 'tee', '-p', ...to.slice(1).map((t) => `>(btrfs receive -f FIFO ${t.location.path})`), '|', ...receiveArgv(to[0] as Transport)]
+      to.length === 1 ? shown(sendArgv(p), receiveArgv(to[0] as Transport), way) : [...sendArgv(p), '|', 'tee', ...to.slice(1).map((t) => `>(${receiveArgv(t).join(' ')})`), '|', ...receiveArgv(to[0] as Transport)]
     const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
@@ -369,10 +369,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
     })
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
-    for (const [j, target] of going.entries()) {
-      const i = targets.indexOf(target)
-      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way })
-    }
+    // each target is checked and committed at the same time as the others: their filesystems flush at once
+    await Promise.all(going.map(async (target, j) => {
+      results[targets.indexOf(target)] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way })
+    }))
     return results.map((r) => present(r, 'the result of a transfer'))
   }
 

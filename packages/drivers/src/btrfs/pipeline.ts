@@ -1,12 +1,6 @@
-import { execFileSync, spawn } from 'node:child_process'
-import { constants, openSync } from 'node:fs'
-import { Socket } from 'node:net'
 import { pipeline, Transform, type Readable, type Writable } from 'node:stream'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
-import { bbError, InternalError, stderrTail, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
+import { bbError, InternalError, type BbError, type CommandResult, type Transport } from '@bb/core'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
@@ -92,43 +86,57 @@ export const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
 const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
 
 /**
- * Copies the sender's stdout to every receiver in one process: the first gets tee's stdout, the
- * others read named pipes (`btrfs receive -f FIFO`), because Node's pipes to children are sockets
- * that tee cannot open by /dev/fd path. With `tee -p` a receiver that fails closes its pipe and
- * the others go on; if one fails before it opens its FIFO, the FIFO is drained here so tee never
- * waits for it. The bytes pass from kernel pipe to kernel pipe.
+ * How far (in bytes) the fastest receiver of a fan-out may run ahead of the slowest before the
+ * sender is no longer read: enough that each receiver works at its own pace (tee, whose writes go
+ * to each reader in turn through 64 KiB pipes, holds every receiver to the slowest one's
+ * momentary pace), small beside a stream's size.
  */
-const fanOut = (from: RunningCommand, first: RunningCommand, fifos: readonly string[], others: readonly RunningCommand[], signal: AbortSignal | undefined, through: readonly Transform[]): Promise<Result<CommandResult, BbError>> => {
-  const argv = ['tee', '-p', ...fifos]
-  const child = spawn('tee', argv.slice(1), { stdio: [through.length === 0 ? from.stdout ?? 'ignore' : 'pipe', first.stdin ?? 'ignore', 'pipe'], ...(signal === undefined ? {} : { signal }) })
-  if (through.length === 0) from.stdout?.destroy()
-  else throughJs(from.stdout, through, child.stdin ?? undefined)
-  first.stdin?.destroy()
-  let stderr = ''
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    stderr = (stderr + chunk).slice(-8000)
-  })
-  const exited = new Promise<Result<CommandResult, BbError>>((resolve) => {
-    child.once('error', () => undefined)
-    child.once('close', (code, sig) => {
-      resolve(code === null
-        ? err(bbError('COMMAND_FAILED', `tee was killed by ${sig ?? 'a signal'}`, 'run again', { argv }))
-        : ok({ argv, exitCode: code, stdout: '', stderr: stderrTail(stderr) }))
-    })
-  })
-  for (const [i, receiver] of others.entries()) {
-    void receiver.done.then(() => {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      // a reader that never came (or went): take its place so tee is never stuck on it
-      try {
-        const fd = openSync(fifos[i] as string, constants.O_RDONLY | constants.O_NONBLOCK)
-        new Socket({ fd, readable: true, writable: false }).on('error', () => undefined).resume()
-      } catch {
-        // gone already: tee has finished
-      }
-    })
+export const FAN_OUT_LAG = 32 * 1024 * 1024
+
+/**
+ * Copies `from` to every writer in `to`, each at its own pace: a chunk is queued for every writer
+ * at once, and `from` is paused only while one of them is {@link FAN_OUT_LAG} behind. A writer that
+ * fails (its receiver died: EPIPE) is dropped and the others go on, as with `tee -p`; when none is
+ * left, `from` is destroyed, so the sender sees its pipe break.
+ */
+export const fanOut = (from: Readable, to: readonly Writable[], lag = FAN_OUT_LAG): void => {
+  const queued = new Map<Writable, number>(to.map((w) => [w, 0]))
+  let paused = false
+  const behind = (): number => Math.max(0, ...queued.values())
+  const resumeIfCaughtUp = (): void => {
+    if (paused && behind() < lag / 2) {
+      paused = false
+      from.resume()
+    }
   }
-  return exited
+  const drop = (w: Writable): void => {
+    if (!queued.delete(w)) return
+    w.destroy()
+    if (queued.size === 0) from.destroy()
+    else resumeIfCaughtUp()
+  }
+  for (const w of to) w.on('error', () => drop(w))
+  from.on('data', (chunk: Buffer) => {
+    for (const w of queued.keys()) {
+      queued.set(w, (queued.get(w) ?? 0) + chunk.length)
+      w.write(chunk, (e) => {
+        if (!queued.has(w)) return
+        queued.set(w, (queued.get(w) ?? 0) - chunk.length)
+        if (e !== null && e !== undefined) drop(w)
+        else resumeIfCaughtUp()
+      })
+    }
+    if (!paused && behind() >= lag) {
+      paused = true
+      from.pause()
+    }
+  })
+  from.once('end', () => {
+    for (const w of queued.keys()) w.end()
+  })
+  from.once('error', () => {
+    for (const w of queued.keys()) w.destroy()
+  })
 }
 
 /**
@@ -141,9 +149,9 @@ export const receiverStartsFirst = (source: Transport, rateLimit: number | undef
   rateLimit === undefined && (process.getuid?.() === 0 || source.location.kind !== 'local')
 
 /**
- * `btrfs send … | btrfs receive …` with the stream in OS pipes from process to process (it never
- * passes through JavaScript); with several receivers, one send feeds them all, so the source is
- * read once. The sender's byte count comes from /proc for progress. Each receiver gets its own
+ * `btrfs send … | btrfs receive …` with the stream in OS pipes from process to process (it
+ * passes through JavaScript only with a rate limit or a count to keep); with several receivers,
+ * one send feeds them all through {@link fanOut}, so the source is read once. The sender's byte count comes from /proc for progress. Each receiver gets its own
  * result; when the sender only saw its pipe break, the receiver's error is the one reported.
  */
 export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ readonly bytes: number }, BbError>[]> => {
@@ -152,9 +160,6 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const compress = input.way?.compress
   if (compress !== undefined && !single) throw new InternalError('sendReceive: a compressed stream has one receiver (the fan-out is for targets on this host)')
   const limit = input.way?.rateLimit === undefined ? undefined : rateLimited(input.way.rateLimit)
-  const fifoDir = single ? undefined : await mkdtemp(join(tmpdir(), 'bbackup-fanout-'))
-  const fifos = input.receivers.slice(1).map((_, i) => join(fifoDir ?? '', `stream-${i + 1}`))
-  for (const fifo of fifos) execFileSync('mkfifo', ['-m', '600', fifo])
   const compressing = compress === undefined ? {} : { compressStdout: compress }
   const decompressing = compress === undefined ? {} : { decompressStdin: compress }
   const [only] = input.receivers
@@ -167,19 +172,18 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const counter = firstReceiver === undefined && send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
   const through = [limit, counter].filter((t) => t !== undefined)
   const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? send.bytesWritten() : counter.bytes)
-  const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r, i) => {
-    if (single) {
-      const stdin = through.length > 0 ? 'pipe' as const : send.stdout
-      const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...decompressing })
-      if (through.length > 0) throughJs(send.stdout, through, receiver.stdin)
-      return receiver
-    }
-    if (i === 0) return r.target.spawn(r.receiveArgv, { ...options, stdin: 'pipe' })
-    const [btrfs, receive, ...rest] = r.receiveArgv
-    return r.target.spawn([btrfs ?? 'btrfs', receive ?? 'receive', '-f', fifos[i - 1] as string, ...rest], options)
+  const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r) => {
+    const stdin = !single || through.length > 0 ? 'pipe' as const : send.stdout
+    const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...decompressing })
+    if (single && through.length > 0) throughJs(send.stdout, through, receiver.stdin)
+    return receiver
   })
-  const [firstReceive] = receives
-  const teeDone = single || firstReceive === undefined ? undefined : fanOut(send, firstReceive, fifos, receives.slice(1), input.signal, through)
+  if (!single && send.stdout !== undefined) {
+    const last = through.at(-1)
+    if (last !== undefined) pipeline([send.stdout, ...through], () => undefined)
+    const stream: Readable = last ?? send.stdout
+    fanOut(stream, receives.flatMap((r) => (r.stdin === undefined ? [] : [r.stdin])))
+  }
   let bytes = 0
   let movedAt = Date.now()
   let stalled = false
@@ -196,9 +200,8 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
       }
     })
   }, Math.min(500, input.stallMs ?? 500))
-  const [sent, tee, ...received] = await Promise.all([send.done, teeDone, ...receives.map((r) => r.done)])
+  const [sent, ...received] = await Promise.all([send.done, ...receives.map((r) => r.done)])
   clearInterval(timer)
-  if (fifoDir !== undefined) await rm(fifoDir, { recursive: true, force: true })
   bytes = Math.max(bytes, (await sentBytes()) ?? 0)
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
     const receiver = input.receivers[i]
@@ -217,7 +220,6 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     }
     if (got.isErr()) return err(got.error)
     if (got.value.exitCode !== 0) return err(btrfsFailure(receiver?.what ?? `btrfs receive into ${receiveArgv.at(-1) ?? ''}`, receiveArgv, got.value.exitCode, got.value.stderr))
-    if (tee !== undefined && tee.isErr()) return err(tee.error)
     return ok({ bytes })
   })
 }
