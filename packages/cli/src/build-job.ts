@@ -57,9 +57,13 @@ export const transportFor = async (location: Location, remote: RemoteSpec, conne
       }
       // the daemon as the tunnel's host sees it: itself (its loopback) when they are the same host
       const daemonHost = location.host === through.value.host ? 'localhost' : location.host
-      const forwarded = await (await connections.ssh()).connection(through.value, ssh ?? {}).forward(daemonHost, location.port ?? 873)
+      const connection = (await connections.ssh()).connection(through.value, ssh ?? {})
+      const tunnelEnd = () => connection.forward(daemonHost, location.port ?? 873)
+      // opened now, so that a tunnel that cannot be made fails the job before anything else; asked for again before each
+      // connection to the daemon: after the ssh connection dropped, a retry gets a new one
+      const forwarded = await tunnelEnd()
       if (forwarded.isErr()) return err(forwarded.error)
-      return ok(rsyncdTransport(location, { ...options, connectTo: forwarded.value }))
+      return ok(rsyncdTransport(location, { ...options, tunnel: tunnelEnd }))
     }
   }
 }

@@ -134,4 +134,35 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     // the tunnel ended with the run
     await waitFor(async () => sshd.sessionPids().length === 0, 5000)
   })
+
+  it('opens the tunnel again when its ssh connection drops mid-transfer: the retry goes through a new one and the run completes', async () => {
+    const files: Record<string, Buffer> = {}
+    for (let i = 0; i < 400; i++) files[`f/${i}.bin`] = Buffer.alloc(64 * 1024, i % 251)
+    await writeTree(join(tmp.path, 'big'), files)
+    await writeFile(join(tmp.path, 'bbackup.toml'), [
+      '[jobs.big]', 'source = "big"', `targets = ["${daemon.url('dropped')}"]`, 'state_dir = "state"', 'rsync_options = ["--bwlimit=8m"]',
+      `password_file = "${daemon.passwordFile}"`, `tunnel = "root@127.0.0.1:${sshd.port}"`,
+      `ssh_identity = "${sshd.identityFile}"`, `ssh_known_hosts = "${sshd.knownHostsFile}"`, '',
+    ].join('\n'))
+    const module = join(daemon.modulePath, 'dropped')
+    const arrived = async (): Promise<number> => (await readdir(module, { recursive: true }).catch(() => [])).filter((n) => n.endsWith('.bin')).length
+    const before = await sshd.logins()
+    const run = runCli(['run', '-c', 'bbackup.toml', '--json', '--retries', '1'], tmp.path)
+    // the connection dies under the transfer: the server's side of it killed (its processes, started by our sshd)
+    await waitFor(async () => (await arrived()) > 20, 20_000)
+    const dropped = sshd.sessionPids()
+    expect(dropped.length).toBeGreaterThan(0)
+    for (const pid of dropped) process.kill(pid, 'SIGKILL')
+    const r = await run
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    const [target] = JSON.parse(r.stdout).targets
+    // tried twice, the second time resuming what the first left
+    expect(target).toMatchObject({ ok: true, attempts: 2, recovered: [{ action: 'resume' }] })
+    // a second login made the new tunnel; the backup is whole
+    expect(await sshd.logins() - before).toBe(2)
+    const backups = await backupsIn(module)
+    expect(backups).toHaveLength(1)
+    expect(await treeManifest(join(module, backups[0] as string))).toEqual(await treeManifest(join(tmp.path, 'big')))
+    await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+  }, 60_000)
 })

@@ -19,6 +19,11 @@ export interface RsyncdOptions {
   readonly ioTimeoutSeconds?: number
   /** where to connect instead of the location's host and port: the local end of an ssh tunnel */
   readonly connectTo?: { readonly host: string; readonly port: number }
+  /**
+   * The local end of an ssh tunnel, asked for before every connection (it replaces `connectTo`):
+   * a tunnel whose ssh connection dropped is opened again, so a retry after a drop gets through
+   */
+  readonly tunnel?: () => Promise<Result<{ readonly host: string; readonly port: number }, TransportError>>
   /** rsync connections this transport opens at once for its file operations (a module's "max connections"); default 4 */
   readonly maxConnections?: number
 }
@@ -47,13 +52,17 @@ const unsupported = (what: string, where: string): TransportError =>
  * const target = rsyncdTransport(parseLocation('backup@nas::backups/laptop')._unsafeUnwrap() as RsyncDaemonLocation, { passwordFile: '/etc/bbackup/nas.secret' })
  */
 export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOptions = {}): Transport => {
-  const host = options.connectTo?.host ?? location.host
-  const port = options.connectTo?.port ?? location.port
-  const hostText = host.includes(':') ? `[${host}]` : host
-  const base = `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostText}${port === undefined ? '' : `:${port}`}/${location.module}`
+  /** where rsync connects now: the daemon, or the local end of its tunnel as last asked for */
+  let connectTo = options.connectTo
+  const base = (): string => {
+    const host = connectTo?.host ?? location.host
+    const port = connectTo?.port ?? location.port
+    const hostText = host.includes(':') ? `[${host}]` : host
+    return `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostText}${port === undefined ? '' : `:${port}`}/${location.module}`
+  }
   const display = `${location.host}${location.port === undefined ? '' : `:${location.port}`}`
   const where = `${display}::${location.module}`
-  const url = (path: string): string => (path === '' ? `${base}/` : `${base}/${path}`)
+  const url = (path: string): string => (path === '' ? `${base()}/` : `${base()}/${path}`)
   const connectionOptions = [
     '--no-motd',
     // each small request is a round trip: without it, Nagle and delayed ACKs add ~40 ms to each (the daemon wants "socket options = TCP_NODELAY" too)
@@ -90,6 +99,12 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     }
   }
 
+  /** a path of the module (see modulePath), once the tunnel (if any) is open: the urls made next go through it */
+  const inModule = (path: string): ResultAsync<string, TransportError> =>
+    (options.tunnel === undefined ? okAsync(undefined) : new ResultAsync(options.tunnel()).map((end) => {
+      connectTo = end
+    })).andThen(() => modulePath(path))
+
   /** runs one rsync against the daemon; the daemon's own failures become typed errors */
   const rsync = (args: readonly string[]): ResultAsync<CommandResult, TransportError> =>
     checkSecrets().andThen(() => new ResultAsync(slot(async () => {
@@ -121,7 +136,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       })()))
 
   const listOnly = (path: string, self: boolean): ResultAsync<ListedEntry[] | undefined, TransportError> =>
-    modulePath(path).asyncAndThen((p) => rsync(['--list-only', '--no-human-readable', '-l', ...(self ? ['-d', url(p).replace(/\/$/, '/.')] : [`${url(p).replace(/\/$/, '')}/`])]))
+    inModule(path).andThen((p) => rsync(['--list-only', '--no-human-readable', '-l', ...(self ? ['-d', url(p).replace(/\/$/, '/.')] : [`${url(p).replace(/\/$/, '')}/`])]))
       .andThen((r) => (r.exitCode === 0 ? ok(parseListOnly(r.stdout)) : absent(r) ? ok(undefined) : err(failed(self ? 'stat' : 'list', path, r))))
 
   const stat = (path: string): ResultAsync<EntryStat | undefined, TransportError> =>
@@ -136,7 +151,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       : ok(entries.filter((e) => e.name !== '.').map((e) => ({ name: e.name, kind: e.kind })))))
 
   const readFileAt = (path: string): ResultAsync<string | undefined, TransportError> =>
-    modulePath(path).asyncAndThen((p) => withTemp((dir) => rsync([url(p), join(dir, 'file')]).andThen((r) => {
+    inModule(path).andThen((p) => withTemp((dir) => rsync([url(p), join(dir, 'file')]).andThen((r) => {
       if (absent(r)) return okAsync(undefined)
       if (r.exitCode !== 0) return errAsync(failed('read', path, r))
       return ResultAsync.fromPromise(readFile(join(dir, 'file'), 'utf8'), ioError('read', join(dir, 'file')))
@@ -144,13 +159,13 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
 
   // rsync writes into a temporary name beside the file and renames it: a reader sees old or new
   const writeFileAtomic = (path: string, data: string): ResultAsync<void, TransportError> =>
-    modulePath(path).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise(writeFile(join(dir, 'file'), data, { mode: 0o600 }), ioError('write', join(dir, 'file')))
+    inModule(path).andThen((p) => withTemp((dir) => ResultAsync.fromPromise(writeFile(join(dir, 'file'), data, { mode: 0o600 }), ioError('write', join(dir, 'file')))
       .andThen(() => rsync(['--fsync', join(dir, 'file'), url(p)]))
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', path, r))))))
 
   /** one rsync of the directory's matching files into a local one, then read there */
   const readFiles = (directory: string, suffixes: readonly string[]): ResultAsync<ReadonlyMap<string, string>, TransportError> =>
-    modulePath(directory).asyncAndThen((p) => withTemp((dir) => rsync(['-d', ...suffixes.map((s) => `--include=*${literal(s)}`), '--exclude=*', `${url(p).replace(/\/$/, '')}/`, `${dir}/`])
+    inModule(directory).andThen((p) => withTemp((dir) => rsync(['-d', ...suffixes.map((s) => `--include=*${literal(s)}`), '--exclude=*', `${url(p).replace(/\/$/, '')}/`, `${dir}/`])
       .andThen((r) => {
         if (absent(r)) return okAsync(new Map<string, string>())
         if (r.exitCode !== 0) return errAsync(failed('read', directory, r))
@@ -173,7 +188,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     if (bad !== undefined) return errAsync(bbError('INVALID_OPTIONS', `${bad} is not a path inside ${directory}`, 'this is a bug in bbackup; please report it'))
     const dirs = new Set(relative.flatMap((path) => path.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))))
     const filters = [...[...dirs].sort().map((d) => `--include=/${literal(d)}/`), ...relative.map((path) => `--include=/${literal(path)}`), '--exclude=*']
-    return modulePath(directory).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise((async () => {
+    return inModule(directory).andThen((p) => withTemp((dir) => ResultAsync.fromPromise((async () => {
       for (const d of dirs) await mkdirLocal(join(dir, d), { recursive: true })
       for (const w of writes) await writeFile(join(dir, posix.normalize(w.path)), w.data, { mode: 0o600 })
     })(), ioError('write', dir))
@@ -182,11 +197,11 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
   }
 
   const mkdir = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
-    modulePath(path).asyncAndThen((p) => withTemp((dir) => rsync(['-d', ...(o.recursive === true ? ['--mkpath'] : []), `${dir}/`, `${url(p)}/`])
+    inModule(path).andThen((p) => withTemp((dir) => rsync(['-d', ...(o.recursive === true ? ['--mkpath'] : []), `${dir}/`, `${url(p)}/`])
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('create', path, r))))))
 
   const symlinkAt = (target: string, path: string): ResultAsync<void, TransportError> =>
-    modulePath(path).asyncAndThen((p) => withTemp((dir) => ResultAsync.fromPromise(symlink(target, join(dir, 'link')), ioError('create a link in', dir))
+    inModule(path).andThen((p) => withTemp((dir) => ResultAsync.fromPromise(symlink(target, join(dir, 'link')), ioError('create a link in', dir))
       .andThen(() => rsync(['-l', join(dir, 'link'), url(p)]))
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('link', path, r))))))
 
@@ -199,7 +214,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
    * directory that is not empty (it says so on stdout, and exits 0), which is an error here.
    */
   const remove = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
-    modulePath(path).asyncAndThen((p) => {
+    inModule(path).andThen((p) => {
       if (p === '') return errAsync(bbError('INVALID_OPTIONS', `refusing to remove the whole module ${location.module}`, 'this is a bug in bbackup; please report it'))
       const parent = posix.dirname(p) === '.' ? '' : posix.dirname(p)
       const name = literal(posix.basename(p))

@@ -55,7 +55,8 @@ export interface SshConnection {
   /**
    * A local port forwarded through the master connection to `host:port` as the remote host sees
    * it (`ssh -O forward -L`): an rsync daemon reached through a tunnel. It lasts as long as the
-   * connection, so the session's `close` tears it down.
+   * connection, so the session's `close` tears it down; asked for again after the connection
+   * dropped, it is forwarded anew through a new one (on another local port).
    */
   forward(host: string, port: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>
   /**
@@ -323,7 +324,8 @@ export const openSshSession = (): SshSession => {
       return ok(undefined)
     }
 
-    const forwards = new Map<string, Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>>>()
+    /** forwarded ports by `host:port`, each with the master that holds it: one that ended took its ports with it */
+    const forwards = new Map<string, { readonly through: () => ChildProcess | undefined; readonly port: Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>> }>()
     const forward = async (toHost: string, toPort: number, signal?: AbortSignal): Promise<Result<{ readonly host: '127.0.0.1'; readonly port: number }, TransportError>> => {
       const ready = await made.ready(signal)
       if (ready.isErr()) return err(ready.error)
@@ -344,12 +346,16 @@ export const openSshSession = (): SshSession => {
       forward: (toHost, toPort, signal) => {
         const key = `${toHost}:${toPort}`
         const existing = forwards.get(key)
-        if (existing !== undefined) return existing
+        // a port of a master that has ended (the connection dropped) is forwarded again, through a new one
+        const holder = existing?.through()
+        if (existing !== undefined && (holder === undefined || (holder.exitCode === null && holder.signalCode === null))) return existing.port
+        let through: ChildProcess | undefined
         const opened = forward(toHost, toPort, signal).then((r) => {
           if (r.isErr()) forwards.delete(key)
+          else through = master
           return r
         })
-        forwards.set(key, opened)
+        forwards.set(key, { through: () => through, port: opened })
         return opened
       },
       endpoint,
