@@ -116,7 +116,7 @@ async function blockBench() {
     console.log(`\nblock driver, ${GB} GiB image on loop-mounted btrfs, cold cache (goals: full vs cp <= 1.2, incremental vs cat <= 1.25, memory < 256 MiB)`)
     report('full backup vs cp --reflink=never + sync', oursFull, cp, 'cp')
     report(`incremental, 1% of chunks changed, vs cat image > /dev/null (medians of ${REPEAT})`, median(oursIncr), median(cat), 'cat')
-    console.log(`  hashing: ${(s.bytesHashed / s.hashSeconds / 1024 / 1024).toFixed(0)} MiB/s per thread, ${s.threads} threads; incremental wrote ${incr.report.revision.stats.chunksWritten} chunks`)
+    console.log(`  hashing: ${(s.bytesHashed / s.hashSeconds / 1024 / 1024).toFixed(0)} MiB/s per thread, ${s.threads} threads; incremental wrote ${incr.report.revision.stats.chunksWritten} chunks, read ${(incr.report.revision.stats.bytesRead / 1024 / 1024).toFixed(0)} MiB (${((incr.report.revision.stats.bytesUnchanged ?? 0) / 1024 / 1024).toFixed(0)} MiB known unchanged from the extents)`)
     console.log(`  peak memory: full ${(full.maxRssKiB / 1024).toFixed(0)} MiB, incremental ${(incr.maxRssKiB / 1024).toFixed(0)} MiB`)
     rows.push({ what: 'block peak memory MiB', bbackup: full.maxRssKiB / 1024 })
   } finally {

@@ -80,6 +80,7 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
     + `${formatBytes(s.bytesWritten)} written in ${s.chunksWritten} of ${s.chunks} chunks, ${formatBytes(s.bytesRead)} read, in ${s.durationSeconds.toFixed(1)} s`,
   ]
   if (s.bytesTransferred !== undefined) lines.push(`  ${formatBytes(s.bytesTransferred)} crossed the network${s.scannedOn === undefined ? ' (the image streamed, hashed here)' : ` (hashed on ${s.scannedOn}: only changed chunks)`}`)
+  if (s.bytesUnchanged !== undefined) lines.push(`  ${formatBytes(s.bytesUnchanged)} not read: unchanged on disk since the last revision (the filesystem's extents)`)
   if (verbosity > 0) lines.push(`  ${s.zeroChunks} zero chunks, ${s.chunksPunched} made holes again, ${formatBytes(s.bytesSkipped)} of holes not read${rate}`)
   for (const w of r.warnings) lines.push(`warning: ${w}`)
   if (report.removedIncomplete.length > 0) lines.push(`  removed what an unfinished run left: ${report.removedIncomplete.join(', ')}`)

@@ -30,7 +30,7 @@ const patch = async (path: string, offset: number, data: Buffer): Promise<void> 
   }
 }
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp'], { root: true }))('block-image driver against a real btrfs target', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp', 'filefrag'], { root: true }))('block-image driver against a real btrfs target', () => {
   let fs: LoopFilesystem
   let image: string
   let dir: string
@@ -67,7 +67,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(second.parent).toBe(first.uuid)
     expect(second.tags).toContain('daily') // and weekly when a weekly slot (the volume's random spread) fell in between
     expect(second.stats).toMatchObject({ chunksWritten: 5, bytesWritten: 5 * 4 * MiB })
+    // the copy the first revision was read from was kept: the extents it still shares with the image were not read
+    expect(second.stats).toMatchObject({ bytesRead: 5 * 4 * MiB, bytesUnchanged: 19 * 4 * MiB })
     expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(true)
+    const bases = (await readdir(dirname(image))).filter((n) => n.includes('.bbackup-'))
+    expect(bases).toEqual([expect.stringMatching(new RegExp(`^\\.vm1\\.img\\.bbackup-[0-9a-f]{8}-base-${second.uuid}$`))])
     expect(sameBytes(join(dir, `${first.uuid}.img`), image)).toBe(false)
     // the second revision costs the changed chunks on disk, not the image
     const exclusive = exclusiveBytes(join(dir, `${second.uuid}.img`))
@@ -94,6 +98,30 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(second.stats).toMatchObject({ chunksWritten: 1, chunksPunched: 8, bytesWritten: MiB })
     expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(true)
     expect(await allocatedBytes(join(dir, `${second.uuid}.img`))).toBeLessThanOrEqual(58 * MiB)
+  })
+
+  it('reads what the extents cannot vouch for: a kept copy written to behind its back, or gone; each revision still equals the source', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const [base] = (await readdir(dirname(image))).filter((n) => n.endsWith(`-base-${first.uuid}`))
+    expect(base).toBeDefined()
+    // root writes into the kept copy (bbackup made it read-only) at chunk 2, which the image itself keeps as it was
+    await chmod(join(dirname(image), base as string), 0o600)
+    await patch(join(dirname(image), base as string), 2 * 4 * MiB + 4096, randomBytes(4096))
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    const second = written(ok(await backupVolume({ at: volume, now: at('2026-11-24T10:00:00Z') })))
+    // chunk 2 no longer shares its blocks with the copy, so it was read: unchanged, not written
+    expect(second.stats).toMatchObject({ bytesRead: 2 * 4 * MiB, chunksWritten: 1 })
+    expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(true)
+    // without the kept copy everything with data is read, and the result is the same
+    for (const n of (await readdir(dirname(image))).filter((n) => n.includes('-base-'))) execFileSync('rm', ['-f', join(dirname(image), n)])
+    await patch(image, 9 * 4 * MiB, randomBytes(4096))
+    const third = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-24T11:00:00Z') })))
+    expect(third.stats.bytesUnchanged).toBeUndefined()
+    expect(third.stats).toMatchObject({ bytesRead: 64 * MiB, chunksWritten: 1 })
+    expect(sameBytes(join(dir, `${third.uuid}.img`), image)).toBe(true)
+    ok(await verifyVolume({ at: volume, revisions: ['all'] }))
   })
 
   it('backs up only when a tag of the schedule is due, unless forced', async () => {
@@ -125,13 +153,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(left.filter((n) => n.endsWith('.img.partial'))).toHaveLength(1)
     expect(await readlink(join(dir, 'latest'))).toBe(`${first.uuid}.img`)
     expect(ok(await volumeStatus({ at: volume })).incomplete).toHaveLength(1)
-    // the point-in-time copy of the source it made is still beside the source
-    expect((await readdir(join(fs.mountPoint, 'images'))).length).toBe(2)
+    // the point-in-time copy of the source it made is still beside the source (and the one the first revision was read from, kept)
+    expect((await readdir(join(fs.mountPoint, 'images'))).filter((n) => !n.includes('-base-')).length).toBe(2)
 
     const next = ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T11:00:00Z') }))
     expect(next.removedIncomplete).toHaveLength(2)
     expect(written(next)).toMatchObject({ parent: first.uuid })
-    expect(await readdir(join(fs.mountPoint, 'images'))).toEqual(['vm1.img'])
+    expect((await readdir(join(fs.mountPoint, 'images'))).filter((n) => !n.endsWith(`-base-${written(next).uuid}`))).toEqual(['vm1.img'])
     expect((await readdir(dir)).filter((n) => n.includes('partial'))).toEqual([])
     expect(sameBytes(join(dir, `${written(next).uuid}.img`), image)).toBe(true)
     const verified = ok(await verifyVolume({ at: volume }))

@@ -10,7 +10,8 @@ import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
-import { freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
+import { fileExtents, sameChunks } from './extents.js'
+import { baseCopy, freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import {
   LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
@@ -151,7 +152,22 @@ const remoteHelperOf = async (remote: Transport, config: VolumeConfig, signal: A
     `install bbackup there (the same version as here) or fix remoteHelper in volume.json; "none" streams the image instead`, { path: formatLocation(remote.location) }))
 }
 
-/** What a read of the source hands on; `unchanged` only from a scan on the source's host, which compares with the parent itself. */
+/**
+ * The chunks of the frozen source that are, block for block on disk, those of the copy the parent
+ * revision was read from (kept beside the image: {@link baseCopy}): they hold the parent's bytes and
+ * need not be read. Undefined (read everything) without that copy, for a source on another host, or
+ * when filefrag cannot tell the extents.
+ */
+const unchangedSinceParent = async (at: Transport, config: VolumeConfig, frozen: FrozenSource, parent: Revision): Promise<Uint8Array | undefined> => {
+  if (frozen.remote !== undefined || frozen.consistency !== 'reflink' || frozen.size !== parent.size) return undefined
+  const base = baseCopy(config, parent.uuid)
+  const kept = await fs.stat(base).catch(() => undefined)
+  if (kept?.isFile() !== true || kept.size !== parent.size) return undefined
+  const [was, now] = await Promise.all([fileExtents(at, base), fileExtents(at, frozen.path)])
+  return was === undefined || now === undefined ? undefined : sameChunks(was, now, frozen.size, config.chunkSize)
+}
+
+/** What a read of the source hands on; `unchanged`: a chunk known to hold the parent's bytes (a scan on the source's host compares with the parent itself, and extents tell it here). */
 type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number): Promise<void> | void }
 
 /**
@@ -159,13 +175,26 @@ type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number):
  * chunk scan there (`bbackup-remote block-scan`: only changed chunks cross), else as the stream of
  * `head -c SIZE`.
  */
-const readSource = async (input: { readonly at: Transport; readonly frozen: FrozenSource; readonly config: VolumeConfig; readonly parentHashes: Buffer | undefined; readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined }, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly scannedOn?: string }> => {
-  const { frozen, pool, signal } = input
+const readSource = async (input: {
+  readonly at: Transport; readonly frozen: FrozenSource; readonly config: VolumeConfig; readonly parentHashes: Buffer | undefined; readonly same: Uint8Array | undefined
+  readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined
+}, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly scannedOn?: string; readonly bytesUnchanged?: number }> => {
+  const { frozen, pool, signal, same } = input
   const { chunkSize } = input.config
   const { remote } = frozen
   if (remote === undefined) {
     const dataMap = await dataChunks(input.at, frozen.path, frozen.size, chunkSize)
-    return scanChunks({ path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap }, handlers)
+    let bytesUnchanged = 0
+    if (same !== undefined) {
+      for (let index = 0; index < same.length; index++) {
+        if (same[index] !== 1) continue
+        const length = Math.min(chunkSize, frozen.size - index * chunkSize)
+        bytesUnchanged += length
+        await handlers.unchanged(index, length)
+      }
+    }
+    const counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap, ...(same === undefined ? {} : { select: (index: number) => same[index] !== 1 }) }, handlers)
+    return same === undefined ? counts : { ...counts, bytesUnchanged }
   }
   const what = formatLocation({ ...remote.location, path: frozen.path })
   const helper = await remoteHelperOf(remote, input.config, signal)
@@ -214,6 +243,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
   let announced = false
   try {
     const parent = await chooseParent(dir, revisions, config)
+    const same = parent === undefined ? undefined : await unchangedSinceParent(at, config, frozen, parent.revision)
     options.onEvent?.({
       type: 'transfer-started', target: dir, snapshot: uuid, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.revision.uuid }), from: config.source,
     })
@@ -239,7 +269,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     let counts
     try {
       await fsStep('resize', target.partial, handle.truncate(frozen.size))
-      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, pool, signal: options.signal }, {
+      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, pool, signal: options.signal }, {
         unchanged: (index, length) => {
           parent?.hashes.copy(hashes, index * DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -286,11 +316,14 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         zeroChunks: counts.zeroChunks, chunksPunched: punch.reduce((n, [, length]) => n + Math.ceil(length / config.chunkSize), 0),
         hashSeconds: Math.round(pool.busySeconds() * 1000) / 1000, threads: pool.threads,
         ...(counts.bytesTransferred === undefined ? {} : { bytesTransferred: counts.bytesTransferred }), ...(counts.scannedOn === undefined ? {} : { scannedOn: counts.scannedOn }),
+        ...(counts.bytesUnchanged === undefined ? {} : { bytesUnchanged: counts.bytesUnchanged }),
       },
       warnings: frozen.warnings,
     }
     await writeRevision(at, dir, revision)
     done = true
+    // the copy just read is the next backup's base: what the source still shares with it is not read again
+    await frozen.keepAsBase(uuid).catch(() => undefined)
     await must(at.symlink(`${uuid}.img`, join(dir, LATEST_LINK)))
     options.onEvent?.({ type: 'transfer-finished', target: dir, snapshot: uuid, bytes: bytesWritten, durationMs: Math.round(performance.now() - started) })
     return revision

@@ -31,10 +31,25 @@ export interface FrozenSource {
   readonly warnings: readonly string[]
   /** removes what freezing made; safe to call more than once */
   release(): Promise<void>
+  /**
+   * Keeps the point-in-time copy (a reflink copy on this host) as the base of the revision it was
+   * read into ({@link baseCopy}), in place of the volume's earlier one; nothing to keep otherwise
+   */
+  keepAsBase(revision: string): Promise<void>
 }
 
 /** The prefix of the point-in-time copies this volume makes beside an image file. */
 const copyPrefix = (config: VolumeConfig): string => `.${basename(config.source)}.bbackup-${config.id.slice(0, 8)}-`
+
+const BASE = 'base-'
+const UUID = /^[0-9a-f-]{36}$/
+
+/**
+ * The point-in-time copy the backup of `revision` was read from, kept beside a local image file
+ * until the next revision: the blocks the source still shares with it are unchanged, so the next
+ * backup need not read them (extents.ts). It costs the space of what changed since.
+ */
+export const baseCopy = (config: VolumeConfig, revision: string): string => join(dirname(config.source), `${copyPrefix(config)}${BASE}${revision}`)
 
 /** A block device's size from sysfs (a stat of a device says 0). */
 const deviceSize = async (path: string, stats: Stats): Promise<number> => {
@@ -74,7 +89,7 @@ export const inspectRemoteSource = async (at: Transport, path: string): Promise<
 
 /** The copies of this volume's pattern among `names`, which nothing else makes. */
 const staleCopies = (names: readonly string[], prefix: string): string[] =>
-  names.filter((n) => n.startsWith(prefix) && /^[0-9a-f-]{36}$/.test(n.slice(prefix.length)))
+  names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)))
 
 /**
  * Removes the point-in-time copies an earlier run of this volume left beside its source (it was
@@ -108,7 +123,10 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
   const { kind, size } = remote === undefined ? await inspectSource(source) : await inspectRemoteSource(remote, source)
   const on = remote === undefined ? {} : { remote }
   if (options.noSnapshot || config.snapshot === 'none') {
-    return { path: source, ...on, size, consistency: 'none', warnings: [`${config.source} was read live, without a snapshot: a VM writing to it meanwhile can leave the revision inconsistent`], release: async () => undefined }
+    return {
+      path: source, ...on, size, consistency: 'none', warnings: [`${config.source} was read live, without a snapshot: a VM writing to it meanwhile can leave the revision inconsistent`],
+      release: async () => undefined, keepAsBase: async () => undefined,
+    }
   }
   if (kind === 'device') {
     return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${source} cannot be frozen for the backup: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
@@ -132,7 +150,20 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
       'keep VM images on btrfs or XFS, or stop the VM and give --no-snapshot to read the file live', { path: config.source, stderr: stderrTail(r.stderr) }))
   }
   const frozen = remote === undefined ? await fsStep('stat', copy, fs.stat(copy)) : await inspectRemoteSource(remote, copy)
-  return { path: copy, ...on, size: frozen.size, consistency: 'reflink', warnings: [], release }
+  const keepAsBase = async (revision: string): Promise<void> => {
+    if (!made || remote !== undefined) return
+    const base = baseCopy(config, revision)
+    const prefix = `${copyPrefix(config)}${BASE}`
+    // read-only, and renamed: from now on only the next backup reads it, and removes it
+    await fsStep('protect', copy, fs.chmod(copy, 0o400))
+    await fsStep('rename', copy, fs.rename(copy, base))
+    made = false
+    const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
+    for (const name of names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)) && n !== basename(base))) {
+      await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
+    }
+  }
+  return { path: copy, ...on, size: frozen.size, consistency: 'reflink', warnings: [], release, keepAsBase }
 }
 
 /**

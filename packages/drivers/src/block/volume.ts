@@ -69,6 +69,8 @@ export interface RevisionStats {
   readonly bytesTransferred?: number
   /** the host that read and hashed the source, when its bbackup-remote did (only changed chunks crossed) */
   readonly scannedOn?: string
+  /** bytes not read because the filesystem's extents showed them unchanged since the parent (the copy kept from its backup shares those blocks) */
+  readonly bytesUnchanged?: number
 }
 
 export interface Verification {
