@@ -178,11 +178,16 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     if (single && through.length > 0) throughJs(send.stdout, through, receiver.stdin)
     return receiver
   })
-  if (!single && send.stdout !== undefined) {
+  if (!single) {
+    const stdins = receives.flatMap((r) => (r.stdin === undefined ? [] : [r.stdin]))
     const last = through.at(-1)
-    if (last !== undefined) pipeline([send.stdout, ...through], () => undefined)
-    const stream: Readable = last ?? send.stdout
-    fanOut(stream, receives.flatMap((r) => (r.stdin === undefined ? [] : [r.stdin])))
+    if (send.stdout === undefined) {
+      // a sender that did not start: the receivers get an empty stream and end
+      for (const stdin of stdins) stdin.end()
+    } else {
+      if (last !== undefined) pipeline([send.stdout, ...through], () => undefined)
+      fanOut(last ?? send.stdout, stdins)
+    }
   }
   let bytes = 0
   let movedAt = Date.now()
