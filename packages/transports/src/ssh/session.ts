@@ -351,7 +351,8 @@ export const openSshSession = (): SshSession => {
         if (existing !== undefined && (holder === undefined || (holder.exitCode === null && holder.signalCode === null))) return existing.port
         let through: ChildProcess | undefined
         const opened = forward(toHost, toPort, signal).then((r) => {
-          if (r.isErr()) forwards.delete(key)
+          // a master that ended meanwhile took the port with it: the next caller forwards anew
+          if (r.isErr() || master === undefined) forwards.delete(key)
           else through = master
           return r
         })
