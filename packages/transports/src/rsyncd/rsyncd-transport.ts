@@ -17,11 +17,10 @@ export interface RsyncdOptions {
   readonly connectTimeoutSeconds?: number
   /** seconds without any data before rsync gives up (`--timeout`); default 300 */
   readonly ioTimeoutSeconds?: number
-  /** where to connect instead of the location's host and port: the local end of an ssh tunnel */
-  readonly connectTo?: { readonly host: string; readonly port: number }
   /**
-   * The local end of an ssh tunnel, asked for before every connection (it replaces `connectTo`):
-   * a tunnel whose ssh connection dropped is opened again, so a retry after a drop gets through
+   * Where to connect instead of the location's host and port: the local end of an ssh tunnel,
+   * asked for before every connection, so that a tunnel whose ssh connection dropped can be opened
+   * again and a retry after a drop gets through
    */
   readonly tunnel?: () => Promise<Result<{ readonly host: string; readonly port: number }, TransportError>>
   /** rsync connections this transport opens at once for its file operations (a module's "max connections"); default 4 */
@@ -52,8 +51,8 @@ const unsupported = (what: string, where: string): TransportError =>
  * const target = rsyncdTransport(parseLocation('backup@nas::backups/laptop')._unsafeUnwrap() as RsyncDaemonLocation, { passwordFile: '/etc/bbackup/nas.secret' })
  */
 export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOptions = {}): Transport => {
-  /** where rsync connects now: the daemon, or the local end of its tunnel as last asked for */
-  let connectTo = options.connectTo
+  /** where rsync connects now: the daemon (undefined), or the local end of its tunnel as last asked for */
+  let connectTo: { readonly host: string; readonly port: number } | undefined
   const base = (): string => {
     const host = connectTo?.host ?? location.host
     const port = connectTo?.port ?? location.port
