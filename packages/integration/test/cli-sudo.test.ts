@@ -3,15 +3,15 @@ import { readFileSync } from 'node:fs'
 import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
+import { makeTempDir, mountLoopFilesystem, requireTools, startRsyncd, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { content, finished, NOBODY, nobodySudoRule, NOGROUP, ROOT, show } from './helpers.js'
 
 
 /** The bbackup CLI from source, as the user nobody (no capabilities, no groups), as cron would run it. */
-const asNobody = (args: readonly string[], home: string): Promise<{ code: number | null; stdout: string; stderr: string }> => finished(spawn('setpriv', [
+const asNobody = (args: readonly string[], home: string, env: Readonly<Record<string, string>> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> => finished(spawn('setpriv', [
   `--reuid=${NOBODY}`, `--regid=${NOGROUP}`, '--clear-groups', '--', process.execPath, '--conditions=@bb/source', '--import', 'tsx', join(ROOT, 'packages/cli/src/cli.ts'), ...args,
-], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, TMPDIR: home }, stdio: ['ignore', 'pipe', 'pipe'] }))
+], { cwd: ROOT, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, TMPDIR: home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }))
 
 /** Is the process with this pid still there (a zombie counts as gone)? */
 const alive = (pid: number): boolean => {
@@ -219,5 +219,34 @@ describe.runIf(requireTools(['rsync', 'sudo', 'setpriv', 'visudo'], { root: true
     expect(readable.code, readable.stderr).toBe(0)
     const [copied] = await backupsIn(path('as-user'))
     expect((await stat(path('as-user', copied ?? '', 'pub.txt'))).uid).toBe(NOBODY)
+  })
+
+  it('to an rsync daemon: the password reaches rsync under sudo, from the user\'s own password file and from RSYNC_PASSWORD (sudo drops the environment, and rsync as root refuses a password file root does not own)', async () => {
+    const daemon = await startRsyncd()
+    try {
+      await writeFile(sudoers, `${rule()}\n`, { mode: 0o440 })
+      execFileSync('visudo', ['-c', '-q', '-f', sudoers])
+      const file = join(home.path, 'nas.secret')
+      await writeFile(file, `${daemon.password}\n`, { mode: 0o600 })
+      await chown(file, NOBODY, NOGROUP)
+      const withFile = await asNobody(['run', path('src'), daemon.url('sudo-file'), '--driver', 'rsync', '--sudo', '--password-file', file, '--state-dir', join(home.path, 'state1'), '--json'], home.path)
+      expect(withFile.code, withFile.stdout + withFile.stderr).toBe(0)
+      const [one] = await backupsIn(join(daemon.modulePath, 'sudo-file'))
+      // root read it here: only rsync under sudo could
+      expect(readFileSync(join(daemon.modulePath, 'sudo-file', one ?? '', 'secret/key'), 'utf8')).toBe('root only\n')
+
+      const withEnv = await asNobody(['system-backup', path('src'), daemon.url('sudo-env'), '--state-dir', join(home.path, 'state2'), '-q'], home.path, { RSYNC_PASSWORD: daemon.password })
+      expect(withEnv.code, withEnv.stdout + withEnv.stderr).toBe(0)
+      const [two] = await backupsIn(join(daemon.modulePath, 'sudo-env'))
+      expect(readFileSync(join(daemon.modulePath, 'sudo-env', two ?? '', 'secret/key'), 'utf8')).toBe('root only\n')
+      expect(withFile.stdout + withFile.stderr + withEnv.stdout + withEnv.stderr).not.toContain(daemon.password)
+
+      // a wrong password is refused as such, not asked for on a terminal
+      const wrong = await asNobody(['run', path('src'), daemon.url('sudo-wrong'), '--driver', 'rsync', '--sudo', '--state-dir', join(home.path, 'state3'), '-q'], home.path, { RSYNC_PASSWORD: 'not-it' })
+      expect(wrong.code).not.toBe(0)
+      expect(wrong.stderr + wrong.stdout).toContain('refused the login to module backups')
+    } finally {
+      await daemon.stop()
+    }
   })
 })

@@ -130,7 +130,9 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect(ok(await good.stat(''))).toMatchObject({ kind: 'directory' })
     const endpoint = good.rsyncEndpoint('x/')
     expect(JSON.stringify([endpoint, readable, refused])).not.toContain(daemon.password)
-    expect(endpoint.options).toContain(`--password-file=${daemon.passwordFile}`)
+    // rsync reads it on its stdin, where it also reaches an rsync run through sudo
+    expect(endpoint.options).toContain('--password-file=-')
+    expect(endpoint.input?.()).toBe(`${daemon.password}\n`)
   })
 
   const daemonJob = (target: string, state: string, source: string, extraArgs: readonly string[] = []): Job => ({

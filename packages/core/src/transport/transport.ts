@@ -184,9 +184,11 @@ export interface Transport {
   inspectLock(path: string): ResultAsync<LockStatus | undefined, TransportError>
   /**
    * How rsync names a path here: a plain path for local, `host:path` plus `-e` options for ssh,
-   * `rsync://host/module/path` plus `--password-file` for a daemon; `env` goes to the rsync process.
+   * `rsync://host/module/path` plus `--password-file=-` for a daemon; `env` goes to the rsync
+   * process, `input()` to its stdin (a daemon's password: a function, so that an endpoint that is
+   * printed or logged never shows it).
    */
-  rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[]; readonly env?: Readonly<Record<string, string>> }
+  rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[]; readonly env?: Readonly<Record<string, string>>; readonly input?: () => string }
 }
 
 export interface LockStatus {

@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type ExecOptions, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
@@ -90,6 +90,13 @@ const rsyncHost = (a: Transport, b: Transport): Result<Transport, BbError> => {
   if (a.location.kind === 'local') return ok(a)
   if (b.location.kind === 'local') return ok(b)
   return err(bbError('UNSUPPORTED', 'rsync cannot copy between two other hosts through this one', 'run bbackup on the source host or on the target host, so that one side is local'))
+}
+
+/** How rsync between two endpoints runs: with their environment, and their stdin (a daemon's password). */
+const endpointIo = (src: ReturnType<Transport['rsyncEndpoint']>, dst: ReturnType<Transport['rsyncEndpoint']>, signal: AbortSignal | undefined): ExecOptions => {
+  const env = { ...src.env, ...dst.env }
+  const input = (src.input ?? dst.input)?.()
+  return { ...(signal === undefined ? {} : { signal }), ...(Object.keys(env).length === 0 ? {} : { env }), ...(input === undefined ? {} : { input }) }
 }
 
 /**
@@ -233,10 +240,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     ]
     let lastProgress = 0
     const statsLines: string[] = []
-    const env = { ...src.env, ...dst.env }
     const ran = await runner.value.exec(argv, {
-      ...(signal === undefined ? {} : { signal }),
-      ...(Object.keys(env).length === 0 ? {} : { env }),
+      ...endpointIo(src, dst, signal),
       onStdoutLine: (line) => {
         if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
         const m = /^\s*(\d+)\s+(\d+)%\s+(\S+)\s+(\d+:\d{2}:\d{2})/.exec(line)
@@ -395,8 +400,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (input.dryRun) return ok({ commands: [argv] })
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
-      const env = { ...src.env, ...dst.env }
-      const ran = await runner.value.exec(argv, { ...(input.signal === undefined ? {} : { signal: input.signal }), ...(Object.keys(env).length === 0 ? {} : { env }) })
+      const ran = await runner.value.exec(argv, endpointIo(src, dst, input.signal))
       if (ran.isErr()) return err(ran.error)
       if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
       return ok({ commands: [argv] })
@@ -408,8 +412,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const src = input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`)
     const dst = input.target.rsyncEndpoint(`${input.snapshot.path}/`)
     const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
-    const env = { ...src.env, ...dst.env }
-    return runner.value.exec(argv, { ...(input.signal === undefined ? {} : { signal: input.signal }), ...(Object.keys(env).length === 0 ? {} : { env }) }).andThen((r) => {
+    return runner.value.exec(argv, endpointIo(src, dst, input.signal)).andThen((r) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
       return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })

@@ -45,7 +45,8 @@ const unsupported = (what: string, where: string): TransportError =>
  * `host::module/path`). A daemon runs no commands: every file operation is an rsync run from this
  * host (`--list-only` to list and stat, a copy to read or write a small file, a filtered
  * `--delete` to remove), so `exec`, `spawn` and `rename` are refused and the transport says
- * `filesOnly`. Every run gets `--contimeout` and `--timeout`; the password never reaches argv.
+ * `filesOnly`. Every run gets `--contimeout` and `--timeout`; the password goes on rsync's stdin,
+ * never in argv.
  * @example
  * import { rsyncdTransport } from '@bb/transports/rsyncd'
  * const target = rsyncdTransport(parseLocation('backup@nas::backups/laptop')._unsafeUnwrap() as RsyncDaemonLocation, { passwordFile: '/etc/bbackup/nas.secret' })
@@ -68,17 +69,31 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     '--sockopts=TCP_NODELAY',
     `--contimeout=${options.connectTimeoutSeconds ?? 30}`,
     `--timeout=${options.ioTimeoutSeconds ?? 300}`,
-    ...(options.passwordFile === undefined ? [] : [`--password-file=${options.passwordFile}`]),
   ]
-  // rsync asks for a password on the terminal when it has none: an empty one fails instead of hanging
-  const env: Readonly<Record<string, string>> = options.passwordFile === undefined && process.env.RSYNC_PASSWORD === undefined ? { RSYNC_PASSWORD: '' } : {}
+
+  /**
+   * The password, which rsync reads on its stdin (`--password-file=-`): so it reaches an rsync that
+   * runs through sudo as well, where RSYNC_PASSWORD would be lost (sudo clears the environment) and
+   * the user's password file refused (rsync as root reads only one that root owns). The password
+   * file's text once it passed its check, else RSYNC_PASSWORD.
+   */
+  let password: string | undefined = options.passwordFile === undefined ? process.env.RSYNC_PASSWORD : undefined
+  const auth = (): { readonly options: readonly string[]; readonly input?: string; readonly env?: Readonly<Record<string, string>> } => {
+    if (password !== undefined && password !== '') return { options: ['--password-file=-'], input: options.passwordFile === undefined ? `${password}\n` : password }
+    // not checked yet (no connection has been made): rsync reads the file itself
+    if (options.passwordFile !== undefined) return { options: [`--password-file=${options.passwordFile}`] }
+    // rsync asks for a password on the terminal when it has none: an empty one fails instead of hanging
+    return { options: [], env: { RSYNC_PASSWORD: '' } }
+  }
 
   // the password file is checked once, before the first connection
   let secrets: Promise<Result<void, TransportError>> | undefined
   const checkSecrets = (): ResultAsync<void, TransportError> => {
     const file = options.passwordFile
     if (file === undefined) return okAsync(undefined)
-    const checked = secrets ?? (async (): Promise<Result<void, TransportError>> => checkPasswordFile(file))()
+    const checked = secrets ?? (async (): Promise<Result<void, TransportError>> => checkPasswordFile(file).map((text) => {
+      password = text
+    }))()
     secrets = checked
     return new ResultAsync(checked)
   }
@@ -107,7 +122,8 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
   /** runs one rsync against the daemon; the daemon's own failures become typed errors */
   const rsync = (args: readonly string[]): ResultAsync<CommandResult, TransportError> =>
     checkSecrets().andThen(() => new ResultAsync(slot(async () => {
-      const ran = await execCommand(['rsync', ...connectionOptions, ...args], { env })
+      const { options: passwordOptions, ...io } = auth()
+      const ran = await execCommand(['rsync', ...connectionOptions, ...passwordOptions, ...args], io)
       if (ran.isErr()) return ran
       const failure = daemonFailure(ran.value, display, location.module)
       return failure === undefined ? ran : err(failure)
@@ -253,7 +269,11 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     inspectLock: () => okAsync(undefined),
     rsyncEndpoint: (path) => {
       const p = modulePath(path).unwrapOr(path)
-      return { spec: url(p) + (path.endsWith('/') && p !== '' ? '/' : ''), options: connectionOptions, env }
+      const { options: passwordOptions, input, env } = auth()
+      return {
+        spec: url(p) + (path.endsWith('/') && p !== '' ? '/' : ''), options: [...connectionOptions, ...passwordOptions],
+        ...(env === undefined ? {} : { env }), ...(input === undefined ? {} : { input: () => input }),
+      }
     },
   }
 }

@@ -8,12 +8,14 @@ export type SecretsError = BbError<'INSECURE_SECRETS' | 'NOT_FOUND' | 'IO_FAILED
 /**
  * Checks a password file as rsync does, and a little stricter, before any connection: opened
  * without following a symlink, then the open file must be a regular file owned by the caller (or
- * root) that neither group nor others may read or write (reference/reliability.md §2.4).
+ * root) that neither group nor others may read or write (reference/reliability.md §2.4). Gives
+ * the file's text, read from that same open file (rsync takes the password from it as it would
+ * from the file).
  * @example
  * await checkPasswordFile('/etc/bbackup/nas.secret') // err INSECURE_SECRETS when mode is 0644
  */
-export const checkPasswordFile = (path: string): ResultAsync<void, SecretsError> =>
-  new ResultAsync((async (): Promise<Result<void, SecretsError>> => {
+export const checkPasswordFile = (path: string): ResultAsync<string, SecretsError> =>
+  new ResultAsync((async (): Promise<Result<string, SecretsError>> => {
     const fix = `chown ${process.geteuid?.() ?? 0} ${path}; chmod 600 ${path}`
     let handle
     try {
@@ -32,7 +34,7 @@ export const checkPasswordFile = (path: string): ResultAsync<void, SecretsError>
       if ((s.mode & 0o077) !== 0) {
         return err(bbError('INSECURE_SECRETS', `the password file ${path} may be read or written by group or others (mode ${(s.mode & 0o777).toString(8).padStart(4, '0')})`, fix, { path }))
       }
-      return ok(undefined)
+      return ok(await handle.readFile('utf8'))
     } catch (cause) {
       return err(ioError('read the password file', path)(cause))
     } finally {
