@@ -100,6 +100,28 @@ describe('fanOut: one stream to several receivers, each at its own pace', () => 
     expect(slow.got().equals(bytes)).toBe(true)
   })
 
+  it('names a receiver that holds bytes and takes none as stuck (not the idle ones), and goes on without it once dropped', async () => {
+    const from = new PassThrough()
+    const [fast, held] = [receiver(), receiver()]
+    held.hold()
+    const fan = fanOut(from, [fast.w, held.w], 64 * 1024)
+    const bytes = randomBytes(512 * 1024)
+    for (const part of chunks(bytes, 4096)) from.write(part)
+    from.end()
+    await new Promise((resolve) => setTimeout(resolve, 120))
+    // the fast one waits (the sender is paused for the held one) with nothing queued: not stuck
+    expect(fast.got().length).toBeLessThan(bytes.length)
+    expect(fan.stuck(100)).toEqual([held.w])
+    expect(fan.stuck(5_000)).toEqual([])
+    const waitedSince = fan.lastTaken()
+    expect(Date.now() - waitedSince).toBeGreaterThanOrEqual(100)
+    fan.drop(held.w)
+    await ended(fast.w)
+    expect(fast.got().equals(bytes)).toBe(true)
+    expect(held.w.destroyed).toBe(true)
+    expect(fan.lastTaken()).toBeGreaterThan(waitedSince)
+  })
+
   it('drops a receiver that fails, the others go on; with none left the sender is destroyed', async () => {
     const from = new PassThrough()
     const [a, b] = [receiver(), receiver()]

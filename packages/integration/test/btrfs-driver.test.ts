@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, prune, readJournal, restore, type BackupReport, type BbError, type Job } from '@bb/core'
-import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
 
@@ -105,6 +106,51 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await exists(join(targetS, 'home.2026-11-23T110000Z'))).toBe(false)
     expect(await content(join(targetA, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
   }, 60_000)
+
+  it('of targets that share a send, one that stops taking the stream is stopped alone by the watchdog: the other completes on its first attempt, the stopped one is sent again', async () => {
+    const b = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 512 })
+    extra.push(b)
+    const targetB = join(b.mountPoint, 'backups')
+    const job = btrfsJob({ source, targets: [targetA, targetB], state, driver: { stallTimeoutSeconds: 2 } })
+    expect(ok(await backup(job, { now: at('2026-11-23T10:00:00Z') })).failed).toBe(0)
+
+    // more than the fan-out lets one receiver run ahead of another (32 MiB)
+    await writeFile(join(source, 'big.bin'), randomBytes(96 * 1024 * 1024))
+    const running = backup(job, { now: at('2026-11-23T11:00:00Z') })
+    // target B's receive (a child of this process) hangs, as on a dead disk
+    let stopped: number | undefined
+    await waitFor(async () => {
+      stopped = descendantsOf(process.pid).find((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').includes(`receive ${targetB}`)
+        } catch {
+          return false
+        }
+      })
+      return stopped !== undefined
+    }, 20_000)
+    process.kill(stopped ?? 0, 'SIGSTOP')
+    try {
+      const report = ok(await running)
+      expect(report.failed).toBe(0)
+      // A was not stopped with B: its one attempt completed once B was let go
+      expect(report.targets.map((t) => [t.target, t.attempts ?? 1])).toEqual([[targetA, 1], [targetB, 2]])
+      // B's unfinished receive was removed before it was sent again, alone
+      expect(report.targets[1]?.recovered).toEqual([{ snapshot: 'home.2026-11-23T110000Z', action: 'gone' }])
+      for (const target of [targetA, targetB]) {
+        expect(show(join(target, 'home.2026-11-23T110000Z')).receivedUuid).toBe(show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid)
+        expect(await content(join(target, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
+      }
+      // the stopped receive was killed, not left behind
+      await waitFor(async () => !existsSync(`/proc/${stopped ?? 0}`) || /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${stopped ?? 0}/stat`, 'utf8')), 10_000)
+    } finally {
+      try {
+        process.kill(stopped ?? 0, 'SIGKILL')
+      } catch {
+        // gone, as it should be
+      }
+    }
+  }, 90_000)
 
   it('after kill -9 mid-send: no stale lock blocks, the unfinished receive is removed and sent again from the same parent (scenario 2)', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })

@@ -93,14 +93,26 @@ const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.va
  */
 export const FAN_OUT_LAG = 32 * 1024 * 1024
 
+/** The writers of a {@link fanOut}, as its stall watchdog sees them. */
+export interface FanOut {
+  /** the writers that hold bytes and have taken none for `ms`: the ones that keep the others waiting */
+  stuck(ms: number): Writable[]
+  /** drops a writer as if it had failed: the others go on without it */
+  drop(w: Writable): void
+  /** when a writer last took a chunk: a slow one that still moves is no stall, though the sender waits for it */
+  lastTaken(): number
+}
+
 /**
  * Copies `from` to every writer in `to`, each at its own pace: a chunk is queued for every writer
  * at once, and `from` is paused only while one of them is {@link FAN_OUT_LAG} behind. A writer that
  * fails (its receiver died: EPIPE) is dropped and the others go on, as with `tee -p`; when none is
  * left, `from` is destroyed, so the sender sees its pipe break.
  */
-export const fanOut = (from: Readable, to: readonly Writable[], lag = FAN_OUT_LAG): void => {
+export const fanOut = (from: Readable, to: readonly Writable[], lag = FAN_OUT_LAG): FanOut => {
   const queued = new Map<Writable, number>(to.map((w) => [w, 0]))
+  /** when each writer last took a chunk (or the start) */
+  const tookAt = new Map<Writable, number>(to.map((w) => [w, Date.now()]))
   let paused = false
   const behind = (): number => Math.max(0, ...queued.values())
   const resumeIfCaughtUp = (): void => {
@@ -118,10 +130,13 @@ export const fanOut = (from: Readable, to: readonly Writable[], lag = FAN_OUT_LA
   for (const w of to) w.on('error', () => drop(w))
   from.on('data', (chunk: Buffer) => {
     for (const w of queued.keys()) {
+      // an idle writer is not stuck: its clock starts with the first chunk it waits for
+      if ((queued.get(w) ?? 0) === 0) tookAt.set(w, Date.now())
       queued.set(w, (queued.get(w) ?? 0) + chunk.length)
       w.write(chunk, (e) => {
         if (!queued.has(w)) return
         queued.set(w, (queued.get(w) ?? 0) - chunk.length)
+        tookAt.set(w, Date.now())
         if (e !== null && e !== undefined) drop(w)
         else resumeIfCaughtUp()
       })
@@ -137,6 +152,11 @@ export const fanOut = (from: Readable, to: readonly Writable[], lag = FAN_OUT_LA
   from.once('error', () => {
     for (const w of queued.keys()) w.destroy()
   })
+  return {
+    stuck: (ms) => [...queued].filter(([w, n]) => n > 0 && Date.now() - (tookAt.get(w) ?? 0) >= ms).map(([w]) => w),
+    drop,
+    lastTaken: () => Math.max(0, ...[...queued.keys()].map((w) => tookAt.get(w) ?? 0)),
+  }
 }
 
 /**
@@ -178,6 +198,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     if (single && through.length > 0) throughJs(send.stdout, through, receiver.stdin)
     return receiver
   })
+  let fan: FanOut | undefined
   if (!single) {
     const stdins = receives.flatMap((r) => (r.stdin === undefined ? [] : [r.stdin]))
     const last = through.at(-1)
@@ -186,20 +207,37 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
       for (const stdin of stdins) stdin.end()
     } else {
       if (last !== undefined) pipeline([send.stdout, ...through], () => undefined)
-      fanOut(last ?? send.stdout, stdins)
+      fan = fanOut(last ?? send.stdout, stdins)
     }
   }
   let bytes = 0
   let movedAt = Date.now()
+  /** every process was stopped (the sender, or all its receivers, stood still) */
   let stalled = false
+  /** receivers stopped alone: they stood still while the others waited for them */
+  const stuck = new Set<number>()
   const timer = setInterval(() => {
     void sentBytes().then((n) => {
       if (n !== undefined && n > bytes) {
         bytes = n
         movedAt = Date.now()
         input.onBytes(n)
-      } else if (n !== undefined && input.stallMs !== undefined && !stalled && Date.now() - movedAt > input.stallMs) {
+      } else if (n !== undefined && input.stallMs !== undefined && !stalled && Date.now() - Math.max(movedAt, fan?.lastTaken() ?? 0) > input.stallMs) {
         // a receiver that stopped (SIGSTOP, a hung disk, a peer that stopped reading) holds the pipe full for ever
+        const holding = new Set(fan?.stuck(input.stallMs) ?? [])
+        const alone = receives.flatMap((r, i) => (r.stdin !== undefined && holding.has(r.stdin) ? [i] : []))
+        const others = receives.filter((_, i) => !alone.includes(i) && !stuck.has(i))
+        if (alone.length > 0 && others.length > 0) {
+          // of several targets, the ones that hold the rest back are stopped, and the rest go on
+          for (const i of alone) {
+            stuck.add(i)
+            receives[i]?.kill('SIGKILL')
+            const stdin = receives[i]?.stdin
+            if (stdin !== undefined) fan?.drop(stdin)
+          }
+          movedAt = Date.now()
+          return
+        }
         stalled = true
         for (const p of [send, ...receives]) p.kill('SIGKILL')
       }
@@ -211,6 +249,10 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
     const receiver = input.receivers[i]
     const receiveArgv = receiver?.receiveArgv ?? []
+    if (stuck.has(i)) {
+      return err(bbError('STALLED', `${receiver?.what ?? `btrfs receive into ${receiveArgv.at(-1) ?? ''}`} stopped taking the stream for ${Math.round((input.stallMs ?? 0) / 1000)} s while the other targets waited for it, so it was stopped and they went on`,
+        'see whether this target hangs (its disk, its load, the network); the next run sends it again', { argv: [...receiveArgv], bytes }))
+    }
     if (stalled) {
       return err(bbError('STALLED', `the stream stopped moving: no byte was sent for ${Math.round((input.stallMs ?? 0) / 1000)} s, so the transfer was stopped`,
         'see whether the receiving side hangs (its disk, its load, the network); the run retries this, and the next run starts it again', { argv: [...input.sendArgv], bytes }))
