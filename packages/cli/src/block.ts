@@ -199,6 +199,7 @@ const renderStatus = (s: VolumeStatus): string => {
     `${s.dir}: ${s.source}, chunks of ${formatBytes(s.chunkSize)}, schedule ${s.schedule}`,
     ...(rows.length === 0 ? ['  no revisions yet'] : [line(header), ...rows.map(line)].map((l) => `  ${l}`)),
     ...(s.incomplete.length > 0 ? [`  unfinished (removed by the next backup): ${s.incomplete.join(', ')}`] : []),
+    ...s.bases.map((b) => `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`),
     `${m.revisions} revisions, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
     + `${m.dueNow.length > 0 ? `due now (${m.dueNow.join(', ')})` : `next due ${utc(m.nextDue)} UTC`}`,
   ].join('\n') + '\n'

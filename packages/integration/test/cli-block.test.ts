@@ -40,8 +40,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(status.stdout).toContain('UUID')
     expect(status.stdout).toContain('manual:pre-upgrade')
     expect(status.stdout).toMatch(/2 revisions, 0 verified, 0 distrusted; 12\.0 MiB written in all/)
-    const json = JSON.parse((await runCli(['status', '-b', 'backy/vm', '--json'], dir)).stdout) as { revisions: { uuid: string }[] }
+    const json = JSON.parse((await runCli(['status', '-b', 'backy/vm', '--json'], dir)).stdout) as { revisions: { uuid: string }[]; bases: { path: string; revision: string; size: number }[] }
     expect(json.revisions).toHaveLength(2)
+    // the copy the newest revision was read from, kept beside the image for the next backup: shown, with where it is
+    const newest = json.revisions[1]?.uuid ?? ''
+    expect(json.bases).toEqual([{ path: expect.stringMatching(new RegExp(`^${dir}/\\.vm\\.img\\.bbackup-[0-9a-f]{8}-base-${newest}$`)) as unknown, revision: newest, size: 32 * MiB }])
+    expect(status.stdout).toContain(`base copy of ${newest.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${json.bases[0]?.path ?? ''}`)
 
     const verify = await runCli(['verify', '-b', 'backy/vm', 'latest', '--subset', '1/2'], dir)
     expect(verify).toMatchObject({ code: 0, stdout: expect.stringContaining('subset 1/2') as unknown })

@@ -51,6 +51,29 @@ const UUID = /^[0-9a-f-]{36}$/
  */
 export const baseCopy = (config: VolumeConfig, revision: string): string => join(dirname(config.source), `${copyPrefix(config)}${BASE}${revision}`)
 
+/** A base copy kept beside a volume's image ({@link baseCopy}). */
+export interface KeptBase {
+  readonly path: string
+  /** the revision that was read from it */
+  readonly revision: string
+  /** its apparent size; on disk it takes only what the image no longer shares with it */
+  readonly size: number
+}
+
+/** The base copies of this volume beside its image on this host (none for a source on another host). */
+export const keptBases = async (config: VolumeConfig): Promise<KeptBase[]> => {
+  const where = sourceLocation(config.source)
+  if (where.isErr() || where.value.kind !== 'local') return []
+  const dir = dirname(config.source)
+  const prefix = `${copyPrefix(config)}${BASE}`
+  const names = await fs.readdir(dir).catch(() => [] as string[])
+  const found = await Promise.all(names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length))).map(async (n) => {
+    const stats = await fs.lstat(join(dir, n)).catch(() => undefined)
+    return stats?.isFile() === true ? [{ path: join(dir, n), revision: n.slice(prefix.length), size: stats.size }] : []
+  }))
+  return found.flat()
+}
+
 /** A block device's size from sysfs (a stat of a device says 0). */
 const deviceSize = async (path: string, stats: Stats): Promise<number> => {
   const major = Math.floor(stats.rdev / 256) & 0xfff

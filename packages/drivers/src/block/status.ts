@@ -2,7 +2,7 @@ import type { ResultAsync } from 'neverthrow'
 import type { BbError, Location, Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
-import { sourceLocation } from './source.js'
+import { keptBases, sourceLocation, type KeptBase } from './source.js'
 import { asResult, must } from './stop.js'
 import { readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
@@ -15,6 +15,11 @@ export interface VolumeStatus {
   readonly revisions: readonly Revision[]
   /** files of unfinished revisions (removed by the next backup) */
   readonly incomplete: readonly string[]
+  /**
+   * the read-only copies kept beside the image as the next backup's base (one, after a backup of a
+   * local image file): each costs the space of what the VM wrote since; remove it to give that back
+   */
+  readonly bases: readonly KeptBase[]
   readonly summary: {
     readonly revisions: number
     readonly newest: string | undefined
@@ -37,10 +42,10 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
-    const { revisions, incomplete } = await readVolume(options.at, dir)
+    const [{ revisions, incomplete }, bases] = await Promise.all([readVolume(options.at, dir), keptBases(config)])
     const now = (options.now ?? (() => new Date()))()
     return {
-      dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete,
+      dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, bases,
       summary: {
         revisions: revisions.length,
         newest: revisions.at(-1)?.timestamp,
