@@ -909,13 +909,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const { checkJob } = await import('@bb/core')
         const { findingLines } = await import('./doctor-ssh.js')
         let problems = 0
-        const { sudoersLine } = await import('@bb/transports/local')
+        const { mountCommands, sudoersLine } = await import('@bb/transports/local')
         for (const job of resolved.jobs) {
           const findings = await checkJob(job)
           problems += findings.filter((f) => !f.ok).length
-          // the rule that --sudo needs, whether or not it is in place yet
+          // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to mount, its mount and umount too
           const programs = sudoPrograms(job.driver.name)
-          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${programs.join(', ')} run${programs.length === 1 ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine(programs)}`] : []
+          const mountPoint = resolved.specOf.get(job)?.mount
+          const mounts = mountPoint === undefined ? [] : mountCommands(resolvePath(io.cwd, mountPoint))
+          const what = `${programs.join(', ')}${mountPoint === undefined ? '' : ` and the mount and umount of ${resolvePath(io.cwd, mountPoint)}`}`
+          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${what} run${programs.length === 1 && mountPoint === undefined ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine([...programs, ...mounts])}`] : []
           io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
         }
         for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)

@@ -92,9 +92,21 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     try {
       const refused = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
       expect(refused.code).toBe(1)
-      expect(refused.stderr).toContain(nobodySudoRule(['mount', 'umount']))
-      await writeFile(sudoers, `${nobodySudoRule(['rsync', 'rm', 'mv', 'mount', 'umount'])}\n`, { mode: 0o440 })
+      // the rule allows the mount and unmount of this mount point, not any mount (which is as good as root)
+      const [mount, umount] = ['mount', 'umount'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim())
+      const mountRule = `nobody ALL=(root) NOPASSWD: ${mount} ${mnt}, ${umount} ${mnt}`
+      expect(refused.stderr).toContain(mountRule)
+      // doctor prints one line with all the job needs
+      const config = join(home, 'bbackup.toml')
+      await writeFile(config, ['[jobs.laptop]', `source = "${join(tmp.path, 'home')}"`, `targets = ["${join(mnt, 'backups')}"]`, 'driver = "rsync"', `mount = "${mnt}"`, 'sudo = true', `state_dir = "${join(home, 'state')}"`, ''].join('\n'))
+      const doctor = await runInNamespace({ fstab, mountPoint: mnt, args: ['doctor', '-c', config], nobody: { home } })
+      const line = `${nobodySudoRule(['rsync', 'rm', 'mv'])}, ${mount} ${mnt}, ${umount} ${mnt}`
+      expect(doctor.stdout).toContain(`rsync, rm, mv and the mount and umount of ${mnt} run as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n    ${line}`)
+      // the line as printed is the rule, and sudo holds the mount to it
+      await writeFile(sudoers, `${line}\n`, { mode: 0o440 })
       execFileSync('visudo', ['-c', '-q', '-f', sudoers])
+      expect(() => execFileSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOGROUP}`, '--clear-groups', '--', 'sudo', '-n', '-l', mount, '/mnt'], { stdio: 'ignore' })).toThrow()
+      execFileSync('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOGROUP}`, '--clear-groups', '--', 'sudo', '-n', '-l', mount, mnt], { stdio: 'ignore' })
       const r = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
       expect(r.code, r.stdout + r.stderr).toBe(0)
       expect(r.stdout).not.toContain('STILL-MOUNTED')

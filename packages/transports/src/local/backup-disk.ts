@@ -3,7 +3,7 @@ import { isAbsolute, relative, resolve } from 'node:path'
 import { bbError, type BbError, type TransportError } from '@bb/core'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { execCommand } from './exec.js'
-import { sudoExec, sudoWrap } from './sudo.js'
+import { mountCommands, sudoExec, sudoWrap } from './sudo.js'
 
 /** A backup disk mounted for a run; `release` unmounts it only when this run mounted it. */
 export interface MountedDisk {
@@ -39,8 +39,9 @@ export const mountBackupDisk = (mountPoint: string, options: { readonly signal?:
   new ResultAsync((async (): Promise<Result<MountedDisk, BackupDiskError>> => {
     const signal = options.signal === undefined ? {} : { signal: options.signal }
     // as a user that is not root: mount and umount through sudo -n (rsync-system-backup's sudo mount)
-    const asRoot = options.sudo === true ? sudoExec(sudoWrap(['mount', 'umount']), execCommand) : execCommand
     const dir = resolve(mountPoint)
+    // the rule a refusal prints allows the mount and unmount of this mount point, not any mount
+    const asRoot = options.sudo === true ? sudoExec(sudoWrap(['mount', 'umount'], mountCommands(dir)), execCommand) : execCommand
     const mounted = await execCommand(['findmnt', '-n', '--mountpoint', dir], signal)
     if (mounted.isErr()) return err(mounted.error)
     const unmount = (): ResultAsync<void, BbError> => asRoot(['umount', dir]).andThen((r) => (r.exitCode === 0

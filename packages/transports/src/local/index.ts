@@ -1,4 +1,5 @@
 export { localTransport, type LocalTransportOptions } from './local-transport.js'
-export { sudoersLine } from './sudo.js'
+export { mountCommands, sudoersLine } from './sudo.js'
+export type { SudoCommand } from './sudo.js'
 export { insideMountPoint, mountBackupDisk } from './backup-disk.js'
 export type { BackupDiskError, MountedDisk } from './backup-disk.js'

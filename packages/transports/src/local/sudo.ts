@@ -28,13 +28,28 @@ const userName = (): string => {
   }
 }
 
+/** A program, or a program with the exact arguments the rule allows (`['mount', '/mnt/usb']`). */
+export type SudoCommand = string | readonly [program: string, ...args: string[]]
+
+/** sudoers words need no escape: a rule with an argument that would is left without arguments (any, as for a bare program) */
+const PLAIN_ARGUMENT = /^[\w./@+-]+$/
+
+/** The mount point's own mount and umount, for a user that mounts the backup disk through sudo. */
+export const mountCommands = (mountPoint: string): readonly SudoCommand[] => [['mount', mountPoint], ['umount', mountPoint]]
+
 /**
- * The sudoers line that lets this user run `programs` as root without a password, as `bbackup
- * doctor` and the errors print it (absolute paths, as sudo matches them).
+ * The sudoers line that lets this user run `commands` as root without a password, as `bbackup
+ * doctor` and the errors print it (absolute paths, as sudo matches them; a command with arguments
+ * allows those alone).
  * @example
  * sudoersLine(['btrfs']) // 'backup ALL=(root) NOPASSWD: /usr/bin/btrfs'
+ * sudoersLine(mountCommands('/mnt/usb')) // 'backup ALL=(root) NOPASSWD: /usr/bin/mount /mnt/usb, /usr/bin/umount /mnt/usb'
  */
-export const sudoersLine = (programs: readonly string[]): string => `${userName()} ALL=(root) NOPASSWD: ${programs.map(onPath).join(', ')}`
+export const sudoersLine = (commands: readonly SudoCommand[]): string => `${userName()} ALL=(root) NOPASSWD: ${commands.map((c) => {
+  if (typeof c === 'string') return onPath(c)
+  const [program, ...args] = c
+  return args.every((a) => PLAIN_ARGUMENT.test(a)) ? [onPath(program), ...args].join(' ') : onPath(program)
+}).join(', ')}`
 
 /** Commands whose program is in `programs` run as `sudo -n -- /abs/program …`; the rest as they are. */
 export interface SudoWrap {
@@ -44,7 +59,8 @@ export interface SudoWrap {
   readonly classify: (argv: readonly string[], result: CommandResult) => Result<CommandResult, TransportError>
 }
 
-export const sudoWrap = (programs: readonly string[]): SudoWrap => {
+/** `rule`: what the sudoers line in a refusal names (default: `programs`, with any arguments) */
+export const sudoWrap = (programs: readonly string[], rule: readonly SudoCommand[] = programs): SudoWrap => {
   const paths = new Map<string, string>()
   const pathOf = (program: string): string => {
     const known = paths.get(program)
@@ -64,7 +80,7 @@ export const sudoWrap = (programs: readonly string[]): SudoWrap => {
       if (!wraps(argv) || result.exitCode !== 1 || !/^sudo: /m.test(result.stderr)) return ok({ ...result, argv })
       const program = pathOf(argv[0] ?? '')
       // the whole rule the transport needs, not this program's part of it
-      const line = sudoersLine(programs)
+      const line = sudoersLine(rule)
       const details = { argv: [...argv], stderr: result.stderr }
       if (/password is required|may not run sudo|not allowed to execute|not in the sudoers/.test(result.stderr)) {
         return err(bbError('AUTH_FAILED', `sudo refused to run ${program} as root without a password`,
