@@ -93,7 +93,8 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
       const refused = await runInNamespace({ fstab, mountPoint: mnt, args, nobody: { home } })
       expect(refused.code).toBe(1)
       // the rule allows the mount and unmount of this mount point, not any mount (which is as good as root)
-      const [mount, umount] = ['mount', 'umount'].map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim())
+      const onPath = (p: string): string => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()
+      const [mount, umount] = [onPath('mount'), onPath('umount')]
       const mountRule = `nobody ALL=(root) NOPASSWD: ${mount} ${mnt}, ${umount} ${mnt}`
       expect(refused.stderr).toContain(mountRule)
       // doctor prints one line with all the job needs
