@@ -51,6 +51,10 @@ const UUID = /^[0-9a-f-]{36}$/
  */
 export const baseCopy = (config: VolumeConfig, revision: string): string => join(dirname(config.source), `${copyPrefix(config)}${BASE}${revision}`)
 
+/** The copies of this volume's pattern (`prefix` then a uuid) among `names`, which nothing else makes. */
+const copiesNamed = (names: readonly string[], prefix: string): string[] =>
+  names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)))
+
 /** A base copy kept beside a volume's image ({@link baseCopy}). */
 export interface KeptBase {
   readonly path: string
@@ -67,7 +71,7 @@ export const keptBases = async (config: VolumeConfig): Promise<KeptBase[]> => {
   const dir = dirname(config.source)
   const prefix = `${copyPrefix(config)}${BASE}`
   const names = await fs.readdir(dir).catch(() => [] as string[])
-  const found = await Promise.all(names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length))).map(async (n) => {
+  const found = await Promise.all(copiesNamed(names, prefix).map(async (n) => {
     const stats = await fs.lstat(join(dir, n)).catch(() => undefined)
     return stats?.isFile() === true ? [{ path: join(dir, n), revision: n.slice(prefix.length), size: stats.size }] : []
   }))
@@ -110,10 +114,6 @@ export const inspectRemoteSource = async (at: Transport, path: string): Promise<
   return { kind: 'device', size: Number(size.stdout.trim()) }
 }
 
-/** The copies of this volume's pattern among `names`, which nothing else makes. */
-const staleCopies = (names: readonly string[], prefix: string): string[] =>
-  names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)))
-
 /**
  * Removes the point-in-time copies an earlier run of this volume left beside its source (it was
  * killed): only names of this volume's pattern, which nothing else makes. `remote`: the source's
@@ -124,12 +124,12 @@ export const removeStaleCopies = async (config: VolumeConfig, remote?: Transport
   if (remote !== undefined) {
     const dir = posix.dirname(remote.location.path)
     const listed = await remote.list(dir)
-    const stale = staleCopies(listed.isOk() ? listed.value.map((e) => e.name) : [], prefix)
+    const stale = copiesNamed(listed.isOk() ? listed.value.map((e) => e.name) : [], prefix)
     for (const name of stale) await must(remote.remove(posix.join(dir, name)))
     return stale
   }
   const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
-  const stale = staleCopies(names, prefix)
+  const stale = copiesNamed(names, prefix)
   for (const name of stale) await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
   return stale
 }
@@ -182,7 +182,7 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
     await fsStep('rename', copy, fs.rename(copy, base))
     made = false
     const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
-    for (const name of names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)) && n !== basename(base))) {
+    for (const name of copiesNamed(names, prefix).filter((n) => n !== basename(base))) {
       await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
     }
   }
