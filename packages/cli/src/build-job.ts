@@ -89,7 +89,7 @@ export const detectBackupDriver = async (target: Transport): Promise<{ readonly 
   const dir = target.location.path
   if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return { driver: 'rsync', raw: false }
   const entries = (await target.list(dir)).unwrapOr([])
-  if (entries.some((e) => e.kind === 'file' && /\.btrfs(\.zst)?\.info$/.test(e.name))) return { driver: 'btrfs', raw: true }
+  if (entries.some((e) => e.kind === 'file' && /\.btrfs(\.zst)?(\.gpg)?\.info$/.test(e.name))) return { driver: 'btrfs', raw: true }
   for (const e of entries) {
     if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
     if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return { driver: 'btrfs', raw: false }
@@ -152,6 +152,19 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   // a pipe target's ledger (what its command took) is the job's, in its state directory, one per command
   const pipes = pipeCommands.map((command) => ({ ledger: join(stateDirectory, 'pipes', createHash('sha256').update(command).digest('hex').slice(0, 12)), command }))
   const fullEvery = spec.rawFullEvery === undefined ? {} : { fullEvery: spec.rawFullEvery }
+  const recipients = spec.rawGpgRecipients ?? []
+  if (spec.rawEncrypt !== 'gpg' && (recipients.length > 0 || spec.rawGpgKeyring !== undefined)) {
+    return err(bbError('INVALID_OPTIONS', `gpg ${recipients.length > 0 ? 'recipients are' : 'a keyring is'} given, but the stream files are not encrypted`, 'add --raw-encrypt gpg (raw_encrypt = "gpg"), or leave the gpg settings out'))
+  }
+  if (spec.rawEncrypt === 'gpg' && recipients.length === 0) {
+    return err(bbError('INVALID_OPTIONS', 'encrypted stream files need a gpg recipient: nobody could decrypt them', 'name the public key to encrypt to: --raw-gpg-recipient KEY (raw_gpg_recipients = ["KEY"])'))
+  }
+  if (spec.rawEncrypt === 'gpg' && rawTargets.length === 0) {
+    return err(bbError('INVALID_OPTIONS', '--raw-encrypt gpg encrypts the stream files of raw targets, and this job has none', 'add --raw-target DIR, or leave --raw-encrypt out (a pipe target\'s command can encrypt by itself)'))
+  }
+  const encrypt = spec.rawEncrypt === 'gpg'
+    ? { encrypt: { method: 'gpg' as const, recipients, ...(spec.rawGpgKeyring === undefined ? {} : { keyring: resolve(options.cwd, spec.rawGpgKeyring) }) } }
+    : {}
   const way = { ...(spec.streamCompress === undefined ? {} : { streamCompress: spec.streamCompress }), ...(spec.rateLimit === undefined ? {} : { rateLimit: spec.rateLimit }) }
   const [{ localTransport }, driver] = await Promise.all([
     import('@bb/transports/local'),
@@ -163,7 +176,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
         ...way,
         ...(pipes.length === 0 ? {} : { pipe: { targets: pipes, ...fullEvery } }),
         ...(rawTargets.length === 0 ? {} : {
-          raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...fullEvery },
+          raw: { targets: rawTargets, ...(spec.rawCompress === undefined ? {} : { compress: spec.rawCompress }), ...fullEvery, ...encrypt },
         }),
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver, SYSTEM_EXCLUDES }) => rsyncDriver({

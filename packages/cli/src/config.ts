@@ -39,6 +39,11 @@ export interface JobSpec {
   /** btrfs: targets that keep the send streams as files (besides `targets`) */
   readonly rawTargets?: readonly string[]
   readonly rawCompress?: 'zstd' | 'none'
+  /** btrfs raw targets: `gpg` encrypts each stream file on this host to `rawGpgRecipients` */
+  readonly rawEncrypt?: 'gpg' | 'none'
+  readonly rawGpgRecipients?: readonly string[]
+  /** a keyring file with the recipients' public keys, instead of the user's */
+  readonly rawGpgKeyring?: string
   /** btrfs: commands that each get the send streams on stdin (`sh -c`), with a ledger in the state directory */
   readonly pipeTargets?: readonly string[]
   /** btrfs raw targets: a full stream after this many incrementals */
@@ -102,7 +107,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
 /** what a block job may set: the rest of a volume is in its volume.json */
 const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
 const HINT = 'see docs/configuration.md for every key'
@@ -214,6 +219,14 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
     }
     const rawCompress = job.raw_compress
     if (rawCompress !== undefined && rawCompress !== 'zstd' && rawCompress !== 'none') return problem(section, 'raw_compress', `${JSON.stringify(rawCompress)} is not "zstd" or "none"`)
+    const rawEncrypt = job.raw_encrypt
+    if (rawEncrypt !== undefined && rawEncrypt !== 'gpg' && rawEncrypt !== 'none') return problem(section, 'raw_encrypt', `${JSON.stringify(rawEncrypt)} is not "gpg" or "none"`)
+    const rawGpgRecipients = typeof job.raw_gpg_recipients === 'string' ? [job.raw_gpg_recipients] : (job.raw_gpg_recipients ?? [])
+    if (!Array.isArray(rawGpgRecipients) || !rawGpgRecipients.every((r) => typeof r === 'string' && r.trim() !== '')) {
+      return problem(section, 'raw_gpg_recipients', 'must be a list of gpg key ids, fingerprints or e-mail addresses', 'raw_gpg_recipients = ["backup@example.org"]')
+    }
+    const rawGpgKeyring = job.raw_gpg_keyring
+    if (rawGpgKeyring !== undefined && typeof rawGpgKeyring !== 'string') return problem(section, 'raw_gpg_keyring', 'must be the path of a keyring file', 'raw_gpg_keyring = "/etc/bbackup/backup-keys.kbx"')
     const rawFullEvery = job.raw_full_every
     if (rawFullEvery !== undefined && !(typeof rawFullEvery === 'number' && Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
       return problem(section, 'raw_full_every', `${JSON.stringify(rawFullEvery)} is not a whole number of at least 1`, 'raw_full_every = 7: a full stream after 7 incrementals')
@@ -288,6 +301,8 @@ export const loadConfig = (path: string): Result<Config, BbError> => {
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
       ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),
       ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
+      ...(rawEncrypt === undefined ? {} : { rawEncrypt }), ...(rawGpgRecipients.length === 0 ? {} : { rawGpgRecipients: rawGpgRecipients as string[] }),
+      ...(rawGpgKeyring === undefined ? {} : { rawGpgKeyring }),
       ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(v(fields.sudo) ? { sudo: true } : {}),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),

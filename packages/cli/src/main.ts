@@ -61,6 +61,9 @@ interface CommonOptions {
   rawTarget?: string[]
   pipeTarget?: string[]
   rawCompress?: string
+  rawEncrypt?: string
+  rawGpgRecipient?: string[]
+  rawGpgKeyring?: string
   rawFullEvery?: string
   streamCompress?: string
   rateLimit?: string
@@ -137,6 +140,9 @@ const jobOptions = (command: Command): Command =>
     .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
     .option('--pipe-target <command>', 'btrfs: a command (sh -c, on this host) that gets each send stream on stdin, BBACKUP_FILE and more in its environment (repeatable; config: pipe_targets)', collect)
     .addOption(new Option('--raw-compress <method>', 'btrfs raw targets: compress the stream files (config: raw_compress)').choices(['zstd', 'none']))
+    .addOption(new Option('--raw-encrypt <method>', 'btrfs raw targets: encrypt the stream files on this host with gpg, to --raw-gpg-recipient (config: raw_encrypt)').choices(['gpg', 'none']))
+    .option('--raw-gpg-recipient <key>', 'a public key to encrypt the stream files to: key id, fingerprint or e-mail (repeatable; config: raw_gpg_recipients)', collect)
+    .option('--raw-gpg-keyring <file>', 'take the recipients\' public keys from this keyring file, not the user\'s (config: raw_gpg_keyring)')
     .option('--raw-full-every <n>', 'btrfs raw and pipe targets: a full stream after n incrementals, so that old chains can be pruned (config: raw_full_every)')
     .addOption(new Option('--stream-compress <method>', 'compress what goes to or from another host: btrfs streams with zstd on both ends, rsync with --compress (config: stream_compress)').choices(['zstd', 'none']))
     .option('--rate-limit <rate>', 'at most this many bytes a second to each target, with k, m, g for KiB, MiB, GiB: 10m (config: rate_limit)')
@@ -312,6 +318,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
       ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),
+      ...(options.rawEncrypt === undefined ? {} : { rawEncrypt: options.rawEncrypt as 'gpg' | 'none' }),
+      ...(options.rawGpgRecipient === undefined ? {} : { rawGpgRecipients: options.rawGpgRecipient }),
+      ...(options.rawGpgKeyring === undefined ? {} : { rawGpgKeyring: resolvePath(io.cwd, options.rawGpgKeyring) }),
       ...(options.streamCompress === undefined ? {} : { streamCompress: options.streamCompress as 'zstd' | 'none' }),
       ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(rawFullEvery === undefined ? {} : { rawFullEvery }),

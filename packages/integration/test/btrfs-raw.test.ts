@@ -7,12 +7,12 @@ import { backup, list, prune, readJournal, restore, verify, type Job } from '@bb
 import type { RawInfo, RawTargetOptions } from '@bb/drivers/btrfs'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
+import { at, btrfs, btrfsJob, content, exists, finished, gpgHome, ok, show, spawnTs, waitFor, withGnupgHome } from './helpers.js'
 
 const files = async (dir: string): Promise<string[]> => (await readdir(dir)).sort()
 const info = async (path: string): Promise<RawInfo> => JSON.parse(await readFile(`${path}.info`, 'utf8')) as RawInfo
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'], { root: true }))('btrfs raw targets: send streams kept as files', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum', 'gpg', 'gpgconf'], { root: true }))('btrfs raw targets: send streams kept as files', () => {
   let fs: LoopFilesystem
   let outside: TempDir
   let source: string
@@ -145,6 +145,66 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     const r = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'restored')) })
     expect(r.isErr() && r.error.code).toBe('NOT_FOUND')
   }, 60_000)
+
+  it('encrypts the stream files with gpg on this host: ciphertext at the target, restored and verified with the secret key; a host with the public key only backs up, verifies what it can and says why it cannot restore', async () => {
+    const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')
+    const publicOnly = await gpgHome('gnupg-public')
+    try {
+      publicOnly.gpg(['--import'], keys.gpg(['--export', 'backup@example.org']))
+      const j = job({ compress: 'zstd', encrypt: { method: 'gpg', recipients: ['backup@example.org'] } })
+      const into = join(fs.mountPoint, 'restored')
+      await withGnupgHome(keys, async () => {
+        expect(ok(await backup(j, { now: at('2026-11-23T10:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'full' })
+        await writeFile(join(source, 'alice/a.txt'), 'alpha changed\n')
+        expect(ok(await backup(j, { now: at('2026-11-23T11:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T100000Z' })
+      })
+      expect(await files(raw)).toEqual([
+        'home.2026-11-23T100000Z.btrfs.zst.gpg', 'home.2026-11-23T100000Z.btrfs.zst.gpg.info',
+        'home.2026-11-23T110000Z.btrfs.zst.gpg', 'home.2026-11-23T110000Z.btrfs.zst.gpg.info',
+      ])
+      const second = join(raw, 'home.2026-11-23T110000Z.btrfs.zst.gpg')
+      expect(await info(second)).toMatchObject({ compress: 'zstd', encrypt: 'gpg', recipients: ['backup@example.org'], parent: 'home.2026-11-23T100000Z', chain: 1 })
+      // the file is an OpenPGP message (its first byte a packet tag), neither a stream nor zstd; decrypted by hand it is the stream
+      const bytes = await readFile(second)
+      expect(bytes[0]! & 0x80).toBe(0x80)
+      expect(bytes.includes(Buffer.from('btrfs-stream'))).toBe(false)
+      expect(bytes.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))).toBe(false)
+      const dump = execFileSync('sh', ['-c', `zstd -dcq | btrfs receive --dump | head -1`], { input: keys.gpg(['-d', second]), encoding: 'utf8' })
+      expect(dump).toMatch(new RegExp(`^snapshot\\s+\\./home\\.2026-11-23T110000Z\\s+uuid=${show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid}`))
+
+      await withGnupgHome(keys, async () => {
+        const checked = ok(await verify(j, { at: localTransport(raw) }))
+        expect(checked).toMatchObject({ snapshot: 'home.2026-11-23T110000Z', differenceCount: 0 })
+        expect(checked.notes?.join('\n')).toMatch(/the stream's own checksums \(btrfs receive --dump\)/)
+        ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into) }))
+      })
+      expect(await content(join(into, 'home.2026-11-23T110000Z'))).toEqual(await content(join(source, '.snapshots/home.2026-11-23T110000Z')))
+
+      // the host that backs up needs the public key only
+      const elsewhere = join(fs.mountPoint, 'restored-elsewhere')
+      await withGnupgHome(publicOnly, async () => {
+        await writeFile(join(source, 'bob/c.txt'), 'charlie changed\n')
+        expect(ok(await backup(j, { now: at('2026-11-23T12:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z' })
+        const unkeyed = ok(await verify(j, { at: localTransport(raw) }))
+        expect(unkeyed).toMatchObject({ snapshot: 'home.2026-11-23T120000Z', differenceCount: 0 })
+        expect(unkeyed.notes?.join('\n')).toMatch(/not the stream's own checksums: gpg here has no secret key of backup@example\.org/)
+        const refused = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(elsewhere) })
+        expect(refused.isErr() && [refused.error.code, refused.error.message]).toEqual(['INVALID_OPTIONS', expect.stringMatching(/is encrypted to backup@example\.org, and gpg on this host has none of their secret keys/)])
+        expect(await files(elsewhere)).toEqual([])
+        // a recipient gpg has no key for is refused before anything is written
+        const stranger = await backup(job({ encrypt: { method: 'gpg', recipients: ['nobody@example.org'] } }), { now: at('2026-11-23T13:00:00Z') })
+        const failed = stranger.isOk() ? stranger.value.targets[0]?.error : stranger.error
+        expect(failed).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringMatching(/gpg has no public key for "nobody@example\.org" that can encrypt/) })
+        expect((await files(raw)).filter((f) => f.includes('T130000Z'))).toEqual([])
+      })
+      // with the secret key, the chain of three restores
+      await withGnupgHome(keys, async () => ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(elsewhere) })))
+      expect(await readFile(join(elsewhere, 'home.2026-11-23T120000Z/bob/c.txt'), 'utf8')).toBe('charlie changed\n')
+    } finally {
+      await keys.cleanup()
+      await publicOnly.cleanup()
+    }
+  }, 90_000)
 
   it('after kill -9 mid-write the .part file is removed and the stream written again; a file it did not write is never touched', async () => {
     ok(await backup(job(), { now: at('2026-11-23T10:00:00Z') }))

@@ -6,9 +6,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { ROOT, runCli } from './helpers.js'
+import { gpgHome, ROOT, runCli, withGnupgHome } from './helpers.js'
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('bbackup command line with btrfs', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], { root: true }))('bbackup command line with btrfs', () => {
   let fs: LoopFilesystem
   let dir: string
   beforeEach(async () => {
@@ -179,6 +179,30 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     // raw targets hold btrfs streams: an rsync job cannot have one
     const wrong = await runCli(['run', '--driver', 'rsync', 'home', 'backup2', '--raw-target', 'streams2', '--state-dir', 'state2'], dir)
     expect(wrong).toMatchObject({ code: 2, stderr: expect.stringMatching(/raw targets .* keep btrfs send streams/) })
+  })
+
+  it('raw_encrypt = "gpg" in the config: the stream files are encrypted to the configured key and restore decrypts them; gpg settings that cannot work are refused (exit 2)', async () => {
+    const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')
+    try {
+      await writeFile(join(dir, 'bbackup.toml'), `[jobs.home]\nsource = "${join(dir, 'home')}"\nraw_targets = ["${join(dir, 'streams')}"]\nraw_encrypt = "gpg"\nraw_gpg_recipients = ["backup@example.org"]\nstate_dir = "${join(dir, 'state')}"\n`)
+      await withGnupgHome(keys, async () => {
+        const run = await runCli(['run', '-c', 'bbackup.toml', '-q'], dir)
+        expect(run.code, run.stderr).toBe(0)
+        const files = (await readdir(join(dir, 'streams'))).sort()
+        expect(files.map((f) => f.replace(/^home\.[^.]*\./, ''))).toEqual(['btrfs.gpg', 'btrfs.gpg.info'])
+        const restored = await runCli(['restore', 'streams', 'latest', 'restored'], dir)
+        expect(restored.code, restored.stderr).toBe(0)
+      })
+      const [name] = await readdir(join(dir, 'restored'))
+      expect(readFileSync(join(dir, 'restored', name!, 'a.txt'), 'utf8')).toBe(readFileSync(join(dir, 'home/a.txt'), 'utf8'))
+      const noRecipient = await runCli(['run', 'home', '--raw-target', 'streams2', '--raw-encrypt', 'gpg', '--state-dir', 'state2'], dir)
+      expect(noRecipient).toMatchObject({ code: 2, stderr: expect.stringMatching(/encrypted stream files need a gpg recipient[\s\S]*--raw-gpg-recipient KEY/) })
+      const notOn = await runCli(['run', 'home', '--raw-target', 'streams2', '--raw-gpg-recipient', 'backup@example.org', '--state-dir', 'state2'], dir)
+      expect(notOn).toMatchObject({ code: 2, stderr: expect.stringMatching(/gpg recipients are given, but the stream files are not encrypted[\s\S]*--raw-encrypt gpg/) })
+      expect(existsSync(join(dir, 'streams2'))).toBe(false)
+    } finally {
+      await keys.cleanup()
+    }
   })
 
   it('--pipe-target: each stream to a command with its facts in the environment, incrementals on what the command took; restorable by hand, full first', async () => {

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
 import { stat } from 'node:fs/promises'
-import { treeManifest } from '@bb/testkit'
+import { makeTempDir, treeManifest } from '@bb/testkit'
 import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
@@ -107,3 +107,44 @@ export const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: '
 /** The sudoers line that lets nobody run `programs` as root, with their paths on this PATH (as bbackup prints it). */
 export const nobodySudoRule = (programs: readonly string[]): string =>
   `nobody ALL=(root) NOPASSWD: ${programs.map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
+
+/** A gpg home of its own (GNUPGHOME) with a key pair for `uid`, made without a passphrase. */
+export interface GpgHome {
+  readonly path: string
+  /** gpg with this home; stdout as bytes */
+  gpg(args: readonly string[], input?: Buffer): Buffer
+  /** stops the gpg-agent gpg started for this home (by gpgconf, which asks that agent to end) and removes the home */
+  cleanup(): Promise<void>
+}
+
+export const gpgHome = async (label: string, uid?: string): Promise<GpgHome> => {
+  const dir = await makeTempDir(label)
+  const env = { ...process.env, GNUPGHOME: dir.path }
+  const home: GpgHome = {
+    path: dir.path,
+    gpg: (args, input) => execFileSync('gpg', ['--batch', '--quiet', ...args], { env, ...(input === undefined ? {} : { input }), stdio: ['pipe', 'pipe', 'ignore'] }),
+    cleanup: async () => {
+      execFileSync('gpgconf', ['--kill', 'gpg-agent'], { env, stdio: 'ignore' })
+      await dir.cleanup()
+    },
+  }
+  try {
+    if (uid !== undefined) home.gpg(['--passphrase', '', '--quick-gen-key', uid, 'future-default', 'default', 'never'])
+  } catch (e) {
+    await home.cleanup()
+    throw e
+  }
+  return home
+}
+
+/** Runs `fn` with GNUPGHOME set to `home` (gpg as bbackup runs it, in this process), then as it was. */
+export const withGnupgHome = async <T>(home: GpgHome, fn: () => Promise<T>): Promise<T> => {
+  const saved = process.env.GNUPGHOME
+  process.env.GNUPGHOME = home.path
+  try {
+    return await fn()
+  } finally {
+    if (saved === undefined) delete process.env.GNUPGHOME
+    else process.env.GNUPGHOME = saved
+  }
+}

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
 import { openSshSession, remoteCommand, sshTransport } from '@bb/transports/ssh'
 import { AHEAD, SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
-import { ROOT, runCli, waitFor } from './helpers.js'
+import { gpgHome, ROOT, runCli, waitFor, withGnupgHome } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
 const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
@@ -16,7 +16,7 @@ const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await
  * key's authorized_keys line runs bbackup-remote (the bin's source, through tsx) as its forced
  * command with `restrict`, on a real sshd.
  */
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs', 'zstd'], { root: true }))('bbackup-remote as the forced command of a real sshd', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs', 'zstd', 'gpg', 'gpgconf'], { root: true }))('bbackup-remote as the forced command of a real sshd', () => {
   let sshd: Sshd
   let bin: TempDir
   let fs: LoopFilesystem
@@ -165,6 +165,36 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(restored.code, restored.stdout + restored.stderr).toBe(0)
     const [name] = await readdir(join(dir, 'restored'))
     expect(readFileSync(join(dir, 'restored', name ?? '', 'a.txt'), 'utf8')).toBe('full\n')
+  })
+
+  it('encrypted stream files through the forced command: gpg runs here, the receive key writes ciphertext only, a send key reads it back for a restore decrypted here', async () => {
+    const streams = join(dir, 'backup/streams')
+    const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')
+    try {
+      await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+      const job = ['home', '--raw-target', remote(streams), '--raw-compress', 'zstd', '--raw-encrypt', 'gpg', '--raw-gpg-recipient', 'backup@example.org', '--state-dir', 'state', ...ssh]
+      await withGnupgHome(keys, async () => {
+        for (const mode of ['full', 'incremental']) {
+          await writeFile(join(dir, 'home/a.txt'), `${mode}\n`)
+          const r = await runCli(['run', ...job, '--json'], dir)
+          expect(r.code, r.stdout + r.stderr).toBe(0)
+          expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: true, mode }] })
+        }
+      })
+      const files = (await readdir(streams)).sort()
+      expect(files.filter((f) => f.endsWith('.btrfs.zst.gpg'))).toHaveLength(2)
+      // what reached the far side was written by dd as it came: no zstd there, no plaintext in the file
+      expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","sh","-c","umask 077 && exec \\"\$@\\"","sh","dd","of=[^"]+\.btrfs\.zst\.gpg\.part","bs=1M","status=none"\]/)
+      expect((await readFile(join(streams, files[0] ?? ''))).includes(Buffer.from('btrfs-stream'))).toBe(false)
+
+      await forceCommand(`--role send --restrict-path ${join(dir, 'backup')}`)
+      const restored = await withGnupgHome(keys, () => runCli(['restore', remote(streams), 'latest', join(dir, 'restored'), ...ssh], dir))
+      expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+      const [name] = await readdir(join(dir, 'restored'))
+      expect(readFileSync(join(dir, 'restored', name ?? '', 'a.txt'), 'utf8')).toBe('incremental\n')
+    } finally {
+      await keys.cleanup()
+    }
   })
 
   it('a receive key takes rsync backups (compressed on the wire) with hard links to the previous one on the far side', async () => {

@@ -162,7 +162,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
-      if (isRaw(t)) return new ResultAsync(raw.probe(t, signal))
+      if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
       if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
       // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
       if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.()

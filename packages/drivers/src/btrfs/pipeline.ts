@@ -1,6 +1,6 @@
 import { pipeline, Transform, type Readable, type Writable } from 'node:stream'
 import { err, ok, type Result } from 'neverthrow'
-import { bbError, InternalError, type BbError, type CommandResult, type Transport } from '@bb/core'
+import { bbError, InternalError, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
@@ -17,6 +17,19 @@ export interface SendReceiveInput {
   readonly stallMs?: number
   /** compressed and rate-limited, or as it is (default) */
   readonly way?: StreamWay
+  /**
+   * Commands the stream passes through between the sender and the receivers, in order, each on
+   * its own host (gpg and zstd on this host for an encrypted raw target): stdin from the one before.
+   */
+  readonly filters?: readonly StreamFilter[]
+}
+
+/** A command in the middle of a stream: it reads the stream on stdin and writes it changed on stdout. */
+export interface StreamFilter {
+  readonly at: Transport
+  readonly argv: readonly string[]
+  /** names it in errors */
+  readonly what: string
 }
 
 /** How a stream travels between its two hosts. */
@@ -183,31 +196,41 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const compressing = compress === undefined ? {} : { compressStdout: compress }
   const decompressing = compress === undefined ? {} : { decompressStdin: compress }
   const [only] = input.receivers
-  const receiverFirst = single && only !== undefined && receiverStartsFirst(input.source, input.way?.rateLimit)
+  const filterSpecs = input.filters ?? []
+  const receiverFirst = single && only !== undefined && filterSpecs.length === 0 && receiverStartsFirst(input.source, input.way?.rateLimit)
   const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing }) : undefined
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
+  // the filters, each reading the one before (a stage that did not start gives the next an empty stream)
+  const filters: RunningCommand[] = []
+  let stream = send.stdout
+  for (const f of filterSpecs) {
+    const filter = f.at.spawn(f.argv, { ...options, stdin: stream ?? 'pipe', stdout: 'pipe' })
+    if (stream === undefined) filter.stdin?.end()
+    filters.push(filter)
+    stream = filter.stdout
+  }
   // a sender this host cannot count from /proc (sudo's, which runs as root) is counted on its way through here
   const counter = firstReceiver === undefined && send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
   const through = [limit, counter].filter((t) => t !== undefined)
   const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? send.bytesWritten() : counter.bytes)
   const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r) => {
-    const stdin = !single || through.length > 0 ? 'pipe' as const : send.stdout
+    const stdin = !single || through.length > 0 ? 'pipe' as const : stream
     const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...decompressing })
-    if (single && through.length > 0) throughJs(send.stdout, through, receiver.stdin)
+    if (single && through.length > 0) throughJs(stream, through, receiver.stdin)
     return receiver
   })
   let fan: FanOut | undefined
   if (!single) {
     const stdins = receives.flatMap((r) => (r.stdin === undefined ? [] : [r.stdin]))
     const last = through.at(-1)
-    if (send.stdout === undefined) {
+    if (stream === undefined) {
       // a sender that did not start: the receivers get an empty stream and end
       for (const stdin of stdins) stdin.end()
     } else {
-      if (last !== undefined) pipeline([send.stdout, ...through], () => undefined)
-      fan = fanOut(last ?? send.stdout, stdins)
+      if (last !== undefined) pipeline([stream, ...through], () => undefined)
+      fan = fanOut(last ?? stream, stdins)
     }
   }
   let bytes = 0
@@ -239,11 +262,13 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
           return
         }
         stalled = true
-        for (const p of [send, ...receives]) p.kill('SIGKILL')
+        for (const p of [send, ...filters, ...receives]) p.kill('SIGKILL')
       }
     })
   }, Math.min(500, input.stallMs ?? 500))
-  const [sent, ...received] = await Promise.all([send.done, ...receives.map((r) => r.done)])
+  const [sent, ...ended] = await Promise.all([send.done, ...filters.map((f) => f.done), ...receives.map((r) => r.done)])
+  const filtered = ended.slice(0, filters.length)
+  const received = ended.slice(filters.length)
   clearInterval(timer)
   bytes = Math.max(bytes, (await sentBytes()) ?? 0)
   return received.map((got, i): Result<{ readonly bytes: number }, BbError> => {
@@ -260,10 +285,15 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     if (input.signal?.aborted === true) {
       return err(bbError('CANCELLED', 'the transfer was cancelled', 'run again: the unfinished copy is removed and sent anew', { argv: [...input.sendArgv] }))
     }
-    const allReceiversFailed = received.every(failed)
-    if (failed(sent) && !(allReceiversFailed && brokenPipe(sent))) {
-      if (sent.isErr()) return err(sent.error)
-      return err(btrfsFailure(input.sendWhat ?? `btrfs send ${input.sendArgv.at(-1) ?? ''}`, input.sendArgv, sent.value.exitCode, sent.value.stderr))
+    // the first stage that failed of itself, not because the one after it went away (its pipe broke)
+    const stages = [sent, ...filtered]
+    const names = [{ what: input.sendWhat ?? `btrfs send ${input.sendArgv.at(-1) ?? ''}`, argv: input.sendArgv }, ...filterSpecs]
+    for (const [k, stage] of stages.entries()) {
+      const next = stages[k + 1]
+      const afterFailed = next === undefined ? received.every(failed) : failed(next)
+      if (!failed(stage) || (afterFailed && brokenPipe(stage))) continue
+      if (stage.isErr()) return err(stage.error)
+      return err(btrfsFailure(names[k]?.what ?? '', names[k]?.argv ?? [], stage.value.exitCode, stage.value.stderr))
     }
     if (got.isErr()) return err(got.error)
     if (got.value.exitCode !== 0) return err(btrfsFailure(receiver?.what ?? `btrfs receive into ${receiveArgv.at(-1) ?? ''}`, receiveArgv, got.value.exitCode, got.value.stderr))

@@ -70,9 +70,9 @@ const each = (operands: readonly string[]): Match => {
 }
 
 /** a raw target's files: streams and their sidecars */
-const RAW_FILE = /\.btrfs(\.zst)?(\.info)?$/
+const RAW_FILE = /\.btrfs(\.zst)?(\.gpg)?(\.info)?$/
 /** a raw target's stream while it is written */
-const RAW_PART = /\.btrfs(\.zst)?\.part$/
+const RAW_PART = /\.btrfs(\.zst)?(\.gpg)?\.part$/
 
 /** what writes a raw target's stream: `zstd -q -T0 -o PATH` or `dd of=PATH bs=1M status=none`, into a `.part` file */
 const rawWriter = (argv: readonly string[]): Match | undefined => {
