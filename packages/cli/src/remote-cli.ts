@@ -34,6 +34,7 @@ void remoteMain(process.argv.slice(2), {
     if (!process.stdout.write(bytes)) await once(process.stdout, 'drain')
   },
   env: process.env,
+  self: [process.execPath, ...process.execArgv, ...process.argv.slice(1, 2)],
 }).then((code) => {
   process.exitCode = code
 })

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process'
 import { appendFile, realpath, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { localTransport } from '@bb/transports/local'
-import { filterRequest, isAheadRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
+import { filterRequest, isAheadRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type AllowedRequest, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
 
 const USAGE = `usage (as the forced command of an authorized_keys line):
   command="bbackup-remote --role ROLE[,ROLE] --restrict-path DIR [--restrict-path DIR] [--sudo] [--log FILE]",restrict ssh-ed25519 AAAA...
@@ -19,6 +19,8 @@ export interface RemoteIo {
   readonly writeOut?: (bytes: Buffer) => Promise<void>
   /** the request from sshd, and the client's address */
   readonly env: Readonly<Record<string, string | undefined>>
+  /** how to start this program again (node, its flags, the script): what a block scan request runs */
+  readonly self: readonly string[]
 }
 
 const refuse = (io: RemoteIo, reason: string): number => {
@@ -84,8 +86,9 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
     await logLine(options.log, io.env, `refused ${JSON.stringify(line ?? '')}: ${request.error}`)
     return refuse(io, request.error)
   }
-  await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(request.value.argv)}`)
-  const [file, ...args] = request.value.argv as [string, ...string[]]
+  const run = runnable(request.value, io)
+  await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(run)}`)
+  const [file, ...args] = run as [string, ...string[]]
   return new Promise<number>((resolve) => {
     // the bytes of a send or a receive go straight from sshd's pipes to the command
     const child = spawn(file, args, { stdio: 'inherit' })
@@ -98,6 +101,13 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
     child.once('exit', (code, signal) => resolve(exitStatus(code, signal)))
   })
 }
+
+/**
+ * What an allowed request runs: its argv, where the block scan's helper word stands for this
+ * program itself (the word is never run: a client cannot name a program of its choosing).
+ */
+const runnable = (request: AllowedRequest, io: RemoteIo): readonly string[] =>
+  request.selfAt === undefined ? request.argv : [...request.argv.slice(0, request.selfAt), ...io.self, ...request.argv.slice(request.selfAt + 1)]
 
 /**
  * The command server of bbackup's remote protocol, as bbackup-remote: the master connection asks
@@ -129,8 +139,9 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
         answer(REFUSED_EXIT, Buffer.alloc(0), Buffer.from(`${REFUSED_TAG} ${request.error}\n`))
         continue
       }
-      await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(request.value.argv)}`)
-      const [file, ...args] = request.value.argv as [string, ...string[]]
+      const argv = runnable(request.value, io)
+      await logLine(options.log, io.env, `${request.value.role} ${JSON.stringify(argv)}`)
+      const [file, ...args] = argv as [string, ...string[]]
       const out: Buffer[] = []
       const error: Buffer[] = []
       const status = await new Promise<number>((resolve) => {

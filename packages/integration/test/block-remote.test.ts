@@ -125,6 +125,47 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(await copiesBesideSource()).toEqual([])
   })
 
+  it('through the forced command of a send key: the scan runs as bbackup-remote itself, the freeze copy is made and removed there, and a key without the send role reads nothing', async () => {
+    const log = join(dir, 'remote.log')
+    const forced = (roles: string): Promise<void> => sshd.setAuthorizedKeys([`command="${helper} --role ${roles} --restrict-path ${dir} --log ${log}",restrict %KEY%`])
+    try {
+      await forced('send')
+      expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img')), '--chunk-size', '1M'])).code).toBe(0)
+      const { id } = JSON.parse(readFileSync(join(dir, 'backy/vm/volume.json'), 'utf8')) as { id: string }
+      const leftover = `.vm.img.bbackup-${id.slice(0, 8)}-00000000-0000-4000-8000-000000000000`
+      await writeFile(join(dir, leftover), 'a copy a killed run left')
+      const first = await overSsh(['backup', '-b', 'backy/vm', '--json'])
+      expect(first.code, first.stdout + first.stderr).toBe(0)
+      const full = JSON.parse(first.stdout) as { revision: { uuid: string; stats: { chunksWritten: number; scannedOn?: string } } }
+      expect(full.revision.stats).toMatchObject({ chunksWritten: 13, scannedOn: '127.0.0.1' })
+      expect(sameBytes(join(dir, 'backy/vm', `${full.revision.uuid}.img`), join(dir, 'vm.img'))).toBe(true)
+      const h = await open(join(dir, 'vm.img'), 'r+')
+      for (const offset of [2 * MiB, 9 * MiB + 1234, 30 * MiB]) await h.write(randomBytes(4096), 0, 4096, offset)
+      await h.close()
+      const second = await overSsh(['backup', '-b', 'backy/vm', '-f'])
+      expect(second.code, second.stdout + second.stderr).toBe(0)
+      expect(second.stdout).toMatch(/3\.0 MiB crossed the network \(hashed on 127\.0\.0\.1: only changed chunks\)/)
+      expect(sameBytes(join(dir, 'backy/vm', 'latest'), join(dir, 'vm.img'))).toBe(true)
+      expect(await copiesBesideSource()).toEqual([])
+      // what the filter ran: the copy, its removal, and the scan as itself (never a program the client named)
+      const ran = readFileSync(log, 'utf8')
+      expect(ran).not.toContain('refused')
+      expect(ran).toMatch(/ send \["cp","--reflink=always","--","[^"]*\/vm\.img","[^"]*\/\.vm\.img\.bbackup-/)
+      expect(ran).toMatch(/ delete \["sh","-c",".*","sh","[^"]*\/\.vm\.img\.bbackup-[^"]*00000000-0000-4000-8000-000000000000"\]/)
+      expect(ran).toContain(` send ["sh","-c","echo \\"bbackup-remote-pid:$$\\" >&2; exec \\"$@\\"","sh","${process.execPath}",`)
+      expect(ran).toMatch(/remote-cli\.ts","block-scan","--chunk-size","1048576","--size","33554432","--","[^"]*\/\.vm\.img\.bbackup-/)
+
+      // a key that may only receive (and look) cannot freeze or read the source
+      await forced('receive')
+      const refused = await overSsh(['backup', '-b', 'backy/vm', '-f'])
+      expect(refused.code).not.toBe(0)
+      expect(refused.stderr).toMatch(/needs the send role/)
+      expect(await copiesBesideSource()).toEqual([])
+    } finally {
+      await sshd.setAuthorizedKeys(['%KEY%'])
+    }
+  })
+
   it('reads the live image with --no-snapshot (a warning), and removes copies a killed run left beside it', async () => {
     expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img'))])).code).toBe(0)
     const { id } = JSON.parse(readFileSync(join(dir, 'backy/vm/volume.json'), 'utf8')) as { id: string }

@@ -167,6 +167,34 @@ describe('what each role may run', () => {
     expect(reason(spawned('cat', '--', '/etc/shadow'), policy(['send']))).toContain('outside /srv/backups')
   })
 
+  it('lets a send key read a block source: freeze it by a reflink copy beside it, stream or scan it, remove the copy; the scan runs as bbackup-remote itself', () => {
+    const spawned = (...argv: string[]): string[] => ['sh', '-c', SPAWN_WRAPPER, 'sh', ...argv]
+    const send = policy(['send'])
+    const image = '/srv/backups/vm.img'
+    const copy = '/srv/backups/.vm.img.bbackup-0a1b2c3d-9b2e7c1a-1234-4def-8abc-0123456789ab'
+    for (const argv of [['stat', '-L', '-c', '%F:%s', '--', image], ['blockdev', '--getsize64', image]]) expect(decide(argv, policy(['list']))).toMatchObject({ allowed: true, role: 'list' })
+    expect(decide(['cp', '--reflink=always', '--', image, copy], send)).toMatchObject({ allowed: true, role: 'send', checks: [{ kind: 'inside', path: image }, { kind: 'inside', path: copy }] })
+    expect(reason(['cp', '--reflink=always', '--', image, copy], policy(['receive']))).toContain('needs the send role')
+    // only the freeze copy of that image, beside it: no other name, no other place, no other image's name
+    expect(reason(['cp', '--reflink=always', '--', image, '/srv/backups/vm.img.bak'], send)).toContain('not the block driver\'s freeze copy')
+    expect(reason(['cp', '--reflink=always', '--', image, `/srv/backups/sub/${copy.split('/').pop() ?? ''}`], send)).toContain('not the block driver\'s freeze copy')
+    expect(reason(['cp', '--reflink=always', '--', '/srv/backups/other.img', copy], send)).toContain('not the block driver\'s freeze copy')
+    expect(reason(['cp', '--reflink=always', '--', '/etc/shadow', '/etc/.shadow.bbackup-0a1b2c3d-9b2e7c1a-1234-4def-8abc-0123456789ab'], send)).toContain('outside /srv/backups')
+    expect(reason(script('remove', copy), send)).toBe('allowed')
+    expect(reason(script('remove', image), send)).toContain('needs the delete role')
+    expect(decide(spawned('head', '-c', '33554432', '--', image), send)).toMatchObject({ allowed: true, role: 'send' })
+    expect(reason(spawned('head', '-c', '-5', '--', image), send)).toContain('not one that bbackup sends')
+    expect(reason(spawned('head', '-c', '10', '--', '/etc/shadow'), send)).toContain('outside /srv/backups')
+    // the helper's word is never run: the filter runs itself there (selfAt), whatever the client named
+    expect(decide(['bbackup-remote', 'block-scan', '--protocol'], policy(['list']))).toMatchObject({ allowed: true, role: 'list', selfAt: 0 })
+    const scan = spawned('/tmp/anything', 'block-scan', '--chunk-size', '4194304', '--size', '33554432', '--', image)
+    expect(decide(scan, send)).toMatchObject({ allowed: true, role: 'send', selfAt: 4, checks: [{ kind: 'inside', path: image }] })
+    expect(reason(scan, policy(['receive']))).toContain('needs the send role')
+    expect(reason(spawned('bbackup-remote', 'block-scan', '--chunk-size', '4M', '--size', '1', '--', image), send)).toContain('not one that bbackup sends')
+    expect(reason(spawned('bbackup-remote', 'block-scan', '--chunk-size', '1', '--size', '1', '--', '/etc/shadow'), send)).toContain('outside /srv/backups')
+    expect(reason(['sudo', '-n', '--', 'bbackup-remote', 'block-scan', '--protocol'], policy(['send'], { sudo: true }))).toContain('block scan through sudo')
+  })
+
   it('runs an each script of commands that only look (and a commit), every path inside, and nothing else in one', () => {
     const show = (path: string): string[] => ['4', 'btrfs', 'subvolume', 'show', path]
     const p = policy(['receive'])

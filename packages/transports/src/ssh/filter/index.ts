@@ -14,6 +14,8 @@ export { AHEAD, REFUSED_EXIT, REFUSED_TAG, SERVE, SERVE_BANNER } from '../remote
 export interface AllowedRequest {
   readonly argv: readonly string[]
   readonly role: Role
+  /** the word of `argv` that stands for bbackup-remote itself (the block scan's helper): run this program in its place */
+  readonly selfAt?: number
 }
 
 /**
@@ -30,7 +32,8 @@ export const filterRequest = async (command: string | undefined, policy: FilterP
   const decision = decide(argv.value, policy)
   if (!decision.allowed) return err(decision.reason)
   const problem = await checkRequest(decision.checks, policy, decision.argv[0] === 'sudo')
-  return problem === undefined ? ok({ argv: decision.argv, role: decision.role }) : err(problem)
+  if (problem !== undefined) return err(problem)
+  return ok({ argv: decision.argv, role: decision.role, ...(decision.selfAt === undefined ? {} : { selfAt: decision.selfAt }) })
 }
 
 /**

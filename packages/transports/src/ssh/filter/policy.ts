@@ -28,7 +28,8 @@ export type Check =
   | { readonly kind: 'started-here'; readonly pid: number }
 
 export type Decision =
-  | { readonly allowed: true; readonly argv: readonly string[]; readonly role: Role; readonly checks: readonly Check[] }
+  /** `selfAt`: the word of `argv` to run as bbackup-remote itself (the block driver's chunk scan names its helper there) */
+  | { readonly allowed: true; readonly argv: readonly string[]; readonly role: Role; readonly checks: readonly Check[]; readonly selfAt?: number }
   | { readonly allowed: false; readonly reason: string }
 
 /** the role each file script needs; a source's snapshot folder is made (mkdir) on a pull's first run */
@@ -88,7 +89,32 @@ const rawWriter = (argv: readonly string[]): Match | undefined => {
  * A recognised command: the role it needs (or `also` another), the checks, and for a delete of
  * subvolumes, that a receive key may still do it when each one is an unfinished receive.
  */
-type Match = { readonly role: Role; readonly checks: readonly Check[]; readonly also?: Role; readonly unfinished?: readonly string[] } | string
+type Match = {
+  readonly role: Role; readonly checks: readonly Check[]; readonly also?: Role; readonly unfinished?: readonly string[]
+  /** the block driver's chunk scan: its first word names the helper, which the filter runs as itself (never that word) */
+  readonly self?: true
+} | string
+
+/**
+ * The block driver's point-in-time copy of an image, made beside it and removed after the read:
+ * `.IMAGE.bbackup-VOLUME-UUID` (source.ts's copyPrefix and a random uuid).
+ */
+const FREEZE_COPY = /^\.(.+)\.bbackup-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+const DIGITS = /^(0|[1-9]\d{0,18})$/
+
+/** `cp --reflink=always -- IMAGE COPY`: the copy is a freeze copy of that image, in its directory */
+const freezeCopy = (image: string, copy: string): Match =>
+  posix.dirname(copy) === posix.dirname(image) && FREEZE_COPY.exec(posix.basename(copy))?.[1] === posix.basename(image)
+    ? { role: 'send', checks: inside(image, copy) }
+    : `a copy of ${JSON.stringify(image)} that is not the block driver's freeze copy beside it`
+
+/** `HELPER block-scan --protocol`, and spawned `HELPER block-scan --chunk-size N --size N -- IMAGE` (the parent's hashes on stdin) */
+const blockScan = (args: readonly string[], spawned: boolean): Match | undefined => {
+  if (!spawned) return same(args, ['block-scan', '--protocol']) ? { role: 'list', checks: [], self: true } : undefined
+  const [verb, chunkFlag, chunk, sizeFlag, size, dashes, image] = args
+  if (args.length !== 7 || verb !== 'block-scan' || chunkFlag !== '--chunk-size' || sizeFlag !== '--size' || dashes !== '--' || !DIGITS.test(chunk ?? '') || !DIGITS.test(size ?? '')) return undefined
+  return { role: 'send', checks: inside(image ?? ''), self: true }
+}
 
 const inside = (...paths: readonly string[]): Check[] => paths.map((path) => ({ kind: 'inside', path }))
 const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((x, i) => x === b[i])
@@ -149,8 +175,11 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     if ((program === 'zstd' && same(args.slice(0, 2), ['-dcq', '--']) && args.length === 3) || (program === 'cat' && args[0] === '--' && args.length === 2)) {
       return { role: 'send', checks: inside(args[args.length - 1] as string) }
     }
-    return undefined
+    // a block source's frozen image, streamed as it is, or scanned by the helper there
+    if (program === 'head' && args.length === 4 && args[0] === '-c' && DIGITS.test(args[1] ?? '') && args[2] === '--') return { role: 'send', checks: inside(args[3] as string) }
+    return args[0] === 'block-scan' ? blockScan(args, true) : undefined
   }
+  if (args[0] === 'block-scan') return blockScan(args, false)
   switch (program) {
     case 'true':
       return { role: 'list', checks: [] }
@@ -169,8 +198,12 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     case 'zstd':
       return same(args, ['--version']) ? { role: 'list', checks: [] } : undefined
     case 'stat':
-      // the filesystem's type, or what kind of file a path is
+      // the filesystem's type, or what kind of file a path is (and a block source's size)
+      if (args.length === 5 && same(args.slice(0, 4), ['-L', '-c', '%F:%s', '--'])) return { role: 'list', checks: inside(args[4] as string) }
       return args.length === 4 && (same(args.slice(0, 3), ['-f', '-c', '%T']) || same(args.slice(0, 3), ['-c', '%F', '--'])) ? { role: 'list', checks: inside(args[3] as string) } : undefined
+    case 'blockdev':
+      // a block source's size
+      return args.length === 2 && args[0] === '--getsize64' ? { role: 'list', checks: inside(args[1] as string) } : undefined
     case 'sync':
       // a filesystem's (rsync), or a raw target's stream file
       return args.length === 2 && (args[0] === '-f' || args[0] === '--') ? { role: 'receive', checks: inside(args[1] as string) } : undefined
@@ -184,6 +217,8 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       // a raw target's pruned streams and their sidecars
       return args.length > 2 && same(args.slice(0, 2), ['-f', '--']) && args.slice(2).every((a) => RAW_FILE.test(a)) ? { role: 'delete', checks: inside(...args.slice(2)) } : undefined
     case 'cp':
+      // a block source frozen for its read: a reflink copy beside the image
+      if (args.length === 4 && same(args.slice(0, 2), ['--reflink=always', '--'])) return freezeCopy(args[2] as string, args[3] as string)
       // a restore's copy out of a backup
       return args.length === 5 && same(args.slice(0, 3), ['-a', '--reflink=auto', '--']) ? { role: 'receive', checks: inside(args[3] as string, args[4] as string) } : undefined
     case 'kill': {
@@ -200,6 +235,8 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       if (operands.length !== SCRIPT_ARGS[name]) return `the ${name} script with ${operands.length} arguments`
       // a receive key removes the raw stream it could not finish (its `.part` file)
       if (name === 'remove' && RAW_PART.test(operands[0] ?? '')) return { role: 'delete', also: 'receive', checks: inside(...operands) }
+      // a send key removes the freeze copy it made of a block source (or one a killed run left)
+      if (name === 'remove' && FREEZE_COPY.test(posix.basename(operands[0] ?? ''))) return { role: 'delete', also: 'send', checks: inside(...operands) }
       // a symlink's target is its content (`latest` -> a backup's name), not a path that is opened
       return { ...SCRIPT_ROLES[name], checks: inside(...(name === 'symlink' ? operands.slice(1) : operands)) }
     }
@@ -233,6 +270,7 @@ export const decide = (request: readonly string[], policy: FilterPolicy): Decisi
   const m = match(spawned ? argv.slice(4) : argv, spawned)
   if (m === undefined) return { allowed: false, reason: `the command ${label(argv)}, which is not one that bbackup sends` }
   if (typeof m === 'string') return { allowed: false, reason: m }
+  if (m.self === true && sudo.length > 0) return { allowed: false, reason: 'the block scan through sudo: let the key\'s user read the image (or log in as the user who may), without --ssh-sudo' }
   let checks = m.checks
   if (!policy.roles.has(m.role) && m.role !== 'list' && !(m.also !== undefined && policy.roles.has(m.also))) {
     // a receive key cleans up after its own interrupted receive, and deletes nothing else
@@ -247,5 +285,5 @@ export const decide = (request: readonly string[], policy: FilterPolicy): Decisi
       return { allowed: false, reason: `the path ${JSON.stringify(c.path)}, which is outside ${policy.roots.join(', ')}` }
     }
   }
-  return { allowed: true, argv: request, role: m.role, checks }
+  return { allowed: true, argv: request, role: m.role, checks, ...(m.self === true ? { selfAt: spawned ? 4 : 0 } : {}) }
 }
