@@ -149,6 +149,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
   it('encrypts the stream files with gpg on this host: ciphertext at the target, restored and verified with the secret key; a host with the public key only backs up, verifies what it can and says why it cannot restore', async () => {
     const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')
     const publicOnly = await gpgHome('gnupg-public')
+    const locked = await gpgHome('gnupg-locked', 'locked <locked@example.org>', 'secret')
     try {
       publicOnly.gpg(['--import'], keys.gpg(['--export', 'backup@example.org']))
       const j = job({ compress: 'zstd', encrypt: { method: 'gpg', recipients: ['backup@example.org'] } })
@@ -187,9 +188,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
         expect(ok(await backup(j, { now: at('2026-11-23T12:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z' })
         const unkeyed = ok(await verify(j, { at: localTransport(raw) }))
         expect(unkeyed).toMatchObject({ snapshot: 'home.2026-11-23T120000Z', differenceCount: 0 })
-        expect(unkeyed.notes?.join('\n')).toMatch(/not the stream's own checksums: gpg here has no secret key of backup@example\.org/)
+        expect(unkeyed.notes?.join('\n')).toMatch(/not the stream's own checksums: gpg on this host has no secret key of backup@example\.org \(import one/)
         const refused = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(elsewhere) })
-        expect(refused.isErr() && [refused.error.code, refused.error.message]).toEqual(['INVALID_OPTIONS', expect.stringMatching(/is encrypted to backup@example\.org, and gpg on this host has none of their secret keys/)])
+        expect(refused.isErr() && [refused.error.code, refused.error.message]).toEqual(['INVALID_OPTIONS', expect.stringMatching(/\.btrfs\.zst\.gpg is encrypted: gpg on this host has no secret key of backup@example\.org$/)])
         expect(await files(elsewhere)).toEqual([])
         // a recipient gpg has no key for is refused before anything is written
         const stranger = await backup(job({ encrypt: { method: 'gpg', recipients: ['nobody@example.org'] } }), { now: at('2026-11-23T13:00:00Z') })
@@ -200,9 +201,24 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
       // with the secret key, the chain of three restores
       await withGnupgHome(keys, async () => ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(elsewhere) })))
       expect(await readFile(join(elsewhere, 'home.2026-11-23T120000Z/bob/c.txt'), 'utf8')).toBe('charlie changed\n')
+
+      // a secret key with a passphrase: gpg asks nothing, so restore says it is locked, and works once gpg-agent holds it unlocked
+      const lockedRaw = join(outside.path, 'locked')
+      const lockedJob = btrfsJob({ source, targets: [lockedRaw], state, driver: { raw: { targets: [lockedRaw], encrypt: { method: 'gpg', recipients: ['locked@example.org'] } } } })
+      const unlockedAfter = join(fs.mountPoint, 'restored-locked')
+      await withGnupgHome(locked, async () => {
+        ok(await backup(lockedJob, { now: at('2026-11-23T14:00:00Z') }))
+        const still = await restore(lockedJob, { from: localTransport(lockedRaw), snapshot: 'latest', to: localTransport(unlockedAfter) })
+        expect(still.isErr() && [still.error.message, still.error.hint]).toEqual([
+          expect.stringMatching(/is encrypted: the secret key of locked@example\.org is here but locked, and gpg runs without prompts$/), expect.stringMatching(/^unlock the key in gpg-agent first/),
+        ])
+        const [file] = (await files(lockedRaw)).filter((f) => f.endsWith('.gpg'))
+        locked.gpg(['--pinentry-mode', 'loopback', '--passphrase', 'secret', '-d', join(lockedRaw, file!)])
+        ok(await restore(lockedJob, { from: localTransport(lockedRaw), snapshot: 'latest', to: localTransport(unlockedAfter) }))
+      })
+      expect(await readFile(join(unlockedAfter, 'home.2026-11-23T140000Z/bob/c.txt'), 'utf8')).toBe('charlie changed\n')
     } finally {
-      await keys.cleanup()
-      await publicOnly.cleanup()
+      for (const home of [keys, publicOnly, locked]) await home.cleanup()
     }
   }, 90_000)
 

@@ -108,7 +108,7 @@ export const NOGROUP = Number(execFileSync('id', ['-g', 'nobody'], { encoding: '
 export const nobodySudoRule = (programs: readonly string[]): string =>
   `nobody ALL=(root) NOPASSWD: ${programs.map((p) => execFileSync('sh', ['-c', `command -v ${p}`], { encoding: 'utf8' }).trim()).join(', ')}`
 
-/** A gpg home of its own (GNUPGHOME) with a key pair for `uid`, made without a passphrase. */
+/** A gpg home of its own (GNUPGHOME) with a key pair for `uid`, its secret key locked by `passphrase` (default: none). */
 export interface GpgHome {
   readonly path: string
   /** gpg with this home; stdout as bytes */
@@ -117,7 +117,7 @@ export interface GpgHome {
   cleanup(): Promise<void>
 }
 
-export const gpgHome = async (label: string, uid?: string): Promise<GpgHome> => {
+export const gpgHome = async (label: string, uid?: string, passphrase = ''): Promise<GpgHome> => {
   const dir = await makeTempDir(label)
   const env = { ...process.env, GNUPGHOME: dir.path }
   const home: GpgHome = {
@@ -129,7 +129,7 @@ export const gpgHome = async (label: string, uid?: string): Promise<GpgHome> => 
     },
   }
   try {
-    if (uid !== undefined) home.gpg(['--passphrase', '', '--quick-gen-key', uid, 'future-default', 'default', 'never'])
+    if (uid !== undefined) home.gpg(['--pinentry-mode', 'loopback', '--passphrase', passphrase, '--quick-gen-key', uid, 'future-default', 'default', 'never'])
   } catch (e) {
     await home.cleanup()
     throw e

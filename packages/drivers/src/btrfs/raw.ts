@@ -80,7 +80,7 @@ export interface RawDeps {
 const STREAM = /^(.+)\.btrfs(\.zst)?(\.gpg)?$/
 const PART = /^(.+)\.btrfs(\.zst)?(\.gpg)?\.part$/
 
-/** gpg without prompts of its own (a passphrase is asked by gpg-agent's pinentry, if at all) */
+/** gpg without prompts: a secret key with a passphrase must be unlocked in gpg-agent beforehand */
 const GPG = ['gpg', '--batch', '--no-tty', '--quiet']
 const gpgKeyring = (e: RawEncryption): string[] => (e.keyring === undefined ? [] : ['--no-default-keyring', '--keyring', e.keyring])
 /**
@@ -96,11 +96,32 @@ const ZSTD_DECOMPRESS = ['zstd', '-dcq']
 /** what gpg says when none of the file's recipients' secret keys is here */
 const NO_SECRET_KEY = /No secret key/
 
-/** A receive of an encrypted stream that failed because gpg here cannot decrypt it says so. */
-const undecryptable = (e: BbError, info: RawInfo, path: string): BbError =>
-  info.encrypt !== undefined && NO_SECRET_KEY.test(String(e.details?.stderr ?? ''))
-    ? bbError('INVALID_OPTIONS', `${path} is encrypted to ${(info.recipients ?? []).join(', ')}, and gpg on this host has none of their secret keys`, 'import one of those secret keys here (gpg --import), or restore on the host that has it', e.details)
-    : e
+/**
+ * Why gpg here could not decrypt a file when it says "No secret key": none of the recipients'
+ * secret keys is here, or one is, locked by a passphrase that gpg, without prompts, could not ask for.
+ */
+const secretKeyHere = async (here: Transport, info: RawInfo): Promise<boolean> => {
+  for (const recipient of info.recipients ?? []) {
+    const listed = await here.exec([...GPG, '--with-colons', '--list-secret-keys', '--', recipient])
+    if (listed.isOk() && listed.value.exitCode === 0 && /^sec:/m.test(listed.value.stdout)) return true
+  }
+  return false
+}
+
+/**
+ * Why gpg here could not decrypt an encrypted stream, when that is why its read failed (gpg said
+ * "No secret key"); undefined for any other failure.
+ */
+const whyUndecryptable = async (e: BbError, info: RawInfo, here: Transport | undefined): Promise<{ readonly reason: string; readonly hint: string } | undefined> => {
+  if (info.encrypt === undefined || here === undefined || !NO_SECRET_KEY.test(String(e.details?.stderr ?? ''))) return undefined
+  const to = (info.recipients ?? []).join(', ')
+  return await secretKeyHere(here, info)
+    ? { reason: `the secret key of ${to} is here but locked, and gpg runs without prompts`, hint: 'unlock the key in gpg-agent first (gpg -d of any file encrypted to it asks for the passphrase), then run again' }
+    : { reason: `gpg on this host has no secret key of ${to}`, hint: 'import one of those secret keys here (gpg --import), or do this on the host that has it' }
+}
+
+/** How a stream travels: ciphertext does not compress, so an encrypted one goes as it is (compressed before gpg, if at all), at the rate limit. */
+const wayOf = (planned: StreamWay, encrypted: boolean): StreamWay => (!encrypted ? planned : planned.rateLimit === undefined ? {} : { rateLimit: planned.rateLimit })
 
 /** Where gpg runs: this host, as the source or the target of the stream (the other may be anywhere). */
 const hereOf = (a: Transport, b: Transport): Transport | undefined => [a, b].find((t) => t.location.kind === 'local')
@@ -164,15 +185,21 @@ export const rawStore = (deps: RawDeps) => {
   const privately = (argv: readonly string[]): string[] => ['sh', '-c', 'umask 077 && exec "$@"', 'sh', ...argv]
   /** the writer at the target; an encrypted stream was compressed before gpg, on this host (ciphertext does not compress) */
   const writerArgv = (path: string): string[] => (compress === 'zstd' && encryption === undefined ? ['zstd', '-q', '-T0', '-o', path] : ['dd', `of=${path}`, 'bs=1M', 'status=none'])
-  /** what the stream passes through on this host on its way to the target */
-  const writeFilters = (): (readonly string[])[] => (encryption === undefined ? [] : [...(compress === 'zstd' ? [ZSTD_COMPRESS] : []), gpgEncryptArgv(encryption)])
+  /** what the stream of `snapshot` passes through on this host on its way to the target */
+  const writeFilters = (snapshot: string): Omit<StreamFilter, 'at'>[] => (encryption === undefined ? [] : [
+    ...(compress === 'zstd' ? [{ argv: ZSTD_COMPRESS, what: `zstd compressing the stream of ${snapshot}` }] : []),
+    { argv: gpgEncryptArgv(encryption), what: `gpg encrypting the stream of ${snapshot}` },
+  ])
   const readerArgv = (info: RawInfo, path: string): string[] => (info.compress === 'zstd' && info.encrypt === undefined ? ['zstd', '-dcq', '--', path] : ['cat', '--', path])
   /** and on its way back: decrypted on this host, then decompressed */
-  const readFilters = (info: RawInfo): (readonly string[])[] => (info.encrypt === undefined ? [] : [GPG_DECRYPT, ...(info.compress === 'zstd' ? [ZSTD_DECOMPRESS] : [])])
-  const filtersAt = (here: Transport | undefined, argvs: readonly (readonly string[])[], what: string): Result<StreamFilter[], BbError> => {
-    if (argvs.length === 0) return ok([])
+  const readFilters = (info: RawInfo): Omit<StreamFilter, 'at'>[] => (info.encrypt === undefined ? [] : [
+    { argv: GPG_DECRYPT, what: `gpg decrypting ${info.file}` },
+    ...(info.compress === 'zstd' ? [{ argv: ZSTD_DECOMPRESS, what: `zstd decompressing ${info.file}` }] : []),
+  ])
+  const filtersAt = (here: Transport | undefined, filters: readonly Omit<StreamFilter, 'at'>[]): Result<StreamFilter[], BbError> => {
+    if (filters.length === 0) return ok([])
     if (here === undefined) return err(NOT_HERE())
-    return ok(argvs.map((argv) => ({ at: here, argv, what: `${argv[0] === 'gpg' ? 'gpg' : 'zstd'} ${what}` })))
+    return ok(filters.map((f) => ({ ...f, at: here })))
   }
   /** a pipeline as the report shows it, the filters on this host in the middle */
   const shownWith = (first: readonly string[], filters: readonly StreamFilter[], last: readonly string[], way: StreamWay): string[] =>
@@ -292,11 +319,10 @@ export const rawStore = (deps: RawDeps) => {
     if (flags.isErr()) return err(flags.error)
     const sendArgv = ['btrfs', 'send', '-q', ...flags.value, ...(parent === undefined ? [] : ['-p', parent.path]), sent.path]
     const writer = privately(writerArgv(part))
-    const filters = filtersAt(hereOf(source, target), writeFilters(), `encrypting the stream of ${snapshot}`)
+    const filters = filtersAt(hereOf(source, target), writeFilters(snapshot))
     if (filters.isErr()) return err(filters.error)
     const planned = await deps.planStream(source, target, signal)
-    // ciphertext does not compress: an encrypted stream travels as it is (compressed before gpg, if at all)
-    const way: StreamWay = encryption === undefined ? planned : planned.rateLimit === undefined ? {} : { rateLimit: planned.rateLimit }
+    const way = wayOf(planned, encryption !== undefined)
     if (encryption === undefined) warnings.push(...planned.warnings)
     const commands: string[][] = [shownWith(sendArgv, filters.value, writer, way), ['sync', '--', part], ['sha256sum', '--', part], ['mv', part, final], ['write', `${final}.info`]]
     const mode = parent === undefined ? 'full' as const : 'incremental' as const
@@ -423,15 +449,14 @@ export const rawStore = (deps: RawDeps) => {
     const landing = join(dest, snapshot.name)
     const intermediates = chain.value.slice(0, -1).map((i) => join(dest, i.snapshot))
     const here = hereOf(from, to)
-    const filtersOf = (info: RawInfo): Result<StreamFilter[], BbError> => filtersAt(here, readFilters(info), `decrypting ${info.file}`)
+    const filtersOf = (info: RawInfo): Result<StreamFilter[], BbError> => filtersAt(here, readFilters(info))
     for (const info of chain.value) {
       const f = filtersOf(info)
       if (f.isErr()) return err(f.error)
     }
     const planned = await deps.planStream(from, to, signal)
-    const wayOf = (info: RawInfo): StreamWay => (info.encrypt === undefined ? planned : planned.rateLimit === undefined ? {} : { rateLimit: planned.rateLimit })
     const commands: string[][] = [
-      ...chain.value.map((i) => shownWith(readerArgv(i, join(from.location.path, i.file)), filtersOf(i).unwrapOr([]), receiveArgv, wayOf(i))),
+      ...chain.value.map((i) => shownWith(readerArgv(i, join(from.location.path, i.file)), filtersOf(i).unwrapOr([]), receiveArgv, wayOf(planned, i.encrypt !== undefined))),
       ...(intermediates.length === 0 ? [] : [['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]]),
       ...(input.writable === true ? [writableArgv(landing)] : []),
     ]
@@ -448,13 +473,15 @@ export const rawStore = (deps: RawDeps) => {
       const path = join(from.location.path, info.file)
       const reader = readerArgv(info, path)
       const [r] = await sendReceive({
-        source: from, sendArgv: reader, sendWhat: `reading ${path}`, filters: filtersOf(info).unwrapOr([]), receivers: [{ target: to, receiveArgv }], signal, stallMs: deps.stallMs, way: wayOf(info), onBytes: () => undefined,
+        source: from, sendArgv: reader, sendWhat: `reading ${path}`, filters: filtersOf(info).unwrapOr([]), receivers: [{ target: to, receiveArgv }], signal, stallMs: deps.stallMs, way: wayOf(planned, info.encrypt !== undefined), onBytes: () => undefined,
       })
       const landed = join(dest, info.snapshot)
       if (r === undefined || r.isErr()) {
         await deps.removeGarbled(to, landed)
         await undo()
-        return err(r === undefined ? bbError('COMMAND_FAILED', `receiving ${path} gave no result`, 'run again') : undecryptable(r.error, info, path))
+        if (r === undefined) return err(bbError('COMMAND_FAILED', `receiving ${path} gave no result`, 'run again'))
+        const why = await whyUndecryptable(r.error, info, here)
+        return err(why === undefined ? r.error : bbError('INVALID_OPTIONS', `${path} is encrypted: ${why.reason}`, why.hint, r.error.details))
       }
       received.push(landed)
     }
@@ -493,16 +520,17 @@ export const rawStore = (deps: RawDeps) => {
     if (hashed.isErr()) return err(hashed.error)
     if (hashed.value !== info.value.sha256) differences.push(`${snapshot.path}: sha256 ${hashed.value}, the sidecar says ${info.value.sha256}`)
     const notes = ['checked: size and sha256 against the sidecar, the stream\'s own checksums (btrfs receive --dump), the chain of parents; the content is not compared with the source']
-    const filters = filtersAt(hereOf(target, input.source), readFilters(info.value), `decrypting ${file}`)
+    const filters = filtersAt(hereOf(target, input.source), readFilters(info.value))
     if (filters.isErr()) return err(filters.error)
     const [dumped] = await sendReceive({
       source: target, sendArgv: readerArgv(info.value, snapshot.path), sendWhat: `reading ${snapshot.path}`, filters: filters.value,
       receivers: [{ target: input.source, receiveArgv: ['btrfs', 'receive', '--dump'], what: `checking the stream of ${snapshot.path}` }], signal, stallMs: deps.stallMs,
-      way: info.value.encrypt === undefined ? await deps.planStream(target, input.source, signal) : {}, onBytes: () => undefined,
+      way: wayOf(await deps.planStream(target, input.source, signal), info.value.encrypt !== undefined), onBytes: () => undefined,
     })
-    if (dumped !== undefined && dumped.isErr() && info.value.encrypt !== undefined && NO_SECRET_KEY.test(String(dumped.error.details?.stderr ?? ''))) {
+    const why = dumped !== undefined && dumped.isErr() ? await whyUndecryptable(dumped.error, info.value, filters.value[0]?.at) : undefined
+    if (why !== undefined) {
       // a host that backs up holds the public keys only: what it can check without decrypting, it did
-      notes[0] = `checked: size and sha256 against the sidecar, the chain of parents; not the stream's own checksums: gpg here has no secret key of ${(info.value.recipients ?? []).join(', ')} to decrypt it (verify where the key is for that)`
+      notes[0] = `checked: size and sha256 against the sidecar, the chain of parents; not the stream's own checksums: ${why.reason} (${why.hint})`
     } else if (dumped === undefined || dumped.isErr()) {
       const stderr = String(dumped?.error.details?.stderr ?? dumped?.error.message ?? '')
       const said = stderr.split('\n').map((l) => l.replace(/^ERROR:\s*/, '').trim()).filter((l) => l !== '').join('; ')
