@@ -89,7 +89,8 @@ export const detectBackupDriver = async (target: Transport): Promise<{ readonly 
   const dir = target.location.path
   if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return { driver: 'rsync', raw: false }
   const entries = (await target.list(dir)).unwrapOr([])
-  if (entries.some((e) => e.kind === 'file' && /\.btrfs(\.zst)?(\.gpg)?\.info$/.test(e.name))) return { driver: 'btrfs', raw: true }
+  const { isRawSidecar } = await import('@bb/drivers/btrfs')
+  if (entries.some((e) => e.kind === 'file' && isRawSidecar(e.name))) return { driver: 'btrfs', raw: true }
   for (const e of entries) {
     if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
     if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return { driver: 'btrfs', raw: false }

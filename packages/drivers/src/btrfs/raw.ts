@@ -80,6 +80,9 @@ export interface RawDeps {
 const STREAM = /^(.+)\.btrfs(\.zst)?(\.gpg)?$/
 const PART = /^(.+)\.btrfs(\.zst)?(\.gpg)?\.part$/
 
+/** Whether a file name is a raw target's sidecar (`NAME.btrfs[.zst][.gpg].info`): what tells a directory of stream files. */
+export const isRawSidecar = (name: string): boolean => name.endsWith('.info') && STREAM.test(name.slice(0, -'.info'.length))
+
 /** gpg without prompts: a secret key with a passphrase must be unlocked in gpg-agent beforehand */
 const GPG = ['gpg', '--batch', '--no-tty', '--quiet']
 const gpgKeyring = (e: RawEncryption): string[] => (e.keyring === undefined ? [] : ['--no-default-keyring', '--keyring', e.keyring])
@@ -520,14 +523,15 @@ export const rawStore = (deps: RawDeps) => {
     if (hashed.isErr()) return err(hashed.error)
     if (hashed.value !== info.value.sha256) differences.push(`${snapshot.path}: sha256 ${hashed.value}, the sidecar says ${info.value.sha256}`)
     const notes = ['checked: size and sha256 against the sidecar, the stream\'s own checksums (btrfs receive --dump), the chain of parents; the content is not compared with the source']
-    const filters = filtersAt(hereOf(target, input.source), readFilters(info.value))
+    const here = hereOf(target, input.source)
+    const filters = filtersAt(here, readFilters(info.value))
     if (filters.isErr()) return err(filters.error)
     const [dumped] = await sendReceive({
       source: target, sendArgv: readerArgv(info.value, snapshot.path), sendWhat: `reading ${snapshot.path}`, filters: filters.value,
       receivers: [{ target: input.source, receiveArgv: ['btrfs', 'receive', '--dump'], what: `checking the stream of ${snapshot.path}` }], signal, stallMs: deps.stallMs,
       way: wayOf(await deps.planStream(target, input.source, signal), info.value.encrypt !== undefined), onBytes: () => undefined,
     })
-    const why = dumped !== undefined && dumped.isErr() ? await whyUndecryptable(dumped.error, info.value, filters.value[0]?.at) : undefined
+    const why = dumped !== undefined && dumped.isErr() ? await whyUndecryptable(dumped.error, info.value, here) : undefined
     if (why !== undefined) {
       // a host that backs up holds the public keys only: what it can check without decrypting, it did
       notes[0] = `checked: size and sha256 against the sidecar, the chain of parents; not the stream's own checksums: ${why.reason} (${why.hint})`
