@@ -122,7 +122,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     await waitFor(async () => {
       stopped = descendantsOf(process.pid).find((pid) => {
         try {
-          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').includes(`receive ${targetB}`)
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').includes(`receive -e ${targetB}`)
         } catch {
           return false
         }
@@ -165,7 +165,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     // bbackup, btrfs send and btrfs receive at once, as a power cut would
     process.kill(-child.pid!, 'SIGKILL')
     expect((await done).signal).toBe('SIGKILL')
-    await waitFor(async () => { try { execFileSync('pgrep', ['-f', `btrfs receive ${targetA}`]); return false } catch { return true } }, 10_000)
+    await waitFor(async () => { try { execFileSync('pgrep', ['-f', `btrfs receive -e ${targetA}`]); return false } catch { return true } }, 10_000)
 
     const garbled = show(partial)
     expect(garbled.readOnly).toBe(false)

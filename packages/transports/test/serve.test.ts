@@ -1,10 +1,11 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import { serveLine } from '../src/ssh/quote.js'
-import { SERVE } from '../src/ssh/remote-protocol.js'
+import { SERVE, STREAM_WRAPPER } from '../src/ssh/remote-protocol.js'
 import { commandServer } from '../src/ssh/serve.js'
 
 /** the command server in a local sh, as the master connection's command runs it on the host; `before` runs first (a chatty login script) */
@@ -87,5 +88,86 @@ describe('the command server', () => {
     child.stdin.end()
     await new Promise((resolve) => child.once('close', resolve))
     expect(existsSync(path)).toBe(false)
+  })
+})
+
+/** writes `bytes` into `to` from a process of its own, as btrfs send does: through the fd, not through JavaScript */
+const writeFrom = (to: NodeJS.WritableStream, bytes: string): Promise<number | null> => {
+  const writer = spawn('printf', ['%s', bytes], { stdio: ['ignore', to as never, 'ignore'] })
+  return new Promise((resolve) => writer.once('close', resolve))
+}
+
+describe('stream requests', () => {
+  const dirs: string[] = []
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
+  })
+  const scratch = () => {
+    const d = mkdtempSync(join(tmpdir(), 'bbackup-serve-test-'))
+    dirs.push(d)
+    return d
+  }
+
+  it('hands the stream after its line to a command that stops at its end; its pid comes first; requests made meanwhile wait, then run', async () => {
+    const { server } = startServer()
+    expect(await server.started).toBe(true)
+    expect(server.streams).toBe(true)
+    let pid: string | undefined
+    // head -c 10 reads exactly the ten bytes of the stream, as btrfs receive -e reads to its end marker
+    const taken = server.stream(line(['sh', '-c', STREAM_WRAPPER, 'sh', 'head', '-c', '10']), (p) => {
+      pid = p
+    })
+    expect(taken).toBeDefined()
+    // a second stream cannot go on the same channel while this one does
+    expect(server.stream(line(['true']), () => undefined)).toBeUndefined()
+    const meanwhile = server.run(line(['echo', 'after']))
+    expect(await writeFrom(taken?.stdin as NodeJS.WritableStream, '0123456789')).toBe(0)
+    expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: '0123456789', stderr: '' })
+    expect(pid).toMatch(/^\d+$/)
+    expect(await meanwhile).toEqual({ kind: 'done', exitCode: 0, stdout: 'after\n', stderr: '' })
+    // the channel goes on: another stream, another request
+    const again = server.stream(line(['head', '-c', '3']), () => undefined)
+    expect(await writeFrom(again?.stdin as NodeJS.WritableStream, 'abc')).toBe(0)
+    expect(await again?.result).toEqual({ kind: 'done', exitCode: 0, stdout: 'abc', stderr: '' })
+    expect(await server.run(line(['echo', 'still']))).toEqual({ kind: 'done', exitCode: 0, stdout: 'still\n', stderr: '' })
+  })
+
+  it('ends when the stream command fails: the rest of the stream is never run as a request, and the requests that waited come back unsent', async () => {
+    const dir = scratch()
+    const marker = join(dir, 'pwned')
+    const { child, server } = startServer()
+    expect(await server.started).toBe(true)
+    const taken = server.stream(line(['sh', '-c', 'head -c 3 >/dev/null; exit 1']), () => undefined)
+    const waited = server.run(line(['echo', 'after']))
+    // what follows the three bytes read looks like a request
+    await writeFrom(taken?.stdin as NodeJS.WritableStream, `abc\ntouch ${marker}\ntouch ${marker}\n`)
+    expect(await taken?.result).toEqual({ kind: 'done', exitCode: 1, stdout: '', stderr: '' })
+    expect(await waited).toEqual({ kind: 'unsent' })
+    expect(await server.run(line(['true']))).toEqual({ kind: 'unsent' })
+    await new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
+    expect(existsSync(marker)).toBe(false)
+  })
+
+  it('ends when a stream command that succeeded left bytes unread: the line after it must be the token', async () => {
+    const dir = scratch()
+    const marker = join(dir, 'pwned')
+    const { child, server } = startServer()
+    expect(await server.started).toBe(true)
+    const taken = server.stream(line(['head', '-c', '3']), () => undefined)
+    await writeFrom(taken?.stdin as NodeJS.WritableStream, `abc touch ${marker}\n`)
+    expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: 'abc', stderr: '' })
+    const next = await server.run(line(['touch', marker]))
+    expect(next).toEqual({ kind: 'lost' })
+    await new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
+    expect(existsSync(marker)).toBe(false)
+  })
+
+  it('takes no stream where the server does not say it can (bbackup-remote answers requests only)', async () => {
+    const child = spawn('sh', ['-c', 'echo bbackup-serve:1; cat >/dev/null'])
+    started.push(child)
+    const server = commandServer(child.stdin, child.stdout, 10_000)
+    expect(await server.started).toBe(true)
+    expect(server.streams).toBe(false)
+    expect(server.stream(line(['head', '-c', '1']), () => undefined)).toBeUndefined()
   })
 })

@@ -66,6 +66,13 @@ export interface SpawnOptions {
   readonly compressStdout?: 'zstd'
   /** the other end of {@link compressStdout}: stdin is decompressed on the command's host before it reads it */
   readonly decompressStdin?: 'zstd'
+  /**
+   * The command reads its stdin only up to its input's own end and stops there (`btrfs receive -e`
+   * at the stream's end marker): a transport may carry that stdin on a channel it goes on using
+   * after it (ssh: the master connection's own session, no second login). Its `stdin` may then stay
+   * open when the writer is done, so a writer that fails must be stopped with the command.
+   */
+  readonly selfDelimited?: boolean
 }
 
 export interface EntryStat {
@@ -149,8 +156,10 @@ export interface Transport {
    * Says that a spawn will follow soon whose stdin is a pipe and whose stdout is discarded (a
    * receive): a transport to another host opens that session now, so that the login there runs
    * while other work goes on, and the spawn takes it. Optional; a session nobody takes ends with the run.
+   * `selfDelimited`: the spawn will be {@link SpawnOptions.selfDelimited}, which a connection that is
+   * open anyway may take instead.
    */
-  prepareSpawn?(): void
+  prepareSpawn?(options?: { readonly selfDelimited?: boolean }): void
   /** The file's text, or undefined when it does not exist. */
   readFile(path: string): ResultAsync<string | undefined, TransportError>
   /** Writes a small file so that a crash leaves the old content or the new, never a torn one. */

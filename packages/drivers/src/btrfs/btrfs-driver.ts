@@ -59,6 +59,13 @@ const atLeast = (v: readonly [number, number], min: readonly [number, number]): 
 const signalOpt = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
 
 /**
+ * `btrfs receive -e DIR`: it ends at the stream's end marker instead of at the end of its stdin
+ * (btrfs-progs reads the stream exactly, never past that marker), so an ssh target can carry the
+ * stream in the connection's own session and go on with the next command after it.
+ */
+const receiving = (dir: string): string[] => ['btrfs', 'receive', '-e', dir]
+
+/**
  * btrfs snapshots with send/receive: the source subvolume is snapshotted read-only into its
  * snapshot folder, and each snapshot is sent to the targets, incrementally against the newest
  * snapshot both sides hold. A backup is identified by its received uuid, never by its name; a
@@ -165,7 +172,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
       if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
       // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
-      if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.()
+      if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.({ selfDelimited: options.streamCompress !== 'zstd' })
       // on another host the version and the target's directory in one round trip
       return probeRemoteTarget(t, signal)
     }
@@ -341,7 +348,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
     const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
-    const receiveArgv = (t: Transport): string[] => ['btrfs', 'receive', t.location.path]
+    const receiveArgv = (t: Transport): string[] => receiving(t.location.path)
     // one target: its own way (compressed, limited); several share a stream on this host, at the limit alone
     const [one] = targets
     const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : limited
@@ -365,7 +372,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }))
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
-      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target) })), signal, stallMs, way,
+      source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target), selfDelimited: true })), signal, stallMs, way,
       onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
     })
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
@@ -403,7 +410,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
       how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
-      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: ['btrfs', 'receive', dir] }], signal, stallMs, way: how.way,
+      const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: receiving(dir), selfDelimited: true }], signal, stallMs, way: how.way,
         onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
       result = again[0] ?? result
     }
@@ -500,7 +507,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (input.subpath !== '') return restorePath(input)
     const landing = join(dest, snapshot.name)
     const writable = `${landing}.writable`
-    const receiveArgv = ['btrfs', 'receive', dest]
+    const receiveArgv = receiving(dest)
     const sendArgv = ['btrfs', 'send', '-q', snapshot.path]
     const way = await planStream(from, to, signal)
     const commands: string[][] = [shown(sendArgv, receiveArgv, way), ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
@@ -511,7 +518,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (made.isErr()) return err(made.error)
     const probed = await probeTarget(to)
     if (probed.isErr()) return err(probed.error)
-    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv }], signal, stallMs, way, onBytes: () => undefined }))[0], 'the result of a receive')
+    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv, selfDelimited: true }], signal, stallMs, way, onBytes: () => undefined }))[0], 'the result of a receive')
     if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)
       return err(ran.error)

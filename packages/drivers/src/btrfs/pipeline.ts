@@ -7,7 +7,14 @@ export interface SendReceiveInput {
   readonly source: Transport
   readonly sendArgv: readonly string[]
   /** one receiver per target; with several, the one stream feeds them all */
-  readonly receivers: readonly { readonly target: Transport; readonly receiveArgv: readonly string[]; /** names it in errors (default: btrfs receive into …) */ readonly what?: string }[]
+  readonly receivers: readonly {
+    readonly target: Transport
+    readonly receiveArgv: readonly string[]
+    /** names it in errors (default: btrfs receive into …) */
+    readonly what?: string
+    /** it stops reading at the stream's end by itself (`btrfs receive -e`): see SpawnOptions.selfDelimited */
+    readonly selfDelimited?: boolean
+  }[]
   /** names the sender in errors (default: btrfs send …) */
   readonly sendWhat?: string
   readonly signal: AbortSignal | undefined
@@ -198,10 +205,25 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const [only] = input.receivers
   const filterSpecs = input.filters ?? []
   const receiverFirst = single && only !== undefined && filterSpecs.length === 0 && receiverStartsFirst(input.source, input.way?.rateLimit)
-  const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing }) : undefined
+  const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing, ...(only.selfDelimited === true ? { selfDelimited: true } : {}) }) : undefined
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
+  if (firstReceiver?.stdin !== undefined) {
+    // the receiver's stdin may be a channel that stays open (selfDelimited): a sender that fails does
+    // not end it, and a receiver that fails does not break it, so each stops the other (the sender
+    // as its pipe breaking would: the receiver's error is the one reported)
+    let sending = true
+    let receiving = true
+    void send.done.then((r) => {
+      sending = false
+      if (failed(r) && receiving) firstReceiver.kill('SIGTERM')
+    })
+    void firstReceiver.done.then((r) => {
+      receiving = false
+      if (failed(r) && sending) send.kill('SIGPIPE')
+    })
+  }
   // the filters, each reading the one before (a stage that did not start gives the next an empty stream)
   const filters: RunningCommand[] = []
   let stream = send.stdout

@@ -113,9 +113,18 @@ const outcome = (argv: readonly string[], how: {
 }
 
 /**
+ * Marks the stdin of a {@link SpawnOptions.selfDelimited} command that is a channel its transport
+ * goes on using (the ssh master's own session): a writer handed it leaves the parent's copy open.
+ */
+export const SHARED_CHANNEL: unique symbol = Symbol('bbackup.sharedChannel')
+
+const shared = (stream: object): boolean => (stream as { [SHARED_CHANNEL]?: boolean })[SHARED_CHANNEL] === true
+
+/**
  * Starts argv with pipes for stdin and stdout that other commands take over (`btrfs send | btrfs
  * receive` without a shell and without copying through JavaScript). The parent's copy of a pipe it
- * hands on is closed at once, so that a reader that dies gives its writer SIGPIPE.
+ * hands on is closed at once, so that a reader that dies gives its writer SIGPIPE (not a
+ * {@link SHARED_CHANNEL}'s: its reader stops at its input's end by itself).
  */
 export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}, hooks: { readonly onStderr?: (chunk: string) => void } = {}): RunningCommand => {
   const [file, ...args] = argv
@@ -128,7 +137,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
   const stdout = options.stdout === 'pipe' ? 'pipe' : options.stdout === 'ignore' || options.stdout === undefined ? 'ignore' : options.stdout
   const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe'] })
   if (typeof options.stdin === 'object') options.stdin.destroy()
-  if (typeof options.stdout === 'object') options.stdout.destroy()
+  if (typeof options.stdout === 'object' && !shared(options.stdout)) options.stdout.destroy()
   return runningCommand(child, argv, options, hooks)
 }
 

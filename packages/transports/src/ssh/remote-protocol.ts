@@ -45,8 +45,31 @@ export const SCRIPTS = {
   each: 'while [ "$#" -gt 0 ]; do n=$1; shift; c=; i=1; while [ "$i" -le "$n" ]; do c="$c \\"\\${$i}\\""; i=$((i + 1)); done; o=$(eval "$c" 2>&1); s=$?; printf "%s\\n%s\\n\\036\\n" "$s" "$o"; shift "$n"; done',
 } as const
 
-/** the first line the command server prints once it is ready (anything a login script printed before it is skipped) */
+/**
+ * The first line the command server prints once it is ready (anything a login script printed before
+ * it is skipped). bbackup-remote's own server says this one: it runs request lines only.
+ */
 export const SERVE_BANNER = 'bbackup-serve:1'
+/** what {@link SERVE} says instead: it also takes a stream request ({@link STREAM_TAG}) */
+export const SERVE_STREAMS_BANNER = 'bbackup-serve:2'
+
+/**
+ * A request line that starts with this, a token and a space is a stream request: its command reads
+ * the session's stdin itself, where the stream follows the line, and must stop exactly at the
+ * stream's end (`btrfs receive -e` stops at the end marker). The server answers as for any request;
+ * after a command that failed it ends (the rest of the stream would follow, never to be read as a
+ * request), and after one that succeeded it reads the next line only if that line is the token
+ * again, which the client writes once it has the answer: anything else (bytes of a stream that was
+ * not read to its end) ends the server too.
+ */
+export const STREAM_TAG = 'bbackup-stream:'
+
+/**
+ * Run as `sh -c STREAM_WRAPPER sh ARGV...` as a stream request: says its pid on the server's own
+ * stdout (fd 4, which the server gives a stream request only) at once, before the answer, then
+ * becomes the command (same pid), so that a kill can stop it while it runs.
+ */
+export const STREAM_WRAPPER = `echo "${PID_TAG}$$" >&4; exec "$@"`
 
 /**
  * The command server: run as the master connection's own command (`sh -c SERVE sh`), it runs the
@@ -54,12 +77,14 @@ export const SERVE_BANNER = 'bbackup-serve:1'
  * channel instead of a new session and a login shell. A request is one line: a command quoted by
  * `remoteCommand` in which each newline (only ever inside single quotes) is written `'"$n"'`
  * (see `serveLine`); `eval` sees exactly what the login shell would see from ssh. The command's
- * stdin is /dev/null, its stdout and stderr go to files in a private temporary directory; the
- * answer is a line `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory
- * when its stdin ends (the connection closes). The program has no line break of its own (a csh
- * login shell could not pass one through its quotes): `$n` is made by printf.
+ * stdin is /dev/null (a stream request's: the session's stdin, see {@link STREAM_TAG}), its stdout
+ * and stderr go to files in a private temporary directory; the answer is a line
+ * `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory when its stdin ends
+ * (the connection closes). sh's `read` takes a pipe's bytes one at a time, so a request line is
+ * read to its newline and no further. The program has no line break of its own (a csh login shell
+ * could not pass one through its quotes): `$n` is made by printf.
  */
-export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; echo "${SERVE_BANNER}"; while IFS= read -r l; do { eval "$l"; } </dev/null >"$d/o" 2>"$d/e"; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; done`
+export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-;; esac; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
 
 /**
  * A session opened ahead of its command, so that its login runs while other work goes on: run as

@@ -1,12 +1,18 @@
+import { randomBytes } from 'node:crypto'
 import type { Readable, Writable } from 'node:stream'
 import { stderrTail } from '@bb/core'
-import { SERVE_BANNER } from './remote-protocol.js'
+import { PID_TAG, STREAM_TAG } from './remote-protocol.js'
 
-/** How one command on the server ended; `lost`: the server went away before it answered. */
+/**
+ * How one command on the server ended; `lost`: the server went away before it answered; `unsent`:
+ * it ended before the request was written (it waited behind a stream): nothing of it ran, it may go
+ * by a session of its own.
+ */
 export type ServedResult =
   | { readonly kind: 'done'; readonly exitCode: number; readonly stdout: string; readonly stderr: string }
   | { readonly kind: 'lost' }
   | { readonly kind: 'cancelled' }
+  | { readonly kind: 'unsent' }
 
 /** The client side of the command server (remote-protocol's `SERVE`) on one master connection. */
 export interface CommandServer {
@@ -14,17 +20,32 @@ export interface CommandServer {
   readonly alive: boolean
   /** true once the server said its banner; false when its output ended (or `limitMs` passed) first */
   readonly started: Promise<boolean>
+  /** it said (in its banner) that it takes stream requests: bbackup's own sh server does, bbackup-remote's does not */
+  readonly streams: boolean
   /** sends one request line (from `serveLine`); answers come in the order the requests went */
   run(line: string, signal?: AbortSignal): Promise<ServedResult>
+  /**
+   * Sends a stream request (remote-protocol's `STREAM_TAG`) for a command that reads the stream
+   * after its line and stops at its end: the stream's writer gets `stdin` (the connection's own,
+   * which stays open: the requests after it follow the stream). `onPid` hears the pid the command
+   * says as it starts. Requests made meanwhile wait, and are written once it has answered. None
+   * when this server takes no streams (bbackup-remote's), has ended, or carries a stream already.
+   */
+  stream(line: string, onPid: (pid: string) => void): { readonly stdin: Writable; readonly result: Promise<ServedResult> } | undefined
 }
 
 interface Waiting {
   readonly resolve: (result: ServedResult) => void
   /** its caller gave up (cancelled): the answer is still read, and dropped */
   settled: boolean
+  /** a stream request's: the pid line before its answer is for it */
+  readonly onPid?: (pid: string) => void
 }
 
-const BANNER = Buffer.from(`${SERVE_BANNER}\n`)
+/** `bbackup-serve:VERSION`: 1 runs requests, 2 also takes streams */
+const BANNER = /bbackup-serve:(\d+)\n/
+const BANNER_PREFIX = Buffer.from('bbackup-serve:')
+const PID_LINE = Buffer.from(PID_TAG)
 /** the most stdout kept of one command, as for a local one */
 const STDOUT_LIMIT = 16 * 1024 * 1024
 
@@ -36,7 +57,12 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
   const queue: Waiting[] = []
   let buffer: Buffer = Buffer.alloc(0)
   let banner = false
+  let streams = false
   let ended = false
+  /** a stream is on its way: the lines of later requests wait here, unwritten */
+  let held: { readonly line: string; readonly waiting: Waiting }[] | undefined
+  /** the server ends (a stream command failed): later requests are not written */
+  let ending = false
   let announce: (up: boolean) => void = () => undefined
   const started = new Promise<boolean>((resolve) => {
     announce = resolve
@@ -51,22 +77,45 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     waiting.resolve(result)
   }
 
+  /** the requests that waited behind a stream: written now, or (the server ends) never */
+  const release = (write: boolean): void => {
+    const waited = held ?? []
+    held = undefined
+    for (const { line, waiting } of waited) {
+      if (write) {
+        queue.push(waiting)
+        stdin.write(`${line}\n`)
+      } else if (!waiting.settled) {
+        waiting.settled = true
+        waiting.resolve({ kind: 'unsent' })
+      }
+    }
+  }
+
   const parse = (): void => {
     if (!banner) {
       // a login script may print before the server starts: everything up to the banner is skipped
-      const at = buffer.indexOf(BANNER)
-      if (at < 0) {
-        buffer = buffer.subarray(Math.max(0, buffer.length - BANNER.length))
+      const found = BANNER.exec(buffer.toString('latin1'))
+      if (found === null) {
+        const partial = buffer.lastIndexOf(BANNER_PREFIX)
+        buffer = buffer.subarray(partial >= 0 ? partial : Math.max(0, buffer.length - BANNER_PREFIX.length))
         return
       }
-      buffer = buffer.subarray(at + BANNER.length)
+      buffer = buffer.subarray(found.index + found[0].length)
       banner = true
+      streams = Number(found[1]) >= 2
       clearTimeout(timer)
       announce(true)
     }
     for (;;) {
       const nl = buffer.indexOf(10)
       if (nl < 0) return
+      if (buffer.subarray(0, PID_LINE.length).equals(PID_LINE)) {
+        // a stream command says its pid before its answer
+        queue[0]?.onPid?.(buffer.subarray(PID_LINE.length, nl).toString('latin1'))
+        buffer = buffer.subarray(nl + 1)
+        continue
+      }
       const [status, outBytes, errBytes] = buffer.subarray(0, nl).toString('latin1').split(' ').map(Number)
       const out = outBytes ?? 0
       const error = errBytes ?? 0
@@ -92,6 +141,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     clearTimeout(timer)
     announce(false)
     while (queue.length > 0) answer({ kind: 'lost' })
+    release(false)
   }
   stdout.once('end', end)
   stdout.once('close', end)
@@ -99,21 +149,50 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
 
   return {
     started,
+    get streams() {
+      return streams
+    },
     get alive() {
       return !ended
     },
     run: (line, signal) => new Promise<ServedResult>((resolve) => {
+      if (ending) return resolve({ kind: 'unsent' })
       if (ended) return resolve({ kind: 'lost' })
       if (signal?.aborted === true) return resolve({ kind: 'cancelled' })
       const waiting: Waiting = { resolve, settled: false }
-      queue.push(waiting)
       signal?.addEventListener('abort', () => {
         if (waiting.settled) return
-        // the command runs on to its end on the host; its answer is read and dropped
+        // the command runs on to its end on the host; its answer is read and dropped (one never written is not)
         waiting.settled = true
         resolve({ kind: 'cancelled' })
       }, { once: true })
+      if (held !== undefined) {
+        held.push({ line, waiting })
+        return
+      }
+      queue.push(waiting)
       stdin.write(`${line}\n`)
     }),
+    stream: (line, onPid) => {
+      if (!streams || ended || ending || held !== undefined) return undefined
+      const token = `${STREAM_TAG}${randomBytes(12).toString('hex')}`
+      held = []
+      const result = new Promise<ServedResult>((resolve) => {
+        queue.push({ resolve, settled: false, onPid })
+        stdin.write(`${token} ${line}\n`)
+      }).then((r) => {
+        if (r.kind === 'done' && r.exitCode === 0) {
+          // the stream was read to its end: the token says so to the server, then the requests that waited
+          stdin.write(`${token}\n`)
+          release(true)
+        } else {
+          // the server ends without reading on (the rest of the stream is in its way)
+          ending = true
+          release(false)
+        }
+        return r
+      })
+      return { stdin, result }
+    },
   }
 }

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import type { Writable } from 'node:stream'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
@@ -62,9 +63,16 @@ export interface SshConnection {
   /**
    * Opens a session ahead of its command (remote-protocol's `AHEAD`) as soon as the master has
    * logged in, beside the command server's start; ended again on a host that refuses the server (a
-   * forced command other than bbackup-remote would refuse this too).
+   * forced command other than bbackup-remote would refuse this too). `unlessStreams`: for a command
+   * the server could take as a stream (`serveStream`), only once the server has said it cannot.
    */
-  openAhead(): void
+  openAhead(options?: { readonly unlessStreams?: boolean }): void
+  /**
+   * Runs one stream request line (`serveLine` of a command that stops reading at its stream's end)
+   * on the master's command server: the writer of the stream gets `stdin`, the master's own (no
+   * second session, no second login). Undefined when the server cannot take it now.
+   */
+  serveStream(line: string, onPid: (pid: string) => void): { readonly stdin: Writable; readonly result: Promise<ServedResult> } | undefined
   /**
    * The session opened ahead, if it still waits for its command line, with what it wrote on stderr
    * so far; its stdout is discarded. The taker writes the line first, then its stdin is the command's.
@@ -212,10 +220,12 @@ export const openSshSession = (): SshSession => {
     /** it is logged in (its socket answers), whether or not its command server has started yet */
     let loggedIn = false
     let aheadWanted = false
+    /** the session ahead is wanted only if the server turns out to take no streams */
+    let aheadUnlessStreams = false
 
     /** starts the session ahead when one is wanted, through a master that runs the command server (or is about to) */
     const startAhead = (): void => {
-      if (!aheadWanted || closed || serveRefused || !loggedIn || written.isErr()) return
+      if (!aheadWanted || aheadUnlessStreams || closed || serveRefused || !loggedIn || written.isErr()) return
       aheadWanted = false
       const child = spawn(program, [...base, '--', hostArg(location.host), AHEAD_COMMAND].slice(1), { stdio: ['pipe', 'ignore', 'pipe'] })
       child.once('error', () => undefined)
@@ -321,6 +331,12 @@ export const openSshSession = (): SshSession => {
       lastMaster = child
       // a server that has not started in time (a login script that hangs) is not waited for: commands get sessions
       server = started && served.alive ? served : undefined
+      if (aheadUnlessStreams) {
+        // a stream goes through the server that takes it; a session ahead only where it cannot
+        aheadUnlessStreams = false
+        if (server?.streams === true) aheadWanted = false
+        else startAhead()
+      }
       return ok(undefined)
     }
 
@@ -362,9 +378,14 @@ export const openSshSession = (): SshSession => {
       endpoint,
       options,
       serve: (line, signal) => (server?.alive === true ? server.run(line, signal) : undefined),
-      openAhead: () => {
+      serveStream: (line, onPid) => (server?.alive === true ? server.stream(line, onPid) : undefined),
+      openAhead: (wish = {}) => {
         if (ahead !== undefined) return
+        // the master is open (its server started, or not) once `master` is set
+        const open = master !== undefined && master.exitCode === null && master.signalCode === null
+        if (wish.unlessStreams === true && open && server?.streams === true) return
         aheadWanted = true
+        aheadUnlessStreams = wish.unlessStreams === true && !open
         // with the master up, now; else when it is (a failure to connect is reported to whoever waits for ready)
         if (loggedIn) startAhead()
         else void made.ready().then(() => undefined, () => undefined)

@@ -1,12 +1,16 @@
+import { constants } from 'node:os'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
 } from '@bb/core'
-import { CANCELLED_HINT, execCommand, runningCommand, spawnCommand } from '../local/exec.js'
+import { CANCELLED_HINT, execCommand, runningCommand, SHARED_CHANNEL, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
-import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from './remote-protocol.js'
+import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
+
+/** a signal's name by its number (SIGKILL for 9), undefined for none */
+const signalName = (n: number): string | undefined => Object.entries(constants.signals).find(([, v]) => v === n)?.[0]
 
 /** whole lines only (a chunk can end inside the number); a stream filter says a second pid after the wrapper's */
 const PID_LINES = new RegExp(`^${PID_TAG}(\\d+)\\n`, 'gm')
@@ -64,7 +68,9 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         // a short command with no input and no line reader goes to the master's command server, when it has one
         const served = viaServer && execOptions.input === undefined && execOptions.onStdoutLine === undefined ? serveLine([...sudo, ...argv]).map((line) => connection.serve(line, execOptions.signal)) : undefined
         if (served === undefined || served.isErr() || served.value === undefined) return execCommand(connection.command(remote.value), execOptions)
-        return ResultAsync.fromSafePromise(served.value).andThen((r): Result<CommandResult, TransportError> => {
+        return ResultAsync.fromSafePromise(served.value).andThen((r): ResultAsync<CommandResult, TransportError> | Result<CommandResult, TransportError> => {
+          // it waited behind a stream whose command failed, and the server ended: it never ran, and goes by a session of its own
+          if (r.kind === 'unsent') return execCommand(connection.command(remote.value), execOptions)
           if (r.kind === 'cancelled') return err(bbError('CANCELLED', `${argv[0] ?? 'a command'} on ${connection.endpoint.display} was cancelled`, CANCELLED_HINT, { argv: [...argv] }))
           // the server went away under it: as a session that ends without a status (classify asks whether the connection was lost)
           return ok(r.kind === 'lost' ? { argv, exitCode: 255, stdout: '', stderr: '' } : { argv, exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr })
@@ -80,7 +86,10 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * notice that its connection closed, and would stay behind.
    */
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
-    const { compressStdout, decompressStdin, ...plain } = spawnOptions
+    const { compressStdout, decompressStdin, selfDelimited, ...plain } = spawnOptions
+    // a plain command that stops at its stream's end goes through the master's own session, when its server takes streams
+    const streamed = selfDelimited === true && compressStdout === undefined && decompressStdin === undefined && sudo.length === 0 ? inServer(argv, plain) : undefined
+    if (streamed !== undefined) return streamed
     // the stream filters run on that host, around the command: the filter scripts of the remote protocol
     const filtered = [
       ...(decompressStdin === 'zstd' ? ['sh', '-c', FILTERS.decompressStdin, 'sh'] : []),
@@ -115,6 +124,63 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         )
       },
     }
+  }
+
+  /**
+   * A {@link SpawnOptions.selfDelimited} command as a stream request of the master's command server
+   * (remote-protocol's `STREAM_TAG`): its stdin is the master's own, marked {@link SHARED_CHANNEL} so
+   * that the writer handed it leaves it open for the requests after the stream. It says its pid as it
+   * starts; a kill before that waits for it. Undefined when the server cannot take it (none, not
+   * sh's, a stream on its way already) or the command does not fit (stdout wanted, stdin not a pipe).
+   */
+  const inServer = (argv: readonly string[], spawnOptions: Omit<SpawnOptions, 'compressStdout' | 'decompressStdin' | 'selfDelimited'>): RunningCommand | undefined => {
+    if (spawnOptions.stdin !== 'pipe' || (spawnOptions.stdout !== undefined && spawnOptions.stdout !== 'ignore')) return undefined
+    const line = serveLine(['sh', '-c', STREAM_WRAPPER, 'sh', ...argv])
+    if (line.isErr()) return undefined
+    let remotePid: string | undefined
+    let pendingKill: NodeJS.Signals | undefined
+    /** it answered: its pid may be another process's by now */
+    let finished = false
+    const killRemote = (pid: string, signal: NodeJS.Signals): void => {
+      // by a session of its own: the server is busy with this very command
+      void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', pid], {}, false).then(() => undefined, () => undefined)
+    }
+    const taken = connection.serveStream(line.value, (pid) => {
+      remotePid = pid
+      if (pendingKill !== undefined) killRemote(pid, pendingKill)
+    })
+    if (taken === undefined) return undefined
+    const stdin = Object.assign(taken.stdin, { [SHARED_CHANNEL]: true })
+    const abort = (): void => made.kill('SIGTERM')
+    spawnOptions.signal?.addEventListener('abort', abort, { once: true })
+    const done = ResultAsync.fromSafePromise(taken.result).andThen((r): ResultAsync<CommandResult, TransportError> => {
+      finished = true
+      spawnOptions.signal?.removeEventListener('abort', abort)
+      if (spawnOptions.signal?.aborted === true) return errAsync(bbError('CANCELLED', `${argv[0] ?? 'a command'} on ${connection.endpoint.display} was cancelled`, CANCELLED_HINT, { argv: [...argv] }))
+      const result: CommandResult = r.kind === 'done' ? { argv, exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr } : { argv, exitCode: 255, stdout: '', stderr: '' }
+      // the server's sh says 128 + N for a command that signal N ended
+      const signal = r.kind === 'done' && r.exitCode > 128 ? signalName(r.exitCode - 128) : undefined
+      if (signal !== undefined) {
+        const host = connection.endpoint.display
+        return errAsync(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} was killed by ${signal}`, 'see whether something on that host (the OOM killer, an admin) stopped it, then run again', { host, argv: [...argv], stderr: r.kind === 'done' ? r.stderr : '' }))
+      }
+      return new ResultAsync(classify(result, argv))
+    })
+    const made: RunningCommand = {
+      argv,
+      // nothing of it runs on this host (the master's ssh client carries it)
+      pid: undefined,
+      stdout: undefined,
+      stdin,
+      done,
+      bytesWritten: async () => undefined,
+      kill: (signal: NodeJS.Signals = 'SIGTERM') => {
+        if (finished) return
+        if (remotePid !== undefined) killRemote(remotePid, signal)
+        else pendingKill = signal
+      },
+    }
+    return made
   }
 
   /**
@@ -171,7 +237,8 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     exec,
     execEach,
     spawn,
-    prepareSpawn: () => connection.openAhead(),
+    // a self-delimited spawn goes through the master's server, where it takes streams (not through sudo: the pid could not be said)
+    prepareSpawn: (o = {}) => connection.openAhead({ unlessStreams: o.selfDelimited === true && sudo.length === 0 }),
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
     writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),
     stat: (path) => script('stat', [path], 'stat').map((r): EntryStat | undefined => {

@@ -144,7 +144,9 @@ const btrfs = (args: readonly string[]): Match | undefined => {
     const paths = args.slice(3)
     return { role: 'delete', checks: inside(...paths), unfinished: paths }
   }
+  // btrfs receive [-e] DIR: -e ends it at the stream's end marker
   if (sub === 'receive' && args.length === 2) return { role: 'receive', checks: inside(verb as string) }
+  if (sub === 'receive' && verb === '-e' && args.length === 3) return { role: 'receive', checks: inside(args[2] as string) }
   if (sub === 'send') {
     // btrfs send -q [--proto N] [--compressed-data] [-p PARENT] [-c CLONE]... SNAPSHOT
     const paths: string[] = []
