@@ -72,6 +72,39 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
+  it('lists the backups on a host with a login shell by two btrfs subvolume list, not a show per backup; the identities are those btrfs shows', async () => {
+    for (let i = 0; i < 3; i++) {
+      await writeFile(join(dir, 'home/a.txt'), `round ${i}\n`)
+      await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
+    }
+    // beside them: an unfinished receive (writable, no received uuid), which the lists settle too
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'backup', 'home.2099-01-01T000000Z')])
+    const session = openSshSession()
+    try {
+      const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+      const commands: string[] = []
+      const watched = { ...target, exec: (argv: readonly string[], o?: Parameters<typeof target.exec>[1]) => {
+        commands.push(argv.slice(0, 3).join(' '))
+        return target.exec(argv, o)
+      } }
+      expect((await target.exec(['true']))._unsafeUnwrap().exitCode).toBe(0)
+      expect(target.unrestricted?.()).toBe(true)
+      const listed = (await btrfsDriver().listSnapshots({ at: watched, side: 'target', signal: undefined }))._unsafeUnwrap()
+      expect(listed.map((s) => s.name)).toEqual(await snapshotsIn(join(dir, 'backup')))
+      expect(listed).toHaveLength(4)
+      for (const snapshot of listed) {
+        const s = show(join(dir, 'backup', snapshot.name))
+        expect(snapshot.identity?.uuid).toBe(s['UUID'])
+        expect(snapshot.identity?.receivedUuid).toBe(s['Received UUID'] === '-' ? undefined : s['Received UUID'])
+        expect(snapshot.identity?.readOnly).toBe(s['Flags'] === 'readonly')
+      }
+      expect(commands.filter((c) => c === 'btrfs subvolume show')).toEqual([])
+      expect(commands.filter((c) => c === 'btrfs subvolume list')).toHaveLength(2)
+    } finally {
+      await session.close()
+    }
+  })
+
   it('btrfs push: a stray subvolume with the planned name on the remote side is refused and kept, writable or read-only (scenario 4)', async () => {
     // a snapshot taken, not sent; then something not ours appears at the target under its name
     expect((await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-transfer', '-q', ...ssh], dir)).code).toBe(0)

@@ -122,6 +122,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(pruned.code).not.toBe(0)
     // the two backups were read in one round trip, which the key may do
     expect(await readFile(log, 'utf8')).toMatch(/ list \["sh","-c","while .*","sh","4","btrfs","subvolume","show","[^"]+","4","btrfs","subvolume","show","[^"]+"\]/)
+    // a forced command stands in between: the filesystem's subvolume list (beyond the key's directory) is not even asked for
+    expect(await readFile(log, 'utf8')).not.toMatch(/"subvolume","list"/)
     expect(pruned.stdout + pruned.stderr).toMatch(/forced command .* refused .*needs the delete role/)
     expect(await names(join(dir, 'backup'))).toEqual(backups)
 

@@ -153,6 +153,13 @@ export interface Transport {
   /** Starts argv with its stdin and stdout as pipes to connect to other commands (see {@link RunningCommand}). */
   spawn(argv: readonly string[], options?: SpawnOptions): RunningCommand
   /**
+   * Whether the host runs whatever bbackup asks of it (a login shell: no forced command filters the
+   * requests), as far as this transport knows by now (for ssh: once connected). A driver may then
+   * read more than the one directory it works in, e.g. list the filesystem's subvolumes in one
+   * command instead of a command per backup. Optional; absent means it does not know.
+   */
+  unrestricted?(): boolean
+  /**
    * Says that a spawn will follow soon whose stdin is a pipe and whose stdout is discarded (a
    * receive): a transport to another host opens that session now, so that the login there runs
    * while other work goes on, and the spawn takes it. Optional; a session nobody takes ends with the run.

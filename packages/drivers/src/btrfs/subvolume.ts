@@ -165,18 +165,19 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
 }
 
 /**
- * The subvolumes among `names` in `dir`. On this host, two `btrfs subvolume list` (btrbk's way: a
- * fixed number of commands however many snapshots there are) matched by their exact path from the
- * top level; anything they do not settle by `btrfs subvolume show` each. On another host the list
- * is not used (it names every subvolume beside `dir` on that filesystem, which a key restricted to
- * one directory should not learn): the shows go 64 to a round trip where the transport can
- * (`execEach`), else 8 at a time.
+ * The subvolumes among `names` in `dir`. On this host, and on another one that runs whatever it is
+ * asked (`Transport.unrestricted`: a login shell), two `btrfs subvolume list` (btrbk's way: a fixed
+ * number of commands however many snapshots there are) matched by their exact path from the top
+ * level; anything they do not settle by `btrfs subvolume show` each. Through a forced command the
+ * list is not used (it names every subvolume beside `dir` on that filesystem, which a key
+ * restricted to one directory should not learn): the shows go 64 to a round trip where the
+ * transport can (`execEach`), else 8 at a time.
  */
 export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
   new ResultAsync((async (): Promise<Result<ReadonlyMap<string, Subvolume | undefined>, BbError>> => {
     const found = new Map<string, Subvolume | undefined>()
     const opts = signal === undefined ? {} : { signal }
-    if (at.location.kind === 'local' && names.length > 1) {
+    if ((at.location.kind === 'local' || at.unrestricted?.() === true) && names.length > 1) {
       const [all, readOnly, mountinfo] = await Promise.all([
         at.exec(['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], opts),
         at.exec(['btrfs', 'subvolume', 'list', '-o', '-r', dir], opts),

@@ -74,6 +74,12 @@ export interface SshConnection {
    */
   serveStream(line: string, onPid: (pid: string) => void): { readonly stdin: Writable; readonly result: Promise<ServedResult> } | undefined
   /**
+   * The master's server is bbackup's own sh program (it takes streams): the login shell ran it, so
+   * no forced command stands between bbackup and the host. False before it started, and where a
+   * forced command (bbackup-remote's or another) answers instead.
+   */
+  shellServer(): boolean
+  /**
    * The session opened ahead, if it still waits for its command line, with what it wrote on stderr
    * so far; its stdout is discarded. The taker writes the line first, then its stdin is the command's.
    */
@@ -378,6 +384,7 @@ export const openSshSession = (): SshSession => {
       endpoint,
       options,
       serve: (line, signal) => (server?.alive === true ? server.run(line, signal) : undefined),
+      shellServer: () => server?.alive === true && server.streams,
       serveStream: (line, onPid) => (server?.alive === true ? server.stream(line, onPid) : undefined),
       openAhead: (wish = {}) => {
         if (ahead !== undefined) return

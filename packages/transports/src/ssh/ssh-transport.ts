@@ -238,6 +238,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     execEach,
     spawn,
     // a self-delimited spawn goes through the master's server, where it takes streams (not through sudo: the pid could not be said)
+    unrestricted: () => connection.shellServer(),
     prepareSpawn: (o = {}) => connection.openAhead({ unlessStreams: o.selfDelimited === true && sudo.length === 0 }),
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
     writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),
