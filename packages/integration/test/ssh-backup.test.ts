@@ -8,7 +8,7 @@ import { runCli, waitFor } from './helpers.js'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshOptions, type SshSession } from '@bb/transports/ssh'
-import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, startTcpProxy, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+import { descendantsOf, makeTempDir, mountLoopFilesystem, requireTools, startSshd, startTcpProxy, treeManifest, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
 /** `btrfs subvolume show` of a path, as key → value */
 const show = (path: string): Record<string, string> => Object.fromEntries(execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })
@@ -436,6 +436,30 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     } finally {
       await proxy.stop()
     }
+  }, 60_000)
+
+  it('the send killed mid-stream on this host: the receive on the far side (whose stdin, the connection, stays open) is stopped too, the run ends with the error of the send, the next run sends again', async () => {
+    expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, 'backup'))
+    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const running = backup(job(), { retry: { attempts: 0 } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    const senders = descendantsOf(process.pid).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0send')
+      } catch {
+        return false
+      }
+    })
+    expect(senders).toHaveLength(1)
+    process.kill(senders[0] as number, 'SIGKILL')
+    const failed = (await running)._unsafeUnwrap()
+    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
+    // nothing of it runs on the far side, and the half-received copy is gone
+    await waitFor(async () => sshd.sessionPids().every((pid) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')), 10_000)
+    expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first])
+    const next = (await backup(job(), { snapshot: false }))._unsafeUnwrap()
+    expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
   }, 60_000)
 
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
