@@ -438,12 +438,18 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     }
   }, 60_000)
 
-  it('the send killed mid-stream on this host: the receive on the far side (whose stdin, the connection, stays open) is stopped too, the run ends with the error of the send, the next run sends again', async () => {
+  /** a first backup, then a second run of 200 MiB more, not retried, caught once its receive has begun at the target */
+  const secondRunReceiving = async () => {
     expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
     const [first] = await snapshotsIn(join(dir, 'backup'))
     execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
     const running = backup(job(), { retry: { attempts: 0 } })
     await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    return { first, running }
+  }
+
+  it('the send killed mid-stream on this host: the receive on the far side (whose stdin, the connection, stays open) is stopped too, the run ends with the error of the send, the next run sends again', async () => {
+    const { first, running } = await secondRunReceiving()
     const senders = descendantsOf(process.pid).filter((pid) => {
       try {
         return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0send')
@@ -463,11 +469,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
   }, 60_000)
 
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
-    expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
-    const [first] = await snapshotsIn(join(dir, 'backup'))
-    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
-    const running = backup(job(), { retry: { attempts: 0 } })
-    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    const { first, running } = await secondRunReceiving()
     const receivers = sshd.sessionPids().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive'))
     expect(receivers).toHaveLength(1)
     process.kill(receivers[0] as number, 'SIGKILL')

@@ -97,6 +97,9 @@ const writeFrom = (to: NodeJS.WritableStream, bytes: string): Promise<number | n
   return new Promise((resolve) => writer.once('close', resolve))
 }
 
+/** once the server's process has ended */
+const closed = (child: ChildProcessWithoutNullStreams): Promise<unknown> => new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
+
 describe('stream requests', () => {
   const dirs: string[] = []
   afterEach(() => {
@@ -144,7 +147,7 @@ describe('stream requests', () => {
     expect(await taken?.result).toEqual({ kind: 'done', exitCode: 1, stdout: '', stderr: '' })
     expect(await waited).toEqual({ kind: 'unsent' })
     expect(await server.run(line(['true']))).toEqual({ kind: 'unsent' })
-    await new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
+    await closed(child)
     expect(existsSync(marker)).toBe(false)
   })
 
@@ -158,7 +161,7 @@ describe('stream requests', () => {
     expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: 'abc', stderr: '' })
     const next = await server.run(line(['touch', marker]))
     expect(next).toEqual({ kind: 'lost' })
-    await new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
+    await closed(child)
     expect(existsSync(marker)).toBe(false)
   })
 

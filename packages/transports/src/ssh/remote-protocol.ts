@@ -52,6 +52,8 @@ export const SCRIPTS = {
 export const SERVE_BANNER = 'bbackup-serve:1'
 /** what {@link SERVE} says instead: it also takes a stream request ({@link STREAM_TAG}) */
 export const SERVE_STREAMS_BANNER = 'bbackup-serve:2'
+/** what every banner starts with; the version follows */
+export const SERVE_BANNER_PREFIX = 'bbackup-serve:'
 
 /**
  * A request line that starts with this, a token and a space is a stream request: its command reads

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Readable, Writable } from 'node:stream'
 import { stderrTail } from '@bb/core'
-import { PID_TAG, STREAM_TAG } from './remote-protocol.js'
+import { PID_TAG, SERVE_BANNER_PREFIX, STREAM_TAG } from './remote-protocol.js'
 
 /**
  * How one command on the server ended; `lost`: the server went away before it answered; `unsent`:
@@ -43,8 +43,8 @@ interface Waiting {
 }
 
 /** `bbackup-serve:VERSION`: 1 runs requests, 2 also takes streams */
-const BANNER = /bbackup-serve:(\d+)\n/
-const BANNER_PREFIX = Buffer.from('bbackup-serve:')
+const BANNER = new RegExp(`${SERVE_BANNER_PREFIX}(\\d+)\\n`)
+const BANNER_PREFIX = Buffer.from(SERVE_BANNER_PREFIX)
 const PID_LINE = Buffer.from(PID_TAG)
 /** the most stdout kept of one command, as for a local one */
 const STDOUT_LIMIT = 16 * 1024 * 1024
@@ -82,6 +82,8 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     const waited = held ?? []
     held = undefined
     for (const { line, waiting } of waited) {
+      // one whose caller gave up meanwhile is not run at all
+      if (write && waiting.settled) continue
       if (write) {
         queue.push(waiting)
         stdin.write(`${line}\n`)
