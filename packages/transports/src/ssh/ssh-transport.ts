@@ -9,6 +9,9 @@ import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, type ScriptName } from './remote-protocol.js'
 import type { SshOptions, SshSession } from './session.js'
 
+/** what to do about a remote command that a signal ended */
+const KILLED_HINT = 'see whether something on that host (the OOM killer, an admin) stopped it, then run again'
+
 /** a signal's name by its number (SIGKILL for 9), undefined for none */
 const signalName = (n: number): string | undefined => Object.entries(constants.signals).find(([, v]) => v === n)?.[0]
 
@@ -42,7 +45,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       if (await connection.lost(1000)) {
         return err(bbError('NETWORK_FAILED', `the connection to ${host} was lost while ${argv.slice(0, 2).join(' ')} ran`, 'check that the host is up and reachable; the run retries this with backoff, and the next run picks up where it stopped', { host, argv: [...argv] }))
       }
-      return err(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} ended without an exit status: it was killed by a signal (or exited 255)`, 'see whether something on that host (the OOM killer, an admin) stopped it, then run again', { host, argv: [...argv] }))
+      return err(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} ended without an exit status: it was killed by a signal (or exited 255)`, KILLED_HINT, { host, argv: [...argv] }))
     }
     if (result.exitCode === 127 && /not found|No such file/.test(result.stderr)) {
       // sh names what it could not find: a stream filter's zstd, or the command itself
@@ -81,6 +84,14 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
   const exec = (argv: readonly string[], execOptions: ExecOptions = {}): ResultAsync<CommandResult, TransportError> => run(argv, execOptions, true)
 
   /**
+   * Signals a remote command by the pid it reported, by a session of its own (the server may be
+   * busy with that very command); KILL also ends a stopped process, TERM would wait for it to be continued.
+   */
+  const killRemote = (pid: string, signal: NodeJS.Signals): void => {
+    void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', pid], {}, false).then(() => undefined, () => undefined)
+  }
+
+  /**
    * A long-running remote command (a send or a receive) first says its pid on stderr, so that
    * `kill` can stop it on the host too: a receiver that is stopped (SIGSTOP, a hung disk) does not
    * notice that its connection closed, and would stay behind.
@@ -117,11 +128,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       kill: (signal: NodeJS.Signals = 'SIGTERM') => {
         running.kill(signal)
         if (remotePid === undefined) return
-        // by the pid it reported; KILL also ends a stopped process, TERM would wait for it to be continued
-        void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', remotePid], {}, false).then(
-          () => undefined,
-          () => undefined,
-        )
+        killRemote(remotePid, signal)
       },
     }
   }
@@ -141,10 +148,6 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     let pendingKill: NodeJS.Signals | undefined
     /** it answered: its pid may be another process's by now */
     let finished = false
-    const killRemote = (pid: string, signal: NodeJS.Signals): void => {
-      // by a session of its own: the server is busy with this very command
-      void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', pid], {}, false).then(() => undefined, () => undefined)
-    }
     const taken = connection.serveStream(line.value, (pid) => {
       remotePid = pid
       if (pendingKill !== undefined) killRemote(pid, pendingKill)
@@ -162,7 +165,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       const signal = r.kind === 'done' && r.exitCode > 128 ? signalName(r.exitCode - 128) : undefined
       if (signal !== undefined) {
         const host = connection.endpoint.display
-        return errAsync(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} was killed by ${signal}`, 'see whether something on that host (the OOM killer, an admin) stopped it, then run again', { host, argv: [...argv], stderr: r.kind === 'done' ? r.stderr : '' }))
+        return errAsync(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} was killed by ${signal}`, KILLED_HINT, { host, argv: [...argv], stderr: r.kind === 'done' ? r.stderr : '' }))
       }
       return new ResultAsync(classify(result, argv))
     })
@@ -237,8 +240,8 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     exec,
     execEach,
     spawn,
-    // a self-delimited spawn goes through the master's server, where it takes streams (not through sudo: the pid could not be said)
     unrestricted: () => connection.shellServer(),
+    // a self-delimited spawn goes through the master's server, where it takes streams (not through sudo: the pid could not be said)
     prepareSpawn: (o = {}) => connection.openAhead({ unlessStreams: o.selfDelimited === true && sudo.length === 0 }),
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
     writeFileAtomic: (path, data) => script('write', [path], 'write', data).map(() => undefined),
