@@ -4,7 +4,7 @@
 //
 //   BENCH_FILES (20000)  BENCH_MB (1500)  BENCH_REPEAT (3)  BENCH_DIR (bench/.work)
 //   BENCH_BLOCK_GB (4): the image of the block driver's rounds;  BENCH_ONLY=block: those rounds alone
-//   BENCH_ONLY=rsyncd: the rsync daemon rounds alone;  BENCH_ONLY=btrfs: the btrfs driver's rounds alone
+//   BENCH_ONLY=rsync: the rsync driver's rounds alone (with rsnapshot);  BENCH_ONLY=rsyncd: the rsync daemon rounds alone;  BENCH_ONLY=btrfs: the btrfs driver's rounds alone
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
@@ -253,7 +253,12 @@ function rsyncdBench() {
     rmSync(dir, { recursive: true, force: true })
   }
 }
-if (process.env.BENCH_ONLY !== 'btrfs') rsyncdBench()
+if (process.env.BENCH_ONLY === 'rsync') {
+  rmSync(work, { recursive: true, force: true })
+  console.log(`\n${JSON.stringify({ files: FILES, mb: MB, repeat: REPEAT, rows })}`)
+  process.exit(0)
+}
+if (process.env.BENCH_ONLY === undefined) rsyncdBench()
 
 // --- btrfs driver (root, btrfs-progs): full send, incremental vs btrbk, two targets ------------
 const btrfsReady = asRoot && has('btrfs') && has('mkfs.btrfs')

@@ -171,8 +171,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   it('btrfs pull: a remote subvolume backed up here, full then incremental', async () => {
     await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '-q'])
     await writeFile(join(dir, 'home/docs/b.txt'), 'changed\n')
+    const sessions = await sshd.sessions()
     const second = await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '--json'])
     expect(JSON.parse(second.stdout)).toMatchObject({ driver: 'btrfs', targets: [{ ok: true, mode: 'incremental', route: 'pull' }] })
+    // one session: the send too runs in the master's command server (an out-stream request), its stream coming back on the master's stdout
+    expect(await sshd.sessions() - sessions).toBe(1)
     const sent = await snapshotsIn(join(dir, 'pulled'))
     expect(sent).toHaveLength(2)
     expect(show(join(dir, 'pulled', sent[1] ?? ''))['Received UUID']).toBe(show(join(dir, 'home/.snapshots', sent[1] ?? ''))['UUID'])
@@ -346,6 +349,90 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
       prefix: 'home.',
     }
   }
+
+  /** a pull from the test's sshd into `pulled` here */
+  const pullJob = (driver: BtrfsDriverOptions = {}): Job => ({
+    driver: btrfsDriver(driver),
+    source: sshTransport(parseLocation(`ssh://root@127.0.0.1:${sshd.port}${join(dir, 'home')}`)._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile }),
+    targets: [localTransport(join(dir, 'pulled'))],
+    state: { transport: localTransport(join(dir, 'state')), directory: join(dir, 'state') },
+    prefix: 'home.',
+  })
+
+  /** the processes of this test's own tree (here) or of the sshd's (there) whose command starts with `argv` */
+  const running = (pids: readonly number[], ...argv: string[]): number[] => pids.filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(argv.join('\0'))
+    } catch {
+      return false
+    }
+  })
+
+  /** a first pull, then a second of 200 MiB more, not retried, caught once its receive has begun here */
+  const secondPullReceiving = async () => {
+    expect((await backup(pullJob()))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, 'pulled'))
+    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const pulling = backup(pullJob(), { retry: { attempts: 0 } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, 'pulled'))).find((n) => n !== first))
+    return { first, pulling }
+  }
+
+  it('btrfs pull: the send killed on the far side mid-stream: the run ends with its error, the half-received copy here is removed, the next run sends again', async () => {
+    const { first, pulling } = await secondPullReceiving()
+    const senders = running(sshd.sessionPids(), 'btrfs', 'send')
+    expect(senders).toHaveLength(1)
+    process.kill(senders[0] as number, 'SIGKILL')
+    const failed = (await pulling)._unsafeUnwrap()
+    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs send on root@127\.0\.0\.1:\d+ was killed by SIGKILL/) } })
+    expect(running(descendantsOf(process.pid), 'btrfs', 'receive')).toEqual([])
+    expect(await snapshotsIn(join(dir, 'pulled'))).toEqual([first])
+    // the same connection serves the next run
+    const next = (await backup(pullJob(), { snapshot: false }))._unsafeUnwrap()
+    expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
+    const sent = await snapshotsIn(join(dir, 'pulled'))
+    expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+  }, 60_000)
+
+  it('btrfs pull: the receive here killed mid-stream: the send on the far side is stopped by its pid, the run ends with the error of the receive, the next run sends again', async () => {
+    const { first, pulling } = await secondPullReceiving()
+    const receivers = running(descendantsOf(process.pid), 'btrfs', 'receive')
+    expect(receivers).toHaveLength(1)
+    process.kill(receivers[0] as number, 'SIGKILL')
+    const failed = (await pulling)._unsafeUnwrap()
+    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
+    // its stream has no reader any more: the send is not left writing into the connection
+    await waitFor(async () => running(sshd.sessionPids(), 'btrfs', 'send').length === 0, 10_000)
+    expect(await snapshotsIn(join(dir, 'pulled'))).toEqual([first])
+    const next = (await backup(pullJob(), { snapshot: false }))._unsafeUnwrap()
+    expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
+  }, 60_000)
+
+  it('btrfs remote to remote through two connections: the stream goes from the one master to the other, one session on each', async () => {
+    const at = (path: string, options: SshOptions) => sshTransport(parseLocation(`ssh://root@127.0.0.1:${sshd.port}${path}`)._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile, ...options })
+    // other options make another connection to the same server, as a second host would have
+    const relay = (): Job => ({
+      driver: btrfsDriver(),
+      source: at(join(dir, 'home'), {}),
+      targets: [at(join(dir, 'relayed'), { serverAliveInterval: 14 })],
+      state: { transport: localTransport(join(dir, 'state')), directory: join(dir, 'state') },
+      prefix: 'home.',
+    })
+    expect((await backup(relay()))._unsafeUnwrap().failed).toBe(0)
+    await session.close()
+    session = openSshSession()
+    await writeFile(join(dir, 'home/a.txt'), 'again\n')
+    const [logins, sessions] = [await sshd.logins(), await sshd.sessions()]
+    const report = (await backup(relay()))._unsafeUnwrap()
+    expect(report.targets[0]).toMatchObject({ ok: true, mode: 'incremental' })
+    expect([await sshd.logins() - logins, await sshd.sessions() - sessions]).toEqual([2, 2])
+    const sent = await snapshotsIn(join(dir, 'relayed'))
+    expect(sent).toHaveLength(2)
+    expect(show(join(dir, 'relayed', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Received UUID': show(join(dir, 'home/.snapshots', sent[1] ?? ''))['UUID'] })
+    expect(await contentOf(join(dir, 'relayed', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+    // both connections serve on after the stream
+    expect((await backup(relay(), { snapshot: false }))._unsafeUnwrap().failed).toBe(0)
+  })
 
   /** the second (incremental) run's receive exists at the target: the moment to break things */
   const whenReceiving = async (name: () => Promise<string | undefined>): Promise<void> => {

@@ -1,11 +1,13 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { PassThrough } from 'node:stream'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import { serveLine } from '../src/ssh/quote.js'
-import { SERVE, STREAM_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { OUT_TAG, PID_TAG, SERVE, STREAM_WRAPPER } from '../src/ssh/remote-protocol.js'
 import { commandServer } from '../src/ssh/serve.js'
 
 /** the command server in a local sh, as the master connection's command runs it on the host; `before` runs first (a chatty login script) */
@@ -172,5 +174,95 @@ describe('stream requests', () => {
     expect(await server.started).toBe(true)
     expect(server.streams).toBe(false)
     expect(server.stream(line(['head', '-c', '1']), () => undefined)).toBeUndefined()
+  })
+})
+
+/** everything a readable gives until it ends */
+const drained = async (from: NodeJS.ReadableStream): Promise<Buffer> => {
+  const chunks: Buffer[] = []
+  for await (const chunk of from) chunks.push(chunk as Buffer)
+  return Buffer.concat(chunks)
+}
+
+describe('out-stream requests', () => {
+  const dirs: string[] = []
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
+  })
+
+  it('hands on exactly the bytes the command wrote, up to its token, even where they look like the protocol; its pid comes first; requests made meanwhile run after it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bbackup-serve-test-'))
+    dirs.push(dir)
+    // 3 MiB of random bytes, with what could pass for a pid line, a token and an answer in it
+    const payload = Buffer.concat([Buffer.from(`${PID_TAG}1\n${OUT_TAG}0123 0 0 0\n`), randomBytes(3 * 1024 * 1024), Buffer.from(`\n${OUT_TAG}`)])
+    writeFileSync(join(dir, 'payload'), payload)
+    const { server } = startServer()
+    expect(await server.started).toBe(true)
+    let pid: string | undefined
+    const taken = server.streamOut(line(['sh', '-c', STREAM_WRAPPER, 'sh', 'cat', join(dir, 'payload')]), (p) => {
+      pid = p
+    })
+    expect(taken).toBeDefined()
+    // one stream at a time, either way, on the channel
+    expect(server.streamOut(line(['true']), () => undefined)).toBeUndefined()
+    expect(server.stream(line(['true']), () => undefined)).toBeUndefined()
+    const meanwhile = server.run(line(['echo', 'after']))
+    const [got, result] = await Promise.all([drained(taken?.stdout as NodeJS.ReadableStream), taken?.result])
+    expect(got.equals(payload)).toBe(true)
+    expect(taken?.bytes()).toBe(payload.length)
+    expect(result).toEqual({ kind: 'done', exitCode: 0, stdout: '', stderr: '' })
+    expect(pid).toMatch(/^\d+$/)
+    expect(await meanwhile).toEqual({ kind: 'done', exitCode: 0, stdout: 'after\n', stderr: '' })
+    // the channel goes on: an empty stream, a failed one with its stderr, a request
+    const empty = server.streamOut(line(['true']), () => undefined)
+    expect([(await drained(empty?.stdout as NodeJS.ReadableStream)).length, await empty?.result]).toEqual([0, { kind: 'done', exitCode: 0, stdout: '', stderr: '' }])
+    const failing = server.streamOut(line(['sh', '-c', 'printf partial; echo broken >&2; exit 5']), () => undefined)
+    expect([(await drained(failing?.stdout as NodeJS.ReadableStream)).toString(), await failing?.result]).toEqual(['partial', { kind: 'done', exitCode: 5, stdout: '', stderr: 'broken' }])
+    expect(await server.run(line(['echo', 'still']))).toEqual({ kind: 'done', exitCode: 0, stdout: 'still\n', stderr: '' })
+  })
+
+  it('reads the channel no faster than the stream is taken, and drops the rest once its reader has gone, answering on', async () => {
+    const { server } = startServer()
+    expect(await server.started).toBe(true)
+    const taken = server.streamOut(line(['head', '-c', String(20 * 1024 * 1024), '/dev/zero']), () => undefined)
+    const stdout = taken?.stdout as NodeJS.ReadableStream & { destroy(): void }
+    // nobody reads yet: the server's side waits (a pipe's and the pass-through's worth came, not 20 MiB)
+    await new Promise((r) => setTimeout(r, 300))
+    expect(taken?.bytes()).toBeLessThan(4 * 1024 * 1024)
+    stdout.destroy()
+    expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: '', stderr: '' })
+    expect(taken?.bytes()).toBe(20 * 1024 * 1024)
+    expect(await server.run(line(['echo', 'next']))).toEqual({ kind: 'done', exitCode: 0, stdout: 'next\n', stderr: '' })
+  })
+
+  it('finds its token wherever the chunks of the channel split it', async () => {
+    const stream = Buffer.from(`btrfs-stream${OUT_TAG}x\n`)
+    for (const size of [1, 2, 5, 7, 13, 36, 37, 64]) {
+      const [toServer, fromServer] = [new PassThrough(), new PassThrough()]
+      const server = commandServer(toServer, fromServer, 10_000)
+      fromServer.write(`${'bbackup-serve:2'}\n`)
+      expect(await server.started).toBe(true)
+      const taken = server.streamOut('cat', () => undefined)
+      const token = /^(\S+) cat\n$/.exec(String(toServer.read()))?.[1] ?? ''
+      expect(token.startsWith(OUT_TAG)).toBe(true)
+      const channel = Buffer.concat([Buffer.from(`${PID_TAG}42\n`), stream, Buffer.from(`${token}0 0 3\nerr`)])
+      for (let at = 0; at < channel.length; at += size) fromServer.write(channel.subarray(at, at + size))
+      expect([size, (await drained(taken?.stdout as NodeJS.ReadableStream)).toString()]).toEqual([size, stream.toString()])
+      expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: '', stderr: 'err' })
+    }
+  })
+
+  it('ends a stream cut short when the server goes away, with the bytes that came', async () => {
+    // its own process group: the server and the command it runs go away together, as with a connection
+    const child = spawn('sh', ['-c', SERVE, 'sh'], { detached: true })
+    started.push(child)
+    const server = commandServer(child.stdin, child.stdout, 10_000)
+    expect(await server.started).toBe(true)
+    const taken = server.streamOut(line(['sh', '-c', 'printf some; sleep 30']), () => undefined)
+    const got = drained(taken?.stdout as NodeJS.ReadableStream)
+    await new Promise((r) => setTimeout(r, 200))
+    process.kill(-(child.pid as number), 'SIGKILL')
+    expect((await got).toString()).toBe('some')
+    expect(await taken?.result).toEqual({ kind: 'lost' })
   })
 })

@@ -125,6 +125,9 @@ describe('what each role may run', () => {
     expect(reason(['bash', '-i'], p)).toContain('not one that bbackup sends')
     expect(reason(['btrfs', 'property', 'set', '/srv/backups/a', 'ro', 'false'], p)).toContain('not one that bbackup sends')
     expect(reason(['kill', '-s', 'KILL', '--', '-1'], p)).toContain('not one that bbackup sends')
+    expect(reason(['kill', '-s', 'HUP', '--', '123'], p)).toContain('not one that bbackup sends')
+    // the signals bbackup sends a command it started (PIPE: to a sender whose reader went away), each checked against the pid
+    for (const signal of ['TERM', 'INT', 'PIPE', 'KILL']) expect(decide(['kill', '-s', signal, '--', '123'], p)).toMatchObject({ allowed: true, checks: [{ kind: 'started-here', pid: 123 }] })
     expect(reason(script('read', '/srv/backups/a', '/etc/shadow'), p)).toContain('2 arguments')
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], p)).toContain('--sudo')
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], { ...p, sudo: true })).toBe('allowed')

@@ -73,6 +73,12 @@ export interface SpawnOptions {
    * open when the writer is done, so a writer that fails must be stopped with the command.
    */
   readonly selfDelimited?: boolean
+  /**
+   * The command's stdout, handed to another command's stdin (`stdout` a Writable), may come back on
+   * a channel the transport goes on using after it (ssh: the master connection's own session, no
+   * second login); its bytes then pass through this process, which counts them (`bytesWritten`).
+   */
+  readonly sharedStdout?: boolean
 }
 
 export interface EntryStat {

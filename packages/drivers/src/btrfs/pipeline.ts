@@ -206,7 +206,8 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const filterSpecs = input.filters ?? []
   const receiverFirst = single && only !== undefined && filterSpecs.length === 0 && receiverStartsFirst(input.source, input.way?.rateLimit)
   const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing, ...(only.selfDelimited === true ? { selfDelimited: true } : {}) }) : undefined
-  const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing })
+  // straight into the receiver's stdin: over ssh it may come back on the master's own session (no second login)
+  const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing, ...(firstReceiver?.stdin === undefined ? {} : { sharedStdout: true }) })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
   if (firstReceiver?.stdin !== undefined) {

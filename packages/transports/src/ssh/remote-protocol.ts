@@ -67,7 +67,17 @@ export const SERVE_BANNER_PREFIX = 'bbackup-serve:'
 export const STREAM_TAG = 'bbackup-stream:'
 
 /**
- * Run as `sh -c STREAM_WRAPPER sh ARGV...` as a stream request: says its pid on the server's own
+ * A request line that starts with this, a token and a space is an out-stream request: its command
+ * writes its stdout straight onto the server's own (the session's), where the stream ends with the
+ * token, followed at once by the answer as for any request, with no stdout of its own
+ * (`TOKEN STATUS 0 ERR-BYTES`, then stderr). The command's stdin is /dev/null, so the server reads
+ * on as usual. The token is random per request: the client finds the stream's end by it, and no
+ * stream's bytes can foresee it.
+ */
+export const OUT_TAG = 'bbackup-out:'
+
+/**
+ * Run as `sh -c STREAM_WRAPPER sh ARGV...` as a stream request (in or out): says its pid on the server's own
  * stdout (fd 4, which the server gives a stream request only) at once, before the answer, then
  * becomes the command (same pid), so that a kill can stop it while it runs.
  */
@@ -80,13 +90,14 @@ export const STREAM_WRAPPER = `echo "${PID_TAG}$$" >&4; exec "$@"`
  * `remoteCommand` in which each newline (only ever inside single quotes) is written `'"$n"'`
  * (see `serveLine`); `eval` sees exactly what the login shell would see from ssh. The command's
  * stdin is /dev/null (a stream request's: the session's stdin, see {@link STREAM_TAG}), its stdout
- * and stderr go to files in a private temporary directory; the answer is a line
+ * and stderr go to files in a private temporary directory (an out-stream request's stdout: the
+ * session's stdout, see {@link OUT_TAG}); the answer is a line
  * `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory when its stdin ends
  * (the connection closes). sh's `read` takes a pipe's bytes one at a time, so a request line is
  * read to its newline and no further. The program has no line break of its own (a csh login shell
  * could not pass one through its quotes): `$n` is made by printf.
  */
-export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-;; esac; s=$?; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
+export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e"; s=$?;; "${OUT_TAG}"*) u=\${l%% *}; l=\${l#* }; { eval "$l"; } </dev/null 2>"$d/e"; s=$?; : >"$d/o"; printf %s "$u";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-; s=$?;; esac; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
 
 /**
  * A session opened ahead of its command, so that its login runs while other work goes on: run as

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
-import type { Readable, Writable } from 'node:stream'
+import { PassThrough, type Readable, type Writable } from 'node:stream'
 import { stderrTail } from '@bb/core'
-import { PID_TAG, SERVE_BANNER_PREFIX, STREAM_TAG } from './remote-protocol.js'
+import { OUT_TAG, PID_TAG, SERVE_BANNER_PREFIX, STREAM_TAG } from './remote-protocol.js'
 
 /**
  * How one command on the server ended; `lost`: the server went away before it answered; `unsent`:
@@ -32,6 +32,23 @@ export interface CommandServer {
    * when this server takes no streams (bbackup-remote's), has ended, or carries a stream already.
    */
   stream(line: string, onPid: (pid: string) => void): { readonly stdin: Writable; readonly result: Promise<ServedResult> } | undefined
+  /**
+   * Sends an out-stream request (remote-protocol's `OUT_TAG`): the command's stdout comes back on
+   * the connection's own, up to the request's token, and is handed on as `stdout` (the connection
+   * is read no faster than `stdout` is). `bytes` counts what came. The requests made meanwhile go as
+   * usual: the server reads them once the command has ended. None where a stream runs already, or
+   * the server takes none (bbackup-remote's) or has ended.
+   */
+  streamOut(line: string, onPid: (pid: string) => void): { readonly stdout: Readable; readonly result: Promise<ServedResult>; readonly bytes: () => number } | undefined
+}
+
+/** An out-stream on its way: what comes before its token is its stdout. */
+interface OutStream {
+  readonly token: Buffer
+  readonly sink: PassThrough
+  bytes: number
+  /** a byte of the stream came: a pid line now would be the stream's own bytes */
+  begun: boolean
 }
 
 interface Waiting {
@@ -40,6 +57,8 @@ interface Waiting {
   settled: boolean
   /** a stream request's: the pid line before its answer is for it */
   readonly onPid?: (pid: string) => void
+  /** an out-stream request's, until its token came */
+  out?: OutStream | undefined
 }
 
 /** `bbackup-serve:VERSION`: 1 runs requests, 2 also takes streams */
@@ -110,11 +129,23 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       announce(true)
     }
     for (;;) {
+      const stream = queue[0]?.out
+      if (stream !== undefined && stream.begun) {
+        if (!streamed(stream)) return
+        continue
+      }
       const nl = buffer.indexOf(10)
+      const prefix = Math.min(buffer.length, PID_LINE.length)
+      if (stream !== undefined && !buffer.subarray(0, prefix).equals(PID_LINE.subarray(0, prefix))) {
+        // not (the start of) the pid line the command says first: its stream has begun
+        stream.begun = true
+        continue
+      }
       if (nl < 0) return
       if (buffer.subarray(0, PID_LINE.length).equals(PID_LINE)) {
-        // a stream command says its pid before its answer
+        // a stream command says its pid before its answer (an out-stream's: once, before its stream)
         queue[0]?.onPid?.(buffer.subarray(PID_LINE.length, nl).toString('latin1'))
+        if (stream !== undefined) stream.begun = true
         buffer = buffer.subarray(nl + 1)
         continue
       }
@@ -133,6 +164,28 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     }
   }
 
+  /**
+   * Hands on the stream's bytes up to its token (the bytes that could be the token's start wait
+   * for the next chunk); true once the token came: the buffer then starts with the answer.
+   */
+  const streamed = (out: OutStream): boolean => {
+    const at = buffer.indexOf(out.token)
+    const upTo = at >= 0 ? at : Math.max(0, buffer.length - (out.token.length - 1))
+    if (upTo > 0) {
+      out.bytes += upTo
+      // a reader that went away (its command failed) takes nothing more: the rest is read and dropped
+      // (it resumes the connection when it drains, or closes)
+      if (!out.sink.destroyed && !out.sink.write(buffer.subarray(0, upTo))) stdout.pause()
+      buffer = buffer.subarray(upTo)
+    }
+    if (at < 0) return false
+    buffer = buffer.subarray(out.token.length)
+    const waiting = queue[0]
+    if (waiting !== undefined) waiting.out = undefined
+    out.sink.end()
+    return true
+  }
+
   stdout.on('data', (chunk: Buffer) => {
     buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk])
     parse()
@@ -142,6 +195,12 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     ended = true
     clearTimeout(timer)
     announce(false)
+    // a stream cut short ends here, with the bytes that came (none held back for a token): its reader sees it end without its end
+    const out = queue[0]?.out
+    if (out !== undefined) {
+      if (out.begun && buffer.length > 0 && !out.sink.destroyed) out.sink.write(buffer)
+      out.sink.end()
+    }
     while (queue.length > 0) answer({ kind: 'lost' })
     release(false)
   }
@@ -176,7 +235,8 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       stdin.write(`${line}\n`)
     }),
     stream: (line, onPid) => {
-      if (!streams || ended || ending || held !== undefined) return undefined
+      // not behind an out-stream either: its bytes would wait in the channel that its own answer must first leave
+      if (!streams || ended || ending || held !== undefined || queue.some((w) => w.out !== undefined)) return undefined
       const token = `${STREAM_TAG}${randomBytes(12).toString('hex')}`
       held = []
       const result = new Promise<ServedResult>((resolve) => {
@@ -195,6 +255,18 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
         return r
       })
       return { stdin, result }
+    },
+    streamOut: (line, onPid) => {
+      if (!streams || ended || ending || held !== undefined || queue.some((w) => w.out !== undefined)) return undefined
+      const token = `${OUT_TAG}${randomBytes(12).toString('hex')}`
+      const out: OutStream = { token: Buffer.from(token), sink: new PassThrough({ highWaterMark: 1024 * 1024 }), bytes: 0, begun: false }
+      out.sink.on('drain', () => stdout.resume())
+      out.sink.once('close', () => stdout.resume())
+      const result = new Promise<ServedResult>((resolve) => {
+        queue.push({ resolve, settled: false, onPid, out })
+        stdin.write(`${token} ${line}\n`)
+      })
+      return { stdout: out.sink, result, bytes: () => out.bytes }
     },
   }
 }

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import type { Writable } from 'node:stream'
+import type { Readable, Writable } from 'node:stream'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
@@ -73,6 +73,12 @@ export interface SshConnection {
    * second session, no second login). Undefined when the server cannot take it now.
    */
   serveStream(line: string, onPid: (pid: string) => void): { readonly stdin: Writable; readonly result: Promise<ServedResult> } | undefined
+  /**
+   * Runs one out-stream request line (`serveLine` of a command with no input) on the master's
+   * command server: its stdout comes back on the master's own (see CommandServer.streamOut).
+   * Undefined when the server cannot take it now.
+   */
+  serveStreamOut(line: string, onPid: (pid: string) => void): { readonly stdout: Readable; readonly result: Promise<ServedResult>; readonly bytes: () => number } | undefined
   /**
    * The master's server is bbackup's own sh program (it takes streams): the login shell ran it, so
    * no forced command stands between bbackup and the host. False before it started, and where a
@@ -386,6 +392,7 @@ export const openSshSession = (): SshSession => {
       serve: (line, signal) => (server?.alive === true ? server.run(line, signal) : undefined),
       shellServer: () => server?.alive === true && server.streams,
       serveStream: (line, onPid) => (server?.alive === true ? server.stream(line, onPid) : undefined),
+      serveStreamOut: (line, onPid) => (server?.alive === true ? server.streamOut(line, onPid) : undefined),
       openAhead: (wish = {}) => {
         if (ahead !== undefined) return
         // the master is open (its server started, or not) once `master` is set

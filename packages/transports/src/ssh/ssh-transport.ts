@@ -1,4 +1,5 @@
 import { constants } from 'node:os'
+import { pipeline, type Writable } from 'node:stream'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
@@ -7,7 +8,11 @@ import { CANCELLED_HINT, execCommand, runningCommand, SHARED_CHANNEL, spawnComma
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, type ScriptName } from './remote-protocol.js'
+import type { ServedResult } from './serve.js'
 import type { SshOptions, SshSession } from './session.js'
+
+/** the spawn options of a command that the master's command server takes */
+type ServedSpawn = Omit<SpawnOptions, 'compressStdout' | 'decompressStdin' | 'selfDelimited' | 'sharedStdout'>
 
 /** what to do about a remote command that a signal ended */
 const KILLED_HINT = 'see whether something on that host (the OOM killer, an admin) stopped it, then run again'
@@ -88,7 +93,8 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * busy with that very command); KILL also ends a stopped process, TERM would wait for it to be continued.
    */
   const killRemote = (pid: string, signal: NodeJS.Signals): void => {
-    void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' ? signal.slice(3) : 'KILL', '--', pid], {}, false).then(() => undefined, () => undefined)
+    // PIPE as for a sender whose reader went away (the reader's error is the one reported)
+    void run(['kill', '-s', signal === 'SIGTERM' || signal === 'SIGINT' || signal === 'SIGPIPE' ? signal.slice(3) : 'KILL', '--', pid], {}, false).then(() => undefined, () => undefined)
   }
 
   /**
@@ -97,9 +103,10 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * notice that its connection closed, and would stay behind.
    */
   const spawn = (argv: readonly string[], spawnOptions: SpawnOptions = {}): RunningCommand => {
-    const { compressStdout, decompressStdin, selfDelimited, ...plain } = spawnOptions
-    // a plain command that stops at its stream's end goes through the master's own session, when its server takes streams
-    const streamed = selfDelimited === true && compressStdout === undefined && decompressStdin === undefined && sudo.length === 0 ? inServer(argv, plain) : undefined
+    const { compressStdout, decompressStdin, selfDelimited, sharedStdout, ...plain } = spawnOptions
+    // a plain command that stops at its stream's end (or whose stdout may come back that way) goes through the master's own session, when its server takes streams
+    const plainCommand = compressStdout === undefined && decompressStdin === undefined && sudo.length === 0
+    const streamed = (plainCommand && selfDelimited === true ? inServer(argv, plain) : undefined) ?? (plainCommand && sharedStdout === true ? outOfServer(argv, plain) : undefined)
     if (streamed !== undefined) return streamed
     // the stream filters run on that host, around the command: the filter scripts of the remote protocol
     const filtered = [
@@ -136,24 +143,63 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
   /**
    * A {@link SpawnOptions.selfDelimited} command as a stream request of the master's command server
    * (remote-protocol's `STREAM_TAG`): its stdin is the master's own, marked {@link SHARED_CHANNEL} so
-   * that the writer handed it leaves it open for the requests after the stream. It says its pid as it
-   * starts; a kill before that waits for it. Undefined when the server cannot take it (none, not
-   * sh's, a stream on its way already) or the command does not fit (stdout wanted, stdin not a pipe).
+   * that the writer handed it leaves it open for the requests after the stream. Undefined when the
+   * server cannot take it (none, not sh's, a stream on its way already) or the command does not fit
+   * (stdout wanted, stdin not a pipe).
    */
-  const inServer = (argv: readonly string[], spawnOptions: Omit<SpawnOptions, 'compressStdout' | 'decompressStdin' | 'selfDelimited'>): RunningCommand | undefined => {
+  const inServer = (argv: readonly string[], spawnOptions: ServedSpawn): RunningCommand | undefined => {
     if (spawnOptions.stdin !== 'pipe' || (spawnOptions.stdout !== undefined && spawnOptions.stdout !== 'ignore')) return undefined
+    return served(argv, spawnOptions, (line, onPid) => {
+      const taken = connection.serveStream(line, onPid)
+      return taken === undefined ? undefined : { ...taken, stdin: Object.assign(taken.stdin, { [SHARED_CHANNEL]: true }) }
+    })
+  }
+
+  /**
+   * A {@link SpawnOptions.sharedStdout} command as an out-stream request of the master's command
+   * server (remote-protocol's `OUT_TAG`): its stdout comes on the master's own and is copied into the
+   * stdin it was given (left open where that is itself a shared channel: the receive of another
+   * host's master). Undefined when the server cannot take it or the command does not fit (input
+   * wanted, stdout not another command's stdin).
+   */
+  const outOfServer = (argv: readonly string[], spawnOptions: ServedSpawn): RunningCommand | undefined => {
+    const into = spawnOptions.stdout
+    if (spawnOptions.stdin !== undefined || typeof into !== 'object') return undefined
+    return served(argv, spawnOptions, (line, onPid) => {
+      const taken = connection.serveStreamOut(line, onPid)
+      if (taken === undefined) return undefined
+      if ((into as { [SHARED_CHANNEL]?: boolean })[SHARED_CHANNEL] === true) {
+        // another master's stdin: the requests after the stream follow in it
+        taken.stdout.pipe(into, { end: false })
+        into.once('error', () => taken.stdout.destroy())
+      } else {
+        // a reader that fails takes nothing more: the server's channel is read on, and the rest dropped
+        pipeline(taken.stdout, into, () => undefined)
+      }
+      return { result: taken.result, bytes: taken.bytes }
+    })
+  }
+
+  /**
+   * A command that runs as a stream request of the master's command server (`take` sends it): it
+   * says its pid as it starts (a kill before that waits for it), and its answer is its outcome.
+   */
+  const served = (
+    argv: readonly string[],
+    spawnOptions: ServedSpawn,
+    take: (line: string, onPid: (pid: string) => void) => { readonly result: Promise<ServedResult>; readonly stdin?: Writable; readonly bytes?: () => number } | undefined,
+  ): RunningCommand | undefined => {
     const line = serveLine(['sh', '-c', STREAM_WRAPPER, 'sh', ...argv])
     if (line.isErr()) return undefined
     let remotePid: string | undefined
     let pendingKill: NodeJS.Signals | undefined
     /** it answered: its pid may be another process's by now */
     let finished = false
-    const taken = connection.serveStream(line.value, (pid) => {
+    const taken = take(line.value, (pid) => {
       remotePid = pid
       if (pendingKill !== undefined) killRemote(pid, pendingKill)
     })
     if (taken === undefined) return undefined
-    const stdin = Object.assign(taken.stdin, { [SHARED_CHANNEL]: true })
     const abort = (): void => made.kill('SIGTERM')
     spawnOptions.signal?.addEventListener('abort', abort, { once: true })
     const done = ResultAsync.fromSafePromise(taken.result).andThen((r): ResultAsync<CommandResult, TransportError> => {
@@ -174,9 +220,9 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       // nothing of it runs on this host (the master's ssh client carries it)
       pid: undefined,
       stdout: undefined,
-      stdin,
+      stdin: taken.stdin,
       done,
-      bytesWritten: async () => undefined,
+      bytesWritten: async () => taken.bytes?.(),
       kill: (signal: NodeJS.Signals = 'SIGTERM') => {
         if (finished) return
         if (remotePid !== undefined) killRemote(remotePid, signal)
@@ -192,7 +238,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
    * stdin, and only when it reached the pipe at once is the session used: the stdin may be handed
    * to another process next, whose bytes must come after the line.
    */
-  const inAhead = (wrapped: readonly string[], remote: string, spawnOptions: Omit<SpawnOptions, 'compressStdout' | 'decompressStdin'>, hooks: { readonly onStderr: (chunk: string) => void }): RunningCommand | undefined => {
+  const inAhead = (wrapped: readonly string[], remote: string, spawnOptions: ServedSpawn, hooks: { readonly onStderr: (chunk: string) => void }): RunningCommand | undefined => {
     if ((spawnOptions.stdin !== undefined && spawnOptions.stdin !== 'pipe') || (spawnOptions.stdout !== undefined && spawnOptions.stdout !== 'ignore')) return undefined
     const line = serveLine(wrapped)
     const taken = line.isOk() ? connection.takeAhead() : undefined

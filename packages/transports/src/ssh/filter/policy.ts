@@ -225,7 +225,7 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
       return args.length === 5 && same(args.slice(0, 3), ['-a', '--reflink=auto', '--']) ? { role: 'receive', checks: inside(args[3] as string, args[4] as string) } : undefined
     case 'kill': {
       const pid = args[3] ?? ''
-      return args.length === 4 && args[0] === '-s' && /^(TERM|INT|KILL)$/.test(args[1] ?? '') && args[2] === '--' && /^[1-9]\d{0,9}$/.test(pid)
+      return args.length === 4 && args[0] === '-s' && /^(TERM|INT|PIPE|KILL)$/.test(args[1] ?? '') && args[2] === '--' && /^[1-9]\d{0,9}$/.test(pid)
         ? { role: 'list', checks: [{ kind: 'started-here', pid: Number(pid) }] }
         : undefined
     }
