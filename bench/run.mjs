@@ -431,6 +431,27 @@ if (!btrfsReady) {
           const zstd = await rounds(70, ['--stream-compress', 'zstd'], 'zstd -cq -T0 | ', `'zstd -dcq | btrfs receive ${mnt}/ssh-hand'`)
           report('1% incremental over ssh, --stream-compress zstd vs send -p | zstd | ssh host zstd -d | btrfs receive', zstd.ours, zstd.hand, 'by hand with zstd')
         }
+        // a pull: the snapshot and the send on the host, the receive here; by hand one ssh command does both
+        const pulled = join(mnt, 'pulled')
+        const pulledHand = join(mnt, 'pulled-hand')
+        mkdirSync(pulled)
+        mkdirSync(pulledHand)
+        const pull = () => run(process.execPath, [cli, 'run', `ssh://root@127.0.0.1:${sshd.port}${src}`, pulled, '--state-dir', join(work, 'pull-state'), '-q', ...sshArgs])
+        pull()
+        sh(`btrfs send -q ${mnt}/ssh-hand-snaps/h${handSnapshots - 1} | btrfs receive ${pulledHand}`)
+        const pulls = { ours: [], hand: [], sessions: [] }
+        for (let i = 0; i < REPEAT; i++) {
+          changeOnePercent(75 + i, src)
+          commit()
+          spawnSync('sleep', ['1'])
+          const sessionsBefore = await sshd.sessions()
+          pulls.ours.push(seconds(pull))
+          pulls.sessions.push((await sshd.sessions()) - sessionsBefore)
+          const [prev, next] = [`h${handSnapshots - 1}`, `h${handSnapshots++}`]
+          pulls.hand.push(seconds(() => sh(`${sshHand} 'btrfs subvolume snapshot -r ${src} ${mnt}/ssh-hand-snaps/${next} >/dev/null && btrfs send -q -p ${mnt}/ssh-hand-snaps/${prev} ${mnt}/ssh-hand-snaps/${next}' | btrfs receive ${pulledHand} && btrfs filesystem sync ${pulledHand}`)))
+        }
+        console.log(`  (pull: sessions per run: ${pulls.sessions.join(', ')}, goal 1)`)
+        report('1% incremental pull over ssh vs ssh host snapshot + send -p | btrfs receive + filesystem sync', median(pulls.ours), median(pulls.hand), 'by hand+sync')
       } finally {
         await sshd.stop()
       }

@@ -169,7 +169,10 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   })
 
   it('btrfs pull: a remote subvolume backed up here, full then incremental', async () => {
+    const fullSessions = await sshd.sessions()
     await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '-q'])
+    // the full send (all of the subvolume) by a session of its own, its stream in OS pipes, beside the master's
+    expect(await sshd.sessions() - fullSessions).toBe(2)
     await writeFile(join(dir, 'home/docs/b.txt'), 'changed\n')
     const sessions = await sshd.sessions()
     const second = await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '--json'])

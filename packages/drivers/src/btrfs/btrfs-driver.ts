@@ -373,6 +373,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const going = targets.filter((_, i) => results[i] === undefined)
     const received = going.length === 0 ? [] : await sendReceive({
       source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target), selfDelimited: true })), signal, stallMs, way,
+      // an incremental send from another host comes back on its master's session; a full one (all of the subvolume) by OS pipes from a session of its own
+      shareSenderChannel: parent !== undefined,
       onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
     })
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]

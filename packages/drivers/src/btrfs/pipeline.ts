@@ -25,6 +25,12 @@ export interface SendReceiveInput {
   /** compressed and rate-limited, or as it is (default) */
   readonly way?: StreamWay
   /**
+   * The sender's stdout may come back on its transport's own channel (SpawnOptions.sharedStdout;
+   * over ssh the master's session: no second login, but the bytes pass through this process): for
+   * an incremental stream, usually small, where the login saved counts more than the copy.
+   */
+  readonly shareSenderChannel?: boolean
+  /**
    * Commands the stream passes through between the sender and the receivers, in order, each on
    * its own host (gpg and zstd on this host for an encrypted raw target): stdin from the one before.
    */
@@ -206,8 +212,8 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const filterSpecs = input.filters ?? []
   const receiverFirst = single && only !== undefined && filterSpecs.length === 0 && receiverStartsFirst(input.source, input.way?.rateLimit)
   const firstReceiver = receiverFirst ? only.target.spawn(only.receiveArgv, { ...options, stdin: 'pipe', ...decompressing, ...(only.selfDelimited === true ? { selfDelimited: true } : {}) }) : undefined
-  // straight into the receiver's stdin: over ssh it may come back on the master's own session (no second login)
-  const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing, ...(firstReceiver?.stdin === undefined ? {} : { sharedStdout: true }) })
+  const shared = input.shareSenderChannel === true && firstReceiver?.stdin !== undefined ? { sharedStdout: true } : {}
+  const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing, ...shared })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
   if (firstReceiver?.stdin !== undefined) {

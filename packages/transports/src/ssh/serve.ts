@@ -186,7 +186,27 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     return true
   }
 
+  /**
+   * A chunk in the middle of an out-stream, as {@link streamed} would take it but without joining
+   * it to the few bytes held back before it (no copy of the stream's bulk): false where the token
+   * is in it or across the two, which the parser then takes.
+   */
+  const midStream = (chunk: Buffer): boolean => {
+    const out = queue[0]?.out
+    const keep = (out?.token.length ?? 0) - 1
+    if (out === undefined || !out.begun || buffer.length > keep || chunk.length <= keep) return false
+    if (Buffer.concat([buffer, chunk.subarray(0, keep)]).includes(out.token) || chunk.includes(out.token)) return false
+    out.bytes += buffer.length + chunk.length - keep
+    if (!out.sink.destroyed) {
+      if (buffer.length > 0) out.sink.write(buffer)
+      if (!out.sink.write(chunk.subarray(0, chunk.length - keep))) stdout.pause()
+    }
+    buffer = chunk.subarray(chunk.length - keep)
+    return true
+  }
+
   stdout.on('data', (chunk: Buffer) => {
+    if (midStream(chunk)) return
     buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk])
     parse()
   })
