@@ -268,7 +268,7 @@ if (!btrfsReady) {
   const image = join(work, 'btrfs.img')
   const mnt = join(work, 'btrfs')
   mkdirSync(mnt)
-  run('truncate', ['-s', `${Math.max(1024, MB * 5 + 1024)}M`, image])
+  run('truncate', ['-s', `${Math.max(1024, MB * 7 + 1024)}M`, image])
   run('mkfs.btrfs', ['-q', '-f', image])
   run('mount', ['-o', 'loop', image, mnt])
   try {

@@ -185,6 +185,19 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
+  it('btrfs pull to a disk that fills up: the error is the receive\'s (DISK_FULL), not the remote send\'s that it stopped, and the half-received copy is removed', async () => {
+    const small = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 128 })
+    try {
+      execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+      const r = await runCli(['run', remote(join(dir, 'home')), small.mountPoint, '--state-dir', 'state', '--json', ...ssh], dir)
+      expect(r.code, r.stderr).toBe(10)
+      expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { code: 'DISK_FULL', message: expect.stringMatching(/no space left on the target/) } }] })
+      expect(await snapshotsIn(small.mountPoint)).toEqual([])
+    } finally {
+      await small.cleanup()
+    }
+  })
+
   it('btrfs remote to remote: streamed through this host, and the report says so', async () => {
     await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state', '-q'])
     await writeFile(join(dir, 'home/a.txt'), 'again\n')

@@ -112,6 +112,13 @@ export const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
 const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
 
 /**
+ * A sender that was stopped rather than failed of itself: killed, or over ssh a session that ended
+ * without a status (its remote command died of the broken pipe), saying nothing. Not a lost
+ * connection (NETWORK_FAILED: retried), nor a command that said why it failed.
+ */
+const stoppedOnly = (r: Result<CommandResult, BbError>): boolean => (r.isErr() ? r.error.code === 'COMMAND_FAILED' : r.value.stderr.trim() === '')
+
+/**
  * How far (in bytes) the fastest receiver of a fan-out may run ahead of the slowest before the
  * sender is no longer read: enough that each receiver works at its own pace (tee, whose writes go
  * to each reader in turn through 64 KiB pipes, holds every receiver to the slowest one's
@@ -216,10 +223,12 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const send = input.source.spawn(input.sendArgv, { ...options, stdout: firstReceiver?.stdin ?? 'pipe', ...compressing, ...shared })
   // a receiver that could not start has no stdin: the sender's pipe breaks at once
   if (firstReceiver !== undefined && firstReceiver.stdin === undefined) send.stdout?.destroy()
+  /** the receiver failed while the sender still ran: whatever the sender then says (a broken pipe, or an ssh session that ended without a status), the receiver's error is the one */
+  let receiverFailedFirst = false
   if (firstReceiver?.stdin !== undefined) {
     // the receiver's stdin may be a channel that stays open (selfDelimited): a sender that fails does
     // not end it, and a receiver that fails does not break it, so each stops the other (the sender
-    // as its pipe breaking would: the receiver's error is the one reported)
+    // as its pipe breaking would)
     let sending = true
     let receiving = true
     void send.done.then((r) => {
@@ -228,7 +237,9 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     })
     void firstReceiver.done.then((r) => {
       receiving = false
-      if (failed(r) && sending) send.kill('SIGPIPE')
+      if (!failed(r) || !sending) return
+      receiverFailedFirst = true
+      send.kill('SIGPIPE')
     })
   }
   // the filters, each reading the one before (a stage that did not start gives the next an empty stream)
@@ -320,7 +331,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     for (const [k, stage] of stages.entries()) {
       const next = stages[k + 1]
       const afterFailed = next === undefined ? received.every(failed) : failed(next)
-      if (!failed(stage) || (afterFailed && brokenPipe(stage))) continue
+      if (!failed(stage) || (afterFailed && (brokenPipe(stage) || (k === 0 && receiverFailedFirst && stoppedOnly(stage))))) continue
       if (stage.isErr()) return err(stage.error)
       return err(btrfsFailure(names[k]?.what ?? '', names[k]?.argv ?? [], stage.value.exitCode, stage.value.stderr))
     }

@@ -118,7 +118,8 @@ const outcome = (argv: readonly string[], how: {
  */
 export const SHARED_CHANNEL: unique symbol = Symbol('bbackup.sharedChannel')
 
-const shared = (stream: object): boolean => (stream as { [SHARED_CHANNEL]?: boolean })[SHARED_CHANNEL] === true
+/** whether a stream is marked {@link SHARED_CHANNEL} */
+export const isSharedChannel = (stream: object): boolean => (stream as { [SHARED_CHANNEL]?: boolean })[SHARED_CHANNEL] === true
 
 /**
  * Starts argv with pipes for stdin and stdout that other commands take over (`btrfs send | btrfs
@@ -137,7 +138,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
   const stdout = options.stdout === 'pipe' ? 'pipe' : options.stdout === 'ignore' || options.stdout === undefined ? 'ignore' : options.stdout
   const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe'] })
   if (typeof options.stdin === 'object') options.stdin.destroy()
-  if (typeof options.stdout === 'object' && !shared(options.stdout)) options.stdout.destroy()
+  if (typeof options.stdout === 'object' && !isSharedChannel(options.stdout)) options.stdout.destroy()
   return runningCommand(child, argv, options, hooks)
 }
 

@@ -165,6 +165,16 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
   }
 
   /**
+   * Passes bytes of an out-stream to its reader, and holds the connection while the reader is full
+   * (it resumes it when it drains, or closes); a reader that went away (its command failed) takes
+   * nothing more: the rest is read and dropped.
+   */
+  const handOn = (out: OutStream, piece: Buffer): void => {
+    out.bytes += piece.length
+    if (!out.sink.destroyed && !out.sink.write(piece)) stdout.pause()
+  }
+
+  /**
    * Hands on the stream's bytes up to its token (the bytes that could be the token's start wait
    * for the next chunk); true once the token came: the buffer then starts with the answer.
    */
@@ -172,10 +182,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     const at = buffer.indexOf(out.token)
     const upTo = at >= 0 ? at : Math.max(0, buffer.length - (out.token.length - 1))
     if (upTo > 0) {
-      out.bytes += upTo
-      // a reader that went away (its command failed) takes nothing more: the rest is read and dropped
-      // (it resumes the connection when it drains, or closes)
-      if (!out.sink.destroyed && !out.sink.write(buffer.subarray(0, upTo))) stdout.pause()
+      handOn(out, buffer.subarray(0, upTo))
       buffer = buffer.subarray(upTo)
     }
     if (at < 0) return false
@@ -196,14 +203,17 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     const keep = (out?.token.length ?? 0) - 1
     if (out === undefined || !out.begun || buffer.length > keep || chunk.length <= keep) return false
     if (Buffer.concat([buffer, chunk.subarray(0, keep)]).includes(out.token) || chunk.includes(out.token)) return false
-    out.bytes += buffer.length + chunk.length - keep
-    if (!out.sink.destroyed) {
-      if (buffer.length > 0) out.sink.write(buffer)
-      if (!out.sink.write(chunk.subarray(0, chunk.length - keep))) stdout.pause()
-    }
+    if (buffer.length > 0) handOn(out, buffer)
+    handOn(out, chunk.subarray(0, chunk.length - keep))
     buffer = chunk.subarray(chunk.length - keep)
     return true
   }
+
+  /**
+   * One stream at a time, either way: a stream request behind an out-stream would wait in the
+   * channel that the out-stream's answer must first leave.
+   */
+  const canStream = (): boolean => streams && !ended && !ending && held === undefined && !queue.some((w) => w.out !== undefined)
 
   stdout.on('data', (chunk: Buffer) => {
     if (midStream(chunk)) return
@@ -218,7 +228,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     // a stream cut short ends here, with the bytes that came (none held back for a token): its reader sees it end without its end
     const out = queue[0]?.out
     if (out !== undefined) {
-      if (out.begun && buffer.length > 0 && !out.sink.destroyed) out.sink.write(buffer)
+      if (out.begun && buffer.length > 0) handOn(out, buffer)
       out.sink.end()
     }
     while (queue.length > 0) answer({ kind: 'lost' })
@@ -255,8 +265,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       stdin.write(`${line}\n`)
     }),
     stream: (line, onPid) => {
-      // not behind an out-stream either: its bytes would wait in the channel that its own answer must first leave
-      if (!streams || ended || ending || held !== undefined || queue.some((w) => w.out !== undefined)) return undefined
+      if (!canStream()) return undefined
       const token = `${STREAM_TAG}${randomBytes(12).toString('hex')}`
       held = []
       const result = new Promise<ServedResult>((resolve) => {
@@ -277,7 +286,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       return { stdin, result }
     },
     streamOut: (line, onPid) => {
-      if (!streams || ended || ending || held !== undefined || queue.some((w) => w.out !== undefined)) return undefined
+      if (!canStream()) return undefined
       const token = `${OUT_TAG}${randomBytes(12).toString('hex')}`
       const out: OutStream = { token: Buffer.from(token), sink: new PassThrough({ highWaterMark: 1024 * 1024 }), bytes: 0, begun: false }
       out.sink.on('drain', () => stdout.resume())

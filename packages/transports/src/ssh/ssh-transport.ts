@@ -4,7 +4,7 @@ import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
 } from '@bb/core'
-import { CANCELLED_HINT, execCommand, runningCommand, SHARED_CHANNEL, spawnCommand } from '../local/exec.js'
+import { CANCELLED_HINT, execCommand, isSharedChannel, runningCommand, SHARED_CHANNEL, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
 import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, type ScriptName } from './remote-protocol.js'
@@ -168,7 +168,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return served(argv, spawnOptions, (line, onPid) => {
       const taken = connection.serveStreamOut(line, onPid)
       if (taken === undefined) return undefined
-      if ((into as { [SHARED_CHANNEL]?: boolean })[SHARED_CHANNEL] === true) {
+      if (isSharedChannel(into)) {
         // another master's stdin: the requests after the stream follow in it
         taken.stdout.pipe(into, { end: false })
         into.once('error', () => taken.stdout.destroy())
