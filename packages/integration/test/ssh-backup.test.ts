@@ -170,9 +170,12 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
 
   it('btrfs pull: a remote subvolume backed up here, full then incremental', async () => {
     const fullSessions = await sshd.sessions()
-    await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '-q'])
+    const first = await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '--json'])
     // the full send (all of the subvolume) by a session of its own, its stream in OS pipes, beside the master's
     expect(await sshd.sessions() - fullSessions).toBe(2)
+    // counted as the receive here read it (the ssh client's own counts are its master's business): the 2 MiB file and more
+    expect(JSON.parse(first.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full', bytes: expect.any(Number) }] })
+    expect(JSON.parse(first.stdout).targets[0].bytes).toBeGreaterThan(2 * 1024 * 1024)
     await writeFile(join(dir, 'home/docs/b.txt'), 'changed\n')
     const sessions = await sshd.sessions()
     const second = await runOverSsh(['run', remote(join(dir, 'home')), join(dir, 'pulled'), '--state-dir', 'state', '--json'])

@@ -47,6 +47,8 @@ export interface RunningCommand {
   readonly done: ResultAsync<CommandResult, TransportError>
   /** bytes it has written so far (from /proc/<pid>/io), where this host can tell */
   bytesWritten(): Promise<number | undefined>
+  /** bytes it has read so far (from /proc/<pid>/io), where this host can tell: a receiver's count where its sender's is unknown */
+  bytesRead?(): Promise<number | undefined>
   kill(signal?: NodeJS.Signals): void
 }
 

@@ -254,7 +254,8 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   // a sender this host cannot count from /proc (sudo's, which runs as root) is counted on its way through here
   const counter = firstReceiver === undefined && send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
   const through = [limit, counter].filter((t) => t !== undefined)
-  const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? send.bytesWritten() : counter.bytes)
+  // where the sender cannot tell (an ssh client's, whose master does its writing), what its one receiver read
+  const sentBytes = async (): Promise<number | undefined> => (counter === undefined ? (await send.bytesWritten()) ?? firstReceiver?.bytesRead?.() : counter.bytes)
   const receives = firstReceiver !== undefined ? [firstReceiver] : input.receivers.map((r) => {
     const stdin = !single || through.length > 0 ? 'pipe' as const : stream
     const receiver = r.target.spawn(r.receiveArgv, { ...options, ...(stdin === undefined ? {} : { stdin }), ...decompressing })

@@ -154,10 +154,11 @@ export const runningCommand = (child: ChildProcess, argv: readonly string[], opt
     hooks.onStderr?.(chunk)
   })
   // stderr ends when the process exits, before it is reaped: the last moment its counters can be read
-  let finalBytes: number | undefined
+  let finalBytes: { readonly written?: number; readonly read?: number } | undefined
   child.stderr?.once('end', () => {
-    finalBytes = readWchar(child.pid)
+    finalBytes = readIo(child.pid)
   })
+  const exited = (): boolean => finalBytes !== undefined || child.exitCode !== null || child.signalCode !== null
   const stopWatching = cancelOn(child, options.signal)
   const done = new ResultAsync(new Promise<Result<CommandResult, TransportError>>((resolve) => {
     ended(child, (code, signal, startError) => {
@@ -171,19 +172,21 @@ export const runningCommand = (child: ChildProcess, argv: readonly string[], opt
     stdout: child.stdout ?? undefined,
     stdin: child.stdin ?? undefined,
     done,
-    bytesWritten: async () => (finalBytes !== undefined || child.exitCode !== null || child.signalCode !== null ? finalBytes : readWchar(child.pid)),
+    bytesWritten: async () => (exited() ? finalBytes : readIo(child.pid))?.written,
+    bytesRead: async () => (exited() ? finalBytes : readIo(child.pid))?.read,
     kill: (signal: NodeJS.Signals = 'SIGTERM') => {
       child.kill(signal)
     },
   }
 }
 
-/** Bytes a process on this host has written (`wchar` of /proc/<pid>/io); undefined when it cannot be read. */
-const readWchar = (pid: number | undefined): number | undefined => {
+/** Bytes a process on this host has written and read (`wchar`, `rchar` of /proc/<pid>/io); undefined when they cannot be read. */
+const readIo = (pid: number | undefined): { readonly written?: number; readonly read?: number } | undefined => {
   if (pid === undefined) return undefined
   try {
-    const m = /^wchar:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))
-    return m === null ? undefined : Number(m[1])
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8')
+    const [written, read] = [/^wchar:\s*(\d+)/m.exec(io), /^rchar:\s*(\d+)/m.exec(io)]
+    return { ...(written === null ? {} : { written: Number(written[1]) }), ...(read === null ? {} : { read: Number(read[1]) }) }
   } catch {
     return undefined
   }

@@ -22,6 +22,8 @@ const pair = (main: RunningCommand, helper: RunningCommand, io: { readonly stdin
     return m
   })),
   bytesWritten: () => main.bytesWritten(),
+  // what came in: the stream as it crossed (compressed, where zstd -d reads it)
+  bytesRead: async () => io.stdin.bytesRead?.(),
   kill: (signal) => {
     main.kill(signal)
     helper.kill(signal)

@@ -131,6 +131,9 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return {
       ...running,
       argv,
+      // the ssh client here passes its stdin and stdout to the master connection, which does the reading and writing: its own counts say nothing
+      bytesWritten: async () => undefined,
+      bytesRead: async () => undefined,
       done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(classify(withoutPid(result), argv))),
       kill: (signal: NodeJS.Signals = 'SIGTERM') => {
         running.kill(signal)
