@@ -379,7 +379,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
   })
 
   /** the processes of this test's own tree (here) or of the sshd's (there) whose command starts with `argv` */
-  const running = (pids: readonly number[], ...argv: string[]): number[] => pids.filter((pid) => {
+  const processes = (pids: readonly number[], ...argv: string[]): number[] => pids.filter((pid) => {
     try {
       return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(argv.join('\0'))
     } catch {
@@ -387,24 +387,14 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     }
   })
 
-  /** a first pull, then a second of 200 MiB more, not retried, caught once its receive has begun here */
-  const secondPullReceiving = async () => {
-    expect((await backup(pullJob()))._unsafeUnwrap().failed).toBe(0)
-    const [first] = await snapshotsIn(join(dir, 'pulled'))
-    execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
-    const pulling = backup(pullJob(), { retry: { attempts: 0 } })
-    await whenReceiving(async () => (await snapshotsIn(join(dir, 'pulled'))).find((n) => n !== first))
-    return { first, pulling }
-  }
-
   it('btrfs pull: the send killed on the far side mid-stream: the run ends with its error, the half-received copy here is removed, the next run sends again', async () => {
-    const { first, pulling } = await secondPullReceiving()
-    const senders = running(sshd.sessionPids(), 'btrfs', 'send')
+    const { first, running: pulling } = await secondRunReceiving(pullJob, 'pulled')
+    const senders = processes(sshd.sessionPids(), 'btrfs', 'send')
     expect(senders).toHaveLength(1)
     process.kill(senders[0] as number, 'SIGKILL')
     const failed = (await pulling)._unsafeUnwrap()
     expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs send on root@127\.0\.0\.1:\d+ was killed by SIGKILL/) } })
-    expect(running(descendantsOf(process.pid), 'btrfs', 'receive')).toEqual([])
+    expect(processes(descendantsOf(process.pid), 'btrfs', 'receive')).toEqual([])
     expect(await snapshotsIn(join(dir, 'pulled'))).toEqual([first])
     // the same connection serves the next run
     const next = (await backup(pullJob(), { snapshot: false }))._unsafeUnwrap()
@@ -414,14 +404,14 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
   }, 60_000)
 
   it('btrfs pull: the receive here killed mid-stream: the send on the far side is stopped by its pid, the run ends with the error of the receive, the next run sends again', async () => {
-    const { first, pulling } = await secondPullReceiving()
-    const receivers = running(descendantsOf(process.pid), 'btrfs', 'receive')
+    const { first, running: pulling } = await secondRunReceiving(pullJob, 'pulled')
+    const receivers = processes(descendantsOf(process.pid), 'btrfs', 'receive')
     expect(receivers).toHaveLength(1)
     process.kill(receivers[0] as number, 'SIGKILL')
     const failed = (await pulling)._unsafeUnwrap()
     expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
     // its stream has no reader any more: the send is not left writing into the connection
-    await waitFor(async () => running(sshd.sessionPids(), 'btrfs', 'send').length === 0, 10_000)
+    await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', 'send').length === 0, 10_000)
     expect(await snapshotsIn(join(dir, 'pulled'))).toEqual([first])
     const next = (await backup(pullJob(), { snapshot: false }))._unsafeUnwrap()
     expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
@@ -511,7 +501,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
       expect(show(join(dir, 'backup', sent[1] ?? ''))).toMatchObject({ Flags: 'readonly', 'Parent UUID': show(join(dir, 'backup', first ?? ''))['UUID'] })
       expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
       // the receive cut off by the partition did not outlive it on the server
-      await waitFor(async () => sshd.sessionPids().every((pid) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')), 10_000)
+      await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', 'receive').length === 0, 10_000)
     } finally {
       await proxy.stop()
     }
@@ -544,31 +534,25 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     }
   }, 60_000)
 
-  /** a first backup, then a second run of 200 MiB more, not retried, caught once its receive has begun at the target */
-  const secondRunReceiving = async () => {
-    expect((await backup(job()))._unsafeUnwrap().failed).toBe(0)
-    const [first] = await snapshotsIn(join(dir, 'backup'))
+  /** a first backup (a push, or `make`'s job into `folder`), then a second run of 200 MiB more, not retried, caught once its receive has begun at the target */
+  const secondRunReceiving = async (make: () => Job = job, folder = 'backup') => {
+    expect((await backup(make()))._unsafeUnwrap().failed).toBe(0)
+    const [first] = await snapshotsIn(join(dir, folder))
     execFileSync('sh', ['-c', `head -c 200M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
-    const running = backup(job(), { retry: { attempts: 0 } })
-    await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
+    const running = backup(make(), { retry: { attempts: 0 } })
+    await whenReceiving(async () => (await snapshotsIn(join(dir, folder))).find((n) => n !== first))
     return { first, running }
   }
 
   it('the send killed mid-stream on this host: the receive on the far side (whose stdin, the connection, stays open) is stopped too, the run ends with the error of the send, the next run sends again', async () => {
     const { first, running } = await secondRunReceiving()
-    const senders = descendantsOf(process.pid).filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0send')
-      } catch {
-        return false
-      }
-    })
+    const senders = processes(descendantsOf(process.pid), 'btrfs', 'send')
     expect(senders).toHaveLength(1)
     process.kill(senders[0] as number, 'SIGKILL')
     const failed = (await running)._unsafeUnwrap()
     expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
     // nothing of it runs on the far side, and the half-received copy is gone
-    await waitFor(async () => sshd.sessionPids().every((pid) => !readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive')), 10_000)
+    await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', 'receive').length === 0, 10_000)
     expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first])
     const next = (await backup(job(), { snapshot: false }))._unsafeUnwrap()
     expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
@@ -576,7 +560,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
 
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
     const { first, running } = await secondRunReceiving()
-    const receivers = sshd.sessionPids().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive'))
+    const receivers = processes(sshd.sessionPids(), 'btrfs', 'receive')
     expect(receivers).toHaveLength(1)
     process.kill(receivers[0] as number, 'SIGKILL')
     const failed = (await running)._unsafeUnwrap()
@@ -596,7 +580,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     const events: string[] = []
     const running = backup(job({ stallTimeoutSeconds: 2 }), { retry: { initialDelayMs: 100 }, onEvent: (e) => { if (e.type === 'retrying') events.push(e.error.code) } })
     await whenReceiving(async () => (await snapshotsIn(join(dir, 'backup'))).find((n) => n !== first))
-    const receivers = sshd.sessionPids().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('btrfs\0receive'))
+    const receivers = processes(sshd.sessionPids(), 'btrfs', 'receive')
     expect(receivers).toHaveLength(1)
     const stopped = receivers[0] as number
     process.kill(stopped, 'SIGSTOP')

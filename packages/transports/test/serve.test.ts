@@ -102,16 +102,18 @@ const writeFrom = (to: NodeJS.WritableStream, bytes: string): Promise<number | n
 /** once the server's process has ended */
 const closed = (child: ChildProcessWithoutNullStreams): Promise<unknown> => new Promise((resolve) => (child.exitCode === null ? child.once('close', resolve) : resolve(undefined)))
 
+/** a temporary directory, removed after the test */
+const dirs: string[] = []
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
+})
+const scratch = () => {
+  const d = mkdtempSync(join(tmpdir(), 'bbackup-serve-test-'))
+  dirs.push(d)
+  return d
+}
+
 describe('stream requests', () => {
-  const dirs: string[] = []
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
-  })
-  const scratch = () => {
-    const d = mkdtempSync(join(tmpdir(), 'bbackup-serve-test-'))
-    dirs.push(d)
-    return d
-  }
 
   it('hands the stream after its line to a command that stops at its end; its pid comes first; requests made meanwhile wait, then run', async () => {
     const { server } = startServer()
@@ -185,14 +187,9 @@ const drained = async (from: NodeJS.ReadableStream): Promise<Buffer> => {
 }
 
 describe('out-stream requests', () => {
-  const dirs: string[] = []
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
-  })
 
   it('hands on exactly the bytes the command wrote, up to its token, even where they look like the protocol; its pid comes first; requests made meanwhile run after it', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'bbackup-serve-test-'))
-    dirs.push(dir)
+    const dir = scratch()
     // 3 MiB of random bytes, with what could pass for a pid line, a token and an answer in it
     const payload = Buffer.concat([Buffer.from(`${PID_TAG}1\n${OUT_TAG}0123 0 0 0\n`), randomBytes(3 * 1024 * 1024), Buffer.from(`\n${OUT_TAG}`)])
     writeFileSync(join(dir, 'payload'), payload)
