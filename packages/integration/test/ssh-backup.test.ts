@@ -403,17 +403,22 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   }, 60_000)
 
-  it('btrfs pull: the receive here killed mid-stream: the send on the far side is stopped by its pid, the run ends with the error of the receive, the next run sends again', async () => {
-    const { first, running: pulling } = await secondRunReceiving(pullJob, 'pulled')
-    const receivers = processes(descendantsOf(process.pid), 'btrfs', 'receive')
-    expect(receivers).toHaveLength(1)
-    process.kill(receivers[0] as number, 'SIGKILL')
-    const failed = (await pulling)._unsafeUnwrap()
+  // one end of the stream killed on this host: the other, on the far side, does not run on (a push's
+  // receive, whose stdin is the connection and stays open; a pull's send, whose stream has no reader)
+  it.each([
+    ['push: the send', 'receive', () => job(), 'backup', 'send'],
+    ['pull: the receive', 'send', () => pullJob(), 'pulled', 'receive'],
+  ] as const)('btrfs %s here killed mid-stream: the far side\'s %s is stopped too, the run ends with the error of the killed one, the next run sends again', async (_what, there, make, folder, here) => {
+    const { first, running } = await secondRunReceiving(make, folder)
+    const killed = processes(descendantsOf(process.pid), 'btrfs', here)
+    expect(killed).toHaveLength(1)
+    process.kill(killed[0] as number, 'SIGKILL')
+    const failed = (await running)._unsafeUnwrap()
     expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
-    // its stream has no reader any more: the send is not left writing into the connection
-    await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', 'send').length === 0, 10_000)
-    expect(await snapshotsIn(join(dir, 'pulled'))).toEqual([first])
-    const next = (await backup(pullJob(), { snapshot: false }))._unsafeUnwrap()
+    await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', there).length === 0, 10_000)
+    // the half-received copy is gone
+    expect(await snapshotsIn(join(dir, folder))).toEqual([first])
+    const next = (await backup(make(), { snapshot: false }))._unsafeUnwrap()
     expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
   }, 60_000)
 
@@ -543,20 +548,6 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     await whenReceiving(async () => (await snapshotsIn(join(dir, folder))).find((n) => n !== first))
     return { first, running }
   }
-
-  it('the send killed mid-stream on this host: the receive on the far side (whose stdin, the connection, stays open) is stopped too, the run ends with the error of the send, the next run sends again', async () => {
-    const { first, running } = await secondRunReceiving()
-    const senders = processes(descendantsOf(process.pid), 'btrfs', 'send')
-    expect(senders).toHaveLength(1)
-    process.kill(senders[0] as number, 'SIGKILL')
-    const failed = (await running)._unsafeUnwrap()
-    expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'COMMAND_FAILED', message: expect.stringMatching(/^btrfs was killed by SIGKILL/) } })
-    // nothing of it runs on the far side, and the half-received copy is gone
-    await waitFor(async () => processes(sshd.sessionPids(), 'btrfs', 'receive').length === 0, 10_000)
-    expect(await snapshotsIn(join(dir, 'backup'))).toEqual([first])
-    const next = (await backup(job(), { snapshot: false }))._unsafeUnwrap()
-    expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: first })
-  }, 60_000)
 
   it('the remote receive killed mid-send: the half-received copy is removed, and the next run sends again from the same parent (scenario 1)', async () => {
     const { first, running } = await secondRunReceiving()
