@@ -178,6 +178,8 @@ type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number):
 const readSource = async (input: {
   readonly at: Transport; readonly frozen: FrozenSource; readonly config: VolumeConfig; readonly parentHashes: Buffer | undefined; readonly same: Uint8Array | undefined
   readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined
+  /** the revision's image, which a read on this host writes the chunks into itself; `known`: what it holds at a chunk already */
+  readonly writeTo: string; readonly known: (index: number) => Buffer | undefined
 }, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly scannedOn?: string; readonly bytesUnchanged?: number }> => {
   const { frozen, pool, signal, same } = input
   const { chunkSize } = input.config
@@ -193,7 +195,10 @@ const readSource = async (input: {
         await handlers.unchanged(index, length)
       }
     }
-    const counts = await scanChunks({ path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap, ...(same === undefined ? {} : { select: (index: number) => same[index] !== 1 }) }, handlers)
+    const counts = await scanChunks({
+      path: frozen.path, size: frozen.size, chunkSize, pool, signal, dataMap, writeTo: input.writeTo, known: input.known,
+      ...(same === undefined ? {} : { select: (index: number) => same[index] !== 1 }),
+    }, handlers)
     return same === undefined ? counts : { ...counts, bytesUnchanged }
   }
   const what = formatLocation({ ...remote.location, path: frozen.path })
@@ -217,7 +222,7 @@ const readSource = async (input: {
           if (!createHash('sha256').update(chunk).digest().equals(digest)) {
             stop(bbError('SOURCE_UNAVAILABLE', `chunk ${index} of ${what} arrived with another hash than it left with`, 'run the backup again; if it repeats, check the network and the memory of both hosts', { path: what }))
           }
-          await handlers.data(index, chunk, digest)
+          await handlers.data(index, chunk, digest, 0)
         },
       })
   } catch (error) {
@@ -269,7 +274,10 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     let counts
     try {
       await fsStep('resize', target.partial, handle.truncate(frozen.size))
-      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, pool, signal: options.signal }, {
+      // what the image holds at a chunk: the parent's bytes up to its end (a chunk it had as zeros is written whole, as it differs), and a hole after it
+      const known = (index: number): Buffer | undefined =>
+        parent === undefined || index >= parentChunks ? undefined : parent.hashes.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
+      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, pool, signal: options.signal, writeTo: target.partial, known }, {
         unchanged: (index, length) => {
           parent?.hashes.copy(hashes, index * DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -278,17 +286,21 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
           if (index < parentChunks && parent !== undefined && !recordedZero(parent.hashes, index)) punch.push([index * config.chunkSize, length])
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
         },
-        data: async (index, chunk, digest) => {
+        data: async (index, chunk, digest, written) => {
+          const length = Math.min(config.chunkSize, frozen.size - index * config.chunkSize)
           digest.copy(hashes, index * DIGEST_BYTES)
-          bytesHashed += chunk.length
-          const same = parent !== undefined && index < parentChunks && recordedDigest(parent.hashes, index, digest)
-          if (!same) {
+          bytesHashed += length
+          // a chunk that came here (from another host) is written here, unless the parent has it
+          if (chunk !== undefined && !(parent !== undefined && index < parentChunks && recordedDigest(parent.hashes, index, digest))) {
             await fsStep('write', target.partial, handle.write(chunk, 0, chunk.length, index * config.chunkSize))
-            bytesWritten += chunk.length
+            written = chunk.length
+          }
+          if (written > 0) {
+            bytesWritten += written
             chunksWritten++
             if (chunksWritten >= chunks / 2) crashPoint('block-half-written')
           }
-          options.onProgress?.({ bytes: (progress += chunk.length), total: frozen.size })
+          options.onProgress?.({ bytes: (progress += length), total: frozen.size })
         },
       })
       // chunks that held data in the parent and are zero now become holes again

@@ -1,8 +1,7 @@
-import { open, type FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
-import { bbError } from '@bb/core'
+import { bbError, ioError } from '@bb/core'
 import { chunkBuffer, type HashPool } from './hash-pool.js'
-import { fsStep, stop } from './stop.js'
+import { stop, Stop } from './stop.js'
 
 export interface ScanOptions {
   readonly path: string
@@ -15,13 +14,26 @@ export interface ScanOptions {
   readonly select?: (index: number) => boolean
   /** chunks known to be holes (0) are passed to `zero` without being read ({@link dataChunks}) */
   readonly dataMap?: Uint8Array | undefined
+  /**
+   * The image being written (a backup's): each chunk with data is written there by the thread that
+   * read it, at the same offset, where it differs from what {@link known} says the image holds.
+   */
+  readonly writeTo?: string | undefined
+  /** the digest of what `writeTo` holds at chunk `index` (the parent's), undefined where it holds zeros; with `deliver`, a chunk equal to it is not handed on */
+  readonly known?: ((index: number) => Buffer | undefined) | undefined
+  /** hand each chunk's bytes to `data` (restore writes them elsewhere; a remote scan sends them) */
+  readonly deliver?: boolean | undefined
 }
 
 export interface ScanHandlers {
   /** a chunk that is all zero bytes: never hashed */
   zero(index: number, length: number): Promise<void> | void
-  /** a chunk with data and its SHA-256; `chunk` is only valid until the returned promise settles */
-  data(index: number, chunk: Buffer, digest: Buffer): Promise<void> | void
+  /**
+   * A chunk with data and its SHA-256. `chunk`: its bytes where the scan hands them on, only valid
+   * until the returned promise settles; undefined where they were not asked for, or equal what
+   * `known` says is there. `written`: the bytes of it the scan wrote into `writeTo`.
+   */
+  data(index: number, chunk: Buffer | undefined, digest: Buffer, written: number): Promise<void> | void
 }
 
 export interface ScanCounts {
@@ -34,28 +46,79 @@ export interface ScanCounts {
   readonly bytesSkipped: number
 }
 
-/** reads in flight at once */
-const READERS = 4
-
 export const chunkCount = (size: number, chunkSize: number): number => Math.ceil(size / chunkSize)
 
-const readFully = async (handle: FileHandle, path: string, buffer: Buffer, length: number, offset: number): Promise<void> => {
-  let done = 0
-  while (done < length) {
-    const { bytesRead } = await fsStep('read', path, handle.read(buffer, done, length - done, offset + done))
-    if (bytesRead === 0) stop(bbError('SOURCE_UNAVAILABLE', `${path} ended at ${offset + done} bytes, before its size of ${offset + length} or more: it shrank while it was read`, 'make sure nothing truncates it during the backup (or use a snapshot), and run again', { path }))
-    done += bytesRead
-  }
-}
+const shrank = (path: string, at: number, size: number): never =>
+  stop(bbError('SOURCE_UNAVAILABLE', `${path} ended at ${at} bytes, before its size of ${size}: it shrank while it was read`, 'make sure nothing truncates it during the backup (or use a snapshot), and run again', { path }))
 
 /**
- * What the readers share: a fixed set of chunk buffers, zero detection, hashing on the pool's
- * threads while reading goes on, and the first failure. At most two chunks per thread plus one per
- * reader are in memory.
+ * Reads a file or block device once, in fixed chunks, on the pool's threads: each thread reads a
+ * chunk, hashes it and writes it (`writeTo`) or hands it back (`deliver`), two chunks a thread in
+ * flight. Chunks of zeros go to `handlers.zero`, the others to `handlers.data`, in no particular
+ * order; a handler's promise holds its chunk's place (at most two chunks a thread wait).
  */
-const chunkDispatcher = (chunkSize: number, pool: HashPool, readers: number, handlers: ScanHandlers) => {
+export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
+  const { chunkSize, pool, size, path } = options
+  const total = chunkCount(size, chunkSize)
+  const lanes = pool.threads * 2
+  const free = options.deliver === true ? Array.from({ length: lanes }, () => chunkBuffer(chunkSize)) : []
+  const counts = { bytesRead: 0, chunksRead: 0, zeroChunks: 0, bytesSkipped: 0 }
+  let failure: { error: unknown } | undefined
+  let next = 0
+
+  const chunk = async (index: number): Promise<void> => {
+    const offset = index * chunkSize
+    const length = Math.min(chunkSize, size - offset)
+    counts.chunksRead++
+    if (options.dataMap?.[index] === 0) {
+      counts.zeroChunks++
+      counts.bytesSkipped += length
+      return handlers.zero(index, length)
+    }
+    const result = await pool.scan({ path, offset, length, writeTo: options.writeTo, known: options.known?.(index), buffer: free.pop() })
+    try {
+      switch (result.kind) {
+        case 'failed':
+          throw new Stop(ioError(result.operation, result.path)(result.cause))
+        case 'short':
+          return shrank(path, result.at, size)
+        case 'zero':
+          counts.bytesRead += length
+          counts.zeroChunks++
+          return await handlers.zero(index, length)
+        case 'data':
+          counts.bytesRead += length
+          return await handlers.data(index, result.delivered ? result.buffer?.subarray(0, length) : undefined, result.digest, result.written)
+      }
+    } finally {
+      if (result.buffer !== undefined) free.push(result.buffer)
+    }
+  }
+
+  const lane = async (): Promise<void> => {
+    while (failure === undefined) {
+      if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
+      while (next < total && options.select !== undefined && !options.select(next)) next++
+      if (next >= total) return
+      await chunk(next++)
+    }
+  }
+  try {
+    // the first failure of any lane stops the others at their next chunk
+    await Promise.all(Array.from({ length: lanes }, async () => lane().catch((error: unknown) => {
+      failure ??= { error }
+    })))
+  } finally {
+    await pool.closeFiles()
+  }
+  if (failure !== undefined) throw failure.error
+  return { ...counts }
+}
+
+/** What {@link scanStream}'s reads share: a fixed set of chunk buffers, hashing on the pool's threads while reading goes on, and the first failure. */
+const chunkDispatcher = (chunkSize: number, pool: HashPool, handlers: ScanHandlers) => {
   const zeros = Buffer.alloc(chunkSize)
-  const free = Array.from({ length: pool.threads * 2 + readers }, () => chunkBuffer(chunkSize))
+  const free = Array.from({ length: pool.threads * 2 + 1 }, () => chunkBuffer(chunkSize))
   const waiting: ((b: Buffer) => void)[] = []
   const release = (b: Buffer): void => {
     const next = waiting.shift()
@@ -68,18 +131,8 @@ const chunkDispatcher = (chunkSize: number, pool: HashPool, readers: number, han
   return {
     counts,
     failed: (): boolean => failure !== undefined,
-    fail: (error: unknown): void => {
-      failure ??= { error }
-    },
     acquire: async (): Promise<Buffer> => free.pop() ?? new Promise((resolve) => waiting.push(resolve)),
     release,
-    /** a hole known without reading it */
-    hole: async (index: number, length: number): Promise<void> => {
-      counts.chunksRead++
-      counts.zeroChunks++
-      counts.bytesSkipped += length
-      await handlers.zero(index, length)
-    },
     /** a chunk read into `buffer` (acquired here): zero, or hashed and handed on; the buffer comes back */
     read: async (index: number, buffer: Buffer, length: number): Promise<void> => {
       counts.bytesRead += length
@@ -96,7 +149,7 @@ const chunkDispatcher = (chunkSize: number, pool: HashPool, readers: number, han
       const work = pool.hash(buffer, length)
         .then(async ({ digest, buffer: back }) => {
           try {
-            await handlers.data(index, back.subarray(0, length), digest)
+            await handlers.data(index, back.subarray(0, length), digest, 0)
           } finally {
             release(back)
           }
@@ -122,58 +175,13 @@ const chunkDispatcher = (chunkSize: number, pool: HashPool, readers: number, han
 }
 
 /**
- * Reads a file or block device once, front to back, in fixed chunks (a few reads in flight):
- * zero chunks go to `handlers.zero` at once, the others are hashed on the pool's threads while the
- * next chunks are read. Handlers are called in no particular order.
- */
-export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
-  const { chunkSize, pool, size, path } = options
-  const chunks = chunkDispatcher(chunkSize, pool, READERS, handlers)
-  const handle = await fsStep('open', path, open(path, 'r'))
-  const total = chunkCount(size, chunkSize)
-  let next = 0
-  // several reads in flight: the device sees a queue, not one request at a time
-  const read = async (): Promise<void> => {
-    while (!chunks.failed()) {
-      if (options.signal?.aborted === true) stop(bbError('CANCELLED', 'cancelled', 'run it again'))
-      while (next < total && options.select !== undefined && !options.select(next)) next++
-      if (next >= total) return
-      const index = next++
-      const offset = index * chunkSize
-      const length = Math.min(chunkSize, size - offset)
-      if (options.dataMap?.[index] === 0) {
-        await chunks.hole(index, length)
-        continue
-      }
-      const buffer = await chunks.acquire()
-      try {
-        await readFully(handle, path, buffer, length, offset)
-      } catch (error) {
-        chunks.release(buffer)
-        throw error
-      }
-      await chunks.read(index, buffer, length)
-    }
-  }
-  try {
-    // the first failure of any reader stops the others at their next chunk
-    await Promise.all(Array.from({ length: READERS }, async () => read().catch(chunks.fail)))
-    await chunks.finish()
-  } finally {
-    await chunks.settle()
-    await handle.close()
-  }
-  return { ...chunks.counts }
-}
-
-/**
  * Like {@link scanChunks}, for a source that can only be read front to back: a stream of exactly
  * `size` bytes (the output of `head -c SIZE` on another host). `what` names it in errors; a stream
  * that ends early is an error, and reading waits while all buffers are being hashed.
  */
 export const scanStream = async (options: { readonly stream: Readable; readonly what: string; readonly size: number; readonly chunkSize: number; readonly pool: HashPool; readonly signal: AbortSignal | undefined }, handlers: ScanHandlers): Promise<ScanCounts> => {
   const { chunkSize, pool, size, stream } = options
-  const chunks = chunkDispatcher(chunkSize, pool, 1, handlers)
+  const chunks = chunkDispatcher(chunkSize, pool, handlers)
   const total = chunkCount(size, chunkSize)
   let index = 0
   let filled = 0

@@ -40,10 +40,12 @@ export const serveBlockScan = async (options: {
   }
   const parentChunks = parentHashes.length / DIGEST_BYTES
   const dataMap = await dataChunks(options.at, options.path, options.size, chunkSize)
-  const counts = await scanChunks({ path: options.path, size: options.size, chunkSize, pool: options.pool, signal: undefined, dataMap }, {
+  // only the chunks that differ from the parent's come back from the threads
+  const known = (index: number): Buffer | undefined => (index < parentChunks ? parentHashes.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES) : undefined)
+  const counts = await scanChunks({ path: options.path, size: options.size, chunkSize, pool: options.pool, signal: undefined, dataMap, known, deliver: true }, {
     zero: async (index) => options.write(record('Z', index)),
     data: async (index, chunk, digest) => {
-      if (index < parentChunks && parentHashes.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES).equals(digest)) return options.write(record('S', index))
+      if (chunk === undefined) return options.write(record('S', index))
       const head = record('D', index, DIGEST_BYTES)
       digest.copy(head, HEADER)
       // one write a record: handlers run at once, and two writes of one record could take another's between them

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, type BbError, type Transport } from '@bb/core'
+import { bbError, InternalError, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { openHashPool } from './hash-pool.js'
@@ -70,7 +70,7 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
       const zeros = Buffer.alloc(revision.chunkSize)
       const image = paths(dir, revision.uuid).image
       const dataMap = await dataChunks(options.at, image, revision.size, revision.chunkSize)
-      await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap }, {
+      await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap, deliver: true }, {
         zero: async (i, length) => {
           if (!recordedZero(hashes, i) && options.force !== true) stop(damaged(i))
           if (device) {
@@ -79,6 +79,7 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
           }
         },
         data: async (i, chunk, digest) => {
+          if (chunk === undefined) throw new InternalError('restore: a scan that delivers gave a chunk without its bytes')
           if (!recordedDigest(hashes, i, digest) && options.force !== true) stop(damaged(i))
           await fsStep('write', options.destination, handle.write(chunk, 0, chunk.length, i * revision.chunkSize))
           bytesWritten += chunk.length
