@@ -97,7 +97,7 @@ export const STREAM_WRAPPER = `echo "${PID_TAG}$$" >&4; exec "$@"`
  * read to its newline and no further. The program has no line break of its own (a csh login shell
  * could not pass one through its quotes): `$n` is made by printf.
  */
-export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e"; s=$?;; "${OUT_TAG}"*) u=\${l%% *}; l=\${l#* }; { eval "$l"; } </dev/null 2>"$d/e"; s=$?; : >"$d/o"; printf %s "$u";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-; s=$?;; esac; set -- $(wc -c <"$d/o") $(wc -c <"$d/e"); echo "$s $1 $2"; cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
+export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e"; s=$?;; "${OUT_TAG}"*) u=\${l%% *}; l=\${l#* }; { eval "$l"; } </dev/null 2>"$d/e"; s=$?; : >"$d/o"; printf %s "$u";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-; s=$?;; esac; set -- $(cd "$d" && wc -c o e); echo "$s $1 $3"; [ "$1$3" = 00 ] || cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
 
 /**
  * A session opened ahead of its command, so that its login runs while other work goes on: run as
