@@ -21,6 +21,12 @@ export default tseslint.config(
     languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly', setTimeout: 'readonly' } },
   },
   {
+    files: ['**/*.cjs'],
+    languageOptions: { sourceType: 'commonjs', globals: { process: 'readonly', require: 'readonly', module: 'writable', __dirname: 'readonly' } },
+    // the bins are CommonJS (packages/cli/bin/load-bundle.cjs says why)
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
     files: ['packages/*/src/**/*.ts'],
     ignores: ['packages/cli/src/**', 'packages/testkit/src/**'],
     rules: { 'no-console': 'error' },

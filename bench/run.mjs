@@ -17,7 +17,7 @@ const FILES = Number(process.env.BENCH_FILES ?? 20_000)
 const MB = Number(process.env.BENCH_MB ?? 1500)
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3)
 const work = process.env.BENCH_DIR ?? join(root, 'bench/.work')
-const cli = join(root, 'packages/cli/bin/bbackup.js')
+const cli = join(root, 'packages/cli/bin/bbackup.cjs')
 const asRoot = process.getuid?.() === 0
 
 const has = (tool) => spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0

@@ -8,8 +8,9 @@
 //                                      without Node, made from the Node that runs this (same version, same
 //                                      architecture; about 100 MB each)
 //   node scripts/bundle.mjs --bin      @bb/cli's own bins (its build runs this): packages/cli/dist/bin/,
-//                                      the two commands sharing chunks, each subcommand's code loaded when used,
-//                                      and the manual page bbackup(1) from them, packages/cli/dist/man/bbackup.1
+//                                      one CommonJS script per command, which packages/cli/bin/ runs with a
+//                                      V8 code cache (load-bundle.cjs), and the manual page bbackup(1) from
+//                                      them, packages/cli/dist/man/bbackup.1
 import { execFileSync } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -38,14 +39,22 @@ const options = {
   logLevel: 'warning',
 }
 
+const commonJs = {
+  format: 'cjs',
+  banner: {},
+  // the one import.meta (main.ts reading package.json) is on the path BBACKUP_BUNDLED_VERSION closes
+  logOverride: { 'empty-import-meta': 'silent' },
+}
+
 if (bin) {
   rmSync(out, { recursive: true, force: true })
-  await build({ ...options, entryPoints, outdir: out, splitting: true, chunkNames: 'chunks/[name]-[hash]' })
+  // CommonJS: a script can be compiled from a code cache on Node 20, an ES module cannot
+  await build({ ...options, ...commonJs, entryPoints, outdir: out, outExtension: { '.js': '.cjs' } })
   console.log(out)
   // the manual page, from the same command definitions as --help (`bbackup man`)
   const man = join(root, 'packages/cli/dist/man')
   mkdirSync(man, { recursive: true })
-  writeFileSync(join(man, 'bbackup.1'), execFileSync(process.execPath, [join(out, 'bbackup.js'), 'man']))
+  writeFileSync(join(man, 'bbackup.1'), execFileSync(process.execPath, [join(root, 'packages/cli/bin/bbackup.cjs'), 'man'], { env: { ...process.env, NODE_DISABLE_COMPILE_CACHE: '1' } }))
   console.log(join(man, 'bbackup.1'))
 } else if (sea) {
   // a single executable application runs one CommonJS script, with only Node's own modules to require
@@ -57,9 +66,7 @@ if (bin) {
       const script = join(work, `${name}.cjs`)
       const blob = join(work, `${name}.blob`)
       await build({
-        ...options, entryPoints: [entry], outfile: script, format: 'cjs', banner: {}, define: { ...options.define, BBACKUP_SEA: 'true' },
-        // the one import.meta (main.ts reading package.json) is on the path BBACKUP_BUNDLED_VERSION closes
-        logOverride: { 'empty-import-meta': 'silent' },
+        ...options, ...commonJs, entryPoints: [entry], outfile: script, define: { ...options.define, BBACKUP_SEA: 'true' },
       })
       writeFileSync(join(work, `${name}.json`), JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true }))
       execFileSync(process.execPath, ['--experimental-sea-config', join(work, `${name}.json`)], { stdio: 'pipe' })

@@ -13,7 +13,7 @@ const demo = join(root, '.demo')
 const source = join(demo, 'source')
 const target = join(demo, 'backups')
 const state = join(demo, 'state')
-const cli = join(root, 'packages/cli/bin/bbackup.js')
+const cli = join(root, 'packages/cli/bin/bbackup.cjs')
 
 const has = (tool) => spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0
 if (!has('rsync')) {

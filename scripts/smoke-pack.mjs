@@ -35,10 +35,14 @@ try {
   writeFileSync(join(work, 'src/a.txt'), 'a\n')
   writeFileSync(join(work, 'src/sub/b.txt'), 'b\n')
   const bin = join(app, 'node_modules/.bin')
-  run(join(bin, 'bbackup'), ['run', join(work, 'src'), join(work, 'dst'), '--state-dir', join(work, 'state'), '-q'], { cwd: app })
-  const listed = JSON.parse(run(join(bin, 'bbackup'), ['list', join(work, 'src'), join(work, 'dst'), '--state-dir', join(work, 'state'), '--json'], { cwd: app }))
+  // the bins' code cache in the work directory, not in the home of whoever runs the tests
+  const env = { ...process.env, XDG_CACHE_HOME: join(work, 'cache') }
+  run(join(bin, 'bbackup'), ['run', join(work, 'src'), join(work, 'dst'), '--state-dir', join(work, 'state'), '-q'], { cwd: app, env })
+  const cached = readdirSync(join(work, 'cache/bbackup'))
+  if (cached.length !== 1 || !cached[0].endsWith('.v8')) throw new Error(`smoke: bbackup left no code cache, or more than one: ${cached.join(', ')}`)
+  const listed = JSON.parse(run(join(bin, 'bbackup'), ['list', join(work, 'src'), join(work, 'dst'), '--state-dir', join(work, 'state'), '--json'], { cwd: app, env }))
   if (listed[0]?.snapshots?.length !== 1) throw new Error(`smoke: expected one backup, got ${JSON.stringify(listed)}`)
-  const version = run(join(bin, 'bbackup-remote'), ['--role', 'list', '--restrict-path', work], { env: { ...process.env, SSH_ORIGINAL_COMMAND: 'rsync --version' } })
+  const version = run(join(bin, 'bbackup-remote'), ['--role', 'list', '--restrict-path', work], { env: { ...env, SSH_ORIGINAL_COMMAND: 'rsync --version' } })
   if (!/^rsync +version/.test(version)) throw new Error(`smoke: bbackup-remote did not run rsync --version: ${version}`)
   writeFileSync(join(app, 'sdk.mjs'), "import { backup, prometheusMetrics } from '@bb/core'\nimport { rsyncDriver } from '@bb/drivers/rsync'\nimport { localTransport } from '@bb/transports/local'\nconsole.log(typeof backup, typeof prometheusMetrics, typeof rsyncDriver, typeof localTransport)\n")
   const types = run(process.execPath, ['sdk.mjs'], { cwd: app }).trim()
@@ -46,7 +50,7 @@ try {
   // the manual page of npm's man field, as packed
   const man = readFileSync(join(app, 'node_modules/@bb/cli/dist/man/bbackup.1'), 'utf8')
   if (!man.startsWith('.TH BBACKUP 1 ')) throw new Error(`smoke: the packed bbackup.1 is not a manual page: ${man.slice(0, 80)}`)
-  console.log('smoke: the packed packages install in an empty directory; bbackup ran a backup, bbackup-remote, the SDK and the manual page work')
+  console.log('smoke: the packed packages install in an empty directory; bbackup ran a backup (and made its code cache), bbackup-remote, the SDK and the manual page work')
 } finally {
   rmSync(work, { recursive: true, force: true })
 }

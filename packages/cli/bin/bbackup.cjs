@@ -1,0 +1,2 @@
+#!/usr/bin/env node
+require('./load-bundle.cjs').loadBundle(require('node:path').join(__dirname, '../dist/bin/bbackup.cjs'))
