@@ -238,6 +238,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     // a new snapshot never takes a name that is in use at a target
     const r3 = ok(await backup(job, { now: at('2026-11-23T10:00:00Z'), transfer: false }))
     expect(r3.snapshot).toBe('home.2026-11-23T100000Z_1')
+    // nor one that only a target holds: the snapshot, taken while the target is listed, is taken again under a free name, the first deleted
+    for (const n of ['home.2026-11-23T100000Z', 'home.2026-11-23T100000Z_1']) btrfs('subvolume', 'delete', join(source, '.snapshots', n))
+    const events: string[] = []
+    const r4 = ok(await backup(job, { now: at('2026-11-23T10:00:00Z'), transfer: false, onEvent: (e) => void (e.type === 'snapshot-created' && events.push(e.snapshot)) }))
+    expect([r4.snapshot, events]).toEqual(['home.2026-11-23T100000Z_1', ['home.2026-11-23T100000Z_1']])
+    expect(await names(join(source, '.snapshots'))).toEqual(['home.2026-11-23T100000Z_1'])
   })
 
   it('when the newest common snapshot is deleted at the target or at the source, the next older pair is the parent (scenario 5)', async () => {

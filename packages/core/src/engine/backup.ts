@@ -171,21 +171,42 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
 
   // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
   const sourceListed = job.driver.snapshotsSource ? job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : okAsync([])
-  const [probed, journal, states, listed] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed])
+  // The snapshot is taken once the source passed its probe and its snapshots are listed, while the
+  // targets are still being reached (over ssh: logged in to). Its name is free among the source's
+  // snapshots; one that a target holds as well (a backup made in the same second whose source
+  // snapshot is gone) is taken again under a name free everywhere, and the first one deleted.
+  const snapshotting = job.driver.snapshotsSource && options.snapshot !== false
+  const take = (name: string): Promise<Result<SnapshotInfo, BbError>> => {
+    if (job.driver.createSnapshot === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
+    return Promise.resolve(job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal }))
+  }
+  const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | undefined> => {
+    const [probed, journal, listed] = await Promise.all([sourceProbed, journalRead, sourceListed])
+    if (!snapshotting || probed.isErr() || journal.isErr() || listed.isErr()) return undefined
+    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: ownSnapshots(job, listed.value).map((x) => x.name) }))
+  })()
+  const [probed, journal, states, listed, taken] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed, snapshotTaken])
   if (probed.isErr()) return err(probed.error)
   if (journal.isErr()) return err(journal.error)
   if (listed.isErr()) return err(listed.error)
   let sourceSnapshots: SnapshotInfo[] = ownSnapshots(job, listed.value)
 
-  const existing = [...sourceSnapshots, ...states.flatMap((s) => s.snapshots)].map((x) => x.name)
-  const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing })
+  const held = new Set(states.flatMap((s) => s.snapshots).map((x) => x.name))
+  let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: [...sourceSnapshots.map((x) => x.name), ...held] })
 
   let sourceSnapshot: SnapshotInfo | undefined
-  if (job.driver.snapshotsSource && options.snapshot !== false) {
-    if (job.driver.createSnapshot === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
-    const created = await job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal })
+  if (taken !== undefined) {
+    let created = taken
+    if (created.isOk() && held.has(created.value.name)) {
+      if (!dryRun) {
+        const removed = await job.driver.deleteSnapshots({ at: job.source, snapshots: [created.value], dryRun, signal: options.signal })
+        if (removed.isErr()) return err(removed.error)
+      }
+      created = await take(name)
+    }
     if (created.isErr()) return err(created.error)
     sourceSnapshot = created.value
+    name = created.value.name
     sourceSnapshots = [...sourceSnapshots, created.value]
     emit({ type: 'snapshot-created', snapshot: name, at: formatLocation({ ...job.source.location, path: created.value.path }) })
   }
