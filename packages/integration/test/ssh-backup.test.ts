@@ -72,7 +72,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'backup', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
-  it('lists the backups on a host with a login shell by two btrfs subvolume list, not a show per backup; the identities are those btrfs shows', async () => {
+  it('lists the backups on a host with a login shell by two btrfs subvolume list in one round trip, not a show per backup; the identities are those btrfs shows', async () => {
     for (let i = 0; i < 3; i++) {
       await writeFile(join(dir, 'home/a.txt'), `round ${i}\n`)
       await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
@@ -83,10 +83,20 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     try {
       const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
       const commands: string[] = []
-      const watched = { ...target, exec: (argv: readonly string[], o?: Parameters<typeof target.exec>[1]) => {
-        commands.push(argv.slice(0, 3).join(' '))
-        return target.exec(argv, o)
-      } }
+      const batches: string[][] = []
+      const each = target.execEach
+      if (each === undefined) throw new Error('the ssh transport runs commands in one round trip (execEach)')
+      const watched = {
+        ...target,
+        exec: (argv: readonly string[], o?: Parameters<typeof target.exec>[1]) => {
+          commands.push(argv.slice(0, 3).join(' '))
+          return target.exec(argv, o)
+        },
+        execEach: (argvs: readonly (readonly string[])[], o?: Parameters<typeof target.exec>[1]) => {
+          batches.push(argvs.map((argv) => argv.slice(0, 3).join(' ')))
+          return each(argvs, o)
+        },
+      }
       expect((await target.exec(['true']))._unsafeUnwrap().exitCode).toBe(0)
       expect(target.unrestricted?.()).toBe(true)
       const listed = (await btrfsDriver().listSnapshots({ at: watched, side: 'target', signal: undefined }))._unsafeUnwrap()
@@ -98,8 +108,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
         expect(snapshot.identity?.receivedUuid).toBe(s['Received UUID'] === '-' ? undefined : s['Received UUID'])
         expect(snapshot.identity?.readOnly).toBe(s['Flags'] === 'readonly')
       }
-      expect(commands.filter((c) => c === 'btrfs subvolume show')).toEqual([])
-      expect(commands.filter((c) => c === 'btrfs subvolume list')).toHaveLength(2)
+      // the two lists and the mount table in one round trip, and no show
+      expect(commands.filter((c) => c.startsWith('btrfs subvolume'))).toEqual([])
+      expect(batches).toEqual([['btrfs subvolume list', 'btrfs subvolume list', 'cat /proc/self/mountinfo']])
     } finally {
       await session.close()
     }

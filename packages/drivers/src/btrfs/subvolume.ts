@@ -178,16 +178,19 @@ export const readSubvolumes = (at: Transport, dir: string, names: readonly strin
     const found = new Map<string, Subvolume | undefined>()
     const opts = signal === undefined ? {} : { signal }
     if ((at.location.kind === 'local' || at.unrestricted?.() === true) && names.length > 1) {
-      const [all, readOnly, mountinfo] = await Promise.all([
-        at.exec(['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], opts),
-        at.exec(['btrfs', 'subvolume', 'list', '-o', '-r', dir], opts),
-        at.readFile('/proc/self/mountinfo'),
-      ])
-      const prefix = mountinfo.isOk() && mountinfo.value !== undefined ? pathInFilesystem(mountinfo.value, dir) : undefined
+      const lists = [['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], ['btrfs', 'subvolume', 'list', '-o', '-r', dir]]
+      // the three in one round trip where the transport can (ssh), else at once; undefined: failed
+      const [all, readOnly, mountinfo] = at.execEach !== undefined
+        ? (await at.execEach([...lists, ['cat', '/proc/self/mountinfo']], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
+        : await Promise.all([
+          ...lists.map(async (argv) => (await at.exec(argv, opts)).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined)),
+          at.readFile('/proc/self/mountinfo').unwrapOr(undefined),
+        ])
+      const prefix = mountinfo === undefined ? undefined : pathInFilesystem(mountinfo, dir)
       // any doubt (an old btrfs-progs, no permission, a path through a symlink) leaves it to show
-      if (prefix !== undefined && all.isOk() && all.value.exitCode === 0 && readOnly.isOk() && readOnly.value.exitCode === 0) {
-        const ro = new Set(readOnly.value.stdout.split('\n').map((l) => /^ID (\d+) /.exec(l)?.[1]).filter((id) => id !== undefined).map(Number))
-        const byPath = new Map(parseSubvolumeList(all.value.stdout).map((s) => [s.path, s]))
+      if (prefix !== undefined && all !== undefined && readOnly !== undefined) {
+        const ro = new Set(readOnly.split('\n').map((l) => /^ID (\d+) /.exec(l)?.[1]).filter((id) => id !== undefined).map(Number))
+        const byPath = new Map(parseSubvolumeList(all).map((s) => [s.path, s]))
         for (const name of names) {
           const s = byPath.get(prefix === '' ? name : `${prefix}/${name}`)
           if (s === undefined) continue
