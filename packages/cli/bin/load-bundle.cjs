@@ -6,15 +6,16 @@
 // The cache is $XDG_CACHE_HOME/bbackup or else ~/.cache/bbackup in the home directory of the user that
 // runs the command (not $HOME, which sudo may keep), a directory of the user's own that no one else can
 // write to: V8 runs the code a cache holds, so a cache that is not ours is never read.
-// A cache is named for the bundle's content (V8 itself would take one made from other code of the
-// same length) and the Node version. NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch) turns it off.
+// A cache is named for the command, the bundle's content (V8 itself would take one made from other
+// code of the same length) and the Node version; a command's older caches beyond the last few go.
+// NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch) turns it off.
 // Nothing here may fail a command: a cache that cannot be read or written is done without.
 // CommonJS, because only a script (not an ES module) can be compiled from a cache on Node 20.
 const { createHash } = require('node:crypto')
-const { closeSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, statSync, writeFileSync } = require('node:fs')
+const { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } = require('node:fs')
 const Module = require('node:module')
 const { userInfo } = require('node:os')
-const { dirname, join } = require('node:path')
+const { basename, dirname, join } = require('node:path')
 const { Script } = require('node:vm')
 
 /** the cache directory, made if missing, or undefined when there is none we may trust */
@@ -46,13 +47,26 @@ function readCache(file) {
   }
 }
 
-function writeCache(file, data) {
+/** how many caches of one command are kept: this build's and those of the builds used last before it */
+const KEEP = 3
+
+/** `<command>-<sha256 of the code, 32 hex>-<node version>-<arch>.v8`: what writeCache makes, and all it removes */
+const cacheName = (command, source) => `${command}-${createHash('sha256').update(source).digest('hex').slice(0, 32)}-${process.version}-${process.arch}.v8`
+const ownCache = (command) => new RegExp(`^${command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-[0-9a-f]{32}-v[0-9.]+-[a-z0-9]+\\.v8$`)
+
+function writeCache(dir, command, name, data) {
+  const file = join(dir, name)
   const temp = `${file}.${process.pid}.tmp`
   try {
     writeFileSync(temp, data, { mode: 0o600, flag: 'wx' })
     renameSync(temp, file)
+    // an upgrade leaves the old build's cache behind: of the command's other caches, the newest few are kept
+    const others = readdirSync(dir).filter((n) => n !== name && ownCache(command).test(n))
+      .map((n) => ({ n, mtime: statSync(join(dir, n)).mtimeMs })).sort((a, b) => b.mtime - a.mtime)
+    for (const { n } of others.slice(KEEP - 1)) rmSync(join(dir, n), { force: true })
   } catch {
     // a cache is an optimisation: without one the next run compiles again
+    rmSync(temp, { force: true })
   }
 }
 
@@ -70,14 +84,13 @@ function loadBundle(file, env = process.env) {
     process.exit(1)
   }
   const dir = cacheDir(env)
-  const cacheFile = dir === undefined
-    ? undefined
-    : join(dir, `${createHash('sha256').update(source).digest('hex').slice(0, 32)}-${process.version}-${process.arch}.v8`)
-  const cachedData = cacheFile === undefined ? undefined : readCache(cacheFile)
+  const command = basename(file, '.cjs')
+  const name = dir === undefined ? '' : cacheName(command, source)
+  const cachedData = dir === undefined ? undefined : readCache(join(dir, name))
   const script = new Script(Module.wrap(source), { filename: file, cachedData })
-  const state = cacheFile === undefined ? 'off' : cachedData !== undefined && !script.cachedDataRejected ? 'used' : 'made'
+  const state = dir === undefined ? 'off' : cachedData !== undefined && !script.cachedDataRejected ? 'used' : 'made'
   // made after the run, so that it holds the functions the command compiled on its way
-  if (state === 'made') process.once('exit', () => writeCache(cacheFile, script.createCachedData()))
+  if (state === 'made') process.once('exit', () => writeCache(dir, command, name, script.createCachedData()))
   const mod = new Module(file, module)
   mod.filename = file
   mod.paths = Module._nodeModulePaths(dirname(file))

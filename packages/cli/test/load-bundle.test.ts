@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -39,7 +39,7 @@ describe('load-bundle: the bins run their bundle with a V8 code cache of the use
     writeFileSync(file, bundle('A'))
     const first = run()
     expect(first).toEqual({ status: 0, stderr: '', state: 'state=made', ran: { version: 'A', file, module: file, read: 'function', args: ['a1', 'a 2'] } })
-    expect(caches()).toEqual([expect.stringMatching(new RegExp(`^[0-9a-f]{32}-${process.version}-${process.arch}\\.v8$`))])
+    expect(caches()).toEqual([expect.stringMatching(new RegExp(`^command-[0-9a-f]{32}-${process.version}-${process.arch}\\.v8$`))])
     expect(statSync(join(cacheHome, 'bbackup')).mode & 0o777).toBe(0o700)
     expect(statSync(join(cacheHome, 'bbackup', caches()[0] ?? '')).mode & 0o777).toBe(0o600)
     expect(run()).toEqual({ ...first, state: 'state=used' })
@@ -52,6 +52,23 @@ describe('load-bundle: the bins run their bundle with a V8 code cache of the use
     const changed = run()
     expect([changed.state, changed.ran?.version]).toEqual(['state=made', 'B'])
     expect(caches()).toHaveLength(2)
+  })
+
+  it('keeps the caches of the last few builds of a command and removes older ones, never a file of another name', () => {
+    const own = join(cacheHome, 'bbackup')
+    mkdirSync(own, { recursive: true, mode: 0o700 })
+    // four older builds of this command (the oldest first), another command's cache and a file of the user's
+    const older = [1, 2, 3, 4].map((i) => `command-${String(i).repeat(32)}-${process.version}-${process.arch}.v8`)
+    const kept = ['other-command-' + 'a'.repeat(32) + `-${process.version}-${process.arch}.v8`, 'notes.txt', `command-${'5'.repeat(32)}-${process.version}-${process.arch}.v8.bak`]
+    for (const [i, n] of [...older, ...kept].entries()) {
+      writeFileSync(join(own, n), 'x')
+      utimesSync(join(own, n), 1_000_000 + i, 1_000_000 + i)
+    }
+    writeFileSync(file, bundle('A'))
+    expect(run().state).toBe('state=made')
+    const mine = caches().filter((n) => !older.includes(n) && !kept.includes(n))
+    expect(mine).toHaveLength(1)
+    expect(caches().sort()).toEqual([...mine, ...older.slice(2), ...kept].sort())
   })
 
   it('passes the exit code through, and still writes the cache', () => {
