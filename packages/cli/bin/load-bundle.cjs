@@ -34,7 +34,7 @@ function cacheDir(env) {
 /** owned by this user and writable by no one else */
 const ours = (stat) => stat.uid === process.geteuid() && (stat.mode & 0o022) === 0
 
-/** the cache made for `code` by an earlier run, if there is one we may use */
+/** the cache an earlier run wrote to `file`, if it is one we may use */
 function readCache(file) {
   let fd
   try {
@@ -61,7 +61,8 @@ function writeCache(dir, command, name, data) {
     writeFileSync(temp, data, { mode: 0o600, flag: 'wx' })
     renameSync(temp, file)
     // an upgrade leaves the old build's cache behind: of the command's other caches, the newest few are kept
-    const others = readdirSync(dir).filter((n) => n !== name && ownCache(command).test(n))
+    const own = ownCache(command)
+    const others = readdirSync(dir).filter((n) => n !== name && own.test(n))
       .map((n) => ({ n, mtime: statSync(join(dir, n)).mtimeMs })).sort((a, b) => b.mtime - a.mtime)
     for (const { n } of others.slice(KEEP - 1)) rmSync(join(dir, n), { force: true })
   } catch {
@@ -93,7 +94,6 @@ function loadBundle(file, env = process.env) {
   if (state === 'made') process.once('exit', () => writeCache(dir, command, name, script.createCachedData()))
   const mod = new Module(file, module)
   mod.filename = file
-  mod.paths = Module._nodeModulePaths(dirname(file))
   script.runInThisContext()(mod.exports, Module.createRequire(file), mod, file, dirname(file))
   return state
 }
