@@ -50,6 +50,17 @@ const report = (what, ours, theirs, peer) => {
   console.log(`  ${what}: bbackup ${ours.toFixed(3)} s, ${peer} ${theirs.toFixed(3)} s, ratio ${(ours / theirs).toFixed(3)}`)
 }
 
+// NODE_EXTRA_CA_CERTS makes every start of Node 20 read and parse the file it names, before any of
+// bbackup's code runs (docs/install.md): set for this shell's other tools, it is not bbackup's and not
+// what a job under cron or systemd has, so the runs here go without it, and what it costs is printed
+if (process.env.NODE_EXTRA_CA_CERTS) {
+  const nodeStart = (env) => median(Array.from({ length: 11 }, () => seconds(() => execFileSync(process.execPath, ['-e', '0'], { env }))))
+  const withIt = nodeStart(process.env)
+  delete process.env.NODE_EXTRA_CA_CERTS
+  const without = nodeStart(process.env)
+  console.log(`bench: NODE_EXTRA_CA_CERTS is set here, and costs each start of Node ${((withIt - without) * 1000).toFixed(0)} ms (node -e 0: ${(withIt * 1000).toFixed(0)} ms with it, ${(without * 1000).toFixed(0)} without); bbackup runs without it below, as under cron or systemd`)
+}
+
 if (!has('rsync')) {
   console.error('bench: rsync is not installed: apt-get install rsync')
   process.exit(1)
