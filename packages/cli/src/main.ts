@@ -157,6 +157,20 @@ const jobOptions = (command: Command): Command =>
     .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
     .option('-q, --quiet', 'print only errors and warnings')
 
+/** every command of bbackup, in the order of `--help` */
+export const COMMANDS = ['run', 'snapshot', 'transfer', 'system-backup', 'prune', 'list', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
+
+/**
+ * The one command to define for `argv`: building every command's options costs several ms of each
+ * run (commander checks each new option against the ones before it), and a run needs only its own.
+ * Undefined, all of them, for `--help`, `help`, a word that names no command (commander suggests
+ * the nearest), and `completion` and `man`, which are made from all of them.
+ */
+export const commandToDefine = (argv: readonly string[]): string | undefined => {
+  const first = argv[0]
+  return first !== undefined && first !== 'completion' && first !== 'man' && (COMMANDS as readonly string[]).includes(first) ? first : undefined
+}
+
 const EXAMPLES: Readonly<Record<string, string>> = {
   'system-backup': `
 Examples:
@@ -265,6 +279,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   const connections: Connections = {
     ssh: () => (session ??= import('@bb/transports/ssh').then(({ openSshSession }) => openSshSession())),
   }
+  const only = commandToDefine(expanded.value)
+  const wanted = (name: (typeof COMMANDS)[number]): boolean => only === undefined || only === name
   const program = new Command('bbackup')
     .description('Backups with btrfs snapshots, rsync hard links or block images: snapshot, transfer, prune.')
     .version(VERSION, '-V, --version')
@@ -625,7 +641,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
   }
 
-  const jobCommand = (name: string, description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
+  const jobCommand = (name: 'run' | 'snapshot' | 'transfer', description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
+    if (!wanted(name)) return
     const command = jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
       .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
@@ -657,344 +674,372 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   jobCommand('transfer', 'send what the targets lack, without a new snapshot or pruning', { snapshot: false, prune: false })
 
   // rsync-system-backup's command line, on the rsync driver
-  priorityOptions(jobOptions(program.command('system-backup')
-    .description("rsync-system-backup's command: back up SOURCE (default /) to DEST without /dev, /proc, caches and the like; the stages -b, -s, -r alone or together (none: all three)")
-    .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where')))
-    .option('-b, --backup', 'the backup stage: copy the source (alone: to a daemon module whose post-xfer exec publishes)')
-    .option('-s, --snapshot', 'the snapshot stage: publish the copy as a backup (with -b)')
-    .option('-r, --rotate', "the rotate stage: retention (--keep-backups, default 'hourly=24 daily=7 weekly=4 monthly=always')")
-    .option('-x <pattern>', "rsync-system-backup's spelling of --exclude (repeatable)", collect)
-    .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
-    .option('--force', 'run on a system that is not Linux (the built-in excludes are Linux\'s)')
-    .option('-u, --no-sudo', 'as a user that is not root, run rsync as that user (by default it runs through sudo -n, as rsync-system-backup does)')
-    .option('--disable-notifications', 'no desktop notifications (by default each desktop session on this host is told when the backup starts and ends, through notify-send)')
-    .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
-    .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
-    .addHelpText('after', EXAMPLES['system-backup'] ?? '')
-    .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean; disableNotifications?: boolean }) => {
-      const { systemBackupPlan, SYSTEM_BACKUP_POLICY } = await import('./system-backup.js')
-      const plan = systemBackupPlan(paths, { ...options, platform: process.platform })
-      if (plan.isErr()) return void (outcome = fail(plan.error, options))
-      const { source, destination, stages } = plan.value
-      const lowered = await withPriority(options)
-      if (lowered !== undefined) return void (outcome = lowered)
-      const withDefaults: CommonOptions = {
-        ...options, driver: options.driver ?? 'rsync', systemExcludes: true, exclude: [...(options.exclude ?? []), ...(options.x ?? [])],
-        keepBackups: options.keepBackups ?? options.numBackups ?? SYSTEM_BACKUP_POLICY, backup: stages.serverPublishes,
-        // a system is read as root: a user that is not gets rsync through sudo unless -u
-        sudo: options.sudo ?? process.getuid?.() !== 0,
-      }
-      // rsync-system-backup's desktop notifications: best effort, never in a dry run
-      const notifying = options.disableNotifications !== true && options.dryRun !== true
-      const { notifyDesktops } = await import('./notify.js')
-      const what = `${source} to ${destination}`
-      const started = Date.now()
-      if (notifying) await notifyDesktops('System backups', `Starting backup of ${what}`, 'normal')
-      outcome = stages.transfer
-        ? await runJobs(source, [destination], withDefaults, { prune: stages.rotate })
-        : await runPrune(source, [destination], withDefaults)
-      const took = `${((Date.now() - started) / 1000).toFixed(1)} s`
-      if (notifying) {
-        await (diskMissing
-          ? notifyDesktops('System backups', `Nothing backed up: the backup disk of ${destination} is not there`, 'normal')
-          : outcome.code === EXIT.ok
-            ? notifyDesktops('System backups', `Finished backup of ${what} in ${took}.`, 'normal')
-            : notifyDesktops('System backups', `Backup of ${what} failed after ${took} (exit ${outcome.code})! Review the system logs for details.`, 'critical'))
-      }
-    })
-
-  priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
-    .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
-    .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
-    .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
-    .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup"))
-    .addHelpText('after', EXAMPLES.prune ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
-      if (options.backupDir !== undefined) {
-        if (source !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `prune -b takes no source or targets (${source})`, 'give the backup directory alone: bbackup prune -b DIR'), options))
-        return void (outcome = { code: await blockPrune(io, options.backupDir, options) })
-      }
-      const hooked = await asRsyncdHook('prune', source, targets, options)
-      if (hooked !== undefined) return void (outcome = hooked)
-      outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
-    })
-
-  jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
-    .addHelpText('after', EXAMPLES.list ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-      await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
-    })
-
-  jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock; with -b, the revisions of a block volume').argument('[source]').argument('[targets...]'))
-    .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume')
-    .option('--check', 'a health check for monitoring: a verdict per job, exit 0 ok, 1 warning, 2 critical, 3 unknown (Nagios)')
-    .option('--warn-age <age>', 'with --check: the newest backup older than this is a warning (default 26h; config: warn_age)')
-    .option('--critical-age <age>', 'with --check: older than this is critical (default 50h; config: critical_age)')
-    .addHelpText('after', EXAMPLES.status ?? '')
-    .option('--unit-dir <dir>', "where the jobs' timers are (default /etc/systemd/system, or ~/.config/systemd/user when not root)")
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
-      if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
-      if (options.check === true) {
-        const { checkHealth } = await import('./health-check.js')
-        return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options, true), options) })
-      }
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      // a job of the config: also its timer, where `bbackup schedule` wrote it
-      const { defaultUnitDir } = await import('./schedule.js')
-      const { timerOf } = await import('./schedule-command.js')
-      const unitDir = options.unitDir === undefined ? defaultUnitDir(process.getuid?.() !== 0, process.env) : resolvePath(io.cwd, options.unitDir)
-      const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
-      const texts: string[] = []
-      for (const job of resolved.jobs) {
-        const s = await status(job)
-        if (s.isErr()) return void (outcome = fail(s.error, options))
-        const name = resolved.specOf.get(job)?.name
-        const timer = name === undefined ? undefined : await timerOf(name, unitDir)
-        answers.push({ ...s.value, ...(name === undefined ? {} : { schedule: timer ?? null }) })
-        texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
-      }
-      io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
-      if (answers.some((s) => s.targets.some((t) => !t.reachable))) outcome = { code: EXIT.someTargetsFailed }
-    })
-
-  jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions'))
-    .option('--snapshot <name>', 'the backup to verify (default: the newest)')
-    .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume; the arguments are revisions (uuid, 0 = newest, latest, a tag, all)')
-    .option('--subset <k/n>', 'block: check only every n-th chunk, starting at the k-th; n runs with k = 1..n check everything once')
-    .addHelpText('after', EXAMPLES.verify ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string; backupDir?: string; subset?: string }) => {
-      if (options.backupDir !== undefined) return void (outcome = { code: await blockVerify(io, options.backupDir, [...(source === undefined ? [] : [source]), ...targets], options) })
-      const resolved = await resolveJobs(source, targets, options)
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      for (const job of resolved.jobs) {
-        for (const at of job.targets) {
-          const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
-          if (r.isErr()) return void (outcome = fail(r.error, options))
-          if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
-          else {
-            io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} problems`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
-            // what was checked, and what could not be
-            io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
-          }
-          if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
+  if (wanted('system-backup')) {
+    priorityOptions(jobOptions(program.command('system-backup')
+      .description("rsync-system-backup's command: back up SOURCE (default /) to DEST without /dev, /proc, caches and the like; the stages -b, -s, -r alone or together (none: all three)")
+      .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where')))
+      .option('-b, --backup', 'the backup stage: copy the source (alone: to a daemon module whose post-xfer exec publishes)')
+      .option('-s, --snapshot', 'the snapshot stage: publish the copy as a backup (with -b)')
+      .option('-r, --rotate', "the rotate stage: retention (--keep-backups, default 'hourly=24 daily=7 weekly=4 monthly=always')")
+      .option('-x <pattern>', "rsync-system-backup's spelling of --exclude (repeatable)", collect)
+      .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
+      .option('--force', 'run on a system that is not Linux (the built-in excludes are Linux\'s)')
+      .option('-u, --no-sudo', 'as a user that is not root, run rsync as that user (by default it runs through sudo -n, as rsync-system-backup does)')
+      .option('--disable-notifications', 'no desktop notifications (by default each desktop session on this host is told when the backup starts and ends, through notify-send)')
+      .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
+      .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
+      .addHelpText('after', EXAMPLES['system-backup'] ?? '')
+      .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean; disableNotifications?: boolean }) => {
+        const { systemBackupPlan, SYSTEM_BACKUP_POLICY } = await import('./system-backup.js')
+        const plan = systemBackupPlan(paths, { ...options, platform: process.platform })
+        if (plan.isErr()) return void (outcome = fail(plan.error, options))
+        const { source, destination, stages } = plan.value
+        const lowered = await withPriority(options)
+        if (lowered !== undefined) return void (outcome = lowered)
+        const withDefaults: CommonOptions = {
+          ...options, driver: options.driver ?? 'rsync', systemExcludes: true, exclude: [...(options.exclude ?? []), ...(options.x ?? [])],
+          keepBackups: options.keepBackups ?? options.numBackups ?? SYSTEM_BACKUP_POLICY, backup: stages.serverPublishes,
+          // a system is read as root: a user that is not gets rsync through sudo unless -u
+          sudo: options.sudo ?? process.getuid?.() !== 0,
         }
-      }
-    })
-
-  sshOptions(program.command('restore'))
-    .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
-    .argument('[target]', 'where the backups are (with -b: the revision)')
-    .argument('[snapshot]', "the backup's name, or latest (with -b: the destination)")
-    .argument('[destination]', 'a directory that does not exist or is empty')
-    .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force)')
-    .option('--force', 'block: write over a block device; restore a distrusted revision')
-    .option('--path <path>', 'restore only this path inside the backup')
-    .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
-    .option('-p, --prefix <prefix>', 'with latest: the newest backup of the source whose names start with this')
-    .addOption(new Option('--driver <driver>', 'the driver that made the backups; detected from the target when omitted').choices(['rsync', 'btrfs']))
-    .option('-n, --dry-run', 'print the command, change nothing')
-    .option('--json', 'print the result as JSON')
-    .addHelpText('after', EXAMPLES.restore ?? '')
-    .action(async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }) => {
-      if (options.backupDir !== undefined) {
-        if (target === undefined || snapshot === undefined || destination !== undefined) {
-          return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
+        // rsync-system-backup's desktop notifications: best effort, never in a dry run
+        const notifying = options.disableNotifications !== true && options.dryRun !== true
+        const { notifyDesktops } = await import('./notify.js')
+        const what = `${source} to ${destination}`
+        const started = Date.now()
+        if (notifying) await notifyDesktops('System backups', `Starting backup of ${what}`, 'normal')
+        outcome = stages.transfer
+          ? await runJobs(source, [destination], withDefaults, { prune: stages.rotate })
+          : await runPrune(source, [destination], withDefaults)
+        const took = `${((Date.now() - started) / 1000).toFixed(1)} s`
+        if (notifying) {
+          await (diskMissing
+            ? notifyDesktops('System backups', `Nothing backed up: the backup disk of ${destination} is not there`, 'normal')
+            : outcome.code === EXIT.ok
+              ? notifyDesktops('System backups', `Finished backup of ${what} in ${took}.`, 'normal')
+              : notifyDesktops('System backups', `Backup of ${what} failed after ${took} (exit ${outcome.code})! Review the system logs for details.`, 'critical'))
         }
-        return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options) })
-      }
-      if (target === undefined || snapshot === undefined || destination === undefined) {
-        return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
-      }
-      const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
-      const at = await where
-      if (at.isErr()) return void (outcome = fail(at.error, options))
-      const detected = await detectBackupDriver(at.value)
-      const driver = options.driver ?? detected.driver
-      // stream files are read through their chain, not copied as they are
-      const raw = driver === 'btrfs' && detected.raw
-      const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
-      if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-      const job = resolved.jobs[0] as Job
-      const r = await restore(job, {
-        from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
-        dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined,
       })
-      if (r.isErr()) return void (outcome = fail(r.error, options))
-      io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
-    })
+  }
 
-  sshClientOptions(program.command('init'))
-    .description("block: create the backup directory of a volume (backy's init)")
-    .requiredOption('-b, --backup-dir <dir>', 'a new or empty directory on btrfs or XFS')
-    .argument('<source>', 'the image file or block device to back up: a path, or [user@]host:/path on a host reached over ssh')
-    .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
-    .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
-    .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')
-    .option('--remote-helper <program>', "a source on another host: its bbackup-remote, which hashes there so that only changed chunks cross (default: bbackup-remote when found; 'none' streams the image)")
-    .option('--json', 'print the result as JSON')
-    .addHelpText('after', EXAMPLES.init ?? '')
-    .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string; json?: boolean }) => {
-      outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
-    })
-
-  program.command('distrust')
-    .description('block: mark revisions distrusted: never a parent again, refused by restore without --force, until a clean verify')
-    .argument('<revisions...>', 'a uuid (or a unique start of one), 0 for the newest, latest, a tag, or all')
-    .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
-    .option('--json', 'print the result as JSON')
-    .addHelpText('after', EXAMPLES.distrust ?? '')
-    .action(async (revisions: string[], options: { backupDir: string; json?: boolean }) => {
-      outcome = { code: await blockDistrust(io, options.backupDir, revisions, options) }
-    })
-
-  const backupCommand = sshClientOptions(program.command('backup'))
-    .description('block: make a revision of the volume when its schedule says one is due (silent when not)')
-    .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
-    .option('-f, --force', 'back up even when nothing is due')
-    .option('-t, --tag <tag>', 'add a tag: a schedule tag, or manual:NAME, which never expires (repeatable)', collect)
-    .option('--no-snapshot', 'read the source live, without freezing it (a warning in the report)')
-    .option('--wait [seconds]', 'wait for another run on the volume to finish instead of failing with exit 3')
-    .option('--json', 'print the result as JSON')
-    .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
-    .option('-q, --quiet', 'print only errors and warnings')
-  priorityOptions(backupCommand)
-    .addHelpText('after', EXAMPLES.backup ?? '')
-    .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
-      outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
-    })
-
-  program.command('schedule')
-    .description('write (or print) a systemd .service and .timer that run a configured job; --list, --remove')
-    .argument('[job]', 'the name of a job in the config')
-    .option('-c, --config <file>', `the config the timer's run reads (default ${DEFAULT_CONFIG})`)
-    .option('--on-calendar <when>', 'when to run: a systemd OnCalendar expression (hourly, daily, "*-*-* 02:30")', 'daily')
-    .option('--randomized-delay <seconds>', 'start up to this many seconds later (RandomizedDelaySec), so that many hosts do not start at once')
-    .option('--user', 'units of your own user (systemctl --user), for a setup without root')
-    .option('--unit-dir <dir>', 'where the units go (default /etc/systemd/system, or ~/.config/systemd/user with --user)')
-    .option('--print', 'print the units instead of writing them')
-    .option('--list', 'list the timers bbackup wrote')
-    .option('--remove', 'remove the units of the job (only files bbackup wrote)')
-    .addHelpText('after', EXAMPLES.schedule ?? '')
-    .action(async (job: string | undefined, options: { config?: string; onCalendar: string; randomizedDelay?: string; user?: boolean; unitDir?: string; print?: boolean; list?: boolean; remove?: boolean }) => {
-      const { defaultUnitDir } = await import('./schedule.js')
-      const { listSchedules, removeSchedule, scheduleJob } = await import('./schedule-command.js')
-      const user = options.user === true
-      const unitDir = options.unitDir === undefined ? defaultUnitDir(user, process.env) : resolvePath(io.cwd, options.unitDir)
-      const done = options.list === true
-        ? await listSchedules(io, { unitDir })
-        : job === undefined
-          ? err(bbError('INVALID_OPTIONS', 'no job named', 'give the name of a job in the config: bbackup schedule JOB --on-calendar hourly (or --list)'))
-          : options.remove === true
-            ? await removeSchedule(io, job, { unitDir, user })
-            : await scheduleJob(io, job, {
-              config: resolvePath(io.cwd, options.config ?? DEFAULT_CONFIG), onCalendar: options.onCalendar, user, unitDir, print: options.print === true,
-              ...(options.randomizedDelay === undefined ? {} : { randomizedDelay: options.randomizedDelay }),
-            })
-      if (done.isErr()) outcome = fail(done.error, {})
-    })
-
-  sshOptions(program.command('doctor'))
-    .description('check a setup: every configured job (tools, filesystems, permissions, reachability, free space), an ssh location (and its authorized_keys line), or print an rsyncd.conf module')
-    .argument('[what]', 'nothing: the jobs of the config; ssh://[user@]host[:port]/path or [user@]host:/path; or rsyncd')
-    .option('-c, --config <file>', `without WHAT: the config whose jobs are checked (default ${DEFAULT_CONFIG})`)
-    .option('-j, --job <name>', 'without WHAT: check only this job (repeatable)', collect)
-    .option('--role <roles>', 'ssh: what the key is for, comma-separated: receive (a target), send (a source), delete, list', 'receive')
-    .option('--driver <driver>', 'ssh: check for this driver only (btrfs or rsync)')
-    .option('--module <name>', 'rsyncd: the module\'s name', 'backups')
-    .option('--path <dir>', 'rsyncd: the module\'s directory on the server', '/srv/backups')
-    .option('--user <name>', 'rsyncd: the user of "auth users" (and the daemon\'s uid for the module)', 'bbackup')
-    .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
-    .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
-    .option('--server-side', "rsyncd: the server publishes and rotates (rsync-system-backup's server-side mode): pre-xfer and post-xfer exec lines, for clients that run bbackup run -b")
-    .option('--program <path>', 'rsyncd --server-side: where bbackup is on the server', '/usr/local/bin/bbackup')
-    .option('--keep-backups <policy>', "rsyncd --server-side: the rotation of the post-xfer exec (default: rsync-system-backup's 'hourly=24 daily=7 weekly=4 monthly=always')")
-    .addHelpText('after', EXAMPLES.doctor ?? '')
-    .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string; serverSide?: boolean; program: string }) => {
-      if (what === undefined) {
-        const { driver: _, ...jobOptions } = options
-        const resolved = await resolveJobs(undefined, [], jobOptions, true)
-        if ('error' in resolved) return void (outcome = fail(resolved.error, {}))
-        const { checkJob } = await import('@bb/core')
-        const { findingLines } = await import('./doctor-ssh.js')
-        let problems = 0
-        const { mountCommands, sudoersLine } = await import('@bb/transports/local')
-        for (const job of resolved.jobs) {
-          const findings = await checkJob(job)
-          problems += findings.filter((f) => !f.ok).length
-          // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to mount, its mount and umount too
-          const programs = sudoPrograms(job.driver.name)
-          const mountPoint = resolved.specOf.get(job)?.mount
-          const mounts = mountPoint === undefined ? [] : mountCommands(resolvePath(io.cwd, mountPoint))
-          const what = `${programs.join(', ')}${mountPoint === undefined ? '' : ` and the mount and umount of ${resolvePath(io.cwd, mountPoint)}`}`
-          const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${what} run${programs.length === 1 && mountPoint === undefined ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine([...programs, ...mounts])}`] : []
-          io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
+  if (wanted('prune')) {
+    priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
+      .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
+      .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
+      .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
+      .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup"))
+      .addHelpText('after', EXAMPLES.prune ?? '')
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
+        if (options.backupDir !== undefined) {
+          if (source !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `prune -b takes no source or targets (${source})`, 'give the backup directory alone: bbackup prune -b DIR'), options))
+          return void (outcome = { code: await blockPrune(io, options.backupDir, options) })
         }
-        for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)
-        io.stdout(problems === 0 ? 'no problem found\n' : `${problems} problem${problems === 1 ? '' : 's'} found\n`)
-        return void (outcome = { code: problems === 0 ? EXIT.ok : EXIT.error })
-      }
-      if (what === 'rsyncd') {
-        const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
-        const text = rsyncdModuleText({
-          module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow,
-          ...(options.serverSide === true ? { serverSide: { program: options.program, ...(options.keepBackups === undefined ? {} : { keepBackups: options.keepBackups }) } } : {}),
+        const hooked = await asRsyncdHook('prune', source, targets, options)
+        if (hooked !== undefined) return void (outcome = hooked)
+        outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
+      })
+  }
+
+  if (wanted('list')) {
+    jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
+      .addHelpText('after', EXAMPLES.list ?? '')
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
+      })
+  }
+
+  if (wanted('status')) {
+    jobOptions(program.command('status').description('newest backup and its age per target, pending transfers, the lock; with -b, the revisions of a block volume').argument('[source]').argument('[targets...]'))
+      .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume')
+      .option('--check', 'a health check for monitoring: a verdict per job, exit 0 ok, 1 warning, 2 critical, 3 unknown (Nagios)')
+      .option('--warn-age <age>', 'with --check: the newest backup older than this is a warning (default 26h; config: warn_age)')
+      .option('--critical-age <age>', 'with --check: older than this is critical (default 50h; config: critical_age)')
+      .addHelpText('after', EXAMPLES.status ?? '')
+      .option('--unit-dir <dir>', "where the jobs' timers are (default /etc/systemd/system, or ~/.config/systemd/user when not root)")
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
+        if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
+        if (options.check === true) {
+          const { checkHealth } = await import('./health-check.js')
+          return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options, true), options) })
+        }
+        const resolved = await resolveJobs(source, targets, options)
+        if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+        // a job of the config: also its timer, where `bbackup schedule` wrote it
+        const { defaultUnitDir } = await import('./schedule.js')
+        const { timerOf } = await import('./schedule-command.js')
+        const unitDir = options.unitDir === undefined ? defaultUnitDir(process.getuid?.() !== 0, process.env) : resolvePath(io.cwd, options.unitDir)
+        const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
+        const texts: string[] = []
+        for (const job of resolved.jobs) {
+          const s = await status(job)
+          if (s.isErr()) return void (outcome = fail(s.error, options))
+          const name = resolved.specOf.get(job)?.name
+          const timer = name === undefined ? undefined : await timerOf(name, unitDir)
+          answers.push({ ...s.value, ...(name === undefined ? {} : { schedule: timer ?? null }) })
+          texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
+        }
+        io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
+        if (answers.some((s) => s.targets.some((t) => !t.reachable))) outcome = { code: EXIT.someTargetsFailed }
+      })
+  }
+
+  if (wanted('verify')) {
+    jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions'))
+      .option('--snapshot <name>', 'the backup to verify (default: the newest)')
+      .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume; the arguments are revisions (uuid, 0 = newest, latest, a tag, all)')
+      .option('--subset <k/n>', 'block: check only every n-th chunk, starting at the k-th; n runs with k = 1..n check everything once')
+      .addHelpText('after', EXAMPLES.verify ?? '')
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string; backupDir?: string; subset?: string }) => {
+        if (options.backupDir !== undefined) return void (outcome = { code: await blockVerify(io, options.backupDir, [...(source === undefined ? [] : [source]), ...targets], options) })
+        const resolved = await resolveJobs(source, targets, options)
+        if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+        for (const job of resolved.jobs) {
+          for (const at of job.targets) {
+            const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
+            if (r.isErr()) return void (outcome = fail(r.error, options))
+            if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
+            else {
+              io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} problems`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+              // what was checked, and what could not be
+              io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
+            }
+            if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
+          }
+        }
+      })
+  }
+
+  if (wanted('restore')) {
+    sshOptions(program.command('restore'))
+      .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
+      .argument('[target]', 'where the backups are (with -b: the revision)')
+      .argument('[snapshot]', "the backup's name, or latest (with -b: the destination)")
+      .argument('[destination]', 'a directory that does not exist or is empty')
+      .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force)')
+      .option('--force', 'block: write over a block device; restore a distrusted revision')
+      .option('--path <path>', 'restore only this path inside the backup')
+      .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
+      .option('-p, --prefix <prefix>', 'with latest: the newest backup of the source whose names start with this')
+      .addOption(new Option('--driver <driver>', 'the driver that made the backups; detected from the target when omitted').choices(['rsync', 'btrfs']))
+      .option('-n, --dry-run', 'print the command, change nothing')
+      .option('--json', 'print the result as JSON')
+      .addHelpText('after', EXAMPLES.restore ?? '')
+      .action(async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }) => {
+        if (options.backupDir !== undefined) {
+          if (target === undefined || snapshot === undefined || destination !== undefined) {
+            return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
+          }
+          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options) })
+        }
+        if (target === undefined || snapshot === undefined || destination === undefined) {
+          return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
+        }
+        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
+        const at = await where
+        if (at.isErr()) return void (outcome = fail(at.error, options))
+        const detected = await detectBackupDriver(at.value)
+        const driver = options.driver ?? detected.driver
+        // stream files are read through their chain, not copied as they are
+        const raw = driver === 'btrfs' && detected.raw
+        const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
+        if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+        const job = resolved.jobs[0] as Job
+        const r = await restore(job, {
+          from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
+          dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined,
         })
-        if (text.isErr()) return void (outcome = fail(text.error, {}))
-        return void io.stdout(text.value)
-      }
-      const location = parseLocation(what, { cwd: io.cwd })
-      if (location.isErr() || location.value.kind !== 'ssh') {
-        return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks an ssh location or prints an rsyncd module; ${JSON.stringify(what)} is neither`, 'give ssh://[user@]host/path (or [user@]host:/path), or rsyncd'), {}))
-      }
-      const roles = options.role.split(',')
-      const { ROLES } = await import('@bb/transports/ssh-filter')
-      const badRole = roles.find((r) => !(ROLES as readonly string[]).includes(r))
-      if (badRole !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `unknown role ${JSON.stringify(badRole)}`, 'give --role receive, send, delete or list (comma-separated)'), {}))
-      if (options.driver !== undefined && options.driver !== 'btrfs' && options.driver !== 'rsync') {
-        return void (outcome = fail(bbError('INVALID_OPTIONS', `bbackup doctor checks the btrfs and rsync drivers over ssh, not ${JSON.stringify(options.driver)}`, 'give --driver btrfs or --driver rsync (or leave it out)'), {}))
-      }
-      const ssh = sshSpecOf(options, io.cwd)
-      const transport = await transportFor(location.value, { ssh }, connections)
-      if (transport.isErr()) return void (outcome = fail(transport.error, {}))
-      const { authorizedKeysLine, doctorSsh, renderFindings } = await import('./doctor-ssh.js')
-      const input = {
-        location: location.value, transport: transport.value, roles: roles as Role[], sudo: ssh.sudo === true,
-        ...(options.driver === undefined ? {} : { driver: options.driver as 'btrfs' | 'rsync' }),
-        ...(ssh.identityFile === undefined ? {} : { identityFile: ssh.identityFile }),
-      }
-      const findings = await doctorSsh(input)
-      io.stdout(renderFindings(findings, await authorizedKeysLine(input), input.sudo))
-      // a key that may still run anything is advice, not a failure
-      outcome = { code: findings.some((f) => !f.ok && f.what !== 'restricted') ? EXIT.error : EXIT.ok }
-    })
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
+      })
+  }
 
-  jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
-    .addHelpText('after', EXAMPLES.locks ?? '')
-    .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-      await eachJob(source, targets, options,
-        (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
-        (all) => all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
-    })
+  if (wanted('init')) {
+    sshClientOptions(program.command('init'))
+      .description("block: create the backup directory of a volume (backy's init)")
+      .requiredOption('-b, --backup-dir <dir>', 'a new or empty directory on btrfs or XFS')
+      .argument('<source>', 'the image file or block device to back up: a path, or [user@]host:/path on a host reached over ssh')
+      .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
+      .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
+      .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')
+      .option('--remote-helper <program>', "a source on another host: its bbackup-remote, which hashes there so that only changed chunks cross (default: bbackup-remote when found; 'none' streams the image)")
+      .option('--json', 'print the result as JSON')
+      .addHelpText('after', EXAMPLES.init ?? '')
+      .action(async (source: string, options: CommonOptions & { backupDir: string; chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string; json?: boolean }) => {
+        outcome = { code: await blockInit(io, options.backupDir, source, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+      })
+  }
 
-  program.command('completion')
-    .description('print the shell completion script (bash, zsh or fish), made from these commands and options')
-    .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
-    .addHelpText('after', EXAMPLES.completion ?? '')
-    .action(async (shell: Shell) => {
-      const { completionScript } = await import('./completion.js')
-      io.stdout(completionScript(shell, program))
-    })
+  if (wanted('distrust')) {
+    program.command('distrust')
+      .description('block: mark revisions distrusted: never a parent again, refused by restore without --force, until a clean verify')
+      .argument('<revisions...>', 'a uuid (or a unique start of one), 0 for the newest, latest, a tag, or all')
+      .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
+      .option('--json', 'print the result as JSON')
+      .addHelpText('after', EXAMPLES.distrust ?? '')
+      .action(async (revisions: string[], options: { backupDir: string; json?: boolean }) => {
+        outcome = { code: await blockDistrust(io, options.backupDir, revisions, options) }
+      })
+  }
 
-  program.command('man')
-    .description('print the manual page bbackup(1), made from these commands and options: bbackup man | man -l -')
-    .action(async () => {
-      const { manPage } = await import('./man-page.js')
-      // SOURCE_DATE_EPOCH: a reproducible build's date
-      const epoch = Number(process.env.SOURCE_DATE_EPOCH)
-      const date = (Number.isFinite(epoch) && process.env.SOURCE_DATE_EPOCH !== '' ? new Date(epoch * 1000) : new Date()).toISOString().slice(0, 10)
-      io.stdout(manPage(program, { version: VERSION, examples: EXAMPLES, date }))
-    })
+  if (wanted('backup')) {
+    const backupCommand = sshClientOptions(program.command('backup'))
+      .description('block: make a revision of the volume when its schedule says one is due (silent when not)')
+      .requiredOption('-b, --backup-dir <dir>', 'the backup directory of the volume')
+      .option('-f, --force', 'back up even when nothing is due')
+      .option('-t, --tag <tag>', 'add a tag: a schedule tag, or manual:NAME, which never expires (repeatable)', collect)
+      .option('--no-snapshot', 'read the source live, without freezing it (a warning in the report)')
+      .option('--wait [seconds]', 'wait for another run on the volume to finish instead of failing with exit 3')
+      .option('--json', 'print the result as JSON')
+      .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
+      .option('-q, --quiet', 'print only errors and warnings')
+    priorityOptions(backupCommand)
+      .addHelpText('after', EXAMPLES.backup ?? '')
+      .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
+        outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+      })
+  }
+
+  if (wanted('schedule')) {
+    program.command('schedule')
+      .description('write (or print) a systemd .service and .timer that run a configured job; --list, --remove')
+      .argument('[job]', 'the name of a job in the config')
+      .option('-c, --config <file>', `the config the timer's run reads (default ${DEFAULT_CONFIG})`)
+      .option('--on-calendar <when>', 'when to run: a systemd OnCalendar expression (hourly, daily, "*-*-* 02:30")', 'daily')
+      .option('--randomized-delay <seconds>', 'start up to this many seconds later (RandomizedDelaySec), so that many hosts do not start at once')
+      .option('--user', 'units of your own user (systemctl --user), for a setup without root')
+      .option('--unit-dir <dir>', 'where the units go (default /etc/systemd/system, or ~/.config/systemd/user with --user)')
+      .option('--print', 'print the units instead of writing them')
+      .option('--list', 'list the timers bbackup wrote')
+      .option('--remove', 'remove the units of the job (only files bbackup wrote)')
+      .addHelpText('after', EXAMPLES.schedule ?? '')
+      .action(async (job: string | undefined, options: { config?: string; onCalendar: string; randomizedDelay?: string; user?: boolean; unitDir?: string; print?: boolean; list?: boolean; remove?: boolean }) => {
+        const { defaultUnitDir } = await import('./schedule.js')
+        const { listSchedules, removeSchedule, scheduleJob } = await import('./schedule-command.js')
+        const user = options.user === true
+        const unitDir = options.unitDir === undefined ? defaultUnitDir(user, process.env) : resolvePath(io.cwd, options.unitDir)
+        const done = options.list === true
+          ? await listSchedules(io, { unitDir })
+          : job === undefined
+            ? err(bbError('INVALID_OPTIONS', 'no job named', 'give the name of a job in the config: bbackup schedule JOB --on-calendar hourly (or --list)'))
+            : options.remove === true
+              ? await removeSchedule(io, job, { unitDir, user })
+              : await scheduleJob(io, job, {
+                config: resolvePath(io.cwd, options.config ?? DEFAULT_CONFIG), onCalendar: options.onCalendar, user, unitDir, print: options.print === true,
+                ...(options.randomizedDelay === undefined ? {} : { randomizedDelay: options.randomizedDelay }),
+              })
+        if (done.isErr()) outcome = fail(done.error, {})
+      })
+  }
+
+  if (wanted('doctor')) {
+    sshOptions(program.command('doctor'))
+      .description('check a setup: every configured job (tools, filesystems, permissions, reachability, free space), an ssh location (and its authorized_keys line), or print an rsyncd.conf module')
+      .argument('[what]', 'nothing: the jobs of the config; ssh://[user@]host[:port]/path or [user@]host:/path; or rsyncd')
+      .option('-c, --config <file>', `without WHAT: the config whose jobs are checked (default ${DEFAULT_CONFIG})`)
+      .option('-j, --job <name>', 'without WHAT: check only this job (repeatable)', collect)
+      .option('--role <roles>', 'ssh: what the key is for, comma-separated: receive (a target), send (a source), delete, list', 'receive')
+      .option('--driver <driver>', 'ssh: check for this driver only (btrfs or rsync)')
+      .option('--module <name>', 'rsyncd: the module\'s name', 'backups')
+      .option('--path <dir>', 'rsyncd: the module\'s directory on the server', '/srv/backups')
+      .option('--user <name>', 'rsyncd: the user of "auth users" (and the daemon\'s uid for the module)', 'bbackup')
+      .option('--secrets-file <file>', 'rsyncd: the daemon\'s secrets file', '/etc/rsyncd.secrets')
+      .option('--hosts-allow <hosts>', 'rsyncd: who may connect ("hosts allow")', '127.0.0.1')
+      .option('--server-side', "rsyncd: the server publishes and rotates (rsync-system-backup's server-side mode): pre-xfer and post-xfer exec lines, for clients that run bbackup run -b")
+      .option('--program <path>', 'rsyncd --server-side: where bbackup is on the server', '/usr/local/bin/bbackup')
+      .option('--keep-backups <policy>', "rsyncd --server-side: the rotation of the post-xfer exec (default: rsync-system-backup's 'hourly=24 daily=7 weekly=4 monthly=always')")
+      .addHelpText('after', EXAMPLES.doctor ?? '')
+      .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string; serverSide?: boolean; program: string }) => {
+        if (what === undefined) {
+          const { driver: _, ...jobOptions } = options
+          const resolved = await resolveJobs(undefined, [], jobOptions, true)
+          if ('error' in resolved) return void (outcome = fail(resolved.error, {}))
+          const { checkJob } = await import('@bb/core')
+          const { findingLines } = await import('./doctor-ssh.js')
+          let problems = 0
+          const { mountCommands, sudoersLine } = await import('@bb/transports/local')
+          for (const job of resolved.jobs) {
+            const findings = await checkJob(job)
+            problems += findings.filter((f) => !f.ok).length
+            // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to mount, its mount and umount too
+            const programs = sudoPrograms(job.driver.name)
+            const mountPoint = resolved.specOf.get(job)?.mount
+            const mounts = mountPoint === undefined ? [] : mountCommands(resolvePath(io.cwd, mountPoint))
+            const what = `${programs.join(', ')}${mountPoint === undefined ? '' : ` and the mount and umount of ${resolvePath(io.cwd, mountPoint)}`}`
+            const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${what} run${programs.length === 1 && mountPoint === undefined ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine([...programs, ...mounts])}`] : []
+            io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
+          }
+          for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)
+          io.stdout(problems === 0 ? 'no problem found\n' : `${problems} problem${problems === 1 ? '' : 's'} found\n`)
+          return void (outcome = { code: problems === 0 ? EXIT.ok : EXIT.error })
+        }
+        if (what === 'rsyncd') {
+          const { rsyncdModuleText } = await import('./doctor-rsyncd.js')
+          const text = rsyncdModuleText({
+            module: options.module, path: options.path, user: options.user, secretsFile: options.secretsFile, hostsAllow: options.hostsAllow,
+            ...(options.serverSide === true ? { serverSide: { program: options.program, ...(options.keepBackups === undefined ? {} : { keepBackups: options.keepBackups }) } } : {}),
+          })
+          if (text.isErr()) return void (outcome = fail(text.error, {}))
+          return void io.stdout(text.value)
+        }
+        const location = parseLocation(what, { cwd: io.cwd })
+        if (location.isErr() || location.value.kind !== 'ssh') {
+          return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks an ssh location or prints an rsyncd module; ${JSON.stringify(what)} is neither`, 'give ssh://[user@]host/path (or [user@]host:/path), or rsyncd'), {}))
+        }
+        const roles = options.role.split(',')
+        const { ROLES } = await import('@bb/transports/ssh-filter')
+        const badRole = roles.find((r) => !(ROLES as readonly string[]).includes(r))
+        if (badRole !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `unknown role ${JSON.stringify(badRole)}`, 'give --role receive, send, delete or list (comma-separated)'), {}))
+        if (options.driver !== undefined && options.driver !== 'btrfs' && options.driver !== 'rsync') {
+          return void (outcome = fail(bbError('INVALID_OPTIONS', `bbackup doctor checks the btrfs and rsync drivers over ssh, not ${JSON.stringify(options.driver)}`, 'give --driver btrfs or --driver rsync (or leave it out)'), {}))
+        }
+        const ssh = sshSpecOf(options, io.cwd)
+        const transport = await transportFor(location.value, { ssh }, connections)
+        if (transport.isErr()) return void (outcome = fail(transport.error, {}))
+        const { authorizedKeysLine, doctorSsh, renderFindings } = await import('./doctor-ssh.js')
+        const input = {
+          location: location.value, transport: transport.value, roles: roles as Role[], sudo: ssh.sudo === true,
+          ...(options.driver === undefined ? {} : { driver: options.driver as 'btrfs' | 'rsync' }),
+          ...(ssh.identityFile === undefined ? {} : { identityFile: ssh.identityFile }),
+        }
+        const findings = await doctorSsh(input)
+        io.stdout(renderFindings(findings, await authorizedKeysLine(input), input.sudo))
+        // a key that may still run anything is advice, not a failure
+        outcome = { code: findings.some((f) => !f.ok && f.what !== 'restricted') ? EXIT.error : EXIT.ok }
+      })
+  }
+
+  if (wanted('locks')) {
+    jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
+      .addHelpText('after', EXAMPLES.locks ?? '')
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        await eachJob(source, targets, options,
+          (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
+          (all) => all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
+      })
+  }
+
+  if (wanted('completion')) {
+    program.command('completion')
+      .description('print the shell completion script (bash, zsh or fish), made from these commands and options')
+      .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
+      .addHelpText('after', EXAMPLES.completion ?? '')
+      .action(async (shell: Shell) => {
+        const { completionScript } = await import('./completion.js')
+        io.stdout(completionScript(shell, program))
+      })
+  }
+
+  if (wanted('man')) {
+    program.command('man')
+      .description('print the manual page bbackup(1), made from these commands and options: bbackup man | man -l -')
+      .action(async () => {
+        const { manPage } = await import('./man-page.js')
+        // SOURCE_DATE_EPOCH: a reproducible build's date
+        const epoch = Number(process.env.SOURCE_DATE_EPOCH)
+        const date = (Number.isFinite(epoch) && process.env.SOURCE_DATE_EPOCH !== '' ? new Date(epoch * 1000) : new Date()).toISOString().slice(0, 10)
+        io.stdout(manPage(program, { version: VERSION, examples: EXAMPLES, date }))
+      })
+  }
 
   try {
     await program.parseAsync(expanded.value, { from: 'user' })
