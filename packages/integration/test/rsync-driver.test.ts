@@ -31,6 +31,23 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(copy).toEqual(['a.txt', 'dir', 'dir/b.txt', 'dir/deep', 'dir/deep/c.bin', 'home', 'home/u', 'home/u/notes.txt', 'var', 'var/lib', 'var/lib/keep.txt'])
   })
 
+  it('starts reaching the hosts (Transport.connect) before it takes the lock: backup every place, prune those with a policy', async () => {
+    const events: string[] = []
+    const plain = rsyncJob({ source, targets: [target], state })
+    const connecting = (t: typeof plain.source, what: string): typeof plain.source => ({ ...t, connect: async () => void events.push(`connect ${what}`) })
+    const job = {
+      ...plain,
+      source: connecting(plain.source, 'source'),
+      targets: [connecting(plain.targets[0] as typeof plain.source, 'target')],
+      state: { ...plain.state, transport: { ...plain.state.transport, lock: (...a: Parameters<typeof plain.state.transport.lock>) => (events.push('lock'), plain.state.transport.lock(...a)) } },
+    }
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(events).toEqual(['connect source', 'connect target', 'lock'])
+    events.length = 0
+    ok(await prune({ ...job, retention: { target: { keepLast: 5 } } }))
+    expect(events).toEqual(['connect target', 'lock'])
+  })
+
   it('makes a full backup, then an incremental one that hard-links unchanged files', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     const first: BackupReport = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

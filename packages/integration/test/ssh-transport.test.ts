@@ -201,6 +201,42 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     }
   })
 
+  it('connect logs in ahead of the first command, which then runs on that login', async () => {
+    const own = openSshSession()
+    try {
+      const t = sshTransport(location(dir.path), own, options())
+      const before = await sshd.logins()
+      await t.connect?.()
+      // logged in (and the command server started) before any command was asked for
+      expect(await sshd.logins() - before).toBe(1)
+      expect(t.unrestricted?.()).toBe(true)
+      expect((await t.exec(['true']))._unsafeUnwrap().exitCode).toBe(0)
+      expect(own.connectionsOpened).toBe(1)
+      expect(await sshd.logins() - before).toBe(1)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('a connect that fails leaves its error to the first command, which does not try again; the one after it does', async () => {
+    const own = openSshSession()
+    const empty = join(dir.path, 'empty_known_hosts_connect')
+    await writeFile(empty, '')
+    try {
+      const t = sshTransport(location(dir.path), own, { identityFile: sshd.identityFile, knownHostsFile: empty })
+      await t.connect?.()
+      expect(own.connectionsOpened).toBe(1)
+      const e = (await t.exec(['true']))._unsafeUnwrapErr()
+      expect(e.code).toBe('HOSTKEY_UNKNOWN')
+      expect(own.connectionsOpened).toBe(1)
+      // a retry (the run's backoff) connects anew
+      expect((await t.exec(['true']))._unsafeUnwrapErr().code).toBe('HOSTKEY_UNKNOWN')
+      expect(own.connectionsOpened).toBe(2)
+    } finally {
+      await own.close()
+    }
+  })
+
   it('refuses a login it has no key for', async () => {
     const own = openSshSession()
     const other = join(dir.path, 'other_key')

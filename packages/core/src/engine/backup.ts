@@ -9,7 +9,7 @@ import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
 import { journalPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
-import { pruneAt, withJobLock } from './prune.js'
+import { connectHosts, pruneAt, withJobLock } from './prune.js'
 
 /** One snapshot sent to a target. */
 export interface SentSnapshot {
@@ -131,6 +131,7 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<BackupReport, BbError> => {
   // every command of a run listens to the signal, dozens at once while the source and targets are listed: not a leak
   if (options.signal !== undefined) setMaxListeners(Math.max(getMaxListeners(options.signal), 100), options.signal)
+  connectHosts([job.source, ...job.targets], options.signal)
   return new ResultAsync(withJobLock(job, options, () => runBackup(job, options)))
 }
 

@@ -75,21 +75,31 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
  * @example
  * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
  */
-export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> =>
-  new ResultAsync(withJobLock(job, options, async () => {
+export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
+  const places: [Transport, RetentionPolicy][] = [
+    ...job.targets.map((t): [Transport, RetentionPolicy | undefined] => [t, job.retention?.target]),
+    ...(job.driver.snapshotsSource ? [[job.source, job.retention?.source] as [Transport, RetentionPolicy | undefined]] : []),
+  ].filter((p): p is [Transport, RetentionPolicy] => p[1] !== undefined)
+  connectHosts(places.map(([at]) => at), options.signal)
+  return new ResultAsync(withJobLock(job, options, async () => {
     const results: PruneResult[] = []
-    const places: [Transport, RetentionPolicy | undefined][] = [
-      ...job.targets.map((t): [Transport, RetentionPolicy | undefined] => [t, job.retention?.target]),
-      ...(job.driver.snapshotsSource ? [[job.source, job.retention?.source] as [Transport, RetentionPolicy | undefined]] : []),
-    ]
     for (const [at, policy] of places) {
-      if (policy === undefined) continue
       const r = await pruneAt(job, at, policy, options)
       if (r.isErr()) return err(r.error)
       results.push(r.value)
     }
     return ok(results)
   }))
+}
+
+/**
+ * Starts reaching the hosts of `places` (`Transport.connect`: ssh logins) at once, so that they log
+ * in while the lock is taken and the source is read. A login that fails is reported by the first
+ * command on that host.
+ */
+export const connectHosts = (places: readonly Transport[], signal: AbortSignal | undefined): void => {
+  for (const at of places) void at.connect?.(signal)
+}
 
 /** Runs `body` holding the job's lock (none in a dry run: it changes nothing), and always releases it. */
 export const withJobLock = async <T>(job: Job, options: RunOptions, body: () => Promise<Result<T, BbError>>): Promise<Result<T, BbError>> => {

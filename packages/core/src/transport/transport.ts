@@ -168,6 +168,12 @@ export interface Transport {
    */
   unrestricted?(): boolean
   /**
+   * Starts reaching the host now (an ssh login), if it is not reached yet, so that the commands
+   * that follow do not wait for it; resolves once it is reached or could not be (the first command
+   * then says why, without trying again). Optional: a local path has nothing to reach.
+   */
+  connect?(signal?: AbortSignal): Promise<void>
+  /**
    * Says that a spawn will follow soon whose stdin is a pipe and whose stdout is discarded (a
    * receive): a transport to another host opens that session now, so that the login there runs
    * while other work goes on, and the spawn takes it. Optional; a session nobody takes ends with the run.

@@ -43,6 +43,11 @@ export interface SshConnection {
   /** opens the master connection if it is not open; the error says why it could not be */
   ready(signal?: AbortSignal): Promise<Result<void, TransportError>>
   /**
+   * Opens the master connection ahead of the first command (`Transport.connect`). When it cannot
+   * be opened, the next `ready` gets that error instead of trying again.
+   */
+  connect(signal?: AbortSignal): Promise<void>
+  /**
    * Whether the master connection has ended, or ends within `waitMs`: tells a connection that died
    * under a command (ssh exits 255 and says nothing) from a remote command that ended oddly.
    */
@@ -234,6 +239,10 @@ export const openSshSession = (): SshSession => {
     let aheadWanted = false
     /** the session ahead is wanted only if the server turns out to take no streams */
     let aheadUnlessStreams = false
+    /** a failure of `connect` that no `ready` has been told yet */
+    let unclaimed: Result<void, TransportError> | undefined
+    /** a `ready` came since the last `connect` (it waited for the same opening, and got its outcome) */
+    let claimed = true
 
     /** starts the session ahead when one is wanted, through a master that runs the command server (or is about to) */
     const startAhead = (): void => {
@@ -370,6 +379,16 @@ export const openSshSession = (): SshSession => {
       return err(bbError('NETWORK_FAILED', `could not forward a local port through ${endpoint.display} to ${toHost}:${toPort}`, 'check that the ssh server allows port forwarding (AllowTcpForwarding) for this user', { host: endpoint.display, stderr: last }))
     }
 
+    /** the master, opened if it is not open */
+    const openMaster = (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
+      if (master !== undefined && master.exitCode === null && master.signalCode === null) return Promise.resolve(ok(undefined))
+      opening ??= open(signal).then((r) => {
+        if (r.isErr()) opening = undefined
+        return r
+      })
+      return opening
+    }
+
     const made: SshConnection = {
       forward: (toHost, toPort, signal) => {
         const key = `${toHost}:${toPort}`
@@ -402,7 +421,8 @@ export const openSshSession = (): SshSession => {
         aheadUnlessStreams = wish.unlessStreams === true && !open
         // with the master up, now; else when it is (a failure to connect is reported to whoever waits for ready)
         if (loggedIn) startAhead()
-        else void made.ready().then(() => undefined, () => undefined)
+        // (not after a connect that failed: the command that follows is told why)
+        else if (unclaimed === undefined) void openMaster().then(() => undefined, () => undefined)
       },
       takeAhead: () => {
         const taken = ahead
@@ -428,13 +448,21 @@ export const openSshSession = (): SshSession => {
           })
         })
       },
+      connect: async (signal) => {
+        const opened = openMaster(signal)
+        claimed = false
+        const r = await opened
+        // a ready() meanwhile waited for this very opening; else the first one to come takes the error, and does not connect again
+        if (r.isErr() && !claimed) unclaimed = r
+      },
       ready: (signal) => {
-        if (master !== undefined && master.exitCode === null && master.signalCode === null) return Promise.resolve(ok(undefined))
-        opening ??= open(signal).then((r) => {
-          if (r.isErr()) opening = undefined
-          return r
-        })
-        return opening
+        claimed = true
+        if (unclaimed !== undefined) {
+          const failed = unclaimed
+          unclaimed = undefined
+          return Promise.resolve(failed)
+        }
+        return openMaster(signal)
       },
     }
     connections.set(key, made)

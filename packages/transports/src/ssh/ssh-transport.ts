@@ -290,6 +290,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     execEach,
     spawn,
     unrestricted: () => connection.shellServer(),
+    connect: (signal) => connection.connect(signal),
     // a self-delimited spawn goes through the master's server, where it takes streams (not through sudo: the pid could not be said)
     prepareSpawn: (o = {}) => connection.openAhead({ unlessStreams: o.selfDelimited === true && sudo.length === 0 }),
     readFile: (path) => script('read', [path], 'read').map((r) => (r.exitCode === ABSENT ? undefined : r.stdout)),
