@@ -116,6 +116,38 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     }
   })
 
+  it('asks a host that is not logged in yet for the subvolume lists as soon as it is, before the folder\'s listing has come back', async () => {
+    for (let i = 0; i < 2; i++) {
+      await writeFile(join(dir, 'home/a.txt'), `round ${i}\n`)
+      await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
+    }
+    const session = openSshSession()
+    try {
+      const target = sshTransport(parseLocation(remote(join(dir, 'backup')))._unsafeUnwrap() as SshLocation, session, { identityFile: sshd.identityFile, knownHostsFile: sshd.knownHostsFile })
+      const each = target.execEach
+      if (each === undefined) throw new Error('the ssh transport runs commands in one round trip (execEach)')
+      const events: string[] = []
+      const watched = {
+        ...target,
+        list: (directory: string) => target.list(directory).map((entries) => {
+          events.push('folder listed')
+          return entries
+        }),
+        execEach: (argvs: readonly (readonly string[])[], o?: Parameters<typeof target.exec>[1]) => {
+          events.push(`asked: ${argvs.map((argv) => argv.slice(0, 3).join(' ')).join(', ')}`)
+          return each(argvs, o)
+        },
+      }
+      const listed = (await btrfsDriver().listSnapshots({ at: watched, side: 'target', signal: undefined }))._unsafeUnwrap()
+      expect(listed.map((s) => s.name)).toEqual(await snapshotsIn(join(dir, 'backup')))
+      expect(listed.every((s) => s.complete)).toBe(true)
+      expect(events).toEqual(['asked: btrfs subvolume list, btrfs subvolume list, cat /proc/self/mountinfo', 'folder listed'])
+      expect(session.connectionsOpened).toBe(1)
+    } finally {
+      await session.close()
+    }
+  })
+
   it('btrfs push: a stray subvolume with the planned name on the remote side is refused and kept, writable or read-only (scenario 4)', async () => {
     // a snapshot taken, not sent; then something not ours appears at the target under its name
     expect((await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-transfer', '-q', ...ssh], dir)).code).toBe(0)

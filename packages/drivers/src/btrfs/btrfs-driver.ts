@@ -4,7 +4,7 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
+import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -239,6 +239,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (!onSource && isPipe(at)) return new ResultAsync(pipe.list(at))
     if (!onSource && isRaw(at)) return new ResultAsync(raw.list(at))
     const dir = onSource ? folderOf(at) : at.location.path
+    // on another host, the subvolume lists are asked for once the login says whether it runs them,
+    // in the round trip of the folder's listing, not after it (most folders hold several snapshots)
+    const lists = at.location.kind !== 'local' && at.connect !== undefined
+      ? at.connect(signal).then(() => listSubvolumes(at, dir, signal), () => undefined)
+      : undefined
     return at.list(dir)
       .orElse((e) => {
         if (e.code !== 'NOT_FOUND') return err(e)
@@ -248,7 +253,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       .andThen((entries) => {
         // only names bbackup (or a tool it adopts) writes: anything else in the folder is never looked at, nor touched
         const named = entries.filter((e) => e.kind === 'directory').map((e) => ({ name: e.name, parsed: parseSnapshotName(e.name) })).filter((e) => e.parsed !== undefined)
-        return readSubvolumes(at, dir, named.map((e) => e.name), signal).map((found) => named.map((e) => ({ ...e, subvolume: found.get(e.name) })))
+        return readSubvolumes(at, dir, named.map((e) => e.name), signal, lists).map((found) => named.map((e) => ({ ...e, subvolume: found.get(e.name) })))
       })
       .map((found) => found
         .filter((f): f is typeof f & { subvolume: Subvolume } => f.subvolume !== undefined)

@@ -164,6 +164,32 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
   return posix.join(best.root, posix.relative(best.mountPoint, dir)).replace(/^\/+/, '').replace(/^\.$/, '')
 }
 
+/** what `btrfs subvolume list -o -u -q -R`, `btrfs subvolume list -o -r` and /proc/self/mountinfo said (undefined: a failure) */
+export interface SubvolumeLists {
+  readonly all: string | undefined
+  readonly readOnly: string | undefined
+  readonly mountinfo: string | undefined
+}
+
+/**
+ * The two subvolume lists of `dir` and the mount table, where {@link readSubvolumes} may use them
+ * (on this host, or one that runs whatever it is asked); undefined elsewhere. Never fails: a
+ * list that could not be made is undefined, and left to `btrfs subvolume show`.
+ */
+export const listSubvolumes = async (at: Transport, dir: string, signal?: AbortSignal): Promise<SubvolumeLists | undefined> => {
+  if (at.location.kind !== 'local' && at.unrestricted?.() !== true) return undefined
+  const opts = signal === undefined ? {} : { signal }
+  const lists = [['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], ['btrfs', 'subvolume', 'list', '-o', '-r', dir]]
+  // the three in one round trip where the transport can (ssh), else at once
+  const [all, readOnly, mountinfo] = at.execEach !== undefined
+    ? (await at.execEach([...lists, ['cat', '/proc/self/mountinfo']], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
+    : await Promise.all([
+      ...lists.map(async (argv) => (await at.exec(argv, opts)).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined)),
+      at.readFile('/proc/self/mountinfo').unwrapOr(undefined),
+    ])
+  return { all, readOnly, mountinfo }
+}
+
 /**
  * The subvolumes among `names` in `dir`. On this host, and on another one that runs whatever it is
  * asked (`Transport.unrestricted`: a login shell), two `btrfs subvolume list` (btrbk's way: a fixed
@@ -171,21 +197,16 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
  * level; anything they do not settle by `btrfs subvolume show` each. Through a forced command the
  * list is not used (it names every subvolume beside `dir` on that filesystem, which a key
  * restricted to one directory should not learn): the shows go 64 to a round trip where the
- * transport can (`execEach`), else 8 at a time.
+ * transport can (`execEach`), else 8 at a time. `lists`: what {@link listSubvolumes} gave, when it
+ * was asked for ahead of the names.
  */
-export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
+export const readSubvolumes = (at: Transport, dir: string, names: readonly string[], signal?: AbortSignal, lists?: Promise<SubvolumeLists | undefined>): ResultAsync<ReadonlyMap<string, Subvolume | undefined>, BbError> =>
   new ResultAsync((async (): Promise<Result<ReadonlyMap<string, Subvolume | undefined>, BbError>> => {
     const found = new Map<string, Subvolume | undefined>()
     const opts = signal === undefined ? {} : { signal }
-    if ((at.location.kind === 'local' || at.unrestricted?.() === true) && names.length > 1) {
-      const lists = [['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], ['btrfs', 'subvolume', 'list', '-o', '-r', dir]]
-      // the three in one round trip where the transport can (ssh), else at once; undefined: failed
-      const [all, readOnly, mountinfo] = at.execEach !== undefined
-        ? (await at.execEach([...lists, ['cat', '/proc/self/mountinfo']], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
-        : await Promise.all([
-          ...lists.map(async (argv) => (await at.exec(argv, opts)).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined)),
-          at.readFile('/proc/self/mountinfo').unwrapOr(undefined),
-        ])
+    const listed = names.length > 1 ? await (lists ?? listSubvolumes(at, dir, signal)) : undefined
+    if (listed !== undefined) {
+      const { all, readOnly, mountinfo } = listed
       const prefix = mountinfo === undefined ? undefined : pathInFilesystem(mountinfo, dir)
       // any doubt (an old btrfs-progs, no permission, a path through a symlink) leaves it to show
       if (prefix !== undefined && all !== undefined && readOnly !== undefined) {
