@@ -85,8 +85,17 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     // neighbours stay: the other files of the directory, its subdirectories, the level above
     expect(await readFile(join(daemon.modulePath, 'batch/.meta/trash/d.json'), 'utf8')).toBe('in a subdirectory')
     expect((await readdir(join(daemon.modulePath, 'batch'))).sort()).toEqual(['.meta', 'keep.json', 'new dir'])
-    ok(await m.changeFiles!('batch', { remove: ['.meta/e.json', '.meta/a.json'] }))
-    expect((await readdir(join(daemon.modulePath, 'batch/.meta'))).sort()).toEqual(['c.txt', 'trash'])
+    // links made with the writes, a link already there replaced, in the same one connection
+    before = await connections()
+    ok(await m.changeFiles!('batch', { write: [{ path: '.meta/f.json', data: '{"f":1}\n' }], link: [{ path: 'latest', target: 'new dir' }, { path: '.meta/last', target: 'f.json' }], remove: ['.meta/c.txt'] }))
+    ok(await m.changeFiles!('batch', { link: [{ path: 'latest', target: '.meta' }], remove: ['.meta/f.json'] }))
+    expect(await connections()).toBe(before + 2)
+    // read back through the daemon, which un-munges what `munge symlinks` stored
+    expect(ok(await m.readlink('batch/latest'))).toBe('.meta')
+    expect(ok(await m.readlink('batch/.meta/last'))).toBe('f.json')
+    expect((await readdir(join(daemon.modulePath, 'batch/.meta'))).sort()).toEqual(['a.json', 'e.json', 'last', 'trash'])
+    ok(await m.changeFiles!('batch', { remove: ['.meta/e.json', '.meta/a.json', '.meta/last', 'latest'] }))
+    expect((await readdir(join(daemon.modulePath, 'batch/.meta'))).sort()).toEqual(['trash'])
     expect((await m.changeFiles!('batch', { write: [{ path: '../out.json', data: 'x' }] }))._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS' })
     expect(await readdir(daemon.modulePath)).not.toContain('out.json')
   })
@@ -149,8 +158,13 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
     expect(first.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T100000Z', mode: 'full', files: 3 })
     await writeFile(join(source, 'a.txt'), 'alpha changed\n')
+    const connections = async (): Promise<number> => ((await daemon.log()).match(/connect from/g) ?? []).length
+    const before = await connections()
     const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
     expect(second.targets[0]).toMatchObject({ ok: true, snapshot: '2026-11-23T110000Z', mode: 'incremental', parent: '2026-11-23T100000Z', files: 1 })
+    // each connection is a login to the daemon: the target's check, listing and records (three at
+    // once), the marker, the copy, then the record, `latest` and the marker's removal in one
+    expect(await connections() - before).toBe(6)
     expect(second.targets[0]?.commands[0]).toContain('--link-dest=../2026-11-23T100000Z')
 
     const dir = join(daemon.modulePath, 'laptop')

@@ -133,6 +133,8 @@ export type LockError = TransportError | BbError<'LOCK_HELD' | 'LOCK_FAILED'>
  */
 export interface FileChanges {
   readonly write?: readonly { readonly path: string; readonly data: string }[]
+  /** symbolic links made (`path` points at `target`), replacing a link already there, with the writes */
+  readonly link?: readonly { readonly path: string; readonly target: string }[]
   /** files only: a directory that is not empty stays */
   readonly remove?: readonly string[]
 }
@@ -193,8 +195,8 @@ export interface Transport {
   readFiles?(directory: string, suffixes: readonly string[]): ResultAsync<ReadonlyMap<string, string>, TransportError>
   /**
    * Several small changes under `directory` in one round trip: every write (atomic and flushed, its
-   * missing directories inside `directory` made), and only then every removal. Optional: where
-   * it is missing, `mkdir`, `writeFileAtomic` and `remove` each.
+   * missing directories inside `directory` made) and link, and only then every removal. Optional:
+   * where it is missing, `mkdir`, `writeFileAtomic`, `symlink` and `remove` each.
    */
   changeFiles?(directory: string, changes: FileChanges): ResultAsync<void, TransportError>
   /** undefined when nothing is at the path; symlinks are not followed. */

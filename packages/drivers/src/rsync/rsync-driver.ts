@@ -433,12 +433,17 @@ export const serverCanPublish = (targets: readonly Transport[]): Result<void, Bb
 }
 
 /**
- * record, then the marker removed (the commit point), `latest`; then what an earlier run left,
- * which this backup linked from, is removed with its marker
+ * record and `latest`, then the marker removed (the commit point), in one round trip where the
+ * transport can; then what an earlier run left, which this backup linked from, is removed with its
+ * marker. A crash before the marker is gone leaves `latest` at a backup that is complete but still
+ * marked: the next run links from it and replaces it.
  */
 export const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
-  changeFiles(target, p.dir, { write: [{ path: recordFile(p.snapshot), data: `${JSON.stringify(p.record, null, 2)}\n` }], remove: [markerFile(p.snapshot)] })
-    .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
+  changeFiles(target, p.dir, {
+    write: [{ path: recordFile(p.snapshot), data: `${JSON.stringify(p.record, null, 2)}\n` }],
+    link: [{ path: 'latest', target: p.snapshot }],
+    remove: [markerFile(p.snapshot)],
+  })
     .andThen(() => {
       const old = p.resumedFrom
       if (old === undefined) return okAsync(undefined)
@@ -453,8 +458,9 @@ const changeFiles = (at: Transport, dir: string, changes: FileChanges): ResultAs
   if (at.changeFiles !== undefined) return at.changeFiles(dir, changes)
   const writes = (changes.write ?? []).map((w) => (): ResultAsync<void, BbError> =>
     (posix.dirname(w.path) === '.' ? okAsync(undefined) : at.mkdir(join(dir, posix.dirname(w.path)), { recursive: true })).andThen(() => at.writeFileAtomic(join(dir, w.path), w.data)))
+  const links = (changes.link ?? []).map((l) => (): ResultAsync<void, BbError> => at.symlink(l.target, join(dir, l.path)))
   const removes = (changes.remove ?? []).map((path) => (): ResultAsync<void, BbError> => at.remove(join(dir, path)))
-  return [...writes, ...removes].reduce((done, step) => done.andThen(step), okAsync<void, BbError>(undefined))
+  return [...writes, ...links, ...removes].reduce((done, step) => done.andThen(step), okAsync<void, BbError>(undefined))
 }
 
 /**

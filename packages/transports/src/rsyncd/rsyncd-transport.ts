@@ -191,14 +191,15 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       })))
 
   /**
-   * A local tree of the files to write (and the directories of the files to remove), copied with
-   * -r: filters let only those names through, so nothing else there is touched; --delete-after
-   * removes the named files once every write is in place (--fsync: flushed).
+   * A local tree of the files to write and the links to make (and the directories of the files to
+   * remove), copied with -r -l: filters let only those names through, so nothing else there is
+   * touched; --delete-after removes the named files once every write is in place (--fsync: flushed).
    */
   const changeFiles = (directory: string, changes: FileChanges): ResultAsync<void, TransportError> => {
     const writes = changes.write ?? []
+    const links = changes.link ?? []
     const removes = changes.remove ?? []
-    const relative = [...writes.map((w) => w.path), ...removes].map((path) => posix.normalize(path))
+    const relative = [...writes.map((w) => w.path), ...links.map((l) => l.path), ...removes].map((path) => posix.normalize(path))
     const bad = relative.find((path) => path.startsWith('/') || path === '.' || path.split('/').includes('..'))
     if (bad !== undefined) return errAsync(bbError('INVALID_OPTIONS', `${bad} is not a path inside ${directory}`, 'this is a bug in bbackup; please report it'))
     const dirs = new Set(relative.flatMap((path) => path.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))))
@@ -206,8 +207,9 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     return inModule(directory).andThen((p) => withTemp((dir) => ResultAsync.fromPromise((async () => {
       for (const d of dirs) await mkdirLocal(join(dir, d), { recursive: true })
       for (const w of writes) await writeFile(join(dir, posix.normalize(w.path)), w.data, { mode: 0o600 })
+      for (const l of links) await symlink(l.target, join(dir, posix.normalize(l.path)))
     })(), ioError('write', dir))
-      .andThen(() => rsync(['-r', '--fsync', ...(removes.length > 0 ? ['--delete-after'] : []), ...filters, `${dir}/`, `${url(p).replace(/\/$/, '')}/`]))
+      .andThen(() => rsync(['-r', '-l', '--fsync', ...(removes.length > 0 ? ['--delete-after'] : []), ...filters, `${dir}/`, `${url(p).replace(/\/$/, '')}/`]))
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', directory, r))))))
   }
 
