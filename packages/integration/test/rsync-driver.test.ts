@@ -31,6 +31,24 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(copy).toEqual(['a.txt', 'dir', 'dir/b.txt', 'dir/deep', 'dir/deep/c.bin', 'home', 'home/u', 'home/u/notes.txt', 'var', 'var/lib', 'var/lib/keep.txt'])
   })
 
+  it('leaves a target inside the source out of every copy and every verify, and refuses the source itself as the target', async () => {
+    // a name rsync would read as a pattern: only that directory is left out
+    const inside = join(source, 'back[ups]*')
+    await writeTree(source, { 'backups/kept.txt': 'a neighbour\n' })
+    const job = rsyncJob({ source, targets: [inside], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    const second = join(inside, '2026-11-23T110000Z')
+    expect(Object.keys(await treeManifest(second)).sort()).toEqual(['a.txt', 'backups', 'backups/kept.txt', 'dir', 'dir/b.txt', 'dir/deep', 'dir/deep/c.bin'])
+    expect(ok(await verify(job))).toMatchObject({ snapshot: '2026-11-23T110000Z', differenceCount: 0 })
+
+    for (const itself of [source, `${source}/`, join(source, 'dir', '..')]) {
+      const refused = ok(await backup(rsyncJob({ source, targets: [itself], state }), { now: at('2026-11-23T12:00:00Z') }))
+      expect(refused.targets[0]).toMatchObject({ ok: false, error: { code: 'INVALID_OPTIONS' } })
+    }
+    expect((await readdir(source)).sort()).toEqual(['a.txt', 'back[ups]*', 'backups', 'dir'])
+  })
+
   it('starts reaching the hosts (Transport.connect) before it takes the lock: backup every place, prune those with a policy', async () => {
     const events: string[] = []
     const plain = rsyncJob({ source, targets: [target], state })

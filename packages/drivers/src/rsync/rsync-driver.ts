@@ -1,3 +1,4 @@
+import { realpath } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
@@ -99,6 +100,31 @@ const endpointIo = (src: ReturnType<Transport['rsyncEndpoint']>, dst: ReturnType
   return { ...(signal === undefined ? {} : { signal }), ...(Object.keys(env).length === 0 ? {} : { env }), ...(input === undefined ? {} : { input }) }
 }
 
+/** an rsync pattern that matches `path` and nothing else: wildcards escaped (a backslash escapes only in a pattern with a wildcard) */
+const literalPattern = (path: string): string => (/[*?[]/.test(path) ? path.replace(/[*?[\\]/g, '\\$&') : path)
+
+/**
+ * Where the target lies in the source, both on this host: its path relative to the source (`''`:
+ * the source itself), or undefined when it is not inside. Compared as the paths really are
+ * (symlinks followed) where they exist.
+ */
+export const targetInSource = async (source: Transport, target: Transport): Promise<string | undefined> => {
+  if (source.location.kind !== 'local' || target.location.kind !== 'local') return undefined
+  const real = async (path: string): Promise<string> => realpath(path).catch(() => posix.resolve(path))
+  const relative = posix.relative(await real(source.location.path), await real(target.location.path))
+  return relative === '' || (!relative.startsWith('../') && relative !== '..' && !posix.isAbsolute(relative)) ? relative : undefined
+}
+
+/**
+ * The exclude that keeps a target inside the source out of the copy (anchored at the source, the
+ * directory and all in it), or none: otherwise each backup of `/` to `/backups` would hold every
+ * backup before it.
+ */
+const ownBackups = async (source: Transport, target: Transport): Promise<string[]> => {
+  const inSource = await targetInSource(source, target)
+  return inSource === undefined || inSource === '' ? [] : [`--exclude=/${literalPattern(inSource)}/`]
+}
+
 /**
  * rsync + hard links: each backup is a full tree in `<target>/<name>`, and files unchanged since
  * the previous backup are hard links to it (`--link-dest`). A backup is copied into
@@ -146,20 +172,29 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         return err(bbError('SOURCE_UNAVAILABLE', s === undefined ? `the source ${named} does not exist` : `the source ${named} is not a directory`,
           s === undefined ? 'check the path (is the filesystem mounted?)' : 'the rsync driver backs up directories; give the directory that holds the file', { path: source.location.path }))
       })
-      .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(t))))
+      .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(source, t))))
       .map(() => undefined)
 
-  /** The target directory must exist, or its parent must (then it is created): a missing parent often means an unmounted disk. */
-  const probeTarget = (target: Transport): ResultAsync<void, BbError> => {
+  /**
+   * The target directory must exist, or its parent must (then it is created): a missing parent
+   * often means an unmounted disk. It must not be the source itself (a target inside the source
+   * is left out of each copy).
+   */
+  const probeTarget = (source: Transport, target: Transport): ResultAsync<void, BbError> => {
     const dir = target.location.path
-    return target.stat(dir).andThen((s): ResultAsync<void, BbError> => {
-      if (s?.kind === 'directory') return okAsync(undefined)
-      if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory to keep the backups in', { path: dir }))
-      return target.stat(posix.dirname(dir)).andThen((parent) =>
-        parent?.kind === 'directory'
-          ? target.mkdir(dir)
-          : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
-    })
+    return ResultAsync.fromSafePromise(targetInSource(source, target)).andThen((inSource) => (inSource === ''
+      ? errAsync(bbError('INVALID_OPTIONS', `the target ${dir} is the source itself: each backup would be written into what it copies`,
+        `keep the backups outside the source, or in a directory of their own inside it (e.g. ${posix.join(dir, 'backups')}), which every backup leaves out`, { path: dir }))
+      : okAsync(undefined)))
+      .andThen(() => target.stat(dir))
+      .andThen((s): ResultAsync<void, BbError> => {
+        if (s?.kind === 'directory') return okAsync(undefined)
+        if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory to keep the backups in', { path: dir }))
+        return target.stat(posix.dirname(dir)).andThen((parent) =>
+          parent?.kind === 'directory'
+            ? target.mkdir(dir)
+            : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
+      })
   }
 
   const listSnapshots: Driver['listSnapshots'] = ({ at }) => {
@@ -220,13 +255,14 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     }
     const src = source.rsyncEndpoint(`${source.location.path.replace(/\/+$/, '')}/`)
     const dst = target.rsyncEndpoint(`${partial}/`)
+    const leaveOut = await ownBackups(source, target)
     // relative to the destination directory: a daemon module resolves paths inside itself
     const linkDests = [
       ...(parent === undefined ? [] : [filesOnly ? `../${posix.basename(parent.path)}` : parent.path]),
       ...(filesOnly && resumeFrom !== undefined ? [`../${posix.basename(resumeFrom)}`] : []),
     ]
     const argv = [
-      'rsync', ...copyFlags(), '--delete', '--no-human-readable', '--stats', '--info=progress2',
+      'rsync', ...copyFlags(), ...leaveOut, '--delete', '--no-human-readable', '--stats', '--info=progress2',
       ...(dryRun ? ['--dry-run'] : []),
       ...linkDests.map((d) => `--link-dest=${d}`),
       // a daemon module cannot run sync(1): the receiver flushes each file it writes
@@ -411,8 +447,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     if (runner.isErr()) return errAsync(runner.error)
     const src = input.source.rsyncEndpoint(`${input.source.location.path.replace(/\/+$/, '')}/`)
     const dst = input.target.rsyncEndpoint(`${input.snapshot.path}/`)
-    const argv = ['rsync', ...copyFlags(), '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
-    return runner.value.exec(argv, endpointIo(src, dst, input.signal)).andThen((r) => {
+    return ResultAsync.fromSafePromise(ownBackups(input.source, input.target)).andThen((leaveOut) => {
+      const argv = ['rsync', ...copyFlags(), ...leaveOut, '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
+      return runner.value.exec(argv, endpointIo(src, dst, input.signal)).map((r) => ({ argv, r }))
+    }).andThen(({ argv, r }) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
       return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })
