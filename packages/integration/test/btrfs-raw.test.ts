@@ -35,6 +35,24 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     await fs.cleanup()
   })
 
+  it('refuses a raw target in the source subvolume (each stream would be in the next snapshot), and takes one that is a subvolume of its own there', async () => {
+    const inside = join(source, 'streams')
+    const refused = ok(await backup(btrfsJob({ source, targets: [inside], state, driver: { raw: { targets: [inside] } } }), { now: at('2026-11-23T10:00:00Z') }))
+    expect(refused.targets[0]).toMatchObject({ ok: false, error: { code: 'INVALID_OPTIONS', message: expect.stringContaining('in the source subvolume') } })
+    expect(await files(inside)).toEqual([])
+
+    await rm(inside, { recursive: true })
+    btrfs('subvolume', 'create', inside)
+    const j = btrfsJob({ source, targets: [inside], state, driver: { raw: { targets: [inside] } } })
+    ok(await backup(j, { now: at('2026-11-23T11:00:00Z') }))
+    await writeFile(join(source, 'alice/a.txt'), 'alpha changed\n')
+    const second = ok(await backup(j, { now: at('2026-11-23T12:00:00Z') }))
+    expect(second.targets[0]).toMatchObject({ ok: true, mode: 'incremental' })
+    // the snapshot left the streams' subvolume out: the second stream is small
+    expect(second.targets[0]?.bytes).toBeLessThan(100_000)
+    expect(await readdir(join(source, '.snapshots/home.2026-11-23T120000Z/streams'))).toEqual([])
+  })
+
   it('writes a full, then incremental zstd streams with sidecars (mode 0600, sha256), on a filesystem that is not btrfs; restores the newest through its chain', async () => {
     const j = job({ compress: 'zstd' })
     const first = ok(await backup(j, { now: at('2026-11-23T10:00:00Z') }))

@@ -6,6 +6,7 @@ import {
 } from '@bb/core'
 import { sendReceive, type StreamFilter, type StreamWay } from './pipeline.js'
 import { refuseExisting } from './subvolume.js'
+import { targetInSource } from '../target-in-source.js'
 
 const join = posix.join
 
@@ -225,6 +226,15 @@ export const rawStore = (deps: RawDeps) => {
       if (closed.isErr()) return err(closed.error)
     } else if (s.value.kind !== 'directory') {
       return err(bbError('TARGET_UNAVAILABLE', `the raw target ${dir} is not a directory`, 'give a directory to keep the stream files in', { path: dir }))
+    }
+    const inSource = await targetInSource(source, target)
+    if (inSource !== undefined) {
+      // a subvolume of its own inside the source is left out of the source's snapshots; a directory of it is not
+      const [here, there] = await Promise.all([target.stat(dir), source.stat(source.location.path)])
+      if (here.isOk() && there.isOk() && here.value !== undefined && here.value.device === there.value?.device) {
+        return err(bbError('INVALID_OPTIONS', `the raw target ${dir} is in the source subvolume ${source.location.path}: each stream file would be in the next snapshot, and sent again in the stream after it`,
+          `keep the streams outside the source, or make the directory a subvolume of its own (btrfs subvolume create ${dir}), which snapshots of the source leave out`, { path: dir }))
+      }
     }
     if (encryption !== undefined) return probeEncryption(encryption, hereOf(source, target), signal)
     if (compress === 'zstd') {

@@ -1,4 +1,3 @@
-import { realpath } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
@@ -7,6 +6,7 @@ import {
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
+import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
 
 export interface RsyncDriverOptions {
@@ -102,18 +102,6 @@ const endpointIo = (src: ReturnType<Transport['rsyncEndpoint']>, dst: ReturnType
 
 /** an rsync pattern that matches `path` and nothing else: wildcards escaped (a backslash escapes only in a pattern with a wildcard) */
 const literalPattern = (path: string): string => (/[*?[]/.test(path) ? path.replace(/[*?[\\]/g, '\\$&') : path)
-
-/**
- * Where the target lies in the source, both on this host: its path relative to the source (`''`:
- * the source itself), or undefined when it is not inside. Compared as the paths really are
- * (symlinks followed) where they exist.
- */
-export const targetInSource = async (source: Transport, target: Transport): Promise<string | undefined> => {
-  if (source.location.kind !== 'local' || target.location.kind !== 'local') return undefined
-  const real = async (path: string): Promise<string> => realpath(path).catch(() => posix.resolve(path))
-  const relative = posix.relative(await real(source.location.path), await real(target.location.path))
-  return relative === '' || (!relative.startsWith('../') && relative !== '..' && !posix.isAbsolute(relative)) ? relative : undefined
-}
 
 /**
  * The exclude that keeps a target inside the source out of the copy (anchored at the source, the
