@@ -49,6 +49,17 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect((await readdir(source)).sort()).toEqual(['a.txt', 'back[ups]*', 'backups', 'dir'])
   })
 
+  it('backs up what a source that is a symlink to a directory points to, as rsync copies SOURCE/', async () => {
+    const link = join(tmp.path, 'link')
+    await symlink(source, link)
+    ok(await backup(rsyncJob({ source: link, targets: [target], state }), { now: at('2026-11-23T10:00:00Z') }))
+    expect(await treeManifest(join(target, '2026-11-23T100000Z'))).toEqual(await treeManifest(source))
+    await symlink(join(tmp.path, 'a.txt'), join(tmp.path, 'to-a-file'))
+    await writeFile(join(tmp.path, 'a.txt'), 'a file\n')
+    const refused = (await backup(rsyncJob({ source: join(tmp.path, 'to-a-file'), targets: [target], state }), { now: at('2026-11-23T11:00:00Z') }))._unsafeUnwrapErr()
+    expect(refused).toMatchObject({ code: 'SOURCE_UNAVAILABLE', message: expect.stringContaining('to-a-file is not a directory') })
+  })
+
   it('starts reaching the hosts (Transport.connect) before it takes the lock: backup every place, prune those with a policy', async () => {
     const events: string[] = []
     const plain = rsyncJob({ source, targets: [target], state })

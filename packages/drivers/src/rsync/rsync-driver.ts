@@ -153,6 +153,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .asyncAndThen(() => (source.filesOnly === true ? okAsync(undefined) : hasRsync(source, signal)))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => source.stat(source.location.path))
+      // a symlink to a directory is copied as rsync copies SOURCE/: what it points to
+      .andThen((s) => (s?.kind === 'symlink' ? source.stat(`${source.location.path.replace(/\/+$/, '')}/`).orElse(() => okAsync(s)) : okAsync(s)))
       .andThen((s) => {
         if (s?.kind === 'directory') return ok(undefined)
         // on this host its path, elsewhere the whole location (a daemon module's path is the module's)
