@@ -372,4 +372,20 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const r2 = ok(await backup(btrfsJob({ source, targets: [join(ext4.mountPoint, 'backups')], state }), { now: at('2026-11-23T10:00:00Z') }))
     expect(r2.targets[0]?.error?.code).toBe('TARGET_NOT_BTRFS')
   })
+
+  it('refuses the source itself or its snapshot folder as a target, however spelled, and receives nothing there', async () => {
+    const folder = join(source, '.snapshots')
+    for (const target of [source, `${source}/`, join(source, 'alice/..'), folder, `${folder}/`]) {
+      const r = ok(await backup(btrfsJob({ source, targets: [target], state }), { now: at('2026-11-23T10:00:00Z') }))
+      expect(r.targets[0]?.error?.code, target).toBe('INVALID_OPTIONS')
+      expect(r.targets[0]?.error?.message, target).toMatch(target.startsWith(folder) ? /is the snapshot folder/ : /is the source subvolume itself/)
+    }
+    // nothing received: the source holds what it did, the folder only the snapshots taken
+    expect((await readdir(source)).sort()).toEqual(['.snapshots', 'alice', 'bob'])
+    const snapshots = await readdir(folder)
+    expect(snapshots.length).toBe(5)
+    for (const name of snapshots) expect(show(join(folder, name)).receivedUuid, name).toBeUndefined()
+    // a directory inside the source is a target like any other (received subvolumes are left out of the snapshots)
+    expect(ok(await backup(btrfsJob({ source, targets: [join(source, 'backups')], state }), { now: at('2026-11-23T11:00:00Z') })).targets[0]).toMatchObject({ ok: true })
+  })
 })

@@ -6,6 +6,7 @@ import {
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
+import { pathIn } from '../target-in-source.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
@@ -170,13 +171,35 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
-      if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), probeTarget(t)] as const)
+      if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), notTheSource(source, t).andThen(() => probeTarget(t))] as const)
       // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
       if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.({ selfDelimited: options.streamCompress !== 'zstd' })
       // on another host the version and the target's directory in one round trip
       return probeRemoteTarget(t, signal)
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
+  }
+
+  /**
+   * A target on this host that is the source subvolume or its snapshot folder is refused before a
+   * snapshot is taken: received there, a backup would be no copy at all (or collide with the
+   * snapshot it is received from).
+   */
+  const notTheSource = (source: Transport, target: Transport): ResultAsync<void, BbError> => {
+    if (source.location.kind !== 'local') return okAsync(undefined)
+    const dir = target.location.path
+    return ResultAsync.fromSafePromise(Promise.all([pathIn(source.location.path, dir), pathIn(folderOf(source), dir)]))
+      .andThen(([inSource, inFolder]): Result<void, BbError> => {
+        if (inSource === '') {
+          return err(bbError('INVALID_OPTIONS', `the target ${dir} is the source subvolume itself: a backup must be received somewhere else`,
+            'give a directory on another btrfs filesystem (a backup disk), or at least outside the source', { path: dir }))
+        }
+        if (inFolder === '') {
+          return err(bbError('INVALID_OPTIONS', `the target ${dir} is the snapshot folder: the snapshots are kept there already, a backup is a copy of them received somewhere else`,
+            'give a directory on another btrfs filesystem (a backup disk); the snapshot folder is --snapshot-folder', { path: dir }))
+        }
+        return ok(undefined)
+      })
   }
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
