@@ -72,20 +72,20 @@ export const transportFor = async (location: Location, remote: RemoteSpec, conne
  * What a source is, to pick a driver when none is named (DESIGN.md: detected from the source).
  * A source that cannot be read is left to the rsync driver's probe, which says what is wrong.
  */
-const detectDriver = async (source: Transport): Promise<DriverChoice> => {
+const detectDriver = async (source: Transport): Promise<{ readonly driver: DriverChoice; readonly directory: boolean }> => {
   const s = (await source.stat(source.location.path)).unwrapOr(undefined)
   // a file or a device: an image to back up as blocks
-  if (s?.kind === 'file' || s?.kind === 'other') return 'block'
+  if (s?.kind === 'file' || s?.kind === 'other') return { driver: 'block', directory: false }
   // a btrfs subvolume's root directory has inode 256
-  if (s?.kind === 'directory' && s.inode === 256) return 'btrfs'
-  return 'rsync'
+  return { driver: s?.kind === 'directory' && s.inode === 256 ? 'btrfs' : 'rsync', directory: s?.kind === 'directory' }
 }
 
 /**
- * Which driver made the backups in a target directory, for restore: rsync keeps its records in
- * `.bbackup/`; btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target).
+ * Which driver made the backups in a target directory: rsync keeps its records in `.bbackup/`;
+ * btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target).
+ * Undefined when it holds none.
  */
-export const detectBackupDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean }> => {
+const heldDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean } | undefined> => {
   const dir = target.location.path
   if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return { driver: 'rsync', raw: false }
   const entries = (await target.list(dir)).unwrapOr([])
@@ -95,7 +95,28 @@ export const detectBackupDriver = async (target: Transport): Promise<{ readonly 
     if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
     if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return { driver: 'btrfs', raw: false }
   }
-  return { driver: 'rsync', raw: false }
+  return undefined
+}
+
+/** Which driver made the backups in a target directory, for restore (rsync when it cannot tell). */
+export const detectBackupDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean }> =>
+  (await heldDriver(target)) ?? { driver: 'rsync', raw: false }
+
+/**
+ * A driver detected from the source must be the one whose backups a target on this host holds: a
+ * source that is a plain directory where a subvolume was meant (or the other way round) would put
+ * backups of another kind beside them.
+ */
+const sameKindAsTargets = async (source: string, detected: DriverChoice, targets: readonly Transport[]): Promise<Result<void, BbError>> => {
+  for (const target of targets) {
+    if (target.location.kind !== 'local') continue
+    const held = await heldDriver(target)
+    if (held === undefined || held.driver === detected) continue
+    const why = detected === 'rsync' ? `${source} is not a btrfs subvolume, so it would be copied with rsync` : `${source} is a btrfs subvolume, so it would be sent with btrfs send`
+    return err(bbError('INVALID_OPTIONS', `${target.location.path} holds backups made by the ${held.driver} driver, but ${why}`,
+      `check the source and the target; to put ${detected} backups there anyway, name the driver: --driver ${detected}`, { path: target.location.path }))
+  }
+  return ok(undefined)
 }
 
 const blockVolumeOnly = (source: string): BbError =>
@@ -111,7 +132,8 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
   if (source.isErr()) return err(source.error)
   const seen = await transportFor(source.value, spec, options.connections, spec.driver)
   if (seen.isErr()) return err(seen.error)
-  const driverName = spec.driver ?? (await detectDriver(seen.value))
+  const detected = spec.driver === undefined ? await detectDriver(seen.value) : undefined
+  const driverName = spec.driver ?? detected?.driver ?? 'rsync'
   // with sudo, a local source runs the commands of the driver it turned out to need
   const sourceTransport = spec.driver === undefined && spec.sudo === true && source.value.kind === 'local' ? await transportFor(source.value, spec, options.connections, driverName) : seen
   if (sourceTransport.isErr()) return err(sourceTransport.error)
@@ -126,6 +148,11 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     if (i >= spec.targets.length) rawTargets.push(formatLocation(parsed.value))
   }
   if (driverName === 'block') return err(blockVolumeOnly(spec.source))
+  // (a source that is not there is left to the probe, which says so)
+  if (detected?.directory === true) {
+    const same = await sameKindAsTargets(formatLocation(source.value), driverName, targetTransports.slice(0, spec.targets.length))
+    if (same.isErr()) return err(same.error)
+  }
   if (rawTargets.length > 0 && driverName !== 'btrfs') {
     return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))

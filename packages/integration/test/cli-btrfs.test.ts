@@ -157,6 +157,28 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(r.stderr).toMatch(/not on a btrfs filesystem[\s\S]*--driver rsync[\s\S]*SOURCE_NOT_SUBVOLUME/)
   })
 
+  it('a source detected as the other kind than the backups a target holds is refused (exit 2), naming --driver; named, it is taken', async () => {
+    expect((await runCli(['run', 'home', 'btrfs-backups', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await mkdir(join(dir, 'plain'))
+    await writeFile(join(dir, 'plain/p.txt'), 'p\n')
+    const before = (await readdir(join(dir, 'btrfs-backups'))).sort()
+    for (const command of ['run', 'list']) {
+      const r = await runCli([command, 'plain', 'btrfs-backups', '--state-dir', 'state2'], dir)
+      expect(r.code, command).toBe(2)
+      expect(r.stderr).toMatch(/btrfs-backups holds backups made by the btrfs driver, but .*plain is not a btrfs subvolume[\s\S]*--driver rsync[\s\S]*INVALID_OPTIONS/)
+    }
+    expect((await readdir(join(dir, 'btrfs-backups'))).sort()).toEqual(before)
+    // the other way round: a subvolume source where rsync backups are
+    expect((await runCli(['run', 'plain', 'rsync-backups', '--state-dir', 'state2', '-q'], dir)).code).toBe(0)
+    const other = await runCli(['run', 'home', 'rsync-backups', '--state-dir', 'state', '-q'], dir)
+    expect(other).toMatchObject({ code: 2, stderr: expect.stringMatching(/rsync-backups holds backups made by the rsync driver, but .*home is a btrfs subvolume[\s\S]*--driver btrfs/) })
+    // a source that is not there is the probe's to report
+    expect((await runCli(['run', 'nosuch', 'btrfs-backups', '--state-dir', 'state2'], dir)).stderr).toMatch(/SOURCE_UNAVAILABLE/)
+    const named = await runCli(['run', '--driver', 'rsync', 'plain', 'btrfs-backups', '--state-dir', 'state2', '-q'], dir)
+    expect(named.code).toBe(0)
+    expect((await readdir(join(dir, 'btrfs-backups'))).length).toBe(before.length + 3) // the backup, .bbackup and latest
+  })
+
   it('--raw-target keeps zstd stream files beside a received target; list, verify and restore read them (restore detects them)', async () => {
     const run = await runCli(['run', 'home', 'backup', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state', '--json'], dir)
     expect(run.code, run.stderr).toBe(0)
