@@ -323,6 +323,30 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await content(`${restored}.writable`)).toEqual(await content(source))
     const again = await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: into })
     expect(again.isErr() && again.error.code).toBe('ALREADY_EXISTS')
+    // a destination several levels down is made on btrfs
+    ok(await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'new/a/b')) }))
+    expect(show(join(fs.mountPoint, 'new/a/b/home.2026-11-23T100000Z')).readOnly).toBe(true)
+    // a name that is not there: the hint names what is
+    const unknown = await restore(job, { from: job.targets[0]!, snapshot: 'home.2020-01-01T000000Z', to: into })
+    expect(unknown.isErr() && unknown.error).toMatchObject({ code: 'SNAPSHOT_NOT_FOUND', hint: expect.stringContaining('the newest is home.2026-11-23T100000Z') })
+  })
+
+  it('refuses a restore destination that is not on btrfs, or under a file, and makes nothing there', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 32 })
+    extra.push(ext4)
+    const before = await readdir(ext4.mountPoint)
+    for (const dryRun of [true, false]) {
+      const r = await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(ext4.mountPoint, 'restored/deeper')), dryRun })
+      expect(r.isErr() && r.error).toMatchObject({ code: 'TARGET_NOT_BTRFS', message: expect.stringMatching(/restore destination .* is not on a btrfs filesystem \(it is ext2\/ext3\)/), hint: expect.stringMatching(/--path/) })
+    }
+    expect(await readdir(ext4.mountPoint)).toEqual(before)
+    await writeFile(join(fs.mountPoint, 'a-file'), 'x')
+    for (const to of ['a-file', 'a-file/below']) {
+      const r = await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(fs.mountPoint, to)) })
+      expect(r.isErr() && r.error, to).toMatchObject({ code: 'TARGET_UNAVAILABLE', message: expect.stringMatching(/a-file.* is not a directory/) })
+    }
   })
 
   it('lists a folder with two btrfs subvolume list, not a show per snapshot, through a subvol= mount; what it cannot settle is shown', async () => {

@@ -41,6 +41,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect((await runCli(['transfer', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     const caughtUp = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { missing: string[]; backups: number }[] }
     expect(caughtUp.targets[0]).toMatchObject({ missing: [], backups: 4 })
+    // restore of a name that is not there names the newest that is
+    const newest = (await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.')).sort().at(-1)!
+    expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
   })
 
   it("takes btrfs-backup's flags: --no-transfer, then --no-snapshot; -N keeps N source snapshots", async () => {
@@ -194,6 +197,15 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(listed.stdout).toMatch(/streams \(target\): 2 backups/)
     const verified = await runCli(['verify', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state'], dir)
     expect(verified.code, verified.stdout + verified.stderr).toBe(0)
+    // the streams are received: not onto another filesystem, where nothing is made
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 32 })
+    try {
+      const elsewhere = await runCli(['restore', 'streams', 'latest', join(ext4.mountPoint, 'restored')], dir)
+      expect(elsewhere).toMatchObject({ code: 1, stderr: expect.stringMatching(/restore destination .* is not on a btrfs filesystem[\s\S]*TARGET_NOT_BTRFS/) })
+      expect(await readdir(ext4.mountPoint)).toEqual(['lost+found'])
+    } finally {
+      await ext4.cleanup()
+    }
     const restored = await runCli(['restore', 'streams', 'latest', 'restored'], dir)
     expect(restored.code, restored.stderr).toBe(0)
     const [name] = await readdir(join(dir, 'restored'))

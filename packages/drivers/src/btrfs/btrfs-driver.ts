@@ -126,6 +126,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     shown,
     sendFlags: (source, signal) => sendFlags(source, [], signal),
     removeGarbled: (at, path) => removeGarbled(at, path, undefined),
+    restoreDestination: (to, make) => restoreDestination(to, make),
   })
 
   /** what `btrfs --version` said: the version, or why it will not do */
@@ -526,6 +527,37 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       r.exitCode === 0 ? ok([argv]) : err(btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)))
   }
 
+  /**
+   * A restore's destination: a directory on btrfs, where the backup is received as a subvolume.
+   * Missing directories are made (`make`) only once the nearest one that exists is on btrfs, so a
+   * refused restore leaves nothing behind.
+   */
+  const restoreDestination = async (to: Transport, make: boolean): Promise<Result<void, BbError>> => {
+    const dest = to.location.path
+    let at = dest
+    // a path under a file cannot be looked at (ENOTDIR): that file is found further up
+    let failed: BbError | undefined
+    for (;;) {
+      const s = await to.stat(at)
+      if (s.isErr()) failed ??= s.error
+      else if (s.value !== undefined && s.value.kind !== 'directory') {
+        return err(bbError('TARGET_UNAVAILABLE', `the restore destination ${at === dest ? dest : `${dest} is under ${at}, which`} is not a directory`, 'give a directory (new, or on btrfs) to restore into', { path: at }))
+      } else if (s.value !== undefined) {
+        if (failed !== undefined) return err(failed)
+        break
+      }
+      const up = posix.dirname(at)
+      if (up === at) break
+      at = up
+    }
+    const type = (await fsType(to, at)).unwrapOr('')
+    if (type !== 'btrfs') {
+      return err(bbError('TARGET_NOT_BTRFS', `the restore destination ${dest} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: a btrfs backup is received there as a subvolume`,
+        'restore onto a btrfs filesystem; to copy the files onto another one, restore one directory with --path, or copy them out of the backup yourself (cp -a BACKUP/. DIR/)', { path: dest }))
+    }
+    return make && at !== dest ? to.mkdir(dest, { recursive: true }) : ok(undefined)
+  }
+
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
     new ResultAsync(runRestore(input))
 
@@ -541,13 +573,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sendArgv = ['btrfs', 'send', '-q', snapshot.path]
     const way = await planStream(from, to, signal)
     const commands: string[][] = [shown(sendArgv, receiveArgv, way), ...(input.writable === true ? [['btrfs', 'subvolume', 'snapshot', landing, writable]] : [])]
+    // (made only where nothing is: a landing that exists is in a destination that did)
+    const ready = await restoreDestination(to, !input.dryRun)
+    if (ready.isErr()) return err(ready.error)
     const free = await refuseExisting(to, [landing, ...(input.writable === true ? [writable] : [])])
     if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
-    const made = await to.mkdir(dest, { recursive: true })
-    if (made.isErr()) return err(made.error)
-    const probed = await probeTarget(to)
-    if (probed.isErr()) return err(probed.error)
     const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv, selfDelimited: true }], signal, stallMs, way, onBytes: () => undefined }))[0], 'the result of a receive')
     if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)

@@ -74,6 +74,8 @@ export interface RawDeps {
   readonly removeGarbled: (at: Transport, path: string) => Promise<Result<unknown, BbError>>
   /** how a stream goes from one host to the other (compressed, rate-limited), with the warnings of its plan */
   readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamWay & { readonly warnings: readonly string[] }>
+  /** a restore's destination checked (a directory on btrfs), and made when `make` */
+  readonly restoreDestination: (to: Transport, make: boolean) => Promise<Result<void, BbError>>
   /** a pipeline as the report shows it */
   readonly shown: (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay) => string[]
 }
@@ -473,11 +475,12 @@ export const rawStore = (deps: RawDeps) => {
       ...(intermediates.length === 0 ? [] : [['btrfs', 'subvolume', 'delete', '--commit-after', ...intermediates]]),
       ...(input.writable === true ? [writableArgv(landing)] : []),
     ]
+    // (made only where nothing is: a landing that exists is in a destination that did)
+    const ready = await deps.restoreDestination(to, !input.dryRun)
+    if (ready.isErr()) return err(ready.error)
     const free = await refuseExisting(to, [landing, ...intermediates, ...(input.writable === true ? [`${landing}.writable`] : [])])
     if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
-    const made = await to.mkdir(dest, { recursive: true })
-    if (made.isErr()) return err(made.error)
     const received: string[] = []
     const undo = async (): Promise<void> => {
       for (const p of received.reverse()) await deps.removeGarbled(to, p)
