@@ -49,6 +49,20 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect((await readdir(source)).sort()).toEqual(['a.txt', 'back[ups]*', 'backups', 'dir'])
   })
 
+  it('takes any prefix that reads back as the job\'s, and refuses one with a slash or a control character before anything is written', async () => {
+    for (const prefix of ['a/b.', 'x\ny.', 'tab\t.']) {
+      const refused = (await backup({ ...rsyncJob({ source, targets: [target], state }), prefix }, { now: at('2026-11-23T10:00:00Z') }))._unsafeUnwrapErr()
+      expect(refused, JSON.stringify(prefix)).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringContaining(JSON.stringify(prefix)) })
+    }
+    expect(await readdir(tmp.path)).toEqual(['source'])
+    const job = { ...rsyncJob({ source, targets: [target], state }), prefix: 'web server.' }
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    await writeFile(join(source, 'a.txt'), 'changed\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    // the first backup is the job's own: the second links against it
+    expect(second.targets[0]).toMatchObject({ ok: true, snapshot: 'web server.2026-11-23T110000Z', parent: 'web server.2026-11-23T100000Z' })
+  })
+
   it('backs up what a source that is a symlink to a directory points to, as rsync copies SOURCE/', async () => {
     const link = join(tmp.path, 'link')
     await symlink(source, link)

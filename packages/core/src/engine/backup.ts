@@ -1,5 +1,5 @@
 import { getMaxListeners, setMaxListeners } from 'node:events'
-import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
 import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
@@ -129,6 +129,12 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
  * if (report.isOk() && report.value.failed === 0) console.log('all targets are up to date')
  */
 export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<BackupReport, BbError> => {
+  const prefix = job.prefix ?? ''
+  // a name with it must be one file name that reads back as the job's (a newline does not)
+  if (/[/\0-\x1f\x7f]/.test(prefix)) {
+    return errAsync(bbError('INVALID_OPTIONS', `the prefix ${JSON.stringify(prefix)} cannot begin a snapshot's name: it has a ${prefix.includes('/') ? 'slash' : 'control character'}`,
+      'give a prefix without / or control characters (-p/--prefix), e.g. home.'))
+  }
   // every command of a run listens to the signal, dozens at once while the source and targets are listed: not a leak
   if (options.signal !== undefined) setMaxListeners(Math.max(getMaxListeners(options.signal), 100), options.signal)
   connectHosts([job.source, ...job.targets], options.signal)
