@@ -397,6 +397,33 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(r2.targets[0]?.error?.code).toBe('TARGET_NOT_BTRFS')
   })
 
+  it('a snapshot folder off the source\'s filesystem is refused (INVALID_OPTIONS) and no folder of it is left behind; one the user made is kept', async () => {
+    const ext4 = await mountLoopFilesystem({ type: 'ext4', sizeMiB: 32 })
+    const other = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    extra.push(ext4, other)
+    await mkdir(join(ext4.mountPoint, 'made-by-user'))
+    await mkdir(join(other.mountPoint, 'made-by-user'))
+    await writeFile(join(fs.mountPoint, 'a-file'), 'x')
+    const cases = [
+      [join(ext4.mountPoint, 'snaps/deeper'), /would not be on the source's btrfs filesystem .* but on ext2\/ext3/],
+      [join(ext4.mountPoint, 'made-by-user'), /is not on the source's btrfs filesystem/],
+      [join(other.mountPoint, 'snaps/deeper'), /is not on the source's btrfs filesystem/],
+      [join(other.mountPoint, 'made-by-user'), /is not on the source's btrfs filesystem/],
+      [join(fs.mountPoint, 'a-file'), /a-file is not a directory/],
+      [join(fs.mountPoint, 'a-file/snaps'), /is under .*a-file, which is not a directory/],
+    ] as const
+    for (const [folder, message] of cases) {
+      const r = await backup(btrfsJob({ source, targets: [targetA], state, driver: { snapshotFolder: folder } }), { now: at('2026-11-23T10:00:00Z') })
+      expect(r.isErr() && r.error, folder).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringMatching(message) })
+    }
+    expect(await readdir(ext4.mountPoint)).toEqual(['lost+found', 'made-by-user'])
+    expect(await readdir(other.mountPoint)).toEqual(['made-by-user'])
+    expect(existsSync(targetA) ? await names(targetA) : []).toEqual([])
+    // a new folder on the source's filesystem, outside the source, is made
+    ok(await backup(btrfsJob({ source, targets: [targetA], state, driver: { snapshotFolder: join(fs.mountPoint, 'snaps/home') } }), { now: at('2026-11-23T10:00:00Z') }))
+    expect(await readdir(join(fs.mountPoint, 'snaps/home'))).toEqual(['home.2026-11-23T100000Z'])
+  })
+
   it('refuses the source itself or its snapshot folder as a target, however spelled, and receives nothing there', async () => {
     const folder = join(source, '.snapshots')
     for (const target of [source, `${source}/`, join(source, 'alice/..'), folder, `${folder}/`]) {

@@ -131,7 +131,7 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<BackupReport, BbError> => {
   const prefix = job.prefix ?? ''
   // a name with it must be one file name that reads back as the job's (a newline does not)
-  if (/[/\0-\x1f\x7f]/.test(prefix)) {
+  if ([...prefix].some((c) => c === '/' || c.charCodeAt(0) < 0x20 || c === '\x7f')) {
     return errAsync(bbError('INVALID_OPTIONS', `the prefix ${JSON.stringify(prefix)} cannot begin a snapshot's name: it has a ${prefix.includes('/') ? 'slash' : 'control character'}`,
       'give a prefix without / or control characters (-p/--prefix), e.g. home.'))
   }

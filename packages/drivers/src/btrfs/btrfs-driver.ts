@@ -270,9 +270,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       : undefined
     return at.list(dir)
       .orElse((e) => {
-        if (e.code !== 'NOT_FOUND') return err(e)
+        // a snapshot folder that is a file (or under one) says so
+        if (e.code !== 'NOT_FOUND') return onSource ? new ResultAsync(nearestExisting(at, dir)).andThen((found) => errAsync(found.kind === 'directory' ? e : notAFolder(dir, found.at))) : errAsync(e)
         // no snapshot folder yet: no snapshots; a missing target is a problem to report
-        return onSource ? ok([]) : err(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path (is the disk mounted?)', { path: dir }))
+        return onSource ? okAsync([]) : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist`, 'check the path (is the disk mounted?)', { path: dir }))
       })
       .andThen((entries) => {
         // only names bbackup (or a tool it adopts) writes: anything else in the folder is never looked at, nor touched
@@ -302,19 +303,62 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const argv = ['btrfs', 'subvolume', 'snapshot', '-r', source.location.path, path]
     const planned: SnapshotInfo = { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path }
     if (dryRun) return okAsync(planned)
-    return source.mkdir(folder, { recursive: true })
-      .andThen(() => source.exec(argv, signalOpt(signal)))
-      .andThen((r) => {
-        if (r.exitCode === 0) return ok(undefined)
-        if (/cross-device/i.test(r.stderr)) {
-          return err(bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the same btrfs filesystem as ${source.location.path}`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder)', { argv, stderr: r.stderr }))
-        }
-        return err(btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr))
-      })
+    return new ResultAsync(makeFolder(source, folder))
+      .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
+        if (r.exitCode === 0) return okAsync(undefined)
+        const failure = /cross-device|not a btrfs filesystem/i.test(r.stderr)
+          ? bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the source's btrfs filesystem (${source.location.path}): a snapshot stays on its subvolume's filesystem`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { argv, stderr: r.stderr })
+          : btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr)
+        // the folders this run made are removed again (empty, as made): a failed run leaves nothing
+        return ResultAsync.fromSafePromise((async () => {
+          for (const dir of [...made].reverse()) await source.exec(['rmdir', '--', dir])
+        })()).andThen(() => errAsync(failure))
+      }))
       .andThen(() => showSubvolume(source, path, signal))
       .andThen((s) => (typeof s === 'string'
         ? err(bbError('COMMAND_FAILED', `the snapshot ${path} is not there after btrfs subvolume snapshot`, 'check the source filesystem (dmesg)', { path }))
         : ok({ ...planned, identity: identityOf(s) })))
+  }
+
+  /**
+   * The nearest of `path` and its parents that exists (what it is), and the ones below it that do
+   * not, outermost first. A path under a file cannot be looked at (ENOTDIR): the file is found further up.
+   */
+  const nearestExisting = async (at: Transport, path: string): Promise<Result<{ readonly at: string; readonly kind: 'directory' | 'other'; readonly missing: readonly string[] }, BbError>> => {
+    const missing: string[] = []
+    let failed: BbError | undefined
+    for (let here = path; ;) {
+      const s = await at.stat(here)
+      if (s.isErr()) failed ??= s.error
+      else if (s.value !== undefined && s.value.kind !== 'directory') return ok({ at: here, kind: 'other', missing })
+      else if (s.value !== undefined) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)
+      else missing.unshift(here)
+      const up = posix.dirname(here)
+      if (up === here) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)
+      here = up
+    }
+  }
+
+  const notAFolder = (folder: string, at: string): BbError =>
+    bbError('INVALID_OPTIONS', `the snapshot folder ${folder} ${at === folder ? 'is' : `is under ${at}, which is`} not a directory`, 'choose a directory for the snapshots (--snapshot-folder)', { path: at })
+
+  /**
+   * The snapshot folder, made where it is missing with its missing parents (returned, outermost
+   * first) once the nearest directory that exists is on btrfs: elsewhere nothing is made.
+   */
+  const makeFolder = async (source: Transport, folder: string): Promise<Result<readonly string[], BbError>> => {
+    const found = await nearestExisting(source, folder)
+    if (found.isErr()) return err(found.error)
+    const { at, missing } = found.value
+    if (found.value.kind !== 'directory') return err(notAFolder(folder, at))
+    if (missing.length === 0) return ok(missing)
+    const type = (await fsType(source, at)).unwrapOr('')
+    if (type !== 'btrfs') {
+      return err(bbError('INVALID_OPTIONS', `the snapshot folder ${folder} would not be on the source's btrfs filesystem (${source.location.path}) but on ${type === '' ? 'another' : type}: a snapshot stays on its subvolume's filesystem`,
+        'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { path: folder }))
+    }
+    const made = await source.mkdir(folder, { recursive: true })
+    return made.isErr() ? err(made.error) : ok(missing)
   }
 
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
@@ -534,28 +578,18 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    */
   const restoreDestination = async (to: Transport, make: boolean): Promise<Result<void, BbError>> => {
     const dest = to.location.path
-    let at = dest
-    // a path under a file cannot be looked at (ENOTDIR): that file is found further up
-    let failed: BbError | undefined
-    for (;;) {
-      const s = await to.stat(at)
-      if (s.isErr()) failed ??= s.error
-      else if (s.value !== undefined && s.value.kind !== 'directory') {
-        return err(bbError('TARGET_UNAVAILABLE', `the restore destination ${at === dest ? dest : `${dest} is under ${at}, which`} is not a directory`, 'give a directory (new, or on btrfs) to restore into', { path: at }))
-      } else if (s.value !== undefined) {
-        if (failed !== undefined) return err(failed)
-        break
-      }
-      const up = posix.dirname(at)
-      if (up === at) break
-      at = up
+    const found = await nearestExisting(to, dest)
+    if (found.isErr()) return err(found.error)
+    const { at, missing } = found.value
+    if (found.value.kind !== 'directory') {
+      return err(bbError('TARGET_UNAVAILABLE', `the restore destination ${at === dest ? dest : `${dest} is under ${at}, which`} is not a directory`, 'give a directory (new, or on btrfs) to restore into', { path: at }))
     }
     const type = (await fsType(to, at)).unwrapOr('')
     if (type !== 'btrfs') {
       return err(bbError('TARGET_NOT_BTRFS', `the restore destination ${dest} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: a btrfs backup is received there as a subvolume`,
         'restore onto a btrfs filesystem; to copy the files onto another one, restore one directory with --path, or copy them out of the backup yourself (cp -a BACKUP/. DIR/)', { path: dest }))
     }
-    return make && at !== dest ? to.mkdir(dest, { recursive: true }) : ok(undefined)
+    return make && missing.length > 0 ? to.mkdir(dest, { recursive: true }) : ok(undefined)
   }
 
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
