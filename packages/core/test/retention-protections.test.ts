@@ -16,6 +16,12 @@ const policyArb: fc.Arbitrary<RetentionPolicy> = fc.oneof(
 )
 
 describe('protections that no retention policy overrides', () => {
+  it('gives each reason once, when a caller protects what the plan protects by itself', () => {
+    const snapshots = [{ name: 'a', time: new Date(BASE) }, { name: 'b', time: new Date(BASE + 3_600_000) }]
+    const r = planRetention(snapshots, { keepLast: 1 }, { now: new Date(BASE + 7_200_000), protect: [{ name: 'b', reason: 'the newest snapshot' }, { name: 'b', reason: 'the newest snapshot' }] })
+    expect(r._unsafeUnwrap().find((d) => d.name === 'b')?.reasons).toEqual(['keepLast: 1 of 1 newest', 'protected: the newest snapshot'])
+  })
+
   it('keeps the newest snapshot, every protected name and never deletes everything', () => {
     fc.assert(
       fc.property(snapshotsArb, policyArb, fc.nat(), (snapshots, policy, pick) => {

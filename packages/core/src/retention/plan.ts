@@ -101,7 +101,8 @@ export const planRetention = (
 
     const decisions = snapshots.map((s, index): RetentionDecision => {
       if (Number.isNaN(s.time.getTime())) return { name: s.name, keep: true, reasons: ['protected: its time could not be read'] }
-      const reasons = [...(kept.get(index) ?? []), ...(protections.get(index) ?? []), ...(protectedNames.get(s.name) ?? [])]
+      // each reason once: the newest snapshot is often protected as that by the caller too
+      const reasons = [...new Set([...(kept.get(index) ?? []), ...(protections.get(index) ?? []), ...(protectedNames.get(s.name) ?? [])])]
       return reasons.length > 0
         ? { name: s.name, keep: true, reasons }
         : { name: s.name, keep: false, reasons: [`not kept by the ${normalized.spelling} policy`] }
