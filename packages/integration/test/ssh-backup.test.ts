@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { readdir, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { existsSync, readFileSync } from 'node:fs'
@@ -252,6 +252,26 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const sent = await snapshotsIn(join(dir, 'relayed'))
     expect(sent).toHaveLength(2)
     expect(show(join(dir, 'relayed', sent[1] ?? ''))['Parent UUID']).toBe(show(join(dir, 'relayed', sent[0] ?? ''))['UUID'])
+  })
+
+  it('btrfs remote to remote into a target that refuses the receive at once (read-only): the run ends with the receive\'s error, and nothing is left running on either side', async () => {
+    // more than the pipes and the channel hold: the send is still writing when the receive fails
+    execFileSync('sh', ['-c', `head -c 32M /dev/urandom > "${join(dir, 'home/big.bin')}"`])
+    const ro = join(dir, 'read-only')
+    await mkdir(ro)
+    execFileSync('mount', ['--bind', ro, ro])
+    try {
+      execFileSync('mount', ['-o', 'remount,ro,bind', ro])
+      const started = Date.now()
+      const r = await runCli(['run', remote(join(dir, 'home')), remote(ro), '--state-dir', 'state', '--json', ...ssh], dir)
+      expect(r.code, r.stderr).toBe(10)
+      expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { message: expect.stringMatching(/btrfs receive into .*read-only: the filesystem is mounted read-only/) } }] })
+      // it used to wait for ever on the send's ssh client, which holds what the send wrote for a reader that is gone
+      expect(Date.now() - started).toBeLessThan(20_000)
+      await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+    } finally {
+      execFileSync('umount', [ro])
+    }
   })
 
   it('--stream-compress zstd: a push and a pull cross the wire compressed (zstd on both hosts) and arrive whole', async () => {

@@ -128,15 +128,23 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     // a remote command with a NUL byte cannot run: start nothing, report why
     const running = (remote.isOk() && inAhead(wrapped, remote.value, plain, hooks)) || spawnCommand(remote.isErr() ? [] : connection.command(remote.value), plain, hooks)
     const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(PID_PREFIX, '') })
+    /** the signal it was stopped with from here: its ssh client's end is then no lost connection */
+    let stoppedWith: NodeJS.Signals | undefined
+    const stopped = (result: CommandResult): Result<CommandResult, TransportError> | undefined =>
+      (stoppedWith === undefined || result.exitCode === 0 ? undefined : err(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${connection.endpoint.display} was stopped (${stoppedWith})`, KILLED_HINT,
+        { host: connection.endpoint.display, argv: [...argv], stderr: withoutPid(result).stderr })))
     return {
       ...running,
       argv,
       // the ssh client here passes its stdin and stdout to the master connection, which does the reading and writing: its own counts say nothing
       bytesWritten: async () => undefined,
       bytesRead: async () => undefined,
-      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(classify(withoutPid(result), argv))),
+      done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(Promise.resolve(stopped(result) ?? classify(withoutPid(result), argv)))),
       kill: (signal: NodeJS.Signals = 'SIGTERM') => {
-        running.kill(signal)
+        stoppedWith ??= signal
+        // the ssh client ignores SIGPIPE: it would go on holding the channel, waiting to hand over
+        // what the remote command wrote before it was stopped, to a reader that is gone
+        running.kill(signal === 'SIGPIPE' ? 'SIGTERM' : signal)
         if (remotePid === undefined) return
         killRemote(remotePid, signal)
       },
