@@ -509,6 +509,18 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs']
     expect(await contentOf(join(dir, 'relayed', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
     // both connections serve on after the stream
     expect((await backup(relay(), { snapshot: false }))._unsafeUnwrap().failed).toBe(0)
+    // a dozen streams along the one channel, each leaving nothing attached to it
+    const warnings: Error[] = []
+    const warned = (w: Error): void => void warnings.push(w)
+    process.on('warning', warned)
+    try {
+      for (let i = 0; i < 12; i++) expect((await backup(relay(), { transfer: false, now: () => new Date(Date.now() + (i + 1) * 60_000) })).isOk()).toBe(true)
+      const caughtUp = (await backup(relay(), { snapshot: false }))._unsafeUnwrap()
+      expect(caughtUp.targets[0]?.sent).toHaveLength(12)
+      expect(warnings.map((w) => w.message)).toEqual([])
+    } finally {
+      process.off('warning', warned)
+    }
   })
 
   /** the second (incremental) run's receive exists at the target: the moment to break things */

@@ -173,10 +173,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
       if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), notTheSource(source, t).andThen(() => probeTarget(t))] as const)
-      // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
-      if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.({ selfDelimited: options.streamCompress !== 'zstd' })
-      // on another host the version and the target's directory in one round trip
-      return probeRemoteTarget(t, signal)
+      return notTheSource(source, t).andThen(() => {
+        // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
+        if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.({ selfDelimited: options.streamCompress !== 'zstd' })
+        // on another host the version and the target's directory in one round trip
+        return probeRemoteTarget(t, signal)
+      })
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
   }
@@ -187,9 +189,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * snapshot it is received from).
    */
   const notTheSource = (source: Transport, target: Transport): ResultAsync<void, BbError> => {
-    if (source.location.kind !== 'local') return okAsync(undefined)
     const dir = target.location.path
-    return ResultAsync.fromSafePromise(Promise.all([pathIn(source.location.path, dir), pathIn(folderOf(source), dir)]))
+    // on one remote host the paths as written (symlinks are that host's to resolve)
+    const sameHost = source.location.kind !== 'local' && hostOf(source) === hostOf(target)
+    if (source.location.kind !== target.location.kind || (source.location.kind !== 'local' && !sameHost)) return okAsync(undefined)
+    const written = async (outer: string): Promise<string | undefined> => (posix.resolve(outer) === posix.resolve(dir) ? '' : undefined)
+    const where = sameHost ? written : (outer: string) => pathIn(outer, dir)
+    return ResultAsync.fromSafePromise(Promise.all([where(source.location.path), where(folderOf(source))]))
       .andThen(([inSource, inFolder]): Result<void, BbError> => {
         if (inSource === '') {
           return err(bbError('INVALID_OPTIONS', `the target ${dir} is the source subvolume itself: a backup must be received somewhere else`,

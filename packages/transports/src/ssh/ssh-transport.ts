@@ -182,7 +182,10 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       if (isSharedChannel(into)) {
         // another master's stdin: the requests after the stream follow in it
         taken.stdout.pipe(into, { end: false })
-        into.once('error', () => taken.stdout.destroy())
+        // for this stream only: a run sends many along one channel
+        const stop = (): void => void taken.stdout.destroy()
+        into.once('error', stop)
+        taken.stdout.once('close', () => into.removeListener('error', stop))
       } else {
         // a reader that fails takes nothing more: the server's channel is read on, and the rest dropped
         pipeline(taken.stdout, into, () => undefined)
