@@ -189,6 +189,12 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
         expect(r.code).not.toBe(0)
         expect(r.stderr).toContain(code)
       }
+      // a target on the source's host that is the source, or its snapshot folder, as written
+      for (const path of [join(dir, 'home'), `${join(dir, 'home')}/`, join(dir, 'home/.snapshots')]) {
+        const r = await runCli(['run', remote(join(dir, 'home')), remote(path), '--state-dir', 'state', '--json', ...ssh], dir)
+        expect(JSON.parse(r.stdout), path).toMatchObject({ targets: [{ ok: false, error: { code: 'INVALID_OPTIONS', message: expect.stringMatching(/is the source subvolume itself|is the snapshot folder/) } }] })
+      }
+      expect((await readdir(join(dir, 'home'))).sort()).toEqual(['.snapshots', 'a.txt', 'big.bin', 'docs'])
     } finally {
       await ext4.cleanup()
     }
