@@ -184,8 +184,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   /**
-   * A target on this host that is the source subvolume or its snapshot folder is refused before a
-   * snapshot is taken: received there, a backup would be no copy at all (or collide with the
+   * A target that is the source subvolume or its snapshot folder, on the source's host, is refused
+   * before anything is received: there a backup would be no copy at all (or collide with the
    * snapshot it is received from).
    */
   const notTheSource = (source: Transport, target: Transport): ResultAsync<void, BbError> => {
