@@ -120,7 +120,8 @@ export const findSnapshot = (job: Job, at: Transport, name: string | undefined, 
     const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
     if (found !== undefined) return ok(found)
     // none of the job's own: what is there (another source's, by prefix) is still worth naming
-    const names = (ownSnapshots(job, own).length > 0 ? ownSnapshots(job, own) : own).map((s) => s.name)
+    const mine = ownSnapshots(job, own)
+    const names = (mine.length > 0 ? mine : own).map((s) => s.name)
     return err(bbError(
       'SNAPSHOT_NOT_FOUND',
       name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete backup` : `no complete backup named ${name} at ${formatLocation(at.location)}`,
