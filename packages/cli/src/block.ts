@@ -199,6 +199,8 @@ const renderStatus = (s: VolumeStatus): string => {
     `${s.dir}: ${s.source}, chunks of ${formatBytes(s.chunkSize)}, schedule ${s.schedule}`,
     ...(rows.length === 0 ? ['  no revisions yet'] : [line(header), ...rows.map(line)].map((l) => `  ${l}`)),
     ...(s.incomplete.length > 0 ? [`  unfinished (removed by the next backup): ${s.incomplete.join(', ')}`] : []),
+    ...s.withoutImage.map((uuid) => `  ${uuid}: its image ${uuid}.img is missing: restore cannot use it${s.distrusted.some((d) => d.uuid === uuid) ? '' : ` (bbackup verify -b DIR ${uuid.slice(0, 8)} marks it distrusted)`}`),
+    ...s.distrusted.map((d) => `  ${d.uuid}: distrusted: ${d.reason}`),
     ...s.bases.map((b) => `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`),
     `${m.revisions} revisions, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
     + `${m.dueNow.length > 0 ? `due now (${m.dueNow.join(', ')})` : `next due ${utc(m.nextDue)} UTC`}`,
@@ -210,7 +212,7 @@ export const blockStatus = async (io: Io, dir: string, options: BlockCliOptions)
   const r = await volumeStatus({ at: localTransport(resolvePath(io.cwd, dir)) })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderStatus(r.value))
-  return r.value.summary.distrusted > 0 ? EXIT.error : EXIT.ok
+  return r.value.summary.distrusted > 0 || r.value.withoutImage.length > 0 ? EXIT.error : EXIT.ok
 }
 
 const parseSubset = (text: string): { index: number; of: number } | undefined => {

@@ -57,8 +57,11 @@ describe('the health verdict of a job', () => {
     expect(volumeHealthOf({ at: '/srv/backy/vm', newestAgeSeconds: 1 * H, distrusted: 0 })).toEqual({ verdict: 'ok', reasons: [] })
     expect(volumeHealthOf({ at: '/srv/backy/vm', newestAgeSeconds: undefined, distrusted: 0 })).toEqual({ verdict: 'critical', reasons: ['/srv/backy/vm has no revision'] })
     expect(volumeHealthOf({ at: '/v', newestAgeSeconds: 27 * H, distrusted: 2 })).toEqual({
-      verdict: 'warning', reasons: ['/v: the newest revision is 27 h old (warning after 26 h)', '/v: 2 revisions are distrusted (a verify found damage; the next backup is built from the newest good revision)'],
+      verdict: 'warning', reasons: ['/v: the newest revision is 27 h old (warning after 26 h)', '/v: 2 revisions are distrusted (damage a verify found, or marked by hand; the next backup is built from the newest good revision)'],
     })
     expect(volumeHealthOf({ at: '/v', newestAgeSeconds: 3 * H, distrusted: 0 }, { warnAgeSeconds: H, criticalAgeSeconds: 2 * H }).verdict).toBe('critical')
+    expect(volumeHealthOf({ at: '/v', newestAgeSeconds: 1 * H, distrusted: 0, withoutImage: 1 })).toEqual({
+      verdict: 'warning', reasons: ['/v: 1 revision has lost its image (bbackup status -b names them; restore cannot use them)'],
+    })
   })
 })

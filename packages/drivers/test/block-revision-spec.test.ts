@@ -27,6 +27,9 @@ describe('selectRevisions', () => {
     expect(() => selectRevisions('4507', revisions)).toThrow(/'4507' starts 2 revisions/)
     expect(() => selectRevisions('12', revisions)).toThrow(/there is no revision 12: the volume has 3 \(0 is the newest\), and no uuid starts with it/)
     expect(() => selectRevisions('zz', revisions)).toThrow(/no revision matches 'zz'/)
+    // an empty spec is not the start of every uuid
+    expect(() => selectRevisions('', revisions)).toThrow(/an empty revision name/)
+    expect(() => selectRevisions(' ', revisions)).toThrow(/an empty revision name/)
   })
   it('reads a tag as every revision carrying it, newest first', () => {
     expect(uuids('daily')).toEqual(['9b369afa', '45072527'])

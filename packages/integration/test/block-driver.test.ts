@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmod, open, readdir, readFile, readlink, stat, writeFile } from 'node:fs/promises'
+import { chmod, open, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backupVolume, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
+import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, finished, ok, sameBytes, spawnTs } from './helpers.js'
@@ -191,6 +191,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     const status = ok(await volumeStatus({ at: volume }))
     expect(status.revisions.map((r) => r.trust)).toEqual(['verified', 'distrusted'])
     expect(status.revisions[1]?.verification?.badOffsets).toEqual([9 * 4 * MiB])
+    expect(status.distrusted).toEqual([{ uuid: second.uuid, reason: `a verify found 1 bad chunk, at byte ${9 * 4 * MiB}` }])
 
     const refused = await restoreRevision({ at: volume, revision: second.uuid.slice(0, 8), destination: join(fs.mountPoint, 'r.img') })
     expect(refused).toMatchObject({ error: { code: 'REVISION_DISTRUSTED', message: expect.stringContaining(String(9 * 4 * MiB)) as unknown } })
@@ -203,6 +204,54 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(sameBytes(join(dir, `${third.uuid}.img`), image)).toBe(true)
     // the other revisions are unaffected
     expect(ok(await verifyVolume({ at: volume, revisions: [first.uuid, 'latest'] })).ok).toBe(true)
+  })
+
+  it('a revision whose image was removed by hand: status names it, restore refuses it before writing anything, verify distrusts it and says why', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const second = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T11:00:00Z') })))
+    await rm(join(dir, `${first.uuid}.img`))
+    const status = ok(await volumeStatus({ at: volume }))
+    expect(status.withoutImage).toEqual([first.uuid])
+    expect(status.distrusted).toEqual([])
+
+    const destination = join(fs.mountPoint, 'r.img')
+    for (const force of [false, true]) {
+      expect(await restoreRevision({ at: volume, revision: first.uuid, destination, force })).toMatchObject({
+        error: { code: 'CORRUPT_DATA', message: `the image of revision ${first.uuid} (${join(dir, `${first.uuid}.img`)}) is missing` },
+      })
+    }
+    expect(await readdir(fs.mountPoint)).not.toContain('r.img')
+    expect(await restoreRevision({ at: volume, revision: 'all', destination })).toMatchObject({ error: { code: 'INVALID_OPTIONS', message: "restore writes one revision, and 'all' names 2" } })
+
+    expect(ok(await verifyVolume({ at: volume, revisions: [first.uuid] })).ok).toBe(false)
+    const reason = `a verify found that the image ${join(dir, `${first.uuid}.img`)} is missing`
+    expect(ok(await volumeStatus({ at: volume })).distrusted).toEqual([{ uuid: first.uuid, reason }])
+    expect(await restoreRevision({ at: volume, revision: first.uuid, destination })).toMatchObject({ error: { code: 'REVISION_DISTRUSTED', message: `revision ${first.uuid} is distrusted: ${reason}` } })
+    // distrust by hand keeps the reason a verify found
+    ok(await distrustRevisions({ at: volume, revisions: [first.uuid] }))
+    expect(ok(await volumeStatus({ at: volume })).distrusted).toEqual([{ uuid: first.uuid, reason }])
+    expect(second.uuid).not.toBe(first.uuid)
+  })
+
+  it('a revision distrusted by hand says so, and needs a whole new round of verify: subsets passed before do not count', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, chunkSize: 1 * MiB }))
+    const rev = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    for (const k of [1, 2, 3]) expect(ok(await verifyVolume({ at: volume, subset: { index: k, of: 4 } })).checks[0]?.trust).toBe('trusted')
+    ok(await distrustRevisions({ at: volume, revisions: ['latest'], now: at('2026-11-23T12:00:00Z') }))
+    const reason = 'it was marked distrusted by hand (bbackup distrust)'
+    expect(ok(await volumeStatus({ at: volume })).distrusted).toEqual([{ uuid: rev.uuid, reason }])
+    expect(await restoreRevision({ at: volume, revision: '0', destination: join(fs.mountPoint, 'r.img') })).toMatchObject({ error: { code: 'REVISION_DISTRUSTED', message: `revision ${rev.uuid} is distrusted: ${reason}` } })
+    // the fourth subset alone does not make it verified: 1/4 .. 3/4 were checked before it was distrusted
+    expect(ok(await verifyVolume({ at: volume, subset: { index: 4, of: 4 } })).checks[0]?.trust).toBe('distrusted')
+    expect(ok(await volumeStatus({ at: volume })).distrusted).toEqual([{ uuid: rev.uuid, reason }])
+    for (const k of [1, 2, 3]) ok(await verifyVolume({ at: volume, subset: { index: k, of: 4 } }))
+    const status = ok(await volumeStatus({ at: volume }))
+    expect(status.revisions[0]?.trust).toBe('verified')
+    expect(status.revisions[0]?.distrust).toBeUndefined()
+    expect(status.distrusted).toEqual([])
   })
 
   it('scenario 25: verify in subsets 1/4 .. 4/4 checks every chunk exactly once, then counts as a whole verify', async () => {

@@ -61,6 +61,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(await runCli(['init', '-b', 'backy/vm', 'vm.img', '--schedule', 'daily'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('NAME=INTERVAL:KEEP') as unknown })
     expect(await runCli(['init', '-b', 'backy/vm', 'missing.img'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') as unknown })
     expect(await readdir(dir)).not.toContain('backy')
+    expect(await runCli(['init', '-b', 'vm.img', 'vm.img'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${dir}/vm.img is not a directory`) as unknown })
     // a directory with other files in it is not taken over
     execFileSync('mkdir', ['-p', join(dir, 'used')])
     execFileSync('touch', [join(dir, 'used/notes.txt')])
@@ -73,10 +74,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     try {
       const onExt4 = await runCli(['init', '-b', join(ext4.mountPoint, 'vm'), join(dir, 'vm.img')], dir)
       expect(onExt4).toMatchObject({ code: 1, stderr: expect.stringContaining('(TARGET_NO_REFLINK)') as unknown })
+      // the directory init made for the volume is not left behind
+      expect(await readdir(ext4.mountPoint)).toEqual(['lost+found'])
       execFileSync('cp', [join(dir, 'vm.img'), join(ext4.mountPoint, 'ext4.img')])
       const live = await runCli(['init', '-b', 'backy/e', join(ext4.mountPoint, 'ext4.img')], dir)
       expect(live).toMatchObject({ code: 1, stderr: expect.stringContaining('--no-snapshot') as unknown })
       expect(live.stderr).toContain('(NO_CONSISTENT_SNAPSHOT)')
+      expect(await readdir(dir)).not.toContain('backy')
       expect((await runCli(['init', '-b', 'backy/e', join(ext4.mountPoint, 'ext4.img'), '--no-snapshot'], dir)).code).toBe(0)
       const backup = await runCli(['backup', '-b', 'backy/e'], dir)
       expect(backup.code).toBe(0)
@@ -199,7 +203,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     await h.close()
     expect((await runCli(['verify', '-b', 'backy/vm'], dir)).code).toBe(1)
     const damaged = await runCli(['status', '-c', 'bbackup.toml', '--check'], dir)
-    expect(damaged).toMatchObject({ code: 1, stdout: expect.stringContaining(`vm: warning\n  ${join(dir, 'backy/vm')}: 1 revision is distrusted (a verify found damage; the next backup is built from the newest good revision)\n`) })
+    expect(damaged).toMatchObject({ code: 1, stdout: expect.stringContaining(`vm: warning\n  ${join(dir, 'backy/vm')}: 1 revision is distrusted (damage a verify found, or marked by hand; the next backup is built from the newest good revision)\n`) })
     await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\ncritical_age = "soon"\n')
     expect(await runCli(['status', '-c', 'bad.toml', '--check'], dir)).toMatchObject({ code: 3, stdout: expect.stringMatching(/^BBACKUP UNKNOWN - .*bad.toml:4: \[jobs.vm\] critical_age: "soon" is not a duration/) })
   })

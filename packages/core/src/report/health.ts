@@ -67,15 +67,16 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
 
 /**
  * The verdict of a block volume (docs/drivers/block.md) by the same rules: no revision, or the
- * newest older than `criticalAgeSeconds`, is critical; older than `warnAgeSeconds`, or a revision
- * a verify found damaged (distrusted), is a warning.
+ * newest older than `criticalAgeSeconds`, is critical; older than `warnAgeSeconds`, a revision
+ * distrusted (a verify found damage, or by hand), or one whose image is gone, is a warning.
  * @example
  * volumeHealthOf({ at: '/srv/backy/vm1', newestAgeSeconds: 3600, distrusted: 0 }) // { verdict: 'ok', reasons: [] }
  */
-export const volumeHealthOf = (v: { readonly at: string; readonly newestAgeSeconds: number | undefined; readonly distrusted: number }, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth =>
+export const volumeHealthOf = (v: { readonly at: string; readonly newestAgeSeconds: number | undefined; readonly distrusted: number; readonly withoutImage?: number }, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth =>
   verdictOf([
     ...(v.newestAgeSeconds === undefined ? [{ verdict: 'critical' as const, reason: `${v.at} has no revision` }] : ageFindings(v.at, 'revision', v.newestAgeSeconds, thresholds)),
-    ...(v.distrusted === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.distrusted} revision${v.distrusted === 1 ? ' is' : 's are'} distrusted (a verify found damage; the next backup is built from the newest good revision)` }]),
+    ...(v.distrusted === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.distrusted} revision${v.distrusted === 1 ? ' is' : 's are'} distrusted (damage a verify found, or marked by hand; the next backup is built from the newest good revision)` }]),
+    ...((v.withoutImage ?? 0) === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.withoutImage} revision${v.withoutImage === 1 ? ' has lost its image' : 's have lost their images'} (bbackup status -b names them; restore cannot use them)` }]),
   ])
 
 /** Nagios' exit codes for a verdict: 0 ok, 1 warning, 2 critical (3, unknown, is for a check that could not run) */

@@ -49,6 +49,14 @@ const reflinks = async (at: Transport, directory: string): Promise<{ ok: true } 
   }
 }
 
+/** Removes the empty directories from `dir` up to `made` (the first that mkdir created), deepest first. */
+const removeMade = async (dir: string, made: string): Promise<void> => {
+  for (let d = dir; d.length >= made.length; d = dirname(d)) {
+    if (!(await fs.rmdir(d).then(() => true, () => false))) return
+    if (d === made) return
+  }
+}
+
 /**
  * Creates a backup directory for one volume (backy's `init`): checks that the directory can hold
  * reflink copies and that the source can be frozen, then writes `volume.json`.
@@ -72,28 +80,39 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
     }
     const remote = await sourceHostOf(config, options.sourceHost)
     const source = remote === undefined ? await inspectSource(where.path) : await inspectRemoteSource(remote, where.path)
-    await must(options.at.mkdir(dir, { recursive: true }))
-    const present = (await must(options.at.list(dir))).map((e) => e.name).filter((n) => n !== 'lost+found')
-    if (present.includes(VOLUME_FILE)) return stop(bbError('ALREADY_EXISTS', `${dir} already holds a volume`, `back it up with bbackup backup -b ${dir}, or choose a new directory`, { path: dir }))
-    if (present.length > 0) return stop(bbError('ALREADY_EXISTS', `${dir} is not empty (${present.slice(0, 3).join(', ')}${present.length > 3 ? ', …' : ''})`, 'give a new or empty directory: bbackup init never writes among files it did not make', { path: dir }))
-    const target = await reflinks(options.at, dir)
-    if (!target.ok) {
-      return stop(bbError('TARGET_NO_REFLINK', `${dir} cannot hold revisions: its filesystem makes no reflink copies (${target.stderr})`, 'put the backup directory on btrfs or XFS (mkfs.xfs has reflink=1 by default)', { path: dir }))
+    const existing = await fs.stat(dir).catch(() => undefined)
+    if (existing !== undefined && !existing.isDirectory()) {
+      return stop(bbError('INVALID_OPTIONS', `${dir} is not a directory`, 'give -b a new or empty directory on btrfs or XFS, e.g. /srv/backy/vm1', { path: dir }))
     }
-    if (snapshot === 'auto' && remote !== undefined && source.kind === 'file') {
-      // on another host the check is the freeze a backup makes: a reflink copy beside the image, removed at once
-      await (await freezeSource(options.at, config, { noSnapshot: false, signal: undefined, remote })).release()
-    } else if (snapshot === 'auto') {
-      if (source.kind === 'device') {
-        return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${options.source} cannot be frozen for backups: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
-          'give --no-snapshot if nothing writes to it while it is backed up, or back up an image file on btrfs or XFS', { path: options.source }))
+    // the directories made here are removed again when the volume cannot be set up in them
+    const made = await fsStep('create', dir, fs.mkdir(dir, { recursive: true }))
+    let done = false
+    try {
+      const present = (await must(options.at.list(dir))).map((e) => e.name).filter((n) => n !== 'lost+found')
+      if (present.includes(VOLUME_FILE)) return stop(bbError('ALREADY_EXISTS', `${dir} already holds a volume`, `back it up with bbackup backup -b ${dir}, or choose a new directory`, { path: dir }))
+      if (present.length > 0) return stop(bbError('ALREADY_EXISTS', `${dir} is not empty (${present.slice(0, 3).join(', ')}${present.length > 3 ? ', …' : ''})`, 'give a new or empty directory: bbackup init never writes among files it did not make', { path: dir }))
+      const target = await reflinks(options.at, dir)
+      if (!target.ok) {
+        return stop(bbError('TARGET_NO_REFLINK', `${dir} cannot hold revisions: its filesystem makes no reflink copies (${target.stderr})`, 'put the backup directory on btrfs or XFS (mkfs.xfs has reflink=1 by default)', { path: dir }))
       }
-      const frozen = await reflinks(options.at, dirname(options.source))
-      if (!frozen.ok) {
-        return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${options.source} cannot be frozen for backups: its filesystem makes no reflink copies (${frozen.stderr})`,
-          'keep VM images on btrfs or XFS, or give --no-snapshot to read the file live (stop the VM while it is backed up)', { path: options.source }))
+      if (snapshot === 'auto' && remote !== undefined && source.kind === 'file') {
+        // on another host the check is the freeze a backup makes: a reflink copy beside the image, removed at once
+        await (await freezeSource(options.at, config, { noSnapshot: false, signal: undefined, remote })).release()
+      } else if (snapshot === 'auto') {
+        if (source.kind === 'device') {
+          return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${options.source} cannot be frozen for backups: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
+            'give --no-snapshot if nothing writes to it while it is backed up, or back up an image file on btrfs or XFS', { path: options.source }))
+        }
+        const frozen = await reflinks(options.at, dirname(options.source))
+        if (!frozen.ok) {
+          return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${options.source} cannot be frozen for backups: its filesystem makes no reflink copies (${frozen.stderr})`,
+            'keep VM images on btrfs or XFS, or give --no-snapshot to read the file live (stop the VM while it is backed up)', { path: options.source }))
+        }
       }
+      await must(options.at.writeFileAtomic(join(dir, VOLUME_FILE), volumeConfigText(config)))
+      done = true
+    } finally {
+      if (!done && made !== undefined) await removeMade(dir, made)
     }
-    await must(options.at.writeFileAtomic(join(dir, VOLUME_FILE), volumeConfigText(config)))
     return config
   })

@@ -54,7 +54,7 @@ export interface BlockDistrustReport {
  * @example
  * await distrustRevisions({ at: localTransport('/srv/backy/vm1'), revisions: ['latest'] })
  */
-export const distrustRevisions = (options: VolumeOperation & { readonly revisions: readonly string[] }): ResultAsync<BlockDistrustReport, BbError> =>
+export const distrustRevisions = (options: VolumeOperation & { readonly revisions: readonly string[]; readonly now?: () => Date }): ResultAsync<BlockDistrustReport, BbError> =>
   asResult(async () => {
     const dir = localDirectory(options.at)
     if (options.revisions.length === 0) return stop(bbError('INVALID_OPTIONS', 'no revision named to distrust', 'name them: a uuid, 0 for the newest, latest, a tag, or all'))
@@ -63,7 +63,15 @@ export const distrustRevisions = (options: VolumeOperation & { readonly revision
       const { revisions } = await readVolume(options.at, dir)
       const chosen = new Map<string, Revision>()
       for (const spec of options.revisions) for (const r of selectRevisions(spec, revisions)) chosen.set(r.uuid, r)
-      for (const r of chosen.values()) if (r.trust !== 'distrusted') await writeRevision(options.at, dir, { ...r, trust: 'distrusted' })
+      const at = (options.now ?? (() => new Date()))().toISOString()
+      for (const r of chosen.values()) {
+        // subsets checked clean before now no longer count: only a whole new round of verify clears it
+        await writeRevision(options.at, dir, {
+          ...r, trust: 'distrusted',
+          ...(r.verification === undefined ? {} : { verification: { ...r.verification, subsets: [] } }),
+          distrust: r.trust === 'distrusted' && r.distrust !== undefined ? r.distrust : { at, by: 'hand', reason: 'it was marked distrusted by hand (bbackup distrust)' },
+        })
+      }
       return { dir, distrusted: [...chosen.keys()] }
     })
   })

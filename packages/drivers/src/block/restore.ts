@@ -7,7 +7,7 @@ import { openHashPool } from './hash-pool.js'
 import { localDirectory } from './locked.js'
 import { inspectSource } from './source.js'
 import { asResult, fsStep, stop } from './stop.js'
-import { paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
+import { distrustReason, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
 
 export interface BlockRestoreOptions {
   readonly at: Transport
@@ -41,14 +41,22 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
     const dir = localDirectory(options.at)
     await readVolumeConfig(options.at, dir)
     const { revisions } = await readVolume(options.at, dir)
+    if (options.revision === 'all') {
+      return stop(bbError('INVALID_OPTIONS', `restore writes one revision, and 'all' names ${revisions.length}`, 'name one: a uuid (or a unique start of one), 0 for the newest, 1 for the one before, latest, or a tag (its newest revision)', { value: options.revision }))
+    }
     const revision = selectRevisions(options.revision, revisions)[0]
     if (revision === undefined) return stop(bbError('SNAPSHOT_NOT_FOUND', `no revision matches '${options.revision}'`, 'bbackup status -b DIR lists them'))
     if (revision.trust === 'distrusted' && options.force !== true) {
-      return stop(bbError('REVISION_DISTRUSTED', `revision ${revision.uuid} is distrusted: a verify found damage${revision.verification?.badOffsets === undefined ? '' : ` at byte ${revision.verification.badOffsets.slice(0, 3).join(', ')}`}`,
+      return stop(bbError('REVISION_DISTRUSTED', `revision ${revision.uuid} is distrusted: ${distrustReason(revision)}`,
         'restore an older revision, or give --force to restore this one as it is', { revision: revision.uuid }))
     }
+    const image = paths(dir, revision.uuid).image
+    const stored = await fs.stat(image).catch(() => undefined)
+    if (stored?.isFile() !== true) {
+      return stop(bbError('CORRUPT_DATA', `the image of revision ${revision.uuid} (${image}) is missing`, 'restore another revision; bbackup verify -b DIR marks this one distrusted', { revision: revision.uuid, path: image }))
+    }
     const hashes = await readHashes(dir, revision)
-    if (hashes === undefined) return stop(bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${paths(dir, revision.uuid).image} is a plain image file`, { revision: revision.uuid }))
+    if (hashes === undefined) return stop(bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${image} is a plain image file`, { revision: revision.uuid }))
     const existing = await fs.stat(options.destination).catch(() => undefined)
     const device = existing?.isBlockDevice() === true
     if (existing !== undefined && !device) {
@@ -68,7 +76,6 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
       const damaged = (i: number) => bbError('CORRUPT_DATA', `revision ${revision.uuid} is damaged at byte ${i * revision.chunkSize}: the chunk there does not match its hash`,
         'run bbackup verify -b DIR on it (it is then distrusted) and restore another revision', { revision: revision.uuid, offset: i * revision.chunkSize })
       const zeros = Buffer.alloc(revision.chunkSize)
-      const image = paths(dir, revision.uuid).image
       const dataMap = await dataChunks(options.at, image, revision.size, revision.chunkSize)
       await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap, deliver: true }, {
         zero: async (i, length) => {

@@ -4,7 +4,7 @@ import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
 import { keptBases, sourceLocation, type KeptBase } from './source.js'
 import { asResult, must } from './stop.js'
-import { readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
+import { distrustReason, readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
 export interface VolumeStatus {
   readonly dir: string
@@ -15,6 +15,10 @@ export interface VolumeStatus {
   readonly revisions: readonly Revision[]
   /** files of unfinished revisions (removed by the next backup) */
   readonly incomplete: readonly string[]
+  /** revisions whose image is gone from the directory: restore cannot use them */
+  readonly withoutImage: readonly string[]
+  /** the distrusted revisions and why, oldest first */
+  readonly distrusted: readonly { readonly uuid: string; readonly reason: string }[]
   /**
    * the read-only copies kept beside the image as the next backup's base (one, after a backup of a
    * local image file): each costs the space of what the VM wrote since; remove it to give that back
@@ -42,10 +46,11 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
-    const [{ revisions, incomplete }, bases] = await Promise.all([readVolume(options.at, dir), keptBases(config)])
+    const [{ revisions, incomplete, withoutImage }, bases] = await Promise.all([readVolume(options.at, dir), keptBases(config)])
     const now = (options.now ?? (() => new Date()))()
     return {
-      dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, bases,
+      dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, withoutImage, bases,
+      distrusted: revisions.filter((r) => r.trust === 'distrusted').map((r) => ({ uuid: r.uuid, reason: distrustReason(r) })),
       summary: {
         revisions: revisions.length,
         newest: revisions.at(-1)?.timestamp,

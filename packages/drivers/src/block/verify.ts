@@ -58,9 +58,9 @@ const checkRevision = async (at: Transport, dir: string, revision: Revision, opt
   }
   const hashes = await readHashes(dir, revision)
   const stats = await fs.stat(image).catch(() => undefined)
-  if (hashes === undefined) problems.push(`the chunk hashes (${paths(dir, revision.uuid).hashes}) are missing or do not match the digest in the metadata`)
   if (stats === undefined) problems.push(`the image ${image} is missing`)
   else if (stats.size !== revision.size) problems.push(`the image is ${stats.size} bytes, the revision ${revision.size}`)
+  if (hashes === undefined) problems.push(`the chunk hashes (${paths(dir, revision.uuid).hashes}) are missing or do not match the digest in the metadata`)
   if (hashes === undefined || stats === undefined || stats.size !== revision.size) {
     return { uuid: revision.uuid, subset: `${index}/${of}`, chunksChecked: 0, bytesChecked: 0, badOffsets, badChunks, problems }
   }
@@ -77,6 +77,11 @@ const checkRevision = async (at: Transport, dir: string, revision: Revision, opt
   badOffsets.sort((a, b) => a - b)
   return { uuid: revision.uuid, subset: `${index}/${of}`, chunksChecked: counts.chunksRead, bytesChecked: counts.bytesRead + counts.bytesSkipped, badOffsets, badChunks, problems }
 }
+
+/** What a verify found, in one line: the first problem, or where the bad chunks are. */
+const damageReason = (check: Omit<RevisionCheck, 'trust'>): string =>
+  check.problems.length > 0 ? `a verify found that ${check.problems[0] ?? ''}`
+    : `a verify found ${check.badChunks} bad chunk${check.badChunks === 1 ? '' : 's'}, at byte ${check.badOffsets.slice(0, 3).join(', ')}${check.badChunks > 3 ? ', …' : ''}`
 
 /**
  * Scrubs revisions: reads every chunk (or one subset of them) and checks it against its recorded
@@ -109,9 +114,13 @@ export const verifyVolume = (options: BlockVerifyOptions): ResultAsync<BlockVeri
           const whole = passed.includes('1/1') || parseSubsets(passed, subset.of).size === subset.of
           const trust: Trust = damaged ? 'distrusted' : whole ? 'verified' : revision.trust
           const checkedAt = (options.now ?? (() => new Date()))().toISOString()
+          const { distrust: before, ...rest } = revision
+          // damage found now is the reason; a clean subset keeps the reason of a revision that stays distrusted
+          const distrust = damaged ? { at: checkedAt, by: 'verify' as const, reason: damageReason(check) } : trust === 'distrusted' ? before : undefined
           await writeRevision(options.at, dir, {
-            ...revision, trust,
+            ...rest, trust,
             verification: { checkedAt, subsets: whole ? ['1/1'] : passed, ...(damaged ? { badOffsets: check.badOffsets } : {}) },
+            ...(distrust === undefined ? {} : { distrust }),
           })
           checks.push({ ...check, trust })
         }

@@ -98,7 +98,23 @@ export interface Revision {
   readonly stats: RevisionStats
   readonly warnings: readonly string[]
   readonly verification?: Verification
+  /** why the revision is distrusted: set with trust 'distrusted', gone when a verify clears it */
+  readonly distrust?: Distrust
 }
+
+export interface Distrust {
+  /** UTC, ISO 8601 */
+  readonly at: string
+  /** what found it: 'verify' (the damage is in `reason`) or 'hand' (bbackup distrust) */
+  readonly by: 'verify' | 'hand'
+  readonly reason: string
+}
+
+/** Why a distrusted revision is distrusted, in words (revisions written before `distrust` was recorded say what their verification holds). */
+export const distrustReason = (revision: Revision): string =>
+  revision.distrust !== undefined ? revision.distrust.reason
+    : (revision.verification?.badOffsets?.length ?? 0) > 0 ? `a verify found damage at byte ${revision.verification?.badOffsets?.slice(0, 3).join(', ')}`
+    : 'it was marked distrusted'
 
 export const paths = (dir: string, uuid: string) => ({
   image: join(dir, `${uuid}.img`),
@@ -138,6 +154,8 @@ export interface VolumeContents {
   readonly revisions: readonly Revision[]
   /** names of files a run left unfinished (no metadata) */
   readonly incomplete: readonly string[]
+  /** complete revisions whose image is not in the directory (removed by hand, or lost): nothing can restore them */
+  readonly withoutImage: readonly string[]
 }
 
 const parseRevision = (text: string, file: string): Revision => {
@@ -167,7 +185,8 @@ export const readVolume = async (at: Transport, dir: string): Promise<VolumeCont
     }
   }
   revisions.sort((a, b) => a.timestamp.localeCompare(b.timestamp))
-  return { revisions, incomplete }
+  const withoutImage = revisions.filter((r) => !names.has(`${r.uuid}.img`)).map((r) => r.uuid)
+  return { revisions, incomplete, withoutImage }
 }
 
 export const writeRevision = async (at: Transport, dir: string, revision: Revision): Promise<void> =>
@@ -223,6 +242,7 @@ const newestFirst = (revisions: readonly Revision[]): Revision[] => [...revision
 export const selectRevisions = (spec: string, revisions: readonly Revision[]): Revision[] => {
   const newest = newestFirst(revisions)
   const forms = "a uuid (or a unique start of one), 0 for the newest, 1 for the one before, latest, a tag, or all"
+  if (spec.trim() === '') return stop(bbError('SNAPSHOT_NOT_FOUND', 'an empty revision name', `name a revision by ${forms}`, { value: spec }))
   if (newest.length === 0) return stop(bbError('SNAPSHOT_NOT_FOUND', 'the volume has no complete revisions yet', 'make one with bbackup backup -b DIR --force'))
   if (spec === 'all') return newest
   if (spec === 'latest' || spec === 'last') return newest.slice(0, 1)
