@@ -160,7 +160,7 @@ const remoteHelperOf = async (remote: Transport, config: VolumeConfig, signal: A
  */
 const unchangedSinceParent = async (at: Transport, config: VolumeConfig, frozen: FrozenSource, parent: Revision): Promise<Uint8Array | undefined> => {
   if (frozen.remote !== undefined || frozen.consistency !== 'reflink' || frozen.size !== parent.size) return undefined
-  const base = baseCopy(config, parent.uuid)
+  const base = await baseCopy(config, parent.uuid)
   const kept = await fs.stat(base).catch(() => undefined)
   if (kept?.isFile() !== true || kept.size !== parent.size) return undefined
   const [was, now] = await Promise.all([fileExtents(at, base), fileExtents(at, frozen.path)])

@@ -5,7 +5,7 @@ import type { ResultAsync } from 'neverthrow'
 import { bbError, formatLocation, stderrTail, type BbError, type Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { DEFAULT_SCHEDULE, spreadOf, type Schedule } from './schedule.js'
-import { freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
+import { copiesDir, freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
 import { VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
 
@@ -103,7 +103,7 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
           return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${options.source} cannot be frozen for backups: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
             'give --no-snapshot if nothing writes to it while it is backed up, or back up an image file on btrfs or XFS', { path: options.source }))
         }
-        const frozen = await reflinks(options.at, dirname(options.source))
+        const frozen = await reflinks(options.at, await copiesDir(config))
         if (!frozen.ok) {
           return stop(bbError('NO_CONSISTENT_SNAPSHOT', `${options.source} cannot be frozen for backups: its filesystem makes no reflink copies (${frozen.stderr})`,
             'keep VM images on btrfs or XFS, or give --no-snapshot to read the file live (stop the VM while it is backed up)', { path: options.source }))

@@ -49,7 +49,14 @@ const UUID = /^[0-9a-f-]{36}$/
  * until the next revision: the blocks the source still shares with it are unchanged, so the next
  * backup need not read them (extents.ts). It costs the space of what changed since.
  */
-export const baseCopy = (config: VolumeConfig, revision: string): string => join(dirname(config.source), `${copyPrefix(config)}${BASE}${revision}`)
+export const baseCopy = async (config: VolumeConfig, revision: string): Promise<string> => join(await copiesDir(config), `${copyPrefix(config)}${BASE}${revision}`)
+
+/**
+ * Where the point-in-time copies of a local image file go: beside the file itself, so a source
+ * given as a symlink is copied on the filesystem of the image it names (reflinks do not cross
+ * filesystems), not beside the link.
+ */
+export const copiesDir = async (config: VolumeConfig): Promise<string> => dirname(await fs.realpath(config.source).catch(() => config.source))
 
 /** The copies of this volume's pattern (`prefix` then a uuid) among `names`, which nothing else makes. */
 const copiesNamed = (names: readonly string[], prefix: string): string[] =>
@@ -68,7 +75,7 @@ export interface KeptBase {
 export const keptBases = async (config: VolumeConfig): Promise<KeptBase[]> => {
   const where = sourceLocation(config.source)
   if (where.isErr() || where.value.kind !== 'local') return []
-  const dir = dirname(config.source)
+  const dir = await copiesDir(config)
   const prefix = `${copyPrefix(config)}${BASE}`
   const names = await fs.readdir(dir).catch(() => [] as string[])
   const found = await Promise.all(copiesNamed(names, prefix).map(async (n) => {
@@ -128,9 +135,10 @@ export const removeStaleCopies = async (config: VolumeConfig, remote?: Transport
     for (const name of stale) await must(remote.remove(posix.join(dir, name)))
     return stale
   }
-  const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
+  const dir = await copiesDir(config)
+  const names = await fs.readdir(dir).catch(() => [] as string[])
   const stale = copiesNamed(names, prefix)
-  for (const name of stale) await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
+  for (const name of stale) await fsStep('remove', join(dir, name), fs.rm(join(dir, name), { force: true }))
   return stale
 }
 
@@ -155,7 +163,7 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
     return stop(bbError('NO_CONSISTENT_SNAPSHOT', `the block device ${source} cannot be frozen for the backup: bbackup snapshots image files on btrfs or XFS (reflinks) so far`,
       'stop or freeze what writes to it and give --no-snapshot, or back up an image file on btrfs or XFS', { path: source }))
   }
-  const copy = posix.join(posix.dirname(source), `${copyPrefix(config)}${randomUUID()}`)
+  const copy = posix.join(remote === undefined ? await copiesDir(config) : posix.dirname(source), `${copyPrefix(config)}${randomUUID()}`)
   let made = false
   const release = async (): Promise<void> => {
     if (made) {
@@ -175,15 +183,15 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
   const frozen = remote === undefined ? await fsStep('stat', copy, fs.stat(copy)) : await inspectRemoteSource(remote, copy)
   const keepAsBase = async (revision: string): Promise<void> => {
     if (!made || remote !== undefined) return
-    const base = baseCopy(config, revision)
+    const base = join(dirname(copy), basename(await baseCopy(config, revision)))
     const prefix = `${copyPrefix(config)}${BASE}`
     // read-only, and renamed: from now on only the next backup reads it, and removes it
     await fsStep('protect', copy, fs.chmod(copy, 0o400))
     await fsStep('rename', copy, fs.rename(copy, base))
     made = false
-    const names = await fs.readdir(dirname(config.source)).catch(() => [] as string[])
+    const names = await fs.readdir(dirname(copy)).catch(() => [] as string[])
     for (const name of copiesNamed(names, prefix).filter((n) => n !== basename(base))) {
-      await fsStep('remove', join(dirname(config.source), name), fs.rm(join(dirname(config.source), name), { force: true }))
+      await fsStep('remove', join(dirname(copy), name), fs.rm(join(dirname(copy), name), { force: true }))
     }
   }
   return { path: copy, ...on, size: frozen.size, consistency: 'reflink', warnings: [], release, keepAsBase }
