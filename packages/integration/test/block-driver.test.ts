@@ -30,7 +30,7 @@ const patch = async (path: string, offset: number, data: Buffer): Promise<void> 
   }
 }
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp', 'filefrag'], { root: true }))('block-image driver against a real btrfs target', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp', 'filefrag', 'losetup', 'mkfs.ext4'], { root: true }))('block-image driver against a real btrfs target', () => {
   let fs: LoopFilesystem
   let image: string
   let dir: string
@@ -252,6 +252,45 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(status.revisions[0]?.trust).toBe('verified')
     expect(status.revisions[0]?.distrust).toBeUndefined()
     expect(status.distrusted).toEqual([])
+  })
+
+  it('restores over a block device only with force, when it is large enough, and never while it is mounted', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const rev = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const devices: string[] = []
+    const attach = async (name: string, bytes: number): Promise<string> => {
+      const file = join(fs.mountPoint, name)
+      await writeFile(file, '')
+      execFileSync('truncate', ['-s', String(bytes), file])
+      const device = execFileSync('losetup', ['-f', '--show', file], { encoding: 'utf8' }).trim()
+      devices.push(device)
+      return device
+    }
+    const mountPoint = join(fs.mountPoint, 'mounted')
+    let mounted = false
+    try {
+      const small = await attach('small.disk', 64 * MiB)
+      expect(await restoreRevision({ at: volume, revision: 'latest', destination: small, force: true })).toMatchObject({ error: { code: 'INVALID_OPTIONS', message: `${small} holds ${64 * MiB} bytes, the revision ${96 * MiB}` } })
+      const disk = await attach('vm.disk', 128 * MiB)
+      expect(await restoreRevision({ at: volume, revision: 'latest', destination: disk })).toMatchObject({ error: { code: 'ALREADY_EXISTS', message: `${disk} is a block device: restoring overwrites all of it` } })
+      // mounted: the kernel's exclusive open refuses, and the filesystem on it is untouched
+      execFileSync('mkfs.ext4', ['-q', disk])
+      execFileSync('mkdir', ['-p', mountPoint])
+      execFileSync('mount', [disk, mountPoint])
+      mounted = true
+      await writeFile(join(mountPoint, 'keep.txt'), 'still here')
+      expect(await restoreRevision({ at: volume, revision: 'latest', destination: disk, force: true })).toMatchObject({ error: { code: 'TARGET_UNAVAILABLE', message: `${disk} is in use: mounted, or held by LVM, device-mapper, md or a running VM` } })
+      execFileSync('umount', [mountPoint])
+      mounted = false
+      execFileSync('fsck.ext4', ['-n', '-f', disk], { stdio: 'ignore' })
+      const restored = ok(await restoreRevision({ at: volume, revision: 'latest', destination: disk, force: true }))
+      expect(restored).toMatchObject({ uuid: rev.uuid, size: 96 * MiB })
+      execFileSync('cmp', ['-n', String(96 * MiB), disk, image])
+    } finally {
+      if (mounted) execFileSync('umount', [mountPoint])
+      for (const device of devices) execFileSync('losetup', ['-d', device])
+    }
   })
 
   it('scenario 25: verify in subsets 1/4 .. 4/4 checks every chunk exactly once, then counts as a whole verify', async () => {

@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs'
+import { constants, promises as fs } from 'node:fs'
 import type { ResultAsync } from 'neverthrow'
 import { bbError, InternalError, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
@@ -67,7 +67,12 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
       const { size } = await inspectSource(options.destination)
       if (size < revision.size) return stop(bbError('INVALID_OPTIONS', `${options.destination} holds ${size} bytes, the revision ${revision.size}`, 'restore to a device at least as large, or to a file', { path: options.destination }))
     }
-    const handle = await fsStep('create', options.destination, fs.open(options.destination, device ? 'r+' : 'wx', 0o600))
+    // a device is opened exclusively: the kernel refuses (EBUSY) while it is mounted or held by LVM, dm, md or a VM
+    const handle = device
+      ? await fs.open(options.destination, constants.O_WRONLY | constants.O_EXCL).catch((cause: unknown) => (cause as NodeJS.ErrnoException).code === 'EBUSY'
+        ? stop(bbError('TARGET_UNAVAILABLE', `${options.destination} is in use: mounted, or held by LVM, device-mapper, md or a running VM`, 'unmount it or stop what holds it (findmnt, lsblk show who), then restore again', { path: options.destination }))
+        : fsStep('open', options.destination, Promise.reject(cause)))
+      : await fsStep('create', options.destination, fs.open(options.destination, 'wx', 0o600))
     const pool = openHashPool(options.threads)
     let bytesWritten = 0
     let done = false
