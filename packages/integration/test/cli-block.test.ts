@@ -67,6 +67,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     execFileSync('touch', [join(dir, 'used/notes.txt')])
     expect(await runCli(['init', '-b', 'used', 'vm.img'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('is not empty') as unknown })
     expect(await readdir(join(dir, 'used'))).toEqual(['notes.txt'])
+    // a volume.json edited by hand: a chunk size bbackup cannot work with is named, nothing is written
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img'], dir)).code).toBe(0)
+    const config = join(dir, 'backy/vm/volume.json')
+    await writeFile(config, (await readFile(config, 'utf8')).replace(/"chunkSize": \d+/, '"chunkSize": 0'))
+    expect(await runCli(['backup', '-b', 'backy/vm'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config} gives a chunk size of 0 bytes, which is not usable`) as unknown })
+    expect(await readdir(join(dir, 'backy/vm'))).toEqual(['volume.json'])
   })
 
   it('refuses a backup directory without reflinks, and a source that cannot be frozen unless --no-snapshot', async () => {

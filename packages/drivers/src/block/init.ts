@@ -7,11 +7,9 @@ import { localDirectory } from './locked.js'
 import { DEFAULT_SCHEDULE, spreadOf, type Schedule } from './schedule.js'
 import { copiesDir, freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
-import { VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
+import { usableChunkSize, VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
 
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
-const MIN_CHUNK = 64 * 1024
-const MAX_CHUNK = 64 * 1024 * 1024
 
 export interface InitVolumeOptions {
   /** the backup directory (local): new, or empty */
@@ -67,7 +65,7 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
   asResult(async () => {
     const dir = localDirectory(options.at)
     const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE
-    if (!Number.isInteger(chunkSize) || chunkSize % 4096 !== 0 || chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK) {
+    if (!usableChunkSize(chunkSize)) {
       return stop(bbError('INVALID_OPTIONS', `a chunk size of ${chunkSize} bytes is not usable`, 'give a multiple of 4K from 64K to 64M, e.g. --chunk-size 4M (the default)'))
     }
     const where = await must(sourceLocation(options.source))

@@ -126,6 +126,12 @@ export const paths = (dir: string, uuid: string) => ({
 const volumeNotFound = (dir: string) =>
   bbError('NOT_FOUND', `${dir} is not a backup directory of a block volume (it has no ${VOLUME_FILE})`, `create it with: bbackup init -b ${dir} SOURCE`, { path: dir })
 
+const MIN_CHUNK = 64 * 1024
+const MAX_CHUNK = 64 * 1024 * 1024
+
+/** A chunk size bbackup works with: a multiple of 4 KiB from 64 KiB to 64 MiB. */
+export const usableChunkSize = (bytes: number): boolean => Number.isInteger(bytes) && bytes % 4096 === 0 && bytes >= MIN_CHUNK && bytes <= MAX_CHUNK
+
 export const readVolumeConfig = async (at: Transport, dir: string): Promise<VolumeConfig> => {
   const file = join(dir, VOLUME_FILE)
   const text = await must(at.readFile(file))
@@ -139,6 +145,12 @@ export const readVolumeConfig = async (at: Transport, dir: string): Promise<Volu
   const schedule = parseSchedule(String(raw.schedule))
   if (raw.format !== 1 || typeof raw.id !== 'string' || typeof raw.source !== 'string' || typeof raw.chunkSize !== 'number' || typeof raw.spreadSeconds !== 'number' || schedule.isErr()) {
     return stop(bbError('IO_FAILED', `${file} is not a volume file bbackup can read`, 'check its fields against docs/drivers/block.md', { path: file }))
+  }
+  if (!usableChunkSize(raw.chunkSize)) {
+    return stop(bbError('INVALID_OPTIONS', `${file} gives a chunk size of ${raw.chunkSize} bytes, which is not usable`, 'give chunkSize a multiple of 4096 from 65536 to 67108864, e.g. 4194304 (4 MiB)', { path: file }))
+  }
+  if (!Number.isFinite(raw.spreadSeconds) || raw.spreadSeconds < 0) {
+    return stop(bbError('INVALID_OPTIONS', `${file} gives spreadSeconds ${raw.spreadSeconds}, which is not an offset in seconds`, 'give 0 or more seconds (init picks one below the shortest interval)', { path: file }))
   }
   return {
     format: 1, id: raw.id, source: raw.source, chunkSize: raw.chunkSize, schedule: schedule.value, spreadSeconds: raw.spreadSeconds, snapshot: raw.snapshot === 'none' ? 'none' : 'auto',
