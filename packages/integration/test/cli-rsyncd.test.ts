@@ -80,7 +80,10 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     const missing = await runCli(['run', daemon.url('not-there'), 'pulled', ...args], tmp.path)
     expect(missing.code).toBe(1)
     // one JSON document, the job's error in it, naming the whole location
-    expect(JSON.parse(missing.stdout)).toMatchObject({ error: { code: 'SOURCE_UNAVAILABLE', message: `the source ${daemon.url('not-there')} does not exist` } })
+    expect(JSON.parse(missing.stdout)).toMatchObject({ error: {
+      code: 'SOURCE_UNAVAILABLE', message: `the source ${daemon.url('not-there')} does not exist`,
+      hint: `check the path in the module: rsync --list-only ${daemon.url()}/ lists what it holds`,
+    } })
     await writeFile(join(tmp.path, 'wrong'), 'not the password\n', { mode: 0o600 })
     const refused = await runCli(['run', daemon.url('client'), 'pulled', '--password-file', 'wrong', '--state-dir', 'state', '--json'], tmp.path)
     expect(refused.code).toBe(1)

@@ -160,7 +160,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         // on this host its path, elsewhere the whole location (a daemon module's path is the module's)
         const named = source.location.kind === 'local' ? source.location.path : formatLocation(source.location)
         return err(bbError('SOURCE_UNAVAILABLE', s === undefined ? `the source ${named} does not exist` : `the source ${named} is not a directory`,
-          s === undefined ? 'check the path (is the filesystem mounted?)' : 'the rsync driver backs up directories; give the directory that holds the file', { path: source.location.path }))
+          s !== undefined ? 'the rsync driver backs up directories; give the directory that holds the file'
+            : source.location.kind === 'rsyncd' ? `check the path in the module: rsync --list-only ${formatLocation({ ...source.location, path: '' })}/ lists what it holds`
+            : 'check the path (is the filesystem mounted?)', { path: source.location.path }))
       })
       .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(source, t))))
       .map(() => undefined)
