@@ -194,7 +194,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
       const e = (await sshTransport(location(dir.path), own, { identityFile: sshd.identityFile, knownHostsFile: empty }).exec(['true']))._unsafeUnwrapErr()
       expect(e.code).toBe('HOSTKEY_UNKNOWN')
       expect(e.message).toBe(`the host key of root@127.0.0.1:${sshd.port} is not known: bbackup does not trust new hosts by itself`)
-      expect(e.hint).toContain(`ssh-keyscan -p ${sshd.port} 127.0.0.1 >> ~/.ssh/known_hosts`)
+      // the hint adds the key to the known_hosts file the connection was given
+      expect(e.hint).toContain(`ssh-keyscan -p ${sshd.port} 127.0.0.1 >> ${empty}`)
       expect(await sshd.logins()).toBe(before)
     } finally {
       await own.close()
@@ -245,6 +246,25 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
       const e = (await sshTransport(location(dir.path), own, { identityFile: other, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()
       expect(e.code).toBe('AUTH_FAILED')
       expect(e.message).toMatch(/^ssh could not log in to root@127\.0\.0\.1:\d+: .*Permission denied \(publickey\)/)
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('names an identity file that is not there, and an ssh option ssh does not take, without connecting or retrying', async () => {
+    const own = openSshSession()
+    try {
+      const before = await sshd.logins()
+      const missing = join(dir.path, 'no_such_key')
+      const noKey = (await sshTransport(location(dir.path), own, { identityFile: missing, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()
+      expect(noKey).toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${missing} does not exist` })
+      const directory = (await sshTransport(location(dir.path), own, { identityFile: dir.path, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()
+      expect(directory).toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${dir.path} cannot be read` })
+      const bogus = (await sshTransport(location(dir.path), own, { ...options(), options: ['Bogus=1'] }).exec(['true']))._unsafeUnwrapErr()
+      expect(bogus).toMatchObject({ code: 'INVALID_OPTIONS', message: "ssh does not accept the option 'bogus' (given with --ssh-option or ssh_options)" })
+      const port = (await sshTransport(location(dir.path), own, { ...options(), options: ['Port=abc'] }).exec(['true']))._unsafeUnwrapErr()
+      expect(port).toMatchObject({ code: 'INVALID_OPTIONS', message: "ssh does not accept an option: Bad port 'abc' (given with --ssh-option or ssh_options)" })
+      expect(await sshd.logins()).toBe(before)
     } finally {
       await own.close()
     }

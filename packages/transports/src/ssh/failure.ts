@@ -7,9 +7,13 @@ export interface Endpoint {
   readonly display: string
   readonly host: string
   readonly port?: number
+  /** the known_hosts file given for the connection (else ssh's own) */
+  readonly knownHostsFile?: string
+  /** the ssh_config file bbackup wrote for the connection, which holds the options given to it */
+  readonly configFile?: string
 }
 
-const keyscan = (e: Endpoint): string => `ssh-keyscan ${e.port === undefined ? '' : `-p ${e.port} `}${e.host} >> ~/.ssh/known_hosts`
+const keyscan = (e: Endpoint): string => `ssh-keyscan ${e.port === undefined ? '' : `-p ${e.port} `}${e.host} >> ${e.knownHostsFile ?? '~/.ssh/known_hosts'}`
 
 const knownHostsName = (e: Endpoint): string => (e.port === undefined || e.port === 22 ? e.host : `[${e.host}]:${e.port}`)
 
@@ -29,6 +33,16 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
     return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,
       `check its fingerprint, then trust it once: ${keyscan(endpoint)} (or connect once with ssh and answer yes)`, details)
+  }
+  // ssh's own complaint about its config (ours, with the options given, or the user's): it ends with 'terminating, N bad configuration options'
+  const bad = /terminating, \d+ bad configuration options?/.test(stderr) ? /^(.*?):? line (\d+): (.*)$/m.exec(stderr) : null
+  if (bad !== null) {
+    const text = (bad[3] ?? '').trim().replace(/\.$/, '')
+    const option = /^Bad configuration option: (\S+)$/.exec(text)
+    const [file, line, what] = [bad[1] ?? '', bad[2], option === null ? `an option: ${text}` : `the option '${option[1] ?? ''}'`]
+    const ours = endpoint.configFile !== undefined && file === endpoint.configFile
+    return bbError('INVALID_OPTIONS', `ssh does not accept ${what} (${ours ? 'given with --ssh-option or ssh_options' : `${file}, line ${line ?? '?'}`})`,
+      ours ? 'write ssh_config keywords as Key=Value, e.g. --ssh-option ConnectTimeout=30 (man ssh_config lists them)' : 'fix that line of your ssh config', details)
   }
   const refused = stderr.split('\n').find((l) => l.startsWith(REFUSED_TAG))
   if (refused !== undefined) {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { homedir, tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
@@ -135,6 +135,11 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
   for (const [what, value] of [['ssh program', options.program], ['identity file', options.identityFile], ['known_hosts file', options.knownHostsFile], ['control path', controlPath]] as const) {
     if (value !== undefined && !CONFIG_VALUE.test(value)) return err(bbError('INVALID_OPTIONS', `the ${what} ${JSON.stringify(value)} contains a quote or a line break`, 'use a path without " or line breaks'))
   }
+  // ssh only warns about a key it cannot read, then fails to log in: named here instead
+  if (options.identityFile !== undefined && !readable(options.identityFile)) {
+    return err(bbError('INVALID_OPTIONS', `the ssh identity file ${options.identityFile} ${existsSync(options.identityFile.replace(/^~\//, `${homedir()}/`)) ? 'cannot be read' : 'does not exist'}`,
+      'give the private key that logs in (--ssh-identity or ssh_identity), e.g. /root/.ssh/id_ed25519', { path: options.identityFile }))
+  }
   return ok([
     'Host *',
     ...extra,
@@ -156,6 +161,18 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
     'Include /etc/ssh/ssh_config',
     '',
   ].join('\n'))
+}
+
+/** Whether ssh can read a key file: `~/` is the home directory, as ssh reads it; a path with ssh's `%` tokens is left to ssh. */
+const readable = (path: string): boolean => {
+  if (path.includes('%')) return true
+  const file = path.startsWith('~/') ? join(homedir(), path.slice(2)) : path
+  try {
+    accessSync(file, constants.R_OK)
+    return statSync(file).isFile()
+  } catch {
+    return false
+  }
 }
 
 const hostArg = (host: string): string => (host.includes(':') ? `[${host}]` : host)
@@ -221,6 +238,8 @@ export const openSshSession = (): SshSession => {
       display: `${location.user === undefined ? '' : `${location.user}@`}${location.host}${location.port === undefined ? '' : `:${location.port}`}`,
       host: location.host,
       ...(location.port === undefined ? {} : { port: location.port }),
+      ...(options.knownHostsFile === undefined ? {} : { knownHostsFile: options.knownHostsFile }),
+      configFile: configPath,
     }
     const written = optionLines(options.options ?? []).andThen((extra) => configText(location, options, controlPath, extra))
     if (written.isOk()) writeFileSync(configPath, written.value, { mode: 0o600 })
