@@ -12,12 +12,14 @@ const HINT = "write a count ('10'), btrbk's matrix ('24h 7d 4w 12m *y', optional
  */
 export const parseRetentionSpec = (spec: string): Result<RetentionPolicy, BbError> => {
   const text = spec.trim()
+  if (text === '') return err(bbError('INVALID_POLICY', 'the retention policy is empty', HINT))
   let policy: RetentionPolicy
   if (/^\d+$/.test(text)) policy = { keepLast: Number(text) }
   else if (/\b(minutely|hourly|daily|weekly|monthly|yearly)=/.test(text)) {
     const rotate: Record<string, unknown> = {}
     for (const word of text.split(/\s+/)) {
       const m = /^(minutely|hourly|daily|weekly|monthly|yearly)=(\d+|always)$/.exec(word)
+      if (m !== null && (m[1] as string) in rotate) return err(bbError('INVALID_POLICY', `retention ${JSON.stringify(spec)}: ${m[1] as string} is given twice`, 'give each frequency once, e.g. daily=7 weekly=4'))
       if (m !== null) rotate[m[1] as string] = m[2] === 'always' ? 'always' : Number(m[2])
       else if (word === 'relaxed') rotate.strict = false
       else if (word === 'prefer-recent') rotate.prefer = 'newest'
