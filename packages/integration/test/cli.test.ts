@@ -174,5 +174,8 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await runCli(['run', '--bogus'], tmp.path)).code).toBe(2)
     expect(await runCli(['run', 'src', 'nas:2222/x'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('ssh://nas:2222/path') })
     expect(await runCli(['--version'], tmp.path)).toMatchObject({ code: 0, stdout: '0.0.0\n' })
+    // one target twice, spelled two ways: two transfers would write into it at once
+    expect(await runCli(['run', 'src', 'dst', './dst/', '--state-dir', state], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`the target ${tmp.path}/dst is given twice`) })
+    expect(await readdir(tmp.path)).not.toContain('dst')
   })
 })

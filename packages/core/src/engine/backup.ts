@@ -1,4 +1,5 @@
 import { getMaxListeners, setMaxListeners } from 'node:events'
+import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
@@ -120,6 +121,18 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
   target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
 
+/** The first target the job names twice, however spelled (`/mnt/b/` and `/mnt/b`, `/mnt/./b`), or undefined. */
+const repeatedTarget = (targets: readonly Transport[]): string | undefined => {
+  const seen = new Set<string>()
+  for (const { location } of targets) {
+    const path = location.path === '' ? '' : posix.normalize(location.path).replace(/(.)\/+$/, '$1')
+    const key = formatLocation({ ...location, path })
+    if (seen.has(key)) return key
+    seen.add(key)
+  }
+  return undefined
+}
+
 /**
  * The main job: lock, probe, recover what the journal left, snapshot the source, send to each
  * target (journalled), prune. One failing target does not stop the others; the report says what
@@ -134,6 +147,10 @@ export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<Backu
   if ([...prefix].some((c) => c === '/' || c.charCodeAt(0) < 0x20 || c === '\x7f')) {
     return errAsync(bbError('INVALID_OPTIONS', `the prefix ${JSON.stringify(prefix)} cannot begin a snapshot's name: it has a ${prefix.includes('/') ? 'slash' : 'control character'}`,
       'give a prefix without / or control characters (-p/--prefix), e.g. home.'))
+  }
+  const twice = repeatedTarget(job.targets)
+  if (twice !== undefined) {
+    return errAsync(bbError('INVALID_OPTIONS', `the target ${twice} is given twice: two transfers would write into it at once`, 'give each target once', { target: twice }))
   }
   // every command of a run listens to the signal, dozens at once while the source and targets are listed: not a leak
   if (options.signal !== undefined) setMaxListeners(Math.max(getMaxListeners(options.signal), 100), options.signal)
