@@ -32,6 +32,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const dry = await runCli(['run', '-n', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(dry.stdout).toMatch(/\$ btrfs send -q .*-p .*\| btrfs receive /)
     expect((await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.'))).toHaveLength(2)
+    // nor does it make a new target's directory: it plans a full send into it
+    const fresh = await runCli(['run', '-n', 'home', 'fresh', '--state-dir', 'state', '--keep-backups', '2'], dir)
+    expect(fresh).toMatchObject({ code: 0, stdout: expect.stringMatching(/fresh: home\.\S+ full/) })
+    expect(fresh.stdout).not.toContain('warning')
+    expect(await readdir(dir)).not.toContain('fresh')
 
     // snapshots taken without a transfer: status names what the target lacks, which the next transfer sends
     for (let i = 0; i < 2; i++) expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--no-transfer', '-q'], dir)).code).toBe(0)
@@ -329,8 +334,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     ].join('\n'))
     const healthy = await runCli(['doctor', '-c', config, '-j', 'home'], dir)
     expect(healthy.code, healthy.stdout + healthy.stderr).toBe(0)
-    expect(healthy.stdout).toMatch(/^job home:\n {2}ok {5} source .*home: ready for the btrfs driver\n {2}ok {5} state .*: no unfinished transfer; not locked\n {2}ok {5} target .*backup: ready; [\d.]+ GiB free of [\d.]+ GiB\n/)
+    // the target is not there yet: a check does not make it, it says the first backup will
+    expect(healthy.stdout).toMatch(/^job home:\n {2}ok {5} source .*home: ready for the btrfs driver\n {2}ok {5} state .*: no unfinished transfer; not locked\n {2}ok {5} target .*backup: ready \(the first backup makes the directory\); [\d.]+ GiB free of [\d.]+ GiB\n/)
     expect(healthy.stdout).toMatch(/no problem found\n$/)
+    expect(await readdir(dir)).not.toContain('backup')
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', join(dir, 'state'), '-q'], dir)).code).toBe(0)
+    expect((await runCli(['doctor', '-c', config, '-j', 'home'], dir)).stdout).toMatch(/ok {5} target .*backup: ready; [\d.]+ GiB free of [\d.]+ GiB\n/)
 
     const all = await runCli(['doctor', '-c', config], dir)
     expect(all.code).toBe(1)

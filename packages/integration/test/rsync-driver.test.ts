@@ -242,11 +242,13 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(ok(await verify(job))).toMatchObject({ differenceCount: 1, differences: [expect.stringMatching(/dir\/b\.txt$/)] })
   })
 
-  it('changes nothing in a dry run and returns the rsync command it would run', async () => {
-    const job = rsyncJob({ source, targets: [target], state })
+  it('changes nothing in a dry run, not even a new target\'s directory, and returns the rsync command it would run', async () => {
+    const job = rsyncJob({ source, targets: [target], state, retention: { target: { keepLast: 2 } } })
     const r = ok(await backup(job, { dryRun: true, now: at('2026-11-23T10:00:00Z') }))
     expect(r.targets[0]?.commands[0]).toEqual(expect.arrayContaining(['rsync', '--dry-run', `${source}/`, `${target}/2026-11-23T100000Z.partial/`]))
-    expect(await readdir(target)).toEqual([])
+    // the first backup would make the target: the plan is a full backup, with nothing to prune
+    expect(r.targets[0]).toMatchObject({ ok: true, mode: 'full', warnings: [], pruned: [] })
+    await expect(stat(target)).rejects.toThrow()
     await expect(stat(state)).rejects.toThrow()
   })
 

@@ -153,6 +153,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect((await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--no-transfer', '-q', ...ssh], dir)).code).toBe(0)
     const [name] = await snapshotsIn(join(dir, 'home/.snapshots'))
     const stray = join(dir, 'backup', name ?? '')
+    // a run without a transfer leaves the target alone: its directory is the user's here
+    execFileSync('mkdir', [join(dir, 'backup')])
     execFileSync('btrfs', ['subvolume', 'create', stray])
     await writeFile(join(stray, 'precious.txt'), 'not ours\n')
     // writable without a received uuid: what an unfinished receive looks like, and what a cleanup would delete

@@ -8,9 +8,10 @@ import { formatLocation, parseLocation, type Location } from '../location/locati
 import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
+import type { RetentionPolicy } from '../retention/policy.js'
 import { journalPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
-import { connectHosts, pruneAt, withJobLock } from './prune.js'
+import { connectHosts, pruneAt, withJobLock, type PruneResult } from './prune.js'
 
 /** One snapshot sent to a target. */
 export interface SentSnapshot {
@@ -121,6 +122,15 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
   target, ok: false, sent: [], bytes: 0, files: 0, durationMs: Date.now() - startedMs, warnings: [], recovered: [], pruned: [], commands: [], ...partial, error,
 })
 
+/** Retention at a target after its transfer; in a dry run, a target whose directory the run would make holds nothing to prune. */
+const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
+  const r = await pruneAt(job, target, policy, options)
+  if (r.isErr() && options.dryRun === true && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)) {
+    return ok({ at: formatLocation(target.location), decisions: [], deleted: [], kept: 0, commands: [] })
+  }
+  return r
+}
+
 /** The first target the job names twice, however spelled (`/mnt/b/` and `/mnt/b`, `/mnt/./b`), or undefined. */
 const repeatedTarget = (targets: readonly Transport[]): string | undefined => {
   const seen = new Set<string>()
@@ -170,15 +180,20 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const journalRead = readJournal(job.state.transport, journalPath(job))
 
   // Which targets can be reached, and what each holds; one that is out of reach on the network is tried again, with the transfers' backoff
+  const transferFollows = options.transfer !== false && options.dryRun !== true
   const reach = async (target: Transport, where: string) => {
     const [reachable, listedFirst] = await Promise.all([
-      job.driver.probe({ source: job.source, targets: [target], signal: options.signal, transferFollows: options.transfer !== false && options.dryRun !== true }),
+      job.driver.probe({ source: job.source, targets: [target], signal: options.signal, transferFollows }),
       job.driver.listSnapshots({ at: target, signal: options.signal }),
     ])
     if (reachable.isErr()) return { target, where, error: reachable.error, snapshots: [] }
     // the probe may have made the target's directory (a first run) while it was listed: then once more
     const listed = listedFirst.isOk() ? listedFirst : await job.driver.listSnapshots({ at: target, signal: options.signal })
-    if (listed.isErr()) return { target, where, error: listed.error, snapshots: [] }
+    if (listed.isErr()) {
+      // without a transfer to follow (a dry run) the probe makes no directory: a new target, fit to be made, holds nothing yet
+      const absent = !transferFollows && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)
+      return absent ? { target, where, error: undefined, snapshots: [] } : { target, where, error: listed.error, snapshots: [] }
+    }
     return { target, where, error: undefined, snapshots: listed.value }
   }
   const targetStates = Promise.all(job.targets.map(async (target) => {
@@ -371,7 +386,7 @@ const backupToTarget = async (
   let commands = [...outcome.commands]
   const policy = job.retention?.target
   if (policy !== undefined && options.prune !== false) {
-    const r = await pruneAt(job, target, policy, options)
+    const r = await pruneTarget(job, target, policy, options)
     if (r.isErr()) warnings.push(`not pruned: ${r.error.message}`)
     else {
       pruned = r.value.deleted
@@ -606,7 +621,7 @@ const sendSnapshots = async (
     let kept: number | undefined
     const policy = job.retention?.target
     if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
-      const r = await pruneAt(job, lane.target, policy, options)
+      const r = await pruneTarget(job, lane.target, policy, options)
       if (r.isErr()) lane.warnings.push(`not pruned: ${r.error.message}`)
       else {
         pruned = r.value.deleted

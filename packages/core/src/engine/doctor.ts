@@ -1,3 +1,4 @@
+import { posix } from 'node:path'
 import type { BbError } from '../errors.js'
 import { readJournal } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
@@ -57,11 +58,14 @@ export const checkJob = async (job: Job, options: { readonly signal?: AbortSigna
       findings.push(fromError(where, reachable.error))
       continue
     }
-    const room = await spaceAt(target, signal)
-    if (room === undefined) findings.push(found(where, 'ready (free space unknown there)'))
+    // the probe makes no directory for a check: a new target (its parent fit) is measured at its parent
+    const absent = target.filesOnly !== true && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)
+    const room = await spaceAt(target, signal, absent ? posix.dirname(target.location.path) : target.location.path)
+    const ready = absent ? 'ready (the first backup makes the directory)' : 'ready'
+    if (room === undefined) findings.push(found(where, `${ready} (free space unknown there)`))
     else if (room.free < room.size * LOW_SPACE_SHARE) {
       findings.push(problem(where, `only ${gib(room.free)} free of ${gib(room.size)}`, 'make room: prune old backups (bbackup prune, with a tighter --keep-backups), or move the backups to a bigger disk'))
-    } else findings.push(found(where, `ready; ${gib(room.free)} free of ${gib(room.size)}`))
+    } else findings.push(found(where, `${ready}; ${gib(room.free)} free of ${gib(room.size)}`))
   }
   return findings
 }

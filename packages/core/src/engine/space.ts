@@ -19,9 +19,9 @@ export interface Space {
  * `df -Pk` of a path where it is (one command, also on another host), or undefined where no command
  * runs (a daemon module) or df fails. Free is what a user that is not root may still write.
  */
-export const spaceAt = async (at: Transport, signal: AbortSignal | undefined): Promise<Space | undefined> => {
+export const spaceAt = async (at: Transport, signal: AbortSignal | undefined, path: string = at.location.path): Promise<Space | undefined> => {
   if (at.filesOnly === true) return undefined
-  const r = await at.exec(['df', '-Pk', '--', at.location.path], signal === undefined ? {} : { signal })
+  const r = await at.exec(['df', '-Pk', '--', path], signal === undefined ? {} : { signal })
   if (r.isErr() || r.value.exitCode !== 0) return undefined
   const fields = r.value.stdout.trim().split('\n').at(-1)?.split(/\s+/) ?? []
   const [size, used, free] = [fields[1], fields[2], fields[3]].map((f) => Number(f) * 1024)

@@ -169,15 +169,17 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         return progsVersion(source, signal, readVersion(version.exitCode, version.output)).andThen(() => sourceFound(source.location.path, show.read(shown)))
       }).map(() => undefined)
     }
+    // the target's directory is made only for a backup that sends into it (not a dry run, not a doctor's check)
+    const make = transferFollows === true
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
       if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
-      if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), notTheSource(source, t).andThen(() => probeTarget(t))] as const)
+      if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), notTheSource(source, t).andThen(() => probeTarget(t, make))] as const)
       return notTheSource(source, t).andThen(() => {
         // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots
         if (transferFollows === true && receiverStartsFirst(source, options.rateLimit)) t.prepareSpawn?.({ selfDelimited: options.streamCompress !== 'zstd' })
         // on another host the version and the target's directory in one round trip
-        return probeRemoteTarget(t, signal)
+        return probeRemoteTarget(t, signal, make)
       })
     }
     return ResultAsync.combine(targets.map(probeOne)).map(() => undefined)
@@ -228,28 +230,28 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * The target directory must be on btrfs. A missing one is created only when its parent is on
    * btrfs: a parent on another filesystem is most often the mount point of a disk that is not mounted.
    */
-  const probeTarget = (target: Transport): ResultAsync<void, BbError> =>
+  const probeTarget = (target: Transport, make: boolean): ResultAsync<void, BbError> =>
     // the filesystem is asked with the stat, not after it: one round trip less on a remote host
     ResultAsync.combine([target.stat(target.location.path), fsType(target, target.location.path)] as const)
-      .andThen(([s, type]) => targetFound(target, s === undefined ? 'missing' : s.kind === 'directory' ? 'directory' : 'other', type))
+      .andThen(([s, type]) => targetFound(target, s === undefined ? 'missing' : s.kind === 'directory' ? 'directory' : 'other', type, make))
 
   /** `btrfs --version`, the filesystem and the kind of the target's directory, in one round trip */
-  const probeRemoteTarget = (target: Transport, signal: AbortSignal | undefined): ResultAsync<unknown, BbError> => {
+  const probeRemoteTarget = (target: Transport, signal: AbortSignal | undefined, make: boolean): ResultAsync<unknown, BbError> => {
     const dir = target.location.path
     const asked = target.execEach?.([['btrfs', '--version'], ['stat', '-f', '-c', '%T', dir], ['stat', '-c', '%F', '--', dir]], signalOpt(signal))
-    if (asked === undefined) return ResultAsync.combine([progsVersion(target, signal), probeTarget(target)] as const)
+    if (asked === undefined) return ResultAsync.combine([progsVersion(target, signal), probeTarget(target, make)] as const)
     return asked
       .andThen(([version, fs, kind]) => {
         if (version === undefined || fs === undefined || kind === undefined) throw new InternalError('execEach gave fewer results than commands')
         return progsVersion(target, signal, readVersion(version.exitCode, version.output))
-          .andThen(() => targetFound(target, kind.exitCode !== 0 ? 'missing' : kind.output.trim() === 'directory' ? 'directory' : 'other', fs.exitCode === 0 ? fs.output.trim() : ''))
+          .andThen(() => targetFound(target, kind.exitCode !== 0 ? 'missing' : kind.output.trim() === 'directory' ? 'directory' : 'other', fs.exitCode === 0 ? fs.output.trim() : '', make))
       })
   }
 
   const fsType = (target: Transport, path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
 
-  /** the target's directory: there on btrfs, or made where its parent is on btrfs */
-  const targetFound = (target: Transport, kind: 'directory' | 'other' | 'missing', type: string): ResultAsync<void, BbError> => {
+  /** the target's directory: there on btrfs, or made where its parent is on btrfs (`make`; else it would be) */
+  const targetFound = (target: Transport, kind: 'directory' | 'other' | 'missing', type: string, make: boolean): ResultAsync<void, BbError> => {
     const dir = target.location.path
     const notBtrfs = (found: string, path: string): BbError => bbError('TARGET_NOT_BTRFS', `the target ${path} is not on a btrfs filesystem${found === '' ? '' : ` (it is ${found})`}: btrfs receive needs one`,
       'is the backup disk mounted? Give a directory on a btrfs filesystem, or use the rsync driver (--driver rsync) for this target', { path: dir })
@@ -260,7 +262,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (p?.kind !== 'directory') {
         return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
       }
-      return fsType(target, parent).andThen((found) => (found === 'btrfs' ? target.mkdir(dir) : errAsync(notBtrfs(found, parent))))
+      return fsType(target, parent).andThen((found) => (found !== 'btrfs' ? errAsync(notBtrfs(found, parent)) : make ? target.mkdir(dir) : okAsync(undefined)))
     })
   }
 

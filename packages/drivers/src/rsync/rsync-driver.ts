@@ -147,7 +147,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     return new ResultAsync(asked)
   }
 
-  const probe: Driver['probe'] = ({ source, targets, signal }) =>
+  const probe: Driver['probe'] = ({ source, targets, signal, transferFollows }) =>
     Result.combine(targets.map((t) => rsyncHost(source, t))).andThen(() => (options.serverPublishes === true ? serverCanPublish(targets) : ok(undefined)))
       // a daemon module runs no commands: its rsync is the daemon
       .asyncAndThen(() => (source.filesOnly === true ? okAsync(undefined) : hasRsync(source, signal)))
@@ -164,7 +164,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
             : source.location.kind === 'rsyncd' ? `check the path in the module: rsync --list-only ${formatLocation({ ...source.location, path: '' })}/ lists what it holds`
             : 'check the path (is the filesystem mounted?)', { path: source.location.path }))
       })
-      .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(source, t))))
+      // the target's directory is made only for a backup that copies into it (not a dry run, not a doctor's check)
+      .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(source, t, transferFollows === true))))
       .map(() => undefined)
 
   /**
@@ -172,7 +173,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
    * often means an unmounted disk. It must not be the source itself (a target inside the source
    * is left out of each copy).
    */
-  const probeTarget = (source: Transport, target: Transport): ResultAsync<void, BbError> => {
+  const probeTarget = (source: Transport, target: Transport, make: boolean): ResultAsync<void, BbError> => {
     const dir = target.location.path
     return ResultAsync.fromSafePromise(targetInSource(source, target)).andThen((inSource) => (inSource === ''
       ? errAsync(bbError('INVALID_OPTIONS', `the target ${dir} is the source itself: each backup would be written into what it copies`,
@@ -184,7 +185,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory to keep the backups in', { path: dir }))
         return target.stat(posix.dirname(dir)).andThen((parent) =>
           parent?.kind === 'directory'
-            ? target.mkdir(dir)
+            ? (make ? target.mkdir(dir) : okAsync(undefined))
             : errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir })))
       })
   }
