@@ -39,9 +39,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     const inside = join(source, 'streams')
     const refused = ok(await backup(btrfsJob({ source, targets: [inside], state, driver: { raw: { targets: [inside] } } }), { now: at('2026-11-23T10:00:00Z') }))
     expect(refused.targets[0]).toMatchObject({ ok: false, error: { code: 'INVALID_OPTIONS', message: expect.stringContaining('in the source subvolume') } })
-    expect(await files(inside)).toEqual([])
+    // refused before its directory was made; a dry run makes none either
+    await expect(stat(inside)).rejects.toThrow()
+    const fresh = join(outside.path, 'fresh-streams')
+    const planned = ok(await backup(btrfsJob({ source, targets: [fresh], state, driver: { raw: { targets: [fresh] } } }), { dryRun: true, now: at('2026-11-23T10:30:00Z') }))
+    expect(planned.targets[0]).toMatchObject({ ok: true, mode: 'full' })
+    await expect(stat(fresh)).rejects.toThrow()
 
-    await rm(inside, { recursive: true })
     btrfs('subvolume', 'create', inside)
     const j = btrfsJob({ source, targets: [inside], state, driver: { raw: { targets: [inside] } } })
     ok(await backup(j, { now: at('2026-11-23T11:00:00Z') }))

@@ -173,7 +173,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const make = transferFollows === true
     const probeOne = (t: Transport): ResultAsync<unknown, BbError> => {
       if (isPipe(t)) return new ResultAsync(pipe.probe(t))
-      if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal))
+      if (isRaw(t)) return new ResultAsync(raw.probe(t, source, signal, make))
       if (t.location.kind === 'local') return ResultAsync.combine([progsVersion(t, signal), notTheSource(source, t).andThen(() => probeTarget(t, make))] as const)
       return notTheSource(source, t).andThen(() => {
         // the receive's session opens now (where the stream will take it): its login on that host runs while the run lists and snapshots

@@ -211,7 +211,8 @@ export const rawStore = (deps: RawDeps) => {
   const shownWith = (first: readonly string[], filters: readonly StreamFilter[], last: readonly string[], way: StreamWay): string[] =>
     deps.shown([...first, ...filters.flatMap((f) => ['|', ...f.argv])], last, way)
 
-  const probe = async (target: Transport, source: Transport, signal: AbortSignal | undefined): Promise<Result<void, BbError>> => {
+  /** `make`: a missing directory (its parent there) is made, once the checks passed; else (a dry run, a check) it would be */
+  const probe = async (target: Transport, source: Transport, signal: AbortSignal | undefined, make: boolean): Promise<Result<void, BbError>> => {
     const dir = target.location.path
     const s = await target.stat(dir)
     if (s.isErr()) return err(s.error)
@@ -221,22 +222,24 @@ export const rawStore = (deps: RawDeps) => {
       if (parent.value?.kind !== 'directory') {
         return err(bbError('TARGET_UNAVAILABLE', `the raw target ${dir} does not exist, nor does its parent`, 'mount the backup disk, or create the directory (mkdir -p) if this is the right place', { path: dir }))
       }
-      const made = await target.mkdir(dir)
-      if (made.isErr()) return err(made.error)
-      // stream files hold all of the source's data: the directory bbackup makes is its owner's only
-      const closed = await target.exec(['chmod', '700', dir], signalOpt(signal))
-      if (closed.isErr()) return err(closed.error)
     } else if (s.value.kind !== 'directory') {
       return err(bbError('TARGET_UNAVAILABLE', `the raw target ${dir} is not a directory`, 'give a directory to keep the stream files in', { path: dir }))
     }
     const inSource = await targetInSource(source, target)
     if (inSource !== undefined) {
-      // a subvolume of its own inside the source is left out of the source's snapshots; a directory of it is not
-      const [here, there] = await Promise.all([target.stat(dir), source.stat(source.location.path)])
+      // a subvolume of its own inside the source is left out of the source's snapshots; a directory of it is not (one not made yet would be made on its parent's filesystem)
+      const [here, there] = await Promise.all([target.stat(s.value === undefined ? posix.dirname(dir) : dir), source.stat(source.location.path)])
       if (here.isOk() && there.isOk() && here.value !== undefined && here.value.device === there.value?.device) {
         return err(bbError('INVALID_OPTIONS', `the raw target ${dir} is in the source subvolume ${source.location.path}: each stream file would be in the next snapshot, and sent again in the stream after it`,
           `keep the streams outside the source, or make the directory a subvolume of its own (btrfs subvolume create ${dir}), which snapshots of the source leave out`, { path: dir }))
       }
+    }
+    if (s.value === undefined && make) {
+      const made = await target.mkdir(dir)
+      if (made.isErr()) return err(made.error)
+      // stream files hold all of the source's data: the directory bbackup makes is its owner's only
+      const closed = await target.exec(['chmod', '700', dir], signalOpt(signal))
+      if (closed.isErr()) return err(closed.error)
     }
     if (encryption !== undefined) return probeEncryption(encryption, hereOf(source, target), signal)
     if (compress === 'zstd') {
