@@ -9,7 +9,7 @@ import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, withJobLock, type PruneResult } from './prune.js'
 
@@ -125,7 +125,7 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 /** Retention at a target after its transfer; in a dry run, a target whose directory the run would make holds nothing to prune. */
 const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
   const r = await pruneAt(job, target, policy, options)
-  if (r.isErr() && options.dryRun === true && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)) {
+  if (r.isErr() && options.dryRun === true && (await notMadeYet(target))) {
     return ok({ at: formatLocation(target.location), decisions: [], deleted: [], kept: 0, commands: [] })
   }
   return r
@@ -191,7 +191,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     const listed = listedFirst.isOk() ? listedFirst : await job.driver.listSnapshots({ at: target, signal: options.signal })
     if (listed.isErr()) {
       // without a transfer to follow (a dry run) the probe makes no directory: a new target, fit to be made, holds nothing yet
-      const absent = !transferFollows && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)
+      const absent = !transferFollows && (await notMadeYet(target))
       return absent ? { target, where, error: undefined, snapshots: [] } : { target, where, error: listed.error, snapshots: [] }
     }
     return { target, where, error: undefined, snapshots: listed.value }

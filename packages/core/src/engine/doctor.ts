@@ -2,7 +2,7 @@ import { posix } from 'node:path'
 import type { BbError } from '../errors.js'
 import { readJournal } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
-import { journalPath, lockPath, type Job } from './job.js'
+import { journalPath, lockPath, notMadeYet, type Job } from './job.js'
 import { gib, LOW_SPACE_SHARE, spaceAt } from './space.js'
 
 /** One check of a setup: what was looked at, what was found, and for a problem how to fix it. */
@@ -59,7 +59,7 @@ export const checkJob = async (job: Job, options: { readonly signal?: AbortSigna
       continue
     }
     // the probe makes no directory for a check: a new target (its parent fit) is measured at its parent
-    const absent = target.filesOnly !== true && (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)
+    const absent = target.filesOnly !== true && (await notMadeYet(target))
     const room = await spaceAt(target, signal, absent ? posix.dirname(target.location.path) : target.location.path)
     const ready = absent ? 'ready (the first backup makes the directory)' : 'ready'
     if (room === undefined) findings.push(found(where, `${ready} (free space unknown there)`))

@@ -78,3 +78,10 @@ export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.js
 /** The complete snapshots of this job (its prefix, a readable time), oldest first. */
 export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
   snapshots.filter((s) => s.complete && s.time !== undefined && (parseSnapshotName(s.name)?.prefix ?? '') === (job.prefix ?? ''))
+
+/**
+ * Whether a target's directory is not there (yet): what the first backup makes, and a dry run or a
+ * check does not. A target that cannot be asked counts as there (its error comes from elsewhere).
+ */
+export const notMadeYet = async (target: Transport): Promise<boolean> =>
+  (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)

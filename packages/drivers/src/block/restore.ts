@@ -1,6 +1,6 @@
 import { constants, promises as fs } from 'node:fs'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, InternalError, type BbError, type Transport } from '@bb/core'
+import { bbError, InternalError, ioError, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { openHashPool } from './hash-pool.js'
@@ -69,9 +69,9 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
     }
     // a device is opened exclusively: the kernel refuses (EBUSY) while it is mounted or held by LVM, dm, md or a VM
     const handle = device
-      ? await fs.open(options.destination, constants.O_WRONLY | constants.O_EXCL).catch((cause: unknown) => (cause as NodeJS.ErrnoException).code === 'EBUSY'
-        ? stop(bbError('TARGET_UNAVAILABLE', `${options.destination} is in use: mounted, or held by LVM, device-mapper, md or a running VM`, 'unmount it or stop what holds it (findmnt, lsblk show who), then restore again', { path: options.destination }))
-        : fsStep('open', options.destination, Promise.reject(cause)))
+      ? await fs.open(options.destination, constants.O_WRONLY | constants.O_EXCL).catch((cause: unknown) => stop((cause as NodeJS.ErrnoException).code === 'EBUSY'
+        ? bbError('TARGET_UNAVAILABLE', `${options.destination} is in use: mounted, or held by LVM, device-mapper, md or a running VM`, 'unmount it or stop what holds it (findmnt, lsblk show who), then restore again', { path: options.destination })
+        : ioError('open', options.destination)(cause)))
       : await fsStep('create', options.destination, fs.open(options.destination, 'wx', 0o600))
     const pool = openHashPool(options.threads)
     let bytesWritten = 0

@@ -49,7 +49,9 @@ const UUID = /^[0-9a-f-]{36}$/
  * until the next revision: the blocks the source still shares with it are unchanged, so the next
  * backup need not read them (extents.ts). It costs the space of what changed since.
  */
-export const baseCopy = async (config: VolumeConfig, revision: string): Promise<string> => join(await copiesDir(config), `${copyPrefix(config)}${BASE}${revision}`)
+export const baseCopy = async (config: VolumeConfig, revision: string): Promise<string> => join(await copiesDir(config), baseName(config, revision))
+
+const baseName = (config: VolumeConfig, revision: string): string => `${copyPrefix(config)}${BASE}${revision}`
 
 /**
  * Where the point-in-time copies of a local image file go: beside the file itself, so a source
@@ -183,7 +185,7 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
   const frozen = remote === undefined ? await fsStep('stat', copy, fs.stat(copy)) : await inspectRemoteSource(remote, copy)
   const keepAsBase = async (revision: string): Promise<void> => {
     if (!made || remote !== undefined) return
-    const base = join(dirname(copy), basename(await baseCopy(config, revision)))
+    const base = join(dirname(copy), baseName(config, revision))
     const prefix = `${copyPrefix(config)}${BASE}`
     // read-only, and renamed: from now on only the next backup reads it, and removes it
     await fsStep('protect', copy, fs.chmod(copy, 0o400))
