@@ -137,7 +137,7 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
   }
   // ssh only warns about a key it cannot read, then fails to log in: named here instead
   if (options.identityFile !== undefined && !readable(options.identityFile)) {
-    return err(bbError('INVALID_OPTIONS', `the ssh identity file ${options.identityFile} ${existsSync(options.identityFile.replace(/^~\//, `${homedir()}/`)) ? 'cannot be read' : 'does not exist'}`,
+    return err(bbError('INVALID_OPTIONS', `the ssh identity file ${options.identityFile} ${existsSync(expandHome(options.identityFile)) ? 'cannot be read' : 'does not exist'}`,
       'give the private key that logs in (--ssh-identity or ssh_identity), e.g. /root/.ssh/id_ed25519', { path: options.identityFile }))
   }
   return ok([
@@ -163,10 +163,13 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
   ].join('\n'))
 }
 
-/** Whether ssh can read a key file: `~/` is the home directory, as ssh reads it; a path with ssh's `%` tokens is left to ssh. */
+/** A path as ssh reads it: a leading `~/` is the home directory. */
+const expandHome = (path: string): string => (path.startsWith('~/') ? join(homedir(), path.slice(2)) : path)
+
+/** Whether ssh can read a key file; a path with ssh's `%` tokens is left to ssh. */
 const readable = (path: string): boolean => {
   if (path.includes('%')) return true
-  const file = path.startsWith('~/') ? join(homedir(), path.slice(2)) : path
+  const file = expandHome(path)
   try {
     accessSync(file, constants.R_OK)
     return statSync(file).isFile()
