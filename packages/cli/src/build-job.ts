@@ -98,9 +98,16 @@ const heldDriver = async (target: Transport): Promise<{ readonly driver: DriverC
   return undefined
 }
 
-/** Which driver made the backups in a target directory, for restore (rsync when it cannot tell). */
-export const detectBackupDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean }> =>
-  (await heldDriver(target)) ?? { driver: 'rsync', raw: false }
+/**
+ * Which driver made the backups in a directory, for restore and list; a btrfs subvolume that holds
+ * none is a source (btrfs), anything else rsync.
+ */
+export const detectBackupDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean; readonly holdsBackups: boolean }> => {
+  const held = await heldDriver(target)
+  if (held !== undefined) return { ...held, holdsBackups: true }
+  // a subvolume that holds no backups: a btrfs source, whose own snapshots restore and list read
+  return { driver: (await target.stat(target.location.path)).unwrapOr(undefined)?.inode === 256 ? 'btrfs' : 'rsync', raw: false, holdsBackups: false }
+}
 
 /**
  * A driver detected from the source must be the one whose backups a target on this host holds: a

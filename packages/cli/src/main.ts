@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -571,6 +571,35 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    * A command that asks each job one question: resolves the jobs, collects the answers, and prints
    * them as JSON or text; the first error ends it.
    */
+  /** A place named on the command line, reached as the options say, to see what it holds. */
+  const placeOf = (place: string, options: CommonOptions): ResultAsync<Transport, BbError> =>
+    parseLocation(place, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
+
+  /**
+   * `list PLACE`: the backups a target directory holds, or the snapshots of a btrfs source (PLACE is
+   * the subvolume or its snapshot folder).
+   */
+  const listAlone = async (place: string, options: CommonOptions): Promise<void> => {
+    const at = await placeOf(place, options)
+    if (at.isErr()) return void (outcome = fail(at.error, options))
+    const there = await at.value.stat(at.value.location.path)
+    if (there.isOk() && there.value === undefined) return void (outcome = fail(bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }), options))
+    const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
+    if (!holdsBackups && driver !== 'btrfs') {
+      return void (outcome = fail(bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups (nor is it a btrfs subvolume with snapshots)`,
+        'name the targets: bbackup list SOURCE TARGET…, or one directory of backups alone: bbackup list /mnt/backup/home', { path: place }), options))
+    }
+    const listing = (job: Job) => {
+      if (!holdsBackups) return list(job, { only: 'source' })
+      if (raw || driver !== 'btrfs') return list(job, { only: 'target' })
+      // read-only subvolumes that were never received: a snapshot folder, listed as a source's
+      return list(job, { only: 'target' }).andThen((lists) =>
+        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source' }))
+    }
+    const alone = { ...options, driver: options.driver ?? driver, ...(raw ? { rawTarget: [place] } : {}), ...(holdsBackups && driver === 'btrfs' && !raw ? { snapshotFolder: '.' } : {}) }
+    await eachJob(place, raw ? [] : [place], alone, listing, (answers) => answers.map(renderList).join(''))
+  }
+
   const eachJob = async <T>(
     source: string | undefined, targets: string[], options: CommonOptions,
     ask: (job: Job) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
@@ -744,6 +773,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
       .addHelpText('after', EXAMPLES.list ?? '')
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        // one place and no target: the backups kept there, or a btrfs source's own snapshots
+        if (source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0) {
+          return void (await listAlone(source, options))
+        }
         await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
       })
   }
@@ -834,8 +867,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         if (target === undefined || snapshot === undefined || destination === undefined) {
           return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
         }
-        const where = parseLocation(target, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
-        const at = await where
+        const at = await placeOf(target, options)
         if (at.isErr()) return void (outcome = fail(at.error, options))
         const detected = await detectBackupDriver(at.value)
         const driver = options.driver ?? detected.driver
@@ -843,13 +875,22 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const raw = driver === 'btrfs' && detected.raw
         const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-        const job = resolved.jobs[0] as Job
-        const r = await restore(job, {
+        const restoreFrom = (job: Job, side: 'source' | 'target') => restore(job, {
           from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
-          dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined,
+          dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
         })
+        let r = await restoreFrom(resolved.jobs[0] as Job, 'target')
+        // no backup there: a btrfs source (its snapshot folder) or a snapshot folder holds snapshots to restore from
+        for (const folder of driver === 'btrfs' && !raw ? [options.snapshotFolder ?? '.snapshots', '.'] : []) {
+          if (!r.isErr() || r.error.code !== 'SNAPSHOT_NOT_FOUND') break
+          const asSource = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '', snapshotFolder: folder })
+          if ('error' in asSource) break
+          const fromSnapshots = await restoreFrom(asSource.jobs[0] as Job, 'source')
+          // a name not found among snapshots that are there is said as such, not as "run a backup first"
+          if (fromSnapshots.isOk() || fromSnapshots.error.code !== 'SNAPSHOT_NOT_FOUND' || (fromSnapshots.error.details?.newest !== undefined && r.error.details?.newest === undefined)) r = fromSnapshots
+        }
         if (r.isErr()) return void (outcome = fail(r.error, options))
-        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path}`} to ${destination}\n`)
+        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
       })
   }
 

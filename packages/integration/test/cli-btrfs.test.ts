@@ -27,7 +27,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(JSON.parse(second.stdout)).toMatchObject({ driver: 'btrfs', targets: [{ ok: true, mode: 'incremental' }] })
     expect((await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.'))).toHaveLength(2)
     const listed = await runCli(['list', 'home', 'backup', '--state-dir', 'state'], dir)
-    expect(listed.stdout).toMatch(/\(source\): 2 backups[\s\S]*\(target\): 2 backups/)
+    expect(listed.stdout).toMatch(/\(source\): 2 snapshots[\s\S]*\(target\): 2 backups/)
     // a dry run prints the pipeline it would run, and changes nothing
     const dry = await runCli(['run', '-n', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(dry.stdout).toMatch(/\$ btrfs send -q .*-p .*\| btrfs receive /)
@@ -49,6 +49,35 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     // restore of a name that is not there names the newest that is
     const newest = (await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.')).sort().at(-1)!
     expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
+  })
+
+  it('list and restore take one place alone: a target, the source subvolume or its snapshot folder (a snapshot the target lacks restores from the source)', async () => {
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--no-transfer', '-q'], dir)).code).toBe(0)
+    const [first, second] = (await readdir(join(dir, 'home/.snapshots'))).sort()
+    expect(await runCli(['list', 'backup'], dir)).toMatchObject({ code: 0, stdout: `${dir}/backup (target): 1 backup\n  ${first}\n` })
+    for (const place of ['home', 'home/.snapshots']) {
+      expect(await runCli(['list', place], dir)).toMatchObject({ code: 0, stdout: `${dir}/${place} (source): 2 snapshots\n  ${first}\n  ${second}\n` })
+    }
+    expect(await runCli(['list', 'nothere'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('nothere does not exist') })
+    await mkdir(join(dir, 'plain'))
+    expect(await runCli(['list', 'plain'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given, and plain holds no backups') })
+
+    // the newest snapshot never reached the target: it is restored from the source
+    expect(await runCli(['restore', 'home', 'latest', 'r1'], dir)).toMatchObject({ code: 0, stdout: `restored ${second} to r1\n` })
+    expect(readFileSync(join(dir, 'r1', second!, 'a.txt'), 'utf8')).toBe('changed\n')
+    expect(await runCli(['restore', '--path', '/a.txt', 'home/.snapshots', first!, 'r2'], dir)).toMatchObject({ code: 0, stdout: `restored ${first}/a.txt to r2\n` })
+    expect(readFileSync(join(dir, 'r2/a.txt'), 'utf8')).toBe('a\n')
+    expect(await runCli(['restore', 'home', 'home.2020-01-01T000000Z', 'r3'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`no complete snapshot named home.2020-01-01T000000Z at`) })
+    expect((await runCli(['restore', 'home', 'home.2020-01-01T000000Z', 'r3'], dir)).stderr).toContain(`the newest is ${second}`)
+    // a destination that is a file is named, whole or one path; nothing is written
+    await writeFile(join(dir, 'file'), 'mine\n')
+    for (const args of [['backup', 'latest', 'file'], ['--path', 'a.txt', 'backup', 'latest', 'file'], ['--path', 'a.txt', 'backup', 'latest', 'file/sub']]) {
+      expect(await runCli(['restore', ...args], dir)).toMatchObject({ code: 1, stderr: expect.stringMatching(/the restore destination .*file.* is not a directory[\s\S]*TARGET_UNAVAILABLE/) })
+    }
+    expect(readFileSync(join(dir, 'file'), 'utf8')).toBe('mine\n')
+    expect(existsSync(join(dir, 'r3'))).toBe(false)
   })
 
   it("takes btrfs-backup's flags: --no-transfer, then --no-snapshot; -N keeps N source snapshots", async () => {

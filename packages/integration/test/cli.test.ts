@@ -160,6 +160,12 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['restore', 'dst', 'latest', 'out'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('restored') })
     expect(await readdir(join(tmp.path, 'out'))).toEqual(['a.txt', 'b'])
     expect(await runCli(['restore', 'dst', 'latest', 'out'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('restore never overwrites') })
+    // a destination that is a file (or under one) is named as such, whole or one path
+    for (const args of [['dst', 'latest', 'out/a.txt'], ['--path', 'b', 'dst', 'latest', 'out/a.txt/x']]) {
+      expect(await runCli(['restore', ...args], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringMatching(/the restore destination .*out\/a\.txt.* is not a directory[\s\S]*TARGET_UNAVAILABLE/) })
+    }
+    // list takes the directory of backups alone
+    expect(await runCli(['list', 'dst'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringMatching(/dst \(target\): 1 backup\n {2}\d{4}-/) })
   })
 
   it('shows a prune plan with reasons in a dry run', async () => {

@@ -22,14 +22,14 @@ const places = (job: Job): [Transport, 'source' | 'target'][] => [
 
 /**
  * The snapshots at the source (for drivers that keep some there) and at each target, unfinished
- * ones included.
+ * ones included; `only` one side of the two.
  * @example
  * list(job).map((lists) => lists.map((l) => `${l.at}: ${l.snapshots.length}`))
  */
-export const list = (job: Job, options: { readonly signal?: AbortSignal } = {}): ResultAsync<SnapshotList[], BbError> =>
+export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target' } = {}): ResultAsync<SnapshotList[], BbError> =>
   new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
     const out: SnapshotList[] = []
-    for (const [at, side] of places(job)) {
+    for (const [at, side] of places(job).filter(([, side]) => options.only === undefined || side === options.only)) {
       const r = await job.driver.listSnapshots({ at, side, signal: options.signal })
       if (r.isErr()) return err(r.error)
       out.push({ at: formatLocation(at.location), side, snapshots: r.value })
@@ -104,9 +104,14 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
 /**
  * Finds a complete backup by name at a target; `latest` (or no name) is the job's newest. With
  * `anyPrefix`, `latest` is the newest of any source, as long as the target holds one source's backups only.
+ * With `side: 'source'`, `at` is a source whose snapshots (btrfs: in its snapshot folder) are looked in.
  */
-export const findSnapshot = (job: Job, at: Transport, name: string | undefined, signal?: AbortSignal, anyPrefix = false): ResultAsync<SnapshotInfo, BbError> =>
-  job.driver.listSnapshots({ at, signal }).andThen((all) => {
+export const findSnapshot = (
+  job: Job, at: Transport, name: string | undefined,
+  options: { readonly signal?: AbortSignal | undefined; readonly anyPrefix?: boolean; readonly side?: 'source' | 'target' } = {},
+): ResultAsync<SnapshotInfo, BbError> =>
+  job.driver.listSnapshots({ at, signal: options.signal, ...(options.side === 'source' ? { side: 'source' as const } : {}) }).andThen((all) => {
+    const anyPrefix = options.anyPrefix ?? false
     const own = all.filter((s) => s.complete)
     if (anyPrefix && (name === undefined || name === 'latest')) {
       const prefixes = new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))
@@ -122,11 +127,12 @@ export const findSnapshot = (job: Job, at: Transport, name: string | undefined, 
     // none of the job's own: what is there (another source's, by prefix) is still worth naming
     const mine = ownSnapshots(job, own)
     const names = (mine.length > 0 ? mine : own).map((s) => s.name)
+    const what = options.side === 'source' ? 'snapshot' : 'backup'
     return err(bbError(
       'SNAPSHOT_NOT_FOUND',
-      name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete backup` : `no complete backup named ${name} at ${formatLocation(at.location)}`,
+      name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete ${what}` : `no complete ${what} named ${name} at ${formatLocation(at.location)}`,
       names.length === 0 ? 'run a backup first' : `bbackup list shows them; the newest is ${names.at(-1) ?? ''}`,
-      { at: formatLocation(at.location), ...(name === undefined ? {} : { snapshot: name }) },
+      { at: formatLocation(at.location), ...(name === undefined ? {} : { snapshot: name }), ...(names.length === 0 ? {} : { newest: names.at(-1) }) },
     ))
   })
 
@@ -144,9 +150,11 @@ export const restore = (
     readonly writable?: boolean
     /** `latest` means the newest backup whatever its prefix (refused when the target holds several sources' backups) */
     readonly anyPrefix?: boolean
+    /** `from` is a source: restore one of its own snapshots (btrfs: from its snapshot folder) */
+    readonly side?: 'source' | 'target'
   },
 ): ResultAsync<{ readonly snapshot: string; readonly commands: readonly (readonly string[])[] }, BbError> =>
-  findSnapshot(job, options.from, options.snapshot, options.signal, options.anyPrefix ?? false).andThen((snapshot) =>
+  findSnapshot(job, options.from, options.snapshot, { signal: options.signal, anyPrefix: options.anyPrefix ?? false, side: options.side ?? 'target' }).andThen((snapshot) =>
     job.driver
       .restore({
         from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal,
@@ -162,7 +170,7 @@ export const restore = (
 export const verify = (job: Job, options: { readonly at?: Transport; readonly snapshot?: string; readonly signal?: AbortSignal } = {}): ResultAsync<VerifyOutcome, BbError> => {
   const at = options.at ?? job.targets[0]
   if (at === undefined) return new ResultAsync(Promise.resolve(err(bbError('INVALID_OPTIONS', 'the job has no target to verify', 'name a target'))))
-  return findSnapshot(job, at, options.snapshot, options.signal).andThen((snapshot) =>
+  return findSnapshot(job, at, options.snapshot, { signal: options.signal }).andThen((snapshot) =>
     job.driver.verify({ source: job.source, target: at, snapshot, signal: options.signal }),
   )
 }

@@ -6,6 +6,7 @@ import {
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
 import { backupSubpath } from '../backup-subpath.js'
+import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -328,25 +329,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         : ok({ ...planned, identity: identityOf(s) })))
   }
 
-  /**
-   * The nearest of `path` and its parents that exists (what it is), and the ones below it that do
-   * not, outermost first. A path under a file cannot be looked at (ENOTDIR): the file is found further up.
-   */
-  const nearestExisting = async (at: Transport, path: string): Promise<Result<{ readonly at: string; readonly kind: 'directory' | 'other'; readonly missing: readonly string[] }, BbError>> => {
-    const missing: string[] = []
-    let failed: BbError | undefined
-    for (let here = path; ;) {
-      const s = await at.stat(here)
-      if (s.isErr()) failed ??= s.error
-      else if (s.value !== undefined && s.value.kind !== 'directory') return ok({ at: here, kind: 'other', missing })
-      else if (s.value !== undefined) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)
-      else missing.unshift(here)
-      const up = posix.dirname(here)
-      if (up === here) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)
-      here = up
-    }
-  }
-
   const notAFolder = (folder: string, at: string): BbError =>
     bbError('INVALID_OPTIONS', `the snapshot folder ${folder} ${at === folder ? 'is' : `is under ${at}, which is`} not a directory`, 'choose a directory for the snapshots (--snapshot-folder)', { path: at })
 
@@ -586,12 +568,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    */
   const restoreDestination = async (to: Transport, make: boolean): Promise<Result<void, BbError>> => {
     const dest = to.location.path
-    const found = await nearestExisting(to, dest)
+    const found = await restoreDirectory(to)
     if (found.isErr()) return err(found.error)
     const { at, missing } = found.value
-    if (found.value.kind !== 'directory') {
-      return err(bbError('TARGET_UNAVAILABLE', `the restore destination ${at === dest ? dest : `${dest} is under ${at}, which`} is not a directory`, 'give a directory (new, or on btrfs) to restore into', { path: at }))
-    }
     const type = (await fsType(to, at)).unwrapOr('')
     if (type !== 'btrfs') {
       return err(bbError('TARGET_NOT_BTRFS', `the restore destination ${dest} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: a btrfs backup is received there as a subvolume`,
@@ -649,6 +628,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const found = await input.from.stat(from)
     if (found.isErr()) return err(found.error)
     if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'give a path relative to the top of the backup', { path: from }))
+    const into = await restoreDirectory(input.to)
+    if (into.isErr()) return err(into.error)
     const free = await refuseExisting(input.to, [landing])
     if (free.isErr()) return err(free.error)
     const argv = ['cp', '-a', '--reflink=auto', '--', from, landing]

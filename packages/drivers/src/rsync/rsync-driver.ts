@@ -6,6 +6,7 @@ import {
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
+import { restoreDirectory } from '../restore-destination.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
 
@@ -415,6 +416,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const found = await input.from.stat(from)
       if (found.isErr()) return err(found.error)
       if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'look inside the backup (bbackup list shows where it is) and give a path relative to its top', { path: from }))
+      const into = await restoreDirectory(input.to)
+      if (into.isErr()) return err(into.error)
       const there = await input.to.stat(landing)
       if (there.isErr()) return err(there.error)
       const occupied = there.value === undefined ? false : sub !== '' || there.value.kind !== 'directory' || (await input.to.list(landing)).unwrapOr(['?']).length > 0
