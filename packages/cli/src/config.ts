@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
-import { bbError, normalizePolicy, type BbError, type RetentionPolicy } from '@bb/core'
+import { posix } from 'node:path'
+import { bbError, normalizePolicy, parseLocation, type BbError, type RetentionPolicy } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { parse, TomlError } from 'smol-toml'
 import { parseDuration, parseRate } from './duration.js'
@@ -127,11 +128,41 @@ const lineOf = (text: string, section: string, key: string): number | undefined 
 }
 
 /**
- * Reads a TOML config of named jobs. Every mistake names the file, the line and the key.
+ * Reads a TOML config of named jobs. Every mistake names the file, the line and the key. A relative
+ * path in it is relative to the config's directory, never to where bbackup runs (a timer runs it from /).
  * @example
  * loadConfig('/etc/bbackup/config.toml').map((c) => c.jobs.map((j) => j.name))
  */
-export const loadConfig = (path: string): Result<Config, BbError> => {
+export const loadConfig = (path: string): Result<Config, BbError> => readConfig(path).map(anchored)
+
+/**
+ * The config with its relative paths made absolute from its directory: sources, targets and the
+ * files and directories it names. A location on another host, `~/…` (ssh's), a snapshot folder
+ * (relative to its source) and a command are left as written.
+ */
+const anchored = (config: Config): Config => {
+  const dir = posix.dirname(config.path)
+  const file = (p: string): string => (p.startsWith('/') || p.startsWith('~') ? p : posix.join(dir, p))
+  const place = (p: string): string => (p.startsWith('/') || parseLocation(p, { cwd: dir }).map((l) => l.kind !== 'local').unwrapOr(true) ? p : posix.join(dir, p))
+  const optional = <K extends string>(key: K, p: string | undefined, as: (p: string) => string): Partial<Record<K, string>> =>
+    (p === undefined ? {} : { [key]: as(p) }) as Partial<Record<K, string>>
+  const ssh = (spec: SshSpec | undefined): { ssh?: SshSpec } =>
+    (spec === undefined ? {} : { ssh: { ...spec, ...optional('identityFile', spec.identityFile, file), ...optional('knownHostsFile', spec.knownHostsFile, file) } })
+  return {
+    ...config,
+    ...optional('stateDir', config.stateDir, file), ...optional('metricsFile', config.metricsFile, file), ...optional('transactionLog', config.transactionLog, file),
+    jobs: config.jobs.map((j) => ({
+      ...j, source: place(j.source), targets: j.targets.map(place), excludeFrom: j.excludeFrom.map(file),
+      ...(j.rawTargets === undefined ? {} : { rawTargets: j.rawTargets.map(place) }),
+      ...optional('stateDir', j.stateDir, file), ...optional('rawGpgKeyring', j.rawGpgKeyring, file), ...optional('mount', j.mount, file),
+      ...ssh(j.ssh),
+      ...(j.rsyncd === undefined ? {} : { rsyncd: { ...j.rsyncd, ...optional('passwordFile', j.rsyncd.passwordFile, file) } }),
+    })),
+    blockJobs: config.blockJobs.map((b) => ({ ...b, backupDir: file(b.backupDir), ...ssh(b.ssh) })),
+  }
+}
+
+const readConfig = (path: string): Result<Config, BbError> => {
   let text: string
   try {
     text = readFileSync(path, 'utf8')

@@ -1,0 +1,33 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { loadConfig } from '../src/config.js'
+
+describe('loadConfig', () => {
+  let dir: string
+  beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'bbackup-config-')) })
+  afterEach(() => rmSync(dir, { recursive: true, force: true }))
+
+  it("reads relative paths from the config's directory, whatever the working directory; remote places, ~/ and the snapshot folder stay as written", () => {
+    const path = join(dir, 'config.toml')
+    writeFileSync(path, [
+      'state_dir = "state"', 'metrics_file = "/var/lib/m.prom"', 'transaction_log = "/var/log/bbackup.log"',
+      '[jobs.home]', 'source = "home"', 'targets = ["backup/home", "/mnt/usb/home", "nas:/srv/home", "rsync://nas/mod/home"]',
+      'raw_targets = ["streams"]', 'exclude_from = ["excludes.txt"]', 'state_dir = "./jobstate"', 'snapshot_folder = ".snapshots"',
+      'ssh_identity = "keys/id_ed25519"', 'ssh_known_hosts = "~/.ssh/known_hosts"', 'password_file = "rsyncd.secret"', 'mount = "disk"', 'raw_gpg_keyring = "keys.kbx"',
+      '[jobs.vm]', 'driver = "block"', 'backup_dir = "backy/vm"', '',
+    ].join('\n'))
+    const loaded = loadConfig(path)
+    if (loaded.isErr()) throw new Error(loaded.error.message)
+    const config = loaded.value
+    expect(config).toMatchObject({ stateDir: join(dir, 'state'), metricsFile: '/var/lib/m.prom', transactionLog: '/var/log/bbackup.log' })
+    expect(config.jobs[0]).toMatchObject({
+      source: join(dir, 'home'), targets: [join(dir, 'backup/home'), '/mnt/usb/home', 'nas:/srv/home', 'rsync://nas/mod/home'],
+      rawTargets: [join(dir, 'streams')], excludeFrom: [join(dir, 'excludes.txt')], stateDir: join(dir, 'jobstate'), snapshotFolder: '.snapshots',
+      ssh: { identityFile: join(dir, 'keys/id_ed25519'), knownHostsFile: '~/.ssh/known_hosts' }, rsyncd: { passwordFile: join(dir, 'rsyncd.secret') },
+      mount: join(dir, 'disk'), rawGpgKeyring: join(dir, 'keys.kbx'),
+    })
+    expect(config.blockJobs).toEqual([{ name: 'vm', backupDir: join(dir, 'backy/vm') }])
+  })
+})
