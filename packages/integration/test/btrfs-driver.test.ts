@@ -416,6 +416,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
       const r = await backup(btrfsJob({ source, targets: [targetA], state, driver: { snapshotFolder: folder } }), { now: at('2026-11-23T10:00:00Z') })
       expect(r.isErr() && r.error, folder).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringMatching(message) })
     }
+    // a dry run says so too, before any snapshot is planned
+    for (const [folder, message] of [cases[0], cases[5]]) {
+      const r = await backup(btrfsJob({ source, targets: [targetA], state, driver: { snapshotFolder: folder } }), { now: at('2026-11-23T10:00:00Z'), dryRun: true })
+      expect(r.isErr() && r.error, folder).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringMatching(message) })
+    }
     expect(await readdir(ext4.mountPoint)).toEqual(['lost+found', 'made-by-user'])
     expect(await readdir(other.mountPoint)).toEqual(['made-by-user'])
     expect(existsSync(targetA) ? await names(targetA) : []).toEqual([])

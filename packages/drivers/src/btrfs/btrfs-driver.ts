@@ -164,11 +164,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       const show = showInBatch(source.location.path)
       // on another host both in one round trip
       const batch = source.location.kind === 'local' ? undefined : source.execEach?.([['btrfs', '--version'], show.argv], signalOpt(signal))
-      if (batch === undefined) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).map(() => undefined)
+      // a snapshot folder of the user's choosing is checked before a dry run or a doctor says all is well
+      const folder = (): ResultAsync<unknown, BbError> => (options.snapshotFolder === undefined ? okAsync(undefined) : new ResultAsync(folderFits(source, folderOf(source))))
+      if (batch === undefined) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).andThen(folder).map(() => undefined)
       return batch.andThen(([version, shown]) => {
         if (version === undefined || shown === undefined) throw new InternalError('execEach gave fewer results than commands')
         return progsVersion(source, signal, readVersion(version.exitCode, version.output)).andThen(() => sourceFound(source.location.path, show.read(shown)))
-      }).map(() => undefined)
+      }).andThen(folder).map(() => undefined)
     }
     // the target's directory is made only for a backup that sends into it (not a dry run, not a doctor's check)
     const make = transferFollows === true
@@ -337,6 +339,17 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * first) once the nearest directory that exists is on btrfs: elsewhere nothing is made.
    */
   const makeFolder = async (source: Transport, folder: string): Promise<Result<readonly string[], BbError>> => {
+    const fits = await folderFits(source, folder)
+    if (fits.isErr() || fits.value.length === 0) return fits
+    const made = await source.mkdir(folder, { recursive: true })
+    return made.isErr() ? err(made.error) : ok(fits.value)
+  }
+
+  /**
+   * Where the snapshot folder would be made: a directory, or missing under one on btrfs (its missing
+   * parents returned, outermost first). Nothing is made.
+   */
+  const folderFits = async (source: Transport, folder: string): Promise<Result<readonly string[], BbError>> => {
     const found = await nearestExisting(source, folder)
     if (found.isErr()) return err(found.error)
     const { at, missing } = found.value
@@ -347,8 +360,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       return err(bbError('INVALID_OPTIONS', `the snapshot folder ${folder} would not be on the source's btrfs filesystem (${source.location.path}) but on ${type === '' ? 'another' : type}: a snapshot stays on its subvolume's filesystem`,
         'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { path: folder }))
     }
-    const made = await source.mkdir(folder, { recursive: true })
-    return made.isErr() ? err(made.error) : ok(missing)
+    return ok(missing)
   }
 
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
