@@ -2,6 +2,7 @@ import { resolve as resolvePath } from 'node:path'
 import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
 import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
+import type { Result } from 'neverthrow'
 import { transportFor, type Connections } from './build-job.js'
 import type { SshSpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
@@ -40,10 +41,8 @@ const print = (io: Io, options: BlockCliOptions, value: unknown, text: () => str
   io.stdout(options.json === true ? `${JSON.stringify(value, null, 2)}\n` : text())
 }
 
-const waitOption = (wait: string | boolean | undefined): { waitSeconds?: number } => {
-  const seconds = waitSecondsOf(wait)
-  return seconds === undefined ? {} : { waitSeconds: seconds }
-}
+const waitOption = (wait: string | boolean | undefined): Result<{ waitSeconds?: number }, BbError> =>
+  waitSecondsOf(wait).map((seconds) => (seconds === undefined ? {} : { waitSeconds: seconds }))
 
 const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
 const short = (uuid: string): string => uuid.slice(0, 8)
@@ -121,6 +120,11 @@ export interface BlockRunHooks {
 /** Backs up one volume and prints the report. */
 export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, remote: BlockRemote, hooks: BlockRunHooks = {}): Promise<number> => {
   const { backupVolume, volumeSource } = await block()
+  const wait = waitOption(options.wait)
+  if (wait.isErr()) {
+    hooks.ran?.(undefined, { error: wait.error })
+    return fail(io, wait.error, options)
+  }
   const at = localTransport(resolvePath(io.cwd, dir))
   const where = await volumeSource(at)
   if (where.isErr()) {
@@ -142,7 +146,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     const r = await backupVolume({
       at, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
-      ...waitOption(options.wait),
+      ...wait.value,
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
         onProgress: ({ bytes, total }: { bytes: number; total: number }) => {
           const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100)
@@ -247,10 +251,9 @@ const renderExpire = (report: BlockExpireReport, verbosity: number): string => {
 /** `prune -b`: the schedule's expiry now, without a backup. */
 export const blockPrune = async (io: Io, dir: string, options: BlockCliOptions & { dryRun?: boolean; wait?: string | boolean }): Promise<number> => {
   const { expireVolume } = await block()
-  const r = await expireVolume({
-    at: localTransport(resolvePath(io.cwd, dir)), dryRun: options.dryRun === true,
-    ...waitOption(options.wait),
-  })
+  const wait = waitOption(options.wait)
+  if (wait.isErr()) return fail(io, wait.error, options)
+  const r = await expireVolume({ at: localTransport(resolvePath(io.cwd, dir)), dryRun: options.dryRun === true, ...wait.value })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderExpire(r.value, options.verbose ?? 0))
   return EXIT.ok

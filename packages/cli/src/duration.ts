@@ -1,3 +1,6 @@
+import { bbError, type BbError } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
+
 /** `90m`, `26h`, `2d`, `1w` in seconds; undefined when it is not such a duration */
 export const parseDuration = (text: string): number | undefined => {
   const m = /^(\d+)\s*(m|min|h|d|w)$/.exec(text.trim())
@@ -17,6 +20,15 @@ export const parseRate = (text: string): number | undefined => {
   return rate >= 1 ? rate : undefined
 }
 
-/** `--wait [seconds]`: a day when given without seconds; undefined when not given */
-export const waitSecondsOf = (wait: string | boolean | undefined): number | undefined =>
-  wait === undefined || wait === false ? undefined : wait === true ? 24 * 3600 : Number(wait)
+/**
+ * `--wait [seconds]`: seconds, or a duration (`10m`, `2h`); a day when given without a value;
+ * undefined when not given. Anything else is refused: it would not have waited as asked.
+ */
+export const waitSecondsOf = (wait: string | boolean | undefined): Result<number | undefined, BbError> => {
+  if (wait === undefined || wait === false) return ok(undefined)
+  if (wait === true) return ok(24 * 3600)
+  const seconds = /^\s*\d+\s*$/.test(wait) ? Number(wait) : parseDuration(wait)
+  return seconds === undefined
+    ? err(bbError('INVALID_OPTIONS', `--wait ${wait} is not a number of seconds or a duration`, 'give seconds or a duration, joined to the option: --wait=600 or --wait=10m (a bare --wait waits up to a day)'))
+    : ok(seconds)
+}

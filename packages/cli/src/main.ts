@@ -403,8 +403,6 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }
 
-  const waitSeconds = (options: CommonOptions): number | undefined => waitSecondsOf(options.wait)
-
   /** a --mount disk was not plugged in, and the run ended at once with exit 0 (under cron) */
   let diskMissing = false
 
@@ -459,6 +457,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
     // bbackup run also backs up the config's block volumes, each when its schedule says so
     const runsBlock = stages.snapshot === undefined && stages.transfer === undefined && stages.prune === undefined
+    // first: `--wait /home /backup` took the source as its seconds
+    const wait = waitSecondsOf(options.wait)
+    if (wait.isErr()) return fail(wait.error, options)
     const resolved = await resolveJobs(source, targets, options, runsBlock)
     if ('error' in resolved) return fail(resolved.error, options)
     const opened = openLog(resolved.transactionLog, options)
@@ -502,7 +503,6 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
           continue
         }
-        const w = waitSeconds(options)
         const retries = options.retries === undefined ? undefined : Number(options.retries)
         if (retries !== undefined && (!Number.isInteger(retries) || retries < 0)) {
           code = Math.max(code, fail(bbError('INVALID_OPTIONS', `--retries ${options.retries} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options).code)
@@ -519,7 +519,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           dryRun: options.dryRun === true,
           signal: controller.signal,
           onEvent: eventsOf(options, verbosity, log, formatLocation(job.source.location), job.driver.name),
-          ...(w === undefined ? {} : { waitSeconds: w }),
+          ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
         }).andThen((report) => disk.release().map(() => report))
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })

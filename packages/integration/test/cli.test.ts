@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
@@ -149,7 +150,13 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const lock = (await localTransport(state).mkdir(state, { recursive: true }).andThen(() => localTransport(state).lock(join(state, 'lock'), { command: 'other run' })))._unsafeUnwrap()
     const held = await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)
     expect(held).toMatchObject({ code: 3, stderr: expect.stringContaining('another run of this job is in progress') })
+    // --wait=1m (a duration) queues behind the holder, and runs once it lets go
+    const queued = runCli(['run', 'src', 'dst', '--state-dir', state, '--wait=1m', '-q'], tmp.path)
+    await new Promise((resolve) => setTimeout(resolve, 700))
+    expect(existsSync(join(tmp.path, 'dst/latest'))).toBe(false)
     await lock.release()
+    expect(await queued).toMatchObject({ code: 0 })
+    expect(existsSync(join(tmp.path, 'dst/latest'))).toBe(true)
     const partly = await runCli(['run', 'src', 'dst', 'missing/deeper', '--state-dir', state], tmp.path)
     expect(partly.code).toBe(10)
     expect(partly.stdout).toContain('missing/deeper: FAILED: the target')
@@ -178,6 +185,8 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   it('answers usage errors with exit 2 and a hint', async () => {
     expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given') })
     expect((await runCli(['run', '--bogus'], tmp.path)).code).toBe(2)
+    // --wait takes an optional value: before the paths it takes the source as its seconds
+    expect(await runCli(['run', '--wait', 'src', 'dst'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--wait src is not a number of seconds or a duration') })
     expect(await runCli(['run', 'src', 'nas:2222/x'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('ssh://nas:2222/path') })
     expect(await runCli(['--version'], tmp.path)).toMatchObject({ code: 0, stdout: '0.0.0\n' })
     // one target twice, spelled two ways: two transfers would write into it at once
