@@ -168,6 +168,13 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
     return err(bbError('INVALID_OPTIONS', `-b (the backup stage alone) leaves publishing to an rsync daemon's post-xfer exec, but ${spec.source} is backed up by the ${driverName} driver`,
       'drop -b: the btrfs driver publishes and rotates its backups itself'))
   }
+  // a snapshot is the whole subvolume: an exclude there would be a promise not kept
+  const filters = [...spec.exclude.map((e) => `--exclude ${e}`), ...spec.excludeFrom.map((e) => `--exclude-from ${e}`), ...spec.rsyncOptions.map((o) => `--rsync-option ${o}`)]
+  if (filters.length > 0 && driverName !== 'rsync') {
+    return err(bbError('INVALID_OPTIONS', `${filters.join(', ')}: rsync settings, but ${spec.source} is backed up by the ${driverName} driver, which copies all of it`,
+      driverName === 'btrfs' ? 'leave them out; to keep a directory out of the snapshots, make it a subvolume of its own (btrfs subvolume create): a snapshot does not take nested subvolumes'
+        : 'leave them out, or back the directory up with --driver rsync', { path: spec.source }))
+  }
   if (spec.systemExcludes === true && driverName !== 'rsync') {
     return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
   }
@@ -216,7 +223,7 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       }))
       : import('@bb/drivers/rsync').then(({ rsyncDriver, SYSTEM_EXCLUDES }) => rsyncDriver({
         ...(spec.systemExcludes === true ? { absoluteExcludes: SYSTEM_EXCLUDES } : {}),
-        excludes: spec.exclude, excludeFrom: spec.excludeFrom, oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
+        excludes: spec.exclude, excludeFrom: spec.excludeFrom.map((p) => resolve(options.cwd, p)), oneFileSystem: spec.oneFileSystem, acceptPartial: spec.acceptPartial, extraArgs: spec.rsyncOptions, ...way,
         // rsync through sudo is root: it keeps owners, hard links, ACLs and xattrs as it would for root
         ...(spec.sudo === true ? { preserveAll: true } : {}),
         ...(spec.serverPublishes === true ? { serverPublishes: true } : {}),

@@ -188,6 +188,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     }
   })
 
+  it('refuses rsync filters for a subvolume (a snapshot takes all of it), naming the nested-subvolume way (exit 2)', async () => {
+    for (const filter of [['--exclude', '*.tmp'], ['--exclude-from', 'list.txt'], ['--rsync-option=--bwlimit=10']]) {
+      expect(await runCli(['run', 'home', 'backup', '--state-dir', 'state', ...filter], dir), filter.join(' ')).toMatchObject({ code: 2, stderr: expect.stringMatching(/rsync settings, but .*home is backed up by the btrfs driver[\s\S]*a subvolume of its own/) })
+    }
+    expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)
+  })
+
   it('refuses a plain directory as a btrfs source with the fix in the hint (exit 1)', async () => {
     const r = await runCli(['run', '--driver', 'btrfs', '/tmp', join(dir, 'backup'), '--state-dir', 'state'], dir)
     expect(r.code).toBe(1)

@@ -191,6 +191,10 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['--version'], tmp.path)).toMatchObject({ code: 0, stdout: '0.0.0\n' })
     // one target twice, spelled two ways: two transfers would write into it at once
     expect(await runCli(['run', 'src', 'dst', './dst/', '--state-dir', state], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`the target ${tmp.path}/dst is given twice`) })
+    // an exclude file that is not there: rsync would fail after the run began (exit 11)
+    expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--exclude-from', 'nope.txt'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`the exclude file ${tmp.path}/nope.txt does not exist`) })
+    // a retention that cannot be applied is refused before the backup, not after it
+    expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-backups', '7d', '--time-zone', 'Mars/Base'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('unknown time zone "Mars/Base"') })
     expect(await readdir(tmp.path)).not.toContain('dst')
   })
 })

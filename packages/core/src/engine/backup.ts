@@ -11,7 +11,7 @@ import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import { journalPath, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
-import { connectHosts, pruneAt, withJobLock, type PruneResult } from './prune.js'
+import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
 /** One snapshot sent to a target. */
 export interface SentSnapshot {
@@ -158,6 +158,8 @@ export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<Backu
     return errAsync(bbError('INVALID_OPTIONS', `the prefix ${JSON.stringify(prefix)} cannot begin a snapshot's name: it has a ${prefix.includes('/') ? 'slash' : 'control character'}`,
       'give a prefix without / or control characters (-p/--prefix), e.g. home.'))
   }
+  const fits = retentionFits(job)
+  if (fits.isErr()) return errAsync(fits.error)
   const twice = repeatedTarget(job.targets)
   if (twice !== undefined) {
     return errAsync(bbError('INVALID_OPTIONS', `the target ${twice} is given twice: two transfers would write into it at once`, 'give each target once', { target: twice }))

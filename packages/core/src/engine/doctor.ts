@@ -4,6 +4,7 @@ import { readJournal } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
 import { journalPath, lockPath, notMadeYet, type Job } from './job.js'
 import { gib, LOW_SPACE_SHARE, spaceAt } from './space.js'
+import { retentionFits } from './prune.js'
 
 /** One check of a setup: what was looked at, what was found, and for a problem how to fix it. */
 export interface Finding {
@@ -35,6 +36,8 @@ export const checkJob = async (job: Job, options: { readonly signal?: AbortSigna
   const source = formatLocation(job.source.location)
   const probed = await job.driver.probe({ source: job.source, targets: [], signal })
   findings.push(probed.isErr() ? fromError(`source ${source}`, probed.error) : found(`source ${source}`, `ready for the ${job.driver.name} driver`))
+  const retention = retentionFits(job)
+  if (retention.isErr()) findings.push(fromError('retention', retention.error))
 
   const state = job.state.directory
   const made = await job.state.transport.mkdir(state, { recursive: true })

@@ -153,6 +153,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       // a daemon module runs no commands: its rsync is the daemon
       .asyncAndThen(() => (source.filesOnly === true ? okAsync(undefined) : hasRsync(source, signal)))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
+      .andThen(() => excludeFilesThere(source.location.kind === 'local' ? source : targets.find((t) => t.location.kind === 'local')))
       .andThen(() => source.stat(source.location.path))
       // a symlink to a directory is copied as rsync copies SOURCE/: what it points to
       .andThen((s) => (s?.kind === 'symlink' ? source.stat(`${source.location.path.replace(/\/+$/, '')}/`).orElse(() => okAsync(s)) : okAsync(s)))
@@ -167,6 +168,13 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       })
       // the target's directory is made only for a backup that copies into it (not a dry run, not a doctor's check)
       .andThen(() => ResultAsync.combine(targets.map((t) => probeTarget(source, t, transferFollows === true))))
+      .map(() => undefined)
+
+  /** The exclude files, read by rsync where it runs (on this host, `on`): each must be a file there. */
+  const excludeFilesThere = (on: Transport | undefined): ResultAsync<void, BbError> =>
+    ResultAsync.combine((on === undefined ? [] : options.excludeFrom ?? []).map((file) => (on as Transport).stat(posix.resolve(file)).andThen((s) => (s?.kind === 'file' || s?.kind === 'symlink'
+      ? okAsync(undefined)
+      : errAsync(bbError('INVALID_OPTIONS', `the exclude file ${file} ${s === undefined ? 'does not exist' : 'is not a file'}`, 'give a file of rsync patterns, one a line (--exclude-from, exclude_from)', { path: file }))))))
       .map(() => undefined)
 
   /**
