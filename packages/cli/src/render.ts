@@ -39,7 +39,7 @@ const detailLines = (error: BbError, verbose: boolean, indent: string): string[]
   const stderr = error.details?.stderr
   if (typeof stderr === 'string' && stderr !== '') lines.push(`${indent}stderr (end): ${stderr.split('\n').slice(-8).join(`\n${indent}              `)}`)
   const argv = error.details?.argv
-  if (verbose && Array.isArray(argv)) lines.push(`${indent}command: ${argv.join(' ')}`)
+  if (verbose && Array.isArray(argv)) lines.push(`${indent}command: ${shellLine(argv as readonly string[])}`)
   return lines
 }
 
@@ -129,7 +129,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
     if (t.route === 'relay') out.push('    relayed: streamed from the source host through this one')
     for (const w of t.warnings) out.push(`    warning: ${w}`)
     if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
-    if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${c.join(' ')}`)
+    if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
   }
   return `${out.join('\n')}\n`
 }
@@ -178,3 +178,10 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} of ${r.decisions.length}`,
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
   ].join('\n')).join('\n') + '\n'
+
+/**
+ * A command as a shell reads it back, to copy and run by hand: a word with a space, a quote or
+ * another character the shell would take apart is single-quoted; a pipeline's `|` stays bare.
+ */
+export const shellLine = (argv: readonly string[]): string =>
+  argv.map((w) => (w === '|' || /^[A-Za-z0-9_@%+:,./=-]+$/.test(w) ? w : `'${w.replaceAll("'", "'\\''")}'`)).join(' ')

@@ -270,6 +270,16 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     }
   })
 
+  it('the user and port written in the location win over --ssh-option User= and Port=', async () => {
+    const own = openSshSession()
+    try {
+      const r = await sshTransport(location(dir.path), own, { ...options(), options: ['Port=1', 'User=nobody'] }).exec(['id', '-u'])
+      expect(r._unsafeUnwrap()).toMatchObject({ exitCode: 0, stdout: '0\n' })
+    } finally {
+      await own.close()
+    }
+  })
+
   it('reports a host that does not answer as a network failure', async () => {
     const own = openSshSession()
     try {

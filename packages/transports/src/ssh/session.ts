@@ -127,8 +127,8 @@ const optionLines = (extra: readonly string[]): Result<string[], TransportError>
 }
 
 /**
- * The ssh_config of one connection. First value wins in ssh_config, so the user's `-o` options come
- * first, then bbackup's fail-closed defaults, then the user's and the system's own config files
+ * The ssh_config of one connection. First value wins in ssh_config, so the location's user and port
+ * come first, then the user's `-o` options, then bbackup's fail-closed defaults, then the user's and the system's own config files
  * (host aliases, ProxyJump, ... keep working).
  */
 const configText = (location: SshLocation, options: SshOptions, controlPath: string, extra: readonly string[]): Result<string, TransportError> => {
@@ -142,9 +142,10 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
   }
   return ok([
     'Host *',
-    ...extra,
+    // the user and port written in the location are the most specific: before the -o options
     ...(location.user === undefined ? [] : [configLine('User', location.user)]),
     ...(location.port === undefined ? [] : [configLine('Port', location.port)]),
+    ...extra,
     ...(options.identityFile === undefined ? [] : [configLine('IdentityFile', options.identityFile), '  IdentitiesOnly yes']),
     ...(options.knownHostsFile === undefined ? [] : [configLine('UserKnownHostsFile', options.knownHostsFile), '  GlobalKnownHostsFile /dev/null']),
     '  BatchMode yes',
