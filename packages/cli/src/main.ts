@@ -832,7 +832,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
             if (r.isErr()) return void (outcome = fail(r.error, options))
             if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
             else {
-              io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} problems`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+              io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
               // what was checked, and what could not be
               io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
             }

@@ -233,13 +233,13 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
   it('verifies a backup against the source by checksum', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
-    expect(ok(await verify(job))).toEqual({ snapshot: '2026-11-23T100000Z', differences: [], differenceCount: 0 })
+    expect(ok(await verify(job))).toEqual({ snapshot: '2026-11-23T100000Z', differences: [], differenceCount: 0, notes: ['content compared by checksum with the source as it is now'] })
     const file = join(target, '2026-11-23T100000Z/dir/b.txt')
     const { mtime } = await stat(file)
     await writeFile(file, 'brav0\n') // same size, same time: only a checksum sees it
     const { utimes } = await import('node:fs/promises')
     await utimes(file, mtime, mtime)
-    expect(ok(await verify(job))).toMatchObject({ differenceCount: 1, differences: [expect.stringMatching(/dir\/b\.txt$/)] })
+    expect(ok(await verify(job))).toMatchObject({ differenceCount: 1, differences: [expect.stringMatching(/^>fc.* dir\/b\.txt$/)], notes: [expect.anything(), expect.stringContaining("rsync's itemized change")] })
   })
 
   it('changes nothing in a dry run, not even a new target\'s directory, and returns the rsync command it would run', async () => {

@@ -457,7 +457,11 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     }).andThen(({ argv, r }) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
-      return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length })
+      const notes = [
+        'content compared by checksum with the source as it is now',
+        ...(differences.length === 0 ? [] : ["each difference is rsync's itemized change (rsync(1), --itemize-changes): >f a file whose content or attributes differ (c checksum, s size, t time), cd+ or >f+++ only in the source, *deleting only in the backup; what changed in the source since the backup shows up too"]),
+      ]
+      return ok({ snapshot: input.snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
     })
   }
 
