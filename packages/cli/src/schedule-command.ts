@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { readdir, readFile, readlink, rename, unlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, readlink, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { bbError, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
@@ -50,9 +50,13 @@ export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions
     if (mine.isErr()) return err(mine.error)
   }
   try {
+    // ~/.config/systemd/user is often not there yet (systemctl --user edit makes it too)
+    await mkdir(o.unitDir, { recursive: true })
     for (const [path, text] of files) await writeAtomic(path, text)
   } catch (e) {
-    return err(bbError('IO_FAILED', `cannot write the units into ${o.unitDir}: ${(e as Error).message}`, o.user ? `create it: mkdir -p ${o.unitDir}` : 'run as root, or give --user for units of your own user', { path: o.unitDir }))
+    const denied = ['EACCES', 'EPERM', 'EROFS'].includes((e as NodeJS.ErrnoException).code ?? '')
+    return err(bbError('IO_FAILED', `cannot write the units into ${o.unitDir}: ${(e as Error).message}`,
+      denied && !o.user ? 'run as root, or give --user for units of your own user' : 'check the directory (--unit-dir) and its permissions', { path: o.unitDir }))
   }
   io.stdout([
     ...files.map(([path]) => `wrote ${path}`),

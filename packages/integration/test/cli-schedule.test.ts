@@ -24,8 +24,8 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
 
   beforeEach(async () => {
     tmp = await makeTempDir('schedule')
-    units = join(tmp.path, 'units')
-    await mkdir(units)
+    // not there yet, as ~/.config/systemd/user often is not: schedule makes it
+    units = join(tmp.path, 'config/systemd/user')
     await writeTree(join(tmp.path, 'src'), { 'a.txt': 'a\n', 'd/b.txt': 'b\n' })
     config = join(tmp.path, 'config 100%.toml')
     await writeFile(config, `state_dir = "${join(tmp.path, 'state')}"\n\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\ndriver = "rsync"\n`)
