@@ -567,10 +567,6 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { code }
   }
 
-  /**
-   * A command that asks each job one question: resolves the jobs, collects the answers, and prints
-   * them as JSON or text; the first error ends it.
-   */
   /** A place named on the command line, reached as the options say, to see what it holds. */
   const placeOf = (place: string, options: CommonOptions): ResultAsync<Transport, BbError> =>
     parseLocation(place, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
@@ -600,6 +596,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     await eachJob(place, raw ? [] : [place], alone, listing, (answers) => answers.map(renderList).join(''))
   }
 
+  /**
+   * A command that asks each job one question: resolves the jobs, collects the answers, and prints
+   * them as JSON or text; the first error ends it.
+   */
   const eachJob = async <T>(
     source: string | undefined, targets: string[], options: CommonOptions,
     ask: (job: Job) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
@@ -879,15 +879,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
           dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
         })
-        let r = await restoreFrom(resolved.jobs[0] as Job, 'target')
-        // no backup there: a btrfs source (its snapshot folder) or a snapshot folder holds snapshots to restore from
-        for (const folder of driver === 'btrfs' && !raw ? [options.snapshotFolder ?? '.snapshots', '.'] : []) {
-          if (!r.isErr() || r.error.code !== 'SNAPSHOT_NOT_FOUND') break
-          const asSource = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '', snapshotFolder: folder })
-          if ('error' in asSource) break
-          const fromSnapshots = await restoreFrom(asSource.jobs[0] as Job, 'source')
-          // a name not found among snapshots that are there is said as such, not as "run a backup first"
-          if (fromSnapshots.isOk() || fromSnapshots.error.code !== 'SNAPSHOT_NOT_FOUND' || (fromSnapshots.error.details?.newest !== undefined && r.error.details?.newest === undefined)) r = fromSnapshots
+        // a btrfs subvolume that holds no backups is a source: its own snapshots are restored
+        const job = resolved.jobs[0] as Job
+        let r = await restoreFrom(job, driver === 'btrfs' && !detected.holdsBackups ? 'source' : 'target')
+        // read-only subvolumes that were never received: a snapshot folder, read as a source's
+        if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && driver === 'btrfs' && !raw && detected.holdsBackups) {
+          const folder = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '', snapshotFolder: '.' })
+          const fromFolder = 'error' in folder ? undefined : await restoreFrom(folder.jobs[0] as Job, 'source')
+          // what was not found is said of the snapshots there, not as "run a backup first"
+          if (fromFolder !== undefined && (fromFolder.isOk() || fromFolder.error.code !== 'SNAPSHOT_NOT_FOUND' || fromFolder.error.details?.newest !== undefined)) r = fromFolder
         }
         if (r.isErr()) return void (outcome = fail(r.error, options))
         io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
