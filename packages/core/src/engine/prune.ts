@@ -1,12 +1,11 @@
-import { err, ok, ResultAsync, type Result } from 'neverthrow'
+import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
 import type { SnapshotInfo } from '../driver/driver.js'
-import { bbError, type BbError } from '../errors.js'
+import type { BbError } from '../errors.js'
 import { readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
-import { planRetention, type Protection, type RetentionDecision } from '../retention/plan.js'
+import { planRetention, timeZoneFits, type Protection, type RetentionDecision } from '../retention/plan.js'
 import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
-import { isValidTimeZone } from '../retention/wall-clock.js'
 import type { Transport } from '../transport/transport.js'
 import { readPins } from '../journal/pins.js'
 import { journalPath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
@@ -82,9 +81,8 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
  */
 export const retentionFits = (job: Job): Result<void, BbError> => {
   const settings = job.retention
-  if (settings?.timeZone !== undefined && !isValidTimeZone(settings.timeZone)) {
-    return err(bbError('INVALID_POLICY', `unknown time zone ${JSON.stringify(settings.timeZone)}`, 'use an IANA zone name such as UTC or Europe/Berlin (timedatectl list-timezones)'))
-  }
+  const zone = timeZoneFits(settings?.timeZone)
+  if (zone.isErr()) return err(zone.error)
   for (const policy of [settings?.target, settings?.source]) {
     const checked = policy === undefined ? ok(undefined) : normalizePolicy(policy)
     if (checked.isErr()) return err(checked.error)
@@ -94,7 +92,7 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
 
 export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
   const fits = retentionFits(job)
-  if (fits.isErr()) return new ResultAsync(Promise.resolve(err(fits.error)))
+  if (fits.isErr()) return errAsync(fits.error)
   const places: [Transport, RetentionPolicy][] = [
     ...job.targets.map((t): [Transport, RetentionPolicy | undefined] => [t, job.retention?.target]),
     ...(job.driver.snapshotsSource ? [[job.source, job.retention?.source] as [Transport, RetentionPolicy | undefined]] : []),

@@ -58,14 +58,18 @@ export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL'>
  *   { now: new Date('2026-01-03') },
  * ) // ok([{ name: 'a', keep: false, ... }, { name: 'b', keep: true, ... }])
  */
+/** A time zone for retention to count days in: undefined (the host's) or one this Node knows. */
+export const timeZoneFits = (timeZone: string | undefined): Result<void, RetentionError> =>
+  (timeZone === undefined || isValidTimeZone(timeZone) ? ok(undefined)
+    : err(bbError('INVALID_POLICY', `unknown time zone ${JSON.stringify(timeZone)}`, 'use an IANA zone name such as UTC or Europe/Berlin (timedatectl list-timezones)')))
+
 export const planRetention = (
   snapshots: readonly RetentionSnapshot[],
   policy: RetentionPolicy,
   options: RetentionOptions,
 ): Result<RetentionDecision[], RetentionError> => {
-  if (options.timeZone !== undefined && !isValidTimeZone(options.timeZone)) {
-    return err(bbError('INVALID_POLICY', `unknown time zone ${JSON.stringify(options.timeZone)}`, 'use an IANA zone name such as UTC or Europe/Berlin'))
-  }
+  const zone = timeZoneFits(options.timeZone)
+  if (zone.isErr()) return err(zone.error)
   return normalizePolicy(policy).andThen((normalized) => {
     const wall = wallClockReader(options.timeZone)
     const valid = snapshots
