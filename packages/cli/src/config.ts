@@ -150,7 +150,8 @@ const anchored = (config: Config): Config => {
     (spec === undefined ? {} : { ssh: { ...spec, ...optional('identityFile', spec.identityFile, file), ...optional('knownHostsFile', spec.knownHostsFile, file) } })
   return {
     ...config,
-    ...optional('stateDir', config.stateDir, file), ...optional('metricsFile', config.metricsFile, file), ...optional('transactionLog', config.transactionLog, file),
+    // (metrics_file and transaction_log are refused unless absolute)
+    ...optional('stateDir', config.stateDir, file),
     jobs: config.jobs.map((j) => ({
       ...j, source: place(j.source), targets: j.targets.map(place), excludeFrom: j.excludeFrom.map(file),
       ...(j.rawTargets === undefined ? {} : { rawTargets: j.rawTargets.map(place) }),

@@ -171,11 +171,13 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .map(() => undefined)
 
   /** The exclude files, read by rsync where it runs (on this host, `on`): each must be a file there. */
-  const excludeFilesThere = (on: Transport | undefined): ResultAsync<void, BbError> =>
-    ResultAsync.combine((on === undefined ? [] : options.excludeFrom ?? []).map((file) => (on as Transport).stat(posix.resolve(file)).andThen((s) => (s?.kind === 'file' || s?.kind === 'symlink'
+  const excludeFilesThere = (on: Transport | undefined): ResultAsync<void, BbError> => {
+    if (on === undefined) return okAsync(undefined)
+    const there = (file: string): ResultAsync<void, BbError> => on.stat(posix.resolve(file)).andThen((s) => (s?.kind === 'file' || s?.kind === 'symlink'
       ? okAsync(undefined)
-      : errAsync(bbError('INVALID_OPTIONS', `the exclude file ${file} ${s === undefined ? 'does not exist' : 'is not a file'}`, 'give a file of rsync patterns, one a line (--exclude-from, exclude_from)', { path: file }))))))
-      .map(() => undefined)
+      : errAsync(bbError('INVALID_OPTIONS', `the exclude file ${file} ${s === undefined ? 'does not exist' : 'is not a file'}`, 'give a file of rsync patterns, one a line (--exclude-from, exclude_from)', { path: file }))))
+    return ResultAsync.combine((options.excludeFrom ?? []).map(there)).map(() => undefined)
+  }
 
   /**
    * The target directory must exist, or its parent must (then it is created): a missing parent
