@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type Transport } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -539,7 +539,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         if (options.backup === true && options.json !== true && verbosity >= 0 && options.dryRun !== true) {
           io.stdout('(-b: each backup stays unfinished until the daemon\'s post-xfer exec publishes it; nothing was rotated here)\n')
         }
-        if (r.value.failed > 0) code = Math.max(code, EXIT.someTargetsFailed)
+        if (!runComplete(r.value)) code = Math.max(code, EXIT.someTargetsFailed)
       }
       for (const volume of resolved.blockJobs) {
         code = Math.max(code, options.dryRun === true

@@ -103,10 +103,19 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
 const failedLines = (t: BackupReport['targets'][number], verbosity: number): string[] =>
   [`  ${t.target}: FAILED: ${t.error?.message ?? 'unknown error'}`, `    hint: ${t.error?.hint ?? ''}`, ...(t.error === undefined ? [] : detailLines(t.error, verbosity > 0, '    '))]
 
-/** The failed targets of a run alone, with their hints (what `-q` still prints, on stderr); empty when none failed. */
+/** A prune stage that failed after its backup went over: the backup is there, the old ones are too. */
+const notPrunedLines = (what: string, error: BbError, verbosity: number, indent: string): string[] =>
+  [`${indent}${what}NOT PRUNED: ${error.message}`, `${indent}  hint: ${error.hint}`, ...detailLines(error, verbosity > 0, `${indent}  `)]
+
+/** The failed targets and prune stages of a run alone, with their hints (what `-q` still prints, on stderr); empty when none failed. */
 export const renderFailures = (report: BackupReport): string => {
   const failed = report.targets.filter((t) => !t.ok)
-  return failed.length === 0 ? '' : `${[`${report.source}: ${failed.length} of ${report.targets.length} target${report.targets.length === 1 ? '' : 's'} failed`, ...failed.flatMap((t) => failedLines(t, 0))].join('\n')}\n`
+  const lines = [
+    ...(failed.length === 0 ? [] : [`${report.source}: ${failed.length} of ${report.targets.length} target${report.targets.length === 1 ? '' : 's'} failed`, ...failed.flatMap((t) => failedLines(t, 0))]),
+    ...report.targets.flatMap((t) => (t.pruneError === undefined ? [] : notPrunedLines(`${t.target}: `, t.pruneError, 0, ''))),
+    ...(report.sourcePruneError === undefined ? [] : notPrunedLines(`${report.source} (source snapshots): `, report.sourcePruneError, 0, '')),
+  ]
+  return lines.length === 0 ? '' : `${lines.join('\n')}\n`
 }
 
 export const renderReport = (report: BackupReport, verbosity: number): string => {
@@ -129,8 +138,10 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
     if (t.route === 'relay') out.push('    relayed: streamed from the source host through this one')
     for (const w of t.warnings) out.push(`    warning: ${w}`)
     if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
+    if (t.pruneError !== undefined) out.push(...notPrunedLines('', t.pruneError, verbosity, '    '))
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
   }
+  if (report.sourcePruneError !== undefined) out.push(...notPrunedLines('source snapshots: ', report.sourcePruneError, verbosity, '  '))
   return `${out.join('\n')}\n`
 }
 

@@ -23,7 +23,7 @@ export type { Driver, DriverError, DriverName, RecoverAction, RestoreInput, Shar
 export type { BackupEvent } from './engine/events.js'
 export { defaultStateDir, jobId } from './engine/job.js'
 export type { Job, RetentionSettings, RetryPolicy, RunOptions } from './engine/job.js'
-export { backup } from './engine/backup.js'
+export { backup, runComplete } from './engine/backup.js'
 export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } from './engine/backup.js'
 export { forgetPending, prune } from './engine/prune.js'
 export type { PruneResult } from './engine/prune.js'

@@ -162,6 +162,28 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(partly.stdout).toContain('missing/deeper: FAILED: the target')
   })
 
+  it.runIf(requireTools(['mount', 'umount', 'findmnt'], { root: true }))('exits 10 when the backup went over but retention could not delete an old one, as btrbk does, and says which', async () => {
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const backups = async (): Promise<string[]> => (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))
+    const [old = ''] = await backups()
+    // a filesystem mounted inside the old backup: rm --one-file-system leaves it there, and fails
+    execFileSync('mount', ['-t', 'tmpfs', 'bbackup-test', join(tmp.path, 'dst', old, 'b')])
+    try {
+      const metrics = join(tmp.path, 'bbackup.prom')
+      const r = await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-backups', '1', '-q', '--metrics-file', metrics], tmp.path)
+      expect(r.code).toBe(10)
+      expect(r.stderr).toMatch(new RegExp(`dst: NOT PRUNED: could not remove \\S+${old}\n {2}hint: remove it by hand`))
+      // the new backup went over
+      expect((await backups()).filter((n) => n !== old)).toHaveLength(1)
+      const success = parsePrometheus(await readFile(metrics, 'utf8')).find((f) => f.name === 'bbackup_run_success')
+      expect(success?.metrics[0]).toMatchObject({ value: '0' })
+    } finally {
+      // wherever the old backup was moved to before its removal failed
+      const mounts = execFileSync('findmnt', ['-rn', '-o', 'TARGET'], { encoding: 'utf8' }).split('\n').filter((m) => m.startsWith(tmp.path))
+      for (const m of mounts) execFileSync('umount', [m])
+    }
+  })
+
   it('restores a backup and refuses to overwrite', async () => {
     expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
     expect(await runCli(['restore', 'dst', 'latest', 'out'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('restored') })

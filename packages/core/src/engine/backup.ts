@@ -51,6 +51,8 @@ export interface TargetReport {
   readonly pruned: readonly string[]
   /** the job's backups at the target after the prune stage (absent when it did not run) */
   readonly kept?: number
+  /** why the prune stage failed here, when it did (the transfer itself succeeded); the CLI exits 10 */
+  readonly pruneError?: BbError
   readonly error?: BbError
   /** the exact commands run (or, in a dry run, that would run) */
   readonly commands: readonly (readonly string[])[]
@@ -67,7 +69,18 @@ export interface BackupReport {
   /** how many targets failed; the CLI exits 10 when any did */
   readonly failed: number
   readonly sourcePruned: readonly string[]
+  /** why the source's snapshots were not pruned, when they were not; the CLI exits 10 */
+  readonly sourcePruneError?: BbError
 }
+
+/**
+ * Whether a run did all it was asked: every target got its backup and every prune stage ran (what
+ * the CLI's exit 0 and the metric `bbackup_run_success` mean). btrbk too fails a run (exit 10)
+ * whose backups went over but whose old snapshots could not be deleted: a disk that fills up
+ * because retention stopped working is found by the run's status, not weeks later.
+ */
+export const runComplete = (report: BackupReport): boolean =>
+  report.failed === 0 && report.sourcePruneError === undefined && report.targets.every((t) => t.pruneError === undefined)
 
 export interface BackupOptions extends RunOptions {
   /** run the transfer stage (default true); false = snapshot (and prune) only */
@@ -278,11 +291,12 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   }
 
   let sourcePruned: string[] = []
+  let sourcePruneError: BbError | undefined
   const sourcePolicy = job.retention?.source
   // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
   if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false) {
     const pruned = await pruneAt(job, job.source, sourcePolicy, options)
-    if (pruned.isErr()) emit({ type: 'warning', message: `source snapshots were not pruned: ${pruned.error.message}` })
+    if (pruned.isErr()) sourcePruneError = pruned.error
     else sourcePruned = [...pruned.value.deleted]
   }
 
@@ -296,6 +310,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     targets: reports.map((r) => ({ ...r, route: routeOf(job.source.location, r.target) })),
     failed: reports.filter((r) => !r.ok).length,
     sourcePruned,
+    ...(sourcePruneError === undefined ? {} : { sourcePruneError }),
   })
 }
 
@@ -384,12 +399,13 @@ const backupToTarget = async (
   // 6. Retention, only where this run added a backup: a failing target keeps its history.
   let pruned: readonly string[] = []
   let kept: number | undefined
+  let pruneError: BbError | undefined
   const warnings = [...outcome.warnings]
   let commands = [...outcome.commands]
   const policy = job.retention?.target
   if (policy !== undefined && options.prune !== false) {
     const r = await pruneTarget(job, target, policy, options)
-    if (r.isErr()) warnings.push(`not pruned: ${r.error.message}`)
+    if (r.isErr()) pruneError = r.error
     else {
       pruned = r.value.deleted
       kept = r.value.kept
@@ -411,6 +427,7 @@ const backupToTarget = async (
     recovered,
     pruned,
     ...(kept === undefined ? {} : { kept }),
+    ...(pruneError === undefined ? {} : { pruneError }),
     commands,
   }
 }
@@ -621,10 +638,11 @@ const sendSnapshots = async (
     }
     let pruned: readonly string[] = []
     let kept: number | undefined
+    let pruneError: BbError | undefined
     const policy = job.retention?.target
     if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
       const r = await pruneTarget(job, lane.target, policy, options)
-      if (r.isErr()) lane.warnings.push(`not pruned: ${r.error.message}`)
+      if (r.isErr()) pruneError = r.error
       else {
         pruned = r.value.deleted
         kept = r.value.kept
@@ -639,6 +657,7 @@ const sendSnapshots = async (
       durationMs: Date.now() - lane.started,
       pruned,
       ...(kept === undefined ? {} : { kept }),
+      ...(pruneError === undefined ? {} : { pruneError }),
       commands: lane.commands,
     })
   }

@@ -70,12 +70,6 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
 }
 
 /**
- * Applies the job's retention to each target (and the source, where the driver keeps snapshots
- * there), under the job's lock. A side without a policy is left alone.
- * @example
- * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
- */
-/**
  * A job's retention as it is given: its policies and its time zone. Checked before anything runs,
  * so that a run does not back up first and fail at pruning (nor a dry run pass where the run fails).
  */
@@ -90,6 +84,12 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
   return ok(undefined)
 }
 
+/**
+ * Applies the job's retention to each target (and the source, where the driver keeps snapshots
+ * there), under the job's lock. A side without a policy is left alone.
+ * @example
+ * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
+ */
 export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
   const fits = retentionFits(job)
   if (fits.isErr()) return errAsync(fits.error)

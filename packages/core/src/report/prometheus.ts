@@ -1,5 +1,5 @@
 import type { BbError } from '../errors.js'
-import type { BackupReport } from '../engine/backup.js'
+import { runComplete, type BackupReport } from '../engine/backup.js'
 
 /** One job's outcome in a run: its report, or the error that stopped it before any target. */
 export interface JobRun {
@@ -18,7 +18,7 @@ interface Sample {
 const HELP: Readonly<Record<string, string>> = {
   bbackup_run_timestamp_seconds: 'when the last run of the job ended',
   bbackup_run_duration_seconds: 'how long the last run of the job took',
-  bbackup_run_success: '1 when the last run of the job backed up to every target, else 0',
+  bbackup_run_success: '1 when the last run of the job backed up to every target and pruned every place it prunes, else 0',
   bbackup_run_failed_targets: 'targets that failed in the last run of the job',
   bbackup_target_success: '1 when the last run backed up to this target, else 0',
   bbackup_last_success_timestamp_seconds: 'when a run last backed up to this target',
@@ -64,7 +64,7 @@ const samplesOf = (run: JobRun, previous: readonly Sample[]): Sample[] => {
   const samples: Sample[] = [
     { name: 'bbackup_run_timestamp_seconds', labels: { job }, value: end },
     { name: 'bbackup_run_duration_seconds', labels: { job }, value: report.durationMs / 1000 },
-    { name: 'bbackup_run_success', labels: { job }, value: report.failed === 0 ? 1 : 0 },
+    { name: 'bbackup_run_success', labels: { job }, value: runComplete(report) ? 1 : 0 },
     { name: 'bbackup_run_failed_targets', labels: { job }, value: report.failed },
     { name: 'bbackup_source_pruned_snapshots', labels: { job }, value: report.sourcePruned.length },
   ]
