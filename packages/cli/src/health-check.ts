@@ -17,12 +17,19 @@ const worst = (verdicts: readonly Verdict[]): Verdict => (verdicts.includes('cri
  * the config included) with its verdict and reasons; the exit code is the worst verdict (0 ok, 1 warning, 2 critical), or 3 when the
  * check could not be made (no config, a bad threshold).
  */
-export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean }): Promise<number> => {
+export const checkHealth = async (io: Io, resolved: Resolved, options: { readonly warnAge?: string; readonly criticalAge?: string; readonly json?: boolean; readonly only?: 'target' }): Promise<number> => {
   const unknown = (message: string): number => {
     io.stdout(`BBACKUP UNKNOWN - ${message}\n`)
     return UNKNOWN
   }
-  if ('error' in resolved) return unknown(`${resolved.error.message} (${resolved.error.hint})`)
+  if ('error' in resolved) {
+    // a directory of backups checked on its own that is not there: no backup to restore from
+    if (options.only === 'target' && resolved.error.code === 'NOT_FOUND') {
+      io.stdout(`BBACKUP CRITICAL - ${resolved.error.message} (${resolved.error.hint})\n`)
+      return NAGIOS_EXIT.critical
+    }
+    return unknown(`${resolved.error.message} (${resolved.error.hint})`)
+  }
   /** the thresholds of a job: the command line's, else its config's, else the defaults */
   const thresholdsOf = (spec: { readonly warnAge?: string; readonly criticalAge?: string } | undefined): HealthThresholds | string => {
     const warnText = options.warnAge ?? spec?.warnAge
@@ -37,7 +44,7 @@ export const checkHealth = async (io: Io, resolved: Resolved, options: { readonl
     const spec = resolved.specOf.get(job)
     const thresholds = thresholdsOf(spec)
     if (typeof thresholds === 'string') return unknown(thresholds)
-    const s = await status(job)
+    const s = await status(job, options.only === undefined ? {} : { only: options.only })
     const name = spec?.name ?? formatLocation(job.source.location)
     if (s.isErr()) return unknown(`${name}: ${s.error.message}`)
     results.push({ job: name, health: healthOf(s.value, thresholds) })

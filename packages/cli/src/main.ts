@@ -228,6 +228,7 @@ Examples:
 Examples:
   bbackup status -b /srv/backy/vm1 --json
   bbackup status /home /mnt/backup/home
+  bbackup status --check /srv/backups/laptop     one backup directory alone, as a Nagios check
   bbackup status -j home --json`,
   prune: `
 Examples:
@@ -359,7 +360,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (source !== undefined) {
       const rawTargets = options.rawTarget ?? []
       const pipeTargets = options.pipeTarget ?? []
-      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', 'name where the backups go: bbackup run SOURCE TARGET [TARGET…]') }
+      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
       specs = [{
         source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), ...(pipeTargets.length === 0 ? {} : { pipeTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
@@ -572,19 +573,34 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     parseLocation(place, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
 
   /**
+   * One place named alone (`list PLACE`, `status PLACE`): the options that read it as a directory of
+   * backups (rsync, btrfs, raw streams), or as a btrfs source (the subvolume or its snapshot folder);
+   * an error when it is neither.
+   */
+  const aloneAt = async (place: string, options: CommonOptions, command: 'list' | 'status'): Promise<{ options: CommonOptions; driver: string; raw: boolean; holdsBackups: boolean } | { error: BbError }> => {
+    const at = await placeOf(place, options)
+    if (at.isErr()) return { error: at.error }
+    const there = await at.value.stat(at.value.location.path)
+    if (there.isOk() && there.value === undefined) return { error: bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }) }
+    const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
+    if (!holdsBackups && (driver !== 'btrfs' || command === 'status')) {
+      return { error: bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups${command === 'list' ? ' (nor is it a btrfs subvolume with snapshots)' : driver === 'btrfs' ? ' (it is a btrfs subvolume: a source, whose status is that of its targets)' : ''}`,
+        command === 'list'
+          ? 'name the targets: bbackup list SOURCE TARGET…, or one directory of backups alone: bbackup list /mnt/backup/home'
+          : `name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone: bbackup status /mnt/backup/home${driver === 'btrfs' ? `; its snapshots: bbackup list ${place}` : ''}`,
+        { path: place }) }
+    }
+    return { options: { ...options, driver: options.driver ?? driver, ...(raw ? { rawTarget: [place] } : {}), ...(holdsBackups && driver === 'btrfs' && !raw ? { snapshotFolder: '.' } : {}) }, driver, raw, holdsBackups }
+  }
+
+  /**
    * `list PLACE`: the backups a target directory holds, or the snapshots of a btrfs source (PLACE is
    * the subvolume or its snapshot folder).
    */
   const listAlone = async (place: string, options: CommonOptions): Promise<void> => {
-    const at = await placeOf(place, options)
-    if (at.isErr()) return void (outcome = fail(at.error, options))
-    const there = await at.value.stat(at.value.location.path)
-    if (there.isOk() && there.value === undefined) return void (outcome = fail(bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }), options))
-    const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
-    if (!holdsBackups && driver !== 'btrfs') {
-      return void (outcome = fail(bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups (nor is it a btrfs subvolume with snapshots)`,
-        'name the targets: bbackup list SOURCE TARGET…, or one directory of backups alone: bbackup list /mnt/backup/home', { path: place }), options))
-    }
+    const found = await aloneAt(place, options, 'list')
+    if ('error' in found) return void (outcome = fail(found.error, options))
+    const { driver, raw, holdsBackups } = found
     const listing = (job: Job) => {
       if (!holdsBackups) return list(job, { only: 'source' })
       if (raw || driver !== 'btrfs') return list(job, { only: 'target' })
@@ -592,8 +608,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       return list(job, { only: 'target' }).andThen((lists) =>
         lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source' }))
     }
-    const alone = { ...options, driver: options.driver ?? driver, ...(raw ? { rawTarget: [place] } : {}), ...(holdsBackups && driver === 'btrfs' && !raw ? { snapshotFolder: '.' } : {}) }
-    await eachJob(place, raw ? [] : [place], alone, listing, (answers) => answers.map(renderList).join(''))
+    await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
   }
 
   /**
@@ -791,11 +806,17 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--unit-dir <dir>', "where the jobs' timers are (default /etc/systemd/system, or ~/.config/systemd/user when not root)")
       .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
         if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
+        // one place and no target: a directory of backups on its own (the backup server's view)
+        const found = source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0
+          ? await aloneAt(source, options, 'status')
+          : undefined
+        const only = found === undefined ? {} : { only: 'target' as const }
+        const jobsOf = (withBlock: boolean) => (found === undefined ? resolveJobs(source, targets, options, withBlock) : 'error' in found ? Promise.resolve(found) : resolveJobs(source, found.raw || source === undefined ? [] : [source], found.options))
         if (options.check === true) {
           const { checkHealth } = await import('./health-check.js')
-          return void (outcome = { code: await checkHealth(io, await resolveJobs(source, targets, options, true), options) })
+          return void (outcome = { code: await checkHealth(io, await jobsOf(true), { ...options, ...only }) })
         }
-        const resolved = await resolveJobs(source, targets, options)
+        const resolved = await jobsOf(false)
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
         // a job of the config: also its timer, where `bbackup schedule` wrote it
         const { defaultUnitDir } = await import('./schedule.js')
@@ -804,7 +825,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
         const texts: string[] = []
         for (const job of resolved.jobs) {
-          const s = await status(job)
+          const s = await status(job, only)
           if (s.isErr()) return void (outcome = fail(s.error, options))
           const name = resolved.specOf.get(job)?.name
           const timer = name === undefined ? undefined : await timerOf(name, unitDir)

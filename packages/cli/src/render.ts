@@ -156,14 +156,16 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
  * name and the timer `bbackup schedule` wrote for it (undefined: none).
  */
 export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; readonly timer: JobTimer | undefined }, now: Date = new Date()): string => {
-  const out = [`${scheduled === undefined ? '' : `${scheduled.job}: `}${s.source} (${s.driver})`]
+  // a directory of backups on its own: its lines, without a job's source, journal and lock
+  const alone = s.only === 'target'
+  const out = alone ? [] : [`${scheduled === undefined ? '' : `${scheduled.job}: `}${s.source} (${s.driver})`]
   if (scheduled !== undefined) out.push(`  ${scheduleLine(scheduled.job, scheduled.timer, now)}`)
   for (const t of s.targets) {
     if (!t.reachable) {
       out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)
       continue
     }
-    out.push(`  ${t.at}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
     const missing = t.missing ?? []
     if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${missing.length <= 3 ? missing.join(', ') : `${missing[0] ?? ''} … ${missing.at(-1) ?? ''}`}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
@@ -171,8 +173,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.ceil((t.space.used * 100) / Math.max(1, t.space.used + t.space.free))}% used)`)
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
-  out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
-  return `${out.join('\n')}\n`
+  if (!alone) out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
+  // one level less: the place is the first line
+  return `${(alone ? out.map((l) => l.slice(2)) : out).join('\n')}\n`
 }
 
 const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): string => {

@@ -31,6 +31,11 @@ describe('the health verdict of a job', () => {
     expect(healthOf(job([absent]))).toEqual({ verdict: 'critical', reasons: ['/mnt/c has no backup: cannot list /mnt/c: it does not exist'] })
   })
 
+  it("tells the sources of a shared target checked alone apart by their names' prefix: one stale source is not hidden by a fresh one", () => {
+    const alone = job([target('/mnt/b', 1 * H, { prefix: 'home.' }), target('/mnt/b', 60 * H, { prefix: 'root.' })], { only: 'target' })
+    expect(healthOf(alone)).toEqual({ verdict: 'critical', reasons: ['/mnt/b (root.*): the newest backup is 2 d old (critical after 2 d)'] })
+  })
+
   it('warns of a target with less than 5% of its filesystem free, naming how much is left', () => {
     const G = 1024 ** 3
     expect(healthOf(job([target('/mnt/a', 1 * H, { space: { size: 100 * G, used: 96 * G, free: 4 * G } })]))).toEqual({

@@ -63,6 +63,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await runCli(['list', 'nothere'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('nothere does not exist') })
     await mkdir(join(dir, 'plain'))
     expect(await runCli(['list', 'plain'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given, and plain holds no backups') })
+    // status takes a target alone too (the backup server's view: no source, journal or lock); a source alone is sent to list
+    expect(await runCli(['status', 'backup'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^${dir}/backup \\(btrfs\\) home\\.\\*: 1 backup, newest ${first} \\(\\d+ s ago\\)\n {2}space: .*\n$`)) })
+    expect(await runCli(['status', 'home'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('it is a btrfs subvolume: a source') })
+    expect((await runCli(['status', 'home'], dir)).stderr).toContain('its snapshots: bbackup list home')
 
     // the newest snapshot never reached the target: it is restored from the source
     expect(await runCli(['restore', 'home', 'latest', 'r1'], dir)).toMatchObject({ code: 0, stdout: `restored ${second} to r1\n` })
@@ -236,6 +240,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(files.every((f) => /^home\.\d{4}-\d\d-\d\dT\d{6}Z(_\d+)?\.btrfs\.zst(\.info)?$/.test(f))).toBe(true)
     const listed = await runCli(['list', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state'], dir)
     expect(listed.stdout).toMatch(/streams \(target\): 2 backups/)
+    expect(await runCli(['status', 'streams'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^\S+streams \(btrfs\) home\.\*: 2 backups, newest home\./) })
     const verified = await runCli(['verify', 'home', '--raw-target', 'streams', '--raw-compress', 'zstd', '--state-dir', 'state'], dir)
     expect(verified.code, verified.stdout + verified.stderr).toBe(0)
     // the streams are received: not onto another filesystem, where nothing is made

@@ -76,6 +76,22 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await readdir(tmp.path)).filter((n) => n.includes('.tmp'))).toEqual([])
   })
 
+  it('status takes a directory of backups alone (the backup server, where neither the source nor the job state is), also --check', async () => {
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const [name = ''] = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))
+    const st = await runCli(['status', 'dst'], tmp.path)
+    expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^${tmp.path}/dst \\(rsync\\): 1 backup, newest ${name} \\(\\d+ s ago\\)\n {2}space: [^\n]+\n$`)) })
+    expect(JSON.parse((await runCli(['status', 'dst', '--json'], tmp.path)).stdout)).toMatchObject({ only: 'target', pending: [], targets: [{ backups: 1, latest: { name } }] })
+    expect(await runCli(['status', 'dst', '--check'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('BBACKUP OK') })
+    // a directory shared by two sources (by prefix) is told source by source, the space once
+    expect((await runCli(['run', 'src', 'dst', '-p', 'laptop-', '--state-dir', join(tmp.path, 'state2'), '-q'], tmp.path)).code).toBe(0)
+    expect((await runCli(['status', 'dst'], tmp.path)).stdout).toMatch(new RegExp(`^\\S+dst \\(rsync\\): 1 backup, newest ${name} .*\n {2}space: .*\n\\S+dst \\(rsync\\) laptop-\\*: 1 backup, newest laptop-\\d{4}.*\n$`))
+    // a monitoring check of a backup disk that is not there: critical, not "unknown"
+    expect(await runCli(['status', 'gone', '--check'], tmp.path)).toMatchObject({ code: 2, stdout: expect.stringMatching(/^BBACKUP CRITICAL - \S*gone does not exist/) })
+    expect(await runCli(['status', 'src', '--check'], tmp.path)).toMatchObject({ code: 3, stdout: expect.stringContaining('BBACKUP UNKNOWN - no target given, and src holds no backups') })
+    expect(await runCli(['status', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('hint: name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone') })
+  })
+
   it('status --check gives a Nagios verdict per job with thresholds from the config', async () => {
     await writeFile(join(tmp.path, 'config.toml'), `state_dir = "${state}"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
     expect((await runCli(['run', '-c', 'config.toml', '-q'], tmp.path)).code).toBe(0)

@@ -39,6 +39,8 @@ export const list = (job: Job, options: { readonly signal?: AbortSignal; readonl
 
 export interface TargetStatus {
   readonly at: string
+  /** with `only: 'target'`, the source (the prefix of its backups' names) this entry tells of, when a name has one */
+  readonly prefix?: string
   readonly reachable: boolean
   readonly error?: BbError
   readonly backups: number
@@ -59,17 +61,22 @@ export interface JobStatus {
   readonly targets: readonly TargetStatus[]
   readonly pending: readonly JournalEntry[]
   readonly lock: LockStatus | undefined
+  /** `'target'`: the targets were asked alone (no source, journal or lock was read: `pending` is empty, `lock` undefined) */
+  readonly only?: 'target'
 }
 
 /**
  * Per target: how many backups, the newest and its age, unfinished copies, the source snapshots it
  * lacks, the space on its filesystem; the journal's pending transfers and who holds the job's lock.
  * An unreachable target is reported, not an error; so is a source whose snapshots cannot be listed.
+ * With `only: 'target'`, the targets alone: what a directory of backups says without its job (the
+ * backup server's view, where neither the source nor the job's state is).
  */
-export const status = (job: Job, options: { readonly signal?: AbortSignal; readonly now?: () => Date } = {}): ResultAsync<JobStatus, BbError> =>
+export const status = (job: Job, options: { readonly signal?: AbortSignal; readonly now?: () => Date; readonly only?: 'target' } = {}): ResultAsync<JobStatus, BbError> =>
   new ResultAsync((async (): Promise<Result<JobStatus, BbError>> => {
     const now = (options.now ?? (() => new Date()))().getTime()
-    const source = job.driver.snapshotsSource ? await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : undefined
+    const alone = options.only === 'target'
+    const source = job.driver.snapshotsSource && !alone ? await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : undefined
     const sourceOwn = source?.isOk() === true ? ownSnapshots(job, source.value) : undefined
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
@@ -79,26 +86,35 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         targets.push({ at, reachable: false, error: r.error, backups: 0, unfinished: [] })
         continue
       }
-      const own = ownSnapshots(job, r.value)
-      const latest = own.at(-1)
       const space = await spaceAt(target, options.signal)
-      targets.push({
-        at,
-        reachable: true,
-        backups: own.length,
-        ...(latest?.time === undefined ? {} : {
-          latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: Math.round((now - latest.time.getTime()) / 1000), health: latest.health },
-        }),
-        unfinished: r.value.filter((s) => !s.complete).map((s) => s.name),
-        ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own).sends.map((s) => s.snapshot.name) }),
-        ...(space === undefined ? {} : { space }),
-      })
+      const prefixOf = (name: string): string => parseSnapshotName(name)?.prefix ?? ''
+      // alone, a target shared by several sources (btrbk's home.*, root.*) is told source by source
+      const prefixes = alone ? [...new Set(r.value.filter((s) => s.time !== undefined).map((s) => prefixOf(s.name)))].sort() : [job.prefix ?? '']
+      for (const [i, prefix] of (prefixes.length === 0 ? [''] : prefixes).entries()) {
+        const own = alone ? r.value.filter((s) => s.complete && s.time !== undefined && prefixOf(s.name) === prefix) : ownSnapshots(job, r.value)
+        const latest = own.at(-1)
+        targets.push({
+          at,
+          ...(alone && prefix !== '' ? { prefix } : {}),
+          reachable: true,
+          backups: own.length,
+          ...(latest?.time === undefined ? {} : {
+            latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: Math.round((now - latest.time.getTime()) / 1000), health: latest.health },
+          }),
+          unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
+          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own).sends.map((s) => s.snapshot.name) }),
+          // the filesystem once, with the first of a shared target's sources
+          ...(space === undefined || i > 0 ? {} : { space }),
+        })
+      }
     }
+    const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets }
+    if (alone) return ok({ ...base, pending: [], lock: undefined, only: 'target' })
     const journal = await readJournal(job.state.transport, journalPath(job))
     if (journal.isErr()) return err(journal.error)
     const lock = await job.state.transport.inspectLock(lockPath(job))
     if (lock.isErr()) return err(lock.error)
-    return ok({ source: formatLocation(job.source.location), driver: job.driver.name, targets, pending: journal.value.entries, lock: lock.value })
+    return ok({ ...base, pending: journal.value.entries, lock: lock.value })
   })())
 
 /**

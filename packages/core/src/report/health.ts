@@ -46,7 +46,9 @@ const verdictOf = (found: readonly Finding[]): JobHealth => ({
  */
 export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth => {
   const found: Finding[] = []
-  for (const t of s.targets) {
+  for (const target of s.targets) {
+    // a target shared by several sources, checked on its own: each source's backups by name
+    const t = target.prefix === undefined ? target : { ...target, at: `${target.at} (${target.prefix}*)` }
     // a target directory that is not there (yet) holds no backup; a host that cannot be reached may be off for a while
     if (!t.reachable && (t.error?.code === 'NOT_FOUND' || t.error?.code === 'TARGET_UNAVAILABLE')) found.push({ verdict: 'critical', reason: `${t.at} has no backup: ${t.error.message}` })
     else if (!t.reachable) found.push({ verdict: 'warning', reason: `${t.at} cannot be reached${t.error === undefined ? '' : `: ${t.error.message}`}` })
