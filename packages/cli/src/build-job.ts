@@ -274,3 +274,34 @@ export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connec
   }
   return ok({ job: { ...job, targets: [...job.targets, ...added] }, skipped })
 }
+
+/**
+ * Two jobs of a config that would keep their backups (or btrfs source snapshots) in one place under
+ * one name prefix: each one's retention would take the other's for its own and delete them, and a
+ * btrfs job would lose the parent of its next incremental. btrbk refuses such a config ("will create
+ * same backup target"); so does bbackup, before anything runs. The error names both jobs and the place.
+ */
+export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: JobSpec }[]): BbError | undefined => {
+  const seen = new Map<string, string>()
+  for (const { job, spec } of jobs) {
+    const name = spec.name ?? formatLocation(job.source.location)
+    const prefix = job.prefix ?? ''
+    const places = [
+      ...job.targets.map((t) => ({ where: formatLocation(t.location), what: 'backups' })),
+      // btrfs: the source's snapshot folder
+      ...(job.driver.snapshotsSource
+        ? [{ where: formatLocation({ ...job.source.location, path: resolve(job.source.location.path, spec.snapshotFolder ?? '.snapshots') }), what: 'source snapshots' }]
+        : []),
+    ]
+    for (const { where, what } of new Map(places.map((p) => [p.where, p])).values()) {
+      const key = `${where}\0${prefix}`
+      const other = seen.get(key)
+      if (other !== undefined && other !== name) {
+        return bbError('INVALID_OPTIONS', `jobs ${other} and ${name} both keep their ${what} in ${where} ${prefix === '' ? 'under names without a prefix' : `as ${prefix}*`}: each one's retention would delete the other's`,
+          `give one of them its own prefix (prefix = "${name}.") or its own ${what === 'backups' ? 'target' : 'snapshot_folder'}`, { path: where })
+      }
+      seen.set(key, name)
+    }
+  }
+  return undefined
+}

@@ -6,7 +6,7 @@ import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
 import { err, okAsync, ResultAsync } from 'neverthrow'
-import { buildJob, detectBackupDriver, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
+import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -401,6 +401,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       jobs.push(built.value)
       specOf.set(built.value, spec)
     }
+    const shared = sharedPlaces([...specOf].map(([job, spec]) => ({ job, spec })))
+    if (shared !== undefined) return { error: shared }
     return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }
 

@@ -51,6 +51,27 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
   })
 
+  it('refuses a config whose two jobs would keep their backups in one target under one prefix (two subvolumes named home), as btrbk does', async () => {
+    await mkdir(join(dir, 'srv'))
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'srv/home')])
+    const config = (extra: string) => `state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\nkeep_backups = "1"\n[jobs.srv]\nsource = "srv/home"\ntargets = ["backup"]\nkeep_backups = "1"\n${extra}`
+    await writeFile(join(dir, 'config.toml'), config(''))
+    for (const command of ['run', 'prune', 'doctor']) {
+      const refused = await runCli([command, '-c', 'config.toml'], dir)
+      expect(refused, command).toMatchObject({ code: 2, stderr: expect.stringContaining(`jobs home and srv both keep their backups in ${dir}/backup as home.*: each one's retention would delete the other's`) })
+      expect(refused.stderr).toContain('hint: give one of them its own prefix (prefix = "srv.") or its own target')
+    }
+    expect(existsSync(join(dir, 'backup'))).toBe(false)
+    expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)
+    // one snapshot folder for both sources: their snapshots, too
+    await writeFile(join(dir, 'config.toml'), config('prefix = "srv."\n').replaceAll('targets = ["backup"]\n', 'targets = ["backup"]\nsnapshot_folder = "/snaps"\n').replaceAll('/snaps', join(dir, 'snaps')))
+    const apart = await runCli(['run', '-c', 'config.toml', '-q'], dir)
+    expect(apart.code, apart.stderr).toBe(0)
+    await writeFile(join(dir, 'config.toml'), config('').replaceAll('targets = ["backup"]\n', `targets = ["backup-$"]\nsnapshot_folder = "${join(dir, 'snaps')}"\n`).replace('backup-$', 'b1').replace('backup-$', 'b2'))
+    expect(await runCli(['run', '-c', 'config.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`both keep their source snapshots in ${dir}/snaps as home.*`) })
+    expect(existsSync(join(dir, 'b1'))).toBe(false)
+  })
+
   it('list and restore take one place alone: a target, the source subvolume or its snapshot folder (a snapshot the target lacks restores from the source)', async () => {
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     await writeFile(join(dir, 'home/a.txt'), 'changed\n')
