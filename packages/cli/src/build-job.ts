@@ -281,9 +281,15 @@ export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connec
  * btrfs job would lose the parent of its next incremental. btrbk refuses such a config ("will create
  * same backup target"); so does bbackup, before anything runs. The error names both jobs and the place.
  */
-export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: JobSpec }[]): BbError | undefined => {
-  const seen = new Map<string, string>()
-  for (const { job, spec } of jobs) {
+/** a prefix to suggest: a job's name and a dot, for the first of the jobs whose name is not its prefix already */
+const renamed = (prefix: string, names: readonly string[]): string => {
+  const name = names.find((n) => `${n}.` !== prefix) ?? names[0] ?? 'job'
+  return `in [jobs.${name}]: prefix = "${name}."`
+}
+
+export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: JobSpec; readonly selected?: boolean }[]): BbError | undefined => {
+  const seen = new Map<string, { readonly name: string; readonly selected: boolean }>()
+  for (const { job, spec, selected = true } of jobs) {
     const name = spec.name ?? formatLocation(job.source.location)
     const prefix = job.prefix ?? ''
     const places = [
@@ -296,11 +302,12 @@ export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: 
     for (const { where, what } of new Map(places.map((p) => [p.where, p])).values()) {
       const key = `${where}\0${prefix}`
       const other = seen.get(key)
-      if (other !== undefined && other !== name) {
-        return bbError('INVALID_OPTIONS', `jobs ${other} and ${name} both keep their ${what} in ${where} ${prefix === '' ? 'under names without a prefix' : `as ${prefix}*`}: each one's retention would delete the other's`,
-          `give one of them its own prefix (prefix = "${name}.") or its own ${what === 'backups' ? 'target' : 'snapshot_folder'}`, { path: where })
+      // a clash between two jobs this command does not run is theirs to report
+      if (other !== undefined && other.name !== name && (other.selected || selected)) {
+        return bbError('INVALID_OPTIONS', `jobs ${other.name} and ${name} both keep their ${what} in ${where} ${prefix === '' ? 'under names without a prefix' : `as ${prefix}*`}: each one's retention would delete the other's`,
+          `give one of them its own prefix (${renamed(prefix, [name, other.name])}) or its own ${what === 'backups' ? 'target' : 'snapshot_folder'}`, { path: where })
       }
-      seen.set(key, name)
+      if (other === undefined || selected) seen.set(key, { name, selected })
     }
   }
   return undefined

@@ -353,6 +353,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(Object.keys(cliRsyncd).length === 0 ? {} : { rsyncd: { ...spec.rsyncd, ...cliRsyncd } }),
     })
     let specs: JobSpec[]
+    let otherSpecs: JobSpec[] = []
     let blockJobs: BlockJobSpec[] = []
     let configStateDir: string | undefined
     let metricsFile = options.metricsFile === undefined ? undefined : resolvePath(io.cwd, options.metricsFile)
@@ -385,6 +386,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (!withBlock && blockJobs.length > 0 && wanted.length > 0) {
         return { error: bbError('UNSUPPORTED', `${blockJobs.map((j) => j.name).join(', ')}: block volumes are not read by this command`, `use bbackup status -b ${blockJobs[0]?.backupDir ?? 'DIR'} (and verify -b, restore -b)`) }
       }
+      otherSpecs = config.value.jobs.filter((j) => wanted.length > 0 && !wanted.includes(j.name ?? ''))
       specs = config.value.jobs.filter((j) => wanted.length === 0 || wanted.includes(j.name ?? '')).map((j) => ({
         ...j, ...overrides,
         exclude: [...j.exclude, ...(options.exclude ?? [])], excludeFrom: [...j.excludeFrom, ...(options.excludeFrom ?? [])], rsyncOptions: [...j.rsyncOptions, ...(options.rsyncOption ?? [])],
@@ -401,7 +403,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       jobs.push(built.value)
       specOf.set(built.value, spec)
     }
-    const shared = sharedPlaces([...specOf].map(([job, spec]) => ({ job, spec })))
+    // the config's other jobs too (a timer runs one job with -j): those whose driver is known
+    // without asking another host; one that cannot be built is left to its own run
+    const others: { job: Job; spec: JobSpec; selected: false }[] = []
+    for (const spec of source === undefined ? otherSpecs : []) {
+      if (spec.driver === undefined && parseLocation(spec.source, { cwd: io.cwd }).map((l) => l.kind !== 'local').unwrapOr(true)) continue
+      const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
+      if (built.isOk()) others.push({ job: built.value, spec, selected: false })
+    }
+    const shared = sharedPlaces([...[...specOf].map(([job, spec]) => ({ job, spec })), ...others])
     if (shared !== undefined) return { error: shared }
     return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }

@@ -56,10 +56,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     execFileSync('btrfs', ['subvolume', 'create', join(dir, 'srv/home')])
     const config = (extra: string) => `state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\nkeep_backups = "1"\n[jobs.srv]\nsource = "srv/home"\ntargets = ["backup"]\nkeep_backups = "1"\n${extra}`
     await writeFile(join(dir, 'config.toml'), config(''))
-    for (const command of ['run', 'prune', 'doctor']) {
-      const refused = await runCli([command, '-c', 'config.toml'], dir)
-      expect(refused, command).toMatchObject({ code: 2, stderr: expect.stringContaining(`jobs home and srv both keep their backups in ${dir}/backup as home.*: each one's retention would delete the other's`) })
-      expect(refused.stderr).toContain('hint: give one of them its own prefix (prefix = "srv.") or its own target')
+    // also one job alone, as its timer runs it
+    for (const command of [['run'], ['run', '-j', 'srv'], ['prune', '-j', 'home'], ['doctor']]) {
+      const refused = await runCli([...command, '-c', 'config.toml'], dir)
+      expect(refused, command.join(' ')).toMatchObject({ code: 2, stderr: expect.stringMatching(new RegExp(`jobs (home and srv|srv and home) both keep their backups in ${dir}/backup as home\\.\\*: each one's retention would delete the other's`)) })
+      expect(refused.stderr).toContain('hint: give one of them its own prefix (in [jobs.srv]: prefix = "srv.") or its own target')
     }
     expect(existsSync(join(dir, 'backup'))).toBe(false)
     expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)
