@@ -28,6 +28,11 @@ export const checkHealth = async (io: Io, resolved: Resolved, options: { readonl
       io.stdout(`BBACKUP CRITICAL - ${resolved.error.message} (${resolved.error.hint})\n`)
       return NAGIOS_EXIT.critical
     }
+    // … on a host that cannot be reached now: a warning, as for a job's target on such a host
+    if (options.only === 'target' && resolved.error.code === 'NETWORK_FAILED') {
+      io.stdout(`BBACKUP WARNING - ${resolved.error.message} (${resolved.error.hint})\n`)
+      return NAGIOS_EXIT.warning
+    }
     return unknown(`${resolved.error.message} (${resolved.error.hint})`)
   }
   /** the thresholds of a job: the command line's, else its config's, else the defaults */

@@ -593,7 +593,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const at = await placeOf(place, options)
     if (at.isErr()) return { error: at.error }
     const there = await at.value.stat(at.value.location.path)
-    if (there.isOk() && there.value === undefined) return { error: bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }) }
+    // a host that cannot be reached is that, not a place without backups
+    if (there.isErr()) return { error: there.error }
+    if (there.value === undefined) return { error: bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }) }
     const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
     if (!holdsBackups && (driver !== 'btrfs' || command === 'status')) {
       return { error: bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups${command === 'list' ? ' (nor is it a btrfs subvolume with snapshots)' : driver === 'btrfs' ? ' (it is a btrfs subvolume: a source, whose status is that of its targets)' : ''}`,

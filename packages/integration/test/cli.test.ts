@@ -88,6 +88,11 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await runCli(['status', 'dst'], tmp.path)).stdout).toMatch(new RegExp(`^\\S+dst \\(rsync\\): 1 backup, newest ${name} .*\n {2}space: .*\n\\S+dst \\(rsync\\) laptop-\\*: 1 backup, newest laptop-\\d{4}.*\n$`))
     // a monitoring check of a backup disk that is not there: critical, not "unknown"
     expect(await runCli(['status', 'gone', '--check'], tmp.path)).toMatchObject({ code: 2, stdout: expect.stringMatching(/^BBACKUP CRITICAL - \S*gone does not exist/) })
+    // a host that cannot be reached is that (a warning for a check), not a place without backups
+    if (requireTools(['ssh'])) {
+      expect(await runCli(['status', '--check', 'ssh://root@127.0.0.1:1/srv/backups'], tmp.path)).toMatchObject({ code: 1, stdout: expect.stringMatching(/^BBACKUP WARNING - the connection to root@127.0.0.1:1 failed/) })
+      expect(await runCli(['list', 'ssh://root@127.0.0.1:1/srv/backups'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('NETWORK_FAILED') })
+    }
     expect(await runCli(['status', 'src', '--check'], tmp.path)).toMatchObject({ code: 3, stdout: expect.stringContaining('BBACKUP UNKNOWN - no target given, and src holds no backups') })
     expect(await runCli(['status', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('hint: name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone') })
   })
