@@ -175,6 +175,18 @@ export const buildJob = async (spec: JobSpec, options: { readonly configStateDir
       driverName === 'btrfs' ? 'leave them out; to keep a directory out of the snapshots, make it a subvolume of its own (btrfs subvolume create): a snapshot does not take nested subvolumes'
         : 'leave them out, or back the directory up with --driver rsync', { path: spec.source }))
   }
+  // settings of btrfs source snapshots and send streams, which another driver has not: left unread, a
+  // --keep-snapshots meant as the backups' retention would let the target fill up
+  const btrfsOnly = [
+    ...(spec.keepSnapshots === undefined ? [] : ['--keep-snapshots (keep_snapshots)']),
+    ...(spec.snapshotFolder === undefined ? [] : ['--snapshot-folder (snapshot_folder)']),
+    ...(spec.sendProtocol === undefined ? [] : ['--send-protocol (send_protocol)']),
+    ...(spec.compressedData === false ? ['--no-compressed-data (compressed_data)'] : []),
+  ]
+  if (btrfsOnly.length > 0 && driverName !== 'btrfs') {
+    return err(bbError('INVALID_OPTIONS', `${btrfsOnly.join(', ')}: ${btrfsOnly.length === 1 ? 'a btrfs setting' : 'btrfs settings'}, but ${spec.source} is backed up by the ${driverName} driver, which keeps no source snapshots and sends no streams`,
+      `leave ${btrfsOnly.length === 1 ? 'it' : 'them'} out${spec.keepSnapshots === undefined ? '' : `; the retention of the ${driverName} driver's backups is --keep-backups (keep_backups)`}`, { path: spec.source }))
+  }
   if (spec.systemExcludes === true && driverName !== 'rsync') {
     return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
   }

@@ -238,6 +238,9 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--exclude-from', 'nope.txt'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`the exclude file ${tmp.path}/nope.txt does not exist`) })
     // a retention that cannot be applied is refused before the backup, not after it
     expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-backups', '7d', '--time-zone', 'Mars/Base'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('unknown time zone "Mars/Base"') })
+    // btrfs settings on an rsync job: --keep-snapshots meant as the backups' retention would let the disk fill up
+    expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-snapshots', '3'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringMatching(/--keep-snapshots \(keep_snapshots\): a btrfs setting, but src is backed up by the rsync driver[^\n]*\n {2}hint: leave it out; the retention of the rsync driver's backups is --keep-backups/) })
+    expect(await runCli(['prune', 'src', 'dst', '--state-dir', state, '--keep-backups', '3', '--snapshot-folder', 'x', '--send-protocol', '2'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--snapshot-folder (snapshot_folder), --send-protocol (send_protocol): btrfs settings') })
     expect(await readdir(tmp.path)).not.toContain('dst')
   })
 })
