@@ -211,7 +211,8 @@ Examples:
   bbackup run -n /home /mnt/backup/home           show what would be done`,
   snapshot: `
 Examples:
-  bbackup snapshot /home /mnt/backup/home     a read-only snapshot in /home/.snapshots, nothing sent (btrfs)`,
+  bbackup snapshot /home                      a read-only snapshot in /home/.snapshots, nothing sent (btrfs)
+  bbackup snapshot /home /mnt/backup/home     the same; the job's lock and state are those of /home with its targets`,
   transfer: `
 Examples:
   bbackup transfer /home /mnt/backup/home     send what the target lacks, no pruning
@@ -361,7 +362,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (source !== undefined) {
       const rawTargets = options.rawTarget ?? []
       const pipeTargets = options.pipeTarget ?? []
-      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true) return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
+      // a snapshot alone needs no target (btrbk snapshot; a laptop away from its backup disk)
+      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot') return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
       specs = [{
         source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), ...(pipeTargets.length === 0 ? {} : { pipeTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
@@ -546,7 +548,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           continue
         }
         reports.push(r.value)
-        if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity))
+        if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity, wanted))
         // -q prints only errors and warnings: a failed target is one
         else if (options.json !== true) io.stderr(renderFailures(r.value))
         if (options.backup === true && options.json !== true && verbosity >= 0 && options.dryRun !== true) {

@@ -118,8 +118,11 @@ export const renderFailures = (report: BackupReport): string => {
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`
 }
 
-export const renderReport = (report: BackupReport, verbosity: number): string => {
-  const out = [`${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
+export const renderReport = (report: BackupReport, verbosity: number, stages: { readonly snapshot?: boolean } = {}): string => {
+  const out = [report.targets.length === 0 && stages.snapshot !== false
+    // the snapshot stage alone (bbackup snapshot, run --no-transfer)
+    ? `${report.dryRun ? 'dry run: ' : ''}${report.source}: ${report.dryRun ? 'would take' : 'took'} snapshot ${report.snapshot}, ${(report.durationMs / 1000).toFixed(1)} s`
+    : `${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
   for (const t of report.targets) {
     if (!t.ok) {
       out.push(...failedLines(t, verbosity))
@@ -141,6 +144,7 @@ export const renderReport = (report: BackupReport, verbosity: number): string =>
     if (t.pruneError !== undefined) out.push(...notPrunedLines('', t.pruneError, verbosity, '    '))
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
   }
+  if (report.sourcePruned.length > 0) out.push(`  source snapshots pruned: ${report.sourcePruned.join(', ')}`)
   if (report.sourcePruneError !== undefined) out.push(...notPrunedLines('source snapshots: ', report.sourcePruneError, verbosity, '  '))
   return `${out.join('\n')}\n`
 }

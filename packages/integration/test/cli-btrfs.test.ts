@@ -51,6 +51,16 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
   })
 
+  it('snapshot takes a source snapshot alone, no target needed (btrbk snapshot: a laptop away from its disk); a later run sends it', async () => {
+    expect(await runCli(['snapshot', 'home', '--state-dir', 'state', '-n'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^dry run: \S+home: would take snapshot home\.\d{4}-\d\d-\d\dT\d{6}Z, /) })
+    expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)
+    const took = await runCli(['snapshot', 'home', '--state-dir', 'state'], dir)
+    const [name = ''] = await readdir(join(dir, 'home/.snapshots'))
+    expect(took).toMatchObject({ code: 0, stdout: `${dir}/home: took snapshot ${name}, ${/, ([\d.]+ s)\n$/.exec(took.stdout)?.[1] ?? '?'}\n` })
+    const sent = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--no-snapshot', '--json'], dir)
+    expect(JSON.parse(sent.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: name, mode: 'full' }] }] })
+  })
+
   it('refuses a config whose two jobs would keep their backups in one target under one prefix (two subvolumes named home), as btrbk does', async () => {
     await mkdir(join(dir, 'srv'))
     execFileSync('btrfs', ['subvolume', 'create', join(dir, 'srv/home')])
