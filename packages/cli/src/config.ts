@@ -246,7 +246,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (!Array.isArray(pipeTargets) || !pipeTargets.every((t) => typeof t === 'string' && t.trim() !== '')) {
       return problem(section, 'pipe_targets', 'must be a list of commands', 'pipe_targets = ["zstd | ssh vault \'cat > streams/$BBACKUP_FILE.zst\'"]')
     }
-    if (!Array.isArray(targets) || (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0) || !targets.every((t) => typeof t === 'string')) {
+    // an explicit `targets = []` is a btrfs job of source snapshots alone (btrbk: a subvolume without a target)
+    if (!Array.isArray(targets) || (job.targets === undefined && rawTargets.length === 0 && pipeTargets.length === 0) || !targets.every((t) => typeof t === 'string')) {
       return problem(section, job.targets === undefined ? '' : 'targets', 'targets is missing or not a list of locations', 'targets = ["/mnt/backup/home"]')
     }
     const rawCompress = job.raw_compress

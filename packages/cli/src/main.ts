@@ -362,8 +362,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (source !== undefined) {
       const rawTargets = options.rawTarget ?? []
       const pipeTargets = options.pipeTarget ?? []
-      // a snapshot alone needs no target (btrbk snapshot; a laptop away from its backup disk)
-      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot') return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
+      // a btrfs source's snapshots alone need no target (btrbk snapshot; a laptop away from its backup disk)
+      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot' && only !== 'prune') return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
       specs = [{
         source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), ...(pipeTargets.length === 0 ? {} : { pipeTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,
@@ -402,6 +402,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     for (const spec of specs.map(withSsh)) {
       const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
       if (built.isErr()) return { error: built.error }
+      // only a btrfs source has snapshots of its own to take and prune without a target
+      if (built.value.targets.length === 0 && !built.value.driver.snapshotsSource && options.lockedDests !== true) {
+        return { error: bbError('INVALID_OPTIONS', `no target given${spec.name === undefined ? '' : ` for the job ${spec.name}`}, and ${spec.source} is backed up by the ${built.value.driver.name} driver, which keeps nothing at the source`,
+          `name where the backups go: ${spec.name === undefined ? `bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]` : 'targets = ["/mnt/backup/home"]'}`, { path: spec.source }) }
+      }
       jobs.push(built.value)
       specOf.set(built.value, spec)
     }

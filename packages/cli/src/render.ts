@@ -164,6 +164,10 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   const alone = s.only === 'target'
   const out = alone ? [] : [`${scheduled === undefined ? '' : `${scheduled.job}: `}${s.source} (${s.driver})`]
   if (scheduled !== undefined) out.push(`  ${scheduleLine(scheduled.job, scheduled.timer, now)}`)
+  if (s.snapshots !== undefined) {
+    const newest = s.snapshots.latest
+    out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${formatAge(newest.ageSeconds)} ago)`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
+  }
   for (const t of s.targets) {
     if (!t.reachable) {
       out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)

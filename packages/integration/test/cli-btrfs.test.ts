@@ -61,6 +61,26 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(JSON.parse(sent.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: name, mode: 'full' }] }] })
   })
 
+  it('a job of source snapshots alone: targets = [] in the config (btrbk: a subvolume without a target), prune SOURCE alone; status and --check judge its snapshots', async () => {
+    await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = []\nkeep_snapshots = "1"\n')
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', '-c', 'config.toml', '-q'], dir)).code).toBe(0)
+    const snapshots = await readdir(join(dir, 'home/.snapshots'))
+    expect(snapshots).toHaveLength(1)
+    expect(await runCli(['status', '-c', 'config.toml'], dir)).toMatchObject({ code: 0, stdout: expect.stringContaining(`  source: 1 snapshot, newest ${snapshots[0]} (`) })
+    expect((await runCli(['status', '-c', 'config.toml'], dir)).stdout).toContain('; no target (snapshots only)')
+    await new Promise((r) => setTimeout(r, 1100))
+    expect(await runCli(['status', '-c', 'config.toml', '--check', '--warn-age', '0m'], dir)).toMatchObject({ code: 1, stdout: expect.stringContaining(`home: warning\n  ${dir}/home: the newest snapshot is 0 min old (warning after 0 min)`) })
+    // on the command line: snapshot and prune need no target; a snapshot the journal or a pin needs is kept
+    expect((await runCli(['snapshot', 'home', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const pruned = await runCli(['prune', 'home', '--keep-snapshots', '1', '--state-dir', 'state'], dir)
+    expect(pruned).toMatchObject({ code: 0, stdout: expect.stringContaining(`delete ${snapshots[0]}`) })
+    expect(await readdir(join(dir, 'home/.snapshots'))).toHaveLength(1)
+    // a plain directory has no snapshots of its own: without a target, nothing would be kept anywhere
+    await mkdir(join(dir, 'plain'))
+    await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.plain]\nsource = "plain"\ntargets = []\n')
+    expect(await runCli(['run', '-c', 'config.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`no target given for the job plain, and ${dir}/plain is backed up by the rsync driver, which keeps nothing at the source`) })
+  })
+
   it('refuses a config whose two jobs would keep their backups in one target under one prefix (two subvolumes named home), as btrbk does', async () => {
     await mkdir(join(dir, 'srv'))
     execFileSync('btrfs', ['subvolume', 'create', join(dir, 'srv/home')])

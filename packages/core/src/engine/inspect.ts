@@ -61,6 +61,8 @@ export interface JobStatus {
   readonly targets: readonly TargetStatus[]
   readonly pending: readonly JournalEntry[]
   readonly lock: LockStatus | undefined
+  /** drivers that keep snapshots at the source (btrfs): how many of the job's are there, and the newest */
+  readonly snapshots?: { readonly count: number; readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number } }
   /** `'target'`: the targets were asked alone (no source, journal or lock was read: `pending` is empty, `lock` undefined) */
   readonly only?: 'target'
 }
@@ -108,7 +110,12 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         })
       }
     }
-    const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets }
+    const newestSnapshot = sourceOwn?.at(-1)
+    const snapshots = sourceOwn === undefined ? undefined : {
+      count: sourceOwn.length,
+      ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: Math.round((now - newestSnapshot.time.getTime()) / 1000) } }),
+    }
+    const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }
     if (alone) return ok({ ...base, pending: [], lock: undefined, only: 'target' })
     const journal = await readJournal(job.state.transport, journalPath(job))
     if (journal.isErr()) return err(journal.error)

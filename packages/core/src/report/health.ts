@@ -40,12 +40,18 @@ const verdictOf = (found: readonly Finding[]): JobHealth => ({
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
  * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a target with
  * less than {@link LOW_SPACE_SHARE} of its filesystem free, an outstanding
- * transfer while no run holds the lock, or a stale lock is a warning. The job has the worst.
+ * transfer while no run holds the lock, or a stale lock is a warning. A job without targets (btrfs
+ * source snapshots alone) is judged by its newest snapshot the same way. The job has the worst.
  * @example
  * healthOf(await status(job).unwrapOr(...), DEFAULT_THRESHOLDS) // { verdict: 'ok', reasons: [] }
  */
 export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth => {
   const found: Finding[] = []
+  // a job of source snapshots alone (no target): their age is its health
+  if (s.targets.length === 0 && s.snapshots !== undefined) {
+    if (s.snapshots.latest === undefined) found.push({ verdict: 'critical', reason: `${s.source} has no snapshot` })
+    else found.push(...ageFindings(s.source, 'snapshot', s.snapshots.latest.ageSeconds, thresholds))
+  }
   for (const target of s.targets) {
     // a target shared by several sources, checked on its own: each source's backups by name
     const t = target.prefix === undefined ? target : { ...target, at: `${target.at} (${target.prefix}*)` }
