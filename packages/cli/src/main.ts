@@ -399,8 +399,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
     const jobs: Job[] = []
     const specOf = new Map<Job, JobSpec>()
+    const building = { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) }
     for (const spec of specs.map(withSsh)) {
-      const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
+      const built = await buildJob(spec, building)
       if (built.isErr()) return { error: built.error }
       // only a btrfs source has snapshots of its own to take and prune without a target
       if (built.value.targets.length === 0 && !built.value.driver.snapshotsSource && options.lockedDests !== true) {
@@ -415,7 +416,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const others: { job: Job; spec: JobSpec; selected: false }[] = []
     for (const spec of source === undefined ? otherSpecs : []) {
       if (spec.driver === undefined && parseLocation(spec.source, { cwd: io.cwd }).map((l) => l.kind !== 'local').unwrapOr(true)) continue
-      const built = await buildJob(spec, { cwd: io.cwd, connections, ...(configStateDir === undefined ? {} : { configStateDir }) })
+      const built = await buildJob(spec, building)
       if (built.isOk()) others.push({ job: built.value, spec, selected: false })
     }
     const shared = sharedPlaces([...[...specOf].map(([job, spec]) => ({ job, spec })), ...others])
@@ -831,11 +832,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const found = source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0
           ? await aloneAt(source, options, 'status')
           : undefined
-        const only = found === undefined ? {} : { only: 'target' as const }
+        const targetsOnly = found === undefined ? {} : { only: 'target' as const }
         const jobsOf = (withBlock: boolean) => (found === undefined ? resolveJobs(source, targets, options, withBlock) : 'error' in found ? Promise.resolve(found) : resolveJobs(source, found.raw || source === undefined ? [] : [source], found.options))
         if (options.check === true) {
           const { checkHealth } = await import('./health-check.js')
-          return void (outcome = { code: await checkHealth(io, await jobsOf(true), { ...options, ...only }) })
+          return void (outcome = { code: await checkHealth(io, await jobsOf(true), { ...options, ...targetsOnly }) })
         }
         const resolved = await jobsOf(false)
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
@@ -846,7 +847,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
         const texts: string[] = []
         for (const job of resolved.jobs) {
-          const s = await status(job, only)
+          const s = await status(job, targetsOnly)
           if (s.isErr()) return void (outcome = fail(s.error, options))
           const name = resolved.specOf.get(job)?.name
           const timer = name === undefined ? undefined : await timerOf(name, unitDir)
