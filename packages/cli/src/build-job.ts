@@ -287,18 +287,18 @@ export const withJournalledTargets = async (job: Job, remote: RemoteSpec, connec
   return ok({ job: { ...job, targets: [...job.targets, ...added] }, skipped })
 }
 
-/**
- * Two jobs of a config that would keep their backups (or btrfs source snapshots) in one place under
- * one name prefix: each one's retention would take the other's for its own and delete them, and a
- * btrfs job would lose the parent of its next incremental. btrbk refuses such a config ("will create
- * same backup target"); so does bbackup, before anything runs. The error names both jobs and the place.
- */
 /** a prefix to suggest: a job's name and a dot, for the first of the jobs whose name is not its prefix already */
 const renamed = (prefix: string, names: readonly string[]): string => {
   const name = names.find((n) => `${n}.` !== prefix) ?? names[0] ?? 'job'
   return `in [jobs.${name}]: prefix = "${name}."`
 }
 
+/**
+ * Two jobs of a config that would keep their backups (or btrfs source snapshots) in one place under
+ * one name prefix: each one's retention would take the other's for its own and delete them, and a
+ * btrfs job would lose the parent of its next incremental. btrbk refuses such a config ("will create
+ * same backup target"); so does bbackup, before anything runs. The error names both jobs and the place.
+ */
 export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: JobSpec; readonly selected?: boolean }[]): BbError | undefined => {
   const seen = new Map<string, { readonly name: string; readonly selected: boolean }>()
   for (const { job, spec, selected = true } of jobs) {

@@ -80,6 +80,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const alone = options.only === 'target'
     const source = job.driver.snapshotsSource && !alone ? await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : undefined
     const sourceOwn = source?.isOk() === true ? ownSnapshots(job, source.value) : undefined
+    const ageSeconds = (time: Date): number => Math.round((now - time.getTime()) / 1000)
+    const prefixOf = (name: string): string => parseSnapshotName(name)?.prefix ?? ''
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -89,11 +91,10 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         continue
       }
       const space = await spaceAt(target, options.signal)
-      const prefixOf = (name: string): string => parseSnapshotName(name)?.prefix ?? ''
       // alone, a target shared by several sources (btrbk's home.*, root.*) is told source by source
       const prefixes = alone ? [...new Set(r.value.filter((s) => s.time !== undefined).map((s) => prefixOf(s.name)))].sort() : [job.prefix ?? '']
       for (const [i, prefix] of (prefixes.length === 0 ? [''] : prefixes).entries()) {
-        const own = alone ? r.value.filter((s) => s.complete && s.time !== undefined && prefixOf(s.name) === prefix) : ownSnapshots(job, r.value)
+        const own = ownSnapshots({ ...job, prefix }, r.value)
         const latest = own.at(-1)
         targets.push({
           at,
@@ -101,7 +102,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           reachable: true,
           backups: own.length,
           ...(latest?.time === undefined ? {} : {
-            latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: Math.round((now - latest.time.getTime()) / 1000), health: latest.health },
+            latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health },
           }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own).sends.map((s) => s.snapshot.name) }),
@@ -113,7 +114,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const newestSnapshot = sourceOwn?.at(-1)
     const snapshots = sourceOwn === undefined ? undefined : {
       count: sourceOwn.length,
-      ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: Math.round((now - newestSnapshot.time.getTime()) / 1000) } }),
+      ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: ageSeconds(newestSnapshot.time) } }),
     }
     const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }
     if (alone) return ok({ ...base, pending: [], lock: undefined, only: 'target' })
