@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type Transport } from '@bb/core'
+import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -235,6 +235,7 @@ Examples:
 Examples:
   bbackup prune /home /mnt/backup/home --keep-backups 10 -n     show what would be deleted and why
   bbackup prune -j home
+  bbackup prune /mnt/backup/home --keep-backups '7d 4w'   a directory of rsync backups alone, source by source
   bbackup prune -b /srv/backy/vm1 -n      block: the schedule's expiry now (after a change of schedule)`,
   distrust: `
 Examples:
@@ -593,11 +594,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     parseLocation(place, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
 
   /**
-   * One place named alone (`list PLACE`, `status PLACE`): the options that read it as a directory of
+   * One place named alone (`list PLACE`, `status PLACE`, `prune PLACE`): the options that read it as a directory of
    * backups (rsync, btrfs, raw streams), or as a btrfs source (the subvolume or its snapshot folder);
    * an error when it is neither.
    */
-  const aloneAt = async (place: string, options: CommonOptions, command: 'list' | 'status'): Promise<{ options: CommonOptions; driver: string; raw: boolean; holdsBackups: boolean } | { error: BbError }> => {
+  const aloneAt = async (place: string, options: CommonOptions, command: 'list' | 'status' | 'prune'): Promise<{ options: CommonOptions; driver: string; raw: boolean; holdsBackups: boolean } | { error: BbError }> => {
     const at = await placeOf(place, options)
     if (at.isErr()) return { error: at.error }
     const there = await at.value.stat(at.value.location.path)
@@ -606,10 +607,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (there.value === undefined) return { error: bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }) }
     const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
     if (!holdsBackups && (driver !== 'btrfs' || command === 'status')) {
-      return { error: bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups${command === 'list' ? ' (nor is it a btrfs subvolume with snapshots)' : driver === 'btrfs' ? ' (it is a btrfs subvolume: a source, whose status is that of its targets)' : ''}`,
-        command === 'list'
-          ? 'name the targets: bbackup list SOURCE TARGET…, or one directory of backups alone: bbackup list /mnt/backup/home'
-          : `name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone: bbackup status /mnt/backup/home${driver === 'btrfs' ? `; its snapshots: bbackup list ${place}` : ''}`,
+      return { error: bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups${command === 'status' ? driver === 'btrfs' ? ' (it is a btrfs subvolume: a source, whose status is that of its targets)' : '' : ' (nor is it a btrfs subvolume with snapshots)'}`,
+        command === 'status'
+          ? `name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone: bbackup status /mnt/backup/home${driver === 'btrfs' ? `; its snapshots: bbackup list ${place}` : ''}`
+          : `name the targets: bbackup ${command} SOURCE TARGET…, or one directory of backups alone: bbackup ${command} /mnt/backup/home${command === 'prune' ? ' --keep-backups …' : ''}`,
         { path: place }) }
     }
     return { options: { ...options, driver: options.driver ?? driver, ...(raw ? { rawTarget: [place] } : {}), ...(holdsBackups && driver === 'btrfs' && !raw ? { snapshotFolder: '.' } : {}) }, driver, raw, holdsBackups }
@@ -679,8 +680,43 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return fail({ ...r.error, message: `${command} (${hook.phase} exec): ${r.error.message}` }, options)
   }
 
+  /**
+   * `prune PLACE` where PLACE is a directory of rsync backups (rotate-backups' use, on the backup
+   * server): one job per source whose backups it holds (by the names' prefix, or the one -p names),
+   * so that one source's backups never count against another's. A directory of btrfs backups or raw
+   * streams needs its source: the parent of the next incremental must stay. undefined when PLACE
+   * holds no backups (a btrfs source's own snapshots are pruned as a job without targets).
+   */
+  const pruneAloneAt = async (place: string, options: CommonOptions): Promise<{ jobs: Job[]; transactionLog?: string } | { error: BbError } | undefined> => {
+    if ((options.rawTarget ?? []).length > 0 || (options.pipeTarget ?? []).length > 0 || options.config !== undefined || options.job !== undefined) return undefined
+    const found = await aloneAt(place, options, 'prune')
+    if ('error' in found) return found
+    const { driver, raw, holdsBackups } = found
+    if (!holdsBackups) return undefined
+    if (driver !== 'rsync' || raw) {
+      return { error: bbError('INVALID_OPTIONS', `${place} holds ${raw ? 'btrfs send streams' : 'btrfs backups'}: pruning them alone could delete the parent of the next incremental, which only the source knows`,
+        `name the source too: bbackup prune SOURCE ${place} --keep-backups …`, { path: place }) }
+    }
+    const general = await resolveJobs(place, [place], { ...options, driver: 'rsync' })
+    if ('error' in general) return general
+    const prefix = options.prefix ?? options.snapshotPrefix
+    const held = prefix === undefined ? await list(general.jobs[0] as Job, { only: 'target' }) : undefined
+    if (held?.isErr() === true) return { error: held.error }
+    const prefixes = prefix === undefined
+      ? [...new Set((held?.unwrapOr([]) ?? []).flatMap((l) => l.snapshots).filter((s) => s.complete && s.time !== undefined).map((s) => parseSnapshotName(s.name)?.prefix ?? ''))].sort()
+      : [prefix]
+    const jobs: Job[] = []
+    for (const p of prefixes.length === 0 ? [''] : prefixes) {
+      const r = await resolveJobs(place, [place], { ...options, driver: 'rsync', prefix: p })
+      if ('error' in r) return r
+      jobs.push(...r.jobs)
+    }
+    return { jobs, ...(general.transactionLog === undefined ? {} : { transactionLog: general.transactionLog }) }
+  }
+
   const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<Outcome> => {
-    const resolved = await resolveJobs(source, targets, options)
+    const alone = source !== undefined && targets.length === 0 ? await pruneAloneAt(source, options) : undefined
+    const resolved = alone ?? await resolveJobs(source, targets, options)
     if ('error' in resolved) return fail(resolved.error, options)
     for (const job of resolved.jobs) {
       if (job.retention?.target === undefined && job.retention?.source === undefined) {
@@ -691,6 +727,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if ('error' in opened) return fail(opened.error, options)
     const { log } = opened
     let code: number = EXIT.ok
+    // with --json, one array of every job's results (what came before a failure too)
+    const results: PruneResult[] = []
     try {
       for (const job of resolved.jobs) {
         const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
@@ -699,10 +737,12 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           code = fail(r.error, options).code
           return { code }
         }
-        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderPrune(r.value, options.dryRun === true))
+        if (options.json === true) results.push(...r.value)
+        else io.stdout(renderPrune(r.value, options.dryRun === true))
       }
       return { code }
     } finally {
+      if (options.json === true && results.length > 0) io.stdout(`${JSON.stringify(results, null, 2)}\n`)
       log?.finish(code === EXIT.ok ? 'success' : 'ERROR')
     }
   }

@@ -119,6 +119,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await runCli(['status', 'backup'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^${dir}/backup \\(btrfs\\) home\\.\\*: 1 backup, newest ${first} \\(\\d+ s ago\\)\n {2}space: .*\n$`)) })
     expect(await runCli(['status', 'home'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('it is a btrfs subvolume: a source') })
     expect((await runCli(['status', 'home'], dir)).stderr).toContain('its snapshots: bbackup list home')
+    // received backups are not pruned alone: only the source knows the parent of the next incremental
+    expect(await runCli(['prune', 'backup', '--keep-backups', '1'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`backup holds btrfs backups: pruning them alone could delete the parent of the next incremental, which only the source knows\n  hint: name the source too: bbackup prune SOURCE backup --keep-backups …`) })
 
     // the newest snapshot never reached the target: it is restored from the source
     expect(await runCli(['restore', 'home', 'latest', 'r1'], dir)).toMatchObject({ code: 0, stdout: `restored ${second} to r1\n` })

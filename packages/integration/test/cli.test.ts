@@ -193,11 +193,16 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
       const metrics = join(tmp.path, 'bbackup.prom')
       const r = await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-backups', '1', '-q', '--metrics-file', metrics], tmp.path)
       expect(r.code).toBe(10)
-      expect(r.stderr).toMatch(new RegExp(`dst: NOT PRUNED: could not remove \\S+${old}\n {2}hint: remove it by hand`))
+      expect(r.stderr).toMatch(new RegExp(`dst: NOT PRUNED: could not remove \\S+trash/${old}\n {2}hint: it is no longer a backup: the next prune tries again`))
       // the new backup went over
       expect((await backups()).filter((n) => n !== old)).toHaveLength(1)
       const success = parsePrometheus(await readFile(metrics, 'utf8')).find((f) => f.name === 'bbackup_run_success')
       expect(success?.metrics[0]).toMatchObject({ value: '0' })
+      // once the filesystem is gone, the next prune removes what is left of the old backup, and its record
+      execFileSync('umount', [join(tmp.path, 'dst/.bbackup/trash', old, 'b')])
+      expect(await runCli(['prune', 'dst', '--keep-backups', '1', '-q'], tmp.path)).toMatchObject({ code: 0 })
+      expect(await readdir(join(tmp.path, 'dst/.bbackup/trash'))).toEqual([])
+      expect(existsSync(join(tmp.path, 'dst/.bbackup', `${old}.json`))).toBe(false)
     } finally {
       // wherever the old backup was moved to before its removal failed
       const mounts = execFileSync('findmnt', ['-rn', '-o', 'TARGET'], { encoding: 'utf8' }).split('\n').filter((m) => m.startsWith(tmp.path))
@@ -223,6 +228,26 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const r = await runCli(['prune', 'src', 'dst', '--state-dir', state, '--keep-backups', '1', '-n'], tmp.path)
     expect(r.code).toBe(0)
     expect(r.stdout).toMatch(/would delete 1 of 2\n {2}delete \S+ {2}not kept by the count policy\n {2}keep {3}\S+ {2}keepLast: 1 of 1 newest; protected: the newest snapshot/)
+  })
+
+  it('prunes a directory of backups alone (rotate-backups on the backup server), each source by its prefix', async () => {
+    for (const prefix of ['', '', 'laptop-', 'laptop-']) {
+      expect((await runCli(['run', 'src', 'dst', '-p', prefix, '--state-dir', join(tmp.path, `state${prefix}`), '-q'], tmp.path)).code).toBe(0)
+    }
+    const backups = async (): Promise<string[]> => (await readdir(join(tmp.path, 'dst'))).filter((n) => /\d{4}-/.test(n)).sort()
+    const [, own, , laptop] = await backups()
+    // one source's backups never count against another's: one of each is kept, not one in all
+    const plan = await runCli(['prune', 'dst', '--keep-backups', '1', '-n'], tmp.path)
+    expect(plan).toMatchObject({ code: 0, stdout: expect.stringMatching(/would delete 1 of 2\n[\s\S]*would delete 1 of 2\n/) })
+    expect(await backups()).toHaveLength(4)
+    const json = JSON.parse((await runCli(['prune', 'dst', '--keep-backups', '1', '--json'], tmp.path)).stdout) as { deleted: string[] }[]
+    expect(json.flatMap((r) => r.deleted)).toHaveLength(2)
+    expect(await backups()).toEqual([own, laptop].sort())
+    // -p: one source's alone
+    expect((await runCli(['prune', 'dst', '--keep-backups', '1', '-p', 'laptop-'], tmp.path)).stdout).toBe(`${tmp.path}/dst: deleted 0 of 1\n  keep   ${laptop}  keepLast: 1 of 1 newest; protected: the newest snapshot; protected: the newest healthy backup (the next run links against it)\n`)
+    expect(await runCli(['prune', 'dst'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no retention policy') })
+    expect(await runCli(['prune', 'src', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given, and src holds no backups (nor is it a btrfs subvolume with snapshots)\n  hint: name the targets: bbackup prune SOURCE TARGET…, or one directory of backups alone: bbackup prune /mnt/backup/home --keep-backups …') })
+    expect(await runCli(['prune', 'gone', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('gone does not exist') })
   })
 
   it('answers usage errors with exit 2 and a hint', async () => {

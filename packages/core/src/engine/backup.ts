@@ -137,7 +137,7 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 
 /** Retention at a target after its transfer; in a dry run, a target whose directory the run would make holds nothing to prune. */
 const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
-  const r = await pruneAt(job, target, policy, options)
+  const r = await pruneAt(job, target, 'target', policy, options)
   if (r.isErr() && options.dryRun === true && (await notMadeYet(target))) {
     return ok({ at: formatLocation(target.location), decisions: [], deleted: [], kept: 0, commands: [] })
   }
@@ -295,7 +295,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const sourcePolicy = job.retention?.source
   // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
   if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false) {
-    const pruned = await pruneAt(job, job.source, sourcePolicy, options)
+    const pruned = await pruneAt(job, job.source, 'source', sourcePolicy, options)
     if (pruned.isErr()) sourcePruneError = pruned.error
     else sourcePruned = [...pruned.value.deleted]
   }

@@ -25,9 +25,9 @@ export interface PruneResult {
  * Applies a policy at one place. Kept whatever the policy says: the newest snapshot, the newest
  * healthy one (the next run's parent), everything the journal holds and its parents.
  */
-export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
+export const pruneAt = async (job: Job, at: Transport, side: 'source' | 'target', policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
   const where = formatLocation(at.location)
-  const listed = await job.driver.listSnapshots({ at, side: at === job.source ? 'source' : 'target', signal: options.signal })
+  const listed = await job.driver.listSnapshots({ at, side, signal: options.signal })
   if (listed.isErr()) return err(listed.error)
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
@@ -38,7 +38,7 @@ export const pruneAt = async (job: Job, at: Transport, policy: RetentionPolicy, 
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
   }
   const newestHealthy = own.filter((s) => s.health !== 'errors').at(-1)
-  if (at === job.source) {
+  if (side === 'source') {
     if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest snapshot' })
     // the parent of each target's next incremental, also of targets that are offline now
     const pins = await readPins(job.state.transport, pinsPath(job))
@@ -93,15 +93,15 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
 export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
   const fits = retentionFits(job)
   if (fits.isErr()) return errAsync(fits.error)
-  const places: [Transport, RetentionPolicy][] = [
-    ...job.targets.map((t): [Transport, RetentionPolicy | undefined] => [t, job.retention?.target]),
-    ...(job.driver.snapshotsSource ? [[job.source, job.retention?.source] as [Transport, RetentionPolicy | undefined]] : []),
-  ].filter((p): p is [Transport, RetentionPolicy] => p[1] !== undefined)
+  const places: [Transport, 'source' | 'target', RetentionPolicy][] = [
+    ...job.targets.map((t): [Transport, 'source' | 'target', RetentionPolicy | undefined] => [t, 'target', job.retention?.target]),
+    ...(job.driver.snapshotsSource ? [[job.source, 'source', job.retention?.source] as [Transport, 'source' | 'target', RetentionPolicy | undefined]] : []),
+  ].filter((p): p is [Transport, 'source' | 'target', RetentionPolicy] => p[2] !== undefined)
   connectHosts(places.map(([at]) => at), options.signal)
   return new ResultAsync(withJobLock(job, options, async () => {
     const results: PruneResult[] = []
-    for (const [at, policy] of places) {
-      const r = await pruneAt(job, at, policy, options)
+    for (const [at, side, policy] of places) {
+      const r = await pruneAt(job, at, side, policy, options)
       if (r.isErr()) return err(r.error)
       results.push(r.value)
     }

@@ -82,6 +82,13 @@ export const recordPath = (dir: string, name: string): string => join(dir, recor
  */
 export const markerPath = (dir: string, name: string): string => join(dir, markerFile(name))
 /** whether `path` names an entry directly inside `dir` ('' is a module's root) */
+/** The names in a target's trash: backups an earlier prune moved out but could not remove. */
+const leftovers = async (at: Transport, trash: string): Promise<string[]> => {
+  const there = await at.stat(trash)
+  if (there.isErr() || there.value?.kind !== 'directory') return []
+  return (await at.list(trash)).map((entries) => entries.map((e) => e.name)).unwrapOr([])
+}
+
 const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
 
 /**
@@ -372,11 +379,24 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const dir = at.location.path
     const trash = join(dir, META, 'trash')
     const commands: string[][] = []
+    const rm = (path: string): ResultAsync<void, BbError> => {
+      const argv = ['rm', '-rf', '--one-file-system', '--', path]
+      commands.push(argv)
+      return at.exec(argv, signal === undefined ? {} : { signal })
+        .andThen((res) => (res.exitCode === 0 ? ok(undefined) : err(bbError('COMMAND_FAILED', `could not remove ${path}`, 'it is no longer a backup: the next prune tries again, or remove it by hand (a filesystem mounted inside it is left alone: unmount it first)', { stderr: res.stderr }))))
+    }
     const run = async (): Promise<Result<string[][], BbError>> => {
-      if (snapshots.length === 0) return ok(commands)
+      // what an earlier prune moved out of the backups but could not remove: removed now, before the rest
+      const leftover = dryRun || at.filesOnly === true ? [] : await leftovers(at, trash)
+      if (snapshots.length === 0 && leftover.length === 0) return ok(commands)
       if (!dryRun && at.filesOnly !== true) {
         const made = await at.mkdir(join(dir, META)).andThen(() => at.mkdir(trash))
         if (made.isErr()) return err(made.error)
+      }
+      let failed: BbError | undefined
+      for (const name of leftover) {
+        const r = await rm(join(trash, name)).andThen(() => at.remove(recordPath(dir, name)))
+        if (r.isErr()) failed ??= r.error
       }
       for (const s of snapshots) {
         if (!s.complete || !directlyIn(s.path, dir)) return err(bbError('INVALID_OPTIONS', `refusing to delete ${s.path}: not a complete backup in ${dir}`, 'this is a bug in bbackup; please report it'))
@@ -387,16 +407,16 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         }
         // moved out of the backups first, so that a crash mid-delete never leaves a half tree that looks complete
         const doomed = join(trash, s.name)
-        const argv = ['rm', '-rf', '--one-file-system', '--', doomed]
-        commands.push(argv)
-        if (dryRun) continue
+        if (dryRun) {
+          commands.push(['rm', '-rf', '--one-file-system', '--', doomed])
+          continue
+        }
         const r = await at.rename(s.path, doomed)
-          .andThen(() => at.exec(argv, signal === undefined ? {} : { signal }))
-          .andThen((res) => (res.exitCode === 0 ? ok(undefined) : err(bbError('COMMAND_FAILED', `could not remove ${doomed}`, 'remove it by hand; it is no longer a backup', { stderr: res.stderr }))))
+          .andThen(() => rm(doomed))
           .andThen(() => at.remove(recordPath(dir, s.name)))
         if (r.isErr()) return err(r.error)
       }
-      return ok(commands)
+      return failed === undefined ? ok(commands) : err(failed)
     }
     return new ResultAsync(run())
   }
