@@ -86,6 +86,8 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     // a directory shared by two sources (by prefix) is told source by source, the space once
     expect((await runCli(['run', 'src', 'dst', '-p', 'laptop-', '--state-dir', join(tmp.path, 'state2'), '-q'], tmp.path)).code).toBe(0)
     expect((await runCli(['status', 'dst'], tmp.path)).stdout).toMatch(new RegExp(`^\\S+dst \\(rsync\\): 1 backup, newest ${name} .*\n {2}space: .*\n\\S+dst \\(rsync\\) laptop-\\*: 1 backup, newest laptop-\\d{4}.*\n$`))
+    // a prefix that none of them has is named as the mistake, with the ones there
+    expect(await runCli(['verify', 'src', 'dst', '-p', 'desktop-'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining(`dst has no complete backup of this source (names starting desktop-), only other sources' (no prefix, laptop-…)\n  hint: give the prefix of the source with -p`) })
     // a monitoring check of a backup disk that is not there: critical, not "unknown"
     expect(await runCli(['status', 'gone', '--check'], tmp.path)).toMatchObject({ code: 2, stdout: expect.stringMatching(/^BBACKUP CRITICAL - \S*gone does not exist/) })
     // a host that cannot be reached is that (a warning for a check), not a place without backups

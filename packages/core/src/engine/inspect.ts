@@ -152,6 +152,16 @@ export const findSnapshot = (
     const mine = ownSnapshots(job, own)
     const names = (mine.length > 0 ? mine : own).map((s) => s.name)
     const what = options.side === 'source' ? 'snapshot' : 'backup'
+    if ((name === undefined || name === 'latest') && mine.length === 0 && names.length > 0) {
+      // another source's backups only: the prefix is the mistake, not a missing backup
+      const others = [...new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))].sort().map((p) => (p === '' ? 'no prefix' : `${p}…`))
+      return err(bbError(
+        'SNAPSHOT_NOT_FOUND',
+        `${formatLocation(at.location)} has no complete ${what} of this source (${job.prefix === undefined || job.prefix === '' ? 'names without a prefix' : `names starting ${job.prefix}`}), only other sources' (${others.join(', ')})`,
+        `give the prefix of the source with -p (bbackup list ${formatLocation(at.location)} shows them)`,
+        { at: formatLocation(at.location), newest: names.at(-1) },
+      ))
+    }
     return err(bbError(
       'SNAPSHOT_NOT_FOUND',
       name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete ${what}` : `no complete ${what} named ${name} at ${formatLocation(at.location)}`,
