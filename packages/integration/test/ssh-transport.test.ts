@@ -299,7 +299,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     try {
       const e = (await sshTransport(location(dir.path), own, options()).exec(['true']))._unsafeUnwrapErr()
       expect(e.code).toBe('HOSTKEY_CHANGED')
-      expect(e.hint).toContain(`ssh-keygen -R '[127.0.0.1]:${sshd.port}'`)
+      // the known_hosts file bbackup was given, not ~/.ssh/known_hosts, is the one to fix
+      expect(e.hint).toContain(`ssh-keygen -f ${sshd.knownHostsFile} -R '[127.0.0.1]:${sshd.port}' && ssh-keyscan -p ${sshd.port} 127.0.0.1 >> ${sshd.knownHostsFile}`)
     } finally {
       await own.close()
     }

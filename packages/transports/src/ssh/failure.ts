@@ -28,7 +28,7 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   const details = { host: endpoint.display, argv: [...result.argv], stderr }
   if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/.test(stderr)) {
     return bbError('HOSTKEY_CHANGED', `the host key of ${endpoint.display} has CHANGED since it was trusted: refusing to connect (this can be an attack)`,
-      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen -R '${knownHostsName(endpoint)}' && ${keyscan(endpoint)}`, details)
+      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen ${endpoint.knownHostsFile === undefined ? '' : `-f ${endpoint.knownHostsFile} `}-R '${knownHostsName(endpoint)}' && ${keyscan(endpoint)}`, details)
   }
   if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
     return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,
