@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, existsSync, readFileSync } from 'node:fs'
 import { readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -260,6 +260,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
       expect(noKey).toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${missing} does not exist` })
       const directory = (await sshTransport(location(dir.path), own, { identityFile: dir.path, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr()
       expect(directory).toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${dir.path} cannot be read` })
+      // what ssh would only warn about, then fail to log in: a key others can read, the public half
+      const open = join(dir.path, 'open_key')
+      copyFileSync(sshd.identityFile, open)
+      chmodSync(open, 0o644)
+      expect((await sshTransport(location(dir.path), own, { identityFile: open, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr())
+        .toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${open} can be read by others (mode 644): ssh does not use such a key`, hint: `chmod 600 ${open}` })
+      const publicHalf = `${sshd.identityFile}.pub`
+      expect((await sshTransport(location(dir.path), own, { identityFile: publicHalf, knownHostsFile: sshd.knownHostsFile }).exec(['true']))._unsafeUnwrapErr())
+        .toMatchObject({ code: 'INVALID_OPTIONS', message: `the ssh identity file ${publicHalf} is a public key`, hint: `give its private half: ${sshd.identityFile}` })
       const bogus = (await sshTransport(location(dir.path), own, { ...options(), options: ['Bogus=1'] }).exec(['true']))._unsafeUnwrapErr()
       expect(bogus).toMatchObject({ code: 'INVALID_OPTIONS', message: "ssh does not accept the option 'bogus' (given with --ssh-option or ssh_options)" })
       const port = (await sshTransport(location(dir.path), own, { ...options(), options: ['Port=abc'] }).exec(['true']))._unsafeUnwrapErr()

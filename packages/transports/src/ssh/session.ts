@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
-import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { accessSync, closeSync, constants, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -140,6 +140,8 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
     return err(bbError('INVALID_OPTIONS', `the ssh identity file ${options.identityFile} ${existsSync(expandHome(options.identityFile)) ? 'cannot be read' : 'does not exist'}`,
       'give the private key that logs in (--ssh-identity or ssh_identity), e.g. /root/.ssh/id_ed25519', { path: options.identityFile }))
   }
+  const unusable = options.identityFile === undefined ? undefined : unusableKey(options.identityFile)
+  if (unusable !== undefined) return err(unusable)
   return ok([
     'Host *',
     // the user and port written in the location are the most specific: before the -o options
@@ -166,6 +168,37 @@ const configText = (location: SshLocation, options: SshOptions, controlPath: str
 
 /** A path as ssh reads it: a leading `~/` is the home directory. */
 const expandHome = (path: string): string => (path.startsWith('~/') ? join(homedir(), path.slice(2)) : path)
+
+/**
+ * What ssh would only warn about and then log in without: a private key that others can read (ssh
+ * ignores it), or the public half given for the private one.
+ */
+const unusableKey = (path: string): TransportError | undefined => {
+  if (path.includes('%')) return undefined
+  const file = expandHome(path)
+  try {
+    const st = statSync(file)
+    const buffer = Buffer.alloc(64)
+    const fd = openSync(file, 'r')
+    let length: number
+    try {
+      length = readSync(fd, buffer, 0, buffer.length, 0)
+    } finally {
+      closeSync(fd)
+    }
+    const head = buffer.subarray(0, length).toString('latin1')
+    if (/^(ssh-|ecdsa-sha2-|sk-)\S+ AAAA/.test(head)) {
+      return bbError('INVALID_OPTIONS', `the ssh identity file ${path} is a public key`, `give its private half${path.endsWith('.pub') ? `: ${path.slice(0, -'.pub'.length)}` : ' (the file without .pub)'}`, { path })
+    }
+    // ssh's own rule (sshkey_perm_ok): a key of this user that its group or others may read is not used
+    if (st.uid === process.getuid?.() && (st.mode & 0o077) !== 0) {
+      return bbError('INVALID_OPTIONS', `the ssh identity file ${path} can be read by others (mode ${(st.mode & 0o777).toString(8)}): ssh does not use such a key`, `chmod 600 ${path}`, { path })
+    }
+  } catch {
+    return undefined
+  }
+  return undefined
+}
 
 /** Whether ssh can read a key file; a path with ssh's `%` tokens is left to ssh. */
 const readable = (path: string): boolean => {
