@@ -16,6 +16,9 @@ describe('snapshot names', () => {
     const time = new Date('2026-11-23T00:15:00Z')
     expect(uniqueSnapshotName({ time, existing: [] })).toBe('2026-11-23T001500Z')
     expect(uniqueSnapshotName({ time, existing: ['2026-11-23T001500Z', '2026-11-23T001500Z_1'] })).toBe('2026-11-23T001500Z_2')
+    // after the highest of that second, also when the plain one is gone: the new one sorts last
+    expect(uniqueSnapshotName({ time, existing: ['2026-11-23T001500Z_1'] })).toBe('2026-11-23T001500Z_2')
+    expect(uniqueSnapshotName({ time, existing: ['2026-11-23T001500Z_3', 'x2026-11-23T001500Z_9', '2026-11-23T001500Z_x'] })).toBe('2026-11-23T001500Z_4')
     expect(parseSnapshotName('2026-11-23T001500Z_2')?.sequence).toBe(2)
   })
 

@@ -215,6 +215,20 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(await readdir(join(target, '.bbackup/trash'))).toEqual([])
   })
 
+  it('never prunes the backup the run just made: one made in the same second as the others sorts after them, one under a clock set back is kept', async () => {
+    const job = rsyncJob({ source, targets: [target], state, retention: { target: { keepLast: 1 } } })
+    const second = at('2026-11-23T10:00:00Z')
+    for (let i = 0; i < 3; i++) ok(await backup(job, { now: second }))
+    // _1 pruned the plain name: the third is _2 (not the plain name again, which would sort before _1 and be pruned at once)
+    expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z_2'])
+    expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T100000Z_2')
+    // the clock was set back an hour: the new backup sorts older than the last one, and stays
+    const report = ok(await backup(job, { now: at('2026-11-23T09:00:00Z') }))
+    expect(report.targets[0]?.pruned).toEqual([])
+    expect(await backupsIn(target)).toEqual(['2026-11-23T090000Z', '2026-11-23T100000Z_2'])
+    expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T090000Z')
+  })
+
   it('restores a whole backup or one path, and never overwrites', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

@@ -136,8 +136,8 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 })
 
 /** Retention at a target after its transfer; in a dry run, a target whose directory the run would make holds nothing to prune. */
-const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
-  const r = await pruneAt(job, target, 'target', policy, options)
+const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions, made: readonly string[]): Promise<Result<PruneResult, BbError>> => {
+  const r = await pruneAt(job, target, 'target', policy, options, made)
   if (r.isErr() && options.dryRun === true && (await notMadeYet(target))) {
     return ok({ at: formatLocation(target.location), decisions: [], deleted: [], kept: 0, commands: [] })
   }
@@ -295,7 +295,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const sourcePolicy = job.retention?.source
   // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
   if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false) {
-    const pruned = await pruneAt(job, job.source, 'source', sourcePolicy, options)
+    const pruned = await pruneAt(job, job.source, 'source', sourcePolicy, options, sourceSnapshot === undefined ? [] : [sourceSnapshot.name])
     if (pruned.isErr()) sourcePruneError = pruned.error
     else sourcePruned = [...pruned.value.deleted]
   }
@@ -404,7 +404,7 @@ const backupToTarget = async (
   let commands = [...outcome.commands]
   const policy = job.retention?.target
   if (policy !== undefined && options.prune !== false) {
-    const r = await pruneTarget(job, target, policy, options)
+    const r = await pruneTarget(job, target, policy, options, [outcome.snapshot])
     if (r.isErr()) pruneError = r.error
     else {
       pruned = r.value.deleted
@@ -641,7 +641,7 @@ const sendSnapshots = async (
     let pruneError: BbError | undefined
     const policy = job.retention?.target
     if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
-      const r = await pruneTarget(job, lane.target, policy, options)
+      const r = await pruneTarget(job, lane.target, policy, options, lane.sent.map((x) => x.snapshot))
       if (r.isErr()) pruneError = r.error
       else {
         pruned = r.value.deleted

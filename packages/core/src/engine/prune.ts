@@ -23,16 +23,18 @@ export interface PruneResult {
 
 /**
  * Applies a policy at one place. Kept whatever the policy says: the newest snapshot, the newest
- * healthy one (the next run's parent), everything the journal holds and its parents.
+ * healthy one (the next run's parent), everything the journal holds and its parents, and `made`
+ * (the snapshots or backups the calling run made).
  */
-export const pruneAt = async (job: Job, at: Transport, side: 'source' | 'target', policy: RetentionPolicy, options: RunOptions): Promise<Result<PruneResult, BbError>> => {
+export const pruneAt = async (job: Job, at: Transport, side: 'source' | 'target', policy: RetentionPolicy, options: RunOptions, made: readonly string[] = []): Promise<Result<PruneResult, BbError>> => {
   const where = formatLocation(at.location)
   const listed = await job.driver.listSnapshots({ at, side, signal: options.signal })
   if (listed.isErr()) return err(listed.error)
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
   const own = ownSnapshots(job, listed.value)
-  const protect: Protection[] = []
+  // what this run made is never its retention's to delete, even where it sorts older (a clock set back)
+  const protect: Protection[] = made.map((name) => ({ name, reason: 'made by this run' }))
   for (const entry of journal.value.entries) {
     protect.push({ name: entry.snapshot, reason: `a pending transfer to ${entry.target} needs it` })
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })

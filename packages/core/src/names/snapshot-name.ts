@@ -37,14 +37,18 @@ export const formatSnapshotName = (options: { readonly prefix?: string; readonly
 
 /**
  * A name for a new snapshot that collides with none of `existing` (pass the names of unfinished
- * copies too): the plain name, else the first free `_N` suffix.
+ * copies too): the plain name, else the `_N` suffix after the highest one of that second, so that
+ * the new snapshot sorts after every one made in the same second before it (also when an older one
+ * of them is gone).
  */
 export const uniqueSnapshotName = (options: { readonly prefix?: string; readonly time: Date; readonly existing: Iterable<string> }): string => {
-  const taken = new Set(options.existing)
-  for (let sequence = 0; ; sequence++) {
-    const name = formatSnapshotName({ ...options, sequence })
-    if (!taken.has(name)) return name
+  const plain = formatSnapshotName({ ...options, sequence: 0 })
+  let highest = -1
+  for (const name of options.existing) {
+    const suffix = name === plain ? '0' : name.startsWith(`${plain}_`) ? name.slice(plain.length + 1) : undefined
+    if (suffix !== undefined && /^\d+$/.test(suffix)) highest = Math.max(highest, Number(suffix))
   }
+  return formatSnapshotName({ ...options, sequence: highest + 1 })
 }
 
 interface Fields {
