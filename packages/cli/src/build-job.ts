@@ -126,6 +126,26 @@ const sameKindAsTargets = async (source: string, detected: DriverChoice, targets
   return ok(undefined)
 }
 
+/**
+ * A job without the defaults of the config's top level that its driver has no use for: a default
+ * `keep_snapshots` is for the btrfs jobs, `exclude` for the rsync jobs, the `raw_*` settings for the
+ * jobs with raw targets. The job's own settings are all kept (and refused when they do not apply).
+ */
+const applicable = (spec: JobSpec, driver: DriverChoice): JobSpec => {
+  const inherited = new Set(spec.inherited ?? [])
+  if (inherited.size === 0) return spec
+  const field = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase())
+  const unused = [
+    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'send_protocol', 'compressed_data']),
+    ...(driver === 'btrfs' && (spec.rawTargets ?? []).length > 0 ? [] : ['raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every']),
+    ...(driver === 'rsync' ? [] : ['system_excludes', 'exclude', 'exclude_from', 'rsync_options']),
+  ].filter((key) => inherited.has(key))
+  const kept: Record<string, unknown> = { ...spec }
+  // (the rsync filters are lists, empty when not given)
+  for (const key of unused) kept[field(key)] = ['exclude', 'exclude_from', 'rsync_options'].includes(key) ? [] : undefined
+  return Object.fromEntries(Object.entries(kept).filter(([, value]) => value !== undefined)) as unknown as JobSpec
+}
+
 const blockVolumeOnly = (source: string): BbError =>
   bbError('UNSUPPORTED', `${source} is an image file or device: it is backed up as a block volume, with its own backup directory, not by run/snapshot/transfer`,
     `create the volume once with bbackup init -b DIR ${source}, then run bbackup backup -b DIR (docs/drivers/block.md)`)
@@ -134,13 +154,14 @@ const blockVolumeOnly = (source: string): BbError =>
  * Turns a job spec into an engine Job. Drivers and transports are imported here, when a command
  * runs, so that `bbackup --help` loads none of them.
  */
-export const buildJob = async (spec: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string; readonly connections: Connections }): Promise<Result<Job, BbError>> => {
-  const source = parseLocation(spec.source, { cwd: options.cwd })
+export const buildJob = async (given: JobSpec, options: { readonly configStateDir?: string; readonly cwd: string; readonly connections: Connections }): Promise<Result<Job, BbError>> => {
+  const source = parseLocation(given.source, { cwd: options.cwd })
   if (source.isErr()) return err(source.error)
-  const seen = await transportFor(source.value, spec, options.connections, spec.driver)
+  const seen = await transportFor(source.value, given, options.connections, given.driver)
   if (seen.isErr()) return err(seen.error)
-  const detected = spec.driver === undefined ? await detectDriver(seen.value) : undefined
-  const driverName = spec.driver ?? detected?.driver ?? 'rsync'
+  const detected = given.driver === undefined ? await detectDriver(seen.value) : undefined
+  const driverName = given.driver ?? detected?.driver ?? 'rsync'
+  const spec = applicable(given, driverName)
   // with sudo, a local source runs the commands of the driver it turned out to need
   const sourceTransport = spec.driver === undefined && spec.sudo === true && source.value.kind === 'local' ? await transportFor(source.value, spec, options.connections, driverName) : seen
   if (sourceTransport.isErr()) return err(sourceTransport.error)

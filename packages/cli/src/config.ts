@@ -13,6 +13,8 @@ export type DriverChoice = 'rsync' | 'btrfs' | 'block'
 /** A job as the CLI runs it, from the command line or one `[jobs.NAME]` table. */
 export interface JobSpec {
   readonly name?: string
+  /** the config keys this job took from the top level (defaults): one that does not apply to its driver is left out, not refused */
+  readonly inherited?: readonly string[]
   /** `status --check`: the newest backup's age that makes the job a warning, critical ("26h", "2d") */
   readonly warnAge?: string
   readonly criticalAge?: string
@@ -109,6 +111,8 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   keep_last: 'keepLast',
 }
 const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+/** the job keys that may stand at the top level as every job's default: not what names one job's own places */
+const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
 const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
 const HINT = 'see docs/configuration.md for every key'
@@ -187,8 +191,14 @@ const readConfig = (path: string): Result<Config, BbError> => {
     return err(bbError('INVALID_OPTIONS', `${where}: ${section === '' ? '' : `[${section}] `}${key}: ${message}`, hint, { path, key, ...(line === undefined ? {} : { line }) }))
   }
   for (const key of Object.keys(data)) {
-    if (!['jobs', 'state_dir', 'metrics_file', 'transaction_log'].includes(key)) return problem('', key, 'unknown key', 'the top level has state_dir, metrics_file, transaction_log and [jobs.NAME] tables')
+    if (!['jobs', 'state_dir', 'metrics_file', 'transaction_log', ...DEFAULT_KEYS].includes(key)) {
+      return JOB_KEYS.includes(key)
+        ? problem('', key, 'names one job\'s own places, not a default for every job', 'move it into the [jobs.NAME] table of its job')
+        : problem('', key, 'unknown key', `the top level has state_dir, metrics_file, transaction_log, the [jobs.NAME] tables, and every job's defaults: ${DEFAULT_KEYS.join(', ')}`)
+    }
   }
+  // a job key at the top level is every job's default (btrbk's global options); a job's own value wins
+  const defaults = Object.fromEntries(Object.entries(data).filter(([key]) => DEFAULT_KEYS.includes(key)))
   if (data.state_dir !== undefined && typeof data.state_dir !== 'string') return problem('', 'state_dir', 'must be a path (a string)')
   for (const key of ['metrics_file', 'transaction_log']) {
     if (data[key] !== undefined && (typeof data[key] !== 'string' || !data[key].startsWith('/'))) return problem('', key, 'must be an absolute path (a string)')
@@ -219,23 +229,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(options.length === 0 ? {} : { options: options as string[] }), ...(program === undefined ? {} : { program }), ...(job.ssh_sudo === true ? { sudo: true } : {}),
     })
   }
-  const jobs: JobSpec[] = []
-  const blockJobs: BlockJobSpec[] = []
-  for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
-    const section = `jobs.${name}`
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
-    const job = raw as Record<string, unknown>
-    if (job.driver === 'block') {
-      const other = Object.keys(job).find((k) => !BLOCK_JOB_KEYS.includes(k))
-      if (other !== undefined) return problem(section, other, `a block job has ${BLOCK_JOB_KEYS.join(', ')} only`, 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
-      if (typeof job.backup_dir !== 'string') return problem(section, job.backup_dir === undefined ? '' : 'backup_dir', 'backup_dir is missing or not a path', 'backup_dir = "/srv/backy/vm1", a directory made by bbackup init -b')
-      const ages = checkAges(section, job)
-      if (ages.isErr()) return err(ages.error)
-      const ssh = sshOf(section, job)
-      if (ssh.isErr()) return err(ssh.error)
-      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }) })
-      continue
-    }
+  /** a job's table (with the defaults under it) as a JobSpec, each mistake named at its key */
+  const jobOf = (name: string, section: string, job: Record<string, unknown>): Result<JobSpec, BbError> => {
     if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
     for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, 'unknown key', `a job has ${JOB_KEYS.join(', ')}`)
     if (typeof job.source !== 'string') return problem(section, job.source === undefined ? '' : 'source', 'source is missing or not a string', 'give the directory (or subvolume) to back up: source = "/home"')
@@ -321,7 +316,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (ages.isErr()) return err(ages.error)
     const { warnAge, criticalAge } = ages.value
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
-    jobs.push({
+    return ok({
       name, source: job.source, targets: targets as string[],
       ...(driver === undefined ? {} : { driver }),
       exclude: v(fields.exclude), excludeFrom: v(fields.excludeFrom), rsyncOptions: v(fields.rsyncOptions),
@@ -343,6 +338,32 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(mount === undefined ? {} : { mount }),
       ...(warnAge === undefined ? {} : { warnAge }), ...(criticalAge === undefined ? {} : { criticalAge }),
     })
+  }
+  // the defaults are checked where they are written, once
+  const checked = jobOf('', '', { ...defaults, source: '/', targets: [] })
+  if (checked.isErr()) return err(checked.error)
+  const jobs: JobSpec[] = []
+  const blockJobs: BlockJobSpec[] = []
+  for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
+    const section = `jobs.${name}`
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
+    const own = raw as Record<string, unknown>
+    if (own.driver === 'block') {
+      const job = { ...Object.fromEntries(Object.entries(defaults).filter(([key]) => BLOCK_JOB_KEYS.includes(key))), ...own }
+      const other = Object.keys(job).find((k) => !BLOCK_JOB_KEYS.includes(k))
+      if (other !== undefined) return problem(section, other, `a block job has ${BLOCK_JOB_KEYS.join(', ')} only`, 'its source, chunk size and schedule are in the volume\'s volume.json (bbackup init -b DIR SOURCE)')
+      if (typeof job.backup_dir !== 'string') return problem(section, job.backup_dir === undefined ? '' : 'backup_dir', 'backup_dir is missing or not a path', 'backup_dir = "/srv/backy/vm1", a directory made by bbackup init -b')
+      const ages = checkAges(section, job)
+      if (ages.isErr()) return err(ages.error)
+      const ssh = sshOf(section, job)
+      if (ssh.isErr()) return err(ssh.error)
+      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }) })
+      continue
+    }
+    const inherited = Object.keys(defaults).filter((key) => !(key in own))
+    const spec = jobOf(name, section, { ...defaults, ...own })
+    if (spec.isErr()) return err(spec.error)
+    jobs.push(inherited.length === 0 ? spec.value : { ...spec.value, inherited })
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}),
     ...(typeof data.transaction_log === 'string' ? { transactionLog: data.transaction_log } : {}), jobs, blockJobs })

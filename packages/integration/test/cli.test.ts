@@ -160,6 +160,30 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await runCli(['run', '-c', config], tmp.path)).stderr).toContain(`${config}:1:`)
   })
 
+  it("a job key at the config's top level is every job's default (btrbk's global options): a job's own wins, one its driver has no use for is left out", async () => {
+    const config = join(tmp.path, 'defaults.toml')
+    await writeFile(join(tmp.path, 'src/x.tmp'), 'scratch\n')
+    await writeFile(config, [
+      'keep_backups = 1', 'exclude = ["*.tmp"]', 'keep_snapshots = 3', `state_dir = "${state}"`,
+      '[jobs.one]', 'source = "src"', 'targets = ["one"]',
+      '[jobs.two]', 'source = "src"', 'targets = ["two"]', 'keep_backups = 2', 'exclude = []', '',
+    ].join('\n'))
+    for (let i = 0; i < 3; i++) expect(await runCli(['run', '-c', config, '-q'], tmp.path)).toMatchObject({ code: 0 })
+    const backups = async (dir: string): Promise<string[]> => (await readdir(join(tmp.path, dir))).filter((n) => /^\d{4}-/.test(n))
+    expect(await backups('one')).toHaveLength(1)
+    expect(await backups('two')).toHaveLength(2)
+    expect(await readdir(join(tmp.path, 'one/latest'))).toEqual(['a.txt', 'b'])
+    expect(await readdir(join(tmp.path, 'two/latest'))).toEqual(['a.txt', 'b', 'x.tmp'])
+    // a job's own btrfs setting is still refused for an rsync job
+    await writeFile(config, ['[jobs.one]', 'source = "src"', 'targets = ["one"]', 'keep_snapshots = 3', ''].join('\n'))
+    expect(await runCli(['run', '-c', config, '-n'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--keep-snapshots (keep_snapshots): a btrfs setting') })
+    // a default is checked where it is written; what names one job's places is not a default
+    await writeFile(config, ['keep_backups = "7x"', '[jobs.one]', 'source = "src"', 'targets = ["one"]', ''].join('\n'))
+    expect(await runCli(['run', '-c', config], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:1: keep_backups: retention "7x"`) })
+    await writeFile(config, ['targets = ["one"]', '[jobs.one]', 'source = "src"', ''].join('\n'))
+    expect(await runCli(['run', '-c', config], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining(`${config}:1: targets: names one job's own places, not a default for every job\n  hint: move it into the [jobs.NAME] table of its job`) })
+  })
+
   it('reads btrfs-backup style @file arguments, with comments and includes', async () => {
     await mkdir(join(tmp.path, 'args'))
     await writeFile(join(tmp.path, 'args/common'), '# shared options\n--state-dir "' + state + '"\n')
