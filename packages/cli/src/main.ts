@@ -700,11 +700,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const general = await resolveJobs(place, [place], { ...options, driver: 'rsync' })
     if ('error' in general) return general
     const prefix = options.prefix ?? options.snapshotPrefix
-    const held = prefix === undefined ? await list(general.jobs[0] as Job, { only: 'target' }) : undefined
-    if (held?.isErr() === true) return { error: held.error }
-    const prefixes = prefix === undefined
-      ? [...new Set((held?.unwrapOr([]) ?? []).flatMap((l) => l.snapshots).filter((s) => s.complete && s.time !== undefined).map((s) => parseSnapshotName(s.name)?.prefix ?? ''))].sort()
-      : [prefix]
+    let prefixes = prefix === undefined ? [] : [prefix]
+    if (prefix === undefined) {
+      const held = await list(general.jobs[0] as Job, { only: 'target' })
+      if (held.isErr()) return { error: held.error }
+      const backups = held.value.flatMap((l) => l.snapshots).filter((s) => s.complete && s.time !== undefined)
+      prefixes = [...new Set(backups.map((s) => parseSnapshotName(s.name)?.prefix ?? ''))].sort()
+    }
     const jobs: Job[] = []
     for (const p of prefixes.length === 0 ? [''] : prefixes) {
       const r = await resolveJobs(place, [place], { ...options, driver: 'rsync', prefix: p })

@@ -21,12 +21,15 @@ export interface PruneResult {
   readonly commands: readonly (readonly string[])[]
 }
 
+/** which of a job's places a prune is at: the source's snapshots or a target's backups */
+type Side = 'source' | 'target'
+
 /**
  * Applies a policy at one place. Kept whatever the policy says: the newest snapshot, the newest
  * healthy one (the next run's parent), everything the journal holds and its parents, and `made`
  * (the snapshots or backups the calling run made).
  */
-export const pruneAt = async (job: Job, at: Transport, side: 'source' | 'target', policy: RetentionPolicy, options: RunOptions, made: readonly string[] = []): Promise<Result<PruneResult, BbError>> => {
+export const pruneAt = async (job: Job, at: Transport, side: Side, policy: RetentionPolicy, options: RunOptions, made: readonly string[] = []): Promise<Result<PruneResult, BbError>> => {
   const where = formatLocation(at.location)
   const listed = await job.driver.listSnapshots({ at, side, signal: options.signal })
   if (listed.isErr()) return err(listed.error)
@@ -95,10 +98,10 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
 export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
   const fits = retentionFits(job)
   if (fits.isErr()) return errAsync(fits.error)
-  const places: [Transport, 'source' | 'target', RetentionPolicy][] = [
-    ...job.targets.map((t): [Transport, 'source' | 'target', RetentionPolicy | undefined] => [t, 'target', job.retention?.target]),
-    ...(job.driver.snapshotsSource ? [[job.source, 'source', job.retention?.source] as [Transport, 'source' | 'target', RetentionPolicy | undefined]] : []),
-  ].filter((p): p is [Transport, 'source' | 'target', RetentionPolicy] => p[2] !== undefined)
+  const places: [Transport, Side, RetentionPolicy][] = [
+    ...job.targets.map((t): [Transport, Side, RetentionPolicy | undefined] => [t, 'target', job.retention?.target]),
+    ...(job.driver.snapshotsSource ? [[job.source, 'source', job.retention?.source] as [Transport, Side, RetentionPolicy | undefined]] : []),
+  ].filter((p): p is [Transport, Side, RetentionPolicy] => p[2] !== undefined)
   connectHosts(places.map(([at]) => at), options.signal)
   return new ResultAsync(withJobLock(job, options, async () => {
     const results: PruneResult[] = []

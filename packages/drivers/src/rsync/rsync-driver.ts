@@ -81,7 +81,6 @@ export const recordPath = (dir: string, name: string): string => join(dir, recor
  * complete yet (rsync-time-backup's `backup.inprogress`, one per backup).
  */
 export const markerPath = (dir: string, name: string): string => join(dir, markerFile(name))
-/** whether `path` names an entry directly inside `dir` ('' is a module's root) */
 /** The names in a target's trash: backups an earlier prune moved out but could not remove. */
 const leftovers = async (at: Transport, trash: string): Promise<string[]> => {
   const there = await at.stat(trash)
@@ -89,6 +88,7 @@ const leftovers = async (at: Transport, trash: string): Promise<string[]> => {
   return (await at.list(trash)).map((entries) => entries.map((e) => e.name)).unwrapOr([])
 }
 
+/** whether `path` names an entry directly inside `dir` ('' is a module's root) */
 const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
 
 /**
@@ -379,8 +379,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const dir = at.location.path
     const trash = join(dir, META, 'trash')
     const commands: string[][] = []
+    const rmArgv = (path: string): string[] => ['rm', '-rf', '--one-file-system', '--', path]
     const rm = (path: string): ResultAsync<void, BbError> => {
-      const argv = ['rm', '-rf', '--one-file-system', '--', path]
+      const argv = rmArgv(path)
       commands.push(argv)
       return at.exec(argv, signal === undefined ? {} : { signal })
         .andThen((res) => (res.exitCode === 0 ? ok(undefined) : err(bbError('COMMAND_FAILED', `could not remove ${path}`, 'it is no longer a backup: the next prune tries again, or remove it by hand (a filesystem mounted inside it is left alone: unmount it first)', { stderr: res.stderr }))))
@@ -408,7 +409,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         // moved out of the backups first, so that a crash mid-delete never leaves a half tree that looks complete
         const doomed = join(trash, s.name)
         if (dryRun) {
-          commands.push(['rm', '-rf', '--one-file-system', '--', doomed])
+          commands.push(rmArgv(doomed))
           continue
         }
         const r = await at.rename(s.path, doomed)
