@@ -349,6 +349,62 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'limited', name ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', name ?? '')))
   })
 
+  it('btrfs restore --path from and to another host (by rsync, hard links kept), and on that host alone (by cp); verify compares the content over ssh', async () => {
+    execFileSync('ln', [join(dir, 'home/docs/b.txt'), join(dir, 'home/docs/b-link.txt')])
+    await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
+    // the backup over there, the copy here
+    expect((await runOverSsh(['restore', remote(join(dir, 'backup')), 'latest', join(dir, 'r1'), '--path', 'docs'])).stdout).toMatch(/^restored home\.\S+\/docs to /)
+    expect(readFileSync(join(dir, 'r1/docs/b.txt'), 'utf8')).toBe('b\n')
+    expect((await stat(join(dir, 'r1/docs/b.txt'))).ino).toBe((await stat(join(dir, 'r1/docs/b-link.txt'))).ino)
+    // the backup here, the copy over there; a second time it is refused, and what is there stays
+    await runOverSsh(['restore', join(dir, 'backup'), 'latest', remote(join(dir, 'r2')), '--path', '/a.txt'])
+    expect(readFileSync(join(dir, 'r2/a.txt'), 'utf8')).toBe('a\n')
+    await writeFile(join(dir, 'r2/a.txt'), 'mine\n')
+    const again = await runCli(['restore', join(dir, 'backup'), 'latest', remote(join(dir, 'r2')), '--path', 'a.txt', ...ssh], dir)
+    expect(again).toMatchObject({ code: 1, stderr: expect.stringMatching(/r2\/a\.txt already exists; restore never overwrites/) })
+    expect(readFileSync(join(dir, 'r2/a.txt'), 'utf8')).toBe('mine\n')
+    // both on that host: copied there, nothing crosses this one
+    await runOverSsh(['restore', remote(join(dir, 'backup')), 'latest', remote(join(dir, 'r3')), '--path', 'docs'])
+    expect((await stat(join(dir, 'r3/docs/b.txt'))).ino).toBe((await stat(join(dir, 'r3/docs/b-link.txt'))).ino)
+    // verify: the content of the backup over there compared with its source snapshot here
+    const verified = await runOverSsh(['verify', 'home', remote(join(dir, 'backup')), '--state-dir', 'state'])
+    expect(verified.stdout).toMatch(/no problem found\n {2}note: content compared by checksum with /)
+    // the source snapshot changed behind bbackup's back (a received copy cannot be, without losing its received uuid)
+    const [name] = await snapshotsIn(join(dir, 'home/.snapshots'))
+    const original = join(dir, 'home/.snapshots', name ?? '')
+    execFileSync('btrfs', ['property', 'set', '-ts', original, 'ro', 'false'])
+    await writeFile(join(original, 'docs/b.txt'), 'B\n')
+    execFileSync('btrfs', ['property', 'set', '-ts', original, 'ro', 'true'])
+    const differs = await runCli(['verify', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', ...ssh], dir)
+    expect(differs.code).not.toBe(0)
+    expect(differs.stdout, differs.stderr).toMatch(/: 2 problems\n {2}[<>]fc\S* docs\/b-link\.txt\n/)
+  })
+
+  it('btrfs restore --path and verify with a host that has no rsync: the restore is refused naming the fix, verify says the content was not compared', async () => {
+    await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
+    // the key's environment= option gives the remote side a PATH with every command but rsync
+    const bin = await makeTempDir('bbackup-no-rsync')
+    try {
+      for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
+        for (const name of existsSync(d) ? await readdir(d) : []) {
+          if (name !== 'rsync' && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
+        }
+      }
+      await sshd.setAuthorizedKeys([`environment="PATH=${bin.path}" %KEY%`])
+      const r = await runCli(['restore', remote(join(dir, 'backup')), 'latest', join(dir, 'r1'), '--path', 'docs', ...ssh], dir)
+      expect(r.code).toBe(1)
+      // rsync's exit is 127 or 12, as its two processes race to report the missing command
+      expect(r.stderr).toMatch(/rsync failed to restore docs \(exit 127?\): rsync is not installed where /)
+      expect(r.stderr).toContain(`rsync is not installed where ${remote(join(dir, 'backup'))} is`)
+      expect(r.stderr).toMatch(/hint: install rsync there \(apt-get install rsync\)/)
+      const verified = await runOverSsh(['verify', 'home', remote(join(dir, 'backup')), '--state-dir', 'state'])
+      expect(verified.stdout).toContain(`note: rsync is not installed where ${remote(join(dir, 'backup'))} is: the content was not compared (apt-get install rsync there)`)
+    } finally {
+      await sshd.setAuthorizedKeys(['%KEY%'])
+      await bin.cleanup()
+    }
+  })
+
   it('rsync push and pull: hard links to the previous backup are made on the far side', async () => {
     const src = join(dir, 'plain')
     await writeTree(src, { 'keep.txt': 'same\n', 'change.txt': 'one\n' })

@@ -8,6 +8,7 @@ import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, re
 import { backupSubpath } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
+import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
@@ -627,11 +628,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok({ commands })
   }
 
-  /** One path out of a backup: copied with reflinks where both are on the same filesystem. */
+  /**
+   * One path out of a backup: copied with reflinks (`cp -a --reflink=auto`) where both ends are on
+   * one host (this one, or both on the same other host, where cp runs), by rsync (hard links, ACLs,
+   * xattrs, numeric ids kept) from or to another host.
+   */
   const restorePath = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
-    if (input.from.location.kind !== 'local' || input.to.location.kind !== 'local') {
-      return err(bbError('UNSUPPORTED', 'restoring one path of a btrfs backup works between local paths only', 'restore the whole backup (no --path), or run bbackup on the machine that has the backup'))
-    }
+    const local = input.from.location.kind === input.to.location.kind && hostOf(input.from) === hostOf(input.to)
+    const runner = local ? ok(input.to) : rsyncHost(input.from, input.to)
+    if (runner.isErr()) return err(runner.error)
     const inside = backupSubpath(input.subpath)
     if (inside.isErr()) return err(inside.error)
     const sub = inside.value
@@ -644,13 +649,22 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (into.isErr()) return err(into.error)
     const free = await refuseExisting(input.to, [landing])
     if (free.isErr()) return err(free.error)
-    const argv = ['cp', '-a', '--reflink=auto', '--', from, landing]
+    // rsync copies `from` (no trailing slash) into the destination directory: it lands as <dest>/<its name>, as cp's does
+    const src = input.from.rsyncEndpoint(from)
+    const dst = input.to.rsyncEndpoint(`${input.to.location.path}/`)
+    const argv = local ? ['cp', '-a', '--reflink=auto', '--', from, landing] : ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', ...src.options, ...dst.options, src.spec, dst.spec]
     if (input.dryRun) return ok({ commands: [argv] })
     const made = await input.to.mkdir(input.to.location.path, { recursive: true })
     if (made.isErr()) return err(made.error)
-    const r = await input.to.exec(argv, signalOpt(input.signal))
+    const r = await runner.value.exec(argv, local ? signalOpt(input.signal) : endpointIo(src, dst, input.signal))
     if (r.isErr()) return err(r.error)
-    if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `cp failed to restore ${sub} (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+    if (r.value.exitCode !== 0) {
+      const tool = argv[0] ?? 'cp'
+      const other = input.from.location.kind === 'local' ? input.to : input.from
+      const missing = !local && rsyncMissingThere(r.value.stderr)
+      return err(bbError('COMMAND_FAILED', `${tool} failed to restore ${sub} (exit ${r.value.exitCode})${missing ? `: rsync is not installed where ${formatLocation(other.location)} is` : ''}`,
+        missing ? 'install rsync there (apt-get install rsync): one path of a backup on another host is copied by rsync' : 'see the end of stderr', { argv, stderr: r.value.stderr }))
+    }
     return ok({ commands: [argv] })
   }
 
@@ -676,13 +690,22 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (typeof copy.value !== 'string' && copy.value.receivedUuid !== src.value.uuid && copy.value.receivedUuid !== src.value.receivedUuid) {
         differences.push(`${snapshot.path}: received from ${copy.value.receivedUuid ?? 'nothing'}, not from ${original} (${src.value.uuid})`)
       }
-      if (input.source.location.kind === 'local' && input.target.location.kind === 'local') {
-        const argv = ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', `${original}/`, `${snapshot.path}/`]
-        const r = await input.source.exec(argv, signalOpt(signal))
+      // rsync compares: on the one host of both ends (this one or another), else on this one, naming the other end host:path
+      const oneHost = input.source.location.kind === input.target.location.kind && hostOf(input.source) === hostOf(input.target)
+      const runner = oneHost ? ok(input.source) : rsyncHost(input.source, input.target)
+      if (runner.isOk()) {
+        const from = input.source.rsyncEndpoint(`${original}/`)
+        const to = input.target.rsyncEndpoint(`${snapshot.path}/`)
+        const ends = oneHost ? [`${original}/`, `${snapshot.path}/`] : [...from.options, ...to.options, from.spec, to.spec]
+        const argv = ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...ends]
+        const r = await runner.value.exec(argv, oneHost ? signalOpt(signal) : endpointIo(from, to, signal))
         if (r.isErr() && r.error.code === 'TOOL_MISSING') notes.push('rsync is not installed: the content was not compared (apt-get install rsync)')
         else if (r.isErr()) return err(r.error)
-        else if (r.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
-        else {
+        else if (r.value.exitCode !== 0) {
+          const other = input.source.location.kind === 'local' ? input.target : input.source
+          if (!oneHost && rsyncMissingThere(r.value.stderr)) notes.push(`rsync is not installed where ${formatLocation(other.location)} is: the content was not compared (apt-get install rsync there)`)
+          else return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
+        } else {
           for (const line of r.value.stdout.split('\n').filter((l) => l.trim() !== '')) {
             // a nested subvolume is not part of a snapshot: it shows there as an empty stub directory (inode 2) that send leaves out
             const created = /^cd\+{9} (.*?)\/?$/.exec(line)
@@ -691,7 +714,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           }
           notes.push(`content compared by checksum with ${original}`)
         }
-      } else notes.push('the content is compared only when source and target are on this host')
+      } else notes.push('the content is compared only when one end is on this host, or both are on one host: run verify on the source host to compare it')
     }
     return ok({ snapshot: snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
   })())

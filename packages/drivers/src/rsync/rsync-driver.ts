@@ -2,11 +2,12 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type ExecOptions, type FileChanges, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath } from '../backup-subpath.js'
 import { restoreDirectory } from '../restore-destination.js'
+import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
 
@@ -90,23 +91,6 @@ const leftovers = async (at: Transport, trash: string): Promise<string[]> => {
 
 /** whether `path` names an entry directly inside `dir` ('' is a module's root) */
 const directlyIn = (path: string, dir: string): boolean => posix.dirname(path) === (posix.normalize(dir === '' ? '.' : dir).replace(/(.)\/$/, '$1'))
-
-/**
- * Where rsync runs: on the side that is this host, naming the other side as `host:path` (its
- * `rsyncEndpoint`). rsync cannot copy between two other hosts, so that is refused.
- */
-const rsyncHost = (a: Transport, b: Transport): Result<Transport, BbError> => {
-  if (a.location.kind === 'local') return ok(a)
-  if (b.location.kind === 'local') return ok(b)
-  return err(bbError('UNSUPPORTED', 'rsync cannot copy between two other hosts through this one', 'run bbackup on the source host or on the target host, so that one side is local'))
-}
-
-/** How rsync between two endpoints runs: with their environment, and their stdin (a daemon's password). */
-const endpointIo = (src: ReturnType<Transport['rsyncEndpoint']>, dst: ReturnType<Transport['rsyncEndpoint']>, signal: AbortSignal | undefined): ExecOptions => {
-  const env = { ...src.env, ...dst.env }
-  const input = (src.input ?? dst.input)?.()
-  return { ...(signal === undefined ? {} : { signal }), ...(Object.keys(env).length === 0 ? {} : { env }), ...(input === undefined ? {} : { input }) }
-}
 
 /** an rsync pattern that matches `path` and nothing else: wildcards escaped (a backslash escapes only in a pattern with a wildcard) */
 const literalPattern = (path: string): string => (/[*?[]/.test(path) ? path.replace(/[*?[\\]/g, '\\$&') : path)
