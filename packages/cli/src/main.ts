@@ -911,19 +911,31 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         if (options.backupDir !== undefined) return void (outcome = { code: await blockVerify(io, options.backupDir, [...(source === undefined ? [] : [source]), ...targets], options) })
         const resolved = await resolveJobs(source, targets, options)
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+        // every target is checked, also after one that fails; the exit is the first failure's, else 1 for differences
+        const answers: object[] = []
+        let failed: BbError | undefined
         for (const job of resolved.jobs) {
           for (const at of job.targets) {
+            const target = formatLocation(at.location)
             const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
-            if (r.isErr()) return void (outcome = fail(r.error, options))
-            if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
+            if (r.isErr()) {
+              failed ??= r.error
+              if (options.json === true) answers.push({ target, error: r.error })
+              else io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
+              continue
+            }
+            if (options.json === true) answers.push({ target, ...r.value })
             else {
-              io.stdout(`${at.location.path}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+              io.stdout(`${target.replace(/\/$/, '')}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
               // what was checked, and what could not be
               io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
             }
             if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
           }
         }
+        // one target: its answer; several: one array of them
+        if (options.json === true) io.stdout(`${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n`)
+        if (failed !== undefined) outcome = { code: exitCodeOf(failed) }
       })
   }
 

@@ -76,6 +76,24 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await readdir(tmp.path)).filter((n) => n.includes('.tmp'))).toEqual([])
   })
 
+  it('verify checks every target, also after one that fails; --json is one answer per target, in one array', async () => {
+    expect((await runCli(['run', 'src', 'dst', 'dst2', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    await mkdir(join(tmp.path, 'empty'))
+    const [name = ''] = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))
+    const text = await runCli(['verify', 'src', 'empty', 'dst', 'dst2'], tmp.path)
+    expect(text.code).toBe(1)
+    expect(text.stderr).toContain(`${join(tmp.path, 'empty')} has no complete backup`)
+    expect(text.stdout).toMatch(new RegExp(`^${join(tmp.path, 'dst', name)}: no problem found\n(?: {2}note: .*\n)+${join(tmp.path, 'dst2', name)}: no problem found\n`))
+    const json = await runCli(['verify', 'src', 'empty', 'dst', '--json'], tmp.path)
+    expect(json.code).toBe(1)
+    expect(JSON.parse(json.stdout)).toMatchObject([
+      { target: join(tmp.path, 'empty'), error: { code: 'SNAPSHOT_NOT_FOUND' } },
+      { target: join(tmp.path, 'dst'), snapshot: name, differenceCount: 0 },
+    ])
+    // one target: its answer alone, as before
+    expect(JSON.parse((await runCli(['verify', 'src', 'dst', '--json'], tmp.path)).stdout)).toMatchObject({ target: join(tmp.path, 'dst'), snapshot: name, differenceCount: 0 })
+  })
+
   it('status takes a directory of backups alone (the backup server, where neither the source nor the job state is), also --check', async () => {
     expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
     const [name = ''] = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))
