@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPrune, renderPruneFailures, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -732,20 +732,31 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     // with --json, one array of every job's results (what came before a failure too)
     const results: PruneResult[] = []
     try {
+      // every job and every place of it is pruned, also after one that fails: exit 10 when a place
+      // failed (as a run whose prune failed), else the first failed job's code
       for (const job of resolved.jobs) {
         const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
-          code = fail(r.error, options).code
-          return { code }
+          const failed = fail(r.error, options).code
+          if (code === EXIT.ok) code = failed
+          continue
+        }
+        for (const place of r.value) {
+          if (place.error === undefined) continue
+          log?.pruneFailed(place.at, place.error)
+          if (code === EXIT.ok) code = EXIT.someTargetsFailed
         }
         if (options.json === true) results.push(...r.value)
-        else io.stdout(renderPrune(r.value, options.dryRun === true))
+        else {
+          io.stdout(renderPrune(r.value.filter((p) => p.error === undefined), options.dryRun === true))
+          io.stderr(renderPruneFailures(r.value))
+        }
       }
       return { code }
     } finally {
       if (options.json === true && results.length > 0) io.stdout(`${JSON.stringify(results, null, 2)}\n`)
-      log?.finish(code === EXIT.ok ? 'success' : 'ERROR')
+      log?.finish(code === EXIT.ok ? 'success' : code === EXIT.someTargetsFailed ? 'partial' : 'ERROR', code === EXIT.someTargetsFailed ? 'at least one place was not pruned' : undefined)
     }
   }
 

@@ -201,6 +201,10 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
   ].join('\n')).join('\n') + '\n'
 
+/** The places a prune could not prune, with their hints (on stderr); empty when none failed. */
+export const renderPruneFailures = (results: readonly PruneResult[]): string =>
+  results.flatMap((r) => (r.error === undefined ? [] : notPrunedLines(`${r.at}: `, r.error, 0, ''))).map((l) => `${l}\n`).join('')
+
 /**
  * A command as a shell reads it back, to copy and run by hand: a word with a space, a quote or
  * another character the shell would take apart is single-quoted; a pipeline's `|` stays bare.

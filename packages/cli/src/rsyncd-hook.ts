@@ -91,7 +91,9 @@ export const runRsyncdHook = async (command: 'snapshot' | 'prune', hook: RsyncdH
   }
   const pruned = await prune(job, { waitSeconds: 600 })
   if (pruned.isErr()) return { lines: [], error: pruned.error }
-  return { lines: pruned.value.flatMap((p) => p.deleted.map((n) => `deleted ${dir}/${n} (retention)`)) }
+  // one place, the module's directory: its failure is the hook's
+  const failed = pruned.value.find((p) => p.error !== undefined)?.error
+  return { lines: pruned.value.flatMap((p) => p.deleted.map((n) => `deleted ${dir}/${n} (retention)`)), ...(failed === undefined ? {} : { error: failed }) }
 }
 
 /** the directory as named, with no symlink on the way: what a client uploaded is never followed out of the module */

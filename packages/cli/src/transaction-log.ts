@@ -15,6 +15,8 @@ export interface TransactionLog {
   readonly forJob: (source: string, driver: string) => (event: BackupEvent) => void
   /** a job that ended before any action of its own (the lock held, the source missing): `job ERROR` */
   readonly jobFailed: (source: string, error: BbError) => void
+  /** a place (`at`, as it prints) that a prune could not prune: `delete ERROR` */
+  readonly pruneFailed: (at: string, error: BbError) => void
   /** the last line, `finished`, and the file closed */
   readonly finish: (status: 'success' | 'partial' | 'ERROR', message?: string) => void
 }
@@ -94,6 +96,7 @@ export const openTransactionLog = (path: string, version: string, now: () => Dat
       }
     },
     jobFailed: (source, error) => write('job', 'ERROR', undefined, source, undefined, `${error.code}: ${error.message}`),
+    pruneFailed: (at, error) => write('delete', 'ERROR', at, undefined, undefined, `${error.code}: ${error.message}`),
     finish: (status, message) => {
       write('finished', status, undefined, undefined, undefined, message)
       open = false

@@ -274,6 +274,24 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(r.stdout).toMatch(/would delete 1 of 2\n {2}delete \S+ {2}not kept by the count policy\n {2}keep {3}\S+ {2}keepLast: 1 of 1 newest; protected: the newest snapshot/)
   })
 
+  it('a target that cannot be pruned (a disk not mounted) does not stop the prune of the others: exit 10, the failure named, the log says partial', async () => {
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const [older, newer] = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n)).sort()
+    const r = await runCli(['prune', 'src', 'gone', 'dst', '--state-dir', state, '--keep-backups', '1', '--transaction-log', 'tlog'], tmp.path)
+    expect(r.code).toBe(10)
+    expect(r.stderr).toBe(`${join(tmp.path, 'gone')}: NOT PRUNED: the target ${join(tmp.path, 'gone')} does not exist\n  hint: check the path, or run a backup to create it\n`)
+    expect(r.stdout).toMatch(new RegExp(`^${join(tmp.path, 'dst')}: deleted 1 of 2\n {2}delete ${older}`))
+    expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toEqual([newer])
+    const log = await readFile(join(tmp.path, 'tlog'), 'utf8')
+    expect(log).toMatch(new RegExp(` delete ERROR ${join(tmp.path, 'gone')} - - # TARGET_UNAVAILABLE: `))
+    expect(log).toMatch(new RegExp(` delete success ${join(tmp.path, 'dst', older ?? '')} `))
+    expect(log).toMatch(/ finished partial - - - # at least one place was not pruned\n$/)
+    // --json: every place, the failed one with its error
+    const json = await runCli(['prune', 'src', 'gone', 'dst', '--state-dir', state, '--keep-backups', '1', '--json'], tmp.path)
+    expect(json.code).toBe(10)
+    expect(JSON.parse(json.stdout)).toMatchObject([{ at: join(tmp.path, 'gone'), deleted: [], error: { code: 'TARGET_UNAVAILABLE' } }, { at: join(tmp.path, 'dst'), deleted: [] }])
+  })
+
   it('prunes a directory of backups alone (rotate-backups on the backup server), each source by its prefix', async () => {
     for (const prefix of ['', '', 'laptop-', 'laptop-']) {
       expect((await runCli(['run', 'src', 'dst', '-p', prefix, '--state-dir', join(tmp.path, `state${prefix}`), '-q'], tmp.path)).code).toBe(0)

@@ -19,6 +19,8 @@ export interface PruneResult {
   /** the job's snapshots left there: those the policy and the protections keep */
   readonly kept: number
   readonly commands: readonly (readonly string[])[]
+  /** `prune()`: this place's prune failed (a target offline, a delete refused), and the other places were pruned all the same */
+  readonly error?: BbError
 }
 
 /** which of a job's places a prune is at: the source's snapshots or a target's backups */
@@ -91,7 +93,11 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
 
 /**
  * Applies the job's retention to each target (and the source, where the driver keeps snapshots
- * there), under the job's lock. A side without a policy is left alone.
+ * there), under the job's lock. A side without a policy is left alone. A place that cannot be
+ * pruned (a target offline) is one result with its `error`, and the others are pruned all the
+ * same, as a run prunes beside a failed target: the source keeps what an offline target's next
+ * incremental needs (its pin). The `Result` is an error only for what stops them all (the lock,
+ * a bad policy).
  * @example
  * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
  */
@@ -107,8 +113,7 @@ export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResu
     const results: PruneResult[] = []
     for (const [at, side, policy] of places) {
       const r = await pruneAt(job, at, side, policy, options)
-      if (r.isErr()) return err(r.error)
-      results.push(r.value)
+      results.push(r.isOk() ? r.value : { at: formatLocation(at.location), decisions: [], deleted: [], kept: 0, commands: [], error: r.error })
     }
     return ok(results)
   }))
