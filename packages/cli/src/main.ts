@@ -867,7 +867,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         if (source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0) {
           return void (await listAlone(source, options))
         }
-        await eachJob(source, targets, options, (job) => list(job), (answers) => answers.map(renderList).join(''))
+        // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
+        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true }), (lists) => lists.map(renderList).join(''))
+        const failed = (answers ?? []).flat().filter((l) => l.error !== undefined)
+        if (options.json !== true) for (const l of failed) if (l.error !== undefined) io.stderr(`${l.at}: ${renderError(l.error, (options.verbose ?? 0) > 0).replace(/^bbackup: error: /, 'NOT LISTED: ')}`)
+        if (failed.length > 0) outcome = { code: EXIT.someTargetsFailed }
       })
   }
 

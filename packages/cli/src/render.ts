@@ -150,7 +150,7 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
 }
 
 export const renderList = (lists: readonly SnapshotList[]): string =>
-  lists.map((l) => [
+  lists.filter((l) => l.error === undefined).map((l) => [
     `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
     ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}`),
   ].join('\n')).join('\n') + '\n'

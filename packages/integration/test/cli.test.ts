@@ -274,7 +274,7 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(r.stdout).toMatch(/would delete 1 of 2\n {2}delete \S+ {2}not kept by the count policy\n {2}keep {3}\S+ {2}keepLast: 1 of 1 newest; protected: the newest snapshot/)
   })
 
-  it('a target that cannot be pruned (a disk not mounted) does not stop the prune of the others: exit 10, the failure named, the log says partial', async () => {
+  it('a target that cannot be pruned or listed (a disk not mounted) does not stop the others: exit 10, the failure named, the log says partial', async () => {
     for (let i = 0; i < 2; i++) expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
     const [older, newer] = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n)).sort()
     const r = await runCli(['prune', 'src', 'gone', 'dst', '--state-dir', state, '--keep-backups', '1', '--transaction-log', 'tlog'], tmp.path)
@@ -290,6 +290,13 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const json = await runCli(['prune', 'src', 'gone', 'dst', '--state-dir', state, '--keep-backups', '1', '--json'], tmp.path)
     expect(json.code).toBe(10)
     expect(JSON.parse(json.stdout)).toMatchObject([{ at: join(tmp.path, 'gone'), deleted: [], error: { code: 'TARGET_UNAVAILABLE' } }, { at: join(tmp.path, 'dst'), deleted: [] }])
+    // list: the same
+    const listed = await runCli(['list', 'src', 'gone', 'dst'], tmp.path)
+    expect(listed).toMatchObject({ code: 10, stdout: `${join(tmp.path, 'dst')} (target): 1 backup\n  ${newer}\n` })
+    expect(listed.stderr).toMatch(new RegExp(`^${join(tmp.path, 'gone')}: NOT LISTED: the target ${join(tmp.path, 'gone')} does not exist\n  hint: `))
+    const listedJson = await runCli(['list', 'src', 'gone', 'dst', '--json'], tmp.path)
+    expect(listedJson.code).toBe(10)
+    expect(JSON.parse(listedJson.stdout)).toMatchObject([{ at: join(tmp.path, 'gone'), snapshots: [], error: { code: 'TARGET_UNAVAILABLE' } }, { at: join(tmp.path, 'dst'), snapshots: [{ name: newer }] }])
   })
 
   it('prunes a directory of backups alone (rotate-backups on the backup server), each source by its prefix', async () => {

@@ -13,6 +13,8 @@ export interface SnapshotList {
   readonly at: string
   readonly side: 'source' | 'target'
   readonly snapshots: readonly SnapshotInfo[]
+  /** with `partial`: this place could not be listed (a disk not mounted, a host down); `snapshots` is empty */
+  readonly error?: BbError
 }
 
 const places = (job: Job): [Transport, 'source' | 'target'][] => [
@@ -22,17 +24,18 @@ const places = (job: Job): [Transport, 'source' | 'target'][] => [
 
 /**
  * The snapshots at the source (for drivers that keep some there) and at each target, unfinished
- * ones included; `only` one side of the two.
+ * ones included; `only` one side of the two. A place that cannot be listed is the error, or with
+ * `partial` its entry's `error`, the other places listed all the same.
  * @example
- * list(job).map((lists) => lists.map((l) => `${l.at}: ${l.snapshots.length}`))
+ * list(job, { partial: true }).map((lists) => lists.map((l) => `${l.at}: ${l.error?.message ?? l.snapshots.length}`))
  */
-export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target' } = {}): ResultAsync<SnapshotList[], BbError> =>
+export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target'; readonly partial?: boolean } = {}): ResultAsync<SnapshotList[], BbError> =>
   new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
     const out: SnapshotList[] = []
     for (const [at, side] of places(job).filter(([, side]) => options.only === undefined || side === options.only)) {
       const r = await job.driver.listSnapshots({ at, side, signal: options.signal })
-      if (r.isErr()) return err(r.error)
-      out.push({ at: formatLocation(at.location), side, snapshots: r.value })
+      if (r.isErr() && options.partial !== true) return err(r.error)
+      out.push({ at: formatLocation(at.location), side, snapshots: r.unwrapOr([]), ...(r.isErr() ? { error: r.error } : {}) })
     }
     return ok(out)
   })())
