@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPrune, renderPruneFailures, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -750,7 +750,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         if (options.json === true) results.push(...r.value)
         else {
           io.stdout(renderPrune(r.value.filter((p) => p.error === undefined), options.dryRun === true))
-          io.stderr(renderPruneFailures(r.value))
+          io.stderr(renderPlaceFailures(r.value, 'PRUNED'))
         }
       }
       return { code }
@@ -869,9 +869,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
         const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true }), (lists) => lists.map(renderList).join(''))
-        const failed = (answers ?? []).flat().filter((l) => l.error !== undefined)
-        if (options.json !== true) for (const l of failed) if (l.error !== undefined) io.stderr(`${l.at}: ${renderError(l.error, (options.verbose ?? 0) > 0).replace(/^bbackup: error: /, 'NOT LISTED: ')}`)
-        if (failed.length > 0) outcome = { code: EXIT.someTargetsFailed }
+        const lists = (answers ?? []).flat()
+        if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
+        if (lists.some((l) => l.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
       })
   }
 

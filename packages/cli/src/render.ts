@@ -201,9 +201,9 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
   ].join('\n')).join('\n') + '\n'
 
-/** The places a prune could not prune, with their hints (on stderr); empty when none failed. */
-export const renderPruneFailures = (results: readonly PruneResult[]): string =>
-  results.flatMap((r) => (r.error === undefined ? [] : notPrunedLines(`${r.at}: `, r.error, 0, ''))).map((l) => `${l}\n`).join('')
+/** The places a prune or a list could not reach, `AT: NOT PRUNED: why` with the hint (for stderr); empty when none failed. */
+export const renderPlaceFailures = (places: readonly { readonly at: string; readonly error?: BbError }[], what: 'PRUNED' | 'LISTED'): string =>
+  places.flatMap((p) => (p.error === undefined ? [] : [`${p.at}: NOT ${what}: ${p.error.message}`, `  hint: ${p.error.hint}`, ...detailLines(p.error, false, '  ')])).map((l) => `${l}\n`).join('')
 
 /**
  * A command as a shell reads it back, to copy and run by hand: a word with a space, a quote or
