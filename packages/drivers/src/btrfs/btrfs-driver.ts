@@ -83,6 +83,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   /** btrfs-progs by host: a source and a target on one host ask once */
   const versions = new Map<string, ResultAsync<readonly [number, number], BbError>>()
   const hostOf = (t: Transport): string => formatLocation({ ...t.location, path: '/' })
+  /** both on this host, or both on the same other one (where a command can see both paths) */
+  const oneHost = (a: Transport, b: Transport): boolean => a.location.kind === b.location.kind && hostOf(a) === hostOf(b)
   const stallMs = (options.stallTimeoutSeconds ?? 600) * 1000
   const rawLocations = new Set((options.raw?.targets ?? []).map((t) => parseLocation(t, { cwd: '/' }).map(formatLocation).unwrapOr(t)))
   /** a target configured to keep stream files */
@@ -634,7 +636,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * xattrs, numeric ids kept) from or to another host.
    */
   const restorePath = async (input: RestoreInput): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
-    const local = input.from.location.kind === input.to.location.kind && hostOf(input.from) === hostOf(input.to)
+    const local = oneHost(input.from, input.to)
     const runner = local ? ok(input.to) : rsyncHost(input.from, input.to)
     if (runner.isErr()) return err(runner.error)
     const inside = backupSubpath(input.subpath)
@@ -691,19 +693,19 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         differences.push(`${snapshot.path}: received from ${copy.value.receivedUuid ?? 'nothing'}, not from ${original} (${src.value.uuid})`)
       }
       // rsync compares: on the one host of both ends (this one or another), else on this one, naming the other end host:path
-      const oneHost = input.source.location.kind === input.target.location.kind && hostOf(input.source) === hostOf(input.target)
-      const runner = oneHost ? ok(input.source) : rsyncHost(input.source, input.target)
+      const together = oneHost(input.source, input.target)
+      const runner = together ? ok(input.source) : rsyncHost(input.source, input.target)
       if (runner.isOk()) {
         const from = input.source.rsyncEndpoint(`${original}/`)
         const to = input.target.rsyncEndpoint(`${snapshot.path}/`)
-        const ends = oneHost ? [`${original}/`, `${snapshot.path}/`] : [...from.options, ...to.options, from.spec, to.spec]
+        const ends = together ? [`${original}/`, `${snapshot.path}/`] : [...from.options, ...to.options, from.spec, to.spec]
         const argv = ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...ends]
-        const r = await runner.value.exec(argv, oneHost ? signalOpt(signal) : endpointIo(from, to, signal))
+        const r = await runner.value.exec(argv, together ? signalOpt(signal) : endpointIo(from, to, signal))
         if (r.isErr() && r.error.code === 'TOOL_MISSING') notes.push('rsync is not installed: the content was not compared (apt-get install rsync)')
         else if (r.isErr()) return err(r.error)
         else if (r.value.exitCode !== 0) {
           const other = input.source.location.kind === 'local' ? input.target : input.source
-          if (!oneHost && rsyncMissingThere(r.value.stderr)) notes.push(`rsync is not installed where ${formatLocation(other.location)} is: the content was not compared (apt-get install rsync there)`)
+          if (!together && rsyncMissingThere(r.value.stderr)) notes.push(`rsync is not installed where ${formatLocation(other.location)} is: the content was not compared (apt-get install rsync there)`)
           else return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
         } else {
           for (const line of r.value.stdout.split('\n').filter((l) => l.trim() !== '')) {
