@@ -18,6 +18,22 @@ const show = (path: string): Record<string, string> => Object.fromEntries(execFi
 const contentOf = async (path: string): Promise<Record<string, string>> =>
   Object.fromEntries(Object.entries(await treeManifest(path)).filter(([k]) => !k.startsWith('.snapshots/')))
 
+/** a directory of symlinks to every command on the standard PATH but those `left` picks: a host's PATH without them */
+const binWithout = async (what: string, left: (name: string) => boolean): Promise<TempDir> => {
+  const bin = await makeTempDir(`bbackup-no-${what}`)
+  try {
+    for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
+      for (const name of existsSync(d) ? await readdir(d) : []) {
+        if (!left(name) && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
+      }
+    }
+    return bin
+  } catch (e) {
+    await bin.cleanup()
+    throw e
+  }
+}
+
 const snapshotsIn = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
 
 describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkfs.btrfs', 'zstd'], { root: true }))('backups over ssh to a real sshd on 127.0.0.1', () => {
@@ -316,13 +332,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
 
   it('--stream-compress zstd to a host without zstd: the stream goes uncompressed, the backup is whole, and the report says why', async () => {
     // the key's environment= option gives the remote side a PATH with every command but zstd
-    const bin = await makeTempDir('bbackup-no-zstd')
+    const bin = await binWithout('zstd', (name) => /zstd/.test(name))
     try {
-      for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
-        for (const name of existsSync(d) ? await readdir(d) : []) {
-          if (!/zstd/.test(name) && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
-        }
-      }
       await sshd.setAuthorizedKeys([`environment="PATH=${bin.path}" %KEY%`])
       const r = await runOverSsh(['run', 'home', remote(join(dir, 'pushed')), '--state-dir', 'state', '--stream-compress', 'zstd', '--json'])
       const target = JSON.parse(r.stdout).targets[0]
@@ -383,13 +394,8 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   it('btrfs restore --path and verify with a host that has no rsync: the restore is refused naming the fix, verify says the content was not compared', async () => {
     await runOverSsh(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q'])
     // the key's environment= option gives the remote side a PATH with every command but rsync
-    const bin = await makeTempDir('bbackup-no-rsync')
+    const bin = await binWithout('rsync', (name) => name === 'rsync')
     try {
-      for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
-        for (const name of existsSync(d) ? await readdir(d) : []) {
-          if (name !== 'rsync' && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
-        }
-      }
       await sshd.setAuthorizedKeys([`environment="PATH=${bin.path}" %KEY%`])
       const r = await runCli(['restore', remote(join(dir, 'backup')), 'latest', join(dir, 'r1'), '--path', 'docs', ...ssh], dir)
       expect(r.code).toBe(1)
