@@ -24,7 +24,7 @@ export interface BlockRemote {
 
 const block = () => import('@bb/drivers/block')
 
-/** The transport of a source on another host (over ssh); none for a path on this host. */
+/** The transport of a source (or a restore's destination) on another host (over ssh); none for a path on this host. */
 const sourceHostFor = async (where: Location, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
   if (where.kind === 'local') return {}
   const t = await transportFor(where, { ssh: remote.ssh }, remote.connections)
@@ -268,9 +268,26 @@ export const blockDistrust = async (io: Io, dir: string, specs: readonly string[
   return EXIT.ok
 }
 
-export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }): Promise<number> => {
+export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }, remote: BlockRemote): Promise<number> => {
   const { restoreRevision } = await block()
-  const r = await restoreRevision({ at: localTransport(resolvePath(io.cwd, dir)), revision, destination: resolvePath(io.cwd, destination), force: options.force === true })
+  const at = localTransport(resolvePath(io.cwd, dir))
+  if (destination === '-') {
+    // backy's `restore ... -`: the image on stdout, for a pipe (`| ssh kvm1 dd of=/dev/vg0/vm1`)
+    if (io.binaryStdout === undefined) return fail(io, bbError('UNSUPPORTED', 'restoring to stdout (-) needs a byte stream as stdout, which this caller did not give', 'restore to a file instead'), options)
+    if (io.binaryStdout.isTTY === true) return fail(io, bbError('INVALID_OPTIONS', 'restore to - writes the image to stdout, which is a terminal', 'pipe it into a command or redirect it to a file, e.g. bbackup restore -b DIR latest - | ssh kvm1 dd of=/dev/vg0/vm1'), options)
+    const r = await restoreRevision({ at, revision, destination: '-', output: io.binaryStdout, force: options.force === true })
+    if (r.isErr()) return fail(io, r.error, { ...options, json: false })
+    if (options.quiet !== true) io.stderr(`restored ${r.value.uuid} (${formatBytes(r.value.size)}) to stdout\n`)
+    return EXIT.ok
+  }
+  const where = parseLocation(destination, { cwd: io.cwd })
+  if (where.isErr()) return fail(io, where.error, options)
+  if (where.value.kind !== 'local' && where.value.kind !== 'ssh') {
+    return fail(io, bbError('UNSUPPORTED', `restore -b writes to a file or device on this host or on another over ssh, not to ${formatLocation(where.value)}`, 'give a path, or ssh://host/path'), options)
+  }
+  const host = await sourceHostFor(where.value, remote)
+  if ('error' in host) return fail(io, host.error, options)
+  const r = await restoreRevision({ at, revision, destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }), force: options.force === true })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`)
   return EXIT.ok

@@ -14,6 +14,7 @@ for (const stream of [process.stdout, process.stderr]) {
 void main(process.argv.slice(2), {
   stdout: (text) => void process.stdout.write(text),
   stderr: (text) => void process.stderr.write(text),
+  binaryStdout: process.stdout,
   isTTY: process.stderr.isTTY,
   cwd: process.cwd(),
   // what runs this bbackup again (a timer's ExecStart): Node and the script, or the one binary

@@ -244,6 +244,7 @@ Examples:
   restore: `
 Examples:
   bbackup restore -b /srv/backy/vm1 latest /var/lib/libvirt/images/vm1-restored.img
+  bbackup restore -b /srv/backy/vm1 latest root@kvm1:/var/lib/libvirt/images/vm1-restored.img
   bbackup restore /mnt/backup/home latest /tmp/home-restored
   bbackup restore /mnt/backup/home 2026-11-23T001500Z /tmp/r --path alice/thesis.tex`,
   init: `
@@ -960,7 +961,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .argument('[target]', 'where the backups are (with -b: the revision)')
       .argument('[snapshot]', "the backup's name, or latest (with -b: the destination)")
       .argument('[destination]', 'a directory that does not exist or is empty')
-      .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force)')
+      .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force), here or on another host (host:/path), or to stdout (-)')
       .option('--force', 'block: write over a block device; restore a distrusted revision')
       .option('--path <path>', 'restore only this path inside the backup')
       .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
@@ -974,7 +975,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           if (target === undefined || snapshot === undefined || destination !== undefined) {
             return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
           }
-          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options) })
+          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options, { connections, ssh: sshSpecOf(options, io.cwd) }) })
         }
         if (target === undefined || snapshot === undefined || destination === undefined) {
           return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))

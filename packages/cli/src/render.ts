@@ -1,4 +1,5 @@
 import { basename } from 'node:path'
+import type { Writable } from 'node:stream'
 import type { BackupEvent, BackupReport, BbError, JobStatus, PruneResult, SnapshotList } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
@@ -10,6 +11,8 @@ export interface Io {
   readonly cwd: string
   /** the argv that runs this bbackup (node and its bin), for units that run it later; default: this process's */
   readonly self?: readonly string[]
+  /** stdout for bytes (`restore -b DIR REV -`), with whether it is a terminal; absent where the caller has none */
+  readonly binaryStdout?: Writable & { readonly isTTY?: boolean }
 }
 
 /** `1 backup`, `2 backups` */

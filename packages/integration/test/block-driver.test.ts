@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chmod, open, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
+import { PassThrough } from 'node:stream'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
@@ -181,6 +182,15 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     await h.read(byte, 0, 1, offset)
     await h.write(Buffer.from([byte[0]! ^ 0x01]), 0, 1, offset)
     await h.close()
+
+    // streamed in order (restore to stdout): the chunks read ahead of the damaged one are let go, and the stream stops before it
+    const stream = new PassThrough()
+    const received: Buffer[] = []
+    stream.on('data', (b: Buffer) => received.push(b))
+    expect(await restoreRevision({ at: volume, revision: second.uuid, destination: '-', output: stream })).toMatchObject({
+      error: { code: 'CORRUPT_DATA', message: `revision ${second.uuid} is damaged at byte ${9 * 4 * MiB}: the chunk there does not match its hash` },
+    })
+    expect(Buffer.concat(received).length).toBeLessThanOrEqual(9 * 4 * MiB)
 
     const report = ok(await verifyVolume({ at: volume }))
     expect(report.ok).toBe(false)

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { createWriteStream, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { chmod, open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { PassThrough } from 'node:stream'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
@@ -12,7 +14,7 @@ const MiB = 1024 * 1024
 
 // backy's model: the backup server reads the VM host. Here the "VM host" is a real sshd on 127.0.0.1
 // whose filesystem is the same loop-mounted btrfs; the image is frozen there and streamed here.
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat'], { root: true }))('block volumes with the source on another host (ssh)', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat', 'dd', 'losetup', 'findmnt', 'mkfs.ext4'], { root: true }))('block volumes with the source on another host (ssh)', () => {
   let sshd: Sshd
   let fs: LoopFilesystem
   let dir: string
@@ -179,6 +181,72 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(live.stdout).toContain(`removed what an unfinished run left: ${leftover}`)
     expect(existsSync(join(dir, leftover))).toBe(false)
     expect(readFileSync(join(dir, notOurs), 'utf8')).toBe('not of this volume')
+  })
+
+  it('restores to a new file or a device on the VM host (dd there, holes kept, never over a file), and to stdout', async () => {
+    expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img'))])).code).toBe(0)
+    expect((await overSsh(['backup', '-b', 'backy/vm'])).code).toBe(0)
+    const back = join(dir, 'back.img')
+    const restored = await overSsh(['restore', '-b', 'backy/vm', 'latest', remote(back)])
+    expect(restored.code, restored.stderr).toBe(0)
+    expect(restored.stdout).toMatch(new RegExp(`^restored [0-9a-f-]{36} \\(32\\.0 MiB\\) to ${remote(back)}\n$`))
+    expect(sameBytes(back, join(dir, 'vm.img'))).toBe(true)
+    // the image holds all of the VM's data: not readable by others; the chunks of zeros stay holes (4 chunks of data)
+    const stats = statSync(back)
+    expect(stats.mode & 0o777).toBe(0o600)
+    expect(stats.blocks * 512).toBeLessThanOrEqual(16 * MiB)
+    const partials = async () => (await readdir(dir)).filter((n) => n.endsWith('.bbackup-partial'))
+    expect(await partials()).toEqual([])
+
+    writeFileSync(back, 'changed since')
+    const again = await runCli(['restore', '-b', 'backy/vm', 'latest', remote(back), ...ssh], dir)
+    expect(again).toMatchObject({ code: 1, stderr: expect.stringContaining(`${remote(back)} already exists`) as unknown })
+    expect(readFileSync(back, 'utf8')).toBe('changed since')
+    const noDir = await runCli(['restore', '-b', 'backy/vm', 'latest', remote(join(dir, 'nodir/vm.img')), ...ssh], dir)
+    expect(noDir.code).not.toBe(0)
+    expect(noDir.stderr).toContain('create its directory on that host first')
+    expect(existsSync(join(dir, 'nodir'))).toBe(false)
+    expect(await partials()).toEqual([])
+
+    // backy's `restore ... -`: the image on stdout, for a pipe; never onto a terminal
+    const piped = join(dir, 'piped.img')
+    const out = createWriteStream(piped)
+    const toStdout = await runCli(['restore', '-b', 'backy/vm', '0', '-'], dir, { binaryStdout: out })
+    await new Promise((resolve) => out.end(resolve))
+    expect(toStdout, toStdout.stderr).toMatchObject({ code: 0, stdout: '', stderr: expect.stringMatching(/^restored .* to stdout\n$/) as unknown })
+    expect(sameBytes(piped, join(dir, 'vm.img'))).toBe(true)
+    const terminal = Object.assign(new PassThrough(), { isTTY: true })
+    const toTerminal = await runCli(['restore', '-b', 'backy/vm', '0', '-'], dir, { binaryStdout: terminal })
+    expect(toTerminal).toMatchObject({ code: 2, stderr: expect.stringContaining('pipe it into a command or redirect it') as unknown })
+    expect(terminal.read()).toBeNull()
+
+    // a device there: only with --force, at least as large, and not while it is mounted
+    const devices: string[] = []
+    const mountPoint = join(dir, 'mounted')
+    let mounted = false
+    try {
+      for (const [name, bytes] of [['small.disk', 16 * MiB], ['vm.disk', 40 * MiB]] as const) {
+        execFileSync('truncate', ['-s', String(bytes), join(dir, name)])
+        devices.push(execFileSync('losetup', ['-f', '--show', join(dir, name)], { encoding: 'utf8' }).trim())
+      }
+      const [small = '', disk = ''] = devices
+      const unforced = await runCli(['restore', '-b', 'backy/vm', 'latest', remote(disk), ...ssh], dir)
+      expect(unforced).toMatchObject({ code: 1, stderr: expect.stringContaining(`${remote(disk)} is a block device: restoring overwrites all of it`) as unknown })
+      const tooSmall = await runCli(['restore', '-b', 'backy/vm', 'latest', remote(small), '--force', ...ssh], dir)
+      expect(tooSmall.stderr).toContain(`holds ${16 * MiB} bytes, the revision ${32 * MiB}`)
+      const forced = await overSsh(['restore', '-b', 'backy/vm', 'latest', remote(disk), '--force'])
+      expect(forced.code, forced.stderr).toBe(0)
+      execFileSync('cmp', ['-n', String(32 * MiB), disk, join(dir, 'vm.img')])
+      execFileSync('mkfs.ext4', ['-q', disk])
+      execFileSync('mkdir', ['-p', mountPoint])
+      execFileSync('mount', [disk, mountPoint])
+      mounted = true
+      const busy = await runCli(['restore', '-b', 'backy/vm', 'latest', remote(disk), '--force', ...ssh], dir)
+      expect(busy).toMatchObject({ code: 1, stderr: expect.stringContaining(`${remote(disk)} is mounted on ${mountPoint}`) as unknown })
+    } finally {
+      if (mounted) execFileSync('umount', [mountPoint])
+      for (const device of devices) execFileSync('losetup', ['-d', device])
+    }
   })
 
   it('refuses what it cannot read, with the fix, and creates nothing', async () => {

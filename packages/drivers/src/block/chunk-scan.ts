@@ -34,6 +34,8 @@ export interface ScanHandlers {
    * `known` says is there. `written`: the bytes of it the scan wrote into `writeTo`.
    */
   data(index: number, chunk: Buffer | undefined, digest: Buffer, written: number): Promise<void> | void
+  /** the scan failed and stops: a handler that holds chunks back (to write them in order) lets them go */
+  failed?(error: unknown): void
 }
 
 export interface ScanCounts {
@@ -107,6 +109,7 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
     // the first failure of any lane stops the others at their next chunk
     await Promise.all(Array.from({ length: lanes }, async () => lane().catch((error: unknown) => {
       failure ??= { error }
+      handlers.failed?.(error)
     })))
   } finally {
     await pool.closeFiles()

@@ -1,13 +1,18 @@
+import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { constants, promises as fs } from 'node:fs'
+import { posix } from 'node:path'
+import type { Writable } from 'node:stream'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, InternalError, ioError, type BbError, type Transport } from '@bb/core'
+import { bbError, formatLocation, InternalError, ioError, stderrTail, type BbError, type Transport } from '@bb/core'
 import { scanChunks } from './chunk-scan.js'
 import { dataChunks } from './data-map.js'
 import { openHashPool } from './hash-pool.js'
 import { localDirectory } from './locked.js'
+import { privately } from '../privately.js'
 import { inspectSource } from './source.js'
-import { asResult, fsStep, stop } from './stop.js'
-import { distrustReason, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
+import { asResult, fsStep, must, stop, Stop } from './stop.js'
+import { distrustReason, paths, type Revision, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
 
 export interface BlockRestoreOptions {
   readonly at: Transport
@@ -19,6 +24,10 @@ export interface BlockRestoreOptions {
   readonly force?: boolean
   readonly signal?: AbortSignal
   readonly threads?: number
+  /** the host of `destination` when it is another (over ssh): the image is streamed into `dd` there */
+  readonly destinationHost?: Transport
+  /** write the image to this stream instead, in order, zero bytes included (`restore -b DIR REV -`: stdout) */
+  readonly output?: Writable
 }
 
 export interface BlockRestoreReport {
@@ -57,52 +66,237 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
     }
     const hashes = await readHashes(dir, revision)
     if (hashes === undefined) return stop(bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${image} is a plain image file`, { revision: revision.uuid }))
-    const existing = await fs.stat(options.destination).catch(() => undefined)
-    const device = existing?.isBlockDevice() === true
-    if (existing !== undefined && !device) {
-      return stop(bbError('ALREADY_EXISTS', `${options.destination} already exists`, 'restore to a new file name (bbackup never overwrites a file), or remove it first', { path: options.destination }))
-    }
-    if (device) {
-      if (options.force !== true) return stop(bbError('ALREADY_EXISTS', `${options.destination} is a block device: restoring overwrites all of it`, 'give --force if that is what you want', { path: options.destination }))
-      const { size } = await inspectSource(options.destination)
-      if (size < revision.size) return stop(bbError('INVALID_OPTIONS', `${options.destination} holds ${size} bytes, the revision ${revision.size}`, 'restore to a device at least as large, or to a file', { path: options.destination }))
-    }
-    // a device is opened exclusively: the kernel refuses (EBUSY) while it is mounted or held by LVM, dm, md or a VM
-    const handle = device
-      ? await fs.open(options.destination, constants.O_WRONLY | constants.O_EXCL).catch((cause: unknown) => stop((cause as NodeJS.ErrnoException).code === 'EBUSY'
-        ? bbError('TARGET_UNAVAILABLE', `${options.destination} is in use: mounted, or held by LVM, device-mapper, md or a running VM`, 'unmount it or stop what holds it (findmnt, lsblk show who), then restore again', { path: options.destination })
-        : ioError('open', options.destination)(cause)))
-      : await fsStep('create', options.destination, fs.open(options.destination, 'wx', 0o600))
+    const sink = options.output !== undefined
+      ? streamSink(options.output, 'stdout')
+      : options.destinationHost !== undefined && options.destinationHost.location.kind !== 'local'
+        ? await remoteSink(options.destinationHost, options.destination, revision, options)
+        : await localSink(options.destination, revision, options)
     const pool = openHashPool(options.threads)
-    let bytesWritten = 0
     let done = false
     try {
-      if (!device) await fsStep('resize', options.destination, handle.truncate(revision.size))
       const damaged = (i: number) => bbError('CORRUPT_DATA', `revision ${revision.uuid} is damaged at byte ${i * revision.chunkSize}: the chunk there does not match its hash`,
         'run bbackup verify -b DIR on it (it is then distrusted) and restore another revision', { revision: revision.uuid, offset: i * revision.chunkSize })
-      const zeros = Buffer.alloc(revision.chunkSize)
       const dataMap = await dataChunks(options.at, image, revision.size, revision.chunkSize)
       await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap, deliver: true }, {
         zero: async (i, length) => {
           if (!recordedZero(hashes, i) && options.force !== true) stop(damaged(i))
-          if (device) {
-            await fsStep('write', options.destination, handle.write(zeros, 0, length, i * revision.chunkSize))
-            bytesWritten += length
-          }
+          await sink.zero(i * revision.chunkSize, length)
         },
         data: async (i, chunk, digest) => {
           if (chunk === undefined) throw new InternalError('restore: a scan that delivers gave a chunk without its bytes')
           if (!recordedDigest(hashes, i, digest) && options.force !== true) stop(damaged(i))
-          await fsStep('write', options.destination, handle.write(chunk, 0, chunk.length, i * revision.chunkSize))
-          bytesWritten += chunk.length
+          await sink.data(i * revision.chunkSize, chunk)
         },
+        failed: (error) => sink.failed(error),
       })
-      await fsStep('flush', options.destination, handle.sync())
+      await sink.finish()
       done = true
     } finally {
-      await handle.close()
       await pool.close()
-      if (!done && !device) await fs.rm(options.destination, { force: true })
+      if (!done) await sink.abandon()
     }
-    return { uuid: revision.uuid, destination: options.destination, size: revision.size, bytesWritten }
+    return { uuid: revision.uuid, destination: sink.name, size: revision.size, bytesWritten: sink.bytesWritten() }
   })
+
+/** Where a restore writes: chunks at their offsets, handed over one at a time (each `bytes` only valid until its promise settles). */
+interface Sink {
+  /** the destination as the report names it */
+  readonly name: string
+  data(offset: number, bytes: Buffer): Promise<void>
+  /** `length` zero bytes at `offset`: a hole in a new file */
+  zero(offset: number, length: number): Promise<void>
+  /** the scan failed: chunks held back to keep the order are let go */
+  failed(error: unknown): void
+  /** everything is written: flush it and put it in place */
+  finish(): Promise<void>
+  /** the restore failed: a file it made is removed, what it did not make is left alone */
+  abandon(): Promise<void>
+  bytesWritten(): number
+}
+
+type RestoreTo = Pick<BlockRestoreOptions, 'force' | 'signal'>
+
+const refuseExisting = (where: string): never =>
+  stop(bbError('ALREADY_EXISTS', `${where} already exists`, 'restore to a new file name (bbackup never overwrites a file), or remove it first', { path: where }))
+
+const refuseDevice = (where: string, deviceSize: number, revision: Revision, options: RestoreTo): void => {
+  if (options.force !== true) stop(bbError('ALREADY_EXISTS', `${where} is a block device: restoring overwrites all of it`, 'give --force if that is what you want', { path: where }))
+  if (deviceSize < revision.size) stop(bbError('INVALID_OPTIONS', `${where} holds ${deviceSize} bytes, the revision ${revision.size}`, 'restore to a device at least as large, or to a file', { path: where }))
+}
+
+/** A new sparse file (zero chunks stay holes), or a device with `force`, on this host: each chunk written at its place as it comes. */
+const localSink = async (destination: string, revision: Revision, options: RestoreTo): Promise<Sink> => {
+  const existing = await fs.stat(destination).catch(() => undefined)
+  const device = existing?.isBlockDevice() === true
+  if (existing !== undefined && !device) refuseExisting(destination)
+  if (device) refuseDevice(destination, (await inspectSource(destination)).size, revision, options)
+  // a device is opened exclusively: the kernel refuses (EBUSY) while it is mounted or held by LVM, dm, md or a VM
+  const handle = device
+    ? await fs.open(destination, constants.O_WRONLY | constants.O_EXCL).catch((cause: unknown) => stop((cause as NodeJS.ErrnoException).code === 'EBUSY'
+      ? bbError('TARGET_UNAVAILABLE', `${destination} is in use: mounted, or held by LVM, device-mapper, md or a running VM`, 'unmount it or stop what holds it (findmnt, lsblk show who), then restore again', { path: destination })
+      : ioError('open', destination)(cause)))
+    : await fsStep('create', destination, fs.open(destination, 'wx', 0o600))
+  let written = 0
+  let closed = false
+  const close = async () => {
+    if (!closed) await handle.close()
+    closed = true
+  }
+  const zeros = Buffer.alloc(revision.chunkSize)
+  const write = async (bytes: Buffer, offset: number) => {
+    await fsStep('write', destination, handle.write(bytes, 0, bytes.length, offset))
+    written += bytes.length
+  }
+  try {
+    if (!device) await fsStep('resize', destination, handle.truncate(revision.size))
+  } catch (error) {
+    await close()
+    if (!device) await fs.rm(destination, { force: true })
+    throw error
+  }
+  return {
+    name: destination,
+    data: async (offset, bytes) => write(bytes, offset),
+    zero: async (offset, length) => (device ? write(zeros.subarray(0, length), offset) : undefined),
+    failed: () => undefined,
+    finish: async () => {
+      await fsStep('flush', destination, handle.sync())
+      await close()
+    },
+    abandon: async () => {
+      await close()
+      if (!device) await fs.rm(destination, { force: true })
+    },
+    bytesWritten: () => written,
+  }
+}
+
+/**
+ * The image as one stream, in order, zero bytes included: chunks that come early wait for their
+ * turn (the scan has at most two a thread in flight).
+ */
+const streamSink = (output: Writable, name: string, ended?: {
+  readonly finish: () => Promise<void>
+  readonly abandon: () => Promise<void>
+  /** why the stream broke, as its reader tells (a command's exit), when it can */
+  readonly whyBroken?: () => Promise<BbError | undefined>
+}): Sink => {
+  let next = 0
+  let written = 0
+  let broken: { error: unknown } | undefined
+  const waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>()
+  const zeros = new Map<number, Buffer>()
+  const fail = (error: unknown) => {
+    broken ??= { error: error instanceof Stop ? error : new Stop(writeFailed(error)) }
+    for (const w of waiting.values()) w.reject(broken.error)
+    waiting.clear()
+  }
+  const writeFailed = (cause: unknown): BbError => ((cause as NodeJS.ErrnoException).code === 'EPIPE'
+    ? bbError('IO_FAILED', `${name} was closed before the whole image was written`, 'what reads it stopped early: check it, and restore again', { path: name })
+    : ioError('write', name)(cause))
+  // a broken stream fails the write in progress, or the next one: that is where it is reported
+  const onError = () => undefined
+  output.on('error', onError)
+  const put = async (offset: number, bytes: Buffer) => {
+    if (broken !== undefined) throw broken.error
+    if (offset !== next) await new Promise<void>((resolve, reject) => waiting.set(offset, { resolve, reject }))
+    // a copy: the chunk's buffer goes back to the scan, and a stream may hold what it was given (a pipe's buffer)
+    await new Promise<void>((resolve, reject) => {
+      output.write(Buffer.from(bytes), (error) => (error == null ? resolve() : reject(error)))
+    }).then(async () => {
+      if (output.writableNeedDrain) await once(output, 'drain')
+    }).catch(async (cause: unknown) => {
+      const why = await ended?.whyBroken?.().catch(() => undefined)
+      fail(why === undefined ? cause : new Stop(why))
+      throw broken?.error
+    })
+    written += bytes.length
+    next = offset + bytes.length
+    const turn = waiting.get(next)
+    waiting.delete(next)
+    turn?.resolve()
+  }
+  return {
+    name,
+    data: put,
+    zero: async (offset, length) => {
+      const bytes = zeros.get(length) ?? Buffer.alloc(length)
+      zeros.set(length, bytes)
+      return put(offset, bytes)
+    },
+    failed: fail,
+    finish: async () => {
+      output.off('error', onError)
+      await ended?.finish()
+    },
+    abandon: async () => {
+      output.off('error', onError)
+      await ended?.abandon()
+    },
+    bytesWritten: () => written,
+  }
+}
+
+/**
+ * A file or device on another host: the image streamed into `dd` there. A new file is written
+ * under a temporary name beside it (`conv=excl,sparse`: zero chunks stay holes) and linked to its
+ * name only when complete (`ln`: never over a file that appeared meanwhile); a device needs `force`.
+ */
+const remoteSink = async (host: Transport, destination: string, revision: Revision, options: RestoreTo): Promise<Sink> => {
+  const where = formatLocation({ ...host.location, path: destination })
+  const run = async (argv: readonly string[]) => must(host.exec(argv, options.signal === undefined ? {} : { signal: options.signal }))
+  const looked = await run(['stat', '-L', '-c', '%F:%s', '--', destination])
+  let device = false
+  if (looked.exitCode === 0) {
+    const [type = ''] = looked.stdout.trim().split(':')
+    if (type !== 'block special file') refuseExisting(where)
+    const size = await run(['blockdev', '--getsize64', destination])
+    if (size.exitCode !== 0 || !/^\d+$/.test(size.stdout.trim())) {
+      stop(bbError('TARGET_UNAVAILABLE', `cannot read the size of the device ${where}: ${stderrTail(size.stderr) || `blockdev exit ${size.exitCode}`}`, 'the ssh user must be able to write the device (root)', { path: where }))
+    }
+    refuseDevice(where, Number(size.stdout.trim()), revision, options)
+    const mounted = await run(['findmnt', '-n', '-o', 'TARGET', '--source', destination])
+    if (mounted.exitCode === 0) {
+      stop(bbError('TARGET_UNAVAILABLE', `${where} is mounted on ${mounted.stdout.trim().split('\n').join(', ')}`, 'unmount it there (and stop a VM that uses it), then restore again', { path: where }))
+    }
+    device = true
+  } else if (!/No such file/i.test(looked.stderr)) {
+    stop(bbError('TARGET_UNAVAILABLE', `cannot look at ${where}: ${stderrTail(looked.stderr) || `stat exit ${looked.exitCode}`}`, 'check the path on that host, and that the ssh user may write there', { path: where }))
+  }
+  const partial = device ? destination : posix.join(posix.dirname(destination), `.${posix.basename(destination)}.${randomBytes(6).toString('hex')}.bbackup-partial`)
+  const argv = ['dd', `of=${partial}`, `bs=${revision.chunkSize}`, 'iflag=fullblock', `conv=${device ? 'nocreat,notrunc' : 'excl,sparse'},fsync`, 'status=none']
+  const writing = host.spawn(device ? argv : privately(argv), { stdin: 'pipe', ...(options.signal === undefined ? {} : { signal: options.signal }) })
+  if (writing.stdin === undefined) throw new InternalError('spawn with stdin: pipe gave no stdin')
+  const input = writing.stdin
+  const failedAt = (ended: { exitCode: number; stderr: string }) => bbError('TARGET_UNAVAILABLE', `writing ${where} failed: ${stderrTail(ended.stderr) || `dd exit ${ended.exitCode}`}`,
+    /No such file/i.test(ended.stderr) ? 'create its directory on that host first' : 'check that the ssh user may write there and that there is space, and run again', { path: where, stderr: stderrTail(ended.stderr) })
+  // the partial file is ours to remove, unless dd found one there (excl) or it is kept for the user
+  let keep = device
+  return streamSink(input, where, {
+    whyBroken: async () => {
+      const ended = await writing.done
+      return ended.isOk() && ended.value.exitCode !== 0 ? failedAt(ended.value) : undefined
+    },
+    finish: async () => {
+      input.end()
+      const ended = await must(writing.done)
+      if (ended.exitCode !== 0) {
+        keep ||= /File exists/i.test(ended.stderr)
+        stop(failedAt(ended))
+      }
+      if (device) return
+      const linked = await run(['ln', '-T', '--', partial, destination])
+      if (linked.exitCode !== 0) {
+        keep = /File exists/i.test(linked.stderr)
+        stop(keep ? bbError('ALREADY_EXISTS', `${where} appeared while it was restored; the restored image stays as ${partial}`, 'rename one of them there', { path: where }) : failedAt(linked))
+      }
+      await run(['rm', '-f', '--', partial])
+    },
+    abandon: async () => {
+      input.destroy()
+      writing.kill()
+      await writing.done
+      if (!keep) await host.exec(['rm', '-f', '--', partial])
+    },
+  })
+}

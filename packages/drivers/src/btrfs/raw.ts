@@ -6,6 +6,7 @@ import {
 } from '@bb/core'
 import { sendReceive, type StreamFilter, type StreamWay } from './pipeline.js'
 import { refuseExisting } from './subvolume.js'
+import { privately } from '../privately.js'
 import { targetInSource } from '../target-in-source.js'
 
 const join = posix.join
@@ -187,8 +188,6 @@ export const rawStore = (deps: RawDeps) => {
   const suffix = `.btrfs${compress === 'zstd' ? '.zst' : ''}${encryption === undefined ? '' : '.gpg'}`
   const fileOf = (name: string): string => `${name}${suffix}`
 
-  /** commands that write a file with mode 0600: stream files hold all of the source's data (bbackup-remote knows this text) */
-  const privately = (argv: readonly string[]): string[] => ['sh', '-c', 'umask 077 && exec "$@"', 'sh', ...argv]
   /** the writer at the target; an encrypted stream was compressed before gpg, on this host (ciphertext does not compress) */
   const writerArgv = (path: string): string[] => (compress === 'zstd' && encryption === undefined ? ['zstd', '-q', '-T0', '-o', path] : ['dd', `of=${path}`, 'bs=1M', 'status=none'])
   /** what the stream of `snapshot` passes through on this host on its way to the target */
