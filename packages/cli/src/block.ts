@@ -1,8 +1,7 @@
-import { resolve as resolvePath } from 'node:path'
 import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
 import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
-import type { Result } from 'neverthrow'
+import { err, ok, type Result } from 'neverthrow'
 import { transportFor, type Connections } from './build-job.js'
 import type { SshSpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
@@ -31,6 +30,20 @@ const sourceHostFor = async (where: Location, remote: BlockRemote): Promise<{ re
   return t.isErr() ? { error: t.error } : { host: t.value }
 }
 
+/**
+ * A volume's directory (`-b DIR`): a path on this host. Its revisions are reflink copies on this
+ * host's disk; a location on another host is refused, not taken as a local name (`./root@kvm1:/…`).
+ */
+const volumeAt = (io: Io, dir: string): Result<Transport, BbError> => {
+  const where = parseLocation(dir, { cwd: io.cwd })
+  if (where.isErr()) return err(where.error)
+  if (where.value.kind !== 'local') {
+    return err(bbError('INVALID_OPTIONS', `the backup directory ${dir} is on another host: a volume's revisions are kept on the disk of the host that runs bbackup`,
+      'run bbackup on the backup server with -b a path there; the source may be on another host (bbackup init -b /srv/backy/vm1 root@kvm1:/var/lib/libvirt/images/vm1.img)', { value: dir }))
+  }
+  return ok(localTransport(where.value.path))
+}
+
 const fail = (io: Io, error: BbError, options: BlockCliOptions): number => {
   if (options.json === true) io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
   else io.stderr(renderError(error, (options.verbose ?? 0) > 0))
@@ -49,6 +62,8 @@ const short = (uuid: string): string => uuid.slice(0, 8)
 
 export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string }, remote: BlockRemote): Promise<number> => {
   const { initVolume, parseSchedule, parseSize } = await block()
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
   const where = parseLocation(source, { cwd: io.cwd })
   if (where.isErr()) return fail(io, where.error, options)
   const host = await sourceHostFor(where.value, remote)
@@ -60,13 +75,13 @@ export const blockInit = async (io: Io, dir: string, source: string, options: Bl
   const schedule = options.schedule === undefined ? undefined : parseSchedule(options.schedule)
   if (schedule?.isErr() === true) return fail(io, schedule.error, options)
   const r = await initVolume({
-    at: localTransport(resolvePath(io.cwd, dir)), source: formatLocation(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
+    at: at.value, source: formatLocation(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
     ...(chunkSize === undefined ? {} : { chunkSize }), ...(schedule === undefined ? {} : { schedule: schedule._unsafeUnwrap() }),
     ...(options.snapshot === false ? { snapshot: 'none' as const } : {}), ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
   })
   if (r.isErr()) return fail(io, r.error, options)
   const { formatSchedule } = await block()
-  print(io, options, r.value, () => `initialised ${resolvePath(io.cwd, dir)} for ${r.value.source}: chunks of ${formatBytes(r.value.chunkSize)}, schedule ${formatSchedule(r.value.schedule)}\n`)
+  print(io, options, r.value, () => `initialised ${at.value.location.path} for ${r.value.source}: chunks of ${formatBytes(r.value.chunkSize)}, schedule ${formatSchedule(r.value.schedule)}\n`)
   return EXIT.ok
 }
 
@@ -125,8 +140,12 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     hooks.ran?.(undefined, { error: wait.error })
     return fail(io, wait.error, options)
   }
-  const at = localTransport(resolvePath(io.cwd, dir))
-  const where = await volumeSource(at)
+  const at = volumeAt(io, dir)
+  if (at.isErr()) {
+    hooks.ran?.(undefined, { error: at.error })
+    return fail(io, at.error, options)
+  }
+  const where = await volumeSource(at.value)
   if (where.isErr()) {
     hooks.ran?.(undefined, { error: where.error })
     return fail(io, where.error, options)
@@ -144,7 +163,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
   let shown = -1
   try {
     const r = await backupVolume({
-      at, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
       ...wait.value,
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
@@ -184,7 +203,9 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
 /** A dry run of a block volume's backup: whether one is due now, and with which tags. */
 export const blockDue = async (io: Io, dir: string, options: BlockCliOptions): Promise<number> => {
   const { volumeStatus } = await block()
-  const r = await volumeStatus({ at: localTransport(resolvePath(io.cwd, dir)) })
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
+  const r = await volumeStatus({ at: at.value })
   if (r.isErr()) return fail(io, r.error, options)
   const { dueNow, nextDue } = r.value.summary
   io.stderr(`${r.value.dir}: ${dueNow.length > 0 ? `would back up ${r.value.source} now (${dueNow.join(', ')})` : `nothing due until ${utc(nextDue)} UTC`}\n`)
@@ -213,7 +234,9 @@ const renderStatus = (s: VolumeStatus): string => {
 
 export const blockStatus = async (io: Io, dir: string, options: BlockCliOptions): Promise<number> => {
   const { volumeStatus } = await block()
-  const r = await volumeStatus({ at: localTransport(resolvePath(io.cwd, dir)) })
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
+  const r = await volumeStatus({ at: at.value })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderStatus(r.value))
   return r.value.summary.distrusted > 0 || r.value.withoutImage.length > 0 ? EXIT.error : EXIT.ok
@@ -235,7 +258,9 @@ export const blockVerify = async (io: Io, dir: string, specs: readonly string[],
   const { verifyVolume } = await block()
   const subset = options.subset === undefined ? undefined : parseSubset(options.subset)
   if (options.subset !== undefined && subset === undefined) return fail(io, bbError('INVALID_OPTIONS', `--subset ${options.subset} is not k/n`, 'give e.g. --subset 1/4, then 2/4, 3/4 and 4/4 in later runs'), options)
-  const r = await verifyVolume({ at: localTransport(resolvePath(io.cwd, dir)), ...(specs.length === 0 ? {} : { revisions: specs }), ...(subset === undefined ? {} : { subset }) })
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
+  const r = await verifyVolume({ at: at.value, ...(specs.length === 0 ? {} : { revisions: specs }), ...(subset === undefined ? {} : { subset }) })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderVerify(r.value))
   return r.value.ok ? EXIT.ok : EXIT.error
@@ -253,7 +278,9 @@ export const blockPrune = async (io: Io, dir: string, options: BlockCliOptions &
   const { expireVolume } = await block()
   const wait = waitOption(options.wait)
   if (wait.isErr()) return fail(io, wait.error, options)
-  const r = await expireVolume({ at: localTransport(resolvePath(io.cwd, dir)), dryRun: options.dryRun === true, ...wait.value })
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
+  const r = await expireVolume({ at: at.value, dryRun: options.dryRun === true, ...wait.value })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => renderExpire(r.value, options.verbose ?? 0))
   return EXIT.ok
@@ -262,7 +289,9 @@ export const blockPrune = async (io: Io, dir: string, options: BlockCliOptions &
 /** `distrust -b DIR REV...` */
 export const blockDistrust = async (io: Io, dir: string, specs: readonly string[], options: BlockCliOptions): Promise<number> => {
   const { distrustRevisions } = await block()
-  const r = await distrustRevisions({ at: localTransport(resolvePath(io.cwd, dir)), revisions: specs })
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
+  const r = await distrustRevisions({ at: at.value, revisions: specs })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => `${r.value.distrusted.map((uuid) => `distrusted ${uuid}`).join('\n')}\n`)
   return EXIT.ok
@@ -270,12 +299,13 @@ export const blockDistrust = async (io: Io, dir: string, specs: readonly string[
 
 export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }, remote: BlockRemote): Promise<number> => {
   const { restoreRevision } = await block()
-  const at = localTransport(resolvePath(io.cwd, dir))
+  const at = volumeAt(io, dir)
+  if (at.isErr()) return fail(io, at.error, options)
   if (destination === '-') {
     // backy's `restore ... -`: the image on stdout, for a pipe (`| ssh kvm1 dd of=/dev/vg0/vm1`)
     if (io.binaryStdout === undefined) return fail(io, bbError('UNSUPPORTED', 'restoring to stdout (-) needs a byte stream as stdout, which this caller did not give', 'restore to a file instead'), options)
     if (io.binaryStdout.isTTY === true) return fail(io, bbError('INVALID_OPTIONS', 'restore to - writes the image to stdout, which is a terminal', 'pipe it into a command or redirect it to a file, e.g. bbackup restore -b DIR latest - | ssh kvm1 dd of=/dev/vg0/vm1'), options)
-    const r = await restoreRevision({ at, revision, destination: '-', output: io.binaryStdout, force: options.force === true })
+    const r = await restoreRevision({ at: at.value, revision, destination: '-', output: io.binaryStdout, force: options.force === true })
     if (r.isErr()) return fail(io, r.error, { ...options, json: false })
     if (options.quiet !== true) io.stderr(`restored ${r.value.uuid} (${formatBytes(r.value.size)}) to stdout\n`)
     return EXIT.ok
@@ -287,7 +317,7 @@ export const blockRestore = async (io: Io, dir: string, revision: string, destin
   }
   const host = await sourceHostFor(where.value, remote)
   if ('error' in host) return fail(io, host.error, options)
-  const r = await restoreRevision({ at, revision, destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }), force: options.force === true })
+  const r = await restoreRevision({ at: at.value, revision, destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }), force: options.force === true })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`)
   return EXIT.ok

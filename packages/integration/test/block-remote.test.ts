@@ -256,6 +256,12 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(relative.code).not.toBe(0)
     expect(relative.stderr).toContain('absolute')
     expect(existsSync(join(dir, 'backy'))).toBe(false)
+    // the revisions are kept here: a backup directory on another host is refused, not taken as a name here
+    for (const command of [['init', '-b', `root@127.0.0.1:${join(dir, 'backy/vm')}`, join(dir, 'vm.img')], ['status', '-b', remote(join(dir, 'backy/vm'))], ['backup', '-b', 'root@127.0.0.1:/backy/vm']]) {
+      const elsewhere = await runCli(command, dir)
+      expect(elsewhere, command.join(' ')).toMatchObject({ code: 2, stderr: expect.stringContaining('is on another host: a volume\'s revisions are kept on the disk of the host that runs bbackup') as unknown })
+    }
+    expect(await readdir(dir)).not.toContain('root@127.0.0.1:')
     // a library caller must hand over the way to the source's host
     expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img'))])).code).toBe(0)
     const r = await backupVolume({ at: localTransport(join(dir, 'backy/vm')), force: true })
