@@ -1,6 +1,6 @@
 import { posix } from 'node:path'
 import { err, ok, Result, ResultAsync } from 'neverthrow'
-import { bbError, InternalError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
+import { bbError, formatLocation, InternalError, type BbError, type SnapshotIdentity, type Transport } from '@bb/core'
 
 /** What `btrfs subvolume show` says about one subvolume. */
 export interface Subvolume extends SnapshotIdentity {
@@ -109,7 +109,10 @@ export const refuseExisting = async (to: Transport, paths: readonly string[]): P
   for (const p of paths) {
     const there = await to.stat(p)
     if (there.isErr()) return err(there.error)
-    if (there.value !== undefined) return err(bbError('ALREADY_EXISTS', `${p} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: p }))
+    if (there.value !== undefined) {
+      const where = formatLocation({ ...to.location, path: p })
+      return err(bbError('ALREADY_EXISTS', `${where} already exists; restore never overwrites`, 'restore into another directory, or move it away first', { path: where }))
+    }
   }
   return ok(undefined)
 }

@@ -437,7 +437,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (there.isErr()) return err(there.error)
       const occupied = there.value === undefined ? false : sub !== '' || there.value.kind !== 'directory' || (await input.to.list(landing)).unwrapOr(['?']).length > 0
       if (occupied) {
-        return err(bbError('ALREADY_EXISTS', `${landing} already exists${sub === '' ? ' and is not empty' : ''}; restore never overwrites`, 'restore into a new or empty directory, then move what you need', { path: landing }))
+        const where = formatLocation({ ...input.to.location, path: landing })
+        return err(bbError('ALREADY_EXISTS', `${where} already exists${sub === '' ? ' and is not empty' : ''}; restore never overwrites`, 'restore into a new or empty directory, then move what you need', { path: where }))
       }
       const runner = rsyncHost(input.from, input.to)
       if (runner.isErr()) return err(runner.error)
