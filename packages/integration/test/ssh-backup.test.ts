@@ -276,6 +276,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const sent = await snapshotsIn(join(dir, 'relayed'))
     expect(sent).toHaveLength(2)
     expect(show(join(dir, 'relayed', sent[1] ?? ''))['Parent UUID']).toBe(show(join(dir, 'relayed', sent[0] ?? ''))['UUID'])
+    // both ends on that host: compared there, and the note names the source snapshot with its host
+    const verified = await runCli(['verify', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state', ...ssh], dir)
+    expect(verified.stdout).toContain(`no problem found\n  note: content compared by checksum with ${remote(join(dir, 'home/.snapshots', sent[1] ?? ''))}\n`)
   })
 
   it('btrfs remote to remote into a target that refuses the receive at once (read-only): the run ends with the receive\'s error, and nothing is left running on either side', async () => {

@@ -714,7 +714,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
             if (created?.[1] !== undefined && (await input.source.stat(join(original, created[1]))).unwrapOr(undefined)?.inode === 2) continue
             differences.push(line)
           }
-          notes.push(`content compared by checksum with ${original}`)
+          notes.push(`content compared by checksum with ${formatLocation({ ...input.source.location, path: original })}`)
         }
       } else notes.push('the content is compared only when one end is on this host, or both are on one host: run verify on the source host to compare it')
     }
