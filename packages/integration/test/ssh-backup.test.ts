@@ -269,10 +269,14 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   })
 
   it('btrfs remote to remote: streamed through this host, and the report says so', async () => {
-    await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state', '-q'])
+    const first = await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state', '--json'])
+    // what passed through this host is counted (neither ssh client can tell it)
+    expect((JSON.parse(first.stdout) as { targets: { mode: string; bytes: number }[] }).targets[0]).toMatchObject({ mode: 'full', bytes: expect.any(Number) as unknown })
+    expect((JSON.parse(first.stdout) as { targets: { bytes: number }[] }).targets[0]?.bytes).toBeGreaterThan(1000)
     await writeFile(join(dir, 'home/a.txt'), 'again\n')
     const second = await runOverSsh(['run', remote(join(dir, 'home')), remote(join(dir, 'relayed')), '--state-dir', 'state'])
     expect(second.stdout).toMatch(/incremental from home\.[\s\S]*relayed: streamed from the source host through this one/)
+    expect(second.stdout).not.toMatch(/; 0 B sent/)
     const sent = await snapshotsIn(join(dir, 'relayed'))
     expect(sent).toHaveLength(2)
     expect(show(join(dir, 'relayed', sent[1] ?? ''))['Parent UUID']).toBe(show(join(dir, 'relayed', sent[0] ?? ''))['UUID'])

@@ -1,5 +1,5 @@
 import { constants } from 'node:os'
-import { pipeline, type Writable } from 'node:stream'
+import { pipeline, type Readable, type Writable } from 'node:stream'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
   bbError, type CombinedResult, type CommandResult, type DirEntry, type EntryStat, type ExecOptions, type LockError, type RunningCommand, type SpawnOptions, type SshLocation, type Transport, type TransportError,
@@ -125,8 +125,20 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
         for (const m of seen.matchAll(PID_LINES)) remotePid = m[1]
       },
     }
+    // a stdout handed to another master's own session (a relay's receive) is copied into it here, and
+    // counted: neither ssh client can tell how much passed, and that channel must stay open after it
+    const into = plain.stdout
+    const relayed = typeof into === 'object' && isSharedChannel(into) ? into : undefined
+    let passed = 0
     // a remote command with a NUL byte cannot run: start nothing, report why
-    const running = (remote.isOk() && inAhead(wrapped, remote.value, plain, hooks)) || spawnCommand(remote.isErr() ? [] : connection.command(remote.value), plain, hooks)
+    const running = (remote.isOk() && inAhead(wrapped, remote.value, plain, hooks))
+      || spawnCommand(remote.isErr() ? [] : connection.command(remote.value), relayed === undefined ? plain : { ...plain, stdout: 'pipe' }, hooks)
+    if (relayed !== undefined && running.stdout !== undefined) {
+      running.stdout.on('data', (chunk: Buffer) => {
+        passed += chunk.length
+      })
+      intoShared(running.stdout, relayed)
+    }
     const withoutPid = (result: CommandResult): CommandResult => ({ ...result, stderr: result.stderr.replace(PID_PREFIX, '') })
     /** the signal it was stopped with from here: its ssh client's end is then no lost connection */
     let stoppedWith: NodeJS.Signals | undefined
@@ -136,8 +148,9 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     return {
       ...running,
       argv,
+      ...(relayed === undefined ? {} : { stdout: undefined }),
       // the ssh client here passes its stdin and stdout to the master connection, which does the reading and writing: its own counts say nothing
-      bytesWritten: async () => undefined,
+      bytesWritten: async () => (relayed === undefined ? undefined : passed),
       bytesRead: async () => undefined,
       done: remote.isErr() ? errAsync(remote.error) : running.done.andThen((result) => new ResultAsync(Promise.resolve(stopped(result) ?? classify(withoutPid(result), argv)))),
       kill: (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -180,12 +193,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       const taken = connection.serveStreamOut(line, onPid)
       if (taken === undefined) return undefined
       if (isSharedChannel(into)) {
-        // another master's stdin: the requests after the stream follow in it
-        taken.stdout.pipe(into, { end: false })
-        // for this stream only: a run sends many along one channel
-        const stop = (): void => void taken.stdout.destroy()
-        into.once('error', stop)
-        taken.stdout.once('close', () => into.removeListener('error', stop))
+        intoShared(taken.stdout, into)
       } else {
         // a reader that fails takes nothing more: the server's channel is read on, and the rest dropped
         pipeline(taken.stdout, into, () => undefined)
@@ -329,4 +337,16 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       options: ['-e', connection.rsyncShell, ...(sudo.length > 0 ? ['--rsync-path=sudo -n rsync'] : [])],
     }),
   }
+}
+
+/**
+ * Copies a stream into another master's own session (its stdin, {@link SHARED_CHANNEL}): the
+ * requests after the stream follow in that channel, so it is never ended, and a failure of it
+ * stops this stream only (a run sends many along one channel).
+ */
+const intoShared = (from: Readable, into: Writable): void => {
+  from.pipe(into, { end: false })
+  const stop = (): void => void from.destroy()
+  into.once('error', stop)
+  from.once('close', () => into.removeListener('error', stop))
 }
