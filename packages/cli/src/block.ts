@@ -223,7 +223,8 @@ const renderStatus = (s: VolumeStatus): string => {
   return [
     `${s.dir}: ${s.source}, chunks of ${formatBytes(s.chunkSize)}, schedule ${s.schedule}`,
     ...(rows.length === 0 ? ['  no revisions yet'] : [line(header), ...rows.map(line)].map((l) => `  ${l}`)),
-    ...(s.incomplete.length > 0 ? [`  unfinished (removed by the next backup): ${s.incomplete.join(', ')}`] : []),
+    ...(s.runningNow === undefined ? [] : [`  running now: ${s.runningNow.command} (pid ${s.runningNow.pid} on ${s.runningNow.host}, since ${utc(s.runningNow.since)} UTC)`]),
+    ...(s.incomplete.length === 0 ? [] : [`  ${s.runningNow === undefined ? 'unfinished (removed by the next backup)' : 'unfinished (being written now, or left by an earlier run)'}: ${s.incomplete.join(', ')}`]),
     ...s.withoutImage.map((uuid) => `  ${uuid}: its image ${uuid}.img is missing: restore cannot use it${s.distrusted.some((d) => d.uuid === uuid) ? '' : ` (bbackup verify -b DIR ${uuid.slice(0, 8)} marks it distrusted)`}`),
     ...s.distrusted.map((d) => `  ${d.uuid}: distrusted: ${d.reason}`),
     ...s.bases.map((b) => `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`),

@@ -1,10 +1,12 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { open, readdir, readFile, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
+import { localTransport } from '@bb/transports/local'
 import { runCli, sameBytes } from './helpers.js'
 
 const MiB = 1024 * 1024
@@ -53,6 +55,24 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(restore.code).toBe(0)
     expect(sameBytes(join(dir, 'restored.img'), join(dir, 'vm.img'))).toBe(true)
     expect(await runCli(['restore', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('restore -b takes a revision and a destination') as unknown })
+  })
+
+  it('status -b names the run that holds the volume now, and does not call what it writes a leftover', async () => {
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img'], dir)).code).toBe(0)
+    const partial = '00000000-0000-4000-8000-000000000000.img.partial'
+    await writeFile(join(dir, 'backy/vm', partial), '')
+    const lock = (await localTransport(join(dir, 'backy/vm')).lock(join(dir, 'backy/vm/.lock'), { command: 'backup' }))._unsafeUnwrap()
+    try {
+      const busy = await runCli(['status', '-b', 'backy/vm'], dir)
+      expect(busy.stdout).toMatch(new RegExp(`\n  running now: backup \\(pid ${process.pid} on ${hostname()}, since \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d UTC\\)\n`))
+      expect(busy.stdout).toContain(`  unfinished (being written now, or left by an earlier run): ${partial}\n`)
+      expect(JSON.parse((await runCli(['status', '-b', 'backy/vm', '--json'], dir)).stdout)).toMatchObject({ runningNow: { command: 'backup', pid: process.pid } })
+    } finally {
+      await lock.release()
+    }
+    const idle = await runCli(['status', '-b', 'backy/vm'], dir)
+    expect(idle.stdout).not.toContain('running now')
+    expect(idle.stdout).toContain(`  unfinished (removed by the next backup): ${partial}\n`)
   })
 
   it('refuses bad input with the fix, and changes nothing', async () => {

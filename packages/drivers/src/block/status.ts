@@ -1,10 +1,11 @@
+import { join } from 'node:path'
 import type { ResultAsync } from 'neverthrow'
 import type { BbError, Location, Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
 import { keptBases, sourceLocation, type KeptBase } from './source.js'
 import { asResult, must } from './stop.js'
-import { distrustReason, readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
+import { distrustReason, LOCK_FILE, readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
 export interface VolumeStatus {
   readonly dir: string
@@ -13,8 +14,10 @@ export interface VolumeStatus {
   readonly schedule: string
   /** complete revisions, oldest first */
   readonly revisions: readonly Revision[]
-  /** files of unfinished revisions (removed by the next backup) */
+  /** files of unfinished revisions: being written by the run that holds the lock, else removed by the next backup */
   readonly incomplete: readonly string[]
+  /** the run that holds the volume's lock now (a backup, prune, verify or distrust), if any; a lock its holder left behind is not one */
+  readonly runningNow?: { readonly command: string; readonly pid: number; readonly host: string; readonly since: string }
   /** revisions whose image is gone from the directory: restore cannot use them */
   readonly withoutImage: readonly string[]
   /** the distrusted revisions and why, oldest first */
@@ -39,17 +42,19 @@ export interface VolumeStatus {
 }
 
 /**
- * The revisions of a volume with their timestamp, size, duration, tags and trust, and a summary.
- * Reads only; takes no lock.
+ * The revisions of a volume with their timestamp, size, duration, tags and trust, and a summary,
+ * and the run that holds its lock now. Reads only; takes no lock.
  */
 export const volumeStatus = (options: { readonly at: Transport; readonly now?: () => Date }): ResultAsync<VolumeStatus, BbError> =>
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
-    const [{ revisions, incomplete, withoutImage }, bases] = await Promise.all([readVolume(options.at, dir), keptBases(config)])
+    const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir), keptBases(config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
     const now = (options.now ?? (() => new Date()))()
+    const held = lock?.verdict.stale === false ? lock.info : undefined
     return {
       dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, withoutImage, bases,
+      ...(held === undefined ? {} : { runningNow: { command: held.command, pid: held.pid, host: held.host, since: held.startedAt } }),
       distrusted: revisions.filter((r) => r.trust === 'distrusted').map((r) => ({ uuid: r.uuid, reason: distrustReason(r) })),
       summary: {
         revisions: revisions.length,
