@@ -117,6 +117,10 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
 
     await chown(file, 65534, 65534)
     expect((await module('', { passwordFile: file }).list(''))._unsafeUnwrapErr()).toMatchObject({ code: 'INSECURE_SECRETS', message: expect.stringContaining('belongs to uid 65534') })
+    const missing = join(tmp.path, 'nas.secret')
+    expect((await module('', { passwordFile: missing }).list(''))._unsafeUnwrapErr()).toMatchObject({
+      code: 'NOT_FOUND', message: `the password file ${missing} does not exist`, hint: expect.stringContaining(`umask 077; echo 'THE-PASSWORD' > ${missing}`) as unknown,
+    })
     // none of these reached the daemon
     expect((await daemon.log()).slice(logBefore)).not.toMatch(/connect from/)
 

@@ -24,6 +24,9 @@ export const checkPasswordFile = (path: string): ResultAsync<string, SecretsErro
       if ((cause as NodeJS.ErrnoException).code === 'ELOOP') {
         return err(bbError('INSECURE_SECRETS', `the password file ${path} is a symlink; a password is read only from the file itself`, 'give the path of the real file (readlink -f shows it)', { path }))
       }
+      if ((cause as NodeJS.ErrnoException).code === 'ENOENT') {
+        return err(bbError('NOT_FOUND', `the password file ${path} does not exist`, `put the module's password alone in it, readable by you only: umask 077; echo 'THE-PASSWORD' > ${path} (or set RSYNC_PASSWORD instead)`, { path }))
+      }
       return err(ioError('read the password file', path)(cause))
     }
     try {
@@ -36,6 +39,9 @@ export const checkPasswordFile = (path: string): ResultAsync<string, SecretsErro
       }
       return ok(await handle.readFile('utf8'))
     } catch (cause) {
+      if ((cause as NodeJS.ErrnoException).code === 'ENOENT') {
+        return err(bbError('NOT_FOUND', `the password file ${path} does not exist`, `put the module's password alone in it, readable by you only: umask 077; echo 'THE-PASSWORD' > ${path} (or set RSYNC_PASSWORD instead)`, { path }))
+      }
       return err(ioError('read the password file', path)(cause))
     } finally {
       await handle.close()
