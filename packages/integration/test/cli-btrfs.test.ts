@@ -48,6 +48,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(caughtUp.targets[0]).toMatchObject({ missing: [], backups: 4 })
     // restore of a name that is not there names the newest that is
     const newest = (await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.')).sort().at(-1)!
+    // why the newest is kept, in btrfs terms (no next run links against a received snapshot)
+    const dryPrune = await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '--keep-backups', '1', '-n'], dir)
+    expect(dryPrune.stdout).toMatch(new RegExp(`keep   ${newest}  .*; protected: the newest healthy backup \\(the last good copy is never deleted\\); protected: the copy of ${newest}`))
     expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
   })
 

@@ -52,7 +52,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     if (pins.isErr()) return err(pins.error)
     for (const [target, name] of Object.entries(pins.value.pins)) protect.push({ name, reason: `the newest snapshot ${target} holds (its next incremental's parent)` })
   } else {
-    if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest healthy backup (the next run links against it)' })
+    // rsync links the next backup against it; for received snapshots it is the last good copy
+    const why = job.driver.snapshotsSource ? 'the last good copy is never deleted' : 'the next run links against it'
+    if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: `the newest healthy backup (${why})` })
     if (job.driver.snapshotsSource) {
       // the copy of the newest snapshot the source still has: the next incremental's parent
       const source = await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal })
