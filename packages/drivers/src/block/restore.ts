@@ -10,7 +10,7 @@ import { dataChunks } from './data-map.js'
 import { openHashPool } from './hash-pool.js'
 import { localDirectory } from './locked.js'
 import { privately } from '../privately.js'
-import { inspectSource } from './source.js'
+import { inspectSource, lookRemote } from './source.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import { distrustReason, paths, type Revision, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
 
@@ -245,23 +245,15 @@ const streamSink = (output: Writable, name: string, ended?: {
 const remoteSink = async (host: Transport, destination: string, revision: Revision, options: RestoreTo): Promise<Sink> => {
   const where = formatLocation({ ...host.location, path: destination })
   const run = async (argv: readonly string[]) => must(host.exec(argv, options.signal === undefined ? {} : { signal: options.signal }))
-  const looked = await run(['stat', '-L', '-c', '%F:%s', '--', destination])
-  let device = false
-  if (looked.exitCode === 0) {
-    const [type = ''] = looked.stdout.trim().split(':')
-    if (type !== 'block special file') refuseExisting(where)
-    const size = await run(['blockdev', '--getsize64', destination])
-    if (size.exitCode !== 0 || !/^\d+$/.test(size.stdout.trim())) {
-      stop(bbError('TARGET_UNAVAILABLE', `cannot read the size of the device ${where}: ${stderrTail(size.stderr) || `blockdev exit ${size.exitCode}`}`, 'the ssh user must be able to write the device (root)', { path: where }))
-    }
-    refuseDevice(where, Number(size.stdout.trim()), revision, options)
+  const found = await lookRemote(host, destination, (message, stderr) => bbError('TARGET_UNAVAILABLE', message, 'check the path on that host, and that the ssh user may write there (a device: root)', { path: where, stderr }))
+  if (found.kind === 'file' || found.kind === 'other') refuseExisting(where)
+  const device = found.kind === 'device'
+  if (found.kind === 'device') {
+    refuseDevice(where, found.size, revision, options)
     const mounted = await run(['findmnt', '-n', '-o', 'TARGET', '--source', destination])
     if (mounted.exitCode === 0) {
       stop(bbError('TARGET_UNAVAILABLE', `${where} is mounted on ${mounted.stdout.trim().split('\n').join(', ')}`, 'unmount it there (and stop a VM that uses it), then restore again', { path: where }))
     }
-    device = true
-  } else if (!/No such file/i.test(looked.stderr)) {
-    stop(bbError('TARGET_UNAVAILABLE', `cannot look at ${where}: ${stderrTail(looked.stderr) || `stat exit ${looked.exitCode}`}`, 'check the path on that host, and that the ssh user may write there', { path: where }))
   }
   const partial = device ? destination : posix.join(posix.dirname(destination), `.${posix.basename(destination)}.${randomBytes(6).toString('hex')}.bbackup-partial`)
   const argv = ['dd', `of=${partial}`, `bs=${revision.chunkSize}`, 'iflag=fullblock', `conv=${device ? 'nocreat,notrunc' : 'excl,sparse'},fsync`, 'status=none']

@@ -105,22 +105,37 @@ export const inspectSource = async (path: string): Promise<{ readonly kind: 'fil
   return stop(bbError('INVALID_OPTIONS', `the source ${path} is neither an image file nor a block device`, 'give the image file or the device of the volume to back up', { path }))
 }
 
-/** What kind of source a path on another host is, and its size (`stat -L`, and `blockdev` for a device). */
-export const inspectRemoteSource = async (at: Transport, path: string): Promise<{ readonly kind: 'file' | 'device'; readonly size: number }> => {
+/** What is at a path on another host: nothing, an image file or a device (with its size), or something else. */
+export type RemoteEntry = { readonly kind: 'missing' } | { readonly kind: 'file' | 'device'; readonly size: number } | { readonly kind: 'other'; readonly type: string }
+
+/**
+ * What is at a path on another host (`stat -L`, and `blockdev` for a device: its size). A stat or
+ * blockdev that fails for another reason than a missing path is a Stop with `unreadable`'s error.
+ */
+export const lookRemote = async (at: Transport, path: string, unreadable: (message: string, stderr: string) => BbError): Promise<RemoteEntry> => {
   const where = formatLocation({ ...at.location, path })
   const r = await must(at.exec(['stat', '-L', '-c', '%F:%s', '--', path]))
   if (r.exitCode !== 0) {
-    return stop(bbError('SOURCE_UNAVAILABLE', /No such file/i.test(r.stderr) ? `the source ${where} does not exist` : `cannot look at the source ${where}: ${stderrTail(r.stderr) || `stat exit ${r.exitCode}`}`,
-      'check the path on that host, and that the ssh user may read it', { path: where, stderr: stderrTail(r.stderr) }))
+    if (/No such file/i.test(r.stderr)) return { kind: 'missing' }
+    return stop(unreadable(`cannot look at ${where}: ${stderrTail(r.stderr) || `stat exit ${r.exitCode}`}`, stderrTail(r.stderr)))
   }
   const [type = '', bytes = ''] = r.stdout.trim().split(':')
   if (type.startsWith('regular')) return { kind: 'file', size: Number(bytes) }
-  if (type !== 'block special file') return stop(bbError('INVALID_OPTIONS', `the source ${where} is neither an image file nor a block device (it is a ${type})`, 'give the image file or the device of the volume to back up', { path: where }))
+  if (type !== 'block special file') return { kind: 'other', type }
   const size = await must(at.exec(['blockdev', '--getsize64', path]))
   if (size.exitCode !== 0 || !/^\d+$/.test(size.stdout.trim())) {
-    return stop(bbError('SOURCE_UNAVAILABLE', `cannot read the size of the device ${where}: ${stderrTail(size.stderr) || `blockdev exit ${size.exitCode}`}`, 'the ssh user must be able to read the device (root, or the disk group)', { path: where }))
+    return stop(unreadable(`cannot read the size of the device ${where}: ${stderrTail(size.stderr) || `blockdev exit ${size.exitCode}`}`, stderrTail(size.stderr)))
   }
   return { kind: 'device', size: Number(size.stdout.trim()) }
+}
+
+/** What kind of source a path on another host is, and its size. */
+export const inspectRemoteSource = async (at: Transport, path: string): Promise<{ readonly kind: 'file' | 'device'; readonly size: number }> => {
+  const where = formatLocation({ ...at.location, path })
+  const found = await lookRemote(at, path, (message, stderr) => bbError('SOURCE_UNAVAILABLE', message, 'check the path on that host, and that the ssh user may read it (a device: root, or the disk group)', { path: where, stderr }))
+  if (found.kind === 'missing') return stop(bbError('SOURCE_UNAVAILABLE', `the source ${where} does not exist`, 'check the path on that host, and that the ssh user may read it', { path: where }))
+  if (found.kind === 'other') return stop(bbError('INVALID_OPTIONS', `the source ${where} is neither an image file nor a block device (it is a ${found.type})`, 'give the image file or the device of the volume to back up', { path: where }))
+  return found
 }
 
 /**
