@@ -23,8 +23,8 @@ export interface BlockRemote {
 
 const block = () => import('@bb/drivers/block')
 
-/** The transport of a source (or a restore's destination) on another host (over ssh); none for a path on this host. */
-const sourceHostFor = async (where: Location, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
+/** The transport of a place on another host (over ssh: a source, a restore's destination); none for a path on this host. */
+const hostOf = async (where: Location, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
   if (where.kind === 'local') return {}
   const t = await transportFor(where, { ssh: remote.ssh }, remote.connections)
   return t.isErr() ? { error: t.error } : { host: t.value }
@@ -66,7 +66,7 @@ export const blockInit = async (io: Io, dir: string, source: string, options: Bl
   if (at.isErr()) return fail(io, at.error, options)
   const where = parseLocation(source, { cwd: io.cwd })
   if (where.isErr()) return fail(io, where.error, options)
-  const host = await sourceHostFor(where.value, remote)
+  const host = await hostOf(where.value, remote)
   if ('error' in host) return fail(io, host.error, options)
   const chunkSize = options.chunkSize === undefined ? undefined : parseSize(options.chunkSize)
   if (chunkSize === undefined && options.chunkSize !== undefined) {
@@ -151,7 +151,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     return fail(io, where.error, options)
   }
   const source = formatLocation(where.value)
-  const host = await sourceHostFor(where.value, remote)
+  const host = await hostOf(where.value, remote)
   if ('error' in host) {
     hooks.ran?.(source, { error: host.error })
     return fail(io, host.error, options)
@@ -316,7 +316,7 @@ export const blockRestore = async (io: Io, dir: string, revision: string, destin
   if (where.value.kind !== 'local' && where.value.kind !== 'ssh') {
     return fail(io, bbError('UNSUPPORTED', `restore -b writes to a file or device on this host or on another over ssh, not to ${formatLocation(where.value)}`, 'give a path, or ssh://host/path'), options)
   }
-  const host = await sourceHostFor(where.value, remote)
+  const host = await hostOf(where.value, remote)
   if ('error' in host) return fail(io, host.error, options)
   const r = await restoreRevision({ at: at.value, revision, destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }), force: options.force === true })
   if (r.isErr()) return fail(io, r.error, options)
