@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import { PassThrough, Writable } from 'node:stream'
-import { err, ok } from 'neverthrow'
+import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { describe, expect, it } from 'vitest'
-import { bbError } from '@bb/core'
-import { brokenPipe, fanOut, rateLimited } from '../src/btrfs/pipeline.js'
+import { bbError, type CommandResult, type RunningCommand, type Transport, type TransportError } from '@bb/core'
+import { brokenPipe, fanOut, rateLimited, sendReceive } from '../src/btrfs/pipeline.js'
 
 const exited = (exitCode: number, stderr: string) => ok({ argv: ['btrfs', 'send'], exitCode, stdout: '', stderr })
 
@@ -140,5 +140,63 @@ describe('fanOut: one stream to several receivers, each at its own pace', () => 
     c.w.destroy(new Error('EPIPE'))
     await new Promise((resolve) => setTimeout(resolve, 10))
     expect(lone.destroyed).toBe(true)
+  })
+})
+
+describe('sendReceive: whose error a stream that broke reports', () => {
+  /** a command whose end the test decides; the signals it was sent are kept */
+  const command = (argv: readonly string[]) => {
+    let end: (r: Result<CommandResult, TransportError>) => void = () => undefined
+    const sent: string[] = []
+    const running: RunningCommand = {
+      argv, pid: undefined, stdout: undefined, stdin: new PassThrough(),
+      done: new ResultAsync(new Promise<Result<CommandResult, TransportError>>((resolve) => { end = resolve })),
+      bytesWritten: async () => 0,
+      kill: (signal = 'SIGTERM') => { sent.push(signal) },
+    }
+    return { running, sent, end: (r: Result<CommandResult, TransportError>) => end(r) }
+  }
+  /** a sender on another host (so its receiver starts first and takes its stream), and one receiver here */
+  const pair = () => {
+    const send = command(['btrfs', 'send', '/src/.snapshots/a'])
+    const receive = command(['btrfs', 'receive', '/backup'])
+    const at = (kind: 'ssh' | 'local', c: RunningCommand) => ({ location: { kind }, spawn: () => c }) as unknown as Transport
+    const result = sendReceive({
+      source: at('ssh', send.running), sendArgv: send.running.argv,
+      receivers: [{ target: at('local', receive.running), receiveArgv: receive.running.argv }],
+      signal: undefined, onBytes: () => undefined,
+    })
+    return { send, receive, result }
+  }
+  const killed = (signal: NodeJS.Signals) => err(bbError('COMMAND_FAILED', `btrfs send on root@host was killed by ${signal}`, 'run again', { signal }))
+  const cut = ok({ argv: ['btrfs', 'receive'], exitCode: 1, stdout: '', stderr: 'ERROR: short read from stream: expected 49 read 10' })
+  const tick = () => new Promise((resolve) => setTimeout(resolve, 5))
+
+  it('the receiver failed of itself while the sender ran: the sender is sent SIGPIPE, and the receiver\'s error is the one', async () => {
+    const { send, receive, result } = pair()
+    receive.end(ok({ argv: ['btrfs', 'receive'], exitCode: 1, stdout: '', stderr: 'ERROR: No space left on device' }))
+    await tick()
+    expect(send.sent).toEqual(['SIGPIPE'])
+    send.end(killed('SIGPIPE'))
+    const [got] = await result
+    expect(got?._unsafeUnwrapErr().message).toBe('btrfs receive into /backup: no space left on the target')
+  })
+
+  it('the sender was killed by someone else and its receiver\'s failure of the cut stream was known first: the sender\'s end is the one', async () => {
+    const { send, receive, result } = pair()
+    receive.end(cut)
+    await tick()
+    send.end(killed('SIGKILL'))
+    const [got] = await result
+    expect(got?._unsafeUnwrapErr().message).toBe('btrfs send on root@host was killed by SIGKILL')
+  })
+
+  it('the sender was killed by someone else and that was known first: the sender\'s end is the one', async () => {
+    const { send, receive, result } = pair()
+    send.end(killed('SIGKILL'))
+    await tick()
+    receive.end(cut)
+    const [got] = await result
+    expect(got?._unsafeUnwrapErr().message).toBe('btrfs send on root@host was killed by SIGKILL')
   })
 })

@@ -41,6 +41,8 @@ describe('execCommand', () => {
     const e = (await execCommand(['sh', '-c', 'kill -KILL $$']))._unsafeUnwrapErr()
     expect(e.code).toBe('COMMAND_FAILED')
     expect(e.message).toContain('SIGKILL')
+    // which signal, for a pipeline to tell a sender it stopped (SIGPIPE) from one someone else killed
+    expect(e.details?.['signal']).toBe('SIGKILL')
   })
 
   it('cancels with the signal: SIGTERM at once, CANCELLED as the answer', async () => {

@@ -112,11 +112,17 @@ export const brokenPipe = (r: Result<CommandResult, BbError>): boolean =>
 const failed = (r: Result<CommandResult, BbError>): boolean => r.isErr() || r.value.exitCode !== 0
 
 /**
- * A sender that was stopped rather than failed of itself: killed, or over ssh a session that ended
- * without a status (its remote command died of the broken pipe), saying nothing. Not a lost
- * connection (NETWORK_FAILED: retried), nor a command that said why it failed.
+ * A sender that was stopped rather than failed of itself: killed by the SIGPIPE it was sent when its
+ * receiver failed, or over ssh a session that ended without a status (its remote command died of
+ * the broken pipe), saying nothing. Not one that another signal killed (someone else stopped it,
+ * and its receiver then failed only of the cut stream, perhaps before the sender's end was known),
+ * nor a lost connection (NETWORK_FAILED: retried), nor a command that said why it failed.
  */
-const stoppedOnly = (r: Result<CommandResult, BbError>): boolean => (r.isErr() ? r.error.code === 'COMMAND_FAILED' : r.value.stderr.trim() === '')
+const stoppedOnly = (r: Result<CommandResult, BbError>): boolean => {
+  if (r.isOk()) return r.value.stderr.trim() === ''
+  const signal = r.error.details?.['signal']
+  return r.error.code === 'COMMAND_FAILED' && (signal === undefined || signal === 'SIGPIPE')
+}
 
 /**
  * How far (in bytes) the fastest receiver of a fan-out may run ahead of the slowest before the

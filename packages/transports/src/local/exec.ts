@@ -107,7 +107,7 @@ const outcome = (argv: readonly string[], how: {
   }
   if (how.startError !== undefined) return err(bbError('COMMAND_FAILED', `${file} could not be started: ${how.startError.message}`, 'check the command and its permissions', context))
   if (how.code === null) {
-    return err(bbError('COMMAND_FAILED', `${file} was killed by ${how.signal ?? 'a signal'}`, 'see whether something (the OOM killer, an admin) stopped it, then run again', context))
+    return err(bbError('COMMAND_FAILED', `${file} was killed by ${how.signal ?? 'a signal'}`, 'see whether something (the OOM killer, an admin) stopped it, then run again', { ...context, signal: how.signal ?? undefined }))
   }
   return ok({ argv, exitCode: how.code, stdout: how.stdout, stderr: stderrTail(how.stderr) })
 }

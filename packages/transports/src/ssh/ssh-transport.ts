@@ -233,7 +233,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       const signal = r.kind === 'done' && r.exitCode > 128 ? signalName(r.exitCode - 128) : undefined
       if (signal !== undefined) {
         const host = connection.endpoint.display
-        return errAsync(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} was killed by ${signal}`, KILLED_HINT, { host, argv: [...argv], stderr: r.kind === 'done' ? r.stderr : '' }))
+        return errAsync(bbError('COMMAND_FAILED', `${argv.slice(0, 2).join(' ')} on ${host} was killed by ${signal}`, KILLED_HINT, { host, argv: [...argv], stderr: r.kind === 'done' ? r.stderr : '', signal }))
       }
       return new ResultAsync(classify(result, argv))
     })
