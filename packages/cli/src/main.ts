@@ -902,14 +902,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const { defaultUnitDir } = await import('./schedule.js')
         const { timerOf } = await import('./schedule-command.js')
         const unitDir = options.unitDir === undefined ? defaultUnitDir(process.getuid?.() !== 0, process.env) : resolvePath(io.cwd, options.unitDir)
-        const answers: (JobStatus & { schedule?: JobTimer | null })[] = []
+        const answers: (Omit<JobStatus, 'lock'> & { lock?: JobStatus['lock'] | null; schedule?: JobTimer | null })[] = []
         const texts: string[] = []
         for (const job of resolved.jobs) {
           const s = await status(job, targetsOnly)
           if (s.isErr()) return void (outcome = fail(s.error, options))
           const name = resolved.specOf.get(job)?.name
           const timer = name === undefined ? undefined : await timerOf(name, unitDir)
-          answers.push({ ...s.value, ...(name === undefined ? {} : { schedule: timer ?? null }) })
+          // a free lock is null in JSON (as `bbackup locks --json` says it), not left out; asked at the targets alone, it was not read
+          answers.push({ ...s.value, ...(s.value.only === 'target' ? {} : { lock: s.value.lock ?? null }), ...(name === undefined ? {} : { schedule: timer ?? null }) })
           texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
         }
         io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))

@@ -33,7 +33,10 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(st).toMatchObject({ code: 0, stdout: expect.stringMatching(/2 backups, newest .* ago\)\n {4}space: [\d.]+ \w+ free of [\d.]+ \w+ \(\d+% used\)\n {2}lock: free/) })
     // the filesystem of the target, as df says it
     const df = execFileSync('df', ['-Pk', join(tmp.path, 'dst')], { encoding: 'utf8' }).trim().split('\n').at(-1)?.split(/\s+/) ?? []
-    const space = (JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { targets: { space: { size: number; free: number } }[] }).targets[0]?.space
+    const json = JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { targets: { space: { size: number; free: number } }[]; lock: unknown }
+    // a free lock is there, as null, for a monitoring script to read
+    expect(json.lock).toBeNull()
+    const space = json.targets[0]?.space
     expect(space?.size).toBe(Number(df[1]) * 1024)
     expect(Math.abs((space?.free ?? 0) - Number(df[3]) * 1024)).toBeLessThan(64 * 1024 * 1024)
     // the share used, as df's Use% (give or take a point: the disk may change between the two)
