@@ -115,6 +115,9 @@ const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
 const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
+/** What a job may be named: one path component (its state is <state_dir>/jobs/NAME) and a valid systemd unit name (bbackup-NAME) */
+export const JOB_NAME = /^[A-Za-z0-9_.-]+$/
+
 const HINT = 'see docs/configuration.md for every key'
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
@@ -345,6 +348,9 @@ const readConfig = (path: string): Result<Config, BbError> => {
   const jobs: JobSpec[] = []
   const blockJobs: BlockJobSpec[] = []
   for (const [name, raw] of Object.entries(jobsTable as Record<string, unknown>)) {
+    if (!JOB_NAME.test(name) || name === '.' || name === '..') {
+      return problem('jobs', name, 'is not a job name: it names the directory of the job\'s lock and journal (<state_dir>/jobs/NAME) and its systemd units', 'name the job with letters, digits, ".", "_" and "-" only (not . or ..), e.g. [jobs.home]')
+    }
     const section = `jobs.${name}`
     if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('jobs', name, 'must be a table [jobs.NAME]')
     const own = raw as Record<string, unknown>

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process'
 import { bbError, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
+import { JOB_NAME } from './config.js'
 
 /** the first line of every unit bbackup writes: `--list` and `--remove` touch only files that have it */
 export const UNIT_MARK = '# Written by bbackup schedule.'
@@ -17,10 +18,8 @@ export interface ScheduleSpec {
   readonly randomizedDelaySeconds?: number
 }
 
-const NAME = /^[A-Za-z0-9_.-]+$/
-
 /** `bbackup-JOB`, the stem of both units; a job name must be a valid unit name as it is */
-export const unitStem = (job: string): Result<string, BbError> => (NAME.test(job)
+export const unitStem = (job: string): Result<string, BbError> => (JOB_NAME.test(job)
   ? ok(`bbackup-${job}`)
   : err(bbError('INVALID_OPTIONS', `the job name ${JSON.stringify(job)} cannot be part of a systemd unit name`, 'name the job with letters, digits, ".", "_" and "-" only', { job })))
 

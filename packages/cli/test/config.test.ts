@@ -30,4 +30,15 @@ describe('loadConfig', () => {
     })
     expect(config.blockJobs).toEqual([{ name: 'vm', backupDir: join(dir, 'backy/vm') }])
   })
+
+  it('refuses a job name that is not one path component and a unit name: it would put its lock and journal elsewhere, or share them', () => {
+    for (const name of ['"a/../x"', '"../../etc"', '".."', '"my job"', '"a$b"']) {
+      const path = join(dir, 'config.toml')
+      writeFileSync(path, ['state_dir = "state"', `[jobs.${name}]`, 'source = "home"', 'targets = ["backup"]', ''].join('\n'))
+      const loaded = loadConfig(path)
+      expect(loaded.isErr() && loaded.error).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringContaining(`[jobs] ${JSON.parse(name) as string}: is not a job name`), hint: expect.stringContaining('letters, digits') })
+    }
+    writeFileSync(join(dir, 'config.toml'), ['[jobs."home-2.daily_x"]', 'source = "home"', 'targets = ["backup"]', ''].join('\n'))
+    expect(loadConfig(join(dir, 'config.toml')).isOk()).toBe(true)
+  })
 })
