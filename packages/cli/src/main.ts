@@ -236,6 +236,7 @@ Examples:
   bbackup prune /home /mnt/backup/home --keep-backups 10 -n     show what would be deleted and why
   bbackup prune -j home
   bbackup prune /mnt/backup/home --keep-backups '7d 4w'   a directory of rsync backups alone, source by source
+  bbackup prune -j root --forget-target /mnt/old-disk/root -n   btrfs: a retired target's pinned snapshot, pruned by keep_snapshots
   bbackup prune -b /srv/backy/vm1 -n      block: the schedule's expiry now (after a change of schedule)`,
   distrust: `
 Examples:
@@ -717,10 +718,20 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { jobs, ...(general.transactionLog === undefined ? {} : { transactionLog: general.transactionLog }) }
   }
 
-  const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions): Promise<Outcome> => {
-    const alone = source !== undefined && targets.length === 0 ? await pruneAloneAt(source, options) : undefined
+  const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions & { forgetTarget?: readonly string[] }): Promise<Outcome> => {
+    // a target gone for good, named as the job recorded it (formatLocation of its location)
+    const forgetting: string[] = []
+    for (const given of options.forgetTarget ?? []) {
+      const location = parseLocation(given, { cwd: io.cwd })
+      if (location.isErr()) return fail(location.error, options)
+      forgetting.push(formatLocation(location.value))
+    }
+    const alone = source !== undefined && targets.length === 0 && forgetting.length === 0 ? await pruneAloneAt(source, options) : undefined
     const resolved = alone ?? await resolveJobs(source, targets, options)
     if ('error' in resolved) return fail(resolved.error, options)
+    if (forgetting.length > 0 && resolved.jobs.length !== 1) {
+      return fail(bbError('INVALID_OPTIONS', `--forget-target is for one job, and ${resolved.jobs.length} are given`, 'name the job whose target it was: -j NAME, or its source and targets'), options)
+    }
     for (const job of resolved.jobs) {
       if (job.retention?.target === undefined && job.retention?.source === undefined) {
         return fail(bbError('INVALID_OPTIONS', 'no retention policy: nothing to prune by', "give --keep-backups (e.g. '10' or '7d 4w 12m'), or keep_backups in the config"), options)
@@ -736,7 +747,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       // every job and every place of it is pruned, also after one that fails: exit 10 when a place
       // failed (as a run whose prune failed), else the first failed job's code
       for (const job of resolved.jobs) {
-        const r = await prune(job, { dryRun: options.dryRun === true, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
+        const r = await prune(job, { dryRun: options.dryRun === true, forgetTargets: forgetting, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
           const failed = fail(r.error, options).code
@@ -847,9 +858,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
       .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
       .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
-      .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup"))
+      .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup")
+      .option('--forget-target <location>', 'btrfs: a target gone for good (no longer in the job): forget the snapshot kept as its next parent and its unfinished transfers, so the source\'s retention prunes them (repeatable)', collect, []))
       .addHelpText('after', EXAMPLES.prune ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string }) => {
+      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; forgetTarget?: string[] }) => {
         if (options.backupDir !== undefined) {
           if (source !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `prune -b takes no source or targets (${source})`, 'give the backup directory alone: bbackup prune -b DIR'), options))
           return void (outcome = { code: await blockPrune(io, options.backupDir, options) })

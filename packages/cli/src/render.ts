@@ -184,6 +184,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.ceil((t.space.used * 100) / Math.max(1, t.space.used + t.space.free))}% used)`)
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
+  for (const k of s.keptForOthers ?? []) {
+    out.push(`  kept for ${k.target}, not a target here: ${k.snapshot}, its next parent (another job's target, or one gone for good: bbackup prune … --forget-target ${k.target})`)
+  }
   if (!alone) out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
   // one level less: the place is the first line
   return `${(alone ? out.map((l) => l.slice(2)) : out).join('\n')}\n`
@@ -200,6 +203,10 @@ const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): stri
 
 export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): string =>
   results.map((r) => [
+    ...(r.forgotten ?? []).map((f) => `${dryRun ? 'would forget' : 'forgot'} ${f.target}: ${[
+      ...(f.pinned === undefined ? [] : [`${f.pinned} no longer kept as its next parent`]),
+      ...(f.pending.length === 0 ? [] : [`${f.pending.length} unfinished transfer${f.pending.length === 1 ? '' : 's'} (${f.pending.map((e) => e.snapshot).join(', ')}) no longer retried`]),
+    ].join('; ')}`),
     `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} of ${r.decisions.length}`,
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
   ].join('\n')).join('\n') + '\n'

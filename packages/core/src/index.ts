@@ -26,7 +26,7 @@ export type { Job, RetentionSettings, RetryPolicy, RunOptions } from './engine/j
 export { backup, runComplete } from './engine/backup.js'
 export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } from './engine/backup.js'
 export { forgetPending, prune } from './engine/prune.js'
-export type { PruneResult } from './engine/prune.js'
+export type { ForgottenTarget, PruneOptions, PruneResult } from './engine/prune.js'
 export { findSnapshot, list, restore, status, verify } from './engine/inspect.js'
 export { checkJob } from './engine/doctor.js'
 export { LOW_SPACE_SHARE } from './engine/space.js'

@@ -182,6 +182,45 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(JSON.parse(status.stdout).pending.map((e: { target: string }) => e.target)).toEqual([join(dir, 'streams')])
   })
 
+  it('a target gone for good keeps its pinned snapshot until prune --forget-target lets it go; status names it; a target of the job, an unknown one, or no source retention is refused', async () => {
+    const run = async (...targets: string[]) => expect((await runCli(['run', 'home', ...targets, '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await run('backup', 'old')
+    const [oldParent = ''] = await readdir(join(dir, 'old'))
+    // the old disk is retired: the runs go on to the other target alone
+    for (const text of ['b\n', 'c\n']) {
+      await writeFile(join(dir, 'home/a.txt'), text)
+      await run('backup')
+    }
+    const status = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(status.stdout).toContain(`kept for ${join(dir, 'old')}, not a target here: ${oldParent}, its next parent (another job's target, or one gone for good: bbackup prune … --forget-target ${join(dir, 'old')})`)
+    expect(JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout)).toMatchObject({ keptForOthers: [{ target: join(dir, 'old'), snapshot: oldParent }] })
+    // the policy alone keeps it
+    const kept = await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '-N', '1'], dir)
+    expect(kept.stdout).toContain(`keep   ${oldParent}  protected: the newest snapshot ${join(dir, 'old')} holds`)
+    expect(await readdir(join(dir, 'home/.snapshots'))).toContain(oldParent)
+    // refused: the job's own target, a target it keeps nothing for, no source policy to prune by
+    expect(await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '-N', '1', '--forget-target', 'backup'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('is a target of this job') })
+    expect(await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '-N', '1', '--forget-target', 'elsewhere'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: name the target as the job recorded it: ${join(dir, 'backup')}, ${join(dir, 'old')}`) })
+    expect(await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '--num-backups', '5', '--forget-target', 'old'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('give the source\'s retention too') })
+    // a transfer to it that never finished is on record too, with its parent
+    const newest = (await readdir(join(dir, 'home/.snapshots'))).sort().at(-1) ?? ''
+    await addJournalEntry(localTransport(join(dir, 'state')), join(dir, 'state/journal.json'), {
+      target: join(dir, 'old'), snapshot: newest, parent: oldParent, partialPath: join(dir, 'old', newest), startedAt: new Date().toISOString(),
+    })
+    // a dry run says what it would forget and prune, and changes nothing
+    const dry = await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '-N', '1', '--forget-target', 'old', '-n'], dir)
+    expect(dry.stdout).toContain(`would forget ${join(dir, 'old')}: ${oldParent} no longer kept as its next parent; 1 unfinished transfer (${newest}) no longer retried`)
+    expect(dry.stdout).toContain(`delete ${oldParent}`)
+    expect(await readdir(join(dir, 'home/.snapshots'))).toContain(oldParent)
+    const forgot = await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '-N', '1', '--forget-target', 'old'], dir)
+    expect(forgot).toMatchObject({ code: 0, stdout: expect.stringContaining(`forgot ${join(dir, 'old')}`) })
+    expect(await readdir(join(dir, 'home/.snapshots'))).toHaveLength(1)
+    expect(await readdir(join(dir, 'home/.snapshots'))).not.toContain(oldParent)
+    expect((await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)).stdout).not.toMatch(/kept for|pending transfer/)
+    // the backups on the old disk are its own: nothing there was touched
+    expect(await readdir(join(dir, 'old'))).toEqual([oldParent])
+  })
+
   it("--transaction-log appends btrbk's columns per snapshot, send and delete (ERROR and partial for a failed target); --log-json prints events as JSON lines; a dry run logs nothing", async () => {
     const log = join(dir, 'bbackup.tlog')
     const line = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} (\S+) (\S+) (\S+) (\S+) (\S+)(?: # (.*))?$/

@@ -2,10 +2,11 @@ import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import type { SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
+import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lockPath, ownSnapshots, type Job } from './job.js'
+import { journalPath, lockPath, ownSnapshots, pinsPath, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -66,6 +67,11 @@ export interface JobStatus {
   readonly lock: LockStatus | undefined
   /** drivers that keep snapshots at the source (btrfs): how many of the job's are there, and the newest */
   readonly snapshots?: { readonly count: number; readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number } }
+  /**
+   * btrfs: source snapshots kept for targets that are not this job's (another job's of the same
+   * source, or a target gone for good: `prune` with `forgetTargets` lets them go), each its next parent
+   */
+  readonly keptForOthers?: readonly { readonly target: string; readonly snapshot: string }[]
   /** `'target'`: the targets were asked alone (no source, journal or lock was read: `pending` is empty, `lock` undefined) */
   readonly only?: 'target'
 }
@@ -125,7 +131,10 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     if (journal.isErr()) return err(journal.error)
     const lock = await job.state.transport.inspectLock(lockPath(job))
     if (lock.isErr()) return err(lock.error)
-    return ok({ ...base, pending: journal.value.entries, lock: lock.value })
+    const pins = job.driver.snapshotsSource ? await readPins(job.state.transport, pinsPath(job)) : undefined
+    if (pins?.isErr() === true) return err(pins.error)
+    const others = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
+    return ok({ ...base, pending: journal.value.entries, lock: lock.value, ...(others.length === 0 ? {} : { keptForOthers: others }) })
   })())
 
 /**

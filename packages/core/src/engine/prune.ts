@@ -1,13 +1,13 @@
 import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
 import type { SnapshotInfo } from '../driver/driver.js'
-import type { BbError } from '../errors.js'
+import { bbError, type BbError } from '../errors.js'
 import { readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import { planRetention, timeZoneFits, type Protection, type RetentionDecision } from '../retention/plan.js'
 import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
-import { readPins } from '../journal/pins.js'
+import { readPins, unpinTargets } from '../journal/pins.js'
 import { journalPath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends } from './plan-sends.js'
 
@@ -21,6 +21,27 @@ export interface PruneResult {
   readonly commands: readonly (readonly string[])[]
   /** `prune()`: this place's prune failed (a target offline, a delete refused), and the other places were pruned all the same */
   readonly error?: BbError
+  /** at the source, with `forgetTargets`: what the job kept for each of those targets, and no longer keeps */
+  readonly forgotten?: readonly ForgottenTarget[]
+}
+
+/** A target the job no longer keeps anything for (`prune` with `forgetTargets`). */
+export interface ForgottenTarget {
+  /** as its location prints */
+  readonly target: string
+  /** the snapshot that was kept as its next incremental's parent */
+  readonly pinned?: string
+  /** the unfinished transfers to it that were on record */
+  readonly pending: readonly JournalEntry[]
+}
+
+export interface PruneOptions extends RunOptions {
+  /**
+   * Targets that are gone for good (a disk retired, a host taken out of the job): the snapshot kept
+   * as each one's next parent (its pin) and its unfinished transfers are forgotten first, so that
+   * the policy prunes them. Not a target of the job itself, whose next backup would pin it again.
+   */
+  readonly forgetTargets?: readonly string[]
 }
 
 /** which of a job's places a prune is at: the source's snapshots or a target's backups */
@@ -31,7 +52,7 @@ type Side = 'source' | 'target'
  * healthy one (the next run's parent), everything the journal holds and its parents, and `made`
  * (the snapshots or backups the calling run made).
  */
-export const pruneAt = async (job: Job, at: Transport, side: Side, policy: RetentionPolicy, options: RunOptions, made: readonly string[] = []): Promise<Result<PruneResult, BbError>> => {
+export const pruneAt = async (job: Job, at: Transport, side: Side, policy: RetentionPolicy, options: PruneOptions, made: readonly string[] = []): Promise<Result<PruneResult, BbError>> => {
   const where = formatLocation(at.location)
   const listed = await job.driver.listSnapshots({ at, side, signal: options.signal })
   if (listed.isErr()) return err(listed.error)
@@ -40,7 +61,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   const own = ownSnapshots(job, listed.value)
   // what this run made is never its retention's to delete, even where it sorts older (a clock set back)
   const protect: Protection[] = made.map((name) => ({ name, reason: 'made by this run' }))
-  for (const entry of journal.value.entries) {
+  // what a forgotten target had (in a dry run still on record) protects nothing
+  const forgotten = options.forgetTargets ?? []
+  for (const entry of journal.value.entries.filter((e) => !forgotten.includes(e.target))) {
     protect.push({ name: entry.snapshot, reason: `a pending transfer to ${entry.target} needs it` })
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
   }
@@ -50,7 +73,7 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     // the parent of each target's next incremental, also of targets that are offline now
     const pins = await readPins(job.state.transport, pinsPath(job))
     if (pins.isErr()) return err(pins.error)
-    for (const [target, name] of Object.entries(pins.value.pins)) protect.push({ name, reason: `the newest snapshot ${target} holds (its next incremental's parent)` })
+    for (const [target, name] of Object.entries(pins.value.pins).filter(([t]) => !forgotten.includes(t))) protect.push({ name, reason: `the newest snapshot ${target} holds (its next incremental's parent)` })
   } else {
     // rsync links the next backup against it; for received snapshots it is the last good copy
     const why = job.driver.snapshotsSource ? 'the last good copy is never deleted' : 'the next run links against it'
@@ -103,22 +126,63 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
  * @example
  * prune(job, { dryRun: true }).map((results) => results.flatMap((r) => r.deleted))
  */
-export const prune = (job: Job, options: RunOptions = {}): ResultAsync<PruneResult[], BbError> => {
+export const prune = (job: Job, options: PruneOptions = {}): ResultAsync<PruneResult[], BbError> => {
   const fits = retentionFits(job)
   if (fits.isErr()) return errAsync(fits.error)
+  const forgetting = options.forgetTargets ?? []
+  if (forgetting.length > 0 && (!job.driver.snapshotsSource || job.retention?.source === undefined)) {
+    return errAsync(bbError('INVALID_OPTIONS', job.driver.snapshotsSource
+      ? 'forgetting a target lets the source\'s retention prune what was kept for it, but this job has none'
+      : `the ${job.driver.name} driver keeps no source snapshots for its targets: there is nothing to forget`,
+    job.driver.snapshotsSource ? 'give the source\'s retention too (--keep-snapshots, config: keep_snapshots)' : 'unfinished transfers to the job\'s own targets are forgotten with --remove-locks'))
+  }
+  const own = forgetting.find((t) => job.targets.some((at) => formatLocation(at.location) === t))
+  if (own !== undefined) {
+    return errAsync(bbError('INVALID_OPTIONS', `${own} is a target of this job: its next backup would pin a snapshot for it again`,
+      'take it out of the job (the config, or the command line) first, then forget it', { target: own }))
+  }
   const places: [Transport, Side, RetentionPolicy][] = [
     ...job.targets.map((t): [Transport, Side, RetentionPolicy | undefined] => [t, 'target', job.retention?.target]),
     ...(job.driver.snapshotsSource ? [[job.source, 'source', job.retention?.source] as [Transport, Side, RetentionPolicy | undefined]] : []),
   ].filter((p): p is [Transport, Side, RetentionPolicy] => p[2] !== undefined)
   connectHosts(places.map(([at]) => at), options.signal)
   return new ResultAsync(withJobLock(job, options, async () => {
+    const forgotten = forgetting.length === 0 ? undefined : await forget(job, forgetting, options.dryRun === true)
+    if (forgotten?.isErr() === true) return err(forgotten.error)
     const results: PruneResult[] = []
     for (const [at, side, policy] of places) {
       const r = await pruneAt(job, at, side, policy, options)
-      results.push(r.isOk() ? r.value : { at: formatLocation(at.location), decisions: [], deleted: [], kept: 0, commands: [], error: r.error })
+      const result = r.isOk() ? r.value : { at: formatLocation(at.location), decisions: [], deleted: [], kept: 0, commands: [], error: r.error }
+      results.push(side === 'source' && forgotten?.isOk() === true ? { ...result, forgotten: forgotten.value } : result)
     }
     return ok(results)
   }))
+}
+
+/** What the job keeps for `targets` (pins, journal entries), dropped (in a dry run only told); a target it keeps nothing for is an error that names those it does. */
+const forget = async (job: Job, targets: readonly string[], dryRun: boolean): Promise<Result<ForgottenTarget[], BbError>> => {
+  const [pins, journal] = [await readPins(job.state.transport, pinsPath(job)), await readJournal(job.state.transport, journalPath(job))]
+  if (pins.isErr()) return err(pins.error)
+  if (journal.isErr()) return err(journal.error)
+  const found = targets.map((target): ForgottenTarget => {
+    const pinned = pins.value.pins[target]
+    return { target, ...(pinned === undefined ? {} : { pinned }), pending: journal.value.entries.filter((e) => e.target === target) }
+  })
+  const unknown = found.find((f) => f.pinned === undefined && f.pending.length === 0)
+  if (unknown !== undefined) {
+    const known = [...new Set([...Object.keys(pins.value.pins), ...journal.value.entries.map((e) => e.target)])].sort()
+    return err(bbError('NOT_FOUND', `the job keeps nothing for ${unknown.target}: no snapshot is pinned for it and no transfer to it is pending`,
+      known.length === 0 ? 'nothing is kept for any target: there is nothing to forget' : `name the target as the job recorded it: ${known.join(', ')}`, { target: unknown.target }))
+  }
+  if (dryRun) return ok(found)
+  for (const f of found) {
+    for (const entry of f.pending) {
+      const r = await removeJournalEntry(job.state.transport, journalPath(job), entry)
+      if (r.isErr()) return err(r.error)
+    }
+  }
+  const unpinned = await unpinTargets(job.state.transport, pinsPath(job), targets)
+  return unpinned.isErr() ? err(unpinned.error) : ok(found)
 }
 
 /**

@@ -36,3 +36,12 @@ export const pinSnapshot = (transport: Transport, path: string, target: string, 
     const next: Pins = { version: 1, pins: { ...p.pins, [target]: snapshot } }
     return transport.writeFileAtomic(path, `${JSON.stringify(next, null, 2)}\n`).map(() => next)
   })
+
+/** Drops the pins of `targets` (targets that are gone for good); the file is rewritten only when one was there. */
+export const unpinTargets = (transport: Transport, path: string, targets: readonly string[]): ResultAsync<Pins, JournalError> =>
+  readPins(transport, path).andThen((p) => {
+    const pins = Object.fromEntries(Object.entries(p.pins).filter(([target]) => !targets.includes(target)))
+    if (Object.keys(pins).length === Object.keys(p.pins).length) return okAsync(p)
+    const next: Pins = { version: 1, pins }
+    return transport.writeFileAtomic(path, `${JSON.stringify(next, null, 2)}\n`).map(() => next)
+  })
