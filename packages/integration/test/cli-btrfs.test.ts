@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
@@ -107,6 +107,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
   })
 
   it('list and restore take one place alone: a target, the source subvolume or its snapshot folder (a snapshot the target lacks restores from the source)', async () => {
+    await symlink('/etc', join(dir, 'home/etc'))
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     await writeFile(join(dir, 'home/a.txt'), 'changed\n')
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--no-transfer', '-q'], dir)).code).toBe(0)
@@ -130,6 +131,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(readFileSync(join(dir, 'r1', second!, 'a.txt'), 'utf8')).toBe('changed\n')
     expect(await runCli(['restore', '--path', '/a.txt', 'home/.snapshots', first!, 'r2'], dir)).toMatchObject({ code: 0, stdout: `restored ${first}/a.txt to r2\n` })
     expect(readFileSync(join(dir, 'r2/a.txt'), 'utf8')).toBe('a\n')
+    // a path through a symbolic link in the backup would be the host's file, not the backup's: refused, nothing made
+    expect(await runCli(['restore', '--path', 'etc/hostname', 'home/.snapshots', first!, 'r4'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`etc is a symbolic link in backup ${first} (to /etc): etc/hostname through it is not in the backup`) })
+    expect(existsSync(join(dir, 'r4'))).toBe(false)
     expect(await runCli(['restore', 'home', 'home.2020-01-01T000000Z', 'r3'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`no complete snapshot named home.2020-01-01T000000Z at`) })
     expect((await runCli(['restore', 'home', 'home.2020-01-01T000000Z', 'r3'], dir)).stderr).toContain(`the newest is ${second}`)
     // a destination that is a file is named, whole or one path; nothing is written

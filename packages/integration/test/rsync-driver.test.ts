@@ -244,6 +244,22 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect((await restore(job, { from: job.targets[0]!, snapshot: 'nope', to: localTransport(join(tmp.path, 'y')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' })
   })
 
+  it('restores no path through a symbolic link in the backup (it would be read outside it, from the host as it is now); the link itself restores as a link (scenario 23)', async () => {
+    const outside = join(tmp.path, 'outside')
+    await writeTree(outside, { 'secret.txt': 'the host now\n' })
+    await symlink(outside, join(source, 'link'))
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const through = join(tmp.path, 'through')
+    const refused = (await restore(job, { from: job.targets[0]!, subpath: 'link/secret.txt', to: localTransport(through) }))._unsafeUnwrapErr()
+    expect(refused).toMatchObject({ code: 'INVALID_OPTIONS', message: `link is a symbolic link in backup 2026-11-23T100000Z (to ${outside}): link/secret.txt through it is not in the backup`, hint: expect.stringContaining('--path link') })
+    await expect(stat(through)).rejects.toThrow()
+    const itself = join(tmp.path, 'itself')
+    ok(await restore(job, { from: job.targets[0]!, subpath: 'link', to: localTransport(itself) }))
+    expect(await readlink(join(itself, 'link'))).toBe(outside)
+    expect((await restore(job, { from: job.targets[0]!, subpath: 'dir/nothere', to: localTransport(join(tmp.path, 'z')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'NOT_FOUND', message: 'dir/nothere is not in backup 2026-11-23T100000Z' })
+  })
+
   it('verifies a backup against the source by checksum', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

@@ -5,7 +5,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
-import { backupSubpath } from '../backup-subpath.js'
+import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
 import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
@@ -644,9 +644,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sub = inside.value
     const from = join(input.snapshot.path, sub)
     const landing = join(input.to.location.path, posix.basename(sub))
-    const found = await input.from.stat(from)
+    const found = await findInBackup(input.from, input.snapshot.path, sub, input.snapshot.name)
     if (found.isErr()) return err(found.error)
-    if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'give a path relative to the top of the backup', { path: from }))
     const into = await restoreDirectory(input.to)
     if (into.isErr()) return err(into.error)
     const free = await refuseExisting(input.to, [landing])

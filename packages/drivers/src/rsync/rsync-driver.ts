@@ -5,7 +5,7 @@ import {
   bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { backupSubpath } from '../backup-subpath.js'
+import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { restoreDirectory } from '../restore-destination.js'
 import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
@@ -428,9 +428,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const from = sub === '' ? input.snapshot.path : join(input.snapshot.path, sub)
       // a whole backup fills dest; one path lands as dest/<its name>
       const landing = sub === '' ? dest : join(dest, posix.basename(sub))
-      const found = await input.from.stat(from)
-      if (found.isErr()) return err(found.error)
-      if (found.value === undefined) return err(bbError('NOT_FOUND', `${sub} is not in backup ${input.snapshot.name}`, 'look inside the backup (bbackup list shows where it is) and give a path relative to its top', { path: from }))
+      if (sub !== '') {
+        const found = await findInBackup(input.from, input.snapshot.path, sub, input.snapshot.name)
+        if (found.isErr()) return err(found.error)
+      }
       const into = await restoreDirectory(input.to)
       if (into.isErr()) return err(into.error)
       const there = await input.to.stat(landing)
