@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { planSends, sameSnapshot, type SnapshotInfo } from '../src/index.js'
+import { keptByRetention, planSends, sameSnapshot, type SnapshotInfo } from '../src/index.js'
 
 const source = (n: number): SnapshotInfo => ({
   name: `s${n}`, time: new Date(Date.UTC(2026, 0, 1, n)), complete: true, health: 'ok', path: `/src/.snapshots/s${n}`,
@@ -79,3 +79,49 @@ describe('planSends', () => {
     }))
   })
 })
+
+describe('a new target gets what its retention keeps (btrbk: retention decides what is transferred)', () => {
+  /** daily snapshots at 01:00 from 2024-01-01 to 2024-03-13: reference/btrfs.md §2.4 A */
+  const daily = (): SnapshotInfo[] => Array.from({ length: 73 }, (_, i) => {
+    const time = new Date(Date.UTC(2024, 0, 1 + i, 1))
+    const name = `home.${time.toISOString().slice(0, 16).replaceAll('-', '').replace(':', '')}`
+    return { name, time, complete: true, health: 'ok', path: `/src/.snapshots/${name}`, identity: { uuid: `uuid-${i}`, readOnly: true } }
+  })
+  const now = new Date('2024-03-13T12:00:00Z')
+
+  it("btrbk's example A: the 15 snapshots 7d 4w 3m keeps, oldest first, the first in full and each next against the one before", () => {
+    const source = daily()
+    const plan = planSends(source, [], { backfill: keptByRetention({ preserveMin: 'no', preserve: '7d 4w 3m' }, { now, timeZone: 'UTC' }) })
+    expect(plan.sends.map((p) => p.snapshot.time?.toISOString().slice(0, 10))).toEqual([
+      '2024-01-01', '2024-01-07', '2024-02-04', '2024-02-11', '2024-02-18', '2024-02-25', '2024-03-03',
+      '2024-03-06', '2024-03-07', '2024-03-08', '2024-03-09', '2024-03-10', '2024-03-11', '2024-03-12', '2024-03-13',
+    ])
+    expect(plan.sends[0]?.parent).toBeUndefined()
+    for (const [i, send] of plan.sends.entries()) if (i > 0) expect(send.parent).toBe(plan.sends[i - 1]?.snapshot)
+    expect(plan.sends.every((p) => p.parentAtTarget === undefined)).toBe(true)
+  })
+
+  it('a count sends the newest N; no policy, or one that cannot be read, the newest alone', () => {
+    const source = daily()
+    expect(planSends(source, [], { backfill: keptByRetention({ keepLast: 3 }, { now }) }).sends.map((p) => p.snapshot.name)).toEqual(source.slice(-3).map((s) => s.name))
+    expect(planSends(source, [], { backfill: keptByRetention(undefined, { now }) }).sends.map((p) => p.snapshot.name)).toEqual([source.at(-1)?.name])
+    expect(planSends(source, [], { backfill: keptByRetention({ keepLast: 0 }, { now }) }).sends.map((p) => p.snapshot.name)).toEqual([source.at(-1)?.name])
+  })
+
+  it("weighs the backups already there (not copies of these snapshots): one earlier in a day stands for that day", () => {
+    const source = daily().slice(-3)
+    // a backup of 03-12 00:30, from snapshots the source no longer holds
+    const there: SnapshotInfo = { name: 'home.20240312T0030', time: new Date('2024-03-12T00:30:00Z'), complete: true, health: 'ok', path: '/a/home.20240312T0030', identity: { uuid: 'old', receivedUuid: 'gone', readOnly: true } }
+    const plan = planSends(source, [there], { backfill: keptByRetention({ preserveMin: 'no', preserve: '7d' }, { now, timeZone: 'UTC' }) })
+    expect(plan.sends.map((p) => p.snapshot.time?.toISOString().slice(0, 10))).toEqual(['2024-03-11', '2024-03-13'])
+    expect(plan.fullBecause).toContain('none of the 1 backups')
+  })
+
+  it('a target that holds a copy is not backfilled: what is newer than its newest copy is sent, as before', () => {
+    const source = daily().slice(-4)
+    const copyOf = (s: SnapshotInfo): SnapshotInfo => ({ ...s, path: `/a/${s.name}`, identity: { uuid: `copy-${s.name}`, receivedUuid: s.identity?.uuid ?? '', readOnly: true } })
+    const plan = planSends(source, [copyOf(source[1] as SnapshotInfo)], { backfill: () => { throw new Error('asked') } })
+    expect(plan.sends.map((p) => p.snapshot.name)).toEqual(source.slice(2).map((s) => s.name))
+  })
+})
+

@@ -34,7 +34,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect((await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.'))).toHaveLength(2)
     // nor does it make a new target's directory: it plans a full send into it
     const fresh = await runCli(['run', '-n', 'home', 'fresh', '--state-dir', 'state', '--keep-backups', '2'], dir)
-    expect(fresh).toMatchObject({ code: 0, stdout: expect.stringMatching(/fresh: home\.\S+ full/) })
+    // a new target gets what its retention keeps (btrbk): here the two newest, the older in full
+    expect(fresh).toMatchObject({ code: 0, stdout: expect.stringMatching(/fresh: 2 snapshots sent, 0 B\n {4}home\.\S+ full; 0 B\n {4}home\.\S+ incremental from home\.\S+; 0 B\n/) })
     expect(fresh.stdout).not.toContain('warning')
     expect(await readdir(dir)).not.toContain('fresh')
 
@@ -184,6 +185,36 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const status = await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)
     // what is left: the raw target's, which nothing here retried
     expect(JSON.parse(status.stdout).pending.map((e: { target: string }) => e.target)).toEqual([join(dir, 'streams')])
+  })
+
+  it("a new target gets the snapshots its retention keeps, oldest first, the first in full and the rest incremental (btrbk's resume); status names them", async () => {
+    for (let i = 0; i < 4; i++) {
+      await writeFile(join(dir, 'home/a.txt'), `${i}\n`)
+      expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    }
+    const snapshots = (await readdir(join(dir, 'home/.snapshots'))).sort()
+    expect(snapshots).toHaveLength(4)
+    await mkdir(join(dir, 'second'))
+    const lacking = JSON.parse((await runCli(['status', 'home', 'backup', 'second', '--state-dir', 'state', '--keep-backups', '3', '--json'], dir)).stdout) as { targets: { at: string; missing: string[] }[] }
+    expect(lacking.targets[1]).toMatchObject({ at: join(dir, 'second'), missing: snapshots.slice(1) })
+    const sent = JSON.parse((await runCli(['transfer', 'home', 'backup', 'second', '--state-dir', 'state', '--keep-backups', '3', '--json'], dir)).stdout) as { targets: { target: string; sent: { snapshot: string; mode: string; parent?: string }[] }[] }
+    expect(sent.targets.find((t) => t.target === join(dir, 'second'))?.sent).toMatchObject([
+      { snapshot: snapshots[1], mode: 'full' },
+      { snapshot: snapshots[2], mode: 'incremental', parent: snapshots[1] },
+      { snapshot: snapshots[3], mode: 'incremental', parent: snapshots[2] },
+    ])
+    expect((await readdir(join(dir, 'second'))).sort()).toEqual(snapshots.slice(1))
+    // each is the source snapshot's copy, with its content
+    for (const [i, name] of snapshots.slice(1).entries()) {
+      const show = execFileSync('btrfs', ['subvolume', 'show', join(dir, 'second', name)], { encoding: 'utf8' })
+      const uuid = /^\s*UUID:\s*(\S+)/m.exec(execFileSync('btrfs', ['subvolume', 'show', join(dir, 'home/.snapshots', name)], { encoding: 'utf8' }))?.[1]
+      expect(show).toMatch(new RegExp(`Received UUID:\\s*${uuid ?? 'none'}`))
+      expect(readFileSync(join(dir, 'second', name, 'a.txt'), 'utf8')).toBe(`${i + 1}\n`)
+    }
+    // without a target policy a new target gets the newest alone
+    await mkdir(join(dir, 'third'))
+    const one = JSON.parse((await runCli(['transfer', 'home', 'third', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { sent: { snapshot: string; mode: string }[] }[] }
+    expect(one.targets[0]?.sent).toMatchObject([{ snapshot: snapshots[3], mode: 'full' }])
   })
 
   it('a target gone for good keeps its pinned snapshot until prune --forget-target lets it go; status names it; a target of the job, an unknown one, or no source retention is refused', async () => {

@@ -9,7 +9,7 @@ import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, newTargetGets, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -516,7 +516,7 @@ const sendSnapshots = async (
       }
       held = relisted.value
     }
-    const plan = planSends(sourceSnapshots, ownSnapshots(job, held))
+    const plan = planSends(sourceSnapshots, ownSnapshots(job, held), { backfill: newTargetGets(job, options.now) })
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {

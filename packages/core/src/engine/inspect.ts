@@ -6,7 +6,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lockPath, ownSnapshots, pinsPath, type Job } from './job.js'
+import { journalPath, lockPath, newTargetGets, ownSnapshots, pinsPath, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -114,7 +114,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
             latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health },
           }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
-          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own).sends.map((s) => s.snapshot.name) }),
+          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, { backfill: newTargetGets(job, options.now) }).sends.map((s) => s.snapshot.name) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),
         })

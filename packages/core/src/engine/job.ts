@@ -7,6 +7,7 @@ import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import type { BackupEvent } from './events.js'
+import { keptByRetention, type PlanOptions } from './plan-sends.js'
 
 /** Retention for each side; a side without a policy is never pruned. */
 export interface RetentionSettings {
@@ -85,3 +86,7 @@ export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): Snap
  */
 export const notMadeYet = async (target: Transport): Promise<boolean> =>
   (await target.stat(target.location.path)).map((s) => s === undefined).unwrapOr(false)
+
+/** What a target that holds none of the source's snapshots gets: what the job's target retention keeps ({@link keptByRetention}) */
+export const newTargetGets = (job: Job, now: (() => Date) | undefined): NonNullable<PlanOptions['backfill']> =>
+  keptByRetention(job.retention?.target, { now: (now ?? (() => new Date()))(), ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) })

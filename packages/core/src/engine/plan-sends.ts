@@ -1,4 +1,7 @@
 import type { SnapshotInfo } from '../driver/driver.js'
+import { parseSnapshotName } from '../names/snapshot-name.js'
+import { planRetention } from '../retention/plan.js'
+import type { RetentionPolicy } from '../retention/policy.js'
 
 /**
  * Whether two snapshots hold the same data: one was received from the other, or both were received
@@ -36,19 +39,53 @@ export interface SendPlan {
   readonly fullBecause?: string
 }
 
+export interface PlanOptions {
+  /**
+   * For a target that holds no copy of any source snapshot (a new one): which source snapshots it
+   * gets, oldest first, the newest among them ({@link keptByRetention}). Without it, the newest alone.
+   */
+  readonly backfill?: (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[]) => readonly SnapshotInfo[]
+}
+
+/**
+ * What a new target gets, as btrbk decides it: every source snapshot that the target's retention
+ * would keep, weighed together with the backups already there (an older one from the same day
+ * stands for that day); the newest always. Without a target policy, the newest alone (a first run
+ * sends one snapshot, as btrfs-backup does; nothing says how much history the target wants).
+ * @example
+ * planSends(source, target, { backfill: keptByRetention({ preserve: '7d 4w' }, { now: new Date() }) })
+ */
+export const keptByRetention = (policy: RetentionPolicy | undefined, options: { readonly now: Date; readonly timeZone?: string }) =>
+  (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[]): readonly SnapshotInfo[] => {
+    const newest = source.slice(-1)
+    if (policy === undefined) return newest
+    const all = [...source, ...target]
+    const plan = planRetention(
+      all.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0 })),
+      policy,
+      { now: options.now, ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }) },
+    )
+    // a policy that cannot be read is reported by the prune that follows; the send keeps to the newest
+    if (plan.isErr()) return newest
+    const wanted = source.filter((s, i) => plan.value[i]?.keep === true)
+    return wanted.at(-1) === newest[0] ? wanted : [...wanted, ...newest]
+  }
+
 /**
  * What a target lacks and how to send it. Identity is by uuid ({@link sameSnapshot}), never by name.
  * When the target holds a copy of a source snapshot, every newer source snapshot is sent, oldest
  * first, each incremental against the one before (a target that missed runs catches up without a
  * full send); older snapshots it lacks are not sent again (its retention may have removed them).
- * When it holds none, only the newest snapshot is sent, in full, and `fullBecause` says why.
+ * When it holds none, the oldest of what `backfill` picks (by default the newest alone) is sent in
+ * full and the rest incrementally, each against the one before; `fullBecause` says why when the
+ * target holds backups of this job.
  *
  * @param source the job's complete snapshots at the source, oldest first
  * @param target the job's complete backups at the target, oldest first
  * @example
  * planSends(sourceSnapshots, targetBackups).sends.map((s) => `${s.snapshot.name} <- ${s.parent?.name ?? 'full'}`)
  */
-export const planSends = (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[]): SendPlan => {
+export const planSends = (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[], options: PlanOptions = {}): SendPlan => {
   let newestCommon: CommonPair | undefined
   let index = -1
   source.forEach((s, i) => {
@@ -64,7 +101,12 @@ export const planSends = (source: readonly SnapshotInfo[], target: readonly Snap
     const fullBecause = target.length === 0
       ? undefined
       : `none of the ${target.length} backups at the target is a copy of a snapshot still at the source`
-    return { sends: [{ snapshot: newest }], ...(fullBecause === undefined ? {} : { fullBecause }) }
+    const picked = options.backfill?.(source, target) ?? [newest]
+    const sends = picked.map((snapshot, i): PlannedSend => {
+      const parent = picked[i - 1]
+      return parent === undefined ? { snapshot } : { snapshot, parent }
+    })
+    return { sends, ...(fullBecause === undefined ? {} : { fullBecause }) }
   }
   const sends: PlannedSend[] = []
   let parent: SnapshotInfo = newestCommon.source
