@@ -726,7 +726,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (location.isErr()) return fail(location.error, options)
       forgetting.push(formatLocation(location.value))
     }
-    const alone = source !== undefined && targets.length === 0 && forgetting.length === 0 ? await pruneAloneAt(source, options) : undefined
+    const alone = source !== undefined && targets.length === 0 ? await pruneAloneAt(source, options) : undefined
     const resolved = alone ?? await resolveJobs(source, targets, options)
     if ('error' in resolved) return fail(resolved.error, options)
     if (forgetting.length > 0 && resolved.jobs.length !== 1) {
