@@ -14,7 +14,7 @@ export const backupSubpath = (subpath: string): Result<string, BbError> => {
 }
 
 /**
- * What `sub` (a {@link backupSubpath}, not '') is in the backup at `top` on `at`, found without
+ * What `sub` (a {@link backupSubpath}) is in the backup at `top` on `at`, found without
  * following a symbolic link on the way: a link inside the backup (`a -> /etc`) would have `a/passwd`
  * read from the host as it is now, not from the backup, so a path through one is refused. The
  * path itself may be a link: it is restored as one.

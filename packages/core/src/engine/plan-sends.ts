@@ -1,6 +1,6 @@
 import type { SnapshotInfo } from '../driver/driver.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
-import { planRetention } from '../retention/plan.js'
+import { planRetention, type RetentionSnapshot } from '../retention/plan.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 
 /**
@@ -47,6 +47,11 @@ export interface PlanOptions {
   readonly backfill?: (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[]) => readonly SnapshotInfo[]
 }
 
+/** A snapshot as retention weighs it: its time (unreadable: always kept), its collision suffix, the stream it depends on */
+export const retentionEntry = (s: SnapshotInfo): RetentionSnapshot => ({
+  name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0, ...(s.dependsOn === undefined ? {} : { dependsOn: s.dependsOn }),
+})
+
 /**
  * What a new target gets, as btrbk decides it: every source snapshot that the target's retention
  * would keep, weighed together with the backups already there (an older one from the same day
@@ -61,7 +66,7 @@ export const keptByRetention = (policy: RetentionPolicy | undefined, options: { 
     if (policy === undefined) return newest
     const all = [...source, ...target]
     const plan = planRetention(
-      all.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0 })),
+      all.map(retentionEntry),
       policy,
       { now: options.now, ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }) },
     )

@@ -3,13 +3,12 @@ import type { SnapshotInfo } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation } from '../location/location.js'
-import { parseSnapshotName } from '../names/snapshot-name.js'
 import { planRetention, timeZoneFits, type Protection, type RetentionDecision } from '../retention/plan.js'
 import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
 import { journalPath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
-import { planSends } from './plan-sends.js'
+import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
   /** the target (or source), as its location prints */
@@ -87,7 +86,7 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     }
   }
   const plan = planRetention(
-    own.map((s) => ({ name: s.name, time: s.time ?? new Date(Number.NaN), sequence: parseSnapshotName(s.name)?.sequence ?? 0, ...(s.dependsOn === undefined ? {} : { dependsOn: s.dependsOn }) })),
+    own.map(retentionEntry),
     policy,
     { now: (options.now ?? (() => new Date()))(), protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
   )
