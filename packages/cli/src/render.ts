@@ -155,7 +155,7 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.filter((l) => l.error === undefined).map((l) => [
     `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
-    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}`),
+    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}`),
   ].join('\n')).join('\n') + '\n'
 
 /**
@@ -178,6 +178,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     }
     out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
+    const broken = t.broken ?? []
+    const [firstBroken] = broken
+    if (firstBroken !== undefined) out.push(`    cannot be restored: ${count(broken.length, 'backup')} (${broken.length <= 3 ? broken.map((b) => b.name).join(', ') : `${firstBroken.name} … ${broken.at(-1)?.name ?? ''}`}): ${firstBroken.why}`)
     const missing = t.missing ?? []
     if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${missing.length <= 3 ? missing.join(', ') : `${missing[0] ?? ''} … ${missing.at(-1) ?? ''}`}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
     // used as df's Use% counts it: of what is used and what is free to users (space reserved for root left out)

@@ -59,6 +59,17 @@ describe('planSends', () => {
     const impostor: SnapshotInfo = { ...copy(1), identity: { uuid: 'z', receivedUuid: 'uuid-elsewhere', readOnly: true } }
     expect(names(planSends([source(1), source(2)], [impostor]))).toEqual(['s2<full'])
   })
+  it('a newest copy that cannot be restored (a broken chain of streams) is no parent: the next send is full, the rest on it', () => {
+    const broken: SnapshotInfo = { ...copy(2), broken: 'its chain is broken at s1, whose stream file is missing at /a' }
+    const plan = planSends([source(1), source(2), source(3), source(4)], [broken])
+    expect(names(plan)).toEqual(['s3<full', 's4<s3'])
+    expect(plan.sends[0]?.parentAtTarget).toBeUndefined()
+    expect(plan.fullBecause).toMatch(/newest backup at the target, s2, cannot be restored \(its chain is broken at s1/)
+    // a whole older copy is passed over too: the newest copy is where a chain goes on
+    expect(names(planSends([source(1), source(2), source(3)], [copy(1), broken]))).toEqual(['s3<full'])
+    // nothing newer to send: nothing to say
+    expect(planSends([source(1), source(2)], [broken])).toEqual({ sends: [], newestCommon: { source: source(2), target: broken } })
+  })
   it('property: every send has a parent the target holds or that was sent before it, and the newest ends at the target', () => {
     fc.assert(fc.property(fc.uniqueArray(fc.integer({ min: 0, max: 30 }), { minLength: 1 }), fc.uniqueArray(fc.integer({ min: 0, max: 30 })), (src, tgt) => {
       const s = [...src].sort((a, b) => a - b).map(source)

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, list, prune, readJournal, restore, verify, type Job } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, status, verify, type Job } from '@bb/core'
 import type { RawInfo, RawTargetOptions } from '@bb/drivers/btrfs'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
@@ -167,6 +167,36 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     const r = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'restored')) })
     expect(r.isErr() && r.error.code).toBe('NOT_FOUND')
   }, 60_000)
+
+  it('a chain broken by a lost stream file: what cannot be restored is listed and reported, the next run starts a new chain in full, and restore names the newest whole backup', async () => {
+    const j = job()
+    for (const [i, hour] of ['10', '11', '12'].entries()) {
+      await writeFile(join(source, 'alice/a.txt'), `version ${i}\n`)
+      ok(await backup(j, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    }
+    await rm(join(raw, 'home.2026-11-23T110000Z.btrfs')) // lost; its sidecar stays
+    const why = /its chain is broken at home\.2026-11-23T110000Z, whose stream file is missing/
+    const listed = ok(await list(j, { only: 'target' }))
+    expect(listed[0]?.snapshots.map((s) => [s.name, s.broken !== undefined])).toEqual([['home.2026-11-23T100000Z', false], ['home.2026-11-23T120000Z', true]])
+    const before = ok(await status(j, { now: at('2026-11-23T12:30:00Z') }))
+    expect(before.targets[0]?.broken).toEqual([{ name: 'home.2026-11-23T120000Z', why: expect.stringMatching(why) as string }])
+    expect(healthOf(before)).toMatchObject({ verdict: 'warning', reasons: [expect.stringMatching(/the newest backup, home\.2026-11-23T120000Z, cannot be restored: its chain is broken/)] })
+    const into = join(fs.mountPoint, 'restored')
+    const refused = await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into) })
+    expect(refused.isErr() && refused.error.hint).toMatch(/restore a backup whose chain is whole \(the newest is home\.2026-11-23T100000Z\)/)
+
+    // an incremental on the broken one could never be restored either: a new chain
+    await writeFile(join(source, 'alice/a.txt'), 'version 3\n')
+    const next = ok(await backup(j, { now: at('2026-11-23T13:00:00Z') }))
+    expect(next.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T130000Z', mode: 'full', fullBecause: expect.stringMatching(/home\.2026-11-23T120000Z, cannot be restored/) as string })
+    expect((await info(join(raw, 'home.2026-11-23T130000Z.btrfs'))).chain).toBe(0)
+    const after = ok(await status(j, { now: at('2026-11-23T13:30:00Z') }))
+    expect(after.targets[0]?.broken?.map((b) => b.name)).toEqual(['home.2026-11-23T120000Z'])
+    expect(healthOf(after).reasons).toEqual([expect.stringMatching(/a backup cannot be restored \(home\.2026-11-23T120000Z\)/)])
+    const restored = ok(await restore(j, { from: localTransport(raw), snapshot: 'latest', to: localTransport(into) }))
+    expect(restored.snapshot).toBe('home.2026-11-23T130000Z')
+    expect(await readFile(join(into, 'home.2026-11-23T130000Z/alice/a.txt'), 'utf8')).toBe('version 3\n')
+  }, 90_000)
 
   it('encrypts the stream files with gpg on this host: ciphertext at the target, restored and verified with the secret key; a host with the public key only backs up, verifies what it can and says why it cannot restore', async () => {
     const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')

@@ -24,6 +24,11 @@ export interface SnapshotInfo {
    * incremental stream needs its parent's stream): retention keeps it whenever it keeps this one
    */
   readonly dependsOn?: string
+  /**
+   * why it cannot be restored as it is (a raw stream whose chain lacks a stream file): listed and
+   * counted by retention like any backup, never the parent of a new one
+   */
+  readonly broken?: string
 }
 
 /**

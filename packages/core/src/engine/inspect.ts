@@ -50,6 +50,8 @@ export interface TargetStatus {
   readonly backups: number
   readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
   readonly unfinished: readonly string[]
+  /** backups that cannot be restored as they are ({@link SnapshotInfo.broken}), oldest first, each with why */
+  readonly broken?: readonly { readonly name: string; readonly why: string }[]
   /**
    * drivers that keep snapshots at the source (btrfs): the source snapshots this target lacks, oldest
    * first, which the next run sends there (by identity, as a run plans them)
@@ -76,9 +78,14 @@ export interface JobStatus {
   readonly only?: 'target'
 }
 
+const brokenOf = (own: readonly SnapshotInfo[]): { broken?: { name: string; why: string }[] } => {
+  const broken = own.flatMap((s) => (s.broken === undefined ? [] : [{ name: s.name, why: s.broken }]))
+  return broken.length === 0 ? {} : { broken }
+}
+
 /**
- * Per target: how many backups, the newest and its age, unfinished copies, the source snapshots it
- * lacks, the space on its filesystem; the journal's pending transfers and who holds the job's lock.
+ * Per target: how many backups, the newest and its age, unfinished copies, backups that cannot be
+ * restored (a broken chain), the source snapshots it lacks, the space on its filesystem; the journal's pending transfers and who holds the job's lock.
  * An unreachable target is reported, not an error; so is a source whose snapshots cannot be listed.
  * With `only: 'target'`, the targets alone: what a directory of backups says without its job (the
  * backup server's view, where neither the source nor the job's state is).
@@ -114,6 +121,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
             latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health },
           }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
+          ...brokenOf(own),
           ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, { backfill: newTargetGets(job, options.now) }).sends.map((s) => s.snapshot.name) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),

@@ -35,7 +35,7 @@ export interface SendPlan {
   readonly sends: readonly PlannedSend[]
   /** the newest snapshot the source and the target both hold: the next incremental's parent */
   readonly newestCommon?: CommonPair
-  /** why the first send is full although the target holds backups of this job */
+  /** why the first send is full although the target holds backups of this job (none in common, or the newest copy cannot be restored) */
   readonly fullBecause?: string
 }
 
@@ -81,6 +81,8 @@ export const keptByRetention = (policy: RetentionPolicy | undefined, options: { 
  * When the target holds a copy of a source snapshot, every newer source snapshot is sent, oldest
  * first, each incremental against the one before (a target that missed runs catches up without a
  * full send); older snapshots it lacks are not sent again (its retention may have removed them).
+ * When that copy cannot be restored (`broken`: a chain of raw streams lacks a link), the first of
+ * them is sent in full instead, to start a chain that can.
  * When it holds none, the oldest of what `backfill` picks (by default the newest alone) is sent in
  * full and the rest incrementally, each against the one before; `fullBecause` says why when the
  * target holds backups of this job.
@@ -114,12 +116,15 @@ export const planSends = (source: readonly SnapshotInfo[], target: readonly Snap
     return { sends, ...(fullBecause === undefined ? {} : { fullBecause }) }
   }
   const sends: PlannedSend[] = []
-  let parent: SnapshotInfo = newestCommon.source
-  let parentAtTarget: SnapshotInfo | undefined = newestCommon.target
+  // a copy that cannot be restored (a broken chain of streams) is no parent: nothing sent on it could be restored either
+  const broken = newestCommon.target.broken
+  let parent: SnapshotInfo | undefined = broken === undefined ? newestCommon.source : undefined
+  let parentAtTarget: SnapshotInfo | undefined = broken === undefined ? newestCommon.target : undefined
   for (const s of source.slice(index + 1)) {
-    sends.push({ snapshot: s, parent, ...(parentAtTarget === undefined ? {} : { parentAtTarget }) })
+    sends.push({ snapshot: s, ...(parent === undefined ? {} : { parent }), ...(parentAtTarget === undefined ? {} : { parentAtTarget }) })
     parent = s
     parentAtTarget = undefined
   }
-  return { sends, newestCommon }
+  const fullBecause = broken === undefined || sends.length === 0 ? undefined : `the newest backup at the target, ${newestCommon.target.name}, cannot be restored (${broken}): a new chain starts with a full send`
+  return { sends, newestCommon, ...(fullBecause === undefined ? {} : { fullBecause }) }
 }

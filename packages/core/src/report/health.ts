@@ -38,7 +38,8 @@ const verdictOf = (found: readonly Finding[]): JobHealth => ({
 /**
  * A job's verdict from its {@link JobStatus}, as a monitoring check reads it: per target, no
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
- * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a target with
+ * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a backup that
+ * cannot be restored (a broken chain of raw streams), a target with
  * less than {@link LOW_SPACE_SHARE} of its filesystem free, an outstanding
  * transfer while no run holds the lock, or a stale lock is a warning. A job without targets (btrfs
  * source snapshots alone) is judged by its newest snapshot the same way. The job has the worst.
@@ -62,6 +63,10 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
     else {
       found.push(...ageFindings(t.at, 'backup', t.latest.ageSeconds, thresholds))
       if (t.latest.health === 'errors') found.push({ verdict: 'warning', reason: `${t.at}: the newest backup has errors (some files were not copied)` })
+      const broken = t.broken ?? []
+      const newestBroken = broken.find((b) => b.name === t.latest?.name)
+      if (newestBroken !== undefined) found.push({ verdict: 'warning', reason: `${t.at}: the newest backup, ${newestBroken.name}, cannot be restored: ${newestBroken.why}` })
+      else if (broken.length > 0) found.push({ verdict: 'warning', reason: `${t.at}: ${broken.length === 1 ? 'a backup cannot' : `${broken.length} backups cannot`} be restored (${broken.map((b) => b.name).join(', ')}): ${broken[0]?.why ?? ''}` })
     }
     if (t.space !== undefined && t.space.free < t.space.size * LOW_SPACE_SHARE) {
       found.push({ verdict: 'warning', reason: `${t.at}: only ${Math.floor((t.space.free / t.space.size) * 100)}% of its filesystem is free (${gib(t.space.free)} of ${gib(t.space.size)})` })

@@ -177,6 +177,36 @@ const parseInfo = (text: string | undefined, file: string): RawInfo | undefined 
 }
 
 /**
+ * Marks each complete stream whose chain back to its full stream lacks a link (a parent's stream
+ * file missing, or unfinished) as `broken`, with the first missing link named: it cannot be
+ * restored, and a new stream on it could not be either.
+ * @example
+ * withBrokenChains([full, incrementalOnAMissingOne], '/mnt/raw')[1].broken // 'its chain is broken at …'
+ */
+export const withBrokenChains = (streams: readonly SnapshotInfo[], dir: string): SnapshotInfo[] => {
+  const byName = new Map(streams.map((s) => [s.name, s]))
+  const why = new Map<string, string | undefined>()
+  const brokenOf = (s: SnapshotInfo): string | undefined => {
+    if (why.has(s.name)) return why.get(s.name)
+    why.set(s.name, undefined) // a loop in the sidecars ends here
+    const parent = s.dependsOn === undefined ? undefined : byName.get(s.dependsOn)
+    const reason = s.dependsOn === undefined
+      ? undefined
+      : parent === undefined
+        ? `its chain is broken at ${s.dependsOn}, whose stream file is missing at ${dir}`
+        : !parent.complete
+          ? `its chain is broken at ${s.dependsOn}, whose stream file is unfinished (it has no sidecar) at ${dir}`
+          : brokenOf(parent)
+    why.set(s.name, reason)
+    return reason
+  }
+  return streams.map((s) => {
+    const reason = s.complete ? brokenOf(s) : undefined
+    return reason === undefined ? s : { ...s, broken: reason }
+  })
+}
+
+/**
  * Raw targets: each snapshot's send stream is kept as a file (`<name>.btrfs[.zst]`) with a JSON
  * sidecar (`.info`: uuids, parent, size, sha256) written last, as btrbk's `target raw`. Any
  * filesystem will do, and the target host needs no btrfs. An incremental stream needs its
@@ -308,8 +338,9 @@ export const rawStore = (deps: RawDeps) => {
         ...(info.value.parent === undefined ? {} : { dependsOn: info.value.parent }),
       })
     }
-    return ok(found.sort((a, b) => compareSnapshots({ name: a.name, time: a.time ?? new Date(0), sequence: a.sequence }, { name: b.name, time: b.time ?? new Date(0), sequence: b.sequence }))
-      .map(({ sequence: _, ...s }) => s))
+    const sorted = found.sort((a, b) => compareSnapshots({ name: a.name, time: a.time ?? new Date(0), sequence: a.sequence }, { name: b.name, time: b.time ?? new Date(0), sequence: b.sequence }))
+      .map(({ sequence: _, ...s }) => s)
+    return ok(withBrokenChains(sorted, dir))
   }
 
   const partialPath = (target: Transport, snapshot: string): string => join(target.location.path, `${fileOf(snapshot)}.part`)
@@ -445,7 +476,10 @@ export const rawStore = (deps: RawDeps) => {
       if (parentName === undefined) break
       s = listed.value.find((l) => l.name === parentName && l.complete)
       if (s === undefined) {
-        return err(bbError('NOT_FOUND', `${snapshot.name} is incremental on ${parentName}, whose stream file is missing at ${dir}`, 'the chain is broken: restore an older backup whose chain is whole (bbackup verify names them)', { path: dir }))
+        const prefix = parseSnapshotName(snapshot.name)?.prefix
+        const whole = listed.value.filter((l) => l.complete && l.broken === undefined && parseSnapshotName(l.name)?.prefix === prefix).at(-1)
+        return err(bbError('NOT_FOUND', `${snapshot.name} is incremental on ${parentName}, whose stream file is ${listed.value.some((l) => l.name === parentName) ? 'unfinished (it has no sidecar)' : 'missing'} at ${dir}`,
+          whole === undefined ? 'the chain is broken, and no backup there has a whole chain: the next run starts a new one with a full stream' : `the chain is broken: restore a backup whose chain is whole (the newest is ${whole.name}); the next run starts a new chain with a full stream`, { path: dir }))
       }
       if (chain.length > 100_000) return err(bbError('COMMAND_FAILED', `the chain of ${snapshot.name} loops`, 'the sidecars are damaged; restore another backup'))
     }
