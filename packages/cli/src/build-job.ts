@@ -81,13 +81,15 @@ const detectDriver = async (source: Transport): Promise<{ readonly driver: Drive
 }
 
 /**
- * Which driver made the backups in a target directory: rsync keeps its records in `.bbackup/`;
+ * Which driver made the backups in a target directory: rsync keeps its records in `.bbackup/`
+ * (`NAME.json`, and `NAME.partial` while one is unfinished; the directory alone says nothing);
  * btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target).
  * Undefined when it holds none.
  */
 const heldDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean } | undefined> => {
   const dir = target.location.path
-  if ((await target.stat(join(dir, '.bbackup'))).unwrapOr(undefined)?.kind === 'directory') return { driver: 'rsync', raw: false }
+  const records = (await target.list(join(dir, '.bbackup'))).unwrapOr([])
+  if (records.some((e) => e.kind === 'file' && /\.(json|partial)$/.test(e.name))) return { driver: 'rsync', raw: false }
   const entries = (await target.list(dir)).unwrapOr([])
   const { isRawSidecar } = await import('@bb/drivers/btrfs')
   if (entries.some((e) => e.kind === 'file' && isRawSidecar(e.name))) return { driver: 'btrfs', raw: true }

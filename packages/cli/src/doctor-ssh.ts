@@ -63,13 +63,14 @@ export const doctorSsh = async (input: DoctorSshInput): Promise<Finding[]> => {
       findings.push(type === 'btrfs' ? found('filesystem', `${path} is on btrfs`) : problem('filesystem', `${path} is on ${type || 'an unknown filesystem'}, not btrfs`, 'btrfs receive needs a btrfs filesystem: put the backups on one, or use --driver rsync'))
     }
     if (input.roles.includes('receive')) {
-      // a file of bbackup's own, in the place where the rsync driver keeps its records
-      const probe = posix.join(path, '.bbackup', `doctor-${hostname()}`)
-      const wrote = await t.mkdir(posix.dirname(probe), { recursive: true }).andThen(() => t.writeFileAtomic(probe, `${new Date().toISOString()}\n`))
+      // a file of bbackup's own, named for what it is; no directory is made (the rsync driver's
+      // `.bbackup/` would make the place look like rsync's, whatever it holds)
+      const probe = posix.join(path, `.bbackup-doctor-${hostname()}`)
+      const wrote = await t.writeFileAtomic(probe, `${new Date().toISOString()}\n`)
       if (wrote.isErr()) findings.push(fromError('writable', wrote.error))
       else {
         const removed = await t.remove(probe)
-        findings.push(found('writable', removed.isOk() ? `wrote and removed a file in ${path}/.bbackup` : `wrote ${probe} (left there: the key may not delete)`))
+        findings.push(found('writable', removed.isOk() ? `wrote and removed a file in ${path}` : `wrote ${probe} (left there: the key may not delete; remove it by hand)`))
       }
     }
   }

@@ -79,6 +79,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(open.stdout).toMatch(/^ok +btrfs: btrfs-progs v/m)
     expect(open.stdout).toMatch(/^ok +filesystem: .* is on btrfs$/m)
     expect(open.stdout).toMatch(/^ok +writable: wrote and removed a file/m)
+    expect(await readdir(join(dir, 'backup'))).toEqual([]) // nothing left, no directory made
     expect(open.stdout).toMatch(/^PROBLEM restricted: this key may run any command/m)
     const pub = (await readFile(`${sshd.identityFile}.pub`, 'utf8')).trim()
     const line = open.stdout.split('\n').find((l) => l.startsWith('command='))
@@ -88,9 +89,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const held = await runCli(['doctor', target, '--driver', 'btrfs', ...ssh], dir)
     expect(held.code, held.stdout).toBe(0)
     expect(held.stdout).toMatch(/^ok +restricted: this key already runs bbackup-remote as its forced command$/m)
-    expect(held.stdout).toMatch(/^ok +writable: wrote .*\/\.bbackup\/doctor-.* \(left there: the key may not delete\)$/m)
+    expect(held.stdout).toMatch(/^ok +writable: wrote .*\/backup\/\.bbackup-doctor-\S+ \(left there: the key may not delete; remove it by hand\)$/m)
     const run = await runCli(['run', 'home', target, '--state-dir', 'state', '-q', ...ssh], dir)
     expect(run.code, run.stdout + run.stderr).toBe(0)
+    // the probe, or the .bbackup/ an older doctor made, does not make the place look like the rsync driver's
+    await mkdir(join(dir, 'backup/.bbackup'))
+    await writeFile(join(dir, 'backup/.bbackup/doctor-oldhost'), 'x\n')
+    await sshd.setAuthorizedKeys(['%KEY%'])
+    const told = await runCli(['status', target, ...ssh], dir)
+    expect(told.stdout, told.stderr).toMatch(/\(btrfs\) home\.\*: 1 backup/)
 
     // a location that is not btrfs, a missing directory: named, with the fix, exit 1
     await sshd.setAuthorizedKeys(['%KEY%'])
