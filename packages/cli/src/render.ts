@@ -178,6 +178,8 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     }
     out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
+    const others = t.others ?? []
+    if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${others.length <= 3 ? others.join(', ') : `${others[0] ?? ''} … ${others.at(-1) ?? ''}`}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)
     const broken = t.broken ?? []
     const [firstBroken] = broken
     if (firstBroken !== undefined) out.push(`    cannot be restored: ${count(broken.length, 'backup')} (${broken.length <= 3 ? broken.map((b) => b.name).join(', ') : `${firstBroken.name} … ${broken.at(-1)?.name ?? ''}`}): ${firstBroken.why}`)
@@ -212,6 +214,7 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     ].join('; ')}`),
     `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} of ${r.decisions.length}`,
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
+    ...(r.others ?? []).map((name) => `  other  ${name}  not this job's: not a copy of its source's snapshots (another source's with the same prefix?); left alone`),
   ].join('\n')).join('\n') + '\n'
 
 /** The places a prune or a list could not reach, `AT: NOT PRUNED: why` with the hint (for stderr); empty when none failed. */

@@ -17,6 +17,8 @@ export { addJournalEntry, readJournal, removeJournalEntry } from './journal/jour
 export type { Journal, JournalEntry, JournalError } from './journal/journal.js'
 export { pinSnapshot, readPins } from './journal/pins.js'
 export type { Pins } from './journal/pins.js'
+export { knownAt, ofThisJob, othersNote, readLineage } from './journal/lineage.js'
+export type { Lineage } from './journal/lineage.js'
 export { keptByRetention, planSends, sameSnapshot } from './engine/plan-sends.js'
 export type { CommonPair, PlannedSend, PlanOptions, SendPlan } from './engine/plan-sends.js'
 export type { Driver, DriverError, DriverName, RecoverAction, RestoreInput, SharedTransferInput, SnapshotIdentity, SnapshotInfo, TransferInput, TransferOutcome, VerifyInput, VerifyOutcome } from './driver/driver.js'

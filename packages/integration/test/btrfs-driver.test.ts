@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, list, prune, readJournal, restore, type BackupReport, type BbError, type Job } from '@bb/core'
+import { backup, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
@@ -308,6 +308,44 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const lists = ok(await list(job))
     expect(lists.map((l) => l.side)).toEqual(['source', 'target', 'target'])
   }, 60_000)
+
+  it('two sources with the same prefix into one target (every host\'s /home is home.*): neither weighs nor deletes the other\'s backups; a job from before the lineage keeps its own', async () => {
+    const otherSource = join(fs.mountPoint, 'other/home')
+    await mkdir(join(fs.mountPoint, 'other'))
+    btrfs('subvolume', 'create', otherSource)
+    await writeTree(otherSource, { 'x.txt': 'the other host\n' })
+    const retention = { target: { keepLast: 1 } } as const
+    const first: Job = btrfsJob({ source, targets: [targetA], state, retention })
+    const second: Job = btrfsJob({ source: otherSource, targets: [targetA], state: join(fs.mountPoint, 'state-other'), retention })
+    ok(await backup(first, { now: at('2026-11-23T10:00:00Z') }))
+    const theirs = ok(await backup(second, { now: at('2026-11-23T11:00:00Z') }))
+    // the other source's first backup is full; the first's only backup stays, named as not its own
+    expect(theirs.targets[0]).toMatchObject({ ok: true, mode: 'full', pruned: [] })
+    expect(theirs.targets[0]?.warnings.join('\n')).toMatch(/a backup here is named as this job's \(home\.2026-11-23T100000Z\) but not a copy of its source's snapshots/)
+    expect(await names(targetA)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z'])
+    await writeFile(join(source, 'alice/a.txt'), 'changed\n')
+    const ours = ok(await backup(first, { now: at('2026-11-23T12:00:00Z') }))
+    // incremental on its own backup, and its retention deletes its own older one only
+    expect(ours.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T100000Z', pruned: ['home.2026-11-23T100000Z'] })
+    expect(await names(targetA)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+    const told = ok(await status(second, { now: at('2026-11-23T12:30:00Z') }))
+    expect(told.targets[0]).toMatchObject({ backups: 1, latest: { name: 'home.2026-11-23T110000Z' }, others: ['home.2026-11-23T120000Z'] })
+    const pruned = ok(await prune(second, { now: at('2026-11-23T12:30:00Z') }))
+    expect(pruned[0]).toMatchObject({ deleted: [], others: ['home.2026-11-23T120000Z'] })
+    expect(await names(targetA)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+
+    // a job that sent there before it kept a lineage: its backups there (a copy of a snapshot it still has among them) are its own
+    await rm(join(state, 'lineage.json'))
+    await writeFile(join(source, 'alice/a.txt'), 'changed again\n')
+    btrfs('subvolume', 'delete', join(targetA, 'home.2026-11-23T110000Z')) // the other source's, out of the way
+    ok(await backup({ ...first, retention: { target: { keepLast: 5 } } }, { now: at('2026-11-23T13:00:00Z') }))
+    ok(await backup({ ...first, retention: { target: { keepLast: 5 } } }, { now: at('2026-11-23T14:00:00Z') }))
+    await rm(join(state, 'lineage.json'))
+    for (const s of ['home.2026-11-23T120000Z', 'home.2026-11-23T130000Z']) btrfs('subvolume', 'delete', join(source, '.snapshots', s))
+    const adopted = ok(await prune(first, { now: at('2026-11-23T14:30:00Z') }))
+    expect(adopted[0]).toMatchObject({ deleted: ['home.2026-11-23T120000Z', 'home.2026-11-23T130000Z'] })
+    expect(adopted[0]?.others).toBeUndefined()
+  }, 90_000)
 
   it('restores a backup as a new read-only snapshot, and a writable one to swap in; never over an existing one', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })

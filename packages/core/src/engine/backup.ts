@@ -7,9 +7,10 @@ import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } f
 import { formatLocation, parseLocation, type Location } from '../location/location.js'
 import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
+import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, newTargetGets, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, newTargetGets, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -516,7 +517,25 @@ const sendSnapshots = async (
       }
       held = relisted.value
     }
-    const plan = planSends(sourceSnapshots, ownSnapshots(job, held), { backfill: newTargetGets(job, options.now) })
+    // of the backups named as this job's, its own: another source's with the same prefix is not weighed, nor sent against
+    const lineage = await readLineage(job.state.transport, lineagePath(job))
+    if (lineage.isErr()) {
+      lane.error = lineage.error
+      return
+    }
+    const named = ownSnapshots(job, held)
+    const known = knownAt(lineage.value, lane.where, sourceSnapshots, named)
+    const { ours, others } = ofThisJob(known, named)
+    if (!dryRun) {
+      const recorded = await recordLineage(job.state.transport, lineagePath(job), lane.where, () => known)
+      if (recorded.isErr()) {
+        lane.error = recorded.error
+        return
+      }
+    }
+    const note = othersNote(others)
+    if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
+    const plan = planSends(sourceSnapshots, ours, { backfill: newTargetGets(job, options.now) })
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
@@ -591,6 +610,7 @@ const sendSnapshots = async (
         if (!dryRun) {
           const cleared = await removeJournalEntry(job.state.transport, path, entry)
             .andThen(() => pinSnapshot(job.state.transport, pinsPath(job), lane.where, name))
+            .andThen(() => recordLineage(job.state.transport, lineagePath(job), lane.where, (known) => [...(known ?? []), ...sentUuids([head.snapshot])]))
           if (cleared.isErr()) {
             Object.assign(lane, { error: cleared.error, failedAt: head })
             continue

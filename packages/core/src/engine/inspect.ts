@@ -2,11 +2,12 @@ import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import type { SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
+import { knownAt, ofThisJob, readLineage } from '../journal/lineage.js'
 import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lockPath, newTargetGets, ownSnapshots, pinsPath, type Job } from './job.js'
+import { journalPath, lineagePath, lockPath, newTargetGets, ownSnapshots, pinsPath, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -50,6 +51,11 @@ export interface TargetStatus {
   readonly backups: number
   readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
   readonly unfinished: readonly string[]
+  /**
+   * backups named as the job's that are not its own (not copies of its source's snapshots, nor ever
+   * sent by it: another source's with the same prefix); not counted above, never pruned by the job
+   */
+  readonly others?: readonly string[]
   /** backups that cannot be restored as they are ({@link SnapshotInfo.broken}), oldest first, each with why */
   readonly broken?: readonly { readonly name: string; readonly why: string }[]
   /**
@@ -98,6 +104,9 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const sourceOwn = source?.isOk() === true ? ownSnapshots(job, source.value) : undefined
     const ageSeconds = (time: Date): number => Math.round((now - time.getTime()) / 1000)
     const prefixOf = (name: string): string => parseSnapshotName(name)?.prefix ?? ''
+    // which backups at a target are the job's own (not another source's with the same prefix): told where the source could be listed
+    const lineage = sourceOwn === undefined ? undefined : await readLineage(job.state.transport, lineagePath(job))
+    if (lineage?.isErr() === true) return err(lineage.error)
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -110,7 +119,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
       // alone, a target shared by several sources (btrbk's home.*, root.*) is told source by source
       const prefixes = alone ? [...new Set(r.value.filter((s) => s.time !== undefined).map((s) => prefixOf(s.name)))].sort() : [job.prefix ?? '']
       for (const [i, prefix] of (prefixes.length === 0 ? [''] : prefixes).entries()) {
-        const own = ownSnapshots({ ...job, prefix }, r.value)
+        const named = ownSnapshots({ ...job, prefix }, r.value)
+        const { ours: own, others } = sourceOwn === undefined || lineage?.isOk() !== true ? { ours: named, others: [] } : ofThisJob(knownAt(lineage.value, at, sourceOwn, named), named)
         const latest = own.at(-1)
         targets.push({
           at,
@@ -122,6 +132,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...brokenOf(own),
+          ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
           ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, { backfill: newTargetGets(job, options.now) }).sends.map((s) => s.snapshot.name) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),

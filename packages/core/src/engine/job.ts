@@ -76,6 +76,9 @@ export const lockPath = (job: Job): string => join(job.state.directory, 'lock')
 export const journalPath = (job: Job): string => join(job.state.directory, 'journal.json')
 export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.json')
 
+/** Where the job keeps which backups at each target are its own ({@link Lineage}). */
+export const lineagePath = (job: Job): string => join(job.state.directory, 'lineage.json')
+
 /** The complete snapshots of this job (its prefix, a readable time), oldest first. */
 export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
   snapshots.filter((s) => s.complete && s.time !== undefined && (parseSnapshotName(s.name)?.prefix ?? '') === (job.prefix ?? ''))

@@ -6,8 +6,9 @@ import { formatLocation } from '../location/location.js'
 import { planRetention, timeZoneFits, type Protection, type RetentionDecision } from '../retention/plan.js'
 import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
+import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '../journal/lineage.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
-import { journalPath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
@@ -22,6 +23,11 @@ export interface PruneResult {
   readonly error?: BbError
   /** at the source, with `forgetTargets`: what the job kept for each of those targets, and no longer keeps */
   readonly forgotten?: readonly ForgottenTarget[]
+  /**
+   * at a btrfs target: backups named as the job's that are not its own (not copies of its source's
+   * snapshots, nor ever sent by it: another source's with the same prefix), neither weighed nor deleted
+   */
+  readonly others?: readonly string[]
 }
 
 /** A target the job no longer keeps anything for (`prune` with `forgetTargets`). */
@@ -57,7 +63,15 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   if (listed.isErr()) return err(listed.error)
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
-  const own = ownSnapshots(job, listed.value)
+  const named = ownSnapshots(job, listed.value)
+  // at a target of a driver with identities, only the job's own backups (another source's with the same prefix is left alone)
+  const source = side === 'target' && job.driver.snapshotsSource ? await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : undefined
+  if (source?.isErr() === true) return err(source.error)
+  const sourceOwn = source?.isOk() === true ? ownSnapshots(job, source.value) : undefined
+  const lineage = sourceOwn === undefined ? undefined : await readLineage(job.state.transport, lineagePath(job))
+  if (lineage?.isErr() === true) return err(lineage.error)
+  const known = sourceOwn === undefined || lineage?.isOk() !== true ? undefined : knownAt(lineage.value, where, sourceOwn, named)
+  const { ours: own, others } = known === undefined ? { ours: named, others: [] } : ofThisJob(known, named)
   // what this run made is never its retention's to delete, even where it sorts older (a clock set back)
   const protect: Protection[] = made.map((name) => ({ name, reason: 'made by this run' }))
   // what a forgotten target had (in a dry run still on record) protects nothing
@@ -77,11 +91,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     // rsync links the next backup against it; for received snapshots it is the last good copy
     const why = job.driver.snapshotsSource ? 'the last good copy is never deleted' : 'the next run links against it'
     if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: `the newest healthy backup (${why})` })
-    if (job.driver.snapshotsSource) {
+    if (sourceOwn !== undefined) {
       // the copy of the newest snapshot the source still has: the next incremental's parent
-      const source = await job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal })
-      if (source.isErr()) return err(source.error)
-      const common = planSends(ownSnapshots(job, source.value), own).newestCommon
+      const common = planSends(sourceOwn, own).newestCommon
       if (common !== undefined) protect.push({ name: common.target.name, reason: `the copy of ${common.source.name}, the newest snapshot the source also holds (the next incremental's parent)` })
     }
   }
@@ -94,10 +106,18 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))
   const deleted = await job.driver.deleteSnapshots({ at, snapshots: doomed, dryRun: options.dryRun ?? false, signal: options.signal })
   if (deleted.isErr()) return err(deleted.error)
+  if (known !== undefined && options.dryRun !== true) {
+    const gone = new Set(receivedUuids(doomed))
+    const recorded = await recordLineage(job.state.transport, lineagePath(job), where, () => known.filter((u) => !gone.has(u)))
+    if (recorded.isErr()) return err(recorded.error)
+  }
   for (const s of doomed) {
     options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [], path: formatLocation({ ...at.location, path: s.path }) })
   }
-  return ok({ at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value })
+  return ok({
+    at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value,
+    ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
+  })
 }
 
 /**
