@@ -27,6 +27,8 @@ describe('which backups at a target are the job\'s own', () => {
     const lineage: Lineage = { version: 1, targets: { '/t': ['src-1'] } }
     expect(split(lineage, [snapshot(3)], [backup(1), backup(2, 'elsewhere-2'), backup(3)])).toEqual({ ours: ['home.1', 'home.3'], others: ['home.2'] })
     expect(knownAt(lineage, '/t', [snapshot(3)], [backup(1), backup(3)]).sort()).toEqual(['src-1', 'src-3'])
+    // what is gone from the target is no longer known
+    expect(knownAt(lineage, '/t', [snapshot(3)], [backup(3)])).toEqual(['src-3'])
     // a recorded empty list is a word: a copy that appears later does not adopt the others'
     expect(split({ version: 1, targets: { '/t': [] } }, [snapshot(3)], [backup(2, 'elsewhere-2'), backup(3)])).toEqual({ ours: ['home.3'], others: ['home.2'] })
   })

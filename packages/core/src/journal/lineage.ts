@@ -41,13 +41,16 @@ const streamUuid = (s: SnapshotInfo): string | undefined => s.identity?.received
  * word of is taken as it is when it holds such a copy (the job sent there before it kept a
  * lineage, or adopts a tool's backups: all of them with the job's prefix are its own); when it
  * holds none, none of what is there is the job's (another source's with the same prefix, or its
- * own from before its snapshots were all gone: left alone either way).
+ * own from before its snapshots were all gone: left alone either way). What is no longer there is
+ * no longer known.
  */
 export const knownAt = (lineage: Lineage, target: string, source: readonly SnapshotInfo[], backups: readonly SnapshotInfo[]): string[] => {
   const uuids = new Set(source.flatMap((s) => streamUuid(s) ?? []))
   const copies = backups.flatMap((b) => (b.identity?.receivedUuid !== undefined && uuids.has(b.identity.receivedUuid) ? [b.identity.receivedUuid] : []))
   const recorded = lineage.targets[target]
-  const adopted = recorded ?? (copies.length > 0 ? backups.flatMap((b) => b.identity?.receivedUuid ?? []) : [])
+  const present = new Set(backups.flatMap((b) => b.identity?.receivedUuid ?? []))
+  // what is gone from there (pruned by hand) is no longer recorded
+  const adopted = recorded?.filter((u) => present.has(u)) ?? (copies.length > 0 ? [...present] : [])
   return [...new Set([...adopted, ...copies])]
 }
 
