@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process'
-import { readdir, readFile, writeFile } from 'node:fs/promises'
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { addJournalEntry, readJournal, removeJournalEntry, type LockInfo } from '@bb/core'
+import { addJournalEntry, pinSnapshot, readJournal, readLineage, readPins, removeJournalEntry, type LockInfo } from '@bb/core'
 import { makeTempDir, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { finished, ROOT, spawnTs } from './helpers.js'
@@ -111,5 +111,21 @@ describe('atomic writes and the journal (scenario 20)', () => {
     await writeFile(path, '{"version": 1, "entr')
     expect((await readJournal(transport, path))._unsafeUnwrapErr()).toMatchObject({ code: 'JOURNAL_CORRUPT', details: { path } })
     expect(await readFile(path, 'utf8')).toBe('{"version": 1, "entr')
+  })
+
+  it('the pins and the lineage: a missing file is empty, a damaged or misshapen one is refused and left as it is', async () => {
+    for (const [file, read, empty] of [['pins.json', readPins, { version: 1, pins: {} }], ['lineage.json', readLineage, { version: 1, targets: {} }]] as const) {
+      const path = join(tmp.path, file)
+      expect((await read(transport, path))._unsafeUnwrap()).toEqual(empty)
+      for (const text of ['{"version": 1, "pi', '{"version": 2, "pins": {}, "targets": {}}', '{"version": 1}', 'null']) {
+        await writeFile(path, text)
+        expect((await read(transport, path))._unsafeUnwrapErr()).toMatchObject({ code: 'JOURNAL_CORRUPT', message: expect.stringMatching(/is not a bbackup (pin|lineage) file$/) as string, details: { path } })
+        expect(await readFile(path, 'utf8')).toBe(text)
+      }
+    }
+    const path = join(tmp.path, 'pins.json')
+    await rm(path)
+    expect((await pinSnapshot(transport, path, '/t', 's1'))._unsafeUnwrap()).toEqual({ version: 1, pins: { '/t': 's1' } })
+    expect((await readPins(transport, path))._unsafeUnwrap()).toEqual({ version: 1, pins: { '/t': 's1' } })
   })
 })

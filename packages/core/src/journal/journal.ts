@@ -28,23 +28,31 @@ export type JournalError = TransportError | BbError<'JOURNAL_CORRUPT'>
 const EMPTY: Journal = { version: 1, entries: [] }
 
 /**
- * Reads the journal; a missing file is an empty journal. A file that does not parse is an error,
- * never silently emptied: it may be all that protects a partial transfer.
+ * One of the job's small JSON state files (`{ "version": 1, … }`: the journal, the pins, the
+ * lineage). A missing file is `empty`; one that does not parse or has not the shape (`fits`) is
+ * JOURNAL_CORRUPT, never silently emptied: it may be all that protects what it records.
  */
-export const readJournal = (transport: Transport, path: string): ResultAsync<Journal, JournalError> =>
-  transport.readFile(path).andThen((text): ResultAsync<Journal, JournalError> => {
-    if (text === undefined) return okAsync(EMPTY)
+export const readStateFile = <T>(transport: Transport, path: string, kind: string, empty: T, fits: (value: Record<string, unknown>) => boolean, hint: string): ResultAsync<T, JournalError> =>
+  transport.readFile(path).andThen((text): ResultAsync<T, JournalError> => {
+    if (text === undefined) return okAsync(empty)
     try {
-      const value = JSON.parse(text) as Journal
-      if (value.version === 1 && Array.isArray(value.entries)) return okAsync(value)
+      const value = JSON.parse(text) as unknown
+      if (typeof value === 'object' && value !== null && (value as Record<string, unknown>)['version'] === 1 && fits(value as Record<string, unknown>)) return okAsync(value as T)
     } catch {
       // reported below
     }
-    return errAsync(bbError('JOURNAL_CORRUPT', `the journal ${path} is not a bbackup journal`, `move it aside and run again; check the targets for *.partial copies by hand`, { path }))
+    return errAsync(bbError('JOURNAL_CORRUPT', `the ${kind} ${path} is not a bbackup ${kind}`, hint, { path }))
   })
 
-const write = (transport: Transport, path: string, journal: Journal): ResultAsync<Journal, JournalError> =>
-  transport.writeFileAtomic(path, `${JSON.stringify(journal, null, 2)}\n`).map(() => journal)
+/** Writes a state file whole (temp, fsync, rename), and gives back what it wrote. */
+export const writeStateFile = <T>(transport: Transport, path: string, value: T): ResultAsync<T, JournalError> =>
+  transport.writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`).map(() => value)
+
+/** Reads the journal; a missing file is an empty journal. */
+export const readJournal = (transport: Transport, path: string): ResultAsync<Journal, JournalError> =>
+  readStateFile(transport, path, 'journal', EMPTY, (v) => Array.isArray(v['entries']), 'move it aside and run again; check the targets for *.partial copies by hand')
+
+const write = writeStateFile<Journal>
 
 /** Writes an entry down before its transfer starts (replacing one for the same target and snapshot). */
 export const addJournalEntry = (transport: Transport, path: string, entry: JournalEntry): ResultAsync<Journal, JournalError> =>

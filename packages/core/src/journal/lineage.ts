@@ -1,8 +1,7 @@
-import { errAsync, okAsync, type ResultAsync } from 'neverthrow'
+import { okAsync, type ResultAsync } from 'neverthrow'
 import type { SnapshotInfo } from '../driver/driver.js'
-import { bbError } from '../errors.js'
 import type { Transport } from '../transport/transport.js'
-import type { JournalError } from './journal.js'
+import { readStateFile, writeStateFile, type JournalError } from './journal.js'
 
 /**
  * Per target, which of the backups there are this job's, by the uuid each was received from (its
@@ -20,17 +19,8 @@ const EMPTY: Lineage = { version: 1, targets: {} }
 
 /** Reads the lineage; a missing file is an empty one, a damaged one an error (it keeps other jobs' backups safe). */
 export const readLineage = (transport: Transport, path: string): ResultAsync<Lineage, JournalError> =>
-  transport.readFile(path).andThen((text): ResultAsync<Lineage, JournalError> => {
-    if (text === undefined) return okAsync(EMPTY)
-    try {
-      const value = JSON.parse(text) as Lineage
-      if (value.version === 1 && typeof value.targets === 'object' && value.targets !== null) return okAsync(value)
-    } catch {
-      // reported below
-    }
-    return errAsync(bbError('JOURNAL_CORRUPT', `the lineage file ${path} is not a bbackup lineage file`,
-      'move it aside and run again: each target\'s backups are then taken as the job\'s where the target holds a copy of a source snapshot', { path }))
-  })
+  readStateFile(transport, path, 'lineage file', EMPTY, (v) => typeof v['targets'] === 'object' && v['targets'] !== null,
+    'move it aside and run again: each target\'s backups are then taken as the job\'s where the target holds a copy of a source snapshot')
 
 /** the uuid a target's copy of a snapshot is received from: a snapshot that was itself received passes its own received uuid on */
 const streamUuid = (s: SnapshotInfo): string | undefined => s.identity?.receivedUuid ?? s.identity?.uuid
@@ -77,7 +67,7 @@ export const recordLineage = (transport: Transport, path: string, target: string
     const after = [...new Set(next(before))].sort()
     if (before !== undefined && before.length === after.length && [...before].sort().every((u, i) => u === after[i])) return okAsync(l)
     const updated: Lineage = { version: 1, targets: { ...l.targets, [target]: after } }
-    return transport.writeFileAtomic(path, `${JSON.stringify(updated, null, 2)}\n`).map(() => updated)
+    return writeStateFile(transport, path, updated)
   })
 
 /** the uuids backups are received from, to add to or take from a target's list */

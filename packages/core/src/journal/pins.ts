@@ -1,7 +1,6 @@
-import { errAsync, okAsync, type ResultAsync } from 'neverthrow'
-import { bbError } from '../errors.js'
+import { okAsync, type ResultAsync } from 'neverthrow'
 import type { Transport } from '../transport/transport.js'
-import type { JournalError } from './journal.js'
+import { readStateFile, writeStateFile, type JournalError } from './journal.js'
 
 /**
  * Per target, the newest source snapshot it is known to hold: the parent of its next incremental.
@@ -18,23 +17,14 @@ const EMPTY: Pins = { version: 1, pins: {} }
 
 /** Reads the pins; a missing file is none, a damaged one an error (it protects parents). */
 export const readPins = (transport: Transport, path: string): ResultAsync<Pins, JournalError> =>
-  transport.readFile(path).andThen((text): ResultAsync<Pins, JournalError> => {
-    if (text === undefined) return okAsync(EMPTY)
-    try {
-      const value = JSON.parse(text) as Pins
-      if (value.version === 1 && typeof value.pins === 'object' && value.pins !== null) return okAsync(value)
-    } catch {
-      // reported below
-    }
-    return errAsync(bbError('JOURNAL_CORRUPT', `the pin file ${path} is not a bbackup pin file`, 'move it aside and run again: the next run pins each reachable target anew', { path }))
-  })
+  readStateFile(transport, path, 'pin file', EMPTY, (v) => typeof v['pins'] === 'object' && v['pins'] !== null, 'move it aside and run again: the next run pins each reachable target anew')
 
 /** Records that `target` holds `snapshot` (unchanged pins are not rewritten). */
 export const pinSnapshot = (transport: Transport, path: string, target: string, snapshot: string): ResultAsync<Pins, JournalError> =>
   readPins(transport, path).andThen((p) => {
     if (p.pins[target] === snapshot) return okAsync(p)
     const next: Pins = { version: 1, pins: { ...p.pins, [target]: snapshot } }
-    return transport.writeFileAtomic(path, `${JSON.stringify(next, null, 2)}\n`).map(() => next)
+    return writeStateFile(transport, path, next)
   })
 
 /** Drops the pins of `targets` (targets that are gone for good); the file is rewritten only when one was there. */
@@ -43,5 +33,5 @@ export const unpinTargets = (transport: Transport, path: string, targets: readon
     const pins = Object.fromEntries(Object.entries(p.pins).filter(([target]) => !targets.includes(target)))
     if (Object.keys(pins).length === Object.keys(p.pins).length) return okAsync(p)
     const next: Pins = { version: 1, pins }
-    return transport.writeFileAtomic(path, `${JSON.stringify(next, null, 2)}\n`).map(() => next)
+    return writeStateFile(transport, path, next)
   })
