@@ -152,6 +152,9 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
   return `${out.join('\n')}\n`
 }
 
+/** a few names in full, more as the first … the last */
+const brief = (names: readonly string[]): string => (names.length <= 3 ? names.join(', ') : `${names[0] ?? ''} … ${names.at(-1) ?? ''}`)
+
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.filter((l) => l.error === undefined).map((l) => [
     `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
@@ -179,12 +182,12 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
     const others = t.others ?? []
-    if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${others.length <= 3 ? others.join(', ') : `${others[0] ?? ''} … ${others.at(-1) ?? ''}`}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)
+    if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${brief(others)}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)
     const broken = t.broken ?? []
     const [firstBroken] = broken
-    if (firstBroken !== undefined) out.push(`    cannot be restored: ${count(broken.length, 'backup')} (${broken.length <= 3 ? broken.map((b) => b.name).join(', ') : `${firstBroken.name} … ${broken.at(-1)?.name ?? ''}`}): ${firstBroken.why}`)
+    if (firstBroken !== undefined) out.push(`    cannot be restored: ${count(broken.length, 'backup')} (${brief(broken.map((b) => b.name))}): ${firstBroken.why}`)
     const missing = t.missing ?? []
-    if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${missing.length <= 3 ? missing.join(', ') : `${missing[0] ?? ''} … ${missing.at(-1) ?? ''}`}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
+    if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${brief(missing)}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
     // used as df's Use% counts it: of what is used and what is free to users (space reserved for root left out)
     if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.ceil((t.space.used * 100) / Math.max(1, t.space.used + t.space.free))}% used)`)
   }
