@@ -148,9 +148,14 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
   }
   if (report.sourcePruned.length > 0) out.push(`  source snapshots pruned: ${report.sourcePruned.join(', ')}`)
+  const others = report.sourceOthers ?? []
+  if (others.length > 0) out.push(`  source snapshots not this job's: ${others.length} named as its own (${brief(others)}) but taken of another subvolume (${OTHER_SUBVOLUME}): neither sent nor pruned by this job (give each source its own prefix: -p, or its own --snapshot-folder; delete by hand what is no one's)`)
   if (report.sourcePruneError !== undefined) out.push(...notPrunedLines('source snapshots: ', report.sourcePruneError, verbosity, '  '))
   return `${out.join('\n')}\n`
 }
+
+/** why a snapshot in the source's folder, named as the job's, is another subvolume's */
+const OTHER_SUBVOLUME = 'another source\'s that shares the snapshot folder and prefix, or the subvolume this source replaced?'
 
 /** a few names in full, more as the first … the last */
 const brief = (names: readonly string[]): string => (names.length <= 3 ? names.join(', ') : `${names[0] ?? ''} … ${names.at(-1) ?? ''}`)
@@ -158,7 +163,7 @@ const brief = (names: readonly string[]): string => (names.length <= 3 ? names.j
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.filter((l) => l.error === undefined).map((l) => [
     `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
-    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}`),
+    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
   ].join('\n')).join('\n') + '\n'
 
 /**
@@ -173,6 +178,8 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   if (s.snapshots !== undefined) {
     const newest = s.snapshots.latest
     out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${formatAge(newest.ageSeconds)} ago)`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
+    const others = s.snapshots.others ?? []
+    if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'snapshot')} named as its own (${brief(others)}) taken of another subvolume (${OTHER_SUBVOLUME}): not counted, never pruned here (give each source its own prefix: -p)`)
   }
   for (const t of s.targets) {
     if (!t.reachable) {
@@ -217,7 +224,7 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     ].join('; ')}`),
     `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${r.deleted.length} of ${r.decisions.length}`,
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
-    ...(r.others ?? []).map((name) => `  other  ${name}  not this job's: not a copy of its source's snapshots (another source's with the same prefix?); left alone`),
+    ...(r.others ?? []).map((name) => `  other  ${name}  not this job's: ${r.side === 'source' ? `a snapshot of another subvolume (${OTHER_SUBVOLUME})` : 'not a copy of its source\'s snapshots (another source\'s with the same prefix?)'}; left alone`),
   ].join('\n')).join('\n') + '\n'
 
 /** The places a prune or a list could not reach, `AT: NOT PRUNED: why` with the hint (for stderr); empty when none failed. */

@@ -347,6 +347,35 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(adopted[0]?.others).toBeUndefined()
   }, 90_000)
 
+  it('two sources sharing one snapshot folder and prefix: neither counts, sends nor prunes the other\'s snapshots', async () => {
+    const otherSource = join(fs.mountPoint, 'other/home')
+    await mkdir(join(fs.mountPoint, 'other'))
+    btrfs('subvolume', 'create', otherSource)
+    await writeTree(otherSource, { 'x.txt': 'the other host\n' })
+    const folder = join(fs.mountPoint, 'snaps')
+    const retention = { source: { keepLast: 1 } } as const
+    const first: Job = btrfsJob({ source, targets: [targetA], state, retention, driver: { snapshotFolder: folder } })
+    const second: Job = btrfsJob({ source: otherSource, targets: [join(fs.mountPoint, 'backup-b')], state: join(fs.mountPoint, 'state-other'), retention, driver: { snapshotFolder: folder } })
+    ok(await backup(first, { now: at('2026-11-23T10:00:00Z') }))
+    const theirs = ok(await backup(second, { now: at('2026-11-23T11:00:00Z') }))
+    // the first source's only snapshot (its target's next parent) stays: named as the second's, but of another subvolume
+    expect(theirs).toMatchObject({ sourcePruned: [], sourceOthers: ['home.2026-11-23T100000Z'] })
+    expect(theirs.targets[0]).toMatchObject({ ok: true, mode: 'full' })
+    expect(await names(folder)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z'])
+    await writeFile(join(source, 'alice/a.txt'), 'changed\n')
+    // incremental on its own snapshot, never on the other's newer one; its retention deletes its own older snapshot only
+    const ours = ok(await backup(first, { now: at('2026-11-23T12:00:00Z') }))
+    expect(ours.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T100000Z' })
+    expect(ours).toMatchObject({ sourcePruned: ['home.2026-11-23T100000Z'], sourceOthers: ['home.2026-11-23T110000Z'] })
+    expect(await names(folder)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+    expect(await content(join(targetA, 'home.2026-11-23T120000Z'))).toEqual(await content(source))
+    const told = ok(await status(second, { now: at('2026-11-23T12:30:00Z') }))
+    expect(told.snapshots).toMatchObject({ count: 1, latest: { name: 'home.2026-11-23T110000Z' }, others: ['home.2026-11-23T120000Z'] })
+    const pruned = ok(await prune(second, { now: at('2026-11-23T12:30:00Z') }))
+    expect(pruned).toMatchObject([{ side: 'source', deleted: [], others: ['home.2026-11-23T120000Z'] }])
+    expect(await names(folder)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+  }, 90_000)
+
   it('restores a backup as a new read-only snapshot, and a writable one to swap in; never over an existing one', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

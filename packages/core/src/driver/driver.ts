@@ -29,6 +29,12 @@ export interface SnapshotInfo {
    * counted by retention like any backup, never the parent of a new one
    */
   readonly broken?: string
+  /**
+   * at a source: the uuid of the subvolume this snapshot was taken of, when that is not the job's
+   * source (another source that shares the snapshot folder and the prefix, or the subvolume the
+   * source replaced): the job never counts, sends, nor deletes it
+   */
+  readonly otherSubvolume?: string
 }
 
 /**

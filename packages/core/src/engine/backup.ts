@@ -10,7 +10,7 @@ import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, lineagePath, newTargetGets, notMadeYet, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, newTargetGets, notMadeYet, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -70,6 +70,11 @@ export interface BackupReport {
   /** how many targets failed; the CLI exits 10 when any did */
   readonly failed: number
   readonly sourcePruned: readonly string[]
+  /**
+   * snapshots in the source's snapshot folder named as the job's but taken of another subvolume
+   * (another source that shares the folder and the prefix): neither sent nor pruned by the job
+   */
+  readonly sourceOthers?: readonly string[]
   /** why the source's snapshots were not pruned, when they were not; the CLI exits 10 */
   readonly sourcePruneError?: BbError
 }
@@ -140,7 +145,7 @@ const failedTarget = (target: string, startedMs: number, error: BbError, partial
 const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy, options: RunOptions, made: readonly string[]): Promise<Result<PruneResult, BbError>> => {
   const r = await pruneAt(job, target, 'target', policy, options, made)
   if (r.isErr() && options.dryRun === true && (await notMadeYet(target))) {
-    return ok({ at: formatLocation(target.location), decisions: [], deleted: [], kept: 0, commands: [] })
+    return ok({ at: formatLocation(target.location), side: 'target', decisions: [], deleted: [], kept: 0, commands: [] })
   }
   return r
 }
@@ -238,16 +243,17 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | undefined> => {
     const [probed, journal, listed] = await Promise.all([sourceProbed, journalRead, sourceListed])
     if (!snapshotting || probed.isErr() || journal.isErr() || listed.isErr()) return undefined
-    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: ownSnapshots(job, listed.value).map((x) => x.name) }))
+    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: listed.value.map((x) => x.name) }))
   })()
   const [probed, journal, states, listed, taken] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed, snapshotTaken])
   if (probed.isErr()) return err(probed.error)
   if (journal.isErr()) return err(journal.error)
   if (listed.isErr()) return err(listed.error)
   let sourceSnapshots: SnapshotInfo[] = ownSnapshots(job, listed.value)
+  const sourceOthers = othersAtSource(job, listed.value).map((s) => s.name)
 
   const held = new Set(states.flatMap((s) => s.snapshots).map((x) => x.name))
-  let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: [...sourceSnapshots.map((x) => x.name), ...held] })
+  let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: [...listed.value.map((x) => x.name), ...held] })
 
   let sourceSnapshot: SnapshotInfo | undefined
   if (taken !== undefined) {
@@ -311,6 +317,7 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
     targets: reports.map((r) => ({ ...r, route: routeOf(job.source.location, r.target) })),
     failed: reports.filter((r) => !r.ok).length,
     sourcePruned,
+    ...(sourceOthers.length === 0 ? {} : { sourceOthers }),
     ...(sourcePruneError === undefined ? {} : { sourcePruneError }),
   })
 }

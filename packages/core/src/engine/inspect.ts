@@ -7,7 +7,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lineagePath, lockPath, newTargetGets, ownSnapshots, pinsPath, type Job } from './job.js'
+import { journalPath, lineagePath, lockPath, newTargetGets, othersAtSource, ownSnapshots, pinsPath, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -74,7 +74,12 @@ export interface JobStatus {
   readonly pending: readonly JournalEntry[]
   readonly lock: LockStatus | undefined
   /** drivers that keep snapshots at the source (btrfs): how many of the job's are there, and the newest */
-  readonly snapshots?: { readonly count: number; readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number } }
+  readonly snapshots?: {
+    readonly count: number
+    readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number }
+    /** snapshots in the folder named as the job's but taken of another subvolume (another source's that shares it): not counted, never pruned by the job */
+    readonly others?: readonly string[]
+  }
   /**
    * btrfs: source snapshots kept for targets that are not this job's (another job's of the same
    * source, or a target gone for good: `prune` with `forgetTargets` lets them go), each its next parent
@@ -140,8 +145,10 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
       }
     }
     const newestSnapshot = sourceOwn?.at(-1)
+    const sourceOthers = source?.isOk() === true ? othersAtSource(job, source.value).map((s) => s.name) : []
     const snapshots = sourceOwn === undefined ? undefined : {
       count: sourceOwn.length,
+      ...(sourceOthers.length === 0 ? {} : { others: sourceOthers }),
       ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: ageSeconds(newestSnapshot.time) } }),
     }
     const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }

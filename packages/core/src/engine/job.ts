@@ -79,8 +79,19 @@ export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.js
 /** Where the job keeps which backups at each target are its own ({@link Lineage}). */
 export const lineagePath = (job: Job): string => join(job.state.directory, 'lineage.json')
 
-/** The complete snapshots of this job (its prefix, a readable time), oldest first. */
+/** The complete snapshots of this job (its prefix, a readable time; at a source, taken of it), oldest first. */
 export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
+  namedAsJobs(job, snapshots).filter((s) => s.otherSubvolume === undefined)
+
+/**
+ * The source's snapshots named as the job's but taken of another subvolume
+ * ({@link SnapshotInfo.otherSubvolume}): another source's that shares the snapshot folder and the
+ * prefix. Left alone: never counted, sent, nor pruned.
+ */
+export const othersAtSource = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
+  namedAsJobs(job, snapshots).filter((s) => s.otherSubvolume !== undefined)
+
+const namedAsJobs = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
   snapshots.filter((s) => s.complete && s.time !== undefined && (parseSnapshotName(s.name)?.prefix ?? '') === (job.prefix ?? ''))
 
 /**

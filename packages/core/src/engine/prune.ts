@@ -8,12 +8,13 @@ import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '../journal/lineage.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
-import { journalPath, lineagePath, lockPath, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
   /** the target (or source), as its location prints */
   readonly at: string
+  readonly side: 'source' | 'target'
   readonly decisions: readonly RetentionDecision[]
   readonly deleted: readonly string[]
   /** the job's snapshots left there: those the policy and the protections keep */
@@ -25,7 +26,8 @@ export interface PruneResult {
   readonly forgotten?: readonly ForgottenTarget[]
   /**
    * at a btrfs target: backups named as the job's that are not its own (not copies of its source's
-   * snapshots, nor ever sent by it: another source's with the same prefix), neither weighed nor deleted
+   * snapshots, nor ever sent by it: another source's with the same prefix); at its source, snapshots
+   * in the folder taken of another subvolume ({@link SnapshotInfo.otherSubvolume}). Neither weighed nor deleted.
    */
   readonly others?: readonly string[]
 }
@@ -71,7 +73,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   const lineage = sourceOwn === undefined ? undefined : await readLineage(job.state.transport, lineagePath(job))
   if (lineage?.isErr() === true) return err(lineage.error)
   const known = sourceOwn === undefined || lineage?.isOk() !== true ? undefined : knownAt(lineage.value, where, sourceOwn, named)
-  const { ours: own, others } = known === undefined ? { ours: named, others: [] } : ofThisJob(known, named)
+  const { ours: own, others: notOurs } = known === undefined ? { ours: named, others: [] } : ofThisJob(known, named)
+  // at the source, snapshots of another subvolume in a shared folder (another source's with the same prefix)
+  const others = side === 'source' ? othersAtSource(job, listed.value) : notOurs
   // what this run made is never its retention's to delete, even where it sorts older (a clock set back)
   const protect: Protection[] = made.map((name) => ({ name, reason: 'made by this run' }))
   // what a forgotten target had (in a dry run still on record) protects nothing
@@ -115,7 +119,7 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [], path: formatLocation({ ...at.location, path: s.path }) })
   }
   return ok({
-    at: where, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value,
+    at: where, side, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value,
     ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
   })
 }
@@ -171,7 +175,7 @@ export const prune = (job: Job, options: PruneOptions = {}): ResultAsync<PruneRe
     const results: PruneResult[] = []
     for (const [at, side, policy] of places) {
       const r = await pruneAt(job, at, side, policy, options)
-      const result = r.isOk() ? r.value : { at: formatLocation(at.location), decisions: [], deleted: [], kept: 0, commands: [], error: r.error }
+      const result = r.isOk() ? r.value : { at: formatLocation(at.location), side, decisions: [], deleted: [], kept: 0, commands: [], error: r.error }
       results.push(side === 'source' && forgotten?.isOk() === true ? { ...result, forgotten: forgotten.value } : result)
     }
     return ok(results)

@@ -279,9 +279,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const dir = onSource ? folderOf(at) : at.location.path
     // on another host, the subvolume lists are asked for once the login says whether it runs them,
     // in the round trip of the folder's listing, not after it (most folders hold several snapshots)
-    const lists = at.location.kind !== 'local' && at.connect !== undefined
-      ? at.connect(signal).then(() => listSubvolumes(at, dir, signal), () => undefined)
-      : undefined
+    const remote = at.location.kind !== 'local' && at.connect !== undefined
+    const lists = remote ? at.connect?.(signal).then(() => listSubvolumes(at, dir, signal), () => undefined) : undefined
+    // at the source, which subvolume it is: a snapshot in the folder taken of another one (a source
+    // that shares the folder and the prefix) is marked, and never this job's to count, send or delete
+    const ofSource = onSource ? (remote ? at.connect?.(signal).then(() => uuidOf(at, signal), () => undefined) : uuidOf(at, signal)) : undefined
     return at.list(dir)
       .orElse((e) => {
         // a snapshot folder that is a file (or under one) says so
@@ -309,7 +311,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           path: join(dir, f.name),
           identity: identityOf(f.subvolume),
         })))
+      .andThen((found) => ResultAsync.fromSafePromise(ofSource ?? Promise.resolve(undefined)).map((source) => (source === undefined ? found : found.map((s) => {
+        const of = s.identity?.parentUuid
+        return of === undefined || of === source ? s : { ...s, otherSubvolume: of }
+      }))))
   }
+
+  /** the source subvolume's uuid; undefined where it cannot be told (gone, not a subvolume, a failure: then no snapshot is marked another's) */
+  const uuidOf = async (source: Transport, signal: AbortSignal | undefined): Promise<string | undefined> =>
+    (await showSubvolume(source, source.location.path, signal)).match((s) => (typeof s === 'string' ? undefined : s.uuid), () => undefined)
 
   const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, dryRun, signal }) => {
     const folder = folderOf(source)
