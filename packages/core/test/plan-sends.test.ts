@@ -128,11 +128,33 @@ describe('a new target gets what its retention keeps (btrbk: retention decides w
     expect(plan.fullBecause).toContain('none of the 1 backups')
   })
 
-  it('a target that holds a copy is not backfilled: what is newer than its newest copy is sent, as before', () => {
+  const copyOf = (s: SnapshotInfo): SnapshotInfo => ({ ...s, path: `/a/${s.name}`, identity: { uuid: `copy-${s.name}`, receivedUuid: s.identity?.uuid ?? '', readOnly: true } })
+
+  it('a target that holds a copy is not backfilled: without a catch-up policy, everything newer than its newest copy is sent', () => {
     const source = daily().slice(-4)
-    const copyOf = (s: SnapshotInfo): SnapshotInfo => ({ ...s, path: `/a/${s.name}`, identity: { uuid: `copy-${s.name}`, receivedUuid: s.identity?.uuid ?? '', readOnly: true } })
     const plan = planSends(source, [copyOf(source[1] as SnapshotInfo)], { backfill: () => { throw new Error('asked') } })
     expect(plan.sends.map((p) => p.snapshot.name)).toEqual(source.slice(2).map((s) => s.name))
+  })
+
+  it("a target that missed runs gets what its retention keeps of the newer snapshots (btrbk's target_preserve), each against the one before, the first against its newest copy", () => {
+    // hourly snapshots for two days; the target holds the copy of the first and keeps the newest of each day
+    const hourly = Array.from({ length: 48 }, (_, i): SnapshotInfo => {
+      const time = new Date(Date.UTC(2024, 2, 11, i, 30))
+      const name = `home.${time.toISOString().slice(0, 16).replaceAll('-', '').replace(':', '')}`
+      return { name, time, complete: true, health: 'ok', path: `/src/.snapshots/${name}`, identity: { uuid: `h-${i}`, readOnly: true } }
+    })
+    const common = copyOf(hourly[0] as SnapshotInfo)
+    const catchUp = keptByRetention({ preserveMin: 'no', preserve: '7d' }, { now: new Date('2024-03-13T00:00:00Z'), timeZone: 'UTC' })
+    const plan = planSends(hourly, [common], { catchUp })
+    // 03-11 is the common copy's day already; of 03-12 the first (btrbk keeps the first of a day), and the newest always
+    expect(plan.sends.map((p) => p.snapshot.name)).toEqual(['home.20240312T0030', 'home.20240312T2330'])
+    expect(plan.sends[0]).toMatchObject({ parent: hourly[0], parentAtTarget: common })
+    expect(plan.sends[1]?.parent).toBe(plan.sends[0]?.snapshot)
+    expect(plan.newestCommon?.target).toBe(common)
+    // a count: the newest N of them
+    expect(planSends(hourly, [common], { catchUp: keptByRetention({ keepLast: 2 }, { now }) }).sends.map((p) => p.snapshot.name)).toEqual(hourly.slice(-2).map((s) => s.name))
+    // nothing newer: nothing asked
+    expect(planSends(hourly, [copyOf(hourly[47] as SnapshotInfo)], { catchUp: () => { throw new Error('asked') } }).sends).toEqual([])
   })
 })
 

@@ -85,6 +85,23 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(third.targets.find((t) => t.target === targetA)?.sent.map((s) => s.snapshot)).toEqual(['home.2026-11-23T120000Z'])
     expect(await names(targetB)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
     expect(await readFile(join(targetB, 'home.2026-11-23T110000Z/alice/a.txt'), 'utf8')).toBe('second\n')
+
+    // a target that keeps the newest two gets those of what it missed (btrbk's target_preserve), not every snapshot to delete right after
+    const keepTwo = { ...job, retention: { target: { keepLast: 2 } } }
+    execFileSync('umount', [b.mountPoint])
+    for (const hour of ['13', '14', '15']) {
+      await writeFile(join(source, 'alice/a.txt'), `${hour}\n`)
+      expect(ok(await backup(keepTwo, { now: at(`2026-11-23T${hour}:00:00Z`) })).failed).toBe(1)
+    }
+    execFileSync('mount', ['-o', 'loop', join(b.mountPoint, '../fs.img'), b.mountPoint])
+    await writeFile(join(source, 'alice/a.txt'), '16\n')
+    const back = ok(await backup(keepTwo, { now: at('2026-11-23T16:00:00Z') }))
+    expect(back.targets.find((t) => t.target === targetB)?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([
+      ['home.2026-11-23T150000Z', 'incremental', 'home.2026-11-23T120000Z'],
+      ['home.2026-11-23T160000Z', 'incremental', 'home.2026-11-23T150000Z'],
+    ])
+    expect(await names(targetB)).toEqual(['home.2026-11-23T150000Z', 'home.2026-11-23T160000Z'])
+    expect(await content(join(targetB, 'home.2026-11-23T160000Z'))).toEqual(await content(source))
   })
 
   it('targets that share the parent get one send feeding both; a target that fills up fails alone', async () => {

@@ -10,7 +10,7 @@ import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, lineagePath, newTargetGets, notMadeYet, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, notMadeYet, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -542,7 +542,7 @@ const sendSnapshots = async (
     }
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
-    const plan = planSends(sourceSnapshots, ours, { backfill: newTargetGets(job, options.now) })
+    const plan = planSends(sourceSnapshots, ours, sendsFor(job, options.now))
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {

@@ -7,7 +7,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lineagePath, lockPath, newTargetGets, othersAtSource, ownSnapshots, pinsPath, type Job } from './job.js'
+import { journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -138,7 +138,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...brokenOf(own),
           ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
-          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, { backfill: newTargetGets(job, options.now) }).sends.map((s) => s.snapshot.name) }),
+          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, sendsFor(job, options.now)).sends.map((s) => s.snapshot.name) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),
         })

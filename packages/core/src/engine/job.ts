@@ -104,3 +104,13 @@ export const notMadeYet = async (target: Transport): Promise<boolean> =>
 /** What a target that holds none of the source's snapshots gets: what the job's target retention keeps ({@link keptByRetention}) */
 export const newTargetGets = (job: Job, now: (() => Date) | undefined): NonNullable<PlanOptions['backfill']> =>
   keptByRetention(job.retention?.target, { now: (now ?? (() => new Date()))(), ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) })
+
+/**
+ * How a target plans its sends ({@link planSends}): a new one gets what the job's target retention
+ * keeps ({@link newTargetGets}); one that missed runs gets, of the snapshots newer than its newest
+ * copy, what that retention keeps, or all of them where the job keeps every backup (no target policy)
+ */
+export const sendsFor = (job: Job, now: (() => Date) | undefined): PlanOptions => ({
+  backfill: newTargetGets(job, now),
+  ...(job.retention?.target === undefined ? {} : { catchUp: newTargetGets(job, now) }),
+})

@@ -45,6 +45,13 @@ export interface PlanOptions {
    * gets, oldest first, the newest among them ({@link keptByRetention}). Without it, the newest alone.
    */
   readonly backfill?: (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[]) => readonly SnapshotInfo[]
+  /**
+   * For a target that holds a copy and missed runs: which of the source snapshots newer than its
+   * newest copy it gets, oldest first, the newest among them (btrbk weighs them by the target's
+   * policy: {@link keptByRetention}). Without it, every one of them (btrbk's default
+   * `target_preserve_min all`: a target that keeps everything gets everything).
+   */
+  readonly catchUp?: (newer: readonly SnapshotInfo[], target: readonly SnapshotInfo[]) => readonly SnapshotInfo[]
 }
 
 /** A snapshot as retention weighs it: its time (unreadable: always kept), its collision suffix, the stream it depends on */
@@ -78,9 +85,10 @@ export const keptByRetention = (policy: RetentionPolicy | undefined, options: { 
 
 /**
  * What a target lacks and how to send it. Identity is by uuid ({@link sameSnapshot}), never by name.
- * When the target holds a copy of a source snapshot, every newer source snapshot is sent, oldest
- * first, each incremental against the one before (a target that missed runs catches up without a
- * full send); older snapshots it lacks are not sent again (its retention may have removed them).
+ * When the target holds a copy of a source snapshot, the newer source snapshots are sent (all of
+ * them, or what `catchUp` picks: what the target's retention keeps), oldest first, each incremental
+ * against the one before (a target that missed runs catches up without a full send); older
+ * snapshots it lacks are not sent again (its retention may have removed them).
  * When that copy cannot be restored (`broken`: a chain of raw streams lacks a link), the first of
  * them is sent in full instead, to start a chain that can.
  * When it holds none, the oldest of what `backfill` picks (by default the newest alone) is sent in
@@ -120,7 +128,8 @@ export const planSends = (source: readonly SnapshotInfo[], target: readonly Snap
   const broken = newestCommon.target.broken
   let parent: SnapshotInfo | undefined = broken === undefined ? newestCommon.source : undefined
   let parentAtTarget: SnapshotInfo | undefined = broken === undefined ? newestCommon.target : undefined
-  for (const s of source.slice(index + 1)) {
+  const newer = source.slice(index + 1)
+  for (const s of newer.length === 0 ? newer : options.catchUp?.(newer, target) ?? newer) {
     sends.push({ snapshot: s, ...(parent === undefined ? {} : { parent }), ...(parentAtTarget === undefined ? {} : { parentAtTarget }) })
     parent = s
     parentAtTarget = undefined
