@@ -175,7 +175,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   const alone = s.only === 'target'
   const out = alone ? [] : [`${scheduled === undefined ? '' : `${scheduled.job}: `}${s.source} (${s.driver})`]
   if (scheduled !== undefined) out.push(`  ${scheduleLine(scheduled.job, scheduled.timer, now)}`)
-  if (s.snapshots !== undefined) {
+  if (s.sourceError !== undefined) out.push(`  source: cannot be read: ${s.sourceError.message}; ${s.sourceError.hint}`)
+  // none to count where the source cannot be read: its error says why
+  if (s.snapshots !== undefined && !(s.sourceError !== undefined && s.snapshots.count === 0)) {
     const newest = s.snapshots.latest
     out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${formatAge(newest.ageSeconds)} ago)`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
     const others = s.snapshots.others ?? []

@@ -4,10 +4,10 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { at, btrfs, btrfsJob, content, exists, finished, ok, show, spawnTs, waitFor } from './helpers.js'
+import { at, btrfs, btrfsJob, content, exists, finished, ok, rsyncJob, show, spawnTs, waitFor } from './helpers.js'
 
 const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('home.')).sort()
 
@@ -392,6 +392,22 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(pruned).toMatchObject([{ side: 'source', deleted: [], others: ['home.2026-11-23T120000Z'] }])
     expect(await names(folder)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
   }, 90_000)
+
+  it('status names a source that cannot be read (gone, a typo; a snapshot folder that is a file) and --check warns; a source that is there has none', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(ok(await status(job)).sourceError).toBeUndefined()
+    const typo = btrfsJob({ source: join(fs.mountPoint, 'hom'), targets: [targetA], state: join(fs.mountPoint, 'state-typo') })
+    const told = ok(await status(typo))
+    expect(told.sourceError).toMatchObject({ code: 'SOURCE_UNAVAILABLE', message: expect.stringContaining('hom does not exist') })
+    expect(healthOf(told).reasons).toContain(`the source cannot be read: the source ${join(fs.mountPoint, 'hom')} does not exist (the next run fails on it)`)
+    // the rsync driver does not list its source, and is told all the same
+    const rsyncTypo = rsyncJob({ source: join(fs.mountPoint, 'hom'), targets: [join(fs.mountPoint, 'rsync-backups')], state: join(fs.mountPoint, 'state-rsync') })
+    expect(ok(await status(rsyncTypo)).sourceError?.code).toBe('SOURCE_UNAVAILABLE')
+    await writeFile(join(fs.mountPoint, 'a-file'), 'x')
+    const filed = ok(await status(btrfsJob({ source, targets: [targetA], state, driver: { snapshotFolder: join(fs.mountPoint, 'a-file') } })))
+    expect(filed.sourceError).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringContaining('is not a directory') })
+  })
 
   it('restores a backup as a new read-only snapshot, and a writable one to swap in; never over an existing one', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })

@@ -85,6 +85,11 @@ export interface JobStatus {
    * source, or a target gone for good: `prune` with `forgetTargets` lets them go), each its next parent
    */
   readonly keptForOthers?: readonly { readonly target: string; readonly snapshot: string }[]
+  /**
+   * the source cannot be read: a source on this host that is not there (a typo, a disk not
+   * mounted), or btrfs snapshots that could not be listed (a host down); the next run fails on it
+   */
+  readonly sourceError?: BbError
   /** `'target'`: the targets were asked alone (no source, journal or lock was read: `pending` is empty, `lock` undefined) */
   readonly only?: 'target'
 }
@@ -153,6 +158,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     }
     const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }
     if (alone) return ok({ ...base, pending: [], lock: undefined, only: 'target' })
+    // a source on this host is looked at (another host is not logged in to only for this); a btrfs one was, by its listing
+    const sourceError = source?.isErr() === true ? source.error : job.source.location.kind === 'local' ? await missingSource(job.source) : undefined
     const journal = await readJournal(job.state.transport, journalPath(job))
     if (journal.isErr()) return err(journal.error)
     const lock = await job.state.transport.inspectLock(lockPath(job))
@@ -160,8 +167,16 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const pins = job.driver.snapshotsSource ? await readPins(job.state.transport, pinsPath(job)) : undefined
     if (pins?.isErr() === true) return err(pins.error)
     const others = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
-    return ok({ ...base, pending: journal.value.entries, lock: lock.value, ...(others.length === 0 ? {} : { keptForOthers: others }) })
+    return ok({ ...base, pending: journal.value.entries, lock: lock.value, ...(others.length === 0 ? {} : { keptForOthers: others }), ...(sourceError === undefined ? {} : { sourceError }) })
   })())
+
+/** a source on this host that is not there, as the error a run would give */
+const missingSource = async (source: Transport): Promise<BbError | undefined> => {
+  const path = source.location.path
+  const found = await source.stat(path)
+  if (found.isErr()) return found.error
+  return found.value === undefined ? bbError('SOURCE_UNAVAILABLE', `the source ${path} does not exist`, 'check the path (a typo? is its filesystem mounted?)', { path }) : undefined
+}
 
 /**
  * Finds a complete backup by name at a target; `latest` (or no name) is the job's newest. With

@@ -39,7 +39,7 @@ const verdictOf = (found: readonly Finding[]): JobHealth => ({
  * A job's verdict from its {@link JobStatus}, as a monitoring check reads it: per target, no
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
  * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a backup that
- * cannot be restored (a broken chain of raw streams), a target with
+ * cannot be restored (a broken chain of raw streams), a source that cannot be read, a target with
  * less than {@link LOW_SPACE_SHARE} of its filesystem free, an outstanding
  * transfer while no run holds the lock, or a stale lock is a warning. A job without targets (btrfs
  * source snapshots alone) is judged by its newest snapshot the same way. The job has the worst.
@@ -72,6 +72,7 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
       found.push({ verdict: 'warning', reason: `${t.at}: only ${Math.floor((t.space.free / t.space.size) * 100)}% of its filesystem is free (${gib(t.space.free)} of ${gib(t.space.size)})` })
     }
   }
+  if (s.sourceError !== undefined) found.push({ verdict: 'warning', reason: `the source cannot be read: ${s.sourceError.message} (the next run fails on it)` })
   const running = s.lock !== undefined && !s.lock.verdict.stale
   if (!running) for (const p of s.pending) found.push({ verdict: 'warning', reason: `the transfer of ${p.snapshot} to ${p.target} is outstanding (the next run retries it)` })
   if (s.lock?.verdict.stale === true) found.push({ verdict: 'warning', reason: `a stale lock: ${s.lock.verdict.reason}` })
