@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, healthOf, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job } from '@bb/core'
@@ -391,6 +391,16 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const pruned = ok(await prune(second, { now: at('2026-11-23T12:30:00Z') }))
     expect(pruned).toMatchObject([{ side: 'source', deleted: [], others: ['home.2026-11-23T120000Z'] }])
     expect(await names(folder)).toEqual(['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'])
+
+    // the first source rolled back to its snapshot (the subvolume it replaced kept aside): the snapshots are still its own, the next send incremental on them
+    btrfs('subvolume', 'snapshot', join(folder, 'home.2026-11-23T120000Z'), join(fs.mountPoint, 'home.rolled-back'))
+    await rename(source, join(fs.mountPoint, 'home.broken'))
+    await rename(join(fs.mountPoint, 'home.rolled-back'), source)
+    await writeFile(join(source, 'alice/a.txt'), 'after the rollback\n')
+    const rolled = ok(await backup(first, { now: at('2026-11-23T13:00:00Z') }))
+    expect(rolled.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T120000Z' })
+    expect(rolled).toMatchObject({ sourcePruned: ['home.2026-11-23T120000Z'], sourceOthers: ['home.2026-11-23T110000Z'] })
+    expect(await content(join(targetA, 'home.2026-11-23T130000Z'))).toEqual(await content(source))
   }, 90_000)
 
   it('status names a source that cannot be read (gone, a typo; a snapshot folder that is a file) and --check warns; a source that is there has none', async () => {

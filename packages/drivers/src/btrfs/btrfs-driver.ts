@@ -283,7 +283,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const lists = remote ? at.connect?.(signal).then(() => listSubvolumes(at, dir, signal), () => undefined) : undefined
     // at the source, which subvolume it is: a snapshot in the folder taken of another one (a source
     // that shares the folder and the prefix) is marked, and never this job's to count, send or delete
-    const ofSource = onSource ? (remote ? at.connect?.(signal).then(() => uuidOf(at, signal), () => undefined) : uuidOf(at, signal)) : undefined
+    const ofSource = onSource ? (remote ? at.connect?.(signal).then(() => sourceShown(at, signal), () => undefined) : sourceShown(at, signal)) : undefined
     return at.list(dir)
       .orElse((e) => {
         // a snapshot folder that is a file (or under one) says so
@@ -311,15 +311,21 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           path: join(dir, f.name),
           identity: identityOf(f.subvolume),
         })))
-      .andThen((found) => ResultAsync.fromSafePromise(ofSource ?? Promise.resolve(undefined)).map((source) => (source === undefined ? found : found.map((s) => {
-        const of = s.identity?.parentUuid
-        return of === undefined || of === source ? s : { ...s, otherSubvolume: of }
-      }))))
+      .andThen((found) => ResultAsync.fromSafePromise(ofSource ?? Promise.resolve(undefined)).map((source) => {
+        if (source === undefined) return found
+        // the source's own, and (a source rolled back to one of the snapshots here) those of the subvolume it replaced
+        const rolledBackFrom = found.find((s) => s.identity?.uuid === source.parentUuid)?.identity?.parentUuid
+        const family = new Set([source.uuid, ...(rolledBackFrom === undefined ? [] : [rolledBackFrom])])
+        return found.map((s) => {
+          const of = s.identity?.parentUuid
+          return of === undefined || family.has(of) ? s : { ...s, otherSubvolume: of }
+        })
+      }))
   }
 
-  /** the source subvolume's uuid; undefined where it cannot be told (gone, not a subvolume, a failure: then no snapshot is marked another's) */
-  const uuidOf = async (source: Transport, signal: AbortSignal | undefined): Promise<string | undefined> =>
-    (await showSubvolume(source, source.location.path, signal)).match((s) => (typeof s === 'string' ? undefined : s.uuid), () => undefined)
+  /** the source subvolume; undefined where it cannot be told (gone, not a subvolume, a failure: then no snapshot is marked another's) */
+  const sourceShown = async (source: Transport, signal: AbortSignal | undefined): Promise<Subvolume | undefined> =>
+    (await showSubvolume(source, source.location.path, signal)).match((s) => (typeof s === 'string' ? undefined : s), () => undefined)
 
   const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, dryRun, signal }) => {
     const folder = folderOf(source)
