@@ -29,6 +29,14 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     for (const f of extra.splice(0)) await f.cleanup()
     await fs.cleanup()
   })
+  /** another host's /home, a subvolume of its own on the same filesystem (its name's prefix is home. too) */
+  const otherHome = async (): Promise<string> => {
+    const other = join(fs.mountPoint, 'other/home')
+    await mkdir(join(fs.mountPoint, 'other'))
+    btrfs('subvolume', 'create', other)
+    await writeTree(other, { 'x.txt': 'the other host\n' })
+    return other
+  }
 
   it('sends in full, then incrementally; the received chain is valid and equals the source', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
@@ -327,10 +335,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
   }, 60_000)
 
   it('two sources with the same prefix into one target (every host\'s /home is home.*): neither weighs nor deletes the other\'s backups; a job from before the lineage keeps its own', async () => {
-    const otherSource = join(fs.mountPoint, 'other/home')
-    await mkdir(join(fs.mountPoint, 'other'))
-    btrfs('subvolume', 'create', otherSource)
-    await writeTree(otherSource, { 'x.txt': 'the other host\n' })
+    const otherSource = await otherHome()
     const retention = { target: { keepLast: 1 } } as const
     const first: Job = btrfsJob({ source, targets: [targetA], state, retention })
     const second: Job = btrfsJob({ source: otherSource, targets: [targetA], state: join(fs.mountPoint, 'state-other'), retention })
@@ -365,10 +370,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
   }, 90_000)
 
   it('two sources sharing one snapshot folder and prefix: neither counts, sends nor prunes the other\'s snapshots', async () => {
-    const otherSource = join(fs.mountPoint, 'other/home')
-    await mkdir(join(fs.mountPoint, 'other'))
-    btrfs('subvolume', 'create', otherSource)
-    await writeTree(otherSource, { 'x.txt': 'the other host\n' })
+    const otherSource = await otherHome()
     const folder = join(fs.mountPoint, 'snaps')
     const retention = { source: { keepLast: 1 } } as const
     const first: Job = btrfsJob({ source, targets: [targetA], state, retention, driver: { snapshotFolder: folder } })

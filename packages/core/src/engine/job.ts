@@ -110,7 +110,7 @@ export const newTargetGets = (job: Job, now: (() => Date) | undefined): NonNulla
  * keeps ({@link newTargetGets}); one that missed runs gets, of the snapshots newer than its newest
  * copy, what that retention keeps, or all of them where the job keeps every backup (no target policy)
  */
-export const sendsFor = (job: Job, now: (() => Date) | undefined): PlanOptions => ({
-  backfill: newTargetGets(job, now),
-  ...(job.retention?.target === undefined ? {} : { catchUp: newTargetGets(job, now) }),
-})
+export const sendsFor = (job: Job, now: (() => Date) | undefined): PlanOptions => {
+  const kept = newTargetGets(job, now)
+  return { backfill: kept, ...(job.retention?.target === undefined ? {} : { catchUp: kept }) }
+}
