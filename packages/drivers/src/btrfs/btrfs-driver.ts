@@ -279,11 +279,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const dir = onSource ? folderOf(at) : at.location.path
     // on another host, the subvolume lists are asked for once the login says whether it runs them,
     // in the round trip of the folder's listing, not after it (most folders hold several snapshots)
-    const remote = at.location.kind !== 'local' && at.connect !== undefined
-    const lists = remote ? at.connect?.(signal).then(() => listSubvolumes(at, dir, signal), () => undefined) : undefined
+    const login = at.location.kind !== 'local' ? at.connect?.(signal).then(() => true, () => false) : undefined
+    const lists = login?.then((loggedIn) => (loggedIn ? listSubvolumes(at, dir, signal) : undefined))
     // at the source, which subvolume it is: a snapshot in the folder taken of another one (a source
     // that shares the folder and the prefix) is marked, and never this job's to count, send or delete
-    const ofSource = onSource ? (remote ? at.connect?.(signal).then(() => sourceShown(at, signal), () => undefined) : sourceShown(at, signal)) : undefined
+    const ofSource = !onSource ? undefined : login === undefined ? sourceShown(at, signal) : login.then((loggedIn) => (loggedIn ? sourceShown(at, signal) : undefined))
     return at.list(dir)
       .orElse((e) => {
         // a snapshot folder that is a file (or under one) says so
