@@ -140,6 +140,7 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
       out.push(`  ${t.target}: ${t.sent.length} snapshots sent, ${formatBytes(t.bytes)}`)
       for (const x of t.sent) out.push(`    ${x.snapshot} ${how(x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
     }
+    if (t.origin !== undefined) out.push(`    incremental against ${t.origin}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder`)
     if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
     if (t.route === 'relay') out.push('    relayed: streamed from the source host through this one')
     for (const w of t.warnings) out.push(`    warning: ${w}`)

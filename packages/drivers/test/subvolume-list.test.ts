@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { parseSubvolumeList, pathInFilesystem } from '../src/btrfs/subvolume.js'
+import { parseSubvolumeList, pathInFilesystem, throughMountOf } from '../src/btrfs/subvolume.js'
 
 // `btrfs subvolume list -o -u -q -R` of btrfs-progs 6.2, as printed on this project's test machine
 const LIST = [
@@ -44,5 +44,23 @@ describe('pathInFilesystem', () => {
   })
   it('is undefined where no btrfs is mounted', () => {
     expect(pathInFilesystem(MOUNTINFO, '/home/x')).toBeUndefined()
+  })
+})
+
+describe('throughMountOf', () => {
+  const MOUNTINFO = [
+    '43 22 0:39 / /mnt rw,relatime shared:2 - btrfs /dev/loop0 rw,subvolid=5,subvol=/',
+    '44 22 0:39 /@home /home rw,relatime shared:3 - btrfs /dev/loop0 rw,subvolid=367,subvol=/@home',
+    '45 22 0:40 /@pool /srv/pool rw - btrfs /dev/sdb1 rw',
+  ].join('\n')
+  it('is the subvolume\'s path through the mount that holds the folder', () => {
+    expect(throughMountOf(MOUNTINFO, '/mnt/home/.snapshots', 'home.2026-01-01T000000Z')).toBe('/mnt/home.2026-01-01T000000Z')
+    expect(throughMountOf(MOUNTINFO, '/srv/pool/home/.snapshots', '@pool/restored/home.x')).toBe('/srv/pool/restored/home.x')
+    expect(throughMountOf(MOUNTINFO, '/home/.snapshots', '@home/.snapshots/home.x')).toBe('/home/.snapshots/home.x')
+  })
+  it('is undefined where that mount does not show it (subvol= of another part of the tree), or no btrfs holds the folder', () => {
+    expect(throughMountOf(MOUNTINFO, '/home/.snapshots', 'home.2026-01-01T000000Z')).toBeUndefined()
+    expect(throughMountOf(MOUNTINFO, '/home/.snapshots', '@home2/x')).toBeUndefined()
+    expect(throughMountOf(MOUNTINFO, '/var/x', 'x')).toBeUndefined()
   })
 })

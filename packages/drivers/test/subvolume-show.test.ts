@@ -22,14 +22,14 @@ const RECEIVED = `tgt/a
 `
 
 describe('parseSubvolumeShow', () => {
-  it('reads identity, read-only flag and generation of a received subvolume', () => {
+  it('reads identity, read-only flag, generation and the path from the top level of a received subvolume', () => {
     expect(parseSubvolumeShow(RECEIVED)).toEqual({
-      name: 'a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', receivedUuid: '049b1390-dbdc-ff4c-b6da-9487eb017f38', readOnly: true, generation: 8,
+      name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', receivedUuid: '049b1390-dbdc-ff4c-b6da-9487eb017f38', readOnly: true, generation: 8,
     })
   })
   it('reads an unfinished receive: writable, no received uuid, a parent', () => {
     const garbled = RECEIVED.replace('readonly', '-').replace(/Received UUID: \t\t\S+/, 'Received UUID: \t\t-').replace('Parent UUID: \t\t-', 'Parent UUID: \t\t1111')
-    expect(parseSubvolumeShow(garbled)).toEqual({ name: 'a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', parentUuid: '1111', readOnly: false, generation: 8 })
+    expect(parseSubvolumeShow(garbled)).toEqual({ name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', parentUuid: '1111', readOnly: false, generation: 8 })
   })
   it('does not take "Parent UUID" or "Received UUID" for the UUID, and gives up without one', () => {
     expect(parseSubvolumeShow(RECEIVED.replace(/\tUUID: .*\n/, ''))).toBeUndefined()

@@ -443,6 +443,50 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(unknown.isErr() && unknown.error).toMatchObject({ code: 'SNAPSHOT_NOT_FOUND', hint: expect.stringContaining('the newest is home.2026-11-23T100000Z') })
   })
 
+  it('a source swapped for a restored backup (restore --writable, the .writable moved into place) sends incrementally against the restored one, through a subvol= mount and with the job\'s state lost too', async () => {
+    // the source lives in the subvolume pool, mounted on its own (subvol=pool), as a root filesystem's @home is
+    btrfs('subvolume', 'create', join(fs.mountPoint, 'pool'))
+    btrfs('filesystem', 'sync', fs.mountPoint) // a subvol= mount finds only what is committed
+    const pool = join(fs.mountPoint, '..', 'pool-mount')
+    await mkdir(pool)
+    execFileSync('mount', ['-o', 'loop,subvol=pool', execFileSync('findmnt', ['-n', '-o', 'SOURCE', fs.mountPoint], { encoding: 'utf8' }).trim(), pool])
+    try {
+      const home = join(pool, 'home')
+      btrfs('subvolume', 'create', home)
+      await writeTree(home, { 'a.txt': 'alpha\n', 'big.bin': randomBytes(300_000) })
+      const job = btrfsJob({ source: home, targets: [targetA], state, retention: { target: { keepLast: 2 } } })
+      ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+      await writeFile(join(home, 'a.txt'), 'changed\n')
+      ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+      // the source is lost with its snapshots and the job's state; the newest backup is restored beside it and swapped in
+      for (const s of await names(join(home, '.snapshots'))) btrfs('subvolume', 'delete', join(home, '.snapshots', s))
+      btrfs('subvolume', 'delete', home)
+      await rm(state, { recursive: true })
+      const restored = join(pool, 'home.2026-11-23T110000Z')
+      ok(await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(pool), writable: true }))
+      await rename(`${restored}.writable`, home)
+      // its backups are the job's again (a copy of the one it was made from among them)
+      expect(ok(await status(job)).targets[0]).toMatchObject({ backups: 2, missing: [] })
+      await writeFile(join(home, 'a.txt'), 'after the restore\n')
+      const targetB = join(fs.mountPoint, 'backup-b')
+      const next = ok(await backup({ ...job, targets: [...job.targets, localTransport(targetB)] }, { now: at('2026-11-24T10:00:00Z') }))
+      expect(next.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z', origin: restored, pruned: ['home.2026-11-23T100000Z'] })
+      expect(next.targets[0]?.bytes).toBeLessThan(100_000) // the 300 kB file was not sent again
+      expect(show(join(targetA, 'home.2026-11-24T100000Z')).parentUuid).toBe(show(join(targetA, 'home.2026-11-23T110000Z')).uuid)
+      expect(await content(join(targetA, 'home.2026-11-24T100000Z'))).toEqual(await content(home))
+      // a target that holds no copy of it gets a full send; the restored subvolume is the user's, never deleted
+      expect(next.targets[1]).toMatchObject({ ok: true, mode: 'full' })
+      expect(next.targets[1]?.origin).toBeUndefined()
+      expect(show(restored).readOnly).toBe(true)
+      // from then on, incremental on the source's own snapshot
+      const after = ok(await backup(job, { now: at('2026-11-24T11:00:00Z') }))
+      expect(after.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-24T100000Z' })
+      expect(after.targets[0]?.origin).toBeUndefined()
+    } finally {
+      execFileSync('umount', [pool])
+    }
+  }, 60_000)
+
   it('refuses a restore destination that is not on btrfs, or under a file, and makes nothing there', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

@@ -140,6 +140,14 @@ export interface Driver {
   createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
+  /**
+   * btrfs: the read-only subvolume the source was made from, when it is not in the snapshot folder:
+   * a backup restored (`restore --writable`) and swapped in for the source, its `.writable` moved
+   * into the source's place. A target that holds a copy of it and of none of the source's
+   * snapshots gets the next one incrementally against it, not in full. It is never listed,
+   * counted, sent nor deleted. Undefined when there is none, or it cannot be told or reached.
+   */
+  origin?(input: { readonly source: Transport; readonly signal: AbortSignal | undefined }): Promise<SnapshotInfo | undefined>
   /** Where a transfer of `snapshot` to `target` leaves its copy until it is complete (journalled before it starts). */
   partialPath(input: { readonly target: Transport; readonly snapshot: string }): string
   transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>

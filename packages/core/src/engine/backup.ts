@@ -10,7 +10,7 @@ import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, lineagePath, notMadeYet, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
+import { journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -41,6 +41,11 @@ export interface TargetReport {
   readonly parent?: string
   /** why the transfer was full, when the target already had backups */
   readonly fullBecause?: string
+  /**
+   * where the first send was incremental against the subvolume the source was made from, outside
+   * its snapshot folder (a restored backup swapped in: {@link Driver.origin}): its path at the source
+   */
+  readonly origin?: string
   readonly bytes: number
   readonly files: number
   readonly durationMs: number
@@ -474,6 +479,8 @@ interface Lane {
   readonly recovered: { snapshot: string; action: RecoverAction }[]
   readonly sends: readonly PlannedSend[]
   readonly fullBecause: string | undefined
+  /** the path of the source's origin when the sends start from it */
+  readonly origin: string | undefined
   next: number
   readonly sent: SentSnapshot[]
   readonly warnings: string[]
@@ -507,7 +514,7 @@ const sendSnapshots = async (
 
   // 3. recovery, then what each target lacks; again before a retry, which first removes the unfinished receive
   const prepare = async (lane: Lane, pending: readonly JournalEntry[], snapshots: readonly SnapshotInfo[] | undefined): Promise<void> => {
-    Object.assign(lane, { sends: [], next: 0, fullBecause: undefined, error: undefined, failedAt: undefined })
+    Object.assign(lane, { sends: [], next: 0, fullBecause: undefined, origin: undefined, error: undefined, failedAt: undefined })
     const recovery = await recoverTarget(job, options, lane.target, pending)
     lane.recovered.push(...recovery.recovered)
     if (recovery.error !== undefined) {
@@ -531,7 +538,8 @@ const sendSnapshots = async (
       return
     }
     const named = ownSnapshots(job, held)
-    const known = knownAt(lineage.value, lane.where, sourceSnapshots, named)
+    const from = await withOrigin(named)
+    const known = knownAt(lineage.value, lane.where, from, named)
     const { ours, others } = ofThisJob(known, named)
     if (!dryRun) {
       const recorded = await recordLineage(job.state.transport, lineagePath(job), lane.where, () => known)
@@ -542,17 +550,19 @@ const sendSnapshots = async (
     }
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
-    const plan = planSends(sourceSnapshots, ours, sendsFor(job, options.now))
-    Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause })
+    const plan = planSends(from, ours, sendsFor(job, options.now))
+    const origin = plan.newestCommon?.source === from[0] && from[0] !== sourceSnapshots[0] ? from[0]?.path : undefined
+    Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause, origin })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
       const pinned = await pinSnapshot(job.state.transport, pinsPath(job), lane.where, plan.newestCommon.source.name)
       if (pinned.isErr()) lane.error = pinned.error
     }
   }
+  const withOrigin = originFor(job, sourceSnapshots, options.signal)
   const lanes: Lane[] = []
   for (const { target, where, snapshots } of reachable) {
-    const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }
+    const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, origin: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }
     lanes.push(lane)
     await prepare(lane, journal.filter((e) => e.target === where), snapshots)
   }
@@ -654,6 +664,7 @@ const sendSnapshots = async (
       recovered: lane.recovered, sent: lane.sent, bytes: lane.bytes, files: lane.files, warnings: lane.warnings,
       ...(lane.attempts > 1 ? { attempts: lane.attempts } : {}),
       ...(lane.fullBecause === undefined ? {} : { fullBecause: lane.fullBecause }),
+      ...(lane.origin === undefined || lane.sent.length === 0 ? {} : { origin: lane.origin }),
     }
     if (lane.error !== undefined) {
       const at = lane.failedAt

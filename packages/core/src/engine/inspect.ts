@@ -7,7 +7,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
+import { journalPath, lineagePath, lockPath, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -117,6 +117,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     // which backups at a target are the job's own (not another source's with the same prefix): told where the source could be listed
     const lineage = sourceOwn === undefined ? undefined : await readLineage(job.state.transport, lineagePath(job))
     if (lineage?.isErr() === true) return err(lineage.error)
+    // a source that is a restored backup swapped in: the backups its original has at a target are its own
+    const fromOrigin = sourceOwn === undefined ? undefined : originFor(job, sourceOwn, options.signal)
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -130,7 +132,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
       const prefixes = alone ? [...new Set(r.value.filter((s) => s.time !== undefined).map((s) => prefixOf(s.name)))].sort() : [job.prefix ?? '']
       for (const [i, prefix] of (prefixes.length === 0 ? [''] : prefixes).entries()) {
         const named = ownSnapshots({ ...job, prefix }, r.value)
-        const { ours: own, others } = sourceOwn === undefined || lineage?.isOk() !== true ? { ours: named, others: [] } : ofThisJob(knownAt(lineage.value, at, sourceOwn, named), named)
+        const from = sourceOwn === undefined ? undefined : await fromOrigin?.(named)
+        const { ours: own, others } = from === undefined || lineage?.isOk() !== true ? { ours: named, others: [] } : ofThisJob(knownAt(lineage.value, at, from, named), named)
         const latest = own.at(-1)
         targets.push({
           at,
@@ -143,7 +146,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...brokenOf(own),
           ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
-          ...(sourceOwn === undefined ? {} : { missing: planSends(sourceOwn, own, sendsFor(job, options.now)).sends.map((s) => s.snapshot.name) }),
+          ...(from === undefined ? {} : { missing: planSends(from, own, sendsFor(job, options.now)).sends.map((s) => s.snapshot.name) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),
         })

@@ -7,7 +7,7 @@ import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import type { BackupEvent } from './events.js'
-import { keptByRetention, type PlanOptions } from './plan-sends.js'
+import { keptByRetention, sameSnapshot, type PlanOptions } from './plan-sends.js'
 
 /** Retention for each side; a side without a policy is never pruned. */
 export interface RetentionSettings {
@@ -113,4 +113,23 @@ export const newTargetGets = (job: Job, now: (() => Date) | undefined): NonNulla
 export const sendsFor = (job: Job, now: (() => Date) | undefined): PlanOptions => {
   const kept = newTargetGets(job, now)
   return { backfill: kept, ...(job.retention?.target === undefined ? {} : { catchUp: kept }) }
+}
+
+/**
+ * The source's snapshots as a target is planned against: with the subvolume the source was made
+ * from first ({@link Driver.origin}: a restored backup swapped in) where the target holds backups
+ * of the job, a copy of that one, and a copy of none of the snapshots. The driver is asked once,
+ * and only then.
+ * @example
+ * const from = originFor(job, snapshots, signal)
+ * planSends(await from(backupsAtTarget), backupsAtTarget)
+ */
+export const originFor = (job: Job, snapshots: readonly SnapshotInfo[], signal: AbortSignal | undefined): ((backups: readonly SnapshotInfo[]) => Promise<readonly SnapshotInfo[]>) => {
+  let asked: Promise<SnapshotInfo | undefined> | undefined
+  return async (backups) => {
+    if (job.driver.origin === undefined || backups.length === 0 || snapshots.some((s) => backups.some((b) => sameSnapshot(s, b)))) return snapshots
+    asked ??= job.driver.origin({ source: job.source, signal })
+    const origin = await asked
+    return origin !== undefined && backups.some((b) => sameSnapshot(origin, b)) ? [origin, ...snapshots] : snapshots
+  }
 }

@@ -4,7 +4,9 @@ import {
   bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
-import { btrfsFailure, isGarbled, isReceived, listSubvolumes, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, type NoSubvolume, type Subvolume } from './subvolume.js'
+import {
+  btrfsFailure, isGarbled, isReceived, listSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
+} from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
@@ -326,6 +328,40 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   /** the source subvolume; undefined where it cannot be told (gone, not a subvolume, a failure: then no snapshot is marked another's) */
   const sourceShown = async (source: Transport, signal: AbortSignal | undefined): Promise<Subvolume | undefined> =>
     (await showSubvolume(source, source.location.path, signal)).match((s) => (typeof s === 'string' ? undefined : s), () => undefined)
+
+  /**
+   * The read-only subvolume the source was made from, outside the snapshot folder: up the source's
+   * `Parent UUID`s (`btrfs subvolume show -u`) past writable ones (a `.writable` snapshotted in
+   * turn), at most a few, to the first read-only one, seen through the snapshot folder's mount
+   * (`btrfs send -p` wants it there). Only where any command may run (this host, a login shell):
+   * a forced command allows no `show -u` nor the mount table.
+   */
+  const origin: NonNullable<Driver['origin']> = async ({ source, signal }) => {
+    if (source.location.kind !== 'local' && source.unrestricted?.() !== true) return undefined
+    const opts = signalOpt(signal)
+    const shownBy = async (argv: readonly string[]): Promise<Subvolume | undefined> =>
+      (await source.exec(argv, opts)).match((r) => (r.exitCode === 0 ? parseSubvolumeShow(r.stdout) : undefined), () => undefined)
+    const [from, mountinfo] = await Promise.all([
+      sourceShown(source, signal),
+      source.exec(['cat', '/proc/self/mountinfo'], opts).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined),
+    ])
+    let uuid = from?.parentUuid
+    for (let step = 0; uuid !== undefined && mountinfo !== undefined && step < 8; step++) {
+      const up = await shownBy(['btrfs', 'subvolume', 'show', '-u', uuid, source.location.path])
+      if (up === undefined) return undefined
+      if (!up.readOnly) {
+        uuid = up.parentUuid
+        continue
+      }
+      const path = up.fsPath === undefined ? undefined : throughMountOf(mountinfo, folderOf(source), up.fsPath)
+      // the path is the subvolume itself only when it says so (a mount over the way, a symlink)
+      const there = path === undefined ? undefined : await shownBy(['btrfs', 'subvolume', 'show', path])
+      if (path === undefined || there?.uuid !== up.uuid) return undefined
+      const name = posix.basename(path)
+      return { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path, identity: identityOf(up) }
+    }
+    return undefined
+  }
 
   const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, dryRun, signal }) => {
     const folder = folderOf(source)
@@ -736,7 +772,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok({ snapshot: snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
   })())
 
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify }
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */

@@ -6,6 +6,8 @@ import { bbError, formatLocation, InternalError, type BbError, type SnapshotIden
 export interface Subvolume extends SnapshotIdentity {
   readonly name: string
   readonly generation: number
+  /** its path from the filesystem's top level (the first line of `btrfs subvolume show`), where that was asked */
+  readonly fsPath?: string
 }
 
 /**
@@ -24,8 +26,10 @@ export const parseSubvolumeShow = (text: string): Subvolume | undefined => {
   const set = (v: string | undefined): string | undefined => (v === undefined || v === '-' || v === '' ? undefined : v)
   const receivedUuid = set(field('Received UUID'))
   const parentUuid = set(field('Parent UUID'))
+  const fsPath = text.split('\n')[0]?.trim()
   return {
     name: field('Name') ?? '',
+    ...(fsPath === undefined || fsPath === '' ? {} : { fsPath }),
     uuid,
     ...(receivedUuid === undefined ? {} : { receivedUuid }),
     ...(parentUuid === undefined ? {} : { parentUuid }),
@@ -152,6 +156,28 @@ const unescapeMountinfo = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, 
  * pathInFilesystem('44 27 0:39 /@data /mnt rw - btrfs /dev/sdb rw\n', '/mnt/backups') // '@data/backups'
  */
 export const pathInFilesystem = (mountinfo: string, dir: string): string | undefined => {
+  const best = mountHolding(mountinfo, dir)
+  if (best === undefined) return undefined
+  return posix.join(best.root, posix.relative(best.mountPoint, dir)).replace(/^\/+/, '').replace(/^\.$/, '')
+}
+
+/**
+ * Where a subvolume whose path from the top level is `fsPath` is seen through the btrfs mount that
+ * holds `dir` (what `btrfs send -p` needs: a parent on the mount of the snapshot it sends).
+ * Undefined when that mount does not show it (mounted with `subvol=` of another part of the tree).
+ * @example
+ * throughMountOf('44 27 0:39 /@pool /mnt rw - btrfs /dev/sdb rw\n', '/mnt/home/.snapshots', '@pool/home.2026-01-01T000000Z') // '/mnt/home.2026-01-01T000000Z'
+ */
+export const throughMountOf = (mountinfo: string, dir: string, fsPath: string): string | undefined => {
+  const mount = mountHolding(mountinfo, dir)
+  if (mount === undefined) return undefined
+  const root = mount.root.replace(/^\/+/, '')
+  const inside = posix.relative(root === '' ? '/' : `/${root}`, `/${fsPath.replace(/^\/+/, '')}`)
+  return inside === '..' || inside.startsWith('../') ? undefined : posix.join(mount.mountPoint, inside)
+}
+
+/** the deepest btrfs mount above `dir`: its mount point and the subvolume path it shows there (`/` for the top level) */
+const mountHolding = (mountinfo: string, dir: string): { readonly mountPoint: string; readonly root: string } | undefined => {
   let best: { readonly mountPoint: string; readonly root: string } | undefined
   for (const line of mountinfo.split('\n')) {
     const [fields, rest] = line.split(' - ')
@@ -163,8 +189,7 @@ export const pathInFilesystem = (mountinfo: string, dir: string): string | undef
     // the deepest mount point wins; of two at one place, the later one (mounted over the other)
     if (inside && (best === undefined || mountPoint.length >= best.mountPoint.length)) best = { mountPoint, root }
   }
-  if (best === undefined) return undefined
-  return posix.join(best.root, posix.relative(best.mountPoint, dir)).replace(/^\/+/, '').replace(/^\.$/, '')
+  return best
 }
 
 /** what `btrfs subvolume list -o -u -q -R`, `btrfs subvolume list -o -r` and /proc/self/mountinfo said (undefined: a failure) */
