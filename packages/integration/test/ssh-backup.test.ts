@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { existsSync, readFileSync } from 'node:fs'
@@ -253,6 +253,25 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(sent).toHaveLength(2)
     expect(show(join(dir, 'pulled', sent[1] ?? ''))['Received UUID']).toBe(show(join(dir, 'home/.snapshots', sent[1] ?? ''))['UUID'])
     expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
+  })
+
+  it('btrfs pull from a source swapped for a backup restored there (restore --writable to the host): the next send is incremental against the restored one', async () => {
+    const home = join(dir, 'home')
+    const run = async () => JSON.parse((await runOverSsh(['run', remote(home), join(dir, 'pulled'), '--state-dir', 'state', '--json'])).stdout)
+    await run()
+    // the source and its snapshots are lost; the backup is restored onto its host, beside it, and swapped in
+    for (const s of await snapshotsIn(join(home, '.snapshots'))) execFileSync('btrfs', ['subvolume', 'delete', join(home, '.snapshots', s)])
+    execFileSync('btrfs', ['subvolume', 'delete', home])
+    const restored = await runCli(['restore', join(dir, 'pulled'), 'latest', remote(dir), '--writable', ...ssh], dir)
+    expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+    const [name] = await snapshotsIn(join(dir, 'pulled'))
+    await rename(join(dir, `${name ?? ''}.writable`), home)
+    await writeFile(join(home, 'docs/b.txt'), 'after the restore\n')
+    const next = await run()
+    expect(next).toMatchObject({ targets: [{ ok: true, mode: 'incremental', parent: name, origin: remote(join(dir, name ?? '')), route: 'pull' }] })
+    expect(next.targets[0].bytes).toBeLessThan(1024 * 1024) // the 2 MiB file was not sent again
+    const sent = await snapshotsIn(join(dir, 'pulled'))
+    expect(await contentOf(join(dir, 'pulled', sent.at(-1) ?? ''))).toEqual(await contentOf(home))
   })
 
   it('btrfs pull to a disk that fills up: the error is the receive\'s (DISK_FULL), not the remote send\'s that it stopped, and the half-received copy is removed', async () => {

@@ -43,7 +43,7 @@ export interface TargetReport {
   readonly fullBecause?: string
   /**
    * where the first send was incremental against the subvolume the source was made from, outside
-   * its snapshot folder (a restored backup swapped in: {@link Driver.origin}): its path at the source
+   * its snapshot folder (a restored backup swapped in: {@link Driver.origin}), as a location
    */
   readonly origin?: string
   readonly bytes: number
@@ -551,7 +551,8 @@ const sendSnapshots = async (
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
     const plan = planSends(from, ours, sendsFor(job, options.now))
-    const origin = plan.newestCommon?.source === from[0] && from[0] !== sourceSnapshots[0] ? from[0]?.path : undefined
+    const made = from[0] !== sourceSnapshots[0] ? from[0] : undefined
+    const origin = made !== undefined && plan.newestCommon?.source === made ? formatLocation({ ...job.source.location, path: made.path }) : undefined
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause, origin })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
