@@ -1017,6 +1017,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         if (r.isErr()) return void (outcome = fail(r.error, options))
         io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
+        if (options.writable === true && options.path === undefined && options.json !== true && options.dryRun !== true) {
+          // what comes next, when the source is to be replaced: the read-only copy is the next backup's parent
+          const restored = `${destination.replace(/\/+$/, '')}/${r.value.snapshot}`
+          io.stdout(`to put it in the source's place: mv ${restored}.writable SOURCE (or btrfs subvolume snapshot ${restored} SOURCE); keep ${restored} until the next backup has run, which is incremental against it (docs/drivers/btrfs.md, "Swapping a restored backup in")\n`)
+        }
       })
   }
 

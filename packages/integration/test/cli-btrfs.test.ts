@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rename, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
@@ -53,6 +53,14 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const dryPrune = await runCli(['prune', 'home', 'backup', '--state-dir', 'state', '--keep-backups', '1', '-n'], dir)
     expect(dryPrune.stdout).toMatch(new RegExp(`keep   ${newest}  .*; protected: the newest healthy backup \\(the last good copy is never deleted\\); protected: the copy of ${newest}`))
     expect(await runCli(['restore', 'backup', 'home.2020-01-01T000000Z', 'restored'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining(`hint: bbackup list shows them; the newest is ${newest}`) })
+    // restored and swapped in for the source (the old one kept aside): restore says how, and the next run is incremental against the restored copy
+    const swap = await runCli(['restore', 'backup', 'latest', '.', '--writable'], dir)
+    expect(swap).toMatchObject({ code: 0, stdout: expect.stringContaining(`to put it in the source's place: mv ./${newest}.writable SOURCE (or btrfs subvolume snapshot ./${newest} SOURCE); keep ./${newest} until`) })
+    await rename(join(dir, 'home'), join(dir, 'home.lost'))
+    await rename(join(dir, `${newest}.writable`), join(dir, 'home'))
+    const swapped = await runCli(['run', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(swapped).toMatchObject({ code: 0, stdout: expect.stringContaining(`incremental from ${newest}; `) })
+    expect(swapped.stdout).toContain(`    incremental against ${join(dir, newest)}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder\n`)
   })
 
   it('snapshot takes a source snapshot alone, no target needed (btrbk snapshot: a laptop away from its disk); a later run sends it', async () => {
