@@ -479,7 +479,7 @@ interface Lane {
   readonly recovered: { snapshot: string; action: RecoverAction }[]
   readonly sends: readonly PlannedSend[]
   readonly fullBecause: string | undefined
-  /** the path of the source's origin when the sends start from it */
+  /** where the source's origin is (a location) when the sends start from it */
   readonly origin: string | undefined
   next: number
   readonly sent: SentSnapshot[]
@@ -551,7 +551,7 @@ const sendSnapshots = async (
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
     const plan = planSends(from, ours, sendsFor(job, options.now))
-    const made = from[0] !== sourceSnapshots[0] ? from[0] : undefined
+    const made = from.length > sourceSnapshots.length ? from[0] : undefined
     const origin = made !== undefined && plan.newestCommon?.source === made ? formatLocation({ ...job.source.location, path: made.path }) : undefined
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause, origin })
     if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')

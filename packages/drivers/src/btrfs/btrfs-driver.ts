@@ -339,15 +339,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const origin: NonNullable<Driver['origin']> = async ({ source, signal }) => {
     if (source.location.kind !== 'local' && source.unrestricted?.() !== true) return undefined
     const opts = signalOpt(signal)
-    const shownBy = async (argv: readonly string[]): Promise<Subvolume | undefined> =>
-      (await source.exec(argv, opts)).match((r) => (r.exitCode === 0 ? parseSubvolumeShow(r.stdout) : undefined), () => undefined)
+    const byUuid = async (uuid: string): Promise<Subvolume | undefined> =>
+      (await source.exec(['btrfs', 'subvolume', 'show', '-u', uuid, source.location.path], opts)).match((r) => (r.exitCode === 0 ? parseSubvolumeShow(r.stdout) : undefined), () => undefined)
     const [from, mountinfo] = await Promise.all([
       sourceShown(source, signal),
       source.exec(['cat', '/proc/self/mountinfo'], opts).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined),
     ])
     let uuid = from?.parentUuid
     for (let step = 0; uuid !== undefined && mountinfo !== undefined && step < 8; step++) {
-      const up = await shownBy(['btrfs', 'subvolume', 'show', '-u', uuid, source.location.path])
+      const up = await byUuid(uuid)
       if (up === undefined) return undefined
       if (!up.readOnly) {
         uuid = up.parentUuid
@@ -355,8 +355,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       }
       const path = up.fsPath === undefined ? undefined : throughMountOf(mountinfo, folderOf(source), up.fsPath)
       // the path is the subvolume itself only when it says so (a mount over the way, a symlink)
-      const there = path === undefined ? undefined : await shownBy(['btrfs', 'subvolume', 'show', path])
-      if (path === undefined || there?.uuid !== up.uuid) return undefined
+      const there = path === undefined ? undefined : (await showSubvolume(source, path, signal)).unwrapOr(undefined)
+      if (path === undefined || typeof there !== 'object' || there.uuid !== up.uuid) return undefined
       const name = posix.basename(path)
       return { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path, identity: identityOf(up) }
     }
