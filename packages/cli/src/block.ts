@@ -2,11 +2,11 @@ import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupRe
 import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { err, ok, type Result } from 'neverthrow'
-import { transportFor, type Connections } from './build-job.js'
-import type { SshSpec } from './config.js'
+import { commandHooks, transportFor, type Connections } from './build-job.js'
+import type { HookCommands, SshSpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { formatBytes, renderError, type Io } from './render.js'
+import { formatBytes, hookLines, renderError, type Io } from './render.js'
 
 /** backy's spelling for block volumes: `init -b`, `backup -b`, `status -b`, `verify -b`, `restore -b` (docs/drivers/block.md). */
 export interface BlockCliOptions {
@@ -100,6 +100,7 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
   if (report.removedIncomplete.length > 0) lines.push(`  removed what an unfinished run left: ${report.removedIncomplete.join(', ')}`)
   for (const uuid of report.expired.removed) lines.push(`  expired ${uuid}`)
   if (verbosity > 0) for (const k of report.expired.kept) lines.push(`  kept ${k.uuid} without tags: ${k.why}`)
+  lines.push(...hookLines(report.hooks, verbosity))
   return `${lines.join('\n')}\n`
 }
 
@@ -133,8 +134,13 @@ export interface BlockRunHooks {
 }
 
 /** Backs up one volume and prints the report. */
-export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean }, remote: BlockRemote, hooks: BlockRunHooks = {}): Promise<number> => {
+export const blockBackup = async (
+  io: Io, dir: string,
+  options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; hookCommands?: HookCommands; jobName?: string },
+  remote: BlockRemote, hooks: BlockRunHooks = {},
+): Promise<number> => {
   const { backupVolume, volumeSource } = await block()
+  const jobHooks = options.hookCommands === undefined || Object.keys(options.hookCommands).length === 0 ? undefined : await commandHooks(options.hookCommands, options.jobName)
   const wait = waitOption(options.wait)
   if (wait.isErr()) {
     hooks.ran?.(undefined, { error: wait.error })
@@ -164,6 +170,7 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
   try {
     const r = await backupVolume({
       at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      ...(jobHooks === undefined ? {} : { hooks: jobHooks }),
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
       ...wait.value,
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
@@ -193,6 +200,11 @@ export const blockBackup = async (io: Io, dir: string, options: BlockCliOptions 
     }
     const report = r.value
     if (options.quiet !== true || options.json === true) print(io, options, report, () => renderBackup(report, options.verbose ?? 0))
+    // a hook that failed after the revision was made: the run did not do all it was asked (as a run's exit 10)
+    if ((report.hooks ?? []).some((h) => !h.ok)) {
+      if (options.quiet === true && options.json !== true) io.stderr(`${hookLines(report.hooks?.filter((h) => !h.ok), 0, '').join('\n')}\n`)
+      return EXIT.someTargetsFailed
+    }
     return EXIT.ok
   } finally {
     process.off('SIGINT', onSignal)

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto'
 import { basename, join, resolve } from 'node:path'
-import { bbError, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type Location, type Transport } from '@bb/core'
+import { bbError, commandHook, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type JobHooks, type Location, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, ok, type Result } from 'neverthrow'
-import type { DriverChoice, JobSpec, RsyncdSpec, SshSpec } from './config.js'
+import type { DriverChoice, HookCommands, JobSpec, RsyncdSpec, SshSpec } from './config.js'
 
 /** Opens what remote locations need, once per CLI run; `main` closes it at the end. */
 export interface Connections {
@@ -16,6 +16,17 @@ export interface RemoteSpec {
   readonly sudo?: boolean | undefined
   readonly ssh?: SshSpec | undefined
   readonly rsyncd?: RsyncdSpec | undefined
+}
+
+/**
+ * A job's hook commands as the engine's hooks: each runs `/bin/sh -c` on this host, as the user that
+ * runs bbackup, with `BBACKUP_JOB` (the job's name, when it has one) and the run's `BBACKUP_*`.
+ */
+export const commandHooks = async (commands: HookCommands, job: string | undefined): Promise<JobHooks> => {
+  const { localTransport } = await import('@bb/transports/local')
+  const on = localTransport('/')
+  const env = job === undefined ? {} : { BBACKUP_JOB: job }
+  return Object.fromEntries(Object.entries(commands).flatMap(([point, command]) => (command === undefined ? [] : [[point, commandHook(command, { on, env })]])))
 }
 
 /**
@@ -272,6 +283,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     targets: [...targetTransports, ...pipes.map((p) => localTransport(p.ledger))],
     state: { transport: localTransport(stateDirectory), directory: stateDirectory },
     ...(prefix === undefined ? {} : { prefix }),
+    ...(spec.hooks === undefined ? {} : { hooks: await commandHooks(spec.hooks, spec.name) }),
     retention: {
       ...(spec.keepBackups === undefined ? {} : { target: spec.keepBackups }),
       ...(spec.keepSnapshots === undefined ? {} : { source: spec.keepSnapshots }),

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { posix } from 'node:path'
 import { bbError, normalizePolicy, parseLocation, type BbError, type RetentionPolicy } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
@@ -63,6 +63,24 @@ export interface JobSpec {
   readonly rsyncd?: RsyncdSpec
   /** a mount point of /etc/fstab to mount for the run; the targets lie inside it */
   readonly mount?: string
+  /** shell commands run around the run and around the capture of the source */
+  readonly hooks?: HookCommands
+}
+
+/**
+ * A job's hook commands (`pre_exec`, `pre_snapshot_exec`, `post_snapshot_exec`, `post_exec`; the
+ * options `--pre-exec` …), each run as `/bin/sh -c` on this host (core's `commandHook`).
+ */
+export interface HookCommands {
+  readonly preRun?: string
+  readonly preSnapshot?: string
+  readonly postSnapshot?: string
+  readonly postRun?: string
+}
+
+/** The config key of each hook. */
+export const HOOK_CONFIG_KEYS: Readonly<Record<keyof HookCommands, string>> = {
+  preRun: 'pre_exec', preSnapshot: 'pre_snapshot_exec', postSnapshot: 'post_snapshot_exec', postRun: 'post_exec',
 }
 
 /** rsync daemon settings of a job: `password_file`, `tunnel` (docs/transports/rsyncd.md). */
@@ -91,6 +109,7 @@ export interface BlockJobSpec {
   /** status --check: the newest revision may be this old before the volume is a warning, and critical */
   readonly warnAge?: string
   readonly criticalAge?: string
+  readonly hooks?: HookCommands
 }
 
 export interface Config {
@@ -110,11 +129,13 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS)]
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
-const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program']
+const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', ...Object.values(HOOK_CONFIG_KEYS)]
+/** the keys whose values this host runs as commands: a config that has one must be safe from other users */
+const COMMAND_KEYS = [...Object.values(HOOK_CONFIG_KEYS), 'pipe_targets', 'ssh_program']
 /** What a job may be named: one path component (its state is <state_dir>/jobs/NAME) and a valid systemd unit name (bbackup-NAME) */
 export const JOB_NAME = /^[A-Za-z0-9_.-]+$/
 
@@ -200,6 +221,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
         : problem('', key, 'unknown key', `the top level has state_dir, metrics_file, transaction_log, the [jobs.NAME] tables, and every job's defaults: ${DEFAULT_KEYS.join(', ')}`)
     }
   }
+  const unsafe = unsafeToRun(path, data)
+  if (unsafe !== undefined) return err(unsafe)
   // a job key at the top level is every job's default (btrbk's global options); a job's own value wins
   const defaults = Object.fromEntries(Object.entries(data).filter(([key]) => DEFAULT_KEYS.includes(key)))
   if (data.state_dir !== undefined && typeof data.state_dir !== 'string') return problem('', 'state_dir', 'must be a path (a string)')
@@ -231,6 +254,17 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(identityFile === undefined ? {} : { identityFile }), ...(knownHostsFile === undefined ? {} : { knownHostsFile }),
       ...(options.length === 0 ? {} : { options: options as string[] }), ...(program === undefined ? {} : { program }), ...(job.ssh_sudo === true ? { sudo: true } : {}),
     })
+  }
+  /** a job's hook commands, each a command line (a string) */
+  const hooksOf = (section: string, job: Record<string, unknown>): Result<{ hooks?: HookCommands }, BbError> => {
+    const hooks: Record<string, string> = {}
+    for (const [field, key] of Object.entries(HOOK_CONFIG_KEYS)) {
+      const value = job[key]
+      if (value === undefined) continue
+      if (typeof value !== 'string' || value.trim() === '') return problem(section, key, 'must be a command line (a string)', `${key} = "/usr/local/sbin/${key === 'pre_snapshot_exec' ? 'freeze-db' : key === 'post_snapshot_exec' ? 'thaw-db' : 'backup-hook'}"`)
+      hooks[field] = value
+    }
+    return ok(Object.keys(hooks).length === 0 ? {} : { hooks })
   }
   /** a job's table (with the defaults under it) as a JobSpec, each mistake named at its key */
   const jobOf = (name: string, section: string, job: Record<string, unknown>): Result<JobSpec, BbError> => {
@@ -318,6 +352,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
     const ages = checkAges(section, job)
     if (ages.isErr()) return err(ages.error)
     const { warnAge, criticalAge } = ages.value
+    const hooks = hooksOf(section, job)
+    if (hooks.isErr()) return err(hooks.error)
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
     return ok({
       name, source: job.source, targets: targets as string[],
@@ -340,6 +376,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),
       ...(warnAge === undefined ? {} : { warnAge }), ...(criticalAge === undefined ? {} : { criticalAge }),
+      ...hooks.value,
     })
   }
   // the defaults are checked where they are written, once
@@ -363,7 +400,9 @@ const readConfig = (path: string): Result<Config, BbError> => {
       if (ages.isErr()) return err(ages.error)
       const ssh = sshOf(section, job)
       if (ssh.isErr()) return err(ssh.error)
-      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }) })
+      const hooks = hooksOf(section, job)
+      if (hooks.isErr()) return err(hooks.error)
+      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }), ...hooks.value })
       continue
     }
     const inherited = Object.keys(defaults).filter((key) => !(key in own))
@@ -373,4 +412,46 @@ const readConfig = (path: string): Result<Config, BbError> => {
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}),
     ...(typeof data.transaction_log === 'string' ? { transactionLog: data.transaction_log } : {}), jobs, blockJobs })
+}
+
+/** the command keys a config's top level and jobs set, as `[jobs.NAME] key` (or `key` at the top) */
+const commandKeysOf = (data: Record<string, unknown>): string[] => {
+  const top = COMMAND_KEYS.filter((key) => data[key] !== undefined)
+  const jobs = typeof data.jobs === 'object' && data.jobs !== null && !Array.isArray(data.jobs) ? Object.entries(data.jobs as Record<string, unknown>) : []
+  const own = jobs.flatMap(([name, job]) => (typeof job === 'object' && job !== null ? COMMAND_KEYS.filter((key) => (job as Record<string, unknown>)[key] !== undefined).map((key) => `[jobs.${name}] ${key}`) : []))
+  return [...top, ...own]
+}
+
+/**
+ * A config that makes this host run commands (hooks, pipe targets, an ssh program) is refused when
+ * someone other than its reader (or root) could change it: its file, or its directory without the
+ * sticky bit, owned by another user or writable by group or others, as sshd's StrictModes refuses
+ * an authorized_keys file. Else anyone who can write the file runs commands as the user (root,
+ * usually) that runs bbackup: btrbk's reason for having no hooks at all (btrbk #41).
+ */
+const unsafeToRun = (path: string, data: Record<string, unknown>): BbError | undefined => {
+  const keys = commandKeysOf(data)
+  if (keys.length === 0) return undefined
+  const me = process.geteuid?.()
+  if (me === undefined) return undefined
+  const dir = posix.dirname(posix.resolve(path))
+  for (const [what, place] of [['file', path], ['directory', dir]] as const) {
+    let stat
+    try {
+      stat = statSync(place)
+    } catch {
+      continue
+    }
+    const owner = stat.uid === me || stat.uid === 0 ? undefined : `owned by uid ${stat.uid}`
+    const writers = [...((stat.mode & 0o020) === 0 ? [] : ['its group']), ...((stat.mode & 0o002) === 0 ? [] : ['everyone'])]
+    const sticky = what === 'directory' && (stat.mode & 0o1000) !== 0
+    const why = owner ?? (writers.length === 0 || sticky ? undefined : `writable by ${writers.join(' and ')}`)
+    if (why === undefined) continue
+    const fix = what === 'directory'
+      ? `chmod go-w ${dir}, or keep the config in a directory only ${me === 0 ? 'root' : 'you'} can write`
+      : owner === undefined ? `chmod go-w ${path}` : me === 0 ? `chown root: ${path} && chmod go-w ${path}` : `give -c a copy of your own (cp ${path} ~/bbackup.toml)`
+    return bbError('INVALID_OPTIONS', `the config file ${path} sets commands to run (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', …' : ''}) but ${what === 'file' ? 'it' : `its directory ${place}`} is ${why}: whoever can change it could run any command as ${me === 0 ? 'root' : 'you'}`,
+      `${fix}; then run again`, { path: place, key: keys[0] })
+  }
+  return undefined
 }

@@ -5,11 +5,11 @@ import { backup, bbError, forgetPending, formatLocation, InternalError, list, pa
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
-import { err, okAsync, ResultAsync } from 'neverthrow'
+import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, loadConfig, type BlockJobSpec, type DriverChoice, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
+import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -81,6 +81,10 @@ interface CommonOptions {
   tunnel?: string
   mount?: string
   retries?: string
+  preExec?: string
+  preSnapshotExec?: string
+  postSnapshotExec?: string
+  postExec?: string
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
@@ -101,6 +105,27 @@ const sshOptions = (command: Command): Command =>
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
     .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
+
+/** The job's hooks (docs/configuration.md "Hooks"): shell commands run on this host around the run and around the capture of the source. */
+const hookOptions = (command: Command): Command =>
+  command
+    .option('--pre-exec <command>', "run this shell command first, under the job's lock; if it fails, nothing else runs (rsnapshot's cmd_preexec; config: pre_exec)")
+    .option('--pre-snapshot-exec <command>', 'run it just before the source is captured (quiesce: flush a database, virsh domfsfreeze); if it fails, no backup is made (config: pre_snapshot_exec)')
+    .option('--post-snapshot-exec <command>', 'run it as soon as the source is captured (thaw), also when that failed; rsync reads the live source, so after its transfers (config: post_snapshot_exec)')
+    .option('--post-exec <command>', "run it at the end, whatever became of the run, with BBACKUP_STATUS=ok, failed, error or cancelled (rsnapshot's cmd_postexec; config: post_exec)")
+
+/** The hook commands given on the command line, each a non-empty command line. */
+const hookCommandsOf = (options: CommonOptions): Result<HookCommands, BbError> => {
+  const given = { preRun: options.preExec, preSnapshot: options.preSnapshotExec, postSnapshot: options.postSnapshotExec, postRun: options.postExec }
+  const commands: Record<string, string> = {}
+  for (const [point, command] of Object.entries(given)) {
+    if (command === undefined) continue
+    const option = `--${(HOOK_CONFIG_KEYS[point as keyof HookCommands]).replace(/_/g, '-')}`
+    if (command.trim() === '') return err(bbError('INVALID_OPTIONS', `${option} is empty`, `give the command to run, e.g. ${option} '/usr/local/sbin/backup-hook'`))
+    commands[point] = command
+  }
+  return ok(commands)
+}
 
 const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
@@ -350,11 +375,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
     const cliSsh = sshSpecOf(options, io.cwd)
     const cliRsyncd = rsyncdSpecOf(options, io.cwd)
-    // the command line's ssh and daemon settings go over the config's, key by key
+    const cliHooks = hookCommandsOf(options)
+    if (cliHooks.isErr()) return { error: cliHooks.error }
+    // the command line's ssh and daemon settings, and its hooks, go over the config's, key by key
     const withSsh = (spec: JobSpec): JobSpec => ({
       ...spec,
       ...(Object.keys(cliSsh).length === 0 ? {} : { ssh: { ...spec.ssh, ...cliSsh } }),
       ...(Object.keys(cliRsyncd).length === 0 ? {} : { rsyncd: { ...spec.rsyncd, ...cliRsyncd } }),
+      ...(Object.keys(cliHooks.value).length === 0 ? {} : { hooks: { ...spec.hooks, ...cliHooks.value } }),
     })
     let specs: JobSpec[]
     let otherSpecs: JobSpec[] = []
@@ -569,7 +597,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
           // the command line's ssh settings go over the config's, key by key, as for the other jobs
-          : await blockBackup(io, volume.backupDir, options, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, {
+          : await blockBackup(io, volume.backupDir, { ...options, jobName: volume.name, hookCommands: { ...volume.hooks, ...hookCommandsOf(options).unwrapOr({}) } }, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, {
             collect: (report) => reports.push({ job: volume.name, ...report }),
             eventsFor: (from) => eventsOf(options, verbosity, log, from, 'block'),
             ran: (from, outcome) => {
@@ -783,7 +811,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--metrics-file <file>', 'after the run, write Prometheus metrics there for node_exporter\'s textfile collector (config: metrics_file)')
       .option('--transaction-log <file>', "append a line per snapshot created, sent and deleted, in btrbk's transaction log format (config: transaction_log)")
       .option('--log-json', 'print the progress events as JSON lines on stderr, for log collectors')
-    priorityOptions(command)
+    hookOptions(priorityOptions(command))
     if (name === 'run') {
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
@@ -806,7 +834,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   // rsync-system-backup's command line, on the rsync driver
   if (wanted('system-backup')) {
-    priorityOptions(jobOptions(program.command('system-backup')
+    const systemBackup = priorityOptions(jobOptions(program.command('system-backup')
       .description("rsync-system-backup's command: back up SOURCE (default /) to DEST without /dev, /proc, caches and the like; the stages -b, -s, -r alone or together (none: all three)")
       .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where')))
       .option('-b, --backup', 'the backup stage: copy the source (alone: to a daemon module whose post-xfer exec publishes)')
@@ -819,6 +847,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--disable-notifications', 'no desktop notifications (by default each desktop session on this host is told when the backup starts and ends, through notify-send)')
       .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
       .option('--retries <n>', 'try a target that failed on the network again up to n times in this run (default 3)')
+    hookOptions(systemBackup)
       .addHelpText('after', EXAMPLES['system-backup'] ?? '')
       .action(async (paths: string[], options: CommonOptions & { rotate?: boolean; x?: string[]; force?: boolean; disableNotifications?: boolean }) => {
         const { systemBackupPlan, SYSTEM_BACKUP_POLICY } = await import('./system-backup.js')
@@ -1064,10 +1093,12 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--json', 'print the result as JSON')
       .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
       .option('-q, --quiet', 'print only errors and warnings')
-    priorityOptions(backupCommand)
+    hookOptions(priorityOptions(backupCommand))
       .addHelpText('after', EXAMPLES.backup ?? '')
       .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
-        outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, options, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+        const hookCommands = hookCommandsOf(options)
+        if (hookCommands.isErr()) return void (outcome = fail(hookCommands.error, options))
+        outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, { ...options, hookCommands: hookCommands.value }, { connections, ssh: sshSpecOf(options, io.cwd) }) }
       })
   }
 

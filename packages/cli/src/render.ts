@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import type { BackupEvent, BackupReport, BbError, JobStatus, PruneResult, SnapshotList } from '@bb/core'
+import type { BackupEvent, BackupReport, BbError, HookRun, JobStatus, PruneResult, SnapshotList } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -111,12 +111,28 @@ const notPrunedLines = (what: string, error: BbError, verbosity: number, indent:
   [`${indent}${what}NOT PRUNED: ${error.message}`, `${indent}  hint: ${error.hint}`, ...detailLines(error, verbosity > 0, `${indent}  `)]
 
 /** The failed targets and prune stages of a run alone, with their hints (what `-q` still prints, on stderr); empty when none failed. */
+/**
+ * The job's hooks of a run: a failure always (its message and hint), the others with -v (and what
+ * they printed), and in a dry run the ones that would run.
+ */
+export const hookLines = (hooks: readonly HookRun[] | undefined, verbosity: number, indent = '  '): string[] =>
+  (hooks ?? []).flatMap((h) => {
+    if (h.skipped !== undefined) return [`${indent}would run the ${h.point} hook`]
+    if (h.error !== undefined) {
+      const printed = verbosity > 0 && typeof h.error.details?.stderr === 'string' ? h.error.details.stderr.split('\n').map((l) => `${indent}  | ${l}`) : []
+      return [`${indent}hook failed: ${h.error.message}`, ...printed, `${indent}  hint: ${h.error.hint}`]
+    }
+    if (verbosity <= 0) return []
+    return [`${indent}${h.point} hook ran, ${(h.durationMs / 1000).toFixed(1)} s`, ...(h.output ?? '').split('\n').filter((l) => l !== '').map((l) => `${indent}  | ${l}`)]
+  })
+
 export const renderFailures = (report: BackupReport): string => {
   const failed = report.targets.filter((t) => !t.ok)
   const lines = [
     ...(failed.length === 0 ? [] : [`${report.source}: ${failed.length} of ${report.targets.length} target${report.targets.length === 1 ? '' : 's'} failed`, ...failed.flatMap((t) => failedLines(t, 0))]),
     ...report.targets.flatMap((t) => (t.pruneError === undefined ? [] : notPrunedLines(`${t.target}: `, t.pruneError, 0, ''))),
     ...(report.sourcePruneError === undefined ? [] : notPrunedLines(`${report.source} (source snapshots): `, report.sourcePruneError, 0, '')),
+    ...((report.hooks ?? []).every((h) => h.ok) ? [] : [`${report.source}:`, ...hookLines((report.hooks ?? []).filter((h) => !h.ok), 0)]),
   ]
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`
 }
@@ -152,6 +168,7 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
   const others = report.sourceOthers ?? []
   if (others.length > 0) out.push(`  source snapshots not this job's: ${others.length} named as its own (${brief(others)}) but taken of another subvolume (${OTHER_SUBVOLUME}): neither sent nor pruned by this job (give each source its own prefix: -p, or its own --snapshot-folder; delete by hand what is no one's)`)
   if (report.sourcePruneError !== undefined) out.push(...notPrunedLines('source snapshots: ', report.sourcePruneError, verbosity, '  '))
+  out.push(...hookLines(report.hooks, verbosity))
   return `${out.join('\n')}\n`
 }
 

@@ -40,6 +40,7 @@ export type ErrorCode =
   | 'REVISION_DISTRUSTED'
   | 'CORRUPT_DATA'
   | 'INSECURE_SECRETS'
+  | 'HOOK_FAILED'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

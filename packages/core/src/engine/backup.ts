@@ -11,6 +11,7 @@ import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids }
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import { journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
+import { runHook, type HookContext, type HookPoint, type HookRun, type HookStatus } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -82,6 +83,8 @@ export interface BackupReport {
   readonly sourceOthers?: readonly string[]
   /** why the source's snapshots were not pruned, when they were not; the CLI exits 10 */
   readonly sourcePruneError?: BbError
+  /** the job's hooks that ran, in order ({@link JobHooks}); one that failed fails the run (the CLI exits 10) */
+  readonly hooks?: readonly HookRun[]
 }
 
 /**
@@ -91,7 +94,7 @@ export interface BackupReport {
  * because retention stopped working is found by the run's status, not weeks later.
  */
 export const runComplete = (report: BackupReport): boolean =>
-  report.failed === 0 && report.sourcePruneError === undefined && report.targets.every((t) => t.pruneError === undefined)
+  report.failed === 0 && report.sourcePruneError === undefined && report.targets.every((t) => t.pruneError === undefined) && (report.hooks ?? []).every((h) => h.ok)
 
 export interface BackupOptions extends RunOptions {
   /** run the transfer stage (default true); false = snapshot (and prune) only */
@@ -191,10 +194,43 @@ export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<Backu
   // every command of a run listens to the signal, dozens at once while the source and targets are listed: not a leak
   if (options.signal !== undefined) setMaxListeners(Math.max(getMaxListeners(options.signal), 100), options.signal)
   connectHosts([job.source, ...job.targets], options.signal)
-  return new ResultAsync(withJobLock(job, options, () => runBackup(job, options)))
+  return new ResultAsync(withJobLock(job, options, () => runHooked(job, options)))
 }
 
-const runBackup = async (job: Job, options: BackupOptions): Promise<Result<BackupReport, BbError>> => {
+/** What a hook at `point` is told of the job. A post hook gets no signal: a thaw runs also after a cancel. */
+const hookContext = (job: Job, point: HookPoint, options: RunOptions, more: Partial<HookContext> = {}): HookContext => ({
+  point,
+  source: formatLocation(job.source.location),
+  targets: job.targets.map((t) => formatLocation(t.location)),
+  driver: job.driver.name,
+  ...(options.signal === undefined || point.startsWith('post') ? {} : { signal: options.signal }),
+  ...more,
+})
+
+/**
+ * {@link runBackup} between the job's `pre-run` and `post-run` hooks. A `pre-run` hook that fails
+ * stops the run (`HOOK_FAILED`); `post-run` runs all the same, told how the run ended.
+ */
+const runHooked = async (job: Job, options: BackupOptions): Promise<Result<BackupReport, BbError>> => {
+  const dryRun = options.dryRun ?? false
+  const hooks: HookRun[] = []
+  const pre = await runHook(job.hooks, hookContext(job, 'pre-run', options), dryRun)
+  if (pre !== undefined) hooks.push(pre)
+  const ran = pre?.error !== undefined ? err(pre.error) : await runBackup(job, options, hooks)
+  const status: HookStatus = cancelled(options) ? 'cancelled' : ran.isErr() ? 'error' : runComplete({ ...ran.value, hooks }) ? 'ok' : 'failed'
+  const post = await runHook(job.hooks, hookContext(job, 'post-run', options, { status, ...(ran.isOk() ? { snapshot: ran.value.snapshot } : {}) }), dryRun)
+  if (post !== undefined) hooks.push(post)
+  if (ran.isErr()) {
+    // the run's own failure is the one returned; the hook's is said beside it
+    if (post?.error === undefined) return ran
+    options.onEvent?.({ type: 'warning', message: post.error.message })
+    return err({ ...ran.error, details: { ...ran.error.details, postRunHook: post.error.message } })
+  }
+  return ok(hooks.length === 0 ? ran.value : { ...ran.value, hooks })
+}
+
+/** The run itself; the hooks it runs (around the capture of the source) are added to `hooks`. */
+const runBackup = async (job: Job, options: BackupOptions, hooks: HookRun[]): Promise<Result<BackupReport, BbError>> => {
   const started = Date.now()
   const now = (options.now ?? (() => new Date()))()
   const dryRun = options.dryRun ?? false
@@ -241,9 +277,17 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   // snapshots; one that a target holds as well (a backup made in the same second whose source
   // snapshot is gone) is taken again under a name free everywhere, and the first one deleted.
   const snapshotting = job.driver.snapshotsSource && options.snapshot !== false
-  const take = (name: string): Promise<Result<SnapshotInfo, BbError>> => {
+  // each snapshot is taken between the job's pre-snapshot and post-snapshot hooks (quiesce, thaw)
+  const take = async (name: string): Promise<Result<SnapshotInfo, BbError>> => {
     if (job.driver.createSnapshot === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
-    return Promise.resolve(job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal }))
+    const pre = await runHook(job.hooks, hookContext(job, 'pre-snapshot', options), dryRun)
+    if (pre !== undefined) hooks.push(pre)
+    const taken = pre?.error !== undefined ? err(pre.error) : await job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal })
+    const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, taken.isErr()
+      ? { status: cancelled(options) ? 'cancelled' : 'error' }
+      : { status: 'ok', snapshot: taken.value.name, snapshotAt: formatLocation({ ...job.source.location, path: taken.value.path }) }), dryRun)
+    if (post !== undefined) hooks.push(post)
+    return taken
   }
   const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | undefined> => {
     const [probed, journal, listed] = await Promise.all([sourceProbed, journalRead, sourceListed])
@@ -287,10 +331,22 @@ const runBackup = async (job: Job, options: BackupOptions): Promise<Result<Backu
   if (options.transfer !== false && job.driver.snapshotsSource) {
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
   } else if (options.transfer !== false) {
+    // the live source is read during the transfers: the snapshot hooks go around them
+    const pre = await runHook(job.hooks, hookContext(job, 'pre-snapshot', options), dryRun)
+    if (pre !== undefined) hooks.push(pre)
+    if (pre?.error !== undefined) {
+      const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, { status: 'error' }), dryRun)
+      if (post !== undefined) hooks.push(post)
+      return err(pre.error)
+    }
+    const first = reports.length
     for (const state of reachable) {
       reports.push(await backupWithRetries(job, options, state, journal.value.entries.filter((e) => e.target === state.where), name))
       if (options.signal?.aborted === true) break
     }
+    const status: HookStatus = cancelled(options) ? 'cancelled' : reports.slice(first).every((r) => r.ok) ? 'ok' : 'failed'
+    const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, { status, snapshot: name }), dryRun)
+    if (post !== undefined) hooks.push(post)
   }
   // in the order the targets were given
   reports.sort((a, b) => states.findIndex((s) => s.where === a.target) - states.findIndex((s) => s.where === b.target))

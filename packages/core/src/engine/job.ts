@@ -1,3 +1,4 @@
+import type { JobHooks } from './hooks.js'
 import { createHash } from 'node:crypto'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
@@ -27,6 +28,8 @@ export interface Job {
   /** put before the timestamp of every name this job writes; only names with it are this job's */
   readonly prefix?: string
   readonly retention?: RetentionSettings
+  /** code run around the run and around the capture of the source (see {@link JobHooks}) */
+  readonly hooks?: JobHooks
 }
 
 export interface RunOptions {

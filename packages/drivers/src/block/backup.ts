@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, formatLocation, InternalError, stderrTail, type BackupEvent, type BbError, type Transport } from '@bb/core'
+import { bbError, formatLocation, InternalError, runHook, stderrTail, type BackupEvent, type BbError, type HookContext, type HookPoint, type HookRun, type HookStatus, type JobHooks, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { dataChunks } from './data-map.js'
@@ -46,6 +46,12 @@ export interface BlockBackupOptions {
    * expired revision (path: the directory and its uuid, the name of its .img, .hashes and .rev), `recovered` for what an unfinished run left and was removed.
    */
   readonly onEvent?: (event: BackupEvent) => void
+  /**
+   * Run when a revision is made: `preRun` / `postRun` around it, `preSnapshot` / `postSnapshot`
+   * around the point-in-time copy of the image (a guest's filesystems frozen only for the instant
+   * of the reflink), or, when the source is read live (`noSnapshot`), around the whole read
+   */
+  readonly hooks?: JobHooks
 }
 
 export interface ExpiredRevisions {
@@ -65,6 +71,8 @@ export type BlockBackupReport =
     readonly removedIncomplete: readonly string[]
     readonly expired: ExpiredRevisions
     readonly nextDue: string
+    /** the hooks that ran, in order; one that failed fails the run (the CLI exits 10) */
+    readonly hooks?: readonly HookRun[]
   }
 
 /** Test hook for reliability scenario 13: `BBACKUP_TEST_CRASH_AT=block-half-written` kills the run halfway through writing a revision. */
@@ -238,9 +246,48 @@ const readSource = async (input: {
 }
 
 /** `remote`: the source's host when it is another (checked by {@link sourceHostOf}), else undefined */
-const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, remote: Transport | undefined, now: Date): Promise<Revision> => {
+/** What a hook of a volume's backup is told; post hooks get no signal (a thaw runs also after a cancel). */
+const hookContext = (config: VolumeConfig, dir: string, options: BlockBackupOptions, point: HookPoint, more: Partial<HookContext> = {}): HookContext => ({
+  point, source: config.source, targets: [dir], driver: 'block', ...(options.signal === undefined || point.startsWith('post') ? {} : { signal: options.signal }), ...more,
+})
+
+/** how a part of a run that ended with `failure` (or without) is told to its post hook */
+const statusOf = (failure: unknown, options: BlockBackupOptions): HookStatus =>
+  failure === undefined ? 'ok' : options.signal?.aborted === true ? 'cancelled' : 'error'
+
+/**
+ * The source frozen between the pre-snapshot and post-snapshot hooks; `thaw` runs the post hook
+ * (once): at once for a point-in-time copy, after the read for a source read live.
+ */
+const freezeBetweenHooks = async (at: Transport, dir: string, config: VolumeConfig, options: BlockBackupOptions, remote: Transport | undefined, hooks: HookRun[]): Promise<{ readonly frozen: FrozenSource; readonly thaw: (failure: unknown) => Promise<void> }> => {
+  let thawed = false
+  const thaw = async (failure: unknown, frozen?: FrozenSource): Promise<void> => {
+    if (thawed) return
+    thawed = true
+    const where = frozen === undefined || frozen.consistency === 'none' ? {} : { snapshotAt: remote === undefined ? frozen.path : formatLocation({ ...remote.location, path: frozen.path }) }
+    const post = await runHook(options.hooks, hookContext(config, dir, options, 'post-snapshot', { status: statusOf(failure, options), ...where }), false)
+    if (post !== undefined) hooks.push(post)
+  }
+  const pre = await runHook(options.hooks, hookContext(config, dir, options, 'pre-snapshot'), false)
+  if (pre !== undefined) hooks.push(pre)
+  if (pre?.error !== undefined) {
+    await thaw(pre.error)
+    return stop(pre.error)
+  }
+  let frozen: FrozenSource
+  try {
+    frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal, remote })
+  } catch (e) {
+    await thaw(e)
+    throw e
+  }
+  if (frozen.consistency !== 'none') await thaw(undefined, frozen)
+  return { frozen, thaw: (failure) => thaw(failure, frozen) }
+}
+
+const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, remote: Transport | undefined, now: Date, hooks: HookRun[]): Promise<Revision> => {
   const started = performance.now()
-  const frozen = await freezeSource(at, config, { noSnapshot: options.noSnapshot === true, signal: options.signal, remote })
+  const { frozen, thaw } = await freezeBetweenHooks(at, dir, config, options, remote, hooks)
   const uuid = randomUUID()
   const target = paths(dir, uuid)
   const pool = openHashPool(options.threads)
@@ -341,8 +388,11 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     return revision
   } catch (e) {
     if (announced && e instanceof Stop) options.onEvent?.({ type: 'transfer-failed', target: dir, snapshot: uuid, error: e.error })
+    await thaw(e)
     throw e
   } finally {
+    // a source read live is let go of once it has been read
+    await thaw(undefined)
     await pool.close()
     await frozen.release()
     if (!done) await removeIncomplete(dir, [`${uuid}.img.partial`, `${uuid}.img`, `${uuid}.hashes`])
@@ -379,8 +429,29 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       // a forced run between slots still carries the schedule's shortest tag, so that it expires like the others
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
-      const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now)
-      const expired = await expireRevisions(options.at, dir, config, [...revisions, revision], now, { onEvent: options.onEvent })
-      return { skipped: false as const, dir, revision, removedIncomplete, expired, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString() }
+      // the pre-run and post-run hooks go around the making of a revision, not around a run that finds none due
+      const hooks: HookRun[] = []
+      const pre = await runHook(options.hooks, hookContext(config, dir, options, 'pre-run'), false)
+      if (pre !== undefined) hooks.push(pre)
+      let made: { readonly revision: Revision; readonly expired: ExpiredRevisions } | undefined
+      let failure: unknown = pre?.error === undefined ? undefined : new Stop(pre.error)
+      if (failure === undefined) {
+        try {
+          const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now, hooks)
+          made = { revision, expired: await expireRevisions(options.at, dir, config, [...revisions, revision], now, { onEvent: options.onEvent }) }
+        } catch (e) {
+          failure = e
+        }
+      }
+      const status = failure === undefined && !hooks.every((h) => h.ok) ? 'failed' : statusOf(failure, options)
+      const post = await runHook(options.hooks, hookContext(config, dir, options, 'post-run', { status, ...(made === undefined ? {} : { snapshot: made.revision.uuid }) }), false)
+      if (post !== undefined) hooks.push(post)
+      if (made === undefined) {
+        if (post?.error !== undefined) options.onEvent?.({ type: 'warning', message: post.error.message })
+        throw failure
+      }
+      return {
+        skipped: false as const, dir, ...made, removedIncomplete, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), ...(hooks.length === 0 ? {} : { hooks }),
+      }
     })
   })
