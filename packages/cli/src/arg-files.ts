@@ -2,6 +2,10 @@ import { readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { bbError, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
+import { unsafeCommandFile } from './config.js'
+
+/** the options whose values this host runs as commands */
+const COMMAND_OPTIONS = ['--pre-exec', '--pre-snapshot-exec', '--post-snapshot-exec', '--post-exec', '--pipe-target', '--ssh-program']
 
 /** Splits a line into words as a POSIX shell would: quotes, backslashes, `#` comments. */
 export const splitWords = (line: string): Result<string[], string> => {
@@ -56,13 +60,19 @@ export const expandArgFiles = (argv: readonly string[], cwd: string, seen: reado
       return err(bbError('INVALID_OPTIONS', `cannot read argument file ${path}: ${(e as Error).message}`, 'check the @file name'))
     }
     const lines = text.split('\n')
+    const own: string[] = []
     for (const [index, line] of lines.entries()) {
       const words = splitWords(line)
       if (words.isErr()) return err(bbError('INVALID_OPTIONS', `${path}:${index + 1}: ${words.error}`, 'close the quote on that line'))
+      own.push(...words.value)
       const nested = expandArgFiles(words.value, dirname(path), [...seen, path])
       if (nested.isErr()) return nested
       out.push(...nested.value)
     }
+    // options that run commands, from a file someone else could change: refused as a config would be
+    const commands = [...new Set(own.map((w) => w.split('=')[0] ?? w).filter((w) => COMMAND_OPTIONS.includes(w)))]
+    const unsafe = unsafeCommandFile(path, commands, 'argument file')
+    if (unsafe !== undefined) return err(unsafe)
   }
   return ok(out)
 }

@@ -429,8 +429,13 @@ const commandKeysOf = (data: Record<string, unknown>): string[] => {
  * an authorized_keys file. Else anyone who can write the file runs commands as the user (root,
  * usually) that runs bbackup: btrbk's reason for having no hooks at all (btrbk #41).
  */
-const unsafeToRun = (path: string, data: Record<string, unknown>): BbError | undefined => {
-  const keys = commandKeysOf(data)
+const unsafeToRun = (path: string, data: Record<string, unknown>): BbError | undefined => unsafeCommandFile(path, commandKeysOf(data), 'config file')
+
+/**
+ * Whether the file at `path`, which sets the commands `keys` (config keys or options), may be
+ * changed by another user ({@link unsafeToRun}): the error that says so, or undefined.
+ */
+export const unsafeCommandFile = (path: string, keys: readonly string[], kind: 'config file' | 'argument file'): BbError | undefined => {
   if (keys.length === 0) return undefined
   const me = process.geteuid?.()
   if (me === undefined) return undefined
@@ -449,8 +454,8 @@ const unsafeToRun = (path: string, data: Record<string, unknown>): BbError | und
     if (why === undefined) continue
     const fix = what === 'directory'
       ? `chmod go-w ${dir}, or keep the config in a directory only ${me === 0 ? 'root' : 'you'} can write`
-      : owner === undefined ? `chmod go-w ${path}` : me === 0 ? `chown root: ${path} && chmod go-w ${path}` : `give -c a copy of your own (cp ${path} ~/bbackup.toml)`
-    return bbError('INVALID_OPTIONS', `the config file ${path} sets commands to run (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', …' : ''}) but ${what === 'file' ? 'it' : `its directory ${place}`} is ${why}: whoever can change it could run any command as ${me === 0 ? 'root' : 'you'}`,
+      : owner === undefined ? `chmod go-w ${path}` : me === 0 ? `chown root: ${path} && chmod go-w ${path}` : `use a copy of your own (cp ${path} ~/)`
+    return bbError('INVALID_OPTIONS', `the ${kind} ${path} sets commands to run (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', …' : ''}) but ${what === 'file' ? 'it' : `its directory ${place}`} is ${why}: whoever can change it could run any command as ${me === 0 ? 'root' : 'you'}`,
       `${fix}; then run again`, { path: place, key: keys[0] })
   }
   return undefined

@@ -136,5 +136,15 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync', 'cp'], { r
     expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`but its directory ${join(dir, 'etc')} is writable by its group and everyone`) })
     expect(lines(log)).toHaveLength(2)
     expect(await readdir(join(dir, 'backup'))).toHaveLength(1)
+
+    // btrfs-backup's @file arguments are held to the same rule when they set a command
+    await chmod(join(dir, 'etc'), 0o755)
+    const args = join(dir, 'etc/home.args')
+    await writeFile(args, `--post-exec='${logLine(log, ' args')}'\nhome backup --state-dir state -q\n`, { mode: 0o644 })
+    expect((await runCli(['run', `@${args}`], dir)).code).toBe(0)
+    expect(lines(log).at(-1)).toBe('post-run ok args')
+    await chmod(args, 0o646)
+    expect(await runCli(['run', `@${args}`], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`the argument file ${args} sets commands to run (--post-exec) but it is writable by everyone`) })
+    expect(lines(log)).toHaveLength(3)
   })
 })
