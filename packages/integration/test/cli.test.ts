@@ -247,7 +247,7 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
       expect(success?.metrics[0]).toMatchObject({ value: '0' })
       // once the filesystem is gone, the next prune removes what is left of the old backup, and its record
       execFileSync('umount', [join(tmp.path, 'dst/.bbackup/trash', old, 'b')])
-      expect(await runCli(['prune', 'dst', '--keep-backups', '1', '-q'], tmp.path)).toMatchObject({ code: 0 })
+      expect(await runCli(['prune', 'dst', '--keep-backups', '1', '-q', '--state-dir', 'state'], tmp.path)).toMatchObject({ code: 0 })
       expect(await readdir(join(tmp.path, 'dst/.bbackup/trash'))).toEqual([])
       expect(existsSync(join(tmp.path, 'dst/.bbackup', `${old}.json`))).toBe(false)
     } finally {
@@ -312,11 +312,11 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const plan = await runCli(['prune', 'dst', '--keep-backups', '1', '-n'], tmp.path)
     expect(plan).toMatchObject({ code: 0, stdout: expect.stringMatching(/would delete 1 of 2\n[\s\S]*would delete 1 of 2\n/) })
     expect(await backups()).toHaveLength(4)
-    const json = JSON.parse((await runCli(['prune', 'dst', '--keep-backups', '1', '--json'], tmp.path)).stdout) as { deleted: string[] }[]
+    const json = JSON.parse((await runCli(['prune', 'dst', '--keep-backups', '1', '--json', '--state-dir', 'state'], tmp.path)).stdout) as { deleted: string[] }[]
     expect(json.flatMap((r) => r.deleted)).toHaveLength(2)
     expect(await backups()).toEqual([own, laptop].sort())
     // -p: one source's alone
-    expect((await runCli(['prune', 'dst', '--keep-backups', '1', '-p', 'laptop-'], tmp.path)).stdout).toBe(`${tmp.path}/dst: deleted 0 of 1\n  keep   ${laptop}  keepLast: 1 of 1 newest; protected: the newest snapshot; protected: the newest healthy backup (the next run links against it)\n`)
+    expect((await runCli(['prune', 'dst', '--keep-backups', '1', '-p', 'laptop-', '--state-dir', 'state'], tmp.path)).stdout).toBe(`${tmp.path}/dst: deleted 0 of 1\n  keep   ${laptop}  keepLast: 1 of 1 newest; protected: the newest snapshot; protected: the newest healthy backup (the next run links against it)\n`)
     expect(await runCli(['prune', 'dst'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no retention policy') })
     expect(await runCli(['prune', 'src', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given, and src holds no backups (nor is it a btrfs subvolume with snapshots)\n  hint: name the targets: bbackup prune SOURCE TARGET…, or one directory of backups alone: bbackup prune /mnt/backup/home --keep-backups …') })
     expect(await runCli(['prune', 'gone', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('gone does not exist') })
