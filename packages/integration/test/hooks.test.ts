@@ -92,6 +92,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync', 'cp'], { r
     expect(run.code).toBe(0)
     const [backup = ''] = (await readdir(target)).filter((n) => /^\d{4}-/.test(n))
     expect(lines(log)).toEqual(['pre-snapshot -', '0', `post-snapshot ok ${backup}`, 'complete'])
+
+    // no target to be reached (its disk not mounted): nothing is stopped for nothing; post-run is told the run failed
+    await writeFile(log, '')
+    const offline = await runCli(['run', 'plain', join(dir, 'not-mounted/backups'), '--state-dir', 'rstate', '-q', '--pre-snapshot-exec', logLine(log), '--post-exec', logLine(log)], dir)
+    expect(offline.code).toBe(10)
+    expect(lines(log)).toEqual(['post-run failed'])
   })
 
   it('block: the guest is "frozen" only for the reflink copy, which holds what was written between the hooks', async () => {

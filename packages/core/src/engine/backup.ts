@@ -330,8 +330,8 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRun[]): Pr
   const reachable = states.filter((s) => s.error === undefined)
   if (options.transfer !== false && job.driver.snapshotsSource) {
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
-  } else if (options.transfer !== false) {
-    // the live source is read during the transfers: the snapshot hooks go around them
+  } else if (options.transfer !== false && reachable.length > 0) {
+    // the live source is read during the transfers: the snapshot hooks go around them (none when no target can be reached)
     const pre = await runHook(job.hooks, hookContext(job, 'pre-snapshot', options), dryRun)
     if (pre !== undefined) hooks.push(pre)
     if (pre?.error !== undefined) {
