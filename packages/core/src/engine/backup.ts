@@ -11,7 +11,7 @@ import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids }
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
 import { journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
-import { runHook, type HookContext, type HookPoint, type HookRun, type HookStatus } from './hooks.js'
+import { betweenHooks, hookContextOf, type HookRun, type HookRunner } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
 
@@ -197,40 +197,29 @@ export const backup = (job: Job, options: BackupOptions = {}): ResultAsync<Backu
   return new ResultAsync(withJobLock(job, options, () => runHooked(job, options)))
 }
 
-/** What a hook at `point` is told of the job. A post hook gets no signal: a thaw runs also after a cancel. */
-const hookContext = (job: Job, point: HookPoint, options: RunOptions, more: Partial<HookContext> = {}): HookContext => ({
-  point,
-  source: formatLocation(job.source.location),
-  targets: job.targets.map((t) => formatLocation(t.location)),
-  driver: job.driver.name,
-  ...(options.signal === undefined || point.startsWith('post') ? {} : { signal: options.signal }),
-  ...more,
-})
-
 /**
  * {@link runBackup} between the job's `pre-run` and `post-run` hooks. A `pre-run` hook that fails
  * stops the run (`HOOK_FAILED`); `post-run` runs all the same, told how the run ended.
  */
 const runHooked = async (job: Job, options: BackupOptions): Promise<Result<BackupReport, BbError>> => {
-  const dryRun = options.dryRun ?? false
-  const hooks: HookRun[] = []
-  const pre = await runHook(job.hooks, hookContext(job, 'pre-run', options), dryRun)
-  if (pre !== undefined) hooks.push(pre)
-  const ran = pre?.error !== undefined ? err(pre.error) : await runBackup(job, options, hooks)
-  const status: HookStatus = cancelled(options) ? 'cancelled' : ran.isErr() ? 'error' : runComplete({ ...ran.value, hooks }) ? 'ok' : 'failed'
-  const post = await runHook(job.hooks, hookContext(job, 'post-run', options, { status, ...(ran.isOk() ? { snapshot: ran.value.snapshot } : {}) }), dryRun)
-  if (post !== undefined) hooks.push(post)
+  const of = { source: formatLocation(job.source.location), targets: job.targets.map((t) => formatLocation(t.location)), driver: job.driver.name }
+  const runner: HookRunner = { hooks: job.hooks, dryRun: options.dryRun ?? false, context: (point, more) => hookContextOf(point, of, options.signal, more), ran: [] }
+  const ran = await betweenHooks(runner, ['pre-run', 'post-run'], () => runBackup(job, options, runner), (r) => ({
+    status: cancelled(options) ? 'cancelled' : r.isErr() ? 'error' : runComplete({ ...r.value, hooks: runner.ran }) ? 'ok' : 'failed',
+    ...(r.isOk() ? { snapshot: r.value.snapshot } : {}),
+  }))
+  const postFailed = runner.ran.find((h) => h.point === 'post-run')?.error
   if (ran.isErr()) {
     // the run's own failure is the one returned; the hook's is said beside it
-    if (post?.error === undefined) return ran
-    options.onEvent?.({ type: 'warning', message: post.error.message })
-    return err({ ...ran.error, details: { ...ran.error.details, postRunHook: post.error.message } })
+    if (postFailed === undefined) return ran
+    options.onEvent?.({ type: 'warning', message: postFailed.message })
+    return err({ ...ran.error, details: { ...ran.error.details, postRunHook: postFailed.message } })
   }
-  return ok(hooks.length === 0 ? ran.value : { ...ran.value, hooks })
+  return ok(runner.ran.length === 0 ? ran.value : { ...ran.value, hooks: runner.ran })
 }
 
 /** The run itself; the hooks it runs (around the capture of the source) are added to `hooks`. */
-const runBackup = async (job: Job, options: BackupOptions, hooks: HookRun[]): Promise<Result<BackupReport, BbError>> => {
+const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): Promise<Result<BackupReport, BbError>> => {
   const started = Date.now()
   const now = (options.now ?? (() => new Date()))()
   const dryRun = options.dryRun ?? false
@@ -279,15 +268,11 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRun[]): Pr
   const snapshotting = job.driver.snapshotsSource && options.snapshot !== false
   // each snapshot is taken between the job's pre-snapshot and post-snapshot hooks (quiesce, thaw)
   const take = async (name: string): Promise<Result<SnapshotInfo, BbError>> => {
-    if (job.driver.createSnapshot === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
-    const pre = await runHook(job.hooks, hookContext(job, 'pre-snapshot', options), dryRun)
-    if (pre !== undefined) hooks.push(pre)
-    const taken = pre?.error !== undefined ? err(pre.error) : await job.driver.createSnapshot({ source: job.source, name, dryRun, signal: options.signal })
-    const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, taken.isErr()
+    const create = job.driver.createSnapshot?.bind(job.driver)
+    if (create === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
+    return betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], async () => await create({ source: job.source, name, dryRun, signal: options.signal }), (taken) => (taken.isErr()
       ? { status: cancelled(options) ? 'cancelled' : 'error' }
-      : { status: 'ok', snapshot: taken.value.name, snapshotAt: formatLocation({ ...job.source.location, path: taken.value.path }) }), dryRun)
-    if (post !== undefined) hooks.push(post)
-    return taken
+      : { status: 'ok', snapshot: taken.value.name, snapshotAt: formatLocation({ ...job.source.location, path: taken.value.path }) }))
   }
   const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | undefined> => {
     const [probed, journal, listed] = await Promise.all([sourceProbed, journalRead, sourceListed])
@@ -332,21 +317,15 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRun[]): Pr
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
   } else if (options.transfer !== false && reachable.length > 0) {
     // the live source is read during the transfers: the snapshot hooks go around them (none when no target can be reached)
-    const pre = await runHook(job.hooks, hookContext(job, 'pre-snapshot', options), dryRun)
-    if (pre !== undefined) hooks.push(pre)
-    if (pre?.error !== undefined) {
-      const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, { status: 'error' }), dryRun)
-      if (post !== undefined) hooks.push(post)
-      return err(pre.error)
-    }
     const first = reports.length
-    for (const state of reachable) {
-      reports.push(await backupWithRetries(job, options, state, journal.value.entries.filter((e) => e.target === state.where), name))
-      if (options.signal?.aborted === true) break
-    }
-    const status: HookStatus = cancelled(options) ? 'cancelled' : reports.slice(first).every((r) => r.ok) ? 'ok' : 'failed'
-    const post = await runHook(job.hooks, hookContext(job, 'post-snapshot', options, { status, snapshot: name }), dryRun)
-    if (post !== undefined) hooks.push(post)
+    const read = await betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], async () => {
+      for (const state of reachable) {
+        reports.push(await backupWithRetries(job, options, state, journal.value.entries.filter((e) => e.target === state.where), name))
+        if (options.signal?.aborted === true) break
+      }
+      return ok(undefined)
+    }, (r) => ({ status: r.isErr() ? 'error' : cancelled(options) ? 'cancelled' : reports.slice(first).every((t) => t.ok) ? 'ok' : 'failed', snapshot: name }))
+    if (read.isErr()) return err(read.error)
   }
   // in the order the targets were given
   reports.sort((a, b) => states.findIndex((s) => s.where === a.target) - states.findIndex((s) => s.where === b.target))

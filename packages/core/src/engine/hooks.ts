@@ -94,6 +94,34 @@ export const runHook = async (hooks: JobHooks | undefined, context: HookContext,
   return { point: context.point, ok: true, durationMs, ...(output === undefined || output === '' ? {} : { output }) }
 }
 
+/** What a hook is told of the job it runs for: its context at `point`. A post hook gets no signal: a thaw runs also after a cancel. */
+export const hookContextOf = (
+  point: HookPoint, job: Pick<HookContext, 'source' | 'targets' | 'driver'>, signal: AbortSignal | undefined, more: Partial<HookContext> = {},
+): HookContext => ({ point, ...job, ...(signal === undefined || point.startsWith('post') ? {} : { signal }), ...more })
+
+/** A run's hooks as {@link betweenHooks} runs them: the job's hooks, whether it is a dry run, the context of each point, and where those that ran are noted. */
+export interface HookRunner {
+  readonly hooks: JobHooks | undefined
+  readonly dryRun: boolean
+  readonly context: (point: HookPoint, more?: Partial<HookContext>) => HookContext
+  readonly ran: HookRun[]
+}
+
+/**
+ * `body` between the hooks at `pre` and `post`: a `pre` hook that fails stops it (its error is the
+ * outcome), and the `post` hook runs all the same, told what `told` makes of the outcome.
+ */
+export const betweenHooks = async <T>(
+  runner: HookRunner, [pre, post]: readonly [HookPoint, HookPoint], body: () => Promise<Result<T, BbError>>, told: (outcome: Result<T, BbError>) => Partial<HookContext>,
+): Promise<Result<T, BbError>> => {
+  const before = await runHook(runner.hooks, runner.context(pre), runner.dryRun)
+  if (before !== undefined) runner.ran.push(before)
+  const outcome = before?.error !== undefined ? err(before.error) : await body()
+  const after = await runHook(runner.hooks, runner.context(post, told(outcome)), runner.dryRun)
+  if (after !== undefined) runner.ran.push(after)
+  return outcome
+}
+
 /** The environment a command hook gets, beside this process's own. */
 export const hookEnvironment = (context: HookContext, extra: Readonly<Record<string, string>> = {}): Record<string, string> => ({
   ...extra,

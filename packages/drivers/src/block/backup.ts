@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, formatLocation, InternalError, runHook, stderrTail, type BackupEvent, type BbError, type HookContext, type HookPoint, type HookRun, type HookStatus, type JobHooks, type Transport } from '@bb/core'
+import { bbError, formatLocation, hookContextOf, InternalError, runHook, stderrTail, type BackupEvent, type BbError, type HookContext, type HookPoint, type HookRun, type HookStatus, type JobHooks, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { dataChunks } from './data-map.js'
@@ -246,10 +246,9 @@ const readSource = async (input: {
 }
 
 /** `remote`: the source's host when it is another (checked by {@link sourceHostOf}), else undefined */
-/** What a hook of a volume's backup is told; post hooks get no signal (a thaw runs also after a cancel). */
-const hookContext = (config: VolumeConfig, dir: string, options: BlockBackupOptions, point: HookPoint, more: Partial<HookContext> = {}): HookContext => ({
-  point, source: config.source, targets: [dir], driver: 'block', ...(options.signal === undefined || point.startsWith('post') ? {} : { signal: options.signal }), ...more,
-})
+/** What a hook of a volume's backup is told. */
+const hookContext = (config: VolumeConfig, dir: string, options: BlockBackupOptions, point: HookPoint, more: Partial<HookContext> = {}): HookContext =>
+  hookContextOf(point, { source: config.source, targets: [dir], driver: 'block' }, options.signal, more)
 
 /** how a part of a run that ended with `failure` (or without) is told to its post hook */
 const statusOf = (failure: unknown, options: BlockBackupOptions): HookStatus =>
