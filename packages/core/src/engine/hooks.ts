@@ -107,6 +107,13 @@ export interface HookRunner {
   readonly ran: HookRun[]
 }
 
+/** The job's hook at `point` (if it has one) run with the runner's context, and noted among those that ran. */
+export const runHookOf = async (runner: HookRunner, point: HookPoint, more?: Partial<HookContext>): Promise<HookRun | undefined> => {
+  const run = await runHook(runner.hooks, runner.context(point, more), runner.dryRun)
+  if (run !== undefined) runner.ran.push(run)
+  return run
+}
+
 /**
  * `body` between the hooks at `pre` and `post`: a `pre` hook that fails stops it (its error is the
  * outcome), and the `post` hook runs all the same, told what `told` makes of the outcome.
@@ -114,11 +121,9 @@ export interface HookRunner {
 export const betweenHooks = async <T>(
   runner: HookRunner, [pre, post]: readonly [HookPoint, HookPoint], body: () => Promise<Result<T, BbError>>, told: (outcome: Result<T, BbError>) => Partial<HookContext>,
 ): Promise<Result<T, BbError>> => {
-  const before = await runHook(runner.hooks, runner.context(pre), runner.dryRun)
-  if (before !== undefined) runner.ran.push(before)
+  const before = await runHookOf(runner, pre)
   const outcome = before?.error !== undefined ? err(before.error) : await body()
-  const after = await runHook(runner.hooks, runner.context(post, told(outcome)), runner.dryRun)
-  if (after !== undefined) runner.ran.push(after)
+  await runHookOf(runner, post, told(outcome))
   return outcome
 }
 

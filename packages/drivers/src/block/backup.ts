@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, formatLocation, hookContextOf, InternalError, runHook, stderrTail, type BackupEvent, type BbError, type HookContext, type HookPoint, type HookRun, type HookStatus, type JobHooks, type Transport } from '@bb/core'
+import { bbError, formatLocation, hookContextOf, InternalError, runHookOf, stderrTail, type BackupEvent, type BbError, type HookRun, type HookRunner, type HookStatus, type JobHooks, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { dataChunks } from './data-map.js'
@@ -246,9 +246,10 @@ const readSource = async (input: {
 }
 
 /** `remote`: the source's host when it is another (checked by {@link sourceHostOf}), else undefined */
-/** What a hook of a volume's backup is told. */
-const hookContext = (config: VolumeConfig, dir: string, options: BlockBackupOptions, point: HookPoint, more: Partial<HookContext> = {}): HookContext =>
-  hookContextOf(point, { source: config.source, targets: [dir], driver: 'block' }, options.signal, more)
+/** The hooks of a volume's backup, and what each is told. */
+const hookRunner = (config: VolumeConfig, dir: string, options: BlockBackupOptions): HookRunner => ({
+  hooks: options.hooks, dryRun: false, ran: [], context: (point, more) => hookContextOf(point, { source: config.source, targets: [dir], driver: 'block' }, options.signal, more),
+})
 
 /** how a part of a run that ended with `failure` (or without) is told to its post hook */
 const statusOf = (failure: unknown, options: BlockBackupOptions): HookStatus =>
@@ -258,17 +259,15 @@ const statusOf = (failure: unknown, options: BlockBackupOptions): HookStatus =>
  * The source frozen between the pre-snapshot and post-snapshot hooks; `thaw` runs the post hook
  * (once): at once for a point-in-time copy, after the read for a source read live.
  */
-const freezeBetweenHooks = async (at: Transport, dir: string, config: VolumeConfig, options: BlockBackupOptions, remote: Transport | undefined, hooks: HookRun[]): Promise<{ readonly frozen: FrozenSource; readonly thaw: (failure: unknown) => Promise<void> }> => {
+const freezeBetweenHooks = async (at: Transport, config: VolumeConfig, options: BlockBackupOptions, remote: Transport | undefined, hooks: HookRunner): Promise<{ readonly frozen: FrozenSource; readonly thaw: (failure: unknown) => Promise<void> }> => {
   let thawed = false
   const thaw = async (failure: unknown, frozen?: FrozenSource): Promise<void> => {
     if (thawed) return
     thawed = true
     const where = frozen === undefined || frozen.consistency === 'none' ? {} : { snapshotAt: remote === undefined ? frozen.path : formatLocation({ ...remote.location, path: frozen.path }) }
-    const post = await runHook(options.hooks, hookContext(config, dir, options, 'post-snapshot', { status: statusOf(failure, options), ...where }), false)
-    if (post !== undefined) hooks.push(post)
+    await runHookOf(hooks, 'post-snapshot', { status: statusOf(failure, options), ...where })
   }
-  const pre = await runHook(options.hooks, hookContext(config, dir, options, 'pre-snapshot'), false)
-  if (pre !== undefined) hooks.push(pre)
+  const pre = await runHookOf(hooks, 'pre-snapshot')
   if (pre?.error !== undefined) {
     await thaw(pre.error)
     return stop(pre.error)
@@ -284,9 +283,9 @@ const freezeBetweenHooks = async (at: Transport, dir: string, config: VolumeConf
   return { frozen, thaw: (failure) => thaw(failure, frozen) }
 }
 
-const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, remote: Transport | undefined, now: Date, hooks: HookRun[]): Promise<Revision> => {
+const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConfig, revisions: readonly Revision[], tags: readonly string[], options: BlockBackupOptions, remote: Transport | undefined, now: Date, hooks: HookRunner): Promise<Revision> => {
   const started = performance.now()
-  const { frozen, thaw } = await freezeBetweenHooks(at, dir, config, options, remote, hooks)
+  const { frozen, thaw } = await freezeBetweenHooks(at, config, options, remote, hooks)
   const uuid = randomUUID()
   const target = paths(dir, uuid)
   const pool = openHashPool(options.threads)
@@ -429,9 +428,8 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const [shortest] = Object.entries(config.schedule).reduce((a, b) => (b[1].intervalSeconds < a[1].intervalSeconds ? b : a))
       const tags = [...new Set([...(due.length > 0 || (options.tags ?? []).some((t) => !t.startsWith(MANUAL_PREFIX)) ? due : [shortest]), ...(options.tags ?? [])])]
       // the pre-run and post-run hooks go around the making of a revision, not around a run that finds none due
-      const hooks: HookRun[] = []
-      const pre = await runHook(options.hooks, hookContext(config, dir, options, 'pre-run'), false)
-      if (pre !== undefined) hooks.push(pre)
+      const hooks = hookRunner(config, dir, options)
+      const pre = await runHookOf(hooks, 'pre-run')
       let made: { readonly revision: Revision; readonly expired: ExpiredRevisions } | undefined
       let failure: unknown = pre?.error === undefined ? undefined : new Stop(pre.error)
       if (failure === undefined) {
@@ -442,15 +440,14 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
           failure = e
         }
       }
-      const status = failure === undefined && !hooks.every((h) => h.ok) ? 'failed' : statusOf(failure, options)
-      const post = await runHook(options.hooks, hookContext(config, dir, options, 'post-run', { status, ...(made === undefined ? {} : { snapshot: made.revision.uuid }) }), false)
-      if (post !== undefined) hooks.push(post)
+      const status = failure === undefined && !hooks.ran.every((h) => h.ok) ? 'failed' : statusOf(failure, options)
+      const post = await runHookOf(hooks, 'post-run', { status, ...(made === undefined ? {} : { snapshot: made.revision.uuid }) })
       if (made === undefined) {
         if (post?.error !== undefined) options.onEvent?.({ type: 'warning', message: post.error.message })
         throw failure
       }
       return {
-        skipped: false as const, dir, ...made, removedIncomplete, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), ...(hooks.length === 0 ? {} : { hooks }),
+        skipped: false as const, dir, ...made, removedIncomplete, nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(), ...(hooks.ran.length === 0 ? {} : { hooks: hooks.ran }),
       }
     })
   })
