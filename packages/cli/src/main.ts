@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { backup, bbError, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
+import { archive, archiveComplete, backup, bbError, defaultStateDir, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderArchive, renderArchiveFailures, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -183,7 +183,7 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 /** every command of bbackup, in the order of `--help` */
-export const COMMANDS = ['run', 'snapshot', 'transfer', 'system-backup', 'prune', 'list', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
+export const COMMANDS = ['run', 'snapshot', 'transfer', 'archive', 'system-backup', 'prune', 'list', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
 
 /**
  * The one command to define for `argv`: building every command's options costs several ms of each
@@ -197,6 +197,12 @@ export const commandToDefine = (argv: readonly string[]): string | undefined => 
 }
 
 const EXAMPLES: Readonly<Record<string, string>> = {
+  archive: `
+Examples:
+  bbackup archive /mnt/backup /mnt/offsite                  every backup the offsite disk lacks, incrementally
+  bbackup archive /mnt/backup /mnt/offsite --keep-backups '4w 12m *y'   a monthly history, pruned there
+  bbackup archive /mnt/backup root@nas:/srv/archive -n       what would go to another host
+  bbackup archive /mnt/old-disk /mnt/new-disk               move the backups to a new disk; then run the jobs against it`,
   'system-backup': `
 Examples:
   bbackup system-backup /mnt/usb/backups/laptop --mount /mnt/usb       / to a USB disk, mounted for the run
@@ -619,6 +625,63 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { code }
   }
 
+  const runArchive = async (source: string, target: string, options: CommonOptions & { depth?: string }): Promise<Outcome> => {
+    const wait = waitSecondsOf(options.wait)
+    if (wait.isErr()) return fail(wait.error, options)
+    const depth = options.depth === undefined ? undefined : Number(options.depth)
+    if (depth !== undefined && !(Number.isInteger(depth) && depth >= 0)) {
+      return fail(bbError('INVALID_OPTIONS', `--depth ${options.depth ?? ''} is not a whole number of levels`, 'give 0 (the source alone) or more, e.g. --depth 2'), options)
+    }
+    const retries = options.retries === undefined ? undefined : Number(options.retries)
+    if (retries !== undefined && !(Number.isInteger(retries) && retries >= 0)) {
+      return fail(bbError('INVALID_OPTIONS', `--retries ${options.retries ?? ''} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options)
+    }
+    const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
+    if (retention?.isErr() === true) return fail(retention.error, options)
+    const rateLimit = options.rateLimit === undefined ? undefined : parseRate(options.rateLimit)
+    if (options.rateLimit !== undefined && rateLimit === undefined) {
+      return fail(bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m'), options)
+    }
+    const places = await ResultAsync.combine([placeOf(source, options), placeOf(target, options)])
+    if (places.isErr()) return fail(places.error, options)
+    const [from, to] = places.value
+    const { btrfsDriver } = await import('@bb/drivers/btrfs')
+    const driver = btrfsDriver({
+      backupsAtSource: true,
+      ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
+      ...(options.streamCompress === undefined ? {} : { streamCompress: options.streamCompress as 'zstd' | 'none' }),
+      ...(rateLimit === undefined ? {} : { rateLimit }),
+    })
+    const stateDir = options.stateDir === undefined ? defaultStateDir(`archive-${jobId(from, [to])}`) : resolvePath(io.cwd, options.stateDir)
+    const { localTransport } = await import('@bb/transports/local')
+    const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
+    const controller = new AbortController()
+    const onSignal = (): void => controller.abort()
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    try {
+      const r = await archive({
+        driver, source: from, target: to, state: { transport: localTransport(stateDir), directory: stateDir },
+        ...(retention === undefined ? {} : { retention: retention._unsafeUnwrap() }),
+        ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
+        ...(depth === undefined ? {} : { depth }),
+      }, {
+        dryRun: options.dryRun === true, signal: controller.signal,
+        onEvent: eventsOf(options, verbosity, undefined, formatLocation(from.location), 'btrfs'),
+        ...(retries === undefined ? {} : { retry: { attempts: retries } }),
+        ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
+      })
+      if (r.isErr()) return fail(r.error, options)
+      if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
+      else if (verbosity >= 0) io.stdout(renderArchive(r.value, verbosity))
+      else io.stderr(renderArchiveFailures(r.value))
+      return { code: archiveComplete(r.value) ? EXIT.ok : EXIT.someTargetsFailed }
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+  }
+
   /** A place named on the command line, reached as the options say, to see what it holds. */
   const placeOf = (place: string, options: CommonOptions): ResultAsync<Transport, BbError> =>
     parseLocation(place, { cwd: io.cwd }).asyncAndThen((l) => new ResultAsync(transportFor(l, { ...(options.sudo === true ? { sudo: true } : {}), ssh: sshSpecOf(options, io.cwd), rsyncd: rsyncdSpecOf(options, io.cwd) }, connections)))
@@ -831,6 +894,33 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   jobCommand('run', 'the main job: snapshot, transfer to every target, prune', {})
   jobCommand('snapshot', 'take a source snapshot only (btrfs and block drivers)', { snapshot: true, transfer: false, prune: false })
   jobCommand('transfer', 'send what the targets lack, without a new snapshot or pruning', { snapshot: false, prune: false })
+
+  // btrbk's archive: every backup on one disk that another lacks, copied there incrementally
+  if (wanted('archive')) {
+    sshClientOptions(program.command('archive'))
+      .description("copy the backups in SOURCE (a backup disk, and its subdirectories) that TARGET lacks to TARGET, incrementally; btrfs (btrbk archive)")
+      .argument('<source>', 'the directory that holds the backups (received backups, or a snapshot folder)')
+      .argument('<target>', 'where the copies go: a directory on another btrfs filesystem; subdirectories of the source are mirrored there')
+      .option('-n, --dry-run', 'send and delete nothing; print what would be sent')
+      .option('--keep-backups <policy>', "which backups the target gets and keeps, in any spelling of run's --keep-backups (btrbk's archive_preserve; default: all)")
+      .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
+      .option('--depth <n>', 'how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone)')
+      .option('--state-dir <dir>', 'where each family of backups keeps its lock and journal (default /var/lib/bbackup/jobs/archive-<id>, or ~/.local/state/... when not root)')
+      .option('--wait [seconds]', 'wait for another archive of the same backups to finish instead of failing with exit 3')
+      .option('--retries <n>', 'try again up to n times in this run when the network fails (default 3)')
+      .addOption(new Option('--send-protocol <version>', 'send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
+      .addOption(new Option('--stream-compress <method>', 'compress streams that go from one host to another with zstd on both ends').choices(['zstd', 'none']))
+      .option('--rate-limit <rate>', 'at most this many bytes a second, with k, m, g for KiB, MiB, GiB: 10m')
+      .option('--ssh-sudo', 'ssh: run the remote commands with sudo -n (btrfs as a user that is not root)')
+      .option('--sudo', 'as a user that is not root, run btrfs on this host through sudo -n (bbackup doctor prints the sudoers line)')
+      .option('--json', 'print the result as JSON')
+      .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
+      .option('-q, --quiet', 'print only errors and warnings')
+      .addHelpText('after', EXAMPLES.archive ?? '')
+      .action(async (source: string, target: string, options: CommonOptions & { depth?: string; timeZone?: string }) => {
+        outcome = await runArchive(source, target, options)
+      })
+  }
 
   // rsync-system-backup's command line, on the rsync driver
   if (wanted('system-backup')) {

@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import type { BackupEvent, BackupReport, BbError, HookRun, JobStatus, PruneResult, SnapshotList } from '@bb/core'
+import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotList } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -135,6 +135,46 @@ export const renderFailures = (report: BackupReport): string => {
     ...((report.hooks ?? []).every((h) => h.ok) ? [] : [`${report.source}:`, ...hookLines((report.hooks ?? []).filter((h) => !h.ok), 0)]),
   ]
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`
+}
+
+/** One family of an archive: what was sent to its directory at the target, or why nothing was. */
+const archiveFamilyLines = (f: ArchiveFamily, verbosity: number): string[] => {
+  const name = familyName(f.directory, f.prefix)
+  if (f.skipped !== undefined) return [`  ${name}: not tried: ${f.skipped}`]
+  if (f.error !== undefined) return [`  ${name}: FAILED: ${f.error.message}`, `    hint: ${f.error.hint}`, ...detailLines(f.error, verbosity > 0, '    ')]
+  const t = f.report?.targets[0]
+  if (t === undefined) return [`  ${name}: nothing done`]
+  if (!t.ok) return failedLines(t, verbosity).map((l, i) => (i === 0 ? `  ${name}: ${l.trim()}` : l))
+  const how = (mode: string | undefined, parent: string | undefined): string =>
+    mode === 'incremental' ? `incremental from ${parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
+  const out = t.sent.length === 0
+    ? [`  ${name}: nothing to send, ${t.target} holds them all`]
+    : [`  ${name}: ${t.sent.length} ${t.sent.length === 1 ? 'backup' : 'backups'} ${f.report?.dryRun === true ? 'to send' : 'sent'} to ${t.target}${f.report?.dryRun === true ? '' : `, ${formatBytes(t.bytes)}`}`,
+        ...t.sent.map((x) => `    ${x.snapshot} ${how(x.mode, x.parent)}${f.report?.dryRun === true ? '' : `; ${formatBytes(x.bytes)}`}`)]
+  if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
+  for (const w of t.warnings) if (t.sent.length > 0 || !w.startsWith('the target already holds')) out.push(`    warning: ${w}`)
+  if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
+  if (t.pruneError !== undefined) out.push(...notPrunedLines('', t.pruneError, verbosity, '    '))
+  if (f.report?.dryRun === true || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
+  return out
+}
+
+/** What `bbackup archive` did: each family of backups, then what was found and left alone. */
+export const renderArchive = (report: ArchiveReport, verbosity: number): string => {
+  const sent = report.families.reduce((n, f) => n + (f.report?.targets[0]?.sent.length ?? 0), 0)
+  const out = [
+    `${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.target}: ${report.families.length} ${report.families.length === 1 ? 'family' : 'families'} of backups, ${sent} ${report.dryRun ? 'to send' : 'sent'}${report.failed === 0 ? '' : `, ${report.failed} failed`}, ${(report.durationMs / 1000).toFixed(1)} s`,
+    ...(report.families.length === 0 ? ['  no read-only subvolume named as a backup was found there'] : []),
+    ...report.families.flatMap((f) => archiveFamilyLines(f, verbosity)),
+    ...report.notes.map((n) => `  note: ${n}`),
+  ]
+  return `${out.join('\n')}\n`
+}
+
+/** The families of an archive that failed, alone (what `-q` still prints, on stderr); empty when none did. */
+export const renderArchiveFailures = (report: ArchiveReport): string => {
+  const failed = report.families.filter((f) => f.report === undefined || !runComplete(f.report))
+  return failed.length === 0 ? '' : `${[`${report.source} → ${report.target}: ${failed.length} of ${report.families.length} failed`, ...failed.flatMap((f) => archiveFamilyLines(f, 0))].join('\n')}\n`
 }
 
 export const renderReport = (report: BackupReport, verbosity: number, stages: { readonly snapshot?: boolean } = {}): string => {

@@ -136,7 +136,8 @@ const pause = (ms: number, signal: AbortSignal | undefined): Promise<void> =>
 
 export type Route = 'local' | 'push' | 'pull' | 'relay'
 
-const routeOf = (source: Location, target: string): Route => {
+/** how data goes from `source` to `target` ({@link Route}) */
+export const routeOf = (source: Location, target: string): Route => {
   const remoteTarget = parseLocation(target).map((l) => l.kind !== 'local').unwrapOr(false)
   if (source.kind === 'local') return remoteTarget ? 'push' : 'local'
   return remoteTarget ? 'relay' : 'pull'

@@ -41,6 +41,13 @@ export interface BtrfsDriverOptions {
   readonly streamCompress?: 'zstd' | 'none'
   /** at most this many bytes a second on the way (after compression); default: no limit */
   readonly rateLimit?: number
+  /**
+   * The source is a directory of backups (or of snapshots), not a subvolume to snapshot (btrbk's
+   * `archive`): its read-only subvolumes are what is sent, in the directory
+   * itself (no snapshot folder). It is never snapshotted, and nothing in it is told apart as
+   * another subvolume's: the job's prefix says which are its (`archive` of @bb/core).
+   */
+  readonly backupsAtSource?: boolean
 }
 
 /** How one stream travels: {@link BtrfsDriverOptions.streamCompress} and the rate limit as they apply to its two ends, and why a stream to be compressed was not. */
@@ -81,7 +88,8 @@ const receiving = (dir: string): string[] => ['btrfs', 'receive', '-e', dir]
  * const driver = btrfsDriver({ snapshotFolder: '/home/.snapshots' })
  */
 export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
-  const folderOf = (source: Transport): string => posix.resolve(source.location.path, options.snapshotFolder ?? '.snapshots')
+  const atSource = options.backupsAtSource === true
+  const folderOf = (source: Transport): string => posix.resolve(source.location.path, atSource ? '.' : options.snapshotFolder ?? '.snapshots')
   /** btrfs-progs by host: a source and a target on one host ask once */
   const versions = new Map<string, ResultAsync<readonly [number, number], BbError>>()
   const hostOf = (t: Transport): string => formatLocation({ ...t.location, path: '/' })
@@ -165,6 +173,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const probe: Driver['probe'] = ({ source, targets, signal, transferFollows }) => {
     // at the same time, each a command (a round trip on a remote host); a version error comes first
+    if (targets.length === 0 && atSource) return ResultAsync.combine([progsVersion(source, signal), probeBackups(source)] as const).map(() => undefined)
     if (targets.length === 0) {
       const show = showInBatch(source.location.path)
       // on another host both in one round trip
@@ -217,6 +226,19 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         }
         return ok(undefined)
       })
+  }
+
+  /** a source of backups ({@link BtrfsDriverOptions.backupsAtSource}): a directory on btrfs */
+  const probeBackups = (source: Transport): ResultAsync<void, BbError> => {
+    const dir = source.location.path
+    return ResultAsync.combine([source.stat(dir), fsType(source, dir)] as const).andThen(([s, type]): Result<void, BbError> => {
+      if (s === undefined) return err(bbError('SOURCE_UNAVAILABLE', `${dir} does not exist`, 'check the path (is the backup disk mounted?)', { path: dir }))
+      if (s.kind !== 'directory') return err(bbError('SOURCE_UNAVAILABLE', `${dir} is not a directory`, 'give the directory that holds the backups', { path: dir }))
+      if (type !== 'btrfs') {
+        return err(bbError('SOURCE_NOT_SUBVOLUME', `${dir} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: it holds no btrfs backups to send`, 'give the directory on the backup disk that holds the received backups (is the disk mounted?)', { path: dir }))
+      }
+      return ok(undefined)
+    })
   }
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
@@ -285,7 +307,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const lists = login?.then((loggedIn) => (loggedIn ? listSubvolumes(at, dir, signal) : undefined))
     // at the source, which subvolume it is: a snapshot in the folder taken of another one (a source
     // that shares the folder and the prefix) is marked, and never this job's to count, send or delete
-    const ofSource = !onSource ? undefined : login === undefined ? sourceShown(at, signal) : login.then((loggedIn) => (loggedIn ? sourceShown(at, signal) : undefined))
+    const ofSource = !onSource || atSource ? undefined : login === undefined ? sourceShown(at, signal) : login.then((loggedIn) => (loggedIn ? sourceShown(at, signal) : undefined))
     return at.list(dir)
       .orElse((e) => {
         // a snapshot folder that is a file (or under one) says so
@@ -337,6 +359,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * a forced command allows no `show -u` nor the mount table.
    */
   const origin: NonNullable<Driver['origin']> = async ({ source, signal }) => {
+    if (atSource) return undefined
     if (source.location.kind !== 'local' && source.unrestricted?.() !== true) return undefined
     const opts = signalOpt(signal)
     const byUuid = async (uuid: string): Promise<Subvolume | undefined> =>
@@ -368,6 +391,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const path = join(folder, name)
     const argv = ['btrfs', 'subvolume', 'snapshot', '-r', source.location.path, path]
     const planned: SnapshotInfo = { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path }
+    if (atSource) return errAsync(bbError('INVALID_OPTIONS', `${source.location.path} holds backups: it is never snapshotted`, 'send its backups with snapshot: false (bbackup archive)', { path: source.location.path }))
     if (dryRun) return okAsync(planned)
     return new ResultAsync(makeFolder(source, folder))
       .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
