@@ -255,6 +255,27 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(await contentOf(join(dir, 'pulled', sent[1] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', sent[1] ?? '')))
   })
 
+  it('archive over ssh: a backup disk pushed to another host, and pulled back from there, incrementally, one login each', async () => {
+    for (const change of ['one', 'two']) {
+      await writeFile(join(dir, 'home/a.txt'), `${change}\n`)
+      expect((await runCli(['run', 'home', join(dir, 'disk'), '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    }
+    const pushed = await runOverSsh(['archive', join(dir, 'disk'), remote(join(dir, 'offsite')), '--state-dir', 'archive-state', '--json'])
+    expect(JSON.parse(pushed.stdout)).toMatchObject({ failed: 0, families: [{ prefix: 'home.', report: { targets: [{ route: 'push', sent: [{ mode: 'full' }, { mode: 'incremental' }] }] } }] })
+    await writeFile(join(dir, 'home/a.txt'), 'three\n')
+    expect((await runCli(['run', 'home', join(dir, 'disk'), '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const again = await runOverSsh(['archive', join(dir, 'disk'), remote(join(dir, 'offsite')), '--state-dir', 'archive-state', '--json'])
+    expect(JSON.parse(again.stdout).families[0].report.targets[0].sent).toMatchObject([{ mode: 'incremental' }])
+    // the copies on the far side are the source's snapshots, by uuid
+    const names = await snapshotsIn(join(dir, 'offsite'))
+    expect(names).toHaveLength(3)
+    for (const name of names) expect(show(join(dir, 'offsite', name))['Received UUID']).toBe(show(join(dir, 'home/.snapshots', name))['UUID'])
+    // and back from there: pulled, the newest incremental against its parent
+    const pulled = await runOverSsh(['archive', remote(join(dir, 'offsite')), join(dir, 'back'), '--state-dir', 'back-state', '--json'])
+    expect(JSON.parse(pulled.stdout).families[0].report.targets[0]).toMatchObject({ route: 'pull', sent: [{ mode: 'full' }, { mode: 'incremental' }, { mode: 'incremental' }] })
+    expect(await contentOf(join(dir, 'back', names[2] ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', names[2] ?? '')))
+  })
+
   it('btrfs pull from a source swapped for a backup restored there (restore --writable to the host): the next send is incremental against the restored one', async () => {
     const home = join(dir, 'home')
     const run = async () => JSON.parse((await runOverSsh(['run', remote(home), join(dir, 'pulled'), '--state-dir', 'state', '--json'])).stdout)
