@@ -665,6 +665,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         ...(retention === undefined ? {} : { retention: retention._unsafeUnwrap() }),
         ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
         ...(depth === undefined ? {} : { depth }),
+        ...(options.exclude === undefined ? {} : { exclude: options.exclude }),
       }, {
         dryRun: options.dryRun === true, signal: controller.signal,
         onEvent: eventsOf(options, verbosity, undefined, formatLocation(from.location), 'btrfs'),
@@ -905,6 +906,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--keep-backups <policy>', "which backups the target gets and keeps, in any spelling of run's --keep-backups (btrbk's archive_preserve; default: all)")
       .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
       .option('--depth <n>', 'how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone)')
+      .option('--exclude <pattern>', "leave out a directory ('host2', 'host?') or a family of backups ('tmp.*', 'host1/root.*'), relative to SOURCE; * and ? match no slash (btrbk's archive_exclude; repeatable)", collect)
       .option('--state-dir <dir>', 'where each family of backups keeps its lock and journal (default /var/lib/bbackup/jobs/archive-<id>, or ~/.local/state/... when not root)')
       .option('--wait [seconds]', 'wait for another archive of the same backups to finish instead of failing with exit 3')
       .option('--retries <n>', 'try again up to n times in this run when the network fails (default 3)')

@@ -192,6 +192,16 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(json.code).toBe(0)
     expect(JSON.parse(json.stdout)).toMatchObject({ failed: 0, families: [{ prefix: 'home.', report: { targets: [{ sent: [] }] } }] })
 
+    // what --exclude leaves out is said, not archived
+    ok(await backup(rootJob(), { now: at('2026-11-23T10:00:00Z') }))
+    const some = await runCli(['archive', disk, offsite, '--exclude', 'hosts/*', ...st], one.mountPoint)
+    expect(some.code).toBe(0)
+    expect(some.stdout).toMatch(/1 family of backups, 0 sent/)
+    expect(some.stdout).toMatch(/note: .*disk\/hosts\/host1: left out \(--exclude hosts\/\*\)/)
+    const other = await runCli(['archive', disk, offsite, '--exclude', 'home.*', '--json', ...st], one.mountPoint)
+    expect(JSON.parse(other.stdout)).toMatchObject({ families: [{ directory: 'hosts/host1', prefix: 'root.' }], notes: [expect.stringMatching(/home\.\*: left out \(--exclude home\.\*\)/)] })
+    expect(await subvolumes(join(offsite, 'hosts/host1'))).toEqual(['root.2026-11-23T100000Z'])
+
     const bad = await runCli(['archive', disk, offsite, '--keep-backups', '7x', ...st], one.mountPoint)
     expect(bad.code).toBe(2)
     expect(bad.stderr).toMatch(/retention "7x"/)

@@ -30,6 +30,12 @@ export interface ArchiveSpec {
   readonly timeZone?: string
   /** how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone) */
   readonly depth?: number
+  /**
+   * shell wildcards (`*`, `?`: neither matches a slash) of what is left out, relative to the
+   * source (btrbk's `archive_exclude`): a directory (`host2`, `host?`: all below it), or backups
+   * (`tmp.*`, `host1/root.*`: their family)
+   */
+  readonly exclude?: readonly string[]
 }
 
 /** One family: the backups with one prefix in one directory of the source. */
@@ -61,6 +67,10 @@ export interface ArchiveReport {
 
 /** The same host and connection as `at`, at another directory. */
 export const transportAt = (at: Transport, path: string): Transport => ({ ...at, location: { ...at.location, path } })
+
+/** a shell wildcard (`*`, `?`: neither matches a slash) as a regular expression over a whole relative path */
+const wildcard = (pattern: string): RegExp =>
+  new RegExp(`^${[...pattern.replace(/^\/+|\/+$/g, '')].map((c) => (c === '*' ? '[^/]*' : c === '?' ? '[^/]' : c.replace(/[.+^${}()|[\]\\]/g, '\\$&'))).join('')}$`)
 
 /** failures after which the next family would fail the same way: the archive stops */
 const STOPS_ALL: ReadonlySet<string> = new Set(['DISK_FULL', 'NETWORK_FAILED', 'CANCELLED', 'HOSTKEY_UNKNOWN', 'HOSTKEY_CHANGED', 'AUTH_FAILED'])
@@ -199,8 +209,14 @@ const findFamilies = async (spec: ArchiveSpec, signal: AbortSignal | undefined):
   const families: { directory: string; prefix: string }[] = []
   const notes: string[] = []
   const root = spec.source.location.path
+  const excluded = (relative: string): string | undefined => (spec.exclude ?? []).find((p) => wildcard(p).test(relative))
   const visit = async (directory: string, depth: number): Promise<Result<void, BbError>> => {
     const path = posix.join(root, directory)
+    const leftOutBy = directory === '' ? undefined : excluded(directory)
+    if (leftOutBy !== undefined) {
+      notes.push(`${path}: left out (--exclude ${leftOutBy})`)
+      return ok(undefined)
+    }
     const entries = await spec.source.list(path)
     // a subdirectory that went away or cannot be read while the source could is not the archive's to fail on
     if (entries.isErr()) {
@@ -215,7 +231,12 @@ const findFamilies = async (spec: ArchiveSpec, signal: AbortSignal | undefined):
       if (listed.isErr()) return err(listed.error)
       const complete = listed.value.filter((s) => s.complete)
       const prefixes = [...new Set(complete.map((s) => parseSnapshotName(s.name)?.prefix ?? ''))].sort()
-      for (const prefix of prefixes) families.push({ directory, prefix })
+      for (const prefix of prefixes) {
+        const one = complete.find((s) => (parseSnapshotName(s.name)?.prefix ?? '') === prefix)?.name ?? prefix
+        const by = excluded(posix.join(directory, one))
+        if (by === undefined) families.push({ directory, prefix })
+        else notes.push(`${familyName(posix.join(root, directory), prefix)}: left out (--exclude ${by})`)
+      }
       const left = named.filter((e) => !complete.some((s) => s.name === e.name))
       if (left.length > 0) {
         const shown = left.length <= 3 ? left.map((e) => e.name).join(', ') : `${left[0]?.name ?? ''} … ${left.at(-1)?.name ?? ''}`
