@@ -145,6 +145,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     try {
       const notBtrfs = await archive({ ...spec(), source: localTransport(ext.mountPoint) })
       expect(notBtrfs._unsafeUnwrapErr()).toMatchObject({ code: 'SOURCE_NOT_SUBVOLUME', message: expect.stringMatching(/not on a btrfs filesystem \(it is ext/) })
+      const toExt = await archive({ ...spec(), target: localTransport(ext.mountPoint) })
+      expect(toExt._unsafeUnwrapErr()).toMatchObject({ code: 'TARGET_NOT_BTRFS', hint: expect.not.stringMatching(/rsync/) })
     } finally {
       await ext.cleanup()
     }

@@ -118,7 +118,11 @@ const runArchive = async (spec: ArchiveSpec, options: RunOptions & { readonly pr
     driver.probe({ source, targets: [], signal: options.signal }),
     driver.probe({ source, targets: [target], signal: options.signal, transferFollows: !dryRun }),
   ])
-  if (probed.isErr()) return err(probed.error)
+  if (probed.isErr()) {
+    // a target that is not on btrfs: no other driver can take an archive of subvolumes
+    const e = probed.error
+    return err(e.code === 'TARGET_NOT_BTRFS' ? { ...e, hint: 'is the disk mounted? An archive is received into a directory on a btrfs filesystem' } : e)
+  }
   const found = await findFamilies(spec, options.signal)
   if (found.isErr()) return err(found.error)
   const families: ArchiveFamily[] = []
