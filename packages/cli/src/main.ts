@@ -127,6 +127,22 @@ const hookCommandsOf = (options: CommonOptions): Result<HookCommands, BbError> =
   return ok(commands)
 }
 
+/** `--retries N`: a whole number of retries, or undefined when not given */
+const retriesOf = (options: CommonOptions): Result<number | undefined, BbError> => {
+  const retries = options.retries === undefined ? undefined : Number(options.retries)
+  return retries !== undefined && !(Number.isInteger(retries) && retries >= 0)
+    ? err(bbError('INVALID_OPTIONS', `--retries ${options.retries ?? ''} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'))
+    : ok(retries)
+}
+
+/** `--rate-limit RATE` in bytes a second, or undefined when not given */
+const rateLimitOf = (options: CommonOptions): Result<number | undefined, BbError> => {
+  const rate = options.rateLimit === undefined ? undefined : parseRate(options.rateLimit)
+  return options.rateLimit !== undefined && rate === undefined
+    ? err(bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m'))
+    : ok(rate)
+}
+
 const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
   ...(options.sshKnownHosts === undefined ? {} : { knownHostsFile: resolvePath(cwd, options.sshKnownHosts) }),
@@ -347,10 +363,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const keepSnapshotsSpec = options.keepSnapshots ?? options.numSnapshots
     const keepSnapshots = keepSnapshotsSpec === undefined ? undefined : parseRetentionSpec(keepSnapshotsSpec)
     if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
-    const rateLimit = options.rateLimit === undefined ? undefined : parseRate(options.rateLimit)
-    if (options.rateLimit !== undefined && rateLimit === undefined) {
-      return { error: bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m') }
-    }
+    const rate = rateLimitOf(options)
+    if (rate.isErr()) return { error: rate.error }
+    const rateLimit = rate.value
     const rawFullEvery = options.rawFullEvery === undefined ? undefined : Number(options.rawFullEvery)
     if (rawFullEvery !== undefined && !(Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
       return { error: bbError('INVALID_OPTIONS', `--raw-full-every ${options.rawFullEvery ?? ''} is not a whole number of at least 1`, 'e.g. --raw-full-every 7: a full stream after 7 incrementals') }
@@ -561,11 +576,12 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
           continue
         }
-        const retries = options.retries === undefined ? undefined : Number(options.retries)
-        if (retries !== undefined && (!Number.isInteger(retries) || retries < 0)) {
-          code = Math.max(code, fail(bbError('INVALID_OPTIONS', `--retries ${options.retries} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options).code)
+        const tries = retriesOf(options)
+        if (tries.isErr()) {
+          code = Math.max(code, fail(tries.error, options).code)
           break
         }
+        const retries = tries.value
         const disk = await mountFor(job, resolved.specOf.get(listed)?.mount, options, controller.signal)
         if ('code' in disk) {
           code = Math.max(code, disk.code)
@@ -632,16 +648,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (depth !== undefined && !(Number.isInteger(depth) && depth >= 0)) {
       return fail(bbError('INVALID_OPTIONS', `--depth ${options.depth ?? ''} is not a whole number of levels`, 'give 0 (the source alone) or more, e.g. --depth 2'), options)
     }
-    const retries = options.retries === undefined ? undefined : Number(options.retries)
-    if (retries !== undefined && !(Number.isInteger(retries) && retries >= 0)) {
-      return fail(bbError('INVALID_OPTIONS', `--retries ${options.retries ?? ''} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'), options)
-    }
+    const tries = retriesOf(options)
+    if (tries.isErr()) return fail(tries.error, options)
+    const retries = tries.value
     const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
     if (retention?.isErr() === true) return fail(retention.error, options)
-    const rateLimit = options.rateLimit === undefined ? undefined : parseRate(options.rateLimit)
-    if (options.rateLimit !== undefined && rateLimit === undefined) {
-      return fail(bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m'), options)
-    }
+    const rate = rateLimitOf(options)
+    if (rate.isErr()) return fail(rate.error, options)
+    const rateLimit = rate.value
     const places = await ResultAsync.combine([placeOf(source, options), placeOf(target, options)])
     if (places.isErr()) return fail(places.error, options)
     const [from, to] = places.value

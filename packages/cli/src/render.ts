@@ -137,6 +137,10 @@ export const renderFailures = (report: BackupReport): string => {
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`
 }
 
+/** how one send went: incremental from its parent, or full (and why, when the target held backups) */
+const sendMode = (t: BackupReport['targets'][number], mode: string | undefined, parent: string | undefined): string =>
+  mode === 'incremental' ? `incremental from ${parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
+
 /** One family of an archive: what was sent to its directory at the target, or why nothing was. */
 const archiveFamilyLines = (f: ArchiveFamily, verbosity: number): string[] => {
   const name = familyName(f.directory, f.prefix)
@@ -145,12 +149,10 @@ const archiveFamilyLines = (f: ArchiveFamily, verbosity: number): string[] => {
   const t = f.report?.targets[0]
   if (t === undefined) return [`  ${name}: nothing done`]
   if (!t.ok) return failedLines(t, verbosity).map((l, i) => (i === 0 ? `  ${name}: ${l.trim()}` : l))
-  const how = (mode: string | undefined, parent: string | undefined): string =>
-    mode === 'incremental' ? `incremental from ${parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
   const out = t.sent.length === 0
     ? [`  ${name}: nothing to send, ${t.target} holds them all`]
     : [`  ${name}: ${t.sent.length} ${t.sent.length === 1 ? 'backup' : 'backups'} ${f.report?.dryRun === true ? 'to send' : 'sent'} to ${t.target}${f.report?.dryRun === true ? '' : `, ${formatBytes(t.bytes)}`}`,
-        ...t.sent.map((x) => `    ${x.snapshot} ${how(x.mode, x.parent)}${f.report?.dryRun === true ? '' : `; ${formatBytes(x.bytes)}`}`)]
+        ...t.sent.map((x) => `    ${x.snapshot} ${sendMode(t, x.mode, x.parent)}${f.report?.dryRun === true ? '' : `; ${formatBytes(x.bytes)}`}`)]
   if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
   for (const w of t.warnings) if (t.sent.length > 0 || !w.startsWith('the target already holds')) out.push(`    warning: ${w}`)
   if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
@@ -187,14 +189,12 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
       out.push(...failedLines(t, verbosity))
       continue
     }
-    const how = (mode: string | undefined, parent: string | undefined): string =>
-      mode === 'incremental' ? `incremental from ${parent ?? '?'}` : `full${t.fullBecause === undefined ? '' : ` (${t.fullBecause})`}`
     const files = report.driver === 'rsync' ? `${t.files} ${t.files === 1 ? 'file' : 'files'}, ` : ''
     if (t.sent.length === 0 && report.driver !== 'rsync') out.push(`  ${t.target}: nothing sent`)
-    else if (t.sent.length <= 1) out.push(`  ${t.target}: ${t.snapshot ?? ''} ${how(t.mode, t.parent)}; ${files}${formatBytes(t.bytes)} ${report.driver === 'rsync' ? 'copied' : 'sent'}`)
+    else if (t.sent.length <= 1) out.push(`  ${t.target}: ${t.snapshot ?? ''} ${sendMode(t, t.mode, t.parent)}; ${files}${formatBytes(t.bytes)} ${report.driver === 'rsync' ? 'copied' : 'sent'}`)
     else {
       out.push(`  ${t.target}: ${t.sent.length} snapshots sent, ${formatBytes(t.bytes)}`)
-      for (const x of t.sent) out.push(`    ${x.snapshot} ${how(x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
+      for (const x of t.sent) out.push(`    ${x.snapshot} ${sendMode(t, x.mode, x.parent)}; ${formatBytes(x.bytes)}`)
     }
     if (t.origin !== undefined) out.push(`    incremental against ${t.origin}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder`)
     if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
