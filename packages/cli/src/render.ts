@@ -150,11 +150,11 @@ const archiveFamilyLines = (f: ArchiveFamily, verbosity: number): string[] => {
   if (t === undefined) return [`  ${name}: nothing done`]
   if (!t.ok) return failedLines(t, verbosity).map((l, i) => (i === 0 ? `  ${name}: ${l.trim()}` : l))
   const out = t.sent.length === 0
-    ? [`  ${name}: nothing to send, ${t.target} holds them all`]
+    ? [`  ${name}: nothing sent to ${t.target}`]
     : [`  ${name}: ${t.sent.length} ${t.sent.length === 1 ? 'backup' : 'backups'} ${f.report?.dryRun === true ? 'to send' : 'sent'} to ${t.target}${f.report?.dryRun === true ? '' : `, ${formatBytes(t.bytes)}`}`,
         ...t.sent.map((x) => `    ${x.snapshot} ${sendMode(t, x.mode, x.parent)}${f.report?.dryRun === true ? '' : `; ${formatBytes(x.bytes)}`}`)]
   if (t.attempts !== undefined) out.push(`    took ${t.attempts} tries (network failures)`)
-  for (const w of t.warnings) if (t.sent.length > 0 || !w.startsWith('the target already holds')) out.push(`    warning: ${w}`)
+  for (const w of t.warnings) out.push(`    warning: ${w}`)
   if (t.pruned.length > 0) out.push(`    pruned: ${t.pruned.join(', ')}`)
   if (t.pruneError !== undefined) out.push(...notPrunedLines('', t.pruneError, verbosity, '    '))
   if (f.report?.dryRun === true || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)

@@ -199,6 +199,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     const some = await runCli(['archive', disk, offsite, '--exclude', 'hosts/*', ...st], one.mountPoint)
     expect(some.code).toBe(0)
     expect(some.stdout).toMatch(/1 family of backups, 0 sent/)
+    // why nothing went: the engine's own words, as run prints them
+    expect(some.stdout).toMatch(/home\.\*: nothing sent to .*offsite\n {4}warning: the target already holds the newest snapshot/)
     expect(some.stdout).toMatch(/note: .*disk\/hosts\/host1: left out \(--exclude hosts\/\*\)/)
     const other = await runCli(['archive', disk, offsite, '--exclude', 'home.*', '--json', ...st], one.mountPoint)
     expect(JSON.parse(other.stdout)).toMatchObject({ families: [{ directory: 'hosts/host1', prefix: 'root.' }], notes: [expect.stringMatching(/home\.\*: left out \(--exclude home\.\*\)/)] })
