@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { archive, archiveComplete, backup, bbError, defaultStateDir, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
+import { archive, archiveComplete, backup, bbError, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderArchive, renderArchiveFailures, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -199,7 +199,7 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 /** every command of bbackup, in the order of `--help` */
-export const COMMANDS = ['run', 'snapshot', 'transfer', 'archive', 'system-backup', 'prune', 'list', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
+export const COMMANDS = ['run', 'snapshot', 'transfer', 'archive', 'system-backup', 'prune', 'list', 'diff', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
 
 /**
  * The one command to define for `argv`: building every command's options costs several ms of each
@@ -289,6 +289,12 @@ Examples:
 Examples:
   bbackup distrust -b /srv/backy/vm1 latest      the next backup does not build on it
   bbackup verify -b /srv/backy/vm1 latest        a clean check of every chunk trusts it again`,
+  diff: `
+Examples:
+  bbackup diff /mnt/backup/home                  what the newest backup brought: it against the one before
+  bbackup diff /mnt/backup/home home.2026-11-24T001500Z   what that backup brought
+  bbackup diff /home home.2026-11-01T001500Z home.2026-11-25T001500Z   two snapshots of a btrfs source
+  bbackup diff root@nas:/srv/backups/home --json`,
   restore: `
 Examples:
   bbackup restore -b /srv/backy/vm1 latest /var/lib/libvirt/images/vm1-restored.img
@@ -706,7 +712,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    * backups (rsync, btrfs, raw streams), or as a btrfs source (the subvolume or its snapshot folder);
    * an error when it is neither.
    */
-  const aloneAt = async (place: string, options: CommonOptions, command: 'list' | 'status' | 'prune'): Promise<{ options: CommonOptions; driver: string; raw: boolean; holdsBackups: boolean } | { error: BbError }> => {
+  const aloneAt = async (place: string, options: CommonOptions, command: 'list' | 'status' | 'prune' | 'diff'): Promise<{ options: CommonOptions; driver: string; raw: boolean; holdsBackups: boolean } | { error: BbError }> => {
     const at = await placeOf(place, options)
     if (at.isErr()) return { error: at.error }
     const there = await at.value.stat(at.value.location.path)
@@ -740,6 +746,35 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source' }))
     }
     await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
+  }
+
+  /**
+   * `diff PLACE [FROM] [TO]`: what changed between two snapshots kept at PLACE (a directory of
+   * backups, or a btrfs source and its snapshot folder). One name is TO, compared with the one before it.
+   */
+  const runDiff = async (place: string, names: string[], options: CommonOptions): Promise<Outcome> => {
+    if (names.length > 2) {
+      return fail(bbError('INVALID_OPTIONS', `diff compares two snapshots, and was given ${names.length}: ${names.join(' ')}`, 'bbackup diff PLACE [FROM] [TO], e.g. bbackup diff /mnt/backup/home'), options)
+    }
+    const found = await aloneAt(place, options, 'diff')
+    if ('error' in found) return fail(found.error, options)
+    const resolved = await resolveJobs(place, found.raw ? [] : [place], found.options)
+    if ('error' in resolved) return fail(resolved.error, options)
+    const job = resolved.jobs[0] as Job
+    const [from, to] = names.length === 2 ? names : [undefined, names[0]]
+    const asked = (j: Job, side: 'source' | 'target') => diff(j, {
+      at: side === 'source' ? j.source : j.targets[0] as Transport, side, anyPrefix: options.prefix === undefined,
+      ...(from === undefined ? {} : { from }), ...(to === undefined ? {} : { to }),
+    })
+    let r = await asked(job, found.holdsBackups ? 'target' : 'source')
+    // read-only subvolumes that were never received: a snapshot folder, read as a source's (as list and restore do)
+    if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && found.driver === 'btrfs' && !found.raw && found.holdsBackups) {
+      const asSource = await asked(job, 'source')
+      if (asSource.isOk() || asSource.error.code !== 'SNAPSHOT_NOT_FOUND' || asSource.error.details?.newest !== undefined) r = asSource
+    }
+    if (r.isErr()) return fail(r.error, options)
+    io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderDiff(r.value))
+    return { code: 0 }
   }
 
   /**
@@ -1020,6 +1055,20 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
         if (lists.some((l) => l.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
+      })
+  }
+
+  if (wanted('diff')) {
+    sshOptions(program.command('diff'))
+      .description('what changed between two snapshots or backups (btrfs): files added, deleted, renamed, modified')
+      .argument('<place>', 'a directory of backups, or a btrfs source or its snapshot folder; [user@]host:/path on another host')
+      .argument('[snapshots...]', 'none: the newest against the one before it; one: that one against the one before it; two: FROM TO')
+      .option('-p, --prefix <prefix>', "only the snapshots whose names start with this (where several sources' are kept)")
+      .option('--json', 'print the result as JSON')
+      .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
+      .addHelpText('after', EXAMPLES.diff ?? '')
+      .action(async (place: string, names: string[], options: CommonOptions) => {
+        outcome = await runDiff(place, names, options)
       })
   }
 

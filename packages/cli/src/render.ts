@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotList } from '@bb/core'
+import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -223,6 +223,29 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
     `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
     ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
   ].join('\n')).join('\n') + '\n'
+
+/** a path on one line: control characters and backslashes escaped as in C */
+const onOneLine = (path: string): string =>
+  // eslint-disable-next-line no-control-regex -- the control characters are what is escaped
+  path.replace(/[\\\x00-\x1f\x7f]/g, (c) => ({ '\\': '\\\\', '\n': '\\n', '\t': '\\t', '\r': '\\r' })[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+
+const DIFF_MARK = { added: '+', deleted: '-', modified: 'M', renamed: 'R', metadata: 'm' } as const
+
+/** `diff` for people: a line per change, then the counts */
+export const renderDiff = (d: SnapshotDiff): string => {
+  const lines = [`${d.at}: ${d.from} -> ${d.to}`]
+  for (const e of d.entries) {
+    const what = e.change === 'renamed' ? `${onOneLine(e.from ?? '')} -> ${onOneLine(e.path)}` : onOneLine(e.path)
+    const extra = e.change === 'metadata' ? '   (mode, owner or attributes)' : e.bytes !== undefined && e.bytes > 0 ? `   (${formatBytes(e.bytes)}${e.change === 'added' ? '' : ' written'})` : ''
+    lines.push(`${DIFF_MARK[e.change]} ${what}${extra}`)
+  }
+  const c = d.counts
+  const total = d.entries.length
+  lines.push(total === 0
+    ? 'no change'
+    : `${count(total, 'change')}: ${c.added} added, ${c.deleted} deleted, ${c.renamed} renamed, ${c.modified} modified, ${c.metadata} metadata only; ${formatBytes(d.bytes)} of file data`)
+  return `${lines.join('\n')}\n`
+}
 
 /**
  * A job's status for people. A job of the config also says when it runs next: `scheduled` is its

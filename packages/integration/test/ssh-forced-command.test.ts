@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
@@ -139,6 +139,20 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const allowed = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
     expect(allowed.code, allowed.stdout + allowed.stderr).toBe(0)
     expect(await names(join(dir, 'backup'))).toEqual(backups.slice(1))
+  })
+
+  it('a send key lets this host see what changed between two backups on the far side (diff: btrfs send --no-data there)', async () => {
+    await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+    const job = ['home', remote(join(dir, 'backup')), '--state-dir', 'state', '-q', ...ssh]
+    expect((await runCli(['run', ...job], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    await rm(join(dir, 'home/docs/b.txt'))
+    expect((await runCli(['run', ...job], dir)).code).toBe(0)
+    await forceCommand(`--role send --restrict-path ${join(dir, 'backup')}`)
+    const r = await runCli(['diff', remote(join(dir, 'backup')), ...ssh], dir)
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    expect(r.stdout.split('\n')).toEqual(expect.arrayContaining(['M a.txt   (8 B written)', '- docs/b.txt']))
+    expect(await readFile(log, 'utf8')).toMatch(/ send \[.*"btrfs","send","-q","--no-data","-p",/)
   })
 
   it('a receive key stores btrfs streams in a raw target (mode 0600), a delete key prunes them, a send key restores from them', async () => {

@@ -108,6 +108,8 @@ describe('what each role may run', () => {
 
   it('lets a send key send with parents inside its directories, and a list key only look', () => {
     expect(reason(['btrfs', 'send', '-q', '--proto', '2', '--compressed-data', '-p', '/srv/backups/a', '/srv/backups/b'], policy(['send']))).toBe('allowed')
+    expect(reason(['btrfs', 'send', '-q', '--no-data', '-p', '/srv/backups/a', '/srv/backups/b'], policy(['send']))).toBe('allowed')
+    expect(reason(['btrfs', 'send', '-q', '--no-data', '-p', '/srv/backups/a', '/srv/backups/b'], policy(['list']))).toContain('needs the send role')
     expect(reason(['btrfs', 'send', '-q', '-p', '/etc/a', '/srv/backups/b'], policy(['send']))).toContain('outside')
     expect(reason(['btrfs', 'send', '-q', '-f', '/srv/backups/out', '/srv/backups/b'], policy(['send']))).toContain('does not allow')
     expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['send']))).toBe('allowed')

@@ -112,6 +112,24 @@ export interface VerifyOutcome {
   readonly notes?: readonly string[]
 }
 
+/** one change between two snapshots (see {@link Driver.diff}) */
+export interface DiffEntry {
+  readonly change: 'added' | 'deleted' | 'modified' | 'renamed' | 'metadata'
+  /** the path inside the snapshot: in the newer one, or for `deleted` in the older */
+  readonly path: string
+  /** `renamed`: where it was in the older snapshot */
+  readonly from?: string
+  /** bytes of file data written: a new file's, a changed file's (btrfs: whole extents) */
+  readonly bytes?: number
+}
+
+export interface DiffInput {
+  readonly at: Transport
+  readonly from: SnapshotInfo
+  readonly to: SnapshotInfo
+  readonly signal: AbortSignal | undefined
+}
+
 export type DriverError = BbError
 
 /**
@@ -162,4 +180,6 @@ export interface Driver {
   deleteSnapshots(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<readonly (readonly string[])[], DriverError>
   restore(input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, DriverError>
   verify(input: VerifyInput): ResultAsync<VerifyOutcome, DriverError>
+  /** what changed from one snapshot to another at the same place, by path; optional (btrfs has it) */
+  diff?(input: DiffInput): ResultAsync<readonly DiffEntry[], DriverError>
 }

@@ -1,11 +1,11 @@
-import { err, ok, ResultAsync, type Result } from 'neverthrow'
-import type { SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
+import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
+import type { DiffEntry, SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
 import { knownAt, ofThisJob, readLineage } from '../journal/lineage.js'
 import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
-import { parseSnapshotName } from '../names/snapshot-name.js'
+import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
 import { journalPath, lineagePath, lockPath, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
@@ -263,4 +263,76 @@ export const verify = (job: Job, options: { readonly at?: Transport; readonly sn
   return findSnapshot(job, at, options.snapshot, { signal: options.signal }).andThen((snapshot) =>
     job.driver.verify({ source: job.source, target: at, snapshot, signal: options.signal }),
   )
+}
+
+export interface SnapshotDiff {
+  readonly at: string
+  readonly from: string
+  readonly to: string
+  /** the changes by path */
+  readonly entries: readonly DiffEntry[]
+  readonly counts: Readonly<Record<DiffEntry['change'], number>>
+  /** bytes of file data written by the added and changed files */
+  readonly bytes: number
+}
+
+/** the complete snapshot of the same source just before `to` at `at` */
+const before = (job: Job, at: Transport, to: SnapshotInfo, side: 'source' | 'target', signal: AbortSignal | undefined): ResultAsync<SnapshotInfo, BbError> =>
+  job.driver.listSnapshots({ at, signal, ...(side === 'source' ? { side } : {}) }).andThen((all) => {
+    const prefix = parseSnapshotName(to.name)?.prefix
+    const timed = (s: SnapshotInfo): { name: string; time: Date; sequence?: number } | undefined => {
+      const p = parseSnapshotName(s.name)
+      return p === undefined || s.time === undefined ? undefined : { name: s.name, time: s.time, sequence: p.sequence }
+    }
+    const self = timed(to)
+    const older = self === undefined ? [] : all.filter((s) => s.complete && s.name !== to.name && parseSnapshotName(s.name)?.prefix === prefix)
+      .map((s) => ({ s, t: timed(s) })).filter((x): x is { s: SnapshotInfo; t: NonNullable<ReturnType<typeof timed>> } => x.t !== undefined && compareSnapshots(x.t, self) < 0)
+      .sort((a, b) => compareSnapshots(a.t, b.t))
+    const found = older.at(-1)?.s
+    return found === undefined
+      ? err(bbError('SNAPSHOT_NOT_FOUND', `${to.name} is the oldest complete ${side === 'source' ? 'snapshot' : 'backup'} of its source at ${formatLocation(at.location)}: nothing before it to compare with`,
+        'name the two to compare: bbackup diff PLACE FROM TO (bbackup list PLACE shows them)', { at: formatLocation(at.location), snapshot: to.name }))
+      : ok(found)
+  })
+
+/**
+ * What changed from one snapshot to another at one place (a target, or with `side: 'source'` a
+ * source's snapshot folder): `to` defaults to the newest, `from` to the one before it. Drivers
+ * without {@link Driver.diff} are refused.
+ * @example
+ * diff(job, { at: job.targets[0] }).map((d) => d.entries.filter((e) => e.change === 'deleted'))
+ */
+export const diff = (
+  job: Job,
+  options: {
+    readonly at?: Transport; readonly from?: string; readonly to?: string; readonly side?: 'source' | 'target'
+    /** `latest` means the newest of any source, as long as the place holds one source's snapshots only */
+    readonly anyPrefix?: boolean; readonly signal?: AbortSignal
+  } = {},
+): ResultAsync<SnapshotDiff, BbError> => {
+  const at = options.at ?? job.targets[0]
+  const driver = job.driver
+  if (at === undefined) return errAsync(bbError('INVALID_OPTIONS', 'the job has no target to compare backups at', 'name a target'))
+  if (driver.diff === undefined) {
+    return errAsync(bbError('INVALID_OPTIONS', `the ${driver.name} driver cannot tell what changed between two backups: diff reads btrfs send streams`,
+      driver.name === 'rsync' ? 'compare two backup directories with rsync itself: rsync -ain --delete OLDER/ NEWER/' : 'compare two revisions with bbackup verify, or restore them and compare', { driver: driver.name }))
+  }
+  const side = options.side ?? 'target'
+  const find = (name: string | undefined): ResultAsync<SnapshotInfo, BbError> =>
+    findSnapshot(job, at, name, { signal: options.signal, anyPrefix: options.anyPrefix ?? false, side })
+  return find(options.to).andThen((to) =>
+    (options.from === undefined ? before(job, at, to, side, options.signal) : find(options.from)).andThen((from) => {
+      if (from.name === to.name) {
+        return errAsync(bbError('INVALID_OPTIONS', `${from.name} is compared with itself`, 'name two different snapshots: bbackup diff PLACE FROM TO', { snapshot: from.name }))
+      }
+      return (driver.diff as NonNullable<typeof driver.diff>).call(driver, { at, from, to, signal: options.signal }).map((entries) => {
+        const counts = { added: 0, deleted: 0, modified: 0, renamed: 0, metadata: 0 }
+        let bytes = 0
+        for (const e of entries) {
+          counts[e.change]++
+          bytes += e.bytes ?? 0
+        }
+        return { at: formatLocation(at.location), from: from.name, to: to.name, entries, counts, bytes }
+      })
+    }))
 }

@@ -1,7 +1,7 @@
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type Driver, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
@@ -14,6 +14,8 @@ import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
+import { SendStreamError, SendStreamReader } from './send-stream.js'
+import { StreamDiff } from './stream-diff.js'
 
 const join = posix.join
 
@@ -796,7 +798,47 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok({ snapshot: snapshot.name, differences: differences.slice(0, 200), differenceCount: differences.length, notes })
   })())
 
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify }
+  /**
+   * What changed from one snapshot to another: `btrfs send --no-data -p FROM TO` where they are (the
+   * metadata of the change, no file data), its commands read here.
+   */
+  const diff = (input: DiffInput): ResultAsync<readonly DiffEntry[], BbError> => new ResultAsync((async (): Promise<Result<readonly DiffEntry[], BbError>> => {
+    const { at, from, to, signal } = input
+    if (isPipe(at) || isRaw(at)) {
+      return err(bbError('INVALID_OPTIONS', `${formatLocation(at.location)} holds send streams, not subvolumes: diff compares subvolumes`, 'restore the two backups to a btrfs filesystem (bbackup restore), then compare them there'))
+    }
+    const argv = ['btrfs', 'send', '-q', '--no-data', '-p', from.path, to.path]
+    const changes = new StreamDiff()
+    const reader = new SendStreamReader((c) => changes.add(c))
+    const running = at.spawn(argv, { stdout: 'pipe', ...signalOpt(signal) })
+    let broken: string | undefined
+    running.stdout?.on('data', (chunk: Buffer) => {
+      if (broken !== undefined) return
+      try {
+        reader.push(chunk)
+      } catch (e) {
+        broken = e instanceof SendStreamError ? e.message : String(e)
+        running.kill('SIGTERM')
+      }
+    })
+    const done = await running.done
+    if (done.isErr()) return err(done.error)
+    if (signal?.aborted === true) return err(bbError('CANCELLED', 'cancelled while comparing snapshots', 'run again when ready'))
+    if (broken === undefined && done.value.exitCode === 0) {
+      try {
+        reader.end()
+      } catch (e) {
+        broken = e instanceof SendStreamError ? e.message : String(e)
+      }
+    }
+    if (broken !== undefined) {
+      return err(bbError('IO_FAILED', `cannot read what btrfs send said of ${from.name} and ${to.name} at ${formatLocation(at.location)}: ${broken}`, 'run again; if it persists, report it with the output of: btrfs send --no-data -p FROM TO | btrfs receive --dump', { argv }))
+    }
+    if (done.value.exitCode !== 0) return err(btrfsFailure(`comparing ${from.name} with ${to.name}`, argv, done.value.exitCode, done.value.stderr))
+    return ok(changes.entries())
+  })())
+
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */

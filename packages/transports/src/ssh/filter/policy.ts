@@ -148,14 +148,14 @@ const btrfs = (args: readonly string[]): Match | undefined => {
   if (sub === 'receive' && args.length === 2) return { role: 'receive', checks: inside(verb as string) }
   if (sub === 'receive' && verb === '-e' && args.length === 3) return { role: 'receive', checks: inside(args[2] as string) }
   if (sub === 'send') {
-    // btrfs send -q [--proto N] [--compressed-data] [-p PARENT] [-c CLONE]... SNAPSHOT
+    // btrfs send -q [--proto N] [--compressed-data] [--no-data] [-p PARENT] [-c CLONE]... SNAPSHOT (--no-data: what `diff` reads)
     const paths: string[] = []
     let i = 1
     if (args[i] !== '-q') return undefined
     for (i = 2; i < args.length - 1; i++) {
       const a = args[i] as string
       if (a === '--proto' && /^[12]$/.test(args[i + 1] ?? '')) i++
-      else if (a === '--compressed-data') continue
+      else if (a === '--compressed-data' || a === '--no-data') continue
       else if ((a === '-p' || a === '-c') && args[i + 1] !== undefined) paths.push(args[++i] as string)
       else return `the btrfs send option ${JSON.stringify(a)}, which bbackup-remote does not allow`
     }

@@ -1,0 +1,121 @@
+import { appendFile, chmod, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { backup, diff, type SnapshotDiff } from '@bb/core'
+import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { at, btrfs, btrfsJob, ok, rsyncJob, runCli } from './helpers.js'
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('diff: what changed between two snapshots (btrbk diff)', () => {
+  let fs: LoopFilesystem
+  let home: string
+  let disk: string
+  let state: string
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    home = join(fs.mountPoint, 'home')
+    disk = join(fs.mountPoint, 'disk')
+    state = join(fs.mountPoint, 'state')
+    btrfs('subvolume', 'create', home)
+    await mkdir(disk)
+    await writeTree(home, {
+      'notes.txt': 'first\n', 'thesis/ch1.tex': 'chapter one\n', 'old/a': 'a\n', 'old/deep/b': 'b\n',
+      'keys/id': 'secret\n', 'one': '1\n', 'two': '2\n', 'draft.md': 'draft\n',
+    })
+  })
+  afterEach(async () => {
+    await fs.cleanup()
+  })
+
+  const job = () => btrfsJob({ source: home, targets: [disk], state })
+
+  /** two backups of home with the changes of a day between them */
+  const twoBackups = async (): Promise<void> => {
+    ok(await backup(job(), { now: at('2026-11-24T00:15:00Z') }))
+    await appendFile(join(home, 'notes.txt'), 'second\n'.repeat(1000))
+    await writeFile(join(home, 'new file\nwith a newline'), 'new\n')
+    await rm(join(home, 'old'), { recursive: true })
+    await rename(join(home, 'thesis'), join(home, 'dissertation'))
+    await chmod(join(home, 'keys/id'), 0o600)
+    // swapped names, and an editor's save through a new file
+    await rename(join(home, 'one'), join(home, 'tmp'))
+    await rename(join(home, 'two'), join(home, 'one'))
+    await rename(join(home, 'tmp'), join(home, 'two'))
+    await writeFile(join(home, 'draft.md.swp'), 'final\n')
+    await rename(join(home, 'draft.md.swp'), join(home, 'draft.md'))
+    ok(await backup(job(), { now: at('2026-11-25T00:15:00Z') }))
+  }
+
+  const expected = [
+    { change: 'renamed', path: 'dissertation', from: 'thesis' },
+    { change: 'modified', path: 'draft.md' },
+    { change: 'metadata', path: 'keys/id' },
+    { change: 'added', path: 'new file\nwith a newline' },
+    { change: 'modified', path: 'notes.txt' },
+    { change: 'deleted', path: 'old' },
+    { change: 'deleted', path: 'old/a' },
+    { change: 'deleted', path: 'old/deep' },
+    { change: 'deleted', path: 'old/deep/b' },
+    { change: 'renamed', path: 'one', from: 'two' },
+    { change: 'renamed', path: 'two', from: 'one' },
+  ]
+  const changes = (d: SnapshotDiff) => d.entries.map(({ bytes: _, ...e }) => e)
+
+  it('names what was added, deleted, renamed and modified, at the target and in the source snapshot folder alike', async () => {
+    await twoBackups()
+    const atTarget = ok(await diff(job()))
+    expect(atTarget).toMatchObject({ from: 'home.2026-11-24T001500Z', to: 'home.2026-11-25T001500Z', at: disk })
+    expect(changes(atTarget)).toEqual(expected)
+    expect(atTarget.counts).toEqual({ added: 1, deleted: 4, modified: 2, renamed: 3, metadata: 1 })
+    // the appended 7000 bytes, in whole extents
+    expect(atTarget.entries.find((e) => e.path === 'notes.txt')?.bytes).toBeGreaterThanOrEqual(7000)
+    const atSource = ok(await diff(job(), { at: job().source, side: 'source' }))
+    expect(changes(atSource)).toEqual(expected)
+    // the other way round: what the older one has that the newer has not
+    const back = ok(await diff(job(), { from: 'home.2026-11-25T001500Z', to: 'home.2026-11-24T001500Z' }))
+    expect(back.counts).toMatchObject({ added: 4, deleted: 1, renamed: 3 })
+  })
+
+  it('bbackup diff: the newest against the one before, a line per change; --json; mistakes said', async () => {
+    await twoBackups()
+    const r = await runCli(['diff', disk], fs.mountPoint)
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(0)
+    const lines = r.stdout.trimEnd().split('\n')
+    expect(lines[0]).toBe(`${disk}: home.2026-11-24T001500Z -> home.2026-11-25T001500Z`)
+    expect(lines).toContain('R thesis -> dissertation')
+    expect(lines).toContain('+ new file\\nwith a newline   (4 B)')
+    expect(lines).toContain('- old/deep/b')
+    expect(lines).toContain('m keys/id   (mode, owner or attributes)')
+    expect(lines.at(-1)).toMatch(/^11 changes: 1 added, 4 deleted, 3 renamed, 2 modified, 1 metadata only; .* of file data$/)
+    // one name: what that backup brought; the oldest has nothing before it
+    const one = await runCli(['diff', disk, 'home.2026-11-25T001500Z', '--json'], fs.mountPoint)
+    expect(one.code).toBe(0)
+    expect(changes(JSON.parse(one.stdout) as SnapshotDiff)).toEqual(expected)
+    const oldest = await runCli(['diff', disk, 'home.2026-11-24T001500Z'], fs.mountPoint)
+    expect(oldest.code).not.toBe(0)
+    expect(oldest.stderr).toContain('home.2026-11-24T001500Z is the oldest complete backup of its source')
+    const three = await runCli(['diff', disk, 'a', 'b', 'c'], fs.mountPoint)
+    expect(three.code).not.toBe(0)
+    expect(three.stderr).toContain('diff compares two snapshots, and was given 3')
+    const missing = await runCli(['diff', disk, 'home.2027-01-01T000000Z', 'home.2026-11-24T001500Z'], fs.mountPoint)
+    expect(missing.stderr).toContain('no complete backup named home.2027-01-01T000000Z')
+    // the source itself: its snapshot folder
+    const source = await runCli(['diff', home], fs.mountPoint)
+    expect(source.code).toBe(0)
+    expect(source.stdout).toContain('R two -> one')
+  })
+
+  it('refuses a driver that cannot tell, pointing at what can', async () => {
+    const scratch = await mkdtemp(join(tmpdir(), 'bbackup-diff-'))
+    try {
+      await writeTree(join(scratch, 'src'), { 'a.txt': 'a\n' })
+      const rsync = rsyncJob({ source: join(scratch, 'src'), targets: [join(scratch, 'dst')], state: join(scratch, 'state') })
+      const e = (await diff(rsync))._unsafeUnwrapErr()
+      expect(e.code).toBe('INVALID_OPTIONS')
+      expect(e.hint).toContain('rsync -ain --delete OLDER/ NEWER/')
+    } finally {
+      await rm(scratch, { recursive: true, force: true })
+    }
+  })
+})
