@@ -1060,7 +1060,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   if (wanted('diff')) {
     sshOptions(program.command('diff'))
-      .description('what changed between two snapshots or backups (btrfs): files added, deleted, renamed, modified')
+      .description('what changed between two snapshots or backups (btrfs, rsync): files added, deleted, renamed, modified')
       .argument('<place>', 'a directory of backups, or a btrfs source or its snapshot folder; [user@]host:/path on another host')
       .argument('[snapshots...]', 'none: the newest against the one before it; one: that one against the one before it; two: FROM TO')
       .option('-p, --prefix <prefix>', "only the snapshots whose names start with this (where several sources' are kept)")

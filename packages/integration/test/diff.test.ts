@@ -106,14 +106,38 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(source.stdout).toContain('R two -> one')
   })
 
-  it('refuses a driver that cannot tell, pointing at what can', async () => {
+  it('rsync backups: what rsync would change to make the older into the newer (no renames: deleted and added); a driver without diff refused', async () => {
     const scratch = await mkdtemp(join(tmpdir(), 'bbackup-diff-'))
     try {
-      await writeTree(join(scratch, 'src'), { 'a.txt': 'a\n' })
-      const rsync = rsyncJob({ source: join(scratch, 'src'), targets: [join(scratch, 'dst')], state: join(scratch, 'state') })
-      const e = (await diff(rsync))._unsafeUnwrapErr()
+      const src = join(scratch, 'src')
+      const dst = join(scratch, 'dst')
+      await writeTree(src, { 'a.txt': 'a\n', 'b.txt': 'b\n', 'docs/old.txt': 'old\n', 'key': 'k\n' })
+      const rsync = rsyncJob({ source: src, targets: [dst], state: join(scratch, 'state') })
+      ok(await backup(rsync, { now: at('2026-11-24T00:15:00Z') }))
+      await writeFile(join(src, 'a.txt'), 'a, longer now\n')
+      await rename(join(src, 'b.txt'), join(src, 'c.txt'))
+      await rm(join(src, 'docs'), { recursive: true })
+      await writeFile(join(src, 'new\nname'), 'n\n')
+      await chmod(join(src, 'key'), 0o600)
+      ok(await backup(rsync, { now: at('2026-11-25T00:15:00Z') }))
+      const d = ok(await diff(rsync))
+      expect(d).toMatchObject({ from: '2026-11-24T001500Z', to: '2026-11-25T001500Z' })
+      expect(d.entries).toEqual([
+        { change: 'modified', path: 'a.txt', bytes: 14 },
+        { change: 'deleted', path: 'b.txt' },
+        { change: 'added', path: 'c.txt', bytes: 2 },
+        { change: 'deleted', path: 'docs' },
+        { change: 'deleted', path: 'docs/old.txt' },
+        { change: 'metadata', path: 'key' },
+        { change: 'added', path: 'new\nname', bytes: 2 },
+      ])
+      const cli = await runCli(['diff', dst], scratch)
+      expect(cli.code, cli.stderr).toBe(0)
+      expect(cli.stdout).toContain('+ new\\nname   (2 B)')
+      const { diff: _, ...withoutDiff } = rsync.driver
+      const e = (await diff({ ...rsync, driver: withoutDiff }))._unsafeUnwrapErr()
       expect(e.code).toBe('INVALID_OPTIONS')
-      expect(e.hint).toContain('rsync -ain --delete OLDER/ NEWER/')
+      expect(e.message).toBe('the rsync driver cannot tell what changed between two backups')
     } finally {
       await rm(scratch, { recursive: true, force: true })
     }

@@ -298,7 +298,7 @@ const before = (job: Job, at: Transport, to: SnapshotInfo, side: 'source' | 'tar
 /**
  * What changed from one snapshot to another at one place (a target, or with `side: 'source'` a
  * source's snapshot folder): `to` defaults to the newest, `from` to the one before it. Drivers
- * without {@link Driver.diff} are refused.
+ * without {@link Driver.diff} (block) are refused.
  * @example
  * diff(job, { at: job.targets[0] }).map((d) => d.entries.filter((e) => e.change === 'deleted'))
  */
@@ -314,8 +314,8 @@ export const diff = (
   const driver = job.driver
   if (at === undefined) return errAsync(bbError('INVALID_OPTIONS', 'the job has no target to compare backups at', 'name a target'))
   if (driver.diff === undefined) {
-    return errAsync(bbError('INVALID_OPTIONS', `the ${driver.name} driver cannot tell what changed between two backups: diff reads btrfs send streams`,
-      driver.name === 'rsync' ? 'compare two backup directories with rsync itself: rsync -ain --delete OLDER/ NEWER/' : 'compare two revisions with bbackup verify, or restore them and compare', { driver: driver.name }))
+    return errAsync(bbError('INVALID_OPTIONS', `the ${driver.name} driver cannot tell what changed between two backups`,
+      'diff compares btrfs snapshots and rsync backups; restore the two and compare them', { driver: driver.name }))
   }
   const side = options.side ?? 'target'
   const find = (name: string | undefined): ResultAsync<SnapshotInfo, BbError> =>

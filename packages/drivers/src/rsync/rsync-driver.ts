@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -10,6 +10,7 @@ import { restoreDirectory } from '../restore-destination.js'
 import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
+import { parseItemizedDiff } from './itemized.js'
 
 export interface RsyncDriverOptions {
   /** rsync `--exclude` patterns */
@@ -474,7 +475,28 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify }
+  /**
+   * What changed from one backup to another: what `rsync -an --delete TO/ FROM/` would do to make
+   * FROM into TO, run where both are (nothing is written: -n). Unchanged files are hard links of
+   * each other, and rsync's quick check (size and time) passes them by.
+   */
+  const diff = (input: DiffInput): ResultAsync<readonly DiffEntry[], BbError> => {
+    const { at, from, to, signal } = input
+    if (at.filesOnly === true) {
+      return errAsync(bbError('UNSUPPORTED', `${formatLocation(at.location)} is an rsync daemon's module: rsync cannot compare two of its directories from here`,
+        "run bbackup diff on the server, on the module's directory", { at: formatLocation(at.location) }))
+    }
+    const argv = ['rsync', '-an', ...(preserveAll ? ['-A', '-X'] : []), '--delete', '--out-format=%i %l %n', `${to.path}/`, `${from.path}/`]
+    return at.exec(argv, signal === undefined ? {} : { signal }).andThen((r) => {
+      // 24: a file vanished while rsync looked, of a backup that was being deleted
+      if (r.exitCode !== 0 && r.exitCode !== 24) {
+        return err(bbError('COMMAND_FAILED', `rsync could not compare ${from.name} with ${to.name} at ${formatLocation(at.location)} (exit ${r.exitCode})`, 'see the end of its stderr', { argv, stderr: r.stderr }))
+      }
+      return ok(parseItemizedDiff(r.stdout))
+    })
+  }
+
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /**
