@@ -475,6 +475,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
       const [c, d] = await Promise.all(backups.map((n) => stat(join(where, n, 'change.txt'))))
       expect(c?.ino).not.toBe(d?.ino)
     }
+    // what the second push changed, asked of the far side (rsync runs there): the one file, in one login
+    const changed = await runOverSsh(['diff', remote(join(dir, 'rpush'))])
+    expect(changed.stdout.split('\n').slice(1)).toEqual([expect.stringMatching(/^M change\.txt {3}\(\d+ B written\)$/), expect.stringMatching(/^1 change: 0 added, 0 deleted, 0 renamed, 1 modified/), ''])
   })
 
   it('refuses rsync from one remote host to another, and a relative remote path, naming the fix', async () => {
