@@ -190,41 +190,47 @@ export const findSnapshot = (
   job: Job, at: Transport, name: string | undefined,
   options: { readonly signal?: AbortSignal | undefined; readonly anyPrefix?: boolean; readonly side?: 'source' | 'target' } = {},
 ): ResultAsync<SnapshotInfo, BbError> =>
-  job.driver.listSnapshots({ at, signal: options.signal, ...(options.side === 'source' ? { side: 'source' as const } : {}) }).andThen((all) => {
-    const anyPrefix = options.anyPrefix ?? false
-    const own = all.filter((s) => s.complete)
-    if (anyPrefix && (name === undefined || name === 'latest')) {
-      const prefixes = new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))
-      if (prefixes.size > 1) {
-        return err(bbError('INVALID_OPTIONS', `${formatLocation(at.location)} holds the backups of several sources (${[...prefixes].map((p) => `${p}…`).join(', ')}): latest is ambiguous`,
-          'name the backup, or give the prefix of the source with -p', { at: formatLocation(at.location) }))
-      }
-      const newest = own.filter((s) => s.time !== undefined).at(-1)
-      if (newest !== undefined) return ok(newest)
+  job.driver.listSnapshots({ at, signal: options.signal, ...(options.side === 'source' ? { side: 'source' as const } : {}) }).andThen((all) => pickSnapshot(job, at, all, name, options))
+
+/** {@link findSnapshot} in the snapshots `all` listed at `at` */
+const pickSnapshot = (
+  job: Job, at: Transport, all: readonly SnapshotInfo[], name: string | undefined,
+  options: { readonly anyPrefix?: boolean; readonly side?: 'source' | 'target' },
+): Result<SnapshotInfo, BbError> => {
+  const anyPrefix = options.anyPrefix ?? false
+  const own = all.filter((s) => s.complete)
+  if (anyPrefix && (name === undefined || name === 'latest')) {
+    const prefixes = new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))
+    if (prefixes.size > 1) {
+      return err(bbError('INVALID_OPTIONS', `${formatLocation(at.location)} holds the backups of several sources (${[...prefixes].map((p) => `${p}…`).join(', ')}): latest is ambiguous`,
+        'name the backup, or give the prefix of the source with -p', { at: formatLocation(at.location) }))
     }
-    const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
-    if (found !== undefined) return ok(found)
-    // none of the job's own: what is there (another source's, by prefix) is still worth naming
-    const mine = ownSnapshots(job, own)
-    const names = (mine.length > 0 ? mine : own).map((s) => s.name)
-    const what = options.side === 'source' ? 'snapshot' : 'backup'
-    if ((name === undefined || name === 'latest') && mine.length === 0 && names.length > 0) {
-      // another source's backups only: the prefix is the mistake, not a missing backup
-      const others = [...new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))].sort().map((p) => (p === '' ? 'no prefix' : `${p}…`))
-      return err(bbError(
-        'SNAPSHOT_NOT_FOUND',
-        `${formatLocation(at.location)} has no complete ${what} of this source (${job.prefix === undefined || job.prefix === '' ? 'names without a prefix' : `names starting ${job.prefix}`}), only other sources' (${others.join(', ')})`,
-        `give the prefix of the source with -p (bbackup list ${formatLocation(at.location)} shows them)`,
-        { at: formatLocation(at.location), newest: names.at(-1) },
-      ))
-    }
+    const newest = own.filter((s) => s.time !== undefined).at(-1)
+    if (newest !== undefined) return ok(newest)
+  }
+  const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
+  if (found !== undefined) return ok(found)
+  // none of the job's own: what is there (another source's, by prefix) is still worth naming
+  const mine = ownSnapshots(job, own)
+  const names = (mine.length > 0 ? mine : own).map((s) => s.name)
+  const what = options.side === 'source' ? 'snapshot' : 'backup'
+  if ((name === undefined || name === 'latest') && mine.length === 0 && names.length > 0) {
+    // another source's backups only: the prefix is the mistake, not a missing backup
+    const others = [...new Set(own.map((s) => parseSnapshotName(s.name)?.prefix).filter((p) => p !== undefined))].sort().map((p) => (p === '' ? 'no prefix' : `${p}…`))
     return err(bbError(
       'SNAPSHOT_NOT_FOUND',
-      name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete ${what}` : `no complete ${what} named ${name} at ${formatLocation(at.location)}`,
-      names.length === 0 ? 'run a backup first' : `bbackup list shows them; the newest is ${names.at(-1) ?? ''}`,
-      { at: formatLocation(at.location), ...(name === undefined ? {} : { snapshot: name }), ...(names.length === 0 ? {} : { newest: names.at(-1) }) },
+      `${formatLocation(at.location)} has no complete ${what} of this source (${job.prefix === undefined || job.prefix === '' ? 'names without a prefix' : `names starting ${job.prefix}`}), only other sources' (${others.join(', ')})`,
+      `give the prefix of the source with -p (bbackup list ${formatLocation(at.location)} shows them)`,
+      { at: formatLocation(at.location), newest: names.at(-1) },
     ))
-  })
+  }
+  return err(bbError(
+    'SNAPSHOT_NOT_FOUND',
+    name === undefined || name === 'latest' ? `${formatLocation(at.location)} has no complete ${what}` : `no complete ${what} named ${name} at ${formatLocation(at.location)}`,
+    names.length === 0 ? 'run a backup first' : `bbackup list shows them; the newest is ${names.at(-1) ?? ''}`,
+    { at: formatLocation(at.location), ...(name === undefined ? {} : { snapshot: name }), ...(names.length === 0 ? {} : { newest: names.at(-1) }) },
+  ))
+}
 
 /**
  * Copies a backup (all of it, or one path inside it) to `to`. Refuses to write into anything
@@ -276,24 +282,25 @@ export interface SnapshotDiff {
   readonly bytes: number
 }
 
-/** the complete snapshot of the same source just before `to` at `at` */
-const before = (job: Job, at: Transport, to: SnapshotInfo, side: 'source' | 'target', signal: AbortSignal | undefined): ResultAsync<SnapshotInfo, BbError> =>
-  job.driver.listSnapshots({ at, signal, ...(side === 'source' ? { side } : {}) }).andThen((all) => {
-    const prefix = parseSnapshotName(to.name)?.prefix
-    const timed = (s: SnapshotInfo): { name: string; time: Date; sequence?: number } | undefined => {
-      const p = parseSnapshotName(s.name)
-      return p === undefined || s.time === undefined ? undefined : { name: s.name, time: s.time, sequence: p.sequence }
-    }
-    const self = timed(to)
-    const older = self === undefined ? [] : all.filter((s) => s.complete && s.name !== to.name && parseSnapshotName(s.name)?.prefix === prefix)
-      .map((s) => ({ s, t: timed(s) })).filter((x): x is { s: SnapshotInfo; t: NonNullable<ReturnType<typeof timed>> } => x.t !== undefined && compareSnapshots(x.t, self) < 0)
-      .sort((a, b) => compareSnapshots(a.t, b.t))
-    const found = older.at(-1)?.s
-    return found === undefined
-      ? err(bbError('SNAPSHOT_NOT_FOUND', `${to.name} is the oldest complete ${side === 'source' ? 'snapshot' : 'backup'} of its source at ${formatLocation(at.location)}: nothing before it to compare with`,
-        'name the two to compare: bbackup diff PLACE FROM TO (bbackup list PLACE shows them)', { at: formatLocation(at.location), snapshot: to.name }))
-      : ok(found)
-  })
+/** the complete snapshot of the same source just before `to` in the snapshots `all` listed at `at` */
+const before = (at: Transport, all: readonly SnapshotInfo[], to: SnapshotInfo, side: 'source' | 'target'): Result<SnapshotInfo, BbError> => {
+  const timed = (s: SnapshotInfo): { name: string; time: Date; sequence: number } | undefined => {
+    const p = parseSnapshotName(s.name)
+    return p === undefined || s.time === undefined ? undefined : { name: s.name, time: s.time, sequence: p.sequence }
+  }
+  const self = timed(to)
+  const prefix = parseSnapshotName(to.name)?.prefix
+  let found: { s: SnapshotInfo; t: NonNullable<ReturnType<typeof timed>> } | undefined
+  for (const s of self === undefined ? [] : all) {
+    const t = timed(s)
+    if (!s.complete || t === undefined || self === undefined || parseSnapshotName(s.name)?.prefix !== prefix || compareSnapshots(t, self) >= 0) continue
+    if (found === undefined || compareSnapshots(t, found.t) > 0) found = { s, t }
+  }
+  return found === undefined
+    ? err(bbError('SNAPSHOT_NOT_FOUND', `${to.name} is the oldest complete ${side === 'source' ? 'snapshot' : 'backup'} of its source at ${formatLocation(at.location)}: nothing before it to compare with`,
+      'name the two to compare: bbackup diff PLACE FROM TO (bbackup list PLACE shows them)', { at: formatLocation(at.location), snapshot: to.name }))
+    : ok(found.s)
+}
 
 /**
  * What changed from one snapshot to another at one place (a target, or with `side: 'source'` a
@@ -318,14 +325,16 @@ export const diff = (
       'diff compares btrfs snapshots and rsync backups; restore the two and compare them', { driver: driver.name }))
   }
   const side = options.side ?? 'target'
-  const find = (name: string | undefined): ResultAsync<SnapshotInfo, BbError> =>
-    findSnapshot(job, at, name, { signal: options.signal, anyPrefix: options.anyPrefix ?? false, side })
-  return find(options.to).andThen((to) =>
-    (options.from === undefined ? before(job, at, to, side, options.signal) : find(options.from)).andThen((from) => {
+  const compare = driver.diff.bind(driver)
+  const pick = { anyPrefix: options.anyPrefix ?? false, side }
+  return driver.listSnapshots({ at, signal: options.signal, ...(side === 'source' ? { side } : {}) }).andThen((all) =>
+    pickSnapshot(job, at, all, options.to, pick).andThen((to) =>
+      (options.from === undefined ? before(at, all, to, side) : pickSnapshot(job, at, all, options.from, pick)).map((from) => ({ from, to }))))
+    .andThen(({ from, to }) => {
       if (from.name === to.name) {
         return errAsync(bbError('INVALID_OPTIONS', `${from.name} is compared with itself`, 'name two different snapshots: bbackup diff PLACE FROM TO', { snapshot: from.name }))
       }
-      return (driver.diff as NonNullable<typeof driver.diff>).call(driver, { at, from, to, signal: options.signal }).map((entries) => {
+      return compare({ at, from, to, signal: options.signal }).map((entries) => {
         const counts = { added: 0, deleted: 0, modified: 0, renamed: 0, metadata: 0 }
         let bytes = 0
         for (const e of entries) {
@@ -334,5 +343,5 @@ export const diff = (
         }
         return { at: formatLocation(at.location), from: from.name, to: to.name, entries, counts, bytes }
       })
-    }))
+    })
 }
