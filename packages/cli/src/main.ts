@@ -720,6 +720,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (there.isErr()) return { error: there.error }
     if (there.value === undefined) return { error: bbError('NOT_FOUND', `${place} does not exist`, 'check the path (is the disk mounted?)', { path: place }) }
     const { driver, raw, holdsBackups } = await detectBackupDriver(at.value)
+    if (!holdsBackups && driver !== 'btrfs' && command === 'diff') {
+      return { error: bbError('INVALID_OPTIONS', `${place} holds no backups (nor is it a btrfs subvolume with snapshots): there is nothing to compare`,
+        'give a directory of backups, or a btrfs source: bbackup diff /mnt/backup/home', { path: place }) }
+    }
     if (!holdsBackups && (driver !== 'btrfs' || command === 'status')) {
       return { error: bbError('INVALID_OPTIONS', `no target given, and ${place} holds no backups${command === 'status' ? driver === 'btrfs' ? ' (it is a btrfs subvolume: a source, whose status is that of its targets)' : '' : ' (nor is it a btrfs subvolume with snapshots)'}`,
         command === 'status'

@@ -100,6 +100,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(three.stderr).toContain('diff compares two snapshots, and was given 3')
     const missing = await runCli(['diff', disk, 'home.2027-01-01T000000Z', 'home.2026-11-24T001500Z'], fs.mountPoint)
     expect(missing.stderr).toContain('no complete backup named home.2027-01-01T000000Z')
+    const nothing = await runCli(['diff', state], fs.mountPoint)
+    expect(nothing.code).not.toBe(0)
+    expect(nothing.stderr).toContain(`${state} holds no backups (nor is it a btrfs subvolume with snapshots): there is nothing to compare`)
+    expect(nothing.stderr).toContain('bbackup diff /mnt/backup/home')
     // the source itself: its snapshot folder
     const source = await runCli(['diff', home], fs.mountPoint)
     expect(source.code).toBe(0)
