@@ -505,7 +505,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     }
   })
 
-  it('lists a folder with two btrfs subvolume list, not a show per snapshot, through a subvol= mount; what it cannot settle is shown', async () => {
+  it('lists a folder with one btrfs subvolume list of the read-only subvolumes, not a show per snapshot, through a subvol= mount; what it cannot settle is shown', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     for (const hour of ['10', '11', '12']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
     // beside the backups: an unfinished receive (writable, no received uuid) and a plain directory with a backup's name
@@ -520,9 +520,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     try {
       for (const [dir, expected] of [[targetA, ['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z', 'home.2026-11-23T130000Z']], [again, ['home.2026-11-23T150000Z', 'home.2026-11-23T160000Z']]] as const) {
         const shows: string[] = []
+        const lists: string[][] = []
         const plain = localTransport(dir)
         const watched = { ...plain, exec: (argv: readonly string[], o?: Parameters<typeof plain.exec>[1]) => {
           if (argv[1] === 'subvolume' && argv[2] === 'show') shows.push(argv[3] ?? '')
+          if (argv[1] === 'subvolume' && argv[2] === 'list') lists.push(argv.slice(3))
           return plain.exec(argv, o)
         } }
         const listed = ok(await job.driver.listSnapshots({ at: watched, side: 'target', signal: undefined }))
@@ -533,8 +535,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
           expect(snapshot.identity).toEqual({ uuid: s.uuid, readOnly: s.readOnly, ...(s.receivedUuid === undefined ? {} : { receivedUuid: s.receivedUuid }), ...(s.parentUuid === undefined ? {} : { parentUuid: s.parentUuid }) })
           expect(snapshot.complete).toBe(s.readOnly && s.receivedUuid !== undefined)
         }
-        // only the plain directory was left to show (it is in no list)
-        expect(shows).toEqual(dir === targetA ? [join(targetA, 'home.2026-11-23T140000Z')] : [])
+        // only the unfinished receive (writable) and the plain directory were left to show: they are in no list
+        expect(shows.sort()).toEqual(dir === targetA ? [join(targetA, 'home.2026-11-23T130000Z'), join(targetA, 'home.2026-11-23T140000Z')] : [])
+        expect(lists).toEqual([['-o', '-r', '-u', '-q', '-R', dir]])
       }
     } finally {
       execFileSync('umount', [again])

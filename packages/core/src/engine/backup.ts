@@ -662,9 +662,12 @@ const sendSnapshots = async (
         }
         const outcome = result.value
         if (!dryRun) {
-          const cleared = await removeJournalEntry(job.state.transport, path, entry)
-            .andThen(() => pinSnapshot(job.state.transport, pinsPath(job), lane.where, name))
-            .andThen(() => recordLineage(job.state.transport, lineagePath(job), lane.where, (known) => [...(known ?? []), ...sentUuids([head.snapshot])]))
+          // three files, written at once: the copy is whole and committed, so any of them alone is true
+          const cleared = await ResultAsync.combine([
+            removeJournalEntry(job.state.transport, path, entry),
+            pinSnapshot(job.state.transport, pinsPath(job), lane.where, name),
+            recordLineage(job.state.transport, lineagePath(job), lane.where, (known) => [...(known ?? []), ...sentUuids([head.snapshot])]),
+          ] as const)
           if (cleared.isErr()) {
             Object.assign(lane, { error: cleared.error, failedAt: head })
             continue

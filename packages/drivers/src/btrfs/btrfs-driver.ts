@@ -1,3 +1,4 @@
+import { statfs } from 'node:fs/promises'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
@@ -18,6 +19,9 @@ import { SendStreamError, SendStreamReader } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
 
 const join = posix.join
+
+/** what statfs(2) says of a path on btrfs (linux/magic.h) */
+const BTRFS_SUPER_MAGIC = 0x9123683e
 
 export interface BtrfsDriverOptions {
   /** where the source's snapshots live: absolute, or relative to the source subvolume (default `.snapshots`) */
@@ -243,8 +247,23 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     })
   }
 
+  /**
+   * `btrfs subvolume show` of the source; one asked for while another is under way gets that one's
+   * answer (a run asks twice at once: its probe, and its listing of the snapshot folder).
+   */
+  const showSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<Subvolume | NoSubvolume, BbError> => {
+    const key = `${hostOf(source)}${source.location.path}`
+    const going = sourceShows.get(key)
+    if (going !== undefined) return going
+    const asked = showSubvolume(source, source.location.path, signal)
+    sourceShows.set(key, asked)
+    void asked.then(() => sourceShows.delete(key))
+    return asked
+  }
+  const sourceShows = new Map<string, ResultAsync<Subvolume | NoSubvolume, BbError>>()
+
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
-    showSubvolume(source, source.location.path, signal).andThen((s) => sourceFound(source.location.path, ok(s)))
+    showSource(source, signal).andThen((s) => sourceFound(source.location.path, ok(s)))
 
   /** the source must be a subvolume: what `btrfs subvolume show` said of it */
   const sourceFound = (path: string, shown: Result<Subvolume | NoSubvolume, BbError>): Result<void, BbError> =>
@@ -280,7 +299,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       })
   }
 
-  const fsType = (target: Transport, path: string): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
+  /** the filesystem `path` is on, as `stat -f -c %T` names it ('' when it cannot tell) */
+  const fsType = (target: Transport, path: string): ResultAsync<string, BbError> => {
+    const named = (): ResultAsync<string, BbError> => target.exec(['stat', '-f', '-c', '%T', path]).map((r) => (r.exitCode === 0 ? r.stdout.trim() : ''))
+    if (target.location.kind !== 'local') return named()
+    // on this host statfs(2) tells btrfs without a process; only another filesystem's name (for the error) is asked of stat
+    return ResultAsync.fromSafePromise(statfs(path).then((s) => s.type === BTRFS_SUPER_MAGIC, () => false)).andThen((btrfs) => (btrfs ? okAsync('btrfs') : named()))
+  }
 
   /** the target's directory: there on btrfs, or made where its parent is on btrfs (`make`; else it would be) */
   const targetFound = (target: Transport, kind: 'directory' | 'other' | 'missing', type: string, make: boolean): ResultAsync<void, BbError> => {
@@ -351,7 +376,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   /** the source subvolume; undefined where it cannot be told (gone, not a subvolume, a failure: then no snapshot is marked another's) */
   const sourceShown = async (source: Transport, signal: AbortSignal | undefined): Promise<Subvolume | undefined> =>
-    (await showSubvolume(source, source.location.path, signal)).match((s) => (typeof s === 'string' ? undefined : s), () => undefined)
+    (await showSource(source, signal)).match((s) => (typeof s === 'string' ? undefined : s), () => undefined)
 
   /**
    * The read-only subvolume the source was made from, outside the snapshot folder: up the source's

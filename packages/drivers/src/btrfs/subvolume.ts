@@ -121,7 +121,7 @@ export const refuseExisting = async (to: Transport, paths: readonly string[]): P
   return ok(undefined)
 }
 
-/** One line of `btrfs subvolume list -o -u -q -R`: `path` is from the filesystem's top level. */
+/** One line of `btrfs subvolume list -o [-r] -u -q -R`: `path` is from the filesystem's top level. */
 interface ListedSubvolume extends Omit<Subvolume, 'name' | 'readOnly'> {
   readonly id: number
   readonly path: string
@@ -130,7 +130,7 @@ interface ListedSubvolume extends Omit<Subvolume, 'name' | 'readOnly'> {
 const LIST_LINE = /^ID (\d+) gen (\d+) (?:cgen \d+ )?top level \d+ parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.+)$/
 
 /**
- * Parses `btrfs subvolume list -o -u -q -R` (btrfs-progs 5.x and 6.x); `-` means unset.
+ * Parses `btrfs subvolume list -o [-r] -u -q -R` (btrfs-progs 5.x and 6.x); `-` means unset.
  * @example
  * parseSubvolumeList('ID 258 gen 9 top level 5 parent_uuid - received_uuid 1cf5… uuid 5c51… path backup/home.2026-01-01T000000Z\n')
  */
@@ -192,38 +192,38 @@ const mountHolding = (mountinfo: string, dir: string): { readonly mountPoint: st
   return best
 }
 
-/** what `btrfs subvolume list -o -u -q -R`, `btrfs subvolume list -o -r` and /proc/self/mountinfo said (undefined: a failure) */
+/** what `btrfs subvolume list -o -r -u -q -R` and /proc/self/mountinfo said (undefined: a failure) */
 export interface SubvolumeLists {
-  readonly all: string | undefined
   readonly readOnly: string | undefined
   readonly mountinfo: string | undefined
 }
 
 /**
- * The two subvolume lists of `dir` and the mount table, where {@link readSubvolumes} may use them
- * (on this host, or one that runs whatever it is asked); undefined elsewhere. Never fails: a
- * list that could not be made is undefined, and left to `btrfs subvolume show`.
+ * The read-only subvolumes of `dir`'s filesystem and the mount table, where {@link readSubvolumes}
+ * may use them (on this host, or one that runs whatever it is asked); undefined elsewhere. Never
+ * fails: a list that could not be made is undefined, and left to `btrfs subvolume show`.
  */
 export const listSubvolumes = async (at: Transport, dir: string, signal?: AbortSignal): Promise<SubvolumeLists | undefined> => {
   if (at.location.kind !== 'local' && at.unrestricted?.() !== true) return undefined
   const opts = signal === undefined ? {} : { signal }
-  const lists = [['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', dir], ['btrfs', 'subvolume', 'list', '-o', '-r', dir]]
-  // the three in one round trip where the transport can (ssh), else at once
-  const [all, readOnly, mountinfo] = at.execEach !== undefined
-    ? (await at.execEach([...lists, ['cat', '/proc/self/mountinfo']], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
+  const list = ['btrfs', 'subvolume', 'list', '-o', '-r', '-u', '-q', '-R', dir]
+  // both in one round trip where the transport can (ssh), else at once
+  const [readOnly, mountinfo] = at.execEach !== undefined
+    ? (await at.execEach([list, ['cat', '/proc/self/mountinfo']], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
     : await Promise.all([
-      ...lists.map(async (argv) => (await at.exec(argv, opts)).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined)),
+      at.exec(list, opts).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined),
       at.readFile('/proc/self/mountinfo').unwrapOr(undefined),
     ])
-  return { all, readOnly, mountinfo }
+  return { readOnly, mountinfo }
 }
 
 /**
  * The subvolumes among `names` in `dir`. On this host, and on another one that runs whatever it is
- * asked (`Transport.unrestricted`: a login shell), two `btrfs subvolume list` (btrbk's way: a fixed
- * number of commands however many snapshots there are) matched by their exact path from the top
- * level; anything they do not settle by `btrfs subvolume show` each. Through a forced command the
- * list is not used (it names every subvolume beside `dir` on that filesystem, which a key
+ * asked (`Transport.unrestricted`: a login shell), one `btrfs subvolume list` of the read-only
+ * subvolumes (a fixed number of commands however many snapshots there are; btrbk asks two) matched
+ * by their exact path from the top level; anything it does not settle (a writable subvolume: an
+ * unfinished receive, a plain directory) by `btrfs subvolume show` each. Through a forced command
+ * the list is not used (it names every subvolume beside `dir` on that filesystem, which a key
  * restricted to one directory should not learn): the shows go 64 to a round trip where the
  * transport can (`execEach`), else 8 at a time. `lists`: what {@link listSubvolumes} gave, when it
  * was asked for ahead of the names.
@@ -234,17 +234,16 @@ export const readSubvolumes = (at: Transport, dir: string, names: readonly strin
     const opts = signal === undefined ? {} : { signal }
     const listed = names.length > 1 ? await (lists ?? listSubvolumes(at, dir, signal)) : undefined
     if (listed !== undefined) {
-      const { all, readOnly, mountinfo } = listed
+      const { readOnly, mountinfo } = listed
       const prefix = mountinfo === undefined ? undefined : pathInFilesystem(mountinfo, dir)
       // any doubt (an old btrfs-progs, no permission, a path through a symlink) leaves it to show
-      if (prefix !== undefined && all !== undefined && readOnly !== undefined) {
-        const ro = new Set(readOnly.split('\n').map((l) => /^ID (\d+) /.exec(l)?.[1]).filter((id) => id !== undefined).map(Number))
-        const byPath = new Map(parseSubvolumeList(all).map((s) => [s.path, s]))
+      if (prefix !== undefined && readOnly !== undefined) {
+        const byPath = new Map(parseSubvolumeList(readOnly).map((s) => [s.path, s]))
         for (const name of names) {
           const s = byPath.get(prefix === '' ? name : `${prefix}/${name}`)
           if (s === undefined) continue
-          const { id, path: _, ...identity } = s
-          found.set(name, { ...identity, name, readOnly: ro.has(id) })
+          const { id: _, path: __, ...identity } = s
+          found.set(name, { ...identity, name, readOnly: true })
         }
       }
     }
