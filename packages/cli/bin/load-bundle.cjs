@@ -6,8 +6,11 @@
 // The cache is $XDG_CACHE_HOME/bbackup or else ~/.cache/bbackup in the home directory of the user that
 // runs the command (not $HOME, which sudo may keep), a directory of the user's own that no one else can
 // write to: V8 runs the code a cache holds, so a cache that is not ours is never read.
-// A cache is named for the command, the bundle's content (V8 itself would take one made from other
-// code of the same length) and the Node version; a command's older caches beyond the last few go.
+// A cache is named for the command and its first word (`run`, `list`: V8 compiles a function when it
+// is first called, and a cache holds the functions compiled by the run that wrote it, so `run` from a
+// cache that `--version` wrote took 10 ms longer), the bundle's content (V8 itself would take one
+// made from other code of the same length) and the Node version; the caches of a command's builds
+// before the last few go. A command that ends with a usage error (exit 2: a mistyped word) writes none.
 // NODE_DISABLE_COMPILE_CACHE=1 (Node's own switch) turns it off.
 // Nothing here may fail a command: a cache that cannot be read or written is done without.
 // CommonJS, because only a script (not an ES module) can be compiled from a cache on Node 20.
@@ -47,24 +50,30 @@ function readCache(file) {
   }
 }
 
-/** how many caches of one command are kept: this build's and those of the builds used last before it */
+/** how many builds of one command keep their caches: this one and those used last before it */
 const KEEP = 3
 
-/** `<command>-<sha256 of the code, 32 hex>-<node version>-<arch>.v8`: what writeCache makes, and all it removes */
-const cacheName = (command, source) => `${command}-${createHash('sha256').update(source).digest('hex').slice(0, 32)}-${process.version}-${process.arch}.v8`
-const ownCache = (command) => new RegExp(`^${command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-[0-9a-f]{32}-v[0-9.]+-[a-z0-9]+\\.v8$`)
+/** the first word of the command line (`run`, `list`), or '' */
+const firstWord = (args) => args.find((a) => /^[a-z][a-z0-9-]{0,23}$/.test(a)) ?? ''
 
-function writeCache(dir, command, name, data) {
+/** `<command>[.<word>]-<sha256 of the code, 32 hex>-<node version>-<arch>.v8`: what writeCache makes, and all it removes */
+const cacheName = (command, word, hash) => `${command}${word === '' ? '' : `.${word}`}-${hash}-${process.version}-${process.arch}.v8`
+const ownCache = (command) => new RegExp(`^${command.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?:\\.[a-z][a-z0-9-]*)?-([0-9a-f]{32})-v[0-9.]+-[a-z0-9]+\\.v8$`)
+
+function writeCache(dir, command, name, hash, data) {
   const file = join(dir, name)
   const temp = `${file}.${process.pid}.tmp`
   try {
     writeFileSync(temp, data, { mode: 0o600, flag: 'wx' })
     renameSync(temp, file)
-    // an upgrade leaves the old build's cache behind: of the command's other caches, the newest few are kept
+    // an upgrade leaves the old build's caches behind: those of the few builds used last are kept (this one counts as the newest)
     const own = ownCache(command)
-    const others = readdirSync(dir).filter((n) => n !== name && own.test(n))
-      .map((n) => ({ n, mtime: statSync(join(dir, n)).mtimeMs })).sort((a, b) => b.mtime - a.mtime)
-    for (const { n } of others.slice(KEEP - 1)) rmSync(join(dir, n), { force: true })
+    const caches = readdirSync(dir).map((n) => ({ n, of: own.exec(n)?.[1] })).filter((c) => c.of !== undefined)
+      .map((c) => ({ ...c, mtime: c.of === hash ? Infinity : statSync(join(dir, c.n)).mtimeMs }))
+    const used = new Map()
+    for (const c of caches) used.set(c.of, Math.max(used.get(c.of) ?? -Infinity, c.mtime))
+    const kept = new Set([...used].sort((a, b) => b[1] - a[1]).slice(0, KEEP).map(([of]) => of))
+    for (const c of caches) if (!kept.has(c.of)) rmSync(join(dir, c.n), { force: true })
   } catch {
     // a cache is an optimisation: without one the next run compiles again
     rmSync(temp, { force: true })
@@ -86,12 +95,13 @@ function loadBundle(file, env = process.env) {
   }
   const dir = cacheDir(env)
   const command = basename(file, '.cjs')
-  const name = dir === undefined ? '' : cacheName(command, source)
+  const hash = dir === undefined ? '' : createHash('sha256').update(source).digest('hex').slice(0, 32)
+  const name = dir === undefined ? '' : cacheName(command, firstWord(process.argv.slice(2)), hash)
   const cachedData = dir === undefined ? undefined : readCache(join(dir, name))
   const script = new Script(Module.wrap(source), { filename: file, cachedData })
   const state = dir === undefined ? 'off' : cachedData !== undefined && !script.cachedDataRejected ? 'used' : 'made'
   // made after the run, so that it holds the functions the command compiled on its way
-  if (state === 'made') process.once('exit', () => writeCache(dir, command, name, script.createCachedData()))
+  if (state === 'made') process.once('exit', (code) => code !== 2 && writeCache(dir, command, name, hash, script.createCachedData()))
   const mod = new Module(file, module)
   mod.filename = file
   script.runInThisContext()(mod.exports, Module.createRequire(file), mod, file, dirname(file))

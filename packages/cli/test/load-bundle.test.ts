@@ -24,8 +24,8 @@ beforeEach(() => {
 afterEach(() => rmSync(dir, { recursive: true, force: true }))
 
 /** runs `file` through the loader as a bin would, in a process of its own (`node -e`: the arguments start at argv[1]) */
-function run(env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, ['-e', `process.stdout.write('state=' + require(${JSON.stringify(loader)}).loadBundle(${JSON.stringify(file)}) + '\\n')`, 'a1', 'a 2'], {
+function run(env: Record<string, string> = {}, args: readonly string[] = ['a1', 'a 2']) {
+  const r = spawnSync(process.execPath, ['-e', `process.stdout.write('state=' + require(${JSON.stringify(loader)}).loadBundle(${JSON.stringify(file)}) + '\\n')`, ...args], {
     env: { PATH: process.env.PATH ?? '', XDG_CACHE_HOME: cacheHome, ...env },
     encoding: 'utf8',
   })
@@ -71,9 +71,31 @@ describe('load-bundle: the bins run their bundle with a V8 code cache of the use
     expect(caches().sort()).toEqual([...mine, ...older.slice(2), ...kept].sort())
   })
 
-  it('passes the exit code through, and still writes the cache', () => {
+  it('passes the exit code through, and still writes the cache; after a usage error (exit 2, a mistyped word) none', () => {
     writeFileSync(file, bundle('A', 3))
     expect([run().status, run().state]).toEqual([3, 'state=used'])
+    writeFileSync(file, bundle('A', 2))
+    expect([run({}, ['bin', 'rnu']).status, run({}, ['bin', 'rnu']).state]).toEqual([2, 'state=made'])
+    expect(caches()).toHaveLength(1)
+  })
+
+  it('keeps a cache for each first word of the command line (V8 holds what the run that wrote it compiled); an upgrade removes those of old builds', () => {
+    writeFileSync(file, bundle('A'))
+    // the argv of a bin: [node, bin, ...words]; an option or a path is no word
+    expect(run({}, ['bin', '--version']).state).toBe('state=made')
+    expect(run({}, ['bin', '-q', 'run', 'home']).state).toBe('state=made')
+    expect(run({}, ['bin', 'run', '/srv']).state).toBe('state=used')
+    expect(run({}, ['bin', 'list']).state).toBe('state=made')
+    const tail = `-[0-9a-f]{32}-${process.version}-${process.arch}\\.v8$`
+    expect(caches().sort()).toEqual([expect.stringMatching(new RegExp(`^command${tail}`)), expect.stringMatching(new RegExp(`^command\\.list${tail}`)), expect.stringMatching(new RegExp(`^command\\.run${tail}`))])
+    // three builds later only the newest three builds' caches are left, whichever words they were made for
+    for (const version of ['B', 'C', 'D']) {
+      writeFileSync(file, bundle(version))
+      expect(run({}, ['bin', 'status']).state).toBe('state=made')
+    }
+    const builds = new Set(caches().map((n) => /-([0-9a-f]{32})-/.exec(n)?.[1]))
+    expect([caches().length, builds.size]).toEqual([3, 3])
+    expect(caches().every((n) => n.startsWith('command.status-'))).toBe(true)
   })
 
   it('replaces a cache that V8 rejects, and runs the bundle all the same', () => {
