@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, healthOf, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job, type Transport } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, btrfs, btrfsJob, content, exists, finished, ok, rsyncJob, show, spawnTs, waitFor } from './helpers.js'
@@ -542,6 +542,21 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     } finally {
       execFileSync('umount', [again])
     }
+  })
+
+  it('a run here asks btrfs each thing once: one show of the source, one list of each folder, no stat -f (statfs says btrfs)', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    for (const hour of ['10', '11']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    const asked: string[] = []
+    const watch = (t: Transport): Transport => ({ ...t, exec: (argv, o) => {
+      asked.push(argv.join(' '))
+      return t.exec(argv, o)
+    } })
+    const third = ok(await backup({ ...job, source: watch(job.source), targets: job.targets.map(watch) }, { now: at('2026-11-23T12:00:00Z') }))
+    expect(third.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z' })
+    expect(asked.filter((c) => c === `btrfs subvolume show ${source}`)).toHaveLength(1)
+    expect(asked.filter((c) => c.startsWith('btrfs subvolume list')).sort()).toEqual([`btrfs subvolume list -o -r -u -q -R ${join(source, '.snapshots')}`, `btrfs subvolume list -o -r -u -q -R ${targetA}`].sort())
+    expect(asked.filter((c) => c.startsWith('stat '))).toEqual([])
   })
 
   it('probes with errors that name the fix: a plain directory as source, a target not on btrfs', async () => {

@@ -251,6 +251,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    * `btrfs subvolume show` of the source; one asked for while another is under way gets that one's
    * answer (a run asks twice at once: its probe, and its listing of the snapshot folder).
    */
+  const sourceShows = new Map<string, ResultAsync<Subvolume | NoSubvolume, BbError>>()
   const showSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<Subvolume | NoSubvolume, BbError> => {
     const key = `${hostOf(source)}${source.location.path}`
     const going = sourceShows.get(key)
@@ -260,7 +261,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     void asked.then(() => sourceShows.delete(key))
     return asked
   }
-  const sourceShows = new Map<string, ResultAsync<Subvolume | NoSubvolume, BbError>>()
 
   const probeSource = (source: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> =>
     showSource(source, signal).andThen((s) => sourceFound(source.location.path, ok(s)))
