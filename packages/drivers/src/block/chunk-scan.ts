@@ -119,7 +119,7 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
 }
 
 /** What {@link scanStream}'s reads share: a fixed set of chunk buffers, hashing on the pool's threads while reading goes on, and the first failure. */
-const chunkDispatcher = (chunkSize: number, pool: HashPool, handlers: ScanHandlers) => {
+export const chunkDispatcher = (chunkSize: number, pool: HashPool, handlers: ScanHandlers) => {
   const zeros = Buffer.alloc(chunkSize)
   const free = Array.from({ length: pool.threads * 2 + 1 }, () => chunkBuffer(chunkSize))
   const waiting: ((b: Buffer) => void)[] = []
