@@ -1,5 +1,5 @@
 import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
-import type { BlockBackupReport, BlockExpireReport, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
+import type { BlockBackupReport, BlockExpireReport, BlockSource, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { err, ok, type Result } from 'neverthrow'
 import { commandHooks, transportFor, type Connections } from './build-job.js'
@@ -23,9 +23,9 @@ export interface BlockRemote {
 
 const block = () => import('@bb/drivers/block')
 
-/** The transport of a place on another host (over ssh: a source, a restore's destination); none for a path on this host. */
-const hostOf = async (where: Location, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
-  if (where.kind === 'local') return {}
+/** The transport of a place on another host (over ssh: a source, a restore's destination); none for a path on this host or an RBD image (rbd runs here). */
+const hostOf = async (where: Location | BlockSource, remote: BlockRemote): Promise<{ readonly host?: Transport } | { readonly error: BbError }> => {
+  if (where.kind === 'local' || where.kind === 'rbd') return {}
   const t = await transportFor(where, { ssh: remote.ssh }, remote.connections)
   return t.isErr() ? { error: t.error } : { host: t.value }
 }
@@ -61,10 +61,10 @@ const utc = (iso: string): string => `${iso.slice(0, 10)} ${iso.slice(11, 19)}`
 const short = (uuid: string): string => uuid.slice(0, 8)
 
 export const blockInit = async (io: Io, dir: string, source: string, options: BlockCliOptions & { chunkSize?: string; schedule?: string; snapshot?: boolean; remoteHelper?: string }, remote: BlockRemote): Promise<number> => {
-  const { initVolume, parseSchedule, parseSize } = await block()
+  const { formatBlockSource, initVolume, isRbdSource, parseRbdSource, parseSchedule, parseSize } = await block()
   const at = volumeAt(io, dir)
   if (at.isErr()) return fail(io, at.error, options)
-  const where = parseLocation(source, { cwd: io.cwd })
+  const where: Result<BlockSource, BbError> = isRbdSource(source) ? parseRbdSource(source) : parseLocation(source, { cwd: io.cwd })
   if (where.isErr()) return fail(io, where.error, options)
   const host = await hostOf(where.value, remote)
   if ('error' in host) return fail(io, host.error, options)
@@ -75,7 +75,7 @@ export const blockInit = async (io: Io, dir: string, source: string, options: Bl
   const schedule = options.schedule === undefined ? undefined : parseSchedule(options.schedule)
   if (schedule?.isErr() === true) return fail(io, schedule.error, options)
   const r = await initVolume({
-    at: at.value, source: formatLocation(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
+    at: at.value, source: formatBlockSource(where.value), ...(host.host === undefined ? {} : { sourceHost: host.host }),
     ...(chunkSize === undefined ? {} : { chunkSize }), ...(schedule === undefined ? {} : { schedule: schedule._unsafeUnwrap() }),
     ...(options.snapshot === false ? { snapshot: 'none' as const } : {}), ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
   })
@@ -94,7 +94,9 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
     + `${formatBytes(s.bytesWritten)} written in ${s.chunksWritten} of ${s.chunks} chunks, ${formatBytes(s.bytesRead)} read, in ${s.durationSeconds.toFixed(1)} s`,
   ]
   if (s.bytesTransferred !== undefined) lines.push(`  ${formatBytes(s.bytesTransferred)} crossed the network${s.scannedOn === undefined ? ' (the image streamed, hashed here)' : ` (hashed on ${s.scannedOn}: only changed chunks)`}`)
-  if (s.bytesUnchanged !== undefined) lines.push(`  ${formatBytes(s.bytesUnchanged)} not read: unchanged on disk since the last revision (the filesystem's extents)`)
+  if (s.bytesUnchanged !== undefined) {
+    lines.push(`  ${formatBytes(s.bytesUnchanged)} not read: ${r.consistency === 'rbd-snapshot' ? 'unchanged since the last revision (rbd export-diff from its snapshot)' : "unchanged on disk since the last revision (the filesystem's extents)"}`)
+  }
   if (verbosity > 0) lines.push(`  ${s.zeroChunks} zero chunks, ${s.chunksPunched} made holes again, ${formatBytes(s.bytesSkipped)} of holes not read${rate}`)
   for (const w of r.warnings) lines.push(`warning: ${w}`)
   if (report.removedIncomplete.length > 0) lines.push(`  removed what an unfinished run left: ${report.removedIncomplete.join(', ')}`)
@@ -108,15 +110,15 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
  * A revision as the engine reports a run, for what every job feeds: the metrics file. The volume
  * is the job's one target; its revision, the one snapshot sent; expired revisions, the pruned.
  */
-export const blockRunReport = (source: Location, report: Extract<BlockBackupReport, { skipped: false }>): BackupReport => {
+export const blockRunReport = (source: BlockSource, report: Extract<BlockBackupReport, { skipped: false }>, formatSource: (source: BlockSource) => string): BackupReport => {
   const { revision: r } = report
   const mode = r.parent === null ? 'full' as const : 'incremental' as const
   const parent = r.parent === null ? {} : { parent: r.parent }
   const durationMs = Math.round(r.stats.durationSeconds * 1000)
   return {
-    source: formatLocation(source), driver: 'block', dryRun: false, snapshot: r.uuid, startedAt: r.timestamp, durationMs, failed: 0, sourcePruned: [],
+    source: formatSource(source), driver: 'block', dryRun: false, snapshot: r.uuid, startedAt: r.timestamp, durationMs, failed: 0, sourcePruned: [],
     targets: [{
-      target: report.dir, ok: true, route: source.kind === 'local' ? 'local' : 'pull', sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
+      target: report.dir, ok: true, route: source.kind === 'ssh' ? 'pull' : 'local', sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
       snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, files: 0, durationMs, warnings: r.warnings,
       recovered: report.removedIncomplete.map((name) => ({ snapshot: name, action: 'removed' as const })), pruned: report.expired.removed, kept: report.expired.left, commands: [],
     }],
@@ -139,7 +141,7 @@ export const blockBackup = async (
   options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; hookCommands?: HookCommands; jobName?: string },
   remote: BlockRemote, hooks: BlockRunHooks = {},
 ): Promise<number> => {
-  const { backupVolume, volumeSource } = await block()
+  const { backupVolume, formatBlockSource, volumeSource } = await block()
   const jobHooks = options.hookCommands === undefined || Object.keys(options.hookCommands).length === 0 ? undefined : await commandHooks(options.hookCommands, options.jobName)
   const wait = waitOption(options.wait)
   if (wait.isErr()) {
@@ -156,7 +158,7 @@ export const blockBackup = async (
     hooks.ran?.(undefined, { error: where.error })
     return fail(io, where.error, options)
   }
-  const source = formatLocation(where.value)
+  const source = formatBlockSource(where.value)
   const host = await hostOf(where.value, remote)
   if ('error' in host) {
     hooks.ran?.(source, { error: host.error })
@@ -187,7 +189,7 @@ export const blockBackup = async (
       io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
       return exitCodeOf(r.error)
     }
-    if (!r.value.skipped) hooks.ran?.(source, { report: blockRunReport(where.value, r.value) })
+    if (!r.value.skipped) hooks.ran?.(source, { report: blockRunReport(where.value, r.value, formatBlockSource) })
     if (hooks.collect !== undefined && options.json === true) {
       hooks.collect(r.value)
       return EXIT.ok
@@ -239,7 +241,9 @@ const renderStatus = (s: VolumeStatus): string => {
     ...(s.incomplete.length === 0 ? [] : [`  ${s.runningNow === undefined ? 'unfinished (removed by the next backup)' : 'unfinished (being written now, or left by an earlier run)'}: ${s.incomplete.join(', ')}`]),
     ...s.withoutImage.map((uuid) => `  ${uuid}: its image ${uuid}.img is missing: restore cannot use it${s.distrusted.some((d) => d.uuid === uuid) ? '' : ` (bbackup verify -b DIR ${uuid.slice(0, 8)} marks it distrusted)`}`),
     ...s.distrusted.map((d) => `  ${d.uuid}: distrusted: ${d.reason}`),
-    ...s.bases.map((b) => `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`),
+    ...s.bases.map((b) => (b.kind === 'rbd-snapshot'
+      ? `  base snapshot of ${b.revision.slice(0, 8)} (the next backup exports only what changed since): ${b.path}`
+      : `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`)),
     `${m.revisions} revisions, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
     + `${m.dueNow.length > 0 ? `due now (${m.dueNow.join(', ')})` : `next due ${utc(m.nextDue)} UTC`}`,
   ].join('\n') + '\n'

@@ -304,7 +304,8 @@ Examples:
   init: `
 Examples:
   bbackup init -b /srv/backy/vm1 /var/lib/libvirt/images/vm1.img
-  bbackup init -b /srv/backy/db /dev/vg0/db --no-snapshot --schedule 'daily=1d:14,weekly=1w:8'`,
+  bbackup init -b /srv/backy/db /dev/vg0/db --no-snapshot --schedule 'daily=1d:14,weekly=1w:8'
+  bbackup init -b /srv/backy/vm2 rbd:vms/vm2:id=backup        a Ceph RBD image, read with rbd (ceph-common)`,
   backup: `
 Examples:
   bbackup backup -b /srv/backy/vm1                     from cron, every hour: a revision when one is due
@@ -1217,7 +1218,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     sshClientOptions(program.command('init'))
       .description("block: create the backup directory of a volume (backy's init)")
       .requiredOption('-b, --backup-dir <dir>', 'a new or empty directory on btrfs or XFS')
-      .argument('<source>', 'the image file or block device to back up: a path, or [user@]host:/path on a host reached over ssh')
+      .argument('<source>', 'the image file or block device to back up: a path, or [user@]host:/path on a host reached over ssh; or a Ceph RBD image, rbd:POOL/IMAGE[:conf=FILE][:id=USER]')
       .option('--chunk-size <size>', 'the unit of change detection (default 4M)')
       .option('--schedule <tags>', "tags as NAME=INTERVAL:KEEP (default 'daily=1d:7,weekly=1w:4,monthly=30d:3')")
       .option('--no-snapshot', 'never freeze the source: read it live (for a device nothing writes to during backups)')

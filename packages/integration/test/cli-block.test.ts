@@ -46,7 +46,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(json.revisions).toHaveLength(2)
     // the copy the newest revision was read from, kept beside the image for the next backup: shown, with where it is
     const newest = json.revisions[1]?.uuid ?? ''
-    expect(json.bases).toEqual([{ path: expect.stringMatching(new RegExp(`^${dir}/\\.vm\\.img\\.bbackup-[0-9a-f]{8}-base-${newest}$`)) as unknown, revision: newest, size: 32 * MiB }])
+    expect(json.bases).toEqual([{ kind: 'reflink-copy', path: expect.stringMatching(new RegExp(`^${dir}/\\.vm\\.img\\.bbackup-[0-9a-f]{8}-base-${newest}$`)) as unknown, revision: newest, size: 32 * MiB }])
     expect(status.stdout).toContain(`base copy of ${newest.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${json.bases[0]?.path ?? ''}`)
 
     const verify = await runCli(['verify', '-b', 'backy/vm', 'latest', '--subset', '1/2'], dir)

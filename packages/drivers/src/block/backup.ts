@@ -11,6 +11,8 @@ import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
 import { fileExtents, sameChunks } from './extents.js'
+import { baseSnapshot, exportDiffArgv, rbdSnapshots } from './rbd.js'
+import { scanRbdDiff } from './rbd-diff.js'
 import { baseCopy, freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import {
@@ -175,6 +177,17 @@ const unchangedSinceParent = async (at: Transport, config: VolumeConfig, frozen:
   return was === undefined || now === undefined ? undefined : sameChunks(was, now, frozen.size, config.chunkSize)
 }
 
+/**
+ * The snapshot of an RBD image that the parent revision was read from, when it is still there: an
+ * export-diff from it carries only what changed since. Undefined (export everything) otherwise, or
+ * when the image was resized since.
+ */
+const rbdBaseOf = async (at: Transport, config: VolumeConfig, frozen: FrozenSource, parent: Revision): Promise<string | undefined> => {
+  if (frozen.rbd === undefined || frozen.size !== parent.size) return undefined
+  const base = baseSnapshot(config, parent.uuid)
+  return (await rbdSnapshots(at, frozen.rbd.source)).some((s) => s.name === base) ? base : undefined
+}
+
 /** What a read of the source hands on; `unchanged`: a chunk known to hold the parent's bytes (a scan on the source's host compares with the parent itself, and extents tell it here). */
 type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number): Promise<void> | void }
 
@@ -185,6 +198,8 @@ type SourceHandlers = ScanHandlers & { unchanged(index: number, length: number):
  */
 const readSource = async (input: {
   readonly at: Transport; readonly frozen: FrozenSource; readonly config: VolumeConfig; readonly parentHashes: Buffer | undefined; readonly same: Uint8Array | undefined
+  /** an RBD image's snapshot the parent was read from: only what changed since is exported */
+  readonly rbdBase: string | undefined
   readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined
   /** the revision's image, which a read on this host writes the chunks into itself; `known`: what it holds at a chunk already */
   readonly writeTo: string; readonly known: (index: number) => Buffer | undefined
@@ -192,6 +207,7 @@ const readSource = async (input: {
   const { frozen, pool, signal, same } = input
   const { chunkSize } = input.config
   const { remote } = frozen
+  if (frozen.rbd !== undefined) return readRbd(input, handlers)
   if (remote === undefined) {
     const dataMap = await dataChunks(input.at, frozen.path, frozen.size, chunkSize)
     let bytesUnchanged = 0
@@ -245,7 +261,49 @@ const readSource = async (input: {
   return { ...counts, ...(helper === undefined ? {} : { scannedOn: remote.location.kind === 'ssh' ? remote.location.host : 'the source host' }) }
 }
 
-/** `remote`: the source's host when it is another (checked by {@link sourceHostOf}), else undefined */
+/**
+ * Reads an RBD image by `rbd export-diff` of its snapshot: from the parent's snapshot, only the
+ * changed extents, laid over the parent's bytes (the revision being written is a reflink copy of
+ * it); else all the image's data, the rest holes.
+ */
+const readRbd = async (input: Parameters<typeof readSource>[0], handlers: SourceHandlers): ReturnType<typeof readSource> => {
+  const { frozen, signal, rbdBase } = input
+  const image = frozen.rbd
+  if (image === undefined) throw new InternalError('readRbd without an RBD source')
+  const argv = exportDiffArgv(image.source, image.snapshot, rbdBase)
+  const reading = input.at.spawn(argv, { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
+  if (reading.stdout === undefined) throw new InternalError('spawn with stdout: pipe gave no stdout')
+  const parent = rbdBase === undefined ? undefined : await fsStep('open', input.writeTo, fs.open(input.writeTo, 'r'))
+  let counts
+  try {
+    counts = await scanRbdDiff({
+      stream: reading.stdout, what: frozen.path, size: frozen.size, chunkSize: input.config.chunkSize, pool: input.pool, signal,
+      ...(parent === undefined ? {} : {
+        base: async (index: number, buffer: Buffer, length: number) => {
+          const { bytesRead } = await fsStep('read', input.writeTo, parent.read(buffer, 0, length, index * input.config.chunkSize))
+          // past the parent's end the copy is a hole: zeros
+          buffer.fill(0, bytesRead, length)
+        },
+      }),
+    }, handlers)
+  } catch (error) {
+    reading.kill()
+    const ended = await reading.done
+    // rbd's own failure says more than a stream that stopped short
+    if (ended.isOk() && ended.value.exitCode !== 0 && !(error instanceof Stop && error.error.code === 'CANCELLED')) {
+      return stop(bbError('SOURCE_UNAVAILABLE', `reading ${frozen.path} failed: ${stderrTail(ended.value.stderr) || `rbd exit ${ended.value.exitCode}`}`, 'check that the cluster is up and this ceph user may read the image, and run again', { path: frozen.path, stderr: stderrTail(ended.value.stderr) }))
+    }
+    throw error
+  } finally {
+    await parent?.close()
+  }
+  const ended = await must(reading.done)
+  if (ended.exitCode !== 0) {
+    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${frozen.path} failed: ${stderrTail(ended.stderr) || `rbd exit ${ended.exitCode}`}`, 'check that the cluster is up and this ceph user may read the image, and run again', { path: frozen.path, stderr: stderrTail(ended.stderr) }))
+  }
+  return counts
+}
+
 /** The hooks of a volume's backup, and what each is told. */
 const hookRunner = (config: VolumeConfig, dir: string, options: BlockBackupOptions): HookRunner => ({
   hooks: options.hooks, dryRun: false, ran: [], context: (point, more) => hookContextOf(point, { source: config.source, targets: [dir], driver: 'block' }, options.signal, more),
@@ -294,6 +352,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
   try {
     const parent = await chooseParent(dir, revisions, config)
     const same = parent === undefined ? undefined : await unchangedSinceParent(at, config, frozen, parent.revision)
+    const rbdBase = parent === undefined ? undefined : await rbdBaseOf(at, config, frozen, parent.revision)
     options.onEvent?.({
       type: 'transfer-started', target: dir, snapshot: uuid, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.revision.uuid }), from: config.source,
     })
@@ -322,7 +381,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
       // what the image holds at a chunk: the parent's bytes up to its end (a chunk it had as zeros is written whole, as it differs), and a hole after it
       const known = (index: number): Buffer | undefined =>
         parent === undefined || index >= parentChunks ? undefined : parent.hashes.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
-      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, pool, signal: options.signal, writeTo: target.partial, known }, {
+      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, rbdBase, pool, signal: options.signal, writeTo: target.partial, known }, {
         unchanged: (index, length) => {
           parent?.hashes.copy(hashes, index * DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -418,7 +477,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       const now = (options.now ?? (() => new Date()))()
       const { revisions, incomplete } = await readVolume(options.at, dir)
       await removeIncomplete(dir, incomplete)
-      const removedIncomplete = [...incomplete, ...(await removeStaleCopies(config, remote))]
+      const removedIncomplete = [...incomplete, ...(await removeStaleCopies(options.at, config, remote))]
       for (const name of removedIncomplete) options.onEvent?.({ type: 'recovered', target: dir, snapshot: name, action: 'removed' })
       const due = dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds)
       if (due.length === 0 && options.force !== true) {

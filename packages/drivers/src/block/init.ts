@@ -2,10 +2,11 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import { dirname, join } from 'node:path'
 import type { ResultAsync } from 'neverthrow'
-import { bbError, formatLocation, stderrTail, type BbError, type Transport } from '@bb/core'
+import { bbError, stderrTail, type BbError, type Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { DEFAULT_SCHEDULE, spreadOf, type Schedule } from './schedule.js'
-import { copiesDir, freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
+import { checkRbdSnapshot, rbdSize } from './rbd.js'
+import { copiesDir, formatBlockSource, freezeSource, inspectRemoteSource, inspectSource, sourceHostOf, sourceLocation } from './source.js'
 import { asResult, fsStep, must, stop } from './stop.js'
 import { usableChunkSize, VOLUME_FILE, volumeConfigText, type SnapshotMode, type VolumeConfig } from './volume.js'
 
@@ -14,7 +15,7 @@ export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 export interface InitVolumeOptions {
   /** the backup directory (local): new, or empty */
   readonly at: Transport
-  /** the image file or block device to back up: an absolute path, or `ssh://host/path` / `host:/path` on another host */
+  /** the image file or block device to back up: an absolute path, or `ssh://host/path` / `host:/path` on another host; or a Ceph RBD image, `rbd:POOL/IMAGE[:conf=FILE][:id=USER]` */
   readonly source: string
   /** for a source on another host: the transport that reaches it, located at the source (an ssh transport) */
   readonly sourceHost?: Transport
@@ -72,12 +73,12 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
     const id = randomUUID()
     const schedule = options.schedule ?? DEFAULT_SCHEDULE
     const snapshot = options.snapshot ?? 'auto'
-    if (options.remoteHelper !== undefined && where.kind === 'local') return stop(bbError('INVALID_OPTIONS', 'a remote helper is for a source on another host', `leave out the remote helper for ${options.source}`))
+    if (options.remoteHelper !== undefined && where.kind !== 'ssh') return stop(bbError('INVALID_OPTIONS', 'a remote helper is for a source on another host', `leave out the remote helper for ${options.source}`))
     const config: VolumeConfig = {
-      format: 1, id, source: formatLocation(where), chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot, ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
+      format: 1, id, source: formatBlockSource(where), chunkSize, schedule, spreadSeconds: spreadOf(id, schedule), snapshot, ...(options.remoteHelper === undefined ? {} : { remoteHelper: options.remoteHelper }),
     }
     const remote = await sourceHostOf(config, options.sourceHost)
-    const source = remote === undefined ? await inspectSource(where.path) : await inspectRemoteSource(remote, where.path)
+    const source = where.kind === 'rbd' ? { kind: 'rbd' as const, size: await rbdSize(options.at, where) } : remote === undefined ? await inspectSource(where.path) : await inspectRemoteSource(remote, where.path)
     const existing = await fs.stat(dir).catch(() => undefined)
     if (existing !== undefined && !existing.isDirectory()) {
       return stop(bbError('INVALID_OPTIONS', `${dir} is not a directory`, 'give -b a new or empty directory on btrfs or XFS, e.g. /srv/backy/vm1', { path: dir }))
@@ -93,7 +94,10 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
       if (!target.ok) {
         return stop(bbError('TARGET_NO_REFLINK', `${dir} cannot hold revisions: its filesystem makes no reflink copies (${target.stderr})`, 'put the backup directory on btrfs or XFS (mkfs.xfs has reflink=1 by default)', { path: dir }))
       }
-      if (snapshot === 'auto' && remote !== undefined && source.kind === 'file') {
+      if (where.kind === 'rbd') {
+        // the check is the freeze a backup makes: a snapshot, removed at once
+        if (snapshot === 'auto') await checkRbdSnapshot(options.at, config, where)
+      } else if (snapshot === 'auto' && remote !== undefined && source.kind === 'file') {
         // on another host the check is the freeze a backup makes: a reflink copy beside the image, removed at once
         await (await freezeSource(options.at, config, { noSnapshot: false, signal: undefined, remote })).release()
       } else if (snapshot === 'auto') {

@@ -3,14 +3,20 @@ import { promises as fs, type Stats } from 'node:fs'
 import { basename, dirname, join, posix } from 'node:path'
 import { bbError, formatLocation, parseLocation, stderrTail, type BbError, type Location, type Transport } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
+import { baseSnapshots, formatRbdSource, isRbdSource, parseRbdSource, rbdSize, rbdSnapshots, removeStaleRbdSnapshots, snapshotName, snapshotRbd, type RbdSource } from './rbd.js'
 import { fsStep, must, stop } from './stop.js'
 import type { Consistency, VolumeConfig } from './volume.js'
 
+/** A volume's source: an image file or device here or over ssh, or a Ceph RBD image. */
+export type BlockSource = Location | RbdSource
+
 /**
- * Where a volume's source is: an absolute path on this host, or an image or device on another host
- * reached over ssh (`ssh://[user@]host[:port]/path`, `[user@]host:/path`), read as a stream.
+ * Where a volume's source is: an absolute path on this host, an image or device on another host
+ * reached over ssh (`ssh://[user@]host[:port]/path`, `[user@]host:/path`), read as a stream, or a
+ * Ceph RBD image (`rbd:POOL/IMAGE`), read here with rbd.
  */
-export const sourceLocation = (source: string): Result<Location, BbError> => {
+export const sourceLocation = (source: string): Result<BlockSource, BbError> => {
+  if (isRbdSource(source)) return parseRbdSource(source)
   const where = parseLocation(source)
   if (where.isErr()) return err(where.error)
   if (where.value.kind === 'rsyncd') return err(bbError('INVALID_LOCATION', `the source ${source} is an rsync daemon module: a block source is a path here or on an ssh host`, 'give /path/to/image here, or ssh://host/path/to/image'))
@@ -20,12 +26,17 @@ export const sourceLocation = (source: string): Result<Location, BbError> => {
   return ok(where.value)
 }
 
+/** The source as volume.json and reports write it. */
+export const formatBlockSource = (where: BlockSource): string => (where.kind === 'rbd' ? formatRbdSource(where) : formatLocation(where))
+
 /** The source as it is read for one revision: a frozen copy where one could be made. */
 export interface FrozenSource {
   /** what to read: a path on this host, or on `remote` */
   readonly path: string
   /** the host the path is on, when it is not this one: read as a stream */
   readonly remote?: Transport
+  /** an RBD image: read by rbd export-diff, of the snapshot made for it (none when read live) */
+  readonly rbd?: { readonly source: RbdSource; readonly snapshot?: string }
   readonly size: number
   readonly consistency: Consistency
   readonly warnings: readonly string[]
@@ -64,8 +75,10 @@ export const copiesDir = async (config: VolumeConfig): Promise<string> => dirnam
 const copiesNamed = (names: readonly string[], prefix: string): string[] =>
   names.filter((n) => n.startsWith(prefix) && UUID.test(n.slice(prefix.length)))
 
-/** A base copy kept beside a volume's image ({@link baseCopy}). */
+/** A base copy kept beside a volume's image ({@link baseCopy}), or the base snapshot of an RBD image. */
 export interface KeptBase {
+  readonly kind: 'reflink-copy' | 'rbd-snapshot'
+  /** the copy's path; the snapshot as `rbd:POOL/IMAGE@SNAP` */
   readonly path: string
   /** the revision that was read from it */
   readonly revision: string
@@ -73,16 +86,22 @@ export interface KeptBase {
   readonly size: number
 }
 
-/** The base copies of this volume beside its image on this host (none for a source on another host). */
-export const keptBases = async (config: VolumeConfig): Promise<KeptBase[]> => {
+/** The base copies of this volume beside its image on this host, or its base snapshot of an RBD image (none for a source on another host). */
+export const keptBases = async (at: Transport, config: VolumeConfig): Promise<KeptBase[]> => {
   const where = sourceLocation(config.source)
+  if (where.isOk() && where.value.kind === 'rbd') {
+    const image = where.value
+    // status works while the cluster is away: the snapshots are then not listed
+    const snapshots = await rbdSnapshots(at, image).catch(() => [])
+    return baseSnapshots(config, snapshots).map((b) => ({ kind: 'rbd-snapshot' as const, path: snapshotName(image, b.name), revision: b.revision, size: b.size }))
+  }
   if (where.isErr() || where.value.kind !== 'local') return []
   const dir = await copiesDir(config)
   const prefix = `${copyPrefix(config)}${BASE}`
   const names = await fs.readdir(dir).catch(() => [] as string[])
   const found = await Promise.all(copiesNamed(names, prefix).map(async (n) => {
     const stats = await fs.lstat(join(dir, n)).catch(() => undefined)
-    return stats?.isFile() === true ? [{ path: join(dir, n), revision: n.slice(prefix.length), size: stats.size }] : []
+    return stats?.isFile() === true ? [{ kind: 'reflink-copy' as const, path: join(dir, n), revision: n.slice(prefix.length), size: stats.size }] : []
   }))
   return found.flat()
 }
@@ -140,10 +159,12 @@ export const inspectRemoteSource = async (at: Transport, path: string): Promise<
 
 /**
  * Removes the point-in-time copies an earlier run of this volume left beside its source (it was
- * killed): only names of this volume's pattern, which nothing else makes. `remote`: the source's
- * host, when it is another.
+ * killed), or the snapshots of an RBD image it read from: only names of this volume's pattern,
+ * which nothing else makes. `at` runs commands here; `remote`: the source's host, when it is another.
  */
-export const removeStaleCopies = async (config: VolumeConfig, remote?: Transport): Promise<string[]> => {
+export const removeStaleCopies = async (at: Transport, config: VolumeConfig, remote?: Transport): Promise<string[]> => {
+  const where = sourceLocation(config.source)
+  if (where.isOk() && where.value.kind === 'rbd') return removeStaleRbdSnapshots(at, config, where.value)
   const prefix = copyPrefix(config)
   if (remote !== undefined) {
     const dir = posix.dirname(remote.location.path)
@@ -166,6 +187,8 @@ export const removeStaleCopies = async (config: VolumeConfig, remote?: Transport
  * is the source's host when it is another (its location is the source).
  */
 export const freezeSource = async (at: Transport, config: VolumeConfig, options: { readonly noSnapshot: boolean; readonly signal: AbortSignal | undefined; readonly remote?: Transport | undefined }): Promise<FrozenSource> => {
+  const where = await must(sourceLocation(config.source))
+  if (where.kind === 'rbd') return freezeRbd(at, config, where, options)
   const { remote } = options
   const source = remote === undefined ? config.source : remote.location.path
   const { kind, size } = remote === undefined ? await inspectSource(source) : await inspectRemoteSource(remote, source)
@@ -215,14 +238,34 @@ export const freezeSource = async (at: Transport, config: VolumeConfig, options:
 }
 
 /**
+ * Freezes an RBD image with `rbd snap create` (crash-consistent, like a power cut; a guest agent's
+ * fsfreeze in the pre-snapshot hook makes it application-consistent), or reads it live with
+ * `snapshot: 'none'`, with a warning.
+ */
+const freezeRbd = async (at: Transport, config: VolumeConfig, source: RbdSource, options: { readonly noSnapshot: boolean; readonly signal: AbortSignal | undefined }): Promise<FrozenSource> => {
+  const none = async (): Promise<void> => undefined
+  if (options.noSnapshot || config.snapshot === 'none') {
+    return {
+      path: formatRbdSource(source), rbd: { source }, size: await rbdSize(at, source), consistency: 'none',
+      warnings: [`${config.source} was read live, without a snapshot: a VM writing to it meanwhile can leave the revision inconsistent`], release: none, keepAsBase: none,
+    }
+  }
+  const snapshot = await snapshotRbd(at, config, source, options.signal)
+  return {
+    path: snapshotName(source, snapshot.snapshot), rbd: { source, snapshot: snapshot.snapshot }, size: snapshot.size, consistency: 'rbd-snapshot', warnings: [],
+    release: () => snapshot.release(), keepAsBase: (revision) => snapshot.keepAsBase(revision),
+  }
+}
+
+/**
  * The transport of the source's host when it is another: the one given, which must be there. A
  * local source needs none (one given is refused: it would be read from the wrong place).
  */
 export const sourceHostOf = async (config: VolumeConfig, given: Transport | undefined): Promise<Transport | undefined> => {
   const where = await must(sourceLocation(config.source))
-  if (where.kind === 'local') {
+  if (where.kind === 'local' || where.kind === 'rbd') {
     if (given !== undefined && given.location.kind !== 'local') {
-      return stop(bbError('INVALID_OPTIONS', `the volume's source ${config.source} is on this host, but a transport to ${formatLocation(given.location)} was given`, 'back it up without a source transport'))
+      return stop(bbError('INVALID_OPTIONS', `the volume's source ${config.source} is ${where.kind === 'rbd' ? 'read by rbd on this host' : 'on this host'}, but a transport to ${formatLocation(given.location)} was given`, 'back it up without a source transport'))
     }
     return undefined
   }

@@ -1,9 +1,9 @@
 import { join } from 'node:path'
 import type { ResultAsync } from 'neverthrow'
-import type { BbError, Location, Transport } from '@bb/core'
+import type { BbError, Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
-import { keptBases, sourceLocation, type KeptBase } from './source.js'
+import { keptBases, sourceLocation, type BlockSource, type KeptBase } from './source.js'
 import { asResult, must } from './stop.js'
 import { distrustReason, LOCK_FILE, readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
 
@@ -49,7 +49,7 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
-    const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir), keptBases(config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
+    const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir), keptBases(options.at, config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
     const now = (options.now ?? (() => new Date()))()
     const held = lock?.verdict.stale === false ? lock.info : undefined
     return {
@@ -70,8 +70,8 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
   })
 
 /**
- * Where the volume's source is (volume.json): a path on this host, or a location on another host
- * for which a backup needs a transport (`sourceHost`).
+ * Where the volume's source is (volume.json): a path on this host, a location on another host
+ * for which a backup needs a transport (`sourceHost`), or an RBD image (read here).
  */
-export const volumeSource = (at: Transport): ResultAsync<Location, BbError> =>
+export const volumeSource = (at: Transport): ResultAsync<BlockSource, BbError> =>
   asResult(async () => must(sourceLocation((await readVolumeConfig(at, localDirectory(at))).source)))

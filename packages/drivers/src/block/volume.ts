@@ -30,7 +30,7 @@ export interface VolumeConfig {
   readonly format: 1
   /** the volume's identity; also seeds its schedule spread */
   readonly id: string
-  /** an image file or a block device: an absolute path here, or `host:/path` / `ssh://host/path` on another host */
+  /** an image file or a block device: an absolute path here, or `host:/path` / `ssh://host/path` on another host; or a Ceph RBD image, `rbd:POOL/IMAGE` */
   readonly source: string
   readonly chunkSize: number
   readonly schedule: Schedule
@@ -46,8 +46,8 @@ export interface VolumeConfig {
 }
 
 export type Trust = 'trusted' | 'distrusted' | 'verified'
-/** how the source was frozen while it was read */
-export type Consistency = 'reflink' | 'none'
+/** how the source was frozen while it was read: a reflink copy of the image file, a snapshot of the RBD image, or not (read live) */
+export type Consistency = 'reflink' | 'rbd-snapshot' | 'none'
 
 export interface RevisionStats {
   readonly durationSeconds: number

@@ -4,7 +4,7 @@ import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, stderrTail, STDERR_TAIL_CHARS, type CommandResult, type ExecOptions, type RunningCommand, type SpawnOptions, type TransportError } from '@bb/core'
 
 /** Debian packages that carry the commands bbackup runs, for the hint of TOOL_MISSING. */
-const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd', sudo: 'sudo' }
+const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd', sudo: 'sudo', rbd: 'ceph-common' }
 
 /** The hint of a command that was cancelled, here or on another host. */
 export const CANCELLED_HINT = 'run again when ready; unfinished work is resumed or cleaned up by the next run'
