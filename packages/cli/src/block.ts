@@ -315,7 +315,7 @@ export const blockDistrust = async (io: Io, dir: string, specs: readonly string[
 }
 
 export const blockRestore = async (io: Io, dir: string, revision: string, destination: string, options: BlockCliOptions & { force?: boolean }, remote: BlockRemote): Promise<number> => {
-  const { restoreRevision } = await block()
+  const { isRbdSource, restoreRevision } = await block()
   const at = volumeAt(io, dir)
   if (at.isErr()) return fail(io, at.error, options)
   if (destination === '-') {
@@ -327,14 +327,20 @@ export const blockRestore = async (io: Io, dir: string, revision: string, destin
     if (options.quiet !== true) io.stderr(`restored ${r.value.uuid} (${formatBytes(r.value.size)}) to stdout\n`)
     return EXIT.ok
   }
-  const where = parseLocation(destination, { cwd: io.cwd })
-  if (where.isErr()) return fail(io, where.error, options)
-  if (where.value.kind !== 'local' && where.value.kind !== 'ssh') {
-    return fail(io, bbError('UNSUPPORTED', `restore -b writes to a file or device on this host or on another over ssh, not to ${formatLocation(where.value)}`, 'give a path, or ssh://host/path'), options)
+  /** where restoreRevision writes: a path here or over ssh; a new Ceph RBD image as given (rbd import runs here) */
+  const target = async (): Promise<{ readonly destination: string; readonly destinationHost?: Transport } | { readonly error: BbError }> => {
+    if (isRbdSource(destination)) return { destination }
+    const where = parseLocation(destination, { cwd: io.cwd })
+    if (where.isErr()) return { error: where.error }
+    if (where.value.kind !== 'local' && where.value.kind !== 'ssh') {
+      return { error: bbError('UNSUPPORTED', `restore -b writes to a file or device on this host or on another over ssh, or to a new RBD image, not to ${formatLocation(where.value)}`, 'give a path, ssh://host/path or rbd:POOL/IMAGE') }
+    }
+    const host = await hostOf(where.value, remote)
+    return 'error' in host ? host : { destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }) }
   }
-  const host = await hostOf(where.value, remote)
-  if ('error' in host) return fail(io, host.error, options)
-  const r = await restoreRevision({ at: at.value, revision, destination: where.value.path, ...(host.host === undefined ? {} : { destinationHost: host.host }), force: options.force === true })
+  const to = await target()
+  if ('error' in to) return fail(io, to.error, options)
+  const r = await restoreRevision({ at: at.value, revision, ...to, force: options.force === true })
   if (r.isErr()) return fail(io, r.error, options)
   print(io, options, r.value, () => `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`)
   return EXIT.ok

@@ -299,6 +299,7 @@ Examples:
 Examples:
   bbackup restore -b /srv/backy/vm1 latest /var/lib/libvirt/images/vm1-restored.img
   bbackup restore -b /srv/backy/vm1 latest root@kvm1:/var/lib/libvirt/images/vm1-restored.img
+  bbackup restore -b /srv/backy/vm2 latest rbd:vms/vm2-restored:id=backup
   bbackup restore /mnt/backup/home latest /tmp/home-restored
   bbackup restore /mnt/backup/home 2026-11-23T001500Z /tmp/r --path alice/thesis.tex`,
   init: `
@@ -1161,7 +1162,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     sshOptions(program.command('restore'))
       .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
       .argument('[target]', 'where the backups are (with -b: the revision)')
-      .argument('[snapshot]', "the backup's name, or latest (with -b: the destination)")
+      .argument('[snapshot]', "the backup's name, or latest (with -b: the destination: a new file, a device with --force, ssh://host/path, a new RBD image rbd:POOL/IMAGE, or - for stdout)")
       .argument('[destination]', 'a directory that does not exist or is empty')
       .option('-b, --backup-dir <dir>', 'block: restore -b DIR REVISION DEST writes a revision to a new image file (or a device, with --force), here or on another host (host:/path), or to stdout (-)')
       .option('--force', 'block: write over a block device; restore a distrusted revision')

@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { readFile, stat } from 'node:fs/promises'
+import { chmod, open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { backupVolume, initVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
+import { backupVolume, initVolume, restoreRevision, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, startCeph, type Ceph, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, ok, runCli, sameBytes } from './helpers.js'
@@ -165,6 +165,39 @@ describe.runIf(requireTools(['ceph-mon', 'ceph-osd', 'monmaptool', 'ceph', 'rbd'
     expect(execFileSync('ls', ['-A', volume.location.path], { encoding: 'utf8' }).trim().split('\n').filter((n) => n !== '.lock')).toEqual(['volume.json'])
   }, 120_000)
 
+  it('restores a revision to a new RBD image, checked chunk by chunk; never over an image, and leaves nothing of a restore that failed', async () => {
+    const volume = localTransport(join(fs.mountPoint, 'backy/vm1'))
+    ok(await initVolume({ at: volume, source }))
+    const revision = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const restored = `${image}-restored`
+    const report = ok(await restoreRevision({ at: volume, revision: 'latest', destination: `rbd:${restored}:conf=${ceph.conf}` }))
+    expect(report).toMatchObject({ uuid: revision.uuid, destination: `rbd:${restored}:conf=${ceph.conf}`, size: 96 * MiB })
+    const revisionImage = join(volume.location.path, `${revision.uuid}.img`)
+    expect(sameBytes(revisionImage, await exported('restored.img', restored))).toBe(true)
+    // rbd import left the never-written tail unwritten
+    expect(await ceph.rbd(['diff', '--format', 'json', restored])).not.toContain(`"offset":${80 * MiB}`)
+    const images = async (): Promise<string[]> => (await ceph.rbd(['ls', 'rbd'])).trim().split('\n')
+
+    try {
+      // an image of that name is never written over
+      const again = await restoreRevision({ at: volume, revision: 'latest', destination: `rbd:${restored}:conf=${ceph.conf}` })
+      expect(again._unsafeUnwrapErr()).toMatchObject({ code: 'ALREADY_EXISTS', hint: expect.stringContaining('rbd rm') as string })
+      expect(sameBytes(revisionImage, await exported('restored-again.img', restored))).toBe(true)
+
+      // a damaged revision stops the restore at the chunk, and the partial image is removed
+      await chmod(revisionImage, 0o640)
+      const h = await open(revisionImage, 'r+')
+      await h.write(Buffer.from([0xff ^ (await readFile(revisionImage)).readUInt8(9 * CHUNK + 5)]), 0, 1, 9 * CHUNK + 5)
+      await h.close()
+      const damaged = await restoreRevision({ at: volume, revision: 'latest', destination: `rbd:${image}-damaged:conf=${ceph.conf}` })
+      expect(damaged._unsafeUnwrapErr()).toMatchObject({ code: 'CORRUPT_DATA', message: expect.stringContaining(`damaged at byte ${9 * CHUNK}`) as string })
+      expect((await images()).filter((n) => n.startsWith(`${image.slice('rbd/'.length)}-damaged`))).toEqual([])
+      expect((await images()).filter((n) => n.includes('bbackup-partial'))).toEqual([])
+    } finally {
+      await ceph.rbd(['rm', '--no-progress', restored]).catch(() => undefined)
+    }
+  }, 120_000)
+
   it('bbackup init, backup and status with an rbd: source', async () => {
     const dir = join(fs.mountPoint, 'backy/vm1')
     const init = await runCli(['init', '-b', dir, source], work)
@@ -179,6 +212,13 @@ describe.runIf(requireTools(['ceph-mon', 'ceph-osd', 'monmaptool', 'ceph', 'rbd'
     expect(again.stdout).toContain('92.0 MiB not read: unchanged since the last revision (rbd export-diff from its snapshot)')
     const status = await runCli(['status', '-b', dir], work)
     expect(status.stdout).toMatch(new RegExp(`base snapshot of [0-9a-f]{8} \\(the next backup exports only what changed since\\): rbd:${image}@bbackup-`))
+    const restore = await runCli(['restore', '-b', dir, 'latest', `rbd:${image}-restored:conf=${ceph.conf}`], work)
+    try {
+      expect(restore).toMatchObject({ code: 0, stdout: expect.stringContaining(`to rbd:${image}-restored:conf=`) as string })
+      expect(sameBytes(join(dir, 'latest'), await exported('restored.img', `${image}-restored`))).toBe(true)
+    } finally {
+      await ceph.rbd(['rm', '--no-progress', `${image}-restored`]).catch(() => undefined)
+    }
     // a mistyped source is refused before anything is made
     const bad = await runCli(['init', '-b', join(fs.mountPoint, 'backy/vm2'), 'rbd:vm1'], work)
     expect(bad.code).not.toBe(0)

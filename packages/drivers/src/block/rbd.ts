@@ -74,34 +74,68 @@ export const rbdArgv = (source: RbdSource, words: readonly string[]): string[] =
 ]
 
 /** What rbd said went wrong, as the error a user can act on. */
-const rbdFailure = (source: RbdSource, what: string, r: CommandResult): BbError => {
+const rbdFailure = (source: RbdSource, what: string, r: CommandResult, code: 'SOURCE_UNAVAILABLE' | 'TARGET_UNAVAILABLE' = 'SOURCE_UNAVAILABLE'): BbError => {
   const said = stderrTail(r.stderr) || `rbd exit ${r.exitCode}`
   const context = { path: formatRbdSource(source), stderr: stderrTail(r.stderr) }
   if (/couldn't connect to the cluster|unable to open config file|authenticate timed out/i.test(r.stderr)) {
-    return bbError('SOURCE_UNAVAILABLE', `cannot ${what}: the Ceph cluster does not answer (${said})`,
+    return bbError(code, `cannot ${what}: the Ceph cluster does not answer (${said})`,
       'check the cluster, and the conf= and id= of the source (its ceph.conf and keyring must be readable here); rbd ls POOL tells whether rbd reaches it', context)
   }
+  if (/error opening pool/.test(r.stderr)) {
+    return bbError(code, `cannot ${what}: the cluster has no pool ${source.pool} (${said})`, 'check the name: ceph osd pool ls lists the pools', context)
+  }
   if (/\(2\) No such file or directory/.test(r.stderr)) {
-    return bbError('SOURCE_UNAVAILABLE', `cannot ${what}: ${source.pool}${source.namespace === undefined ? '' : `/${source.namespace}`} has no image ${source.image} (${said})`,
+    return bbError(code, `cannot ${what}: ${source.pool}${source.namespace === undefined ? '' : `/${source.namespace}`} has no image ${source.image} (${said})`,
       `check the name: rbd ls ${source.pool}${source.namespace === undefined ? '' : `/${source.namespace}`} lists the images`, context)
   }
   if (/\(1\) Operation not permitted|\(13\) Permission denied/.test(r.stderr)) {
     return bbError('PERMISSION_DENIED', `cannot ${what}: the ceph user may not (${said})`,
       "give the user of id= the rbd profile on the pool: ceph auth caps client.USER mon 'profile rbd' osd 'profile rbd pool=POOL'", context)
   }
-  return bbError('SOURCE_UNAVAILABLE', `cannot ${what}: ${said}`, 'run the rbd command of the error by hand to see why', { ...context, argv: [...r.argv] })
+  return bbError(code, `cannot ${what}: ${said}`, 'run the rbd command of the error by hand to see why', { ...context, argv: [...r.argv] })
+}
+
+/** Runs rbd and says how it ended; one that cannot start is a Stop. */
+const rbdExec = async (at: Transport, source: RbdSource, words: readonly string[], signal?: AbortSignal): Promise<CommandResult> => {
+  const ran = await at.exec(rbdArgv(source, words), signal === undefined ? {} : { signal })
+  if (ran.isErr()) {
+    return stop(ran.error.code === 'TOOL_MISSING'
+      ? bbError('TOOL_MISSING', 'rbd is not installed (or not on PATH): RBD images are read and written with it', 'install it: apt-get install ceph-common', { path: formatRbdSource(source) })
+      : ran.error)
+  }
+  return ran.value
 }
 
 /** Runs rbd; a failure is a Stop that says what could not be done. */
 const rbd = async (at: Transport, source: RbdSource, words: readonly string[], what: string, signal?: AbortSignal): Promise<string> => {
-  const ran = await at.exec(rbdArgv(source, words), signal === undefined ? {} : { signal })
-  if (ran.isErr()) {
-    return stop(ran.error.code === 'TOOL_MISSING'
-      ? bbError('TOOL_MISSING', 'rbd is not installed (or not on PATH): an RBD source is read with it', 'install it: apt-get install ceph-common', { path: formatRbdSource(source) })
-      : ran.error)
-  }
-  if (ran.value.exitCode !== 0) return stop(rbdFailure(source, what, ran.value))
-  return ran.value.stdout
+  const ran = await rbdExec(at, source, words, signal)
+  if (ran.exitCode !== 0) return stop(rbdFailure(source, what, ran))
+  return ran.stdout
+}
+
+/** Whether the image exists (rbd info answers, or says there is none); a cluster that does not answer is a Stop. */
+export const rbdImageExists = async (at: Transport, source: RbdSource): Promise<boolean> => {
+  const ran = await rbdExec(at, source, ['info', '--format', 'json', imageSpec(source)])
+  if (ran.exitCode === 0) return true
+  if (/\(2\) No such file or directory/.test(ran.stderr) && !/error opening pool/.test(ran.stderr)) return false
+  return stop(rbdFailure(source, `look for ${formatRbdSource(source)}`, ran, 'TARGET_UNAVAILABLE'))
+}
+
+/** The command that writes an image from its stdin (`rbd import -`): runs of zeros are not written (sparse). */
+export const importArgv = (source: RbdSource): string[] => rbdArgv(source, ['import', '--no-progress', '--sparse-size', '4096', '-', imageSpec(source)])
+
+/** Gives an image another name in its pool; false where an image of that name exists. */
+export const renameRbdImage = async (at: Transport, from: RbdSource, to: RbdSource): Promise<boolean> => {
+  const ran = await rbdExec(at, from, ['rename', imageSpec(from), imageSpec(to)])
+  if (ran.exitCode === 0) return true
+  if (/\(17\) File exists/.test(ran.stderr)) return false
+  return stop(rbdFailure(from, `rename ${formatRbdSource(from)} to ${to.image}`, ran, 'TARGET_UNAVAILABLE'))
+}
+
+/** Removes an image this run made; one that is not there is fine. */
+export const removeRbdImage = async (at: Transport, source: RbdSource): Promise<void> => {
+  const ran = await rbdExec(at, source, ['rm', '--no-progress', imageSpec(source)])
+  if (ran.exitCode !== 0 && !/\(2\) No such file or directory/.test(ran.stderr)) stop(rbdFailure(source, `remove ${formatRbdSource(source)}`, ran, 'TARGET_UNAVAILABLE'))
 }
 
 const json = (text: string, what: string): unknown => {

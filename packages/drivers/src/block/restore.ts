@@ -10,6 +10,7 @@ import { dataChunks } from './data-map.js'
 import { openHashPool } from './hash-pool.js'
 import { localDirectory } from './locked.js'
 import { privately } from '../privately.js'
+import { formatRbdSource, importArgv, isRbdSource, parseRbdSource, rbdImageExists, removeRbdImage, renameRbdImage, type RbdSource } from './rbd.js'
 import { inspectSource, lookRemote } from './source.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import { distrustReason, paths, type Revision, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
@@ -18,7 +19,7 @@ export interface BlockRestoreOptions {
   readonly at: Transport
   /** a revision spec: uuid (or a unique start of one), 0 = newest, latest, a tag (its newest revision) */
   readonly revision: string
-  /** a file that does not exist yet, or a block device (with `force`) */
+  /** a file that does not exist yet, a block device (with `force`), or a new Ceph RBD image (`rbd:POOL/IMAGE`, written with rbd import) */
   readonly destination: string
   /** write to a block device; restore a distrusted revision */
   readonly force?: boolean
@@ -68,7 +69,9 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
     if (hashes === undefined) return stop(bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${image} is a plain image file`, { revision: revision.uuid }))
     const sink = options.output !== undefined
       ? streamSink(options.output, 'stdout')
-      : options.destinationHost !== undefined && options.destinationHost.location.kind !== 'local'
+      : isRbdSource(options.destination)
+        ? await rbdSink(options.at, await must(parseRbdSource(options.destination)), options)
+        : options.destinationHost !== undefined && options.destinationHost.location.kind !== 'local'
         ? await remoteSink(options.destinationHost, options.destination, revision, options)
         : await localSink(options.destination, revision, options)
     const pool = openHashPool(options.threads)
@@ -235,6 +238,49 @@ const streamSink = (output: Writable, name: string, ended?: {
     },
     bytesWritten: () => written,
   }
+}
+
+/**
+ * A new RBD image: the image streamed into `rbd import -` (runs of zeros are not written) under a
+ * name of ours beside it (`IMAGE.bbackup-partial-…`), renamed to its own only when complete, and
+ * never over an image that is there or appeared meanwhile. Whatever fails, the partial image is removed.
+ */
+const rbdSink = async (at: Transport, destination: RbdSource, options: RestoreTo): Promise<Sink> => {
+  const where = formatRbdSource(destination)
+  if (await rbdImageExists(at, destination)) {
+    stop(bbError('ALREADY_EXISTS', `${where} already exists`, 'restore to a new image name (bbackup never overwrites an image), or remove it first (rbd rm)', { path: where }))
+  }
+  const partial: RbdSource = { ...destination, image: `${destination.image}.bbackup-partial-${randomBytes(6).toString('hex')}` }
+  const writing = at.spawn(importArgv(partial), { stdin: 'pipe', ...(options.signal === undefined ? {} : { signal: options.signal }) })
+  if (writing.stdin === undefined) throw new InternalError('spawn with stdin: pipe gave no stdin')
+  const input = writing.stdin
+  const failedAt = (ended: { exitCode: number; stderr: string }) => bbError('TARGET_UNAVAILABLE', `writing ${where} failed: ${stderrTail(ended.stderr) || `rbd import exit ${ended.exitCode}`}`,
+    'check that the cluster has the space and this ceph user may create images in the pool, and run again', { path: where, stderr: stderrTail(ended.stderr) })
+  let keep = false
+  return streamSink(input, where, {
+    whyBroken: async () => {
+      const ended = await writing.done
+      return ended.isOk() && ended.value.exitCode !== 0 ? failedAt(ended.value) : undefined
+    },
+    finish: async () => {
+      input.end()
+      const ended = await must(writing.done)
+      if (ended.exitCode !== 0) stop(failedAt(ended))
+      if (!(await renameRbdImage(at, partial, destination))) {
+        keep = true
+        stop(bbError('ALREADY_EXISTS', `${where} appeared while it was restored; the restored image stays as ${formatRbdSource(partial)}`, 'rename one of them (rbd rename)', { path: where }))
+      }
+    },
+    abandon: async () => {
+      // the end of its input, not a signal: rbd import closes the image as it ends, where a killed
+      // one leaves its watch on it, and rbd rm waits 30 s for that to time out
+      input.end()
+      const timer = setTimeout(() => writing.kill(), 10_000)
+      await writing.done
+      clearTimeout(timer)
+      if (!keep) await removeRbdImage(at, partial).catch(() => undefined)
+    },
+  })
 }
 
 /**
