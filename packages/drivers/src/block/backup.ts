@@ -273,6 +273,8 @@ const readRbd = async (input: Parameters<typeof readSource>[0], handlers: Source
   const argv = exportDiffArgv(image.source, image.snapshot, rbdBase)
   const reading = input.at.spawn(argv, { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
   if (reading.stdout === undefined) throw new InternalError('spawn with stdout: pipe gave no stdout')
+  const failed = (ended: { readonly exitCode: number; readonly stderr: string }): never =>
+    stop(bbError('SOURCE_UNAVAILABLE', `reading ${frozen.path} failed: ${stderrTail(ended.stderr) || `rbd exit ${ended.exitCode}`}`, 'check that the cluster is up and this ceph user may read the image, and run again', { path: frozen.path, stderr: stderrTail(ended.stderr) }))
   const parent = rbdBase === undefined ? undefined : await fsStep('open', input.writeTo, fs.open(input.writeTo, 'r'))
   let counts
   try {
@@ -290,17 +292,13 @@ const readRbd = async (input: Parameters<typeof readSource>[0], handlers: Source
     reading.kill()
     const ended = await reading.done
     // rbd's own failure says more than a stream that stopped short
-    if (ended.isOk() && ended.value.exitCode !== 0 && !(error instanceof Stop && error.error.code === 'CANCELLED')) {
-      return stop(bbError('SOURCE_UNAVAILABLE', `reading ${frozen.path} failed: ${stderrTail(ended.value.stderr) || `rbd exit ${ended.value.exitCode}`}`, 'check that the cluster is up and this ceph user may read the image, and run again', { path: frozen.path, stderr: stderrTail(ended.value.stderr) }))
-    }
+    if (ended.isOk() && ended.value.exitCode !== 0 && !(error instanceof Stop && error.error.code === 'CANCELLED')) failed(ended.value)
     throw error
   } finally {
     await parent?.close()
   }
   const ended = await must(reading.done)
-  if (ended.exitCode !== 0) {
-    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${frozen.path} failed: ${stderrTail(ended.stderr) || `rbd exit ${ended.exitCode}`}`, 'check that the cluster is up and this ceph user may read the image, and run again', { path: frozen.path, stderr: stderrTail(ended.stderr) }))
-  }
+  if (ended.exitCode !== 0) failed(ended)
   return counts
 }
 

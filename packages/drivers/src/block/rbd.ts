@@ -58,7 +58,7 @@ export const formatRbdSource = (source: RbdSource): string =>
   `${PREFIX}${imageSpec(source)}${source.conf === undefined ? '' : `:conf=${source.conf}`}${source.id === undefined ? '' : `:id=${source.id}`}`
 
 /** The image (or one of its snapshots) as rbd names it: `POOL/[NAMESPACE/]IMAGE[@SNAP]`. */
-export const imageSpec = (source: RbdSource, snapshot?: string): string =>
+const imageSpec = (source: RbdSource, snapshot?: string): string =>
   `${source.pool}/${source.namespace === undefined ? '' : `${source.namespace}/`}${source.image}${snapshot === undefined ? '' : `@${snapshot}`}`
 
 /** How a snapshot of the image is shown to people (hooks, reports): `rbd:POOL/IMAGE@SNAP`. */
@@ -68,7 +68,7 @@ export const snapshotName = (source: RbdSource, snapshot: string): string => `${
 const MOUNT_TIMEOUT_SECONDS = 30
 
 /** The rbd command: the words, then the source's cluster and user. */
-export const rbdArgv = (source: RbdSource, words: readonly string[]): string[] => [
+const rbdArgv = (source: RbdSource, words: readonly string[]): string[] => [
   'rbd', ...words, '--client-mount-timeout', String(MOUNT_TIMEOUT_SECONDS),
   ...(source.conf === undefined ? [] : ['--conf', source.conf]), ...(source.id === undefined ? [] : ['--id', source.id]),
 ]
