@@ -4,22 +4,12 @@ import { chmod, open, readdir, readFile, readlink, rm, stat, writeFile } from 'n
 import { dirname, join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
+import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { at, finished, ok, sameBytes, spawnTs } from './helpers.js'
+import { at, exclusiveBytes, finished, ok, sameBytes, spawnTs, written } from './helpers.js'
 
 const MiB = 1024 * 1024
-const written = (r: BlockBackupReport): Revision => {
-  if (r.skipped) throw new Error('expected a revision, the backup was skipped')
-  return r.revision
-}
-/** bytes only this file holds on btrfs (not shared with a reflink copy) */
-const exclusiveBytes = (path: string): number => {
-  execFileSync('sync')
-  const line = execFileSync('btrfs', ['filesystem', 'du', '--raw', path], { encoding: 'utf8' }).trim().split('\n').at(-1) ?? ''
-  return Number(line.trim().split(/\s+/)[1])
-}
 const allocatedBytes = async (path: string): Promise<number> => (await stat(path)).blocks * 512
 /** writes `data` at `offset` of a file, in place */
 const patch = async (path: string, offset: number, data: Buffer): Promise<void> => {

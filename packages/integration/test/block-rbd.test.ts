@@ -3,23 +3,14 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { chmod, open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { backupVolume, initVolume, restoreRevision, volumeStatus, type BlockBackupReport, type Revision } from '@bb/drivers/block'
+import { backupVolume, initVolume, restoreRevision, volumeStatus } from '@bb/drivers/block'
 import { mountLoopFilesystem, requireTools, startCeph, type Ceph, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { at, ok, runCli, sameBytes } from './helpers.js'
+import { at, exclusiveBytes, ok, runCli, sameBytes, written } from './helpers.js'
 
 // A Ceph RBD image as a volume's source, read from a real one-node cluster (a monitor and a memstore OSD on 127.0.0.1)
 const MiB = 1024 * 1024
 const CHUNK = 4 * MiB
-const written = (r: BlockBackupReport): Revision => {
-  if (r.skipped) throw new Error('expected a revision, the backup was skipped')
-  return r.revision
-}
-const exclusiveBytes = (path: string): number => {
-  execFileSync('sync')
-  const line = execFileSync('btrfs', ['filesystem', 'du', '--raw', path], { encoding: 'utf8' }).trim().split('\n').at(-1) ?? ''
-  return Number(line.trim().split(/\s+/)[1])
-}
 
 /** Writes into an image as a guest would, through `rbd import-diff` of a v1 stream: bytes at offsets, or zeros (a discard). */
 const writeImage = (ceph: Ceph, image: string, size: number, records: readonly ({ readonly offset: number; readonly data: Buffer } | { readonly offset: number; readonly zero: number })[]): void => {

@@ -6,6 +6,7 @@ import type { Job, RetentionSettings } from '@bb/core'
 import { stat } from 'node:fs/promises'
 import { makeTempDir, treeManifest } from '@bb/testkit'
 import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
+import type { BlockBackupReport, Revision } from '@bb/drivers/block'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 
@@ -15,6 +16,19 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..')
 export const ok = <T>(r: { isOk(): boolean; _unsafeUnwrap(): T; _unsafeUnwrapErr(): unknown }): T => {
   if (!r.isOk()) throw new Error(`expected ok, got ${JSON.stringify(r._unsafeUnwrapErr())}`)
   return r._unsafeUnwrap()
+}
+
+/** The revision a block backup made; one that was skipped (not due) fails the test. */
+export const written = (r: BlockBackupReport): Revision => {
+  if (r.skipped) throw new Error('expected a revision, the backup was skipped')
+  return r.revision
+}
+
+/** bytes only this file holds on btrfs (not shared with a reflink copy) */
+export const exclusiveBytes = (path: string): number => {
+  execFileSync('sync')
+  const line = execFileSync('btrfs', ['filesystem', 'du', '--raw', path], { encoding: 'utf8' }).trim().split('\n').at(-1) ?? ''
+  return Number(line.trim().split(/\s+/)[1])
 }
 
 /** A fixed clock for a run's `now` option. */
