@@ -110,15 +110,15 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
  * A revision as the engine reports a run, for what every job feeds: the metrics file. The volume
  * is the job's one target; its revision, the one snapshot sent; expired revisions, the pruned.
  */
-export const blockRunReport = (source: BlockSource, report: Extract<BlockBackupReport, { skipped: false }>, formatSource: (source: BlockSource) => string): BackupReport => {
+export const blockRunReport = (source: string, route: 'local' | 'pull', report: Extract<BlockBackupReport, { skipped: false }>): BackupReport => {
   const { revision: r } = report
   const mode = r.parent === null ? 'full' as const : 'incremental' as const
   const parent = r.parent === null ? {} : { parent: r.parent }
   const durationMs = Math.round(r.stats.durationSeconds * 1000)
   return {
-    source: formatSource(source), driver: 'block', dryRun: false, snapshot: r.uuid, startedAt: r.timestamp, durationMs, failed: 0, sourcePruned: [],
+    source, driver: 'block', dryRun: false, snapshot: r.uuid, startedAt: r.timestamp, durationMs, failed: 0, sourcePruned: [],
     targets: [{
-      target: report.dir, ok: true, route: source.kind === 'ssh' ? 'pull' : 'local', sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
+      target: report.dir, ok: true, route, sent: [{ snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, durationMs }],
       snapshot: r.uuid, mode, ...parent, bytes: r.stats.bytesWritten, files: 0, durationMs, warnings: r.warnings,
       recovered: report.removedIncomplete.map((name) => ({ snapshot: name, action: 'removed' as const })), pruned: report.expired.removed, kept: report.expired.left, commands: [],
     }],
@@ -189,7 +189,7 @@ export const blockBackup = async (
       io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
       return exitCodeOf(r.error)
     }
-    if (!r.value.skipped) hooks.ran?.(source, { report: blockRunReport(where.value, r.value, formatBlockSource) })
+    if (!r.value.skipped) hooks.ran?.(source, { report: blockRunReport(source, where.value.kind === 'ssh' ? 'pull' : 'local', r.value) })
     if (hooks.collect !== undefined && options.json === true) {
       hooks.collect(r.value)
       return EXIT.ok
