@@ -71,6 +71,8 @@ interface CommonOptions {
   transfer?: boolean
   lockedDests?: boolean
   removeLocks?: boolean
+  /** rsync: back up into a directory whose backups name another source (the same one, renamed) */
+  takeOver?: boolean
   sshIdentity?: string
   sshKnownHosts?: string
   sshOption?: string[]
@@ -602,6 +604,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           signal: controller.signal,
           onEvent: eventsOf(options, verbosity, log, formatLocation(job.source.location), job.driver.name),
           ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
+          ...(options.takeOver === true ? { takeOver: true } : {}),
         }).andThen((report) => disk.release().map(() => report))
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
@@ -927,6 +930,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--locked-dests', 'also retry every target the journal has an unfinished transfer to (btrfs-backup)')
       .option('--retries <n>', 'try a target that failed on the network (or stalled) again up to n times in this run, with growing pauses (default 3)')
       .option('--remove-locks', 'forget the unfinished transfers to the given targets first, leaving the targets as they are (btrfs-backup); only when nothing unfinished is left there')
+      .option('--take-over', "rsync: back up into a directory whose backups were made of another source (TARGET_IN_USE) because they are this source's under its old name: a renamed host or path")
       .option('--metrics-file <file>', 'after the run, write Prometheus metrics there for node_exporter\'s textfile collector (config: metrics_file)')
       .option('--transaction-log <file>', "append a line per snapshot created, sent and deleted, in btrbk's transaction log format (config: transaction_log)")
       .option('--log-json', 'print the progress events as JSON lines on stderr, for log collectors')
@@ -1116,7 +1120,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
         }
         io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
-        if (answers.some((s) => s.targets.some((t) => !t.reachable))) outcome = { code: EXIT.someTargetsFailed }
+        if (answers.some((s) => s.targets.some((t) => !t.reachable || t.error !== undefined))) outcome = { code: EXIT.someTargetsFailed }
       })
   }
 

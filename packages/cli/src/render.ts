@@ -269,6 +269,10 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
       out.push(`  ${t.at}: unreachable: ${t.error?.message ?? ''}`)
       continue
     }
+    if (t.error !== undefined) {
+      out.push(`  ${t.at}: ${t.error.message}`, `    hint: ${t.error.hint}`)
+      continue
+    }
     out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
     const others = t.others ?? []

@@ -41,6 +41,7 @@ export type ErrorCode =
   | 'CORRUPT_DATA'
   | 'INSECURE_SECRETS'
   | 'HOOK_FAILED'
+  | 'TARGET_IN_USE'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

@@ -1,4 +1,5 @@
-import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport } from '@bb/core'
@@ -213,6 +214,61 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(await backupsIn(target)).toEqual(['2026-11-23T120000Z', '2026-11-23T130000Z'])
     expect(events.filter((e) => e.type === 'pruned').map((e) => e.type === 'pruned' && e.snapshot)).toEqual(['2026-11-23T100000Z', '2026-11-23T110000Z'])
     expect(await readdir(join(target, '.bbackup/trash'))).toEqual([])
+  })
+
+  it('refuses a second source\'s run, prune and status in a directory of another\'s backups (TARGET_IN_USE), and touches nothing there', async () => {
+    // every host's /home backs up as a run of plain time names: alike in one directory, until a backup names its source
+    const other = join(tmp.path, 'other', 'home')
+    await writeTree(other, { 'a.txt': 'other\n' })
+    const keepOne = { target: { keepLast: 1 } }
+    const first = rsyncJob({ source, targets: [target], state: join(tmp.path, 'state-a'), retention: keepOne })
+    const second = rsyncJob({ source: other, targets: [target], state: join(tmp.path, 'state-b'), retention: keepOne })
+    ok(await backup(first, { now: at('2026-11-23T10:00:00Z') }))
+    const record = JSON.parse(await readFile(join(target, '.bbackup/2026-11-23T100000Z.json'), 'utf8')) as { source?: string }
+    expect(record.source).toBe(`${hostname()}:${source}`)
+
+    for (const dryRun of [true, false]) {
+      const refused = ok(await backup(second, { now: at('2026-11-23T11:00:00Z'), dryRun }))
+      expect(refused.failed).toBe(1)
+      expect(refused.targets[0]).toMatchObject({ ok: false, commands: [], error: { code: 'TARGET_IN_USE', message: expect.stringContaining(`holds the backups of ${hostname()}:${source}`) } })
+      expect(refused.targets[0]?.error?.hint).toContain(join(tmp.path, `${hostname()}-home`))
+    }
+    const pruned = ok(await prune(second, { now: at('2026-11-23T12:00:00Z') }))
+    expect(pruned[0]).toMatchObject({ deleted: [], error: { code: 'TARGET_IN_USE' } })
+    const seen = ok(await status(second, { now: at('2026-11-23T12:00:00Z') }))
+    expect(seen.targets[0]).toMatchObject({ reachable: true, backups: 0, error: { code: 'TARGET_IN_USE' } })
+    // the first source's backup is as it was, and still its latest
+    expect(await backupsIn(target)).toEqual(['2026-11-23T100000Z'])
+    expect(await treeManifest(join(target, '2026-11-23T100000Z'))).toEqual(await treeManifest(source))
+    expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T100000Z')
+    ok(await backup(first, { now: at('2026-11-23T13:00:00Z') }))
+    expect(await backupsIn(target)).toEqual(['2026-11-23T130000Z'])
+
+    // a prefix of its own shares the directory: its backups are named apart
+    const prefixed = ok(await backup({ ...second, prefix: 'other.' }, { now: at('2026-11-23T14:00:00Z') }))
+    expect(prefixed.targets[0]).toMatchObject({ ok: true, snapshot: 'other.2026-11-23T140000Z', mode: 'full' })
+    expect(await backupsIn(target)).toEqual(['2026-11-23T130000Z'])
+  })
+
+  it('takes over a directory of its backups under an old name with takeOver, and a backup whose record names no source claims nothing', async () => {
+    const keepOne = { target: { keepLast: 1 } }
+    ok(await backup(rsyncJob({ source, targets: [target], state, retention: keepOne }), { now: at('2026-11-23T10:00:00Z') }))
+    // the same data under a new path (a disk mounted elsewhere): refused until taken over, then linked against and pruned as its own
+    const moved = join(tmp.path, 'moved')
+    await rename(source, moved)
+    const job = rsyncJob({ source: moved, targets: [target], state, retention: keepOne })
+    expect(ok(await backup(job, { now: at('2026-11-23T11:00:00Z') })).targets[0]?.error?.code).toBe('TARGET_IN_USE')
+    const taken = ok(await backup(job, { now: at('2026-11-23T12:00:00Z'), takeOver: true }))
+    expect(taken.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: '2026-11-23T100000Z', files: 0, pruned: ['2026-11-23T100000Z'] })
+    expect(ok(await backup(job, { now: at('2026-11-23T13:00:00Z') })).targets[0]).toMatchObject({ ok: true, parent: '2026-11-23T120000Z' })
+
+    // records from before a backup named its source (and another tool's backups, which have none)
+    const recordPath = join(target, '.bbackup/2026-11-23T130000Z.json')
+    const { source: _named, ...unnamed } = JSON.parse(await readFile(recordPath, 'utf8')) as Record<string, unknown>
+    await writeFile(recordPath, JSON.stringify(unnamed))
+    await writeTree(join(tmp.path, 'later'), { 'a.txt': 'later\n' })
+    const later = ok(await backup(rsyncJob({ source: join(tmp.path, 'later'), targets: [target], state: join(tmp.path, 'state-later') }), { now: at('2026-11-23T14:00:00Z') }))
+    expect(later.targets[0]).toMatchObject({ ok: true, parent: '2026-11-23T130000Z' })
   })
 
   it('never prunes the backup the run just made: one made in the same second as the others sorts after them, one under a clock set back is kept', async () => {

@@ -35,6 +35,12 @@ export interface SnapshotInfo {
    * source replaced): the job never counts, sends, nor deletes it
    */
   readonly otherSubvolume?: string
+  /**
+   * rsync: the source the backup was made from, as its record names it ({@link Driver.sourceName});
+   * undefined where nothing names one (a record from before bbackup wrote it, a backup a daemon's
+   * post-xfer exec published, another tool's). See {@link claimedByOther}
+   */
+  readonly madeFrom?: string
 }
 
 /**
@@ -166,6 +172,11 @@ export interface Driver {
    * counted, sent nor deleted. Undefined when there is none, or it cannot be told or reached.
    */
   origin?(input: { readonly source: Transport; readonly signal: AbortSignal | undefined }): Promise<SnapshotInfo | undefined>
+  /**
+   * rsync: how each backup's record names the source it is made from (`HOST:PATH`): a directory of
+   * such backups is one source's, and another source's run or prune there is refused ({@link claimedByOther})
+   */
+  sourceName?(source: Transport): string
   /** Where a transfer of `snapshot` to `target` leaves its copy until it is complete (journalled before it starts). */
   partialPath(input: { readonly target: Transport; readonly snapshot: string }): string
   transfer(input: TransferInput): ResultAsync<TransferOutcome, DriverError>

@@ -10,7 +10,7 @@ import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
+import { claimedByOther, journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
 import { betweenHooks, hookContextOf, type HookRun, type HookRunner } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
@@ -405,6 +405,12 @@ const backupToTarget = async (
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
 
+  // another source's directory (rsync): nothing is recovered, written, linked against nor pruned there
+  const claimed = claimedByOther(job, target, snapshots, options.takeOver)
+  if (claimed !== undefined) {
+    emit({ type: 'transfer-failed', target: where, snapshot: name, error: claimed })
+    return failedTarget(where, started, claimed)
+  }
   const recovery = await recoverTarget(job, options, target, pending)
   if (recovery.error !== undefined) return failedTarget(where, started, recovery.error, { recovered: recovery.recovered })
   const { recovered, resume } = recovery

@@ -7,7 +7,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { journalPath, lineagePath, lockPath, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
+import { claimedByOther, journalPath, lineagePath, lockPath, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -47,6 +47,7 @@ export interface TargetStatus {
   /** with `only: 'target'`, the source (the prefix of its backups' names) this entry tells of, when a name has one */
   readonly prefix?: string
   readonly reachable: boolean
+  /** why it cannot be asked (`reachable` false), or, reachable, why none of its backups is the job's: another source's directory (`TARGET_IN_USE`) */
   readonly error?: BbError
   readonly backups: number
   readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
@@ -125,6 +126,12 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
       const r = await job.driver.listSnapshots({ at: target, signal: options.signal })
       if (r.isErr()) {
         targets.push({ at, reachable: false, error: r.error, backups: 0, unfinished: [] })
+        continue
+      }
+      // another source's directory of backups (rsync): none of them is this job's
+      const claimed = claimedByOther(job, target, r.value)
+      if (claimed !== undefined) {
+        targets.push({ at, reachable: true, error: claimed, backups: 0, unfinished: [] })
         continue
       }
       const space = await spaceAt(target, options.signal)

@@ -1,8 +1,9 @@
 import type { JobHooks } from './hooks.js'
 import { createHash } from 'node:crypto'
 import { homedir } from 'node:os'
-import { join } from 'node:path'
+import { join, posix } from 'node:path'
 import type { Driver, SnapshotInfo } from '../driver/driver.js'
+import { bbError, type BbError } from '../errors.js'
 import { formatLocation } from '../location/location.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import type { RetentionPolicy } from '../retention/policy.js'
@@ -42,6 +43,12 @@ export interface RunOptions {
   readonly now?: () => Date
   /** how a target that failed on the network (NETWORK_FAILED, STALLED) is tried again in the same run */
   readonly retry?: RetryPolicy
+  /**
+   * rsync: back up into (and prune) a directory whose backups name another source
+   * ({@link claimedByOther}), taking it over: the same source under a new name (a renamed host or
+   * path). Default false: refused with `TARGET_IN_USE`
+   */
+  readonly takeOver?: boolean
 }
 
 /** Retries with exponential backoff (x3, jittered); host key, auth, disk-full and other failures are never retried. */
@@ -96,6 +103,35 @@ export const othersAtSource = (job: Job, snapshots: readonly SnapshotInfo[]): Sn
 
 const namedAsJobs = (job: Job, snapshots: readonly SnapshotInfo[]): SnapshotInfo[] =>
   snapshots.filter((s) => s.complete && s.time !== undefined && (parseSnapshotName(s.name)?.prefix ?? '') === (job.prefix ?? ''))
+
+/**
+ * Whether a target is another source's, where the driver names the source in each backup (rsync:
+ * {@link Driver.sourceName}): whose it is, the newest complete backup named as the job's (its
+ * prefix) that names a source says. Such backups are one source's (its `latest`, the parent of its
+ * next backup, its retention), so another source's run or prune there is refused with
+ * `TARGET_IN_USE`, naming both and nothing touched. Undefined where the job may go on: no backup
+ * names a source (made before bbackup named them, or by another tool), the newest that does names
+ * this one, the job has no source of its own (a directory of backups named alone), or `takeOver`
+ * (the same source under a new name: a host or a path renamed; its next backup names it, and the
+ * older ones count as its own).
+ */
+export const claimedByOther = (job: Job, at: Transport, backups: readonly SnapshotInfo[], takeOver = false): BbError | undefined => {
+  const ours = job.driver.sourceName?.(job.source)
+  const where = formatLocation(at.location)
+  if (ours === undefined || takeOver || formatLocation(job.source.location) === where) return undefined
+  // of the backups named as the job's: sources with a prefix each may share a directory
+  const claim = namedAsJobs(job, backups).filter((b) => b.madeFrom !== undefined).at(-1)
+  if (claim?.madeFrom === undefined || claim.madeFrom === ours) return undefined
+  // a directory beside it, named for this source's host and path (`host-home`)
+  const host = ours.slice(0, ours.indexOf(':'))
+  const name = `${host}-${ours.slice(ours.indexOf(':') + 1).split('/').filter(Boolean).at(-1) ?? 'root'}`.replace(/[^A-Za-z0-9._-]+/g, '_')
+  const parent = posix.dirname(at.location.path)
+  const ownDirectory = formatLocation({ ...at.location, path: at.location.path === '' || parent === at.location.path ? posix.join(at.location.path, name) : posix.join(parent, name) })
+  return bbError('TARGET_IN_USE',
+    `${where} holds the backups of ${claim.madeFrom} (newest ${claim.name}), not of this source (${ours}): backups named alike are one source's; nothing was written or deleted there`,
+    `give this source a directory of its own, e.g. ${ownDirectory} (or a prefix of its own: -p); or, if those are this source's backups under an old name (a renamed host or path), run once with --take-over`,
+    { target: where, madeFrom: claim.madeFrom, source: ours })
+}
 
 /**
  * Whether a target's directory is not there (yet): what the first backup makes, and a dry run or a

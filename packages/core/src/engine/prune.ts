@@ -8,7 +8,7 @@ import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '../journal/lineage.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
-import { journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { claimedByOther, journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
@@ -63,6 +63,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   const where = formatLocation(at.location)
   const listed = await job.driver.listSnapshots({ at, side, signal: options.signal })
   if (listed.isErr()) return err(listed.error)
+  // another source's directory of backups (rsync): none of them is this job's to weigh or delete
+  const claimed = side === 'target' ? claimedByOther(job, at, listed.value, options.takeOver) : undefined
+  if (claimed !== undefined) return err(claimed)
   const journal = await readJournal(job.state.transport, journalPath(job))
   if (journal.isErr()) return err(journal.error)
   const named = ownSnapshots(job, listed.value)

@@ -59,6 +59,8 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
     // a target directory that is not there (yet) holds no backup; a host that cannot be reached may be off for a while
     if (!t.reachable && (t.error?.code === 'NOT_FOUND' || t.error?.code === 'TARGET_UNAVAILABLE')) found.push({ verdict: 'critical', reason: `${t.at} has no backup: ${t.error.message}` })
     else if (!t.reachable) found.push({ verdict: 'warning', reason: `${t.at} cannot be reached${t.error === undefined ? '' : `: ${t.error.message}`}` })
+    // another source's directory (TARGET_IN_USE): none of this job's backups is there
+    else if (t.error !== undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup of this source: ${t.error.message}` })
     else if (t.latest === undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup` })
     else {
       found.push(...ageFindings(t.at, 'backup', t.latest.ageSeconds, thresholds))

@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -57,6 +57,27 @@ export interface BackupRecord {
   readonly warnings: readonly string[]
   /** 'post-xfer exec': the daemon's hook published it, from the daemon's exit status */
   readonly publishedBy?: string
+  /** the source it is a backup of ({@link sourceNameOf}); not known where a daemon's post-xfer exec published it */
+  readonly source?: string
+}
+
+/**
+ * How a backup's record names its source ({@link SnapshotInfo.madeFrom}): the host it is on and its
+ * path there, `HOST:PATH` (a daemon's `HOST::MODULE/PATH`), this host's name for a local source and
+ * the host as written for a remote one. A directory of backups is one source's: another source's
+ * run there is refused (`TARGET_IN_USE`), so that two hosts' `/home` never link against, prune nor
+ * replace each other's backups.
+ */
+export const sourceNameOf = (location: Location): string => {
+  const path = location.path === '' ? '' : posix.normalize(location.path).replace(/(.)\/+$/, '$1')
+  switch (location.kind) {
+    case 'local':
+      return `${hostname()}:${path}`
+    case 'ssh':
+      return `${location.host}:${path}`
+    case 'rsyncd':
+      return `${location.host}::${posix.join(location.module, path)}`
+  }
 }
 
 /**
@@ -217,7 +238,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         }).filter((b) => b.parsed !== undefined)
         return ResultAsync.combine(backups.map((b) =>
           (b.complete ? recordOf(b.name, records) : okAsync(undefined)).map((text) => ({
-            info: { name: b.name, time: b.parsed?.time, complete: b.complete, health: healthOf(text), path: join(dir, b.dirName) } satisfies SnapshotInfo,
+            info: { name: b.name, time: b.parsed?.time, complete: b.complete, ...recordSays(text), path: join(dir, b.dirName) } satisfies SnapshotInfo,
             order: { name: b.dirName, time: b.parsed?.time ?? new Date(0), sequence: b.parsed?.sequence ?? 0 },
           })),
         ))
@@ -316,7 +337,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     }
     const commands: string[][] = [argv]
     if (!dryRun && !(filesOnly && options.serverPublishes === true)) {
-      const record = { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings }
+      const record: BackupRecord = { health, rsyncExit: ran.value.exitCode, finishedAt: new Date().toISOString(), bytes: stats.bytes, files: stats.files, warnings, source: sourceNameOf(source.location) }
       const published = filesOnly
         ? await publishMarked(target, { dir, snapshot, record, resumedFrom: resumeFrom })
         : await publish(target, { dir, partial, final, snapshot, record }, commands, signal)
@@ -496,7 +517,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, partialPath, transfer, recover, deleteSnapshots, restore, verify, diff }
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, sourceName: (source) => sourceNameOf(source.location), partialPath, transfer, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /**
@@ -541,16 +562,17 @@ const changeFiles = (at: Transport, dir: string, changes: FileChanges): ResultAs
 }
 
 /**
- * A backup's health from its record. An adopted backup (no record) is taken as healthy, as the tool
- * that made it did; an unreadable record says nothing against a backup that was published.
+ * A backup's health and source from its record. An adopted backup (no record) is taken as healthy,
+ * as the tool that made it did, and names no source; an unreadable record says nothing against a
+ * backup that was published.
  */
-const healthOf = (record: string | undefined): SnapshotInfo['health'] => {
-  if (record === undefined) return 'ok'
+const recordSays = (record: string | undefined): Pick<SnapshotInfo, 'health' | 'madeFrom'> => {
+  if (record === undefined) return { health: 'ok' }
   try {
-    const health = (JSON.parse(record) as Partial<BackupRecord>).health
-    return health === 'warnings' || health === 'errors' ? health : 'ok'
+    const { health, source } = JSON.parse(record) as Partial<BackupRecord>
+    return { health: health === 'warnings' || health === 'errors' ? health : 'ok', ...(typeof source === 'string' && source !== '' ? { madeFrom: source } : {}) }
   } catch {
-    return 'ok'
+    return { health: 'ok' }
   }
 }
 
