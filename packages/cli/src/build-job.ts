@@ -3,7 +3,7 @@ import { basename, join, resolve } from 'node:path'
 import { bbError, commandHook, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type JobHooks, type Location, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, ok, type Result } from 'neverthrow'
-import type { DriverChoice, HookCommands, JobSpec, RsyncdSpec, SshSpec } from './config.js'
+import { HOOK_CONFIG_KEYS, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 
 /** Opens what remote locations need, once per CLI run; `main` closes it at the end. */
 export interface Connections {
@@ -26,7 +26,11 @@ export const commandHooks = async (commands: HookCommands, job: string | undefin
   const { localTransport } = await import('@bb/transports/local')
   const on = localTransport('/')
   const env = job === undefined ? {} : { BBACKUP_JOB: job }
-  return Object.fromEntries(Object.entries(commands).flatMap(([point, command]) => (command === undefined ? [] : [[point, commandHook(command, { on, env })]])))
+  const limit = commands.timeoutSeconds === undefined ? {} : { timeoutSeconds: commands.timeoutSeconds }
+  return Object.fromEntries((Object.keys(HOOK_CONFIG_KEYS) as HookCommandPoint[]).flatMap((point) => {
+    const command = commands[point]
+    return command === undefined ? [] : [[point, commandHook(command, { on, env, ...limit })]]
+  }))
 }
 
 /**

@@ -3,7 +3,7 @@ import { posix } from 'node:path'
 import { bbError, normalizePolicy, parseLocation, type BbError, type RetentionPolicy } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { parse, TomlError } from 'smol-toml'
-import { parseDuration, parseRate } from './duration.js'
+import { hookTimeoutOf, parseDuration, parseRate } from './duration.js'
 import { parseRetentionSpec } from './retention-spec.js'
 
 export const DEFAULT_CONFIG = '/etc/bbackup/config.toml'
@@ -76,10 +76,15 @@ export interface HookCommands {
   readonly preSnapshot?: string
   readonly postSnapshot?: string
   readonly postRun?: string
+  /** how long each may run (`hook_timeout`, `--hook-timeout`; 0: no limit); default core's `HOOK_TIMEOUT_SECONDS` */
+  readonly timeoutSeconds?: number
 }
 
+/** The hooks of {@link HookCommands}, each a command. */
+export type HookCommandPoint = 'preRun' | 'preSnapshot' | 'postSnapshot' | 'postRun'
+
 /** The config key of each hook. */
-export const HOOK_CONFIG_KEYS: Readonly<Record<keyof HookCommands, string>> = {
+export const HOOK_CONFIG_KEYS: Readonly<Record<HookCommandPoint, string>> = {
   preRun: 'pre_exec', preSnapshot: 'pre_snapshot_exec', postSnapshot: 'post_snapshot_exec', postRun: 'post_exec',
 }
 
@@ -129,11 +134,11 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS)]
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
-const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', ...Object.values(HOOK_CONFIG_KEYS)]
+const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the keys whose values this host runs as commands: a config that has one must be safe from other users */
 const COMMAND_KEYS = [...Object.values(HOOK_CONFIG_KEYS), 'pipe_targets', 'ssh_program']
 /** What a job may be named: one path component (its state is <state_dir>/jobs/NAME) and a valid systemd unit name (bbackup-NAME) */
@@ -257,12 +262,17 @@ const readConfig = (path: string): Result<Config, BbError> => {
   }
   /** a job's hook commands, each a command line (a string) */
   const hooksOf = (section: string, job: Record<string, unknown>): Result<{ hooks?: HookCommands }, BbError> => {
-    const hooks: Record<string, string> = {}
+    const hooks: Record<string, string | number> = {}
     for (const [field, key] of Object.entries(HOOK_CONFIG_KEYS)) {
       const value = job[key]
       if (value === undefined) continue
       if (typeof value !== 'string' || value.trim() === '') return problem(section, key, 'must be a command line (a string)', `${key} = "/usr/local/sbin/${key === 'pre_snapshot_exec' ? 'freeze-db' : key === 'post_snapshot_exec' ? 'thaw-db' : 'backup-hook'}"`)
       hooks[field] = value
+    }
+    if (job.hook_timeout !== undefined) {
+      const seconds = hookTimeoutOf(job.hook_timeout)
+      if (seconds === undefined) return problem(section, 'hook_timeout', `${JSON.stringify(job.hook_timeout)} is not a number of seconds or a duration`, 'hook_timeout = "10m" (or seconds: 600; 0 for no limit)')
+      hooks['timeoutSeconds'] = seconds
     }
     return ok(Object.keys(hooks).length === 0 ? {} : { hooks })
   }

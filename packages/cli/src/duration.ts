@@ -32,3 +32,10 @@ export const waitSecondsOf = (wait: string | boolean | undefined): Result<number
     ? err(bbError('INVALID_OPTIONS', `--wait ${wait} is not a number of seconds or a duration`, 'give seconds or a duration, joined to the option: --wait=600 or --wait=10m (a bare --wait waits up to a day)'))
     : ok(seconds)
 }
+
+/** A hook's time limit (`hook_timeout`, `--hook-timeout`): whole seconds (0: no limit) or a duration (`10m`); undefined when it is neither */
+export const hookTimeoutOf = (value: unknown): number | undefined => {
+  if (typeof value === 'number') return Number.isInteger(value) && value >= 0 ? value : undefined
+  if (typeof value !== 'string') return undefined
+  return /^\s*\d+\s*$/.test(value) ? Number(value) : parseDuration(value)
+}

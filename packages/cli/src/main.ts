@@ -9,14 +9,14 @@ import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
+import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import type { JobTimer } from './schedule-command.js'
-import { parseRate, waitSecondsOf } from './duration.js'
+import { hookTimeoutOf, parseRate, waitSecondsOf } from './duration.js'
 import { lowerPriority, parsePriority } from './priority.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -85,6 +85,7 @@ interface CommonOptions {
   retries?: string
   preExec?: string
   preSnapshotExec?: string
+  hookTimeout?: string
   postSnapshotExec?: string
   postExec?: string
 }
@@ -115,16 +116,22 @@ const hookOptions = (command: Command): Command =>
     .option('--pre-snapshot-exec <command>', 'run it just before the source is captured (quiesce: flush a database, virsh domfsfreeze); if it fails, no backup is made (config: pre_snapshot_exec)')
     .option('--post-snapshot-exec <command>', 'run it as soon as the source is captured (thaw), also when that failed; rsync reads the live source, so after its transfers (config: post_snapshot_exec)')
     .option('--post-exec <command>', "run it at the end, whatever became of the run, with BBACKUP_STATUS=ok, failed, error or cancelled (rsnapshot's cmd_postexec; config: post_exec)")
+    .option('--hook-timeout <time>', 'stop a hook that runs longer (seconds or 10m, 2h; 0 = no limit) with all it started, and fail it; default 5 minutes for the snapshot hooks, no limit for --pre-exec and --post-exec (config: hook_timeout)')
 
 /** The hook commands given on the command line, each a non-empty command line. */
 const hookCommandsOf = (options: CommonOptions): Result<HookCommands, BbError> => {
   const given = { preRun: options.preExec, preSnapshot: options.preSnapshotExec, postSnapshot: options.postSnapshotExec, postRun: options.postExec }
-  const commands: Record<string, string> = {}
+  const commands: Record<string, string | number> = {}
   for (const [point, command] of Object.entries(given)) {
     if (command === undefined) continue
-    const option = `--${(HOOK_CONFIG_KEYS[point as keyof HookCommands]).replace(/_/g, '-')}`
+    const option = `--${(HOOK_CONFIG_KEYS[point as HookCommandPoint]).replace(/_/g, '-')}`
     if (command.trim() === '') return err(bbError('INVALID_OPTIONS', `${option} is empty`, `give the command to run, e.g. ${option} '/usr/local/sbin/backup-hook'`))
     commands[point] = command
+  }
+  if (options.hookTimeout !== undefined) {
+    const seconds = hookTimeoutOf(options.hookTimeout)
+    if (seconds === undefined) return err(bbError('INVALID_OPTIONS', `--hook-timeout ${options.hookTimeout} is not a number of seconds or a duration`, 'give seconds or a duration: --hook-timeout 600, --hook-timeout 10m (0: no limit)'))
+    commands['timeoutSeconds'] = seconds
   }
   return ok(commands)
 }

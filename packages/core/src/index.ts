@@ -28,7 +28,7 @@ export type { Job, RetentionSettings, RetryPolicy, RunOptions } from './engine/j
 export { backup, runComplete } from './engine/backup.js'
 export { archive, archiveComplete, familyName, KEEP_ALL, transportAt } from './engine/archive.js'
 export type { ArchiveFamily, ArchiveReport, ArchiveSpec } from './engine/archive.js'
-export { betweenHooks, commandHook, hookContextOf, hookEnvironment, runHook, runHookOf } from './engine/hooks.js'
+export { betweenHooks, commandHook, HOOK_TIMEOUT_SECONDS, hookContextOf, hookEnvironment, runHook, runHookOf } from './engine/hooks.js'
 export type { CommandHookOptions, Hook, HookContext, HookOutput, HookPoint, HookRun, HookRunner, HookStatus, JobHooks } from './engine/hooks.js'
 export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } from './engine/backup.js'
 export { forgetPending, prune } from './engine/prune.js'

@@ -2,9 +2,9 @@ import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { chmod, mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
-import { runCli } from './helpers.js'
+import { runCli, waitFor } from './helpers.js'
 
 /** A hook command that appends its point, status and more to `log` (one line each) */
 const logLine = (log: string, more = ''): string => `echo "$BBACKUP_HOOK \${BBACKUP_STATUS:--}${more}" >> ${log}`
@@ -58,6 +58,37 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync', 'cp'], { r
     expect(existsSync(join(dir, 'home/.snapshots')) ? await readdir(join(dir, 'home/.snapshots')) : []).toEqual([])
     expect(existsSync(join(dir, 'backup')) ? await readdir(join(dir, 'backup')) : []).toEqual([])
     expect(lines(log)).toEqual(['post-snapshot error', 'post-run error'])
+  })
+
+  it('a hook that hangs is stopped after its time with everything it started, and fails; the thaw runs (--hook-timeout, config: hook_timeout)', async () => {
+    // the "freeze" starts a child that would outlive it, and waits on it for good
+    const pids = join(dir, 'pids')
+    const hang = `echo $$ > ${pids}; sleep 300 & echo $! >> ${pids}; wait`
+    const gone = (pid: number): boolean => !existsSync(`/proc/${pid}`) || /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+    // should a hook outlive the run after all, what it started is stopped here: by the pids it wrote, while they are still its
+    const stopLeftovers = (): void => {
+      for (const pid of existsSync(pids) ? readFileSync(pids, 'utf8').trim().split('\n').map(Number) : []) {
+        if (!gone(pid) && /sleep|sh/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'))) process.kill(pid, 'SIGKILL')
+      }
+    }
+    onTestFinished(stopLeftovers)
+    const started = Date.now()
+    const run = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--hook-timeout', '2', '--pre-snapshot-exec', hang, '--post-snapshot-exec', logLine(log)], dir)
+    expect(Date.now() - started).toBeLessThan(15_000)
+    expect(run).toMatchObject({ code: 1, stderr: expect.stringContaining(`the pre-snapshot hook \`${hang}\` did not finish in 2 s: it was stopped, with everything it started`) })
+    expect(run.stderr).toContain('(HOOK_FAILED)')
+    expect(lines(log)).toEqual(['post-snapshot error'])
+    const [shell, child] = readFileSync(pids, 'utf8').trim().split('\n').map(Number) as [number, number]
+    await waitFor(async () => gone(shell) && gone(child), 5_000)
+    expect(existsSync(join(dir, 'home/.snapshots')) ? await readdir(join(dir, 'home/.snapshots')) : []).toEqual([])
+
+    // a pre-run hook has no limit unless one is set; a config's hook_timeout sets it
+    await mkdir(join(dir, 'etc'), { mode: 0o755 })
+    const config = join(dir, 'etc/config.toml')
+    await writeFile(config, [`state_dir = "${join(dir, 'state')}"`, 'hook_timeout = "1"', '[jobs.home]', `source = "${join(dir, 'home')}"`, `targets = ["${join(dir, 'backup')}"]`, `pre_exec = '${hang}'`, ''].join('\n'), { mode: 0o644 })
+    expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('did not finish in 1 s') })
+    await writeFile(config, ['hook_timeout = "soon"', '[jobs.home]', `source = "${join(dir, 'home')}"`, ''].join('\n'), { mode: 0o644 })
+    expect(await runCli(['run', '-c', config], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('hook_timeout') })
   })
 
   it('a pre-run hook that fails stops the run before the source is read; a post hook that fails after a good backup is exit 10 (the backup stays)', async () => {

@@ -144,19 +144,40 @@ export interface CommandHookOptions {
   readonly on: Transport
   /** more environment, e.g. the job's name as `BBACKUP_JOB` */
   readonly env?: Readonly<Record<string, string>>
+  /**
+   * how long it may run before it is stopped, with everything it started, and fails
+   * (`HOOK_FAILED`); 0 for no limit. Default {@link HOOK_TIMEOUT_SECONDS} of its point
+   */
+  readonly timeoutSeconds?: number
 }
+
+/**
+ * How long a command hook may run by default, by point: a quiesce or a thaw (`pre-snapshot`,
+ * `post-snapshot`) five minutes, so that a freeze that hangs fails and its thaw runs, rather than
+ * holding a guest frozen and the job's lock for good; `pre-run` and `post-run` (a dump, a mount) no
+ * limit.
+ */
+export const HOOK_TIMEOUT_SECONDS: Readonly<Record<HookPoint, number>> = { 'pre-run': 0, 'pre-snapshot': 300, 'post-snapshot': 300, 'post-run': 0 }
+
+/** after its time is up, a hook gets SIGTERM, and SIGKILL this much later (coreutils' `timeout -k`) */
+const HOOK_KILL_AFTER_SECONDS = 10
 
 /**
  * A {@link Hook} that runs a shell command (`/bin/sh -c`, from `/`, so that a `post-run` hook may
  * unmount the backup disk) with the run's context in `BBACKUP_*` variables; a non-zero exit is a
  * failure (`HOOK_FAILED`) whose details hold the end of what it printed. This is what the CLI's
- * `--pre-exec` and friends (rsnapshot's `cmd_preexec` / `cmd_postexec`) run.
+ * `--pre-exec` and friends (rsnapshot's `cmd_preexec` / `cmd_postexec`) run. One that runs past its
+ * time ({@link CommandHookOptions.timeoutSeconds}) is stopped with everything it started, and fails.
  * @example
  * const hooks = { preSnapshot: commandHook('virsh domfsfreeze vm1', { on: localTransport('/') }) }
  */
-export const commandHook = (command: string, options: CommandHookOptions): Hook => (context) =>
-  new ResultAsync(
-    options.on.exec(['/bin/sh', '-c', command], {
+export const commandHook = (command: string, options: CommandHookOptions): Hook => (context) => {
+  const limit = options.timeoutSeconds ?? HOOK_TIMEOUT_SECONDS[context.point]
+  const started = Date.now()
+  // coreutils' timeout runs the command in a process group of its own and stops the whole group, also when it is itself told to stop (a cancelled run)
+  const argv = ['/bin/sh', '-c', command]
+  return new ResultAsync(
+    options.on.exec(limit > 0 ? ['timeout', '-k', String(HOOK_KILL_AFTER_SECONDS), String(limit), ...argv] : argv, {
       cwd: '/',
       env: hookEnvironment(context, options.env),
       ...(context.signal === undefined ? {} : { signal: context.signal }),
@@ -164,6 +185,11 @@ export const commandHook = (command: string, options: CommandHookOptions): Hook 
       (r): Result<HookOutput, BbError> => {
         const output = stderrTail(`${r.stdout}${r.stdout !== '' && r.stderr !== '' && !r.stdout.endsWith('\n') ? '\n' : ''}${r.stderr}`)
         if (r.exitCode === 0) return ok(output === '' ? {} : { output })
+        if (limit > 0 && (r.exitCode === 124 || r.exitCode === 137) && Date.now() - started >= limit * 1000) {
+          return err(bbError('HOOK_FAILED', `the ${context.point} hook \`${command}\` did not finish in ${limit} s: it was stopped, with everything it started`,
+            `find out why it hangs (run it by hand: /bin/sh -c, from /), or give it more time (--hook-timeout, config: hook_timeout; 0 = no limit)`,
+            { point: context.point, command, timeoutSeconds: limit, ...(output === '' ? {} : { stderr: output }) }))
+        }
         return err(bbError('HOOK_FAILED', `the ${context.point} hook \`${command}\` exited with ${r.exitCode}${output === '' ? '' : `: ${output.split('\n').at(-1) ?? ''}`}`,
           `fix the command or what it relies on; run it by hand to see why (/bin/sh -c, from /, with BBACKUP_HOOK=${context.point} and the other BBACKUP_* variables of docs/configuration.md "Hooks")`,
           { point: context.point, command, exitCode: r.exitCode, ...(output === '' ? {} : { stderr: output }) }))
@@ -171,3 +197,4 @@ export const commandHook = (command: string, options: CommandHookOptions): Hook 
       (e): Result<HookOutput, BbError> => err(bbError('HOOK_FAILED', `the ${context.point} hook \`${command}\` could not run: ${e.message}`, e.hint, { point: context.point, command })),
     ),
   )
+}
