@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -255,6 +256,21 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
       const mounts = execFileSync('findmnt', ['-rn', '-o', 'TARGET'], { encoding: 'utf8' }).split('\n').filter((m) => m.startsWith(tmp.path))
       for (const m of mounts) execFileSync('umount', [m])
     }
+  })
+
+  it('refuses another source\'s run in a directory of backups (exit 10, TARGET_IN_USE, the fix named) until --take-over', async () => {
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    await writeTree(join(tmp.path, 'home'), { 'a.txt': 'a\n' })
+    const other = ['run', 'home', 'dst', '--state-dir', join(tmp.path, 'state-home')]
+    const refused = await runCli(other, tmp.path)
+    expect(refused).toMatchObject({ code: 10, stdout: expect.stringContaining(`dst: FAILED: ${join(tmp.path, 'dst')} holds the backups of ${hostname()}:${join(tmp.path, 'src')}`) })
+    expect(refused.stdout).toContain(`hint: give this source a directory of its own, e.g. ${join(tmp.path, `${hostname()}-home`)}`)
+    expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
+    expect((await runCli(['status', 'home', 'dst', '--state-dir', join(tmp.path, 'state-home')], tmp.path)).code).toBe(10)
+    expect(await runCli([...other, '--take-over', '-q'], tmp.path)).toMatchObject({ code: 0 })
+    // the new backup is the home directory's: src's b/ is not in it
+    expect(existsSync(join(tmp.path, 'dst/latest/b'))).toBe(false)
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)).code).toBe(10)
   })
 
   it('restores a backup and refuses to overwrite', async () => {
