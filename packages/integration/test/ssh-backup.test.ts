@@ -325,6 +325,42 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(verified.stdout).toContain(`no problem found\n  note: content compared by checksum with ${remote(join(dir, 'home/.snapshots', sent[1] ?? ''))}\n`)
   })
 
+  it('several targets, on other hosts and here, are fed from one btrfs send (the source is read once); one that refuses the receive fails alone', async () => {
+    type Report = { targets: { target: string; ok: boolean; mode?: string; commands: string[][]; error?: { code: string } }[] }
+    const [a, b, c] = [remote(join(dir, 'a')), remote(join(dir, 'b')), join(dir, 'c')]
+    const sent = (r: Report): string[][] => r.targets.map((t) => [t.target, String(t.ok), t.mode ?? '', String(t.commands.flat().filter((w) => w === 'send').length), String(t.commands.flat().includes('tee'))])
+    const first = JSON.parse((await runOverSsh(['run', 'home', a, b, c, '--state-dir', 'state', '--json'])).stdout) as Report
+    expect(sent(first)).toEqual([[a, 'true', 'full', '1', 'true'], [b, 'true', 'full', '1', 'true'], [c, 'true', 'full', '1', 'true']])
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const second = JSON.parse((await runOverSsh(['run', 'home', a, b, c, '--state-dir', 'state', '--json'])).stdout) as Report
+    expect(sent(second)).toEqual([[a, 'true', 'incremental', '1', 'true'], [b, 'true', 'incremental', '1', 'true'], [c, 'true', 'incremental', '1', 'true']])
+    const newest = (await snapshotsIn(join(dir, 'home/.snapshots'))).at(-1) ?? ''
+    for (const target of ['a', 'b', 'c']) {
+      expect(show(join(dir, target, newest))).toMatchObject({ Flags: 'readonly', 'Received UUID': show(join(dir, 'home/.snapshots', newest))['UUID'] })
+      expect(await contentOf(join(dir, target, newest))).toEqual(await contentOf(join(dir, 'home/.snapshots', newest)))
+    }
+
+    // a snapshot not sent yet, and something not ours under its name on b: b's receive refuses it at once, the stream goes on to a and c
+    await writeFile(join(dir, 'home/a.txt'), 'third\n')
+    expect((await runCli(['run', 'home', a, b, c, '--state-dir', 'state', '--no-transfer', '-q', ...ssh], dir)).code).toBe(0)
+    const third = (await snapshotsIn(join(dir, 'home/.snapshots'))).at(-1) ?? ''
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'b', third)])
+    await writeFile(join(dir, 'b', third, 'precious.txt'), 'not ours\n')
+    const r = await runCli(['run', 'home', a, b, c, '--state-dir', 'state', '--no-snapshot', '--json', ...ssh], dir)
+    expect(r.code, r.stderr).toBe(10)
+    const report = JSON.parse(r.stdout) as Report
+    expect(report.targets.map((t) => [t.target, t.ok, t.error?.code])).toEqual([[a, true, undefined], [b, false, 'STRAY_SUBVOLUME'], [c, true, undefined]])
+    expect(sent(report)[0]).toEqual([a, 'true', 'incremental', '1', 'true'])
+    expect(readFileSync(join(dir, 'b', third, 'precious.txt'), 'utf8')).toBe('not ours\n')
+    for (const target of ['a', 'c']) expect(await contentOf(join(dir, target, third))).toEqual(await contentOf(join(dir, 'home/.snapshots', third)))
+    await waitFor(async () => sshd.sessionPids().length === 0, 5000)
+
+    // a stream compressed on its way to another host is that target's own send; the rest still share one
+    await writeFile(join(dir, 'home/a.txt'), 'fourth\n')
+    const zstd = JSON.parse((await runOverSsh(['run', 'home', c, a, '--state-dir', 'state', '--stream-compress', 'zstd', '--json'])).stdout) as Report
+    expect(zstd.targets.map((t) => [t.target, t.ok, t.mode, t.commands.flat().includes('zstd')])).toEqual([[c, true, 'incremental', false], [a, true, 'incremental', true]])
+  })
+
   it('btrfs remote to remote into a target that refuses the receive at once (read-only): the run ends with the receive\'s error, and nothing is left running on either side', async () => {
     // more than the pipes and the channel hold: the send is still writing when the receive fails
     execFileSync('sh', ['-c', `head -c 32M /dev/urandom > "${join(dir, 'home/big.bin')}"`])

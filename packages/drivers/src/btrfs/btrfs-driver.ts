@@ -507,9 +507,20 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const sent = input.sourceSnapshot
     if (sent === undefined) throw new InternalError('the btrfs driver was asked to transfer without a source snapshot')
     const targets = input.targets.map((t) => t.target)
-    if (targets.length > 1 && targets.some((t) => t.location.kind !== 'local' || isRaw(t) || isPipe(t))) {
-      // the stream is fanned out into named pipes on this host to btrfs receive: a remote, raw or pipe target gets a send of its own
-      return (await Promise.all(input.targets.map((t) => runShared({ ...input, targets: [t] })))).flat()
+    if (targets.length > 1) {
+      // one stream feeds every btrfs receive, here or on other hosts (through this process); a raw or
+      // pipe target, and one whose stream is compressed on its way to its host, gets a send of its own
+      const alone = await Promise.all(targets.map(async (t) => isRaw(t) || isPipe(t) || (await planStream(source, t, signal)).compress !== undefined))
+      if (alone.some((a) => a)) {
+        const sharing = input.targets.filter((_, i) => alone[i] !== true)
+        const [together, ...own] = await Promise.all([
+          sharing.length === 0 ? Promise.resolve([]) : runShared({ ...input, targets: sharing }),
+          ...input.targets.filter((_, i) => alone[i] === true).map((t) => runShared({ ...input, targets: [t] })),
+        ])
+        const results = [...together ?? []]
+        const others = own.flat()
+        return alone.map((a) => present(a ? others.shift() : results.shift(), 'the result of a transfer'))
+      }
     }
     const [only] = input.targets
     if (only !== undefined && isPipe(only.target)) {
@@ -530,15 +541,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (flags.isErr()) return targets.map(() => err(flags.error))
     const sendArgv = (p: SnapshotInfo | undefined): string[] => ['btrfs', 'send', '-q', ...flags.value, ...(p === undefined ? [] : ['-p', p.path]), sent.path]
     const receiveArgv = (t: Transport): string[] => receiving(t.location.path)
-    // one target: its own way (compressed, limited); several share a stream on this host, at the limit alone
-    const [one] = targets
-    const way: StreamPlan = targets.length === 1 && one !== undefined ? await planStream(source, one, signal) : limited
+    // one target: its own way (compressed, limited); several share one uncompressed stream, at the limit alone
+    // (runShared gave a target whose stream would be compressed a send of its own: the others' plans say only why not)
+    const plans = await Promise.all(targets.map((t) => planStream(source, t, signal)))
+    const way: StreamPlan = targets.length === 1 ? present(plans[0], 'the stream plan of a target') : limited
     const pipeline = (p: SnapshotInfo | undefined, to: readonly Transport[]): string[] =>
       to.length === 1 ? shown(sendArgv(p), receiveArgv(to[0] as Transport), way) : [...sendArgv(p), '|', 'tee', ...to.slice(1).map((t) => `>(${receiveArgv(t).join(' ')})`), '|', ...receiveArgv(to[0] as Transport)]
     const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
-    if (dryRun) return targets.map(() => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, way.warnings, [pipeline(parent, targets)])))
+    if (dryRun) return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, plans[i]?.warnings ?? [], [pipeline(parent, targets)])))
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept.
     // On this host a stat first (no process), btrfs only for what is there. On a remote host that
@@ -561,7 +573,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
     // each target is checked and committed at the same time as the others: their filesystems flush at once
     await Promise.all(going.map(async (target, j) => {
-      results[targets.indexOf(target)] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way })
+      const i = targets.indexOf(target)
+      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way: targets.length === 1 ? way : { ...way, warnings: plans[i]?.warnings ?? [] } })
     }))
     return results.map((r) => present(r, 'the result of a transfer'))
   }

@@ -217,7 +217,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
   const options = input.signal === undefined ? {} : { signal: input.signal }
   const single = input.receivers.length === 1
   const compress = input.way?.compress
-  if (compress !== undefined && !single) throw new InternalError('sendReceive: a compressed stream has one receiver (the fan-out is for targets on this host)')
+  if (compress !== undefined && !single) throw new InternalError('sendReceive: a compressed stream has one receiver (a target whose stream is compressed has a send of its own)')
   const limit = input.way?.rateLimit === undefined ? undefined : rateLimited(input.way.rateLimit)
   const compressing = compress === undefined ? {} : { compressStdout: compress }
   const decompressing = compress === undefined ? {} : { decompressStdin: compress }
