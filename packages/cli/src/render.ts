@@ -36,6 +36,13 @@ export const formatAge = (seconds: number): string => {
   return `${Math.round(seconds / 86400)} d`
 }
 
+/** how long ago a snapshot's name is dated, or how far ahead of the clock (a clock that was wrong named it) */
+const agoOrAhead = (seconds: number): string => (seconds < 0 ? `dated ${formatAge(-seconds)} ahead of this host's clock` : `${formatAge(seconds)} ago`)
+
+/** the status line for snapshots dated ahead of the clock (a target's or the source's `ahead` in `status`) */
+const aheadLine = (ahead: readonly string[] | undefined, noun: string): string[] =>
+  ahead === undefined || ahead.length === 0 ? [] : [`    dated ahead of this host's clock: ${count(ahead.length, noun)} (${brief(ahead)}): the clock was ahead when ${ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now (check it: timedatectl); kept, and never taken for the newest`]
+
 /** what an error's details add under its hint: the end of the command's stderr, and (verbose) the command */
 const detailLines = (error: BbError, verbose: boolean, indent: string): string[] => {
   const lines: string[] = []
@@ -260,7 +267,8 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   // none to count where the source cannot be read: its error says why
   if (s.snapshots !== undefined && !(s.sourceError !== undefined && s.snapshots.count === 0)) {
     const newest = s.snapshots.latest
-    out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${formatAge(newest.ageSeconds)} ago)`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
+    out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${agoOrAhead(newest.ageSeconds)})`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
+    out.push(...aheadLine(s.snapshots.ahead, 'snapshot'))
     const others = s.snapshots.others ?? []
     if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'snapshot')} named as its own (${brief(others)}) taken of another subvolume (${OTHER_SUBVOLUME}): not counted, never pruned here (give each source its own prefix: -p)`)
   }
@@ -273,7 +281,8 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
       out.push(`  ${t.at}: ${t.error.message}`, `    hint: ${t.error.hint}`)
       continue
     }
-    out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${formatAge(t.latest.ageSeconds)} ago${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${agoOrAhead(t.latest.ageSeconds)}${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    out.push(...aheadLine(t.ahead, 'backup'))
     if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
     const others = t.others ?? []
     if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${brief(others)}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)

@@ -36,6 +36,16 @@ describe('the health verdict of a job', () => {
     expect(healthOf(alone)).toEqual({ verdict: 'critical', reasons: ['/mnt/b (root.*): the newest backup is 2 d old (critical after 2 d)'] })
   })
 
+  it('warns of backups dated ahead of the clock; a newest backup dated ahead (all of them are) gives no age to judge', () => {
+    expect(healthOf(job([target('/mnt/a', 1 * H, { ahead: ['b.2027'] })])).reasons).toEqual([
+      "/mnt/a: a backup is dated ahead of this host's clock (b.2027): the clock was ahead when it was made, or is behind now (check it: timedatectl); the age checked is that of the newest backup made before now",
+    ])
+    expect(healthOf(job([target('/mnt/a', 60 * H, { ahead: ['b.2027'] })])).verdict).toBe('critical')
+    expect(healthOf(job([target('/mnt/a', -200 * 24 * H, { ahead: ['a.2027', 'b.2027'] })]))).toEqual({
+      verdict: 'warning', reasons: ["/mnt/a: 2 backups are dated ahead of this host's clock (b.2027): the clock was ahead when they were made, or is behind now (check it: timedatectl); the age checked is that of the newest backup made before now"],
+    })
+  })
+
   it('warns of a target with less than 5% of its filesystem free, naming how much is left', () => {
     const G = 1024 ** 3
     expect(healthOf(job([target('/mnt/a', 1 * H, { space: { size: 100 * G, used: 96 * G, free: 4 * G } })]))).toEqual({

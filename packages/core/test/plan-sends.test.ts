@@ -1,6 +1,7 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { keptByRetention, planSends, sameSnapshot, type SnapshotInfo } from '../src/index.js'
+import { aheadOfClock, clockWarning, madeOrder, newestMade } from '../src/engine/job.js'
 
 const source = (n: number): SnapshotInfo => ({
   name: `s${n}`, time: new Date(Date.UTC(2026, 0, 1, n)), complete: true, health: 'ok', path: `/src/.snapshots/s${n}`,
@@ -158,3 +159,27 @@ describe('a new target gets what its retention keeps (btrbk: retention decides w
   })
 })
 
+
+describe('snapshots dated ahead of the clock', () => {
+  const now = Date.parse('2026-11-25T12:00:00Z')
+  const snap = (iso: string): SnapshotInfo => ({ name: iso, time: new Date(iso), complete: true, health: 'ok', path: `/b/${iso}` })
+  const [a, b, soon, f] = [snap('2026-11-24T00:00:00Z'), snap('2026-11-25T11:00:00Z'), snap('2026-11-25T12:10:00Z'), snap('2027-06-01T00:00:00Z')]
+
+  it('are those more than 15 minutes ahead (hosts\' clocks differ a little)', () => {
+    expect([a, b, soon, f].map((s) => aheadOfClock(s, now))).toEqual([false, false, false, true])
+    expect(aheadOfClock({ time: undefined }, now)).toBe(false)
+    expect(aheadOfClock(snap('2026-11-25T12:15:01Z'), now)).toBe(true)
+  })
+
+  it('count as made before the others, and are the newest only when every one is dated ahead', () => {
+    expect(madeOrder([a, b, soon, f], now).map((s) => s.name)).toEqual([f, a, b, soon].map((s) => s.name))
+    expect(newestMade([a, b, f], now)).toBe(b)
+    expect(newestMade([f], now)).toBe(f)
+    expect(newestMade([], now)).toBeUndefined()
+  })
+
+  it('leave a run a warning that names the newest of them and how far ahead', () => {
+    expect(clockWarning('backups here', [a, b], now)).toBeUndefined()
+    expect(clockWarning('backups here', [a, f], now)).toBe("one of the backups here, 2027-06-01T00:00:00Z, is dated ahead of this host's clock (188 d): the clock was ahead when it was made, or is behind now; check it (timedatectl). Nothing is lost: it is kept, and latest means the newest made before now")
+  })
+})

@@ -112,6 +112,35 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await content(join(targetB, 'home.2026-11-23T160000Z'))).toEqual(await content(source))
   })
 
+  it('a snapshot named by a clock that was ahead: the snapshots made once it was put right are sent (by a transfer of their own too), each from the newest made; status, health and restore take the newest made for the newest', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    const real = Date.now()
+    const clock = (ms: number) => (): Date => new Date(ms)
+    const first = ok(await backup(job, { now: clock(real - 3_600_000) })).snapshot
+    await writeFile(join(source, 'alice/a.txt'), 'made while the clock was 200 days ahead\n')
+    const ahead = ok(await backup(job, { now: clock(real + 200 * 86_400_000) })).snapshot
+    // the clock put right: snapshots taken alone, then sent by a transfer of its own (btrbk's snapshot, then resume)
+    await writeFile(join(source, 'alice/a.txt'), 'once the clock was right\n')
+    const third = ok(await backup(job, { now: clock(real - 60_000), transfer: false })).snapshot
+    await writeFile(join(source, 'alice/a.txt'), 'the newest\n')
+    const fourth = ok(await backup(job, { now: clock(real), transfer: false })).snapshot
+    const sent = ok(await backup(job, { now: clock(real), snapshot: false }))
+    expect(sent.targets[0]?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([[third, 'incremental', first], [fourth, 'incremental', third]])
+    expect(sent.targets[0]?.warnings).toContainEqual(expect.stringContaining(`${ahead}, is dated ahead of this host's clock (200 d)`))
+    expect(await content(join(targetA, fourth))).toEqual(await content(source))
+    expect(await names(targetA)).toEqual([first, third, fourth, ahead].sort())
+
+    const told = ok(await status(job, { now: clock(real) }))
+    expect(told.targets[0]).toMatchObject({ backups: 4, latest: { name: fourth }, ahead: [ahead], missing: [] })
+    expect(told.snapshots).toMatchObject({ latest: { name: fourth }, ahead: [ahead] })
+    expect(healthOf(told)).toEqual({ verdict: 'warning', reasons: [expect.stringContaining(`a snapshot is dated ahead of this host's clock (${ahead})`), expect.stringContaining(`a backup is dated ahead of this host's clock (${ahead}): the clock was ahead when it was made, or is behind now (check it: timedatectl); the age checked is that of the newest backup made before now`)] })
+    // days later without a run: the age of the newest made is what the check sees, not that of the one dated ahead
+    expect(healthOf(ok(await status(job, { now: clock(real + 3 * 86_400_000) }))).reasons).toContainEqual(expect.stringMatching(/the newest backup is 3 d old \(critical/))
+    const r = ok(await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'restored')) }))
+    expect(r.snapshot).toBe(fourth)
+    expect(await readFile(join(fs.mountPoint, 'restored', fourth, 'alice/a.txt'), 'utf8')).toBe('the newest\n')
+  })
+
   it('targets that share the parent get one send feeding both; a target that fills up fails alone', async () => {
     const small = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 128 })
     extra.push(small)

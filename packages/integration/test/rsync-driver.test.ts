@@ -23,6 +23,31 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
   })
   afterEach(() => tmp.cleanup())
 
+  it('a backup named by a clock that was ahead: the next one links against the newest made, and latest (the link, status, restore) is that one', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    const real = Date.now()
+    const clock = (ms: number) => (): Date => new Date(ms)
+    const first = ok(await backup(job, { now: clock(real - 3_600_000) })).snapshot
+    await writeFile(join(source, 'a.txt'), 'made while the clock was 200 days ahead\n')
+    const ahead = ok(await backup(job, { now: clock(real + 200 * 86_400_000) })).snapshot
+    await writeFile(join(source, 'a.txt'), 'alpha\n')
+    await writeFile(join(source, 'new.txt'), 'made once the clock was right\n')
+    const made = ok(await backup(job, { now: clock(real) }))
+    // linked against the first (the same a.txt), not the one dated ahead
+    expect(made.targets[0]).toMatchObject({ mode: 'incremental', parent: first })
+    expect(made.targets[0]?.warnings).toContainEqual(expect.stringContaining(`${ahead}, is dated ahead of this host's clock (200 d)`))
+    expect((await stat(join(target, made.snapshot, 'a.txt'))).ino).toBe((await stat(join(target, first, 'a.txt'))).ino)
+    expect(await readlink(join(target, 'latest'))).toBe(made.snapshot)
+    expect(ok(await status(job, { now: clock(real) })).targets[0]).toMatchObject({ latest: { name: made.snapshot }, ahead: [ahead] })
+    const into = join(tmp.path, 'restored')
+    expect(ok(await restore(job, { from: job.targets[0]!, to: localTransport(into) })).snapshot).toBe(made.snapshot)
+    expect(await readFile(join(into, 'new.txt'), 'utf8')).toBe('made once the clock was right\n')
+    // a prune keeping one: the one dated ahead is kept (a wrong clock is no reason to delete) and so is the newest made, which the next run links against
+    const pruned = ok(await prune({ ...job, retention: { target: { keepLast: 1 } } }, { now: clock(real) }))
+    expect(pruned[0]?.deleted).toEqual([first])
+    expect(await backupsIn(target)).toEqual([made.snapshot, ahead].sort())
+  })
+
   it('leaves out absolute excludes (rsync-system-backup\'s -/ filters) wherever they are, and nothing else', async () => {
     await writeTree(source, { 'var/cache/apt/x.deb': 'deb\n', 'var/lib/keep.txt': 'keep\n', 'home/u/.cache/thumbs/t': 't\n', 'home/u/notes.txt': 'n\n' })
     const job = rsyncJob({ source, targets: [target], state, driver: { absoluteExcludes: [`${source}/var/cache/`, `${source}/home/*/.cache/`] } })

@@ -10,7 +10,7 @@ import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { claimedByOther, journalPath, lineagePath, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
+import { claimedByOther, clockWarning, journalPath, lineagePath, madeOrder, newestMade, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
 import { betweenHooks, hookContextOf, type HookRun, type HookRunner } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
@@ -415,9 +415,10 @@ const backupToTarget = async (
   if (recovery.error !== undefined) return failedTarget(where, started, recovery.error, { recovered: recovery.recovered })
   const { recovered, resume } = recovery
 
-  // 5. The parent: the newest complete backup here that did not end with errors.
+  // 5. The parent: the newest complete backup here that did not end with errors (made before now: one named by a clock that was ahead is older than it sorts)
   const own = ownSnapshots(job, snapshots)
-  const parent = own.filter((s) => s.health !== 'errors').at(-1)
+  const now = (options.now ?? (() => new Date()))().getTime()
+  const parent = newestMade(own.filter((s) => s.health !== 'errors'), now)
   const fullBecause = parent === undefined ? (own.length === 0 ? undefined : 'every backup at the target ended with errors') : undefined
   const entry: JournalEntry = {
     target: where,
@@ -455,7 +456,8 @@ const backupToTarget = async (
   let pruned: readonly string[] = []
   let kept: number | undefined
   let pruneError: BbError | undefined
-  const warnings = [...outcome.warnings]
+  const clock = clockWarning('backups here', own, now)
+  const warnings = [...(clock === undefined ? [] : [clock]), ...outcome.warnings]
   let commands = [...outcome.commands]
   const policy = job.retention?.target
   if (policy !== undefined && options.prune !== false) {
@@ -592,6 +594,8 @@ const sendSnapshots = async (
     }
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
+    const clock = clockWarning('backups here', ours, (options.now ?? (() => new Date()))().getTime())
+    if (clock !== undefined && !lane.warnings.includes(clock)) lane.warnings.push(clock)
     const plan = planSends(from, ours, sendsFor(job, options.now))
     const made = from.length > sourceSnapshots.length ? from[0] : undefined
     const origin = made !== undefined && plan.newestCommon?.source === made ? formatLocation({ ...job.source.location, path: made.path }) : undefined
@@ -602,7 +606,8 @@ const sendSnapshots = async (
       if (pinned.isErr()) lane.error = pinned.error
     }
   }
-  const withOrigin = originFor(job, sourceSnapshots, options.signal)
+  // in the order they were made: one named by a clock that was ahead counts as older than those made since it was put right
+  const withOrigin = originFor(job, madeOrder(sourceSnapshots, (options.now ?? (() => new Date()))().getTime()), options.signal)
   const lanes: Lane[] = []
   for (const { target, where, snapshots } of reachable) {
     const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, origin: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }

@@ -7,7 +7,7 @@ import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { claimedByOther, journalPath, lineagePath, lockPath, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
+import { aheadOfClock, claimedByOther, journalPath, lineagePath, lockPath, madeOrder, newestMade, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -50,7 +50,10 @@ export interface TargetStatus {
   /** why it cannot be asked (`reachable` false), or, reachable, why none of its backups is the job's: another source's directory (`TARGET_IN_USE`) */
   readonly error?: BbError
   readonly backups: number
+  /** the newest backup made before now ({@link newestMade}: one dated ahead of the clock sorts last, but is older) */
   readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
+  /** backups dated ahead of the clock ({@link aheadOfClock}), oldest first: named by a clock that was wrong */
+  readonly ahead?: readonly string[]
   readonly unfinished: readonly string[]
   /**
    * backups named as the job's that are not its own (not copies of its source's snapshots, nor ever
@@ -78,6 +81,8 @@ export interface JobStatus {
   readonly snapshots?: {
     readonly count: number
     readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number }
+    /** snapshots dated ahead of the clock, oldest first */
+    readonly ahead?: readonly string[]
     /** snapshots in the folder named as the job's but taken of another subvolume (another source's that shares it): not counted, never pruned by the job */
     readonly others?: readonly string[]
   }
@@ -119,7 +124,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const lineage = sourceOwn === undefined ? undefined : await readLineage(job.state.transport, lineagePath(job))
     if (lineage?.isErr() === true) return err(lineage.error)
     // a source that is a restored backup swapped in: the backups its original has at a target are its own
-    const fromOrigin = sourceOwn === undefined ? undefined : originFor(job, sourceOwn, options.signal)
+    const fromOrigin = sourceOwn === undefined ? undefined : originFor(job, madeOrder(sourceOwn, now), options.signal)
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -141,7 +146,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         const named = ownSnapshots({ ...job, prefix }, r.value)
         const from = sourceOwn === undefined ? undefined : await fromOrigin?.(named)
         const { ours: own, others } = from === undefined || lineage?.isOk() !== true ? { ours: named, others: [] } : ofThisJob(knownAt(lineage.value, at, from, named), named)
-        const latest = own.at(-1)
+        const latest = newestMade(own, now)
+        const ahead = own.filter((s) => aheadOfClock(s, now)).map((s) => s.name)
         targets.push({
           at,
           ...(alone && prefix !== '' ? { prefix } : {}),
@@ -150,6 +156,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           ...(latest?.time === undefined ? {} : {
             latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health },
           }),
+          ...(ahead.length === 0 ? {} : { ahead }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...brokenOf(own),
           ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
@@ -159,12 +166,14 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         })
       }
     }
-    const newestSnapshot = sourceOwn?.at(-1)
+    const newestSnapshot = sourceOwn === undefined ? undefined : newestMade(sourceOwn, now)
+    const sourceAhead = (sourceOwn ?? []).filter((s) => aheadOfClock(s, now)).map((s) => s.name)
     const sourceOthers = source?.isOk() === true ? othersAtSource(job, source.value).map((s) => s.name) : []
     const snapshots = sourceOwn === undefined ? undefined : {
       count: sourceOwn.length,
       ...(sourceOthers.length === 0 ? {} : { others: sourceOthers }),
       ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: ageSeconds(newestSnapshot.time) } }),
+      ...(sourceAhead.length === 0 ? {} : { ahead: sourceAhead }),
     }
     const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }
     if (alone) return ok({ ...base, pending: [], lock: undefined, only: 'target' })
@@ -189,7 +198,7 @@ const missingSource = async (source: Transport): Promise<BbError | undefined> =>
 }
 
 /**
- * Finds a complete backup by name at a target; `latest` (or no name) is the job's newest. With
+ * Finds a complete backup by name at a target; `latest` (or no name) is the job's newest made before now ({@link newestMade}). With
  * `anyPrefix`, `latest` is the newest of any source, as long as the target holds one source's backups only.
  * With `side: 'source'`, `at` is a source whose snapshots (btrfs: in its snapshot folder) are looked in.
  */
@@ -212,10 +221,10 @@ const pickSnapshot = (
       return err(bbError('INVALID_OPTIONS', `${formatLocation(at.location)} holds the backups of several sources (${[...prefixes].map((p) => `${p}…`).join(', ')}): latest is ambiguous`,
         'name the backup, or give the prefix of the source with -p', { at: formatLocation(at.location) }))
     }
-    const newest = own.filter((s) => s.time !== undefined).at(-1)
+    const newest = newestMade(own.filter((s) => s.time !== undefined), Date.now())
     if (newest !== undefined) return ok(newest)
   }
-  const found = name === undefined || name === 'latest' ? ownSnapshots(job, own).at(-1) : own.find((s) => s.name === name)
+  const found = name === undefined || name === 'latest' ? newestMade(ownSnapshots(job, own), Date.now()) : own.find((s) => s.name === name)
   if (found !== undefined) return ok(found)
   // none of the job's own: what is there (another source's, by prefix) is still worth naming
   const mine = ownSnapshots(job, own)

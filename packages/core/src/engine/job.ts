@@ -94,6 +94,45 @@ export const ownSnapshots = (job: Job, snapshots: readonly SnapshotInfo[]): Snap
   namedAsJobs(job, snapshots).filter((s) => s.otherSubvolume === undefined)
 
 /**
+ * How far ahead of this host's clock a snapshot's name may be dated before it counts as named by a
+ * clock that was wrong (the clocks of two hosts, or of one before and after NTP, differ a little).
+ */
+export const CLOCK_SLACK_MS = 15 * 60_000
+
+/** Whether a snapshot's name is dated ahead of the clock (`now`, ms) by more than {@link CLOCK_SLACK_MS}: its clock was ahead when it was made, or this one is behind now. */
+export const aheadOfClock = (s: { readonly time?: Date | undefined }, now: number): boolean => s.time !== undefined && s.time.getTime() > now + CLOCK_SLACK_MS
+
+/**
+ * The newest of `snapshots` (oldest first) that was made before now: one dated ahead of the clock
+ * sorts last by its name, but what was made after it (once the clock was right again) is newer.
+ * When every one is dated ahead, the newest of them.
+ * @example
+ * newestMade(own, Date.now())?.name // what `latest` means
+ */
+export const newestMade = <T extends { readonly time?: Date | undefined }>(snapshots: readonly T[], now: number): T | undefined =>
+  snapshots.filter((s) => !aheadOfClock(s, now)).at(-1) ?? snapshots.at(-1)
+
+/**
+ * Snapshots (oldest first by name) in the order they were made, as far as their names can tell:
+ * those dated ahead of the clock first (a clock that was ahead named them, before it was put
+ * right: the ones dated before now were made since, or are older, and either way are no older
+ * parents than they), then the rest. A run plans its sends in this order, so that a snapshot
+ * made after a clock was put right is not taken for older than one it made while wrong (which
+ * would leave it unsent: the target "already holds the newest").
+ */
+export const madeOrder = <T extends { readonly time?: Date | undefined }>(snapshots: readonly T[], now: number): T[] =>
+  [...snapshots.filter((s) => aheadOfClock(s, now)), ...snapshots.filter((s) => !aheadOfClock(s, now))]
+
+/** A run's warning for a place whose snapshots of this job include some dated ahead of the clock; undefined when none is. */
+export const clockWarning = (what: 'backups here' | 'snapshots at the source', snapshots: readonly SnapshotInfo[], now: number): string | undefined => {
+  const ahead = snapshots.filter((s) => aheadOfClock(s, now))
+  const newest = ahead.at(-1)
+  if (newest?.time === undefined) return undefined
+  const days = Math.max(1, Math.round((newest.time.getTime() - now) / 86_400_000))
+  return `${ahead.length === 1 ? `one of the ${what}, ${newest.name}, is` : `${ahead.length} of the ${what} (the newest ${newest.name}) are`} dated ahead of this host's clock (${days} d): the clock was ahead when ${ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now; check it (timedatectl). Nothing is lost: ${ahead.length === 1 ? 'it is' : 'they are'} kept, and latest means the newest made before now`
+}
+
+/**
  * The source's snapshots named as the job's but taken of another subvolume
  * ({@link SnapshotInfo.otherSubvolume}): another source's that shares the snapshot folder and the
  * prefix. Left alone: never counted, sent, nor pruned.

@@ -8,7 +8,7 @@ import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '../journal/lineage.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
-import { claimedByOther, journalPath, lineagePath, lockPath, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { claimedByOther, journalPath, lineagePath, lockPath, madeOrder, newestMade, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
@@ -87,7 +87,9 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     protect.push({ name: entry.snapshot, reason: `a pending transfer to ${entry.target} needs it` })
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
   }
-  const newestHealthy = own.filter((s) => s.health !== 'errors').at(-1)
+  // the newest made before now (one dated ahead of the clock sorts last, but is older; retention keeps it anyway)
+  const now = (options.now ?? (() => new Date()))()
+  const newestHealthy = newestMade(own.filter((s) => s.health !== 'errors'), now.getTime())
   if (side === 'source') {
     if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: 'the newest snapshot' })
     // the parent of each target's next incremental, also of targets that are offline now
@@ -100,14 +102,14 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: `the newest healthy backup (${why})` })
     if (sourceOwn !== undefined) {
       // the copy of the newest snapshot the source still has: the next incremental's parent
-      const common = planSends(sourceOwn, own).newestCommon
+      const common = planSends(madeOrder(sourceOwn, now.getTime()), own).newestCommon
       if (common !== undefined) protect.push({ name: common.target.name, reason: `the copy of ${common.source.name}, the newest snapshot the source also holds (the next incremental's parent)` })
     }
   }
   const plan = planRetention(
     own.map(retentionEntry),
     policy,
-    { now: (options.now ?? (() => new Date()))(), protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
+    { now, protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
   )
   if (plan.isErr()) return err(plan.error)
   const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))

@@ -30,6 +30,12 @@ const ageFindings = (at: string, noun: string, ageSeconds: number, thresholds: H
     : ageSeconds > thresholds.warnAgeSeconds ? [{ verdict: 'warning', reason: `${at}: the newest ${noun} is ${age(ageSeconds)} old (warning after ${age(thresholds.warnAgeSeconds)})` }]
       : []
 
+/** snapshots dated ahead of the clock: a clock that was wrong named them, and the age of the newest would say nothing */
+const aheadFinding = (at: string, noun: string, ahead: readonly string[], aged: boolean): Finding => ({
+  verdict: 'warning',
+  reason: `${at}: ${ahead.length === 1 ? `a ${noun} is` : `${ahead.length} ${noun}s are`} dated ahead of this host's clock (${ahead.at(-1) ?? ''}): the clock was ahead when ${ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now (check it: timedatectl)${aged ? `; the age checked is that of the newest ${noun} made before now` : ''}`,
+})
+
 const verdictOf = (found: readonly Finding[]): JobHealth => ({
   verdict: found.reduce<Verdict>((worst, f) => (RANK[f.verdict] > RANK[worst] ? f.verdict : worst), 'ok'),
   reasons: found.map((f) => f.reason),
@@ -40,7 +46,7 @@ const verdictOf = (found: readonly Finding[]): JobHealth => ({
  * backup at all (or no directory) or the newest older than `criticalAgeSeconds` is critical; older than
  * `warnAgeSeconds`, a target that cannot be reached, a newest backup with errors, a backup that
  * cannot be restored (a broken chain of raw streams), a source that cannot be read, a target with
- * less than {@link LOW_SPACE_SHARE} of its filesystem free, an outstanding
+ * less than {@link LOW_SPACE_SHARE} of its filesystem free, backups dated ahead of the clock, an outstanding
  * transfer while no run holds the lock, or a stale lock is a warning. A job without targets (btrfs
  * source snapshots alone) is judged by its newest snapshot the same way. The job has the worst.
  * @example
@@ -53,6 +59,7 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
     if (s.snapshots.latest === undefined) found.push({ verdict: 'critical', reason: `${s.source} has no snapshot` })
     else found.push(...ageFindings(s.source, 'snapshot', s.snapshots.latest.ageSeconds, thresholds))
   }
+  if (s.snapshots?.ahead !== undefined && s.snapshots.ahead.length > 0) found.push(aheadFinding(s.source, 'snapshot', s.snapshots.ahead, s.targets.length === 0))
   for (const target of s.targets) {
     // a target shared by several sources, checked on its own: each source's backups by name
     const t = target.prefix === undefined ? target : { ...target, at: `${target.at} (${target.prefix}*)` }
@@ -63,7 +70,9 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
     else if (t.error !== undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup of this source: ${t.error.message}` })
     else if (t.latest === undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup` })
     else {
-      found.push(...ageFindings(t.at, 'backup', t.latest.ageSeconds, thresholds))
+      // a newest backup dated ahead of the clock has no age to judge: the warning below says why
+      if (t.latest.ageSeconds >= 0) found.push(...ageFindings(t.at, 'backup', t.latest.ageSeconds, thresholds))
+      if (t.ahead !== undefined && t.ahead.length > 0) found.push(aheadFinding(t.at, 'backup', t.ahead, true))
       if (t.latest.health === 'errors') found.push({ verdict: 'warning', reason: `${t.at}: the newest backup has errors (some files were not copied)` })
       const broken = t.broken ?? []
       const newestBroken = broken.find((b) => b.name === t.latest?.name)
