@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus } from '@bb/drivers/block'
+import { volumeHealthOf } from '@bb/core'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, exclusiveBytes, finished, ok, sameBytes, spawnTs, written } from './helpers.js'
@@ -129,6 +130,29 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(await backupVolume({ at: volume, tags: ['hourly'] })).toMatchObject({ error: { code: 'INVALID_OPTIONS' } })
     const status = ok(await volumeStatus({ at: volume, now: at('2026-11-23T10:07:00Z') }))
     expect(status.summary).toMatchObject({ revisions: 2, dueNow: [], distrusted: 0 })
+  })
+
+  it('a revision named by a clock that was ahead serves no schedule slot: the runs once the clock is right back up, each from the newest made, and latest and the status are theirs', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const real = Date.now()
+    const clock = (ms: number) => (): Date => new Date(ms)
+    const ahead = written(ok(await backupVolume({ at: volume, now: clock(real + 200 * 86_400_000) })))
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    // without the clock's fix this run was skipped (the revision dated ahead held every slot) until that date
+    const made = written(ok(await backupVolume({ at: volume, now: clock(real - 2 * 86_400_000) })))
+    expect(made.parent).toBe(ahead.uuid)
+    await patch(image, 9 * 4 * MiB, randomBytes(4096))
+    const next = written(ok(await backupVolume({ at: volume, now: clock(real - 3_600_000) })))
+    expect(next.parent).toBe(made.uuid)
+    expect(next.stats.chunksWritten).toBe(1)
+    const status = ok(await volumeStatus({ at: volume, now: clock(real) }))
+    expect(status.revisions.map((r) => r.uuid)).toEqual([ahead.uuid, made.uuid, next.uuid])
+    expect(status.summary).toMatchObject({ newest: next.timestamp, ahead: [ahead.uuid], dueNow: [] })
+    expect(volumeHealthOf({ at: dir, newestAgeSeconds: 3600, distrusted: 0, ahead: status.summary.ahead.length }).verdict).toBe('warning')
+    const restored = join(fs.mountPoint, 'restored.img')
+    ok(await restoreRevision({ at: volume, revision: 'latest', destination: restored }))
+    expect(sameBytes(restored, image)).toBe(true)
   })
 
   it('scenario 13: a run killed while writing leaves no revision; the next run removes its leftovers and builds from the last good one', async () => {

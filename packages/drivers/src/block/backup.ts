@@ -473,7 +473,7 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
     }
     return withVolumeLock(options.at, 'backup', options, async () => {
       const now = (options.now ?? (() => new Date()))()
-      const { revisions, incomplete } = await readVolume(options.at, dir)
+      const { revisions, incomplete } = await readVolume(options.at, dir, now)
       await removeIncomplete(dir, incomplete)
       const removedIncomplete = [...incomplete, ...(await removeStaleCopies(options.at, config, remote))]
       for (const name of removedIncomplete) options.onEvent?.({ type: 'recovered', target: dir, snapshot: name, action: 'removed' })

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { err, ok, type Result } from 'neverthrow'
-import { bbError, type BbError } from '@bb/core'
+import { aheadOfClock, bbError, type BbError } from '@bb/core'
 
 /**
  * backy's schedule: named tags, each with an interval and a keep count (reference/block.md §2.3).
@@ -95,13 +95,14 @@ export interface ScheduledRevision {
 /**
  * The tags due at `now`: those whose latest slot has no revision carrying the tag at or after it.
  * Runs at any time (cron, by hand) thus make one revision per slot; a missed slot is caught up
- * by the next run. With no revisions, every tag is due.
+ * by the next run. With no revisions, every tag is due. A revision dated ahead of the clock serves none.
  */
 export const dueTags = (schedule: Schedule, revisions: readonly ScheduledRevision[], now: Date, spreadSeconds: number): string[] =>
   Object.entries(schedule)
     .filter(([name, tag]) => {
       const slot = lastSlot(tag, spreadSeconds, now)
-      return !revisions.some((r) => r.tags.includes(name) && r.timestamp.getTime() >= slot)
+      // a revision dated ahead of the clock (a clock that was ahead named it) serves no slot: it would hold every one until its date
+      return !revisions.some((r) => r.tags.includes(name) && r.timestamp.getTime() >= slot && !aheadOfClock({ time: r.timestamp }, now.getTime()))
     })
     .map(([name]) => name)
 

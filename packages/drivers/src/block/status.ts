@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import type { ResultAsync } from 'neverthrow'
-import type { BbError, Transport } from '@bb/core'
+import { aheadOfClock, type BbError, type Transport } from '@bb/core'
 import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
 import { keptBases, sourceLocation, type BlockSource, type KeptBase } from './source.js'
@@ -12,7 +12,7 @@ export interface VolumeStatus {
   readonly source: string
   readonly chunkSize: number
   readonly schedule: string
-  /** complete revisions, oldest first */
+  /** complete revisions, oldest first (those dated ahead of the clock first: see readVolume) */
   readonly revisions: readonly Revision[]
   /** files of unfinished revisions: being written by the run that holds the lock, else removed by the next backup */
   readonly incomplete: readonly string[]
@@ -29,8 +29,11 @@ export interface VolumeStatus {
   readonly bases: readonly KeptBase[]
   readonly summary: {
     readonly revisions: number
+    /** the timestamp of the newest revision made before now (one dated ahead of the clock sorts last by its timestamp, but is older) */
     readonly newest: string | undefined
     readonly oldest: string | undefined
+    /** revisions dated ahead of the clock (a clock that was ahead named them), oldest first: they serve no schedule slot */
+    readonly ahead: readonly string[]
     /** bytes written by all kept revisions: what the volume's backups cost on disk, about */
     readonly bytesWritten: number
     readonly verified: number
@@ -49,8 +52,9 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
   asResult(async () => {
     const dir = localDirectory(options.at)
     const config = await readVolumeConfig(options.at, dir)
-    const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir), keptBases(options.at, config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
     const now = (options.now ?? (() => new Date()))()
+    const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir, now), keptBases(options.at, config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
+    const ahead = revisions.filter((r) => aheadOfClock({ time: new Date(r.timestamp) }, now.getTime()))
     const held = lock?.verdict.stale === false ? lock.info : undefined
     return {
       dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, withoutImage, bases,
@@ -59,7 +63,8 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
       summary: {
         revisions: revisions.length,
         newest: revisions.at(-1)?.timestamp,
-        oldest: revisions[0]?.timestamp,
+        oldest: revisions.filter((r) => !ahead.includes(r))[0]?.timestamp ?? revisions[0]?.timestamp,
+        ahead: ahead.map((r) => r.uuid),
         bytesWritten: revisions.reduce((n, r) => n + r.stats.bytesWritten, 0),
         verified: revisions.filter((r) => r.trust === 'verified').length,
         distrusted: revisions.filter((r) => r.trust === 'distrusted').length,

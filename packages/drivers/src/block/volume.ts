@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import { basename, dirname, join } from 'node:path'
-import { bbError, type Transport } from '@bb/core'
+import { bbError, madeOrder, type Transport } from '@bb/core'
 import { DIGEST_BYTES } from './hash-pool.js'
 import { formatSchedule, parseSchedule, type Schedule, type ScheduledRevision } from './schedule.js'
 import { fsStep, must, stop } from './stop.js'
@@ -180,7 +180,13 @@ const parseRevision = (text: string, file: string): Revision => {
   return stop(bbError('IO_FAILED', `${file} is not revision metadata bbackup can read`, 'move it out of the backup directory (the revision is then treated as incomplete and removed)', { path: file }))
 }
 
-export const readVolume = async (at: Transport, dir: string): Promise<VolumeContents> => {
+/**
+ * The revisions of a volume in the order they were made (the ones dated ahead of the clock, `now`,
+ * first: a clock that was ahead named them, and those made since it was put right are newer; the
+ * newest, `latest`, `0` and the next backup's parent are of those), its unfinished files, and the
+ * revisions whose image is gone.
+ */
+export const readVolume = async (at: Transport, dir: string, now: Date = new Date()): Promise<VolumeContents> => {
   const entries = await must(at.list(dir))
   const names = new Set(entries.map((e) => e.name))
   const revisions: Revision[] = []
@@ -198,7 +204,7 @@ export const readVolume = async (at: Transport, dir: string): Promise<VolumeCont
   }
   revisions.sort((a, b) => a.timestamp.localeCompare(b.timestamp))
   const withoutImage = revisions.filter((r) => !names.has(`${r.uuid}.img`)).map((r) => r.uuid)
-  return { revisions, incomplete, withoutImage }
+  return { revisions: madeOrder(revisions.map((r) => ({ r, time: new Date(r.timestamp) })), now.getTime()).map(({ r }) => r), incomplete, withoutImage }
 }
 
 export const writeRevision = async (at: Transport, dir: string, revision: Revision): Promise<void> =>
