@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -28,9 +28,12 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     const real = Date.now()
     const clock = (ms: number) => (): Date => new Date(ms)
     const first = ok(await backup(job, { now: clock(real - 3_600_000) })).snapshot
+    const { mtime } = await stat(join(source, 'a.txt'))
     await writeFile(join(source, 'a.txt'), 'made while the clock was 200 days ahead\n')
     const ahead = ok(await backup(job, { now: clock(real + 200 * 86_400_000) })).snapshot
+    // a.txt as it was in the first backup, to rsync's quick check too (size and time)
     await writeFile(join(source, 'a.txt'), 'alpha\n')
+    await utimes(join(source, 'a.txt'), mtime, mtime)
     await writeFile(join(source, 'new.txt'), 'made once the clock was right\n')
     const made = ok(await backup(job, { now: clock(real) }))
     // linked against the first (the same a.txt), not the one dated ahead
