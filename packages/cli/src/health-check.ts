@@ -70,7 +70,7 @@ export const checkHealth = async (io: Io, resolved: Resolved, options: { readonl
       const newest = s.value.summary.newest
       results.push({
         job: volume.name,
-        health: volumeHealthOf({ at: dir, newestAgeSeconds: newest === undefined ? undefined : Math.round((Date.now() - Date.parse(newest)) / 1000), distrusted: s.value.summary.distrusted, withoutImage: s.value.withoutImage.length, ahead: s.value.summary.ahead.length }, thresholds),
+        health: volumeHealthOf({ at: dir, newestAgeSeconds: newest === undefined ? undefined : Math.round((Date.now() - Date.parse(newest)) / 1000), distrusted: s.value.summary.distrusted, withoutImage: s.value.withoutImage.length, ahead: s.value.summary.ahead }, thresholds),
       })
     }
   }

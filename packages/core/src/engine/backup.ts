@@ -456,7 +456,7 @@ const backupToTarget = async (
   let pruned: readonly string[] = []
   let kept: number | undefined
   let pruneError: BbError | undefined
-  const clock = clockWarning('backups here', own, now)
+  const clock = clockWarning(own, now)
   const warnings = [...(clock === undefined ? [] : [clock]), ...outcome.warnings]
   let commands = [...outcome.commands]
   const policy = job.retention?.target
@@ -555,6 +555,7 @@ const sendSnapshots = async (
   const dryRun = options.dryRun ?? false
   const emit = options.onEvent ?? (() => undefined)
   const path = journalPath(job)
+  const now = (options.now ?? (() => new Date()))().getTime()
 
   // 3. recovery, then what each target lacks; again before a retry, which first removes the unfinished receive
   const prepare = async (lane: Lane, pending: readonly JournalEntry[], snapshots: readonly SnapshotInfo[] | undefined): Promise<void> => {
@@ -594,7 +595,7 @@ const sendSnapshots = async (
     }
     const note = othersNote(others)
     if (note !== undefined && !lane.warnings.includes(note)) lane.warnings.push(note)
-    const clock = clockWarning('backups here', ours, (options.now ?? (() => new Date()))().getTime())
+    const clock = clockWarning(ours, now)
     if (clock !== undefined && !lane.warnings.includes(clock)) lane.warnings.push(clock)
     const plan = planSends(from, ours, sendsFor(job, options.now))
     const made = from.length > sourceSnapshots.length ? from[0] : undefined
@@ -607,7 +608,7 @@ const sendSnapshots = async (
     }
   }
   // in the order they were made: one named by a clock that was ahead counts as older than those made since it was put right
-  const withOrigin = originFor(job, madeOrder(sourceSnapshots, (options.now ?? (() => new Date()))().getTime()), options.signal)
+  const withOrigin = originFor(job, madeOrder(sourceSnapshots, now), options.signal)
   const lanes: Lane[] = []
   for (const { target, where, snapshots } of reachable) {
     const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, origin: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }

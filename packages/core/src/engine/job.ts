@@ -123,13 +123,13 @@ export const newestMade = <T extends { readonly time?: Date | undefined }>(snaps
 export const madeOrder = <T extends { readonly time?: Date | undefined }>(snapshots: readonly T[], now: number): T[] =>
   [...snapshots.filter((s) => aheadOfClock(s, now)), ...snapshots.filter((s) => !aheadOfClock(s, now))]
 
-/** A run's warning for a place whose snapshots of this job include some dated ahead of the clock; undefined when none is. */
-export const clockWarning = (what: 'backups here' | 'snapshots at the source', snapshots: readonly SnapshotInfo[], now: number): string | undefined => {
+/** A run's warning for a target whose backups of this job include some dated ahead of the clock; undefined when none is. */
+export const clockWarning = (snapshots: readonly SnapshotInfo[], now: number): string | undefined => {
   const ahead = snapshots.filter((s) => aheadOfClock(s, now))
   const newest = ahead.at(-1)
   if (newest?.time === undefined) return undefined
   const days = Math.max(1, Math.round((newest.time.getTime() - now) / 86_400_000))
-  return `${ahead.length === 1 ? `one of the ${what}, ${newest.name}, is` : `${ahead.length} of the ${what} (the newest ${newest.name}) are`} dated ahead of this host's clock (${days} d): the clock was ahead when ${ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now; check it (timedatectl). Nothing is lost: ${ahead.length === 1 ? 'it is' : 'they are'} kept, and latest means the newest made before now`
+  return `${ahead.length === 1 ? `one of the backups here, ${newest.name}, is` : `${ahead.length} of the backups here (the newest ${newest.name}) are`} dated ahead of this host's clock (${days} d): the clock was ahead when ${ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now; check it (timedatectl). Nothing is lost: ${ahead.length === 1 ? 'it is' : 'they are'} kept, and latest means the newest made before now`
 }
 
 /**

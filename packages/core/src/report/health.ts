@@ -97,10 +97,10 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
  * @example
  * volumeHealthOf({ at: '/srv/backy/vm1', newestAgeSeconds: 3600, distrusted: 0 }) // { verdict: 'ok', reasons: [] }
  */
-export const volumeHealthOf = (v: { readonly at: string; readonly newestAgeSeconds: number | undefined; readonly distrusted: number; readonly withoutImage?: number; readonly ahead?: number }, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth =>
+export const volumeHealthOf = (v: { readonly at: string; readonly newestAgeSeconds: number | undefined; readonly distrusted: number; readonly withoutImage?: number; readonly ahead?: readonly string[] }, thresholds: HealthThresholds = DEFAULT_THRESHOLDS): JobHealth =>
   verdictOf([
     ...(v.newestAgeSeconds === undefined ? [{ verdict: 'critical' as const, reason: `${v.at} has no revision` }] : v.newestAgeSeconds < 0 ? [] : ageFindings(v.at, 'revision', v.newestAgeSeconds, thresholds)),
-    ...((v.ahead ?? 0) === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.ahead === 1 ? 'a revision is' : `${v.ahead} revisions are`} dated ahead of this host's clock: the clock was ahead when ${v.ahead === 1 ? 'it was' : 'they were'} made, or is behind now (check it: timedatectl); the age checked is that of the newest revision made before now` }]),
+    ...(v.ahead === undefined || v.ahead.length === 0 ? [] : [aheadFinding(v.at, 'revision', v.ahead, true)]),
     ...(v.distrusted === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.distrusted} revision${v.distrusted === 1 ? ' is' : 's are'} distrusted (damage a verify found, or marked by hand; the next backup is built from the newest good revision)` }]),
     ...((v.withoutImage ?? 0) === 0 ? [] : [{ verdict: 'warning' as const, reason: `${v.at}: ${v.withoutImage} revision${v.withoutImage === 1 ? ' has lost its image' : 's have lost their images'} (bbackup status -b names them; restore cannot use them)` }]),
   ])
