@@ -543,6 +543,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
   }
 
+  /** whether anything shows or logs the progress of a transfer: drawn on a terminal, or logged by --log-json */
+  const progressWanted = (options: CommonOptions, verbosity: number): boolean =>
+    options.logJson === true || (io.isTTY && verbosity >= 0 && options.json !== true)
+
   /** Runs the engine's backup for each job, rendering events and the report. */
   const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
     // bbackup run also backs up the config's block volumes, each when its schedule says so
@@ -610,6 +614,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           dryRun: options.dryRun === true,
           signal: controller.signal,
           onEvent: eventsOf(options, verbosity, log, formatLocation(job.source.location), job.driver.name),
+          ...(progressWanted(options, verbosity) ? {} : { progress: false }),
           ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
           ...(options.takeOver === true ? { takeOver: true } : {}),
         }).andThen((report) => disk.release().map(() => report))

@@ -19,6 +19,25 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   })
   afterEach(() => tmp.cleanup())
 
+  it('has rsync measure progress only where it is drawn (a terminal) or logged (--log-json)', async () => {
+    const commandOf = (stdout: string): string[] => (JSON.parse(stdout) as { targets: { commands: string[][] }[] }).targets[0]?.commands[0] ?? []
+    // under cron (no terminal), and with --json or -q on a terminal, nothing shows it
+    const quiet = await runCli(['run', 'src', 'dst', '--state-dir', state, '--json'], tmp.path, { isTTY: true })
+    expect(quiet.code).toBe(0)
+    expect(commandOf(quiet.stdout)).not.toContain('--info=progress2')
+    const cron = await runCli(['run', 'src', 'dst', '--state-dir', state, '-v'], tmp.path)
+    expect(cron.stderr).toContain('(incremental from')
+    expect(cron.stderr).not.toContain('%')
+    await writeFile(join(tmp.path, 'src/a.txt'), 'changed\n')
+    const logged = await runCli(['run', 'src', 'dst', '--state-dir', state, '--log-json', '--json'], tmp.path)
+    expect(commandOf(logged.stdout)).toContain('--info=progress2')
+    expect(logged.stderr.split('\n').filter((l) => l.includes('"type":"transfer-progress"')).length).toBeGreaterThan(0)
+    const drawn = await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path, { isTTY: true })
+    // the line redrawn in place: carriage return, erase the line (ESC [ K), the percentage
+    expect(drawn.stderr).toContain(`\r${String.fromCharCode(27)}[K  `)
+    expect(drawn.stderr).toMatch(/\[K {2}\d+% {2}/)
+  })
+
   it('runs, lists and reports status as text and as JSON', async () => {
     const first = await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)
     expect(first).toMatchObject({ code: 0, stderr: expect.stringContaining('(full)') })

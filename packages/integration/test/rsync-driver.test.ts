@@ -138,6 +138,23 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(second.targets[0]?.commands[0]).not.toContain('--inplace')
   })
 
+  it('reports progress from rsync\'s own (--info=progress2), and with progress: false asks rsync for none', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    const shown: BackupEvent[] = []
+    const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z'), onEvent: (e) => shown.push(e) }))
+    expect(first.targets[0]?.commands[0]).toContain('--info=progress2')
+    expect(shown.filter((e) => e.type === 'transfer-progress').length).toBeGreaterThan(0)
+
+    shown.length = 0
+    await writeFile(join(source, 'a.txt'), 'alpha changed\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z'), onEvent: (e) => shown.push(e), progress: false }))
+    expect(second.targets[0]).toMatchObject({ ok: true, mode: 'incremental', files: 1 })
+    expect(second.targets[0]?.commands[0]).not.toContain('--info=progress2')
+    expect(shown.map((e) => e.type)).toEqual(expect.arrayContaining(['transfer-started', 'transfer-finished']))
+    expect(shown.filter((e) => e.type === 'transfer-progress')).toEqual([])
+    expect(await treeManifest(join(target, '2026-11-23T110000Z'))).toEqual(await treeManifest(source))
+  })
+
   it('keeps the previous backup unchanged when the source file is rewritten in place (scenario 10)', async () => {
     const job = rsyncJob({ source, targets: [target], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

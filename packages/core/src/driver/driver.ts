@@ -83,6 +83,8 @@ export interface TransferInput {
   readonly dryRun: boolean
   readonly signal: AbortSignal | undefined
   readonly onEvent: (event: BackupEvent) => void
+  /** false: no `transfer-progress` events are wanted, and the work of measuring progress can be left out (RunOptions.progress) */
+  readonly progress?: boolean
 }
 
 /** One snapshot to several targets that all hold its parent: the source is read once. */

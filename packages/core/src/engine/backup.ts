@@ -440,6 +440,7 @@ const backupToTarget = async (
   emit({ type: 'transfer-started', target: where, snapshot: name, mode, ...(parent === undefined ? {} : { parent: parent.name }), from: formatLocation(job.source.location) })
   const transferred: Result<TransferOutcome, BbError> = await job.driver.transfer({
     source: job.source, target, snapshot: name, parent, resume, dryRun, signal: options.signal, onEvent: emit,
+    ...(options.progress === false ? { progress: false } : {}),
   })
   if (transferred.isErr()) {
     emit({ type: 'transfer-failed', target: where, snapshot: name, error: transferred.error })
@@ -653,7 +654,7 @@ const sendSnapshots = async (
       }
       const going = [...entries.keys()]
       const roundStarted = Date.now()
-      const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit }
+      const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit, ...(options.progress === false ? { progress: false } : {}) }
       const results: readonly Result<TransferOutcome, BbError>[] = going.length > 1 && job.driver.transferShared !== undefined
         ? await job.driver.transferShared({ ...common, targets: going.map((l) => ({ target: l.target, parent: l.sends[l.next]?.parentAtTarget })) })
         : await Promise.all(going.map((l) => job.driver.transfer({ ...common, target: l.target, parent: l.sends[l.next]?.parentAtTarget, resume: undefined })))

@@ -279,7 +279,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       ...(filesOnly && resumeFrom !== undefined ? [`../${posix.basename(resumeFrom)}`] : []),
     ]
     const argv = [
-      'rsync', ...copyFlags(), ...leaveOut, '--delete', '--no-human-readable', '--stats', '--info=progress2',
+      'rsync', ...copyFlags(), ...leaveOut, '--delete', '--no-human-readable', '--stats',
+      // a line per file, each a wake-up of this process: only when someone shows or logs progress
+      ...(input.progress === false ? [] : ['--info=progress2']),
       ...(dryRun ? ['--dry-run'] : []),
       ...linkDests.map((d) => `--link-dest=${d}`),
       // a daemon module cannot run sync(1): the receiver flushes each file it writes
