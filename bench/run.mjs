@@ -181,6 +181,11 @@ const changeOnePercent = (round, tree = source) => {
 const flags = ['-a', ...(asRoot ? ['-H', '-A', '-X', '--numeric-ids'] : []), '--one-file-system', '--delete']
 run('tar', ['-cf', '/dev/null', '-C', source, '.']) // warm the page cache for everyone alike
 
+/** runs the steps starting with the r-th (round r of REPEAT): each goes first once in three rounds */
+const rotated = (r, steps) => {
+  for (let i = 0; i < steps.length; i++) steps[(r + i) % steps.length]()
+}
+
 if (process.env.BENCH_ONLY === 'rsyncd') {
   rsyncdBench()
   rmSync(work, { recursive: true, force: true })
@@ -199,14 +204,20 @@ if (process.env.BENCH_ONLY !== 'btrfs') {
     const plain = join(dir, 'plain')
     mkdirSync(plain)
     const ours = ['run', source, join(dir, 'bbackup'), '--state-dir', join(dir, 'state'), '-q']
-    full.plain.push(seconds(() => run('rsync', [...flags, `${source}/`, join(plain, 'a/')])))
-    full.plainSync.push(seconds(() => { run('rsync', [...flags, `${source}/`, join(plain, 'a2/')]); run('sync', ['-f', plain]) }))
-    full.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+    // each round in another order: the disk writes the third copy of a round slower than the first
+    // (its cache on the host fills), which a fixed order would charge to the same one every time
+    rotated(r, [
+      () => full.plain.push(seconds(() => run('rsync', [...flags, `${source}/`, join(plain, 'a/')]))),
+      () => full.plainSync.push(seconds(() => { run('rsync', [...flags, `${source}/`, join(plain, 'a2/')]); run('sync', ['-f', plain]) })),
+      () => full.ours.push(seconds(() => run(process.execPath, [cli, ...ours]))),
+    ])
     changeOnePercent(r + 1)
-    incr.plain.push(seconds(() => run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b/')])))
-    incr.plainSync.push(seconds(() => { run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b2/')]); run('sync', ['-f', plain]) }))
     spawnSync('sleep', ['1']) // a new name needs a new second
-    incr.ours.push(seconds(() => run(process.execPath, [cli, ...ours])))
+    rotated(r, [
+      () => incr.plain.push(seconds(() => run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b/')]))),
+      () => incr.plainSync.push(seconds(() => { run('rsync', [...flags, `--link-dest=${join(plain, 'a')}`, `${source}/`, join(plain, 'b2/')]); run('sync', ['-f', plain]) })),
+      () => incr.ours.push(seconds(() => run(process.execPath, [cli, ...ours]))),
+    ])
     rmSync(dir, { recursive: true, force: true })
   }
   report('full backup vs rsync -a', median(full.ours), median(full.plain), 'rsync')
@@ -260,15 +271,19 @@ function rsyncdBench() {
     const daemonFull = { ours: [], plain: [], plainSync: [] }
     const daemonIncr = { ours: [], plain: [], plainSync: [] }
     for (let r = 0; r < REPEAT; r++) {
-      daemonFull.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a/`)])))
-      // bbackup has the daemon flush what it writes (--fsync): against rsync followed by a flush of the module's filesystem
-      daemonFull.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a2/`)]); run('sync', ['-f', module]) }))
-      daemonFull.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)])))
+      rotated(r, [
+        () => daemonFull.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a/`)]))),
+        // bbackup has the daemon flush what it writes (--fsync): against rsync followed by a flush of the module's filesystem
+        () => daemonFull.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--mkpath', `${source}/`, url(`plain${r}/a2/`)]); run('sync', ['-f', module]) })),
+        () => daemonFull.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)]))),
+      ])
       changeOnePercent(50 + r)
-      daemonIncr.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b/`)])))
-      daemonIncr.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b2/`)]); run('sync', ['-f', module]) }))
       spawnSync('sleep', ['1'])
-      daemonIncr.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)])))
+      rotated(r, [
+        () => daemonIncr.plain.push(seconds(() => run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b/`)]))),
+        () => daemonIncr.plainSync.push(seconds(() => { run('rsync', [...flags, ...connection, '--link-dest=../a', `${source}/`, url(`plain${r}/b2/`)]); run('sync', ['-f', module]) })),
+        () => daemonIncr.ours.push(seconds(() => run(process.execPath, [cli, ...ours(r)]))),
+      ])
     }
     console.log('\nrsync daemon module on 127.0.0.1 (ratio goal <= 1.05 for the incremental)')
     report('full backup to a module vs rsync -a', median(daemonFull.ours), median(daemonFull.plain), 'rsync to the module')
