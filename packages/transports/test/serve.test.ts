@@ -7,18 +7,27 @@ import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterEach, describe, expect, it } from 'vitest'
 import { serveLine } from '../src/ssh/quote.js'
-import { OUT_TAG, PID_TAG, SERVE, STREAM_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { OUT_TAG, PID_TAG, SERVE, SERVE_V2, STREAM_WRAPPER } from '../src/ssh/remote-protocol.js'
 import { commandServer } from '../src/ssh/serve.js'
 
 /** the command server in a local sh, as the master connection's command runs it on the host; `before` runs first (a chatty login script) */
 const started: ChildProcessWithoutNullStreams[] = []
-const startServer = (before = '') => {
-  const child = spawn('sh', ['-c', `${before}${SERVE}`, 'sh'])
+const startServer = (before = '', program = SERVE) => {
+  // a group of its own, as the session on the host: `gone` ends it all, as a connection that closes
+  const child = spawn('sh', ['-c', `${before}${program}`, 'sh'], { detached: true })
   started.push(child)
   return { child, server: commandServer(child.stdin, child.stdout, 10_000) }
 }
+/** the server and the commands it runs, all killed at once */
+const gone = (child: ChildProcessWithoutNullStreams): void => {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL')
+  } catch {
+    // it had ended
+  }
+}
 afterEach(() => {
-  for (const child of started.splice(0)) if (child.exitCode === null) child.kill('SIGKILL')
+  for (const child of started.splice(0)) gone(child)
 })
 
 const line = (argv: readonly string[]) => serveLine(argv)._unsafeUnwrap()
@@ -69,7 +78,7 @@ describe('the command server', () => {
     const { child, server } = startServer()
     expect(await server.started).toBe(true)
     const pending = server.run(line(['sleep', '5']))
-    child.kill('SIGKILL')
+    gone(child)
     expect(await pending).toEqual({ kind: 'lost' })
     expect(server.alive).toBe(false)
     expect(await server.run(line(['true']))).toEqual({ kind: 'lost' })
@@ -81,15 +90,29 @@ describe('the command server', () => {
     expect(never.alive).toBe(false)
   })
 
-  it('removes its temporary directory when its input ends', async () => {
-    const { child, server } = startServer()
-    // a raw line, not one of serveLine's: it may name the server's own variable
-    const dir = await server.run('echo "$d"')
-    const path = dir.kind === 'done' ? dir.stdout.trim() : ''
-    expect(existsSync(join(path, 'o'))).toBe(true)
-    child.stdin.end()
-    await new Promise((resolve) => child.once('close', resolve))
-    expect(existsSync(path)).toBe(false)
+  it('passes output exactly where it looks like the answers around it (tokens, status lines, no last newline), and keeps no more stdout than a local command', async () => {
+    const { server } = startServer()
+    expect(await server.started).toBe(true)
+    const looks = ['bbackup-run:00 0\n\nbbackup-run:00\n', '0 5 0\nhello', 'bbackup-remote-pid:1\n', '\n\n', 'no newline']
+    const answers = await Promise.all(looks.map((text) => server.run(line(['sh', '-c', 'printf "%s" "$1"; printf "%s" "$1" >&2', 'sh', text]))))
+    expect(answers).toEqual(looks.map((text) => ({ kind: 'done', exitCode: 0, stdout: text, stderr: text.replace(/\n+$/, '') })))
+    const big = await server.run(line(['head', '-c', String(17 * 1024 * 1024), '/dev/zero']))
+    expect(big.kind === 'done' && big.stdout.length).toBe(16 * 1024 * 1024)
+    expect(await server.run(line(['echo', 'after']))).toEqual({ kind: 'done', exitCode: 0, stdout: 'after\n', stderr: '' })
+  })
+
+  it('runs each command in a process of its own: none can change the server (cd, variables, exit)', async () => {
+    const { server } = startServer()
+    // raw lines, not serveLine's: they touch the shell itself
+    expect(await server.run('cd / && x=1 && exit 7')).toMatchObject({ kind: 'done', exitCode: 7 })
+    expect(await server.run('echo "$PWD" "${x-unset}"')).toEqual({ kind: 'done', exitCode: 0, stdout: `${process.cwd()} unset\n`, stderr: '' })
+  })
+
+  it('still reads the answers of an older server (SERVE_V2: counted bytes), taking no streams of it', async () => {
+    const { server } = startServer('', SERVE_V2)
+    expect(await server.started).toBe(true)
+    expect(server.streams).toBe(false)
+    expect(await server.run(line(['sh', '-c', 'printf out; echo err >&2; exit 2']))).toEqual({ kind: 'done', exitCode: 2, stdout: 'out', stderr: 'err' })
   })
 })
 
@@ -237,12 +260,12 @@ describe('out-stream requests', () => {
     for (const size of [1, 2, 5, 7, 13, 36, 37, 64]) {
       const [toServer, fromServer] = [new PassThrough(), new PassThrough()]
       const server = commandServer(toServer, fromServer, 10_000)
-      fromServer.write(`${'bbackup-serve:2'}\n`)
+      fromServer.write(`${'bbackup-serve:3'}\n`)
       expect(await server.started).toBe(true)
       const taken = server.streamOut('cat', () => undefined)
       const token = /^(\S+) cat\n$/.exec(String(toServer.read()))?.[1] ?? ''
       expect(token.startsWith(OUT_TAG)).toBe(true)
-      const channel = Buffer.concat([Buffer.from(`${PID_TAG}42\n`), stream, Buffer.from(`${token}0 0 3\nerr`)])
+      const channel = Buffer.concat([Buffer.from(`${PID_TAG}42\n`), stream, Buffer.from(`${token} 0\nerr\n${token}\n`)])
       for (let at = 0; at < channel.length; at += size) fromServer.write(channel.subarray(at, at + size))
       expect([size, (await drained(taken?.stdout as NodeJS.ReadableStream)).toString()]).toEqual([size, stream.toString()])
       expect(await taken?.result).toEqual({ kind: 'done', exitCode: 0, stdout: '', stderr: 'err' })

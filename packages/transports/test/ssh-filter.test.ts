@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { decide, isServeRequest, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
 import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
 import { remoteCommand, serveLine } from '../src/ssh/quote.js'
-import { FILTERS, PRIVATE_WRITER, SCRIPTS, SERVE, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { FILTERS, PRIVATE_WRITER, SCRIPTS, SERVE, SERVE_V2, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
 
 const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
 const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
@@ -35,6 +35,9 @@ describe('splitting SSH_ORIGINAL_COMMAND without a shell', () => {
     expect(splitCommand(serveLine(['cmd', 'a\nb'])._unsafeUnwrap())._unsafeUnwrapErr()).toBe('the shell character "\\"" outside quotes')
     expect(isServeRequest(remoteCommand(['sh', '-c', SERVE, 'sh'])._unsafeUnwrap())).toBe(true)
     expect(isServeRequest(remoteCommand(['sh', '-c', SERVE, 'sh', 'x'])._unsafeUnwrap())).toBe(false)
+    // an older bbackup's server is served as well (by bbackup-remote's own, whose answers both read)
+    expect(isServeRequest(remoteCommand(['sh', '-c', SERVE_V2, 'sh'])._unsafeUnwrap())).toBe(true)
+    expect(isServeRequest(remoteCommand(['sh', '-c', `${SERVE_V2} `, 'sh'])._unsafeUnwrap())).toBe(false)
   })
 
   it('reads rsync\'s backslash escaping of remote paths', () => {

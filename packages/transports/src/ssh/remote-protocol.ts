@@ -50,8 +50,10 @@ export const SCRIPTS = {
  * it is skipped). bbackup-remote's own server says this one: it runs request lines only.
  */
 export const SERVE_BANNER = 'bbackup-serve:1'
-/** what {@link SERVE} says instead: it also takes a stream request ({@link STREAM_TAG}) */
+/** what {@link SERVE_V2} said: it also takes a stream request ({@link STREAM_TAG}) */
 export const SERVE_STREAMS_BANNER = 'bbackup-serve:2'
+/** what {@link SERVE} says: it takes streams, and every request carries a token that ends its answer ({@link RUN_TAG}) */
+export const SERVE_FRAMED_BANNER = 'bbackup-serve:3'
 /** what every banner starts with; the version follows */
 export const SERVE_BANNER_PREFIX = 'bbackup-serve:'
 
@@ -84,20 +86,35 @@ export const OUT_TAG = 'bbackup-out:'
 export const STREAM_WRAPPER = `echo "${PID_TAG}$$" >&4; exec "$@"`
 
 /**
+ * A request line that starts with this, a token and a space is a plain request of {@link SERVE}
+ * (a stream request starts with {@link STREAM_TAG}, an out-stream request with {@link OUT_TAG}).
+ */
+export const RUN_TAG = 'bbackup-run:'
+
+/**
  * The command server: run as the master connection's own command (`sh -c SERVE sh`), it runs the
  * commands that come on its stdin one after the other, so that each costs a line on an open
- * channel instead of a new session and a login shell. A request is one line: a command quoted by
- * `remoteCommand` in which each newline (only ever inside single quotes) is written `'"$n"'`
- * (see `serveLine`); `eval` sees exactly what the login shell would see from ssh. The command's
- * stdin is /dev/null (a stream request's: the session's stdin, see {@link STREAM_TAG}), its stdout
- * and stderr go to files in a private temporary directory (an out-stream request's stdout: the
- * session's stdout, see {@link OUT_TAG}); the answer is a line
- * `STATUS OUT-BYTES ERR-BYTES` and then those bytes. It removes the directory when its stdin ends
- * (the connection closes). sh's `read` takes a pipe's bytes one at a time, so a request line is
- * read to its newline and no further. The program has no line break of its own (a csh login shell
- * could not pass one through its quotes): `$n` is made by printf.
+ * channel instead of a new session and a login shell. A request is one line: a tag and a token
+ * random per request ({@link RUN_TAG}, {@link STREAM_TAG} or {@link OUT_TAG}), a space, and a
+ * command quoted by `remoteCommand` in which each newline (only ever inside single quotes) is
+ * written `'"$n"'` (see `serveLine`); `eval` sees exactly what the login shell would see from ssh,
+ * in a subshell. The command's stdin is /dev/null (a stream request's: the session's stdin, see
+ * {@link STREAM_TAG}); its stdout goes straight onto the session's, and its stderr is kept by the
+ * shell. The answer follows the stdout: `TOKEN STATUS`, a line break, the stderr, a line break and
+ * the token again, so that the client finds where each part ends by a token that no command's
+ * output can foresee. No process runs but the command itself (no temporary files to count and
+ * print, no cleanup). sh's `read` takes a pipe's bytes one at a time, so a request line is read to
+ * its newline and no further. The program has no line break of its own (a csh login shell could
+ * not pass one through its quotes): `$n` is made by printf.
  */
-export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e"; s=$?;; "${OUT_TAG}"*) u=\${l%% *}; l=\${l#* }; { eval "$l"; } </dev/null 2>"$d/e"; s=$?; : >"$d/o"; printf %s "$u";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-; s=$?;; esac; set -- $(cd "$d" && wc -c o e); echo "$s $1 $3"; [ "$1$3" = 00 ] || cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
+export const SERVE = `n=$(printf '\\n_'); n=\${n%_}; exec 4>&1; echo "${SERVE_FRAMED_BANNER}"; while IFS= read -r l; do u=\${l%% *}; l=\${l#* }; case $u in "${STREAM_TAG}"*) e=$( { eval "$l"; } 2>&1 >&4 ); s=$?;; *) e=$( { eval "$l"; } </dev/null 2>&1 >&4 ); s=$?;; esac; printf '%s %s\\n%s\\n%s\\n' "$u" "$s" "$e" "$u"; case $u in "${STREAM_TAG}"*) [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$u" ] || exit 0;; esac; done`
+
+/**
+ * The command server of bbackup before {@link SERVE} (banner {@link SERVE_STREAMS_BANNER}): its
+ * commands' output went to files in a temporary directory, counted and printed after each (two
+ * more processes per request). bbackup-remote still knows it, for clients not yet updated.
+ */
+export const SERVE_V2 = `n=$(printf '\\n_'); n=\${n%_}; d=$(mktemp -d) || exit 1; trap 'rm -rf -- "$d"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM; exec 4>&1; echo "${SERVE_STREAMS_BANNER}"; while IFS= read -r l; do t=; case $l in "${STREAM_TAG}"*) t=\${l%% *}; l=\${l#* }; { eval "$l"; } >"$d/o" 2>"$d/e"; s=$?;; "${OUT_TAG}"*) u=\${l%% *}; l=\${l#* }; { eval "$l"; } </dev/null 2>"$d/e"; s=$?; : >"$d/o"; printf %s "$u";; *) { eval "$l"; } </dev/null >"$d/o" 2>"$d/e" 4>&-; s=$?;; esac; set -- $(cd "$d" && wc -c o e); echo "$s $1 $3"; [ "$1$3" = 00 ] || cat -- "$d/o" "$d/e"; if [ -n "$t" ]; then [ "$s" -eq 0 ] || exit 0; IFS= read -r l && [ "$l" = "$t" ] || exit 0; fi; done`
 
 /**
  * A session opened ahead of its command, so that its login runs while other work goes on: run as

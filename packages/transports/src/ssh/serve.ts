@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { PassThrough, type Readable, type Writable } from 'node:stream'
 import { stderrTail } from '@bb/core'
-import { OUT_TAG, PID_TAG, SERVE_BANNER_PREFIX, STREAM_TAG } from './remote-protocol.js'
+import { OUT_TAG, PID_TAG, RUN_TAG, SERVE_BANNER_PREFIX, STREAM_TAG } from './remote-protocol.js'
 
 /**
  * How one command on the server ended; `lost`: the server went away before it answered; `unsent`:
@@ -42,10 +42,15 @@ export interface CommandServer {
   streamOut(line: string, onPid: (pid: string) => void): { readonly stdout: Readable; readonly result: Promise<ServedResult>; readonly bytes: () => number } | undefined
 }
 
-/** An out-stream on its way: what comes before its token is its stdout. */
+/**
+ * A command's stdout on its way, up to its token: an out-stream's, handed on to its reader, or
+ * (SERVE's framed answers) any command's, kept for its answer.
+ */
 interface OutStream {
   readonly token: Buffer
-  readonly sink: PassThrough
+  /** the out-stream's reader; none: the bytes are kept (`kept`, up to STDOUT_LIMIT) */
+  readonly sink: PassThrough | undefined
+  readonly kept: Buffer[]
   bytes: number
   /** a byte of the stream came: a pid line now would be the stream's own bytes */
   begun: boolean
@@ -57,14 +62,17 @@ interface Waiting {
   settled: boolean
   /** a stream request's: the pid line before its answer is for it */
   readonly onPid?: (pid: string) => void
-  /** an out-stream request's, until its token came */
+  /** an out-stream request's (any request's, where answers are framed), until its token came */
   out?: OutStream | undefined
+  /** framed answers: the token came after the stdout (kept here); its status, stderr and the token again follow */
+  rest?: { readonly token: Buffer; readonly stdout: string } | undefined
 }
 
-/** `bbackup-serve:VERSION`: 1 runs requests, 2 also takes streams */
+/** `bbackup-serve:VERSION`: 1 runs requests; 3 also takes streams, and frames each answer by a token (SERVE's) */
 const BANNER = new RegExp(`${SERVE_BANNER_PREFIX}(\\d+)\\n`)
 const BANNER_PREFIX = Buffer.from(SERVE_BANNER_PREFIX)
 const PID_LINE = Buffer.from(PID_TAG)
+const NEWLINE = Buffer.from('\n')
 /** the most stdout kept of one command, as for a local one */
 const STDOUT_LIMIT = 16 * 1024 * 1024
 
@@ -76,7 +84,8 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
   const queue: Waiting[] = []
   let buffer: Buffer = Buffer.alloc(0)
   let banner = false
-  let streams = false
+  /** SERVE's (banner 3): it takes streams, and every request carries a token that follows its stdout and ends its answer */
+  let framed = false
   let ended = false
   /** a stream is on its way: the lines of later requests wait here, unwritten */
   let held: { readonly line: string; readonly waiting: Waiting }[] | undefined
@@ -124,7 +133,8 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       }
       buffer = buffer.subarray(found.index + found[0].length)
       banner = true
-      streams = Number(found[1]) >= 2
+      // 1 (bbackup-remote's) and 2 (an older bbackup's SERVE_V2) answer `STATUS OUT-BYTES ERR-BYTES` and the bytes
+      framed = Number(found[1]) >= 3
       clearTimeout(timer)
       announce(true)
     }
@@ -132,6 +142,11 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
       const stream = queue[0]?.out
       if (stream !== undefined && stream.begun) {
         if (!streamed(stream)) return
+        continue
+      }
+      const rest = queue[0]?.rest
+      if (rest !== undefined) {
+        if (!framedEnd(rest.token, rest.stdout)) return
         continue
       }
       const nl = buffer.indexOf(10)
@@ -170,7 +185,12 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
    * nothing more: the rest is read and dropped.
    */
   const handOn = (out: OutStream, piece: Buffer): void => {
+    const room = STDOUT_LIMIT - out.bytes
     out.bytes += piece.length
+    if (out.sink === undefined) {
+      if (room > 0) out.kept.push(room >= piece.length ? piece : piece.subarray(0, room))
+      return
+    }
     if (!out.sink.destroyed && !out.sink.write(piece)) stdout.pause()
   }
 
@@ -188,8 +208,27 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     if (at < 0) return false
     buffer = buffer.subarray(out.token.length)
     const waiting = queue[0]
-    if (waiting !== undefined) waiting.out = undefined
-    out.sink.end()
+    if (waiting !== undefined) {
+      waiting.out = undefined
+      waiting.rest = { token: out.token, stdout: Buffer.concat(out.kept).toString('utf8') }
+    }
+    out.sink?.end()
+    return true
+  }
+
+  /**
+   * The end of a framed answer, after the stdout's token: ` STATUS`, a line break, the stderr, a
+   * line break and the token again; false until all of it came.
+   */
+  const framedEnd = (token: Buffer, out: string): boolean => {
+    const nl = buffer.indexOf(10)
+    if (nl < 0) return false
+    const end = buffer.indexOf(Buffer.concat([NEWLINE, token, NEWLINE]), nl)
+    if (end < 0) return false
+    const status = Number(buffer.subarray(0, nl).toString('latin1').trim())
+    const err = buffer.subarray(nl + 1, end).toString('utf8')
+    buffer = buffer.subarray(end + token.length + 2)
+    answer({ kind: 'done', exitCode: Number.isInteger(status) ? status : 255, stdout: out, stderr: stderrTail(err) })
     return true
   }
 
@@ -213,7 +252,19 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
    * One stream at a time, either way: a stream request behind an out-stream would wait in the
    * channel that the out-stream's answer must first leave.
    */
-  const canStream = (): boolean => streams && !ended && !ending && held === undefined && !queue.some((w) => w.out !== undefined)
+  const canStream = (): boolean => framed && !ended && !ending && held === undefined && !queue.some((w) => w.out?.sink !== undefined)
+
+  /** a request's stdout up to a new random token: handed on to `sink`, or kept for its answer */
+  const tokenOut = (tag: string, sink?: PassThrough): OutStream =>
+    // a stream command says its pid before its stdout; a plain one's stdout begins at once
+    ({ token: Buffer.from(`${tag}${randomBytes(12).toString('hex')}`), sink, kept: [], bytes: 0, begun: tag === RUN_TAG })
+
+  /** a request's line as it goes: with its token where answers are framed (its `out` then keeps the stdout) */
+  const framing = (tag: string, line: string): { readonly wire: string; readonly out: OutStream | undefined } => {
+    if (!framed) return { wire: line, out: undefined }
+    const out = tokenOut(tag)
+    return { wire: `${out.token.toString('latin1')} ${line}`, out }
+  }
 
   stdout.on('data', (chunk: Buffer) => {
     if (midStream(chunk)) return
@@ -229,7 +280,7 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     const out = queue[0]?.out
     if (out !== undefined) {
       if (out.begun && buffer.length > 0) handOn(out, buffer)
-      out.sink.end()
+      out.sink?.end()
     }
     while (queue.length > 0) answer({ kind: 'lost' })
     release(false)
@@ -238,38 +289,45 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
   stdout.once('close', end)
   stdin.on('error', end)
 
+  const run = (line: string, signal?: AbortSignal): Promise<ServedResult> => new Promise<ServedResult>((resolve) => {
+    // how a request goes depends on the banner: one asked before it waits for it
+    // (a server that did not start in time ran none of it: it may go by a session of its own)
+    if (!banner && !ended) return void started.then((up) => (up ? run(line, signal) : { kind: 'unsent' as const })).then(resolve)
+    if (ending) return resolve({ kind: 'unsent' })
+    if (ended) return resolve({ kind: 'lost' })
+    if (signal?.aborted === true) return resolve({ kind: 'cancelled' })
+    const { wire, out } = framing(RUN_TAG, line)
+    const waiting: Waiting = { resolve, settled: false, out }
+    signal?.addEventListener('abort', () => {
+      if (waiting.settled) return
+      // the command runs on to its end on the host; its answer is read and dropped (one never written is not)
+      waiting.settled = true
+      resolve({ kind: 'cancelled' })
+    }, { once: true })
+    if (held !== undefined) {
+      held.push({ line: wire, waiting })
+      return
+    }
+    queue.push(waiting)
+    stdin.write(`${wire}\n`)
+  })
+
   return {
     started,
     get streams() {
-      return streams
+      return framed
     },
     get alive() {
       return !ended
     },
-    run: (line, signal) => new Promise<ServedResult>((resolve) => {
-      if (ending) return resolve({ kind: 'unsent' })
-      if (ended) return resolve({ kind: 'lost' })
-      if (signal?.aborted === true) return resolve({ kind: 'cancelled' })
-      const waiting: Waiting = { resolve, settled: false }
-      signal?.addEventListener('abort', () => {
-        if (waiting.settled) return
-        // the command runs on to its end on the host; its answer is read and dropped (one never written is not)
-        waiting.settled = true
-        resolve({ kind: 'cancelled' })
-      }, { once: true })
-      if (held !== undefined) {
-        held.push({ line, waiting })
-        return
-      }
-      queue.push(waiting)
-      stdin.write(`${line}\n`)
-    }),
+    run,
     stream: (line, onPid) => {
       if (!canStream()) return undefined
-      const token = `${STREAM_TAG}${randomBytes(12).toString('hex')}`
+      const out = tokenOut(STREAM_TAG)
+      const token = out.token.toString('latin1')
       held = []
       const result = new Promise<ServedResult>((resolve) => {
-        queue.push({ resolve, settled: false, onPid })
+        queue.push({ resolve, settled: false, onPid, out })
         stdin.write(`${token} ${line}\n`)
       }).then((r) => {
         if (r.kind === 'done' && r.exitCode === 0) {
@@ -287,15 +345,15 @@ export const commandServer = (stdin: Writable, stdout: Readable, limitMs: number
     },
     streamOut: (line, onPid) => {
       if (!canStream()) return undefined
-      const token = `${OUT_TAG}${randomBytes(12).toString('hex')}`
-      const out: OutStream = { token: Buffer.from(token), sink: new PassThrough({ highWaterMark: 1024 * 1024 }), bytes: 0, begun: false }
-      out.sink.on('drain', () => stdout.resume())
-      out.sink.once('close', () => stdout.resume())
+      const sink = new PassThrough({ highWaterMark: 1024 * 1024 })
+      const out = tokenOut(OUT_TAG, sink)
+      sink.on('drain', () => stdout.resume())
+      sink.once('close', () => stdout.resume())
       const result = new Promise<ServedResult>((resolve) => {
         queue.push({ resolve, settled: false, onPid, out })
-        stdin.write(`${token} ${line}\n`)
+        stdin.write(`${out.token.toString('latin1')} ${line}\n`)
       })
-      return { stdout: out.sink, result, bytes: () => out.bytes }
+      return { stdout: sink, result, bytes: () => out.bytes }
     },
   }
 }

@@ -2,7 +2,7 @@ import { err, ok, type Result } from 'neverthrow'
 import { checkRequest } from './checks.js'
 import { decide, type FilterPolicy, type Role } from './policy.js'
 import { splitCommand } from './words.js'
-import { AHEAD, SERVE } from '../remote-protocol.js'
+import { AHEAD, SERVE, SERVE_V2 } from '../remote-protocol.js'
 
 export { splitCommand } from './words.js'
 export { decide, ROLES } from './policy.js'
@@ -38,10 +38,11 @@ export const filterRequest = async (command: string | undefined, policy: FilterP
 
 /**
  * Whether `SSH_ORIGINAL_COMMAND` starts the command server (remote-protocol's `SERVE`, the master
- * connection's own command): bbackup-remote then serves the request lines itself, each one
- * filtered as a request of its own (`filterRequest` with `serveLine`).
+ * connection's own command, or `SERVE_V2`, an older bbackup's): bbackup-remote then serves the
+ * request lines itself, each one filtered as a request of its own (`filterRequest` with
+ * `serveLine`). Its answers are those every version of the client reads (banner 1).
  */
-export const isServeRequest = (command: string | undefined): boolean => isProgram(command, SERVE)
+export const isServeRequest = (command: string | undefined): boolean => isProgram(command, SERVE) || isProgram(command, SERVE_V2)
 
 /**
  * Whether `SSH_ORIGINAL_COMMAND` is a session opened ahead of its command (remote-protocol's
