@@ -69,19 +69,17 @@ export const SERVE_BANNER_PREFIX = 'bbackup-serve:'
 export const STREAM_TAG = 'bbackup-stream:'
 
 /**
- * A request line that starts with this, a token and a space is an out-stream request: its command
- * writes its stdout straight onto the server's own (the session's), where the stream ends with the
- * token, followed at once by the answer as for any request, with no stdout of its own
- * (`TOKEN STATUS 0 ERR-BYTES`, then stderr). The command's stdin is /dev/null, so the server reads
- * on as usual. The token is random per request: the client finds the stream's end by it, and no
- * stream's bytes can foresee it.
+ * A request line that starts with this, a token and a space is an out-stream request: the server
+ * runs it as any request (its stdout goes onto the session's, up to the token; see {@link SERVE}),
+ * and the client hands that stdout on as a stream instead of keeping it for the answer. The
+ * command's stdin is /dev/null, so the server reads on as usual.
  */
 export const OUT_TAG = 'bbackup-out:'
 
 /**
- * Run as `sh -c STREAM_WRAPPER sh ARGV...` as a stream request (in or out): says its pid on the server's own
- * stdout (fd 4, which the server gives a stream request only) at once, before the answer, then
- * becomes the command (same pid), so that a kill can stop it while it runs.
+ * Run as `sh -c STREAM_WRAPPER sh ARGV...` as a stream request (in or out): says its pid on the
+ * server's own stdout (fd 4) at once, before its stdout, then becomes the command (same pid), so
+ * that a kill can stop it while it runs.
  */
 export const STREAM_WRAPPER = `echo "${PID_TAG}$$" >&4; exec "$@"`
 
