@@ -391,18 +391,22 @@ if (!btrfsReady) {
     }
 
     if (has('btrbk')) {
-      // the same job for btrbk and for bbackup: snapshot, send incrementally, keep everything
+      // the same job for btrbk and for bbackup: snapshot, send incrementally, keep everything; each
+      // keeps its snapshots in a folder beside the source, as btrbk's snapshot_dir is (bbackup's
+      // default, btrfs-backup's, is inside the source: what that costs is measured after)
       const conf = join(work, 'btrbk.conf')
       mkdirSync(join(mnt, 'btrbk-snaps'))
+      mkdirSync(join(mnt, 'bb-snaps'))
+      const incremental = () => ours([join(mnt, 'inc')], ['--snapshot-folder', join(mnt, 'bb-snaps')])
       mkdirSync(join(mnt, 'btrbk-target'))
       writeFileSync(conf, ['timestamp_format long-iso', 'snapshot_preserve_min all', 'target_preserve_min all', `volume ${mnt}`, '  snapshot_dir btrbk-snaps', '  subvolume src', `    target ${join(mnt, 'btrbk-target')}`, ''].join('\n'))
       const btrbk = () => run('btrbk', ['-c', conf, '-q', 'run'])
       btrbk()
-      ours([join(mnt, 'inc')])
+      incremental()
       // REPEAT rounds of a 1% change, each tool in turn first; bbackup flushes the target filesystem before it records a backup, btrbk does not
       const rounds = { ours: [], theirs: [], theirsSync: [], oursIdle: [], theirsIdle: [] }
       for (let r = 0; r < REPEAT; r++) {
-        const both = [['theirs', btrbk], ['ours', () => ours([join(mnt, 'inc')])]]
+        const both = [['theirs', btrbk], ['ours', incremental]]
         if (r % 2) both.reverse()
         changeOnePercent(50 + r, src)
         commit()
@@ -412,7 +416,7 @@ if (!btrfsReady) {
         commit()
         spawnSync('sleep', ['1'])
         rounds.theirsSync.push(seconds(() => { btrbk(); commit() }))
-        ours([join(mnt, 'inc')])
+        incremental()
         spawnSync('sleep', ['1'])
         for (const [who, fn] of both) rounds[`${who}Idle`].push(seconds(fn))
       }
@@ -420,6 +424,19 @@ if (!btrfsReady) {
       report('1% incremental run vs btrbk run', median(rounds.ours), median(rounds.theirs), 'btrbk')
       report('1% incremental run vs btrbk run + filesystem sync', median(rounds.ours), median(rounds.theirsSync), 'btrbk+sync')
       report('run with nothing changed (fixed overhead) vs btrbk run', median(rounds.oursIdle), median(rounds.theirsIdle), 'btrbk')
+      // bbackup's default snapshot folder is inside the source (<source>/.snapshots): a snapshot taken into it, against one beside the source
+      const snapshotInto = (folder) => {
+        const times = []
+        for (let i = 0; i < 5; i++) {
+          commit()
+          times.push(seconds(() => btrfsCmd('subvolume', 'snapshot', '-r', src, join(folder, `timed${i}`))))
+          btrfsCmd('subvolume', 'delete', '-c', join(folder, `timed${i}`))
+        }
+        return median(times)
+      }
+      mkdirSync(join(src, '.snapshots'), { recursive: true })
+      const [inside, beside] = [snapshotInto(join(src, '.snapshots')), snapshotInto(join(mnt, 'bb-snaps'))]
+      console.log(`    one btrfs subvolume snapshot -r into the default folder inside the source: ${(inside * 1000).toFixed(1)} ms; into a folder beside it (above): ${(beside * 1000).toFixed(1)} ms`)
     } else {
       console.log('\nbtrbk: not installed, skipped (apt-get install btrbk)')
     }
@@ -432,7 +449,9 @@ if (!btrfsReady) {
         const sshArgs = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
         const remote = `ssh://root@127.0.0.1:${sshd.port}${join(mnt, 'over-ssh')}`
         const sshHand = `ssh -p ${sshd.port} -i ${sshd.identityFile} -o UserKnownHostsFile=${sshd.knownHostsFile} -o BatchMode=yes root@127.0.0.1`
-        const viaSsh = (extra = []) => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '-q', ...extra, ...sshArgs])
+        // bbackup's snapshots beside the source, as the ones by hand are
+        const viaSsh = (extra = []) => run(process.execPath, [cli, 'run', src, remote, '--state-dir', join(work, 'ssh-state'), '--snapshot-folder', join(mnt, 'ssh-snaps'), '-q', ...extra, ...sshArgs])
+        mkdirSync(join(mnt, 'ssh-snaps'))
         mkdirSync(join(mnt, 'ssh-hand'))
         mkdirSync(join(mnt, 'ssh-hand-snaps'))
         viaSsh()
@@ -478,7 +497,8 @@ if (!btrfsReady) {
         const pulledHand = join(mnt, 'pulled-hand')
         mkdirSync(pulled)
         mkdirSync(pulledHand)
-        const pull = () => run(process.execPath, [cli, 'run', `ssh://root@127.0.0.1:${sshd.port}${src}`, pulled, '--state-dir', join(work, 'pull-state'), '-q', ...sshArgs])
+        mkdirSync(join(mnt, 'pull-snaps'))
+        const pull = () => run(process.execPath, [cli, 'run', `ssh://root@127.0.0.1:${sshd.port}${src}`, pulled, '--state-dir', join(work, 'pull-state'), '--snapshot-folder', join(mnt, 'pull-snaps'), '-q', ...sshArgs])
         pull()
         sh(`btrfs send -q ${mnt}/ssh-hand-snaps/h${handSnapshots - 1} | btrfs receive ${pulledHand}`)
         const pulls = { ours: [], hand: [], sessions: [] }
