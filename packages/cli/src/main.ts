@@ -432,7 +432,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       const rawTargets = options.rawTarget ?? []
       const pipeTargets = options.pipeTarget ?? []
       // a btrfs source's snapshots alone need no target (btrbk snapshot; a laptop away from its backup disk)
-      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot' && only !== 'prune') return { error: bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`) }
+      if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot' && only !== 'prune') {
+        // `bbackup run -c FILE NAME`: a job's name where a source goes
+        const configPath = options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config)
+        const named = source.includes('/') ? undefined : loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].some((j) => j.name === source)).unwrapOr(false)
+        return {
+          error: named === true
+            ? bbError('INVALID_OPTIONS', `no target given: ${source} was taken as the source, and it is also the name of a job in ${configPath}`, `to run that job, name it with -j: bbackup ${only ?? 'run'}${options.config === undefined ? '' : ` -c ${options.config}`} -j ${source}`)
+            : bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`),
+        }
+      }
       specs = [{
         source, targets, ...(rawTargets.length === 0 ? {} : { rawTargets }), ...(pipeTargets.length === 0 ? {} : { pipeTargets }), exclude: options.exclude ?? [], excludeFrom: options.excludeFrom ?? [], oneFileSystem: true, acceptPartial: false,
         rsyncOptions: options.rsyncOption ?? [], ...overrides,

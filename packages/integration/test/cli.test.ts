@@ -358,7 +358,13 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   })
 
   it('answers usage errors with exit 2 and a hint', async () => {
-    expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given') })
+    expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given\n  hint: name where the backups go') })
+    // a job's name where the source goes: the hint names -j
+    await writeFile(join(tmp.path, 'jobs.toml'), `[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
+    expect(await runCli(['run', '-c', 'jobs.toml', 'home'], tmp.path)).toMatchObject({
+      code: 2, stderr: expect.stringContaining(`no target given: home was taken as the source, and it is also the name of a job in ${join(tmp.path, 'jobs.toml')}\n  hint: to run that job, name it with -j: bbackup run -c jobs.toml -j home`),
+    })
+    expect(await runCli(['run', '-c', 'jobs.toml', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given\n  hint: name where the backups go') })
     expect((await runCli(['run', '--bogus'], tmp.path)).code).toBe(2)
     // --wait takes an optional value: before the paths it takes the source as its seconds
     expect(await runCli(['run', '--wait', 'src', 'dst'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--wait src is not a number of seconds or a duration') })
