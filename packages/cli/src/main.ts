@@ -435,9 +435,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot' && only !== 'prune') {
         // `bbackup run -c FILE NAME`: a job's name where a source goes
         const configPath = options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config)
-        const named = source.includes('/') ? undefined : loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].some((j) => j.name === source)).unwrapOr(false)
+        const named = !source.includes('/') && loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].some((j) => j.name === source)).unwrapOr(false)
         return {
-          error: named === true
+          error: named
             ? bbError('INVALID_OPTIONS', `no target given: ${source} was taken as the source, and it is also the name of a job in ${configPath}`, `to run that job, name it with -j: bbackup ${only ?? 'run'}${options.config === undefined ? '' : ` -c ${options.config}`} -j ${source}`)
             : bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`),
         }
