@@ -617,7 +617,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           code = Math.max(code, disk.code)
           continue
         }
-        const r = await backup(job, {
+        const ran = await backup(job, {
           ...(retries === undefined ? {} : { retry: { attempts: retries } }),
           ...wanted,
           dryRun: options.dryRun === true,
@@ -626,7 +626,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           ...(progressWanted(options, verbosity) ? {} : { progress: false }),
           ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
           ...(options.takeOver === true ? { takeOver: true } : {}),
-        }).andThen((report) => disk.release().map(() => report))
+        })
+        // the disk is let go of whatever became of the run: one left mounted gets unplugged mounted
+        const released = await disk.release()
+        if (released.isErr() && ran.isErr()) io.stderr(`warning: ${released.error.message} (${released.error.hint})\n`)
+        const r = ran.isOk() && released.isErr() ? err(released.error) : ran
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
         if (r.isErr()) {

@@ -117,6 +117,14 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     }
   })
 
+  it('unmounts the disk after a run that failed (the source is gone)', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const r = await runInNamespace({ fstab, mountPoint: mnt, args: ['run', join(tmp.path, 'gone'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
+    expect(r.code, r.stdout + r.stderr).toBe(1)
+    expect(r.stderr).toContain(`the source ${join(tmp.path, 'gone')} does not exist`)
+    expect(r.stdout).not.toContain('STILL-MOUNTED')
+  })
+
   it('leaves a disk mounted that was mounted before the run', async () => {
     await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
     const r = await runInNamespace({ fstab, mountPoint: mnt, before: `mount "${mnt}" || exit 98;`, args: ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })
