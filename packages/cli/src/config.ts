@@ -63,6 +63,8 @@ export interface JobSpec {
   readonly rsyncd?: RsyncdSpec
   /** a mount point of /etc/fstab to mount for the run; the targets lie inside it */
   readonly mount?: string
+  /** an /etc/crypttab name: the encrypted backup disk unlocked for the run (before `mount`) */
+  readonly crypto?: string
   /** shell commands run around the run and around the capture of the source */
   readonly hooks?: HookCommands
 }
@@ -134,7 +136,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
@@ -145,6 +147,9 @@ const COMMAND_KEYS = [...Object.values(HOOK_CONFIG_KEYS), 'pipe_targets', 'ssh_p
 export const JOB_NAME = /^[A-Za-z0-9_.-]+$/
 
 const HINT = 'see docs/configuration.md for every key'
+
+/** an /etc/crypttab mapping's name as `crypto` takes it (unlockBackupDisk checks the same for the SDK) */
+const CRYPTTAB_NAME = /^[A-Za-z0-9][A-Za-z0-9_.+-]*$/
 
 /** The line of `key` in the table `[section]` ('' = the top; key '' = the header), for error messages. */
 const lineOf = (text: string, section: string, key: string): number | undefined => {
@@ -352,13 +357,14 @@ const readConfig = (path: string): Result<Config, BbError> => {
       snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
       ssh: sshOf(section, job), sudo: bool('sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
+      crypto: optionalString('crypto').andThen((c) => (c === undefined || CRYPTTAB_NAME.test(c) ? ok(c) : problem(section, 'crypto', `${JSON.stringify(c)} is not the name of an /etc/crypttab mapping`, 'the first field of the disk\'s line in /etc/crypttab (letters, digits, . _ + -), e.g. crypto = "usb-backup"'))),
     }
     for (const r of Object.values(fields)) if (r.isErr()) return err(r.error)
     const v = <T>(r: Result<T, BbError>): T => r._unsafeUnwrap()
     const prefix = v(fields.prefix), stateDir = v(fields.stateDir), timeZone = v(fields.timeZone)
     const keepBackups = v(fields.keepBackups), keepSnapshots = v(fields.keepSnapshots), snapshotFolder = v(fields.snapshotFolder)
     const ssh = v(fields.ssh)
-    const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount)
+    const passwordFile = v(fields.passwordFile), tunnel = v(fields.tunnel), mount = v(fields.mount), crypto = v(fields.crypto)
     const ages = checkAges(section, job)
     if (ages.isErr()) return err(ages.error)
     const { warnAge, criticalAge } = ages.value
@@ -385,6 +391,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
       ...(mount === undefined ? {} : { mount }),
+      ...(crypto === undefined ? {} : { crypto }),
       ...(warnAge === undefined ? {} : { warnAge }), ...(criticalAge === undefined ? {} : { criticalAge }),
       ...hooks.value,
     })

@@ -82,6 +82,7 @@ interface CommonOptions {
   passwordFile?: string
   tunnel?: string
   mount?: string
+  crypto?: string
   retries?: string
   preExec?: string
   preSnapshotExec?: string
@@ -108,6 +109,7 @@ const sshOptions = (command: Command): Command =>
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
     .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
+    .option('--crypto <name>', 'unlock the encrypted backup disk NAME of /etc/crypttab for the run (cryptdisks_start), and lock it again after; before --mount')
 
 /** The job's hooks (docs/configuration.md "Hooks"): shell commands run on this host around the run and around the capture of the source. */
 const hookOptions = (command: Command): Command =>
@@ -409,6 +411,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(rateLimit === undefined ? {} : { rateLimit }),
       ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }),
+      ...(options.crypto === undefined ? {} : { crypto: options.crypto }),
       ...(options.sudo === undefined ? {} : { sudo: options.sudo }),
     }
     const cliSsh = sshSpecOf(options, io.cwd)
@@ -502,34 +505,56 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return { jobs, specOf, blockJobs: withBlock ? blockJobs : [], ...(metricsFile === undefined ? {} : { metricsFile }), ...(transactionLog === undefined ? {} : { transactionLog }) }
   }
 
-  /** a --mount disk was not plugged in, and the run ended at once with exit 0 (under cron) */
+  /** a --mount or --crypto disk was not plugged in, and the run ended at once with exit 0 (under cron) */
   let diskMissing = false
 
   /**
-   * `--mount DIR`: the job's local targets must lie inside DIR, which is mounted from /etc/fstab for
-   * the run and unmounted after, if this run mounted it. A disk that is not plugged in ends the job
-   * with one line and exit 0 under cron (no terminal), as rsync-system-backup does; on a terminal
-   * it is an error.
+   * `--crypto NAME` and `--mount DIR`: the encrypted backup disk NAME of /etc/crypttab is unlocked,
+   * then DIR mounted from /etc/fstab, for the run, and after it unmounted and locked again, each only
+   * if this run did it. The job's local targets must lie inside DIR. A disk that is not plugged in
+   * ends the job with one line and exit 0 under cron (no terminal), as rsync-system-backup does; on
+   * a terminal it is an error.
    */
-  const mountFor = async (job: Job, mountPoint: string | undefined, options: CommonOptions, signal: AbortSignal): Promise<{ release: () => ResultAsync<void, BbError> } | Outcome> => {
+  const diskFor = async (job: Job, spec: JobSpec | undefined, options: CommonOptions, signal: AbortSignal): Promise<{ release: () => ResultAsync<void, BbError> } | Outcome> => {
     const nothing = { release: () => okAsync(undefined) }
-    if (mountPoint === undefined) return nothing
-    const { insideMountPoint, mountBackupDisk } = await import('@bb/transports/local')
-    for (const t of job.targets) {
+    const { mount: mountPoint, crypto } = spec ?? {}
+    if (mountPoint === undefined && crypto === undefined) return nothing
+    const { insideMountPoint, mountBackupDisk, unlockBackupDisk } = await import('@bb/transports/local')
+    for (const t of mountPoint === undefined ? [] : job.targets) {
       if (t.location.kind !== 'local') continue
-      const inside = insideMountPoint(mountPoint, t.location.path)
+      const inside = insideMountPoint(mountPoint ?? '', t.location.path)
       if (inside.isErr()) return fail(inside.error, options)
     }
     if (options.dryRun === true) return nothing
-    // a user that is not root mounts through sudo when the job runs its commands so
-    const disk = await mountBackupDisk(mountPoint, { signal, ...(options.sudo === true && process.getuid?.() !== 0 ? { sudo: true } : {}) })
-    if (disk.isOk()) return disk.value
-    if (disk.error.details?.diskMissing === true && !io.isTTY) {
-      diskMissing = true
-      io.stderr(`bbackup: ${disk.error.message}; nothing backed up\n`)
-      return { code: EXIT.ok }
+    const missing = (error: BbError): Outcome => {
+      if (error.details?.diskMissing === true && !io.isTTY) {
+        diskMissing = true
+        io.stderr(`bbackup: ${error.message}; nothing backed up\n`)
+        return { code: EXIT.ok }
+      }
+      return fail(error, options)
     }
-    return fail(disk.error, options)
+    // a user that is not root unlocks and mounts through sudo when the job runs its commands so
+    const sudo = options.sudo === true && process.getuid?.() !== 0 ? { sudo: true } : {}
+    let unlocked: { release: () => ResultAsync<void, BbError> } = nothing
+    if (crypto !== undefined) {
+      const opened = await unlockBackupDisk(crypto, { signal, interactive: io.isTTY, ...sudo })
+      if (opened.isErr()) return missing(opened.error)
+      unlocked = opened.value
+    }
+    let mounted: { release: () => ResultAsync<void, BbError> } = nothing
+    if (mountPoint !== undefined) {
+      const made = await mountBackupDisk(mountPoint, { signal, ...sudo })
+      if (made.isErr()) {
+        // the disk unlocked for a mount that failed is locked again
+        const relocked = await unlocked.release()
+        if (relocked.isErr()) io.stderr(`warning: ${relocked.error.message} (${relocked.error.hint})\n`)
+        return missing(made.error)
+      }
+      mounted = made.value
+    }
+    // a disk that could not be unmounted stays unlocked: it is in use
+    return { release: () => mounted.release().andThen(() => unlocked.release()) }
   }
 
   /** The transaction log of a run or prune that changes things (none in a dry run, as btrbk). */
@@ -612,7 +637,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           break
         }
         const retries = tries.value
-        const disk = await mountFor(job, resolved.specOf.get(listed)?.mount, options, controller.signal)
+        const disk = await diskFor(job, resolved.specOf.get(listed), options, controller.signal)
         if ('code' in disk) {
           code = Math.max(code, disk.code)
           continue
@@ -1349,16 +1374,17 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           const { checkJob } = await import('@bb/core')
           const { findingLines } = await import('./doctor-ssh.js')
           let problems = 0
-          const { mountCommands, sudoersLine } = await import('@bb/transports/local')
+          const { cryptCommands, mountCommands, sudoersLine } = await import('@bb/transports/local')
           for (const job of resolved.jobs) {
             const findings = await checkJob(job)
             problems += findings.filter((f) => !f.ok).length
-            // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to mount, its mount and umount too
+            // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to unlock and mount, those commands too
             const programs = sudoPrograms(job.driver.name)
-            const mountPoint = resolved.specOf.get(job)?.mount
-            const mounts = mountPoint === undefined ? [] : mountCommands(resolvePath(io.cwd, mountPoint))
-            const what = `${programs.join(', ')}${mountPoint === undefined ? '' : ` and the mount and umount of ${resolvePath(io.cwd, mountPoint)}`}`
-            const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${what} run${programs.length === 1 && mountPoint === undefined ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine([...programs, ...mounts])}`] : []
+            const { mount: mountPoint, crypto } = resolved.specOf.get(job) ?? {}
+            const disk = [...(crypto === undefined ? [] : cryptCommands(crypto)), ...(mountPoint === undefined ? [] : mountCommands(resolvePath(io.cwd, mountPoint)))]
+            const diskWhat = [...(crypto === undefined ? [] : [`the unlock and lock of ${crypto}`]), ...(mountPoint === undefined ? [] : [`the mount and umount of ${resolvePath(io.cwd, mountPoint)}`])].join(' and ')
+            const what = `${programs.join(', ')}${diskWhat === '' ? '' : ` and ${diskWhat}`}`
+            const sudo = resolved.specOf.get(job)?.sudo === true ? [`sudo: ${what} run${programs.length === 1 && disk.length === 0 ? 's' : ''} as root through sudo -n; /etc/sudoers.d/bbackup (visudo -f) needs:\n  ${sudoersLine([...programs, ...disk])}`] : []
             io.stdout([`job ${resolved.specOf.get(job)?.name ?? formatLocation(job.source.location)}:`, ...[...findingLines(findings), ...sudo].map((l) => `  ${l.replace(/\n/g, '\n  ')}`), ''].join('\n'))
           }
           for (const block of resolved.blockJobs) io.stdout(`job ${block.name}: a block volume; check it with bbackup status -b ${block.backupDir} and bbackup verify -b ${block.backupDir}\n\n`)

@@ -41,4 +41,15 @@ describe('loadConfig', () => {
     writeFileSync(join(dir, 'config.toml'), ['[jobs."home-2.daily_x"]', 'source = "home"', 'targets = ["backup"]', ''].join('\n'))
     expect(loadConfig(join(dir, 'config.toml')).isOk()).toBe(true)
   })
+
+  it('takes an /etc/crypttab name as crypto, and refuses one that is not (the file, line and key named)', () => {
+    const path = join(dir, 'config.toml')
+    writeFileSync(path, ['[jobs.usb]', 'source = "/"', 'targets = ["/mnt/usb/b"]', 'crypto = "usb-backup_1"', ''].join('\n'))
+    expect(loadConfig(path).map((c) => c.jobs[0]?.crypto)._unsafeUnwrap()).toBe('usb-backup_1')
+    for (const name of ['-x', 'a b', 'a/b', '']) {
+      writeFileSync(path, ['[jobs.usb]', 'source = "/"', 'targets = ["/mnt/usb/b"]', `crypto = ${JSON.stringify(name)}`, ''].join('\n'))
+      const loaded = loadConfig(path)
+      expect(loaded.isErr() && loaded.error.message).toBe(`${path}:4: [jobs.usb] crypto: ${JSON.stringify(name)} is not the name of an /etc/crypttab mapping`)
+    }
+  })
 })

@@ -18,11 +18,18 @@ export type BackupDiskError = TransportError | BbError<'TARGET_UNAVAILABLE'>
 /** fstab sources that name a device by a property: it is present when udev made its link */
 const BY_PROPERTY: Readonly<Record<string, string>> = { UUID: '/dev/disk/by-uuid/', LABEL: '/dev/disk/by-label/', PARTUUID: '/dev/disk/by-partuuid/', PARTLABEL: '/dev/disk/by-partlabel/' }
 
-const devicePresent = (source: string): boolean => {
+/** The device file an fstab or crypttab source names (`UUID=…` as udev's link), or undefined for one that is not a device (a network share). */
+export const deviceOf = (source: string): string | undefined => {
   const m = /^(UUID|LABEL|PARTUUID|PARTLABEL)=["']?([^"']*)["']?$/.exec(source)
-  if (m !== null) return existsSync(`${BY_PROPERTY[m[1] ?? ''] ?? ''}${m[2] ?? ''}`)
-  // a device or an image file (loop) by path; anything else (a network share) is left to mount
-  return source.startsWith('/') ? existsSync(source) : true
+  if (m !== null) return `${BY_PROPERTY[m[1] ?? ''] ?? ''}${m[2] ?? ''}`
+  // a device or an image file (loop) by path
+  return source.startsWith('/') ? source : undefined
+}
+
+/** whether the disk is plugged in; anything but a device (a network share) is left to mount */
+export const devicePresent = (source: string): boolean => {
+  const device = deviceOf(source)
+  return device === undefined || existsSync(device)
 }
 
 /**
