@@ -108,8 +108,12 @@ const sshOptions = (command: Command): Command =>
     .option('--sudo', 'as a user that is not root, run the driver\'s commands on this host through sudo -n: btrfs; for rsync: rsync, rm, mv (config: sudo; bbackup doctor prints the sudoers line)')
     .option('--password-file <file>', 'rsync daemon: the module password, alone in a file of mode 0600 (else RSYNC_PASSWORD)')
     .option('--tunnel <[user@]host[:port]>', 'rsync daemon: reach it through a port forwarded over ssh to this host')
-    .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the run (and unmount it after); the targets must be inside it')
-    .option('--crypto <name>', 'unlock the encrypted backup disk NAME of /etc/crypttab for the run (cryptdisks_start), and lock it again after; before --mount')
+
+/** The backup disk a job's targets are on, made ready for the command and let go of after it (docs/guides/system-backup.md). */
+const diskOptions = (command: Command): Command =>
+  command
+    .option('--mount <dir>', 'mount the backup disk at DIR from /etc/fstab for the command (and unmount it after); the targets must be inside it')
+    .option('--crypto <name>', 'unlock the encrypted backup disk NAME of /etc/crypttab for the command (cryptdisks_start), and lock it again after; before --mount')
 
 /** The job's hooks (docs/configuration.md "Hooks"): shell commands run on this host around the run and around the capture of the source. */
 const hookOptions = (command: Command): Command =>
@@ -512,22 +516,19 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    * `--crypto NAME` and `--mount DIR`: the encrypted backup disk NAME of /etc/crypttab is unlocked,
    * then DIR mounted from /etc/fstab, for the run, and after it unmounted and locked again, each only
    * if this run did it. The job's local targets must lie inside DIR. A disk that is not plugged in
-   * ends the job with one line and exit 0 under cron (no terminal), as rsync-system-backup does; on
-   * a terminal it is an error.
+   * ends a run or prune (`quiet`) with one line and exit 0 under cron (no terminal), as
+   * rsync-system-backup does; on a terminal, and for a command that reads the backups, it is an error.
    */
-  const diskFor = async (job: Job, spec: JobSpec | undefined, options: CommonOptions, signal: AbortSignal): Promise<{ release: () => ResultAsync<void, BbError> } | Outcome> => {
+  const diskFor = async (places: readonly string[], spec: Pick<JobSpec, 'mount' | 'crypto'> | undefined, options: CommonOptions, signal?: AbortSignal, whenMissing: 'quiet' | 'error' = 'quiet'): Promise<{ release: () => ResultAsync<void, BbError> } | Outcome> => {
     const nothing = { release: () => okAsync(undefined) }
     const { mount: mountPoint, crypto } = spec ?? {}
     if (mountPoint === undefined && crypto === undefined) return nothing
     const { insideMountPoint, mountBackupDisk, unlockBackupDisk } = await import('@bb/transports/local')
-    for (const t of mountPoint === undefined ? [] : job.targets) {
-      if (t.location.kind !== 'local') continue
-      const inside = insideMountPoint(mountPoint ?? '', t.location.path)
-      if (inside.isErr()) return fail(inside.error, options)
-    }
+    const outside = mountPoint === undefined ? undefined : places.map((place) => insideMountPoint(mountPoint, place)).find((r) => r.isErr())
+    if (outside?.isErr() === true) return fail(outside.error, options)
     if (options.dryRun === true) return nothing
     const missing = (error: BbError): Outcome => {
-      if (error.details?.diskMissing === true && !io.isTTY) {
+      if (error.details?.diskMissing === true && !io.isTTY && whenMissing === 'quiet') {
         diskMissing = true
         io.stderr(`bbackup: ${error.message}; nothing backed up\n`)
         return { code: EXIT.ok }
@@ -538,13 +539,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const sudo = options.sudo === true && process.getuid?.() !== 0 ? { sudo: true } : {}
     let unlocked: { release: () => ResultAsync<void, BbError> } = nothing
     if (crypto !== undefined) {
-      const opened = await unlockBackupDisk(crypto, { signal, interactive: io.isTTY, ...sudo })
+      const opened = await unlockBackupDisk(crypto, { ...(signal === undefined ? {} : { signal }), interactive: io.isTTY, ...sudo })
       if (opened.isErr()) return missing(opened.error)
       unlocked = opened.value
     }
     let mounted: { release: () => ResultAsync<void, BbError> } = nothing
     if (mountPoint !== undefined) {
-      const made = await mountBackupDisk(mountPoint, { signal, ...sudo })
+      const made = await mountBackupDisk(mountPoint, { ...(signal === undefined ? {} : { signal }), ...sudo })
       if (made.isErr()) {
         // the disk unlocked for a mount that failed is locked again
         const relocked = await unlocked.release()
@@ -555,6 +556,27 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
     // a disk that could not be unmounted stays unlocked: it is in use
     return { release: () => mounted.release().andThen(() => unlocked.release()) }
+  }
+
+  /** the paths of a job's targets on this host: those a --mount disk must hold */
+  const localTargets = (job: Job): string[] => job.targets.flatMap((t) => (t.location.kind === 'local' ? [t.location.path] : []))
+
+  /**
+   * --crypto and --mount given on the command line, for a command on one place alone (`list DIR`,
+   * `prune DIR`): the disk is made ready before that place is looked at. A job's own disk is made
+   * ready again per job, which finds it unlocked and mounted and leaves it to this.
+   */
+  const placeDisk = async (source: string | undefined, targets: readonly string[], options: CommonOptions, whenMissing: 'quiet' | 'error'): ReturnType<typeof diskFor> => {
+    const given = { ...(options.mount === undefined ? {} : { mount: resolvePath(io.cwd, options.mount) }), ...(options.crypto === undefined ? {} : { crypto: options.crypto }) }
+    const alone = source !== undefined && targets.length === 0 && options.config === undefined && options.job === undefined
+    const place = alone ? parseLocation(source, { cwd: io.cwd }).map((l) => (l.kind === 'local' ? [l.path] : [])).unwrapOr([]) : []
+    return alone ? diskFor(place, given, options, undefined, whenMissing) : { release: () => okAsync(undefined) }
+  }
+
+  /** What a command on the backup disk came to once the disk was let go of: its own failure first (the release's a warning then), else the release's. */
+  const afterRelease = <T>(done: Result<T, BbError>, released: Result<void, BbError>): Result<T, BbError> => {
+    if (released.isErr() && done.isErr()) io.stderr(`warning: ${released.error.message} (${released.error.hint})\n`)
+    return done.isOk() && released.isErr() ? err(released.error) : done
   }
 
   /** The transaction log of a run or prune that changes things (none in a dry run, as btrbk). */
@@ -637,7 +659,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           break
         }
         const retries = tries.value
-        const disk = await diskFor(job, resolved.specOf.get(listed), options, controller.signal)
+        const disk = await diskFor(localTargets(job), resolved.specOf.get(listed), options, controller.signal)
         if ('code' in disk) {
           code = Math.max(code, disk.code)
           continue
@@ -653,9 +675,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           ...(options.takeOver === true ? { takeOver: true } : {}),
         })
         // the disk is let go of whatever became of the run: one left mounted gets unplugged mounted
-        const released = await disk.release()
-        if (released.isErr() && ran.isErr()) io.stderr(`warning: ${released.error.message} (${released.error.hint})\n`)
-        const r = ran.isOk() && released.isErr() ? err(released.error) : ran
+        const r = afterRelease(ran, await disk.release())
         const name = resolved.specOf.get(listed)?.name ?? formatLocation(job.source.location)
         runs.push({ job: name, finishedAt: new Date(), outcome: r.isErr() ? { error: r.error } : { report: r.value } })
         if (r.isErr()) {
@@ -843,12 +863,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   const eachJob = async <T>(
     source: string | undefined, targets: string[], options: CommonOptions,
     ask: (job: Job) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
+    /** with each job's backup disk unlocked and mounted for the asking (--crypto, --mount) */
+    onDisk = false,
   ): Promise<T[] | undefined> => {
     const resolved = await resolveJobs(source, targets, options)
     if ('error' in resolved) return void (outcome = fail(resolved.error, options))
     const answers: T[] = []
     for (const job of resolved.jobs) {
-      const r = await ask(job)
+      const disk = onDisk ? await diskFor(localTargets(job), resolved.specOf.get(job), options, undefined, 'error') : { release: () => okAsync(undefined) }
+      if ('code' in disk) return void (outcome = disk)
+      const r = afterRelease(await ask(job), await disk.release())
       if (r.isErr()) return void (outcome = fail(r.error, options))
       answers.push(r.value)
     }
@@ -889,7 +913,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    * streams needs its source: the parent of the next incremental must stay. undefined when PLACE
    * holds no backups (a btrfs source's own snapshots are pruned as a job without targets).
    */
-  const pruneAloneAt = async (place: string, options: CommonOptions): Promise<{ jobs: Job[]; transactionLog?: string } | { error: BbError } | undefined> => {
+  const pruneAloneAt = async (place: string, options: CommonOptions): Promise<{ jobs: Job[]; specOf?: Map<Job, JobSpec>; transactionLog?: string } | { error: BbError } | undefined> => {
     if ((options.rawTarget ?? []).length > 0 || (options.pipeTarget ?? []).length > 0 || options.config !== undefined || options.job !== undefined) return undefined
     const found = await aloneAt(place, options, 'prune')
     if ('error' in found) return found
@@ -919,6 +943,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions & { forgetTarget?: readonly string[] }): Promise<Outcome> => {
+    const disk = await placeDisk(source, targets, options, 'quiet')
+    if ('code' in disk) return disk
+    const pruned = await pruneJobs(source, targets, options)
+    const released = await disk.release()
+    return released.isErr() ? { code: Math.max(pruned.code, fail(released.error, options).code) } : pruned
+  }
+
+  const pruneJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions & { forgetTarget?: readonly string[] }): Promise<Outcome> => {
     // a target gone for good, named as the job recorded it (formatLocation of its location)
     const forgetting: string[] = []
     for (const given of options.forgetTarget ?? []) {
@@ -947,7 +979,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       // every job and every place of it is pruned, also after one that fails: exit 10 when a place
       // failed (as a run whose prune failed), else the first failed job's code
       for (const job of resolved.jobs) {
-        const r = await prune(job, { dryRun: options.dryRun === true, forgetTargets: forgetting, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) })
+        // a disk that is not plugged in: one line and exit 0 under cron, as for run (rsync-system-backup's -r)
+        const disk = await diskFor(localTargets(job), resolved.specOf?.get(job), options)
+        if ('code' in disk) {
+          if (code === EXIT.ok) code = disk.code
+          continue
+        }
+        const r = afterRelease(await prune(job, { dryRun: options.dryRun === true, forgetTargets: forgetting, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) }), await disk.release())
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
           const failed = fail(r.error, options).code
@@ -974,7 +1012,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   const jobCommand = (name: 'run' | 'snapshot' | 'transfer', description: string, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): void => {
     if (!wanted(name)) return
-    const command = jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go'))
+    const command = diskOptions(jobOptions(program.command(name).description(description).argument('[source]', 'what to back up').argument('[targets...]', 'where the backups go')))
       .option('-n, --dry-run', 'run nothing that changes anything; print the commands that would run')
       .option('--wait [seconds]', 'wait for another run of the job to finish instead of failing with exit 3')
       .option('--locked-dests', 'also retry every target the journal has an unfinished transfer to (btrfs-backup)')
@@ -1035,9 +1073,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   // rsync-system-backup's command line, on the rsync driver
   if (wanted('system-backup')) {
-    const systemBackup = priorityOptions(jobOptions(program.command('system-backup')
+    const systemBackup = priorityOptions(diskOptions(jobOptions(program.command('system-backup')
       .description("rsync-system-backup's command: back up SOURCE (default /) to DEST without /dev, /proc, caches and the like; the stages -b, -s, -r alone or together (none: all three)")
-      .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where')))
+      .argument('<paths...>', '[SOURCE] DEST: what to back up (default /) and where'))))
       .option('-b, --backup', 'the backup stage: copy the source (alone: to a daemon module whose post-xfer exec publishes)')
       .option('-s, --snapshot', 'the snapshot stage: publish the copy as a backup (with -b)')
       .option('-r, --rotate', "the rotate stage: retention (--keep-backups, default 'hourly=24 daily=7 weekly=4 monthly=always')")
@@ -1084,7 +1122,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   if (wanted('prune')) {
-    priorityOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]'))
+    priorityOptions(diskOptions(jobOptions(program.command('prune').description('apply retention to the targets (and source snapshots)').argument('[source]').argument('[targets...]')))
       .option('-n, --dry-run', 'show what would be deleted and why, delete nothing')
       .option('--transaction-log <file>', "append a line per snapshot deleted, in btrbk's transaction log format (config: transaction_log)")
       .option('--log-json', 'print the deletions as JSON lines on stderr, for log collectors')
@@ -1103,15 +1141,20 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   if (wanted('list')) {
-    jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]'))
+    diskOptions(jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]')))
       .addHelpText('after', EXAMPLES.list ?? '')
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         // one place and no target: the backups kept there, or a btrfs source's own snapshots
         if (source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0) {
-          return void (await listAlone(source, options))
+          const disk = await placeDisk(source, targets, options, 'error')
+          if ('code' in disk) return void (outcome = disk)
+          await listAlone(source, options)
+          const released = await disk.release()
+          if (released.isErr()) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
+          return
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
-        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true }), (lists) => lists.map(renderList).join(''))
+        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true }), (lists) => lists.map(renderList).join(''), true)
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
         if (lists.some((l) => l.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
@@ -1130,6 +1173,19 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .action(async (place: string, names: string[], options: CommonOptions) => {
         outcome = await runDiff(place, names, options)
       })
+  }
+
+  /**
+   * status does not mount a job's backup disk (a monitor asks it often): a target that cannot be
+   * read because the job's `mount` is not mounted says that, not that it does not exist.
+   */
+  const withDiskAbsent = async (s: JobStatus, spec: JobSpec | undefined): Promise<JobStatus> => {
+    const mountPoint = spec?.mount
+    if (mountPoint === undefined || s.targets.every((t) => t.reachable)) return s
+    const { insideMountPoint, isMounted } = await import('@bb/transports/local')
+    if ((await isMounted(mountPoint)).unwrapOr(true)) return s
+    const absent = bbError('TARGET_UNAVAILABLE', `the backup disk ${mountPoint} is not mounted`, `the job's runs mount it (and bbackup list, prune and verify); to look by hand: mount ${mountPoint}`, { path: mountPoint })
+    return { ...s, targets: s.targets.map((t) => (!t.reachable && insideMountPoint(mountPoint, t.at).isOk() ? { ...t, error: absent } : t)) }
   }
 
   if (wanted('status')) {
@@ -1161,13 +1217,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers: (Omit<JobStatus, 'lock'> & { lock?: JobStatus['lock'] | null; schedule?: JobTimer | null })[] = []
         const texts: string[] = []
         for (const job of resolved.jobs) {
-          const s = await status(job, targetsOnly)
-          if (s.isErr()) return void (outcome = fail(s.error, options))
+          const asked = await status(job, targetsOnly)
+          if (asked.isErr()) return void (outcome = fail(asked.error, options))
+          const s = await withDiskAbsent(asked.value, resolved.specOf.get(job))
           const name = resolved.specOf.get(job)?.name
           const timer = name === undefined ? undefined : await timerOf(name, unitDir)
           // a free lock is null in JSON (as `bbackup locks --json` says it), not left out; asked at the targets alone, it was not read
-          answers.push({ ...s.value, ...(s.value.only === 'target' ? {} : { lock: s.value.lock ?? null }), ...(name === undefined ? {} : { schedule: timer ?? null }) })
-          texts.push(renderStatus(s.value, name === undefined ? undefined : { job: name, timer }))
+          answers.push({ ...s, ...(s.only === 'target' ? {} : { lock: s.lock ?? null }), ...(name === undefined ? {} : { schedule: timer ?? null }) })
+          texts.push(renderStatus(s, name === undefined ? undefined : { job: name, timer }))
         }
         io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
         if (answers.some((s) => s.targets.some((t) => !t.reachable || t.error !== undefined))) outcome = { code: EXIT.someTargetsFailed }
@@ -1175,7 +1232,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   if (wanted('verify')) {
-    jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions'))
+    diskOptions(jobOptions(program.command('verify').description('compare a backup with the source by checksum; with -b, check the chunks of block revisions').argument('[source]', 'the source; with -b: a revision (default all)').argument('[targets...]', 'the targets; with -b: more revisions')))
       .option('--snapshot <name>', 'the backup to verify (default: the newest)')
       .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume; the arguments are revisions (uuid, 0 = newest, latest, a tag, all)')
       .option('--subset <k/n>', 'block: check only every n-th chunk, starting at the k-th; n runs with k = 1..n check everything once')
@@ -1188,6 +1245,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers: object[] = []
         let failed: BbError | undefined
         for (const job of resolved.jobs) {
+          const disk = await diskFor(localTargets(job), resolved.specOf.get(job), options, undefined, 'error')
+          if ('code' in disk) return void (outcome = disk)
           for (const at of job.targets) {
             const target = formatLocation(at.location)
             const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
@@ -1204,6 +1263,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
               io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
             }
             if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
+          }
+          const released = await disk.release()
+          if (released.isErr()) {
+            failed ??= released.error
+            io.stderr(renderError(released.error, (options.verbose ?? 0) > 0))
           }
         }
         // one target: its answer; several: one array of them
@@ -1350,7 +1414,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   if (wanted('doctor')) {
-    sshOptions(program.command('doctor'))
+    diskOptions(sshOptions(program.command('doctor')))
       .description('check a setup: every configured job (tools, filesystems, permissions, reachability, free space), an ssh location (and its authorized_keys line), or print an rsyncd.conf module')
       .argument('[what]', 'nothing: the jobs of the config; ssh://[user@]host[:port]/path or [user@]host:/path; or rsyncd')
       .option('-c, --config <file>', `without WHAT: the config whose jobs are checked (default ${DEFAULT_CONFIG})`)

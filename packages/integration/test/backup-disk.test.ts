@@ -129,6 +129,31 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     expect(r.stdout).not.toContain('STILL-MOUNTED')
   })
 
+  it('list, prune and verify mount the disk for their length too (a job of the config, or a place given alone); status says it is not mounted', async () => {
+    await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
+    const backups = join(mnt, 'backups')
+    const config = join(tmp.path, 'bbackup.toml')
+    await writeFile(config, ['[jobs.usb]', `source = "${join(tmp.path, 'home')}"`, `targets = ["${backups}"]`, 'driver = "rsync"', `mount = "${mnt}"`, `state_dir = "${join(tmp.path, 'state')}"`, ''].join('\n'))
+    for (const args of [['run', '-c', config], ['run', '-c', config], ['list', '-c', config], ['list', backups, '--mount', mnt], ['verify', '-c', config], ['prune', backups, '--mount', mnt, '--keep-backups', '1']]) {
+      const r = await runInNamespace({ fstab, mountPoint: mnt, args })
+      expect(r.code, `${args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(0)
+      expect(r.stdout, args.join(' ')).not.toContain('STILL-MOUNTED')
+      if (args[0] === 'list') expect(r.stdout, args.join(' ')).toContain(`${backups} (target): 2 backups`)
+      if (args[0] === 'verify') expect(r.stdout).toContain('no problem found')
+    }
+    expect(backupsOnImage()).toHaveLength(1)
+    const status = await runInNamespace({ fstab, mountPoint: mnt, args: ['status', '-c', config] })
+    expect(status.code).toBe(10)
+    expect(status.stdout).toContain(`${backups}: unreachable: the backup disk ${mnt} is not mounted`)
+    // the commands that never mount refuse the option rather than ignore it
+    for (const args of [['status', '-c', config], ['locks', '-c', config], ['restore', join(backups, 'latest'), join(tmp.path, 'back')]]) {
+      const command = args[0] ?? ''
+      const refused = await runInNamespace({ fstab, mountPoint: mnt, args: [...args, '--mount', mnt] })
+      expect(refused.code, command).toBe(2)
+      expect(refused.stderr, command).toContain("unknown option '--mount'")
+    }
+  })
+
   it('leaves a disk mounted that was mounted before the run', async () => {
     await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
     const r = await runInNamespace({ fstab, mountPoint: mnt, before: `mount "${mnt}" || exit 98;`, args: ['run', join(tmp.path, 'home'), join(mnt, 'backups'), '--mount', mnt, '--state-dir', join(tmp.path, 'state')] })

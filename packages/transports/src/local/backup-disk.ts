@@ -32,6 +32,10 @@ export const devicePresent = (source: string): boolean => {
   return device === undefined || existsSync(device)
 }
 
+/** Whether something is mounted at `dir` (findmnt). */
+export const isMounted = (dir: string, signal?: AbortSignal): ResultAsync<boolean, TransportError> =>
+  execCommand(['findmnt', '-n', '--mountpoint', resolve(dir)], signal === undefined ? {} : { signal }).map((r) => r.exitCode === 0)
+
 /**
  * Mounts the backup disk at `mountPoint` from /etc/fstab for the length of a run, as
  * rsync-system-backup's `--mount` does: nothing when it is mounted already, and `release` unmounts
@@ -49,12 +53,12 @@ export const mountBackupDisk = (mountPoint: string, options: { readonly signal?:
     const dir = resolve(mountPoint)
     // the rule a refusal prints allows the mount and unmount of this mount point, not any mount
     const asRoot = options.sudo === true ? sudoExec(sudoWrap(['mount', 'umount'], mountCommands(dir)), execCommand) : execCommand
-    const mounted = await execCommand(['findmnt', '-n', '--mountpoint', dir], signal)
+    const mounted = await isMounted(dir, options.signal)
     if (mounted.isErr()) return err(mounted.error)
     const unmount = (): ResultAsync<void, BbError> => asRoot(['umount', dir]).andThen((r) => (r.exitCode === 0
       ? ok(undefined)
       : err(bbError('COMMAND_FAILED', `could not unmount ${dir}: ${r.stderr || `exit ${r.exitCode}`}`, 'see what still uses it (fuser -vm) and unmount it by hand', { stderr: r.stderr }))))
-    if (mounted.value.exitCode === 0) return ok({ mountPoint: dir, mountedHere: false, release: () => ResultAsync.fromSafePromise(Promise.resolve(undefined)) })
+    if (mounted.value) return ok({ mountPoint: dir, mountedHere: false, release: () => ResultAsync.fromSafePromise(Promise.resolve(undefined)) })
     const entry = await execCommand(['findmnt', '--fstab', '-n', '-o', 'SOURCE', '--mountpoint', dir], signal)
     if (entry.isErr()) return err(entry.error)
     const source = entry.value.stdout.trim()

@@ -1,7 +1,7 @@
 export { localTransport, type LocalTransportOptions } from './local-transport.js'
 export { mountCommands, sudoersLine } from './sudo.js'
 export type { SudoCommand } from './sudo.js'
-export { insideMountPoint, mountBackupDisk } from './backup-disk.js'
+export { insideMountPoint, isMounted, mountBackupDisk } from './backup-disk.js'
 export type { BackupDiskError, MountedDisk } from './backup-disk.js'
 export { cryptCommands, parseCrypttab, unlockBackupDisk } from './crypt-disk.js'
 export type { CrypttabEntry, UnlockedDisk } from './crypt-disk.js'
