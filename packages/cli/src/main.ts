@@ -1184,7 +1184,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (mountPoint === undefined || s.targets.every((t) => t.reachable)) return s
     const { insideMountPoint, isMounted } = await import('@bb/transports/local')
     if ((await isMounted(mountPoint)).unwrapOr(true)) return s
-    const absent = bbError('TARGET_UNAVAILABLE', `the backup disk ${mountPoint} is not mounted`, `the job's runs mount it (and bbackup list, prune and verify); to look by hand: mount ${mountPoint}`, { path: mountPoint })
+    const absent = bbError('TARGET_UNAVAILABLE', `the backup disk ${mountPoint} is not mounted`, `the job's runs mount it (and bbackup list, prune, verify and doctor); to look by hand: mount ${mountPoint}`, { path: mountPoint })
     return { ...s, targets: s.targets.map((t) => (!t.reachable && insideMountPoint(mountPoint, t.at).isOk() ? { ...t, error: absent } : t)) }
   }
 
@@ -1440,7 +1440,14 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           let problems = 0
           const { cryptCommands, mountCommands, sudoersLine } = await import('@bb/transports/local')
           for (const job of resolved.jobs) {
+            // the targets checked are those on the job's backup disk, made ready as a run does (a disk that is not there is a problem)
+            const ready = await diskFor(localTargets(job), resolved.specOf.get(job), options, undefined, 'error')
+            if ('code' in ready) problems++
             const findings = await checkJob(job)
+            if (!('code' in ready)) {
+              const released = await ready.release()
+              if (released.isErr()) io.stderr(renderError(released.error, false))
+            }
             problems += findings.filter((f) => !f.ok).length
             // the rule that --sudo needs, whether or not it is in place yet; with a backup disk to unlock and mount, those commands too
             const programs = sudoPrograms(job.driver.name)

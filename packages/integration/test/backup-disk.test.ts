@@ -142,6 +142,11 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
       if (args[0] === 'verify') expect(r.stdout).toContain('no problem found')
     }
     expect(backupsOnImage()).toHaveLength(1)
+    // doctor checks the target on the disk (its 64 MiB, backups there), not the empty mount point on this host's disk
+    const doctor = await runInNamespace({ fstab, mountPoint: mnt, args: ['doctor', '-c', config] })
+    expect(doctor.code, doctor.stdout + doctor.stderr).toBe(0)
+    expect(doctor.stdout).toContain(`target ${backups}: ready; 0.0 GiB free of 0.1 GiB`)
+    expect(doctor.stdout).not.toContain('STILL-MOUNTED')
     const status = await runInNamespace({ fstab, mountPoint: mnt, args: ['status', '-c', config] })
     expect(status.code).toBe(10)
     expect(status.stdout).toContain(`${backups}: unreachable: the backup disk ${mnt} is not mounted`)
