@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { delimiter, join } from 'node:path'
+import { join } from 'node:path'
 import { bbError, type BbError, type CommandResult } from '@bb/core'
 import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { deviceOf, devicePresent, type BackupDiskError } from './backup-disk.js'
 import { execCommand } from './exec.js'
-import { sudoExec, sudoWrap, type SudoCommand } from './sudo.js'
+import { programPath, sudoExec, sudoWrap, type SudoCommand } from './sudo.js'
 
 /** One line of /etc/crypttab (crypttab(5)): the mapping's name, the encrypted device, the key file, the options. */
 export interface CrypttabEntry {
@@ -50,18 +50,7 @@ export interface UnlockedDisk {
 }
 
 /** A program in PATH, else in /usr/sbin or /sbin (which a user's PATH often lacks): its absolute path. */
-const findProgram = (program: string): string | undefined => {
-  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin']) {
-    if (dir === '') continue
-    try {
-      accessSync(join(dir, program), constants.X_OK)
-      return join(dir, program)
-    } catch {
-      // not here
-    }
-  }
-  return undefined
-}
+const findProgram = (program: string): string | undefined => programPath(program, ['/usr/sbin', '/sbin'])
 
 /** How a crypttab line is opened and closed: Debian's cryptdisks_start/stop, else cryptsetup for a LUKS line. */
 const commandsOf = (entry: CrypttabEntry): Result<{ readonly open: readonly string[]; readonly close: readonly string[] }, BbError<'TOOL_MISSING'>> => {

@@ -4,10 +4,9 @@ import { delimiter, join } from 'node:path'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, type CommandResult, type ExecOptions, type RunningCommand, type SpawnOptions, type TransportError } from '@bb/core'
 
-/** The program's absolute path on this PATH (what sudoers must name), or the bare name when it is not found. */
-const onPath = (program: string): string => {
-  if (program.includes('/')) return program
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+/** The program's absolute path: the first executable of that name in PATH, then in `more` directories; undefined when there is none. */
+export const programPath = (program: string, more: readonly string[] = []): string | undefined => {
+  for (const dir of [...(process.env.PATH ?? '').split(delimiter), ...more]) {
     if (dir === '') continue
     try {
       accessSync(join(dir, program), constants.X_OK)
@@ -16,8 +15,11 @@ const onPath = (program: string): string => {
       // not here
     }
   }
-  return program
+  return undefined
 }
+
+/** The program's absolute path on this PATH (what sudoers must name), or the bare name when it is not found. */
+const onPath = (program: string): string => (program.includes('/') ? program : programPath(program) ?? program)
 
 /** The user bbackup runs as, for the sudoers line. */
 const userName = (): string => {
