@@ -63,6 +63,27 @@ export const renderError = (error: BbError, verbose: boolean): string => {
 export const jsonEventLogger = (io: Io, now: () => Date = () => new Date()): ((event: BackupEvent) => void) =>
   (event) => io.stderr(`${JSON.stringify({ time: now().toISOString(), ...event })}\n`)
 
+/** `0:03:07`: hours, minutes and seconds, as rsync shows the time left */
+export const formatClock = (seconds: number): string => {
+  const s = Math.max(0, Math.round(seconds))
+  return `${Math.floor(s / 3600)}:${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`
+}
+
+/**
+ * A transfer's progress in one line: the percentage and the time left only where the driver could
+ * tell them (rsync's own text, or an estimate), never a made-up 0% or `ETA ?`.
+ * @example
+ * progressLine({ type: 'transfer-progress', target: '/b', snapshot: 's', bytes: 1048576, percent: 40, bytesPerSecond: 524288, etaSeconds: 3 })
+ * // '40%  1.0 MiB of ~2.5 MiB  512.0 KiB/s  ETA 0:00:03'
+ */
+export const progressLine = (event: Extract<BackupEvent, { type: 'transfer-progress' }>): string => {
+  const rate = event.rate ?? (event.bytesPerSecond === undefined ? undefined : `${formatBytes(Math.round(event.bytesPerSecond))}/s`)
+  const eta = event.eta ?? (event.etaSeconds === undefined ? undefined : formatClock(event.etaSeconds))
+  const bytes = event.expectedBytes === undefined ? formatBytes(event.bytes) : `${formatBytes(event.bytes)} of ~${formatBytes(event.expectedBytes)}`
+  return [event.percent === undefined ? undefined : `${event.percent}%`, bytes, rate, eta === undefined || eta === '' ? undefined : `ETA ${eta}`]
+    .filter((p) => p !== undefined && p !== '').join('  ')
+}
+
 /** Event lines for a terminal (progress redrawn in place) or a log (one line per step). */
 export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) => void) => {
   let progressShown = false
@@ -76,7 +97,7 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
     switch (event.type) {
       case 'transfer-progress':
         if (!io.isTTY) return
-        io.stderr(`\r\x1b[K  ${event.percent ?? 0}%  ${formatBytes(event.bytes)}  ${event.rate ?? ''}  ETA ${event.eta ?? '?'}`)
+        io.stderr(`\r\x1b[K  ${progressLine(event)}`)
         progressShown = true
         return
       case 'transfer-started':

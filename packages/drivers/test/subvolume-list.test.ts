@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { parseSubvolumeList, pathInFilesystem, throughMountOf } from '../src/btrfs/subvolume.js'
+import { compressedMount, parseSubvolumeList, pathInFilesystem, throughMountOf } from '../src/btrfs/subvolume.js'
 
 // `btrfs subvolume list -o -u -q -R` of btrfs-progs 6.2, as printed on this project's test machine
 const LIST = [
@@ -62,5 +62,26 @@ describe('throughMountOf', () => {
     expect(throughMountOf(MOUNTINFO, '/home/.snapshots', 'home.2026-01-01T000000Z')).toBeUndefined()
     expect(throughMountOf(MOUNTINFO, '/home/.snapshots', '@home2/x')).toBeUndefined()
     expect(throughMountOf(MOUNTINFO, '/var/x', 'x')).toBeUndefined()
+  })
+})
+
+describe('compressedMount', () => {
+  const MOUNTINFO = [
+    '22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw',
+    '43 22 0:39 / /home rw,relatime shared:2 - btrfs /dev/sda2 rw,compress=zstd:1,ssd,space_cache=v2,subvolid=5,subvol=/',
+    '44 22 0:40 / /data rw,relatime shared:3 - btrfs /dev/sdb rw,compress-force=lzo,subvolid=5,subvol=/',
+    '45 22 0:41 / /plain rw - btrfs /dev/sdc rw,space_cache=v2,subvolid=5,subvol=/',
+    '46 22 0:42 / /off rw - btrfs /dev/sdd rw,compress=no,subvolid=5,subvol=/',
+    '47 45 0:43 / /plain/zip rw - btrfs /dev/sde rw,compress,subvolid=5,subvol=/',
+  ].join('\n')
+  it('is true where the btrfs mount holding the path compresses (compress, compress=ALG, compress-force)', () => {
+    expect(compressedMount(MOUNTINFO, '/home/.snapshots/home.x')).toBe(true)
+    expect(compressedMount(MOUNTINFO, '/data/x')).toBe(true)
+    expect(compressedMount(MOUNTINFO, '/plain/zip/x')).toBe(true)
+  })
+  it('is false where it does not (no option, compress=no, the deepest mount does not) and where no btrfs holds it', () => {
+    expect(compressedMount(MOUNTINFO, '/plain/x')).toBe(false)
+    expect(compressedMount(MOUNTINFO, '/off/x')).toBe(false)
+    expect(compressedMount(MOUNTINFO, '/srv/x')).toBe(false)
   })
 })

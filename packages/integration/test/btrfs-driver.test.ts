@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, healthOf, list, prune, readJournal, restore, status, type BackupReport, type BbError, type Job, type Transport } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type Transport } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, btrfs, btrfsJob, content, exists, finished, ok, rsyncJob, show, spawnTs, waitFor } from './helpers.js'
@@ -159,6 +159,52 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(show(join(targetA, 'home.2026-11-23T110000Z')).receivedUuid).toBe(show(join(source, '.snapshots/home.2026-11-23T110000Z')).uuid)
     expect(await exists(join(targetS, 'home.2026-11-23T110000Z'))).toBe(false)
     expect(await content(join(targetA, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
+  }, 60_000)
+
+  it('reports a transfer\'s progress against the size btrfs send --no-data foretells, full and incremental; none is foretold when nothing shows it, and nothing is left running', async () => {
+    await writeFile(join(source, 'alice/big.bin'), randomBytes(3 * 1024 * 1024))
+    const spawned: string[] = []
+    const watched = (t: Transport): Transport => ({ ...t, spawn: (argv, o) => {
+      spawned.push(argv.join(' '))
+      return t.spawn(argv, o)
+    } })
+    // at 2 MB/s the stream takes long enough for progress to be reported several times
+    const base = btrfsJob({ source, targets: [targetA], state, driver: { rateLimit: 2_000_000 } })
+    const job = { ...base, source: watched(base.source) }
+    const progress: Extract<BackupEvent, { type: 'transfer-progress' }>[] = []
+    const onEvent = (e: BackupEvent): void => { if (e.type === 'transfer-progress') progress.push(e) }
+    for (const [hour, change] of [['10', undefined], ['11', 'alice/deep/new.bin']] as const) {
+      if (change !== undefined) await writeFile(join(source, change), randomBytes(2 * 1024 * 1024))
+      progress.length = 0
+      const r = ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`), onEvent }))
+      const sent = r.targets[0]?.bytes ?? 0
+      expect(r.targets[0]).toMatchObject({ ok: true, mode: change === undefined ? 'full' : 'incremental' })
+      const estimated = progress.filter((p) => p.expectedBytes !== undefined)
+      expect(estimated.length).toBeGreaterThan(0)
+      for (const p of estimated) {
+        // within 2% of what the real stream came to
+        expect(Math.abs((p.expectedBytes ?? 0) - sent) / sent).toBeLessThan(0.02)
+        expect(p.percent).toBe(Math.min(99, Math.floor((p.bytes * 100) / (p.expectedBytes ?? 1))))
+      }
+      const last = estimated.at(-1)
+      expect(last?.bytesPerSecond).toBeGreaterThan(500_000)
+      expect(last?.bytesPerSecond).toBeLessThan(8_000_000)
+      expect(last?.etaSeconds).toBeGreaterThanOrEqual(0)
+      expect(spawned.filter((c) => c.includes('--no-data'))).toHaveLength(change === undefined ? 1 : 2)
+      expect(spawned.filter((c) => c.includes('--no-data')).at(-1)).toBe(['btrfs send -q --no-data', ...(change === undefined ? [] : ['-p', join(source, '.snapshots/home.2026-11-23T100000Z')]), join(source, `.snapshots/home.2026-11-23T${hour}0000Z`)].join(' '))
+      // the estimate ended with the transfer
+      expect(descendantsOf(process.pid).filter((pid) => { try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('--no-data') } catch { return false } })).toEqual([])
+    }
+    // nothing shows the progress: no estimate is made
+    await writeFile(join(source, 'bob/c.txt'), 'changed\n')
+    ok(await backup(job, { now: at('2026-11-23T12:00:00Z'), onEvent, progress: false }))
+    expect(spawned.filter((c) => c.includes('--no-data'))).toHaveLength(2)
+    // from a mount that compresses, a --compressed-data stream is smaller than the data: no estimate either
+    execFileSync('mount', ['-o', 'remount,compress=zstd', fs.mountPoint])
+    await writeFile(join(source, 'bob/c.txt'), 'changed again\n')
+    const r = ok(await backup(job, { now: at('2026-11-23T13:00:00Z'), onEvent }))
+    const compressedData = r.targets[0]?.commands.flat().includes('--compressed-data') === true
+    expect(spawned.filter((c) => c.includes('--no-data'))).toHaveLength(compressedData ? 2 : 3)
   }, 60_000)
 
   it('of targets that share a send, one that stops taking the stream is stopped alone by the watchdog: the other completes on its first attempt, the stopped one is sent again', async () => {

@@ -6,7 +6,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
-  btrfsFailure, isGarbled, isReceived, listSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
+  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
 } from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
@@ -15,6 +15,7 @@ import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
+import { estimateSend, noEstimate, progressMeter, type SendEstimate } from './progress.js'
 import { SendStreamError, SendStreamReader } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
 
@@ -471,6 +472,20 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
 
+  /**
+   * An estimate of a send's size for its progress ({@link estimateSend}), made where it can be close:
+   * from this host (another host's would take a session of its own), and not of a stream that
+   * `--compressed-data` makes smaller than its data (the source's mount compresses).
+   */
+  const sendEstimate = async (source: Transport, sent: SnapshotInfo, parent: SnapshotInfo | undefined, flags: readonly string[], signal: AbortSignal | undefined): Promise<SendEstimate> => {
+    if (source.location.kind !== 'local') return noEstimate
+    if (flags.includes('--compressed-data')) {
+      const mountinfo = (await source.readFile('/proc/self/mountinfo')).unwrapOr(undefined)
+      if (mountinfo === undefined || compressedMount(mountinfo, sent.path)) return noEstimate
+    }
+    return estimateSend(source, sent, parent, signal)
+  }
+
   /** `--proto` and `--compressed-data` both ends can take (snbk's rule: the lowest of kernel and both btrfs-progs). */
   const sendFlags = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<Result<string[], BbError>> => {
     const wanted = options.sendProtocol ?? 'auto'
@@ -522,20 +537,28 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         return alone.map((a) => present(a ? others.shift() : results.shift(), 'the result of a transfer'))
       }
     }
-    const [only] = input.targets
-    if (only !== undefined && isPipe(only.target)) {
-      const target = only.target
-      return [await pipe.transfer({
-        source, target, snapshot, sent, parent, dryRun, signal,
-        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: target.location.path, snapshot, bytes }),
-      })]
+    /** the progress of the one stream, against an estimate of its size where one is made */
+    const measured = async (flags: readonly string[], to: readonly Transport[]): Promise<{ readonly onBytes: (bytes: number) => void; readonly estimate: SendEstimate }> => {
+      const estimate = dryRun || input.progress === false ? noEstimate : await sendEstimate(source, sent, parent, flags, signal)
+      const progress = progressMeter(estimate.bytes)
+      return {
+        estimate,
+        onBytes: (bytes) => {
+          const now = progress(bytes)
+          for (const t of to) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes, ...now })
+        },
+      }
     }
-    if (only !== undefined && isRaw(only.target)) {
+    const [only] = input.targets
+    if (only !== undefined && (isPipe(only.target) || isRaw(only.target))) {
       const target = only.target
-      return [await raw.transfer({
-        source, target, snapshot, sent, parent, targetParent: only.parent, dryRun, signal,
-        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: target.location.path, snapshot, bytes }),
-      })]
+      const flags = await sendFlags(source, [], signal)
+      const { onBytes, estimate } = await measured(flags.unwrapOr([]), [target])
+      const done = isPipe(target)
+        ? await pipe.transfer({ source, target, snapshot, sent, parent, dryRun, signal, onBytes })
+        : await raw.transfer({ source, target, snapshot, sent, parent, targetParent: only.parent, dryRun, signal, onBytes })
+      await estimate.stop()
+      return [done]
     }
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
@@ -564,12 +587,14 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       return there.value === 'missing' ? undefined : err(strayError(path, there.value))
     }))
     const going = targets.filter((_, i) => results[i] === undefined)
+    const { onBytes, estimate } = going.length === 0 ? { onBytes: () => undefined, estimate: noEstimate } : await measured(flags.value, going)
     const received = going.length === 0 ? [] : await sendReceive({
       source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target), selfDelimited: true })), signal, stallMs, way,
       // an incremental send from another host comes back on its master's session; a full one (all of the subvolume) by OS pipes from a session of its own
       shareSenderChannel: parent !== undefined,
-      onBytes: (bytes) => { for (const t of going) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes }) },
+      onBytes,
     })
+    await estimate.stop()
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
     // each target is checked and committed at the same time as the others: their filesystems flush at once
     await Promise.all(going.map(async (target, j) => {
