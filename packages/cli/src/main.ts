@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { archive, archiveComplete, backup, bbError, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type Transport } from '@bb/core'
+import { archive, archiveComplete, backup, bbError, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -1309,9 +1309,18 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const raw = driver === 'btrfs' && detected.raw
         const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+        // how far the copy has come, redrawn in place on a terminal
+        let progressShown = false
+        const onProgress = io.isTTY && options.json !== true && options.quiet !== true
+          ? (p: TransferProgress) => {
+            io.stderr(`\r\x1b[K  ${progressLine(p)}`)
+            progressShown = true
+          }
+          : undefined
         const restoreFrom = (job: Job, side: 'source' | 'target') => restore(job, {
           from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
           dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
+          ...(onProgress === undefined ? {} : { onProgress }),
         })
         // a btrfs subvolume that holds no backups is a source: its own snapshots are restored
         const job = resolved.jobs[0] as Job
@@ -1323,6 +1332,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           // what was not found is said of the snapshots there, not as "run a backup first"
           if (fromFolder !== undefined && (fromFolder.isOk() || fromFolder.error.code !== 'SNAPSHOT_NOT_FOUND' || fromFolder.error.details?.newest !== undefined)) r = fromFolder
         }
+        if (progressShown) io.stderr('\r\x1b[K')
         if (r.isErr()) return void (outcome = fail(r.error, options))
         io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
         if (options.writable === true && options.path === undefined && options.json !== true && options.dryRun !== true) {

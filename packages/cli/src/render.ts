@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList } from '@bb/core'
+import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList, type TransferProgress } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -73,10 +73,10 @@ export const formatClock = (seconds: number): string => {
  * A transfer's progress in one line: the percentage and the time left only where the driver could
  * tell them (rsync's own text, or an estimate), never a made-up 0% or `ETA ?`.
  * @example
- * progressLine({ type: 'transfer-progress', target: '/b', snapshot: 's', bytes: 1048576, percent: 40, bytesPerSecond: 524288, etaSeconds: 3 })
+ * progressLine({ bytes: 1048576, percent: 40, expectedBytes: 2621440, bytesPerSecond: 524288, etaSeconds: 3 })
  * // '40%  1.0 MiB of ~2.5 MiB  512.0 KiB/s  ETA 0:00:03'
  */
-export const progressLine = (event: Extract<BackupEvent, { type: 'transfer-progress' }>): string => {
+export const progressLine = (event: TransferProgress): string => {
   const rate = event.rate ?? (event.bytesPerSecond === undefined ? undefined : `${formatBytes(Math.round(event.bytesPerSecond))}/s`)
   const eta = event.eta ?? (event.etaSeconds === undefined ? undefined : formatClock(event.etaSeconds))
   const bytes = event.expectedBytes === undefined ? formatBytes(event.bytes) : `${formatBytes(event.bytes)} of ~${formatBytes(event.expectedBytes)}`

@@ -13,12 +13,12 @@ describe('progressMeter', () => {
     let settle: (n: number | undefined) => void = () => undefined
     const meter = progressMeter(new Promise((resolve) => { settle = resolve }), c.now)
     c.tick(1000)
-    expect(meter(10 * 2 ** 20)).toEqual({ bytesPerSecond: 10 * 2 ** 20 })
+    expect(meter(10 * 2 ** 20)).toEqual({ bytes: 10 * 2 ** 20, bytesPerSecond: 10 * 2 ** 20 })
     settle(100 * 2 ** 20)
     await Promise.resolve()
     c.tick(1000)
     // 20 MiB in 2 s: 10 MiB/s, 80 MiB left: 8 s
-    expect(meter(20 * 2 ** 20)).toEqual({ percent: 20, expectedBytes: 100 * 2 ** 20, bytesPerSecond: 10 * 2 ** 20, etaSeconds: 8 })
+    expect(meter(20 * 2 ** 20)).toEqual({ bytes: 20 * 2 ** 20, percent: 20, expectedBytes: 100 * 2 ** 20, bytesPerSecond: 10 * 2 ** 20, etaSeconds: 8 })
   })
 
   it('never says 100% (nor more) before the end: an estimate may fall short', async () => {
@@ -55,6 +55,6 @@ describe('progressMeter', () => {
     const c = clock()
     const meter = progressMeter(Promise.resolve(undefined), c.now)
     await Promise.resolve()
-    expect(meter(0)).toEqual({})
+    expect(meter(0)).toEqual({ bytes: 0 })
   })
 })

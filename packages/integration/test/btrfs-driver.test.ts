@@ -4,8 +4,9 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type Transport } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type TransferProgress, type Transport } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { btrfsDriver } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { at, btrfs, btrfsJob, content, exists, finished, ok, rsyncJob, show, spawnTs, waitFor } from './helpers.js'
 
@@ -510,6 +511,17 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await content(`${restored}.writable`)).toEqual(await content(source))
     const again = await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: into })
     expect(again.isErr() && again.error.code).toBe('ALREADY_EXISTS')
+    // a restore asked for its progress tells it against the stream's size, btrfs send --no-data's
+    const slow = { ...job, driver: btrfsDriver({ rateLimit: 250_000 }) }
+    const seen: TransferProgress[] = []
+    ok(await restore(slow, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'progress')), onProgress: (p) => seen.push(p) }))
+    const estimated = seen.filter((p) => p.expectedBytes !== undefined)
+    expect(estimated.length).toBeGreaterThan(0)
+    const streamBytes = Number(execFileSync('sh', ['-c', `btrfs send -q ${join(targetA, 'home.2026-11-23T100000Z')} | wc -c`], { encoding: 'utf8' }))
+    for (const p of estimated) {
+      expect(Math.abs((p.expectedBytes ?? 0) - streamBytes) / streamBytes).toBeLessThan(0.02)
+      expect(p.percent).toBeLessThan(100)
+    }
     // a destination several levels down is made on btrfs
     ok(await restore(job, { from: job.targets[0]!, snapshot: 'latest', to: localTransport(join(fs.mountPoint, 'new/a/b')) }))
     expect(show(join(fs.mountPoint, 'new/a/b/home.2026-11-23T100000Z')).readOnly).toBe(true)

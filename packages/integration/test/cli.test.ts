@@ -36,6 +36,13 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     // the line redrawn in place: carriage return, erase the line (ESC [ K), the percentage
     expect(drawn.stderr).toContain(`\r${String.fromCharCode(27)}[K  `)
     expect(drawn.stderr).toMatch(/\[K {2}\d+% {2}/)
+    // a restore on a terminal draws its progress too, and erases it before it says what it restored
+    const restored = await runCli(['restore', 'dst', 'latest', 'out'], tmp.path, { isTTY: true })
+    expect(restored).toMatchObject({ code: 0, stdout: expect.stringContaining('restored ') })
+    expect(restored.stderr).toMatch(/\[K {2}\d+% {2}[\d.]+ (B|KiB) {2}\S+\/s {2}ETA \d+:\d\d:\d\d/)
+    expect(restored.stderr.endsWith(`\r${String.fromCharCode(27)}[K`)).toBe(true)
+    const plain = await runCli(['restore', 'dst', 'latest', 'out2'], tmp.path)
+    expect(plain.stderr).toBe('')
   })
 
   it('runs, lists and reports status as text and as JSON', async () => {

@@ -1,8 +1,9 @@
+import { randomBytes } from 'node:crypto'
 import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport } from '@bb/core'
+import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport, type TransferProgress } from '@bb/core'
 import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, finished, ok, rsyncJob, spawnTs, waitFor } from './helpers.js'
@@ -343,6 +344,25 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(await readdir(one)).toEqual(['deep'])
     expect((await restore(job, { from: job.targets[0]!, subpath: '../etc', to: localTransport(join(tmp.path, 'x')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS' })
     expect((await restore(job, { from: job.targets[0]!, snapshot: 'nope', to: localTransport(join(tmp.path, 'y')) }))._unsafeUnwrapErr()).toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' })
+  })
+
+  it('a restore asked for its progress runs rsync with --info=progress2 and passes on what rsync says; one not asked runs without it', async () => {
+    await writeFile(join(source, 'big.bin'), randomBytes(2 * 1024 * 1024))
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const seen: TransferProgress[] = []
+    const asked = ok(await restore(job, { from: job.targets[0]!, to: localTransport(join(tmp.path, 'r1')), onProgress: (p) => seen.push(p) }))
+    expect(asked.commands[0]).toContain('--info=progress2')
+    expect(seen.length).toBeGreaterThan(0)
+    for (const p of seen) {
+      expect(p.percent).toBeGreaterThanOrEqual(0)
+      expect(p.percent).toBeLessThanOrEqual(100)
+      expect(p.rate).toMatch(/B\/s$/)
+      expect(p.eta).toMatch(/^\d+:\d\d:\d\d$/)
+    }
+    expect(await treeManifest(join(tmp.path, 'r1'))).toEqual(await treeManifest(source))
+    const quiet = ok(await restore(job, { from: job.targets[0]!, to: localTransport(join(tmp.path, 'r2')) }))
+    expect(quiet.commands[0]).not.toContain('--info=progress2')
   })
 
   it('restores no path through a symbolic link in the backup (it would be read outside it, from the host as it is now); the link itself restores as a link (scenario 23)', async () => {

@@ -92,6 +92,21 @@ export interface SharedTransferInput extends Omit<TransferInput, 'target' | 'par
   readonly targets: readonly { readonly target: Transport; readonly parent: SnapshotInfo | undefined }[]
 }
 
+/**
+ * How far a transfer or a restore has come: `bytes` moved so far; as far as the driver can tell,
+ * `percent`, `expectedBytes` (the estimated whole), `bytesPerSecond` and `etaSeconds`, or rsync's
+ * own `rate` and `eta` text.
+ */
+export interface TransferProgress {
+  readonly bytes: number
+  readonly percent?: number
+  readonly expectedBytes?: number
+  readonly bytesPerSecond?: number
+  readonly etaSeconds?: number
+  readonly rate?: string
+  readonly eta?: string
+}
+
 export interface RestoreInput {
   readonly from: Transport
   readonly snapshot: SnapshotInfo
@@ -102,6 +117,8 @@ export interface RestoreInput {
   readonly writable?: boolean
   readonly dryRun: boolean
   readonly signal: AbortSignal | undefined
+  /** how far the copy has come, about twice a second; without it, the work of measuring that is left out */
+  readonly onProgress?: (progress: TransferProgress) => void
 }
 
 export interface VerifyInput {

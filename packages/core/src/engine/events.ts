@@ -1,4 +1,4 @@
-import type { RecoverAction } from '../driver/driver.js'
+import type { RecoverAction, TransferProgress } from '../driver/driver.js'
 import type { BbError } from '../errors.js'
 
 /** Progress of a run, through the one `onEvent` callback. The CLI renders these; a library user logs them. */
@@ -12,14 +12,7 @@ export type BackupEvent =
    * that copy it); `parentFrom`: the parent at the source an incremental is made against
    */
   | { readonly type: 'transfer-started'; readonly target: string; readonly snapshot: string; readonly mode: 'full' | 'incremental'; readonly parent?: string; readonly from: string; readonly parentFrom?: string }
-  /**
-   * `bytes` moved so far; as far as the driver can tell: `percent`, `expectedBytes` (the estimated
-   * whole), `bytesPerSecond` and `etaSeconds`, or rsync's own `rate` and `eta` text
-   */
-  | {
-    readonly type: 'transfer-progress'; readonly target: string; readonly snapshot: string; readonly bytes: number; readonly percent?: number
-    readonly expectedBytes?: number; readonly bytesPerSecond?: number; readonly etaSeconds?: number; readonly rate?: string; readonly eta?: string
-  }
+  | ({ readonly type: 'transfer-progress'; readonly target: string; readonly snapshot: string } & TransferProgress)
   | { readonly type: 'transfer-finished'; readonly target: string; readonly snapshot: string; readonly bytes: number; readonly durationMs: number }
   | { readonly type: 'transfer-failed'; readonly target: string; readonly snapshot: string; readonly error: BbError }
   /** a transient failure (network, stall): the target is tried again after `delayMs`; `attempt` of `of` retries */

@@ -1,5 +1,5 @@
 import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
-import type { DiffEntry, SnapshotInfo, VerifyOutcome } from '../driver/driver.js'
+import type { DiffEntry, SnapshotInfo, TransferProgress, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
 import { knownAt, ofThisJob, readLineage } from '../journal/lineage.js'
@@ -264,6 +264,8 @@ export const restore = (
     readonly anyPrefix?: boolean
     /** `from` is a source: restore one of its own snapshots (btrfs: from its snapshot folder) */
     readonly side?: 'source' | 'target'
+    /** how far the copy has come (RestoreInput.onProgress) */
+    readonly onProgress?: (progress: TransferProgress) => void
   },
 ): ResultAsync<{ readonly snapshot: string; readonly commands: readonly (readonly string[])[] }, BbError> =>
   findSnapshot(job, options.from, options.snapshot, { signal: options.signal, anyPrefix: options.anyPrefix ?? false, side: options.side ?? 'target' }).andThen((snapshot) =>
@@ -271,6 +273,7 @@ export const restore = (
       .restore({
         from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal,
         ...(options.writable === true ? { writable: true } : {}),
+        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       })
       .map((r) => ({ snapshot: snapshot.name, commands: r.commands })),
   )

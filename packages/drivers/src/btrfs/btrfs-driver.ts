@@ -545,7 +545,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         estimate,
         onBytes: (bytes) => {
           const now = progress(bytes)
-          for (const t of to) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, bytes, ...now })
+          for (const t of to) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, ...now })
         },
       }
     }
@@ -756,7 +756,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const free = await refuseExisting(to, [landing, ...(input.writable === true ? [writable] : [])])
     if (free.isErr()) return err(free.error)
     if (input.dryRun) return ok({ commands })
-    const ran = present((await sendReceive({ source: from, sendArgv, receivers: [{ target: to, receiveArgv, selfDelimited: true }], signal, stallMs, way, onBytes: () => undefined }))[0], 'the result of a receive')
+    // a plain stream (no --compressed-data): the estimate holds whatever the filesystem compresses
+    const estimate = input.onProgress === undefined ? noEstimate : estimateSend(from, snapshot, undefined, signal)
+    const progress = progressMeter(estimate.bytes)
+    const onProgress = input.onProgress
+    const ran = present((await sendReceive({
+      source: from, sendArgv, receivers: [{ target: to, receiveArgv, selfDelimited: true }], signal, stallMs, way,
+      onBytes: onProgress === undefined ? () => undefined : (bytes) => onProgress(progress(bytes)),
+    }))[0], 'the result of a receive')
+    await estimate.stop()
     if (ran.isErr()) {
       await removeGarbled(to, landing, undefined)
       return err(ran.error)

@@ -1,14 +1,5 @@
-import type { SnapshotInfo, Transport } from '@bb/core'
+import type { SnapshotInfo, TransferProgress, Transport } from '@bb/core'
 import { SendStreamReader } from './send-stream.js'
-
-/** What a send will come to, as far as bbackup could tell before the end; each part undefined until known. */
-export interface SendProgress {
-  readonly percent?: number
-  /** the stream's size, estimated ({@link estimateSend}) */
-  readonly expectedBytes?: number
-  readonly bytesPerSecond?: number
-  readonly etaSeconds?: number
-}
 
 /** A running estimate of a send's size, and the means to stop it when the send ends first. */
 export interface SendEstimate {
@@ -83,7 +74,7 @@ const RATE_WINDOW_MS = 10_000
  * const progress = progressMeter(estimate.bytes)
  * onBytes: (n) => emit({ type: 'transfer-progress', target, snapshot, bytes: n, ...progress(n) })
  */
-export const progressMeter = (expected: Promise<number | undefined>, now: () => number = Date.now): ((bytes: number) => SendProgress) => {
+export const progressMeter = (expected: Promise<number | undefined>, now: () => number = Date.now): ((bytes: number) => TransferProgress) => {
   let total: number | undefined
   void expected.then((n) => {
     total = n
@@ -96,11 +87,11 @@ export const progressMeter = (expected: Promise<number | undefined>, now: () => 
     const first = samples[0] ?? { at, bytes }
     const seconds = (at - first.at) / 1000
     const bytesPerSecond = seconds > 0 ? Math.max(0, (bytes - first.bytes) / seconds) : undefined
-    if (total === undefined || total <= 0) return bytesPerSecond === undefined ? {} : { bytesPerSecond }
+    if (total === undefined || total <= 0) return bytesPerSecond === undefined ? { bytes } : { bytes, bytesPerSecond }
     const percent = Math.min(99, Math.floor((bytes * 100) / total))
     const left = Math.max(0, total - bytes)
     return {
-      percent, expectedBytes: total,
+      bytes, percent, expectedBytes: total,
       ...(bytesPerSecond === undefined ? {} : { bytesPerSecond }),
       ...(bytesPerSecond === undefined || bytesPerSecond === 0 ? {} : { etaSeconds: Math.ceil(left / bytesPerSecond) }),
     }

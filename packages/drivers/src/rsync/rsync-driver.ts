@@ -3,7 +3,7 @@ import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
   bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
-  type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
+  type Transport, type TransferInput, type TransferOutcome, type TransferProgress, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { restoreDirectory } from '../restore-destination.js'
@@ -105,6 +105,17 @@ export const recordPath = (dir: string, name: string): string => join(dir, recor
  */
 export const markerPath = (dir: string, name: string): string => join(dir, markerFile(name))
 /** The names in a target's trash: backups an earlier prune moved out but could not remove. */
+/**
+ * A line of rsync's `--info=progress2`: bytes so far, percent, rate and time left, as rsync wrote them.
+ * @example
+ * progress2('    104,857,600  45%   98.23MB/s    0:00:02') // { bytes: 104857600, percent: 45, rate: '98.23MB/s', eta: '0:00:02' }
+ */
+export const progress2 = (line: string): TransferProgress | undefined => {
+  const m = /^\s*([\d,.]+)\s+(\d+)%\s+(\S+)\s+(\d+:\d{2}:\d{2})/.exec(line)
+  if (m === null) return undefined
+  return { bytes: Number((m[1] ?? '').replace(/[,.]/g, '')), percent: Number(m[2]), rate: m[3] ?? '', eta: m[4] ?? '' }
+}
+
 const leftovers = async (at: Transport, trash: string): Promise<string[]> => {
   const there = await at.stat(trash)
   if (there.isErr() || there.value?.kind !== 'directory') return []
@@ -299,10 +310,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       ...endpointIo(src, dst, signal),
       onStdoutLine: (line) => {
         if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
-        const m = /^\s*(\d+)\s+(\d+)%\s+(\S+)\s+(\d+:\d{2}:\d{2})/.exec(line)
-        if (m === null || Date.now() - lastProgress < 250) return
+        const p = progress2(line)
+        if (p === undefined || Date.now() - lastProgress < 250) return
         lastProgress = Date.now()
-        input.onEvent({ type: 'transfer-progress', target: where, snapshot, bytes: Number(m[1]), percent: Number(m[2]), rate: m[3] ?? '', eta: m[4] ?? '' })
+        input.onEvent({ type: 'transfer-progress', target: where, snapshot, ...p })
       },
     })
     if (ran.isErr()) return err(ran.error)
@@ -469,11 +480,23 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (runner.isErr()) return err(runner.error)
       const src = input.from.rsyncEndpoint(sub === '' ? `${from}/` : from)
       const dst = input.to.rsyncEndpoint(`${dest}/`)
-      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...src.options, ...dst.options, src.spec, dst.spec]
+      const onProgress = input.onProgress
+      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...(onProgress === undefined ? [] : ['--info=progress2']), ...src.options, ...dst.options, src.spec, dst.spec]
       if (input.dryRun) return ok({ commands: [argv] })
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
-      const ran = await runner.value.exec(argv, endpointIo(src, dst, input.signal))
+      let lastProgress = 0
+      const ran = await runner.value.exec(argv, {
+        ...endpointIo(src, dst, input.signal),
+        ...(onProgress === undefined ? {} : {
+          onStdoutLine: (line: string) => {
+            const p = progress2(line)
+            if (p === undefined || Date.now() - lastProgress < 250) return
+            lastProgress = Date.now()
+            onProgress(p)
+          },
+        }),
+      })
       if (ran.isErr()) return err(ran.error)
       if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
       return ok({ commands: [argv] })
