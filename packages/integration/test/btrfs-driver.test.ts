@@ -162,6 +162,28 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await content(join(targetA, 'home.2026-11-23T110000Z'))).toEqual(await content(source))
   }, 60_000)
 
+  it('the first backup says which nested subvolumes its snapshots leave out, not the snapshot folder nor a target inside the source; the incremental ones after it say nothing', async () => {
+    btrfs('subvolume', 'create', join(source, '.snapshots'))
+    btrfs('subvolume', 'create', join(source, 'alice/work'))
+    await writeTree(join(source, 'alice/work'), { 'thesis.txt': 'not in any snapshot of home\n' })
+    const inside = join(source, 'backups')
+    const job = btrfsJob({ source, targets: [targetA, inside], state })
+    const first = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    for (const t of first.targets) {
+      expect(t).toMatchObject({ ok: true, mode: 'full' })
+      expect(t.warnings.filter((w) => w.startsWith('not in this backup'))).toEqual([`not in this backup: a subvolume nested in ${source} (alice/work): a snapshot stops at a subvolume's edge; back it up as a job of its own, or leave it out knowingly`])
+    }
+    // what it says is so: the backup has alice, not what is in alice/work
+    expect(await exists(join(targetA, 'home.2026-11-23T100000Z/alice/a.txt'))).toBe(true)
+    expect(await exists(join(targetA, 'home.2026-11-23T100000Z/alice/work/thesis.txt'))).toBe(false)
+    await writeFile(join(source, 'bob/c.txt'), 'changed\n')
+    const second = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    for (const t of second.targets) {
+      expect(t).toMatchObject({ ok: true, mode: 'incremental' })
+      expect(t.warnings).toEqual([])
+    }
+  })
+
   it('reports a transfer\'s progress against the size btrfs send --no-data foretells, full and incremental; none is foretold when nothing shows it, and nothing is left running', async () => {
     await writeFile(join(source, 'alice/big.bin'), randomBytes(3 * 1024 * 1024))
     const spawned: string[] = []

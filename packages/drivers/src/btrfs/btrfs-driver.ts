@@ -6,7 +6,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
-  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
+  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
 } from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
@@ -473,6 +473,23 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
 
   /**
+   * What the source's snapshots leave out, for the report of a full send: its writable nested
+   * subvolumes (a snapshot stops at a subvolume's edge), but the snapshot folder and targets inside
+   * it, whose subvolumes are bbackup's own. btrbk only documents this; here the first backup says it.
+   */
+  const leftOut = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<string[]> => {
+    const nested = await nestedSubvolumes(source, source.location.path, signal)
+    if (nested === undefined || nested.length === 0) return []
+    const own = [folderOf(source), ...targets.filter((t) => oneHost(t, source)).map((t) => t.location.path)]
+      .map((p) => posix.relative(source.location.path, p))
+      .filter((p) => p !== '' && !p.startsWith('..'))
+    const out = nested.filter((n) => !own.some((o) => n === o || n.startsWith(`${o}/`)))
+    if (out.length === 0) return []
+    const named = `${out.slice(0, 5).join(', ')}${out.length > 5 ? ` and ${out.length - 5} more` : ''}`
+    return [`not in this backup: ${out.length === 1 ? 'a subvolume' : `${out.length} subvolumes`} nested in ${source.location.path} (${named}): a snapshot stops at a subvolume's edge; back ${out.length === 1 ? 'it' : 'each'} up as a job of its own, or leave ${out.length === 1 ? 'it' : 'them'} out knowingly`]
+  }
+
+  /**
    * An estimate of a send's size for its progress ({@link estimateSend}), made where it can be close:
    * from this host (another host's would take a session of its own), and not of a stream that
    * `--compressed-data` makes smaller than its data (the source's mount compresses).
@@ -550,6 +567,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       }
     }
     const [only] = input.targets
+    // what a first (full) send leaves out, said once per target
+    const notes = parent === undefined ? await leftOut(source, targets, signal) : []
     if (only !== undefined && (isPipe(only.target) || isRaw(only.target))) {
       const target = only.target
       const flags = await sendFlags(source, [], signal)
@@ -558,7 +577,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         ? await pipe.transfer({ source, target, snapshot, sent, parent, dryRun, signal, onBytes })
         : await raw.transfer({ source, target, snapshot, sent, parent, targetParent: only.parent, dryRun, signal, onBytes })
       await estimate.stop()
-      return [done]
+      return [done.map((o) => (o.mode === 'full' ? { ...o, warnings: [...notes, ...o.warnings] } : o))]
     }
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
@@ -573,7 +592,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
-    if (dryRun) return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, plans[i]?.warnings ?? [], [pipeline(parent, targets)])))
+    if (dryRun) return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [...notes, ...plans[i]?.warnings ?? []], [pipeline(parent, targets)])))
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept.
     // On this host a stat first (no process), btrfs only for what is there. On a remote host that
@@ -599,7 +618,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     // each target is checked and committed at the same time as the others: their filesystems flush at once
     await Promise.all(going.map(async (target, j) => {
       const i = targets.indexOf(target)
-      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way: targets.length === 1 ? way : { ...way, warnings: plans[i]?.warnings ?? [] } })
+      results[i] = await finish(input, target, present(received[j], 'the result of a receive'), { sendArgv, pipeline, commands: [...shared], way: { ...way, warnings: [...notes, ...targets.length === 1 ? way.warnings : plans[i]?.warnings ?? []] } })
     }))
     return results.map((r) => present(r, 'the result of a transfer'))
   }

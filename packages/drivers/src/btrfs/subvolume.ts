@@ -228,6 +228,36 @@ export const listSubvolumes = async (at: Transport, dir: string, signal?: AbortS
 }
 
 /**
+ * The writable subvolumes nested in the subvolume `source` (`btrfs subvolume list -o`, less its
+ * read-only ones: snapshots and received backups), as paths inside it, sorted: what a snapshot of
+ * it leaves out. Undefined where the lists cannot be had or read (through a forced command, which
+ * lists nothing beyond its directory; an old btrfs-progs; no permission).
+ * @example
+ * await nestedSubvolumes(localTransport('/home'), '/home') // ['alice', 'bob/.cache']
+ */
+export const nestedSubvolumes = async (at: Transport, source: string, signal?: AbortSignal): Promise<string[] | undefined> => {
+  if (at.location.kind !== 'local' && at.unrestricted?.() !== true) return undefined
+  const opts = signal === undefined ? {} : { signal }
+  const all = ['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', source]
+  const readOnly = ['btrfs', 'subvolume', 'list', '-o', '-r', '-u', '-q', '-R', source]
+  const mounts = ['cat', '/proc/self/mountinfo']
+  const outputs = at.execEach !== undefined
+    ? (await at.execEach([all, readOnly, mounts], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
+    : await Promise.all([all, readOnly].map((argv) => at.exec(argv, opts).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined))
+      .concat(at.readFile('/proc/self/mountinfo').unwrapOr(undefined)))
+  const [listed, listedReadOnly, mountinfo] = outputs
+  if (listed === undefined || listedReadOnly === undefined || mountinfo === undefined) return undefined
+  const prefix = pathInFilesystem(mountinfo, source)
+  if (prefix === undefined) return undefined
+  const frozen = new Set(parseSubvolumeList(listedReadOnly).map((v) => v.id))
+  return parseSubvolumeList(listed)
+    .filter((v) => !frozen.has(v.id))
+    .map((v) => (prefix === '' ? v.path : posix.relative(prefix, v.path)))
+    .filter((p) => p !== '' && !p.startsWith('..'))
+    .sort()
+}
+
+/**
  * The subvolumes among `names` in `dir`. On this host, and on another one that runs whatever it is
  * asked (`Transport.unrestricted`: a login shell), one `btrfs subvolume list` of the read-only
  * subvolumes (a fixed number of commands however many snapshots there are; btrbk asks two) matched
