@@ -1,4 +1,4 @@
-import { bbError, formatLocation, parseLocation, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type Transport } from '@bb/core'
+import { bbError, formatLocation, parseLocation, progressMeter, type BackupEvent, type BackupReport, type BbError, type JobRun, type Location, type TransferProgress, type Transport } from '@bb/core'
 import type { BlockBackupReport, BlockExpireReport, BlockSource, BlockVerifyReport, Revision, VolumeStatus } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { err, ok, type Result } from 'neverthrow'
@@ -6,7 +6,7 @@ import { commandHooks, transportFor, type Connections } from './build-job.js'
 import type { HookCommands, SshSpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { formatBytes, hookLines, renderError, type Io } from './render.js'
+import { formatBytes, hookLines, progressLine, renderError, type Io } from './render.js'
 
 /** backy's spelling for block volumes: `init -b`, `backup -b`, `status -b`, `verify -b`, `restore -b` (docs/drivers/block.md). */
 export interface BlockCliOptions {
@@ -169,6 +169,8 @@ export const blockBackup = async (
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   let shown = -1
+  let meter: ((bytes: number) => TransferProgress) | undefined
+  let drawnAt = 0
   try {
     const r = await backupVolume({
       at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
@@ -177,8 +179,13 @@ export const blockBackup = async (
       ...wait.value,
       ...(io.isTTY && options.json !== true && options.quiet !== true ? {
         onProgress: ({ bytes, total }: { bytes: number; total: number }) => {
-          const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100)
-          if (percent !== shown) io.stderr(`\r\x1b[K  ${(shown = percent)}%  ${formatBytes(bytes)} of ${formatBytes(total)}`)
+          meter ??= progressMeter(total)
+          const now = meter(bytes)
+          // redrawn at most four times a second: a chunk is read many times a second
+          if (Date.now() - drawnAt < 250) return
+          drawnAt = Date.now()
+          shown = now.percent ?? 0
+          io.stderr(`\r\x1b[K  ${progressLine(now, 'exact')}`)
         },
       } : {}),
     })

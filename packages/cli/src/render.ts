@@ -71,15 +71,16 @@ export const formatClock = (seconds: number): string => {
 
 /**
  * A transfer's progress in one line: the percentage and the time left only where the driver could
- * tell them (rsync's own text, or an estimate), never a made-up 0% or `ETA ?`.
+ * tell them (rsync's own text, or an estimate), never a made-up 0% or `ETA ?`. The size is shown
+ * as an estimate (`~`) unless it is `exact` (a block volume's).
  * @example
  * progressLine({ bytes: 1048576, percent: 40, expectedBytes: 2621440, bytesPerSecond: 524288, etaSeconds: 3 })
  * // '40%  1.0 MiB of ~2.5 MiB  512.0 KiB/s  ETA 0:00:03'
  */
-export const progressLine = (event: TransferProgress): string => {
+export const progressLine = (event: TransferProgress, size: 'estimated' | 'exact' = 'estimated'): string => {
   const rate = event.rate ?? (event.bytesPerSecond === undefined ? undefined : `${formatBytes(Math.round(event.bytesPerSecond))}/s`)
   const eta = event.eta ?? (event.etaSeconds === undefined ? undefined : formatClock(event.etaSeconds))
-  const bytes = event.expectedBytes === undefined ? formatBytes(event.bytes) : `${formatBytes(event.bytes)} of ~${formatBytes(event.expectedBytes)}`
+  const bytes = event.expectedBytes === undefined ? formatBytes(event.bytes) : `${formatBytes(event.bytes)} of ${size === 'exact' ? '' : '~'}${formatBytes(event.expectedBytes)}`
   return [event.percent === undefined ? undefined : `${event.percent}%`, bytes, rate, eta === undefined || eta === '' ? undefined : `ETA ${eta}`]
     .filter((p) => p !== undefined && p !== '').join('  ')
 }

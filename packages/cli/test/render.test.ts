@@ -23,6 +23,8 @@ describe('progressLine: a transfer\'s progress as a terminal shows it', () => {
     // no estimate (a stream from another host, or one compressed on the way): no 0%, no ETA ?
     expect(progressLine({ ...base, bytes: 367_001_600, bytesPerSecond: 104_857_600 })).toBe('350.0 MiB  100.0 MiB/s')
     expect(progressLine({ ...base, bytes: 0 })).toBe('0 B')
+    // a size known for sure (a block volume's) is shown without ~
+    expect(progressLine({ ...base, bytes: 1_048_576, percent: 50, expectedBytes: 2_097_152 }, 'exact')).toBe('50%  1.0 MiB of 2.0 MiB')
   })
   it('shows rsync\'s own rate and time left as rsync wrote them', () => {
     expect(progressLine({ ...base, bytes: 2048, percent: 7, rate: '1.95kB/s', eta: '0:00:41' })).toBe('7%  2.0 KiB  1.95kB/s  ETA 0:00:41')

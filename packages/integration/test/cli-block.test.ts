@@ -55,6 +55,12 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(restore.code).toBe(0)
     expect(sameBytes(join(dir, 'restored.img'), join(dir, 'vm.img'))).toBe(true)
     expect(await runCli(['restore', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('restore -b takes a revision and a destination') as unknown })
+ 
+    // on a terminal the progress is drawn against the volume's size (exact: no ~), and erased at the end
+    const drawn = await runCli(['backup', '-b', 'backy/vm', '-f'], dir, { isTTY: true })
+    expect(drawn.code).toBe(0)
+    expect(drawn.stderr).toMatch(/\[K {2}\d+% {2}[\d.]+ (B|KiB|MiB) of 32\.0 MiB/)
+    expect(drawn.stderr.endsWith(`\r${String.fromCharCode(27)}[K`)).toBe(true)
   })
 
   it('status -b names the run that holds the volume now, and does not call what it writes a leftover', async () => {

@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
@@ -15,7 +15,7 @@ import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
 import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
-import { estimateSend, noEstimate, progressMeter, type SendEstimate } from './progress.js'
+import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
 import { SendStreamError, SendStreamReader } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
 

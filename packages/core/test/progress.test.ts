@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { progressMeter } from '../src/btrfs/progress.js'
+import { progressMeter } from '../src/report/progress.js'
 
 /** a clock the test moves: `tick(ms)` */
 const clock = (): { now: () => number; tick: (ms: number) => void } => {
@@ -49,6 +49,13 @@ describe('progressMeter', () => {
     const rate = meter(bytes).bytesPerSecond ?? 0
     expect(rate).toBeGreaterThan(0.9 * 2 ** 20)
     expect(rate).toBeLessThan(1.2 * 2 ** 20)
+  })
+
+  it('a size known from the start counts from the first call', () => {
+    const c = clock()
+    const meter = progressMeter(4000, c.now)
+    c.tick(1000)
+    expect(meter(1000)).toEqual({ bytes: 1000, percent: 25, expectedBytes: 4000, bytesPerSecond: 1000, etaSeconds: 3 })
   })
 
   it('has no rate before time has passed, and no percent of an estimate that could not be made', async () => {
