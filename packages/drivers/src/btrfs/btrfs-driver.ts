@@ -16,7 +16,7 @@ import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
-import { SendStreamError, SendStreamReader } from './send-stream.js'
+import { readSendStream } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
 
 const join = posix.join
@@ -899,28 +899,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const argv = ['btrfs', 'send', '-q', '--no-data', '-p', from.path, to.path]
     const changes = new StreamDiff()
-    const reader = new SendStreamReader((c) => changes.add(c))
-    const running = at.spawn(argv, { stdout: 'pipe', ...signalOpt(signal) })
-    let broken: string | undefined
-    running.stdout?.on('data', (chunk: Buffer) => {
-      if (broken !== undefined) return
-      try {
-        reader.push(chunk)
-      } catch (e) {
-        broken = e instanceof SendStreamError ? e.message : String(e)
-        running.kill('SIGTERM')
-      }
-    })
-    const done = await running.done
+    const { result: done, broken } = await readSendStream(at, argv, (c) => changes.add(c), signal).done
     if (done.isErr()) return err(done.error)
     if (signal?.aborted === true) return err(bbError('CANCELLED', 'cancelled while comparing snapshots', 'run again when ready'))
-    if (broken === undefined && done.value.exitCode === 0) {
-      try {
-        reader.end()
-      } catch (e) {
-        broken = e instanceof SendStreamError ? e.message : String(e)
-      }
-    }
     if (broken !== undefined) {
       return err(bbError('IO_FAILED', `cannot read what btrfs send said of ${from.name} and ${to.name} at ${formatLocation(at.location)}: ${broken}`, 'run again; if it persists, report it with the output of: btrfs send --no-data -p FROM TO | btrfs receive --dump', { argv }))
     }

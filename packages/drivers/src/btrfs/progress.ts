@@ -1,5 +1,5 @@
 import type { SnapshotInfo, Transport } from '@bb/core'
-import { SendStreamReader } from './send-stream.js'
+import { readSendStream } from './send-stream.js'
 
 /** A running estimate of a send's size, and the means to stop it when the send ends first. */
 export interface SendEstimate {
@@ -24,32 +24,12 @@ export const noEstimate: SendEstimate = { bytes: Promise.resolve(undefined), sto
  */
 export const estimateSend = (source: Transport, sent: SnapshotInfo, parent: SnapshotInfo | undefined, signal: AbortSignal | undefined): SendEstimate => {
   const argv = ['btrfs', 'send', '-q', '--no-data', ...(parent === undefined ? [] : ['-p', parent.path]), sent.path]
-  const running = source.spawn(argv, { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
-  let streamBytes = 0
   let dataBytes = 0
-  let unreadable = false
-  const reader = new SendStreamReader((c) => {
+  const running = readSendStream(source, argv, (c) => {
     if (c.length !== undefined) dataBytes += c.length
-  })
-  running.stdout?.on('data', (chunk: Buffer) => {
-    streamBytes += chunk.length
-    if (unreadable) return
-    try {
-      reader.push(chunk)
-    } catch {
-      unreadable = true
-      running.kill('SIGTERM')
-    }
-  })
-  const bytes = Promise.resolve(running.done).then((r): number | undefined => {
-    if (unreadable || r.isErr() || r.value.exitCode !== 0) return undefined
-    try {
-      reader.end()
-    } catch {
-      return undefined
-    }
-    return streamBytes + dataBytes
-  })
+  }, signal)
+  const bytes = running.done.then(({ result, bytes: streamBytes, broken }): number | undefined =>
+    (broken !== undefined || result.isErr() || result.value.exitCode !== 0 ? undefined : streamBytes + dataBytes))
   let ended = false
   void bytes.then(() => {
     ended = true
@@ -57,7 +37,7 @@ export const estimateSend = (source: Transport, sent: SnapshotInfo, parent: Snap
   return {
     bytes,
     stop: async () => {
-      if (!ended) running.kill('SIGTERM')
+      if (!ended) running.stop()
       await bytes
     },
   }

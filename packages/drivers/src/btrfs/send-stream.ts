@@ -2,6 +2,9 @@
 // `btrfs send --no-data -p FROM TO`, the operations that turn one snapshot into the other, without
 // `btrfs receive --dump`, whose text escapes paths differently from one btrfs-progs release to the next.
 
+import type { Result } from 'neverthrow'
+import type { CommandResult, Transport, TransportError } from '@bb/core'
+
 /** the commands of a stream that bbackup reads (send.h `enum btrfs_send_cmd`) */
 export const SEND_COMMANDS = {
   subvol: 1, snapshot: 2, mkfile: 3, mkdir: 4, mknod: 5, mkfifo: 6, mksock: 7, symlink: 8,
@@ -103,4 +106,49 @@ export class SendStreamReader {
     }
     this.onCommand(out)
   }
+}
+
+/** A command whose stdout is a send stream, read as it comes ({@link readSendStream}). */
+export interface SendStreamRun {
+  /** how the command ended, the bytes of its stream, and why the stream could not be read (undefined: it could, to its end) */
+  readonly done: Promise<{ readonly result: Result<CommandResult, TransportError>; readonly bytes: number; readonly broken: string | undefined }>
+  /** stops the command (SIGTERM) */
+  readonly stop: () => void
+}
+
+/**
+ * Runs `argv` (a `btrfs send --no-data …`) at `at` and reads its stdout with a {@link SendStreamReader}:
+ * each command to `onCommand`. Bytes that are not a send stream stop the command; a stream that
+ * ended early is `broken` once the command exited 0.
+ * @example
+ * const run = readSendStream(at, ['btrfs', 'send', '-q', '--no-data', '-p', from, to], (c) => changes.add(c), signal)
+ * const { result, broken } = await run.done
+ */
+export const readSendStream = (at: Transport, argv: readonly string[], onCommand: (command: SendCommand) => void, signal: AbortSignal | undefined): SendStreamRun => {
+  const reader = new SendStreamReader(onCommand)
+  const running = at.spawn(argv, { stdout: 'pipe', ...(signal === undefined ? {} : { signal }) })
+  const why = (e: unknown): string => (e instanceof SendStreamError ? e.message : String(e))
+  let bytes = 0
+  let broken: string | undefined
+  running.stdout?.on('data', (chunk: Buffer) => {
+    bytes += chunk.length
+    if (broken !== undefined) return
+    try {
+      reader.push(chunk)
+    } catch (e) {
+      broken = why(e)
+      running.kill('SIGTERM')
+    }
+  })
+  const done = Promise.resolve(running.done).then((result) => {
+    if (broken === undefined && result.isOk() && result.value.exitCode === 0) {
+      try {
+        reader.end()
+      } catch (e) {
+        broken = why(e)
+      }
+    }
+    return { result, bytes, broken }
+  })
+  return { done, stop: () => running.kill('SIGTERM') }
 }

@@ -237,15 +237,14 @@ export const listSubvolumes = async (at: Transport, dir: string, signal?: AbortS
  */
 export const nestedSubvolumes = async (at: Transport, source: string, signal?: AbortSignal): Promise<string[] | undefined> => {
   if (at.location.kind !== 'local' && at.unrestricted?.() !== true) return undefined
-  const opts = signal === undefined ? {} : { signal }
   const all = ['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', source]
-  const readOnly = ['btrfs', 'subvolume', 'list', '-o', '-r', '-u', '-q', '-R', source]
-  const mounts = ['cat', '/proc/self/mountinfo']
-  const outputs = at.execEach !== undefined
-    ? (await at.execEach([all, readOnly, mounts], opts)).match((rs) => rs.map((r) => (r.exitCode === 0 ? r.output : undefined)), () => [])
-    : await Promise.all([all, readOnly].map((argv) => at.exec(argv, opts).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined))
-      .concat(at.readFile('/proc/self/mountinfo').unwrapOr(undefined)))
-  const [listed, listedReadOnly, mountinfo] = outputs
+  // all of them, beside the read-only ones and the mount table as a listing of a folder has them
+  const [listed, lists] = await Promise.all([
+    at.exec(all, signal === undefined ? {} : { signal }).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined),
+    listSubvolumes(at, source, signal),
+  ])
+  const listedReadOnly = lists?.readOnly
+  const mountinfo = lists?.mountinfo
   if (listed === undefined || listedReadOnly === undefined || mountinfo === undefined) return undefined
   const prefix = pathInFilesystem(mountinfo, source)
   if (prefix === undefined) return undefined
