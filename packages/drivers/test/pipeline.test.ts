@@ -3,7 +3,8 @@ import { PassThrough, Writable } from 'node:stream'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { describe, expect, it } from 'vitest'
 import { bbError, type CommandResult, type RunningCommand, type Transport, type TransportError } from '@bb/core'
-import { brokenPipe, fanOut, rateLimited, sendReceive } from '../src/btrfs/pipeline.js'
+import { brokenPipe, fanOut, sendReceive } from '../src/btrfs/pipeline.js'
+import { rateLimited } from '../src/stream-way.js'
 
 const exited = (exitCode: number, stderr: string) => ok({ argv: ['btrfs', 'send'], exitCode, stdout: '', stderr })
 

@@ -12,7 +12,8 @@ import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
 import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
-import { receiverStartsFirst, sendReceive, type StreamWay } from './pipeline.js'
+import { receiverStartsFirst, sendReceive } from './pipeline.js'
+import { streamPlanner, type StreamPlan, type StreamWay } from '../stream-way.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
@@ -55,11 +56,6 @@ export interface BtrfsDriverOptions {
    * another subvolume's: the job's prefix says which are its (`archive` of @bb/core).
    */
   readonly backupsAtSource?: boolean
-}
-
-/** How one stream travels: {@link BtrfsDriverOptions.streamCompress} and the rate limit as they apply to its two ends, and why a stream to be compressed was not. */
-interface StreamPlan extends StreamWay {
-  readonly warnings: readonly string[]
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -108,28 +104,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const isRaw = (t: Transport): boolean => rawLocations.has(formatLocation(t.location))
   /** a pipe target: its location is its ledger on this host */
   const isPipe = (t: Transport): boolean => t.location.kind === 'local' && (options.pipe?.targets ?? []).some((p) => p.ledger === t.location.path)
-  const zstdAt = new WeakMap<Transport, Promise<boolean>>()
-  const hasZstd = (at: Transport, signal: AbortSignal | undefined): Promise<boolean> => {
-    const known = zstdAt.get(at)
-    if (known !== undefined) return known
-    const found = at.exec(['zstd', '--version'], signalOpt(signal)).match((r) => r.exitCode === 0, () => false)
-    zstdAt.set(at, found)
-    return found
-  }
-  /**
-   * Compressed when asked for, when the stream leaves a host (a remote source or target; never
-   * from this host to itself) and zstd is on both ends; at the rate limit when there is one.
-   */
   const limited: StreamPlan = { ...(options.rateLimit === undefined ? {} : { rateLimit: options.rateLimit }), warnings: [] }
-  const planStream = async (from: Transport, to: Transport, signal: AbortSignal | undefined): Promise<StreamPlan> => {
-    if (options.streamCompress !== 'zstd' || (from.location.kind === 'local' && to.location.kind === 'local')) return limited
-    const missing: string[] = []
-    for (const at of [from, to]) if (!(await hasZstd(at, signal))) missing.push(formatLocation(at.location))
-    if (missing.length > 0) {
-      return { ...limited, warnings: [`the stream went uncompressed: zstd is not installed where ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} (apt-get install zstd there)`] }
-    }
-    return { ...limited, compress: 'zstd' }
-  }
+  const planStream = streamPlanner(options)
   /** a pipeline as the report shows it, with the stream's zstd on both sides */
   const shown = (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay): string[] =>
     way.compress === undefined ? [...sendArgv, '|', ...receiveArgv] : [...sendArgv, '|', 'zstd', '-cq', '-T0', '|', 'zstd', '-dcq', '|', ...receiveArgv]

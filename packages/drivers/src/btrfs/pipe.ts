@@ -1,7 +1,8 @@
 import { posix } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, compareSnapshots, parseSnapshotName, type BbError, type RecoverAction, type SnapshotInfo, type TransferOutcome, type Transport } from '@bb/core'
-import { sendReceive, type StreamWay } from './pipeline.js'
+import { sendReceive } from './pipeline.js'
+import type { StreamPlan, StreamWay } from '../stream-way.js'
 import { chainStep, streamUuid } from './raw.js'
 
 const join = posix.join
@@ -39,7 +40,7 @@ export interface PipeDeps {
   readonly options: PipeTargetOptions
   readonly stallMs: number
   readonly sendFlags: (source: Transport, signal: AbortSignal | undefined) => Promise<Result<string[], BbError>>
-  readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamWay & { readonly warnings: readonly string[] }>
+  readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamPlan>
   readonly shown: (sendArgv: readonly string[], receiveArgv: readonly string[], way: StreamWay) => string[]
 }
 

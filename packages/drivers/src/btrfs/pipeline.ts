@@ -1,6 +1,7 @@
 import { pipeline, Transform, type Readable, type Writable } from 'node:stream'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, InternalError, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
+import { rateLimited, type StreamWay } from '../stream-way.js'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
@@ -43,46 +44,6 @@ export interface StreamFilter {
   readonly argv: readonly string[]
   /** names it in errors */
   readonly what: string
-}
-
-/** How a stream travels between its two hosts. */
-export interface StreamWay {
-  /** zstd-compress the stream on the sender's host and decompress it on the receiver's (one receiver only) */
-  readonly compress?: 'zstd'
-  /** at most this many bytes a second leave the sender (after compression): the stream then passes through this process */
-  readonly rateLimit?: number
-}
-
-/**
- * Lets bytes through at `bytesPerSecond` at most, in pieces of a twentieth of a second (1 KiB at
- * least), so that a low limit is smooth rather than bursts of a pipe's 64 KiB.
- */
-export const rateLimited = (bytesPerSecond: number): Transform => {
-  const piece = Math.max(1024, Math.floor(bytesPerSecond / 20))
-  let next = 0
-  return new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      let offset = 0
-      const step = (): void => {
-        if (offset >= chunk.length) {
-          callback()
-          return
-        }
-        const part = chunk.subarray(offset, offset + piece)
-        offset += part.length
-        const now = Date.now()
-        const at = Math.max(now, next)
-        next = at + (part.length * 1000) / bytesPerSecond
-        const go = (): void => {
-          this.push(part)
-          step()
-        }
-        if (at > now) setTimeout(go, at - now)
-        else go()
-      }
-      step()
-    },
-  })
 }
 
 /** Counts what passes, for a sender whose own count this host cannot read (one run as root through sudo). */

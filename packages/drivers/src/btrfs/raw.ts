@@ -4,7 +4,8 @@ import {
   bbError, compareSnapshots, parseSnapshotName, type BbError, type RecoverAction, type RestoreInput, type SnapshotInfo, type Transport, type TransferOutcome,
   type VerifyOutcome,
 } from '@bb/core'
-import { sendReceive, type StreamFilter, type StreamWay } from './pipeline.js'
+import { sendReceive, type StreamFilter } from './pipeline.js'
+import type { StreamPlan, StreamWay } from '../stream-way.js'
 import { refuseExisting } from './subvolume.js'
 import { privately } from '../privately.js'
 import { targetInSource } from '../target-in-source.js'
@@ -74,7 +75,7 @@ export interface RawDeps {
   /** deletes an unfinished receive at a path (the restore's cleanup) */
   readonly removeGarbled: (at: Transport, path: string) => Promise<Result<unknown, BbError>>
   /** how a stream goes from one host to the other (compressed, rate-limited), with the warnings of its plan */
-  readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamWay & { readonly warnings: readonly string[] }>
+  readonly planStream: (from: Transport, to: Transport, signal: AbortSignal | undefined) => Promise<StreamPlan>
   /** a restore's destination checked (a directory on btrfs), and made when `make` */
   readonly restoreDestination: (to: Transport, make: boolean) => Promise<Result<void, BbError>>
   /** a pipeline as the report shows it */
