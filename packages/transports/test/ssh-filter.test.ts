@@ -203,6 +203,10 @@ describe('what each role may run', () => {
     const scan = spawned('/tmp/anything', 'block-scan', '--chunk-size', '4194304', '--size', '33554432', '--', image)
     expect(decide(scan, send)).toMatchObject({ allowed: true, role: 'send', selfAt: 4, checks: [{ kind: 'inside', path: image }] })
     expect(reason(scan, policy(['receive']))).toContain('needs the send role')
+    // compressed there (--stream-compress zstd): the helper's word is four words further on, behind the filter that keeps the scan's stdin
+    const compressed = spawned('sh', '-c', FILTERS.compressReaderStdout, 'sh', '/tmp/anything', 'block-scan', '--chunk-size', '4194304', '--size', '33554432', '--', image)
+    expect(decide(compressed, send)).toMatchObject({ allowed: true, role: 'send', selfAt: 8 })
+    expect(compressed[8]).toBe('/tmp/anything')
     expect(reason(spawned('bbackup-remote', 'block-scan', '--chunk-size', '4M', '--size', '1', '--', image), send)).toContain('not one that bbackup sends')
     expect(reason(spawned('bbackup-remote', 'block-scan', '--chunk-size', '1', '--size', '1', '--', '/etc/shadow'), send)).toContain('outside /srv/backups')
     expect(reason(['sudo', '-n', '--', 'bbackup-remote', 'block-scan', '--protocol'], policy(['send'], { sudo: true }))).toContain('block scan through sudo')

@@ -128,14 +128,25 @@ export const RECORD_END = '\n\u001e\n'
 export type ScriptName = keyof typeof SCRIPTS
 
 /**
+ * `"$@" | zstd -c`: the command is started with `&` to learn its pid, and such a command reads
+ * /dev/null (POSIX, without job control) unless it is given the filter's stdin, which `reads` does
+ * through fd 5.
+ */
+const compressing = (reads: boolean): string =>
+  `exec 4>&1${reads ? ' 5<&0' : ''}; s=$( { { "$@" ${reads ? '<&5 5<&- ' : ''}3>&- 4>&- & p=$!; echo "${PID_TAG}$p" >&2; wait "$p"; echo "$?" >&3; } | { zstd -cq -T0 3>&- >&4 4>&- || echo "$?" >&3; }; } 3>&1 ); for c in $s; do [ "$c" -eq 0 ] || exit "$c"; done`
+
+/**
  * The stream filters of a spawned command (`compressStdout`, `decompressStdin`), run as
  * `sh -c FILTER sh ARGV...` inside {@link SPAWN_WRAPPER}; ARGV is itself a command the wrapper
  * could run. Each says the pid of ARGV's process on a later line, which replaces the wrapper's,
  * so that a kill stops the command and not the shell around it. POSIX sh has no pipefail: the
  * compressing one carries both exit statuses out through fd 3 and exits with the first failure.
+ * `compressReaderStdout` is `compressStdout` for a command that reads its stdin too (a block scan
+ * reads the parent revision's hashes); a send reads none, and keeps the text older bbackup-remotes know.
  */
 export const FILTERS = {
-  compressStdout: `exec 4>&1; s=$( { { "$@" 3>&- 4>&- & p=$!; echo "${PID_TAG}$p" >&2; wait "$p"; echo "$?" >&3; } | { zstd -cq -T0 3>&- >&4 4>&- || echo "$?" >&3; }; } 3>&1 ); for c in $s; do [ "$c" -eq 0 ] || exit "$c"; done`,
+  compressStdout: compressing(false),
+  compressReaderStdout: compressing(true),
   decompressStdin: `zstd -dcq | { sh -c 'echo "${PID_TAG}$PPID" >&2'; exec "$@"; }`,
 } as const
 

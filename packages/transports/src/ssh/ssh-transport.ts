@@ -111,7 +111,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     // the stream filters run on that host, around the command: the filter scripts of the remote protocol
     const filtered = [
       ...(decompressStdin === 'zstd' ? ['sh', '-c', FILTERS.decompressStdin, 'sh'] : []),
-      ...(compressStdout === 'zstd' ? ['sh', '-c', FILTERS.compressStdout, 'sh'] : []),
+      ...(compressStdout === 'zstd' ? ['sh', '-c', plain.stdin === undefined ? FILTERS.compressStdout : FILTERS.compressReaderStdout, 'sh'] : []),
       ...argv,
     ]
     const wrapped = [...sudo, 'sh', '-c', SPAWN_WRAPPER, 'sh', ...filtered]

@@ -91,8 +91,8 @@ const rawWriter = (argv: readonly string[]): Match | undefined => {
  */
 type Match = {
   readonly role: Role; readonly checks: readonly Check[]; readonly also?: Role; readonly unfinished?: readonly string[]
-  /** the block driver's chunk scan: its first word names the helper, which the filter runs as itself (never that word) */
-  readonly self?: true
+  /** the block driver's chunk scan: the word of the matched argv that names the helper, which the filter runs as itself (never that word) */
+  readonly selfAt?: number
 } | string
 
 /**
@@ -110,10 +110,10 @@ const freezeCopy = (image: string, copy: string): Match =>
 
 /** `HELPER block-scan --protocol`, and spawned `HELPER block-scan --chunk-size N --size N -- IMAGE` (the parent's hashes on stdin) */
 const blockScan = (args: readonly string[], spawned: boolean): Match | undefined => {
-  if (!spawned) return same(args, ['block-scan', '--protocol']) ? { role: 'list', checks: [], self: true } : undefined
+  if (!spawned) return same(args, ['block-scan', '--protocol']) ? { role: 'list', checks: [], selfAt: 0 } : undefined
   const [verb, chunkFlag, chunk, sizeFlag, size, dashes, image] = args
   if (args.length !== 7 || verb !== 'block-scan' || chunkFlag !== '--chunk-size' || sizeFlag !== '--size' || dashes !== '--' || !DIGITS.test(chunk ?? '') || !DIGITS.test(size ?? '')) return undefined
-  return { role: 'send', checks: inside(image ?? ''), self: true }
+  return { role: 'send', checks: inside(image ?? ''), selfAt: 0 }
 }
 
 const inside = (...paths: readonly string[]): Check[] => paths.map((path) => ({ kind: 'inside', path }))
@@ -168,8 +168,11 @@ const btrfs = (args: readonly string[]): Match | undefined => {
 const match = (argv: readonly string[], spawned: boolean): Match | undefined => {
   const [program, ...args] = argv
   if (spawned) {
-    // a stream filter (zstd around the command) runs what a spawn may run
-    if (program === 'sh' && args[0] === '-c' && FILTER_TEXTS.has(args[1] ?? '') && args[2] === 'sh') return match(args.slice(3), true)
+    // a stream filter (zstd around the command) runs what a spawn may run, four words further on
+    if (program === 'sh' && args[0] === '-c' && FILTER_TEXTS.has(args[1] ?? '') && args[2] === 'sh') {
+      const inner = match(args.slice(3), true)
+      return typeof inner === 'object' && inner.selfAt !== undefined ? { ...inner, selfAt: inner.selfAt + 4 } : inner
+    }
     // only the long-running transfers are started through the pid wrapper
     if (program === 'btrfs' && (args[0] === 'send' || args[0] === 'receive')) return btrfs(args)
     // a raw target's stream file: written (mode 0600) into a new `.part` file, read out for a restore
@@ -272,7 +275,7 @@ export const decide = (request: readonly string[], policy: FilterPolicy): Decisi
   const m = match(spawned ? argv.slice(4) : argv, spawned)
   if (m === undefined) return { allowed: false, reason: `the command ${label(argv)}, which is not one that bbackup sends` }
   if (typeof m === 'string') return { allowed: false, reason: m }
-  if (m.self === true && sudo.length > 0) return { allowed: false, reason: 'the block scan through sudo: let the key\'s user read the image (or log in as the user who may), without --ssh-sudo' }
+  if (m.selfAt !== undefined && sudo.length > 0) return { allowed: false, reason: 'the block scan through sudo: let the key\'s user read the image (or log in as the user who may), without --ssh-sudo' }
   let checks = m.checks
   if (!policy.roles.has(m.role) && m.role !== 'list' && !(m.also !== undefined && policy.roles.has(m.also))) {
     // a receive key cleans up after its own interrupted receive, and deletes nothing else
@@ -287,5 +290,5 @@ export const decide = (request: readonly string[], policy: FilterPolicy): Decisi
       return { allowed: false, reason: `the path ${JSON.stringify(c.path)}, which is outside ${policy.roots.join(', ')}` }
     }
   }
-  return { allowed: true, argv: request, role: m.role, checks, ...(m.self === true ? { selfAt: spawned ? 4 : 0 } : {}) }
+  return { allowed: true, argv: request, role: m.role, checks, ...(m.selfAt === undefined ? {} : { selfAt: (spawned ? 4 : 0) + m.selfAt }) }
 }
