@@ -3,7 +3,7 @@ import type { BlockBackupReport, BlockExpireReport, BlockSource, BlockVerifyRepo
 import { localTransport } from '@bb/transports/local'
 import { err, ok, type Result } from 'neverthrow'
 import { commandHooks, transportFor, type Connections } from './build-job.js'
-import type { HookCommands, SshSpec } from './config.js'
+import type { HookCommands, SshSpec, WaySpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { formatBytes, hookLines, progressLine, renderError, type Io } from './render.js'
@@ -15,10 +15,12 @@ export interface BlockCliOptions {
   readonly quiet?: boolean
 }
 
-/** How a source on another host is reached: the run's ssh session and the ssh settings. */
+/** How a source (or a restore's destination) on another host is reached: the run's ssh session, the ssh settings, and the way its bytes cross. */
 export interface BlockRemote {
   readonly connections: Connections
   readonly ssh: SshSpec
+  /** `--stream-compress`, `--rate-limit` (config: stream_compress, rate_limit) */
+  readonly way?: WaySpec
 }
 
 const block = () => import('@bb/drivers/block')
@@ -93,7 +95,10 @@ const renderBackup = (report: Extract<BlockBackupReport, { skipped: false }>, ve
     `revision ${r.uuid} (${r.tags.join(', ')}): ${r.parent === null ? 'full' : `from ${short(r.parent)}`}, ${formatBytes(r.size)}; `
     + `${formatBytes(s.bytesWritten)} written in ${s.chunksWritten} of ${s.chunks} chunks, ${formatBytes(s.bytesRead)} read, in ${s.durationSeconds.toFixed(1)} s`,
   ]
-  if (s.bytesTransferred !== undefined) lines.push(`  ${formatBytes(s.bytesTransferred)} crossed the network${s.scannedOn === undefined ? ' (the image streamed, hashed here)' : ` (hashed on ${s.scannedOn}: only changed chunks)`}`)
+  if (s.bytesTransferred !== undefined) {
+    const how = [s.scannedOn === undefined ? 'the image streamed, hashed here' : `hashed on ${s.scannedOn}: only changed chunks`, ...(s.streamCompressed === undefined ? [] : [`${s.streamCompressed}-compressed`])]
+    lines.push(`  ${formatBytes(s.bytesTransferred)} crossed the network (${how.join('; ')})`)
+  }
   if (s.bytesUnchanged !== undefined) {
     lines.push(`  ${formatBytes(s.bytesUnchanged)} not read: ${r.consistency === 'rbd-snapshot' ? 'unchanged since the last revision (rbd export-diff from its snapshot)' : "unchanged on disk since the last revision (the filesystem's extents)"}`)
   }
@@ -173,7 +178,7 @@ export const blockBackup = async (
   let drawnAt = 0
   try {
     const r = await backupVolume({
-      at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), ...remote.way, force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
       ...(jobHooks === undefined ? {} : { hooks: jobHooks }),
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
       ...wait.value,
@@ -348,8 +353,13 @@ export const blockRestore = async (io: Io, dir: string, revision: string, destin
   }
   const to = await target()
   if ('error' in to) return fail(io, to.error, options)
-  const r = await restoreRevision({ at: at.value, revision, ...to, force: options.force === true })
+  const r = await restoreRevision({ at: at.value, revision, ...to, ...remote.way, force: options.force === true })
   if (r.isErr()) return fail(io, r.error, options)
-  print(io, options, r.value, () => `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`)
+  const { bytesTransferred, streamCompressed } = r.value
+  print(io, options, r.value, () => [
+    `restored ${r.value.uuid} (${formatBytes(r.value.size)}) to ${r.value.destination}\n`,
+    ...(bytesTransferred === undefined ? [] : [`  ${formatBytes(bytesTransferred)} crossed the network${streamCompressed === undefined ? '' : ` (${streamCompressed}-compressed)`}\n`]),
+    ...(r.value.warnings ?? []).map((w) => `warning: ${w}\n`),
+  ].join(''))
   return EXIT.ok
 }

@@ -107,12 +107,21 @@ export interface SshSpec {
   readonly sudo?: boolean
 }
 
+/** How what crosses to or from another host travels (`stream_compress`, `rate_limit`). */
+export interface WaySpec {
+  readonly streamCompress?: 'zstd' | 'none'
+  /** bytes a second */
+  readonly rateLimit?: number
+}
+
 /** A block volume in the config: `driver = "block"` and `backup_dir`; source and schedule are in its volume.json. */
 export interface BlockJobSpec {
   readonly name: string
   readonly backupDir: string
   /** how a source on another host is reached */
   readonly ssh?: SshSpec
+  /** how its bytes cross the network */
+  readonly way?: WaySpec
   /** status --check: the newest revision may be this old before the volume is a warning, and critical */
   readonly warnAge?: string
   readonly criticalAge?: string
@@ -140,7 +149,7 @@ const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
-const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'stream_compress', 'rate_limit', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the keys whose values this host runs as commands: a config that has one must be safe from other users */
 const COMMAND_KEYS = [...Object.values(HOOK_CONFIG_KEYS), 'pipe_targets', 'ssh_program']
 /** What a job may be named: one path component (its state is <state_dir>/jobs/NAME) and a valid systemd unit name (bbackup-NAME) */
@@ -252,6 +261,17 @@ const readConfig = (path: string): Result<Config, BbError> => {
     }
     return ok(ages)
   }
+  /** `stream_compress` and `rate_limit`: how what crosses to or from another host travels */
+  const wayOf = (section: string, job: Record<string, unknown>): Result<WaySpec, BbError> => {
+    const streamCompress = job.stream_compress
+    if (streamCompress !== undefined && streamCompress !== 'zstd' && streamCompress !== 'none') return problem(section, 'stream_compress', `${JSON.stringify(streamCompress)} is not "zstd" or "none"`)
+    const rateText = job.rate_limit
+    const rateLimit = typeof rateText === 'string' || typeof rateText === 'number' ? parseRate(String(rateText)) : undefined
+    if (rateText !== undefined && rateLimit === undefined) {
+      return problem(section, 'rate_limit', `${JSON.stringify(rateText)} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: rate_limit = "10m"')
+    }
+    return ok({ ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }) })
+  }
   /** a job's ssh settings: ssh_identity, ssh_known_hosts, ssh_options, ssh_program, and ssh_sudo where `sudo` may be given */
   const sshOf = (section: string, job: Record<string, unknown>): Result<SshSpec, BbError> => {
     const text = (key: string): string | undefined => (typeof job[key] === 'string' ? job[key] : undefined)
@@ -311,13 +331,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (rawFullEvery !== undefined && !(typeof rawFullEvery === 'number' && Number.isInteger(rawFullEvery) && rawFullEvery >= 1)) {
       return problem(section, 'raw_full_every', `${JSON.stringify(rawFullEvery)} is not a whole number of at least 1`, 'raw_full_every = 7: a full stream after 7 incrementals')
     }
-    const streamCompress = job.stream_compress
-    if (streamCompress !== undefined && streamCompress !== 'zstd' && streamCompress !== 'none') return problem(section, 'stream_compress', `${JSON.stringify(streamCompress)} is not "zstd" or "none"`)
-    const rateText = job.rate_limit
-    const rateLimit = typeof rateText === 'string' || typeof rateText === 'number' ? parseRate(String(rateText)) : undefined
-    if (rateText !== undefined && rateLimit === undefined) {
-      return problem(section, 'rate_limit', `${JSON.stringify(rateText)} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: rate_limit = "10m"')
-    }
+    const way = wayOf(section, job)
+    if (way.isErr()) return err(way.error)
     const strings = (key: string): Result<string[], BbError> => {
       const v = job[key] ?? []
       return Array.isArray(v) && v.every((x) => typeof x === 'string') ? ok(v as string[]) : problem(section, key, 'must be a list of strings')
@@ -386,7 +401,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(rawCompress === undefined ? {} : { rawCompress }), ...(rawFullEvery === undefined ? {} : { rawFullEvery }),
       ...(rawEncrypt === undefined ? {} : { rawEncrypt }), ...(rawGpgRecipients.length === 0 ? {} : { rawGpgRecipients: rawGpgRecipients as string[] }),
       ...(rawGpgKeyring === undefined ? {} : { rawGpgKeyring }),
-      ...(streamCompress === undefined ? {} : { streamCompress }), ...(rateLimit === undefined ? {} : { rateLimit }),
+      ...way.value,
       ...(v(fields.sudo) ? { sudo: true } : {}),
       ...(Object.keys(ssh).length === 0 ? {} : { ssh }),
       ...(Object.keys(rsyncd).length === 0 ? {} : { rsyncd }),
@@ -419,7 +434,11 @@ const readConfig = (path: string): Result<Config, BbError> => {
       if (ssh.isErr()) return err(ssh.error)
       const hooks = hooksOf(section, job)
       if (hooks.isErr()) return err(hooks.error)
-      blockJobs.push({ name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }), ...hooks.value })
+      const way = wayOf(section, job)
+      if (way.isErr()) return err(way.error)
+      blockJobs.push({
+        name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }), ...(Object.keys(way.value).length === 0 ? {} : { way: way.value }), ...hooks.value,
+      })
       continue
     }
     const inherited = Object.keys(defaults).filter((key) => !(key in own))

@@ -9,7 +9,7 @@ import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
+import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -157,6 +157,14 @@ const rateLimitOf = (options: CommonOptions): Result<number | undefined, BbError
     ? err(bbError('INVALID_OPTIONS', `--rate-limit ${options.rateLimit} is not a rate`, 'bytes a second, with k, m or g for KiB, MiB, GiB: --rate-limit 10m'))
     : ok(rate)
 }
+
+/** `--stream-compress` and `--rate-limit` of a block volume's transfer, over its config's (`base`) key by key */
+const blockWayOf = (options: CommonOptions, base: WaySpec = {}): Result<WaySpec, BbError> =>
+  rateLimitOf(options).map((rateLimit) => ({
+    ...base,
+    ...(options.streamCompress === undefined ? {} : { streamCompress: options.streamCompress as 'zstd' | 'none' }),
+    ...(rateLimit === undefined ? {} : { rateLimit }),
+  }))
 
 const sshSpecOf = (options: CommonOptions, cwd: string): SshSpec => ({
   ...(options.sshIdentity === undefined ? {} : { identityFile: resolvePath(cwd, options.sshIdentity) }),
@@ -700,7 +708,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
           // the command line's ssh settings go over the config's, key by key, as for the other jobs
-          : await blockBackup(io, volume.backupDir, { ...options, jobName: volume.name, hookCommands: { ...volume.hooks, ...hookCommandsOf(options).unwrapOr({}) } }, { connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) } }, {
+          : await blockBackup(io, volume.backupDir, { ...options, jobName: volume.name, hookCommands: { ...volume.hooks, ...hookCommandsOf(options).unwrapOr({}) } }, {
+            connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) }, way: blockWayOf(options, volume.way).unwrapOr({}),
+          }, {
             collect: (report) => reports.push({ job: volume.name, ...report }),
             eventsFor: (from) => eventsOf(options, verbosity, log, from, 'block'),
             ran: (from, outcome) => {
@@ -1288,6 +1298,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--writable', 'btrfs: also make a writable snapshot <name>.writable of the restored backup, ready to be moved into place')
       .option('-p, --prefix <prefix>', 'with latest: the newest backup of the source whose names start with this')
       .addOption(new Option('--driver <driver>', 'the driver that made the backups; detected from the target when omitted').choices(['rsync', 'btrfs']))
+      .addOption(new Option('--stream-compress <method>', 'compress what crosses from or to another host: btrfs streams and block images with zstd on both ends, rsync with --compress').choices(['zstd', 'none']))
+      .option('--rate-limit <rate>', 'at most this many bytes a second cross from or to another host, with k, m, g for KiB, MiB, GiB: 10m')
       .option('-n, --dry-run', 'print the command, change nothing')
       .option('--json', 'print the result as JSON')
       .addHelpText('after', EXAMPLES.restore ?? '')
@@ -1296,7 +1308,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           if (target === undefined || snapshot === undefined || destination !== undefined) {
             return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
           }
-          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options, { connections, ssh: sshSpecOf(options, io.cwd) }) })
+          const way = blockWayOf(options)
+          if (way.isErr()) return void (outcome = fail(way.error, options))
+          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options, { connections, ssh: sshSpecOf(options, io.cwd), way: way.value }) })
         }
         if (target === undefined || snapshot === undefined || destination === undefined) {
           return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
@@ -1379,6 +1393,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-t, --tag <tag>', 'add a tag: a schedule tag, or manual:NAME, which never expires (repeatable)', collect)
       .option('--no-snapshot', 'read the source live, without freezing it (a warning in the report)')
       .option('--wait [seconds]', 'wait for another run on the volume to finish instead of failing with exit 3')
+      .addOption(new Option('--stream-compress <method>', 'a source on another host: zstd-compress what crosses the network, when zstd is on both hosts (config: stream_compress)').choices(['zstd', 'none']))
+      .option('--rate-limit <rate>', 'a source on another host: at most this many bytes a second cross the network, with k, m, g for KiB, MiB, GiB: 10m (config: rate_limit)')
       .option('--json', 'print the result as JSON')
       .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
       .option('-q, --quiet', 'print only errors and warnings')
@@ -1387,7 +1403,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .action(async (options: CommonOptions & { backupDir: string; force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; json?: boolean; verbose?: number; quiet?: boolean }) => {
         const hookCommands = hookCommandsOf(options)
         if (hookCommands.isErr()) return void (outcome = fail(hookCommands.error, options))
-        outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, { ...options, hookCommands: hookCommands.value }, { connections, ssh: sshSpecOf(options, io.cwd) }) }
+        const way = blockWayOf(options)
+        if (way.isErr()) return void (outcome = fail(way.error, options))
+        outcome = (await withPriority(options)) ?? { code: await blockBackup(io, options.backupDir, { ...options, hookCommands: hookCommands.value }, { connections, ssh: sshSpecOf(options, io.cwd), way: way.value }) }
       })
   }
 

@@ -42,6 +42,17 @@ describe('loadConfig', () => {
     expect(loadConfig(join(dir, 'config.toml')).isOk()).toBe(true)
   })
 
+  it("gives a block job the stream_compress and rate_limit of its own table or of the top level, and refuses a bad one there too", () => {
+    const path = join(dir, 'config.toml')
+    writeFileSync(path, ['rate_limit = "20m"', '[jobs.vm1]', 'driver = "block"', 'backup_dir = "/srv/backy/vm1"', 'stream_compress = "zstd"', '[jobs.vm2]', 'driver = "block"', 'backup_dir = "/srv/backy/vm2"', 'rate_limit = "512k"', ''].join('\n'))
+    expect(loadConfig(path)._unsafeUnwrap().blockJobs).toEqual([
+      { name: 'vm1', backupDir: '/srv/backy/vm1', way: { streamCompress: 'zstd', rateLimit: 20 * 1024 * 1024 } },
+      { name: 'vm2', backupDir: '/srv/backy/vm2', way: { rateLimit: 512 * 1024 } },
+    ])
+    writeFileSync(path, ['[jobs.vm]', 'driver = "block"', 'backup_dir = "/srv/backy/vm"', 'rate_limit = "fast"', ''].join('\n'))
+    expect(loadConfig(path)._unsafeUnwrapErr().message).toBe(`${path}:4: [jobs.vm] rate_limit: "fast" is not a rate`)
+  })
+
   it('takes an /etc/crypttab name as crypto, and refuses one that is not (the file, line and key named)', () => {
     const path = join(dir, 'config.toml')
     writeFileSync(path, ['[jobs.usb]', 'source = "/"', 'targets = ["/mnt/usb/b"]', 'crypto = "usb-backup_1"', ''].join('\n'))

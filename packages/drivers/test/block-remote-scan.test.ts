@@ -45,7 +45,7 @@ describe('readBlockScan', () => {
     for (const piece of [1, 3, 7, 1000]) {
       const { seen, counts } = await scan(stream, piece)
       expect(seen).toEqual(['D2:yz:true', 'S0:4', 'Z1:4'])
-      expect(counts).toMatchObject({ bytesRead: 6, chunksRead: 3, zeroChunks: 1, bytesTransferred: stream.length })
+      expect(counts).toMatchObject({ bytesRead: 6, chunksRead: 3, zeroChunks: 1 })
     }
   })
 

@@ -7,14 +7,14 @@ import { PassThrough } from 'node:stream'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { backupVolume } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
-import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
-import { ROOT, runCli, sameBytes, waitFor } from './helpers.js'
+import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, startTcpProxy, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
+import { binWithout, ROOT, runCli, sameBytes, waitFor } from './helpers.js'
 
 const MiB = 1024 * 1024
 
 // backy's model: the backup server reads the VM host. Here the "VM host" is a real sshd on 127.0.0.1
 // whose filesystem is the same loop-mounted btrfs; the image is frozen there and streamed here.
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat', 'dd', 'losetup', 'findmnt', 'mkfs.ext4'], { root: true }))('block volumes with the source on another host (ssh)', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat', 'dd', 'losetup', 'findmnt', 'mkfs.ext4', 'zstd'], { root: true }))('block volumes with the source on another host (ssh)', () => {
   let sshd: Sshd
   let fs: LoopFilesystem
   let dir: string
@@ -144,9 +144,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
       const h = await open(join(dir, 'vm.img'), 'r+')
       for (const offset of [2 * MiB, 9 * MiB + 1234, 30 * MiB]) await h.write(randomBytes(4096), 0, 4096, offset)
       await h.close()
-      const second = await overSsh(['backup', '-b', 'backy/vm', '-f'])
+      // compressed there: the scan, its stdin (the parent's hashes) and zstd under the filter; the
+      // chunk that was a hole is 4 KiB of data once compressed
+      const second = await overSsh(['backup', '-b', 'backy/vm', '-f', '--stream-compress', 'zstd'])
       expect(second.code, second.stdout + second.stderr).toBe(0)
-      expect(second.stdout).toMatch(/3\.0 MiB crossed the network \(hashed on 127\.0\.0\.1: only changed chunks\)/)
+      expect(second.stdout).toMatch(/2\.0 MiB crossed the network \(hashed on 127\.0\.0\.1: only changed chunks; zstd-compressed\)/)
       expect(sameBytes(join(dir, 'backy/vm', 'latest'), join(dir, 'vm.img'))).toBe(true)
       expect(await copiesBesideSource()).toEqual([])
       // what the filter ran: the copy, its removal, and the scan as itself (never a program the client named)
@@ -189,7 +191,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     const back = join(dir, 'back.img')
     const restored = await overSsh(['restore', '-b', 'backy/vm', 'latest', remote(back)])
     expect(restored.code, restored.stderr).toBe(0)
-    expect(restored.stdout).toMatch(new RegExp(`^restored [0-9a-f-]{36} \\(32\\.0 MiB\\) to ${remote(back)}\n$`))
+    expect(restored.stdout).toMatch(new RegExp(`^restored [0-9a-f-]{36} \\(32\\.0 MiB\\) to ${remote(back)}\n  32\\.0 MiB crossed the network\n$`))
     expect(sameBytes(back, join(dir, 'vm.img'))).toBe(true)
     // the image holds all of the VM's data: not readable by others; the chunks of zeros stay holes (4 chunks of data)
     const stats = statSync(back)
@@ -249,6 +251,82 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     }
   })
 
+  it('--stream-compress zstd: the image crosses compressed both ways (streamed, scanned there, restored there); --rate-limit holds each to its rate', async () => {
+    // 6 MiB of a guest's text log between the random data: most of it, and the holes, almost nothing once zstd has it
+    const h = await open(join(dir, 'vm.img'), 'r+')
+    await h.write(Buffer.from('Nov 25 12:00:01 vm1 sshd[812]: Accepted publickey for backup from 10.0.0.2\n'.repeat(6 * MiB / 76)), 0, undefined, 12 * MiB)
+    await h.close()
+    const proxy = await startTcpProxy(sshd.port)
+    try {
+      const via = (path: string): string => `ssh://root@127.0.0.1:${proxy.port}${path}`
+      const alias = ['--ssh-option', `HostKeyAlias=[127.0.0.1]:${sshd.port}`]
+      /** the CLI through the proxy: what crossed down to here and up to the other host, as the wire saw it */
+      const wire = async (argv: string[]): Promise<{ up: number; down: number; seconds: number; stdout: string }> => {
+        const before = proxy.passed()
+        const started = performance.now()
+        const r = await runCli([...argv, ...ssh, ...alias], dir)
+        expect(r.code, r.stdout + r.stderr).toBe(0)
+        const after = proxy.passed()
+        return { up: after.up - before.up, down: after.down - before.down, seconds: (performance.now() - started) / 1000, stdout: r.stdout }
+      }
+      type Report = { revision: { uuid: string; warnings: string[]; stats: { bytesTransferred: number; streamCompressed?: string; chunksWritten: number } } }
+
+      // streamed (no bbackup-remote there): every byte of the image, holes included, unless compressed
+      for (const name of ['plain', 'packed']) expect((await wire(['init', '-b', `backy/${name}`, via(join(dir, 'vm.img')), '--chunk-size', '1M', '--remote-helper', 'none'])).stdout).toMatch(/^initialised/)
+      const plain = await wire(['backup', '-b', 'backy/plain', '--json'])
+      expect(plain.down).toBeGreaterThan(32 * MiB)
+      const packed = await wire(['backup', '-b', 'backy/packed', '--stream-compress', 'zstd', '--json'])
+      const packedRevision = (JSON.parse(packed.stdout) as Report).revision
+      expect(packed.down).toBeLessThan(14 * MiB)
+      expect(packedRevision).toMatchObject({ warnings: [], stats: { streamCompressed: 'zstd' } })
+      // counted as it crossed: what zstd made of the image, no more than the wire carried
+      expect(packedRevision.stats.bytesTransferred).toBeGreaterThan(13 * MiB)
+      expect(packedRevision.stats.bytesTransferred).toBeLessThanOrEqual(packed.down)
+      expect(sameBytes(join(dir, 'backy/packed/latest'), join(dir, 'vm.img'))).toBe(true)
+
+      // scanned there: the parent's hashes still reach the scan, so an unchanged image sends nothing
+      expect((await wire(['init', '-b', 'backy/scan', via(join(dir, 'vm.img')), '--chunk-size', '1M', '--remote-helper', helper])).stdout).toMatch(/^initialised/)
+      expect((await wire(['backup', '-b', 'backy/scan', '--stream-compress', 'zstd'])).down).toBeLessThan(14 * MiB)
+      const unchanged = await wire(['backup', '-b', 'backy/scan', '-f', '--stream-compress', 'zstd', '--json'])
+      expect((JSON.parse(unchanged.stdout) as Report).revision.stats).toMatchObject({ chunksWritten: 0, streamCompressed: 'zstd' })
+      expect(unchanged.down).toBeLessThan(256 * 1024)
+      // 3 MiB of random data changed: at 2 MiB/s it takes a second and a half longer than a scan that sends nothing
+      const w = await open(join(dir, 'vm.img'), 'r+')
+      await w.write(randomBytes(3 * MiB), 0, 3 * MiB, 24 * MiB)
+      await w.close()
+      const limited = await wire(['backup', '-b', 'backy/scan', '-f', '--stream-compress', 'zstd', '--rate-limit', '2m', '--json'])
+      expect((JSON.parse(limited.stdout) as Report).revision.stats.chunksWritten).toBe(3)
+      expect(limited.seconds - unchanged.seconds).toBeGreaterThan(1.1)
+      expect(sameBytes(join(dir, 'backy/scan/latest'), join(dir, 'vm.img'))).toBe(true)
+
+      // restored to the VM host: compressed here, decompressed there, at the limit
+      const back = join(dir, 'back.img')
+      const restored = await wire(['restore', '-b', 'backy/packed', 'latest', via(back), '--stream-compress', 'zstd', '--rate-limit', '8m'])
+      expect(restored.up).toBeLessThan(14 * MiB)
+      expect(restored.seconds).toBeGreaterThan(1.5)
+      expect(restored.stdout).toMatch(/^restored .*\n {2}1[34]\.\d MiB crossed the network \(zstd-compressed\)\n$/)
+      expect(sameBytes(back, join(dir, 'backy/packed/latest'))).toBe(true)
+    } finally {
+      await proxy.stop()
+    }
+
+    // a source host without zstd: the image crosses as it is, and the revision says why
+    const bin = await binWithout('zstd', (name) => /zstd/.test(name))
+    try {
+      await sshd.setAuthorizedKeys([`environment="PATH=${bin.path}" %KEY%`])
+      expect((await overSsh(['init', '-b', 'backy/direct', remote(join(dir, 'vm.img')), '--remote-helper', 'none'])).code).toBe(0)
+      const r = await overSsh(['backup', '-b', 'backy/direct', '--stream-compress', 'zstd', '--json'])
+      expect(r.code, r.stderr).toBe(0)
+      const revision = (JSON.parse(r.stdout) as { revision: { warnings: string[]; stats: { bytesTransferred: number; streamCompressed?: string } } }).revision
+      expect(revision.warnings).toEqual([`the stream went uncompressed: zstd is not installed where ${remote(join(dir, 'vm.img'))} is (apt-get install zstd there)`])
+      expect(revision.stats.streamCompressed).toBeUndefined()
+      expect(revision.stats.bytesTransferred).toBe(32 * MiB)
+    } finally {
+      await sshd.setAuthorizedKeys(['%KEY%'])
+      await bin.cleanup()
+    }
+  })
+
   it('refuses what it cannot read, with the fix, and creates nothing', async () => {
     const missing = await runCli(['init', '-b', 'backy/vm', remote(join(dir, 'missing.img')), ...ssh], dir)
     expect(missing).toMatchObject({ code: 1, stderr: expect.stringContaining('does not exist') as unknown })
@@ -267,5 +345,18 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     const r = await backupVolume({ at: localTransport(join(dir, 'backy/vm')), force: true })
     expect(r._unsafeUnwrapErr()).toMatchObject({ code: 'INVALID_OPTIONS', hint: expect.stringContaining('sourceHost') as unknown })
     expect((await readdir(join(dir, 'backy/vm'))).filter((n) => n.endsWith('.img'))).toEqual([])
+
+    // a scan that fails there: its own words, not only that its stream stopped short; nothing is left
+    const failing = join(bin.path, 'failing-helper')
+    await writeFile(failing, `#!/bin/sh\n[ "$2" = --protocol ] && exec ${helper} "$@"\necho 'block-scan: reading the image: Input/output error' >&2\nexit 3\n`)
+    await chmod(failing, 0o755)
+    expect((await overSsh(['init', '-b', 'backy/failing', remote(join(dir, 'vm.img')), '--remote-helper', failing])).code).toBe(0)
+    for (const way of [[], ['--stream-compress', 'zstd']]) {
+      const broken = await overSsh(['backup', '-b', 'backy/failing', ...way])
+      expect(broken.code, way.join(' ')).toBe(1)
+      expect(broken.stderr, way.join(' ')).toContain('block-scan: reading the image: Input/output error')
+    }
+    expect((await readdir(join(dir, 'backy/failing'))).filter((n) => n.includes('.img'))).toEqual([])
+    expect(await copiesBesideSource()).toEqual([])
   })
 })

@@ -3,8 +3,9 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
-import { stat } from 'node:fs/promises'
-import { makeTempDir, treeManifest } from '@bb/testkit'
+import { existsSync } from 'node:fs'
+import { readdir, stat } from 'node:fs/promises'
+import { makeTempDir, treeManifest, type TempDir } from '@bb/testkit'
 import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
 import type { BlockBackupReport, Revision } from '@bb/drivers/block'
 import { rsyncDriver, type RsyncDriverOptions } from '@bb/drivers/rsync'
@@ -160,5 +161,21 @@ export const withGnupgHome = async <T>(home: GpgHome, fn: () => Promise<T>): Pro
   } finally {
     if (saved === undefined) delete process.env.GNUPGHOME
     else process.env.GNUPGHOME = saved
+  }
+}
+
+/** a directory of symlinks to every command on the standard PATH but those `left` picks: a host's PATH without them */
+export const binWithout = async (what: string, left: (name: string) => boolean): Promise<TempDir> => {
+  const bin = await makeTempDir(`bbackup-no-${what}`)
+  try {
+    for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
+      for (const name of existsSync(d) ? await readdir(d) : []) {
+        if (!left(name) && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
+      }
+    }
+    return bin
+  } catch (e) {
+    await bin.cleanup()
+    throw e
   }
 }

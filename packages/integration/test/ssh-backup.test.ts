@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { existsSync, readFileSync } from 'node:fs'
 import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
-import { runCli, waitFor } from './helpers.js'
+import { binWithout, runCli, waitFor } from './helpers.js'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshOptions, type SshSession } from '@bb/transports/ssh'
@@ -17,22 +17,6 @@ const show = (path: string): Record<string, string> => Object.fromEntries(execFi
 /** a tree's manifest without the source's snapshot folder (nested subvolumes are empty stubs in a snapshot, and send leaves them out) */
 const contentOf = async (path: string): Promise<Record<string, string>> =>
   Object.fromEntries(Object.entries(await treeManifest(path)).filter(([k]) => !k.startsWith('.snapshots/')))
-
-/** a directory of symlinks to every command on the standard PATH but those `left` picks: a host's PATH without them */
-const binWithout = async (what: string, left: (name: string) => boolean): Promise<TempDir> => {
-  const bin = await makeTempDir(`bbackup-no-${what}`)
-  try {
-    for (const d of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
-      for (const name of existsSync(d) ? await readdir(d) : []) {
-        if (!left(name) && !existsSync(join(bin.path, name))) execFileSync('ln', ['-s', join(d, name), join(bin.path, name)])
-      }
-    }
-    return bin
-  } catch (e) {
-    await bin.cleanup()
-    throw e
-  }
-}
 
 const snapshotsIn = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
 
@@ -408,6 +392,13 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
       expect(pulled.down).toBeLessThan(plain.up / 8)
       const [pulledName] = await snapshotsIn(join(dir, 'pulled'))
       expect(await contentOf(join(dir, 'pulled', pulledName ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', pulledName ?? '')))
+
+      // a restore from the other host: compressed there, decompressed here
+      await mkdir(join(dir, 'restored'))
+      const restored = await wire(['restore', via(join(dir, 'pushed')), 'latest', join(dir, 'restored'), '--stream-compress', 'zstd'])
+      expect(restored.down).toBeLessThan(plain.up / 8)
+      expect((restored.report as unknown as { commands: string[][] }).commands[0]?.join(' ')).toMatch(/^btrfs send .* \| zstd -cq -T0 \| zstd -dcq \| btrfs receive /)
+      expect(await contentOf(join(dir, 'restored', name ?? ''))).toEqual(await contentOf(join(dir, 'home/.snapshots', name ?? '')))
     } finally {
       await proxy.stop()
     }
@@ -511,6 +502,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
       const [c, d] = await Promise.all(backups.map((n) => stat(join(where, n, 'change.txt'))))
       expect(c?.ino).not.toBe(d?.ino)
     }
+    // a restore from the far side: compressed by rsync, at the rate limit (in whole KiB a second)
+    const restoring = await runOverSsh(['restore', remote(join(dir, 'rpush')), 'latest', join(dir, 'rrestored'), '--stream-compress', 'zstd', '--rate-limit', '1m', '--json'])
+    expect(restoring.code, restoring.stderr).toBe(0)
+    expect((JSON.parse(restoring.stdout) as { commands: string[][] }).commands[0]).toEqual(expect.arrayContaining(['--compress', '--bwlimit=1024']))
+    expect(readFileSync(join(dir, 'rrestored/keep.txt'), 'utf8')).toBe('same\n')
     // what the second push changed, asked of the far side (rsync runs there): the one file, in one login
     const changed = await runOverSsh(['diff', remote(join(dir, 'rpush'))])
     expect(changed.stdout.split('\n').slice(1)).toEqual([expect.stringMatching(/^M change\.txt {3}\(\d+ B written\)$/), expect.stringMatching(/^1 change: 0 added, 0 deleted, 0 renamed, 1 modified/), ''])

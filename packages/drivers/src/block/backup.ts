@@ -2,10 +2,13 @@ import { createHash, randomUUID } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
+import { setTimeout as delay } from 'node:timers/promises'
 import type { ResultAsync } from 'neverthrow'
 import { bbError, formatLocation, hookContextOf, InternalError, runHookOf, stderrTail, type BackupEvent, type BbError, type HookRun, type HookRunner, type HookStatus, type JobHooks, type Transport } from '@bb/core'
 import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers } from './chunk-scan.js'
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
+import { arriving } from './crossing.js'
+import { streamPlanner, type StreamWay } from '../stream-way.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
@@ -29,6 +32,13 @@ export interface BlockBackupOptions {
    * it, streamed here once with `head -c`.
    */
   readonly sourceHost?: Transport
+  /**
+   * A source on another host: `zstd` compresses what crosses the network there and decompresses it
+   * here, when zstd is on both hosts (else it crosses as it is, with a warning in the revision)
+   */
+  readonly streamCompress?: 'zstd' | 'none'
+  /** a source on another host: at most this many bytes a second cross the network (after compression) */
+  readonly rateLimit?: number
   /** back up even when no tag of the schedule is due */
   readonly force?: boolean
   /** more tags for the revision: `manual:NAME` tags never expire */
@@ -203,7 +213,9 @@ const readSource = async (input: {
   readonly pool: ReturnType<typeof openHashPool>; readonly signal: AbortSignal | undefined
   /** the revision's image, which a read on this host writes the chunks into itself; `known`: what it holds at a chunk already */
   readonly writeTo: string; readonly known: (index: number) => Buffer | undefined
-}, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly scannedOn?: string; readonly bytesUnchanged?: number }> => {
+  /** how the bytes of a source on another host cross the network */
+  readonly way: StreamWay
+}, handlers: SourceHandlers): Promise<ScanCounts & { readonly bytesTransferred?: number; readonly streamCompressed?: 'zstd'; readonly scannedOn?: string; readonly bytesUnchanged?: number }> => {
   const { frozen, pool, signal, same } = input
   const { chunkSize } = input.config
   const { remote } = frozen
@@ -230,16 +242,21 @@ const readSource = async (input: {
   const argv = helper === undefined
     ? ['head', '-c', String(frozen.size), '--', frozen.path]
     : [helper, 'block-scan', '--chunk-size', String(chunkSize), '--size', String(frozen.size), '--', frozen.path]
-  const reading = remote.spawn(argv, { stdout: 'pipe', ...(helper === undefined ? {} : { stdin: 'pipe' as const }), ...(signal === undefined ? {} : { signal }) })
+  const readFailed = (ended: { readonly exitCode: number; readonly stderr: string }): never =>
+    stop(bbError('SOURCE_UNAVAILABLE', `reading ${what} failed: ${stderrTail(ended.stderr) || `${argv[0] ?? ''} exit ${ended.exitCode}`}`, 'check that the ssh user may read it, and run again', { path: what, stderr: stderrTail(ended.stderr) }))
+  const reading = remote.spawn(argv, {
+    stdout: 'pipe', ...(helper === undefined ? {} : { stdin: 'pipe' as const }), ...(input.way.compress === undefined ? {} : { compressStdout: input.way.compress }), ...(signal === undefined ? {} : { signal }),
+  })
   if (reading.stdout === undefined) throw new InternalError('spawn with stdout: pipe gave no stdout')
   // the parent's hashes tell the scan there what is here already
   reading.stdin?.on('error', () => undefined)
   reading.stdin?.end(input.parentHashes ?? Buffer.alloc(0))
-  let counts: ScanCounts & { readonly bytesTransferred?: number }
+  const arrival = arriving(reading.stdout, input.at, input.way, signal)
+  let counts: ScanCounts
   try {
     counts = helper === undefined
-      ? { ...(await scanStream({ stream: reading.stdout, what, size: frozen.size, chunkSize, pool, signal }, handlers)), bytesTransferred: frozen.size }
-      : await readBlockScan({ stream: reading.stdout, what, size: frozen.size, chunkSize }, {
+      ? await scanStream({ stream: arrival.stream, what, size: frozen.size, chunkSize, pool, signal }, handlers)
+      : await readBlockScan({ stream: arrival.stream, what, size: frozen.size, chunkSize }, {
         ...handlers,
         data: async (index, chunk, digest) => {
           // the bytes crossed a network: they must be the ones hashed there
@@ -250,15 +267,24 @@ const readSource = async (input: {
         },
       })
   } catch (error) {
+    arrival.kill()
+    // a stream that stopped short: the command there ended (or is ending), and its own failure says more
+    const short = error instanceof Stop && error.error.code === 'SOURCE_UNAVAILABLE'
+    const ended = short ? await Promise.race([reading.done, delay(2000).then(() => undefined)]) : undefined
     reading.kill()
     await reading.done
+    // it ended before the kill: whatever it says is its own (a refusal of the forced command, a failure there)
+    if (ended?.isErr() === true) stop(ended.error)
+    if (ended?.isOk() === true && ended.value.exitCode !== 0) readFailed(ended.value)
     throw error
   }
   const ended = await must(reading.done)
-  if (ended.exitCode !== 0) {
-    return stop(bbError('SOURCE_UNAVAILABLE', `reading ${what} failed: ${stderrTail(ended.stderr) || `${argv[0] ?? ''} exit ${ended.exitCode}`}`, 'check that the ssh user may read it, and run again', { path: what, stderr: stderrTail(ended.stderr) }))
+  if (ended.exitCode !== 0) readFailed(ended)
+  await arrival.finished(what)
+  return {
+    ...counts, bytesTransferred: arrival.crossed(), ...(input.way.compress === undefined ? {} : { streamCompressed: input.way.compress }),
+    ...(helper === undefined ? {} : { scannedOn: remote.location.kind === 'ssh' ? remote.location.host : 'the source host' }),
   }
-  return { ...counts, ...(helper === undefined ? {} : { scannedOn: remote.location.kind === 'ssh' ? remote.location.host : 'the source host' }) }
 }
 
 /**
@@ -351,6 +377,8 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     const parent = await chooseParent(dir, revisions, config)
     const same = parent === undefined ? undefined : await unchangedSinceParent(at, config, frozen, parent.revision)
     const rbdBase = parent === undefined ? undefined : await rbdBaseOf(at, config, frozen, parent.revision)
+    // a source on another host: how its bytes cross the network (an RBD image is read by rbd here)
+    const way = frozen.remote === undefined || frozen.rbd !== undefined ? { warnings: [] } : await streamPlanner(options)(frozen.remote, at, options.signal)
     options.onEvent?.({
       type: 'transfer-started', target: dir, snapshot: uuid, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.revision.uuid }), from: config.source,
     })
@@ -379,7 +407,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
       // what the image holds at a chunk: the parent's bytes up to its end (a chunk it had as zeros is written whole, as it differs), and a hole after it
       const known = (index: number): Buffer | undefined =>
         parent === undefined || index >= parentChunks ? undefined : parent.hashes.subarray(index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
-      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, rbdBase, pool, signal: options.signal, writeTo: target.partial, known }, {
+      counts = await readSource({ at, frozen, config, parentHashes: parent?.hashes, same, rbdBase, pool, signal: options.signal, writeTo: target.partial, known, way }, {
         unchanged: (index, length) => {
           parent?.hashes.copy(hashes, index * DIGEST_BYTES, index * DIGEST_BYTES, (index + 1) * DIGEST_BYTES)
           options.onProgress?.({ bytes: (progress += length), total: frozen.size })
@@ -429,10 +457,11 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         durationSeconds: Math.round(performance.now() - started) / 1000, bytesRead: counts.bytesRead, bytesSkipped: counts.bytesSkipped, bytesWritten, bytesHashed, chunks, chunksWritten,
         zeroChunks: counts.zeroChunks, chunksPunched: punch.reduce((n, [, length]) => n + Math.ceil(length / config.chunkSize), 0),
         hashSeconds: Math.round(pool.busySeconds() * 1000) / 1000, threads: pool.threads,
-        ...(counts.bytesTransferred === undefined ? {} : { bytesTransferred: counts.bytesTransferred }), ...(counts.scannedOn === undefined ? {} : { scannedOn: counts.scannedOn }),
+        ...(counts.bytesTransferred === undefined ? {} : { bytesTransferred: counts.bytesTransferred }), ...(counts.streamCompressed === undefined ? {} : { streamCompressed: counts.streamCompressed }),
+        ...(counts.scannedOn === undefined ? {} : { scannedOn: counts.scannedOn }),
         ...(counts.bytesUnchanged === undefined ? {} : { bytesUnchanged: counts.bytesUnchanged }),
       },
-      warnings: frozen.warnings,
+      warnings: [...frozen.warnings, ...way.warnings],
     }
     await writeRevision(at, dir, revision)
     done = true

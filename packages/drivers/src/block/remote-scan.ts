@@ -70,9 +70,9 @@ export interface RemoteScanHandlers {
 /**
  * Reads the records of a remote scan (see {@link BLOCK_SCAN_PROTOCOL}) from its stdout. Every chunk
  * must be answered exactly once and the end record must come: anything else is an error that
- * names `what`. Counts are as the source's host read them, plus the bytes that crossed.
+ * names `what`. Counts are as the source's host read them.
  */
-export const readBlockScan = async (options: { readonly stream: Readable; readonly what: string; readonly size: number; readonly chunkSize: number }, handlers: RemoteScanHandlers): Promise<ScanCounts & { readonly bytesTransferred: number }> => {
+export const readBlockScan = async (options: { readonly stream: Readable; readonly what: string; readonly size: number; readonly chunkSize: number }, handlers: RemoteScanHandlers): Promise<ScanCounts> => {
   const { chunkSize, size } = options
   const total = chunkCount(size, chunkSize)
   const seen = new Uint8Array(total)
@@ -90,7 +90,6 @@ export const readBlockScan = async (options: { readonly stream: Readable; readon
     if (parts.length > 1) parts = [Buffer.concat(parts, have)]
     return (parts[0] as Buffer).subarray(0, n)
   }
-  let bytesTransferred = 0
   let answered = 0
   let zeroChunks = 0
   let end: { bytesRead: number; bytesSkipped: number } | undefined
@@ -99,7 +98,6 @@ export const readBlockScan = async (options: { readonly stream: Readable; readon
   for await (const piece of options.stream as AsyncIterable<Buffer>) {
     parts.push(piece)
     have += piece.length
-    bytesTransferred += piece.length
     while (have >= need) {
       if (end !== undefined) broken('bytes after the end record')
       const header = peek(HEADER)
@@ -133,5 +131,5 @@ export const readBlockScan = async (options: { readonly stream: Readable; readon
   }
   if (end !== undefined && have > 0) broken('bytes after the end record')
   if (end === undefined || answered !== total) broken(end === undefined ? 'the stream ended before its end record' : `${total - answered} of ${total} chunks were never answered`)
-  return { bytesRead: end?.bytesRead ?? 0, chunksRead: total, zeroChunks, bytesSkipped: end?.bytesSkipped ?? 0, bytesTransferred }
+  return { bytesRead: end?.bytesRead ?? 0, chunksRead: total, zeroChunks, bytesSkipped: end?.bytesSkipped ?? 0 }
 }

@@ -12,6 +12,8 @@ import { localDirectory } from './locked.js'
 import { privately } from '../privately.js'
 import { formatRbdSource, importArgv, isRbdSource, parseRbdSource, rbdImageExists, removeRbdImage, renameRbdImage, type RbdSource } from './rbd.js'
 import { inspectSource, lookRemote } from './source.js'
+import { departing } from './crossing.js'
+import { streamPlanner, type StreamPlan } from '../stream-way.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import { distrustReason, paths, type Revision, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions } from './volume.js'
 
@@ -27,6 +29,10 @@ export interface BlockRestoreOptions {
   readonly threads?: number
   /** the host of `destination` when it is another (over ssh): the image is streamed into `dd` there */
   readonly destinationHost?: Transport
+  /** to another host: `zstd` compresses the stream here and decompresses it there, when zstd is on both (else it goes as it is, with a warning) */
+  readonly streamCompress?: 'zstd' | 'none'
+  /** to another host: at most this many bytes a second cross the network (after compression) */
+  readonly rateLimit?: number
   /** write the image to this stream instead, in order, zero bytes included (`restore -b DIR REV -`: stdout) */
   readonly output?: Writable
 }
@@ -36,6 +42,11 @@ export interface BlockRestoreReport {
   readonly destination: string
   readonly size: number
   readonly bytesWritten: number
+  /** to another host: the bytes that crossed the network (compressed ones, when they were), and how */
+  readonly bytesTransferred?: number
+  readonly streamCompressed?: 'zstd'
+  /** what did not go as asked (a stream that went uncompressed) */
+  readonly warnings?: readonly string[]
 }
 
 /**
@@ -98,7 +109,13 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
       await pool.close()
       if (!done) await sink.abandon()
     }
-    return { uuid: revision.uuid, destination: sink.name, size: revision.size, bytesWritten: sink.bytesWritten() }
+    const crossing = sink.crossing
+    return {
+      uuid: revision.uuid, destination: sink.name, size: revision.size, bytesWritten: sink.bytesWritten(),
+      ...(crossing === undefined ? {} : {
+        bytesTransferred: crossing.crossed(), ...(crossing.compress === undefined ? {} : { streamCompressed: crossing.compress }), ...(crossing.warnings.length === 0 ? {} : { warnings: crossing.warnings }),
+      }),
+    }
   })
 
 /** Where a restore writes: chunks at their offsets, handed over one at a time (each `bytes` only valid until its promise settles). */
@@ -115,9 +132,11 @@ interface Sink {
   /** the restore failed: a file it made is removed, what it did not make is left alone */
   abandon(): Promise<void>
   bytesWritten(): number
+  /** a destination on another host: how the image crosses the network, and what crossed */
+  readonly crossing?: StreamPlan & { crossed(): number }
 }
 
-type RestoreTo = Pick<BlockRestoreOptions, 'force' | 'signal'>
+type RestoreTo = Pick<BlockRestoreOptions, 'at' | 'force' | 'signal' | 'streamCompress' | 'rateLimit'>
 
 const refuseExisting = (where: string): never =>
   stop(bbError('ALREADY_EXISTS', `${where} already exists`, 'restore to a new file name (bbackup never overwrites a file), or remove it first', { path: where }))
@@ -303,20 +322,25 @@ const remoteSink = async (host: Transport, destination: string, revision: Revisi
   }
   const partial = device ? destination : posix.join(posix.dirname(destination), `.${posix.basename(destination)}.${randomBytes(6).toString('hex')}.bbackup-partial`)
   const argv = ['dd', `of=${partial}`, `bs=${revision.chunkSize}`, 'iflag=fullblock', `conv=${device ? 'nocreat,notrunc' : 'excl,sparse'},fsync`, 'status=none']
-  const writing = host.spawn(device ? argv : privately(argv), { stdin: 'pipe', ...(options.signal === undefined ? {} : { signal: options.signal }) })
+  const way = await streamPlanner(options)(options.at, host, options.signal)
+  const writing = host.spawn(device ? argv : privately(argv), {
+    stdin: 'pipe', ...(way.compress === undefined ? {} : { decompressStdin: way.compress }), ...(options.signal === undefined ? {} : { signal: options.signal }),
+  })
   if (writing.stdin === undefined) throw new InternalError('spawn with stdin: pipe gave no stdin')
-  const input = writing.stdin
+  const departure = departing(writing.stdin, options.at, way, options.signal)
+  const input = departure.input
   const failedAt = (ended: { exitCode: number; stderr: string }) => bbError('TARGET_UNAVAILABLE', `writing ${where} failed: ${stderrTail(ended.stderr) || `dd exit ${ended.exitCode}`}`,
     /No such file/i.test(ended.stderr) ? 'create its directory on that host first' : 'check that the ssh user may write there and that there is space, and run again', { path: where, stderr: stderrTail(ended.stderr) })
   // the partial file is ours to remove, unless dd found one there (excl) or it is kept for the user
   let keep = device
-  return streamSink(input, where, {
+  const sink = streamSink(input, where, {
     whyBroken: async () => {
       const ended = await writing.done
       return ended.isOk() && ended.value.exitCode !== 0 ? failedAt(ended.value) : undefined
     },
     finish: async () => {
       input.end()
+      await departure.finished(where)
       const ended = await must(writing.done)
       if (ended.exitCode !== 0) {
         keep ||= /File exists/i.test(ended.stderr)
@@ -332,9 +356,11 @@ const remoteSink = async (host: Transport, destination: string, revision: Revisi
     },
     abandon: async () => {
       input.destroy()
+      departure.kill()
       writing.kill()
       await writing.done
       if (!keep) await host.exec(['rm', '-f', '--', partial])
     },
   })
+  return { ...sink, crossing: { ...way, crossed: () => departure.crossed() } }
 }

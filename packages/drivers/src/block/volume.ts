@@ -65,8 +65,10 @@ export interface RevisionStats {
   /** seconds the hashing threads were busy, summed */
   readonly hashSeconds: number
   readonly threads: number
-  /** a source on another host: the bytes that crossed the network to here */
+  /** a source on another host: the bytes that crossed the network to here (compressed ones, when they were) */
   readonly bytesTransferred?: number
+  /** a source on another host: how what crossed was compressed */
+  readonly streamCompressed?: 'zstd'
   /** the host that read and hashed the source, when its bbackup-remote did (only changed chunks crossed) */
   readonly scannedOn?: string
   /** bytes not read because the filesystem's extents showed them unchanged since the parent (the copy kept from its backup shares those blocks) */

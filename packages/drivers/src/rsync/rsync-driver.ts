@@ -159,6 +159,11 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   ]
 
   /** rsync must be installed at both ends: on this host and on the other, which rsync starts over ssh; asked once per place */
+  /** how what rsync copies between `from` and `to` travels: compressed (`--compress`, nothing between two paths of this host) and at the rate limit */
+  const wayFlags = (from: Transport, to: Transport): string[] => [
+    ...(options.streamCompress === 'zstd' && (from.location.kind !== 'local' || to.location.kind !== 'local') ? ['--compress'] : []),
+    ...(options.rateLimit === undefined ? [] : [`--bwlimit=${Math.max(1, Math.round(options.rateLimit / 1024))}`]),
+  ]
   const rsyncFound = new WeakMap<Transport, Promise<Result<void, BbError>>>()
   const hasRsync = (at: Transport, signal: AbortSignal | undefined): ResultAsync<void, BbError> => {
     const asked = rsyncFound.get(at) ?? (async (): Promise<Result<void, BbError>> => {
@@ -297,9 +302,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       ...linkDests.map((d) => `--link-dest=${d}`),
       // a daemon module cannot run sync(1): the receiver flushes each file it writes
       ...(filesOnly && options.syncBeforePublish !== false ? ['--fsync'] : []),
-      // rsync compresses nothing between two paths of this host
-      ...(options.streamCompress === 'zstd' && (source.location.kind !== 'local' || target.location.kind !== 'local') ? ['--compress'] : []),
-      ...(options.rateLimit === undefined ? [] : [`--bwlimit=${Math.max(1, Math.round(options.rateLimit / 1024))}`]),
+      ...wayFlags(source, target),
       ...(options.extraArgs ?? []),
       ...src.options, ...dst.options,
       src.spec, dst.spec,
@@ -481,7 +484,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const src = input.from.rsyncEndpoint(sub === '' ? `${from}/` : from)
       const dst = input.to.rsyncEndpoint(`${dest}/`)
       const onProgress = input.onProgress
-      const argv = ['rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...(onProgress === undefined ? [] : ['--info=progress2']), ...src.options, ...dst.options, src.spec, dst.spec]
+      const argv = [
+        'rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...(onProgress === undefined ? [] : ['--info=progress2']),
+        ...wayFlags(input.from, input.to), ...src.options, ...dst.options, src.spec, dst.spec,
+      ]
       if (input.dryRun) return ok({ commands: [argv] })
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
