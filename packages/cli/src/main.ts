@@ -1172,7 +1172,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   if (wanted('diff')) {
-    sshOptions(program.command('diff'))
+    diskOptions(sshOptions(program.command('diff')))
       .description('what changed between two snapshots or backups (btrfs, rsync): files added, deleted, renamed, modified')
       .argument('<place>', 'a directory of backups, or a btrfs source or its snapshot folder; [user@]host:/path on another host')
       .argument('[snapshots...]', 'none: the newest against the one before it; one: that one against the one before it; two: FROM TO')
@@ -1181,7 +1181,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
       .addHelpText('after', EXAMPLES.diff ?? '')
       .action(async (place: string, names: string[], options: CommonOptions) => {
+        const disk = await placeDisk(place, [], options, 'error')
+        if ('code' in disk) return void (outcome = disk)
         outcome = await runDiff(place, names, options)
+        const released = await disk.release()
+        if (released.isErr()) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
       })
   }
 
@@ -1194,7 +1198,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (mountPoint === undefined || s.targets.every((t) => t.reachable)) return s
     const { insideMountPoint, isMounted } = await import('@bb/transports/local')
     if ((await isMounted(mountPoint)).unwrapOr(true)) return s
-    const absent = bbError('TARGET_UNAVAILABLE', `the backup disk ${mountPoint} is not mounted`, `the job's runs mount it (and bbackup list, prune, verify and doctor); to look by hand: mount ${mountPoint}`, { path: mountPoint })
+    const absent = bbError('TARGET_UNAVAILABLE', `the backup disk ${mountPoint} is not mounted`, `the job's runs mount it (and bbackup list, prune, verify, diff, restore and doctor); to look by hand: mount ${mountPoint}`, { path: mountPoint })
     return { ...s, targets: s.targets.map((t) => (!t.reachable && insideMountPoint(mountPoint, t.at).isOk() ? { ...t, error: absent } : t)) }
   }
 
@@ -1286,8 +1290,62 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       })
   }
 
+  /** restore: a backup (or a block revision, with -b) copied to a new place */
+  const restoreCommand = async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }): Promise<void> => {
+    if (options.backupDir !== undefined) {
+      if (target === undefined || snapshot === undefined || destination !== undefined) {
+        return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
+      }
+      const way = blockWayOf(options)
+      if (way.isErr()) return void (outcome = fail(way.error, options))
+      return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options, { connections, ssh: sshSpecOf(options, io.cwd), way: way.value }) })
+    }
+    if (target === undefined || snapshot === undefined || destination === undefined) {
+      return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
+    }
+    const at = await placeOf(target, options)
+    if (at.isErr()) return void (outcome = fail(at.error, options))
+    const detected = await detectBackupDriver(at.value)
+    const driver = options.driver ?? detected.driver
+    // stream files are read through their chain, not copied as they are
+    const raw = driver === 'btrfs' && detected.raw
+    const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
+    if ('error' in resolved) return void (outcome = fail(resolved.error, options))
+    // how far the copy has come, redrawn in place on a terminal
+    let progressShown = false
+    const onProgress = io.isTTY && options.json !== true && options.quiet !== true
+      ? (p: TransferProgress) => {
+        io.stderr(`\r\x1b[K  ${progressLine(p)}`)
+        progressShown = true
+      }
+      : undefined
+    const restoreFrom = (job: Job, side: 'source' | 'target') => restore(job, {
+      from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
+      dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
+      ...(onProgress === undefined ? {} : { onProgress }),
+    })
+    // a btrfs subvolume that holds no backups is a source: its own snapshots are restored
+    const job = resolved.jobs[0] as Job
+    let r = await restoreFrom(job, driver === 'btrfs' && !detected.holdsBackups ? 'source' : 'target')
+    // read-only subvolumes that were never received: a snapshot folder, read as a source's
+    if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && driver === 'btrfs' && !raw && detected.holdsBackups) {
+      const folder = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '', snapshotFolder: '.' })
+      const fromFolder = 'error' in folder ? undefined : await restoreFrom(folder.jobs[0] as Job, 'source')
+      // what was not found is said of the snapshots there, not as "run a backup first"
+      if (fromFolder !== undefined && (fromFolder.isOk() || fromFolder.error.code !== 'SNAPSHOT_NOT_FOUND' || fromFolder.error.details?.newest !== undefined)) r = fromFolder
+    }
+    if (progressShown) io.stderr('\r\x1b[K')
+    if (r.isErr()) return void (outcome = fail(r.error, options))
+    io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
+    if (options.writable === true && options.path === undefined && options.json !== true && options.dryRun !== true) {
+      // what comes next, when the source is to be replaced: the read-only copy is the next backup's parent
+      const restored = `${destination.replace(/\/+$/, '')}/${r.value.snapshot}`
+      io.stdout(`to put it in the source's place: mv ${restored}.writable SOURCE (or btrfs subvolume snapshot ${restored} SOURCE); keep ${restored} until the next backup has run, which is incremental against it (docs/drivers/btrfs.md, "Swapping a restored backup in")\n`)
+    }
+  }
+
   if (wanted('restore')) {
-    sshOptions(program.command('restore'))
+    diskOptions(sshOptions(program.command('restore')))
       .description('copy a backup (or one path in it) to a new or empty directory; never overwrites')
       .argument('[target]', 'where the backups are (with -b: the revision)')
       .argument('[snapshot]', "the backup's name, or latest (with -b: the destination: a new file, a device with --force, ssh://host/path, a new RBD image rbd:POOL/IMAGE, or - for stdout)")
@@ -1304,56 +1362,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--json', 'print the result as JSON')
       .addHelpText('after', EXAMPLES.restore ?? '')
       .action(async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }) => {
-        if (options.backupDir !== undefined) {
-          if (target === undefined || snapshot === undefined || destination !== undefined) {
-            return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore -b takes a revision and a destination', 'bbackup restore -b DIR REVISION DEST, e.g. bbackup restore -b /srv/backy/vm1 latest /tmp/vm1.img'), options))
-          }
-          const way = blockWayOf(options)
-          if (way.isErr()) return void (outcome = fail(way.error, options))
-          return void (outcome = { code: await blockRestore(io, options.backupDir, target, snapshot, options, { connections, ssh: sshSpecOf(options, io.cwd), way: way.value }) })
-        }
-        if (target === undefined || snapshot === undefined || destination === undefined) {
-          return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
-        }
-        const at = await placeOf(target, options)
-        if (at.isErr()) return void (outcome = fail(at.error, options))
-        const detected = await detectBackupDriver(at.value)
-        const driver = options.driver ?? detected.driver
-        // stream files are read through their chain, not copied as they are
-        const raw = driver === 'btrfs' && detected.raw
-        const resolved = await resolveJobs(destination, raw ? [] : [target], { ...options, driver, prefix: options.prefix ?? '', ...(raw ? { rawTarget: [target] } : {}) })
-        if ('error' in resolved) return void (outcome = fail(resolved.error, options))
-        // how far the copy has come, redrawn in place on a terminal
-        let progressShown = false
-        const onProgress = io.isTTY && options.json !== true && options.quiet !== true
-          ? (p: TransferProgress) => {
-            io.stderr(`\r\x1b[K  ${progressLine(p)}`)
-            progressShown = true
-          }
-          : undefined
-        const restoreFrom = (job: Job, side: 'source' | 'target') => restore(job, {
-          from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
-          dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
-          ...(onProgress === undefined ? {} : { onProgress }),
-        })
-        // a btrfs subvolume that holds no backups is a source: its own snapshots are restored
-        const job = resolved.jobs[0] as Job
-        let r = await restoreFrom(job, driver === 'btrfs' && !detected.holdsBackups ? 'source' : 'target')
-        // read-only subvolumes that were never received: a snapshot folder, read as a source's
-        if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && driver === 'btrfs' && !raw && detected.holdsBackups) {
-          const folder = await resolveJobs(destination, [target], { ...options, driver, prefix: options.prefix ?? '', snapshotFolder: '.' })
-          const fromFolder = 'error' in folder ? undefined : await restoreFrom(folder.jobs[0] as Job, 'source')
-          // what was not found is said of the snapshots there, not as "run a backup first"
-          if (fromFolder !== undefined && (fromFolder.isOk() || fromFolder.error.code !== 'SNAPSHOT_NOT_FOUND' || fromFolder.error.details?.newest !== undefined)) r = fromFolder
-        }
-        if (progressShown) io.stderr('\r\x1b[K')
-        if (r.isErr()) return void (outcome = fail(r.error, options))
-        io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : `${options.dryRun === true ? 'would restore' : 'restored'} ${r.value.snapshot}${options.path === undefined ? '' : `/${options.path.replace(/^\/+/, '')}`} to ${destination}\n`)
-        if (options.writable === true && options.path === undefined && options.json !== true && options.dryRun !== true) {
-          // what comes next, when the source is to be replaced: the read-only copy is the next backup's parent
-          const restored = `${destination.replace(/\/+$/, '')}/${r.value.snapshot}`
-          io.stdout(`to put it in the source's place: mv ${restored}.writable SOURCE (or btrfs subvolume snapshot ${restored} SOURCE); keep ${restored} until the next backup has run, which is incremental against it (docs/drivers/btrfs.md, "Swapping a restored backup in")\n`)
-        }
+        // --crypto and --mount: the backup disk the backups are on, made ready for the restore and let go of after it
+        const place = options.backupDir ?? target
+        const disk = place === undefined ? undefined : await placeDisk(place, [], options, 'error')
+        if (disk !== undefined && 'code' in disk) return void (outcome = disk)
+        await restoreCommand(target, snapshot, destination, options)
+        const released = await disk?.release()
+        if (released?.isErr() === true) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
       })
   }
 

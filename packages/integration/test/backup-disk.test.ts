@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import { chmod, chown, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -129,18 +130,26 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     expect(r.stdout).not.toContain('STILL-MOUNTED')
   })
 
-  it('list, prune and verify mount the disk for their length too (a job of the config, or a place given alone); status says it is not mounted', async () => {
+  it('list, prune, verify, diff and restore mount the disk for their length too (a job of the config, or a place given alone); status says it is not mounted', async () => {
     await writeFile(fstab, `${image} ${mnt} ext4 loop,noauto 0 0\n`)
     const backups = join(mnt, 'backups')
     const config = join(tmp.path, 'bbackup.toml')
     await writeFile(config, ['[jobs.usb]', `source = "${join(tmp.path, 'home')}"`, `targets = ["${backups}"]`, 'driver = "rsync"', `mount = "${mnt}"`, `state_dir = "${join(tmp.path, 'state')}"`, ''].join('\n'))
-    for (const args of [['run', '-c', config], ['run', '-c', config], ['list', '-c', config], ['list', backups, '--mount', mnt], ['verify', '-c', config], ['prune', backups, '--mount', mnt, '--keep-backups', '1']]) {
+    const restored = join(tmp.path, 'restored')
+    for (const args of [
+      ['run', '-c', config], ['run', '-c', config], ['list', '-c', config], ['list', backups, '--mount', mnt], ['verify', '-c', config],
+      ['diff', backups, '--mount', mnt], ['restore', backups, 'latest', restored, '--mount', mnt], ['prune', backups, '--mount', mnt, '--keep-backups', '1'],
+    ]) {
       const r = await runInNamespace({ fstab, mountPoint: mnt, args })
+      // what the second backup has and the first has not
+      if (args[0] === 'run' && !existsSync(join(tmp.path, 'home/new.txt'))) await writeFile(join(tmp.path, 'home/new.txt'), 'made between the backups\n')
       expect(r.code, `${args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(0)
       expect(r.stdout, args.join(' ')).not.toContain('STILL-MOUNTED')
       if (args[0] === 'list') expect(r.stdout, args.join(' ')).toContain(`${backups} (target): 2 backups`)
       if (args[0] === 'verify') expect(r.stdout).toContain('no problem found')
+      if (args[0] === 'diff') expect(r.stdout).toMatch(/^\+ new\.txt /m)
     }
+    expect(readFileSync(join(restored, 'new.txt'), 'utf8')).toBe('made between the backups\n')
     expect(backupsOnImage()).toHaveLength(1)
     // doctor checks the target on the disk (its 64 MiB, backups there), not the empty mount point on this host's disk
     const doctor = await runInNamespace({ fstab, mountPoint: mnt, args: ['doctor', '-c', config] })
@@ -151,7 +160,7 @@ describe.runIf(requireTools(['rsync', 'mkfs.ext4', 'unshare', 'findmnt', 'mount'
     expect(status.code).toBe(10)
     expect(status.stdout).toContain(`${backups}: unreachable: the backup disk ${mnt} is not mounted`)
     // the commands that never mount refuse the option rather than ignore it
-    for (const args of [['status', '-c', config], ['locks', '-c', config], ['restore', join(backups, 'latest'), join(tmp.path, 'back')]]) {
+    for (const args of [['status', '-c', config], ['locks', '-c', config]]) {
       const command = args[0] ?? ''
       const refused = await runInNamespace({ fstab, mountPoint: mnt, args: [...args, '--mount', mnt] })
       expect(refused.code, command).toBe(2)
