@@ -85,3 +85,14 @@ export const rateLimited = (bytesPerSecond: number): Transform => {
     },
   })
 }
+
+/** Counts what passes (a stream whose bytes this host cannot read from a process's counters). */
+export const counting = (): Transform & { bytes: number } => {
+  const counter = Object.assign(new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      counter.bytes += chunk.length
+      callback(null, chunk)
+    },
+  }), { bytes: 0 })
+  return counter
+}

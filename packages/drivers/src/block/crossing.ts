@@ -1,6 +1,6 @@
-import { pipeline, Transform, Writable, type Readable } from 'node:stream'
+import { pipeline, Writable, type Readable, type Transform } from 'node:stream'
 import { bbError, InternalError, stderrTail, type Transport } from '@bb/core'
-import { pacer, rateLimited, type StreamWay } from '../stream-way.js'
+import { counting, pacer, rateLimited, type StreamWay } from '../stream-way.js'
 import { must, stop } from './stop.js'
 
 /** how this host's zstd runs: all cores to compress (a link is slower than zstd), quiet */
@@ -8,17 +8,6 @@ const COMPRESS = ['zstd', '-cq', '-T0'] as const
 const DECOMPRESS = ['zstd', '-dcq'] as const
 
 const signalOf = (signal: AbortSignal | undefined): { signal?: AbortSignal } => (signal === undefined ? {} : { signal })
-
-/** Counts the bytes that pass. */
-const counter = (): Transform & { bytes: number } => {
-  const t = Object.assign(new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      t.bytes += chunk.length
-      callback(null, chunk)
-    },
-  }), { bytes: 0 })
-  return t
-}
 
 /** The bytes of a volume as they come from another host: what crossed the network, and what was read of it. */
 export interface Arrival {
@@ -38,7 +27,7 @@ export interface Arrival {
  * `compressStdout` (as {@link StreamWay.compress} says).
  */
 export const arriving = (from: Readable, here: Transport, way: StreamWay, signal: AbortSignal | undefined): Arrival => {
-  const count = counter()
+  const count = counting()
   const stages: Transform[] = [count, ...(way.rateLimit === undefined ? [] : [rateLimited(way.rateLimit)])]
   const unzstd = way.compress === 'zstd' ? here.spawn(DECOMPRESS, { stdin: 'pipe', stdout: 'pipe', ...signalOf(signal) }) : undefined
   if (unzstd !== undefined && (unzstd.stdin === undefined || unzstd.stdout === undefined)) throw new InternalError('spawn with stdin and stdout: pipe gave none')

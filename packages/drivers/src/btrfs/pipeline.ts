@@ -1,7 +1,7 @@
-import { pipeline, Transform, type Readable, type Writable } from 'node:stream'
+import { pipeline, type Readable, type Transform, type Writable } from 'node:stream'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, InternalError, type BbError, type CommandResult, type RunningCommand, type Transport } from '@bb/core'
-import { rateLimited, type StreamWay } from '../stream-way.js'
+import { counting, rateLimited, type StreamWay } from '../stream-way.js'
 import { btrfsFailure } from './subvolume.js'
 
 export interface SendReceiveInput {
@@ -44,17 +44,6 @@ export interface StreamFilter {
   readonly argv: readonly string[]
   /** names it in errors */
   readonly what: string
-}
-
-/** Counts what passes, for a sender whose own count this host cannot read (one run as root through sudo). */
-const counting = (): Transform & { bytes: number } => {
-  const counter = Object.assign(new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      counter.bytes += chunk.length
-      callback(null, chunk)
-    },
-  }), { bytes: 0 })
-  return counter
 }
 
 /** through the rate limit and the counter into a command's stdin; a broken end ends the other (the commands' results tell why) */
@@ -218,7 +207,7 @@ export const sendReceive = async (input: SendReceiveInput): Promise<Result<{ rea
     filters.push(filter)
     stream = filter.stdout
   }
-  // a sender this host cannot count from /proc (sudo's, which runs as root) is counted on its way through here
+  // a sender this host cannot count from /proc (sudo's, which runs as root: its counters are not this user's) is counted on its way through here
   const counter = firstReceiver === undefined && send.pid !== undefined && (await send.bytesWritten()) === undefined ? counting() : undefined
   const through = [limit, counter].filter((t) => t !== undefined)
   // where the sender cannot tell (an ssh client's, whose master does its writing), what its one receiver read
