@@ -581,6 +581,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     return alone ? diskFor(place, given, options, undefined, whenMissing) : { release: () => okAsync(undefined) }
   }
 
+  /** `command` on a place given alone, with its backup disk (--crypto, --mount) ready for it and let go of after it; the release's failure counts when it is worse */
+  const withPlaceDisk = async (source: string | undefined, targets: readonly string[], options: CommonOptions, whenMissing: 'quiet' | 'error', command: () => Promise<Outcome>): Promise<Outcome> => {
+    const disk = await placeDisk(source, targets, options, whenMissing)
+    if ('code' in disk) return disk
+    const done = await command()
+    const released = await disk.release()
+    return released.isErr() ? { code: Math.max(done.code, fail(released.error, options).code) } : done
+  }
+
   /** What a command on the backup disk came to once the disk was let go of: its own failure first (the release's a warning then), else the release's. */
   const afterRelease = <T>(done: Result<T, BbError>, released: Result<void, BbError>): Result<T, BbError> => {
     if (released.isErr() && done.isErr()) io.stderr(`warning: ${released.error.message} (${released.error.hint})\n`)
@@ -953,11 +962,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   const runPrune = async (source: string | undefined, targets: readonly string[], options: CommonOptions & { forgetTarget?: readonly string[] }): Promise<Outcome> => {
-    const disk = await placeDisk(source, targets, options, 'quiet')
-    if ('code' in disk) return disk
-    const pruned = await pruneJobs(source, targets, options)
-    const released = await disk.release()
-    return released.isErr() ? { code: Math.max(pruned.code, fail(released.error, options).code) } : pruned
+    return withPlaceDisk(source, targets, options, 'quiet', () => pruneJobs(source, targets, options))
   }
 
   const pruneJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions & { forgetTarget?: readonly string[] }): Promise<Outcome> => {
@@ -1156,11 +1161,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         // one place and no target: the backups kept there, or a btrfs source's own snapshots
         if (source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0) {
-          const disk = await placeDisk(source, targets, options, 'error')
-          if ('code' in disk) return void (outcome = disk)
-          await listAlone(source, options)
-          const released = await disk.release()
-          if (released.isErr()) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
+          outcome = await withPlaceDisk(source, targets, options, 'error', async () => {
+            await listAlone(source, options)
+            return outcome
+          })
           return
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
@@ -1181,11 +1185,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-v, --verbose', 'say more (repeat for more)', (_: string, previous: number) => previous + 1, 0)
       .addHelpText('after', EXAMPLES.diff ?? '')
       .action(async (place: string, names: string[], options: CommonOptions) => {
-        const disk = await placeDisk(place, [], options, 'error')
-        if ('code' in disk) return void (outcome = disk)
-        outcome = await runDiff(place, names, options)
-        const released = await disk.release()
-        if (released.isErr()) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
+        outcome = await withPlaceDisk(place, [], options, 'error', () => runDiff(place, names, options))
       })
   }
 
@@ -1363,12 +1363,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .addHelpText('after', EXAMPLES.restore ?? '')
       .action(async (target: string | undefined, snapshot: string | undefined, destination: string | undefined, options: CommonOptions & { path?: string; writable?: boolean; backupDir?: string; force?: boolean }) => {
         // --crypto and --mount: the backup disk the backups are on, made ready for the restore and let go of after it
-        const place = options.backupDir ?? target
-        const disk = place === undefined ? undefined : await placeDisk(place, [], options, 'error')
-        if (disk !== undefined && 'code' in disk) return void (outcome = disk)
-        await restoreCommand(target, snapshot, destination, options)
-        const released = await disk?.release()
-        if (released?.isErr() === true) outcome = { code: Math.max(outcome.code, fail(released.error, options).code) }
+        outcome = await withPlaceDisk(options.backupDir ?? target, [], options, 'error', async () => {
+          await restoreCommand(target, snapshot, destination, options)
+          return outcome
+        })
       })
   }
 
