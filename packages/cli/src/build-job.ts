@@ -153,7 +153,7 @@ const applicable = (spec: JobSpec, driver: DriverChoice): JobSpec => {
   if (inherited.size === 0) return spec
   const field = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase())
   const unused = [
-    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'send_protocol', 'compressed_data']),
+    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'snapper', 'send_protocol', 'compressed_data']),
     ...(driver === 'btrfs' && (spec.rawTargets ?? []).length > 0 ? [] : ['raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every']),
     ...(driver === 'rsync' ? [] : ['system_excludes', 'exclude', 'exclude_from', 'rsync_options']),
   ].filter((key) => inherited.has(key))
@@ -218,6 +218,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
   const btrfsOnly = [
     ...(spec.keepSnapshots === undefined ? [] : ['--keep-snapshots (keep_snapshots)']),
     ...(spec.snapshotFolder === undefined ? [] : ['--snapshot-folder (snapshot_folder)']),
+    ...(spec.snapper === true ? ['--snapper (snapper)'] : []),
     ...(spec.sendProtocol === undefined ? [] : ['--send-protocol (send_protocol)']),
     ...(spec.compressedData === false ? ['--no-compressed-data (compressed_data)'] : []),
   ]
@@ -263,6 +264,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     driverName === 'btrfs'
       ? import('@bb/drivers/btrfs').then(({ btrfsDriver }) => btrfsDriver({
         ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
+        ...(spec.snapper === true ? { snapper: true } : {}),
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
         ...way,
@@ -291,6 +293,8 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     retention: {
       ...(spec.keepBackups === undefined ? {} : { target: spec.keepBackups }),
       ...(spec.keepSnapshots === undefined ? {} : { source: spec.keepSnapshots }),
+      // snapper keeps the history at the source: of the snapshots taken over, the newest (and what a target still needs)
+      ...(spec.keepSnapshots === undefined && spec.snapper === true && driverName === 'btrfs' ? { source: { keepLast: 1 } } : {}),
       ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }),
     },
   })
@@ -347,7 +351,7 @@ export const sharedPlaces = (jobs: readonly { readonly job: Job; readonly spec: 
       ...job.targets.map((t) => ({ where: formatLocation(t.location), what: 'backups' })),
       // btrfs: the source's snapshot folder
       ...(job.driver.snapshotsSource
-        ? [{ where: formatLocation({ ...job.source.location, path: resolve(job.source.location.path, spec.snapshotFolder ?? '.snapshots') }), what: 'source snapshots' }]
+        ? [{ where: formatLocation({ ...job.source.location, path: resolve(job.source.location.path, spec.snapshotFolder ?? (spec.snapper === true ? '.bbackup-snapshots' : '.snapshots')) }), what: 'source snapshots' }]
         : []),
     ]
     for (const { where, what } of new Map(places.map((p) => [p.where, p])).values()) {

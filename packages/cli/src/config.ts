@@ -37,6 +37,8 @@ export interface JobSpec {
   readonly timeZone?: string
   /** btrfs: where the source snapshots go */
   readonly snapshotFolder?: string
+  /** btrfs: snapper takes the source's snapshots; a run takes over its newest instead of taking one */
+  readonly snapper?: boolean
   readonly sendProtocol?: 'auto' | 1 | 2
   readonly compressedData?: boolean
   /** btrfs: targets that keep the send streams as files (besides `targets`) */
@@ -145,7 +147,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
@@ -369,7 +371,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false), systemExcludes: bool('system_excludes', false),
       prefix: optionalString('prefix'), stateDir: optionalString('state_dir'), timeZone: optionalString('time_zone'),
       keepBackups: retention('keep_backups'), keepSnapshots: retention('keep_snapshots'),
-      snapshotFolder: optionalString('snapshot_folder'), compressedData: bool('compressed_data', true),
+      snapshotFolder: optionalString('snapshot_folder'), snapper: bool('snapper', false), compressedData: bool('compressed_data', true),
       ssh: sshOf(section, job), sudo: bool('sudo', false),
       passwordFile: optionalString('password_file'), tunnel: optionalString('tunnel'), mount: optionalString('mount'),
       crypto: optionalString('crypto').andThen((c) => (c === undefined || CRYPTTAB_NAME.test(c) ? ok(c) : problem(section, 'crypto', `${JSON.stringify(c)} is not the name of an /etc/crypttab mapping`, 'the first field of the disk\'s line in /etc/crypttab (letters, digits, . _ + -), e.g. crypto = "usb-backup"'))),
@@ -394,7 +396,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.systemExcludes) ? { systemExcludes: true } : {}),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
-      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
+      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
       ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),

@@ -54,6 +54,7 @@ interface CommonOptions {
   rsyncOption?: string[]
   timeZone?: string
   snapshotFolder?: string
+  snapper?: boolean
   snapshotPrefix?: string
   numSnapshots?: string
   sendProtocol?: string
@@ -199,6 +200,7 @@ const jobOptions = (command: Command): Command =>
     .option('--keep-snapshots <policy>', 'retention of the source snapshots (btrfs), in the same spellings')
     .option('-N, --num-snapshots <n>', "btrfs-backup's spelling of --keep-snapshots N")
     .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
+    .option('--snapper', "btrfs: snapper takes the source's snapshots: take over its newest instead of taking one (folder <source>/.bbackup-snapshots)")
     .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
     .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
     .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
@@ -413,6 +415,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.systemExcludes === true ? { systemExcludes: true } : {}),
       ...(options.multiFs === true ? { oneFileSystem: false } : {}),
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
+      ...(options.snapper === true ? { snapper: true } : {}),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
       ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),

@@ -114,7 +114,7 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
         line(`  ${event.target}: trying again in ${Math.ceil(event.delayMs / 1000)} s (retry ${event.attempt} of ${event.of})`)
         return
       case 'pruned':
-        if (verbosity > 0) line(`  pruned ${event.at}/${event.snapshot}: ${event.reasons.join('; ')}`)
+        if (verbosity > 0) line(`  pruned ${event.path}: ${event.reasons.join('; ')}`)
         return
       case 'recovered':
         line(`  ${event.target}: ${event.action === 'resume' ? 'continuing' : event.action === 'removed' ? 'removed' : 'forgot'} the unfinished ${event.snapshot}`)
@@ -123,7 +123,10 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
         line(`warning: took over a stale lock ${event.path}: ${event.reason}`)
         return
       case 'snapshot-created':
-        line(`  snapshot ${event.snapshot}`)
+        line(`  snapshot ${event.snapshot}${event.of === undefined ? '' : ` (of ${event.of})`}`)
+        return
+      case 'no-new-snapshot':
+        line(`  no new snapshot: ${event.reason}`)
         return
       case 'warning':
         line(`warning: ${event.message}`)

@@ -69,7 +69,7 @@ export const openTransactionLog = (path: string, version: string, now: () => Dat
       return (event) => {
         switch (event.type) {
           case 'snapshot-created':
-            write('snapshot', 'success', event.at, source)
+            write('snapshot', 'success', event.at, event.of === undefined ? source : `${source} (${event.of})`)
             return
           case 'transfer-started':
             reading.set(key(event.target, event.snapshot), { from: event.from, ...(event.parentFrom === undefined ? {} : { parentFrom: event.parentFrom }) })

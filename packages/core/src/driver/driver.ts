@@ -56,6 +56,16 @@ export interface SnapshotIdentity {
   readonly readOnly: boolean
 }
 
+/** A snapshot another tool took, for a run to take over ({@link Driver.adoptable}). */
+export interface Adoptable {
+  /** when it was taken: the run's snapshot is named for this time */
+  readonly time: Date
+  /** the read-only snapshot's path at the source */
+  readonly from: string
+  /** what it is, as a report says it (`snapper's snapshot 12`) */
+  readonly what: string
+}
+
 /** What one transfer did; `commands` are the exact commands it ran, or would run in a dry run. */
 export interface TransferOutcome {
   readonly snapshot: string
@@ -179,8 +189,20 @@ export interface Driver {
     /** a backup that will transfer follows (not a dry run, not a doctor's check): the driver may get its targets ready (`Transport.prepareSpawn`) */
     readonly transferFollows?: boolean
   }): ResultAsync<void, DriverError>
-  /** Takes a read-only snapshot of the source named `name` (drivers with `snapshotsSource` only). */
-  createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
+  /**
+   * Takes a read-only snapshot of the source named `name` (drivers with `snapshotsSource` only);
+   * with `from`, a snapshot of that read-only snapshot another tool took ({@link Driver.adoptable}).
+   */
+  createSnapshot?(input: { readonly source: Transport; readonly name: string; readonly from?: string; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo, DriverError>
+  /**
+   * A driver whose source is snapshotted by another tool (btrfs with snapper): the newest snapshot
+   * it took that the run takes over instead of taking one, when that one is newer than every
+   * snapshot of the job's (`snapshots`, at the source) and not taken over already. The run's
+   * snapshot, named for `time`, is made of it ({@link Driver.createSnapshot}'s `from`).
+   * Undefined: nothing new since the last run, which takes no snapshot and sends what the
+   * targets lack.
+   */
+  adoptable?(input: { readonly source: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<Adoptable | undefined, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
   /**

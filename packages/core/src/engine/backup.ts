@@ -1,7 +1,7 @@
 import { getMaxListeners, setMaxListeners } from 'node:events'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
-import type { RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
+import type { Adoptable, RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
 import { addJournalEntry, readJournal, removeJournalEntry, type JournalEntry } from '../journal/journal.js'
 import { formatLocation, parseLocation, type Location } from '../location/location.js'
@@ -268,17 +268,27 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   // snapshot is gone) is taken again under a name free everywhere, and the first one deleted.
   const snapshotting = job.driver.snapshotsSource && options.snapshot !== false
   // each snapshot is taken between the job's pre-snapshot and post-snapshot hooks (quiesce, thaw)
+  // (a driver whose source another tool snapshots takes over that tool's newest snapshot, when it is new)
+  let adopted: Adoptable | undefined
   const take = async (name: string): Promise<Result<SnapshotInfo, BbError>> => {
     const create = job.driver.createSnapshot?.bind(job.driver)
     if (create === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
-    return betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], async () => await create({ source: job.source, name, dryRun, signal: options.signal }), (taken) => (taken.isErr()
+    const from = adopted === undefined ? {} : { from: adopted.from }
+    return betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], async () => await create({ source: job.source, name, ...from, dryRun, signal: options.signal }), (taken) => (taken.isErr()
       ? { status: cancelled(options) ? 'cancelled' : 'error' }
       : { status: 'ok', snapshot: taken.value.name, snapshotAt: formatLocation({ ...job.source.location, path: taken.value.path }) }))
   }
-  const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | undefined> => {
+  const snapshotTaken = (async (): Promise<Result<SnapshotInfo, BbError> | 'none' | undefined> => {
     const [probed, journal, listed] = await Promise.all([sourceProbed, journalRead, sourceListed])
     if (!snapshotting || probed.isErr() || journal.isErr() || listed.isErr()) return undefined
-    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: listed.value.map((x) => x.name) }))
+    const adoptable = job.driver.adoptable?.bind(job.driver)
+    if (adoptable !== undefined) {
+      const found = await adoptable({ source: job.source, snapshots: ownSnapshots(job, listed.value), signal: options.signal })
+      if (found.isErr()) return err(found.error)
+      if (found.value === undefined) return 'none'
+      adopted = found.value
+    }
+    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: listed.value.map((x) => x.name) }))
   })()
   const [probed, journal, states, listed, taken] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed, snapshotTaken])
   if (probed.isErr()) return err(probed.error)
@@ -288,10 +298,12 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   const sourceOthers = othersAtSource(job, listed.value).map((s) => s.name)
 
   const held = new Set(states.flatMap((s) => s.snapshots).map((x) => x.name))
-  let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: now, existing: [...listed.value.map((x) => x.name), ...held] })
+  let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: [...listed.value.map((x) => x.name), ...held] })
 
   let sourceSnapshot: SnapshotInfo | undefined
-  if (taken !== undefined) {
+  if (taken === 'none') {
+    emit({ type: 'no-new-snapshot', reason: 'the source has no snapshot newer than the last one taken over: none is taken, and the targets get what they lack' })
+  } else if (taken !== undefined) {
     let created = taken
     if (created.isOk() && held.has(created.value.name)) {
       if (!dryRun) {
@@ -304,7 +316,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
     sourceSnapshot = created.value
     name = created.value.name
     sourceSnapshots = [...sourceSnapshots, created.value]
-    emit({ type: 'snapshot-created', snapshot: name, at: formatLocation({ ...job.source.location, path: created.value.path }) })
+    emit({ type: 'snapshot-created', snapshot: name, at: formatLocation({ ...job.source.location, path: created.value.path }), ...(adopted === undefined ? {} : { of: adopted.what }) })
   }
 
   const reports: TargetResult[] = []

@@ -5,8 +5,10 @@ import type { BbError } from '../errors.js'
 export type BackupEvent =
   | { readonly type: 'lock-taken-over'; readonly path: string; readonly reason: string }
   | { readonly type: 'recovered'; readonly target: string; readonly snapshot: string; readonly action: RecoverAction }
-  /** `at`: where the new snapshot is, as its location prints */
-  | { readonly type: 'snapshot-created'; readonly snapshot: string; readonly at: string }
+  /** `at`: where the new snapshot is, as its location prints; `of`: the other tool's snapshot it was made of (`Driver.adoptable`) */
+  | { readonly type: 'snapshot-created'; readonly snapshot: string; readonly at: string; readonly of?: string }
+  /** no snapshot was taken: the other tool that takes them has taken none since the last run (`Driver.adoptable`) */
+  | { readonly type: 'no-new-snapshot'; readonly reason: string }
   /**
    * `from`: what is read, as its location prints (the source snapshot, or the live source for drivers
    * that copy it); `parentFrom`: the parent at the source an incremental is made against

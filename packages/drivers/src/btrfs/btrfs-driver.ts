@@ -19,8 +19,12 @@ import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
 import { readSendStream } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
+import { newestSnapperSnapshot } from './snapper.js'
 
 const join = posix.join
+
+/** the snapshot folder's default in snapper mode, inside the source: `.snapshots` is snapper's */
+const SNAPPER_MODE_FOLDER = '.bbackup-snapshots'
 
 /** what statfs(2) says of a path on btrfs (linux/magic.h) */
 const BTRFS_SUPER_MAGIC = 0x9123683e
@@ -56,6 +60,14 @@ export interface BtrfsDriverOptions {
    * another subvolume's: the job's prefix says which are its (`archive` of @bb/core).
    */
   readonly backupsAtSource?: boolean
+  /**
+   * The source's snapshots are taken by snapper (`<source>/.snapshots/N/snapshot`, with its
+   * `info.xml`): a run takes none of the live source, it takes over snapper's newest snapshot when
+   * that is newer than the job's last (a read-only snapshot of it in the snapshot folder, named for
+   * snapper's date) and sends that. Snapper's own snapshots are only read, never deleted. The
+   * snapshot folder defaults to `.bbackup-snapshots` inside the source (`.snapshots` is snapper's).
+   */
+  readonly snapper?: boolean
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -92,7 +104,8 @@ const receiving = (dir: string): string[] => ['btrfs', 'receive', '-e', dir]
  */
 export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const atSource = options.backupsAtSource === true
-  const folderOf = (source: Transport): string => posix.resolve(source.location.path, atSource ? '.' : options.snapshotFolder ?? '.snapshots')
+  const snapper = options.snapper === true
+  const folderOf = (source: Transport): string => posix.resolve(source.location.path, atSource ? '.' : options.snapshotFolder ?? (snapper ? SNAPPER_MODE_FOLDER : '.snapshots'))
   /** btrfs-progs by host: a source and a target on one host ask once */
   const versions = new Map<string, ResultAsync<readonly [number, number], BbError>>()
   const hostOf = (t: Transport): string => formatLocation({ ...t.location, path: '/' })
@@ -311,7 +324,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const lists = login?.then((loggedIn) => (loggedIn ? listSubvolumes(at, dir, signal) : undefined))
     // at the source, which subvolume it is: a snapshot in the folder taken of another one (a source
     // that shares the folder and the prefix) is marked, and never this job's to count, send or delete
-    const ofSource = !onSource || atSource ? undefined : login === undefined ? sourceShown(at, signal) : login.then((loggedIn) => (loggedIn ? sourceShown(at, signal) : undefined))
+    // (in snapper mode every snapshot here is one of snapper's taken over: none is of the source itself)
+    const ofSource = !onSource || atSource || snapper ? undefined : login === undefined ? sourceShown(at, signal) : login.then((loggedIn) => (loggedIn ? sourceShown(at, signal) : undefined))
     return at.list(dir)
       .orElse((e) => {
         // a snapshot folder that is a file (or under one) says so
@@ -390,12 +404,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return undefined
   }
 
-  const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, dryRun, signal }) => {
+  const createSnapshot: NonNullable<Driver['createSnapshot']> = ({ source, name, from, dryRun, signal }) => {
     const folder = folderOf(source)
     const path = join(folder, name)
-    const argv = ['btrfs', 'subvolume', 'snapshot', '-r', source.location.path, path]
+    const argv = ['btrfs', 'subvolume', 'snapshot', '-r', from ?? source.location.path, path]
     const planned: SnapshotInfo = { name, time: parseSnapshotName(name)?.time, complete: true, health: 'ok', path }
     if (atSource) return errAsync(bbError('INVALID_OPTIONS', `${source.location.path} holds backups: it is never snapshotted`, 'send its backups with snapshot: false (bbackup archive)', { path: source.location.path }))
+    if (snapper && from === undefined) {
+      return errAsync(bbError('INVALID_OPTIONS', `snapper takes the snapshots of ${source.location.path}: bbackup takes none of the live source`, 'take one with snapper (snapper -c NAME create), or leave the snapper setting out', { path: source.location.path }))
+    }
     if (dryRun) return okAsync(planned)
     return new ResultAsync(makeFolder(source, folder))
       .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
@@ -413,6 +430,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         ? err(bbError('COMMAND_FAILED', `the snapshot ${path} is not there after btrfs subvolume snapshot`, 'check the source filesystem (dmesg)', { path }))
         : ok({ ...planned, identity: identityOf(s) })))
   }
+
+  /** snapper's newest snapshot, when it is newer than every one the job took over ({@link BtrfsDriverOptions.snapper}) */
+  const adoptable: NonNullable<Driver['adoptable']> = ({ source, snapshots, signal }) => new ResultAsync((async () => {
+    const found = await newestSnapperSnapshot(source, source.location.path, signal)
+    if (found.isErr() || found.value === undefined) return found.map(() => undefined)
+    const newest = found.value
+    // taken over already: a snapshot of it is here, or one as new (the one of it a retention kept)
+    const taken = snapshots.some((s) => s.identity?.parentUuid === newest.uuid || (s.time !== undefined && s.time.getTime() >= newest.date.getTime()))
+    return ok(taken ? undefined : { time: newest.date, from: newest.path, what: `snapper's snapshot ${newest.number}${newest.description === undefined || newest.description === '' ? '' : ` "${newest.description}"`}` })
+  })())
 
   const notAFolder = (folder: string, at: string): BbError =>
     bbError('INVALID_OPTIONS', `the snapshot folder ${folder} ${at === folder ? 'is' : `is under ${at}, which is`} not a directory`, 'choose a directory for the snapshots (--snapshot-folder)', { path: at })
@@ -456,7 +483,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const leftOut = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<string[]> => {
     const nested = await nestedSubvolumes(source, source.location.path, signal)
     if (nested === undefined || nested.length === 0) return []
-    const own = [folderOf(source), ...targets.filter((t) => oneHost(t, source)).map((t) => t.location.path)]
+    // (snapper's own snapshots, in snapper mode, are not the data)
+    const own = [folderOf(source), ...(snapper ? [join(source.location.path, '.snapshots')] : []), ...targets.filter((t) => oneHost(t, source)).map((t) => t.location.path)]
       .map((p) => posix.relative(source.location.path, p))
       .filter((p) => p !== '' && !p.startsWith('..'))
     const out = nested.filter((n) => !own.some((o) => n === o || n.startsWith(`${o}/`)))
@@ -885,7 +913,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok(changes.entries())
   })())
 
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, ...(snapper ? { adoptable } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */

@@ -1,0 +1,106 @@
+import { execFileSync } from 'node:child_process'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { runCli } from './helpers.js'
+
+/** snapper without its D-Bus daemon: the command does the work itself, as root */
+const snapper = (config: string, ...args: string[]): string => execFileSync('snapper', ['--no-dbus', '-c', config, ...args], { encoding: 'utf8' })
+
+/** the name bbackup gives the snapshot it takes over: the source's name and snapper's date (UTC) */
+const nameOf = (infoXml: string): string => {
+  const date = /<date>(\d{4}-\d\d-\d\d) (\d\d):(\d\d):(\d\d)<\/date>/.exec(infoXml)
+  if (date === null) throw new Error(`no date in ${infoXml}`)
+  return `home.${date[1]}T${date[2]}${date[3]}${date[4]}Z`
+}
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root: true }))('bbackup --snapper: the snapshots snapper takes, sent', () => {
+  let fs: LoopFilesystem
+  let dir: string
+  // a snapper config of this test's own (snapper keeps it in /etc/snapper/configs and /etc/default/snapper)
+  const config = `bbackup-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`
+  beforeEach(async () => {
+    fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    dir = fs.mountPoint
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
+    await writeTree(join(dir, 'home'), { 'a.txt': 'one\n' })
+    snapper(config, 'create-config', join(dir, 'home'))
+  })
+  afterEach(async () => {
+    try {
+      snapper(config, 'delete-config')
+    } catch {
+      // (snapper cannot delete a config whose subvolume is gone: its two records are removed by hand)
+      rmSync(join('/etc/snapper/configs', config), { force: true })
+      const defaults = '/etc/default/snapper'
+      if (existsSync(defaults)) writeFileSync(defaults, readFileSync(defaults, 'utf8').replace(/^SNAPPER_CONFIGS="([^"]*)"/m, (_, names: string) => `SNAPPER_CONFIGS="${names.split(' ').filter((n) => n !== config).join(' ')}"`))
+    } finally {
+      await fs.cleanup()
+    }
+  })
+  const info = (n: number): string => readFileSync(join(dir, 'home/.snapshots', String(n), 'info.xml'), 'utf8')
+  const run = (...more: string[]) => runCli(['run', 'home', 'backup', '--snapper', '--state-dir', 'state', ...more], dir)
+
+  it("sends snapper's newest snapshot, never the live source; takes none when snapper took none; prunes only what it took over, to the newest", async () => {
+    snapper(config, 'create', '-d', 'first')
+    await writeFile(join(dir, 'home/a.txt'), 'live\n')
+    const first = await run()
+    const one = nameOf(info(1))
+    expect(first).toMatchObject({ code: 0, stdout: expect.stringContaining(`backup: ${one} full;`) })
+    // the backup is snapper's snapshot 1, not the source as it is now; snapper's .snapshots is not warned of as left out
+    expect(readFileSync(join(dir, 'backup', one, 'a.txt'), 'utf8')).toBe('one\n')
+    expect(first.stdout).not.toContain('warning')
+    expect(first.stderr).toContain(`snapshot ${one} (of snapper's snapshot 1 "first")`)
+
+    // nothing new from snapper: no snapshot of the live source, nothing sent
+    const again = await run()
+    expect(again).toMatchObject({ code: 0, stderr: expect.stringContaining('no new snapshot: the source has no snapshot newer than the last one taken over') })
+    expect(await readdir(join(dir, 'home/.bbackup-snapshots'))).toEqual([one])
+    expect(await readdir(join(dir, 'backup'))).toEqual([one])
+
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    snapper(config, 'create', '-d', 'second')
+    const two = nameOf(info(2))
+    const second = await run('--json')
+    expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: two, mode: 'incremental', parent: one }] }] })
+    expect(readFileSync(join(dir, 'backup', two, 'a.txt'), 'utf8')).toBe('live\n')
+    // of the snapshots taken over, the newest is kept (snapper keeps the history); snapper's own are all there
+    expect(await readdir(join(dir, 'home/.bbackup-snapshots'))).toEqual([two])
+    expect((await readdir(join(dir, 'home/.snapshots'))).sort()).toEqual(['1', '2'])
+
+    // snapper's cleanup deletes its snapshot 2: the one taken over of it is still this job's, the next parent, and pruned after
+    snapper(config, 'delete', '2')
+    await writeFile(join(dir, 'home/a.txt'), 'three\n')
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    // (snapper gives the next snapshot the number after the highest there: 2 again)
+    const three = nameOf(info(Number(snapper(config, 'create', '-p', '-d', 'third'))))
+    const third = await run('--json')
+    expect(JSON.parse(third.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: three, mode: 'incremental', parent: two }] }] })
+    expect(await readdir(join(dir, 'home/.bbackup-snapshots'))).toEqual([three])
+    expect((await readdir(join(dir, 'backup'))).sort()).toEqual([one, two, three])
+    expect(readFileSync(join(dir, 'backup', three, 'a.txt'), 'utf8')).toBe('three\n')
+  })
+
+  it('a source without snapper snapshots is refused with how to set snapper up; --snapper on a directory names the btrfs setting (exit 2)', async () => {
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'plain')])
+    const none = await runCli(['run', 'plain', 'backup', '--snapper', '--state-dir', 'state'], dir)
+    expect(none).toMatchObject({ code: 1, stderr: expect.stringContaining(`${join(dir, 'plain')} has no snapper snapshots: ${join(dir, 'plain/.snapshots')} does not exist`) })
+    expect(none.stderr).toContain('snapper -c NAME create-config')
+    expect(existsSync(join(dir, 'backup')) ? await readdir(join(dir, 'backup')) : []).toEqual([])
+    await writeTree(join(dir, 'docs'), { 'b.txt': 'b\n' })
+    const rsync = await runCli(['run', 'docs', 'copy', '--snapper', '--state-dir', 'state2'], dir)
+    expect(rsync).toMatchObject({ code: 2, stderr: expect.stringContaining('--snapper (snapper): a btrfs setting, but') })
+  })
+
+  it('snapper = true in a config job: the same, and list sees the snapshot taken over', async () => {
+    snapper(config, 'create', '-d', 'cron')
+    await writeFile(join(dir, 'bbackup.toml'), `state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\nsnapper = true\n`)
+    expect(await runCli(['run', '-c', 'bbackup.toml', '-q'], dir)).toMatchObject({ code: 0 })
+    const one = nameOf(info(1))
+    expect(await readdir(join(dir, 'backup'))).toEqual([one])
+    const listed = await runCli(['list', '-c', 'bbackup.toml'], dir)
+    expect(listed.stdout).toContain(`${join(dir, 'home')} (source): 1 snapshot\n  ${one}\n`)
+  })
+})
