@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd } from '@bb/testkit'
 import { runCli } from './helpers.js'
 
 /** snapper without its D-Bus daemon: the command does the work itself, as root */
@@ -16,17 +16,19 @@ const nameOf = (infoXml: string): string => {
   return `home.${date[1]}T${date[2]}${date[3]}${date[4]}Z`
 }
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root: true }))('bbackup --snapper: the snapshots snapper takes, sent', () => {
-  let fs: LoopFilesystem
-  let dir: string
-  // a snapper config of this test's own (snapper keeps it in /etc/snapper/configs and /etc/default/snapper)
+/**
+ * Each test: a loop-mounted btrfs with the subvolume `home` (a.txt: "one") that snapper manages by
+ * a config of the test's own (snapper keeps it in /etc/snapper/configs and /etc/default/snapper),
+ * removed again after the test.
+ */
+const withSnapper = (): { readonly dir: () => string; readonly config: string } => {
+  let fs: LoopFilesystem | undefined
   const config = `bbackup-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`
   beforeEach(async () => {
     fs = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
-    dir = fs.mountPoint
-    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
-    await writeTree(join(dir, 'home'), { 'a.txt': 'one\n' })
-    snapper(config, 'create-config', join(dir, 'home'))
+    execFileSync('btrfs', ['subvolume', 'create', join(fs.mountPoint, 'home')])
+    await writeTree(join(fs.mountPoint, 'home'), { 'a.txt': 'one\n' })
+    snapper(config, 'create-config', join(fs.mountPoint, 'home'))
   })
   afterEach(async () => {
     try {
@@ -37,8 +39,24 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root:
       const defaults = '/etc/default/snapper'
       if (existsSync(defaults)) writeFileSync(defaults, readFileSync(defaults, 'utf8').replace(/^SNAPPER_CONFIGS="([^"]*)"/m, (_, names: string) => `SNAPPER_CONFIGS="${names.split(' ').filter((n) => n !== config).join(' ')}"`))
     } finally {
-      await fs.cleanup()
+      await fs?.cleanup()
     }
+  })
+  return {
+    dir: () => {
+      if (fs === undefined) throw new Error('no filesystem: beforeEach failed')
+      return fs.mountPoint
+    },
+    config,
+  }
+}
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root: true }))('bbackup --snapper: the snapshots snapper takes, sent', () => {
+  const setup = withSnapper()
+  const config = setup.config
+  let dir: string
+  beforeEach(() => {
+    dir = setup.dir()
   })
   const info = (n: number): string => readFileSync(join(dir, 'home/.snapshots', String(n), 'info.xml'), 'utf8')
   const run = (...more: string[]) => runCli(['run', 'home', 'backup', '--snapper', '--state-dir', 'state', ...more], dir)
@@ -102,5 +120,39 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root:
     expect(await readdir(join(dir, 'backup'))).toEqual([one])
     const listed = await runCli(['list', '-c', 'bbackup.toml'], dir)
     expect(listed.stdout).toContain(`${join(dir, 'home')} (source): 1 snapshot\n  ${one}\n`)
+  })
+})
+
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper', 'sshd', 'ssh', 'ssh-keygen'], { root: true }))('bbackup --snapper from another host', () => {
+  const setup = withSnapper()
+  let sshd: Sshd
+  beforeAll(async () => {
+    sshd = await startSshd()
+  })
+  afterAll(async () => {
+    await sshd?.stop()
+  })
+
+  it("a pull: snapper's newest snapshot on the host is taken over there and received here, incrementally the next time, over one login each", async () => {
+    const dir = setup.dir()
+    const ssh = ['--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile]
+    const pull = async () => {
+      const before = await sshd.logins()
+      const r = await runCli(['run', `ssh://root@127.0.0.1:${sshd.port}${join(dir, 'home')}`, join(dir, 'pulled'), '--snapper', '--state-dir', 'state', '--json', ...ssh], dir)
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      expect(await sshd.logins() - before).toBe(1)
+      return JSON.parse(r.stdout) as unknown
+    }
+    snapper(setup.config, 'create', '-d', 'first')
+    await writeFile(join(dir, 'home/a.txt'), 'two\n')
+    const one = nameOf(readFileSync(join(dir, 'home/.snapshots/1/info.xml'), 'utf8'))
+    expect(await pull()).toMatchObject({ targets: [{ ok: true, route: 'pull', sent: [{ snapshot: one, mode: 'full' }] }] })
+    expect(readFileSync(join(dir, 'pulled', one, 'a.txt'), 'utf8')).toBe('one\n')
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    snapper(setup.config, 'create', '-d', 'second')
+    const two = nameOf(readFileSync(join(dir, 'home/.snapshots/2/info.xml'), 'utf8'))
+    expect(await pull()).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: two, mode: 'incremental', parent: one }] }] })
+    expect(readFileSync(join(dir, 'pulled', two, 'a.txt'), 'utf8')).toBe('two\n')
+    expect(await readdir(join(dir, 'home/.bbackup-snapshots'))).toEqual([two])
   })
 })
