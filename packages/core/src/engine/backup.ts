@@ -302,7 +302,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
 
   let sourceSnapshot: SnapshotInfo | undefined
   if (taken === 'none') {
-    emit({ type: 'no-new-snapshot', reason: 'the source has no snapshot newer than the last one taken over: none is taken, and the targets get what they lack' })
+    emit({ type: 'no-new-snapshot', reason: 'the source has no snapshot newer than the last one taken over (or none at all yet): none is taken, and the targets get what they lack' })
   } else if (taken !== undefined) {
     let created = taken
     if (created.isOk() && held.has(created.value.name)) {

@@ -19,7 +19,7 @@ import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
 import { readSendStream } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
-import { newestSnapperSnapshot } from './snapper.js'
+import { newestSnapperSnapshot, noSnapper } from './snapper.js'
 
 const join = posix.join
 
@@ -175,7 +175,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       // on another host both in one round trip
       const batch = source.location.kind === 'local' ? undefined : source.execEach?.([['btrfs', '--version'], show.argv], signalOpt(signal))
       // a snapshot folder of the user's choosing is checked before a dry run or a doctor says all is well
-      const folder = (): ResultAsync<unknown, BbError> => (options.snapshotFolder === undefined ? okAsync(undefined) : new ResultAsync(folderFits(source, folderOf(source))))
+      const chosen = (): ResultAsync<unknown, BbError> => (options.snapshotFolder === undefined ? okAsync(undefined) : new ResultAsync(folderFits(source, folderOf(source))))
+      // in snapper mode, the snapshots snapper keeps in the source
+      const folder = (): ResultAsync<unknown, BbError> => chosen().andThen(() => (!snapper ? okAsync(undefined)
+        : source.stat(join(source.location.path, '.snapshots')).andThen((s) => (s?.kind === 'directory' ? okAsync(undefined) : errAsync(noSnapper(source.location.path))))))
       if (batch === undefined) return ResultAsync.combine([progsVersion(source, signal), probeSource(source, signal)] as const).andThen(folder).map(() => undefined)
       return batch.andThen(([version, shown]) => {
         if (version === undefined || shown === undefined) throw new InternalError('execEach gave fewer results than commands')

@@ -58,6 +58,13 @@ export interface SnapperFound extends SnapperSnapshot {
   readonly uuid: string
 }
 
+/** a subvolume snapper does not snapshot: it has no `.snapshots` */
+export const noSnapper = (subvolume: string): BbError => {
+  const folder = posix.join(subvolume, '.snapshots')
+  return bbError('SOURCE_UNAVAILABLE', `${subvolume} has no snapper snapshots: ${folder} does not exist`,
+    `set snapper up for it (snapper -c NAME create-config ${subvolume}), or leave --snapper (snapper) out to let bbackup take the snapshots`, { path: folder })
+}
+
 /** how many of the newest numbers are looked at for one that is whole (snapper writes info.xml after the snapshot) */
 const LOOK_BACK = 16
 
@@ -69,12 +76,7 @@ const LOOK_BACK = 16
 export const newestSnapperSnapshot = async (at: Transport, subvolume: string, signal: AbortSignal | undefined): Promise<Result<SnapperFound | undefined, BbError>> => {
   const folder = posix.join(subvolume, '.snapshots')
   const listed = await at.list(folder)
-  if (listed.isErr()) {
-    return err(listed.error.code === 'NOT_FOUND'
-      ? bbError('SOURCE_UNAVAILABLE', `${subvolume} has no snapper snapshots: ${folder} does not exist`,
-        `set snapper up for it (snapper -c NAME create-config ${subvolume}), or leave --snapper out to let bbackup take the snapshots`, { path: folder })
-      : listed.error)
-  }
+  if (listed.isErr()) return err(listed.error.code === 'NOT_FOUND' ? noSnapper(subvolume) : listed.error)
   const numbers = listed.value.filter((e) => e.kind === 'directory' && /^[1-9]\d*$/.test(e.name)).map((e) => Number(e.name)).sort((a, b) => b - a)
   for (const number of numbers.slice(0, LOOK_BACK)) {
     const dir = posix.join(folder, String(number))
