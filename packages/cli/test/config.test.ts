@@ -31,6 +31,14 @@ describe('loadConfig', () => {
     expect(config.blockJobs).toEqual([{ name: 'vm', backupDir: join(dir, 'backy/vm') }])
   })
 
+  it('maps every key of a retention table to the SDK policy, quarterly among them', () => {
+    const path = join(dir, 'config.toml')
+    writeFileSync(path, ['[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b"]', 'keep_backups = { daily = 7, monthly = 12, quarterly = 8, yearly = "always", prefer = "newest" }', 'keep_snapshots = { preserve_min = "1q", preserve = "12m 4q" }', ''].join('\n'))
+    const loaded = loadConfig(path)
+    if (loaded.isErr()) throw new Error(loaded.error.message)
+    expect(loaded.value.jobs[0]).toMatchObject({ keepBackups: { daily: 7, monthly: 12, quarterly: 8, yearly: 'always', prefer: 'newest' }, keepSnapshots: { preserveMin: '1q', preserve: '12m 4q' } })
+  })
+
   it('refuses a job name that is not one path component and a unit name: it would put its lock and journal elsewhere, or share them', () => {
     for (const name of ['"a/../x"', '"../../etc"', '".."', '"my job"', '"a$b"']) {
       const path = join(dir, 'config.toml')

@@ -6,8 +6,8 @@ export { compareSnapshots, formatSnapshotName, parseSnapshotName, uniqueSnapshot
 export type { NameScheme, ParsedSnapshotName } from './names/snapshot-name.js'
 export { planRetention } from './retention/plan.js'
 export type { Protection, RetentionDecision, RetentionError, RetentionOptions, RetentionSnapshot } from './retention/plan.js'
-export { normalizePolicy, parsePreserveMatrix, WEEKDAYS } from './retention/policy.js'
-export type { BtrbkPolicy, CountPolicy, PolicyError, RetentionPolicy, RotateCount, RotatePolicy, Weekday } from './retention/policy.js'
+export { normalizePolicy, parsePreserveMatrix, ROTATE_FREQUENCIES, WEEKDAYS } from './retention/policy.js'
+export type { BtrbkPolicy, CountPolicy, PolicyError, RetentionPolicy, RotateCount, RotateFrequency, RotatePolicy, Weekday } from './retention/policy.js'
 export type {
   CombinedResult, CommandResult, DirEntry, EntryStat, ExecOptions, FileChanges, LockError, LockHandle, LockInfo, LockStatus, LockVerdict, RunningCommand, SpawnOptions, Transport, TransportError,
 } from './transport/transport.js'

@@ -100,3 +100,25 @@ describe('btrbk retention reproduces btrbk', () => {
     })
   })
 })
+
+describe('btrbk spelling with quarters (q: not in btrbk, btrbk #589)', () => {
+  // daily 03:00 snapshots from 2023-01-01 to 2024-05-15; weeks start on sunday, so 2024-04-01 (a
+  // monday) is still btrbk-March and btrbk-Q2 2024 starts with sunday 2024-04-07
+  const snapshots = series('2023-01-01T03:00', '2024-05-15T03:00', 24)
+  const now = '2024-05-15T12:00'
+
+  it('3q keeps the first snapshot of each of the last four btrbk-quarters, each with its reason', () => {
+    expect(kept(snapshots, { preserveMin: 'no', preserve: '3q' }, now)).toEqual(['2023-07-02T03:00', '2023-10-01T03:00', '2024-01-07T03:00', '2024-04-07T03:00'])
+    expect(reasonsOf(snapshots, { preserveMin: 'no', preserve: '3q' }, now, '2023-07-02T03:00')).toEqual(['quarterly: first of its quarter, 3 quarters ago'])
+    expect(kept(snapshots, { preserveMin: '1q', preserve: 'no' }, now)[0]).toBe('2024-01-07T03:00')
+  })
+
+  it('quarters between months and years leave what btrbk itself keeps as it was', () => {
+    const without = planRetention(snapshots, { preserveMin: 'no', preserve: '7d 4w 6m *y' }, { now: at(now), timeZone: 'UTC' })._unsafeUnwrap()
+    const withQ = planRetention(snapshots, { preserveMin: 'no', preserve: '7d 4w 6m 2q *y' }, { now: at(now), timeZone: 'UTC' })._unsafeUnwrap()
+    without.forEach((d, i) => {
+      expect(withQ[i]?.reasons.filter((r) => !r.startsWith('quarterly') && !r.startsWith('not kept'))).toEqual(d.reasons.filter((r) => !r.startsWith('not kept')))
+    })
+    expect(withQ.filter((d) => d.keep).length).toBeGreaterThan(without.filter((d) => d.keep).length)
+  })
+})

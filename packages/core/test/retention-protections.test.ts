@@ -123,7 +123,7 @@ describe('protections that no retention policy overrides', () => {
     expect(bad({ keepLast: 0 })._unsafeUnwrapErr()).toEqual(
       bbError('INVALID_POLICY', 'keepLast 0 is not a whole number of at least 1', 'keep at least one snapshot: keepLast: 1 or more'),
     )
-    expect(bad({ preserve: '7x' })._unsafeUnwrapErr().message).toBe('preserve token "7x" is not <N>{h,d,w,m,y} or *{h,d,w,m,y}')
+    expect(bad({ preserve: '7x' })._unsafeUnwrapErr().message).toBe('preserve token "7x" is not <N>{h,d,w,m,q,y} or *{h,d,w,m,q,y}')
     expect(bad({ daily: 0, weekly: 0 })._unsafeUnwrapErr().message).toBe('every rotate-backups count is 0: the policy keeps nothing')
     expect(bad({ keepLats: 3 })._unsafeUnwrapErr().message).toBe('unknown retention key "keepLats"')
     expect(planRetention([], { keepLast: 1 }, { now: new Date(), timeZone: 'Mars/Base' })._unsafeUnwrapErr().code).toBe('INVALID_POLICY')

@@ -109,3 +109,28 @@ describe('rotate-backups retention with its two bugs fixed', () => {
     }
   })
 })
+
+describe('quarterly (not in rotate-backups: snapper\'s TIMELINE_LIMIT_QUARTERLY)', () => {
+  // a backup every day at midnight from 2023-01-01 to 2024-05-15
+  const days: string[] = []
+  for (let t = Date.UTC(2023, 0, 1); t <= Date.UTC(2024, 4, 15); t += 86_400_000) days.push(`${new Date(t).toISOString().slice(0, 10)}_00-00`)
+  const quarterly = (policy: RotatePolicy) => decide(days, policy).filter((d) => d.reasons.some((r) => r.startsWith('quarterly'))).map((d) => d.name.slice(0, 10))
+
+  it('keeps the first backup of each calendar quarter, counted back from the newest', () => {
+    expect(quarterly({ quarterly: 3 })).toEqual(['2023-10-01', '2024-01-01', '2024-04-01'])
+    expect(quarterly({ quarterly: 'always' })).toEqual(['2023-01-01', '2023-04-01', '2023-07-01', '2023-10-01', '2024-01-01', '2024-04-01'])
+    expect(decide(days, { quarterly: 3 }).find((d) => d.name === '2024-01-01_00-00')?.reasons).toEqual(['quarterly (3)'])
+  })
+
+  it('strict drops a quarter whose kept backup is older than newest - N quarters; relaxed keeps it', () => {
+    // no backups in 2023-Q3: four quarters back from 2024-05-15 is 2023-05-15, after 2023-04-01
+    const gap = days.filter((d) => !/^2023-0[789]/.test(d))
+    const of = (policy: RotatePolicy) => decide(gap, policy).filter((d) => d.reasons.some((r) => r.startsWith('quarterly'))).map((d) => d.name.slice(0, 10))
+    expect(of({ quarterly: 4 })).toEqual(['2023-10-01', '2024-01-01', '2024-04-01'])
+    expect(of({ quarterly: 4, strict: false })).toEqual(['2023-04-01', '2023-10-01', '2024-01-01', '2024-04-01'])
+  })
+
+  it('prefer newest keeps the last backup of each quarter', () => {
+    expect(quarterly({ quarterly: 3, prefer: 'newest' })).toEqual(['2023-12-31', '2024-03-31', '2024-05-15'])
+  })
+})

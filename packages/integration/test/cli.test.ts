@@ -198,10 +198,10 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
 
   it('names the file, line and key of a config mistake and exits 2', async () => {
     const config = join(tmp.path, 'bad.toml')
-    await writeFile(config, '[jobs.home]\nsource = "/home"\ntargets = ["/mnt/b"]\nkeep_backups = { preserve = "7q" }\n')
+    await writeFile(config, '[jobs.home]\nsource = "/home"\ntargets = ["/mnt/b"]\nkeep_backups = { preserve = "7x" }\n')
     const r = await runCli(['run', '-c', config], tmp.path)
     expect(r.code).toBe(2)
-    expect(r.stderr).toContain(`${config}:4: [jobs.home] keep_backups: preserve token "7q" is not`)
+    expect(r.stderr).toContain(`${config}:4: [jobs.home] keep_backups: preserve token "7x" is not`)
     await writeFile(config, '[jobs.home]\nsource = "/home"\ntargetz = ["/mnt/b"]\n')
     expect((await runCli(['run', '-c', config], tmp.path)).stderr).toContain(`${config}:3: [jobs.home] targetz: unknown key`)
     await writeFile(config, '[jobs.home\nsource = 1\n')

@@ -14,11 +14,12 @@ interface Deltas {
   readonly d: number
   readonly w: number
   readonly m: number
+  readonly q: number
   readonly y: number
 }
 
-const UNIT_NAMES: Record<BtrbkUnit, string> = { h: 'hourly', d: 'daily', w: 'weekly', m: 'monthly', y: 'yearly' }
-const UNIT_AGO: Record<BtrbkUnit, string> = { h: 'hour', d: 'day', w: 'week', m: 'month', y: 'year' }
+const UNIT_NAMES: Record<BtrbkUnit, string> = { h: 'hourly', d: 'daily', w: 'weekly', m: 'monthly', q: 'quarterly', y: 'yearly' }
+const UNIT_AGO: Record<BtrbkUnit, string> = { h: 'hour', d: 'day', w: 'week', m: 'month', q: 'quarter', y: 'year' }
 
 const ago = (n: number, unit: BtrbkUnit): string => `${n} ${UNIT_AGO[unit]}${n === 1 ? '' : 's'} ago`
 
@@ -26,7 +27,8 @@ const ago = (n: number, unit: BtrbkUnit): string => `${n} ${UNIT_AGO[unit]}${n =
  * The deltas btrbk's schedule() computes for one entry (btrbk @2bda102 L4585-4632): hours between
  * the hour-truncated wall clocks, then days starting at `hourOfDay`, weeks starting on `dayOfWeek`,
  * and months/years of the week's start day. Only the entry's month is corrected, not now's:
- * reproducing that asymmetry is what makes the output match btrbk's.
+ * reproducing that asymmetry is what makes the output match btrbk's. Quarters (not btrbk's) are
+ * counted as its months are: the quarter of the corrected month.
  */
 const deltasOf = (e: ScheduleEntry, now: WallClock, nowHour: number, policy: BtrbkPolicy): Deltas => {
   const w = e.wall
@@ -51,7 +53,8 @@ const deltasOf = (e: ScheduleEntry, now: WallClock, nowHour: number, policy: Btr
   const d = Math.trunc((h + dh) / 24)
   const wk = Math.trunc((d + dowOffset) / 7)
   const y = now.year - year
-  return { h, d, w: wk, m: 12 * y + (now.month - month), y }
+  const quarter = (m: number): number => Math.floor((m - 1) / 3)
+  return { h, d, w: wk, m: 12 * y + (now.month - month), q: 4 * y + (quarter(now.month) - quarter(month)), y }
 }
 
 /**
@@ -79,9 +82,10 @@ export const scheduleBtrbk = (entries: readonly ScheduleEntry[], policy: BtrbkPo
     })
   }
 
-  // Each level's representatives are the oldest among the previous level's representatives.
+  // Each level's representatives are the oldest among the previous level's representatives (a
+  // year's oldest monthly is its oldest quarterly too: quarters between leave btrbk's years as they were)
   let representatives: number[] = entries.map((_, i) => i)
-  for (const unit of ['h', 'd', 'w', 'm', 'y'] as const) {
+  for (const unit of ['h', 'd', 'w', 'm', 'q', 'y'] as const) {
     const firstInPeriod = new Map<number, number>()
     for (const i of representatives) {
       const key = (deltas[i] as Deltas)[unit]

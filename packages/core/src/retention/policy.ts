@@ -7,9 +7,10 @@ export const WEEKDAYS: readonly Weekday[] = ['sunday', 'monday', 'tuesday', 'wed
 
 /**
  * btrbk's spelling (btrbk.conf(5) "RETENTION POLICY"): `preserveMin` is `all` (btrbk's default:
- * keep everything, `preserve` then has no effect), `latest`, `no` or `<N>{h,d,w,m,y}`;
+ * keep everything, `preserve` then has no effect), `latest`, `no` or `<N>{h,d,w,m,q,y}`;
  * `preserve` is a matrix such as `'24h 7d 4w 12m *y'` or `no`. Calendar-aligned: days start at
- * `hourOfDay`, weeks on `dayOfWeek`; the first snapshot of each period is kept.
+ * `hourOfDay`, weeks on `dayOfWeek`; the first snapshot of each period is kept. One unit btrbk
+ * lacks (btrbk #589): `q`, calendar quarters (January, April, July, October), e.g. `'12m 8q *y'`.
  * @example
  * const policy: BtrbkPolicy = { preserveMin: '2d', preserve: '24h 7d 4w 12m *y', dayOfWeek: 'sunday', hourOfDay: 0 }
  */
@@ -24,8 +25,9 @@ export interface BtrbkPolicy {
 export type RotateCount = number | 'always'
 
 /**
- * rotate-backups' spelling: one kept backup per hour/day/ISO week/month/year bucket, counted back
- * from the newest backup. `strict` (the default) also drops buckets older than
+ * rotate-backups' spelling: one kept backup per hour/day/ISO week/month/quarter/year bucket,
+ * counted back from the newest backup (`quarterly`, calendar quarters, is not in rotate-backups:
+ * snapper's `TIMELINE_LIMIT_QUARTERLY`). `strict` (the default) also drops buckets older than
  * `newest - count x unit`; `strict: false` is rotate-backups' `--relaxed`. `prefer: 'newest'` is
  * its `--prefer-recent`.
  * @example
@@ -37,6 +39,7 @@ export interface RotatePolicy {
   readonly daily?: RotateCount
   readonly weekly?: RotateCount
   readonly monthly?: RotateCount
+  readonly quarterly?: RotateCount
   readonly yearly?: RotateCount
   readonly strict?: boolean
   readonly prefer?: 'oldest' | 'newest'
@@ -56,7 +59,7 @@ export type RetentionPolicy = BtrbkPolicy | RotatePolicy | CountPolicy
 
 export type PolicyError = BbError<'INVALID_POLICY'>
 
-export type BtrbkUnit = 'h' | 'd' | 'w' | 'm' | 'y'
+export type BtrbkUnit = 'h' | 'd' | 'w' | 'm' | 'q' | 'y'
 export type MinSpec = { readonly kind: 'all' } | { readonly kind: 'latest' } | { readonly kind: 'no' } | { readonly kind: 'within'; readonly unit: BtrbkUnit; readonly count: number }
 /** count per unit; `'all'` for `*`; absent or 0 = not set */
 export type PreserveMatrix = Partial<Record<BtrbkUnit, number | 'all'>>
@@ -66,7 +69,7 @@ export type NormalizedPolicy =
   | { readonly spelling: 'rotate'; readonly counts: Partial<Record<RotateFrequency, RotateCount>>; readonly strict: boolean; readonly prefer: 'oldest' | 'newest' }
   | { readonly spelling: 'count'; readonly keepLast: number }
 
-export const ROTATE_FREQUENCIES = ['minutely', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const
+export const ROTATE_FREQUENCIES = ['minutely', 'hourly', 'daily', 'weekly', 'monthly', 'quarterly', 'yearly'] as const
 export type RotateFrequency = (typeof ROTATE_FREQUENCIES)[number]
 
 const BTRBK_KEYS = ['preserveMin', 'preserve', 'dayOfWeek', 'hourOfDay'] as const
@@ -82,8 +85,8 @@ const invalid = (message: string, hint = HINT): PolicyError => bbError('INVALID_
 const parseMin = (text: string): Result<MinSpec, PolicyError> => {
   const t = text.trim()
   if (t === 'all' || t === 'latest' || t === 'no') return ok({ kind: t })
-  const m = /^(\d+)([hdwmy])$/.exec(t)
-  if (m === null) return err(invalid(`preserveMin ${JSON.stringify(text)} is not all, latest, no or <N>{h,d,w,m,y}`, "write e.g. preserveMin: '2d'"))
+  const m = /^(\d+)([hdwmqy])$/.exec(t)
+  if (m === null) return err(invalid(`preserveMin ${JSON.stringify(text)} is not all, latest, no or <N>{h,d,w,m,q,y}`, "write e.g. preserveMin: '2d'"))
   return ok({ kind: 'within', count: Number(m[1]), unit: m[2] as BtrbkUnit })
 }
 
@@ -93,10 +96,10 @@ export const parsePreserveMatrix = (text: string): Result<PreserveMatrix, Policy
   if (t === 'no' || t === '') return ok({})
   const matrix: Partial<Record<BtrbkUnit, number | 'all'>> = {}
   for (const token of t.split(/\s+/)) {
-    const m = /^(\*|\d+)([hdwmyHDWMY])$/.exec(token)
-    if (m === null) return err(invalid(`preserve token ${JSON.stringify(token)} is not <N>{h,d,w,m,y} or *{h,d,w,m,y}`, "write e.g. preserve: '24h 7d 4w 12m *y'"))
+    const m = /^(\*|\d+)([hdwmqyHDWMQY])$/.exec(token)
+    if (m === null) return err(invalid(`preserve token ${JSON.stringify(token)} is not <N>{h,d,w,m,q,y} or *{h,d,w,m,q,y}`, "write e.g. preserve: '24h 7d 4w 12m *y'"))
     const unit = (m[2] ?? 'h').toLowerCase() as BtrbkUnit
-    if (unit in matrix) return err(invalid(`preserve ${JSON.stringify(text)} names the unit ${unit} twice`, 'give each of h, d, w, m, y at most once'))
+    if (unit in matrix) return err(invalid(`preserve ${JSON.stringify(text)} names the unit ${unit} twice`, 'give each of h, d, w, m, q, y at most once'))
     const count = m[1] === '*' ? 'all' : Number(m[1])
     matrix[unit] = count // 0 is kept as "not set": btrbk tests the count for truth, so 0d keeps no dailies
   }

@@ -25,16 +25,18 @@ const bucketKey = (f: RotateFrequency, w: WallClock): number => {
     }
     case 'monthly':
       return w.year * 13 + w.month
+    case 'quarterly':
+      return w.year * 4 + Math.floor((w.month - 1) / 3)
     case 'yearly':
       return w.year
   }
 }
 
-/** `reference - count x unit` on the wall clock, months and years as calendar units (relativedelta). */
+/** `reference - count x unit` on the wall clock, months, quarters and years as calendar units (relativedelta). */
 const windowStart = (f: RotateFrequency, count: number, reference: WallClock): number => {
   const ms = { minutely: 60_000, hourly: 3_600_000, daily: 86_400_000, weekly: 7 * 86_400_000 } as const
-  if (f !== 'monthly' && f !== 'yearly') return wallEpoch(reference) - count * ms[f]
-  const months = f === 'monthly' ? count : 12 * count
+  if (f !== 'monthly' && f !== 'quarterly' && f !== 'yearly') return wallEpoch(reference) - count * ms[f]
+  const months = count * { monthly: 1, quarterly: 3, yearly: 12 }[f]
   const total = reference.year * 12 + (reference.month - 1) - months
   const year = Math.floor(total / 12)
   const month = (total % 12) + 1
