@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { lstatSync, readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
 import { archive, archiveComplete, backup, bbError, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
@@ -9,7 +9,7 @@ import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
+import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -190,7 +190,7 @@ const priorityOptions = (command: Command): Command =>
 const jobOptions = (command: Command): Command =>
   sshOptions(command)
     .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
-    .option('-j, --job <name>', 'run only this job of the config (repeatable)', collect)
+    .option('-j, --job <name>', 'run only this job of the config (repeatable; the names alone, where no source is given, say the same)', collect)
     .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
     .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root)")
     .option('-p, --prefix <prefix>', 'put before the timestamp of each snapshot name (btrfs default: the source\'s name and a dot)')
@@ -280,6 +280,7 @@ Examples:
   bbackup run /home --locked-dests --no-snapshot  btrfs: retry the targets of unfinished transfers
   bbackup run /srv /mnt/a /mnt/b --keep-backups '7d 4w 12m'
   bbackup run -c /etc/bbackup/config.toml         every job of the config
+  bbackup run home                                the job named home of /etc/bbackup/config.toml (as -j home)
   bbackup run -n /home /mnt/backup/home           show what would be done`,
   snapshot: `
 Examples:
@@ -302,7 +303,7 @@ Examples:
   bbackup status -b /srv/backy/vm1 --json
   bbackup status /home /mnt/backup/home
   bbackup status --check /srv/backups/laptop     one backup directory alone, as a Nagios check
-  bbackup status -j home --json`,
+  bbackup status home --json                     the job named home of the config (as -j home)`,
   prune: `
 Examples:
   bbackup prune /home /mnt/backup/home --keep-backups 10 -n     show what would be deleted and why
@@ -386,6 +387,34 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const lowered = await lowerPriority(priority.value)
     return lowered.isErr() ? fail(lowered.error, options) : undefined
   }
+
+  /**
+   * btrbk's filter (`btrbk run home`): when every argument is a bare word that names a job of the
+   * config (-c, or the default one) and none is a path here, the arguments select those jobs as -j
+   * does. A word that names both is refused: only the user knows which was meant.
+   */
+  const asJobNames = <O extends CommonOptions>(source: string | undefined, targets: readonly string[], options: O): { source: string | undefined; targets: string[]; options: O } | { error: BbError } => {
+    const words = [...(source === undefined ? [] : [source]), ...targets]
+    const asGiven = { source, targets: [...targets], options }
+    const bare = words.length > 0 && words.every((w) => JOB_NAME.test(w) && w !== '.' && w !== '..')
+    if (!bare || options.job !== undefined || (options as { backupDir?: string }).backupDir !== undefined || (options.rawTarget ?? []).length > 0 || (options.pipeTarget ?? []).length > 0) return asGiven
+    const configPath = options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config)
+    const names: readonly (string | undefined)[] = loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].map((j) => j.name)).unwrapOr([])
+    if (!words.every((w) => names.includes(w))) return asGiven
+    const here = words.filter((w) => lstatSync(resolvePath(io.cwd, w), { throwIfNoEntry: false }) !== undefined)
+    if (here.length > 0) {
+      return { error: bbError('INVALID_OPTIONS', `${here.join(', ')}: the name of a job in ${configPath}, and of a path in ${io.cwd}`, `say which: -j ${here[0] ?? ''} for the job, ./${here[0] ?? ''} for the path`) }
+    }
+    return { source: undefined, targets: [], options: { ...options, job: words } }
+  }
+
+  /** An action on SOURCE TARGET… whose arguments may be the names of the config's jobs (asJobNames). */
+  const byJobName = <O extends CommonOptions>(action: (source: string | undefined, targets: string[], options: O) => Promise<void>) =>
+    async (source: string | undefined, targets: string[], options: O): Promise<void> => {
+      const named = asJobNames(source, targets, options)
+      if ('error' in named) return void (outcome = fail(named.error, options))
+      return action(named.source, named.targets, named.options)
+    }
 
   /** The jobs a command acts on: from SOURCE TARGET… on the command line, else from the config. */
   const resolveJobs = async (source: string | undefined, targets: readonly string[], options: CommonOptions, withBlock = false): Promise<{ jobs: Job[]; specOf: Map<Job, JobSpec>; blockJobs: BlockJobSpec[]; metricsFile?: string; transactionLog?: string } | { error: BbError }> => {
@@ -1049,13 +1078,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     }
     command
       .addHelpText('after', EXAMPLES[name] ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         if (name === 'snapshot') {
           const hooked = await asRsyncdHook('snapshot', source, targets, options)
           if (hooked !== undefined) return void (outcome = hooked)
         }
         outcome = (await withPriority(options)) ?? await runJobs(source, targets, options, stages)
-      })
+      }))
   }
   jobCommand('run', 'the main job: snapshot, transfer to every target, prune', {})
   jobCommand('snapshot', 'take a source snapshot only (btrfs and block drivers)', { snapshot: true, transfer: false, prune: false })
@@ -1147,7 +1176,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-b, --backup-dir <dir>', "block: expire the volume's revisions by its schedule now, without a backup")
       .option('--forget-target <location>', 'btrfs: a target gone for good (no longer in the job): forget the snapshot kept as its next parent and its unfinished transfers, so the source\'s retention prunes them (repeatable)', collect, []))
       .addHelpText('after', EXAMPLES.prune ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; forgetTarget?: string[] }) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; forgetTarget?: string[] }) => {
         if (options.backupDir !== undefined) {
           if (source !== undefined) return void (outcome = fail(bbError('INVALID_OPTIONS', `prune -b takes no source or targets (${source})`, 'give the backup directory alone: bbackup prune -b DIR'), options))
           return void (outcome = { code: await blockPrune(io, options.backupDir, options) })
@@ -1155,13 +1184,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const hooked = await asRsyncdHook('prune', source, targets, options)
         if (hooked !== undefined) return void (outcome = hooked)
         outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
-      })
+      }))
   }
 
   if (wanted('list')) {
     diskOptions(jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]')))
       .addHelpText('after', EXAMPLES.list ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         // one place and no target: the backups kept there, or a btrfs source's own snapshots
         if (source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0) {
           outcome = await withPlaceDisk(source, targets, options, 'error', async () => {
@@ -1175,7 +1204,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
         if (lists.some((l) => l.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
-      })
+      }))
   }
 
   if (wanted('diff')) {
@@ -1213,7 +1242,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--critical-age <age>', 'with --check: older than this is critical (default 50h; config: critical_age)')
       .addHelpText('after', EXAMPLES.status ?? '')
       .option('--unit-dir <dir>', "where the jobs' timers are (default /etc/systemd/system, or ~/.config/systemd/user when not root)")
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions & { backupDir?: string; check?: boolean; warnAge?: string; criticalAge?: string; unitDir?: string }) => {
         if (options.backupDir !== undefined) return void (outcome = { code: await blockStatus(io, options.backupDir, options) })
         // one place and no target: a directory of backups on its own (the backup server's view)
         const found = source !== undefined && targets.length === 0 && (options.rawTarget ?? []).length === 0 && (options.pipeTarget ?? []).length === 0
@@ -1245,7 +1274,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : texts.join(''))
         if (answers.some((s) => s.targets.some((t) => !t.reachable || t.error !== undefined))) outcome = { code: EXIT.someTargetsFailed }
-      })
+      }))
   }
 
   if (wanted('verify')) {
@@ -1254,7 +1283,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-b, --backup-dir <dir>', 'block: the backup directory of a volume; the arguments are revisions (uuid, 0 = newest, latest, a tag, all)')
       .option('--subset <k/n>', 'block: check only every n-th chunk, starting at the k-th; n runs with k = 1..n check everything once')
       .addHelpText('after', EXAMPLES.verify ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string; backupDir?: string; subset?: string }) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions & { snapshot?: string; backupDir?: string; subset?: string }) => {
         if (options.backupDir !== undefined) return void (outcome = { code: await blockVerify(io, options.backupDir, [...(source === undefined ? [] : [source]), ...targets], options) })
         const resolved = await resolveJobs(source, targets, options)
         if ('error' in resolved) return void (outcome = fail(resolved.error, options))
@@ -1290,7 +1319,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         // one target: its answer; several: one array of them
         if (options.json === true) io.stdout(`${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n`)
         if (failed !== undefined) outcome = { code: exitCodeOf(failed) }
-      })
+      }))
   }
 
   /** restore: a backup (or a block revision, with -b) copied to a new place */
@@ -1474,7 +1503,12 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--program <path>', 'rsyncd --server-side: where bbackup is on the server', '/usr/local/bin/bbackup')
       .option('--keep-backups <policy>', "rsyncd --server-side: the rotation of the post-xfer exec (default: rsync-system-backup's 'hourly=24 daily=7 weekly=4 monthly=always')")
       .addHelpText('after', EXAMPLES.doctor ?? '')
-      .action(async (what: string | undefined, options: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string; serverSide?: boolean; program: string }) => {
+      .action(async (what: string | undefined, given: CommonOptions & { role: string; driver?: string; module: string; path: string; user: string; secretsFile: string; hostsAllow: string; serverSide?: boolean; program: string }) => {
+        // `bbackup doctor home`: the job of that name, as -j home
+        const named = what === 'rsyncd' ? { source: what, options: given } : asJobNames(what, [], given)
+        if ('error' in named) return void (outcome = fail(named.error, given))
+        const options = named.options
+        what = named.source
         if (what === undefined) {
           const { driver: _, ...jobOptions } = options
           const resolved = await resolveJobs(undefined, [], jobOptions, true)
@@ -1517,7 +1551,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         }
         const location = parseLocation(what, { cwd: io.cwd })
         if (location.isErr() || location.value.kind !== 'ssh') {
-          return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks an ssh location or prints an rsyncd module; ${JSON.stringify(what)} is neither`, 'give ssh://[user@]host/path (or [user@]host:/path), or rsyncd'), {}))
+          return void (outcome = fail(bbError('UNSUPPORTED', `bbackup doctor checks the config's jobs (or one by its name), an ssh location, or prints an rsyncd module; ${JSON.stringify(what)} is none of them`, `give a job's name (the jobs of ${given.config ?? DEFAULT_CONFIG}, or -c FILE), ssh://[user@]host/path (or [user@]host:/path), or rsyncd`), {}))
         }
         const roles = options.role.split(',')
         const { ROLES } = await import('@bb/transports/ssh-filter')
@@ -1545,11 +1579,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   if (wanted('locks')) {
     jobOptions(program.command('locks').description('show who holds each job\'s lock').argument('[source]').argument('[targets...]'))
       .addHelpText('after', EXAMPLES.locks ?? '')
-      .action(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         await eachJob(source, targets, options,
           (job) => job.state.transport.inspectLock(`${job.state.directory}/lock`).map((lock) => ({ job: job.state.directory, lock: lock ?? null })),
           (all) => all.map((l) => `${l.job}: ${l.lock === null ? 'free' : `${l.lock.verdict.stale ? 'stale' : 'held'}: ${l.lock.verdict.reason}`}\n`).join(''))
-      })
+      }))
   }
 
   if (wanted('completion')) {

@@ -366,11 +366,21 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
 
   it('answers usage errors with exit 2 and a hint', async () => {
     expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given\n  hint: name where the backups go') })
-    // a job's name where the source goes: the hint names -j
-    await writeFile(join(tmp.path, 'jobs.toml'), `[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
-    expect(await runCli(['run', '-c', 'jobs.toml', 'home'], tmp.path)).toMatchObject({
-      code: 2, stderr: expect.stringContaining(`no target given: home was taken as the source, and it is also the name of a job in ${join(tmp.path, 'jobs.toml')}\n  hint: to run that job, name it with -j: bbackup run -c jobs.toml -j home`),
-    })
+    // a job's name where the source goes (btrbk's filter): that job, as -j says; a name that is a path here too is refused
+    await writeFile(join(tmp.path, 'jobs.toml'), `state_dir = "state"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst-home')}"]\n[jobs.etc]\nsource = "${join(tmp.path, 'src', 'b')}"\ntargets = ["${join(tmp.path, 'dst-etc')}"]\n`)
+    expect(await runCli(['run', '-c', 'jobs.toml', 'home', '-q'], tmp.path)).toMatchObject({ code: 0 })
+    expect(await runCli(['list', '-c', 'jobs.toml', 'home'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringMatching(new RegExp(`^${join(tmp.path, 'dst-home')} \\(target\\): 1 backup\n`)) })
+    expect(existsSync(join(tmp.path, 'dst-etc'))).toBe(false)
+    expect((await runCli(['status', '-c', 'jobs.toml', 'home', 'etc'], tmp.path)).stdout).toMatch(/^home: [^\n]*\n[\s\S]*\netc: /)
+    expect(await runCli(['doctor', '-c', 'jobs.toml', 'home'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^job home:\n(?![\s\S]*job etc)/) })
+    expect(await runCli(['doctor', '-c', 'jobs.toml', 'homes'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('"homes" is none of them\n  hint: give a job\'s name (the jobs of jobs.toml, or -c FILE)') })
+    await mkdir(join(tmp.path, 'etc'))
+    for (const command of ['run', 'list', 'status', 'prune', 'locks', 'doctor']) {
+      expect(await runCli([command, '-c', 'jobs.toml', 'etc'], tmp.path)).toMatchObject({
+        code: 2, stderr: expect.stringContaining(`etc: the name of a job in ${join(tmp.path, 'jobs.toml')}, and of a path in ${tmp.path}\n  hint: say which: -j etc for the job, ./etc for the path`),
+      })
+    }
+    expect(existsSync(join(tmp.path, 'dst-etc'))).toBe(false)
     expect(await runCli(['run', '-c', 'jobs.toml', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given\n  hint: name where the backups go') })
     expect((await runCli(['run', '--bogus'], tmp.path)).code).toBe(2)
     // --wait takes an optional value: before the paths it takes the source as its seconds
