@@ -98,7 +98,8 @@ const detectDriver = async (source: Transport): Promise<{ readonly driver: Drive
 /**
  * Which driver made the backups in a target directory: rsync keeps its records in `.bbackup/`
  * (`NAME.json`, and `NAME.partial` while one is unfinished; the directory alone says nothing);
- * btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target).
+ * btrfs backups are subvolumes (inode 256), or stream files with sidecars (a raw target); plain
+ * directories named as backups by another tool, without records, are rsync's to adopt.
  * Undefined when it holds none.
  */
 const heldDriver = async (target: Transport): Promise<{ readonly driver: DriverChoice; readonly raw: boolean } | undefined> => {
@@ -108,11 +109,14 @@ const heldDriver = async (target: Transport): Promise<{ readonly driver: DriverC
   const entries = (await target.list(dir)).unwrapOr([])
   const { isRawSidecar } = await import('@bb/drivers/btrfs')
   if (entries.some((e) => e.kind === 'file' && isRawSidecar(e.name))) return { driver: 'btrfs', raw: true }
+  let plain = false
   for (const e of entries) {
     if (e.kind !== 'directory' || parseSnapshotName(e.name) === undefined) continue
     if ((await target.stat(join(dir, e.name))).unwrapOr(undefined)?.inode === 256) return { driver: 'btrfs', raw: false }
+    plain = true
   }
-  return undefined
+  // plain directories named as backups, with no records yet: another tool's (rsync-system-backup's), which rsync adopts
+  return plain ? { driver: 'rsync', raw: false } : undefined
 }
 
 /**

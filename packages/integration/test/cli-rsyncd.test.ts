@@ -48,6 +48,24 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     expect(await treeManifest(join(tmp.path, 'restored'))).toEqual(await treeManifest(join(tmp.path, 'home')))
   })
 
+  it("takes over a module rsync-system-backup wrote to: its backups adopted, its latest/ mirror left as it is (a warning), each backup published", async () => {
+    const dir = join(daemon.modulePath, 'rsb')
+    await writeTree(join(dir, 'latest'), { 'a.txt': 'alpha\n', 'mirror-only.txt': 'm\n' })
+    await writeTree(join(dir, '2024-03-13 01:02:03'), { 'a.txt': 'alpha\n' })
+    const mirror = await treeManifest(join(dir, 'latest'))
+    const args = ['--password-file', daemon.passwordFile, '--state-dir', 'state']
+    for (const round of [1, 2]) {
+      const r = await runCli(['run', 'home', daemon.url('rsb'), ...args, '--json'], tmp.path)
+      expect(r.code, `round ${round}: ${r.stdout}${r.stderr}`).toBe(0)
+      expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: true, warnings: [expect.stringMatching(/^latest in rsync:\/\/.*\/rsb is a directory, not a link bbackup made/)] }] })
+    }
+    expect(await treeManifest(join(dir, 'latest'))).toEqual(mirror)
+    // both published: complete, nothing left marked unfinished
+    const listed = await runCli(['list', daemon.url('rsb'), '--password-file', daemon.passwordFile, '--json'], tmp.path)
+    expect(JSON.parse(listed.stdout)).toMatchObject([{ snapshots: [{ name: '2024-03-13 01:02:03', complete: true }, { complete: true }, { complete: true }] }])
+    expect((await readdir(join(dir, '.bbackup'))).filter((n) => n.endsWith('.partial'))).toEqual([])
+  })
+
   it('refuses a password file others can read, with the fix, and writes nothing (the target failed: exit 10)', async () => {
     const file = join(tmp.path, 'pw')
     await writeFile(file, `${daemon.password}\n`)

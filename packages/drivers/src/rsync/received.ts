@@ -58,8 +58,7 @@ export const publishReceived = (input: ReceivedInput): ResultAsync<ReceivedOutco
     }
     const record: BackupRecord = { health, rsyncExit: status, finishedAt: new Date().toISOString(), warnings, publishedBy: 'post-xfer exec' }
     return publishMarked(at, { dir, snapshot, record, resumedFrom: undefined })
-      .andThen(() => removeLeftovers(at, snapshot))
-      .map((removedLeftovers) => ({ kind: 'published', health, warnings, removedLeftovers } as const))
+      .andThen((latest) => removeLeftovers(at, snapshot).map((removedLeftovers) => ({ kind: 'published', health, warnings: latest === undefined ? warnings : [...warnings, latest], removedLeftovers } as const)))
   })
 }
 

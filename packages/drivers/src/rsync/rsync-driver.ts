@@ -92,6 +92,14 @@ export const ACCEPTED_PARTIAL_WARNING = 'rsync could not copy some files (exit 2
 
 export const META = '.bbackup'
 export const PARTIAL = '.partial'
+
+/**
+ * Whether `latest` in `dir` is there and is not a link (rsync-system-backup's mirror is a
+ * directory of that name): not bbackup's to replace. Asked only once making the link failed.
+ */
+const latestNotALink = (at: Transport, dir: string): ResultAsync<string | undefined, BbError> =>
+  at.stat(join(dir, 'latest')).map((s) => (s === undefined || s.kind === 'symlink' ? undefined
+    : `latest in ${formatLocation(at.location)} is a ${s.kind === 'directory' ? 'directory' : 'file'}, not a link bbackup made (rsync-system-backup's mirror?): left as it is, so it does not point at the newest backup; once you no longer need it, remove it (${at.location.kind === 'local' ? `rm -r '${join(dir, 'latest')}'` : 'rm -r on the host that holds it'}), and the next run makes the link`))
 const join = posix.join
 
 /** a backup's record and its unfinished-marker, relative to the directory of the backups */
@@ -358,6 +366,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         ? await publishMarked(target, { dir, snapshot, record, resumedFrom: resumeFrom })
         : await publish(target, { dir, partial, final, snapshot, record }, commands, signal)
       if (published.isErr()) return err(published.error)
+      if (published.value !== undefined) warnings.push(published.value)
     }
     return ok({
       snapshot, mode: parent === undefined ? 'full' : 'incremental', ...(parent === undefined ? {} : { parent: parent.name }),
@@ -365,13 +374,16 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  /** flush, record, rename `<name>.partial` to `<name>` (the commit point), point `latest` at it */
+  /**
+   * flush, record, rename `<name>.partial` to `<name>` (the commit point), point `latest` at it; a
+   * `latest` that is not a link is left alone, and said (the warning)
+   */
   const publish = async (
     target: Transport,
     p: { dir: string; partial: string; final: string; snapshot: string; record: BackupRecord },
     commands: string[][],
     signal: AbortSignal | undefined,
-  ): Promise<Result<void, BbError>> => {
+  ): Promise<Result<string | undefined, BbError>> => {
     if (options.syncBeforePublish !== false) {
       const syncArgv = ['sync', '-f', p.partial]
       commands.push(syncArgv)
@@ -382,7 +394,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     return target.mkdir(join(p.dir, META))
       .andThen(() => target.writeFileAtomic(recordPath(p.dir, p.snapshot), `${JSON.stringify(p.record, null, 2)}\n`))
       .andThen(() => target.rename(p.partial, p.final))
-      .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')))
+      .andThen(() => target.symlink(p.snapshot, join(p.dir, 'latest')).map(() => undefined)
+        .orElse((e) => latestNotALink(target, p.dir).andThen((warning) => (warning === undefined ? errAsync(e) : okAsync(warning)))))
   }
 
   const recover: Driver['recover'] = ({ target, entry }) => {
@@ -567,17 +580,18 @@ export const serverCanPublish = (targets: readonly Transport[]): Result<void, Bb
  * marker. A crash before the marker is gone leaves `latest` at a backup that is complete but still
  * marked: the next run links from it and replaces it.
  */
-export const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<void, BbError> =>
-  changeFiles(target, p.dir, {
-    write: [{ path: recordFile(p.snapshot), data: `${JSON.stringify(p.record, null, 2)}\n` }],
-    link: [{ path: 'latest', target: p.snapshot }],
-    remove: [markerFile(p.snapshot)],
-  })
-    .andThen(() => {
+export const publishMarked = (target: Transport, p: { dir: string; snapshot: string; record: BackupRecord; resumedFrom: string | undefined }): ResultAsync<string | undefined, BbError> => {
+  const write = [{ path: recordFile(p.snapshot), data: `${JSON.stringify(p.record, null, 2)}\n` }]
+  const remove = [markerFile(p.snapshot)]
+  return changeFiles(target, p.dir, { write, link: [{ path: 'latest', target: p.snapshot }], remove }).map((): string | undefined => undefined)
+    // a `latest` that is not a link (rsync-system-backup's mirror) is left alone: published without it
+    .orElse((e) => latestNotALink(target, p.dir).andThen((warning) => (warning === undefined ? errAsync(e) : changeFiles(target, p.dir, { write, remove }).map(() => warning))))
+    .andThen((warning) => {
       const old = p.resumedFrom
-      if (old === undefined) return okAsync(undefined)
-      return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old))))
+      if (old === undefined) return okAsync(warning)
+      return target.remove(old, { recursive: true }).andThen(() => target.remove(markerPath(p.dir, posix.basename(old)))).map(() => warning)
     })
+}
 
 /**
  * Small files written, then others removed, under `dir`: in one round trip where the transport

@@ -132,8 +132,10 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
   /** exit 23 with "No such file" is rsync's answer for a path that is not there */
   const absent = (r: CommandResult): boolean => r.exitCode === 23 && /No such file or directory \(2\)/.test(r.stderr)
 
-  const failed = (what: string, path: string, r: CommandResult): TransportError => {
-    const details = { host: display, path, exitCode: r.exitCode, stderr: r.stderr }
+  const failed = (what: string, given: string, r: CommandResult): TransportError => {
+    const details = { host: display, path: given, exitCode: r.exitCode, stderr: r.stderr }
+    // the module's own directory is '' (a location without a path)
+    const path = given === '' || given === '/' ? 'in the top directory' : given
     if (/Permission denied|Operation not permitted|Read-only file system/.test(r.stderr)) {
       return bbError('IO_FAILED', `cannot ${what} ${path} in module ${location.module} at ${display}: permission denied`, 'let the daemon write there: "uid"/"gid" of the module in rsyncd.conf and the ownership of its path', details)
     }
