@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import { familyName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList, type TransferProgress } from '@bb/core'
+import { familyName, parseSnapshotName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList, type TransferProgress } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -308,7 +308,11 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     }
     out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${agoOrAhead(t.latest.ageSeconds)}${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
     out.push(...aheadLine(t.ahead, 'backup'))
-    if (t.unfinished.length > 0) out.push(`    unfinished: ${t.unfinished.join(', ')} (the next run continues it)`)
+    // bbackup's own unfinished copies, and another tool's (rsync-time-backup's interrupted backup), which it leaves alone
+    const own = t.unfinished.filter((n) => parseSnapshotName(n)?.scheme === 'bbackup')
+    const foreign = t.unfinished.filter((n) => !own.includes(n))
+    if (own.length > 0) out.push(`    unfinished: ${own.join(', ')} (the next run continues it)`)
+    if (foreign.length > 0) out.push(`    unfinished, another tool's: ${foreign.join(', ')} (left as it is: never counted, linked against or deleted)`)
     const others = t.others ?? []
     if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${brief(others)}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)
     const broken = t.broken ?? []

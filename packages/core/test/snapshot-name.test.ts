@@ -22,14 +22,15 @@ describe('snapshot names', () => {
     expect(parseSnapshotName('2026-11-23T001500Z_2')?.sequence).toBe(2)
   })
 
-  it('reads the names of btrbk, btrfs-backup and rsync-system-backup', () => {
+  it('reads the names of btrbk, btrfs-backup, rsync-system-backup and rsync-time-backup', () => {
     expect(parseSnapshotName('home.20240313T0100+0100')).toEqual({ scheme: 'btrbk', prefix: 'home', time: new Date('2024-03-13T00:00:00Z'), sequence: 0, hasTime: true })
     expect(parseSnapshotName('home.20240313_2')).toMatchObject({ scheme: 'btrbk', prefix: 'home', sequence: 2, hasTime: false })
     expect(parseSnapshotName('root-240313-010203')).toMatchObject({ scheme: 'btrfs-backup', prefix: 'root-', time: new Date(2024, 2, 13, 1, 2, 3) })
     expect(parseSnapshotName('2024-03-13 01:02:03')).toMatchObject({ scheme: 'rsync-system-backup', time: new Date(2024, 2, 13, 1, 2, 3) })
+    expect(parseSnapshotName('2024-03-13-010203')).toEqual({ scheme: 'rsync-time-backup', prefix: '', time: new Date(2024, 2, 13, 1, 2, 3), sequence: 0, hasTime: true })
   })
 
-  it.each(['latest', 'lost+found', '2024-13-01T000000Z', 'home.20240230', 'x-240231-000000', '2024-03-13T000000Z.partial', ''])(
+  it.each(['latest', 'lost+found', '2024-13-01T000000Z', 'home.20240230', 'x-240231-000000', '2024-03-13T000000Z.partial', '2024-02-30-010203', 'backup.inprogress', ''])(
     'never reads %j, so it is never touched',
     (name) => expect(parseSnapshotName(name)).toBeUndefined(),
   )

@@ -344,6 +344,24 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(JSON.parse(listedJson.stdout)).toMatchObject([{ at: join(tmp.path, 'gone'), snapshots: [], error: { code: 'TARGET_UNAVAILABLE' } }, { at: join(tmp.path, 'dst'), snapshots: [{ name: newer }] }])
   })
 
+  it("takes over rsync-time-backup's directory: its backups adopted, the one its backup.inprogress says was interrupted never linked against, counted or deleted", async () => {
+    const dst = join(tmp.path, 'dst')
+    await writeTree(join(dst, '2024-03-13-010203'), { 'a.txt': 'a\n' })
+    await writeTree(join(dst, '2024-03-14-010203'), { 'a.txt': 'half\n' })
+    await writeFile(join(dst, 'backup.marker'), '')
+    await writeFile(join(dst, 'backup.inprogress'), '4242\n')
+    const listed = JSON.parse((await runCli(['list', 'dst', '--json'], tmp.path)).stdout) as { snapshots: { name: string; complete: boolean }[] }[]
+    expect(listed[0]?.snapshots).toMatchObject([{ name: '2024-03-13-010203', complete: true }, { name: '2024-03-14-010203', complete: false }])
+    const run = await runCli(['run', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)
+    expect(run.code, run.stderr).toBe(0)
+    expect(JSON.parse(run.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', parent: '2024-03-13-010203' }] })
+    expect((await runCli(['status', 'dst'], tmp.path)).stdout).toContain("unfinished, another tool's: 2024-03-14-010203 (left as it is: never counted, linked against or deleted)")
+    const pruned = await runCli(['prune', 'dst', '--keep-backups', '1'], tmp.path)
+    expect(pruned).toMatchObject({ code: 0, stdout: expect.stringContaining('deleted 1 of 2') })
+    expect((await readdir(dst)).filter((n) => n.startsWith('2024'))).toEqual(['2024-03-14-010203'])
+    expect(await readFile(join(dst, '2024-03-14-010203', 'a.txt'), 'utf8')).toBe('half\n')
+  })
+
   it('prunes a directory of backups alone (rotate-backups on the backup server), each source by its prefix', async () => {
     for (const prefix of ['', '', 'laptop-', 'laptop-']) {
       expect((await runCli(['run', 'src', 'dst', '-p', prefix, '--state-dir', join(tmp.path, `state${prefix}`), '-q'], tmp.path)).code).toBe(0)

@@ -6,7 +6,7 @@
  */
 
 /** Which tool's naming scheme a name follows. */
-export type NameScheme = 'bbackup' | 'btrbk' | 'btrfs-backup' | 'rsync-system-backup'
+export type NameScheme = 'bbackup' | 'btrbk' | 'btrfs-backup' | 'rsync-system-backup' | 'rsync-time-backup'
 
 export interface ParsedSnapshotName {
   readonly scheme: NameScheme
@@ -80,9 +80,11 @@ const BTRBK = /^(.+)\.(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2})?(?:([+-])(\
 const BTRFS_BACKUP = /^(.*?)(\d{2})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})$/
 // rsync-system-backup: '%Y-%m-%d %H:%M:%S' (local time)
 const RSYNC_SYSTEM_BACKUP = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$/
+// rsync-time-backup: '%Y-%m-%d-%H%M%S' (local time)
+const RSYNC_TIME_BACKUP = /^(\d{4})-(\d{2})-(\d{2})-(\d{2})(\d{2})(\d{2})$/
 
 /**
- * Reads a snapshot name written by bbackup, btrbk, btrfs-backup or rsync-system-backup.
+ * Reads a snapshot name written by bbackup, btrbk, btrfs-backup, rsync-system-backup or rsync-time-backup.
  * Returns `undefined` for anything else, and for impossible dates: such names are never touched.
  * @example
  * parseSnapshotName('home.20240313T0100')?.scheme // 'btrbk'
@@ -108,6 +110,12 @@ export const parseSnapshotName = (name: string): ParsedSnapshotName | undefined 
     const f = { year: num(m[1]), month: num(m[2]), day: num(m[3]), hour: num(m[4]), minute: num(m[5]), second: num(m[6]) }
     if (!validFields(f)) return undefined
     return { scheme: 'rsync-system-backup', prefix: '', time: localTime(f), sequence: 0, hasTime: true }
+  }
+  m = RSYNC_TIME_BACKUP.exec(name)
+  if (m !== null) {
+    const f = { year: num(m[1]), month: num(m[2]), day: num(m[3]), hour: num(m[4]), minute: num(m[5]), second: num(m[6]) }
+    if (!validFields(f)) return undefined
+    return { scheme: 'rsync-time-backup', prefix: '', time: localTime(f), sequence: 0, hasTime: true }
   }
   m = BTRFS_BACKUP.exec(name)
   if (m !== null) {

@@ -91,6 +91,8 @@ export const VANISHED_WARNING = 'some source files vanished while they were copi
 export const ACCEPTED_PARTIAL_WARNING = 'rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors'
 
 export const META = '.bbackup'
+/** rsync-time-backup's file in a backup directory while its newest backup is unfinished */
+const RSYNC_TIME_BACKUP_MARKER = 'backup.inprogress'
 export const PARTIAL = '.partial'
 
 /**
@@ -255,11 +257,16 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       meta(),
     ] as const)
       .andThen(([entries, { marked, records }]) => {
-        const backups = entries.filter((e) => e.kind === 'directory').map((e) => {
+        const unmarked = entries.filter((e) => e.kind === 'directory').map((e) => {
           const complete = !e.name.endsWith(PARTIAL) && !marked.has(e.name)
           const name = e.name.endsWith(PARTIAL) ? e.name.slice(0, -PARTIAL.length) : e.name
           return { name, complete, dirName: e.name, parsed: parseSnapshotName(name) }
         }).filter((b) => b.parsed !== undefined)
+        // rsync-time-backup's marker: its newest backup was being made (or resumed) and did not finish
+        const interrupted = entries.some((e) => e.kind === 'file' && e.name === RSYNC_TIME_BACKUP_MARKER)
+          ? unmarked.filter((b) => b.parsed?.scheme === 'rsync-time-backup').sort((a, b) => (b.parsed?.time.getTime() ?? 0) - (a.parsed?.time.getTime() ?? 0))[0]
+          : undefined
+        const backups = unmarked.map((b) => (b === interrupted ? { ...b, complete: false } : b))
         return ResultAsync.combine(backups.map((b) =>
           (b.complete ? recordOf(b.name, records) : okAsync(undefined)).map((text) => ({
             info: { name: b.name, time: b.parsed?.time, complete: b.complete, ...recordSays(text), path: join(dir, b.dirName) } satisfies SnapshotInfo,
