@@ -47,7 +47,7 @@ describe.runIf(requireTools(['rsync'], { root: true }))('an rsync daemon whose p
   const target = (): string => `rsync://root@127.0.0.1:${daemon.port}/backups/laptop`
   const run = (...more: string[]): ReturnType<typeof runCli> =>
     runCli(['run', 'home', target(), '-b', '--password-file', 'pw', '--state-dir', 'state', '--retries', '0', '--json', ...more], tmp.path)
-  const published = (count: number) => async (): Promise<boolean> => (await backupsIn(laptop)).length >= count && (await markersIn(laptop)).length === 0
+  const published = (count: number, dir = laptop) => async (): Promise<boolean> => (await backupsIn(dir)).length >= count && (await markersIn(dir)).length === 0
 
   it('publishes each backup after its transfer, hard-linked to the previous one, and rotates by the policy', async () => {
     const first = await run()
@@ -76,6 +76,16 @@ describe.runIf(requireTools(['rsync'], { root: true }))('an rsync daemon whose p
     await waitFor(async () => (await readFile(hookLog, 'utf8')).includes(`deleted ${laptop}/${one} (retention)`), 20_000)
     const listed = await runCli(['list', 'home', target(), '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
     expect(JSON.parse(listed.stdout)).toMatchObject([{ snapshots: [{ name: two, complete: true }, { complete: true }] }])
+  })
+
+  it("publishes beside rsync-system-backup's latest/ mirror, which it leaves as it is, and says so in the daemon's log", async () => {
+    const rsb = join(tmp.path, 'module', 'rsb')
+    await writeTree(join(rsb, 'latest'), { 'a.txt': 'alpha\n', 'mirror-only.txt': 'm\n' })
+    const r = await runCli(['run', 'home', `rsync://root@127.0.0.1:${daemon.port}/backups/rsb`, '-b', '--password-file', 'pw', '--state-dir', 'state-rsb', '--retries', '0', '--json'], tmp.path)
+    expect(r.code, r.stdout + r.stderr).toBe(0)
+    await waitFor(published(1, rsb), 20_000)
+    await waitFor(async () => (await readFile(hookLog, 'utf8')).includes(`warning: latest in ${rsb} is a directory, not a link bbackup made`), 20_000)
+    expect((await readdir(join(rsb, 'latest'))).sort()).toEqual(['a.txt', 'mirror-only.txt'])
   })
 
   it('refuses -b where nothing publishes for it (a plain directory), and a post-xfer exec without its pre-xfer exec', async () => {
