@@ -214,6 +214,8 @@ export const blockBackup = async (
     }
     const report = r.value
     if (options.quiet !== true || options.json === true) print(io, options, report, () => renderBackup(report, options.verbose ?? 0))
+    // -q prints only errors and warnings
+    else if (report.revision.warnings.length > 0) io.stderr(report.revision.warnings.map((w) => `warning: ${w}\n`).join(''))
     // a hook that failed after the revision was made: the run did not do all it was asked (as a run's exit 10)
     if ((report.hooks ?? []).some((h) => !h.ok)) {
       if (options.quiet === true && options.json !== true) io.stderr(`${hookLines(report.hooks?.filter((h) => !h.ok), 0, '').join('\n')}\n`)

@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveFailures, renderDiff, renderError, renderFailures, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -696,7 +696,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
             continue
           }
           job = widened.value.job
-          for (const why of widened.value.skipped) if (verbosity >= 0 && options.json !== true) io.stderr(`warning: ${why}\n`)
+          for (const why of widened.value.skipped) if (options.json !== true) io.stderr(`warning: ${why}\n`)
         }
         if (stages.snapshot === true && !job.driver.snapshotsSource) {
           code = Math.max(code, fail(bbError('UNSUPPORTED', `the ${job.driver.name} driver copies the live source: it has no source snapshots to take`, 'use bbackup run, which makes the backup'), options).code)
@@ -739,7 +739,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         reports.push(r.value)
         if (options.json !== true && verbosity >= 0) io.stdout(renderReport(r.value, verbosity, wanted))
         // -q prints only errors and warnings: a failed target is one
-        else if (options.json !== true) io.stderr(renderFailures(r.value))
+        else if (options.json !== true) io.stderr(renderProblems(r.value))
         if (options.backup === true && options.json !== true && verbosity >= 0 && options.dryRun !== true) {
           io.stdout('(-b: each backup stays unfinished until the daemon\'s post-xfer exec publishes it; nothing was rotated here)\n')
         }
@@ -821,7 +821,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (r.isErr()) return fail(r.error, options)
       if (options.json === true) io.stdout(`${JSON.stringify(r.value, null, 2)}\n`)
       else if (verbosity >= 0) io.stdout(renderArchive(r.value, verbosity))
-      else io.stderr(renderArchiveFailures(r.value))
+      else io.stderr(renderArchiveProblems(r.value))
       return { code: archiveComplete(r.value) ? EXIT.ok : EXIT.someTargetsFailed }
     } finally {
       process.off('SIGINT', onSignal)

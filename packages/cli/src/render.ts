@@ -158,10 +158,18 @@ export const hookLines = (hooks: readonly HookRun[] | undefined, verbosity: numb
     return [`${indent}${h.point} hook ran, ${(h.durationMs / 1000).toFixed(1)} s`, ...(h.output ?? '').split('\n').filter((l) => l !== '').map((l) => `${indent}  | ${l}`)]
   })
 
-export const renderFailures = (report: BackupReport): string => {
+/**
+ * What `-q` still prints of a run, on stderr: the targets that failed, what was not pruned, the
+ * hooks that failed, and every warning (a cron job's mail is where they are read); empty when the
+ * run had none of these.
+ */
+export const renderProblems = (report: BackupReport): string => {
   const failed = report.targets.filter((t) => !t.ok)
+  const others = report.sourceOthers ?? []
   const lines = [
     ...(failed.length === 0 ? [] : [`${report.source}: ${failed.length} of ${report.targets.length} target${report.targets.length === 1 ? '' : 's'} failed`, ...failed.flatMap((t) => failedLines(t, 0))]),
+    ...report.targets.flatMap((t) => (t.ok ? t.warnings.map((w) => `${t.target}: warning: ${w}`) : [])),
+    ...(others.length === 0 ? [] : [`${report.source}: warning: ${others.length} source ${others.length === 1 ? 'snapshot' : 'snapshots'} named as the job's (${brief(others)}) taken of another subvolume (${OTHER_SUBVOLUME}): neither sent nor pruned by this job (give each source its own prefix: -p)`]),
     ...report.targets.flatMap((t) => (t.pruneError === undefined ? [] : notPrunedLines(`${t.target}: `, t.pruneError, 0, ''))),
     ...(report.sourcePruneError === undefined ? [] : notPrunedLines(`${report.source} (source snapshots): `, report.sourcePruneError, 0, '')),
     ...((report.hooks ?? []).every((h) => h.ok) ? [] : [`${report.source}:`, ...hookLines((report.hooks ?? []).filter((h) => !h.ok), 0)]),
@@ -205,10 +213,12 @@ export const renderArchive = (report: ArchiveReport, verbosity: number): string 
   return `${out.join('\n')}\n`
 }
 
-/** The families of an archive that failed, alone (what `-q` still prints, on stderr); empty when none did. */
-export const renderArchiveFailures = (report: ArchiveReport): string => {
+/** The families of an archive that failed, and the warnings of the others (what `-q` still prints, on stderr); empty when there are none. */
+export const renderArchiveProblems = (report: ArchiveReport): string => {
   const failed = report.families.filter((f) => f.report === undefined || !runComplete(f.report))
-  return failed.length === 0 ? '' : `${[`${report.source} → ${report.target}: ${failed.length} of ${report.families.length} failed`, ...failed.flatMap((f) => archiveFamilyLines(f, 0))].join('\n')}\n`
+  const warned = report.families.filter((f) => !failed.includes(f)).flatMap((f) => (f.report?.targets ?? []).flatMap((t) => t.warnings.map((w) => `${familyName(f.directory, f.prefix)}: warning: ${w}`)))
+  const lines = [...(failed.length === 0 ? [] : [`${report.source} → ${report.target}: ${failed.length} of ${report.families.length} failed`, ...failed.flatMap((f) => archiveFamilyLines(f, 0))]), ...warned]
+  return lines.length === 0 ? '' : `${lines.join('\n')}\n`
 }
 
 export const renderReport = (report: BackupReport, verbosity: number, stages: { readonly snapshot?: boolean } = {}): string => {

@@ -126,6 +126,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
       expect(backup.code).toBe(0)
       expect(backup.stdout).toContain('warning: ')
       expect(backup.stdout).toContain('read live, without a snapshot')
+      // -q prints only errors and warnings: this one still, on stderr
+      const quiet = await runCli(['backup', '-b', 'backy/e', '-f', '-q'], dir)
+      expect(quiet).toMatchObject({ code: 0, stdout: '' })
+      expect(quiet.stderr).toMatch(/^warning: .*read live, without a snapshot/)
     } finally {
       await ext4.cleanup()
     }

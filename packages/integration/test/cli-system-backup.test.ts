@@ -56,9 +56,13 @@ describe.runIf(requireTools(['rsync']))("bbackup system-backup (rsync-system-bac
       expect(target).toMatchObject({ ok: true, warnings: [expect.stringContaining(`latest in ${dst} is a directory, not a link bbackup made (rsync-system-backup's mirror?): left as it is`)] })
       if (round === 1) expect(target?.parent).toBe('2024-03-13 01:02:03')
     }
+    // -q (a cron job's) prints only errors and warnings: the warning still, on stderr
+    const quiet = await runCli(['run', 'src', 'dst', '--state-dir', 'state', '-q'], tmp.path)
+    expect(quiet).toMatchObject({ code: 0, stdout: '' })
+    expect(quiet.stderr).toContain(`${dst}: warning: latest in ${dst} is a directory, not a link bbackup made`)
     expect(await treeManifest(join(dst, 'latest'))).toEqual(mirror)
     const made = (await backupsIn(dst)).filter((n) => n.includes('T'))
-    expect(made).toHaveLength(2)
+    expect(made).toHaveLength(3)
     // linked against the adopted backup: the unchanged file is one inode
     expect((await stat(join(dst, made[0] ?? '', 'home/u/notes.txt'))).ino).toBe((await stat(join(dst, '2024-03-13 01:02:03', 'home/u/notes.txt'))).ino)
   })
