@@ -94,7 +94,8 @@ export const eventRenderer = (io: Io, verbosity: number): ((event: BackupEvent) 
     io.stderr(`${text}\n`)
   }
   return (event) => {
-    if (verbosity < 0 && event.type !== 'warning') return
+    // -q: the warnings alone (a stale lock taken over is one)
+    if (verbosity < 0 && event.type !== 'warning' && event.type !== 'lock-taken-over') return
     switch (event.type) {
       case 'transfer-progress':
         if (!io.isTTY) return

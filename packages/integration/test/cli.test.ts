@@ -252,6 +252,11 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     await lock.release()
     expect(await queued).toMatchObject({ code: 0 })
     expect(existsSync(join(tmp.path, 'dst/latest'))).toBe(true)
+    // a lock left by a run before the host rebooted is taken over: a warning, printed under -q too
+    await writeFile(join(state, 'lock'), JSON.stringify({ pid: process.pid, host: hostname(), bootId: 'an-earlier-boot', pidStartTime: 1, startedAt: 'then', command: 'old' }))
+    const stale = await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)
+    expect(stale).toMatchObject({ code: 0, stdout: '' })
+    expect(stale.stderr).toMatch(/^warning: took over a stale lock \S+lock: .*before this host last booted/)
     const partly = await runCli(['run', 'src', 'dst', 'missing/deeper', '--state-dir', state], tmp.path)
     expect(partly.code).toBe(10)
     expect(partly.stdout).toContain('missing/deeper: FAILED: the target')
