@@ -23,8 +23,8 @@ describe('snapshot names', () => {
   })
 
   it('reads the names of btrbk, btrfs-backup, rsync-system-backup and rsync-time-backup', () => {
-    expect(parseSnapshotName('home.20240313T0100+0100')).toEqual({ scheme: 'btrbk', prefix: 'home', time: new Date('2024-03-13T00:00:00Z'), sequence: 0, hasTime: true })
-    expect(parseSnapshotName('home.20240313_2')).toMatchObject({ scheme: 'btrbk', prefix: 'home', sequence: 2, hasTime: false })
+    expect(parseSnapshotName('home.20240313T0100+0100')).toEqual({ scheme: 'btrbk', prefix: 'home.', time: new Date('2024-03-13T00:00:00Z'), sequence: 0, hasTime: true })
+    expect(parseSnapshotName('home.20240313_2')).toMatchObject({ scheme: 'btrbk', prefix: 'home.', sequence: 2, hasTime: false })
     expect(parseSnapshotName('root-240313-010203')).toMatchObject({ scheme: 'btrfs-backup', prefix: 'root-', time: new Date(2024, 2, 13, 1, 2, 3) })
     expect(parseSnapshotName('2024-03-13 01:02:03')).toMatchObject({ scheme: 'rsync-system-backup', time: new Date(2024, 2, 13, 1, 2, 3) })
     expect(parseSnapshotName('2024-03-13-010203')).toEqual({ scheme: 'rsync-time-backup', prefix: '', time: new Date(2024, 2, 13, 1, 2, 3), sequence: 0, hasTime: true })

@@ -63,6 +63,37 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(swapped.stdout).toContain(`    incremental against ${join(dir, newest)}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder\n`)
   })
 
+  it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {
+    // a btrbk user's setup: snapshot_dir beside the subvolume, one target
+    const snaps = join(dir, 'btrbk-snaps')
+    await mkdir(snaps)
+    await mkdir(join(dir, 'backup'))
+    const conf = join(dir, 'btrbk.conf')
+    await writeFile(conf, ['timestamp_format long-iso', 'snapshot_preserve_min all', 'target_preserve_min all', `volume ${dir}`, '  snapshot_dir btrbk-snaps', '  subvolume home', `    target ${join(dir, 'backup')}`, ''].join('\n'))
+    // names a second apart: within one second the order of two tools' names is not known
+    const nextSecond = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 1000 - (Date.now() % 1000) + 20))
+    execFileSync('btrbk', ['-c', conf, '-q', 'run'])
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    await nextSecond()
+    execFileSync('btrbk', ['-c', conf, '-q', 'run'])
+    const btrbks = (await readdir(snaps)).sort()
+    expect(btrbks).toHaveLength(2)
+    expect(btrbks.every((n) => n.startsWith('home.'))).toBe(true)
+    // bbackup with the default prefix (home.) and btrbk's snapshot folder
+    await writeFile(join(dir, 'home/b.txt'), 'new\n')
+    await nextSecond()
+    const r = await runCli(['run', 'home', 'backup', '--snapshot-folder', snaps, '--state-dir', 'state', '--json'], dir)
+    expect(r.code, r.stderr).toBe(0)
+    expect((JSON.parse(r.stdout) as { targets: unknown[] }).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: btrbks.at(-1) })
+    const listed = await runCli(['list', 'home', 'backup', '--snapshot-folder', snaps, '--state-dir', 'state'], dir)
+    expect(listed.stdout).toMatch(/\(source\): 3 snapshots[\s\S]*\(target\): 3 backups/)
+    // btrbk's are the job's to keep or prune: the newest alone stays, btrbk's two go at both sides
+    const pruned = await runCli(['prune', 'home', 'backup', '--snapshot-folder', snaps, '--state-dir', 'state', '--keep-snapshots', '1', '--keep-backups', '1', '-q'], dir)
+    expect(pruned.code, pruned.stderr).toBe(0)
+    expect(await readdir(snaps)).toHaveLength(1)
+    expect((await readdir(join(dir, 'backup'))).filter((n) => btrbks.includes(n))).toEqual([])
+  })
+
   it('snapshot takes a source snapshot alone, no target needed (btrbk snapshot: a laptop away from its disk); a later run sends it', async () => {
     expect(await runCli(['snapshot', 'home', '--state-dir', 'state', '-n'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^dry run: \S+home: would take snapshot home\.\d{4}-\d\d-\d\dT\d{6}Z, /) })
     expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)

@@ -10,7 +10,7 @@ export type NameScheme = 'bbackup' | 'btrbk' | 'btrfs-backup' | 'rsync-system-ba
 
 export interface ParsedSnapshotName {
   readonly scheme: NameScheme
-  /** the part before the timestamp (btrbk: the subvolume name, without its dot) */
+  /** the part before the timestamp, separator included (btrbk's `home.`, bbackup's default `home.`, btrfs-backup's `home-`): names alike are one family */
   readonly prefix: string
   readonly time: Date
   /** the collision suffix `_N`, 0 when absent */
@@ -75,7 +75,7 @@ const num = (s: string | undefined): number => (s === undefined ? 0 : Number(s))
 
 const BBACKUP = /^(.*?)(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z(?:_(\d+))?$/
 // btrbk: name.YYYYMMDD[Thhmm[ss][+hhmm]][_N] (btrbk.conf.5 timestamp_format short/long/long-iso)
-const BTRBK = /^(.+)\.(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2})?(?:([+-])(\d{2})(\d{2}))?)?(?:_(\d+))?$/
+const BTRBK = /^(.+\.)(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2})?(?:([+-])(\d{2})(\d{2}))?)?(?:_(\d+))?$/
 // btrfs-backup: prefix + YYMMDD-HHMMSS (local time)
 const BTRFS_BACKUP = /^(.*?)(\d{2})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})$/
 // rsync-system-backup: '%Y-%m-%d %H:%M:%S' (local time)
