@@ -26,6 +26,10 @@ describe('snapshot names', () => {
     expect(parseSnapshotName('home.20240313T0100+0100')).toEqual({ scheme: 'btrbk', prefix: 'home.', time: new Date('2024-03-13T00:00:00Z'), sequence: 0, hasTime: true })
     expect(parseSnapshotName('home.20240313_2')).toMatchObject({ scheme: 'btrbk', prefix: 'home.', sequence: 2, hasTime: false })
     expect(parseSnapshotName('root-240313-010203')).toMatchObject({ scheme: 'btrfs-backup', prefix: 'root-', time: new Date(2024, 2, 13, 1, 2, 3) })
+    // what btrfs-backup writes (util.py DATE_FORMAT = "%Y%m%d-%H%M%S"): the year's four digits are no part of the prefix
+    expect(parseSnapshotName('20240313-010203')).toEqual({ scheme: 'btrfs-backup', prefix: '', time: new Date(2024, 2, 13, 1, 2, 3), sequence: 0, hasTime: true })
+    expect(parseSnapshotName('home-20240313-010203')).toMatchObject({ scheme: 'btrfs-backup', prefix: 'home-', time: new Date(2024, 2, 13, 1, 2, 3) })
+    expect(parseSnapshotName('vm12-240313-010203')).toMatchObject({ scheme: 'btrfs-backup', prefix: 'vm12-', time: new Date(2024, 2, 13, 1, 2, 3) })
     expect(parseSnapshotName('2024-03-13 01:02:03')).toMatchObject({ scheme: 'rsync-system-backup', time: new Date(2024, 2, 13, 1, 2, 3) })
     expect(parseSnapshotName('2024-03-13-010203')).toEqual({ scheme: 'rsync-time-backup', prefix: '', time: new Date(2024, 2, 13, 1, 2, 3), sequence: 0, hasTime: true })
   })

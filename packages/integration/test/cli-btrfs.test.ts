@@ -94,6 +94,22 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect((await readdir(join(dir, 'backup'))).filter((n) => btrbks.includes(n))).toEqual([])
   })
 
+  it("takes over btrfs-backup's snapshots and backups (named prefix + %Y%m%d-%H%M%S): with its prefix, the first run is incremental from its newest", async () => {
+    // what btrfs-backup leaves: snapshots in its folder inside the source, each received at the target under its name
+    await mkdir(join(dir, 'home/snapshot'))
+    await mkdir(join(dir, 'backup'))
+    for (const name of ['home-20261101-120000', 'home-20261102-120000']) {
+      execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'home/snapshot', name)])
+      execFileSync('sh', ['-c', 'btrfs send -q "$1" | btrfs receive -e "$2"', 'sh', join(dir, 'home/snapshot', name), join(dir, 'backup')], { stdio: 'ignore' })
+    }
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    const r = await runCli(['run', 'home', 'backup', '--snapshot-folder', 'snapshot', '-p', 'home-', '--state-dir', 'state', '--json'], dir)
+    expect(r.code, r.stderr).toBe(0)
+    expect((JSON.parse(r.stdout) as { targets: unknown[] }).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home-20261102-120000' })
+    const listed = await runCli(['list', 'home', 'backup', '--snapshot-folder', 'snapshot', '-p', 'home-', '--state-dir', 'state'], dir)
+    expect(listed.stdout).toMatch(/\(source\): 3 snapshots\n {2}home-20261101-120000\n {2}home-20261102-120000\n[\s\S]*\(target\): 3 backups/)
+  })
+
   it('snapshot takes a source snapshot alone, no target needed (btrbk snapshot: a laptop away from its disk); a later run sends it', async () => {
     expect(await runCli(['snapshot', 'home', '--state-dir', 'state', '-n'], dir)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^dry run: \S+home: would take snapshot home\.\d{4}-\d\d-\d\dT\d{6}Z, /) })
     expect(existsSync(join(dir, 'home/.snapshots'))).toBe(false)

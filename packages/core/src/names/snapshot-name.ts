@@ -76,8 +76,8 @@ const num = (s: string | undefined): number => (s === undefined ? 0 : Number(s))
 const BBACKUP = /^(.*?)(\d{4})-(\d{2})-(\d{2})T(\d{2})(\d{2})(\d{2})Z(?:_(\d+))?$/
 // btrbk: name.YYYYMMDD[Thhmm[ss][+hhmm]][_N] (btrbk.conf.5 timestamp_format short/long/long-iso)
 const BTRBK = /^(.+\.)(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2})?(?:([+-])(\d{2})(\d{2}))?)?(?:_(\d+))?$/
-// btrfs-backup: prefix + YYMMDD-HHMMSS (local time)
-const BTRFS_BACKUP = /^(.*?)(\d{2})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})$/
+// btrfs-backup: prefix + %Y%m%d-%H%M%S (its util.py DATE_FORMAT), or the two-digit year %y%m%d-%H%M%S; local time
+const BTRFS_BACKUP = /^(.*?)(\d{4}|\d{2})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})$/
 // rsync-system-backup: '%Y-%m-%d %H:%M:%S' (local time)
 const RSYNC_SYSTEM_BACKUP = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$/
 // rsync-time-backup: '%Y-%m-%d-%H%M%S' (local time)
@@ -119,7 +119,8 @@ export const parseSnapshotName = (name: string): ParsedSnapshotName | undefined 
   }
   m = BTRFS_BACKUP.exec(name)
   if (m !== null) {
-    const f = { year: 2000 + num(m[2]), month: num(m[3]), day: num(m[4]), hour: num(m[5]), minute: num(m[6]), second: num(m[7]) }
+    const year = m[2] ?? ''
+    const f = { year: year.length === 4 ? num(year) : 2000 + num(year), month: num(m[3]), day: num(m[4]), hour: num(m[5]), minute: num(m[6]), second: num(m[7]) }
     if (!validFields(f)) return undefined
     return { scheme: 'btrfs-backup', prefix: m[1] ?? '', time: localTime(f), sequence: 0, hasTime: true }
   }
