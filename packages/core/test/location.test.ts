@@ -7,6 +7,9 @@ describe('locations', () => {
     ['/srv/backups', { kind: 'local', path: '/srv/backups' }],
     ['ssh://backup@nas:2222/srv/b', { kind: 'ssh', user: 'backup', host: 'nas', port: 2222, path: '/srv/b', style: 'url' }],
     ['ssh://[fe80::1]/x', { kind: 'ssh', host: 'fe80::1', path: '/x', style: 'url' }],
+    ['root@[2001:db8::7]:/srv/b', { kind: 'ssh', user: 'root', host: '2001:db8::7', path: '/srv/b', style: 'scp' }],
+    ['[::1]:/srv/b', { kind: 'ssh', host: '::1', path: '/srv/b', style: 'scp' }],
+    ['u@[::1]::mod/dir', { kind: 'rsyncd', user: 'u', host: '::1', module: 'mod', path: 'dir', style: 'double-colon' }],
     ['root@host.example:/data', { kind: 'ssh', user: 'root', host: 'host.example', path: '/data', style: 'scp' }],
     ['host:backups', { kind: 'ssh', host: 'host', path: 'backups', style: 'scp' }],
     ['rsync://u@nas:8873/mod/a/b', { kind: 'rsyncd', user: 'u', host: 'nas', port: 8873, module: 'mod', path: 'a/b', style: 'url' }],
@@ -45,16 +48,18 @@ describe('locations', () => {
 
   it('round-trips every location it prints', () => {
     const name = fc.stringMatching(/^[a-z0-9_][a-z0-9._-]{0,12}$/)
+    // a host name, or an IPv6 address (written in [brackets] in every form)
+    const host = fc.oneof(name, fc.ipV6())
     const path = fc.array(fc.stringMatching(/^[^/\0\n\r]{1,8}$/), { minLength: 1, maxLength: 4 }).map((p) => `/${p.join('/')}`)
     const opt = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: undefined })
     const strip = (o: object): Location => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as unknown as Location
     const location: fc.Arbitrary<Location> = fc.oneof(
       path.map((p): Location => ({ kind: 'local', path: p })),
-      fc.record({ user: opt(name), host: name, port: opt(fc.integer({ min: 1, max: 65535 })), path }).map((r) => strip({ kind: 'ssh', ...r, style: 'url' })),
-      fc.record({ user: opt(name), host: name, path }).map((r) => strip({ kind: 'ssh', ...r, style: 'scp' })),
-      fc.record({ user: opt(name), host: name, port: opt(fc.integer({ min: 1, max: 65535 })), module: name, path: path.map((p) => p.slice(1)) }).map((r) =>
+      fc.record({ user: opt(name), host, port: opt(fc.integer({ min: 1, max: 65535 })), path }).map((r) => strip({ kind: 'ssh', ...r, style: 'url' })),
+      fc.record({ user: opt(name), host, path }).map((r) => strip({ kind: 'ssh', ...r, style: 'scp' })),
+      fc.record({ user: opt(name), host, port: opt(fc.integer({ min: 1, max: 65535 })), module: name, path: path.map((p) => p.slice(1)) }).map((r) =>
         strip({ kind: 'rsyncd', ...r, style: 'url' })),
-      fc.record({ user: opt(name), host: name, module: name, path: fc.constantFrom('', 'a', 'a/b c') }).map((r) => strip({ kind: 'rsyncd', ...r, style: 'double-colon' })),
+      fc.record({ user: opt(name), host, module: name, path: fc.constantFrom('', 'a', 'a/b c') }).map((r) => strip({ kind: 'rsyncd', ...r, style: 'double-colon' })),
     )
     fc.assert(fc.property(location, (l) => {
       expect(parseLocation(formatLocation(l))._unsafeUnwrap()).toEqual(l)

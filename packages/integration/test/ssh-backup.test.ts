@@ -512,6 +512,17 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(changed.stdout.split('\n').slice(1)).toEqual([expect.stringMatching(/^M change\.txt {3}\(\d+ B written\)$/), expect.stringMatching(/^1 change: 0 added, 0 deleted, 0 renamed, 1 modified/), ''])
   })
 
+  it('an IPv6 address in [brackets], in the URL and the scp form: btrfs and rsync push to it', async () => {
+    await writeTree(join(dir, 'plain'), { 'f.txt': 'x\n' })
+    const port = ['--ssh-option', `Port=${sshd.port}`]
+    const btrfs = await runOverSsh(['run', 'home', `ssh://root@[::1]:${sshd.port}${join(dir, 'v6')}`, '--state-dir', 'state', '--json'])
+    expect(JSON.parse(btrfs.stdout)).toMatchObject({ targets: [{ ok: true, target: `ssh://root@[::1]:${sshd.port}${join(dir, 'v6')}`, mode: 'full' }] })
+    expect(await snapshotsIn(join(dir, 'v6'))).toHaveLength(1)
+    const rsync = await runOverSsh(['run', join(dir, 'plain'), `root@[::1]:${join(dir, 'v6-rsync')}`, '--state-dir', 'state-rsync', '--json', ...port])
+    expect(JSON.parse(rsync.stdout)).toMatchObject({ driver: 'rsync', targets: [{ ok: true, target: `root@[::1]:${join(dir, 'v6-rsync')}` }] })
+    expect(readFileSync(join(dir, 'v6-rsync/latest/f.txt'), 'utf8')).toBe('x\n')
+  })
+
   it('refuses rsync from one remote host to another, and a relative remote path, naming the fix', async () => {
     const src = join(dir, 'plain')
     await writeTree(src, { 'f.txt': 'x\n' })

@@ -49,7 +49,7 @@ export const startSshd = async (): Promise<Sshd> => {
   }
   const trustHostKey = async (): Promise<void> => {
     const pub = (await readFile(`${hostKey}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ')
-    await writeFile(knownHosts, `[127.0.0.1]:${port} ${pub}\n`)
+    await writeFile(knownHosts, `[127.0.0.1]:${port} ${pub}\n[::1]:${port} ${pub}\n`)
   }
   const server = serverProcess(['/usr/sbin/sshd', '-D', '-f', config, '-E', log], port, log, 'SIGTERM')
   const stop = async (): Promise<void> => {
@@ -62,7 +62,8 @@ export const startSshd = async (): Promise<Sshd> => {
     await writeFile(authorizedKeys, await readFile(`${clientKey}.pub`, 'utf8'))
     await trustHostKey()
     await writeFile(config, [
-      `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${hostKey}`, `PidFile ${join(dir.path, 'sshd.pid')}`,
+      // also on IPv6's loopback, for locations written with an address in [brackets]
+      `Port ${port}`, 'ListenAddress 127.0.0.1', 'ListenAddress ::1', `HostKey ${hostKey}`, `PidFile ${join(dir.path, 'sshd.pid')}`,
       `AuthorizedKeysFile ${authorizedKeys}`, 'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes',
       'PermitRootLogin prohibit-password', 'StrictModes no', 'UsePAM no', 'LogLevel VERBOSE', 'MaxSessions 64', 'MaxStartups 64',
       // a key's environment="PATH=..." option can take a tool away from the remote side (a host without zstd)

@@ -137,7 +137,9 @@ export const parseLocation = (input: string, options: { readonly cwd?: string } 
   }
   const firstSlash = input.indexOf('/')
   const head = firstSlash < 0 ? input : input.slice(0, firstSlash)
-  const colon = head.startsWith('[') ? head.indexOf(':', head.indexOf(']')) : head.indexOf(':')
+  // an IPv6 address in [brackets], after user@ or alone: its colons are not the one after the host
+  const bracket = /^(?:[^@:[\]]*@)?\[/.test(head) ? head.indexOf(']') : -1
+  const colon = bracket >= 0 ? head.indexOf(':', bracket) : head.indexOf(':')
   if (colon < 0) {
     const pathProblem = checkPath(input, input)
     if (pathProblem !== undefined) return err(pathProblem)

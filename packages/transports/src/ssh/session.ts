@@ -212,6 +212,7 @@ const readable = (path: string): boolean => {
   }
 }
 
+/** a host as rsync's `host:path` and ssh's `-L` spec write it: an IPv6 address in [brackets] */
 const hostArg = (host: string): string => (host.includes(':') ? `[${host}]` : host)
 
 /** a port on 127.0.0.1 that nothing listens on now (another process may still take it before us) */
@@ -272,7 +273,7 @@ export const openSshSession = (): SshSession => {
     const controlPath = join(dir, `${index}.sock`)
     const program = options.program ?? 'ssh'
     const endpoint: Endpoint = {
-      display: `${location.user === undefined ? '' : `${location.user}@`}${location.host}${location.port === undefined ? '' : `:${location.port}`}`,
+      display: `${location.user === undefined ? '' : `${location.user}@`}${hostArg(location.host)}${location.port === undefined ? '' : `:${location.port}`}`,
       host: location.host,
       ...(location.port === undefined ? {} : { port: location.port }),
       ...(options.knownHostsFile === undefined ? {} : { knownHostsFile: options.knownHostsFile }),
@@ -304,7 +305,7 @@ export const openSshSession = (): SshSession => {
     const startAhead = (): void => {
       if (!aheadWanted || aheadUnlessStreams || closed || serveRefused || !loggedIn || written.isErr()) return
       aheadWanted = false
-      const child = spawn(program, [...base, '--', hostArg(location.host), AHEAD_COMMAND].slice(1), { stdio: ['pipe', 'ignore', 'pipe'] })
+      const child = spawn(program, [...base, '--', location.host, AHEAD_COMMAND].slice(1), { stdio: ['pipe', 'ignore', 'pipe'] })
       child.once('error', () => undefined)
       child.stdin?.on('error', () => undefined)
       const entry = {
@@ -335,7 +336,7 @@ export const openSshSession = (): SshSession => {
       rmSync(controlPath, { force: true })
       // the master's own session is the command server, which runs the short commands of the run on that one login
       const serving = !serveRefused
-      const child = spawn(program, [...base, ...(serving ? [] : ['-N']), '-o', 'ControlMaster=yes', '--', hostArg(location.host), ...(serving ? [SERVE_COMMAND] : [])].slice(1), {
+      const child = spawn(program, [...base, ...(serving ? [] : ['-N']), '-o', 'ControlMaster=yes', '--', location.host, ...(serving ? [SERVE_COMMAND] : [])].slice(1), {
         stdio: [serving ? 'pipe' : 'ignore', serving ? 'pipe' : 'ignore', 'pipe'],
       })
       const served = serving && child.stdin !== null && child.stdout !== null ? commandServer(child.stdin, child.stdout, SERVE_START_MS) : undefined
@@ -379,7 +380,7 @@ export const openSshSession = (): SshSession => {
             : bbError('NETWORK_FAILED', `connecting to ${endpoint.display} did not finish in time`, 'check that the host is up and reachable'))
         }
         if (!existsSync(controlPath)) continue
-        const check = await execCommand([...base, '-O', 'check', '--', hostArg(location.host)])
+        const check = await execCommand([...base, '-O', 'check', '--', location.host])
         if (check.isOk() && check.value.exitCode === 0) break
       }
       // logged in: a session wanted ahead opens now, its login beside the server's
@@ -427,7 +428,7 @@ export const openSshSession = (): SshSession => {
       for (let attempt = 0; attempt < 3; attempt++) {
         const port = await freeLocalPort()
         const spec = `127.0.0.1:${port}:${hostArg(toHost)}:${toPort}`
-        const ran = await execCommand([...base, '-O', 'forward', '-L', spec, '--', hostArg(location.host)], signal === undefined ? {} : { signal })
+        const ran = await execCommand([...base, '-O', 'forward', '-L', spec, '--', location.host], signal === undefined ? {} : { signal })
         if (ran.isErr()) return err(ran.error)
         if (ran.value.exitCode === 0) return ok({ host: '127.0.0.1', port })
         last = ran.value.stderr
@@ -488,7 +489,7 @@ export const openSshSession = (): SshSession => {
         if (taken.child.pid === undefined || taken.child.exitCode !== null || taken.child.signalCode !== null || taken.child.stdin === null) return undefined
         return { child: taken.child, stderr: taken.stderr }
       },
-      command: (remote) => [...base, '--', hostArg(location.host), remote],
+      command: (remote) => [...base, '--', location.host, remote],
       // rsync splits -e itself (not a shell) and honours double quotes: the paths hold none (checked above)
       rsyncShell: `"${program}" -F "${configPath}"`,
       rsyncHost: hostArg(location.host),
