@@ -64,6 +64,12 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect((await m.rename('ops/new', 'ops/old'))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
   })
 
+  it('names a daemon at an IPv6 address as rsync:// writes it, in [brackets]', async () => {
+    const at6 = rsyncdTransport(parseLocation('rsync://[::1]:1/mod')._unsafeUnwrap() as RsyncDaemonLocation, {})
+    const e = (await at6.list(''))._unsafeUnwrapErr()
+    expect(e.message).toMatch(/^the rsync daemon at \[::1\]:1 (refused the connection|could not be reached)/)
+  })
+
   it('reads the small files of a directory and writes and removes several, each in one connection', async () => {
     const m = module('')
     await writeTree(join(daemon.modulePath, 'batch'), {

@@ -60,7 +60,8 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     const hostText = host.includes(':') ? `[${host}]` : host
     return `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostText}${port === undefined ? '' : `:${port}`}/${location.module}`
   }
-  const display = `${location.host}${location.port === undefined ? '' : `:${location.port}`}`
+  // host[:port] as rsync:// writes it: an IPv6 address in [brackets]
+  const display = `${location.host.includes(':') ? `[${location.host}]` : location.host}${location.port === undefined ? '' : `:${location.port}`}`
   const where = `${display}::${location.module}`
   const url = (path: string): string => (path === '' ? `${base()}/` : `${base()}/${path}`)
   const connectionOptions = [
