@@ -54,14 +54,11 @@ const unsupported = (what: string, where: string): TransportError =>
 export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOptions = {}): Transport => {
   /** where rsync connects now: the daemon (undefined), or the local end of its tunnel as last asked for */
   let connectTo: { readonly host: string; readonly port: number } | undefined
-  const base = (): string => {
-    const host = connectTo?.host ?? location.host
-    const port = connectTo?.port ?? location.port
-    const hostText = host.includes(':') ? `[${host}]` : host
-    return `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostText}${port === undefined ? '' : `:${port}`}/${location.module}`
-  }
-  // host[:port] as rsync:// writes it: an IPv6 address in [brackets]
-  const display = `${location.host.includes(':') ? `[${location.host}]` : location.host}${location.port === undefined ? '' : `:${location.port}`}`
+  /** host[:port] as rsync:// writes it: an IPv6 address in [brackets] */
+  const hostPort = (host: string, port: number | undefined): string => `${host.includes(':') ? `[${host}]` : host}${port === undefined ? '' : `:${port}`}`
+  const base = (): string =>
+    `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostPort(connectTo?.host ?? location.host, connectTo?.port ?? location.port)}/${location.module}`
+  const display = hostPort(location.host, location.port)
   const where = `${display}::${location.module}`
   const url = (path: string): string => (path === '' ? `${base()}/` : `${base()}/${path}`)
   const connectionOptions = [
