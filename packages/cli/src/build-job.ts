@@ -157,7 +157,7 @@ const applicable = (spec: JobSpec, driver: DriverChoice): JobSpec => {
   if (inherited.size === 0) return spec
   const field = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase())
   const unused = [
-    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'snapper', 'send_protocol', 'compressed_data']),
+    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'snapper', 'snapshot_create', 'send_protocol', 'compressed_data']),
     ...(driver === 'btrfs' && (spec.rawTargets ?? []).length > 0 ? [] : ['raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every']),
     ...(driver === 'rsync' ? [] : ['system_excludes', 'exclude', 'exclude_from', 'rsync_options']),
   ].filter((key) => inherited.has(key))
@@ -223,12 +223,17 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     ...(spec.keepSnapshots === undefined ? [] : ['--keep-snapshots (keep_snapshots)']),
     ...(spec.snapshotFolder === undefined ? [] : ['--snapshot-folder (snapshot_folder)']),
     ...(spec.snapper === true ? ['--snapper (snapper)'] : []),
+    ...(spec.snapshotCreate === undefined ? [] : ['--snapshot-create (snapshot_create)']),
     ...(spec.sendProtocol === undefined ? [] : ['--send-protocol (send_protocol)']),
     ...(spec.compressedData === false ? ['--no-compressed-data (compressed_data)'] : []),
   ]
   if (btrfsOnly.length > 0 && driverName !== 'btrfs') {
     return err(bbError('INVALID_OPTIONS', `${btrfsOnly.join(', ')}: ${btrfsOnly.length === 1 ? 'a btrfs setting' : 'btrfs settings'}, but ${spec.source} is backed up by the ${driverName} driver, which keeps no source snapshots and sends no streams`,
       `leave ${btrfsOnly.length === 1 ? 'it' : 'them'} out${spec.keepSnapshots === undefined ? '' : `; the retention of the ${driverName} driver's backups is --keep-backups (keep_backups)`}`, { path: spec.source }))
+  }
+  if (spec.snapper === true && spec.snapshotCreate === 'onchange') {
+    return err(bbError('INVALID_OPTIONS', '--snapshot-create onchange (snapshot_create) decides when bbackup takes a snapshot, but with --snapper (snapper) snapper takes them: a run already takes over only a snapshot newer than the last',
+      'leave --snapshot-create out; snapper\'s own settings say when it takes one', { path: spec.source }))
   }
   if (spec.systemExcludes === true && driverName !== 'rsync') {
     return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
@@ -269,6 +274,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
       ? import('@bb/drivers/btrfs').then(({ btrfsDriver }) => btrfsDriver({
         ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
         ...(spec.snapper === true ? { snapper: true } : {}),
+        ...(spec.snapshotCreate === undefined ? {} : { snapshotCreate: spec.snapshotCreate }),
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
         ...way,

@@ -39,6 +39,8 @@ export interface JobSpec {
   readonly snapshotFolder?: string
   /** btrfs: snapper takes the source's snapshots; a run takes over its newest instead of taking one */
   readonly snapper?: boolean
+  /** btrfs: btrbk's `snapshot_create`: `onchange` takes a snapshot only when the source changed since the newest */
+  readonly snapshotCreate?: 'always' | 'onchange'
   readonly sendProtocol?: 'auto' | 1 | 2
   readonly compressedData?: boolean
   /** btrfs: targets that keep the send streams as files (besides `targets`) */
@@ -147,7 +149,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', quarterly: 'quarterly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
@@ -366,6 +368,10 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (driver !== undefined && driver !== 'rsync' && driver !== 'btrfs' && driver !== 'block') return problem(section, 'driver', `${JSON.stringify(driver)} is not rsync, btrfs or block`)
     const sendProtocol = job.send_protocol
     if (sendProtocol !== undefined && sendProtocol !== 'auto' && sendProtocol !== 1 && sendProtocol !== 2) return problem(section, 'send_protocol', `${JSON.stringify(sendProtocol)} is not "auto", 1 or 2`)
+    const snapshotCreate = job.snapshot_create
+    if (snapshotCreate !== undefined && snapshotCreate !== 'always' && snapshotCreate !== 'onchange') {
+      return problem(section, 'snapshot_create', `${JSON.stringify(snapshotCreate)} is not "always" or "onchange"`, 'snapshot_create = "onchange" takes a snapshot only when the source changed; for btrbk\'s "no", run bbackup transfer')
+    }
     const fields = {
       exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
       oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false), systemExcludes: bool('system_excludes', false),
@@ -396,7 +402,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.systemExcludes) ? { systemExcludes: true } : {}),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
-      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(sendProtocol === undefined ? {} : { sendProtocol }),
+      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(snapshotCreate === undefined ? {} : { snapshotCreate }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
       ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),

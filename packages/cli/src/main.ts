@@ -55,6 +55,7 @@ interface CommonOptions {
   timeZone?: string
   snapshotFolder?: string
   snapper?: boolean
+  snapshotCreate?: string
   snapshotPrefix?: string
   numSnapshots?: string
   sendProtocol?: string
@@ -201,6 +202,7 @@ const jobOptions = (command: Command): Command =>
     .option('-N, --num-snapshots <n>', "btrfs-backup's spelling of --keep-snapshots N")
     .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
     .option('--snapper', "btrfs: snapper takes the source's snapshots: take over its newest instead of taking one (folder <source>/.bbackup-snapshots)")
+    .addOption(new Option('--snapshot-create <when>', "btrfs: onchange takes a snapshot only when the source changed since its newest (btrbk's snapshot_create); default always").choices(['always', 'onchange']))
     .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
     .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
     .option('--raw-target <location>', 'btrfs: a target that keeps each send stream as a file, on any filesystem (repeatable; config: raw_targets)', collect)
@@ -445,6 +447,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.multiFs === true ? { oneFileSystem: false } : {}),
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.snapper === true ? { snapper: true } : {}),
+      ...(options.snapshotCreate === undefined ? {} : { snapshotCreate: options.snapshotCreate as 'always' | 'onchange' }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
       ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),

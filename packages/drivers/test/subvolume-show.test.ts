@@ -24,12 +24,16 @@ const RECEIVED = `tgt/a
 describe('parseSubvolumeShow', () => {
   it('reads identity, read-only flag, generation and the path from the top level of a received subvolume', () => {
     expect(parseSubvolumeShow(RECEIVED)).toEqual({
-      name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', receivedUuid: '049b1390-dbdc-ff4c-b6da-9487eb017f38', readOnly: true, generation: 8,
+      name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', receivedUuid: '049b1390-dbdc-ff4c-b6da-9487eb017f38', readOnly: true, generation: 8, creationGeneration: 8,
     })
   })
   it('reads an unfinished receive: writable, no received uuid, a parent', () => {
     const garbled = RECEIVED.replace('readonly', '-').replace(/Received UUID: \t\t\S+/, 'Received UUID: \t\t-').replace('Parent UUID: \t\t-', 'Parent UUID: \t\t1111')
-    expect(parseSubvolumeShow(garbled)).toEqual({ name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', parentUuid: '1111', readOnly: false, generation: 8 })
+    expect(parseSubvolumeShow(garbled)).toEqual({ name: 'a', fsPath: 'tgt/a', uuid: 'a486d3e5-8b35-8f46-b8dc-c117ea767636', parentUuid: '1111', readOnly: false, generation: 8, creationGeneration: 8 })
+  })
+  it('reads the generation a subvolume was made at apart from its generation', () => {
+    const written = parseSubvolumeShow(RECEIVED.replace('Generation: \t\t8', 'Generation: \t\t31').replace('Gen at creation: \t8', 'Gen at creation: \t29'))
+    expect([written?.generation, written?.creationGeneration]).toEqual([31, 29])
   })
   it('does not take "Parent UUID" or "Received UUID" for the UUID, and gives up without one', () => {
     expect(parseSubvolumeShow(RECEIVED.replace(/\tUUID: .*\n/, ''))).toBeUndefined()

@@ -120,6 +120,40 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(JSON.parse(sent.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: name, mode: 'full' }] }] })
   })
 
+  it("--snapshot-create onchange (btrbk's snapshot_create): a snapshot only when the source changed, even where pruning in the snapshot folder inside it changed its generation; a target that lacks the newest still gets it", async () => {
+    const gens = (path: string): [number, number] => {
+      const shown = execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })
+      return [Number(/Generation:\s*(\d+)/.exec(shown)?.[1]), Number(/Gen at creation:\s*(\d+)/.exec(shown)?.[1])]
+    }
+    const run = (...more: string[]) => runCli(['run', 'home', 'backup', ...more, '--state-dir', 'state', '--snapshot-create', 'onchange', '--keep-snapshots', '1'], dir)
+    const snapshots = async () => (await readdir(join(dir, 'home/.snapshots'))).sort()
+    expect((await run()).code).toBe(0)
+    const [first = ''] = await snapshots()
+    const idle = await run()
+    expect(idle).toMatchObject({ code: 0, stderr: expect.stringContaining(`no new snapshot: the source has not changed since its newest snapshot, ${first} (snapshot_create onchange)`) })
+    expect(idle.stdout + idle.stderr).not.toContain('warning')
+    expect(await snapshots()).toEqual([first])
+    // written just before the run, not yet committed: the run commits it before it compares
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    expect(JSON.parse((await run('--json')).stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }], sourcePruned: [first] })
+    const [second = ''] = await snapshots()
+    expect(second).not.toBe(first)
+    // deleting the older snapshot inside the source moved the source's generation past the newest snapshot's
+    expect(gens(join(dir, 'home'))[0]).toBeGreaterThan(gens(join(dir, 'home/.snapshots', second))[1])
+    const compared = await run('backup2')
+    expect(compared).toMatchObject({ code: 0, stderr: expect.stringContaining(`no new snapshot: the source has not changed since its newest snapshot, ${second}`) })
+    expect(compared.stdout).toMatch(/backup2: home\.\S+ full/)
+    expect(await snapshots()).toEqual([second])
+    expect((await readdir(join(dir, 'backup2'))).filter((n) => n.startsWith('home.'))).toEqual([second])
+    // a rename alone is a change
+    await rename(join(dir, 'home/a.txt'), join(dir, 'home/b.txt'))
+    expect((await run()).stderr).not.toContain('no new snapshot')
+    expect(await snapshots()).not.toEqual([second])
+    expect(await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--snapshot-create', 'onchange', '--snapper'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('with --snapper (snapper) snapper takes them') })
+    await writeFile(join(dir, 'bad.toml'), `[jobs.home]\nsource = "${dir}/home"\ntargets = ["${dir}/backup"]\nsnapshot_create = "sometimes"\n`)
+    expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('snapshot_create') })
+  })
+
   it('a job of source snapshots alone: targets = [] in the config (btrbk: a subvolume without a target), prune SOURCE alone; status and --check judge its snapshots', async () => {
     await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = []\nkeep_snapshots = "1"\n')
     for (let i = 0; i < 2; i++) expect((await runCli(['run', '-c', 'config.toml', '-q'], dir)).code).toBe(0)

@@ -203,6 +203,14 @@ export interface Driver {
    * targets lack.
    */
   adoptable?(input: { readonly source: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<Adoptable | undefined, DriverError>
+  /**
+   * A driver that takes a snapshot only when the source changed (btrbk's `snapshot_create
+   * onchange`): whether the source still holds what its newest snapshot `since` holds. Asked
+   * before a snapshot is taken (known without one: none is taken, and the targets get what they
+   * lack), and where that could not tell, again with the snapshot just `taken`: the same content
+   * as `since` means it is deleted again. An error, or any doubt, says changed.
+   */
+  unchangedSince?(input: { readonly source: Transport; readonly since: SnapshotInfo; readonly taken?: SnapshotInfo; readonly signal: AbortSignal | undefined }): ResultAsync<boolean, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
   /**

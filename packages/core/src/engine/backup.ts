@@ -270,6 +270,8 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   // each snapshot is taken between the job's pre-snapshot and post-snapshot hooks (quiesce, thaw)
   // (a driver whose source another tool snapshots takes over that tool's newest snapshot, when it is new)
   let adopted: Adoptable | undefined
+  /** the newest snapshot, when the source has not changed since it (a driver that snapshots only on change) */
+  let unchanged: SnapshotInfo | undefined
   const take = async (name: string): Promise<Result<SnapshotInfo, BbError>> => {
     const create = job.driver.createSnapshot?.bind(job.driver)
     if (create === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
@@ -288,7 +290,21 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
       if (found.value === undefined) return 'none'
       adopted = found.value
     }
-    return take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: listed.value.map((x) => x.name) }))
+    // snapshot_create onchange: the newest snapshot still holds what the source holds (known at once, or once a new one is compared with it)
+    const since = job.driver.unchangedSince === undefined ? undefined : ownSnapshots(job, listed.value).at(-1)
+    const same = async (taken?: SnapshotInfo): Promise<boolean> => since !== undefined
+      && (await job.driver.unchangedSince?.({ source: job.source, since, ...(taken === undefined ? {} : { taken }), signal: options.signal }))?.unwrapOr(false) === true
+    if (await same()) {
+      unchanged = since
+      return 'none'
+    }
+    const taken = await take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: listed.value.map((x) => x.name) }))
+    if (since === undefined || dryRun || taken.isErr() || !(await same(taken.value))) return taken
+    // the one just taken, and nothing else, goes again
+    const removed = await job.driver.deleteSnapshots({ at: job.source, snapshots: [taken.value], dryRun, signal: options.signal })
+    if (removed.isErr()) return err(removed.error)
+    unchanged = since
+    return 'none'
   })()
   const [probed, journal, states, listed, taken] = await Promise.all([sourceProbed, journalRead, targetStates, sourceListed, snapshotTaken])
   if (probed.isErr()) return err(probed.error)
@@ -302,7 +318,12 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
 
   let sourceSnapshot: SnapshotInfo | undefined
   if (taken === 'none') {
-    emit({ type: 'no-new-snapshot', reason: 'the source has no snapshot newer than the last one taken over (or none at all yet): none is taken, and the targets get what they lack' })
+    emit({
+      type: 'no-new-snapshot',
+      reason: unchanged !== undefined
+        ? `the source has not changed since its newest snapshot, ${unchanged.name} (snapshot_create onchange): none is taken, and the targets get what they lack`
+        : 'the source has no snapshot newer than the last one taken over (or none at all yet): none is taken, and the targets get what they lack',
+    })
   } else if (taken !== undefined) {
     let created = taken
     if (created.isOk() && held.has(created.value.name)) {
@@ -327,7 +348,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   }
   const reachable = states.filter((s) => s.error === undefined)
   if (options.transfer !== false && job.driver.snapshotsSource) {
-    reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots))
+    reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots, unchanged !== undefined))
   } else if (options.transfer !== false && reachable.length > 0) {
     // the live source is read during the transfers: the snapshot hooks go around them (none when no target can be reached)
     const first = reports.length
@@ -564,6 +585,8 @@ const sendSnapshots = async (
   reachable: readonly { readonly target: Transport; readonly where: string; readonly snapshots: readonly SnapshotInfo[] }[],
   journal: readonly JournalEntry[],
   sourceSnapshots: readonly SnapshotInfo[],
+  /** no snapshot was taken as the source had not changed (snapshot_create onchange): a target that holds the newest is as it should be */
+  unchanged = false,
 ): Promise<TargetResult[]> => {
   const dryRun = options.dryRun ?? false
   const emit = options.onEvent ?? (() => undefined)
@@ -614,7 +637,7 @@ const sendSnapshots = async (
     const made = from.length > sourceSnapshots.length ? from[0] : undefined
     const origin = made !== undefined && plan.newestCommon?.source === made ? formatLocation({ ...job.source.location, path: made.path }) : undefined
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause, origin })
-    if (plan.sends.length === 0 && lane.sent.length === 0) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
+    if (plan.sends.length === 0 && lane.sent.length === 0 && !(unchanged && sourceSnapshots.length > 0)) lane.warnings.push(sourceSnapshots.length === 0 ? 'the source has no snapshot to send' : 'the target already holds the newest snapshot')
     if (plan.newestCommon !== undefined && plan.sends.length === 0 && !dryRun) {
       const pinned = await pinSnapshot(job.state.transport, pinsPath(job), lane.where, plan.newestCommon.source.name)
       if (pinned.isErr()) lane.error = pinned.error

@@ -17,7 +17,7 @@ import { streamPlanner, type StreamPlan, type StreamWay } from '../stream-way.js
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
 import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
-import { readSendStream } from './send-stream.js'
+import { readSendStream, SEND_COMMANDS } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
 import { newestSnapperSnapshot, noSnapper } from './snapper.js'
 
@@ -68,6 +68,12 @@ export interface BtrfsDriverOptions {
    * snapshot folder defaults to `.bbackup-snapshots` inside the source (`.snapshots` is snapper's).
    */
   readonly snapper?: boolean
+  /**
+   * btrbk's `snapshot_create`: `onchange` takes a snapshot only when the source changed since the
+   * job's newest snapshot (else none is taken, and the targets get what they lack); `always`
+   * (default) takes one on every run. Not with `snapper` (snapper takes the snapshots).
+   */
+  readonly snapshotCreate?: 'always' | 'onchange'
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -896,6 +902,43 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   })())
 
   /**
+   * btrbk's `snapshot_create onchange`. Before a snapshot: the source's generation (once what was
+   * written is committed) is the one its newest snapshot `since` was made at, so nothing was
+   * written since (btrbk's test), and `since`
+   * is a read-only snapshot of this source. Taking or deleting a snapshot in the snapshot folder
+   * (or another tool's snapshot of the source) changes the generation too, so where it differs
+   * the snapshot just `taken` is compared with `since` (`btrfs send --no-data -p`, read until
+   * its first change): no change but the times of the snapshot folder inside the source is
+   * unchanged. Anything it cannot tell is a change.
+   */
+  const unchangedSince = ({ source, since, taken, signal }: { readonly source: Transport; readonly since: SnapshotInfo; readonly taken?: SnapshotInfo; readonly signal: AbortSignal | undefined }): ResultAsync<boolean, BbError> =>
+    new ResultAsync((async (): Promise<Result<boolean, BbError>> => {
+      if (taken === undefined) {
+        // a write shows in the generation once its transaction is committed (as a snapshot would commit it)
+        const synced = await source.exec(['btrfs', 'filesystem', 'sync', source.location.path], signalOpt(signal))
+        if (synced.isErr()) return err(synced.error)
+        if (synced.value.exitCode !== 0) return ok(false)
+        const [live, snapshot] = await Promise.all([showSubvolume(source, source.location.path, signal), showSubvolume(source, since.path, signal)])
+        if (live.isErr()) return err(live.error)
+        if (snapshot.isErr()) return err(snapshot.error)
+        if (typeof live.value === 'string' || typeof snapshot.value === 'string') return ok(false)
+        return ok(snapshot.value.readOnly && snapshot.value.parentUuid === live.value.uuid && snapshot.value.creationGeneration === live.value.generation)
+      }
+      const folder = posix.relative(source.location.path, folderOf(source))
+      const inside = folder !== '' && !folder.startsWith('../') && folder !== '..' && !posix.isAbsolute(folder)
+      let changed = false
+      const reading = readSendStream(source, ['btrfs', 'send', '-q', '--no-data', '-p', since.path, taken.path], (c) => {
+        if (changed || c.cmd === SEND_COMMANDS.snapshot || (inside && c.cmd === SEND_COMMANDS.utimes && c.path === folder)) return
+        changed = true
+        reading.stop()
+      }, signal)
+      const { result, broken } = await reading.done
+      if (changed) return ok(false)
+      if (result.isErr()) return err(result.error)
+      return ok(broken === undefined && result.value.exitCode === 0)
+    })())
+
+  /**
    * What changed from one snapshot to another: `btrfs send --no-data -p FROM TO` where they are (the
    * metadata of the change, no file data), its commands read here.
    */
@@ -916,7 +959,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok(changes.entries())
   })())
 
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, ...(snapper ? { adoptable } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
+  const onChange = options.snapshotCreate === 'onchange' && !snapper && !atSource
+  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */

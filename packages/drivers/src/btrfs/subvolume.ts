@@ -6,6 +6,8 @@ import { bbError, formatLocation, InternalError, type BbError, type SnapshotIden
 export interface Subvolume extends SnapshotIdentity {
   readonly name: string
   readonly generation: number
+  /** the generation it was made at (`Gen at creation`; not in a list): a snapshot's equals its source's generation until the source changes */
+  readonly creationGeneration?: number
   /** its path from the filesystem's top level (the first line of `btrfs subvolume show`), where that was asked */
   readonly fsPath?: string
 }
@@ -35,6 +37,7 @@ export const parseSubvolumeShow = (text: string): Subvolume | undefined => {
     ...(parentUuid === undefined ? {} : { parentUuid }),
     readOnly: /\breadonly\b/.test(field('Flags') ?? ''),
     generation: Number(field('Generation') ?? 0),
+    ...(field('Gen at creation') === undefined ? {} : { creationGeneration: Number(field('Gen at creation')) }),
   }
 }
 
