@@ -37,6 +37,10 @@ export const formatAge = (seconds: number): string => {
 }
 
 /** how long ago a snapshot's name is dated, or how far ahead of the clock (a clock that was wrong named it) */
+/** a newest snapshot (or its copy) that a run found the source unchanged since (snapshot_create onchange) */
+const unchangedNote = (current: { readonly ageSeconds: number } | undefined): string =>
+  (current === undefined ? '' : `; the source unchanged since, as of ${agoOrAhead(current.ageSeconds)}`)
+
 const agoOrAhead = (seconds: number): string => (seconds < 0 ? `dated ${formatAge(-seconds)} ahead of this host's clock` : `${formatAge(seconds)} ago`)
 
 /** the status line for snapshots dated ahead of the clock (a target's or the source's `ahead` in `status`) */
@@ -303,7 +307,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   // none to count where the source cannot be read: its error says why
   if (s.snapshots !== undefined && !(s.sourceError !== undefined && s.snapshots.count === 0)) {
     const newest = s.snapshots.latest
-    out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${agoOrAhead(newest.ageSeconds)})`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
+    out.push(`  source: ${count(s.snapshots.count, 'snapshot')}${newest === undefined ? ', none yet' : `, newest ${newest.name} (${agoOrAhead(newest.ageSeconds)}${unchangedNote(newest.current)})`}${s.targets.length === 0 ? '; no target (snapshots only)' : ''}`)
     out.push(...aheadLine(s.snapshots.ahead, 'snapshot'))
     const others = s.snapshots.others ?? []
     if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'snapshot')} named as its own (${brief(others)}) taken of another subvolume (${OTHER_SUBVOLUME}): not counted, never pruned here (give each source its own prefix: -p)`)
@@ -317,7 +321,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
       out.push(`  ${t.at}: ${t.error.message}`, `    hint: ${t.error.hint}`)
       continue
     }
-    out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${agoOrAhead(t.latest.ageSeconds)}${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`})`}`)
+    out.push(`  ${t.at}${alone ? ` (${s.driver})` : ''}${t.prefix === undefined ? '' : ` ${t.prefix}*`}: ${count(t.backups, 'backup')}${t.latest === undefined ? ', none yet' : `, newest ${t.latest.name} (${agoOrAhead(t.latest.ageSeconds)}${t.latest.health === 'ok' ? '' : `, ${t.latest.health}`}${unchangedNote(t.latest.current)})`}`)
     out.push(...aheadLine(t.ahead, 'backup'))
     // bbackup's own unfinished copies, and another tool's (rsync-time-backup's interrupted backup), which it leaves alone
     const own = t.unfinished.filter((n) => parseSnapshotName(n)?.scheme === 'bbackup')

@@ -23,6 +23,15 @@ describe('the health verdict of a job', () => {
     expect(healthOf(job([target('/mnt/a', 2 * H)]), { warnAgeSeconds: 30 * 60, criticalAgeSeconds: 90 * 60 }).verdict).toBe('critical')
   })
 
+  it('ages the newest backup of a source found unchanged since it (snapshot_create onchange) from that run: current while the runs go on', () => {
+    const unchanged = (ageSeconds: number, checked: number): Target => target('/mnt/a', ageSeconds, { latest: { name: 'b', time: '2026-11-23T00:00:00Z', ageSeconds, health: 'ok', current: { at: '2026-11-24T00:00:00Z', ageSeconds: checked } } })
+    expect(healthOf(job([unchanged(5 * 24 * H, 1 * H)]))).toEqual({ verdict: 'ok', reasons: [] })
+    expect(healthOf(job([unchanged(5 * 24 * H, 30 * H)]))).toEqual({ verdict: 'warning', reasons: ['/mnt/a: the newest backup, counted from the last run that found the source unchanged since it, is 30 h old (warning after 26 h)'] })
+    const snapshotsAlone = job([], { snapshots: { count: 1, latest: { name: 's', time: '2026-11-23T00:00:00Z', ageSeconds: 5 * 24 * H, current: { at: '2026-11-24T00:00:00Z', ageSeconds: 2 * H } } } })
+    expect(healthOf(snapshotsAlone)).toEqual({ verdict: 'ok', reasons: [] })
+    expect(healthOf(job([], { snapshots: { count: 1, latest: { name: 's', time: '2026-11-23T00:00:00Z', ageSeconds: 5 * 24 * H } } })).verdict).toBe('critical')
+  })
+
   it('is critical for a target without a backup, a warning for one that cannot be reached', () => {
     expect(healthOf(job([target('/mnt/a', 1 * H), target('/mnt/new', undefined)]))).toEqual({ verdict: 'critical', reasons: ['/mnt/new has no backup'] })
     const offline = target('nas:/b', undefined, { reachable: false, error: bbError('NETWORK_FAILED', 'connection refused', 'check') })

@@ -145,10 +145,19 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(compared.stdout).toMatch(/backup2: home\.\S+ full/)
     expect(await snapshots()).toEqual([second])
     expect((await readdir(join(dir, 'backup2'))).filter((n) => n.startsWith('home.'))).toEqual([second])
+    // status ages the backups of the unchanged newest snapshot from the run that found it unchanged
+    type Latest = { name: string; current?: { ageSeconds: number } }
+    const statusOf = async () => JSON.parse((await runCli(['status', 'home', 'backup', 'backup2', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { latest: Latest }[]; snapshots: { latest: Latest } }
+    const fresh = await statusOf()
+    expect(fresh.targets.map((t) => [t.latest.name, t.latest.current?.ageSeconds])).toEqual([[second, expect.any(Number)], [second, expect.any(Number)]])
+    expect(fresh.snapshots.latest.current).toBeDefined()
+    expect((await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)).stdout).toMatch(new RegExp(`newest ${second} \\(.*; the source unchanged since, as of \\d+ s ago\\)`))
     // a rename alone is a change
     await rename(join(dir, 'home/a.txt'), join(dir, 'home/b.txt'))
     expect((await run()).stderr).not.toContain('no new snapshot')
     expect(await snapshots()).not.toEqual([second])
+    // a new snapshot: the record is of an older one
+    expect((await statusOf()).targets[0]?.latest.current).toBeUndefined()
     expect(await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--snapshot-create', 'onchange', '--snapper'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('with --snapper (snapper) snapper takes them') })
     await writeFile(join(dir, 'bad.toml'), `[jobs.home]\nsource = "${dir}/home"\ntargets = ["${dir}/backup"]\nsnapshot_create = "sometimes"\n`)
     expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('snapshot_create') })

@@ -9,8 +9,9 @@ import { uniqueSnapshotName } from '../names/snapshot-name.js'
 import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids } from '../journal/lineage.js'
 import { pinSnapshot } from '../journal/pins.js'
+import { recordUnchanged } from '../journal/unchanged.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { claimedByOther, clockWarning, journalPath, lineagePath, madeOrder, newestMade, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job, type RunOptions } from './job.js'
+import { claimedByOther, clockWarning, journalPath, lineagePath, madeOrder, newestMade, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, unchangedPath, type Job, type RunOptions } from './job.js'
 import { betweenHooks, hookContextOf, type HookRun, type HookRunner } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
@@ -349,6 +350,8 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   const reachable = states.filter((s) => s.error === undefined)
   if (options.transfer !== false && job.driver.snapshotsSource) {
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots, unchanged !== undefined))
+    // status ages a backup of the unchanged newest snapshot from now (a record that cannot be written leaves it aged by the snapshot)
+    if (unchanged !== undefined && !dryRun) await recordUnchanged(job.state.transport, unchangedPath(job), unchanged.name, now)
   } else if (options.transfer !== false && reachable.length > 0) {
     // the live source is read during the transfers: the snapshot hooks go around them (none when no target can be reached)
     const first = reports.length

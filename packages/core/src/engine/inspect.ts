@@ -3,11 +3,12 @@ import type { DiffEntry, SnapshotInfo, TransferProgress, VerifyOutcome } from '.
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
 import { knownAt, ofThisJob, readLineage } from '../journal/lineage.js'
+import { readUnchangedCheck } from '../journal/unchanged.js'
 import { readPins } from '../journal/pins.js'
 import { formatLocation } from '../location/location.js'
 import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
-import { aheadOfClock, claimedByOther, journalPath, lineagePath, lockPath, madeOrder, newestMade, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
+import { aheadOfClock, claimedByOther, journalPath, lineagePath, lockPath, unchangedPath, madeOrder, newestMade, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { spaceAt, type Space } from './space.js'
 
@@ -51,7 +52,11 @@ export interface TargetStatus {
   readonly error?: BbError
   readonly backups: number
   /** the newest backup made before now ({@link newestMade}: one dated ahead of the clock sorts last, but is older) */
-  readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health'] }
+  readonly latest?: {
+    readonly name: string; readonly time: string; readonly ageSeconds: number; readonly health: SnapshotInfo['health']
+    /** a copy of the source's newest snapshot, and a run found the source unchanged since it at `at` (snapshot_create onchange): it was current then */
+    readonly current?: { readonly at: string; readonly ageSeconds: number }
+  }
   /** backups dated ahead of the clock ({@link aheadOfClock}), oldest first: named by a clock that was wrong */
   readonly ahead?: readonly string[]
   readonly unfinished: readonly string[]
@@ -80,7 +85,7 @@ export interface JobStatus {
   /** drivers that keep snapshots at the source (btrfs): how many of the job's are there, and the newest */
   readonly snapshots?: {
     readonly count: number
-    readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number }
+    readonly latest?: { readonly name: string; readonly time: string; readonly ageSeconds: number; readonly current?: { readonly at: string; readonly ageSeconds: number } }
     /** snapshots dated ahead of the clock, oldest first */
     readonly ahead?: readonly string[]
     /** snapshots in the folder named as the job's but taken of another subvolume (another source's that shares it): not counted, never pruned by the job */
@@ -125,6 +130,10 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     if (lineage?.isErr() === true) return err(lineage.error)
     // a source that is a restored backup swapped in: the backups its original has at a target are its own
     const fromOrigin = sourceOwn === undefined ? undefined : originFor(job, madeOrder(sourceOwn, now), options.signal)
+    // a backup of the newest snapshot is as current as the last run that found the source unchanged since it
+    const newestOwn = sourceOwn === undefined ? undefined : newestMade(sourceOwn, now)
+    const check = newestOwn === undefined ? undefined : (await readUnchangedCheck(job.state.transport, unchangedPath(job))).unwrapOr(undefined)
+    const current = check !== undefined && check.snapshot === newestOwn?.name ? { at: check.checkedAt, ageSeconds: ageSeconds(new Date(check.checkedAt)) } : undefined
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -154,7 +163,10 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           reachable: true,
           backups: own.length,
           ...(latest?.time === undefined ? {} : {
-            latest: { name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health },
+            latest: {
+              name: latest.name, time: latest.time.toISOString(), ageSeconds: ageSeconds(latest.time), health: latest.health,
+              ...(current !== undefined && latest.name === check?.snapshot ? { current } : {}),
+            },
           }),
           ...(ahead.length === 0 ? {} : { ahead }),
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
@@ -166,13 +178,13 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         })
       }
     }
-    const newestSnapshot = sourceOwn === undefined ? undefined : newestMade(sourceOwn, now)
+    const newestSnapshot = newestOwn
     const sourceAhead = (sourceOwn ?? []).filter((s) => aheadOfClock(s, now)).map((s) => s.name)
     const sourceOthers = source?.isOk() === true ? othersAtSource(job, source.value).map((s) => s.name) : []
     const snapshots = sourceOwn === undefined ? undefined : {
       count: sourceOwn.length,
       ...(sourceOthers.length === 0 ? {} : { others: sourceOthers }),
-      ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: ageSeconds(newestSnapshot.time) } }),
+      ...(newestSnapshot?.time === undefined ? {} : { latest: { name: newestSnapshot.name, time: newestSnapshot.time.toISOString(), ageSeconds: ageSeconds(newestSnapshot.time), ...(current === undefined ? {} : { current }) } }),
       ...(sourceAhead.length === 0 ? {} : { ahead: sourceAhead }),
     }
     const base = { source: formatLocation(job.source.location), driver: job.driver.name, targets, ...(snapshots === undefined ? {} : { snapshots }) }

@@ -92,6 +92,9 @@ export const lockPath = (job: Job): string => join(job.state.directory, 'lock')
 export const journalPath = (job: Job): string => join(job.state.directory, 'journal.json')
 export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.json')
 
+/** Where the job records the last run that found its source unchanged ({@link UnchangedCheck}). */
+export const unchangedPath = (job: Job): string => join(job.state.directory, 'unchanged.json')
+
 /** Where the job keeps which backups at each target are its own ({@link Lineage}). */
 export const lineagePath = (job: Job): string => join(job.state.directory, 'lineage.json')
 
