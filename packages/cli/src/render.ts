@@ -229,7 +229,7 @@ export const renderArchiveProblems = (report: ArchiveReport): string => {
 export const renderReport = (report: BackupReport, verbosity: number, stages: { readonly snapshot?: boolean } = {}): string => {
   const out = [report.targets.length === 0 && stages.snapshot !== false
     // the snapshot stage alone (bbackup snapshot, run --no-transfer)
-    ? `${report.dryRun ? 'dry run: ' : ''}${report.source}: ${report.dryRun ? 'would take' : 'took'} snapshot ${report.snapshot}, ${(report.durationMs / 1000).toFixed(1)} s`
+    ? `${report.dryRun ? 'dry run: ' : ''}${report.source}: ${report.noSnapshot !== undefined ? `no new snapshot: ${report.noSnapshot}` : `${report.dryRun ? 'would take' : 'took'} snapshot ${report.snapshot}`}, ${(report.durationMs / 1000).toFixed(1)} s`
     : `${report.dryRun ? 'dry run: ' : ''}${report.source} → ${report.targets.length} target${report.targets.length === 1 ? '' : 's'}, ${(report.durationMs / 1000).toFixed(1)} s`]
   for (const t of report.targets) {
     if (!t.ok) {

@@ -152,6 +152,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(fresh.targets.map((t) => [t.latest.name, t.latest.current?.ageSeconds])).toEqual([[second, expect.any(Number)], [second, expect.any(Number)]])
     expect(fresh.snapshots.latest.current).toBeDefined()
     expect((await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)).stdout).toMatch(new RegExp(`newest ${second} \\(.*; the source unchanged since, as of \\d+ s ago\\)`))
+    // the snapshot stage alone says it took none
+    const stage = await runCli(['snapshot', 'home', '--state-dir', 'state', '--snapshot-create', 'onchange'], dir)
+    expect(stage).toMatchObject({ code: 0, stdout: expect.stringContaining(`/home: no new snapshot: the source has not changed since its newest snapshot, ${second} (snapshot_create onchange)`) })
+    expect(await snapshots()).toEqual([second])
     // a rename alone is a change
     await rename(join(dir, 'home/a.txt'), join(dir, 'home/b.txt'))
     expect((await run()).stderr).not.toContain('no new snapshot')

@@ -70,7 +70,10 @@ export interface BackupReport {
   readonly source: string
   readonly driver: string
   readonly dryRun: boolean
+  /** the snapshot the run took; where it took none ({@link noSnapshot}), the newest (onchange) or the name it would have had */
   readonly snapshot: string
+  /** why the run took no snapshot: snapper took no new one, or the source has not changed since its newest (snapshot_create onchange) */
+  readonly noSnapshot?: string
   readonly startedAt: string
   readonly durationMs: number
   readonly targets: readonly TargetReport[]
@@ -318,13 +321,12 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   let name = uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: [...listed.value.map((x) => x.name), ...held] })
 
   let sourceSnapshot: SnapshotInfo | undefined
+  let noSnapshot: string | undefined
   if (taken === 'none') {
-    emit({
-      type: 'no-new-snapshot',
-      reason: unchanged !== undefined
-        ? `the source has not changed since its newest snapshot, ${unchanged.name} (snapshot_create onchange): none is taken, and the targets get what they lack`
-        : 'the source has no snapshot newer than the last one taken over (or none at all yet): none is taken, and the targets get what they lack',
-    })
+    noSnapshot = unchanged !== undefined
+      ? `the source has not changed since its newest snapshot, ${unchanged.name} (snapshot_create onchange): none is taken, and the targets get what they lack`
+      : 'the source has no snapshot newer than the last one taken over (or none at all yet): none is taken, and the targets get what they lack'
+    emit({ type: 'no-new-snapshot', reason: noSnapshot })
   } else if (taken !== undefined) {
     let created = taken
     if (created.isOk() && held.has(created.value.name)) {
@@ -350,8 +352,6 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   const reachable = states.filter((s) => s.error === undefined)
   if (options.transfer !== false && job.driver.snapshotsSource) {
     reports.push(...await sendSnapshots(job, options, reachable, journal.value.entries, sourceSnapshots, unchanged !== undefined))
-    // status ages a backup of the unchanged newest snapshot from now (a record that cannot be written leaves it aged by the snapshot)
-    if (unchanged !== undefined && !dryRun) await recordUnchanged(job.state.transport, unchangedPath(job), unchanged.name, now)
   } else if (options.transfer !== false && reachable.length > 0) {
     // the live source is read during the transfers: the snapshot hooks go around them (none when no target can be reached)
     const first = reports.length
@@ -364,6 +364,8 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
     }, (r) => ({ status: r.isErr() ? 'error' : cancelled(options) ? 'cancelled' : reports.slice(first).every((t) => t.ok) ? 'ok' : 'failed', snapshot: name }))
     if (read.isErr()) return err(read.error)
   }
+  // status ages the newest snapshot, and a backup of it, from now (a record that cannot be written leaves them aged by the snapshot)
+  if (unchanged !== undefined && !dryRun) await recordUnchanged(job.state.transport, unchangedPath(job), unchanged.name, now)
   // in the order the targets were given
   reports.sort((a, b) => states.findIndex((s) => s.where === a.target) - states.findIndex((s) => s.where === b.target))
   for (const [i, report] of reports.entries()) {
@@ -388,7 +390,8 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
     source: formatLocation(job.source.location),
     driver: job.driver.name,
     dryRun,
-    snapshot: sourceSnapshot?.name ?? name,
+    snapshot: sourceSnapshot?.name ?? unchanged?.name ?? name,
+    ...(noSnapshot === undefined ? {} : { noSnapshot }),
     startedAt: now.toISOString(),
     durationMs: Date.now() - started,
     targets: reports.map((r) => ({ ...r, route: routeOf(job.source.location, r.target) })),

@@ -131,9 +131,9 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     // a source that is a restored backup swapped in: the backups its original has at a target are its own
     const fromOrigin = sourceOwn === undefined ? undefined : originFor(job, madeOrder(sourceOwn, now), options.signal)
     // a backup of the newest snapshot is as current as the last run that found the source unchanged since it
-    const newestOwn = sourceOwn === undefined ? undefined : newestMade(sourceOwn, now)
-    const check = newestOwn === undefined ? undefined : (await readUnchangedCheck(job.state.transport, unchangedPath(job))).unwrapOr(undefined)
-    const current = check !== undefined && check.snapshot === newestOwn?.name ? { at: check.checkedAt, ageSeconds: ageSeconds(new Date(check.checkedAt)) } : undefined
+    const newestSnapshot = sourceOwn === undefined ? undefined : newestMade(sourceOwn, now)
+    const check = newestSnapshot === undefined ? undefined : (await readUnchangedCheck(job.state.transport, unchangedPath(job))).unwrapOr(undefined)
+    const current = check !== undefined && check.snapshot === newestSnapshot?.name ? { at: check.checkedAt, ageSeconds: ageSeconds(new Date(check.checkedAt)) } : undefined
     const targets: TargetStatus[] = []
     for (const target of job.targets) {
       const at = formatLocation(target.location)
@@ -178,7 +178,6 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         })
       }
     }
-    const newestSnapshot = newestOwn
     const sourceAhead = (sourceOwn ?? []).filter((s) => aheadOfClock(s, now)).map((s) => s.name)
     const sourceOthers = source?.isOk() === true ? othersAtSource(job, source.value).map((s) => s.name) : []
     const snapshots = sourceOwn === undefined ? undefined : {
