@@ -37,11 +37,11 @@ export const formatAge = (seconds: number): string => {
 }
 
 /** how long ago a snapshot's name is dated, or how far ahead of the clock (a clock that was wrong named it) */
+const agoOrAhead = (seconds: number): string => (seconds < 0 ? `dated ${formatAge(-seconds)} ahead of this host's clock` : `${formatAge(seconds)} ago`)
+
 /** a newest snapshot (or its copy) that a run found the source unchanged since (snapshot_create onchange) */
 const unchangedNote = (current: { readonly ageSeconds: number } | undefined): string =>
   (current === undefined ? '' : `; the source unchanged since, as of ${agoOrAhead(current.ageSeconds)}`)
-
-const agoOrAhead = (seconds: number): string => (seconds < 0 ? `dated ${formatAge(-seconds)} ahead of this host's clock` : `${formatAge(seconds)} ago`)
 
 /** the status line for snapshots dated ahead of the clock (a target's or the source's `ahead` in `status`) */
 const aheadLine = (ahead: readonly string[] | undefined, noun: string): string[] =>

@@ -24,11 +24,16 @@ const age = (seconds: number): string => (seconds >= 2 * 86400 ? `${Math.floor(s
 
 type Finding = { verdict: Verdict; reason: string }
 
-/** the newest backup's age against the thresholds: a critical or warning finding, or none */
-/** a newest backup (snapshot) of a source that a run found unchanged since it (snapshot_create onchange) is aged from that run */
-const CURRENT_BACKUP = 'backup, counted from the last run that found the source unchanged since it,'
-const CURRENT_SNAPSHOT = 'snapshot, counted from the last run that found the source unchanged since it,'
+/**
+ * {@link ageFindings} of a newest backup (or snapshot); one of a source that a run found unchanged
+ * since it (snapshot_create onchange) is aged from that run, and the finding says so
+ */
+const newestFindings = (at: string, noun: string, newest: { readonly ageSeconds: number; readonly current?: { readonly ageSeconds: number } }, thresholds: HealthThresholds): Finding[] =>
+  newest.current !== undefined && newest.current.ageSeconds < newest.ageSeconds
+    ? ageFindings(at, `${noun}, counted from the last run that found the source unchanged since it,`, newest.current.ageSeconds, thresholds)
+    : ageFindings(at, noun, newest.ageSeconds, thresholds)
 
+/** the newest backup's age against the thresholds: a critical or warning finding, or none */
 const ageFindings = (at: string, noun: string, ageSeconds: number, thresholds: HealthThresholds): Finding[] =>
   ageSeconds > thresholds.criticalAgeSeconds ? [{ verdict: 'critical', reason: `${at}: the newest ${noun} is ${age(ageSeconds)} old (critical after ${age(thresholds.criticalAgeSeconds)})` }]
     : ageSeconds > thresholds.warnAgeSeconds ? [{ verdict: 'warning', reason: `${at}: the newest ${noun} is ${age(ageSeconds)} old (warning after ${age(thresholds.warnAgeSeconds)})` }]
@@ -61,11 +66,7 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
   // a job of source snapshots alone (no target): their age is its health
   if (s.targets.length === 0 && s.snapshots !== undefined) {
     if (s.snapshots.latest === undefined) found.push({ verdict: 'critical', reason: `${s.source} has no snapshot` })
-    else {
-      const { ageSeconds, current } = s.snapshots.latest
-      const since = current !== undefined && current.ageSeconds < ageSeconds ? current.ageSeconds : undefined
-      found.push(...ageFindings(s.source, since === undefined ? 'snapshot' : CURRENT_SNAPSHOT, since ?? ageSeconds, thresholds))
-    }
+    else found.push(...newestFindings(s.source, 'snapshot', s.snapshots.latest, thresholds))
   }
   if (s.snapshots?.ahead !== undefined && s.snapshots.ahead.length > 0) found.push(aheadFinding(s.source, 'snapshot', s.snapshots.ahead, s.targets.length === 0))
   for (const target of s.targets) {
@@ -79,9 +80,7 @@ export const healthOf = (s: JobStatus, thresholds: HealthThresholds = DEFAULT_TH
     else if (t.latest === undefined) found.push({ verdict: 'critical', reason: `${t.at} has no backup` })
     else {
       // a newest backup dated ahead of the clock has no age to judge: the warning below says why
-      // a backup of a source found unchanged since (snapshot_create onchange) is as old as that finding
-      const current = t.latest.current !== undefined && t.latest.current.ageSeconds < t.latest.ageSeconds ? t.latest.current.ageSeconds : undefined
-      if (t.latest.ageSeconds >= 0) found.push(...ageFindings(t.at, current === undefined ? 'backup' : CURRENT_BACKUP, current ?? t.latest.ageSeconds, thresholds))
+      if (t.latest.ageSeconds >= 0) found.push(...newestFindings(t.at, 'backup', t.latest, thresholds))
       if (t.ahead !== undefined && t.ahead.length > 0) found.push(aheadFinding(t.at, 'backup', t.ahead, true))
       if (t.latest.health === 'errors') found.push({ verdict: 'warning', reason: `${t.at}: the newest backup has errors (some files were not copied)` })
       const broken = t.broken ?? []
