@@ -143,7 +143,7 @@ export interface BlockRunHooks {
 /** Backs up one volume and prints the report. */
 export const blockBackup = async (
   io: Io, dir: string,
-  options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; wait?: string | boolean; hookCommands?: HookCommands; jobName?: string },
+  options: BlockCliOptions & { force?: boolean; tag?: string[]; snapshot?: boolean; expire?: boolean; wait?: string | boolean; hookCommands?: HookCommands; jobName?: string },
   remote: BlockRemote, hooks: BlockRunHooks = {},
 ): Promise<number> => {
   const { backupVolume, formatBlockSource, volumeSource } = await block()
@@ -179,6 +179,7 @@ export const blockBackup = async (
   try {
     const r = await backupVolume({
       at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), ...remote.way, force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      ...(options.expire === false ? { expire: false } : {}),
       ...(jobHooks === undefined ? {} : { hooks: jobHooks }),
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
       ...wait.value,

@@ -71,6 +71,10 @@ interface CommonOptions {
   rateLimit?: string
   snapshot?: boolean
   transfer?: boolean
+  /** btrbk's -p: delete nothing in this run; and its --preserve-snapshots, --preserve-backups */
+  preserve?: boolean
+  preserveSnapshots?: boolean
+  preserveBackups?: boolean
   lockedDests?: boolean
   removeLocks?: boolean
   /** rsync: back up into a directory whose backups name another source (the same one, renamed) */
@@ -150,6 +154,18 @@ const retriesOf = (options: CommonOptions): Result<number | undefined, BbError> 
   return retries !== undefined && !(Number.isInteger(retries) && retries >= 0)
     ? err(bbError('INVALID_OPTIONS', `--retries ${options.retries ?? ''} is not a whole number of retries`, 'give 0 (no retries) or more, e.g. --retries 5'))
     : ok(retries)
+}
+
+/**
+ * What `--preserve`, `--preserve-snapshots` and `--preserve-backups` leave of the prune stage: the
+ * engine's `prune` (false: nothing; `'backups'`: the targets alone), or undefined when none is given.
+ */
+const preservedOf = (options: CommonOptions): false | 'snapshots' | 'backups' | undefined => {
+  const snapshots = options.preserve === true || options.preserveSnapshots === true
+  const backups = options.preserve === true || options.preserveBackups === true
+  if (snapshots && backups) return false
+  if (snapshots) return 'backups'
+  return backups ? 'snapshots' : undefined
 }
 
 /** `--rate-limit RATE` in bytes a second, or undefined when not given */
@@ -656,7 +672,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     options.logJson === true || (io.isTTY && verbosity >= 0 && options.json !== true)
 
   /** Runs the engine's backup for each job, rendering events and the report. */
-  const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean; snapshot?: boolean }): Promise<Outcome> => {
+  const runJobs = async (source: string | undefined, targets: string[], options: CommonOptions, stages: { transfer?: boolean; prune?: boolean | 'snapshots' | 'backups'; snapshot?: boolean }): Promise<Outcome> => {
     // bbackup run also backs up the config's block volumes, each when its schedule says so
     const runsBlock = stages.snapshot === undefined && stages.transfer === undefined && stages.prune === undefined
     // first: `--wait /home /backup` took the source as its seconds
@@ -675,11 +691,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let code: number = EXIT.ok
     const reports = []
     const runs: JobRun[] = []
-    // run's --no-snapshot / --no-transfer (btrfs-backup's flags) narrow its stages
+    // run's --no-snapshot / --no-transfer (btrfs-backup's flags) and --preserve… (btrbk's) narrow its stages
+    const preserved = preservedOf(options)
     const wanted = {
       ...stages, ...(options.snapshot === false ? { snapshot: false } : {}), ...(options.transfer === false ? { transfer: false } : {}),
       // -b: the daemon's post-xfer exec rotates (unless system-backup's -r asks for it here)
       ...(options.backup === true && stages.prune === undefined ? { prune: false } : {}),
+      ...(preserved === undefined ? {} : { prune: preserved }),
     }
     try {
       for (const listed of resolved.jobs) {
@@ -752,7 +770,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         code = Math.max(code, options.dryRun === true
           ? await blockDue(io, volume.backupDir, options)
           // the command line's ssh settings go over the config's, key by key, as for the other jobs
-          : await blockBackup(io, volume.backupDir, { ...options, jobName: volume.name, hookCommands: { ...volume.hooks, ...hookCommandsOf(options).unwrapOr({}) } }, {
+          : await blockBackup(io, volume.backupDir, { ...options, jobName: volume.name, hookCommands: { ...volume.hooks, ...hookCommandsOf(options).unwrapOr({}) }, ...(options.preserve === true || options.preserveBackups === true ? { expire: false } : {}) }, {
             connections, ssh: { ...volume.ssh, ...sshSpecOf(options, io.cwd) }, way: blockWayOf(options, volume.way).unwrapOr({}),
           }, {
             collect: (report) => reports.push({ job: volume.name, ...report }),
@@ -1077,6 +1095,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       command
         .option('--no-snapshot', 'take no new snapshot: send the ones the targets lack')
         .option('--no-transfer', 'send nothing: snapshot and prune only')
+        .option('--preserve', "delete nothing in this run, whatever the retention says (btrbk's -p): neither snapshots, backups nor block revisions")
+        .option('--preserve-snapshots', 'keep every source snapshot in this run (prune the targets only)')
+        .option('--preserve-backups', 'keep every backup at the targets in this run (prune the source snapshots only)')
         .option('-b, --backup', "rsync to a daemon module: the backup stage alone (rsync-system-backup's -b); the module's post-xfer exec publishes and rotates (bbackup doctor rsyncd --server-side)")
     }
     command

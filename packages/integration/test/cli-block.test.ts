@@ -153,6 +153,21 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(await runCli(['list', '-c', 'bbackup.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('status -b') as unknown })
   })
 
+  it('bbackup run --preserve (or --preserve-backups) expires no revision of its block volumes', async () => {
+    expect((await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M', '--schedule', 'often=1s:1'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'bbackup.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\n')
+    const revisions = async () => (await readdir(join(dir, 'backy/vm'))).filter((n) => n.endsWith('.rev')).length
+    for (const preserve of ['--preserve', '--preserve-backups']) {
+      await new Promise((r) => setTimeout(r, 1100))
+      expect(await runCli(['run', '-c', 'bbackup.toml', preserve, '-q'], dir)).toMatchObject({ code: 0 })
+    }
+    expect(await revisions()).toBe(2)
+    // --preserve-snapshots keeps source snapshots: a block volume's revisions are its backups
+    await new Promise((r) => setTimeout(r, 1100))
+    expect(await runCli(['run', '-c', 'bbackup.toml', '--preserve-snapshots', '-q'], dir)).toMatchObject({ code: 0 })
+    expect(await revisions()).toBe(1)
+  })
+
   it('bbackup run puts its block volumes in the metrics file, the transaction log and --log-json, as its other jobs', async () => {
     expect((await runCli(['init', '-b', 'backy/vm', 'vm.img', '--chunk-size', '1M', '--schedule', 'often=2s:1'], dir)).code).toBe(0)
     await writeFile(join(dir, 'bbackup.toml'), `metrics_file = "${dir}/bbackup.prom"\ntransaction_log = "${dir}/bbackup.log"\n[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\n`)

@@ -167,6 +167,28 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('snapshot_create') })
   })
 
+  it("--preserve, --preserve-snapshots, --preserve-backups (btrbk's): a run that deletes nothing on the side named, whatever the config's retention says", async () => {
+    await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\nkeep_snapshots = "1"\nkeep_backups = "1"\n')
+    const counts = async () => [(await readdir(join(dir, 'home/.snapshots'))).length, (await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.')).length]
+    const run = async (...more: string[]) => {
+      const r = await runCli(['run', '-c', 'config.toml', ...more, '--json'], dir)
+      expect(r.code).toBe(0)
+      return JSON.parse(r.stdout) as { sourcePruned: string[]; targets: { pruned: string[] }[] }
+    }
+    expect(await run()).toMatchObject({ sourcePruned: [], targets: [{ pruned: [] }] })
+    expect(await run('--preserve')).toMatchObject({ sourcePruned: [], targets: [{ pruned: [] }] })
+    expect(await counts()).toEqual([2, 2])
+    expect(await run('--preserve-snapshots')).toMatchObject({ sourcePruned: [], targets: [{ pruned: [expect.any(String), expect.any(String)] }] })
+    expect(await counts()).toEqual([3, 1])
+    expect(await run('--preserve-backups')).toMatchObject({ sourcePruned: [expect.any(String), expect.any(String), expect.any(String)], targets: [{ pruned: [] }] })
+    expect(await counts()).toEqual([1, 2])
+    // both flags: as --preserve
+    expect(await run('--preserve-snapshots', '--preserve-backups')).toMatchObject({ sourcePruned: [], targets: [{ pruned: [] }] })
+    expect(await counts()).toEqual([2, 3])
+    expect(await run()).toMatchObject({ targets: [{ pruned: [expect.any(String), expect.any(String), expect.any(String)] }] })
+    expect(await counts()).toEqual([1, 1])
+  })
+
   it('a job of source snapshots alone: targets = [] in the config (btrbk: a subvolume without a target), prune SOURCE alone; status and --check judge its snapshots', async () => {
     await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = []\nkeep_snapshots = "1"\n')
     for (let i = 0; i < 2; i++) expect((await runCli(['run', '-c', 'config.toml', '-q'], dir)).code).toBe(0)

@@ -103,11 +103,19 @@ export const runComplete = (report: BackupReport): boolean =>
 export interface BackupOptions extends RunOptions {
   /** run the transfer stage (default true); false = snapshot (and prune) only */
   readonly transfer?: boolean
-  /** run the prune stage (default true when the job has a retention policy) */
-  readonly prune?: boolean
+  /**
+   * run the prune stage (default true when the job has a retention policy): false deletes nothing,
+   * `'snapshots'` prunes the source's snapshots alone and `'backups'` the targets' alone (btrbk's
+   * `--preserve-backups` and `--preserve-snapshots`)
+   */
+  readonly prune?: boolean | 'snapshots' | 'backups'
   /** take a new source snapshot (default true; drivers that copy the live source ignore it) */
   readonly snapshot?: boolean
 }
+
+/** whether the run prunes this side, as its `prune` option says */
+const prunes = (options: BackupOptions, side: 'snapshots' | 'backups'): boolean =>
+  options.prune === undefined || options.prune === true || options.prune === side
 
 /** Transfers that fail with these wrote nothing at the target. */
 const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS'])
@@ -380,7 +388,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   let sourcePruneError: BbError | undefined
   const sourcePolicy = job.retention?.source
   // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
-  if (job.driver.snapshotsSource && sourcePolicy !== undefined && options.prune !== false) {
+  if (job.driver.snapshotsSource && sourcePolicy !== undefined && prunes(options, 'snapshots')) {
     const pruned = await pruneAt(job, job.source, 'source', sourcePolicy, options, sourceSnapshot === undefined ? [] : [sourceSnapshot.name])
     if (pruned.isErr()) sourcePruneError = pruned.error
     else sourcePruned = [...pruned.value.deleted]
@@ -500,7 +508,7 @@ const backupToTarget = async (
   const warnings = [...(clock === undefined ? [] : [clock]), ...outcome.warnings]
   let commands = [...outcome.commands]
   const policy = job.retention?.target
-  if (policy !== undefined && options.prune !== false) {
+  if (policy !== undefined && prunes(options, 'backups')) {
     const r = await pruneTarget(job, target, policy, options, [outcome.snapshot])
     if (r.isErr()) pruneError = r.error
     else {
@@ -772,7 +780,7 @@ const sendSnapshots = async (
     let kept: number | undefined
     let pruneError: BbError | undefined
     const policy = job.retention?.target
-    if (policy !== undefined && options.prune !== false && lane.sent.length > 0 && options.signal?.aborted !== true) {
+    if (policy !== undefined && prunes(options, 'backups') && lane.sent.length > 0 && options.signal?.aborted !== true) {
       const r = await pruneTarget(job, lane.target, policy, options, lane.sent.map((x) => x.snapshot))
       if (r.isErr()) pruneError = r.error
       else {

@@ -45,6 +45,8 @@ export interface BlockBackupOptions {
   readonly tags?: readonly string[]
   /** read the live source without freezing it (a warning in the report) */
   readonly noSnapshot?: boolean
+  /** expire what the schedule no longer keeps after the new revision (default true; false: `run --preserve`) */
+  readonly expire?: boolean
   readonly now?: () => Date
   readonly signal?: AbortSignal
   /** hashing threads (default: the cores, at most 8) */
@@ -521,7 +523,13 @@ export const backupVolume = (options: BlockBackupOptions): ResultAsync<BlockBack
       if (failure === undefined) {
         try {
           const revision = await writeRevisionImage(options.at, dir, config, revisions, tags, options, remote, now, hooks)
-          made = { revision, expired: await expireRevisions(options.at, dir, config, [...revisions, revision], now, { onEvent: options.onEvent }) }
+          const all = [...revisions, revision]
+          made = {
+            revision,
+            expired: options.expire === false
+              ? { removed: [], kept: [], left: all.length }
+              : await expireRevisions(options.at, dir, config, all, now, { onEvent: options.onEvent }),
+          }
         } catch (e) {
           failure = e
         }
