@@ -157,7 +157,7 @@ const applicable = (spec: JobSpec, driver: DriverChoice): JobSpec => {
   if (inherited.size === 0) return spec
   const field = (key: string): string => key.replace(/_(\w)/g, (_, c: string) => c.toUpperCase())
   const unused = [
-    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'snapper', 'snapshot_create', 'send_protocol', 'compressed_data']),
+    ...(driver === 'btrfs' ? [] : ['keep_snapshots', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data']),
     ...(driver === 'btrfs' && (spec.rawTargets ?? []).length > 0 ? [] : ['raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every']),
     ...(driver === 'rsync' ? [] : ['system_excludes', 'exclude', 'exclude_from', 'rsync_options']),
   ].filter((key) => inherited.has(key))
@@ -224,6 +224,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     ...(spec.snapshotFolder === undefined ? [] : ['--snapshot-folder (snapshot_folder)']),
     ...(spec.snapper === true ? ['--snapper (snapper)'] : []),
     ...(spec.snapshotCreate === undefined ? [] : ['--snapshot-create (snapshot_create)']),
+    ...(spec.incremental === undefined ? [] : ['--incremental (incremental)']),
     ...(spec.sendProtocol === undefined ? [] : ['--send-protocol (send_protocol)']),
     ...(spec.compressedData === false ? ['--no-compressed-data (compressed_data)'] : []),
   ]
@@ -275,6 +276,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
         ...(spec.snapshotFolder === undefined ? {} : { snapshotFolder: spec.snapshotFolder }),
         ...(spec.snapper === true ? { snapper: true } : {}),
         ...(spec.snapshotCreate === undefined ? {} : { snapshotCreate: spec.snapshotCreate }),
+        ...(spec.incremental === undefined ? {} : { incremental: spec.incremental }),
         ...(spec.sendProtocol === undefined ? {} : { sendProtocol: spec.sendProtocol }),
         ...(spec.compressedData === undefined ? {} : { compressedData: spec.compressedData }),
         ...way,

@@ -41,6 +41,8 @@ export interface JobSpec {
   readonly snapper?: boolean
   /** btrfs: btrbk's `snapshot_create`: `onchange` takes a snapshot only when the source changed since the newest */
   readonly snapshotCreate?: 'always' | 'onchange'
+  /** btrfs: btrbk's `incremental`: `no` sends every snapshot in full, `strict` none in full */
+  readonly incremental?: 'yes' | 'no' | 'strict'
   readonly sendProtocol?: 'auto' | 1 | 2
   readonly compressedData?: boolean
   /** btrfs: targets that keep the send streams as files (besides `targets`) */
@@ -149,7 +151,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', quarterly: 'quarterly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
@@ -372,6 +374,10 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (snapshotCreate !== undefined && snapshotCreate !== 'always' && snapshotCreate !== 'onchange') {
       return problem(section, 'snapshot_create', `${JSON.stringify(snapshotCreate)} is not "always" or "onchange"`, 'snapshot_create = "onchange" takes a snapshot only when the source changed; for btrbk\'s "no", run bbackup transfer')
     }
+    const incremental = job.incremental
+    if (incremental !== undefined && incremental !== 'yes' && incremental !== 'no' && incremental !== 'strict') {
+      return problem(section, 'incremental', `${JSON.stringify(incremental)} is not "yes", "no" or "strict"`, 'incremental = "strict" never sends a snapshot in full (btrbk\'s incremental); "yes", the default, sends in full where no parent serves')
+    }
     const fields = {
       exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
       oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false), systemExcludes: bool('system_excludes', false),
@@ -402,7 +408,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.systemExcludes) ? { systemExcludes: true } : {}),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
-      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(snapshotCreate === undefined ? {} : { snapshotCreate }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
+      ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(snapshotCreate === undefined ? {} : { snapshotCreate }), ...(incremental === undefined ? {} : { incremental }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
       ...(pipeTargets.length === 0 ? {} : { pipeTargets: pipeTargets as string[] }),

@@ -56,6 +56,7 @@ interface CommonOptions {
   snapshotFolder?: string
   snapper?: boolean
   snapshotCreate?: string
+  incremental?: string
   snapshotPrefix?: string
   numSnapshots?: string
   sendProtocol?: string
@@ -218,6 +219,7 @@ const jobOptions = (command: Command): Command =>
     .option('-N, --num-snapshots <n>', "btrfs-backup's spelling of --keep-snapshots N")
     .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
     .option('--snapper', "btrfs: snapper takes the source's snapshots: take over its newest instead of taking one (folder <source>/.bbackup-snapshots)")
+    .addOption(new Option('--incremental <when>', "btrfs: strict never sends a snapshot in full (a target without a common parent fails instead), no always does (btrbk's incremental); default yes").choices(['yes', 'no', 'strict']))
     .addOption(new Option('--snapshot-create <when>', "btrfs: onchange takes a snapshot only when the source changed since its newest (btrbk's snapshot_create); default always").choices(['always', 'onchange']))
     .addOption(new Option('--send-protocol <version>', 'btrfs: send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))
     .option('--no-compressed-data', 'btrfs: decompress extents for the stream instead of sending them as stored (protocol 2)')
@@ -464,6 +466,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.snapshotFolder === undefined ? {} : { snapshotFolder: options.snapshotFolder }),
       ...(options.snapper === true ? { snapper: true } : {}),
       ...(options.snapshotCreate === undefined ? {} : { snapshotCreate: options.snapshotCreate as 'always' | 'onchange' }),
+      ...(options.incremental === undefined ? {} : { incremental: options.incremental as 'yes' | 'no' | 'strict' }),
       ...(options.sendProtocol === undefined ? {} : { sendProtocol: options.sendProtocol === 'auto' ? 'auto' as const : Number(options.sendProtocol) as 1 | 2 }),
       ...(options.compressedData === false ? { compressedData: false } : {}),
       ...(options.rawCompress === undefined ? {} : { rawCompress: options.rawCompress as 'zstd' | 'none' }),

@@ -334,7 +334,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     const [firstBroken] = broken
     if (firstBroken !== undefined) out.push(`    cannot be restored: ${count(broken.length, 'backup')} (${brief(broken.map((b) => b.name))}): ${firstBroken.why}`)
     const missing = t.missing ?? []
-    if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${brief(missing)}): the next run sends ${missing.length === 1 ? 'it' : 'them'}`)
+    if (missing.length > 0) out.push(`    missing: ${count(missing.length, 'source snapshot')} (${brief(missing)}): ${t.refused === undefined ? `the next run sends ${missing.length === 1 ? 'it' : 'them'}` : `not sent: ${t.refused} (run once with --incremental yes)`}`)
     // used as df's Use% counts it: of what is used and what is free to users (space reserved for root left out)
     if (t.space !== undefined) out.push(`    space: ${formatBytes(t.space.free)} free of ${formatBytes(t.space.size)} (${Math.ceil((t.space.used * 100) / Math.max(1, t.space.used + t.space.free))}% used)`)
   }

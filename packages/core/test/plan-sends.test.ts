@@ -71,6 +71,23 @@ describe('planSends', () => {
     // nothing newer to send: nothing to say
     expect(planSends([source(1), source(2)], [broken])).toEqual({ sends: [], newestCommon: { source: source(2), target: broken } })
   })
+  it("incremental 'no' (btrbk's): every send in full, none said to be for want of a parent; the same sends otherwise", () => {
+    const plan = planSends([source(1), source(2), source(3)], [copy(1)], { incremental: 'no' })
+    expect(names(plan)).toEqual(['s2<full', 's3<full'])
+    expect(plan.sends.every((x) => x.parentAtTarget === undefined)).toBe(true)
+    expect(plan.fullBecause).toBeUndefined()
+    expect(plan.newestCommon?.source.name).toBe('s1')
+    expect(planSends([source(5)], [copy(1)], { incremental: 'no' }).fullBecause).toBeUndefined()
+  })
+  it("incremental 'strict' (btrbk's): a plan with a full send is refused, and says why; one that is all incremental is as with 'yes'", () => {
+    expect(planSends([source(1)], [], { incremental: 'strict' })).toMatchObject({ sends: [{ snapshot: { name: 's1' } }], refused: 's1 would be sent in full (the target holds no backup of this source), and incremental = strict sends nothing in full' })
+    expect(planSends([source(5)], [copy(1), copy(2)], { incremental: 'strict' }).refused).toBe('s5 would be sent in full (none of the 2 backups at the target is a copy of a snapshot still at the source), and incremental = strict sends nothing in full')
+    const broken: SnapshotInfo = { ...copy(2), broken: 'its chain is broken at s1' }
+    expect(planSends([source(1), source(2), source(3)], [broken], { incremental: 'strict' }).refused).toMatch(/^s3 would be sent in full \(the newest backup at the target, s2, cannot be restored/)
+    const fine = planSends([source(1), source(2), source(3)], [copy(1)], { incremental: 'strict' })
+    expect(fine).toEqual(planSends([source(1), source(2), source(3)], [copy(1)]))
+    expect(fine.refused).toBeUndefined()
+  })
   it('property: every send has a parent the target holds or that was sent before it, and the newest ends at the target', () => {
     fc.assert(fc.property(fc.uniqueArray(fc.integer({ min: 0, max: 30 }), { minLength: 1 }), fc.uniqueArray(fc.integer({ min: 0, max: 30 })), (src, tgt) => {
       const s = [...src].sort((a, b) => a - b).map(source)

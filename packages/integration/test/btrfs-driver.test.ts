@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -385,6 +385,52 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const r2 = ok(await backup(job, { now: at('2026-11-23T14:00:00Z') }))
     expect(r2.targets[0]?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([['home.2026-11-23T140000Z', 'incremental', 'home.2026-11-23T120000Z']])
     expect(await content(join(targetA, 'home.2026-11-23T140000Z'))).toEqual(await content(source))
+  })
+
+  it("incremental (btrbk's): strict sends nothing in full, not to a new target nor where the target lost the parent before the receive; yes sends that one in full; no sends every snapshot in full", async () => {
+    // another filesystem: there receive finds a parent only among the backups (here it would take the source's snapshot)
+    const other = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 256 })
+    extra.push(other)
+    const target = join(other.mountPoint, 'backup')
+    const job = (incremental?: 'yes' | 'no' | 'strict'): Job => btrfsJob({ source, targets: [target], state, ...(incremental === undefined ? {} : { driver: { incremental } }) })
+    /** the job, whose target loses its newest backup after the run listed it and before the receive */
+    const losing = (j: Job): Job => ({
+      ...j,
+      driver: {
+        ...j.driver,
+        transfer: (input) => {
+          const newest = readdirSync(target).filter((n) => n.startsWith('home.')).sort().at(-1) ?? ''
+          btrfs('subvolume', 'delete', join(target, newest))
+          return j.driver.transfer(input)
+        },
+      },
+    })
+    const refused = ok(await backup(job('strict'), { now: at('2026-11-23T10:00:00Z') }))
+    expect(refused.targets[0]).toMatchObject({ ok: false, error: { code: 'FULL_SEND_REFUSED', message: 'home.2026-11-23T100000Z would be sent in full (the target holds no backup of this source), and incremental = strict sends nothing in full' } })
+    expect(refused.targets[0]?.error?.hint).toContain('--incremental yes')
+    expect(await names(target)).toEqual([])
+    ok(await backup(job(), { now: at('2026-11-23T11:00:00Z') }))
+    await writeFile(join(source, 'alice/a.txt'), 'changed\n')
+    expect(ok(await backup(job('strict'), { now: at('2026-11-23T12:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z' })
+    // the parent gone at the target between listing and receiving: no full stream in its place
+    const lost = ok(await backup(losing(job('strict')), { now: at('2026-11-23T13:00:00Z') }))
+    expect(lost.targets[0]).toMatchObject({ ok: false, error: { code: 'FULL_SEND_REFUSED', message: expect.stringContaining('the target refused the incremental send of home.2026-11-23T130000Z against home.2026-11-23T120000Z') } })
+    expect(await names(target)).toEqual(['home.2026-11-23T110000Z'])
+    expect((await readJournal(localTransport(state), join(state, 'journal.json')))._unsafeUnwrap().entries).toEqual([])
+    // the source snapshots gone that the target holds: strict refuses the full send the plan would need
+    btrfs('subvolume', 'delete', join(source, '.snapshots/home.2026-11-23T110000Z'))
+    const unrelated = ok(await backup(job('strict'), { now: at('2026-11-23T14:00:00Z') }))
+    expect(unrelated.targets[0]?.error?.message).toBe('home.2026-11-23T140000Z would be sent in full (none of the 1 backups at the target is a copy of a snapshot still at the source), and incremental = strict sends nothing in full')
+    expect(await names(target)).toEqual(['home.2026-11-23T110000Z'])
+    // yes: the target gets the newest in full; where it loses the parent before the receive, in full again, with a warning
+    expect(ok(await backup(job('yes'), { now: at('2026-11-23T15:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'full' })
+    const again = ok(await backup(losing(job('yes')), { now: at('2026-11-23T16:00:00Z') }))
+    expect(again.targets[0]).toMatchObject({ ok: true, mode: 'full', warnings: [expect.stringContaining('the incremental send against home.2026-11-23T150000Z was refused by the target')] })
+    // no: in full although the target holds the parent; received as a snapshot of nothing
+    await writeFile(join(source, 'alice/a.txt'), 'changed again\n')
+    expect(ok(await backup(job('no'), { now: at('2026-11-23T17:00:00Z') })).targets[0]).toMatchObject({ ok: true, mode: 'full' })
+    expect(show(join(target, 'home.2026-11-23T170000Z')).parentUuid).toBeUndefined()
+    expect(await content(join(target, 'home.2026-11-23T170000Z'))).toEqual(await content(source))
   })
 
   it('a cancel mid-send (SIGINT) stops cleanly: nothing unfinished is left, the lock is free, the next run sends it', async () => {

@@ -189,6 +189,22 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(await counts()).toEqual([1, 1])
   })
 
+  it("--incremental strict (btrbk's incremental): a target that would need a full send fails with the fix, and gets nothing; incremental = \"yes\" in the config sends it", async () => {
+    const strict = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--incremental', 'strict'], dir)
+    expect(strict).toMatchObject({ code: 10, stdout: expect.stringMatching(/backup: FAILED: home\.\S+ would be sent in full \(the target holds no backup of this source\), and incremental = strict sends nothing in full\n\s+hint: to send it in full once, run with --incremental yes/) })
+    expect((await readdir(join(dir, 'backup'))).filter((n) => n.startsWith('home.'))).toEqual([])
+    expect((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--incremental', 'strict'], dir)).stdout).toMatch(/missing: 1 source snapshot \(home\.\S+\): not sent: home\.\S+ would be sent in full \(the target holds no backup of this source\), and incremental = strict sends nothing in full \(run once with --incremental yes\)/)
+    await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\nincremental = "strict"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\n')
+    expect((await runCli(['run', '-c', 'config.toml'], dir)).code).toBe(10)
+    expect(await runCli(['run', '-c', 'config.toml', '--incremental', 'yes', '-q'], dir)).toMatchObject({ code: 0 })
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    expect(JSON.parse((await runCli(['run', '-c', 'config.toml', '--json'], dir)).stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    await writeFile(join(dir, 'bad.toml'), '[jobs.home]\nsource = "home"\ntargets = ["backup"]\nincremental = "sometimes"\n')
+    expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('incremental: "sometimes" is not "yes", "no" or "strict"') })
+    await mkdir(join(dir, 'plain'))
+    expect(await runCli(['run', 'plain', 'rsynced', '--driver', 'rsync', '--incremental', 'strict', '--state-dir', 'state2'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('--incremental (incremental): a btrfs setting') })
+  })
+
   it('a job of source snapshots alone: targets = [] in the config (btrbk: a subvolume without a target), prune SOURCE alone; status and --check judge its snapshots', async () => {
     await writeFile(join(dir, 'config.toml'), 'state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = []\nkeep_snapshots = "1"\n')
     for (let i = 0; i < 2; i++) expect((await runCli(['run', '-c', 'config.toml', '-q'], dir)).code).toBe(0)

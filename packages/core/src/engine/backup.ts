@@ -118,7 +118,7 @@ const prunes = (options: BackupOptions, side: 'snapshots' | 'backups'): boolean 
   options.prune === undefined || options.prune === true || options.prune === side
 
 /** Transfers that fail with these wrote nothing at the target. */
-const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS'])
+const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS', 'FULL_SEND_REFUSED'])
 
 /** failures worth another try in the same run: the network, a stream that stopped moving */
 const TRANSIENT: ReadonlySet<string> = new Set(['NETWORK_FAILED', 'STALLED'])
@@ -648,6 +648,11 @@ const sendSnapshots = async (
     const clock = clockWarning(ours, now)
     if (clock !== undefined && !lane.warnings.includes(clock)) lane.warnings.push(clock)
     const plan = planSends(from, ours, sendsFor(job, options.now))
+    if (plan.refused !== undefined) {
+      lane.error = bbError('FULL_SEND_REFUSED', plan.refused,
+        'to send it in full once, run with --incremental yes (config: incremental = "yes") where the link can take it; the runs after it are incremental', { target: lane.where })
+      return
+    }
     const made = from.length > sourceSnapshots.length ? from[0] : undefined
     const origin = made !== undefined && plan.newestCommon?.source === made ? formatLocation({ ...job.source.location, path: made.path }) : undefined
     Object.assign(lane, { sends: plan.sends, fullBecause: plan.fullBecause, origin })

@@ -72,6 +72,8 @@ export interface TargetStatus {
    * first, which the next run sends there (by identity, as a run plans them)
    */
   readonly missing?: readonly string[]
+  /** why the next run sends none of `missing` there: it would need a full send, and the driver's `incremental` is strict */
+  readonly refused?: string
   /** the filesystem the target is on (df); undefined where it cannot be asked (a daemon module) */
   readonly space?: Space
 }
@@ -156,6 +158,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
         const from = sourceOwn === undefined ? undefined : await fromOrigin?.(named)
         const { ours: own, others } = from === undefined || lineage?.isOk() !== true ? { ours: named, others: [] } : ofThisJob(knownAt(lineage.value, at, from, named), named)
         const latest = newestMade(own, now)
+        const plan = from === undefined ? undefined : planSends(from, own, sendsFor(job, options.now))
         const ahead = own.filter((s) => aheadOfClock(s, now)).map((s) => s.name)
         targets.push({
           at,
@@ -172,7 +175,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
           unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
           ...brokenOf(own),
           ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
-          ...(from === undefined ? {} : { missing: planSends(from, own, sendsFor(job, options.now)).sends.map((s) => s.snapshot.name) }),
+          ...(plan === undefined ? {} : { missing: plan.sends.map((s) => s.snapshot.name), ...(plan.refused === undefined ? {} : { refused: plan.refused }) }),
           // the filesystem once, with the first of a shared target's sources
           ...(space === undefined || i > 0 ? {} : { space }),
         })

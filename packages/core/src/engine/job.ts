@@ -195,11 +195,12 @@ export const newTargetGets = (job: Job, now: (() => Date) | undefined): NonNulla
 /**
  * How a target plans its sends ({@link planSends}): a new one gets what the job's target retention
  * keeps ({@link newTargetGets}); one that missed runs gets, of the snapshots newer than its newest
- * copy, what that retention keeps, or all of them where the job keeps every backup (no target policy)
+ * copy, what that retention keeps, or all of them where the job keeps every backup (no target policy);
+ * full or not as the driver's `incremental` says
  */
 export const sendsFor = (job: Job, now: (() => Date) | undefined): PlanOptions => {
   const kept = newTargetGets(job, now)
-  return { backfill: kept, ...(job.retention?.target === undefined ? {} : { catchUp: kept }) }
+  return { backfill: kept, ...(job.retention?.target === undefined ? {} : { catchUp: kept }), ...(job.driver.incremental === undefined ? {} : { incremental: job.driver.incremental }) }
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { SnapshotInfo } from '../driver/driver.js'
+import type { Incremental, SnapshotInfo } from '../driver/driver.js'
 import { parseSnapshotName } from '../names/snapshot-name.js'
 import { planRetention, type RetentionSnapshot } from '../retention/plan.js'
 import type { RetentionPolicy } from '../retention/policy.js'
@@ -37,6 +37,8 @@ export interface SendPlan {
   readonly newestCommon?: CommonPair
   /** why the first send is full although the target holds backups of this job (none in common, or the newest copy cannot be restored) */
   readonly fullBecause?: string
+  /** `incremental: 'strict'` and a send would be full: why the target gets none of `sends` */
+  readonly refused?: string
 }
 
 export interface PlanOptions {
@@ -52,6 +54,11 @@ export interface PlanOptions {
    * `target_preserve_min all`: a target that keeps everything gets everything).
    */
   readonly catchUp?: (newer: readonly SnapshotInfo[], target: readonly SnapshotInfo[]) => readonly SnapshotInfo[]
+  /**
+   * btrbk's `incremental` (the driver's `incremental`): `'no'` plans every send in full, `'strict'`
+   * sets `refused` when a send would be full (the sends stay, for what a target lacks)
+   */
+  readonly incremental?: Incremental
 }
 
 /** A snapshot as retention weighs it: its time (unreadable: always kept), its collision suffix, the stream it depends on */
@@ -101,6 +108,17 @@ export const keptByRetention = (policy: RetentionPolicy | undefined, options: { 
  * planSends(sourceSnapshots, targetBackups).sends.map((s) => `${s.snapshot.name} <- ${s.parent?.name ?? 'full'}`)
  */
 export const planSends = (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[], options: PlanOptions = {}): SendPlan => {
+  const plan = planChain(source, target, options)
+  if (options.incremental === 'no') {
+    return { sends: plan.sends.map(({ snapshot }) => ({ snapshot })), ...(plan.newestCommon === undefined ? {} : { newestCommon: plan.newestCommon }) }
+  }
+  const full = plan.sends.find((s) => s.parent === undefined)
+  if (options.incremental !== 'strict' || full === undefined) return plan
+  return { ...plan, refused: `${full.snapshot.name} would be sent in full (${plan.fullBecause ?? 'the target holds no backup of this source'}), and incremental = strict sends nothing in full` }
+}
+
+/** {@link planSends} before `incremental` is weighed: full where no parent serves. */
+const planChain = (source: readonly SnapshotInfo[], target: readonly SnapshotInfo[], options: PlanOptions): SendPlan => {
   let newestCommon: CommonPair | undefined
   let index = -1
   source.forEach((s, i) => {

@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type Incremental, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
@@ -74,6 +74,14 @@ export interface BtrfsDriverOptions {
    * (default) takes one on every run. Not with `snapper` (snapper takes the snapshots).
    */
   readonly snapshotCreate?: 'always' | 'onchange'
+  /**
+   * btrbk's `incremental`: `yes` (default) sends in full where the target shares no snapshot with
+   * the source, `no` sends every snapshot in full, `strict` never sends in full (a new target, or
+   * one that lost its parent, fails with FULL_SEND_REFUSED; nor is a full stream sent where the
+   * target refused an incremental one). The parents are always snapshots of the source's own
+   * subvolume, so strict's other rule (a related parent) holds by construction.
+   */
+  readonly incremental?: Incremental
 }
 
 /** The oldest btrfs-progs whose `subvolume show` and `receive` behave as this driver expects. */
@@ -658,6 +666,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (there.isErr()) return err(there.error)
       if (there.value !== 'missing') return err(strayError(path, there.value))
     }
+    if (result.isErr() && parentRefused && parent !== undefined && options.incremental === 'strict') {
+      return err(bbError('FULL_SEND_REFUSED', `the target refused the incremental send of ${snapshot} against ${parent.name} (${result.error.message}), and incremental = strict sends nothing in full`,
+        'see whether the copy of the parent at the target is still there (bbackup list); to send it in full once, run with --incremental yes', { path: dir }))
+    }
     if (result.isErr() && parentRefused && parent !== undefined) {
       // the target lost the parent between listing and receiving, or an old kernel's stream was refused: one full send instead
       warnings.push(`the incremental send against ${parent.name} was refused by the target (${result.error.message}); sent in full instead`)
@@ -960,7 +972,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   })())
 
   const onChange = options.snapshotCreate === 'onchange' && !snapper && !atSource
-  return { name: 'btrfs', snapshotsSource: true, probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
+  return { name: 'btrfs', snapshotsSource: true, ...(options.incremental === undefined ? {} : { incremental: options.incremental }), probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */
