@@ -43,13 +43,13 @@ export interface SnapshotInfo {
   readonly madeFrom?: string
 }
 
+/** btrbk's `incremental`: see {@link Driver.incremental} */
+export type Incremental = 'yes' | 'no' | 'strict'
+
 /**
  * A snapshot's identity where the technology has one. Two snapshots are the same backup when one
  * was received from the other, or both from the same snapshot ({@link sameSnapshot}).
  */
-/** btrbk's `incremental`: see {@link Driver.incremental} */
-export type Incremental = 'yes' | 'no' | 'strict'
-
 export interface SnapshotIdentity {
   readonly uuid: string
   /** the uuid of the snapshot this one was received from; undefined for a snapshot taken here */
@@ -186,9 +186,9 @@ export interface Driver {
   readonly snapshotsSource: boolean
   /**
    * btrbk's `incremental`, for a driver that sends against a parent: `'yes'` (the default) sends
-   * in full where no parent serves, `'no'` always in full, `'strict'` never in full, and only
-   * against a parent that is a snapshot of the same subvolume (the plan's `refused` says why a
-   * target gets nothing; the driver sends no full stream in place of a refused incremental).
+   * in full where no parent serves, `'no'` always in full, `'strict'` never in full (the plan's
+   * `refused` says why a target gets nothing; the driver sends no full stream in place of an
+   * incremental one the target refused).
    */
   readonly incremental?: Incremental
   /** Tools present, right filesystem, versions; fails with a hint that says what to install or fix. */
