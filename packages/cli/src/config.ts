@@ -13,6 +13,9 @@ export type DriverChoice = 'rsync' | 'btrfs' | 'block'
 /** A job as the CLI runs it, from the command line or one `[jobs.NAME]` table. */
 export interface JobSpec {
   readonly name?: string
+  /** the groups a filter word may name it by (btrbk's `group`), and whether a command without one takes it (btrbk's `noauto`) */
+  readonly groups?: readonly string[]
+  readonly auto?: false
   /** the config keys this job took from the top level (defaults): one that does not apply to its driver is left out, not refused */
   readonly inherited?: readonly string[]
   /** `status --check`: the newest backup's age that makes the job a warning, critical ("26h", "2d") */
@@ -123,6 +126,8 @@ export interface WaySpec {
 /** A block volume in the config: `driver = "block"` and `backup_dir`; source and schedule are in its volume.json. */
 export interface BlockJobSpec {
   readonly name: string
+  readonly groups?: readonly string[]
+  readonly auto?: false
   readonly backupDir: string
   /** how a source on another host is reached */
   readonly ssh?: SshSpec
@@ -151,11 +156,11 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', quarterly: 'quarterly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
-/** the job keys that may stand at the top level as every job's default: not what names one job's own places */
-const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets'].includes(key))
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout', 'groups', 'auto']
+/** the job keys that may stand at the top level as every job's default: not what names one job's own places, nor which commands take it */
+const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets', 'groups', 'auto'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
-const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'stream_compress', 'rate_limit', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
+const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'groups', 'auto', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'stream_compress', 'rate_limit', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the keys whose values this host runs as commands: a config that has one must be safe from other users */
 const COMMAND_KEYS = [...Object.values(HOOK_CONFIG_KEYS), 'pipe_targets', 'ssh_program']
 /** What a job may be named: one path component (its state is <state_dir>/jobs/NAME) and a valid systemd unit name (bbackup-NAME) */
@@ -242,7 +247,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
   for (const key of Object.keys(data)) {
     if (!['jobs', 'state_dir', 'metrics_file', 'transaction_log', ...DEFAULT_KEYS].includes(key)) {
       return JOB_KEYS.includes(key)
-        ? problem('', key, 'names one job\'s own places, not a default for every job', 'move it into the [jobs.NAME] table of its job')
+        ? problem('', key, ['groups', 'auto'].includes(key) ? 'says which commands take one job, not a default for every job' : 'names one job\'s own places, not a default for every job', 'move it into the [jobs.NAME] table of its job')
         : problem('', key, 'unknown key', `the top level has state_dir, metrics_file, transaction_log, the [jobs.NAME] tables, and every job's defaults: ${DEFAULT_KEYS.join(', ')}`)
     }
   }
@@ -266,6 +271,15 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ages[field] = value
     }
     return ok(ages)
+  }
+  /** `groups` (btrbk's `group`) and `auto` (false: btrbk's `noauto`): which commands take the job */
+  const selectionOf = (section: string, job: Record<string, unknown>): Result<{ groups?: string[]; auto?: false }, BbError> => {
+    const groups = typeof job.groups === 'string' ? [job.groups] : (job.groups ?? [])
+    if (!Array.isArray(groups) || !groups.every((g) => typeof g === 'string')) return problem(section, 'groups', 'must be a list of group names', 'groups = ["nightly", "offsite"]')
+    const bad = groups.find((g) => !JOB_NAME.test(g) || g === '.' || g === '..')
+    if (bad !== undefined) return problem(section, 'groups', `${JSON.stringify(bad)} is not a group name`, 'name a group as a job is named: letters, digits, ".", "_" and "-" (bbackup run NAME takes either)')
+    if (job.auto !== undefined && typeof job.auto !== 'boolean') return problem(section, 'auto', 'must be true or false', 'auto = false: only a command that names the job (or one of its groups) runs it')
+    return ok({ ...(groups.length === 0 ? {} : { groups: [...new Set(groups as string[])] }), ...(job.auto === false ? { auto: false as const } : {}) })
   }
   /** `stream_compress` and `rate_limit`: how what crosses to or from another host travels */
   const wayOf = (section: string, job: Record<string, unknown>): Result<WaySpec, BbError> => {
@@ -399,9 +413,11 @@ const readConfig = (path: string): Result<Config, BbError> => {
     const { warnAge, criticalAge } = ages.value
     const hooks = hooksOf(section, job)
     if (hooks.isErr()) return err(hooks.error)
+    const selection = selectionOf(section, job)
+    if (selection.isErr()) return err(selection.error)
     const rsyncd: RsyncdSpec = { ...(passwordFile === undefined ? {} : { passwordFile }), ...(tunnel === undefined ? {} : { tunnel }) }
     return ok({
-      name, source: job.source, targets: targets as string[],
+      name, ...selection.value, source: job.source, targets: targets as string[],
       ...(driver === undefined ? {} : { driver }),
       exclude: v(fields.exclude), excludeFrom: v(fields.excludeFrom), rsyncOptions: v(fields.rsyncOptions),
       oneFileSystem: v(fields.oneFileSystem), acceptPartial: v(fields.acceptPartial),
@@ -450,8 +466,10 @@ const readConfig = (path: string): Result<Config, BbError> => {
       if (hooks.isErr()) return err(hooks.error)
       const way = wayOf(section, job)
       if (way.isErr()) return err(way.error)
+      const selection = selectionOf(section, job)
+      if (selection.isErr()) return err(selection.error)
       blockJobs.push({
-        name, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }), ...(Object.keys(way.value).length === 0 ? {} : { way: way.value }), ...hooks.value,
+        name, ...selection.value, backupDir: job.backup_dir, ...ages.value, ...(Object.keys(ssh.value).length === 0 ? {} : { ssh: ssh.value }), ...(Object.keys(way.value).length === 0 ? {} : { way: way.value }), ...hooks.value,
       })
       continue
     }
@@ -460,8 +478,58 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (spec.isErr()) return err(spec.error)
     jobs.push(inherited.length === 0 ? spec.value : { ...spec.value, inherited })
   }
+  // a filter word (bbackup run NAME) names a job or a group, never both
+  for (const job of [...jobs, ...blockJobs]) {
+    const both = job.groups?.find((g) => [...jobs, ...blockJobs].some((j) => j.name === g))
+    if (both !== undefined) return problem(`jobs.${job.name ?? ''}`, 'groups', `${both} is the name of a job as well`, 'give the group a name no job has: bbackup run NAME takes either, and must know which')
+  }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}),
     ...(typeof data.transaction_log === 'string' ? { transactionLog: data.transaction_log } : {}), jobs, blockJobs })
+}
+
+/** The jobs of a config a command takes: named by a filter (job or group names), or all of them but those with `auto = false`. */
+export interface Selection {
+  readonly jobs: readonly JobSpec[]
+  readonly blockJobs: readonly BlockJobSpec[]
+  /** the block jobs named by their own names (not by a group): a command that reads no block volume says so */
+  readonly namedBlockJobs: readonly BlockJobSpec[]
+  /** the config's other jobs */
+  readonly others: readonly JobSpec[]
+}
+
+/** the words a filter takes: every job's name and every group's */
+export const filterWords = (config: Config): string[] => {
+  const all = [...config.jobs, ...config.blockJobs]
+  return [...new Set([...all.map((j) => j.name ?? ''), ...all.flatMap((j) => j.groups ?? [])])].filter((w) => w !== '')
+}
+
+/**
+ * btrbk's filter: `words` (-j NAME, or the names alone) pick the jobs of those names and the jobs in
+ * those groups, `auto = false` ones too; no words pick every job but those with `auto = false`
+ * (btrbk's `noauto`). A word that is neither is an error that lists what there is.
+ * @example
+ * selectJobs(config, ['offsite']).map((s) => s.jobs.map((j) => j.name))
+ */
+export const selectJobs = (config: Config, words: readonly string[]): Result<Selection, BbError> => {
+  const known = filterWords(config)
+  const unknown = words.filter((w) => !known.includes(w))
+  if (unknown.length > 0) {
+    const groups = [...new Set([...config.jobs, ...config.blockJobs].flatMap((j) => j.groups ?? []))]
+    return err(bbError('JOB_NOT_FOUND', `no job or group named ${unknown.join(', ')} in ${config.path}`,
+      `its jobs are: ${[...config.jobs, ...config.blockJobs].map((j) => j.name).join(', ') || 'none'}${groups.length === 0 ? '' : `; its groups: ${groups.join(', ')}`}`))
+  }
+  const picked = (j: JobSpec | BlockJobSpec): boolean => (words.length === 0 ? j.auto !== false : words.includes(j.name ?? '') || (j.groups ?? []).some((g) => words.includes(g)))
+  const manual = [...config.jobs, ...config.blockJobs].filter((j) => j.auto === false)
+  if (words.length === 0 && manual.length > 0 && manual.length === config.jobs.length + config.blockJobs.length) {
+    return err(bbError('INVALID_OPTIONS', `every job of ${config.path} has auto = false: a command runs one only when it names it`,
+      `name the jobs (or a group of them): bbackup run ${manual[0]?.name ?? 'NAME'}, or -j NAME`))
+  }
+  return ok({
+    jobs: config.jobs.filter(picked),
+    blockJobs: config.blockJobs.filter(picked),
+    namedBlockJobs: config.blockJobs.filter((j) => words.includes(j.name)),
+    others: config.jobs.filter((j) => !picked(j)),
+  })
 }
 
 /** the command keys a config's top level and jobs set, as `[jobs.NAME] key` (or `key` at the top) */

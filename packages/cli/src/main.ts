@@ -9,7 +9,7 @@ import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
+import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -208,7 +208,7 @@ const priorityOptions = (command: Command): Command =>
 const jobOptions = (command: Command): Command =>
   sshOptions(command)
     .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
-    .option('-j, --job <name>', 'run only this job of the config (repeatable; the names alone, where no source is given, say the same)', collect)
+    .option('-j, --job <name>', 'run only this job of the config, or the jobs of this group, auto = false ones too (repeatable; the names alone, where no source is given, say the same)', collect)
     .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
     .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root)")
     .option('-p, --prefix <prefix>', 'put before the timestamp of each snapshot name (btrfs default: the source\'s name and a dot)')
@@ -409,7 +409,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   }
 
   /**
-   * btrbk's filter (`btrbk run home`): when every argument is a bare word that names a job of the
+   * btrbk's filter (`btrbk run home`): when every argument is a bare word that names a job (or group) of the
    * config (-c, or the default one) and none is a path here, the arguments select those jobs as -j
    * does. A word that names both is refused: only the user knows which was meant.
    */
@@ -419,7 +419,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const bare = words.length > 0 && words.every((w) => JOB_NAME.test(w) && w !== '.' && w !== '..')
     if (!bare || options.job !== undefined || (options as { backupDir?: string }).backupDir !== undefined || (options.rawTarget ?? []).length > 0 || (options.pipeTarget ?? []).length > 0) return asGiven
     const configPath = options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config)
-    const names: readonly (string | undefined)[] = loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].map((j) => j.name)).unwrapOr([])
+    const names: readonly string[] = loadConfig(configPath).map(filterWords).unwrapOr([])
     if (!words.every((w) => names.includes(w))) return asGiven
     const here = words.filter((w) => lstatSync(resolvePath(io.cwd, w), { throwIfNoEntry: false }) !== undefined)
     if (here.length > 0) {
@@ -504,10 +504,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       if (targets.length === 0 && rawTargets.length === 0 && pipeTargets.length === 0 && options.lockedDests !== true && only !== 'snapshot' && only !== 'prune') {
         // `bbackup run -c FILE NAME`: a job's name where a source goes
         const configPath = options.config === undefined ? DEFAULT_CONFIG : resolvePath(io.cwd, options.config)
-        const named = !source.includes('/') && loadConfig(configPath).map((c) => [...c.jobs, ...c.blockJobs].some((j) => j.name === source)).unwrapOr(false)
+        const named = !source.includes('/') && loadConfig(configPath).map((c) => filterWords(c).includes(source)).unwrapOr(false)
         return {
           error: named
-            ? bbError('INVALID_OPTIONS', `no target given: ${source} was taken as the source, and it is also the name of a job in ${configPath}`, `to run that job, name it with -j: bbackup ${only ?? 'run'}${options.config === undefined ? '' : ` -c ${options.config}`} -j ${source}`)
+            ? bbError('INVALID_OPTIONS', `no target given: ${source} was taken as the source, and it is also the name of a job (or group) in ${configPath}`, `to run that job, name it with -j: bbackup ${only ?? 'run'}${options.config === undefined ? '' : ` -c ${options.config}`} -j ${source}`)
             : bbError('INVALID_OPTIONS', 'no target given', `name where the backups go: bbackup ${only ?? 'run'} SOURCE TARGET [TARGET…]`),
         }
       }
@@ -525,18 +525,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       configStateDir = config.value.stateDir
       metricsFile ??= config.value.metricsFile
       transactionLog ??= config.value.transactionLog
-      const wanted = options.job ?? []
-      const allNames = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
-      const unknown = wanted.filter((name) => !allNames.includes(name))
-      if (unknown.length > 0) {
-        return { error: bbError('JOB_NOT_FOUND', `no job named ${unknown.join(', ')} in ${config.value.path}`, `its jobs are: ${allNames.join(', ') || 'none'}`) }
+      const selected = selectJobs(config.value, options.job ?? [])
+      if (selected.isErr()) return { error: selected.error }
+      blockJobs = [...selected.value.blockJobs]
+      const named = selected.value.namedBlockJobs
+      if (!withBlock && named.length > 0) {
+        return { error: bbError('UNSUPPORTED', `${named.map((j) => j.name).join(', ')}: block volumes are not read by this command`, `use bbackup status -b ${named[0]?.backupDir ?? 'DIR'} (and verify -b, restore -b)`) }
       }
-      blockJobs = config.value.blockJobs.filter((j) => wanted.length === 0 || wanted.includes(j.name))
-      if (!withBlock && blockJobs.length > 0 && wanted.length > 0) {
-        return { error: bbError('UNSUPPORTED', `${blockJobs.map((j) => j.name).join(', ')}: block volumes are not read by this command`, `use bbackup status -b ${blockJobs[0]?.backupDir ?? 'DIR'} (and verify -b, restore -b)`) }
-      }
-      otherSpecs = config.value.jobs.filter((j) => wanted.length > 0 && !wanted.includes(j.name ?? ''))
-      specs = config.value.jobs.filter((j) => wanted.length === 0 || wanted.includes(j.name ?? '')).map((j) => ({
+      otherSpecs = [...selected.value.others]
+      specs = selected.value.jobs.map((j) => ({
         ...j, ...overrides,
         exclude: [...j.exclude, ...(options.exclude ?? [])], excludeFrom: [...j.excludeFrom, ...(options.excludeFrom ?? [])], rsyncOptions: [...j.rsyncOptions, ...(options.rsyncOption ?? [])],
       }))
@@ -1518,7 +1515,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .description('check a setup: every configured job (tools, filesystems, permissions, reachability, free space), an ssh location (and its authorized_keys line), or print an rsyncd.conf module')
       .argument('[what]', 'nothing: the jobs of the config; ssh://[user@]host[:port]/path or [user@]host:/path; or rsyncd')
       .option('-c, --config <file>', `without WHAT: the config whose jobs are checked (default ${DEFAULT_CONFIG})`)
-      .option('-j, --job <name>', 'without WHAT: check only this job (repeatable)', collect)
+      .option('-j, --job <name>', 'without WHAT: check only this job, or the jobs of this group (repeatable)', collect)
       .option('--role <roles>', 'ssh: what the key is for, comma-separated: receive (a target), send (a source), delete, list', 'receive')
       .option('--driver <driver>', 'ssh: check for this driver only (btrfs or rsync)')
       .option('--module <name>', 'rsyncd: the module\'s name', 'backups')

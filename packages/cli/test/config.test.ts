@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { loadConfig } from '../src/config.js'
+import { loadConfig, selectJobs } from '../src/config.js'
 
 describe('loadConfig', () => {
   let dir: string
@@ -70,5 +70,56 @@ describe('loadConfig', () => {
       const loaded = loadConfig(path)
       expect(loaded.isErr() && loaded.error.message).toBe(`${path}:4: [jobs.usb] crypto: ${JSON.stringify(name)} is not the name of an /etc/crypttab mapping`)
     }
+  })
+})
+
+describe('selectJobs (btrbk\'s filter, group and noauto)', () => {
+  let dir: string
+  beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'bbackup-config-')) })
+  afterEach(() => rmSync(dir, { recursive: true, force: true }))
+
+  const config = (...lines: string[]) => {
+    const path = join(dir, 'config.toml')
+    writeFileSync(path, [...lines, ''].join('\n'))
+    return { path, loaded: loadConfig(path) }
+  }
+  const names = (jobs: readonly { readonly name?: string }[]) => jobs.map((j) => j.name)
+
+  it('picks every job but auto = false ones without a word; a job or group name picks those, auto = false ones too', () => {
+    const { loaded } = config(
+      '[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b/home"]', 'groups = ["nightly"]',
+      '[jobs.root]', 'source = "/"', 'targets = ["/mnt/b/root"]', 'groups = ["nightly", "system"]',
+      '[jobs.usb]', 'source = "/home"', 'targets = ["/mnt/usb/home"]', 'groups = "offsite"', 'auto = false',
+      '[jobs.vm]', 'driver = "block"', 'backup_dir = "/srv/backy/vm"', 'groups = ["offsite"]', 'auto = false',
+    )
+    const c = loaded._unsafeUnwrap()
+    expect(c.jobs.find((j) => j.name === 'usb')).toMatchObject({ groups: ['offsite'], auto: false })
+    expect(c.jobs.find((j) => j.name === 'home')?.auto).toBeUndefined()
+    const all = selectJobs(c, [])._unsafeUnwrap()
+    expect([names(all.jobs), names(all.blockJobs), names(all.others)]).toEqual([['home', 'root'], [], ['usb']])
+    const offsite = selectJobs(c, ['offsite'])._unsafeUnwrap()
+    expect([names(offsite.jobs), names(offsite.blockJobs), names(offsite.namedBlockJobs)]).toEqual([['usb'], ['vm'], []])
+    expect(names(selectJobs(c, ['nightly'])._unsafeUnwrap().jobs)).toEqual(['home', 'root'])
+    expect(names(selectJobs(c, ['system', 'usb'])._unsafeUnwrap().jobs)).toEqual(['root', 'usb'])
+    expect(names(selectJobs(c, ['vm'])._unsafeUnwrap().namedBlockJobs)).toEqual(['vm'])
+    const unknown = selectJobs(c, ['nightly', 'weekly'])._unsafeUnwrapErr()
+    expect(unknown).toMatchObject({ code: 'JOB_NOT_FOUND', message: expect.stringContaining('no job or group named weekly'), hint: 'its jobs are: home, root, usb, vm; its groups: nightly, system, offsite' })
+  })
+
+  it('says so when every job has auto = false and none is named', () => {
+    const { loaded } = config('[jobs.usb]', 'source = "/home"', 'targets = ["/mnt/usb/home"]', 'auto = false')
+    const error = selectJobs(loaded._unsafeUnwrap(), [])._unsafeUnwrapErr()
+    expect(error).toMatchObject({ code: 'INVALID_OPTIONS', message: expect.stringContaining('has auto = false'), hint: expect.stringContaining('bbackup run usb') })
+  })
+
+  it('refuses a group named as a job, a bad group name, a non-boolean auto, and either at the top level (the file, line and key named)', () => {
+    const both = config('[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b"]', 'groups = ["root"]', '[jobs.root]', 'source = "/"', 'targets = ["/mnt/r"]')
+    expect(both.loaded._unsafeUnwrapErr().message).toBe(`${both.path}:4: [jobs.home] groups: root is the name of a job as well`)
+    const bad = config('[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b"]', 'groups = ["my group"]')
+    expect(bad.loaded._unsafeUnwrapErr().message).toBe(`${bad.path}:4: [jobs.home] groups: "my group" is not a group name`)
+    const auto = config('[jobs.vm]', 'driver = "block"', 'backup_dir = "/srv/vm"', 'auto = "no"')
+    expect(auto.loaded._unsafeUnwrapErr().message).toBe(`${auto.path}:4: [jobs.vm] auto: must be true or false`)
+    const top = config('auto = false', '[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b"]')
+    expect(top.loaded._unsafeUnwrapErr().message).toBe(`${top.path}:1: auto: says which commands take one job, not a default for every job`)
   })
 })

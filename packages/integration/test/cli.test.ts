@@ -177,7 +177,29 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(backups).toHaveLength(1)
     expect(await readdir(join(tmp.path, 'dst', backups[0]!))).toEqual(['a.txt'])
     expect(await readdir(join(state, 'jobs'))).toEqual(['docs'])
-    expect(await runCli(['run', '-c', config, '-j', 'nope'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no job named nope') })
+    expect(await runCli(['run', '-c', config, '-j', 'nope'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no job or group named nope') })
+  })
+
+  it("groups and auto = false (btrbk's group and noauto): a run without names leaves the manual job out, its name or group runs it", async () => {
+    const config = join(tmp.path, 'config.toml')
+    await writeFile(config, [
+      `state_dir = "${state}"`,
+      '[jobs.docs]', 'source = "src"', 'targets = ["daily"]', 'groups = ["nightly"]',
+      '[jobs.usb]', 'source = "src"', 'targets = ["usb"]', 'groups = ["offsite"]', 'auto = false', '',
+    ].join('\n'))
+    const backups = async (dir: string) => (await readdir(join(tmp.path, dir)).catch(() => [])).filter((n) => /^\d{4}/.test(n))
+    expect((await runCli(['run', '-c', config, '-q'], tmp.path)).code).toBe(0)
+    expect([await backups('daily'), await backups('usb')].map((b) => b.length)).toEqual([1, 0])
+    // a status of every job says nothing of the manual one either
+    const status = await runCli(['status', '-c', config], tmp.path)
+    expect(status.stdout).toContain('/daily')
+    expect(status.stdout).not.toContain('/usb')
+    expect((await runCli(['run', '-c', config, 'offsite', '-q'], tmp.path)).code).toBe(0)
+    expect([await backups('daily'), await backups('usb')].map((b) => b.length)).toEqual([1, 1])
+    await new Promise((r) => setTimeout(r, 1100))
+    expect((await runCli(['run', '-c', config, '-j', 'usb', '-j', 'nightly', '-q'], tmp.path)).code).toBe(0)
+    expect([await backups('daily'), await backups('usb')].map((b) => b.length)).toEqual([2, 2])
+    expect(await runCli(['list', '-c', config, '-j', 'weekly'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('its groups: nightly, offsite') })
   })
 
   it('rate_limit and stream_compress reach rsync as --bwlimit and (only for another host) --compress; a bad rate names the key', async () => {
