@@ -63,6 +63,23 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(swapped.stdout).toContain(`    incremental against ${join(dir, newest)}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder\n`)
   })
 
+  it('status tells an unfinished receive the journal records (the next run removes it) from one it has no record of (left for the user to delete)', async () => {
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const [recorded, orphan] = ['home.2026-01-02T000000Z', 'home.2026-01-01T000000Z']
+    for (const n of [recorded, orphan]) execFileSync('btrfs', ['subvolume', 'create', join(dir, 'backup', n)])
+    await addJournalEntry(localTransport(join(dir, 'state')), join(dir, 'state/journal.json'), {
+      target: join(dir, 'backup'), snapshot: recorded, partialPath: join(dir, 'backup', recorded), startedAt: new Date().toISOString(),
+    })
+    const before = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(before.stdout).toContain(`    unfinished: ${recorded} (the next run continues it)\n`)
+    expect(before.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it: the transfer that left it is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at it and delete it yourself (btrfs subvolume delete))\n`)
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    expect((await readdir(join(dir, 'backup'))).filter((n) => n === recorded || n === orphan)).toEqual([orphan])
+    const after = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(after.stdout).not.toContain(`    unfinished: `)
+    expect(after.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it`)
+  })
+
   it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {
     // a btrbk user's setup: snapshot_dir beside the subvolume, one target
     const snaps = join(dir, 'btrbk-snaps')
