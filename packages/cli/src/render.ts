@@ -326,14 +326,13 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     // bbackup's own unfinished copies, and another tool's (rsync-time-backup's interrupted backup), which it leaves alone
     const own = t.unfinished.filter((n) => parseSnapshotName(n)?.scheme === 'bbackup')
     const foreign = t.unfinished.filter((n) => !own.includes(n))
-    // continued by the next run only where the journal still records its transfer (a status of the targets alone cannot tell)
-    const recorded = alone ? own : own.filter((n) => s.pending.some((p) => p.target === t.at && p.snapshot === n))
+    // btrfs: continued by the next run only where the journal still records its transfer (a status of the targets alone cannot tell)
+    const recorded = alone || s.driver !== 'btrfs' ? own : own.filter((n) => s.pending.some((p) => p.target === t.at && p.snapshot === n))
     const orphaned = own.filter((n) => !recorded.includes(n))
     if (recorded.length > 0) out.push(`    unfinished: ${recorded.join(', ')} (the next run continues ${recorded.length === 1 ? 'it' : 'them'})`)
     if (orphaned.length > 0) {
       const it = orphaned.length === 1 ? 'it' : 'them'
-      const how = s.driver === 'btrfs' ? ' (btrfs subvolume delete)' : s.driver === 'rsync' ? ' (its .partial directory)' : ''
-      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at ${it} and delete ${it} yourself${how})`)
+      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at ${it} and delete ${it} yourself (btrfs subvolume delete))`)
     }
     if (foreign.length > 0) out.push(`    unfinished, another tool's: ${foreign.join(', ')} (left as it is: never counted, linked against or deleted)`)
     const others = t.others ?? []
