@@ -332,7 +332,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     if (recorded.length > 0) out.push(`    unfinished: ${recorded.join(', ')} (the next run continues ${recorded.length === 1 ? 'it' : 'them'})`)
     if (orphaned.length > 0) {
       const it = orphaned.length === 1 ? 'it' : 'them'
-      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at ${it} and delete ${it} yourself (btrfs subvolume delete))`)
+      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at ${it} and delete ${it} yourself)`)
     }
     if (foreign.length > 0) out.push(`    unfinished, another tool's: ${foreign.join(', ')} (left as it is: never counted, linked against or deleted)`)
     const others = t.others ?? []
