@@ -13,8 +13,9 @@ export type DriverChoice = 'rsync' | 'btrfs' | 'block'
 /** A job as the CLI runs it, from the command line or one `[jobs.NAME]` table. */
 export interface JobSpec {
   readonly name?: string
-  /** the groups a filter word may name it by (btrbk's `group`), and whether a command without one takes it (btrbk's `noauto`) */
+  /** the groups a filter word may name it by (btrbk's `group`): `bbackup run GROUP` */
   readonly groups?: readonly string[]
+  /** false: only a command that names the job or one of its groups takes it (btrbk's `noauto`) */
   readonly auto?: false
   /** the config keys this job took from the top level (defaults): one that does not apply to its driver is left out, not refused */
   readonly inherited?: readonly string[]
@@ -126,6 +127,7 @@ export interface WaySpec {
 /** A block volume in the config: `driver = "block"` and `backup_dir`; source and schedule are in its volume.json. */
 export interface BlockJobSpec {
   readonly name: string
+  /** as a job's ({@link JobSpec.groups}, {@link JobSpec.auto}) */
   readonly groups?: readonly string[]
   readonly auto?: false
   readonly backupDir: string
