@@ -147,7 +147,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(JSON.parse(second.stdout)).toMatchObject({ job: 'vm', skipped: true })
     // a block job takes driver and backup_dir only: the rest is in its volume.json
     await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\ntargets = ["/x"]\n')
-    expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('a block job has driver, backup_dir, warn_age, critical_age, ssh_identity, ssh_known_hosts, ssh_options, ssh_program, stream_compress, rate_limit, pre_exec, pre_snapshot_exec, post_snapshot_exec, post_exec, hook_timeout only') as unknown })
+    expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('a block job has driver, backup_dir, groups, auto, warn_age, critical_age, ssh_identity, ssh_known_hosts, ssh_options, ssh_program, stream_compress, rate_limit, pre_exec, pre_snapshot_exec, post_snapshot_exec, post_exec, hook_timeout only') as unknown })
     await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\nssh_options = "Port=2222"\n')
     expect(await runCli(['run', '-c', 'bad.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('ssh_options') as unknown })
     expect(await runCli(['list', '-c', 'bbackup.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining('status -b') as unknown })
