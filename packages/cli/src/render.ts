@@ -326,9 +326,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     // bbackup's own unfinished copies, and another tool's (rsync-time-backup's interrupted backup), which it leaves alone
     const own = t.unfinished.filter((n) => parseSnapshotName(n)?.scheme === 'bbackup')
     const foreign = t.unfinished.filter((n) => !own.includes(n))
-    // btrfs: continued by the next run only where the journal still records its transfer (a status of the targets alone cannot tell)
-    const recorded = alone || s.driver !== 'btrfs' ? own : own.filter((n) => s.pending.some((p) => p.target === t.at && p.snapshot === n))
-    const orphaned = own.filter((n) => !recorded.includes(n))
+    // btrfs: continued by the next run only where the journal still records its transfer
+    const orphaned = s.driver === 'btrfs' ? own.filter((n) => t.unrecorded?.includes(n) === true) : []
+    const recorded = own.filter((n) => !orphaned.includes(n))
     if (recorded.length > 0) out.push(`    unfinished: ${recorded.join(', ')} (the next run continues ${recorded.length === 1 ? 'it' : 'them'})`)
     if (orphaned.length > 0) {
       const it = orphaned.length === 1 ? 'it' : 'them'

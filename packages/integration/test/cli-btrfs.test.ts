@@ -73,6 +73,9 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const before = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(before.stdout).toContain(`    unfinished: ${recorded} (the next run continues it)\n`)
     expect(before.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it: the transfer that left it is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at it and delete it yourself)\n`)
+    // the SDK's status says the same (what --json prints)
+    const told = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { unfinished: string[]; unrecorded?: string[] }[] }
+    expect(told.targets[0]).toMatchObject({ unfinished: [orphan, recorded], unrecorded: [orphan] })
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     expect((await readdir(join(dir, 'backup'))).filter((n) => n === recorded || n === orphan)).toEqual([orphan])
     const after = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)

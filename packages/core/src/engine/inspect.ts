@@ -61,6 +61,12 @@ export interface TargetStatus {
   readonly ahead?: readonly string[]
   readonly unfinished: readonly string[]
   /**
+   * of `unfinished`, those the journal records no transfer of (its entry forgotten with
+   * --remove-locks, a state directory lost, another tool's receive): a run that resumes from the
+   * journal (btrfs) never touches them; none with `only: 'target'`, where the journal is not read
+   */
+  readonly unrecorded?: readonly string[]
+  /**
    * backups named as the job's that are not its own (not copies of its source's snapshots, nor ever
    * sent by it: another source's with the same prefix); not counted above, never pruned by the job
    */
@@ -200,7 +206,12 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const pins = job.driver.snapshotsSource ? await readPins(job.state.transport, pinsPath(job)) : undefined
     if (pins?.isErr() === true) return err(pins.error)
     const others = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
-    return ok({ ...base, pending: journal.value.entries, lock: lock.value, ...(others.length === 0 ? {} : { keptForOthers: others }), ...(sourceError === undefined ? {} : { sourceError }) })
+    const recorded = (t: TargetStatus, name: string): boolean => journal.value.entries.some((e) => e.target === t.at && e.snapshot === name)
+    const told = targets.map((t) => {
+      const unrecorded = t.unfinished.filter((n) => !recorded(t, n))
+      return unrecorded.length === 0 ? t : { ...t, unrecorded }
+    })
+    return ok({ ...base, targets: told, pending: journal.value.entries, lock: lock.value, ...(others.length === 0 ? {} : { keptForOthers: others }), ...(sourceError === undefined ? {} : { sourceError }) })
   })())
 
 /** a source on this host that is not there, as the error a run would give */
