@@ -499,11 +499,14 @@ export interface Selection {
   readonly others: readonly JobSpec[]
 }
 
+/** every job's name (block volumes too) */
+const jobNames = (config: Config): string[] => [...config.jobs, ...config.blockJobs].flatMap((j) => (j.name === undefined ? [] : [j.name]))
+
+/** every group a job joins, each once */
+const groupNames = (config: Config): string[] => [...new Set([...config.jobs, ...config.blockJobs].flatMap((j) => j.groups ?? []))]
+
 /** the words a filter takes: every job's name and every group's */
-export const filterWords = (config: Config): string[] => {
-  const all = [...config.jobs, ...config.blockJobs]
-  return [...new Set([...all.map((j) => j.name ?? ''), ...all.flatMap((j) => j.groups ?? [])])].filter((w) => w !== '')
-}
+export const filterWords = (config: Config): string[] => [...jobNames(config), ...groupNames(config)]
 
 /**
  * btrbk's filter: `words` (-j NAME, or the names alone) pick the jobs of those names and the jobs in
@@ -516,9 +519,9 @@ export const selectJobs = (config: Config, words: readonly string[]): Result<Sel
   const known = filterWords(config)
   const unknown = words.filter((w) => !known.includes(w))
   if (unknown.length > 0) {
-    const groups = [...new Set([...config.jobs, ...config.blockJobs].flatMap((j) => j.groups ?? []))]
+    const groups = groupNames(config)
     return err(bbError('JOB_NOT_FOUND', `no job or group named ${unknown.join(', ')} in ${config.path}`,
-      `its jobs are: ${[...config.jobs, ...config.blockJobs].map((j) => j.name).join(', ') || 'none'}${groups.length === 0 ? '' : `; its groups: ${groups.join(', ')}`}`))
+      `its jobs are: ${jobNames(config).join(', ') || 'none'}${groups.length === 0 ? '' : `; its groups: ${groups.join(', ')}`}`))
   }
   const picked = (j: JobSpec | BlockJobSpec): boolean => (words.length === 0 ? j.auto !== false : words.includes(j.name ?? '') || (j.groups ?? []).some((g) => words.includes(g)))
   const manual = [...config.jobs, ...config.blockJobs].filter((j) => j.auto === false)
