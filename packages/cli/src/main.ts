@@ -1290,8 +1290,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           const asked = await status(job, targetsOnly)
           if (asked.isErr()) return void (outcome = fail(asked.error, options))
           const s = await withDiskAbsent(asked.value, resolved.specOf.get(job))
-          const name = resolved.specOf.get(job)?.name
-          const timer = name === undefined ? undefined : await timerOf(name, unitDir)
+          const spec = resolved.specOf.get(job)
+          const name = spec?.name
+          const timer = name === undefined ? undefined : await timerOf({ name, ...(spec?.groups === undefined ? {} : { groups: spec.groups }) }, unitDir)
           // a free lock is null in JSON (as `bbackup locks --json` says it), not left out; asked at the targets alone, it was not read
           answers.push({ ...s, ...(s.only === 'target' ? {} : { lock: s.lock ?? null }), ...(name === undefined ? {} : { schedule: timer ?? null }) })
           texts.push(renderStatus(s, name === undefined ? undefined : { job: name, timer }))
@@ -1480,8 +1481,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   if (wanted('schedule')) {
     program.command('schedule')
-      .description('write (or print) a systemd .service and .timer that run a configured job; --list, --remove')
-      .argument('[job]', 'the name of a job in the config')
+      .description('write (or print) a systemd .service and .timer that run a configured job, or the jobs of a group; --list, --remove')
+      .argument('[job]', 'the name of a job in the config, or of a group of its jobs')
       .option('-c, --config <file>', `the config the timer's run reads (default ${DEFAULT_CONFIG})`)
       .option('--on-calendar <when>', 'when to run: a systemd OnCalendar expression (hourly, daily, "*-*-* 02:30")', 'daily')
       .option('--randomized-delay <seconds>', 'start up to this many seconds later (RandomizedDelaySec), so that many hosts do not start at once')
@@ -1499,7 +1500,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const done = options.list === true
           ? await listSchedules(io, { unitDir })
           : job === undefined
-            ? err(bbError('INVALID_OPTIONS', 'no job named', 'give the name of a job in the config: bbackup schedule JOB --on-calendar hourly (or --list)'))
+            ? err(bbError('INVALID_OPTIONS', 'no job named', 'give the name of a job (or a group) in the config: bbackup schedule JOB --on-calendar hourly (or --list)'))
             : options.remove === true
               ? await removeSchedule(io, job, { unitDir, user })
               : await scheduleJob(io, job, {

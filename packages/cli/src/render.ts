@@ -357,10 +357,12 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
 const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): string => {
   if (timer === undefined) return `next run: not scheduled (bbackup schedule ${job} --on-calendar daily writes a timer)`
   const unit = basename(timer.path)
-  if (!timer.enabled) return `next run: ${unit} (${timer.onCalendar}) is not enabled: systemctl enable --now ${unit}`
-  if (timer.next === undefined) return `next run: ${timer.onCalendar}, by ${unit}`
+  // a group's timer (bbackup schedule GROUP) runs the job too
+  const by = timer.group === undefined ? unit : `${unit} (group ${timer.group})`
+  if (!timer.enabled) return `next run: ${unit} (${timer.onCalendar}${timer.group === undefined ? '' : `, group ${timer.group}`}) is not enabled: systemctl enable --now ${unit}`
+  if (timer.next === undefined) return `next run: ${timer.onCalendar}, by ${by}`
   const seconds = Math.max(0, Math.round((Date.parse(timer.next) - now.getTime()) / 1000))
-  return `next run: ${timer.next.replace('T', ' ').replace(/:\d\dZ$/, ' UTC')} (in ${formatAge(seconds)}), by ${unit}`
+  return `next run: ${timer.next.replace('T', ' ').replace(/:\d\dZ$/, ' UTC')} (in ${formatAge(seconds)}), by ${by}`
 }
 
 export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): string =>

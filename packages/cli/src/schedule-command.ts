@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, readlink, rename, unlink, writeFile } from 'n
 import { join } from 'node:path'
 import { bbError, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
-import { loadConfig } from './config.js'
+import { loadConfig, selectJobs } from './config.js'
 import type { Io } from './render.js'
 import { calendarOf, checkCalendar, enableCommands, serviceUnit, timerUnit, UNIT_MARK, unitStem, type ScheduleCommandOptions } from './schedule.js'
 
@@ -22,14 +22,18 @@ const writeAtomic = async (path: string, text: string): Promise<void> => {
   await rename(temp, path)
 }
 
-/** `bbackup schedule JOB`: the .service and .timer of a configured job, written or printed */
+/**
+ * `bbackup schedule NAME`: the .service and .timer that run a configured job, or the jobs of a group
+ * (btrbk's `btrbk run GROUP` in a cron line), written or printed
+ */
 export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions): Promise<Result<void, BbError>> => {
   const config = loadConfig(o.config)
   if (config.isErr()) return err(config.error)
-  const names = [...config.value.jobs.map((j) => j.name), ...config.value.blockJobs.map((j) => j.name)]
-  if (!names.includes(job)) {
-    return err(bbError('JOB_NOT_FOUND', `there is no job ${JSON.stringify(job)} in ${o.config}`, names.length === 0 ? 'add it to the config first (docs/configuration.md)' : `the jobs there: ${names.join(', ')}`, { job }))
-  }
+  const selected = selectJobs(config.value, [job])
+  if (selected.isErr()) return err(selected.error)
+  const isJob = [...config.value.jobs, ...config.value.blockJobs].some((j) => j.name === job)
+  const members = [...selected.value.jobs, ...selected.value.blockJobs].map((j) => j.name ?? '')
+  const what = isJob ? `job ${job}` : `group ${job} (${members.length === 1 ? 'job' : 'jobs'} ${members.join(', ')})`
   const stem = unitStem(job)
   if (stem.isErr()) return err(stem.error)
   const calendar = await checkCalendar(o.onCalendar)
@@ -39,7 +43,7 @@ export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions
     delay = Number(o.randomizedDelay)
     if (!Number.isInteger(delay) || delay < 0) return err(bbError('INVALID_OPTIONS', `--randomized-delay ${o.randomizedDelay} is not a whole number of seconds`, 'give seconds, e.g. --randomized-delay 900'))
   }
-  const spec = { job, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
+  const spec = { job, what, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
   const files: [string, string][] = [[join(o.unitDir, `${stem.value}.service`), serviceUnit(spec)], [join(o.unitDir, `${stem.value}.timer`), timerUnit(spec)]]
   if (o.print) {
     io.stdout(files.map(([path, text]) => `# ${path}\n${text}`).join('\n'))
@@ -60,7 +64,7 @@ export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions
   }
   io.stdout([
     ...files.map(([path]) => `wrote ${path}`),
-    `job ${job} runs ${calendar.value}${delay === undefined ? '' : ` (up to ${delay} s later)`}; a run missed while the host was off starts when it is up`,
+    `${what} runs ${calendar.value}${delay === undefined ? '' : ` (up to ${delay} s later)`}; a run missed while the host was off starts when it is up`,
     'to start the timer:',
     ...enableCommands(stem.value, o.user).map((c) => `  ${c}`),
     '',
@@ -109,6 +113,8 @@ export const removeSchedule = async (io: Io, job: string, o: Pick<ScheduleComman
 export interface JobTimer {
   /** the timer unit's file */
   readonly path: string
+  /** the group whose timer it is (`bbackup schedule GROUP`); absent for the job's own */
+  readonly group?: string
   readonly onCalendar: string
   /** linked into timers.target.wants, as `systemctl enable` does */
   readonly enabled: boolean
@@ -124,9 +130,9 @@ const nextElapse = (expression: string): Promise<string | undefined> => new Prom
   })
 })
 
-/** The timer `bbackup schedule` wrote for a job in `unitDir`, or undefined when there is none. */
-export const timerOf = async (job: string, unitDir: string): Promise<JobTimer | undefined> => {
-  const stem = unitStem(job)
+/** The timer `bbackup schedule` wrote for the name (a job's or a group's) in `unitDir`, or undefined when there is none. */
+const timerNamed = async (name: string, unitDir: string): Promise<JobTimer | undefined> => {
+  const stem = unitStem(name)
   if (stem.isErr()) return undefined
   const path = join(unitDir, `${stem.value}.timer`)
   const text = await readIfThere(path)
@@ -135,4 +141,19 @@ export const timerOf = async (job: string, unitDir: string): Promise<JobTimer | 
   const enabled = (await readlink(join(unitDir, 'timers.target.wants', `${stem.value}.timer`)).catch(() => undefined)) !== undefined
   const next = await nextElapse(onCalendar)
   return { path, onCalendar, enabled, ...(next === undefined ? {} : { next }) }
+}
+
+/**
+ * The timer that runs a job next: its own or one of its groups' (`bbackup schedule NAME` took
+ * either), an enabled one before one that is not, the soonest next elapse first; undefined when
+ * none was written.
+ */
+export const timerOf = async (job: { readonly name: string; readonly groups?: readonly string[] }, unitDir: string): Promise<JobTimer | undefined> => {
+  const timers: JobTimer[] = []
+  for (const name of [job.name, ...(job.groups ?? [])]) {
+    const timer = await timerNamed(name, unitDir)
+    if (timer !== undefined) timers.push(name === job.name ? timer : { ...timer, group: name })
+  }
+  const rank = (t: JobTimer): number => (t.enabled ? (t.next === undefined ? Number.MAX_SAFE_INTEGER : Date.parse(t.next)) : Infinity)
+  return timers.reduce<JobTimer | undefined>((best, t) => (best === undefined || rank(t) < rank(best) ? t : best), undefined)
 }

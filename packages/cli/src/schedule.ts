@@ -7,7 +7,10 @@ import { JOB_NAME } from './config.js'
 export const UNIT_MARK = '# Written by bbackup schedule.'
 
 export interface ScheduleSpec {
+  /** the name `bbackup run -j` is given: a job's or a group's */
   readonly job: string
+  /** how the units describe it: `job home`, `group offsite (jobs home, srv)` */
+  readonly what: string
   /** an absolute path: the config the timer's run reads */
   readonly configPath: string
   /** the argv that runs this bbackup (node and the bin's path) */
@@ -36,7 +39,7 @@ const execWord = (word: string): string => {
 export const serviceUnit = (spec: ScheduleSpec): string => [
   UNIT_MARK,
   `[Unit]`,
-  `Description=bbackup job ${spec.job}`,
+  `Description=bbackup ${spec.what}`,
   'Wants=network-online.target',
   'After=network-online.target',
   '',
@@ -55,7 +58,7 @@ export const serviceUnit = (spec: ScheduleSpec): string => [
 export const timerUnit = (spec: ScheduleSpec): string => [
   UNIT_MARK,
   '[Unit]',
-  `Description=bbackup job ${spec.job}, ${spec.onCalendar}`,
+  `Description=bbackup ${spec.what}, ${spec.onCalendar}`,
   '',
   '[Timer]',
   `OnCalendar=${spec.onCalendar}`,

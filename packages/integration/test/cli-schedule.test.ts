@@ -85,6 +85,38 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
     expect(json.schedule).toEqual({ path: join(units, 'bbackup-home.timer'), onCalendar: 'hourly', enabled: true, next: json.schedule.next })
   })
 
+  it('a group gets a timer of its own that runs its jobs (auto = false ones too), and status names it as the next run of each', async () => {
+    await writeTree(join(tmp.path, 'usb-src'), { 'u.txt': 'u\n' })
+    await writeFile(config, [
+      `state_dir = "${join(tmp.path, 'state')}"`, '',
+      '[jobs.home]', `source = "${join(tmp.path, 'src')}"`, `targets = ["${join(tmp.path, 'dst')}"]`, 'driver = "rsync"', 'groups = ["nightly"]', '',
+      '[jobs.usb]', `source = "${join(tmp.path, 'usb-src')}"`, `targets = ["${join(tmp.path, 'usb')}"]`, 'driver = "rsync"', 'groups = ["nightly"]', 'auto = false', '',
+    ].join('\n'))
+    const r = await runCli(['schedule', 'nightly', '-c', config, '--on-calendar', 'hourly', '--unit-dir', units], tmp.path)
+    expect(r.code, r.stderr).toBe(0)
+    expect(r.stdout).toContain(`wrote ${join(units, 'bbackup-nightly.timer')}\ngroup nightly (jobs home, usb) runs *-*-* *:00:00`)
+    const service = await readFile(join(units, 'bbackup-nightly.service'), 'utf8')
+    expect(service).toMatch(/^Description=bbackup group nightly \(jobs home, usb\)$/m)
+    const verify = spawnSync('systemd-analyze', ['verify', join(units, 'bbackup-nightly.service'), join(units, 'bbackup-nightly.timer')], { encoding: 'utf8', cwd: units })
+    expect({ status: verify.status, stderr: verify.stderr }).toEqual({ status: 0, stderr: '' })
+    const argv = execStartOf(service)
+    expect(argv.slice(-5)).toEqual(['run', '-c', config, '-j', 'nightly'])
+    execFileSync(argv[0] ?? '', argv.slice(1), { cwd: ROOT, stdio: 'pipe' })
+    expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
+    expect((await readdir(join(tmp.path, 'usb'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
+
+    const status = async (): Promise<string> => (await runCli(['status', '-c', config, '-j', 'nightly', '--unit-dir', units], tmp.path)).stdout
+    expect(await status()).toContain('  next run: bbackup-nightly.timer (hourly, group nightly) is not enabled: systemctl enable --now bbackup-nightly.timer\n')
+    await mkdir(join(units, 'timers.target.wants'))
+    await symlink(join(units, 'bbackup-nightly.timer'), join(units, 'timers.target.wants', 'bbackup-nightly.timer'))
+    // the job's own timer, not enabled, does not hide the group's that is
+    expect((await runCli(['schedule', 'home', '-c', config, '--on-calendar', 'daily', '--unit-dir', units], tmp.path)).code).toBe(0)
+    const text = await status()
+    expect(text.match(/ UTC \(in [^)]*\), by bbackup-nightly\.timer \(group nightly\)\n/g), text).toHaveLength(2)
+    const json = JSON.parse((await runCli(['status', '-c', config, '-j', 'home', '--unit-dir', units, '--json'], tmp.path)).stdout) as { schedule: { group?: string; enabled: boolean } }
+    expect(json.schedule).toMatchObject({ group: 'nightly', enabled: true, path: join(units, 'bbackup-nightly.timer') })
+  })
+
   it('lists and removes only the units it wrote, and refuses bad input without writing', async () => {
     expect((await runCli(['schedule', 'home', '-c', config, '--unit-dir', units], tmp.path)).code).toBe(0)
     await mkdir(join(units, 'timers.target.wants'))
@@ -104,7 +136,7 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
     expect(bad.stderr).toMatch(/systemd does not read --on-calendar "every tuesday-ish" as a time/)
     const unknown = await runCli(['schedule', 'nope', '-c', config, '--unit-dir', units], tmp.path)
     expect(unknown.code).toBe(2)
-    expect(unknown.stderr).toMatch(/there is no job "nope" in .*\n {2}hint: the jobs there: home/)
+    expect(unknown.stderr).toMatch(/no job or group named nope in .*\n {2}hint: its jobs are: home/)
     const foreign = await runCli(['schedule', 'other', '-c', config, '--remove', '--unit-dir', units], tmp.path)
     expect(foreign.code).not.toBe(0)
     expect(foreign.stderr).toMatch(/bbackup-other.timer exists and was not written by bbackup schedule/)
