@@ -36,6 +36,8 @@ interface CommonOptions {
   backup?: boolean
   systemExcludes?: boolean
   json?: boolean
+  /** list: each backup's size on disk (rsync) */
+  sizes?: boolean
   verbose?: number
   quiet?: boolean
   wait?: string | boolean
@@ -317,6 +319,7 @@ Examples:
   list: `
 Examples:
   bbackup list /home /mnt/backup/home
+  bbackup list /mnt/backup/home --sizes          each backup's size: the newest in full, the older by what they hold besides (rsnapshot du)
   bbackup list -c /etc/bbackup/config.toml --json`,
   status: `
 Examples:
@@ -890,13 +893,16 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if ('error' in found) return void (outcome = fail(found.error, options))
     const { driver, raw, holdsBackups } = found
     const listing = (job: Job) => {
-      if (!holdsBackups) return list(job, { only: 'source' })
-      if (raw || driver !== 'btrfs') return list(job, { only: 'target' })
+      const sizes = options.sizes === true
+      if (!holdsBackups) return list(job, { only: 'source', sizes })
+      if (raw || driver !== 'btrfs') return list(job, { only: 'target', sizes })
       // read-only subvolumes that were never received: a snapshot folder, listed as a source's
-      return list(job, { only: 'target' }).andThen((lists) =>
-        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source' }))
+      return list(job, { only: 'target', sizes }).andThen((lists) =>
+        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source', sizes }))
     }
-    await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
+    const answers = await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
+    // sizes asked for and not told: the reason is printed with the list
+    if ((answers ?? []).flat().some((l) => l.sizesError !== undefined)) outcome = { code: EXIT.someTargetsFailed }
   }
 
   /**
@@ -1213,6 +1219,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   if (wanted('list')) {
     diskOptions(jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]')))
+      .option('--sizes', "rsync: each backup's size on disk, as rsnapshot du counts it: the newest in full, each older one by what no newer one shares")
       .addHelpText('after', EXAMPLES.list ?? '')
       .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         // one place and no target: the backups kept there, or a btrfs source's own snapshots
@@ -1224,10 +1231,10 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           return
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
-        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true }), (lists) => lists.map(renderList).join(''), true)
+        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true, sizes: options.sizes === true }), (lists) => lists.map(renderList).join(''), true)
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
-        if (lists.some((l) => l.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
+        if (lists.some((l) => l.error !== undefined || l.sizesError !== undefined)) outcome = { code: EXIT.someTargetsFailed }
       }))
   }
 

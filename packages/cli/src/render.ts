@@ -266,10 +266,16 @@ const OTHER_SUBVOLUME = 'another source\'s that shares the snapshot folder and p
 const brief = (names: readonly string[]): string => (names.length <= 3 ? names.join(', ') : `${names[0] ?? ''} … ${names.at(-1) ?? ''}`)
 
 export const renderList = (lists: readonly SnapshotList[]): string =>
-  lists.filter((l) => l.error === undefined).map((l) => [
-    `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}`,
-    ...l.snapshots.map((s) => `  ${s.name}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
-  ].join('\n')).join('\n') + '\n'
+  lists.filter((l) => l.error === undefined).map((l) => {
+    const sizes = l.sizes ?? {}
+    const total = Object.values(sizes).reduce((a, b) => a + b, 0)
+    const size = (name: string): string => (sizes[name] === undefined ? '' : `   ${formatBytes(sizes[name])}`)
+    return [
+      `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}${l.sizes === undefined ? '' : `, ${formatBytes(total)} on disk`}`,
+      ...l.snapshots.map((s) => `  ${s.name}${size(s.name)}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
+      ...(l.sizesError === undefined ? [] : [`  sizes: not told: ${l.sizesError.message}; ${l.sizesError.hint}`]),
+    ].join('\n')
+  }).join('\n') + '\n'
 
 /** a path on one line: control characters and backslashes escaped as in C */
 const onOneLine = (path: string): string =>

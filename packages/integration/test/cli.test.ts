@@ -1,6 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
@@ -69,6 +70,26 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     // the share used, as df's Use% (give or take a point: the disk may change between the two)
     const shown = Number(/\((\d+)% used\)/.exec(st.stdout)?.[1])
     expect(Math.abs(shown - Number(df[4]?.replace('%', '')))).toBeLessThanOrEqual(1)
+  })
+
+  it("list --sizes tells each backup's size as rsnapshot du does: the newest in full, an older one by what no newer one shares", async () => {
+    await writeFile(join(tmp.path, 'src/big.bin'), randomBytes(256 * 1024))
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)).code).toBe(0)
+    await writeFile(join(tmp.path, 'src/new.bin'), randomBytes(128 * 1024))
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state], tmp.path)).code).toBe(0)
+    const names = (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n)).sort()
+    expect(names).toHaveLength(2)
+    const [older, newer] = names as [string, string]
+    const r = await runCli(['list', 'dst', '--sizes', '--json'], tmp.path)
+    expect(r.code, r.stderr).toBe(0)
+    const [{ sizes }] = JSON.parse(r.stdout) as [{ sizes: Record<string, number> }]
+    // du itself, newest first: a hard-linked file counts in the first backup it is met in
+    const du = execFileSync('du', ['-s', '-B1', join(tmp.path, 'dst', newer), join(tmp.path, 'dst', older)], { encoding: 'utf8' }).trim().split('\n').map((l) => Number(l.split('\t')[0]))
+    expect(sizes).toEqual({ [newer]: du[0], [older]: du[1] })
+    expect(sizes[newer]).toBeGreaterThanOrEqual(384 * 1024)
+    expect(sizes[older]).toBeLessThan(64 * 1024)
+    const text = (await runCli(['list', 'dst', '--sizes'], tmp.path)).stdout
+    expect(text).toMatch(new RegExp(`^${join(tmp.path, 'dst')} \\(target\\): 2 backups, [\\d.]+ KiB on disk\n {2}${older} {3}[\\d.]+ KiB\n {2}${newer} {3}[\\d.]+ KiB\n$`))
   })
 
   it('a reader that goes away (| head) ends nothing with an EPIPE error: the run completes and exits 0', async () => {

@@ -224,6 +224,12 @@ export interface Driver {
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
   /**
+   * Optional: the disk space of the complete backups `snapshots` at a target, as rsnapshot's `du`
+   * counts it: newest first, each the bytes of the files that no newer one shares (hard links), so
+   * the newest counts in full and an older one by what it holds besides. Bytes by name.
+   */
+  diskUsage?(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<ReadonlyMap<string, number>, DriverError>
+  /**
    * btrfs: the read-only subvolume the source was made from, when it is not in the snapshot folder:
    * a backup restored (`restore --writable`) and swapped in for the source, its `.writable` moved
    * into the source's place. A target that holds a copy of it and of none of the source's

@@ -18,6 +18,20 @@ export interface SnapshotList {
   readonly snapshots: readonly SnapshotInfo[]
   /** with `partial`: this place could not be listed (a disk not mounted, a host down); `snapshots` is empty */
   readonly error?: BbError
+  /** with `sizes`: the bytes of each complete backup (or snapshot) by name, as the driver's `diskUsage` counts them */
+  readonly sizes?: Readonly<Record<string, number>>
+  /** with `sizes`: why they could not be told (a driver that cannot, a transport without commands, du failed) */
+  readonly sizesError?: BbError
+}
+
+/** the sizes of a target's complete backups, or why there are none */
+const sizesAt = (job: Job, at: Transport, snapshots: readonly SnapshotInfo[], signal: AbortSignal | undefined): Promise<Pick<SnapshotList, 'sizes' | 'sizesError'>> => {
+  const complete = snapshots.filter((s) => s.complete)
+  if (complete.length === 0) return Promise.resolve({ sizes: {} })
+  if (job.driver.diskUsage === undefined) {
+    return Promise.resolve({ sizesError: bbError('UNSUPPORTED', `the ${job.driver.name} driver does not tell the size of each backup`, job.driver.name === 'btrfs' ? 'btrfs filesystem du -s on the backups tells their exclusive bytes' : 'du -s on the backups tells their sizes') })
+  }
+  return job.driver.diskUsage({ at, snapshots: complete, signal }).match((m) => ({ sizes: Object.fromEntries(m) }), (e) => ({ sizesError: e }))
 }
 
 const places = (job: Job): [Transport, 'source' | 'target'][] => [
@@ -28,17 +42,19 @@ const places = (job: Job): [Transport, 'source' | 'target'][] => [
 /**
  * The snapshots at the source (for drivers that keep some there) and at each target, unfinished
  * ones included; `only` one side of the two. A place that cannot be listed is the error, or with
- * `partial` its entry's `error`, the other places listed all the same.
+ * `partial` its entry's `error`, the other places listed all the same. With `sizes`, each place's
+ * complete backups also get their sizes (the driver's `diskUsage`), or the reason there are none.
  * @example
  * list(job, { partial: true }).map((lists) => lists.map((l) => `${l.at}: ${l.error?.message ?? l.snapshots.length}`))
  */
-export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target'; readonly partial?: boolean } = {}): ResultAsync<SnapshotList[], BbError> =>
+export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target'; readonly partial?: boolean; readonly sizes?: boolean } = {}): ResultAsync<SnapshotList[], BbError> =>
   new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
     const out: SnapshotList[] = []
     for (const [at, side] of places(job).filter(([, side]) => options.only === undefined || side === options.only)) {
       const r = await job.driver.listSnapshots({ at, side, signal: options.signal })
       if (r.isErr() && options.partial !== true) return err(r.error)
-      out.push({ at: formatLocation(at.location), side, snapshots: r.unwrapOr([]), ...(r.isErr() ? { error: r.error } : {}) })
+      const sizes = r.isOk() && options.sizes === true ? await sizesAt(job, at, r.value, options.signal) : {}
+      out.push({ at: formatLocation(at.location), side, snapshots: r.unwrapOr([]), ...(r.isErr() ? { error: r.error } : {}), ...sizes })
     }
     return ok(out)
   })())

@@ -568,7 +568,33 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, sourceName: (source) => sourceNameOf(source.location), partialPath, transfer, recover, deleteSnapshots, restore, verify, diff }
+  /**
+   * rsnapshot's `du`: one `du -s` over the backups, newest first, run where they are. du counts a
+   * file hard-linked into several of them once, in the first it meets it in.
+   */
+  const diskUsage: NonNullable<Driver['diskUsage']> = ({ at, snapshots, signal }) => {
+    if (at.filesOnly === true) {
+      return errAsync(bbError('UNSUPPORTED', `${formatLocation(at.location)} is an rsync daemon's module: du cannot run there from here`,
+        "run bbackup list --sizes on the server, on the module's directory", { at: formatLocation(at.location) }))
+    }
+    const newestFirst = [...snapshots].reverse()
+    const argv = ['du', '-s', '-B1', '--', ...newestFirst.map((s) => s.path)]
+    return at.exec(argv, signal === undefined ? {} : { signal }).andThen((r) => {
+      const sizes = new Map<string, number>()
+      for (const line of r.stdout.split('\n')) {
+        const tab = line.indexOf('\t')
+        const named = newestFirst.find((s) => s.path === line.slice(tab + 1))
+        if (tab > 0 && named !== undefined) sizes.set(named.name, Number(line.slice(0, tab)))
+      }
+      // a file du could not read makes it exit 1 and count too little: no sizes rather than wrong ones
+      if (r.exitCode !== 0 || sizes.size !== newestFirst.length) {
+        return err(bbError('COMMAND_FAILED', `du could not size the backups at ${formatLocation(at.location)} (exit ${r.exitCode})`, 'see the end of its stderr (as root, du reads every file)', { argv, stderr: r.stderr }))
+      }
+      return ok(sizes as ReadonlyMap<string, number>)
+    })
+  }
+
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, sourceName: (source) => sourceNameOf(source.location), partialPath, transfer, recover, deleteSnapshots, restore, verify, diff, diskUsage }
 }
 
 /**
