@@ -319,7 +319,7 @@ Examples:
   list: `
 Examples:
   bbackup list /home /mnt/backup/home
-  bbackup list /mnt/backup/home --sizes          each backup's size: the newest in full, the older by what they hold besides (rsnapshot du)
+  bbackup list /mnt/backup/home --sizes          each backup's size (rsync: rsnapshot du; btrfs: exclusive bytes)
   bbackup list -c /etc/bbackup/config.toml --json`,
   status: `
 Examples:
@@ -1219,7 +1219,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
 
   if (wanted('list')) {
     diskOptions(jobOptions(program.command('list').description('list the backups at each target').argument('[source]').argument('[targets...]')))
-      .option('--sizes', "rsync: each backup's size on disk, as rsnapshot du counts it: the newest in full, each older one by what no newer one shares")
+      .option('--sizes', "each backup's size on disk: rsync as rsnapshot du counts it (the newest in full, each older one by what no newer one shares); btrfs its exclusive bytes (btrfs filesystem du), what deleting it alone frees")
       .addHelpText('after', EXAMPLES.list ?? '')
       .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
         // one place and no target: the backups kept there, or a btrfs source's own snapshots

@@ -267,11 +267,10 @@ const brief = (names: readonly string[]): string => (names.length <= 3 ? names.j
 
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.filter((l) => l.error === undefined).map((l) => {
-    const sizes = l.sizes ?? {}
-    const total = Object.values(sizes).reduce((a, b) => a + b, 0)
-    const size = (name: string): string => (sizes[name] === undefined ? '' : `   ${formatBytes(sizes[name])}`)
+    const bytes = l.sizes?.bytes ?? {}
+    const size = (name: string): string => (bytes[name] === undefined ? '' : `   ${formatBytes(bytes[name])}${l.sizes?.counted === 'exclusive' ? ' exclusive' : ''}`)
     return [
-      `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}${l.sizes === undefined ? '' : `, ${formatBytes(total)} on disk`}`,
+      `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}${l.sizes?.total === undefined ? '' : `, ${formatBytes(l.sizes.total)} on disk`}`,
       ...l.snapshots.map((s) => `  ${s.name}${size(s.name)}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
       ...(l.sizesError === undefined ? [] : [`  sizes: not told: ${l.sizesError.message}; ${l.sizesError.hint}`]),
     ].join('\n')

@@ -1,6 +1,7 @@
 import { execFileSync, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, readdir, rename, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
@@ -265,6 +266,31 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     await writeFile(join(dir, 'config.toml'), config('').replaceAll('targets = ["backup"]\n', `targets = ["backup-$"]\nsnapshot_folder = "${join(dir, 'snaps')}"\n`).replace('backup-$', 'b1').replace('backup-$', 'b2'))
     expect(await runCli(['run', '-c', 'config.toml'], dir)).toMatchObject({ code: 2, stderr: expect.stringContaining(`both keep their source snapshots in ${dir}/snaps as home.*`) })
     expect(existsSync(join(dir, 'b1'))).toBe(false)
+  })
+
+  it("list --sizes tells each backup's exclusive bytes (btrfs filesystem du: what deleting it alone frees); a raw target's streams are refused, exit 10", async () => {
+    await writeFile(join(dir, 'home/big.bin'), randomBytes(1024 * 1024))
+    await writeFile(join(dir, 'home/shared.bin'), randomBytes(256 * 1024))
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await rm(join(dir, 'home/big.bin'))
+    await writeFile(join(dir, 'home/new.bin'), randomBytes(512 * 1024))
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const [older, newer] = (await readdir(join(dir, 'backup'))).sort() as [string, string]
+    const r = await runCli(['list', 'backup', '--sizes', '--json'], dir)
+    expect(r.code, r.stderr).toBe(0)
+    const [{ sizes }] = JSON.parse(r.stdout) as [{ sizes: { bytes: Record<string, number>; counted: string } }]
+    const du = execFileSync('btrfs', ['filesystem', 'du', '-s', '--raw', join(dir, 'backup', older), join(dir, 'backup', newer)], { encoding: 'utf8' })
+      .trim().split('\n').slice(1).map((l) => Number(l.trim().split(/\s+/)[1]))
+    expect(sizes).toEqual({ bytes: { [older]: du[0], [newer]: du[1] }, counted: 'exclusive' })
+    // the file only the older one holds, the file only the newer one holds (not the one both do)
+    expect(sizes.bytes[older]).toBe(1024 * 1024)
+    expect(sizes.bytes[newer]).toBe(512 * 1024)
+    expect((await runCli(['list', 'backup', '--sizes'], dir)).stdout).toBe(`${dir}/backup (target): 2 backups\n  ${older}   1.0 MiB exclusive\n  ${newer}   512.0 KiB exclusive\n`)
+
+    expect((await runCli(['run', 'home', '--raw-target', 'raw', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const raw = await runCli(['list', 'home', '--raw-target', 'raw', '--state-dir', 'state', '--sizes'], dir)
+    expect(raw.code).toBe(10)
+    expect(raw.stdout).toMatch(/raw \(target\): 1 backup\n {2}home\.\S+\n {2}sizes: not told: .*raw holds send streams, not subvolumes; du -s on its stream files tells their sizes\n/)
   })
 
   it('list and restore take one place alone: a target, the source subvolume or its snapshot folder (a snapshot the target lacks restores from the source)', async () => {

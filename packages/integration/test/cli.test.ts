@@ -82,12 +82,12 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     const [older, newer] = names as [string, string]
     const r = await runCli(['list', 'dst', '--sizes', '--json'], tmp.path)
     expect(r.code, r.stderr).toBe(0)
-    const [{ sizes }] = JSON.parse(r.stdout) as [{ sizes: Record<string, number> }]
+    const [{ sizes }] = JSON.parse(r.stdout) as [{ sizes: { bytes: Record<string, number>; total: number } }]
     // du itself, newest first: a hard-linked file counts in the first backup it is met in
     const du = execFileSync('du', ['-s', '-B1', join(tmp.path, 'dst', newer), join(tmp.path, 'dst', older)], { encoding: 'utf8' }).trim().split('\n').map((l) => Number(l.split('\t')[0]))
-    expect(sizes).toEqual({ [newer]: du[0], [older]: du[1] })
-    expect(sizes[newer]).toBeGreaterThanOrEqual(384 * 1024)
-    expect(sizes[older]).toBeLessThan(64 * 1024)
+    expect(sizes).toEqual({ bytes: { [newer]: du[0], [older]: du[1] }, counted: 'newest-first', total: (du[0] ?? 0) + (du[1] ?? 0) })
+    expect(sizes.bytes[newer]).toBeGreaterThanOrEqual(384 * 1024)
+    expect(sizes.bytes[older]).toBeLessThan(64 * 1024)
     const text = (await runCli(['list', 'dst', '--sizes'], tmp.path)).stdout
     expect(text).toMatch(new RegExp(`^${join(tmp.path, 'dst')} \\(target\\): 2 backups, [\\d.]+ KiB on disk\n {2}${older} {3}[\\d.]+ KiB\n {2}${newer} {3}[\\d.]+ KiB\n$`))
   })

@@ -7,6 +7,20 @@ import type { BackupEvent } from '../engine/events.js'
 export type DriverName = 'rsync' | 'btrfs' | 'block'
 
 /** A backup or a source snapshot as a driver sees it at one place. */
+/**
+ * What backups take on disk. rsync counts as rsnapshot's `du`: newest first, each the bytes of the
+ * files no newer one shares (hard links), so the newest counts in full and an older one by what it
+ * holds besides. btrfs: each one's exclusive bytes (`btrfs filesystem du`), what deleting it alone frees.
+ */
+export interface DiskUsage {
+  /** bytes by name */
+  readonly bytes: ReadonlyMap<string, number>
+  /** how: `newest-first` (rsync), `exclusive` (btrfs) */
+  readonly counted: 'newest-first' | 'exclusive'
+  /** what they take together, shared data counted once, where the driver can tell (rsync) */
+  readonly total?: number
+}
+
 export interface SnapshotInfo {
   /** the snapshot's name, also while it is unfinished (`path` says where its copy is) */
   readonly name: string
@@ -223,12 +237,8 @@ export interface Driver {
   unchangedSince?(input: { readonly source: Transport; readonly since: SnapshotInfo; readonly taken?: SnapshotInfo; readonly signal: AbortSignal | undefined }): ResultAsync<boolean, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
-  /**
-   * Optional: the disk space of the complete backups `snapshots` at a target, as rsnapshot's `du`
-   * counts it: newest first, each the bytes of the files that no newer one shares (hard links), so
-   * the newest counts in full and an older one by what it holds besides. Bytes by name.
-   */
-  diskUsage?(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<ReadonlyMap<string, number>, DriverError>
+  /** Optional: the disk space of the complete backups (or snapshots) `snapshots` at a place ({@link DiskUsage}). */
+  diskUsage?(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<DiskUsage, DriverError>
   /**
    * btrfs: the read-only subvolume the source was made from, when it is not in the snapshot folder:
    * a backup restored (`restore --writable`) and swapped in for the source, its `.writable` moved

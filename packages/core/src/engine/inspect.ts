@@ -1,5 +1,5 @@
 import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
-import type { DiffEntry, SnapshotInfo, TransferProgress, VerifyOutcome } from '../driver/driver.js'
+import type { DiffEntry, DiskUsage, SnapshotInfo, TransferProgress, VerifyOutcome } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { readJournal, type JournalEntry } from '../journal/journal.js'
 import { knownAt, ofThisJob, readLineage } from '../journal/lineage.js'
@@ -18,20 +18,20 @@ export interface SnapshotList {
   readonly snapshots: readonly SnapshotInfo[]
   /** with `partial`: this place could not be listed (a disk not mounted, a host down); `snapshots` is empty */
   readonly error?: BbError
-  /** with `sizes`: the bytes of each complete backup (or snapshot) by name, as the driver's `diskUsage` counts them */
-  readonly sizes?: Readonly<Record<string, number>>
+  /** with `sizes`: the bytes of each complete backup (or snapshot) by name, as the driver's `diskUsage` counts them, and their total */
+  readonly sizes?: { readonly bytes: Readonly<Record<string, number>>; readonly counted: DiskUsage['counted']; readonly total?: number }
   /** with `sizes`: why they could not be told (a driver that cannot, a transport without commands, du failed) */
   readonly sizesError?: BbError
 }
 
-/** the sizes of a target's complete backups, or why there are none */
+/** the sizes of the complete backups at a place, or why there are none */
 const sizesAt = (job: Job, at: Transport, snapshots: readonly SnapshotInfo[], signal: AbortSignal | undefined): Promise<Pick<SnapshotList, 'sizes' | 'sizesError'>> => {
   const complete = snapshots.filter((s) => s.complete)
-  if (complete.length === 0) return Promise.resolve({ sizes: {} })
   if (job.driver.diskUsage === undefined) {
-    return Promise.resolve({ sizesError: bbError('UNSUPPORTED', `the ${job.driver.name} driver does not tell the size of each backup`, job.driver.name === 'btrfs' ? 'btrfs filesystem du -s on the backups tells their exclusive bytes' : 'du -s on the backups tells their sizes') })
+    return Promise.resolve({ sizesError: bbError('UNSUPPORTED', `the ${job.driver.name} driver does not tell the size of each backup`, 'du -s on the backups tells their sizes') })
   }
-  return job.driver.diskUsage({ at, snapshots: complete, signal }).match((m) => ({ sizes: Object.fromEntries(m) }), (e) => ({ sizesError: e }))
+  if (complete.length === 0) return Promise.resolve({})
+  return job.driver.diskUsage({ at, snapshots: complete, signal }).match((u) => ({ sizes: { bytes: Object.fromEntries(u.bytes), counted: u.counted, ...(u.total === undefined ? {} : { total: u.total }) } }), (e) => ({ sizesError: e }))
 }
 
 const places = (job: Job): [Transport, 'source' | 'target'][] => [

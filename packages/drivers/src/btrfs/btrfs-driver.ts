@@ -971,8 +971,29 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok(changes.entries())
   })())
 
+  /**
+   * Each subvolume's exclusive bytes (what deleting it alone frees), from one `btrfs filesystem du
+   * -s --raw` over them where they are; no total (its `Set shared` is each one's, not the set's).
+   */
+  const diskUsage: NonNullable<Driver['diskUsage']> = ({ at, snapshots, signal }) => {
+    if (isPipe(at) || isRaw(at)) {
+      return errAsync(bbError('UNSUPPORTED', `${formatLocation(at.location)} holds send streams, not subvolumes`, 'du -s on its stream files tells their sizes'))
+    }
+    const argv = ['btrfs', 'filesystem', 'du', '-s', '--raw', '--', ...snapshots.map((s) => s.path)]
+    return at.exec(argv, signalOpt(signal)).andThen((r) => {
+      const bytes = new Map<string, number>()
+      for (const line of r.stdout.split('\n')) {
+        const m = /^\s*\d+\s+(\d+)\s+\d+\s+(.*)$/.exec(line)
+        const named = m === null ? undefined : snapshots.find((s) => s.path === m[2])
+        if (m !== null && named !== undefined) bytes.set(named.name, Number(m[1]))
+      }
+      if (r.exitCode !== 0 || bytes.size !== snapshots.length) return err(btrfsFailure(`sizing the subvolumes at ${formatLocation(at.location)}`, argv, r.exitCode, r.stderr))
+      return ok({ bytes, counted: 'exclusive' as const })
+    })
+  }
+
   const onChange = options.snapshotCreate === 'onchange' && !snapper && !atSource
-  return { name: 'btrfs', snapshotsSource: true, ...(options.incremental === undefined ? {} : { incremental: options.incremental }), probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff }
+  return { name: 'btrfs', snapshotsSource: true, ...(options.incremental === undefined ? {} : { incremental: options.incremental }), probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff, diskUsage }
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */

@@ -590,7 +590,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       if (r.exitCode !== 0 || sizes.size !== newestFirst.length) {
         return err(bbError('COMMAND_FAILED', `du could not size the backups at ${formatLocation(at.location)} (exit ${r.exitCode})`, 'see the end of its stderr (as root, du reads every file)', { argv, stderr: r.stderr }))
       }
-      return ok(sizes as ReadonlyMap<string, number>)
+      return ok({ bytes: sizes, counted: 'newest-first' as const, total: [...sizes.values()].reduce((a, b) => a + b, 0) })
     })
   }
 
