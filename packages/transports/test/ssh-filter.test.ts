@@ -118,6 +118,13 @@ describe('what each role may run', () => {
     expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['send']))).toBe('allowed')
     expect(reason(['rsync', '--server', '--sender', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/home/'], policy(['list']))).toContain('needs the send role')
     expect(reason(['btrfs', 'subvolume', 'show', '/srv/backups/a'], policy(['list']))).toBe('allowed')
+    // list --sizes, and only over paths inside, with the words bbackup sends
+    expect(reason(['du', '-s', '-B1', '--', '/srv/backups/b', '/srv/backups/a'], policy(['list']))).toBe('allowed')
+    expect(reason(['btrfs', 'filesystem', 'du', '-s', '--raw', '--', '/srv/backups/a', '/srv/backups/b'], policy(['list']))).toBe('allowed')
+    expect(reason(['du', '-s', '-B1', '--', '/srv/backups/a', '/etc'], policy(['list']))).toContain('outside')
+    expect(reason(['btrfs', 'filesystem', 'du', '-s', '--raw', '--', '/etc'], policy(['list']))).toContain('outside')
+    expect(reason(['du', '-s', '-B1', '--files0-from=/etc/shadow', '/srv/backups/a'], policy(['list']))).toContain('not one that bbackup sends')
+    expect(reason(['du', '-s', '-B1', '--'], policy(['list']))).toContain('not one that bbackup sends')
     expect(reason(script('mkdirp', '/srv/backups/.snapshots'), policy(['send']))).toBe('allowed')
     expect(reason(script('mkdirp', '/srv/backups/.snapshots'), policy(['list']))).toContain('needs the receive role')
     expect(reason(script('write', '/srv/backups/x'), policy(['list']))).toContain('needs the receive role')

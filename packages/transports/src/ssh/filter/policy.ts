@@ -135,6 +135,8 @@ const btrfs = (args: readonly string[]): Match | undefined => {
   if (same(args, ['--version'])) return { role: 'list', checks: [] }
   if (sub === 'subvolume' && verb === 'show' && args.length === 3) return { role: 'list', checks: inside(args[2] as string) }
   if (sub === 'filesystem' && verb === 'sync' && args.length === 3) return { role: 'receive', also: 'delete', checks: inside(args[2] as string) }
+  // list --sizes: the subvolumes' exclusive bytes
+  if (sub === 'filesystem' && verb === 'du' && args.length > 5 && same(args.slice(2, 5), ['-s', '--raw', '--'])) return { role: 'list', checks: inside(...args.slice(5)) }
   if (sub === 'subvolume' && verb === 'snapshot') {
     if (args[2] === '-r' && args.length === 5) return { role: 'send', checks: inside(args[3] as string, args[4] as string) }
     // a writable copy of a received backup, for a restore
@@ -212,6 +214,9 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     case 'sync':
       // a filesystem's (rsync), or a raw target's stream file
       return args.length === 2 && (args[0] === '-f' || args[0] === '--') ? { role: 'receive', checks: inside(args[1] as string) } : undefined
+    case 'du':
+      // list --sizes: rsync backups, as rsnapshot du counts them
+      return args.length > 3 && same(args.slice(0, 3), ['-s', '-B1', '--']) ? { role: 'list', checks: inside(...args.slice(3)) } : undefined
     case 'sha256sum':
       return args.length === 2 && args[0] === '--' ? { role: 'list', checks: inside(args[1] as string) } : undefined
     case 'chmod':
