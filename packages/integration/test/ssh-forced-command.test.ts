@@ -231,6 +231,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect((await stat(join(dir, 'backup', newer ?? '', 'big.bin'))).ino).toBe((await stat(join(dir, 'backup', older ?? '', 'big.bin'))).ino)
     expect(await readFile(join(dir, 'backup', newer ?? '', 'a.txt'), 'utf8')).toBe('changed\n')
     expect(await readFile(log, 'utf8')).toMatch(/ receive \["rsync","--server","-[^"]*z[^"]*","--delete",.*"--link-dest",/)
+    // list --sizes through the forced command: du runs on the far side, over the key's directory only
+    const sized = await runCli(['list', remote(join(dir, 'backup')), '--sizes', '--json', ...ssh], dir)
+    expect(sized.code, sized.stdout + sized.stderr).toBe(0)
+    expect(Object.keys((JSON.parse(sized.stdout) as [{ sizes: { bytes: Record<string, number> } }])[0].sizes.bytes).sort()).toEqual([older, newer])
+    expect(await readFile(log, 'utf8')).toMatch(/ list \["du","-s","-B1","--",/)
   })
 
   /**
