@@ -36,7 +36,7 @@ interface CommonOptions {
   backup?: boolean
   systemExcludes?: boolean
   json?: boolean
-  /** list: each backup's size on disk (rsync) */
+  /** list: each backup's size on disk (rsync, btrfs) */
   sizes?: boolean
   verbose?: number
   quiet?: boolean

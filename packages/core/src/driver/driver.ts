@@ -6,7 +6,6 @@ import type { BackupEvent } from '../engine/events.js'
 
 export type DriverName = 'rsync' | 'btrfs' | 'block'
 
-/** A backup or a source snapshot as a driver sees it at one place. */
 /**
  * What backups take on disk. rsync counts as rsnapshot's `du`: newest first, each the bytes of the
  * files no newer one shares (hard links), so the newest counts in full and an older one by what it
@@ -21,6 +20,7 @@ export interface DiskUsage {
   readonly total?: number
 }
 
+/** A backup or a source snapshot as a driver sees it at one place. */
 export interface SnapshotInfo {
   /** the snapshot's name, also while it is unfinished (`path` says where its copy is) */
   readonly name: string

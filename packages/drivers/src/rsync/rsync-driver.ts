@@ -588,7 +588,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       }
       // a file du could not read makes it exit 1 and count too little: no sizes rather than wrong ones
       if (r.exitCode !== 0 || sizes.size !== newestFirst.length) {
-        return err(bbError('COMMAND_FAILED', `du could not size the backups at ${formatLocation(at.location)} (exit ${r.exitCode})`, 'see the end of its stderr (as root, du reads every file)', { argv, stderr: r.stderr }))
+        return err(bbError('COMMAND_FAILED', `du could not size the backups at ${formatLocation(at.location)} (exit ${r.exitCode})`, 'see the end of its stderr: du must read every directory of the backups, as root does', { argv, stderr: r.stderr }))
       }
       return ok({ bytes: sizes, counted: 'newest-first' as const, total: [...sizes.values()].reduce((a, b) => a + b, 0) })
     })
