@@ -17,6 +17,10 @@ describe('parseSubvolumeList', () => {
       { id: 368, generation: 284, uuid: 'ee72a18b-fe4f-2f46-ba18-8cea05c0fadf', path: '@data/my backups/home.2026-01-01T000000Z' },
     ])
   })
+  it('reads the generation each was made at with -c (cgen)', () => {
+    const line = 'ID 261 gen 14 cgen 13 top level 256 parent_uuid -                                    received_uuid -                                    uuid cd321d23-7aec-324e-b22c-a9b17255bdaf path home/nested'
+    expect(parseSubvolumeList(line)).toEqual([{ id: 261, generation: 14, creationGeneration: 13, uuid: 'cd321d23-7aec-324e-b22c-a9b17255bdaf', path: 'home/nested' }])
+  })
   it('skips what is not a line of it (a warning, the -r form without uuids)', () => {
     expect(parseSubvolumeList('WARNING: something\nID 368 gen 284 top level 367 path @data/x\n')).toEqual([])
   })

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type TransferProgress, type Transport } from '@bb/core'
@@ -182,6 +182,29 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
       expect(t).toMatchObject({ ok: true, mode: 'incremental' })
       expect(t.warnings).toEqual([])
     }
+  })
+
+  it('an incremental backup says which subvolumes were made in the source since its parent, so a directory that became a subvolume is not left out unknowingly; once', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    // a snapshot taken, not sent yet: the next run sends it, then the one after it
+    ok(await backup(job, { now: at('2026-11-23T11:00:00Z'), transfer: false }))
+    // bob, a directory, becomes a subvolume of its own (as advised to keep a cache out of the snapshots)
+    await rename(join(source, 'bob'), join(source, 'bob.old'))
+    btrfs('subvolume', 'create', join(source, 'bob'))
+    await cp(join(source, 'bob.old'), join(source, 'bob'), { recursive: true })
+    await rm(join(source, 'bob.old'), { recursive: true })
+    const run = ok(await backup(job, { now: at('2026-11-23T12:00:00Z') }))
+    expect(run.targets.map((t) => t.sent.map((x) => [x.snapshot, x.mode]))).toEqual([[['home.2026-11-23T110000Z', 'incremental'], ['home.2026-11-23T120000Z', 'incremental']]])
+    // said by the send of the snapshot that first lacks it, not by the one before
+    expect(run.targets.map((t) => t.warnings.filter((w) => w.startsWith('not in this backup')))).toEqual([
+      [`not in this backup: a subvolume made in ${source} since home.2026-11-23T110000Z (bob): a snapshot stops at a subvolume's edge (a directory that became one: its files are in no backup from now on); back it up as a job of its own, or leave it out knowingly`],
+    ])
+    // what it says is so: bob's file was in the backup before, and is in this one no more
+    expect(await exists(join(targetA, 'home.2026-11-23T110000Z/bob/c.txt'))).toBe(true)
+    expect(await exists(join(targetA, 'home.2026-11-23T120000Z/bob/c.txt'))).toBe(false)
+    const after = ok(await backup(job, { now: at('2026-11-23T13:00:00Z') }))
+    expect(after.targets.map((t) => t.warnings)).toEqual([[]])
   })
 
   it('reports a transfer\'s progress against the size btrfs send --no-data foretells, full and incremental; none is foretold when nothing shows it, and nothing is left running', async () => {
@@ -699,7 +722,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     }
   })
 
-  it('a run here asks btrfs each thing once: one show of the source, one list of each folder, no stat -f (statfs says btrfs)', async () => {
+  it('a run here asks btrfs each thing once: one show of the source, one list of each folder and two of the source\'s nested subvolumes (what the snapshot leaves out), no stat -f (statfs says btrfs)', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     for (const hour of ['10', '11']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
     const asked: string[] = []
@@ -710,7 +733,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const third = ok(await backup({ ...job, source: watch(job.source), targets: job.targets.map(watch) }, { now: at('2026-11-23T12:00:00Z') }))
     expect(third.targets[0]).toMatchObject({ ok: true, mode: 'incremental', parent: 'home.2026-11-23T110000Z' })
     expect(asked.filter((c) => c === `btrfs subvolume show ${source}`)).toHaveLength(1)
-    expect(asked.filter((c) => c.startsWith('btrfs subvolume list')).sort()).toEqual([`btrfs subvolume list -o -r -u -q -R ${join(source, '.snapshots')}`, `btrfs subvolume list -o -r -u -q -R ${targetA}`].sort())
+    expect(asked.filter((c) => c.startsWith('btrfs subvolume list')).sort()).toEqual([
+      `btrfs subvolume list -o -r -u -q -R ${join(source, '.snapshots')}`, `btrfs subvolume list -o -r -u -q -R ${targetA}`,
+      // all of them with the generations they were made at, and the read-only ones: no show of the two snapshots is needed
+      `btrfs subvolume list -o -c -u -q -R ${source}`, `btrfs subvolume list -o -r -u -q -R ${source}`,
+    ].sort())
+    // the new snapshot's, once, for its uuid
+    expect(asked.filter((c) => c.startsWith(`btrfs subvolume show ${join(source, '.snapshots')}`))).toEqual([`btrfs subvolume show ${join(source, '.snapshots/home.2026-11-23T120000Z')}`])
     expect(asked.filter((c) => c.startsWith('stat '))).toEqual([])
   })
 

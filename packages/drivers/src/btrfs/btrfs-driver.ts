@@ -6,7 +6,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
-  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NoSubvolume, type Subvolume,
+  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NestedSubvolume, type NoSubvolume, type Subvolume,
 } from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
@@ -493,21 +493,46 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => (isRaw(target) ? raw.partialPath(target, snapshot) : join(target.location.path, snapshot))
 
   /**
-   * What the source's snapshots leave out, for the report of a full send: its writable nested
+   * What the source's snapshots leave out, for the report of a send: its writable nested
    * subvolumes (a snapshot stops at a subvolume's edge), but the snapshot folder and targets inside
-   * it, whose subvolumes are bbackup's own. btrbk only documents this; here the first backup says it.
+   * it, whose subvolumes are bbackup's own. A full send names them all; an incremental one those
+   * made since its parent was taken, up to the snapshot it sends (a directory that became a
+   * subvolume: its files leave the backups from then on), so each is said once. btrbk only
+   * documents this; here the backup says it.
    */
-  const leftOut = async (source: Transport, targets: readonly Transport[], signal: AbortSignal | undefined): Promise<string[]> => {
+  const leftOut = async (source: Transport, targets: readonly Transport[], sent: SnapshotInfo, parent: SnapshotInfo | undefined, signal: AbortSignal | undefined): Promise<string[]> => {
     const nested = await nestedSubvolumes(source, source.location.path, signal)
-    if (nested === undefined || nested.length === 0) return []
+    if (nested === undefined) return []
     // (snapper's own snapshots, in snapper mode, are not the data)
     const own = [folderOf(source), ...(snapper ? [join(source.location.path, '.snapshots')] : []), ...targets.filter((t) => oneHost(t, source)).map((t) => t.location.path)]
       .map((p) => posix.relative(source.location.path, p))
       .filter((p) => p !== '' && !p.startsWith('..'))
-    const out = nested.filter((n) => !own.some((o) => n === o || n.startsWith(`${o}/`)))
+    const theirs = nested.filter((n) => !n.readOnly && !own.some((o) => n.path === o || n.path.startsWith(`${o}/`)))
+    if (theirs.length === 0) return []
+    const since = parent === undefined ? undefined : await madeBetween(source, nested, parent, sent, signal)
+    if (parent !== undefined && since === undefined) return []
+    const out = theirs.filter((n) => since === undefined || (n.creationGeneration > since.after && n.creationGeneration <= since.upTo)).map((n) => n.path)
     if (out.length === 0) return []
     const named = `${out.slice(0, 5).join(', ')}${out.length > 5 ? ` and ${out.length - 5} more` : ''}`
-    return [`not in this backup: ${out.length === 1 ? 'a subvolume' : `${out.length} subvolumes`} nested in ${source.location.path} (${named}): a snapshot stops at a subvolume's edge; back ${out.length === 1 ? 'it' : 'each'} up as a job of its own, or leave ${out.length === 1 ? 'it' : 'them'} out knowingly`]
+    const one = out.length === 1
+    const what = `${one ? 'a subvolume' : `${out.length} subvolumes`} ${parent === undefined ? 'nested in' : 'made in'} ${source.location.path}${parent === undefined ? '' : ` since ${parent.name}`} (${named})`
+    const why = parent === undefined ? "a snapshot stops at a subvolume's edge" : "a snapshot stops at a subvolume's edge (a directory that became one: its files are in no backup from now on)"
+    return [`not in this backup: ${what}: ${why}; back ${one ? 'it' : 'each'} up as a job of its own, or leave ${one ? 'it' : 'them'} out knowingly`]
+  }
+
+  /**
+   * The generations two snapshots of the source were made at (`Gen at creation`): from the list of
+   * its nested subvolumes when the snapshot folder is inside it, else asked. Undefined when either
+   * cannot be read.
+   */
+  const madeBetween = async (source: Transport, nested: readonly NestedSubvolume[], parent: SnapshotInfo, sent: SnapshotInfo, signal: AbortSignal | undefined): Promise<{ readonly after: number; readonly upTo: number } | undefined> => {
+    const [after, upTo] = await Promise.all([parent, sent].map(async (s) => {
+      const listed = nested.find((n) => s.identity !== undefined && n.uuid === s.identity.uuid)?.creationGeneration
+      if (listed !== undefined) return listed
+      const shown = (await showSubvolume(source, s.path, signal)).unwrapOr(undefined)
+      return typeof shown === 'object' ? shown.creationGeneration : undefined
+    }))
+    return after === undefined || upTo === undefined ? undefined : { after, upTo }
   }
 
   /**
@@ -589,7 +614,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const [only] = input.targets
     // what a first (full) send leaves out, said once per target
-    const notes = parent === undefined ? await leftOut(source, targets, signal) : []
+    // (looked for while the stream goes: a full send waits for it no longer than an incremental one)
+    const leftOutNotes = leftOut(source, targets, sent, parent, signal)
     if (only !== undefined && (isPipe(only.target) || isRaw(only.target))) {
       const target = only.target
       const flags = await sendFlags(source, [], signal)
@@ -598,7 +624,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         ? await pipe.transfer({ source, target, snapshot, sent, parent, dryRun, signal, onBytes })
         : await raw.transfer({ source, target, snapshot, sent, parent, targetParent: only.parent, dryRun, signal, onBytes })
       await estimate.stop()
-      return [done.map((o) => (o.mode === 'full' ? { ...o, warnings: [...notes, ...o.warnings] } : o))]
+      const notes = await leftOutNotes
+      return [done.map((o) => ({ ...o, warnings: [...notes, ...o.warnings] }))]
     }
     const flags = await sendFlags(source, targets, signal)
     if (flags.isErr()) return targets.map(() => err(flags.error))
@@ -613,7 +640,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const outcome = (mode: 'full' | 'incremental', bytes: number, warnings: readonly string[], commands: string[][]): TransferOutcome => ({
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
-    if (dryRun) return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [...notes, ...plans[i]?.warnings ?? []], [pipeline(parent, targets)])))
+    if (dryRun) {
+      const notes = await leftOutNotes
+      return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [...notes, ...plans[i]?.warnings ?? []], [pipeline(parent, targets)])))
+    }
 
     // never receive over something: a stray subvolume with the planned name is refused, and kept.
     // On this host a stat first (no process), btrfs only for what is there. On a remote host that
@@ -635,6 +665,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       onBytes,
     })
     await estimate.stop()
+    const notes = await leftOutNotes
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
     // each target is checked and committed at the same time as the others: their filesystems flush at once
     await Promise.all(going.map(async (target, j) => {

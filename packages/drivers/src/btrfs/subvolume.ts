@@ -124,16 +124,16 @@ export const refuseExisting = async (to: Transport, paths: readonly string[]): P
   return ok(undefined)
 }
 
-/** One line of `btrfs subvolume list -o [-r] -u -q -R`: `path` is from the filesystem's top level. */
+/** One line of `btrfs subvolume list -o [-r] [-c] -u -q -R`: `path` is from the filesystem's top level; `creationGeneration` with `-c`. */
 interface ListedSubvolume extends Omit<Subvolume, 'name' | 'readOnly'> {
   readonly id: number
   readonly path: string
 }
 
-const LIST_LINE = /^ID (\d+) gen (\d+) (?:cgen \d+ )?top level \d+ parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.+)$/
+const LIST_LINE = /^ID (\d+) gen (\d+) (?:cgen (\d+) )?top level \d+ parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.+)$/
 
 /**
- * Parses `btrfs subvolume list -o [-r] -u -q -R` (btrfs-progs 5.x and 6.x); `-` means unset.
+ * Parses `btrfs subvolume list -o [-r] [-c] -u -q -R` (btrfs-progs 5.x and 6.x); `-` means unset.
  * @example
  * parseSubvolumeList('ID 258 gen 9 top level 5 parent_uuid - received_uuid 1cf5… uuid 5c51… path backup/home.2026-01-01T000000Z\n')
  */
@@ -141,9 +141,9 @@ export const parseSubvolumeList = (text: string): ListedSubvolume[] => text.spli
   const m = LIST_LINE.exec(line)
   if (m === null) return []
   const set = (v: string | undefined): string | undefined => (v === undefined || v === '-' ? undefined : v)
-  const [, id, gen, parentUuid, receivedUuid, uuid, path] = m
+  const [, id, gen, cgen, parentUuid, receivedUuid, uuid, path] = m
   return [{
-    id: Number(id), generation: Number(gen), uuid: uuid ?? '', path: path ?? '',
+    id: Number(id), generation: Number(gen), ...(cgen === undefined ? {} : { creationGeneration: Number(cgen) }), uuid: uuid ?? '', path: path ?? '',
     ...(set(receivedUuid) === undefined ? {} : { receivedUuid: receivedUuid as string }), ...(set(parentUuid) === undefined ? {} : { parentUuid: parentUuid as string }),
   }]
 })
@@ -230,17 +230,27 @@ export const listSubvolumes = async (at: Transport, dir: string, signal?: AbortS
   return { readOnly, mountinfo }
 }
 
+/** A subvolume nested in a source (a snapshot of the source leaves it out, a writable one being the data that is left out). */
+export interface NestedSubvolume {
+  /** its path inside the source */
+  readonly path: string
+  readonly uuid: string
+  readonly readOnly: boolean
+  /** the generation it was made at: a subvolume made after a snapshot has a greater one than the snapshot's */
+  readonly creationGeneration: number
+}
+
 /**
- * The writable subvolumes nested in the subvolume `source` (`btrfs subvolume list -o`, less its
- * read-only ones: snapshots and received backups), as paths inside it, sorted: what a snapshot of
- * it leaves out. Undefined where the lists cannot be had or read (through a forced command, which
- * lists nothing beyond its directory; an old btrfs-progs; no permission).
+ * The subvolumes nested in the subvolume `source` (`btrfs subvolume list -o -c`; the read-only ones,
+ * snapshots and received backups, told by a second list), by their paths inside it, sorted: what a
+ * snapshot of it leaves out. Undefined where the lists cannot be had or read (through a forced
+ * command, which lists nothing beyond its directory; an old btrfs-progs; no permission).
  * @example
- * await nestedSubvolumes(localTransport('/home'), '/home') // ['alice', 'bob/.cache']
+ * await nestedSubvolumes(localTransport('/home'), '/home') // [{ path: 'alice', readOnly: false, creationGeneration: 812, … }, …]
  */
-export const nestedSubvolumes = async (at: Transport, source: string, signal?: AbortSignal): Promise<string[] | undefined> => {
+export const nestedSubvolumes = async (at: Transport, source: string, signal?: AbortSignal): Promise<NestedSubvolume[] | undefined> => {
   if (at.location.kind !== 'local' && at.unrestricted?.() !== true) return undefined
-  const all = ['btrfs', 'subvolume', 'list', '-o', '-u', '-q', '-R', source]
+  const all = ['btrfs', 'subvolume', 'list', '-o', '-c', '-u', '-q', '-R', source]
   // all of them, beside the read-only ones and the mount table as a listing of a folder has them
   const [listed, lists] = await Promise.all([
     at.exec(all, signal === undefined ? {} : { signal }).match((r) => (r.exitCode === 0 ? r.stdout : undefined), () => undefined),
@@ -253,10 +263,9 @@ export const nestedSubvolumes = async (at: Transport, source: string, signal?: A
   if (prefix === undefined) return undefined
   const frozen = new Set(parseSubvolumeList(listedReadOnly).map((v) => v.id))
   return parseSubvolumeList(listed)
-    .filter((v) => !frozen.has(v.id))
-    .map((v) => (prefix === '' ? v.path : posix.relative(prefix, v.path)))
-    .filter((p) => p !== '' && !p.startsWith('..'))
-    .sort()
+    .map((v) => ({ path: prefix === '' ? v.path : posix.relative(prefix, v.path), uuid: v.uuid, readOnly: frozen.has(v.id), creationGeneration: v.creationGeneration ?? 0 }))
+    .filter((v) => v.path !== '' && !v.path.startsWith('..'))
+    .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
 }
 
 /**
