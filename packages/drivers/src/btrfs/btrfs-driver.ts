@@ -613,8 +613,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       }
     }
     const [only] = input.targets
-    // what a first (full) send leaves out, said once per target
-    // (looked for while the stream goes: a full send waits for it no longer than an incremental one)
+    // what the snapshot leaves out (all of it for a full send, what is new since the parent for an
+    // incremental one), looked for while the stream goes
     const leftOutNotes = leftOut(source, targets, sent, parent, signal)
     if (only !== undefined && (isPipe(only.target) || isRaw(only.target))) {
       const target = only.target
