@@ -305,6 +305,16 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(partly.stdout).toContain('missing/deeper: FAILED: the target')
   })
 
+  it('a place written with a trailing slash (as a shell completes a directory) or doubled slashes is the same job: one lock, one state', async () => {
+    const plain = await runCli(['locks', 'src', 'dst'], tmp.path)
+    const slashed = await runCli(['locks', 'src/', './dst//'], tmp.path)
+    expect(plain).toMatchObject({ code: 0, stdout: expect.stringMatching(/\/jobs\/src-[0-9a-f]{8}: free\n$/) })
+    expect(slashed.stdout).toBe(plain.stdout)
+    expect(await runCli(['run', 'src/', 'dst/', '--state-dir', state, '-q'], tmp.path)).toMatchObject({ code: 0 })
+    const status = JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { source: string; targets: { at: string; backups: number }[] }
+    expect(status).toMatchObject({ source: join(tmp.path, 'src'), targets: [{ at: join(tmp.path, 'dst'), backups: 1 }] })
+  })
+
   it.runIf(requireTools(['mount', 'umount', 'findmnt'], { root: true }))('exits 10 when the backup went over but retention could not delete an old one, as btrbk does, and says which', async () => {
     expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
     const backups = async (): Promise<string[]> => (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))

@@ -57,6 +57,18 @@ const checkPath = (input: string, path: string): LocationError | undefined => {
   return undefined
 }
 
+/**
+ * One spelling per place: doubled slashes and `.` parts after the first go, and a trailing slash
+ * (a shell's completion of a directory adds one), so that `/mnt/backup/` and `/mnt/backup` name one
+ * target, one job, one lock. `..` stays (a symlink before it decides where it leads), and so does a
+ * leading `./` of a relative remote path (`host:./2222` is not a port).
+ */
+const tidyPath = (path: string): string => {
+  let tidy = path.replace(/\/{2,}/g, '/')
+  while (/\/\.(\/|$)/.test(tidy)) tidy = tidy.replace(/\/\.(\/|$)/, '/')
+  return tidy.length > 1 ? tidy.replace(/\/+$/, '') : tidy
+}
+
 const parseUser = (input: string, user: string | undefined): Result<string | undefined, LocationError> => {
   if (user === undefined) return ok(undefined)
   return NAME.test(user) ? ok(user) : err(invalid(input, `user ${JSON.stringify(user)}`, 'is not a valid user name (letters, digits, . _ -; not starting with - or .)'))
@@ -106,7 +118,7 @@ const parseUrl = (input: string, scheme: 'ssh' | 'rsync'): Result<Location, Loca
   const pathProblem = checkPath(input, path)
   if (pathProblem !== undefined) return err(pathProblem)
   return parseAuthority(input, authority, true).andThen((a): Result<Location, LocationError> => {
-    if (scheme === 'ssh') return ok({ kind: 'ssh', ...a, path, style: 'url' })
+    if (scheme === 'ssh') return ok({ kind: 'ssh', ...a, path: tidyPath(path), style: 'url' })
     return moduleAndPath(input, path.slice(1)).map(({ module, modulePath }) => ({ kind: 'rsyncd', ...a, module, path: modulePath, style: 'url' }))
   })
 }
@@ -114,7 +126,7 @@ const parseUrl = (input: string, scheme: 'ssh' | 'rsync'): Result<Location, Loca
 const moduleAndPath = (input: string, text: string): Result<{ module: string; modulePath: string }, LocationError> => {
   const slash = text.indexOf('/')
   const module = slash < 0 ? text : text.slice(0, slash)
-  const modulePath = slash < 0 ? '' : text.slice(slash + 1)
+  const modulePath = slash < 0 ? '' : tidyPath(text.slice(slash + 1))
   if (module === '') return err(invalid(input, 'module', 'is empty'))
   if (!NAME.test(module)) return err(invalid(input, `module ${JSON.stringify(module)}`, 'is not a valid module name (letters, digits, . _ -)'))
   if (modulePath.startsWith('/')) return err(invalid(input, `path ${JSON.stringify(modulePath)}`, 'has a doubled slash after the module'))
@@ -143,10 +155,9 @@ export const parseLocation = (input: string, options: { readonly cwd?: string } 
   if (colon < 0) {
     const pathProblem = checkPath(input, input)
     if (pathProblem !== undefined) return err(pathProblem)
-    if (input.startsWith('/')) return ok({ kind: 'local', path: input })
+    if (input.startsWith('/')) return ok({ kind: 'local', path: tidyPath(input) })
     if (options.cwd === undefined) return err(invalid(input, 'path', 'is relative; give an absolute path'))
-    const base = options.cwd.endsWith('/') ? options.cwd : `${options.cwd}/`
-    return ok({ kind: 'local', path: input === '.' ? options.cwd : base + input.replace(/^\.\//, '') })
+    return ok({ kind: 'local', path: tidyPath(`${options.cwd}/${input}`) })
   }
   const authority = input.slice(0, colon)
   const afterColon = input.slice(colon + 1)
@@ -168,7 +179,7 @@ export const parseLocation = (input: string, options: { readonly cwd?: string } 
   }
   const pathProblem = checkPath(input, afterColon)
   if (pathProblem !== undefined) return err(pathProblem)
-  return parseAuthority(input, authority, false).map((a): Location => ({ kind: 'ssh', ...a, path: afterColon, style: 'scp' }))
+  return parseAuthority(input, authority, false).map((a): Location => ({ kind: 'ssh', ...a, path: tidyPath(afterColon), style: 'scp' }))
 }
 
 const hostText = (host: string): string => (host.includes(':') ? `[${host}]` : host)
