@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { basename, join, resolve } from 'node:path'
-import { bbError, commandHook, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, type BbError, type Job, type JobHooks, type Location, type Transport } from '@bb/core'
+import { bbError, commandHook, defaultStateDir, formatLocation, jobId, parseLocation, parseSnapshotName, readJournal, statGiven, type BbError, type Job, type JobHooks, type Location, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import { err, ok, type Result } from 'neverthrow'
 import { HOOK_CONFIG_KEYS, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec } from './config.js'
@@ -88,7 +88,7 @@ export const transportFor = async (location: Location, remote: RemoteSpec, conne
  * A source that cannot be read is left to the rsync driver's probe, which says what is wrong.
  */
 const detectDriver = async (source: Transport): Promise<{ readonly driver: DriverChoice; readonly directory: boolean }> => {
-  const s = (await source.stat(source.location.path)).unwrapOr(undefined)
+  const s = (await statGiven(source, source.location.path, 'source')).unwrapOr(undefined)
   // a file or a device: an image to back up as blocks
   if (s?.kind === 'file' || s?.kind === 'other') return { driver: 'block', directory: false }
   // a btrfs subvolume's root directory has inode 256

@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { err, ok, type Result } from 'neverthrow'
+import { err, ok, okAsync, type Result } from 'neverthrow'
 import { bbError, type BbError, type Transport } from '@bb/core'
 
 /**
@@ -10,7 +10,8 @@ export const nearestExisting = async (at: Transport, path: string): Promise<Resu
   const missing: string[] = []
   let failed: BbError | undefined
   for (let here = path; ;) {
-    const s = await at.stat(here)
+    // a symbolic link to a directory is that directory (a link to nothing, or to a file, is not one)
+    const s = await at.stat(here).andThen((found) => (found?.kind === 'symlink' ? at.stat(`${here}/`).orElse(() => okAsync(found)).map((followed) => followed ?? found) : okAsync(found)))
     if (s.isErr()) failed ??= s.error
     else if (s.value !== undefined && s.value.kind !== 'directory') return ok({ at: here, kind: 'other', missing })
     else if (s.value !== undefined) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)

@@ -64,6 +64,23 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(swapped.stdout).toContain(`    incremental against ${join(dir, newest)}: the read-only subvolume the source was made from (a restored backup), outside the snapshot folder\n`)
   })
 
+  it('follows a source and a target given as symbolic links (as btrbk and rsync do); a link to nothing names where it leads', async () => {
+    await mkdir(join(dir, 'disk/backup'), { recursive: true })
+    await symlink(join(dir, 'home'), join(dir, 'home-link'))
+    await symlink(join(dir, 'disk/backup'), join(dir, 'backup-link'))
+    const first = await runCli(['run', 'home-link', 'backup-link', '--state-dir', 'state', '--json'], dir)
+    expect(JSON.parse(first.stdout)).toMatchObject({ driver: 'btrfs', targets: [{ ok: true, mode: 'full' }] })
+    await writeFile(join(dir, 'home/a.txt'), 'changed\n')
+    expect(JSON.parse((await runCli(['run', 'home-link', 'backup-link', '--state-dir', 'state', '--json'], dir)).stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental' }] })
+    const received = (await readdir(join(dir, 'disk/backup'))).sort()
+    expect(received).toHaveLength(2)
+    expect(readFileSync(join(dir, 'disk/backup', received[1]!, 'a.txt'), 'utf8')).toBe('changed\n')
+    await symlink(join(dir, 'unplugged/backup'), join(dir, 'gone-link'))
+    const gone = await runCli(['run', 'home', 'gone-link', '--state-dir', 'state'], dir)
+    expect(gone).toMatchObject({ code: 10, stdout: expect.stringContaining(`gone-link: FAILED: the target ${join(dir, 'gone-link')} is a symbolic link to ${join(dir, 'unplugged/backup')}, which does not exist`) })
+    expect(existsSync(join(dir, 'unplugged'))).toBe(false)
+  })
+
   it('status tells an unfinished receive the journal records (the next run removes it) from one it has no record of (left for the user to delete)', async () => {
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     const [recorded, orphan] = ['home.2026-01-02T000000Z', 'home.2026-01-01T000000Z']

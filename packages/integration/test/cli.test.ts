@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir, readdir, readFile, readlink, writeFile } from 'node:fs/promises'
+import { existsSync, statSync } from 'node:fs'
+import { mkdir, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import parsePrometheus from 'parse-prometheus-text-format'
@@ -313,6 +313,17 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['run', 'src/', 'dst/', '--state-dir', state, '-q'], tmp.path)).toMatchObject({ code: 0 })
     const status = JSON.parse((await runCli(['status', 'src', 'dst', '--state-dir', state, '--json'], tmp.path)).stdout) as { source: string; targets: { at: string; backups: number }[] }
     expect(status).toMatchObject({ source: join(tmp.path, 'src'), targets: [{ at: join(tmp.path, 'dst'), backups: 1 }] })
+  })
+
+  it('follows a target given as a symbolic link (rsync and rsnapshot do): the backups go where it leads, linked to each other', async () => {
+    await mkdir(join(tmp.path, 'disk/backups'), { recursive: true })
+    await symlink(join(tmp.path, 'disk/backups'), join(tmp.path, 'link'))
+    for (let i = 0; i < 2; i++) expect(await runCli(['run', 'src', 'link', '--state-dir', state, '-q'], tmp.path)).toMatchObject({ code: 0 })
+    const made = (await readdir(join(tmp.path, 'disk/backups'))).filter((n) => /^\d{4}-/.test(n))
+    expect(made).toHaveLength(2)
+    const inodes = made.map((n) => statSync(join(tmp.path, 'disk/backups', n, 'a.txt')).ino)
+    expect(inodes[0]).toBe(inodes[1])
+    expect((await runCli(['list', 'link'], tmp.path)).stdout).toContain('(target): 2 backups')
   })
 
   it.runIf(requireTools(['mount', 'umount', 'findmnt'], { root: true }))('exits 10 when the backup went over but retention could not delete an old one, as btrbk does, and says which', async () => {

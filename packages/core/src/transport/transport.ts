@@ -1,6 +1,6 @@
-import type { ResultAsync } from 'neverthrow'
+import { errAsync, okAsync, type ResultAsync } from 'neverthrow'
 import type { Readable, Writable } from 'node:stream'
-import type { BbError } from '../errors.js'
+import { bbError, type BbError } from '../errors.js'
 import type { Location } from '../location/location.js'
 
 /** How a command ended. A non-zero exit is a value here, not an error: drivers classify it. */
@@ -230,3 +230,20 @@ export interface LockStatus {
 }
 
 export type LockVerdict = { readonly stale: false; readonly reason: string } | { readonly stale: true; readonly reason: string }
+
+/**
+ * What the place a user gave (a source, a target) is, following it when it is a symbolic link, as
+ * rsync, rsnapshot and btrbk do with the paths they are given; what lies inside is never followed.
+ * A link to nothing is an error that says where it leads: most often onto a disk not mounted.
+ * @example
+ * statGiven(target, '/backup', 'target') // /backup -> /mnt/usb/backup: the directory's stat
+ */
+export const statGiven = (at: Transport, path: string, what: 'source' | 'target'): ResultAsync<EntryStat | undefined, BbError> =>
+  at.stat(path).andThen((s): ResultAsync<EntryStat | undefined, BbError> => {
+    if (s?.kind !== 'symlink') return okAsync(s)
+    // a trailing slash makes stat follow the link; a link to a file gives ENOTDIR: not a directory, as the link itself
+    return at.stat(`${path}/`).orElse(() => okAsync(s)).andThen((followed) => (followed !== undefined
+      ? okAsync(followed)
+      : at.readlink(path).andThen((to) => errAsync(bbError(what === 'source' ? 'SOURCE_UNAVAILABLE' : 'TARGET_UNAVAILABLE',
+        `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}, which does not exist`, 'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))))
+  })

@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, type BbError, type DiffEntry, type DiffInput, type Driver, type Incremental, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type Incremental, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
@@ -290,13 +290,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
    */
   const probeTarget = (target: Transport, make: boolean): ResultAsync<void, BbError> =>
     // the filesystem is asked with the stat, not after it: one round trip less on a remote host
-    ResultAsync.combine([target.stat(target.location.path), fsType(target, target.location.path)] as const)
+    ResultAsync.combine([statGiven(target, target.location.path, 'target'), fsType(target, target.location.path)] as const)
       .andThen(([s, type]) => targetFound(target, s === undefined ? 'missing' : s.kind === 'directory' ? 'directory' : 'other', type, make))
 
-  /** `btrfs --version`, the filesystem and the kind of the target's directory, in one round trip */
+  /** `btrfs --version`, the filesystem and the kind of the target's directory (a symbolic link followed), in one round trip */
   const probeRemoteTarget = (target: Transport, signal: AbortSignal | undefined, make: boolean): ResultAsync<unknown, BbError> => {
     const dir = target.location.path
-    const asked = target.execEach?.([['btrfs', '--version'], ['stat', '-f', '-c', '%T', dir], ['stat', '-c', '%F', '--', dir]], signalOpt(signal))
+    const asked = target.execEach?.([['btrfs', '--version'], ['stat', '-f', '-c', '%T', dir], ['stat', '-L', '-c', '%F', '--', dir]], signalOpt(signal))
     if (asked === undefined) return ResultAsync.combine([progsVersion(target, signal), probeTarget(target, make)] as const)
     return asked
       .andThen(([version, fs, kind]) => {

@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type TransferProgress, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -193,9 +193,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .asyncAndThen(() => (source.filesOnly === true ? okAsync(undefined) : hasRsync(source, signal)))
       .andThen(() => ResultAsync.combine(targets.filter((t) => t.filesOnly !== true && (t.location.kind !== 'local' || source.location.kind !== 'local')).map((t) => hasRsync(t, signal))))
       .andThen(() => excludeFilesThere(source.location.kind === 'local' ? source : targets.find((t) => t.location.kind === 'local')))
-      .andThen(() => source.stat(source.location.path))
       // a symlink to a directory is copied as rsync copies SOURCE/: what it points to
-      .andThen((s) => (s?.kind === 'symlink' ? source.stat(`${source.location.path.replace(/\/+$/, '')}/`).orElse(() => okAsync(s)) : okAsync(s)))
+      .andThen(() => statGiven(source, source.location.path, 'source'))
       .andThen((s) => {
         if (s?.kind === 'directory') return ok(undefined)
         // on this host its path, elsewhere the whole location (a daemon module's path is the module's)
@@ -229,7 +228,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       ? errAsync(bbError('INVALID_OPTIONS', `the target ${dir} is the source itself: each backup would be written into what it copies`,
         `keep the backups outside the source, or in a directory of their own inside it (e.g. ${posix.join(dir, 'backups')}), which every backup leaves out`, { path: dir }))
       : okAsync(undefined)))
-      .andThen(() => target.stat(dir))
+      .andThen(() => statGiven(target, dir, 'target'))
       .andThen((s): ResultAsync<void, BbError> => {
         if (s?.kind === 'directory') return okAsync(undefined)
         if (s !== undefined) return errAsync(bbError('TARGET_UNAVAILABLE', `the target ${dir} is not a directory`, 'give a directory to keep the backups in', { path: dir }))
