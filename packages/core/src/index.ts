@@ -11,7 +11,7 @@ export type { BtrbkPolicy, CountPolicy, PolicyError, RetentionPolicy, RotateCoun
 export type {
   CombinedResult, CommandResult, DirEntry, EntryStat, ExecOptions, FileChanges, LockError, LockHandle, LockInfo, LockStatus, LockVerdict, RunningCommand, SpawnOptions, Transport, TransportError,
 } from './transport/transport.js'
-export { statGiven } from './transport/transport.js'
+export { statFollowing, statGiven } from './transport/transport.js'
 export { judgeLock, parseLockInfo } from './lock/judge-lock.js'
 export type { LockContext } from './lock/judge-lock.js'
 export { addJournalEntry, readJournal, removeJournalEntry } from './journal/journal.js'

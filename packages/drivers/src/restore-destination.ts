@@ -1,6 +1,6 @@
 import { posix } from 'node:path'
-import { err, ok, okAsync, type Result } from 'neverthrow'
-import { bbError, type BbError, type Transport } from '@bb/core'
+import { err, ok, type Result } from 'neverthrow'
+import { bbError, statFollowing, type BbError, type Transport } from '@bb/core'
 
 /**
  * The nearest of `path` and its parents that exists (what it is), and the ones below it that do
@@ -10,8 +10,8 @@ export const nearestExisting = async (at: Transport, path: string): Promise<Resu
   const missing: string[] = []
   let failed: BbError | undefined
   for (let here = path; ;) {
-    // a symbolic link to a directory is that directory (a link to nothing, or to a file, is not one)
-    const s = await at.stat(here).andThen((found) => (found?.kind === 'symlink' ? at.stat(`${here}/`).orElse(() => okAsync(found)).map((followed) => followed ?? found) : okAsync(found)))
+    // a symbolic link to a directory is that directory; one to nothing is not one
+    const s = await statFollowing(at, here)
     if (s.isErr()) failed ??= s.error
     else if (s.value !== undefined && s.value.kind !== 'directory') return ok({ at: here, kind: 'other', missing })
     else if (s.value !== undefined) return failed === undefined ? ok({ at: here, kind: 'directory', missing }) : err(failed)

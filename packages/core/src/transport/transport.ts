@@ -1,4 +1,5 @@
 import { errAsync, okAsync, type ResultAsync } from 'neverthrow'
+import { posix } from 'node:path'
 import type { Readable, Writable } from 'node:stream'
 import { bbError, type BbError } from '../errors.js'
 import type { Location } from '../location/location.js'
@@ -232,18 +233,27 @@ export interface LockStatus {
 export type LockVerdict = { readonly stale: false; readonly reason: string } | { readonly stale: true; readonly reason: string }
 
 /**
+ * What is at `path`, a symbolic link followed (link by link, as the kernel would, up to 40): what
+ * it leads to, or the link itself when it leads to nothing. For the places a user gives and their
+ * parents; what lies inside a place is never followed.
+ */
+export const statFollowing = (at: Transport, path: string, hops = 0): ResultAsync<EntryStat | undefined, BbError> =>
+  at.stat(path).andThen((s): ResultAsync<EntryStat | undefined, BbError> => {
+    if (s?.kind !== 'symlink' || hops >= 40) return okAsync(s)
+    return at.readlink(path).andThen((to) => (to === undefined
+      ? okAsync(s)
+      : statFollowing(at, posix.isAbsolute(to) ? to : posix.join(posix.dirname(path), to), hops + 1).map((followed) => followed ?? s)))
+  })
+
+/**
  * What the place a user gave (a source, a target) is, following it when it is a symbolic link, as
- * rsync, rsnapshot and btrbk do with the paths they are given; what lies inside is never followed.
- * A link to nothing is an error that says where it leads: most often onto a disk not mounted.
+ * rsync, rsnapshot and btrbk do with the paths they are given. A link to nothing is an error that
+ * says where it leads: most often onto a disk not mounted.
  * @example
  * statGiven(target, '/backup', 'target') // /backup -> /mnt/usb/backup: the directory's stat
  */
 export const statGiven = (at: Transport, path: string, what: 'source' | 'target'): ResultAsync<EntryStat | undefined, BbError> =>
-  at.stat(path).andThen((s): ResultAsync<EntryStat | undefined, BbError> => {
-    if (s?.kind !== 'symlink') return okAsync(s)
-    // a trailing slash makes stat follow the link; a link to a file gives ENOTDIR: not a directory, as the link itself
-    return at.stat(`${path}/`).orElse(() => okAsync(s)).andThen((followed) => (followed !== undefined
-      ? okAsync(followed)
-      : at.readlink(path).andThen((to) => errAsync(bbError(what === 'source' ? 'SOURCE_UNAVAILABLE' : 'TARGET_UNAVAILABLE',
-        `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}, which does not exist`, 'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))))
-  })
+  statFollowing(at, path).andThen((s) => (s?.kind !== 'symlink'
+    ? okAsync(s)
+    : at.readlink(path).andThen((to) => errAsync(bbError(what === 'source' ? 'SOURCE_UNAVAILABLE' : 'TARGET_UNAVAILABLE',
+      `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}, which does not exist`, 'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))))
