@@ -205,9 +205,9 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     case 'zstd':
       return same(args, ['--version']) ? { role: 'list', checks: [] } : undefined
     case 'stat':
-      // the filesystem's type, or what kind of file a path is (and a block source's size)
-      if (args.length === 5 && same(args.slice(0, 4), ['-L', '-c', '%F:%s', '--'])) return { role: 'list', checks: inside(args[4] as string) }
-      return args.length === 4 && (same(args.slice(0, 3), ['-f', '-c', '%T']) || same(args.slice(0, 3), ['-c', '%F', '--'])) ? { role: 'list', checks: inside(args[3] as string) } : undefined
+      // the filesystem's type, or what kind of file a path is, a symbolic link followed (and a block source's size)
+      if (args.length === 5 && (same(args.slice(0, 4), ['-L', '-c', '%F:%s', '--']) || same(args.slice(0, 4), ['-L', '-c', '%F', '--']))) return { role: 'list', checks: inside(args[4] as string) }
+      return args.length === 4 && same(args.slice(0, 3), ['-f', '-c', '%T']) ? { role: 'list', checks: inside(args[3] as string) } : undefined
     case 'blockdev':
       // a block source's size
       return args.length === 2 && args[0] === '--getsize64' ? { role: 'list', checks: inside(args[1] as string) } : undefined
