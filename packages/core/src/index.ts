@@ -13,7 +13,7 @@ export type {
 } from './transport/transport.js'
 export { statFollowing, statGiven } from './transport/transport.js'
 export { judgeLock, parseLockInfo } from './lock/judge-lock.js'
-export type { LockContext } from './lock/judge-lock.js'
+export type { LockContext, LockSurvivor } from './lock/judge-lock.js'
 export { addJournalEntry, readJournal, removeJournalEntry } from './journal/journal.js'
 export type { Journal, JournalEntry, JournalError } from './journal/journal.js'
 export { pinSnapshot, readPins } from './journal/pins.js'

@@ -17,6 +17,16 @@ describe('judging a lock (reliability scenario 16)', () => {
     expect(judgeLock(info, context)).toEqual({ stale, reason })
   })
 
+  it('holds a dead holder\'s lock while what it started still runs, and names it', () => {
+    const left = [{ pid: 4300, command: 'rsync' }, { pid: 4301, command: 'rsync' }]
+    const survived = 'but what it started still runs and may still write: rsync (pid 4300), rsync (pid 4301); let it end, or stop it: kill 4300 4301'
+    expect(judgeLock(holder, { ...here({}), heldOpenBy: () => left })).toEqual({ stale: false, reason: `pid 4242 is not running, ${survived}` })
+    expect(judgeLock(holder, { ...here({ 4242: 5555 }), heldOpenBy: () => left })).toEqual({ stale: false, reason: `pid 4242 now belongs to another process (the holder died and its pid was reused), ${survived}` })
+    expect(judgeLock(holder, { ...here({}), heldOpenBy: () => [] })).toEqual({ stale: true, reason: 'pid 4242 is not running' })
+    // nothing started before this host's last boot can still run
+    expect(judgeLock(holder, { host: 'nas', bootId: 'boot-b', startTimeOf: () => undefined, heldOpenBy: () => left }).stale).toBe(true)
+  })
+
   it('never calls another host\'s lock stale, whatever this host runs', () => {
     fc.assert(fc.property(fc.string({ minLength: 1 }), fc.integer({ min: 1 }), fc.option(fc.integer()), (host, pid, startTime) => {
       fc.pre(host !== 'nas')

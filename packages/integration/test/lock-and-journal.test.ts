@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry, pinSnapshot, readJournal, readLineage, readPins, removeJournalEntry, type LockInfo } from '@bb/core'
 import { makeTempDir, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { finished, ROOT, spawnTs } from './helpers.js'
+import { finished, ROOT, spawnTs, waitFor } from './helpers.js'
 
 const transport = localTransport('/')
 const bootId = async () => (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim()
@@ -43,6 +43,26 @@ describe('job lock', () => {
     await new Promise((r) => child.on('close', r))
     const taken = (await transport.lock(path, { command: 'x' }))._unsafeUnwrap()
     expect(taken.tookOver).toEqual({ previous: info, reason: `pid ${pid} is not running` })
+    await taken.release()
+  })
+
+  it('holds a killed holder\'s lock while a command it started still runs, and names it', async () => {
+    const holder = spawnTs('fixtures/hold-lock.ts', [path])
+    const done = finished(holder)
+    const sleepPid = await new Promise<number>((resolve) => holder.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))))
+    try {
+      holder.kill('SIGKILL')
+      expect((await done).signal).toBe('SIGKILL')
+      const held = (await transport.lock(path, { command: 'x' }))._unsafeUnwrapErr()
+      expect(held).toMatchObject({ code: 'LOCK_HELD', details: { holderPid: holder.pid } })
+      expect(held.message).toContain(`pid ${holder.pid} is not running, but what it started still runs and may still write: sleep (pid ${sleepPid}); let it end, or stop it: kill ${sleepPid}`)
+      expect((await transport.inspectLock(path))._unsafeUnwrap()?.verdict.stale).toBe(false)
+    } finally {
+      process.kill(sleepPid, 'SIGKILL')
+    }
+    await waitFor(async () => !(await readFile(`/proc/${sleepPid}/stat`, 'utf8').then(() => true, () => false)), 5000)
+    const taken = (await transport.lock(path, { command: 'x' }))._unsafeUnwrap()
+    expect(taken.tookOver?.reason).toBe(`pid ${holder.pid} is not running`)
     await taken.release()
   })
 

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest'
 import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport, type TransferProgress } from '@bb/core'
 import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
@@ -177,14 +177,25 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
     await writeTree(source, Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`big/f${String(i).padStart(2, '0')}`, Buffer.alloc(400_000, i)])))
 
-    const child = spawnTs('fixtures/run-backup.ts', [source, target, state, '2000'])
+    // its own process group, so that what it leaves behind is stopped by it even if the test fails
+    const child = spawnTs('fixtures/run-backup.ts', [source, target, state, '2000'], { detached: true })
+    onTestFinished(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL')
+      } catch {
+        // the group has ended
+      }
+    })
     const done = finished(child)
     await waitFor(async () => (await readdir(target)).some((n) => n.endsWith('.partial')) && (await readdir(join(target, (await readdir(target)).find((n) => n.endsWith('.partial'))!))).includes('big'), 20_000)
     await new Promise((r) => setTimeout(r, 700))
     child.kill('SIGKILL')
     expect((await done).signal).toBe('SIGKILL')
-    // rsync itself may outlive its parent for a moment
-    await new Promise((r) => setTimeout(r, 300))
+    // the orphaned rsync goes on copying into the partial: the lock stays held until it ends
+    const orphaned = ok(await status(job)).lock
+    expect(orphaned?.verdict).toMatchObject({ stale: false, reason: expect.stringMatching(new RegExp(`^pid ${child.pid} is not running, but what it started still runs and may still write: rsync \\(pid \\d+\\)`)) })
+    expect((await backup(job, { now: at('2026-11-23T11:00:00Z') }))._unsafeUnwrapErr()).toMatchObject({ code: 'LOCK_HELD' })
+    await waitFor(async () => ok(await status(job)).lock?.verdict.stale === true, 30_000)
 
     const partial = (await readdir(target)).find((n) => n.endsWith('.partial'))
     expect(partial).toBeDefined()

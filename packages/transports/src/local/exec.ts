@@ -16,6 +16,21 @@ const STDOUT_LIMIT = 16 * 1024 * 1024
 const KILL_AFTER_MS = 5000
 
 /**
+ * Descriptors that every command started here inherits (as its fd 3, 4, …): the lock files this
+ * process holds open. A command that outlives a killed run so keeps the run's lock held (see
+ * `heldOpenBy` of judgeLock), and the next run does not resume beside it.
+ */
+const passedOn = new Set<number>()
+
+/** Hands `fd` to every command started from now on, until the returned function is called. */
+export const passToCommands = (fd: number): (() => void) => {
+  passedOn.add(fd)
+  return () => {
+    passedOn.delete(fd)
+  }
+}
+
+/**
  * Runs argv without a shell and resolves with how it ended. Output is read from the pipes as it
  * comes, stderr keeps only its tail, and the signal cancels the process with SIGTERM, then SIGKILL
  * after 5 s. `env` adds to this process's environment. Plain `child_process.spawn`: a backup run
@@ -28,7 +43,7 @@ export const execCommand = (argv: readonly string[], options: ExecOptions = {}):
   if (options.signal?.aborted === true) return errAsync(bbError('CANCELLED', `${file} was cancelled before it started`, CANCELLED_HINT, { argv: [...argv] }))
   return new ResultAsync(new Promise<Result<CommandResult, TransportError>>((resolve) => {
     const child = spawn(file, args, {
-      stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...passedOn],
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
       ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } }),
     })
@@ -136,7 +151,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
     }
   }
   const stdout = options.stdout === 'pipe' ? 'pipe' : options.stdout === 'ignore' || options.stdout === undefined ? 'ignore' : options.stdout
-  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe'] })
+  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe', ...passedOn] })
   if (typeof options.stdin === 'object') options.stdin.destroy()
   if (typeof options.stdout === 'object' && !isSharedChannel(options.stdout)) options.stdout.destroy()
   return runningCommand(child, argv, options, hooks)

@@ -1,7 +1,8 @@
-import { promises as fs, readFileSync } from 'node:fs'
+import { promises as fs, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
-import { bbError, ioError, judgeLock, parseLockInfo, type LockContext, type LockError, type LockHandle, type LockInfo, type LockStatus, type TransportError } from '@bb/core'
+import { bbError, ioError, judgeLock, parseLockInfo, type LockContext, type LockError, type LockHandle, type LockInfo, type LockStatus, type LockSurvivor, type TransportError } from '@bb/core'
+import { passToCommands } from './exec.js'
 import { writeTempBeside } from './files.js'
 
 const readText = async (path: string): Promise<string | undefined> => {
@@ -33,8 +34,47 @@ const bootId = (): string => {
   }
 }
 
-/** What this host knows to judge a lock: its name, boot and running processes. */
-export const hostContext = (): LockContext => ({ host: hostname(), bootId: bootId(), startTimeOf })
+/**
+ * The processes that have the file at `path` open, as /proc/<pid>/fd shows them (as `fuser` finds
+ * them). Another user's processes cannot be looked into, unless this is root.
+ */
+const heldOpenBy = (path: string): LockSurvivor[] => {
+  let real: string
+  try {
+    real = realpathSync(path)
+  } catch {
+    return []
+  }
+  const found: LockSurvivor[] = []
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[]
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`)
+    } catch {
+      continue
+    }
+    const holds = fds.some((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === real
+      } catch {
+        return false
+      }
+    })
+    if (holds) found.push({ pid: Number(pid), command: commandOf(pid) })
+  }
+  return found
+}
+
+const commandOf = (pid: string): string => {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return '?'
+  }
+}
+
+/** What this host knows to judge the lock at `path`: its name, boot, running processes and who has the lock open. */
+export const hostContext = (path: string): LockContext => ({ host: hostname(), bootId: bootId(), startTimeOf, heldOpenBy: () => heldOpenBy(path) })
 
 /**
  * Puts a complete file at `path` only if nothing is there: the content is written beside it and
@@ -67,7 +107,7 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
  * `<path>.break` lock makes the check and the removal one step, so two processes breaking the same
  * stale lock cannot remove the fresh lock one of them has just taken.
  */
-const breakStale = async (path: string, seen: string, here: LockContext, self: string): Promise<void> => {
+const breakStale = async (path: string, seen: string, self: string): Promise<void> => {
   const breaker = `${path}.break`
   for (let attempt = 0; attempt < 200; attempt++) {
     if (await createExclusive(breaker, self)) {
@@ -79,7 +119,7 @@ const breakStale = async (path: string, seen: string, here: LockContext, self: s
       return
     }
     const holder = await readText(breaker)
-    if (holder !== undefined && judgeLock(parseLockInfo(holder), here).stale) {
+    if (holder !== undefined && judgeLock(parseLockInfo(holder), hostContext(breaker)).stale) {
       // its holder died inside the few lines above; the break lock itself is stale
       if ((await readText(breaker)) === holder) await fs.rm(breaker, { force: true })
     }
@@ -97,7 +137,7 @@ export const acquireLock = (
   options: { readonly command: string; readonly waitSeconds?: number; readonly signal?: AbortSignal },
 ): ResultAsync<LockHandle, LockError> =>
   new ResultAsync((async (): Promise<Result<LockHandle, LockError>> => {
-    const here = hostContext()
+    const here = hostContext(path)
     const info: LockInfo = {
       pid: process.pid,
       host: here.host,
@@ -109,6 +149,7 @@ export const acquireLock = (
     const text = `${JSON.stringify(info)}\n`
     const deadline = Date.now() + (options.waitSeconds ?? 0) * 1000
     let tookOver: LockHandle['tookOver']
+    let open: fs.FileHandle
     try {
       for (;;) {
         if (await createExclusive(path, text)) break
@@ -117,7 +158,7 @@ export const acquireLock = (
         const previous = parseLockInfo(seen)
         const verdict = judgeLock(previous, here)
         if (verdict.stale) {
-          await breakStale(path, seen, here, text)
+          await breakStale(path, seen, text)
           if (previous !== undefined) tookOver = { previous, reason: verdict.reason }
           continue
         }
@@ -129,15 +170,20 @@ export const acquireLock = (
         }
         await sleep(Math.min(250, Math.max(10, deadline - Date.now())), options.signal)
       }
+      open = await fs.open(path, 'r')
     } catch (e) {
       const io = ioError('lock', path)(e)
       return err(io.code === 'DISK_FULL' || io.code === 'IO_FAILED' ? bbError('LOCK_FAILED', io.message, io.hint, io.details) : io)
     }
+    // every command of the run holds the lock open with it, so one that outlives a killed run keeps it held
+    const stopPassing = passToCommands(open.fd)
     let released = false
     const release = (): ResultAsync<void, TransportError> =>
       ResultAsync.fromPromise((async () => {
         if (released) return
         released = true
+        stopPassing()
+        await open.close()
         // remove only our own lock: never one that another run took over after judging ours stale
         if ((await readText(path)) === text) await fs.rm(path, { force: true })
       })(), ioError('release the lock', path))
@@ -149,5 +195,5 @@ export const inspectLock = (path: string): ResultAsync<LockStatus | undefined, T
   ResultAsync.fromPromise(readText(path), ioError('read', path)).map((text) => {
     if (text === undefined) return undefined
     const info = parseLockInfo(text)
-    return { path, info, verdict: judgeLock(info, hostContext()) }
+    return { path, info, verdict: judgeLock(info, hostContext(path)) }
   })
