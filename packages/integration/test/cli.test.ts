@@ -326,6 +326,17 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await runCli(['list', 'link'], tmp.path)).stdout).toContain('(target): 2 backups')
   })
 
+  it('refuses a target whose links go round in a loop, or lead on to nothing, and says which', async () => {
+    await symlink('loop-b', join(tmp.path, 'loop-a'))
+    await symlink('loop-a', join(tmp.path, 'loop-b'))
+    const loop = await runCli(['run', 'src', 'loop-a', '--state-dir', state], tmp.path)
+    expect(loop).toMatchObject({ code: 10, stdout: expect.stringContaining(`the target ${join(tmp.path, 'loop-a')} is a symbolic link to loop-b, and its links go round in a loop (more than 40)`) })
+    await symlink('hop', join(tmp.path, 'chain'))
+    await symlink(join(tmp.path, 'unplugged/backup'), join(tmp.path, 'hop'))
+    const chain = await runCli(['run', 'src', 'chain', '--state-dir', state], tmp.path)
+    expect(chain).toMatchObject({ code: 10, stdout: expect.stringContaining(`the target ${join(tmp.path, 'chain')} is a symbolic link to hop, which leads on to ${join(tmp.path, 'unplugged/backup')}, which does not exist`) })
+  })
+
   it.runIf(requireTools(['mount', 'umount', 'findmnt'], { root: true }))('exits 10 when the backup went over but retention could not delete an old one, as btrbk does, and says which', async () => {
     expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
     const backups = async (): Promise<string[]> => (await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))

@@ -232,28 +232,52 @@ export interface LockStatus {
 
 export type LockVerdict = { readonly stale: false; readonly reason: string } | { readonly stale: true; readonly reason: string }
 
+/** Where following a path's symbolic links ends: the place reached, what is there, the last link on the way, and whether they went round. */
+interface LinkEnd {
+  readonly path: string
+  readonly stat: EntryStat | undefined
+  readonly lastLink: EntryStat | undefined
+  readonly loop: boolean
+}
+
+/** where the link at `path` whose content is `to` leads */
+const linkTarget = (path: string, to: string): string => (posix.isAbsolute(to) ? to : posix.join(posix.dirname(path), to))
+
+/** the kernel's bound (MAXSYMLINKS): more links than this on one path is a loop */
+const MAX_LINKS = 40
+
+const followLinks = (at: Transport, path: string, lastLink?: EntryStat, hops = 0): ResultAsync<LinkEnd, BbError> =>
+  at.stat(path).andThen((s): ResultAsync<LinkEnd, BbError> => {
+    if (s?.kind !== 'symlink') return okAsync({ path, stat: s, lastLink, loop: false })
+    if (hops >= MAX_LINKS) return okAsync({ path, stat: s, lastLink: s, loop: true })
+    return at.readlink(path).andThen((to) => (to === undefined
+      ? okAsync({ path, stat: s, lastLink: s, loop: false })
+      : followLinks(at, linkTarget(path, to), s, hops + 1)))
+  })
+
 /**
  * What is at `path`, a symbolic link followed (link by link, as the kernel would, up to 40): what
- * it leads to, or the link itself when it leads to nothing. For the places a user gives and their
- * parents; what lies inside a place is never followed.
+ * it leads to, or the last link on the way when it leads to nothing. For the places a user gives
+ * and their parents; what lies inside a place is never followed.
  */
-export const statFollowing = (at: Transport, path: string, hops = 0): ResultAsync<EntryStat | undefined, BbError> =>
-  at.stat(path).andThen((s): ResultAsync<EntryStat | undefined, BbError> => {
-    if (s?.kind !== 'symlink' || hops >= 40) return okAsync(s)
-    return at.readlink(path).andThen((to) => (to === undefined
-      ? okAsync(s)
-      : statFollowing(at, posix.isAbsolute(to) ? to : posix.join(posix.dirname(path), to), hops + 1).map((followed) => followed ?? s)))
-  })
+export const statFollowing = (at: Transport, path: string): ResultAsync<EntryStat | undefined, BbError> =>
+  followLinks(at, path).map((end) => end.stat ?? end.lastLink)
 
 /**
  * What the place a user gave (a source, a target) is, following it when it is a symbolic link, as
  * rsync, rsnapshot and btrbk do with the paths they are given. A link to nothing is an error that
- * says where it leads: most often onto a disk not mounted.
+ * says where it leads (most often onto a disk not mounted), and links that go round in a loop are
+ * one that says so.
  * @example
  * statGiven(target, '/backup', 'target') // /backup -> /mnt/usb/backup: the directory's stat
  */
 export const statGiven = (at: Transport, path: string, what: 'source' | 'target'): ResultAsync<EntryStat | undefined, BbError> =>
-  statFollowing(at, path).andThen((s) => (s?.kind !== 'symlink'
-    ? okAsync(s)
-    : at.readlink(path).andThen((to) => errAsync(bbError(what === 'source' ? 'SOURCE_UNAVAILABLE' : 'TARGET_UNAVAILABLE',
-      `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}, which does not exist`, 'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))))
+  followLinks(at, path).andThen((end) => {
+    if (end.lastLink === undefined || (end.stat !== undefined && !end.loop)) return okAsync(end.stat)
+    const code = what === 'source' ? 'SOURCE_UNAVAILABLE' : 'TARGET_UNAVAILABLE'
+    return at.readlink(path).andThen((to) => errAsync(end.loop
+      ? bbError(code, `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}, and its links go round in a loop (more than ${MAX_LINKS})`, `see where they lead with: namei ${path}; make one of them lead to a directory`, { path })
+      : bbError(code, `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}${to === undefined || end.path === linkTarget(path, to) ? '' : `, which leads on to ${end.path}`}, which does not exist`,
+        'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))
+  })
+
