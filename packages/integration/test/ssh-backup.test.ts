@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rename, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { existsSync, readFileSync } from 'node:fs'
@@ -184,6 +184,11 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
         expect(JSON.parse(r.stdout)).toMatchObject({ targets: [{ ok: false, error: { code } }] })
       }
       expect(existsSync(join(dir, 'no'))).toBe(false)
+      // a symbolic link to a disk not mounted there: said as it is here
+      await symlink(join(dir, 'unplugged/backup'), join(dir, 'gone-link'))
+      const gone = await runCli(['run', 'home', remote(join(dir, 'gone-link')), '--state-dir', 'state', '--json', ...ssh], dir)
+      expect(JSON.parse(gone.stdout)).toMatchObject({ targets: [{ ok: false, error: { code: 'TARGET_UNAVAILABLE', message: `the target ${join(dir, 'gone-link')} is a symbolic link to ${join(dir, 'unplugged/backup')}, which does not exist` } }] })
+      expect(existsSync(join(dir, 'unplugged'))).toBe(false)
       // and a remote source (a pull) that is not a subvolume, or not there
       await writeTree(join(dir, 'plain'), { 'x.txt': 'x\n' })
       for (const [path, code] of [[join(dir, 'plain'), 'SOURCE_NOT_SUBVOLUME'], [join(dir, 'gone'), 'SOURCE_UNAVAILABLE']] as const) {

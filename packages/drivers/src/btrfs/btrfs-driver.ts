@@ -301,8 +301,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return asked
       .andThen(([version, fs, kind]) => {
         if (version === undefined || fs === undefined || kind === undefined) throw new InternalError('execEach gave fewer results than commands')
+        const type = fs.exitCode === 0 ? fs.output.trim() : ''
         return progsVersion(target, signal, readVersion(version.exitCode, version.output))
-          .andThen(() => targetFound(target, kind.exitCode !== 0 ? 'missing' : kind.output.trim() === 'directory' ? 'directory' : 'other', fs.exitCode === 0 ? fs.output.trim() : '', make))
+          .andThen(() => (kind.exitCode === 0
+            ? targetFound(target, kind.output.trim() === 'directory' ? 'directory' : 'other', type, make)
+            // nothing there, or a symbolic link to nothing (a disk not mounted there): one more look tells which
+            : statGiven(target, dir, 'target').andThen(() => targetFound(target, 'missing', type, make))))
       })
   }
 
