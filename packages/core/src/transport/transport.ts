@@ -280,4 +280,3 @@ export const statGiven = (at: Transport, path: string, what: 'source' | 'target'
       : bbError(code, `the ${what} ${path} is a symbolic link to ${to ?? 'nothing'}${to === undefined || end.path === linkTarget(path, to) ? '' : `, which leads on to ${end.path}`}, which does not exist`,
         'is the disk it leads onto mounted? Mount it, or give the directory itself', { path })))
   })
-

@@ -150,9 +150,11 @@ export const acquireLock = (
     const deadline = Date.now() + (options.waitSeconds ?? 0) * 1000
     let tookOver: LockHandle['tookOver']
     let open: fs.FileHandle
+    let created = false
     try {
       for (;;) {
-        if (await createExclusive(path, text)) break
+        created = await createExclusive(path, text)
+        if (created) break
         const seen = await readText(path)
         if (seen === undefined) continue
         const previous = parseLockInfo(seen)
@@ -172,6 +174,8 @@ export const acquireLock = (
       }
       open = await fs.open(path, 'r')
     } catch (e) {
+      // taken but not opened (out of file descriptors): not left behind as this live process's lock
+      if (created) await fs.rm(path, { force: true }).catch(() => undefined)
       const io = ioError('lock', path)(e)
       return err(io.code === 'DISK_FULL' || io.code === 'IO_FAILED' ? bbError('LOCK_FAILED', io.message, io.hint, io.details) : io)
     }
