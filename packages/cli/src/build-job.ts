@@ -308,6 +308,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
       // snapper keeps the history at the source: of the snapshots taken over, the newest (and what a target still needs)
       ...(spec.keepSnapshots === undefined && spec.snapper === true && driverName === 'btrfs' ? { source: { keepLast: 1 } } : {}),
       ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }),
+      ...(spec.maxDelete === undefined ? {} : { maxDelete: spec.maxDelete }),
     },
   })
 }

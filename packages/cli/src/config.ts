@@ -38,6 +38,8 @@ export interface JobSpec {
   readonly rsyncOptions: readonly string[]
   readonly keepBackups?: RetentionPolicy
   readonly keepSnapshots?: RetentionPolicy
+  /** how many snapshots one prune may delete at a place, or 'all' (the engine's default when omitted) */
+  readonly maxDelete?: number | 'all'
   readonly timeZone?: string
   /** btrfs: where the source snapshots go */
   readonly snapshotFolder?: string
@@ -158,7 +160,7 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
   minutely: 'minutely', hourly: 'hourly', daily: 'daily', weekly: 'weekly', monthly: 'monthly', quarterly: 'quarterly', yearly: 'yearly', strict: 'strict', prefer: 'prefer',
   keep_last: 'keepLast',
 }
-const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout', 'groups', 'auto']
+const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'max_delete', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout', 'groups', 'auto']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places, nor which commands take it */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets', 'groups', 'auto'].includes(key))
 /** what a block job may set: the rest of a volume is in its volume.json */
@@ -394,6 +396,8 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (incremental !== undefined && incremental !== 'yes' && incremental !== 'no' && incremental !== 'strict') {
       return problem(section, 'incremental', `${JSON.stringify(incremental)} is not "yes", "no" or "strict"`, 'incremental = "strict" never sends a snapshot in full (btrbk\'s incremental); "yes", the default, sends in full where no parent serves')
     }
+    const maxDelete = job.max_delete === undefined ? undefined : parseMaxDelete(job.max_delete)
+    if (maxDelete?.isErr() === true) return problem(section, 'max_delete', maxDelete.error.message, maxDelete.error.hint)
     const fields = {
       exclude: strings('exclude'), excludeFrom: strings('exclude_from'), rsyncOptions: strings('rsync_options'),
       oneFileSystem: bool('one_file_system', true), acceptPartial: bool('accept_partial', false), systemExcludes: bool('system_excludes', false),
@@ -426,6 +430,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       ...(v(fields.systemExcludes) ? { systemExcludes: true } : {}),
       ...(prefix === undefined ? {} : { prefix }), ...(stateDir === undefined ? {} : { stateDir }), ...(timeZone === undefined ? {} : { timeZone }),
       ...(keepBackups === undefined ? {} : { keepBackups }), ...(keepSnapshots === undefined ? {} : { keepSnapshots }),
+      ...(maxDelete === undefined ? {} : { maxDelete: maxDelete._unsafeUnwrap() }),
       ...(snapshotFolder === undefined ? {} : { snapshotFolder }), ...(v(fields.snapper) ? { snapper: true } : {}), ...(snapshotCreate === undefined ? {} : { snapshotCreate }), ...(incremental === undefined ? {} : { incremental }), ...(sendProtocol === undefined ? {} : { sendProtocol }),
       ...(v(fields.compressedData) ? {} : { compressedData: false }),
       ...(rawTargets.length === 0 ? {} : { rawTargets: rawTargets as string[] }),
@@ -487,6 +492,21 @@ const readConfig = (path: string): Result<Config, BbError> => {
   }
   return ok({ path, ...(typeof data.state_dir === 'string' ? { stateDir: data.state_dir } : {}), ...(typeof data.metrics_file === 'string' ? { metricsFile: data.metrics_file } : {}),
     ...(typeof data.transaction_log === 'string' ? { transactionLog: data.transaction_log } : {}), jobs, blockJobs })
+}
+
+/**
+ * How many snapshots one prune may delete at a place (`--max-delete`, `max_delete`): a whole
+ * number of at least 1, or `all` for no limit.
+ * @example
+ * parseMaxDelete('all') // ok('all')
+ */
+export const parseMaxDelete = (value: unknown): Result<number | 'all', BbError> => {
+  if (value === 'all') return ok('all')
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value.trim()) : Number.NaN
+  return Number.isSafeInteger(n) && n >= 1
+    ? ok(n)
+    : err(bbError('INVALID_OPTIONS', `max-delete ${JSON.stringify(value)} is not a whole number of at least 1, nor all`,
+      'give how many snapshots one prune may delete at a place (--max-delete 20, max_delete = 20), or all for no limit'))
 }
 
 /** The jobs of a config a command takes: named by a filter (job or group names), or all of them but those with `auto = false`. */

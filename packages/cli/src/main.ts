@@ -9,7 +9,7 @@ import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor, withJournalledTargets, type Connections } from './build-job.js'
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
-import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
+import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, parseMaxDelete, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
@@ -48,6 +48,7 @@ interface CommonOptions {
   prefix?: string
   keepBackups?: string
   keepSnapshots?: string
+  maxDelete?: string
   numBackups?: string
   exclude?: string[]
   excludeFrom?: string[]
@@ -219,6 +220,7 @@ const jobOptions = (command: Command): Command =>
     .option('--num-backups <n>', "btrfs-backup's spelling of --keep-backups N")
     .option('--keep-snapshots <policy>', 'retention of the source snapshots (btrfs), in the same spellings')
     .option('-N, --num-snapshots <n>', "btrfs-backup's spelling of --keep-snapshots N")
+    .option('--max-delete <n>', 'how many snapshots one prune may delete at a place; more deletes none (a clock that jumped ahead, a mistyped policy). Default: half of them, at least 10; all: no limit (config: max_delete)')
     .option('--snapshot-folder <dir>', 'btrfs: where the source snapshots go, absolute or inside the source (default <source>/.snapshots)')
     .option('--snapper', "btrfs: snapper takes the source's snapshots: take over its newest instead of taking one (folder <source>/.bbackup-snapshots)")
     .addOption(new Option('--incremental <when>', "btrfs: strict never sends a snapshot in full (a target without a common parent fails instead), no always does (btrbk's incremental); default yes").choices(['yes', 'no', 'strict']))
@@ -448,6 +450,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const keepSnapshotsSpec = options.keepSnapshots ?? options.numSnapshots
     const keepSnapshots = keepSnapshotsSpec === undefined ? undefined : parseRetentionSpec(keepSnapshotsSpec)
     if (keepSnapshots?.isErr() === true) return { error: keepSnapshots.error }
+    const maxDelete = options.maxDelete === undefined ? undefined : parseMaxDelete(options.maxDelete)
+    if (maxDelete?.isErr() === true) return { error: maxDelete.error }
     const rate = rateLimitOf(options)
     if (rate.isErr()) return { error: rate.error }
     const rateLimit = rate.value
@@ -462,6 +466,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
       ...(retention === undefined ? {} : { keepBackups: retention._unsafeUnwrap() }),
       ...(keepSnapshots === undefined ? {} : { keepSnapshots: keepSnapshots._unsafeUnwrap() }),
+      ...(maxDelete === undefined ? {} : { maxDelete: maxDelete._unsafeUnwrap() }),
       ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
       ...(options.backup === true ? { serverPublishes: true } : {}),
       ...(options.systemExcludes === true ? { systemExcludes: true } : {}),
@@ -970,12 +975,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (hook === undefined) return undefined
     const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
     if (retention?.isErr() === true) return fail(retention.error, options)
+    const maxDelete = options.maxDelete === undefined ? undefined : parseMaxDelete(options.maxDelete)
+    if (maxDelete?.isErr() === true) return fail(maxDelete.error, options)
     const r = await runRsyncdHook(command, hook, {
       ...(source === undefined ? {} : { location: resolvePath(io.cwd, source) }),
       ...(options.stateDir === undefined ? {} : { stateDir: resolvePath(io.cwd, options.stateDir) }),
       ...(options.acceptPartial === true ? { acceptPartial: true } : {}),
       ...(retention === undefined ? {} : { retention: retention._unsafeUnwrap() }),
       ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
+      ...(maxDelete === undefined ? {} : { maxDelete: maxDelete._unsafeUnwrap() }),
     })
     for (const line of r.lines) io.stderr(`bbackup ${command} (${hook.phase} exec): ${line}\n`)
     if (r.error === undefined) return { code: EXIT.ok }

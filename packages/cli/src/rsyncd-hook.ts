@@ -18,6 +18,8 @@ export interface HookOptions {
   readonly acceptPartial?: boolean
   readonly retention?: RetentionPolicy
   readonly timeZone?: string
+  /** how many backups the prune may delete at once (the job's retention.maxDelete) */
+  readonly maxDelete?: number | 'all'
 }
 
 export interface HookResult {
@@ -87,7 +89,10 @@ export const runRsyncdHook = async (command: 'snapshot' | 'prune', hook: RsyncdH
     targets: [at],
     state: { transport: localTransport(base), directory: posix.join(base, 'jobs', id) },
     ...(prefix === '' ? {} : { prefix }),
-    retention: { target: options.retention ?? parseRetentionSpec(SYSTEM_BACKUP_POLICY)._unsafeUnwrap(), ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }) },
+    retention: {
+      target: options.retention ?? parseRetentionSpec(SYSTEM_BACKUP_POLICY)._unsafeUnwrap(),
+      ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }), ...(options.maxDelete === undefined ? {} : { maxDelete: options.maxDelete }),
+    },
   }
   const pruned = await prune(job, { waitSeconds: 600 })
   if (pruned.isErr()) return { lines: [], error: pruned.error }

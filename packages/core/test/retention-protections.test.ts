@@ -128,4 +128,37 @@ describe('protections that no retention policy overrides', () => {
     expect(bad({ keepLats: 3 })._unsafeUnwrapErr().message).toBe('unknown retention key "keepLats"')
     expect(planRetention([], { keepLast: 1 }, { now: new Date(), timeZone: 'Mars/Base' })._unsafeUnwrapErr().code).toBe('INVALID_POLICY')
   })
+
+  it('deletes at most maxDelete: a plan that would delete more deletes nothing and says how many, oldest to newest', () => {
+    const hourly = Array.from({ length: 30 }, (_, h) => ({ name: `h${String(h).padStart(2, '0')}`, time: new Date(BASE + h * 3_600_000) }))
+    const now = { now: new Date(BASE + 30 * 3_600_000), timeZone: 'UTC' }
+    // keepLast 5 deletes 25: allowed at 25, refused at 24
+    expect(planRetention(hourly, { keepLast: 5 }, { ...now, maxDelete: 25 })._unsafeUnwrap().filter((d) => !d.keep)).toHaveLength(25)
+    const refused = planRetention(hourly, { keepLast: 5 }, { ...now, maxDelete: 24 })._unsafeUnwrapErr()
+    expect(refused.code).toBe('RETENTION_WOULD_DELETE_MANY')
+    expect(refused.message).toBe('the retention policy would delete 25 of the 30 snapshots at once (h00 … h24), more than the 24 one prune may delete')
+    expect(refused.details).toEqual({ snapshots: 30, deletions: 25, maxDelete: 24 })
+    // what protections keep does not count: the same policy with four of them protected deletes 21
+    const protect = ['h00', 'h01', 'h02', 'h03'].map((name) => ({ name, reason: 'a pending transfer needs it' }))
+    expect(planRetention(hourly, { keepLast: 5 }, { ...now, maxDelete: 21, protect }).isOk()).toBe(true)
+  })
+
+  it('a clock that jumps a year ahead deletes at most maxDelete, whatever the policy (reliability §3.9, properties 7 and 8)', () => {
+    fc.assert(
+      fc.property(snapshotsArb, policyArb, fc.integer({ min: 1, max: 20 }), fc.integer({ min: 0, max: 2 * 365 * 24 }), (snapshots, policy, maxDelete, jumpHours) => {
+        fc.pre(!('preserve' in policy && policy.preserve === 'no' && policy.preserveMin === 'no'))
+        const now = new Date(BASE + 401 * 24 * 3_600_000 + jumpHours * 3_600_000)
+        const unlimited = planRetention(snapshots, policy, { now, timeZone: 'UTC' })
+        const limited = planRetention(snapshots, policy, { now, timeZone: 'UTC', maxDelete })
+        if (unlimited.isErr()) {
+          expect(limited._unsafeUnwrapErr()).toEqual(unlimited.error)
+          return
+        }
+        const deletions = unlimited.value.filter((d) => !d.keep).length
+        if (deletions <= maxDelete) expect(limited._unsafeUnwrap()).toEqual(unlimited.value)
+        else expect(limited._unsafeUnwrapErr().details).toEqual({ snapshots: snapshots.length, deletions, maxDelete })
+      }),
+      { numRuns: 500 },
+    )
+  })
 })

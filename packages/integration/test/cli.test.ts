@@ -462,6 +462,37 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['prune', 'gone', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('gone does not exist') })
   })
 
+  it('refuses a prune that would delete more than one may (half of the backups, at least 10, unless --max-delete or max_delete says otherwise), deleting nothing', async () => {
+    const dst = join(tmp.path, 'dst')
+    const names = Array.from({ length: 13 }, (_, i) => `2024-03-${String(i + 1).padStart(2, '0')}-010203`)
+    for (const name of names) await writeTree(join(dst, name), { 'a.txt': `${name}\n` })
+    const backups = async (): Promise<string[]> => (await readdir(dst)).filter((n) => n.startsWith('2024')).sort()
+    // keeping 1 of 13 (a policy mistyped as 1 for 10, or a clock a year ahead): 12 would go, more than 10
+    const refused = await runCli(['prune', 'dst', '--keep-backups', '1'], tmp.path)
+    expect(refused.code, refused.stderr).toBe(10)
+    expect(refused.stderr).toContain(`${dst}: NOT PRUNED: the retention policy would delete 12 of the 13 snapshots at once (${names[0]} … ${names[11]}), more than the 10 one prune may delete\n`)
+    expect(refused.stderr).toContain('then let it happen once (--max-delete N or all; config: max_delete)')
+    expect(await runCli(['prune', 'dst', '--keep-backups', '1', '-n'], tmp.path)).toMatchObject({ code: 10 })
+    expect(await backups()).toEqual(names)
+    // what a dry run that lifts the limit lists; a limit of 11 still refuses
+    expect(await runCli(['prune', 'dst', '--keep-backups', '1', '-n', '--max-delete', 'all'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('would delete 12 of 13') })
+    expect(await runCli(['prune', 'dst', '--keep-backups', '1', '--max-delete', '11'], tmp.path)).toMatchObject({ code: 10 })
+    // the steady state is far below the limit: keeping 8 deletes 5
+    expect(await runCli(['prune', 'dst', '--keep-backups', '8'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('deleted 5 of 13') })
+    expect(await backups()).toEqual(names.slice(5))
+    // the config's max_delete, for a job: 6 of 8 may go at 6, not at 5
+    const config = (max: string): string => `state_dir = "state"\nmax_delete = ${max}\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${dst}"]\nkeep_backups = 2\n`
+    await writeFile(join(tmp.path, 'five.toml'), config('5'))
+    expect(await runCli(['prune', '-c', 'five.toml'], tmp.path)).toMatchObject({ code: 10, stderr: expect.stringContaining('would delete 6 of the 8 snapshots at once') })
+    await writeFile(join(tmp.path, 'six.toml'), config('6'))
+    expect(await runCli(['prune', '-c', 'six.toml'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining('deleted 6 of 8') })
+    expect(await backups()).toEqual(names.slice(11))
+    // a limit that is no number is refused, naming the key and its line
+    await writeFile(join(tmp.path, 'zero.toml'), config('0'))
+    expect(await runCli(['prune', '-c', 'zero.toml'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('zero.toml:2: max_delete: max-delete 0 is not a whole number of at least 1, nor all') })
+    expect(await runCli(['prune', 'dst', '--keep-backups', '1', '--max-delete', 'some'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('max-delete "some" is not a whole number of at least 1, nor all') })
+  })
+
   it('answers usage errors with exit 2 and a hint', async () => {
     expect(await runCli(['run', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('no target given\n  hint: name where the backups go') })
     // a job's name where the source goes (btrbk's filter): that job, as -j says; a name that is a path here too is refused

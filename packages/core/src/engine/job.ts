@@ -17,7 +17,25 @@ export interface RetentionSettings {
   readonly source?: RetentionPolicy
   /** IANA zone whose days and weeks the policies count in; the host's zone when omitted */
   readonly timeZone?: string
+  /**
+   * How many snapshots one prune may delete at one place; a prune that would delete more deletes
+   * nothing (`RETENTION_WOULD_DELETE_MANY`). `'all'`: no limit. Default {@link defaultMaxDelete}.
+   */
+  readonly maxDelete?: number | 'all'
 }
+
+/**
+ * The deletions one prune may make where the job has `count` snapshots, unless the job says
+ * otherwise: half of them, and 10 at least. A run deletes one or two in the steady state; a clock
+ * that jumped a year ahead, or a policy mistyped as 1 for 10, would take nearly all.
+ * @example
+ * defaultMaxDelete(48) // 24
+ */
+export const defaultMaxDelete = (count: number): number => Math.max(10, Math.floor(count / 2))
+
+/** The limit {@link RetentionSettings.maxDelete} sets where the job has `count` snapshots: undefined for none. */
+export const maxDeleteFor = (settings: RetentionSettings | undefined, count: number): number | undefined =>
+  (settings?.maxDelete === 'all' ? undefined : settings?.maxDelete ?? defaultMaxDelete(count))
 
 /** A backup job: one source, its targets, and where the job keeps its lock and journal. */
 export interface Job {

@@ -8,7 +8,7 @@ import { normalizePolicy, type RetentionPolicy } from '../retention/policy.js'
 import type { Transport } from '../transport/transport.js'
 import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '../journal/lineage.js'
 import { readPins, unpinTargets } from '../journal/pins.js'
-import { claimedByOther, journalPath, lineagePath, lockPath, madeOrder, newestMade, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
+import { claimedByOther, journalPath, lineagePath, lockPath, madeOrder, maxDeleteFor, newestMade, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 
 export interface PruneResult {
@@ -109,7 +109,7 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   const plan = planRetention(
     own.map(retentionEntry),
     policy,
-    { now, protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }) },
+    { now, protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }), ...limit(maxDeleteFor(job.retention, own.length)) },
   )
   if (plan.isErr()) return err(plan.error)
   const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))
@@ -129,6 +129,8 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   })
 }
 
+const limit = (maxDelete: number | undefined): { maxDelete?: number } => (maxDelete === undefined ? {} : { maxDelete })
+
 /**
  * A job's retention as it is given: its policies and its time zone. Checked before anything runs,
  * so that a run does not back up first and fail at pruning (nor a dry run pass where the run fails).
@@ -137,6 +139,11 @@ export const retentionFits = (job: Job): Result<void, BbError> => {
   const settings = job.retention
   const zone = timeZoneFits(settings?.timeZone)
   if (zone.isErr()) return err(zone.error)
+  const max = settings?.maxDelete
+  if (max !== undefined && max !== 'all' && !(Number.isSafeInteger(max) && max >= 1)) {
+    return err(bbError('INVALID_POLICY', `maxDelete ${JSON.stringify(max)} is not a whole number of at least 1, nor 'all'`,
+      "give how many snapshots one prune may delete at a place (--max-delete 20, max_delete = 20), or 'all' for no limit; to delete none, give no policy"))
+  }
   for (const policy of [settings?.target, settings?.source]) {
     const checked = policy === undefined ? ok(undefined) : normalizePolicy(policy)
     if (checked.isErr()) return err(checked.error)

@@ -34,6 +34,13 @@ export interface RetentionOptions {
   /** IANA zone whose wall clock defines days and weeks; the host's zone when omitted */
   readonly timeZone?: string
   readonly protect?: readonly Protection[]
+  /**
+   * At most this many deletions: a plan that would delete more is an error
+   * (`RETENTION_WOULD_DELETE_MANY`) and deletes nothing, as rsync's `--max-delete` stops. A clock
+   * that jumped ahead, or a mistyped policy, would otherwise take most of the snapshots at once.
+   * No limit when omitted.
+   */
+  readonly maxDelete?: number
 }
 
 export interface RetentionDecision {
@@ -43,14 +50,15 @@ export interface RetentionDecision {
   readonly reasons: readonly string[]
 }
 
-export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL'>
+export type RetentionError = PolicyError | BbError<'RETENTION_WOULD_DELETE_ALL' | 'RETENTION_WOULD_DELETE_MANY'>
 
 /**
  * Decides, for every snapshot, whether the policy keeps it, with the reasons. Whatever the policy
  * says, these are kept: the newest snapshot, snapshots dated in the future, snapshots whose time
  * could not be read, every `protect`ed name, and what a kept snapshot `dependsOn` (all the way down
  * its chain). A policy that keeps none of the snapshots is an
- * error rather than a deletion of everything but the protected ones.
+ * error rather than a deletion of everything but the protected ones; so is a plan that deletes
+ * more than `maxDelete`.
  * @example
  * planRetention(
  *   [{ name: 'a', time: new Date('2026-01-01') }, { name: 'b', time: new Date('2026-01-02') }],
@@ -111,7 +119,17 @@ export const planRetention = (
         ? { name: s.name, keep: true, reasons }
         : { name: s.name, keep: false, reasons: [`not kept by the ${normalized.spelling} policy`] }
     })
-    return ok(keepWhatKeptOnesNeed(snapshots, decisions))
+    const planned = keepWhatKeptOnesNeed(snapshots, decisions)
+    const doomed = valid.filter((s) => planned[s.index]?.keep === false)
+    if (options.maxDelete !== undefined && doomed.length > options.maxDelete) {
+      return err(bbError(
+        'RETENTION_WOULD_DELETE_MANY',
+        `the retention policy would delete ${doomed.length} of the ${snapshots.length} snapshots at once (${doomed[0]?.name ?? ''} … ${doomed.at(-1)?.name ?? ''}), more than the ${options.maxDelete} one prune may delete`,
+        'nothing was deleted. A clock that jumped ahead, a mistyped policy or a long pause in the backups does this: check the clock and the policy, see what would go (prune -n --max-delete all), then let it happen once (--max-delete N or all; config: max_delete)',
+        { snapshots: snapshots.length, deletions: doomed.length, maxDelete: options.maxDelete },
+      ))
+    }
+    return ok(planned)
   })
 }
 
