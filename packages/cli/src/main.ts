@@ -814,6 +814,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const retries = tries.value
     const retention = options.keepBackups === undefined ? undefined : parseRetentionSpec(options.keepBackups)
     if (retention?.isErr() === true) return fail(retention.error, options)
+    const maxDelete = options.maxDelete === undefined ? undefined : parseMaxDelete(options.maxDelete)
+    if (maxDelete?.isErr() === true) return fail(maxDelete.error, options)
     const rate = rateLimitOf(options)
     if (rate.isErr()) return fail(rate.error, options)
     const rateLimit = rate.value
@@ -839,6 +841,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         driver, source: from, target: to, state: { transport: localTransport(stateDir), directory: stateDir },
         ...(retention === undefined ? {} : { retention: retention._unsafeUnwrap() }),
         ...(options.timeZone === undefined ? {} : { timeZone: options.timeZone }),
+        ...(maxDelete === undefined ? {} : { maxDelete: maxDelete._unsafeUnwrap() }),
         ...(depth === undefined ? {} : { depth }),
         ...(options.exclude === undefined ? {} : { exclude: options.exclude }),
       }, {
@@ -1137,6 +1140,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-n, --dry-run', 'send and delete nothing; print what would be sent')
       .option('--keep-backups <policy>', "which backups the target gets and keeps, in any spelling of run's --keep-backups (btrbk's archive_preserve; default: all)")
       .option('--time-zone <zone>', 'IANA zone whose days and weeks retention counts in (default: this host\'s)')
+      .option('--max-delete <n>', 'how many backups of a family one prune may delete at the target; more deletes none. Default: half of them, at least 10; all: no limit')
       .option('--depth <n>', 'how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone)')
       .option('--exclude <pattern>', "leave out a directory ('host2', 'host?') or a family of backups ('tmp.*', 'host1/root.*'), relative to SOURCE; * and ? match no slash (btrbk's archive_exclude; repeatable)", collect)
       .option('--state-dir <dir>', 'where each family of backups keeps its lock and journal (default /var/lib/bbackup/jobs/archive-<id>, or ~/.local/state/... when not root)')

@@ -114,6 +114,17 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(family(second, 'home.')).toMatchObject({ pruned: ['home.2026-11-23T110000Z'] })
     expect(await subvolumes(offsite)).toEqual(['home.2026-11-23T120000Z', 'home.2026-11-23T130000Z'])
     expect(await subvolumes(disk)).toHaveLength(4)
+    // maxDelete holds at the archive too (an archive prunes a family it sends to): keeping 1 of 4 deletes 3, refused at 2, done with 'all'
+    ok(await backup(homeJob(), { now: at('2026-11-23T14:00:00Z') }))
+    ok(await archive(spec({ keepLast: 3 }), { now: at('2026-11-23T14:05:00Z') }))
+    ok(await backup(homeJob(), { now: at('2026-11-23T14:10:00Z') }))
+    const refused = ok(await archive({ ...spec({ keepLast: 1 }), maxDelete: 2 }, { now: at('2026-11-23T14:15:00Z') }))
+    expect(family(refused, 'home.')).toMatchObject({ ok: true, pruned: [], pruneError: { code: 'RETENTION_WOULD_DELETE_MANY', details: { deletions: 3, maxDelete: 2 } } })
+    expect(await subvolumes(offsite)).toEqual(['home.2026-11-23T120000Z', 'home.2026-11-23T130000Z', 'home.2026-11-23T140000Z', 'home.2026-11-23T141000Z'])
+    ok(await backup(homeJob(), { now: at('2026-11-23T14:20:00Z') }))
+    const allowed = ok(await archive({ ...spec({ keepLast: 1 }), maxDelete: 'all' }, { now: at('2026-11-23T14:25:00Z') }))
+    expect(family(allowed, 'home.')?.pruned).toHaveLength(4)
+    expect(await subvolumes(offsite)).toEqual(['home.2026-11-23T142000Z'])
   })
 
   it('a stray subvolume where a copy would go stops that family alone and is kept; a dry run makes nothing', async () => {
@@ -209,6 +220,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     const bad = await runCli(['archive', disk, offsite, '--keep-backups', '7x', ...st], one.mountPoint)
     expect(bad.code).toBe(2)
     expect(bad.stderr).toMatch(/retention "7x"/)
+    expect(await runCli(['archive', disk, offsite, '--max-delete', '0', ...st], one.mountPoint)).toMatchObject({ code: 2, stderr: expect.stringContaining('max-delete "0" is not a whole number of at least 1, nor all') })
     const nested = await runCli(['archive', disk, join(disk, 'copy'), ...st], one.mountPoint)
     expect(nested.code).toBe(2)
     expect(nested.stderr).toMatch(/inside its source/)

@@ -28,6 +28,8 @@ export interface ArchiveSpec {
   readonly retention?: RetentionPolicy
   /** IANA zone whose days and weeks the policy counts in; the host's zone when omitted */
   readonly timeZone?: string
+  /** how many backups of a family one prune may delete at the target, as a job's `retention.maxDelete` */
+  readonly maxDelete?: number | 'all'
   /** how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone) */
   readonly depth?: number
   /**
@@ -162,7 +164,7 @@ const familyJob = (spec: ArchiveSpec, directory: string, prefix: string): Job =>
     targets: [transportAt(spec.target, posix.join(spec.target.location.path, directory))],
     prefix,
     state: { transport: spec.state.transport, directory: posix.join(spec.state.directory, `${readable}-${createHash('sha256').update(key).digest('hex').slice(0, 8)}`) },
-    retention: { target: spec.retention ?? KEEP_ALL, ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }) },
+    retention: { target: spec.retention ?? KEEP_ALL, ...(spec.timeZone === undefined ? {} : { timeZone: spec.timeZone }), ...(spec.maxDelete === undefined ? {} : { maxDelete: spec.maxDelete }) },
   }
 }
 
