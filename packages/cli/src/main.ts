@@ -1,7 +1,7 @@
 import { lstatSync, readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { archive, archiveComplete, backup, bbError, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
+import { archive, archiveComplete, backup, bbError, clean, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, parseMaxDelete, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -248,7 +248,7 @@ const jobOptions = (command: Command): Command =>
     .option('-q, --quiet', 'print only errors and warnings')
 
 /** every command of bbackup, in the order of `--help` */
-export const COMMANDS = ['run', 'snapshot', 'transfer', 'archive', 'system-backup', 'prune', 'list', 'diff', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
+export const COMMANDS = ['run', 'snapshot', 'transfer', 'archive', 'system-backup', 'prune', 'clean', 'list', 'diff', 'status', 'verify', 'restore', 'init', 'distrust', 'backup', 'schedule', 'doctor', 'locks', 'completion', 'man'] as const
 
 /**
  * The one command to define for `argv`: building every command's options costs several ms of each
@@ -336,6 +336,10 @@ Examples:
   bbackup prune /mnt/backup/home --keep-backups '7d 4w'   a directory of rsync backups alone, source by source
   bbackup prune -j root --forget-target /mnt/old-disk/root -n   btrfs: a retired target's pinned snapshot, pruned by keep_snapshots
   bbackup prune -b /srv/backy/vm1 -n      block: the schedule's expiry now (after a change of schedule)`,
+  clean: `
+Examples:
+  bbackup clean /home /mnt/backup/home -n     the unfinished receives there, and why any is kept
+  bbackup clean -j home                       delete them (btrbk clean), with the job's lock held`,
   distrust: `
 Examples:
   bbackup distrust -b /srv/backy/vm1 latest      the next backup does not build on it
@@ -1226,6 +1230,18 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const hooked = await asRsyncdHook('prune', source, targets, options)
         if (hooked !== undefined) return void (outcome = hooked)
         outcome = (await withPriority(options)) ?? await runPrune(source, targets, options)
+      }))
+  }
+
+  if (wanted('clean')) {
+    diskOptions(jobOptions(program.command('clean').description("delete the unfinished copies that interrupted transfers left at the job's targets, also those the journal no longer records (btrbk clean)").argument('[source]').argument('[targets...]')))
+      .option('-n, --dry-run', 'show what would be deleted, delete nothing')
+      .addHelpText('after', EXAMPLES.clean ?? '')
+      .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
+        const answers = await eachJob(source, targets, options, (job) => clean(job, { dryRun: options.dryRun === true }), (all) => renderClean(all.flat(), options.dryRun === true), true)
+        const places = (answers ?? []).flat()
+        if (options.json !== true) io.stderr(renderPlaceFailures(places, 'CLEANED'))
+        if (places.some((p) => p.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
       }))
   }
 

@@ -1,6 +1,6 @@
 import { basename } from 'node:path'
 import type { Writable } from 'node:stream'
-import { familyName, parseSnapshotName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList, type TransferProgress } from '@bb/core'
+import { familyName, parseSnapshotName, runComplete, type ArchiveFamily, type ArchiveReport, type BackupEvent, type BackupReport, type BbError, type CleanResult, type HookRun, type JobStatus, type PruneResult, type SnapshotDiff, type SnapshotList, type TransferProgress } from '@bb/core'
 import type { JobTimer } from './schedule-command.js'
 
 export interface Io {
@@ -337,7 +337,7 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
     if (recorded.length > 0) out.push(`    unfinished: ${recorded.join(', ')} (the next run continues ${recorded.length === 1 ? 'it' : 'them'})`)
     if (orphaned.length > 0) {
       const it = orphaned.length === 1 ? 'it' : 'them'
-      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at ${it} and delete ${it} yourself)`)
+      out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and a run deletes nothing it cannot prove it made; look at ${it}: bbackup clean deletes an unfinished receive named as this job's)`)
     }
     if (foreign.length > 0) out.push(`    unfinished, another tool's: ${foreign.join(', ')} (left as it is: never counted, linked against or deleted)`)
     const others = t.others ?? []
@@ -370,6 +370,14 @@ const scheduleLine = (job: string, timer: JobTimer | undefined, now: Date): stri
   return `next run: ${timer.next.replace('T', ' ').replace(/:\d\dZ$/, ' UTC')} (in ${formatAge(seconds)}), by ${by}`
 }
 
+/** `clean`: per target, what was (or would be) deleted, and what is kept and why */
+export const renderClean = (results: readonly CleanResult[], dryRun: boolean): string =>
+  results.filter((r) => r.error === undefined).flatMap((r) => [
+    ...(r.removed.length === 0 && r.kept.length === 0 ? [`${r.at}: nothing unfinished`] : []),
+    ...r.removed.map((name) => `${r.at}: ${dryRun ? 'would delete' : 'deleted'} ${name} (an unfinished copy)`),
+    ...r.kept.map((k) => `${r.at}: kept ${k.name}: ${k.why}`),
+  ]).map((l) => `${l}\n`).join('')
+
 export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): string =>
   results.map((r) => [
     ...(r.forgotten ?? []).map((f) => `${dryRun ? 'would forget' : 'forgot'} ${f.target}: ${[
@@ -382,7 +390,7 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
   ].join('\n')).join('\n') + '\n'
 
 /** The places a prune or a list could not reach, `AT: NOT PRUNED: why` with the hint (for stderr); empty when none failed. */
-export const renderPlaceFailures = (places: readonly { readonly at: string; readonly error?: BbError }[], what: 'PRUNED' | 'LISTED'): string =>
+export const renderPlaceFailures = (places: readonly { readonly at: string; readonly error?: BbError }[], what: 'PRUNED' | 'LISTED' | 'CLEANED'): string =>
   places.flatMap((p) => (p.error === undefined ? [] : [`${p.at}: NOT ${what}: ${p.error.message}`, `  hint: ${p.error.hint}`, ...detailLines(p.error, false, '  ')])).map((l) => `${l}\n`).join('')
 
 /**

@@ -36,6 +36,8 @@ export type { CommandHookOptions, Hook, HookContext, HookOutput, HookPoint, Hook
 export type { BackupOptions, BackupReport, Route, SentSnapshot, TargetReport } from './engine/backup.js'
 export { forgetPending, prune } from './engine/prune.js'
 export type { ForgottenTarget, PruneOptions, PruneResult } from './engine/prune.js'
+export { clean } from './engine/clean.js'
+export type { CleanResult } from './engine/clean.js'
 export { diff, findSnapshot, list, restore, status, verify } from './engine/inspect.js'
 export { checkJob } from './engine/doctor.js'
 export { LOW_SPACE_SHARE } from './engine/space.js'

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto'
 import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, healthOf, list, prune, readJournal, restore, status, verify, type Job } from '@bb/core'
+import { backup, clean, healthOf, list, prune, readJournal, restore, status, verify, type Job } from '@bb/core'
 import type { RawInfo, RawTargetOptions } from '@bb/drivers/btrfs'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
@@ -301,6 +301,14 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     const pruned = ok(await prune(job({}, { target: { keepLast: 1 } })))[0]
     expect(pruned?.deleted).toEqual([])
     expect(pruned?.decisions.map((d) => d.name)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T110000Z', 'home.2026-11-23T120000Z_1'])
+    expect(await readFile(stray, 'utf8')).toBe('not ours\n')
+    // clean (btrbk's): a .part file no transfer on record left is unfinished by its form, and removed; the stray is kept, and said why
+    const leftPart = join(raw, 'home.2026-11-23T130000Z.btrfs.part')
+    await writeFile(leftPart, 'cut short\n')
+    expect(ok(await clean(job(), { dryRun: true }))).toEqual([{ at: raw, removed: ['home.2026-11-23T130000Z'], kept: [{ name: 'home.2026-11-23T120000Z', why: expect.stringContaining('no transfer on record left it') }] }])
+    expect(await exists(leftPart)).toBe(true)
+    expect(ok(await clean(job()))).toEqual([{ at: raw, removed: ['home.2026-11-23T130000Z'], kept: [{ name: 'home.2026-11-23T120000Z', why: expect.stringContaining('no transfer on record left it') }] }])
+    expect(await exists(leftPart)).toBe(false)
     expect(await readFile(stray, 'utf8')).toBe('not ours\n')
   }, 90_000)
 })

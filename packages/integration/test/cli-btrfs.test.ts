@@ -90,7 +90,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     })
     const before = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(before.stdout).toContain(`    unfinished: ${recorded} (the next run continues it)\n`)
-    expect(before.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it: the transfer that left it is no longer recorded, and bbackup deletes nothing it cannot prove it made; look at it and delete it yourself)\n`)
+    expect(before.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it: the transfer that left it is no longer recorded, and a run deletes nothing it cannot prove it made; look at it: bbackup clean deletes an unfinished receive named as this job's)\n`)
     // the SDK's status says the same (what --json prints)
     const told = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: { unfinished: string[]; unrecorded?: string[] }[] }
     expect(told.targets[0]).toMatchObject({ unfinished: [orphan, recorded], unrecorded: [orphan] })
@@ -99,6 +99,43 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const after = await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)
     expect(after.stdout).not.toContain(`    unfinished: `)
     expect(after.stdout).toContain(`    unfinished, not in the journal: ${orphan} (no run continues it`)
+  })
+
+  it('clean deletes the unfinished receives at a target, also one the journal no longer records (btrbk clean); what is not one is kept and said why', async () => {
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/big'), randomBytes(8 << 20))
+    expect((await runCli(['snapshot', 'home', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const [parent, interrupted] = (await readdir(join(dir, 'home/.snapshots'))).sort()
+    // a receive cut short (its stream ends early): a writable subvolume without a received uuid
+    const cut = spawnSync('sh', ['-c', `btrfs send -q -p "home/.snapshots/${parent}" "home/.snapshots/${interrupted}" | head -c 1000000 | btrfs receive backup`], { cwd: dir, encoding: 'utf8' })
+    expect(cut.status).not.toBe(0)
+    expect(execFileSync('btrfs', ['subvolume', 'show', join(dir, 'backup', interrupted!)], { encoding: 'utf8' })).toMatch(/Received UUID:\s+-\n/)
+    const blocked = await runCli(['transfer', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(blocked).toMatchObject({ code: 10, stdout: expect.stringContaining('(bbackup clean, with the job\'s source and target, deletes unfinished receives)') })
+    // one the journal records; one read-only that was never received; one of another prefix
+    const [recorded, readOnly, other] = ['home.2026-01-02T000000Z', 'home.2026-01-01T000000Z', 'other.2026-01-01T000000Z']
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'backup', recorded)])
+    await addJournalEntry(localTransport(join(dir, 'state')), join(dir, 'state/journal.json'), {
+      target: join(dir, 'backup'), snapshot: recorded, partialPath: join(dir, 'backup', recorded), startedAt: new Date().toISOString(),
+    })
+    execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'backup', readOnly)])
+    execFileSync('btrfs', ['subvolume', 'create', join(dir, 'backup', other)])
+    const before = (await readdir(join(dir, 'backup'))).sort()
+    const dry = await runCli(['clean', 'home', 'backup', '--state-dir', 'state', '-n'], dir)
+    expect(dry).toMatchObject({ code: 0 })
+    expect(dry.stdout).toContain(`would delete ${recorded} (an unfinished copy)\n`)
+    expect(dry.stdout).toContain(`would delete ${interrupted} (an unfinished copy)\n`)
+    expect(dry.stdout).toContain(`kept ${readOnly}: ${join(dir, 'backup', readOnly)} is not an unfinished receive (read-only without a received uuid), nor a complete one: not bbackup's to delete`)
+    expect(dry.stdout).not.toContain(other)
+    expect((await readdir(join(dir, 'backup'))).sort()).toEqual(before)
+    const cleaned = JSON.parse((await runCli(['clean', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { removed: string[]; kept: { name: string }[] }[]
+    expect(cleaned).toMatchObject([{ at: join(dir, 'backup'), removed: [recorded, interrupted], kept: [{ name: readOnly }] }])
+    expect((await readdir(join(dir, 'backup'))).sort()).toEqual(before.filter((n) => n !== recorded && n !== interrupted))
+    const told = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { pending: unknown[] }
+    expect(told.pending).toEqual([])
+    // the snapshot it blocked is sent by the next run, incrementally
+    const next = await runCli(['transfer', 'home', 'backup', '--state-dir', 'state', '--json'], dir)
+    expect(JSON.parse(next.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: interrupted, mode: 'incremental', parent }] }] })
   })
 
   it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {

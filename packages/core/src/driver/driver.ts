@@ -259,9 +259,12 @@ export interface Driver {
   transferShared?(input: SharedTransferInput): Promise<readonly Result<TransferOutcome, DriverError>[]>
   /**
    * What the journal says was left unfinished at a target: the driver removes it, or keeps it to
-   * be resumed (`'resume'`). It must never remove anything it did not create.
+   * be resumed (`'resume'`). It must never remove anything it did not create. `unrecorded`: no
+   * journal entry says so (`clean`, for an unfinished copy listed at the target): only what is
+   * unfinished by its very form is removed (btrfs: an unfinished receive; raw: a `.part` file),
+   * anything else is `'gone'` to the caller.
    */
-  recover(input: { readonly target: Transport; readonly entry: JournalEntry; readonly dryRun: boolean }): ResultAsync<RecoverAction, DriverError>
+  recover(input: { readonly target: Transport; readonly entry: JournalEntry; readonly dryRun: boolean; readonly unrecorded?: boolean }): ResultAsync<RecoverAction, DriverError>
   /** Deletes complete snapshots; returns the commands it ran (or would run). */
   deleteSnapshots(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly dryRun: boolean; readonly signal: AbortSignal | undefined }): ResultAsync<readonly (readonly string[])[], DriverError>
   restore(input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, DriverError>

@@ -743,9 +743,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   const whatIsAt = (target: Transport, path: string, signal: AbortSignal | undefined): ResultAsync<'missing' | Subvolume | NoSubvolume, BbError> =>
     target.stat(path).andThen((s) => (s === undefined ? okAsync('missing' as const) : showSubvolume(target, path, signal)))
 
-  const strayError = (path: string, there: Subvolume | NoSubvolume): BbError =>
-    bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${typeof there === 'string' ? '' : isGarbled(there) ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
-      `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself, then run again`, { path })
+  const strayError = (path: string, there: Subvolume | NoSubvolume): BbError => {
+    const garbled = typeof there !== 'string' && isGarbled(there)
+    return bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${garbled ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+      `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself${garbled ? ' (bbackup clean, with the job\'s source and target, deletes unfinished receives)' : ''}, then run again`, { path })
+  }
 
   /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
   const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
@@ -762,9 +764,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return ok('removed')
   }
 
-  const recover: Driver['recover'] = ({ target, entry, dryRun }) => {
+  const recover: Driver['recover'] = ({ target, entry, dryRun, unrecorded }) => {
     if (isPipe(target)) return new ResultAsync(pipe.recover())
-    if (isRaw(target)) return new ResultAsync(raw.recover(target, entry.partialPath, dryRun))
+    if (isRaw(target)) return new ResultAsync(raw.recover(target, entry.partialPath, dryRun, unrecorded === true))
     const dir = target.location.path
     // only ever a subvolume directly in this target: anything else is not ours to touch
     if (posix.dirname(entry.partialPath) !== dir) return okAsync('gone' as const)
@@ -772,7 +774,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (typeof s === 'string') return okAsync('gone')
       if (isReceived(s)) return okAsync('complete')
       if (!isGarbled(s)) {
-        return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is where a transfer was left unfinished, but it is not an unfinished receive (${s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'})`,
+        return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is not an unfinished receive (${s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'}), nor a complete one`,
           `bbackup never deletes what it cannot prove it created: look at it (btrfs subvolume show ${entry.partialPath}), move it away or delete it yourself, then run again`, { path: entry.partialPath }))
       }
       if (dryRun) return okAsync('removed')

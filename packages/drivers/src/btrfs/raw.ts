@@ -430,14 +430,19 @@ export const rawStore = (deps: RawDeps) => {
     return ok(m[1])
   }
 
-  /** What the journal says was being written: the `.part` file, or a renamed stream whose sidecar never came. Only those. */
-  const recover = async (target: Transport, partial: string, dryRun: boolean): Promise<Result<RecoverAction, BbError>> => {
+  /**
+   * What the journal says was being written: the `.part` file, or a renamed stream whose sidecar
+   * never came. Only those; with no journal entry (`unrecorded`), only the `.part` file (a stream
+   * without a sidecar may be any file named so).
+   */
+  const recover = async (target: Transport, partial: string, dryRun: boolean, unrecorded = false): Promise<Result<RecoverAction, BbError>> => {
     const dir = target.location.path
     if (posix.dirname(partial) !== dir || !PART.test(posix.basename(partial))) return ok('gone')
     const final = partial.slice(0, -'.part'.length)
     const left = await target.stat(partial)
     if (left.isErr()) return err(left.error)
     if (left.value?.kind === 'file') return dryRun ? ok('removed') : (await target.remove(partial)).map(() => 'removed' as const)
+    if (unrecorded) return ok('gone')
     const stream = await target.stat(final)
     if (stream.isErr()) return err(stream.error)
     if (stream.value === undefined) return ok('gone')
