@@ -352,7 +352,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
   }
   for (const p of s.pending) out.push(`  pending transfer: ${p.snapshot} → ${p.target} (since ${p.startedAt})`)
   for (const k of s.keptForOthers ?? []) {
-    out.push(`  kept for ${k.target}, not a target here: ${k.snapshot}, its next parent (another job's target, or one gone for good: bbackup prune … --forget-target ${k.target})`)
+    out.push(k.job === undefined
+      ? `  kept for ${k.target}, not a target here: ${k.snapshot}, its next parent (another job's target, or one gone for good: bbackup prune … --forget-target ${k.target})`
+      : `  kept for ${k.target}, the target of another job of this source (state ${k.job}): ${k.snapshot}, its next parent (if that job is no longer run, move its state directory away)`)
   }
   if (!alone) out.push(s.lock === undefined ? '  lock: free' : `  lock: ${s.lock.verdict.stale ? 'stale' : 'held'}: ${s.lock.verdict.reason}`)
   // one level less: the place is the first line

@@ -138,6 +138,28 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(JSON.parse(next.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: interrupted, mode: 'incremental', parent }] }] })
   })
 
+  it('two jobs of one source with one prefix (two cron lines, two targets) share the snapshot folder: neither prunes the parent the other\'s next incremental needs', async () => {
+    const run = async (target: string, json = false): Promise<{ code: number; stdout: string }> => {
+      await writeFile(join(dir, 'home/a.txt'), randomBytes(64).toString('hex'))
+      return runCli(['run', 'home', target, '--keep-snapshots', '1', '--state-dir', `jobs/${target}`, ...(json ? ['--json'] : ['-q'])], dir)
+    }
+    expect((await run('a')).code).toBe(0)
+    expect(JSON.parse((await run('b', true)).stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    const bHolds = (await readdir(join(dir, 'b'))).sort().at(-1)!
+    // job a runs more often: its prune keeps one snapshot of its own, and b's next parent
+    for (let i = 0; i < 3; i++) expect((await run('a')).code).toBe(0)
+    expect(existsSync(join(dir, 'home/.snapshots', bHolds))).toBe(true)
+    const dry = await runCli(['prune', 'home', 'a', '--keep-snapshots', '1', '--state-dir', 'jobs/a', '-n'], dir)
+    expect(dry.stdout).toContain(`keep   ${bHolds}  protected: the newest snapshot ${join(dir, 'b')} holds for another job (${join(dir, 'jobs/b')}): its next incremental's parent`)
+    const told = await runCli(['status', 'home', 'a', '--state-dir', 'jobs/a'], dir)
+    expect(told.stdout).toContain(`  kept for ${join(dir, 'b')}, the target of another job of this source (state ${join(dir, 'jobs/b')}): ${bHolds}, its next parent`)
+    // (b lacks a's newest snapshot too, still at the source: sent first, each incremental on the one before)
+    const next = JSON.parse((await run('b', true)).stdout) as { targets: { ok: boolean; sent: { mode: string; parent?: string }[] }[] }
+    expect(next.targets[0]).toMatchObject({ ok: true, sent: [{ mode: 'incremental', parent: bHolds }, { mode: 'incremental' }] })
+    // once b holds a newer one, its old parent is no one's to keep: b's own prune let it go
+    expect(existsSync(join(dir, 'home/.snapshots', bHolds))).toBe(false)
+  })
+
   it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {
     // a btrbk user's setup: snapshot_dir beside the subvolume, one target
     const snaps = join(dir, 'btrbk-snaps')

@@ -10,6 +10,7 @@ import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
 import type { LockStatus, Transport } from '../transport/transport.js'
 import { aheadOfClock, claimedByOther, journalPath, lineagePath, lockPath, unchangedPath, madeOrder, newestMade, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
+import { heldBeside } from './beside.js'
 import { spaceAt, type Space } from './space.js'
 
 export interface SnapshotList {
@@ -117,9 +118,10 @@ export interface JobStatus {
   }
   /**
    * btrfs: source snapshots kept for targets that are not this job's (another job's of the same
-   * source, or a target gone for good: `prune` with `forgetTargets` lets them go), each its next parent
+   * source, or a target gone for good: `prune` with `forgetTargets` lets them go), each its next
+   * parent; with `job`, pinned by another job (its state directory) that shares the snapshot folder
    */
-  readonly keptForOthers?: readonly { readonly target: string; readonly snapshot: string }[]
+  readonly keptForOthers?: readonly { readonly target: string; readonly snapshot: string; readonly job?: string }[]
   /**
    * the source cannot be read: a source on this host that is not there (a typo, a disk not
    * mounted), or btrfs snapshots that could not be listed (a host down); the next run fails on it
@@ -221,7 +223,11 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     if (lock.isErr()) return err(lock.error)
     const pins = job.driver.snapshotsSource ? await readPins(job.state.transport, pinsPath(job)) : undefined
     if (pins?.isErr() === true) return err(pins.error)
-    const others = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
+    const ownPins = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
+    // and those another job of the same source and prefix keeps in the shared folder (its state beside this one's)
+    const beside = sourceOwn === undefined ? undefined : await heldBeside(job, new Set(sourceOwn.map((s) => s.name)))
+    if (beside?.isErr() === true) return err(beside.error)
+    const others = [...ownPins, ...(beside?.isOk() === true ? beside.value.filter((h) => h.why === 'pin').map((h) => ({ target: h.target, snapshot: h.snapshot, job: h.job })) : [])]
     const recorded = (t: TargetStatus, name: string): boolean => journal.value.entries.some((e) => e.target === t.at && e.snapshot === name)
     const told = targets.map((t) => {
       const unrecorded = t.unfinished.filter((n) => !recorded(t, n))

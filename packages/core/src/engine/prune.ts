@@ -10,6 +10,7 @@ import { knownAt, ofThisJob, readLineage, receivedUuids, recordLineage } from '.
 import { readPins, unpinTargets } from '../journal/pins.js'
 import { claimedByOther, journalPath, lineagePath, lockPath, madeOrder, maxDeleteFor, newestMade, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
+import { heldBeside, heldReason } from './beside.js'
 
 export interface PruneResult {
   /** the target (or source), as its location prints */
@@ -96,6 +97,10 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     const pins = await readPins(job.state.transport, pinsPath(job))
     if (pins.isErr()) return err(pins.error)
     for (const [target, name] of Object.entries(pins.value.pins).filter(([t]) => !forgotten.includes(t))) protect.push({ name, reason: `the newest snapshot ${target} holds (its next incremental's parent)` })
+    // another job of the same source and prefix (its state beside this one's) shares the folder: what it keeps for its targets
+    const beside = await heldBeside(job, new Set(own.map((s) => s.name)))
+    if (beside.isErr()) return err(beside.error)
+    for (const h of beside.value) protect.push({ name: h.snapshot, reason: heldReason(h) })
   } else {
     // rsync links the next backup against it; for received snapshots it is the last good copy
     const why = job.driver.snapshotsSource ? 'the last good copy is never deleted' : 'the next run links against it'
