@@ -24,7 +24,9 @@ export interface HeldBeside {
  * is not seen. A pin or journal there that cannot be read is an error: it may protect a parent.
  */
 export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<Result<HeldBeside[], BbError>> => {
-  const { transport, directory } = job.state
+  const { transport } = job.state
+  // as the job's own is spelled when listed beside the others ('state/' and 'state' are one)
+  const directory = posix.normalize(job.state.directory).replace(/(.)\/+$/, '$1')
   const root = posix.dirname(directory)
   const listed = await transport.list(root)
   if (listed.isErr()) return listed.error.code === 'NOT_FOUND' ? ok([]) : err(listed.error)
