@@ -30,9 +30,39 @@ const version = async (t: Transport, tool: 'btrfs' | 'rsync'): Promise<Finding> 
   return found(tool, r.value.stdout.split('\n')[0]?.trim() ?? '')
 }
 
+/** how far apart two clocks may be before doctor calls it a problem (kopia's bound) */
+const CLOCK_PROBLEM_MS = 5 * 60_000
+
+/**
+ * The other host's clock against this one's (`date -u +%s` through a login shell, read against
+ * the middle of its round trip: to a second or so). bbackup names snapshots and judges their age by
+ * the clock of the host it runs on, so the other's changes what is kept nowhere; but what that host
+ * dates itself (a snapper source's snapshots, file times, its logs) is off by as much. A forced
+ * command runs no `date`: not checked then.
+ */
+const clock = async (t: Transport): Promise<Finding> => {
+  const before = Date.now()
+  const r = await t.exec(['date', '-u', '+%s'])
+  const after = Date.now()
+  const seconds = r.isOk() && r.value.exitCode === 0 ? Number(r.value.stdout.trim()) : Number.NaN
+  if (!Number.isSafeInteger(seconds)) return found('clock', 'not checked (this key runs no date there)')
+  const apart = seconds * 1000 - (before + after) / 2
+  const told = `${Math.abs(apart) < 2000 ? 'within a second or two of' : `${describeGap(Math.abs(apart))} ${apart > 0 ? 'ahead of' : 'behind'}`} this host's`
+  return Math.abs(apart) < CLOCK_PROBLEM_MS
+    ? found('clock', told)
+    : problem('clock', `${told}: names and ages are this host's, but what that host dates (a snapper source's snapshots, file times, logs) is that far off`,
+      'set both clocks by NTP (timedatectl set-ntp true, or chrony), then check again')
+}
+
+/** a gap of `ms`, in the largest unit that fits */
+const describeGap = (ms: number): string => {
+  const s = Math.round(ms / 1000)
+  return s < 120 ? `${s} s` : s < 5400 ? `${Math.round(s / 60)} min` : s < 172_800 ? `${Math.round(s / 3600)} h` : `${Math.round(s / 86_400)} days`
+}
+
 /**
  * What `bbackup doctor ssh://host/path` checks, in order, each with the fix for a problem: the
- * connection (host key, login), the tools the driver needs on the other side, the directory
+ * connection (host key, login), the other host's clock, the tools the driver needs on the other side, the directory
  * (there, a directory, btrfs for the btrfs driver, writable for a target), and whether the key
  * is already held to bbackup-remote. Stops at the first problem that makes the rest meaningless.
  */
@@ -43,6 +73,7 @@ export const doctorSsh = async (input: DoctorSshInput): Promise<Finding[]> => {
   const login = await t.stat(path)
   if (login.isErr() && login.error.code !== 'NOT_FOUND' && login.error.code !== 'IO_FAILED') return [fromError('connection', login.error)]
   findings.push(found('connection', `logged in to ${input.location.user === undefined ? '' : `${input.location.user}@`}${input.location.host}${input.location.port === undefined ? '' : `:${input.location.port}`} without a prompt`))
+  findings.push(await clock(t))
 
   for (const tool of input.driver === undefined ? (['btrfs', 'rsync'] as const) : [input.driver]) {
     const f = await version(t, tool)

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { parseLocation, type SpawnOptions, type SshLocation } from '@bb/core'
+import { parseLocation, parseSnapshotName, type SpawnOptions, type SshLocation } from '@bb/core'
 import { openSshSession, remoteCommand, sshTransport } from '@bb/transports/ssh'
 import { AHEAD, SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
 import { gpgHome, ROOT, runCli, waitFor, withGnupgHome } from './helpers.js'
@@ -71,11 +71,30 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     await fs?.cleanup()
   })
 
+  it.runIf(requireTools(['faketime']))('doctor tells a clock two hours ahead there (scenario 17: only the other side skewed, with libfaketime), and names the fix', async () => {
+    // every command of this key runs under faketime: the other host's clock, two hours ahead
+    await sshd.setAuthorizedKeys(['command="exec faketime -f +2h /bin/sh -c \\"$SSH_ORIGINAL_COMMAND\\"" %KEY%'])
+    const skewed = await runCli(['doctor', remote(join(dir, 'backup')), '--driver', 'btrfs', ...ssh], dir)
+    expect(skewed.code, skewed.stdout + skewed.stderr).toBe(1)
+    expect(skewed.stdout).toMatch(/^PROBLEM clock: 2 h ahead of this host's: names and ages are this host's, .*\n +fix: set both clocks by NTP/m)
+    // the rest is checked all the same
+    expect(skewed.stdout).toMatch(/^ok +writable: wrote and removed a file/m)
+    // backups there are named by this host's clock, and none is deleted for looking two hours old there
+    for (let i = 0; i < 3; i++) {
+      const r = await runCli(['run', 'home', remote(join(dir, 'backup')), '--state-dir', 'state', '--keep-backups', 'min=1h', '-q', ...ssh], dir)
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+    }
+    const there = await names(join(dir, 'backup'))
+    expect(there).toHaveLength(3)
+    expect(there.map((n) => Math.abs(parseSnapshotName(n)!.time.getTime() - Date.now()) < 5 * 60_000)).toEqual([true, true, true])
+  })
+
   it('doctor checks the location, prints the authorized_keys line, and the key works with that line', async () => {
     const target = remote(join(dir, 'backup'))
     const open = await runCli(['doctor', target, '--driver', 'btrfs', ...ssh], dir)
     expect(open.code, open.stdout + open.stderr).toBe(0)
     expect(open.stdout).toMatch(/^ok +connection: logged in to root@127\.0\.0\.1:\d+ without a prompt$/m)
+    expect(open.stdout).toMatch(/^ok +clock: within a second or two of this host's$/m)
     expect(open.stdout).toMatch(/^ok +btrfs: btrfs-progs v/m)
     expect(open.stdout).toMatch(/^ok +filesystem: .* is on btrfs$/m)
     expect(open.stdout).toMatch(/^ok +writable: wrote and removed a file/m)
@@ -89,6 +108,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const held = await runCli(['doctor', target, '--driver', 'btrfs', ...ssh], dir)
     expect(held.code, held.stdout).toBe(0)
     expect(held.stdout).toMatch(/^ok +restricted: this key already runs bbackup-remote as its forced command$/m)
+    expect(held.stdout).toMatch(/^ok +clock: not checked \(this key runs no date there\)$/m)
     expect(held.stdout).toMatch(/^ok +writable: wrote .*\/backup\/\.bbackup-doctor-\S+ \(left there: the key may not delete; remove it by hand\)$/m)
     const run = await runCli(['run', 'home', target, '--state-dir', 'state', '-q', ...ssh], dir)
     expect(run.code, run.stdout + run.stderr).toBe(0)
