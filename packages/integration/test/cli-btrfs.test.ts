@@ -158,6 +158,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(next.targets[0]).toMatchObject({ ok: true, sent: [{ mode: 'incremental', parent: bHolds }, { mode: 'incremental' }] })
     // once b holds a newer one, its old parent is no one's to keep: b's own prune let it go
     expect(existsSync(join(dir, 'home/.snapshots', bHolds))).toBe(false)
+    // a state beside it that cannot be read: the source is not pruned, and the error says whose
+    await mkdir(join(dir, 'jobs/broken'))
+    await writeFile(join(dir, 'jobs/broken/pins.json'), '{')
+    const refused = await runCli(['prune', 'home', 'a', '--keep-snapshots', '1', '--state-dir', 'jobs/a'], dir)
+    expect(refused).toMatchObject({ code: 10, stderr: expect.stringContaining(`${join(dir, 'home')}: NOT PRUNED: another job's state beside this one's cannot be read, so the source's snapshots it may need are not known: the pin file ${join(dir, 'jobs/broken/pins.json')} is not a bbackup pin file`) })
   })
 
   it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {

@@ -1,6 +1,6 @@
 import { err, ok, type Result } from 'neverthrow'
 import { posix } from 'node:path'
-import type { BbError } from '../errors.js'
+import { bbError, type BbError } from '../errors.js'
 import { readJournal } from '../journal/journal.js'
 import { readPins } from '../journal/pins.js'
 import type { Job } from './job.js'
@@ -35,10 +35,10 @@ export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<
     const dir = posix.join(root, entry.name)
     if (entry.kind !== 'directory' || dir === directory) continue
     const pins = await readPins(transport, posix.join(dir, 'pins.json'))
-    if (pins.isErr()) return err(pins.error)
+    if (pins.isErr()) return err(unreadable(dir, pins.error))
     for (const [target, snapshot] of Object.entries(pins.value.pins)) held.push({ job: dir, target, snapshot, why: 'pin' })
     const journal = await readJournal(transport, posix.join(dir, 'journal.json'))
-    if (journal.isErr()) return err(journal.error)
+    if (journal.isErr()) return err(unreadable(dir, journal.error))
     for (const e of journal.value.entries) {
       held.push({ job: dir, target: e.target, snapshot: e.snapshot, why: 'pending' })
       if (e.parent !== undefined) held.push({ job: dir, target: e.target, snapshot: e.parent, why: 'pending-parent' })
@@ -46,6 +46,11 @@ export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<
   }
   return ok(held.filter((h) => names.has(h.snapshot)))
 }
+
+/** another job's state that cannot be read: the source is not pruned (what it holds is not known), and the error says whose */
+const unreadable = (dir: string, e: BbError): BbError =>
+  bbError(e.code, `another job's state beside this one's cannot be read, so the source's snapshots it may need are not known: ${e.message}`,
+    `${e.hint} (that is the other job's state, in ${dir}; a directory there that is no job's state: move it out of the directory of job states)`, { ...e.details, path: dir })
 
 /** why a snapshot {@link heldBeside} is kept, as a prune's reason says it */
 export const heldReason = (h: HeldBeside): string =>
