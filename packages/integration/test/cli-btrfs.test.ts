@@ -163,6 +163,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     await writeFile(join(dir, 'jobs/broken/pins.json'), '{')
     const refused = await runCli(['prune', 'home', 'a', '--keep-snapshots', '1', '--state-dir', 'jobs/a'], dir)
     expect(refused).toMatchObject({ code: 10, stderr: expect.stringContaining(`${join(dir, 'home')}: NOT PRUNED: another job's state beside this one's cannot be read, so the source's snapshots it may need are not known: the pin file ${join(dir, 'jobs/broken/pins.json')} is not a bbackup pin file`) })
+    // status tells the rest all the same
+    expect(await runCli(['status', 'home', 'a', '--state-dir', 'jobs/a'], dir)).toMatchObject({ code: 0, stdout: expect.stringContaining(`  ${join(dir, 'a')}: `) })
   })
 
   it.runIf(requireTools(['btrbk']))("takes over btrbk's snapshots and backups (the Debian package's, named home.YYYYMMDDThhmmss+zone): the first run is incremental from btrbk's newest", async () => {

@@ -224,9 +224,9 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     const pins = job.driver.snapshotsSource ? await readPins(job.state.transport, pinsPath(job)) : undefined
     if (pins?.isErr() === true) return err(pins.error)
     const ownPins = Object.entries(pins?.isOk() === true ? pins.value.pins : {}).filter(([target]) => !targets.some((t) => t.at === target)).map(([target, snapshot]) => ({ target, snapshot }))
-    // and those another job of the same source and prefix keeps in the shared folder (its state beside this one's)
+    // and those another job of the same source and prefix keeps in the shared folder (its state beside this one's;
+    // one that cannot be read is that job's status to tell, and this job's prune's to refuse)
     const beside = sourceOwn === undefined ? undefined : await heldBeside(job, new Set(sourceOwn.map((s) => s.name)))
-    if (beside?.isErr() === true) return err(beside.error)
     const others = [...ownPins, ...(beside?.isOk() === true ? beside.value.filter((h) => h.why === 'pin').map((h) => ({ target: h.target, snapshot: h.snapshot, job: h.job })) : [])]
     const recorded = (t: TargetStatus, name: string): boolean => journal.value.entries.some((e) => e.target === t.at && e.snapshot === name)
     const told = targets.map((t) => {
