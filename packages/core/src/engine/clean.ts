@@ -25,8 +25,9 @@ export interface CleanResult {
  * journal no longer records (forgotten with `--remove-locks`, or made by a run whose state was
  * lost), which a run leaves alone (`STRAY_SUBVOLUME`). Only copies named as the job's that the
  * driver itself calls unfinished: at a btrfs target a writable subvolume without a received uuid
- * (a read-only one, or one received whole, is kept and said why), a raw target's `.part` file or
- * stream without its sidecar; an rsync `.partial` is kept, as the next run continues it. Their
+ * (a read-only one, or one received whole, is kept and said why), a raw target's `.part` file (a
+ * stream without its sidecar only where the journal names it); an rsync `.partial` is kept, as the
+ * next run continues it. Their
  * journal entries are dropped with them. Under the job's lock, so that no run of the job is
  * receiving there; another program receiving into the same target is not seen.
  * @example
