@@ -112,6 +112,32 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'snapper'], { root:
     expect(rsync).toMatchObject({ code: 2, stderr: expect.stringContaining('--snapper (snapper): a btrfs setting, but') })
   })
 
+  it("without --snapper, bbackup's own snapshots are not put among snapper's in .snapshots (run, dry run, snapshot: exit 2 with both ways out); a folder of their own works; a chain already there carries on", async () => {
+    snapper(config, 'create', '-d', 'first')
+    const refused = `${join(dir, 'home/.snapshots')} is snapper's snapshot folder (its snapshot 1 is there)`
+    for (const args of [['run', 'home', 'backup'], ['run', '-n', 'home', 'backup'], ['snapshot', 'home']]) {
+      const r = await runCli([...args, '--state-dir', 'state'], dir)
+      expect(r, args.join(' ')).toMatchObject({ code: 2, stderr: expect.stringContaining(refused) })
+      expect(r.stderr).toContain('--snapper')
+      expect(r.stderr).toContain('--snapshot-folder .bbackup-snapshots')
+    }
+    expect(await readdir(join(dir, 'home/.snapshots'))).toEqual(['1'])
+    expect(existsSync(join(dir, 'backup')) ? await readdir(join(dir, 'backup')) : []).toEqual([])
+
+    const apart = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--snapshot-folder', '.bbackup-snapshots'], dir)
+    expect(apart).toMatchObject({ code: 0, stdout: expect.stringContaining(' full;') })
+    expect(await readdir(join(dir, 'home/.bbackup-snapshots'))).toHaveLength(1)
+
+    // a chain of the job's in snapper's folder already (an older bbackup put it there): the job goes on with it
+    execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'home/.snapshots/home.2026-01-01T000000Z')])
+    const chained = await runCli(['run', 'home', 'other', '--state-dir', 'state2'], dir)
+    expect(chained).toMatchObject({ code: 0 })
+    const ours = (await readdir(join(dir, 'home/.snapshots'))).filter((n) => n.startsWith('home.'))
+    expect(ours).toHaveLength(2)
+    // (snapper deletes its config's folder only when nothing else is in it)
+    for (const name of ours) execFileSync('btrfs', ['subvolume', 'delete', join(dir, 'home/.snapshots', name)])
+  })
+
   it('snapper = true in a config job: the same, and list sees the snapshot taken over', async () => {
     snapper(config, 'create', '-d', 'cron')
     await writeFile(join(dir, 'bbackup.toml'), `state_dir = "state"\n[jobs.home]\nsource = "home"\ntargets = ["backup"]\nsnapper = true\n`)

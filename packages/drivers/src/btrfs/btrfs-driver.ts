@@ -19,7 +19,7 @@ import { rawStore, type RawTargetOptions } from './raw.js'
 import { estimateSend, noEstimate, type SendEstimate } from './progress.js'
 import { readSendStream, SEND_COMMANDS } from './send-stream.js'
 import { StreamDiff } from './stream-diff.js'
-import { newestSnapperSnapshot, noSnapper } from './snapper.js'
+import { newestSnapperSnapshot, noSnapper, snapperNumberIn } from './snapper.js'
 
 const join = posix.join
 
@@ -434,8 +434,33 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     if (snapper && from === undefined) {
       return errAsync(bbError('INVALID_OPTIONS', `snapper takes the snapshots of ${source.location.path}: bbackup takes none of the live source`, 'take one with snapper (snapper -c NAME create), or leave the snapper setting out', { path: source.location.path }))
     }
-    if (dryRun) return okAsync(planned)
-    return new ResultAsync(makeFolder(source, folder))
+    return notSnappers(source, folder, name).andThen(() => {
+      if (dryRun) return okAsync(planned)
+      return made(source, folder, path, argv, planned, signal)
+    })
+  }
+
+  /**
+   * The default snapshot folder `.snapshots` is snapper's where snapper manages the source
+   * (openSUSE's `/`): bbackup's snapshots are not put among snapper's there, unless the job's chain
+   * is there already (taken before bbackup looked). A folder of the user's choosing is theirs.
+   */
+  const notSnappers = (source: Transport, folder: string, name: string): ResultAsync<void, BbError> => {
+    if (options.snapshotFolder !== undefined || snapper || atSource) return okAsync(undefined)
+    const prefix = parseSnapshotName(name)?.prefix
+    return source.list(folder)
+      .orElse((e) => (e.code === 'NOT_FOUND' ? okAsync([]) : errAsync(e)))
+      .andThen((entries) => {
+        if (entries.some((e) => e.kind === 'directory' && parseSnapshotName(e.name)?.prefix === prefix)) return okAsync(undefined)
+        return new ResultAsync(snapperNumberIn(source, folder, entries)).andThen((number) => (number === undefined ? ok(undefined)
+          : err(bbError('INVALID_OPTIONS', `${folder} is snapper's snapshot folder (its snapshot ${number} is there): bbackup does not put its snapshots among snapper's`,
+            'send the snapshots snapper takes (--snapper; snapper = true in a config), or keep bbackup\'s own in a folder of their own (--snapshot-folder .bbackup-snapshots)', { path: folder }))))
+      })
+  }
+
+  /** the read-only snapshot `path` of the source, taken into `folder` (made where missing) */
+  const made = (source: Transport, folder: string, path: string, argv: readonly string[], planned: SnapshotInfo, signal: AbortSignal | undefined): ResultAsync<SnapshotInfo, BbError> =>
+    new ResultAsync(makeFolder(source, folder))
       .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
         if (r.exitCode === 0) return okAsync(undefined)
         const failure = /cross-device|not a btrfs filesystem/i.test(r.stderr)
@@ -450,7 +475,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       .andThen((s) => (typeof s === 'string'
         ? err(bbError('COMMAND_FAILED', `the snapshot ${path} is not there after btrfs subvolume snapshot`, 'check the source filesystem (dmesg)', { path }))
         : ok({ ...planned, identity: identityOf(s) })))
-  }
 
   /** snapper's newest snapshot, when it is newer than every one the job took over ({@link BtrfsDriverOptions.snapper}) */
   const adoptable: NonNullable<Driver['adoptable']> = ({ source, snapshots, signal }) => new ResultAsync((async () => {

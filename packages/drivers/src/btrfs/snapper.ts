@@ -77,18 +77,39 @@ export const newestSnapperSnapshot = async (at: Transport, subvolume: string, si
   const folder = posix.join(subvolume, '.snapshots')
   const listed = await at.list(folder)
   if (listed.isErr()) return err(listed.error.code === 'NOT_FOUND' ? noSnapper(subvolume) : listed.error)
-  const numbers = listed.value.filter((e) => e.kind === 'directory' && /^[1-9]\d*$/.test(e.name)).map((e) => Number(e.name)).sort((a, b) => b - a)
-  for (const number of numbers.slice(0, LOOK_BACK)) {
-    const dir = posix.join(folder, String(number))
-    const xml = await at.readFile(posix.join(dir, 'info.xml'))
-    if (xml.isErr()) return err(xml.error)
-    const info = xml.value === undefined ? undefined : parseSnapperInfo(xml.value)
-    if (info?.number !== number) continue
-    const path = posix.join(dir, 'snapshot')
+  for (const number of numbered(listed.value)) {
+    const info = await infoOf(at, folder, number)
+    if (info.isErr()) return err(info.error)
+    if (info.value === undefined) continue
+    const path = posix.join(folder, String(number), 'snapshot')
     const shown = await showSubvolume(at, path, signal)
     if (shown.isErr()) return err(shown.error)
     if (typeof shown.value === 'string' || !shown.value.readOnly) continue
-    return ok({ ...info, path, uuid: shown.value.uuid })
+    return ok({ ...info.value, path, uuid: shown.value.uuid })
+  }
+  return ok(undefined)
+}
+
+/** the numbered directories of a snapper folder's listing, the newest {@link LOOK_BACK} of them, newest first */
+const numbered = (entries: readonly { readonly name: string; readonly kind: string }[]): number[] =>
+  entries.filter((e) => e.kind === 'directory' && /^[1-9]\d*$/.test(e.name)).map((e) => Number(e.name)).sort((a, b) => b - a).slice(0, LOOK_BACK)
+
+/** the info.xml of snapper's snapshot `number` in `folder`, when snapper wrote it whole */
+const infoOf = async (at: Transport, folder: string, number: number): Promise<Result<SnapperSnapshot | undefined, BbError>> => {
+  const xml = await at.readFile(posix.join(folder, String(number), 'info.xml'))
+  if (xml.isErr()) return err(xml.error)
+  const info = xml.value === undefined ? undefined : parseSnapperInfo(xml.value)
+  return ok(info?.number === number ? info : undefined)
+}
+
+/**
+ * The number of snapper's newest snapshot in `folder` (a numbered directory whose info.xml snapper
+ * wrote), given the folder's listing: the folder is then snapper's. Undefined when none is there.
+ */
+export const snapperNumberIn = async (at: Transport, folder: string, entries: readonly { readonly name: string; readonly kind: string }[]): Promise<Result<number | undefined, BbError>> => {
+  for (const number of numbered(entries)) {
+    const info = await infoOf(at, folder, number)
+    if (info.isErr() || info.value !== undefined) return info.map(() => number)
   }
   return ok(undefined)
 }
