@@ -46,6 +46,24 @@ describe('job lock', () => {
     await taken.release()
   })
 
+  it('takes over the lock of a holder that died and is not reaped yet (a zombie: a container\'s init may reap it seconds later)', async () => {
+    // the first sleep's parent becomes the second sleep, which never reaps it: killed, it stays a zombie
+    const parent = spawn('bash', ['-c', 'sleep 30 & echo $!; exec sleep 60'])
+    try {
+      const pid = await new Promise<number>((resolve) => parent.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))))
+      const info: LockInfo = { pid, host: hostname(), bootId: await bootId(), pidStartTime: await startTime(pid), startedAt: 'then', command: 'dead' }
+      await writeFile(path, JSON.stringify(info))
+      expect((await transport.lock(path, { command: 'x' }))._unsafeUnwrapErr().code).toBe('LOCK_HELD')
+      process.kill(pid, 'SIGKILL')
+      await waitFor(async () => (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.startsWith('Z'), 5000)
+      const taken = (await transport.lock(path, { command: 'x' }))._unsafeUnwrap()
+      expect(taken.tookOver).toEqual({ previous: info, reason: `pid ${pid} is not running` })
+      await taken.release()
+    } finally {
+      parent.kill('SIGKILL')
+    }
+  })
+
   it('holds a killed holder\'s lock while a command it started still runs, and names it', async () => {
     const holder = spawnTs('fixtures/hold-lock.ts', [path])
     const done = finished(holder)

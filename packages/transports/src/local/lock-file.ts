@@ -14,12 +14,17 @@ const readText = async (path: string): Promise<string | undefined> => {
   }
 }
 
-/** /proc/<pid>/stat field 22, the process's start time in clock ticks after boot. */
+/**
+ * /proc/<pid>/stat field 22, the process's start time in clock ticks after boot; undefined when no
+ * such process runs. A zombie (field 3 `Z`: dead, its files closed, not yet reaped, which a
+ * container's init may take seconds to do) runs no more.
+ */
 const startTimeOf = (pid: number): number | undefined => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // the command name (field 2) may hold spaces and parentheses: count from the last ')'
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined
     return Number(fields[19])
   } catch {
     return undefined
