@@ -686,11 +686,14 @@ const sendSnapshots = async (
       const name = head.snapshot.name
       const mode = head.parent === undefined ? 'full' : 'incremental'
       const parentName = head.parent?.name
+      const identity = head.snapshot.identity
+      const sent = identity === undefined ? undefined : { uuid: identity.uuid, ...(identity.receivedUuid === undefined ? {} : { receivedUuid: identity.receivedUuid }) }
       const entries = new Map<Lane, JournalEntry>()
       for (const lane of group) {
         const entry: JournalEntry = {
           target: lane.where, snapshot: name, ...(parentName === undefined ? {} : { parent: parentName }),
           partialPath: job.driver.partialPath({ target: lane.target, snapshot: name }), startedAt: new Date().toISOString(),
+          ...(sent === undefined ? {} : { sent }),
         }
         if (!dryRun) {
           const noted = await addJournalEntry(job.state.transport, path, entry)

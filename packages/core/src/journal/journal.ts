@@ -16,6 +16,11 @@ export interface JournalEntry {
   /** where the unfinished copy lives at the target */
   readonly partialPath: string
   readonly startedAt: string
+  /**
+   * the identity of the snapshot sent, where the driver has one (btrfs: its uuid, and the one it
+   * was itself received from): a copy that carries it was made by this transfer
+   */
+  readonly sent?: { readonly uuid: string; readonly receivedUuid?: string }
 }
 
 export interface Journal {

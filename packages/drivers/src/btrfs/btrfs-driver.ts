@@ -743,7 +743,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (result.error.code === 'NETWORK_FAILED') return err(result.error)
       // what this call created and could not finish goes at once (the journal would remove it next run otherwise)
       const failure = result.error
-      const cleaned = await removeGarbled(target, path, undefined)
+      const cleaned = await removeGarbled(target, path, undefined, sent.identity)
       if (cleaned.isErr()) return err(bbError(failure.code, failure.message, `${failure.hint}; also, removing the unfinished ${path} failed: ${cleaned.error.message}`, failure.details))
       return err(failure)
     }
@@ -754,7 +754,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const copy = received.value
     const asInfo = (s: Subvolume): SnapshotInfo => ({ name: snapshot, time: undefined, complete: true, health: 'ok', path, identity: identityOf(s) })
     if (typeof copy === 'string' || !isReceived(copy) || !sameSnapshot(sent, asInfo(copy)) || (mode === 'incremental' && copy.parentUuid === undefined)) {
-      if (typeof copy !== 'string' && isGarbled(copy)) await removeGarbled(target, path, undefined)
+      if (typeof copy !== 'string' && (isGarbled(copy) || cutAtEnd(copy, sent.identity))) await removeGarbled(target, path, undefined, sent.identity)
       return err(bbError('TRANSFER_INCOMPLETE', `btrfs receive ended without error, but ${path} is not a complete copy of ${sent.path}`,
         'run again (the copy is sent anew); if it repeats, check the kernel log (dmesg) of the target', { path }))
     }
@@ -773,12 +773,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself${garbled ? ' (bbackup clean, with the job\'s source and target, deletes unfinished receives)' : ''}, then run again`, { path })
   }
 
-  /** Deletes `path` only if it is an unfinished receive (writable, no received uuid), then commits so the space shows as free. */
-  const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
+  /**
+   * Deletes `path` only if it is an unfinished receive (writable, no received uuid; or, given what
+   * was sent into it, {@link cutAtEnd}), then commits so the space shows as free.
+   */
+  const removeGarbled = async (at: Transport, path: string, signal: AbortSignal | undefined, sent?: SentIdentity): Promise<Result<'removed' | 'gone' | 'kept', BbError>> => {
     const s = await showSubvolume(at, path, signal)
     if (s.isErr()) return err(s.error)
     if (typeof s.value === 'string') return ok('gone')
-    if (!isGarbled(s.value)) return ok('kept')
+    if (!isGarbled(s.value) && !cutAtEnd(s.value, sent)) return ok('kept')
     const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', path]
     const r = await at.exec(argv, signalOpt(signal))
     if (r.isErr()) return err(r.error)
@@ -797,12 +800,12 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return showSubvolume(target, entry.partialPath).andThen((s): ResultAsync<'removed' | 'gone' | 'complete', BbError> => {
       if (typeof s === 'string') return okAsync('gone')
       if (isReceived(s)) return okAsync('complete')
-      if (!isGarbled(s)) {
+      if (!isGarbled(s) && !cutAtEnd(s, entry.sent)) {
         return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is not an unfinished receive (${s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'}), nor a complete one`,
           `bbackup never deletes what it cannot prove it created: look at it (btrfs subvolume show ${entry.partialPath}), move it away or delete it yourself, then run again`, { path: entry.partialPath }))
       }
       if (dryRun) return okAsync('removed')
-      return new ResultAsync(removeGarbled(target, entry.partialPath, undefined)).map((r) => (r === 'removed' ? 'removed' as const : 'gone' as const))
+      return new ResultAsync(removeGarbled(target, entry.partialPath, undefined, entry.sent)).map((r) => (r === 'removed' ? 'removed' as const : 'gone' as const))
     })
   }
 
@@ -1062,6 +1065,18 @@ const present = <T>(value: T | undefined, what: string): T => {
   if (value === undefined) throw new InternalError(`${what} is missing`)
   return value
 }
+
+/** what was sent into a copy: the snapshot's uuid, and the one it was itself received from */
+type SentIdentity = { readonly uuid: string; readonly receivedUuid?: string }
+
+/**
+ * A copy whose receive was cut at its last step: btrfs receive gives the copy the received uuid
+ * of what was sent (the sent snapshot's own, or the one that was itself received from), then makes
+ * it read-only; killed between the two, the copy is writable with that uuid. Only what was known
+ * to be sent into it says so: a writable subvolume with some received uuid may be anyone's.
+ */
+const cutAtEnd = (s: Subvolume, sent: SentIdentity | undefined): boolean =>
+  !s.readOnly && sent !== undefined && s.receivedUuid !== undefined && s.receivedUuid === (sent.receivedUuid ?? sent.uuid)
 
 const identityOf = (s: Subvolume): SnapshotIdentity => ({
   uuid: s.uuid,
