@@ -436,7 +436,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     return notSnappers(source, folder, name).andThen(() => {
       if (dryRun) return okAsync(planned)
-      return made(source, folder, path, argv, planned, signal)
+      return taken(source, folder, path, argv, planned, signal)
     })
   }
 
@@ -451,7 +451,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     return source.list(folder)
       .orElse((e) => (e.code === 'NOT_FOUND' ? okAsync([]) : errAsync(e)))
       .andThen((entries) => {
-        if (entries.some((e) => e.kind === 'directory' && parseSnapshotName(e.name)?.prefix === prefix)) return okAsync(undefined)
+        if (prefix !== undefined && entries.some((e) => e.kind === 'directory' && parseSnapshotName(e.name)?.prefix === prefix)) return okAsync(undefined)
         return new ResultAsync(snapperNumberIn(source, folder, entries)).andThen((number) => (number === undefined ? ok(undefined)
           : err(bbError('INVALID_OPTIONS', `${folder} is snapper's snapshot folder (its snapshot ${number} is there): bbackup does not put its snapshots among snapper's`,
             'send the snapshots snapper takes (--snapper; snapper = true in a config), or keep bbackup\'s own in a folder of their own (--snapshot-folder .bbackup-snapshots)', { path: folder }))))
@@ -459,7 +459,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   }
 
   /** the read-only snapshot `path` of the source, taken into `folder` (made where missing) */
-  const made = (source: Transport, folder: string, path: string, argv: readonly string[], planned: SnapshotInfo, signal: AbortSignal | undefined): ResultAsync<SnapshotInfo, BbError> =>
+  const taken = (source: Transport, folder: string, path: string, argv: readonly string[], planned: SnapshotInfo, signal: AbortSignal | undefined): ResultAsync<SnapshotInfo, BbError> =>
     new ResultAsync(makeFolder(source, folder))
       .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
         if (r.exitCode === 0) return okAsync(undefined)
