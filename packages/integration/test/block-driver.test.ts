@@ -135,7 +135,11 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
   it('a revision named by a clock that was ahead serves no schedule slot: the runs once the clock is right back up, each from the newest made, and latest and the status are theirs', async () => {
     const volume = localTransport(dir)
     ok(await initVolume({ at: volume, source: image }))
+    // no spread: every slot at 00:00 UTC; the last run is made the same UTC day as the status (a slot between them would make a tag due)
+    const config = join(dir, 'volume.json')
+    await writeFile(config, JSON.stringify({ ...JSON.parse(await readFile(config, 'utf8')) as object, spreadSeconds: 0 }))
     const real = Date.now()
+    const sinceMidnight = real % 86_400_000
     const clock = (ms: number) => (): Date => new Date(ms)
     const ahead = written(ok(await backupVolume({ at: volume, now: clock(real + 200 * 86_400_000) })))
     await patch(image, 5 * 4 * MiB, randomBytes(4096))
@@ -143,7 +147,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     const made = written(ok(await backupVolume({ at: volume, now: clock(real - 2 * 86_400_000) })))
     expect(made.parent).toBe(ahead.uuid)
     await patch(image, 9 * 4 * MiB, randomBytes(4096))
-    const next = written(ok(await backupVolume({ at: volume, now: clock(real - 3_600_000) })))
+    const next = written(ok(await backupVolume({ at: volume, now: clock(real - Math.min(3_600_000, Math.floor(sinceMidnight / 2))) })))
     expect(next.parent).toBe(made.uuid)
     expect(next.stats.chunksWritten).toBe(1)
     const status = ok(await volumeStatus({ at: volume, now: clock(real) }))
