@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process'
-import { chmod, mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem, type TempDir } from '@bb/testkit'
-import { finished, runCli, spawnTs } from './helpers.js'
+import { finished, receiveCutBin, runCli, spawnTs } from './helpers.js'
 
 const show = (path: string): string => execFileSync('btrfs', ['subvolume', 'show', path], { encoding: 'utf8' })
 
@@ -25,31 +25,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'strace'], { root: 
     dir = fs.mountPoint
     execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home')])
     await writeTree(join(dir, 'home'), { 'a.txt': 'a\n' })
-    // how many ioctls a full receive makes up to the one that makes the copy read-only, on this btrfs-progs
-    execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'probe')])
-    await mkdir(join(dir, 'probed'))
-    const log = join(tmp.path, 'ioctls')
-    execFileSync('sh', ['-c', `btrfs send -q probe | strace -o "${log}" -e trace=ioctl btrfs receive -e probed`], { cwd: dir, stdio: 'ignore' })
-    const ioctls = (await readFile(log, 'utf8')).split('\n').filter((l) => l.startsWith('ioctl('))
-    const readOnly = ioctls.findIndex((l) => l.includes('BTRFS_IOC_SUBVOL_SETFLAGS')) + 1
-    if (readOnly === 0) throw new Error(`no BTRFS_IOC_SUBVOL_SETFLAGS among the ioctls of btrfs receive:\n${ioctls.join('\n')}`)
-    execFileSync('btrfs', ['subvolume', 'delete', join(dir, 'probed/probe'), join(dir, 'probe')], { stdio: 'ignore' })
-    const real = execFileSync('sh', ['-c', 'command -v btrfs'], { encoding: 'utf8' }).trim()
-    await mkdir(join(tmp.path, 'bin'))
-    await writeFile(join(tmp.path, 'bin/btrfs'), [
-      '#!/bin/sh',
-      'if [ "$1" = receive ]; then',
-      `  strace -o /dev/null -e trace=ioctl -e inject=ioctl:signal=SIGKILL:when=${readOnly} "${real}" "$@"`,
-      '  status=$?',
-      // the run that started it dies with it (kill -9): only the journal knows what it was receiving
-      '  if [ -n "$KILL_RUN" ]; then kill -KILL "$PPID"; fi',
-      '  exit $status',
-      'fi',
-      `exec "${real}" "$@"`,
-      '',
-    ].join('\n'))
-    await chmod(join(tmp.path, 'bin/btrfs'), 0o755)
-    cutPath = `${join(tmp.path, 'bin')}:${process.env.PATH ?? ''}`
+    cutPath = `${await receiveCutBin(join(dir, 'home'), dir, tmp.path)}:${process.env.PATH ?? ''}`
   })
   afterEach(async () => {
     await fs.cleanup()

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
 import { existsSync } from 'node:fs'
-import { readdir, stat } from 'node:fs/promises'
+import { chmod, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { makeTempDir, treeManifest, type TempDir } from '@bb/testkit'
 import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
 import type { BlockBackupReport, Revision } from '@bb/drivers/block'
@@ -178,4 +178,40 @@ export const binWithout = async (what: string, left: (name: string) => boolean):
     await bin.cleanup()
     throw e
   }
+}
+
+/**
+ * A directory with a `btrfs` whose `receive` is killed (SIGKILL, by strace's fault injection) at
+ * the ioctl that would make the copy read-only: the copy is left writable with the received uuid of
+ * what was sent. The ioctl's position is measured on this btrfs-progs with a traced receive of a
+ * throwaway snapshot of `subvolume` on its filesystem (`scratch`, a directory there). With
+ * `KILL_RUN` set, the wrapper also kills its parent (the run that started it).
+ */
+export const receiveCutBin = async (subvolume: string, scratch: string, into: string): Promise<string> => {
+  const probe = join(scratch, 'probe')
+  execFileSync('btrfs', ['subvolume', 'snapshot', '-r', subvolume, probe])
+  await mkdir(join(scratch, 'probed'))
+  const log = join(into, 'ioctls')
+  execFileSync('sh', ['-c', `btrfs send -q "${probe}" | strace -o "${log}" -e trace=ioctl btrfs receive -e "${join(scratch, 'probed')}"`], { stdio: 'ignore' })
+  const ioctls = (await readFile(log, 'utf8')).split('\n').filter((l) => l.startsWith('ioctl('))
+  const readOnly = ioctls.findIndex((l) => l.includes('BTRFS_IOC_SUBVOL_SETFLAGS')) + 1
+  if (readOnly === 0) throw new Error(`no BTRFS_IOC_SUBVOL_SETFLAGS among the ioctls of btrfs receive:\n${ioctls.join('\n')}`)
+  execFileSync('btrfs', ['subvolume', 'delete', join(scratch, 'probed/probe'), probe], { stdio: 'ignore' })
+  const real = execFileSync('sh', ['-c', 'command -v btrfs'], { encoding: 'utf8' }).trim()
+  const bin = join(into, 'bin')
+  await mkdir(bin)
+  await writeFile(join(bin, 'btrfs'), [
+    '#!/bin/sh',
+    'if [ "$1" = receive ]; then',
+    `  strace -o /dev/null -e trace=ioctl -e inject=ioctl:signal=SIGKILL:when=${readOnly} "${real}" "$@"`,
+    '  status=$?',
+    // the run that started it dies with it (kill -9): only the journal knows what it was receiving
+    '  if [ -n "$KILL_RUN" ]; then kill -KILL "$PPID"; fi',
+    '  exit $status',
+    'fi',
+    `exec "${real}" "$@"`,
+    '',
+  ].join('\n'))
+  await chmod(join(bin, 'btrfs'), 0o755)
+  return bin
 }

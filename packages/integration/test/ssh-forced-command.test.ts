@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { parseLocation, parseSnapshotName, type SpawnOptions, type SshLocation } from '@bb/core'
 import { openSshSession, remoteCommand, sshTransport } from '@bb/transports/ssh'
 import { AHEAD, SERVE, SERVE_BANNER } from '@bb/transports/ssh-filter'
-import { gpgHome, ROOT, runCli, waitFor, withGnupgHome } from './helpers.js'
+import { gpgHome, receiveCutBin, ROOT, runCli, waitFor, withGnupgHome } from './helpers.js'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, writeTree, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
 
 const names = async (dir: string, prefix = 'home.'): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => n.startsWith(prefix)).sort()
@@ -409,5 +409,27 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const unfinished = request(`btrfs subvolume delete --commit-after ${join(dir, 'backup/home.unfinished')}`)
     expect(unfinished.status, unfinished.stderr).toBe(0)
     expect(existsSync(join(dir, 'backup/home.unfinished'))).toBe(false)
+  })
+
+  it.runIf(requireTools(['strace']))('a receive key deletes a receive cut at its last step (writable, with the received uuid of what was sent): the run leaves nothing there, the next one sends again', async () => {
+    const tmp = await makeTempDir('receive-cut-ssh')
+    try {
+      // the far side's btrfs receive is killed at the ioctl that would make the copy read-only
+      const bin = await receiveCutBin(join(dir, 'home'), dir, tmp.path)
+      await sshd.setAuthorizedKeys([`environment="PATH=${bin}:${process.env.PATH ?? ''}",command="bbackup-remote --role receive --restrict-path ${join(dir, 'backup')} --log ${log}",restrict %KEY%`].map(runFromSource))
+      const job = ['home', remote(join(dir, 'backup')), '--state-dir', 'state', ...ssh]
+      const cut = await runCli(['run', ...job], dir)
+      expect(cut.code, cut.stdout + cut.stderr).toBe(10)
+      expect(await readFile(log, 'utf8')).toMatch(/ delete \["btrfs","subvolume","delete",/)
+      expect(await names(join(dir, 'backup'))).toEqual([])
+      await forceCommand(`--role receive --restrict-path ${join(dir, 'backup')}`)
+      const next = await runCli(['run', ...job, '--json'], dir)
+      expect(next.code, next.stdout + next.stderr).toBe(0)
+      expect(JSON.parse(next.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+      const [backup] = await names(join(dir, 'backup'))
+      expect(execFileSync('btrfs', ['subvolume', 'show', join(dir, 'backup', backup!)], { encoding: 'utf8' })).toMatch(/Flags:\s+readonly\n/)
+    } finally {
+      await tmp.cleanup()
+    }
   })
 })

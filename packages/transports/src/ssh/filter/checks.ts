@@ -38,13 +38,18 @@ const isFilter = async (pid: number): Promise<boolean> => {
   }
 }
 
-/** btrfs subvolume show: writable and without a received uuid is a receive that did not finish */
+/**
+ * btrfs subvolume show: a writable subvolume is a receive that did not finish. Without a received
+ * uuid it was cut anywhere; with one, at its last step (receive records the received uuid, then
+ * makes the copy read-only), which only the client's journal can match to what it sent. A finished
+ * backup is read-only, whatever its received uuid.
+ */
 const unfinishedReceive = (path: string, sudo: boolean): Promise<boolean> => new Promise((resolve) => {
   const argv = [...(sudo ? ['sudo', '-n', '--'] : []), 'btrfs', 'subvolume', 'show', path]
   execFile(argv[0] as string, argv.slice(1), { timeout: 60_000 }, (error, stdout) => {
     if (error !== null) return resolve(false)
-    const field = (key: string): string | undefined => new RegExp(`^\\s*${key}:\\s*(.*?)\\s*$`, 'm').exec(stdout)?.[1]
-    resolve(field('Received UUID') === '-' && !/readonly/.test(field('Flags') ?? 'readonly'))
+    const flags = new RegExp('^\\s*Flags:\\s*(.*?)\\s*$', 'm').exec(stdout)?.[1]
+    resolve(flags !== undefined && !/readonly/.test(flags))
   })
 })
 

@@ -22,7 +22,7 @@ export interface FilterPolicy {
 export type Check =
   /** exists or not, the path resolves (symlinks and all) inside one of the roots */
   | { readonly kind: 'inside'; readonly path: string }
-  /** a btrfs subvolume that is an unfinished receive: writable and without a received uuid */
+  /** a btrfs subvolume that is an unfinished receive: writable (a finished one is read-only) */
   | { readonly kind: 'unfinished-receive'; readonly path: string }
   /** a process that a bbackup-remote started (a send or a receive to stop) */
   | { readonly kind: 'started-here'; readonly pid: number }
