@@ -85,9 +85,9 @@ function writeCache(dir, command, name, hash, data) {
  * 'made' (none or a rejected one; written when the process exits), or 'off'.
  */
 function loadBundle(file, env = process.env) {
-  let source
+  let bytes
   try {
-    source = readFileSync(file, 'utf8')
+    bytes = readFileSync(file)
   } catch (e) {
     if (e.code !== 'ENOENT') throw e
     process.stderr.write(`bbackup: ${file} is missing: this checkout of @bb/cli is not built (run \`pnpm build\`, or \`npm run demo\` once)\n`)
@@ -95,7 +95,9 @@ function loadBundle(file, env = process.env) {
   }
   const dir = cacheDir(env)
   const command = basename(file, '.cjs')
-  const hash = dir === undefined ? '' : createHash('sha256').update(source).digest('hex').slice(0, 32)
+  // the file's bytes hashed, not the string (which the hash would encode to them again)
+  const hash = dir === undefined ? '' : createHash('sha256').update(bytes).digest('hex').slice(0, 32)
+  const source = bytes.toString('utf8')
   const name = dir === undefined ? '' : cacheName(command, firstWord(process.argv.slice(2)), hash)
   const cachedData = dir === undefined ? undefined : readCache(join(dir, name))
   const script = new Script(Module.wrap(source), { filename: file, cachedData })

@@ -642,9 +642,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }
     const [only] = input.targets
     // what the snapshot leaves out (all of it for a full send, what is new since the parent for an
-    // incremental one), looked for while the stream goes
-    const leftOutNotes = leftOut(source, targets, sent, parent, signal)
+    // incremental one), looked for while the stream goes: its lists are started once the stream's
+    // processes are (each start of a process holds up this one for a moment)
+    const lookForLeftOut = (): Promise<string[]> => leftOut(source, targets, sent, parent, signal)
     if (only !== undefined && (isPipe(only.target) || isRaw(only.target))) {
+      const leftOutNotes = lookForLeftOut()
       const target = only.target
       const flags = await sendFlags(source, [], signal)
       const { onBytes, estimate } = await measured(flags.unwrapOr([]), [target])
@@ -669,7 +671,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       snapshot, mode, ...(mode === 'incremental' && parent !== undefined ? { parent: parent.name } : {}), bytes, files: 0, warnings: [...warnings], commands,
     })
     if (dryRun) {
-      const notes = await leftOutNotes
+      const notes = await lookForLeftOut()
       return targets.map((_, i) => ok(outcome(parent === undefined ? 'full' : 'incremental', 0, [...notes, ...plans[i]?.warnings ?? []], [pipeline(parent, targets)])))
     }
 
@@ -686,12 +688,15 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }))
     const going = targets.filter((_, i) => results[i] === undefined)
     const { onBytes, estimate } = going.length === 0 ? { onBytes: () => undefined, estimate: noEstimate } : await measured(flags.value, going)
-    const received = going.length === 0 ? [] : await sendReceive({
+    // (sendReceive starts the stream's processes before it first waits)
+    const streamed = going.length === 0 ? Promise.resolve([]) : sendReceive({
       source, sendArgv: sendArgv(parent), receivers: going.map((target) => ({ target, receiveArgv: receiveArgv(target), selfDelimited: true })), signal, stallMs, way,
       // an incremental send from another host comes back on its master's session; a full one (all of the subvolume) by OS pipes from a session of its own
       shareSenderChannel: parent !== undefined,
       onBytes,
     })
+    const leftOutNotes = lookForLeftOut()
+    const received = await streamed
     await estimate.stop()
     const notes = await leftOutNotes
     const shared = going.length === 0 ? [] : [pipeline(parent, going)]
