@@ -243,6 +243,10 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   const sourceProbed = job.driver.probe({ source: job.source, targets: [], signal: options.signal })
   const journalRead = readJournal(job.state.transport, journalPath(job))
 
+  // The source's own snapshots (btrfs, block): what each target may lack, and the parents. Asked
+  // for before the targets: the snapshot waits for them, the targets only for the transfer.
+  const sourceListed = job.driver.snapshotsSource ? job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : okAsync([])
+
   // Which targets can be reached, and what each holds; one that is out of reach on the network is tried again, with the transfers' backoff
   const transferFollows = options.transfer !== false && options.dryRun !== true
   const reach = async (target: Transport, where: string) => {
@@ -272,8 +276,6 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
     }
   }))
 
-  // The source's own snapshots (btrfs, block): what each target may lack, and the parents.
-  const sourceListed = job.driver.snapshotsSource ? job.driver.listSnapshots({ at: job.source, side: 'source', signal: options.signal }) : okAsync([])
   // The snapshot is taken once the source passed its probe and its snapshots are listed, while the
   // targets are still being reached (over ssh: logged in to). Its name is free among the source's
   // snapshots; one that a target holds as well (a backup made in the same second whose source
