@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
-import { accessSync, closeSync, constants, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { accessSync, closeSync, constants, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -235,6 +235,57 @@ const AHEAD_COMMAND = remoteCommand(['sh', '-c', AHEAD, 'sh'])._unsafeUnwrap()
 /** how long a login may take to start the server before its commands go by their own sessions */
 const SERVE_START_MS = 20_000
 
+/** a run's private directory: `bbackup-ssh-PID-` and mkdtemp's six characters */
+const RUN_DIRECTORY = /^bbackup-ssh-([1-9][0-9]*)-[A-Za-z0-9]{6}$/
+/** what a run puts in it: a config and a control socket per host */
+const RUN_FILE = /^[0-9]+\.(?:conf|sock)$/
+
+const running = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+  } catch (e) {
+    // EPERM: it runs, as another user
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH'
+  }
+  // a zombie (dead, not reaped yet, which a container's init may take its time to do) runs no more
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // the command name (field 2) may hold spaces and parentheses: the state follows the last ')'
+    return !['Z', 'X'].includes(stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3))
+  } catch {
+    return true
+  }
+}
+
+/**
+ * Removes the private directories that runs killed before they could (kill -9) left in `dir`:
+ * this user's own (0700), of a process that no longer runs, holding nothing but what a run puts
+ * there. Anything else is left as it is; nothing here fails the run.
+ */
+export const sweepDeadRuns = (dir: string): void => {
+  let names: string[]
+  try {
+    names = readdirSync(dir)
+  } catch {
+    return
+  }
+  for (const name of names) {
+    const pid = Number(RUN_DIRECTORY.exec(name)?.[1])
+    if (!Number.isSafeInteger(pid) || pid === process.pid || running(pid)) continue
+    const path = join(dir, name)
+    try {
+      const st = lstatSync(path)
+      if (!st.isDirectory() || st.uid !== process.geteuid?.() || (st.mode & 0o777) !== 0o700) continue
+      const inside = readdirSync(path)
+      if (!inside.every((f) => RUN_FILE.test(f))) continue
+      for (const f of inside) unlinkSync(join(path, f))
+      rmdirSync(path)
+    } catch {
+      // another run swept it first, or it changed: left alone
+    }
+  }
+}
+
 /**
  * Opens an ssh session for one run.
  * @example
@@ -258,8 +309,10 @@ export const openSshSession = (): SshSession => {
   process.once('exit', onExit)
 
   const privateDirectory = (): string => {
+    if (directory !== undefined) return directory
+    sweepDeadRuns(tmpdir())
     // mkdtemp creates it 0700: the control sockets in it are reachable by this user only
-    directory ??= mkdtempSync(join(tmpdir(), 'bbackup-ssh-'))
+    directory = mkdtempSync(join(tmpdir(), `bbackup-ssh-${process.pid}-`))
     return directory
   }
 
