@@ -14,21 +14,31 @@ const readText = async (path: string): Promise<string | undefined> => {
   }
 }
 
-/**
- * /proc/<pid>/stat field 22, the process's start time in clock ticks after boot; undefined when no
- * such process runs. A zombie (field 3 `Z`: dead, its files closed, not yet reaped, which a
- * container's init may take seconds to do) runs no more.
- */
-const startTimeOf = (pid: number): number | undefined => {
+/** /proc/<pid>/stat from field 3 (the state) on; undefined when there is no such process (or no /proc) */
+const statFields = (pid: number): string[] | undefined => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // the command name (field 2) may hold spaces and parentheses: count from the last ')'
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    if (fields[0] === 'Z' || fields[0] === 'X') return undefined
-    return Number(fields[19])
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   } catch {
     return undefined
   }
+}
+
+/**
+ * A zombie (state `Z`: dead, its files closed, not yet reaped, which a container's init may take
+ * seconds to do) or a process on its way out (`X`): it runs no more, though its pid is still taken.
+ */
+export const isZombie = (pid: number): boolean => ['Z', 'X'].includes(statFields(pid)?.[0] ?? '')
+
+/**
+ * /proc/<pid>/stat field 22, the process's start time in clock ticks after boot; undefined when no
+ * such process runs ({@link isZombie} too).
+ */
+const startTimeOf = (pid: number): number | undefined => {
+  const fields = statFields(pid)
+  if (fields === undefined || fields[0] === 'Z' || fields[0] === 'X') return undefined
+  return Number(fields[19])
 }
 
 const bootId = (): string => {

@@ -1,12 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
-import { accessSync, closeSync, constants, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
+import { accessSync, closeSync, constants, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { homedir, tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
 import { execCommand } from '../local/exec.js'
+import { isZombie } from '../local/lock-file.js'
 import { sshFailure, type Endpoint } from './failure.js'
 import { remoteCommand } from './quote.js'
 import { AHEAD, SERVE } from './remote-protocol.js'
@@ -247,14 +248,7 @@ const running = (pid: number): boolean => {
     // EPERM: it runs, as another user
     return (e as NodeJS.ErrnoException).code !== 'ESRCH'
   }
-  // a zombie (dead, not reaped yet, which a container's init may take its time to do) runs no more
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // the command name (field 2) may hold spaces and parentheses: the state follows the last ')'
-    return !['Z', 'X'].includes(stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3))
-  } catch {
-    return true
-  }
+  return !isZombie(pid)
 }
 
 /**
