@@ -25,11 +25,13 @@ const statFields = (pid: number): string[] | undefined => {
   }
 }
 
+const runsNoMore = (fields: readonly string[] | undefined): boolean => fields?.[0] === 'Z' || fields?.[0] === 'X'
+
 /**
  * A zombie (state `Z`: dead, its files closed, not yet reaped, which a container's init may take
  * seconds to do) or a process on its way out (`X`): it runs no more, though its pid is still taken.
  */
-export const isZombie = (pid: number): boolean => ['Z', 'X'].includes(statFields(pid)?.[0] ?? '')
+export const isZombie = (pid: number): boolean => runsNoMore(statFields(pid))
 
 /**
  * /proc/<pid>/stat field 22, the process's start time in clock ticks after boot; undefined when no
@@ -37,7 +39,7 @@ export const isZombie = (pid: number): boolean => ['Z', 'X'].includes(statFields
  */
 const startTimeOf = (pid: number): number | undefined => {
   const fields = statFields(pid)
-  if (fields === undefined || fields[0] === 'Z' || fields[0] === 'X') return undefined
+  if (fields === undefined || runsNoMore(fields)) return undefined
   return Number(fields[19])
 }
 

@@ -256,7 +256,7 @@ const running = (pid: number): boolean => {
  * this user's own (0700), of a process that no longer runs, holding nothing but what a run puts
  * there. Anything else is left as it is; nothing here fails the run.
  */
-export const sweepDeadRuns = (dir: string): void => {
+const sweepDeadRuns = (dir: string): void => {
   let names: string[]
   try {
     names = readdirSync(dir)
