@@ -256,6 +256,7 @@ const renderStatus = (s: VolumeStatus): string => {
     ...(s.incomplete.length === 0 ? [] : [`  ${s.runningNow === undefined ? 'unfinished (removed by the next backup)' : 'unfinished (being written now, or left by an earlier run)'}: ${s.incomplete.join(', ')}`]),
     ...s.withoutImage.map((uuid) => `  ${uuid}: its image ${uuid}.img is missing: restore cannot use it${s.distrusted.some((d) => d.uuid === uuid) ? '' : ` (bbackup verify -b DIR ${uuid.slice(0, 8)} marks it distrusted)`}`),
     ...s.distrusted.map((d) => `  ${d.uuid}: distrusted: ${d.reason}`),
+    ...s.changedSinceMade.map((uuid) => `  ${uuid}: its image was changed after the backup (written to, replaced, or its mode changed): the next backup checks every chunk of it before it is a parent (bbackup verify -b DIR ${uuid.slice(0, 8)} checks it now)`),
     ...(m.ahead.length === 0 ? [] : [`  dated ahead of this host's clock: ${m.ahead.length === 1 ? 'one revision' : `${m.ahead.length} revisions`} (${m.ahead.map((u) => u.slice(0, 8)).join(', ')}): the clock was ahead when ${m.ahead.length === 1 ? 'it was' : 'they were'} made, or is behind now (check it: timedatectl); listed first, ${m.ahead.length === 1 ? 'it serves' : 'they serve'} no schedule slot, and latest is the newest made before now`]),
     ...s.bases.map((b) => (b.kind === 'rbd-snapshot'
       ? `  base snapshot of ${b.revision.slice(0, 8)} (the next backup exports only what changed since): ${b.path}`

@@ -236,6 +236,51 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(ok(await verifyVolume({ at: volume, revisions: [first.uuid, 'latest'] })).ok).toBe(true)
   })
 
+  it('a revision mounted read-write after its backup is checked before it is a parent: damaged, it is distrusted and the next revision comes from an intact one', async () => {
+    // the source is a filesystem, as a VM's disk is
+    execFileSync('mkfs.ext4', ['-q', '-F', image])
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const second = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T11:00:00Z') })))
+    // an admin looks into the newest revision: a read-write mount writes to it (the superblock, the journal, the file)
+    const look = join(fs.mountPoint, 'look')
+    execFileSync('mkdir', [look])
+    execFileSync('mount', ['-o', 'loop', join(dir, `${second.uuid}.img`), look])
+    try {
+      await writeFile(join(look, 'note'), 'looked here')
+    } finally {
+      execFileSync('umount', [look])
+    }
+    expect(sameBytes(join(dir, `${second.uuid}.img`), image)).toBe(false)
+    expect(ok(await volumeStatus({ at: volume })).changedSinceMade).toEqual([second.uuid])
+
+    // a reflink copy of it would carry those bytes under hashes that say otherwise
+    const third = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T12:00:00Z') })))
+    expect(third.parent).toBe(first.uuid)
+    expect(third.warnings).toEqual([expect.stringContaining(`the image of revision ${second.uuid} was changed after it was made and is damaged`) as unknown])
+    expect(sameBytes(join(dir, `${third.uuid}.img`), image)).toBe(true)
+    let status = ok(await volumeStatus({ at: volume }))
+    expect(status.distrusted).toEqual([{ uuid: second.uuid, reason: expect.stringMatching(/^the check before it was to be a parent .* found \d+ bad chunks?, at byte/) as unknown }])
+    expect(status.changedSinceMade).toEqual([])
+
+    // a change that kept the bytes (its mode) costs one check; then the revision is sealed again, verified
+    await chmod(join(dir, `${third.uuid}.img`), 0o640)
+    const fourth = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T13:00:00Z') })))
+    expect(fourth.parent).toBe(third.uuid)
+    expect(fourth.warnings).toEqual([`the image of revision ${third.uuid} was changed after it was made; every chunk of it was checked against its hash before it became the parent, and is intact`])
+    const fifth = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-23T14:00:00Z') })))
+    expect([fifth.parent, fifth.warnings]).toEqual([fourth.uuid, []])
+    status = ok(await volumeStatus({ at: volume }))
+    expect(status.revisions.map((r) => r.trust)).toEqual(['trusted', 'distrusted', 'verified', 'trusted', 'trusted'])
+    expect(status.changedSinceMade).toEqual([])
+    // a verify seals an image again: the one written to since, found intact
+    await chmod(join(dir, `${first.uuid}.img`), 0o600)
+    expect(ok(await volumeStatus({ at: volume })).changedSinceMade).toEqual([first.uuid])
+    expect(ok(await verifyVolume({ at: volume, revisions: [first.uuid] })).ok).toBe(true)
+    expect(ok(await volumeStatus({ at: volume })).changedSinceMade).toEqual([])
+  })
+
   it('a revision whose image was removed by hand: status names it, restore refuses it before writing anything, verify distrusts it and says why', async () => {
     const volume = localTransport(dir)
     ok(await initVolume({ at: volume, source: image }))

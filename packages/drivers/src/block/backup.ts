@@ -10,7 +10,7 @@ import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { arriving } from './crossing.js'
 import { streamPlanner, type StreamWay } from '../stream-way.js'
 import { dataChunks } from './data-map.js'
-import { DIGEST_BYTES, openHashPool } from './hash-pool.js'
+import { DIGEST_BYTES, openHashPool, type HashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { dueTags, MANUAL_PREFIX, nextDue, planExpiry } from './schedule.js'
 import { fileExtents, sameChunks } from './extents.js'
@@ -19,8 +19,9 @@ import { scanRbdDiff } from './rbd-diff.js'
 import { baseCopy, freezeSource, removeStaleCopies, sourceHostOf, type FrozenSource } from './source.js'
 import { asResult, fsStep, must, stop, Stop } from './stop.js'
 import {
-  LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
+  changedSinceSealed, LATEST_LINK, paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, scheduled, sealOf, sha256, writeBinaryAtomic, writeRevision, type Revision, type VolumeConfig,
 } from './volume.js'
+import { checkRevision, isDamaged, recordCheck } from './verify.js'
 
 export interface BlockBackupOptions {
   /** the backup directory (a local transport) */
@@ -106,12 +107,24 @@ const coalesce = (ranges: readonly (readonly [number, number])[]): [number, numb
 }
 
 /** The newest revision a new one can be a reflink copy of: complete, not distrusted, same chunk size, hashes intact. */
-const chooseParent = async (dir: string, revisions: readonly Revision[], config: VolumeConfig): Promise<{ revision: Revision; hashes: Buffer } | undefined> => {
+const chooseParent = async (
+  at: Transport, dir: string, revisions: readonly Revision[], config: VolumeConfig, check: { readonly pool: HashPool; readonly signal: AbortSignal | undefined; readonly now: Date; readonly warnings: string[] },
+): Promise<{ revision: Revision; hashes: Buffer } | undefined> => {
   for (const r of [...revisions].reverse()) {
     if (r.trust === 'distrusted' || r.chunkSize !== config.chunkSize) continue
     const hashes = await readHashes(dir, r)
-    const image = await fs.stat(paths(dir, r.uuid).image).catch(() => undefined)
-    if (hashes !== undefined && image !== undefined) return { revision: r, hashes }
+    const seal = await sealOf(paths(dir, r.uuid).image)
+    if (hashes === undefined || seal === undefined) continue
+    if (!changedSinceSealed(r, seal)) return { revision: r, hashes }
+    // written to or replaced since it was made (a read-write mount of it, a copy put back): the new
+    // revision is a copy of its bytes, and they may no longer be those its hashes say
+    const found = await checkRevision(at, dir, r, check.signal === undefined ? {} : { signal: check.signal }, check.pool)
+    await recordCheck(at, dir, r, found, { index: 1, of: 1 }, check.now, { seal, by: 'the check before it was to be a parent (its image had changed since the backup)' })
+    if (!isDamaged(found)) {
+      check.warnings.push(`the image of revision ${r.uuid} was changed after it was made; every chunk of it was checked against its hash before it became the parent, and is intact`)
+      return { revision: r, hashes }
+    }
+    check.warnings.push(`the image of revision ${r.uuid} was changed after it was made and is damaged (${found.problems[0] ?? `${found.badChunks} bad chunk${found.badChunks === 1 ? '' : 's'}, the first at byte ${found.badOffsets[0] ?? 0}`}): it is distrusted now, and not the parent`)
   }
   return undefined
 }
@@ -376,7 +389,8 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
   let done = false
   let announced = false
   try {
-    const parent = await chooseParent(dir, revisions, config)
+    const checked: string[] = []
+    const parent = await chooseParent(at, dir, revisions, config, { pool, signal: options.signal, now, warnings: checked })
     const same = parent === undefined ? undefined : await unchangedSinceParent(at, config, frozen, parent.revision)
     const rbdBase = parent === undefined ? undefined : await rbdBaseOf(at, config, frozen, parent.revision)
     // a source on another host: how its bytes cross the network (an RBD image is read by rbd here)
@@ -451,6 +465,8 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     }
     await fsStep('protect', target.partial, fs.chmod(target.partial, 0o440))
     await must(at.rename(target.partial, target.image))
+    // after the rename, which changes the change time
+    const sealed = await sealOf(target.image)
     await writeBinaryAtomic(target.hashes, hashes)
     const revision: Revision = {
       format: 1, uuid, parent: parent?.revision.uuid ?? null, timestamp: now.toISOString(), size: frozen.size, chunkSize: config.chunkSize, hash: 'sha256',
@@ -463,7 +479,8 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
         ...(counts.scannedOn === undefined ? {} : { scannedOn: counts.scannedOn }),
         ...(counts.bytesUnchanged === undefined ? {} : { bytesUnchanged: counts.bytesUnchanged }),
       },
-      warnings: [...frozen.warnings, ...way.warnings],
+      warnings: [...frozen.warnings, ...way.warnings, ...checked],
+      ...(sealed === undefined ? {} : { sealed }),
     }
     await writeRevision(at, dir, revision)
     done = true

@@ -5,7 +5,7 @@ import { localDirectory } from './locked.js'
 import { dueTags, formatSchedule, nextDue } from './schedule.js'
 import { keptBases, sourceLocation, type BlockSource, type KeptBase } from './source.js'
 import { asResult, must } from './stop.js'
-import { distrustReason, LOCK_FILE, readVolume, readVolumeConfig, scheduled, type Revision } from './volume.js'
+import { changedSinceSealed, distrustReason, LOCK_FILE, paths, readVolume, readVolumeConfig, scheduled, sealOf, type Revision } from './volume.js'
 
 export interface VolumeStatus {
   readonly dir: string
@@ -20,6 +20,8 @@ export interface VolumeStatus {
   readonly runningNow?: { readonly command: string; readonly pid: number; readonly host: string; readonly since: string }
   /** revisions whose image is gone from the directory: restore cannot use them */
   readonly withoutImage: readonly string[]
+  /** revisions (not distrusted) whose image was written to or replaced after the backup sealed it: the next backup checks one before it is a parent */
+  readonly changedSinceMade: readonly string[]
   /** the distrusted revisions and why, oldest first */
   readonly distrusted: readonly { readonly uuid: string; readonly reason: string }[]
   /**
@@ -56,9 +58,15 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
     const [{ revisions, incomplete, withoutImage }, bases, lock] = await Promise.all([readVolume(options.at, dir, now), keptBases(options.at, config), must(options.at.inspectLock(join(dir, LOCK_FILE)))])
     const ahead = revisions.filter((r) => aheadOfClock({ time: new Date(r.timestamp) }, now.getTime()))
     const held = lock?.verdict.stale === false ? lock.info : undefined
+    const changedSinceMade: string[] = []
+    for (const r of revisions) {
+      const seal = r.trust === 'distrusted' || withoutImage.includes(r.uuid) ? undefined : await sealOf(paths(dir, r.uuid).image)
+      if (seal !== undefined && changedSinceSealed(r, seal)) changedSinceMade.push(r.uuid)
+    }
     return {
       dir, source: config.source, chunkSize: config.chunkSize, schedule: formatSchedule(config.schedule), revisions, incomplete, withoutImage, bases,
       ...(held === undefined ? {} : { runningNow: { command: held.command, pid: held.pid, host: held.host, since: held.startedAt } }),
+      changedSinceMade,
       distrusted: revisions.filter((r) => r.trust === 'distrusted').map((r) => ({ uuid: r.uuid, reason: distrustReason(r) })),
       summary: {
         revisions: revisions.length,
@@ -67,7 +75,8 @@ export const volumeStatus = (options: { readonly at: Transport; readonly now?: (
         ahead: ahead.map((r) => r.uuid),
         bytesWritten: revisions.reduce((n, r) => n + r.stats.bytesWritten, 0),
         verified: revisions.filter((r) => r.trust === 'verified').length,
-        distrusted: revisions.filter((r) => r.trust === 'distrusted').length,
+        changedSinceMade,
+      distrusted: revisions.filter((r) => r.trust === 'distrusted').length,
         dueNow: dueTags(config.schedule, scheduled(revisions), now, config.spreadSeconds),
         nextDue: nextDue(config.schedule, now, config.spreadSeconds).toISOString(),
       },

@@ -6,7 +6,7 @@ import { dataChunks } from './data-map.js'
 import { openHashPool, type HashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
 import { asResult, stop } from './stop.js'
-import { paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, selectRevisions, writeRevision, type Revision, type Trust } from './volume.js'
+import { paths, readHashes, readVolume, readVolumeConfig, recordedDigest, recordedZero, sealOf, selectRevisions, writeRevision, type Revision, type Seal, type Trust } from './volume.js'
 
 export interface BlockVerifyOptions {
   readonly at: Transport
@@ -46,7 +46,10 @@ const MAX_OFFSETS = 100
 const parseSubsets = (subsets: readonly string[], of: number): Set<number> =>
   new Set(subsets.filter((s) => s.endsWith(`/${of}`)).map((s) => Number(s.split('/')[0])))
 
-const checkRevision = async (at: Transport, dir: string, revision: Revision, options: BlockVerifyOptions, pool: HashPool): Promise<Omit<RevisionCheck, 'trust'>> => {
+/** Reads a revision's chunks (or one subset of them) and compares each with its recorded hash. */
+export const checkRevision = async (
+  at: Transport, dir: string, revision: Revision, options: Pick<BlockVerifyOptions, 'subset' | 'signal'>, pool: HashPool,
+): Promise<Omit<RevisionCheck, 'trust'>> => {
   const { index, of } = options.subset ?? { index: 1, of: 1 }
   const image = paths(dir, revision.uuid).image
   const problems: string[] = []
@@ -78,10 +81,41 @@ const checkRevision = async (at: Transport, dir: string, revision: Revision, opt
   return { uuid: revision.uuid, subset: `${index}/${of}`, chunksChecked: counts.chunksRead, bytesChecked: counts.bytesRead + counts.bytesSkipped, badOffsets, badChunks, problems }
 }
 
-/** What a verify found, in one line: the first problem, or where the bad chunks are. */
-const damageReason = (check: Omit<RevisionCheck, 'trust'>): string =>
-  check.problems.length > 0 ? `a verify found that ${check.problems[0] ?? ''}`
-    : `a verify found ${check.badChunks} bad chunk${check.badChunks === 1 ? '' : 's'}, at byte ${check.badOffsets.slice(0, 3).join(', ')}${check.badChunks > 3 ? ', …' : ''}`
+/** What a check (`by`: a verify, or the one before a backup) found, in one line: the first problem, or where the bad chunks are. */
+const damageReason = (check: Omit<RevisionCheck, 'trust'>, by: string): string =>
+  check.problems.length > 0 ? `${by} found that ${check.problems[0] ?? ''}`
+    : `${by} found ${check.badChunks} bad chunk${check.badChunks === 1 ? '' : 's'}, at byte ${check.badOffsets.slice(0, 3).join(', ')}${check.badChunks > 3 ? ', …' : ''}`
+
+export const isDamaged = (check: Omit<RevisionCheck, 'trust'>): boolean => check.badChunks > 0 || check.problems.length > 0
+
+/**
+ * Writes what a check of `subset` found into the revision's metadata and returns its trust after
+ * it: damage distrusts it; all its chunks checked clean, in this check or with the subsets before,
+ * verifies it. `seal`: the image's, taken before a whole check, which seals it when it was clean;
+ * `by`: what checked, in the reason of a distrust.
+ */
+export const recordCheck = async (
+  at: Transport, dir: string, revision: Revision, check: Omit<RevisionCheck, 'trust'>, subset: { readonly index: number; readonly of: number }, now: Date,
+  found: { readonly seal?: Seal | undefined; readonly by: string },
+): Promise<Trust> => {
+  const damaged = isDamaged(check)
+  const label = `${subset.index}/${subset.of}`
+  const passed = damaged ? [] : [...new Set([...(revision.verification?.subsets ?? []).filter((s) => s.endsWith(`/${subset.of}`)), label])]
+  const whole = passed.includes('1/1') || parseSubsets(passed, subset.of).size === subset.of
+  const trust: Trust = damaged ? 'distrusted' : whole ? 'verified' : revision.trust
+  const checkedAt = now.toISOString()
+  const { distrust: before, sealed: was, ...rest } = revision
+  // damage found now is the reason; a clean subset keeps the reason of a revision that stays distrusted
+  const distrust = damaged ? { at: checkedAt, by: 'verify' as const, reason: damageReason(check, found.by) } : trust === 'distrusted' ? before : undefined
+  const sealed = !damaged && subset.of === 1 && found.seal !== undefined ? found.seal : was
+  await writeRevision(at, dir, {
+    ...rest, trust,
+    verification: { checkedAt, subsets: whole ? ['1/1'] : passed, ...(damaged ? { badOffsets: check.badOffsets } : {}) },
+    ...(distrust === undefined ? {} : { distrust }),
+    ...(sealed === undefined ? {} : { sealed }),
+  })
+  return trust
+}
 
 /**
  * Scrubs revisions: reads every chunk (or one subset of them) and checks it against its recorded
@@ -107,26 +141,15 @@ export const verifyVolume = (options: BlockVerifyOptions): ResultAsync<BlockVeri
       const checks: RevisionCheck[] = []
       try {
         for (const revision of [...chosen.values()].sort((a, b) => a.timestamp.localeCompare(b.timestamp))) {
+          // taken before the read: a write to the image during it shows as a change the next time
+          const seal = subset.of === 1 ? await sealOf(paths(dir, revision.uuid).image) : undefined
           const check = await checkRevision(options.at, dir, revision, options, pool)
-          const damaged = check.badChunks > 0 || check.problems.length > 0
-          const label = `${subset.index}/${subset.of}`
-          const passed = damaged ? [] : [...new Set([...(revision.verification?.subsets ?? []).filter((s) => s.endsWith(`/${subset.of}`)), label])]
-          const whole = passed.includes('1/1') || parseSubsets(passed, subset.of).size === subset.of
-          const trust: Trust = damaged ? 'distrusted' : whole ? 'verified' : revision.trust
-          const checkedAt = (options.now ?? (() => new Date()))().toISOString()
-          const { distrust: before, ...rest } = revision
-          // damage found now is the reason; a clean subset keeps the reason of a revision that stays distrusted
-          const distrust = damaged ? { at: checkedAt, by: 'verify' as const, reason: damageReason(check) } : trust === 'distrusted' ? before : undefined
-          await writeRevision(options.at, dir, {
-            ...rest, trust,
-            verification: { checkedAt, subsets: whole ? ['1/1'] : passed, ...(damaged ? { badOffsets: check.badOffsets } : {}) },
-            ...(distrust === undefined ? {} : { distrust }),
-          })
+          const trust = await recordCheck(options.at, dir, revision, check, subset, (options.now ?? (() => new Date()))(), { seal, by: 'a verify' })
           checks.push({ ...check, trust })
         }
       } finally {
         await pool.close()
       }
-      return { dir, checks, ok: checks.every((c) => c.badChunks === 0 && c.problems.length === 0) }
+      return { dir, checks, ok: checks.every((c) => !isDamaged(c)) }
     })
   })

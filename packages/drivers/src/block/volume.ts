@@ -102,7 +102,29 @@ export interface Revision {
   readonly verification?: Verification
   /** why the revision is distrusted: set with trust 'distrusted', gone when a verify clears it */
   readonly distrust?: Distrust
+  /**
+   * the image file when the backup wrote it or a whole verify last found it clean: a later change
+   * (a read-write mount of the image, a copy put back) makes it be checked before it is a parent
+   * again. Revisions written before it was recorded have none, and are not checked.
+   */
+  readonly sealed?: Seal
 }
+
+/** An image file's inode and change time (ns, as text): writing to it or replacing it changes them, reading and reflink copies of it do not. */
+export interface Seal {
+  readonly inode: string
+  readonly ctimeNs: string
+}
+
+/** The seal of the image at `path` now; undefined when it is not there. */
+export const sealOf = async (path: string): Promise<Seal | undefined> => {
+  const s = await fs.stat(path, { bigint: true }).catch(() => undefined)
+  return s === undefined ? undefined : { inode: String(s.ino), ctimeNs: String(s.ctimeNs) }
+}
+
+/** Whether a revision's image was written to or replaced since it was sealed (`now`: its seal now). */
+export const changedSinceSealed = (revision: Revision, now: Seal): boolean =>
+  revision.sealed !== undefined && (revision.sealed.inode !== now.inode || revision.sealed.ctimeNs !== now.ctimeNs)
 
 export interface Distrust {
   /** UTC, ISO 8601 */
