@@ -198,6 +198,38 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     expect(await readFile(join(into, 'home.2026-11-23T130000Z/alice/a.txt'), 'utf8')).toBe('version 3\n')
   }, 90_000)
 
+  it('the newest stream file removed by hand, its sidecar left: the next run writes it again on its parent and replaces the sidecar; a sidecar of another snapshot is never touched', async () => {
+    const j = job()
+    for (const [i, hour] of ['10', '11', '12'].entries()) {
+      await writeFile(join(source, 'alice/a.txt'), `version ${i}\n`)
+      ok(await backup(j, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    }
+    const lost = join(raw, 'home.2026-11-23T120000Z.btrfs')
+    const was = await info(lost)
+    await rm(lost)
+    await writeFile(join(source, 'alice/a.txt'), 'version 3\n')
+    const next = ok(await backup(j, { now: at('2026-11-23T13:00:00Z') }))
+    expect(next.targets[0]).toMatchObject({
+      ok: true, sent: [{ snapshot: 'home.2026-11-23T120000Z', mode: 'incremental' }, { snapshot: 'home.2026-11-23T130000Z', mode: 'incremental' }],
+      warnings: [`${lost}.info was there without its stream file (removed by hand?): the stream is written again, with a new sidecar`],
+    })
+    const now = await info(lost)
+    expect([now.uuid, now.parent, now.createdAt === was.createdAt]).toEqual([was.uuid, 'home.2026-11-23T110000Z', false])
+    expect(ok(await verify(j, { at: localTransport(raw), snapshot: 'home.2026-11-23T120000Z' }))).toMatchObject({ snapshot: 'home.2026-11-23T120000Z', differenceCount: 0 })
+    const into = join(fs.mountPoint, 'restored')
+    ok(await restore(j, { from: localTransport(raw), snapshot: 'home.2026-11-23T120000Z', to: localTransport(into) }))
+    expect(await readFile(join(into, 'home.2026-11-23T120000Z/alice/a.txt'), 'utf8')).toBe('version 2\n')
+
+    // the sidecar in the way says it is of another snapshot (another job, the same name): refused, left as it was
+    const newest = join(raw, 'home.2026-11-23T130000Z.btrfs')
+    await rm(newest)
+    const foreign = `${JSON.stringify({ ...(await info(newest)), uuid: '00000000-0000-0000-0000-000000000000' }, null, 2)}\n`
+    await writeFile(`${newest}.info`, foreign)
+    const refused = ok(await backup(j, { now: at('2026-11-23T14:00:00Z') }))
+    expect(refused.targets[0]).toMatchObject({ ok: false, error: { code: 'ALREADY_EXISTS', message: `${newest}.info already exists at the raw target and is not a backup this run can use` } })
+    expect(await readFile(`${newest}.info`, 'utf8')).toBe(foreign)
+  }, 90_000)
+
   it('encrypts the stream files with gpg on this host: ciphertext at the target, restored and verified with the secret key; a host with the public key only backs up, verifies what it can and says why it cannot restore', async () => {
     const keys = await gpgHome('gnupg', 'bbackup test <backup@example.org>')
     const publicOnly = await gpgHome('gnupg-public')

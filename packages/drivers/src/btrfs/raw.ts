@@ -377,16 +377,23 @@ export const rawStore = (deps: RawDeps) => {
     const mode = parent === undefined ? 'full' as const : 'incremental' as const
     const outcome = (bytes: number): TransferOutcome => ({ snapshot, mode, ...(parent === undefined ? {} : { parent: parent.name }), bytes, files: 0, warnings, commands })
     if (input.dryRun) return ok(outcome(0))
+    const uuid = streamUuid(sent)
+    if (uuid === undefined) return err(bbError('COMMAND_FAILED', `the snapshot ${sent.path} has no uuid bbackup could read`, 'run again; if it repeats, check btrfs subvolume show on it', { path: sent.path }))
     for (const p of [final, `${final}.info`, part]) {
       const there = await target.stat(p)
       if (there.isErr()) return err(there.error)
-      if (there.value !== undefined) {
-        return err(bbError('ALREADY_EXISTS', `${p} already exists at the raw target and is not a backup this run can use`,
-          `bbackup never deletes what it did not create: look at it, move it away or delete it yourself, then run again`, { path: p }))
+      if (there.value === undefined) continue
+      // the sidecar this job wrote for this very snapshot, whose stream is gone (removed by hand): it describes no backup now, and goes before the stream is written again
+      const orphan = p === `${final}.info` ? await readInfo(target, dir, file) : undefined
+      if (orphan?.isOk() === true && orphan.value?.uuid === uuid) {
+        const removed = await target.remove(p)
+        if (removed.isErr()) return err(removed.error)
+        warnings.push(`${p} was there without its stream file (removed by hand?): the stream is written again, with a new sidecar`)
+        continue
       }
+      return err(bbError('ALREADY_EXISTS', `${p} already exists at the raw target and is not a backup this run can use`,
+        `bbackup never deletes what it did not create: look at it, move it away or delete it yourself, then run again`, { path: p }))
     }
-    const uuid = streamUuid(sent)
-    if (uuid === undefined) return err(bbError('COMMAND_FAILED', `the snapshot ${sent.path} has no uuid bbackup could read`, 'run again; if it repeats, check btrfs subvolume show on it', { path: sent.path }))
     const [written] = await sendReceive({ source, sendArgv, filters: filters.value, receivers: [{ target, receiveArgv: writer, what: `writing ${part}` }], signal, stallMs: deps.stallMs, way, onBytes: input.onBytes })
     const finished = written === undefined ? err(bbError('COMMAND_FAILED', `writing ${part} gave no result`, 'run again')) : written
     const done = finished.isErr() ? err(finished.error) : await commit(target, part, final, finished.value.bytes, signal)
