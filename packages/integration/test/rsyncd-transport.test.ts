@@ -1,4 +1,5 @@
-import { chmod, chown, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises'
+import { spawnSync } from 'node:child_process'
+import { chmod, chown, readdir, readFile, readlink, stat, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { backup, list, parseLocation, prune, restore, type BackupEvent, type Job, type RsyncDaemonLocation } from '@bb/core'
@@ -62,6 +63,35 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     expect(m.filesOnly).toBe(true)
     expect((await m.exec(['true']))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
     expect((await m.rename('ops/new', 'ops/old'))._unsafeUnwrapErr()).toMatchObject({ code: 'UNSUPPORTED' })
+  })
+
+  it('takes away the temporary directories of runs killed mid-request (kill -9), once untouched for ten minutes, and nothing else', async () => {
+    const tmpdir = process.env.TMPDIR
+    process.env.TMPDIR = tmp.path
+    try {
+      await writeTree(join(daemon.modulePath, 'sweep'), { 'a.json': '{}\n' })
+      const dead = spawnSync('true').pid
+      const left = async (name: string, options: { readonly ageMinutes: number; readonly mode?: number }): Promise<string> => {
+        await writeTree(join(tmp.path, name), { 'file': 'what the killed run read', '.bbackup/x.json': '{}' })
+        await chmod(join(tmp.path, name), options.mode ?? 0o700)
+        const then = new Date(Date.now() - options.ageMinutes * 60_000)
+        await utimes(join(tmp.path, name), then, then)
+        return name
+      }
+      await left(`bbackup-rsyncd-${dead}-Killed`, { ageMinutes: 11 })
+      const kept = [
+        await left(`bbackup-rsyncd-${dead}-Young1`, { ageMinutes: 5 }), // a request of a run elsewhere (another pid namespace) may be in it
+        await left('bbackup-rsyncd-1-Alive1', { ageMinutes: 60 }), // a process that runs (init)
+        await left(`bbackup-rsyncd-${dead}-Shared`, { ageMinutes: 60, mode: 0o755 }), // not private to its user
+        await left('bbackup-rsyncd-Old123', { ageMinutes: 60 }), // an older bbackup's name, without its pid
+      ]
+      expect(ok(await module('').readFile('sweep/a.json'))).toBe('{}\n')
+      // and the request's own directory is gone with it
+      expect((await readdir(tmp.path)).sort()).toEqual(kept.sort())
+    } finally {
+      if (tmpdir === undefined) delete process.env.TMPDIR
+      else process.env.TMPDIR = tmpdir
+    }
   })
 
   it('names a daemon at an IPv6 address as rsync:// writes it, in [brackets]', async () => {

@@ -1,14 +1,22 @@
-import { mkdir as mkdirLocal, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir as mkdirLocal, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
-import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
+import { err, errAsync, fromThrowable, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
   bbError, ioError, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
 } from '@bb/core'
 import { execCommand } from '../local/exec.js'
+import { makeRunDirectory, type RunDirectoryKind } from '../local/run-directory.js'
 import { daemonFailure } from './failure.js'
 import { parseListOnly, type ListedEntry } from './list-only.js'
 import { checkPasswordFile } from './secrets.js'
+
+/**
+ * The short-lived directories of a run's requests to a daemon (the files it reads and writes go
+ * through them): what a run killed in one left is any file, so only those untouched for ten
+ * minutes go (a request takes seconds; older, its run is gone even if its pid is another's now).
+ */
+const RSYNCD_TEMP: RunDirectoryKind = { prefix: 'bbackup-rsyncd', holdsOnlyOurs: () => true, minAgeMs: 10 * 60_000 }
 
 export interface RsyncdOptions {
   /** a file that holds the module's password (rsync's `--password-file`); checked before every connection. Without it, `RSYNC_PASSWORD` from the environment is used */
@@ -141,10 +149,10 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     return bbError('IO_FAILED', `cannot ${what} ${path} in module ${location.module} at ${display}: rsync exit ${r.exitCode}`, 'see the end of stderr', details)
   }
 
-  /** a temporary directory on this host for the duration of `work`, removed afterwards */
+  /** a temporary directory on this host for the duration of `work`, removed afterwards (or, after a kill -9, by a later run) */
   const withTemp = <T>(work: (dir: string) => ResultAsync<T, TransportError>): ResultAsync<T, TransportError> =>
-    ResultAsync.fromPromise(mkdtemp(join(tmpdir(), 'bbackup-rsyncd-')), ioError('create a temporary directory in', tmpdir()))
-      .andThen((dir) => new ResultAsync((async (): Promise<Result<T, TransportError>> => {
+    fromThrowable(() => makeRunDirectory(RSYNCD_TEMP), ioError('create a temporary directory in', tmpdir()))()
+      .asyncAndThen((dir) => new ResultAsync((async (): Promise<Result<T, TransportError>> => {
         const result = await work(dir)
         await rm(dir, { recursive: true, force: true })
         return result

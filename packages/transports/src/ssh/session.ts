@@ -1,13 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
-import { accessSync, closeSync, constants, existsSync, lstatSync, mkdtempSync, openSync, readdirSync, readSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
-import { homedir, tmpdir } from 'node:os'
+import { accessSync, closeSync, constants, existsSync, lstatSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { homedir } from 'node:os'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { err, ok, type Result } from 'neverthrow'
 import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
 import { execCommand } from '../local/exec.js'
-import { isZombie } from '../local/lock-file.js'
+import { makeRunDirectory, type RunDirectoryKind } from '../local/run-directory.js'
 import { sshFailure, type Endpoint } from './failure.js'
 import { remoteCommand } from './quote.js'
 import { AHEAD, SERVE } from './remote-protocol.js'
@@ -236,49 +236,9 @@ const AHEAD_COMMAND = remoteCommand(['sh', '-c', AHEAD, 'sh'])._unsafeUnwrap()
 /** how long a login may take to start the server before its commands go by their own sessions */
 const SERVE_START_MS = 20_000
 
-/** a run's private directory: `bbackup-ssh-PID-` and mkdtemp's six characters */
-const RUN_DIRECTORY = /^bbackup-ssh-([1-9][0-9]*)-[A-Za-z0-9]{6}$/
-/** what a run puts in it: a config and a control socket per host */
+/** a run's private directory, `bbackup-ssh-PID-XXXXXX`, holds a config and a control socket per host */
 const RUN_FILE = /^[0-9]+\.(?:conf|sock)$/
-
-const running = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-  } catch (e) {
-    // EPERM: it runs, as another user
-    return (e as NodeJS.ErrnoException).code !== 'ESRCH'
-  }
-  return !isZombie(pid)
-}
-
-/**
- * Removes the private directories that runs killed before they could (kill -9) left in `dir`:
- * this user's own (0700), of a process that no longer runs, holding nothing but what a run puts
- * there. Anything else is left as it is; nothing here fails the run.
- */
-const sweepDeadRuns = (dir: string): void => {
-  let names: string[]
-  try {
-    names = readdirSync(dir)
-  } catch {
-    return
-  }
-  for (const name of names) {
-    const pid = Number(RUN_DIRECTORY.exec(name)?.[1])
-    if (!Number.isSafeInteger(pid) || pid === process.pid || running(pid)) continue
-    const path = join(dir, name)
-    try {
-      const st = lstatSync(path)
-      if (!st.isDirectory() || st.uid !== process.geteuid?.() || (st.mode & 0o777) !== 0o700) continue
-      const inside = readdirSync(path)
-      if (!inside.every((f) => RUN_FILE.test(f))) continue
-      for (const f of inside) unlinkSync(join(path, f))
-      rmdirSync(path)
-    } catch {
-      // another run swept it first, or it changed: left alone
-    }
-  }
-}
+const SSH_RUN: RunDirectoryKind = { prefix: 'bbackup-ssh', holdsOnlyOurs: (path, names) => names.every((f) => RUN_FILE.test(f) && !lstatSync(join(path, f)).isDirectory()) }
 
 /**
  * Opens an ssh session for one run.
@@ -304,9 +264,8 @@ export const openSshSession = (): SshSession => {
 
   const privateDirectory = (): string => {
     if (directory !== undefined) return directory
-    sweepDeadRuns(tmpdir())
-    // mkdtemp creates it 0700: the control sockets in it are reachable by this user only
-    directory = mkdtempSync(join(tmpdir(), `bbackup-ssh-${process.pid}-`))
+    // created 0700: the control sockets in it are reachable by this user only
+    directory = makeRunDirectory(SSH_RUN)
     return directory
   }
 
