@@ -106,7 +106,11 @@ const coalesce = (ranges: readonly (readonly [number, number])[]): [number, numb
   return out
 }
 
-/** The newest revision a new one can be a reflink copy of: complete, not distrusted, same chunk size, hashes intact. */
+/**
+ * The newest revision a new one can be a reflink copy of: complete, not distrusted, same chunk
+ * size, hashes intact, and its image as sealed, or else checked chunk by chunk first (and
+ * distrusted, and passed over, when damaged). What the checks found goes into `check.warnings`.
+ */
 const chooseParent = async (
   at: Transport, dir: string, revisions: readonly Revision[], config: VolumeConfig, check: { readonly pool: HashPool; readonly signal: AbortSignal | undefined; readonly now: Date; readonly warnings: string[] },
 ): Promise<{ revision: Revision; hashes: Buffer } | undefined> => {
