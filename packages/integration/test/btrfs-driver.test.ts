@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { ok as okResult } from 'neverthrow'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type TransferProgress, type Transport } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
@@ -571,6 +572,42 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(rolled).toMatchObject({ sourcePruned: ['home.2026-11-23T120000Z'], sourceOthers: ['home.2026-11-23T110000Z'] })
     expect(await content(join(targetA, 'home.2026-11-23T130000Z'))).toEqual(await content(source))
   }, 90_000)
+
+  it('two runs of one source at once (two jobs, two cron lines): a name the other took in the same second gives way to the next free one; a snapshot the other\'s prune deleted meanwhile counts as deleted', async () => {
+    const folder = join(source, '.snapshots')
+    const taken = join(folder, 'home.2026-11-23T100000Z')
+    let theirs = ''
+    // the other run takes its snapshot between this run's look at the folder and its own snapshot
+    const job: Job = {
+      ...btrfsJob({ source, targets: [targetA], state }),
+      hooks: {
+        preSnapshot: async () => {
+          await mkdir(folder, { recursive: true })
+          btrfs('subvolume', 'snapshot', '-r', source, taken)
+          theirs = show(taken).uuid
+          return okResult(undefined)
+        },
+      },
+    }
+    const report = ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    expect(report.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T100000Z_1', mode: 'full' })
+    // the other run's snapshot is as it made it
+    expect(show(taken)).toMatchObject({ uuid: theirs, readOnly: true })
+    expect(show(join(targetA, 'home.2026-11-23T100000Z_1')).receivedUuid).toBe(show(join(folder, 'home.2026-11-23T100000Z_1')).uuid)
+
+    // both prunes chose the same snapshot: the other deleted it first
+    const listed = ok(await job.driver.listSnapshots({ at: job.source, side: 'source', signal: undefined }))
+    const doomed = listed.filter((s) => s.name === 'home.2026-11-23T100000Z')
+    expect(doomed).toHaveLength(1)
+    btrfs('subvolume', 'delete', taken)
+    expect(ok(await job.driver.deleteSnapshots({ at: job.source, snapshots: doomed, dryRun: false, signal: undefined }))).toHaveLength(1)
+    // one that is still there after a failed delete is a failure
+    const plain = join(fs.mountPoint, 'plain')
+    await mkdir(plain)
+    const failed = await job.driver.deleteSnapshots({ at: job.source, snapshots: doomed.map((s) => ({ ...s, path: plain })), dryRun: false, signal: undefined })
+    expect(failed._unsafeUnwrapErr()).toMatchObject({ code: 'COMMAND_FAILED', message: 'deleting snapshots failed (exit 1)' })
+    expect(existsSync(plain)).toBe(true)
+  })
 
   it('status names a source that cannot be read (gone, a typo; a snapshot folder that is a file) and --check warns; a source that is there has none', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })

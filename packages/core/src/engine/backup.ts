@@ -118,6 +118,9 @@ const prunes = (options: BackupOptions, side: 'snapshots' | 'backups'): boolean 
   options.prune === undefined || options.prune === true || options.prune === side
 
 /** Transfers that fail with these wrote nothing at the target. */
+/** how many names a snapshot is tried under, when each was taken meanwhile by another run of the source */
+const NAME_ATTEMPTS = 5
+
 const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS', 'FULL_SEND_REFUSED'])
 
 /** failures worth another try in the same run: the network, a stream that stopped moving */
@@ -286,11 +289,22 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
   let adopted: Adoptable | undefined
   /** the newest snapshot, when the source has not changed since it (a driver that snapshots only on change) */
   let unchanged: SnapshotInfo | undefined
-  const take = async (name: string): Promise<Result<SnapshotInfo, BbError>> => {
+  const take = async (existing: readonly string[]): Promise<Result<SnapshotInfo, BbError>> => {
     const create = job.driver.createSnapshot?.bind(job.driver)
     if (create === undefined) throw new InternalError(`driver ${job.driver.name} snapshots its source but has no createSnapshot`)
     const from = adopted === undefined ? {} : { from: adopted.from }
-    return betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], async () => await create({ source: job.source, name, ...from, dryRun, signal: options.signal }), (taken) => (taken.isErr()
+    const time = adopted?.time ?? now
+    // a name taken meanwhile (another job of this source snapshots it in the same second) gives way to the next free one
+    const attempt = async (): Promise<Result<SnapshotInfo, BbError>> => {
+      const tried: string[] = []
+      for (;;) {
+        const name = uniqueSnapshotName({ prefix: job.prefix ?? '', time, existing: [...existing, ...tried] })
+        const created = await create({ source: job.source, name, ...from, dryRun, signal: options.signal })
+        if (created.isOk() || created.error.code !== 'ALREADY_EXISTS' || tried.length >= NAME_ATTEMPTS - 1) return created
+        tried.push(name)
+      }
+    }
+    return betweenHooks(hooks, ['pre-snapshot', 'post-snapshot'], attempt, (taken) => (taken.isErr()
       ? { status: cancelled(options) ? 'cancelled' : 'error' }
       : { status: 'ok', snapshot: taken.value.name, snapshotAt: formatLocation({ ...job.source.location, path: taken.value.path }) }))
   }
@@ -312,7 +326,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
       unchanged = since
       return 'none'
     }
-    const taken = await take(uniqueSnapshotName({ prefix: job.prefix ?? '', time: adopted?.time ?? now, existing: listed.value.map((x) => x.name) }))
+    const taken = await take(listed.value.map((x) => x.name))
     if (since === undefined || dryRun || taken.isErr() || !(await same(taken.value))) return taken
     // the one just taken, and nothing else, goes again
     const removed = await job.driver.deleteSnapshots({ at: job.source, snapshots: [taken.value], dryRun, signal: options.signal })
@@ -344,7 +358,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
         const removed = await job.driver.deleteSnapshots({ at: job.source, snapshots: [created.value], dryRun, signal: options.signal })
         if (removed.isErr()) return err(removed.error)
       }
-      created = await take(name)
+      created = await take([...listed.value.map((x) => x.name), ...held])
     }
     if (created.isErr()) return err(created.error)
     sourceSnapshot = created.value

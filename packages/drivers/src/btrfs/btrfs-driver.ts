@@ -463,13 +463,20 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     new ResultAsync(makeFolder(source, folder))
       .andThen((made) => source.exec(argv, signalOpt(signal)).andThen((r) => {
         if (r.exitCode === 0) return okAsync(undefined)
-        const failure = /cross-device|not a btrfs filesystem/i.test(r.stderr)
-          ? bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the source's btrfs filesystem (${source.location.path}): a snapshot stays on its subvolume's filesystem`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { argv, stderr: r.stderr })
-          : btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr)
-        // the folders this run made are removed again (empty, as made): a failed run leaves nothing
         return ResultAsync.fromSafePromise((async () => {
+          // the name was free when it was chosen: something that appeared there since (a snapshot
+          // another run of this source took in the same second) made btrfs fail, or try to snapshot
+          // into it (read-only: EROFS), and is not the source's
+          const there = await source.stat(path)
+          const failure = there.isOk() && there.value !== undefined
+            ? bbError('ALREADY_EXISTS', `taking the snapshot ${path}: something of that name appeared there meanwhile (another run of this source, in the same second?)`, 'run again: the next run chooses a free name', { argv, stderr: r.stderr, path })
+            : /cross-device|not a btrfs filesystem/i.test(r.stderr)
+              ? bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the source's btrfs filesystem (${source.location.path}): a snapshot stays on its subvolume's filesystem`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { argv, stderr: r.stderr })
+              : btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr)
+          // the folders this run made are removed again (empty, as made): a failed run leaves nothing
           for (const dir of [...made].reverse()) await source.exec(['rmdir', '--', dir])
-        })()).andThen(() => errAsync(failure))
+          return failure
+        })()).andThen((failure) => errAsync(failure))
       }))
       .andThen(() => showSubvolume(source, path, signal))
       .andThen((s) => (typeof s === 'string'
@@ -826,8 +833,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     // one command, one commit at the end (btrbk batches the same way)
     const argv = ['btrfs', 'subvolume', 'delete', '--commit-after', ...snapshots.map((s) => s.path)]
     if (dryRun) return okAsync([argv])
-    return at.exec(argv, signalOpt(signal)).andThen((r) =>
-      r.exitCode === 0 ? ok([argv]) : err(btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)))
+    return at.exec(argv, signalOpt(signal)).andThen((r) => {
+      if (r.exitCode === 0) return okAsync([argv])
+      // btrfs goes on past a path that is gone (another job's prune of the same source deleted it
+      // meanwhile) and fails at the end: done, when none of them is left
+      return ResultAsync.fromSafePromise(Promise.all(snapshots.map(async (s) => (await at.stat(s.path)).map((found) => found !== undefined).unwrapOr(true))))
+        .andThen((left) => (left.some(Boolean) ? err(btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)) : ok([argv])))
+    })
   }
 
   /**
