@@ -609,6 +609,50 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(existsSync(plain)).toBe(true)
   })
 
+  it('a snapshot deleted at the source while the run was to send it (another job\'s prune, or by hand) is left out: the rest is sent, planned again; while another job\'s run is under way, a prune keeps what it may send', async () => {
+    const folder = join(source, '.snapshots')
+    ok(await backup(btrfsJob({ source, targets: [targetA], state }), { now: at('2026-11-23T10:00:00Z') }))
+    ok(await backup(btrfsJob({ source, targets: [targetA], state }), { now: at('2026-11-23T11:00:00Z'), transfer: false }))
+    await writeFile(join(source, 'alice/a.txt'), 'changed\n')
+    // the target lacks 11:00 and 12:00; 11:00 goes once the run has listed the source
+    const job: Job = {
+      ...btrfsJob({ source, targets: [targetA], state }),
+      hooks: {
+        postSnapshot: async () => {
+          btrfs('subvolume', 'delete', join(folder, 'home.2026-11-23T110000Z'))
+          return okResult(undefined)
+        },
+      },
+    }
+    const report = ok(await backup(job, { now: at('2026-11-23T12:00:00Z') }))
+    expect(report.targets[0]).toMatchObject({ ok: true, snapshot: 'home.2026-11-23T120000Z', mode: 'incremental', parent: 'home.2026-11-23T100000Z' })
+    expect(report.targets[0]?.warnings).toContain('home.2026-11-23T110000Z was deleted at the source before this run could send home.2026-11-23T110000Z (another job\'s prune of this source, or by hand): the rest is planned again without it')
+    expect(await names(targetA)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T120000Z'])
+    expect(await content(join(targetA, 'home.2026-11-23T120000Z'))).toEqual(await content(source))
+    expect(ok(await readJournal(localTransport(state), join(state, 'journal.json'))).entries).toEqual([])
+
+    // another job of this source (its state beside): while its run holds its lock, what is newer than its targets' newest is kept
+    const jobs = join(fs.mountPoint, 'jobs')
+    const mine: Job = btrfsJob({ source, targets: [targetA], state: join(jobs, 'a'), retention: { source: { keepLast: 1 } } })
+    const theirs: Job = btrfsJob({ source, targets: [join(fs.mountPoint, 'backup-b')], state: join(jobs, 'b') })
+    ok(await backup(theirs, { now: at('2026-11-23T13:00:00Z') }))
+    ok(await backup(mine, { now: at('2026-11-23T14:00:00Z'), prune: false }))
+    ok(await backup(mine, { now: at('2026-11-23T15:00:00Z'), prune: false }))
+    const held = ok(await localTransport(join(jobs, 'b')).lock(join(jobs, 'b', 'lock'), { command: 'bbackup run (a test)' }))
+    try {
+      const [kept] = ok(await prune(mine, { now: at('2026-11-23T15:30:00Z') }))
+      expect(kept?.deleted).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T120000Z'])
+      expect(kept?.decisions.find((d) => d.name === 'home.2026-11-23T140000Z')?.reasons).toContain(`protected: a run of another job (${join(jobs, 'b')}, pid ${process.pid} on ${held.info.host}) is under way and may send it (newer than what that job's targets hold)`)
+      expect(await names(folder)).toEqual(['home.2026-11-23T130000Z', 'home.2026-11-23T140000Z', 'home.2026-11-23T150000Z'])
+    } finally {
+      ok(await held.release())
+    }
+    // once it is over, the snapshot is no one's to keep
+    const [after] = ok(await prune(mine, { now: at('2026-11-23T15:30:00Z') }))
+    expect(after?.deleted).toEqual(['home.2026-11-23T140000Z'])
+    expect(await names(folder)).toEqual(['home.2026-11-23T130000Z', 'home.2026-11-23T150000Z'])
+  })
+
   it('status names a source that cannot be read (gone, a typo; a snapshot folder that is a file) and --check warns; a source that is there has none', async () => {
     const job = btrfsJob({ source, targets: [targetA], state })
     ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))

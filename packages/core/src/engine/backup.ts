@@ -649,7 +649,7 @@ const sendSnapshots = async (
       return
     }
     const named = ownSnapshots(job, held)
-    const from = await withOrigin(named)
+    const from = (await withOrigin(named)).filter((x) => !gone.has(x.name))
     const known = knownAt(lineage.value, lane.where, from, named)
     const { ours, others } = ofThisJob(known, named)
     if (!dryRun) {
@@ -680,6 +680,18 @@ const sendSnapshots = async (
   }
   // in the order they were made: one named by a clock that was ahead counts as older than those made since it was put right
   const withOrigin = originFor(job, madeOrder(sourceSnapshots, now), options.signal)
+  /** source snapshots deleted while the run was to send them (another job's prune of this source, or by hand): planned without */
+  const gone = new Set<string>()
+  /** of a send that failed, the snapshot and the parent that are no longer at the source */
+  const vanished = async (send: PlannedSend): Promise<string[]> => {
+    const names: string[] = []
+    for (const x of [send.snapshot, send.parent]) {
+      if (x === undefined) continue
+      const there = await job.source.stat(x.path)
+      if (there.isOk() && there.value === undefined) names.push(x.name)
+    }
+    return names
+  }
   const lanes: Lane[] = []
   for (const { target, where, snapshots } of reachable) {
     const lane: Lane = { target, where, started: Date.now(), recovered: [], sends: [], fullBecause: undefined, origin: undefined, next: 0, sent: [], warnings: [], commands: [], bytes: 0, files: 0, attempts: 1 }
@@ -726,6 +738,7 @@ const sendSnapshots = async (
         })
       }
       const going = [...entries.keys()]
+      const replan: Lane[] = []
       const roundStarted = Date.now()
       const common = { source: job.source, snapshot: name, sourceSnapshot: head.snapshot, ...(head.parent === undefined ? {} : { sourceParent: head.parent }), dryRun, signal: options.signal, onEvent: emit, ...(options.progress === false ? { progress: false } : {}) }
       const results: readonly Result<TransferOutcome, BbError>[] = going.length > 1 && job.driver.transferShared !== undefined
@@ -738,6 +751,15 @@ const sendSnapshots = async (
         if (result.isErr()) {
           const error = result.error
           emit({ type: 'transfer-failed', target: lane.where, snapshot: name, error })
+          const lost = dryRun || cancelled(options) ? [] : await vanished(head)
+          if (lost.length > 0) {
+            // what is still at the source is sent all the same: planned again without it, the unfinished copy removed first
+            for (const x of lost) gone.add(x)
+            const what = lost.length > 1 ? `${name} and its parent ${parentName ?? ''} were` : lost[0] === name ? `${name} was` : `${parentName ?? ''}, the parent of ${name}, was`
+            lane.warnings.push(`${what} deleted at the source before this run could send ${name} (another job's prune of this source, or by hand): the rest is planned again without ${lost.length > 1 ? 'them' : 'it'}`)
+            replan.push(lane)
+            continue
+          }
           Object.assign(lane, { error, failedAt: head })
           if (!dryRun && REFUSED_BEFORE_WRITING.has(error.code)) {
             // the place was taken by something that is not ours: the journal must not claim it for the next run to remove
@@ -766,6 +788,13 @@ const sendSnapshots = async (
         lane.warnings.push(...outcome.warnings)
         lane.commands = [...lane.commands, ...outcome.commands]
         lane.next++
+      }
+      if (replan.length > 0) {
+        const pending = await readJournal(job.state.transport, path)
+        for (const lane of replan) {
+          if (pending.isErr()) lane.error = pending.error
+          else await prepare(lane, pending.value.entries.filter((e) => e.target === lane.where), undefined)
+        }
       }
     }
     const again = lanes.filter((l) => l.error !== undefined && TRANSIENT.has(l.error.code) && l.attempts <= retriesOf(options))
