@@ -117,10 +117,10 @@ export interface BackupOptions extends RunOptions {
 const prunes = (options: BackupOptions, side: 'snapshots' | 'backups'): boolean =>
   options.prune === undefined || options.prune === true || options.prune === side
 
-/** Transfers that fail with these wrote nothing at the target. */
 /** how many names a snapshot is tried under, when each was taken meanwhile by another run of the source */
 const NAME_ATTEMPTS = 5
 
+/** Transfers that fail with these wrote nothing at the target. */
 const REFUSED_BEFORE_WRITING: ReadonlySet<string> = new Set(['STRAY_SUBVOLUME', 'ALREADY_EXISTS', 'FULL_SEND_REFUSED'])
 
 /** failures worth another try in the same run: the network, a stream that stopped moving */
