@@ -9,15 +9,13 @@ import type { Job } from './job.js'
 /**
  * A source snapshot another job keeps: the parent of its target's next incremental, one its
  * unfinished transfer needs, or one its run under way may send (`running`: newer than what its
- * targets hold; `target` is then the run's holder, as its lock names it).
+ * targets hold; `holder`: the run, as its lock names it).
  */
-export interface HeldBeside {
+export type HeldBeside = {
   /** the other job's state directory */
   readonly job: string
-  readonly target: string
   readonly snapshot: string
-  readonly why: 'pin' | 'pending' | 'pending-parent' | 'running'
-}
+} & ({ readonly why: 'pin' | 'pending' | 'pending-parent'; readonly target: string } | { readonly why: 'running'; readonly holder: string })
 
 /**
  * What the jobs whose state lives beside this one's (the same directory of job states:
@@ -56,7 +54,7 @@ export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<
       const oldest = Object.values(pins.value.pins).sort(byName)[0]
       const holder = lock.value.info === undefined ? 'its lock' : `pid ${lock.value.info.pid} on ${lock.value.info.host}`
       for (const name of names) {
-        if (oldest === undefined || byName(name, oldest) > 0) held.push({ job: dir, target: holder, snapshot: name, why: 'running' })
+        if (oldest === undefined || byName(name, oldest) > 0) held.push({ job: dir, holder, snapshot: name, why: 'running' })
       }
     }
   }
@@ -78,7 +76,7 @@ const unreadable = (dir: string, e: BbError): BbError =>
 
 /** why a snapshot {@link heldBeside} is kept, as a prune's reason says it */
 export const heldReason = (h: HeldBeside): string =>
-  h.why === 'pin' ? `the newest snapshot ${h.target} holds for another job (${h.job}): its next incremental's parent`
-    : h.why === 'pending' ? `a pending transfer of another job (${h.job}) to ${h.target} needs it`
-      : h.why === 'running' ? `a run of another job (${h.job}, ${h.target}) is under way and may send it (newer than what that job's targets hold)`
+  h.why === 'running' ? `a run of another job (${h.job}, ${h.holder}) is under way and may send it (newer than what that job's targets hold)`
+    : h.why === 'pin' ? `the newest snapshot ${h.target} holds for another job (${h.job}): its next incremental's parent`
+      : h.why === 'pending' ? `a pending transfer of another job (${h.job}) to ${h.target} needs it`
         : `parent of a pending transfer of another job (${h.job}) to ${h.target}`

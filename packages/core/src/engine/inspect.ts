@@ -227,7 +227,7 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
     // and those another job of the same source and prefix keeps in the shared folder (its state beside this one's;
     // one that cannot be read is that job's status to tell, and this job's prune's to refuse)
     const beside = sourceOwn === undefined ? undefined : await heldBeside(job, new Set(sourceOwn.map((s) => s.name)))
-    const others = [...ownPins, ...(beside?.isOk() === true ? beside.value.filter((h) => h.why === 'pin' && !targets.some((t) => t.at === h.target)).map((h) => ({ target: h.target, snapshot: h.snapshot, job: h.job })) : [])]
+    const others = [...ownPins, ...(beside?.isOk() === true ? beside.value.flatMap((h) => (h.why === 'pin' && !targets.some((t) => t.at === h.target) ? [{ target: h.target, snapshot: h.snapshot, job: h.job }] : [])) : [])]
     const recorded = (t: TargetStatus, name: string): boolean => journal.value.entries.some((e) => e.target === t.at && e.snapshot === name)
     const told = targets.map((t) => {
       const unrecorded = t.unfinished.filter((n) => !recorded(t, n))
