@@ -3,9 +3,10 @@ import { randomBytes } from 'node:crypto'
 import { chmod, open, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { PassThrough } from 'node:stream'
+import { ResultAsync } from 'neverthrow'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backupVolume, distrustRevisions, initVolume, restoreRevision, verifyVolume, volumeStatus } from '@bb/drivers/block'
-import { volumeHealthOf } from '@bb/core'
+import { backupVolume, distrustRevisions, expireVolume, initVolume, parseSchedule, restoreRevision, verifyVolume, volumeStatus } from '@bb/drivers/block'
+import { volumeHealthOf, type Transport } from '@bb/core'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, exclusiveBytes, finished, ok, sameBytes, spawnTs, written } from './helpers.js'
@@ -308,6 +309,45 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     ok(await distrustRevisions({ at: volume, revisions: [first.uuid] }))
     expect(ok(await volumeStatus({ at: volume })).distrusted).toEqual([{ uuid: first.uuid, reason }])
     expect(second.uuid).not.toBe(first.uuid)
+  })
+
+  it('a revision that a backup\'s expiry removes while a restore reads it is restored whole; one removed as the restore began is named gone, not damaged', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, schedule: ok(parseSchedule('daily=1d:1')) }))
+    const first = written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    const bytes = await readFile(join(dir, `${first.uuid}.img`))
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    const second = written(ok(await backupVolume({ at: volume, now: at('2026-11-24T10:00:00Z') })))
+    // the expiry a backup (or prune -b) runs a day later: the first revision's daily tag is gone, and with it the revision
+    const expire = async (): Promise<void> => {
+      expect(ok(await expireVolume({ at: volume, now: at('2026-11-25T11:00:00Z') })).removed).toEqual([first.uuid])
+    }
+    // while the restore is under way: when it asks where the image holds data, before it reads a byte
+    let expired = false
+    const expiring: Transport = { ...volume, exec: (argv, o) => {
+      if (argv[0] !== 'perl' || expired) return volume.exec(argv, o)
+      expired = true
+      return ResultAsync.fromSafePromise(expire()).andThen(() => volume.exec(argv, o))
+    } }
+    const restored = join(fs.mountPoint, 'restored.img')
+    expect(ok(await restoreRevision({ at: expiring, revision: first.uuid, destination: restored }))).toMatchObject({ uuid: first.uuid, size: 96 * MiB })
+    expect(expired).toBe(true)
+    expect((await readFile(restored)).equals(bytes)).toBe(true)
+    expect((await readdir(dir)).filter((n) => n.startsWith(first.uuid))).toEqual([])
+    expect(ok(await volumeStatus({ at: volume })).revisions.map((r) => r.uuid)).toEqual([second.uuid])
+
+    // removed between the listing and the restore's first look at it: gone, which is no damage
+    const third = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-24T12:00:00Z') })))
+    const listed: Transport = { ...volume, readFile: (path) => volume.readFile(path).map((text) => {
+      if (path === join(dir, `${second.uuid}.rev`)) execFileSync('rm', ['-f', ...['rev', 'img', 'hashes'].map((ext) => join(dir, `${second.uuid}.${ext}`))])
+      return text
+    }) }
+    const destination = join(fs.mountPoint, 'r.img')
+    expect(await restoreRevision({ at: listed, revision: second.uuid, destination })).toMatchObject({
+      error: { code: 'SNAPSHOT_NOT_FOUND', message: `revision ${second.uuid} was removed as this restore began, by the expiry of a backup (or a prune -b) that ran meanwhile` },
+    })
+    expect(await readdir(fs.mountPoint)).not.toContain('r.img')
+    expect(ok(await volumeStatus({ at: volume })).revisions.map((r) => r.uuid)).toEqual([third.uuid])
   })
 
   it('a revision distrusted by hand says so, and needs a whole new round of verify: subsets passed before do not count', async () => {

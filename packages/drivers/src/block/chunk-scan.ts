@@ -5,6 +5,8 @@ import { stop, Stop } from './stop.js'
 
 export interface ScanOptions {
   readonly path: string
+  /** the file as messages name it, where `path` is another way to it (a /proc/PID/fd link to an open file) */
+  readonly name?: string
   /** bytes to read: the image's size */
   readonly size: number
   readonly chunkSize: number
@@ -61,6 +63,7 @@ const shrank = (path: string, at: number, size: number): never =>
  */
 export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): Promise<ScanCounts> => {
   const { chunkSize, pool, size, path } = options
+  const name = options.name ?? path
   const total = chunkCount(size, chunkSize)
   const lanes = pool.threads * 2
   const free = options.deliver === true ? Array.from({ length: lanes }, () => chunkBuffer(chunkSize)) : []
@@ -81,9 +84,9 @@ export const scanChunks = async (options: ScanOptions, handlers: ScanHandlers): 
     try {
       switch (result.kind) {
         case 'failed':
-          throw new Stop(ioError(result.operation, result.path)(result.cause))
+          throw new Stop(ioError(result.operation, result.path === path ? name : result.path)(result.cause))
         case 'short':
-          return shrank(path, result.at, size)
+          return shrank(name, result.at, size)
         case 'zero':
           counts.bytesRead += length
           counts.zeroChunks++

@@ -72,51 +72,70 @@ export const restoreRevision = (options: BlockRestoreOptions): ResultAsync<Block
         'restore an older revision, or give --force to restore this one as it is', { revision: revision.uuid }))
     }
     const image = paths(dir, revision.uuid).image
-    const stored = await fs.stat(image).catch(() => undefined)
-    if (stored?.isFile() !== true) {
-      return stop(bbError('CORRUPT_DATA', `the image of revision ${revision.uuid} (${image}) is missing`, 'restore another revision; bbackup verify -b DIR marks this one distrusted', { revision: revision.uuid, path: image }))
-    }
+    // a backup's expiry (or prune -b) takes no notice of a restore: one that ran since the listing
+    // removed the revision (its .rev first), which is then no damage but gone
+    const goneMeanwhile = async (): Promise<BbError | undefined> => (await fs.stat(paths(dir, revision.uuid).rev).catch(() => undefined)) !== undefined ? undefined
+      : bbError('SNAPSHOT_NOT_FOUND', `revision ${revision.uuid} was removed as this restore began, by the expiry of a backup (or a prune -b) that ran meanwhile`,
+        'bbackup status -b DIR lists the revisions there are: restore one of them', { revision: revision.uuid })
+    const missing = bbError('CORRUPT_DATA', `the image of revision ${revision.uuid} (${image}) is missing`, 'restore another revision; bbackup verify -b DIR marks this one distrusted', { revision: revision.uuid, path: image })
     const hashes = await readHashes(dir, revision)
-    if (hashes === undefined) return stop(bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${image} is a plain image file`, { revision: revision.uuid }))
-    const sink = options.output !== undefined
-      ? streamSink(options.output, 'stdout')
-      : isRbdSource(options.destination)
-        ? await rbdSink(options.at, await must(parseRbdSource(options.destination)), options)
-        : options.destinationHost !== undefined && options.destinationHost.location.kind !== 'local'
-        ? await remoteSink(options.destinationHost, options.destination, revision, options)
-        : await localSink(options.destination, revision, options)
-    const pool = openHashPool(options.threads)
-    let done = false
-    try {
-      const damaged = (i: number) => bbError('CORRUPT_DATA', `revision ${revision.uuid} is damaged at byte ${i * revision.chunkSize}: the chunk there does not match its hash`,
-        'run bbackup verify -b DIR on it (it is then distrusted) and restore another revision', { revision: revision.uuid, offset: i * revision.chunkSize })
-      const dataMap = await dataChunks(options.at, image, revision.size, revision.chunkSize)
-      await scanChunks({ path: image, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap, deliver: true }, {
-        zero: async (i, length) => {
-          if (!recordedZero(hashes, i) && options.force !== true) stop(damaged(i))
-          await sink.zero(i * revision.chunkSize, length)
-        },
-        data: async (i, chunk, digest) => {
-          if (chunk === undefined) throw new InternalError('restore: a scan that delivers gave a chunk without its bytes')
-          if (!recordedDigest(hashes, i, digest) && options.force !== true) stop(damaged(i))
-          await sink.data(i * revision.chunkSize, chunk)
-        },
-        failed: (error) => sink.failed(error),
-      })
-      await sink.finish()
-      done = true
-    } finally {
-      await pool.close()
-      if (!done) await sink.abandon()
+    if (hashes === undefined) {
+      return stop(await goneMeanwhile() ?? bbError('CORRUPT_DATA', `the chunk hashes of revision ${revision.uuid} are missing or damaged`, `copy the image itself: ${image} is a plain image file`, { revision: revision.uuid }))
     }
-    const crossing = sink.crossing
-    return {
-      uuid: revision.uuid, destination: sink.name, size: revision.size, bytesWritten: sink.bytesWritten(),
-      ...(crossing === undefined ? {} : {
-        bytesTransferred: crossing.crossed(), ...(crossing.compress === undefined ? {} : { streamCompressed: crossing.compress }), ...(crossing.warnings.length === 0 ? {} : { warnings: crossing.warnings }),
-      }),
+    // opened before anything that takes time (an ssh login, an rbd import): an expiry that runs
+    // from now on removes the image's name, not the bytes read through this handle, whose
+    // /proc link every reader opens
+    const held = await fs.open(image, 'r').catch(async (cause: unknown) =>
+      stop((cause as NodeJS.ErrnoException).code === 'ENOENT' ? await goneMeanwhile() ?? missing : ioError('open', image)(cause)))
+    try {
+      if (!(await held.stat()).isFile()) return stop(missing)
+      return await restoreHeld(options, revision, hashes, { name: image, path: `/proc/${process.pid}/fd/${held.fd}` })
+    } finally {
+      await held.close()
     }
   })
+
+/** Writes `revision`, whose image is open: read through `image.path`, named `image.name`. */
+const restoreHeld = async (options: BlockRestoreOptions, revision: Revision, hashes: Buffer, image: { readonly name: string; readonly path: string }): Promise<BlockRestoreReport> => {
+  const sink = options.output !== undefined
+    ? streamSink(options.output, 'stdout')
+    : isRbdSource(options.destination)
+      ? await rbdSink(options.at, await must(parseRbdSource(options.destination)), options)
+      : options.destinationHost !== undefined && options.destinationHost.location.kind !== 'local'
+      ? await remoteSink(options.destinationHost, options.destination, revision, options)
+      : await localSink(options.destination, revision, options)
+  const pool = openHashPool(options.threads)
+  let done = false
+  try {
+    const damaged = (i: number) => bbError('CORRUPT_DATA', `revision ${revision.uuid} is damaged at byte ${i * revision.chunkSize}: the chunk there does not match its hash`,
+      'run bbackup verify -b DIR on it (it is then distrusted) and restore another revision', { revision: revision.uuid, offset: i * revision.chunkSize })
+    const dataMap = await dataChunks(options.at, image.path, revision.size, revision.chunkSize)
+    await scanChunks({ path: image.path, name: image.name, size: revision.size, chunkSize: revision.chunkSize, pool, signal: options.signal, dataMap, deliver: true }, {
+      zero: async (i, length) => {
+        if (!recordedZero(hashes, i) && options.force !== true) stop(damaged(i))
+        await sink.zero(i * revision.chunkSize, length)
+      },
+      data: async (i, chunk, digest) => {
+        if (chunk === undefined) throw new InternalError('restore: a scan that delivers gave a chunk without its bytes')
+        if (!recordedDigest(hashes, i, digest) && options.force !== true) stop(damaged(i))
+        await sink.data(i * revision.chunkSize, chunk)
+      },
+      failed: (error) => sink.failed(error),
+    })
+    await sink.finish()
+    done = true
+  } finally {
+    await pool.close()
+    if (!done) await sink.abandon()
+  }
+  const crossing = sink.crossing
+  return {
+    uuid: revision.uuid, destination: sink.name, size: revision.size, bytesWritten: sink.bytesWritten(),
+    ...(crossing === undefined ? {} : {
+      bytesTransferred: crossing.crossed(), ...(crossing.compress === undefined ? {} : { streamCompressed: crossing.compress }), ...(crossing.warnings.length === 0 ? {} : { warnings: crossing.warnings }),
+    }),
+  }
+}
 
 /** Where a restore writes: chunks at their offsets, handed over one at a time (each `bytes` only valid until its promise settles). */
 interface Sink {
