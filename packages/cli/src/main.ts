@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, parseMaxDelete, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderPruneWarnings, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -1090,6 +1090,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         else {
           io.stdout(renderPrune(r.value.filter((p) => p.error === undefined), options.dryRun === true))
           io.stderr(renderPlaceFailures(r.value, 'PRUNED'))
+          io.stderr(renderPruneWarnings(r.value))
         }
       }
       return { code }

@@ -177,6 +177,7 @@ export const renderProblems = (report: BackupReport): string => {
     ...(others.length === 0 ? [] : [`${report.source}: warning: ${others.length} source ${others.length === 1 ? 'snapshot' : 'snapshots'} named as the job's (${brief(others)}) taken of another subvolume (${OTHER_SUBVOLUME}): neither sent nor pruned by this job (give each source its own prefix: -p)`]),
     ...report.targets.flatMap((t) => (t.pruneError === undefined ? [] : notPrunedLines(`${t.target}: `, t.pruneError, 0, ''))),
     ...(report.sourcePruneError === undefined ? [] : notPrunedLines(`${report.source} (source snapshots): `, report.sourcePruneError, 0, '')),
+    ...(report.sourceWarnings ?? []).map((w) => `${report.source} (source snapshots): warning: ${w}`),
     ...((report.hooks ?? []).every((h) => h.ok) ? [] : [`${report.source}:`, ...hookLines((report.hooks ?? []).filter((h) => !h.ok), 0)]),
   ]
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`
@@ -252,6 +253,7 @@ export const renderReport = (report: BackupReport, verbosity: number, stages: { 
     if (report.dryRun || verbosity > 0) for (const c of t.commands) out.push(`    $ ${shellLine(c)}`)
   }
   if (report.sourcePruned.length > 0) out.push(`  source snapshots pruned: ${report.sourcePruned.join(', ')}`)
+  for (const w of report.sourceWarnings ?? []) out.push(`  source snapshots: warning: ${w}`)
   const others = report.sourceOthers ?? []
   if (others.length > 0) out.push(`  source snapshots not this job's: ${others.length} named as its own (${brief(others)}) but taken of another subvolume (${OTHER_SUBVOLUME}): neither sent nor pruned by this job (give each source its own prefix: -p, or its own --snapshot-folder; delete by hand what is no one's)`)
   if (report.sourcePruneError !== undefined) out.push(...notPrunedLines('source snapshots: ', report.sourcePruneError, verbosity, '  '))
@@ -390,6 +392,10 @@ export const renderPrune = (results: readonly PruneResult[], dryRun: boolean): s
     ...r.decisions.map((d) => `  ${d.keep ? 'keep  ' : 'delete'} ${d.name}  ${d.reasons.join('; ')}`),
     ...(r.others ?? []).map((name) => `  other  ${name}  not this job's: ${r.side === 'source' ? `a snapshot of another subvolume (${OTHER_SUBVOLUME})` : 'not a copy of its source\'s snapshots (another source\'s with the same prefix?)'}; left alone`),
   ].join('\n')).join('\n') + '\n'
+
+/** What the prunes left for later, `AT: warning: …` (for stderr); empty when nothing was. */
+export const renderPruneWarnings = (results: readonly PruneResult[]): string =>
+  results.flatMap((r) => (r.warnings ?? []).map((w) => `${r.at}: warning: ${w}\n`)).join('')
 
 /** The places a prune or a list could not reach, `AT: NOT PRUNED: why` with the hint (for stderr); empty when none failed. */
 export const renderPlaceFailures = (places: readonly { readonly at: string; readonly error?: BbError }[], what: 'PRUNED' | 'LISTED' | 'CLEANED'): string =>

@@ -44,6 +44,7 @@ export type ErrorCode =
   | 'INSECURE_SECRETS'
   | 'HOOK_FAILED'
   | 'TARGET_IN_USE'
+  | 'SNAPSHOT_BUSY'
 
 /** Context carried by an error. Values are small: a stderr tail, never a whole stream. */
 export type ErrorDetails = Readonly<Record<string, string | number | boolean | readonly string[] | undefined>>

@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { cp, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ok as okResult } from 'neverthrow'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { backup, healthOf, list, prune, readJournal, restore, status, type BackupEvent, type BackupReport, type BbError, type Job, type TransferProgress, type Transport } from '@bb/core'
+import { backup, healthOf, list, prune, readJournal, restore, runComplete, status, type BackupEvent, type BackupReport, type BbError, type Job, type TransferProgress, type Transport } from '@bb/core'
 import { descendantsOf, mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { btrfsDriver } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
@@ -607,6 +607,42 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     const failed = await job.driver.deleteSnapshots({ at: job.source, snapshots: doomed.map((s) => ({ ...s, path: plain })), dryRun: false, signal: undefined })
     expect(failed._unsafeUnwrapErr()).toMatchObject({ code: 'COMMAND_FAILED', message: 'deleting snapshots failed (exit 1)' })
     expect(existsSync(plain)).toBe(true)
+  })
+
+  it('a backup a btrfs send is reading (an archive, a restore) is kept by the prune with a warning, the rest of the batch deleted, and deleted by the next prune', async () => {
+    await writeTree(source, { 'big.bin': randomBytes(2 * 1024 * 1024) })
+    const job = btrfsJob({ source, targets: [targetA], state })
+    for (const hour of ['10', '11', '12']) ok(await backup(job, { now: at(`2026-11-23T${hour}:00:00Z`) }))
+    // a send of the oldest backup that stalls on a full pipe: the kernel holds the subvolume as being sent until it ends
+    const reading = join(targetA, 'home.2026-11-23T100000Z')
+    const send = spawn('btrfs', ['send', '-q', reading], { stdio: ['ignore', 'pipe', 'ignore'] })
+    try {
+      await new Promise<void>((resolve, reject) => {
+        send.stdout.once('readable', () => resolve())
+        send.once('error', reject)
+      })
+      const kept = { ...job, retention: { target: { keepLast: 1 } } }
+      const report = ok(await backup(kept, { now: at('2026-11-23T13:00:00Z') }))
+      expect(runComplete(report)).toBe(true)
+      const warning = `the kernel refused to delete home.2026-11-23T100000Z at ${targetA}: a btrfs send is reading it (another job's run, an archive or a restore from there), or it is marked immutable`
+      expect(report.targets[0]).toMatchObject({ ok: true, pruned: ['home.2026-11-23T110000Z', 'home.2026-11-23T120000Z'], kept: 2, warnings: [expect.stringContaining(warning) as unknown] })
+      expect(report.targets[0]?.pruneError).toBeUndefined()
+      expect(await names(targetA)).toEqual(['home.2026-11-23T100000Z', 'home.2026-11-23T130000Z'])
+      // a prune alone says the same, and why it keeps it in its decisions
+      const again = ok(await prune(kept))
+      const place = again.find((p) => p.side === 'target')
+      expect(place).toMatchObject({ deleted: [], kept: 2, warnings: [expect.stringContaining(warning) as unknown] })
+      expect(place?.error).toBeUndefined()
+      expect(place?.decisions.find((d) => d.name === 'home.2026-11-23T100000Z')).toMatchObject({ keep: true, reasons: [expect.stringMatching(/^due to be deleted \(.*\), but in use now: the next prune deletes it$/) as unknown] })
+    } finally {
+      send.kill('SIGKILL')
+      if (send.exitCode === null && send.signalCode === null) await new Promise((resolve) => send.once('exit', resolve))
+    }
+    // the send is over: the next prune deletes it
+    const after = ok(await prune({ ...job, retention: { target: { keepLast: 1 } } })).find((p) => p.side === 'target')
+    expect(after).toMatchObject({ deleted: ['home.2026-11-23T100000Z'], kept: 1 })
+    expect(after?.warnings).toBeUndefined()
+    expect(await names(targetA)).toEqual(['home.2026-11-23T130000Z'])
   })
 
   it('a snapshot deleted at the source while the run was to send it (another job\'s prune, or by hand) is left out: the rest is sent, planned again; while another job\'s run is under way, a prune keeps what it may send', async () => {

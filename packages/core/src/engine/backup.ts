@@ -87,6 +87,8 @@ export interface BackupReport {
   readonly sourceOthers?: readonly string[]
   /** why the source's snapshots were not pruned, when they were not; the CLI exits 10 */
   readonly sourcePruneError?: BbError
+  /** what the source's prune left for later, and is no failure (snapshots in use: {@link PruneResult.warnings}) */
+  readonly sourceWarnings?: readonly string[]
   /** the job's hooks that ran, in order ({@link JobHooks}); one that failed fails the run (the CLI exits 10) */
   readonly hooks?: readonly HookRun[]
 }
@@ -402,12 +404,16 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
 
   let sourcePruned: string[] = []
   let sourcePruneError: BbError | undefined
+  let sourceWarnings: readonly string[] = []
   const sourcePolicy = job.retention?.source
   // Safe while a target is failing or offline: its pinned parent and everything journalled are kept.
   if (job.driver.snapshotsSource && sourcePolicy !== undefined && prunes(options, 'snapshots')) {
     const pruned = await pruneAt(job, job.source, 'source', sourcePolicy, options, sourceSnapshot === undefined ? [] : [sourceSnapshot.name])
     if (pruned.isErr()) sourcePruneError = pruned.error
-    else sourcePruned = [...pruned.value.deleted]
+    else {
+      sourcePruned = [...pruned.value.deleted]
+      sourceWarnings = pruned.value.warnings ?? []
+    }
   }
 
   return ok({
@@ -421,6 +427,7 @@ const runBackup = async (job: Job, options: BackupOptions, hooks: HookRunner): P
     targets: reports.map((r) => ({ ...r, route: routeOf(job.source.location, r.target) })),
     failed: reports.filter((r) => !r.ok).length,
     sourcePruned,
+    ...(sourceWarnings.length === 0 ? {} : { sourceWarnings }),
     ...(sourceOthers.length === 0 ? {} : { sourceOthers }),
     ...(sourcePruneError === undefined ? {} : { sourcePruneError }),
   })
@@ -531,6 +538,7 @@ const backupToTarget = async (
       pruned = r.value.deleted
       kept = r.value.kept
       commands = [...commands, ...r.value.commands]
+      warnings.push(...(r.value.warnings ?? []))
     }
   }
   return {
@@ -832,6 +840,7 @@ const sendSnapshots = async (
     let pruned: readonly string[] = []
     let kept: number | undefined
     let pruneError: BbError | undefined
+    let pruneWarnings: readonly string[] = []
     const policy = job.retention?.target
     if (policy !== undefined && prunes(options, 'backups') && lane.sent.length > 0 && options.signal?.aborted !== true) {
       const r = await pruneTarget(job, lane.target, policy, options, lane.sent.map((x) => x.snapshot))
@@ -840,12 +849,14 @@ const sendSnapshots = async (
         pruned = r.value.deleted
         kept = r.value.kept
         lane.commands = [...lane.commands, ...r.value.commands]
+        pruneWarnings = r.value.warnings ?? []
       }
     }
     reports.push({
       target: lane.where,
       ok: true,
       ...common,
+      warnings: [...lane.warnings, ...pruneWarnings],
       ...(last === undefined ? {} : { snapshot: last.snapshot, mode: last.mode, ...(last.parent === undefined ? {} : { parent: last.parent }) }),
       durationMs: Date.now() - lane.started,
       pruned,

@@ -31,6 +31,8 @@ export interface PruneResult {
    * in the folder taken of another subvolume ({@link SnapshotInfo.otherSubvolume}). Neither weighed nor deleted.
    */
   readonly others?: readonly string[]
+  /** what did not go as planned and is no failure: snapshots the kernel would not delete now because they are in use (`SNAPSHOT_BUSY`), kept until the next prune */
+  readonly warnings?: readonly string[]
 }
 
 /** A target the job no longer keeps anything for (`prune` with `forgetTargets`). */
@@ -119,19 +121,37 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
   if (plan.isErr()) return err(plan.error)
   const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))
   const deleted = await job.driver.deleteSnapshots({ at, snapshots: doomed, dryRun: options.dryRun ?? false, signal: options.signal })
-  if (deleted.isErr()) return err(deleted.error)
+  // in use (a btrfs send reads it): kept for now, and the rest of the batch is gone
+  const busy = deleted.isErr() ? busyIn(deleted.error) : []
+  if (deleted.isErr() && busy.length === 0) return err(deleted.error)
+  const removed = doomed.filter((s) => !busy.includes(s.name))
   if (known !== undefined && options.dryRun !== true) {
-    const gone = new Set(receivedUuids(doomed))
+    const gone = new Set(receivedUuids(removed))
     const recorded = await recordLineage(job.state.transport, lineagePath(job), where, () => known.filter((u) => !gone.has(u)))
     if (recorded.isErr()) return err(recorded.error)
   }
-  for (const s of doomed) {
+  for (const s of removed) {
     options.onEvent?.({ type: 'pruned', at: where, snapshot: s.name, reasons: plan.value.find((d) => d.name === s.name)?.reasons ?? [], path: formatLocation({ ...at.location, path: s.path }) })
   }
+  const decisions = plan.value.map((d) => (busy.includes(d.name) ? { ...d, keep: true, reasons: [`due to be deleted (${d.reasons.join('; ')}), but in use now: the next prune deletes it`] } : d))
   return ok({
-    at: where, side, decisions: plan.value, deleted: doomed.map((s) => s.name), kept: own.length - doomed.length, commands: deleted.value,
+    at: where, side, decisions, deleted: removed.map((s) => s.name), kept: own.length - removed.length,
+    commands: deleted.isOk() ? deleted.value : commandOf(deleted.error),
     ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
+    ...(deleted.isOk() ? {} : { warnings: [`${deleted.error.message}; ${deleted.error.hint}`] }),
   })
+}
+
+/** The command an error ran, as its details give it. */
+const commandOf = (error: BbError): (readonly string[])[] => {
+  const argv = error.details?.argv
+  return Array.isArray(argv) ? [argv] : []
+}
+
+/** The snapshots a `SNAPSHOT_BUSY` error names (none for any other error). */
+const busyIn = (error: BbError): readonly string[] => {
+  const busy = error.code === 'SNAPSHOT_BUSY' ? error.details?.busy : undefined
+  return Array.isArray(busy) ? busy : []
 }
 
 const limit = (maxDelete: number | undefined): { maxDelete?: number } => (maxDelete === undefined ? {} : { maxDelete })

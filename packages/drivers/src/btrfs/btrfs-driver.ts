@@ -2,7 +2,7 @@ import { statfs } from 'node:fs/promises'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type Incremental, type RestoreInput,
+  bbError, compareSnapshots, formatLocation, InternalError, parseLocation, parseSnapshotName, progressMeter, sameSnapshot, statGiven, stderrTail, type BbError, type DiffEntry, type DiffInput, type Driver, type Incremental, type RestoreInput,
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
@@ -838,7 +838,17 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       // btrfs goes on past a path that is gone (another job's prune of the same source deleted it
       // meanwhile) and fails at the end: done, when none of them is left
       return ResultAsync.fromSafePromise(Promise.all(snapshots.map(async (s) => (await at.stat(s.path)).map((found) => found !== undefined).unwrapOr(true))))
-        .andThen((left) => (left.some(Boolean) ? err(btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)) : ok([argv])))
+        .andThen((left) => {
+          const still = snapshots.filter((_, i) => left[i] === true)
+          if (still.length === 0) return ok([argv])
+          const failure = btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)
+          // EPERM for a user who may delete subvolumes here (root, or the same command deleted
+          // others of the batch): the kernel refuses to delete one a btrfs send is reading
+          const mayDelete = still.length < snapshots.length || (at.location.kind === 'local' && process.geteuid?.() === 0)
+          if (failure.code !== 'PERMISSION_DENIED') return err(failure)
+          return err(mayDelete ? inUse(at, still, argv, r.stderr)
+            : { ...failure, hint: `${failure.hint}. Where it runs as root already, a btrfs send is reading ${still.length === 1 ? 'it' : 'them'} (another job's run, an archive or a restore): the next prune deletes ${still.length === 1 ? 'it' : 'them'} once that is over` })
+        })
     })
   }
 
@@ -1078,6 +1088,21 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 }
 
 /** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */
+/**
+ * `SNAPSHOT_BUSY`: the kernel refused (EPERM) to delete `still`, though this user may delete
+ * subvolumes there. It does so while a btrfs send reads one (another job's run, an archive, a
+ * restore from it), or for one marked immutable; `details.busy` names them, and the rest of the
+ * batch is gone.
+ */
+const inUse = (at: Transport, still: readonly SnapshotInfo[], argv: readonly string[], stderr: string): BbError<'SNAPSHOT_BUSY'> => {
+  const names = still.map((s) => s.name)
+  const one = names.length === 1
+  return bbError('SNAPSHOT_BUSY',
+    `the kernel refused to delete ${names.join(', ')} at ${formatLocation(at.location)}: a btrfs send is reading ${one ? 'it' : 'them'} (another job's run, an archive or a restore from there), or ${one ? 'it is' : 'they are'} marked immutable`,
+    `nothing to do for a send: the next prune deletes ${one ? 'it' : 'them'} once it is over; for an immutable one, lsattr -d shows the i flag and chattr -i clears it`,
+    { argv: [...argv], stderr: stderrTail(stderr), busy: names })
+}
+
 const present = <T>(value: T | undefined, what: string): T => {
   if (value === undefined) throw new InternalError(`${what} is missing`)
   return value
