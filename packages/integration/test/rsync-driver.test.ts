@@ -3,7 +3,8 @@ import { chmod, lstat, mkdir, readdir, readFile, readlink, rename, rm, stat, sym
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest'
-import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport, type TransferProgress } from '@bb/core'
+import { ResultAsync } from 'neverthrow'
+import { backup, list, prune, restore, status, verify, type BackupEvent, type BackupReport, type TransferProgress, type Transport } from '@bb/core'
 import { makeTempDir, mountLoopFilesystem, requireTools, treeManifest, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { at, finished, ok, rsyncJob, spawnTs, waitFor } from './helpers.js'
@@ -137,6 +138,46 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(await treeManifest(two)).toEqual(await treeManifest(source))
     expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T110000Z')
     expect(second.targets[0]?.commands[0]).not.toContain('--inplace')
+  })
+
+  it('a restore under way holds its backup: the prune of a run meanwhile keeps it and says why, the restore finishes whole, and the next prune deletes it', async () => {
+    const job = rsyncJob({ source, targets: [target], state })
+    ok(await backup(job, { now: at('2026-11-23T10:00:00Z') }))
+    const before = await treeManifest(source)
+    await writeFile(join(source, 'a.txt'), 'alpha changed\n')
+    ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    // the restore (a job and state of its own beside the run's, as bbackup restore TARGET SNAPSHOT DEST has) waits just before rsync copies
+    let open = (): void => undefined
+    const gate = new Promise<void>((resolve) => {
+      open = resolve
+    })
+    let reached = (): void => undefined
+    const atRsync = new Promise<void>((resolve) => {
+      reached = resolve
+    })
+    const gated = (t: Transport): Transport => ({ ...t, exec: (argv, o) => {
+      if (argv[0] !== 'rsync') return t.exec(argv, o)
+      reached()
+      return ResultAsync.fromSafePromise(gate).andThen(() => t.exec(argv, o))
+    } })
+    const into = join(tmp.path, 'restored')
+    const restoring = restore(rsyncJob({ source: into, targets: [target], state: join(tmp.path, 'restore-state') }), {
+      from: gated(localTransport(target)), snapshot: '2026-11-23T100000Z', to: gated(localTransport(into)),
+    })
+    await atRsync
+    // a cron run meanwhile, whose retention would delete it
+    const keepOne = { ...job, retention: { target: { keepLast: 1 } } }
+    expect(ok(await backup(keepOne, { now: at('2026-11-23T12:00:00Z') })).targets[0]).toMatchObject({ ok: true, pruned: ['2026-11-23T110000Z'] })
+    const plan = ok(await prune(keepOne, { dryRun: true }))[0]
+    expect(plan?.decisions.find((d) => d.name === '2026-11-23T100000Z')).toMatchObject({
+      keep: true, reasons: expect.arrayContaining([expect.stringMatching(/^protected: a restore under way reads it \(pid \d+ on .+, since .+\)$/)]) as unknown,
+    })
+    open()
+    expect(ok(await restoring).snapshot).toBe('2026-11-23T100000Z')
+    expect(await treeManifest(into)).toEqual(before)
+    // the restore is over: the next prune deletes it
+    expect(ok(await prune(keepOne))[0]).toMatchObject({ deleted: ['2026-11-23T100000Z'] })
+    expect((await readdir(target)).filter((n) => n.startsWith('2026'))).toEqual(['2026-11-23T120000Z'])
   })
 
   it('reports progress from rsync\'s own (--info=progress2), and with progress: false asks rsync for none', async () => {

@@ -38,7 +38,8 @@ export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<
   const held: HeldBeside[] = []
   for (const entry of listed.value) {
     const dir = posix.join(root, entry.name)
-    if (entry.kind !== 'directory' || dir === directory) continue
+    // .holds: the holds of restores under way (holds.ts), no job
+    if (entry.kind !== 'directory' || dir === directory || entry.name === '.holds') continue
     const pins = await readPins(transport, posix.join(dir, 'pins.json'))
     if (pins.isErr()) return err(unreadable(dir, pins.error))
     for (const [target, snapshot] of Object.entries(pins.value.pins)) held.push({ job: dir, target, snapshot, why: 'pin' })

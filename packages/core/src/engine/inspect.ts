@@ -11,6 +11,7 @@ import type { LockStatus, Transport } from '../transport/transport.js'
 import { aheadOfClock, claimedByOther, journalPath, lineagePath, lockPath, unchangedPath, madeOrder, newestMade, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, type Job } from './job.js'
 import { planSends } from './plan-sends.js'
 import { heldBeside } from './beside.js'
+import { holdForRestore } from './holds.js'
 import { spaceAt, type Space } from './space.js'
 
 export interface SnapshotList {
@@ -316,13 +317,26 @@ export const restore = (
   },
 ): ResultAsync<{ readonly snapshot: string; readonly commands: readonly (readonly string[])[] }, BbError> =>
   findSnapshot(job, options.from, options.snapshot, { signal: options.signal, anyPrefix: options.anyPrefix ?? false, side: options.side ?? 'target' }).andThen((snapshot) =>
-    job.driver
-      .restore({
-        from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal,
-        ...(options.writable === true ? { writable: true } : {}),
-        ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
-      })
-      .map((r) => ({ snapshot: snapshot.name, commands: r.commands })),
+    new ResultAsync((async () => {
+      // held until the copy is done: the prune of a job beside this one (a cron run's) keeps it
+      const hold = options.dryRun === true ? undefined : await holdForRestore(job, options.from, snapshot.name)
+      try {
+        // a prune that came between the listing and the hold
+        if (hold !== undefined && (await options.from.stat(snapshot.path)).map((s) => s === undefined).unwrapOr(false)) {
+          return err(bbError('SNAPSHOT_NOT_FOUND', `${snapshot.name} was deleted at ${formatLocation(options.from.location)} as this restore began (by a prune that ran meanwhile)`,
+            'bbackup list shows the backups there are: restore one of them', { at: formatLocation(options.from.location), snapshot: snapshot.name }))
+        }
+        return await job.driver
+          .restore({
+            from: options.from, snapshot, subpath: options.subpath ?? '', to: options.to, dryRun: options.dryRun ?? false, signal: options.signal,
+            ...(options.writable === true ? { writable: true } : {}),
+            ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+          })
+          .map((r) => ({ snapshot: snapshot.name, commands: r.commands }))
+      } finally {
+        await hold?.release()
+      }
+    })()),
   )
 
 /**

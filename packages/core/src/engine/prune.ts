@@ -11,6 +11,7 @@ import { readPins, unpinTargets } from '../journal/pins.js'
 import { claimedByOther, journalPath, lineagePath, lockPath, madeOrder, maxDeleteFor, newestMade, othersAtSource, ownSnapshots, pinsPath, type Job, type RunOptions } from './job.js'
 import { planSends, retentionEntry } from './plan-sends.js'
 import { heldBeside, heldReason } from './beside.js'
+import { heldByRestores, restoreHoldReason } from './holds.js'
 
 export interface PruneResult {
   /** the target (or source), as its location prints */
@@ -90,6 +91,10 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     protect.push({ name: entry.snapshot, reason: `a pending transfer to ${entry.target} needs it` })
     if (entry.parent !== undefined) protect.push({ name: entry.parent, reason: `parent of a pending transfer to ${entry.target}` })
   }
+  // what a restore under way reads (a restore by hand while cron runs the job)
+  const reading = await heldByRestores(job, at)
+  if (reading.isErr()) return err(reading.error)
+  for (const h of reading.value) protect.push({ name: h.snapshot, reason: restoreHoldReason(h) })
   // the newest made before now (one dated ahead of the clock sorts last, but is older; retention keeps it anyway)
   const now = (options.now ?? (() => new Date()))()
   const newestHealthy = newestMade(own.filter((s) => s.health !== 'errors'), now.getTime())
