@@ -1,5 +1,4 @@
 import { getMaxListeners, setMaxListeners } from 'node:events'
-import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import type { Adoptable, RecoverAction, SnapshotInfo, TransferOutcome } from '../driver/driver.js'
 import { bbError, InternalError, type BbError } from '../errors.js'
@@ -11,7 +10,7 @@ import { knownAt, ofThisJob, othersNote, readLineage, recordLineage, sentUuids }
 import { pinSnapshot } from '../journal/pins.js'
 import { recordUnchanged } from '../journal/unchanged.js'
 import type { RetentionPolicy } from '../retention/policy.js'
-import { claimedByOther, clockWarning, journalPath, lineagePath, madeOrder, newestMade, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, unchangedPath, type Job, type RunOptions } from './job.js'
+import { claimedByOther, clockWarning, oneSpelling, journalPath, lineagePath, madeOrder, newestMade, notMadeYet, originFor, othersAtSource, ownSnapshots, pinsPath, sendsFor, unchangedPath, type Job, type RunOptions } from './job.js'
 import { betweenHooks, hookContextOf, type HookRun, type HookRunner } from './hooks.js'
 import { planSends, type PlannedSend } from './plan-sends.js'
 import { connectHosts, pruneAt, retentionFits, withJobLock, type PruneResult } from './prune.js'
@@ -180,8 +179,7 @@ const pruneTarget = async (job: Job, target: Transport, policy: RetentionPolicy,
 const repeatedTarget = (targets: readonly Transport[]): string | undefined => {
   const seen = new Set<string>()
   for (const { location } of targets) {
-    const path = location.path === '' ? '' : posix.normalize(location.path).replace(/(.)\/+$/, '$1')
-    const key = formatLocation({ ...location, path })
+    const key = formatLocation({ ...location, path: oneSpelling(location.path) })
     if (seen.has(key)) return key
     seen.add(key)
   }

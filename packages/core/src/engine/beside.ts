@@ -4,7 +4,7 @@ import { bbError, type BbError } from '../errors.js'
 import { readJournal } from '../journal/journal.js'
 import { readPins } from '../journal/pins.js'
 import { compareSnapshots, parseSnapshotName } from '../names/snapshot-name.js'
-import type { Job } from './job.js'
+import { oneSpelling, type Job } from './job.js'
 
 /**
  * A source snapshot another job keeps: the parent of its target's next incremental, one its
@@ -31,7 +31,7 @@ export type HeldBeside = {
 export const heldBeside = async (job: Job, names: ReadonlySet<string>): Promise<Result<HeldBeside[], BbError>> => {
   const { transport } = job.state
   // as the job's own is spelled when listed beside the others ('state/' and 'state' are one)
-  const directory = posix.normalize(job.state.directory).replace(/(.)\/+$/, '$1')
+  const directory = oneSpelling(job.state.directory)
   const root = posix.dirname(directory)
   const listed = await transport.list(root)
   if (listed.isErr()) return listed.error.code === 'NOT_FOUND' ? ok([]) : err(listed.error)

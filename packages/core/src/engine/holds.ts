@@ -4,7 +4,7 @@ import { err, ok, type Result } from 'neverthrow'
 import { bbError, type BbError } from '../errors.js'
 import { formatLocation } from '../location/location.js'
 import type { LockHandle, Transport } from '../transport/transport.js'
-import type { Job } from './job.js'
+import { oneSpelling, type Job } from './job.js'
 
 /**
  * Restores under way hold the backup they read: a lock file each, in the directory of job states
@@ -13,10 +13,8 @@ import type { Job } from './job.js'
  * reads. A lock whose holder is gone (a killed restore: dead pid, earlier boot) holds nothing.
  */
 const holdsOf = (job: Job, at: Transport): string => {
-  const state = posix.normalize(job.state.directory).replace(/(.)\/+$/, '$1')
-  const path = at.location.path === '' ? '' : posix.normalize(at.location.path).replace(/(.)\/+$/, '$1')
-  const place = createHash('sha256').update(formatLocation({ ...at.location, path })).digest('hex').slice(0, 16)
-  return posix.join(posix.dirname(state), '.holds', place)
+  const place = createHash('sha256').update(formatLocation({ ...at.location, path: oneSpelling(at.location.path) })).digest('hex').slice(0, 16)
+  return posix.join(posix.dirname(oneSpelling(job.state.directory)), '.holds', place)
 }
 
 const HOLD = /^(.+)\.(\d+)\.hold$/

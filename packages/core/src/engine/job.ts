@@ -106,6 +106,9 @@ export const defaultStateDir = (id: string, env: Readonly<Record<string, string 
   return join(env.XDG_STATE_HOME ?? join(homedir(), '.local/state'), 'bbackup/jobs', id)
 }
 
+/** A path written one way: `/mnt/b/`, `/mnt//b` and `/mnt/./b` are `/mnt/b` (a location's empty path stays empty). */
+export const oneSpelling = (path: string): string => (path === '' ? '' : posix.normalize(path).replace(/(.)\/+$/, '$1'))
+
 export const lockPath = (job: Job): string => join(job.state.directory, 'lock')
 export const journalPath = (job: Job): string => join(job.state.directory, 'journal.json')
 export const pinsPath = (job: Job): string => join(job.state.directory, 'pins.json')
