@@ -842,10 +842,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           const still = snapshots.filter((_, i) => left[i] === true)
           if (still.length === 0) return ok([argv])
           const failure = btrfsFailure('deleting snapshots', argv, r.exitCode, r.stderr)
+          if (failure.code !== 'PERMISSION_DENIED') return err(failure)
           // EPERM for a user who may delete subvolumes here (root, or the same command deleted
           // others of the batch): the kernel refuses to delete one a btrfs send is reading
           const mayDelete = still.length < snapshots.length || (at.location.kind === 'local' && process.geteuid?.() === 0)
-          if (failure.code !== 'PERMISSION_DENIED') return err(failure)
           return err(mayDelete ? inUse(at, still, argv, r.stderr)
             : { ...failure, hint: `${failure.hint}. Where it runs as root already, a btrfs send is reading ${still.length === 1 ? 'it' : 'them'} (another job's run, an archive or a restore): the next prune deletes ${still.length === 1 ? 'it' : 'them'} once that is over` })
         })
@@ -1087,7 +1087,6 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
   return { name: 'btrfs', snapshotsSource: true, ...(options.incremental === undefined ? {} : { incremental: options.incremental }), probe, createSnapshot, ...(snapper ? { adoptable } : {}), ...(onChange ? { unchangedSince } : {}), listSnapshots, origin, partialPath, transfer, transferShared, recover, deleteSnapshots, restore, verify, diff, diskUsage }
 }
 
-/** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */
 /**
  * `SNAPSHOT_BUSY`: the kernel refused (EPERM) to delete `still`, though this user may delete
  * subvolumes there. It does so while a btrfs send reads one (another job's run, an archive, a
@@ -1103,6 +1102,7 @@ const inUse = (at: Transport, still: readonly SnapshotInfo[], argv: readonly str
     { argv: [...argv], stderr: stderrTail(stderr), busy: names })
 }
 
+/** One result per target is an invariant of sendReceive and runShared: a missing one is a bug, thrown. */
 const present = <T>(value: T | undefined, what: string): T => {
   if (value === undefined) throw new InternalError(`${what} is missing`)
   return value
