@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url'
 import { defineProject } from 'vitest/config'
 
 // Projects do not inherit the root config: each package's vitest.config.ts merges this one.
@@ -6,5 +7,6 @@ import { defineProject } from 'vitest/config'
 export default defineProject({
   ssr: { resolve: { conditions: ['@bb/source', 'import', 'default'] } },
   resolve: { conditions: ['@bb/source', 'import', 'default'] },
-  test: { include: ['test/**/*.test.ts'], testTimeout: 60_000, hookTimeout: 60_000 },
+  // absolute: each project resolves a relative one from its own directory
+  test: { include: ['test/**/*.test.ts'], testTimeout: 60_000, hookTimeout: 60_000, globalSetup: [fileURLToPath(new URL('vitest.state-root.ts', import.meta.url))] },
 })

@@ -1,7 +1,7 @@
 import { lstatSync, readFileSync } from 'node:fs'
-import { resolve as resolvePath } from 'node:path'
+import { isAbsolute, resolve as resolvePath } from 'node:path'
 import { Argument, Command, CommanderError, Option } from 'commander'
-import { archive, archiveComplete, backup, bbError, clean, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
+import { archive, archiveComplete, backup, bbError, clean, defaultStateDir, diff, jobId, forgetPending, formatLocation, InternalError, list, parseLocation, parseSnapshotName, prune, restore, runComplete, STATE_DIR_ENV, status, verify, type BackupEvent, type BbError, type Job, type JobRun, type JobStatus, type PruneResult, type TransferProgress, type Transport } from '@bb/core'
 import type { SshSession } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 import type { Shell } from './completion.js'
@@ -213,7 +213,7 @@ const jobOptions = (command: Command): Command =>
     .option('-c, --config <file>', `TOML config of named jobs (default ${DEFAULT_CONFIG}, read when no source is given)`)
     .option('-j, --job <name>', 'run only this job of the config, or the jobs of this group, auto = false ones too (repeatable; the names alone, where no source is given, say the same)', collect)
     .addOption(new Option('--driver <driver>', 'snapshot technology; detected from the source when omitted').choices(['rsync', 'btrfs', 'block']))
-    .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root)")
+    .option('--state-dir <dir>', "where the job keeps its lock and journal (default /var/lib/bbackup/jobs/<job>, or ~/.local/state/... when not root; $BBACKUP_STATE_DIR/jobs/<job> when set)")
     .option('-p, --prefix <prefix>', 'put before the timestamp of each snapshot name (btrfs default: the source\'s name and a dot)')
     .option('--snapshot-prefix <prefix>', "btrfs-backup's spelling of --prefix")
     .option('--keep-backups <policy>', "retention at the targets: '10', '24h 7d 4w 12m *y' (btrbk) or 'daily=7 weekly=4' (rotate-backups)")
@@ -386,6 +386,12 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   const expanded = expandArgFiles(argv, io.cwd)
   if (expanded.isErr()) {
     io.stderr(renderError(expanded.error, false))
+    return EXIT.usage
+  }
+  const stateRootSet = process.env[STATE_DIR_ENV]
+  if (stateRootSet !== undefined && stateRootSet !== '' && !isAbsolute(stateRootSet)) {
+    // cron and an interactive shell start in different directories: a relative one would split a job's lock in two
+    io.stderr(renderError(bbError('INVALID_OPTIONS', `${STATE_DIR_ENV}=${JSON.stringify(stateRootSet)} is not an absolute path`, `set it to a full path (export ${STATE_DIR_ENV}=/var/lib/bbackup), or unset it for the default`), false))
     return EXIT.usage
   }
   let outcome: Outcome = { code: EXIT.ok }
@@ -1148,7 +1154,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('--max-delete <n>', 'how many backups of a family one prune may delete at the target; more deletes none. Default: half of them, at least 10; all: no limit')
       .option('--depth <n>', 'how many levels of subdirectories of the source are searched for backups (default 3; 0: the source alone)')
       .option('--exclude <pattern>', "leave out a directory ('host2', 'host?') or a family of backups ('tmp.*', 'host1/root.*'), relative to SOURCE; * and ? match no slash (btrbk's archive_exclude; repeatable)", collect)
-      .option('--state-dir <dir>', 'where each family of backups keeps its lock and journal (default /var/lib/bbackup/jobs/archive-<id>, or ~/.local/state/... when not root)')
+      .option('--state-dir <dir>', 'where each family of backups keeps its lock and journal (default /var/lib/bbackup/jobs/archive-<id>, or ~/.local/state/... when not root; $BBACKUP_STATE_DIR/jobs/... when set)')
       .option('--wait [seconds]', 'wait for another archive of the same backups to finish instead of failing with exit 3')
       .option('--retries <n>', 'try again up to n times in this run when the network fails (default 3)')
       .addOption(new Option('--send-protocol <version>', 'send stream version (auto: 2 where both ends support it)').choices(['auto', '1', '2']))

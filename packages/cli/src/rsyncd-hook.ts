@@ -1,7 +1,6 @@
 import { realpath } from 'node:fs/promises'
-import { homedir } from 'node:os'
 import { posix } from 'node:path'
-import { bbError, jobId, parseSnapshotName, prune, type BbError, type Job, type RetentionPolicy } from '@bb/core'
+import { bbError, defaultStateRoot, jobId, parseSnapshotName, prune, type BbError, type Job, type RetentionPolicy } from '@bb/core'
 import { publishReceived, rsyncDriver } from '@bb/drivers/rsync'
 import { localTransport } from '@bb/transports/local'
 import { readTicket, ticketOf, writeTicket, type RsyncdHookEnv } from '@bb/transports/rsyncd'
@@ -13,7 +12,7 @@ import { SYSTEM_BACKUP_POLICY } from './system-backup.js'
 export interface HookOptions {
   /** only backups uploaded directly into this directory (default: wherever in the module the upload went) */
   readonly location?: string
-  /** where the tickets (and the prune's lock) live (default /var/lib/bbackup/rsyncd, or ~/.local/state/bbackup/rsyncd) */
+  /** where the tickets (and the prune's lock) live (default /var/lib/bbackup/rsyncd, ~/.local/state/bbackup/rsyncd when not root, or $BBACKUP_STATE_DIR/rsyncd) */
   readonly stateDir?: string
   readonly acceptPartial?: boolean
   readonly retention?: RetentionPolicy
@@ -28,8 +27,7 @@ export interface HookResult {
   readonly error?: BbError
 }
 
-const stateBase = (options: HookOptions): string =>
-  options.stateDir ?? (process.getuid?.() === 0 ? '/var/lib/bbackup/rsyncd' : posix.join(process.env.XDG_STATE_HOME ?? posix.join(homedir(), '.local/state'), 'bbackup/rsyncd'))
+const stateBase = (options: HookOptions): string => options.stateDir ?? posix.join(defaultStateRoot(), 'rsyncd')
 
 /**
  * `bbackup snapshot` / `bbackup prune` as a daemon module's `pre-xfer exec` and `post-xfer exec`

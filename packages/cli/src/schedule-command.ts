@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process'
 import { mkdir, readdir, readFile, readlink, rename, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { bbError, type BbError } from '@bb/core'
+import { bbError, STATE_DIR_ENV, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { loadConfig, selectJobs } from './config.js'
 import type { Io } from './render.js'
@@ -43,7 +43,8 @@ export const scheduleJob = async (io: Io, job: string, o: ScheduleCommandOptions
     delay = Number(o.randomizedDelay)
     if (!Number.isInteger(delay) || delay < 0) return err(bbError('INVALID_OPTIONS', `--randomized-delay ${o.randomizedDelay} is not a whole number of seconds`, 'give seconds, e.g. --randomized-delay 900'))
   }
-  const spec = { job, what, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }) }
+  const stateRoot = process.env[STATE_DIR_ENV]
+  const spec = { job, what, configPath: o.config, self: io.self ?? [process.execPath, process.argv[1] ?? 'bbackup'], onCalendar: o.onCalendar, ...(delay === undefined ? {} : { randomizedDelaySeconds: delay }), ...(stateRoot === undefined || stateRoot === '' ? {} : { stateRoot }) }
   const files: [string, string][] = [[join(o.unitDir, `${stem.value}.service`), serviceUnit(spec)], [join(o.unitDir, `${stem.value}.timer`), timerUnit(spec)]]
   if (o.print) {
     io.stdout(files.map(([path, text]) => `# ${path}\n${text}`).join('\n'))

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { bbError, type BbError } from '@bb/core'
+import { bbError, STATE_DIR_ENV, type BbError } from '@bb/core'
 import { err, ok, type Result } from 'neverthrow'
 import { JOB_NAME } from './config.js'
 
@@ -19,6 +19,8 @@ export interface ScheduleSpec {
   readonly onCalendar: string
   /** spread the start over this many seconds (RandomizedDelaySec), so a fleet does not start at once */
   readonly randomizedDelaySeconds?: number
+  /** `BBACKUP_STATE_DIR` where the schedule was written: the timer's runs keep their state where the runs by hand do */
+  readonly stateRoot?: string
 }
 
 /** `bbackup-JOB`, the stem of both units; a job name must be a valid unit name as it is */
@@ -31,6 +33,10 @@ const execWord = (word: string): string => {
   const escaped = word.replaceAll('%', '%%').replaceAll('$', '$$')
   return /^[A-Za-z0-9_@+:,./=-]+$/.test(escaped) ? escaped : `"${escaped.replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`
 }
+
+/** an assignment of Environment=: in quotes, C-style escapes; systemd expands % there, not $ */
+const environmentWord = (assignment: string): string =>
+  `"${assignment.replaceAll('%', '%%').replaceAll('\\', '\\\\').replaceAll('"', '\\"')}"`
 
 /**
  * The `.service` of a job: one run, niced and idle on I/O, that counts a run which found the job
@@ -45,6 +51,7 @@ export const serviceUnit = (spec: ScheduleSpec): string => [
   '',
   '[Service]',
   'Type=oneshot',
+  ...(spec.stateRoot === undefined ? [] : [`Environment=${environmentWord(`${STATE_DIR_ENV}=${spec.stateRoot}`)}`]),
   `ExecStart=${[...spec.self, 'run', '-c', spec.configPath, '-j', spec.job].map(execWord).join(' ')}`,
   'SuccessExitStatus=3',
   'Nice=10',

@@ -26,7 +26,7 @@ export { keptByRetention, planSends, sameSnapshot } from './engine/plan-sends.js
 export type { CommonPair, PlannedSend, PlanOptions, SendPlan } from './engine/plan-sends.js'
 export type { Adoptable, DiffEntry, DiffInput, DiskUsage, Driver, DriverError, DriverName, Incremental, RecoverAction, RestoreInput, SharedTransferInput, SnapshotIdentity, SnapshotInfo, TransferInput, TransferOutcome, TransferProgress, VerifyInput, VerifyOutcome } from './driver/driver.js'
 export type { BackupEvent } from './engine/events.js'
-export { aheadOfClock, claimedByOther, CLOCK_SLACK_MS, defaultMaxDelete, defaultStateDir, jobId, madeOrder, newestMade } from './engine/job.js'
+export { aheadOfClock, claimedByOther, CLOCK_SLACK_MS, defaultMaxDelete, defaultStateDir, defaultStateRoot, jobId, madeOrder, newestMade, STATE_DIR_ENV } from './engine/job.js'
 export type { Job, RetentionSettings, RetryPolicy, RunOptions } from './engine/job.js'
 export { backup, runComplete } from './engine/backup.js'
 export { archive, archiveComplete, familyName, KEEP_ALL, transportAt } from './engine/archive.js'

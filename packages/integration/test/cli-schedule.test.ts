@@ -62,6 +62,38 @@ describe.runIf(requireTools(['systemd-analyze', 'rsync']))('bbackup schedule: sy
     expect(await readFile(join(tmp.path, 'dst', backups[0] ?? '', 'd/b.txt'), 'utf8')).toBe('b\n')
   })
 
+  it('writes BBACKUP_STATE_DIR into the service, so that the timer\'s runs keep their state where the runs by hand do', async () => {
+    const saved = process.env.BBACKUP_STATE_DIR
+    // systemd reads %, " and \\ in an assignment: each must come through as it is
+    const root = join(tmp.path, 'state "a" 100% \\b')
+    await writeFile(config, `[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\ndriver = "rsync"\n`)
+    try {
+      process.env.BBACKUP_STATE_DIR = root
+      expect((await runCli(['schedule', 'home', '-c', config, '--unit-dir', units], tmp.path)).code).toBe(0)
+    } finally {
+      process.env.BBACKUP_STATE_DIR = saved
+    }
+    const verify = spawnSync('systemd-analyze', ['verify', join(units, 'bbackup-home.service')], { encoding: 'utf8', cwd: units })
+    expect({ status: verify.status, stderr: verify.stderr }).toEqual({ status: 0, stderr: '' })
+    const service = await readFile(join(units, 'bbackup-home.service'), 'utf8')
+    const quoted = /^Environment="((?:[^"\\]|\\.)*)"$/m.exec(service)?.[1]
+    const assignment = quoted?.replace(/\\(.)/g, '$1').replaceAll('%%', '%')
+    expect(assignment).toBe(`BBACKUP_STATE_DIR=${root}`)
+    // what the timer starts, with the environment systemd gives it
+    const argv = execStartOf(service)
+    execFileSync(argv[0] ?? '', argv.slice(1), { cwd: ROOT, stdio: 'pipe', env: { ...process.env, BBACKUP_STATE_DIR: root } })
+    expect(await readdir(join(root, 'jobs'))).toEqual(['home'])
+    // without the variable, no Environment line
+    try {
+      delete process.env.BBACKUP_STATE_DIR
+      const printed = await runCli(['schedule', 'home', '-c', config, '--print', '--unit-dir', units], tmp.path)
+      expect(printed).toMatchObject({ code: 0, stdout: expect.stringContaining('ExecStart=') })
+      expect(printed.stdout).not.toContain('Environment=')
+    } finally {
+      process.env.BBACKUP_STATE_DIR = saved
+    }
+  })
+
   it('status says when a configured job runs next: not scheduled, a timer not enabled, or the next elapse of an enabled one', async () => {
     const status = async (): Promise<string> => (await runCli(['status', '-c', config, '--unit-dir', units], tmp.path)).stdout
     expect(await status()).toMatch(/^home: .*src \(rsync\)\n {2}next run: not scheduled \(bbackup schedule home --on-calendar daily writes a timer\)\n/)

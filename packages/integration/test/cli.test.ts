@@ -315,6 +315,31 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(status).toMatchObject({ source: join(tmp.path, 'src'), targets: [{ at: join(tmp.path, 'dst'), backups: 1 }] })
   })
 
+  it('keeps what it is not told where to keep (a job, a prune of a directory, a restore) in $BBACKUP_STATE_DIR, and refuses a relative one', async () => {
+    const saved = process.env.BBACKUP_STATE_DIR
+    const root = join(tmp.path, 'state 100%')
+    try {
+      process.env.BBACKUP_STATE_DIR = root
+      expect(await runCli(['run', 'src', 'dst', '-q'], tmp.path)).toMatchObject({ code: 0 })
+      const [job] = await readdir(join(root, 'jobs'))
+      expect(job).toMatch(/^src-[0-9a-f]{8}$/)
+      expect(existsSync(join(root, 'jobs', job ?? '', 'journal.json'))).toBe(true)
+      expect((await runCli(['locks', 'src', 'dst'], tmp.path)).stdout).toBe(`${join(root, 'jobs', job ?? '')}: free\n`)
+      expect(await runCli(['prune', 'dst', '--keep-backups', '1'], tmp.path)).toMatchObject({ code: 0 })
+      expect(await runCli(['restore', 'dst', 'latest', 'back'], tmp.path)).toMatchObject({ code: 0 })
+      expect((await readdir(join(root, 'jobs'))).sort()).toEqual(['.holds', expect.stringMatching(/^dst-[0-9a-f]{8}$/), job])
+
+      process.env.BBACKUP_STATE_DIR = 'state'
+      const relative = await runCli(['run', 'src', 'dst'], tmp.path)
+      expect(relative).toMatchObject({ code: 2, stdout: '' })
+      expect(relative.stderr).toBe('bbackup: error: BBACKUP_STATE_DIR="state" is not an absolute path\n  hint: set it to a full path (export BBACKUP_STATE_DIR=/var/lib/bbackup), or unset it for the default\n  (INVALID_OPTIONS)\n')
+      expect(existsSync(join(tmp.path, 'state'))).toBe(false)
+      expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
+    } finally {
+      process.env.BBACKUP_STATE_DIR = saved
+    }
+  })
+
   it('follows a target given as a symbolic link (rsync and rsnapshot do): the backups go where it leads, linked to each other', async () => {
     await mkdir(join(tmp.path, 'disk/backups'), { recursive: true })
     await symlink(join(tmp.path, 'disk/backups'), join(tmp.path, 'link'))

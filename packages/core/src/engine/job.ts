@@ -1,7 +1,7 @@
 import type { JobHooks } from './hooks.js'
 import { createHash } from 'node:crypto'
 import { homedir } from 'node:os'
-import { join, posix } from 'node:path'
+import { join, posix, resolve } from 'node:path'
 import type { Driver, SnapshotInfo } from '../driver/driver.js'
 import { bbError, type BbError } from '../errors.js'
 import { formatLocation } from '../location/location.js'
@@ -97,14 +97,28 @@ export const jobId = (source: Transport, targets: readonly Transport[]): string 
   return `${base}-${createHash('sha256').update(key).digest('hex').slice(0, 8)}`
 }
 
+/** The environment variable that moves bbackup's state on this host (see {@link defaultStateRoot}). */
+export const STATE_DIR_ENV = 'BBACKUP_STATE_DIR'
+
 /**
- * Where a job keeps its lock and journal on this host: `/var/lib/bbackup/jobs/<id>` for root,
- * `$XDG_STATE_HOME/bbackup/jobs/<id>` (default `~/.local/state/...`) for anyone else.
+ * Where bbackup keeps its state on this host when neither `--state-dir` nor a config's `state_dir`
+ * says: `$BBACKUP_STATE_DIR` when set (an absolute path; a relative one is taken from the current
+ * directory), else `/var/lib/bbackup` for root and `$XDG_STATE_HOME/bbackup` (default
+ * `~/.local/state/bbackup`) for anyone else.
  */
-export const defaultStateDir = (id: string, env: Readonly<Record<string, string | undefined>> = process.env): string => {
-  if (process.getuid?.() === 0) return join('/var/lib/bbackup/jobs', id)
-  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local/state'), 'bbackup/jobs', id)
+export const defaultStateRoot = (env: Readonly<Record<string, string | undefined>> = process.env): string => {
+  const given = env[STATE_DIR_ENV]
+  if (given !== undefined && given !== '') return resolve(given)
+  if (process.getuid?.() === 0) return '/var/lib/bbackup'
+  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local/state'), 'bbackup')
 }
+
+/**
+ * Where a job keeps its lock and journal on this host: `<state root>/jobs/<id>`, that is
+ * `/var/lib/bbackup/jobs/<id>` for root by default ({@link defaultStateRoot}).
+ */
+export const defaultStateDir = (id: string, env: Readonly<Record<string, string | undefined>> = process.env): string =>
+  join(defaultStateRoot(env), 'jobs', id)
 
 /** A path written one way: `/mnt/b/`, `/mnt//b` and `/mnt/./b` are `/mnt/b` (a location's empty path stays empty). */
 export const oneSpelling = (path: string): string => (path === '' ? '' : posix.normalize(path).replace(/(.)\/+$/, '$1'))
