@@ -273,7 +273,7 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
     const size = (name: string): string => (bytes[name] === undefined ? '' : `   ${formatBytes(bytes[name])}${l.sizes?.counted === 'exclusive' ? ' exclusive' : ''}`)
     return [
       `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}${l.sizes?.total === undefined ? '' : `, ${formatBytes(l.sizes.total)} on disk`}`,
-      ...l.snapshots.map((s) => `  ${s.name}${size(s.name)}${s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
+      ...l.snapshots.map((s) => `  ${s.name}${size(s.name)}${s.altered !== undefined ? `   (${s.altered})` : s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
       ...(l.sizesError === undefined ? [] : [`  sizes: not told: ${l.sizesError.message}; ${l.sizesError.hint}`]),
     ].join('\n')
   }).join('\n') + '\n'
@@ -342,6 +342,9 @@ export const renderStatus = (s: JobStatus, scheduled?: { readonly job: string; r
       out.push(`    unfinished, not in the journal: ${orphaned.join(', ')} (no run continues ${it}: the transfer that left ${it} is no longer recorded, and a run deletes nothing it cannot prove it made; look at ${it}: bbackup clean deletes an unfinished receive named as this job's)`)
     }
     if (foreign.length > 0) out.push(`    unfinished, another tool's: ${foreign.join(', ')} (left as it is: never counted, linked against or deleted)`)
+    const altered = t.altered ?? []
+    const [firstAltered] = altered
+    if (firstAltered !== undefined) out.push(`    changed since it was made: ${brief(altered.map((a) => a.name))}: ${firstAltered.why} (never counted, sent from or deleted)`)
     const others = t.others ?? []
     if (others.length > 0) out.push(`    not this job's: ${count(others.length, 'backup')} named as its own (${brief(others)}) that are not copies of this source's snapshots: another source's with the same prefix? Not counted, never pruned here (give each source its own prefix: -p)`)
     const broken = t.broken ?? []

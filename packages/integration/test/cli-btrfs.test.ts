@@ -1,7 +1,7 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
@@ -136,6 +136,41 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     // the snapshot it blocked is sent by the next run, incrementally
     const next = await runCli(['transfer', 'home', 'backup', '--state-dir', 'state', '--json'], dir)
     expect(JSON.parse(next.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ snapshot: interrupted, mode: 'incremental', parent }] }] })
+  })
+
+  it('a backup made writable after its receive (btrfs property set -f … ro false) is no unfinished receive: clean, prune and a run leave it and what was written into it; list and status say what it is', async () => {
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    await writeFile(join(dir, 'home/b.txt'), 'b\n')
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const [older, newer] = (await readdir(join(dir, 'backup'))).sort()
+    const changed = join(dir, 'backup', older ?? '')
+    // what a user does to look into a backup, or to use it in place: no received uuid, writable, like a receive cut short
+    execFileSync('btrfs', ['property', 'set', '-f', changed, 'ro', 'false'])
+    await writeFile(join(changed, 'notes'), 'mine\n')
+    expect(execFileSync('btrfs', ['subvolume', 'show', changed], { encoding: 'utf8' })).toMatch(/Received UUID:\s+-\n[\s\S]*Flags:\s+-\n/)
+    const why = 'a backup made writable after its receive (btrfs property set -f … ro false), perhaps changed since: bbackup leaves it alone'
+
+    for (const dry of [['-n'], []]) {
+      const cleaned = await runCli(['clean', 'home', 'backup', '--state-dir', 'state', ...dry], dir)
+      expect(cleaned).toMatchObject({ code: 0 })
+      expect(cleaned.stdout).toContain(`kept ${older}: ${changed} is not an unfinished receive (${why}), nor a complete one: not bbackup's to delete`)
+    }
+    expect((await runCli(['list', 'home', 'backup', '--state-dir', 'state'], dir)).stdout).toContain(`/backup (target): 1 backup\n  ${older}   (${why})\n  ${newer}\n`)
+    const told = JSON.parse((await runCli(['status', 'home', 'backup', '--state-dir', 'state', '--json'], dir)).stdout) as { targets: unknown[] }
+    expect(told.targets[0]).toMatchObject({ backups: 1, unfinished: [], altered: [{ name: older, why }] })
+    expect((await runCli(['status', 'home', 'backup', '--state-dir', 'state'], dir)).stdout).toContain(`    changed since it was made: ${older}: ${why} (never counted, sent from or deleted)\n`)
+
+    await writeFile(join(dir, 'home/c.txt'), 'c\n')
+    const pruned = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--keep-backups', '1', '--keep-snapshots', '1', '--json'], dir)
+    expect(JSON.parse(pruned.stdout)).toMatchObject({ targets: [{ ok: true, sent: [{ mode: 'incremental', parent: newer }], pruned: [newer] }] })
+    // a journal entry that names it (a state directory copied from elsewhere): refused, not deleted
+    await addJournalEntry(localTransport(join(dir, 'state')), join(dir, 'state/journal.json'), {
+      target: join(dir, 'backup'), snapshot: older ?? '', partialPath: changed, startedAt: new Date().toISOString(),
+    })
+    const refused = await runCli(['run', 'home', 'backup', '--state-dir', 'state'], dir)
+    expect(refused.code).toBe(10)
+    expect(refused.stdout).toContain(`${changed} is not an unfinished receive (${why}), nor a complete one`)
+    expect(await readFile(join(changed, 'notes'), 'utf8')).toBe('mine\n')
   })
 
   it('two jobs of one source with one prefix (two cron lines, two targets) share the snapshot folder: neither prunes the parent the other\'s next incremental needs', async () => {

@@ -44,6 +44,12 @@ export interface SnapshotInfo {
    */
   readonly broken?: string
   /**
+   * why this copy is no longer the backup it was, though it was once complete (btrfs: a backup made
+   * writable after its receive, perhaps changed since): not unfinished, never a parent, never
+   * counted by retention, never deleted; bbackup leaves it to whoever changed it
+   */
+  readonly altered?: string
+  /**
    * at a source: the uuid of the subvolume this snapshot was taken of, when that is not the job's
    * source (another source that shares the snapshot folder and the prefix, or the subvolume the
    * source replaced): the job never counts, sends, nor deletes it

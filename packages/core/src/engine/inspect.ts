@@ -78,6 +78,8 @@ export interface TargetStatus {
   /** backups dated ahead of the clock ({@link aheadOfClock}), oldest first: named by a clock that was wrong */
   readonly ahead?: readonly string[]
   readonly unfinished: readonly string[]
+  /** copies that were backups once and were changed since ({@link SnapshotInfo.altered}), each with why: left alone */
+  readonly altered?: readonly { readonly name: string; readonly why: string }[]
   /**
    * of `unfinished`, those the journal records no transfer of (its entry forgotten with
    * --remove-locks, a state directory lost, another tool's receive): a run that resumes from the
@@ -130,6 +132,11 @@ export interface JobStatus {
   readonly sourceError?: BbError
   /** `'target'`: the targets were asked alone (no source, journal or lock was read: `pending` is empty, `lock` undefined) */
   readonly only?: 'target'
+}
+
+const alteredOf = (all: readonly SnapshotInfo[]): { altered?: { name: string; why: string }[] } => {
+  const altered = all.flatMap((s) => (s.altered === undefined ? [] : [{ name: s.name, why: s.altered }]))
+  return altered.length === 0 ? {} : { altered }
 }
 
 const brokenOf = (own: readonly SnapshotInfo[]): { broken?: { name: string; why: string }[] } => {
@@ -197,7 +204,8 @@ export const status = (job: Job, options: { readonly signal?: AbortSignal; reado
             },
           }),
           ...(ahead.length === 0 ? {} : { ahead }),
-          unfinished: r.value.filter((s) => !s.complete && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
+          unfinished: r.value.filter((s) => !s.complete && s.altered === undefined && (!alone || prefixOf(s.name) === prefix)).map((s) => s.name),
+          ...alteredOf(r.value.filter((s) => !alone || prefixOf(s.name) === prefix)),
           ...brokenOf(own),
           ...(others.length === 0 ? {} : { others: others.map((o) => o.name) }),
           ...(plan === undefined ? {} : { missing: plan.sends.map((s) => s.snapshot.name), ...(plan.refused === undefined ? {} : { refused: plan.refused }) }),

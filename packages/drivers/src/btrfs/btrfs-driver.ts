@@ -6,7 +6,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
-  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NestedSubvolume, type NoSubvolume, type Subvolume,
+  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, madeWritable, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NestedSubvolume, type NoSubvolume, type Subvolume,
 } from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
@@ -373,6 +373,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           health: 'ok',
           path: join(dir, f.name),
           identity: identityOf(f.subvolume),
+          ...(!onSource && madeWritable(f.subvolume) ? { altered: MADE_WRITABLE } : {}),
         })))
       .andThen((found) => ResultAsync.fromSafePromise(ofSource ?? Promise.resolve(undefined)).map((source) => {
         if (source === undefined) return found
@@ -781,7 +782,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
 
   const strayError = (path: string, there: Subvolume | NoSubvolume): BbError => {
     const garbled = typeof there !== 'string' && isGarbled(there)
-    return bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${garbled ? ' (it looks like an unfinished receive bbackup has no record of)' : ''}`,
+    const why = garbled ? ' (it looks like an unfinished receive bbackup has no record of)' : typeof there !== 'string' && madeWritable(there) ? ` (${MADE_WRITABLE})` : ''
+    return bbError('STRAY_SUBVOLUME', `${path} already exists at the target and is not a backup this run can use${why}`,
       `bbackup never deletes what it did not create: look at it (btrfs subvolume show ${path}) and move it away or delete it yourself${garbled ? ' (bbackup clean, with the job\'s source and target, deletes unfinished receives)' : ''}, then run again`, { path })
   }
 
@@ -813,7 +815,8 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       if (typeof s === 'string') return okAsync('gone')
       if (isReceived(s)) return okAsync('complete')
       if (!isGarbled(s) && !cutAtEnd(s, entry.sent)) {
-        return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is not an unfinished receive (${s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'}), nor a complete one`,
+        const what = madeWritable(s) ? MADE_WRITABLE : s.readOnly ? 'read-only without a received uuid' : 'writable with a received uuid'
+        return errAsync(bbError('STRAY_SUBVOLUME', `${entry.partialPath} is not an unfinished receive (${what}), nor a complete one`,
           `bbackup never deletes what it cannot prove it created: look at it (btrfs subvolume show ${entry.partialPath}), move it away or delete it yourself, then run again`, { path: entry.partialPath }))
       }
       if (dryRun) return okAsync('removed')
@@ -1119,6 +1122,9 @@ type SentIdentity = { readonly uuid: string; readonly receivedUuid?: string }
  */
 const cutAtEnd = (s: Subvolume, sent: SentIdentity | undefined): boolean =>
   !s.readOnly && sent !== undefined && s.receivedUuid !== undefined && s.receivedUuid === (sent.receivedUuid ?? sent.uuid)
+
+/** what a backup made writable after its receive is ({@link madeWritable}), as listings and errors say it */
+const MADE_WRITABLE = 'a backup made writable after its receive (btrfs property set -f … ro false), perhaps changed since: bbackup leaves it alone'
 
 const identityOf = (s: Subvolume): SnapshotIdentity => ({
   uuid: s.uuid,

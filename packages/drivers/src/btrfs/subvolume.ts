@@ -10,6 +10,12 @@ export interface Subvolume extends SnapshotIdentity {
   readonly creationGeneration?: number
   /** its path from the filesystem's top level (the first line of `btrfs subvolume show`), where that was asked */
   readonly fsPath?: string
+  /**
+   * `Receive transid` (not in a list): set when a receive into it finished (btrfs receive's last
+   * step records it), and again when its received uuid was cleared by hand; 0 in an unfinished
+   * receive, whose writable snapshot of the parent starts with none
+   */
+  readonly receiveTransid?: number
 }
 
 /**
@@ -38,6 +44,7 @@ export const parseSubvolumeShow = (text: string): Subvolume | undefined => {
     readOnly: /\breadonly\b/.test(field('Flags') ?? ''),
     generation: Number(field('Generation') ?? 0),
     ...(field('Gen at creation') === undefined ? {} : { creationGeneration: Number(field('Gen at creation')) }),
+    ...(field('Receive transid') === undefined ? {} : { receiveTransid: Number(field('Receive transid')) }),
   }
 }
 
@@ -86,8 +93,19 @@ const readShow = (path: string, exitCode: number, stdout: string, stderr: string
   return err(btrfsFailure(`btrfs subvolume show ${path}`, argv, exitCode, stderr))
 }
 
-/** A receive that died midway: writable, no received uuid (btrbk's "garbled"; reference/btrfs.md §3.1). */
-export const isGarbled = (s: Subvolume): boolean => !s.readOnly && s.receivedUuid === undefined
+/**
+ * A received backup someone made writable (`btrfs property set -f PATH ro false` clears its
+ * received uuid, and records that in its receive transid): writable, no received uuid, like an
+ * unfinished receive, but its receive finished. Perhaps changed since, perhaps in use: never a
+ * parent, never counted, never deleted.
+ */
+export const madeWritable = (s: Subvolume): boolean => !s.readOnly && s.receivedUuid === undefined && (s.receiveTransid ?? 0) > 0
+
+/**
+ * A receive that died midway: writable, no received uuid (btrbk's "garbled"; reference/btrfs.md
+ * §3.1), and no receive ever finished in it (not {@link madeWritable}).
+ */
+export const isGarbled = (s: Subvolume): boolean => !s.readOnly && s.receivedUuid === undefined && !madeWritable(s)
 
 /**
  * After a receive: what is at `path` (`btrfs subvolume show`), and `btrfs filesystem sync` of
