@@ -1402,6 +1402,20 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if (target === undefined || snapshot === undefined || destination === undefined) {
       return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
     }
+    // Ctrl-C or a kill: the copy stops, and what it left unfinished at the destination goes, not this process alone
+    const controller = new AbortController()
+    const onSignal = (): void => controller.abort()
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    try {
+      await restoreBackup(target, snapshot, destination, options, controller.signal)
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+  }
+
+  const restoreBackup = async (target: string, snapshot: string, destination: string, options: CommonOptions & { path?: string; writable?: boolean }, signal: AbortSignal): Promise<void> => {
     const at = await placeOf(target, options)
     if (at.isErr()) return void (outcome = fail(at.error, options))
     const detected = await detectBackupDriver(at.value)
@@ -1420,7 +1434,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       : undefined
     const restoreFrom = (job: Job, side: 'source' | 'target') => restore(job, {
       from: job.targets[0] as Job['source'], snapshot, to: job.source, ...(options.path === undefined ? {} : { subpath: options.path }),
-      dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side,
+      dryRun: options.dryRun === true, ...(options.writable === true ? { writable: true } : {}), anyPrefix: options.prefix === undefined, side, signal,
       ...(onProgress === undefined ? {} : { onProgress }),
     })
     // a btrfs subvolume that holds no backups is a source: its own snapshots are restored

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { addJournalEntry } from '@bb/core'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { gpgHome, ROOT, runCli, withGnupgHome } from './helpers.js'
+import { finished, gpgHome, ROOT, runCli, spawnTs, waitFor, withGnupgHome } from './helpers.js'
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], { root: true }))('bbackup command line with btrfs', () => {
   let fs: LoopFilesystem
@@ -171,6 +171,25 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(refused.code).toBe(10)
     expect(refused.stdout).toContain(`${changed} is not an unfinished receive (${why}), nor a complete one`)
     expect(await readFile(join(changed, 'notes'), 'utf8')).toBe('mine\n')
+  })
+
+  it('a restore stopped by a signal (Ctrl-C, a kill) removes what it received, exits 1 and says so; the next restore there works', async () => {
+    await writeFile(join(dir, 'home/big'), randomBytes(6 << 20))
+    expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
+    const [name] = await readdir(join(dir, 'backup'))
+    const restored = join(dir, 'restored')
+    // 1 MiB a second: the receive is under way for seconds
+    const child = spawnTs('fixtures/cli.ts', ['restore', join(dir, 'backup'), 'latest', restored, '--rate-limit', '1m'])
+    const ended = finished(child)
+    await waitFor(async () => existsSync(join(restored, name ?? '')), 20_000)
+    child.kill('SIGINT')
+    const r = await ended
+    expect(r.code, r.stderr).toBe(1)
+    expect(r.stderr).toContain('bbackup: error: the restore was stopped\n  hint: restore again when ready (what was received is removed)\n')
+    expect(await readdir(restored)).toEqual([])
+    expect(await runCli(['restore', 'backup', 'latest', 'restored'], dir)).toMatchObject({ code: 0 })
+    // (Buffer.equals: vitest's deep equality takes half a minute over 6 MiB)
+    expect((await readFile(join(restored, name ?? '', 'big'))).equals(await readFile(join(dir, 'home/big')))).toBe(true)
   })
 
   it('two jobs of one source with one prefix (two cron lines, two targets) share the snapshot folder: neither prunes the parent the other\'s next incremental needs', async () => {

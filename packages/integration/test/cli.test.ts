@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { ROOT, runCli } from './helpers.js'
+import { finished, ROOT, runCli, spawnTs, waitFor } from './helpers.js'
 
 describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   let tmp: TempDir
@@ -415,6 +415,21 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     }
     // list takes the directory of backups alone
     expect(await runCli(['list', 'dst'], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringMatching(/dst \(target\): 1 backup\n {2}\d{4}-/) })
+  })
+
+  it('a restore stopped by a signal exits 1 and names what it left: rsync\'s part of the backup stays, and the way to restore again', async () => {
+    await writeFile(join(tmp.path, 'src/big'), randomBytes(4 << 20))
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const back = join(tmp.path, 'back')
+    // 1 MiB a second: rsync is copying for seconds
+    const child = spawnTs('fixtures/cli.ts', ['restore', join(tmp.path, 'dst'), 'latest', back, '--rate-limit', '1m'])
+    const ended = finished(child)
+    await waitFor(async () => existsSync(back) && (await readdir(back)).length > 0, 20_000)
+    child.kill('SIGTERM')
+    const r = await ended
+    expect(r.code, r.stderr).toBe(1)
+    expect(r.stderr).toMatch(new RegExp(`^bbackup: error: rsync was cancelled; ${back} holds part of \\S+\n  hint: delete ${back} and restore again \\(restore writes only into a new or empty directory\\)\n`))
+    expect(await runCli(['restore', 'dst', 'latest', 'back'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('already exists and is not empty') })
   })
 
   it('shows a prune plan with reasons in a dry run', async () => {

@@ -904,8 +904,13 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     }))[0], 'the result of a receive')
     await estimate.stop()
     if (ran.isErr()) {
-      await removeGarbled(to, landing, undefined)
-      return err(ran.error)
+      const cleaned = await removeGarbled(to, landing, undefined)
+      // the hints of a receive speak of a backup's target; here it is the restore's destination
+      const e = ran.error
+      const left = cleaned.isOk() && cleaned.value !== 'kept' ? 'what was received is removed' : `delete ${formatLocation({ ...to.location, path: landing })} first if it is there`
+      if (e.code === 'DISK_FULL') return err(bbError(e.code, e.message, `free space on the destination's filesystem (${formatLocation(to.location)}), then restore again (${left})`, e.details))
+      if (e.code === 'CANCELLED') return err(bbError(e.code, 'the restore was stopped', `restore again when ready (${left})`, e.details))
+      return err(e)
     }
     if (input.writable === true) {
       // a snapshot of the received copy, never `property set ro false` (that would keep a stale received uuid)

@@ -522,8 +522,12 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
           },
         }),
       })
-      if (ran.isErr()) return err(ran.error)
-      if (ran.value.exitCode !== 0) return err(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, 'see the end of stderr', { argv, stderr: ran.value.stderr }))
+      // what it copied stays (a restore deletes nothing), and a restore again would refuse the directory as not empty: say so
+      const landed = formatLocation({ ...input.to.location, path: landing })
+      const again = `delete ${landed} and restore again (restore writes only into a new or empty directory)`
+      const partly = (e: BbError, hint: string): BbError => bbError(e.code, `${e.message}; ${landed} holds part of ${input.snapshot.name}`, hint, e.details)
+      if (ran.isErr()) return err(partly(ran.error, ran.error.code === 'CANCELLED' ? again : `${ran.error.hint}; then ${again}`))
+      if (ran.value.exitCode !== 0) return err(partly(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, '', { argv, stderr: ran.value.stderr }), `see the end of stderr for why; then ${again}`))
       return ok({ commands: [argv] })
     })())
 
