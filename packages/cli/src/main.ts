@@ -910,13 +910,15 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const found = await aloneAt(place, options, 'list')
     if ('error' in found) return void (outcome = fail(found.error, options))
     const { driver, raw, holdsBackups } = found
+    // one source's among several sharing the place, where its prefix is given
+    const ofJob = (options.prefix ?? options.snapshotPrefix) !== undefined
     const listing = (job: Job) => {
       const sizes = options.sizes === true
-      if (!holdsBackups) return list(job, { only: 'source', sizes })
-      if (raw || driver !== 'btrfs') return list(job, { only: 'target', sizes })
+      if (!holdsBackups) return list(job, { only: 'source', sizes, ofJob })
+      if (raw || driver !== 'btrfs') return list(job, { only: 'target', sizes, ofJob })
       // read-only subvolumes that were never received: a snapshot folder, listed as a source's
-      return list(job, { only: 'target', sizes }).andThen((lists) =>
-        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source', sizes }))
+      return list(job, { only: 'target', sizes, ofJob }).andThen((lists) =>
+        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source', sizes, ofJob }))
     }
     const answers = await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
     // sizes asked for and not told: the reason is printed with the list
@@ -1266,7 +1268,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           return
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
-        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true, sizes: options.sizes === true }), (lists) => lists.map(renderList).join(''), true)
+        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true, sizes: options.sizes === true, ofJob: true }), (lists) => lists.map(renderList).join(''), true)
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
         if (lists.some((l) => l.error !== undefined || l.sizesError !== undefined)) outcome = { code: EXIT.someTargetsFailed }

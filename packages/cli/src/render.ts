@@ -267,6 +267,14 @@ const OTHER_SUBVOLUME = 'another source\'s that shares the snapshot folder and p
 /** a few names in full, more as the first … the last */
 const brief = (names: readonly string[]): string => (names.length <= 3 ? names.join(', ') : `${names[0] ?? ''} … ${names.at(-1) ?? ''}`)
 
+/** `list` of a job: what it left out, other sources' snapshots sharing the place, and how to see them */
+const otherSourcesLine = (l: SnapshotList): string[] => {
+  const others = l.otherSources ?? []
+  if (others.length === 0) return []
+  const prefixes = [...new Set(others.map((n) => parseSnapshotName(n)?.prefix ?? ''))].sort().map((p) => (p === '' ? 'no prefix' : `${p}…`))
+  return [`  not listed: ${count(others.length, l.side === 'source' ? 'snapshot' : 'backup')} of other sources (${prefixes.join(', ')}); bbackup list ${l.at} lists everything there`]
+}
+
 export const renderList = (lists: readonly SnapshotList[]): string =>
   lists.filter((l) => l.error === undefined).map((l) => {
     const bytes = l.sizes?.bytes ?? {}
@@ -275,6 +283,7 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
       `${l.at} (${l.side}): ${count(l.snapshots.filter((s) => s.complete).length, l.side === 'source' ? 'snapshot' : 'backup')}${l.sizes?.total === undefined ? '' : `, ${formatBytes(l.sizes.total)} on disk`}`,
       ...l.snapshots.map((s) => `  ${s.name}${size(s.name)}${s.altered !== undefined ? `   (${s.altered})` : s.complete ? '' : '   (unfinished)'}${s.health === 'ok' ? '' : `   (${s.health})`}${s.broken === undefined ? '' : `   (cannot be restored: ${s.broken})`}${s.otherSubvolume === undefined ? '' : '   (of another subvolume: not this source\'s)'}`),
       ...(l.sizesError === undefined ? [] : [`  sizes: not told: ${l.sizesError.message}; ${l.sizesError.hint}`]),
+      ...otherSourcesLine(l),
     ].join('\n')
   }).join('\n') + '\n'
 

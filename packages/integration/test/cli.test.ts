@@ -168,6 +168,23 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(await runCli(['status', 'src'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('hint: name the targets: bbackup status SOURCE TARGET…, or one directory of backups alone') })
   })
 
+  it("list of a job whose directory other sources share (each by its prefix) lists the job's backups and names the others it left out; the directory alone lists all", async () => {
+    await writeTree(join(tmp.path, 'other'), { 'o.txt': 'o\n' })
+    expect((await runCli(['run', 'src', 'dst', '-p', 'laptop-', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    expect((await runCli(['run', 'other', 'dst', '-p', 'desktop-', '--state-dir', join(tmp.path, 'state2'), '-q'], tmp.path)).code).toBe(0)
+    const names = (await readdir(join(tmp.path, 'dst'))).filter((n) => /-\d{4}-/.test(n)).sort()
+    const [desktop = '', laptop = ''] = names
+    expect(desktop).toMatch(/^desktop-/)
+    expect(laptop).toMatch(/^laptop-/)
+    const job = await runCli(['list', 'src', 'dst', '-p', 'laptop-', '--state-dir', state], tmp.path)
+    expect(job).toMatchObject({ code: 0, stdout: `${tmp.path}/dst (target): 1 backup\n  ${laptop}\n  not listed: 1 backup of other sources (desktop-…); bbackup list ${tmp.path}/dst lists everything there\n` })
+    const json = JSON.parse((await runCli(['list', 'src', 'dst', '-p', 'laptop-', '--state-dir', state, '--json'], tmp.path)).stdout) as { snapshots: { name: string }[]; otherSources: string[] }[]
+    expect(json[0]?.snapshots.map((s) => s.name)).toEqual([laptop])
+    expect(json[0]?.otherSources).toEqual([desktop])
+    // the directory alone: every backup there; with a prefix, that source's
+    expect((await runCli(['list', 'dst'], tmp.path)).stdout).toBe(`${tmp.path}/dst (target): 2 backups\n  ${names.join('\n  ')}\n`)
+    expect((await runCli(['list', 'dst', '-p', 'desktop-'], tmp.path)).stdout).toBe(`${tmp.path}/dst (target): 1 backup\n  ${desktop}\n  not listed: 1 backup of other sources (laptop-…); bbackup list ${tmp.path}/dst lists everything there\n`)
+  })
   it('status --check gives a Nagios verdict per job with thresholds from the config', async () => {
     await writeFile(join(tmp.path, 'config.toml'), `state_dir = "${state}"\n[jobs.home]\nsource = "${join(tmp.path, 'src')}"\ntargets = ["${join(tmp.path, 'dst')}"]\n`)
     expect((await runCli(['run', '-c', 'config.toml', '-q'], tmp.path)).code).toBe(0)

@@ -24,6 +24,8 @@ export interface SnapshotList {
   readonly sizes?: { readonly bytes: Readonly<Record<string, number>>; readonly counted: DiskUsage['counted']; readonly total?: number }
   /** with `sizes`: why they could not be told (a driver that cannot, a transport without commands, du failed) */
   readonly sizesError?: BbError
+  /** with `ofJob`: the names left out of `snapshots`, another source's by their prefix, oldest first */
+  readonly otherSources?: readonly string[]
 }
 
 /** the sizes of the complete backups at a place, or why there are none */
@@ -41,22 +43,33 @@ const places = (job: Job): [Transport, 'source' | 'target'][] => [
   ...job.targets.map((t): [Transport, 'target'] => [t, 'target']),
 ]
 
+/** whether a snapshot's name is another source's: it parses, with a prefix other than the job's (a name that does not parse is no one's in particular) */
+const namedForOther = (job: Job, s: SnapshotInfo): boolean => {
+  const parsed = parseSnapshotName(s.name)
+  return parsed !== undefined && parsed.prefix !== (job.prefix ?? '')
+}
+
 /**
  * The snapshots at the source (for drivers that keep some there) and at each target, unfinished
  * ones included; `only` one side of the two. A place that cannot be listed is the error, or with
  * `partial` its entry's `error`, the other places listed all the same. With `sizes`, each place's
  * complete backups also get their sizes (the driver's `diskUsage`), or the reason there are none.
+ * With `ofJob`, the snapshots named with another prefix than the job's (other sources sharing the
+ * place) are left out, and named in `otherSources`.
  * @example
  * list(job, { partial: true }).map((lists) => lists.map((l) => `${l.at}: ${l.error?.message ?? l.snapshots.length}`))
  */
-export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target'; readonly partial?: boolean; readonly sizes?: boolean } = {}): ResultAsync<SnapshotList[], BbError> =>
+export const list = (job: Job, options: { readonly signal?: AbortSignal; readonly only?: 'source' | 'target'; readonly partial?: boolean; readonly sizes?: boolean; readonly ofJob?: boolean } = {}): ResultAsync<SnapshotList[], BbError> =>
   new ResultAsync((async (): Promise<Result<SnapshotList[], BbError>> => {
     const out: SnapshotList[] = []
     for (const [at, side] of places(job).filter(([, side]) => options.only === undefined || side === options.only)) {
       const r = await job.driver.listSnapshots({ at, side, signal: options.signal })
       if (r.isErr() && options.partial !== true) return err(r.error)
-      const sizes = r.isOk() && options.sizes === true ? await sizesAt(job, at, r.value, options.signal) : {}
-      out.push({ at: formatLocation(at.location), side, snapshots: r.unwrapOr([]), ...(r.isErr() ? { error: r.error } : {}), ...sizes })
+      const all = r.unwrapOr([])
+      const others = options.ofJob === true ? all.filter((s) => namedForOther(job, s)) : []
+      const snapshots = others.length === 0 ? all : all.filter((s) => !namedForOther(job, s))
+      const sizes = r.isOk() && options.sizes === true ? await sizesAt(job, at, snapshots, options.signal) : {}
+      out.push({ at: formatLocation(at.location), side, snapshots, ...(r.isErr() ? { error: r.error } : {}), ...sizes, ...(others.length === 0 ? {} : { otherSources: others.map((s) => s.name) }) })
     }
     return ok(out)
   })())
