@@ -143,6 +143,25 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'rsync'], { root: t
     expect(await readFile(join(fs.mountPoint, 'restored', fourth, 'alice/a.txt'), 'utf8')).toBe('the newest\n')
   })
 
+  it('a snapshot named by a clock that was behind is the newest made: once the clock is right, a prune at the target keeps it (the last one sent there), as the source keeps it for its pin', async () => {
+    const job = btrfsJob({ source, targets: [targetA], state, retention: { source: { keepLast: 1 }, target: { keepLast: 1 } } })
+    const real = Date.now()
+    const clock = (ms: number) => (): Date => new Date(ms)
+    const first = ok(await backup(job, { now: clock(real - 2 * 3_600_000), prune: false })).snapshot
+    const second = ok(await backup(job, { now: clock(real - 3_600_000), prune: false })).snapshot
+    await writeFile(join(source, 'alice/a.txt'), 'made while the clock was 3 days behind\n')
+    const behind = ok(await backup(job, { now: clock(real - 3 * 86_400_000), prune: false }))
+    expect(behind.targets[0]?.sent.map((s) => [s.snapshot, s.mode, s.parent])).toEqual([[behind.snapshot, 'incremental', second]])
+    // the clock put right: a prune alone (its own timer), before the next run
+    const pruned = ok(await prune(job, { now: clock(real) }))
+    const atTarget = pruned.find((p) => p.side === 'target')
+    expect(atTarget?.deleted).toEqual([first])
+    expect(atTarget?.decisions.find((d) => d.name === behind.snapshot)?.reasons).toContainEqual(expect.stringContaining('the last snapshot sent here (the newest made, though another is named newer'))
+    expect(await names(targetA)).toEqual([behind.snapshot, second].sort())
+    expect(await names(join(source, '.snapshots'))).toEqual([behind.snapshot, second].sort())
+    expect(await readFile(join(targetA, behind.snapshot ?? '', 'alice/a.txt'), 'utf8')).toBe('made while the clock was 3 days behind\n')
+  })
+
   it('targets that share the parent get one send feeding both; a target that fills up fails alone', async () => {
     const small = await mountLoopFilesystem({ type: 'btrfs', sizeMiB: 128 })
     extra.push(small)
