@@ -112,19 +112,17 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
     // rsync links the next backup against it; for received snapshots it is the last good copy
     const why = job.driver.snapshotsSource ? 'the last good copy is never deleted' : 'the next run links against it'
     if (newestHealthy !== undefined) protect.push({ name: newestHealthy.name, reason: `the newest healthy backup (${why})` })
-    let common: string | undefined
     if (sourceOwn !== undefined) {
       // the copy of the newest snapshot the source still has: the next incremental's parent
-      const newestCommon = planSends(madeOrder(sourceOwn, now.getTime()), own).newestCommon
-      common = newestCommon?.target.name
-      if (newestCommon !== undefined) protect.push({ name: newestCommon.target.name, reason: `the copy of ${newestCommon.source.name}, the newest snapshot the source also holds (the next incremental's parent)` })
+      const common = planSends(madeOrder(sourceOwn, now.getTime()), own).newestCommon
+      if (common !== undefined) protect.push({ name: common.target.name, reason: `the copy of ${common.source.name}, the newest snapshot the source also holds (the next incremental's parent)` })
     }
-    if (job.driver.snapshotsSource && !forgotten.includes(where)) {
+    if (job.driver.snapshotsSource) {
       // the last one sent here (its pin) is the newest made, whatever its name says: one named by a clock that was behind sorts older than it is
       const pins = await readPins(job.state.transport, pinsPath(job))
       if (pins.isErr()) return err(pins.error)
       const last = own.find((s) => s.name === pins.value.pins[where])
-      if (last !== undefined && last.name !== newestHealthy?.name && last.name !== common) {
+      if (last !== undefined && !protect.some((p) => p.name === last.name)) {
         protect.push({ name: last.name, reason: 'the last snapshot sent here (the newest made, though another is named newer: a clock that was wrong named one of them)' })
       }
     }
