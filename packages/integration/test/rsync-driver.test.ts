@@ -369,7 +369,7 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(later.targets[0]).toMatchObject({ ok: true, parent: '2026-11-23T130000Z' })
   })
 
-  it('never prunes the backup the run just made: one made in the same second as the others sorts after them, one under a clock set back is kept', async () => {
+  it('never prunes the backup the run just made: one made in the same second as the others sorts after them, one under a clock set back is kept, also by a prune on its own before the next run', async () => {
     const job = rsyncJob({ source, targets: [target], state, retention: { target: { keepLast: 1 } } })
     const second = at('2026-11-23T10:00:00Z')
     for (let i = 0; i < 3; i++) ok(await backup(job, { now: second }))
@@ -381,6 +381,14 @@ describe.runIf(requireTools(['rsync']))('rsync driver against real rsync', () =>
     expect(report.targets[0]?.pruned).toEqual([])
     expect(await backupsIn(target)).toEqual(['2026-11-23T090000Z', '2026-11-23T100000Z_2'])
     expect(await readlink(join(target, 'latest'))).toBe('2026-11-23T090000Z')
+    // a prune on its own before the next run keeps it too: latest says it is the newest made
+    const alone = ok(await prune(job, { now: at('2026-11-23T10:30:00Z') }))
+    expect(alone[0]?.deleted).toEqual([])
+    expect(alone[0]?.decisions.find((d) => d.name === '2026-11-23T090000Z')?.reasons).toContainEqual(expect.stringContaining('latest points at it'))
+    // once the next run has made a newer one, both go
+    const next = ok(await backup(job, { now: at('2026-11-23T11:00:00Z') }))
+    expect([...(next.targets[0]?.pruned ?? [])].sort()).toEqual(['2026-11-23T090000Z', '2026-11-23T100000Z_2'])
+    expect(await backupsIn(target)).toEqual([next.snapshot])
   })
 
   it('restores a whole backup or one path, and never overwrites', async () => {

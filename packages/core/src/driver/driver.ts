@@ -243,6 +243,12 @@ export interface Driver {
   unchangedSince?(input: { readonly source: Transport; readonly since: SnapshotInfo; readonly taken?: SnapshotInfo; readonly signal: AbortSignal | undefined }): ResultAsync<boolean, DriverError>
   /** Backups at a target (or the snapshots at the source, `side: 'source'`), oldest first, including unfinished ones. */
   listSnapshots(input: { readonly at: Transport; readonly side?: 'source' | 'target'; readonly signal: AbortSignal | undefined }): ResultAsync<SnapshotInfo[], DriverError>
+  /**
+   * Optional: the backup last made at a target, as the place itself records it, whatever its name
+   * says (rsync: the one `latest` points at). A clock that was behind names a backup older than
+   * it is; a prune keeps this one. Undefined where nothing records it.
+   */
+  lastMade?(input: { readonly at: Transport; readonly signal: AbortSignal | undefined }): ResultAsync<string | undefined, DriverError>
   /** Optional: the disk space of the complete backups (or snapshots) `snapshots` at a place ({@link DiskUsage}). */
   diskUsage?(input: { readonly at: Transport; readonly snapshots: readonly SnapshotInfo[]; readonly signal: AbortSignal | undefined }): ResultAsync<DiskUsage, DriverError>
   /**

@@ -127,12 +127,24 @@ export const pruneAt = async (job: Job, at: Transport, side: Side, policy: Reten
       }
     }
   }
-  const plan = planRetention(
+  const planned = (): Result<RetentionDecision[], BbError> => planRetention(
     own.map(retentionEntry),
     policy,
     { now, protect, ...(job.retention?.timeZone === undefined ? {} : { timeZone: job.retention.timeZone }), ...limit(maxDeleteFor(job.retention, own.length)) },
   )
+  let plan = planned()
   if (plan.isErr()) return err(plan.error)
+  // the backup last made here, where the place records it (rsync's `latest`), asked only when a backup is to go: one named by a clock that was behind sorts older than it is
+  if (side === 'target' && job.driver.lastMade !== undefined && plan.value.some((d) => !d.keep)) {
+    const last = await job.driver.lastMade({ at, signal: options.signal })
+    if (last.isErr()) return err(last.error)
+    const name = last.value
+    if (name !== undefined && plan.value.some((d) => d.name === name && !d.keep)) {
+      protect.push({ name, reason: 'the last backup made here (latest points at it), though another is named newer: a clock that was wrong named one of them' })
+      plan = planned()
+      if (plan.isErr()) return err(plan.error)
+    }
+  }
   const doomed: SnapshotInfo[] = own.filter((s) => plan.value.some((d) => d.name === s.name && !d.keep))
   const deleted = await job.driver.deleteSnapshots({ at, snapshots: doomed, dryRun: options.dryRun ?? false, signal: options.signal })
   // in use (a btrfs send reads it): kept for now, and the rest of the batch is gone

@@ -276,6 +276,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .map((list) => list.sort((a, b) => compareSnapshots(a.order, b.order)).map((s) => s.info))
   }
 
+  // what `latest` points at: a name in the directory (an older tool's link elsewhere, or a mirror directory, names none)
+  const lastMade: NonNullable<Driver['lastMade']> = ({ at }) =>
+    at.readlink(join(at.location.path, 'latest')).map((to) => (to === undefined || to.includes('/') || parseSnapshotName(to) === undefined ? undefined : to))
+
   const partialPath: Driver['partialPath'] = ({ target, snapshot }) => join(target.location.path, target.filesOnly === true ? snapshot : `${snapshot}${PARTIAL}`)
 
   const transfer = (input: TransferInput): ResultAsync<TransferOutcome, BbError> =>
@@ -597,7 +601,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     })
   }
 
-  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, sourceName: (source) => sourceNameOf(source.location), partialPath, transfer, recover, deleteSnapshots, restore, verify, diff, diskUsage }
+  return { name: 'rsync', snapshotsSource: false, probe, listSnapshots, lastMade, sourceName: (source) => sourceNameOf(source.location), partialPath, transfer, recover, deleteSnapshots, restore, verify, diff, diskUsage }
 }
 
 /**
