@@ -76,12 +76,18 @@ describe('block schedule (backy tags)', () => {
     expect(plan.retag.has('a')).toBe(false)
   })
 
-  it('keeps a protected revision that has lost its tags, and says why', () => {
+  it('keeps a protected revision that has lost its tags, and says why; removes it once nothing protects it', () => {
     const revs = [{ uuid: 'x', timestamp: new Date('2024-01-01T00:00:00Z'), tags: ['gone'] }]
     const plan = planExpiry(DEFAULT_SCHEDULE, revs, new Date('2025-01-01T00:00:00Z'), new Map([['x', 'the newest verified revision']]))
     expect(plan.remove).toEqual([])
     expect(plan.protected.get('x')).toBe('the newest verified revision')
     expect(plan.retag.get('x')).toEqual([])
+    // kept without tags; once the protection has gone to another revision, the next expiry removes it
+    const untagged = [{ uuid: 'x', timestamp: new Date('2024-01-01T00:00:00Z'), tags: [] }, { uuid: 'y', timestamp: new Date('2024-12-31T00:00:00Z'), tags: ['daily'] }]
+    const later = planExpiry(DEFAULT_SCHEDULE, untagged, new Date('2025-01-01T00:00:00Z'), new Map([['y', 'the newest verified revision']]))
+    expect(later.remove).toEqual(['x'])
+    expect(later.protected.size).toBe(0)
+    expect(planExpiry(DEFAULT_SCHEDULE, untagged, new Date('2025-01-01T00:00:00Z'), new Map([['x', 'the newest verified revision']])).protected.get('x')).toBe('the newest verified revision')
   })
 
   it('parses and prints schedules; refuses bad ones with the form to use', () => {

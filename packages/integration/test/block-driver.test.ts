@@ -162,6 +162,23 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     expect(sameBytes(restored, image)).toBe(true)
   })
 
+  it('a revision dated by a clock that was behind: an expiry on its own keeps it (latest points at it), and the next revision made lets it go', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image, schedule: ok(parseSchedule('daily=1d:1')) }))
+    written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    // the clock set back two days: the revision of the newest data is dated before the one made before it
+    const behind = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-21T10:00:00Z') })))
+    const expired = ok(await expireVolume({ at: volume, now: at('2026-11-23T11:00:00Z') }))
+    expect(expired.removed).toEqual([])
+    expect(expired.kept).toContainEqual({ uuid: behind.uuid, why: expect.stringContaining('latest points at it') })
+    // a later run, the clock right: its revision is the newest, and the schedule lets the others go
+    await patch(image, 9 * 4 * MiB, randomBytes(4096))
+    const next = written(ok(await backupVolume({ at: volume, now: at('2026-11-26T10:00:00Z') })))
+    expect(ok(await volumeStatus({ at: volume, now: at('2026-11-26T10:00:00Z') })).revisions.map((r) => r.uuid)).toEqual([next.uuid])
+    expect(sameBytes(join(dir, `${next.uuid}.img`), image)).toBe(true)
+  })
+
   it('scenario 13: a run killed while writing leaves no revision; the next run removes its leftovers and builds from the last good one', async () => {
     const volume = localTransport(dir)
     ok(await initVolume({ at: volume, source: image, chunkSize: 1 * MiB }))

@@ -233,11 +233,14 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
 
     expect(await runCli(['distrust', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 0, stdout: `distrusted ${third}\n` })
     expect((await revisions())[0]?.trust).toBe('distrusted')
-    // no trusted parent left: the next revision is written whole
-    const next = JSON.parse((await runCli(['backup', '-b', 'backy/vm', '--force', '--json'], dir)).stdout) as { revision: { parent: string | null; stats: { chunksWritten: number } } }
+    // no trusted parent left: the next revision is written whole; the distrusted one, kept without tags only while it was the newest, goes
+    const next = JSON.parse((await runCli(['backup', '-b', 'backy/vm', '--force', '--json'], dir)).stdout) as { revision: { uuid: string; parent: string | null; stats: { chunksWritten: number } } }
     expect(next.revision).toMatchObject({ parent: null, stats: { chunksWritten: 12 } })
-    expect(await runCli(['verify', '-b', 'backy/vm', third ?? '?'], dir)).toMatchObject({ code: 0, stdout: expect.stringContaining('ok, verified') as unknown })
-    expect((await revisions()).find((r) => r.uuid === third)?.trust).toBe('verified')
+    expect((await revisions()).map((r) => r.uuid)).toEqual([next.revision.uuid])
+    // a clean verify trusts a distrusted revision again
+    expect(await runCli(['distrust', '-b', 'backy/vm', 'latest'], dir)).toMatchObject({ code: 0, stdout: `distrusted ${next.revision.uuid}\n` })
+    expect(await runCli(['verify', '-b', 'backy/vm', next.revision.uuid], dir)).toMatchObject({ code: 0, stdout: expect.stringContaining('ok, verified') as unknown })
+    expect((await revisions())[0]?.trust).toBe('verified')
     expect(await runCli(['distrust', '-b', 'backy/vm', 'nosuchtag'], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining("no revision matches 'nosuchtag'") as unknown })
   })
 

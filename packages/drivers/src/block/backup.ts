@@ -143,7 +143,7 @@ export const removeRevisions = async (dir: string, uuids: readonly string[]): Pr
 
 /**
  * Applies the schedule's expiry (with `dryRun`, only says what it would do); never removes the
- * newest complete revision or the newest verified one. Each removal is a `pruned` event (path:
+ * newest complete revision, the newest verified one, or the one `latest` points at (the last made). Each removal is a `pruned` event (path:
  * the directory and the uuid, the name of its .img, .hashes and .rev).
  */
 export const expireRevisions = async (
@@ -155,6 +155,11 @@ export const expireRevisions = async (
   if (newestVerified !== undefined) protect.set(newestVerified.uuid, 'the newest verified revision')
   const newest = revisions.at(-1)
   if (newest !== undefined) protect.set(newest.uuid, 'the newest revision')
+  // the last one made, which `latest` points at: one dated by a clock that was behind sorts older than the revisions made before it
+  const last = (await must(at.readlink(join(dir, LATEST_LINK))))?.replace(/\.img$/, '')
+  if (last !== undefined && !protect.has(last) && revisions.some((r) => r.uuid === last)) {
+    protect.set(last, 'the last revision made (latest points at it), though another is dated newer: a clock that was wrong dated one of them')
+  }
   const plan = planExpiry(config.schedule, scheduled(revisions), now, protect)
   const expired = { removed: plan.remove, kept: [...plan.protected].map(([uuid, why]) => ({ uuid, why })), left: revisions.length - plan.remove.length }
   if (options.dryRun === true) return expired

@@ -146,7 +146,7 @@ export const planExpiry = (
   const kept = new Map<string, string>()
   for (const r of oldestFirst) {
     const left = [...(tags.get(r.uuid) ?? [])]
-    if (left.length === r.tags.length) continue
+    // also one that had lost its tags before, kept then by a protection it no longer has (a newer revision verified since)
     if (left.length === 0) {
       const why = protect.get(r.uuid)
       if (why === undefined) {
@@ -155,7 +155,7 @@ export const planExpiry = (
       }
       kept.set(r.uuid, why)
     }
-    retag.set(r.uuid, left)
+    if (left.length !== r.tags.length) retag.set(r.uuid, left)
   }
   return { retag, remove, protected: kept }
 }
