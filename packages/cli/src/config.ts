@@ -163,6 +163,76 @@ const RETENTION_KEYS: Readonly<Record<string, string>> = {
 const JOB_KEYS = ['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'exclude', 'exclude_from', 'one_file_system', 'accept_partial', 'system_excludes', 'rsync_options', 'keep_backups', 'keep_snapshots', 'max_delete', 'time_zone', 'snapshot_folder', 'snapper', 'snapshot_create', 'incremental', 'send_protocol', 'compressed_data', 'raw_targets', 'raw_compress', 'raw_encrypt', 'raw_gpg_recipients', 'raw_gpg_keyring', 'raw_full_every', 'pipe_targets', 'stream_compress', 'rate_limit', 'sudo', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'ssh_sudo', 'password_file', 'tunnel', 'mount', 'crypto', 'warn_age', 'critical_age', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout', 'groups', 'auto']
 /** the job keys that may stand at the top level as every job's default: not what names one job's own places, nor which commands take it */
 const DEFAULT_KEYS = JOB_KEYS.filter((key) => !['source', 'targets', 'driver', 'backup_dir', 'prefix', 'state_dir', 'raw_targets', 'pipe_targets', 'groups', 'auto'].includes(key))
+/** keys of the tools bbackup replaces (btrbk.conf, rsnapshot.conf, btrfs-backup's options): whose, and what to write here instead */
+const FOREIGN_KEYS: Readonly<Record<string, readonly [string, string]>> = {
+  volume: ['btrbk', 'source = "VOLUME/SUBVOLUME", btrbk\'s volume and subvolume as one path'],
+  subvolume: ['btrbk', 'source = "VOLUME/SUBVOLUME", btrbk\'s volume and subvolume as one path'],
+  snapshot_dir: ['btrbk', 'snapshot_folder, an absolute path or one inside the source'],
+  snapshot_name: ['btrbk', 'prefix, with its dot: prefix = "home."'],
+  snapshot_preserve: ['btrbk', 'keep_snapshots = { preserve_min = "…", preserve = "…" }'],
+  snapshot_preserve_min: ['btrbk', 'keep_snapshots = { preserve_min = "…", preserve = "…" }'],
+  target_preserve: ['btrbk', 'keep_backups = { preserve_min = "…", preserve = "…" }'],
+  target_preserve_min: ['btrbk', 'keep_backups = { preserve_min = "…", preserve = "…" }'],
+  preserve_day_of_week: ['btrbk', 'day_of_week in the retention table: keep_backups = { preserve = "…", day_of_week = "sunday" }'],
+  preserve_hour_of_day: ['btrbk', 'hour_of_day in the retention table: keep_backups = { preserve = "…", hour_of_day = 0 }'],
+  noauto: ['btrbk', 'auto = false'],
+  send_compressed_data: ['btrbk', 'compressed_data'],
+  raw_target_compress: ['btrbk', 'raw_compress'],
+  raw_target_encrypt: ['btrbk', 'raw_encrypt'],
+  gpg_recipient: ['btrbk', 'raw_gpg_recipients = ["KEY"]'],
+  gpg_keyring: ['btrbk', 'raw_gpg_keyring'],
+  backend: ['btrbk', 'sudo = true for btrfs-progs-sudo on this host, ssh_sudo = true on the other host'],
+  backend_remote: ['btrbk', 'ssh_sudo = true for btrfs-progs-sudo on the other host'],
+  ssh_user: ['btrbk', 'the user in the location: "ssh://USER@HOST/path"'],
+  lockfile: ['btrbk and rsnapshot', 'nothing: every job has a lock of its own'],
+  num_snapshots: ['btrfs-backup', 'keep_snapshots = { keep_last = N }'],
+  num_backups: ['btrfs-backup', 'keep_backups = { keep_last = N }'],
+  retain: ['rsnapshot', 'keep_backups = { hourly = 6, daily = 7, weekly = 4 }'],
+  snapshot_root: ['rsnapshot', 'targets = ["/mnt/backup/NAME"], a directory of the job\'s own'],
+  exclude_file: ['rsnapshot', 'exclude_from = ["FILE"]'],
+  one_fs: ['rsnapshot', 'one_file_system'],
+  rsync_long_args: ['rsnapshot', 'rsync_options = ["…"]'],
+  rsync_short_args: ['rsnapshot', 'rsync_options = ["…"]'],
+  cmd_preexec: ['rsnapshot', 'pre_exec'],
+  cmd_postexec: ['rsnapshot', 'post_exec'],
+}
+
+/** 'unknown key' (or `what`), and what it may have meant */
+const unknownKey = (key: string, known: readonly string[], what = 'unknown key'): string => {
+  const meant = meantKey(key, known)
+  return meant === undefined ? what : `${what} (${meant})`
+}
+
+/**
+ * What an unknown key may have meant: the known key it is a typo of (at most two letters off, one
+ * in a short key; a letter left out, added, changed, or two swapped), or what another tool's key
+ * is written as here.
+ * @example
+ * meantKey('snapshot_foldr', JOB_KEYS) // 'did you mean snapshot_folder?'
+ */
+const meantKey = (key: string, known: readonly string[]): string | undefined => {
+  const foreign = FOREIGN_KEYS[key]
+  if (foreign !== undefined) return `${foreign[0]}'s key; here: ${foreign[1]}`
+  const most = key.length <= 4 ? 1 : 2
+  const near = known.map((k) => ({ k, d: editDistance(key.toLowerCase().replace(/-/g, '_'), k) })).filter((n) => n.d <= most).sort((a, b) => a.d - b.d)[0]
+  return near === undefined ? undefined : `did you mean ${near.k}?`
+}
+
+/** Letters to insert, delete, change or swap (two beside each other) to make one word the other. */
+const editDistance = (a: string, b: string): number => {
+  const width = b.length + 1
+  const d: number[] = []
+  const at = (i: number, j: number): number => d[i * width + j] ?? 0
+  for (let i = 0; i <= a.length; i++) {
+    for (let j = 0; j <= b.length; j++) {
+      const swapped = i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]
+      d[i * width + j] = i === 0 || j === 0 ? i + j
+        : Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + (a[i - 1] === b[j - 1] ? 0 : 1), swapped ? at(i - 2, j - 2) + 1 : Infinity)
+    }
+  }
+  return at(a.length, b.length)
+}
+
 /** what a block job may set: the rest of a volume is in its volume.json */
 const BLOCK_JOB_KEYS = ['driver', 'backup_dir', 'groups', 'auto', 'warn_age', 'critical_age', 'ssh_identity', 'ssh_known_hosts', 'ssh_options', 'ssh_program', 'stream_compress', 'rate_limit', ...Object.values(HOOK_CONFIG_KEYS), 'hook_timeout']
 /** the keys whose values this host runs as commands: a config that has one must be safe from other users */
@@ -252,7 +322,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
     if (!['jobs', 'state_dir', 'metrics_file', 'transaction_log', ...DEFAULT_KEYS].includes(key)) {
       return JOB_KEYS.includes(key)
         ? problem('', key, ['groups', 'auto'].includes(key) ? 'says which commands take one job, not a default for every job' : 'names one job\'s own places, not a default for every job', 'move it into the [jobs.NAME] table of its job')
-        : problem('', key, 'unknown key', `the top level has state_dir, metrics_file, transaction_log, the [jobs.NAME] tables, and every job's defaults: ${DEFAULT_KEYS.join(', ')}`)
+        : problem('', key, unknownKey(key, ['jobs', 'state_dir', 'metrics_file', 'transaction_log', ...DEFAULT_KEYS]), `the top level has state_dir, metrics_file, transaction_log, the [jobs.NAME] tables, and every job's defaults: ${DEFAULT_KEYS.join(', ')}`)
     }
   }
   const unsafe = unsafeToRun(path, data)
@@ -328,7 +398,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
   /** a job's table (with the defaults under it) as a JobSpec, each mistake named at its key */
   const jobOf = (name: string, section: string, job: Record<string, unknown>): Result<JobSpec, BbError> => {
     if (job.backup_dir !== undefined) return problem(section, 'backup_dir', 'backup_dir belongs to block jobs', 'add driver = "block", or remove backup_dir')
-    for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, 'unknown key', `a job has ${JOB_KEYS.join(', ')}`)
+    for (const key of Object.keys(job)) if (!JOB_KEYS.includes(key)) return problem(section, key, unknownKey(key, JOB_KEYS), `a job has ${JOB_KEYS.join(', ')}`)
     if (typeof job.source !== 'string') return problem(section, job.source === undefined ? '' : 'source', 'source is missing or not a string', 'give the directory (or subvolume) to back up: source = "/home"')
     const targets = typeof job.targets === 'string' ? [job.targets] : (job.targets ?? [])
     const rawTargets = typeof job.raw_targets === 'string' ? [job.raw_targets] : (job.raw_targets ?? [])
@@ -379,7 +449,7 @@ const readConfig = (path: string): Result<Config, BbError> => {
       const policy: Record<string, unknown> = {}
       for (const [k, value] of Object.entries(v)) {
         const mapped = RETENTION_KEYS[k]
-        if (mapped === undefined) return problem(section, key, `unknown retention key ${k}`, `use ${Object.keys(RETENTION_KEYS).join(', ')}`)
+        if (mapped === undefined) return problem(section, key, unknownKey(k, Object.keys(RETENTION_KEYS), `unknown retention key ${k}`), `use ${Object.keys(RETENTION_KEYS).join(', ')}`)
         policy[mapped] = value
       }
       return normalizePolicy(policy as RetentionPolicy).map(() => policy as RetentionPolicy).orElse((e) => problem(section, key, e.message, e.hint))

@@ -39,6 +39,28 @@ describe('loadConfig', () => {
     expect(loaded.value.jobs[0]).toMatchObject({ keepBackups: { daily: 7, monthly: 12, quarterly: 8, yearly: 'always', prefer: 'newest' }, keepSnapshots: { preserveMin: '1q', preserve: '12m 4q' } })
   })
 
+  it('refuses an unknown key, naming the key it is a typo of, or what another tool\'s key is written as here', () => {
+    const path = join(dir, 'config.toml')
+    const refused = (lines: readonly string[]): string => {
+      writeFileSync(path, [...lines, ''].join('\n'))
+      const loaded = loadConfig(path)
+      return loaded.isErr() ? `${loaded.error.code} ${loaded.error.message}` : 'loaded'
+    }
+    const job = ['[jobs.home]', 'source = "/home"', 'targets = ["/mnt/b"]']
+    expect(refused([...job, 'snapshot_foldr = ".snapshots"'])).toBe(`INVALID_OPTIONS ${path}:4: [jobs.home] snapshot_foldr: unknown key (did you mean snapshot_folder?)`)
+    // two letters swapped, a dash for an underscore, a short key one letter off
+    expect(refused([...job, 'keep_bakcups = "7d"'])).toContain('keep_bakcups: unknown key (did you mean keep_backups?)')
+    expect(refused([...job, 'one-file-system = false'])).toContain('one-file-system: unknown key (did you mean one_file_system?)')
+    expect(refused([...job, 'sudp = true'])).toContain('sudp: unknown key (did you mean sudo?)')
+    expect(refused([...job, 'sduo = true'])).toContain('sduo: unknown key (did you mean sudo?)')
+    // nothing near: no guess
+    expect(refused([...job, 'frobnicate = 1'])).toMatch(/frobnicate: unknown key$/)
+    expect(refused([...job, 'snapshot_dir = "snaps"'])).toContain("snapshot_dir: unknown key (btrbk's key; here: snapshot_folder, an absolute path or one inside the source)")
+    expect(refused([...job, 'retain = 6'])).toContain("retain: unknown key (rsnapshot's key; here: keep_backups = { hourly = 6, daily = 7, weekly = 4 })")
+    expect(refused(['target_preserve = "7d"', ...job])).toContain(`${path}:1: target_preserve: unknown key (btrbk's key; here: keep_backups = { preserve_min = "…", preserve = "…" })`)
+    expect(refused([...job, 'keep_backups = { keep-last = 3 }'])).toContain('keep_backups: unknown retention key keep-last (did you mean keep_last?)')
+  })
+
   it('refuses a job name that is not one path component and a unit name: it would put its lock and journal elsewhere, or share them', () => {
     for (const name of ['"a/../x"', '"../../etc"', '".."', '"my job"', '"a$b"']) {
       const path = join(dir, 'config.toml')
