@@ -7,6 +7,7 @@ import type { HookCommands, SshSpec, WaySpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
 import { formatBytes, hookLines, progressLine, renderError, type Io } from './render.js'
+import { stopSignal } from './stop-signal.js'
 
 /** backy's spelling for block volumes: `init -b`, `backup -b`, `status -b`, `verify -b`, `restore -b` (docs/drivers/block.md). */
 export interface BlockCliOptions {
@@ -169,16 +170,13 @@ export const blockBackup = async (
     hooks.ran?.(source, { error: host.error })
     return fail(io, host.error, options)
   }
-  const controller = new AbortController()
-  const onSignal = (): void => controller.abort()
-  process.once('SIGINT', onSignal)
-  process.once('SIGTERM', onSignal)
+  const stop = stopSignal()
   let shown = -1
   let meter: ((bytes: number) => TransferProgress) | undefined
   let drawnAt = 0
   try {
     const r = await backupVolume({
-      at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), ...remote.way, force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: controller.signal,
+      at: at.value, ...(host.host === undefined ? {} : { sourceHost: host.host }), ...remote.way, force: options.force === true, tags: options.tag ?? [], noSnapshot: options.snapshot === false, signal: stop.signal,
       ...(options.expire === false ? { expire: false } : {}),
       ...(jobHooks === undefined ? {} : { hooks: jobHooks }),
       ...(hooks.eventsFor === undefined ? {} : { onEvent: hooks.eventsFor(source) }),
@@ -224,8 +222,7 @@ export const blockBackup = async (
     }
     return EXIT.ok
   } finally {
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    stop.done()
   }
 }
 

@@ -17,6 +17,7 @@ import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import type { JobTimer } from './schedule-command.js'
 import { hookTimeoutOf, parseRate, waitSecondsOf } from './duration.js'
+import { stopSignal } from './stop-signal.js'
 import { lowerPriority, parsePriority } from './priority.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -702,10 +703,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if ('error' in opened) return fail(opened.error, options)
     const { log } = opened
     const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
-    const controller = new AbortController()
-    const onSignal = (): void => controller.abort()
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    const stop = stopSignal()
     let code: number = EXIT.ok
     const reports = []
     const runs: JobRun[] = []
@@ -747,7 +745,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           break
         }
         const retries = tries.value
-        const disk = await diskFor(localTargets(job), resolved.specOf.get(listed), options, controller.signal)
+        const disk = await diskFor(localTargets(job), resolved.specOf.get(listed), options, stop.signal)
         if ('code' in disk) {
           code = Math.max(code, disk.code)
           continue
@@ -756,7 +754,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           ...(retries === undefined ? {} : { retry: { attempts: retries } }),
           ...wanted,
           dryRun: options.dryRun === true,
-          signal: controller.signal,
+          signal: stop.signal,
           onEvent: eventsOf(options, verbosity, log, formatLocation(job.source.location), job.driver.name),
           ...(progressWanted(options, verbosity) ? {} : { progress: false }),
           ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
@@ -800,8 +798,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           }))
       }
     } finally {
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
+      stop.done()
       log?.finish(code === EXIT.ok ? 'success' : 'partial', code === EXIT.ok ? undefined : 'at least one job or target failed')
     }
     if (options.json === true) io.stdout(`${JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2)}\n`)
@@ -842,10 +839,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const stateDir = options.stateDir === undefined ? defaultStateDir(`archive-${jobId(from, [to])}`) : resolvePath(io.cwd, options.stateDir)
     const { localTransport } = await import('@bb/transports/local')
     const verbosity = options.quiet === true ? -1 : options.verbose ?? 0
-    const controller = new AbortController()
-    const onSignal = (): void => controller.abort()
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    const stop = stopSignal()
     try {
       const r = await archive({
         driver, source: from, target: to, state: { transport: localTransport(stateDir), directory: stateDir },
@@ -855,7 +849,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         ...(depth === undefined ? {} : { depth }),
         ...(options.exclude === undefined ? {} : { exclude: options.exclude }),
       }, {
-        dryRun: options.dryRun === true, signal: controller.signal,
+        dryRun: options.dryRun === true, signal: stop.signal,
         onEvent: eventsOf(options, verbosity, undefined, formatLocation(from.location), 'btrfs'),
         ...(retries === undefined ? {} : { retry: { attempts: retries } }),
         ...(wait.value === undefined ? {} : { waitSeconds: wait.value }),
@@ -866,8 +860,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       else io.stderr(renderArchiveProblems(r.value))
       return { code: archiveComplete(r.value) ? EXIT.ok : EXIT.someTargetsFailed }
     } finally {
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
+      stop.done()
     }
   }
 
@@ -912,13 +905,13 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     const { driver, raw, holdsBackups } = found
     // one source's among several sharing the place, where its prefix is given
     const ofJob = (options.prefix ?? options.snapshotPrefix) !== undefined
-    const listing = (job: Job) => {
+    const listing = (job: Job, signal: AbortSignal) => {
       const sizes = options.sizes === true
-      if (!holdsBackups) return list(job, { only: 'source', sizes, ofJob })
-      if (raw || driver !== 'btrfs') return list(job, { only: 'target', sizes, ofJob })
+      if (!holdsBackups) return list(job, { only: 'source', sizes, ofJob, signal })
+      if (raw || driver !== 'btrfs') return list(job, { only: 'target', sizes, ofJob, signal })
       // read-only subvolumes that were never received: a snapshot folder, listed as a source's
-      return list(job, { only: 'target', sizes, ofJob }).andThen((lists) =>
-        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source', sizes, ofJob }))
+      return list(job, { only: 'target', sizes, ofJob, signal }).andThen((lists) =>
+        lists.some((l) => l.snapshots.some((s) => s.complete)) ? okAsync(lists) : list(job, { only: 'source', sizes, ofJob, signal }))
     }
     const answers = await eachJob(place, raw ? [] : [place], found.options, listing, (answers) => answers.map(renderList).join(''))
     // sizes asked for and not told: the reason is printed with the list
@@ -939,15 +932,21 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     if ('error' in resolved) return fail(resolved.error, options)
     const job = resolved.jobs[0] as Job
     const [from, to] = names.length === 2 ? names : [undefined, names[0]]
+    const stop = stopSignal()
     const asked = (j: Job, side: 'source' | 'target') => diff(j, {
-      at: side === 'source' ? j.source : j.targets[0] as Transport, side, anyPrefix: options.prefix === undefined,
+      at: side === 'source' ? j.source : j.targets[0] as Transport, side, anyPrefix: options.prefix === undefined, signal: stop.signal,
       ...(from === undefined ? {} : { from }), ...(to === undefined ? {} : { to }),
     })
-    let r = await asked(job, found.holdsBackups ? 'target' : 'source')
-    // read-only subvolumes that were never received: a snapshot folder, read as a source's (as list and restore do)
-    if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && found.driver === 'btrfs' && !found.raw && found.holdsBackups) {
-      const asSource = await asked(job, 'source')
-      if (asSource.isOk() || asSource.error.code !== 'SNAPSHOT_NOT_FOUND' || asSource.error.details?.newest !== undefined) r = asSource
+    let r: Awaited<ReturnType<typeof asked>>
+    try {
+      r = await asked(job, found.holdsBackups ? 'target' : 'source')
+      // read-only subvolumes that were never received: a snapshot folder, read as a source's (as list and restore do)
+      if (r.isErr() && r.error.code === 'SNAPSHOT_NOT_FOUND' && r.error.details?.newest === undefined && found.driver === 'btrfs' && !found.raw && found.holdsBackups) {
+        const asSource = await asked(job, 'source')
+        if (asSource.isOk() || asSource.error.code !== 'SNAPSHOT_NOT_FOUND' || asSource.error.details?.newest !== undefined) r = asSource
+      }
+    } finally {
+      stop.done()
     }
     if (r.isErr()) return fail(r.error, options)
     io.stdout(options.json === true ? `${JSON.stringify(r.value, null, 2)}\n` : renderDiff(r.value))
@@ -960,19 +959,25 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
    */
   const eachJob = async <T>(
     source: string | undefined, targets: string[], options: CommonOptions,
-    ask: (job: Job) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
+    /** `signal`: Ctrl-C or a kill (what the asking started stops with it) */
+    ask: (job: Job, signal: AbortSignal) => ResultAsync<T, BbError>, print: (answers: T[]) => string,
     /** with each job's backup disk unlocked and mounted for the asking (--crypto, --mount) */
     onDisk = false,
   ): Promise<T[] | undefined> => {
     const resolved = await resolveJobs(source, targets, options)
     if ('error' in resolved) return void (outcome = fail(resolved.error, options))
     const answers: T[] = []
-    for (const job of resolved.jobs) {
-      const disk = onDisk ? await diskFor(localTargets(job), resolved.specOf.get(job), options, undefined, 'error') : { release: () => okAsync(undefined) }
-      if ('code' in disk) return void (outcome = disk)
-      const r = afterRelease(await ask(job), await disk.release())
-      if (r.isErr()) return void (outcome = fail(r.error, options))
-      answers.push(r.value)
+    const stop = stopSignal()
+    try {
+      for (const job of resolved.jobs) {
+        const disk = onDisk ? await diskFor(localTargets(job), resolved.specOf.get(job), options, stop.signal, 'error') : { release: () => okAsync(undefined) }
+        if ('code' in disk) return void (outcome = disk)
+        const r = afterRelease(await ask(job, stop.signal), await disk.release())
+        if (r.isErr()) return void (outcome = fail(r.error, options))
+        answers.push(r.value)
+      }
+    } finally {
+      stop.done()
     }
     io.stdout(options.json === true ? `${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n` : print(answers))
     return answers
@@ -1072,17 +1077,19 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     let code: number = EXIT.ok
     // with --json, one array of every job's results (what came before a failure too)
     const results: PruneResult[] = []
+    const stop = stopSignal()
     try {
       // every job and every place of it is pruned, also after one that fails: exit 10 when a place
-      // failed (as a run whose prune failed), else the first failed job's code
+      // failed (as a run whose prune failed), else the first failed job's code; none after Ctrl-C or a kill
       for (const job of resolved.jobs) {
+        if (stop.signal.aborted) break
         // a disk that is not plugged in: one line and exit 0 under cron, as for run (rsync-system-backup's -r)
-        const disk = await diskFor(localTargets(job), resolved.specOf?.get(job), options)
+        const disk = await diskFor(localTargets(job), resolved.specOf?.get(job), options, stop.signal)
         if ('code' in disk) {
           if (code === EXIT.ok) code = disk.code
           continue
         }
-        const r = afterRelease(await prune(job, { dryRun: options.dryRun === true, forgetTargets: forgetting, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) }), await disk.release())
+        const r = afterRelease(await prune(job, { dryRun: options.dryRun === true, forgetTargets: forgetting, signal: stop.signal, onEvent: eventsOf({ ...options, json: false }, options.verbose ?? 0, log, formatLocation(job.source.location), job.driver.name) }), await disk.release())
         if (r.isErr()) {
           log?.jobFailed(formatLocation(job.source.location), r.error)
           const failed = fail(r.error, options).code
@@ -1103,6 +1110,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       }
       return { code }
     } finally {
+      stop.done()
       if (options.json === true && results.length > 0) io.stdout(`${JSON.stringify(results, null, 2)}\n`)
       log?.finish(code === EXIT.ok ? 'success' : code === EXIT.someTargetsFailed ? 'partial' : 'ERROR', code === EXIT.someTargetsFailed ? 'at least one place was not pruned' : undefined)
     }
@@ -1247,7 +1255,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       .option('-n, --dry-run', 'show what would be deleted, delete nothing')
       .addHelpText('after', EXAMPLES.clean ?? '')
       .action(byJobName(async (source: string | undefined, targets: string[], options: CommonOptions) => {
-        const answers = await eachJob(source, targets, options, (job) => clean(job, { dryRun: options.dryRun === true }), (all) => renderClean(all.flat(), options.dryRun === true), true)
+        const answers = await eachJob(source, targets, options, (job, signal) => clean(job, { dryRun: options.dryRun === true, signal }), (all) => renderClean(all.flat(), options.dryRun === true), true)
         const places = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(places, 'CLEANED'))
         if (places.some((p) => p.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
@@ -1268,7 +1276,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           return
         }
         // a place that cannot be listed (a disk not mounted) is named, the others listed all the same: exit 10
-        const answers = await eachJob(source, targets, options, (job) => list(job, { partial: true, sizes: options.sizes === true, ofJob: true }), (lists) => lists.map(renderList).join(''), true)
+        const answers = await eachJob(source, targets, options, (job, signal) => list(job, { partial: true, sizes: options.sizes === true, ofJob: true, signal }), (lists) => lists.map(renderList).join(''), true)
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
         if (lists.some((l) => l.error !== undefined || l.sizesError !== undefined)) outcome = { code: EXIT.someTargetsFailed }
@@ -1359,31 +1367,38 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         // every target is checked, also after one that fails; the exit is the first failure's, else 1 for differences
         const answers: object[] = []
         let failed: BbError | undefined
-        for (const job of resolved.jobs) {
-          const disk = await diskFor(localTargets(job), resolved.specOf.get(job), options, undefined, 'error')
-          if ('code' in disk) return void (outcome = disk)
-          for (const at of job.targets) {
-            const target = formatLocation(at.location)
-            const r = await verify(job, { at, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
-            if (r.isErr()) {
-              failed ??= r.error
-              if (options.json === true) answers.push({ target, error: r.error })
-              else io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
-              continue
+        const stop = stopSignal()
+        try {
+          for (const job of resolved.jobs) {
+            const disk = await diskFor(localTargets(job), resolved.specOf.get(job), options, stop.signal, 'error')
+            if ('code' in disk) return void (outcome = disk)
+            for (const at of job.targets) {
+              // none after Ctrl-C or a kill
+              if (stop.signal.aborted) break
+              const target = formatLocation(at.location)
+              const r = await verify(job, { at, signal: stop.signal, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
+              if (r.isErr()) {
+                failed ??= r.error
+                if (options.json === true) answers.push({ target, error: r.error })
+                else io.stderr(renderError(r.error, (options.verbose ?? 0) > 0))
+                continue
+              }
+              if (options.json === true) answers.push({ target, ...r.value })
+              else {
+                io.stdout(`${target.replace(/\/$/, '')}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+                // what was checked, and what could not be
+                io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
+              }
+              if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
             }
-            if (options.json === true) answers.push({ target, ...r.value })
-            else {
-              io.stdout(`${target.replace(/\/$/, '')}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
-              // what was checked, and what could not be
-              io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
+            const released = await disk.release()
+            if (released.isErr()) {
+              failed ??= released.error
+              io.stderr(renderError(released.error, (options.verbose ?? 0) > 0))
             }
-            if (r.value.differenceCount > 0) outcome = { code: EXIT.error }
           }
-          const released = await disk.release()
-          if (released.isErr()) {
-            failed ??= released.error
-            io.stderr(renderError(released.error, (options.verbose ?? 0) > 0))
-          }
+        } finally {
+          stop.done()
         }
         // one target: its answer; several: one array of them
         if (options.json === true) io.stdout(`${JSON.stringify(answers.length === 1 ? answers[0] : answers, null, 2)}\n`)
@@ -1405,15 +1420,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       return void (outcome = fail(bbError('INVALID_OPTIONS', 'restore takes where the backups are, which backup, and a destination', 'bbackup restore TARGET SNAPSHOT DEST, e.g. bbackup restore /mnt/backup/home latest /tmp/home'), options))
     }
     // Ctrl-C or a kill: the copy stops, and what it left unfinished at the destination goes, not this process alone
-    const controller = new AbortController()
-    const onSignal = (): void => controller.abort()
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    const stop = stopSignal()
     try {
-      await restoreBackup(target, snapshot, destination, options, controller.signal)
+      await restoreBackup(target, snapshot, destination, options, stop.signal)
     } finally {
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
+      stop.done()
     }
   }
 

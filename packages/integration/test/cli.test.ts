@@ -1,12 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process'
-import { existsSync, statSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { mkdir, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import parsePrometheus from 'parse-prometheus-text-format'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
+import { descendantsOf, makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
 import { finished, ROOT, runCli, spawnTs, waitFor } from './helpers.js'
 
@@ -451,6 +451,59 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(r.code, r.stderr).toBe(1)
     expect(r.stderr).toMatch(new RegExp(`^bbackup: error: rsync was cancelled; ${back} holds part of \\S+\n  hint: delete ${back} and restore again \\(restore writes only into a new or empty directory\\)\n`))
     expect(await runCli(['restore', 'dst', 'latest', 'back'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining('already exists and is not empty') })
+  })
+
+  it('a verify or a prune stopped by a signal stops the rsync or rm it started, and exits with the cancel named, its lock free', async () => {
+    for (let i = 0; i < 2; i++) expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    // the real rsync and rm, each held still (SIGSTOP) as it starts, so that it cannot finish before the signal comes
+    const held = join(tmp.path, 'held')
+    await mkdir(held)
+    for (const tool of ['rsync', 'rm']) {
+      const real = execFileSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).trim()
+      await writeFile(join(held, tool), `#!/bin/sh\nkill -STOP $$\nexec ${real} "$@"\n`, { mode: 0o755 })
+    }
+    /** whether a signal is pending for a process (/proc's SigPnd and ShdPnd: bit signo - 1) */
+    const pending = (pid: number, signo: number): boolean => {
+      try {
+        return readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').filter((l) => /^(SigPnd|ShdPnd):/.test(l)).some((l) => ((BigInt(`0x${l.split(/\s+/)[1] ?? '0'}`) >> BigInt(signo - 1)) & 1n) === 1n)
+      } catch {
+        return false
+      }
+    }
+    const stoppedIn = (pid: number): number | undefined => descendantsOf(pid).find((p) => {
+      try {
+        return /^\S+ \(.*\) T /.test(readFileSync(`/proc/${p}/stat`, 'utf8'))
+      } catch {
+        return false
+      }
+    })
+    const [src, dst] = [join(tmp.path, 'src'), join(tmp.path, 'dst')]
+    for (const [args, tool] of [[['verify', src, dst], 'rsync'], [['prune', src, dst, '--keep-backups', '1'], 'rm']] as const) {
+      const child = spawnTs('fixtures/cli.ts', [...args, '--state-dir', state], { env: { PATH: `${held}:${process.env.PATH ?? ''}` } })
+      const ended = finished(child)
+      let started: number | undefined
+      try {
+        await waitFor(async () => (started = stoppedIn(child.pid ?? 0)) !== undefined, 20_000)
+        child.kill('SIGTERM')
+        // bbackup passes the stop on: the held command has a SIGTERM waiting when it goes on (before, bbackup died alone and left it to run)
+        await waitFor(async () => pending(started ?? 0, 15), 10_000)
+        process.kill(started ?? 0, 'SIGCONT')
+        const r = await ended
+        expect(r.code, r.stderr).toBe(args[0] === 'verify' ? 1 : 10)
+        expect(r.stderr).toContain(`${tool} was cancelled`)
+      } finally {
+        // whatever the test saw, nothing it started runs on
+        for (const pid of [...new Set([started, ...descendantsOf(child.pid ?? 0)])]) {
+          try {
+            if (pid !== undefined) process.kill(pid, 'SIGKILL')
+          } catch {
+            // gone
+          }
+        }
+        await ended
+      }
+      expect(await runCli(['locks', 'src', 'dst', '--state-dir', state], tmp.path)).toMatchObject({ code: 0, stdout: expect.stringContaining(': free') })
+    }
   })
 
   it('shows a prune plan with reasons in a dry run', async () => {
