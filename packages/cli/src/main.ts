@@ -1370,10 +1370,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const stop = stopSignal()
         try {
           for (const job of resolved.jobs) {
+            // none after Ctrl-C or a kill
+            if (stop.signal.aborted) break
             const disk = await diskFor(localTargets(job), resolved.specOf.get(job), options, stop.signal, 'error')
             if ('code' in disk) return void (outcome = disk)
             for (const at of job.targets) {
-              // none after Ctrl-C or a kill
               if (stop.signal.aborted) break
               const target = formatLocation(at.location)
               const r = await verify(job, { at, signal: stop.signal, ...(options.snapshot === undefined ? {} : { snapshot: options.snapshot }) })
