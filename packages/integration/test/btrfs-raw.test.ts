@@ -315,6 +315,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'zstd', 'sha256sum'
     await waitFor(async () => ((await stat(part).catch(() => undefined))?.size ?? 0) > 1024 * 1024, 30_000)
     process.kill(-child.pid!, 'SIGKILL')
     expect((await done).signal).toBe('SIGKILL')
+    // the killed btrfs send ends once its ioctl returns: until then the lock rightly counts it as the run's, still writing (a zombie it does not)
+    await waitFor(async () => { try { execFileSync('pgrep', ['-g', String(child.pid), '-r', 'R,S,D,T,t']); return false } catch { return true } }, 10_000)
     const pending = (await readJournal(localTransport(state), join(state, 'journal.json')))._unsafeUnwrap().entries
     expect(pending.map((e) => [e.snapshot, e.partialPath])).toEqual([['home.2026-11-23T110000Z', part]])
 
