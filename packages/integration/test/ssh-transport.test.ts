@@ -22,6 +22,16 @@ const cmdline = (pid: number): string => {
   }
 }
 
+/** a process's parent (0 once it is gone) */
+const parentOf = (pid: number): number => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return 0
+  }
+}
+
 describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the ssh transport against a real sshd on 127.0.0.1', () => {
   let sshd: Sshd
   let dir: TempDir
@@ -33,9 +43,14 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
 
   /** the sessions opened ahead that wait for their command on the host (under this sshd), once there are `count` of them (or 10 s passed) */
   const aheadOnHost = async (count: number): Promise<number[]> => {
-    const waiting = (): number[] => sshd.sessionPids().filter((pid) => cmdline(pid).includes('read -r l || exit 0'))
-    for (const deadline = Date.now() + 10_000; waiting().length !== count && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 50))
-    return waiting()
+    // one per session: a subshell the login shell forks (a .bashrc's $(…)) has its command line too
+    const waiting = (): number[] => {
+      const pids = sshd.sessionPids().filter((pid) => cmdline(pid).includes('read -r l || exit 0'))
+      return pids.filter((pid) => !pids.includes(parentOf(pid)))
+    }
+    let found = waiting()
+    for (const deadline = Date.now() + 10_000; found.length !== count && Date.now() < deadline; found = waiting()) await new Promise((r) => setTimeout(r, 50))
+    return found
   }
 
   beforeAll(async () => {
