@@ -17,7 +17,7 @@ import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
 import type { JobTimer } from './schedule-command.js'
 import { hookTimeoutOf, parseRate, waitSecondsOf } from './duration.js'
-import { stopSignal } from './stop-signal.js'
+import { onSignalEnd, stopSignal } from './stop-signal.js'
 import { lowerPriority, parsePriority } from './priority.js'
 
 /** set by the one-file bundle (scripts/bundle.mjs), which has no package.json beside it */
@@ -398,8 +398,9 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
   let outcome: Outcome = { code: EXIT.ok }
   // remote locations share one ssh session per run: one connection per host, closed when main returns
   let session: Promise<SshSession> | undefined
+  let opened: SshSession | undefined
   const connections: Connections = {
-    ssh: () => (session ??= import('@bb/transports/ssh').then(({ openSshSession }) => openSshSession())),
+    ssh: () => (session ??= import('@bb/transports/ssh').then(({ openSshSession }) => (opened = openSshSession()))),
   }
   const only = commandToDefine(expanded.value)
   const wanted = (name: (typeof COMMANDS)[number]): boolean => only === undefined || only === name
@@ -1704,6 +1705,8 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
       })
   }
 
+  // a signal that ends this process (one no command winds down from, or a second one) leaves no ssh master running, nor its sockets
+  const release = onSignalEnd(() => opened?.closeNow())
   try {
     await program.parseAsync(expanded.value, { from: 'user' })
   } catch (e) {
@@ -1718,6 +1721,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
     throw e
   } finally {
     await (await session)?.close()
+    release()
   }
   return outcome.code
 }

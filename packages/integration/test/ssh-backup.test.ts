@@ -2,9 +2,10 @@ import { execFileSync } from 'node:child_process'
 import { mkdir, readdir, rename, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { backup, parseLocation, type Job, type SshLocation } from '@bb/core'
-import { binWithout, runCli, waitFor } from './helpers.js'
+import { binWithout, finished, runCli, spawnTs, waitFor } from './helpers.js'
 import { btrfsDriver, type BtrfsDriverOptions } from '@bb/drivers/btrfs'
 import { localTransport } from '@bb/transports/local'
 import { openSshSession, sshTransport, type SshOptions, type SshSession } from '@bb/transports/ssh'
@@ -541,7 +542,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
   })
 })
 
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('ssh failures on the command line', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync'], { root: true }))('ssh failures on the command line', () => {
   let sshd: Sshd
   let tmp: TempDir
   beforeAll(async () => {
@@ -561,6 +562,41 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('ssh
     expect(r.code).not.toBe(0)
     expect(r.stdout).toMatch(/host key of root@127\.0\.0\.1:\d+ is not known[\s\S]*hint: check its fingerprint, then trust it once: ssh-keyscan -p \d+ 127\.0\.0\.1/)
     expect(await readdir(tmp.path)).not.toContain('dst')
+  })
+
+  it('a status ended by a signal while the host is slow to answer leaves no ssh master running, nor its socket directory, and ends by that signal', async () => {
+    await writeTree(join(tmp.path, 'slow'), { 'f.txt': 'x\n' })
+    // each session of the key waits 30 s before its command runs: the status is waiting on its master when the signal comes
+    await sshd.setAuthorizedKeys(['command="sleep 30; eval \\"$SSH_ORIGINAL_COMMAND\\"" %KEY%'])
+    const child = spawnTs('fixtures/cli.ts', ['status', join(tmp.path, 'slow'), `ssh://root@127.0.0.1:${sshd.port}${tmp.path}/slow-backups`, '--driver', 'rsync',
+      '--state-dir', join(tmp.path, 'state'), '--ssh-identity', sshd.identityFile, '--ssh-known-hosts', sshd.knownHostsFile])
+    const ended = finished(child)
+    const pid = child.pid ?? 0
+    /** the private directory of the run's control sockets */
+    const runDirectories = (): string[] => readdirSync(tmpdir()).filter((n) => n.startsWith(`bbackup-ssh-${pid}-`))
+    const alive = (p: number): boolean => existsSync(`/proc/${p}`) && !/^\S+ \(.*\) Z /.test(readFileSync(`/proc/${p}/stat`, 'utf8'))
+    let masters: number[] = []
+    try {
+      await waitFor(async () => (masters = descendantsOf(pid).filter((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('ControlMaster=yes')
+        } catch {
+          return false
+        }
+      })).length > 0 && runDirectories().length > 0, 20_000)
+      child.kill('SIGTERM')
+      const r = await ended
+      // by the signal, as a shell sees a command that a signal ended (before: the same, with the master left behind)
+      expect(r, r.stderr).toMatchObject({ code: null, signal: 'SIGTERM' })
+      expect(runDirectories()).toEqual([])
+      // the master was told to stop before the process ended (before: it waited out the host's 30 s)
+      await waitFor(async () => !masters.some(alive), 5000)
+    } finally {
+      for (const p of masters.filter(alive)) process.kill(p, 'SIGKILL')
+      child.kill('SIGKILL')
+      await ended
+      await sshd.setAuthorizedKeys(['%KEY%'])
+    }
   })
 })
 

@@ -108,6 +108,11 @@ export interface SshSession {
   /** how many master connections this session has opened (the benchmark counts them) */
   readonly connectionsOpened: number
   close(): Promise<void>
+  /**
+   * What {@link close} does, without waiting for the masters to end: for a process about to end
+   * (a signal's handler), where nothing asynchronous runs any more.
+   */
+  closeNow(): void
 }
 
 const CONFIG_VALUE = /^[^\n\r"]*$/
@@ -551,6 +556,12 @@ export const openSshSession = (): SshSession => {
         clearTimeout(timer)
       }))
       if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
+      directory = undefined
+    },
+    closeNow: () => {
+      closed = true
+      process.off('exit', onExit)
+      onExit()
       directory = undefined
     },
   }
