@@ -10,6 +10,7 @@ import { restoreDirectory } from '../restore-destination.js'
 import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
+import { flushWhile } from './flush-while.js'
 import { parseItemizedDiff } from './itemized.js'
 
 export interface RsyncDriverOptions {
@@ -327,6 +328,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     ]
     let lastProgress = 0
     const statsLines: string[] = []
+    // a target on this host is flushed while rsync writes into it, not all at once before the backup is published
+    const flusher = !dryRun && !filesOnly && options.syncBeforePublish !== false && target.location.kind === 'local' ? flushWhile(target, partial, signal) : undefined
     const ran = await runner.value.exec(argv, {
       ...endpointIo(src, dst, signal),
       onStdoutLine: (line) => {
@@ -337,6 +340,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         input.onEvent({ type: 'transfer-progress', target: where, snapshot, ...p })
       },
     })
+    await flusher?.stop()
     if (ran.isErr()) return err(ran.error)
     const stats = parseStats(statsLines.join('\n'))
     const outcome = classifyRsyncExit(ran.value.exitCode, ran.value.stderr)
