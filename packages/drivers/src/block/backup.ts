@@ -9,6 +9,7 @@ import { chunkCount, scanChunks, scanStream, type ScanCounts, type ScanHandlers 
 import { BLOCK_SCAN_PROTOCOL, readBlockScan } from './remote-scan.js'
 import { arriving } from './crossing.js'
 import { streamPlanner, type StreamWay } from '../stream-way.js'
+import { flushWhile } from '../flush-while.js'
 import { dataChunks } from './data-map.js'
 import { DIGEST_BYTES, openHashPool, type HashPool } from './hash-pool.js'
 import { localDirectory, withVolumeLock } from './locked.js'
@@ -426,6 +427,8 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     let chunksWritten = 0
     let progress = 0
     const handle = await fsStep('open', target.partial, fs.open(target.partial, 'r+'))
+    // written out while the chunks are read and hashed, not all at the flush before the revision is recorded
+    const flusher = flushWhile(at, target.partial, options.signal)
     let counts
     try {
       await fsStep('resize', target.partial, handle.truncate(frozen.size))
@@ -468,8 +471,10 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
           }
         }
       }
+      await flusher.stop()
       await fsStep('flush', target.partial, handle.sync())
     } finally {
+      await flusher.stop()
       await handle.close()
     }
     await fsStep('protect', target.partial, fs.chmod(target.partial, 0o440))

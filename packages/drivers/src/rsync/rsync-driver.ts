@@ -10,7 +10,7 @@ import { restoreDirectory } from '../restore-destination.js'
 import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
-import { flushWhile } from './flush-while.js'
+import { flushWhile } from '../flush-while.js'
 import { parseItemizedDiff } from './itemized.js'
 
 export interface RsyncDriverOptions {

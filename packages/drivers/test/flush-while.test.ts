@@ -1,7 +1,7 @@
 import { bbError, type CommandResult, type Transport } from '@bb/core'
 import { errAsync, ResultAsync } from 'neverthrow'
 import { describe, expect, it } from 'vitest'
-import { FLUSH_PAUSE_MS, flushWhile } from '../src/rsync/flush-while.js'
+import { FLUSH_PAUSE_MS, flushWhile } from '../src/flush-while.js'
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
