@@ -11,10 +11,11 @@ export interface Flusher {
 
 /**
  * Flushes the filesystem that holds `path` (`sync -f`) over and over, a pause after each, while a
- * copy writes into it. Left alone, the kernel holds a copy's writes in memory until the flush before
- * the backup is published, which then waits for all of them at once (on a disk, about a tenth of a
- * full backup's time); flushed as they come, they are written while rsync copies, with a CPU it
- * leaves idle. A flush that fails is no error here: the flush before publishing tells.
+ * backup writes into it (rsync's copy, a block revision's chunks). Left alone, the kernel holds the
+ * writes in memory until the flush before the backup is recorded, which then waits for all of them
+ * at once (on a disk, about a tenth of a full backup's time); flushed as they come, they are written
+ * while the copy goes on, with a CPU it leaves idle. A flush that fails is no error here: the flush
+ * before recording tells.
  * @example
  * const flusher = flushWhile(target, partial, signal)
  * try { await rsync() } finally { await flusher.stop() }
