@@ -574,7 +574,14 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync'], { root: true
     const pid = child.pid ?? 0
     /** the private directory of the run's control sockets */
     const runDirectories = (): string[] => readdirSync(tmpdir()).filter((n) => n.startsWith(`bbackup-ssh-${pid}-`))
-    const alive = (p: number): boolean => existsSync(`/proc/${p}`) && !/^\S+ \(.*\) Z /.test(readFileSync(`/proc/${p}/stat`, 'utf8'))
+    /** running (not a zombie); one that ends between the two looks is gone */
+    const alive = (p: number): boolean => {
+      try {
+        return !/^\S+ \(.*\) Z /.test(readFileSync(`/proc/${p}/stat`, 'utf8'))
+      } catch {
+        return false
+      }
+    }
     let masters: number[] = []
     try {
       await waitFor(async () => (masters = descendantsOf(pid).filter((p) => {
