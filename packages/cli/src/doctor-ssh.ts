@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import type { BbError, Finding, SshLocation, Transport } from '@bb/core'
+import { SUDO_PROGRAMS } from '@bb/transports/ssh'
 import type { Role } from '@bb/transports/ssh-filter'
 
 export interface DoctorSshInput {
@@ -132,8 +133,8 @@ export const renderFindings = (findings: readonly Finding[], line: string, sudo:
   line,
   ...(sudo ? [
     '# and, for --ssh-sudo, in /etc/sudoers.d/bbackup (visudo -f): the commands bbackup runs as root there',
-    '#   USER ALL=(root) NOPASSWD: /usr/bin/btrfs, /usr/bin/rsync, /usr/bin/sync, /usr/bin/kill, /bin/sh',
-    '# (sh runs bbackup\'s fixed file scripts; with the forced command above, the key cannot run anything else)',
+    `#   USER ALL=(root) NOPASSWD: ${SUDO_PROGRAMS.map((p) => (p === 'sh' ? '/bin/sh' : `/usr/bin/${p}`)).join(', ')}`,
+    '# (sh runs bbackup\'s fixed file scripts and the other tools; with the forced command above, the key cannot run anything else)',
   ] : []),
   '',
 ].join('\n')

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { decide, isServeRequest, splitCommand, type FilterPolicy, type Role } from '../src/ssh/filter/index.js'
 import { parseRsyncServer } from '../src/ssh/filter/rsync-server.js'
 import { remoteCommand, serveLine } from '../src/ssh/quote.js'
-import { FILTERS, PRIVATE_WRITER, SCRIPTS, SERVE, SERVE_V2, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
+import { AS_ROOT, FILTERS, PRIVATE_WRITER, SCRIPTS, SERVE, SERVE_V2, SPAWN_WRAPPER } from '../src/ssh/remote-protocol.js'
 
 const hostile = fc.array(fc.constantFrom('$', '`', "'", '"', '\\', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', '~', '#', '!', '\n', '\t', ' ', '-', '=', '..', '/', 'a', 'é', '$(touch x)'), { maxLength: 12 }).map((parts) => parts.join(''))
 const anyText = fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !/[\uD800-\uDFFF]/u.test(s) && !s.includes('\0'))
@@ -144,6 +144,19 @@ describe('what each role may run', () => {
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], p)).toContain('--sudo')
     expect(reason(['sudo', '-n', '--', 'btrfs', 'receive', '/srv/backups/a'], { ...p, sudo: true })).toBe('allowed')
     expect(reason(['sudo', '-n', 'rsync', '--server', '-logDtpre.iLsfxCIvu', '.', '/srv/backups/a.partial/'], { ...p, sudo: true })).toBe('allowed')
+  })
+
+  it('takes a program that the sudoers rule does not name, sent through its sh (AS_ROOT), as that program alone: same role, same paths', () => {
+    const asRoot = (...argv: string[]): string[] => ['sudo', '-n', '--', 'sh', '-c', AS_ROOT, 'sh', ...argv]
+    const p = policy(['receive'], { sudo: true })
+    expect(decide(asRoot('stat', '-f', '-c', '%T', '/srv/backups/a'), p)).toMatchObject({ allowed: true, role: 'list', checks: [{ kind: 'inside', path: '/srv/backups/a' }] })
+    expect(reason(asRoot('stat', '-f', '-c', '%T', '/etc'), p)).toContain('outside /srv/backups')
+    expect(reason(asRoot('rm', '-rf', '--one-file-system', '--', '/srv/backups/a'), p)).toContain('"rm -rf --one-file-system", which needs the delete role')
+    expect(reason(asRoot('touch', '/srv/backups/x'), p)).toContain('the command "touch /srv/backups/x", which is not one')
+    // no shell string through it: not sh again, nor a script
+    expect(reason(asRoot('sh', '-c', 'touch /tmp/pwned'), p)).toContain('not one that bbackup sends')
+    expect(reason(asRoot(...script('remove', '/srv/backups/a')), p)).toContain('not one that bbackup sends')
+    expect(reason(['sh', '-c', `${AS_ROOT}; touch /tmp/pwned`, 'sh', 'true'], p)).toContain('not one that bbackup sends')
   })
 
   it('lets the zstd stream filters run around a transfer the key may start, and around nothing else', () => {

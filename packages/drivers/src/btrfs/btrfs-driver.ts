@@ -518,7 +518,9 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const { at, missing } = found.value
     if (found.value.kind !== 'directory') return err(notAFolder(folder, at))
     if (missing.length === 0) return ok(missing)
-    const type = (await fsType(source, at)).unwrapOr('')
+    const typed = await fsType(source, at)
+    if (typed.isErr()) return err(typed.error)
+    const type = typed.value
     if (type !== 'btrfs') {
       return err(bbError('INVALID_OPTIONS', `the snapshot folder ${folder} would not be on the source's btrfs filesystem (${source.location.path}) but on ${type === '' ? 'another' : type}: a snapshot stays on its subvolume's filesystem`,
         'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { path: folder }))
@@ -865,7 +867,10 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const found = await restoreDirectory(to)
     if (found.isErr()) return err(found.error)
     const { at, missing } = found.value
-    const type = (await fsType(to, at)).unwrapOr('')
+    // a failure to ask (a lost connection, sudo refusing) is that, not another filesystem
+    const typed = await fsType(to, at)
+    if (typed.isErr()) return err(typed.error)
+    const type = typed.value
     if (type !== 'btrfs') {
       return err(bbError('TARGET_NOT_BTRFS', `the restore destination ${dest} is not on a btrfs filesystem${type === '' ? '' : ` (it is ${type})`}: a btrfs backup is received there as a subvolume`,
         'restore onto a btrfs filesystem; to copy the files onto another one, restore one directory with --path, or copy them out of the backup yourself (cp -a BACKUP/. DIR/)', { path: dest }))

@@ -13,6 +13,16 @@ export const PID_TAG = 'bbackup-remote-pid:'
 export const SPAWN_WRAPPER = `echo "${PID_TAG}$$" >&2; exec "$@"`
 
 /**
+ * The programs that `--ssh-sudo` runs as `sudo -n -- PROGRAM ...`: the sudoers rule names these
+ * (bbackup doctor prints it). Every other program goes as `sudo -n -- sh -c AS_ROOT sh ARGV...`,
+ * through the rule's sh, so that one short rule covers what any driver runs there.
+ */
+export const SUDO_PROGRAMS = ['btrfs', 'rsync', 'sync', 'kill', 'sh'] as const
+
+/** run as `sh -c AS_ROOT sh ARGV...` under sudo: becomes ARGV (a program the sudoers rule does not name) */
+export const AS_ROOT = 'exec "$@"'
+
+/**
  * Run as `sh -c PRIVATE_WRITER sh ARGV...` inside {@link SPAWN_WRAPPER}: ARGV writes a file only its
  * owner may read (the btrfs driver's raw target keeps the source's data in its stream files).
  * The same text as the raw target's in @bb/drivers (which does not depend on this package).

@@ -7,7 +7,7 @@ import {
 import { CANCELLED_HINT, execCommand, isSharedChannel, runningCommand, SHARED_CHANNEL, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
-import { ABSENT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, type ScriptName } from './remote-protocol.js'
+import { ABSENT, AS_ROOT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, SUDO_PROGRAMS, type ScriptName } from './remote-protocol.js'
 import type { ServedResult } from './serve.js'
 import type { SshOptions, SshSession } from './session.js'
 
@@ -39,6 +39,9 @@ const FIND_KINDS: Readonly<Record<string, EntryStat['kind']>> = { f: 'file', d: 
 export const sshTransport = (location: SshLocation, session: SshSession, options: SshOptions = {}): Transport => {
   const connection = session.connection(location, options)
   const sudo = options.sudo === true ? ['sudo', '-n', '--'] : []
+  /** what runs on the host for `argv`: through sudo, a program the sudoers rule does not name goes through its sh */
+  const asRoot = (argv: readonly string[]): readonly string[] => (sudo.length === 0 ? argv
+    : (SUDO_PROGRAMS as readonly string[]).includes(argv[0] ?? '') ? [...sudo, ...argv] : [...sudo, 'sh', '-c', AS_ROOT, 'sh', ...argv])
 
   /** ssh's own failures become typed errors; a missing remote command (sh's 127) is TOOL_MISSING */
   const classify = async (result: CommandResult, argv: readonly string[]): Promise<Result<CommandResult, TransportError>> => {
@@ -68,13 +71,13 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     if (execOptions.cwd !== undefined || execOptions.env !== undefined) {
       return errAsync(bbError('INVALID_OPTIONS', 'cwd and env are not passed to commands on another host', 'this is a bug in bbackup; please report it'))
     }
-    const remote = remoteCommand([...sudo, ...argv])
+    const remote = remoteCommand(asRoot(argv))
     if (remote.isErr()) return errAsync(remote.error)
     return ResultAsync.fromSafePromise(connection.ready(execOptions.signal))
       .andThen((ready) => ready)
       .andThen(() => {
         // a short command with no input and no line reader goes to the master's command server, when it has one
-        const served = viaServer && execOptions.input === undefined && execOptions.onStdoutLine === undefined ? serveLine([...sudo, ...argv]).map((line) => connection.serve(line, execOptions.signal)) : undefined
+        const served = viaServer && execOptions.input === undefined && execOptions.onStdoutLine === undefined ? serveLine(asRoot(argv)).map((line) => connection.serve(line, execOptions.signal)) : undefined
         if (served === undefined || served.isErr() || served.value === undefined) return execCommand(connection.command(remote.value), execOptions)
         return ResultAsync.fromSafePromise(served.value).andThen((r): ResultAsync<CommandResult, TransportError> | Result<CommandResult, TransportError> => {
           // it waited behind a stream whose command failed, and the server ended: it never ran, and goes by a session of its own

@@ -1,5 +1,5 @@
 import { posix } from 'node:path'
-import { FILTERS, PRIVATE_WRITER, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
+import { AS_ROOT, FILTERS, PRIVATE_WRITER, SCRIPTS, SPAWN_WRAPPER, type ScriptName } from '../remote-protocol.js'
 import { parseRsyncServer } from './rsync-server.js'
 
 /**
@@ -238,6 +238,11 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
         : undefined
     }
     case 'sh': {
+      // under sudo, a program its rule does not name: that program, as if sent alone
+      if (args[0] === '-c' && args[1] === AS_ROOT && args[2] === 'sh') {
+        const inner = args[3] === 'sh' ? undefined : match(args.slice(3), false)
+        return typeof inner === 'object' && inner.selfAt !== undefined ? { ...inner, selfAt: inner.selfAt + 4 } : inner
+      }
       const name = args[0] === '-c' && args[2] === 'sh' ? SCRIPT_BY_TEXT.get(args[1] ?? '') : undefined
       if (name === undefined) return undefined
       const operands = args.slice(3)
@@ -257,6 +262,7 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
 
 /** a request in a refusal: a script by its name and operands, a command by its first words */
 const label = (argv: readonly string[]): string => {
+  if (argv[0] === 'sh' && argv[1] === '-c' && argv[2] === AS_ROOT && argv[3] === 'sh') return label(argv.slice(4))
   const name = argv[0] === 'sh' && argv[1] === '-c' ? SCRIPT_BY_TEXT.get(argv[2] ?? '') : undefined
   return JSON.stringify(name === undefined ? argv.slice(0, 3).join(' ') : [name, ...argv.slice(4)].join(' '))
 }
