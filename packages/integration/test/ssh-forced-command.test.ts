@@ -144,6 +144,9 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     const backups = await names(join(dir, 'backup'))
     expect(backups).toHaveLength(2)
     expect(await readFile(log, 'utf8')).toMatch(/ receive \["sh","-c","echo .*","btrfs","receive",/)
+    // status tells the free space there: the key may ask df about its directory
+    const told = await runCli(['status', ...job], dir)
+    expect(told.stdout, told.stderr).toMatch(/space: .* free of /)
 
     const pruned = await runCli(['prune', ...job, '--keep-backups', '1'], dir)
     expect(pruned.code).not.toBe(0)

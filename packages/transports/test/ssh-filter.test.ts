@@ -152,6 +152,9 @@ describe('what each role may run', () => {
     expect(decide(asRoot('stat', '-f', '-c', '%T', '/srv/backups/a'), p)).toMatchObject({ allowed: true, role: 'list', checks: [{ kind: 'inside', path: '/srv/backups/a' }] })
     expect(reason(asRoot('stat', '-f', '-c', '%T', '/etc'), p)).toContain('outside /srv/backups')
     expect(reason(asRoot('rm', '-rf', '--one-file-system', '--', '/srv/backups/a'), p)).toContain('"rm -rf --one-file-system", which needs the delete role')
+    expect(decide(asRoot('df', '-Pk', '--', '/srv/backups/a'), p)).toMatchObject({ allowed: true, role: 'list', checks: [{ kind: 'inside', path: '/srv/backups/a' }] })
+    expect(reason(['df', '-Pk', '--', '/'], p)).toContain('outside /srv/backups')
+    expect(reason(['df', '-h', '/srv/backups'], p)).toContain('not one that bbackup sends')
     expect(reason(asRoot('touch', '/srv/backups/x'), p)).toContain('the command "touch /srv/backups/x", which is not one')
     // no shell string through it: not sh again, nor a script
     expect(reason(asRoot('sh', '-c', 'touch /tmp/pwned'), p)).toContain('not one that bbackup sends')

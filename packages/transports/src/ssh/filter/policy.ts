@@ -214,6 +214,9 @@ const match = (argv: readonly string[], spawned: boolean): Match | undefined => 
     case 'sync':
       // a filesystem's (rsync), or a raw target's stream file
       return args.length === 2 && (args[0] === '-f' || args[0] === '--') ? { role: 'receive', checks: inside(args[1] as string) } : undefined
+    case 'df':
+      // the free space where the backups go (status, doctor)
+      return args.length === 3 && same(args.slice(0, 2), ['-Pk', '--']) ? { role: 'list', checks: inside(args[2] as string) } : undefined
     case 'du':
       // list --sizes: rsync backups, as rsnapshot du counts them
       return args.length > 3 && same(args.slice(0, 3), ['-s', '-B1', '--']) ? { role: 'list', checks: inside(...args.slice(3)) } : undefined
