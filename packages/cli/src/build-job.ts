@@ -85,14 +85,20 @@ export const transportFor = async (location: Location, remote: RemoteSpec, conne
 
 /**
  * What a source is, to pick a driver when none is named (DESIGN.md: detected from the source).
- * A source that cannot be read is left to the rsync driver's probe, which says what is wrong.
+ * A source that cannot be read is left to the rsync driver's probe, which says what is wrong;
+ * `unseen` says it here, for a setting that seems to belong to another driver only because the
+ * source could not be looked at (a path mistyped, a disk not mounted, a host that refused).
  */
-const detectDriver = async (source: Transport): Promise<{ readonly driver: DriverChoice; readonly directory: boolean }> => {
-  const s = (await statGiven(source, source.location.path, 'source')).unwrapOr(undefined)
+const detectDriver = async (source: Transport): Promise<{ readonly driver: DriverChoice; readonly directory: boolean; readonly unseen?: BbError }> => {
+  const path = source.location.path
+  const seen = await statGiven(source, path, 'source')
+  if (seen.isErr()) return { driver: 'rsync', directory: false, unseen: seen.error }
+  const s = seen.value
+  if (s === undefined) return { driver: 'rsync', directory: false, unseen: bbError('SOURCE_UNAVAILABLE', `the source ${path} does not exist`, 'check the path (is the filesystem mounted?)', { path }) }
   // a file or a device: an image to back up as blocks
-  if (s?.kind === 'file' || s?.kind === 'other') return { driver: 'block', directory: false }
+  if (s.kind === 'file' || s.kind === 'other') return { driver: 'block', directory: false }
   // a btrfs subvolume's root directory has inode 256
-  return { driver: s?.kind === 'directory' && s.inode === 256 ? 'btrfs' : 'rsync', directory: s?.kind === 'directory' }
+  return { driver: s.kind === 'directory' && s.inode === 256 ? 'btrfs' : 'rsync', directory: s.kind === 'directory' }
 }
 
 /**
@@ -183,6 +189,8 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
   const detected = given.driver === undefined ? await detectDriver(seen.value) : undefined
   const driverName = given.driver ?? detected?.driver ?? 'rsync'
   const spec = applicable(given, driverName)
+  /** a setting of another driver than the detected one; where the source was not seen, what kept it from view */
+  const mismatch = (e: BbError): Result<Job, BbError> => err(detected?.unseen ?? e)
   // with sudo, a local source runs the commands of the driver it turned out to need
   const sourceTransport = spec.driver === undefined && spec.sudo === true && source.value.kind === 'local' ? await transportFor(source.value, spec, options.connections, driverName) : seen
   if (sourceTransport.isErr()) return err(sourceTransport.error)
@@ -203,7 +211,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     if (same.isErr()) return err(same.error)
   }
   if (rawTargets.length > 0 && driverName !== 'btrfs') {
-    return err(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
+    return mismatch(bbError('INVALID_OPTIONS', `raw targets (${rawTargets.join(', ')}) keep btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'raw targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
   }
   if (spec.serverPublishes === true && driverName !== 'rsync') {
@@ -213,7 +221,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
   // a snapshot is the whole subvolume: an exclude there would be a promise not kept
   const filters = [...spec.exclude.map((e) => `--exclude ${e}`), ...spec.excludeFrom.map((e) => `--exclude-from ${e}`), ...spec.rsyncOptions.map((o) => `--rsync-option ${o}`)]
   if (filters.length > 0 && driverName !== 'rsync') {
-    return err(bbError('INVALID_OPTIONS', `${filters.join(', ')}: rsync settings, but ${spec.source} is backed up by the ${driverName} driver, which copies all of it`,
+    return mismatch(bbError('INVALID_OPTIONS', `${filters.join(', ')}: rsync settings, but ${spec.source} is backed up by the ${driverName} driver, which copies all of it`,
       driverName === 'btrfs' ? 'leave them out; to keep a directory out of the snapshots, make it a subvolume of its own (btrfs subvolume create): a snapshot does not take nested subvolumes'
         : 'leave them out, or back the directory up with --driver rsync', { path: spec.source }))
   }
@@ -229,7 +237,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
     ...(spec.compressedData === false ? ['--no-compressed-data (compressed_data)'] : []),
   ]
   if (btrfsOnly.length > 0 && driverName !== 'btrfs') {
-    return err(bbError('INVALID_OPTIONS', `${btrfsOnly.join(', ')}: ${btrfsOnly.length === 1 ? 'a btrfs setting' : 'btrfs settings'}, but ${spec.source} is backed up by the ${driverName} driver, which keeps no source snapshots and sends no streams`,
+    return mismatch(bbError('INVALID_OPTIONS', `${btrfsOnly.join(', ')}: ${btrfsOnly.length === 1 ? 'a btrfs setting' : 'btrfs settings'}, but ${spec.source} is backed up by the ${driverName} driver, which keeps no source snapshots and sends no streams`,
       `leave ${btrfsOnly.length === 1 ? 'it' : 'them'} out${spec.keepSnapshots === undefined ? '' : `; the retention of the ${driverName} driver's backups is --keep-backups (keep_backups)`}`, { path: spec.source }))
   }
   if (spec.snapper === true && spec.snapshotCreate === 'onchange') {
@@ -237,7 +245,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
       'leave --snapshot-create out; snapper\'s own settings say when it takes one', { path: spec.source }))
   }
   if (spec.systemExcludes === true && driverName !== 'rsync') {
-    return err(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
+    return mismatch(bbError('INVALID_OPTIONS', `the system excludes are rsync filters, but ${spec.source} is backed up by the ${driverName} driver`, 'use --driver rsync for a system backup, or drop --system-excludes (system_excludes)'))
   }
   // before anything runs (the driver's probe would fail the target, exit 10)
   if (spec.serverPublishes === true) {
@@ -246,7 +254,7 @@ export const buildJob = async (given: JobSpec, options: { readonly configStateDi
   }
   const pipeCommands = spec.pipeTargets ?? []
   if (pipeCommands.length > 0 && driverName !== 'btrfs') {
-    return err(bbError('INVALID_OPTIONS', `pipe targets get btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
+    return mismatch(bbError('INVALID_OPTIONS', `pipe targets get btrfs send streams, but ${spec.source} is backed up by the ${driverName} driver`,
       'pipe targets are for btrfs sources (a subvolume, or --driver btrfs); give an ordinary target for this one'))
   }
   // btrfs snapshots live with the source: jobs of one source share its lock, journal and pins, whatever their targets

@@ -639,6 +639,8 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     // btrfs settings on an rsync job: --keep-snapshots meant as the backups' retention would let the disk fill up
     expect(await runCli(['run', 'src', 'dst', '--state-dir', state, '--keep-snapshots', '3'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringMatching(/--keep-snapshots \(keep_snapshots\): a btrfs setting, but src is backed up by the rsync driver[^\n]*\n {2}hint: leave it out; the retention of the rsync driver's backups is --keep-backups/) })
     expect(await runCli(['prune', 'src', 'dst', '--state-dir', state, '--keep-backups', '3', '--snapshot-folder', 'x', '--send-protocol', '2'], tmp.path)).toMatchObject({ code: 2, stderr: expect.stringContaining('--snapshot-folder (snapshot_folder), --send-protocol (send_protocol): btrfs settings') })
+    // ... but of a source that is not there (a typo, a disk not mounted) the driver cannot be told: that is what is said
+    expect(await runCli(['run', 'srcx', 'dst', '--state-dir', state, '--keep-snapshots', '3'], tmp.path)).toMatchObject({ code: 1, stderr: expect.stringContaining(`the source ${tmp.path}/srcx does not exist\n  hint: check the path (is the filesystem mounted?)\n  (SOURCE_UNAVAILABLE)`) })
     expect(await readdir(tmp.path)).not.toContain('dst')
   })
 })

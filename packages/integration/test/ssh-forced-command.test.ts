@@ -332,6 +332,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     expect(JSON.parse(second.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'incremental', route: 'pull' }] })
     expect(await names(join(dir, 'pulled'))).toEqual(await names(join(dir, 'home/.snapshots')))
     expect(await readFile(log, 'utf8')).toMatch(/ send \["btrfs","subvolume","snapshot","-r",/)
+
+    // a key line naming a directory that is not there refuses everything: the run says that, not
+    // that --keep-snapshots is a btrfs setting (the source could not be looked at to tell its driver)
+    await forceCommand(`--role send --restrict-path ${join(dir, 'home')} --restrict-path ${join(dir, 'no-such-folder')}`)
+    const misconfigured = await runCli(['run', ...job, '--keep-snapshots', '2'], dir)
+    expect(misconfigured.code).toBe(1)
+    expect(misconfigured.stderr).toContain(`the forced command on root@127.0.0.1:${sshd.port} is misconfigured: --restrict-path ${join(dir, 'no-such-folder')} does not exist`)
+    expect(misconfigured.stderr).toMatch(/hint: fix the bbackup-remote options in that key's authorized_keys line/)
+    expect(misconfigured.stderr).not.toContain('INVALID_OPTIONS')
   })
 
   it('refuses hostile requests with exit 255 and a logged reason, and never runs them (scenario 21)', async () => {

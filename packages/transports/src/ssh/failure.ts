@@ -46,7 +46,14 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   }
   const refused = stderr.split('\n').find((l) => l.startsWith(REFUSED_TAG))
   if (refused !== undefined) {
-    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${refused.slice(REFUSED_TAG.length).trim()}`,
+    const reason = refused.slice(REFUSED_TAG.length).trim()
+    // bbackup-remote refuses every request when its own options are wrong: the key's line is to fix, not its role
+    const misconfigured = /^the forced command is misconfigured: (.*)$/.exec(reason)
+    if (misconfigured !== null) {
+      return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} is misconfigured: ${misconfigured[1] ?? ''}`,
+        'fix the bbackup-remote options in that key\'s authorized_keys line there (bbackup doctor prints one); see docs/transports/ssh.md', details)
+    }
+    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${reason}`,
       'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...), or use a key that has it; see docs/transports/ssh.md', details)
   }
   if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {
