@@ -16,3 +16,10 @@ export const exitCodeOf = (error: BbError): number => {
       return EXIT.error
   }
 }
+
+/**
+ * A command that went over several places (prune, clean, list): 10 when one of them failed, the
+ * others done; 1 when one was cancelled (Ctrl-C, a kill), as a cancelled run, verify or restore exits.
+ */
+export const placesExitCode = (errors: readonly (BbError | undefined)[]): number =>
+  errors.some((e) => e?.code === 'CANCELLED') ? EXIT.error : errors.some((e) => e !== undefined) ? EXIT.someTargetsFailed : EXIT.ok

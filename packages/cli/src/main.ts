@@ -10,7 +10,7 @@ import { buildJob, detectBackupDriver, sharedPlaces, sudoPrograms, transportFor,
 import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, parseMaxDelete, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
-import { EXIT, exitCodeOf } from './exit-codes.js'
+import { EXIT, exitCodeOf, placesExitCode } from './exit-codes.js'
 import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderPruneWarnings, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
@@ -1098,10 +1098,11 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
           continue
         }
         for (const place of r.value) {
-          if (place.error === undefined) continue
-          log?.pruneFailed(place.at, place.error)
-          if (code === EXIT.ok) code = EXIT.someTargetsFailed
+          if (place.error !== undefined) log?.pruneFailed(place.at, place.error)
         }
+        // a cancel is the command's end, not a place's failure: 1, as a cancelled run
+        const placesCode = placesExitCode(r.value.map((p) => p.error))
+        if (code === EXIT.ok || (code === EXIT.someTargetsFailed && placesCode === EXIT.error)) code = placesCode
         if (options.json === true) results.push(...r.value)
         else {
           io.stdout(renderPrune(r.value.filter((p) => p.error === undefined), options.dryRun === true))
@@ -1259,7 +1260,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers = await eachJob(source, targets, options, (job, signal) => clean(job, { dryRun: options.dryRun === true, signal }), (all) => renderClean(all.flat(), options.dryRun === true), true)
         const places = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(places, 'CLEANED'))
-        if (places.some((p) => p.error !== undefined)) outcome = { code: EXIT.someTargetsFailed }
+        if (places.some((p) => p.error !== undefined)) outcome = { code: placesExitCode(places.map((p) => p.error)) }
       }))
   }
 
@@ -1280,7 +1281,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
         const answers = await eachJob(source, targets, options, (job, signal) => list(job, { partial: true, sizes: options.sizes === true, ofJob: true, signal }), (lists) => lists.map(renderList).join(''), true)
         const lists = (answers ?? []).flat()
         if (options.json !== true) io.stderr(renderPlaceFailures(lists, 'LISTED'))
-        if (lists.some((l) => l.error !== undefined || l.sizesError !== undefined)) outcome = { code: EXIT.someTargetsFailed }
+        if (lists.some((l) => l.error !== undefined || l.sizesError !== undefined)) outcome = { code: placesExitCode(lists.flatMap((l) => [l.error, l.sizesError])) }
       }))
   }
 
