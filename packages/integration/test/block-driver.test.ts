@@ -117,6 +117,29 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 
     ok(await verifyVolume({ at: volume, revisions: ['all'] }))
   })
 
+  it('an image grown or shrunk since the last revision reads only the chunk its old or new end cuts, and what changed', async () => {
+    const volume = localTransport(dir)
+    ok(await initVolume({ at: volume, source: image }))
+    written(ok(await backupVolume({ at: volume, now: at('2026-11-23T10:00:00Z') })))
+    // grown from 96 to 98 MiB (qemu-img resize), data written in the new part and in chunk 3
+    await patch(image, 3 * 4 * MiB, randomBytes(4096))
+    await patch(image, 97 * MiB, randomBytes(MiB))
+    const grown = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-24T10:00:00Z') })))
+    expect(grown.size).toBe(98 * MiB)
+    // the 24 old chunks but chunk 3 held the parent's blocks; chunk 24 (96-98 MiB) is new
+    expect(grown.stats).toMatchObject({ bytesUnchanged: 23 * 4 * MiB, chunksWritten: 2 })
+    expect(grown.stats.bytesRead).toBeLessThanOrEqual(4 * MiB + 2 * MiB)
+    expect(sameBytes(join(dir, `${grown.uuid}.img`), image)).toBe(true)
+    // shrunk to 62 MiB, into the data: chunk 15 (60-62 MiB) is cut and read, chunk 5 changed
+    await patch(image, 5 * 4 * MiB, randomBytes(4096))
+    execFileSync('truncate', ['-s', String(62 * MiB), image])
+    const shrunk = written(ok(await backupVolume({ at: volume, force: true, now: at('2026-11-24T11:00:00Z') })))
+    expect(shrunk.size).toBe(62 * MiB)
+    expect(shrunk.stats).toMatchObject({ bytesUnchanged: 14 * 4 * MiB, bytesRead: 4 * MiB + 2 * MiB, chunksWritten: 2 })
+    expect(sameBytes(join(dir, `${shrunk.uuid}.img`), image)).toBe(true)
+    ok(await verifyVolume({ at: volume, revisions: ['all'] }))
+  })
+
   it('backs up only when a tag of the schedule is due, unless forced', async () => {
     const volume = localTransport(dir)
     ok(await initVolume({ at: volume, source: image }))

@@ -201,15 +201,21 @@ const remoteHelperOf = async (remote: Transport, config: VolumeConfig, signal: A
  * The chunks of the frozen source that are, block for block on disk, those of the copy the parent
  * revision was read from (kept beside the image: {@link baseCopy}): they hold the parent's bytes and
  * need not be read. Undefined (read everything) without that copy, for a source on another host, or
- * when filefrag cannot tell the extents.
+ * when filefrag cannot tell the extents. An image grown or shrunk since (`qemu-img resize`) keeps
+ * this for the chunks that lie whole within both sizes; the one its old or new end cuts is read.
  */
 const unchangedSinceParent = async (at: Transport, config: VolumeConfig, frozen: FrozenSource, parent: Revision): Promise<Uint8Array | undefined> => {
-  if (frozen.remote !== undefined || frozen.consistency !== 'reflink' || frozen.size !== parent.size) return undefined
+  if (frozen.remote !== undefined || frozen.consistency !== 'reflink') return undefined
   const base = await baseCopy(config, parent.uuid)
   const kept = await fs.stat(base).catch(() => undefined)
   if (kept?.isFile() !== true || kept.size !== parent.size) return undefined
   const [was, now] = await Promise.all([fileExtents(at, base), fileExtents(at, frozen.path)])
-  return was === undefined || now === undefined ? undefined : sameChunks(was, now, frozen.size, config.chunkSize)
+  if (was === undefined || now === undefined) return undefined
+  if (frozen.size === parent.size) return sameChunks(was, now, frozen.size, config.chunkSize)
+  const whole = Math.floor(Math.min(frozen.size, parent.size) / config.chunkSize) * config.chunkSize
+  const same = new Uint8Array(chunkCount(frozen.size, config.chunkSize))
+  same.set(sameChunks(was, now, whole, config.chunkSize))
+  return same
 }
 
 /**
