@@ -6,7 +6,7 @@ import { commandHooks, transportFor, type Connections } from './build-job.js'
 import type { HookCommands, SshSpec, WaySpec } from './config.js'
 import { waitSecondsOf } from './duration.js'
 import { EXIT, exitCodeOf } from './exit-codes.js'
-import { formatBytes, hookLines, progressLine, renderError, type Io } from './render.js'
+import { count, formatBytes, hookLines, progressLine, renderError, type Io } from './render.js'
 import { stopSignal } from './stop-signal.js'
 
 /** backy's spelling for block volumes: `init -b`, `backup -b`, `status -b`, `verify -b`, `restore -b` (docs/drivers/block.md). */
@@ -258,7 +258,7 @@ const renderStatus = (s: VolumeStatus): string => {
     ...s.bases.map((b) => (b.kind === 'rbd-snapshot'
       ? `  base snapshot of ${b.revision.slice(0, 8)} (the next backup exports only what changed since): ${b.path}`
       : `  base copy of ${b.revision.slice(0, 8)} beside the image (read-only; the next backup reads only what differs from it): ${b.path}`)),
-    `${m.revisions} revisions, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
+    `${count(m.revisions, 'revision')}, ${m.verified} verified, ${m.distrusted} distrusted; ${formatBytes(m.bytesWritten)} written in all; `
     + `${m.dueNow.length > 0 ? `due now (${m.dueNow.join(', ')})` : `next due ${utc(m.nextDue)} UTC`}`,
   ].join('\n') + '\n'
 }

@@ -16,7 +16,7 @@ export interface Io {
 }
 
 /** `1 backup`, `2 backups` */
-const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`
+export const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`
 
 export const formatBytes = (n: number): string => {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']

@@ -34,6 +34,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(first.stdout).toMatch(/^revision [0-9a-f-]{36} \(daily, weekly, monthly\): full, 32\.0 MiB; 12\.0 MiB written in 12 of 32 chunks/)
     // nothing due: silent, exit 0 (cron runs it often)
     expect(await runCli(['backup', '-b', 'backy/vm'], dir)).toEqual({ code: 0, stdout: '', stderr: '' })
+    expect((await runCli(['status', '-b', 'backy/vm'], dir)).stdout).toMatch(/\n1 revision, 0 verified, 0 distrusted; 12\.0 MiB written in all/)
     const forced = await runCli(['backup', '-b', 'backy/vm', '-f', '-t', 'manual:pre-upgrade', '--json'], dir)
     expect(JSON.parse(forced.stdout)).toMatchObject({ skipped: false, revision: { tags: ['daily', 'manual:pre-upgrade'], stats: { chunksWritten: 0 } } })
 
