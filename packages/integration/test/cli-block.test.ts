@@ -11,7 +11,7 @@ import { runCli, sameBytes } from './helpers.js'
 
 const MiB = 1024 * 1024
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.ext4'], { root: true }))('bbackup init/backup/status/verify/restore -b (block volumes)', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.ext4', 'losetup'], { root: true }))('bbackup init/backup/status/verify/restore -b (block volumes)', () => {
   let fs: LoopFilesystem
   let dir: string
   beforeEach(async () => {
@@ -135,6 +135,31 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
       await ext4.cleanup()
     }
   })
+  it('backs up a block device read live (--no-snapshot): every byte of it, then the chunks that changed', async () => {
+    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'vm.img')], { encoding: 'utf8' }).trim()
+    try {
+      expect(await runCli(['init', '-b', 'backy/d', device], dir)).toMatchObject({ code: 1, stderr: expect.stringContaining('(NO_CONSISTENT_SNAPSHOT)') as unknown })
+      expect((await runCli(['init', '-b', 'backy/d', device, '--no-snapshot', '--chunk-size', '1M'], dir)).code).toBe(0)
+      const first = await runCli(['backup', '-b', 'backy/d', '--json'], dir)
+      expect(first.code, first.stderr).toBe(0)
+      // a device has no holes to skip (its size in stat is 0): it is read whole, and its zeros stay holes in the revision
+      expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunks: 32, chunksWritten: 12, zeroChunks: 20, bytesRead: 32 * MiB } } })
+      expect(sameBytes(join(dir, 'backy/d/latest'), device)).toBe(true)
+      const h = await open(device, 'r+')
+      try {
+        await h.write(randomBytes(4096), 0, 4096, 5 * MiB + 4096)
+      } finally {
+        await h.close()
+      }
+      const second = await runCli(['backup', '-b', 'backy/d', '-f', '--json'], dir)
+      expect(JSON.parse(second.stdout)).toMatchObject({ revision: { stats: { chunksWritten: 1, bytesWritten: MiB } } })
+      expect(sameBytes(join(dir, 'backy/d/latest'), device)).toBe(true)
+      expect((await runCli(['verify', '-b', 'backy/d'], dir)).code).toBe(0)
+    } finally {
+      execFileSync('losetup', ['-d', device])
+    }
+  })
+
   it('bbackup run backs up the block volumes of the config when they are due, next to its other jobs', async () => {
     expect((await runCli(['init', '-b', 'backy/vm', 'vm.img'], dir)).code).toBe(0)
     await writeFile(join(dir, 'bbackup.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\n')
