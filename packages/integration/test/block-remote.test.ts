@@ -84,6 +84,29 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
     expect(await copiesBesideSource()).toEqual([])
   })
 
+  it("a block device on the source's host, read live by bbackup-remote there: all of it the first time, then the changed chunks", async () => {
+    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'vm.img')], { encoding: 'utf8' }).trim()
+    try {
+      expect((await overSsh(['init', '-b', 'backy/dev', remote(device), '--no-snapshot', '--chunk-size', '1M', '--remote-helper', helper])).code).toBe(0)
+      const first = await overSsh(['backup', '-b', 'backy/dev', '--json'])
+      expect(first.code, first.stdout + first.stderr).toBe(0)
+      // a device has no hole map: every chunk is read there, and the 13 with data cross
+      expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunksWritten: 13, bytesRead: 32 * MiB, scannedOn: '127.0.0.1' } } })
+      expect(sameBytes(join(dir, 'backy/dev/latest'), device)).toBe(true)
+      const h = await open(device, 'r+')
+      try {
+        await h.write(randomBytes(4096), 0, 4096, 4 * MiB + 4096)
+      } finally {
+        await h.close()
+      }
+      const second = await overSsh(['backup', '-b', 'backy/dev', '-f'])
+      expect(second.stdout).toMatch(/1\.0 MiB written in 1 of 32 chunks/)
+      expect(sameBytes(join(dir, 'backy/dev/latest'), device)).toBe(true)
+    } finally {
+      execFileSync('losetup', ['-d', device])
+    }
+  })
+
   it("with bbackup-remote on the source's host, hashes there: only changed chunks cross the network", async () => {
     expect((await overSsh(['init', '-b', 'backy/vm', remote(join(dir, 'vm.img')), '--chunk-size', '1M', '--remote-helper', helper])).code).toBe(0)
     type Stats = { chunksWritten: number; bytesTransferred: number; scannedOn?: string; bytesRead: number }
