@@ -147,7 +147,7 @@ export const chainStep = (parent: SnapshotInfo | undefined, parentChain: number 
   if (parent === undefined) return { parent: undefined, chain: 0, warnings: [] }
   const chain = (parentChain ?? 0) + 1
   if (fullEvery !== undefined && chain > fullEvery) {
-    return { parent: undefined, chain: 0, warnings: [`a new chain starts with a full stream: ${parent.name} is the ${chain - 1}th incremental (full every ${fullEvery})`] }
+    return { parent: undefined, chain: 0, warnings: [`a new chain starts with a full stream: ${chain - 1} incremental${chain - 1 === 1 ? '' : 's'} since the last full one, up to ${parent.name} (full every ${fullEvery})`] }
   }
   return { parent, chain, warnings: [] }
 }
