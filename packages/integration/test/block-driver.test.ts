@@ -9,19 +9,10 @@ import { backupVolume, distrustRevisions, expireVolume, initVolume, parseSchedul
 import { volumeHealthOf, type Transport } from '@bb/core'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { at, exclusiveBytes, finished, ok, sameBytes, spawnTs, written } from './helpers.js'
+import { at, exclusiveBytes, finished, ok, patch, sameBytes, spawnTs, written } from './helpers.js'
 
 const MiB = 1024 * 1024
 const allocatedBytes = async (path: string): Promise<number> => (await stat(path)).blocks * 512
-/** writes `data` at `offset` of a file, in place */
-const patch = async (path: string, offset: number, data: Buffer): Promise<void> => {
-  const h = await open(path, 'r+')
-  try {
-    await h.write(data, 0, data.length, offset)
-  } finally {
-    await h.close()
-  }
-}
 
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'fallocate', 'cmp', 'filefrag', 'losetup', 'mkfs.ext4'], { root: true }))('block-image driver against a real btrfs target', () => {
   let fs: LoopFilesystem

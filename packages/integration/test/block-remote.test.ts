@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { backupVolume } from '@bb/drivers/block'
 import { localTransport } from '@bb/transports/local'
 import { makeTempDir, mountLoopFilesystem, requireTools, startSshd, startTcpProxy, type LoopFilesystem, type Sshd, type TempDir } from '@bb/testkit'
-import { binWithout, ROOT, runCli, sameBytes, waitFor } from './helpers.js'
+import { binWithout, patch, ROOT, runCli, sameBytes, waitFor } from './helpers.js'
 
 const MiB = 1024 * 1024
 
@@ -93,12 +93,7 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
       // a device has no hole map: every chunk is read there, and the 13 with data cross
       expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunksWritten: 13, bytesRead: 32 * MiB, scannedOn: '127.0.0.1' } } })
       expect(sameBytes(join(dir, 'backy/dev/latest'), device)).toBe(true)
-      const h = await open(device, 'r+')
-      try {
-        await h.write(randomBytes(4096), 0, 4096, 4 * MiB + 4096)
-      } finally {
-        await h.close()
-      }
+      await patch(device, 4 * MiB + 4096, randomBytes(4096))
       const second = await overSsh(['backup', '-b', 'backy/dev', '-f'])
       expect(second.stdout).toMatch(/1\.0 MiB written in 1 of 32 chunks/)
       expect(sameBytes(join(dir, 'backy/dev/latest'), device)).toBe(true)

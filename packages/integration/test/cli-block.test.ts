@@ -7,7 +7,7 @@ import parsePrometheus from 'parse-prometheus-text-format'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { runCli, sameBytes } from './helpers.js'
+import { patch, runCli, sameBytes } from './helpers.js'
 
 const MiB = 1024 * 1024
 
@@ -145,12 +145,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
       // a device has no holes to skip (its size in stat is 0): it is read whole, and its zeros stay holes in the revision
       expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunks: 32, chunksWritten: 12, zeroChunks: 20, bytesRead: 32 * MiB } } })
       expect(sameBytes(join(dir, 'backy/d/latest'), device)).toBe(true)
-      const h = await open(device, 'r+')
-      try {
-        await h.write(randomBytes(4096), 0, 4096, 5 * MiB + 4096)
-      } finally {
-        await h.close()
-      }
+      await patch(device, 5 * MiB + 4096, randomBytes(4096))
       const second = await runCli(['backup', '-b', 'backy/d', '-f', '--json'], dir)
       expect(JSON.parse(second.stdout)).toMatchObject({ revision: { stats: { chunksWritten: 1, bytesWritten: MiB } } })
       expect(sameBytes(join(dir, 'backy/d/latest'), device)).toBe(true)

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 import { main, type Io } from '@bb/cli'
 import type { Job, RetentionSettings } from '@bb/core'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { makeTempDir, treeManifest, type TempDir } from '@bb/testkit'
 import { btrfsDriver, parseSubvolumeShow, type BtrfsDriverOptions, type Subvolume } from '@bb/drivers/btrfs'
 import type { BlockBackupReport, Revision } from '@bb/drivers/block'
@@ -112,6 +112,16 @@ export const sameBytes = (a: string, b: string): boolean => {
     return true
   } catch {
     return false
+  }
+}
+
+/** Writes `data` at `offset` of a file or a device, in place (a VM writing into its disk). */
+export const patch = async (path: string, offset: number, data: Buffer): Promise<void> => {
+  const h = await open(path, 'r+')
+  try {
+    await h.write(data, 0, data.length, offset)
+  } finally {
+    await h.close()
   }
 }
 
