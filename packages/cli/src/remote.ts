@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { appendFile, realpath, stat } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
-import { localTransport } from '@bb/transports/local'
+import { commandEnv, localTransport } from '@bb/transports/local'
 import { filterRequest, isAheadRequest, isServeRequest, REFUSED_EXIT, REFUSED_TAG, ROLES, SERVE_BANNER, type AllowedRequest, type FilterPolicy, type Role } from '@bb/transports/ssh-filter'
 
 const USAGE = `usage (as the forced command of an authorized_keys line):
@@ -91,7 +91,7 @@ export const remoteMain = async (argv: readonly string[], io: RemoteIo): Promise
   const [file, ...args] = run as [string, ...string[]]
   return new Promise<number>((resolve) => {
     // the bytes of a send or a receive go straight from sshd's pipes to the command
-    const child = spawn(file, args, { stdio: 'inherit' })
+    const child = spawn(file, args, { stdio: 'inherit', env: commandEnv() })
     const forward = (signal: NodeJS.Signals): void => void child.kill(signal)
     for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, forward)
     child.once('error', (e) => {
@@ -145,7 +145,7 @@ const serve = async (options: { policy: FilterPolicy; log?: string }, stdin: Asy
       const out: Buffer[] = []
       const error: Buffer[] = []
       const status = await new Promise<number>((resolve) => {
-        const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+        const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], env: commandEnv() })
         running = child
         child.stdout.on('data', (b: Buffer) => out.push(b))
         child.stderr.on('data', (b: Buffer) => error.push(b))

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { execFileSync } from 'node:child_process'
 import { createWriteStream, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { chmod, open, readdir, writeFile } from 'node:fs/promises'
+import { chmod, chown, open, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
@@ -14,7 +14,7 @@ const MiB = 1024 * 1024
 
 // backy's model: the backup server reads the VM host. Here the "VM host" is a real sshd on 127.0.0.1
 // whose filesystem is the same loop-mounted btrfs; the image is frozen there and streamed here.
-describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat', 'dd', 'losetup', 'findmnt', 'mkfs.ext4', 'zstd'], { root: true }))('block volumes with the source on another host (ssh)', () => {
+describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs', 'cp', 'head', 'stat', 'dd', 'losetup', 'findmnt', 'mkfs.ext4', 'zstd', 'useradd', 'userdel', 'getent'], { root: true }))('block volumes with the source on another host (ssh)', () => {
   let sshd: Sshd
   let fs: LoopFilesystem
   let dir: string
@@ -99,6 +99,56 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'btrfs', 'mkfs.btrfs',
       expect(sameBytes(join(dir, 'backy/dev/latest'), device)).toBe(true)
     } finally {
       execFileSync('losetup', ['-d', device])
+    }
+  })
+
+  it('a device on that host read by an ordinary user of its disk group, whose PATH lacks /usr/sbin (blockdev): by a plain login, and through the forced command', async () => {
+    const user = `bbdisk${process.pid}`
+    const home = await makeTempDir('block-remote-user')
+    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'vm.img')], { encoding: 'utf8' }).trim()
+    const before = statSync(device)
+    const diskGroup = Number(execFileSync('getent', ['group', 'disk'], { encoding: 'utf8' }).split(':')[2])
+    const log = join(home.path, 'remote.log')
+    let created = false
+    try {
+      // a password of '*' (none can match): sshd lets a locked account ('!') in by no key
+      execFileSync('useradd', ['--no-create-home', '--home-dir', home.path, '--shell', '/bin/sh', '--password', '*', '--groups', 'disk', user])
+      created = true
+      await chown(home.path, Number(execFileSync('id', ['-u', user], { encoding: 'utf8' })), diskGroup)
+      // sshd reads authorized_keys as the user, who also runs the helper; the device as udev leaves a disk
+      await chmod(sshd.directory, 0o755)
+      await chmod(join(sshd.directory, 'authorized_keys'), 0o644)
+      await chmod(bin.path, 0o755)
+      await chown(device, 0, diskGroup)
+      await chmod(device, 0o660)
+      const at = `ssh://${user}@127.0.0.1:${sshd.port}${device}`
+      // the user's PATH is sshd's default for a user, without /usr/sbin (the test means nothing otherwise)
+      const path = execFileSync('ssh', ['-p', String(sshd.port), '-i', sshd.identityFile, '-o', `UserKnownHostsFile=${sshd.knownHostsFile}`, '-o', 'BatchMode=yes', `${user}@127.0.0.1`, 'echo "$PATH"'], { encoding: 'utf8' })
+      expect(path.trim().split(':')).not.toContain('/usr/sbin')
+
+      const init = await overSsh(['init', '-b', 'backy/plain', at, '--no-snapshot', '--chunk-size', '1M', '--remote-helper', 'none'])
+      expect(init.code, init.stderr).toBe(0)
+      const first = await overSsh(['backup', '-b', 'backy/plain', '--json'])
+      expect(first.code, first.stdout + first.stderr).toBe(0)
+      expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunksWritten: 13 } } })
+      expect(sameBytes(join(dir, 'backy/plain/latest'), device)).toBe(true)
+
+      await sshd.setAuthorizedKeys([`command="${helper} --role send --restrict-path /dev --log ${log}",restrict %KEY%`])
+      expect((await overSsh(['init', '-b', 'backy/forced', at, '--no-snapshot', '--chunk-size', '1M'])).code).toBe(0)
+      await patch(device, 4 * MiB + 4096, randomBytes(4096))
+      const forced = await overSsh(['backup', '-b', 'backy/forced', '--json'])
+      expect(forced.code, forced.stdout + forced.stderr).toBe(0)
+      expect(JSON.parse(forced.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunksWritten: 13, scannedOn: '127.0.0.1' } } })
+      expect(sameBytes(join(dir, 'backy/forced/latest'), device)).toBe(true)
+      expect(readFileSync(log, 'utf8')).toContain(` list ["blockdev","--getsize64","${device}"]`)
+    } finally {
+      await sshd.setAuthorizedKeys(['%KEY%'])
+      await chown(device, before.uid, before.gid)
+      await chmod(device, before.mode & 0o7777)
+      execFileSync('losetup', ['-d', device])
+      // sshd ended each session: no process of the user is left
+      if (created) execFileSync('userdel', [user])
+      await home.cleanup()
     }
   })
 

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { open, readdir, readFile, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -7,7 +8,7 @@ import parsePrometheus from 'parse-prometheus-text-format'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { mountLoopFilesystem, requireTools, type LoopFilesystem } from '@bb/testkit'
 import { localTransport } from '@bb/transports/local'
-import { patch, runCli, sameBytes } from './helpers.js'
+import { finished, patch, runCli, sameBytes, spawnTs } from './helpers.js'
 
 const MiB = 1024 * 1024
 
@@ -153,6 +154,18 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     } finally {
       execFileSync('losetup', ['-d', device])
     }
+  })
+
+  it("started by cron (PATH=/usr/bin:/bin, which lacks /usr/sbin and so filefrag), a backup still skips the chunks unchanged on disk", async () => {
+    // what the test is about: the extents come from filefrag, which cron's PATH does not reach
+    expect(['/usr/bin/filefrag', '/bin/filefrag'].filter((p) => existsSync(p))).toEqual([])
+    expect((await runCli(['init', '-b', 'backy/c', 'vm.img', '--chunk-size', '1M'], dir)).code).toBe(0)
+    expect((await runCli(['backup', '-b', 'backy/c'], dir)).code).toBe(0)
+    await patch(join(dir, 'vm.img'), 3 * MiB, randomBytes(4096))
+    const cron = await finished(spawnTs('fixtures/cli.ts', ['backup', '-b', join(dir, 'backy/c'), '-f', '--json'], { env: { PATH: '/usr/bin:/bin' } }))
+    expect(cron.code, cron.stderr).toBe(0)
+    expect(JSON.parse(cron.stdout)).toMatchObject({ revision: { stats: { chunksWritten: 1, bytesRead: MiB } } })
+    expect(sameBytes(join(dir, 'backy/c/latest'), join(dir, 'vm.img'))).toBe(true)
   })
 
   it('bbackup run backs up the block volumes of the config when they are due, next to its other jobs', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { execCommand, spawnCommand } from '../src/local/exec.js'
+import { commandEnv, execCommand, spawnCommand, withSystemDirs } from '../src/local/exec.js'
 
 // the one place every local command goes through, against real processes (sh, cat, sleep)
 describe('execCommand', () => {
@@ -26,6 +26,25 @@ describe('execCommand', () => {
   it('adds env to the environment instead of replacing it, and runs in cwd', async () => {
     const r = (await execCommand(['sh', '-c', 'printf "%s %s %s" "$BB_EXEC_TEST" "${PATH:+has-path}" "$(pwd)"'], { env: { BB_EXEC_TEST: 'set' }, cwd: '/tmp' }))._unsafeUnwrap()
     expect(r.stdout).toBe('set has-path /tmp')
+  })
+
+  it("finds a program in /usr/sbin under cron's PATH (/usr/bin:/bin), and passes that PATH on; a program found first on the PATH still wins", async () => {
+    expect(withSystemDirs('/usr/bin:/bin')).toBe('/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin')
+    expect(withSystemDirs('/sbin:/usr/bin:/usr/sbin')).toBe('/sbin:/usr/bin:/usr/sbin:/usr/local/sbin')
+    expect(withSystemDirs('')).toBe('/usr/local/sbin:/usr/sbin:/sbin')
+    expect(withSystemDirs(undefined)).toBeUndefined()
+    const saved = process.env.PATH
+    process.env.PATH = '/usr/bin:/bin'
+    try {
+      // sh, found on cron's PATH, says what PATH it was given, and where it finds a tool of /usr/sbin
+      const r = (await execCommand(['sh', '-c', 'printf "%s\\n" "$PATH"; command -v blockdev']))._unsafeUnwrap()
+      expect(r.stdout).toMatch(/^\/usr\/bin:\/bin:\/usr\/local\/sbin:\/usr\/sbin:\/sbin\n\/(usr\/)?sbin\/blockdev\n$/)
+      const spawned = spawnCommand(['blockdev', '--help'], { stdout: 'ignore' })
+      expect((await spawned.done)._unsafeUnwrap().exitCode).toBe(0)
+      expect(commandEnv({ BB_EXEC_TEST: 'set' })).toMatchObject({ BB_EXEC_TEST: 'set', PATH: '/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin' })
+    } finally {
+      process.env.PATH = saved
+    }
   })
 
   it('names the package of a command that is not installed', async () => {

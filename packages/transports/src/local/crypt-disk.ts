@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { bbError, type BbError, type CommandResult } from '@bb/core'
 import { err, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import { deviceOf, devicePresent, type BackupDiskError } from './backup-disk.js'
-import { execCommand } from './exec.js'
+import { execCommand, SYSTEM_DIRS } from './exec.js'
 import { programPath, sudoExec, sudoWrap, type SudoCommand } from './sudo.js'
 
 /** One line of /etc/crypttab (crypttab(5)): the mapping's name, the encrypted device, the key file, the options. */
@@ -50,7 +50,7 @@ export interface UnlockedDisk {
 }
 
 /** A program in PATH, else in /usr/sbin or /sbin (which a user's PATH often lacks): its absolute path. */
-const findProgram = (program: string): string | undefined => programPath(program, ['/usr/sbin', '/sbin'])
+const findProgram = (program: string): string | undefined => programPath(program, SYSTEM_DIRS)
 
 /** How a crypttab line is opened and closed: Debian's cryptdisks_start/stop, else cryptsetup for a LUKS line. */
 const commandsOf = (entry: CrypttabEntry): Result<{ readonly open: readonly string[]; readonly close: readonly string[] }, BbError<'TOOL_MISSING'>> => {

@@ -1,10 +1,42 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { delimiter } from 'node:path'
 import { err, errAsync, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, stderrTail, STDERR_TAIL_CHARS, type CommandResult, type ExecOptions, type RunningCommand, type SpawnOptions, type TransportError } from '@bb/core'
 
 /** Debian packages that carry the commands bbackup runs, for the hint of TOOL_MISSING. */
 const PACKAGES: Readonly<Record<string, string>> = { rsync: 'rsync', btrfs: 'btrfs-progs', ssh: 'openssh-client', sync: 'coreutils', zstd: 'zstd', sudo: 'sudo', rbd: 'ceph-common' }
+
+/**
+ * Where a system keeps its administration tools (`blockdev`, `filefrag`, `cryptsetup`, `fsfreeze`),
+ * which cron's PATH (`/usr/bin:/bin`) and an ordinary user's lack.
+ */
+export const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'] as const
+
+/**
+ * `path` with the {@link SYSTEM_DIRS} it lacks appended: a program found in what `path` names still
+ * wins. Undefined (no PATH at all) stays undefined.
+ * @example
+ * withSystemDirs('/usr/bin:/bin') // '/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin'
+ */
+export const withSystemDirs = (path: string | undefined): string | undefined => {
+  if (path === undefined) return undefined
+  const have = new Set(path.split(delimiter))
+  const missing = SYSTEM_DIRS.filter((dir) => !have.has(dir))
+  return missing.length === 0 ? path : [...(path === '' ? [] : [path]), ...missing].join(delimiter)
+}
+
+/**
+ * The environment of a command started here: this process's, `extra` over it, and a PATH that
+ * also has the {@link SYSTEM_DIRS}, so that a job run from cron (or by a user) finds the tools a
+ * root login finds, and passes the same PATH on to what its commands start (a hook's own tools).
+ */
+export const commandEnv = (extra?: Readonly<Record<string, string>>): NodeJS.ProcessEnv => {
+  const env = extra === undefined ? { ...process.env } : { ...process.env, ...extra }
+  const path = withSystemDirs(env.PATH)
+  if (path !== undefined) env.PATH = path
+  return env
+}
 
 /** The hint of a command that was cancelled, here or on another host. */
 export const CANCELLED_HINT = 'run again when ready; unfinished work is resumed or cleaned up by the next run'
@@ -33,7 +65,7 @@ export const passToCommands = (fd: number): (() => void) => {
 /**
  * Runs argv without a shell and resolves with how it ended. Output is read from the pipes as it
  * comes, stderr keeps only its tail, and the signal cancels the process with SIGTERM, then SIGKILL
- * after 5 s. `env` adds to this process's environment. Plain `child_process.spawn`: a backup run
+ * after 5 s. `env` adds to this process's environment ({@link commandEnv}). Plain `child_process.spawn`: a backup run
  * is a dozen short commands, and execa's per-command work and its load time were a fifth of an
  * incremental btrfs run (measured with `node --cpu-prof`).
  */
@@ -45,7 +77,7 @@ export const execCommand = (argv: readonly string[], options: ExecOptions = {}):
     const child = spawn(file, args, {
       stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe', ...passedOn],
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-      ...(options.env === undefined ? {} : { env: { ...process.env, ...options.env } }),
+      env: commandEnv(options.env),
     })
     let stdout = ''
     let pending = ''
@@ -151,7 +183,7 @@ export const spawnCommand = (argv: readonly string[], options: SpawnOptions = {}
     }
   }
   const stdout = options.stdout === 'pipe' ? 'pipe' : options.stdout === 'ignore' || options.stdout === undefined ? 'ignore' : options.stdout
-  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe', ...passedOn] })
+  const child = spawn(file, args, { stdio: [options.stdin ?? 'ignore', stdout, 'pipe', ...passedOn], env: commandEnv() })
   if (typeof options.stdin === 'object') options.stdin.destroy()
   if (typeof options.stdout === 'object' && !isSharedChannel(options.stdout)) options.stdout.destroy()
   return runningCommand(child, argv, options, hooks)

@@ -3,6 +3,7 @@ import { userInfo } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { err, ok, ResultAsync, type Result } from 'neverthrow'
 import { bbError, type CommandResult, type ExecOptions, type RunningCommand, type SpawnOptions, type TransportError } from '@bb/core'
+import { SYSTEM_DIRS } from './exec.js'
 
 /** The program's absolute path: the first executable of that name in PATH, then in `more` directories; undefined when there is none. */
 export const programPath = (program: string, more: readonly string[] = []): string | undefined => {
@@ -18,8 +19,8 @@ export const programPath = (program: string, more: readonly string[] = []): stri
   return undefined
 }
 
-/** The program's absolute path on this PATH (what sudoers must name), or the bare name when it is not found. */
-const onPath = (program: string): string => (program.includes('/') ? program : programPath(program) ?? program)
+/** The program's absolute path (what sudoers must name) as the commands started here find it, or the bare name when it is not found. */
+const onPath = (program: string): string => (program.includes('/') ? program : programPath(program, SYSTEM_DIRS) ?? program)
 
 /** The user bbackup runs as, for the sudoers line. */
 const userName = (): string => {

@@ -23,6 +23,14 @@ export const SUDO_PROGRAMS = ['btrfs', 'rsync', 'sync', 'kill', 'sh'] as const
 export const AS_ROOT = 'exec "$@"'
 
 /**
+ * Run as `sh -c SYSTEM_PATH sh ARGV...`: ARGV with the system's sbin directories after the PATH,
+ * for a program an ordinary user's login does not find (`blockdev`, `filefrag` live in /usr/sbin,
+ * which sshd's default PATH for a user lacks). A forced command refuses it: bbackup-remote runs its
+ * commands with that PATH already.
+ */
+export const SYSTEM_PATH = 'PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"; exec "$@"'
+
+/**
  * Run as `sh -c PRIVATE_WRITER sh ARGV...` inside {@link SPAWN_WRAPPER}: ARGV writes a file only its
  * owner may read (the btrfs driver's raw target keeps the source's data in its stream files).
  * The same text as the raw target's in @bb/drivers (which does not depend on this package).

@@ -7,7 +7,7 @@ import {
 import { CANCELLED_HINT, execCommand, isSharedChannel, runningCommand, SHARED_CHANNEL, spawnCommand } from '../local/exec.js'
 import { sshFailure } from './failure.js'
 import { remoteCommand, serveLine } from './quote.js'
-import { ABSENT, AS_ROOT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, SUDO_PROGRAMS, type ScriptName } from './remote-protocol.js'
+import { ABSENT, AS_ROOT, FILTERS, PID_TAG, RECORD_END, SCRIPTS, SPAWN_WRAPPER, STREAM_WRAPPER, SUDO_PROGRAMS, SYSTEM_PATH, type ScriptName } from './remote-protocol.js'
 import type { ServedResult } from './serve.js'
 import type { SshOptions, SshSession } from './session.js'
 
@@ -58,7 +58,7 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
     if (result.exitCode === 127 && /not found|No such file/.test(result.stderr)) {
       // sh names what it could not find: a stream filter's zstd, or the command itself
       const tool = /: (zstd): not found/.exec(result.stderr)?.[1] ?? argv[0] ?? 'the command'
-      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${host} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : tool === 'zstd' ? ' (apt-get install zstd)' : ''}`, { host, argv: [...argv], stderr: result.stderr }))
+      return err(bbError('TOOL_MISSING', `${tool} is not installed on ${host} (or not on the PATH of its non-interactive shell)`, `install it there${tool === 'btrfs' ? ' (apt-get install btrfs-progs)' : tool === 'rsync' ? ' (apt-get install rsync)' : tool === 'zstd' ? ' (apt-get install zstd)' : ''}`, { host, tool, argv: [...argv], stderr: result.stderr }))
     }
     if (sudo.length > 0 && result.exitCode === 1 && /^sudo: /m.test(result.stderr)) {
       return err(bbError('AUTH_FAILED', `sudo on ${host} refused to run ${argv[0] ?? 'the command'} without a password`, 'allow it in sudoers with NOPASSWD for the commands bbackup runs (see docs/transports/ssh.md)', { host, stderr: result.stderr }))
@@ -89,7 +89,15 @@ export const sshTransport = (location: SshLocation, session: SshSession, options
       })
       .andThen((result) => new ResultAsync(classify(result, argv)))
   }
+  /**
+   * A program the host's PATH lacks is looked for once more in its sbin directories (a user's
+   * login has no /usr/sbin, where `blockdev` and `filefrag` are): if it is not there either (or a
+   * forced command refuses the retry), the first error stands.
+   */
   const exec = (argv: readonly string[], execOptions: ExecOptions = {}): ResultAsync<CommandResult, TransportError> => run(argv, execOptions, true)
+    .orElse((e) => (e.code === 'TOOL_MISSING' && sudo.length === 0 && argv[0] !== undefined && argv[0] !== 'sh' && !argv[0].includes('/') && e.details?.tool === argv[0]
+      ? run(['sh', '-c', SYSTEM_PATH, 'sh', ...argv], execOptions, true).map((r) => ({ ...r, argv })).orElse(() => errAsync(e))
+      : errAsync(e)))
 
   /**
    * Signals a remote command by the pid it reported, by a session of its own (the server may be
