@@ -11,7 +11,7 @@ import { expandArgFiles } from './arg-files.js'
 import { blockBackup, blockDistrust, blockDue, blockInit, blockPrune, blockRestore, blockStatus, blockVerify } from './block.js'
 import { DEFAULT_CONFIG, filterWords, HOOK_CONFIG_KEYS, JOB_NAME, loadConfig, parseMaxDelete, selectJobs, type BlockJobSpec, type DriverChoice, type HookCommandPoint, type HookCommands, type JobSpec, type RsyncdSpec, type SshSpec, type WaySpec } from './config.js'
 import { EXIT, exitCodeOf, placesExitCode } from './exit-codes.js'
-import { eventRenderer, jsonEventLogger, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderPruneWarnings, renderReport, renderStatus, type Io } from './render.js'
+import { eventRenderer, jsonEventLogger, onOneLine, progressLine, renderArchive, renderArchiveProblems, renderDiff, renderError, renderProblems, renderList, renderClean, renderPlaceFailures, renderPrune, renderPruneWarnings, renderReport, renderStatus, type Io } from './render.js'
 import { parseRetentionSpec } from './retention-spec.js'
 import { writeMetrics } from './metrics-file.js'
 import { openTransactionLog, type TransactionLog } from './transaction-log.js'
@@ -1388,7 +1388,7 @@ export const main = async (argv: readonly string[], io: Io): Promise<number> => 
               }
               if (options.json === true) answers.push({ target, ...r.value })
               else {
-                io.stdout(`${target.replace(/\/$/, '')}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${d}\n`).join('')}`)
+                io.stdout(`${target.replace(/\/$/, '')}/${r.value.snapshot}: ${r.value.differenceCount === 0 ? 'no problem found' : `${r.value.differenceCount} ${r.value.differenceCount === 1 ? 'problem' : 'problems'}`}\n${r.value.differences.map((d) => `  ${onOneLine(d)}\n`).join('')}`)
                 // what was checked, and what could not be
                 io.stdout((r.value.notes ?? []).map((n) => `  note: ${n}\n`).join(''))
               }

@@ -288,7 +288,7 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
   }).join('\n') + '\n'
 
 /** a path on one line: control characters and backslashes escaped as in C */
-const onOneLine = (path: string): string =>
+export const onOneLine = (path: string): string =>
   // eslint-disable-next-line no-control-regex -- the control characters are what is escaped
   path.replace(/[\\\x00-\x1f\x7f]/g, (c) => ({ '\\': '\\\\', '\n': '\\n', '\t': '\\t', '\r': '\\r' })[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { parseItemizedDiff, unescapeRsyncName } from '../src/rsync/itemized.js'
+import { itemizedLine, parseItemizedDiff, unescapeRsyncName } from '../src/rsync/itemized.js'
 
 // `rsync -an --delete --out-format='%i %l %n' NEWER/ OLDER/` (rsync 3.2.7) as printed on this
 // project's test machine: OLDER had gone/x, link -> same, mod, perm (0644), sub; NEWER has link ->
@@ -32,6 +32,10 @@ describe("rsync's itemized changes as a diff", () => {
   it("puts rsync's escaped bytes back, a UTF-8 name whole; its other lines and the top directory are not changes", () => {
     expect(unescapeRsyncName('caf\\#303\\#251 and \\#012')).toBe('café and \n')
     expect(unescapeRsyncName('plain # name')).toBe('plain # name')
+    // a line of verify (%i %n): the name put back, the change letters kept; another line as it is
+    expect(itemizedLine('>fcst...... caf\\#303\\#251\\#012')).toBe('>fcst...... café\n')
+    expect(itemizedLine('*deleting   gone \\#134#')).toBe('*deleting   gone \\#')
+    expect(itemizedLine('/srv/x: received from nothing')).toBe('/srv/x: received from nothing')
     expect(parseItemizedDiff('created directory /tmp/x\ncd+++++++++ 4096 ./\n>f..t...... 5 touched\n.f..t...... 5 times-only\n')).toEqual([
       { change: 'modified', path: 'touched', bytes: 5 },
     ])

@@ -12,6 +12,7 @@ import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
 import { pathIn } from '../target-in-source.js'
 import { endpointIo, rsyncHost, rsyncMissingThere } from '../rsync-between.js'
+import { itemizedLine } from '../rsync/itemized.js'
 import { receiverStartsFirst, sendReceive } from './pipeline.js'
 import { streamPlanner, type StreamPlan, type StreamWay } from '../stream-way.js'
 import { pipeStore, type PipeTargetOptions } from './pipe.js'
@@ -1004,7 +1005,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           if (!together && rsyncMissingThere(r.value.stderr)) notes.push(`rsync is not installed where ${formatLocation(other.location)} is: the content was not compared (apt-get install rsync there)`)
           else return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.value.exitCode})`, 'see the end of stderr', { argv, stderr: r.value.stderr }))
         } else {
-          for (const line of r.value.stdout.split('\n').filter((l) => l.trim() !== '')) {
+          for (const line of r.value.stdout.split('\n').filter((l) => l.trim() !== '').map(itemizedLine)) {
             // a nested subvolume is not part of a snapshot: it shows there as an empty stub directory (inode 2) that send leaves out
             const created = /^cd\+{9} (.*?)\/?$/.exec(line)
             if (created?.[1] !== undefined && (await input.source.stat(join(original, created[1]))).unwrapOr(undefined)?.inode === 2) continue

@@ -16,6 +16,15 @@ export const unescapeRsyncName = (name: string): string => {
   return Buffer.concat(bytes).toString('utf8')
 }
 
+/**
+ * A line of `--itemize-changes --out-format='%i %n'` with its name as the file is called: rsync
+ * escapes the bytes it will not print (`\#303\#244` for `ä` where the locale is C, as under cron;
+ * a newline everywhere). What is not such a line is returned as it is.
+ * @example
+ * itemizedLine('>fcs....... \\#303\\#244.txt') // '>fcs....... ä.txt'
+ */
+export const itemizedLine = (line: string): string => (/^.{11} /.test(line) ? `${line.slice(0, 12)}${unescapeRsyncName(line.slice(12))}` : line)
+
 /** `%i %l %n`: the 11 letters of rsync's itemized change (YXcstpoguax) or `*deleting`, the length, the name */
 const LINE = /^(.{11}) (\d+) (.*)$/
 

@@ -11,7 +11,7 @@ import { endpointIo, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
 import { flushWhile } from '../flush-while.js'
-import { parseItemizedDiff } from './itemized.js'
+import { itemizedLine, parseItemizedDiff } from './itemized.js'
 
 export interface RsyncDriverOptions {
   /** rsync `--exclude` patterns */
@@ -549,7 +549,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       return runner.value.exec(argv, endpointIo(src, dst, input.signal)).map((r) => ({ argv, r }))
     }).andThen(({ argv, r }) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
-      const differences = r.stdout.split('\n').filter((l) => l.trim() !== '')
+      const differences = r.stdout.split('\n').filter((l) => l.trim() !== '').map(itemizedLine)
       const notes = [
         'content compared by checksum with the source as it is now',
         ...(differences.length === 0 ? [] : ["each difference is rsync's itemized change (rsync(1), --itemize-changes): >f a file whose content or attributes differ (c checksum, s size, t time), cd+ or >f+++ only in the source, *deleting only in the backup; what changed in the source since the backup shows up too"]),
