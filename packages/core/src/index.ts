@@ -1,4 +1,4 @@
-export { bbError, InternalError, ioError, stderrTail, STDERR_TAIL_CHARS } from './errors.js'
+export { bbError, InternalError, ioError, refusalHint, stderrTail, STDERR_TAIL_CHARS } from './errors.js'
 export type { BbError, ErrorCode, ErrorDetails } from './errors.js'
 export { formatLocation, parseLocation } from './location/location.js'
 export type { LocalLocation, Location, LocationError, RsyncDaemonLocation, SshLocation } from './location/location.js'

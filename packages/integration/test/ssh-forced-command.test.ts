@@ -155,7 +155,15 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen', 'rsync', 'btrfs', 'mkf
     // a forced command stands in between: the filesystem's subvolume list (beyond the key's directory) is not even asked for
     expect(await readFile(log, 'utf8')).not.toMatch(/"subvolume","list"/)
     expect(pruned.stdout + pruned.stderr).toMatch(/forced command .* refused .*needs the delete role/)
+    expect(pruned.stdout + pruned.stderr).toContain('give the key the role this needs')
     expect(await names(join(dir, 'backup'))).toEqual(backups)
+    // a target outside the key's directory: the fix is another --restrict-path, not a role
+    await mkdir(join(dir, 'elsewhere'))
+    const outside = await runCli(['run', 'home', remote(join(dir, 'elsewhere')), '--state-dir', 'state', ...ssh, '-q'], dir)
+    expect(outside.code).not.toBe(0)
+    expect(outside.stderr).toMatch(/forced command .* refused the path .*elsewhere.*, which is outside /)
+    expect(outside.stderr).toContain("hint: let the key reach that path: add its directory to the key's authorized_keys line there (another --restrict-path DIR")
+    expect(await readdir(join(dir, 'elsewhere'))).toEqual([])
 
     // the same key with the delete role prunes, and keeps the newest
     await forceCommand(`--role receive,delete --restrict-path ${join(dir, 'backup')}`)

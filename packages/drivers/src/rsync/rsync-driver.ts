@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, formatLocation, parseSnapshotName, refusalHint, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type TransferProgress, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -366,7 +366,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         return err(bbError('DISK_FULL', `the target ${where} ran out of space`, 'free space there (or prune old backups), then run again: it continues where this stopped', context))
       case 'refused':
         return err(outcome.meaning.startsWith('bbackup-remote')
-          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${where} refused the transfer (${outcome.meaning.replace(/^bbackup-remote: refused: /, '')})`, 'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...); see docs/transports/ssh.md', context)
+          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${where} refused the transfer (${outcome.meaning.replace(/^bbackup-remote: refused: /, '')})`, refusalHint(outcome.meaning.replace(/^bbackup-remote: refused: /, '')), context)
           : bbError('AUTH_FAILED', `the rsync daemon at ${where} refused the transfer (${outcome.meaning})`, 'check the user, the password file and the module\'s "auth users", "hosts allow" and "read only" in rsyncd.conf', context))
       case 'network':
         return err(bbError('NETWORK_FAILED', `rsync lost its connection to ${where} (exit ${ran.value.exitCode}: ${outcome.meaning})`, 'check that the host (and its rsync daemon) is up; the run retries with backoff, and the unfinished copy is resumed', context))

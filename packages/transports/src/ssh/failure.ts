@@ -1,4 +1,4 @@
-import { bbError, type CommandResult, type TransportError } from '@bb/core'
+import { bbError, refusalHint, type CommandResult, type TransportError } from '@bb/core'
 import { REFUSED_TAG } from './remote-protocol.js'
 
 /** Where a command ran, for messages: `backup@nas` or `nas:2222`. */
@@ -53,8 +53,7 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
       return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} is misconfigured: ${misconfigured[1] ?? ''}`,
         'fix the bbackup-remote options in that key\'s authorized_keys line there (bbackup doctor prints one); see docs/transports/ssh.md', details)
     }
-    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${reason}`,
-      'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...), or use a key that has it; see docs/transports/ssh.md', details)
+    return bbError('AUTH_FAILED', `the forced command on ${endpoint.display} refused ${reason}`, refusalHint(reason), details)
   }
   if (/Permission denied \(|Too many authentication failures|no mutual signature algorithm|Load key .*: /.test(stderr)) {
     return bbError('AUTH_FAILED', `ssh could not log in to ${endpoint.display}: ${firstSshLine(stderr)}`,
