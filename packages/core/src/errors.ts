@@ -107,7 +107,9 @@ export const ioError = (operation: string, path: string) => (cause: unknown): Bb
     case 'EACCES':
     case 'EPERM':
     case 'EROFS':
-      return bbError('IO_FAILED', `cannot ${operation} ${path}: permission denied${e.code === 'EROFS' ? ' (read-only filesystem)' : ''}`, 'run as a user that may write there, or fix its permissions', details)
+      return e.code === 'EROFS'
+        ? bbError('IO_FAILED', `cannot ${operation} ${path}: the filesystem (or btrfs subvolume) is read-only`, 'write elsewhere: a read-only subvolume is a snapshot or a backup; a filesystem mounted read-only by itself has found errors (see dmesg)', details)
+        : bbError('IO_FAILED', `cannot ${operation} ${path}: permission denied`, 'run as a user that may write there, or fix its permissions', details)
     default:
       return bbError('IO_FAILED', `cannot ${operation} ${path}: ${e.message}`, 'check the filesystem and run again', details)
   }

@@ -81,6 +81,21 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     expect(existsSync(join(dir, 'unplugged'))).toBe(false)
   })
 
+  it('a read-only subvolume as the source (a snapshot) needs a snapshot folder elsewhere, and says so; a target in one is named read-only', async () => {
+    execFileSync('btrfs', ['subvolume', 'snapshot', '-r', join(dir, 'home'), join(dir, 'frozen')])
+    const refused = await runCli(['run', 'frozen', 'backup', '--state-dir', 'state'], dir)
+    expect(refused).toMatchObject({ code: 1, stderr: expect.stringContaining(`cannot create the snapshot folder ${join(dir, 'frozen/.snapshots')}: it would be in a read-only subvolume or filesystem\n  hint: give the snapshots a writable directory on the same btrfs filesystem: --snapshot-folder DIR`) as unknown })
+    expect(existsSync(join(dir, 'backup')) ? await readdir(join(dir, 'backup')) : []).toEqual([])
+    const elsewhere = await runCli(['run', 'frozen', 'backup', '--state-dir', 'state', '--snapshot-folder', join(dir, 'snaps'), '--json'], dir)
+    expect(elsewhere.code, elsewhere.stderr).toBe(0)
+    expect(JSON.parse(elsewhere.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    // rsync into a directory of a read-only subvolume: the cause, not "it does not exist"
+    await writeTree(join(dir, 'plain'), { 'p.txt': 'p\n' })
+    const into = await runCli(['run', 'plain', join(dir, 'frozen/backups'), '--state-dir', 'state2'], dir)
+    expect(into.code).toBe(10)
+    expect(into.stdout).toContain(`cannot create ${join(dir, 'frozen/backups')}: the filesystem (or btrfs subvolume) is read-only`)
+  })
+
   it('status tells an unfinished receive the journal records (the next run removes it) from one it has no record of (left for the user to delete)', async () => {
     expect((await runCli(['run', 'home', 'backup', '--state-dir', 'state', '-q'], dir)).code).toBe(0)
     const [recorded, orphan] = ['home.2026-01-02T000000Z', 'home.2026-01-01T000000Z']

@@ -506,6 +506,11 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     const fits = await folderFits(source, folder)
     if (fits.isErr() || fits.value.length === 0) return fits
     const made = await source.mkdir(folder, { recursive: true })
+    if (made.isErr() && made.error.details?.errno === 'EROFS') {
+      // a read-only subvolume (a snapshot, a received backup) or mount: its snapshots go elsewhere on that filesystem
+      return err(bbError('IO_FAILED', `cannot create the snapshot folder ${folder}: it would be in a read-only subvolume or filesystem`,
+        'give the snapshots a writable directory on the same btrfs filesystem: --snapshot-folder DIR (snapshot_folder in the config)', made.error.details))
+    }
     return made.isErr() ? err(made.error) : ok(fits.value)
   }
 

@@ -91,9 +91,20 @@ export const mkdir = (path: string, options: { readonly recursive?: boolean } = 
     try {
       await fs.mkdir(path, { recursive: options.recursive ?? false })
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+      const code = (e as NodeJS.ErrnoException).code
+      if (code === 'EEXIST') return
+      if (code !== 'ENOENT' || options.recursive !== true) throw e
+      // Node's recursive mkdir says ENOENT also where the parent that exists is read-only (EROFS: a
+      // read-only subvolume or mount): the first missing directory, made alone, tells the cause
+      let missing = path
+      while (dirname(missing) !== missing && !(await exists(dirname(missing)))) missing = dirname(missing)
+      if (dirname(missing) === missing) throw e
+      await fs.mkdir(missing)
+      await fs.mkdir(path, { recursive: true })
     }
   })
+
+const exists = (path: string): Promise<boolean> => fs.access(path).then(() => true, () => false)
 
 /** fsync of a directory, after a change to its entries made by another process (`mv` under sudo) */
 export const syncDirectory = (directory: string): ResultAsync<void, TransportError> => wrap('sync', directory, () => fsyncDirectory(directory))
