@@ -104,6 +104,21 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect((await readdir(join(tmp.path, 'dst'))).filter((n) => /^\d{4}-/.test(n))).toHaveLength(1)
   })
 
+  it('a sparse file (lastlog: long, almost all holes) stays sparse in the backup and in a restore', async () => {
+    const lastlog = join(tmp.path, 'src/lastlog')
+    execFileSync('truncate', ['-s', '64M', lastlog])
+    execFileSync('dd', ['of=' + lastlog, 'bs=4096', 'seek=1000', 'conv=notrunc', 'status=none'], { input: randomBytes(4096) })
+    // what the test means: the source takes a few KiB (the filesystem of the test's temporary directory keeps holes)
+    expect(statSync(lastlog).blocks * 512).toBeLessThan(1024 * 1024)
+    expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
+    const stored = statSync(join(tmp.path, 'dst/latest/lastlog'))
+    expect(stored.size).toBe(64 * 1024 * 1024)
+    expect(stored.blocks * 512).toBeLessThan(1024 * 1024)
+    expect((await runCli(['restore', 'dst', 'latest', 'back'], tmp.path)).code).toBe(0)
+    expect(statSync(join(tmp.path, 'back/lastlog')).blocks * 512).toBeLessThan(1024 * 1024)
+    expect(readFileSync(join(tmp.path, 'back/lastlog')).equals(readFileSync(lastlog))).toBe(true)
+  })
+
   it('writes Prometheus metrics after each run: from --metrics-file, or metrics_file in the config', async () => {
     const metrics = join(tmp.path, 'bbackup.prom')
     const r = await runCli(['run', 'src', 'dst', '--state-dir', state, '-q', '--metrics-file', metrics], tmp.path)

@@ -956,7 +956,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
     // rsync copies `from` (no trailing slash) into the destination directory: it lands as <dest>/<its name>, as cp's does
     const src = input.from.rsyncEndpoint(from)
     const dst = input.to.rsyncEndpoint(`${input.to.location.path}/`)
-    const argv = local ? ['cp', '-a', '--reflink=auto', '--', from, landing] : ['rsync', '-a', '-H', '-A', '-X', '--numeric-ids', ...src.options, ...dst.options, src.spec, dst.spec]
+    const argv = local ? ['cp', '-a', '--reflink=auto', '--', from, landing] : ['rsync', '-a', '--sparse', '-H', '-A', '-X', '--numeric-ids', ...src.options, ...dst.options, src.spec, dst.spec]
     if (input.dryRun) return ok({ commands: [argv] })
     const made = await input.to.mkdir(input.to.location.path, { recursive: true })
     if (made.isErr()) return err(made.error)

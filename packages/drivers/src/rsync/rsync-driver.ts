@@ -161,7 +161,9 @@ const ownBackups = async (source: Transport, target: Transport): Promise<string[
 export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
   const preserveAll = options.preserveAll ?? process.getuid?.() === 0
   const copyFlags = (): string[] => [
-    '-a',
+    // --sparse: runs of zeros become holes, as a sparse file has them (/var/log/lastlog: terabytes
+    // long, a few KiB on disk, which without it the backup writes out whole)
+    '-a', '--sparse',
     ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []),
     ...(options.oneFileSystem === false ? [] : ['--one-file-system']),
     ...(options.absoluteExcludes ?? []).map((p) => `--filter=-/ ${p}`),
@@ -512,7 +514,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const dst = input.to.rsyncEndpoint(`${dest}/`)
       const onProgress = input.onProgress
       const argv = [
-        'rsync', '-a', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...(onProgress === undefined ? [] : ['--info=progress2']),
+        'rsync', '-a', '--sparse', ...(preserveAll ? ['-H', '-A', '-X', '--numeric-ids'] : []), ...(input.dryRun ? ['--dry-run'] : []), ...(onProgress === undefined ? [] : ['--info=progress2']),
         ...wayFlags(input.from, input.to), ...src.options, ...dst.options, src.spec, dst.spec,
       ]
       if (input.dryRun) return ok({ commands: [argv] })
