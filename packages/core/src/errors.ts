@@ -68,7 +68,6 @@ export const bbError = <C extends ErrorCode>(
   details?: ErrorDetails,
 ): BbError<C> => (details === undefined ? { code, message, hint } : { code, message, hint, details })
 
-/** The longest stderr tail an error keeps, in characters. */
 /**
  * What to do about a request that a key's forced command (bbackup-remote) refused, by its reason:
  * a path outside the key's directories wants another `--restrict-path`, a role it lacks another
@@ -81,6 +80,7 @@ export const refusalHint = (reason: string): string =>
     ? "let the key reach that path: add its directory to the key's authorized_keys line there (another --restrict-path DIR of bbackup-remote), or back up into a directory the key has; see docs/transports/ssh.md"
     : 'give the key the role this needs in its authorized_keys line (bbackup-remote --role ...), or use a key that has it; see docs/transports/ssh.md')
 
+/** The longest stderr tail an error keeps, in characters. */
 export const STDERR_TAIL_CHARS = 4000
 
 /** The last {@link STDERR_TAIL_CHARS} characters of a process's stderr, trimmed. */

@@ -366,10 +366,12 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         break
       case 'disk-full':
         return err(bbError('DISK_FULL', `the target ${where} ran out of space`, 'free space there (or prune old backups), then run again: it continues where this stopped', context))
-      case 'refused':
+      case 'refused': {
+        const reason = outcome.meaning.replace(/^bbackup-remote: refused: /, '')
         return err(outcome.meaning.startsWith('bbackup-remote')
-          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${where} refused the transfer (${outcome.meaning.replace(/^bbackup-remote: refused: /, '')})`, refusalHint(outcome.meaning.replace(/^bbackup-remote: refused: /, '')), context)
+          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${where} refused the transfer (${reason})`, refusalHint(reason), context)
           : bbError('AUTH_FAILED', `the rsync daemon at ${where} refused the transfer (${outcome.meaning})`, 'check the user, the password file and the module\'s "auth users", "hosts allow" and "read only" in rsyncd.conf', context))
+      }
       case 'network':
         return err(bbError('NETWORK_FAILED', `rsync lost its connection to ${where} (exit ${ran.value.exitCode}: ${outcome.meaning})`, 'check that the host (and its rsync daemon) is up; the run retries with backoff, and the unfinished copy is resumed', context))
       case 'failed':

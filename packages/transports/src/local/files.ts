@@ -99,7 +99,10 @@ export const mkdir = (path: string, options: { readonly recursive?: boolean } = 
       let missing = path
       while (dirname(missing) !== missing && !(await exists(dirname(missing)))) missing = dirname(missing)
       if (dirname(missing) === missing) throw e
-      await fs.mkdir(missing)
+      // there after all (a dangling symlink on the way): the first answer stands
+      await fs.mkdir(missing).catch((alone: unknown) => {
+        throw (alone as NodeJS.ErrnoException).code === 'EEXIST' ? e : alone
+      })
       await fs.mkdir(path, { recursive: true })
     }
   })
