@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { open, readdir, readFile, writeFile } from 'node:fs/promises'
+import { open, readdir, readFile, statfs, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import parsePrometheus from 'parse-prometheus-text-format'
@@ -302,5 +302,67 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(damaged).toMatchObject({ code: 1, stdout: expect.stringContaining(`vm: warning\n  ${join(dir, 'backy/vm')}: 1 revision is distrusted (damage a verify found, or marked by hand; the next backup is built from the newest good revision)\n`) })
     await writeFile(join(dir, 'bad.toml'), '[jobs.vm]\ndriver = "block"\nbackup_dir = "backy/vm"\ncritical_age = "soon"\n')
     expect(await runCli(['status', '-c', 'bad.toml', '--check'], dir)).toMatchObject({ code: 3, stdout: expect.stringMatching(/^BBACKUP UNKNOWN - .*bad.toml:4: \[jobs.vm\] critical_age: "soon" is not a duration/) })
+  })
+})
+
+describe.runIf(requireTools(['mkfs.xfs', 'mount', 'cp', 'cmp', 'fallocate', 'filefrag', 'losetup'], { root: true }))('block volumes on XFS (reflink=1, mkfs.xfs\'s default): the image on one, the backup directory on another', () => {
+  let images: LoopFilesystem | undefined
+  let backups: LoopFilesystem | undefined
+  afterEach(async () => {
+    await images?.cleanup()
+    await backups?.cleanup()
+  })
+
+  it('freezes the image by a reflink copy, writes revisions as reflinks of the one before, skips what the extents say is unchanged; an XFS without reflinks is refused', async () => {
+    images = await mountLoopFilesystem({ type: 'xfs', sizeMiB: 300 })
+    backups = await mountLoopFilesystem({ type: 'xfs', sizeMiB: 300 })
+    const image = join(images.mountPoint, 'vm.img')
+    const dir = join(backups.mountPoint, 'backy/vm')
+    const h = await open(image, 'w')
+    await h.write(randomBytes(12 * MiB), 0, 12 * MiB, 0)
+    await h.truncate(32 * MiB)
+    await h.close()
+    // preallocated and never written: XFS's unwritten extents, which read as zeros
+    execFileSync('fallocate', ['-o', String(16 * MiB), '-l', String(4 * MiB), image])
+    expect((await runCli(['init', '-b', dir, image, '--chunk-size', '1M'], images.mountPoint)).code).toBe(0)
+    const first = await runCli(['backup', '-b', dir, '--json'], images.mountPoint)
+    expect(first.code, first.stderr).toBe(0)
+    expect(JSON.parse(first.stdout)).toMatchObject({ revision: { size: 32 * MiB, stats: { chunks: 32, chunksWritten: 12 } } })
+    expect(sameBytes(join(dir, 'latest'), image)).toBe(true)
+
+    // a write into a written chunk and one into the preallocated range (an unwritten extent made written)
+    await patch(image, 3 * MiB + 4096, randomBytes(4096))
+    await patch(image, 17 * MiB, randomBytes(8192))
+    const free = async (): Promise<number> => {
+      const s = await statfs(dir)
+      return s.bfree * s.bsize
+    }
+    const before = await free()
+    const second = await runCli(['backup', '-b', dir, '-f', '--json'], images.mountPoint)
+    expect(second.code, second.stderr).toBe(0)
+    expect(JSON.parse(second.stdout)).toMatchObject({ revision: { stats: { chunksWritten: 2, bytesWritten: 2 * MiB, bytesRead: 2 * MiB } } })
+    expect(sameBytes(join(dir, 'latest'), image)).toBe(true)
+    // the new revision shares every block but the two chunks written with the one before
+    expect(before - (await free())).toBeLessThan(4 * MiB)
+
+    expect((await runCli(['verify', '-b', dir, 'all'], images.mountPoint)).code).toBe(0)
+    const restored = join(images.mountPoint, 'restored.img')
+    expect((await runCli(['restore', '-b', dir, '1', restored], images.mountPoint)).code).toBe(0)
+    expect(sameBytes(restored, image)).toBe(false)
+    expect((await runCli(['restore', '-b', dir, '0', join(images.mountPoint, 'newest.img')], images.mountPoint)).code).toBe(0)
+    expect(sameBytes(join(images.mountPoint, 'newest.img'), image)).toBe(true)
+
+    const noReflink = await mountLoopFilesystem({ type: 'xfs', sizeMiB: 300, mkfsArgs: ['-m', 'reflink=0'] })
+    try {
+      const target = await runCli(['init', '-b', join(noReflink.mountPoint, 'vm'), image], images.mountPoint)
+      expect(target).toMatchObject({ code: 1, stderr: expect.stringContaining('(TARGET_NO_REFLINK)') as unknown })
+      expect(await readdir(noReflink.mountPoint)).toEqual([])
+      execFileSync('cp', [image, join(noReflink.mountPoint, 'old.img')])
+      const source = await runCli(['init', '-b', join(backups.mountPoint, 'backy/old'), join(noReflink.mountPoint, 'old.img')], images.mountPoint)
+      expect(source).toMatchObject({ code: 1, stderr: expect.stringContaining('(NO_CONSISTENT_SNAPSHOT)') as unknown })
+      expect(source.stderr).toContain('--no-snapshot')
+    } finally {
+      await noReflink.cleanup()
+    }
   })
 })

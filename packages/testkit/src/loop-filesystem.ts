@@ -25,7 +25,12 @@ const isMounted = (path: string): boolean => {
  * A real filesystem of `sizeMiB` in an image file, loop-mounted (root only). A failure half way
  * undoes what was done; `cleanup` undoes the rest even after a failed test.
  */
-export const mountLoopFilesystem = async (options: { readonly type: 'ext4' | 'btrfs'; readonly sizeMiB: number }): Promise<LoopFilesystem> => {
+export const mountLoopFilesystem = async (options: {
+  readonly type: 'ext4' | 'btrfs' | 'xfs'
+  readonly sizeMiB: number
+  /** more arguments to mkfs, e.g. `['-m', 'reflink=0']` for an XFS without reflinks */
+  readonly mkfsArgs?: readonly string[]
+}): Promise<LoopFilesystem> => {
   const dir = await makeTempDir(`loop-${options.type}`)
   const image = join(dir.path, 'fs.img')
   const mountPoint = join(dir.path, 'mnt')
@@ -46,8 +51,11 @@ export const mountLoopFilesystem = async (options: { readonly type: 'ext4' | 'bt
   try {
     await writeFile(image, '')
     run('truncate', ['-s', `${options.sizeMiB}M`, image])
-    if (options.type === 'ext4') run('mkfs.ext4', ['-q', '-F', '-m', '0', image])
-    else run('mkfs.btrfs', ['-q', '-f', image])
+    const more = options.mkfsArgs ?? []
+    if (options.type === 'ext4') run('mkfs.ext4', ['-q', '-F', '-m', '0', ...more, image])
+    // XFS is 300 MiB at least (xfsprogs >= 5.19)
+    else if (options.type === 'xfs') run('mkfs.xfs', ['-q', '-f', ...more, image])
+    else run('mkfs.btrfs', ['-q', '-f', ...more, image])
     await mkdir(mountPoint)
     run('mount', ['-o', 'loop', image, mountPoint])
     mounted = true
