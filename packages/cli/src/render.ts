@@ -287,10 +287,13 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
     ].join('\n')
   }).join('\n') + '\n'
 
-/** a path on one line: control characters and backslashes escaped as in C */
+/**
+ * a path on one line: control characters and backslashes escaped as in C, and a byte that is not
+ * UTF-8 (U+DC80 to U+DCFF: decodeFileName) as `\\xHH`, so `caf\\xe9.txt` says which byte it is
+ */
 export const onOneLine = (path: string): string =>
   // eslint-disable-next-line no-control-regex -- the control characters are what is escaped
-  path.replace(/[\\\x00-\x1f\x7f]/g, (c) => ({ '\\': '\\\\', '\n': '\\n', '\t': '\\t', '\r': '\\r' })[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+  path.replace(/[\\\x00-\x1f\x7f\u{dc80}-\u{dcff}]/gu, (c) => ({ '\\': '\\\\', '\n': '\\n', '\t': '\\t', '\r': '\\r' })[c] ?? `\\x${(c.charCodeAt(0) & 0xff).toString(16).padStart(2, '0')}`)
 
 const DIFF_MARK = { added: '+', deleted: '-', modified: 'M', renamed: 'R', metadata: 'm' } as const
 

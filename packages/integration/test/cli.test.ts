@@ -160,11 +160,13 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
     expect(JSON.parse((await runCli(['verify', 'src', 'dst', '--json'], tmp.path)).stdout)).toMatchObject({ target: join(tmp.path, 'dst'), snapshot: name, differenceCount: 0 })
   })
 
-  it("verify names the files that differ as they are called, under cron's C locale too (rsync escapes ä there), control characters escaped on one line", async () => {
-    const odd = ['ä.txt', 'nl\ndir', 'back\\#303slash']
-    for (const name of odd) await writeFile(join(tmp.path, 'src', name), 'before\n')
+  it("verify names the files that differ as they are called, under cron's C locale too (rsync escapes ä there), control characters escaped on one line, a byte that is not UTF-8 as the byte", async () => {
+    // caf\xe9: a Latin-1 name, not UTF-8
+    const odd = [Buffer.from('ä.txt'), Buffer.from('nl\ndir'), Buffer.from('back\\#303slash'), Buffer.from('caf\xe9', 'latin1')]
+    const inSrc = (name: Buffer): Buffer => Buffer.concat([Buffer.from(join(tmp.path, 'src/')), name])
+    for (const name of odd) await writeFile(inSrc(name), 'before\n')
     expect((await runCli(['run', 'src', 'dst', '--state-dir', state, '-q'], tmp.path)).code).toBe(0)
-    for (const name of odd) await writeFile(join(tmp.path, 'src', name), 'after!\n')
+    for (const name of odd) await writeFile(inSrc(name), 'after!\n')
     const saved = process.env.LC_ALL
     process.env.LC_ALL = 'C'
     try {
@@ -173,11 +175,12 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
       // the content differs (c); the time too (t) when the second ticked between the two writes
       const differences = (JSON.parse(json.stdout) as { differences: string[] }).differences
       expect(differences.every((d) => /^>fc\.[.t]\.{6} /.test(d))).toBe(true)
-      expect(differences.map((d) => d.slice(12)).sort()).toEqual(['back\\#303slash', 'nl\ndir', 'ä.txt'])
+      expect(differences.map((d) => d.slice(12)).sort()).toEqual(['back\\#303slash', 'caf\udce9', 'nl\ndir', 'ä.txt'])
       const text = await runCli(['verify', 'src', 'dst'], tmp.path)
       expect(text.stdout).toMatch(/\n {2}>f\S+ ä\.txt\n/)
       expect(text.stdout).toMatch(/\n {2}>f\S+ nl\\ndir\n/)
       expect(text.stdout).toMatch(/\n {2}>f\S+ back\\\\#303slash\n/)
+      expect(text.stdout).toMatch(/\n {2}>f\S+ caf\\xe9\n/)
     } finally {
       if (saved === undefined) delete process.env.LC_ALL
       else process.env.LC_ALL = saved

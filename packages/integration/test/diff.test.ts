@@ -6,6 +6,9 @@ import { backup, diff, type SnapshotDiff } from '@bb/core'
 import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } from '@bb/testkit'
 import { at, btrfs, btrfsJob, ok, rsyncJob, runCli } from './helpers.js'
 
+/** a path whose last part is `latin1` as Latin-1 bytes (`caf\xe9`: not UTF-8), as an old archive's names are */
+const latin1 = (dir: string, name: string): Buffer => Buffer.concat([Buffer.from(`${dir}/`), Buffer.from(name, 'latin1')])
+
 describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('diff: what changed between two snapshots (btrbk diff)', () => {
   let fs: LoopFilesystem
   let home: string
@@ -22,6 +25,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
       'notes.txt': 'first\n', 'thesis/ch1.tex': 'chapter one\n', 'old/a': 'a\n', 'old/deep/b': 'b\n',
       'keys/id': 'secret\n', 'one': '1\n', 'two': '2\n', 'draft.md': 'draft\n',
     })
+    await writeFile(latin1(home, 'caf\xe9'), 'latin-1\n')
+    await writeFile(latin1(home, 'caf\xe8'), 'latin-1\n')
   })
   afterEach(async () => {
     await fs.cleanup()
@@ -43,13 +48,18 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     await rename(join(home, 'tmp'), join(home, 'two'))
     await writeFile(join(home, 'draft.md.swp'), 'final\n')
     await rename(join(home, 'draft.md.swp'), join(home, 'draft.md'))
+    // names that are not UTF-8 stay apart (each as its bytes), where a lossy decoding would make them one
+    await appendFile(latin1(home, 'caf\xe9'), 'more\n')
+    await rename(latin1(home, 'caf\xe8'), latin1(home, 'na\xefve'))
     ok(await backup(job(), { now: at('2026-11-25T00:15:00Z') }))
   }
 
   const expected = [
+    { change: 'modified', path: 'caf\udce9' },
     { change: 'renamed', path: 'dissertation', from: 'thesis' },
     { change: 'modified', path: 'draft.md' },
     { change: 'metadata', path: 'keys/id' },
+    { change: 'renamed', path: 'na\udcefve', from: 'caf\udce8' },
     { change: 'added', path: 'new file\nwith a newline' },
     { change: 'modified', path: 'notes.txt' },
     { change: 'deleted', path: 'old' },
@@ -66,14 +76,14 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     const atTarget = ok(await diff(job()))
     expect(atTarget).toMatchObject({ from: 'home.2026-11-24T001500Z', to: 'home.2026-11-25T001500Z', at: disk })
     expect(changes(atTarget)).toEqual(expected)
-    expect(atTarget.counts).toEqual({ added: 1, deleted: 4, modified: 2, renamed: 3, metadata: 1 })
+    expect(atTarget.counts).toEqual({ added: 1, deleted: 4, modified: 3, renamed: 4, metadata: 1 })
     // the appended 7000 bytes, in whole extents
     expect(atTarget.entries.find((e) => e.path === 'notes.txt')?.bytes).toBeGreaterThanOrEqual(7000)
     const atSource = ok(await diff(job(), { at: job().source, side: 'source' }))
     expect(changes(atSource)).toEqual(expected)
     // the other way round: what the older one has that the newer has not
     const back = ok(await diff(job(), { from: 'home.2026-11-25T001500Z', to: 'home.2026-11-24T001500Z' }))
-    expect(back.counts).toMatchObject({ added: 4, deleted: 1, renamed: 3 })
+    expect(back.counts).toMatchObject({ added: 4, deleted: 1, renamed: 4 })
   })
 
   it('bbackup diff: the newest against the one before, a line per change; --json; mistakes said', async () => {
@@ -87,7 +97,10 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
     expect(lines).toContain('+ new file\\nwith a newline   (4 B)')
     expect(lines).toContain('- old/deep/b')
     expect(lines).toContain('m keys/id   (mode, owner or attributes)')
-    expect(lines.at(-1)).toMatch(/^11 changes: 1 added, 4 deleted, 3 renamed, 2 modified, 1 metadata only; .* of file data$/)
+    // a byte that is not UTF-8 is shown as the byte it is
+    expect(lines).toContain('R caf\\xe8 -> na\\xefve')
+    expect(lines.some((l) => l.startsWith('M caf\\xe9   ('))).toBe(true)
+    expect(lines.at(-1)).toMatch(/^13 changes: 1 added, 4 deleted, 4 renamed, 3 modified, 1 metadata only; .* of file data$/)
     // one name: what that backup brought; the oldest has nothing before it
     const one = await runCli(['diff', disk, 'home.2026-11-25T001500Z', '--json'], fs.mountPoint)
     expect(one.code).toBe(0)
@@ -116,6 +129,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
       const src = join(scratch, 'src')
       const dst = join(scratch, 'dst')
       await writeTree(src, { 'a.txt': 'a\n', 'b.txt': 'b\n', 'docs/old.txt': 'old\n', 'key': 'k\n' })
+      await writeFile(latin1(src, 'caf\xe9'), 'x\n')
+      await writeFile(latin1(src, 'caf\xe8'), 'x\n')
       const rsync = rsyncJob({ source: src, targets: [dst], state: join(scratch, 'state') })
       ok(await backup(rsync, { now: at('2026-11-24T00:15:00Z') }))
       await writeFile(join(src, 'a.txt'), 'a, longer now\n')
@@ -123,6 +138,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
       await rm(join(src, 'docs'), { recursive: true })
       await writeFile(join(src, 'new\nname'), 'n\n')
       await chmod(join(src, 'key'), 0o600)
+      await writeFile(latin1(src, 'caf\xe9'), 'xy\n')
+      await rm(latin1(src, 'caf\xe8'))
       ok(await backup(rsync, { now: at('2026-11-25T00:15:00Z') }))
       const d = ok(await diff(rsync))
       expect(d).toMatchObject({ from: '2026-11-24T001500Z', to: '2026-11-25T001500Z' })
@@ -130,6 +147,8 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
         { change: 'modified', path: 'a.txt', bytes: 14 },
         { change: 'deleted', path: 'b.txt' },
         { change: 'added', path: 'c.txt', bytes: 2 },
+        { change: 'deleted', path: 'caf\udce8' },
+        { change: 'modified', path: 'caf\udce9', bytes: 3 },
         { change: 'deleted', path: 'docs' },
         { change: 'deleted', path: 'docs/old.txt' },
         { change: 'metadata', path: 'key' },
@@ -138,6 +157,7 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
       const cli = await runCli(['diff', dst], scratch)
       expect(cli.code, cli.stderr).toBe(0)
       expect(cli.stdout).toContain('+ new\\nname   (2 B)')
+      expect(cli.stdout).toContain('\n- caf\\xe8\nM caf\\xe9   (3 B written)\n')
       const { diff: _, ...withoutDiff } = rsync.driver
       const e = (await diff({ ...rsync, driver: withoutDiff }))._unsafeUnwrapErr()
       expect(e.code).toBe('INVALID_OPTIONS')

@@ -3,7 +3,7 @@
 // `btrfs receive --dump`, whose text escapes paths differently from one btrfs-progs release to the next.
 
 import type { Result } from 'neverthrow'
-import type { CommandResult, Transport, TransportError } from '@bb/core'
+import { decodeFileName, type CommandResult, type Transport, type TransportError } from '@bb/core'
 
 /** the commands of a stream that bbackup reads (send.h `enum btrfs_send_cmd`) */
 export const SEND_COMMANDS = {
@@ -95,9 +95,10 @@ export class SendStreamReader {
       const length = body.readUInt16LE(at + 2)
       const value = body.subarray(at + 4, at + 4 + length)
       if (value.length !== length) throw new SendStreamError(`a truncated attribute in command ${cmd}`)
-      if (type === A.path) out.path = value.toString('utf8')
-      else if (type === A.pathTo) out.pathTo = value.toString('utf8')
-      else if (type === A.pathLink) out.pathLink = value.toString('utf8')
+      // names are bytes: one that is not UTF-8 keeps them (decodeFileName), so two such names stay two
+      if (type === A.path) out.path = decodeFileName(value)
+      else if (type === A.pathTo) out.pathTo = decodeFileName(value)
+      else if (type === A.pathLink) out.pathLink = decodeFileName(value)
       else if (type === A.data) out.length = (out.length ?? 0) + length
       else if ((type === A.size && (cmd === SEND_COMMANDS.updateExtent || cmd === SEND_COMMANDS.fallocate)) || type === A.cloneLen || (type === A.unencodedLen && cmd === SEND_COMMANDS.encodedWrite)) {
         if (length === 8) out.length = u64(value, 0)

@@ -1,9 +1,9 @@
-import type { DiffEntry } from '@bb/core'
+import { decodeFileName, type DiffEntry } from '@bb/core'
 
 /** rsync's escape of a byte it will not print in a name: `\#ooo`, octal */
 const ESCAPED = /\\#([0-7]{3})/g
 
-/** a name as rsync printed it, its escaped bytes put back (UTF-8 names with them decode whole) */
+/** a name as rsync printed it, its escaped bytes put back (UTF-8 names with them decode whole; bytes that are not UTF-8 as {@link decodeFileName} has them) */
 export const unescapeRsyncName = (name: string): string => {
   if (!name.includes('\\#')) return name
   const bytes: Buffer[] = []
@@ -13,7 +13,7 @@ export const unescapeRsyncName = (name: string): string => {
     at = m.index + m[0].length
   }
   bytes.push(Buffer.from(name.slice(at), 'utf8'))
-  return Buffer.concat(bytes).toString('utf8')
+  return decodeFileName(Buffer.concat(bytes))
 }
 
 /**
