@@ -35,7 +35,13 @@ export const findInBackup = async (at: Transport, top: string, sub: string, back
   const found = await at.stat(posix.join(top, sub))
   if (found.isErr()) return err(found.error)
   if (found.value === undefined) {
-    return err(bbError('NOT_FOUND', `${sub} is not in backup ${backup}`, 'look inside the backup (bbackup list shows where it is) and give a path relative to its top', { path: posix.join(top, sub) }))
+    // bytes that are not UTF-8 reach a Node program as U+FFFD, and diff and verify show them as \xHH: such a name cannot be given
+    const notUtf8 = (part: string): boolean => part.includes('\uFFFD') || /\\x[0-9a-f]{2}/i.test(part)
+    const first = parts.findIndex(notUtf8)
+    const holder = parts.slice(0, first).join('/')
+    return err(bbError('NOT_FOUND', `${sub} is not in backup ${backup}`, first >= 0
+      ? `a name whose bytes are not UTF-8 (shown as \\xHH) cannot be given to --path: restore the directory that holds it${holder === '' ? ' (all of the backup: no --path)' : ` (--path ${holder})`}`
+      : 'look inside the backup (bbackup list shows where it is) and give a path relative to its top', { path: posix.join(top, sub) }))
   }
   return ok(found.value)
 }

@@ -158,6 +158,13 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount'], { root: true }))('
       expect(cli.code, cli.stderr).toBe(0)
       expect(cli.stdout).toContain('+ new\\nname   (2 B)')
       expect(cli.stdout).toContain('\n- caf\\xe8\nM caf\\xe9   (3 B written)\n')
+      // what diff shows cannot be given to restore --path (arguments reach Node as UTF-8): the hint says what to restore instead
+      for (const path of ['caf\\xe9', Buffer.from('caf\xe9', 'latin1').toString()]) {
+        const restore = await runCli(['restore', dst, 'latest', join(scratch, 'out'), '--path', path], scratch)
+        expect(restore).toMatchObject({ code: 1, stderr: expect.stringContaining('cannot be given to --path: restore the directory that holds it (all of the backup: no --path)') as unknown })
+      }
+      const inside = await runCli(['restore', dst, 'latest', join(scratch, 'out'), '--path', 'docs/caf\\xe9/x'], scratch)
+      expect(inside.stderr).toContain('restore the directory that holds it (--path docs)')
       const { diff: _, ...withoutDiff } = rsync.driver
       const e = (await diff({ ...rsync, driver: withoutDiff }))._unsafeUnwrapErr()
       expect(e.code).toBe('INVALID_OPTIONS')
