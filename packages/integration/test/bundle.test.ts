@@ -1,5 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process'
-import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, writeTree, type TempDir } from '@bb/testkit'
@@ -38,6 +39,16 @@ describe.runIf(requireTools(['rsync']))('the single-file bundle', () => {
     const listed = bbackup(['list', 'src', 'dst', '--state-dir', 'state', '--json'])
     expect((JSON.parse(listed.stdout) as { snapshots: unknown[] }[])[0]?.snapshots).toHaveLength(2)
     expect(bbackup(['status', 'src', 'dst', '--state-dir', 'state', '--check']).stdout).toMatch(/^BBACKUP OK/)
+  })
+
+  it('started in a directory deleted since (a shell still in it), says so and how to go on: exit 1, no stack trace, nothing written', async () => {
+    const gone = join(tmp.path, 'gone')
+    await mkdir(gone)
+    await writeTree(join(tmp.path, 'src2'), { 'a.txt': 'a\n' })
+    const r = spawnSync('sh', ['-c', 'cd "$1" && rmdir "$1" && exec "$2" "$3" run "$4" "$5" --state-dir "$6"', 'sh', gone, process.execPath, join(bin, 'bbackup.mjs'), join(tmp.path, 'src2'), join(tmp.path, 'dst2'), join(tmp.path, 'state2')], { encoding: 'utf8', timeout: 60_000 })
+    expect(r).toMatchObject({ status: 1, stdout: '' })
+    expect(r.stderr).toBe('bbackup: error: the current directory no longer exists (it was deleted after this shell went into it)\n  hint: cd to a directory that exists (cd /), and run again\n  (IO_FAILED)\n')
+    expect(existsSync(join(tmp.path, 'dst2'))).toBe(false)
   })
 
   it('has bbackup-remote, which refuses and allows as the forced command does', () => {
