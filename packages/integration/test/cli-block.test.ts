@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { open, readdir, readFile, statfs, writeFile } from 'node:fs/promises'
+import { lstat, open, readdir, readFile, stat, statfs, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import parsePrometheus from 'parse-prometheus-text-format'
@@ -63,6 +63,22 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'cp', 'cmp', 'mkfs.
     expect(drawn.code).toBe(0)
     expect(drawn.stderr).toMatch(/\[K {2}\d+% {2}[\d.]+ (B|KiB|MiB) of 32\.0 MiB/)
     expect(drawn.stderr.endsWith(`\r${String.fromCharCode(27)}[K`)).toBe(true)
+  })
+
+  it('under umask 0 (a service manager\'s), the backup directory and what is in it are not writable by others', async () => {
+    const before = process.umask(0)
+    try {
+      expect((await runCli(['init', '-b', 'backy/vm', 'vm.img'], dir)).code).toBe(0)
+      expect((await runCli(['backup', '-b', 'backy/vm'], dir)).code).toBe(0)
+      expect((await runCli(['backup', '-b', 'backy/vm', '-f'], dir)).code).toBe(0)
+    } finally {
+      process.umask(before)
+    }
+    const volume = join(dir, 'backy/vm')
+    expect((await stat(volume)).mode & 0o777).toBe(0o755)
+    const writable = []
+    for (const name of await readdir(volume)) if (((await lstat(join(volume, name))).mode & 0o022) !== 0 && name !== 'latest') writable.push(name)
+    expect(writable).toEqual([])
   })
 
   it('status -b names the run that holds the volume now, and does not call what it writes a leftover', async () => {

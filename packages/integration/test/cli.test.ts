@@ -20,6 +20,19 @@ describe.runIf(requireTools(['rsync']))('bbackup command line', () => {
   })
   afterEach(() => tmp.cleanup())
 
+  it('makes its directories 0755 under any umask, 0 too (a service manager\'s): the target, its .bbackup, the state; no one else can replace a backup or a journal', async () => {
+    const before = process.umask(0)
+    try {
+      const r = await runCli(['run', 'src', 'dst', '--state-dir', 'new-state'], tmp.path)
+      expect(r.code, r.stderr).toBe(0)
+    } finally {
+      process.umask(before)
+    }
+    const modeOf = (path: string): string => (statSync(join(tmp.path, path)).mode & 0o7777).toString(8)
+    for (const dir of ['dst', 'dst/.bbackup', 'new-state']) expect([dir, modeOf(dir)]).toEqual([dir, '755'])
+    for (const file of (await readdir(join(tmp.path, 'dst/.bbackup'))).map((n) => `dst/.bbackup/${n}`)) expect([file, modeOf(file)]).toEqual([file, '644'])
+  })
+
   it('has rsync measure progress only where it is drawn (a terminal) or logged (--log-json)', async () => {
     const commandOf = (stdout: string): string[] => (JSON.parse(stdout) as { targets: { commands: string[][] }[] }).targets[0]?.commands[0] ?? []
     // under cron (no terminal), and with --json or -q on a terminal, nothing shows it

@@ -416,7 +416,7 @@ const writeRevisionImage = async (at: Transport, dir: string, config: VolumeConf
     })
     announced = true
     if (parent === undefined) {
-      await fsStep('create', target.partial, fs.writeFile(target.partial, '', { flag: 'wx' }))
+      await fsStep('create', target.partial, fs.writeFile(target.partial, '', { flag: 'wx', mode: 0o600 }))
     } else {
       const copy = await must(at.exec(['cp', '--reflink=always', '--', paths(dir, parent.revision.uuid).image, target.partial], options.signal === undefined ? {} : { signal: options.signal }))
       if (copy.exitCode !== 0) {

@@ -84,7 +84,8 @@ export const initVolume = (options: InitVolumeOptions): ResultAsync<VolumeConfig
       return stop(bbError('INVALID_OPTIONS', `${dir} is not a directory`, 'give -b a new or empty directory on btrfs or XFS, e.g. /srv/backy/vm1', { path: dir }))
     }
     // the directories made here are removed again when the volume cannot be set up in them
-    const made = await fsStep('create', dir, fs.mkdir(dir, { recursive: true }))
+    // others may read the revisions' directory, never write to it, whatever the umask
+    const made = await fsStep('create', dir, fs.mkdir(dir, { recursive: true, mode: 0o755 }))
     let done = false
     try {
       const present = (await must(options.at.list(dir))).map((e) => e.name).filter((n) => n !== 'lost+found')

@@ -86,10 +86,17 @@ export const stat = (path: string): ResultAsync<EntryStat | undefined, Transport
 export const list = (directory: string): ResultAsync<DirEntry[], TransportError> =>
   wrap('list', directory, async () => (await fs.readdir(directory, { withFileTypes: true })).map((d) => ({ name: d.name, kind: kindOf(d) })))
 
+/**
+ * The mode of the directories bbackup makes (targets, their `.bbackup`, the state): others may read,
+ * never write, under any umask. Node's default, 0777, left that to the umask: under `umask 0` (a
+ * service manager's or a container's) anyone could have replaced a backup or a journal.
+ */
+export const DIRECTORY_MODE = 0o755
+
 export const mkdir = (path: string, options: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
   wrap('create', path, async () => {
     try {
-      await fs.mkdir(path, { recursive: options.recursive ?? false })
+      await fs.mkdir(path, { recursive: options.recursive ?? false, mode: DIRECTORY_MODE })
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code
       if (code === 'EEXIST') return
@@ -100,10 +107,10 @@ export const mkdir = (path: string, options: { readonly recursive?: boolean } = 
       while (dirname(missing) !== missing && !(await exists(dirname(missing)))) missing = dirname(missing)
       if (dirname(missing) === missing) throw e
       // there after all (a dangling symlink on the way): the first answer stands
-      await fs.mkdir(missing).catch((alone: unknown) => {
+      await fs.mkdir(missing, { mode: DIRECTORY_MODE }).catch((alone: unknown) => {
         throw (alone as NodeJS.ErrnoException).code === 'EEXIST' ? e : alone
       })
-      await fs.mkdir(path, { recursive: true })
+      await fs.mkdir(path, { recursive: true, mode: DIRECTORY_MODE })
     }
   })
 
