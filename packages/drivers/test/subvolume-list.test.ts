@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { compressedMount, parseSubvolumeList, pathInFilesystem, throughMountOf } from '../src/btrfs/subvolume.js'
+import { compressedMount, parseSubvolumeList, pathInFilesystem, swapFilesIn, throughMountOf } from '../src/btrfs/subvolume.js'
 
 // `btrfs subvolume list -o -u -q -R` of btrfs-progs 6.2, as printed on this project's test machine
 const LIST = [
@@ -87,5 +87,24 @@ describe('compressedMount', () => {
     expect(compressedMount(MOUNTINFO, '/plain/x')).toBe(false)
     expect(compressedMount(MOUNTINFO, '/off/x')).toBe(false)
     expect(compressedMount(MOUNTINFO, '/srv/x')).toBe(false)
+  })
+})
+
+describe('swapFilesIn (/proc/swaps)', () => {
+  // as Linux 6.1 prints it; a name with a space is escaped as in mountinfo
+  const SWAPS = [
+    'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority',
+    '/dev/dm-1                               partition\t1003516\t\t0\t\t-2',
+    '/home/swapfile                          file\t\t65532\t\t0\t\t-3',
+    '/home/my\\040swap                        file\t\t65532\t\t0\t\t-4',
+    '/homes/other                            file\t\t65532\t\t0\t\t-5',
+    '',
+  ].join('\n')
+
+  it('names the swap files in use under a directory, not a partition nor a file of a directory that only starts alike', () => {
+    expect(swapFilesIn(SWAPS, '/home')).toEqual(['/home/swapfile', '/home/my swap'])
+    expect(swapFilesIn(SWAPS, '/')).toEqual(['/home/swapfile', '/home/my swap', '/homes/other'])
+    expect(swapFilesIn(SWAPS, '/srv')).toEqual([])
+    expect(swapFilesIn('', '/home')).toEqual([])
   })
 })

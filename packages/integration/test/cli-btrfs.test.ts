@@ -9,7 +9,7 @@ import { mountLoopFilesystem, requireTools, writeTree, type LoopFilesystem } fro
 import { localTransport } from '@bb/transports/local'
 import { finished, gpgHome, ROOT, runCli, spawnTs, waitFor, withGnupgHome } from './helpers.js'
 
-describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], { root: true }))('bbackup command line with btrfs', () => {
+describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf', 'swapon', 'swapoff'], { root: true }))('bbackup command line with btrfs', () => {
   let fs: LoopFilesystem
   let dir: string
   beforeEach(async () => {
@@ -94,6 +94,35 @@ describe.runIf(requireTools(['btrfs', 'mkfs.btrfs', 'mount', 'gpg', 'gpgconf'], 
     const into = await runCli(['run', 'plain', join(dir, 'frozen/backups'), '--state-dir', 'state2'], dir)
     expect(into.code).toBe(10)
     expect(into.stdout).toContain(`cannot create ${join(dir, 'frozen/backups')}: the filesystem (or btrfs subvolume) is read-only`)
+  })
+
+  it('a source with a swap file in use cannot be snapshotted (btrfs: Text file busy): the error names the file and how to move it; the way it says works', async () => {
+    const swapFile = join(dir, 'home/swapfile')
+    execFileSync('btrfs', ['filesystem', 'mkswapfile', '--size', '16m', swapFile])
+    const active: string[] = []
+    try {
+      execFileSync('swapon', [swapFile])
+      active.push(swapFile)
+      const refused = await runCli(['run', 'home', 'backup', '--state-dir', 'state'], dir)
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toContain(`btrfs cannot snapshot ${join(dir, 'home')} while a swap file in it is in use (${swapFile}): "Text file busy"\n  hint: move the swap file into a subvolume of its own, which snapshots leave out: swapoff ${swapFile}; btrfs subvolume create ${join(dir, 'home/swap')}; `)
+      expect(refused.stderr).toContain('(SOURCE_UNAVAILABLE)')
+      expect(await readdir(join(dir, 'home'))).toEqual(['a.txt', 'swapfile'])
+      // what the hint says: the swap file in a subvolume of its own, nested in the source
+      execFileSync('swapoff', [swapFile])
+      active.pop()
+      await rm(swapFile)
+      execFileSync('btrfs', ['subvolume', 'create', join(dir, 'home/swap')])
+      execFileSync('btrfs', ['filesystem', 'mkswapfile', '--size', '16m', join(dir, 'home/swap/swapfile')])
+      execFileSync('swapon', [join(dir, 'home/swap/swapfile')])
+      active.push(join(dir, 'home/swap/swapfile'))
+      const backed = await runCli(['run', 'home', 'backup', '--state-dir', 'state', '--json'], dir)
+      expect(backed.code, backed.stderr).toBe(0)
+      expect(JSON.parse(backed.stdout)).toMatchObject({ targets: [{ ok: true, mode: 'full' }] })
+    } finally {
+      // an active swap file keeps the filesystem busy: off before the cleanup unmounts it
+      for (const file of active) execFileSync('swapoff', [file])
+    }
   })
 
   it('status tells an unfinished receive the journal records (the next run removes it) from one it has no record of (left for the user to delete)', async () => {

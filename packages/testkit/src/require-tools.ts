@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 
 const PACKAGES: Readonly<Record<string, string>> = {
-  rsync: 'rsync', 'mkfs.ext4': 'e2fsprogs', filefrag: 'e2fsprogs', 'mkfs.btrfs': 'btrfs-progs', 'mkfs.xfs': 'xfsprogs', btrfs: 'btrfs-progs', losetup: 'mount', mount: 'mount', sshd: 'openssh-server', ssh: 'openssh-client', 'ssh-keygen': 'openssh-client', unshare: 'util-linux', findmnt: 'util-linux', 'systemd-analyze': 'systemd', zsh: 'zsh', fish: 'fish', sudo: 'sudo', visudo: 'sudo', setpriv: 'util-linux', gpg: 'gnupg', gpgconf: 'gnupg', 'ceph-mon': 'ceph-mon', 'ceph-osd': 'ceph-osd', monmaptool: 'ceph-base', ceph: 'ceph-common', rbd: 'ceph-common', cryptsetup: 'cryptsetup', cryptdisks_start: 'cryptsetup', snapper: 'snapper', strace: 'strace', faketime: 'faketime',
+  rsync: 'rsync', 'mkfs.ext4': 'e2fsprogs', filefrag: 'e2fsprogs', 'mkfs.btrfs': 'btrfs-progs', 'mkfs.xfs': 'xfsprogs', btrfs: 'btrfs-progs', losetup: 'mount', mount: 'mount', swapon: 'mount', swapoff: 'mount', sshd: 'openssh-server', ssh: 'openssh-client', 'ssh-keygen': 'openssh-client', unshare: 'util-linux', findmnt: 'util-linux', 'systemd-analyze': 'systemd', zsh: 'zsh', fish: 'fish', sudo: 'sudo', visudo: 'sudo', setpriv: 'util-linux', gpg: 'gnupg', gpgconf: 'gnupg', 'ceph-mon': 'ceph-mon', 'ceph-osd': 'ceph-osd', monmaptool: 'ceph-base', ceph: 'ceph-common', rbd: 'ceph-common', cryptsetup: 'cryptsetup', cryptdisks_start: 'cryptsetup', snapper: 'snapper', strace: 'strace', faketime: 'faketime',
 }
 
 const has = (tool: string): boolean => {

@@ -6,7 +6,7 @@ import {
   type SharedTransferInput, type SnapshotIdentity, type SnapshotInfo, type Transport, type TransferInput, type TransferOutcome, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import {
-  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, madeWritable, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, throughMountOf, type NestedSubvolume, type NoSubvolume, type Subvolume,
+  btrfsFailure, compressedMount, isGarbled, isReceived, listSubvolumes, madeWritable, nestedSubvolumes, parseSubvolumeShow, readSubvolumes, refuseExisting, showAndCommit, showInBatch, showSubvolume, swapFilesIn, throughMountOf, type NestedSubvolume, type NoSubvolume, type Subvolume,
 } from './subvolume.js'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { nearestExisting, restoreDirectory } from '../restore-destination.js'
@@ -470,11 +470,16 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
           // another run of this source took in the same second) made btrfs fail, or try to snapshot
           // into it (read-only: EROFS), and is not the source's
           const there = await source.stat(path)
+          // ETXTBSY: btrfs does not snapshot a subvolume with an active swap file in it
+          const swapFiles = /Text file busy/i.test(r.stderr) ? swapFilesIn((await source.readFile('/proc/swaps')).unwrapOr(undefined) ?? '', source.location.path) : []
           const failure = there.isOk() && there.value !== undefined
             ? bbError('ALREADY_EXISTS', `taking the snapshot ${path}: something of that name appeared there meanwhile (another run of this source, in the same second?)`, 'run again: the next run chooses a free name', { argv, stderr: r.stderr, path })
             : /cross-device|not a btrfs filesystem/i.test(r.stderr)
               ? bbError('INVALID_OPTIONS', `the snapshot folder ${folder} is not on the source's btrfs filesystem (${source.location.path}): a snapshot stays on its subvolume's filesystem`, 'choose a snapshot folder on the source\'s filesystem (--snapshot-folder; the default is .snapshots inside the source)', { argv, stderr: r.stderr })
-              : btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr)
+              : /Text file busy/i.test(r.stderr)
+                ? bbError('SOURCE_UNAVAILABLE', `btrfs cannot snapshot ${source.location.path} while a swap file in it is in use (${swapFiles.length > 0 ? swapFiles.join(', ') : 'see swapon --show'}): "Text file busy"`,
+                  `move the swap file into a subvolume of its own, which snapshots leave out: swapoff ${swapFiles[0] ?? 'FILE'}; btrfs subvolume create ${posix.join(source.location.path, 'swap')}; btrfs filesystem mkswapfile --size 4g ${posix.join(source.location.path, 'swap/swapfile')}; swapon it (and name it in /etc/fstab)`, { argv, stderr: r.stderr, ...(swapFiles.length > 0 ? { path: swapFiles[0] } : {}) })
+                : btrfsFailure(`taking the snapshot ${path}`, argv, r.exitCode, r.stderr)
           // the folders this run made are removed again (empty, as made): a failed run leaves nothing
           for (const dir of [...made].reverse()) await source.exec(['rmdir', '--', dir])
           return failure

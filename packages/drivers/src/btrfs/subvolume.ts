@@ -170,6 +170,19 @@ export const parseSubvolumeList = (text: string): ListedSubvolume[] => text.spli
 const unescapeMountinfo = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
 
 /**
+ * The swap files in use under `dir`, from /proc/swaps (`Filename Type Size Used Priority`, names
+ * escaped as in mountinfo). btrfs will not snapshot a subvolume that holds an active swap file.
+ * @example
+ * swapFilesIn('Filename\tType\tSize\tUsed\tPriority\n/home/swapfile file 65532 0 -2\n', '/home') // ['/home/swapfile']
+ */
+export const swapFilesIn = (procSwaps: string, dir: string): string[] =>
+  procSwaps.split('\n').slice(1).flatMap((line) => {
+    const [name, type] = line.trim().split(/\s+/)
+    const path = name === undefined ? '' : unescapeMountinfo(name)
+    return type === 'file' && path.startsWith(dir === '/' ? '/' : `${dir}/`) ? [path] : []
+  })
+
+/**
  * Where `dir` is inside its btrfs filesystem, from the top level (as `btrfs subvolume list` prints
  * paths): the deepest btrfs mount above it, its root (`/@data` for `subvol=@data`) and the rest of
  * the way down. Undefined when no btrfs mount holds it.
