@@ -289,7 +289,7 @@ export const renderList = (lists: readonly SnapshotList[]): string =>
 
 /**
  * a path on one line: control characters and backslashes escaped as in C, and a byte that is not
- * UTF-8 (U+DC80 to U+DCFF: decodeFileName) as `\\xHH`, so `caf\\xe9.txt` says which byte it is
+ * UTF-8 (U+DC80 to U+DCFF: decodeFileName) as `\xHH`, so `caf\xe9.txt` says which byte it is
  */
 export const onOneLine = (path: string): string =>
   // eslint-disable-next-line no-control-regex -- the control characters are what is escaped
