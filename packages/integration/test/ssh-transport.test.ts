@@ -217,6 +217,32 @@ describe.runIf(requireTools(['sshd', 'ssh', 'ssh-keygen'], { root: true }))('the
     }
   })
 
+  it('names a host alias\'s real name and port in the fix for an unknown key, and the HostKeyAlias it is filed under; the fix works', async () => {
+    // an alias as ~/.ssh/config would make one: the name in the location is not a host, the options say where it is
+    const alias = parseLocation(`ssh://root@backup-nas${dir.path}`)._unsafeUnwrap() as SshLocation
+    for (const [name, extra, keyscan] of [
+      ['alias', [], `ssh-keyscan -p ${sshd.port} 127.0.0.1 >> `],
+      ['filed', ['HostKeyAlias=vault'], `ssh-keyscan -p ${sshd.port} 127.0.0.1 | sed 's/^[^ ]*/vault/' >> `],
+    ] as const) {
+      const own = openSshSession()
+      const file = join(dir.path, `known_hosts_${name}`)
+      await writeFile(file, '')
+      const sshOptions = { identityFile: sshd.identityFile, knownHostsFile: file, options: ['HostName=127.0.0.1', `Port=${sshd.port}`, ...extra] }
+      try {
+        const e = (await sshTransport(alias, own, sshOptions).exec(['true']))._unsafeUnwrapErr()
+        expect(e.code).toBe('HOSTKEY_UNKNOWN')
+        expect(e.message).toBe('the host key of root@backup-nas is not known: bbackup does not trust new hosts by itself')
+        const fix = /trust it once: (.*) \(or connect once/.exec(e.hint)?.[1]
+        expect(fix).toBe(`${keyscan}${file}`)
+        // the command as the hint gives it makes the host known
+        execFileSync('sh', ['-c', `${fix ?? ''} 2>/dev/null`])
+        expect((await sshTransport(alias, own, sshOptions).exec(['true']))._unsafeUnwrap().exitCode).toBe(0)
+      } finally {
+        await own.close()
+      }
+    }
+  })
+
   it('connect logs in ahead of the first command, which then runs on that login', async () => {
     const own = openSshSession()
     try {

@@ -11,11 +11,55 @@ export interface Endpoint {
   readonly knownHostsFile?: string
   /** the ssh_config file bbackup wrote for the connection, which holds the options given to it */
   readonly configFile?: string
+  /** where ssh itself went, with every config file applied (`ssh -G`): a host alias's real name and port */
+  readonly resolved?: ResolvedHost
 }
 
-const keyscan = (e: Endpoint): string => `ssh-keyscan ${e.port === undefined ? '' : `-p ${e.port} `}${e.host} >> ${e.knownHostsFile ?? '~/.ssh/known_hosts'}`
+/** What `ssh -G` says of a host: the name and port it connects to and how it files the key in known_hosts. */
+export interface ResolvedHost {
+  readonly hostname: string
+  readonly port: number
+  readonly hostKeyAlias?: string
+  /** the first UserKnownHostsFile: where ssh looks first and where a new key belongs */
+  readonly knownHostsFile?: string
+}
 
-const knownHostsName = (e: Endpoint): string => (e.port === undefined || e.port === 22 ? e.host : `[${e.host}]:${e.port}`)
+/** Reads the lines of `ssh -G` (lower-case `key value`); undefined when it has no host name. */
+export const parseResolvedHost = (text: string): ResolvedHost | undefined => {
+  const field = (key: string): string | undefined => new RegExp(`^${key} (.+)$`, 'm').exec(text)?.[1]?.trim()
+  const hostname = field('hostname')
+  if (hostname === undefined || hostname === '') return undefined
+  const port = Number(field('port') ?? '22')
+  const alias = field('hostkeyalias')
+  const file = field('userknownhostsfile')?.split(' ')[0]
+  return {
+    hostname,
+    port: Number.isInteger(port) && port > 0 ? port : 22,
+    ...(alias === undefined || alias === 'none' ? {} : { hostKeyAlias: alias }),
+    ...(file === undefined || file === '' || file === 'none' ? {} : { knownHostsFile: file }),
+  }
+}
+
+const bracketed = (host: string, port: number | undefined): string => (port === undefined || port === 22 ? host : `[${host}]:${port}`)
+
+/** The command that adds the host's keys to the known_hosts file ssh will read, under the name it will look for. */
+const keyscan = (e: Endpoint): string => {
+  const [host, port] = e.resolved === undefined ? [e.host, e.port] : [e.resolved.hostname, e.resolved.port === 22 ? undefined : e.resolved.port]
+  const file = e.knownHostsFile ?? e.resolved?.knownHostsFile ?? '~/.ssh/known_hosts'
+  // ssh-keyscan knows nothing of ssh_config: it is given the real name and port, and a HostKeyAlias is written in by hand
+  const alias = e.resolved?.hostKeyAlias
+  const renamed = alias === undefined ? '' : /^[\w.:[\]-]+$/.test(alias) ? ` | sed 's/^[^ ]*/${alias}/'` : ` (each line's first field changed to ${alias})`
+  return `ssh-keyscan ${port === undefined ? '' : `-p ${port} `}${host}${renamed} >> ${file}`
+}
+
+/** The name ssh files the host's key under in known_hosts. */
+const knownHostsName = (e: Endpoint): string =>
+  e.resolved === undefined ? bracketed(e.host, e.port) : e.resolved.hostKeyAlias ?? bracketed(e.resolved.hostname, e.resolved.port)
+
+const knownHostsFlag = (e: Endpoint): string => {
+  const file = e.knownHostsFile ?? e.resolved?.knownHostsFile
+  return file === undefined ? '' : `-f ${file} `
+}
 
 /**
  * What went wrong when ssh itself failed (exit 255 with one of its own messages), or undefined
@@ -28,7 +72,7 @@ export const sshFailure = (result: Pick<CommandResult, 'exitCode' | 'stderr' | '
   const details = { host: endpoint.display, argv: [...result.argv], stderr }
   if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/.test(stderr)) {
     return bbError('HOSTKEY_CHANGED', `the host key of ${endpoint.display} has CHANGED since it was trusted: refusing to connect (this can be an attack)`,
-      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen ${endpoint.knownHostsFile === undefined ? '' : `-f ${endpoint.knownHostsFile} `}-R '${knownHostsName(endpoint)}' && ${keyscan(endpoint)}`, details)
+      `if the host was reinstalled or its key rotated, check the new fingerprint out of band, then: ssh-keygen ${knownHostsFlag(endpoint)}-R '${knownHostsName(endpoint)}' && ${keyscan(endpoint)}`, details)
   }
   if (/No \S+ host key is known for|Host key verification failed/.test(stderr)) {
     return bbError('HOSTKEY_UNKNOWN', `the host key of ${endpoint.display} is not known: bbackup does not trust new hosts by itself`,

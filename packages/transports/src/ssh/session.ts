@@ -8,7 +8,7 @@ import { err, ok, type Result } from 'neverthrow'
 import { bbError, stderrTail, type SshLocation, type TransportError } from '@bb/core'
 import { execCommand } from '../local/exec.js'
 import { makeRunDirectory, type RunDirectoryKind } from '../local/run-directory.js'
-import { sshFailure, type Endpoint } from './failure.js'
+import { parseResolvedHost, sshFailure, type Endpoint } from './failure.js'
 import { remoteCommand } from './quote.js'
 import { AHEAD, SERVE } from './remote-protocol.js'
 import { commandServer, type CommandServer, type ServedResult } from './serve.js'
@@ -340,6 +340,13 @@ export const openSshSession = (): SshSession => {
       ahead = entry
     }
 
+    /** the endpoint with what `ssh -G` says of the host (its real name and port, known_hosts file); as it was if ssh cannot say */
+    const resolvedEndpoint = async (): Promise<Endpoint> => {
+      const shown = await execCommand([...base, '-G', '--', location.host])
+      const resolved = shown.isOk() && shown.value.exitCode === 0 ? parseResolvedHost(shown.value.stdout) : undefined
+      return resolved === undefined ? endpoint : { ...endpoint, resolved }
+    }
+
     const open = async (signal?: AbortSignal): Promise<Result<void, TransportError>> => {
       if (written.isErr()) return err(written.error)
       if (closed) return err(bbError('CANCELLED', 'the ssh session was closed', 'this is a bug in bbackup; please report it'))
@@ -381,7 +388,10 @@ export const openSshSession = (): SshSession => {
         if (exited !== undefined) {
           if (exited.error?.code === 'ENOENT') return err(bbError('TOOL_MISSING', `${program} is not installed (or not on PATH)`, 'install it: apt-get install openssh-client'))
           const argv = [...base, '-N', '--', location.host]
-          return err(sshFailure({ exitCode: 255, stderr: stderrTail(stderr), argv }, endpoint)
+          const failure = sshFailure({ exitCode: 255, stderr: stderrTail(stderr), argv }, endpoint)
+          // a host key to trust: named as ssh filed it, for a host alias from an ssh config as well
+          if (failure?.code === 'HOSTKEY_UNKNOWN' || failure?.code === 'HOSTKEY_CHANGED') return err(sshFailure({ exitCode: 255, stderr: stderrTail(stderr), argv }, await resolvedEndpoint()) ?? failure)
+          return err(failure
             ?? bbError('NETWORK_FAILED', `could not connect to ${endpoint.display}: ${stderrTail(stderr) || `ssh exited with ${exited.code ?? 'a signal'}`}`, 'check the host, the port and your ssh config', { argv, stderr: stderrTail(stderr) }))
         }
         if (signal?.aborted === true || Date.now() > deadline) {
