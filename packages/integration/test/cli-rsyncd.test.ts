@@ -48,6 +48,34 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     expect(await treeManifest(join(tmp.path, 'restored'))).toEqual(await treeManifest(join(tmp.path, 'home')))
   })
 
+  it('works with a module of "max connections = 1": a run, an incremental one, list, prune and restore, none of them retried by the run', async () => {
+    const single = await startRsyncd({ moduleLines: ['max connections = 1'] })
+    try {
+      const target = single.url('one')
+      const args = ['--password-file', single.passwordFile, '--state-dir', 'state']
+      for (const change of ['first', 'second']) {
+        await writeFile(join(tmp.path, 'home/a.txt'), `${change}\n`)
+        const r = await runCli(['run', 'home', target, ...args, '--retries', '0'], tmp.path)
+        expect(r.code, r.stdout + r.stderr).toBe(0)
+      }
+      const made = await backupsIn(join(single.modulePath, 'one'))
+      expect(made).toHaveLength(2)
+      const listed = await runCli(['list', target, '--password-file', single.passwordFile, '--json'], tmp.path)
+      expect(listed.code, listed.stderr).toBe(0)
+      expect(JSON.parse(listed.stdout)).toMatchObject([{ snapshots: made.map((name) => ({ name, complete: true })) }])
+      const pruned = await runCli(['prune', 'home', target, ...args, '--keep-backups', '1'], tmp.path)
+      expect(pruned.code, pruned.stdout + pruned.stderr).toBe(0)
+      expect(await backupsIn(join(single.modulePath, 'one'))).toEqual(made.slice(1))
+      const restored = await runCli(['restore', target, 'latest', 'restored', '--password-file', single.passwordFile], tmp.path)
+      expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+      expect(await treeManifest(join(tmp.path, 'restored'))).toEqual(await treeManifest(join(tmp.path, 'home')))
+      // the daemon did turn connections away, and the run waited for a free one
+      expect(await single.log()).toMatch(/max connections \(1\) reached/)
+    } finally {
+      await single.stop()
+    }
+  })
+
   it("takes over a module rsync-system-backup wrote to: its backups adopted, its latest/ mirror left as it is (a warning), each backup published", async () => {
     const dir = join(daemon.modulePath, 'rsb')
     await writeTree(join(dir, 'latest'), { 'a.txt': 'alpha\n', 'mirror-only.txt': 'm\n' })

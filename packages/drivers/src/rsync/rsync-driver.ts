@@ -7,7 +7,7 @@ import {
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
 import { restoreDirectory } from '../restore-destination.js'
-import { endpointIo, rsyncHost } from '../rsync-between.js'
+import { endpointIo, execBetween, rsyncHost } from '../rsync-between.js'
 import { targetInSource } from '../target-in-source.js'
 import { classifyRsyncExit } from './exit-codes.js'
 import { flushWhile } from '../flush-while.js'
@@ -332,7 +332,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const statsLines: string[] = []
     // a target on this host is flushed while rsync writes into it, not all at once before the backup is published
     const flusher = !dryRun && !filesOnly && options.syncBeforePublish !== false && target.location.kind === 'local' ? flushWhile(target, partial, signal) : undefined
-    const ran = await runner.value.exec(argv, {
+    const ran = await execBetween(runner.value, argv, {
       ...endpointIo(src, dst, signal),
       onStdoutLine: (line) => {
         if (line.startsWith('Total transferred file size') || line.startsWith('Number of regular files transferred')) statsLines.push(line)
@@ -523,7 +523,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const made = await input.to.mkdir(dest, { recursive: true })
       if (made.isErr()) return err(made.error)
       let lastProgress = 0
-      const ran = await runner.value.exec(argv, {
+      const ran = await execBetween(runner.value, argv, {
         ...endpointIo(src, dst, input.signal),
         ...(onProgress === undefined ? {} : {
           onStdoutLine: (line: string) => {
@@ -550,7 +550,7 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const dst = input.target.rsyncEndpoint(`${input.snapshot.path}/`)
     return ResultAsync.fromSafePromise(ownBackups(input.source, input.target)).andThen((leaveOut) => {
       const argv = ['rsync', ...copyFlags(), ...leaveOut, '--delete', '--dry-run', '--checksum', '--itemize-changes', '--out-format=%i %n', ...src.options, ...dst.options, src.spec, dst.spec]
-      return runner.value.exec(argv, endpointIo(src, dst, input.signal)).map((r) => ({ argv, r }))
+      return execBetween(runner.value, argv, endpointIo(src, dst, input.signal)).map((r) => ({ argv, r }))
     }).andThen(({ argv, r }) => {
       if (r.exitCode !== 0 && r.exitCode !== 24) return err(bbError('COMMAND_FAILED', `rsync failed to compare (exit ${r.exitCode})`, 'see the end of stderr', { argv, stderr: r.stderr }))
       const differences = r.stdout.split('\n').filter((l) => l.trim() !== '').map(itemizedLine)

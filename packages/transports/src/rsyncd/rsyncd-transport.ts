@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
 import { err, errAsync, fromThrowable, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, ioError, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
+  bbError, ioError, retryWhileDaemonBusy, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
 } from '@bb/core'
 import { execCommand } from '../local/exec.js'
 import { makeRunDirectory, type RunDirectoryKind } from '../local/run-directory.js'
@@ -104,12 +104,14 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     return new ResultAsync(checked)
   }
 
-  // a few rsync connections at a time: a daemon turns away more than its "max connections"
-  const limit = Math.max(1, options.maxConnections ?? 4)
+  // a few rsync connections at a time: a daemon turns away more than its "max connections", whose
+  // number its refusal names: from then on no more of ours at once than that
+  let limit = Math.max(1, options.maxConnections ?? 4)
   let running = 0
   const waiting: (() => void)[] = []
   const slot = async <T>(work: () => Promise<T>): Promise<T> => {
-    if (running >= limit) await new Promise<void>((resolve) => waiting.push(resolve))
+    // a wait ends when a connection ends; the limit may have fallen meanwhile, so it is asked again
+    while (running >= limit) await new Promise<void>((resolve) => waiting.push(resolve))
     running += 1
     try {
       return await work()
@@ -125,15 +127,25 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       connectTo = end
     })).andThen(() => modulePath(path))
 
-  /** runs one rsync against the daemon; the daemon's own failures become typed errors */
+  /**
+   * runs one rsync against the daemon; the daemon's own failures become typed errors. One turned
+   * away at the module's "max connections" (by ours or by other clients') is tried again shortly,
+   * with no more of ours at once than that limit from then on.
+   */
   const rsync = (args: readonly string[]): ResultAsync<CommandResult, TransportError> =>
-    checkSecrets().andThen(() => new ResultAsync(slot(async () => {
-      const { options: passwordOptions, ...io } = auth()
-      const ran = await execCommand(['rsync', ...connectionOptions, ...passwordOptions, ...args], io)
+    checkSecrets().andThen(() => new ResultAsync((async (): Promise<Result<CommandResult, TransportError>> => {
+      const ran = await retryWhileDaemonBusy(() => slot(async () => {
+        const { options: passwordOptions, ...io } = auth()
+        return execCommand(['rsync', ...connectionOptions, ...passwordOptions, ...args], io)
+      }), (r) => (r.isOk() ? r.value.stderr : undefined), {
+        onBusy: (modulesLimit) => {
+          limit = Math.max(1, Math.min(limit, modulesLimit))
+        },
+      })
       if (ran.isErr()) return ran
       const failure = daemonFailure(ran.value, display, location.module)
       return failure === undefined ? ran : err(failure)
-    })))
+    })()))
 
   /** exit 23 with "No such file" is rsync's answer for a path that is not there */
   const absent = (r: CommandResult): boolean => r.exitCode === 23 && /No such file or directory \(2\)/.test(r.stderr)
