@@ -277,6 +277,8 @@ describe.runIf(requireTools(['rsync']))('rsync daemon transport against a real r
     const failed = ok(await run)
     await daemon.start()
     expect(failed.targets[0]).toMatchObject({ ok: false, error: { code: 'NETWORK_FAILED' } })
+    // the message names the daemon's location, not the path inside the module
+    expect(failed.targets[0]?.error?.message).toMatch(new RegExp(`^rsync lost its connection to rsync://backup@127\\.0\\.0\\.1:${daemon.port}/backups/resume \\(exit \\d+`))
     const dir = join(daemon.modulePath, 'resume')
     expect(await readdir(join(dir, '.bbackup'))).toEqual(['2026-11-23T130000Z.partial'])
     expect(ok(await list(job))[0]?.snapshots.map((s) => [s.name, s.complete])).toEqual([['2026-11-23T130000Z', false]])

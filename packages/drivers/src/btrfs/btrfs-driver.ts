@@ -657,7 +657,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
         estimate,
         onBytes: (bytes) => {
           const now = progress(bytes)
-          for (const t of to) input.onEvent({ type: 'transfer-progress', target: t.location.path, snapshot, ...now })
+          for (const t of to) input.onEvent({ type: 'transfer-progress', target: formatLocation(t.location), snapshot, ...now })
         },
       }
     }
@@ -761,7 +761,7 @@ export const btrfsDriver = (options: BtrfsDriverOptions = {}): Driver => {
       how.commands.push(how.pipeline(undefined, [target]))
       mode = 'full'
       const again = await sendReceive({ source: input.source, sendArgv: how.sendArgv(undefined), receivers: [{ target, receiveArgv: receiving(dir), selfDelimited: true }], signal, stallMs, way: how.way,
-        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: dir, snapshot, bytes }) })
+        onBytes: (bytes) => input.onEvent({ type: 'transfer-progress', target: formatLocation(target.location), snapshot, bytes }) })
       result = again[0] ?? result
     }
     if (result.isErr()) {

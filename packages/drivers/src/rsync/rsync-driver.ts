@@ -293,7 +293,9 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const dir = target.location.path
     const partial = partialPath({ target, snapshot })
     const final = join(dir, snapshot)
-    const where = target.location.path
+    const where = formatLocation(target.location)
+    // the other host of a pull or push: the one a connection is lost to, or whose daemon or forced command refuses
+    const peer = source.location.kind === 'local' ? where : formatLocation(source.location)
     const runner = rsyncHost(source, target)
     if (runner.isErr()) return err(runner.error)
     const filesOnly = target.filesOnly === true
@@ -369,11 +371,11 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       case 'refused': {
         const reason = outcome.meaning.replace(/^bbackup-remote: refused: /, '')
         return err(outcome.meaning.startsWith('bbackup-remote')
-          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${where} refused the transfer (${reason})`, refusalHint(reason), context)
-          : bbError('AUTH_FAILED', `the rsync daemon at ${where} refused the transfer (${outcome.meaning})`, 'check the user, the password file and the module\'s "auth users", "hosts allow" and "read only" in rsyncd.conf', context))
+          ? bbError('AUTH_FAILED', `the ssh key's forced command at ${peer} refused the transfer (${reason})`, refusalHint(reason), context)
+          : bbError('AUTH_FAILED', `the rsync daemon at ${peer} refused the transfer (${outcome.meaning})`, 'check the user, the password file and the module\'s "auth users", "hosts allow" and "read only" in rsyncd.conf', context))
       }
       case 'network':
-        return err(bbError('NETWORK_FAILED', `rsync lost its connection to ${where} (exit ${ran.value.exitCode}: ${outcome.meaning})`, 'check that the host (and its rsync daemon) is up; the run retries with backoff, and the unfinished copy is resumed', context))
+        return err(bbError('NETWORK_FAILED', `rsync lost its connection to ${peer} (exit ${ran.value.exitCode}: ${outcome.meaning})`, 'check that the host (and its rsync daemon) is up; the run retries with backoff, and the unfinished copy is resumed', context))
       case 'failed':
         return err(bbError('COMMAND_FAILED', `rsync failed with exit ${ran.value.exitCode} (${outcome.meaning})`, 'see the end of stderr below; the unfinished copy is resumed by the next run', context))
     }
