@@ -13,7 +13,7 @@ export type {
   CombinedResult, CommandResult, DirEntry, EntryStat, ExecOptions, FileChanges, LockError, LockHandle, LockInfo, LockStatus, LockVerdict, RunningCommand, SpawnOptions, Transport, TransportError,
 } from './transport/transport.js'
 export { statFollowing, statGiven } from './transport/transport.js'
-export { daemonConnectionLimit, retryWhileDaemonBusy } from './transport/rsync-daemon.js'
+export { daemonConnectionLimit, daemonDisplay, daemonRefusedOption, refusedOptionText, retryWhileDaemonBusy } from './transport/rsync-daemon.js'
 export { judgeLock, parseLockInfo } from './lock/judge-lock.js'
 export type { LockContext, LockSurvivor } from './lock/judge-lock.js'
 export { addJournalEntry, readJournal, removeJournalEntry } from './journal/journal.js'

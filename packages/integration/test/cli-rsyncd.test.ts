@@ -76,6 +76,30 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     }
   })
 
+  it('names the option a module refuses (refuse options) and the line to change, and does not retry it', async () => {
+    for (const [refused, needed] of [['delete', 'to remove old backups'], ['link-dest', 'to hard-link unchanged files']] as const) {
+      const strict = await startRsyncd({ moduleLines: [`refuse options = ${refused}`] })
+      try {
+        const args = ['--password-file', strict.passwordFile, '--state-dir', `state-${refused}`]
+        // --link-dest is first given to the second run, which has a backup to link to
+        for (const change of refused === 'delete' ? ['first'] : ['first', 'second']) {
+          await writeFile(join(tmp.path, 'home/a.txt'), `${change}\n`)
+          const r = await runCli(['run', 'home', strict.url('strict'), ...args], tmp.path)
+          if (change === 'first' && refused === 'link-dest') {
+            expect(r.code, r.stdout + r.stderr).toBe(0)
+            continue
+          }
+          expect(r.code).toBe(10)
+          expect(r.stdout).toContain(`FAILED: module backups at 127.0.0.1:${strict.port} refuses rsync's --${refused}, which bbackup needs ${needed}`)
+          expect(r.stdout).toContain(`hint: take ${refused} out of the module's "refuse options" in rsyncd.conf on the server`)
+          expect(r.stderr).not.toMatch(/trying again/)
+        }
+      } finally {
+        await strict.stop()
+      }
+    }
+  })
+
   it("takes over a module rsync-system-backup wrote to: its backups adopted, its latest/ mirror left as it is (a warning), each backup published", async () => {
     const dir = join(daemon.modulePath, 'rsb')
     await writeTree(join(dir, 'latest'), { 'a.txt': 'alpha\n', 'mirror-only.txt': 'm\n' })

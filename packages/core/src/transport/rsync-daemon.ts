@@ -1,3 +1,4 @@
+import type { RsyncDaemonLocation } from '../location/location.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 /** tries of a connection an rsync daemon turns away as busy, the pauses between them doubling from 250 ms (about 8 s in all) */
@@ -36,3 +37,29 @@ export const retryWhileDaemonBusy = async <R>(
     await sleep(BUSY_DELAY_MS * 2 ** (n - 1) * (0.5 + Math.random()), undefined, options.signal === undefined ? {} : { signal: options.signal }).catch(() => undefined)
   }
 }
+
+/**
+ * The option an rsync daemon's module refuses (its `refuse options` in rsyncd.conf), when it turned
+ * a request away for one: `--delete` from "The server is configured to refuse --delete".
+ * @example
+ * daemonRefusedOption('rsync: The server is configured to refuse --delete\n') // '--delete'
+ */
+export const daemonRefusedOption = (stderr: string): string | undefined =>
+  /The server is configured to refuse (-{1,2}[\w-]+)/.exec(stderr)?.[1]
+
+/** What bbackup needs each option a module may refuse for. */
+const NEEDED_FOR: Readonly<Record<string, string>> = {
+  '--delete': 'to remove old backups and to bring an unfinished copy up to date',
+  '--delete-after': 'to remove old backups and their records',
+  '--link-dest': 'to hard-link unchanged files to the previous backup',
+}
+
+/** A daemon as messages name it: `host[:port]`, an IPv6 address in brackets. */
+export const daemonDisplay = (daemon: Pick<RsyncDaemonLocation, 'host' | 'port'>): string =>
+  `${daemon.host.includes(':') ? `[${daemon.host}]` : daemon.host}${daemon.port === undefined ? '' : `:${daemon.port}`}`
+
+/** The message and hint for a module that refuses an option bbackup uses. */
+export const refusedOptionText = (option: string, daemon: RsyncDaemonLocation): { readonly message: string; readonly hint: string } => ({
+  message: `module ${daemon.module} at ${daemonDisplay(daemon)} refuses rsync's ${option}${NEEDED_FOR[option] === undefined ? '' : `, which bbackup needs ${NEEDED_FOR[option]}`}`,
+  hint: `take ${option.replace(/^-+/, '')} out of the module's "refuse options" in rsyncd.conf on the server (bbackup doctor rsyncd prints a module that works)`,
+})

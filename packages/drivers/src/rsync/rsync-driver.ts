@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, formatLocation, parseSnapshotName, refusalHint, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, daemonRefusedOption, formatLocation, parseSnapshotName, refusalHint, refusedOptionText, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type TransferProgress, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -349,6 +349,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const stats = parseStats(statsLines.join('\n'))
     const outcome = classifyRsyncExit(ran.value.exitCode, ran.value.stderr)
     const context = { argv, exitCode: ran.value.exitCode, stderr: ran.value.stderr, partial }
+    const refused = refusedByDaemon(ran.value, source.location, target.location)
+    if (refused !== undefined) return err(bbError('UNSUPPORTED', refused.message, refused.hint, context))
     const warnings: string[] = []
     let health: SnapshotInfo['health'] = 'ok'
     switch (outcome.kind) {
@@ -490,6 +492,13 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       .andThen(() => changeFiles(at, dir, { remove: [recordFile(s.name), markerFile(s.name)] }))
   }
 
+  /** a daemon module at either end refused an option of the run (its `refuse options`): what it is, and the fix */
+  const refusedByDaemon = (r: { readonly exitCode: number; readonly stderr: string }, ...ends: readonly Location[]): { readonly message: string; readonly hint: string } | undefined => {
+    const option = r.exitCode === 0 ? undefined : daemonRefusedOption(r.stderr)
+    const daemon = ends.find((l) => l.kind === 'rsyncd')
+    return option === undefined || daemon?.kind !== 'rsyncd' ? undefined : refusedOptionText(option, daemon)
+  }
+
   const restore = (input: RestoreInput): ResultAsync<{ readonly commands: readonly (readonly string[])[] }, BbError> =>
     new ResultAsync((async (): Promise<Result<{ readonly commands: readonly (readonly string[])[] }, BbError>> => {
       const inside = backupSubpath(input.subpath)
@@ -541,6 +550,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
       const again = `delete ${landed} and restore again (restore writes only into a new or empty directory)`
       const partly = (e: BbError, hint: string): BbError => bbError(e.code, `${e.message}; ${landed} holds part of ${input.snapshot.name}`, hint, e.details)
       if (ran.isErr()) return err(partly(ran.error, ran.error.code === 'CANCELLED' ? again : `${ran.error.hint}; then ${again}`))
+      const refused = refusedByDaemon(ran.value, input.from.location, input.to.location)
+      if (refused !== undefined) return err(partly(bbError('UNSUPPORTED', refused.message, refused.hint, { argv, stderr: ran.value.stderr }), `${refused.hint}; then ${again}`))
       if (ran.value.exitCode !== 0) return err(partly(bbError('COMMAND_FAILED', `rsync failed to restore (exit ${ran.value.exitCode})`, '', { argv, stderr: ran.value.stderr }), `see the end of stderr for why; then ${again}`))
       return ok({ commands: [argv] })
     })())

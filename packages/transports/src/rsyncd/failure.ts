@@ -1,4 +1,4 @@
-import { bbError, type CommandResult, type TransportError } from '@bb/core'
+import { bbError, daemonDisplay, daemonRefusedOption, refusedOptionText, type CommandResult, type RsyncDaemonLocation, type TransportError } from '@bb/core'
 
 /** rsync's exits for a connection that could not be made or was lost (errcode.h): retried with backoff */
 const CONNECTION_LOST: ReadonlySet<number> = new Set([10, 12, 30, 35])
@@ -8,8 +8,9 @@ const CONNECTION_LOST: ReadonlySet<number> = new Set([10, 12, 30, 35])
  * read-only module, a connection refused, dropped or timed out. Undefined when the daemon served
  * the request (the operation judges its own exit, such as a missing path).
  */
-export const daemonFailure = (result: CommandResult, display: string, module: string): TransportError | undefined => {
+export const daemonFailure = (result: CommandResult, daemon: RsyncDaemonLocation): TransportError | undefined => {
   const { exitCode, stderr } = result
+  const [display, module] = [daemonDisplay(daemon), daemon.module]
   if (exitCode === 0) return undefined
   const details = { host: display, exitCode, stderr }
   if (/@ERROR: auth failed/.test(stderr)) {
@@ -21,6 +22,11 @@ export const daemonFailure = (result: CommandResult, display: string, module: st
   }
   if (/ERROR: module is read only/.test(stderr)) {
     return bbError('IO_FAILED', `module ${module} at ${display} is read only`, 'set "read only = no" for the module in rsyncd.conf', details)
+  }
+  const refused = daemonRefusedOption(stderr)
+  if (refused !== undefined) {
+    const { message, hint } = refusedOptionText(refused, daemon)
+    return bbError('UNSUPPORTED', message, hint, details)
   }
   if (/@ERROR: access denied/.test(stderr)) {
     return bbError('AUTH_FAILED', `the rsync daemon at ${display} does not allow this host into module ${module}`, 'add this host to the module\'s "hosts allow" in rsyncd.conf', details)

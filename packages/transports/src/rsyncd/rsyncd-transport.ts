@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
 import { err, errAsync, fromThrowable, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
 import {
-  bbError, ioError, retryWhileDaemonBusy, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
+  bbError, daemonDisplay, ioError, retryWhileDaemonBusy, type CommandResult, type DirEntry, type EntryStat, type FileChanges, type LockError, type RsyncDaemonLocation, type RunningCommand, type Transport, type TransportError,
 } from '@bb/core'
 import { execCommand } from '../local/exec.js'
 import { makeRunDirectory, type RunDirectoryKind } from '../local/run-directory.js'
@@ -62,11 +62,10 @@ const unsupported = (what: string, where: string): TransportError =>
 export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOptions = {}): Transport => {
   /** where rsync connects now: the daemon (undefined), or the local end of its tunnel as last asked for */
   let connectTo: { readonly host: string; readonly port: number } | undefined
-  /** host[:port] as rsync:// writes it: an IPv6 address in [brackets] */
-  const hostPort = (host: string, port: number | undefined): string => `${host.includes(':') ? `[${host}]` : host}${port === undefined ? '' : `:${port}`}`
+  /** the module's url, through the tunnel when one is open */
   const base = (): string =>
-    `rsync://${location.user === undefined ? '' : `${location.user}@`}${hostPort(connectTo?.host ?? location.host, connectTo?.port ?? location.port)}/${location.module}`
-  const display = hostPort(location.host, location.port)
+    `rsync://${location.user === undefined ? '' : `${location.user}@`}${daemonDisplay(connectTo ?? location)}/${location.module}`
+  const display = daemonDisplay(location)
   const where = `${display}::${location.module}`
   const url = (path: string): string => (path === '' ? `${base()}/` : `${base()}/${path}`)
   const connectionOptions = [
@@ -143,7 +142,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
         },
       })
       if (ran.isErr()) return ran
-      const failure = daemonFailure(ran.value, display, location.module)
+      const failure = daemonFailure(ran.value, location)
       return failure === undefined ? ran : err(failure)
     })()))
 
