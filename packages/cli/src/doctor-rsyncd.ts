@@ -21,7 +21,8 @@ const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/
 /**
  * The rsyncd.conf text, secrets file steps and client command line that make a module bbackup can
  * back up into (docs/transports/rsyncd.md): writable, a password for one user, `--delete` and
- * `--link-dest` not refused, TCP_NODELAY. Printed by `bbackup doctor rsyncd`.
+ * `--link-dest` not refused, TCP_NODELAY, and `fake super` where the daemon is not root (so owners
+ * survive). Printed by `bbackup doctor rsyncd`.
  * @example
  * rsyncdModuleText({ module: 'backups', path: '/srv/backups', user: 'bbackup' })
  */
@@ -52,6 +53,11 @@ export const rsyncdModuleText = (spec: RsyncdModuleSpec): Result<string, BbError
     'use chroot = yes',
     `uid = ${spec.user}`,
     `gid = ${spec.user}`,
+    ...(spec.user === 'root' ? [] : [
+      `# the daemon runs as ${spec.user}, which cannot give files their owners: it keeps owner, group, setuid bits and`,
+      "# device files in an xattr (user.rsync.%stat) and gives them back on restore; without it every file comes back as this account's",
+      'fake super = yes',
+    ]),
     `hosts allow = ${hosts}`,
     '# bbackup needs --delete (retention) and --link-dest (hard links): never list them in "refuse options"',
     ...(spec.serverSide === undefined ? [] : [

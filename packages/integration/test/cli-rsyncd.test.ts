@@ -1,8 +1,8 @@
-import { chmod, mkdir, readdir, stat, writeFile } from 'node:fs/promises'
+import { chmod, chown, lchown, lstat, mkdir, readdir, stat, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { makeTempDir, requireTools, startRsyncd, startSshd, treeManifest, writeTree, type Rsyncd, type Sshd, type TempDir } from '@bb/testkit'
-import { runCli, waitFor } from './helpers.js'
+import { NOBODY, NOGROUP, runCli, waitFor } from './helpers.js'
 
 const backupsIn = async (dir: string): Promise<string[]> => (await readdir(dir).catch(() => [])).filter((n) => /^\d{4}-/.test(n)).sort()
 
@@ -183,6 +183,53 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
       expect(made).toHaveLength(2)
       const [one, two] = made.map((n) => join(modulePath, 'laptop', n)) as [string, string]
       expect((await stat(join(one, 'a.txt'))).ino).toBe((await stat(join(two, 'a.txt'))).ino)
+    } finally {
+      await served.stop()
+    }
+  })
+
+  it('doctor rsyncd for a daemon that is not root prints fake super, so owners, groups and setuid bits come back on restore', async () => {
+    // the daemon chroots into the module, then runs as nobody: it cannot chown
+    const modulePath = join(tmp.path, 'module')
+    await mkdir(modulePath)
+    await chown(modulePath, NOBODY, NOGROUP)
+    const secrets = join(tmp.path, 'rsyncd.secrets')
+    const printed = await runCli(['doctor', 'rsyncd', '--module', 'unprivileged', '--path', modulePath, '--user', 'nobody', '--secrets-file', secrets], tmp.path)
+    expect(printed.code, printed.stderr).toBe(0)
+    expect(printed.stdout).toContain('\nfake super = yes\n')
+    await writeFile(secrets, 'nobody:doctor-password\n', { mode: 0o600 })
+    await writeFile(join(tmp.path, 'pw'), 'doctor-password\n', { mode: 0o600 })
+    const home = join(tmp.path, 'home')
+    await writeFile(join(home, 'suid'), '#!/bin/sh\n')
+    await chown(join(home, 'suid'), 1234, 5678)
+    await chmod(join(home, 'suid'), 0o4755)
+    await chown(join(home, 'docs'), 1, 4)
+    await symlink('a.txt', join(home, 'link'))
+    await lchown(join(home, 'link'), 2, 3)
+    const owners = async (root: string): Promise<string[]> => Promise.all(['suid', 'docs', 'link', 'a.txt'].map(async (name) => {
+      const s = await lstat(join(root, name))
+      return `${name} ${s.uid}:${s.gid} ${(s.mode & 0o7777).toString(8)}`
+    }))
+    // Debian has no group "nobody": the printed gid is the account's own group, nogroup here
+    const served = await startRsyncd({ configText: printed.stdout.replace('gid = nobody', `gid = ${NOGROUP}`) })
+    try {
+      const target = `rsync://nobody@127.0.0.1:${served.port}/unprivileged/host`
+      for (const round of [1, 2]) {
+        if (round === 2) await writeFile(join(home, 'a.txt'), 'changed\n')
+        const r = await runCli(['run', 'home', target, '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
+        expect(r.code, r.stdout + r.stderr).toBe(0)
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+      }
+      const made = await backupsIn(join(modulePath, 'host'))
+      expect(made).toHaveLength(2)
+      const [one, two] = made.map((n) => join(modulePath, 'host', n)) as [string, string]
+      // stored as the daemon's user, hard-linked between the backups
+      expect((await stat(join(two, 'suid'))).uid).toBe(NOBODY)
+      expect((await stat(join(one, 'suid'))).ino).toBe((await stat(join(two, 'suid'))).ino)
+      const restored = await runCli(['restore', target, 'latest', 'restored', '--password-file', 'pw'], tmp.path)
+      expect(restored.code, restored.stdout + restored.stderr).toBe(0)
+      expect(await owners(join(tmp.path, 'restored'))).toEqual(await owners(home))
+      expect(await treeManifest(join(tmp.path, 'restored'))).toEqual(await treeManifest(home))
     } finally {
       await served.stop()
     }
