@@ -211,18 +211,34 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
       return `${name} ${s.uid}:${s.gid} ${(s.mode & 0o7777).toString(8)}`
     }))
     // Debian has no group "nobody": the printed gid is the account's own group, nogroup here
-    const served = await startRsyncd({ configText: printed.stdout.replace('gid = nobody', `gid = ${NOGROUP}`) })
+    const config = printed.stdout.replace('gid = nobody', `gid = ${NOGROUP}`)
+    const run = async (port: number): Promise<{ readonly ok: boolean; readonly warnings: readonly string[] }> => {
+      const r = await runCli(['run', 'home', `rsync://nobody@127.0.0.1:${port}/unprivileged/host`, '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
+      expect(r.code, r.stdout + r.stderr).toBe(0)
+      await new Promise((resolve) => setTimeout(resolve, 1000))
+      return (JSON.parse(r.stdout) as { targets: { ok: boolean; warnings: string[] }[] }).targets[0] ?? { ok: false, warnings: [] }
+    }
+    // the module as it was printed before fake super: the run says that owners are lost
+    const bare = await startRsyncd({ configText: config.replace('fake super = yes', '') })
+    try {
+      const lost = await run(bare.port)
+      expect(lost.warnings).toEqual([expect.stringMatching(/^module unprivileged at 127\.0\.0\.1:\d+ does not keep file owners: every file of this backup belongs to the daemon's account[\s\S]*add "fake super = yes"/)])
+      // and the backup's record says so
+      const listed = await runCli(['list', `rsync://nobody@127.0.0.1:${bare.port}/unprivileged/host`, '--password-file', 'pw', '--json'], tmp.path)
+      expect(JSON.parse(listed.stdout)).toMatchObject([{ snapshots: [{ complete: true, health: 'warnings' }] }])
+    } finally {
+      await bare.stop()
+    }
+    const served = await startRsyncd({ configText: config })
     try {
       const target = `rsync://nobody@127.0.0.1:${served.port}/unprivileged/host`
       for (const round of [1, 2]) {
         if (round === 2) await writeFile(join(home, 'a.txt'), 'changed\n')
-        const r = await runCli(['run', 'home', target, '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
-        expect(r.code, r.stdout + r.stderr).toBe(0)
-        await new Promise((resolve) => setTimeout(resolve, 1000))
+        expect((await run(served.port)).warnings).toEqual([])
       }
       const made = await backupsIn(join(modulePath, 'host'))
-      expect(made).toHaveLength(2)
-      const [one, two] = made.map((n) => join(modulePath, 'host', n)) as [string, string]
+      expect(made).toHaveLength(3)
+      const [, one, two] = made.map((n) => join(modulePath, 'host', n)) as [string, string, string]
       // stored as the daemon's user, hard-linked between the backups
       expect((await stat(join(two, 'suid'))).uid).toBe(NOBODY)
       expect((await stat(join(one, 'suid'))).ino).toBe((await stat(join(two, 'suid'))).ino)

@@ -222,6 +222,13 @@ export interface Transport {
    * printed or logged never shows it).
    */
   rsyncEndpoint(path: string): { readonly spec: string; readonly options: readonly string[]; readonly env?: Readonly<Record<string, string>>; readonly input?: () => string }
+  /**
+   * An rsync daemon's module: whether it keeps the owner and group rsync gives a file (a daemon
+   * that runs as another account than root, without `fake super`, makes every file its own): true
+   * when the file at `path`, which root wrote with {@link Transport.changeFiles} (owned by root),
+   * reads back owned by root. Asked by root only.
+   */
+  keepsOwners?(path: string): ResultAsync<boolean, TransportError>
 }
 
 export interface LockStatus {

@@ -2,7 +2,7 @@ import { hostname } from 'node:os'
 import { posix } from 'node:path'
 import { err, errAsync, ok, okAsync, Result, ResultAsync } from 'neverthrow'
 import {
-  bbError, compareSnapshots, daemonRefusedOption, formatLocation, parseSnapshotName, refusalHint, refusedOptionText, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
+  bbError, compareSnapshots, daemonDisplay, daemonRefusedOption, formatLocation, parseSnapshotName, refusalHint, refusedOptionText, statGiven, type BbError, type DiffEntry, type DiffInput, type Driver, type FileChanges, type Location, type RestoreInput, type SnapshotInfo,
   type Transport, type TransferInput, type TransferOutcome, type TransferProgress, type VerifyInput, type VerifyOutcome,
 } from '@bb/core'
 import { backupSubpath, findInBackup } from '../backup-subpath.js'
@@ -89,6 +89,7 @@ export const SYSTEM_EXCLUDES: readonly string[] = ['/dev/', '/proc/', '/sys/', '
 
 /** what a backup's record says of an rsync exit 24, and of an exit 23 kept by --accept-partial */
 export const VANISHED_WARNING = 'some source files vanished while they were copied (rsync exit 24); the backup is complete without them'
+const ownersLostWarning = (at: Location): string => `${at.kind === 'rsyncd' ? `module ${at.module} at ${daemonDisplay(at)}` : formatLocation(at)} does not keep file owners: every file of this backup belongs to the daemon's account, and comes back so on restore (the daemon runs as another user than root, without "fake super"); add "fake super = yes" (or "uid = root") to the module in rsyncd.conf (bbackup doctor rsyncd prints one), and the next backup keeps them`
 export const ACCEPTED_PARTIAL_WARNING = 'rsync could not copy some files (exit 23); kept because of --accept-partial, marked with errors'
 
 export const META = '.bbackup'
@@ -309,6 +310,10 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
         : resumeFrom !== undefined ? await target.rename(resumeFrom, partial) : await target.mkdir(partial)
       if (prepared.isErr()) return err(prepared.error)
     }
+    // a daemon that makes every file its own (the default for a module without uid = root), seen in
+    // the owner of the marker root just wrote: said, in the record as well
+    const ownersLost = !dryRun && filesOnly && target.keepsOwners !== undefined && process.getuid?.() === 0
+      && !(await target.keepsOwners(markerPath(dir, snapshot))).unwrapOr(true)
     const src = source.rsyncEndpoint(`${source.location.path.replace(/\/+$/, '')}/`)
     const dst = target.rsyncEndpoint(`${partial}/`)
     const leaveOut = await ownBackups(source, target)
@@ -351,8 +356,8 @@ export const rsyncDriver = (options: RsyncDriverOptions = {}): Driver => {
     const context = { argv, exitCode: ran.value.exitCode, stderr: ran.value.stderr, partial }
     const refused = refusedByDaemon(ran.value, source.location, target.location)
     if (refused !== undefined) return err(bbError('UNSUPPORTED', refused.message, refused.hint, context))
-    const warnings: string[] = []
-    let health: SnapshotInfo['health'] = 'ok'
+    const warnings: string[] = ownersLost ? [ownersLostWarning(target.location)] : []
+    let health: SnapshotInfo['health'] = ownersLost ? 'warnings' : 'ok'
     switch (outcome.kind) {
       case 'ok':
         break

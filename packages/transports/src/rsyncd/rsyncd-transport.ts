@@ -1,4 +1,4 @@
-import { mkdir as mkdirLocal, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { lstat, mkdir as mkdirLocal, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, posix } from 'node:path'
 import { err, errAsync, fromThrowable, ok, okAsync, ResultAsync, type Result } from 'neverthrow'
@@ -34,6 +34,9 @@ export interface RsyncdOptions {
   /** rsync connections this transport opens at once for its file operations (a module's "max connections"); default 4 */
   readonly maxConnections?: number
 }
+
+/** owner and group as numbers: root's files are written with them, and what the daemon kept of them shows when one is read back */
+const OWNERS = ['-o', '-g', '--numeric-ids']
 
 /** a path inside the module, as rsync wants it: no leading slash, '' for the module's root */
 const modulePath = (path: string): Result<string, TransportError> => {
@@ -228,9 +231,15 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
       for (const w of writes) await writeFile(join(dir, posix.normalize(w.path)), w.data, { mode: 0o600 })
       for (const l of links) await symlink(l.target, join(dir, posix.normalize(l.path)))
     })(), ioError('write', dir))
-      .andThen(() => rsync(['-r', '-l', '--fsync', ...(removes.length > 0 ? ['--delete-after'] : []), ...filters, `${dir}/`, `${url(p).replace(/\/$/, '')}/`]))
+      .andThen(() => rsync(['-r', '-l', '--fsync', ...(process.getuid?.() === 0 ? OWNERS : []), ...(removes.length > 0 ? ['--delete-after'] : []), ...filters, `${dir}/`, `${url(p).replace(/\/$/, '')}/`]))
       .andThen((r) => (r.exitCode === 0 ? ok(undefined) : err(failed('write', directory, r))))))
   }
+
+  // a file root wrote (with changeFiles, owned by root here), read back with its owner as the daemon gives it
+  const keepsOwners = (path: string): ResultAsync<boolean, TransportError> =>
+    inModule(path).andThen((p) => withTemp((dir) => rsync([...OWNERS, url(p), join(dir, 'back')])
+      .andThen((r) => (r.exitCode === 0 ? ResultAsync.fromPromise(lstat(join(dir, 'back')), ioError('read', join(dir, 'back'))) : errAsync(failed('read', path, r))))
+      .map((back) => back.uid === 0 && back.gid === 0)))
 
   const mkdir = (path: string, o: { readonly recursive?: boolean } = {}): ResultAsync<void, TransportError> =>
     inModule(path).andThen((p) => withTemp((dir) => rsync(['-d', ...(o.recursive === true ? ['--mkpath'] : []), `${dir}/`, `${url(p)}/`])
@@ -288,6 +297,7 @@ export const rsyncdTransport = (location: RsyncDaemonLocation, options: RsyncdOp
     lock: (path): ResultAsync<never, LockError> =>
       errAsync(bbError('LOCK_FAILED', `bbackup keeps its locks on the host it runs on, not in the daemon module ${where} (${path})`, 'give the job a local --state-dir')),
     inspectLock: () => okAsync(undefined),
+    keepsOwners,
     rsyncEndpoint: (path) => {
       const p = modulePath(path).unwrapOr(path)
       const { options: passwordOptions, input, env } = auth()
