@@ -161,16 +161,22 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
     expect(await backupsIn(join(tmp.path, 'pulled'))).toHaveLength(2)
   })
 
-  it('doctor rsyncd prints a module that a real daemon serves and bbackup backs up into', async () => {
+  /** the module `doctor rsyncd` prints for `user`, its directory made, the password in the daemon's secrets file and in ./pw */
+  const doctorModule = async (module: string, user: string): Promise<{ readonly modulePath: string; readonly printed: string }> => {
     const modulePath = join(tmp.path, 'module')
     await mkdir(modulePath)
     const secrets = join(tmp.path, 'rsyncd.secrets')
-    const printed = await runCli(['doctor', 'rsyncd', '--module', 'fromdoctor', '--path', modulePath, '--user', 'root', '--secrets-file', secrets], tmp.path)
+    const printed = await runCli(['doctor', 'rsyncd', '--module', module, '--path', modulePath, '--user', user, '--secrets-file', secrets], tmp.path)
     expect(printed.code, printed.stderr).toBe(0)
-    expect(printed.stdout).toContain('[fromdoctor]')
-    await writeFile(secrets, 'root:doctor-password\n', { mode: 0o600 })
+    await writeFile(secrets, `${user}:doctor-password\n`, { mode: 0o600 })
     await writeFile(join(tmp.path, 'pw'), 'doctor-password\n', { mode: 0o600 })
-    const served = await startRsyncd({ configText: printed.stdout })
+    return { modulePath, printed: printed.stdout }
+  }
+
+  it('doctor rsyncd prints a module that a real daemon serves and bbackup backs up into', async () => {
+    const { modulePath, printed } = await doctorModule('fromdoctor', 'root')
+    expect(printed).toContain('[fromdoctor]')
+    const served = await startRsyncd({ configText: printed })
     try {
       const target = `rsync://root@127.0.0.1:${served.port}/fromdoctor/laptop`
       for (const round of [1, 2]) {
@@ -190,15 +196,9 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
 
   it('doctor rsyncd for a daemon that is not root prints fake super, so owners, groups and setuid bits come back on restore', async () => {
     // the daemon chroots into the module, then runs as nobody: it cannot chown
-    const modulePath = join(tmp.path, 'module')
-    await mkdir(modulePath)
+    const { modulePath, printed } = await doctorModule('unprivileged', 'nobody')
     await chown(modulePath, NOBODY, NOGROUP)
-    const secrets = join(tmp.path, 'rsyncd.secrets')
-    const printed = await runCli(['doctor', 'rsyncd', '--module', 'unprivileged', '--path', modulePath, '--user', 'nobody', '--secrets-file', secrets], tmp.path)
-    expect(printed.code, printed.stderr).toBe(0)
-    expect(printed.stdout).toContain('\nfake super = yes\n')
-    await writeFile(secrets, 'nobody:doctor-password\n', { mode: 0o600 })
-    await writeFile(join(tmp.path, 'pw'), 'doctor-password\n', { mode: 0o600 })
+    expect(printed).toContain('\nfake super = yes\n')
     const home = join(tmp.path, 'home')
     await writeFile(join(home, 'suid'), '#!/bin/sh\n')
     await chown(join(home, 'suid'), 1234, 5678)
@@ -211,7 +211,7 @@ describe.runIf(requireTools(['rsync', 'sshd', 'ssh', 'ssh-keygen'], { root: true
       return `${name} ${s.uid}:${s.gid} ${(s.mode & 0o7777).toString(8)}`
     }))
     // Debian has no group "nobody": the printed gid is the account's own group, nogroup here
-    const config = printed.stdout.replace('gid = nobody', `gid = ${NOGROUP}`)
+    const config = printed.replace('gid = nobody', `gid = ${NOGROUP}`)
     const run = async (port: number): Promise<{ readonly ok: boolean; readonly warnings: readonly string[] }> => {
       const r = await runCli(['run', 'home', `rsync://nobody@127.0.0.1:${port}/unprivileged/host`, '--password-file', 'pw', '--state-dir', 'state', '--json'], tmp.path)
       expect(r.code, r.stdout + r.stderr).toBe(0)
